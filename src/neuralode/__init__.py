@@ -1,0 +1,27 @@
+"""neuralode: neural differential equations in PyTorch."""
+
+from ._errors import MaxStepsError, NonFiniteError, SolverError, StepSizeUnderflowError
+from ._norms import max_norm, mixed_norm, rms_norm, seminorm
+from ._solution import Solution, SolveStats
+from ._solve import solve
+from .controllers import FixedGrid, PIController
+from .solvers import RK4, Dopri5, Euler
+
+__all__ = [
+    "RK4",
+    "Dopri5",
+    "Euler",
+    "FixedGrid",
+    "MaxStepsError",
+    "NonFiniteError",
+    "PIController",
+    "Solution",
+    "SolveStats",
+    "SolverError",
+    "StepSizeUnderflowError",
+    "max_norm",
+    "mixed_norm",
+    "rms_norm",
+    "seminorm",
+    "solve",
+]

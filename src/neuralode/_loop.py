@@ -1,0 +1,130 @@
+"""The one integration loop: init -> step -> adapt -> save, for every solver and controller."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
+from ._norms import Norm
+from ._solution import SolveStats
+from ._term import ODETerm
+from .controllers.base import StepSizeController
+from .solvers.base import Solver
+
+_EPS = 2.0**-52
+
+
+@dataclass
+class LoopConfig:
+    """Everything the loop needs besides the term, the state and the times."""
+
+    solver: Solver
+    controller: StepSizeController
+    norm: Norm
+    max_steps: int
+    step_t: tuple[float, ...] = ()
+    jump_t: tuple[float, ...] = ()
+    perturb: bool = False
+    callbacks: Any = None
+
+
+def _landings(ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, ...]):
+    """Times steps must end on, in the direction of integration: (time, is_jump) pairs."""
+    t0, t_end = ts[0], ts[-1]
+    sign = 1.0 if t_end >= t0 else -1.0
+    inside = {}
+    for t in step_t:
+        if sign * (t - t0) > 0 and sign * (t_end - t) > 0:
+            inside.setdefault(t, False)
+    for t in jump_t:
+        if sign * (t - t0) > 0 and sign * (t_end - t) > 0:
+            inside[t] = True
+    ordered = sorted(inside.items(), key=lambda item: sign * item[0])
+    return ordered + [(t_end, False)]
+
+
+def integrate(
+    term: ODETerm, y0: torch.Tensor, ts: list[float], config: LoopConfig, stats: SolveStats
+) -> torch.Tensor:
+    """Solve from ``ts[0]`` and return the flat states at every time in ``ts``: (len(ts), n)."""
+    outputs = [y0[None]]
+    if len(ts) == 1:
+        return y0[None]
+    solver, controller, callbacks = config.solver, config.controller, config.callbacks
+    sign = 1.0 if ts[-1] > ts[0] else -1.0
+    landings = _landings(ts, config.step_t, config.jump_t)
+    t, y = ts[0], y0
+    f0 = term(t, y) if controller.needs_f0 else None
+    state = solver.init(term, t, y, f0)
+    proposal, control = controller.init(term, solver, ts, y, f0, config.norm)
+    next_out, n_out, landing = 1, len(ts), 0
+    last_y1 = None
+    while next_out < n_out:
+        if stats.n_steps >= config.max_steps:
+            raise MaxStepsError(
+                f"reached max_steps={config.max_steps} at t={t:.6g} before t={ts[-1]:.6g} "
+                f"({stats.n_accepted} accepted, {stats.n_rejected} rejected steps). Raise "
+                "max_steps (options max_num_steps), loosen the tolerances, or, if the problem "
+                "is stiff, use an implicit method."
+            )
+        land_t, land_is_jump = landings[landing]
+        landed = sign * (proposal - land_t) >= 0
+        t1 = land_t if landed else proposal
+        if abs(t1 - t) <= 4 * _EPS * max(abs(t), abs(t1)) or not math.isfinite(t1):
+            _raise_no_progress(t, t1, y, last_y1)
+        at_jump = landed and land_is_jump
+        if callbacks is not None:
+            callbacks.step(t, y, t1 - t)
+        step = solver.step(term, t, t1, y, state, config.perturb or at_jump)
+        last_y1 = step.y1
+        stats.n_steps += 1
+        accepted, proposal, control = controller.adapt(t, t1, y, step.y1, step.error, control)
+        if not accepted:
+            stats.n_rejected += 1
+            if callbacks is not None:
+                callbacks.reject(t, y, t1 - t)
+            continue
+        stats.n_accepted += 1
+        if callbacks is not None:
+            callbacks.accept(t, y, t1 - t)
+        end = next_out
+        while end < n_out and sign * (ts[end] - t1) <= 0:
+            end += 1
+        if end > next_out:
+            exact = ts[end - 1] == t1
+            inner = ts[next_out : end - 1] if exact else ts[next_out:end]
+            if inner:
+                thetas = (torch.tensor(inner, dtype=torch.float64) - t) / (t1 - t)
+                outputs.append(solver.interpolate(term, step, thetas))
+            if exact:
+                outputs.append(step.y1[None])
+            next_out = end
+        state = solver.accept(term, step, config.perturb or at_jump)
+        if at_jump:
+            state = solver.init(term, t1, step.y1, term(t1, step.y1, sign))
+        if landed:
+            landing += 1
+        t, y = t1, step.y1
+    return torch.cat(outputs)
+
+
+def _raise_no_progress(t: float, t1: float, y: torch.Tensor, last_y1: torch.Tensor | None) -> None:
+    if not bool(torch.isfinite(y).all()):
+        raise NonFiniteError(f"the state became non-finite (NaN or inf) at t={t:.6g}")
+    if last_y1 is not None and not bool(torch.isfinite(last_y1).all()):
+        raise NonFiniteError(
+            f"NaN or inf in the state: every step from t={t:.6g} produced non-finite values, "
+            f"down to dt={t1 - t:.3g}. f(t, y) is probably non-finite there or the solution "
+            "blows up."
+        )
+    if not math.isfinite(t1):
+        raise NonFiniteError(f"non-finite step size proposed at t={t:.6g}")
+    raise StepSizeUnderflowError(
+        f"step size underflow at t={t:.10g}: the next step (dt={t1 - t:.3g}) is too small to "
+        "change t. The solution may blow up, f may be non-finite or discontinuous near this "
+        "time (declare discontinuities with jump_t), or the problem may be stiff."
+    )

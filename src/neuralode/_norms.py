@@ -1,0 +1,41 @@
+"""Norms used to measure local error estimates: RMS, max, per-leaf mixed and seminorm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+Norm = Callable[[torch.Tensor], torch.Tensor]
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """Root mean square of all entries (absolute values for complex tensors)."""
+    return torch.linalg.vector_norm(x) / (x.numel() ** 0.5)
+
+
+def max_norm(x: torch.Tensor) -> torch.Tensor:
+    """Largest absolute entry."""
+    return torch.linalg.vector_norm(x, ord=float("inf"))
+
+
+def mixed_norm(numels: Sequence[int]) -> Norm:
+    """Max over the leaves of a flattened state of each leaf's RMS (torchdiffeq's tuple norm)."""
+    numels = tuple(numels)
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([rms_norm(part) for part in torch.split(x, numels)]).max()
+
+    return norm
+
+
+def seminorm(numels: Sequence[int], n_measured: int) -> Norm:
+    """Mixed norm over the first ``n_measured`` leaves only; the others are left out.
+
+    Used by the adjoint: the parameter-gradient channels need not be integrated accurately
+    (Kidger et al., 2021, "Hey, that's not an ODE").
+    """
+    measured = tuple(numels[:n_measured])
+    size = sum(measured)
+    inner = mixed_norm(measured)
+    return lambda x: inner(x[:size])

@@ -1,0 +1,33 @@
+"""What a solve returns: the states at the requested times and statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class SolveStats:
+    """Work done by a solve. ``nfe`` counts evaluations of f in the forward pass;
+    ``nfe_backward`` those of the backward pass (adjoint strategies), filled in by backward."""
+
+    nfe: int = 0
+    n_steps: int = 0
+    n_accepted: int = 0
+    n_rejected: int = 0
+    nfe_backward: int = 0
+    n_steps_backward: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Solution:
+    """``ys`` has the structure of ``y0`` with a leading dimension over ``ts``."""
+
+    ts: torch.Tensor
+    ys: Any
+    stats: SolveStats = field(default_factory=SolveStats)

@@ -1,0 +1,164 @@
+"""The core entry point: validate the problem, build the term, dispatch. No numerics here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ._errors import NonFiniteError
+from ._loop import LoopConfig, integrate
+from ._norms import Norm, mixed_norm, rms_norm
+from ._solution import Solution, SolveStats
+from ._term import ODETerm
+from ._tree import TreeSpec, tree_spec
+from .controllers.base import StepSizeController
+from .controllers.fixed import FixedGrid
+from .controllers.pi import PIController
+from .solvers.base import Solver
+from .solvers.dopri5 import Dopri5
+
+DEFAULT_MAX_STEPS = 100_000
+
+
+def solve(
+    func: Callable[[torch.Tensor, Any], Any],
+    y0: Any,
+    ts: torch.Tensor,
+    *,
+    solver: Solver | None = None,
+    controller: StepSizeController | None = None,
+    norm: Norm | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    step_t: Sequence[float] | torch.Tensor = (),
+    jump_t: Sequence[float] | torch.Tensor = (),
+    perturb: bool = False,
+    callbacks: Any = None,
+) -> Solution:
+    """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
+
+    ``y0`` is a tensor or a nested tuple/list/dict of tensors (one dtype, one device; real or
+    complex floating point). ``ts`` is a 1-D strictly increasing or decreasing tensor.
+    ``solver`` defaults to ``Dopri5()``; ``controller`` to ``PIController()`` for adaptive
+    solvers and to steps between the output times (``FixedGrid()``) for fixed-step ones.
+    ``norm`` measures the scaled error of a step (RMS, or the max of per-tensor RMS for nested
+    states). ``step_t`` are times steps must land on; ``jump_t`` times where f is
+    discontinuous (steps land there and f is re-evaluated on the far side). ``callbacks``
+    may define ``on_step``, ``on_accept`` and ``on_reject``, each called as ``(t, y, dt)``.
+    Every operation is a torch operation, so gradients flow through by backpropagation.
+    """
+    spec, y0_flat = _check_state(y0)
+    times = _check_times(ts, y0_flat.device)
+    solver = Dopri5() if solver is None else solver
+    if controller is None:
+        controller = PIController() if solver.adaptive else FixedGrid()
+    if not isinstance(max_steps, int) or max_steps <= 0:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    if norm is None:
+        norm = rms_norm if spec.is_leaf else mixed_norm(spec.numels)
+    config = LoopConfig(
+        solver=solver,
+        controller=controller,
+        norm=norm,
+        max_steps=max_steps,
+        step_t=_check_grid_times("step_t", step_t),
+        jump_t=_check_grid_times("jump_t", jump_t),
+        perturb=bool(perturb),
+        callbacks=None if callbacks is None else _Callbacks(callbacks, spec),
+    )
+    term = ODETerm(func, spec, y0_flat)
+    stats = SolveStats()
+    ys = integrate(term, y0_flat, times, config, stats)
+    stats.nfe = term.nfe
+    _check_finite(ys, times)
+    return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
+
+
+def _check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:
+    spec, leaves = tree_spec(y0, "y0")
+    if not leaves:
+        raise ValueError("y0 contains no tensors")
+    first = leaves[0]
+    for i, leaf in enumerate(leaves):
+        where = "y0" if spec.is_leaf else f"y0 (tensor {i})"
+        if not (leaf.is_floating_point() or leaf.is_complex()):
+            raise TypeError(
+                f"{where} must be a floating point or complex tensor, got dtype {leaf.dtype}"
+            )
+        if leaf.dtype != first.dtype:
+            raise TypeError(f"{where} has dtype {leaf.dtype}; tensor 0 has {first.dtype}")
+        if leaf.device != first.device:
+            raise ValueError(f"{where} is on {leaf.device}; tensor 0 is on {first.device}")
+    flat = spec.flatten(y0, "y0")
+    if not bool(torch.isfinite(flat).all()):
+        raise NonFiniteError("y0 contains NaN or inf")
+    return spec, flat
+
+
+def _check_times(ts: Any, device: torch.device) -> list[float]:
+    if not isinstance(ts, torch.Tensor):
+        raise TypeError(f"t must be a 1-D tensor of times, got {type(ts).__name__}")
+    if ts.ndim != 1 or ts.numel() == 0:
+        raise ValueError(f"t must be a non-empty 1-D tensor, got shape {tuple(ts.shape)}")
+    if not ts.is_floating_point():
+        raise TypeError(f"t must be a floating point tensor, got dtype {ts.dtype}")
+    if ts.device != device:
+        raise ValueError(f"t is on {ts.device} but y0 is on {device}; put both on one device")
+    times = ts.detach().to(torch.float64).tolist()
+    if not all(x == x and abs(x) != float("inf") for x in times):
+        raise ValueError(f"t contains NaN or inf: {times}")
+    if len(times) > 1:
+        diffs = [b - a for a, b in zip(times, times[1:])]
+        if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
+            i = next(i for i, d in enumerate(diffs) if d == 0 or (d > 0) != (diffs[0] > 0))
+            raise ValueError(
+                "t must be strictly increasing or strictly decreasing; "
+                f"t[{i}]={times[i]!r}, t[{i + 1}]={times[i + 1]!r}"
+            )
+    return times
+
+
+def _check_grid_times(name: str, values: Any) -> tuple[float, ...]:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to(torch.float64).reshape(-1).tolist()
+    out = tuple(float(v) for v in values)
+    if any(v != v for v in out):
+        raise ValueError(f"{name} contains NaN")
+    return out
+
+
+def _check_finite(ys: torch.Tensor, times: list[float]) -> None:
+    finite = torch.isfinite(ys).flatten(1).all(1)
+    if not bool(finite.all()):
+        i = int((~finite).nonzero()[0])
+        raise NonFiniteError(
+            f"the solution contains NaN or inf at t={times[i]:.6g} (output {i}); "
+            "the step size may be too large for this problem, or f is non-finite there"
+        )
+
+
+class _Callbacks:
+    """Calls a user's ``on_step`` / ``on_accept`` / ``on_reject`` with tensors in y0's shape."""
+
+    def __init__(self, target: Any, spec: TreeSpec):
+        self._spec = spec
+        self._hooks = {
+            name: getattr(target, name, None) for name in ("on_step", "on_accept", "on_reject")
+        }
+
+    def _call(self, name: str, t: float, y: torch.Tensor, dt: float) -> None:
+        hook = self._hooks[name]
+        if hook is not None:
+            t_ = torch.tensor(t, dtype=torch.float64, device=y.device)
+            dt_ = torch.tensor(dt, dtype=torch.float64, device=y.device)
+            hook(t_, self._spec.unflatten(y), dt_)
+
+    def step(self, t: float, y: torch.Tensor, dt: float) -> None:
+        self._call("on_step", t, y, dt)
+
+    def accept(self, t: float, y: torch.Tensor, dt: float) -> None:
+        self._call("on_accept", t, y, dt)
+
+    def reject(self, t: float, y: torch.Tensor, dt: float) -> None:
+        self._call("on_reject", t, y, dt)

@@ -1,0 +1,63 @@
+"""Wraps the user's vector field f(t, y): structure, dtype of time, validation and NFE count."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ._tree import TreeSpec
+
+
+class ODETerm:
+    """The right-hand side of dy/dt = f(t, y), evaluated on the loop's flat state.
+
+    ``f`` receives ``t`` as a 0-dim tensor of the state's real dtype (as torchdiffeq does) and
+    ``y`` in the structure of ``y0``; it must return the same structure, shapes and dtype.
+    ``nfe`` counts the evaluations.
+    """
+
+    def __init__(
+        self, func: Callable[[torch.Tensor, Any], Any], spec: TreeSpec, like: torch.Tensor
+    ):
+        if not callable(func):
+            raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
+        self.func = func
+        self.spec = spec
+        self.dtype = like.dtype
+        self.device = like.device
+        self.time_dtype = like.real.dtype if like.is_complex() else like.dtype
+        self.nfe = 0
+        self._checked = False
+
+    def time(self, t: float, perturb: float = 0.0) -> torch.Tensor:
+        """``t`` as a tensor; ``perturb`` != 0 moves it one ulp towards ``t + perturb``."""
+        tt = torch.full((), t, dtype=self.time_dtype, device=self.device)
+        if perturb:
+            tt = torch.nextafter(tt, torch.full_like(tt, t + perturb))
+        return tt
+
+    def __call__(self, t: float, y: torch.Tensor, perturb: float = 0.0) -> torch.Tensor:
+        self.nfe += 1
+        spec = self.spec
+        y_user = y.view(spec.shapes[0]) if spec.is_leaf else spec.unflatten(y)
+        out = self.func(self.time(t, perturb), y_user)
+        if not self._checked:
+            self._check(out)
+        if spec.is_leaf:
+            return out.reshape(-1)
+        return spec.flatten(out, "func's output")
+
+    def _check(self, out: Any) -> None:
+        what = "func(t, y)"
+        if self.spec.is_leaf and not isinstance(out, torch.Tensor):
+            raise TypeError(f"{what} must return a tensor like y0, got {type(out).__name__}")
+        flat = self.spec.flatten(out, f"{what} output")
+        if flat.dtype != self.dtype:
+            raise TypeError(f"{what} returned dtype {flat.dtype}; the state has dtype {self.dtype}")
+        if flat.device != self.device:
+            raise ValueError(
+                f"{what} returned a tensor on {flat.device}; the state is on {self.device}"
+            )
+        self._checked = True

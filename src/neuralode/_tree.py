@@ -1,0 +1,96 @@
+"""Flattening of nested states (tensors, tuples, lists, dicts) into one flat tensor.
+
+The integration loop works on a single 1-D tensor; a ``TreeSpec`` remembers how to turn it back
+into the user's structure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class TreeSpec:
+    """Structure and shapes of a (possibly nested) state."""
+
+    structure: Any  # nested tuple/list/dict with None at the leaves, or None for a bare tensor
+    shapes: tuple[torch.Size, ...]
+    numels: tuple[int, ...]
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.structure is None
+
+    @property
+    def numel(self) -> int:
+        return sum(self.numels)
+
+    def unflatten(self, flat: torch.Tensor) -> Any:
+        """Split a flat (..., numel) tensor into the stored structure, keeping leading dims."""
+        lead = flat.shape[:-1]
+        if self.is_leaf:
+            return flat.reshape(*lead, *self.shapes[0])
+        pieces = torch.split(flat, self.numels, dim=-1)
+        leaves = iter(p.reshape(*lead, *s) for p, s in zip(pieces, self.shapes))
+        return _rebuild(self.structure, leaves)
+
+    def flatten(self, tree: Any, what: str = "value") -> torch.Tensor:
+        """Flatten a structure matching this spec into a 1-D tensor, checking every shape."""
+        leaves = _leaves(tree, what)
+        if len(leaves) != len(self.shapes):
+            raise ValueError(
+                f"{what} has {len(leaves)} tensors but the state has {len(self.shapes)}"
+            )
+        for i, (leaf, shape) in enumerate(zip(leaves, self.shapes)):
+            if leaf.shape != shape:
+                where = "" if self.is_leaf else f" (tensor {i} of the state)"
+                raise ValueError(
+                    f"{what} has shape {tuple(leaf.shape)}{where}; expected {tuple(shape)}, "
+                    "the shape of the state"
+                )
+        if len(leaves) == 1:
+            return leaves[0].reshape(-1)
+        return torch.cat([leaf.reshape(-1) for leaf in leaves])
+
+
+def tree_spec(tree: Any, what: str = "y0") -> tuple[TreeSpec, list[torch.Tensor]]:
+    """Return the spec of ``tree`` and its leaves (tensors) in order."""
+    leaves = _leaves(tree, what)
+    structure = None if isinstance(tree, torch.Tensor) else _skeleton(tree)
+    spec = TreeSpec(structure, tuple(x.shape for x in leaves), tuple(x.numel() for x in leaves))
+    return spec, leaves
+
+
+def _leaves(tree: Any, what: str) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, (tuple, list)):
+        return [leaf for item in tree for leaf in _leaves(item, what)]
+    if isinstance(tree, dict):
+        return [leaf for key in tree for leaf in _leaves(tree[key], what)]
+    raise TypeError(
+        f"{what} must be a tensor or a tuple/list/dict of tensors, got {type(tree).__name__}"
+    )
+
+
+def _skeleton(tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return None
+    if isinstance(tree, tuple):
+        return tuple(_skeleton(x) for x in tree)
+    if isinstance(tree, list):
+        return [_skeleton(x) for x in tree]
+    return {key: _skeleton(value) for key, value in tree.items()}
+
+
+def _rebuild(structure: Any, leaves: Any) -> Any:
+    if structure is None:
+        return next(leaves)
+    if isinstance(structure, tuple):
+        return tuple(_rebuild(x, leaves) for x in structure)
+    if isinstance(structure, list):
+        return [_rebuild(x, leaves) for x in structure]
+    return {key: _rebuild(value, leaves) for key, value in structure.items()}

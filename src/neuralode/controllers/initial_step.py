@@ -1,0 +1,37 @@
+"""Automatic choice of the first step (Hairer, Norsett & Wanner, Solving ODEs I, II.4)."""
+
+from __future__ import annotations
+
+import torch
+
+from .._norms import Norm
+from .._term import ODETerm
+
+
+def select_initial_step(
+    term: ODETerm,
+    t0: float,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    direction: float,
+    error_exponent: float,
+    rtol: float,
+    atol: float,
+    norm: Norm,
+) -> float:
+    """A first step size (positive) from the local scale of y0, f0 and one more evaluation.
+
+    ``error_exponent`` is 1 / (q + 1) for an error estimate of order q.
+    """
+    scale = atol + rtol * y0.abs()
+    d0 = float(norm(y0 / scale))
+    d1 = float(norm(f0 / scale))
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    y1 = y0 + (direction * h0) * f0
+    f1 = term(t0 + direction * h0, y1)
+    d2 = float(norm((f1 - f0) / scale)) / h0
+    if d1 <= 1e-15 and d2 <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** error_exponent
+    return min(100 * h0, h1)

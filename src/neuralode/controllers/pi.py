@@ -1,0 +1,146 @@
+"""Adaptive step sizes from an embedded error estimate: the PI controller."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._norms import Norm
+from .._term import ODETerm
+from ..solvers.base import Solver
+from .base import StepSizeController
+from .initial_step import select_initial_step
+
+
+@dataclass
+class _PIState:
+    norm: Norm
+    exponent: float
+    previous_ratio: float
+
+
+class PIController(StepSizeController):
+    """Proportional-integral step-size control on the scaled error ratio.
+
+    The error ratio is ``norm(error / (atol + rtol * max(|y0|, |y1|)))``; a step is accepted
+    when it is at most 1. The next step is ``dt * factor`` with
+    ``factor = safety * ratio**(-(icoeff + pcoeff) / k) * previous_ratio**(pcoeff / k)``,
+    ``k`` one more than the order of the error estimate, clipped to ``[dfactor, ifactor]``
+    (never below 1 after an accepted step). ``pcoeff=0`` (the default) is the integral
+    controller used by torchdiffeq; ``icoeff=0.3, pcoeff=0.4`` is Gustafsson's PI controller.
+    """
+
+    needs_f0 = True
+
+    def __init__(
+        self,
+        rtol: float = 1e-7,
+        atol: float = 1e-9,
+        *,
+        first_step: float | None = None,
+        safety: float = 0.9,
+        ifactor: float = 10.0,
+        dfactor: float = 0.2,
+        icoeff: float = 1.0,
+        pcoeff: float = 0.0,
+        min_step: float = 0.0,
+        max_step: float = math.inf,
+    ):
+        for name, value in (("rtol", rtol), ("atol", atol)):
+            if isinstance(value, torch.Tensor):
+                if (value < 0).any():
+                    raise ValueError(f"{name} must be non-negative, got {value}")
+            elif not value >= 0:
+                raise ValueError(f"{name} must be non-negative, got {value!r}")
+        if first_step is not None and not first_step > 0:
+            raise ValueError(f"first_step must be positive, got {first_step!r}")
+        if not 0 < safety <= 1:
+            raise ValueError(f"safety must be in (0, 1], got {safety!r}")
+        if not ifactor >= 1:
+            raise ValueError(f"ifactor must be >= 1, got {ifactor!r}")
+        if not 0 < dfactor <= 1:
+            raise ValueError(f"dfactor must be in (0, 1], got {dfactor!r}")
+        if not 0 <= min_step <= max_step:
+            raise ValueError(f"need 0 <= min_step <= max_step, got {min_step!r}, {max_step!r}")
+        self.rtol = rtol
+        self.atol = atol
+        self.first_step = first_step
+        self.safety = safety
+        self.ifactor = ifactor
+        self.dfactor = dfactor
+        self.icoeff = icoeff
+        self.pcoeff = pcoeff
+        self.min_step = min_step
+        self.max_step = max_step
+
+    def error_ratio(
+        self, y0: torch.Tensor, y1: torch.Tensor, error: torch.Tensor, norm: Norm
+    ) -> torch.Tensor:
+        """The scaled error; at most 1 means the step meets the tolerances."""
+        scale = torch.maximum(y0.abs(), y1.abs()) * self.rtol + self.atol
+        return norm(error / scale)
+
+    def init(
+        self,
+        term: ODETerm,
+        solver: Solver,
+        ts: list[float],
+        y0: torch.Tensor,
+        f0: torch.Tensor | None,
+        norm: Norm,
+    ) -> tuple[float, Any]:
+        if not solver.adaptive:
+            raise ValueError(
+                f"{solver.name} has no error estimate and cannot adapt its step size; "
+                "use a fixed grid (FixedGrid / options step_size) or an adaptive method"
+            )
+        exponent = 1.0 / (solver.error_order + 1)
+        direction = 1.0 if ts[-1] >= ts[0] else -1.0
+        if self.first_step is None:
+            assert f0 is not None
+            dt = select_initial_step(
+                term, ts[0], y0, f0, direction, exponent, self.rtol, self.atol, norm
+            )
+        else:
+            dt = self.first_step
+        dt = min(max(dt, self.min_step), self.max_step)
+        return ts[0] + direction * dt, _PIState(norm, exponent, 1.0)
+
+    def adapt(
+        self,
+        t0: float,
+        t1: float,
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        error: torch.Tensor,
+        state: _PIState,
+    ) -> tuple[bool, float, _PIState]:
+        dt = t1 - t0
+        size = abs(dt)
+        ratio = float(self.error_ratio(y0, y1, error, state.norm))
+        if not math.isfinite(ratio):
+            # NaN or inf in the step: shrink hard and retry; the loop reports a step underflow.
+            return False, t0 + dt * self.dfactor, state
+        accept = ratio <= 1 or size <= self.min_step
+        if size > self.max_step:
+            accept = False
+        if ratio == 0:
+            factor = self.ifactor
+        else:
+            k = state.exponent
+            factor = self.safety * ratio ** (-(self.icoeff + self.pcoeff) * k)
+            if self.pcoeff:
+                factor *= state.previous_ratio ** (self.pcoeff * k)
+            factor = min(self.ifactor, max(factor, 1.0 if ratio < 1 else self.dfactor))
+        new_size = min(max(size * factor, self.min_step), self.max_step)
+        new_dt = math.copysign(new_size, dt)
+        if accept:
+            state.previous_ratio = max(ratio, 1e-10)
+            return True, t1 + new_dt, state
+        return False, t0 + new_dt, state
+
+    def __repr__(self) -> str:
+        return f"PIController(rtol={self.rtol}, atol={self.atol})"

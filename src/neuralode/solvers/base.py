@@ -1,0 +1,85 @@
+"""What every stepper provides to the integration loop."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .._term import ODETerm
+
+
+@dataclass
+class Step:
+    """One attempted step from ``t0`` to ``t1``; ``stages`` holds what dense output needs."""
+
+    t0: float
+    t1: float
+    y0: torch.Tensor
+    y1: torch.Tensor
+    error: torch.Tensor | None
+    stages: list[torch.Tensor]
+    f1: torch.Tensor | None = None  # f(t1, y1) when known (FSAL or computed for dense output)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dt(self) -> float:
+        return self.t1 - self.t0
+
+
+class Solver(abc.ABC):
+    """A one-step (or multistep) method: the loop asks it to advance and to interpolate.
+
+    ``order`` is the order of the solution; ``error_order`` the order of the embedded error
+    estimate, or ``None`` for methods without one (fixed-step only).
+    """
+
+    order: int
+    error_order: int | None = None
+
+    @property
+    def adaptive(self) -> bool:
+        return self.error_order is not None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def init(self, term: ODETerm, t0: float, y0: torch.Tensor, f0: torch.Tensor | None) -> Any:
+        """State carried between steps (e.g. the FSAL derivative); ``f0`` may be given."""
+        return f0
+
+    @abc.abstractmethod
+    def step(
+        self, term: ODETerm, t0: float, t1: float, y0: torch.Tensor, state: Any, perturb: bool
+    ) -> Step:
+        """Advance from ``(t0, y0)`` to ``t1``. With ``perturb``, evaluations at the ends of
+        the step are moved one ulp inside it (for discontinuities at step boundaries)."""
+
+    def accept(self, term: ODETerm, step: Step, perturb: bool) -> Any:
+        """State for the next step once ``step`` is accepted (f(t1, y1) when it is reusable)."""
+        return None if perturb else step.f1
+
+    @abc.abstractmethod
+    def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
+        """States at ``t0 + theta * dt`` for the float64 CPU tensor ``thetas``: (m, numel)."""
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"
+
+
+def hermite_interpolate(
+    term: ODETerm, step: Step, thetas: torch.Tensor, f0: torch.Tensor
+) -> torch.Tensor:
+    """Cubic Hermite interpolation through (y0, f0) and (y1, f1); computes f1 if unknown."""
+    if step.f1 is None:
+        step.f1 = term(step.t1, step.y1)
+    th = thetas.to(device=step.y0.device, dtype=term.time_dtype)[:, None]
+    h00 = (1 + 2 * th) * (1 - th) ** 2
+    h10 = th * (1 - th) ** 2
+    h01 = th**2 * (3 - 2 * th)
+    h11 = th**2 * (th - 1)
+    dt = step.dt
+    return h00 * step.y0 + h01 * step.y1 + (h10 * dt) * f0 + (h11 * dt) * step.f1

@@ -1,0 +1,104 @@
+"""Butcher tableaux as validated data: a new explicit Runge-Kutta method is one of these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_TOL = 1e-12
+
+
+@dataclass(frozen=True)
+class DenseOutput:
+    """A continuous extension y(t0 + theta dt) = y0 + dt * sum_i B_i(theta) k_i.
+
+    ``coefficients[i][j]`` is the coefficient of theta**(j + 1) in B_i. Rows beyond the
+    tableau's stages refer to extra stages, evaluated only when dense output is needed, at
+    ``t0 + extra_c[m] dt`` and ``y0 + dt * sum_j extra_a[m][j] k_j`` (``extra_a[m]`` covers all
+    previous stages, tableau stages first). ``order`` is the interpolant's order.
+    """
+
+    coefficients: tuple[tuple[float, ...], ...]
+    order: int
+    extra_c: tuple[float, ...] = ()
+    extra_a: tuple[tuple[float, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class ButcherTableau:
+    """An explicit Runge-Kutta method: ``a`` strictly lower triangular, rows as tuples.
+
+    ``a[i]`` has ``i`` entries (row 0 is empty). ``b_error`` = b - b_hat gives the embedded
+    error estimate of order ``error_order`` (``None`` for fixed-step methods). ``dense``
+    is the method's own continuous extension; without one, cubic Hermite is used.
+    """
+
+    name: str
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    order: int
+    b_error: tuple[float, ...] | None = None
+    error_order: int | None = None
+    dense: DenseOutput | None = None
+
+    def __post_init__(self) -> None:
+        s = len(self.c)
+        problems = []
+        if len(self.a) != s or any(len(row) != i for i, row in enumerate(self.a)):
+            problems.append("a must have one row per stage, row i with i entries")
+        if len(self.b) != s:
+            problems.append(f"b has {len(self.b)} entries for {s} stages")
+        if self.c and self.c[0] != 0:
+            problems.append("the first stage must be at c = 0")
+        for i, row in enumerate(self.a):
+            if abs(sum(row) - self.c[i]) > _TOL * max(1, len(row)):
+                problems.append(f"row {i} of a sums to {sum(row)!r}, not c[{i}] = {self.c[i]!r}")
+        if abs(sum(self.b) - 1) > _TOL:
+            problems.append(f"b sums to {sum(self.b)!r}, not 1")
+        if (self.b_error is None) != (self.error_order is None):
+            problems.append("b_error and error_order go together")
+        if self.b_error is not None:
+            if len(self.b_error) != s:
+                problems.append(f"b_error has {len(self.b_error)} entries for {s} stages")
+            elif abs(sum(self.b_error)) > _TOL:
+                problems.append(f"b_error sums to {sum(self.b_error)!r}, not 0")
+        if self.dense is not None:
+            problems.extend(self._dense_problems())
+        if problems:
+            raise ValueError(f"invalid Butcher tableau {self.name!r}: " + "; ".join(problems))
+
+    def _dense_problems(self) -> list[str]:
+        d = self.dense
+        s = len(self.c)
+        n_extra = len(d.extra_c)
+        problems = []
+        if len(d.extra_a) != n_extra:
+            problems.append("dense output: extra_a and extra_c differ in length")
+        for m, row in enumerate(d.extra_a):
+            if len(row) != s + m:
+                problems.append(f"dense output: extra stage {m} needs {s + m} coefficients")
+            elif abs(sum(row) - d.extra_c[m]) > _TOL * len(row):
+                problems.append(f"dense output: extra stage {m} row does not sum to its c")
+        if len(d.coefficients) != s + n_extra:
+            problems.append(f"dense output: {len(d.coefficients)} rows for {s + n_extra} stages")
+        else:
+            # Continuity: B(1) must equal b (extra stages weigh zero at theta = 1).
+            b_full = list(self.b) + [0.0] * n_extra
+            for i, row in enumerate(d.coefficients):
+                if abs(sum(row) - b_full[i]) > 1e-10:
+                    problems.append(f"dense output: B_{i}(1) = {sum(row)!r} != b_{i}")
+        return problems
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
+    @property
+    def fsal(self) -> bool:
+        """First same as last: the last stage is f(t1, y1) and can start the next step."""
+        return (
+            self.stages > 1
+            and self.c[-1] == 1
+            and all(abs(x - y) <= _TOL for x, y in zip(self.a[-1], self.b[:-1]))
+            and self.b[-1] == 0
+        )

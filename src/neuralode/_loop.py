@@ -47,10 +47,31 @@ def _landings(ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, .
     return ordered + [(t_end, False)]
 
 
+@dataclass
+class StepRecord:
+    """An accepted step, as the checkpointed gradient needs to recompute it."""
+
+    t0: float
+    t1: float
+    y0: torch.Tensor
+    perturb: bool  # evaluations at the step's ends were perturbed
+    after_jump: bool  # f(t0, y0) was evaluated just past a jump
+    outputs: list[int]  # indices of the output times inside (t0, t1]
+    thetas: list[float]  # their positions in the step; 1.0 means exactly t1
+
+
 def integrate(
-    term: ODETerm, y0: torch.Tensor, ts: list[float], config: LoopConfig, stats: SolveStats
+    term: ODETerm,
+    y0: torch.Tensor,
+    ts: list[float],
+    config: LoopConfig,
+    stats: SolveStats,
+    record: list[StepRecord] | None = None,
 ) -> torch.Tensor:
-    """Solve from ``ts[0]`` and return the flat states at every time in ``ts``: (len(ts), n)."""
+    """Solve from ``ts[0]`` and return the flat states at every time in ``ts``: (len(ts), n).
+
+    With ``record``, every accepted step is appended to it as a ``StepRecord``.
+    """
     outputs = [y0[None]]
     if len(ts) == 1:
         return y0[None]
@@ -63,6 +84,7 @@ def integrate(
     proposal, control = controller.init(term, solver, ts, y, f0, config.norm)
     next_out, n_out, landing = 1, len(ts), 0
     last_y1 = None
+    after_jump = False
     while next_out < n_out:
         if stats.n_steps >= config.max_steps:
             raise MaxStepsError(
@@ -94,6 +116,11 @@ def integrate(
         end = next_out
         while end < n_out and sign * (ts[end] - t1) <= 0:
             end += 1
+        if record is not None:
+            indices = list(range(next_out, end))
+            thetas = [1.0 if ts[i] == t1 else (ts[i] - t) / (t1 - t) for i in indices]
+            perturbed = config.perturb or at_jump
+            record.append(StepRecord(t, t1, y, perturbed, after_jump, indices, thetas))
         if end > next_out:
             exact = ts[end - 1] == t1
             inner = ts[next_out : end - 1] if exact else ts[next_out:end]
@@ -106,6 +133,7 @@ def integrate(
         state = solver.accept(term, step, config.perturb or at_jump)
         if at_jump:
             state = solver.init(term, t1, step.y1, term(t1, step.y1, sign))
+        after_jump = at_jump
         if landed:
             landing += 1
         t, y = t1, step.y1

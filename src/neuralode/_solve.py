@@ -8,11 +8,13 @@ from typing import Any
 import torch
 
 from ._errors import NonFiniteError
-from ._loop import LoopConfig, integrate
+from ._loop import LoopConfig
 from ._norms import Norm, mixed_norm, rms_norm
 from ._solution import Solution, SolveStats
 from ._term import ODETerm
 from ._tree import TreeSpec, tree_spec
+from .adjoint.base import GradientStrategy, Problem, time_derivative_inputs
+from .adjoint.direct import Direct
 from .controllers.base import StepSizeController
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
@@ -35,6 +37,7 @@ def solve(
     jump_t: Sequence[float] | torch.Tensor = (),
     perturb: bool = False,
     callbacks: Any = None,
+    gradient: GradientStrategy | None = None,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
 
@@ -46,7 +49,11 @@ def solve(
     states). ``step_t`` are times steps must land on; ``jump_t`` times where f is
     discontinuous (steps land there and f is re-evaluated on the far side). ``callbacks``
     may define ``on_step``, ``on_accept`` and ``on_reject``, each called as ``(t, y, dt)``.
-    Every operation is a torch operation, so gradients flow through by backpropagation.
+
+    ``gradient`` chooses how gradients flow: ``Direct()`` (default: backpropagation through
+    the solver), ``Backsolve()`` (continuous adjoint, O(1) memory) or ``Checkpointed()``
+    (exact gradients of the discrete solve with memory O(steps x state)). Gradients with
+    respect to ``y0``, the parameters of ``func`` and ``ts`` are available with each.
     """
     spec, y0_flat = _check_state(y0)
     times = _check_times(ts, y0_flat.device)
@@ -69,10 +76,31 @@ def solve(
     )
     term = ODETerm(func, spec, y0_flat)
     stats = SolveStats()
-    ys = integrate(term, y0_flat, times, config, stats)
+    problem = Problem(func, term, spec, y0_flat, ts, times, config, stats)
+    gradient = Direct() if gradient is None else gradient
+    if time_derivative_inputs(problem) and not gradient.handles_time_gradients:
+        ys = _run_with_time_gradients(gradient, problem)
+    else:
+        ys = gradient.run(problem)
     stats.nfe = term.nfe
     _check_finite(ys, times)
     return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
+
+
+def _run_with_time_gradients(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:
+    """Make the outputs differentiable in ``ts`` by the exact flow's derivatives.
+
+    dy(t_i)/dt_i = f(t_i, y_i) and dy(t_i)/dt_0 = -dy(t_i)/dy0 . f(t_0, y_0). Both enter as
+    terms ``(t - t.detach()) * f`` that are zero in value but carry the derivative.
+    """
+    term, times = problem.term, problem.times
+    shift = problem.ts - problem.ts.detach()
+    shift = shift.to(term.time_dtype)
+    f0 = term(times[0], problem.y0)
+    problem.y0 = problem.y0 - shift[0] * f0
+    ys = gradient.run(problem)
+    fs = torch.stack([f0] + [term(t, y) for t, y in zip(times[1:], ys[1:])])
+    return ys + shift[:, None] * fs
 
 
 def _check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:

@@ -54,6 +54,15 @@ class FixedGrid(StepSizeController):
         step = math.copysign(self.step_size, span)
         return [t0 + i * step for i in range(n)] + [t_end]
 
+    def restricted(self, t_start: float, t_end: float) -> FixedGrid:
+        """The part of a user-given grid between two of its times (either direction)."""
+        assert self.grid is not None
+        points = torch.as_tensor(self.grid).detach().to(torch.float64).reshape(-1).tolist()
+        lo, hi = min(t_start, t_end), max(t_start, t_end)
+        inside = [x for x in points if lo < x < hi]
+        ordered = sorted(inside, reverse=t_end < t_start)
+        return FixedGrid(grid=torch.tensor([t_start, *ordered, t_end], dtype=torch.float64))
+
     def init(
         self,
         term: ODETerm,

@@ -8,6 +8,7 @@ from .._norms import Norm
 from .._term import ODETerm
 
 
+@torch.no_grad()
 def select_initial_step(
     term: ODETerm,
     t0: float,

@@ -120,7 +120,8 @@ class PIController(StepSizeController):
     ) -> tuple[bool, float, _PIState]:
         dt = t1 - t0
         size = abs(dt)
-        ratio = float(self.error_ratio(y0, y1, error, state.norm))
+        with torch.no_grad():
+            ratio = float(self.error_ratio(y0, y1, error, state.norm))
         if not math.isfinite(ratio):
             # NaN or inf in the step: shrink hard and retry; the loop reports a step underflow.
             return False, t0 + dt * self.dfactor, state

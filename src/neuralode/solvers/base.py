@@ -38,6 +38,8 @@ class Solver(abc.ABC):
 
     order: int
     error_order: int | None = None
+    #: a multistep method carries past values in its state (checkpointing needs one-step)
+    multistep: bool = False
 
     @property
     def adaptive(self) -> bool:

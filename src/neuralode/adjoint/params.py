@@ -1,0 +1,28 @@
+"""Finding the parameters an adjoint must differentiate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+
+def resolve_params(
+    func: Callable[..., Any], params: Sequence[torch.Tensor] | None
+) -> tuple[torch.Tensor, ...]:
+    """``params`` if given, else ``func.parameters()`` for an ``nn.Module``; only tensors
+    that require grad are kept."""
+    if params is None:
+        if not isinstance(func, torch.nn.Module):
+            raise ValueError(
+                f"func is a {type(func).__name__}, not a torch.nn.Module, so its parameters "
+                "cannot be found: pass them explicitly (params=... in the core API, "
+                "adjoint_params=... in odeint_adjoint); pass () if there are none"
+            )
+        params = tuple(func.parameters())
+    params = tuple(params)
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"parameter {i} is a {type(p).__name__}, not a tensor")
+    return tuple(p for p in params if p.requires_grad)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
+from ._events import EventTracker
 from ._norms import Norm
 from ._solution import SolveStats
 from ._term import ODETerm
@@ -30,6 +31,7 @@ class LoopConfig:
     jump_t: tuple[float, ...] = ()
     perturb: bool = False
     callbacks: Any = None
+    events: EventTracker | None = None
 
 
 def _landings(ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, ...]):
@@ -70,7 +72,8 @@ def integrate(
 ) -> torch.Tensor:
     """Solve from ``ts[0]`` and return the flat states at every time in ``ts``: (len(ts), n).
 
-    With ``record``, every accepted step is appended to it as a ``StepRecord``.
+    With ``record``, every accepted step is appended to it as a ``StepRecord``. A terminal
+    event in ``config.events`` ends the solve early: only the outputs up to it are returned.
     """
     outputs = [y0[None]]
     if len(ts) == 1:
@@ -85,6 +88,9 @@ def integrate(
     next_out, n_out, landing = 1, len(ts), 0
     last_y1 = None
     after_jump = False
+    events = config.events
+    if events is not None:
+        events.start(t, y)
     while next_out < n_out:
         if stats.n_steps >= config.max_steps:
             raise MaxStepsError(
@@ -113,8 +119,11 @@ def integrate(
         stats.n_accepted += 1
         if callbacks is not None:
             callbacks.accept(t, y, t1 - t)
+        hit = None if events is None else events.check(solver, term, step)
+        stop = hit is not None and events.event.terminal
+        t_stop = hit.t if stop else t1
         end = next_out
-        while end < n_out and sign * (ts[end] - t1) <= 0:
+        while end < n_out and sign * (ts[end] - t_stop) <= 0:
             end += 1
         if record is not None:
             indices = list(range(next_out, end))
@@ -130,6 +139,8 @@ def integrate(
             if exact:
                 outputs.append(step.y1[None])
             next_out = end
+        if stop:
+            break
         state = solver.accept(term, step, config.perturb or at_jump)
         if at_jump:
             state = solver.init(term, t1, step.y1, term(t1, step.y1, sign))

@@ -26,8 +26,14 @@ class SolveStats:
 
 @dataclass
 class Solution:
-    """``ys`` has the structure of ``y0`` with a leading dimension over ``ts``."""
+    """``ys`` has the structure of ``y0`` with a leading dimension over ``ts`` (over the
+    times before a terminal event, which ``ts`` then lists)."""
 
     ts: torch.Tensor
     ys: Any
     stats: SolveStats = field(default_factory=SolveStats)
+    #: with a terminal event: its time (0-dim) and the state there, both differentiable
+    event_t: torch.Tensor | None = None
+    event_y: Any = None
+    #: with an event: the times of every located crossing, in order
+    event_ts: torch.Tensor | None = None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from ._errors import NonFiniteError
-from ._loop import LoopConfig
+from ._events import Event, EventGradient, EventTracker
+from ._loop import LoopConfig, integrate
 from ._norms import Norm, mixed_norm, rms_norm
 from ._solution import Solution, SolveStats
 from ._term import ODETerm
@@ -38,6 +40,7 @@ def solve(
     perturb: bool = False,
     callbacks: Any = None,
     gradient: GradientStrategy | None = None,
+    event: Event | None = None,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
 
@@ -54,9 +57,14 @@ def solve(
     the solver), ``Backsolve()`` (continuous adjoint, O(1) memory) or ``Checkpointed()``
     (exact gradients of the discrete solve with memory O(steps x state)). Gradients with
     respect to ``y0``, the parameters of ``func`` and ``ts`` are available with each.
+
+    ``event`` (an ``Event``) watches ``event.fn(t, y)``: a terminal event ends the solve where
+    an element crosses zero; ``Solution.event_t`` and ``Solution.event_y`` are then
+    differentiable (implicit-function gradient) and ``ys``/``ts`` hold only the outputs
+    before it. With an event, ``ts[-1]`` may be infinite (search until the event).
     """
     spec, y0_flat = _check_state(y0)
-    times = _check_times(ts, y0_flat.device)
+    times = _check_times(ts, y0_flat.device, open_end=event is not None)
     solver = Dopri5() if solver is None else solver
     if controller is None:
         controller = PIController() if solver.adaptive else FixedGrid()
@@ -78,13 +86,57 @@ def solve(
     stats = SolveStats()
     problem = Problem(func, term, spec, y0_flat, ts, times, config, stats)
     gradient = Direct() if gradient is None else gradient
+    if event is None:
+        ys = _run(gradient, problem)
+        stats.nfe = term.nfe
+        _check_finite(ys, times)
+        return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
+    return _solve_with_event(gradient, problem, EventTracker(event, spec, term))
+
+
+def _run(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:
     if time_derivative_inputs(problem) and not gradient.handles_time_gradients:
-        ys = _run_with_time_gradients(gradient, problem)
+        return _run_with_time_gradients(gradient, problem)
+    return gradient.run(problem)
+
+
+def _solve_with_event(
+    gradient: GradientStrategy, problem: Problem, tracker: EventTracker
+) -> Solution:
+    """Direct: one solve, the event state is in the graph. Other strategies: locate the event
+    in a graph-free solve, then solve up to it with the strategy."""
+    config, stats, ts = problem.config, problem.stats, problem.ts
+    if isinstance(gradient, Direct):
+        problem.config = replace(config, events=tracker)
+        ys = _run(gradient, problem)
+        hit = tracker.hits[-1] if tracker.hits and tracker.event.terminal else None
+        event_y = None if hit is None else hit.y
     else:
-        ys = gradient.run(problem)
-    stats.nfe = term.nfe
-    _check_finite(ys, times)
-    return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
+        with torch.no_grad():
+            integrate(
+                problem.term, problem.y0, problem.times, replace(config, events=tracker), stats
+            )
+        hit = tracker.hits[-1] if tracker.hits and tracker.event.terminal else None
+        if hit is not None:
+            sign = 1.0 if problem.times[-1] > problem.times[0] else -1.0
+            before = sum(1 for t in problem.times if sign * (hit.t - t) > 0)
+            t_event = torch.full((1,), hit.t, dtype=ts.dtype, device=ts.device)
+            problem.ts = torch.cat([ts[:before], t_event])
+            problem.times = problem.times[:before] + [hit.t]
+        ys = _run(gradient, problem)
+        event_y = None
+        if hit is not None:
+            ys, event_y = ys[:-1], ys[-1]
+    stats.nfe = problem.term.nfe
+    _check_finite(ys, problem.times)
+    solution = Solution(ts=ts[: ys.shape[0]], ys=problem.spec.unflatten(ys), stats=stats)
+    solution.event_ts = torch.tensor([h.t for h in tracker.hits], dtype=ts.dtype, device=ts.device)
+    if hit is not None:
+        t_event = torch.tensor(hit.t, dtype=torch.float64, device=ts.device)
+        event_t, event_y = EventGradient.apply(tracker, hit.index, t_event, event_y)
+        solution.event_t = event_t.to(ts.dtype)
+        solution.event_y = problem.spec.unflatten(event_y)
+    return solution
 
 
 def _run_with_time_gradients(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:
@@ -124,7 +176,7 @@ def _check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:
     return spec, flat
 
 
-def _check_times(ts: Any, device: torch.device) -> list[float]:
+def _check_times(ts: Any, device: torch.device, open_end: bool = False) -> list[float]:
     if not isinstance(ts, torch.Tensor):
         raise TypeError(f"t must be a 1-D tensor of times, got {type(ts).__name__}")
     if ts.ndim != 1 or ts.numel() == 0:
@@ -134,7 +186,8 @@ def _check_times(ts: Any, device: torch.device) -> list[float]:
     if ts.device != device:
         raise ValueError(f"t is on {ts.device} but y0 is on {device}; put both on one device")
     times = ts.detach().to(torch.float64).tolist()
-    if not all(x == x and abs(x) != float("inf") for x in times):
+    finite = times[:-1] if open_end else times
+    if not all(x == x and abs(x) != float("inf") for x in finite) or times[-1] != times[-1]:
         raise ValueError(f"t contains NaN or inf: {times}")
     if len(times) > 1:
         diffs = [b - a for a, b in zip(times, times[1:])]

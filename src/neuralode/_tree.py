@@ -32,9 +32,9 @@ class TreeSpec:
         """Split a flat (..., numel) tensor into the stored structure, keeping leading dims."""
         lead = flat.shape[:-1]
         if self.is_leaf:
-            return flat.reshape(*lead, *self.shapes[0])
+            return flat.reshape((*lead, *self.shapes[0]))
         pieces = torch.split(flat, self.numels, dim=-1)
-        leaves = iter(p.reshape(*lead, *s) for p, s in zip(pieces, self.shapes))
+        leaves = iter(p.reshape((*lead, *s)) for p, s in zip(pieces, self.shapes))
         return _rebuild(self.structure, leaves)
 
     def flatten(self, tree: Any, what: str = "value") -> torch.Tensor:

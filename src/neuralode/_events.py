@@ -1,0 +1,149 @@
+"""Events: stop (or record) where an element of g(t, y) crosses zero, located on dense output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ._term import ODETerm
+from ._tree import TreeSpec
+from .solvers.base import Solver, Step
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event function ``fn(t, y) -> tensor``: an event happens where an element crosses 0.
+
+    ``direction`` 1 counts only rising crossings (negative to non-negative), -1 only falling
+    ones, 0 both. A ``terminal`` event ends the solve; a non-terminal one is recorded and the
+    solve goes on. The time is located by bisection on the solver's dense output to ``tol``
+    (default: the resolution of float64).
+    """
+
+    fn: Callable[[torch.Tensor, Any], torch.Tensor]
+    direction: int = 0
+    terminal: bool = True
+    tol: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.direction not in (-1, 0, 1):
+            raise ValueError(f"event direction must be -1, 0 or 1, got {self.direction!r}")
+        if not callable(self.fn):
+            raise TypeError(f"the event function must be callable, got {type(self.fn).__name__}")
+
+
+@dataclass
+class EventHit:
+    """One located event: its time, the index of the element that crossed, the state there."""
+
+    t: float
+    index: int
+    y: torch.Tensor
+
+
+@dataclass
+class EventTracker:
+    """Watches the sign of the event function over accepted steps."""
+
+    event: Event
+    spec: TreeSpec
+    term: ODETerm
+    hits: list[EventHit] = field(default_factory=list)
+    _previous: torch.Tensor | None = None
+
+    def value(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            g = self.event.fn(self.term.time(t), self.spec.unflatten(y))
+        if not isinstance(g, torch.Tensor):
+            raise TypeError(f"the event function must return a tensor, got {type(g).__name__}")
+        return g.reshape(-1)
+
+    def start(self, t0: float, y0: torch.Tensor) -> None:
+        self._previous = self.value(t0, y0)
+
+    def _crossed(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        rising = (before < 0) & (after >= 0)
+        falling = (before > 0) & (after <= 0)
+        if self.event.direction == 1:
+            return rising
+        if self.event.direction == -1:
+            return falling
+        return rising | falling
+
+    def check(self, solver: Solver, term: ODETerm, step: Step) -> EventHit | None:
+        """The first crossing inside an accepted step, or None (then remember the end)."""
+        after = self.value(step.t1, step.y1)
+        crossed = self._crossed(self._previous, after)
+        if not bool(crossed.any()):
+            self._previous = after
+            return None
+        lo, hi, g_lo = 0.0, 1.0, self._previous
+        tol = self.event.tol
+        dt = step.dt
+        with torch.no_grad():
+            for _ in range(200):
+                mid = 0.5 * (lo + hi)
+                if mid in (lo, hi) or (tol is not None and (hi - lo) * abs(dt) <= tol):
+                    break
+                y_mid = solver.interpolate(term, step, torch.tensor([mid], dtype=torch.float64))[0]
+                g_mid = self.value(step.t0 + mid * dt, y_mid)
+                if bool(self._crossed(g_lo, g_mid).any()):
+                    hi, crossed = mid, self._crossed(g_lo, g_mid)
+                else:
+                    lo, g_lo = mid, g_mid
+        index = int(crossed.nonzero()[0])
+        t_event = step.t1 if hi == 1.0 else step.t0 + hi * dt
+        if hi == 1.0:
+            y_event = step.y1
+        else:
+            y_event = solver.interpolate(term, step, torch.tensor([hi], dtype=torch.float64))[0]
+        hit = EventHit(t_event, index, y_event)
+        self.hits.append(hit)
+        self._previous = self.value(t_event, y_event)
+        return hit
+
+
+class EventGradient(torch.autograd.Function):
+    """Implicit-function gradient of the event time, rerouted through the state at the event.
+
+    With g(t*, y(t*)) = 0, dt*/dtheta = -(dg/dy . dy/dtheta) / (dg/dt + dg/dy . f). The
+    incoming gradients of t* and y(t*) are turned into one gradient of y(t*), which then flows
+    back through the solve (whatever its gradient strategy).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tracker: EventTracker, index: int, t_event, y_event):
+        ctx.tracker = tracker
+        ctx.index = index
+        ctx.save_for_backward(t_event, y_event)
+        return t_event.detach().clone(), y_event.detach().clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_t: torch.Tensor, grad_y: torch.Tensor):
+        tracker: EventTracker = ctx.tracker
+        t_event, y_event = ctx.saved_tensors
+        spec, func = tracker.spec, tracker.term.func
+        with torch.enable_grad():
+            t = t_event.detach().requires_grad_(True)
+            y = y_event.detach().requires_grad_(True)
+            t_state = t.to(tracker.term.time_dtype)
+            f = spec.flatten(func(t_state, spec.unflatten(y)), "func's output").detach()
+            g = tracker.event.fn(t_state, spec.unflatten(y)).reshape(-1)[ctx.index]
+            dg_dt, dg_dy = torch.autograd.grad(g, (t, y), allow_unused=True)
+        dg_dt = torch.zeros_like(t) if dg_dt is None else dg_dt
+        dg_dy = torch.zeros_like(y) if dg_dy is None else dg_dy
+        slope = dg_dt + _dot(dg_dy, f)
+        if float(slope) == 0:
+            raise ValueError(
+                "the event function crosses zero tangentially (dg/dt = 0 along the solution), "
+                "so the event time has no derivative"
+            )
+        total_t = grad_t + _dot(grad_y, f)
+        return None, None, None, grad_y - (total_t / slope).to(y.dtype) * dg_dy
+
+
+def _dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return (u.conj() * v).real.sum() if u.is_complex() else (u * v).sum()

@@ -125,9 +125,9 @@ class PIController(StepSizeController):
         if not math.isfinite(ratio):
             # NaN or inf in the step: shrink hard and retry; the loop reports a step underflow.
             return False, t0 + dt * self.dfactor, state
-        accept = ratio <= 1 or size <= self.min_step
-        if size > self.max_step:
-            accept = False
+        # Proposals are clamped to [min_step, max_step] already; a step at min_step is
+        # accepted whatever its error (the user asked for no smaller steps).
+        accept = ratio <= 1 or size <= self.min_step * (1 + 1e-12)
         if ratio == 0:
             factor = self.ifactor
         else:

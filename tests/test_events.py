@@ -1,0 +1,155 @@
+"""Events: location against analytic times, direction, non-terminal events, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import neuralode as no
+
+G = 9.81
+F64 = torch.float64
+
+
+def _ball(t, state):
+    height, velocity = state
+    return velocity, torch.full_like(velocity, -G)
+
+
+def _ground(t, state):
+    return state[0]
+
+
+def test_bouncing_ball_matches_analytic_bounce_times() -> None:
+    restitution, height = 0.8, torch.tensor(1.0, dtype=F64)
+    velocity = torch.tensor(0.0, dtype=F64)
+    t0 = 0.0
+    impact_speed = math.sqrt(2 * G)
+    expected = [math.sqrt(2 / G)]
+    for k in range(1, 5):
+        expected.append(expected[-1] + 2 * restitution**k * impact_speed / G)
+    found = []
+    for _ in range(5):
+        sol = no.solve(
+            _ball,
+            (height, velocity),
+            torch.tensor([t0, math.inf], dtype=F64),
+            event=no.Event(_ground, direction=-1),
+            controller=no.PIController(1e-10, 1e-12),
+        )
+        t0 = float(sol.event_t)
+        found.append(t0)
+        height, velocity = sol.event_y[0].detach(), -restitution * sol.event_y[1].detach()
+        assert abs(float(sol.event_y[0])) < 1e-9
+    assert found == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("gradient", ["direct", "backsolve", "checkpointed"])
+def test_event_time_gradient_matches_finite_differences(gradient: str) -> None:
+    """Time for y' = -k y from y0 to reach 1/4 of y0... with a parameter-dependent field."""
+    k = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([2.0, 0.5], dtype=F64, requires_grad=True)
+
+    def field(t, y):
+        return torch.stack([-k * y[0] + 0.1 * torch.sin(t), y[0] - y[1]])
+
+    def event_time(k_value, y0_value):
+        strategy = {
+            "direct": no.Direct(),
+            "backsolve": no.Backsolve(params=(k,)),
+            "checkpointed": no.Checkpointed(params=(k,)),
+        }[gradient]
+        sol = no.solve(
+            field,
+            y0_value,
+            torch.tensor([0.0, 10.0], dtype=F64),
+            event=no.Event(lambda t, y: y[0] - 0.5),
+            controller=no.PIController(1e-11, 1e-12),
+            gradient=strategy,
+        )
+        return sol.event_t, sol.event_y
+
+    t_event, y_event = event_time(k, y0)
+    loss = t_event + 3 * y_event[1]
+    grads = torch.autograd.grad(loss, (k, y0))
+    eps = 1e-6
+    with torch.no_grad():
+        for i, analytic in enumerate([grads[0], *grads[1]]):
+            values = []
+            for s in (1, -1):
+                k_s, y0_s = k.detach().clone(), y0.detach().clone()
+                if i == 0:
+                    k_s += s * eps
+                else:
+                    y0_s[i - 1] += s * eps
+                k.data, saved = k_s, k.data
+                t_s, y_s = event_time(k, y0_s)
+                k.data = saved
+                values.append(float(t_s + 3 * y_s[1]))
+            numeric = (values[0] - values[1]) / (2 * eps)
+            assert float(analytic) == pytest.approx(numeric, rel=1e-5, abs=1e-7)
+
+
+def test_direction_filters_crossings() -> None:
+    f = lambda t, y: torch.ones_like(y)  # noqa: E731  y = t, so sin(pi y) has roots at 1, 2, 3
+    g = lambda t, y: torch.sin(math.pi * y)  # noqa: E731
+    y0 = torch.tensor([0.5], dtype=F64)
+    ts = torch.tensor([0.0, 10.0], dtype=F64)
+    # y is linear, so the error estimate allows one huge step; crossings are looked for at
+    # step ends, so two crossings within one step would cancel: cap the step.
+    control = no.PIController(max_step=0.25)
+    falling = no.solve(f, y0, ts, event=no.Event(g, direction=-1), controller=control)
+    rising = no.solve(f, y0, ts, event=no.Event(g, direction=1), controller=control)
+    either = no.solve(f, y0, ts, event=no.Event(g), controller=control)
+    assert float(falling.event_t) == pytest.approx(0.5, abs=1e-12)  # y crosses 1 at t=0.5
+    assert float(rising.event_t) == pytest.approx(1.5, abs=1e-12)
+    assert float(either.event_t) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_non_terminal_events_record_every_crossing_and_finish() -> None:
+    f = lambda t, y: torch.ones_like(y)  # noqa: E731
+    g = lambda t, y: torch.sin(math.pi * y)  # noqa: E731
+    ts = torch.linspace(0, 4, 9, dtype=F64)
+    sol = no.solve(
+        f,
+        torch.tensor([0.25], dtype=F64),
+        ts,
+        event=no.Event(g, terminal=False),
+        controller=no.PIController(max_step=0.25),
+    )
+    assert sol.event_t is None
+    torch.testing.assert_close(sol.event_ts, torch.tensor([0.75, 1.75, 2.75, 3.75], dtype=F64))
+    assert sol.ys.shape == (9, 1)
+
+
+def test_terminal_event_truncates_outputs() -> None:
+    ts = torch.linspace(0, 2, 5, dtype=F64)
+    sol = no.solve(
+        lambda t, y: -torch.ones_like(y),
+        torch.tensor([1.2], dtype=F64),
+        ts,
+        event=no.Event(lambda t, y: y),
+    )
+    assert float(sol.event_t) == pytest.approx(1.2, abs=1e-12)
+    torch.testing.assert_close(sol.ts, ts[:3])
+    torch.testing.assert_close(sol.ys[:, 0], 1.2 - ts[:3])
+
+
+def test_no_event_before_the_end() -> None:
+    sol = no.solve(
+        lambda t, y: -y,
+        torch.tensor([1.0]),
+        torch.tensor([0.0, 1.0]),
+        event=no.Event(lambda t, y: y),
+    )
+    assert sol.event_t is None and sol.event_ts.numel() == 0
+    assert sol.ys.shape == (2, 1)
+
+
+def test_event_argument_errors() -> None:
+    with pytest.raises(ValueError, match="direction"):
+        no.Event(lambda t, y: y, direction=2)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        no.solve(lambda t, y: y, torch.ones(1), torch.tensor([0.0, math.inf]))

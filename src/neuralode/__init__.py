@@ -7,7 +7,20 @@ from ._solution import Solution, SolveStats
 from ._solve import solve
 from .adjoint import Backsolve, Checkpointed, Direct, GradientStrategy
 from .controllers import FixedGrid, PIController
-from .solvers import RK4, Dopri5, Euler
+from .solvers import (
+    METHODS,
+    RK4,
+    AdaptiveHeun,
+    Bosh3,
+    Dopri5,
+    Dopri8,
+    Euler,
+    Fehlberg2,
+    Heun2,
+    Heun3,
+    Midpoint,
+    Tsit5,
+)
 
 __all__ = [
     "Event",
@@ -15,7 +28,16 @@ __all__ = [
     "Checkpointed",
     "Direct",
     "GradientStrategy",
+    "METHODS",
     "RK4",
+    "AdaptiveHeun",
+    "Bosh3",
+    "Dopri8",
+    "Fehlberg2",
+    "Heun2",
+    "Heun3",
+    "Midpoint",
+    "Tsit5",
     "Dopri5",
     "Euler",
     "FixedGrid",

@@ -1,0 +1,131 @@
+"""Every Butcher tableau against the order conditions, via rooted trees (Butcher's theory)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+
+from neuralode.solvers import METHODS, ButcherTableau, DenseOutput, ExplicitRK
+
+TABLEAUX = {name: cls.tableau for name, cls in METHODS.items() if issubclass(cls, ExplicitRK)}
+
+
+@cache
+def trees(order: int) -> tuple[tuple, ...]:
+    """Rooted trees with ``order`` vertices, each a sorted tuple of its children's trees."""
+    if order == 1:
+        return ((),)
+    return tuple(sorted(set(_forests(order - 1, order - 1))))
+
+
+def _forests(total: int, largest: int) -> list[tuple]:
+    """Sorted tuples of trees whose orders sum to ``total``, no tree above ``largest``."""
+    if total == 0:
+        return [()]
+    out = []
+    for first in range(min(total, largest), 0, -1):
+        for tree in trees(first):
+            for rest in _forests(total - first, first):
+                out.append(tuple(sorted((tree, *rest))))
+    return out
+
+
+def size(tree: tuple) -> int:
+    return 1 + sum(size(child) for child in tree)
+
+
+def density(tree: tuple) -> float:
+    """gamma(tree): the exact solution's coefficient is 1 / gamma."""
+    return size(tree) * float(np.prod([density(child) for child in tree]))
+
+
+def stage_weights(a: np.ndarray, tree: tuple) -> np.ndarray:
+    """Per-stage products of A applied to the children's weights (all ones for a leaf)."""
+    out = np.ones(a.shape[0])
+    for child in tree:
+        out = out * (a @ stage_weights(a, child))
+    return out
+
+
+def _matrix(tab: ButcherTableau) -> np.ndarray:
+    s = tab.stages
+    a = np.zeros((s, s))
+    for i, row in enumerate(tab.a):
+        a[i, : len(row)] = row
+    return a
+
+
+def residuals(a: np.ndarray, b: np.ndarray, order: int) -> list[float]:
+    """|Phi(tree) - 1/gamma(tree)| for every tree of exactly ``order`` vertices."""
+    return [abs(b @ stage_weights(a, t) - 1 / density(t)) for t in trees(order)]
+
+
+def test_tree_counts_are_the_known_sequence() -> None:
+    assert [len(trees(n)) for n in range(1, 9)] == [1, 1, 2, 4, 9, 20, 48, 115]
+
+
+# Coefficients given as decimal fractions (dopri8, tsit5) satisfy the conditions only to
+# about 1e-13 after rounding; exact rationals reach 1e-15.
+TOL = 1e-12
+
+
+@pytest.mark.parametrize("name", TABLEAUX)
+def test_solution_has_its_declared_order_exactly(name: str) -> None:
+    tab = TABLEAUX[name]
+    a, b = _matrix(tab), np.array(tab.b)
+    for order in range(1, tab.order + 1):
+        assert max(residuals(a, b, order)) < TOL, f"{name} fails at order {order}"
+    assert max(residuals(a, b, tab.order + 1)) > 1e-6, f"{name} is of higher order"
+
+
+@pytest.mark.parametrize("name", [n for n, t in TABLEAUX.items() if t.b_error is not None])
+def test_embedded_solution_has_its_declared_order_exactly(name: str) -> None:
+    tab = TABLEAUX[name]
+    a = _matrix(tab)
+    b_hat = np.array(tab.b) - np.array(tab.b_error)
+    for order in range(1, tab.error_order + 1):
+        assert max(residuals(a, b_hat, order)) < TOL, f"{name} embedded fails at {order}"
+    assert max(residuals(a, b_hat, tab.error_order + 1)) > 1e-6
+
+
+@pytest.mark.parametrize("name", [n for n, t in TABLEAUX.items() if t.dense is not None])
+@pytest.mark.parametrize("theta", [0.1, 0.37, 0.5, 0.83, 1.0])
+def test_dense_output_order_conditions(name: str, theta: float) -> None:
+    """sum_i B_i(theta) Phi_i(tree) = theta^|tree| / gamma(tree) up to the dense order."""
+    tab = TABLEAUX[name]
+    dense = tab.dense
+    s, m = tab.stages, len(dense.extra_c)
+    a = np.zeros((s + m, s + m))
+    a[:s, :s] = _matrix(tab)
+    for k, row in enumerate(dense.extra_a):
+        a[s + k, : len(row)] = row
+    powers = theta ** np.arange(1, len(dense.coefficients[0]) + 1)
+    weights = np.array(dense.coefficients) @ powers
+    for order in range(1, dense.order + 1):
+        for tree in trees(order):
+            phi = weights @ stage_weights(a, tree)
+            assert phi == pytest.approx(theta**order / density(tree), abs=1e-11), (
+                f"{name} dense output fails for a tree of order {order} at theta={theta}"
+            )
+
+
+def test_invalid_tableaux_are_rejected_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="row 1 of a sums to"):
+        ButcherTableau("bad", c=(0.0, 0.5), a=((), (0.4,)), b=(0.5, 0.5), order=1)
+    with pytest.raises(ValueError, match="b sums to"):
+        ButcherTableau("bad", c=(0.0, 0.5), a=((), (0.5,)), b=(0.5, 0.4), order=1)
+    with pytest.raises(ValueError, match="one row per stage"):
+        ButcherTableau("bad", c=(0.0, 0.5), a=((),), b=(0.5, 0.5), order=1)
+    with pytest.raises(ValueError, match="b_error and error_order go together"):
+        ButcherTableau("bad", c=(0.0,), a=((),), b=(1.0,), order=1, b_error=(0.0,))
+    with pytest.raises(ValueError, match="B_0"):
+        ButcherTableau(
+            "bad",
+            c=(0.0,),
+            a=((),),
+            b=(1.0,),
+            order=1,
+            dense=DenseOutput(coefficients=((0.5,),), order=1),
+        )

@@ -6,6 +6,7 @@ from ._norms import max_norm, mixed_norm, rms_norm, seminorm
 from ._solution import Solution, SolveStats
 from ._solve import solve
 from .adjoint import Backsolve, Checkpointed, Direct, GradientStrategy
+from .compat import odeint, odeint_adjoint, odeint_event
 from .controllers import FixedGrid, PIController
 from .solvers import (
     METHODS,
@@ -50,6 +51,9 @@ __all__ = [
     "StepSizeUnderflowError",
     "max_norm",
     "mixed_norm",
+    "odeint",
+    "odeint_adjoint",
+    "odeint_event",
     "rms_norm",
     "seminorm",
     "solve",

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ._callbacks import Callbacks
 from ._errors import NonFiniteError
 from ._events import Event, EventGradient, EventTracker
 from ._loop import LoopConfig, integrate
@@ -80,7 +81,7 @@ def solve(
         step_t=_check_grid_times("step_t", step_t),
         jump_t=_check_grid_times("jump_t", jump_t),
         perturb=bool(perturb),
-        callbacks=None if callbacks is None else _Callbacks(callbacks, spec),
+        callbacks=None if callbacks is None else Callbacks(callbacks, spec),
     )
     term = ODETerm(func, spec, y0_flat)
     stats = SolveStats()
@@ -217,29 +218,3 @@ def _check_finite(ys: torch.Tensor, times: list[float]) -> None:
             f"the solution contains NaN or inf at t={times[i]:.6g} (output {i}); "
             "the step size may be too large for this problem, or f is non-finite there"
         )
-
-
-class _Callbacks:
-    """Calls a user's ``on_step`` / ``on_accept`` / ``on_reject`` with tensors in y0's shape."""
-
-    def __init__(self, target: Any, spec: TreeSpec):
-        self._spec = spec
-        self._hooks = {
-            name: getattr(target, name, None) for name in ("on_step", "on_accept", "on_reject")
-        }
-
-    def _call(self, name: str, t: float, y: torch.Tensor, dt: float) -> None:
-        hook = self._hooks[name]
-        if hook is not None:
-            t_ = torch.tensor(t, dtype=torch.float64, device=y.device)
-            dt_ = torch.tensor(dt, dtype=torch.float64, device=y.device)
-            hook(t_, self._spec.unflatten(y), dt_)
-
-    def step(self, t: float, y: torch.Tensor, dt: float) -> None:
-        self._call("on_step", t, y, dt)
-
-    def accept(self, t: float, y: torch.Tensor, dt: float) -> None:
-        self._call("on_accept", t, y, dt)
-
-    def reject(self, t: float, y: torch.Tensor, dt: float) -> None:
-        self._call("on_reject", t, y, dt)

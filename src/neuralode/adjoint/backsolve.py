@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._callbacks import Callbacks
 from .._loop import LoopConfig, integrate
 from .._norms import Norm, mixed_norm, seminorm
 from .._solution import SolveStats
@@ -156,7 +157,9 @@ class _BacksolveSolve(torch.autograd.Function):
             step_t=forward.step_t,
             jump_t=forward.jump_t,
             perturb=forward.perturb,
-            callbacks=strategy.callbacks,
+            callbacks=None
+            if strategy.callbacks is None
+            else Callbacks(strategy.callbacks, state_spec),
         )
         f_term = problem.term
         f_nfe_before = f_term.nfe

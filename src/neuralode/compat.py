@@ -1,0 +1,286 @@
+"""torchdiffeq-compatible façade: ``odeint``, ``odeint_adjoint`` and ``odeint_event``.
+
+Same signatures, method names, options and callbacks as torchdiffeq; strings are parsed and
+validated here and turned into the core API's objects (``solve`` with a solver, a controller
+and a gradient strategy). Unknown methods or options raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ._events import Event
+from ._solve import DEFAULT_MAX_STEPS, solve
+from ._tree import tree_spec
+from .adjoint.backsolve import Backsolve
+from .adjoint.base import GradientStrategy
+from .adjoint.direct import Direct
+from .controllers.fixed import FixedGrid
+from .controllers.pi import PIController
+from .solvers import METHODS
+
+_ADAPTIVE_OPTIONS = {
+    "first_step",
+    "safety",
+    "ifactor",
+    "dfactor",
+    "icoeff",
+    "pcoeff",
+    "min_step",
+    "max_step",
+    "max_num_steps",
+    "dtype",
+    "step_t",
+    "jump_t",
+    "norm",
+}
+_FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "max_num_steps"}
+_CONTROLLER_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "icoeff", "pcoeff")
+_CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
+
+
+def odeint(
+    func: Callable[[torch.Tensor, Any], Any],
+    y0: Any,
+    t: torch.Tensor,
+    *,
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+) -> Any:
+    """Solve dy/dt = func(t, y) and return y at every time in ``t`` (stacked on dim 0).
+
+    ``y0`` is a tensor or a tuple of tensors (the result has the same structure). With
+    ``event_fn`` it returns ``(event_t, solution)``: the solve stops where an element of
+    ``event_fn(t, y)`` crosses zero (``t[1:]`` only gives the direction) and ``solution`` holds
+    the states at ``t[0]`` and at the event.
+    """
+    return _odeint(func, y0, t, rtol, atol, method, options, event_fn, Direct())
+
+
+def odeint_adjoint(
+    func: Callable[[torch.Tensor, Any], Any],
+    y0: Any,
+    t: torch.Tensor,
+    *,
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: dict[str, Any] | None = None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+) -> Any:
+    """``odeint`` whose gradients come from the continuous adjoint (O(1) memory in steps).
+
+    ``adjoint_params`` defaults to ``tuple(func.parameters())`` (``func`` must then be an
+    ``nn.Module``). The backward solve uses ``adjoint_rtol``/``adjoint_atol``/
+    ``adjoint_method``/``adjoint_options``, defaulting to the forward ones (without
+    ``norm``); ``adjoint_options={"norm": "seminorm"}`` leaves the parameter-gradient
+    channels out of the error norm. ``callback_*_adjoint`` methods of ``func`` are called
+    during the backward solve.
+    """
+    method = "dopri5" if method is None else method
+    adjoint_method = method if adjoint_method is None else adjoint_method
+    if "scipy_solver" in (method, adjoint_method):
+        raise ValueError(
+            "scipy_solver is not differentiable and cannot be used with odeint_adjoint; use a "
+            "torch method (e.g. dopri5) for method and adjoint_method"
+        )
+    if adjoint_options is None:
+        adjoint_options = {k: v for k, v in (options or {}).items() if k != "norm"}
+    adjoint_options = dict(adjoint_options)
+    norm = adjoint_options.pop("norm", None)
+    if norm not in (None, "seminorm"):
+        raise ValueError(
+            f"adjoint_options['norm'] must be 'seminorm' or absent, got {norm!r}; the default "
+            "is the max over the state, adjoint and parameter-gradient RMS norms"
+        )
+    adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
+    adjoint_atol = atol if adjoint_atol is None else adjoint_atol
+    spec, _ = tree_spec(y0, "y0")
+    solver, controller, extra = _parse(
+        adjoint_method, adjoint_options, adjoint_rtol, adjoint_atol, func, y0, t, spec
+    )
+    if extra.get("step_t") or extra.get("jump_t") or extra.get("perturb"):
+        raise ValueError(
+            "adjoint_options step_t, jump_t and perturb are taken from the forward options"
+        )
+    gradient = Backsolve(
+        params=adjoint_params,
+        rtol=adjoint_rtol,
+        atol=adjoint_atol,
+        solver=solver,
+        controller=controller,
+        seminorm=norm == "seminorm",
+        max_steps=extra.get("max_steps"),
+        callbacks=_callbacks(func, "_adjoint"),
+    )
+    return _odeint(func, y0, t, rtol, atol, method, options, event_fn, gradient)
+
+
+def odeint_event(
+    func: Callable[[torch.Tensor, Any], Any],
+    y0: Any,
+    t0: torch.Tensor,
+    *,
+    event_fn: Callable[[torch.Tensor, Any], torch.Tensor],
+    reverse_time: bool = False,
+    odeint_interface: Callable[..., Any] = odeint,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
+    """Solve from ``t0`` until ``event_fn(t, y)`` crosses zero; return ``(event_t, solution)``.
+
+    As in torchdiffeq, ``solution`` stacks the states at ``t0`` and at the event (take
+    ``solution[-1]``, or ``s[-1]`` per tensor of a tuple, for the state at the event). Both
+    are differentiable, the event time by the implicit function theorem. ``reverse_time``
+    searches backwards in time. ``odeint_interface`` is ``odeint`` or ``odeint_adjoint``;
+    ``kwargs`` go to it.
+    """
+    t0 = torch.as_tensor(t0).reshape(-1)[:1]
+    t = torch.cat([t0, t0.detach() + (-1.0 if reverse_time else 1.0)])
+    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+
+
+def _odeint(
+    func: Callable[[torch.Tensor, Any], Any],
+    y0: Any,
+    t: torch.Tensor,
+    rtol: float,
+    atol: float,
+    method: str | None,
+    options: dict[str, Any] | None,
+    event_fn: Callable | None,
+    gradient: GradientStrategy,
+) -> Any:
+    method = "dopri5" if method is None else method
+    options = {} if options is None else dict(options)
+    if method == "scipy_solver":
+        return _scipy(func, y0, t, rtol, atol, options, event_fn)
+    spec, _ = tree_spec(y0, "y0")
+    solver, controller, extra = _parse(method, options, rtol, atol, func, y0, t, spec)
+    event = None
+    if event_fn is not None:
+        if not isinstance(t, torch.Tensor) or t.ndim != 1 or t.numel() < 2:
+            raise ValueError(
+                "with event_fn, t must be a 1-D tensor [t0, t1] (t1 gives the direction)"
+            )
+        direction = 1.0 if float(t[1]) > float(t[0]) else -1.0
+        t = torch.cat(
+            [t[:1], torch.full((1,), direction * math.inf, dtype=t.dtype, device=t.device)]
+        )
+        event = Event(event_fn)
+    sol = solve(
+        func,
+        y0,
+        t,
+        solver=solver,
+        controller=controller,
+        gradient=gradient,
+        event=event,
+        callbacks=_callbacks(func, ""),
+        **extra,
+    )
+    if event is None:
+        return sol.ys
+    assert sol.event_t is not None  # the solve runs towards infinity until an event
+    return sol.event_t, _stack_pair(y0, sol.event_y)
+
+
+def _parse(
+    method: str,
+    options: dict[str, Any],
+    rtol: float,
+    atol: float,
+    func: Callable,
+    y0: Any,
+    t: torch.Tensor,
+    spec: Any,
+):
+    """(solver, controller, extra keyword arguments of ``solve``) from torchdiffeq's terms."""
+    if method not in METHODS:
+        available = ", ".join([*METHODS, "scipy_solver"])
+        raise ValueError(f"unknown method {method!r}; available methods: {available}")
+    solver_cls = METHODS[method]
+    solver_args = [p for p in inspect.signature(solver_cls).parameters if p != "self"]
+    probe = solver_cls(**{k: options[k] for k in solver_args if k in options})
+    allowed = (_ADAPTIVE_OPTIONS if probe.adaptive else _FIXED_OPTIONS) | set(solver_args)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for method {method!r}; valid options: {sorted(allowed)}"
+        )
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        value = float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+        if not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    extra: dict[str, Any] = {"max_steps": int(options.get("max_num_steps", DEFAULT_MAX_STEPS))}
+    if probe.adaptive:
+        dtype = options.get("dtype", torch.float64)
+        if dtype != torch.float64:
+            raise ValueError(
+                f"option dtype={dtype}: neuralode always keeps time in float64 (Python floats), "
+                "so only torch.float64 is accepted"
+            )
+        kwargs = {k: float(options[k]) for k in _CONTROLLER_OPTIONS if k in options}
+        kwargs["min_step"] = float(options.get("min_step", 0.0))
+        kwargs["max_step"] = float(options.get("max_step", math.inf))
+        controller = PIController(float(rtol), float(atol), **kwargs)
+        for key in ("step_t", "jump_t"):
+            if options.get(key) is not None:
+                extra[key] = options[key]
+        if options.get("norm") is not None:
+            user_norm = options["norm"]
+            extra["norm"] = lambda flat: user_norm(spec.unflatten(flat))
+    else:
+        if options.get("step_size") is not None and options.get("grid_constructor") is not None:
+            raise ValueError("options step_size and grid_constructor are mutually exclusive")
+        grid = None
+        if options.get("grid_constructor") is not None:
+            grid = options["grid_constructor"](func, y0, t)
+        controller = FixedGrid(step_size=options.get("step_size"), grid=grid)
+        extra["perturb"] = bool(options.get("perturb", False))
+    return probe, controller, extra
+
+
+class _FuncCallbacks:
+    """The core's callbacks object calling torchdiffeq-style ``callback_*`` on ``func``."""
+
+    def __init__(self, func: Any, suffix: str):
+        names = ("on_step", "on_accept", "on_reject")
+        for name, target in zip(names, _CALLBACKS):
+            hook = getattr(func, target + suffix, None)
+            if hook is not None:
+                setattr(self, name, hook)
+
+
+def _callbacks(func: Any, suffix: str) -> _FuncCallbacks | None:
+    if any(callable(getattr(func, name + suffix, None)) for name in _CALLBACKS):
+        return _FuncCallbacks(func, suffix)
+    return None
+
+
+def _stack_pair(y0: Any, y_event: Any) -> Any:
+    if isinstance(y0, torch.Tensor):
+        return torch.stack([y0, y_event])
+    return tuple(torch.stack([a, b]) for a, b in zip(y0, y_event))
+
+
+def _scipy(func, y0, t, rtol, atol, options, event_fn):
+    if event_fn is not None:
+        raise ValueError("scipy_solver does not support event_fn; use a torch method")
+    from .solvers.scipy_solver import solve_scipy
+
+    options = dict(options)
+    method = options.pop("solver", "RK45")
+    return solve_scipy(func, y0, t, method=method, rtol=rtol, atol=atol, **options)

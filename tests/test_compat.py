@@ -1,0 +1,233 @@
+"""The torchdiffeq-compatible façade against torchdiffeq itself."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import neuralode as no
+
+torchdiffeq = pytest.importorskip("torchdiffeq")
+F64 = torch.float64
+A = torch.tensor([[-0.1, 1.0], [-1.0, -0.1]], dtype=F64)
+Y0 = torch.tensor([1.0, 0.5], dtype=F64)
+T = torch.linspace(0, 3, 7, dtype=F64)
+EXACT = torch.stack([torch.linalg.matrix_exp(A * t) @ Y0 for t in T])
+SHARED_FIXED = ["euler", "midpoint", "heun2", "heun3", "rk4"]
+SHARED_ADAPTIVE = ["adaptive_heun", "fehlberg2", "bosh3", "dopri5", "dopri8"]
+
+
+def linear(t, y):
+    return A @ y
+
+
+class Field(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)
+        )
+        self.double()
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+@pytest.mark.parametrize("method", SHARED_FIXED)
+def test_fixed_methods_match_torchdiffeq_on_the_grid(method: str) -> None:
+    grid = torch.linspace(0, 3, 31, dtype=F64)
+    ours = no.odeint(linear, Y0, grid, method=method)
+    theirs = torchdiffeq.odeint(linear, Y0, grid, method=method)
+    torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("method", SHARED_ADAPTIVE)
+def test_adaptive_methods_are_as_accurate_as_torchdiffeq(method: str) -> None:
+    ours = no.odeint(linear, Y0, T, method=method, rtol=1e-6, atol=1e-8)
+    theirs = torchdiffeq.odeint(linear, Y0, T, method=method, rtol=1e-6, atol=1e-8)
+    ours_error = (ours - EXACT).abs().max()
+    theirs_error = (theirs - EXACT).abs().max()
+    assert ours_error <= 3 * theirs_error + 1e-9
+
+
+def test_default_method_and_tuple_state() -> None:
+    def f(t, state):
+        x, v = state
+        return v, -x
+
+    x, v = no.odeint(f, (torch.tensor([1.0], dtype=F64), torch.tensor([0.0], dtype=F64)), T)
+    torch.testing.assert_close(x[:, 0], torch.cos(T), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(v[:, 0], -torch.sin(T), rtol=1e-6, atol=1e-6)
+
+
+def test_decreasing_times() -> None:
+    back = no.odeint(linear, EXACT[-1], T.flip(0), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(back, EXACT.flip(0), rtol=1e-7, atol=1e-8)
+
+
+def test_step_size_and_grid_constructor() -> None:
+    ours = no.odeint(linear, Y0, T, method="rk4", options={"step_size": 0.01})
+    torch.testing.assert_close(ours, EXACT, rtol=1e-8, atol=1e-8)
+    calls = []
+
+    def grid(func, y0, t):
+        calls.append(t)
+        return torch.linspace(float(t[0]), float(t[-1]), 301, dtype=F64)
+
+    gridded = no.odeint(linear, Y0, T, method="rk4", options={"grid_constructor": grid})
+    assert len(calls) == 1
+    torch.testing.assert_close(gridded, ours, rtol=1e-9, atol=1e-9)
+
+
+def test_options_reach_the_solver() -> None:
+    with pytest.raises(no.MaxStepsError):
+        no.odeint(linear, Y0, T, options={"max_num_steps": 3})
+    accepted = []
+
+    class Recorder:
+        def __call__(self, t, y):
+            return A @ y
+
+        def callback_accept_step(self, t0, y0, dt):
+            accepted.append(float(t0 + dt))
+
+    no.odeint(Recorder(), Y0, T, options={"step_t": [1.2345], "first_step": 0.01})
+    assert any(abs(t - 1.2345) < 1e-12 for t in accepted)
+    assert accepted[0] == pytest.approx(0.01)
+    seen = []
+
+    def norm(state):
+        seen.append(type(state))
+        return state.abs().max()
+
+    no.odeint(linear, Y0, T, options={"norm": norm})
+    assert seen and seen[0] is torch.Tensor
+
+
+def test_perturb_evaluates_inside_the_steps() -> None:
+    times = []
+
+    def f(t, y):
+        times.append(float(t))
+        return torch.ones_like(y)
+
+    no.odeint(
+        f, Y0, torch.tensor([0.0, 1.0, 2.0], dtype=F64), method="euler", options={"perturb": True}
+    )
+    assert times[0] > 0.0 and times[1] > 1.0
+
+
+def test_callbacks_receive_tensors() -> None:
+    received = []
+
+    class WithCallbacks(torch.nn.Module):
+        def forward(self, t, y):
+            return A @ y
+
+        def callback_step(self, t0, y0, dt):
+            received.append((t0, y0, dt))
+
+    no.odeint(WithCallbacks(), Y0, T)
+    assert received and all(isinstance(x, torch.Tensor) for x in received[0])
+
+
+def test_unknown_method_and_option_errors_name_them() -> None:
+    with pytest.raises(ValueError, match="unknown method 'rk45'"):
+        no.odeint(linear, Y0, T, method="rk45")
+    with pytest.raises(ValueError, match="unknown option.*step_size.*dopri5"):
+        no.odeint(linear, Y0, T, options={"step_size": 0.1})
+    with pytest.raises(ValueError, match="rtol must be a non-negative"):
+        no.odeint(linear, Y0, T, rtol=-1.0)
+    with pytest.raises(ValueError, match="float64"):
+        no.odeint(linear, Y0, T, options={"dtype": torch.float32})
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_backprop_gradients_match_torchdiffeq(method: str) -> None:
+    field = Field()
+    y0 = torch.randn(4, 2, dtype=F64, requires_grad=True)
+    options = {"step_size": 0.05} if method == "rk4" else None
+    grads = []
+    for odeint in (no.odeint, torchdiffeq.odeint):
+        out = odeint(field, y0, T, method=method, options=options, rtol=1e-9, atol=1e-10)
+        grads.append(torch.autograd.grad(out[-1].pow(2).sum(), (y0, *field.parameters())))
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("adjoint_options", [None, {"norm": "seminorm"}])
+def test_odeint_adjoint_matches_torchdiffeq(adjoint_options) -> None:
+    field = Field()
+    y0 = torch.randn(4, 2, dtype=F64, requires_grad=True)
+    grads = []
+    for odeint_adjoint in (no.odeint_adjoint, torchdiffeq.odeint_adjoint):
+        out = odeint_adjoint(field, y0, T, rtol=1e-9, atol=1e-10, adjoint_options=adjoint_options)
+        grads.append(torch.autograd.grad(out.pow(2).sum(), (y0, *field.parameters())))
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+
+
+def test_odeint_adjoint_needs_params_for_plain_functions_and_rejects_scipy() -> None:
+    y0 = Y0.clone().requires_grad_(True)
+    with pytest.raises(ValueError, match="adjoint_params"):
+        no.odeint_adjoint(linear, y0, T)
+    out = no.odeint_adjoint(linear, y0, T, adjoint_params=())
+    (grad,) = torch.autograd.grad(out[-1].sum(), y0)
+    torch.testing.assert_close(grad, torch.linalg.matrix_exp(A * 3.0).T @ torch.ones(2, dtype=F64))
+    with pytest.raises(ValueError, match="scipy_solver is not differentiable"):
+        no.odeint_adjoint(Field(), y0, T, method="scipy_solver")
+
+
+def test_adjoint_callbacks_are_called_in_the_backward_pass() -> None:
+    counts = {"forward": 0, "backward": 0}
+
+    class Counted(Field):
+        def callback_step(self, t0, y0, dt):
+            counts["forward"] += 1
+
+        def callback_step_adjoint(self, t0, y0, dt):
+            counts["backward"] += 1
+
+    out = no.odeint_adjoint(Counted(), Y0.clone().requires_grad_(True), T)
+    assert counts["forward"] > 0 and counts["backward"] == 0
+    out.sum().backward()
+    assert counts["backward"] > 0
+
+
+@pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint"])
+def test_odeint_event_matches_torchdiffeq(interface: str) -> None:
+    field = Field()
+    y0 = torch.tensor([1.0, 0.3], dtype=F64, requires_grad=True)
+
+    def event_fn(t, y):
+        return y[0] - 0.9 + 0.01 * t
+
+    results = []
+    for lib in (no, torchdiffeq):
+        event_t, solution = lib.odeint_event(
+            field,
+            y0,
+            torch.tensor(0.0, dtype=F64),
+            event_fn=event_fn,
+            odeint_interface=getattr(lib, interface),
+            rtol=1e-10,
+            atol=1e-12,
+        )
+        loss = event_t + solution[-1].sum()
+        results.append((event_t, solution, torch.autograd.grad(loss, (y0, *field.parameters()))))
+    (t_ours, s_ours, g_ours), (t_theirs, s_theirs, g_theirs) = results
+    assert float(t_ours) == pytest.approx(float(t_theirs), abs=1e-8)
+    torch.testing.assert_close(s_ours, s_theirs, rtol=1e-7, atol=1e-8)
+    for ours, theirs in zip(g_ours, g_theirs):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+
+
+def test_odeint_with_event_fn_returns_time_and_solution() -> None:
+    event_t, solution = no.odeint(
+        lambda t, y: -y, Y0, T, event_fn=lambda t, y: y[0] - math.exp(-1.0)
+    )
+    assert float(event_t) == pytest.approx(1.0, abs=1e-6)
+    assert solution.shape == (2, 2)

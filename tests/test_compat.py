@@ -231,3 +231,26 @@ def test_odeint_with_event_fn_returns_time_and_solution() -> None:
     )
     assert float(event_t) == pytest.approx(1.0, abs=1e-6)
     assert solution.shape == (2, 2)
+
+
+def test_scipy_solver_matches_exact_solution_and_refuses_gradients() -> None:
+    pytest.importorskip("scipy")
+    out = no.odeint(
+        linear, Y0, T, method="scipy_solver", options={"solver": "DOP853"}, rtol=1e-10, atol=1e-12
+    )
+    torch.testing.assert_close(out, EXACT, rtol=1e-8, atol=1e-9)
+    back = no.odeint(linear, EXACT[-1], T.flip(0), method="scipy_solver", rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(back, EXACT.flip(0), rtol=1e-7, atol=1e-8)
+    x, v = no.odeint(
+        lambda t, s: (s[1], -s[0]),
+        (torch.ones(1, dtype=torch.float32), torch.zeros(1, dtype=torch.float32)),
+        T.float(),
+        method="scipy_solver",
+    )
+    assert x.dtype == torch.float32 and x.shape == (7, 1)
+    y0 = Y0.clone().requires_grad_(True)
+    out = no.odeint(linear, y0, T, method="scipy_solver")
+    with pytest.raises(RuntimeError, match="scipy_solver is not differentiable"):
+        out.sum().backward()
+    with pytest.raises(ValueError, match="unknown SciPy method"):
+        no.odeint(linear, Y0, T, method="scipy_solver", options={"solver": "Euler"})

@@ -1,5 +1,6 @@
 """Solvers: the generic explicit Runge-Kutta stepper and one small file per method."""
 
+from .adams import ExplicitAdams, ImplicitAdams
 from .adaptive_heun import AdaptiveHeun
 from .base import Solver, Step
 from .bosh3 import Bosh3
@@ -29,6 +30,8 @@ METHODS: dict[str, type[Solver]] = {
     "dopri5": Dopri5,
     "tsit5": Tsit5,
     "dopri8": Dopri8,
+    "explicit_adams": ExplicitAdams,
+    "implicit_adams": ImplicitAdams,
 }
 
 __all__ = [
@@ -41,6 +44,8 @@ __all__ = [
     "Dopri5",
     "Dopri8",
     "Euler",
+    "ExplicitAdams",
+    "ImplicitAdams",
     "ExplicitRK",
     "Fehlberg2",
     "Heun2",

@@ -112,6 +112,7 @@ def integrate(
         stats.n_steps += 1
         accepted, proposal, control = controller.adapt(t, t1, y, step.y1, step.error, control)
         if not accepted:
+            state = solver.reject(step, state)
             stats.n_rejected += 1
             if callbacks is not None:
                 callbacks.reject(t, y, t1 - t)

@@ -85,6 +85,9 @@ def solve(
     )
     term = ODETerm(func, spec, y0_flat)
     stats = SolveStats()
+    if y0_flat.numel() == 0:  # nothing to integrate
+        ys = y0_flat.expand(len(times), 0)
+        return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
     problem = Problem(func, term, spec, y0_flat, ts, times, config, stats)
     gradient = Direct() if gradient is None else gradient
     if event is None:

@@ -38,8 +38,11 @@ class TreeSpec:
         return _rebuild(self.structure, leaves)
 
     def flatten(self, tree: Any, what: str = "value") -> torch.Tensor:
-        """Flatten a structure matching this spec into a 1-D tensor, checking every shape."""
-        leaves = _leaves(tree, what)
+        """Flatten a structure matching this spec into a 1-D tensor, checking every shape.
+
+        Dicts are read in the state's key order, whatever order ``tree``'s keys are in.
+        """
+        leaves = _leaves(tree, what) if self.is_leaf else _leaves_as(self.structure, tree, what)
         if len(leaves) != len(self.shapes):
             raise ValueError(
                 f"{what} has {len(leaves)} tensors but the state has {len(self.shapes)}"
@@ -53,6 +56,12 @@ class TreeSpec:
                 )
         if len(leaves) == 1:
             return leaves[0].reshape(-1)
+        for i, leaf in enumerate(leaves):
+            if leaf.dtype != leaves[0].dtype:
+                raise TypeError(
+                    f"{what} mixes dtypes: tensor {i} is {leaf.dtype}, tensor 0 is "
+                    f"{leaves[0].dtype}"
+                )
         return torch.cat([leaf.reshape(-1) for leaf in leaves])
 
 
@@ -74,6 +83,26 @@ def _leaves(tree: Any, what: str) -> list[torch.Tensor]:
     raise TypeError(
         f"{what} must be a tensor or a tuple/list/dict of tensors, got {type(tree).__name__}"
     )
+
+
+def _leaves_as(structure: Any, tree: Any, what: str) -> list[torch.Tensor]:
+    """The leaves of ``tree`` in the order of ``structure``, checking containers match."""
+    if structure is None:
+        return _leaves(tree, what)
+    if isinstance(structure, dict):
+        if not isinstance(tree, dict):
+            raise TypeError(f"{what} must be a dict like the state, got {type(tree).__name__}")
+        if set(tree) != set(structure):
+            raise ValueError(
+                f"{what} has keys {sorted(map(str, tree))}; the state has "
+                f"{sorted(map(str, structure))}"
+            )
+        return [leaf for key in structure for leaf in _leaves_as(structure[key], tree[key], what)]
+    if not isinstance(tree, (tuple, list)):
+        return _leaves(tree, what)
+    if len(tree) != len(structure):
+        return _leaves(tree, what)  # the count check in flatten names the mismatch
+    return [leaf for sub, item in zip(structure, tree) for leaf in _leaves_as(sub, item, what)]
 
 
 def _skeleton(tree: Any) -> Any:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from .._errors import NonFiniteError
 from .._norms import Norm
 from .._term import ODETerm
 
@@ -27,6 +30,8 @@ def select_initial_step(
     scale = atol + rtol * y0.abs()
     d0 = float(norm(y0 / scale))
     d1 = float(norm(f0 / scale))
+    if not math.isfinite(d1):
+        raise NonFiniteError(f"f(t0, y0) contains NaN or inf at t0={t0:.6g}")
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     y1 = y0 + (direction * h0) * f0
     f1 = term(t0 + direction * h0, y1)

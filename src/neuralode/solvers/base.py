@@ -23,6 +23,7 @@ class Step:
     stages: list[torch.Tensor]
     f1: torch.Tensor | None = None  # f(t1, y1) when known (FSAL or computed for dense output)
     extra: dict[str, Any] = field(default_factory=dict)
+    end_perturb: float = 0.0  # how evaluations at t1 are perturbed (see ODETerm.__call__)
 
     @property
     def dt(self) -> float:
@@ -64,6 +65,10 @@ class Solver(abc.ABC):
         """State for the next step once ``step`` is accepted (f(t1, y1) when it is reusable)."""
         return None if perturb else step.f1
 
+    def reject(self, step: Step, state: Any) -> Any:
+        """State for retrying from the same point after ``step`` was rejected."""
+        return state
+
     @abc.abstractmethod
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
         """States at ``t0 + theta * dt`` for the float64 CPU tensor ``thetas``: (m, numel)."""
@@ -77,7 +82,7 @@ def hermite_interpolate(
 ) -> torch.Tensor:
     """Cubic Hermite interpolation through (y0, f0) and (y1, f1); computes f1 if unknown."""
     if step.f1 is None:
-        step.f1 = term(step.t1, step.y1)
+        step.f1 = term(step.t1, step.y1, step.end_perturb)
     th = thetas.to(device=step.y0.device, dtype=term.time_dtype)[:, None]
     h00 = (1 + 2 * th) * (1 - th) ** 2
     h10 = th * (1 - th) ** 2

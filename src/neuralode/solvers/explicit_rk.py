@@ -99,7 +99,12 @@ class ExplicitRK(Solver):
         else:
             y1, f1 = torch.addmv(y0, stacked, co.b, alpha=dt), None
         error = None if co.b_error is None else torch.mv(stacked, co.b_error) * dt
-        return Step(t0, t1, y0, y1, error, ks, f1, {"stacked": stacked})
+        extra = {"stacked": stacked, "f0_reusable": state is not None or not perturb}
+        return Step(t0, t1, y0, y1, error, ks, f1, extra, -inward if perturb else 0.0)
+
+    def reject(self, step: Step, state: Any) -> Any:
+        # f(t0, y0) does not depend on the step size: keep it for the retry.
+        return step.stages[0] if step.extra["f0_reusable"] else state
 
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
         tab = self.tableau
@@ -123,7 +128,7 @@ class ExplicitRK(Solver):
         for c, row, is_f1 in zip(dense.extra_c, co.extra_a, co.extra_is_f1):
             if is_f1:
                 if step.f1 is None:
-                    step.f1 = term(step.t1, step.y1)
+                    step.f1 = term(step.t1, step.y1, step.end_perturb)
                 ks.append(step.f1)
             else:
                 y_stage = torch.addmv(step.y0, torch.stack(ks, 1), row, alpha=dt)

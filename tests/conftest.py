@@ -1,0 +1,143 @@
+"""Shared helpers for the engine tests: the method lists (from the central ``METHODS``, so a
+new method is tested by adding it there), tolerances per method, the step-count sweep and
+log-log fit behind every empirical order, stability polynomials of tableaux, and a vector
+field wrapper that records its calls."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuralode.solvers import METHODS, Solver
+
+ALL_METHODS = sorted(METHODS)
+ADAPTIVE_METHODS = [name for name in ALL_METHODS if METHODS[name]().adaptive]
+FIXED_METHODS = [name for name in ALL_METHODS if not METHODS[name]().adaptive]
+
+
+def make_solver(name: str) -> Solver:
+    """A fresh solver with default options."""
+    return METHODS[name]()
+
+
+def adaptive_tolerances(solver: Solver) -> tuple[float, float]:
+    """(rtol, atol) that a method reaches in an affordable number of steps.
+
+    Steps per unit time grow like rtol ** (-1 / (q + 1)) for an error estimate of order q:
+    rtol = 10 ** -(2q + 1), so 1e-8 from q = 4 on (dopri5, tsit5, dopri8), 1e-5 for q = 2
+    (bosh3) and 1e-3 for first-order estimates, which would need ~1e4 steps per unit time at
+    1e-8. Every check in tolerance units scales with these.
+    """
+    q = solver.error_order
+    rtol = 10.0 ** -min(8, 2 * q + 1)
+    return rtol, rtol / 100
+
+
+STEP_COUNTS = sorted({round(2 ** (k / 2)) for k in range(17)})  # 1, 2, 3, 4, 6, ..., 256
+ROUNDOFF_PER_STEP = 1000 * 2.0**-52  # a generous bound on float64 rounding added per step
+ERROR_CEILING = 3e-2  # larger errors are not in the asymptotic regime (or unstable)
+# A stability-polynomial error coefficient this small (relative to 1/k!) lets the next power
+# dominate at every step size float64 can measure (tsit5: 3% at z^6; dopri8: 0.1% at z^9).
+NEGLIGIBLE = 0.1
+
+
+# Embedded pairs whose estimate is much smaller than the error of the solution they propagate,
+# so that a solve ends further from the truth, in tolerance units, than with other methods.
+# RKF1(2): the first-order embedded solution is within 1/512 of the second-order one, so the
+# estimate is ~h^2/512 while the propagated error is ~h^3/6 (torchdiffeq's fehlberg2 shows the
+# same 1.6e3 tolerance units on the D1 orbit at rtol=1e-4). Bounds in tolerance units are
+# multiplied by this factor.
+ESTIMATE_OPTIMISM = {"fehlberg2": 10.0}
+
+
+def accuracy_factor(name: str) -> float:
+    """How many times looser than usual a method's results are, in tolerance units."""
+    return ESTIMATE_OPTIMISM.get(name, 1.0)
+
+
+def asymptotic_errors(
+    error_with_steps: Callable[[int], float], points: int = 5
+) -> tuple[list[float], list[float]]:
+    """(step counts, errors) for the fit of an empirical order on a fixed grid.
+
+    Step counts grow by sqrt(2) up to 256; the sweep stops once the error is within
+    ``ROUNDOFF_PER_STEP * n`` of round-off, and the last ``points`` counts with errors below
+    ``ERROR_CEILING`` are the ones closest to the asymptotic regime that rounding does not
+    disturb. At least four are required.
+    """
+    counts, errors = [], []
+    for n in STEP_COUNTS:
+        error = error_with_steps(n)
+        if error < ROUNDOFF_PER_STEP * n:
+            break
+        if error < ERROR_CEILING:
+            counts.append(n)
+            errors.append(error)
+    assert len(counts) >= 4, f"too few step counts in the asymptotic range: {errors}"
+    return counts[-points:], errors[-points:]
+
+
+def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of log(ys) against log(xs)."""
+    slope, _ = np.polyfit(np.log(np.asarray(xs)), np.log(np.asarray(ys)), 1)
+    return float(slope)
+
+
+class RecordingField:
+    """Wraps f(t, y): counts calls and records (t, y, t dtype) of each, detached."""
+
+    def __init__(self, f: Callable[[torch.Tensor, Any], Any]):
+        self.f = f
+        self.calls: list[tuple[torch.Tensor, Any]] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.calls)
+
+    @property
+    def times(self) -> list[float]:
+        return [float(t) for t, _ in self.calls]
+
+    def __call__(self, t: torch.Tensor, y: Any) -> Any:
+        self.calls.append((t.detach().clone(), _detach(y)))
+        return self.f(t, y)
+
+
+def _detach(y: Any) -> Any:
+    if isinstance(y, torch.Tensor):
+        return y.detach().clone()
+    if isinstance(y, (tuple, list)):
+        return type(y)(_detach(x) for x in y)
+    return {key: _detach(value) for key, value in y.items()}
+
+
+def stability_coefficients(weights, tableau, k_max: int = 14) -> list[float]:
+    """k! * weights^T A^(k-1) 1 for k = 1..k_max: 1 where the polynomial matches exp."""
+    s = tableau.stages
+    a = np.zeros((s, s))
+    for i, row in enumerate(tableau.a):
+        a[i, : len(row)] = row
+    w, v = np.asarray(weights, dtype=np.float64), np.ones(s)
+    out = []
+    for k in range(1, k_max + 1):
+        out.append(math.factorial(k) * float(w @ v))
+        v = a @ v
+    return out
+
+
+def effective_linear_order(solver: Solver) -> int:
+    """The global order observed on linear problems: one less than the first power past the
+    declared order whose stability-polynomial coefficient is off by more than ``NEGLIGIBLE``
+    (the declared order for methods without a tableau)."""
+    tableau = getattr(solver, "tableau", None)
+    if tableau is None:
+        return solver.order
+    coefficients = stability_coefficients(tableau.b, tableau)
+    for k in range(solver.order + 1, len(coefficients) + 1):
+        if abs(coefficients[k - 1] - 1) > NEGLIGIBLE:
+            return k - 1
+    return solver.order

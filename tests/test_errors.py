@@ -1,0 +1,281 @@
+"""Bad input and failing solves raise clear errors naming the problem and the value."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import ALL_METHODS, make_solver
+
+import neuralode as no
+
+
+def T(*values: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype)
+
+
+def decay(t: torch.Tensor, y):
+    return -y
+
+
+Y0 = T(1.0, 2.0)
+TS = T(0.0, 1.0)
+
+
+def _raises(error: type[Exception], fragment: str):
+    return pytest.raises(error, match=re.escape(fragment))
+
+
+# --- output times --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ts", "fragment"),
+    [
+        (torch.zeros(2, 2, dtype=torch.float64), "1-D tensor, got shape (2, 2)"),
+        (torch.tensor(1.0, dtype=torch.float64), "1-D tensor, got shape ()"),
+        (torch.zeros(0, dtype=torch.float64), "non-empty 1-D tensor, got shape (0,)"),
+    ],
+    ids=["2-D", "0-D", "empty"],
+)
+def test_times_must_be_one_dimensional(ts: torch.Tensor, fragment: str) -> None:
+    with _raises(ValueError, fragment):
+        no.solve(decay, Y0, ts)
+
+
+@pytest.mark.parametrize(
+    ("ts", "fragment"),
+    [
+        (T(0.0, 1.0, 1.0, 2.0), "t[1]=1.0, t[2]=1.0"),
+        (T(0.0, 2.0, 1.0), "t[1]=2.0, t[2]=1.0"),
+        (T(2.0, 1.0, 1.5), "t[1]=1.0, t[2]=1.5"),
+    ],
+    ids=["repeated", "up-then-down", "down-then-up"],
+)
+def test_times_must_be_strictly_monotonic(ts: torch.Tensor, fragment: str) -> None:
+    with _raises(ValueError, "strictly increasing or strictly decreasing"):
+        no.solve(decay, Y0, ts)
+    with _raises(ValueError, fragment):
+        no.solve(decay, Y0, ts)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_times_must_be_finite(bad: float) -> None:
+    with _raises(ValueError, f"t contains NaN or inf: [0.0, {bad}, 1.0]"):
+        no.solve(decay, Y0, T(0.0, bad, 1.0))
+
+
+def test_times_must_be_a_floating_point_tensor() -> None:
+    with _raises(TypeError, "t must be a floating point tensor, got dtype torch.int64"):
+        no.solve(decay, Y0, torch.tensor([0, 1]))
+    with _raises(TypeError, "t must be a 1-D tensor of times, got list"):
+        no.solve(decay, Y0, [0.0, 1.0])
+
+
+def test_times_on_another_device() -> None:
+    with _raises(ValueError, "t is on meta but y0 is on cpu"):
+        no.solve(decay, Y0, torch.tensor([0.0, 1.0], device="meta"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_times_on_cuda_state_on_cpu() -> None:
+    with _raises(ValueError, "t is on cuda:0 but y0 is on cpu"):
+        no.solve(decay, Y0, TS.cuda())
+
+
+def test_times_in_another_float_dtype_are_accepted() -> None:
+    """Like torchdiffeq, t may be float32 with a float64 state (and the reverse)."""
+    a = no.solve(decay, Y0, TS.float())
+    b = no.solve(decay, Y0.float(), TS)
+    assert a.ys.dtype == torch.float64 and b.ys.dtype == torch.float32
+    torch.testing.assert_close(b.ys.double(), a.ys, rtol=1e-5, atol=1e-6)
+
+
+# --- initial state -------------------------------------------------------------------------
+
+
+def test_integer_state() -> None:
+    with _raises(TypeError, "y0 must be a floating point or complex tensor, got dtype torch.int64"):
+        no.solve(decay, torch.tensor([1, 2]), TS)
+
+
+def test_non_finite_state() -> None:
+    with _raises(no.NonFiniteError, "y0 contains NaN or inf"):
+        no.solve(decay, T(1.0, float("nan")), TS)
+    with _raises(no.NonFiniteError, "y0 contains NaN or inf"):
+        no.solve(decay, (Y0, T(float("inf"))), TS)
+
+
+def test_state_of_the_wrong_type() -> None:
+    with _raises(TypeError, "y0 must be a tensor or a tuple/list/dict of tensors, got float"):
+        no.solve(decay, 1.0, TS)
+    with _raises(ValueError, "y0 contains no tensors"):
+        no.solve(decay, (), TS)
+
+
+def test_mixed_dtypes_in_a_tuple_state() -> None:
+    with _raises(TypeError, "y0 (tensor 1) has dtype torch.float32; tensor 0 has torch.float64"):
+        no.solve(decay, (Y0, T(1.0, dtype=torch.float32)), TS)
+
+
+def test_mixed_devices_in_a_tuple_state() -> None:
+    with _raises(ValueError, "y0 (tensor 1) is on meta; tensor 0 is on cpu"):
+        no.solve(decay, (Y0, torch.ones(1, dtype=torch.float64, device="meta")), TS)
+
+
+# --- the vector field ----------------------------------------------------------------------
+
+
+def test_func_must_be_callable() -> None:
+    with _raises(TypeError, "func must be callable as func(t, y), got int"):
+        no.solve(3, Y0, TS)
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_func_returning_the_wrong_shape(name: str) -> None:
+    with _raises(ValueError, "func(t, y) output has shape (4,); expected (2,)"):
+        no.solve(lambda t, y: torch.cat([y, y]), Y0, TS, solver=make_solver(name))
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_func_returning_the_wrong_dtype(name: str) -> None:
+    fragment = "func(t, y) returned dtype torch.float32; the state has dtype torch.float64"
+    with _raises(TypeError, fragment):
+        no.solve(lambda t, y: y.float(), Y0, TS, solver=make_solver(name))
+
+
+@pytest.mark.parametrize("value", [[1.0, 2.0], None, 3.0], ids=["list", "None", "float"])
+def test_func_returning_a_non_tensor(value) -> None:
+    with _raises(TypeError, f"func(t, y) must return a tensor like y0, got {type(value).__name__}"):
+        no.solve(lambda t, y: value, Y0, TS)
+
+
+def test_func_returning_the_wrong_structure() -> None:
+    with _raises(ValueError, "func(t, y) output has 1 tensors but the state has 2"):
+        no.solve(lambda t, y: y[0], (Y0, Y0), TS)
+    with _raises(ValueError, "has shape (3,) (tensor 1 of the state); expected (2,)"):
+        no.solve(lambda t, y: (y[0], T(1.0, 2.0, 3.0)), (Y0, Y0), TS)
+
+
+def test_func_returning_a_mixed_dtype_tuple() -> None:
+    with _raises(TypeError, "torch.float32"):
+        no.solve(lambda t, y: (-y[0], -y[1].float()), (Y0, Y0), TS)
+
+
+def test_func_returning_a_dict_in_another_key_order() -> None:
+    state = {"a": T(1.0, 2.0), "b": T(0.5, -1.0)}
+    same_order = no.solve(lambda t, s: {"a": -s["a"], "b": 2 * s["b"]}, state, TS)
+    other_order = no.solve(lambda t, s: {"b": 2 * s["b"], "a": -s["a"]}, state, TS)
+    torch.testing.assert_close(other_order.ys, same_order.ys)
+
+
+def test_func_returning_a_dict_with_other_keys() -> None:
+    with _raises(ValueError, "'b'"):
+        no.solve(lambda t, s: {"b": -s["a"]}, {"a": Y0}, TS)
+
+
+# --- failing solves ------------------------------------------------------------------------
+
+
+def blow_up(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """y' = y^2 from y(0) = 1: y = 1 / (1 - t), infinite at t = 1."""
+    return y**2
+
+
+def test_blow_up_adaptive_stops_near_the_singularity() -> None:
+    """The adaptive controller shrinks the step towards t = 1 until it cannot change t."""
+    with pytest.raises(no.StepSizeUnderflowError) as info:
+        no.solve(blow_up, T(1.0), T(0.0, 2.0))
+    message = str(info.value)
+    assert "step size underflow at t=1.0000" in message
+    assert "blow up" in message
+
+
+def test_blow_up_on_a_fixed_grid_reports_the_output_time() -> None:
+    with _raises(no.NonFiniteError, "the solution contains NaN or inf at t=2 (output 2)"):
+        no.solve(
+            blow_up,
+            T(1.0),
+            T(0.0, 0.5, 2.0),
+            solver=no.RK4(),
+            controller=no.FixedGrid(step_size=0.1),
+        )
+
+
+def test_non_finite_field_mid_solve() -> None:
+    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -y if t < 1 else y * float("nan")
+
+    with pytest.raises(no.NonFiniteError) as info:
+        no.solve(field, T(1.0), T(0.0, 2.0))
+    assert "from t=1 produced non-finite values" in str(info.value)
+
+
+def test_non_finite_field_at_the_start() -> None:
+    with _raises(no.NonFiniteError, "f(t0, y0) contains NaN or inf at t0=0"):
+        no.solve(lambda t, y: y * float("nan"), T(1.0), T(0.0, 2.0))
+
+
+def test_max_steps_exceeded() -> None:
+    with pytest.raises(no.MaxStepsError) as info:
+        no.solve(decay, Y0, T(0.0, 2.0), max_steps=3)
+    message = str(info.value)
+    assert "max_steps=3" in message and "before t=2" in message
+    assert isinstance(info.value, no.SolverError)
+
+
+def test_max_steps_exceeded_on_a_fixed_grid() -> None:
+    controller = no.FixedGrid(step_size=0.1)
+    with _raises(no.MaxStepsError, "reached max_steps=5 at t=0.5"):
+        no.solve(decay, Y0, TS, solver=no.Euler(), controller=controller, max_steps=5)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5])
+def test_max_steps_must_be_a_positive_integer(value) -> None:
+    with _raises(ValueError, f"max_steps must be a positive integer, got {value!r}"):
+        no.solve(decay, Y0, TS, max_steps=value)
+
+
+# --- options -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["rtol", "atol"])
+def test_negative_tolerances(option: str) -> None:
+    with _raises(ValueError, f"{option} must be non-negative, got -0.001"):
+        no.PIController(**{option: -1e-3})
+    with _raises(ValueError, f"{option} must be non-negative, got nan"):
+        no.PIController(**{option: float("nan")})
+
+
+def test_negative_tolerance_tensor() -> None:
+    with _raises(ValueError, "rtol must be non-negative"):
+        no.PIController(rtol=torch.tensor([1e-6, -1e-6]))
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_METHODS if not make_solver(n).adaptive])
+def test_adaptive_controller_with_a_fixed_step_method(name: str) -> None:
+    solver_name = make_solver(name).name
+    with _raises(ValueError, f"{solver_name} has no error estimate and cannot adapt its step"):
+        no.solve(decay, Y0, TS, solver=make_solver(name), controller=no.PIController())
+
+
+@pytest.mark.parametrize("step_size", [0.0, -0.1, float("inf"), float("nan")])
+def test_bad_step_size(step_size: float) -> None:
+    with _raises(ValueError, f"step_size must be a positive finite number, got {step_size!r}"):
+        no.FixedGrid(step_size=step_size)
+
+
+def test_bad_grid() -> None:
+    with _raises(ValueError, "the step grid must start at t0=0.0 and end at t1=1.0"):
+        no.solve(decay, Y0, TS, solver=no.RK4(), controller=no.FixedGrid(grid=T(0.0, 0.5)))
+    with _raises(ValueError, "the step grid must be strictly monotonic"):
+        no.solve(
+            decay, Y0, TS, solver=no.RK4(), controller=no.FixedGrid(grid=T(0.0, 0.6, 0.5, 1.0))
+        )
+
+
+@pytest.mark.parametrize("option", ["step_t", "jump_t"])
+def test_nan_in_landing_times(option: str) -> None:
+    with _raises(ValueError, f"{option} contains NaN"):
+        no.solve(decay, Y0, TS, **{option: [0.5, float("nan")]})

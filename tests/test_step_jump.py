@@ -1,0 +1,213 @@
+"""``step_t`` (times steps must land on) and ``jump_t`` (discontinuities of f)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import (
+    ADAPTIVE_METHODS,
+    ALL_METHODS,
+    accuracy_factor,
+    adaptive_tolerances,
+    make_solver,
+)
+from problems import LINEAR
+
+import neuralode as no
+
+DIRECTIONS = pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+JUMP = 0.5
+
+
+def _controller(name: str, step_size: float = 0.1):
+    solver = make_solver(name)
+    if solver.adaptive:
+        rtol, atol = adaptive_tolerances(solver)
+        return no.PIController(rtol=rtol, atol=atol)
+    return no.FixedGrid(step_size=step_size)
+
+
+class StepLog:
+    """Callbacks and a wrapped f writing to one event list, in the order they happen."""
+
+    def __init__(self, f):
+        self.f = f
+        self.events: list[tuple] = []
+
+    def field(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.events.append(("f", float(t)))
+        return self.f(t, y)
+
+    def on_step(self, t: torch.Tensor, y: torch.Tensor, dt: torch.Tensor) -> None:
+        self.events.append(("step", float(t), float(dt)))
+
+    def on_accept(self, t: torch.Tensor, y: torch.Tensor, dt: torch.Tensor) -> None:
+        self.events.append(("accept", float(t), float(dt)))
+
+    def on_reject(self, t: torch.Tensor, y: torch.Tensor, dt: torch.Tensor) -> None:
+        self.events.append(("reject", float(t), float(dt)))
+
+    @property
+    def accepted_starts(self) -> list[float]:
+        return [event[1] for event in self.events if event[0] == "accept"]
+
+    def evaluations_by_step(self) -> list[tuple[float, float, list[float]]]:
+        """(t0, t0 + dt, times of f inside that attempted step) for every attempted step."""
+        steps, current = [], None
+        for event in self.events:
+            if event[0] == "step":
+                current = (event[1], event[1] + event[2], [])
+                steps.append(current)
+            elif event[0] == "f" and current is not None:
+                current[2].append(event[1])
+            elif event[0] in ("accept", "reject"):
+                current = None
+        return steps
+
+
+@DIRECTIONS
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_step_t_points_are_step_ends(name: str, backward: bool) -> None:
+    """Every step_t point inside the span starts an accepted step (so it ends the one before);
+    points outside the span are ignored; the solution is unchanged in accuracy."""
+    step_t = [0.123, 0.5, 0.77, 1.5, -0.2]
+    ts = torch.tensor([1.0, 0.0] if backward else [0.0, 1.0], dtype=torch.float64)
+    y_start = LINEAR.solution(ts[:1].numpy())[0]
+    log = StepLog(LINEAR.f)
+    sol = no.solve(
+        log.field,
+        y_start,
+        ts,
+        solver=make_solver(name),
+        controller=_controller(name),
+        step_t=torch.tensor(step_t, dtype=torch.float64),
+        callbacks=log,
+    )
+    starts = log.accepted_starts
+    for point in (0.123, 0.5, 0.77):
+        assert point in starts, f"{name}: no step starts at {point}: {starts}"
+    assert all(0.0 <= t <= 1.0 for t in starts)
+    exact = LINEAR.solution(ts[1:].numpy())[0]
+    plain = no.solve(LINEAR.f, y_start, ts, solver=make_solver(name), controller=_controller(name))
+    plain_error = float((plain.ys[-1] - exact).abs().max())
+    error = float((sol.ys[-1] - exact).abs().max())
+    assert error <= 10 * plain_error + 1e-12
+
+
+def step_field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """y' = -y + H(t - 1/2): f jumps by 1 at t = 1/2."""
+    return -y + (t >= JUMP).to(y.dtype)
+
+
+def step_exact(t: float) -> float:
+    if t < JUMP:
+        return math.exp(-t)
+    return 1 + (math.exp(-JUMP) - 1) * math.exp(-(t - JUMP))
+
+
+@pytest.mark.parametrize("name", ADAPTIVE_METHODS)
+def test_jump_t_is_accurate_and_cheaper(name: str) -> None:
+    """At a hundredth of the usual tolerances, so that every method without ``jump_t`` must
+    reject steps at the discontinuity (at rtol=1e-3 fehlberg2 steps over it unawares).
+    Outputs at step ends: dense output next to the jump is tested below."""
+    solver = make_solver(name)
+    rtol, atol = (tol / 100 for tol in adaptive_tolerances(solver))
+    ts = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    y0 = torch.ones(1, dtype=torch.float64)
+    exact = torch.tensor([[step_exact(float(t))] for t in ts], dtype=torch.float64)
+
+    def run(**jumps) -> no.Solution:
+        controller = no.PIController(rtol=rtol, atol=atol)
+        return no.solve(
+            step_field, y0, ts, solver=make_solver(name), controller=controller, **jumps
+        )
+
+    with_jump, without = run(jump_t=[JUMP]), run()
+    error = float((with_jump.ys - exact).abs().max()) / (atol + rtol)
+    assert error <= 100 * accuracy_factor(name), f"{name}: {error:.3g} tolerances with jump_t"
+    assert with_jump.stats.nfe < without.stats.nfe
+    assert with_jump.stats.n_rejected < without.stats.n_rejected
+
+
+def _jump_side_cases() -> list:
+    cases = []
+    for name in ALL_METHODS:
+        for backward in (False, True):
+            case_id = f"{name}-{'backward' if backward else 'forward'}"
+            cases.append(pytest.param(name, backward, id=case_id))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "backward"), _jump_side_cases())
+def test_f_is_never_evaluated_across_the_jump(name: str, backward: bool) -> None:
+    """Steps ending at the jump evaluate f only on their own side of it, steps starting there
+    only on the far side, and f is never called at the jump time itself (where f's value
+    belongs to one side only). Outputs inside the steps around the jump make dense output
+    evaluate there too."""
+    direction = -1.0 if backward else 1.0
+    # outputs just inside the steps on both sides of the jump, however long those steps are
+    ts = torch.tensor([0.0, 0.49, 0.4999, 0.5001, 0.51, 1.0], dtype=torch.float64)
+    ts = ts.flip(0) if backward else ts
+    y_start = torch.ones(1, dtype=torch.float64)
+    log = StepLog(step_field)
+    no.solve(
+        log.field,
+        y_start,
+        ts,
+        solver=make_solver(name),
+        controller=_controller(name, step_size=0.06),
+        jump_t=[JUMP],
+        callbacks=log,
+    )
+    all_times = [event[1] for event in log.events if event[0] == "f"]
+    assert JUMP not in all_times, f"{name}: f evaluated exactly at the jump"
+    touching = 0
+    for t0, t1, times in log.evaluations_by_step():
+        if math.isclose(t1, JUMP, abs_tol=1e-12):
+            touching += 1
+            assert all(direction * (t - JUMP) < 0 for t in times), (t0, t1, times)
+        if t0 == JUMP:
+            touching += 1
+            assert all(direction * (t - JUMP) > 0 for t in times), (t0, t1, times)
+    assert touching >= 2
+
+
+THIRD_ORDER_AND_UP = [name for name in ALL_METHODS if make_solver(name).order >= 3]
+
+
+@pytest.mark.parametrize("name", THIRD_ORDER_AND_UP)
+def test_dense_output_next_to_a_jump(name: str) -> None:
+    """Outputs inside the steps on both sides of a jump are as accurate as the steps: on a
+    grid of 0.1 a third-order method is within 1e-4, while an f(t1, y1) from the far side
+    puts the interpolant off by ~dt * jump / 8 ~ 1e-2."""
+    ts = torch.tensor([0.0, 0.45, 0.47, 0.5, 0.53, 0.55, 1.0], dtype=torch.float64)
+    sol = no.solve(
+        step_field,
+        torch.ones(1, dtype=torch.float64),
+        ts,
+        solver=make_solver(name),
+        controller=no.FixedGrid(step_size=0.1),
+        jump_t=[JUMP],
+    )
+    exact = torch.tensor([[step_exact(float(t))] for t in ts], dtype=torch.float64)
+    error = float((sol.ys - exact).abs().max())
+    assert error < 1e-3, f"{name}: dense output error {error:.3g} next to the jump"
+
+
+def test_jump_t_on_a_fixed_grid_lands_on_the_jump() -> None:
+    """A jump between grid points splits the step there; rk4 is then exact to its order."""
+    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    log = StepLog(step_field)
+    y0 = torch.ones(1, dtype=torch.float64)
+    controller = no.FixedGrid(step_size=0.3)
+    sol = no.solve(
+        log.field, y0, ts, solver=no.RK4(), controller=controller, jump_t=[JUMP], callbacks=log
+    )
+    assert log.accepted_starts[:4] == pytest.approx([0.0, 0.3, 0.5, 0.6])
+    assert JUMP in log.accepted_starts
+    plain = no.solve(step_field, y0, ts, solver=no.RK4(), controller=controller)
+    exact = step_exact(1.0)
+    assert abs(float(sol.ys[-1, 0]) - exact) < 1e-4
+    assert abs(float(sol.ys[-1, 0]) - exact) < abs(float(plain.ys[-1, 0]) - exact) / 10

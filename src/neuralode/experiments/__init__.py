@@ -1,0 +1,1 @@
+"""Experiments runnable from the command line, one module each."""

@@ -1,0 +1,57 @@
+"""PNG plots of solutions and of work against precision."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("plots need matplotlib: pip install 'neuralode[plots]'") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_phase_portraits(path: Path, panels: Sequence[dict[str, Any]]) -> Path:
+    """One panel per problem: the exact trajectory as a line, each method's outputs as marks.
+
+    Each panel is ``{"title": str, "exact": (x, y), "methods": {name: (x, y)}}``.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        ax.plot(*panel["exact"], color="black", lw=1.5, label="exact")
+        for name, (x, y) in panel["methods"].items():
+            ax.plot(x, y, ".", ms=4, label=name)
+        ax.set_title(panel["title"])
+        ax.set_xlabel(panel.get("xlabel", "y[0]"))
+        ax.set_ylabel(panel.get("ylabel", "y[1]"))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_work_precision(path: Path, rows: Sequence[dict[str, Any]], title: str) -> Path:
+    """Max error against NFE (log-log), one line per method over its tolerances."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        points = sorted((r["nfe"], r["error"]) for r in rows if r["method"] == method)
+        ax.loglog([p[0] for p in points], [max(p[1], 1e-17) for p in points], "o-", label=method)
+    ax.set_xlabel("function evaluations (NFE)")
+    ax.set_ylabel("max error against the exact solution")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

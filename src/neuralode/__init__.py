@@ -16,15 +16,19 @@ from .solvers import (
     Dopri5,
     Dopri8,
     Euler,
+    ExplicitAdams,
     Fehlberg2,
     Heun2,
     Heun3,
+    ImplicitAdams,
     Midpoint,
     Tsit5,
 )
 
 __all__ = [
     "Event",
+    "ExplicitAdams",
+    "ImplicitAdams",
     "Backsolve",
     "Checkpointed",
     "Direct",

@@ -479,7 +479,10 @@ def seminorm_table(samples: list[SeminormSample]) -> str:
     for dim, tol, loss in keys:
         group = [s for s in samples if (s.dim, s.tol, s.loss) == (dim, tol, loss)]
         lines.append(_seminorm_line(f"{dim} | {tol:g} | {loss}", group))
-    lines.append(_seminorm_line("all | | ", samples))
+    for loss in LOSS_SCALES:
+        group = [s for s in samples if s.loss == loss]
+        if group:
+            lines.append(_seminorm_line(f"all | all | {loss}", group))
     return "\n".join(lines)
 
 

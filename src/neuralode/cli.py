@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+# `neuralode experiment NAME`: each module exposes `add_arguments(parser)` and `run(args) -> int`.
+EXPERIMENTS: dict[str, str] = {}
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -31,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
     demo.add_argument("--quick", action="store_true", help="fewer tolerances, for a smoke run")
     demo.set_defaults(run=_demo)
+    if EXPERIMENTS:
+        experiment = commands.add_parser("experiment", help="reproduce an experiment of the field")
+        names = experiment.add_subparsers(dest="experiment", required=True, metavar="NAME")
+        for name, module_name in EXPERIMENTS.items():
+            module = importlib.import_module(module_name)
+            sub = names.add_parser(name, help=(module.__doc__ or name).strip().splitlines()[0])
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
     return parser
 
 

@@ -1,0 +1,118 @@
+"""Image classifiers with the Neural ODE paper's shapes: ODE-Net, ResNet and RK-Net."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .dynamics import ConvDynamics, group_norm
+from .ode_block import ODEBlock
+
+
+class Augment(nn.Module):
+    """Appends ``extra`` zero channels (dim 1): augmented neural ODEs (Dupont et al. 2019)."""
+
+    def __init__(self, extra: int):
+        super().__init__()
+        if extra < 0:
+            raise ValueError(f"extra must be non-negative, got {extra}")
+        self.extra = extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.extra == 0:
+            return x
+        zeros = x.new_zeros(x.shape[0], self.extra, *x.shape[2:])
+        return torch.cat([x, zeros], dim=1)
+
+
+def downsampling(channels: int = 64, in_channels: int = 1) -> nn.Sequential:
+    """28x28 images to ``channels`` x 7 x 7 features, as in the paper's code."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, 1),
+        group_norm(channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(channels, channels, 4, 2, 1),
+        group_norm(channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(channels, channels, 4, 2, 1),
+    )
+
+
+def head(channels: int, classes: int) -> nn.Sequential:
+    return nn.Sequential(
+        group_norm(channels),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, classes),
+    )
+
+
+class ResBlock(nn.Module):
+    """x + conv(relu(norm(conv(relu(norm(x)))))): one Euler step of learned dynamics."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            group_norm(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+            group_norm(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ODENet(nn.Module):
+    """Downsampling, one ODE block on 64 (+ ``augment``) channels, GroupNorm, pool, linear."""
+
+    def __init__(
+        self,
+        channels: int = 64,
+        classes: int = 10,
+        augment: int = 0,
+        method: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-3,
+        step_size: float | None = None,
+        gradient: str = "adjoint",
+        activation: str = "relu",
+    ):
+        super().__init__()
+        width = channels + augment
+        self.features = nn.Sequential(downsampling(channels), Augment(augment))
+        self.ode = ODEBlock(
+            ConvDynamics(width, activation),
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            step_size=step_size,
+            gradient=gradient,
+        )
+        self.head = head(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ode(self.features(x)))
+
+
+class RKNet(ODENet):
+    """ODE-Net dynamics integrated by fixed-step RK4, differentiated by backpropagation."""
+
+    def __init__(self, channels: int = 64, classes: int = 10, step_size: float = 0.25):
+        super().__init__(channels, classes, method="rk4", step_size=step_size, gradient="direct")
+
+
+class ResNet(nn.Module):
+    """The paper's baseline: six residual blocks in place of the ODE block."""
+
+    def __init__(self, channels: int = 64, classes: int = 10, blocks: int = 6):
+        super().__init__()
+        self.features = downsampling(channels)
+        self.blocks = nn.Sequential(*(ResBlock(channels) for _ in range(blocks)))
+        self.head = head(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.features(x)))

@@ -1,0 +1,72 @@
+"""Vector fields f(t, y) for neural ODEs; each takes time as an input."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "softplus": nn.Softplus,
+    "silu": nn.SiLU,
+}
+
+
+def activation_layer(name: str) -> nn.Module:
+    """A fresh activation module by name; smooth ones keep the ODE's vector field smooth."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]()
+
+
+class MLPDynamics(nn.Module):
+    """f(t, y) = MLP([y, t]) for states of shape (batch, dim)."""
+
+    def __init__(self, dim: int, hidden: int = 64, layers: int = 2, activation: str = "tanh"):
+        super().__init__()
+        sizes = [dim + 1] + [hidden] * layers
+        blocks: list[nn.Module] = []
+        for n_in, n_out in zip(sizes, sizes[1:]):
+            blocks += [nn.Linear(n_in, n_out), activation_layer(activation)]
+        blocks.append(nn.Linear(sizes[-1], dim))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        time = t.expand(*y.shape[:-1], 1).to(y.dtype)
+        return self.net(torch.cat([y, time], dim=-1))
+
+
+class ConcatConv2d(nn.Module):
+    """A convolution that sees time as an extra constant input channel."""
+
+    def __init__(self, channels_in: int, channels_out: int, kernel_size: int = 3, padding: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(channels_in + 1, channels_out, kernel_size, padding=padding)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        time = t.to(x.dtype).expand(x.shape[0], 1, *x.shape[2:])
+        return self.conv(torch.cat([time, x], dim=1))
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, channels), channels)
+
+
+class ConvDynamics(nn.Module):
+    """The ODE-Net paper's dynamics: norm-ReLU-ConcatConv-norm-ReLU-ConcatConv-norm (GroupNorm)."""
+
+    def __init__(self, channels: int = 64, activation: str = "relu"):
+        super().__init__()
+        self.act = activation_layer(activation)
+        self.norm1 = group_norm(channels)
+        self.conv1 = ConcatConv2d(channels, channels)
+        self.norm2 = group_norm(channels)
+        self.conv2 = ConcatConv2d(channels, channels)
+        self.norm3 = group_norm(channels)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(t, self.act(self.norm1(x)))
+        out = self.conv2(t, self.act(self.norm2(out)))
+        return self.norm3(out)

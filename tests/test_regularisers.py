@@ -24,6 +24,15 @@ from neuralode.models.regularisers import Point, time_derivative
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP contention on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Linear(torch.nn.Module):
     """dy/dt = A y on states (batch, dim)."""
 

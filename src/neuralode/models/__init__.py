@@ -4,6 +4,8 @@ from .classifiers import Augment, ODENet, ResBlock, ResNet, RKNet
 from .dynamics import ConcatConv2d, ConvDynamics, MLPDynamics
 from .ode_block import ODEBlock
 from .regularisers import DerivativePenalty, JacobianFrobenius, KineticEnergy, Regulariser
+from .transformer import TimeEmbedding, TransformerDynamics
+from .unet import UNetDynamics
 
 __all__ = [
     "Augment",
@@ -19,4 +21,7 @@ __all__ = [
     "Regulariser",
     "ResBlock",
     "ResNet",
+    "TimeEmbedding",
+    "TransformerDynamics",
+    "UNetDynamics",
 ]

@@ -223,3 +223,32 @@ def test_regulariser_errors() -> None:
         ODEBlock(MLPDynamics(2), regularisers=["kinetic"])
     with pytest.raises(ValueError, match="batch"):
         ODEBlock(MLPDynamics(2), regularisers=[KineticEnergy()])(torch.tensor(1.0))
+
+
+def _train_rings(regularisers: list, iterations: int = 40) -> ODEBlock:
+    """Full-batch training on two concentric rings (augmented by one dimension)."""
+    torch.manual_seed(0)
+    n = 128
+    labels = torch.arange(n) % 2
+    angles = torch.rand(n) * 2 * math.pi
+    radius = torch.where(labels == 0, 0.5, 1.5)
+    points = torch.stack([radius * angles.cos(), radius * angles.sin()], 1)
+    block = ODEBlock(MLPDynamics(3, 32), rtol=1e-5, atol=1e-5, regularisers=regularisers)
+    model = torch.nn.Sequential(torch.nn.ConstantPad1d((0, 1), 0.0), block, torch.nn.Linear(3, 2))
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(iterations):
+        loss = torch.nn.functional.cross_entropy(model(points), labels) + block.regularisation
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return block
+
+
+def test_kinetic_regularisation_reduces_the_nfe_of_training() -> None:
+    """Without a regulariser the NFE grows during training (50-56 forward at the end for
+    seeds 0-2 when this was written); with kinetic energy it stays near the minimum (26-32).
+    The margin asserted is a fraction of that gap."""
+    plain = _train_rings([])
+    regularised = _train_rings([KineticEnergy(0.1)])
+    assert regularised.nfe_forward <= 0.8 * plain.nfe_forward
+    assert regularised.nfe_backward <= 0.8 * plain.nfe_backward

@@ -18,6 +18,7 @@ from neuralode.models import (
     KineticEnergy,
     MLPDynamics,
     ODEBlock,
+    ODENet,
 )
 from neuralode.models.regularisers import Point, time_derivative
 
@@ -252,3 +253,15 @@ def test_kinetic_regularisation_reduces_the_nfe_of_training() -> None:
     regularised = _train_rings([KineticEnergy(0.1)])
     assert regularised.nfe_forward <= 0.8 * plain.nfe_forward
     assert regularised.nfe_backward <= 0.8 * plain.nfe_backward
+
+
+def test_ode_net_with_every_regulariser_and_the_adjoint() -> None:
+    """GroupNorm and convolutions through double backward inside the adjoint."""
+    torch.manual_seed(0)
+    regularisers = [KineticEnergy(0.1), JacobianFrobenius(0.1), DerivativePenalty(2, 0.1)]
+    model = ODENet(channels=8, activation="softplus", regularisers=regularisers)
+    loss = model(torch.randn(2, 1, 28, 28)).logsumexp(1).sum() + model.ode.regularisation
+    loss.backward()
+    assert set(model.ode.regularisation_terms) == {"kinetic", "jacobian", "derivative2"}
+    assert model.ode.nfe_backward > 0
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters())

@@ -11,7 +11,8 @@ import torch
 from scipy.integrate import quad
 from scipy.linalg import expm
 
-from neuralode.adjoint import Checkpointed, Direct
+from neuralode._norms import seminorm
+from neuralode.adjoint import Backsolve, Checkpointed, Direct
 from neuralode.models import (
     DerivativePenalty,
     JacobianFrobenius,
@@ -265,3 +266,23 @@ def test_ode_net_with_every_regulariser_and_the_adjoint() -> None:
     assert set(model.ode.regularisation_terms) == {"kinetic", "jacobian", "derivative2"}
     assert model.ode.nfe_backward > 0
     assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters())
+
+
+def test_the_adjoint_leaves_the_regulariser_channels_out_of_its_error_norm() -> None:
+    """Forward seminorm over y's 3 entries of a 5-entry state: the backward norm of
+    [y, a, g] measures y[:3] and a[:3] only (and g too without the adjoint seminorm)."""
+    forward = seminorm([3, 1, 1], 1)
+    numels = (5, 5, 2)
+    base = torch.tensor([1.0, 2, 3, 0, 0, 4, 5, 6, 0, 0, 7, 8])
+    noisy = base.clone()
+    noisy[[3, 4, 8, 9]] = 1e6  # regulariser channels of y and of a
+    rms_y, rms_a = base[:3].pow(2).mean().sqrt(), base[5:8].pow(2).mean().sqrt()
+    for semi in (True, False):
+        norm = Backsolve(seminorm=semi).backward_norm(numels, forward)
+        assert norm(noisy) == norm(base)
+        if semi:
+            assert norm(base).item() == pytest.approx(max(rms_y, rms_a).item())
+        else:
+            assert norm(base).item() == pytest.approx(base[10:].pow(2).mean().sqrt().item())
+    # without a forward seminorm: the whole state and adjoint are measured
+    assert Backsolve().backward_norm(numels)(noisy) > 1e5

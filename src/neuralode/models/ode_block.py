@@ -84,7 +84,9 @@ class ODEBlock(nn.Module):
         func, y0, norm = self.dynamics, x, None
         if regularisers:
             if x.ndim < 1 or x.shape[0] == 0:
-                raise ValueError(f"regularisers need states of shape (batch, ...), got {x.shape}")
+                raise ValueError(
+                    f"regularisers need states of shape (batch, ...), got {tuple(x.shape)}"
+                )
             noises = [r.draw_noise(x) for r in regularisers]
             func = RegularisedDynamics(self.dynamics, regularisers, noises)
             y0 = (x, *(x.new_zeros(x.shape[0]) for _ in regularisers))

@@ -29,13 +29,24 @@ def mixed_norm(numels: Sequence[int]) -> Norm:
     return norm
 
 
-def seminorm(numels: Sequence[int], n_measured: int) -> Norm:
+class Seminorm:
     """Mixed norm over the first ``n_measured`` leaves only; the others are left out.
 
-    Used by the adjoint: the parameter-gradient channels need not be integrated accurately
-    (Kidger et al., 2021, "Hey, that's not an ODE").
+    Used by the adjoint (the parameter-gradient channels need not be integrated accurately,
+    Kidger et al., 2021, "Hey, that's not an ODE") and for auxiliary channels such as
+    integrated regularisers. ``size`` is the number of leading flat entries measured; the
+    adjoint's backward solve measures the same entries of the state and of its adjoint.
     """
-    measured = tuple(numels[:n_measured])
-    size = sum(measured)
-    inner = mixed_norm(measured)
-    return lambda x: inner(x[:size])
+
+    def __init__(self, numels: Sequence[int], n_measured: int):
+        self.measured = tuple(numels[:n_measured])
+        self.size = sum(self.measured)
+        self._inner = mixed_norm(self.measured)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._inner(x[: self.size])
+
+
+def seminorm(numels: Sequence[int], n_measured: int) -> Norm:
+    """Mixed norm over the first ``n_measured`` leaves only (see ``Seminorm``)."""
+    return Seminorm(numels, n_measured)

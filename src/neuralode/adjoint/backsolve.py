@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 
 from .._callbacks import Callbacks
 from .._loop import LoopConfig, integrate
-from .._norms import Norm, mixed_norm, seminorm
+from .._norms import Norm, Seminorm, mixed_norm, seminorm
 from .._solution import SolveStats
 from .._term import ODETerm
 from .._tree import TreeSpec
@@ -81,8 +81,21 @@ class Backsolve(GradientStrategy):
             return controller
         return forward
 
-    def backward_norm(self, numels: Sequence[int]) -> Norm:
-        return seminorm(numels, 2) if self.seminorm else mixed_norm(numels)
+    def backward_norm(self, numels: Sequence[int], forward_norm: Norm | None = None) -> Norm:
+        """The error norm of the backward state [y, a, g] (``numels`` of each part).
+
+        When the forward solve measured only the leading part of its state (a ``Seminorm``,
+        e.g. ``ODEBlock``'s regulariser channels left out), the same part of ``y`` and ``a``
+        is measured backwards.
+        """
+        if not isinstance(forward_norm, Seminorm) or forward_norm.size >= numels[0]:
+            return seminorm(numels, 2) if self.seminorm else mixed_norm(numels)
+        n, size = numels[0], forward_norm.size
+        parts = (size, size) if self.seminorm else (size, size, *numels[2:])
+        inner = mixed_norm(parts)
+        if self.seminorm:
+            return lambda x: inner(torch.cat([x[:size], x[n : n + size]]))
+        return lambda x: inner(torch.cat([x[:size], x[n : n + size], x[2 * n :]]))
 
 
 class _AdjointDynamics:
@@ -152,7 +165,7 @@ class _BacksolveSolve(torch.autograd.Function):
         config = LoopConfig(
             solver=strategy.solver or forward.solver,
             controller=strategy.backward_controller(forward.controller),
-            norm=strategy.backward_norm(numels),
+            norm=strategy.backward_norm(numels, forward.norm),
             max_steps=strategy.max_steps or forward.max_steps,
             step_t=forward.step_t,
             jump_t=forward.jump_t,

@@ -3,15 +3,25 @@
 from .classifiers import Augment, ODENet, ResBlock, ResNet, RKNet
 from .dynamics import ConcatConv2d, ConvDynamics, MLPDynamics
 from .ode_block import ODEBlock
+from .regularisers import DerivativePenalty, JacobianFrobenius, KineticEnergy, Regulariser
+from .transformer import TimeEmbedding, TransformerDynamics
+from .unet import UNetDynamics
 
 __all__ = [
     "Augment",
     "ConcatConv2d",
     "ConvDynamics",
+    "DerivativePenalty",
+    "JacobianFrobenius",
+    "KineticEnergy",
     "MLPDynamics",
     "ODEBlock",
     "ODENet",
     "RKNet",
+    "Regulariser",
     "ResBlock",
     "ResNet",
+    "TimeEmbedding",
+    "TransformerDynamics",
+    "UNetDynamics",
 ]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from .dynamics import ConvDynamics, group_norm
 from .ode_block import ODEBlock
+from .regularisers import Regulariser
 
 
 class Augment(nn.Module):
@@ -67,7 +70,10 @@ class ResBlock(nn.Module):
 
 
 class ODENet(nn.Module):
-    """Downsampling, one ODE block on 64 (+ ``augment``) channels, GroupNorm, pool, linear."""
+    """Downsampling, one ODE block on 64 (+ ``augment``) channels, GroupNorm, pool, linear.
+
+    ``regularisers`` go to the ODE block: add ``model.ode.regularisation`` to the loss.
+    """
 
     def __init__(
         self,
@@ -80,6 +86,7 @@ class ODENet(nn.Module):
         step_size: float | None = None,
         gradient: str = "adjoint",
         activation: str = "relu",
+        regularisers: Sequence[Regulariser] = (),
     ):
         super().__init__()
         width = channels + augment
@@ -91,6 +98,7 @@ class ODENet(nn.Module):
             atol=atol,
             step_size=step_size,
             gradient=gradient,
+            regularisers=regularisers,
         )
         self.head = head(width, classes)
 

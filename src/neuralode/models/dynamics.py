@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
     "softplus": nn.Softplus,
     "silu": nn.SiLU,
+    "gelu": nn.GELU,
 }
 
 
@@ -41,9 +41,18 @@ class MLPDynamics(nn.Module):
 class ConcatConv2d(nn.Module):
     """A convolution that sees time as an extra constant input channel."""
 
-    def __init__(self, channels_in: int, channels_out: int, kernel_size: int = 3, padding: int = 1):
+    def __init__(
+        self,
+        channels_in: int,
+        channels_out: int,
+        kernel_size: int = 3,
+        padding: int = 1,
+        stride: int = 1,
+    ):
         super().__init__()
-        self.conv = nn.Conv2d(channels_in + 1, channels_out, kernel_size, padding=padding)
+        self.conv = nn.Conv2d(
+            channels_in + 1, channels_out, kernel_size, stride=stride, padding=padding
+        )
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         time = t.to(x.dtype).expand(x.shape[0], 1, *x.shape[2:])

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+from .._norms import seminorm
 from .._solution import SolveStats
 from .._solve import solve
 from ..adjoint import Backsolve, Checkpointed, Direct, GradientStrategy
 from ..controllers import FixedGrid, PIController
 from ..solvers import METHODS
+from .regularisers import RegularisedDynamics, Regulariser
 
 _GRADIENTS = {"direct": Direct, "adjoint": Backsolve, "checkpointed": Checkpointed}
 
@@ -23,6 +27,14 @@ class ODEBlock(nn.Module):
     ``"checkpointed"``, or a ``GradientStrategy``. ``nfe_forward`` / ``nfe_backward`` report
     the work of the last forward and backward pass; ``forward(x, ts)`` returns the whole
     trajectory at ``ts`` instead of the final state.
+
+    ``regularisers`` (``KineticEnergy``, ``JacobianFrobenius``, ``DerivativePenalty``) are
+    integrated alongside the state ``x`` of shape (batch, ...) over the solve, in training
+    mode only. After a forward pass ``regularisation`` is the weighted sum of their integrals
+    averaged over the batch (a differentiable scalar to add to the loss; zero without
+    regularisers or in eval mode) and ``regularisation_terms`` maps each one's name to its
+    unweighted batch mean. The regulariser channels are left out of the step-size error
+    norm: steps are chosen for ``x`` alone, as without regularisers.
     """
 
     def __init__(
@@ -35,6 +47,7 @@ class ODEBlock(nn.Module):
         atol: float = 1e-3,
         step_size: float | None = None,
         gradient: str | GradientStrategy = "adjoint",
+        regularisers: Sequence[Regulariser] = (),
     ):
         super().__init__()
         if method not in METHODS:
@@ -48,6 +61,12 @@ class ODEBlock(nn.Module):
         self.step_size = step_size
         self.gradient = gradient
         self.last_stats = SolveStats()
+        self.regularisers = list(regularisers)
+        for r in self.regularisers:
+            if not isinstance(r, Regulariser):
+                raise TypeError(f"regularisers must be Regulariser instances, got {r!r}")
+        self.regularisation = torch.zeros(())
+        self.regularisation_terms: dict[str, torch.Tensor] = {}
 
     def _strategy(self) -> GradientStrategy:
         if isinstance(self.gradient, str):
@@ -61,16 +80,48 @@ class ODEBlock(nn.Module):
             controller = PIController(self.rtol, self.atol)
         else:
             controller = FixedGrid(step_size=self.step_size)
+        regularisers = self.regularisers if self.training else []
+        func, y0, norm = self.dynamics, x, None
+        if regularisers:
+            if x.ndim < 1 or x.shape[0] == 0:
+                raise ValueError(
+                    f"regularisers need states of shape (batch, ...), got {tuple(x.shape)}"
+                )
+            noises = [r.draw_noise(x) for r in regularisers]
+            func = RegularisedDynamics(self.dynamics, regularisers, noises)
+            y0 = (x, *(x.new_zeros(x.shape[0]) for _ in regularisers))
+            norm = seminorm([x.numel()] + [x.shape[0]] * len(regularisers), 1)
         sol = solve(
-            self.dynamics,
-            x,
+            func,
+            y0,
             times.to(x.dtype),
             solver=solver,
             controller=controller,
+            norm=norm,
             gradient=self._strategy(),
         )
         self.last_stats = sol.stats
-        return sol.ys if ts is not None else sol.ys[-1]
+        ys = sol.ys
+        self._record_regularisation(regularisers, ys, times, x)
+        if regularisers:
+            ys = ys[0]
+        return ys if ts is not None else ys[-1]
+
+    def _record_regularisation(
+        self, regularisers: list[Regulariser], ys: tuple, times: torch.Tensor, x: torch.Tensor
+    ) -> None:
+        self.regularisation_terms = {}
+        total = x.new_zeros(())
+        if regularisers:
+            sign = 1.0 if float(times[-1]) >= float(times[0]) else -1.0
+            for i, r in enumerate(regularisers, start=1):
+                value = sign * ys[i][-1].mean()
+                name, k = r.name, 2
+                while name in self.regularisation_terms:
+                    name, k = f"{r.name}_{k}", k + 1
+                self.regularisation_terms[name] = value
+                total = total + r.weight * value
+        self.regularisation = total
 
     @property
     def nfe_forward(self) -> int:

@@ -1,0 +1,70 @@
+"""A Transformer block as the vector field of token sequences (batch, tokens, dim)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .dynamics import activation_layer
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features of t (periods from 2 pi / ``max_frequency`` to 2 pi), mapped to
+    ``dim`` by a linear layer: a smooth function of time."""
+
+    def __init__(self, dim: int, features: int = 16, max_frequency: float = 10.0):
+        super().__init__()
+        if features < 2 or features % 2:
+            raise ValueError(f"features must be an even integer >= 2, got {features}")
+        frequencies = torch.exp(torch.linspace(0.0, math.log(max_frequency), features // 2))
+        self.register_buffer("frequencies", frequencies)
+        self.linear = nn.Linear(features, dim)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = t.reshape(1) * self.frequencies.to(t.dtype)
+        return self.linear(torch.cat([angles.sin(), angles.cos()]).to(self.linear.weight.dtype))
+
+
+class TransformerDynamics(nn.Module):
+    """f(t, y) = attention + MLP branches of a pre-LayerNorm Transformer block.
+
+    With h = y + e(t) (a time embedding added to every token), a = SelfAttention(LN(h)) and
+    m = MLP(LN(h + a)), the vector field is f = a + m: the block's residual update, so one
+    Euler step of size 1 is the usual Transformer block. States are (batch, tokens, dim);
+    attention mixes tokens within a sample, never across the batch.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 4,
+        hidden: int | None = None,
+        activation: str = "gelu",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if dim < 1 or heads < 1 or dim % heads:
+            raise ValueError(
+                f"dim must be a positive multiple of heads, got dim={dim}, heads={heads}"
+            )
+        hidden = 4 * dim if hidden is None else hidden
+        self.time = TimeEmbedding(dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), activation_layer(activation), nn.Linear(hidden, dim)
+        )
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.ndim != 3:
+            raise ValueError(
+                f"TransformerDynamics needs states (batch, tokens, dim), got {tuple(y.shape)}"
+            )
+        h = y + self.time(t)
+        x = self.norm1(h)
+        a = self.attention(x, x, x, need_weights=False)[0]
+        m = self.mlp(self.norm2(h + a))
+        return a + m

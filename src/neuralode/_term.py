@@ -30,6 +30,8 @@ class ODETerm:
         self.time_dtype = like.real.dtype if like.is_complex() else like.dtype
         self.nfe = 0
         self._checked = False
+        # a tuple of ints, not a torch.Size: y.view(tuple) parses ~1.5 us faster per call
+        self._leaf_shape = tuple(int(n) for n in spec.shapes[0]) if spec.is_leaf else None
 
     def time(self, t: float, perturb: float = 0.0) -> torch.Tensor:
         """``t`` as a tensor; ``perturb`` != 0 moves it one ulp towards ``t + perturb``."""
@@ -41,11 +43,12 @@ class ODETerm:
     def __call__(self, t: float, y: torch.Tensor, perturb: float = 0.0) -> torch.Tensor:
         self.nfe += 1
         spec = self.spec
-        y_user = y.view(spec.shapes[0]) if spec.is_leaf else spec.unflatten(y)
+        shape = self._leaf_shape
+        y_user = y.view(shape) if shape is not None else spec.unflatten(y)
         out = self.func(self.time(t, perturb), y_user)
         if not self._checked:
             self._check(out)
-        if spec.is_leaf:
+        if shape is not None:
             return out.reshape(-1)
         return spec.flatten(out, "func's output")
 

@@ -238,6 +238,7 @@ def run_case(problem: Problem, repeats: int, warmup: int, min_seconds: float) ->
     runners = {lib: make_runner(lib, fields[lib]) for lib in LIBRARIES}
     for lib in LIBRARIES:
         for _ in range(warmup):
+            fields[lib].reset()
             runners[lib](fields[lib], problem)
     times: dict[str, list[float]] = {lib: [] for lib in LIBRARIES}
     own_times: dict[str, list[float]] = {lib: [] for lib in LIBRARIES}

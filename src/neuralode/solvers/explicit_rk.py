@@ -102,20 +102,35 @@ class ExplicitRK(Solver):
         dt = t1 - t0
         inward = 1.0 if dt > 0 else -1.0
         f0 = state if state is not None else term(t0, y0, inward if perturb else 0.0)
+        end_perturb = -inward if perturb else 0.0
+        # All stage times in one host-to-tensor conversion (CPU only: on an accelerator that
+        # would be a copy; there each stage fills its own 0-dim tensor on the device).
+        times = term.times([t1 if ci == 1 else t0 + ci * dt for ci in c[1:]])
         ks = [f0]
         y_stage = y0
-        for i in range(1, co.stages):
-            if i == 1:
-                y_stage = torch.add(y0, f0, alpha=dt * co.first_a)
-            else:
-                # Stages stacked as rows (contiguous copies, unlike columns, which are slow
-                # for large states); addmv reads the transposed view directly.
-                y_stage = torch.addmv(y0, torch.stack(ks).T, co.a[i], alpha=dt)
-            if c[i] == 1:
-                ks.append(term(t1, y_stage, -inward if perturb else 0.0))
-            else:
-                ks.append(term(t0 + c[i] * dt, y_stage))
-        stacked = torch.stack(ks)
+        if torch.is_grad_enabled():
+            # Autograd path: stages stacked as rows (contiguous copies, unlike columns, which
+            # are slow for large states); addmv reads the transposed view directly.
+            for i in range(1, co.stages):
+                if i == 1:
+                    y_stage = torch.add(y0, f0, alpha=dt * co.first_a)
+                else:
+                    y_stage = torch.addmv(y0, torch.stack(ks).T, co.a[i], alpha=dt)
+                ks.append(self._stage(term, times, i, c[i], t0 + c[i] * dt, y_stage, end_perturb))
+            stacked = torch.stack(ks)
+        else:
+            # Graph-free path: stages are copied into one buffer reused across steps, and each
+            # combination is one addmv on a prepared view of its first rows.
+            stacked, rows, columns = term.stage_buffer(co.stages, y0)
+            rows[0].copy_(f0)
+            for i in range(1, co.stages):
+                if i == 1:
+                    y_stage = torch.add(y0, f0, alpha=dt * co.first_a)
+                else:
+                    y_stage = torch.addmv(y0, columns[i], co.a[i], alpha=dt)
+                k = self._stage(term, times, i, c[i], t0 + c[i] * dt, y_stage, end_perturb)
+                rows[i].copy_(k)
+                ks.append(k)
         if co.fsal:
             y1, f1 = y_stage, ks[-1]
         else:
@@ -125,7 +140,24 @@ class ExplicitRK(Solver):
             None if co.b_error is None else torch.addmv(y0, stacked.T, co.b_error, beta=0, alpha=dt)
         )
         extra = {"stacked": stacked, "f0_reusable": state is not None or not perturb}
-        return Step(t0, t1, y0, y1, error, ks, f1, extra, -inward if perturb else 0.0)
+        return Step(t0, t1, y0, y1, error, ks, f1, extra, end_perturb)
+
+    @staticmethod
+    def _stage(
+        term: ODETerm,
+        times: tuple[torch.Tensor, ...] | None,
+        i: int,
+        c: float,
+        t: float,
+        y: torch.Tensor,
+        end_perturb: float,
+    ) -> torch.Tensor:
+        """f at stage ``i``; a stage at the step's end is perturbed inwards if asked."""
+        if c == 1 and end_perturb:
+            return term(t, y, end_perturb)
+        if times is None:
+            return term(t, y)
+        return term.at(times[i - 1], y)
 
     def reject(self, step: Step, state: Any) -> Any:
         # f(t0, y0) does not depend on the step size: keep it for the retry.

@@ -127,108 +127,108 @@ def integrate_per_sample(
     proposal = t + sign * size
     previous_ratio = torch.ones(batch, **f64)
 
-    outputs: list[torch.Tensor] = [y] + [y] * (n_out - 1)
+    outputs: list[torch.Tensor] = [y] * n_out
     next_out = torch.ones(batch, dtype=torch.long, device=device)
-    a_rows = co.a
-    c = co.c
-    fsal = co.fsal
+    a_rows, c, fsal, stages = co.a, co.c, co.fsal, co.stages
+    shape2 = (batch, -1)
+    ifactor = torch.tensor(ctrl.ifactor, **f64)
+    power = -(ctrl.icoeff + ctrl.pcoeff) * exponent
+    graph_free = not torch.is_grad_enabled()
+    if graph_free:  # stages copied into one buffer reused by every step (as ExplicitRK)
+        stacked, rows, columns = term.stage_buffer(stages, y0_flat)
+    iteration = 0
     while True:
-        # The step: land on t_end when the proposal reaches it; finished samples stand still.
-        landed = sign * (proposal - t_end) >= 0
-        t1 = torch.where(active, torch.where(landed, t_end, proposal), t)
+        iteration += 1
+        # The step: land on t_end when the proposal reaches it. Finished samples sit at
+        # t_end, so their steps have size zero and leave them unchanged.
+        t1 = proposal.clamp(max=t_end) if sign > 0 else proposal.clamp(min=t_end)
         h = t1 - t
         h_y = h.to(y.real.dtype)[:, None]
         ks = [f0]
         y_stage = y
-        for i in range(1, co.stages):
-            comb = torch.tensordot(a_rows[i], torch.stack(ks), dims=1)
+        if graph_free:
+            rows[0].copy_(f0.reshape(-1))
+        for i in range(1, stages):
+            if graph_free:
+                comb = torch.mv(columns[i], a_rows[i]).view(shape2)
+            else:
+                comb = torch.tensordot(a_rows[i], torch.stack(ks), dims=1)
             y_stage = torch.addcmul(y, h_y, comb)
-            t_stage = t1 if c[i] == 1 else t + c[i] * h
-            ks.append(f(t_stage, y_stage))
-        nfe = nfe + (co.stages - 1) * active
-        stacked = torch.stack(ks)
-        y1 = y_stage if fsal else torch.addcmul(y, h_y, torch.tensordot(co.b, stacked, dims=1))
-        error = h_y * torch.tensordot(co.b_error, stacked, dims=1)
+            k = f(t1 if c[i] == 1 else torch.add(t, h, alpha=c[i]), y_stage)
+            if graph_free:
+                rows[i].copy_(k.reshape(-1))
+            ks.append(k)
+        if graph_free:
+            k_all = stacked.view(stages, batch, -1)
+            b_comb = torch.mv(columns[stages], co.b).view(shape2) if not fsal else None
+            err_comb = torch.mv(columns[stages], co.b_error).view(shape2)
+        else:
+            k_all = torch.stack(ks)
+            b_comb = None if fsal else torch.tensordot(co.b, k_all, dims=1)
+            err_comb = torch.tensordot(co.b_error, k_all, dims=1)
+        y1 = y_stage if fsal else torch.addcmul(y, h_y, b_comb)
+        error = h_y * err_comb
 
-        # Accept/reject and the next proposal, per sample (PIController.adapt on tensors).
+        # Accept/reject and the next proposal per sample: PIController.adapt on tensors.
+        # A NaN ratio rejects and shrinks by dfactor; ratio 0 gives inf, clipped to ifactor.
         with torch.no_grad():
             scale = torch.addcmul(atol, torch.maximum(y.abs(), y1.abs()), rtol)
             ratio = _rms(error / scale)
-            finite = torch.isfinite(ratio)
-            hsize = h.abs()
-            accept = active & finite & ((ratio <= 1) | (hsize <= ctrl.min_step * (1 + 1e-12)))
-            k = exponent
-            safe_ratio = torch.where(finite & (ratio > 0), ratio, 1.0)
-            factor = ctrl.safety * safe_ratio ** (-(ctrl.icoeff + ctrl.pcoeff) * k)
+            ok = ratio <= 1
+            if ctrl.min_step > 0:
+                ok = ok | (h.abs() <= ctrl.min_step * (1 + 1e-12))
+            accept = ok & active
+            factor = ctrl.safety * ratio.pow(power)
             if ctrl.pcoeff:
-                factor = factor * previous_ratio ** (ctrl.pcoeff * k)
+                factor = factor * previous_ratio.pow(ctrl.pcoeff * exponent)
+                previous_ratio = torch.where(accept, ratio.clamp(min=1e-10), previous_ratio)
             lower = torch.where(ratio < 1, 1.0, ctrl.dfactor)
-            factor = torch.minimum(torch.maximum(factor, lower), torch.tensor(ctrl.ifactor, **f64))
-            factor = torch.where(ratio == 0, ctrl.ifactor, factor)
-            new_size = torch.clamp(hsize * factor, min=ctrl.min_step, max=ctrl.max_step)
-            new_dt = torch.copysign(new_size, h)
-            rejected = active & ~accept
-            new_proposal = torch.where(accept, t1 + new_dt, t + new_dt)
-            new_proposal = torch.where(finite, new_proposal, t + h * ctrl.dfactor)
-            proposal = torch.where(active, new_proposal, proposal)
-            previous_ratio = torch.where(accept, torch.clamp(ratio, min=1e-10), previous_ratio)
+            factor = torch.clamp(factor.nan_to_num(nan=ctrl.dfactor), min=lower, max=ifactor)
+            new_size = torch.clamp(h.abs() * factor, min=ctrl.min_step, max=ctrl.max_step)
+            t_next = torch.where(accept, t1, t)
+            proposal = t_next + sign * new_size
+            still = t_next != t_end
             n_steps = n_steps + active
             n_accepted = n_accepted + accept
-            n_rejected = n_rejected + rejected
-            # outputs crossed by this step: ts[next_out : end] for accepted samples
-            end = torch.searchsorted(ts_signed, sign * t1, right=True)
-            crossing = accept & (end > next_out)
-            lo = torch.where(crossing, next_out, n_out).min()
-            hi = torch.where(crossing, end, 0).max()
-            finished = accept & (t1 == t_end)
-            still = active & ~finished
-            # the next attempt must make progress (checked here to share the sync)
-            t_next = torch.where(accept, t1, t)
-            land_next = torch.where(sign * (proposal - t_end) >= 0, t_end, proposal)
-            stuck = still & (
-                (
-                    (land_next - t_next).abs()
-                    <= 4 * _EPS * torch.maximum(t_next.abs(), land_next.abs())
-                )
-                | ~torch.isfinite(land_next)
-            )
-            over = still & (n_steps >= config.max_steps)
-            summary = torch.stack(
-                [still.sum(), lo, hi, stuck.any().long(), over.any().long()]
-            ).tolist()
-        n_still, lo, hi, any_stuck, any_over = summary
-
+            if n_out > 2:  # intermediate outputs crossed: ts[next_out : end]
+                end = torch.searchsorted(ts_signed, sign * t1, right=True)
+                crossing = accept & (end > next_out)
+                lo = torch.where(crossing, next_out, n_out).min()
+                hi = torch.where(crossing, end, 0).max()
+                summary = torch.stack([still.any().long(), lo, hi]).tolist()
+                any_still, lo, hi = summary
+            else:  # the one host sync of a step
+                any_still, lo, hi = bool(still.any()), 0, 0
         f1 = ks[-1] if fsal else None
-        needs_f1 = tab.dense is None or len(tab.dense.extra_c) > 0
         if hi > lo:
-            for j in range(lo, hi):
+            needs_f1 = tab.dense is None or len(tab.dense.extra_c) > 0
+            for j in range(lo, min(hi, n_out - 1)):  # the last output is the final state
                 mask = crossing & (next_out <= j) & (j < end)
-                if j == n_out - 1:  # every sample lands exactly on the last time
-                    value = y1
-                else:
-                    if needs_f1 and f1 is None:
-                        # f(t1, y1) for the interpolant; reused below as the next f0
-                        f1 = f(t1, y1)
-                        nfe = nfe + (crossing & ~still)
-                    value = _interpolate(solver, co, y, y1, h, stacked, f1, ts_tensor[j] - t)
-                    value = torch.where((ts_tensor[j] == t1)[:, None], y1, value)
+                if needs_f1 and f1 is None:
+                    # f(t1, y1) for the interpolant; reused below as the next f0
+                    f1 = f(t1, y1)
+                    nfe = nfe + (crossing & ~still)
+                value = _interpolate(solver, co, y, y1, h, k_all, f1, ts_tensor[j] - t)
+                value = torch.where((ts_tensor[j] == t1)[:, None], y1, value)
                 outputs[j] = torch.where(mask[:, None], value, outputs[j])
             next_out = torch.where(crossing, end, next_out)
-        if any_stuck or any_over:
-            _raise_failure(any_over, over, stuck, t_next, land_next, y1, config, n_steps)
-        # advance the accepted samples
         acc_col = accept[:, None]
         y = torch.where(acc_col, y1, y)
-        t = torch.where(accept, t1, t)
+        t = t_next
         active = still
-        if n_still == 0:
+        if not any_still:
             break
+        if iteration % 32 == 0 or iteration >= config.max_steps:
+            _check_progress(iteration, still, t, proposal, t_end, sign, y, config)
         if fsal:
             f0 = torch.where(acc_col, ks[-1], f0)
         else:  # f(t1, y1) starts the next step of the accepted samples
             f_next = f(t, y) if f1 is None else f1
             nfe = nfe + (accept & still)
             f0 = torch.where(acc_col, f_next, f0)
+    outputs[-1] = y
+    nfe = nfe + (stages - 1) * n_steps
+    n_rejected = n_steps - n_accepted
 
     stats.n_steps += int(n_steps.sum())
     stats.n_accepted += int(n_accepted.sum())
@@ -275,20 +275,33 @@ def _interpolate(
     return torch.addcmul(y0, h_y, comb)
 
 
-def _raise_failure(any_over, over, stuck, t, land, y1, config, n_steps) -> None:
-    if any_over:
-        i = int(over.nonzero()[0])
+def _check_progress(
+    iteration: int,
+    still: torch.Tensor,
+    t: torch.Tensor,
+    proposal: torch.Tensor,
+    t_end: float,
+    sign: float,
+    y: torch.Tensor,
+    config: Any,
+) -> None:
+    """Every 32 steps (one extra sync): fail with the sample's index if a running sample can
+    no longer advance (its step underflows or is not finite) or has used up max_steps."""
+    if iteration >= config.max_steps:
+        i = int(still.nonzero()[0])
         raise MaxStepsError(
             f"sample {i} reached max_steps={config.max_steps} at t={float(t[i]):.6g} "
             "(per-sample mode counts each sample's steps). Raise max_steps, loosen the "
             "tolerances, or use an implicit method if the problem is stiff."
         )
+    land = proposal.clamp(max=t_end) if sign > 0 else proposal.clamp(min=t_end)
+    tiny = (land - t).abs() <= 4 * _EPS * torch.maximum(t.abs(), land.abs())
+    stuck = still & (tiny | ~torch.isfinite(land))
+    if not bool(stuck.any()):
+        return
     i = int(stuck.nonzero()[0])
-    if not bool(torch.isfinite(y1[i]).all()):
-        raise NonFiniteError(
-            f"NaN or inf in sample {i} at t={float(t[i]):.6g}: f(t, y) is probably "
-            "non-finite there or the solution blows up"
-        )
+    if not bool(torch.isfinite(y[i]).all()):
+        raise NonFiniteError(f"the state of sample {i} became non-finite at t={float(t[i]):.6g}")
     raise StepSizeUnderflowError(
         f"step size underflow in sample {i} at t={float(t[i]):.10g}: the next step "
         f"(dt={float(land[i] - t[i]):.3g}) is too small to change t. The solution may blow "

@@ -215,3 +215,17 @@ def test_errors_are_named():
         solve(field, y0, ts, gradient=Checkpointed(), per_sample=True)
     with pytest.raises(MaxStepsError, match="sample 1 reached max_steps=20"):
         solve(field, y0, ts, controller=PIController(RTOL, ATOL), max_steps=20, per_sample=True)
+
+
+def test_backward_in_time_and_any_sample_shape():
+    rates = torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64)
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    ts = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)
+    controller = PIController(1e-8, 1e-10)
+    sol = solve(lambda t, y: -rates[:, None] * y, y0, ts, controller=controller, per_sample=True)
+    exact = torch.exp(rates[None, :, None] * (2 - ts[:, None, None])).expand(3, 3, 2)
+    torch.testing.assert_close(sol.ys, exact, rtol=1e-6, atol=0)
+    for i in range(3):
+        ref = solve(lambda t, y, rate=rates[i]: -rate * y, y0[i : i + 1], ts, controller=controller)
+        assert int(sol.stats.sample_steps[i]) == ref.stats.n_steps
+        torch.testing.assert_close(sol.ys[:, i], ref.ys[:, 0], rtol=1e-12, atol=1e-12)

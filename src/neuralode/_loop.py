@@ -32,6 +32,7 @@ class LoopConfig:
     perturb: bool = False
     callbacks: Any = None
     events: EventTracker | None = None
+    per_sample: bool = False  # dim 0 of the state is a batch of independent problems
 
 
 def _landings(ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, ...]):
@@ -75,6 +76,10 @@ def integrate(
     With ``record``, every accepted step is appended to it as a ``StepRecord``. A terminal
     event in ``config.events`` ends the solve early: only the outputs up to it are returned.
     """
+    if config.per_sample:
+        from ._per_sample import integrate_per_sample
+
+        return integrate_per_sample(term, y0, ts, config, stats)
     outputs = [y0[None]]
     if len(ts) == 1:
         return y0[None]

@@ -19,9 +19,16 @@ class SolveStats:
     n_rejected: int = 0
     nfe_backward: int = 0
     n_steps_backward: int = 0
+    #: per-sample mode only: each sample's evaluations of f, steps, accepted and rejected
+    #: steps, as (batch,) tensors. The totals above are then sums over the samples, except
+    #: ``nfe``, which counts batched calls of f (what the solve cost).
+    sample_nfe: torch.Tensor | None = None
+    sample_steps: torch.Tensor | None = None
+    sample_accepted: torch.Tensor | None = None
+    sample_rejected: torch.Tensor | None = None
 
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 @dataclass

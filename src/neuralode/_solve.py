@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cmath
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -42,6 +43,7 @@ def solve(
     callbacks: Any = None,
     gradient: GradientStrategy | None = None,
     event: Event | None = None,
+    per_sample: bool = False,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
 
@@ -63,6 +65,14 @@ def solve(
     an element crosses zero; ``Solution.event_t`` and ``Solution.event_y`` are then
     differentiable (implicit-function gradient) and ``ys``/``ts`` hold only the outputs
     before it. With an event, ``ts[-1]`` may be infinite (search until the event).
+
+    ``per_sample=True`` solves dimension 0 of ``y0`` (a tensor) as a batch of independent
+    problems: each sample has its own time, step size and accept/reject decisions (error
+    norm: RMS over the sample) and takes the steps it would take alone; ``func`` then
+    receives ``t`` as a (batch,) tensor. ``Solution.stats`` gains per-sample ``sample_nfe``,
+    ``sample_steps``, ``sample_accepted``, ``sample_rejected``. Needs an adaptive explicit
+    Runge-Kutta solver and a ``PIController``; gradients by ``Direct()`` or ``Backsolve()``
+    (one backward solve for the whole batch).
     """
     spec, y0_flat = _check_state(y0)
     times = _check_times(ts, y0_flat.device, open_end=event is not None)
@@ -71,6 +81,8 @@ def solve(
         controller = PIController() if solver.adaptive else FixedGrid()
     if not isinstance(max_steps, int) or max_steps <= 0:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    if per_sample:
+        func = _check_per_sample(func, y0, spec, solver, controller, locals())
     if norm is None:
         norm = rms_norm if spec.is_leaf else mixed_norm(spec.numels)
     config = LoopConfig(
@@ -82,6 +94,7 @@ def solve(
         jump_t=_check_grid_times("jump_t", jump_t),
         perturb=bool(perturb),
         callbacks=None if callbacks is None else Callbacks(callbacks, spec),
+        per_sample=bool(per_sample),
     )
     term = ODETerm(func, spec, y0_flat)
     stats = SolveStats()
@@ -96,6 +109,60 @@ def solve(
         _check_finite(ys, times)
         return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
     return _solve_with_event(gradient, problem, EventTracker(event, spec, term))
+
+
+def _check_per_sample(
+    func: Callable, y0: Any, spec: TreeSpec, solver: Solver, controller: Any, args: dict
+) -> Callable:
+    """Validate a per-sample solve; return ``func`` seeing one time per sample."""
+    from ._per_sample import check_per_sample
+    from .adjoint.backsolve import Backsolve
+
+    if not spec.is_leaf:
+        raise ValueError("per_sample=True needs y0 to be one tensor of shape (batch, ...)")
+    check_per_sample(solver, controller, spec.shapes[0])
+    unsupported = {
+        "norm": args["norm"] is not None,
+        "step_t": len(args["step_t"]) > 0,
+        "jump_t": len(args["jump_t"]) > 0,
+        "perturb": bool(args["perturb"]),
+        "callbacks": args["callbacks"] is not None,
+        "event": args["event"] is not None,
+    }
+    given = [name for name, used in unsupported.items() if used]
+    if given:
+        raise ValueError(f"per_sample=True does not support {', '.join(given)}")
+    gradient = args["gradient"]
+    if gradient is not None and not isinstance(gradient, (Direct, Backsolve)):
+        raise ValueError(
+            f"per_sample=True supports the gradients Direct() and Backsolve(), got {gradient!r}"
+        )
+    return _BatchTime(func, int(spec.shapes[0][0]))
+
+
+class _BatchTime(torch.nn.Module):
+    """``func`` called with one time per sample: a 0-dim ``t`` (from the adjoint's backward
+    solve or the time-gradient terms, which run the batch as one system) is expanded."""
+
+    def __init__(self, func: Callable, batch: int):
+        super().__init__()
+        self.batch = batch
+        if isinstance(func, torch.nn.Module):
+            self.module = func
+        else:
+            self.plain = func
+
+    def forward(self, t: torch.Tensor, y: Any) -> Any:
+        func = self.module if hasattr(self, "module") else self.plain
+        return func(t.expand(self.batch) if t.ndim == 0 else t, y)
+
+    def parameters(self, recurse: bool = True):
+        if hasattr(self, "module"):
+            return self.module.parameters(recurse)
+        raise ValueError(
+            "func is not a torch.nn.Module, so its parameters cannot be found: pass them "
+            "explicitly (params=... in the core API, adjoint_params=... in odeint_adjoint)"
+        )
 
 
 def _run(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:
@@ -175,7 +242,7 @@ def _check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:
         if leaf.device != first.device:
             raise ValueError(f"{where} is on {leaf.device}; tensor 0 is on {first.device}")
     flat = spec.flatten(y0, "y0")
-    if not bool(torch.isfinite(flat).all()):
+    if not _all_finite(flat):
         raise NonFiniteError("y0 contains NaN or inf")
     return spec, flat
 
@@ -213,7 +280,18 @@ def _check_grid_times(name: str, values: Any) -> tuple[float, ...]:
     return out
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every entry is finite, with one reduction in the common case: a NaN or inf
+    entry makes the sum non-finite (a finite sum proves all entries finite; an overflowing
+    sum of finite entries falls back to the exact elementwise test)."""
+    if cmath.isfinite(x.sum().item()):
+        return True
+    return bool(torch.isfinite(x).all())
+
+
 def _check_finite(ys: torch.Tensor, times: list[float]) -> None:
+    if _all_finite(ys):
+        return
     finite = torch.isfinite(ys).flatten(1).all(1)
     if not bool(finite.all()):
         i = int((~finite).nonzero()[0])

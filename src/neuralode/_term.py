@@ -30,6 +30,9 @@ class ODETerm:
         self.time_dtype = like.real.dtype if like.is_complex() else like.dtype
         self.nfe = 0
         self._checked = False
+        # a tuple of ints, not a torch.Size: y.view(tuple) parses ~1.5 us faster per call
+        self._leaf_shape = tuple(int(n) for n in spec.shapes[0]) if spec.is_leaf else None
+        self._buffers: dict[tuple[int, int], Any] = {}
 
     def time(self, t: float, perturb: float = 0.0) -> torch.Tensor:
         """``t`` as a tensor; ``perturb`` != 0 moves it one ulp towards ``t + perturb``."""
@@ -38,14 +41,39 @@ class ODETerm:
             tt = torch.nextafter(tt, torch.full_like(tt, t + perturb))
         return tt
 
+    def times(self, values: list[float]) -> tuple[torch.Tensor, ...] | None:
+        """Several times as 0-dim tensors made by one conversion, on CPU; ``None`` elsewhere
+        (a host-to-device copy would cost more than filling each on the device)."""
+        if self.device.type != "cpu":
+            return None
+        return torch.tensor(values, dtype=self.time_dtype).unbind()
+
+    def stage_buffer(
+        self, stages: int, like: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], list[torch.Tensor]]:
+        """A (stages, n) scratch buffer for graph-free Runge-Kutta steps of this solve, with
+        its rows and the transposed views of its first i rows (made once, reused each step)."""
+        key = (stages, like.numel())
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            stacked = like.new_empty(stages, like.numel())
+            columns = [stacked[:i].T for i in range(stages + 1)]
+            buffer = self._buffers[key] = (stacked, stacked.unbind(0), columns)
+        return buffer
+
     def __call__(self, t: float, y: torch.Tensor, perturb: float = 0.0) -> torch.Tensor:
+        return self.at(self.time(t, perturb), y)
+
+    def at(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """f at the time tensor ``t`` (0-dim, the term's time dtype) on the flat state ``y``."""
         self.nfe += 1
         spec = self.spec
-        y_user = y.view(spec.shapes[0]) if spec.is_leaf else spec.unflatten(y)
-        out = self.func(self.time(t, perturb), y_user)
+        shape = self._leaf_shape
+        y_user = y.view(shape) if shape is not None else spec.unflatten(y)
+        out = self.func(t, y_user)
         if not self._checked:
             self._check(out)
-        if spec.is_leaf:
+        if shape is not None:
             return out.reshape(-1)
         return spec.flatten(out, "func's output")
 

@@ -24,6 +24,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from .bench.suite import add_arguments
+
+    add_arguments(parser)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench.suite import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuralode", description="Neural differential equations in PyTorch."
@@ -35,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
     demo.add_argument("--quick", action="store_true", help="fewer tolerances, for a smoke run")
     demo.set_defaults(run=_demo)
+    bench = commands.add_parser(
+        "bench", help="benchmarks vs torchdiffeq, torchode and SciPy: tables and a plot"
+    )
+    _add_bench_arguments(bench)
+    bench.set_defaults(run=_bench)
     if EXPERIMENTS:
         experiment = commands.add_parser("experiment", help="reproduce an experiment of the field")
         names = experiment.add_subparsers(dest="experiment", required=True, metavar="NAME")

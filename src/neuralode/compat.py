@@ -38,6 +38,7 @@ _ADAPTIVE_OPTIONS = {
     "step_t",
     "jump_t",
     "norm",
+    "per_sample",
 }
 _FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "max_num_steps"}
 _CONTROLLER_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "icoeff", "pcoeff")
@@ -98,8 +99,15 @@ def odeint_adjoint(
             "torch method (e.g. dopri5) for method and adjoint_method"
         )
     if adjoint_options is None:
-        adjoint_options = {k: v for k, v in (options or {}).items() if k != "norm"}
+        adjoint_options = {
+            k: v for k, v in (options or {}).items() if k not in ("norm", "per_sample")
+        }
     adjoint_options = dict(adjoint_options)
+    if "per_sample" in adjoint_options:
+        raise ValueError(
+            "adjoint_options cannot set per_sample: the backward solve always runs the whole "
+            "batch as one system (set per_sample in options for the forward solve)"
+        )
     norm = adjoint_options.pop("norm", None)
     if norm not in (None, "seminorm"):
         raise ValueError(
@@ -239,6 +247,8 @@ def _parse(
         for key in ("step_t", "jump_t"):
             if options.get(key) is not None:
                 extra[key] = options[key]
+        if options.get("per_sample"):
+            extra["per_sample"] = True
         if options.get("norm") is not None:
             user_norm = options["norm"]
             extra["norm"] = lambda flat: user_norm(spec.unflatten(flat))

@@ -33,7 +33,7 @@ def select_initial_step(
     if not math.isfinite(d1):
         raise NonFiniteError(f"f(t0, y0) contains NaN or inf at t0={t0:.6g}")
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-    y1 = y0 + (direction * h0) * f0
+    y1 = torch.add(y0, f0, alpha=direction * h0)
     f1 = term(t0 + direction * h0, y1)
     d2 = float(norm((f1 - f0) / scale)) / h0
     if d1 <= 1e-15 and d2 <= 1e-15:

@@ -20,6 +20,8 @@ class _PIState:
     norm: Norm
     exponent: float
     previous_ratio: float
+    rtol: torch.Tensor  # the tolerances as tensors like the state, made once per solve
+    atol: torch.Tensor  # so that each step's scale is one addcmul
 
 
 class PIController(StepSizeController):
@@ -80,8 +82,8 @@ class PIController(StepSizeController):
         self, y0: torch.Tensor, y1: torch.Tensor, error: torch.Tensor, norm: Norm
     ) -> torch.Tensor:
         """The scaled error; at most 1 means the step meets the tolerances."""
-        scale = torch.maximum(y0.abs(), y1.abs()) * self.rtol + self.atol
-        return norm(error / scale)
+        rtol, atol = _as_tensor(self.rtol, y0), _as_tensor(self.atol, y0)
+        return _scaled_norm(y0, y1, error, rtol, atol, norm)
 
     def init(
         self,
@@ -107,7 +109,8 @@ class PIController(StepSizeController):
         else:
             dt = self.first_step
         dt = min(max(dt, self.min_step), self.max_step)
-        return ts[0] + direction * dt, _PIState(norm, exponent, 1.0)
+        rtol, atol = _as_tensor(self.rtol, y0), _as_tensor(self.atol, y0)
+        return ts[0] + direction * dt, _PIState(norm, exponent, 1.0, rtol, atol)
 
     def adapt(
         self,
@@ -121,7 +124,7 @@ class PIController(StepSizeController):
         dt = t1 - t0
         size = abs(dt)
         with torch.no_grad():
-            ratio = float(self.error_ratio(y0, y1, error, state.norm))
+            ratio = float(_scaled_norm(y0, y1, error, state.rtol, state.atol, state.norm))
         if not math.isfinite(ratio):
             # NaN or inf in the step: shrink hard and retry; the loop reports a step underflow.
             return False, t0 + dt * self.dfactor, state
@@ -145,3 +148,20 @@ class PIController(StepSizeController):
 
     def __repr__(self) -> str:
         return f"PIController(rtol={self.rtol}, atol={self.atol})"
+
+
+def _as_tensor(tol: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(tol, dtype=like.real.dtype, device=like.device)
+
+
+def _scaled_norm(
+    y0: torch.Tensor,
+    y1: torch.Tensor,
+    error: torch.Tensor,
+    rtol: torch.Tensor,
+    atol: torch.Tensor,
+    norm: Norm,
+) -> torch.Tensor:
+    """norm(error / (atol + rtol * max(|y0|, |y1|)))."""
+    scale = torch.addcmul(atol, torch.maximum(y0.abs(), y1.abs()), rtol)
+    return norm(error / scale)

@@ -22,6 +22,16 @@ class _Coefficients:
     dense: torch.Tensor | None
     extra_a: list[torch.Tensor]
     extra_is_f1: list[bool]
+    # Plain-Python facts read on every step (tableau properties recompute them each time).
+    stages: int
+    c: tuple[float, ...]
+    fsal: bool
+    first_a: float  # a[1][0]: stage 1 is one fused add, no stack or matrix product
+
+
+# One set of coefficient tensors per (method, dtype, device), shared by all instances: a
+# solver built per call (``solve(..., solver=Dopri5())``) must not rebuild them every time.
+_SHARED: dict[tuple[type, torch.dtype, torch.device], _Coefficients] = {}
 
 
 class ExplicitRK(Solver):
@@ -52,7 +62,11 @@ class ExplicitRK(Solver):
         key = (like.dtype, like.device)
         co = self._cache.get(key)
         if co is None:
-            co = self._cache[key] = self._build(like.dtype, like.device)
+            shared_key = (type(self), like.dtype, like.device)
+            co = _SHARED.get(shared_key)
+            if co is None:
+                co = _SHARED[shared_key] = self._build(like.dtype, like.device)
+            self._cache[key] = co
         return co
 
     def _build(self, dtype: torch.dtype, device: torch.device) -> _Coefficients:
@@ -74,33 +88,76 @@ class ExplicitRK(Solver):
             dense=None if dense is None else t(dense.coefficients),
             extra_a=[t(row) for row in dense.extra_a] if dense else [],
             extra_is_f1=extra_is_f1,
+            stages=tab.stages,
+            c=tuple(tab.c),
+            fsal=tab.fsal,
+            first_a=tab.a[1][0] if tab.stages > 1 else 0.0,
         )
 
     def step(
         self, term: ODETerm, t0: float, t1: float, y0: torch.Tensor, state: Any, perturb: bool
     ) -> Step:
-        tab = self.tableau
         co = self._coefficients(y0)
+        c = co.c
         dt = t1 - t0
         inward = 1.0 if dt > 0 else -1.0
         f0 = state if state is not None else term(t0, y0, inward if perturb else 0.0)
+        end_perturb = -inward if perturb else 0.0
+        # All stage times in one host-to-tensor conversion (CPU only: on an accelerator that
+        # would be a copy; there each stage fills its own 0-dim tensor on the device).
+        times = term.times([t1 if ci == 1 else t0 + ci * dt for ci in c[1:]])
         ks = [f0]
         y_stage = y0
-        for i in range(1, tab.stages):
-            y_stage = torch.addmv(y0, torch.stack(ks, 1), co.a[i], alpha=dt)
-            c = tab.c[i]
-            if c == 1:
-                ks.append(term(t1, y_stage, -inward if perturb else 0.0))
-            else:
-                ks.append(term(t0 + c * dt, y_stage))
-        stacked = torch.stack(ks, 1)
-        if tab.fsal:
+        if torch.is_grad_enabled():
+            # Autograd path: stages stacked as rows (contiguous copies, unlike columns, which
+            # are slow for large states); addmv reads the transposed view directly.
+            for i in range(1, co.stages):
+                if i == 1:
+                    y_stage = torch.add(y0, f0, alpha=dt * co.first_a)
+                else:
+                    y_stage = torch.addmv(y0, torch.stack(ks).T, co.a[i], alpha=dt)
+                ks.append(self._stage(term, times, i, c[i], t0 + c[i] * dt, y_stage, end_perturb))
+            stacked = torch.stack(ks)
+        else:
+            # Graph-free path: stages are copied into one buffer reused across steps, and each
+            # combination is one addmv on a prepared view of its first rows.
+            stacked, rows, columns = term.stage_buffer(co.stages, y0)
+            rows[0].copy_(f0)
+            for i in range(1, co.stages):
+                if i == 1:
+                    y_stage = torch.add(y0, f0, alpha=dt * co.first_a)
+                else:
+                    y_stage = torch.addmv(y0, columns[i], co.a[i], alpha=dt)
+                k = self._stage(term, times, i, c[i], t0 + c[i] * dt, y_stage, end_perturb)
+                rows[i].copy_(k)
+                ks.append(k)
+        if co.fsal:
             y1, f1 = y_stage, ks[-1]
         else:
-            y1, f1 = torch.addmv(y0, stacked, co.b, alpha=dt), None
-        error = None if co.b_error is None else torch.mv(stacked, co.b_error) * dt
+            y1, f1 = torch.addmv(y0, stacked.T, co.b, alpha=dt), None
+        # dt * (K^T b_error) in one op: with beta=0, addmv ignores its first argument.
+        error = (
+            None if co.b_error is None else torch.addmv(y0, stacked.T, co.b_error, beta=0, alpha=dt)
+        )
         extra = {"stacked": stacked, "f0_reusable": state is not None or not perturb}
-        return Step(t0, t1, y0, y1, error, ks, f1, extra, -inward if perturb else 0.0)
+        return Step(t0, t1, y0, y1, error, ks, f1, extra, end_perturb)
+
+    @staticmethod
+    def _stage(
+        term: ODETerm,
+        times: tuple[torch.Tensor, ...] | None,
+        i: int,
+        c: float,
+        t: float,
+        y: torch.Tensor,
+        end_perturb: float,
+    ) -> torch.Tensor:
+        """f at stage ``i``; a stage at the step's end is perturbed inwards if asked."""
+        if c == 1 and end_perturb:
+            return term(t, y, end_perturb)
+        if times is None:
+            return term(t, y)
+        return term.at(times[i - 1], y)
 
     def reject(self, step: Step, state: Any) -> Any:
         # f(t0, y0) does not depend on the step size: keep it for the retry.
@@ -118,7 +175,7 @@ class ExplicitRK(Solver):
         powers = torch.arange(1, co.dense.shape[1] + 1, dtype=torch.float64)
         theta_powers = thetas[None, :] ** powers[:, None]
         weights = co.dense @ theta_powers.to(dtype=co.dense.dtype, device=co.dense.device)
-        return torch.addmm(step.y0[:, None], stacked, weights, alpha=step.dt).T
+        return torch.addmm(step.y0[None, :], weights.T, stacked, alpha=step.dt)
 
     def _extra_stages(self, term: ODETerm, step: Step, co: _Coefficients) -> torch.Tensor:
         """Evaluate the dense output's extra stages (once per step) and stack all stages."""
@@ -131,6 +188,6 @@ class ExplicitRK(Solver):
                     step.f1 = term(step.t1, step.y1, step.end_perturb)
                 ks.append(step.f1)
             else:
-                y_stage = torch.addmv(step.y0, torch.stack(ks, 1), row, alpha=dt)
+                y_stage = torch.addmv(step.y0, torch.stack(ks).T, row, alpha=dt)
                 ks.append(term(step.t0 + c * dt, y_stage))
-        return step.extra["stacked"] if len(ks) == len(step.stages) else torch.stack(ks, 1)
+        return step.extra["stacked"] if len(ks) == len(step.stages) else torch.stack(ks)

@@ -1,0 +1,309 @@
+"""Per-sample integration: a batch of independent problems, each with its own steps.
+
+Dimension 0 of the state is the batch. Every sample has its own time, step size, accept/reject
+decision, controller memory and statistics, all held as tensors of shape (batch,) and merged
+with masks (``torch.where``), so each sample takes exactly the steps it would take alone: one
+stiff sample no longer shrinks the steps of the others. All samples are evaluated in one
+batched call of f per stage; a sample that has reached the end keeps its state and takes
+steps of size zero (its results and statistics no longer change).
+
+Host synchronisation: one per step attempt (a ``tolist`` of five scalars: how many samples
+are still running, the range of output times crossed, and whether any sample failed or ran
+out of steps). Everything else (step sizes, decisions, interpolation weights) stays on the
+device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
+from ._solution import SolveStats
+from ._term import ODETerm
+from .controllers.pi import PIController
+from .solvers.explicit_rk import ExplicitRK
+
+_EPS = 2.0**-52
+
+
+def check_per_sample(solver: Any, controller: Any, y0_shape: torch.Size) -> None:
+    """Raise a clear error if the problem cannot be solved per sample."""
+    if len(y0_shape) == 0 or y0_shape[0] == 0:
+        raise ValueError(
+            "per_sample=True needs y0 with a batch dimension first (shape (batch, ...)), "
+            f"got shape {tuple(y0_shape)}"
+        )
+    if not isinstance(solver, ExplicitRK) or not solver.adaptive:
+        raise ValueError(
+            "per_sample=True supports the adaptive explicit Runge-Kutta methods (dopri5, "
+            f"tsit5, bosh3, dopri8, ...), got {solver!r}"
+        )
+    dense = solver.tableau.dense
+    if dense is not None and len(dense.extra_c) > 1:
+        raise ValueError(f"per_sample=True does not support {solver!r}'s dense output")
+    if not isinstance(controller, PIController):
+        raise ValueError(f"per_sample=True needs a PIController, got {controller!r}")
+
+
+class _BatchTerm:
+    """Calls f with one time per sample, (batch,), on the (batch, d) state."""
+
+    def __init__(self, term: ODETerm, batch: int):
+        self.term = term
+        self.batch = batch
+        self.shape = tuple(int(n) for n in term.spec.shapes[0])
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        term = self.term
+        term.nfe += 1
+        out = term.func(t.to(term.time_dtype), y.reshape(self.shape))
+        if not term._checked:
+            term._check(out)
+        return out.reshape(self.batch, -1)
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    """RMS of each row, in float64."""
+    return (torch.linalg.vector_norm(x, dim=1) / (x.shape[1] ** 0.5)).to(torch.float64)
+
+
+def integrate_per_sample(
+    term: ODETerm, y0_flat: torch.Tensor, ts: list[float], config: Any, stats: SolveStats
+) -> torch.Tensor:
+    """Solve every sample of the batch as its own problem; return (len(ts), n) flat states."""
+    solver: ExplicitRK = config.solver
+    ctrl: PIController = config.controller
+    batch = int(term.spec.shapes[0][0])
+    f = _BatchTerm(term, batch)
+    y = y0_flat.reshape(batch, -1)
+    n_out = len(ts)
+    if n_out == 1:
+        return y0_flat[None]
+    device = y.device
+    f64 = dict(dtype=torch.float64, device=device)
+    sign = 1.0 if ts[-1] > ts[0] else -1.0
+    t_end = ts[-1]
+    ts_signed = torch.tensor([sign * x for x in ts], **f64)
+    ts_tensor = torch.tensor(ts, **f64)
+    tab = solver.tableau
+    co = solver._coefficients(y0_flat)
+    exponent = 1.0 / (solver.error_order + 1)
+    rtol = torch.as_tensor(ctrl.rtol, dtype=y.real.dtype, device=device)
+    atol = torch.as_tensor(ctrl.atol, dtype=y.real.dtype, device=device)
+
+    # statistics and status per sample
+    zeros = torch.zeros(batch, dtype=torch.long, device=device)
+    n_steps, n_accepted, n_rejected, nfe = zeros, zeros, zeros, zeros
+    active = torch.ones(batch, dtype=torch.bool, device=device)
+
+    t = torch.full((batch,), ts[0], **f64)
+    f0 = f(t, y)
+    nfe = nfe + 1
+    # initial step (Hairer, Norsett & Wanner II.4), per sample
+    if ctrl.first_step is None:
+        with torch.no_grad():
+            scale = atol + rtol * y.abs()
+            d0, d1 = _rms(y / scale), _rms(f0 / scale)
+            bad = ~torch.isfinite(d1)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0])
+                raise NonFiniteError(f"f(t0, y0) contains NaN or inf for sample {i}")
+            h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+            y_probe = y + (sign * h0).to(y.real.dtype)[:, None] * f0
+            f_probe = f(t + sign * h0, y_probe)
+            nfe = nfe + 1
+            d2 = _rms((f_probe - f0) / scale) / h0
+            h1 = torch.where(
+                (d1 <= 1e-15) & (d2 <= 1e-15),
+                torch.clamp(h0 * 1e-3, min=1e-6),
+                (0.01 / torch.maximum(d1, d2)) ** exponent,
+            )
+            size = torch.minimum(100 * h0, h1)
+    else:
+        size = torch.full((batch,), ctrl.first_step, **f64)
+    size = torch.clamp(size, min=ctrl.min_step, max=ctrl.max_step)
+    proposal = t + sign * size
+    previous_ratio = torch.ones(batch, **f64)
+
+    outputs: list[torch.Tensor] = [y] * n_out
+    next_out = torch.ones(batch, dtype=torch.long, device=device)
+    a_rows, c, fsal, stages = co.a, co.c, co.fsal, co.stages
+    shape2 = (batch, -1)
+    ifactor = torch.tensor(ctrl.ifactor, **f64)
+    power = -(ctrl.icoeff + ctrl.pcoeff) * exponent
+    graph_free = not torch.is_grad_enabled()
+    if graph_free:  # stages copied into one buffer reused by every step (as ExplicitRK)
+        stacked, rows, columns = term.stage_buffer(stages, y0_flat)
+    iteration = 0
+    while True:
+        iteration += 1
+        # The step: land on t_end when the proposal reaches it. Finished samples sit at
+        # t_end, so their steps have size zero and leave them unchanged.
+        t1 = proposal.clamp(max=t_end) if sign > 0 else proposal.clamp(min=t_end)
+        h = t1 - t
+        h_y = h.to(y.real.dtype)[:, None]
+        ks = [f0]
+        y_stage = y
+        if graph_free:
+            rows[0].copy_(f0.reshape(-1))
+        for i in range(1, stages):
+            if graph_free:
+                comb = torch.mv(columns[i], a_rows[i]).view(shape2)
+            else:
+                comb = torch.tensordot(a_rows[i], torch.stack(ks), dims=1)
+            y_stage = torch.addcmul(y, h_y, comb)
+            k = f(t1 if c[i] == 1 else torch.add(t, h, alpha=c[i]), y_stage)
+            if graph_free:
+                rows[i].copy_(k.reshape(-1))
+            ks.append(k)
+        if graph_free:
+            k_all = stacked.view(stages, batch, -1)
+            b_comb = torch.mv(columns[stages], co.b).view(shape2) if not fsal else None
+            err_comb = torch.mv(columns[stages], co.b_error).view(shape2)
+        else:
+            k_all = torch.stack(ks)
+            b_comb = None if fsal else torch.tensordot(co.b, k_all, dims=1)
+            err_comb = torch.tensordot(co.b_error, k_all, dims=1)
+        y1 = y_stage if fsal else torch.addcmul(y, h_y, b_comb)
+        error = h_y * err_comb
+
+        # Accept/reject and the next proposal per sample: PIController.adapt on tensors.
+        # A NaN ratio rejects and shrinks by dfactor; ratio 0 gives inf, clipped to ifactor.
+        with torch.no_grad():
+            scale = torch.addcmul(atol, torch.maximum(y.abs(), y1.abs()), rtol)
+            ratio = _rms(error / scale)
+            ok = ratio <= 1
+            if ctrl.min_step > 0:
+                ok = ok | (h.abs() <= ctrl.min_step * (1 + 1e-12))
+            accept = ok & active
+            factor = ctrl.safety * ratio.pow(power)
+            if ctrl.pcoeff:
+                factor = factor * previous_ratio.pow(ctrl.pcoeff * exponent)
+                previous_ratio = torch.where(accept, ratio.clamp(min=1e-10), previous_ratio)
+            lower = torch.where(ratio < 1, 1.0, ctrl.dfactor)
+            factor = torch.clamp(factor.nan_to_num(nan=ctrl.dfactor), min=lower, max=ifactor)
+            new_size = torch.clamp(h.abs() * factor, min=ctrl.min_step, max=ctrl.max_step)
+            t_next = torch.where(accept, t1, t)
+            proposal = t_next + sign * new_size
+            still = t_next != t_end
+            n_steps = n_steps + active
+            n_accepted = n_accepted + accept
+            if n_out > 2:  # intermediate outputs crossed: ts[next_out : end]
+                end = torch.searchsorted(ts_signed, sign * t1, right=True)
+                crossing = accept & (end > next_out)
+                lo = torch.where(crossing, next_out, n_out).min()
+                hi = torch.where(crossing, end, 0).max()
+                summary = torch.stack([still.any().long(), lo, hi]).tolist()
+                any_still, lo, hi = summary
+            else:  # the one host sync of a step
+                any_still, lo, hi = bool(still.any()), 0, 0
+        f1 = ks[-1] if fsal else None
+        if hi > lo:
+            needs_f1 = tab.dense is None or len(tab.dense.extra_c) > 0
+            for j in range(lo, min(hi, n_out - 1)):  # the last output is the final state
+                mask = crossing & (next_out <= j) & (j < end)
+                if needs_f1 and f1 is None:
+                    # f(t1, y1) for the interpolant; reused below as the next f0
+                    f1 = f(t1, y1)
+                    nfe = nfe + (crossing & ~still)
+                value = _interpolate(solver, co, y, y1, h, k_all, f1, ts_tensor[j] - t)
+                value = torch.where((ts_tensor[j] == t1)[:, None], y1, value)
+                outputs[j] = torch.where(mask[:, None], value, outputs[j])
+            next_out = torch.where(crossing, end, next_out)
+        acc_col = accept[:, None]
+        y = torch.where(acc_col, y1, y)
+        t = t_next
+        active = still
+        if not any_still:
+            break
+        if iteration % 32 == 0 or iteration >= config.max_steps:
+            _check_progress(iteration, still, t, proposal, t_end, sign, y, config)
+        if fsal:
+            f0 = torch.where(acc_col, ks[-1], f0)
+        else:  # f(t1, y1) starts the next step of the accepted samples
+            f_next = f(t, y) if f1 is None else f1
+            nfe = nfe + (accept & still)
+            f0 = torch.where(acc_col, f_next, f0)
+    outputs[-1] = y
+    nfe = nfe + (stages - 1) * n_steps
+    n_rejected = n_steps - n_accepted
+
+    stats.n_steps += int(n_steps.sum())
+    stats.n_accepted += int(n_accepted.sum())
+    stats.n_rejected += int(n_rejected.sum())
+    stats.sample_nfe = nfe
+    stats.sample_steps = n_steps
+    stats.sample_accepted = n_accepted
+    stats.sample_rejected = n_rejected
+    return torch.stack(outputs).reshape(n_out, -1)
+
+
+def _interpolate(
+    solver: ExplicitRK,
+    co: Any,
+    y0: torch.Tensor,
+    y1: torch.Tensor,
+    h: torch.Tensor,
+    stacked: torch.Tensor,
+    f1: torch.Tensor | None,
+    offset: torch.Tensor,
+) -> torch.Tensor:
+    """y at t0 + offset for each sample (offset = output time - the sample's t0)."""
+    safe_h = torch.where(h == 0, 1.0, h)
+    theta = offset / safe_h  # (batch,) float64
+    h_y = h.to(y0.real.dtype)[:, None]
+    dense = solver.tableau.dense
+    if dense is None:  # cubic Hermite through (y0, f0), (y1, f1)
+        th = theta.to(y0.real.dtype)[:, None]
+        k0 = stacked[0]
+        if f1 is None:
+            raise ValueError(f"{solver!r} needs f(t1, y1) for dense output in per-sample mode")
+        h00 = (1 + 2 * th) * (1 - th) ** 2
+        h10 = th * (1 - th) ** 2
+        h01 = th**2 * (3 - 2 * th)
+        h11 = th**2 * (th - 1)
+        return h00 * y0 + h01 * y1 + (h10 * h_y) * k0 + (h11 * h_y) * f1
+    n_powers = co.dense.shape[1]
+    powers = torch.arange(1, n_powers + 1, dtype=torch.float64, device=theta.device)
+    theta_powers = theta[None, :] ** powers[:, None]  # (P, batch)
+    weights = (co.dense.to(torch.float64) @ theta_powers).to(co.dense.dtype)  # (S, batch)
+    if len(dense.extra_c):
+        stacked = torch.cat([stacked, f1[None]])
+    comb = torch.einsum("sb,sbd->bd", weights, stacked)
+    return torch.addcmul(y0, h_y, comb)
+
+
+def _check_progress(
+    iteration: int,
+    still: torch.Tensor,
+    t: torch.Tensor,
+    proposal: torch.Tensor,
+    t_end: float,
+    sign: float,
+    y: torch.Tensor,
+    config: Any,
+) -> None:
+    """Every 32 steps (one extra sync): fail with the sample's index if a running sample can
+    no longer advance (its step underflows or is not finite) or has used up max_steps."""
+    if iteration >= config.max_steps:
+        i = int(still.nonzero()[0])
+        raise MaxStepsError(
+            f"sample {i} reached max_steps={config.max_steps} at t={float(t[i]):.6g} "
+            "(per-sample mode counts each sample's steps). Raise max_steps, loosen the "
+            "tolerances, or use an implicit method if the problem is stiff."
+        )
+    land = proposal.clamp(max=t_end) if sign > 0 else proposal.clamp(min=t_end)
+    tiny = (land - t).abs() <= 4 * _EPS * torch.maximum(t.abs(), land.abs())
+    stuck = still & (tiny | ~torch.isfinite(land))
+    if not bool(stuck.any()):
+        return
+    i = int(stuck.nonzero()[0])
+    if not bool(torch.isfinite(y[i]).all()):
+        raise NonFiniteError(f"the state of sample {i} became non-finite at t={float(t[i]):.6g}")
+    raise StepSizeUnderflowError(
+        f"step size underflow in sample {i} at t={float(t[i]):.10g}: the next step "
+        f"(dt={float(land[i] - t[i]):.3g}) is too small to change t. The solution may blow "
+        "up, f may be non-finite or discontinuous there, or the problem may be stiff."
+    )

@@ -1,0 +1,130 @@
+"""Per-sample mode vs torchode: Van der Pol with mu from 1 to 25 across the batch.
+
+Both libraries give every sample its own step size (dopri5, rtol=1e-6, atol=1e-8, float64,
+t in [0, 10], outputs at t0 and t1), run in one process with interleaved repeats. Batch 1 is
+the hardest sample alone (mu = 25); larger batches spread mu over [1, 25]. Reported: time
+(min and median), steps of the slowest sample (= batched step iterations: what the batch
+costs), mean steps and mean NFE per sample (what each sample needs alone: neuralode's
+``stats.sample_nfe``; for torchode 6 x its per-sample steps + 2, its own ``n_f_evals``
+counting batched calls), and the max difference of the final states between the libraries.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+import neuralode
+
+RTOL, ATOL, T1 = 1e-6, 1e-8, 10.0
+
+
+def vdp(batch: int):
+    mu = torch.full((1,), 25.0, dtype=torch.float64)
+    if batch > 1:
+        mu = torch.linspace(1.0, 25.0, batch, dtype=torch.float64)
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, v = y[:, 0], y[:, 1]
+        return torch.stack([v, mu * (1 - x * x) * v - x], 1)
+
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64).repeat(batch, 1)
+    return f, y0
+
+
+@dataclass
+class Row:
+    batch: int
+    library: str
+    best: float
+    median: float
+    max_steps: int
+    mean_steps: float
+    mean_nfe: float
+    diff: float = 0.0
+
+
+def _neuralode(f, y0, ts):
+    sol = neuralode.solve(
+        f,
+        y0,
+        ts,
+        solver=neuralode.Dopri5(),
+        controller=neuralode.PIController(RTOL, ATOL),
+        per_sample=True,
+    )
+    s = sol.stats
+    stats = (int(s.sample_steps.max()), float(s.sample_steps.double().mean()))
+    return sol.ys[-1], stats + (float(s.sample_nfe.double().mean()),)
+
+
+def _torchode_solver(f):
+    import torchode
+
+    term = torchode.ODETerm(f)
+    controller = torchode.IntegralController(atol=ATOL, rtol=RTOL, term=term)
+    solver = torchode.AutoDiffAdjoint(torchode.Dopri5(term=term), controller)
+
+    def run(f_, y0, ts):
+        problem = torchode.InitialValueProblem(y0=y0, t_eval=ts.repeat(y0.shape[0], 1))
+        sol = solver.solve(problem)
+        steps = sol.stats["n_steps"].double()
+        return sol.ys[:, -1], (int(steps.max()), float(steps.mean()), float(6 * steps.mean() + 2))
+
+    return run
+
+
+def run(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 5) -> list[Row]:
+    ts = torch.tensor([0.0, T1], dtype=torch.float64)
+    rows = []
+    with torch.no_grad():
+        for batch in batches:
+            f, y0 = vdp(batch)
+            runners = {"neuralode per-sample": _neuralode, "torchode": _torchode_solver(f)}
+            times: dict[str, list[float]] = {name: [] for name in runners}
+            results = {name: fn(f, y0, ts) for name, fn in runners.items()}  # warm-up
+            for r in range(repeats):
+                order = list(runners) if r % 2 == 0 else list(runners)[::-1]
+                for name in order:
+                    start = time.perf_counter()
+                    results[name] = runners[name](f, y0, ts)
+                    times[name].append(time.perf_counter() - start)
+            diff = float((results["neuralode per-sample"][0] - results["torchode"][0]).abs().max())
+            for name in runners:
+                steps_max, steps_mean, nfe_mean = results[name][1]
+                rows.append(
+                    Row(
+                        batch,
+                        name,
+                        min(times[name]),
+                        statistics.median(times[name]),
+                        steps_max,
+                        steps_mean,
+                        nfe_mean,
+                        diff,
+                    )
+                )
+            print(f"  per-sample vdp batch {batch} done", flush=True)
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| batch | library | time min (ms) | time median (ms) | vs torchode (min) "
+        "| steps, slowest sample | vs batch 1 | mean steps / sample | mean NFE / sample "
+        "| max diff of y(t1) between libraries |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    base_steps = {r.library: r.max_steps for r in rows if r.batch == rows[0].batch}
+    for r in rows:
+        ref = next(x for x in rows if x.batch == r.batch and x.library == "torchode")
+        lines.append(
+            f"| {r.batch} | {r.library} | {r.best * 1e3:.1f} | {r.median * 1e3:.1f} "
+            f"| {r.best / ref.best:.2f}x | {r.max_steps} "
+            f"| {r.max_steps / base_steps[r.library]:.3f} | {r.mean_steps:.1f} "
+            f"| {r.mean_nfe:.1f} | {r.diff:.1e} |"
+        )
+    return "\n".join(lines)

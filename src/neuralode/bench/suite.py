@@ -1,0 +1,89 @@
+"""``neuralode bench``: run the benchmark suite and write BENCHMARKS.md-ready tables and a
+work-precision PNG into ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+PARTS = ("core", "per-sample", "work-precision")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="out/bench", help="output directory (default out/bench)")
+    parser.add_argument(
+        "--full", action="store_true", help="all batch sizes, more repeats and tolerances"
+    )
+    parser.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which studies to run"
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--rtols", type=float, nargs="+", default=None, help="work-precision tolerance sweep"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import scipy  # noqa: F401
+        import torchdiffeq  # noqa: F401
+        import torchode  # noqa: F401
+    except ImportError as error:
+        raise SystemExit(
+            f"neuralode bench needs torchdiffeq, torchode, scipy and matplotlib ({error}); "
+            "install them with: pip install 'neuralode[bench]'"
+        ) from error
+    from . import core, per_sample, work_precision
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (11 if args.full else 3)
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    sections = [f"Environment: {core.environment()}; 1-min load average {load:.2f} at start"]
+    print(f"neuralode bench ({'full' if args.full else 'quick'}), writing to {out}/", flush=True)
+    if "core" in args.parts:
+        batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
+        min_seconds = 0.5 if args.full else 0.05
+        with torch.no_grad():
+            mlp = [
+                r
+                for b in batches
+                for r in core.run_case(core.mlp_problem(b), repeats, 1, min_seconds)
+            ]
+            vdp = core.run_case(core.vdp_problem(256), repeats, 1, min_seconds)
+        sections += [
+            "### Core: MLP 2-64-64-2 tanh, float32, dopri5 (median times)\n\n" + core.table(mlp),
+            "### Core: Van der Pol batch 256 as one system, float64\n\n" + core.table(vdp),
+            core.verdict(mlp + vdp),
+        ]
+    if "per-sample" in args.parts:
+        batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
+        rows = per_sample.run(batches, repeats)
+        sections.append(
+            "### Per-sample mode vs torchode: Van der Pol, mu in [1, 25], dopri5\n\n"
+            + per_sample.table(rows)
+        )
+    if "work-precision" in args.parts:
+        rtols = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9) if args.full else (1e-4, 1e-6, 1e-8)
+        rtols = tuple(args.rtols) if args.rtols else rtols
+        points = work_precision.run(rtols, repeats)
+        work_precision.plot(points, out / "work_precision.png")
+        sections.append(
+            "### Work-precision: Van der Pol batch 16, float64 (min times)\n\n"
+            + work_precision.table(points)
+            + "\n\n![work-precision](work_precision.png)"
+        )
+    report = "\n\n".join(sections) + "\n"
+    (out / "bench.md").write_text(report)
+    print()
+    print(report)
+    print(f"wrote {out / 'bench.md'} in {time.perf_counter() - start:.0f} s", flush=True)
+    return 0

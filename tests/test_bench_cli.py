@@ -1,0 +1,25 @@
+"""``neuralode bench``: the work-precision part writes its table and plot (smallest sweep)."""
+
+from __future__ import annotations
+
+import pytest
+
+from neuralode.cli import build_parser, main
+
+
+def test_bench_parser_lists_the_parts():
+    args = build_parser().parse_args(["bench"])
+    assert args.parts == ["core", "per-sample", "work-precision"] and not args.full
+
+
+def test_bench_work_precision_writes_table_and_png(tmp_path):
+    pytest.importorskip("torchdiffeq")
+    pytest.importorskip("torchode")
+    pytest.importorskip("matplotlib")
+    argv = ["bench", "--parts", "work-precision", "--repeats", "1", "--rtols", "1e-3"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "bench.md").read_text()
+    for name in ("neuralode | dopri5", "neuralode | tsit5", "neuralode | dopri8", "torchdiffeq"):
+        assert name in report
+    assert "scipy | DOP853" in report
+    assert (tmp_path / "work_precision.png").stat().st_size > 10_000

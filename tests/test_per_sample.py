@@ -1,0 +1,231 @@
+"""Per-sample mode: a batch of independent problems, each taking the steps it would alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import neuralode
+from neuralode import (
+    Backsolve,
+    Bosh3,
+    Checkpointed,
+    Direct,
+    Dopri5,
+    Dopri8,
+    MaxStepsError,
+    PIController,
+    Tsit5,
+    odeint,
+    odeint_adjoint,
+    solve,
+)
+
+B = 5
+RTOL, ATOL = 1e-5, 1e-7
+
+
+class VanDerPol(torch.nn.Module):
+    """x'' = mu (1 - x^2) x' - x with one mu per sample (a parameter, for gradients)."""
+
+    def __init__(self, mu: torch.Tensor):
+        super().__init__()
+        self.mu = torch.nn.Parameter(mu.clone())
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, v = y[:, 0], y[:, 1]
+        return torch.stack([v, self.mu * (1 - x * x) * v - x], 1)
+
+
+def problem(batch: int = B):
+    mu = torch.linspace(0.5, 3.0, batch, dtype=torch.float64)
+    x0 = torch.linspace(0.5, 2.0, batch, dtype=torch.float64)
+    y0 = torch.stack([x0, torch.zeros_like(x0)], 1)
+    ts = torch.linspace(0.0, 4.0, 4, dtype=torch.float64)
+    return mu, y0, ts
+
+
+def alone(solver_cls, mu, y0, ts, i, **kwargs):
+    field = VanDerPol(mu[i : i + 1])
+    return field, solve(
+        field, y0[i : i + 1], ts, solver=solver_cls(), controller=PIController(RTOL, ATOL), **kwargs
+    )
+
+
+@pytest.mark.parametrize("solver_cls", [Dopri5, Tsit5, Bosh3])
+def test_each_sample_takes_the_steps_it_takes_alone(solver_cls):
+    mu, y0, ts = problem()
+    with torch.no_grad():
+        sol = solve(
+            VanDerPol(mu),
+            y0,
+            ts,
+            solver=solver_cls(),
+            controller=PIController(RTOL, ATOL),
+            per_sample=True,
+        )
+    stats = sol.stats
+    assert sol.ys.shape == (len(ts), B, 2)
+    for i in range(B):
+        with torch.no_grad():
+            _, ref = alone(solver_cls, mu, y0, ts, i)
+        assert int(stats.sample_steps[i]) == ref.stats.n_steps
+        assert int(stats.sample_accepted[i]) == ref.stats.n_accepted
+        assert int(stats.sample_rejected[i]) == ref.stats.n_rejected
+        assert int(stats.sample_nfe[i]) == ref.stats.nfe
+        torch.testing.assert_close(sol.ys[:, i], ref.ys[:, 0], rtol=1e-12, atol=1e-12)
+    # the samples really differ: one shared step size would not reproduce these counts
+    assert len(set(stats.sample_steps.tolist())) > 1
+
+
+def test_dopri8_per_sample_is_close_to_alone():
+    """dopri8's error estimate cancels 13 stages, so round-off in the order of the sums
+    (batched vs alone) moves tiny error ratios by up to ~1e-4 relative: step sizes then
+    differ slightly, step counts by at most one."""
+    mu, y0, ts = problem()
+    with torch.no_grad():
+        sol = solve(
+            VanDerPol(mu),
+            y0,
+            ts,
+            solver=Dopri8(),
+            controller=PIController(RTOL, ATOL),
+            per_sample=True,
+        )
+        for i in range(B):
+            _, ref = alone(Dopri8, mu, y0, ts, i)
+            assert abs(int(sol.stats.sample_steps[i]) - ref.stats.n_steps) <= 1
+            torch.testing.assert_close(sol.ys[:, i], ref.ys[:, 0], rtol=1e-6, atol=1e-6)
+
+
+def test_stats_totals_and_finished_samples_stop():
+    mu, y0, ts = problem()
+    seen = []
+
+    def field(t, y):
+        seen.append(t.clone())
+        return VanDerPol(mu)(t, y)
+
+    with torch.no_grad():
+        sol = solve(field, y0, ts, controller=PIController(RTOL, ATOL), per_sample=True)
+    s = sol.stats
+    assert torch.equal(s.sample_accepted + s.sample_rejected, s.sample_steps)
+    assert s.n_steps == int(s.sample_steps.sum())
+    assert s.n_accepted == int(s.sample_accepted.sum())
+    assert s.n_rejected == int(s.sample_rejected.sum())
+    assert s.nfe == len(seen) == int(s.sample_nfe.max())  # f is called for the whole batch
+    assert all(t.shape == (B,) for t in seen)  # one time per sample
+    # the sample with the fewest steps finishes first and then stands still at t1
+    first = int(s.sample_steps.argmin())
+    finished_calls = seen[int(s.sample_nfe[first]) :]
+    assert finished_calls and all(float(t[first]) == 4.0 for t in finished_calls)
+
+
+def test_odeint_option_matches_core():
+    mu, y0, ts = problem()
+    with torch.no_grad():
+        core = solve(VanDerPol(mu), y0, ts, controller=PIController(RTOL, ATOL), per_sample=True)
+        compat = odeint(VanDerPol(mu), y0, ts, rtol=RTOL, atol=ATOL, options={"per_sample": True})
+    assert torch.equal(core.ys, compat)
+
+
+def test_gradients_direct_backsolve_and_alone_agree():
+    mu, y0, ts = problem(3)
+    y0 = y0.clone().requires_grad_(True)
+    field = VanDerPol(mu)
+
+    def loss_of(ys):
+        return (ys[1:] ** 2).sum()
+
+    grads = {}
+    for name, gradient in (("direct", Direct()), ("backsolve", Backsolve(rtol=1e-9, atol=1e-11))):
+        sol = solve(
+            field,
+            y0,
+            ts,
+            controller=PIController(RTOL, ATOL),
+            gradient=gradient,
+            per_sample=True,
+        )
+        grads[name] = torch.autograd.grad(loss_of(sol.ys), (y0, field.mu))
+        if name == "backsolve":
+            backward_steps = sol.stats.n_steps_backward
+    # every sample alone, Direct
+    g_y0, g_mu = torch.zeros_like(y0), torch.zeros_like(mu)
+    for i in range(3):
+        y0_i = y0[i : i + 1].detach().requires_grad_(True)
+        f_i = VanDerPol(mu[i : i + 1])
+        sol = solve(f_i, y0_i, ts, solver=Dopri5(), controller=PIController(RTOL, ATOL))
+        gy, gm = torch.autograd.grad(loss_of(sol.ys), (y0_i, f_i.mu))
+        g_y0[i], g_mu[i] = gy[0], gm[0]
+    torch.testing.assert_close(grads["direct"][0], g_y0, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grads["direct"][1], g_mu, rtol=1e-10, atol=1e-10)
+    # the adjoint: one backward solve for the batch, accurate to its tolerance
+    # (it differentiates the exact flow, Direct the discrete solve at rtol=1e-5)
+    torch.testing.assert_close(grads["backsolve"][0], g_y0, rtol=5e-3, atol=1e-4)
+    torch.testing.assert_close(grads["backsolve"][1], g_mu, rtol=5e-3, atol=1e-4)
+    batched = solve(
+        field,
+        y0,
+        ts,
+        controller=PIController(RTOL, ATOL),
+        gradient=Backsolve(rtol=1e-9, atol=1e-11),
+    )
+    loss_of(batched.ys).backward()
+    # one backward solve of the whole batch (its restarts at the forward outputs differ
+    # slightly, so the counts are close, not equal); not one solve per sample
+    assert 0 < backward_steps <= 1.1 * batched.stats.n_steps_backward
+
+
+def test_odeint_adjoint_per_sample():
+    mu, y0, ts = problem(3)
+    field = VanDerPol(mu)
+    ys = odeint_adjoint(field, y0, ts, rtol=RTOL, atol=ATOL, options={"per_sample": True})
+    ys[-1].sum().backward()
+    assert field.mu.grad is not None and torch.isfinite(field.mu.grad).all()
+    with pytest.raises(ValueError, match="adjoint_options cannot set per_sample"):
+        odeint_adjoint(field, y0, ts, adjoint_options={"per_sample": True})
+
+
+def test_time_gradients_per_sample():
+    mu, y0, ts = problem(2)
+    ts = ts.clone().requires_grad_(True)
+    field = VanDerPol(mu)
+    ys = solve(field, y0, ts, controller=PIController(RTOL, ATOL), per_sample=True).ys
+    (g,) = torch.autograd.grad(ys[-1, :, 0].sum(), ts)
+    with torch.no_grad():
+        expected = field(ts[-1].expand(2), ys[-1])[:, 0].sum()
+    torch.testing.assert_close(g[-1], expected)
+
+
+def test_errors_are_named():
+    mu, y0, ts = problem()
+    field = VanDerPol(mu)
+    with pytest.raises(ValueError, match="batch dimension"):
+        solve(lambda t, y: -y, torch.tensor(1.0), ts, per_sample=True)
+    with pytest.raises(ValueError, match="one tensor"):
+        solve(lambda t, y: y, (y0, y0), ts, per_sample=True)
+    with pytest.raises(ValueError, match="adaptive explicit Runge-Kutta"):
+        solve(field, y0, ts, solver=neuralode.RK4(), per_sample=True)
+    with pytest.raises(ValueError, match="PIController"):
+        solve(field, y0, ts, controller=neuralode.FixedGrid(step_size=0.1), per_sample=True)
+    with pytest.raises(ValueError, match="does not support jump_t"):
+        solve(field, y0, ts, jump_t=[1.0], per_sample=True)
+    with pytest.raises(ValueError, match="Direct.. and Backsolve"):
+        solve(field, y0, ts, gradient=Checkpointed(), per_sample=True)
+    with pytest.raises(MaxStepsError, match="sample 1 reached max_steps=20"):
+        solve(field, y0, ts, controller=PIController(RTOL, ATOL), max_steps=20, per_sample=True)
+
+
+def test_backward_in_time_and_any_sample_shape():
+    rates = torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64)
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    ts = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)
+    controller = PIController(1e-8, 1e-10)
+    sol = solve(lambda t, y: -rates[:, None] * y, y0, ts, controller=controller, per_sample=True)
+    exact = torch.exp(rates[None, :, None] * (2 - ts[:, None, None])).expand(3, 3, 2)
+    torch.testing.assert_close(sol.ys, exact, rtol=1e-6, atol=0)
+    for i in range(3):
+        ref = solve(lambda t, y, rate=rates[i]: -rate * y, y0[i : i + 1], ts, controller=controller)
+        assert int(sol.stats.sample_steps[i]) == ref.stats.n_steps
+        torch.testing.assert_close(sol.ys[:, i], ref.ys[:, 0], rtol=1e-12, atol=1e-12)

@@ -15,6 +15,8 @@ import torch
 from .._term import ODETerm
 from .._tree import TreeSpec
 
+_LOOP_BELOW = 16  # Jacobian columns computed one by one up to this many, by vmap above
+
 
 @dataclass(frozen=True)
 class BatchLayout:
@@ -83,12 +85,21 @@ def _vjp_jacobian(out: torch.Tensor, y: torch.Tensor, layout: BatchLayout) -> to
     cotangents = out.new_zeros((n, out.numel()))
     rows = torch.arange(n, device=out.device)[:, None].expand(n, layout.batch)
     cotangents[rows, layout.index.T] = 1
-    try:
-        (grads,) = torch.autograd.grad(out, y, cotangents, is_grads_batched=True)
-    except RuntimeError:  # an operation vmap cannot batch: one product per column
-        grads = torch.stack(
-            [torch.autograd.grad(out, y, v, retain_graph=True)[0] for v in cotangents]
-        )
+    grads = None
+    if n > _LOOP_BELOW:  # batched by vmap; a loop is faster for a few columns
+        try:
+            (grads,) = torch.autograd.grad(
+                out, y, cotangents, is_grads_batched=True, allow_unused=True
+            )
+        except RuntimeError:  # an operation vmap cannot batch
+            grads = None
+    if grads is None:
+        columns = []
+        for k, v in enumerate(cotangents):
+            last = k == n - 1
+            (g,) = torch.autograd.grad(out, y, v, retain_graph=not last, allow_unused=True)
+            columns.append(torch.zeros_like(y) if g is None else g)
+        grads = torch.stack(columns)
     # grads[k, index[b, j]] = conj(J_b[k, j]) (PyTorch's convention for complex tensors)
     blocks = layout.gather(grads).permute(1, 0, 2)
     return blocks.conj() if blocks.is_complex() else blocks

@@ -67,10 +67,12 @@ class _Linearisation:
 class ImplicitRK(Solver):
     """Implicit Runge-Kutta method defined by the class attribute ``tableau``.
 
-    Options: ``max_iters`` Newton iterations per step; ``newton_tol``, the convergence
-    tolerance of the iteration (its estimated remaining error, in RMS norm, relative to
-    ``1 + |y0|`` on fixed steps, or to ``atol + rtol |y0|`` of the step-size controller when
-    adaptive, where it defaults to SciPy Radau's ``max(10 eps / rtol, min(0.03, rtol**0.5))``);
+    Options: ``max_iters`` Newton iterations per step (default 30; 6 for ``radau`` under
+    error control); ``newton_tol``, the convergence tolerance of the iteration (its estimated
+    remaining error, in RMS norm, relative to ``1 + |y0|`` on fixed steps, where it defaults
+    to 4 eps: converged to rounding; relative to ``atol + rtol |y0|`` of the step-size
+    controller when adaptive, where it defaults to SciPy Radau's
+    ``max(10 eps / rtol, min(0.03, rtol**0.5))``);
     ``batch_size``: the first dimension of every tensor of the state indexes that many
     independent samples (f of one sample does not read another), so the Newton matrices are
     per sample, (batch, s n, s n), rather than one for the whole state; ``linear_solver``
@@ -83,7 +85,9 @@ class ImplicitRK(Solver):
     """
 
     tableau: ClassVar[ImplicitTableau]
-    default_max_iters: ClassVar[int] = 10
+    #: iteration caps without and with error control (where a failure only shrinks the step)
+    default_max_iters: ClassVar[int] = 30
+    adaptive_max_iters: ClassVar[int] = 30
 
     def __init__(
         self,
@@ -95,8 +99,7 @@ class ImplicitRK(Solver):
         krylov_tol: float = 1e-10,
         krylov_dim: int = 50,
     ):
-        max_iters = self.default_max_iters if max_iters is None else max_iters
-        if not isinstance(max_iters, int) or max_iters < 1:
+        if max_iters is not None and (not isinstance(max_iters, int) or max_iters < 1):
             raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
         if newton_tol is not None and not newton_tol > 0:
             raise ValueError(f"newton_tol must be positive, got {newton_tol!r}")
@@ -133,6 +136,12 @@ class ImplicitRK(Solver):
     def dense_order(self) -> int:
         """Order of the dense output: the collocation polynomial's (s), else Hermite's (3)."""
         return self.tableau.stages if self.tableau.collocation else 3
+
+    @property
+    def _iteration_cap(self) -> int:
+        if self.max_iters is not None:
+            return self.max_iters
+        return self.default_max_iters if self._tolerances is None else self.adaptive_max_iters
 
     def set_tolerances(self, rtol: float | None, atol: float | None) -> None:
         """Called by ``solve``: the step-size controller's tolerances (``None`` on fixed
@@ -214,6 +223,8 @@ class ImplicitRK(Solver):
         h = t1 - t0
         inward = 1.0 if h > 0 else -1.0
         p0, p1 = (inward, -inward) if perturb else (0.0, 0.0)
+        if not perturb and _starts_after_jump(state):
+            p0 = inward  # f(t0) belongs to the far side of a jump: stay off t0 itself
         first = 1 if tab.explicit_first_stage else 0
         stage_times = [
             (t1, p1) if c == 1 else (t0 + c * h, p0 if c == 0 else 0.0) for c in tab.c[first:]
@@ -223,7 +234,8 @@ class ImplicitRK(Solver):
         with torch.no_grad():
             lin = self._linearise(term, t0, y0d, p0, layout)
             k_first = lin.f0 if first else None
-            z, failure = self._newton(term, y0d, h, co, stage_times, k_first, lin, layout)
+            nodes = tab.c[first:]
+            z, failure = self._newton(term, y0d, h, co, stage_times, nodes, k_first, lin, layout)
         if z is None:
             return self._failed_step(t0, t1, y0, failure)
         grad = torch.is_grad_enabled()
@@ -261,10 +273,10 @@ class ImplicitRK(Solver):
 
     def _scale(self, y0: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Per-component scale of the Newton updates and the tolerance on them."""
-        if self._tolerances is None:
-            return 1 + y0.abs(), 1e-10 if self.newton_tol is None else self.newton_tol
-        rtol, atol = self._tolerances
         eps = torch.finfo(y0.real.dtype if y0.is_complex() else y0.dtype).eps
+        if self._tolerances is None:  # fixed steps: to rounding, relative to 1 + |y0|
+            return 1 + y0.abs(), 4 * eps if self.newton_tol is None else self.newton_tol
+        rtol, atol = self._tolerances
         tol = self.newton_tol
         if tol is None:
             tol = max(10 * eps / max(rtol, 1e-300), min(0.03, rtol**0.5))
@@ -286,19 +298,22 @@ class ImplicitRK(Solver):
         h: float,
         co: _Coefficients,
         stage_times: list[tuple[float, float]],
+        nodes: tuple[float, ...],
         k_first: torch.Tensor | None,
         lin: _Linearisation,
         layout: BatchLayout,
     ) -> tuple[torch.Tensor | None, str]:
-        """Simplified Newton; (Z, "") when converged, else (None, why)."""
+        """Simplified Newton from the Euler predictor Z_i = c_i h f0; (Z, "") when
+        converged, else (None, why)."""
         solve = self._linear_solve(h, co.a, lin, layout)
-        m = len(stage_times)
-        z = y0.new_zeros((m, y0.numel()))
+        c = torch.tensor(nodes, dtype=torch.float64).to(dtype=y0.dtype, device=y0.device)
+        z = (h * c)[:, None] * lin.f0
         base = 0.0 if k_first is None else h * co.a_first[:, None] * k_first
         scale, tol = self._scale(y0)
         eps = torch.finfo(scale.dtype).eps
+        cap = self._iteration_cap
         previous = None
-        for iteration in range(self.max_iters):
+        for iteration in range(cap):
             self.counters["newton_iterations"] += 1
             residual = base + h * (co.a @ self._stage_values(term, y0, z, stage_times)) - z
             if not bool(torch.isfinite(residual).all()):
@@ -308,7 +323,7 @@ class ImplicitRK(Solver):
             size = float(torch.linalg.vector_norm(dz / scale) / dz.numel() ** 0.5)
             if not size == size or size == float("inf"):
                 return None, "non-finite Newton update"
-            if bool((dz.abs() <= 16 * eps * (y0.abs() + z.abs())).all()):
+            if size <= 16 * eps * float(((y0.abs() + z.abs()) / scale).max()):
                 return z, ""  # at rounding level
             if previous is not None:
                 rate = size / previous
@@ -316,11 +331,12 @@ class ImplicitRK(Solver):
                     return None, f"diverging, contraction rate {rate:.3g}"
                 if rate / (1 - rate) * size <= tol:
                     return z, ""
-                left = self.max_iters - iteration - 1
-                if left and rate**left / (1 - rate) * size > tol:
+                left = cap - iteration - 1
+                adaptive = self._tolerances is not None  # else no smaller step to retry with
+                if adaptive and left and rate**left / (1 - rate) * size > tol:
                     return None, f"too slow, contraction rate {rate:.3g}"
             previous = size
-        return None, f"not converged in max_iters={self.max_iters} iterations"
+        return None, f"not converged in max_iters={cap} iterations"
 
     def _attach_gradient(
         self,
@@ -398,7 +414,9 @@ class ImplicitRK(Solver):
     # After the step
 
     def init(self, term: ODETerm, t0: float, y0: torch.Tensor, f0: torch.Tensor | None) -> Any:
-        return {"retry": False}
+        # f0 is given at the start of a solve under error control and after a jump: then
+        # evaluations at t0 are moved one ulp into the step.
+        return {"retry": False, "after_jump": f0 is not None}
 
     def accept(self, term: ODETerm, step: Step, perturb: bool) -> Any:
         return {"retry": False}
@@ -417,3 +435,11 @@ class ImplicitRK(Solver):
         if torch.is_grad_enabled() and not tab.explicit_first_stage:
             f0 = term(step.t0, step.y0, step.extra["p0"])  # with a graph
         return hermite_interpolate(term, step, thetas, f0)
+
+
+def _starts_after_jump(state: Any) -> bool:
+    """Whether the step starts where f jumps (the loop's state after a jump, or a bare f0 as
+    the checkpointed gradient passes it)."""
+    if isinstance(state, torch.Tensor):
+        return True
+    return isinstance(state, dict) and state.get("after_jump", False)

@@ -27,12 +27,13 @@ class Radau(ImplicitRK):
     """Radau IIA 5 with step-size control (error estimate of order 3).
 
     Per attempted step: one Jacobian at (t0, y0) (one evaluation of f, n vector-Jacobian
-    products), three evaluations per Newton iteration (at most ``max_iters`` = 6), and one
-    more after a rejection. Use with ``PIController`` (the default in ``solve``).
+    products), three evaluations per Newton iteration, and one
+    more after a rejection. Newton takes at most ``max_iters`` = 6 iterations under error
+    control (a failure shrinks the step), 30 on fixed steps. Use with ``PIController`` (the default in ``solve``).
     """
 
     tableau = RADAU_IIA5_TABLEAU
-    default_max_iters = 6
+    adaptive_max_iters = 6
     error_order = 3
 
     @property

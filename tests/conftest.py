@@ -66,7 +66,8 @@ def asymptotic_errors(
 
     Step counts grow by sqrt(2) up to 256; the sweep stops once the error is within
     ``ROUNDOFF_PER_STEP * n`` of round-off, and the last ``points`` counts with errors below
-    ``ERROR_CEILING`` (skipping counts where an implicit method's Newton iteration fails) are the ones closest to the asymptotic regime that rounding does not
+    ``ERROR_CEILING`` (skipping counts where an implicit method's Newton iteration fails)
+    are the ones closest to the asymptotic regime that rounding does not
     disturb. At least four are required.
     """
     counts, errors = [], []

@@ -27,9 +27,9 @@ class Radau(ImplicitRK):
     """Radau IIA 5 with step-size control (error estimate of order 3).
 
     Per attempted step: one Jacobian at (t0, y0) (one evaluation of f, n vector-Jacobian
-    products), three evaluations per Newton iteration, and one
-    more after a rejection. Newton takes at most ``max_iters`` = 6 iterations under error
-    control (a failure shrinks the step), 30 on fixed steps. Use with ``PIController`` (the default in ``solve``).
+    products), three evaluations per Newton iteration, and one more after a rejection.
+    Newton takes at most ``max_iters`` = 6 iterations under error control (a failure
+    shrinks the step), 30 on fixed steps. Use with ``PIController`` (``solve``'s default).
     """
 
     tableau = RADAU_IIA5_TABLEAU

@@ -303,11 +303,10 @@ class ImplicitRK(Solver):
         lin: _Linearisation,
         layout: BatchLayout,
     ) -> tuple[torch.Tensor | None, str]:
-        """Simplified Newton from the Euler predictor Z_i = c_i h f0; (Z, "") when
-        converged, else (None, why)."""
+        """Simplified Newton from Z = 0 (an explicit predictor is far off on stiff
+        components); (Z, "") when converged, else (None, why)."""
         solve = self._linear_solve(h, co.a, lin, layout)
-        c = torch.tensor(nodes, dtype=torch.float64).to(dtype=y0.dtype, device=y0.device)
-        z = (h * c)[:, None] * lin.f0
+        z = y0.new_zeros((len(nodes), y0.numel()))
         base = 0.0 if k_first is None else h * co.a_first[:, None] * k_first
         scale, tol = self._scale(y0)
         eps = torch.finfo(scale.dtype).eps
@@ -422,7 +421,7 @@ class ImplicitRK(Solver):
         return {"retry": False}
 
     def reject(self, step: Step, state: Any) -> Any:
-        return {"retry": True}
+        return {"retry": True, "after_jump": _starts_after_jump(state)}
 
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
         tab = self.tableau

@@ -150,13 +150,19 @@ def from_blocks(x: torch.Tensor, layout: BatchLayout, m: int) -> torch.Tensor:
     return layout.scatter(x.reshape(layout.batch, m, layout.n).permute(1, 0, 2))
 
 
+class SingularMatrixError(RuntimeError):
+    """A Newton matrix is singular (the step is too long for the iteration)."""
+
+
 class DenseSolve:
     """Solves with I - h (a kron J), LU-factorised once per sample."""
 
     def __init__(self, h: float, a: torch.Tensor, jacobians: torch.Tensor, layout: BatchLayout):
         self.layout = layout
         self.m = a.shape[0]
-        self.lu, self.pivots = torch.linalg.lu_factor(newton_matrix(h, a, jacobians))
+        self.lu, self.pivots, info = torch.linalg.lu_factor_ex(newton_matrix(h, a, jacobians))
+        if bool((info != 0).any()):
+            raise SingularMatrixError("singular Newton matrix")
 
     def __call__(self, rhs: torch.Tensor) -> torch.Tensor:
         blocks = to_blocks(rhs, self.layout)[..., None]

@@ -29,6 +29,7 @@ from ._newton import (
     DenseSolve,
     JacobianVectorProduct,
     KrylovSolve,
+    SingularMatrixError,
     batch_layout,
     block_jacobian,
     from_blocks,
@@ -305,7 +306,10 @@ class ImplicitRK(Solver):
     ) -> tuple[torch.Tensor | None, str]:
         """Simplified Newton from Z = 0 (an explicit predictor is far off on stiff
         components); (Z, "") when converged, else (None, why)."""
-        solve = self._linear_solve(h, co.a, lin, layout)
+        try:
+            solve = self._linear_solve(h, co.a, lin, layout)
+        except SingularMatrixError:
+            return None, "singular Newton matrix I - h (A kron J)"
         z = y0.new_zeros((len(nodes), y0.numel()))
         base = 0.0 if k_first is None else h * co.a_first[:, None] * k_first
         scale, tol = self._scale(y0)
@@ -357,7 +361,9 @@ class ImplicitRK(Solver):
             return z
         stages = y0.detach() + z
 
-        def adjoint_solve(grad: torch.Tensor) -> torch.Tensor:
+        def adjoint_solve(grad: torch.Tensor | None) -> torch.Tensor | None:
+            if grad is None:
+                return None
             return self._transposed_solve(term, h, co.a, stages, stage_times, layout, grad)
 
         z_graph.register_hook(adjoint_solve)

@@ -204,3 +204,186 @@ def _linear_exact(t: np.ndarray) -> np.ndarray:
 
 
 LINEAR = ReferenceProblem("linear", _linear, (1.0, 0.5, -0.3), 0.0, 1.0, _linear_exact)
+
+# ---------------------------------------------------------------------------------------------
+# Stiff problems (Hairer & Wanner, Solving ODEs II): Robertson's chemical kinetics, van der
+# Pol with mu = 1000 and HIRES, with reference states from SciPy's Radau at tight tolerances
+# (stored: computing them takes minutes).
+
+
+def _robertson(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
+    fast = 1e4 * y2 * y3
+    slow = 3e7 * y2**2
+    return torch.stack([-0.04 * y1 + fast, 0.04 * y1 - fast - slow, slow], -1)
+
+
+def _robertson_jacobian(t: float, y: np.ndarray) -> np.ndarray:
+    return np.array(
+        [
+            [-0.04, 1e4 * y[2], 1e4 * y[1]],
+            [0.04, -1e4 * y[2] - 6e7 * y[1], -1e4 * y[1]],
+            [0.0, 6e7 * y[1], 0.0],
+        ]
+    )
+
+
+VDP_MU = 1000.0
+
+
+def _vdp_stiff(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x, v = y[..., 0], y[..., 1]
+    return torch.stack([v, VDP_MU * ((1 - x**2) * v - x)], -1)
+
+
+def _vdp_stiff_jacobian(t: float, y: np.ndarray) -> np.ndarray:
+    x, v = y
+    return np.array([[0.0, 1.0], [VDP_MU * (-2 * x * v - 1), VDP_MU * (1 - x**2)]])
+
+
+def _hires(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    y1, y2, y3, y4, y5, y6, y7, y8 = y.unbind(-1)
+    r = 280.0 * y6 * y8
+    return torch.stack(
+        [
+            -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
+            1.71 * y1 - 8.75 * y2,
+            -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
+            8.32 * y2 + 1.71 * y3 - 1.12 * y4,
+            -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
+            -r + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
+            r - 1.81 * y7,
+            -r + 1.81 * y7,
+        ],
+        -1,
+    )
+
+
+@dataclass(frozen=True)
+class StiffProblem:
+    """A stiff initial value problem from t = 0 with reference states ``ys`` at ``ts``.
+
+    The references were computed with SciPy's Radau and the analytic Jacobian: Robertson at
+    rtol 1e-13, atol 1e-17 (within 2e-13 of rtol 1e-12), HIRES at rtol 1e-10 (matching the
+    published HIRES solution at t = 321.8122); van der Pol's at rtol 1e-9, atol 1e-12 when
+    first needed (slow tests only). ``scipy_solution`` recomputes them.
+    """
+
+    name: str
+    f: Field
+    y0: tuple[float, ...]
+    ts: tuple[float, ...]
+    ys: tuple[tuple[float, ...], ...] | None  # None: computed by SciPy on first use
+    jacobian: Callable[[float, np.ndarray], np.ndarray] | None = None
+
+    def y0_tensor(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        return torch.tensor(self.y0, dtype=dtype)
+
+    def ts_tensor(self, upto: int | None = None) -> torch.Tensor:
+        return torch.tensor(self.ts[:upto], dtype=torch.float64)
+
+    def reference(self, upto: int | None = None) -> torch.Tensor:
+        if self.ys is None:
+            return _computed_reference(self)[:upto]
+        return torch.tensor(self.ys[:upto], dtype=torch.float64)
+
+    def scipy_solution(self, rtol: float = 1e-12, atol: float = 1e-16) -> torch.Tensor:
+        """SciPy's Radau with the analytic Jacobian where there is one, at ``ts``."""
+        from scipy.integrate import solve_ivp
+
+        def f(t: float, y: np.ndarray) -> np.ndarray:
+            return self.f(torch.tensor(t, dtype=torch.float64), torch.from_numpy(y)).numpy()
+
+        result = solve_ivp(
+            f,
+            (self.ts[0], self.ts[-1]),
+            np.array(self.y0),
+            method="Radau",
+            rtol=rtol,
+            atol=atol,
+            t_eval=np.array(self.ts),
+            jac=self.jacobian,
+        )
+        assert result.success, result.message
+        return torch.from_numpy(result.y.T.copy())
+
+
+@functools.cache
+def _computed_reference(problem: StiffProblem) -> torch.Tensor:
+    return problem.scipy_solution(rtol=1e-9, atol=1e-12)
+
+
+ROBERTSON = StiffProblem(
+    "robertson",
+    _robertson,
+    (1.0, 0.0, 0.0),
+    (0.0, 1e-2, 1.0, 1e2, 1e4, 1e5),
+    (
+        (1.0, 0.0, 0.0),
+        (0.9996006826882946, 3.645047887844156e-05, 0.00036286683282835797),
+        (0.9664597373330064, 3.0746265785786805e-05, 0.03350951640121088),
+        (0.6172348823960949, 6.153591274639236e-06, 0.38275896401263076),
+        (0.10730042853782491, 4.800166972572681e-07, 0.8926990914454808),
+        (0.017865921142114667, 7.274751468442603e-08, 0.9821340061103729),
+    ),
+    _robertson_jacobian,
+)
+
+HIRES = StiffProblem(
+    "hires",
+    _hires,
+    (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0057),
+    (0.0, 1.0, 10.0, 100.0, 321.8122),
+    (
+        (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0057),
+        (
+            0.2554926929712528,
+            0.05690878908649067,
+            0.019458074977115318,
+            0.45851946967159996,
+            0.020147739125068443,
+            0.18228795775939496,
+            0.005499081272424613,
+            0.0002009187275753902,
+        ),
+        (
+            0.008324735469214252,
+            0.0016526725079966697,
+            0.0014103426593048295,
+            0.017433224297382602,
+            0.18572046406527817,
+            0.7494166221554643,
+            0.005651253341825124,
+            4.874665817488608e-05,
+        ),
+        (
+            0.004520859364105891,
+            0.0008839056323338434,
+            0.0007971942865649147,
+            0.007811326061338761,
+            0.13238525409440302,
+            0.5301676923178829,
+            0.005631339757756603,
+            6.866024224341358e-05,
+        ),
+        (
+            0.000737131257332719,
+            0.00014424857263164843,
+            5.888729740970407e-05,
+            0.0011756513432834314,
+            0.0023863561988359074,
+            0.006238968252753969,
+            0.0028499983951920005,
+            0.0028500016048080092,
+        ),
+    ),
+)
+
+VDP_STIFF = StiffProblem(
+    "vdp1000",
+    _vdp_stiff,
+    (2.0, 0.0),
+    (0.0, 400.0, 1000.0, 2000.0, 3000.0),
+    None,
+    _vdp_stiff_jacobian,
+)

@@ -12,6 +12,7 @@ from conftest import (
     ALL_METHODS,
     accuracy_factor,
     adaptive_tolerances,
+    fixed_step,
     make_solver,
 )
 from problems import D1
@@ -55,7 +56,7 @@ def _controller(name: str, first_step: float | None = None):
     if solver.adaptive:
         rtol, atol = adaptive_tolerances(solver)
         return no.PIController(rtol=rtol, atol=atol, first_step=first_step)
-    return no.FixedGrid(step_size=0.1)
+    return no.FixedGrid(step_size=fixed_step(name, 0.1))
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])

@@ -10,6 +10,7 @@ from conftest import (
     ALL_METHODS,
     RecordingField,
     adaptive_tolerances,
+    fixed_step,
     make_solver,
 )
 from problems import D1, E2
@@ -21,7 +22,7 @@ TS = torch.tensor([0.0, 1.0, 2.5, 4.0], dtype=torch.float64)
 
 
 def _controllers(name: str):
-    yield "fixed", no.FixedGrid(step_size=0.05)
+    yield "fixed", no.FixedGrid(step_size=fixed_step(name, 0.05))
     if make_solver(name).adaptive:
         rtol, atol = adaptive_tolerances(make_solver(name))
         yield "adaptive", no.PIController(rtol=rtol, atol=atol)

@@ -7,9 +7,19 @@ from functools import cache
 import numpy as np
 import pytest
 
-from neuralode.solvers import METHODS, ButcherTableau, DenseOutput, ExplicitRK
+from neuralode.solvers import (
+    METHODS,
+    ButcherTableau,
+    DenseOutput,
+    ExplicitRK,
+    ImplicitRK,
+    ImplicitTableau,
+)
 
 TABLEAUX = {name: cls.tableau for name, cls in METHODS.items() if issubclass(cls, ExplicitRK)}
+IMPLICIT_TABLEAUX = {
+    name: cls.tableau for name, cls in METHODS.items() if issubclass(cls, ImplicitRK)
+}
 
 
 @cache
@@ -129,3 +139,61 @@ def test_invalid_tableaux_are_rejected_with_the_reason() -> None:
             order=1,
             dense=DenseOutput(coefficients=((0.5,),), order=1),
         )
+
+
+@pytest.mark.parametrize("name", IMPLICIT_TABLEAUX)
+def test_implicit_tableau_has_its_declared_order_exactly(name: str) -> None:
+    """The same rooted-tree conditions with the full matrix A (stage weights need no
+    triangular structure)."""
+    tab = IMPLICIT_TABLEAUX[name]
+    a, b = np.array(tab.a), np.array(tab.b)
+    for order in range(1, tab.order + 1):
+        assert max(residuals(a, b, order)) < TOL, f"{name} fails at order {order}"
+    assert max(residuals(a, b, tab.order + 1)) > 1e-6, f"{name} is of higher order"
+
+
+# Stiff accuracy (y1 is the last stage) and collocation (dense output is the collocation
+# polynomial) as the literature gives them; L-stability where |R(infinity)| = 0.
+IMPLICIT_PROPERTIES = {
+    # name: (stiffly accurate, collocation, L-stable)
+    "implicit_euler": (True, True, True),
+    "implicit_midpoint": (False, True, False),
+    "trapezoid": (True, True, False),
+    "radauIIA3": (True, True, True),
+    "gl4": (False, True, False),
+    "radauIIA5": (True, True, True),
+    "gl6": (False, True, False),
+    "sdirk2": (True, False, True),
+    "trbdf2": (True, False, True),
+    "radau": (True, True, True),
+}
+
+
+@pytest.mark.parametrize("name", IMPLICIT_TABLEAUX)
+def test_implicit_tableau_properties(name: str) -> None:
+    tab = IMPLICIT_TABLEAUX[name]
+    stiffly_accurate, collocation, l_stable = IMPLICIT_PROPERTIES[name]
+    assert tab.stiffly_accurate == stiffly_accurate
+    assert tab.collocation == collocation
+    # R(z) = 1 + z b^T (I - z A)^-1 1 -> 1 - b^T A^-1 1 as z -> infinity (A invertible), or
+    # with an explicit first stage, from the implicit block; |R| <= 1 on the imaginary axis.
+    a, b = np.array(tab.a), np.array(tab.b)
+    ones = np.ones(len(b))
+
+    def stability(z: complex) -> complex:
+        return 1 + z * b @ np.linalg.solve(np.eye(len(b)) - z * a, ones)
+
+    # R(z) = O(1/z) for an L-stable method; |R(infinity)| = 1 for Gauss and the trapezoid
+    far = abs(stability(-1e6))
+    assert far < 1e-5 if l_stable else far > 0.5, f"{name}: |R(-1e6)| = {far:.3g}"
+    for y in np.linspace(-50, 50, 101):
+        assert abs(stability(1j * y)) <= 1 + 1e-12, f"{name} is not A-stable at {y}i"
+
+
+def test_invalid_implicit_tableaux_are_rejected_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="must be 2 x 2"):
+        ImplicitTableau("bad", c=(0.0, 1.0), a=((0.0,), (0.5, 0.5)), b=(0.5, 0.5), order=2)
+    with pytest.raises(ValueError, match="row 1 of a sums to"):
+        ImplicitTableau("bad", c=(0.5, 1.0), a=((0.5, 0.0), (0.5, 0.4)), b=(0.5, 0.5), order=1)
+    with pytest.raises(ValueError, match="singular"):
+        ImplicitTableau("bad", c=(0.0, 0.0), a=((0.0, 0.0), (0.0, 0.0)), b=(0.5, 0.5), order=1)

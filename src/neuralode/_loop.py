@@ -102,7 +102,7 @@ def integrate(
                 f"reached max_steps={config.max_steps} at t={t:.6g} before t={ts[-1]:.6g} "
                 f"({stats.n_accepted} accepted, {stats.n_rejected} rejected steps). Raise "
                 "max_steps (options max_num_steps), loosen the tolerances, or, if the problem "
-                "is stiff, use an implicit method."
+                "is stiff, use a stiff method (radau)."
             )
         land_t, land_is_jump = landings[landing]
         landed = sign * (proposal - land_t) >= 0

@@ -79,6 +79,7 @@ def solve(
     solver = Dopri5() if solver is None else solver
     if controller is None:
         controller = PIController() if solver.adaptive else FixedGrid()
+    solver.set_tolerances(getattr(controller, "rtol", None), getattr(controller, "atol", None))
     if not isinstance(max_steps, int) or max_steps <= 0:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
     if per_sample:

@@ -9,11 +9,22 @@ from .dopri8 import Dopri8
 from .euler import Euler
 from .explicit_rk import ExplicitRK
 from .fehlberg2 import Fehlberg2
+from .gl4 import GL4
+from .gl6 import GL6
 from .heun2 import Heun2
 from .heun3 import Heun3
+from .implicit_euler import ImplicitEuler
+from .implicit_midpoint import ImplicitMidpoint
+from .implicit_rk import ImplicitRK, NewtonError
 from .midpoint import Midpoint
+from .radau import Radau
+from .radau_iia3 import RadauIIA3
+from .radau_iia5 import RadauIIA5
 from .rk4 import RK4
-from .tableau import ButcherTableau, DenseOutput
+from .sdirk2 import SDIRK2
+from .tableau import ButcherTableau, DenseOutput, ImplicitTableau
+from .trapezoid import Trapezoid
+from .trbdf2 import TRBDF2
 from .tsit5 import Tsit5
 
 # The central list of methods, by their torchdiffeq names. Tests iterate over it, so a new
@@ -32,6 +43,16 @@ METHODS: dict[str, type[Solver]] = {
     "dopri8": Dopri8,
     "explicit_adams": ExplicitAdams,
     "implicit_adams": ImplicitAdams,
+    "implicit_euler": ImplicitEuler,
+    "implicit_midpoint": ImplicitMidpoint,
+    "trapezoid": Trapezoid,
+    "radauIIA3": RadauIIA3,
+    "gl4": GL4,
+    "radauIIA5": RadauIIA5,
+    "gl6": GL6,
+    "sdirk2": SDIRK2,
+    "trbdf2": TRBDF2,
+    "radau": Radau,
 }
 
 __all__ = [
@@ -47,6 +68,19 @@ __all__ = [
     "ExplicitAdams",
     "ImplicitAdams",
     "ExplicitRK",
+    "GL4",
+    "GL6",
+    "ImplicitEuler",
+    "ImplicitMidpoint",
+    "ImplicitRK",
+    "ImplicitTableau",
+    "NewtonError",
+    "Radau",
+    "RadauIIA3",
+    "RadauIIA5",
+    "SDIRK2",
+    "TRBDF2",
+    "Trapezoid",
     "Fehlberg2",
     "Heun2",
     "Heun3",

@@ -50,6 +50,11 @@ class Solver(abc.ABC):
     def name(self) -> str:
         return type(self).__name__
 
+    def set_tolerances(self, rtol: Any, atol: Any) -> None:
+        """The step-size controller's tolerances (``None`` on fixed steps), given by ``solve``
+        before a solve; solvers with an inner iteration (implicit methods) scale it by them."""
+        return None
+
     def init(self, term: ODETerm, t0: float, y0: torch.Tensor, f0: torch.Tensor | None) -> Any:
         """State carried between steps (e.g. the FSAL derivative); ``f0`` may be given."""
         return f0

@@ -1,8 +1,12 @@
-"""Butcher tableaux as validated data: a new explicit Runge-Kutta method is one of these."""
+"""Butcher tableaux as validated data: a new Runge-Kutta method (explicit or implicit) is one
+of these."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 _TOL = 1e-12
 
@@ -131,3 +135,85 @@ def hermite_quartic_dense_output(
             )
         )
     return DenseOutput(coefficients=tuple(rows), order=order, extra_c=(1.0,), extra_a=(tuple(b),))
+
+
+@dataclass(frozen=True)
+class ImplicitTableau:
+    """An implicit Runge-Kutta method: ``a`` is a full s x s matrix, rows as tuples.
+
+    A first stage at ``c = 0`` with a zero row of ``a`` is explicit (f(t0, y0): trapezoid,
+    TR-BDF2, ESDIRK methods); the remaining block of ``a`` must be invertible. ``b_error``,
+    ``error_order`` and ``dense`` are ``None``: adaptive implicit methods bring their own error
+    estimate, and dense output is the collocation polynomial (collocation methods) or cubic
+    Hermite (see ``ImplicitRK``).
+    """
+
+    name: str
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    order: int
+    b_error: None = None
+    error_order: None = None
+    dense: None = None
+
+    def __post_init__(self) -> None:
+        s = len(self.c)
+        problems = []
+        if len(self.a) != s or any(len(row) != s for row in self.a):
+            problems.append(f"a must be {s} x {s}")
+        if len(self.b) != s:
+            problems.append(f"b has {len(self.b)} entries for {s} stages")
+        for i, row in enumerate(self.a):
+            if abs(sum(row) - self.c[i]) > _TOL * max(1, len(row)):
+                problems.append(f"row {i} of a sums to {sum(row)!r}, not c[{i}] = {self.c[i]!r}")
+        if abs(sum(self.b) - 1) > _TOL:
+            problems.append(f"b sums to {sum(self.b)!r}, not 1")
+        if not problems:
+            first = 1 if self.explicit_first_stage else 0
+            block = np.array([row[first:] for row in self.a[first:]], dtype=np.float64)
+            if block.size and abs(np.linalg.det(block)) < 1e-14:
+                problems.append("the implicit block of a is singular")
+        if problems:
+            raise ValueError(f"invalid implicit tableau {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
+    @property
+    def explicit_first_stage(self) -> bool:
+        """Stage 1 is f(t0, y0): c = 0 and a zero first row."""
+        return self.c[0] == 0 and all(x == 0 for x in self.a[0])
+
+    @property
+    def stiffly_accurate(self) -> bool:
+        """b is the last row of a: y1 is the last stage (good for stiff problems)."""
+        return all(abs(x - y) <= _TOL for x, y in zip(self.a[-1], self.b))
+
+    @property
+    def collocation(self) -> bool:
+        """a_ij = int_0^c_i l_j and b_j = int_0^1 l_j for the Lagrange basis l_j on c: the
+        stages lie on a polynomial of degree s, which is then the dense output."""
+        c = np.array(self.c)
+        if len(set(self.c)) != len(c):
+            return False
+        a_col, b_col = collocation_weights(self.c, self.c), collocation_weights(self.c, (1.0,))
+        return bool(
+            np.allclose(a_col, np.array(self.a), atol=1e-12, rtol=0)
+            and np.allclose(b_col[0], np.array(self.b), atol=1e-12, rtol=0)
+        )
+
+
+def collocation_weights(nodes: tuple[float, ...], thetas: Any) -> np.ndarray:
+    """w[k, j] = int_0^theta_k l_j(s) ds for the Lagrange basis l_j on ``nodes``: (m, s)."""
+    thetas = np.asarray(thetas, dtype=np.float64).reshape(-1)
+    out = np.empty((len(thetas), len(nodes)))
+    for j, cj in enumerate(nodes):
+        basis = np.poly1d([1.0])
+        for m, cm in enumerate(nodes):
+            if m != j:
+                basis = basis * np.poly1d([1.0, -cm]) / (cj - cm)
+        antiderivative = basis.integ()
+        out[:, j] = antiderivative(thetas) - antiderivative(0.0)
+    return out

@@ -1,0 +1,248 @@
+"""Linear algebra for implicit solvers: batch layout, block Jacobians, Newton matrices, GMRES.
+
+The loop works on one flat state. Independent samples of a batch make the Jacobian block
+diagonal; ``BatchLayout`` says where each sample's entries are in the flat state, so that
+Jacobians are ``(batch, n, n)`` and every Newton matrix is factorised per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .._term import ODETerm
+from .._tree import TreeSpec
+
+_LOOP_BELOW = 16  # Jacobian columns computed one by one up to this many, by vmap above
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """``index[b, k]``: position in the flat state of entry ``k`` of sample ``b``."""
+
+    index: torch.Tensor  # (B, n), long
+
+    @property
+    def batch(self) -> int:
+        return self.index.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.index.shape[1]
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., N) -> (..., B, n)."""
+        return x[..., self.index]
+
+    def scatter(self, blocks: torch.Tensor) -> torch.Tensor:
+        """(..., B, n) -> (..., N)."""
+        out = blocks.new_empty((*blocks.shape[:-2], self.index.numel()))
+        out[..., self.index] = blocks
+        return out
+
+
+def batch_layout(spec: TreeSpec, batch_size: int | None, device: torch.device) -> BatchLayout:
+    """Samples along the first dimension of every tensor of the state, if they all have
+    ``batch_size`` there; otherwise (or without ``batch_size``) the state is one block.
+
+    The one-block fallback is what the augmented state of the backsolve adjoint needs: its
+    parameter-gradient channels are shared by all samples.
+    """
+    total = spec.numel
+    if batch_size is not None and batch_size > 1:
+        if all(len(shape) >= 1 and shape[0] == batch_size for shape in spec.shapes):
+            pieces, offset = [], 0
+            for numel in spec.numels:
+                pieces.append(torch.arange(offset, offset + numel).reshape(batch_size, -1))
+                offset += numel
+            return BatchLayout(torch.cat(pieces, 1).to(device))
+    return BatchLayout(torch.arange(total, device=device)[None])
+
+
+def block_jacobian(
+    term: ODETerm, t: float, y: torch.Tensor, perturb: float, layout: BatchLayout
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(J, f): the per-sample Jacobians df/dy (B, n, n) at (t, y) and f(t, y), detached.
+
+    One evaluation of f and n batched vector-Jacobian products (column k of every block at
+    once: the samples are independent). Where f's output does not depend on y through
+    autograd (f detaches, e.g. the backsolve adjoint dynamics), forward differences are used
+    instead (n more evaluations).
+    """
+    y = y.detach()
+    with torch.enable_grad():
+        yv = y.requires_grad_(True)
+        out = term(t, yv, perturb)
+        if out.requires_grad:
+            return _vjp_jacobian(out, yv, layout), out.detach()
+    return _difference_jacobian(term, t, y, perturb, out.detach(), layout), out.detach()
+
+
+def _vjp_jacobian(out: torch.Tensor, y: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
+    n = layout.n
+    cotangents = out.new_zeros((n, out.numel()))
+    rows = torch.arange(n, device=out.device)[:, None].expand(n, layout.batch)
+    cotangents[rows, layout.index.T] = 1
+    grads = None
+    if n > _LOOP_BELOW:  # batched by vmap; a loop is faster for a few columns
+        try:
+            (grads,) = torch.autograd.grad(
+                out, y, cotangents, is_grads_batched=True, allow_unused=True
+            )
+        except RuntimeError:  # an operation vmap cannot batch
+            grads = None
+    if grads is None:
+        columns = []
+        for k, v in enumerate(cotangents):
+            last = k == n - 1
+            (g,) = torch.autograd.grad(out, y, v, retain_graph=not last, allow_unused=True)
+            columns.append(torch.zeros_like(y) if g is None else g)
+        grads = torch.stack(columns)
+    # grads[k, index[b, j]] = conj(J_b[k, j]) (PyTorch's convention for complex tensors)
+    blocks = layout.gather(grads).permute(1, 0, 2)
+    return blocks.conj() if blocks.is_complex() else blocks
+
+
+def _difference_jacobian(
+    term: ODETerm,
+    t: float,
+    y: torch.Tensor,
+    perturb: float,
+    f0: torch.Tensor,
+    layout: BatchLayout,
+) -> torch.Tensor:
+    real = y.real if y.is_complex() else y
+    eps = torch.finfo(real.dtype).eps ** 0.5
+    delta = eps * torch.clamp(real.abs(), min=1.0)
+    columns = []
+    for j in range(layout.n):
+        direction = torch.zeros_like(real)
+        direction[layout.index[:, j]] = delta[layout.index[:, j]]
+        df = term(t, y + direction.to(y.dtype), perturb) - f0
+        # df[index[b, k]] / delta[index[b, j]] = J_b[k, j]
+        columns.append(layout.gather(df) / layout.gather(delta)[:, j : j + 1])
+    return torch.stack(columns, -1)
+
+
+def newton_matrix(h: float, a: torch.Tensor, jacobians: torch.Tensor) -> torch.Tensor:
+    """I - h (a kron J) per sample: (B, m n, m n). ``jacobians`` is (B, n, n), one for all
+    stages, or (B, m, n, n), one per stage (column block j uses stage j's)."""
+    m = a.shape[0]
+    if jacobians.ndim == 3:
+        blocks = torch.einsum("ij,bpq->bipjq", a.to(jacobians.dtype), jacobians)
+    else:
+        blocks = torch.einsum("ij,bjpq->bipjq", a.to(jacobians.dtype), jacobians)
+    b, n = jacobians.shape[0], jacobians.shape[-1]
+    eye = torch.eye(m * n, dtype=jacobians.dtype, device=jacobians.device)
+    return eye - h * blocks.reshape(b, m * n, m * n)
+
+
+def to_blocks(x: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
+    """Stage vectors (m, N) -> per-sample right-hand sides (B, m n)."""
+    m = x.shape[0]
+    return layout.gather(x).permute(1, 0, 2).reshape(layout.batch, m * layout.n)
+
+
+def from_blocks(x: torch.Tensor, layout: BatchLayout, m: int) -> torch.Tensor:
+    """(B, m n) -> stage vectors (m, N)."""
+    return layout.scatter(x.reshape(layout.batch, m, layout.n).permute(1, 0, 2))
+
+
+class SingularMatrixError(RuntimeError):
+    """A Newton matrix is singular (the step is too long for the iteration)."""
+
+
+class DenseSolve:
+    """Solves with I - h (a kron J), LU-factorised once per sample."""
+
+    def __init__(self, h: float, a: torch.Tensor, jacobians: torch.Tensor, layout: BatchLayout):
+        self.layout = layout
+        self.m = a.shape[0]
+        self.lu, self.pivots, info = torch.linalg.lu_factor_ex(newton_matrix(h, a, jacobians))
+        if bool((info != 0).any()):
+            raise SingularMatrixError("singular Newton matrix")
+
+    def __call__(self, rhs: torch.Tensor) -> torch.Tensor:
+        blocks = to_blocks(rhs, self.layout)[..., None]
+        out = torch.linalg.lu_solve(self.lu, self.pivots, blocks)[..., 0]
+        return from_blocks(out, self.layout, self.m)
+
+
+class JacobianVectorProduct:
+    """v -> J v at one point, from one evaluation of f: by double backward through the
+    vector-Jacobian product where f is differentiable, else by a forward difference."""
+
+    def __init__(self, term: ODETerm, t: float, y: torch.Tensor, perturb: float):
+        self.term, self.t, self.perturb = term, t, perturb
+        self.y = y.detach()
+        with torch.enable_grad():
+            yv = self.y.clone().requires_grad_(True)
+            out = term(t, yv, perturb)
+            self.f = out.detach()
+            self._u = None
+            if out.requires_grad:
+                u = torch.zeros_like(out, requires_grad=True)
+                (vjp,) = torch.autograd.grad(out, yv, u, create_graph=True)
+                if vjp.requires_grad:
+                    self._u, self._vjp = u, vjp
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if self._u is not None:
+            with torch.enable_grad():
+                (jv,) = torch.autograd.grad(self._vjp, self._u, v, retain_graph=True)
+            return jv
+        norm = float(torch.linalg.vector_norm(v))
+        if norm == 0:
+            return torch.zeros_like(v)
+        real = self.y.real if self.y.is_complex() else self.y
+        eps = torch.finfo(real.dtype).eps ** 0.5
+        delta = eps * (1 + float(torch.linalg.vector_norm(self.y))) / norm
+        return (self.term(self.t, self.y + delta * v, self.perturb) - self.f) / delta
+
+
+class KrylovSolve:
+    """Solves with I - h (a kron J) by GMRES, J applied by Jacobian-vector products (no
+    matrix is formed: for large states, e.g. neural network vector fields)."""
+
+    def __init__(self, h: float, a: torch.Tensor, jvp: JacobianVectorProduct, tol: float, dim: int):
+        self.h, self.a, self.jvp, self.tol, self.dim = h, a, jvp, tol, dim
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        jx = torch.stack([self.jvp(row) for row in x])
+        return x - self.h * (self.a.to(x.dtype) @ jx)
+
+    def __call__(self, rhs: torch.Tensor) -> torch.Tensor:
+        return gmres(self.matvec, rhs, self.tol, self.dim)
+
+
+def gmres(
+    matvec: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, tol: float, dim: int
+) -> torch.Tensor:
+    """Solve matvec(x) = rhs from x = 0 by GMRES (Arnoldi with modified Gram-Schmidt) until
+    the residual is below ``tol`` times |rhs| or ``dim`` Krylov vectors; no restart."""
+    shape = rhs.shape
+    b = rhs.reshape(-1)
+    beta = torch.linalg.vector_norm(b)
+    if float(beta) == 0:
+        return torch.zeros_like(rhs)
+    basis = [b / beta]
+    hessenberg = torch.zeros(dim + 1, dim, dtype=b.dtype, device=b.device)
+    e1 = torch.zeros(dim + 1, dtype=b.dtype, device=b.device)
+    e1[0] = beta
+    y = None
+    for k in range(dim):
+        w = matvec(basis[k].reshape(shape)).reshape(-1)
+        for i, v in enumerate(basis):
+            hessenberg[i, k] = torch.vdot(v, w)
+            w = w - hessenberg[i, k] * v
+        hessenberg[k + 1, k] = torch.linalg.vector_norm(w)
+        sub = hessenberg[: k + 2, : k + 1]
+        y = torch.linalg.lstsq(sub, e1[: k + 2, None]).solution[:, 0]
+        residual = float(torch.linalg.vector_norm(sub @ y - e1[: k + 2]))
+        if residual <= tol * float(beta) or float(hessenberg[k + 1, k]) <= 1e-14 * float(beta):
+            break
+        basis.append(w / hessenberg[k + 1, k])
+    x = torch.stack(basis[: y.shape[0]], 1) @ y
+    return x.reshape(shape)

@@ -1,0 +1,26 @@
+"""Radau IIA with three stages: order 5, L-stable, stiffly accurate (the method of RADAU5)."""
+
+import math
+
+from .implicit_rk import ImplicitRK
+from .tableau import ImplicitTableau
+
+_S6 = math.sqrt(6)
+
+RADAU_IIA5_TABLEAU = ImplicitTableau(
+    name="radauIIA5",
+    c=((4 - _S6) / 10, (4 + _S6) / 10, 1.0),
+    a=(
+        ((88 - 7 * _S6) / 360, (296 - 169 * _S6) / 1800, (-2 + 3 * _S6) / 225),
+        ((296 + 169 * _S6) / 1800, (88 + 7 * _S6) / 360, (-2 - 3 * _S6) / 225),
+        ((16 - _S6) / 36, (16 + _S6) / 36, 1 / 9),
+    ),
+    b=((16 - _S6) / 36, (16 + _S6) / 36, 1 / 9),
+    order=5,
+)
+
+
+class RadauIIA5(ImplicitRK):
+    """Three-stage Radau IIA collocation method, fixed step (``radau`` is the adaptive one)."""
+
+    tableau = RADAU_IIA5_TABLEAU

@@ -1,0 +1,18 @@
+"""The trapezoidal rule (Crank-Nicolson, Lobatto IIIA with two stages); order 2, A-stable."""
+
+from .implicit_rk import ImplicitRK
+from .tableau import ImplicitTableau
+
+TRAPEZOID_TABLEAU = ImplicitTableau(
+    name="trapezoid",
+    c=(0.0, 1.0),
+    a=((0.0, 0.0), (0.5, 0.5)),
+    b=(0.5, 0.5),
+    order=2,
+)
+
+
+class Trapezoid(ImplicitRK):
+    """y1 = y0 + h/2 (f(t0, y0) + f(t1, y1)), fixed step; one implicit stage."""
+
+    tableau = TRAPEZOID_TABLEAU

@@ -1,0 +1,327 @@
+"""Implicit and stiff solvers: stiff reference problems against SciPy's Radau, Newton failures,
+per-sample (block-diagonal) Newton for batches, the Krylov option, gradients with every
+strategy, the torchdiffeq-style options, and the stiffness hint of MaxStepsError.
+
+Orders of convergence, dense output, states, statistics and jumps of the implicit methods are
+tested with every other method (the central ``METHODS`` list); tableaux in test_tableaux.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from problems import HIRES, ROBERTSON, VDP_STIFF, StiffProblem
+
+import neuralode as no
+from neuralode._tree import tree_spec
+from neuralode.solvers import (
+    GL4,
+    SDIRK2,
+    TRBDF2,
+    ImplicitEuler,
+    NewtonError,
+    Radau,
+    RadauIIA5,
+    _newton,
+)
+from neuralode.solvers._newton import batch_layout
+
+
+def _tolerance_units(ys: torch.Tensor, ref: torch.Tensor, rtol: float, atol: float) -> float:
+    return float(((ys - ref).abs() / (atol + rtol * ref.abs())).max())
+
+
+# (problem, outputs used, rtol, atol). Van der Pol (whose reference SciPy computes on the
+# fly) only in the slow tests.
+STIFF_CASES = {
+    "robertson": (ROBERTSON, None, 1e-6, 1e-10),
+    "hires": (HIRES, None, 1e-6, 1e-10),
+    "vdp1000": (VDP_STIFF, None, 1e-6, 1e-8),
+}
+
+
+@pytest.mark.parametrize(
+    "case", ["robertson", "hires", pytest.param("vdp1000", marks=pytest.mark.slow)]
+)
+def test_radau_matches_scipy_references(case: str) -> None:
+    """Within a few tolerance units of SciPy's Radau at rtol 1e-13, in a few hundred steps."""
+    problem, upto, rtol, atol = STIFF_CASES[case]
+    solver = Radau()
+    sol = no.solve(
+        problem.f,
+        problem.y0_tensor(),
+        problem.ts_tensor(upto),
+        solver=solver,
+        controller=no.PIController(rtol=rtol, atol=atol),
+    )
+    error = _tolerance_units(sol.ys, problem.reference(upto), rtol, atol)
+    assert error < 10, f"{case}: {error:.3g} tolerance units"
+    assert sol.stats.n_steps < 1000
+    assert solver.counters["jacobians"] == sol.stats.n_steps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem", [ROBERTSON, HIRES, VDP_STIFF], ids=lambda p: p.name)
+def test_stored_references_are_scipy_radau(problem: StiffProblem) -> None:
+    solution = problem.scipy_solution(rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(solution, problem.reference(), rtol=1e-6, atol=1e-12)
+
+
+def _log_grid(t1: float, n: int) -> torch.Tensor:
+    """0 then n points geometrically spaced from 1e-6 to t1: for stiff transients."""
+    return torch.cat([torch.zeros(1), torch.logspace(-6, torch.log10(torch.tensor(t1)), n)]).to(
+        torch.float64
+    )
+
+
+@pytest.mark.parametrize(
+    ("solver", "bound"),
+    [(RadauIIA5(), 1e-5), (TRBDF2(), 1e-3), (SDIRK2(), 1e-3)],
+    ids=lambda x: getattr(x, "name", ""),
+)
+def test_l_stable_fixed_steps_on_robertson(solver, bound: float) -> None:
+    """Steps up to 2e4 on Robertson (stiffness ~1e4): L-stable methods stay accurate to their
+    order on a grid no explicit method could use. (Implicit Euler's simplified Newton
+    iteration, with the Jacobian of the step's start, diverges on the longest of these
+    steps: NewtonError.)"""
+    grid = _log_grid(ROBERTSON.ts[-1], 120)
+    sol = no.solve(
+        ROBERTSON.f,
+        ROBERTSON.y0_tensor(),
+        ROBERTSON.ts_tensor(),
+        solver=solver,
+        controller=no.FixedGrid(grid=grid),
+    )
+    error = float((sol.ys - ROBERTSON.reference()).abs().max())
+    assert error < bound, f"{solver.name}: max error {error:.3g}"
+
+
+def test_explicit_method_hitting_max_steps_suggests_a_stiff_method() -> None:
+    with pytest.raises(no.MaxStepsError, match="stiff") as info:
+        no.solve(
+            ROBERTSON.f,
+            ROBERTSON.y0_tensor(),
+            ROBERTSON.ts_tensor(),
+            controller=no.PIController(rtol=1e-6, atol=1e-10),
+            max_steps=500,
+        )
+    assert "radau" in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Newton failures
+
+
+def _square(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return y**2
+
+
+def test_newton_failure_on_fixed_steps_is_an_error() -> None:
+    """y1 = 1 + h y1^2 has no real solution for h > 1/4."""
+    ts = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    y0 = torch.ones(1, dtype=torch.float64)
+    with pytest.raises(NewtonError, match="did not converge on the step from t=0 to t=0.5"):
+        no.solve(_square, y0, ts, solver=ImplicitEuler())
+    short = torch.tensor([0.0, 0.1], dtype=torch.float64)
+    with pytest.raises(NewtonError, match="max_iters=2"):
+        no.solve(_square, y0, short, solver=ImplicitEuler(max_iters=2))
+
+
+def test_newton_failure_under_error_control_rejects_the_step() -> None:
+    """A first step of 100 on Robertson: the iteration fails, the step is retried shorter,
+    and the solution is still accurate."""
+    problem, _, rtol, atol = STIFF_CASES["robertson"]
+    solver = Radau()
+    controller = no.PIController(rtol=rtol, atol=atol, first_step=100.0)
+    sol = no.solve(
+        problem.f, problem.y0_tensor(), problem.ts_tensor(4), solver=solver, controller=controller
+    )
+    assert solver.counters["newton_failures"] >= 1
+    assert sol.stats.n_rejected >= solver.counters["newton_failures"]
+    assert _tolerance_units(sol.ys, problem.reference(4), rtol, atol) < 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: one Newton matrix per sample
+
+
+def _batched_robertson(scales: torch.Tensor):
+    """Independent Robertson problems, sample b running at rate scales[b]."""
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return scales[:, None] * ROBERTSON.f(t, y)
+
+    return f
+
+
+def test_batch_layout_of_nested_states() -> None:
+    spec, _ = tree_spec((torch.zeros(3, 2), {"b": torch.zeros(3, 1)}))
+    layout = batch_layout(spec, 3, torch.device("cpu"))
+    assert layout.index.tolist() == [[0, 1, 6], [2, 3, 7], [4, 5, 8]]
+    flat = torch.arange(9.0)
+    torch.testing.assert_close(layout.scatter(layout.gather(flat)), flat)
+    # tensors without the batch dimension first: one block
+    assert batch_layout(spec, 4, torch.device("cpu")).index.shape == (1, 9)
+
+
+def test_batched_newton_uses_per_sample_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    shapes = []
+    original = _newton.newton_matrix
+
+    def recording(h, a, jacobians):
+        out = original(h, a, jacobians)
+        shapes.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(_newton, "newton_matrix", recording)
+    scales = torch.tensor([1.0, 0.5, 2.0, 0.1], dtype=torch.float64)
+    y0 = ROBERTSON.y0_tensor().expand(4, 3).clone()
+    ts = ROBERTSON.ts_tensor(4)
+    controller = no.PIController(rtol=1e-6, atol=1e-10)
+    batched = no.solve(
+        _batched_robertson(scales), y0, ts, solver=Radau(batch_size=4), controller=controller
+    )
+    assert set(shapes) == {(4, 9, 9), (4, 3, 3)}  # stages, and the error estimate's matrix
+    for b, scale in enumerate(scales):
+        alone = no.solve(
+            _batched_robertson(scale[None]),
+            y0[b : b + 1],
+            ts,
+            solver=Radau(),
+            controller=controller,
+        )
+        assert _tolerance_units(batched.ys[:, b], alone.ys[:, 0], 1e-6, 1e-10) < 3
+
+
+def test_batched_fixed_steps_equal_the_whole_state_newton() -> None:
+    scales = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    y0 = ROBERTSON.y0_tensor().expand(3, 3).clone()
+    grid = _log_grid(100.0, 40)
+    results = [
+        no.solve(
+            _batched_robertson(scales),
+            y0,
+            grid,
+            solver=RadauIIA5(batch_size=batch),
+            controller=no.FixedGrid(),
+        ).ys
+        for batch in (3, None)
+    ]
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------
+# Jacobian-free Newton-Krylov
+
+
+def test_krylov_matches_direct_linear_algebra() -> None:
+    ts = HIRES.ts_tensor(3)
+    controller = no.PIController(rtol=1e-6, atol=1e-10)
+    direct = no.solve(HIRES.f, HIRES.y0_tensor(), ts, solver=Radau(), controller=controller)
+    krylov_solver = Radau(linear_solver="krylov")
+    krylov = no.solve(HIRES.f, HIRES.y0_tensor(), ts, solver=krylov_solver, controller=controller)
+    assert _tolerance_units(krylov.ys, HIRES.reference(3), 1e-6, 1e-10) < 10
+    assert _tolerance_units(krylov.ys, direct.ys, 1e-6, 1e-10) < 1
+    assert krylov_solver.counters["factorisations"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients on a small stiff linear problem: y' = A y with eigenvalues -k1 and -k2 * 1000.
+
+
+def _stiff_linear(params: torch.Tensor):
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        k1, k2 = params[0], params[1]
+        first = -k1 * y[..., 0] + 0.5 * y[..., 1]
+        second = -1000.0 * k2 * (y[..., 1] - torch.sin(t) * y[..., 0])
+        return torch.stack([first, second], -1)
+
+    return f
+
+
+GRADIENT_SETUPS = {
+    "radauIIA5-fixed": lambda: (RadauIIA5(), no.FixedGrid(step_size=0.1)),
+    "trbdf2-fixed": lambda: (TRBDF2(), no.FixedGrid(step_size=0.1)),
+    "gl4-krylov": lambda: (GL4(linear_solver="krylov"), no.FixedGrid(step_size=0.1)),
+    "radau": lambda: (Radau(), no.PIController(rtol=1e-10, atol=1e-12)),
+}
+
+
+def _stiff_inputs():
+    y0 = torch.tensor([[1.0, 0.2], [0.5, -1.0]], dtype=torch.float64, requires_grad=True)
+    params = torch.tensor([0.7, 1.3], dtype=torch.float64, requires_grad=True)
+    ts = torch.tensor([0.0, 0.35, 1.0], dtype=torch.float64)
+    return y0, params, ts
+
+
+@pytest.mark.parametrize("strategy", ["direct", "checkpointed"])
+@pytest.mark.parametrize("setup", GRADIENT_SETUPS)
+def test_gradcheck_on_a_stiff_problem(setup: str, strategy: str) -> None:
+    """Gradients of the discrete solve (implicit-function gradients of the stages) against
+    finite differences, w.r.t. y0 and the parameters."""
+    y0, params, ts = _stiff_inputs()
+
+    def run(y0: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        solver, controller = GRADIENT_SETUPS[setup]()
+        gradient = no.Direct() if strategy == "direct" else no.Checkpointed(params=(params,))
+        return no.solve(
+            _stiff_linear(params), y0, ts, solver=solver, controller=controller, gradient=gradient
+        ).ys
+
+    # GMRES in the backward pass is reproducible only to its tolerance
+    nondet_tol = 1e-9 if "krylov" in setup else 0.0
+    assert torch.autograd.gradcheck(
+        run, (y0, params), eps=1e-6, atol=1e-6, rtol=1e-5, nondet_tol=nondet_tol
+    )
+
+
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_direct_and_backsolve_agree(batch_size: int | None) -> None:
+    """The continuous adjoint, solved backwards by radau too (its augmented dynamics have
+    no autograd graph: Jacobians by differences, one block), against backpropagation."""
+    y0, params, ts = _stiff_inputs()
+    grads = []
+    for gradient in (no.Direct(), no.Backsolve(params=(params,))):
+        sol = no.solve(
+            _stiff_linear(params),
+            y0,
+            ts,
+            solver=Radau(batch_size=batch_size),
+            controller=no.PIController(rtol=1e-9, atol=1e-11),
+            gradient=gradient,
+        )
+        loss = (sol.ys**2).sum() + sol.ys[1, :, 0].sum()
+        grads.append(torch.autograd.grad(loss, (y0, params)))
+    for direct, adjoint in zip(*grads):
+        torch.testing.assert_close(adjoint, direct, rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# torchdiffeq-style interface and options
+
+
+def test_odeint_with_implicit_methods_and_options() -> None:
+    y0, params, ts = _stiff_inputs()
+    f = _stiff_linear(params.detach())
+    y0 = y0.detach()
+    adaptive = no.odeint(
+        f, y0, ts, rtol=1e-8, atol=1e-10, method="radau", options={"batch_size": 2}
+    )
+    fixed = no.odeint(f, y0, ts, method="radauIIA5", options={"step_size": 0.01, "max_iters": 8})
+    torch.testing.assert_close(fixed, adaptive, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="unknown option"):
+        no.odeint(f, y0, ts, method="gl4", options={"newton_iters": 3})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"linear_solver": "lu"}, "linear_solver must be one of"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"max_iters": 0}, "max_iters must be a positive integer"),
+        ({"newton_tol": -1.0}, "newton_tol must be positive"),
+    ],
+)
+def test_bad_options(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        Radau(**kwargs)

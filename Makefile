@@ -18,11 +18,11 @@ $(VENV)/.torch-$(TORCH_VERSION): | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,data]"
 	touch $@
 
 $(VENV)/.installed-bench: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[test,data,bench]"
 	touch $@
 
 demo: $(VENV)/.installed-test

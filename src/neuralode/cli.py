@@ -24,6 +24,30 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .data import DatasetNotFoundError
+    from .training import CheckpointError, TrainConfig, train
+
+    if args.out is None:
+        args.out = f"out/train-{args.model}"
+    try:
+        result = train(TrainConfig.from_namespace(args))
+    except (DatasetNotFoundError, CheckpointError) as error:
+        print(f"neuralode train: error: {error}", file=sys.stderr)
+        return 2
+    if result.status == 0 and result.history:
+        last = result.history[-1]
+        nfe = ""
+        if last["nfe_forward"] is not None:
+            nfe = f", NFE forward {last['nfe_forward']:.1f} backward {last['nfe_backward']:.1f}"
+        print(
+            f"{args.model} on {args.data}: test accuracy {100 * last['test_accuracy']:.2f}% "
+            f"(error {100 * last['test_error']:.2f}%){nfe}; wrote {result.out}/"
+            "{metrics.jsonl,checkpoint.pt,*.png}"
+        )
+    return result.status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuralode", description="Neural differential equations in PyTorch."
@@ -35,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
     demo.add_argument("--quick", action="store_true", help="fewer tolerances, for a smoke run")
     demo.set_defaults(run=_demo)
+    from .training import add_train_arguments
+
+    train = commands.add_parser(
+        "train",
+        help="train ODE-Net, ResNet or RK-Net on mnist5k/digits/MNIST (works under torchrun)",
+    )
+    add_train_arguments(train)
+    train.set_defaults(run=_train)
     if EXPERIMENTS:
         experiment = commands.add_parser("experiment", help="reproduce an experiment of the field")
         names = experiment.add_subparsers(dest="experiment", required=True, metavar="NAME")

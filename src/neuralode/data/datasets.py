@@ -112,7 +112,8 @@ def load_mnist5k() -> ImageDataset:
 
 
 def load_digits() -> ImageDataset:
-    """scikit-learn's 1,797 8x8 digits (values 0-16), a fixed seeded 1,437/360 split."""
+    """scikit-learn's 1,797 8x8 digits (values 0-16), upsampled to 28x28 (bilinear) so that
+    the MNIST models apply unchanged; a fixed seeded 1,437/360 split."""
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as error:
@@ -121,7 +122,12 @@ def load_digits() -> ImageDataset:
             "pip install 'neuralode[data]' (or pip install scikit-learn)"
         ) from error
     bunch = sklearn_digits()
-    return _seeded_split("digits", bunch.data, bunch.target, 360, 8, 16.0)
+    data = _seeded_split("digits", bunch.data, bunch.target, 360, 8, 16.0)
+    for name in ("train_x", "test_x"):
+        small = getattr(data, name)
+        large = torch.nn.functional.interpolate(small, size=(28, 28), mode="bilinear")
+        setattr(data, name, large.clamp_(0.0, 1.0))
+    return data
 
 
 def _find_mnist_file(directory: Path, gz_name: str) -> Path | None:

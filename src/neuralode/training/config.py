@@ -18,7 +18,7 @@ GRADIENTS = ("adjoint", "direct", "checkpointed")
 # Options that shape the model, the data or their order: resuming with others is refused.
 RESUME_KEYS = (
     "model", "data", "channels", "augment", "batch_size", "optimizer", "seed",
-    "train_subset", "test_subset", "crop_padding", "schedule", "epochs",
+    "train_subset", "test_subset", "crop_padding", "schedule", "pool",
 )  # fmt: skip
 
 
@@ -45,6 +45,7 @@ class TrainConfig:
     gradient: str = "adjoint"
     channels: int = 64
     augment: int = 0
+    pool: str = "max"
     crop_padding: int = -1
     seed: int = 0
     device: str = "auto"
@@ -88,9 +89,9 @@ def build_model(config: TrainConfig, in_channels: int = 1, classes: int = 10) ->
     if in_channels != 1:
         raise ValueError(f"the classifiers take one input channel, got {in_channels}")
     if config.model == "resnet":
-        return ResNet(config.channels, classes)
+        return ResNet(config.channels, classes, pool=config.pool)
     if config.model == "rknet":
-        return RKNet(config.channels, classes, step_size=config.step_size)
+        return RKNet(config.channels, classes, step_size=config.step_size, pool=config.pool)
     return ODENet(
         config.channels,
         classes,
@@ -100,6 +101,7 @@ def build_model(config: TrainConfig, in_channels: int = 1, classes: int = 10) ->
         atol=config.atol,
         step_size=config.step_size,
         gradient=config.gradient,
+        pool=config.pool,
     )
 
 
@@ -147,6 +149,12 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         type=int,
         default=d.augment,
         help="extra zero channels of the ODE state (augmented neural ODE)",
+    )
+    g.add_argument(
+        "--pool",
+        default=d.pool,
+        choices=("max", "avg"),
+        help="global pooling of the head (paper: avg; max learns faster)",
     )
     g.add_argument("--method", default=d.method, help="solver of the ODE block (default dopri5)")
     g.add_argument("--rtol", type=float, default=d.rtol)

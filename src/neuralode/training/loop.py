@@ -134,9 +134,11 @@ class Trainer:
     def run(self) -> TrainResult:
         config = self.config
         runtime = start(config.device)
+        threads = torch.get_num_threads()
         try:
             return self._run(config, runtime)
         finally:
+            torch.set_num_threads(threads)
             stop(runtime)
 
     def _run(self, config: TrainConfig, runtime: Runtime) -> TrainResult:
@@ -160,6 +162,12 @@ class Trainer:
         if config.resume:
             saved = load_checkpoint(checkpoint_path)
             check_compatible(saved["config"], config.as_dict(), RESUME_KEYS)
+            if saved["config"]["epochs"] != config.epochs and runtime.is_main:
+                print(
+                    f"resuming with --epochs {config.epochs} (was {saved['config']['epochs']}): "
+                    "the learning-rate schedule is stretched to the new length",
+                    file=sys.stderr,
+                )
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])

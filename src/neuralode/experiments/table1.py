@@ -142,9 +142,19 @@ def save_memory_plot(out: Path, study: list[dict[str, Any]]) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    threads = torch.get_num_threads()
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
     out = Path(args.out or "out/table1")
     out.mkdir(parents=True, exist_ok=True)
     base = TrainConfig.from_namespace(argparse.Namespace(**{**vars(args), "out": str(out)}))
+    if base.threads > 0:
+        torch.set_num_threads(base.threads)  # also for the memory study after training
     rows, trained = [], {}
     for name in args.models:
         print(f"\n== {NAMES[name]} ==", file=sys.stderr)

@@ -37,7 +37,7 @@ def _train(args: argparse.Namespace) -> int:
     except (DatasetNotFoundError, CheckpointError) as error:
         print(f"neuralode train: error: {error}", file=sys.stderr)
         return 2
-    if result.status == 0 and result.history:
+    if result.status == 0 and result.history and result.is_main:
         last = result.history[-1]
         nfe = ""
         if last["nfe_forward"] is not None:

@@ -36,6 +36,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     status: int = 0
     out: Path = Path(".")
+    is_main: bool = True  # rank 0 (the process that prints and writes)
 
 
 def ode_block(model: nn.Module) -> Any:
@@ -279,7 +280,7 @@ class Trainer:
             from ..viz.training import save_model_plots
 
             save_model_plots(self.out, model, data, config, runtime.device)
-        return TrainResult(model, history, status, self.out)
+        return TrainResult(model, history, status, self.out, runtime.is_main)
 
     @staticmethod
     def _should_stop(stop_request: StopRequest, runtime: Runtime) -> bool:

@@ -92,9 +92,9 @@ def memory_study(
 def format_table(rows: list[dict[str, Any]], study: list[dict[str, Any]], header: str) -> str:
     lines = [
         "# Table 1: ODE-Net vs ResNet vs RK-Net", "", header, "",
-        "| model | test error | params | memory of a step (MB) | time/epoch (s) "
+        "| model | test error | params | memory of a step (MB) | time/epoch (s) | CPU s/epoch "
         "| NFE fwd / bwd | paper: error | paper: params | paper: memory | paper: time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
         paper = PAPER[r["model"]]
@@ -103,12 +103,15 @@ def format_table(rows: list[dict[str, Any]], study: list[dict[str, Any]], header
         )
         lines.append(
             f"| {NAMES[r['model']]} | {100 * r['test_error']:.2f}% | {r['params'] / 1e6:.3f}M "
-            f"| {r['memory_mb']:.1f} | {r['time_per_epoch_s']:.1f} | {nfe} "
+            f"| {r['memory_mb']:.1f} | {r['time_per_epoch_s']:.1f} "
+            f"| {r['cpu_time_per_epoch_s']:.1f} | {nfe} "
             f"| {paper[0]} | {paper[1]} | {paper[2]} | {paper[3]} |"
         )
     lines += [
         "", "Memory: megabytes of tensors autograd keeps for the backward pass of one training "
-        "step (parameters excluded). NFE: mean per training batch in the last epoch.", "",
+        "step (parameters excluded). NFE: mean per training batch in the last epoch. Time: wall "
+        "clock of the training batches; CPU s: process CPU time of the same (all threads; "
+        "steadier than wall time on a shared machine).", "",
         "## Memory of one training step as the number of solver steps grows", "",
         "| model | setting | NFE fwd | NFE bwd | memory (MB) |", "|---|---|---|---|---|",
     ]  # fmt: skip
@@ -168,6 +171,8 @@ def _run(args: argparse.Namespace) -> int:
             "test_error": last["test_error"],
             "params": sum(p.numel() for p in result.model.parameters()),
             "time_per_epoch_s": sum(r["time_s"] for r in result.history) / len(result.history),
+            "cpu_time_per_epoch_s": sum(r["cpu_time_s"] for r in result.history)
+            / len(result.history),
             "nfe_forward": last["nfe_forward"],
             "nfe_backward": last["nfe_backward"],
             "epochs": len(result.history),

@@ -215,8 +215,8 @@ class Trainer:
                 batches = torch.tensor(list(sampler)).split(config.batch_size)
                 generator = augment_generator(config, epoch, runtime.rank)
                 first = 0
-                # loss, correct, count, nfe forward, nfe backward, batches, seconds
-                sums = torch.zeros(7, dtype=torch.float64)
+                # loss, correct, count, nfe forward, nfe backward, batches, seconds, CPU seconds
+                sums = torch.zeros(8, dtype=torch.float64)
                 if position["sums"] is not None and epoch == position["epoch"]:
                     first, sums = position["batch"], position["sums"].clone()
                     generator.set_state(position["augment_rng"])
@@ -225,7 +225,7 @@ class Trainer:
                 )
                 reset_peak_memory(runtime.device)
                 for b in range(first, len(batches)):
-                    tick = time.perf_counter()
+                    tick, cpu_tick = time.perf_counter(), time.process_time()
                     index = batches[b]
                     x = random_crop(data.train_x[index], padding, generator).to(runtime.device)
                     y = data.train_y[index].to(runtime.device)
@@ -241,6 +241,7 @@ class Trainer:
                     step = [loss.item() * len(y), correct, len(y), nfe_forward, nfe_backward, 1]
                     sums[:6] += torch.tensor(step, dtype=torch.float64)
                     sums[6] += time.perf_counter() - tick
+                    sums[7] += time.process_time() - cpu_tick
                     bar.update(
                         b + 1,
                         loss=f"{sums[0] / sums[2]:.3f}",
@@ -321,6 +322,7 @@ class Trainer:
             "nfe_backward": totals[4].item() / batches if has_ode else None,
             "test_nfe": test["nfe"],
             "time_s": train_seconds,
+            "cpu_time_s": sums[7].item(),
             "eval_time_s": time.perf_counter() - tick,
             "peak_memory_mb": memory,
             "memory_kind": memory_kind,

@@ -111,6 +111,11 @@ def test_resume_errors_are_clear(tmp_path, capsys) -> None:
     assert "cannot be read as a neuralode checkpoint" in capsys.readouterr().err
     with pytest.raises(ValueError, match="optimizer must be one of"):
         TrainConfig(optimizer="lbfgs")
+    assert (
+        main(["train", "odenet", "--data", "digits", "--method", "rk45", "--out", str(tmp_path)])
+        == 2
+    )
+    assert "unknown method 'rk45'" in capsys.readouterr().err
 
 
 def test_missing_mnist_directory_is_a_clear_cli_error(tmp_path, capsys) -> None:

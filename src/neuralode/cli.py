@@ -34,7 +34,7 @@ def _train(args: argparse.Namespace) -> int:
         args.out = f"out/train-{args.model}"
     try:
         result = train(TrainConfig.from_namespace(args))
-    except (DatasetNotFoundError, CheckpointError) as error:
+    except (DatasetNotFoundError, CheckpointError, ValueError) as error:
         print(f"neuralode train: error: {error}", file=sys.stderr)
         return 2
     if result.status == 0 and result.history and result.is_main:

@@ -82,6 +82,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path) -> None:
     """SIGINT in the middle of an epoch: the checkpoint holds the batch position, partial
     sums and the augmentation RNG, so the resumed run equals an uninterrupted one."""
     common = dict(model="rknet", epochs=2, **TINY)
+    handler = signal.getsignal(signal.SIGINT)
     straight = train(TrainConfig(out=str(tmp_path / "a"), **common))
 
     def interrupt(epoch: int, batch: int) -> None:
@@ -96,7 +97,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path) -> None:
     assert resumed.status == 0
     _assert_identical(_params(straight.model), _params(resumed.model))
     assert _deterministic(straight.history) == _deterministic(resumed.history)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler  # restored after training
 
 
 def test_resume_errors_are_clear(tmp_path, capsys) -> None:

@@ -28,6 +28,7 @@ def test_module_help_and_unknown_command() -> None:
     ok = subprocess.run(
         [sys.executable, "-m", "neuralode", "--help"], capture_output=True, text=True
     )
-    assert ok.returncode == 0 and "demo" in ok.stdout
+    assert ok.returncode == 0 and "demo" in ok.stdout and "train" in ok.stdout
+    assert "experiment" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "neuralode", "fly"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # `neuralode experiment NAME`: each module exposes `add_arguments(parser)` and `run(args) -> int`.
-EXPERIMENTS: dict[str, str] = {}
+EXPERIMENTS: dict[str, str] = {
+    "table1": "neuralode.experiments.table1",
+}
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -36,6 +38,30 @@ def _bench(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .data import DatasetNotFoundError
+    from .training import CheckpointError, TrainConfig, train
+
+    if args.out is None:
+        args.out = f"out/train-{args.model}"
+    try:
+        result = train(TrainConfig.from_namespace(args))
+    except (DatasetNotFoundError, CheckpointError, ValueError) as error:
+        print(f"neuralode train: error: {error}", file=sys.stderr)
+        return 2
+    if result.status == 0 and result.history and result.is_main:
+        last = result.history[-1]
+        nfe = ""
+        if last["nfe_forward"] is not None:
+            nfe = f", NFE forward {last['nfe_forward']:.1f} backward {last['nfe_backward']:.1f}"
+        print(
+            f"{args.model} on {args.data}: test accuracy {100 * last['test_accuracy']:.2f}% "
+            f"(error {100 * last['test_error']:.2f}%){nfe}; wrote {result.out}/"
+            "{metrics.jsonl,checkpoint.pt,*.png}"
+        )
+    return result.status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuralode", description="Neural differential equations in PyTorch."
@@ -52,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_bench_arguments(bench)
     bench.set_defaults(run=_bench)
+
+    from .training import add_train_arguments
+
+    train = commands.add_parser(
+        "train",
+        help="train ODE-Net, ResNet or RK-Net on mnist5k/digits/MNIST (works under torchrun)",
+    )
+    add_train_arguments(train)
+    train.set_defaults(run=_train)
     if EXPERIMENTS:
         experiment = commands.add_parser("experiment", help="reproduce an experiment of the field")
         names = experiment.add_subparsers(dest="experiment", required=True, metavar="NAME")

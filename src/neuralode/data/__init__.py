@@ -1,0 +1,35 @@
+"""Data: MNIST from IDX files (local or downloaded with checksums), mnist5k, digits."""
+
+from .checksum import ChecksumError, download, file_digest, verify_checksum
+from .datasets import (
+    DATASETS,
+    DatasetNotFoundError,
+    ImageDataset,
+    download_mnist,
+    load_dataset,
+    load_digits,
+    load_mnist,
+    load_mnist5k,
+    random_crop,
+)
+from .idx import IDXError, parse_idx, read_idx, write_idx
+
+__all__ = [
+    "DATASETS",
+    "ChecksumError",
+    "DatasetNotFoundError",
+    "IDXError",
+    "ImageDataset",
+    "download",
+    "download_mnist",
+    "file_digest",
+    "load_dataset",
+    "load_digits",
+    "load_mnist",
+    "load_mnist5k",
+    "parse_idx",
+    "random_crop",
+    "read_idx",
+    "verify_checksum",
+    "write_idx",
+]

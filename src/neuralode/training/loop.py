@@ -1,0 +1,346 @@
+"""The training loop of ``neuralode train``: exact resume, Ctrl-C checkpoints, DDP, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.functional import cross_entropy
+from torch.utils.data import DistributedSampler
+
+from ..data import ImageDataset, load_dataset, random_crop
+from .config import RESUME_KEYS, TrainConfig, build_model
+from .progress import ProgressBar
+from .runtime import Runtime, StopRequest, peak_memory_mb, reset_peak_memory, start, stop
+from .state import check_compatible, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (after saving)
+
+
+@dataclass
+class TrainResult:
+    """The trained model (unwrapped), one metrics dict per epoch, and the exit status."""
+
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 0
+    out: Path = Path(".")
+    is_main: bool = True  # rank 0 (the process that prints and writes)
+
+
+def ode_block(model: nn.Module) -> Any:
+    """The model's ODE block, or None (ResNet)."""
+    return getattr(model, "ode", None)
+
+
+def load_data(config: TrainConfig) -> ImageDataset:
+    data = load_dataset(config.data, config.data_dir, config.download, config.cache_dir)
+    return data.subset(config.train_subset or None, config.test_subset or None)
+
+
+def crop_padding(config: TrainConfig, data: ImageDataset) -> int:
+    if config.crop_padding >= 0:
+        return config.crop_padding
+    return 4 if data.image_size >= 28 else max(1, data.image_size // 7)
+
+
+def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to zero, x0.1 steps at 1/2 and 3/4, or constant."""
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "cosine":
+            return 0.5 * (
+                1 + math.cos(math.pi * min(step - warmup, total) / max(total - warmup, 1))
+            )
+        if config.schedule == "step":
+            return 0.1 ** sum(step >= total * f for f in (0.5, 0.75))
+        return 1.0
+
+    return factor
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, config.lr, weight_decay=config.weight_decay)
+
+
+def augment_generator(config: TrainConfig, epoch: int, rank: int) -> torch.Generator:
+    """The random-crop generator of one epoch on one rank, independent of the global RNG."""
+    return torch.Generator().manual_seed(((config.seed * 1_000_003) + epoch) * 1009 + rank)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, runtime: Runtime
+) -> dict[str, float]:
+    """Test loss, accuracy and mean forward NFE, over this rank's share, summed over ranks."""
+    model.eval()
+    block = ode_block(model)
+    shard = slice(runtime.rank, None, runtime.world)
+    x, y = x[shard], y[shard]
+    sums = torch.zeros(4, dtype=torch.float64)  # loss, correct, count, nfe * batches
+    batches = 0
+    for start_index in range(0, len(y), batch_size):
+        xb = x[start_index : start_index + batch_size].to(runtime.device)
+        yb = y[start_index : start_index + batch_size].to(runtime.device)
+        logits = model(xb)
+        sums[0] += cross_entropy(logits, yb, reduction="sum").item()
+        sums[1] += (logits.argmax(1) == yb).sum().item()
+        sums[2] += len(yb)
+        sums[3] += block.nfe_forward if block is not None else 0
+        batches += 1
+    counts = torch.tensor([float(batches)], dtype=torch.float64)
+    if runtime.distributed:
+        dist.all_reduce(sums)
+        dist.all_reduce(counts)
+    model.train()
+    n = max(sums[2].item(), 1.0)
+    return {
+        "loss": sums[0].item() / n,
+        "accuracy": sums[1].item() / n,
+        "nfe": sums[3].item() / max(counts.item(), 1.0) if block is not None else None,
+    }
+
+
+class Trainer:
+    """One training run; ``run()`` returns a ``TrainResult``. ``on_batch(epoch, batch)`` is
+    called after every optimiser step (tests use it to interrupt)."""
+
+    def __init__(self, config: TrainConfig, on_batch: Callable[[int, int], None] | None = None):
+        self.config = config
+        self.on_batch = on_batch
+        self.out = Path(config.out)
+
+    def run(self) -> TrainResult:
+        config = self.config
+        runtime = start(config.device)
+        threads = torch.get_num_threads()
+        try:
+            return self._run(config, runtime)
+        finally:
+            torch.set_num_threads(threads)
+            stop(runtime)
+
+    def _run(self, config: TrainConfig, runtime: Runtime) -> TrainResult:
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        data = load_data(config)
+        padding = crop_padding(config, data)
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        random.seed(config.seed)
+        model = build_model(config, data.channels, data.classes).to(runtime.device)
+        optimizer = make_optimizer(config, model)
+        sampler = DistributedSampler(
+            range(len(data.train_y)), runtime.world, runtime.rank, shuffle=True, seed=config.seed
+        )
+        steps_per_epoch = math.ceil(len(sampler) / config.batch_size)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
+        position = {"epoch": 0, "batch": 0, "sums": None, "augment_rng": None}
+        history: list[dict[str, Any]] = []
+        checkpoint_path = self.out / "checkpoint.pt"
+        if config.resume:
+            saved = load_checkpoint(checkpoint_path)
+            check_compatible(saved["config"], config.as_dict(), RESUME_KEYS)
+            if saved["config"]["epochs"] != config.epochs and runtime.is_main:
+                print(
+                    f"resuming with --epochs {config.epochs} (was {saved['config']['epochs']}): "
+                    "the learning-rate schedule is stretched to the new length",
+                    file=sys.stderr,
+                )
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            set_rng_state(saved["rng"])
+            position = {k: saved[k] for k in position}
+            history = list(saved["history"])
+        if runtime.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(config.as_dict(), indent=2) + "\n")
+            if not config.resume:
+                (self.out / "metrics.jsonl").write_text("")
+        network: nn.Module = model
+        if runtime.distributed:
+            ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            network = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if runtime.is_main and position["epoch"] < config.epochs:
+            params = sum(p.numel() for p in model.parameters())
+            print(
+                f"training {config.model} ({params:,} parameters) on {config.data} "
+                f"({len(data.train_y)} train / {len(data.test_y)} test images), "
+                f"{runtime.world} process(es) on {runtime.device}, writing to {self.out}/",
+                file=sys.stderr,
+            )
+
+        def snapshot(epoch: int, batch: int, sums: Any, generator: Any) -> dict[str, Any]:
+            return {
+                "config": config.as_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+                "epoch": epoch,
+                "batch": batch,
+                "sums": sums,
+                "augment_rng": generator,
+                "history": history,
+            }
+
+        block = ode_block(model)
+        status = 0
+        with StopRequest() as stop_request:
+            for epoch in range(position["epoch"], config.epochs):
+                sampler.set_epoch(epoch)
+                batches = torch.tensor(list(sampler)).split(config.batch_size)
+                generator = augment_generator(config, epoch, runtime.rank)
+                first = 0
+                # loss, correct, count, nfe forward, nfe backward, batches, seconds, CPU seconds
+                sums = torch.zeros(8, dtype=torch.float64)
+                if position["sums"] is not None and epoch == position["epoch"]:
+                    first, sums = position["batch"], position["sums"].clone()
+                    generator.set_state(position["augment_rng"])
+                bar = ProgressBar(
+                    len(batches), f"epoch {epoch + 1}/{config.epochs}", enabled=runtime.is_main
+                )
+                reset_peak_memory(runtime.device)
+                for b in range(first, len(batches)):
+                    tick, cpu_tick = time.perf_counter(), time.process_time()
+                    index = batches[b]
+                    x = random_crop(data.train_x[index], padding, generator).to(runtime.device)
+                    y = data.train_y[index].to(runtime.device)
+                    logits = network(x)
+                    loss = cross_entropy(logits, y)
+                    nfe_forward = block.nfe_forward if block is not None else 0
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    nfe_backward = block.nfe_backward if block is not None else 0
+                    correct = (logits.argmax(1) == y).sum().item()
+                    step = [loss.item() * len(y), correct, len(y), nfe_forward, nfe_backward, 1]
+                    sums[:6] += torch.tensor(step, dtype=torch.float64)
+                    sums[6] += time.perf_counter() - tick
+                    sums[7] += time.process_time() - cpu_tick
+                    bar.update(
+                        b + 1,
+                        loss=f"{sums[0] / sums[2]:.3f}",
+                        acc=f"{100 * sums[1] / sums[2]:.1f}%",
+                        nfe=f"{nfe_forward}/{nfe_backward}" if block is not None else "-",
+                    )
+                    if self.on_batch is not None:
+                        self.on_batch(epoch, b)
+                    if self._should_stop(stop_request, runtime):
+                        bar.close()
+                        if runtime.is_main:
+                            state = snapshot(epoch, b + 1, sums, generator.get_state())
+                            save_checkpoint(checkpoint_path, state)
+                            print(
+                                f"interrupted: checkpoint saved to {checkpoint_path} "
+                                f"(epoch {epoch + 1}, batch {b + 1}); continue with --resume",
+                                file=sys.stderr,
+                            )
+                        status = INTERRUPTED
+                        break
+                if status:
+                    break
+                bar.close()
+                record = self._epoch_record(epoch, sums, network, model, data, runtime)
+                record["lr"] = scheduler.get_last_lr()[0]
+                history.append(record)
+                if runtime.is_main:
+                    with open(self.out / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    save_checkpoint(checkpoint_path, snapshot(epoch + 1, 0, None, None))
+                    print(_summary(record), file=sys.stderr)
+                    if config.plots:
+                        from ..viz.training import save_curves
+
+                        save_curves(self.out, history)
+        if status == 0 and runtime.is_main and config.plots:
+            from ..viz.training import save_model_plots
+
+            save_model_plots(self.out, model, data, config, runtime.device)
+        return TrainResult(model, history, status, self.out, runtime.is_main)
+
+    @staticmethod
+    def _should_stop(stop_request: StopRequest, runtime: Runtime) -> bool:
+        """All ranks stop at the same batch when any of them was asked to."""
+        if not runtime.distributed:
+            return stop_request.requested
+        flag = torch.tensor([float(stop_request.requested)], device=runtime.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _epoch_record(
+        self,
+        epoch: int,
+        sums: torch.Tensor,
+        network: nn.Module,
+        model: nn.Module,
+        data: ImageDataset,
+        runtime: Runtime,
+    ) -> dict[str, Any]:
+        train_seconds = sums[6].item()
+        totals = sums[:6].clone().to(runtime.device)
+        if runtime.distributed:
+            dist.all_reduce(totals)
+        totals = totals.cpu()
+        tick = time.perf_counter()
+        test = evaluate(network, data.test_x, data.test_y, self.config.test_batch_size, runtime)
+        memory, memory_kind = peak_memory_mb(runtime.device)
+        has_ode = ode_block(model) is not None
+        batches = max(totals[5].item(), 1.0)
+        return {
+            "epoch": epoch + 1,
+            "train_loss": totals[0].item() / totals[2].item(),
+            "train_accuracy": totals[1].item() / totals[2].item(),
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "test_error": 1 - test["accuracy"],
+            "nfe_forward": totals[3].item() / batches if has_ode else None,
+            "nfe_backward": totals[4].item() / batches if has_ode else None,
+            "test_nfe": test["nfe"],
+            "time_s": train_seconds,
+            "cpu_time_s": sums[7].item(),
+            "eval_time_s": time.perf_counter() - tick,
+            "peak_memory_mb": memory,
+            "memory_kind": memory_kind,
+            "world_size": runtime.world,
+        }
+
+
+def _summary(record: dict[str, Any]) -> str:
+    nfe = ""
+    if record["nfe_forward"] is not None:
+        nfe = f", NFE fwd {record['nfe_forward']:.1f} bwd {record['nfe_backward']:.1f}"
+    return (
+        f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
+        f"acc {100 * record['train_accuracy']:.2f}%, test loss {record['test_loss']:.4f} "
+        f"acc {100 * record['test_accuracy']:.2f}%{nfe}, {record['time_s']:.1f} s"
+    )
+
+
+def train(config: TrainConfig, on_batch: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Trains ``config.model`` as configured; see ``Trainer``."""
+    return Trainer(config, on_batch).run()

@@ -1,0 +1,100 @@
+"""Checkpoints that load with ``torch.load(weights_only=True)``: RNG states as tensors and
+plain types, and the exact position in training (epoch, batch, partial epoch sums)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or written by an incompatible run."""
+
+
+def rng_state() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy and python RNG states as tensors and plain types."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            n["name"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
+    """Writes atomically (temporary file, then rename), so an interrupted save never leaves
+    a truncated checkpoint."""
+    state = {"format": CHECKPOINT_FORMAT, **state}
+    partial = path.with_name(path.name + ".tmp")
+    torch.save(state, partial)
+    partial.replace(path)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(
+            f"--resume: no checkpoint at {path}; start without --resume or point --out at the "
+            "directory of the run to continue"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling errors have many types
+        raise CheckpointError(
+            f"{path} cannot be read as a neuralode checkpoint ({type(error).__name__}: {error}); "
+            "delete it or use another --out"
+        ) from error
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a neuralode training checkpoint of format {CHECKPOINT_FORMAT}"
+        )
+    return state
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Refuses to resume when an option that shapes the model or the data order differs."""
+    different = [
+        f"--{key.replace('_', '-')} was {saved.get(key)!r}, now {current.get(key)!r}"
+        for key in keys
+        if saved.get(key) != current.get(key)
+    ]
+    if different:
+        raise CheckpointError(
+            "the checkpoint comes from an incompatible run: "
+            + "; ".join(different)
+            + ". Resume with the same options or use another --out"
+        )

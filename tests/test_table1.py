@@ -1,0 +1,35 @@
+"""The Table 1 experiment on a tiny budget: the table, its paper columns, and memory that
+stays flat for the adjoint ODE-Net while RK-Net's grows with its number of steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from neuralode.cli import main
+
+pytest.importorskip("sklearn", reason="the tiny Table 1 run uses scikit-learn's digits")
+
+
+def test_table1_tiny_budget_writes_the_table(tmp_path, capsys) -> None:
+    argv = ["experiment", "table1", "--data", "digits", "--train-subset", "32"]
+    argv += ["--test-subset", "16", "--epochs", "1", "--channels", "8", "--batch-size", "16"]
+    argv += ["--threads", "1", "--no-plots", "--memory-batch", "4", "--out", str(tmp_path)]
+    argv += ["--memory-tolerances", "0.1", "0.0001", "--memory-step-sizes", "0.5", "0.125"]
+    assert main(argv) == 0
+    table = (tmp_path / "table1.md").read_text()
+    assert table == capsys.readouterr().out.strip() + "\n"
+    for text in ("| ODE-Net |", "| ResNet |", "| RK-Net |", "0.42%", "0.60M", "O(1)", "O(L~)"):
+        assert text in table
+    results = json.loads((tmp_path / "table1.json").read_text())
+    params = {r["model"]: r["params"] for r in results["rows"]}
+    assert params["odenet"] == params["rknet"] < params["resnet"]
+    ode = [r for r in results["memory"] if r["model"] == "odenet"]
+    rk = [r for r in results["memory"] if r["model"] == "rknet"]
+    assert ode[1]["nfe_forward"] > ode[0]["nfe_forward"]
+    assert ode[1]["memory_mb"] == pytest.approx(ode[0]["memory_mb"], rel=1e-6)
+    assert rk[1]["nfe_forward"] == 4 * rk[0]["nfe_forward"]
+    assert rk[1]["memory_mb"] > 1.5 * rk[0]["memory_mb"]
+    for name in ("odenet", "resnet", "rknet"):
+        assert (tmp_path / name / "metrics.jsonl").exists()

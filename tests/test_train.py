@@ -1,0 +1,162 @@
+"""``neuralode train``: files written, exact resume, Ctrl-C checkpoints, DDP, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+
+import pytest
+import torch
+
+from neuralode.cli import main
+from neuralode.training import INTERRUPTED, CheckpointError, TrainConfig, train
+
+pytest.importorskip("sklearn", reason="the training tests use scikit-learn's digits")
+
+TINY = dict(
+    data="digits", channels=8, train_subset=64, test_subset=32, batch_size=16,
+    test_batch_size=32, threads=1, plots=False, rtol=1e-2, atol=1e-2,
+)  # fmt: skip
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _deterministic(history: list[dict]) -> list[dict]:
+    skip = {"time_s", "cpu_time_s", "eval_time_s", "peak_memory_mb"}
+    return [{k: v for k, v in r.items() if k not in skip} for r in history]
+
+
+def test_cli_train_writes_metrics_checkpoint_and_plots(tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run"
+    argv = ["train", "odenet", "--data", "digits", "--train-subset", "48", "--test-subset", "24"]
+    argv += ["--epochs", "2", "--channels", "8", "--batch-size", "16", "--threads", "1"]
+    argv += ["--sweep-images", "24", "--sweep-tolerances", "0.1", "0.001", "--out", str(out)]
+    assert main(argv) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    for key in ("train_accuracy", "test_accuracy", "train_loss", "test_loss", "nfe_forward"):
+        assert all(r[key] is not None for r in lines), key
+    assert lines[0]["nfe_backward"] > 0 and lines[0]["peak_memory_mb"] > 0
+    for name in ("curves.png", "nfe.png", "trajectories.png", "tolerance.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    sweep = json.loads((out / "tolerance.json").read_text())
+    assert [r["tol"] for r in sweep] == [0.1, 0.001] and sweep[1]["nfe"] > sweep[0]["nfe"]
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2 and checkpoint["config"]["model"] == "odenet"
+
+
+def test_training_reduces_the_loss(tmp_path) -> None:
+    options = {**TINY, "train_subset": 128, "channels": 16}
+    config = TrainConfig(
+        model="resnet", epochs=4, out=str(tmp_path), lr=1e-2, crop_padding=0, **options
+    )
+    history = train(config).history
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    assert history[-1]["test_accuracy"] > 0.3
+
+
+def test_two_epochs_equal_one_epoch_plus_a_resumed_epoch(tmp_path) -> None:
+    common = dict(model="odenet", schedule="constant", warmup_epochs=0.0, **TINY)
+    straight = train(TrainConfig(epochs=2, out=str(tmp_path / "a"), **common))
+    train(TrainConfig(epochs=1, out=str(tmp_path / "b"), **common))
+    resumed = train(TrainConfig(epochs=2, out=str(tmp_path / "b"), resume=True, **common))
+    _assert_identical(_params(straight.model), _params(resumed.model))
+    assert _deterministic(straight.history) == _deterministic(resumed.history)
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path) -> None:
+    """SIGINT in the middle of an epoch: the checkpoint holds the batch position, partial
+    sums and the augmentation RNG, so the resumed run equals an uninterrupted one."""
+    common = dict(model="rknet", epochs=2, **TINY)
+    handler = signal.getsignal(signal.SIGINT)
+    straight = train(TrainConfig(out=str(tmp_path / "a"), **common))
+
+    def interrupt(epoch: int, batch: int) -> None:
+        if (epoch, batch) == (1, 1):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    stopped = train(TrainConfig(out=str(tmp_path / "b"), **common), on_batch=interrupt)
+    assert stopped.status == INTERRUPTED and len(stopped.history) == 1
+    saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert (saved["epoch"], saved["batch"]) == (1, 2)
+    resumed = train(TrainConfig(out=str(tmp_path / "b"), resume=True, **common))
+    assert resumed.status == 0
+    _assert_identical(_params(straight.model), _params(resumed.model))
+    assert _deterministic(straight.history) == _deterministic(resumed.history)
+    assert signal.getsignal(signal.SIGINT) is handler  # restored after training
+
+
+def test_resume_errors_are_clear(tmp_path, capsys) -> None:
+    with pytest.raises(CheckpointError, match="no checkpoint at .*checkpoint.pt"):
+        train(TrainConfig(model="resnet", epochs=1, out=str(tmp_path), resume=True, **TINY))
+    train(TrainConfig(model="resnet", epochs=1, out=str(tmp_path), **TINY))
+    with pytest.raises(CheckpointError, match="--model was 'resnet', now 'rknet'"):
+        train(TrainConfig(model="rknet", epochs=1, out=str(tmp_path), resume=True, **TINY))
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    argv = ["train", "resnet", "--data", "digits", "--out", str(tmp_path), "--resume"]
+    assert main(argv) == 2
+    assert "cannot be read as a neuralode checkpoint" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        TrainConfig(optimizer="lbfgs")
+    assert (
+        main(["train", "odenet", "--data", "digits", "--method", "rk45", "--out", str(tmp_path)])
+        == 2
+    )
+    assert "unknown method 'rk45'" in capsys.readouterr().err
+
+
+def test_missing_mnist_directory_is_a_clear_cli_error(tmp_path, capsys) -> None:
+    argv = ["train", "odenet", "--data", "mnist", "--data-dir", str(tmp_path / "none")]
+    assert main(argv + ["--out", str(tmp_path / "o")]) == 2
+    assert "missing train-images-idx3-ubyte.gz" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    config = TrainConfig(model="odenet", epochs=1, out=out, device="cpu", **TINY)
+    result = train(config)
+    torch.save(result.model.state_dict(), f"{out}/rank{rank}.pt")
+    torch.save(result.history, f"{out}/history{rank}.pt")
+
+
+def test_ddp_two_processes_keep_identical_parameters(tmp_path) -> None:
+    """Two CPU processes (gloo), different shards and different adaptive NFE, same weights."""
+    torch.multiprocessing.spawn(_ddp_worker, (2, _free_port(), str(tmp_path)), nprocs=2)
+    first = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    second = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    _assert_identical(first, second)
+    initial = TrainConfig(model="odenet", **TINY)
+    torch.manual_seed(initial.seed)
+    from neuralode.training import build_model
+
+    untrained = build_model(initial).state_dict()
+    assert not torch.equal(
+        first["ode.dynamics.conv1.conv.weight"], untrained["ode.dynamics.conv1.conv.weight"]
+    )
+    history = torch.load(tmp_path / "history0.pt", weights_only=True)
+    assert history[0]["world_size"] == 2
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["world_size"] == 2  # only rank 0 writes

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # `neuralode experiment NAME`: each module exposes `add_arguments(parser)` and `run(args) -> int`.
-EXPERIMENTS: dict[str, str] = {}
+EXPERIMENTS: dict[str, str] = {
+    "spirals": "neuralode.experiments.spirals",
+}
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -168,7 +168,10 @@ def _plot(path: Path, models: dict[str, torch.nn.Module], test: SpiralData, coun
 
     plt = _pyplot()
     w = test.n_window
-    fig, axes = plt.subplots(count, len(models), figsize=(4.2 * len(models), 3.8 * count))
+    count = min(count, len(test))
+    fig, axes = plt.subplots(
+        count, len(models), figsize=(4.2 * len(models), 3.8 * count), squeeze=False
+    )
     preds = {name: _predict(model, test.subset(slice(0, count))) for name, model in models.items()}
     for row in range(count):
         for col, (name, pred) in enumerate(preds.items()):

@@ -382,7 +382,7 @@ class _LatentVAE(nn.Module):
         mean, std = self.encode(ts[observed], values[:, observed], mask[:, observed])
         if n_samples == 0:
             return self.decode(mean, query_ts)
-        z0 = mean + std * torch.randn(n_samples, *mean.shape, dtype=mean.dtype)
+        z0 = mean + std * torch.randn(n_samples, *mean.shape, dtype=mean.dtype, device=mean.device)
         return self.decode(z0, query_ts)
 
     def sample_prior(self, n: int, ts: torch.Tensor) -> torch.Tensor:

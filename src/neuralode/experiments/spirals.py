@@ -119,7 +119,7 @@ def _train(
     observed, target = _masks(train, args.protocol)
     values = train.noisy
     gen = torch.Generator().manual_seed(args.seed)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     history = []
     nfe = []
     for epoch in range(1, epochs + 1):
@@ -153,6 +153,7 @@ def _train(
         history.append(row)
     result = {
         "train_seconds": time.perf_counter() - start,
+        "train_cpu_seconds": time.process_time() - cpu_start,
         "epochs": epochs,
         "parameters": sum(p.numel() for p in model.parameters()),
         **_evaluate(model, test),

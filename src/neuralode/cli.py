@@ -11,6 +11,7 @@ from pathlib import Path
 # `neuralode experiment NAME`: each module exposes `add_arguments(parser)` and `run(args) -> int`.
 EXPERIMENTS: dict[str, str] = {
     "table1": "neuralode.experiments.table1",
+    "spirals": "neuralode.experiments.spirals",
 }
 
 

@@ -1,4 +1,5 @@
-"""Data: MNIST from IDX files (local or downloaded with checksums), mnist5k, digits."""
+"""Data: MNIST (IDX files, local or downloaded with checksums), mnist5k, digits; generated
+spirals and periodic signals; PhysioNet 2012 from a directory."""
 
 from .checksum import ChecksumError, download, file_digest, verify_checksum
 from .datasets import (
@@ -13,6 +14,9 @@ from .datasets import (
     random_crop,
 )
 from .idx import IDXError, parse_idx, read_idx, write_idx
+from .periodic import PeriodicData, make_periodic
+from .physionet import PHYSIONET_STATIC, PHYSIONET_VARIABLES, PhysioNetRecord, load_physionet
+from .spirals import SpiralData, make_spirals
 
 __all__ = [
     "DATASETS",
@@ -32,4 +36,12 @@ __all__ = [
     "read_idx",
     "verify_checksum",
     "write_idx",
+    "PHYSIONET_STATIC",
+    "PHYSIONET_VARIABLES",
+    "PeriodicData",
+    "PhysioNetRecord",
+    "SpiralData",
+    "load_physionet",
+    "make_periodic",
+    "make_spirals",
 ]

@@ -2,6 +2,16 @@
 
 from .classifiers import Augment, ODENet, ResBlock, ResNet, RKNet
 from .dynamics import ConcatConv2d, ConvDynamics, MLPDynamics
+from .latent import (
+    ELBO,
+    ODERNN,
+    RNNVAE,
+    GapRNN,
+    LatentODE,
+    RNNBaseline,
+    collate_irregular,
+    extrapolation_masks,
+)
 from .ode_block import ODEBlock
 from .regularisers import DerivativePenalty, JacobianFrobenius, KineticEnergy, Regulariser
 from .transformer import TimeEmbedding, TransformerDynamics
@@ -14,9 +24,15 @@ __all__ = [
     "DerivativePenalty",
     "JacobianFrobenius",
     "KineticEnergy",
+    "ELBO",
+    "GapRNN",
+    "LatentODE",
     "MLPDynamics",
     "ODEBlock",
     "ODENet",
+    "ODERNN",
+    "RNNBaseline",
+    "RNNVAE",
     "RKNet",
     "Regulariser",
     "ResBlock",
@@ -24,4 +40,6 @@ __all__ = [
     "TimeEmbedding",
     "TransformerDynamics",
     "UNetDynamics",
+    "collate_irregular",
+    "extrapolation_masks",
 ]

@@ -7,6 +7,7 @@ from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
+    "elu": nn.ELU,
     "relu": nn.ReLU,
     "softplus": nn.Softplus,
     "silu": nn.SiLU,
@@ -22,11 +23,20 @@ def activation_layer(name: str) -> nn.Module:
 
 
 class MLPDynamics(nn.Module):
-    """f(t, y) = MLP([y, t]) for states of shape (batch, dim)."""
+    """f(t, y) = MLP([y, t]) for states of shape (..., dim); MLP(y) when ``autonomous``
+    (time-invariant dynamics, which extrapolate beyond the training times)."""
 
-    def __init__(self, dim: int, hidden: int = 64, layers: int = 2, activation: str = "tanh"):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int = 64,
+        layers: int = 2,
+        activation: str = "tanh",
+        autonomous: bool = False,
+    ):
         super().__init__()
-        sizes = [dim + 1] + [hidden] * layers
+        self.autonomous = autonomous
+        sizes = [dim + (0 if autonomous else 1)] + [hidden] * layers
         blocks: list[nn.Module] = []
         for n_in, n_out in zip(sizes, sizes[1:]):
             blocks += [nn.Linear(n_in, n_out), activation_layer(activation)]
@@ -34,6 +44,8 @@ class MLPDynamics(nn.Module):
         self.net = nn.Sequential(*blocks)
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.autonomous:
+            return self.net(y)
         time = t.expand(*y.shape[:-1], 1).to(y.dtype)
         return self.net(torch.cat([y, time], dim=-1))
 

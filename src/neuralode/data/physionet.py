@@ -1,0 +1,152 @@
+"""PhysioNet/CinC Challenge 2012 (ICU stays) read from a directory the user names.
+
+The published text format: one file per stay (``set-a/132539.txt``), a header line
+``Time,Parameter,Value``, then ``HH:MM,Name,Value`` rows with time since admission. The
+record descriptors (RecordID, Age, Gender, Height, ICUType and the admission Weight) come
+first at 00:00; -1 there means unknown. The other rows are measurements of 37 time series
+variables (the challenge's 36 plus Weight), taken at irregular times, most missing at any
+given time. Each stay becomes one irregular series with a per-variable mask, as Rubanova et
+al. (2019) use it; ``collate_irregular`` batches them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+PHYSIONET_VARIABLES: tuple[str, ...] = (
+    "Albumin", "ALP", "ALT", "AST", "Bilirubin", "BUN", "Cholesterol", "Creatinine",
+    "DiasABP", "FiO2", "GCS", "Glucose", "HCO3", "HCT", "HR", "K", "Lactate", "Mg", "MAP",
+    "MechVent", "Na", "NIDiasABP", "NIMAP", "NISysABP", "PaCO2", "PaO2", "pH", "Platelets",
+    "RespRate", "SaO2", "SysABP", "Temp", "TroponinI", "TroponinT", "Urine", "WBC", "Weight",
+)  # fmt: skip
+PHYSIONET_STATIC: tuple[str, ...] = ("Age", "Gender", "Height", "ICUType", "Weight")
+_INDEX = {name: i for i, name in enumerate(PHYSIONET_VARIABLES)}
+
+
+@dataclass
+class PhysioNetRecord:
+    """One ICU stay: ``ts`` (n,) hours since admission (strictly increasing), ``values``
+    (n, 37) and ``mask`` (n, 37) over ``PHYSIONET_VARIABLES`` (values 0 where not measured),
+    ``static`` (5,) over ``PHYSIONET_STATIC`` (NaN where unknown)."""
+
+    record_id: str
+    ts: torch.Tensor
+    values: torch.Tensor
+    mask: torch.Tensor
+    static: torch.Tensor
+
+
+@dataclass
+class PhysioNetData:
+    """The records, and the per-variable mean and std used to normalise them (None if not)."""
+
+    records: list[PhysioNetRecord]
+    mean: torch.Tensor | None
+    std: torch.Tensor | None
+
+
+def _hours(stamp: str, where: str) -> float:
+    try:
+        hours, minutes = stamp.split(":")
+        return int(hours) + int(minutes) / 60
+    except ValueError:
+        raise ValueError(f"{where}: time {stamp!r} is not HH:MM") from None
+
+
+def read_record(path: Path, quantization: float | None = None) -> PhysioNetRecord:
+    """Parse one file; repeated measurements at one (quantised) time are averaged."""
+    lines = path.read_text().splitlines()
+    if not lines or lines[0].strip() != "Time,Parameter,Value":
+        raise ValueError(f"{path}: expected the header 'Time,Parameter,Value'")
+    static = [math.nan] * len(PHYSIONET_STATIC)
+    record_id = path.stem
+    sums: dict[float, list[float]] = {}
+    counts: dict[float, list[float]] = {}
+    in_descriptors = True
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        parts = line.strip().split(",")
+        if len(parts) != 3:
+            raise ValueError(f"{where}: expected 'HH:MM,Parameter,Value', got {line!r}")
+        stamp, name, text = parts
+        t = _hours(stamp, where)
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{where}: value {text!r} is not a number") from None
+        descriptor = name in ("RecordID", "Age", "Gender", "Height", "ICUType")
+        descriptor = descriptor or (name == "Weight" and in_descriptors and t == 0)
+        if descriptor:
+            if name == "RecordID":
+                record_id = str(int(value)) if value.is_integer() else text
+            else:
+                static[PHYSIONET_STATIC.index(name)] = math.nan if value == -1 else value
+            continue
+        in_descriptors = False
+        if name not in _INDEX:
+            raise ValueError(f"{where}: unknown parameter {name!r}")
+        if quantization:
+            t = round(t / quantization) * quantization
+        row_sum = sums.setdefault(t, [0.0] * len(PHYSIONET_VARIABLES))
+        row_count = counts.setdefault(t, [0.0] * len(PHYSIONET_VARIABLES))
+        row_sum[_INDEX[name]] += value
+        row_count[_INDEX[name]] += 1
+    times = sorted(sums)
+    total = torch.tensor([sums[t] for t in times], dtype=torch.float64)
+    count = torch.tensor([counts[t] for t in times], dtype=torch.float64)
+    dim = len(PHYSIONET_VARIABLES)
+    total, count = total.reshape(-1, dim), count.reshape(-1, dim)
+    mask = (count > 0).to(torch.float64)
+    values = total / count.clamp(min=1)
+    ts = torch.tensor(times, dtype=torch.float64)
+    return PhysioNetRecord(record_id, ts, values, mask, torch.tensor(static, dtype=torch.float64))
+
+
+def load_physionet(
+    directory: str | Path,
+    normalize: bool = True,
+    mean: torch.Tensor | None = None,
+    std: torch.Tensor | None = None,
+    quantization: float | None = None,
+    limit: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PhysioNetData:
+    """Read every ``*.txt`` stay of ``directory`` (or of its ``set-a`` subdirectory).
+
+    ``normalize`` scales each variable to zero mean and unit std over the observed values
+    (``mean``/``std`` given: those, e.g. a training set's). ``quantization`` rounds times to
+    multiples of that many hours (e.g. 1/60 or 0.1). ``limit`` reads only the first files.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"PhysioNet directory {str(root)!r} does not exist; download set-a of the "
+            "PhysioNet/CinC Challenge 2012 (physionet.org/content/challenge-2012) and name "
+            "the folder holding its .txt files"
+        )
+    if not any(root.glob("*.txt")) and (root / "set-a").is_dir():
+        root = root / "set-a"
+    files = sorted(root.glob("*.txt"))[:limit]
+    if not files:
+        raise FileNotFoundError(f"no PhysioNet .txt records in {str(root)!r}")
+    records = [read_record(path, quantization) for path in files]
+    if normalize:
+        if mean is None or std is None:
+            values = torch.cat([r.values for r in records])
+            mask = torch.cat([r.mask for r in records])
+            count = mask.sum(0).clamp(min=1)
+            mean = (values * mask).sum(0) / count
+            var = (((values - mean) * mask) ** 2).sum(0) / count
+            std = torch.where(var > 0, var.sqrt(), torch.ones_like(var))
+        for r in records:
+            r.values = (r.values - mean) / std * r.mask
+    for r in records:
+        r.ts, r.values, r.mask = r.ts.to(dtype), r.values.to(dtype), r.mask.to(dtype)
+        r.static = r.static.to(dtype)
+    return PhysioNetData(records, mean, std)

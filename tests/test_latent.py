@@ -1,0 +1,269 @@
+"""Latent ODEs, ODE-RNNs and baselines: batching on the union of times with masks gives each
+series what it gets alone; ELBO terms, shapes, training and errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from neuralode.models import (
+    ODERNN,
+    RNNVAE,
+    GapRNN,
+    LatentODE,
+    RNNBaseline,
+    collate_irregular,
+    extrapolation_masks,
+)
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP spinning on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TIGHT = {"rtol": 1e-8, "atol": 1e-10}
+CLOSE = {"rtol": 1e-6, "atol": 1e-7}
+
+
+def _series() -> list[tuple[torch.Tensor, ...]]:
+    gen = torch.Generator().manual_seed(1)
+    return [
+        (torch.tensor([0.1, 0.5, 0.9], dtype=F64), torch.randn(3, 2, generator=gen, dtype=F64)),
+        (
+            torch.tensor([0.2, 0.5, 1.3, 1.7], dtype=F64),
+            torch.randn(4, 2, generator=gen, dtype=F64),
+            torch.tensor([[1, 0], [1, 1], [0, 1], [1, 1]], dtype=F64),
+        ),
+        (torch.tensor([0.3, 1.7], dtype=F64), torch.randn(2, 2, generator=gen, dtype=F64)),
+    ]
+
+
+def test_collate_puts_series_on_the_sorted_union_with_masks() -> None:
+    series = _series()
+    ts, values, mask = collate_irregular(series)
+    assert ts.tolist() == [0.1, 0.2, 0.3, 0.5, 0.9, 1.3, 1.7]
+    assert values.shape == mask.shape == (3, 7, 2)
+    assert mask[0, :, 0].tolist() == [1, 0, 0, 1, 1, 0, 0]
+    assert mask[1, :, 0].tolist() == [0, 1, 0, 1, 0, 0, 1]  # feature 0 missing at 1.3
+    assert mask[1, :, 1].tolist() == [0, 0, 0, 1, 0, 1, 1]  # missing at 0.2
+    assert torch.equal(values[2, [2, 6]], series[2][1])
+    assert float(values[mask == 0].abs().sum()) == 0
+
+
+@pytest.mark.parametrize(
+    ("times", "word"), [([0.0, 0.5, 0.3], "unsorted"), ([0.0, 0.5, 0.5], "duplicate")]
+)
+def test_unsorted_or_duplicate_times_are_a_clear_error(times: list[float], word: str) -> None:
+    ts = torch.tensor(times, dtype=F64)
+    with pytest.raises(ValueError, match=f"series 0.*strictly increasing; {word}"):
+        collate_irregular([(ts, torch.zeros(3, 1, dtype=F64))])
+    model = LatentODE(1).to(F64)
+    x = torch.zeros(1, 3, 1, dtype=F64)
+    with pytest.raises(ValueError, match=f"strictly increasing; {word} times at positions 1"):
+        model.elbo(ts, x, torch.ones_like(x))
+    with pytest.raises(ValueError, match=word):
+        ODERNN(1, 4)(ts, x, torch.ones_like(x))
+    with pytest.raises(ValueError, match=word):
+        model.decode(torch.zeros(2, 4, dtype=F64), ts)
+
+
+def test_shape_errors_name_the_shapes() -> None:
+    ts = torch.linspace(0, 1, 4)
+    with pytest.raises(ValueError, match=r"values must have shape \(batch, len\(ts\)=4"):
+        ODERNN(2, 4)(ts, torch.zeros(2, 3, 2), torch.zeros(2, 3, 2))
+    with pytest.raises(ValueError, match="mask has shape"):
+        GapRNN(2, 4)(ts, torch.zeros(2, 4, 2), torch.zeros(2, 4, 1))
+    with pytest.raises(ValueError, match="before t0"):
+        LatentODE(2, t0=0.5)(ts, torch.zeros(1, 4, 2), torch.ones(1, 4, 2), ts)
+    with pytest.raises(ValueError, match="obs_std"):
+        LatentODE(2, obs_std=0.0)
+    with pytest.raises(ValueError, match="encoder"):
+        LatentODE(2, encoder="lstm")
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+def test_odernn_in_a_batch_equals_each_series_alone(backwards: bool) -> None:
+    torch.manual_seed(0)
+    model = ODERNN(2, 6, backwards=backwards, **TIGHT).to(F64)
+    series = _series()
+    ts, values, mask = collate_irregular(series)
+    before, after = model(ts, values, mask)
+    assert before.shape == after.shape == (3, 7, 6)
+    for i, item in enumerate(series):
+        ts_i, values_i, mask_i = collate_irregular([item])
+        before_i, after_i = model(ts_i, values_i, mask_i)
+        at = torch.searchsorted(ts, ts_i)
+        torch.testing.assert_close(after[i, at], after_i[0], **CLOSE)
+        torch.testing.assert_close(before[i, at], before_i[0], **CLOSE)
+    # zero before a series' first observation, and the update changes the state there
+    # series 2 is observed at t=0.3 (index 2) and t=1.7 (index 6): zero before the first
+    first, last = (6, 2) if backwards else (2, 6)
+    norm = before.detach().abs().sum(-1)
+    assert float(norm[2, first]) == 0 and float(norm[2, last]) > 0
+    assert bool((after.detach()[2, [2, 6]].abs().sum(-1) > 0).all())
+
+
+def test_odernn_hidden_state_follows_the_ode_between_observations() -> None:
+    """With a linear vector field dh/dt = -h the state decays by exp(-dt) between updates."""
+
+    class Decay(torch.nn.Module):
+        def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+            return -h
+
+    model = ODERNN(1, 3, dynamics=Decay(), **TIGHT).to(F64)
+    ts = torch.tensor([0.0, 0.7, 2.0], dtype=F64)
+    values = torch.tensor([[[1.0], [0.0], [0.0]]], dtype=F64)
+    mask = torch.tensor([[[1.0], [0.0], [0.0]]], dtype=F64)
+    before, after = model(ts, values, mask)
+    torch.testing.assert_close(after[0, 2], after[0, 0] * math.exp(-2.0), rtol=1e-8, atol=0)
+    torch.testing.assert_close(before[0, 1], after[0, 0] * math.exp(-0.7), rtol=1e-8, atol=0)
+
+
+def test_gap_rnn_in_a_batch_equals_each_series_alone() -> None:
+    torch.manual_seed(0)
+    model = GapRNN(2, 5, backwards=True).to(F64)
+    series = _series()
+    ts, values, mask = collate_irregular(series)
+    states = model(ts, values, mask)
+    for i, item in enumerate(series):
+        ts_i, values_i, mask_i = collate_irregular([item])
+        at = torch.searchsorted(ts, ts_i)
+        torch.testing.assert_close(states[i, at], model(ts_i, values_i, mask_i)[0])
+
+
+@pytest.mark.parametrize("encoder", ["rnn", "odernn"])
+def test_latent_ode_elbo_in_a_batch_equals_each_series_alone(encoder: str) -> None:
+    torch.manual_seed(0)
+    small = {"encoder_hidden": 6, "dynamics_hidden": 8, "decoder_hidden": 8}
+    model = LatentODE(2, encoder=encoder, encoder_options=TIGHT, **small, **TIGHT).to(F64)
+    series = _series()
+    ts, values, mask = collate_irregular(series)
+    noise = torch.randn(3, 3, 4, dtype=F64)
+    out = model.elbo(ts, values, mask, n_samples=3, noise=noise)
+    assert out.predictions.shape == (3, 3, 7, 2)
+    assert out.elbo.shape == out.kl.shape == out.log_likelihood.shape == (3,)
+    assert out.n_observed.tolist() == [6, 6, 4]
+    for i, item in enumerate(series):
+        ts_i, values_i, mask_i = collate_irregular([item])
+        alone = model.elbo(ts_i, values_i, mask_i, n_samples=3, noise=noise[:, i : i + 1])
+        for name in ("elbo", "log_likelihood", "kl"):
+            torch.testing.assert_close(getattr(out, name)[i], getattr(alone, name)[0], **CLOSE)
+        at = torch.searchsorted(ts, ts_i)
+        torch.testing.assert_close(out.predictions[:, i, at], alone.predictions[:, 0], **CLOSE)
+    query = torch.linspace(0, 2.5, 6, dtype=F64)
+    ts_2, values_2, mask_2 = collate_irregular(series[2:])
+    torch.testing.assert_close(
+        model(ts, values, mask, query)[2], model(ts_2, values_2, mask_2, query)[0], **CLOSE
+    )
+
+
+def test_masked_entries_do_not_matter() -> None:
+    torch.manual_seed(0)
+    model = LatentODE(2, encoder="odernn").to(F64)
+    ts, values, mask = collate_irregular(_series())
+    noise = torch.randn(1, 3, 4, dtype=F64)
+    garbage = values + 100 * (1 - mask) * torch.randn_like(values)
+    a = model.elbo(ts, values, mask, noise=noise)
+    b = model.elbo(ts, garbage, mask, noise=noise)
+    torch.testing.assert_close(a.elbo, b.elbo)
+    rnn = RNNBaseline(2).to(F64)
+    torch.testing.assert_close(rnn(ts, values, mask), rnn(ts, garbage, mask))
+
+
+def test_elbo_terms_match_their_definitions() -> None:
+    torch.manual_seed(0)
+    model = LatentODE(2, obs_std=0.5).to(F64)
+    ts, values, mask = collate_irregular(_series())
+    noise = torch.randn(4, 3, 4, dtype=F64)
+    mean_mode = model.elbo(ts, values, mask, n_samples=4, noise=noise)
+    iwae = model.elbo(ts, values, mask, n_samples=4, noise=noise, iwae=True)
+    # analytic KL of N(mu, s^2) to N(0, 1), from the encoder's outputs
+    observed = mask.bool().any(-1).any(0)
+    mu, std = model.encode(ts[observed], values[:, observed], mask[:, observed])
+    kl = (0.5 * (mu**2 + std**2 - 1) - std.log()).sum(-1)
+    torch.testing.assert_close(mean_mode.kl, kl)
+    residual = (values - mean_mode.predictions) / 0.5
+    log_p = (-0.5 * residual**2 - math.log(0.5) - 0.5 * math.log(2 * math.pi)) * mask
+    torch.testing.assert_close(mean_mode.log_likelihood, log_p.sum((-1, -2)).mean(0))
+    torch.testing.assert_close(mean_mode.elbo, mean_mode.log_likelihood - kl)
+    # the importance-weighted bound is at least the mean of its log weights (Jensen)
+    z0 = mu + std * noise
+    log_w = (
+        log_p.sum((-1, -2)) - 0.5 * (z0**2).sum(-1) + 0.5 * (noise**2).sum(-1) + std.log().sum(-1)
+    )
+    torch.testing.assert_close(iwae.elbo, torch.logsumexp(log_w, 0) - math.log(4))
+    assert bool((iwae.elbo >= log_w.mean(0) - 1e-9).all())
+
+
+def test_learned_noise_and_shapes_of_every_model() -> None:
+    torch.manual_seed(0)
+    ts, values, mask = collate_irregular([(s[0].float(), s[1].float(), *s[2:]) for s in _series()])
+    mask = mask.float()
+    query = torch.linspace(0, 3, 5)
+    learned = LatentODE(2, obs_std=None)
+    assert learned.log_obs_std.requires_grad and learned.obs_std.shape == (2,)
+    assert learned(ts, values, mask, query).shape == (3, 5, 2)
+    assert learned(ts, values, mask, query, n_samples=4).shape == (4, 3, 5, 2)
+    assert learned.sample_prior(6, query).shape == (6, 5, 2)
+    vae = RNNVAE(2, encoder="odernn")
+    assert vae(ts, values, mask, query).shape == (3, 5, 2)
+    assert vae.elbo(ts, values, mask, n_samples=2, iwae=True).elbo.shape == (3,)
+    assert RNNBaseline(2)(ts, values, mask).shape == (3, 7, 2)
+    before, after = ODERNN(2, 7)(ts, values, mask)
+    assert before.shape == after.shape == (3, 7, 7)
+    encode, target = extrapolation_masks(ts, mask, 0.6)
+    assert float(encode[:, ts >= 0.6].sum()) == 0 and float(target[:, ts < 0.6].sum()) == 0
+    torch.testing.assert_close(encode + target, mask)
+    out = learned.elbo(ts, values, encode, target_mask=target)
+    assert out.n_observed.tolist() == target.sum((1, 2)).tolist()
+    assert float(out.predictions.detach()[:, :, ts < 0.6].abs().sum()) == 0  # not queried
+
+
+def test_elbo_improves_in_a_short_run() -> None:
+    from neuralode.data import make_periodic
+
+    torch.manual_seed(0)
+    data = make_periodic(n=16, n_times=20, n_obs=10, seed=3)
+    model = LatentODE(1, 3, encoder_hidden=12, obs_std=0.1, method="rk4", step_size=0.5)
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    noise = torch.randn(1, 16, 3)
+
+    def loss() -> torch.Tensor:
+        return model.elbo(data.ts, data.values, data.mask, noise=noise).loss()
+
+    with torch.no_grad():
+        start = float(loss())
+    for _ in range(20):
+        opt.zero_grad()
+        model.elbo(data.ts, data.values, data.mask).loss().backward()
+        opt.step()
+    with torch.no_grad():
+        end = float(loss())
+    assert end < start - 0.2 * abs(start), (start, end)
+
+
+def test_latent_ode_trains_with_the_adjoint_gradient() -> None:
+    torch.manual_seed(0)
+    ts, values, mask = collate_irregular(_series())
+    small = {"latent_dim": 2, "encoder_hidden": 6, "dynamics_hidden": 8}
+    small.update(rtol=1e-7, atol=1e-9)
+    direct = LatentODE(2, gradient="direct", **small).to(F64)
+    adjoint = LatentODE(2, gradient="adjoint", **small).to(F64)
+    adjoint.load_state_dict(direct.state_dict())
+    noise = torch.randn(1, 3, 2, dtype=F64)
+    grads = []
+    for model in (direct, adjoint):
+        model.elbo(ts, values, mask, noise=noise).loss().backward()
+        grads.append(
+            torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        )
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-5)

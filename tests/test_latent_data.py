@@ -1,0 +1,150 @@
+"""Data for the latent models: spirals, the periodic toy set, the PhysioNet 2012 reader (on
+generated files in its published format), and the spirals experiment's smoke run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuralode.data import (
+    PHYSIONET_STATIC,
+    PHYSIONET_VARIABLES,
+    load_physionet,
+    make_periodic,
+    make_spirals,
+)
+from neuralode.models import collate_irregular
+
+
+def _polar_angle_steps(points: torch.Tensor, centre: tuple[float, float]) -> torch.Tensor:
+    p = points - torch.tensor(centre, dtype=points.dtype)
+    angle = torch.atan2(p[..., 1], p[..., 0])
+    return torch.remainder(torch.diff(angle) + math.pi, 2 * math.pi) - math.pi
+
+
+def test_spirals_directions_noise_and_counts() -> None:
+    data = make_spirals(200, n_obs=30, noise_std=0.3, seed=1)
+    assert len(data) == 200 and data.ts.shape == (200,)
+    assert data.trajectories.shape == data.noisy.shape == (200, 200, 2)
+    assert int(data.clockwise.sum()) == 100  # half clockwise
+    assert data.observed.sum(1).tolist() == [30] * 200  # 30 distinct times each
+    assert not bool(data.observed[:, 100:].any())  # never in the extrapolation window
+    assert bool((torch.diff(data.ts) > 0).all()) and float(data.ts[0]) == 0
+    for i in range(6):
+        centre = (-5.0, 0.0) if data.clockwise[i] else (5.0, 0.0)
+        steps = _polar_angle_steps(data.trajectories[i], centre)
+        assert bool((steps < 0).all() if data.clockwise[i] else (steps > 0).all())
+        radius = (data.trajectories[i] - torch.tensor(centre)).norm(dim=-1)
+        assert bool((torch.diff(radius) > 0).all())  # outward, Archimedean: r = b theta
+    residual = data.noisy - data.trajectories
+    assert abs(float(residual.std()) - 0.3) < 0.01 and abs(float(residual.mean())) < 0.01
+    again = make_spirals(200, n_obs=30, noise_std=0.3, seed=1)
+    assert torch.equal(again.noisy, data.noisy) and torch.equal(again.observed, data.observed)
+    assert not torch.equal(make_spirals(200, n_obs=30, seed=2).noisy, data.noisy)
+    with pytest.raises(ValueError, match="n_obs"):
+        make_spirals(10, n_obs=101)
+
+
+def test_periodic_data_is_irregular_and_subsampled() -> None:
+    data = make_periodic(n=50, n_times=40, n_obs=12, t_max=5.0, noise_std=0.0, seed=0)
+    assert data.ts.shape == (40,) and float(data.ts[0]) == 0 and float(data.ts[-1]) <= 5
+    assert bool((torch.diff(data.ts) > 0).all())
+    gaps = torch.diff(data.ts)
+    assert float(gaps.max()) > 2 * float(gaps.min())  # irregular
+    assert data.values.shape == data.mask.shape == (50, 40, 1)
+    assert data.mask.sum((1, 2)).tolist() == [12] * 50
+    expected = data.amplitude[:, None] * torch.sin(
+        2 * math.pi * data.frequency[:, None] * data.ts + data.phase[:, None]
+    )
+    torch.testing.assert_close(data.clean[..., 0], expected)
+    torch.testing.assert_close(data.values, data.clean * data.mask)
+    assert 0.2 <= float(data.frequency.min()) and float(data.frequency.max()) <= 1.0
+
+
+def _write_record(path: Path, record_id: int, rows: list[str], weight: str = "-1") -> None:
+    header = [
+        "Time,Parameter,Value",
+        f"00:00,RecordID,{record_id}",
+        "00:00,Age,54",
+        "00:00,Gender,0",
+        "00:00,Height,-1",
+        "00:00,ICUType,4",
+        f"00:00,Weight,{weight}",
+    ]
+    path.write_text("\n".join(header + rows) + "\n")
+
+
+def test_physionet_reader_on_generated_files(tmp_path: Path) -> None:
+    folder = tmp_path / "set-a"
+    folder.mkdir()
+    _write_record(
+        folder / "132539.txt",
+        132539,
+        ["00:07,GCS,15", "00:07,HR,73", "00:37,HR,77", "00:37,HR,79", "01:37,Weight,80.5"],
+        weight="82.1",
+    )
+    _write_record(folder / "132540.txt", 132540, ["00:00,HR,60", "48:00,Temp,37.5"])
+    raw = load_physionet(tmp_path, normalize=False, dtype=torch.float64)
+    first, second = raw.records
+    assert first.record_id == "132539" and len(PHYSIONET_VARIABLES) == 37
+    assert first.ts.tolist() == pytest.approx([7 / 60, 37 / 60, 97 / 60])
+    hr, gcs, weight = (PHYSIONET_VARIABLES.index(n) for n in ("HR", "GCS", "Weight"))
+    assert first.values[:, hr].tolist() == [73, 78, 0]  # repeated HR at 00:37 averaged
+    assert first.mask[:, hr].tolist() == [1, 1, 0] and first.mask[:, gcs].tolist() == [1, 0, 0]
+    assert first.mask[:, weight].tolist() == [0, 0, 1] and first.mask.sum() == 4
+    static = dict(zip(PHYSIONET_STATIC, first.static.tolist()))
+    assert static["Age"] == 54 and static["Weight"] == 82.1 and math.isnan(static["Height"])
+    assert second.ts.tolist() == [0.0, 48.0]  # a measurement at 00:00 is not a descriptor
+    assert math.isnan(float(second.static[-1]))
+    # normalised: zero mean, unit std over the observed HR values; masked entries stay 0
+    data = load_physionet(folder, dtype=torch.float64)
+    hr_values = torch.cat([r.values[:, hr][r.mask[:, hr] > 0] for r in data.records])
+    assert float(hr_values.mean()) == pytest.approx(0, abs=1e-12)
+    assert float(hr_values.std(unbiased=False)) == pytest.approx(1)
+    assert float(data.mean[hr]) == pytest.approx((73 + 78 + 60) / 3)
+    ts, values, mask = collate_irregular([(r.ts, r.values, r.mask) for r in data.records])
+    assert ts.tolist() == pytest.approx([0, 7 / 60, 37 / 60, 97 / 60, 48])
+    assert values.shape == mask.shape == (2, 5, 37) and mask.sum() == 6
+    quantised = load_physionet(folder, normalize=False, quantization=1.0)
+    assert quantised.records[0].ts.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_physionet_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist.*set-a"):
+        load_physionet(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no PhysioNet .txt records"):
+        load_physionet(tmp_path)
+    _write_record(tmp_path / "1.txt", 1, ["00:07,Pulse,15"])
+    with pytest.raises(ValueError, match=r"1.txt:8: unknown parameter 'Pulse'"):
+        load_physionet(tmp_path)
+    _write_record(tmp_path / "1.txt", 1, ["7 min,HR,15"])
+    with pytest.raises(ValueError, match="is not HH:MM"):
+        load_physionet(tmp_path)
+
+
+def test_spirals_experiment_smoke_run_writes_everything(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    from neuralode.cli import main
+
+    args = ["experiment", "spirals", "--quick", "--out", str(tmp_path), "--spirals", "10"]
+    threads = torch.get_num_threads()
+    try:
+        code = main(args + ["--epochs", "1", "--batch", "8", "--obs", "30", "5", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "latent ODE epoch   1/1" in printed and "| 30/100 |" in printed
+    table = (tmp_path / "table2.md").read_text()
+    assert "0.3937" in table and "0.1642" in table and "| 5/100 |" in table
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for n_obs in ("30", "5"):
+        for model in ("latent_ode", "rnn"):
+            result = metrics["results"][n_obs][model]
+            assert math.isfinite(result["rmse_extrapolation"]) and result["epochs"] == 1
+        png = (tmp_path / f"spirals_obs{n_obs}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # `neuralode experiment NAME`: each module exposes `add_arguments(parser)` and `run(args) -> int`.
-EXPERIMENTS: dict[str, str] = {}
+EXPERIMENTS: dict[str, str] = {
+    "toy2d": "neuralode.experiments.toy2d",
+    "density-matching": "neuralode.experiments.density_matching",
+    "cnf-mnist": "neuralode.experiments.cnf_mnist",
+}
 
 
 def _demo(args: argparse.Namespace) -> int:

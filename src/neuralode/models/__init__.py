@@ -1,10 +1,39 @@
 """Models built on the core API, as ordinary ``torch.nn.Module``s."""
 
 from .classifiers import Augment, ODENet, ResBlock, ResNet, RKNet
+from .cnf import (
+    CNF,
+    CNFDynamics,
+    ConcatSquashConv2d,
+    ConcatSquashConvNet,
+    ConcatSquashLinear,
+    ConcatSquashMLP,
+    GatedPlanarDynamics,
+    SequentialFlow,
+    exact_trace,
+    ffjord_2d,
+    hutchinson_trace,
+    standard_normal_log_prob,
+)
 from .dynamics import ConcatConv2d, ConvDynamics, MLPDynamics
 from .ode_block import ODEBlock
+from .planar import PlanarFlow, PlanarLayer
 
 __all__ = [
+    "CNF",
+    "CNFDynamics",
+    "ConcatSquashConv2d",
+    "ConcatSquashConvNet",
+    "ConcatSquashLinear",
+    "ConcatSquashMLP",
+    "GatedPlanarDynamics",
+    "PlanarFlow",
+    "PlanarLayer",
+    "SequentialFlow",
+    "exact_trace",
+    "ffjord_2d",
+    "hutchinson_trace",
+    "standard_normal_log_prob",
     "Augment",
     "ConcatConv2d",
     "ConvDynamics",

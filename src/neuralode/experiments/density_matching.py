@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
 def format_table(rows: list[dict], sizes: list[int], args: argparse.Namespace) -> str:
     head = ["target"] + [f"planar K={s}" for s in sizes] + [f"CNF M={s}" for s in sizes]
     lines = [
-        f"KL(q||p) in nats (5000 samples; +- standard error), {args.iters} Adam steps of "
+        f"KL(q||p) in nats (Monte Carlo, +- standard error), {args.iters} Adam steps of "
         f"{args.batch} samples; parameters in brackets.",
         "",
         "| " + " | ".join(head) + " |",

@@ -72,8 +72,14 @@ def set_tolerance(model: SequentialFlow, tol: float) -> None:
         block.method, block.steps, block.rtol, block.atol = "dopri5", None, tol, tol
 
 
-def train(model: SequentialFlow, args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
-    """Maximum likelihood on fresh samples; returns the training curve and totals."""
+def train(
+    model: SequentialFlow,
+    args: argparse.Namespace,
+    log: Any = print,
+    nfe_trace: list[int] | None = None,
+) -> dict[str, Any]:
+    """Maximum likelihood on fresh samples; returns the training curve and totals
+    (``nfe_trace`` collects the forward NFE of every step)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(args.iters, 1))
     rng = np.random.default_rng(args.seed + 1)
@@ -88,6 +94,8 @@ def train(model: SequentialFlow, args: argparse.Namespace, log: Any = print) -> 
         optimizer.step()
         schedule.step()
         nfe_f += model.nfe_forward
+        if nfe_trace is not None:
+            nfe_trace.append(model.nfe_forward)
         nfe_b += model.nfe_backward
         if step % max(1, args.iters // 20) == 0 or step == args.iters:
             elapsed = time.perf_counter() - start

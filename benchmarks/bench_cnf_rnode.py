@@ -24,7 +24,8 @@ def run_case(args: argparse.Namespace, weight: float) -> dict:
     parser = argparse.ArgumentParser()
     toy2d.add_arguments(parser)
     config = parser.parse_args(
-        ["--iters", str(args.iters), "--batch", str(args.batch), "--tol", str(args.tol),
+        ["--method", "dopri5", "--iters", str(args.iters), "--batch", str(args.batch),
+         "--tol", str(args.tol),
          "--kinetic", str(weight), "--jacobian", str(weight), "--lr", str(args.lr)]
     )  # fmt: skip
     torch.manual_seed(0)

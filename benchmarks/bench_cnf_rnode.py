@@ -27,6 +27,7 @@ def run_case(args: argparse.Namespace, weight: float) -> dict:
         ["--method", "dopri5", "--iters", str(args.iters), "--batch", str(args.batch),
          "--tol", str(args.tol),
          "--kinetic", str(weight), "--jacobian", str(weight), "--lr", str(args.lr)]
+        + (["--fixed-T", "--T", str(args.fixed_T)] if args.fixed_T else [])
     )  # fmt: skip
     torch.manual_seed(0)
     model = toy2d.build_model(config)
@@ -59,12 +60,13 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-5)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight", type=float, default=0.05, help="lambda_K = lambda_J")
+    parser.add_argument("--fixed-T", type=float, default=None, help="fix T (RNODE: 1.0)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = [run_case(args, 0.0), run_case(args, args.weight)]
     print(
         f"\n8gaussians, {args.iters} Adam steps of {args.batch}, dopri5 rtol=atol={args.tol}, "
-        f"torch threads 1\n"
+        f"T {'learned' if args.fixed_T is None else args.fixed_T}, torch threads 1\n"
     )
     print("| RNODE weight (kinetic = Jacobian) | NFE/step (mean) | NFE/step (last quarter) "
           "| train time (s) | held-out NLL | eval NFE (tol 1e-6) |")  # fmt: skip

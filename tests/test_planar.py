@@ -22,7 +22,7 @@ def _layer(w: list[float], u: list[float], b: float = 0.3) -> PlanarLayer:
 @pytest.mark.parametrize("u", [[-10.0, -4.0], [0.5, 0.1], [3.0, -8.0]])
 def test_u_hat_keeps_the_layer_invertible(u: list[float]) -> None:
     layer = _layer([1.5, 0.5], u)
-    assert float(layer.w @ layer.u_hat()) > -1.0
+    assert (layer.w @ layer.u_hat()).item() > -1.0
     # monotone along w: the map restricted to a line along w is increasing
     line = torch.linspace(-6, 6, 2001, dtype=F64)[:, None] * layer.w.detach() / 1.58
     out, _ = layer.apply(line)

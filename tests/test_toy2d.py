@@ -32,7 +32,7 @@ def test_unknown_density_and_bad_sizes_are_named() -> None:
 
 
 def test_8gaussians_density_and_entropy() -> None:
-    x = sample_toy("8gaussians", 200_000, seed=0).astype(np.float64)
+    x = sample_toy("8gaussians", 50_000, seed=0).astype(np.float64)
     log_p = log_density_8gaussians(x)
     monte_carlo, stderr = -log_p.mean(), log_p.std() / math.sqrt(len(log_p))
     entropy = entropy_8gaussians()

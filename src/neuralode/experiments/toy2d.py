@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", default="64,64,64", help="hidden widths of f")
     parser.add_argument("--blocks", type=int, default=1, help="CNF blocks in the stack")
     parser.add_argument("--T", type=float, default=0.5, help="initial integration time")
+    parser.add_argument("--fixed-T", action="store_true", help="do not learn T")
     parser.add_argument("--trace", default="exact", choices=["exact", "hutchinson"])
     parser.add_argument("--gradient", default="direct", choices=["direct", "adjoint"])
     parser.add_argument("--method", default="rk4", help="training solver")
@@ -56,7 +57,7 @@ def build_model(args: argparse.Namespace) -> SequentialFlow:
         blocks=args.blocks,
         hidden=hidden,
         T=args.T,
-        train_T=True,
+        train_T=not args.fixed_T,
         trace=args.trace,
         method=args.method,
         steps=args.steps,

@@ -12,6 +12,9 @@ from pathlib import Path
 EXPERIMENTS: dict[str, str] = {
     "table1": "neuralode.experiments.table1",
     "spirals": "neuralode.experiments.spirals",
+    "toy2d": "neuralode.experiments.toy2d",
+    "density-matching": "neuralode.experiments.density_matching",
+    "cnf-mnist": "neuralode.experiments.cnf_mnist",
 }
 
 

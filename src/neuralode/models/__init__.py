@@ -1,6 +1,20 @@
 """Models built on the core API, as ordinary ``torch.nn.Module``s."""
 
 from .classifiers import Augment, ODENet, ResBlock, ResNet, RKNet
+from .cnf import (
+    CNF,
+    CNFDynamics,
+    ConcatSquashConv2d,
+    ConcatSquashConvNet,
+    ConcatSquashLinear,
+    ConcatSquashMLP,
+    GatedPlanarDynamics,
+    SequentialFlow,
+    exact_trace,
+    ffjord_2d,
+    hutchinson_trace,
+    standard_normal_log_prob,
+)
 from .dynamics import ConcatConv2d, ConvDynamics, MLPDynamics
 from .latent import (
     ELBO,
@@ -13,11 +27,26 @@ from .latent import (
     extrapolation_masks,
 )
 from .ode_block import ODEBlock
+from .planar import PlanarFlow, PlanarLayer
 from .regularisers import DerivativePenalty, JacobianFrobenius, KineticEnergy, Regulariser
 from .transformer import TimeEmbedding, TransformerDynamics
 from .unet import UNetDynamics
 
 __all__ = [
+    "CNF",
+    "CNFDynamics",
+    "ConcatSquashConv2d",
+    "ConcatSquashConvNet",
+    "ConcatSquashLinear",
+    "ConcatSquashMLP",
+    "GatedPlanarDynamics",
+    "PlanarFlow",
+    "PlanarLayer",
+    "SequentialFlow",
+    "exact_trace",
+    "ffjord_2d",
+    "hutchinson_trace",
+    "standard_normal_log_prob",
     "Augment",
     "ConcatConv2d",
     "ConvDynamics",

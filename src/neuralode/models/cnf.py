@@ -1,0 +1,423 @@
+"""Continuous normalising flows (Chen et al. 2018) and FFJORD (Grathwohl et al. 2019).
+
+A CNF moves points with dz/dt = f(t, z) and tracks the log-density along the way by the
+instantaneous change of variables, d log p(z(t))/dt = -tr(df/dz). The trace is computed
+exactly (one vector-Jacobian product per dimension: small dimensions) or estimated without
+bias by Hutchinson's estimator eps^T (df/dz) eps with noise drawn once per solve (FFJORD).
+RNODE regularisers (Finlay et al. 2020), the kinetic energy int ||f||^2 dt and the Jacobian
+Frobenius norm int ||df/dz||_F^2 dt, are integrated as extra state channels of the same solve;
+the Hutchinson noise gives eps^T J for free, and ||eps^T J||^2 estimates ||J||_F^2.
+
+Convention: the ODE runs from t=0 (base, standard normal) to t=T (data). ``forward(x)`` maps
+data to base, ``inverse(z)`` base to data; both return the log-determinant of the map they
+apply, which is the integral of tr(df/dz) over the solve's time interval.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._solution import SolveStats
+from .._solve import solve
+from ..adjoint import Backsolve, Checkpointed, Direct, GradientStrategy
+from ..controllers import FixedGrid, PIController
+from ..solvers import METHODS
+from .dynamics import activation_layer
+
+_GRADIENTS = {"direct": Direct, "adjoint": Backsolve, "checkpointed": Checkpointed}
+TRACE_MODES = ("exact", "hutchinson")
+NOISE_KINDS = ("rademacher", "gaussian")
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) summed over all but the first (batch) dimension."""
+    flat = z.reshape(z.shape[0], -1)
+    return -0.5 * (flat.pow(2).sum(1) + flat.shape[1] * math.log(2 * math.pi))
+
+
+class ConcatSquashLinear(nn.Module):
+    """FFJORD's time-dependent layer: Linear(x) * sigmoid(W_g t + b_g) + W_b t."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+        self.gate = nn.Linear(1, dim_out)
+        self.time_bias = nn.Linear(1, dim_out, bias=False)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        tt = t.to(x.dtype).reshape(1, 1)
+        return self.linear(x) * torch.sigmoid(self.gate(tt)) + self.time_bias(tt)
+
+
+class ConcatSquashMLP(nn.Module):
+    """f(t, z) for states (batch, dim): ConcatSquashLinear layers with an activation between."""
+
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 64, 64), activation: str = "tanh"):
+        super().__init__()
+        sizes = [dim, *hidden, dim]
+        self.layers = nn.ModuleList(ConcatSquashLinear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.acts = nn.ModuleList(activation_layer(activation) for _ in hidden)
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        for layer, act in zip(self.layers, self.acts):
+            z = act(layer(t, z))
+        return self.layers[-1](t, z)
+
+
+class ConcatSquashConv2d(nn.Module):
+    """The convolutional concat-squash layer: Conv(x) * sigmoid(W_g t + b_g) + W_b t."""
+
+    def __init__(self, channels_in: int, channels_out: int, kernel_size: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(channels_in, channels_out, kernel_size, padding=kernel_size // 2)
+        self.gate = nn.Linear(1, channels_out)
+        self.time_bias = nn.Linear(1, channels_out, bias=False)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        tt = t.to(x.dtype).reshape(1, 1)
+        gate = torch.sigmoid(self.gate(tt)).reshape(1, -1, 1, 1)
+        return self.conv(x) * gate + self.time_bias(tt).reshape(1, -1, 1, 1)
+
+
+class ConcatSquashConvNet(nn.Module):
+    """f(t, z) for images (batch, C, H, W): concat-squash convolutions with softplus between."""
+
+    def __init__(self, channels: int, hidden: tuple[int, ...] = (64, 64, 64)):
+        super().__init__()
+        sizes = [channels, *hidden, channels]
+        self.layers = nn.ModuleList(ConcatSquashConv2d(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.act = nn.Softplus()
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            z = self.act(layer(t, z))
+        return self.layers[-1](t, z)
+
+
+class GatedPlanarDynamics(nn.Module):
+    """The CNF of the Neural ODE paper's Figure 4: M planar units in parallel, gated by time.
+
+    f(t, z) = sum_m u_m sigmoid(a_m t + c_m) tanh(w_m . z + b_m): 2D+3 parameters per unit,
+    comparable to a planar flow with K = M layers (2D+1 parameters each).
+    """
+
+    def __init__(self, dim: int, width: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(width, dim) * 0.5)
+        self.b = nn.Parameter(torch.zeros(width))
+        self.u = nn.Parameter(torch.randn(width, dim) * 0.5)
+        self.gate_a = nn.Parameter(torch.zeros(width))
+        self.gate_c = nn.Parameter(torch.zeros(width))
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.gate_a * t.to(z.dtype) + self.gate_c)
+        return torch.tanh(z @ self.w.T + self.b) @ (gate[:, None] * self.u)
+
+
+def exact_trace(
+    f: torch.Tensor, z: torch.Tensor, create_graph: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """tr(df/dz) and ||df/dz||_F^2 per sample, exactly: one vector-Jacobian product per
+    dimension (small dimensions). ``f`` (batch, *shape) is computed from ``z`` with the
+    samples independent of each other.
+    """
+    flat_f = f.reshape(f.shape[0], -1)
+    trace = flat_f.new_zeros(f.shape[0])
+    frobenius = flat_f.new_zeros(f.shape[0])
+    for i in range(flat_f.shape[1]):
+        (row,) = torch.autograd.grad(
+            flat_f[:, i].sum(), z, create_graph=create_graph, retain_graph=True
+        )
+        row = row.reshape(f.shape[0], -1)
+        trace = trace + row[:, i]
+        frobenius = frobenius + row.pow(2).sum(1)
+    return trace, frobenius
+
+
+def hutchinson_trace(
+    f: torch.Tensor, z: torch.Tensor, noise: torch.Tensor, create_graph: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unbiased estimates of tr(df/dz) (eps^T J eps) and ||df/dz||_F^2 (||eps^T J||^2)."""
+    (eps_j,) = torch.autograd.grad(f, z, noise, create_graph=create_graph)
+    flat_ej = eps_j.reshape(f.shape[0], -1)
+    return (flat_ej * noise.reshape(f.shape[0], -1)).sum(1), flat_ej.pow(2).sum(1)
+
+
+def draw_noise(like: torch.Tensor, kind: str, generator: torch.Generator | None = None):
+    """Rademacher (+-1) or standard Gaussian noise shaped like ``like``."""
+    if kind == "gaussian":
+        return torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
+    if kind == "rademacher":
+        bits = torch.randint(0, 2, like.shape, device=like.device, generator=generator)
+        return bits.to(like.dtype) * 2 - 1
+    raise ValueError(f"noise must be one of {NOISE_KINDS}, got {kind!r}")
+
+
+class CNFDynamics(nn.Module):
+    """The augmented vector field of a CNF on the tuple state (z, logdet[, kinetic, jacobian]).
+
+    d logdet/dt = tr(df/dz); the optional channels integrate ||f||^2 and ||df/dz||_F^2 (each
+    divided by the dimension, as RNODE does), signed so they grow in the solve's direction.
+    ``noise`` (drawn once per solve; a new ``CNFDynamics`` is made per solve so the adjoint's
+    backward pass sees the same draw) selects the Hutchinson estimator; None: exact trace.
+    """
+
+    def __init__(self, net: nn.Module, noise: torch.Tensor | None = None, direction: float = 1.0):
+        super().__init__()
+        self.net = net
+        self.noise = noise
+        self.direction = direction
+
+    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
+        z = state[0]
+        differentiable = torch.is_grad_enabled()
+        with torch.enable_grad():
+            if not (differentiable and z.requires_grad):  # a leaf to differentiate f by
+                z = z.detach().requires_grad_(True)
+            f = self.net(t, z)
+            if self.noise is None:
+                trace, frobenius = exact_trace(f, z, differentiable)
+            else:
+                trace, frobenius = hutchinson_trace(f, z, self.noise, differentiable)
+        if not differentiable:
+            f = f.detach()
+        out: tuple[Any, ...] = (f, trace)
+        if len(state) > 2:
+            dim = f[0].numel()
+            kinetic = f.reshape(f.shape[0], -1).pow(2).sum(1) / dim
+            out = out + (self.direction * kinetic, self.direction * frobenius / dim)
+        return out
+
+
+class FlowDensity(nn.Module):
+    """Shared density methods of a flow with a standard normal base (``forward``: data->base)."""
+
+    def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return standard_normal_log_prob(z)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) = log N(z) + log|det dz/dx| per sample."""
+        z, logdet = self(x)
+        return self.base_log_prob(z) + logdet
+
+    event_shape: tuple[int, ...] | None = None
+
+    def sample_with_log_prob(
+        self,
+        n: int,
+        shape: tuple[int, ...] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """n samples x (of ``shape``, default ``event_shape``) and log p(x) = log N(z) -
+        log|det dx/dz|, both by one solve from the base."""
+        shape = self.event_shape if shape is None else tuple(shape)
+        if shape is None:
+            raise ValueError("sample needs the shape of one sample: pass shape=(dim,)")
+        param = next(self.parameters())
+        z = torch.randn((n, *shape), generator=generator, device=param.device)
+        x, logdet = self.inverse(z.to(param.dtype))
+        return x, self.base_log_prob(z.to(param.dtype)) - logdet
+
+    def sample(
+        self,
+        n: int,
+        shape: tuple[int, ...] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """n samples from the flow (base -> data)."""
+        return self.sample_with_log_prob(n, shape, generator)[0]
+
+
+class CNF(FlowDensity):
+    """One continuous normalising flow block: an invertible map with its log-determinant.
+
+    ``net(t, z)`` is the vector field on states (batch, *shape). ``trace`` is ``"exact"`` or
+    ``"hutchinson"`` (with ``noise`` ``"rademacher"`` or ``"gaussian"``, drawn once per
+    solve). ``T`` is the integration time (learnable with ``train_T``). ``method``/``rtol``/
+    ``atol``/``step_size`` choose the solver as for ``ODEBlock`` (``steps``: that many equal
+    fixed steps over [0, T] whatever T is); ``gradient`` is ``"direct"``,
+    ``"adjoint"`` (continuous adjoint with the seminorm) or ``"checkpointed"``, or a strategy.
+    ``event_shape`` is the shape of one sample (for ``sample``).
+    ``kinetic``/``jacobian`` > 0 switch on the RNODE regularisers; after each pass
+    ``regularization`` holds their weighted sum per sample (0 when off) and ``last_stats``
+    the solver statistics.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        T: float = 1.0,
+        train_T: bool = False,
+        trace: str = "exact",
+        noise: str = "rademacher",
+        method: str = "dopri5",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        step_size: float | None = None,
+        steps: int | None = None,
+        gradient: str | GradientStrategy = "direct",
+        kinetic: float = 0.0,
+        jacobian: float = 0.0,
+        event_shape: tuple[int, ...] | None = None,
+    ):
+        super().__init__()
+        if trace not in TRACE_MODES:
+            raise ValueError(f"trace must be one of {TRACE_MODES}, got {trace!r}")
+        if noise not in NOISE_KINDS:
+            raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+        if isinstance(gradient, str) and gradient not in _GRADIENTS:
+            raise ValueError(f"gradient must be one of {sorted(_GRADIENTS)}, got {gradient!r}")
+        if T <= 0:
+            raise ValueError(f"T must be positive, got {T!r}")
+        if kinetic < 0 or jacobian < 0:
+            raise ValueError(f"kinetic and jacobian must be >= 0, got {kinetic!r}, {jacobian!r}")
+        self.net = net
+        self.event_shape = None if event_shape is None else tuple(event_shape)
+        sqrt_t = torch.tensor(math.sqrt(T))
+        if train_T:
+            self.sqrt_T = nn.Parameter(sqrt_t)
+        else:
+            self.register_buffer("sqrt_T", sqrt_t)
+        self.trace, self.noise = trace, noise
+        if steps is not None and (step_size is not None or steps < 1):
+            raise ValueError(f"steps must be a positive integer without step_size, got {steps!r}")
+        self.method, self.rtol, self.atol, self.step_size = method, rtol, atol, step_size
+        self.steps = steps
+        self.gradient = gradient
+        self.kinetic, self.jacobian = float(kinetic), float(jacobian)
+        self.regularization = torch.zeros(())
+        self.last_stats = SolveStats()
+
+    @property
+    def T(self) -> torch.Tensor:
+        return self.sqrt_T.pow(2)
+
+    def _strategy(self) -> GradientStrategy:
+        if isinstance(self.gradient, str):
+            return _GRADIENTS[self.gradient]()
+        return self.gradient
+
+    def _solve(self, y: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Integrate the augmented state from ts[0] through ts; returns the tuple at all ts."""
+        regularize = self.kinetic > 0 or self.jacobian > 0
+        zeros = y.new_zeros(y.shape[0])
+        state = (y, zeros, zeros, zeros) if regularize else (y, zeros)
+        solver = METHODS[self.method]()
+        if solver.adaptive:
+            controller = PIController(self.rtol, self.atol)
+        elif self.steps is not None:
+            t0, t1 = float(ts[0].detach()), float(ts[-1].detach())
+            controller = FixedGrid(grid=torch.linspace(t0, t1, self.steps + 1, dtype=torch.float64))
+        else:
+            controller = FixedGrid(step_size=self.step_size)
+        noise = draw_noise(y, self.noise) if self.trace == "hutchinson" else None
+        direction = 1.0 if float(ts[-1].detach()) > float(ts[0].detach()) else -1.0
+        dynamics = CNFDynamics(self.net, noise, direction)
+        sol = solve(
+            dynamics, state, ts.to(y.dtype), solver=solver, controller=controller,
+            gradient=self._strategy(),
+        )  # fmt: skip
+        self.last_stats = sol.stats
+        if regularize:
+            self.regularization = self.kinetic * sol.ys[2][-1] + self.jacobian * sol.ys[3][-1]
+        else:
+            self.regularization = y.new_zeros(y.shape[0])
+        return sol.ys
+
+    def _times(self, like: torch.Tensor, reverse: bool) -> torch.Tensor:
+        ts = torch.stack([torch.zeros_like(self.T), self.T]).to(like)
+        return ts.flip(0) if reverse else ts
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data -> base: (z, log|det dz/dx|) per sample."""
+        ys = self._solve(x, self._times(x, reverse=True))
+        return ys[0][-1], ys[1][-1]
+
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base -> data: (x, log|det dx/dz|) per sample."""
+        ys = self._solve(z, self._times(z, reverse=False))
+        return ys[0][-1], ys[1][-1]
+
+    def trajectory(self, z: torch.Tensor, n_times: int = 11) -> torch.Tensor:
+        """Base -> data at ``n_times`` equally spaced times: (n_times, batch, *shape)."""
+        ts = torch.linspace(0.0, 1.0, n_times, dtype=z.dtype, device=z.device) * self.T.to(z)
+        return self._solve(z, ts)[0]
+
+    @property
+    def nfe_forward(self) -> int:
+        return self.last_stats.nfe
+
+    @property
+    def nfe_backward(self) -> int:
+        return self.last_stats.nfe_backward
+
+
+class SequentialFlow(FlowDensity):
+    """A stack of flow blocks (CNFs or any module with forward/inverse returning log-dets).
+
+    ``forward`` runs the blocks in order (data -> base) and sums their log-determinants;
+    ``inverse`` runs them backwards. ``regularization`` sums the blocks' RNODE terms.
+    """
+
+    def __init__(self, blocks: list[nn.Module] | nn.ModuleList):
+        super().__init__()
+        if len(blocks) == 0:
+            raise ValueError("SequentialFlow needs at least one block")
+        self.blocks = nn.ModuleList(blocks)
+        self.event_shape = getattr(blocks[0], "event_shape", None)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = x.new_zeros(x.shape[0])
+        for block in self.blocks:
+            x, ld = block(x)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = z.new_zeros(z.shape[0])
+        for block in reversed(self.blocks):
+            z, ld = block.inverse(z)
+            logdet = logdet + ld
+        return z, logdet
+
+    def trajectory(self, z: torch.Tensor, n_times: int = 11) -> torch.Tensor:
+        """Base -> data through every block: (blocks * (n_times - 1) + 1, batch, *shape)."""
+        pieces = [z[None]]
+        for block in reversed(self.blocks):
+            path = block.trajectory(pieces[-1][-1], n_times)
+            pieces.append(path[1:])
+        return torch.cat(pieces)
+
+    @property
+    def regularization(self) -> torch.Tensor:
+        return sum(getattr(b, "regularization", torch.zeros(())) for b in self.blocks)
+
+    @property
+    def nfe_forward(self) -> int:
+        return sum(getattr(b, "nfe_forward", 0) for b in self.blocks)
+
+    @property
+    def nfe_backward(self) -> int:
+        return sum(getattr(b, "nfe_backward", 0) for b in self.blocks)
+
+
+def ffjord_2d(
+    dim: int = 2,
+    blocks: int = 1,
+    hidden: tuple[int, ...] = (64, 64, 64),
+    activation: str = "tanh",
+    **cnf_options: Any,
+) -> SequentialFlow:
+    """FFJORD's toy-density model: ``blocks`` CNFs with concat-squash MLP vector fields."""
+    return SequentialFlow(
+        [
+            CNF(ConcatSquashMLP(dim, hidden, activation), event_shape=(dim,), **cnf_options)
+            for _ in range(blocks)
+        ]
+    )

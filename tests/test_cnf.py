@@ -1,0 +1,168 @@
+"""Continuous normalising flows: traces, change of variables, inverses, gradients, RNODE."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from neuralode.models import (
+    CNF,
+    ConcatSquashMLP,
+    GatedPlanarDynamics,
+    SequentialFlow,
+    exact_trace,
+    ffjord_2d,
+    hutchinson_trace,
+    standard_normal_log_prob,
+)
+from neuralode.models.cnf import draw_noise
+
+F64 = torch.float64
+
+
+class _Linear(nn.Module):
+    """f(t, z) = c z + a: known traces, log-determinants and RNODE integrals."""
+
+    def __init__(self, c: float, a: tuple[float, ...] = (0.0, 0.0)):
+        super().__init__()
+        self.c = nn.Parameter(torch.tensor(c, dtype=F64))
+        self.a = nn.Parameter(torch.tensor(a, dtype=F64))
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.c * z + self.a
+
+
+def _random_field(dim: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return ConcatSquashMLP(dim, (16, 16), "tanh").double()
+
+
+def _small_flow(**options) -> SequentialFlow:
+    torch.manual_seed(1)
+    flow = ffjord_2d(hidden=(16, 16), T=0.7, rtol=1e-8, atol=1e-8, **options).double()
+    with torch.no_grad():  # a visibly non-trivial random flow
+        for p in flow.parameters():
+            p.mul_(2.0)
+    return flow
+
+
+def _jacobians(net: nn.Module, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return torch.stack(
+        [torch.autograd.functional.jacobian(lambda v: net(t, v[None])[0], zi) for zi in z]
+    )
+
+
+def test_exact_trace_and_frobenius_match_the_autograd_jacobian() -> None:
+    net = _random_field(3)
+    t = torch.tensor(0.3, dtype=F64)
+    z = torch.randn(5, 3, dtype=F64, requires_grad=True)
+    trace, frobenius = exact_trace(net(t, z), z)
+    jac = _jacobians(net, t, z.detach())
+    torch.testing.assert_close(trace, jac.diagonal(dim1=1, dim2=2).sum(1))
+    torch.testing.assert_close(frobenius, jac.pow(2).sum((1, 2)))
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_hutchinson_estimates_are_unbiased(kind: str) -> None:
+    net = _random_field(3)
+    t = torch.tensor(0.1, dtype=F64)
+    draws = 20000
+    z0 = torch.randn(1, 3, dtype=F64)
+    z = z0.expand(draws, 3).clone().requires_grad_(True)
+    f = net(t, z)
+    noise = draw_noise(z, kind, torch.Generator().manual_seed(3))
+    trace_est, frob_est = hutchinson_trace(f, z, noise)
+    exact_tr, exact_frob = exact_trace(net(t, z[:1]), z)
+    for estimate, exact in ((trace_est, exact_tr[0]), (frob_est, exact_frob[0])):
+        stderr = estimate.detach().std() / math.sqrt(draws)
+        assert abs((estimate.mean() - exact).item()) < 4 * stderr.item() + 1e-12
+    if kind == "rademacher":
+        assert set(noise.unique().tolist()) == {-1.0, 1.0}
+
+
+def test_linear_field_logdet_and_rnode_integrals_are_exact() -> None:
+    c, T, a = 0.4, 0.8, (0.3, -0.5)
+    cnf = CNF(_Linear(c), T=T, rtol=1e-10, atol=1e-10, kinetic=1.0, jacobian=1.0)
+    z0 = torch.randn(4, 2, dtype=F64)
+    x, logdet = cnf.inverse(z0)
+    torch.testing.assert_close(x, z0 * math.exp(c * T))
+    torch.testing.assert_close(logdet, torch.full((4,), 2 * c * T, dtype=F64))
+    # kinetic: int |c z0 e^{ct}|^2 dt / dim; Jacobian: int c^2 dim dt / dim
+    kinetic = c * z0.pow(2).sum(1) * (math.exp(2 * c * T) - 1) / 2 / 2
+    torch.testing.assert_close(cnf.regularization, kinetic + c**2 * T)
+    # a constant field: kinetic T |a|^2 / dim, no Jacobian; the same sign backwards in time
+    const = CNF(_Linear(0.0, a), T=T, rtol=1e-10, atol=1e-10, kinetic=1.0, jacobian=1.0)
+    const(z0)
+    expected = torch.full((4,), T * (a[0] ** 2 + a[1] ** 2) / 2, dtype=F64)
+    torch.testing.assert_close(const.regularization, expected)
+
+
+def test_random_cnf_density_integrates_to_one() -> None:
+    flow = _small_flow()
+    flow.blocks[0].rtol = flow.blocks[0].atol = 1e-6
+    n, lim = 70, 7.0
+    axis = torch.linspace(-lim, lim, n, dtype=F64)
+    xx, yy = torch.meshgrid(axis, axis, indexing="ij")
+    grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
+    with torch.no_grad():
+        density = flow.log_prob(grid).exp()
+    h = (axis[1] - axis[0]).item()
+    assert abs(float(density.sum()) * h * h - 1.0) < 5e-3
+    # the flow is not the identity: the density differs from the base's
+    base = standard_normal_log_prob(grid).exp()
+    assert float((density - base).abs().max()) > 1e-2
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_sample_log_prob_round_trip_and_inverse(trace: str) -> None:
+    flow = SequentialFlow([_small_flow(trace=trace).blocks[0], _small_flow().blocks[0]])
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        x, log_q = flow.sample_with_log_prob(16, generator=generator)
+        z, logdet = flow(x)
+        x_back, logdet_back = flow.inverse(z)
+    torch.testing.assert_close(x_back, x, atol=1e-6, rtol=0)
+    if trace == "exact":  # log-dets and densities: Hutchinson's noise differs between solves
+        torch.testing.assert_close(logdet, -logdet_back, atol=1e-6, rtol=0)
+        with torch.no_grad():
+            log_p = flow.log_prob(x)
+        torch.testing.assert_close(log_p, log_q, atol=1e-6, rtol=0)
+        torch.testing.assert_close(log_p, standard_normal_log_prob(z) + logdet)
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_adjoint_gradients_match_direct_gradients(trace: str) -> None:
+    x = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for gradient in ("direct", "adjoint"):
+        flow = _small_flow(trace=trace, gradient=gradient, kinetic=0.1, jacobian=0.1, train_T=True)
+        torch.manual_seed(7)  # the same Hutchinson noise for both
+        loss = -flow.log_prob(x).mean() + flow.regularization.mean()
+        loss.backward()
+        grads[gradient] = [p.grad.clone() for p in flow.parameters()]
+        assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads[gradient])
+    for direct, adjoint in zip(grads["direct"], grads["adjoint"]):
+        torch.testing.assert_close(adjoint, direct, atol=1e-5, rtol=1e-4)
+
+
+def test_gated_planar_dynamics_train_in_float32() -> None:
+    torch.manual_seed(0)
+    cnf = CNF(GatedPlanarDynamics(2, 4), rtol=1e-4, atol=1e-4, event_shape=(2,))
+    x, log_q = cnf.sample_with_log_prob(8)
+    (-log_q.mean()).backward()
+    assert x.dtype == torch.float32 and cnf.net.u.grad is not None
+    assert sum(p.numel() for p in cnf.parameters()) == 4 * (2 * 2 + 3)
+
+
+def test_bad_options_are_named() -> None:
+    with pytest.raises(ValueError, match="trace must be one of"):
+        CNF(_Linear(0.1), trace="approx")
+    with pytest.raises(ValueError, match="noise must be one of"):
+        CNF(_Linear(0.1), noise="uniform")
+    with pytest.raises(ValueError, match="T must be positive"):
+        CNF(_Linear(0.1), T=0.0)
+    with pytest.raises(ValueError, match="shape of one sample"):
+        CNF(_Linear(0.1)).sample(3)

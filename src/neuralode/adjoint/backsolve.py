@@ -11,6 +11,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._callbacks import Callbacks
+from .._errors import MaxStepsError, StepSizeUnderflowError
 from .._loop import LoopConfig, integrate
 from .._norms import Norm, Seminorm, mixed_norm, seminorm
 from .._solution import SolveStats
@@ -187,9 +188,18 @@ class _BacksolveSolve(torch.autograd.Function):
             state = torch.cat([ys[i], adjoint, param_grads])
             segment = [times[i], times[i - 1]]
             segment_stats = SolveStats()
-            state = integrate(
-                aug_term, state, segment, _segment_config(config, segment), segment_stats
-            )
+            try:
+                state = integrate(
+                    aug_term, state, segment, _segment_config(config, segment), segment_stats
+                )
+            except (MaxStepsError, StepSizeUnderflowError) as error:
+                raise type(error)(
+                    f"the adjoint's backward solve from t={segment[0]:.6g} to "
+                    f"t={segment[1]:.6g} failed: {error} Backsolve re-integrates the state "
+                    "backwards in time, which is exponentially unstable for stiff (strongly "
+                    "damped) dynamics; for those use Checkpointed (exact gradients, memory "
+                    "O(steps x state)) or Direct."
+                ) from error
             state = state[-1]
             stats.n_steps_backward += segment_stats.n_steps
             adjoint = state[n : 2 * n] + grad_ys[i - 1]

@@ -61,6 +61,7 @@ class StepRecord:
     after_jump: bool  # f(t0, y0) was evaluated just past a jump
     outputs: list[int]  # indices of the output times inside (t0, t1]
     thetas: list[float]  # their positions in the step; 1.0 means exactly t1
+    replay: Any = None  # the solver's state to repeat the step exactly (``replay_state``)
 
 
 def integrate(
@@ -135,7 +136,8 @@ def integrate(
             indices = list(range(next_out, end))
             thetas = [1.0 if ts[i] == t1 else (ts[i] - t) / (t1 - t) for i in indices]
             perturbed = config.perturb or at_jump
-            record.append(StepRecord(t, t1, y, perturbed, after_jump, indices, thetas))
+            replay = solver.replay_state(step, after_jump)
+            record.append(StepRecord(t, t1, y, perturbed, after_jump, indices, thetas, replay))
         if end > next_out:
             exact = ts[end - 1] == t1
             inner = ts[next_out : end - 1] if exact else ts[next_out:end]

@@ -74,6 +74,11 @@ class Solver(abc.ABC):
         """State for retrying from the same point after ``step`` was rejected."""
         return state
 
+    def replay_state(self, step: Step, after_jump: bool) -> Any:
+        """State that makes ``step`` repeat exactly when recomputed (checkpointed gradients),
+        beyond its start point; ``None``: the start point and f there are enough."""
+        return None
+
     @abc.abstractmethod
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
         """States at ``t0 + theta * dt`` for the float64 CPU tensor ``thetas``: (m, numel)."""

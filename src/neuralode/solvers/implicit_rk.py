@@ -236,7 +236,8 @@ class ImplicitRK(Solver):
             lin = self._linearise(term, t0, y0d, p0, layout)
             k_first = lin.f0 if first else None
             nodes = tab.c[first:]
-            z, failure = self._newton(term, y0d, h, co, stage_times, nodes, k_first, lin, layout)
+            start = self._predictor(state, t0, h, y0d, nodes)
+            z, failure = self._newton(term, y0d, h, co, stage_times, start, k_first, lin, layout)
         if z is None:
             return self._failed_step(t0, t1, y0, failure)
         grad = torch.is_grad_enabled()
@@ -253,8 +254,29 @@ class ImplicitRK(Solver):
         with torch.no_grad():
             error = self._error(term, t0, y0d, h, z.detach(), lin, layout, state, p0)
         f1 = ks[-1] if tab.stiffly_accurate and tab.c[-1] == 1 else None
-        extra = {"ks": ks, "f0": lin.f0, "p0": p0}
+        extra = {"ks": ks, "f0": lin.f0, "p0": p0, "newton_start": start}
         return Step(t0, t1, y0, y1, error, list(ks), f1, extra, p1)
+
+    def _predictor(
+        self, state: Any, t0: float, h: float, y0: torch.Tensor, nodes: tuple[float, ...]
+    ) -> torch.Tensor | None:
+        """The Newton start Z0: the previous step's collocation polynomial extrapolated to
+        this step's nodes, minus y0 (as RADAU5 and SciPy do), or ``None`` (start from 0).
+
+        A recomputed step (checkpointed gradients) gets the start it had in the forward
+        pass, so it repeats the same iterations exactly."""
+        if not isinstance(state, dict):
+            return None
+        if "newton_start" in state:
+            return state["newton_start"]
+        previous = state.get("previous")
+        if previous is None or not self.tableau.collocation:
+            return None
+        p_t0, p_dt, p_y0, p_ks = previous
+        thetas = np.array([(t0 + c * h - p_t0) / p_dt for c in nodes])
+        weights = collocation_weights(self.tableau.c, thetas)
+        w = torch.from_numpy(weights).to(dtype=p_ks.dtype, device=p_ks.device)
+        return p_y0[None] + p_dt * (w @ p_ks) - y0[None]
 
     def _error(self, term, t0, y0, h, z, lin, layout, state, p0) -> torch.Tensor | None:
         """The local error estimate of an adaptive method (``None``: fixed-step only)."""
@@ -299,18 +321,18 @@ class ImplicitRK(Solver):
         h: float,
         co: _Coefficients,
         stage_times: list[tuple[float, float]],
-        nodes: tuple[float, ...],
+        start: torch.Tensor | None,
         k_first: torch.Tensor | None,
         lin: _Linearisation,
         layout: BatchLayout,
     ) -> tuple[torch.Tensor | None, str]:
-        """Simplified Newton from Z = 0 (an explicit predictor is far off on stiff
-        components); (Z, "") when converged, else (None, why)."""
+        """Simplified Newton from ``start`` (else Z = 0: an explicit predictor is far off
+        on stiff components); (Z, "") when converged, else (None, why)."""
         try:
             solve = self._linear_solve(h, co.a, lin, layout)
         except SingularMatrixError:
             return None, "singular Newton matrix I - h (A kron J)"
-        z = y0.new_zeros((len(nodes), y0.numel()))
+        z = y0.new_zeros((len(stage_times), y0.numel())) if start is None else start.clone()
         base = 0.0 if k_first is None else h * co.a_first[:, None] * k_first
         scale, tol = self._scale(y0)
         eps = torch.finfo(scale.dtype).eps
@@ -424,10 +446,20 @@ class ImplicitRK(Solver):
         return {"retry": False, "after_jump": f0 is not None}
 
     def accept(self, term: ODETerm, step: Step, perturb: bool) -> Any:
-        return {"retry": False}
+        ks = step.extra["ks"].detach()
+        return {"retry": False, "previous": (step.t0, step.dt, step.y0.detach(), ks)}
 
     def reject(self, step: Step, state: Any) -> Any:
-        return {"retry": True, "after_jump": _starts_after_jump(state)}
+        previous = state.get("previous") if isinstance(state, dict) else None
+        return {"retry": True, "after_jump": _starts_after_jump(state), "previous": previous}
+
+    def replay_state(self, step: Step, after_jump: bool) -> Any:
+        """What a recomputation of this accepted step needs to repeat it exactly: the
+        Newton start (3 states per step for radau; kept by checkpointed gradients)."""
+        start = step.extra.get("newton_start")
+        if start is None:
+            return None
+        return {"retry": False, "after_jump": after_jump, "newton_start": start}
 
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
         tab = self.tableau

@@ -267,3 +267,22 @@ def test_latent_ode_trains_with_the_adjoint_gradient() -> None:
             torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         )
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-5)
+
+
+def test_rnn_baseline_feeds_back_its_predictions_where_nothing_is_observed() -> None:
+    """Fully observed: feedback changes nothing. Past the last observation, the feedback RNN
+    continues from its own predictions (each a change from the previous one), the plain one
+    from zeros; up to the first time after the gap begins both agree."""
+    torch.manual_seed(0)
+    ts = torch.linspace(0, 2, 6, dtype=F64)
+    values = torch.randn(2, 6, 2, dtype=F64)
+    feedback = RNNBaseline(2).to(F64)
+    plain = RNNBaseline(2, feedback=False).to(F64)
+    plain.load_state_dict(feedback.state_dict())
+    full = torch.ones_like(values)
+    torch.testing.assert_close(feedback(ts, values, full), plain(ts, values, full))
+    mask = full.clone()
+    mask[:, 3:] = 0
+    with_feedback, without = feedback(ts, values, mask), plain(ts, values, mask)
+    torch.testing.assert_close(with_feedback[:, :4], without[:, :4])
+    assert (with_feedback[:, 4:] - without[:, 4:]).abs().min() > 1e-3

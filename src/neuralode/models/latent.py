@@ -186,15 +186,25 @@ class GapRNN(nn.Module):
 
 
 class RNNBaseline(nn.Module):
-    """The RNN baseline: a GRU stepping over the union times, fed ``[x_prev * m_prev,
-    m_prev, t_i - t_(i-1)]`` (the previous time's values and mask, and the time gap) and
-    predicting the values at t_i from its state. Times with an empty mask are queries
-    (interpolation or extrapolation) where it runs on the gaps alone.
+    """The RNN baseline: a GRU stepping over the union times, fed ``[x_prev, m_prev,
+    t_i - t_(i-1)]`` (the previous time's values and mask, and the time gap) and predicting
+    the values at t_i from its state, as a change from the last value it was fed (the values
+    of a smooth series change little between neighbouring times; a GRU's bounded state
+    cannot carry large values by itself).
+
+    Where a feature is not observed (mask 0: a gap inside the window, or a query time for
+    interpolation or extrapolation), ``feedback=True`` feeds the RNN's own prediction for it
+    instead of a zero, so it learns to run freely through the gaps of its training windows
+    and extrapolates autoregressively; the mask channel still tells it which inputs are
+    observations.
     """
 
-    def __init__(self, input_dim: int, hidden_dim: int = 25, out_hidden: int = 20):
+    def __init__(
+        self, input_dim: int, hidden_dim: int = 25, out_hidden: int = 20, feedback: bool = True
+    ):
         super().__init__()
         self.hidden_dim = hidden_dim
+        self.feedback = feedback
         self.gru = nn.GRUCell(2 * input_dim + 1, hidden_dim)
         self.out = nn.Sequential(
             nn.Linear(hidden_dim, out_hidden), nn.Tanh(), nn.Linear(out_hidden, input_dim)
@@ -210,8 +220,11 @@ class RNNBaseline(nn.Module):
         outs = []
         for i in range(steps):
             h = self.gru(torch.cat([x_prev, dts[i].expand(batch, 1)], -1), h)
-            outs.append(self.out(h))
-            x_prev = torch.cat([values[:, i] * mask[:, i], mask[:, i]], -1)
+            prediction = x_prev[:, :dim] + self.out(h)
+            outs.append(prediction)
+            m = mask[:, i]
+            unobserved = prediction if self.feedback else torch.zeros_like(prediction)
+            x_prev = torch.cat([torch.where(m > 0, values[:, i], unobserved), m], -1)
         return torch.stack(outs, 1)
 
 

@@ -4,6 +4,7 @@ of these."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache, cached_property
 from typing import Any
 
 import numpy as np
@@ -191,7 +192,7 @@ class ImplicitTableau:
         """b is the last row of a: y1 is the last stage (good for stiff problems)."""
         return all(abs(x - y) <= _TOL for x, y in zip(self.a[-1], self.b))
 
-    @property
+    @cached_property
     def collocation(self) -> bool:
         """a_ij = int_0^c_i l_j and b_j = int_0^1 l_j for the Lagrange basis l_j on c: the
         stages lie on a polynomial of degree s, which is then the dense output."""
@@ -208,12 +209,19 @@ class ImplicitTableau:
 def collocation_weights(nodes: tuple[float, ...], thetas: Any) -> np.ndarray:
     """w[k, j] = int_0^theta_k l_j(s) ds for the Lagrange basis l_j on ``nodes``: (m, s)."""
     thetas = np.asarray(thetas, dtype=np.float64).reshape(-1)
-    out = np.empty((len(thetas), len(nodes)))
+    coefficients = _antiderivatives(tuple(nodes))  # (s + 1, s), lowest power first
+    powers = thetas[:, None] ** np.arange(len(nodes) + 1)
+    return powers @ coefficients
+
+
+@cache
+def _antiderivatives(nodes: tuple[float, ...]) -> np.ndarray:
+    """Coefficients (lowest power first) of int_0^theta l_j, one column per node."""
+    out = np.zeros((len(nodes) + 1, len(nodes)))
     for j, cj in enumerate(nodes):
-        basis = np.poly1d([1.0])
+        basis = np.polynomial.Polynomial([1.0])
         for m, cm in enumerate(nodes):
             if m != j:
-                basis = basis * np.poly1d([1.0, -cm]) / (cj - cm)
-        antiderivative = basis.integ()
-        out[:, j] = antiderivative(thetas) - antiderivative(0.0)
+                basis = basis * np.polynomial.Polynomial([-cm, 1.0]) / (cj - cm)
+        out[:, j] = basis.integ(lbnd=0.0).coef
     return out

@@ -2,9 +2,11 @@
 
 The stage increments Z_i = Y_i - y0 solve Z = h (A kron I) F(y0 + Z) (plus h a_i1 f(t0, y0)
 for an explicit first stage). They are found by simplified Newton iterations with the
-Jacobian at (t0, y0) from autograd, per sample of a batch (block-diagonal Jacobian, see
-``batch_size``), the Newton matrix I - h (A kron J) factorised once per step, or applied by
-Jacobian-vector products inside GMRES (``linear_solver="krylov"``, for large states).
+Jacobian at (t0, y0) from autograd (started, for collocation methods, from the previous
+step's collocation polynomial extrapolated to the new nodes), per sample of a batch
+(block-diagonal Jacobian, see ``batch_size``), the Newton matrix I - h (A kron J)
+factorised once per step, or applied by Jacobian-vector products inside GMRES
+(``linear_solver="krylov"``, for large states).
 
 Gradients: the iterations run without a graph. With gradients enabled, the converged stages
 are re-attached by the implicit function theorem: one more evaluation of the stages with a

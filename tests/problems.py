@@ -233,12 +233,12 @@ VDP_MU = 1000.0
 
 def _vdp_stiff(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x, v = y[..., 0], y[..., 1]
-    return torch.stack([v, VDP_MU * ((1 - x**2) * v - x)], -1)
+    return torch.stack([v, VDP_MU * (1 - x**2) * v - x], -1)
 
 
 def _vdp_stiff_jacobian(t: float, y: np.ndarray) -> np.ndarray:
     x, v = y
-    return np.array([[0.0, 1.0], [VDP_MU * (-2 * x * v - 1), VDP_MU * (1 - x**2)]])
+    return np.array([[0.0, 1.0], [-2 * VDP_MU * x * v - 1, VDP_MU * (1 - x**2)]])
 
 
 def _hires(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

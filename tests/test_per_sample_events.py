@@ -333,3 +333,46 @@ def test_per_sample_event_errors() -> None:
             per_sample=True,
             max_steps=40,
         )
+
+
+@pytest.mark.parametrize("strategy", ["direct", "backsolve"])
+def test_backwards_in_time_and_one_batched_backward_solve(strategy: str) -> None:
+    """y' = 1 from t=0 towards -inf: y hits 0 at t* = -y0, so dt*/dy0 = -1. The adjoint's
+    backward solve evaluates f for the whole batch at once (one solve, not one per sample)."""
+    calls = []
+
+    def field(t, y):
+        calls.append(t.shape)
+        return torch.ones_like(y) + 0 * y
+
+    y0 = torch.tensor([[1.0], [2.0], [0.5]], dtype=F64, requires_grad=True)
+    gradient = no.Direct() if strategy == "direct" else no.Backsolve(params=())
+    ts = torch.tensor([0.0, -1.5, -math.inf], dtype=F64)
+    sol = no.solve(
+        field, y0, ts, event=no.Event(lambda t, y: y[:, 0]), per_sample=True, gradient=gradient
+    )
+    torch.testing.assert_close(sol.event_t, -y0[:, 0].detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(sol.ys[1, :, 0], torch.tensor([0.0, 0.5, 0.0], dtype=F64))
+    forward_calls = len(calls)
+    (g,) = torch.autograd.grad(sol.event_t.sum() + sol.ys[1].sum(), y0)
+    torch.testing.assert_close(g[:, 0], torch.tensor([-1.0, 0.0, -1.0], dtype=F64))
+    backward_calls = calls[forward_calls:]
+    assert backward_calls and all(shape == (3,) for shape in backward_calls)
+    if strategy == "backsolve":
+        assert 0 < sol.stats.n_steps_backward < 20
+
+
+def test_float32_sample_shapes_and_several_event_values() -> None:
+    """States (batch, 2, 2) in float32; the event watches two values per sample."""
+    y0 = torch.tensor([[[2.0, 0.0], [0.0, 3.0]], [[1.5, 0.0], [0.0, 0.9]]])
+    rates = torch.tensor([1.0, 2.0])
+    sol = no.solve(
+        lambda t, y: -rates[:, None, None] * y,
+        y0,
+        torch.tensor([0.0, math.inf]),
+        event=no.Event(lambda t, y: torch.stack([y[:, 0, 0], y[:, 1, 1]], 1) - 0.5),
+        per_sample=True,
+    )
+    first = torch.minimum(y0[:, 0, 0], y0[:, 1, 1])
+    assert sol.event_t.dtype == torch.float32 and sol.event_y.shape == (2, 2, 2)
+    torch.testing.assert_close(sol.event_t, torch.log(first / 0.5) / rates, rtol=1e-5, atol=1e-6)

@@ -56,6 +56,11 @@ def test_impact_times_of_a_batch_of_balls_match_the_analytic_ones() -> None:
     assert sol.stats.n_steps == int(sol.stats.sample_steps.sum())
     assert sol.event_ts.shape == (5, 1)
     torch.testing.assert_close(sol.event_ts[:, 0], sol.event_t)
+    coarse = no.solve(
+        Ball(), balls(), ts, event=no.Event(ground, -1, tol=1e-4), per_sample=True, **TIGHT
+    )
+    error = (coarse.event_t - expected).abs()
+    assert bool((error <= 1e-4).all()) and float(error.max()) > 1e-12  # located to tol only
 
 
 def test_bouncing_balls_per_sample() -> None:

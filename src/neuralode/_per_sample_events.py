@@ -108,15 +108,15 @@ class SampleEvents:
         hi = torch.ones_like(t)
         g_lo = self.previous
         with torch.no_grad():
-            for _ in range(_MAX_BISECTIONS):
+            for _ in range(self._bisections(hit, t, h, t1)):  # no host sync inside
                 mid = 0.5 * (lo + hi)
-                done = (mid == lo) | (mid == hi)
+                # a sample is done once its time cannot be refined (float64) or is within tol
+                t_mid = t + mid * h
+                done = (t_mid == t + lo * h) | (t_mid == t + hi * h)
                 if tol is not None:
                     done = done | ((hi - lo) * h.abs() <= tol)
                 todo = hit & ~done
-                if not bool(todo.any()):
-                    break
-                g_mid = self.values(t + mid * h, interpolate(mid * h))
+                g_mid = self.values(t_mid, interpolate(mid * h))
                 crossed = self._crossed(g_lo, g_mid).any(1)
                 hi = torch.where(todo & crossed, mid, hi)
                 moved = todo & ~crossed
@@ -136,6 +136,18 @@ class SampleEvents:
             self.mask = self.mask | hit
         self._rows.append(torch.where(hit, t_event, math.nan))
         return t_event, y_event
+
+    def _bisections(
+        self, hit: torch.Tensor, t: torch.Tensor, h: torch.Tensor, t1: torch.Tensor
+    ) -> int:
+        """Halvings that bring every hit sample's bracket to ``tol`` or to the float64
+        resolution of its time (one host sync)."""
+        resolution = torch.maximum(t.abs(), t1.abs()) * 2.0**-52
+        resolution = resolution.clamp(min=torch.finfo(torch.float64).tiny)
+        if self.event.tol is not None:
+            resolution = resolution.clamp(min=self.event.tol)
+        ratio = torch.where(hit, h.abs() / resolution, 1.0).max()
+        return min(_MAX_BISECTIONS, math.ceil(math.log2(max(float(ratio), 1.0))) + 2)
 
     def event_ts(self) -> torch.Tensor:
         """Every sample's located event times in order, (batch, most events), NaN-padded."""

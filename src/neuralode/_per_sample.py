@@ -291,9 +291,7 @@ def _progress(
         summary = torch.stack([*(x.long() for x in flags), lo, hi]).tolist()
     else:
         end = crossing = None
-        summary = (flags[0] if hit is None else torch.stack(flags)).tolist()
-        summary = [summary] if hit is None else summary
-        summary = [*summary, 0, 0]
+        summary = [*torch.stack(flags).tolist(), 0, 0]
     any_hit = bool(summary[1]) if hit is not None else False
     lo, hi = summary[-2], summary[-1]
     return still, end, crossing, bool(summary[0]), any_hit, lo, hi

@@ -10,7 +10,8 @@ steps of size zero (its results and statistics no longer change).
 Host synchronisation: one per step attempt (a ``tolist`` of five scalars: how many samples
 are still running, the range of output times crossed, and whether any sample failed or ran
 out of steps). Everything else (step sizes, decisions, interpolation weights) stays on the
-device.
+device. With an event (``_per_sample_events``) the same sync also says whether any sample
+crossed its event; steps with a crossing add the syncs of the bisection.
 """
 
 from __future__ import annotations
@@ -136,12 +137,18 @@ def integrate_per_sample(
     graph_free = not torch.is_grad_enabled()
     if graph_free:  # stages copied into one buffer reused by every step (as ExplicitRK)
         stacked, rows, columns = term.stage_buffer(stages, y0_flat)
+    events = config.events  # a SampleEvents, or None
+    if events is not None:
+        events.start(t, y)
+    # each sample's end: t_end, or the time of its terminal event once located
+    t_stop = torch.full((batch,), t_end, **f64)
+    needs_f1 = tab.dense is None or len(tab.dense.extra_c) > 0
     iteration = 0
     while True:
         iteration += 1
-        # The step: land on t_end when the proposal reaches it. Finished samples sit at
-        # t_end, so their steps have size zero and leave them unchanged.
-        t1 = proposal.clamp(max=t_end) if sign > 0 else proposal.clamp(min=t_end)
+        # The step: land on the sample's end when the proposal reaches it. Finished samples
+        # sit there, so their steps have size zero and leave them unchanged.
+        t1 = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
         h = t1 - t
         h_y = h.to(y.real.dtype)[:, None]
         ks = [f0]
@@ -187,45 +194,65 @@ def integrate_per_sample(
             new_size = torch.clamp(h.abs() * factor, min=ctrl.min_step, max=ctrl.max_step)
             t_next = torch.where(accept, t1, t)
             proposal = t_next + sign * new_size
-            still = t_next != t_end
             n_steps = n_steps + active
             n_accepted = n_accepted + accept
-            if n_out > 2:  # intermediate outputs crossed: ts[next_out : end]
-                end = torch.searchsorted(ts_signed, sign * t1, right=True)
-                crossing = accept & (end > next_out)
-                lo = torch.where(crossing, next_out, n_out).min()
-                hi = torch.where(crossing, end, 0).max()
-                summary = torch.stack([still.any().long(), lo, hi]).tolist()
-                any_still, lo, hi = summary
-            else:  # the one host sync of a step
-                any_still, lo, hi = bool(still.any()), 0, 0
+            hit = None if events is None else events.check(t1, y1, accept)
+            still, end, crossing, any_still, any_hit, lo, hi = _progress(
+                t1, t_next, t_stop, accept, next_out, ts_signed, sign, hit
+            )
         f1 = ks[-1] if fsal else None
+        f1_users = torch.zeros_like(accept)  # samples whose dense output used f(t1, y1)
+        t_reach, y_end = t1, y1  # where each sample's step ends (at its terminal event)
+        if any_hit:
+            if needs_f1:
+                f1 = f(t1, y1) if f1 is None else f1
+                f1_users = f1_users | hit
+
+            def dense(offset, y=y, y1=y1, h=h, k_all=k_all, f1=f1):
+                return _interpolate(solver, co, y, y1, h, k_all, f1, offset)
+
+            t_event, y_event = events.locate(hit, t, h, t1, y1, dense)
+            if events.event.terminal:
+                t_reach = torch.where(hit, t_event, t1)
+                t_next = torch.where(hit, t_event, t_next)
+                t_stop = torch.where(hit, t_event, t_stop)
+                y_end = torch.where(hit[:, None], y_event, y1)
+                with torch.no_grad():
+                    still, end, crossing, any_still, _, lo, hi = _progress(
+                        t_reach, t_next, t_stop, accept, next_out, ts_signed, sign, None
+                    )
+        if events is not None:
+            events.advance(accept)
         if hi > lo:
-            needs_f1 = tab.dense is None or len(tab.dense.extra_c) > 0
             for j in range(lo, min(hi, n_out - 1)):  # the last output is the final state
                 mask = crossing & (next_out <= j) & (j < end)
-                if needs_f1 and f1 is None:
+                if needs_f1:
                     # f(t1, y1) for the interpolant; reused below as the next f0
-                    f1 = f(t1, y1)
-                    nfe = nfe + (crossing & ~still)
+                    f1 = f(t1, y1) if f1 is None else f1
+                    f1_users = f1_users | crossing
                 value = _interpolate(solver, co, y, y1, h, k_all, f1, ts_tensor[j] - t)
-                value = torch.where((ts_tensor[j] == t1)[:, None], y1, value)
+                value = torch.where((ts_tensor[j] == t_reach)[:, None], y_end, value)
                 outputs[j] = torch.where(mask[:, None], value, outputs[j])
             next_out = torch.where(crossing, end, next_out)
+        if f1 is not None and not fsal:  # evaluated for the dense output only
+            nfe = nfe + (f1_users & ~still)
         acc_col = accept[:, None]
-        y = torch.where(acc_col, y1, y)
+        y = torch.where(acc_col, y_end, y)
         t = t_next
         active = still
         if not any_still:
             break
         if iteration % 32 == 0 or iteration >= config.max_steps:
-            _check_progress(iteration, still, t, proposal, t_end, sign, y, config)
+            _check_progress(iteration, still, t, proposal, t_stop, sign, y, config)
         if fsal:
             f0 = torch.where(acc_col, ks[-1], f0)
         else:  # f(t1, y1) starts the next step of the accepted samples
             f_next = f(t, y) if f1 is None else f1
             nfe = nfe + (accept & still)
             f0 = torch.where(acc_col, f_next, f0)
+    if events is not None and events.event.terminal:  # later outputs hold the event state
+        for j in range(1, n_out - 1):
+            outputs[j] = torch.where((events.mask & (next_out <= j))[:, None], y, outputs[j])
     outputs[-1] = y
     nfe = nfe + (stages - 1) * n_steps
     n_rejected = n_steps - n_accepted
@@ -238,6 +265,36 @@ def integrate_per_sample(
     stats.sample_accepted = n_accepted
     stats.sample_rejected = n_rejected
     return torch.stack(outputs).reshape(n_out, -1)
+
+
+def _progress(
+    t_reach: torch.Tensor,
+    t_next: torch.Tensor,
+    t_stop: torch.Tensor,
+    accept: torch.Tensor,
+    next_out: torch.Tensor,
+    ts_signed: torch.Tensor,
+    sign: float,
+    hit: torch.Tensor | None,
+):
+    """After a step, with one host sync: which samples still run, the outputs each crossed
+    (``ts[next_out:end]``, up to ``t_reach``) and their overall range, and whether any sample
+    crossed its event."""
+    still = t_next != t_stop
+    flags = [still.any()] if hit is None else [still.any(), hit.any()]
+    n_out = ts_signed.shape[0]
+    if n_out > 2:  # intermediate outputs crossed: ts[next_out : end]
+        end = torch.searchsorted(ts_signed, sign * t_reach, right=True)
+        crossing = accept & (end > next_out)
+        lo = torch.where(crossing, next_out, n_out).min()
+        hi = torch.where(crossing, end, 0).max()
+        summary = torch.stack([*(x.long() for x in flags), lo, hi]).tolist()
+    else:
+        end = crossing = None
+        summary = [*torch.stack(flags).tolist(), 0, 0]
+    any_hit = bool(summary[1]) if hit is not None else False
+    lo, hi = summary[-2], summary[-1]
+    return still, end, crossing, bool(summary[0]), any_hit, lo, hi
 
 
 def _interpolate(
@@ -280,7 +337,7 @@ def _check_progress(
     still: torch.Tensor,
     t: torch.Tensor,
     proposal: torch.Tensor,
-    t_end: float,
+    t_stop: torch.Tensor,
     sign: float,
     y: torch.Tensor,
     config: Any,
@@ -294,7 +351,7 @@ def _check_progress(
             "(per-sample mode counts each sample's steps). Raise max_steps, loosen the "
             "tolerances, or use an implicit method if the problem is stiff."
         )
-    land = proposal.clamp(max=t_end) if sign > 0 else proposal.clamp(min=t_end)
+    land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
     tiny = (land - t).abs() <= 4 * _EPS * torch.maximum(t.abs(), land.abs())
     stuck = still & (tiny | ~torch.isfinite(land))
     if not bool(stuck.any()):

@@ -39,8 +39,12 @@ class Solution:
     ts: torch.Tensor
     ys: Any
     stats: SolveStats = field(default_factory=SolveStats)
-    #: with a terminal event: its time (0-dim) and the state there, both differentiable
+    #: with a terminal event: its time (0-dim) and the state there, both differentiable.
+    #: Per-sample events: (batch,) times and (batch, ...) states, NaN for samples without one
     event_t: torch.Tensor | None = None
     event_y: Any = None
-    #: with an event: the times of every located crossing, in order
+    #: with an event: the times of every located crossing, in order (per-sample events:
+    #: (batch, most events), NaN-padded)
     event_ts: torch.Tensor | None = None
+    #: per-sample terminal events: (batch,) bool, which samples had their event
+    event_mask: torch.Tensor | None = None

@@ -73,6 +73,14 @@ def solve(
     ``sample_steps``, ``sample_accepted``, ``sample_rejected``. Needs an adaptive explicit
     Runge-Kutta solver and a ``PIController``; gradients by ``Direct()`` or ``Backsolve()``
     (one backward solve for the whole batch).
+
+    ``per_sample=True`` with an ``event``: ``event.fn(t, y)`` receives the per-sample times
+    (batch,) and the batched state and returns (batch,) or (batch, k) values, row i being
+    sample i's. Each sample stops at its own terminal event (the others go on):
+    ``Solution.event_t`` is (batch,) (NaN for samples without an event), ``event_y`` the
+    state of each sample there (NaN without), ``event_mask`` says which samples had one, and
+    outputs at ``ts`` after a sample's event hold its event state (``ts`` is not cut).
+    ``event_ts`` is (batch, most events) with every located crossing, NaN-padded.
     """
     spec, y0_flat = _check_state(y0)
     times = _check_times(ts, y0_flat.device, open_end=event is not None)
@@ -104,6 +112,10 @@ def solve(
         return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
     problem = Problem(func, term, spec, y0_flat, ts, times, config, stats)
     gradient = Direct() if gradient is None else gradient
+    if event is not None and per_sample:
+        from ._per_sample_events import solve_with_sample_events
+
+        return solve_with_sample_events(gradient, problem, event)
     if event is None:
         ys = _run(gradient, problem)
         stats.nfe = term.nfe
@@ -128,7 +140,6 @@ def _check_per_sample(
         "jump_t": len(args["jump_t"]) > 0,
         "perturb": bool(args["perturb"]),
         "callbacks": args["callbacks"] is not None,
-        "event": args["event"] is not None,
     }
     given = [name for name, used in unsupported.items() if used]
     if given:

@@ -61,7 +61,9 @@ def odeint(
     ``y0`` is a tensor or a tuple of tensors (the result has the same structure). With
     ``event_fn`` it returns ``(event_t, solution)``: the solve stops where an element of
     ``event_fn(t, y)`` crosses zero (``t[1:]`` only gives the direction) and ``solution`` holds
-    the states at ``t[0]`` and at the event.
+    the states at ``t[0]`` and at the event. With ``options=dict(per_sample=True)`` every
+    sample (dim 0 of ``y0``) stops at its own event: ``event_t`` has shape (batch,) and
+    ``event_fn(t, y)`` receives (batch,) times and returns (batch,) or (batch, k) values.
     """
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, Direct())
 
@@ -153,7 +155,8 @@ def odeint_event(
     ``solution[-1]``, or ``s[-1]`` per tensor of a tuple, for the state at the event). Both
     are differentiable, the event time by the implicit function theorem. ``reverse_time``
     searches backwards in time. ``odeint_interface`` is ``odeint`` or ``odeint_adjoint``;
-    ``kwargs`` go to it.
+    ``kwargs`` go to it. ``options=dict(per_sample=True)``: per-sample events, ``event_t``
+    of shape (batch,) and ``solution`` of shape (2, batch, ...) (see ``odeint``).
     """
     t0 = torch.as_tensor(t0).reshape(-1)[:1]
     t = torch.cat([t0, t0.detach() + (-1.0 if reverse_time else 1.0)])

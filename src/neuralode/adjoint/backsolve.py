@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -153,69 +153,88 @@ class _BacksolveSolve(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_ys: torch.Tensor):
-        strategy: Backsolve = ctx.strategy
-        problem: Problem = ctx.problem
-        params: tuple[torch.Tensor, ...] = ctx.params
         (ys,) = ctx.saved_tensors
-        times, n = problem.times, problem.y0.numel()
-        numels = (n, n, *(p.numel() for p in params))
-        state_spec = TreeSpec(None, (torch.Size([sum(numels)]),), (sum(numels),))
-        dynamics = _AdjointDynamics(problem, params)
-        aug_term = ODETerm(dynamics, state_spec, ys[0])
-        forward = problem.config
-        config = LoopConfig(
-            solver=strategy.solver or forward.solver,
-            controller=strategy.backward_controller(forward.controller),
-            norm=strategy.backward_norm(numels, forward.norm),
-            max_steps=strategy.max_steps or forward.max_steps,
-            step_t=forward.step_t,
-            jump_t=forward.jump_t,
-            perturb=forward.perturb,
-            callbacks=None
-            if strategy.callbacks is None
-            else Callbacks(strategy.callbacks, state_spec),
-        )
-        f_term = problem.term
-        f_nfe_before = f_term.nfe
         want_t = ctx.needs_input_grad[3]
-        time_grads = torch.zeros(len(times), dtype=torch.float64, device=ys.device)
-        adjoint = grad_ys[-1]
-        param_grads = ys.new_zeros(sum(numels[2:]))
-        stats = problem.stats
-        for i in range(len(times) - 1, 0, -1):
-            if want_t:
-                time_grads[i] = _dot(grad_ys[i], f_term(times[i], ys[i]))
-            state = torch.cat([ys[i], adjoint, param_grads])
-            segment = [times[i], times[i - 1]]
-            segment_stats = SolveStats()
-            try:
-                state = integrate(
-                    aug_term, state, segment, _segment_config(config, segment), segment_stats
-                )
-            except (MaxStepsError, StepSizeUnderflowError) as error:
-                raise type(error)(
-                    f"the adjoint's backward solve from t={segment[0]:.6g} to "
-                    f"t={segment[1]:.6g} failed: {error} Backsolve re-integrates the state "
-                    "backwards in time, which is exponentially unstable for stiff (strongly "
-                    "damped) dynamics; for those use Checkpointed (exact gradients, memory "
-                    "O(steps x state)) or Direct."
-                ) from error
-            state = state[-1]
-            stats.n_steps_backward += segment_stats.n_steps
-            adjoint = state[n : 2 * n] + grad_ys[i - 1]
-            param_grads = state[2 * n :]
+        adjoint, grad_ts, grad_params = adjoint_backward(
+            ctx.strategy, ctx.problem, ctx.params, ys, grad_ys, want_t
+        )
+        return (None, None, adjoint, grad_ts, *grad_params)
+
+
+def adjoint_backward(
+    strategy: Backsolve,
+    problem: Problem,
+    params: tuple[torch.Tensor, ...],
+    ys: torch.Tensor,
+    grad_ys: torch.Tensor,
+    want_t: bool,
+    segment_field: Callable[[int], Callable] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+    """Integrate the adjoint system from the last output time back to the first.
+
+    Returns the gradients with respect to ``y0``, ``ts`` (``None`` unless ``want_t``) and
+    ``params``. ``segment_field(i)``, if given, is the vector field to use between
+    ``times[i]`` and ``times[i + 1]`` (a reparametrised time, one per segment) instead of
+    ``problem.func``.
+    """
+    times, n = problem.times, problem.y0.numel()
+    numels = (n, n, *(p.numel() for p in params))
+    state_spec = TreeSpec(None, (torch.Size([sum(numels)]),), (sum(numels),))
+    dynamics = _AdjointDynamics(problem, params)
+    aug_term = ODETerm(dynamics, state_spec, ys[0])
+    forward = problem.config
+    config = LoopConfig(
+        solver=strategy.solver or forward.solver,
+        controller=strategy.backward_controller(forward.controller),
+        norm=strategy.backward_norm(numels, forward.norm),
+        max_steps=strategy.max_steps or forward.max_steps,
+        step_t=forward.step_t,
+        jump_t=forward.jump_t,
+        perturb=forward.perturb,
+        callbacks=None if strategy.callbacks is None else Callbacks(strategy.callbacks, state_spec),
+    )
+    f_term = problem.term
+    f_nfe_before = f_term.nfe
+    time_grads = torch.zeros(len(times), dtype=torch.float64, device=ys.device)
+    adjoint = grad_ys[-1]
+    param_grads = ys.new_zeros(sum(numels[2:]))
+    stats = problem.stats
+    for i in range(len(times) - 1, 0, -1):
         if want_t:
-            # y(t0) = y0 whatever t0 is: the gradient arriving at output 0 does not count.
-            time_grads[0] = -_dot(adjoint - grad_ys[0], f_term(times[0], ys[0]))
-        stats.nfe_backward += aug_term.nfe + f_term.nfe - f_nfe_before
-        out_params = []
-        offset = 0
-        for p in params:
-            g = param_grads[offset : offset + p.numel()].view(p.shape)
-            out_params.append((g.real if not p.is_complex() else g).to(p.dtype))
-            offset += p.numel()
-        grad_ts = time_grads.to(ctx.problem.ts.dtype) if want_t else None
-        return (None, None, adjoint, grad_ts, *out_params)
+            time_grads[i] = _dot(grad_ys[i], f_term(times[i], ys[i]))
+        if segment_field is not None:
+            dynamics.func = segment_field(i - 1)
+        state = torch.cat([ys[i], adjoint, param_grads])
+        segment = [times[i], times[i - 1]]
+        segment_stats = SolveStats()
+        try:
+            state = integrate(
+                aug_term, state, segment, _segment_config(config, segment), segment_stats
+            )
+        except (MaxStepsError, StepSizeUnderflowError) as error:
+            raise type(error)(
+                f"the adjoint's backward solve from t={segment[0]:.6g} to "
+                f"t={segment[1]:.6g} failed: {error} Backsolve re-integrates the state "
+                "backwards in time, which is exponentially unstable for stiff (strongly "
+                "damped) dynamics; for those use Checkpointed (exact gradients, memory "
+                "O(steps x state)) or Direct."
+            ) from error
+        state = state[-1]
+        stats.n_steps_backward += segment_stats.n_steps
+        adjoint = state[n : 2 * n] + grad_ys[i - 1]
+        param_grads = state[2 * n :]
+    if want_t:
+        # y(t0) = y0 whatever t0 is: the gradient arriving at output 0 does not count.
+        time_grads[0] = -_dot(adjoint - grad_ys[0], f_term(times[0], ys[0]))
+    stats.nfe_backward += aug_term.nfe + f_term.nfe - f_nfe_before
+    out_params = []
+    offset = 0
+    for p in params:
+        g = param_grads[offset : offset + p.numel()].view(p.shape)
+        out_params.append((g.real if not p.is_complex() else g).to(p.dtype))
+        offset += p.numel()
+    grad_ts = time_grads.to(problem.ts.dtype) if want_t else None
+    return adjoint, grad_ts, out_params
 
 
 def _segment_config(config: LoopConfig, segment: list[float]) -> LoopConfig:

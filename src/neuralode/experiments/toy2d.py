@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-test", type=int, default=20000, help="held-out samples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
+    parser.add_argument(
+        "--no-curve", dest="curve", action="store_false",
+        help="skip the held-out NLL at each logging point (and nll_curve.png)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a few steps, small: smoke run")
 
 
@@ -75,14 +80,38 @@ def set_tolerance(model: SequentialFlow, tol: float) -> None:
         block.method, block.steps, block.rtol, block.atol = "dopri5", None, tol, tol
 
 
+def held_out_monitor(
+    model: SequentialFlow, args: argparse.Namespace, n: int = 5000
+) -> Callable[[], float]:
+    """A function giving the held-out NLL now, on ``n`` fixed fresh samples (not the final
+    test set) by dopri5 at ``--eval-tol`` with the exact trace; training settings restored."""
+    points = torch.from_numpy(sample_toy(args.data, n, 20_000 + args.seed))
+
+    def monitor() -> float:
+        saved = [(b.method, b.steps, b.rtol, b.atol, b.trace) for b in model.blocks]
+        set_tolerance(model, args.eval_tol)
+        for block in model.blocks:
+            block.trace = "exact"
+        try:
+            return float(-evaluate(model, points).double().mean())
+        finally:
+            for block, (method, steps, rtol, atol, trace) in zip(model.blocks, saved):
+                block.method, block.steps, block.rtol, block.atol = method, steps, rtol, atol
+                block.trace = trace
+
+    return monitor
+
+
 def train(
     model: SequentialFlow,
     args: argparse.Namespace,
     log: Any = print,
     nfe_trace: list[int] | None = None,
+    monitor: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """Maximum likelihood on fresh samples; returns the training curve and totals
-    (``nfe_trace`` collects the forward NFE of every step)."""
+    (``nfe_trace`` collects the forward NFE of every step). ``monitor()`` (the held-out NLL)
+    is called at each logging point; its time is left out of the training clocks."""
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(args.iters, 1))
     rng = np.random.default_rng(args.seed + 1)
@@ -101,12 +130,20 @@ def train(
             nfe_trace.append(model.nfe_forward)
         nfe_b += model.nfe_backward
         if step % max(1, args.iters // 20) == 0 or step == args.iters:
-            elapsed = time.perf_counter() - start
-            curve.append({"step": step, "nll": nll.item(), "time_s": elapsed})
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            point = {"step": step, "nll": nll.item(), "time_s": elapsed, "cpu_s": cpu}
+            held_out = ""
+            if monitor is not None:
+                wall_before, cpu_before = time.perf_counter(), time.process_time()
+                point["held_out_nll"] = monitor()
+                held_out = f"  held-out {point['held_out_nll']:.4f}"
+                start += time.perf_counter() - wall_before  # the monitor's time is not
+                cpu_start += time.process_time() - cpu_before  # training time
+            curve.append(point)
             log(
-                f"step {step:5d}/{args.iters}  nll {nll.item():.4f}  "
+                f"step {step:5d}/{args.iters}  nll {nll.item():.4f}{held_out}  "
                 f"nfe {model.nfe_forward}+{model.nfe_backward}  T {_times(model)}  "
-                f"{elapsed:.0f}s"
+                f"cpu {cpu:.0f}s wall {elapsed:.0f}s"
             )
     return {
         "curve": curve,
@@ -146,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(args)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"toy2d {args.data}: CNF with {args.blocks} block(s), {n_params} parameters -> {out}/")
-    history = train(model, args)
+    monitor = held_out_monitor(model, args, 500 if args.quick else 2000) if args.curve else None
+    history = train(model, args, monitor=monitor)
 
     set_tolerance(model, args.eval_tol)
     start = time.perf_counter()
@@ -181,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     torch.save(model.state_dict(), out / "model.pt")
     _plot(model, test, out / "toy2d.png", args, nll)
+    if args.curve:
+        _plot_curve(history["curve"], metrics.get("entropy"), out / "nll_curve.png", args.data)
     print(f"held-out NLL {nll:.4f} nats (+- {metrics['test_nll_stderr']:.4f})", end="")
     if "entropy" in metrics:
         print(
@@ -190,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         print()
-    print(f"wrote {out / 'metrics.json'}, {out / 'toy2d.png'}, {out / 'model.pt'}")
+    print(f"wrote {out / 'metrics.json'}, {out / 'toy2d.png'}, {out / 'model.pt'}", end="")
+    print(f", {out / 'nll_curve.png'}" if args.curve else "")
     return 0
 
 
@@ -216,3 +257,26 @@ def _plot(
         ],
         title=f"CNF on {args.data}: held-out NLL {nll:.3f} nats",
     )
+
+
+def _plot_curve(curve: list[dict[str, Any]], entropy: float | None, path: Path, data: str) -> None:
+    """Held-out NLL (and the training batches' NLL) against the training CPU time."""
+    from ..viz.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cpu = [p["cpu_s"] for p in curve]
+    ax.plot(cpu, [p["nll"] for p in curve], color="0.6", lw=1, label="training batch NLL")
+    ax.plot(cpu, [p["held_out_nll"] for p in curve], "o-", color="C0", label="held-out NLL")
+    if entropy is not None:
+        ax.axhline(entropy, color="k", ls="--", lw=1, label=f"entropy {entropy:.4f}")
+        ax.axhspan(entropy, entropy + 0.02, color="C2", alpha=0.2, label="goal: within 0.02")
+    low = min([p["held_out_nll"] for p in curve] + ([entropy] if entropy else []))
+    ax.set_ylim(low - 0.05, low + 0.6)
+    ax.set_xlabel("training CPU time (s, one thread)")
+    ax.set_ylabel("NLL (nats)")
+    ax.set_title(f"CNF on {data}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -132,7 +132,7 @@ def train(
         if step % max(1, args.iters // 20) == 0 or step == args.iters:
             elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
             point = {"step": step, "nll": nll.item(), "time_s": elapsed, "cpu_s": cpu}
-            held_out = ""
+            held_out, nfe = "", f"{model.nfe_forward}+{model.nfe_backward}"
             if monitor is not None:
                 wall_before, cpu_before = time.perf_counter(), time.process_time()
                 point["held_out_nll"] = monitor()
@@ -142,7 +142,7 @@ def train(
             curve.append(point)
             log(
                 f"step {step:5d}/{args.iters}  nll {nll.item():.4f}{held_out}  "
-                f"nfe {model.nfe_forward}+{model.nfe_backward}  T {_times(model)}  "
+                f"nfe {nfe}  T {_times(model)}  "
                 f"cpu {cpu:.0f}s wall {elapsed:.0f}s"
             )
     return {

@@ -6,7 +6,9 @@ penalties, which keep the learned flow easy to integrate), then reports the held
 a fixed test set, solved by dopri5 at a tight tolerance. For ``8gaussians`` the data's
 differential entropy (the best possible expected NLL) and the true density's NLL on the
 same test points are reported too; their difference from the model's NLL is a paired
-estimate of KL(data || model) with a small error.
+estimate of KL(data || model) with a small error. At each logging point the held-out NLL
+(and, for 8gaussians, the paired KL) on 2,000 other fresh points is recorded against the
+training CPU time (its own time left out) and drawn in ``nll_curve.png``.
 """
 
 from __future__ import annotations

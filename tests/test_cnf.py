@@ -166,3 +166,61 @@ def test_bad_options_are_named() -> None:
         CNF(_Linear(0.1), T=0.0)
     with pytest.raises(ValueError, match="shape of one sample"):
         CNF(_Linear(0.1)).sample(3)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "softplus", "silu", "elu", "relu", "gelu"])
+def test_forward_mode_jacobian_matches_autograd(activation: str) -> None:
+    torch.manual_seed(0)
+    net = ConcatSquashMLP(3, (16, 16), activation).double()
+    t = torch.tensor(0.3, dtype=F64)
+    z = torch.randn(5, 3, dtype=F64)
+    f, jac = net.forward_with_jacobian(t, z)
+    torch.testing.assert_close(f, net(t, z))
+    torch.testing.assert_close(jac, _jacobians(net, t, z))
+
+
+class _Opaque(nn.Module):
+    """The same field without ``forward_with_jacobian``: the CNF falls back to autograd."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.net(t, z)
+
+
+def test_forward_mode_and_vector_jacobian_traces_give_the_same_loss_and_gradients() -> None:
+    x = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(4))
+    results = []
+    for wrap in (False, True):
+        torch.manual_seed(1)
+        net = ConcatSquashMLP(2, (16, 16)).double()
+        cnf = CNF(_Opaque(net) if wrap else net, T=0.7, rtol=1e-8, atol=1e-8, train_T=True,
+                  kinetic=0.1, jacobian=0.1)  # fmt: skip
+        loss = -cnf.log_prob(x).mean() + cnf.regularization.mean()
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in cnf.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b)
+
+
+def test_rnode_channels_are_left_out_of_the_error_norm() -> None:
+    """The penalties change neither the steps nor the density; measuring them would."""
+    x = torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
+    flow = _small_flow()
+    block = flow.blocks[0]
+    block.rtol = block.atol = 1e-6
+    runs = {}
+    for weight in (0.0, 0.5):
+        block.kinetic = block.jacobian = weight
+        with torch.no_grad():
+            runs[weight] = (flow.log_prob(x), block.last_stats.nfe)
+    torch.testing.assert_close(runs[0.5][0], runs[0.0][0], rtol=0, atol=0)
+    assert runs[0.5][1] == runs[0.0][1]
+    block.error_norm = lambda y: None  # the default norm measures every channel
+    with torch.no_grad():
+        flow.log_prob(x)
+    assert block.last_stats.nfe > runs[0.0][1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -18,6 +19,11 @@ def test_toy2d_quick_writes_metrics_plot_and_checkpoint(tmp_path) -> None:
     assert metrics["data"] == "8gaussians" and metrics["test_nll"] > metrics["entropy"] - 0.1
     assert abs(metrics["entropy"] - 2.8319) < 1e-3
     assert (tmp_path / "toy2d.png").read_bytes()[:8] == PNG
+    assert (tmp_path / "nll_curve.png").read_bytes()[:8] == PNG
+    curve = metrics["curve"]
+    cpu = [point["cpu_s"] for point in curve]
+    assert len(curve) == 5 and cpu == sorted(cpu) and 0 < cpu[-1] <= metrics["train_cpu_s"]
+    assert all(math.isfinite(point["held_out_nll"]) for point in curve)
     assert (tmp_path / "model.pt").stat().st_size > 0
 
 

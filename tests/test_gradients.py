@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -239,3 +241,22 @@ def test_backsolve_memory_does_not_keep_step_graphs() -> None:
         names.add(type(n).__name__)
         stack.extend(next_fn for next_fn, _ in n.next_functions)
     assert not any("Addmv" in name or "Stack" in name for name in names), names
+
+
+def test_backsolve_when_f_depends_on_time_only() -> None:
+    """dy/dt = cos(t): y(t1) = y0 + sin(t1) - sin(t0); the adjoint is constant and the
+    gradients w.r.t. y0 and the times are analytic (f has no graph to y)."""
+    y0 = torch.tensor([0.3, -1.0], dtype=torch.float64, requires_grad=True)
+    ts = torch.tensor([0.0, 0.7, 1.5], dtype=torch.float64, requires_grad=True)
+    sol = no.solve(
+        lambda t, y: torch.cos(t).expand(2),
+        y0,
+        ts,
+        controller=no.PIController(rtol=1e-10, atol=1e-12),
+        gradient=no.Backsolve(params=()),
+    )
+    torch.testing.assert_close(sol.ys[-1].detach(), y0.detach() + math.sin(1.5))
+    g_y0, g_ts = torch.autograd.grad(sol.ys[-1].sum(), (y0, ts))
+    torch.testing.assert_close(g_y0, torch.ones(2, dtype=torch.float64))
+    expected_ts = torch.tensor([-2.0, 0.0, 2 * math.cos(1.5)], dtype=torch.float64)
+    torch.testing.assert_close(g_ts, expected_ts)

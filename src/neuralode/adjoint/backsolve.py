@@ -114,9 +114,12 @@ class _AdjointDynamics:
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             fy = self.spec.flatten(self.func(t, self.spec.unflatten(y)), "func's output")
-            vjps = torch.autograd.grad(
-                fy, (y, *self.params), -a, allow_unused=True, retain_graph=False
-            )
+            if fy.requires_grad:
+                vjps = torch.autograd.grad(
+                    fy, (y, *self.params), -a, allow_unused=True, retain_graph=False
+                )
+            else:  # f depends on neither y nor the parameters (e.g. dy/dt = g(t))
+                vjps = (None,) * (1 + len(self.params))
         pieces = [fy.detach(), _or_zeros(vjps[0], y)]
         pieces.extend(
             _or_zeros(g, p).reshape(-1).to(state.dtype) for g, p in zip(vjps[1:], self.params)

@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
 DEMO_ARGS ?= --epochs 2 --train-subset 2000 --threads 1
-TABLE1_ARGS ?= --epochs 4 --batch-size 64 --threads 1
+TABLE1_ARGS ?=
 
 .PHONY: demo solver-demo table1 test bench clean
 

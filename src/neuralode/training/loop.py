@@ -326,7 +326,7 @@ class Trainer:
             regularisation = {"total": totals[6].item() / batches_all}
             for i, name in enumerate(terms, start=7):
                 regularisation[name] = totals[i].item() / batches_all
-        tick = time.perf_counter()
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         test = evaluate(network, data.test_x, data.test_y, self.config.test_batch_size, runtime)
         memory, memory_kind = peak_memory_mb(runtime.device)
         has_ode = ode_block(model) is not None
@@ -344,6 +344,7 @@ class Trainer:
             "time_s": train_seconds,
             "cpu_time_s": sums[7].item(),
             "eval_time_s": time.perf_counter() - tick,
+            "eval_cpu_time_s": time.process_time() - cpu_tick,
             "peak_memory_mb": memory,
             "memory_kind": memory_kind,
             "world_size": runtime.world,

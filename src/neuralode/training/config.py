@@ -162,18 +162,20 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         "--crop-padding",
         type=int,
         default=d.crop_padding,
-        help="random-crop padding, 0 = off (default: 4 for 28x28, 1 for 8x8)",
+        help="random-crop padding, 0 = off (default %(default)s: -1 = 4 for 28x28, 1 for 8x8)",
     )
     g.add_argument("--train-subset", type=int, default=0, help="use the first N training images")
     g.add_argument("--test-subset", type=int, default=0, help="use the first N test images")
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
     g.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help=f"per process (default {d.batch_size})"
+        "--batch-size", type=int, default=d.batch_size, help="per process (default %(default)s)"
     )
     g.add_argument("--test-batch-size", type=int, default=d.test_batch_size)
     g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
-    g.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    g.add_argument(
+        "--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)"
+    )
     g.add_argument("--momentum", type=float, default=d.momentum, help="for sgd")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument(
@@ -200,19 +202,19 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         help="global pooling of the head (paper: avg; max learns faster)",
     )
     g.add_argument("--method", default=d.method, help="solver of the ODE block (default dopri5)")
-    g.add_argument("--rtol", type=float, default=d.rtol)
-    g.add_argument("--atol", type=float, default=d.atol)
+    g.add_argument("--rtol", type=float, default=d.rtol, help="default %(default)s")
+    g.add_argument("--atol", type=float, default=d.atol, help="default %(default)s")
     g.add_argument(
         "--step-size",
         type=float,
         default=d.step_size,
-        help="fixed-step methods and rknet (default 0.25)",
+        help="fixed-step methods and rknet (default %(default)s)",
     )
     g.add_argument(
         "--gradient",
         default=d.gradient,
         choices=GRADIENTS,
-        help="adjoint (O(1) memory), direct backprop, or checkpointed",
+        help="adjoint (O(1) memory), direct backprop, or checkpointed (default %(default)s)",
     )
     g = parser.add_argument_group("regularisation of the ODE block (odenet, rknet)")
     g.add_argument(
@@ -243,14 +245,19 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         "--derivative-order",
         type=int,
         default=d.derivative_order,
-        help=f"K of --derivative (default {d.derivative_order})",
+        help="K of --derivative (default %(default)s)",
     )
     g = parser.add_argument_group("run")
     g.add_argument("--out", default=None, help="output directory (default out/train-MODEL)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads, 0 = torch default (default %(default)s)",
+    )
     g.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     g.add_argument(
         "--sweep-tolerances",

@@ -17,9 +17,13 @@ def test_table1_tiny_budget_writes_the_table(tmp_path, capsys) -> None:
     argv += ["--test-subset", "16", "--epochs", "1", "--channels", "8", "--batch-size", "16"]
     argv += ["--threads", "1", "--no-plots", "--memory-batch", "4", "--out", str(tmp_path)]
     argv += ["--memory-tolerances", "0.1", "0.0001", "--memory-step-sizes", "0.5", "0.125"]
+    argv += ["--kinetic", "0.01"]  # regularises ODE-Net and RK-Net; ResNet has no ODE block
     assert main(argv) == 0
     table = (tmp_path / "table1.md").read_text()
     assert table == capsys.readouterr().out.strip() + "\n"
+    # the 10-minute recipe is the default; the regulariser is named in the header
+    assert "adamw lr 0.006 cosine" in table and "rtol 0.01 atol 0.01 (direct)" in table
+    assert "regularised by KineticEnergy(weight=0.01)" in table
     for text in ("| ODE-Net |", "| ResNet |", "| RK-Net |", "0.42%", "0.60M", "O(1)", "O(L~)"):
         assert text in table
     results = json.loads((tmp_path / "table1.json").read_text())
@@ -33,3 +37,10 @@ def test_table1_tiny_budget_writes_the_table(tmp_path, capsys) -> None:
     assert rk[1]["memory_mb"] > 1.5 * rk[0]["memory_mb"]
     for name in ("odenet", "resnet", "rknet"):
         assert (tmp_path / name / "metrics.jsonl").exists()
+    lines = {
+        name: json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
+        for name in ("odenet", "resnet", "rknet")
+    }
+    assert lines["resnet"]["regularisation"] is None
+    assert lines["odenet"]["regularisation"]["kinetic"] > 0
+    assert lines["rknet"]["regularisation"]["kinetic"] > 0

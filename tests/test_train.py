@@ -32,7 +32,7 @@ def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
 
 
 def _deterministic(history: list[dict]) -> list[dict]:
-    skip = {"time_s", "cpu_time_s", "eval_time_s", "peak_memory_mb"}
+    skip = {"time_s", "cpu_time_s", "eval_time_s", "eval_cpu_time_s", "peak_memory_mb"}
     return [{k: v for k, v in r.items() if k not in skip} for r in history]
 
 

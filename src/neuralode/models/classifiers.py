@@ -119,10 +119,21 @@ class RKNet(ODENet):
     """ODE-Net dynamics integrated by fixed-step RK4, differentiated by backpropagation."""
 
     def __init__(
-        self, channels: int = 64, classes: int = 10, step_size: float = 0.25, pool: str = "avg"
+        self,
+        channels: int = 64,
+        classes: int = 10,
+        step_size: float = 0.25,
+        pool: str = "avg",
+        regularisers: Sequence[Regulariser] = (),
     ):
         super().__init__(
-            channels, classes, method="rk4", step_size=step_size, gradient="direct", pool=pool
+            channels,
+            classes,
+            method="rk4",
+            step_size=step_size,
+            gradient="direct",
+            pool=pool,
+            regularisers=regularisers,
         )
 
 

@@ -8,7 +8,15 @@ from dataclasses import asdict, dataclass, field, fields
 from torch import nn
 
 from ..data import DATASETS
-from ..models import ODENet, ResNet, RKNet
+from ..models import (
+    DerivativePenalty,
+    JacobianFrobenius,
+    KineticEnergy,
+    ODENet,
+    Regulariser,
+    ResNet,
+    RKNet,
+)
 
 MODELS = ("odenet", "resnet", "rknet")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -19,7 +27,9 @@ GRADIENTS = ("adjoint", "direct", "checkpointed")
 RESUME_KEYS = (
     "model", "data", "channels", "augment", "batch_size", "optimizer", "seed",
     "train_subset", "test_subset", "crop_padding", "schedule", "pool",
+    "kinetic", "jacobian", "jacobian_noise", "derivative", "derivative_order",
 )  # fmt: skip
+NOISES = ("gaussian", "rademacher")
 
 
 @dataclass
@@ -46,6 +56,11 @@ class TrainConfig:
     channels: int = 64
     augment: int = 0
     pool: str = "max"
+    kinetic: float = 0.0
+    jacobian: float = 0.0
+    jacobian_noise: str = "gaussian"
+    derivative: float = 0.0
+    derivative_order: int = 2
     crop_padding: int = -1
     seed: int = 0
     device: str = "auto"
@@ -63,7 +78,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         choices = {
             "model": MODELS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-            "gradient": GRADIENTS, "data": DATASETS,
+            "gradient": GRADIENTS, "data": DATASETS, "jacobian_noise": NOISES,
         }  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -74,6 +89,27 @@ class TrainConfig:
         for name in ("lr", "rtol", "atol", "step_size"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("kinetic", "jacobian", "derivative"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.derivative_order < 2:
+            raise ValueError(f"derivative_order must be at least 2, got {self.derivative_order}")
+        if self.model == "resnet" and self.regularisers():
+            raise ValueError(
+                "--kinetic, --jacobian and --derivative regularise an ODE block; "
+                "resnet has none (use odenet or rknet)"
+            )
+
+    def regularisers(self) -> list[Regulariser]:
+        """The ODE block's regularisers: those with a positive weight."""
+        chosen: list[Regulariser] = []
+        if self.kinetic > 0:
+            chosen.append(KineticEnergy(self.kinetic))
+        if self.jacobian > 0:
+            chosen.append(JacobianFrobenius(self.jacobian, noise=self.jacobian_noise))
+        if self.derivative > 0:
+            chosen.append(DerivativePenalty(self.derivative_order, self.derivative))
+        return chosen
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,7 +127,13 @@ def build_model(config: TrainConfig, in_channels: int = 1, classes: int = 10) ->
     if config.model == "resnet":
         return ResNet(config.channels, classes, pool=config.pool)
     if config.model == "rknet":
-        return RKNet(config.channels, classes, step_size=config.step_size, pool=config.pool)
+        return RKNet(
+            config.channels,
+            classes,
+            step_size=config.step_size,
+            pool=config.pool,
+            regularisers=config.regularisers(),
+        )
     return ODENet(
         config.channels,
         classes,
@@ -102,6 +144,7 @@ def build_model(config: TrainConfig, in_channels: int = 1, classes: int = 10) ->
         step_size=config.step_size,
         gradient=config.gradient,
         pool=config.pool,
+        regularisers=config.regularisers(),
     )
 
 
@@ -119,18 +162,20 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         "--crop-padding",
         type=int,
         default=d.crop_padding,
-        help="random-crop padding, 0 = off (default: 4 for 28x28, 1 for 8x8)",
+        help="random-crop padding, 0 = off (default %(default)s: -1 = 4 for 28x28, 1 for 8x8)",
     )
     g.add_argument("--train-subset", type=int, default=0, help="use the first N training images")
     g.add_argument("--test-subset", type=int, default=0, help="use the first N test images")
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
     g.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help=f"per process (default {d.batch_size})"
+        "--batch-size", type=int, default=d.batch_size, help="per process (default %(default)s)"
     )
     g.add_argument("--test-batch-size", type=int, default=d.test_batch_size)
     g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
-    g.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    g.add_argument(
+        "--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)"
+    )
     g.add_argument("--momentum", type=float, default=d.momentum, help="for sgd")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument(
@@ -157,26 +202,62 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         help="global pooling of the head (paper: avg; max learns faster)",
     )
     g.add_argument("--method", default=d.method, help="solver of the ODE block (default dopri5)")
-    g.add_argument("--rtol", type=float, default=d.rtol)
-    g.add_argument("--atol", type=float, default=d.atol)
+    g.add_argument("--rtol", type=float, default=d.rtol, help="default %(default)s")
+    g.add_argument("--atol", type=float, default=d.atol, help="default %(default)s")
     g.add_argument(
         "--step-size",
         type=float,
         default=d.step_size,
-        help="fixed-step methods and rknet (default 0.25)",
+        help="fixed-step methods and rknet (default %(default)s)",
     )
     g.add_argument(
         "--gradient",
         default=d.gradient,
         choices=GRADIENTS,
-        help="adjoint (O(1) memory), direct backprop, or checkpointed",
+        help="adjoint (O(1) memory), direct backprop, or checkpointed (default %(default)s)",
+    )
+    g = parser.add_argument_group("regularisation of the ODE block (odenet, rknet)")
+    g.add_argument(
+        "--kinetic",
+        type=float,
+        default=d.kinetic,
+        help="weight of the kinetic energy int ||f||^2 dt (Finlay et al. 2020; 0 = off)",
+    )
+    g.add_argument(
+        "--jacobian",
+        type=float,
+        default=d.jacobian,
+        help="weight of the Jacobian Frobenius norm int ||df/dy||_F^2 dt (Hutchinson; 0 = off)",
+    )
+    g.add_argument(
+        "--jacobian-noise",
+        default=d.jacobian_noise,
+        choices=NOISES,
+        help="Hutchinson noise of --jacobian",
+    )
+    g.add_argument(
+        "--derivative",
+        type=float,
+        default=d.derivative,
+        help="weight of int ||d^K y/dt^K||^2 dt (Kelly et al. 2020; 0 = off)",
+    )
+    g.add_argument(
+        "--derivative-order",
+        type=int,
+        default=d.derivative_order,
+        help="K of --derivative (default %(default)s)",
     )
     g = parser.add_argument_group("run")
     g.add_argument("--out", default=None, help="output directory (default out/train-MODEL)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads, 0 = torch default (default %(default)s)",
+    )
     g.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     g.add_argument(
         "--sweep-tolerances",

@@ -26,6 +26,7 @@ from .runtime import Runtime, StopRequest, peak_memory_mb, reset_peak_memory, st
 from .state import check_compatible, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (after saving)
+SUMS = 9  # per-epoch sums before the per-regulariser ones (see the training loop)
 
 
 @dataclass
@@ -208,6 +209,7 @@ class Trainer:
             }
 
         block = ode_block(model)
+        terms = regulariser_names(block)
         status = 0
         with StopRequest() as stop_request:
             for epoch in range(position["epoch"], config.epochs):
@@ -215,10 +217,13 @@ class Trainer:
                 batches = torch.tensor(list(sampler)).split(config.batch_size)
                 generator = augment_generator(config, epoch, runtime.rank)
                 first = 0
-                # loss, correct, count, nfe forward, nfe backward, batches, seconds, CPU seconds
-                sums = torch.zeros(8, dtype=torch.float64)
+                # loss, correct, count, nfe forward, nfe backward, batches, seconds, CPU seconds,
+                # weighted regularisation, then each regulariser's unweighted integral
+                sums = torch.zeros(SUMS + len(terms), dtype=torch.float64)
                 if position["sums"] is not None and epoch == position["epoch"]:
-                    first, sums = position["batch"], position["sums"].clone()
+                    first = position["batch"]
+                    saved_sums = position["sums"]
+                    sums[: len(saved_sums)] = saved_sums  # checkpoints before regularisers: 8
                     generator.set_state(position["augment_rng"])
                 bar = ProgressBar(
                     len(batches), f"epoch {epoch + 1}/{config.epochs}", enabled=runtime.is_main
@@ -231,9 +236,10 @@ class Trainer:
                     y = data.train_y[index].to(runtime.device)
                     logits = network(x)
                     loss = cross_entropy(logits, y)
+                    penalty = block.regularisation if terms else None
                     nfe_forward = block.nfe_forward if block is not None else 0
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    (loss if penalty is None else loss + penalty).backward()
                     optimizer.step()
                     scheduler.step()
                     nfe_backward = block.nfe_backward if block is not None else 0
@@ -242,11 +248,18 @@ class Trainer:
                     sums[:6] += torch.tensor(step, dtype=torch.float64)
                     sums[6] += time.perf_counter() - tick
                     sums[7] += time.process_time() - cpu_tick
+                    shown = {}
+                    if penalty is not None:
+                        sums[8] += penalty.item()
+                        for i, name in enumerate(terms, start=SUMS):
+                            sums[i] += block.regularisation_terms[name].item()
+                        shown["reg"] = f"{sums[8] / sums[5]:.3g}"
                     bar.update(
                         b + 1,
                         loss=f"{sums[0] / sums[2]:.3f}",
                         acc=f"{100 * sums[1] / sums[2]:.1f}%",
                         nfe=f"{nfe_forward}/{nfe_backward}" if block is not None else "-",
+                        **shown,
                     )
                     if self.on_batch is not None:
                         self.on_batch(epoch, b)
@@ -265,7 +278,7 @@ class Trainer:
                 if status:
                     break
                 bar.close()
-                record = self._epoch_record(epoch, sums, network, model, data, runtime)
+                record = self._epoch_record(epoch, sums, network, model, data, runtime, terms)
                 record["lr"] = scheduler.get_last_lr()[0]
                 history.append(record)
                 if runtime.is_main:
@@ -300,13 +313,20 @@ class Trainer:
         model: nn.Module,
         data: ImageDataset,
         runtime: Runtime,
+        terms: list[str],
     ) -> dict[str, Any]:
         train_seconds = sums[6].item()
-        totals = sums[:6].clone().to(runtime.device)
+        totals = torch.cat([sums[:6], sums[8:]]).to(runtime.device)
         if runtime.distributed:
             dist.all_reduce(totals)
         totals = totals.cpu()
-        tick = time.perf_counter()
+        regularisation = None
+        if terms:  # batch means over all ranks: totals[6] weighted, then each term
+            batches_all = max(totals[5].item(), 1.0)
+            regularisation = {"total": totals[6].item() / batches_all}
+            for i, name in enumerate(terms, start=7):
+                regularisation[name] = totals[i].item() / batches_all
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         test = evaluate(network, data.test_x, data.test_y, self.config.test_batch_size, runtime)
         memory, memory_kind = peak_memory_mb(runtime.device)
         has_ode = ode_block(model) is not None
@@ -324,16 +344,33 @@ class Trainer:
             "time_s": train_seconds,
             "cpu_time_s": sums[7].item(),
             "eval_time_s": time.perf_counter() - tick,
+            "eval_cpu_time_s": time.process_time() - cpu_tick,
             "peak_memory_mb": memory,
             "memory_kind": memory_kind,
             "world_size": runtime.world,
+            "regularisation": regularisation,
         }
+
+
+def regulariser_names(block: Any) -> list[str]:
+    """Names of the ODE block's regularisation terms, as in ``regularisation_terms``."""
+    names: list[str] = []
+    for r in getattr(block, "regularisers", None) or []:
+        name, k = r.name, 2
+        while name in names:
+            name, k = f"{r.name}_{k}", k + 1
+        names.append(name)
+    return names
 
 
 def _summary(record: dict[str, Any]) -> str:
     nfe = ""
     if record["nfe_forward"] is not None:
         nfe = f", NFE fwd {record['nfe_forward']:.1f} bwd {record['nfe_backward']:.1f}"
+    if record.get("regularisation"):
+        nfe += ", regularisation " + " ".join(
+            f"{k} {v:.4g}" for k, v in record["regularisation"].items()
+        )
     return (
         f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
         f"acc {100 * record['train_accuracy']:.2f}%, test loss {record['test_loss']:.4f} "

@@ -8,7 +8,8 @@ TORCH_VERSION ?= 2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
-DEMO_ARGS ?= --epochs 2 --train-subset 2000 --threads 1
+DEMO_ARGS ?= --epochs 3 --lr 6e-3 --warmup-epochs 0.25 --weight-decay 5e-4 --crop-padding 2 \
+	--pool max --rtol 1e-2 --atol 1e-2 --threads 1
 TABLE1_ARGS ?=
 
 .PHONY: demo solver-demo table1 test bench clean

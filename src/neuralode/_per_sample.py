@@ -189,8 +189,7 @@ def integrate_per_sample(
             if ctrl.pcoeff:
                 factor = factor * previous_ratio.pow(ctrl.pcoeff * exponent)
                 previous_ratio = torch.where(accept, ratio.clamp(min=1e-10), previous_ratio)
-            lower = torch.where(ratio < 1, 1.0, ctrl.dfactor)
-            factor = torch.clamp(factor.nan_to_num(nan=ctrl.dfactor), min=lower, max=ifactor)
+            factor = torch.clamp(factor.nan_to_num(nan=ctrl.dfactor), min=ctrl.dfactor, max=ifactor)
             new_size = torch.clamp(h.abs() * factor, min=ctrl.min_step, max=ctrl.max_step)
             t_next = torch.where(accept, t1, t)
             proposal = t_next + sign * new_size

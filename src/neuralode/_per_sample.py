@@ -136,7 +136,7 @@ def integrate_per_sample(
     power = -(ctrl.icoeff + ctrl.pcoeff) * exponent
     graph_free = not torch.is_grad_enabled()
     if graph_free:  # stages copied into one buffer reused by every step (as ExplicitRK)
-        stacked, rows, columns = term.stage_buffer(stages, y0_flat)
+        stacked, rows, columns, _ = term.stage_buffer(stages, y0_flat)
     events = config.events  # a SampleEvents, or None
     if events is not None:
         events.start(t, y)

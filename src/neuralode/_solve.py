@@ -268,7 +268,7 @@ def _check_times(ts: Any, device: torch.device, open_end: bool = False) -> list[
         raise TypeError(f"t must be a floating point tensor, got dtype {ts.dtype}")
     if ts.device != device:
         raise ValueError(f"t is on {ts.device} but y0 is on {device}; put both on one device")
-    times = ts.detach().to(torch.float64).tolist()
+    times = ts.tolist()  # exact: every float dtype converts to Python floats without rounding
     finite = times[:-1] if open_end else times
     if not all(x == x and abs(x) != float("inf") for x in finite) or times[-1] != times[-1]:
         raise ValueError(f"t contains NaN or inf: {times}")

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ._tree import TreeSpec
+
+
+class StageBuffer(NamedTuple):
+    """Scratch space of graph-free Runge-Kutta steps: ``stacked`` (stages, n), its ``rows``,
+    ``columns[i]`` the transposed view of the first i rows (for one ``addmv`` per stage), and
+    ``user_rows`` the rows viewed in the shape of a one-tensor state (``None`` for trees)."""
+
+    stacked: torch.Tensor
+    rows: tuple[torch.Tensor, ...]
+    columns: list[torch.Tensor]
+    user_rows: tuple[torch.Tensor, ...] | None
 
 
 class ODETerm:
@@ -48,18 +59,40 @@ class ODETerm:
             return None
         return torch.tensor(values, dtype=self.time_dtype).unbind()
 
-    def stage_buffer(
-        self, stages: int, like: torch.Tensor
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], list[torch.Tensor]]:
+    def stage_buffer(self, stages: int, like: torch.Tensor) -> StageBuffer:
         """A (stages, n) scratch buffer for graph-free Runge-Kutta steps of this solve, with
-        its rows and the transposed views of its first i rows (made once, reused each step)."""
+        its views (made once, reused each step)."""
         key = (stages, like.numel())
         buffer = self._buffers.get(key)
         if buffer is None:
             stacked = like.new_empty(stages, like.numel())
-            columns = [stacked[:i].T for i in range(stages + 1)]
-            buffer = self._buffers[key] = (stacked, stacked.unbind(0), columns)
+            rows = stacked.unbind(0)
+            shape = self._leaf_shape
+            buffer = self._buffers[key] = StageBuffer(
+                stacked,
+                rows,
+                [stacked[:i].T for i in range(stages + 1)],
+                None if shape is None else tuple(row.view(shape) for row in rows),
+            )
         return buffer
+
+    def into(self, t: torch.Tensor, y: torch.Tensor, buffer: StageBuffer, i: int) -> torch.Tensor:
+        """f at the time tensor ``t`` written into row ``i`` of a stage buffer; returns the row.
+
+        Graph-free steps only: f's output is copied into the row through a view in its own
+        shape, which saves the reshape of ``at`` and a temporary per evaluation."""
+        self.nfe += 1
+        shape = self._leaf_shape
+        out = self.func(t, y.view(shape) if shape is not None else self.spec.unflatten(y))
+        if not self._checked:
+            self._check(out)
+        if buffer.user_rows is not None:
+            if out.shape != buffer.user_rows[i].shape:  # copy_ would broadcast
+                self.spec.flatten(out, "func's output")  # raises the shape error
+            buffer.user_rows[i].copy_(out)
+        else:
+            buffer.rows[i].copy_(self.spec.flatten(out, "func's output"))
+        return buffer.rows[i]
 
     def __call__(self, t: float, y: torch.Tensor, perturb: float = 0.0) -> torch.Tensor:
         return self.at(self.time(t, perturb), y)

@@ -7,7 +7,7 @@ import math
 import torch
 
 from .._errors import NonFiniteError
-from .._norms import Norm
+from .._norms import Norm, norm_value, rms_norm
 from .._term import ODETerm
 
 
@@ -28,14 +28,17 @@ def select_initial_step(
     ``error_exponent`` is 1 / (q + 1) for an error estimate of order q.
     """
     scale = atol + rtol * y0.abs()
-    d0 = float(norm(y0 / scale))
-    d1 = float(norm(f0 / scale))
+    if norm is rms_norm:  # both norms by one reduction and one transfer to the host
+        both = torch.linalg.vector_norm(torch.stack((y0, f0)) / scale, dim=1)
+        d0, d1 = (x / math.sqrt(y0.numel()) for x in both.tolist())
+    else:
+        d0, d1 = float(norm(y0 / scale)), float(norm(f0 / scale))
     if not math.isfinite(d1):
         raise NonFiniteError(f"f(t0, y0) contains NaN or inf at t0={t0:.6g}")
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     y1 = torch.add(y0, f0, alpha=direction * h0)
     f1 = term(t0 + direction * h0, y1)
-    d2 = float(norm((f1 - f0) / scale)) / h0
+    d2 = norm_value((f1 - f0) / scale, norm) / h0
     if d1 <= 1e-15 and d2 <= 1e-15:
         h1 = max(1e-6, h0 * 1e-3)
     else:

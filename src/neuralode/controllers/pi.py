@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .._norms import Norm
+from .._norms import Norm, norm_value
 from .._term import ODETerm
 from ..solvers.base import Solver
 from .base import StepSizeController
@@ -22,6 +22,9 @@ class _PIState:
     previous_ratio: float
     rtol: torch.Tensor  # the tolerances as tensors like the state, made once per solve
     atol: torch.Tensor  # so that each step's scale is one addcmul
+    # (y, |y|) at both ends of the last judged graph-free step: the next step starts from
+    # one of them (y1 after an accept, y0 after a reject), so its |y0| is known
+    last: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 class PIController(StepSizeController):
@@ -127,7 +130,18 @@ class PIController(StepSizeController):
         dt = t1 - t0
         size = abs(dt)
         with torch.no_grad():
-            ratio = float(_scaled_norm(y0, y1, error, state.rtol, state.atol, state.norm))
+            last = state.last
+            if last is not None and y0 is last[2]:
+                y0_abs = last[3]
+            elif last is not None and y0 is last[0]:
+                y0_abs = last[1]
+            else:
+                y0_abs = y0.abs()
+            y1_abs = y1.abs()
+            # not kept with a graph: that would hold a rejected step's graph a step longer
+            state.last = None if y1.requires_grad else (y0, y0_abs, y1, y1_abs)
+            scaled = error / torch.addcmul(state.atol, torch.maximum(y0_abs, y1_abs), state.rtol)
+            ratio = norm_value(scaled, state.norm)
         if not math.isfinite(ratio):
             # NaN or inf in the step: shrink hard and retry; the loop reports a step underflow.
             return False, t0 + dt * self.dfactor, state

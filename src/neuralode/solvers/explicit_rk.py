@@ -118,26 +118,35 @@ class ExplicitRK(Solver):
                     y_stage = torch.addmv(y0, torch.stack(ks).T, co.a[i], alpha=dt)
                 ks.append(self._stage(term, times, i, c[i], t0 + c[i] * dt, y_stage, end_perturb))
             stacked = torch.stack(ks)
+            all_columns = stacked.T
         else:
-            # Graph-free path: stages are copied into one buffer reused across steps, and each
-            # combination is one addmv on a prepared view of its first rows.
-            stacked, rows, columns = term.stage_buffer(co.stages, y0)
-            rows[0].copy_(f0)
+            # Graph-free path: f writes each stage into a row of one buffer reused across
+            # steps (the stages are those rows), and each combination is one addmv on a
+            # prepared view of the first rows.
+            buffer = term.stage_buffer(co.stages, y0)
+            stacked, rows, columns = buffer.stacked, buffer.rows, buffer.columns
+            rows[0].copy_(f0)  # f0 may be the previous step's last row: copied before reuse
             for i in range(1, co.stages):
                 if i == 1:
-                    y_stage = torch.add(y0, f0, alpha=dt * co.first_a)
+                    y_stage = torch.add(y0, rows[0], alpha=dt * co.first_a)
                 else:
                     y_stage = torch.addmv(y0, columns[i], co.a[i], alpha=dt)
-                k = self._stage(term, times, i, c[i], t0 + c[i] * dt, y_stage, end_perturb)
-                rows[i].copy_(k)
-                ks.append(k)
+                if times is None or (c[i] == 1 and end_perturb):
+                    k = self._stage(term, times, i, c[i], t0 + c[i] * dt, y_stage, end_perturb)
+                    rows[i].copy_(k)
+                else:
+                    term.into(times[i - 1], y_stage, buffer, i)
+            ks = list(rows)
+            all_columns = columns[co.stages]
         if co.fsal:
             y1, f1 = y_stage, ks[-1]
         else:
-            y1, f1 = torch.addmv(y0, stacked.T, co.b, alpha=dt), None
+            y1, f1 = torch.addmv(y0, all_columns, co.b, alpha=dt), None
         # dt * (K^T b_error) in one op: with beta=0, addmv ignores its first argument.
         error = (
-            None if co.b_error is None else torch.addmv(y0, stacked.T, co.b_error, beta=0, alpha=dt)
+            None
+            if co.b_error is None
+            else torch.addmv(y0, all_columns, co.b_error, beta=0, alpha=dt)
         )
         extra = {"stacked": stacked, "f0_reusable": state is not None or not perturb}
         return Step(t0, t1, y0, y1, error, ks, f1, extra, end_perturb)

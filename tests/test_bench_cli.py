@@ -23,3 +23,13 @@ def test_bench_work_precision_writes_table_and_png(tmp_path):
         assert name in report
     assert "scipy | DOP853" in report
     assert (tmp_path / "work_precision.png").stat().st_size > 10_000
+
+
+def test_nfe_at_error_interpolates_log_log():
+    from neuralode.bench.per_sample import AccuracyRow, nfe_at_error
+
+    # error = 1e4 / nfe**4 along the sweep: the interpolation is exact in log-log
+    rows = [AccuracyRow(1e-6, "a", n, 1e4 / n**4) for n in (100.0, 200.0, 400.0)]
+    assert nfe_at_error(rows, "a", 1e4 / 300.0**4) == pytest.approx(300.0, rel=1e-12)
+    assert nfe_at_error(rows, "a", 1.0) is None  # outside the sweep: no extrapolation
+    assert nfe_at_error(rows, "b", 1e-3) is None

@@ -7,10 +7,16 @@ the hardest sample alone (mu = 25); larger batches spread mu over [1, 25]. Repor
 costs), mean steps and mean NFE per sample (what each sample needs alone: neuralode's
 ``stats.sample_nfe``; for torchode 6 x its per-sample steps + 2, its own ``n_f_evals``
 counting batched calls), and the max difference of the final states between the libraries.
+
+``accuracy`` sweeps the tolerance at batch 256 and compares NFE per sample at equal accuracy
+(error of y(t1) against SciPy DOP853 at rtol=1e-12), since the two libraries' dopri5 differ
+in the embedded error estimate (ours: Hairer's, as SciPy; torchode: Shampine's, as
+torchdiffeq) and so take different steps at the same tolerance.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -47,13 +53,13 @@ class Row:
     diff: float = 0.0
 
 
-def _neuralode(f, y0, ts):
+def _neuralode(f, y0, ts, rtol: float = RTOL, atol: float = ATOL):
     sol = neuralode.solve(
         f,
         y0,
         ts,
         solver=neuralode.Dopri5(),
-        controller=neuralode.PIController(RTOL, ATOL),
+        controller=neuralode.PIController(rtol, atol),
         per_sample=True,
     )
     s = sol.stats
@@ -61,11 +67,11 @@ def _neuralode(f, y0, ts):
     return sol.ys[-1], stats + (float(s.sample_nfe.double().mean()),)
 
 
-def _torchode_solver(f):
+def _torchode_solver(f, rtol: float = RTOL, atol: float = ATOL):
     import torchode
 
     term = torchode.ODETerm(f)
-    controller = torchode.IntegralController(atol=ATOL, rtol=RTOL, term=term)
+    controller = torchode.IntegralController(atol=atol, rtol=rtol, term=term)
     solver = torchode.AutoDiffAdjoint(torchode.Dopri5(term=term), controller)
 
     def run(f_, y0, ts):
@@ -126,5 +132,64 @@ def table(rows: list[Row]) -> str:
             f"| {r.best / ref.best:.2f}x | {r.max_steps} "
             f"| {r.max_steps / base_steps[r.library]:.3f} | {r.mean_steps:.1f} "
             f"| {r.mean_nfe:.1f} | {r.diff:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+@dataclass
+class AccuracyRow:
+    rtol: float
+    library: str
+    mean_nfe: float
+    error: float  # RMS over the samples of each sample's max abs error at t1
+
+
+def accuracy(rtols: tuple[float, ...] = (1e-4, 1e-5, 1e-6, 1e-7, 1e-8)) -> list[AccuracyRow]:
+    """NFE per sample against the error at t1, per-sample neuralode vs torchode, batch 256,
+    atol = rtol / 100."""
+    from .core import reference, vdp_problem
+
+    problem = vdp_problem(256)  # the same batch as ``vdp(256)``: mu = linspace(1, 25)
+    exact = torch.from_numpy(reference(problem))
+    f, y0 = vdp(256)
+    ts = torch.tensor([0.0, T1], dtype=torch.float64)
+    rows = []
+    with torch.no_grad():
+        for rtol in rtols:
+            results = {
+                "neuralode per-sample": _neuralode(f, y0, ts, rtol, rtol / 100),
+                "torchode": _torchode_solver(f, rtol, rtol / 100)(f, y0, ts),
+            }
+            for name, (y1, (_, _, nfe)) in results.items():
+                error = (y1 - exact).abs().amax(1).pow(2).mean().sqrt()
+                rows.append(AccuracyRow(rtol, name, nfe, float(error)))
+    return rows
+
+
+def nfe_at_error(rows: list[AccuracyRow], library: str, error: float) -> float | None:
+    """NFE per sample ``library`` needs for ``error``, interpolated log-log along its sweep."""
+    points = sorted((r.error, r.mean_nfe) for r in rows if r.library == library)
+    for (e0, n0), (e1, n1) in zip(points, points[1:]):
+        if e0 <= error <= e1 and e0 < e1:
+            w = math.log(error / e0) / math.log(e1 / e0)
+            return math.exp((1 - w) * math.log(n0) + w * math.log(n1))
+    return None
+
+
+def accuracy_table(rows: list[AccuracyRow]) -> str:
+    lines = [
+        "| rtol | neuralode NFE / sample | neuralode error | torchode NFE / sample "
+        "| torchode error | neuralode NFE at torchode's error | ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rtol in dict.fromkeys(r.rtol for r in rows):
+        ours = next(r for r in rows if r.rtol == rtol and r.library != "torchode")
+        theirs = next(r for r in rows if r.rtol == rtol and r.library == "torchode")
+        matched = nfe_at_error(rows, ours.library, theirs.error)
+        at = "-" if matched is None else f"{matched:.0f}"
+        ratio = "-" if matched is None else f"{matched / theirs.mean_nfe:.3f}"
+        lines.append(
+            f"| {rtol:.0e} | {ours.mean_nfe:.1f} | {ours.error:.2e} | {theirs.mean_nfe:.1f} "
+            f"| {theirs.error:.2e} | {at} | {ratio} |"
         )
     return "\n".join(lines)

@@ -71,6 +71,13 @@ def run(args: argparse.Namespace) -> int:
             "### Per-sample mode vs torchode: Van der Pol, mu in [1, 25], dopri5\n\n"
             + per_sample.table(rows)
         )
+        accuracy = per_sample.accuracy(
+            (1e-4, 1e-5, 1e-6, 1e-7, 1e-8) if args.full else (1e-5, 1e-6, 1e-7)
+        )
+        sections.append(
+            "### Per-sample NFE at equal accuracy vs torchode: Van der Pol batch 256\n\n"
+            + per_sample.accuracy_table(accuracy)
+        )
     if "work-precision" in args.parts:
         rtols = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9) if args.full else (1e-4, 1e-6, 1e-8)
         rtols = tuple(args.rtols) if args.rtols else rtols

@@ -129,19 +129,11 @@ class PIController(StepSizeController):
     ) -> tuple[bool, float, _PIState]:
         dt = t1 - t0
         size = abs(dt)
-        with torch.no_grad():
-            last = state.last
-            if last is not None and y0 is last[2]:
-                y0_abs = last[3]
-            elif last is not None and y0 is last[0]:
-                y0_abs = last[1]
-            else:
-                y0_abs = y0.abs()
-            y1_abs = y1.abs()
-            # not kept with a graph: that would hold a rejected step's graph a step longer
-            state.last = None if y1.requires_grad else (y0, y0_abs, y1, y1_abs)
-            scaled = error / torch.addcmul(state.atol, torch.maximum(y0_abs, y1_abs), state.rtol)
-            ratio = norm_value(scaled, state.norm)
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                ratio = _error_ratio(y0, y1, error, state)
+        else:  # entering no_grad costs as much as a tensor operation: not in graph-free loops
+            ratio = _error_ratio(y0, y1, error, state)
         if not math.isfinite(ratio):
             # NaN or inf in the step: shrink hard and retry; the loop reports a step underflow.
             return False, t0 + dt * self.dfactor, state
@@ -169,6 +161,23 @@ class PIController(StepSizeController):
 
 def _as_tensor(tol: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(tol, dtype=like.real.dtype, device=like.device)
+
+
+def _error_ratio(y0: torch.Tensor, y1: torch.Tensor, error: torch.Tensor, state: _PIState) -> float:
+    """The scaled error norm of a step (graph-free); |y0| is reused from the last call when
+    the step starts where the last one started or ended."""
+    last = state.last
+    if last is not None and y0 is last[2]:
+        y0_abs = last[3]
+    elif last is not None and y0 is last[0]:
+        y0_abs = last[1]
+    else:
+        y0_abs = y0.abs()
+    y1_abs = y1.abs()
+    # not kept with a graph: that would hold a rejected step's graph a step longer
+    state.last = None if y1.requires_grad else (y0, y0_abs, y1, y1_abs)
+    scaled = error / torch.addcmul(state.atol, torch.maximum(y0_abs, y1_abs), state.rtol)
+    return norm_value(scaled, state.norm)
 
 
 def _scaled_norm(

@@ -73,7 +73,8 @@ def test_each_sample_takes_the_steps_it_takes_alone(solver_cls):
         assert int(stats.sample_accepted[i]) == ref.stats.n_accepted
         assert int(stats.sample_rejected[i]) == ref.stats.n_rejected
         assert int(stats.sample_nfe[i]) == ref.stats.nfe
-        torch.testing.assert_close(sol.ys[:, i], ref.ys[:, 0], rtol=1e-12, atol=1e-12)
+        # same steps; the batched and the single-sample arithmetic round differently
+        torch.testing.assert_close(sol.ys[:, i], ref.ys[:, 0], rtol=1e-10, atol=1e-10)
     # the samples really differ: one shared step size would not reproduce these counts
     assert len(set(stats.sample_steps.tolist())) > 1
 

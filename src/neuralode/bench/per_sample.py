@@ -9,9 +9,8 @@ costs), mean steps and mean NFE per sample (what each sample needs alone: neural
 counting batched calls), and the max difference of the final states between the libraries.
 
 ``accuracy`` sweeps the tolerance at batch 256 and compares NFE per sample at equal accuracy
-(error of y(t1) against SciPy DOP853 at rtol=1e-12), since the two libraries' dopri5 differ
-in the embedded error estimate (ours: Hairer's, as SciPy; torchode: Shampine's, as
-torchdiffeq) and so take different steps at the same tolerance.
+(error of y(t1) against SciPy DOP853 at rtol=1e-12): the fair comparison whenever the two
+libraries' steps differ at the same tolerance (error estimator or controller details).
 """
 
 from __future__ import annotations

@@ -24,10 +24,12 @@ def test_table1_tiny_budget_writes_the_table(tmp_path, capsys) -> None:
     # the 10-minute recipe is the default; the regulariser is named in the header
     assert "adamw lr 0.006 cosine" in table and "rtol 0.01 atol 0.01 (direct)" in table
     assert "regularised by KineticEnergy(weight=0.01)" in table
+    assert "label smoothing 0.1, errors of the weight average (EMA decay 0.995)" in table
     for text in ("| ODE-Net |", "| ResNet |", "| RK-Net |", "0.42%", "0.60M", "O(1)", "O(L~)"):
         assert text in table
     results = json.loads((tmp_path / "table1.json").read_text())
     params = {r["model"]: r["params"] for r in results["rows"]}
+    assert all(r["test_error_raw"] is not None for r in results["rows"])  # --ema 0.995
     assert params["odenet"] == params["rknet"] < params["resnet"]
     ode = [r for r in results["memory"] if r["model"] == "odenet"]
     rk = [r for r in results["memory"] if r["model"] == "rknet"]

@@ -27,7 +27,7 @@ GRADIENTS = ("adjoint", "direct", "checkpointed")
 RESUME_KEYS = (
     "model", "data", "channels", "augment", "batch_size", "optimizer", "seed",
     "train_subset", "test_subset", "crop_padding", "schedule", "pool",
-    "kinetic", "jacobian", "jacobian_noise", "derivative", "derivative_order",
+    "kinetic", "jacobian", "jacobian_noise", "derivative", "derivative_order", "ema",
 )  # fmt: skip
 NOISES = ("gaussian", "rademacher")
 
@@ -48,6 +48,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     warmup_epochs: float = 0.25
+    label_smoothing: float = 0.0
+    ema: float = 0.0
     method: str = "dopri5"
     rtol: float = 1e-3
     atol: float = 1e-3
@@ -92,6 +94,9 @@ class TrainConfig:
         for name in ("kinetic", "jacobian", "derivative"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        for name in ("label_smoothing", "ema"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.derivative_order < 2:
             raise ValueError(f"derivative_order must be at least 2, got {self.derivative_order}")
         if self.model == "resnet" and self.regularisers():
@@ -186,6 +191,19 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     )
     g.add_argument(
         "--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up length"
+    )
+    g.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=d.label_smoothing,
+        help="label smoothing of the training loss (0 = off; the test loss is never smoothed)",
+    )
+    g.add_argument(
+        "--ema",
+        type=float,
+        default=d.ema,
+        help="evaluate an exponential moving average of the weights with this decay, "
+        "e.g. 0.99 (0 = off, evaluate the trained weights)",
     )
     g = parser.add_argument_group("model and solver")
     g.add_argument("--channels", type=int, default=d.channels)

@@ -21,6 +21,7 @@ from torch.utils.data import DistributedSampler
 
 from ..data import ImageDataset, load_dataset, random_crop
 from .config import RESUME_KEYS, TrainConfig, build_model
+from .ema import WeightAverage
 from .progress import ProgressBar
 from .runtime import Runtime, StopRequest, peak_memory_mb, reset_peak_memory, start, stop
 from .state import check_compatible, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -31,13 +32,20 @@ SUMS = 9  # per-epoch sums before the per-regulariser ones (see the training loo
 
 @dataclass
 class TrainResult:
-    """The trained model (unwrapped), one metrics dict per epoch, and the exit status."""
+    """The trained model (unwrapped), one metrics dict per epoch, and the exit status;
+    ``average`` is the weight average of ``--ema`` (None without), the model evaluated."""
 
     model: nn.Module
     history: list[dict[str, Any]] = field(default_factory=list)
     status: int = 0
     out: Path = Path(".")
     is_main: bool = True  # rank 0 (the process that prints and writes)
+    average: nn.Module | None = None
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The model whose test metrics are reported: the weight average, else the model."""
+        return self.average if self.average is not None else self.model
 
 
 def ode_block(model: nn.Module) -> Any:
@@ -153,6 +161,7 @@ class Trainer:
         random.seed(config.seed)
         model = build_model(config, data.channels, data.classes).to(runtime.device)
         optimizer = make_optimizer(config, model)
+        average = WeightAverage(model, config.ema) if config.ema > 0 else None
         sampler = DistributedSampler(
             range(len(data.train_y)), runtime.world, runtime.rank, shuffle=True, seed=config.seed
         )
@@ -163,7 +172,9 @@ class Trainer:
         checkpoint_path = self.out / "checkpoint.pt"
         if config.resume:
             saved = load_checkpoint(checkpoint_path)
-            check_compatible(saved["config"], config.as_dict(), RESUME_KEYS)
+            # options added since the checkpoint was written take their defaults
+            saved_config = {**TrainConfig().as_dict(), **saved["config"]}
+            check_compatible(saved_config, config.as_dict(), RESUME_KEYS)
             if saved["config"]["epochs"] != config.epochs and runtime.is_main:
                 print(
                     f"resuming with --epochs {config.epochs} (was {saved['config']['epochs']}): "
@@ -173,6 +184,8 @@ class Trainer:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
+            if average is not None:
+                average.load_state_dict(saved["ema"])
             set_rng_state(saved["rng"])
             position = {k: saved[k] for k in position}
             history = list(saved["history"])
@@ -200,6 +213,7 @@ class Trainer:
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "ema": average.state_dict() if average is not None else None,
                 "rng": rng_state(),
                 "epoch": epoch,
                 "batch": batch,
@@ -235,13 +249,15 @@ class Trainer:
                     x = random_crop(data.train_x[index], padding, generator).to(runtime.device)
                     y = data.train_y[index].to(runtime.device)
                     logits = network(x)
-                    loss = cross_entropy(logits, y)
+                    loss = cross_entropy(logits, y, label_smoothing=config.label_smoothing)
                     penalty = block.regularisation if terms else None
                     nfe_forward = block.nfe_forward if block is not None else 0
                     optimizer.zero_grad(set_to_none=True)
                     (loss if penalty is None else loss + penalty).backward()
                     optimizer.step()
                     scheduler.step()
+                    if average is not None:
+                        average.update(model)
                     nfe_backward = block.nfe_backward if block is not None else 0
                     correct = (logits.argmax(1) == y).sum().item()
                     step = [loss.item() * len(y), correct, len(y), nfe_forward, nfe_backward, 1]
@@ -278,7 +294,14 @@ class Trainer:
                 if status:
                     break
                 bar.close()
-                record = self._epoch_record(epoch, sums, network, model, data, runtime, terms)
+                evaluated = average.model if average is not None else network
+                record = self._epoch_record(epoch, sums, evaluated, model, data, runtime, terms)
+                if average is not None and epoch + 1 == config.epochs:
+                    # the trained weights too, once, to show what the average changes
+                    raw = evaluate(
+                        network, data.test_x, data.test_y, config.test_batch_size, runtime
+                    )
+                    record["test_error_raw"] = 1 - raw["accuracy"]
                 record["lr"] = scheduler.get_last_lr()[0]
                 history.append(record)
                 if runtime.is_main:
@@ -293,8 +316,16 @@ class Trainer:
         if status == 0 and runtime.is_main and config.plots:
             from ..viz.training import save_model_plots
 
-            save_model_plots(self.out, model, data, config, runtime.device)
-        return TrainResult(model, history, status, self.out, runtime.is_main)
+            shown = average.model if average is not None else model
+            save_model_plots(self.out, shown, data, config, runtime.device)
+        return TrainResult(
+            model,
+            history,
+            status,
+            self.out,
+            runtime.is_main,
+            average.model if average is not None else None,
+        )
 
     @staticmethod
     def _should_stop(stop_request: StopRequest, runtime: Runtime) -> bool:
@@ -371,10 +402,13 @@ def _summary(record: dict[str, Any]) -> str:
         nfe += ", regularisation " + " ".join(
             f"{k} {v:.4g}" for k, v in record["regularisation"].items()
         )
+    raw = ""
+    if record.get("test_error_raw") is not None:
+        raw = f" (trained weights without the average: {100 * (1 - record['test_error_raw']):.2f}%)"
     return (
         f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
         f"acc {100 * record['train_accuracy']:.2f}%, test loss {record['test_loss']:.4f} "
-        f"acc {100 * record['test_accuracy']:.2f}%{nfe}, {record['time_s']:.1f} s"
+        f"acc {100 * record['test_accuracy']:.2f}%{raw}{nfe}, {record['time_s']:.1f} s"
     )
 
 

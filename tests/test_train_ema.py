@@ -9,6 +9,8 @@ import signal
 
 import pytest
 import torch
+from test_train import TINY, _assert_identical, _deterministic
+from test_train import _params as _state
 from torch import nn
 
 from neuralode.training import INTERRUPTED, CheckpointError, TrainConfig, evaluate, train
@@ -16,26 +18,6 @@ from neuralode.training.ema import WeightAverage
 from neuralode.training.runtime import Runtime
 
 pytest.importorskip("sklearn", reason="the training tests use scikit-learn's digits")
-
-TINY = dict(
-    data="digits", channels=8, train_subset=64, test_subset=32, batch_size=16,
-    test_batch_size=32, threads=1, plots=False, rtol=1e-2, atol=1e-2,
-)  # fmt: skip
-TIMINGS = {"time_s", "cpu_time_s", "eval_time_s", "eval_cpu_time_s", "peak_memory_mb"}
-
-
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
-def _deterministic(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in history]
 
 
 def test_weight_average_follows_the_recurrence_with_its_warm_up() -> None:

@@ -56,3 +56,39 @@ def test_graph_free_events_and_perturb(method):
     assert float(free.event_t) == pytest.approx(float(graph.event_t), abs=1e-12)
     assert 0 < float(free.event_t) < math.pi
     torch.testing.assert_close(free.event_y, graph.event_y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow  # torch.compile takes 10-60 s on a 2-core CPU
+def test_compiled_step_follows_new_step_sizes_without_recompiling():
+    """``solver.step = torch.compile(solver.step)``: equal to eager (values and Direct
+    gradients) on solves with new end times, and after the warm-up no recompilation."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    y0 = torch.randn(4, 2)
+
+    def run(solver: ExplicitRK, t1: float, grad: bool) -> tuple[torch.Tensor, ...]:
+        net.zero_grad()
+        with torch.set_grad_enabled(grad):
+            sol = no.solve(lambda t, y: net(y), y0, torch.tensor([0.0, t1]), solver=solver,
+                           controller=no.PIController(1e-6, 1e-8))  # fmt: skip
+        if not grad:
+            return (sol.ys,)
+        sol.ys[-1].pow(2).sum().backward()
+        return (sol.ys.detach(), *(p.grad.clone() for p in net.parameters()))
+
+    eager, compiled = no.Dopri5(), no.Dopri5()
+    compiled.step = torch.compile(compiled.step)
+    torch._dynamo.reset()
+    for grad in (False, True):
+        for k in range(4):  # warm-up: dynamo turns the float times symbolic
+            run(compiled, 1.0 + 0.1 * k, grad)
+    counters = torch._dynamo.utils.counters
+    frames = counters["stats"]["unique_graphs"]
+    for grad in (False, True):
+        for k in range(5):
+            t1 = 1.37 + 0.123 * k
+            for got, want in zip(run(compiled, t1, grad), run(eager, t1, grad)):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == frames  # nothing new was compiled

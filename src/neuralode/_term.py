@@ -55,7 +55,7 @@ class ODETerm:
     def times(self, values: list[float]) -> tuple[torch.Tensor, ...] | None:
         """Several times as 0-dim tensors made by one conversion, on CPU; ``None`` elsewhere
         (a host-to-device copy would cost more than filling each on the device)."""
-        if self.device.type != "cpu":
+        if self.device.type != "cpu" or torch.compiler.is_compiling():
             return None
         return torch.tensor(values, dtype=self.time_dtype).unbind()
 

@@ -113,9 +113,9 @@ class ExplicitRK(Solver):
             # are slow for large states); addmv reads the transposed view directly.
             for i in range(1, co.stages):
                 if i == 1:
-                    y_stage = torch.add(y0, f0, alpha=dt * co.first_a)
+                    y_stage = _add(y0, f0, dt * co.first_a)
                 else:
-                    y_stage = torch.addmv(y0, torch.stack(ks).T, co.a[i], alpha=dt)
+                    y_stage = _addmv(y0, torch.stack(ks).T, co.a[i], dt)
                 ks.append(self._stage(term, times, i, c[i], t0 + c[i] * dt, y_stage, end_perturb))
             stacked = torch.stack(ks)
             all_columns = stacked.T
@@ -128,9 +128,9 @@ class ExplicitRK(Solver):
             rows[0].copy_(f0)  # f0 may be the previous step's last row: copied before reuse
             for i in range(1, co.stages):
                 if i == 1:
-                    y_stage = torch.add(y0, rows[0], alpha=dt * co.first_a)
+                    y_stage = _add(y0, rows[0], dt * co.first_a)
                 else:
-                    y_stage = torch.addmv(y0, columns[i], co.a[i], alpha=dt)
+                    y_stage = _addmv(y0, columns[i], co.a[i], dt)
                 if times is None or (c[i] == 1 and end_perturb):
                     k = self._stage(term, times, i, c[i], t0 + c[i] * dt, y_stage, end_perturb)
                     rows[i].copy_(k)
@@ -141,13 +141,9 @@ class ExplicitRK(Solver):
         if co.fsal:
             y1, f1 = y_stage, ks[-1]
         else:
-            y1, f1 = torch.addmv(y0, all_columns, co.b, alpha=dt), None
+            y1, f1 = _addmv(y0, all_columns, co.b, dt), None
         # dt * (K^T b_error) in one op: with beta=0, addmv ignores its first argument.
-        error = (
-            None
-            if co.b_error is None
-            else torch.addmv(y0, all_columns, co.b_error, beta=0, alpha=dt)
-        )
+        error = None if co.b_error is None else _addmv(y0, all_columns, co.b_error, dt, beta=0)
         extra = {"stacked": stacked, "f0_reusable": state is not None or not perturb}
         return Step(t0, t1, y0, y1, error, ks, f1, extra, end_perturb)
 
@@ -200,3 +196,21 @@ class ExplicitRK(Solver):
                 y_stage = torch.addmv(step.y0, torch.stack(ks).T, row, alpha=dt)
                 ks.append(term(step.t0 + c * dt, y_stage))
         return step.extra["stacked"] if len(ks) == len(step.stages) else torch.stack(ks)
+
+
+def _add(y: torch.Tensor, x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``y + alpha * x``: one fused op eagerly; under torch.compile the step size is a symbolic
+    float, which ``alpha=`` would specialise (one recompilation per step size)."""
+    if torch.compiler.is_compiling():
+        return y + x * alpha
+    return torch.add(y, x, alpha=alpha)
+
+
+def _addmv(
+    y: torch.Tensor, m: torch.Tensor, v: torch.Tensor, alpha: float, beta: float = 1.0
+) -> torch.Tensor:
+    """``beta * y + alpha * (m @ v)`` (``beta`` 0 or 1), see ``_add``."""
+    if torch.compiler.is_compiling():
+        mv = torch.mv(m, v) * alpha
+        return mv if beta == 0 else y + mv
+    return torch.addmv(y, m, v, beta=beta, alpha=alpha)

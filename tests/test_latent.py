@@ -329,7 +329,9 @@ def test_linear_plus_mlp_options_shapes_and_errors() -> None:
     torch.manual_seed(0)
     ts, values, mask = collate_irregular([(s[0].float(), s[1].float(), *s[2:]) for s in _series()])
     model = LatentODE(2, latent_dim=6, dynamics="linear+mlp", decoder="linear+mlp")
-    assert float(model.ode.dynamics.net.linear.weight.detach().abs().sum()) == 0  # starts as the MLP
+    assert (
+        float(model.ode.dynamics.net.linear.weight.detach().abs().sum()) == 0
+    )  # starts as the MLP
     assert model.ode.dynamics.net.linear.bias is None  # no constant drift in the latent field
     query = torch.linspace(0, 3, 5)
     assert model(ts, values, mask.float(), query).shape == (3, 5, 2)

@@ -133,18 +133,18 @@ def test_spirals_experiment_smoke_run_writes_everything(tmp_path: Path, capsys) 
     args = ["experiment", "spirals", "--quick", "--out", str(tmp_path), "--spirals", "10"]
     threads = torch.get_num_threads()
     try:
-        code = main(args + ["--epochs", "1", "--batch", "8", "--obs", "30", "5", "--threads", "1"])
+        code = main(args + ["--steps", "2", "--batch", "8", "--obs", "30", "5", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
     assert code == 0
     printed = capsys.readouterr().out
-    assert "latent ODE epoch   1/1" in printed and "| 30/100 |" in printed
+    assert "latent ODE step     2/2" in printed and "| 30/100 |" in printed
     table = (tmp_path / "table2.md").read_text()
     assert "0.3937" in table and "0.1642" in table and "| 5/100 |" in table
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for n_obs in ("30", "5"):
         for model in ("latent_ode", "rnn"):
             result = metrics["results"][n_obs][model]
-            assert math.isfinite(result["rmse_extrapolation"]) and result["epochs"] == 1
+            assert math.isfinite(result["rmse_extrapolation"]) and result["steps"] == 2
         png = (tmp_path / f"spirals_obs{n_obs}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"

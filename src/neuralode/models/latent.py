@@ -260,7 +260,8 @@ class LinearPlusMLP(nn.Module):
     path represents an Archimedean spiral exactly: z = (cos s, sin s, s cos s, s sin s) solves
     the linear ODE of a rotation's Jordan block and the spiral is a linear read-out of z, at
     any radius (an MLP alone is only accurate where it was trained). ``linear_init="zero"``
-    starts the linear path at 0, so that the model starts as the MLP alone;
+    starts the linear path at 0; ``mlp_init_scale`` scales the MLP's initial output layer
+    (and zeros its bias), so that with a small scale the nonlinear correction starts small;
     ``bias`` puts a bias on the linear path (for decoders, not for autonomous dynamics).
     """
 
@@ -273,6 +274,7 @@ class LinearPlusMLP(nn.Module):
         bias: bool = True,
         linear_init: str = "zero",
         layers: int = 1,
+        mlp_init_scale: float = 1.0,
     ):
         super().__init__()
         if linear_init not in ("zero", "default"):
@@ -287,6 +289,9 @@ class LinearPlusMLP(nn.Module):
         for n_in, n_out in zip(sizes, sizes[1:]):
             blocks += [nn.Linear(n_in, n_out), activation_layer(activation)]
         self.mlp = nn.Sequential(*blocks, nn.Linear(sizes[-1], dim_out))
+        with torch.no_grad():
+            self.mlp[-1].weight.mul_(mlp_init_scale)
+            self.mlp[-1].bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x) + self.mlp(x)
@@ -353,7 +358,12 @@ class _LatentVAE(nn.Module):
             )
         else:
             self.decoder = LinearPlusMLP(
-                latent_dim, obs_dim, decoder_hidden, activation="relu", linear_init="default"
+                latent_dim,
+                obs_dim,
+                decoder_hidden,
+                activation="relu",
+                linear_init="default",
+                mlp_init_scale=0.1,
             )
         if obs_std is None:
             self.log_obs_std = nn.Parameter(torch.zeros(obs_dim))
@@ -479,7 +489,8 @@ class LatentODE(_LatentVAE):
     latent 4, encoder 25 hidden units, dynamics and decoder MLPs of 20.
 
     ``dynamics="linear+mlp"`` makes f(z) = A z + MLP(z) (A starts at 0) and
-    ``decoder="linear+mlp"`` the decoder W z + b + MLP(z) (see ``LinearPlusMLP``): linear
+    ``decoder="linear+mlp"`` the decoder W z + b + MLP(z) (see ``LinearPlusMLP``; both MLPs
+    start with their output layer scaled by 0.1, which trained better on the spirals): linear
     dynamics and read-out that extrapolate beyond the states seen in training, such as
     spirals growing past the radii of the training windows. ``method``/``rtol``/``atol``/
     ``step_size``/``gradient`` configure the latent solve (see ``ODEBlock``);
@@ -522,7 +533,9 @@ class LatentODE(_LatentVAE):
                 latent_dim, dynamics_hidden, activation="elu", autonomous=True
             )
         else:
-            net = LinearPlusMLP(latent_dim, latent_dim, dynamics_hidden, bias=False, layers=2)
+            net = LinearPlusMLP(
+                latent_dim, latent_dim, dynamics_hidden, bias=False, layers=2, mlp_init_scale=0.1
+            )
             field = _Autonomous(net)
         self.ode = ODEBlock(
             field, method=method, rtol=rtol, atol=atol, step_size=step_size, gradient=gradient

@@ -5,7 +5,7 @@ see the noisy observed points of a spiral and are trained to fit them (``--proto
 as the paper's official example: extrapolation is never trained) or also the 100 noisy points
 after the window (``--protocol extrapolation``). The metric is the RMSE of the extrapolated
 100 points against the noise-free spiral, on held-out spirals. The latent ODE is a VAE (RNN
-encoder with time gaps run backwards, latent 6, autonomous dz/dt = A z + MLP(z), decoder
+encoder with time gaps run backwards, latent 10, autonomous dz/dt = A z + MLP(z), decoder
 W z + b + MLP(z): linear paths that can represent the spirals exactly and extrapolate past
 the radii seen in training); the RNN gets the previous values, the mask and the time gaps
 as inputs. Both get the same number of optimiser steps. ``--split validation`` evaluates on
@@ -42,7 +42,7 @@ DATA_NOTE = (
     "the mirror image of the counter-clockwise ones (the official code uses the hyperbolic "
     "spiral r = 15 / theta there, theta running from 6 pi + 1 down to 1), and each window "
     "is followed by the 100 points to extrapolate (starts in [100, 700], so that they "
-    "exist). The latent ODE is not the paper's: by default latent 6 with dynamics "
+    "exist). The latent ODE is not the paper's: by default latent 10 with dynamics "
     "A z + MLP(z) and decoder W z + b + MLP(z), which can represent "
     "both spiral families exactly (the paper: latent 4, MLPs)."
 )
@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="rnn",
         help="latent ODE encoder: GRU with time gaps (paper) or ODE-RNN",
     )
-    parser.add_argument("--latent", type=int, default=6, help="latent dimension (default 6)")
+    parser.add_argument("--latent", type=int, default=10, help="latent dimension (default 10)")
     parser.add_argument(
         "--dynamics",
         choices=["mlp", "linear+mlp"],

@@ -148,3 +148,25 @@ def test_spirals_experiment_smoke_run_writes_everything(tmp_path: Path, capsys) 
             assert math.isfinite(result["rmse_extrapolation"]) and result["steps"] == 2
         png = (tmp_path / f"spirals_obs{n_obs}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_spirals_experiment_validation_split_leaves_the_test_spirals_out(
+    tmp_path: Path, capsys
+) -> None:
+    pytest.importorskip("matplotlib")
+    from neuralode.cli import main
+
+    args = ["experiment", "spirals", "--quick", "--out", str(tmp_path), "--spirals", "20"]
+    args += ["--steps", "1", "--batch", "8", "--obs", "10", "--split", "validation"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(args + ["--latent", "3", "--dynamics", "mlp", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "12 train, 4 validation (test spirals unused)" in printed
+    assert "validation RMSE extrap" in printed
+    meta = json.loads((tmp_path / "metrics.json").read_text())["meta"]
+    assert meta["validation_spirals"] == 4 and "validation split" in meta["metric"]
+    assert "--split validation" in meta["command"] and "--dynamics mlp" in meta["command"]
+    assert "mirror image" in (tmp_path / "table2.md").read_text()

@@ -164,9 +164,9 @@ def test_spirals_experiment_validation_split_leaves_the_test_spirals_out(
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
-    assert "12 train, 4 validation (test spirals unused)" in printed
+    assert "13 train, 3 validation (test spirals unused)" in printed
     assert "validation RMSE extrap" in printed
     meta = json.loads((tmp_path / "metrics.json").read_text())["meta"]
-    assert meta["validation_spirals"] == 4 and "validation split" in meta["metric"]
+    assert meta["validation_spirals"] == 3 and "validation split" in meta["metric"]
     assert "--split validation" in meta["command"] and "--dynamics mlp" in meta["command"]
     assert "mirror image" in (tmp_path / "table2.md").read_text()

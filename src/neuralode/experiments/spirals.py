@@ -8,9 +8,10 @@ after the window (``--protocol extrapolation``). The metric is the RMSE of the e
 encoder with time gaps run backwards, latent 10, autonomous dz/dt = A z + MLP(z), decoder
 W z + b + MLP(z): linear paths that can represent the spirals exactly and extrapolate past
 the radii seen in training); the RNN gets the previous values, the mask and the time gaps
-as inputs, and half of its observed inputs are hidden at each training step (``--rnn-hide``)
-so that it learns to run on its own predictions, as it must when extrapolating (without
-this, at 100/100 observations it never does in training). Both get the same number of
+as inputs, and with more than 30 observations some of its observed inputs are hidden at
+each training step (``--rnn-hide``, default 1 - 30 / observations) so that it learns to run
+on its own predictions, as it must when extrapolating (without this, at 100/100
+observations it never does in training). Both get the same number of
 optimiser steps. ``--split validation`` evaluates on a validation split of the training
 spirals, for choosing a recipe. Writes ``table2.md``, ``metrics.json`` and
 ``spirals_obs{N}.png`` to ``--out``.
@@ -47,8 +48,8 @@ DATA_NOTE = (
     "is followed by the 100 points to extrapolate (starts in [100, 700], so that they "
     "exist). The latent ODE is not the paper's: by default latent 10 with dynamics "
     "A z + MLP(z) and decoder W z + b + MLP(z), which can represent "
-    "both spiral families exactly (the paper: latent 4, MLPs). The RNN has half of its "
-    "observed inputs hidden at each training step (`--rnn-hide`)."
+    "both spiral families exactly (the paper: latent 4, MLPs). The RNN has a fraction "
+    "1 - 30 / observations of its observed inputs hidden at each training step (`--rnn-hide`)."
 )
 
 
@@ -97,10 +98,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rnn-hide",
         type=float,
-        default=0.5,
+        default=None,
         help="fraction of the observed inputs hidden from the RNN at each training step "
         "(it then runs on its own predictions there, as when extrapolating; the loss still "
-        "covers every observed point; default 0.5)",
+        "covers every observed point; default 1 - 30 / observations: it trains on about 30 "
+        "inputs per window, as at 30 observations)",
     )
     parser.add_argument(
         "--split",
@@ -154,6 +156,16 @@ def _evaluate(model: torch.nn.Module, data: SpiralData) -> dict[str, float]:
     }
 
 
+def _rnn_hide(args: argparse.Namespace, n_obs: int) -> float:
+    """The fraction of observed inputs hidden from the RNN in training: ``--rnn-hide``, or
+    by default 1 - 30 / n_obs (none at 30 observations)."""
+    if args.rnn_hide is not None:
+        if not 0 <= args.rnn_hide < 1:
+            raise ValueError(f"--rnn-hide must be in [0, 1), got {args.rnn_hide}")
+        return args.rnn_hide
+    return max(0.0, 1 - 30 / n_obs)
+
+
 def _train(
     name: str,
     model: torch.nn.Module,
@@ -166,6 +178,7 @@ def _train(
     each pass); the latent ODE maximises the ELBO, the RNN minimises the squared error."""
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    rnn_hide = _rnn_hide(args, int(train.observed[0].sum()))
     observed, target = _masks(train, args.protocol)
     values = train.noisy
     gen = torch.Generator().manual_seed(args.seed)
@@ -184,8 +197,8 @@ def _train(
             loss = model.elbo(train.ts, x, m, target_mask=tm).loss()
             nfe.append(model.nfe)
         else:
-            if args.rnn_hide > 0:  # hide inputs: the RNN learns to run on its own predictions
-                shown = torch.rand(m.shape[:2], generator=gen) >= args.rnn_hide
+            if rnn_hide > 0:  # hide inputs: the RNN learns to run on its own predictions
+                shown = torch.rand(m.shape[:2], generator=gen) >= rnn_hide
                 pred = model(train.ts, x, m * shown.to(m.dtype)[..., None])
             else:
                 pred = model(train.ts, x, m)
@@ -217,6 +230,8 @@ def _train(
     }
     if nfe:
         result["mean_nfe_per_latent_solve"] = sum(nfe) / len(nfe)
+    else:
+        result["inputs_hidden_in_training"] = rnn_hide
     return result
 
 
@@ -315,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     options += [f"--latent {args.latent}", f"--dynamics {args.dynamics}"]
     options += [f"--decoder {args.decoder}", f"--encoder {args.encoder}"]
     options += [f"--protocol {args.protocol}", f"--split {args.split}"]
-    options += [f"--rnn-hide {args.rnn_hide}"]
+    options += [] if args.rnn_hide is None else [f"--rnn-hide {args.rnn_hide}"]
     options += [f"--spirals {n_spirals}"] + (["--quick"] if args.quick else [])
     meta = {
         "command": "neuralode experiment spirals " + " ".join(options),

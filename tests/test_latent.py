@@ -286,3 +286,61 @@ def test_rnn_baseline_feeds_back_its_predictions_where_nothing_is_observed() -> 
     with_feedback, without = feedback(ts, values, mask), plain(ts, values, mask)
     torch.testing.assert_close(with_feedback[:, :4], without[:, :4])
     assert (with_feedback[:, 4:] - without[:, 4:]).abs().min() > 1e-3
+
+
+def test_linear_plus_mlp_latent_ode_represents_the_spirals_exactly() -> None:
+    """z = (cos s, sin s, s cos s, s sin s) solves the linear ODE of a rotation's Jordan block;
+    with A that block (twice, and 0 for a constant latent) and the MLPs switched off, the
+    decoded trajectories are the generator's spirals of both directions, extrapolation
+    window included, whatever their radius."""
+    from neuralode.data.spirals import make_spirals
+
+    data = make_spirals(6, n_obs=30, noise_std=0.0, dtype=F64, seed=5)
+    model = LatentODE(2, latent_dim=9, dynamics="linear+mlp", decoder="linear+mlp", **TIGHT).to(F64)
+    jordan = torch.tensor([[0, -1, 0, 0], [1, 0, 0, 0], [1, 0, 0, -1], [0, 1, 1, 0]], dtype=F64)
+    field, decoder, b = model.ode.dynamics.net, model.decoder, 0.3
+    with torch.no_grad():
+        field.linear.weight.zero_()
+        field.linear.weight[:4, :4] = jordan
+        field.linear.weight[4:8, 4:8] = jordan
+        field.mlp[-1].weight.zero_()
+        field.mlp[-1].bias.zero_()
+        decoder.mlp[-1].weight.zero_()
+        decoder.mlp[-1].bias.zero_()
+        decoder.linear.bias.zero_()
+        decoder.linear.weight.zero_()
+        decoder.linear.weight[0, [2, 6, 8]] = torch.tensor([b, -b, 5.0], dtype=F64)
+        decoder.linear.weight[1, [3, 7]] = b
+    centre = torch.where(data.clockwise, -5.0, 5.0).to(F64)
+    start = data.trajectories[:, 0]
+    s0 = torch.hypot(start[:, 0] - centre, start[:, 1]) / b  # the angle of the first point
+    spiral = torch.stack([s0.cos(), s0.sin(), s0 * s0.cos(), s0 * s0.sin()], -1)
+    z0 = torch.zeros(len(data), 9, dtype=F64)
+    clockwise = data.clockwise[:, None]
+    z0[:, :4] = torch.where(clockwise, 0.0, spiral)
+    z0[:, 4:8] = torch.where(clockwise, spiral, 0.0)
+    z0[:, 8] = torch.where(data.clockwise, -1.0, 1.0)
+    decoded = model.decode(z0, data.ts)
+    assert bool(data.clockwise.any()) and not bool(data.clockwise.all())
+    torch.testing.assert_close(decoded, data.trajectories, rtol=0, atol=1e-6)
+
+
+def test_linear_plus_mlp_options_shapes_and_errors() -> None:
+    torch.manual_seed(0)
+    ts, values, mask = collate_irregular([(s[0].float(), s[1].float(), *s[2:]) for s in _series()])
+    model = LatentODE(2, latent_dim=6, dynamics="linear+mlp", decoder="linear+mlp")
+    assert (
+        float(model.ode.dynamics.net.linear.weight.detach().abs().sum()) == 0
+    )  # starts as the MLP
+    assert model.ode.dynamics.net.linear.bias is None  # no constant drift in the latent field
+    query = torch.linspace(0, 3, 5)
+    assert model(ts, values, mask.float(), query).shape == (3, 5, 2)
+    out = model.elbo(ts, values, mask.float(), n_samples=3)
+    assert out.predictions.shape == (3, 3, 7, 2)
+    out.loss().backward()
+    assert model.ode.dynamics.net.linear.weight.grad.abs().sum() > 0
+    assert RNNVAE(2, decoder="linear+mlp")(ts, values, mask.float(), query).shape == (3, 5, 2)
+    with pytest.raises(ValueError, match="dynamics must be one of .*'quadratic'"):
+        LatentODE(2, dynamics="quadratic")
+    with pytest.raises(ValueError, match="decoder must be one of .*'linear'"):
+        LatentODE(2, decoder="linear")

@@ -133,18 +133,40 @@ def test_spirals_experiment_smoke_run_writes_everything(tmp_path: Path, capsys) 
     args = ["experiment", "spirals", "--quick", "--out", str(tmp_path), "--spirals", "10"]
     threads = torch.get_num_threads()
     try:
-        code = main(args + ["--epochs", "1", "--batch", "8", "--obs", "30", "5", "--threads", "1"])
+        code = main(args + ["--steps", "2", "--batch", "8", "--obs", "30", "5", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
     assert code == 0
     printed = capsys.readouterr().out
-    assert "latent ODE epoch   1/1" in printed and "| 30/100 |" in printed
+    assert "latent ODE step     2/2" in printed and "| 30/100 |" in printed
     table = (tmp_path / "table2.md").read_text()
     assert "0.3937" in table and "0.1642" in table and "| 5/100 |" in table
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for n_obs in ("30", "5"):
         for model in ("latent_ode", "rnn"):
             result = metrics["results"][n_obs][model]
-            assert math.isfinite(result["rmse_extrapolation"]) and result["epochs"] == 1
+            assert math.isfinite(result["rmse_extrapolation"]) and result["steps"] == 2
         png = (tmp_path / f"spirals_obs{n_obs}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_spirals_experiment_validation_split_leaves_the_test_spirals_out(
+    tmp_path: Path, capsys
+) -> None:
+    pytest.importorskip("matplotlib")
+    from neuralode.cli import main
+
+    args = ["experiment", "spirals", "--quick", "--out", str(tmp_path), "--spirals", "20"]
+    args += ["--steps", "1", "--batch", "8", "--obs", "10", "--split", "validation"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(args + ["--latent", "3", "--dynamics", "mlp", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "13 train, 3 validation (test spirals unused)" in printed
+    assert "validation RMSE extrap" in printed
+    meta = json.loads((tmp_path / "metrics.json").read_text())["meta"]
+    assert meta["validation_spirals"] == 3 and "validation split" in meta["metric"]
+    assert "--split validation" in meta["command"] and "--dynamics mlp" in meta["command"]
+    assert "mirror image" in (tmp_path / "table2.md").read_text()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..adjoint import GradientStrategy
-from .dynamics import MLPDynamics
+from .dynamics import MLPDynamics, activation_layer
 from .ode_block import ODEBlock
 
 
@@ -252,6 +252,70 @@ def gaussian_log_likelihood(
     return (log_p * mask).sum((-1, -2))
 
 
+class LinearPlusMLP(nn.Module):
+    """y = W x + MLP(x): a linear map with a nonlinear correction, from ``dim_in`` to
+    ``dim_out`` features (``layers`` hidden layers of ``hidden`` units).
+
+    As latent dynamics dz/dt = A z + MLP(z) and as a decoder x = W z + b + MLP(z), the linear
+    path represents an Archimedean spiral exactly: z = (cos s, sin s, s cos s, s sin s) solves
+    the linear ODE of a rotation's Jordan block and the spiral is a linear read-out of z, at
+    any radius (an MLP alone is only accurate where it was trained). ``linear_init="zero"``
+    starts the linear path at 0; ``mlp_init_scale`` scales the MLP's initial output layer
+    (and zeros its bias), so that with a small scale the nonlinear correction starts small;
+    ``bias`` puts a bias on the linear path (for decoders, not for autonomous dynamics).
+    """
+
+    def __init__(
+        self,
+        dim_in: int,
+        dim_out: int,
+        hidden: int,
+        activation: str = "elu",
+        bias: bool = True,
+        linear_init: str = "zero",
+        layers: int = 1,
+        mlp_init_scale: float = 1.0,
+    ):
+        super().__init__()
+        if linear_init not in ("zero", "default"):
+            raise ValueError(f"linear_init must be 'zero' or 'default', got {linear_init!r}")
+        self.linear = nn.Linear(dim_in, dim_out, bias=bias)
+        if linear_init == "zero":
+            nn.init.zeros_(self.linear.weight)
+            if bias:
+                nn.init.zeros_(self.linear.bias)
+        sizes = [dim_in] + [hidden] * layers
+        blocks: list[nn.Module] = []
+        for n_in, n_out in zip(sizes, sizes[1:]):
+            blocks += [nn.Linear(n_in, n_out), activation_layer(activation)]
+        self.mlp = nn.Sequential(*blocks, nn.Linear(sizes[-1], dim_out))
+        with torch.no_grad():
+            self.mlp[-1].weight.mul_(mlp_init_scale)
+            self.mlp[-1].bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.mlp(x)
+
+
+class _Autonomous(nn.Module):
+    """f(t, z) = net(z): a time-invariant vector field for ``ODEBlock``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+PARTS = ("mlp", "linear+mlp")
+
+
+def _check_part(name: str, value: str) -> None:
+    if value not in PARTS:
+        raise ValueError(f"{name} must be one of {PARTS}, got {value!r}")
+
+
 class _LatentVAE(nn.Module):
     """Encoder run backwards over the observations -> q(z0) -> latent trajectory -> decoder.
 
@@ -269,8 +333,10 @@ class _LatentVAE(nn.Module):
         obs_std: float | None,
         t0: float,
         encoder_options: dict | None = None,
+        decoder: str = "mlp",
     ):
         super().__init__()
+        _check_part("decoder", decoder)
         if encoder not in ("rnn", "odernn"):
             raise ValueError(f"encoder must be 'rnn' or 'odernn', got {encoder!r}")
         if obs_std is not None and obs_std <= 0:
@@ -284,9 +350,21 @@ class _LatentVAE(nn.Module):
                 obs_dim, encoder_hidden, backwards=True, **(encoder_options or {})
             )
         self.to_posterior = nn.Linear(encoder_hidden, 2 * latent_dim)
-        self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, decoder_hidden), nn.ReLU(), nn.Linear(decoder_hidden, obs_dim)
-        )
+        if decoder == "mlp":
+            self.decoder: nn.Module = nn.Sequential(
+                nn.Linear(latent_dim, decoder_hidden),
+                nn.ReLU(),
+                nn.Linear(decoder_hidden, obs_dim),
+            )
+        else:
+            self.decoder = LinearPlusMLP(
+                latent_dim,
+                obs_dim,
+                decoder_hidden,
+                activation="relu",
+                linear_init="default",
+                mlp_init_scale=0.1,
+            )
         if obs_std is None:
             self.log_obs_std = nn.Parameter(torch.zeros(obs_dim))
         else:
@@ -406,12 +484,17 @@ class _LatentVAE(nn.Module):
 
 class LatentODE(_LatentVAE):
     """The latent ODE VAE: q(z0) from an RNN or ODE-RNN encoder run backwards over the
-    observations, z(t) solved from dz/dt = MLP(z) (time-invariant) at the query times, and a
-    decoder MLP to the observation space. Defaults follow the Neural ODE paper's spirals
-    model: latent 4, encoder 25 hidden units, dynamics and decoder 20.
+    observations, z(t) solved from a time-invariant dz/dt = f(z) at the query times, and a
+    decoder to the observation space. Defaults follow the Neural ODE paper's spirals model:
+    latent 4, encoder 25 hidden units, dynamics and decoder MLPs of 20.
 
-    ``method``/``rtol``/``atol``/``step_size``/``gradient`` configure the latent solve (see
-    ``ODEBlock``); ``encoder_options`` go to the ``ODERNN`` encoder.
+    ``dynamics="linear+mlp"`` makes f(z) = A z + MLP(z) (A starts at 0) and
+    ``decoder="linear+mlp"`` the decoder W z + b + MLP(z) (see ``LinearPlusMLP``; both MLPs
+    start with their output layer scaled by 0.1, which trained better on the spirals): linear
+    dynamics and read-out that extrapolate beyond the states seen in training, such as
+    spirals growing past the radii of the training windows. ``method``/``rtol``/``atol``/
+    ``step_size``/``gradient`` configure the latent solve (see ``ODEBlock``);
+    ``encoder_options`` go to the ``ODERNN`` encoder.
     """
 
     def __init__(
@@ -430,7 +513,10 @@ class LatentODE(_LatentVAE):
         step_size: float | None = None,
         gradient: str | GradientStrategy = "direct",
         encoder_options: dict | None = None,
+        dynamics: str = "mlp",
+        decoder: str = "mlp",
     ):
+        _check_part("dynamics", dynamics)
         super().__init__(
             obs_dim,
             latent_dim,
@@ -440,10 +526,19 @@ class LatentODE(_LatentVAE):
             obs_std,
             t0,
             encoder_options,
+            decoder,
         )
-        dynamics = MLPDynamics(latent_dim, dynamics_hidden, activation="elu", autonomous=True)
+        if dynamics == "mlp":
+            field: nn.Module = MLPDynamics(
+                latent_dim, dynamics_hidden, activation="elu", autonomous=True
+            )
+        else:
+            net = LinearPlusMLP(
+                latent_dim, latent_dim, dynamics_hidden, bias=False, layers=2, mlp_init_scale=0.1
+            )
+            field = _Autonomous(net)
         self.ode = ODEBlock(
-            dynamics, method=method, rtol=rtol, atol=atol, step_size=step_size, gradient=gradient
+            field, method=method, rtol=rtol, atol=atol, step_size=step_size, gradient=gradient
         )
 
     def latent_trajectory(self, z0: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
@@ -457,7 +552,8 @@ class LatentODE(_LatentVAE):
 
 class RNNVAE(_LatentVAE):
     """The RNN-VAE baseline: the latent ODE's encoder and q(z0), but the latent trajectory
-    is a GRU started at z0 and fed the time gaps between query times."""
+    is a GRU started at z0 and fed the time gaps between query times (``decoder`` as for
+    ``LatentODE``)."""
 
     def __init__(
         self,
@@ -469,8 +565,18 @@ class RNNVAE(_LatentVAE):
         decoder_hidden: int = 20,
         obs_std: float | None = 0.3,
         t0: float = 0.0,
+        decoder: str = "mlp",
     ):
-        super().__init__(obs_dim, latent_dim, encoder, encoder_hidden, decoder_hidden, obs_std, t0)
+        super().__init__(
+            obs_dim,
+            latent_dim,
+            encoder,
+            encoder_hidden,
+            decoder_hidden,
+            obs_std,
+            t0,
+            decoder=decoder,
+        )
         self.init = nn.Linear(latent_dim, rnn_hidden)
         self.gru = nn.GRUCell(1, rnn_hidden)
         self.readout = nn.Linear(rnn_hidden, latent_dim)

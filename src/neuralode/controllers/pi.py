@@ -89,7 +89,7 @@ class PIController(StepSizeController):
     ) -> torch.Tensor:
         """The scaled error; at most 1 means the step meets the tolerances."""
         rtol, atol = _as_tensor(self.rtol, y0), _as_tensor(self.atol, y0)
-        return _scaled_norm(y0, y1, error, rtol, atol, norm)
+        return norm(_scaled_error(y0.abs(), y1.abs(), error, rtol, atol))
 
     def init(
         self,
@@ -176,18 +176,16 @@ def _error_ratio(y0: torch.Tensor, y1: torch.Tensor, error: torch.Tensor, state:
     y1_abs = y1.abs()
     # not kept with a graph: that would hold a rejected step's graph a step longer
     state.last = None if y1.requires_grad else (y0, y0_abs, y1, y1_abs)
-    scaled = error / torch.addcmul(state.atol, torch.maximum(y0_abs, y1_abs), state.rtol)
+    scaled = _scaled_error(y0_abs, y1_abs, error, state.rtol, state.atol)
     return norm_value(scaled, state.norm)
 
 
-def _scaled_norm(
-    y0: torch.Tensor,
-    y1: torch.Tensor,
+def _scaled_error(
+    y0_abs: torch.Tensor,
+    y1_abs: torch.Tensor,
     error: torch.Tensor,
     rtol: torch.Tensor,
     atol: torch.Tensor,
-    norm: Norm,
 ) -> torch.Tensor:
-    """norm(error / (atol + rtol * max(|y0|, |y1|)))."""
-    scale = torch.addcmul(atol, torch.maximum(y0.abs(), y1.abs()), rtol)
-    return norm(error / scale)
+    """error / (atol + rtol * max(|y0|, |y1|)), from |y0| and |y1|."""
+    return error / torch.addcmul(atol, torch.maximum(y0_abs, y1_abs), rtol)

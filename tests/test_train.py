@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -19,6 +20,16 @@ TINY = dict(
     data="digits", channels=8, train_subset=64, test_subset=32, batch_size=16,
     test_batch_size=32, threads=1, plots=False, rtol=1e-2, atol=1e-2,
 )  # fmt: skip
+
+
+def sigint_at(epoch: int, batch: int) -> Callable[[int, int], None]:
+    """An ``on_batch`` callback that sends SIGINT (as Ctrl-C does) at that epoch and batch."""
+
+    def interrupt(at_epoch: int, at_batch: int) -> None:
+        if (at_epoch, at_batch) == (epoch, batch):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return interrupt
 
 
 def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -85,11 +96,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path) -> None:
     handler = signal.getsignal(signal.SIGINT)
     straight = train(TrainConfig(out=str(tmp_path / "a"), **common))
 
-    def interrupt(epoch: int, batch: int) -> None:
-        if (epoch, batch) == (1, 1):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    stopped = train(TrainConfig(out=str(tmp_path / "b"), **common), on_batch=interrupt)
+    stopped = train(TrainConfig(out=str(tmp_path / "b"), **common), on_batch=sigint_at(1, 1))
     assert stopped.status == INTERRUPTED and len(stopped.history) == 1
     saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert (saved["epoch"], saved["batch"]) == (1, 2)

@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 import torch
-from test_train import TINY, _assert_identical, _deterministic
+from test_train import TINY, _assert_identical, _deterministic, sigint_at
 from test_train import _params as _state
 from torch import nn
 
@@ -90,11 +88,7 @@ def test_ctrl_c_and_resume_keep_the_average_bit_for_bit(tmp_path) -> None:
     common = dict(model="odenet", epochs=2, ema=0.8, label_smoothing=0.1, **TINY)
     straight = train(TrainConfig(out=str(tmp_path / "a"), **common))
 
-    def interrupt(epoch: int, batch: int) -> None:
-        if (epoch, batch) == (1, 1):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    stopped = train(TrainConfig(out=str(tmp_path / "b"), **common), on_batch=interrupt)
+    stopped = train(TrainConfig(out=str(tmp_path / "b"), **common), on_batch=sigint_at(1, 1))
     assert stopped.status == INTERRUPTED
     resumed = train(TrainConfig(out=str(tmp_path / "b"), resume=True, **common))
     assert resumed.status == 0

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 
 import pytest
 import torch
+from test_train import TINY, sigint_at
 
 from neuralode.cli import main
 from neuralode.models import DerivativePenalty, JacobianFrobenius, KineticEnergy
@@ -23,11 +22,6 @@ from neuralode.training import (
 )
 
 pytest.importorskip("sklearn", reason="the training tests use scikit-learn's digits")
-
-TINY = dict(
-    data="digits", channels=8, train_subset=64, test_subset=32, batch_size=16,
-    test_batch_size=32, threads=1, plots=False, rtol=1e-2, atol=1e-2,
-)  # fmt: skip
 
 
 def _config(argv: list[str]) -> TrainConfig:
@@ -77,11 +71,7 @@ def test_interrupted_regularised_run_resumes_exactly(tmp_path) -> None:
     common = dict(model="rknet", epochs=2, kinetic=0.1, jacobian=0.1, **TINY)
     straight = train(TrainConfig(out=str(tmp_path / "a"), **common))
 
-    def interrupt(epoch: int, batch: int) -> None:
-        if (epoch, batch) == (1, 1):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    stopped = train(TrainConfig(out=str(tmp_path / "b"), **common), on_batch=interrupt)
+    stopped = train(TrainConfig(out=str(tmp_path / "b"), **common), on_batch=sigint_at(1, 1))
     assert stopped.status == INTERRUPTED
     resumed = train(TrainConfig(out=str(tmp_path / "b"), resume=True, **common))
     a, b = straight.model.state_dict(), resumed.model.state_dict()

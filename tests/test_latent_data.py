@@ -170,3 +170,16 @@ def test_spirals_experiment_validation_split_leaves_the_test_spirals_out(
     assert meta["validation_spirals"] == 3 and "validation split" in meta["metric"]
     assert "--split validation" in meta["command"] and "--dynamics mlp" in meta["command"]
     assert "mirror image" in (tmp_path / "table2.md").read_text()
+
+
+def test_spirals_experiment_rejects_a_bad_rnn_hide_before_training(tmp_path: Path) -> None:
+    import argparse
+
+    from neuralode.experiments import spirals
+
+    parser = argparse.ArgumentParser()
+    spirals.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "out"), "--rnn-hide", "1.5"])
+    with pytest.raises(ValueError, match=r"--rnn-hide must be in \[0, 1\), got 1.5"):
+        spirals.run(args)
+    assert not (tmp_path / "out").exists()  # nothing trained or written

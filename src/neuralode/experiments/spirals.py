@@ -160,8 +160,6 @@ def _rnn_hide(args: argparse.Namespace, n_obs: int) -> float:
     """The fraction of observed inputs hidden from the RNN in training: ``--rnn-hide``, or
     by default 1 - 30 / n_obs (none at 30 observations)."""
     if args.rnn_hide is not None:
-        if not 0 <= args.rnn_hide < 1:
-            raise ValueError(f"--rnn-hide must be in [0, 1), got {args.rnn_hide}")
         return args.rnn_hide
     return max(0.0, 1 - 30 / n_obs)
 
@@ -284,6 +282,8 @@ def _table(results: dict[int, dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.rnn_hide is not None and not 0 <= args.rnn_hide < 1:  # before any training
+        raise ValueError(f"--rnn-hide must be in [0, 1), got {args.rnn_hide}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:

@@ -81,11 +81,7 @@ class ODETerm:
 
         Graph-free steps only: f's output is copied into the row through a view in its own
         shape, which saves the reshape of ``at`` and a temporary per evaluation."""
-        self.nfe += 1
-        shape = self._leaf_shape
-        out = self.func(t, y.view(shape) if shape is not None else self.spec.unflatten(y))
-        if not self._checked:
-            self._check(out)
+        out = self._evaluate(t, y)
         if buffer.user_rows is not None:
             if out.shape != buffer.user_rows[i].shape:  # copy_ would broadcast
                 self.spec.flatten(out, "func's output")  # raises the shape error
@@ -99,16 +95,19 @@ class ODETerm:
 
     def at(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """f at the time tensor ``t`` (0-dim, the term's time dtype) on the flat state ``y``."""
+        out = self._evaluate(t, y)
+        if self._leaf_shape is not None:
+            return out.reshape(-1)
+        return self.spec.flatten(out, "func's output")
+
+    def _evaluate(self, t: torch.Tensor, y: torch.Tensor) -> Any:
+        """f on the flat state ``y`` seen in the user's shape; counted, and checked once."""
         self.nfe += 1
-        spec = self.spec
         shape = self._leaf_shape
-        y_user = y.view(shape) if shape is not None else spec.unflatten(y)
-        out = self.func(t, y_user)
+        out = self.func(t, y.view(shape) if shape is not None else self.spec.unflatten(y))
         if not self._checked:
             self._check(out)
-        if shape is not None:
-            return out.reshape(-1)
-        return spec.flatten(out, "func's output")
+        return out
 
     def _check(self, out: Any) -> None:
         what = "func(t, y)"

@@ -162,6 +162,7 @@ class Trainer:
         model = build_model(config, data.channels, data.classes).to(runtime.device)
         optimizer = make_optimizer(config, model)
         average = WeightAverage(model, config.ema) if config.ema > 0 else None
+        averaged = average.model if average is not None else None  # evaluated when set
         sampler = DistributedSampler(
             range(len(data.train_y)), runtime.world, runtime.rank, shuffle=True, seed=config.seed
         )
@@ -294,7 +295,7 @@ class Trainer:
                 if status:
                     break
                 bar.close()
-                evaluated = average.model if average is not None else network
+                evaluated = averaged if averaged is not None else network
                 record = self._epoch_record(epoch, sums, evaluated, model, data, runtime, terms)
                 if average is not None and epoch + 1 == config.epochs:
                     # the trained weights too, once, to show what the average changes
@@ -316,7 +317,7 @@ class Trainer:
         if status == 0 and runtime.is_main and config.plots:
             from ..viz.training import save_model_plots
 
-            shown = average.model if average is not None else model
+            shown = averaged if averaged is not None else model
             save_model_plots(self.out, shown, data, config, runtime.device)
         return TrainResult(
             model,
@@ -324,7 +325,7 @@ class Trainer:
             status,
             self.out,
             runtime.is_main,
-            average.model if average is not None else None,
+            averaged,
         )
 
     @staticmethod

@@ -126,50 +126,74 @@ def test_physionet_errors_name_the_problem(tmp_path: Path) -> None:
         load_physionet(tmp_path)
 
 
-def test_spirals_experiment_smoke_run_writes_everything(tmp_path: Path, capsys) -> None:
+def _run_spirals(tmp_path: Path, *extra: str) -> dict:
     pytest.importorskip("matplotlib")
     from neuralode.cli import main
 
     args = ["experiment", "spirals", "--quick", "--out", str(tmp_path), "--spirals", "10"]
     threads = torch.get_num_threads()
     try:
-        code = main(args + ["--steps", "2", "--batch", "8", "--obs", "30", "5", "--threads", "1"])
+        assert main(args + ["--batch", "8", "--threads", "1", *extra]) == 0
     finally:
         torch.set_num_threads(threads)
-    assert code == 0
+    return json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_spirals_experiment_smoke_run_writes_everything(tmp_path: Path, capsys) -> None:
+    """Two observation counts x two seeds in two worker processes: per-seed results, their
+    mean and spread, weights and a plot per setting."""
+    metrics = _run_spirals(
+        tmp_path, "--steps", "2", "--obs", "30", "5", "--seeds", "2", "--workers", "2"
+    )
     printed = capsys.readouterr().out
-    assert "latent ODE step     2/2" in printed and "| 30/100 |" in printed
+    assert "7 train, 1 validation, 2 test" in printed and "2 worker(s)" in printed
+    assert "| 30/100 |" in printed
     table = (tmp_path / "table2.md").read_text()
-    assert "0.3937" in table and "0.1642" in table and "| 5/100 |" in table
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "0.3937" in table and "0.1642" in table and "| 5/100 | 1 |" in table
+    assert "mirror image" in table and "over seeds [0, 1]" in table
     for n_obs in ("30", "5"):
+        summary = metrics["summary"][n_obs]
         for model in ("latent_ode", "rnn"):
-            result = metrics["results"][n_obs][model]
-            assert math.isfinite(result["rmse_extrapolation"]) and result["steps"] == 2
-        png = (tmp_path / f"spirals_obs{n_obs}.png").read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+            per_seed = []
+            for seed in ("0", "1"):
+                result = metrics["runs"][n_obs][seed][model]
+                assert math.isfinite(result["rmse_extrapolation"]) and result["steps"] == 2
+                assert summary[model]["per_seed"][seed] == result["rmse_extrapolation"]
+                per_seed.append(result["rmse_extrapolation"])
+                name = f"{model}_obs{n_obs}_seed{seed}.pt"
+                assert torch.load(tmp_path / name, weights_only=True)
+            assert summary[model]["mean"] == pytest.approx(sum(per_seed) / 2)
+            assert summary[model]["std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2**0.5)
+        ratios = summary["ratio_per_seed"]
+        assert summary["latent_wins"] == sum(r < 1 for r in ratios.values())
+        for seed in ("0", "1"):
+            png = (tmp_path / f"spirals_obs{n_obs}_seed{seed}.png").read_bytes()
+            assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_spirals_experiment_validation_split_leaves_the_test_spirals_out(
-    tmp_path: Path, capsys
-) -> None:
-    pytest.importorskip("matplotlib")
-    from neuralode.cli import main
-
-    args = ["experiment", "spirals", "--quick", "--out", str(tmp_path), "--spirals", "20"]
-    args += ["--steps", "1", "--batch", "8", "--obs", "10", "--split", "validation"]
-    threads = torch.get_num_threads()
-    try:
-        assert main(args + ["--latent", "3", "--dynamics", "mlp", "--threads", "1"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    printed = capsys.readouterr().out
-    assert "13 train, 3 validation (test spirals unused)" in printed
-    assert "validation RMSE extrap" in printed
-    meta = json.loads((tmp_path / "metrics.json").read_text())["meta"]
-    assert meta["validation_spirals"] == 3 and "validation split" in meta["metric"]
-    assert "--split validation" in meta["command"] and "--dynamics mlp" in meta["command"]
-    assert "mirror image" in (tmp_path / "table2.md").read_text()
+@pytest.mark.parametrize("select", ["best", "last"])
+def test_spirals_experiment_reports_the_weights_it_selects(tmp_path: Path, select: str) -> None:
+    """--select best ends with the weights of the evaluation with the lowest validation RMSE
+    (against the noisy points), --select last with the last ones; the test spirals never
+    enter the choice."""
+    metrics = _run_spirals(
+        tmp_path, "--steps", "6", "--eval-every", "1", "--obs", "10", "--select", select
+    )
+    for model in ("latent_ode", "rnn"):
+        result = metrics["runs"]["10"]["0"][model]
+        history = result["history"]
+        assert [row["step"] for row in history] == [1, 2, 3, 4, 5, 6]
+        scores = [row["validation_rmse_extrapolation_noisy"] for row in history]
+        chosen = 1 + scores.index(min(scores)) if select == "best" else 6
+        assert result["selected_step"] == chosen
+        row = history[chosen - 1]
+        assert result["validation_rmse_extrapolation"] == pytest.approx(
+            row["validation_rmse_extrapolation"], rel=1e-6
+        )
+        assert result["rmse_extrapolation"] == pytest.approx(
+            row["test_rmse_extrapolation"], rel=1e-6
+        )
+    assert f"--select {select}" in metrics["meta"]["command"]
 
 
 def test_spirals_experiment_rejects_a_bad_rnn_hide_before_training(tmp_path: Path) -> None:
@@ -183,3 +207,7 @@ def test_spirals_experiment_rejects_a_bad_rnn_hide_before_training(tmp_path: Pat
     with pytest.raises(ValueError, match=r"--rnn-hide must be in \[0, 1\), got 1.5"):
         spirals.run(args)
     assert not (tmp_path / "out").exists()  # nothing trained or written
+    args = parser.parse_args(["--out", str(tmp_path / "out"), "--workers", "0"])
+    with pytest.raises(ValueError, match="--workers must be at least 1, got 0"):
+        spirals.run(args)
+    assert not (tmp_path / "out").exists()

@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -105,11 +107,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "inputs per window, as at 30 observations)",
     )
     parser.add_argument(
-        "--split",
-        choices=["test", "validation"],
-        default="test",
-        help="evaluate on the test spirals, or on a validation split of the training "
-        "spirals (for tuning; the test spirals are then not used)",
+        "--select",
+        choices=["best", "last"],
+        default="best",
+        help="report each model's weights with the lowest extrapolation RMSE on the "
+        "validation spirals (best, evaluated every --eval-every steps) or its last weights",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        help="steps between validation evaluations (default steps / 20)",
     )
     parser.add_argument(
         "--protocol",
@@ -117,7 +125,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="paper",
         help="train on the observed window only (paper), or also on the points after it",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="seeds per setting, --seed, --seed + 1, ...: each a new draw of the spirals, "
+        "initialisations and batches; the table gives means and spreads (default 1)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="settings (observations x seed) trained at once in separate processes; with "
+        "--threads 1, up to one per core (default 1)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
 
@@ -168,21 +190,28 @@ def _train(
     name: str,
     model: torch.nn.Module,
     train: SpiralData,
+    validation: SpiralData,
     test: SpiralData,
     args: argparse.Namespace,
     steps: int,
 ) -> dict:
     """Adam with cosine decay for ``steps`` steps of ``args.batch`` spirals (reshuffled after
-    each pass); the latent ODE maximises the ELBO, the RNN minimises the squared error."""
+    each pass); the latent ODE maximises the ELBO, the RNN minimises the squared error.
+
+    Every ``eval_every`` steps the model extrapolates the validation spirals; with
+    ``--select best`` it ends with the weights whose RMSE against their noisy points after the
+    window (what a user has) was lowest. The test RMSE in the history is never used."""
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     rnn_hide = _rnn_hide(args, int(train.observed[0].sum()))
+    eval_every = args.eval_every or max(1, steps // 20)
     observed, target = _masks(train, args.protocol)
     values = train.noisy
     gen = torch.Generator().manual_seed(args.seed)
     start, cpu_start = time.perf_counter(), time.process_time()
-    history = []
+    history: list[dict] = []
     nfe = []
+    best_score, best_step, best_state = math.inf, 0, None
     batch = min(args.batch, len(train))
     order, position, losses = torch.randperm(len(train), generator=gen), 0, []
     for step in range(1, steps + 1):
@@ -207,23 +236,39 @@ def _train(
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
-        if step == steps or step % max(1, steps // 8) == 0:
-            row = {"step": step, "loss": sum(losses) / len(losses), **_evaluate(model, test)}
+        if step == steps or step % eval_every == 0:
+            val = _evaluate(model, validation)
+            row = {
+                "step": step,
+                "loss": sum(losses) / len(losses),
+                "validation_rmse_extrapolation_noisy": val["rmse_extrapolation_noisy"],
+                "validation_rmse_extrapolation": val["rmse_extrapolation"],
+                "test_rmse_extrapolation": _evaluate(model, test)["rmse_extrapolation"],
+            }
             losses = []
-            print(
-                f"    {name:<10} step {step:5d}/{steps}  loss {row['loss']:8.4f}  "
-                f"{args.split} RMSE extrap {row['rmse_extrapolation']:.4f} "
-                f"recon {row['rmse_reconstruction']:.4f}  "
-                f"({time.perf_counter() - start:5.1f} s)",
-                flush=True,
-            )
             history.append(row)
+            if row["validation_rmse_extrapolation_noisy"] < best_score:
+                best_score, best_step = row["validation_rmse_extrapolation_noisy"], step
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if step == steps or step % max(eval_every, steps // 8) == 0:
+                print(  # one write per line: worker processes share the terminal
+                    f"  {name:<24} step {step:5d}/{steps}  loss {row['loss']:8.4f}  "
+                    f"RMSE extrap validation {row['validation_rmse_extrapolation']:.4f} "
+                    f"test {row['test_rmse_extrapolation']:.4f}  "
+                    f"({time.perf_counter() - start:5.1f} s)\n",
+                    end="",
+                    flush=True,
+                )
+    if args.select == "best" and best_state is not None:
+        model.load_state_dict(best_state)
     result = {
         "train_seconds": time.perf_counter() - start,
         "train_cpu_seconds": time.process_time() - cpu_start,
         "steps": steps,
+        "selected_step": best_step if args.select == "best" else steps,
         "parameters": sum(p.numel() for p in model.parameters()),
         **_evaluate(model, test),
+        "validation_rmse_extrapolation": _evaluate(model, validation)["rmse_extrapolation"],
         "history": history,
     }
     if nfe:
@@ -233,9 +278,7 @@ def _train(
     return result
 
 
-def _plot(
-    path: Path, models: dict[str, torch.nn.Module], test: SpiralData, count: int, split: str
-) -> None:
+def _plot(path: Path, models: dict[str, torch.nn.Module], test: SpiralData, count: int) -> None:
     from ..viz.plots import _pyplot
 
     plt = _pyplot()
@@ -254,7 +297,7 @@ def _plot(
             ax.plot(obs[:, 0], obs[:, 1], "k.", ms=4, label="observed")
             ax.plot(pred[row, :w, 0], pred[row, :w, 1], "C0-", lw=1.5, label="reconstruction")
             ax.plot(pred[row, w:, 0], pred[row, w:, 1], "C3--", lw=1.5, label="extrapolation")
-            ax.set_title(f"{name}, {split} spiral {row}", fontsize=9)
+            ax.set_title(f"{name}, test spiral {row}", fontsize=9)
             ax.set_aspect("equal", adjustable="datalim")
             if row == 0 and col == 0:
                 ax.legend(fontsize=7)
@@ -263,94 +306,180 @@ def _plot(
     plt.close(fig)
 
 
-def _table(results: dict[int, dict]) -> str:
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _summary(runs: dict[int, dict[int, dict]]) -> dict[int, dict]:
+    """Per observation count: each model's test RMSE per seed, mean and sample std, the
+    latent / RNN ratio of the means and per seed, and the seeds the latent ODE wins."""
+    summary = {}
+    for n_obs, by_seed in runs.items():
+        row: dict = {}
+        for model in ("latent_ode", "rnn"):
+            per_seed = {seed: r[model]["rmse_extrapolation"] for seed, r in by_seed.items()}
+            mean, std = _mean_std(list(per_seed.values()))
+            row[model] = {"mean": mean, "std": std, "per_seed": per_seed}
+        ratios = {
+            seed: row["latent_ode"]["per_seed"][seed] / rmse
+            for seed, rmse in row["rnn"]["per_seed"].items()
+        }
+        row["ratio_of_means"] = row["latent_ode"]["mean"] / row["rnn"]["mean"]
+        row["ratio_per_seed"] = ratios
+        row["latent_wins"] = sum(r < 1 for r in ratios.values())
+        summary[n_obs] = row
+    return summary
+
+
+def _table(summary: dict[int, dict]) -> str:
+    """Means (+- sample std over seeds) beside the paper's numbers, then each seed."""
     lines = [
         "| observations | RNN (paper) | Latent ODE (paper) | RNN (ours) | Latent ODE (ours) "
-        "| ratio ours (latent / RNN) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| ratio (latent / RNN) | latent wins |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for n_obs, result in results.items():
+
+    def cell(stats: dict) -> str:
+        return f"{stats['mean']:.4f}" + (f" ± {stats['std']:.4f}" if stats["std"] else "")
+
+    for n_obs, row in summary.items():
         paper = PAPER_RMSE.get(n_obs, {})
-        rnn = result["rnn"]["rmse_extrapolation"]
-        latent = result["latent_ode"]["rmse_extrapolation"]
         lines.append(
             f"| {n_obs}/100 | {paper.get('rnn', math.nan):.4f} "
-            f"| {paper.get('latent_ode', math.nan):.4f} | {rnn:.4f} | {latent:.4f} "
-            f"| {latent / rnn:.2f} |"
+            f"| {paper.get('latent_ode', math.nan):.4f} | {cell(row['rnn'])} "
+            f"| {cell(row['latent_ode'])} | {row['ratio_of_means']:.2f} "
+            f"| {row['latent_wins']}/{len(row['ratio_per_seed'])} |"
         )
+    lines += ["", "| observations | seed | RNN | Latent ODE | ratio |", "|---|---:|---:|---:|---:|"]
+    for n_obs, row in summary.items():
+        for seed, ratio in row["ratio_per_seed"].items():
+            lines.append(
+                f"| {n_obs}/100 | {seed} | {row['rnn']['per_seed'][seed]:.4f} "
+                f"| {row['latent_ode']['per_seed'][seed]:.4f} | {ratio:.2f} |"
+            )
     return "\n".join(lines)
+
+
+def _run_setting(args: argparse.Namespace, n_obs: int, seed: int) -> dict:
+    """Train and evaluate both models for one observation count and one seed (a draw of the
+    spirals, initialisations and batches); save their weights and a plot into ``--out``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    steps = args.steps or (20 if args.quick else 2000)
+    n_spirals = args.spirals or (40 if args.quick else 1000)
+    n_test = max(1, n_spirals // 5)
+    n_val = max(1, (n_spirals - n_test) // 10)
+    torch.manual_seed(seed)
+    data = make_spirals(n_spirals, n_obs=n_obs, seed=seed)
+    train = data.subset(slice(n_test + n_val, None))
+    validation = data.subset(slice(n_test, n_test + n_val))
+    test = data.subset(slice(0, n_test))
+    latent = LatentODE(
+        2,
+        latent_dim=args.latent,
+        encoder=args.encoder,
+        obs_std=0.3,
+        dynamics=args.dynamics,
+        decoder=args.decoder,
+    )
+    rnn = RNNBaseline(2, hidden_dim=25)
+    seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
+    tag = f"obs {n_obs} seed {seed}"
+    result = {
+        "latent_ode": _train(
+            f"{tag} latent ODE", latent, train, validation, test, seed_args, steps
+        ),
+        "rnn": _train(f"{tag} RNN", rnn, train, validation, test, seed_args, steps),
+    }
+    name = f"obs{n_obs}_seed{seed}"
+    torch.save(latent.state_dict(), out / f"latent_ode_{name}.pt")
+    torch.save(rnn.state_dict(), out / f"rnn_{name}.pt")
+    _plot(out / f"spirals_{name}.png", {"latent ODE": latent, "RNN": rnn}, test, 3)
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
     if args.rnn_hide is not None and not 0 <= args.rnn_hide < 1:  # before any training
         raise ValueError(f"--rnn-hide must be in [0, 1), got {args.rnn_hide}")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     steps = args.steps or (20 if args.quick else 2000)
     n_spirals = args.spirals or (40 if args.quick else 1000)
     n_test = max(1, n_spirals // 5)
-    n_val = max(1, (n_spirals - n_test) // 5) if args.split == "validation" else 0
-    where = (
-        f"{n_spirals - n_test - n_val} train, {n_val} validation (test spirals unused)"
-        if n_val
-        else f"{n_spirals - n_test} train, {n_test} test"
-    )
+    n_val = max(1, (n_spirals - n_test) // 10)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    jobs = [(n_obs, seed) for n_obs in args.obs for seed in seeds]
     print(
-        f"spirals: {n_spirals} spirals ({where}), {steps} steps of {args.batch} per model, "
-        f"observations {args.obs}, writing to {out}/"
+        f"spirals: {n_spirals} spirals ({n_spirals - n_test - n_val} train, {n_val} "
+        f"validation, {n_test} test), {steps} steps of {args.batch} per model, "
+        f"observations {args.obs}, seeds {seeds}, {min(args.workers, len(jobs))} worker(s), "
+        f"writing to {out}/",
+        flush=True,
     )
-    results: dict[int, dict] = {}
-    for n_obs in args.obs:
-        torch.manual_seed(args.seed)
-        data = make_spirals(n_spirals, n_obs=n_obs, seed=args.seed)
-        train = data.subset(slice(n_test + n_val, None))
-        held_out = data.subset(slice(n_test, n_test + n_val) if n_val else slice(0, n_test))
-        print(f"  {n_obs} observations of 100:", flush=True)
-        latent = LatentODE(
-            2,
-            latent_dim=args.latent,
-            encoder=args.encoder,
-            obs_std=0.3,
-            dynamics=args.dynamics,
-            decoder=args.decoder,
-        )
-        rnn = RNNBaseline(2, hidden_dim=25)
-        results[n_obs] = {
-            "latent_ode": _train("latent ODE", latent, train, held_out, args, steps),
-            "rnn": _train("RNN", rnn, train, held_out, args, steps),
-        }
-        models = {"latent ODE": latent, "RNN": rnn}
-        _plot(out / f"spirals_obs{n_obs}.png", models, held_out, 3, args.split)
-        table = _table(results)
-        print(table, flush=True)
+    runs: dict[int, dict[int, dict]] = {n_obs: {} for n_obs in args.obs}
+    if args.workers > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(args.workers, len(jobs)), mp_context=context) as pool:
+            futures = {pool.submit(_run_setting, args, *job): job for job in jobs}
+            for future in as_completed(futures):
+                n_obs, seed = futures[future]
+                runs[n_obs][seed] = future.result()
+    else:
+        for n_obs, seed in jobs:
+            runs[n_obs][seed] = _run_setting(args, n_obs, seed)
+    runs = {n_obs: dict(sorted(by_seed.items())) for n_obs, by_seed in runs.items()}
+    summary = _summary(runs)
+    table = _table(summary)
+    print(table, flush=True)
     options = [f"--out {args.out}", f"--steps {steps}", "--obs", *map(str, args.obs)]
     options += [f"--batch {args.batch}", f"--lr {args.lr}", f"--seed {args.seed}"]
-    options += [f"--latent {args.latent}", f"--dynamics {args.dynamics}"]
-    options += [f"--decoder {args.decoder}", f"--encoder {args.encoder}"]
-    options += [f"--protocol {args.protocol}", f"--split {args.split}"]
+    options += [f"--seeds {args.seeds}", f"--latent {args.latent}"]
+    options += [f"--dynamics {args.dynamics}", f"--decoder {args.decoder}"]
+    options += [f"--encoder {args.encoder}", f"--protocol {args.protocol}"]
+    options += [f"--select {args.select}"]
+    options += [f"--eval-every {args.eval_every}"] if args.eval_every else []
     options += [] if args.rnn_hide is None else [f"--rnn-hide {args.rnn_hide}"]
     options += [f"--spirals {n_spirals}"] + (["--quick"] if args.quick else [])
+    threads = args.threads or torch.get_num_threads()
     meta = {
         "command": "neuralode experiment spirals " + " ".join(options),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        f"{threads} thread(s) per run, {min(args.workers, len(jobs))} run(s) at a time",
         "spirals": n_spirals,
         "test_spirals": n_test,
         "validation_spirals": n_val,
+        "seeds": seeds,
         "metric": "RMSE of the 100 extrapolated points against the noise-free spiral, "
-        + ("validation split of the training spirals" if n_val else "test set"),
+        "test set"
+        + (
+            ", weights chosen by the RMSE on the validation spirals' noisy points"
+            if args.select == "best"
+            else ", last weights"
+        ),
         "paper_table2": PAPER_RMSE,
     }
     (out / "metrics.json").write_text(
-        json.dumps({"meta": meta, "results": {str(k): v for k, v in results.items()}}, indent=1)
+        json.dumps(
+            {
+                "meta": meta,
+                "summary": {str(k): v for k, v in summary.items()},
+                "runs": {str(k): v for k, v in runs.items()},
+            },
+            indent=1,
+        )
     )
     (out / "table2.md").write_text(
         "# Spirals: extrapolation RMSE (Neural ODE paper, Table 2)\n\n"
-        + _table(results)
+        + table
         + f"\n\nPaper: Chen et al. 2018, Table 2 (predictive RMSE). Ours: {meta['metric']}; "
-        f"`{meta['command']}`; {meta['machine']}.\n\n{DATA_NOTE}\n"
+        f"mean ± sample standard deviation over seeds {seeds}; `{meta['command']}`; "
+        f"{meta['machine']}.\n\n{DATA_NOTE}\n"
     )
-    print(f"wrote {out / 'table2.md'}, {out / 'metrics.json'} and the spirals_obs*.png plots")
+    print(f"wrote {out / 'table2.md'}, {out / 'metrics.json'}, weights and plots")
     return 0

@@ -230,3 +230,99 @@ def test_backward_in_time_and_any_sample_shape():
         ref = solve(lambda t, y, rate=rates[i]: -rate * y, y0[i : i + 1], ts, controller=controller)
         assert int(sol.stats.sample_steps[i]) == ref.stats.n_steps
         torch.testing.assert_close(sol.ys[:, i], ref.ys[:, 0], rtol=1e-12, atol=1e-12)
+
+
+class StateVanDerPol(torch.nn.Module):
+    """Van der Pol with mu carried in the state (dmu/dt = 0), scaled by a shared parameter:
+    rows independent of their position in the batch, as ``skip_finished`` requires."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, v, mu = y[:, 0], y[:, 1], y[:, 2]
+        dv = self.scale * mu * (1 - x * x) * v - x
+        return torch.stack([v, dv, torch.zeros_like(mu)], 1)
+
+
+def skip_problem(batch: int = 6):
+    mu, y0, ts = problem(batch)
+    return torch.cat([y0, mu[:, None]], 1), ts
+
+
+@pytest.mark.parametrize("solver_cls", [Dopri5, Bosh3])
+def test_skip_finished_evaluates_only_running_samples_and_changes_nothing(solver_cls):
+    """Same states, steps and per-sample NFE; f is called on exactly the rows of the samples
+    still running, so the rows evaluated are the sum of the per-sample NFE."""
+    y0, ts = skip_problem()
+    common = dict(controller=PIController(RTOL, ATOL), per_sample=True)
+    with torch.no_grad():
+        full = solve(StateVanDerPol(), y0, ts, solver=solver_cls(), **common)
+        skip = solve(StateVanDerPol(), y0, ts, solver=solver_cls(), skip_finished=True, **common)
+    torch.testing.assert_close(skip.ys, full.ys, rtol=0, atol=1e-13)
+    assert torch.equal(skip.stats.sample_steps, full.stats.sample_steps)
+    assert torch.equal(skip.stats.sample_nfe, full.stats.sample_nfe)
+    assert len(set(full.stats.sample_steps.tolist())) > 1  # samples finish at different steps
+    assert full.stats.rows_evaluated == len(y0) * full.stats.nfe
+    assert skip.stats.nfe == full.stats.nfe
+    if solver_cls is Dopri5:  # FSAL and no f(t1, y1) for dense output: exact accounting
+        assert skip.stats.rows_evaluated == int(skip.stats.sample_nfe.sum())
+    assert skip.stats.rows_evaluated < full.stats.rows_evaluated
+
+
+@pytest.mark.parametrize("gradient", [Direct, Backsolve])
+def test_skip_finished_gradients_equal_the_full_batch(gradient):
+    y0, ts = skip_problem()
+    grads = []
+    for skip in (False, True):
+        field, y = StateVanDerPol(), y0.clone().requires_grad_()
+        sol = solve(
+            field,
+            y,
+            ts,
+            controller=PIController(RTOL, ATOL),
+            per_sample=True,
+            skip_finished=skip,
+            gradient=gradient(),
+        )
+        (sol.ys[1:, :, :2] ** 2).sum().backward()
+        grads.append((y.grad, field.scale.grad))
+    for full, skipped in zip(*grads):
+        torch.testing.assert_close(skipped, full, rtol=1e-10, atol=1e-12)
+
+
+def test_skip_finished_with_per_sample_events_and_odeint():
+    y0, _ = skip_problem()
+    ts = torch.tensor([0.0, 10.0], dtype=torch.float64)
+    event = neuralode.Event(lambda t, y: y[:, 0] + 0.5, direction=-1)
+    sols = [
+        solve(
+            StateVanDerPol(),
+            y0,
+            ts,
+            controller=PIController(RTOL, ATOL),
+            per_sample=True,
+            skip_finished=skip,
+            event=event,
+        )
+        for skip in (False, True)
+    ]
+    torch.testing.assert_close(sols[1].event_t, sols[0].event_t, rtol=0, atol=1e-12)
+    assert sols[1].stats.rows_evaluated < sols[0].stats.rows_evaluated
+    ts = torch.linspace(0.0, 4.0, 5, dtype=torch.float64)
+    options = dict(per_sample=True, skip_finished=True)
+    ys = odeint(StateVanDerPol(), y0, ts, rtol=RTOL, atol=ATOL, options=options)
+    reference = odeint(
+        StateVanDerPol(), y0, ts, rtol=RTOL, atol=ATOL, options=dict(per_sample=True)
+    )
+    torch.testing.assert_close(ys, reference, rtol=0, atol=1e-13)
+
+
+def test_skip_finished_errors_are_named():
+    y0, ts = skip_problem()
+    with pytest.raises(ValueError, match="skip_finished=True needs per_sample=True"):
+        solve(StateVanDerPol(), y0, ts, skip_finished=True)
+    constant = torch.ones_like(y0)  # a full-batch tensor returned for any rows: wrong
+    with pytest.raises(ValueError, match="must return one row per sample it is given"):
+        solve(lambda t, y: constant * y.sum(), y0, ts, per_sample=True, skip_finished=True)

@@ -33,6 +33,7 @@ class LoopConfig:
     callbacks: Any = None
     events: EventTracker | None = None
     per_sample: bool = False  # dim 0 of the state is a batch of independent problems
+    skip_finished: bool = False  # per_sample: f sees only the samples still running
 
 
 def _landings(ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, ...]):

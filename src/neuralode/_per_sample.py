@@ -5,13 +5,16 @@ decision, controller memory and statistics, all held as tensors of shape (batch,
 with masks (``torch.where``), so each sample takes exactly the steps it would take alone: one
 stiff sample no longer shrinks the steps of the others. All samples are evaluated in one
 batched call of f per stage; a sample that has reached the end keeps its state and takes
-steps of size zero (its results and statistics no longer change).
+steps of size zero (its results and statistics no longer change). With ``skip_finished``
+f sees only the rows of the samples still running (gathered, and scattered back), so
+finished samples stop costing evaluations of f; the bookkeeping stays batched.
 
-Host synchronisation: one per step attempt (a ``tolist`` of five scalars: how many samples
-are still running, the range of output times crossed, and whether any sample failed or ran
-out of steps). Everything else (step sizes, decisions, interpolation weights) stays on the
-device. With an event (``_per_sample_events``) the same sync also says whether any sample
-crossed its event; steps with a crossing add the syncs of the bisection.
+Host synchronisation: one per step attempt (a ``tolist`` of a few scalars: how many samples
+are still running, the range of output times crossed, whether any sample crossed its event),
+one more every 32 steps (has any sample failed or run out of steps) and, with
+``skip_finished``, one whenever the number of running samples changes. Everything else
+(step sizes, decisions, interpolation weights) stays on the device. Steps in which a sample
+crosses its event (``_per_sample_events``) add the syncs of the bisection.
 """
 
 from __future__ import annotations
@@ -49,20 +52,42 @@ def check_per_sample(solver: Any, controller: Any, y0_shape: torch.Size) -> None
 
 
 class _BatchTerm:
-    """Calls f with one time per sample, (batch,), on the (batch, d) state."""
+    """Calls f with one time per sample, (batch,), on the (batch, d) state; with ``rows``
+    set, only on those samples' rows (the others' derivatives are returned as zeros)."""
 
     def __init__(self, term: ODETerm, batch: int):
         self.term = term
         self.batch = batch
         self.shape = tuple(int(n) for n in term.spec.shapes[0])
+        self.rows: torch.Tensor | None = None  # None: every sample
+        self.rows_evaluated = 0  # sample rows f was called on, summed over calls
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         term = self.term
         term.nfe += 1
-        out = term.func(t.to(term.time_dtype), y.reshape(self.shape))
-        if not term._checked:
-            term._check(out)
-        return out.reshape(self.batch, -1)
+        rows = self.rows
+        if rows is None:
+            self.rows_evaluated += self.batch
+            out = term.func(t.to(term.time_dtype), y.reshape(self.shape))
+            if not term._checked:
+                term._check(out)
+            return out.reshape(self.batch, -1)
+        n = rows.shape[0]
+        self.rows_evaluated += n
+        t_rows, y_rows = t.index_select(0, rows), y.index_select(0, rows)
+        out = term.func(t_rows.to(term.time_dtype), y_rows.reshape(n, *self.shape[1:]))
+        if tuple(out.shape) != (n, *self.shape[1:]):
+            raise ValueError(
+                f"with skip_finished=True func must return one row per sample it is given: "
+                f"got shape {tuple(out.shape)} for {n} samples of shape {self.shape[1:]}"
+            )
+        return y.new_zeros(y.shape).index_copy(0, rows, out.reshape(n, -1))
+
+    def keep(self, still: torch.Tensor, n_still: int) -> None:
+        """Evaluate only the ``n_still`` samples marked in ``still`` from now on."""
+        running = self.batch if self.rows is None else self.rows.shape[0]
+        if n_still != running:
+            self.rows = None if n_still == self.batch else still.nonzero().squeeze(1)
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
@@ -196,7 +221,7 @@ def integrate_per_sample(
             n_steps = n_steps + active
             n_accepted = n_accepted + accept
             hit = None if events is None else events.check(t1, y1, accept)
-            still, end, crossing, any_still, any_hit, lo, hi = _progress(
+            still, end, crossing, n_still, any_hit, lo, hi = _progress(
                 t1, t_next, t_stop, accept, next_out, ts_signed, sign, hit
             )
         f1 = ks[-1] if fsal else None
@@ -217,7 +242,7 @@ def integrate_per_sample(
                 t_stop = torch.where(hit, t_event, t_stop)
                 y_end = torch.where(hit[:, None], y_event, y1)
                 with torch.no_grad():
-                    still, end, crossing, any_still, _, lo, hi = _progress(
+                    still, end, crossing, n_still, _, lo, hi = _progress(
                         t_reach, t_next, t_stop, accept, next_out, ts_signed, sign, None
                     )
         if events is not None:
@@ -239,8 +264,10 @@ def integrate_per_sample(
         y = torch.where(acc_col, y_end, y)
         t = t_next
         active = still
-        if not any_still:
+        if not n_still:
             break
+        if config.skip_finished:
+            f.keep(still, n_still)
         if iteration % 32 == 0 or iteration >= config.max_steps:
             _check_progress(iteration, still, t, proposal, t_stop, sign, y, config)
         if fsal:
@@ -260,6 +287,7 @@ def integrate_per_sample(
     stats.n_accepted += int(n_accepted.sum())
     stats.n_rejected += int(n_rejected.sum())
     stats.sample_nfe = nfe
+    stats.rows_evaluated = f.rows_evaluated
     stats.sample_steps = n_steps
     stats.sample_accepted = n_accepted
     stats.sample_rejected = n_rejected
@@ -276,24 +304,24 @@ def _progress(
     sign: float,
     hit: torch.Tensor | None,
 ):
-    """After a step, with one host sync: which samples still run, the outputs each crossed
-    (``ts[next_out:end]``, up to ``t_reach``) and their overall range, and whether any sample
-    crossed its event."""
+    """After a step, with one host sync: which samples still run and how many, the outputs
+    each crossed (``ts[next_out:end]``, up to ``t_reach``) and their overall range, and
+    whether any sample crossed its event."""
     still = t_next != t_stop
-    flags = [still.any()] if hit is None else [still.any(), hit.any()]
+    flags = [still.sum()] if hit is None else [still.sum(), hit.any().long()]
     n_out = ts_signed.shape[0]
     if n_out > 2:  # intermediate outputs crossed: ts[next_out : end]
         end = torch.searchsorted(ts_signed, sign * t_reach, right=True)
         crossing = accept & (end > next_out)
         lo = torch.where(crossing, next_out, n_out).min()
         hi = torch.where(crossing, end, 0).max()
-        summary = torch.stack([*(x.long() for x in flags), lo, hi]).tolist()
+        summary = torch.stack([*flags, lo, hi]).tolist()
     else:
         end = crossing = None
         summary = [*torch.stack(flags).tolist(), 0, 0]
     any_hit = bool(summary[1]) if hit is not None else False
     lo, hi = summary[-2], summary[-1]
-    return still, end, crossing, bool(summary[0]), any_hit, lo, hi
+    return still, end, crossing, int(summary[0]), any_hit, lo, hi
 
 
 def _interpolate(

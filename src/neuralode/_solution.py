@@ -26,6 +26,9 @@ class SolveStats:
     sample_steps: torch.Tensor | None = None
     sample_accepted: torch.Tensor | None = None
     sample_rejected: torch.Tensor | None = None
+    #: per-sample mode only: sample rows f was evaluated on, summed over its calls (batch x
+    #: ``nfe`` unless ``skip_finished`` left finished samples out)
+    rows_evaluated: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}

@@ -44,6 +44,7 @@ def solve(
     gradient: GradientStrategy | None = None,
     event: Event | None = None,
     per_sample: bool = False,
+    skip_finished: bool = False,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
 
@@ -72,7 +73,11 @@ def solve(
     receives ``t`` as a (batch,) tensor. ``Solution.stats`` gains per-sample ``sample_nfe``,
     ``sample_steps``, ``sample_accepted``, ``sample_rejected``. Needs an adaptive explicit
     Runge-Kutta solver and a ``PIController``; gradients by ``Direct()`` or ``Backsolve()``
-    (one backward solve for the whole batch).
+    (one backward solve for the whole batch). ``skip_finished=True`` (per-sample mode only)
+    calls ``func`` with only the samples still running, ``t`` (n,) and ``y`` (n, ...), so
+    that finished samples stop costing work (``Solution.stats.rows_evaluated``); use it only
+    when ``func`` treats the rows independently and does not depend on their position in
+    the batch (no per-sample tensors captured from outside, no batch statistics).
 
     ``per_sample=True`` with an ``event``: ``event.fn(t, y)`` receives the per-sample times
     (batch,) and the batched state and returns (batch,) or (batch, k) values, row i being
@@ -90,6 +95,8 @@ def solve(
     solver.set_tolerances(getattr(controller, "rtol", None), getattr(controller, "atol", None))
     if not isinstance(max_steps, int) or max_steps <= 0:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    if skip_finished and not per_sample:
+        raise ValueError("skip_finished=True needs per_sample=True")
     if per_sample:
         func = _check_per_sample(func, y0, spec, solver, controller, locals())
     if norm is None:
@@ -104,6 +111,7 @@ def solve(
         perturb=bool(perturb),
         callbacks=None if callbacks is None else Callbacks(callbacks, spec),
         per_sample=bool(per_sample),
+        skip_finished=bool(skip_finished),
     )
     term = ODETerm(func, spec, y0_flat)
     stats = SolveStats()

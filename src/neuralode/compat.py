@@ -39,6 +39,7 @@ _ADAPTIVE_OPTIONS = {
     "jump_t",
     "norm",
     "per_sample",
+    "skip_finished",
 }
 _FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "max_num_steps"}
 _CONTROLLER_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "icoeff", "pcoeff")
@@ -102,7 +103,9 @@ def odeint_adjoint(
         )
     if adjoint_options is None:
         adjoint_options = {
-            k: v for k, v in (options or {}).items() if k not in ("norm", "per_sample")
+            k: v
+            for k, v in (options or {}).items()
+            if k not in ("norm", "per_sample", "skip_finished")
         }
     adjoint_options = dict(adjoint_options)
     if "per_sample" in adjoint_options:
@@ -252,6 +255,8 @@ def _parse(
                 extra[key] = options[key]
         if options.get("per_sample"):
             extra["per_sample"] = True
+        if options.get("skip_finished"):
+            extra["skip_finished"] = True
         if options.get("norm") is not None:
             user_norm = options["norm"]
             extra["norm"] = lambda flat: user_norm(spec.unflatten(flat))

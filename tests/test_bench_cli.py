@@ -33,3 +33,17 @@ def test_nfe_at_error_interpolates_log_log():
     assert nfe_at_error(rows, "a", 1e4 / 300.0**4) == pytest.approx(300.0, rel=1e-12)
     assert nfe_at_error(rows, "a", 1.0) is None  # outside the sweep: no extrapolation
     assert nfe_at_error(rows, "b", 1e-3) is None
+
+
+def test_skip_finished_benchmark_saves_the_rows_of_finished_samples():
+    pytest.importorskip("torchode")
+    from neuralode.bench import per_sample
+
+    rows = {r.library: r for r in per_sample.run_skip((6,), repeats=1)}
+    full, skip = rows["neuralode per-sample"], rows["neuralode skip_finished"]
+    assert (skip.max_steps, skip.mean_nfe) == (full.max_steps, full.mean_nfe)
+    assert skip.rows == pytest.approx(skip.mean_nfe)  # each sample evaluated while it runs
+    assert full.rows > skip.rows and full.rows == rows["torchode"].rows
+    assert skip.diff < 1e-3 and "| 6 | neuralode skip_finished |" in per_sample.table(
+        list(rows.values())
+    )

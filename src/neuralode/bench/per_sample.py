@@ -6,7 +6,14 @@ the hardest sample alone (mu = 25); larger batches spread mu over [1, 25]. Repor
 (min and median), steps of the slowest sample (= batched step iterations: what the batch
 costs), mean steps and mean NFE per sample (what each sample needs alone: neuralode's
 ``stats.sample_nfe``; for torchode 6 x its per-sample steps + 2, its own ``n_f_evals``
-counting batched calls), and the max difference of the final states between the libraries.
+counting batched calls), the sample rows f was evaluated on per sample (the work f does:
+batched calls x batch), and the max difference of the final states between the libraries.
+
+``run_skip`` measures ``skip_finished`` where f's cost matters: a random MLP vector field
+(32 -> 256 -> 32, tanh, float32) with a per-sample time scale s in [1, 25] carried in the
+state (dz/dt = s g(z), ds/dt = 0), so samples need from about 1x to 25x the steps of the
+easiest; by default every call of f covers the whole batch, with ``skip_finished`` only the
+samples still running.
 
 ``accuracy`` sweeps the tolerance at batch 256 and compares NFE per sample at equal accuracy
 (error of y(t1) against SciPy DOP853 at rtol=1e-12): the fair comparison whenever the two
@@ -15,6 +22,7 @@ libraries' steps differ at the same tolerance (error estimator or controller det
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -24,7 +32,7 @@ import torch
 
 import neuralode
 
-RTOL, ATOL, T1 = 1e-6, 1e-8, 10.0
+RTOL, ATOL, T1 = 1e-6, 1e-8, 10.0  # Van der Pol; the MLP field: 1e-5, 1e-6, t in [0, 1]
 
 
 def vdp(batch: int):
@@ -40,6 +48,24 @@ def vdp(batch: int):
     return f, y0
 
 
+def neural_time_scales(batch: int, dim: int = 32, width: int = 256):
+    """dz/dt = s g(z), ds/dt = 0: a random tanh MLP g with one time scale s per sample in
+    [1, 25] (25 at batch 1), carried in the state so that rows do not depend on their
+    position in the batch (as ``skip_finished`` needs)."""
+    gen = torch.Generator().manual_seed(0)
+    w1 = torch.randn(dim, width, generator=gen) / dim**0.5
+    w2 = torch.randn(width, dim, generator=gen) / width**0.5
+    b1, b2 = 0.1 * torch.randn(width, generator=gen), 0.1 * torch.randn(dim, generator=gen)
+    s = torch.full((1,), 25.0) if batch == 1 else torch.linspace(1.0, 25.0, batch)
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z, scale = y[:, :dim], y[:, dim:]
+        g = torch.tanh(torch.tanh(z @ w1 + b1) @ w2 + b2)
+        return torch.cat([scale * g, torch.zeros_like(scale)], 1)
+
+    return f, torch.cat([torch.randn(batch, dim, generator=gen), s[:, None]], 1)
+
+
 @dataclass
 class Row:
     batch: int
@@ -49,10 +75,11 @@ class Row:
     max_steps: int
     mean_steps: float
     mean_nfe: float
+    rows: float
     diff: float = 0.0
 
 
-def _neuralode(f, y0, ts, rtol: float = RTOL, atol: float = ATOL):
+def _neuralode(f, y0, ts, rtol: float = RTOL, atol: float = ATOL, skip_finished: bool = False):
     sol = neuralode.solve(
         f,
         y0,
@@ -60,10 +87,16 @@ def _neuralode(f, y0, ts, rtol: float = RTOL, atol: float = ATOL):
         solver=neuralode.Dopri5(),
         controller=neuralode.PIController(rtol, atol),
         per_sample=True,
+        skip_finished=skip_finished,
     )
     s = sol.stats
     stats = (int(s.sample_steps.max()), float(s.sample_steps.double().mean()))
-    return sol.ys[-1], stats + (float(s.sample_nfe.double().mean()),)
+    stats += (float(s.sample_nfe.double().mean()), s.rows_evaluated / len(y0))
+    return sol.ys[-1], stats
+
+
+def _neuralode_skip(f, y0, ts, rtol: float = RTOL, atol: float = ATOL):
+    return _neuralode(f, y0, ts, rtol, atol, skip_finished=True)
 
 
 def _torchode_solver(f, rtol: float = RTOL, atol: float = ATOL):
@@ -77,18 +110,25 @@ def _torchode_solver(f, rtol: float = RTOL, atol: float = ATOL):
         problem = torchode.InitialValueProblem(y0=y0, t_eval=ts.repeat(y0.shape[0], 1))
         sol = solver.solve(problem)
         steps = sol.stats["n_steps"].double()
-        return sol.ys[:, -1], (int(steps.max()), float(steps.mean()), float(6 * steps.mean() + 2))
+        calls = float(sol.stats["n_f_evals"].max())
+        return sol.ys[:, -1], (
+            int(steps.max()),
+            float(steps.mean()),
+            float(6 * steps.mean() + 2),
+            calls,
+        )
 
     return run
 
 
-def run(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 5) -> list[Row]:
-    ts = torch.tensor([0.0, T1], dtype=torch.float64)
+def _time(make, runners_for, batches, repeats: int, label: str, t1: float) -> list[Row]:
+    """Interleaved timings of each runner on ``make(batch)``'s problem from 0 to ``t1``."""
     rows = []
     with torch.no_grad():
         for batch in batches:
-            f, y0 = vdp(batch)
-            runners = {"neuralode per-sample": _neuralode, "torchode": _torchode_solver(f)}
+            f, y0 = make(batch)
+            ts = torch.tensor([0.0, t1], dtype=y0.dtype)
+            runners = runners_for(f)
             times: dict[str, list[float]] = {name: [] for name in runners}
             results = {name: fn(f, y0, ts) for name, fn in runners.items()}  # warm-up
             for r in range(repeats):
@@ -97,9 +137,8 @@ def run(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 5) -> list[Row]:
                     start = time.perf_counter()
                     results[name] = runners[name](f, y0, ts)
                     times[name].append(time.perf_counter() - start)
-            diff = float((results["neuralode per-sample"][0] - results["torchode"][0]).abs().max())
             for name in runners:
-                steps_max, steps_mean, nfe_mean = results[name][1]
+                steps_max, steps_mean, nfe_mean, f_rows = results[name][1]
                 rows.append(
                     Row(
                         batch,
@@ -109,19 +148,45 @@ def run(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 5) -> list[Row]:
                         steps_max,
                         steps_mean,
                         nfe_mean,
-                        diff,
+                        f_rows,
+                        float((results[name][0] - results["torchode"][0]).abs().max()),
                     )
                 )
-            print(f"  per-sample vdp batch {batch} done", flush=True)
+            print(f"  per-sample {label} batch {batch} done", flush=True)
     return rows
+
+
+def run(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 5) -> list[Row]:
+    """Van der Pol: neuralode's per-sample mode against torchode."""
+
+    def runners(f):
+        return {"neuralode per-sample": _neuralode, "torchode": _torchode_solver(f)}
+
+    return _time(vdp, runners, batches, repeats, "vdp", T1)
+
+
+def run_skip(batches: tuple[int, ...] = (16, 256, 1024), repeats: int = 5) -> list[Row]:
+    """The random MLP field with per-sample time scales: every sample evaluated in every
+    call of f, or only the running ones (``skip_finished``), against torchode."""
+
+    tolerances = dict(rtol=1e-5, atol=1e-6)
+
+    def runners(f):
+        return {
+            "neuralode per-sample": functools.partial(_neuralode, **tolerances),
+            "neuralode skip_finished": functools.partial(_neuralode_skip, **tolerances),
+            "torchode": _torchode_solver(f, **tolerances),
+        }
+
+    return _time(neural_time_scales, runners, batches, repeats, "mlp", 1.0)
 
 
 def table(rows: list[Row]) -> str:
     lines = [
         "| batch | library | time min (ms) | time median (ms) | vs torchode (min) "
         "| steps, slowest sample | vs batch 1 | mean steps / sample | mean NFE / sample "
-        "| max diff of y(t1) between libraries |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| f rows evaluated / sample | max diff of y(t1) from torchode |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base_steps = {r.library: r.max_steps for r in rows if r.batch == rows[0].batch}
     for r in rows:
@@ -130,7 +195,7 @@ def table(rows: list[Row]) -> str:
             f"| {r.batch} | {r.library} | {r.best * 1e3:.1f} | {r.median * 1e3:.1f} "
             f"| {r.best / ref.best:.2f}x | {r.max_steps} "
             f"| {r.max_steps / base_steps[r.library]:.3f} | {r.mean_steps:.1f} "
-            f"| {r.mean_nfe:.1f} | {r.diff:.1e} |"
+            f"| {r.mean_nfe:.1f} | {r.rows:.1f} | {r.diff:.1e} |"
         )
     return "\n".join(lines)
 
@@ -159,7 +224,7 @@ def accuracy(rtols: tuple[float, ...] = (1e-4, 1e-5, 1e-6, 1e-7, 1e-8)) -> list[
                 "neuralode per-sample": _neuralode(f, y0, ts, rtol, rtol / 100),
                 "torchode": _torchode_solver(f, rtol, rtol / 100)(f, y0, ts),
             }
-            for name, (y1, (_, _, nfe)) in results.items():
+            for name, (y1, (_, _, nfe, _)) in results.items():
                 error = (y1 - exact).abs().amax(1).pow(2).mean().sqrt()
                 rows.append(AccuracyRow(rtol, name, nfe, float(error)))
     return rows

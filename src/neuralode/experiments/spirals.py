@@ -12,9 +12,11 @@ as inputs, and with more than 30 observations some of its observed inputs are hi
 each training step (``--rnn-hide``, default 1 - 30 / observations) so that it learns to run
 on its own predictions, as it must when extrapolating (without this, at 100/100
 observations it never does in training). Both get the same number of
-optimiser steps. ``--split validation`` evaluates on a validation split of the training
-spirals, for choosing a recipe. Writes ``table2.md``, ``metrics.json`` and
-``spirals_obs{N}.png`` to ``--out``.
+optimiser steps, and each ends with its weights that extrapolated a validation split best
+(``--select best``; the test spirals never enter a choice). ``--seeds K`` repeats every
+setting with K seeds (``--workers`` in parallel processes) and reports means and spreads.
+Writes ``table2.md``, ``metrics.json``, the weights and ``spirals_obs{N}_seed{S}.png`` to
+``--out``.
 """
 
 from __future__ import annotations

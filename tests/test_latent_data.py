@@ -207,7 +207,8 @@ def test_spirals_experiment_rejects_a_bad_rnn_hide_before_training(tmp_path: Pat
     with pytest.raises(ValueError, match=r"--rnn-hide must be in \[0, 1\), got 1.5"):
         spirals.run(args)
     assert not (tmp_path / "out").exists()  # nothing trained or written
-    args = parser.parse_args(["--out", str(tmp_path / "out"), "--workers", "0"])
-    with pytest.raises(ValueError, match="--workers must be at least 1, got 0"):
-        spirals.run(args)
+    for name in ("--workers", "--seeds"):
+        args = parser.parse_args(["--out", str(tmp_path / "out"), name, "0"])
+        with pytest.raises(ValueError, match=f"{name} must be at least 1, got 0"):
+            spirals.run(args)
     assert not (tmp_path / "out").exists()

@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
 import platform
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -365,16 +366,22 @@ def _table(summary: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
+def _sizes(args: argparse.Namespace) -> tuple[int, int, int, int]:
+    """Optimiser steps, spirals, test spirals (the first 20 %) and validation spirals (the
+    next 10 % of the rest); the others train."""
+    steps = args.steps or (20 if args.quick else 2000)
+    n_spirals = args.spirals or (40 if args.quick else 1000)
+    n_test = max(1, n_spirals // 5)
+    return steps, n_spirals, n_test, max(1, (n_spirals - n_test) // 10)
+
+
 def _run_setting(args: argparse.Namespace, n_obs: int, seed: int) -> dict:
     """Train and evaluate both models for one observation count and one seed (a draw of the
     spirals, initialisations and batches); save their weights and a plot into ``--out``."""
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    steps = args.steps or (20 if args.quick else 2000)
-    n_spirals = args.spirals or (40 if args.quick else 1000)
-    n_test = max(1, n_spirals // 5)
-    n_val = max(1, (n_spirals - n_test) // 10)
+    steps, n_spirals, n_test, n_val = _sizes(args)
     torch.manual_seed(seed)
     data = make_spirals(n_spirals, n_obs=n_obs, seed=seed)
     train = data.subset(slice(n_test + n_val, None))
@@ -407,14 +414,12 @@ def _run_setting(args: argparse.Namespace, n_obs: int, seed: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     if args.rnn_hide is not None and not 0 <= args.rnn_hide < 1:  # before any training
         raise ValueError(f"--rnn-hide must be in [0, 1), got {args.rnn_hide}")
-    if args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    for name in ("workers", "seeds"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = args.steps or (20 if args.quick else 2000)
-    n_spirals = args.spirals or (40 if args.quick else 1000)
-    n_test = max(1, n_spirals // 5)
-    n_val = max(1, (n_spirals - n_test) // 10)
+    steps, n_spirals, n_test, n_val = _sizes(args)
     seeds = list(range(args.seed, args.seed + args.seeds))
     jobs = [(n_obs, seed) for n_obs in args.obs for seed in seeds]
     print(
@@ -426,6 +431,9 @@ def run(args: argparse.Namespace) -> int:
     )
     runs: dict[int, dict[int, dict]] = {n_obs: {} for n_obs in args.obs}
     if args.workers > 1:
+        if not args.threads:  # share the cores instead of each worker taking them all
+            cores = os.cpu_count() or 1
+            args = argparse.Namespace(**{**vars(args), "threads": max(1, cores // args.workers)})
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(args.workers, len(jobs)), mp_context=context) as pool:
             futures = {pool.submit(_run_setting, args, *job): job for job in jobs}

@@ -78,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
             "### Per-sample NFE at equal accuracy vs torchode: Van der Pol batch 256\n\n"
             + per_sample.accuracy_table(accuracy)
         )
+        skip_rows = per_sample.run_skip(batches, repeats)
+        sections.append(
+            "### Finished samples skipped (`skip_finished`): MLP field 32-256-32 with a time "
+            "scale in [1, 25] per sample, dopri5, float32\n\n" + per_sample.table(skip_rows)
+        )
     if "work-precision" in args.parts:
         rtols = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9) if args.full else (1e-4, 1e-6, 1e-8)
         rtols = tuple(args.rtols) if args.rtols else rtols

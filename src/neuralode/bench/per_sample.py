@@ -95,10 +95,6 @@ def _neuralode(f, y0, ts, rtol: float = RTOL, atol: float = ATOL, skip_finished:
     return sol.ys[-1], stats
 
 
-def _neuralode_skip(f, y0, ts, rtol: float = RTOL, atol: float = ATOL):
-    return _neuralode(f, y0, ts, rtol, atol, skip_finished=True)
-
-
 def _torchode_solver(f, rtol: float = RTOL, atol: float = ATOL):
     import torchode
 
@@ -174,7 +170,9 @@ def run_skip(batches: tuple[int, ...] = (16, 256, 1024), repeats: int = 5) -> li
     def runners(f):
         return {
             "neuralode per-sample": functools.partial(_neuralode, **tolerances),
-            "neuralode skip_finished": functools.partial(_neuralode_skip, **tolerances),
+            "neuralode skip_finished": functools.partial(
+                _neuralode, skip_finished=True, **tolerances
+            ),
             "torchode": _torchode_solver(f, **tolerances),
         }
 

@@ -27,6 +27,7 @@ import math
 import multiprocessing
 import os
 import platform
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -310,10 +311,8 @@ def _plot(path: Path, models: dict[str, torch.nn.Module], test: SpiralData, coun
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _summary(runs: dict[int, dict[int, dict]]) -> dict[int, dict]:

@@ -92,3 +92,28 @@ def test_compiled_step_follows_new_step_sizes_without_recompiling():
             for got, want in zip(run(compiled, t1, grad), run(eager, t1, grad)):
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert counters["stats"]["unique_graphs"] == frames  # nothing new was compiled
+
+
+def test_stage_buffers_are_reused_across_solves_and_not_shared_by_nested_ones(monkeypatch):
+    from neuralode import _term
+
+    made = []
+    new_buffer = _term.ODETerm._new_buffer
+    monkeypatch.setattr(_term.ODETerm, "_new_buffer", lambda *a: made.append(1) or new_buffer(*a))
+    monkeypatch.setattr(_term, "_POOL", {})
+    y0 = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64)
+    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    controller = no.PIController(1e-10, 1e-12)
+
+    def inner(t, y):  # f solves z' = -z from y over [0, 1]: f(y) = -exp(-1) y
+        return -no.solve(lambda s, z: -z, y, ts, controller=controller).ys[-1]
+
+    with torch.no_grad():
+        no.solve(field, y0, ts)
+        no.solve(field, y0, ts)
+        assert len(made) == 1  # the second solve took the first one's buffer
+        # every evaluation of the outer f runs an inner solve of the same shape while the
+        # outer solve holds its buffer: they must not write into one buffer
+        ys = no.solve(inner, y0, ts, controller=controller).ys
+    torch.testing.assert_close(ys[-1], y0 * math.exp(-math.exp(-1)), rtol=1e-8, atol=0)
+    assert len(made) == 2

@@ -78,6 +78,20 @@ def integrate(
     With ``record``, every accepted step is appended to it as a ``StepRecord``. A terminal
     event in ``config.events`` ends the solve early: only the outputs up to it are returned.
     """
+    try:
+        return _integrate(term, y0, ts, config, stats, record)
+    finally:
+        term.release_buffers()
+
+
+def _integrate(
+    term: ODETerm,
+    y0: torch.Tensor,
+    ts: list[float],
+    config: LoopConfig,
+    stats: SolveStats,
+    record: list[StepRecord] | None,
+) -> torch.Tensor:
     if config.per_sample:
         from ._per_sample import integrate_per_sample
 

@@ -21,6 +21,15 @@ class StageBuffer(NamedTuple):
     user_rows: tuple[torch.Tensor, ...] | None
 
 
+# Stage buffers of finished solves, kept for the next solves of the same shape: making a
+# buffer and its views costs ~50 us, as much as a few steps of a small problem. Only small
+# buffers are kept (where that cost matters more than their memory), a few per shape.
+_POOL: dict[tuple, list[StageBuffer]] = {}
+_POOL_MAX_ELEMENTS = 1 << 14  # stages x state size of a pooled buffer
+_POOL_MAX_SHAPES = 16
+_POOL_PER_SHAPE = 2
+
+
 class ODETerm:
     """The right-hand side of dy/dt = f(t, y), evaluated on the loop's flat state.
 
@@ -61,20 +70,41 @@ class ODETerm:
 
     def stage_buffer(self, stages: int, like: torch.Tensor) -> StageBuffer:
         """A (stages, n) scratch buffer for graph-free Runge-Kutta steps of this solve, with
-        its views (made once, reused each step)."""
+        its views (made once per solve, or taken from an earlier solve's, and reused each
+        step until ``release_buffers``)."""
         key = (stages, like.numel())
         buffer = self._buffers.get(key)
         if buffer is None:
-            stacked = like.new_empty(stages, like.numel())
-            rows = stacked.unbind(0)
-            shape = self._leaf_shape
-            buffer = self._buffers[key] = StageBuffer(
-                stacked,
-                rows,
-                [stacked[:i].T for i in range(stages + 1)],
-                None if shape is None else tuple(row.view(shape) for row in rows),
-            )
+            free = _POOL.get(self._pool_key(key))
+            buffer = self._buffers[key] = free.pop() if free else self._new_buffer(stages, like)
         return buffer
+
+    def _new_buffer(self, stages: int, like: torch.Tensor) -> StageBuffer:
+        stacked = like.new_empty(stages, like.numel())
+        rows = stacked.unbind(0)
+        shape = self._leaf_shape
+        return StageBuffer(
+            stacked,
+            rows,
+            [stacked[:i].T for i in range(stages + 1)],
+            None if shape is None else tuple(row.view(shape) for row in rows),
+        )
+
+    def _pool_key(self, key: tuple[int, int]) -> tuple:
+        return (*key, self.dtype, self.device, self._leaf_shape)
+
+    def release_buffers(self) -> None:
+        """End of a solve: small stage buffers go back to a pool for later solves (nothing of
+        the solve's results lives in them)."""
+        for key, buffer in self._buffers.items():
+            if key[0] * key[1] > _POOL_MAX_ELEMENTS:
+                continue
+            if len(_POOL) >= _POOL_MAX_SHAPES and self._pool_key(key) not in _POOL:
+                _POOL.clear()
+            free = _POOL.setdefault(self._pool_key(key), [])
+            if len(free) < _POOL_PER_SHAPE:
+                free.append(buffer)
+        self._buffers.clear()
 
     def into(self, t: torch.Tensor, y: torch.Tensor, buffer: StageBuffer, i: int) -> torch.Tensor:
         """f at the time tensor ``t`` written into row ``i`` of a stage buffer; returns the row.

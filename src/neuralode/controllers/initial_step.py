@@ -19,15 +19,19 @@ def select_initial_step(
     f0: torch.Tensor,
     direction: float,
     error_exponent: float,
-    rtol: float,
-    atol: float,
+    rtol: float | torch.Tensor,
+    atol: float | torch.Tensor,
     norm: Norm,
 ) -> float:
     """A first step size (positive) from the local scale of y0, f0 and one more evaluation.
 
-    ``error_exponent`` is 1 / (q + 1) for an error estimate of order q.
+    ``error_exponent`` is 1 / (q + 1) for an error estimate of order q; ``rtol`` and ``atol``
+    are numbers or tensors broadcasting against ``y0``.
     """
-    scale = atol + rtol * y0.abs()
+    if isinstance(rtol, torch.Tensor) and isinstance(atol, torch.Tensor):
+        scale = torch.addcmul(atol, y0.abs(), rtol)  # one op, no Python-number operands
+    else:
+        scale = atol + rtol * y0.abs()
     if norm is rms_norm:  # both norms by one reduction and one transfer to the host
         both = torch.linalg.vector_norm(torch.stack((y0, f0)) / scale, dim=1)
         d0, d1 = (x / math.sqrt(y0.numel()) for x in both.tolist())

@@ -107,15 +107,13 @@ class PIController(StepSizeController):
             )
         exponent = 1.0 / (solver.error_order + 1)
         direction = 1.0 if ts[-1] >= ts[0] else -1.0
+        rtol, atol = _as_tensor(self.rtol, y0), _as_tensor(self.atol, y0)
         if self.first_step is None:
             assert f0 is not None
-            dt = select_initial_step(
-                term, ts[0], y0, f0, direction, exponent, self.rtol, self.atol, norm
-            )
+            dt = select_initial_step(term, ts[0], y0, f0, direction, exponent, rtol, atol, norm)
         else:
             dt = self.first_step
         dt = min(max(dt, self.min_step), self.max_step)
-        rtol, atol = _as_tensor(self.rtol, y0), _as_tensor(self.atol, y0)
         return ts[0] + direction * dt, _PIState(norm, exponent, 1.0, rtol, atol)
 
     def adapt(
@@ -159,8 +157,23 @@ class PIController(StepSizeController):
         return f"PIController(rtol={self.rtol}, atol={self.atol})"
 
 
+# Scalar tolerances as 0-dim tensors, made once per (value, dtype, device): a solve needs
+# them for every step's error scale, and making them costs more than a step's addcmul.
+_TOLERANCES: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+
+
 def _as_tensor(tol: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(tol, dtype=like.real.dtype, device=like.device)
+    """``tol`` as a tensor of ``like``'s real dtype on its device (never written to)."""
+    if isinstance(tol, torch.Tensor):
+        return torch.as_tensor(tol, dtype=like.real.dtype, device=like.device)
+    key = (float(tol), like.dtype, like.device)
+    cached = _TOLERANCES.get(key)
+    if cached is None:
+        if len(_TOLERANCES) >= 64:
+            _TOLERANCES.clear()
+        cached = torch.tensor(float(tol), dtype=like.real.dtype, device=like.device)
+        _TOLERANCES[key] = cached
+    return cached
 
 
 def _error_ratio(y0: torch.Tensor, y1: torch.Tensor, error: torch.Tensor, state: _PIState) -> float:

@@ -308,12 +308,13 @@ class _Autonomous(nn.Module):
         return self.net(z)
 
 
-PARTS = ("mlp", "linear+mlp")
+DYNAMICS = ("mlp", "linear+mlp")
+DECODERS = ("mlp", "linear", "linear+mlp")
 
 
-def _check_part(name: str, value: str) -> None:
-    if value not in PARTS:
-        raise ValueError(f"{name} must be one of {PARTS}, got {value!r}")
+def _check_part(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 class _LatentVAE(nn.Module):
@@ -336,7 +337,7 @@ class _LatentVAE(nn.Module):
         decoder: str = "mlp",
     ):
         super().__init__()
-        _check_part("decoder", decoder)
+        _check_part("decoder", decoder, DECODERS)
         if encoder not in ("rnn", "odernn"):
             raise ValueError(f"encoder must be 'rnn' or 'odernn', got {encoder!r}")
         if obs_std is not None and obs_std <= 0:
@@ -356,6 +357,8 @@ class _LatentVAE(nn.Module):
                 nn.ReLU(),
                 nn.Linear(decoder_hidden, obs_dim),
             )
+        elif decoder == "linear":
+            self.decoder = nn.Linear(latent_dim, obs_dim)
         else:
             self.decoder = LinearPlusMLP(
                 latent_dim,
@@ -490,9 +493,10 @@ class LatentODE(_LatentVAE):
 
     ``dynamics="linear+mlp"`` makes f(z) = A z + MLP(z) (A starts at 0) and
     ``decoder="linear+mlp"`` the decoder W z + b + MLP(z) (see ``LinearPlusMLP``; both MLPs
-    start with their output layer scaled by 0.1, which trained better on the spirals): linear
-    dynamics and read-out that extrapolate beyond the states seen in training, such as
-    spirals growing past the radii of the training windows. ``method``/``rtol``/``atol``/
+    start with their output layer scaled by 0.1, which trained better on the spirals), or
+    ``decoder="linear"`` the read-out W z + b alone: linear dynamics and read-out that
+    extrapolate beyond the states seen in training, such as spirals growing past the radii of
+    the training windows. ``method``/``rtol``/``atol``/
     ``step_size``/``gradient`` configure the latent solve (see ``ODEBlock``);
     ``encoder_options`` go to the ``ODERNN`` encoder.
     """
@@ -516,7 +520,7 @@ class LatentODE(_LatentVAE):
         dynamics: str = "mlp",
         decoder: str = "mlp",
     ):
-        _check_part("dynamics", dynamics)
+        _check_part("dynamics", dynamics, DYNAMICS)
         super().__init__(
             obs_dim,
             latent_dim,

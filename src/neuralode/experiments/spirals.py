@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--spirals",
         type=int,
         default=None,
-        help="spirals generated, 80%% train / 20%% test (default 1000)",
+        help="spirals generated: 20%% test, 8%% validation, 72%% train (default 1000)",
     )
     parser.add_argument("--batch", type=int, default=50, help="spirals per step (default 50)")
     parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")

@@ -251,11 +251,14 @@ def test_elbo_improves_in_a_short_run() -> None:
     assert end < start - 0.2 * abs(start), (start, end)
 
 
-def test_latent_ode_trains_with_the_adjoint_gradient() -> None:
+@pytest.mark.parametrize("tol, bound", [(1e-7, 1e-5), (1e-10, 1e-7)])
+def test_latent_ode_adjoint_gradient_matches_direct(tol: float, bound: float) -> None:
+    """The adjoint's gradients of the ELBO equal backprop's up to the solves' tolerances:
+    the gap (largest difference / largest gradient) shrinks as the tolerances tighten."""
     torch.manual_seed(0)
     ts, values, mask = collate_irregular(_series())
     small = {"latent_dim": 2, "encoder_hidden": 6, "dynamics_hidden": 8}
-    small.update(rtol=1e-7, atol=1e-9)
+    small.update(rtol=tol, atol=tol / 100)
     direct = LatentODE(2, gradient="direct", **small).to(F64)
     adjoint = LatentODE(2, gradient="adjoint", **small).to(F64)
     adjoint.load_state_dict(direct.state_dict())
@@ -266,7 +269,8 @@ def test_latent_ode_trains_with_the_adjoint_gradient() -> None:
         grads.append(
             torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         )
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-5)
+    gap = float((grads[0] - grads[1]).abs().max() / grads[0].abs().max())
+    assert gap < bound, gap
 
 
 def test_rnn_baseline_feeds_back_its_predictions_where_nothing_is_observed() -> None:

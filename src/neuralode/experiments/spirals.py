@@ -2,22 +2,22 @@
 
 For each number of observations (30, 50, 100 random times of a 100-point window) both models
 see the noisy observed points of a spiral and are trained to fit them (``--protocol paper``,
-as the paper's official example: extrapolation is never trained) or also the 100 noisy points
-after the window (``--protocol extrapolation``). The metric is the RMSE of the extrapolated
-100 points against the noise-free spiral, on held-out spirals. The latent ODE is a VAE (RNN
-encoder with time gaps run backwards, latent 10, autonomous dz/dt = A z + MLP(z), linear
-read-out W z + b: linear paths that can represent the spirals exactly and extrapolate past
-the radii seen in training; each step's ELBO averaged over ``--samples`` posterior draws per
-spiral, 3 by default: a lower-variance gradient than one draw); the RNN gets the previous values, the mask and the time gaps
-as inputs, and with more than 30 observations some of its observed inputs are hidden at
-each training step (``--rnn-hide``, default 1 - 30 / observations) so that it learns to run
-on its own predictions, as it must when extrapolating (without this, at 100/100
-observations it never does in training). Both get the same number of
-optimiser steps, and each ends with its weights that extrapolated a validation split best
-(``--select best``; the test spirals never enter a choice). ``--seeds K`` repeats every
-setting with K seeds (``--workers`` in parallel processes) and reports means and spreads.
-Writes ``table2.md``, ``metrics.json``, the weights and ``spirals_obs{N}_seed{S}.png`` to
-``--out``.
+as the paper's official example: extrapolation is never trained) or also the 100 noisy
+points after the window (``--protocol extrapolation``). The metric is the RMSE of the
+extrapolated 100 points against the noise-free spiral, on held-out spirals. The latent ODE
+is a VAE (RNN encoder with time gaps run backwards, latent 10, autonomous dz/dt = A z +
+MLP(z), linear read-out W z + b: linear paths that can represent the spirals exactly and
+extrapolate past the radii seen in training; each step's ELBO averaged over ``--samples``
+posterior draws per spiral, 3 by default: a lower-variance gradient than one draw); the RNN
+gets the previous values, the mask and the time gaps as inputs, and with more than 30
+observations some of its observed inputs are hidden at each training step (``--rnn-hide``,
+default 1 - 30 / observations) so that it learns to run on its own predictions, as it must
+when extrapolating (without this, at 100/100 observations it never does in training). Both
+get the same number of optimiser steps, and each ends with its weights that extrapolated a
+validation split best (``--select best``; the test spirals never enter a choice).
+``--seeds K`` repeats every setting with K seeds (``--workers`` in parallel processes) and
+reports means and spreads. Writes ``table2.md``, ``metrics.json``, the weights and
+``spirals_obs{N}_seed{S}.png`` to ``--out``.
 """
 
 from __future__ import annotations

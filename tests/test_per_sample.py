@@ -326,3 +326,64 @@ def test_skip_finished_errors_are_named():
     constant = torch.ones_like(y0)  # a full-batch tensor returned for any rows: wrong
     with pytest.raises(ValueError, match="must return one row per sample it is given"):
         solve(lambda t, y: constant * y.sum(), y0, ts, per_sample=True, skip_finished=True)
+
+
+@pytest.mark.parametrize("solver_cls", [Dopri5, Tsit5, Bosh3])
+def test_end_point_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch):
+    """Only the end state asked for: no host read per step, only termination checks scheduled
+    a quarter of the way to the slowest sample's end, with the same states, steps and calls
+    of f as a solve that also outputs a midpoint (which reads its progress every step)."""
+    import neuralode._per_sample as per_sample
+
+    reads = {"per_step": 0, "checks": 0}
+    progress, steps_left = per_sample._progress, per_sample._steps_left
+
+    def count(kind, fn):
+        def counted(*args):
+            reads[kind] += 1
+            return fn(*args)
+
+        return counted
+
+    monkeypatch.setattr(per_sample, "_progress", count("per_step", progress))
+    monkeypatch.setattr(per_sample, "_steps_left", count("checks", steps_left))
+    batch = 16
+    mu = torch.linspace(1.0, 25.0, batch, dtype=torch.float64)
+    y0 = torch.stack([torch.full((batch,), 2.0), torch.zeros(batch)], 1).to(torch.float64)
+    runs = {}
+    for ts in ([0.0, 10.0], [0.0, 5.0, 10.0]):
+        reads.update(per_step=0, checks=0)
+        with torch.no_grad():
+            sol = solve(
+                VanDerPol(mu),
+                y0,
+                torch.tensor(ts, dtype=torch.float64),
+                solver=solver_cls(),
+                controller=PIController(RTOL, ATOL),
+                per_sample=True,
+            )
+        runs[len(ts)] = sol, dict(reads)
+    (end_only, end_reads), (midpoint, mid_reads) = runs[2], runs[3]
+    steps = int(end_only.stats.sample_steps.max())
+    assert torch.equal(end_only.ys[-1], midpoint.ys[-1])
+    assert torch.equal(end_only.stats.sample_steps, midpoint.stats.sample_steps)
+    assert torch.equal(end_only.stats.sample_nfe, midpoint.stats.sample_nfe)
+    assert end_only.stats.nfe == midpoint.stats.nfe  # no steps past the last sample's end
+    assert mid_reads == {"per_step": steps, "checks": 0}
+    assert end_reads["per_step"] == 0 and 1 <= end_reads["checks"] <= steps / 8, end_reads
+
+
+def test_end_point_solves_still_stop_at_max_steps_and_non_finite_states():
+    field = VanDerPol(torch.linspace(0.5, 3.0, B, dtype=torch.float64))
+    y0 = torch.ones(B, 2, dtype=torch.float64)
+    ts = torch.tensor([0.0, 4.0], dtype=torch.float64)
+    with pytest.raises(MaxStepsError, match="sample 1 reached max_steps=20"):
+        solve(field, y0, ts, controller=PIController(RTOL, ATOL), max_steps=20, per_sample=True)
+
+    def blows_up(t, y):  # sample 2 becomes NaN after t = 1
+        nan = torch.where((t > 1) & (torch.arange(B) == 2), torch.nan, 0.0)
+        return -y + nan[:, None]
+
+    # its steps are rejected down to nothing; the next scheduled check says which sample
+    with pytest.raises(neuralode.StepSizeUnderflowError, match="in sample 2 at t=1:"):
+        solve(blows_up, y0, ts, controller=PIController(RTOL, ATOL), per_sample=True)

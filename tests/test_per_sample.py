@@ -387,3 +387,64 @@ def test_end_point_solves_still_stop_at_max_steps_and_non_finite_states():
     # its steps are rejected down to nothing; the next scheduled check says which sample
     with pytest.raises(neuralode.StepSizeUnderflowError, match="in sample 2 at t=1:"):
         solve(blows_up, y0, ts, controller=PIController(RTOL, ATOL), per_sample=True)
+
+
+def _vdp_batch(batch: int = 6):
+    mu = torch.linspace(1.0, 8.0, batch, dtype=torch.float64)
+    y0 = torch.stack([torch.linspace(0.5, 2.0, batch), torch.zeros(batch)], 1).to(torch.float64)
+    return mu, y0, torch.tensor([0.0, 3.0], dtype=torch.float64)
+
+
+def test_compiled_step_matches_the_eager_loop_and_does_not_recompile():
+    """compile_step=True: each step attempt (f included) is one torch.compile graph; the
+    solve takes the same steps and calls of f, and a new y0 of the same shape reuses the
+    compiled code."""
+    from torch._dynamo.utils import counters
+
+    mu, y0, ts = _vdp_batch()
+    field = VanDerPol(mu)
+    kwargs = dict(solver=Dopri5(), controller=PIController(RTOL, ATOL), per_sample=True)
+    with torch.no_grad():
+        eager = solve(field, y0, ts, **kwargs)
+        graphs = counters["stats"]["unique_graphs"]
+        compiled = solve(field, y0, ts, compile_step=True, **kwargs)
+        assert counters["stats"]["unique_graphs"] == graphs + 1  # the attempt: one graph
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            again = solve(field, 1.1 * y0, ts, compile_step=True, **kwargs)
+            reference = solve(field, 1.1 * y0, ts, **kwargs)
+    torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(again.ys, reference.ys, rtol=1e-12, atol=1e-12)
+    for name in ("sample_steps", "sample_accepted", "sample_nfe"):
+        assert torch.equal(getattr(compiled.stats, name), getattr(eager.stats, name)), name
+    assert compiled.stats.nfe == eager.stats.nfe
+    assert compiled.stats.rows_evaluated == eager.stats.rows_evaluated
+
+
+@pytest.mark.slow
+def test_compiled_step_gradients_match_the_eager_loop():
+    mu, y0, ts = _vdp_batch()
+    grads = []
+    for compile_step in (False, True):
+        field = VanDerPol(mu)
+        start = y0.clone().requires_grad_(True)
+        sol = solve(
+            field,
+            start,
+            ts,
+            controller=PIController(RTOL, ATOL),
+            per_sample=True,
+            compile_step=compile_step,
+        )
+        sol.ys[-1].pow(2).sum().backward()
+        grads.append((start.grad, field.mu.grad))
+    for eager, compiled in zip(*grads):
+        torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-12)
+
+
+def test_compiled_step_rejects_what_it_does_not_support():
+    mu, y0, ts = _vdp_batch()
+    field = VanDerPol(mu)
+    with pytest.raises(ValueError, match="compile_step=True needs per_sample=True"):
+        solve(field, y0, ts, compile_step=True)
+    with pytest.raises(ValueError, match="does not support skip_finished"):
+        solve(field, y0, ts, per_sample=True, skip_finished=True, compile_step=True)

@@ -34,6 +34,7 @@ class LoopConfig:
     events: EventTracker | None = None
     per_sample: bool = False  # dim 0 of the state is a batch of independent problems
     skip_finished: bool = False  # per_sample: f sees only the samples still running
+    compile_step: bool = False  # per_sample: each step attempt runs under torch.compile
 
 
 def _landings(ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, ...]):

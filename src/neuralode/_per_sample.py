@@ -24,7 +24,8 @@ crosses its event (``_per_sample_events``) add the syncs of the bisection.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 
@@ -89,6 +90,16 @@ class _BatchTerm:
             )
         return y.new_zeros(y.shape).index_copy(0, rows, out.reshape(n, -1))
 
+    def uncounted(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """f on every sample without the bookkeeping (for the compiled step; see ``count``)."""
+        term = self.term
+        return term.func(t.to(term.time_dtype), y.reshape(self.shape)).reshape(self.batch, -1)
+
+    def count(self, calls: int) -> None:
+        """Record ``calls`` evaluations of f on every sample made by ``uncounted``."""
+        self.term.nfe += calls
+        self.rows_evaluated += calls * self.batch
+
     def keep(self, still: torch.Tensor, n_still: int) -> None:
         """Evaluate only the ``n_still`` samples marked in ``still`` from now on."""
         running = self.batch if self.rows is None else self.rows.shape[0]
@@ -126,8 +137,10 @@ def integrate_per_sample(
     atol = torch.as_tensor(ctrl.atol, dtype=y.real.dtype, device=device)
 
     # statistics and status per sample
-    zeros = torch.zeros(batch, dtype=torch.long, device=device)
-    n_steps, n_accepted, n_rejected, nfe = zeros, zeros, zeros, zeros
+    # separate tensors: aliased inputs would make the compiled step compile a second time
+    n_steps, n_accepted, nfe = (
+        torch.zeros(batch, dtype=torch.long, device=device) for _ in range(3)
+    )
     active = torch.ones(batch, dtype=torch.bool, device=device)
 
     t = torch.full((batch,), ts[0], **f64)
@@ -161,13 +174,32 @@ def integrate_per_sample(
 
     outputs: list[torch.Tensor] = [y] * n_out
     next_out = torch.ones(batch, dtype=torch.long, device=device)
-    a_rows, c, fsal, stages = co.a, co.c, co.fsal, co.stages
-    shape2 = (batch, -1)
-    ifactor = torch.tensor(ctrl.ifactor, **f64)
-    power = -(ctrl.icoeff + ctrl.pcoeff) * exponent
-    graph_free = not torch.is_grad_enabled()
-    if graph_free:  # stages copied into one buffer reused by every step (as ExplicitRK)
-        stacked, rows, columns, _ = term.stage_buffer(stages, y0_flat)
+    stages, fsal = co.stages, co.fsal
+    constants = _Constants(
+        a=co.a,
+        b=co.b,
+        b_error=co.b_error,
+        c=co.c,
+        stages=stages,
+        fsal=fsal,
+        rtol=rtol,
+        atol=atol,
+        sign=sign,
+        power=-(ctrl.icoeff + ctrl.pcoeff) * exponent,
+        previous_power=ctrl.pcoeff * exponent,
+        safety=ctrl.safety,
+        dfactor=ctrl.dfactor,
+        ifactor=torch.tensor(ctrl.ifactor, **f64),
+        min_step=ctrl.min_step,
+        max_step=ctrl.max_step,
+    )
+    buffer = None
+    if config.compile_step:  # stages stacked in the compiled graph; f counted outside it
+        attempt, call = _compiled_attempt(), f.uncounted
+    else:
+        attempt, call = _attempt, f
+        if not torch.is_grad_enabled():  # stages in one buffer reused by every step
+            buffer = term.stage_buffer(stages, y0_flat)[:3]
     events = config.events  # a SampleEvents, or None
     if events is not None:
         events.start(t, y)
@@ -179,58 +211,17 @@ def integrate_per_sample(
     iteration, next_check = 0, 1
     while True:
         iteration += 1
-        # The step: land on the sample's end when the proposal reaches it. Finished samples
-        # sit there, so their steps have size zero and leave them unchanged.
-        t1 = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
-        h = t1 - t
-        h_y = h.to(y.real.dtype)[:, None]
-        ks = [f0]
-        y_stage = y
-        if graph_free:
-            rows[0].copy_(f0.reshape(-1))
-        for i in range(1, stages):
-            if graph_free:
-                comb = torch.mv(columns[i], a_rows[i]).view(shape2)
-            else:
-                comb = torch.tensordot(a_rows[i], torch.stack(ks), dims=1)
-            y_stage = torch.addcmul(y, h_y, comb)
-            k = f(t1 if c[i] == 1 else torch.add(t, h, alpha=c[i]), y_stage)
-            if graph_free:
-                rows[i].copy_(k.reshape(-1))
-            ks.append(k)
-        if graph_free:
-            k_all = stacked.view(stages, batch, -1)
-            b_comb = torch.mv(columns[stages], co.b).view(shape2) if not fsal else None
-            err_comb = torch.mv(columns[stages], co.b_error).view(shape2)
-        else:
-            k_all = torch.stack(ks)
-            b_comb = None if fsal else torch.tensordot(co.b, k_all, dims=1)
-            err_comb = torch.tensordot(co.b_error, k_all, dims=1)
-        y1 = y_stage if fsal else torch.addcmul(y, h_y, b_comb)
-        error = h_y * err_comb
-
-        # Accept/reject and the next proposal per sample: PIController.adapt on tensors.
-        # A NaN ratio rejects and shrinks by dfactor; ratio 0 gives inf, clipped to ifactor.
+        carried = (proposal, t_stop, active, previous_ratio, n_steps, n_accepted)
+        step = attempt(call, constants, buffer, t, y, f0, *carried)
+        t1, h, y1, k_all = step.t1, step.h, step.y1, step.k_all
+        accept, t_next, proposal = step.accept, step.t_next, step.proposal
+        previous_ratio, n_steps, n_accepted = step.previous_ratio, step.n_steps, step.n_accepted
+        if config.compile_step:
+            f.count(stages - 1)
         with torch.no_grad():
-            scale = torch.addcmul(atol, torch.maximum(y.abs(), y1.abs()), rtol)
-            ratio = _rms(error / scale)
-            ok = ratio <= 1
-            if ctrl.min_step > 0:
-                ok = ok | (h.abs() <= ctrl.min_step * (1 + 1e-12))
-            accept = ok & active
-            factor = ctrl.safety * ratio.pow(power)
-            if ctrl.pcoeff:
-                factor = factor * previous_ratio.pow(ctrl.pcoeff * exponent)
-                previous_ratio = torch.where(accept, ratio.clamp(min=1e-10), previous_ratio)
-            factor = torch.clamp(factor.nan_to_num(nan=ctrl.dfactor), min=ctrl.dfactor, max=ifactor)
-            new_size = torch.clamp(h.abs() * factor, min=ctrl.min_step, max=ctrl.max_step)
-            t_next = torch.where(accept, t1, t)
-            proposal = t_next + sign * new_size
-            n_steps = n_steps + active
-            n_accepted = n_accepted + accept
             hit = None if events is None else events.check(t1, y1, accept)
             if deferred:
-                still, end, crossing, any_hit, lo, hi = t_next != t_stop, None, None, False, 0, 0
+                still, end, crossing, any_hit, lo, hi = step.still, None, None, False, 0, 0
                 n_still = -1  # unknown until the next check
                 if iteration >= next_check or iteration >= config.max_steps:
                     n_still, left = _steps_left(still, t_next, proposal, t_stop)
@@ -239,13 +230,13 @@ def integrate_per_sample(
                 still, end, crossing, n_still, any_hit, lo, hi = _progress(
                     t1, t_next, t_stop, accept, next_out, ts_signed, sign, hit
                 )
-        f1 = ks[-1] if fsal else None
-        f1_users = torch.zeros_like(accept)  # samples whose dense output used f(t1, y1)
-        t_reach, y_end = t1, y1  # where each sample's step ends (at its terminal event)
+        f1 = step.k_last if fsal else None
+        f1_users = None  # samples whose dense output used f(t1, y1)
+        t_reach, y_end = t1, None  # where each sample's step ends (at its terminal event)
         if any_hit:
             if needs_f1:
                 f1 = f(t1, y1) if f1 is None else f1
-                f1_users = f1_users | hit
+                f1_users = hit
 
             def dense(offset, y=y, y1=y1, h=h, k_all=k_all, f1=f1):
                 return _interpolate(solver, co, y, y1, h, k_all, f1, offset)
@@ -268,15 +259,15 @@ def integrate_per_sample(
                 if needs_f1:
                     # f(t1, y1) for the interpolant; reused below as the next f0
                     f1 = f(t1, y1) if f1 is None else f1
-                    f1_users = f1_users | crossing
+                    f1_users = crossing if f1_users is None else f1_users | crossing
                 value = _interpolate(solver, co, y, y1, h, k_all, f1, ts_tensor[j] - t)
-                value = torch.where((ts_tensor[j] == t_reach)[:, None], y_end, value)
+                at_end = y1 if y_end is None else y_end
+                value = torch.where((ts_tensor[j] == t_reach)[:, None], at_end, value)
                 outputs[j] = torch.where(mask[:, None], value, outputs[j])
             next_out = torch.where(crossing, end, next_out)
-        if f1 is not None and not fsal:  # evaluated for the dense output only
+        if f1_users is not None and not fsal:  # evaluated for the dense output only
             nfe = nfe + (f1_users & ~still)
-        acc_col = accept[:, None]
-        y = torch.where(acc_col, y_end, y)
+        y = step.y_accepted if y_end is None else torch.where(accept[:, None], y_end, y)
         t = t_next
         active = still
         if not n_still:
@@ -286,11 +277,11 @@ def integrate_per_sample(
         if iteration % 32 == 0 or iteration >= config.max_steps:
             _check_progress(iteration, still, t, proposal, t_stop, sign, y, config)
         if fsal:
-            f0 = torch.where(acc_col, ks[-1], f0)
+            f0 = step.f0_accepted
         else:  # f(t1, y1) starts the next step of the accepted samples
             f_next = f(t, y) if f1 is None else f1
             nfe = nfe + (accept & still)
-            f0 = torch.where(acc_col, f_next, f0)
+            f0 = torch.where(accept[:, None], f_next, f0)
     if events is not None and events.event.terminal:  # later outputs hold the event state
         for j in range(1, n_out - 1):
             outputs[j] = torch.where((events.mask & (next_out <= j))[:, None], y, outputs[j])
@@ -337,6 +328,145 @@ def _progress(
     any_hit = bool(summary[1]) if hit is not None else False
     lo, hi = summary[-2], summary[-1]
     return still, end, crossing, int(summary[0]), any_hit, lo, hi
+
+
+@dataclass(frozen=True)
+class _Constants:
+    """The tableau and the controller's settings, as one step attempt needs them."""
+
+    a: list[torch.Tensor]
+    b: torch.Tensor
+    b_error: torch.Tensor
+    c: tuple[float, ...]
+    stages: int
+    fsal: bool
+    rtol: torch.Tensor
+    atol: torch.Tensor
+    sign: float
+    power: float  # of the error ratio in the step-size factor
+    previous_power: float  # of the previous accepted ratio (PI control; 0: none)
+    safety: float
+    dfactor: float
+    ifactor: torch.Tensor
+    min_step: float
+    max_step: float
+
+
+class _Step(NamedTuple):
+    """A step attempt of every sample (``_attempt``): its end and stages, the decisions, the
+    updated controller state and counts, and the state and f0 each sample moves on with if
+    nothing (a terminal event) intervenes."""
+
+    t1: torch.Tensor
+    h: torch.Tensor
+    y1: torch.Tensor
+    k_all: torch.Tensor
+    k_last: torch.Tensor
+    accept: torch.Tensor
+    t_next: torch.Tensor
+    proposal: torch.Tensor
+    previous_ratio: torch.Tensor
+    n_steps: torch.Tensor
+    n_accepted: torch.Tensor
+    still: torch.Tensor
+    y_accepted: torch.Tensor
+    f0_accepted: torch.Tensor | None
+
+
+def _attempt(
+    call: Any,
+    k: _Constants,
+    buffer: tuple[torch.Tensor, Any, Any] | None,
+    t: torch.Tensor,
+    y: torch.Tensor,
+    f0: torch.Tensor,
+    proposal: torch.Tensor,
+    t_stop: torch.Tensor,
+    active: torch.Tensor,
+    previous_ratio: torch.Tensor,
+    n_steps: torch.Tensor,
+    n_accepted: torch.Tensor,
+) -> _Step:
+    """One step attempt of every sample: its stages, its error, and its accept/reject
+    decision and next proposal (``PIController.adapt`` on tensors). Finished samples sit at
+    their end, so their steps have size zero and change nothing. With ``buffer`` (graph-free
+    eager mode) f writes the stages into one reused buffer; otherwise they are stacked (for
+    autograd, and as one graph under torch.compile). No host synchronisation."""
+    # land on the sample's end when the proposal reaches it
+    t1 = torch.minimum(proposal, t_stop) if k.sign > 0 else torch.maximum(proposal, t_stop)
+    h = t1 - t
+    h_y = h.to(y.real.dtype)[:, None]
+    ks = [f0]
+    y_stage = y
+    if buffer is not None:
+        stacked, rows, columns = buffer
+        rows[0].copy_(f0.reshape(-1))
+    for i in range(1, k.stages):
+        if buffer is not None:
+            comb = torch.mv(columns[i], k.a[i]).view(y.shape)
+        else:
+            comb = torch.tensordot(k.a[i], torch.stack(ks), dims=1)
+        y_stage = torch.addcmul(y, h_y, comb)
+        k_i = call(t1 if k.c[i] == 1 else torch.add(t, h, alpha=k.c[i]), y_stage)
+        if buffer is not None:
+            rows[i].copy_(k_i.reshape(-1))
+        ks.append(k_i)
+    if buffer is not None:
+        k_all = stacked.view(k.stages, *y.shape)
+        b_comb = None if k.fsal else torch.mv(columns[k.stages], k.b).view(y.shape)
+        err_comb = torch.mv(columns[k.stages], k.b_error).view(y.shape)
+    else:
+        k_all = torch.stack(ks)
+        b_comb = None if k.fsal else torch.tensordot(k.b, k_all, dims=1)
+        err_comb = torch.tensordot(k.b_error, k_all, dims=1)
+    y1 = y_stage if k.fsal else torch.addcmul(y, h_y, b_comb)
+    error = h_y * err_comb
+    # A NaN ratio rejects and shrinks by dfactor; ratio 0 gives inf, clipped to ifactor.
+    with torch.no_grad():
+        scale = torch.addcmul(k.atol, torch.maximum(y.abs(), y1.abs()), k.rtol)
+        ratio = _rms(error / scale)
+        ok = ratio <= 1
+        if k.min_step > 0:
+            ok = ok | (h.abs() <= k.min_step * (1 + 1e-12))
+        accept = ok & active
+        factor = k.safety * ratio.pow(k.power)
+        if k.previous_power:
+            factor = factor * previous_ratio.pow(k.previous_power)
+            previous_ratio = torch.where(accept, ratio.clamp(min=1e-10), previous_ratio)
+        factor = torch.clamp(factor.nan_to_num(nan=k.dfactor), min=k.dfactor, max=k.ifactor)
+        new_size = torch.clamp(h.abs() * factor, min=k.min_step, max=k.max_step)
+        t_next = torch.where(accept, t1, t)
+        proposal = t_next + k.sign * new_size
+    # outside no_grad: y and f0 carry the gradients of Direct()
+    accept_col = accept[:, None]
+    return _Step(
+        t1=t1,
+        h=h,
+        y1=y1,
+        k_all=k_all,
+        k_last=ks[-1],
+        accept=accept,
+        t_next=t_next,
+        proposal=proposal,
+        previous_ratio=previous_ratio,
+        n_steps=n_steps + active,
+        n_accepted=n_accepted + accept,
+        still=t_next != t_stop,
+        y_accepted=torch.where(accept_col, y1, y),
+        f0_accepted=torch.where(accept_col, ks[-1], f0) if k.fsal else None,
+    )
+
+
+_COMPILED_ATTEMPT: Any = None
+
+
+def _compiled_attempt() -> Any:
+    """``_attempt`` under torch.compile (default mode, static shapes: one compilation per
+    batch size, dtype and f), made once per process."""
+    global _COMPILED_ATTEMPT
+    if _COMPILED_ATTEMPT is None:
+        _COMPILED_ATTEMPT = torch.compile(_attempt, dynamic=False)
+    return _COMPILED_ATTEMPT
 
 
 def _steps_left(

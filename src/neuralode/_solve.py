@@ -45,6 +45,7 @@ def solve(
     event: Event | None = None,
     per_sample: bool = False,
     skip_finished: bool = False,
+    compile_step: bool = False,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
 
@@ -78,6 +79,9 @@ def solve(
     that finished samples stop costing work (``Solution.stats.rows_evaluated``); use it only
     when ``func`` treats the rows independently and does not depend on their position in
     the batch (no per-sample tensors captured from outside, no batch statistics).
+    ``compile_step=True`` (per-sample mode only, not with ``skip_finished``) runs each step
+    attempt, ``func`` included, as one ``torch.compile`` graph (default mode, static shapes:
+    the first solve of each batch size, dtype and ``func`` compiles, seconds to a minute).
 
     ``per_sample=True`` with an ``event``: ``event.fn(t, y)`` receives the per-sample times
     (batch,) and the batched state and returns (batch,) or (batch, k) values, row i being
@@ -97,6 +101,16 @@ def solve(
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
     if skip_finished and not per_sample:
         raise ValueError("skip_finished=True needs per_sample=True")
+    if compile_step and not per_sample:
+        raise ValueError(
+            "compile_step=True needs per_sample=True (for the standard loop, compile the "
+            "solver's step: solver.step = torch.compile(solver.step))"
+        )
+    if compile_step and skip_finished:
+        raise ValueError(
+            "compile_step=True does not support skip_finished=True (the number of rows f "
+            "sees changes, which would recompile)"
+        )
     if per_sample:
         func = _check_per_sample(func, y0, spec, solver, controller, locals())
     if norm is None:
@@ -112,6 +126,7 @@ def solve(
         callbacks=None if callbacks is None else Callbacks(callbacks, spec),
         per_sample=bool(per_sample),
         skip_finished=bool(skip_finished),
+        compile_step=bool(compile_step),
     )
     term = ODETerm(func, spec, y0_flat)
     stats = SolveStats()

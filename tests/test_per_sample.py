@@ -448,3 +448,5 @@ def test_compiled_step_rejects_what_it_does_not_support():
         solve(field, y0, ts, compile_step=True)
     with pytest.raises(ValueError, match="does not support skip_finished"):
         solve(field, y0, ts, per_sample=True, skip_finished=True, compile_step=True)
+    with pytest.raises(ValueError, match="compile_step=True needs per_sample=True"):
+        odeint(field, y0, ts, options=dict(compile_step=True))  # the option reaches solve

@@ -10,6 +10,7 @@ from neuralode.cli import build_parser, main
 def test_bench_parser_lists_the_parts():
     args = build_parser().parse_args(["bench"])
     assert args.parts == ["core", "per-sample", "work-precision"] and not args.full
+    assert build_parser().parse_args(["bench", "--parts", "compiled"]).parts == ["compiled"]
 
 
 def test_bench_work_precision_writes_table_and_png(tmp_path):
@@ -47,3 +48,23 @@ def test_skip_finished_benchmark_saves_the_rows_of_finished_samples():
     assert skip.diff < 1e-3 and "| 6 | neuralode skip_finished |" in per_sample.table(
         list(rows.values())
     )
+
+
+@pytest.mark.slow
+def test_compiled_benchmark_compares_both_libraries_compiled():
+    pytest.importorskip("torchode")
+    from neuralode.bench import per_sample
+
+    rows = {r.library: r for r in per_sample.run_compiled((4,), repeats=1)}
+    assert set(rows) == {
+        "neuralode per-sample",
+        "neuralode compile_step",
+        "torchode",
+        "torchode compiled",
+    }
+    eager, compiled = rows["neuralode per-sample"], rows["neuralode compile_step"]
+    assert (compiled.max_steps, compiled.mean_nfe) == (eager.max_steps, eager.mean_nfe)
+    assert rows["torchode compiled"].max_steps == rows["torchode"].max_steps
+    assert max(r.diff for r in rows.values()) < 1e-6
+    table = per_sample.table(list(rows.values()), reference="torchode compiled")
+    assert "vs torchode compiled (min)" in table and "| 4 | torchode compiled | " in table

@@ -361,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
 
     per_sample_rows = per_sample.run((1, 16, 256) if args.quick else (1, 16, 256, 1024), repeats)
     skip_rows = per_sample.run_skip((1, 16, 256) if args.quick else (1, 16, 256, 1024), repeats)
+    compiled_rows = per_sample.run_compiled((1, 16, 256) if args.quick else (1, 16, 256, 1024))
 
     load_after = os.getloadavg()[0]
     report = "\n\n".join(
@@ -386,6 +387,10 @@ def main(argv: list[str] | None = None) -> None:
             "### (d) Finished samples skipped: random MLP field 32-256-32 with a time scale "
             "s in [1, 25] per sample (in the state), dopri5, float32, rtol 1e-5, atol 1e-6, "
             "t in [0, 1]\n\n" + per_sample.table(skip_rows),
+            "### (e) Compiled: (c) with both libraries under torch.compile (default mode; "
+            "neuralode `compile_step=True`, torchode `torch.compile(solver.solve)`; the "
+            "warm-up compiles; min and median of 5 runs)\n\n"
+            + per_sample.table(compiled_rows, reference="torchode compiled"),
         ]
     )
     print()

@@ -15,6 +15,11 @@ state (dz/dt = s g(z), ds/dt = 0), so a sample's steps grow with s (from a few t
 s = 25); by default every call of f covers the whole batch, with ``skip_finished`` only the
 samples still running.
 
+``run_compiled`` compiles both libraries' per-sample solves with ``torch.compile`` (default
+mode): neuralode's ``compile_step=True`` (each step attempt, f included, one graph) and
+torchode's ``torch.compile(solver.solve)`` (its ``torch.compile(solver)`` compiles only
+``forward``, which ``solve`` does not call, so it would run eagerly); the warm-up compiles.
+
 ``accuracy`` sweeps the tolerance at batch 256 and compares NFE per sample at equal accuracy
 (error of y(t1) against SciPy DOP853 at rtol=1e-12): the fair comparison whenever the two
 libraries' steps differ at the same tolerance (error estimator or controller details).
@@ -79,7 +84,15 @@ class Row:
     diff: float = 0.0
 
 
-def _neuralode(f, y0, ts, rtol: float = RTOL, atol: float = ATOL, skip_finished: bool = False):
+def _neuralode(
+    f,
+    y0,
+    ts,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    skip_finished: bool = False,
+    compile_step: bool = False,
+):
     sol = neuralode.solve(
         f,
         y0,
@@ -88,6 +101,7 @@ def _neuralode(f, y0, ts, rtol: float = RTOL, atol: float = ATOL, skip_finished:
         controller=neuralode.PIController(rtol, atol),
         per_sample=True,
         skip_finished=skip_finished,
+        compile_step=compile_step,
     )
     s = sol.stats
     stats = (int(s.sample_steps.max()), float(s.sample_steps.double().mean()))
@@ -95,16 +109,17 @@ def _neuralode(f, y0, ts, rtol: float = RTOL, atol: float = ATOL, skip_finished:
     return sol.ys[-1], stats
 
 
-def _torchode_solver(f, rtol: float = RTOL, atol: float = ATOL):
+def _torchode_solver(f, rtol: float = RTOL, atol: float = ATOL, compiled: bool = False):
     import torchode
 
     term = torchode.ODETerm(f)
     controller = torchode.IntegralController(atol=atol, rtol=rtol, term=term)
     solver = torchode.AutoDiffAdjoint(torchode.Dopri5(term=term), controller)
+    solve = torch.compile(solver.solve) if compiled else solver.solve
 
     def run(f_, y0, ts):
         problem = torchode.InitialValueProblem(y0=y0, t_eval=ts.repeat(y0.shape[0], 1))
-        sol = solver.solve(problem)
+        sol = solve(problem)
         steps = sol.stats["n_steps"].double()
         calls = float(sol.stats["n_f_evals"].max())
         return sol.ys[:, -1], (
@@ -179,16 +194,31 @@ def run_skip(batches: tuple[int, ...] = (16, 256, 1024), repeats: int = 5) -> li
     return _time(neural_time_scales, runners, batches, repeats, "mlp", 1.0)
 
 
-def table(rows: list[Row]) -> str:
+def run_compiled(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 5) -> list[Row]:
+    """Van der Pol as ``run``, both libraries eager and under torch.compile."""
+
+    def runners(f):
+        return {
+            "neuralode per-sample": _neuralode,
+            "neuralode compile_step": functools.partial(_neuralode, compile_step=True),
+            "torchode": _torchode_solver(f),
+            "torchode compiled": _torchode_solver(f, compiled=True),
+        }
+
+    return _time(vdp, runners, batches, repeats, "vdp compiled", T1)
+
+
+def table(rows: list[Row], reference: str = "torchode") -> str:
+    """Markdown rows; times relative to the ``reference`` library's at the same batch."""
     lines = [
-        "| batch | library | time min (ms) | time median (ms) | vs torchode (min) "
+        f"| batch | library | time min (ms) | time median (ms) | vs {reference} (min) "
         "| steps, slowest sample | vs batch 1 | mean steps / sample | mean NFE / sample "
         "| f rows evaluated / sample | max diff of y(t1) from torchode |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base_steps = {r.library: r.max_steps for r in rows if r.batch == rows[0].batch}
     for r in rows:
-        ref = next(x for x in rows if x.batch == r.batch and x.library == "torchode")
+        ref = next(x for x in rows if x.batch == r.batch and x.library == reference)
         lines.append(
             f"| {r.batch} | {r.library} | {r.best * 1e3:.1f} | {r.median * 1e3:.1f} "
             f"| {r.best / ref.best:.2f}x | {r.max_steps} "

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-PARTS = ("core", "per-sample", "work-precision")
+PARTS = ("core", "per-sample", "work-precision", "compiled")
+DEFAULT_PARTS = ("core", "per-sample", "work-precision")  # "compiled" compiles for minutes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--full", action="store_true", help="all batch sizes, more repeats and tolerances"
     )
     parser.add_argument(
-        "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which studies to run"
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(DEFAULT_PARTS),
+        help="which studies to run (default: all but compiled, the per-sample solves of both "
+        "libraries under torch.compile, which spends minutes compiling)",
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -82,6 +88,14 @@ def run(args: argparse.Namespace) -> int:
         sections.append(
             "### Finished samples skipped (`skip_finished`): MLP field 32-256-32 with a time "
             "scale in [1, 25] per sample, dopri5, float32\n\n" + per_sample.table(skip_rows)
+        )
+    if "compiled" in args.parts:
+        batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
+        compiled_rows = per_sample.run_compiled(batches, repeats)
+        sections.append(
+            "### Per-sample mode under torch.compile vs torchode compiled: Van der Pol, "
+            "dopri5 (neuralode `compile_step=True`, torchode `torch.compile(solver.solve)`)\n\n"
+            + per_sample.table(compiled_rows, reference="torchode compiled")
         )
     if "work-precision" in args.parts:
         rtols = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9) if args.full else (1e-4, 1e-6, 1e-8)

@@ -421,24 +421,22 @@ def test_compiled_step_matches_the_eager_loop_and_does_not_recompile():
 
 
 @pytest.mark.slow
-def test_compiled_step_gradients_match_the_eager_loop():
-    mu, y0, ts = _vdp_batch()
-    grads = []
+@pytest.mark.parametrize("gradient", [Direct(), Backsolve()], ids=["direct", "backsolve"])
+def test_compiled_step_gradients_and_events_match_the_eager_loop(gradient):
+    mu, y0, ts = problem()
+    event = neuralode.Event(lambda t, y: y[:, 0], direction=-1)
+    results = []
     for compile_step in (False, True):
         field = VanDerPol(mu)
         start = y0.clone().requires_grad_(True)
-        sol = solve(
-            field,
-            start,
-            ts,
-            controller=PIController(RTOL, ATOL),
-            per_sample=True,
-            compile_step=compile_step,
-        )
+        kwargs = dict(controller=PIController(RTOL, ATOL), per_sample=True)
+        sol = solve(field, start, ts, gradient=gradient, compile_step=compile_step, **kwargs)
         sol.ys[-1].pow(2).sum().backward()
-        grads.append((start.grad, field.mu.grad))
-    for eager, compiled in zip(*grads):
-        torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-12)
+        with torch.no_grad():
+            hit = solve(field, y0, ts, event=event, compile_step=compile_step, **kwargs)
+        results.append((sol.ys, start.grad, field.mu.grad, hit.event_t, hit.ys))
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-12, equal_nan=True)
 
 
 def test_compiled_step_rejects_what_it_does_not_support():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -395,6 +397,10 @@ def _vdp_batch(batch: int = 6):
     return mu, y0, torch.tensor([0.0, 3.0], dtype=torch.float64)
 
 
+@pytest.mark.skipif(
+    not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
+    reason="torch.compile's CPU backend needs a C++ compiler",
+)
 def test_compiled_step_matches_the_eager_loop_and_does_not_recompile():
     """compile_step=True: each step attempt (f included) is one torch.compile graph; the
     solve takes the same steps and calls of f, and a new y0 of the same shape reuses the

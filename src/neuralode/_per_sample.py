@@ -17,9 +17,12 @@ checks and rarely steps past the last sample's end; plus one sync every 32 steps
 sample failed or run out of steps). Otherwise one per step attempt (a ``tolist`` of a few
 scalars: how many samples are still running, the range of output times crossed, whether any
 sample crossed its event) and, with ``skip_finished``, one whenever the number of running
-samples changes. Everything else
-(step sizes, decisions, interpolation weights) stays on the device. Steps in which a sample
-crosses its event (``_per_sample_events``) add the syncs of the bisection.
+samples changes. Everything else (step sizes, decisions, interpolation weights) stays on the
+device. Steps in which a sample crosses its event (``_per_sample_events``) add the syncs of
+the bisection.
+
+A step attempt of the whole batch (stages, error, decisions) is one function, ``_attempt``,
+run eagerly or, with ``compile_step``, as one torch.compile graph (f included).
 """
 
 from __future__ import annotations

@@ -454,3 +454,98 @@ def test_compiled_step_rejects_what_it_does_not_support():
         solve(field, y0, ts, per_sample=True, skip_finished=True, compile_step=True)
     with pytest.raises(ValueError, match="compile_step=True needs per_sample=True"):
         odeint(field, y0, ts, options=dict(compile_step=True))  # the option reaches solve
+
+
+def _one_system_vdp(t, y):
+    """Van der Pol (mu = 3) for a batch of initial states, solved as one system."""
+    x, v = y[:, 0], y[:, 1]
+    return torch.stack([v, 3.0 * (1 - x * x) * v - x], 1)
+
+
+@pytest.mark.parametrize("solver_cls", [Dopri5, Tsit5, Bosh3])
+@pytest.mark.parametrize(
+    "times", [(0.0, 6.0), (1.5, 0.0), (0.0, 1.0, 2.5, 6.0)], ids=["end", "backward", "outputs"]
+)
+def test_device_loop_takes_the_standard_loops_steps(solver_cls, times, monkeypatch):
+    """device_loop=True: the whole state as one problem in the device-side loop gives the
+    standard loop's steps, calls of f and states (float64, where round-off does not move
+    a decision)."""
+    import neuralode._per_sample as per_sample
+
+    attempts = []
+    attempt = per_sample._attempt
+    monkeypatch.setattr(per_sample, "_attempt", lambda *a: attempts.append(1) or attempt(*a))
+    y0 = torch.stack([torch.linspace(-1.0, 1.0, 8), torch.linspace(0.5, -0.5, 8)], 1)
+    y0, ts = y0.to(torch.float64), torch.tensor(times, dtype=torch.float64)
+    kwargs = dict(solver=solver_cls(), controller=PIController(RTOL, ATOL))
+    with torch.no_grad():
+        standard = solve(_one_system_vdp, y0, ts, **kwargs)
+        assert not attempts
+        device = solve(_one_system_vdp, y0, ts, device_loop=True, **kwargs)
+    stats, ref = device.stats, standard.stats
+    assert len(attempts) == stats.n_steps  # every step was an attempt of the device loop
+    assert (stats.n_steps, stats.n_accepted, stats.nfe) == (ref.n_steps, ref.n_accepted, ref.nfe)
+    assert stats.sample_nfe is None  # one problem: no per-sample statistics
+    torch.testing.assert_close(device.ys, standard.ys, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("gradient", [Direct(), Backsolve()], ids=["direct", "backsolve"])
+def test_device_loop_gradients_match_the_standard_loop(gradient, monkeypatch):
+    import neuralode._per_sample as per_sample
+
+    attempts = []
+    attempt = per_sample._attempt
+    monkeypatch.setattr(per_sample, "_attempt", lambda *a: attempts.append(1) or attempt(*a))
+    mu, y0, ts = problem()
+    grads = []
+    for device_loop in (False, True):
+        field = VanDerPol(mu)
+        start = y0.clone().requires_grad_(True)
+        kwargs = dict(controller=PIController(RTOL, ATOL), gradient=gradient)
+        sol = solve(field, start, ts, device_loop=device_loop, **kwargs)  # t unused
+        sol.ys.pow(2).sum().backward()
+        grads.append((sol.ys, start.grad, field.mu.grad))
+        assert bool(attempts) == device_loop
+    for standard, device in zip(*grads):
+        torch.testing.assert_close(device, standard, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_device_loop_compiled_step_matches_the_standard_loop():
+    y0 = torch.stack([torch.linspace(-1.0, 1.0, 8), torch.linspace(0.5, -0.5, 8)], 1)
+    y0, ts = y0.to(torch.float64), torch.tensor([0.0, 6.0], dtype=torch.float64)
+    with torch.no_grad():
+        standard = solve(_one_system_vdp, y0, ts, controller=PIController(RTOL, ATOL))
+        compiled = solve(
+            _one_system_vdp,
+            y0,
+            ts,
+            controller=PIController(RTOL, ATOL),
+            device_loop=True,
+            compile_step=True,
+        )
+    assert (compiled.stats.n_steps, compiled.stats.nfe) == (
+        standard.stats.n_steps,
+        standard.stats.nfe,
+    )
+    torch.testing.assert_close(compiled.ys, standard.ys, rtol=1e-12, atol=1e-12)
+
+
+def test_device_loop_rejects_what_it_does_not_support():
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    field = _one_system_vdp
+    with pytest.raises(ValueError, match="device_loop=True needs y0 to be one tensor"):
+        solve(lambda t, y: y, (y0, y0), ts, device_loop=True)
+    with pytest.raises(ValueError, match="device_loop=True does not support events"):
+        solve(field, y0, ts, device_loop=True, event=neuralode.Event(lambda t, y: y[0, 0]))
+    with pytest.raises(ValueError, match="device_loop=True does not support norm, jump_t"):
+        solve(field, y0, ts, device_loop=True, norm=lambda x: x.abs().max(), jump_t=[0.5])
+    with pytest.raises(ValueError, match="device_loop=True supports the gradients"):
+        solve(field, y0, ts, device_loop=True, gradient=Checkpointed())
+    with pytest.raises(ValueError, match="device_loop=True supports the adaptive explicit"):
+        solve(field, y0, ts, device_loop=True, solver=neuralode.RK4())
+    with pytest.raises(ValueError, match="device_loop=True needs a PIController"):
+        solve(field, y0, ts, device_loop=True, controller=neuralode.FixedGrid(step_size=0.1))
+    with pytest.raises(ValueError, match="device_loop=True does not support norm"):
+        odeint(field, y0, ts, options=dict(device_loop=True, norm=lambda x: x.abs().max()))

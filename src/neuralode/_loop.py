@@ -34,7 +34,8 @@ class LoopConfig:
     events: EventTracker | None = None
     per_sample: bool = False  # dim 0 of the state is a batch of independent problems
     skip_finished: bool = False  # per_sample: f sees only the samples still running
-    compile_step: bool = False  # per_sample: each step attempt runs under torch.compile
+    compile_step: bool = False  # device loop: each step attempt runs under torch.compile
+    device_loop: bool = False  # the per-sample loop for the whole state as one problem
 
 
 def _landings(ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, ...]):
@@ -93,7 +94,7 @@ def _integrate(
     stats: SolveStats,
     record: list[StepRecord] | None,
 ) -> torch.Tensor:
-    if config.per_sample:
+    if config.per_sample or config.device_loop:
         from ._per_sample import integrate_per_sample
 
         return integrate_per_sample(term, y0, ts, config, stats)

@@ -42,23 +42,18 @@ _EPS = 2.0**-52
 _MAX_UNCHECKED = 64  # most steps between two termination checks of an end-point-only solve
 
 
-def check_per_sample(solver: Any, controller: Any, y0_shape: torch.Size) -> None:
-    """Raise a clear error if the problem cannot be solved per sample."""
-    if len(y0_shape) == 0 or y0_shape[0] == 0:
-        raise ValueError(
-            "per_sample=True needs y0 with a batch dimension first (shape (batch, ...)), "
-            f"got shape {tuple(y0_shape)}"
-        )
+def check_loop(solver: Any, controller: Any, what: str) -> None:
+    """Raise a clear error if the solver or controller cannot run in this loop."""
     if not isinstance(solver, ExplicitRK) or not solver.adaptive:
         raise ValueError(
-            "per_sample=True supports the adaptive explicit Runge-Kutta methods (dopri5, "
+            f"{what} supports the adaptive explicit Runge-Kutta methods (dopri5, "
             f"tsit5, bosh3, dopri8, ...), got {solver!r}"
         )
     dense = solver.tableau.dense
     if dense is not None and len(dense.extra_c) > 1:
-        raise ValueError(f"per_sample=True does not support {solver!r}'s dense output")
+        raise ValueError(f"{what} does not support {solver!r}'s dense output")
     if not isinstance(controller, PIController):
-        raise ValueError(f"per_sample=True needs a PIController, got {controller!r}")
+        raise ValueError(f"{what} needs a PIController, got {controller!r}")
 
 
 class _BatchTerm:
@@ -110,6 +105,26 @@ class _BatchTerm:
             self.rows = None if n_still == self.batch else still.nonzero().squeeze(1)
 
 
+class _WholeTerm(_BatchTerm):
+    """A single problem (``device_loop``: one tensor state) as a batch of one: f gets the
+    time as a 0-dim tensor and the state in ``y0``'s shape, as in the standard loop."""
+
+    def __init__(self, term: ODETerm):
+        self.term = term
+        self.batch = 1
+        self.rows = None
+        self.rows_evaluated = 0
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.rows_evaluated += 1
+        return self.term.at(t.reshape(()).to(self.term.time_dtype), y.reshape(-1))[None]
+
+    def uncounted(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        term = self.term
+        out = term.func(t.reshape(()).to(term.time_dtype), y.reshape(term.spec.shapes[0]))
+        return out.reshape(1, -1)
+
+
 def _rms(x: torch.Tensor) -> torch.Tensor:
     """RMS of each row, in float64."""
     return (torch.linalg.vector_norm(x, dim=1) / (x.shape[1] ** 0.5)).to(torch.float64)
@@ -118,11 +133,15 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
 def integrate_per_sample(
     term: ODETerm, y0_flat: torch.Tensor, ts: list[float], config: Any, stats: SolveStats
 ) -> torch.Tensor:
-    """Solve every sample of the batch as its own problem; return (len(ts), n) flat states."""
+    """Solve every sample of the batch as its own problem; return (len(ts), n) flat states.
+    Without ``config.per_sample`` (``device_loop``), the whole state is one problem."""
     solver: ExplicitRK = config.solver
     ctrl: PIController = config.controller
-    batch = int(term.spec.shapes[0][0])
-    f = _BatchTerm(term, batch)
+    if config.per_sample:
+        batch = int(term.spec.shapes[0][0])
+        f = _BatchTerm(term, batch)
+    else:
+        batch, f = 1, _WholeTerm(term)
     y = y0_flat.reshape(batch, -1)
     n_out = len(ts)
     if n_out == 1:
@@ -295,6 +314,8 @@ def integrate_per_sample(
     stats.n_steps += int(n_steps.sum())
     stats.n_accepted += int(n_accepted.sum())
     stats.n_rejected += int(n_rejected.sum())
+    if not config.per_sample:
+        return torch.stack(outputs).reshape(n_out, -1)
     stats.sample_nfe = nfe
     stats.rows_evaluated = f.rows_evaluated
     stats.sample_steps = n_steps

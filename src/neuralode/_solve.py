@@ -46,6 +46,7 @@ def solve(
     per_sample: bool = False,
     skip_finished: bool = False,
     compile_step: bool = False,
+    device_loop: bool = False,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
 
@@ -79,9 +80,14 @@ def solve(
     that finished samples stop costing work (``Solution.stats.rows_evaluated``); use it only
     when ``func`` treats the rows independently and does not depend on their position in
     the batch (no per-sample tensors captured from outside, no batch statistics).
-    ``compile_step=True`` (per-sample mode only, not with ``skip_finished``) runs each step
-    attempt, ``func`` included, as one ``torch.compile`` graph (default mode, static shapes:
-    the first solve of each batch size, dtype and ``func`` compiles, seconds to a minute).
+    ``device_loop=True`` solves a one-tensor state as one problem in the per-sample loop (a
+    batch of one): the step sizes and accept/reject decisions stay tensors on the device and
+    an end-point-only solve reads nothing back between scheduled termination checks (the
+    standard loop reads the error norm after every step); same steps as the standard loop.
+    Needs what per-sample mode needs, and no ``event``. ``compile_step=True`` (per-sample
+    mode or ``device_loop``, not with ``skip_finished``) runs each step attempt, ``func``
+    included, as one ``torch.compile`` graph (default mode, static shapes: the first solve of
+    each batch size, dtype and ``func`` compiles, seconds to a minute).
 
     ``per_sample=True`` with an ``event``: ``event.fn(t, y)`` receives the per-sample times
     (batch,) and the batched state and returns (batch,) or (batch, k) values, row i being
@@ -101,10 +107,10 @@ def solve(
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
     if skip_finished and not per_sample:
         raise ValueError("skip_finished=True needs per_sample=True")
-    if compile_step and not per_sample:
+    if compile_step and not (per_sample or device_loop):
         raise ValueError(
-            "compile_step=True needs per_sample=True (for the standard loop, compile the "
-            "solver's step: solver.step = torch.compile(solver.step))"
+            "compile_step=True needs per_sample=True or device_loop=True (for the standard "
+            "loop, compile the solver's step: solver.step = torch.compile(solver.step))"
         )
     if compile_step and skip_finished:
         raise ValueError(
@@ -113,6 +119,10 @@ def solve(
         )
     if per_sample:
         func = _check_per_sample(func, y0, spec, solver, controller, locals())
+    elif device_loop:
+        _check_loop_options("device_loop=True", spec, solver, controller, locals())
+        if event is not None:
+            raise ValueError("device_loop=True does not support events")
     if norm is None:
         norm = rms_norm if spec.is_leaf else mixed_norm(spec.numels)
     config = LoopConfig(
@@ -127,6 +137,7 @@ def solve(
         per_sample=bool(per_sample),
         skip_finished=bool(skip_finished),
         compile_step=bool(compile_step),
+        device_loop=bool(device_loop) and not per_sample,
     )
     term = ODETerm(func, spec, y0_flat)
     stats = SolveStats()
@@ -151,12 +162,26 @@ def _check_per_sample(
     func: Callable, y0: Any, spec: TreeSpec, solver: Solver, controller: Any, args: dict
 ) -> Callable:
     """Validate a per-sample solve; return ``func`` seeing one time per sample."""
-    from ._per_sample import check_per_sample
+    _check_loop_options("per_sample=True", spec, solver, controller, args)
+    shape = spec.shapes[0]
+    if len(shape) == 0 or shape[0] == 0:
+        raise ValueError(
+            "per_sample=True needs y0 with a batch dimension first (shape (batch, ...)), "
+            f"got shape {tuple(shape)}"
+        )
+    return _BatchTime(func, int(shape[0]))
+
+
+def _check_loop_options(
+    what: str, spec: TreeSpec, solver: Solver, controller: Any, args: dict
+) -> None:
+    """Raise a clear error for the options the per-sample (device) loop does not support."""
+    from ._per_sample import check_loop
     from .adjoint.backsolve import Backsolve
 
     if not spec.is_leaf:
-        raise ValueError("per_sample=True needs y0 to be one tensor of shape (batch, ...)")
-    check_per_sample(solver, controller, spec.shapes[0])
+        raise ValueError(f"{what} needs y0 to be one tensor")
+    check_loop(solver, controller, what)
     unsupported = {
         "norm": args["norm"] is not None,
         "step_t": len(args["step_t"]) > 0,
@@ -166,13 +191,12 @@ def _check_per_sample(
     }
     given = [name for name, used in unsupported.items() if used]
     if given:
-        raise ValueError(f"per_sample=True does not support {', '.join(given)}")
+        raise ValueError(f"{what} does not support {', '.join(given)}")
     gradient = args["gradient"]
     if gradient is not None and not isinstance(gradient, (Direct, Backsolve)):
         raise ValueError(
-            f"per_sample=True supports the gradients Direct() and Backsolve(), got {gradient!r}"
+            f"{what} supports the gradients Direct() and Backsolve(), got {gradient!r}"
         )
-    return _BatchTime(func, int(spec.shapes[0][0]))
 
 
 class _BatchTime(torch.nn.Module):

@@ -41,6 +41,7 @@ _ADAPTIVE_OPTIONS = {
     "per_sample",
     "skip_finished",
     "compile_step",
+    "device_loop",
 }
 _FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "max_num_steps"}
 _CONTROLLER_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "icoeff", "pcoeff")
@@ -106,7 +107,7 @@ def odeint_adjoint(
         adjoint_options = {
             k: v
             for k, v in (options or {}).items()
-            if k not in ("norm", "per_sample", "skip_finished", "compile_step")
+            if k not in ("norm", "per_sample", "skip_finished", "compile_step", "device_loop")
         }
     adjoint_options = dict(adjoint_options)
     if "per_sample" in adjoint_options:
@@ -258,8 +259,9 @@ def _parse(
             extra["per_sample"] = True
         if options.get("skip_finished"):
             extra["skip_finished"] = True
-        if options.get("compile_step"):
-            extra["compile_step"] = True
+        for key in ("compile_step", "device_loop"):
+            if options.get(key):
+                extra[key] = True
         if options.get("norm") is not None:
             user_norm = options["norm"]
             extra["norm"] = lambda flat: user_norm(spec.unflatten(flat))

@@ -58,11 +58,14 @@ def check_loop(solver: Any, controller: Any, what: str) -> None:
 
 class _BatchTerm:
     """Calls f with one time per sample, (batch,), on the (batch, d) state; with ``rows``
-    set, only on those samples' rows (the others' derivatives are returned as zeros)."""
+    set, only on those samples' rows (the others' derivatives are returned as zeros). With
+    ``one_problem`` (``device_loop``: the whole state is one problem, a batch of one) f gets
+    the time as a 0-dim tensor and the state in ``y0``'s shape, as in the standard loop."""
 
-    def __init__(self, term: ODETerm, batch: int):
+    def __init__(self, term: ODETerm, batch: int, one_problem: bool = False):
         self.term = term
         self.batch = batch
+        self.one_problem = one_problem
         self.shape = tuple(int(n) for n in term.spec.shapes[0])
         self.rows: torch.Tensor | None = None  # None: every sample
         self.rows_evaluated = 0  # sample rows f was called on, summed over calls
@@ -73,7 +76,7 @@ class _BatchTerm:
         rows = self.rows
         if rows is None:
             self.rows_evaluated += self.batch
-            out = term.func(t.to(term.time_dtype), y.reshape(self.shape))
+            out = term.func(self._time(t), y.reshape(self.shape))
             if not term._checked:
                 term._check(out)
             return out.reshape(self.batch, -1)
@@ -90,8 +93,11 @@ class _BatchTerm:
 
     def uncounted(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """f on every sample without the bookkeeping (for the compiled step; see ``count``)."""
-        term = self.term
-        return term.func(t.to(term.time_dtype), y.reshape(self.shape)).reshape(self.batch, -1)
+        return self.term.func(self._time(t), y.reshape(self.shape)).reshape(self.batch, -1)
+
+    def _time(self, t: torch.Tensor) -> torch.Tensor:
+        """The (batch,) times as f receives them: a 0-dim tensor for ``one_problem``."""
+        return (t.reshape(()) if self.one_problem else t).to(self.term.time_dtype)
 
     def count(self, calls: int) -> None:
         """Record ``calls`` evaluations of f on every sample made by ``uncounted``."""
@@ -103,26 +109,6 @@ class _BatchTerm:
         running = self.batch if self.rows is None else self.rows.shape[0]
         if n_still != running:
             self.rows = None if n_still == self.batch else still.nonzero().squeeze(1)
-
-
-class _WholeTerm(_BatchTerm):
-    """A single problem (``device_loop``: one tensor state) as a batch of one: f gets the
-    time as a 0-dim tensor and the state in ``y0``'s shape, as in the standard loop."""
-
-    def __init__(self, term: ODETerm):
-        self.term = term
-        self.batch = 1
-        self.rows = None
-        self.rows_evaluated = 0
-
-    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.rows_evaluated += 1
-        return self.term.at(t.reshape(()).to(self.term.time_dtype), y.reshape(-1))[None]
-
-    def uncounted(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        term = self.term
-        out = term.func(t.reshape(()).to(term.time_dtype), y.reshape(term.spec.shapes[0]))
-        return out.reshape(1, -1)
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +127,7 @@ def integrate_per_sample(
         batch = int(term.spec.shapes[0][0])
         f = _BatchTerm(term, batch)
     else:
-        batch, f = 1, _WholeTerm(term)
+        batch, f = 1, _BatchTerm(term, 1, one_problem=True)
     y = y0_flat.reshape(batch, -1)
     n_out = len(ts)
     if n_out == 1:

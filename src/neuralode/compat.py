@@ -255,11 +255,7 @@ def _parse(
         for key in ("step_t", "jump_t"):
             if options.get(key) is not None:
                 extra[key] = options[key]
-        if options.get("per_sample"):
-            extra["per_sample"] = True
-        if options.get("skip_finished"):
-            extra["skip_finished"] = True
-        for key in ("compile_step", "device_loop"):
+        for key in ("per_sample", "skip_finished", "compile_step", "device_loop"):
             if options.get(key):
                 extra[key] = True
         if options.get("norm") is not None:

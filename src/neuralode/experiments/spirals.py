@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ..data.spirals import SpiralData, make_spirals
-from ..models.latent import LatentODE, RNNBaseline
+from ..models.latent import DECODERS, DYNAMICS, LatentODE, RNNBaseline
 
 # The Neural ODE paper (Chen et al. 2018), Table 2: predictive RMSE on the test set.
 PAPER_RMSE = {
@@ -99,13 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dynamics",
-        choices=["mlp", "linear+mlp"],
+        choices=DYNAMICS,
         default="linear+mlp",
         help="latent vector field: MLP (paper) or A z + MLP(z) (default)",
     )
     parser.add_argument(
         "--decoder",
-        choices=["mlp", "linear", "linear+mlp"],
+        choices=DECODERS,
         default="linear",
         help="decoder: MLP (paper), W z + b (default) or W z + b + MLP(z)",
     )

@@ -456,6 +456,17 @@ def test_compiled_step_rejects_what_it_does_not_support():
         odeint(field, y0, ts, options=dict(compile_step=True))  # the option reaches solve
 
 
+@pytest.fixture
+def attempts(monkeypatch) -> list:
+    """Records each step attempt of the per-sample (device) loop."""
+    import neuralode._per_sample as per_sample
+
+    calls: list = []
+    attempt = per_sample._attempt
+    monkeypatch.setattr(per_sample, "_attempt", lambda *a: calls.append(1) or attempt(*a))
+    return calls
+
+
 def _one_system_vdp(t, y):
     """Van der Pol (mu = 3) for a batch of initial states, solved as one system."""
     x, v = y[:, 0], y[:, 1]
@@ -466,15 +477,10 @@ def _one_system_vdp(t, y):
 @pytest.mark.parametrize(
     "times", [(0.0, 6.0), (1.5, 0.0), (0.0, 1.0, 2.5, 6.0)], ids=["end", "backward", "outputs"]
 )
-def test_device_loop_takes_the_standard_loops_steps(solver_cls, times, monkeypatch):
+def test_device_loop_takes_the_standard_loops_steps(solver_cls, times, attempts):
     """device_loop=True: the whole state as one problem in the device-side loop gives the
     standard loop's steps, calls of f and states (float64, where round-off does not move
     a decision)."""
-    import neuralode._per_sample as per_sample
-
-    attempts = []
-    attempt = per_sample._attempt
-    monkeypatch.setattr(per_sample, "_attempt", lambda *a: attempts.append(1) or attempt(*a))
     y0 = torch.stack([torch.linspace(-1.0, 1.0, 8), torch.linspace(0.5, -0.5, 8)], 1)
     y0, ts = y0.to(torch.float64), torch.tensor(times, dtype=torch.float64)
     kwargs = dict(solver=solver_cls(), controller=PIController(RTOL, ATOL))
@@ -490,12 +496,7 @@ def test_device_loop_takes_the_standard_loops_steps(solver_cls, times, monkeypat
 
 
 @pytest.mark.parametrize("gradient", [Direct(), Backsolve()], ids=["direct", "backsolve"])
-def test_device_loop_gradients_match_the_standard_loop(gradient, monkeypatch):
-    import neuralode._per_sample as per_sample
-
-    attempts = []
-    attempt = per_sample._attempt
-    monkeypatch.setattr(per_sample, "_attempt", lambda *a: attempts.append(1) or attempt(*a))
+def test_device_loop_gradients_match_the_standard_loop(gradient, attempts):
     mu, y0, ts = problem()
     grads = []
     for device_loop in (False, True):

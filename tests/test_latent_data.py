@@ -214,20 +214,24 @@ def test_spirals_experiment_rejects_a_bad_rnn_hide_before_training(tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
-def test_spirals_training_averages_the_elbo_over_the_posterior_samples(monkeypatch) -> None:
-    """--samples K: every training step estimates the latent ODE's ELBO from K posterior
-    draws per spiral (noise (K, batch, latent) from the run's generator)."""
+@pytest.mark.parametrize("bound", ["iwae", "elbo"])
+def test_spirals_training_bound_uses_the_posterior_samples(monkeypatch, bound) -> None:
+    """--samples K: every training step's bound of the latent ODE comes from K posterior
+    draws per spiral (noise (K, batch, latent) from the run's generator); --bound picks the
+    importance-weighted bound or the ELBO, and the loss is that bound."""
     import argparse
 
     from neuralode.experiments import spirals
     from neuralode.models.latent import LatentODE
 
-    seen = []
+    seen, losses = [], []
     elbo = LatentODE.elbo
 
     def spy(self, *args, **kwargs):
-        seen.append((kwargs["n_samples"], tuple(kwargs["noise"].shape)))
-        return elbo(self, *args, **kwargs)
+        seen.append((kwargs["n_samples"], tuple(kwargs["noise"].shape), kwargs["iwae"]))
+        out = elbo(self, *args, **kwargs)
+        losses.append(float(out.loss()))
+        return out
 
     monkeypatch.setattr(LatentODE, "elbo", spy)
     data = make_spirals(12, n_obs=10, seed=0)
@@ -241,6 +245,9 @@ def test_spirals_training_averages_the_elbo_over_the_posterior_samples(monkeypat
         select="last",
         rnn_hide=None,
         samples=5,
+        bound=bound,
     )
     result = spirals._train("latent", model, data, data, data, args, steps=3)
-    assert seen == [(5, (5, 4, 3))] * 3 and math.isfinite(result["rmse_extrapolation"])
+    assert seen == [(5, (5, 4, 3), bound == "iwae")] * 3
+    assert [row["loss"] for row in result["history"]] == pytest.approx(losses)  # one per step
+    assert math.isfinite(result["rmse_extrapolation"])

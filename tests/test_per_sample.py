@@ -473,14 +473,15 @@ def _one_system_vdp(t, y):
     return torch.stack([v, 3.0 * (1 - x * x) * v - x], 1)
 
 
-@pytest.mark.parametrize("solver_cls", [Dopri5, Tsit5, Bosh3])
+@pytest.mark.parametrize("solver_cls", [Dopri5, Tsit5, Bosh3, Dopri8])
 @pytest.mark.parametrize(
     "times", [(0.0, 6.0), (1.5, 0.0), (0.0, 1.0, 2.5, 6.0)], ids=["end", "backward", "outputs"]
 )
 def test_device_loop_takes_the_standard_loops_steps(solver_cls, times, attempts):
     """device_loop=True: the whole state as one problem in the device-side loop gives the
     standard loop's steps, calls of f and states (float64, where round-off does not move
-    a decision)."""
+    a decision). Without FSAL (dopri8) f(t1, y1) is evaluated before the decision is read,
+    so a rejected step costs one call more than in the standard loop."""
     y0 = torch.stack([torch.linspace(-1.0, 1.0, 8), torch.linspace(0.5, -0.5, 8)], 1)
     y0, ts = y0.to(torch.float64), torch.tensor(times, dtype=torch.float64)
     kwargs = dict(solver=solver_cls(), controller=PIController(RTOL, ATOL))
@@ -490,9 +491,13 @@ def test_device_loop_takes_the_standard_loops_steps(solver_cls, times, attempts)
         device = solve(_one_system_vdp, y0, ts, device_loop=True, **kwargs)
     stats, ref = device.stats, standard.stats
     assert len(attempts) == stats.n_steps  # every step was an attempt of the device loop
-    assert (stats.n_steps, stats.n_accepted, stats.nfe) == (ref.n_steps, ref.n_accepted, ref.nfe)
+    extra = 0 if solver_cls.tableau.fsal else ref.n_steps - ref.n_accepted
+    assert (stats.n_steps, stats.n_accepted) == (ref.n_steps, ref.n_accepted)
+    assert stats.nfe == ref.nfe + extra
     assert stats.sample_nfe is None  # one problem: no per-sample statistics
-    torch.testing.assert_close(device.ys, standard.ys, rtol=1e-12, atol=1e-12)
+    # dopri8's error estimate cancels 13 stages: its round-off moves step sizes by ~1e-10
+    tol = 1e-8 if solver_cls is Dopri8 else 1e-12
+    torch.testing.assert_close(device.ys, standard.ys, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("gradient", [Direct(), Backsolve()], ids=["direct", "backsolve"])

@@ -24,6 +24,8 @@ from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers import METHODS
 
+# boolean options of the forward solve's loop, passed to ``solve`` (not to the adjoint's)
+_LOOP_FLAGS = ("per_sample", "skip_finished", "compile_step", "device_loop")
 _ADAPTIVE_OPTIONS = {
     "first_step",
     "safety",
@@ -38,10 +40,7 @@ _ADAPTIVE_OPTIONS = {
     "step_t",
     "jump_t",
     "norm",
-    "per_sample",
-    "skip_finished",
-    "compile_step",
-    "device_loop",
+    *_LOOP_FLAGS,
 }
 _FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "max_num_steps"}
 _CONTROLLER_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "icoeff", "pcoeff")
@@ -105,9 +104,7 @@ def odeint_adjoint(
         )
     if adjoint_options is None:
         adjoint_options = {
-            k: v
-            for k, v in (options or {}).items()
-            if k not in ("norm", "per_sample", "skip_finished", "compile_step", "device_loop")
+            k: v for k, v in (options or {}).items() if k != "norm" and k not in _LOOP_FLAGS
         }
     adjoint_options = dict(adjoint_options)
     if "per_sample" in adjoint_options:
@@ -255,7 +252,7 @@ def _parse(
         for key in ("step_t", "jump_t"):
             if options.get(key) is not None:
                 extra[key] = options[key]
-        for key in ("per_sample", "skip_finished", "compile_step", "device_loop"):
+        for key in _LOOP_FLAGS:
             if options.get(key):
                 extra[key] = True
         if options.get("norm") is not None:

@@ -5,6 +5,7 @@ with dense output, jumps, perturbed ends, rejections and events."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -58,40 +59,77 @@ def test_graph_free_events_and_perturb(method):
     torch.testing.assert_close(free.event_y, graph.event_y, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.slow  # torch.compile takes 10-60 s on a 2-core CPU
-def test_compiled_step_follows_new_step_sizes_without_recompiling():
-    """``solver.step = torch.compile(solver.step)``: equal to eager (values and Direct
-    gradients) on solves with new end times, and after the warm-up no recompilation."""
-    import torch._dynamo
+needs_cxx = pytest.mark.skipif(
+    not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
+    reason="torch.compile's CPU backend needs a C++ compiler",
+)
 
+
+def tree_field(t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]):
+    a, b = y
+    return field(t, a), -b * (1 + t)
+
+
+@needs_cxx
+def test_compile_step_takes_the_eager_steps_and_reuses_its_graphs():
+    """compile_step=True in the standard loop (each step with its error ratio as one graph):
+    the eager loop's steps, rejections, NFE and outputs, on a tuple state (mixed norm) with
+    several outputs and a jump; a solve with a new y0 and end time compiles nothing new."""
+    torch._dynamo.reset()
+
+    def run(scale: float, t_end: float, compile_step: bool) -> no.Solution:
+        y0 = (torch.tensor([1.0, 0.0], dtype=torch.float64) * scale,
+              torch.tensor([0.5], dtype=torch.float64))  # fmt: skip
+        ts = torch.linspace(0, t_end, 5, dtype=torch.float64)
+        controller = no.PIController(1e-6, 1e-9, first_step=0.5)  # rejections
+        with torch.no_grad():
+            return no.solve(tree_field, y0, ts, controller=controller, jump_t=[1.5],
+                            compile_step=compile_step)  # fmt: skip
+
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for scale, t_end in ((1.0, 3.0), (1.2, 2.5)):
+        compiled, eager = run(scale, t_end, True), run(scale, t_end, False)
+        assert compiled.stats == eager.stats and eager.stats.n_rejected > 0
+        for got, want in zip(compiled.ys, eager.ys):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = run(0.8, 2.8, True)
+    assert again.stats == run(0.8, 2.8, False).stats
+
+
+@pytest.mark.slow  # compiles forward and backward graphs: about a minute on a 2-core CPU
+@pytest.mark.parametrize("gradient", ["direct", "backsolve"])
+def test_compile_step_gradients_match_eager(gradient):
+    """compile_step=True while training: values and parameter gradients equal the eager
+    loop's (Direct() through the compiled steps; Backsolve()'s forward solve compiled, its
+    backward solve eager), also for tsit5 and rk4 on a fixed grid."""
+    torch._dynamo.reset()
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
     y0 = torch.randn(4, 2)
 
-    def run(solver: ExplicitRK, t1: float, grad: bool) -> tuple[torch.Tensor, ...]:
+    def run(solver, controller, t1: float, compile_step: bool) -> tuple[torch.Tensor, ...]:
         net.zero_grad()
-        with torch.set_grad_enabled(grad):
-            sol = no.solve(lambda t, y: net(y), y0, torch.tensor([0.0, t1]), solver=solver,
-                           controller=no.PIController(1e-6, 1e-8))  # fmt: skip
-        if not grad:
-            return (sol.ys,)
+        params = tuple(net.parameters())
+        strategy = no.Direct() if gradient == "direct" else no.Backsolve(params=params)
+        ts = torch.tensor([0.0, 0.5, t1])
+        sol = no.solve(lambda t, y: net(y), y0, ts, solver=solver, controller=controller,
+                       gradient=strategy, compile_step=compile_step)  # fmt: skip
         sol.ys[-1].pow(2).sum().backward()
         return (sol.ys.detach(), *(p.grad.clone() for p in net.parameters()))
 
-    eager, compiled = no.Dopri5(), no.Dopri5()
-    compiled.step = torch.compile(compiled.step)
-    torch._dynamo.reset()
-    for grad in (False, True):
-        for k in range(4):  # warm-up: dynamo turns the float times symbolic
-            run(compiled, 1.0 + 0.1 * k, grad)
-    counters = torch._dynamo.utils.counters
-    frames = counters["stats"]["unique_graphs"]
-    for grad in (False, True):
-        for k in range(5):
-            t1 = 1.37 + 0.123 * k
-            for got, want in zip(run(compiled, t1, grad), run(eager, t1, grad)):
-                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert counters["stats"]["unique_graphs"] == frames  # nothing new was compiled
+    cases = [(no.Dopri5, no.PIController(1e-6, 1e-8)), (no.Tsit5, no.PIController(1e-6, 1e-8)),
+             (no.RK4, no.FixedGrid(step_size=0.1))]  # fmt: skip
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # no eager fallback
+        for solver, controller in cases:
+            for t1 in (1.0, 1.3):
+                eager = run(solver(), controller, t1, False)
+                compiled = run(solver(), controller, t1, True)
+                for got, want in zip(compiled, eager):
+                    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
 
 
 def test_stage_buffers_are_reused_across_solves_and_not_shared_by_nested_ones(monkeypatch):

@@ -8,12 +8,14 @@ from typing import Any
 
 import torch
 
+from ._compile import compiled
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from ._events import EventTracker
 from ._norms import Norm
 from ._solution import SolveStats
 from ._term import ODETerm
 from .controllers.base import StepSizeController
+from .controllers.pi import PIController
 from .solvers.base import Solver
 
 _EPS = 2.0**-52
@@ -34,7 +36,7 @@ class LoopConfig:
     events: EventTracker | None = None
     per_sample: bool = False  # dim 0 of the state is a batch of independent problems
     skip_finished: bool = False  # per_sample: f sees only the samples still running
-    compile_step: bool = False  # device loop: each step attempt runs under torch.compile
+    compile_step: bool = False  # each step attempt (with its error) runs under torch.compile
     device_loop: bool = False  # the per-sample loop for the whole state as one problem
 
 
@@ -114,6 +116,7 @@ def _integrate(
     events = config.events
     if events is not None:
         events.start(t, y)
+    attempt = compiled(_attempt, type(solver)) if config.compile_step else None
     while next_out < n_out:
         if stats.n_steps >= config.max_steps:
             raise MaxStepsError(
@@ -130,10 +133,22 @@ def _integrate(
         at_jump = landed and land_is_jump
         if callbacks is not None:
             callbacks.step(t, y, t1 - t)
-        step = solver.step(term, t, t1, y, state, config.perturb or at_jump)
+        perturbed = config.perturb or at_jump
+        if attempt is None or perturbed:
+            step = solver.step(term, t, t1, y, state, perturbed)
+            ratio = None
+        else:
+            # the times enter the graph as tensors: symbolic Python floats are specialised
+            # (recompiles) or mishandled by torch.compile when f depends on t
+            t_pair = torch.tensor((t, t1), dtype=torch.float64, device=y.device).unbind()
+            step, ratio_tensor = attempt(solver, controller, control, term, *t_pair, y, state)
+            step.t0, step.t1 = t, t1  # the loop's floats, for dense output and events
+            ratio = None if ratio_tensor is None else ratio_tensor.item()
         last_y1 = step.y1
         stats.n_steps += 1
-        accepted, proposal, control = controller.adapt(t, t1, y, step.y1, step.error, control)
+        accepted, proposal, control = controller.adapt(
+            t, t1, y, step.y1, step.error, control, ratio
+        )
         if not accepted:
             state = solver.reject(step, state)
             stats.n_rejected += 1
@@ -174,6 +189,27 @@ def _integrate(
             landing += 1
         t, y = t1, step.y1
     return torch.cat(outputs)
+
+
+def _attempt(
+    solver: Solver,
+    controller: StepSizeController,
+    control: Any,
+    term: ODETerm,
+    t0: torch.Tensor,
+    t1: torch.Tensor,
+    y0: torch.Tensor,
+    state: Any,
+) -> tuple[Any, torch.Tensor | None]:
+    """A step (not perturbed) from the 0-dim float64 times ``t0`` to ``t1`` and its scaled
+    error ratio (0-dim; ``None`` without an error estimate): the unit that ``compile_step``
+    runs as one graph, f, the stage combinations and the error norm fused, with one
+    read-back of the ratio per step."""
+    step = solver.step(term, t0, t1, y0, state, False)
+    if step.error is None or not isinstance(controller, PIController):
+        return step, None
+    with torch.no_grad():
+        return step, controller.error_ratio(y0, step.y1, step.error, control)
 
 
 def _raise_no_progress(t: float, t1: float, y: torch.Tensor, last_y1: torch.Tensor | None) -> None:

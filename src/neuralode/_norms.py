@@ -28,14 +28,22 @@ def max_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, ord=float("inf"))
 
 
+class MixedNorm:
+    """Max over the leaves of a flattened state of each leaf's RMS (torchdiffeq's tuple norm).
+
+    A class rather than a closure: torch.compile guards on its ``numels``, so a compiled step
+    is reused by every solve of the same structure (a new closure would recompile)."""
+
+    def __init__(self, numels: Sequence[int]):
+        self.numels = tuple(int(n) for n in numels)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([rms_norm(part) for part in torch.split(x, self.numels)]).max()
+
+
 def mixed_norm(numels: Sequence[int]) -> Norm:
-    """Max over the leaves of a flattened state of each leaf's RMS (torchdiffeq's tuple norm)."""
-    numels = tuple(numels)
-
-    def norm(x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([rms_norm(part) for part in torch.split(x, numels)]).max()
-
-    return norm
+    """Max over the leaves of a flattened state of each leaf's RMS (see ``MixedNorm``)."""
+    return MixedNorm(numels)
 
 
 class Seminorm:

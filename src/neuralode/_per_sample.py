@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ._compile import compiled
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from ._solution import SolveStats
 from ._term import ODETerm
@@ -203,7 +204,8 @@ def integrate_per_sample(
     )
     buffer = None
     if config.compile_step:  # stages stacked in the compiled graph; f counted outside it
-        attempt, call = _compiled_attempt(), f.uncounted
+        # static shapes: one graph per batch size (a dynamic batch dimension costs time)
+        attempt, call = compiled(_attempt, type(solver), dynamic=False), f.uncounted
     else:
         attempt, call = _attempt, f
         if not torch.is_grad_enabled():  # stages in one buffer reused by every step
@@ -465,18 +467,6 @@ def _attempt(
         y_accepted=torch.where(accept_col, y1, y),
         f0_accepted=torch.where(accept_col, ks[-1], f0) if k.fsal else None,
     )
-
-
-_COMPILED_ATTEMPT: Any = None
-
-
-def _compiled_attempt() -> Any:
-    """``_attempt`` under torch.compile (default mode, static shapes: one compilation per
-    batch size, dtype and f), made once per process."""
-    global _COMPILED_ATTEMPT
-    if _COMPILED_ATTEMPT is None:
-        _COMPILED_ATTEMPT = torch.compile(_attempt, dynamic=False)
-    return _COMPILED_ATTEMPT
 
 
 def _steps_left(

@@ -85,10 +85,13 @@ def solve(
     an end-point-only solve reads nothing back between scheduled termination checks (the
     standard loop reads the error norm after every step); the standard loop's steps (float32
     round-off in the error estimate can flip a decision at tight tolerances).
-    Needs what per-sample mode needs, and no ``event``. ``compile_step=True`` (per-sample
-    mode or ``device_loop``, not with ``skip_finished``) runs each step attempt, ``func``
-    included, as one ``torch.compile`` graph (default mode, static shapes: the first solve of
-    each batch size, dtype and ``func`` compiles, seconds to a minute).
+    Needs what per-sample mode needs, and no ``event``. ``compile_step=True`` runs each step
+    attempt, ``func`` included, as one ``torch.compile`` graph (default mode; the first solves
+    of each shape, dtype and ``func`` compile, seconds to a minute): in the standard loop the
+    step of an explicit Runge-Kutta method with its error ratio (one read-back per step; a
+    ``PIController`` or ``FixedGrid``; ``Backsolve()``'s backward solve stays eager), in
+    per-sample mode or with ``device_loop`` the whole attempt with every sample's decision
+    (static shapes; not with ``skip_finished``).
 
     ``per_sample=True`` with an ``event``: ``event.fn(t, y)`` receives the per-sample times
     (batch,) and the batched state and returns (batch,) or (batch, k) values, row i being
@@ -109,10 +112,7 @@ def solve(
     if skip_finished and not per_sample:
         raise ValueError("skip_finished=True needs per_sample=True")
     if compile_step and not (per_sample or device_loop):
-        raise ValueError(
-            "compile_step=True needs per_sample=True or device_loop=True (for the standard "
-            "loop, compile the solver's step: solver.step = torch.compile(solver.step))"
-        )
+        _check_compiled_standard_loop(solver, controller)
     if compile_step and skip_finished:
         raise ValueError(
             "compile_step=True does not support skip_finished=True (the number of rows f "
@@ -157,6 +157,19 @@ def solve(
         _check_finite(ys, times)
         return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
     return _solve_with_event(gradient, problem, EventTracker(event, spec, term))
+
+
+def _check_compiled_standard_loop(solver: Solver, controller: Any) -> None:
+    """Raise a clear error for what ``compile_step`` cannot compile in the standard loop."""
+    from .solvers.explicit_rk import ExplicitRK
+
+    if not isinstance(solver, ExplicitRK):
+        raise ValueError(
+            f"compile_step=True supports the explicit Runge-Kutta methods (dopri5, tsit5, "
+            f"rk4, ...), got {solver!r}"
+        )
+    if not isinstance(controller, (PIController, FixedGrid)):
+        raise ValueError(f"compile_step=True needs a PIController or FixedGrid, got {controller!r}")
 
 
 def _check_per_sample(

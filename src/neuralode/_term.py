@@ -54,9 +54,13 @@ class ODETerm:
         self._leaf_shape = tuple(int(n) for n in spec.shapes[0]) if spec.is_leaf else None
         self._buffers: dict[tuple[int, int], Any] = {}
 
-    def time(self, t: float, perturb: float = 0.0) -> torch.Tensor:
-        """``t`` as a tensor; ``perturb`` != 0 moves it one ulp towards ``t + perturb``."""
-        tt = torch.full((), t, dtype=self.time_dtype, device=self.device)
+    def time(self, t: float | torch.Tensor, perturb: float = 0.0) -> torch.Tensor:
+        """``t`` (a number or a 0-dim tensor) as a 0-dim tensor of the time dtype;
+        ``perturb`` != 0 moves it one ulp towards ``t + perturb``."""
+        if isinstance(t, torch.Tensor):
+            tt = t.to(self.time_dtype)
+        else:
+            tt = torch.full((), t, dtype=self.time_dtype, device=self.device)
         if perturb:
             tt = torch.nextafter(tt, torch.full_like(tt, t + perturb))
         return tt

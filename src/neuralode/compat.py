@@ -42,7 +42,7 @@ _ADAPTIVE_OPTIONS = {
     "norm",
     *_LOOP_FLAGS,
 }
-_FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "max_num_steps"}
+_FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "max_num_steps", "compile_step"}
 _CONTROLLER_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "icoeff", "pcoeff")
 _CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 
@@ -266,6 +266,7 @@ def _parse(
             grid = options["grid_constructor"](func, y0, t)
         controller = FixedGrid(step_size=options.get("step_size"), grid=grid)
         extra["perturb"] = bool(options.get("perturb", False))
+        extra["compile_step"] = bool(options.get("compile_step", False))
     return probe, controller, extra
 
 

@@ -35,6 +35,14 @@ class StepSizeController(abc.ABC):
 
     @abc.abstractmethod
     def adapt(
-        self, t0: float, t1: float, y0: torch.Tensor, y1: torch.Tensor, error: Any, state: Any
+        self,
+        t0: float,
+        t1: float,
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        error: Any,
+        state: Any,
+        ratio: float | None = None,
     ) -> tuple[bool, float, Any]:
-        """Judge the step ``t0 -> t1``: (accepted, proposed end of the next step, new state)."""
+        """Judge the step ``t0 -> t1``: (accepted, proposed end of the next step, new state).
+        ``ratio``: the step's scaled error when the loop computed it already (``compile_step``)."""

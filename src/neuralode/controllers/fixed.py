@@ -79,7 +79,14 @@ class FixedGrid(StepSizeController):
         return grid[1], (grid, keys, sign)
 
     def adapt(
-        self, t0: float, t1: float, y0: torch.Tensor, y1: torch.Tensor, error: Any, state: Any
+        self,
+        t0: float,
+        t1: float,
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        error: Any,
+        state: Any,
+        ratio: float | None = None,
     ) -> tuple[bool, float, Any]:
         grid, keys, sign = state
         i = bisect.bisect_right(keys, sign * t1)

@@ -85,11 +85,14 @@ class PIController(StepSizeController):
         self.max_step = max_step
 
     def error_ratio(
-        self, y0: torch.Tensor, y1: torch.Tensor, error: torch.Tensor, norm: Norm
+        self, y0: torch.Tensor, y1: torch.Tensor, error: torch.Tensor, state: _PIState
     ) -> torch.Tensor:
-        """The scaled error; at most 1 means the step meets the tolerances."""
-        rtol, atol = _as_tensor(self.rtol, y0), _as_tensor(self.atol, y0)
-        return norm(_scaled_error(y0.abs(), y1.abs(), error, rtol, atol))
+        """The scaled error of a step as a 0-dim tensor (at most 1: the step meets the
+        tolerances), with the solve's tolerances and norm from ``state``. Pure tensor code,
+        for a step compiled together with its error (``compile_step``): pass its value to
+        ``adapt`` as ``ratio``."""
+        scaled = _scaled_error(y0.abs(), y1.abs(), error, state.rtol, state.atol)
+        return state.norm(scaled)
 
     def init(
         self,
@@ -124,13 +127,15 @@ class PIController(StepSizeController):
         y1: torch.Tensor,
         error: torch.Tensor,
         state: _PIState,
+        ratio: float | None = None,
     ) -> tuple[bool, float, _PIState]:
+        """Judge a step by its error, or by its ``ratio`` when already computed."""
         dt = t1 - t0
         size = abs(dt)
-        if torch.is_grad_enabled():
+        if ratio is None and torch.is_grad_enabled():
             with torch.no_grad():
                 ratio = _error_ratio(y0, y1, error, state)
-        else:  # entering no_grad costs as much as a tensor operation: not in graph-free loops
+        elif ratio is None:  # entering no_grad costs a tensor operation: not in graph-free loops
             ratio = _error_ratio(y0, y1, error, state)
         if not math.isfinite(ratio):
             # NaN or inf in the step: shrink hard and retry; the loop reports a step underflow.

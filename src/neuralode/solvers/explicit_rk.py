@@ -94,23 +94,32 @@ class ExplicitRK(Solver):
             first_a=tab.a[1][0] if tab.stages > 1 else 0.0,
         )
 
+    def init(self, term: ODETerm, t0: float, y0: torch.Tensor, f0: torch.Tensor | None) -> Any:
+        # the coefficients are looked up before the loop: a compiled step (``compile_step``)
+        # then always finds them, instead of compiling once more for the first step
+        self._coefficients(y0)
+        return f0
+
     def step(
         self, term: ODETerm, t0: float, t1: float, y0: torch.Tensor, state: Any, perturb: bool
     ) -> Step:
         co = self._coefficients(y0)
         c = co.c
         dt = t1 - t0
-        inward = 1.0 if dt > 0 else -1.0
-        f0 = state if state is not None else term(t0, y0, inward if perturb else 0.0)
-        end_perturb = -inward if perturb else 0.0
+        # t0 and t1 may be 0-dim float64 tensors (a compiled step, never perturbed)
+        inward = (1.0 if dt > 0 else -1.0) if perturb else 0.0
+        f0 = state if state is not None else term(t0, y0, inward)
+        end_perturb = -inward
         # All stage times in one host-to-tensor conversion (CPU only: on an accelerator that
         # would be a copy; there each stage fills its own 0-dim tensor on the device).
         times = term.times([t1 if ci == 1 else t0 + ci * dt for ci in c[1:]])
         ks = [f0]
         y_stage = y0
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             # Autograd path: stages stacked as rows (contiguous copies, unlike columns, which
-            # are slow for large states); addmv reads the transposed view directly.
+            # are slow for large states); addmv reads the transposed view directly. Also the
+            # compiled path: the compiler plans its own memory, and a buffer written in place
+            # would be an input mutated by the graph.
             for i in range(1, co.stages):
                 if i == 1:
                     y_stage = _add(y0, f0, dt * co.first_a)

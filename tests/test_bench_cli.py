@@ -68,3 +68,16 @@ def test_compiled_benchmark_compares_both_libraries_compiled():
     assert max(r.diff for r in rows.values()) < 1e-6
     table = per_sample.table(list(rows.values()), reference="torchode compiled")
     assert "vs torchode compiled (min)" in table and "| 4 | torchode compiled | " in table
+
+
+@pytest.mark.slow
+def test_standard_loop_compiled_benchmark_compares_with_eager_and_torchdiffeq():
+    pytest.importorskip("torchode")
+    from neuralode.bench import core
+
+    rows = {r.library: r for r in core.run_compiled((3,), repeats=1)}
+    assert set(rows) == {"neuralode", "neuralode compile_step", "torchdiffeq"}
+    assert rows["neuralode compile_step"].nfe == rows["neuralode"].nfe == rows["torchdiffeq"].nfe
+    assert rows["neuralode compile_step"].diff < 1e-5 and rows["neuralode"].diff == 0
+    assert rows["neuralode"].f_eager > 0 and rows["neuralode"].f_compiled > 0
+    assert "| 3 | neuralode compile_step |" in core.compiled_table(list(rows.values()))

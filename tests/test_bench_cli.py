@@ -79,5 +79,5 @@ def test_standard_loop_compiled_benchmark_compares_with_eager_and_torchdiffeq():
     assert set(rows) == {"neuralode", "neuralode compile_step", "torchdiffeq"}
     assert rows["neuralode compile_step"].nfe == rows["neuralode"].nfe == rows["torchdiffeq"].nfe
     assert rows["neuralode compile_step"].diff < 1e-5 and rows["neuralode"].diff == 0
-    assert rows["neuralode"].f_eager > 0 and rows["neuralode"].f_compiled > 0
+    assert min(rows["neuralode"].f_eager) > 0 and min(rows["neuralode"].f_compiled) > 0
     assert "| 3 | neuralode compile_step |" in core.compiled_table(list(rows.values()))

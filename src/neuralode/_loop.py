@@ -141,7 +141,12 @@ def _integrate(
             # the times enter the graph as tensors: symbolic Python floats are specialised
             # (recompiles) or mishandled by torch.compile when f depends on t
             t_pair = torch.tensor((t, t1), dtype=torch.float64, device=y.device).unbind()
-            step, ratio_tensor = attempt(solver, controller, control, term, *t_pair, y, state)
+            term.counting = False
+            try:
+                step, ratio_tensor = attempt(solver, controller, control, term, *t_pair, y, state)
+            finally:
+                term.counting = True
+            term.nfe += len(step.stages) - (state is not None)  # f0 is given or computed
             step.t0, step.t1 = t, t1  # the loop's floats, for dense output and events
             ratio = None if ratio_tensor is None else ratio_tensor.item()
         last_y1 = step.y1
@@ -167,7 +172,6 @@ def _integrate(
         if record is not None:
             indices = list(range(next_out, end))
             thetas = [1.0 if ts[i] == t1 else (ts[i] - t) / (t1 - t) for i in indices]
-            perturbed = config.perturb or at_jump
             replay = solver.replay_state(step, after_jump)
             record.append(StepRecord(t, t1, y, perturbed, after_jump, indices, thetas, replay))
         if end > next_out:
@@ -181,7 +185,7 @@ def _integrate(
             next_out = end
         if stop:
             break
-        state = solver.accept(term, step, config.perturb or at_jump)
+        state = solver.accept(term, step, perturbed)
         if at_jump:
             state = solver.init(term, t1, step.y1, term(t1, step.y1, sign))
         after_jump = at_jump

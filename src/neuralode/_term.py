@@ -49,6 +49,9 @@ class ODETerm:
         self.device = like.device
         self.time_dtype = like.real.dtype if like.is_complex() else like.dtype
         self.nfe = 0
+        # False while a compiled step runs: the loop counts its calls (an int attribute
+        # changed inside a torch.compile graph would be guarded on its value)
+        self.counting = True
         self._checked = False
         # a tuple of ints, not a torch.Size: y.view(tuple) parses ~1.5 us faster per call
         self._leaf_shape = tuple(int(n) for n in spec.shapes[0]) if spec.is_leaf else None
@@ -136,7 +139,8 @@ class ODETerm:
 
     def _evaluate(self, t: torch.Tensor, y: torch.Tensor) -> Any:
         """f on the flat state ``y`` seen in the user's shape; counted, and checked once."""
-        self.nfe += 1
+        if self.counting:
+            self.nfe += 1
         shape = self._leaf_shape
         out = self.func(t, y.view(shape) if shape is not None else self.spec.unflatten(y))
         if not self._checked:

@@ -26,7 +26,7 @@ size (per-sample RMS norm), so its NFE and error are not the same quantity.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import gc
 import math
 import os
@@ -282,20 +282,25 @@ class CompiledRow:
     best: float  # seconds, min over the repeats
     median: float
     nfe: int
-    f_eager: float  # seconds of one bare f call, eager
-    f_compiled: float  # the same f alone under torch.compile as compile_step compiles it
+    f_eager: tuple[float, float]  # one bare f call, eager: (min, median) seconds
+    f_compiled: tuple[float, float]  # f alone under torch.compile as compile_step compiles it
     diff: float  # max abs difference of y(t1) from eager neuralode's
 
-    def overhead(self, seconds: float) -> float:
-        """(time - NFE x the faster bare f) / NFE: the solver's own cost per evaluation,
-        never crediting the compiler's speed-up of f itself to the solver."""
-        return (seconds - self.nfe * min(self.f_eager, self.f_compiled)) / self.nfe
+    def overhead(self, which: int) -> float:
+        """(time - NFE x the faster bare f) / NFE, from the minima (``which`` 0) or the
+        medians (1): the solver's own cost per evaluation, never crediting the compiler's
+        speed-up of f itself to the solver."""
+        seconds = (self.best, self.median)[which]
+        f = min(self.f_eager[which], self.f_compiled[which])
+        return (seconds - self.nfe * f) / self.nfe
 
 
-def run_compiled(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 11) -> list[CompiledRow]:
-    """MLP (a) in the standard loop: neuralode eager, neuralode ``compile_step=True`` and
-    torchdiffeq, interleaved, after a warm-up that compiles. The compile cache is reset for
-    each batch size, so each gets the static-shape graph a user with one batch size gets."""
+def run_compiled(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 41) -> list[CompiledRow]:
+    """MLP (a) in the standard loop: neuralode eager, neuralode ``compile_step=True``,
+    torchdiffeq, and blocks of 20 bare calls of f eager and compiled, all interleaved (so
+    that the machine's noise hits them alike), after a warm-up that compiles. The compile
+    cache is reset for each batch size, so each gets the static-shape graph a user with one
+    batch size gets."""
     import torch._dynamo
 
     rows = []
@@ -303,6 +308,8 @@ def run_compiled(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 11) -> 
         torch._dynamo.reset()
         problem = mlp_problem(batch)
         ts = torch.tensor([problem.t0, problem.t1], dtype=problem.y0.dtype)
+        t0 = ts[0]
+        compiled_f = torch.compile(problem.f, options={"cpp_wrapper": True})  # as the step
 
         def ours(compile_step: bool, problem: Problem = problem, ts: torch.Tensor = ts):
             sol = neuralode.solve(problem.f, problem.y0, ts, solver=neuralode.Dopri5(),
@@ -314,14 +321,20 @@ def run_compiled(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 11) -> 
             field = CountingField(problem.f)
             return solve_torchdiffeq(field, problem)[0], field.calls
 
+        def bare(f: Callable, y0: torch.Tensor = problem.y0, t0: torch.Tensor = t0):
+            for _ in range(20):
+                f(t0, y0)
+
         runners = {
             "neuralode": lambda: ours(False),
             "neuralode compile_step": lambda: ours(True),
             "torchdiffeq": theirs,
+            "f eager": functools.partial(bare, problem.f),
+            "f compiled": functools.partial(bare, compiled_f),
         }
         with torch.no_grad():
             for run in runners.values():
-                for _ in range(2):  # the first compile_step solve compiles
+                for _ in range(2):  # the first compile_step solve (and compiled f) compiles
                     run()
             times: dict[str, list[float]] = {name: [] for name in runners}
             outputs = {}
@@ -330,19 +343,20 @@ def run_compiled(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 11) -> 
             gc.disable()  # as timeit does: no collection of another library's garbage
             try:
                 for r in range(repeats):
-                    for name in names[r % 3 :] + names[: r % 3]:
+                    for name in names[r % 5 :] + names[: r % 5]:
                         start = time.perf_counter()
                         outputs[name] = runners[name]()
                         times[name].append(time.perf_counter() - start)
             finally:
                 gc.enable()
-            f_eager = bare_f_cost(problem, 0.5)
-            compiled_f = torch.compile(problem.f, options={"cpp_wrapper": True})  # as the step
-            f_compiled = bare_f_cost(dataclasses.replace(problem, f=compiled_f), 0.5)
+        f_eager, f_compiled = (
+            (min(per_call), statistics.median(per_call))
+            for per_call in ([t / 20 for t in times[name]] for name in ("f eager", "f compiled"))
+        )
         base = outputs["neuralode"][0]
-        print(f"  mlp batch {batch} (compiled): bare f {f_eager * 1e6:.1f} us eager, "
-              f"{f_compiled * 1e6:.1f} us compiled", flush=True)  # fmt: skip
-        for name in names:
+        print(f"  mlp batch {batch} (compiled): bare f {f_eager[0] * 1e6:.1f} us eager, "
+              f"{f_compiled[0] * 1e6:.1f} us compiled", flush=True)  # fmt: skip
+        for name in names[:3]:
             y1, nfe = outputs[name]
             rows.append(CompiledRow(batch, name, min(times[name]), statistics.median(times[name]),
                                     nfe, f_eager, f_compiled,
@@ -352,16 +366,16 @@ def run_compiled(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 11) -> 
 
 def compiled_table(rows: list[CompiledRow]) -> str:
     lines = [
-        "| batch | library | time min (ms) | time median (ms) | NFE | bare f eager / compiled "
-        "(us) | overhead / NFE, min / median (us) | vs torchdiffeq (min) | max diff of y(t1) |",
+        "| batch | library | time min (ms) | time median (ms) | NFE | bare f eager / compiled, "
+        "min (us) | overhead / NFE, min / median (us) | vs torchdiffeq (min) | max diff of y(t1) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         base = next(x for x in rows if x.batch == r.batch and x.library == "torchdiffeq")
         lines.append(
             f"| {r.batch} | {r.library} | {r.best * 1e3:.2f} | {r.median * 1e3:.2f} | {r.nfe} "
-            f"| {r.f_eager * 1e6:.1f} / {r.f_compiled * 1e6:.1f} "
-            f"| {r.overhead(r.best) * 1e6:.1f} / {r.overhead(r.median) * 1e6:.1f} "
+            f"| {r.f_eager[0] * 1e6:.1f} / {r.f_compiled[0] * 1e6:.1f} "
+            f"| {r.overhead(0) * 1e6:.1f} / {r.overhead(1) * 1e6:.1f} "
             f"| {base.best / r.best:.2f}x "
             f"| {r.diff:.1e} |"
         )
@@ -460,7 +474,7 @@ def main(argv: list[str] | None = None) -> None:
     per_sample_rows = per_sample.run((1, 16, 256) if args.quick else (1, 16, 256, 1024), repeats)
     skip_rows = per_sample.run_skip((1, 16, 256) if args.quick else (1, 16, 256, 1024), repeats)
     compiled_rows = per_sample.run_compiled((1, 16, 256) if args.quick else (1, 16, 256, 1024))
-    standard_compiled = run_compiled(mlp_batches, repeats)
+    standard_compiled = run_compiled(mlp_batches, 15 if args.quick else 41)
 
     load_after = os.getloadavg()[0]
     report = "\n\n".join(
@@ -492,9 +506,10 @@ def main(argv: list[str] | None = None) -> None:
             + per_sample.table(compiled_rows, reference="torchode compiled"),
             "### (f) The standard loop compiled: (a) with `compile_step=True` (each step with "
             "its error ratio one torch.compile graph, C++ wrapper; compile cache reset per "
-            "batch size; garbage collection off while timing). Overhead / NFE: (time - NFE x "
-            "the faster of bare f eager and bare f compiled) / NFE\n\n"
-            + compiled_table(standard_compiled),
+            "batch size; garbage collection off while timing; min and median of 41 runs, "
+            "interleaved with blocks of bare f calls). Overhead / NFE: (time - NFE x the "
+            "faster of bare f eager and bare f compiled) / NFE, from the minima and from the "
+            "medians\n\n" + compiled_table(standard_compiled),
         ]
     )
     print()

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             "dopri5 (neuralode `compile_step=True`, torchode `torch.compile(solver.solve)`)\n\n"
             + per_sample.table(compiled_rows, reference="torchode compiled")
         )
-        standard_rows = core.run_compiled(batches, max(repeats, 11))
+        standard_rows = core.run_compiled(batches, 41 if args.full else 15)
         sections.append(
             "### The standard loop compiled (`compile_step=True`) vs eager and torchdiffeq: "
             "MLP 2-64-64-2 tanh, float32, dopri5\n\n" + core.compiled_table(standard_rows)

@@ -72,30 +72,41 @@ def tree_field(t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]):
 
 @needs_cxx
 def test_compile_step_takes_the_eager_steps_and_reuses_its_graphs():
-    """compile_step=True in the standard loop (each step with its error ratio as one graph):
-    the eager loop's steps, rejections, NFE and outputs, on a tuple state (mixed norm) with
-    several outputs and a jump; a solve with a new y0 and end time compiles nothing new."""
+    """compile_step=True in the standard loop (each step with its error ratio as one graph,
+    f(t0, y0) with the initial step size as another): the eager loop's steps, rejections,
+    NFE and outputs, on a tuple state (mixed norm) with several outputs and a jump, with a
+    given or a computed first step; a solve with a new y0 and end time compiles nothing new;
+    NaN in f(t0, y0) is reported as in the eager loop."""
     torch._dynamo.reset()
 
-    def run(scale: float, t_end: float, compile_step: bool) -> no.Solution:
+    def run(scale: float, t_end: float, compile_step: bool, first_step=None, f=tree_field):
         y0 = (torch.tensor([1.0, 0.0], dtype=torch.float64) * scale,
               torch.tensor([0.5], dtype=torch.float64))  # fmt: skip
         ts = torch.linspace(0, t_end, 5, dtype=torch.float64)
-        controller = no.PIController(1e-6, 1e-9, first_step=0.5)  # rejections
+        controller = no.PIController(1e-6, 1e-9, first_step=first_step)
         with torch.no_grad():
-            return no.solve(tree_field, y0, ts, controller=controller, jump_t=[1.5],
+            return no.solve(f, y0, ts, controller=controller, jump_t=[1.5],
                             compile_step=compile_step)  # fmt: skip
 
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    for scale, t_end in ((1.0, 3.0), (1.2, 2.5)):
-        compiled, eager = run(scale, t_end, True), run(scale, t_end, False)
-        assert compiled.stats == eager.stats and eager.stats.n_rejected > 0
+    for scale, t_end, first_step in ((1.0, 3.0, 0.5), (1.2, 2.5, 0.5), (1.0, 3.0, None)):
+        compiled = run(scale, t_end, True, first_step)
+        eager = run(scale, t_end, False, first_step)
+        assert compiled.stats == eager.stats
+        assert eager.stats.n_rejected > 0 or first_step is None  # 0.5 is too large
         for got, want in zip(compiled.ys, eager.ys):
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
     with torch._dynamo.config.patch(error_on_recompile=True):
         again = run(0.8, 2.8, True)
     assert again.stats == run(0.8, 2.8, False).stats
+
+    def nan_field(t, y):
+        a, b = tree_field(t, y)
+        return a * math.nan, b
+
+    with pytest.raises(no.NonFiniteError, match=r"f\(t0, y0\) contains NaN"):
+        run(1.0, 3.0, True, f=nan_field)
 
 
 @pytest.mark.slow  # compiles forward and backward graphs: about a minute on a 2-core CPU

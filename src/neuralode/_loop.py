@@ -107,16 +107,20 @@ def _integrate(
     sign = 1.0 if ts[-1] > ts[0] else -1.0
     landings = _landings(ts, config.step_t, config.jump_t)
     t, y = ts[0], y0
-    f0 = term(t, y) if controller.needs_f0 else None
-    state = solver.init(term, t, y, f0)
-    proposal, control = controller.init(term, solver, ts, y, f0, config.norm)
+    attempt = compiled(_attempt, type(solver)) if config.compile_step else None
+    if attempt is not None and isinstance(controller, PIController):
+        f0, proposal, control = controller.init_compiled(term, solver, ts, y, config.norm)
+        state = solver.init(term, t, y, f0)
+    else:
+        f0 = term(t, y) if controller.needs_f0 else None
+        state = solver.init(term, t, y, f0)
+        proposal, control = controller.init(term, solver, ts, y, f0, config.norm)
     next_out, n_out, landing = 1, len(ts), 0
     last_y1 = None
     after_jump = False
     events = config.events
     if events is not None:
         events.start(t, y)
-    attempt = compiled(_attempt, type(solver)) if config.compile_step else None
     while next_out < n_out:
         if stats.n_steps >= config.max_steps:
             raise MaxStepsError(

@@ -37,8 +37,7 @@ def select_initial_step(
         d0, d1 = (x / math.sqrt(y0.numel()) for x in both.tolist())
     else:
         d0, d1 = float(norm(y0 / scale)), float(norm(f0 / scale))
-    if not math.isfinite(d1):
-        raise NonFiniteError(f"f(t0, y0) contains NaN or inf at t0={t0:.6g}")
+    check_f0_norm(d1, t0)
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     y1 = torch.add(y0, f0, alpha=direction * h0)
     f1 = term(t0 + direction * h0, y1)
@@ -48,3 +47,38 @@ def select_initial_step(
     else:
         h1 = (0.01 / max(d1, d2)) ** error_exponent
     return min(100 * h0, h1)
+
+
+def check_f0_norm(d1: float, t0: float) -> None:
+    """The scaled norm of f(t0, y0) must be finite."""
+    if not math.isfinite(d1):
+        raise NonFiniteError(f"f(t0, y0) contains NaN or inf at t0={t0:.6g}")
+
+
+def first_evaluations(
+    term: ODETerm,
+    t0: torch.Tensor,
+    y0: torch.Tensor,
+    direction: float,
+    error_exponent: float,
+    rtol: torch.Tensor,
+    atol: torch.Tensor,
+    norm: Norm,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """f(t0, y0) and ``select_initial_step``'s rule as tensor code without host reads, for
+    one compiled graph (``compile_step``): returns f0 and the float64 pair (first step size,
+    norm of the scaled f0). ``t0`` is a 0-dim float64 tensor."""
+    f0 = term.at(term.time(t0), y0)
+    with torch.no_grad():
+        scale = torch.addcmul(atol, y0.abs(), rtol)
+        d0 = norm(y0 / scale).double()
+        d1 = norm(f0 / scale).double()
+        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+        y1 = y0 + (direction * h0).to(y0.dtype) * f0
+        f1 = term.at(term.time(t0 + direction * h0), y1)
+        d2 = norm((f1 - f0) / scale).double() / h0
+        tiny = (d1 <= 1e-15) & (d2 <= 1e-15)
+        h1 = torch.where(
+            tiny, (h0 * 1e-3).clamp(min=1e-6), (0.01 / torch.maximum(d1, d2)) ** error_exponent
+        )
+        return f0, torch.stack([torch.minimum(100 * h0, h1), d1])

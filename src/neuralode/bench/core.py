@@ -295,12 +295,16 @@ class CompiledRow:
         return (seconds - self.nfe * f) / self.nfe
 
 
+BLOCK = 5  # consecutive runs timed together in table (f), as a training loop repeats a solve
+
+
 def run_compiled(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 41) -> list[CompiledRow]:
     """MLP (a) in the standard loop: neuralode eager, neuralode ``compile_step=True``,
-    torchdiffeq, and blocks of 20 bare calls of f eager and compiled, all interleaved (so
-    that the machine's noise hits them alike), after a warm-up that compiles. The compile
-    cache is reset for each batch size, so each gets the static-shape graph a user with one
-    batch size gets."""
+    torchdiffeq, and 20 bare calls of f eager and compiled, in blocks of ``BLOCK`` runs
+    interleaved across them (so that the machine's noise hits them alike, while each block
+    runs warm, as repeated solves in training do), after a warm-up that compiles. Times are
+    per run, from each block's mean. The compile cache is reset for each batch size, so each
+    gets the static-shape graph a user with one batch size gets."""
     import torch._dynamo
 
     rows = []
@@ -345,14 +349,15 @@ def run_compiled(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 41) -> 
                 for r in range(repeats):
                     for name in names[r % 5 :] + names[: r % 5]:
                         start = time.perf_counter()
-                        outputs[name] = runners[name]()
-                        times[name].append(time.perf_counter() - start)
+                        for _ in range(BLOCK):
+                            outputs[name] = runners[name]()
+                        times[name].append((time.perf_counter() - start) / BLOCK)
             finally:
                 gc.enable()
         f_eager, f_compiled = (
             (min(per_call), statistics.median(per_call))
             for per_call in ([t / 20 for t in times[name]] for name in ("f eager", "f compiled"))
-        )
+        )  # 20 calls of f per run of a bare-f runner
         base = outputs["neuralode"][0]
         print(f"  mlp batch {batch} (compiled): bare f {f_eager[0] * 1e6:.1f} us eager, "
               f"{f_compiled[0] * 1e6:.1f} us compiled", flush=True)  # fmt: skip
@@ -506,8 +511,9 @@ def main(argv: list[str] | None = None) -> None:
             + per_sample.table(compiled_rows, reference="torchode compiled"),
             "### (f) The standard loop compiled: (a) with `compile_step=True` (each step with "
             "its error ratio one torch.compile graph, C++ wrapper; compile cache reset per "
-            "batch size; garbage collection off while timing; min and median of 41 runs, "
-            "interleaved with blocks of bare f calls). Overhead / NFE: (time - NFE x the "
+            "batch size; garbage collection off while timing; min and median over 41 blocks of "
+            "5 consecutive solves, the blocks interleaved across libraries and bare f calls). "
+            "Overhead / NFE: (time - NFE x the "
             "faster of bare f eager and bare f compiled) / NFE, from the minima and from the "
             "medians\n\n" + compiled_table(standard_compiled),
         ]

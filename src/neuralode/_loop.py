@@ -145,11 +145,9 @@ def _integrate(
             # the times enter the graph as tensors: symbolic Python floats are specialised
             # (recompiles) or mishandled by torch.compile when f depends on t
             t_pair = torch.tensor((t, t1), dtype=torch.float64, device=y.device).unbind()
-            term.counting = False
-            try:
-                step, ratio_tensor = attempt(solver, controller, control, term, *t_pair, y, state)
-            finally:
-                term.counting = True
+            step, ratio_tensor = term.call_uncounted(
+                attempt, solver, controller, control, term, *t_pair, y, state
+            )
             term.nfe += len(step.stages) - (state is not None)  # f0 is given or computed
             step.t0, step.t1 = t, t1  # the loop's floats, for dense output and events
             ratio = None if ratio_tensor is None else ratio_tensor.item()

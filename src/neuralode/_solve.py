@@ -24,6 +24,7 @@ from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers.base import Solver
 from .solvers.dopri5 import Dopri5
+from .solvers.explicit_rk import ExplicitRK
 
 DEFAULT_MAX_STEPS = 100_000
 
@@ -161,8 +162,6 @@ def solve(
 
 def _check_compiled_standard_loop(solver: Solver, controller: Any) -> None:
     """Raise a clear error for what ``compile_step`` cannot compile in the standard loop."""
-    from .solvers.explicit_rk import ExplicitRK
-
     if not isinstance(solver, ExplicitRK):
         raise ValueError(
             f"compile_step=True supports the explicit Runge-Kutta methods (dopri5, tsit5, "

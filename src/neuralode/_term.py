@@ -49,9 +49,7 @@ class ODETerm:
         self.device = like.device
         self.time_dtype = like.real.dtype if like.is_complex() else like.dtype
         self.nfe = 0
-        # False while a compiled step runs: the loop counts its calls (an int attribute
-        # changed inside a torch.compile graph would be guarded on its value)
-        self.counting = True
+        self.counting = True  # False inside ``call_uncounted``
         self._checked = False
         # a tuple of ints, not a torch.Size: y.view(tuple) parses ~1.5 us faster per call
         self._leaf_shape = tuple(int(n) for n in spec.shapes[0]) if spec.is_leaf else None
@@ -126,6 +124,16 @@ class ODETerm:
         else:
             buffer.rows[i].copy_(self.spec.flatten(out, "func's output"))
         return buffer.rows[i]
+
+    def call_uncounted(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` without counting this term's evaluations, for a compiled graph that
+        evaluates f: the caller adds them to ``nfe`` (an int attribute changed inside a
+        torch.compile graph would be guarded on its value, recompiling as it changes)."""
+        self.counting = False
+        try:
+            return fn(*args)
+        finally:
+            self.counting = True
 
     def __call__(self, t: float, y: torch.Tensor, perturb: float = 0.0) -> torch.Tensor:
         return self.at(self.time(t, perturb), y)

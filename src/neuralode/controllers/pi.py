@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .._compile import compiled
 from .._norms import Norm, norm_value
 from .._term import ODETerm
 from ..solvers.base import Solver
@@ -117,19 +118,15 @@ class PIController(StepSizeController):
         """``init`` for ``compile_step``: f(t0, y0) and the first step size come from one
         compiled graph (two evaluations of f, one read-back) instead of ~10 eager
         operations and two reads; returns f0 too."""
-        from .._compile import compiled
-
         exponent, direction, rtol, atol = self._setup(solver, ts, y0)
         if self.first_step is not None:
             f0, dt = term(ts[0], y0), self.first_step
         else:
             t0 = torch.tensor(ts[0], dtype=torch.float64, device=y0.device)
             start = compiled(first_evaluations, type(solver))
-            term.counting = False  # see ODETerm.counting
-            try:
-                f0, pair = start(term, t0, y0, direction, exponent, rtol, atol, norm)
-            finally:
-                term.counting = True
+            f0, pair = term.call_uncounted(
+                start, term, t0, y0, direction, exponent, rtol, atol, norm
+            )
             term.nfe += 2
             dt, d1 = pair.tolist()
             check_f0_norm(d1, ts[0])

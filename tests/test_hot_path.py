@@ -109,6 +109,33 @@ def test_compile_step_takes_the_eager_steps_and_reuses_its_graphs():
         run(1.0, 3.0, True, f=nan_field)
 
 
+@needs_cxx
+@pytest.mark.slow  # one compilation per method: a few minutes in all on a 2-core CPU
+@pytest.mark.parametrize("method", RK_METHODS)
+def test_compile_step_matches_eager_for_every_explicit_method(method):
+    """Steps, NFE, outputs (with a jump) and a terminal event's time equal the eager loop's;
+    dopri8 to 1e-7 (its 13-stage error estimate rounds differently when fused)."""
+    y0 = torch.tensor([[1.0, 0.0], [0.5, 2.0]], dtype=torch.float64)
+    ts = torch.linspace(0, 3, 7, dtype=torch.float64)
+    event = no.Event(lambda t, y: y[0, 0] - 0.1, direction=-1)
+    solutions = []
+    for compile_step in (False, True):
+        solver = no.METHODS[method]()
+        controller = (no.PIController(1e-6, 1e-9) if solver.adaptive
+                      else no.FixedGrid(step_size=0.05))  # fmt: skip
+        kwargs = dict(solver=solver, controller=controller, compile_step=compile_step)
+        with torch.no_grad():
+            outputs = no.solve(field, y0, ts, jump_t=[1.5], **kwargs)
+            hit = no.solve(field, y0, torch.tensor([0.0, 10.0], dtype=torch.float64),
+                           event=event, **kwargs)  # fmt: skip
+        solutions.append((outputs, hit))
+    (outputs, hit), (outputs_c, hit_c) = solutions
+    assert outputs_c.stats == outputs.stats and hit_c.stats == hit.stats
+    assert hit.event_t is not None and 0 < float(hit.event_t) < 10
+    torch.testing.assert_close(outputs_c.ys, outputs.ys, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(hit_c.event_t, hit.event_t, rtol=1e-7, atol=1e-9)
+
+
 @pytest.mark.slow  # compiles forward and backward graphs: about a minute on a 2-core CPU
 @pytest.mark.parametrize("gradient", ["direct", "backsolve"])
 def test_compile_step_gradients_match_eager(gradient):

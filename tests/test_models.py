@@ -98,3 +98,24 @@ def test_tiny_training_run_reduces_the_loss() -> None:
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.slow  # compiles forward (and, for "direct", backward) graphs: about a minute
+@pytest.mark.parametrize("gradient", ["direct", "adjoint"])
+def test_ode_block_compile_step_matches_eager(gradient):
+    from neuralode.models import KineticEnergy
+
+    results = []
+    for compile_step in (False, True):
+        torch.manual_seed(0)
+        block = ODEBlock(MLPDynamics(2, 16), gradient=gradient, rtol=1e-5, atol=1e-6,
+                         regularisers=[KineticEnergy(0.01)], compile_step=compile_step)  # fmt: skip
+        y = block(torch.randn(8, 2))
+        (y.pow(2).sum() + block.regularisation).backward()
+        grads = [p.grad for p in block.parameters()]
+        results.append((y.detach(), grads, block.nfe_forward, block.nfe_backward))
+    (y, grads, nfe, nfe_back), (y_c, grads_c, nfe_c, nfe_back_c) = results
+    assert (nfe_c, nfe_back_c) == (nfe, nfe_back)
+    torch.testing.assert_close(y_c, y, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads_c, grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -35,6 +35,9 @@ class ODEBlock(nn.Module):
     regularisers or in eval mode) and ``regularisation_terms`` maps each one's name to its
     unweighted batch mean. The regulariser channels are left out of the step-size error
     norm: steps are chosen for ``x`` alone, as without regularisers.
+
+    ``compile_step=True`` runs each solver step (the dynamics included) as one
+    torch.compile graph (``solve(..., compile_step=True)``; explicit Runge-Kutta methods).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class ODEBlock(nn.Module):
         step_size: float | None = None,
         gradient: str | GradientStrategy = "adjoint",
         regularisers: Sequence[Regulariser] = (),
+        compile_step: bool = False,
     ):
         super().__init__()
         if method not in METHODS:
@@ -61,6 +65,7 @@ class ODEBlock(nn.Module):
         self.step_size = step_size
         self.gradient = gradient
         self.last_stats = SolveStats()
+        self.compile_step = compile_step
         self.regularisers = list(regularisers)
         for r in self.regularisers:
             if not isinstance(r, Regulariser):
@@ -99,6 +104,7 @@ class ODEBlock(nn.Module):
             controller=controller,
             norm=norm,
             gradient=self._strategy(),
+            compile_step=self.compile_step,
         )
         self.last_stats = sol.stats
         ys = sol.ys

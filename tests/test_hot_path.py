@@ -140,19 +140,33 @@ def test_compile_step_matches_eager_for_every_explicit_method(method):
 @pytest.mark.parametrize("gradient", ["direct", "backsolve"])
 def test_compile_step_gradients_match_eager(gradient):
     """compile_step=True while training: values and parameter gradients equal the eager
-    loop's (Direct() through the compiled steps; Backsolve()'s forward solve compiled, its
-    backward solve eager), also for tsit5 and rk4 on a fixed grid."""
+    loop's, also for tsit5 and rk4 on a fixed grid. Direct() backpropagates through the
+    compiled steps; Backsolve() compiles its forward solve and, for a module's parameters,
+    its backward solve too (the VJPs by torch.func); with parameters given for a plain
+    function its backward solve runs eagerly."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
-    y0 = torch.randn(4, 2)
 
-    def run(solver, controller, t1: float, compile_step: bool) -> tuple[torch.Tensor, ...]:
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, t, y):
+            return self.net(y) * (1 + 0.1 * t)
+
+    y0 = torch.randn(4, 2)
+    module = Field()
+
+    def run(solver, controller, t1: float, compile_step: bool, func) -> tuple[torch.Tensor, ...]:
         net.zero_grad()
         params = tuple(net.parameters())
-        strategy = no.Direct() if gradient == "direct" else no.Backsolve(params=params)
+        backwards = compile_step and func is module  # the backward solve compiles too
+        strategy = (no.Direct() if gradient == "direct"
+                    else no.Backsolve(params=params, compile_step=backwards))  # fmt: skip
         ts = torch.tensor([0.0, 0.5, t1])
-        sol = no.solve(lambda t, y: net(y), y0, ts, solver=solver, controller=controller,
+        sol = no.solve(func, y0, ts, solver=solver, controller=controller,
                        gradient=strategy, compile_step=compile_step)  # fmt: skip
         sol.ys[-1].pow(2).sum().backward()
         return (sol.ys.detach(), *(p.grad.clone() for p in net.parameters()))
@@ -162,12 +176,39 @@ def test_compile_step_gradients_match_eager(gradient):
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # no eager fallback
         for solver, controller in cases:
-            for t1 in (1.0, 1.3):
-                eager = run(solver(), controller, t1, False)
-                compiled = run(solver(), controller, t1, True)
+            for t1, func in ((1.0, module), (1.3, module), (1.2, lambda t, y: module(t, y))):
+                eager = run(solver(), controller, t1, False, func)
+                compiled = run(solver(), controller, t1, True, func)
                 for got, want in zip(compiled, eager):
                     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
+
+
+def test_adjoint_compiles_its_vjps_only_for_a_modules_parameters():
+    """Backsolve(compile_step=True) substitutes the parameters by name (torch.func): a
+    plain function, or parameters that are not func's, get a clear error before solving;
+    so does a backward method it cannot compile."""
+    from neuralode.adjoint.backsolve import _parameter_names
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(2, 2)
+
+        def forward(self, t, y):
+            return self.net(y)
+
+    field, other = Field(), torch.zeros(2, requires_grad=True)
+    ts = torch.tensor([0.0, 1.0])
+    for func, params in ((lambda t, y: field(t, y), None), (field, (other,))):
+        strategy = no.Backsolve(params=params or tuple(field.parameters()), compile_step=True)
+        with pytest.raises(ValueError, match="needs func to be an nn.Module"):
+            no.solve(func, torch.ones(2), ts, gradient=strategy)
+    strategy = no.Backsolve(solver=no.METHODS["radau"](), compile_step=True)
+    with pytest.raises(ValueError, match="needs an explicit Runge-Kutta method"):
+        no.solve(field, torch.ones(2), ts, gradient=strategy)
+    params = tuple(field.parameters())
+    assert _parameter_names(field, params[1:]) == ("net.bias",)
 
 
 def test_stage_buffers_are_reused_across_solves_and_not_shared_by_nested_ones(monkeypatch):

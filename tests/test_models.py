@@ -119,3 +119,10 @@ def test_ode_block_compile_step_matches_eager(gradient):
     torch.testing.assert_close(y_c, y, rtol=1e-5, atol=1e-6)
     for got, want in zip(grads_c, grads):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_ode_block_compile_step_rejects_the_derivative_penalty():
+    from neuralode.models import DerivativePenalty
+
+    with pytest.raises(ValueError, match="does not work with DerivativePenalty"):
+        ODEBlock(MLPDynamics(2, 4), regularisers=[DerivativePenalty(2, 0.1)], compile_step=True)

@@ -137,6 +137,7 @@ def odeint_adjoint(
         seminorm=norm == "seminorm",
         max_steps=extra.get("max_steps"),
         callbacks=_callbacks(func, "_adjoint"),
+        compile_step=bool(extra.get("compile_step")),
     )
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, gradient)
 

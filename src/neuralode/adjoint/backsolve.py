@@ -21,6 +21,7 @@ from ..controllers.base import StepSizeController
 from ..controllers.fixed import FixedGrid
 from ..controllers.pi import PIController
 from ..solvers.base import Solver
+from ..solvers.explicit_rk import ExplicitRK
 from .base import GradientStrategy, Problem
 from .params import resolve_params
 
@@ -39,6 +40,11 @@ class Backsolve(GradientStrategy):
     ``seminorm=True`` leaves the parameter-gradient channels out of the error norm (Kidger
     et al. 2021), which usually saves backward steps at no cost in gradient accuracy.
     ``callbacks`` receive ``on_step``/``on_accept``/``on_reject`` of the backward solves.
+    ``compile_step=True`` runs each step of the backward solves as one torch.compile graph,
+    the adjoint's vector-Jacobian products by ``torch.func.vjp`` (as ``solve``'s
+    ``compile_step`` does for the forward solve). It needs an explicit Runge-Kutta method,
+    ``func`` an ``nn.Module`` whose parameters include every one of ``params``, and an f
+    that does not call autograd itself (torch.func cannot transform that).
     """
 
     handles_time_gradients = True
@@ -54,8 +60,10 @@ class Backsolve(GradientStrategy):
         seminorm: bool = True,
         max_steps: int | None = None,
         callbacks: Any = None,
+        compile_step: bool = False,
     ):
         self.params = params
+        self.compile_step = compile_step
         self.rtol = rtol
         self.atol = atol
         self.solver = solver
@@ -66,7 +74,27 @@ class Backsolve(GradientStrategy):
 
     def run(self, problem: Problem) -> torch.Tensor:
         params = resolve_params(problem.func, self.params)
+        if self.compile_step:
+            self._check_compilable(problem, params)
         return _BacksolveSolve.apply(self, problem, problem.y0, problem.ts, *params)
+
+    def _check_compilable(self, problem: Problem, params: tuple[torch.Tensor, ...]) -> None:
+        """Raise a clear error for what ``compile_step`` cannot compile backwards."""
+        if _parameter_names(problem.func, params) is None:
+            raise ValueError(
+                "Backsolve(compile_step=True) needs func to be an nn.Module whose parameters "
+                "include every one of params (torch.func substitutes them by name)"
+            )
+        solver = self.solver or problem.config.solver
+        controller = self.backward_controller(problem.config.controller)
+        if not isinstance(solver, ExplicitRK) or not isinstance(
+            controller, (PIController, FixedGrid)
+        ):
+            raise ValueError(
+                "Backsolve(compile_step=True) needs an explicit Runge-Kutta method and a "
+                f"PIController or FixedGrid for the backward solve, got {solver!r}, "
+                f"{controller!r}"
+            )
 
     def backward_controller(self, forward: StepSizeController) -> StepSizeController:
         """The controller of the backward solves: given, or derived from the forward one."""
@@ -100,31 +128,64 @@ class Backsolve(GradientStrategy):
 
 
 class _AdjointDynamics:
-    """f of the augmented state [y, a, g_1, ..., g_P] (flat), by vector-Jacobian products."""
+    """f of the augmented state [y, a, g_1, ..., g_P] (flat), by vector-Jacobian products.
+
+    Eagerly by ``torch.autograd.grad``; inside a compiled step (``Backsolve(compile_step=
+    True)``) by ``torch.func.vjp`` over ``functional_call``, which torch.compile can trace
+    (it cannot trace ``autograd.grad``). That needs ``func`` to be an ``nn.Module`` whose
+    parameters include every one of ``params`` (``param_names``; otherwise ``None``)."""
 
     def __init__(self, problem: Problem, params: tuple[torch.Tensor, ...]):
         self.func = problem.func
         self.spec = problem.spec
         self.params = params
         self.n = problem.y0.numel()
+        self.param_names = _parameter_names(problem.func, params)
 
     def __call__(self, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         n = self.n
         y, a = state[:n], state[n : 2 * n]
-        with torch.enable_grad():
-            y = y.detach().requires_grad_(True)
-            fy = self.spec.flatten(self.func(t, self.spec.unflatten(y)), "func's output")
-            if fy.requires_grad:
-                vjps = torch.autograd.grad(
-                    fy, (y, *self.params), -a, allow_unused=True, retain_graph=False
-                )
-            else:  # f depends on neither y nor the parameters (e.g. dy/dt = g(t))
-                vjps = (None,) * (1 + len(self.params))
+        if self.param_names is not None and torch.compiler.is_compiling():
+            fy, vjps = self._functional_vjp(t, y, a)
+        else:
+            with torch.enable_grad():
+                y = y.detach().requires_grad_(True)
+                fy = self.spec.flatten(self.func(t, self.spec.unflatten(y)), "func's output")
+                if fy.requires_grad:
+                    vjps = torch.autograd.grad(
+                        fy, (y, *self.params), -a, allow_unused=True, retain_graph=False
+                    )
+                else:  # f depends on neither y nor the parameters (e.g. dy/dt = g(t))
+                    vjps = (None,) * (1 + len(self.params))
         pieces = [fy.detach(), _or_zeros(vjps[0], y)]
         pieces.extend(
             _or_zeros(g, p).reshape(-1).to(state.dtype) for g, p in zip(vjps[1:], self.params)
         )
         return torch.cat(pieces)
+
+    def _functional_vjp(
+        self, t: torch.Tensor, y: torch.Tensor, a: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """f(t, y) and its vector-Jacobian products with -a for y and the parameters."""
+        names, spec = self.param_names, self.spec
+
+        def field(y: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+            substituted = dict(zip(names, params))
+            out = torch.func.functional_call(self.func, substituted, (t, spec.unflatten(y)))
+            return spec.flatten(out, "func's output")
+
+        fy, pullback = torch.func.vjp(field, y, *self.params)
+        return fy, pullback(-a)
+
+
+def _parameter_names(func: Any, params: tuple[torch.Tensor, ...]) -> tuple[str, ...] | None:
+    """The names of ``params`` among ``func``'s parameters, or ``None`` if ``func`` is not a
+    module or one of them is not its parameter."""
+    if not isinstance(func, torch.nn.Module):
+        return None
+    by_id = {id(p): name for name, p in func.named_parameters()}
+    names = tuple(by_id.get(id(p)) for p in params)
+    return None if None in names else names
 
 
 def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -186,15 +247,19 @@ def adjoint_backward(
     dynamics = _AdjointDynamics(problem, params)
     aug_term = ODETerm(dynamics, state_spec, ys[0])
     forward = problem.config
+    solver = strategy.solver or forward.solver
+    controller = strategy.backward_controller(forward.controller)
     config = LoopConfig(
-        solver=strategy.solver or forward.solver,
-        controller=strategy.backward_controller(forward.controller),
+        solver=solver,
+        controller=controller,
         norm=strategy.backward_norm(numels, forward.norm),
         max_steps=strategy.max_steps or forward.max_steps,
         step_t=forward.step_t,
         jump_t=forward.jump_t,
         perturb=forward.perturb,
         callbacks=None if strategy.callbacks is None else Callbacks(strategy.callbacks, state_spec),
+        # segments with their own fields (per-sample events' knots) run eagerly
+        compile_step=strategy.compile_step and segment_field is None,
     )
     f_term = problem.term
     f_nfe_before = f_term.nfe

@@ -13,7 +13,7 @@ from .._solve import solve
 from ..adjoint import Backsolve, Checkpointed, Direct, GradientStrategy
 from ..controllers import FixedGrid, PIController
 from ..solvers import METHODS
-from .regularisers import RegularisedDynamics, Regulariser
+from .regularisers import DerivativePenalty, RegularisedDynamics, Regulariser
 
 _GRADIENTS = {"direct": Direct, "adjoint": Backsolve, "checkpointed": Checkpointed}
 
@@ -70,6 +70,12 @@ class ODEBlock(nn.Module):
         for r in self.regularisers:
             if not isinstance(r, Regulariser):
                 raise TypeError(f"regularisers must be Regulariser instances, got {r!r}")
+            if compile_step and isinstance(r, DerivativePenalty):
+                raise ValueError(
+                    "compile_step=True does not work with DerivativePenalty: its "
+                    "derivatives of f are differentiated again, which torch.compile does not "
+                    "support (double backward)"
+                )
         self.regularisation = torch.zeros(())
         self.regularisation_terms: dict[str, torch.Tensor] = {}
 

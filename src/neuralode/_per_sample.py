@@ -36,6 +36,7 @@ from ._compile import compiled
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from ._solution import SolveStats
 from ._term import ODETerm
+from .controllers.initial_step import first_step, probe_step
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
 
@@ -164,17 +165,12 @@ def integrate_per_sample(
             if bool(bad.any()):
                 i = int(bad.nonzero()[0])
                 raise NonFiniteError(f"f(t0, y0) contains NaN or inf for sample {i}")
-            h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+            h0 = probe_step(d0, d1)
             y_probe = y + (sign * h0).to(y.real.dtype)[:, None] * f0
             f_probe = f(t + sign * h0, y_probe)
             nfe = nfe + 1
             d2 = _rms((f_probe - f0) / scale) / h0
-            h1 = torch.where(
-                (d1 <= 1e-15) & (d2 <= 1e-15),
-                torch.clamp(h0 * 1e-3, min=1e-6),
-                (0.01 / torch.maximum(d1, d2)) ** exponent,
-            )
-            size = torch.minimum(100 * h0, h1)
+            size = first_step(h0, d1, d2, exponent)
     else:
         size = torch.full((batch,), ctrl.first_step, **f64)
     size = torch.clamp(size, min=ctrl.min_step, max=ctrl.max_step)

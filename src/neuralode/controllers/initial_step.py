@@ -73,12 +73,26 @@ def first_evaluations(
         scale = torch.addcmul(atol, y0.abs(), rtol)
         d0 = norm(y0 / scale).double()
         d1 = norm(f0 / scale).double()
-        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+        h0 = probe_step(d0, d1)
         y1 = y0 + (direction * h0).to(y0.dtype) * f0
         f1 = term.at(term.time(t0 + direction * h0), y1)
         d2 = norm((f1 - f0) / scale).double() / h0
-        tiny = (d1 <= 1e-15) & (d2 <= 1e-15)
-        h1 = torch.where(
-            tiny, (h0 * 1e-3).clamp(min=1e-6), (0.01 / torch.maximum(d1, d2)) ** error_exponent
-        )
-        return f0, torch.stack([torch.minimum(100 * h0, h1), d1])
+        return f0, torch.stack([first_step(h0, d1, d2, error_exponent), d1])
+
+
+def probe_step(d0: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
+    """The rule's probe step h0 from the scaled norms of y0 and f0, as tensor code (one
+    problem or one per sample; no host reads)."""
+    return torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+
+
+def first_step(
+    h0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, error_exponent: float
+) -> torch.Tensor:
+    """The rule's first step size from the probe step, the scaled norm of f0 and the
+    estimate of the second derivative, as tensor code (see ``probe_step``)."""
+    tiny = (d1 <= 1e-15) & (d2 <= 1e-15)
+    h1 = torch.where(
+        tiny, (h0 * 1e-3).clamp(min=1e-6), (0.01 / torch.maximum(d1, d2)) ** error_exponent
+    )
+    return torch.minimum(100 * h0, h1)

@@ -50,6 +50,18 @@ def test_skip_finished_benchmark_saves_the_rows_of_finished_samples():
     )
 
 
+def test_outputs_benchmark_compares_every_output_with_torchode():
+    pytest.importorskip("torchode")
+    from neuralode.bench import per_sample
+
+    end_only = {r.library: r for r in per_sample.run((4,), repeats=1)}
+    rows = {r.library: r for r in per_sample.run_outputs((4,), repeats=1, n_out=11)}
+    assert set(rows) == {"neuralode per-sample", "torchode"}
+    for name, row in rows.items():  # the outputs do not change the steps
+        assert (row.max_steps, row.mean_nfe) == (end_only[name].max_steps, end_only[name].mean_nfe)
+    assert 0 < rows["neuralode per-sample"].diff < 1e-4
+
+
 @pytest.mark.slow
 def test_compiled_benchmark_compares_both_libraries_compiled():
     pytest.importorskip("torchode")

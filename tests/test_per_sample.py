@@ -9,6 +9,7 @@ import torch
 
 import neuralode
 from neuralode import (
+    AdaptiveHeun,
     Backsolve,
     Bosh3,
     Checkpointed,
@@ -330,11 +331,13 @@ def test_skip_finished_errors_are_named():
         solve(lambda t, y: constant * y.sum(), y0, ts, per_sample=True, skip_finished=True)
 
 
-@pytest.mark.parametrize("solver_cls", [Dopri5, Tsit5, Bosh3])
-def test_end_point_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch):
-    """Only the end state asked for: no host read per step, only termination checks scheduled
-    a quarter of the way to the slowest sample's end, with the same states, steps and calls
-    of f as a solve that also outputs a midpoint (which reads its progress every step)."""
+@pytest.mark.parametrize("solver_cls", [Dopri5, Tsit5, Bosh3, Dopri8, AdaptiveHeun])
+def test_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch):
+    """Without events: no host read per step, only termination checks scheduled a quarter of
+    the way to the slowest sample's end, whether only the end state is asked for or many
+    outputs (the steps wait for theirs until a check); the same states, steps and calls of f
+    as a solve that reads its progress every step (here: one watching a non-terminal event
+    that never happens)."""
     import neuralode._per_sample as per_sample
 
     reads = {"per_step": 0, "checks": 0}
@@ -352,8 +355,13 @@ def test_end_point_solves_read_the_device_only_at_scheduled_checks(solver_cls, m
     batch = 16
     mu = torch.linspace(1.0, 25.0, batch, dtype=torch.float64)
     y0 = torch.stack([torch.full((batch,), 2.0), torch.zeros(batch)], 1).to(torch.float64)
+    never = neuralode.Event(lambda t, y: y[:, 0] + 10.0, terminal=False)
     runs = {}
-    for ts in ([0.0, 10.0], [0.0, 5.0, 10.0]):
+    for name, ts, event in (
+        ("end", [0.0, 10.0], None),
+        ("outputs", torch.linspace(0.0, 10.0, 41).tolist(), None),
+        ("per_step", torch.linspace(0.0, 10.0, 41).tolist(), never),
+    ):
         reads.update(per_step=0, checks=0)
         with torch.no_grad():
             sol = solve(
@@ -363,16 +371,49 @@ def test_end_point_solves_read_the_device_only_at_scheduled_checks(solver_cls, m
                 solver=solver_cls(),
                 controller=PIController(RTOL, ATOL),
                 per_sample=True,
+                event=event,
             )
-        runs[len(ts)] = sol, dict(reads)
-    (end_only, end_reads), (midpoint, mid_reads) = runs[2], runs[3]
+        runs[name] = sol, dict(reads)
+    (end_only, end_reads), (outputs, out_reads), (per_step, step_reads) = runs.values()
     steps = int(end_only.stats.sample_steps.max())
-    assert torch.equal(end_only.ys[-1], midpoint.ys[-1])
-    assert torch.equal(end_only.stats.sample_steps, midpoint.stats.sample_steps)
-    assert torch.equal(end_only.stats.sample_nfe, midpoint.stats.sample_nfe)
-    assert end_only.stats.nfe == midpoint.stats.nfe  # no steps past the last sample's end
-    assert mid_reads == {"per_step": steps, "checks": 0}
-    assert end_reads["per_step"] == 0 and 1 <= end_reads["checks"] <= steps / 8, end_reads
+    for sol in (outputs, per_step):
+        assert torch.equal(end_only.ys[-1], sol.ys[-1])
+        assert torch.equal(end_only.stats.sample_steps, sol.stats.sample_steps)
+        assert end_only.stats.nfe == sol.stats.nfe  # no steps past the last sample's end
+    assert torch.equal(outputs.stats.sample_nfe, per_step.stats.sample_nfe)
+    torch.testing.assert_close(outputs.ys, per_step.ys, rtol=1e-14, atol=1e-14)
+    assert step_reads == {"per_step": steps, "checks": 0}
+    assert end_reads["per_step"] == 0 and 1 <= end_reads["checks"] <= steps / 5, end_reads
+    assert out_reads == end_reads
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_steps_waiting_for_their_outputs_are_bounded_in_memory(grad, monkeypatch):
+    """When the steps waiting for their outputs would hold more than ``_PENDING_BYTES``, a
+    check writes them early: the same outputs, and gradients, with a check after every step."""
+    import neuralode._per_sample as per_sample
+
+    checks = []
+    steps_left = per_sample._steps_left
+    monkeypatch.setattr(per_sample, "_steps_left", lambda *a: checks.append(1) or steps_left(*a))
+    mu, y0, _ = problem()
+    ts = torch.linspace(0.0, 4.0, 23, dtype=torch.float64)
+    results = []
+    for budget in (per_sample._PENDING_BYTES, 1):
+        monkeypatch.setattr(per_sample, "_PENDING_BYTES", budget)
+        field, start = VanDerPol(mu), y0.clone().requires_grad_(grad)
+        checks.clear()
+        with torch.set_grad_enabled(grad):
+            sol = solve(field, start, ts, controller=PIController(RTOL, ATOL), per_sample=True)
+        steps = int(sol.stats.sample_steps.max())
+        assert len(checks) == steps if budget == 1 else len(checks) < steps / 4
+        if grad:
+            sol.ys.pow(2).sum().backward()
+            results.append((sol.ys.detach(), start.grad, field.mu.grad))
+        else:
+            results.append((sol.ys, sol.stats.sample_nfe))
+    for bounded, default in zip(results[1], results[0]):
+        torch.testing.assert_close(bounded, default, rtol=1e-14, atol=1e-14)
 
 
 def test_end_point_solves_still_stop_at_max_steps_and_non_finite_states():
@@ -394,7 +435,7 @@ def test_end_point_solves_still_stop_at_max_steps_and_non_finite_states():
 def _vdp_batch(batch: int = 6):
     mu = torch.linspace(1.0, 8.0, batch, dtype=torch.float64)
     y0 = torch.stack([torch.linspace(0.5, 2.0, batch), torch.zeros(batch)], 1).to(torch.float64)
-    return mu, y0, torch.tensor([0.0, 3.0], dtype=torch.float64)
+    return mu, y0, torch.linspace(0.0, 3.0, 7, dtype=torch.float64)
 
 
 @pytest.mark.skipif(

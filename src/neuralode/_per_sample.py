@@ -9,17 +9,19 @@ steps of size zero (its results and statistics no longer change). With ``skip_fi
 f sees only the rows of the samples still running (gathered, and scattered back), so
 finished samples stop costing evaluations of f; the bookkeeping stays batched.
 
-Host synchronisation: when only the end state is asked for (two output times, no event, no
-``skip_finished``), the loop reads nothing from the device between termination checks; each
-check is scheduled a quarter of the way to the end of the slowest running sample at its
-current step size (at most 64 steps on), so a solve of N steps makes a few times log(N)
-checks and rarely steps past the last sample's end; plus one sync every 32 steps (has any
-sample failed or run out of steps). Otherwise one per step attempt (a ``tolist`` of a few
-scalars: how many samples are still running, the range of output times crossed, whether any
-sample crossed its event) and, with ``skip_finished``, one whenever the number of running
-samples changes. Everything else (step sizes, decisions, interpolation weights) stays on the
-device. Steps in which a sample crosses its event (``_per_sample_events``) add the syncs of
-the bisection.
+Host synchronisation: without events and ``skip_finished``, the loop reads nothing from the
+device between termination checks; each check is scheduled a quarter of the way to the end
+of the slowest running sample at its current step size (at most 64 steps on), so a solve of
+N steps makes a few times log(N) checks and rarely steps past the last sample's end; plus
+one sync every 32 steps (has any sample failed or run out of steps). Until the next check
+the steps attempted wait in a list (``_Reached``; at most ``_PENDING_BYTES`` of them); the
+check writes the output times they crossed, each sample's from the step that reached it,
+all in one batch (``_write_outputs``). With events or ``skip_finished``: one sync per step
+attempt (a ``tolist`` of a few scalars: how many samples are still running, the range of
+output times crossed, whether any sample crossed its event), whose outputs are written at
+once. Everything else (step sizes, decisions, interpolation weights) stays on the device.
+Steps in which a sample crosses its event (``_per_sample_events``) add the syncs of the
+bisection.
 
 A step attempt of the whole batch (stages, error, decisions) is one function, ``_attempt``,
 run eagerly or, with ``compile_step``, as one torch.compile graph (f included).
@@ -41,7 +43,8 @@ from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
 
 _EPS = 2.0**-52
-_MAX_UNCHECKED = 64  # most steps between two termination checks of an end-point-only solve
+_MAX_UNCHECKED = 64  # most steps between two termination checks
+_PENDING_BYTES = 2**27  # most memory the steps waiting for their outputs may hold
 
 
 def check_loop(solver: Any, controller: Any, what: str) -> None:
@@ -198,6 +201,13 @@ def integrate_per_sample(
         min_step=ctrl.min_step,
         max_step=ctrl.max_step,
     )
+    events = config.events  # a SampleEvents, or None
+    # no events and no skip_finished: read nothing from the device between scheduled
+    # termination checks; until then the steps wait in ``pending`` for their outputs
+    deferred = events is None and not config.skip_finished
+    keep_steps = n_out > 2  # steps are kept until their outputs are written
+    most_pending = _most_pending(stages, y) if deferred and keep_steps else _MAX_UNCHECKED
+    pending: list[_Reached] = []
     buffer = None
     if config.compile_step:  # stages stacked in the compiled graph; f counted outside it
         # static shapes: one graph per batch size (a dynamic batch dimension costs time)
@@ -206,76 +216,75 @@ def integrate_per_sample(
         attempt, call = _attempt, f
         if not torch.is_grad_enabled():  # stages in one buffer reused by every step
             buffer = term.stage_buffer(stages, y0_flat)[:3]
-    events = config.events  # a SampleEvents, or None
+    copy_stages = buffer is not None and deferred and keep_steps  # for steps that wait
     if events is not None:
         events.start(t, y)
     # each sample's end: t_end, or the time of its terminal event once located
     t_stop = torch.full((batch,), t_end, **f64)
     needs_f1 = tab.dense is None or len(tab.dense.extra_c) > 0
-    # end point only: check termination on a schedule instead of after every step
-    deferred = n_out == 2 and events is None and not config.skip_finished
     iteration, next_check = 0, 1
     while True:
         iteration += 1
         carried = (proposal, t_stop, active, previous_ratio, n_steps, n_accepted)
         step = attempt(call, constants, buffer, t, y, f0, *carried)
-        t1, h, y1, k_all = step.t1, step.h, step.y1, step.k_all
-        accept, t_next, proposal = step.accept, step.t_next, step.proposal
+        h, y1, accept = step.h, step.y1, step.accept
+        t_next, proposal = step.t_next, step.proposal
         previous_ratio, n_steps, n_accepted = step.previous_ratio, step.n_steps, step.n_accepted
         if config.compile_step:
             f.count(stages - 1)
+        f1 = step.k_last if fsal else None
+        k_all = step.k_all.clone() if copy_stages else step.k_all
+        reached = _Reached(t, h, y, step.t1, y1, k_all, f1, accept, step.still)
+        if keep_steps:
+            pending.append(reached)
         with torch.no_grad():
-            hit = None if events is None else events.check(t1, y1, accept)
+            ends = None
             if deferred:
-                still, end, crossing, any_hit, lo, hi = step.still, None, None, False, 0, 0
-                n_still = -1  # unknown until the next check
-                if iteration >= next_check or iteration >= config.max_steps:
-                    n_still, left = _steps_left(still, t_next, proposal, t_stop)
+                n_still, lo, hi = -1, 0, 0  # unknown until the next check
+                due = iteration >= next_check or len(pending) >= most_pending
+                if due or iteration >= config.max_steps:
+                    ends = _ends(pending, ts_signed, sign) if keep_steps else None
+                    n_still, left, lo, hi = _steps_left(
+                        step.still, t_next, proposal, t_stop, ends, next_out
+                    )
                     next_check = iteration + max(1, min(_MAX_UNCHECKED, int(left) // 4))
             else:
-                still, end, crossing, n_still, any_hit, lo, hi = _progress(
-                    t1, t_next, t_stop, accept, next_out, ts_signed, sign, hit
-                )
-        f1 = step.k_last if fsal else None
-        f1_users = None  # samples whose dense output used f(t1, y1)
-        t_reach, y_end = t1, None  # where each sample's step ends (at its terminal event)
-        if any_hit:
-            if needs_f1:
-                f1 = f(t1, y1) if f1 is None else f1
-                f1_users = hit
+                hit = None if events is None else events.check(step.t1, y1, accept)
+                ends = _ends(pending, ts_signed, sign) if keep_steps else None
+                n_still, any_hit, lo, hi = _progress(step.still, ends, next_out, hit)
+        if not deferred and any_hit:
+            if needs_f1 and f1 is None:
+                f1 = reached.f1 = f(step.t1, y1)
 
-            def dense(offset, y=y, y1=y1, h=h, k_all=k_all, f1=f1):
+            def dense(offset, y=y, y1=y1, h=h, k_all=step.k_all, f1=f1):
                 return _interpolate(solver, co, y, y1, h, k_all, f1, offset)
 
-            t_event, y_event = events.locate(hit, t, h, t1, y1, dense)
+            t_event, y_event = events.locate(hit, t, h, step.t1, y1, dense)
             if events.event.terminal:
-                t_reach = torch.where(hit, t_event, t1)
                 t_next = torch.where(hit, t_event, t_next)
                 t_stop = torch.where(hit, t_event, t_stop)
-                y_end = torch.where(hit[:, None], y_event, y1)
+                reached.end_at(hit, t_event, y_event, t_next != t_stop)
                 with torch.no_grad():
-                    still, end, crossing, n_still, _, lo, hi = _progress(
-                        t_reach, t_next, t_stop, accept, next_out, ts_signed, sign, None
-                    )
+                    ends = _ends(pending, ts_signed, sign) if keep_steps else None
+                    n_still, _, lo, hi = _progress(reached.still, ends, next_out, None)
         if events is not None:
             events.advance(accept)
-        if hi > lo:
-            for j in range(lo, min(hi, n_out - 1)):  # the last output is the final state
-                mask = crossing & (next_out <= j) & (j < end)
-                if needs_f1:
-                    # f(t1, y1) for the interpolant; reused below as the next f0
-                    f1 = f(t1, y1) if f1 is None else f1
-                    f1_users = crossing if f1_users is None else f1_users | crossing
-                value = _interpolate(solver, co, y, y1, h, k_all, f1, ts_tensor[j] - t)
-                at_end = y1 if y_end is None else y_end
-                value = torch.where((ts_tensor[j] == t_reach)[:, None], at_end, value)
-                outputs[j] = torch.where(mask[:, None], value, outputs[j])
-            next_out = torch.where(crossing, end, next_out)
-        if f1_users is not None and not fsal:  # evaluated for the dense output only
-            nfe = nfe + (f1_users & ~still)
-        y = step.y_accepted if y_end is None else torch.where(accept[:, None], y_end, y)
+        if ends is not None:  # a check: write the pending steps' outputs, ts[lo:hi]
+            if min(hi, n_out - 1) > lo:  # the last output is the final state
+                if needs_f1 and pending[-1].f1 is None:  # f(t1, y1) for the interpolant
+                    f1 = pending[-1].f1 = f(step.t1, y1)  # reused below as the next f0
+                next_out, used = _write_outputs(
+                    solver, co, pending, ends, outputs, next_out, ts_tensor, lo, hi
+                )
+                if needs_f1 and not fsal:  # f(t1, y1) of samples' last steps, for outputs
+                    nfe = nfe + (used & ~torch.stack([r.still for r in pending])).sum(0)
+            pending = []
+        if reached.y_reach is y1:
+            y = step.y_accepted
+        else:  # samples at their terminal event
+            y = torch.where(accept[:, None], reached.y_reach, y)
         t = t_next
-        active = still
+        active = still = reached.still
         if not n_still:
             break
         if config.skip_finished:
@@ -288,6 +297,8 @@ def integrate_per_sample(
             f_next = f(t, y) if f1 is None else f1
             nfe = nfe + (accept & still)
             f0 = torch.where(accept[:, None], f_next, f0)
+            if pending:  # the waiting step's f(t1, y1), where accepted
+                pending[-1].f1 = f0
     if events is not None and events.event.terminal:  # later outputs hold the event state
         for j in range(1, n_out - 1):
             outputs[j] = torch.where((events.mask & (next_out <= j))[:, None], y, outputs[j])
@@ -309,33 +320,17 @@ def integrate_per_sample(
 
 
 def _progress(
-    t_reach: torch.Tensor,
-    t_next: torch.Tensor,
-    t_stop: torch.Tensor,
-    accept: torch.Tensor,
-    next_out: torch.Tensor,
-    ts_signed: torch.Tensor,
-    sign: float,
-    hit: torch.Tensor | None,
-):
-    """After a step, with one host sync: which samples still run and how many, the outputs
-    each crossed (``ts[next_out:end]``, up to ``t_reach``) and their overall range, and
-    whether any sample crossed its event."""
-    still = t_next != t_stop
+    still: torch.Tensor, ends: torch.Tensor | None, next_out: torch.Tensor, hit: torch.Tensor | None
+) -> tuple[int, bool, int, int]:
+    """After a step, with one host sync: how many samples still run, whether any crossed its
+    event, and the range of the outputs the step's samples reached (``_output_range``)."""
     flags = [still.sum()] if hit is None else [still.sum(), hit.any().long()]
-    n_out = ts_signed.shape[0]
-    if n_out > 2:  # intermediate outputs crossed: ts[next_out : end]
-        end = torch.searchsorted(ts_signed, sign * t_reach, right=True)
-        crossing = accept & (end > next_out)
-        lo = torch.where(crossing, next_out, n_out).min()
-        hi = torch.where(crossing, end, 0).max()
-        summary = torch.stack([*flags, lo, hi]).tolist()
-    else:
-        end = crossing = None
-        summary = [*torch.stack(flags).tolist(), 0, 0]
+    if ends is not None:
+        flags += _output_range(ends, next_out)
+    summary = torch.stack(flags).tolist()
     any_hit = bool(summary[1]) if hit is not None else False
-    lo, hi = summary[-2], summary[-1]
-    return still, end, crossing, int(summary[0]), any_hit, lo, hi
+    lo, hi = (summary[-2], summary[-1]) if ends is not None else (0, 0)
+    return int(summary[0]), any_hit, lo, hi
 
 
 @dataclass(frozen=True)
@@ -466,14 +461,120 @@ def _attempt(
 
 
 def _steps_left(
-    still: torch.Tensor, t: torch.Tensor, proposal: torch.Tensor, t_stop: torch.Tensor
-) -> tuple[int, float]:
-    """With one host sync: how many samples still run, and how many steps of its current size
-    the slowest of them needs to reach its end (0 when none runs)."""
+    still: torch.Tensor,
+    t: torch.Tensor,
+    proposal: torch.Tensor,
+    t_stop: torch.Tensor,
+    ends: torch.Tensor | None,
+    next_out: torch.Tensor,
+) -> tuple[int, float, int, int]:
+    """With one host sync: how many samples still run, how many steps of its current size
+    the slowest of them needs to reach its end (0 when none runs), and the range of the
+    outputs the pending steps reached (``_output_range``)."""
     size = (proposal - t).abs()
     left = torch.where(still & (size > 0), (t_stop - t).abs() / size, 0.0).max()
-    n_still, left = torch.stack([still.sum().to(left.dtype), left.clamp(max=1e6)]).tolist()
-    return int(n_still), left if left == left else 1.0  # a NaN size: check again next step
+    values = [still.sum().to(left.dtype), left.clamp(max=1e6)]
+    if ends is not None:
+        values += [x.to(left.dtype) for x in _output_range(ends, next_out)]
+    n_still, left, *reached = torch.stack(values).tolist()
+    lo, hi = (int(reached[0]), int(reached[1])) if reached else (0, 0)
+    return int(n_still), left if left == left else 1.0, lo, hi  # NaN size: check next step
+
+
+@dataclass
+class _Reached:
+    """A step attempt of every sample, kept until the outputs its accepted steps crossed are
+    written: its start, stages and end, and where each sample's step stops, ``t_reach`` with
+    ``y_reach`` (``t1`` and ``y1``, or the sample's terminal event)."""
+
+    t: torch.Tensor
+    h: torch.Tensor
+    y: torch.Tensor
+    t1: torch.Tensor
+    y1: torch.Tensor
+    k_all: torch.Tensor
+    f1: torch.Tensor | None  # f(t1, y1) where accepted, once evaluated (or None)
+    accept: torch.Tensor
+    still: torch.Tensor  # the samples that run on after this step
+
+    def __post_init__(self) -> None:
+        self.t_reach, self.y_reach = self.t1, self.y1
+
+    def end_at(
+        self, hit: torch.Tensor, t_event: torch.Tensor, y_event: torch.Tensor, still: torch.Tensor
+    ) -> None:
+        """The ``hit`` samples stop at their terminal event."""
+        self.t_reach = torch.where(hit, t_event, self.t1)
+        self.y_reach = torch.where(hit[:, None], y_event, self.y1)
+        self.still = still
+
+
+def _stack(values: list[torch.Tensor]) -> torch.Tensor:
+    return values[0][None] if len(values) == 1 else torch.stack(values)
+
+
+def _most_pending(stages: int, y: torch.Tensor) -> int:
+    """How many steps may wait for their outputs: at most ``_PENDING_BYTES`` of them."""
+    per_step = (stages + 4) * y.numel() * y.element_size()
+    return max(1, min(_MAX_UNCHECKED, _PENDING_BYTES // per_step))
+
+
+def _ends(pending: list[_Reached], ts_signed: torch.Tensor, sign: float) -> torch.Tensor:
+    """(steps, batch): each pending step of each sample reached the outputs ``ts[:end]``
+    (0 where the step was rejected)."""
+    t_reach = _stack([r.t_reach for r in pending])
+    end = torch.searchsorted(ts_signed, sign * t_reach, right=True)
+    return torch.where(_stack([r.accept for r in pending]), end, 0)
+
+
+def _output_range(ends: torch.Tensor, next_out: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs newly reached by any sample, ``ts[lo:hi]``, as two 0-dim tensors."""
+    reached = ends.max(0).values
+    crossing = reached > next_out
+    n_out = torch.iinfo(torch.int32).max
+    return [torch.where(crossing, next_out, n_out).min(), torch.where(crossing, reached, 0).max()]
+
+
+def _write_outputs(
+    solver: ExplicitRK,
+    co: Any,
+    pending: list[_Reached],
+    ends: torch.Tensor,
+    outputs: list[torch.Tensor],
+    next_out: torch.Tensor,
+    ts: torch.Tensor,
+    lo: int,
+    hi: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interpolate the outputs ``ts[lo:hi]`` (never the last, the final state) each sample's
+    pending steps reached, all in one batch, each in the step that reached it first; return
+    the new ``next_out`` and which samples' outputs used each step, (steps, batch)."""
+    hi = min(hi, len(outputs) - 1)
+    n_steps, batch = ends.shape
+    js = torch.arange(lo, hi, device=ends.device)
+    covers = ends[None] > js[:, None, None]  # (outputs, steps, batch)
+    write = covers.any(1) & (js[:, None] >= next_out)
+    first = covers.to(torch.uint8).argmax(1)  # (outputs, batch): the step that reached it
+    samples = torch.arange(batch, device=ends.device).expand_as(first)
+
+    def pick(name: str) -> torch.Tensor:  # the first steps' values, flattened (outputs x batch)
+        values = _stack([getattr(r, name) for r in pending])[first, samples]
+        return values.flatten(0, 1)
+
+    t, t_reach = pick("t"), pick("t_reach")
+    k_all = _stack([r.k_all for r in pending])[first, :, samples].flatten(0, 1).transpose(0, 1)
+    dense = solver.tableau.dense
+    needs_f1 = dense is None or len(dense.extra_c) > 0
+    f1 = pick("f1") if needs_f1 else None
+    t_out = ts[js][:, None].expand_as(first).flatten()
+    value = _interpolate(solver, co, pick("y"), pick("y1"), pick("h"), k_all, f1, t_out - t)
+    value = torch.where((t_out == t_reach)[:, None], pick("y_reach"), value)
+    value = value.view(len(js), batch, -1)
+    for i, j in enumerate(range(lo, hi)):
+        outputs[j] = torch.where(write[i, :, None], value[i], outputs[j])
+    used = torch.zeros(n_steps, batch, dtype=torch.long, device=ends.device)
+    used.scatter_add_(0, first, write.long())
+    return torch.maximum(next_out, ends.max(0).values), used > 0
 
 
 def _interpolate(

@@ -83,8 +83,8 @@ def solve(
     the batch (no per-sample tensors captured from outside, no batch statistics).
     ``device_loop=True`` solves a one-tensor state as one problem in the per-sample loop (a
     batch of one): the step sizes and accept/reject decisions stay tensors on the device and
-    an end-point-only solve reads nothing back between scheduled termination checks (the
-    standard loop reads the error norm after every step); the standard loop's steps (float32
+    the solve reads nothing back between scheduled termination checks (the standard loop
+    reads the error norm after every step); the standard loop's steps (float32
     round-off in the error estimate can flip a decision at tight tolerances).
     Needs what per-sample mode needs, and no ``event``. ``compile_step=True`` runs each step
     attempt, ``func`` included, as one ``torch.compile`` graph (default mode; the first solves

@@ -77,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
             "### Per-sample mode vs torchode: Van der Pol, mu in [1, 25], dopri5\n\n"
             + per_sample.table(rows)
         )
+        output_rows = per_sample.run_outputs(batches, repeats)
+        sections.append(
+            "### Per-sample mode vs torchode with 101 output times: Van der Pol, mu in [1, 25], "
+            "dopri5\n\n" + per_sample.table(output_rows)
+        )
         accuracy = per_sample.accuracy(
             (1e-4, 1e-5, 1e-6, 1e-7, 1e-8) if args.full else (1e-5, 1e-6, 1e-7)
         )

@@ -180,7 +180,7 @@ def integrate_per_sample(
     proposal = t + sign * size
     previous_ratio = torch.ones(batch, **f64)
 
-    outputs: list[torch.Tensor] = [y] * n_out
+    outputs = y.expand(n_out, *y.shape)  # (outputs, batch, n): written at the checks
     next_out = torch.ones(batch, dtype=torch.long, device=device)
     stages, fsal = co.stages, co.fsal
     constants = _Constants(
@@ -273,7 +273,7 @@ def integrate_per_sample(
             if min(hi, n_out - 1) > lo:  # the last output is the final state
                 if needs_f1 and pending[-1].f1 is None:  # f(t1, y1) for the interpolant
                     f1 = pending[-1].f1 = f(step.t1, y1)  # reused below as the next f0
-                next_out, used = _write_outputs(
+                outputs, next_out, used = _write_outputs(
                     solver, co, pending, ends, outputs, next_out, ts_tensor, lo, hi
                 )
                 if needs_f1 and not fsal:  # f(t1, y1) of samples' last steps, for outputs
@@ -299,10 +299,11 @@ def integrate_per_sample(
             f0 = torch.where(accept[:, None], f_next, f0)
             if pending:  # the waiting step's f(t1, y1), where accepted
                 pending[-1].f1 = f0
+    later = torch.arange(n_out, device=device)[:, None] >= next_out
     if events is not None and events.event.terminal:  # later outputs hold the event state
-        for j in range(1, n_out - 1):
-            outputs[j] = torch.where((events.mask & (next_out <= j))[:, None], y, outputs[j])
-    outputs[-1] = y
+        later = later & events.mask
+    later[-1] = True  # the final state
+    outputs = torch.where(later[..., None], y, outputs)
     nfe = nfe + (stages - 1) * n_steps
     n_rejected = n_steps - n_accepted
 
@@ -310,13 +311,13 @@ def integrate_per_sample(
     stats.n_accepted += int(n_accepted.sum())
     stats.n_rejected += int(n_rejected.sum())
     if not config.per_sample:
-        return torch.stack(outputs).reshape(n_out, -1)
+        return outputs.reshape(n_out, -1)
     stats.sample_nfe = nfe
     stats.rows_evaluated = f.rows_evaluated
     stats.sample_steps = n_steps
     stats.sample_accepted = n_accepted
     stats.sample_rejected = n_rejected
-    return torch.stack(outputs).reshape(n_out, -1)
+    return outputs.reshape(n_out, -1)
 
 
 def _progress(
@@ -540,41 +541,41 @@ def _write_outputs(
     co: Any,
     pending: list[_Reached],
     ends: torch.Tensor,
-    outputs: list[torch.Tensor],
+    outputs: torch.Tensor,
     next_out: torch.Tensor,
     ts: torch.Tensor,
     lo: int,
     hi: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Interpolate the outputs ``ts[lo:hi]`` (never the last, the final state) each sample's
-    pending steps reached, all in one batch, each in the step that reached it first; return
-    the new ``next_out`` and which samples' outputs used each step, (steps, batch)."""
-    hi = min(hi, len(outputs) - 1)
+    pending steps reached, each in the step that reached it first, all in one batch (one
+    host sync: which outputs of which samples); return the new outputs and ``next_out``, and
+    which samples' outputs used each step, (steps, batch)."""
+    hi = min(hi, outputs.shape[0] - 1)
     n_steps, batch = ends.shape
+    # rejected steps reach nothing (0): the running maximum is sorted along the steps
+    reached = ends.cummax(0).values.T.contiguous()  # (batch, steps)
     js = torch.arange(lo, hi, device=ends.device)
-    covers = ends[None] > js[:, None, None]  # (outputs, steps, batch)
-    write = covers.any(1) & (js[:, None] >= next_out)
-    first = covers.to(torch.uint8).argmax(1)  # (outputs, batch): the step that reached it
-    samples = torch.arange(batch, device=ends.device).expand_as(first)
+    first = torch.searchsorted(reached, js.expand(batch, -1).contiguous(), right=True)
+    write = (first < n_steps) & (js >= next_out[:, None])  # (batch, outputs)
+    sample, column = write.nonzero(as_tuple=True)
+    step, out = first[sample, column], column + lo
 
-    def pick(name: str) -> torch.Tensor:  # the first steps' values, flattened (outputs x batch)
-        values = _stack([getattr(r, name) for r in pending])[first, samples]
-        return values.flatten(0, 1)
+    def pick(name: str) -> torch.Tensor:  # the values of each written output's step
+        return _stack([getattr(r, name) for r in pending])[step, sample]
 
     t, t_reach = pick("t"), pick("t_reach")
-    k_all = _stack([r.k_all for r in pending])[first, :, samples].flatten(0, 1).transpose(0, 1)
+    k_all = _stack([r.k_all for r in pending])[step, :, sample].transpose(0, 1)
     dense = solver.tableau.dense
     needs_f1 = dense is None or len(dense.extra_c) > 0
     f1 = pick("f1") if needs_f1 else None
-    t_out = ts[js][:, None].expand_as(first).flatten()
+    t_out = ts[out]
     value = _interpolate(solver, co, pick("y"), pick("y1"), pick("h"), k_all, f1, t_out - t)
     value = torch.where((t_out == t_reach)[:, None], pick("y_reach"), value)
-    value = value.view(len(js), batch, -1)
-    for i, j in enumerate(range(lo, hi)):
-        outputs[j] = torch.where(write[i, :, None], value[i], outputs[j])
-    used = torch.zeros(n_steps, batch, dtype=torch.long, device=ends.device)
-    used.scatter_add_(0, first, write.long())
-    return torch.maximum(next_out, ends.max(0).values), used > 0
+    outputs = outputs.index_put((out, sample), value)
+    used = torch.zeros(n_steps, batch, dtype=torch.bool, device=ends.device)
+    used[step, sample] = True
+    return outputs, torch.maximum(next_out, ends.max(0).values), used
 
 
 def _interpolate(

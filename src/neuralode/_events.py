@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ._crossing import crossed, refine
 from ._term import ODETerm
 from ._tree import TreeSpec
 from .solvers.base import Solver, Step
@@ -19,8 +20,8 @@ class Event:
 
     ``direction`` 1 counts only rising crossings (negative to non-negative), -1 only falling
     ones, 0 both. A ``terminal`` event ends the solve; a non-terminal one is recorded and the
-    solve goes on. The time is located by bisection on the solver's dense output to ``tol``
-    (default: the resolution of float64).
+    solve goes on. The time is located on the solver's dense output (Illinois steps, then
+    bisection: ``_crossing.refine``) to ``tol`` (default: the resolution of float64).
     """
 
     fn: Callable[[torch.Tensor, Any], torch.Tensor]
@@ -64,37 +65,32 @@ class EventTracker:
     def start(self, t0: float, y0: torch.Tensor) -> None:
         self._previous = self.value(t0, y0)
 
-    def _crossed(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        rising = (before < 0) & (after >= 0)
-        falling = (before > 0) & (after <= 0)
-        if self.event.direction == 1:
-            return rising
-        if self.event.direction == -1:
-            return falling
-        return rising | falling
-
     def check(self, solver: Solver, term: ODETerm, step: Step) -> EventHit | None:
         """The first crossing inside an accepted step, or None (then remember the end)."""
         after = self.value(step.t1, step.y1)
-        crossed = self._crossed(self._previous, after)
-        if not bool(crossed.any()):
+        direction = self.event.direction
+        if not bool(crossed(self._previous, after, direction).any()):
             self._previous = after
             return None
-        lo, hi, g_lo = 0.0, 1.0, self._previous
-        tol = self.event.tol
         dt = step.dt
+
+        def g_at(theta: torch.Tensor) -> torch.Tensor:  # on the host, as the step's times
+            y = solver.interpolate(term, step, theta)[0]
+            return self.value(step.t0 + float(theta) * dt, y)[None].cpu()
+
         with torch.no_grad():
-            for _ in range(200):
-                mid = 0.5 * (lo + hi)
-                if mid in (lo, hi) or (tol is not None and (hi - lo) * abs(dt) <= tol):
-                    break
-                y_mid = solver.interpolate(term, step, torch.tensor([mid], dtype=torch.float64))[0]
-                g_mid = self.value(step.t0 + mid * dt, y_mid)
-                if bool(self._crossed(g_lo, g_mid).any()):
-                    hi, crossed = mid, self._crossed(g_lo, g_mid)
-                else:
-                    lo, g_lo = mid, g_mid
-        index = int(crossed.nonzero()[0])
+            hi, g_lo, g_hi = refine(
+                g_at,
+                self._previous[None].cpu(),
+                after[None].cpu(),
+                torch.tensor([step.t0], dtype=torch.float64),
+                torch.tensor([dt], dtype=torch.float64),
+                torch.ones(1, dtype=torch.bool),
+                direction,
+                self.event.tol,
+            )
+        hi = float(hi)
+        index = int(crossed(g_lo, g_hi, direction)[0].nonzero()[0])
         t_event = step.t1 if hi == 1.0 else step.t0 + hi * dt
         if hi == 1.0:
             y_event = step.y1

@@ -20,8 +20,8 @@ all in one batch (``_write_outputs``). With events or ``skip_finished``: one syn
 attempt (a ``tolist`` of a few scalars: how many samples are still running, the range of
 output times crossed, whether any sample crossed its event), whose outputs are written at
 once. Everything else (step sizes, decisions, interpolation weights) stays on the device.
-Steps in which a sample crosses its event (``_per_sample_events``) add the syncs of the
-bisection.
+Steps in which a sample crosses its event (``_per_sample_events``) add the syncs of its
+location (``_crossing.refine``: one every two evaluations).
 
 A step attempt of the whole batch (stages, error, decisions) is one function, ``_attempt``,
 run eagerly or, with ``compile_step``, as one torch.compile graph (f included).

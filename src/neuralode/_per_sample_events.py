@@ -2,9 +2,10 @@
 
 Inside the per-sample integrator (``solve(..., per_sample=True, event=Event(...))``) each
 sample compares the signs of its event values at the ends of its accepted steps; samples with
-a crossing locate it together by a vectorised bisection on their own dense output, to
-``event.tol`` each. A terminal event ends that sample at its event time (its later outputs
-hold the state there) while the others go on; a non-terminal one is recorded.
+a crossing locate it together on their own dense output (``_crossing.refine``: Illinois
+steps, then bisection), to ``event.tol`` each. A terminal event ends that sample at its event
+time (its later outputs hold the state there) while the others go on; a non-terminal one is
+recorded.
 
 Gradients of the event times and states follow the implicit function theorem per sample,
 dt*/dtheta = -(dg/dy . dy/dtheta) / (dg/dt + dg/dy . f), with ``Direct()`` (through the
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ._crossing import crossed, refine
 from ._events import Event
 from ._loop import integrate
 from ._solution import Solution
@@ -29,8 +31,6 @@ from .adjoint.backsolve import Backsolve, adjoint_backward
 from .adjoint.base import GradientStrategy, Problem
 from .adjoint.direct import Direct
 from .adjoint.params import resolve_params
-
-_MAX_BISECTIONS = 200
 
 
 class SampleEvents:
@@ -70,19 +70,10 @@ class SampleEvents:
     def start(self, t: torch.Tensor, y: torch.Tensor) -> None:
         self.previous = self.values(t, y)
 
-    def _crossed(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        rising = (before < 0) & (after >= 0)
-        falling = (before > 0) & (after <= 0)
-        if self.event.direction == 1:
-            return rising
-        if self.event.direction == -1:
-            return falling
-        return rising | falling
-
     def check(self, t1: torch.Tensor, y1: torch.Tensor, accept: torch.Tensor) -> torch.Tensor:
         """Which samples' accepted steps crossed: (batch,) bool (no host synchronisation)."""
         self.after = self.values(t1, y1)
-        return accept & self._crossed(self.previous, self.after).any(1)
+        return accept & crossed(self.previous, self.after, self.event.direction).any(1)
 
     def advance(self, accept: torch.Tensor) -> None:
         """Accepted steps end where their values were last taken."""
@@ -97,38 +88,26 @@ class SampleEvents:
         y1: torch.Tensor,
         interpolate: Callable[[torch.Tensor], torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first crossing in the step of every ``hit`` sample, by bisection on the dense
-        output ``interpolate(offset)`` (offset from ``t``, per sample): its time and state.
+        """The first crossing in the step of every ``hit`` sample, located on the dense
+        output ``interpolate(offset)`` (offset from ``t``, per sample; ``_crossing.refine``):
+        its time and state.
 
         The state is interpolated once more outside ``no_grad`` so that, with ``Direct()``,
         it is in the graph (at a fixed event time). Rows of samples not hit are meaningless.
         """
-        tol = self.event.tol
-        lo = torch.zeros_like(t)
-        hi = torch.ones_like(t)
-        g_lo = self.previous
+
+        def g_at(theta: torch.Tensor) -> torch.Tensor:
+            return self.values(t + theta * h, interpolate(theta * h))
+
         with torch.no_grad():
-            for _ in range(self._bisections(hit, t, h, t1)):  # no host sync inside
-                mid = 0.5 * (lo + hi)
-                # a sample is done once its time cannot be refined (float64) or is within tol
-                t_mid = t + mid * h
-                done = (t_mid == t + lo * h) | (t_mid == t + hi * h)
-                if tol is not None:
-                    done = done | ((hi - lo) * h.abs() <= tol)
-                todo = hit & ~done
-                g_mid = self.values(t_mid, interpolate(mid * h))
-                crossed = self._crossed(g_lo, g_mid).any(1)
-                hi = torch.where(todo & crossed, mid, hi)
-                moved = todo & ~crossed
-                lo = torch.where(moved, mid, lo)
-                g_lo = torch.where(moved[:, None], g_mid, g_lo)
+            direction = self.event.direction
+            hi, g_lo, g_hi = refine(
+                g_at, self.previous, self.after, t, h, hit, direction, self.event.tol
+            )
             at_end = hi == 1
             t_event = torch.where(at_end, t1, t + hi * h)
-            g_hi = torch.where(
-                at_end[:, None], self.after, self.values(t_event, interpolate(hi * h))
-            )
             # the element that crossed (the first one, if several crossed in the bracket)
-            index = self._crossed(g_lo, g_hi).to(torch.uint8).argmax(1)
+            index = crossed(g_lo, g_hi, direction).to(torch.uint8).argmax(1)
         y_event = torch.where(at_end[:, None], y1, interpolate(hi * h))
         if self.event.terminal:
             self.event_t = torch.where(hit, t_event, self.event_t)
@@ -136,18 +115,6 @@ class SampleEvents:
             self.mask = self.mask | hit
         self._rows.append(torch.where(hit, t_event, math.nan))
         return t_event, y_event
-
-    def _bisections(
-        self, hit: torch.Tensor, t: torch.Tensor, h: torch.Tensor, t1: torch.Tensor
-    ) -> int:
-        """Halvings that bring every hit sample's bracket to ``tol`` or to the float64
-        resolution of its time (one host sync)."""
-        resolution = torch.maximum(t.abs(), t1.abs()) * 2.0**-52
-        resolution = resolution.clamp(min=torch.finfo(torch.float64).tiny)
-        if self.event.tol is not None:
-            resolution = resolution.clamp(min=self.event.tol)
-        ratio = torch.where(hit, h.abs() / resolution, 1.0).max()
-        return min(_MAX_BISECTIONS, math.ceil(math.log2(max(float(ratio), 1.0))) + 2)
 
     def event_ts(self) -> torch.Tensor:
         """Every sample's located event times in order, (batch, most events), NaN-padded."""

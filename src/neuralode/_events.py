@@ -20,8 +20,8 @@ class Event:
 
     ``direction`` 1 counts only rising crossings (negative to non-negative), -1 only falling
     ones, 0 both. A ``terminal`` event ends the solve; a non-terminal one is recorded and the
-    solve goes on. The time is located on the solver's dense output (Illinois steps, then
-    bisection: ``_crossing.refine``) to ``tol`` (default: the resolution of float64).
+    solve goes on. The time is located on the solver's dense output (the ITP method:
+    ``_crossing.refine``) to ``tol`` (default: the resolution of float64).
     """
 
     fn: Callable[[torch.Tensor, Any], torch.Tensor]

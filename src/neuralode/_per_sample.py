@@ -240,7 +240,7 @@ def integrate_per_sample(
         with torch.no_grad():
             ends = None
             if deferred:
-                n_still, lo, hi = -1, 0, 0  # unknown until the next check
+                n_still, any_hit, lo, hi = -1, False, 0, 0  # unknown until the next check
                 due = iteration >= next_check or len(pending) >= most_pending
                 if due or iteration >= config.max_steps:
                     ends = _ends(pending, ts_signed, sign) if keep_steps else None
@@ -252,7 +252,7 @@ def integrate_per_sample(
                 hit = None if events is None else events.check(step.t1, y1, accept)
                 ends = _ends(pending, ts_signed, sign) if keep_steps else None
                 n_still, any_hit, lo, hi = _progress(step.still, ends, next_out, hit)
-        if not deferred and any_hit:
+        if any_hit:
             if needs_f1 and f1 is None:
                 f1 = reached.f1 = f(step.t1, y1)
 

@@ -2,8 +2,8 @@
 
 Inside the per-sample integrator (``solve(..., per_sample=True, event=Event(...))``) each
 sample compares the signs of its event values at the ends of its accepted steps; samples with
-a crossing locate it together on their own dense output (``_crossing.refine``: Illinois
-steps, then bisection), to ``event.tol`` each. A terminal event ends that sample at its event
+a crossing locate it together on their own dense output (``_crossing.refine``: the ITP
+method), to ``event.tol`` each. A terminal event ends that sample at its event
 time (its later outputs hold the state there) while the others go on; a non-terminal one is
 recorded.
 

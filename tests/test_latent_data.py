@@ -230,7 +230,7 @@ def test_spirals_training_bound_uses_the_posterior_samples(monkeypatch, bound) -
     def spy(self, *args, **kwargs):
         seen.append((kwargs["n_samples"], tuple(kwargs["noise"].shape), kwargs["iwae"]))
         out = elbo(self, *args, **kwargs)
-        losses.append(float(out.loss()))
+        losses.append(out.loss().item())
         return out
 
     monkeypatch.setattr(LatentODE, "elbo", spy)

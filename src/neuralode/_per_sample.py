@@ -274,7 +274,7 @@ def integrate_per_sample(
                 if needs_f1 and pending[-1].f1 is None:  # f(t1, y1) for the interpolant
                     f1 = pending[-1].f1 = f(step.t1, y1)  # reused below as the next f0
                 outputs, next_out, used = _write_outputs(
-                    solver, co, pending, ends, outputs, next_out, ts_tensor, lo, hi
+                    solver, co, pending, ends, outputs, next_out, ts_tensor, lo, hi, needs_f1
                 )
                 if needs_f1 and not fsal:  # f(t1, y1) of samples' last steps, for outputs
                     nfe = nfe + (used & ~torch.stack([r.still for r in pending])).sum(0)
@@ -546,11 +546,13 @@ def _write_outputs(
     ts: torch.Tensor,
     lo: int,
     hi: int,
+    needs_f1: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Interpolate the outputs ``ts[lo:hi]`` (never the last, the final state) each sample's
     pending steps reached, each in the step that reached it first, all in one batch (one
     host sync: which outputs of which samples); return the new outputs and ``next_out``, and
-    which samples' outputs used each step, (steps, batch)."""
+    which samples' outputs used each step, (steps, batch). ``needs_f1``: the dense output
+    uses f(t1, y1)."""
     hi = min(hi, outputs.shape[0] - 1)
     n_steps, batch = ends.shape
     # rejected steps reach nothing (0): the running maximum is sorted along the steps
@@ -566,8 +568,6 @@ def _write_outputs(
 
     t, t_reach = pick("t"), pick("t_reach")
     k_all = _stack([r.k_all for r in pending])[step, :, sample].transpose(0, 1)
-    dense = solver.tableau.dense
-    needs_f1 = dense is None or len(dense.extra_c) > 0
     f1 = pick("f1") if needs_f1 else None
     t_out = ts[out]
     value = _interpolate(solver, co, pick("y"), pick("y1"), pick("h"), k_all, f1, t_out - t)

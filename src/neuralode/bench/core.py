@@ -476,11 +476,12 @@ def main(argv: list[str] | None = None) -> None:
         vdp = run_case(vdp_problem(256), repeats, warmup, min_seconds)
     from . import per_sample
 
-    per_sample_rows = per_sample.run((1, 16, 256) if args.quick else (1, 16, 256, 1024), repeats)
-    output_rows = per_sample.run_outputs((1, 16, 256) if args.quick else (1, 16, 256, 1024))
-    skip_rows = per_sample.run_skip((1, 16, 256) if args.quick else (1, 16, 256, 1024), repeats)
-    compiled_rows = per_sample.run_compiled((1, 16, 256) if args.quick else (1, 16, 256, 1024))
-    standard_compiled = run_compiled(mlp_batches, 15 if args.quick else 41)
+    per_sample_rows = per_sample.run(mlp_batches, repeats)
+    output_rows = per_sample.run_outputs(mlp_batches, repeats)
+    skip_rows = per_sample.run_skip(mlp_batches, repeats)
+    compiled_rows = per_sample.run_compiled(mlp_batches)
+    blocks = 15 if args.quick else 41
+    standard_compiled = run_compiled(mlp_batches, blocks)
 
     load_after = os.getloadavg()[0]
     report = "\n\n".join(
@@ -514,11 +515,11 @@ def main(argv: list[str] | None = None) -> None:
             + per_sample.table(compiled_rows, reference="torchode compiled"),
             "### (f) The standard loop compiled: (a) with `compile_step=True` (each step with "
             "its error ratio one torch.compile graph, C++ wrapper; compile cache reset per "
-            "batch size; garbage collection off while timing; min and median over 41 blocks of "
-            "5 consecutive solves, the blocks interleaved across libraries and bare f calls). "
-            "Overhead / NFE: (time - NFE x the "
-            "faster of bare f eager and bare f compiled) / NFE, from the minima and from the "
-            "medians\n\n" + compiled_table(standard_compiled),
+            f"batch size; garbage collection off while timing; min and median over {blocks} "
+            f"blocks of {BLOCK} consecutive solves, the blocks interleaved across libraries "
+            "and bare f calls). Overhead / NFE: (time - NFE x the faster of bare f eager and "
+            "bare f compiled) / NFE, from the minima and from the medians\n\n"
+            + compiled_table(standard_compiled),
         ]
     )
     print()

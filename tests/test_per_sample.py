@@ -331,60 +331,113 @@ def test_skip_finished_errors_are_named():
         solve(lambda t, y: constant * y.sum(), y0, ts, per_sample=True, skip_finished=True)
 
 
-@pytest.mark.parametrize("solver_cls", [Dopri5, Tsit5, Bosh3, Dopri8, AdaptiveHeun])
-def test_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch):
-    """Without events: no host read per step, only termination checks scheduled a quarter of
-    the way to the slowest sample's end, whether only the end state is asked for or many
-    outputs (the steps wait for theirs until a check); the same states, steps and calls of f
-    as a solve that reads its progress every step (here: one watching a non-terminal event
-    that never happens)."""
-    import neuralode._per_sample as per_sample
+def _count_calls(monkeypatch, module, *names: str) -> dict[str, int]:
+    """Count the calls of ``module``'s functions ``names`` (reset by the caller)."""
+    calls = dict.fromkeys(names, 0)
 
-    reads = {"per_step": 0, "checks": 0}
-    progress, steps_left = per_sample._progress, per_sample._steps_left
+    def counting(name: str):
+        fn = getattr(module, name)
 
-    def count(kind, fn):
         def counted(*args):
-            reads[kind] += 1
+            calls[name] += 1
             return fn(*args)
 
         return counted
 
-    monkeypatch.setattr(per_sample, "_progress", count("per_step", progress))
-    monkeypatch.setattr(per_sample, "_steps_left", count("checks", steps_left))
-    batch = 16
+    for name in names:
+        monkeypatch.setattr(module, name, counting(name))
+    return calls
+
+
+def _stiffening_batch(batch: int = 16):
+    """Van der Pol with mu from 1 to 25 carried in the state (``StateVanDerPol``)."""
     mu = torch.linspace(1.0, 25.0, batch, dtype=torch.float64)
-    y0 = torch.stack([torch.full((batch,), 2.0), torch.zeros(batch)], 1).to(torch.float64)
-    never = neuralode.Event(lambda t, y: y[:, 0] + 10.0, terminal=False)
-    runs = {}
-    for name, ts, event in (
-        ("end", [0.0, 10.0], None),
-        ("outputs", torch.linspace(0.0, 10.0, 41).tolist(), None),
-        ("per_step", torch.linspace(0.0, 10.0, 41).tolist(), never),
-    ):
-        reads.update(per_step=0, checks=0)
+    return torch.stack([torch.full((batch,), 2.0), torch.zeros(batch), mu], 1).to(torch.float64)
+
+
+@pytest.mark.parametrize("solver_cls", [Dopri5, Tsit5, Bosh3, Dopri8, AdaptiveHeun])
+def test_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch):
+    """No host read per step, only termination checks scheduled a quarter of the way to the
+    slowest sample's end, whether only the end state is asked for or many outputs (the steps
+    wait for theirs until a check); the same states, steps and calls of f as a solve that
+    reads its progress every step (``skip_finished``)."""
+    import neuralode._per_sample as per_sample
+
+    reads = _count_calls(monkeypatch, per_sample, "_steps_left")
+    y0 = _stiffening_batch()
+    runs = []
+    for ts, skip in (([0.0, 10.0], False), (41, False), (41, True)):
+        ts = torch.linspace(0.0, 10.0, ts) if isinstance(ts, int) else torch.tensor(ts)
+        reads["_steps_left"] = 0
         with torch.no_grad():
             sol = solve(
-                VanDerPol(mu),
+                StateVanDerPol(),
                 y0,
-                torch.tensor(ts, dtype=torch.float64),
+                ts.to(torch.float64),
                 solver=solver_cls(),
                 controller=PIController(RTOL, ATOL),
                 per_sample=True,
-                event=event,
+                skip_finished=skip,
             )
-        runs[name] = sol, dict(reads)
-    (end_only, end_reads), (outputs, out_reads), (per_step, step_reads) = runs.values()
+        runs.append((sol, reads["_steps_left"]))
+    (end_only, end_reads), (outputs, out_reads), (per_step, step_reads) = runs
     steps = int(end_only.stats.sample_steps.max())
     for sol in (outputs, per_step):
         assert torch.equal(end_only.ys[-1], sol.ys[-1])
         assert torch.equal(end_only.stats.sample_steps, sol.stats.sample_steps)
-        assert end_only.stats.nfe == sol.stats.nfe  # no steps past the last sample's end
+    assert end_only.stats.nfe == outputs.stats.nfe  # the same checks
     assert torch.equal(outputs.stats.sample_nfe, per_step.stats.sample_nfe)
     torch.testing.assert_close(outputs.ys, per_step.ys, rtol=1e-14, atol=1e-14)
-    assert step_reads == {"per_step": steps, "checks": 0}
-    assert end_reads["per_step"] == 0 and 1 <= end_reads["checks"] <= steps / 5, end_reads
-    assert out_reads == end_reads
+    assert step_reads == steps
+    assert 1 <= end_reads <= steps / 5 and out_reads == end_reads, (end_reads, out_reads)
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "non_terminal"])
+@pytest.mark.parametrize("solver_cls", [Dopri5, AdaptiveHeun])
+def test_events_are_located_at_the_checks(solver_cls, terminal, monkeypatch):
+    """Samples crossing their event wait (a terminal one frozen at its step's end) until the
+    next scheduled check locates all their crossings in one batch per round: the same event
+    times, outputs, steps and calls of f as a solve that reads and locates after every step
+    (``skip_finished``), with a few reads per solve instead of one per step."""
+    import neuralode._per_sample as per_sample
+
+    calls = _count_calls(monkeypatch, per_sample, "_steps_left", "_locate_events")
+    y0 = _stiffening_batch()
+    ts = torch.linspace(0.0, 10.0, 41, dtype=torch.float64)
+    # falling through x = 1: each sample's first time at most once (terminal), or every time
+    event = neuralode.Event(lambda t, y: y[:, 0] - 1.0, direction=-1, terminal=terminal)
+    runs = []
+    for skip in (False, True):
+        for name in calls:
+            calls[name] = 0
+        with torch.no_grad():
+            sol = solve(
+                StateVanDerPol(),
+                y0,
+                ts,
+                solver=solver_cls(),
+                controller=PIController(RTOL, ATOL),
+                per_sample=True,
+                skip_finished=skip,
+                event=event,
+            )
+        runs.append((sol, dict(calls)))
+    (deferred, deferred_calls), (per_step, step_calls) = runs
+    steps = int(per_step.stats.sample_steps.max())
+    if terminal:
+        assert 0 < int(deferred.event_mask.sum()) < len(y0)  # some samples end early
+        torch.testing.assert_close(
+            deferred.event_t, per_step.event_t, rtol=0, atol=0, equal_nan=True
+        )
+    else:
+        assert deferred.event_ts.shape[1] > 1  # samples cross several times
+    torch.testing.assert_close(deferred.event_ts, per_step.event_ts, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(deferred.ys, per_step.ys, rtol=1e-14, atol=1e-14)
+    for name in ("sample_steps", "sample_accepted", "sample_nfe"):
+        assert torch.equal(getattr(deferred.stats, name), getattr(per_step.stats, name)), name
+    assert step_calls["_steps_left"] == steps
+    assert deferred_calls["_steps_left"] <= steps / 5, deferred_calls
+    assert 1 <= deferred_calls["_locate_events"] < step_calls["_locate_events"]
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])

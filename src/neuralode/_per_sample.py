@@ -9,19 +9,21 @@ steps of size zero (its results and statistics no longer change). With ``skip_fi
 f sees only the rows of the samples still running (gathered, and scattered back), so
 finished samples stop costing evaluations of f; the bookkeeping stays batched.
 
-Host synchronisation: without events and ``skip_finished``, the loop reads nothing from the
-device between termination checks; each check is scheduled a quarter of the way to the end
-of the slowest running sample at its current step size (at most 64 steps on), so a solve of
-N steps makes a few times log(N) checks and rarely steps past the last sample's end; plus
-one sync every 32 steps (has any sample failed or run out of steps). Until the next check
-the steps attempted wait in a list (``_Reached``; at most ``_PENDING_BYTES`` of them); the
-check writes the output times they crossed, each sample's from the step that reached it,
-all in one batch (``_write_outputs``). With events or ``skip_finished``: one sync per step
-attempt (a ``tolist`` of a few scalars: how many samples are still running, the range of
-output times crossed, whether any sample crossed its event), whose outputs are written at
-once. Everything else (step sizes, decisions, interpolation weights) stays on the device.
-Steps in which a sample crosses its event (``_per_sample_events``) add the syncs of its
-location (``_crossing.refine``: one every two evaluations).
+Host synchronisation: without ``skip_finished``, the loop reads nothing from the device
+between termination checks; each check is scheduled a quarter of the way to the end of the
+slowest running sample at its current step size (at most 64 steps on), so a solve of N steps
+makes a few times log(N) checks and rarely steps past the last sample's end; plus one sync
+every 32 steps (has any sample failed or run out of steps). Until the next check the steps
+attempted wait in a list (``_Reached``; at most ``_PENDING_BYTES`` of them); the check
+writes the output times they crossed, each sample's from the step that reached it, all in
+one batch (``_write_outputs``). With events, a sample whose accepted step crosses its event
+waits too (frozen at the step's end if the event is terminal: it is no longer running);
+the check locates all the crossings in one batch per round (``_locate_events``; round r:
+each sample's r-th crossing), with the syncs of the location (``_crossing.refine``: one
+every two evaluations), and a terminal event then ends its sample's step and the solve of
+that sample there. With ``skip_finished``, every step is a check (f's rows change with the
+samples still running). Everything else (step sizes, decisions, interpolation weights)
+stays on the device.
 
 A step attempt of the whole batch (stages, error, decisions) is one function, ``_attempt``,
 run eagerly or, with ``compile_step``, as one torch.compile graph (f included).
@@ -202,10 +204,12 @@ def integrate_per_sample(
         max_step=ctrl.max_step,
     )
     events = config.events  # a SampleEvents, or None
-    # no events and no skip_finished: read nothing from the device between scheduled
-    # termination checks; until then the steps wait in ``pending`` for their outputs
-    deferred = events is None and not config.skip_finished
-    keep_steps = n_out > 2  # steps are kept until their outputs are written
+    terminal = events is not None and events.event.terminal
+    # without skip_finished: read nothing from the device between scheduled termination
+    # checks; until then the steps wait in ``pending`` for their outputs and events
+    deferred = not config.skip_finished
+    write_outputs = n_out > 2  # the last output is the final state
+    keep_steps = write_outputs or events is not None
     most_pending = _most_pending(stages, y) if deferred and keep_steps else _MAX_UNCHECKED
     pending: list[_Reached] = []
     buffer = None
@@ -222,55 +226,51 @@ def integrate_per_sample(
     # each sample's end: t_end, or the time of its terminal event once located
     t_stop = torch.full((batch,), t_end, **f64)
     needs_f1 = tab.dense is None or len(tab.dense.extra_c) > 0
-    iteration, next_check = 0, 1
+    iteration, next_check, n_still = 0, 1, -1  # n_still: known at the checks
     while True:
         iteration += 1
         carried = (proposal, t_stop, active, previous_ratio, n_steps, n_accepted)
         step = attempt(call, constants, buffer, t, y, f0, *carried)
         h, y1, accept = step.h, step.y1, step.accept
-        t_next, proposal = step.t_next, step.proposal
+        proposal = step.proposal
         previous_ratio, n_steps, n_accepted = step.previous_ratio, step.n_steps, step.n_accepted
         if config.compile_step:
             f.count(stages - 1)
         f1 = step.k_last if fsal else None
         k_all = step.k_all.clone() if copy_stages else step.k_all
         reached = _Reached(t, h, y, step.t1, y1, k_all, f1, accept, step.still)
+        t, y, still = step.t_next, step.y_accepted, step.still
+        if events is not None:
+            reached.hit = events.check(step.t1, y1, accept)
+            reached.g_lo, reached.g_hi = events.previous, events.after
+            events.advance(accept)
+            if terminal:  # a sample that crossed waits at its step's end for the check
+                still = still & ~reached.hit
         if keep_steps:
             pending.append(reached)
-        with torch.no_grad():
-            ends = None
-            if deferred:
-                n_still, any_hit, lo, hi = -1, False, 0, 0  # unknown until the next check
-                due = iteration >= next_check or len(pending) >= most_pending
-                if due or iteration >= config.max_steps:
-                    ends = _ends(pending, ts_signed, sign) if keep_steps else None
-                    n_still, left, lo, hi = _steps_left(
-                        step.still, t_next, proposal, t_stop, ends, next_out
-                    )
-                    next_check = iteration + max(1, min(_MAX_UNCHECKED, int(left) // 4))
-            else:
-                hit = None if events is None else events.check(step.t1, y1, accept)
-                ends = _ends(pending, ts_signed, sign) if keep_steps else None
-                n_still, any_hit, lo, hi = _progress(step.still, ends, next_out, hit)
-        if any_hit:
-            if needs_f1 and f1 is None:
-                f1 = reached.f1 = f(step.t1, y1)
-
-            def dense(offset, y=y, y1=y1, h=h, k_all=step.k_all, f1=f1):
-                return _interpolate(solver, co, y, y1, h, k_all, f1, offset)
-
-            t_event, y_event = events.locate(hit, t, h, step.t1, y1, dense)
-            if events.event.terminal:
-                t_next = torch.where(hit, t_event, t_next)
-                t_stop = torch.where(hit, t_event, t_stop)
-                reached.end_at(hit, t_event, y_event, t_next != t_stop)
-                with torch.no_grad():
-                    ends = _ends(pending, ts_signed, sign) if keep_steps else None
-                    n_still, _, lo, hi = _progress(reached.still, ends, next_out, None)
-        if events is not None:
-            events.advance(accept)
-        if ends is not None:  # a check: write the pending steps' outputs, ts[lo:hi]
-            if min(hi, n_out - 1) > lo:  # the last output is the final state
+        due = iteration >= next_check or len(pending) >= most_pending
+        if not deferred or due or iteration >= config.max_steps:
+            # a check: locate the events and write the outputs the pending steps crossed
+            with torch.no_grad():
+                ends = _ends(pending, ts_signed, sign) if write_outputs else None
+                hits = _stack([r.hit for r in pending]) if events is not None else None
+                n_still, left, lo, hi, rounds = _steps_left(
+                    still, t, proposal, t_stop, ends, next_out, hits
+                )
+                next_check = iteration + max(1, min(_MAX_UNCHECKED, int(left) // 4))
+            if rounds:
+                if needs_f1 and pending[-1].f1 is None:  # f(t1, y1) for the interpolant
+                    f1 = pending[-1].f1 = f(step.t1, y1)  # reused below as the next f0
+                found, t_event, y_event = _locate_events(
+                    events, pending, hits, rounds, solver, co, needs_f1
+                )
+                if terminal:  # found samples end at their event
+                    t_stop = torch.where(found, t_event, t_stop)
+                    t = torch.where(found, t_event, t)
+                    y = torch.where(found[:, None], y_event, y)
+                    if write_outputs:
+                        ends = _ends(pending, ts_signed, sign)
+            if write_outputs and min(hi, n_out - 1) > lo:
                 if needs_f1 and pending[-1].f1 is None:  # f(t1, y1) for the interpolant
                     f1 = pending[-1].f1 = f(step.t1, y1)  # reused below as the next f0
                 outputs, next_out, used = _write_outputs(
@@ -279,12 +279,9 @@ def integrate_per_sample(
                 if needs_f1 and not fsal:  # f(t1, y1) of samples' last steps, for outputs
                     nfe = nfe + (used & ~torch.stack([r.still for r in pending])).sum(0)
             pending = []
-        if reached.y_reach is y1:
-            y = step.y_accepted
-        else:  # samples at their terminal event
-            y = torch.where(accept[:, None], reached.y_reach, y)
-        t = t_next
-        active = still = reached.still
+        active = still
+        if not fsal:  # f(t1, y1): the next f0, or the interpolant of a located event
+            nfe = nfe + (accept & reached.still)
         if not n_still:
             break
         if config.skip_finished:
@@ -295,7 +292,6 @@ def integrate_per_sample(
             f0 = step.f0_accepted
         else:  # f(t1, y1) starts the next step of the accepted samples
             f_next = f(t, y) if f1 is None else f1
-            nfe = nfe + (accept & still)
             f0 = torch.where(accept[:, None], f_next, f0)
             if pending:  # the waiting step's f(t1, y1), where accepted
                 pending[-1].f1 = f0
@@ -318,20 +314,6 @@ def integrate_per_sample(
     stats.sample_accepted = n_accepted
     stats.sample_rejected = n_rejected
     return outputs.reshape(n_out, -1)
-
-
-def _progress(
-    still: torch.Tensor, ends: torch.Tensor | None, next_out: torch.Tensor, hit: torch.Tensor | None
-) -> tuple[int, bool, int, int]:
-    """After a step, with one host sync: how many samples still run, whether any crossed its
-    event, and the range of the outputs the step's samples reached (``_output_range``)."""
-    flags = [still.sum()] if hit is None else [still.sum(), hit.any().long()]
-    if ends is not None:
-        flags += _output_range(ends, next_out)
-    summary = torch.stack(flags).tolist()
-    any_hit = bool(summary[1]) if hit is not None else False
-    lo, hi = (summary[-2], summary[-1]) if ends is not None else (0, 0)
-    return int(summary[0]), any_hit, lo, hi
 
 
 @dataclass(frozen=True)
@@ -455,7 +437,7 @@ def _attempt(
         previous_ratio=previous_ratio,
         n_steps=n_steps + active,
         n_accepted=n_accepted + accept,
-        still=t_next != t_stop,
+        still=(t_next != t_stop) & active,
         y_accepted=torch.where(accept_col, y1, y),
         f0_accepted=torch.where(accept_col, ks[-1], f0) if k.fsal else None,
     )
@@ -468,18 +450,63 @@ def _steps_left(
     t_stop: torch.Tensor,
     ends: torch.Tensor | None,
     next_out: torch.Tensor,
-) -> tuple[int, float, int, int]:
+    hits: torch.Tensor | None,
+) -> tuple[int, float, int, int, int]:
     """With one host sync: how many samples still run, how many steps of its current size
-    the slowest of them needs to reach its end (0 when none runs), and the range of the
-    outputs the pending steps reached (``_output_range``)."""
+    the slowest of them needs to reach its end (0 when none runs), the range of the outputs
+    the pending steps reached (``_output_range``) and the most event crossings a sample had
+    in them (``hits``, (steps, batch))."""
     size = (proposal - t).abs()
     left = torch.where(still & (size > 0), (t_stop - t).abs() / size, 0.0).max()
     values = [still.sum().to(left.dtype), left.clamp(max=1e6)]
+    if hits is not None:
+        values.append(hits.sum(0).max().to(left.dtype))
     if ends is not None:
         values += [x.to(left.dtype) for x in _output_range(ends, next_out)]
-    n_still, left, *reached = torch.stack(values).tolist()
-    lo, hi = (int(reached[0]), int(reached[1])) if reached else (0, 0)
-    return int(n_still), left if left == left else 1.0, lo, hi  # NaN size: check next step
+    n_still, left, *rest = torch.stack(values).tolist()
+    rounds = int(rest.pop(0)) if hits is not None else 0
+    lo, hi = (int(rest[0]), int(rest[1])) if rest else (0, 0)
+    left = left if left == left else 1.0  # NaN size: check next step
+    return int(n_still), left, lo, hi, rounds
+
+
+def _locate_events(
+    events: Any,
+    pending: list[_Reached],
+    hits: torch.Tensor,
+    rounds: int,
+    solver: ExplicitRK,
+    co: Any,
+    needs_f1: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Locate the event crossings of the pending steps (``hits``, (steps, batch)) on their
+    dense output, each sample's in order: round r locates every sample's r-th crossing, in
+    one batch. A terminal event (one round: its sample stopped there) ends its sample's step
+    at the event. Returns the last round's samples, event times and states."""
+    batch = hits.shape[1]
+    count = hits.long().cumsum(0)
+    samples = torch.arange(batch, device=hits.device)
+    names = ("t", "h", "y", "t1", "y1", "g_lo", "g_hi") + (("f1",) if needs_f1 else ())
+    stacked = {name: _stack([getattr(r, name) for r in pending]) for name in names}
+    k_all = _stack([r.k_all for r in pending])  # (steps, stages, batch, n)
+    for r in range(rounds):
+        at = hits & (count == r + 1)  # (steps, batch): the step of each r-th crossing
+        found = at.any(0)
+        step = at.to(torch.uint8).argmax(0)
+        row = {name: value[step, samples] for name, value in stacked.items()}
+        ks = k_all[step, :, samples].transpose(0, 1)
+        f1 = row.get("f1")
+
+        def dense(offset, y0=row["y"], y1=row["y1"], h=row["h"], ks=ks, f1=f1):
+            return _interpolate(solver, co, y0, y1, h, ks, f1, offset)
+
+        t_event, y_event = events.locate(
+            found, row["t"], row["h"], row["t1"], row["y1"], dense, row["g_lo"], row["g_hi"]
+        )
+        if events.event.terminal:
+            for record, mask in zip(pending, at, strict=True):
+                record.end_at(mask, t_event, y_event)
+    return found, t_event, y_event
 
 
 @dataclass
@@ -496,18 +523,19 @@ class _Reached:
     k_all: torch.Tensor
     f1: torch.Tensor | None  # f(t1, y1) where accepted, once evaluated (or None)
     accept: torch.Tensor
-    still: torch.Tensor  # the samples that run on after this step
+    still: torch.Tensor  # the samples short of their end after this step
+    # with events: which samples' accepted steps crossed, and the event values at the ends
+    hit: torch.Tensor | None = None
+    g_lo: torch.Tensor | None = None
+    g_hi: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.t_reach, self.y_reach = self.t1, self.y1
 
-    def end_at(
-        self, hit: torch.Tensor, t_event: torch.Tensor, y_event: torch.Tensor, still: torch.Tensor
-    ) -> None:
+    def end_at(self, hit: torch.Tensor, t_event: torch.Tensor, y_event: torch.Tensor) -> None:
         """The ``hit`` samples stop at their terminal event."""
-        self.t_reach = torch.where(hit, t_event, self.t1)
-        self.y_reach = torch.where(hit[:, None], y_event, self.y1)
-        self.still = still
+        self.t_reach = torch.where(hit, t_event, self.t_reach)
+        self.y_reach = torch.where(hit[:, None], y_event, self.y_reach)
 
 
 def _stack(values: list[torch.Tensor]) -> torch.Tensor:

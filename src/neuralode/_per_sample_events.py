@@ -87,10 +87,13 @@ class SampleEvents:
         t1: torch.Tensor,
         y1: torch.Tensor,
         interpolate: Callable[[torch.Tensor], torch.Tensor],
+        g_lo: torch.Tensor,
+        g_hi: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first crossing in the step of every ``hit`` sample, located on the dense
-        output ``interpolate(offset)`` (offset from ``t``, per sample; ``_crossing.refine``):
-        its time and state.
+        """The first crossing in the step of every ``hit`` sample, whose event values are
+        ``g_lo`` at ``t`` and ``g_hi`` at ``t1``, located on the dense output
+        ``interpolate(offset)`` (offset from ``t``, per sample; ``_crossing.refine``): its
+        time and state.
 
         The state is interpolated once more outside ``no_grad`` so that, with ``Direct()``,
         it is in the graph (at a fixed event time). Rows of samples not hit are meaningless.
@@ -101,9 +104,7 @@ class SampleEvents:
 
         with torch.no_grad():
             direction = self.event.direction
-            hi, g_lo, g_hi = refine(
-                g_at, self.previous, self.after, t, h, hit, direction, self.event.tol
-            )
+            hi, g_lo, g_hi = refine(g_at, g_lo, g_hi, t, h, hit, direction, self.event.tol)
             at_end = hi == 1
             t_event = torch.where(at_end, t1, t + hi * h)
             # the element that crossed (the first one, if several crossed in the bracket)

@@ -651,3 +651,99 @@ def test_device_loop_rejects_what_it_does_not_support():
         solve(field, y0, ts, device_loop=True, controller=neuralode.FixedGrid(step_size=0.1))
     with pytest.raises(ValueError, match="device_loop=True does not support norm"):
         odeint(field, y0, ts, options=dict(device_loop=True, norm=lambda x: x.abs().max()))
+
+
+class _Replayer:
+    """A stand-in for CUDA graphs that runs on the CPU: the capture runs ``fn`` once to get
+    its outputs, and each replay runs it again on the captured inputs and writes the results
+    into those same output tensors, as a CUDA graph's replay does."""
+
+    captures = 0
+
+    def capture(self, fn, inputs):
+        _Replayer.captures += 1
+        self.fn, self.inputs = fn, inputs
+        self.outputs = fn(*inputs)
+        return self.outputs
+
+    def replay(self):
+        for static, value in zip(self.outputs, self.fn(*self.inputs), strict=True):
+            if static is not None:
+                static.copy_(value)
+
+
+@pytest.mark.parametrize("solver_cls", [Dopri5, Dopri8])
+def test_cuda_graph_replays_reuse_its_tensors_and_change_nothing(solver_cls, monkeypatch):
+    """``cuda_graph=True`` copies each step's inputs into the captured tensors and the
+    replay's outputs out of them (a replay overwrites them; the loop keeps steps until their
+    outputs and events are written): per sample with outputs and an event, and one system
+    with ``device_loop``, the results, steps and calls of f are the eager loop's."""
+    from neuralode._cuda_graph import GraphedStep
+
+    monkeypatch.setattr(GraphedStep, "backend", _Replayer)
+    y0 = _stiffening_batch(8)
+    ts = torch.linspace(0.0, 6.0, 13, dtype=torch.float64)
+    event = neuralode.Event(lambda t, y: y[:, 0] - 1.0, direction=-1)
+    kwargs = dict(solver=solver_cls(), controller=PIController(RTOL, ATOL))
+    with torch.no_grad():
+        for options in (dict(per_sample=True, event=event), dict(device_loop=True)):
+            eager = solve(StateVanDerPol(), y0, ts, **options, **kwargs)
+            graphed = solve(StateVanDerPol(), y0, ts, cuda_graph=True, **options, **kwargs)
+            torch.testing.assert_close(graphed.ys, eager.ys, rtol=0, atol=0)
+            assert graphed.stats.nfe == eager.stats.nfe
+            assert graphed.stats.n_steps == eager.stats.n_steps
+            if "event" in options:
+                assert 0 < int(graphed.event_mask.sum()) < len(y0)
+                torch.testing.assert_close(graphed.event_t, eager.event_t, equal_nan=True)
+                assert torch.equal(graphed.stats.sample_nfe, eager.stats.sample_nfe)
+        options = dict(per_sample=True, cuda_graph=True)  # the torchdiffeq-style option
+        captures = _Replayer.captures
+        ys = odeint(StateVanDerPol(), y0, ts, rtol=RTOL, atol=ATOL, options=options)
+        reference = odeint(
+            StateVanDerPol(), y0, ts, rtol=RTOL, atol=ATOL, options=options | {"cuda_graph": False}
+        )
+        torch.testing.assert_close(ys, reference, rtol=0, atol=0)
+        assert _Replayer.captures == captures + 1
+    grads = []  # Backsolve(): its forward solve is graph-free, so it can be replayed
+    y0, ts = skip_problem()  # mu <= 3: stable backwards in time
+    for graph in (False, True):
+        field, start = StateVanDerPol(), y0.clone().requires_grad_()
+        sol = solve(
+            field, start, ts, gradient=Backsolve(), per_sample=True, cuda_graph=graph, **kwargs
+        )
+        sol.ys.pow(2).sum().backward()
+        grads.append((start.grad, field.scale.grad))
+    for graphed_grad, eager_grad in zip(grads[1], grads[0]):
+        torch.testing.assert_close(graphed_grad, eager_grad, rtol=0, atol=0)
+
+
+def test_cuda_graph_errors_are_named():
+    y0, ts = _stiffening_batch(4), torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="needs per_sample=True or device_loop=True"):
+        solve(StateVanDerPol(), y0, ts, cuda_graph=True)
+    with pytest.raises(ValueError, match="does not support skip_finished"):
+        solve(StateVanDerPol(), y0, ts, cuda_graph=True, per_sample=True, skip_finished=True)
+    with pytest.raises(ValueError, match="records no autograd graph"):
+        solve(StateVanDerPol(), y0, ts, cuda_graph=True, per_sample=True)
+    with torch.no_grad(), pytest.raises(ValueError, match="needs the state on a CUDA device"):
+        solve(StateVanDerPol(), y0, ts, cuda_graph=True, per_sample=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_on_a_gpu_matches_the_eager_loop():
+    """The real capture: per sample with outputs, and Backsolve's forward solve."""
+    y0, ts = (x.cuda() for x in skip_problem(64))
+    kwargs = dict(controller=PIController(RTOL, ATOL), per_sample=True)
+    with torch.no_grad():
+        eager = solve(StateVanDerPol().cuda(), y0, ts, **kwargs)
+        graphed = solve(StateVanDerPol().cuda(), y0, ts, cuda_graph=True, **kwargs)
+    torch.testing.assert_close(graphed.ys, eager.ys, rtol=1e-12, atol=1e-12)
+    assert torch.equal(graphed.stats.sample_steps, eager.stats.sample_steps)
+    grads = []
+    for graph in (False, True):
+        field, start = StateVanDerPol().cuda(), y0.clone().requires_grad_()
+        sol = solve(field, start, ts, gradient=Backsolve(), cuda_graph=graph, **kwargs)
+        sol.ys.pow(2).sum().backward()
+        grads.append((start.grad, field.scale.grad))
+    for graphed_grad, eager_grad in zip(grads[1], grads[0]):
+        torch.testing.assert_close(graphed_grad, eager_grad, rtol=1e-10, atol=1e-12)

@@ -39,6 +39,7 @@ class LoopConfig:
     skip_finished: bool = False  # per_sample: f sees only the samples still running
     compile_step: bool = False  # each step attempt (with its error) runs under torch.compile
     device_loop: bool = False  # the per-sample loop for the whole state as one problem
+    cuda_graph: bool = False  # per-sample loop: each step attempt replayed as a CUDA graph
 
 
 def _landings(ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, ...]):

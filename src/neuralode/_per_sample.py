@@ -26,17 +26,20 @@ samples still running). Everything else (step sizes, decisions, interpolation we
 stays on the device.
 
 A step attempt of the whole batch (stages, error, decisions) is one function, ``_attempt``,
-run eagerly or, with ``compile_step``, as one torch.compile graph (f included).
+run eagerly or, with ``compile_step``, as one torch.compile graph (f included); with
+``cuda_graph`` it is captured once as a CUDA graph and replayed (``_cuda_graph``).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 
 from ._compile import compiled
+from ._cuda_graph import GraphedStep
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from ._solution import SolveStats
 from ._term import ODETerm
@@ -213,13 +216,23 @@ def integrate_per_sample(
     most_pending = _most_pending(stages, y) if deferred and keep_steps else _MAX_UNCHECKED
     pending: list[_Reached] = []
     buffer = None
-    if config.compile_step:  # stages stacked in the compiled graph; f counted outside it
+    # compiled or captured: stages stacked in the graph; f counted outside it
+    count_outside = config.compile_step or config.cuda_graph
+    if config.compile_step:
         # static shapes: one graph per batch size (a dynamic batch dimension costs time)
-        attempt, call = compiled(_attempt, type(solver), dynamic=False), f.uncounted
+        step_fn = compiled(_attempt, type(solver), dynamic=False)
     else:
-        attempt, call = _attempt, f
-        if not torch.is_grad_enabled():  # stages in one buffer reused by every step
-            buffer = term.stage_buffer(stages, y0_flat)[:3]
+        step_fn = _attempt
+        if not torch.is_grad_enabled() and not config.cuda_graph:
+            buffer = term.stage_buffer(stages, y0_flat)[:3]  # stages reused by every step
+    attempt = functools.partial(step_fn, f.uncounted if count_outside else f, constants, buffer)
+    if config.cuda_graph:
+        if torch.is_grad_enabled():
+            raise ValueError(
+                "cuda_graph=True records no autograd graph: solve under torch.no_grad(), or "
+                "use gradient=Backsolve() (its forward solve needs none)"
+            )
+        attempt = GraphedStep(attempt)
     copy_stages = buffer is not None and deferred and keep_steps  # for steps that wait
     if events is not None:
         events.start(t, y)
@@ -230,11 +243,11 @@ def integrate_per_sample(
     while True:
         iteration += 1
         carried = (proposal, t_stop, active, previous_ratio, n_steps, n_accepted)
-        step = attempt(call, constants, buffer, t, y, f0, *carried)
+        step = attempt(t, y, f0, *carried)
         h, y1, accept = step.h, step.y1, step.accept
         proposal = step.proposal
         previous_ratio, n_steps, n_accepted = step.previous_ratio, step.n_steps, step.n_accepted
-        if config.compile_step:
+        if count_outside:
             f.count(stages - 1)
         f1 = step.k_last if fsal else None
         k_all = step.k_all.clone() if copy_stages else step.k_all

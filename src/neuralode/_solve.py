@@ -48,6 +48,7 @@ def solve(
     skip_finished: bool = False,
     compile_step: bool = False,
     device_loop: bool = False,
+    cuda_graph: bool = False,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
 
@@ -92,7 +93,11 @@ def solve(
     step of an explicit Runge-Kutta method with its error ratio (one read-back per step; a
     ``PIController`` or ``FixedGrid``; ``Backsolve()``'s backward solve stays eager), in
     per-sample mode or with ``device_loop`` the whole attempt with every sample's decision
-    (static shapes; not with ``skip_finished``).
+    (static shapes; not with ``skip_finished``). ``cuda_graph=True`` (per-sample mode or
+    ``device_loop``, a state on a CUDA device, no autograd graph: under ``torch.no_grad()``
+    or the forward solve of ``Backsolve()``) captures the step attempt, ``func`` included,
+    as a CUDA graph on the first step and replays it on every step (``_cuda_graph``);
+    ``func`` must not read values back to the host.
 
     ``per_sample=True`` with an ``event``: ``event.fn(t, y)`` receives the per-sample times
     (batch,) and the batched state and returns (batch,) or (batch, k) values, row i being
@@ -119,6 +124,13 @@ def solve(
             "compile_step=True does not support skip_finished=True (the number of rows f "
             "sees changes, which would recompile)"
         )
+    if cuda_graph and not (per_sample or device_loop):
+        raise ValueError("cuda_graph=True needs per_sample=True or device_loop=True")
+    if cuda_graph and skip_finished:
+        raise ValueError(
+            "cuda_graph=True does not support skip_finished=True (the number of rows f sees "
+            "changes, and a CUDA graph replays fixed shapes)"
+        )
     if per_sample:
         func = _check_per_sample(func, y0, spec, solver, controller, locals())
     elif device_loop:
@@ -140,6 +152,7 @@ def solve(
         skip_finished=bool(skip_finished),
         compile_step=bool(compile_step),
         device_loop=bool(device_loop) and not per_sample,
+        cuda_graph=bool(cuda_graph),
     )
     term = ODETerm(func, spec, y0_flat)
     stats = SolveStats()

@@ -25,7 +25,7 @@ from .controllers.pi import PIController
 from .solvers import METHODS
 
 # boolean options of the forward solve's loop, passed to ``solve`` (not to the adjoint's)
-_LOOP_FLAGS = ("per_sample", "skip_finished", "compile_step", "device_loop")
+_LOOP_FLAGS = ("per_sample", "skip_finished", "compile_step", "device_loop", "cuda_graph")
 _ADAPTIVE_OPTIONS = {
     "first_step",
     "safety",

@@ -16,8 +16,10 @@ from ._norms import Norm
 from ._solution import SolveStats
 from ._term import ODETerm
 from .controllers.base import StepSizeController
+from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers.base import Solver
+from .solvers.explicit_rk import ExplicitRK
 
 _EPS = 2.0**-52
 
@@ -40,6 +42,18 @@ class LoopConfig:
     compile_step: bool = False  # each step attempt (with its error) runs under torch.compile
     device_loop: bool = False  # the per-sample loop for the whole state as one problem
     cuda_graph: bool = False  # per-sample loop: each step attempt replayed as a CUDA graph
+
+
+def check_compiled_step(solver: Solver, controller: Any, what: str) -> None:
+    """Raise a clear error, naming ``what`` asked for it, if the standard loop's compiled
+    step (``_attempt``) cannot run this solver or controller."""
+    if not isinstance(solver, ExplicitRK):
+        raise ValueError(
+            f"{what} supports the explicit Runge-Kutta methods (dopri5, tsit5, rk4, ...), "
+            f"got {solver!r}"
+        )
+    if not isinstance(controller, (PIController, FixedGrid)):
+        raise ValueError(f"{what} needs a PIController or FixedGrid, got {controller!r}")
 
 
 def _landings(ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, ...]):

@@ -12,7 +12,7 @@ import torch
 from ._callbacks import Callbacks
 from ._errors import NonFiniteError
 from ._events import Event, EventGradient, EventTracker
-from ._loop import LoopConfig, integrate
+from ._loop import LoopConfig, check_compiled_step, integrate
 from ._norms import Norm, mixed_norm, rms_norm
 from ._solution import Solution, SolveStats
 from ._term import ODETerm
@@ -24,7 +24,6 @@ from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers.base import Solver
 from .solvers.dopri5 import Dopri5
-from .solvers.explicit_rk import ExplicitRK
 
 DEFAULT_MAX_STEPS = 100_000
 
@@ -118,7 +117,7 @@ def solve(
     if skip_finished and not per_sample:
         raise ValueError("skip_finished=True needs per_sample=True")
     if compile_step and not (per_sample or device_loop):
-        _check_compiled_standard_loop(solver, controller)
+        check_compiled_step(solver, controller, "compile_step=True")
     if compile_step and skip_finished:
         raise ValueError(
             "compile_step=True does not support skip_finished=True (the number of rows f "
@@ -171,17 +170,6 @@ def solve(
         _check_finite(ys, times)
         return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
     return _solve_with_event(gradient, problem, EventTracker(event, spec, term))
-
-
-def _check_compiled_standard_loop(solver: Solver, controller: Any) -> None:
-    """Raise a clear error for what ``compile_step`` cannot compile in the standard loop."""
-    if not isinstance(solver, ExplicitRK):
-        raise ValueError(
-            f"compile_step=True supports the explicit Runge-Kutta methods (dopri5, tsit5, "
-            f"rk4, ...), got {solver!r}"
-        )
-    if not isinstance(controller, (PIController, FixedGrid)):
-        raise ValueError(f"compile_step=True needs a PIController or FixedGrid, got {controller!r}")
 
 
 def _check_per_sample(

@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 
 from .._callbacks import Callbacks
 from .._errors import MaxStepsError, StepSizeUnderflowError
-from .._loop import LoopConfig, integrate
+from .._loop import LoopConfig, check_compiled_step, integrate
 from .._norms import Norm, Seminorm, mixed_norm, seminorm
 from .._solution import SolveStats
 from .._term import ODETerm
@@ -21,7 +21,6 @@ from ..controllers.base import StepSizeController
 from ..controllers.fixed import FixedGrid
 from ..controllers.pi import PIController
 from ..solvers.base import Solver
-from ..solvers.explicit_rk import ExplicitRK
 from .base import GradientStrategy, Problem
 from .params import resolve_params
 
@@ -85,16 +84,11 @@ class Backsolve(GradientStrategy):
                 "Backsolve(compile_step=True) needs func to be an nn.Module whose parameters "
                 "include every one of params (torch.func substitutes them by name)"
             )
-        solver = self.solver or problem.config.solver
-        controller = self.backward_controller(problem.config.controller)
-        if not isinstance(solver, ExplicitRK) or not isinstance(
-            controller, (PIController, FixedGrid)
-        ):
-            raise ValueError(
-                "Backsolve(compile_step=True) needs an explicit Runge-Kutta method and a "
-                f"PIController or FixedGrid for the backward solve, got {solver!r}, "
-                f"{controller!r}"
-            )
+        check_compiled_step(
+            self.solver or problem.config.solver,
+            self.backward_controller(problem.config.controller),
+            "Backsolve(compile_step=True)'s backward solve",
+        )
 
     def backward_controller(self, forward: StepSizeController) -> StepSizeController:
         """The controller of the backward solves: given, or derived from the forward one."""

@@ -633,14 +633,51 @@ def test_device_loop_compiled_step_matches_the_standard_loop():
     torch.testing.assert_close(compiled.ys, standard.ys, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("gradient", [Direct, Backsolve], ids=["direct", "backsolve"])
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "non_terminal"])
+def test_device_loop_events_match_the_standard_loop(gradient, terminal, monkeypatch):
+    """device_loop=True with an event: located at the termination checks, and read out as
+    the standard loop's (outputs only up to a terminal event, its time and state, every
+    event time), with the same gradients, including the event time's; the device loop
+    reads back at its checks only, not once per step."""
+    import neuralode._per_sample as per_sample
+
+    calls = _count_calls(monkeypatch, per_sample, "_steps_left")
+    y0 = torch.stack([torch.linspace(-1.0, 1.0, 4), torch.linspace(0.5, -0.5, 4)], 1)
+    ts = torch.linspace(0.0, 20.0, 11, dtype=torch.float64)
+    # the first sample's x through -1.5, down and up: four times before t = 20
+    event = neuralode.Event(lambda t, y: y[0, 0] + 1.5, terminal=terminal)
+    results = []
+    for device_loop in (False, True):
+        calls["_steps_left"] = 0
+        start = y0.to(torch.float64).requires_grad_(True)
+        strategy = Backsolve(params=()) if gradient is Backsolve else Direct()
+        kwargs = dict(controller=PIController(RTOL, ATOL), gradient=strategy)
+        sol = solve(_one_system_vdp, start, ts, event=event, device_loop=device_loop, **kwargs)
+        loss = sol.ys.pow(2).sum() + (sol.event_t + sol.event_y.sum() if terminal else 0)
+        loss.backward()
+        results.append((sol, start.grad, calls["_steps_left"]))
+    (standard, standard_grad, _), (device, device_grad, reads) = results
+    assert reads <= standard.stats.n_steps / 5
+    assert len(standard.event_ts) == (1 if terminal else 4)
+    torch.testing.assert_close(device.event_ts, standard.event_ts, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(device.ts, standard.ts, rtol=0, atol=0)
+    torch.testing.assert_close(device.ys, standard.ys, rtol=1e-10, atol=1e-10)
+    if terminal:
+        assert device.ts.shape[0] < ts.shape[0]  # cut at the event
+        torch.testing.assert_close(device.event_t, standard.event_t, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(device.event_y, standard.event_y, rtol=1e-10, atol=1e-10)
+    else:
+        assert device.event_t is None and standard.event_t is None
+    torch.testing.assert_close(device_grad, standard_grad, rtol=1e-7, atol=1e-9)
+
+
 def test_device_loop_rejects_what_it_does_not_support():
     y0 = torch.ones(3, 2, dtype=torch.float64)
     ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
     field = _one_system_vdp
     with pytest.raises(ValueError, match="device_loop=True needs y0 to be one tensor"):
         solve(lambda t, y: y, (y0, y0), ts, device_loop=True)
-    with pytest.raises(ValueError, match="device_loop=True does not support events"):
-        solve(field, y0, ts, device_loop=True, event=neuralode.Event(lambda t, y: y[0, 0]))
     with pytest.raises(ValueError, match="device_loop=True does not support norm, jump_t"):
         solve(field, y0, ts, device_loop=True, norm=lambda x: x.abs().max(), jump_t=[0.5])
     with pytest.raises(ValueError, match="device_loop=True supports the gradients"):

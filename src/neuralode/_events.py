@@ -65,6 +65,14 @@ class EventTracker:
     def start(self, t0: float, y0: torch.Tensor) -> None:
         self._previous = self.value(t0, y0)
 
+    def terminal_hit(self) -> EventHit | None:
+        """The event that ended the solve, if it was terminal."""
+        return self.hits[-1] if self.hits and self.event.terminal else None
+
+    def times(self) -> list[float]:
+        """The times of every located event, in order."""
+        return [hit.t for hit in self.hits]
+
     def check(self, solver: Solver, term: ODETerm, step: Step) -> EventHit | None:
         """The first crossing inside an accepted step, or None (then remember the end)."""
         after = self.value(step.t1, step.y1)

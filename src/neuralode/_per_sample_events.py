@@ -23,10 +23,11 @@ from typing import Any
 import torch
 
 from ._crossing import crossed, refine
-from ._events import Event
+from ._events import Event, EventHit
 from ._loop import integrate
 from ._solution import Solution
 from ._term import ODETerm
+from ._tree import TreeSpec
 from .adjoint.backsolve import Backsolve, adjoint_backward
 from .adjoint.base import GradientStrategy, Problem
 from .adjoint.direct import Direct
@@ -127,6 +128,40 @@ class SampleEvents:
         rows = rows.gather(1, order)
         most = int((~missing).sum(1).max())
         return rows[:, :most]
+
+
+class OneProblemEvents(SampleEvents):
+    """The event of one system solved by ``device_loop`` (a batch of one): ``fn`` sees the
+    standard loop's 0-dim time and state, and the results read as ``EventTracker``'s."""
+
+    def __init__(self, event: Event, spec: TreeSpec, term: ODETerm):
+        super().__init__(event, term, 1)
+        self.spec = spec
+        self.event_y: torch.Tensor | None = None  # (1, n): the state at a terminal event
+
+    def values(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The event values (1, k) at the time ``t`` (1,) and the flat state ``y`` (1, n)."""
+        with torch.no_grad():
+            g = self.event.fn(t.reshape(()).to(self.term.time_dtype), self.spec.unflatten(y[0]))
+        if not isinstance(g, torch.Tensor):
+            raise TypeError(f"the event function must return a tensor, got {type(g).__name__}")
+        return g.reshape(1, -1)
+
+    def locate(self, hit: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        t_event, y_event = super().locate(hit, *args)
+        if self.event.terminal:
+            self.event_y = y_event  # in the graph with Direct()
+        return t_event, y_event
+
+    def terminal_hit(self) -> EventHit | None:
+        """The event that ended the solve, if it was terminal (as ``EventTracker``'s)."""
+        if not self.event.terminal or not bool(self.mask[0]):
+            return None
+        return EventHit(float(self.event_t[0]), int(self.index[0]), self.event_y[0])
+
+    def times(self) -> list[float]:
+        """The times of every located event, in order."""
+        return self.event_ts()[0].tolist()
 
 
 class SampleEventGradient(torch.autograd.Function):

@@ -84,9 +84,9 @@ def solve(
     ``device_loop=True`` solves a one-tensor state as one problem in the per-sample loop (a
     batch of one): the step sizes and accept/reject decisions stay tensors on the device and
     the solve reads nothing back between scheduled termination checks (the standard loop
-    reads the error norm after every step); the standard loop's steps (float32
-    round-off in the error estimate can flip a decision at tight tolerances).
-    Needs what per-sample mode needs, and no ``event``. ``compile_step=True`` runs each step
+    reads the error norm after every step); the standard loop's steps (float32 round-off
+    in the error estimate can flip a decision at tight tolerances) and its events (located
+    at the checks). Needs what per-sample mode needs. ``compile_step=True`` runs each step
     attempt, ``func`` included, as one ``torch.compile`` graph (default mode; the first solves
     of each shape, dtype and ``func`` compile, seconds to a minute): in the standard loop the
     step of an explicit Runge-Kutta method with its error ratio (one read-back per step; a
@@ -134,8 +134,6 @@ def solve(
         func = _check_per_sample(func, y0, spec, solver, controller, locals())
     elif device_loop:
         _check_loop_options("device_loop=True", spec, solver, controller, locals())
-        if event is not None:
-            raise ValueError("device_loop=True does not support events")
     if norm is None:
         norm = rms_norm if spec.is_leaf else mixed_norm(spec.numels)
     config = LoopConfig(
@@ -169,6 +167,10 @@ def solve(
         stats.nfe = term.nfe
         _check_finite(ys, times)
         return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
+    if config.device_loop:
+        from ._per_sample_events import OneProblemEvents
+
+        return _solve_with_event(gradient, problem, OneProblemEvents(event, spec, term))
     return _solve_with_event(gradient, problem, EventTracker(event, spec, term))
 
 
@@ -250,19 +252,21 @@ def _solve_with_event(
     """Direct: one solve, the event state is in the graph. Other strategies: locate the event
     in a graph-free solve, then solve up to it with the strategy."""
     config, stats, ts = problem.config, problem.stats, problem.ts
+    sign = 1.0 if problem.times[-1] > problem.times[0] else -1.0
     if isinstance(gradient, Direct):
         problem.config = replace(config, events=tracker)
         ys = _run(gradient, problem)
-        hit = tracker.hits[-1] if tracker.hits and tracker.event.terminal else None
+        hit = tracker.terminal_hit()
         event_y = None if hit is None else hit.y
+        if hit is not None:  # the device loop writes every output, holding the event state
+            ys = ys[: sum(1 for t in problem.times if sign * (t - hit.t) <= 0)]
     else:
         with torch.no_grad():
             integrate(
                 problem.term, problem.y0, problem.times, replace(config, events=tracker), stats
             )
-        hit = tracker.hits[-1] if tracker.hits and tracker.event.terminal else None
+        hit = tracker.terminal_hit()
         if hit is not None:
-            sign = 1.0 if problem.times[-1] > problem.times[0] else -1.0
             before = sum(1 for t in problem.times if sign * (hit.t - t) > 0)
             t_event = torch.full((1,), hit.t, dtype=ts.dtype, device=ts.device)
             problem.ts = torch.cat([ts[:before], t_event])
@@ -274,7 +278,7 @@ def _solve_with_event(
     stats.nfe = problem.term.nfe
     _check_finite(ys, problem.times)
     solution = Solution(ts=ts[: ys.shape[0]], ys=problem.spec.unflatten(ys), stats=stats)
-    solution.event_ts = torch.tensor([h.t for h in tracker.hits], dtype=ts.dtype, device=ts.device)
+    solution.event_ts = torch.tensor(tracker.times(), dtype=ts.dtype, device=ts.device)
     if hit is not None:
         t_event = torch.tensor(hit.t, dtype=torch.float64, device=ts.device)
         event_t, event_y = EventGradient.apply(tracker, hit.index, t_event, event_y)

@@ -271,9 +271,10 @@ def integrate_per_sample(
                     still, t, proposal, t_stop, ends, next_out, hits
                 )
                 next_check = iteration + max(1, min(_MAX_UNCHECKED, int(left) // 4))
+            to_write = write_outputs and min(hi, n_out - 1) > lo  # the last: the final state
+            if (rounds or to_write) and needs_f1 and pending[-1].f1 is None:
+                f1 = pending[-1].f1 = f(step.t1, y1)  # for the interpolant; the next f0 below
             if rounds:
-                if needs_f1 and pending[-1].f1 is None:  # f(t1, y1) for the interpolant
-                    f1 = pending[-1].f1 = f(step.t1, y1)  # reused below as the next f0
                 found, t_event, y_event = _locate_events(
                     events, pending, hits, rounds, solver, co, needs_f1
                 )
@@ -283,9 +284,7 @@ def integrate_per_sample(
                     y = torch.where(found[:, None], y_event, y)
                     if write_outputs:
                         ends = _ends(pending, ts_signed, sign)
-            if write_outputs and min(hi, n_out - 1) > lo:
-                if needs_f1 and pending[-1].f1 is None:  # f(t1, y1) for the interpolant
-                    f1 = pending[-1].f1 = f(step.t1, y1)  # reused below as the next f0
+            if to_write:
                 outputs, next_out, used = _write_outputs(
                     solver, co, pending, ends, outputs, next_out, ts_tensor, lo, hi, needs_f1
                 )
@@ -536,7 +535,7 @@ class _Reached:
     k_all: torch.Tensor
     f1: torch.Tensor | None  # f(t1, y1) where accepted, once evaluated (or None)
     accept: torch.Tensor
-    still: torch.Tensor  # the samples short of their end after this step
+    still: torch.Tensor  # the samples that step on (unless a crossing here stops them)
     # with events: which samples' accepted steps crossed, and the event values at the ends
     hit: torch.Tensor | None = None
     g_lo: torch.Tensor | None = None

@@ -11,7 +11,6 @@ import torch
 
 from ._compile import compiled
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
-from ._events import EventTracker
 from ._norms import Norm
 from ._solution import SolveStats
 from ._term import ODETerm
@@ -36,7 +35,7 @@ class LoopConfig:
     jump_t: tuple[float, ...] = ()
     perturb: bool = False
     callbacks: Any = None
-    events: EventTracker | None = None
+    events: Any = None  # EventTracker (standard loop), SampleEvents (per-sample loop)
     per_sample: bool = False  # dim 0 of the state is a batch of independent problems
     skip_finished: bool = False  # per_sample: f sees only the samples still running
     compile_step: bool = False  # each step attempt (with its error) runs under torch.compile

@@ -11,12 +11,13 @@ finished samples stop costing evaluations of f; the bookkeeping stays batched.
 
 Host synchronisation: without ``skip_finished``, the loop reads nothing from the device
 between termination checks; each check is scheduled a quarter of the way to the end of the
-slowest running sample at its current step size (at most 64 steps on), so a solve of N steps
-makes a few times log(N) checks and rarely steps past the last sample's end; plus one sync
-every 32 steps (has any sample failed or run out of steps). Until the next check the steps
-attempted wait in a list (``_Reached``; at most ``_PENDING_BYTES`` of them); the check
-writes the output times they crossed, each sample's from the step that reached it, all in
-one batch (``_write_outputs``). With events, a sample whose accepted step crosses its event
+slowest running sample at its current step size (at most 64 steps on; 16 with a terminal
+event, since every sample may stop early), so a solve of N steps makes a few times log(N)
+checks and rarely steps past the last sample's end; plus one sync every 32 steps (has any
+sample failed or run out of steps). Until the next check the steps attempted wait in a
+list (``_Reached``; at most ``_PENDING_BYTES`` of them); the check writes the output times
+they crossed, each sample's from the step that reached it, all in one batch
+(``_write_outputs``). With events, a sample whose accepted step crosses its event
 waits too (frozen at the step's end if the event is terminal: it is no longer running);
 the check locates all the crossings in one batch per round (``_locate_events``; round r:
 each sample's r-th crossing), with the syncs of the location (``_crossing.refine``: one
@@ -49,6 +50,9 @@ from .solvers.explicit_rk import ExplicitRK
 
 _EPS = 2.0**-52
 _MAX_UNCHECKED = 64  # most steps between two termination checks
+# with a terminal event: samples may all stop early, and the steps after the last stop and
+# before the next check are wasted on the whole batch
+_MAX_UNCHECKED_TERMINAL = 16
 _PENDING_BYTES = 2**27  # most memory the steps waiting for their outputs may hold
 
 
@@ -214,6 +218,7 @@ def integrate_per_sample(
     write_outputs = n_out > 2  # the last output is the final state
     keep_steps = write_outputs or events is not None
     most_pending = _most_pending(stages, y) if deferred and keep_steps else _MAX_UNCHECKED
+    most_unchecked = _MAX_UNCHECKED_TERMINAL if terminal else _MAX_UNCHECKED
     pending: list[_Reached] = []
     buffer = None
     # compiled or captured: stages stacked in the graph; f counted outside it
@@ -270,7 +275,7 @@ def integrate_per_sample(
                 n_still, left, lo, hi, rounds = _steps_left(
                     still, t, proposal, t_stop, ends, next_out, hits
                 )
-                next_check = iteration + max(1, min(_MAX_UNCHECKED, int(left) // 4))
+                next_check = iteration + max(1, min(most_unchecked, int(left) // 4))
             to_write = write_outputs and min(hi, n_out - 1) > lo  # the last: the final state
             if (rounds or to_write) and needs_f1 and pending[-1].f1 is None:
                 f1 = pending[-1].f1 = f(step.t1, y1)  # for the interpolant; the next f0 below

@@ -349,6 +349,22 @@ def _count_calls(monkeypatch, module, *names: str) -> dict[str, int]:
     return calls
 
 
+def _count_host_reads(monkeypatch) -> dict[str, int]:
+    """Count every call that reads a tensor's values back to the host (on a GPU: a sync)."""
+    reads = {"host": 0}
+
+    def counting(read):
+        def counted(self, *args, **kwargs):
+            reads["host"] += 1
+            return read(self, *args, **kwargs)
+
+        return counted
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero"):
+        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+    return reads
+
+
 def _stiffening_batch(batch: int = 16):
     """Van der Pol with mu from 1 to 25 carried in the state (``StateVanDerPol``)."""
     mu = torch.linspace(1.0, 25.0, batch, dtype=torch.float64)
@@ -363,13 +379,13 @@ def test_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch
     reads its progress every step (``skip_finished``)."""
     import neuralode._per_sample as per_sample
 
-    reads = _count_calls(monkeypatch, per_sample, "_steps_left")
     y0 = _stiffening_batch()
     runs = []
     for ts, skip in (([0.0, 10.0], False), (41, False), (41, True)):
         ts = torch.linspace(0.0, 10.0, ts) if isinstance(ts, int) else torch.tensor(ts)
-        reads["_steps_left"] = 0
-        with torch.no_grad():
+        with monkeypatch.context() as patch, torch.no_grad():
+            checks = _count_calls(patch, per_sample, "_steps_left")
+            host = _count_host_reads(patch)
             sol = solve(
                 StateVanDerPol(),
                 y0,
@@ -379,8 +395,9 @@ def test_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch
                 per_sample=True,
                 skip_finished=skip,
             )
-        runs.append((sol, reads["_steps_left"]))
-    (end_only, end_reads), (outputs, out_reads), (per_step, step_reads) = runs
+        runs.append((sol, checks["_steps_left"], host["host"]))
+    (end_only, end_checks, end_host), (outputs, out_checks, out_host), per_step_run = runs
+    per_step, step_checks, _ = per_step_run
     steps = int(end_only.stats.sample_steps.max())
     for sol in (outputs, per_step):
         assert torch.equal(end_only.ys[-1], sol.ys[-1])
@@ -388,8 +405,11 @@ def test_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch
     assert end_only.stats.nfe == outputs.stats.nfe  # the same checks
     assert torch.equal(outputs.stats.sample_nfe, per_step.stats.sample_nfe)
     torch.testing.assert_close(outputs.ys, per_step.ys, rtol=1e-14, atol=1e-14)
-    assert step_reads == steps
-    assert 1 <= end_reads <= steps / 5 and out_reads == end_reads, (end_reads, out_reads)
+    assert step_checks == steps
+    assert 1 <= end_checks <= steps / 5 and out_checks == end_checks, (end_checks, out_checks)
+    # every read: one per check, one more where a check writes outputs, and a few to set
+    # up and to report; none per step
+    assert end_host <= end_checks + 10 and out_host <= 2 * out_checks + 10, (end_host, out_host)
 
 
 @pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "non_terminal"])
@@ -410,7 +430,8 @@ def test_events_are_located_at_the_checks(solver_cls, terminal, monkeypatch):
     for skip in (False, True):
         for name in calls:
             calls[name] = 0
-        with torch.no_grad():
+        with monkeypatch.context() as patch, torch.no_grad():
+            host = _count_host_reads(patch)
             sol = solve(
                 StateVanDerPol(),
                 y0,
@@ -421,7 +442,7 @@ def test_events_are_located_at_the_checks(solver_cls, terminal, monkeypatch):
                 skip_finished=skip,
                 event=event,
             )
-        runs.append((sol, dict(calls)))
+        runs.append((sol, dict(calls, host=host["host"])))
     (deferred, deferred_calls), (per_step, step_calls) = runs
     steps = int(per_step.stats.sample_steps.max())
     if terminal:
@@ -438,6 +459,10 @@ def test_events_are_located_at_the_checks(solver_cls, terminal, monkeypatch):
     assert step_calls["_steps_left"] == steps
     assert deferred_calls["_steps_left"] <= steps / 5, deferred_calls
     assert 1 <= deferred_calls["_locate_events"] <= step_calls["_locate_events"]
+    # every read: the checks (and their outputs), the locations (a read every two
+    # evaluations of the event function), set-up and results; the per-step solve: far more
+    most = 2 * deferred_calls["_steps_left"] + 10 * deferred_calls["_locate_events"] + 10
+    assert deferred_calls["host"] <= most < steps <= step_calls["host"], deferred_calls
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])

@@ -13,12 +13,12 @@ Host synchronisation: without ``skip_finished``, the loop reads nothing from the
 between termination checks; each check is scheduled a quarter of the way to the end of the
 slowest running sample at its current step size (at most 64 steps on; 16 with a terminal
 event, since every sample may stop early), so a solve of N steps makes a few times log(N)
-checks and rarely steps past the last sample's end; plus one sync every 32 steps (has any
-sample failed or run out of steps). Until the next check the steps attempted wait in a
-list (``_Reached``; at most ``_PENDING_BYTES`` of them); the check writes the output times
-they crossed, each sample's from the step that reached it, all in one batch
-(``_write_outputs``). With events, a sample whose accepted step crosses its event
-waits too (frozen at the step's end if the event is terminal: it is no longer running);
+checks and rarely steps past the last sample's end; the checks also ask whether a sample
+has stalled (its step underflows) or the solve has run out of steps. Until the next check
+the steps attempted wait in a list (``_Reached``; at most ``_PENDING_BYTES`` of them); the
+check writes the output times they crossed, each sample's from the step that reached it,
+all in one batch (``_write_outputs``). With events, a sample whose accepted step crosses
+its event waits too (frozen at the step's end if the event is terminal: it stops running);
 the check locates all the crossings in one batch per round (``_locate_events``; round r:
 each sample's r-th crossing), with the syncs of the location (``_crossing.refine``: one
 every two evaluations), and a terminal event then ends its sample's step and the solve of
@@ -244,7 +244,7 @@ def integrate_per_sample(
     # each sample's end: t_end, or the time of its terminal event once located
     t_stop = torch.full((batch,), t_end, **f64)
     needs_f1 = tab.dense is None or len(tab.dense.extra_c) > 0
-    iteration, next_check, n_still = 0, 1, -1  # n_still: known at the checks
+    iteration, next_check, n_still, stalled = 0, 1, -1, False  # known at the checks
     while True:
         iteration += 1
         carried = (proposal, t_stop, active, previous_ratio, n_steps, n_accepted)
@@ -272,8 +272,8 @@ def integrate_per_sample(
             with torch.no_grad():
                 ends = _ends(pending, ts_signed, sign) if write_outputs else None
                 hits = _stack([r.hit for r in pending]) if events is not None else None
-                n_still, left, lo, hi, rounds = _steps_left(
-                    still, t, proposal, t_stop, ends, next_out, hits
+                n_still, left, lo, hi, rounds, stalled = _steps_left(
+                    still, t, proposal, t_stop, sign, ends, next_out, hits
                 )
                 next_check = iteration + max(1, min(most_unchecked, int(left) // 4))
             to_write = write_outputs and min(hi, n_out - 1) > lo  # the last: the final state
@@ -303,8 +303,8 @@ def integrate_per_sample(
             break
         if config.skip_finished:
             f.keep(still, n_still)
-        if iteration % 32 == 0 or iteration >= config.max_steps:
-            _check_progress(iteration, still, t, proposal, t_stop, sign, y, config)
+        if stalled or iteration >= config.max_steps:
+            _raise_stalled(iteration, still, t, proposal, t_stop, sign, y, config)
         if fsal:
             f0 = step.f0_accepted
         else:  # f(t1, y1) starts the next step of the accepted samples
@@ -460,31 +460,52 @@ def _attempt(
     )
 
 
+class _Progress(NamedTuple):
+    """What a termination check reads back from the device, in one host sync."""
+
+    n_still: int  # samples still running
+    left: float  # steps of its current size the slowest of them needs to its end
+    lo: int  # the outputs ts[lo:hi] the pending steps reached (``_output_range``)
+    hi: int
+    rounds: int  # the most event crossings of one sample in the pending steps
+    stalled: bool  # a running sample can no longer advance (``_stalled``)
+
+
 def _steps_left(
     still: torch.Tensor,
     t: torch.Tensor,
     proposal: torch.Tensor,
     t_stop: torch.Tensor,
+    sign: float,
     ends: torch.Tensor | None,
     next_out: torch.Tensor,
     hits: torch.Tensor | None,
-) -> tuple[int, float, int, int, int]:
-    """With one host sync: how many samples still run, how many steps of its current size
-    the slowest of them needs to reach its end (0 when none runs), the range of the outputs
-    the pending steps reached (``_output_range``) and the most event crossings a sample had
-    in them (``hits``, (steps, batch))."""
+) -> _Progress:
+    """A termination check, with one host sync (``_Progress``); ``left`` is 0 when no
+    sample runs, ``hits`` the pending steps' crossings, (steps, batch)."""
     size = (proposal - t).abs()
     left = torch.where(still & (size > 0), (t_stop - t).abs() / size, 0.0).max()
-    values = [still.sum().to(left.dtype), left.clamp(max=1e6)]
+    stalled = _stalled(still, t, proposal, t_stop, sign).any()
+    values = [still.sum().to(left.dtype), left.clamp(max=1e6), stalled.to(left.dtype)]
     if hits is not None:
         values.append(hits.sum(0).max().to(left.dtype))
     if ends is not None:
         values += [x.to(left.dtype) for x in _output_range(ends, next_out)]
-    n_still, left, *rest = torch.stack(values).tolist()
+    n_still, left, stalled, *rest = torch.stack(values).tolist()
     rounds = int(rest.pop(0)) if hits is not None else 0
     lo, hi = (int(rest[0]), int(rest[1])) if rest else (0, 0)
     left = left if left == left else 1.0  # NaN size: check next step
-    return int(n_still), left, lo, hi, rounds
+    return _Progress(int(n_still), left, lo, hi, rounds, bool(stalled))
+
+
+def _stalled(
+    still: torch.Tensor, t: torch.Tensor, proposal: torch.Tensor, t_stop: torch.Tensor, sign: float
+) -> torch.Tensor:
+    """The running samples whose next step underflows (too small to change t) or is not
+    finite, (batch,)."""
+    land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
+    tiny = (land - t).abs() <= 4 * _EPS * torch.maximum(t.abs(), land.abs())
+    return still & (tiny | ~torch.isfinite(land))
 
 
 def _locate_events(
@@ -658,7 +679,7 @@ def _interpolate(
     return torch.addcmul(y0, h_y, comb)
 
 
-def _check_progress(
+def _raise_stalled(
     iteration: int,
     still: torch.Tensor,
     t: torch.Tensor,
@@ -668,8 +689,8 @@ def _check_progress(
     y: torch.Tensor,
     config: Any,
 ) -> None:
-    """Every 32 steps (one extra sync): fail with the sample's index if a running sample can
-    no longer advance (its step underflows or is not finite) or has used up max_steps."""
+    """A check found a running sample that can no longer advance, or the solve used up
+    max_steps: fail with the sample's index."""
     if iteration >= config.max_steps:
         i = int(still.nonzero()[0])
         raise MaxStepsError(
@@ -677,12 +698,8 @@ def _check_progress(
             "(per-sample mode counts each sample's steps). Raise max_steps, loosen the "
             "tolerances, or use an implicit method if the problem is stiff."
         )
+    i = int(_stalled(still, t, proposal, t_stop, sign).nonzero()[0])
     land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
-    tiny = (land - t).abs() <= 4 * _EPS * torch.maximum(t.abs(), land.abs())
-    stuck = still & (tiny | ~torch.isfinite(land))
-    if not bool(stuck.any()):
-        return
-    i = int(stuck.nonzero()[0])
     if not bool(torch.isfinite(y[i]).all()):
         raise NonFiniteError(f"the state of sample {i} became non-finite at t={float(t[i]):.6g}")
     raise StepSizeUnderflowError(

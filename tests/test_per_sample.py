@@ -779,6 +779,30 @@ def test_cuda_graph_replays_reuse_its_tensors_and_change_nothing(solver_cls, mon
         torch.testing.assert_close(graphed_grad, eager_grad, rtol=0, atol=0)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
+    reason="torch.compile's CPU backend needs a C++ compiler",
+)
+def test_cuda_graph_replays_a_compiled_step(monkeypatch):
+    """cuda_graph=True with compile_step=True: the compiled attempt is what is captured
+    and replayed (here by the stand-in); the results are the compiled eager loop's."""
+    from neuralode._cuda_graph import GraphedStep
+
+    monkeypatch.setattr(GraphedStep, "backend", _Replayer)
+    y0 = _stiffening_batch(8)
+    ts = torch.linspace(0.0, 6.0, 13, dtype=torch.float64)
+    kwargs = dict(controller=PIController(RTOL, ATOL), per_sample=True, compile_step=True)
+    with torch.no_grad():
+        compiled = solve(StateVanDerPol(), y0, ts, **kwargs)
+        captures = _Replayer.captures
+        graphed = solve(StateVanDerPol(), y0, ts, cuda_graph=True, **kwargs)
+    assert _Replayer.captures == captures + 1
+    torch.testing.assert_close(graphed.ys, compiled.ys, rtol=0, atol=0)
+    assert torch.equal(graphed.stats.sample_nfe, compiled.stats.sample_nfe)
+    assert graphed.stats.nfe == compiled.stats.nfe
+
+
 def test_cuda_graph_errors_are_named():
     y0, ts = _stiffening_batch(4), torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="needs per_sample=True or device_loop=True"):

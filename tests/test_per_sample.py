@@ -376,14 +376,16 @@ def test_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch
     """No host read per step, only termination checks scheduled a quarter of the way to the
     slowest sample's end, whether only the end state is asked for or many outputs (the steps
     wait for theirs until a check); the same states, steps and calls of f as a solve that
-    reads its progress every step (``skip_finished``)."""
+    checks after every step."""
     import neuralode._per_sample as per_sample
 
     y0 = _stiffening_batch()
     runs = []
-    for ts, skip in (([0.0, 10.0], False), (41, False), (41, True)):
+    for ts, every_step in (([0.0, 10.0], False), (41, False), (41, True)):
         ts = torch.linspace(0.0, 10.0, ts) if isinstance(ts, int) else torch.tensor(ts)
         with monkeypatch.context() as patch, torch.no_grad():
+            if every_step:
+                patch.setattr(per_sample, "_MAX_UNCHECKED", 1)
             checks = _count_calls(patch, per_sample, "_steps_left")
             host = _count_host_reads(patch)
             sol = solve(
@@ -393,7 +395,6 @@ def test_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch
                 solver=solver_cls(),
                 controller=PIController(RTOL, ATOL),
                 per_sample=True,
-                skip_finished=skip,
             )
         runs.append((sol, checks["_steps_left"], host["host"]))
     (end_only, end_checks, end_host), (outputs, out_checks, out_host), per_step_run = runs
@@ -417,8 +418,8 @@ def test_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch
 def test_events_are_located_at_the_checks(solver_cls, terminal, monkeypatch):
     """Samples crossing their event wait (a terminal one frozen at its step's end) until the
     next scheduled check locates all their crossings in one batch per round: the same event
-    times, outputs, steps and calls of f as a solve that reads and locates after every step
-    (``skip_finished``), with a few reads per solve instead of one per step."""
+    times, outputs, steps and calls of f as a solve that checks and locates after every
+    step, with a few reads per solve instead of one per step."""
     import neuralode._per_sample as per_sample
 
     calls = _count_calls(monkeypatch, per_sample, "_steps_left", "_locate_events")
@@ -427,10 +428,13 @@ def test_events_are_located_at_the_checks(solver_cls, terminal, monkeypatch):
     # falling through x = 1: each sample's first time at most once (terminal), or every time
     event = neuralode.Event(lambda t, y: y[:, 0] - 1.0, direction=-1, terminal=terminal)
     runs = []
-    for skip in (False, True):
+    for every_step in (False, True):
         for name in calls:
             calls[name] = 0
         with monkeypatch.context() as patch, torch.no_grad():
+            if every_step:
+                patch.setattr(per_sample, "_MAX_UNCHECKED", 1)
+                patch.setattr(per_sample, "_MAX_UNCHECKED_TERMINAL", 1)
             host = _count_host_reads(patch)
             sol = solve(
                 StateVanDerPol(),
@@ -439,7 +443,6 @@ def test_events_are_located_at_the_checks(solver_cls, terminal, monkeypatch):
                 solver=solver_cls(),
                 controller=PIController(RTOL, ATOL),
                 per_sample=True,
-                skip_finished=skip,
                 event=event,
             )
         runs.append((sol, dict(calls, host=host["host"])))

@@ -282,7 +282,7 @@ def integrate_per_sample(
                     still, t, proposal, t_stop, sign, ends, next_out, hits
                 )
                 next_check = iteration + max(1, min(most_unchecked, int(left) // 4))
-            to_write = write_outputs and min(hi, n_out - 1) > lo  # the last: the final state
+            to_write = write_outputs and min(hi, n_out - 1) > lo  # the last one: the final y
             if (rounds or to_write) and needs_f1 and pending[-1].f1 is None:
                 f1 = pending[-1].f1 = f(step.t1, y1)  # for the interpolant; the next f0 below
             if rounds:

@@ -1,17 +1,12 @@
-"""benchmarks/bench_gpu.py: its rows and table (run on the CPU here, without CUDA graphs)."""
+"""The GPU benchmark (``neuralode.bench.gpu``): its rows and table, run on the CPU here
+(without CUDA graphs), and as ``neuralode bench --parts gpu``."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
-_SPEC = importlib.util.spec_from_file_location("bench_gpu", _PATH)
-bench_gpu = sys.modules["bench_gpu"] = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench_gpu)
+from neuralode.bench import gpu as bench_gpu
+from neuralode.cli import main
 
 
 def test_rows_cover_every_loop_with_cuda_graphs_only_on_cuda():
@@ -37,3 +32,27 @@ def test_one_system_loops_take_the_same_steps_and_the_table_compares_per_step():
     text = bench_gpu.table(rows)
     assert text.count("\n") == len(rows) + 1
     assert "| 8 | torchdiffeq |" in text and "| 1.00x |" in text
+
+
+def test_bench_gpu_part_needs_no_torchode_and_writes_its_table(tmp_path, monkeypatch):
+    """``neuralode bench --parts gpu`` imports only what that part needs (a GPU machine may
+    lack torchode), and writes the table into bench.md."""
+    import importlib.util
+    import sys
+
+    find_spec = importlib.util.find_spec
+
+    def without_torchode(name, *args):
+        return None if name == "torchode" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_torchode)
+    monkeypatch.setitem(sys.modules, "torchode", None)  # importing it raises ImportError
+    import neuralode.bench
+
+    for name in ("core", "per_sample"):  # imported afresh if asked for: they need torchode
+        monkeypatch.delitem(sys.modules, f"neuralode.bench.{name}", raising=False)
+        monkeypatch.delattr(neuralode.bench, name, raising=False)
+    assert main(["bench", "--parts", "gpu", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "bench.md").read_text()
+    assert "### Time per step on CPU" in report and "| 16 | neuralode device_loop |" in report
+    assert "torchode" not in report.split("###", 1)[1]  # left out: "not installed"

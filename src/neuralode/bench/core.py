@@ -30,7 +30,6 @@ import functools
 import gc
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -44,6 +43,8 @@ import torchdiffeq
 import torchode
 
 import neuralode
+
+from . import environment
 
 RTOL, ATOL = 1e-6, 1e-8
 REFERENCE_RTOL, REFERENCE_ATOL = 1e-12, 1e-14
@@ -438,22 +439,6 @@ def verdict(results: list[Result]) -> str:
         f"- error > 1.5x torchdiffeq's: {', '.join(worse) or 'none'}",
     ]
     return "\n".join(lines)
-
-
-def environment() -> str:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"neuralode {getattr(neuralode, '__version__', 'dev')}, "
-        f"torchdiffeq {torchdiffeq.__version__}, torchode {torchode.__version__}, "
-        f"scipy {scipy.__version__}, numpy {np.__version__}"
-    )
 
 
 def main(argv: list[str] | None = None) -> None:

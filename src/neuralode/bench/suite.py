@@ -4,14 +4,24 @@ work-precision PNG into ``--out``."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import time
 from pathlib import Path
 
 import torch
 
-PARTS = ("core", "per-sample", "work-precision", "compiled")
-DEFAULT_PARTS = ("core", "per-sample", "work-precision")  # "compiled" compiles for minutes
+PARTS = ("core", "per-sample", "work-precision", "compiled", "gpu")
+# "compiled" compiles for minutes; "gpu" is for a machine with one (it runs on the CPU too)
+DEFAULT_PARTS = ("core", "per-sample", "work-precision")
+# the reference libraries each part compares with (gpu: whichever are installed)
+NEEDS = {
+    "core": ("scipy", "torchdiffeq", "torchode"),
+    "per-sample": ("scipy", "torchode"),
+    "work-precision": ("scipy", "torchdiffeq", "matplotlib"),
+    "compiled": ("torchdiffeq", "torchode"),
+    "gpu": (),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PARTS,
         default=list(DEFAULT_PARTS),
         help="which studies to run (default: all but compiled, the per-sample solves of both "
-        "libraries and our standard loop under torch.compile, which spends minutes compiling)",
+        "libraries and our standard loop under torch.compile, which spends minutes compiling, "
+        "and gpu, the time per step with and without CUDA graphs on a GPU)",
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -35,16 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import scipy  # noqa: F401
-        import torchdiffeq  # noqa: F401
-        import torchode  # noqa: F401
-    except ImportError as error:
+    needed = sorted({name for part in args.parts for name in NEEDS[part]})
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
         raise SystemExit(
-            f"neuralode bench needs torchdiffeq, torchode, scipy and matplotlib ({error}); "
-            "install them with: pip install 'neuralode[bench]'"
-        ) from error
-    from . import core, per_sample, work_precision
+            f"neuralode bench --parts {' '.join(args.parts)} needs {', '.join(needed)} "
+            f"(missing: {', '.join(missing)}); install them with: pip install 'neuralode[bench]'"
+        )
+    from . import environment
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -53,9 +62,11 @@ def run(args: argparse.Namespace) -> int:
     repeats = args.repeats or (11 if args.full else 3)
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    sections = [f"Environment: {core.environment()}; 1-min load average {load:.2f} at start"]
+    sections = [f"Environment: {environment()}; 1-min load average {load:.2f} at start"]
     print(f"neuralode bench ({'full' if args.full else 'quick'}), writing to {out}/", flush=True)
     if "core" in args.parts:
+        from . import core
+
         batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
         min_seconds = 0.5 if args.full else 0.05
         with torch.no_grad():
@@ -71,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             core.verdict(mlp + vdp),
         ]
     if "per-sample" in args.parts:
+        from . import per_sample
+
         batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
         rows = per_sample.run(batches, repeats)
         sections.append(
@@ -95,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
             "scale in [1, 25] per sample, dopri5, float32\n\n" + per_sample.table(skip_rows)
         )
     if "compiled" in args.parts:
+        from . import core, per_sample
+
         batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
         compiled_rows = per_sample.run_compiled(batches, repeats)
         sections.append(
@@ -107,7 +122,19 @@ def run(args: argparse.Namespace) -> int:
             "### The standard loop compiled (`compile_step=True`) vs eager and torchdiffeq: "
             "MLP 2-64-64-2 tanh, float32, dopri5\n\n" + core.compiled_table(standard_rows)
         )
+    if "gpu" in args.parts:
+        from . import gpu
+
+        device = gpu.default_device()
+        batches = (16, 256, 1024) if args.full or device.type == "cuda" else (16, 256)
+        gpu_rows = gpu.run(device, batches, repeats)
+        sections.append(
+            f"### Time per step on {gpu.device_name(device)}: MLP 2-64-64-2 tanh, float32, "
+            "dopri5, with and without CUDA graphs\n\n" + gpu.table(gpu_rows)
+        )
     if "work-precision" in args.parts:
+        from . import work_precision
+
         rtols = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9) if args.full else (1e-4, 1e-6, 1e-8)
         rtols = tuple(args.rtols) if args.rtols else rtols
         points = work_precision.run(rtols, repeats)

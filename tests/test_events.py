@@ -137,6 +137,27 @@ def test_terminal_event_truncates_outputs() -> None:
     torch.testing.assert_close(sol.ys[:, 0], 1.2 - ts[:3])
 
 
+@pytest.mark.parametrize("gradient", ["direct", "backsolve", "checkpointed"])
+def test_an_output_exactly_at_a_terminal_event_is_kept(gradient: str) -> None:
+    """A step lands on t = 0.5 (step_t) where the event t - 0.5 crosses: the output there is
+    the event state, kept by every gradient strategy, with the same gradients."""
+    strategy = {
+        "direct": no.Direct(),
+        "backsolve": no.Backsolve(params=()),
+        "checkpointed": no.Checkpointed(params=()),
+    }[gradient]
+    y0 = torch.tensor([1.0], dtype=F64, requires_grad=True)
+    ts = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=F64)
+    event = no.Event(lambda t, y: t - 0.5 + 0 * y[0], direction=1)
+    sol = no.solve(lambda t, y: -y, y0, ts, event=event, step_t=[0.5], gradient=strategy)
+    assert float(sol.event_t.detach()) == 0.5
+    torch.testing.assert_close(sol.ts, ts[:3])
+    torch.testing.assert_close(sol.ys[-1], sol.event_y)
+    (sol.ys.sum() + sol.event_y.sum()).backward()
+    expected = 1 + math.exp(-0.25) + 2 * math.exp(-0.5)  # d/dy0 of y0 (1 + e^-.25 + 2 e^-.5)
+    assert float(y0.grad) == pytest.approx(expected, rel=1e-6)
+
+
 def test_no_event_before_the_end() -> None:
     sol = no.solve(
         lambda t, y: -y,

@@ -266,15 +266,17 @@ def _solve_with_event(
                 problem.term, problem.y0, problem.times, replace(config, events=tracker), stats
             )
         hit = tracker.terminal_hit()
+        at_output = False  # an output time exactly at the event keeps its output, as in Direct
         if hit is not None:
             before = sum(1 for t in problem.times if sign * (hit.t - t) > 0)
+            at_output = before < len(problem.times) and problem.times[before] == hit.t
             t_event = torch.full((1,), hit.t, dtype=ts.dtype, device=ts.device)
             problem.ts = torch.cat([ts[:before], t_event])
             problem.times = problem.times[:before] + [hit.t]
         ys = _run(gradient, problem)
         event_y = None
         if hit is not None:
-            ys, event_y = ys[:-1], ys[-1]
+            ys, event_y = (ys if at_output else ys[:-1]), ys[-1]
     stats.nfe = problem.term.nfe
     _check_finite(ys, problem.times)
     solution = Solution(ts=ts[: ys.shape[0]], ys=problem.spec.unflatten(ys), stats=stats)

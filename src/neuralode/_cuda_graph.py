@@ -6,7 +6,9 @@ explicit Runge-Kutta method, plus f's). The price is static memory: a replay rea
 inputs from the tensors it was captured with and writes its outputs into the same tensors
 every time. ``GraphedStep`` therefore copies each call's inputs into the captured ones and
 returns copies of the outputs, which the loop may keep for as long as it likes (the
-per-sample loop keeps steps until their outputs and events are done).
+per-sample loop keeps steps until their outputs and events are done); a solve that keeps no
+step (only the end state, no event) takes the captured outputs themselves, as it is done
+with them when it feeds them back as the next step's inputs.
 
 What is captured must launch the same kernels every time and never read back to the host:
 the per-sample step attempt does both (static shapes, decisions as tensors); f must too
@@ -49,12 +51,15 @@ class CudaGraphs:
 
 class GraphedStep:
     """``fn`` (tensors in; a tuple or NamedTuple of tensors and ``None`` out) captured on the
-    first call and replayed on every call, with fresh output tensors each time."""
+    first call and replayed on every call, with fresh output tensors each time; with
+    ``copy_outputs=False`` the captured ones (overwritten by the next call: for a caller
+    done with them by then, such as a loop feeding them back as the next inputs)."""
 
     backend: type = CudaGraphs  # tests substitute a stand-in that runs without a GPU
 
-    def __init__(self, fn: Callable[..., Any]):
+    def __init__(self, fn: Callable[..., Any], copy_outputs: bool = True):
         self.fn = fn
+        self.copy_outputs = copy_outputs
         self.inputs: tuple[torch.Tensor, ...] | None = None
         self.outputs: Any = None
         self.graphs: Any = None
@@ -75,5 +80,7 @@ class GraphedStep:
             for static, value in zip(self.inputs, args, strict=True):
                 static.copy_(value)
         self.graphs.replay()  # a capture records the kernels without running them
+        if not self.copy_outputs:
+            return self.outputs
         fields = [None if x is None else x.clone() for x in self.outputs]
         return type(self.outputs)(*fields) if hasattr(self.outputs, "_fields") else fields

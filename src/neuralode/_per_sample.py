@@ -243,7 +243,7 @@ def integrate_per_sample(
                 "cuda_graph=True records no autograd graph: solve under torch.no_grad(), or "
                 "use gradient=Backsolve() (its forward solve needs none)"
             )
-        attempt = GraphedStep(attempt)
+        attempt = GraphedStep(attempt, copy_outputs=keep_steps)  # else: fed straight back
     copy_stages = buffer is not None and keep_steps and most_pending > 1  # steps that wait
     if events is not None:
         events.start(t, y)

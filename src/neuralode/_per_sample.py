@@ -48,7 +48,7 @@ from ._solution import SolveStats
 from ._term import ODETerm
 from .controllers.initial_step import first_step, probe_step
 from .controllers.pi import PIController
-from .solvers.explicit_rk import ExplicitRK
+from .solvers.explicit_rk import ExplicitRK, combine
 
 _EPS = 2.0**-52
 _MAX_UNCHECKED = 64  # most steps between two termination checks
@@ -195,6 +195,7 @@ def integrate_per_sample(
     next_out = torch.ones(batch, dtype=torch.long, device=device)
     stages, fsal = co.stages, co.fsal
     constants = _Constants(
+        tableau=tab,
         a=co.a,
         b=co.b,
         b_error=co.b_error,
@@ -343,6 +344,7 @@ def integrate_per_sample(
 class _Constants:
     """The tableau and the controller's settings, as one step attempt needs them."""
 
+    tableau: Any  # its numbers, the constants of a compiled step's combinations
     a: list[torch.Tensor]
     b: torch.Tensor
     b_error: torch.Tensor
@@ -410,9 +412,12 @@ def _attempt(
     if buffer is not None:
         stacked, rows, columns = buffer
         rows[0].copy_(f0.reshape(-1))
+    compiling = torch.compiler.is_compiling()
     for i in range(1, k.stages):
         if buffer is not None:
             comb = torch.mv(columns[i], k.a[i]).view(y.shape)
+        elif compiling:  # pointwise, fused by the compiler
+            comb = combine(None, ks, k.tableau.a[i], 1.0)
         else:
             comb = torch.tensordot(k.a[i], torch.stack(ks), dims=1)
         y_stage = torch.addcmul(y, h_y, comb)
@@ -424,6 +429,10 @@ def _attempt(
         k_all = stacked.view(k.stages, *y.shape)
         b_comb = None if k.fsal else torch.mv(columns[k.stages], k.b).view(y.shape)
         err_comb = torch.mv(columns[k.stages], k.b_error).view(y.shape)
+    elif compiling:
+        k_all = torch.stack(ks)
+        b_comb = None if k.fsal else combine(None, ks, k.tableau.b, 1.0)
+        err_comb = combine(None, ks, k.tableau.b_error, 1.0)
     else:
         k_all = torch.stack(ks)
         b_comb = None if k.fsal else torch.tensordot(k.b, k_all, dims=1)

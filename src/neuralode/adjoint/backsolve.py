@@ -241,11 +241,9 @@ def adjoint_backward(
     dynamics = _AdjointDynamics(problem, params)
     aug_term = ODETerm(dynamics, state_spec, ys[0])
     forward = problem.config
-    solver = strategy.solver or forward.solver
-    controller = strategy.backward_controller(forward.controller)
     config = LoopConfig(
-        solver=solver,
-        controller=controller,
+        solver=strategy.solver or forward.solver,
+        controller=strategy.backward_controller(forward.controller),
         norm=strategy.backward_norm(numels, forward.norm),
         max_steps=strategy.max_steps or forward.max_steps,
         step_t=forward.step_t,

@@ -116,19 +116,20 @@ class ExplicitRK(Solver):
         times = term.times([t1 if ci == 1 else t0 + ci * dt for ci in c[1:]])
         ks = [f0]
         y_stage = y0
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        if torch.is_grad_enabled() or compiling:
             # Autograd path: stages stacked as rows (contiguous copies, unlike columns, which
             # are slow for large states); addmv reads the transposed view directly. Also the
             # compiled path (its combinations pointwise, fused by the compiler): the compiler
             # plans its own memory, and a buffer written in place would be an input mutated
             # by the graph.
             for i in range(1, co.stages):
-                if torch.compiler.is_compiling():
+                if compiling:
                     y_stage = combine(y0, ks, self.tableau.a[i], dt)
                 elif i == 1:
-                    y_stage = _add(y0, f0, dt * co.first_a)
+                    y_stage = torch.add(y0, f0, alpha=dt * co.first_a)
                 else:
-                    y_stage = _addmv(y0, torch.stack(ks).T, co.a[i], dt)
+                    y_stage = torch.addmv(y0, torch.stack(ks).T, co.a[i], alpha=dt)
                 ks.append(self._stage(term, times, i, c[i], t0 + c[i] * dt, y_stage, end_perturb))
             stacked = torch.stack(ks)
             all_columns = stacked.T
@@ -141,9 +142,9 @@ class ExplicitRK(Solver):
             rows[0].copy_(f0)  # f0 may be the previous step's last row: copied before reuse
             for i in range(1, co.stages):
                 if i == 1:
-                    y_stage = _add(y0, rows[0], dt * co.first_a)
+                    y_stage = torch.add(y0, rows[0], alpha=dt * co.first_a)
                 else:
-                    y_stage = _addmv(y0, columns[i], co.a[i], dt)
+                    y_stage = torch.addmv(y0, columns[i], co.a[i], alpha=dt)
                 if times is None or (c[i] == 1 and end_perturb):
                     k = self._stage(term, times, i, c[i], t0 + c[i] * dt, y_stage, end_perturb)
                     rows[i].copy_(k)
@@ -154,17 +155,16 @@ class ExplicitRK(Solver):
         tab = self.tableau
         if co.fsal:
             y1, f1 = y_stage, ks[-1]
-        elif torch.compiler.is_compiling():
+        elif compiling:
             y1, f1 = combine(y0, ks, tab.b, dt), None
         else:
-            y1, f1 = _addmv(y0, all_columns, co.b, dt), None
-        # dt * (K^T b_error) in one op: with beta=0, addmv ignores its first argument.
+            y1, f1 = torch.addmv(y0, all_columns, co.b, alpha=dt), None
         if co.b_error is None:
             error = None
-        elif torch.compiler.is_compiling():
+        elif compiling:
             error = combine(None, ks, tab.b_error, dt)
-        else:
-            error = _addmv(y0, all_columns, co.b_error, dt, beta=0)
+        else:  # dt * (K^T b_error) in one op: with beta=0, addmv ignores its first argument
+            error = torch.addmv(y0, all_columns, co.b_error, beta=0, alpha=dt)
         extra = {"stacked": stacked, "f0_reusable": state is not None or not perturb}
         return Step(t0, t1, y0, y1, error, ks, f1, extra, end_perturb)
 
@@ -224,29 +224,13 @@ def combine(
 ) -> torch.Tensor:
     """``y + alpha * sum_j c_j k_j`` (``y`` None: without it) as pointwise arithmetic with the
     tableau's numbers as constants, for a compiled step: the compiler fuses it into the
-    kernels around it, where a matrix-vector product (``_addmv``) stays a separate call on a
-    stacked copy of the stages (a compiled dopri5 step ran ~10 % faster this way)."""
+    kernels around it, where a matrix-vector product (``addmv``) stays a separate call on a
+    stacked copy of the stages (a compiled dopri5 step ran ~10 % faster this way). ``alpha``
+    (the step size, symbolic under torch.compile) multiplies: ``alpha=`` would specialise it,
+    one recompilation per step size."""
     total = None
     for c, k in zip(coefficients, ks):
         if c:
             total = k * c if total is None else total + k * c
     total = total * alpha
     return total if y is None else y + total
-
-
-def _add(y: torch.Tensor, x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``y + alpha * x``: one fused op eagerly; under torch.compile the step size is a symbolic
-    float, which ``alpha=`` would specialise (one recompilation per step size)."""
-    if torch.compiler.is_compiling():
-        return y + x * alpha
-    return torch.add(y, x, alpha=alpha)
-
-
-def _addmv(
-    y: torch.Tensor, m: torch.Tensor, v: torch.Tensor, alpha: float, beta: float = 1.0
-) -> torch.Tensor:
-    """``beta * y + alpha * (m @ v)`` (``beta`` 0 or 1), see ``_add``."""
-    if torch.compiler.is_compiling():
-        mv = torch.mv(m, v) * alpha
-        return mv if beta == 0 else y + mv
-    return torch.addmv(y, m, v, beta=beta, alpha=alpha)

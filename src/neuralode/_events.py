@@ -35,6 +35,14 @@ class Event:
         if not callable(self.fn):
             raise TypeError(f"the event function must be callable, got {type(self.fn).__name__}")
 
+    def values(self, t: torch.Tensor, y: Any) -> torch.Tensor:
+        """``fn(t, y)`` without a graph (for locating events), checked to be a tensor."""
+        with torch.no_grad():
+            g = self.fn(t, y)
+        if not isinstance(g, torch.Tensor):
+            raise TypeError(f"the event function must return a tensor, got {type(g).__name__}")
+        return g
+
 
 @dataclass
 class EventHit:
@@ -56,10 +64,7 @@ class EventTracker:
     _previous: torch.Tensor | None = None
 
     def value(self, t: float, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            g = self.event.fn(self.term.time(t), self.spec.unflatten(y))
-        if not isinstance(g, torch.Tensor):
-            raise TypeError(f"the event function must return a tensor, got {type(g).__name__}")
+        g = self.event.values(self.term.time(t), self.spec.unflatten(y))
         return g.reshape(-1)
 
     def start(self, t0: float, y0: torch.Tensor) -> None:

@@ -1,11 +1,11 @@
 """Per-sample events: every sample of a batch watches its own event function values.
 
 Inside the per-sample integrator (``solve(..., per_sample=True, event=Event(...))``) each
-sample compares the signs of its event values at the ends of its accepted steps; samples with
-a crossing locate it together on their own dense output (``_crossing.refine``: the ITP
-method), to ``event.tol`` each. A terminal event ends that sample at its event
-time (its later outputs hold the state there) while the others go on; a non-terminal one is
-recorded.
+sample compares the signs of its event values at the ends of its accepted steps; at the
+loop's next termination check the samples with a crossing locate it together on their own
+dense output (``_crossing.refine``: the ITP method), to ``event.tol`` each. A terminal
+event ends that sample at its event time (its later outputs hold the state there) while the
+others go on; a non-terminal one is recorded.
 
 Gradients of the event times and states follow the implicit function theorem per sample,
 dt*/dtheta = -(dg/dy . dy/dtheta) / (dg/dt + dg/dy . f), with ``Direct()`` (through the
@@ -55,10 +55,7 @@ class SampleEvents:
 
     def values(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The event values (batch, k) at per-sample times ``t`` and flat states (batch, n)."""
-        with torch.no_grad():
-            g = self.event.fn(t.to(self.term.time_dtype), y.reshape(self.shape))
-        if not isinstance(g, torch.Tensor):
-            raise TypeError(f"the event function must return a tensor, got {type(g).__name__}")
+        g = self.event.values(t.to(self.term.time_dtype), y.reshape(self.shape))
         if g.ndim == 0 or g.shape[0] != self.batch:
             raise ValueError(
                 "with per_sample=True the event function must return one row of values per "
@@ -141,11 +138,8 @@ class OneProblemEvents(SampleEvents):
 
     def values(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The event values (1, k) at the time ``t`` (1,) and the flat state ``y`` (1, n)."""
-        with torch.no_grad():
-            g = self.event.fn(t.reshape(()).to(self.term.time_dtype), self.spec.unflatten(y[0]))
-        if not isinstance(g, torch.Tensor):
-            raise TypeError(f"the event function must return a tensor, got {type(g).__name__}")
-        return g.reshape(1, -1)
+        time = t.reshape(()).to(self.term.time_dtype)
+        return self.event.values(time, self.spec.unflatten(y[0])).reshape(1, -1)
 
     def locate(self, hit: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
         t_event, y_event = super().locate(hit, *args)

@@ -386,7 +386,7 @@ def test_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch
         with monkeypatch.context() as patch, torch.no_grad():
             if every_step:
                 patch.setattr(per_sample, "_MAX_UNCHECKED", 1)
-            checks = _count_calls(patch, per_sample, "_steps_left")
+            checks = _count_calls(patch, per_sample, "_read_progress")
             host = _count_host_reads(patch)
             sol = solve(
                 StateVanDerPol(),
@@ -396,7 +396,7 @@ def test_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch
                 controller=PIController(RTOL, ATOL),
                 per_sample=True,
             )
-        runs.append((sol, checks["_steps_left"], host["host"]))
+        runs.append((sol, checks["_read_progress"], host["host"]))
     (end_only, end_checks, end_host), (outputs, out_checks, out_host), per_step_run = runs
     per_step, step_checks, _ = per_step_run
     steps = int(end_only.stats.sample_steps.max())
@@ -422,7 +422,7 @@ def test_events_are_located_at_the_checks(solver_cls, terminal, monkeypatch):
     step, with a few reads per solve instead of one per step."""
     import neuralode._per_sample as per_sample
 
-    calls = _count_calls(monkeypatch, per_sample, "_steps_left", "_locate_events")
+    calls = _count_calls(monkeypatch, per_sample, "_read_progress", "_locate_events")
     y0 = _stiffening_batch()
     ts = torch.linspace(0.0, 10.0, 41, dtype=torch.float64)
     # falling through x = 1: each sample's first time at most once (terminal), or every time
@@ -459,12 +459,12 @@ def test_events_are_located_at_the_checks(solver_cls, terminal, monkeypatch):
     torch.testing.assert_close(deferred.ys, per_step.ys, rtol=1e-14, atol=1e-14)
     for name in ("sample_steps", "sample_accepted", "sample_nfe"):
         assert torch.equal(getattr(deferred.stats, name), getattr(per_step.stats, name)), name
-    assert step_calls["_steps_left"] == steps
-    assert deferred_calls["_steps_left"] <= steps / 5, deferred_calls
+    assert step_calls["_read_progress"] == steps
+    assert deferred_calls["_read_progress"] <= steps / 5, deferred_calls
     assert 1 <= deferred_calls["_locate_events"] <= step_calls["_locate_events"]
     # every read: the checks (and their outputs), the locations (a read every two
     # evaluations of the event function), set-up and results; the per-step solve: far more
-    most = 2 * deferred_calls["_steps_left"] + 10 * deferred_calls["_locate_events"] + 10
+    most = 2 * deferred_calls["_read_progress"] + 10 * deferred_calls["_locate_events"] + 10
     assert deferred_calls["host"] <= most < steps <= step_calls["host"], deferred_calls
 
 
@@ -475,8 +475,8 @@ def test_steps_waiting_for_their_outputs_are_bounded_in_memory(grad, monkeypatch
     import neuralode._per_sample as per_sample
 
     checks = []
-    steps_left = per_sample._steps_left
-    monkeypatch.setattr(per_sample, "_steps_left", lambda *a: checks.append(1) or steps_left(*a))
+    steps_left = per_sample._read_progress
+    monkeypatch.setattr(per_sample, "_read_progress", lambda *a: checks.append(1) or steps_left(*a))
     mu, y0, _ = problem()
     ts = torch.linspace(0.0, 4.0, 23, dtype=torch.float64)
     results = []
@@ -670,21 +670,21 @@ def test_device_loop_events_match_the_standard_loop(gradient, terminal, monkeypa
     reads back at its checks only, not once per step."""
     import neuralode._per_sample as per_sample
 
-    calls = _count_calls(monkeypatch, per_sample, "_steps_left")
+    calls = _count_calls(monkeypatch, per_sample, "_read_progress")
     y0 = torch.stack([torch.linspace(-1.0, 1.0, 4), torch.linspace(0.5, -0.5, 4)], 1)
     ts = torch.linspace(0.0, 20.0, 11, dtype=torch.float64)
     # the first sample's x through -1.5, down and up: four times before t = 20
     event = neuralode.Event(lambda t, y: y[0, 0] + 1.5, terminal=terminal)
     results = []
     for device_loop in (False, True):
-        calls["_steps_left"] = 0
+        calls["_read_progress"] = 0
         start = y0.to(torch.float64).requires_grad_(True)
         strategy = Backsolve(params=()) if gradient is Backsolve else Direct()
         kwargs = dict(controller=PIController(RTOL, ATOL), gradient=strategy)
         sol = solve(_one_system_vdp, start, ts, event=event, device_loop=device_loop, **kwargs)
         loss = sol.ys.pow(2).sum() + (sol.event_t + sol.event_y.sum() if terminal else 0)
         loss.backward()
-        results.append((sol, start.grad, calls["_steps_left"]))
+        results.append((sol, start.grad, calls["_read_progress"]))
     (standard, standard_grad, _), (device, device_grad, reads) = results
     assert reads <= standard.stats.n_steps / 5
     assert len(standard.event_ts) == (1 if terminal else 4)

@@ -279,7 +279,7 @@ def integrate_per_sample(
             with torch.no_grad():
                 ends = _ends(pending, ts_signed, sign) if write_outputs else None
                 hits = _stack([r.hit for r in pending]) if events is not None else None
-                n_still, left, lo, hi, rounds, stalled = _steps_left(
+                n_still, left, lo, hi, rounds, stalled = _read_progress(
                     still, t, proposal, t_stop, sign, ends, next_out, hits
                 )
                 next_check = iteration + max(1, min(most_unchecked, int(left) // 4))
@@ -486,7 +486,7 @@ class _Progress(NamedTuple):
     stalled: bool  # a running sample can no longer advance (``_stalled``)
 
 
-def _steps_left(
+def _read_progress(
     still: torch.Tensor,
     t: torch.Tensor,
     proposal: torch.Tensor,

@@ -15,6 +15,7 @@ from .cnf import (
     hutchinson_trace,
     standard_normal_log_prob,
 )
+from .deq import DEQ, ConvergenceError, ConvergenceWarning, DEQNet, EquilibriumCell, SolveReport
 from .dynamics import ConcatConv2d, ConvDynamics, MLPDynamics
 from .latent import (
     ELBO,
@@ -51,6 +52,12 @@ __all__ = [
     "Augment",
     "ConcatConv2d",
     "ConvDynamics",
+    "ConvergenceError",
+    "ConvergenceWarning",
+    "DEQ",
+    "DEQNet",
+    "EquilibriumCell",
+    "SolveReport",
     "DerivativePenalty",
     "JacobianFrobenius",
     "KineticEnergy",

@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field, fields
 from torch import nn
 
 from ..data import DATASETS
+from ..implicit import FIXED_POINT_METHODS
 from ..models import (
+    DEQNet,
     DerivativePenalty,
     JacobianFrobenius,
     KineticEnergy,
@@ -17,8 +19,9 @@ from ..models import (
     ResNet,
     RKNet,
 )
+from ..models.deq import BACKWARD_METHODS as DEQ_BACKWARD_METHODS
 
-MODELS = ("odenet", "resnet", "rknet")
+MODELS = ("odenet", "resnet", "rknet", "deq")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 GRADIENTS = ("adjoint", "direct", "checkpointed")
@@ -28,6 +31,7 @@ RESUME_KEYS = (
     "model", "data", "channels", "augment", "batch_size", "optimizer", "seed",
     "train_subset", "test_subset", "crop_padding", "schedule", "pool",
     "kinetic", "jacobian", "jacobian_noise", "derivative", "derivative_order", "ema",
+    "blocks",
 )  # fmt: skip
 NOISES = ("gaussian", "rademacher")
 
@@ -55,7 +59,12 @@ class TrainConfig:
     atol: float = 1e-3
     step_size: float = 0.25
     gradient: str = "adjoint"
+    deq_method: str = "anderson"
+    deq_backward: str | None = None
+    deq_tol: float = 1e-2
+    deq_max_iter: int = 30
     channels: int = 64
+    blocks: int = 6
     augment: int = 0
     pool: str = "max"
     kinetic: float = 0.0
@@ -81,14 +90,21 @@ class TrainConfig:
         choices = {
             "model": MODELS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
             "gradient": GRADIENTS, "data": DATASETS, "jacobian_noise": NOISES,
+            "deq_method": tuple(FIXED_POINT_METHODS),
         }  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "test_batch_size", "channels"):
+        if self.deq_backward is not None and self.deq_backward not in DEQ_BACKWARD_METHODS:
+            raise ValueError(
+                f"deq_backward must be one of {DEQ_BACKWARD_METHODS}, got {self.deq_backward!r}"
+            )
+        for name in ("epochs", "batch_size", "test_batch_size", "channels", "blocks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "rtol", "atol", "step_size"):
+        if self.deq_max_iter < 1:
+            raise ValueError(f"deq_max_iter must be at least 1, got {self.deq_max_iter}")
+        for name in ("lr", "rtol", "atol", "step_size", "deq_tol"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("kinetic", "jacobian", "derivative"):
@@ -103,6 +119,11 @@ class TrainConfig:
             raise ValueError(
                 "--kinetic, --jacobian and --derivative regularise an ODE block; "
                 "resnet has none (use odenet or rknet)"
+            )
+        if self.model == "deq" and (self.kinetic > 0 or self.derivative > 0):
+            raise ValueError(
+                "--kinetic and --derivative regularise an ODE block; a deq is regularised by "
+                "--jacobian (the Jacobian at the fixed point)"
             )
 
     def regularisers(self) -> list[Regulariser]:
@@ -130,7 +151,18 @@ def build_model(config: TrainConfig, in_channels: int = 1, classes: int = 10) ->
     if in_channels != 1:
         raise ValueError(f"the classifiers take one input channel, got {in_channels}")
     if config.model == "resnet":
-        return ResNet(config.channels, classes, pool=config.pool)
+        return ResNet(config.channels, classes, blocks=config.blocks, pool=config.pool)
+    if config.model == "deq":
+        return DEQNet(
+            config.channels,
+            classes,
+            method=config.deq_method,
+            tol=config.deq_tol,
+            max_iter=config.deq_max_iter,
+            backward_method=config.deq_backward,
+            pool=config.pool,
+            regularisers=config.regularisers(),
+        )
     if config.model == "rknet":
         return RKNet(
             config.channels,
@@ -208,6 +240,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     g = parser.add_argument_group("model and solver")
     g.add_argument("--channels", type=int, default=d.channels)
     g.add_argument(
+        "--blocks", type=int, default=d.blocks, help="residual blocks of resnet (default 6)"
+    )
+    g.add_argument(
         "--augment",
         type=int,
         default=d.augment,
@@ -234,7 +269,34 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         choices=GRADIENTS,
         help="adjoint (O(1) memory), direct backprop, or checkpointed (default %(default)s)",
     )
-    g = parser.add_argument_group("regularisation of the ODE block (odenet, rknet)")
+    g = parser.add_argument_group("equilibrium layer (deq)")
+    g.add_argument(
+        "--deq-method",
+        default=d.deq_method,
+        choices=tuple(FIXED_POINT_METHODS),
+        help="fixed-point solver of the forward pass (default %(default)s)",
+    )
+    g.add_argument(
+        "--deq-backward",
+        default=None,
+        choices=DEQ_BACKWARD_METHODS,
+        help="solver of the implicit-function adjoint equation (default: --deq-method)",
+    )
+    g.add_argument(
+        "--deq-tol",
+        type=float,
+        default=d.deq_tol,
+        help="relative residual of both solves (default %(default)s)",
+    )
+    g.add_argument(
+        "--deq-max-iter",
+        type=int,
+        default=d.deq_max_iter,
+        help="most iterations of each solve (default %(default)s)",
+    )
+    g = parser.add_argument_group(
+        "regularisation of the ODE block (odenet, rknet; deq: --jacobian)"
+    )
     g.add_argument(
         "--kinetic",
         type=float,

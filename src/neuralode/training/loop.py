@@ -48,9 +48,11 @@ class TrainResult:
         return self.average if self.average is not None else self.model
 
 
-def ode_block(model: nn.Module) -> Any:
-    """The model's ODE block, or None (ResNet)."""
-    return getattr(model, "ode", None)
+def solver_block(model: nn.Module) -> Any:
+    """The model's ODE block or equilibrium layer (its NFE and regularisation), or None
+    (ResNet)."""
+    block = getattr(model, "ode", None)
+    return getattr(model, "deq", None) if block is None else block
 
 
 def load_data(config: TrainConfig) -> ImageDataset:
@@ -105,7 +107,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Test loss, accuracy and mean forward NFE, over this rank's share, summed over ranks."""
     model.eval()
-    block = ode_block(model)
+    block = solver_block(model)
     shard = slice(runtime.rank, None, runtime.world)
     x, y = x[shard], y[shard]
     sums = torch.zeros(4, dtype=torch.float64)  # loss, correct, count, nfe * batches
@@ -223,7 +225,7 @@ class Trainer:
                 "history": history,
             }
 
-        block = ode_block(model)
+        block = solver_block(model)
         terms = regulariser_names(block)
         status = 0
         with StopRequest() as stop_request:
@@ -361,7 +363,7 @@ class Trainer:
         tick, cpu_tick = time.perf_counter(), time.process_time()
         test = evaluate(network, data.test_x, data.test_y, self.config.test_batch_size, runtime)
         memory, memory_kind = peak_memory_mb(runtime.device)
-        has_ode = ode_block(model) is not None
+        has_ode = solver_block(model) is not None
         batches = max(totals[5].item(), 1.0)
         return {
             "epoch": epoch + 1,

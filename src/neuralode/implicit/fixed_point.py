@@ -1,0 +1,289 @@
+"""Fixed-point solvers for z = f(z): plain iteration, Anderson acceleration, Broyden's method.
+
+All three work on batches of independent problems: ``z`` is (batch, ...) and ``f`` maps each
+sample on its own, so every sample has its own residual, Anderson mixing and Broyden
+inverse-Jacobian estimate. One driver (``fixed_point``) evaluates f, measures the residuals,
+keeps each sample's best iterate and stops; a method only proposes the next iterate from the
+current one (``FixedPointMethod.propose``). Every iteration is one evaluation of f.
+
+The operations are differentiable (no in-place writes into histories), so the same solve also
+serves as an unrolled layer when autograd is on.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+_TINY = 1e-12  # keeps relative residuals finite where f(z) = 0
+
+
+@dataclass
+class FixedPointResult:
+    """The outcome of ``fixed_point``.
+
+    Attributes:
+        z: each sample's iterate with the smallest residual, shape of ``z0``.
+        iterations: evaluations of f.
+        residual: relative residual ||f(z) - z|| / ||f(z)|| of ``z`` per sample, (batch,).
+        history: the largest relative residual over the batch after each evaluation.
+        converged: whether every sample reached the tolerance.
+    """
+
+    z: torch.Tensor
+    iterations: int
+    residual: torch.Tensor
+    history: list[float] = field(default_factory=list)
+    converged: bool = False
+
+    @property
+    def max_residual(self) -> float:
+        """The largest relative residual over the batch (the stopping criterion)."""
+        return float(self.residual.max()) if self.residual.numel() else 0.0
+
+
+class FixedPointMethod(abc.ABC):
+    """Proposes the next iterate from the current iterate ``z`` and ``fz = f(z)``, both
+    flattened to (batch, n). ``reset`` is called once per solve."""
+
+    name: str = "method"
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget the previous solve's history."""
+
+    @abc.abstractmethod
+    def propose(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
+        """The next iterate, (batch, n)."""
+
+
+class Picard(FixedPointMethod):
+    """Plain (damped) iteration z <- (1 - damping) z + damping f(z); converges where f is a
+    contraction, linearly at the contraction's rate.
+
+    Arguments:
+        damping: the step fraction in (0, 1] (1: z <- f(z)).
+    """
+
+    name = "picard"
+
+    def __init__(self, damping: float = 1.0):
+        if not 0 < damping <= 1:
+            raise ValueError(f"damping must be in (0, 1], got {damping!r}")
+        self.damping = damping
+
+    def reset(self) -> None:
+        """Plain iteration keeps no history."""
+
+    def propose(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
+        if self.damping == 1:
+            return fz
+        return torch.lerp(z, fz, self.damping)
+
+
+class Anderson(FixedPointMethod):
+    """Anderson acceleration (Walker & Ni 2011): the next iterate mixes the last ``memory``
+    values of f with the weights that minimise the mixed residual, sum(alpha) = 1.
+
+    Arguments:
+        memory: how many past iterates are mixed.
+        regularisation: Tikhonov term added to the residuals' Gram matrix, relative to its
+            largest diagonal entry (conditioning); default: the square root of the dtype's
+            machine epsilon (1.5e-8 in float64, 3.5e-4 in float32), which also bounds the
+            attainable residual to about its size.
+        damping: beta; 1 mixes the values of f only, less mixes in the iterates too.
+    """
+
+    name = "anderson"
+
+    def __init__(self, memory: int = 5, regularisation: float | None = None, damping: float = 1.0):
+        if memory < 1:
+            raise ValueError(f"memory must be at least 1, got {memory!r}")
+        if regularisation is not None and not regularisation >= 0:
+            raise ValueError(f"regularisation must be non-negative, got {regularisation!r}")
+        if not 0 < damping <= 1:
+            raise ValueError(f"damping must be in (0, 1], got {damping!r}")
+        self.memory, self.regularisation, self.damping = memory, regularisation, damping
+        self.reset()
+
+    def reset(self) -> None:
+        self._iterates: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
+
+    def propose(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
+        self._iterates = (self._iterates + [z])[-self.memory :]
+        self._values = (self._values + [fz])[-self.memory :]
+        iterates, values = torch.stack(self._iterates, 1), torch.stack(self._values, 1)
+        residuals = values - iterates  # (batch, k, n)
+        k = residuals.shape[1]
+        gram = residuals @ residuals.transpose(1, 2)
+        # Scale the regularisation with the residuals, so it does not dominate near convergence.
+        scale = gram.diagonal(dim1=1, dim2=2).amax(1).clamp_min(_TINY)[:, None, None]
+        eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
+        regularisation = self.regularisation
+        if regularisation is None:
+            regularisation = torch.finfo(gram.dtype).eps ** 0.5
+        gram = gram + regularisation * scale * eye
+        # min ||alpha^T residuals|| subject to sum(alpha) = 1: alpha = G^-1 1 / (1^T G^-1 1)
+        ones = gram.new_ones(gram.shape[0], k, 1)
+        weights = torch.linalg.solve(gram, ones)[..., 0]
+        alpha = weights / weights.sum(1, keepdim=True)
+        mixed = (alpha[:, None, :] @ values)[:, 0]
+        if self.damping == 1:
+            return mixed
+        return torch.lerp((alpha[:, None, :] @ iterates)[:, 0], mixed, self.damping)
+
+
+class Broyden(FixedPointMethod):
+    """Broyden's ("good") quasi-Newton method on g(z) = f(z) - z: its inverse Jacobian is
+    estimated as -I plus rank-one updates (at most ``memory`` kept; the oldest are dropped),
+    and z <- z - H g(z). Superlinear near a fixed point; no line search.
+
+    Arguments:
+        memory: the number of rank-one updates kept.
+    """
+
+    name = "broyden"
+
+    def __init__(self, memory: int = 30):
+        if memory < 1:
+            raise ValueError(f"memory must be at least 1, got {memory!r}")
+        self.memory = memory
+        self.reset()
+
+    def reset(self) -> None:
+        self._previous: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._us: list[torch.Tensor] = []  # H = -I + sum_i u_i v_i^T
+        self._vs: list[torch.Tensor] = []
+
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        """H x, (batch, n)."""
+        out = -x
+        for u, v in zip(self._us, self._vs):
+            out = out + u * (v * x).sum(1, keepdim=True)
+        return out
+
+    def _apply_transposed(self, x: torch.Tensor) -> torch.Tensor:
+        """H^T x, (batch, n)."""
+        out = -x
+        for u, v in zip(self._us, self._vs):
+            out = out + v * (u * x).sum(1, keepdim=True)
+        return out
+
+    def propose(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
+        g = fz - z
+        if self._previous is not None:
+            dz, dg = z - self._previous[0], g - self._previous[1]
+            h_dg = self._apply(dg)
+            denominator = (dz * h_dg).sum(1, keepdim=True)
+            # Samples that have stopped moving (or a degenerate update) keep their estimate.
+            ok = denominator.abs() > _TINY * (dz.norm(dim=1, keepdim=True) ** 2 + _TINY)
+            safe = torch.where(ok, denominator, torch.ones_like(denominator))
+            u = torch.where(ok, (dz - h_dg) / safe, torch.zeros_like(dz))
+            v = self._apply_transposed(dz)  # of the estimate before this update
+            self._us = (self._us + [u])[-self.memory :]
+            self._vs = (self._vs + [v])[-self.memory :]
+        self._previous = (z, g)
+        return z - self._apply(g)
+
+
+FIXED_POINT_METHODS: dict[str, type[FixedPointMethod]] = {
+    "picard": Picard,
+    "anderson": Anderson,
+    "broyden": Broyden,
+}
+
+
+def fixed_point_method(method: str | FixedPointMethod, **options: float) -> FixedPointMethod:
+    """A method by name (``"picard"``, ``"anderson"``, ``"broyden"``, with its options) or
+    the instance itself.
+
+    Raises:
+        ValueError: an unknown name.
+        TypeError: neither a name nor a ``FixedPointMethod``.
+    """
+    if isinstance(method, FixedPointMethod):
+        return method
+    if isinstance(method, str):
+        if method not in FIXED_POINT_METHODS:
+            raise ValueError(
+                f"unknown fixed-point method {method!r}; available: "
+                f"{', '.join(FIXED_POINT_METHODS)}"
+            )
+        return FIXED_POINT_METHODS[method](**options)
+    raise TypeError(f"method must be a name or a FixedPointMethod, got {method!r}")
+
+
+def relative_residual(z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
+    """||f(z) - z|| / ||f(z)|| per sample, for flattened (batch, n) tensors."""
+    return (fz - z).norm(dim=1) / fz.norm(dim=1).clamp_min(_TINY)
+
+
+def fixed_point(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    z0: torch.Tensor,
+    method: str | FixedPointMethod = "anderson",
+    tol: float = 1e-4,
+    max_iter: int = 50,
+) -> FixedPointResult:
+    """Solve z = f(z) for a batch of independent problems.
+
+    Arguments:
+        f: maps a tensor of the shape of ``z0`` (batch first) to one of the same shape, each
+            sample on its own.
+        z0: the initial guess, (batch, ...).
+        method: ``"anderson"``, ``"broyden"``, ``"picard"`` or a ``FixedPointMethod``.
+        tol: stop when every sample's relative residual ||f(z) - z|| / ||f(z)|| is at most
+            this (0: run all ``max_iter`` evaluations).
+        max_iter: the most evaluations of f.
+
+    Returns:
+        A ``FixedPointResult``: each sample's best iterate, its residual, the number of
+        evaluations and the residual history. Not converging is not an error here:
+        ``converged`` says it, and callers decide.
+
+    Raises:
+        ValueError: a negative ``tol``, ``max_iter`` below 1, or f changing the shape.
+    """
+    if not tol >= 0 or not math.isfinite(tol):
+        raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    solver = fixed_point_method(method)
+    solver.reset()
+    shape = z0.shape
+    batch = shape[0] if z0.ndim else 1
+
+    def evaluate(z: torch.Tensor) -> torch.Tensor:
+        out = f(z.reshape(shape))
+        if out.shape != shape:
+            raise ValueError(f"f must return the shape of z {tuple(shape)}, got {tuple(out.shape)}")
+        return out.reshape(batch, -1)
+
+    z = z0.reshape(batch, -1)
+    fz = evaluate(z)
+    best, best_residual = z, torch.full((batch,), math.inf, dtype=_real(z).dtype, device=z.device)
+    history: list[float] = []
+    iterations = 1
+    while True:
+        residual = relative_residual(z.detach(), fz.detach())
+        improved = residual < best_residual  # NaN is never an improvement
+        best = torch.where(improved[:, None], z, best)
+        best_residual = torch.where(improved, residual, best_residual)
+        worst = float(residual.max())
+        history.append(worst)
+        if worst <= tol or iterations >= max_iter or not math.isfinite(worst):
+            break
+        z = solver.propose(z, fz)
+        fz = evaluate(z)
+        iterations += 1
+    converged = float(best_residual.max()) <= tol
+    return FixedPointResult(best.reshape(shape), iterations, best_residual, history, converged)
+
+
+def _real(z: torch.Tensor) -> torch.Tensor:
+    return z.real if z.is_complex() else z

@@ -1,0 +1,255 @@
+"""Fixed-point solvers and the deep equilibrium layer, against linear algebra, backpropagation
+through the unrolled iteration and finite differences."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from neuralode.implicit import FIXED_POINT_METHODS, Anderson, Broyden, Picard, fixed_point
+from neuralode.models import (
+    DEQ,
+    ConvergenceError,
+    ConvergenceWarning,
+    DEQNet,
+    JacobianFrobenius,
+    KineticEnergy,
+)
+from neuralode.training import autograd_memory_mb
+
+DTYPE = torch.float64
+
+
+def linear_problem(eigenvalues: torch.Tensor, batch: int = 3, seed: int = 0):
+    """z = A z + b per sample with A symmetric of the given eigenvalues; the exact solution."""
+    generator = torch.Generator().manual_seed(seed)
+    n = len(eigenvalues)
+    q = torch.linalg.qr(torch.randn(n, n, dtype=DTYPE, generator=generator))[0]
+    a = q @ torch.diag(eigenvalues.to(DTYPE)) @ q.T
+    b = torch.randn(batch, n, dtype=DTYPE, generator=generator)
+    exact = torch.linalg.solve(torch.eye(n, dtype=DTYPE) - a, b.T).T
+    return (lambda z: z @ a.T + b), exact
+
+
+@pytest.mark.parametrize("method", list(FIXED_POINT_METHODS))
+def test_every_method_solves_a_linear_contraction(method: str) -> None:
+    f, exact = linear_problem(torch.linspace(-0.9, 0.9, 12))
+    result = fixed_point(f, torch.zeros_like(exact), method, tol=1e-10, max_iter=1000)
+    assert result.converged
+    assert result.max_residual <= 1e-10
+    assert result.iterations == len(result.history)
+    torch.testing.assert_close(result.z, exact, atol=1e-8, rtol=0)
+
+
+def test_anderson_and_broyden_need_far_fewer_iterations_than_plain_iteration() -> None:
+    f, exact = linear_problem(torch.linspace(-0.95, 0.95, 20))
+    iterations = {
+        m: fixed_point(f, torch.zeros_like(exact), m, tol=1e-8, max_iter=2000).iterations
+        for m in FIXED_POINT_METHODS
+    }
+    assert iterations["anderson"] * 2 <= iterations["picard"], iterations
+    assert iterations["broyden"] * 2 <= iterations["picard"], iterations
+
+
+def test_a_nonlinear_contraction_per_sample() -> None:
+    generator = torch.Generator().manual_seed(1)
+    w = torch.randn(8, 8, dtype=DTYPE, generator=generator)
+    w = 0.8 * w / torch.linalg.matrix_norm(w, 2)
+    x = torch.randn(5, 8, dtype=DTYPE, generator=generator)
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(z @ w.T + x)
+
+    for method in FIXED_POINT_METHODS:
+        result = fixed_point(f, torch.zeros_like(x), method, tol=1e-12, max_iter=500)
+        assert result.converged, method
+        torch.testing.assert_close(f(result.z), result.z, atol=1e-11, rtol=0)
+        # each sample alone has the same fixed point
+        alone = fixed_point(lambda z: torch.tanh(z @ w.T + x[2:3]), x[2:3] * 0, method, 1e-12, 500)
+        torch.testing.assert_close(alone.z, result.z[2:3], atol=1e-10, rtol=0)
+
+
+def test_anderson_and_broyden_converge_where_plain_iteration_diverges() -> None:
+    # eigenvalue -1.5: z <- A z + b diverges, but I - A is invertible
+    f, exact = linear_problem(torch.tensor([-1.5, -0.5, 0.3, 0.6, 0.8, 1.3]))
+    plain = fixed_point(f, torch.zeros_like(exact), "picard", tol=1e-10, max_iter=200)
+    assert not plain.converged
+    for method in (Anderson(memory=8), Broyden()):
+        result = fixed_point(f, torch.zeros_like(exact), method, tol=1e-10, max_iter=200)
+        assert result.converged, method.name
+        torch.testing.assert_close(result.z, exact, atol=1e-8, rtol=0)
+
+
+def test_damped_plain_iteration_and_the_best_iterate() -> None:
+    f, exact = linear_problem(torch.tensor([-1.5, 0.2, 0.5]))
+    damped = fixed_point(f, torch.zeros_like(exact), Picard(damping=0.5), 1e-10, 500)
+    assert damped.converged
+    torch.testing.assert_close(damped.z, exact, atol=1e-8, rtol=0)
+    # diverging: the returned iterate is the best one seen, with its residual
+    plain = fixed_point(f, torch.zeros_like(exact), "picard", 1e-10, 30)
+    assert plain.residual.max() == min(plain.history) or plain.residual.max() <= plain.history[0]
+    fz = f(plain.z)
+    residual = (fz - plain.z).norm(dim=1) / fz.norm(dim=1)
+    torch.testing.assert_close(residual, plain.residual)
+
+
+def test_bad_input_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown fixed-point method 'newton'"):
+        fixed_point(lambda z: z, torch.zeros(2, 2), "newton")
+    with pytest.raises(ValueError, match="max_iter"):
+        fixed_point(lambda z: z, torch.zeros(2, 2), max_iter=0)
+    with pytest.raises(ValueError, match="tol"):
+        fixed_point(lambda z: z, torch.zeros(2, 2), tol=-1.0)
+    with pytest.raises(ValueError, match="shape"):
+        fixed_point(lambda z: z[:, :1], torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="damping"):
+        Picard(damping=0.0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        DEQ(Cell(), method="newton")
+    with pytest.raises(ValueError, match="JacobianFrobenius"):
+        DEQ(Cell(), regularisers=[KineticEnergy(1.0)])
+
+
+class Cell(nn.Module):
+    """f(z, x) = tanh(W z + U x + c), a contraction in z (||W|| < 1)."""
+
+    def __init__(self, n: int = 4, contraction: float = 0.7, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        w = torch.randn(n, n, dtype=DTYPE, generator=generator)
+        self.w = nn.Parameter(contraction * w / torch.linalg.matrix_norm(w, 2))
+        self.u = nn.Parameter(torch.randn(n, n, dtype=DTYPE, generator=generator))
+        self.c = nn.Parameter(torch.randn(n, dtype=DTYPE, generator=generator))
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(z @ self.w.T + x @ self.u.T + self.c)
+
+
+def gradients(layer: DEQ, x: torch.Tensor, weights: torch.Tensor) -> list[torch.Tensor]:
+    x = x.detach().requires_grad_(True)
+    loss = (layer(x) * weights).sum()
+    return torch.autograd.grad(loss, [x, *layer.parameters()])
+
+
+@pytest.mark.parametrize("backward_method", ["anderson", "broyden", "picard", "gmres"])
+def test_implicit_gradients_equal_backprop_through_the_converged_iteration(
+    backward_method: str,
+) -> None:
+    cell = Cell()
+    x = torch.randn(3, 4, dtype=DTYPE, generator=torch.Generator().manual_seed(2))
+    weights = torch.randn(3, 4, dtype=DTYPE, generator=torch.Generator().manual_seed(3))
+    implicit = DEQ(cell, tol=1e-13, max_iter=200, backward_method=backward_method)
+    unrolled = DEQ(cell, method="picard", tol=1e-15, max_iter=200, gradient="unrolled")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # 1e-15 is below round-off
+        expected = gradients(unrolled, x, weights)
+    for got, want in zip(gradients(implicit, x, weights), expected):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+    assert implicit.backward_report.converged
+    assert 0 < implicit.nfe_backward <= 200
+
+
+def test_implicit_gradients_against_finite_differences() -> None:
+    layer = DEQ(Cell(n=3, seed=4), method="broyden", tol=1e-13, max_iter=100,
+                backward_method="gmres")  # fmt: skip
+    x = torch.randn(2, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(5))
+    names = [name for name, _ in layer.named_parameters()]
+    params = [p.detach().clone() for p in layer.parameters()]
+
+    def of_everything(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(layer, dict(zip(names, values)), (x,))
+
+    inputs = tuple(v.requires_grad_(True) for v in (x, *params))
+    # the backward solves agree to round-off between repeated backward passes, not bitwise
+    assert torch.autograd.gradcheck(of_everything, inputs, atol=1e-7, nondet_tol=1e-12)
+
+
+def test_forward_statistics_and_the_fixed_point() -> None:
+    cell = Cell()
+    layer = DEQ(cell, tol=1e-10, max_iter=100)
+    x = torch.randn(5, 4, dtype=DTYPE)
+    z = layer(x)
+    torch.testing.assert_close(cell(z, x), z, atol=1e-8, rtol=0)
+    report = layer.forward_report
+    assert report.converged and report.residual <= 1e-10
+    assert layer.nfe_forward == report.iterations == len(report.history)
+    assert layer.nfe_backward == 0
+    z.sum().backward()
+    assert layer.backward_report.iterations == layer.nfe_backward > 0
+
+
+def test_non_convergence_is_reported_with_the_residual() -> None:
+    cell = Cell(contraction=0.99)
+    x = torch.randn(4, 4, dtype=DTYPE)
+    with pytest.raises(ConvergenceError, match=r"forward solve \(picard\).*relative residual"):
+        DEQ(cell, method="picard", tol=1e-12, max_iter=3, on_failure="raise")(x)
+    with pytest.warns(ConvergenceWarning, match="after 3 iterations"):
+        DEQ(cell, method="picard", tol=1e-12, max_iter=3)(x)
+    layer = DEQ(cell, tol=1e-12, max_iter=100, backward_max_iter=2, on_failure="raise")
+    z = layer(x)
+    with pytest.raises(ConvergenceError, match="backward solve"):
+        z.sum().backward()
+
+
+def test_training_memory_is_flat_in_the_number_of_iterations() -> None:
+    cell = Cell(n=64)
+    x = torch.randn(32, 64, dtype=DTYPE)
+
+    def memory(gradient: str, iterations: int) -> float:
+        layer = DEQ(cell, "picard", tol=0.0, max_iter=iterations, gradient=gradient)
+        layer.on_failure = "ignore"
+        return autograd_memory_mb(lambda: layer(x).square().sum())
+
+    implicit = [memory("implicit", k) for k in (5, 40)]
+    unrolled = [memory("unrolled", k) for k in (5, 40)]
+    assert implicit[0] == implicit[1] > 0
+    assert unrolled[1] > 5 * unrolled[0]
+
+
+def test_jacobian_regularisation_estimates_the_frobenius_norm() -> None:
+    class Linear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Parameter(0.5 * torch.eye(3, dtype=DTYPE) + 0.1)
+
+        def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return z @ self.a.T + x
+
+    cell = Linear()
+    layer = DEQ(cell, tol=1e-10, regularisers=[JacobianFrobenius(2.0)])
+    torch.manual_seed(0)
+    layer(torch.randn(20_000, 3, dtype=DTYPE))
+    exact = torch.linalg.matrix_norm(cell.a.detach()) ** 2
+    assert abs(layer.regularisation_terms["jacobian"] - exact) < 0.03 * exact
+    torch.testing.assert_close(layer.regularisation, 2 * layer.regularisation_terms["jacobian"])
+    (grad,) = torch.autograd.grad(layer.regularisation, cell.a)
+    torch.testing.assert_close(grad, 4 * cell.a.detach(), atol=0.1, rtol=0.05)
+    layer.eval()
+    layer(torch.randn(4, 3, dtype=DTYPE))
+    assert float(layer.regularisation) == 0
+
+
+def test_deqnet_has_the_odenet_parameter_count_and_trains() -> None:
+    torch.manual_seed(0)
+    model = DEQNet(channels=8, tol=1e-2, max_iter=15)
+    from neuralode.models import ODENet
+
+    assert sum(p.numel() for p in DEQNet().parameters()) == pytest.approx(
+        sum(p.numel() for p in ODENet(pool="max").parameters()), rel=0.01
+    )
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    losses = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for _ in range(15):
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert model.deq.nfe_forward > 0 and model.deq.nfe_backward > 0

@@ -206,7 +206,7 @@ def test_training_memory_is_flat_in_the_number_of_iterations() -> None:
     implicit = [memory("implicit", k) for k in (5, 40)]
     unrolled = [memory("unrolled", k) for k in (5, 40)]
     assert implicit[0] == implicit[1] > 0
-    assert unrolled[1] > 5 * unrolled[0]
+    assert unrolled[1] > 3 * unrolled[0]  # grows with every recorded iteration
 
 
 def test_jacobian_regularisation_estimates_the_frobenius_norm() -> None:

@@ -16,6 +16,7 @@ from torch.nn.functional import cross_entropy
 from ..data import load_dataset
 from ..training import TrainConfig, add_train_arguments, autograd_memory_mb, train
 from ..training.config import MODELS
+from ..training.loop import solver_block
 
 # Chen et al. (2018), Table 1 (full MNIST): test error, parameters, memory, time.
 PAPER = {
@@ -54,11 +55,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="RK-Net step sizes of the memory-vs-NFE study")  # fmt: skip
 
 
+def result_row(name: str, result: Any) -> dict[str, Any]:
+    """One model's line of the table from its training result (the last epoch's metrics)."""
+    last = result.history[-1]
+    return {
+        "model": name,
+        "test_error": last["test_error"],
+        "test_error_raw": last.get("test_error_raw"),  # trained weights, with --ema
+        "params": sum(p.numel() for p in result.model.parameters()),
+        "time_per_epoch_s": sum(r["time_s"] for r in result.history) / len(result.history),
+        "cpu_time_per_epoch_s": sum(r["cpu_time_s"] for r in result.history) / len(result.history),
+        "cpu_time_s": sum(r["cpu_time_s"] for r in result.history),
+        "nfe_forward": last["nfe_forward"],
+        "nfe_backward": last["nfe_backward"],
+        "epochs": len(result.history),
+    }
+
+
 def step_memory(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """Autograd memory (MB) and NFE of one training step of ``model`` on ``(x, y)``."""
     model.zero_grad(set_to_none=True)
     memory = autograd_memory_mb(lambda: cross_entropy(model(x), y))
-    block = getattr(model, "ode", None)
+    block = solver_block(model)
     model.zero_grad(set_to_none=True)
     return {
         "memory_mb": memory,
@@ -196,20 +214,8 @@ def _run(args: argparse.Namespace) -> int:
         result = train(replace(base, model=name, out=str(out / name), **options))
         if result.status != 0:
             return result.status
-        last = result.history[-1]
         trained[name] = result.model
-        rows.append({
-            "model": name,
-            "test_error": last["test_error"],
-            "test_error_raw": last.get("test_error_raw"),  # trained weights, with --ema
-            "params": sum(p.numel() for p in result.model.parameters()),
-            "time_per_epoch_s": sum(r["time_s"] for r in result.history) / len(result.history),
-            "cpu_time_per_epoch_s": sum(r["cpu_time_s"] for r in result.history)
-            / len(result.history),
-            "nfe_forward": last["nfe_forward"],
-            "nfe_backward": last["nfe_backward"],
-            "epochs": len(result.history),
-        })  # fmt: skip
+        rows.append(result_row(name, result))
     data = load_dataset(base.data, base.data_dir, base.download, base.cache_dir)
     x, y = data.test_x[: args.memory_batch], data.test_y[: args.memory_batch]
     device = next(iter(trained.values())).parameters().__next__().device

@@ -30,7 +30,6 @@ from torch.nn.functional import relu
 from ..implicit.fixed_point import FIXED_POINT_METHODS, FixedPointResult, fixed_point
 from ..solvers._newton import gmres
 from .classifiers import downsampling, head
-from .dynamics import group_norm
 from .regularisers import JacobianFrobenius, Point, Regulariser
 
 GRADIENTS = ("implicit", "unrolled")
@@ -205,21 +204,22 @@ class DEQ(nn.Module):
             z_star = z_star.requires_grad_(True)
             f_star = self.f(z_star, x)
             z.register_hook(lambda grad: self._adjoint(f_star, z_star, grad))
-            self._regularise(z_star, x, f_star)
+            self._regularise(z_star, x)
         else:
             self.regularisation, self.regularisation_terms = torch.zeros(()), {}
         return z
 
-    def _regularise(
-        self, z: torch.Tensor, x: torch.Tensor, f_z: torch.Tensor | None = None
-    ) -> None:
-        """``regularisation``: the weighted Jacobian penalties at z, averaged over the batch."""
+    def _regularise(self, z: torch.Tensor, x: torch.Tensor) -> None:
+        """``regularisation``: the weighted Jacobian penalties at z, averaged over the batch.
+
+        f is evaluated once more for them: the backward pass frees the graph of this
+        evaluation while differentiating the penalty, and the adjoint hook needs its own.
+        """
         self.regularisation, self.regularisation_terms = z.new_zeros(()), {}
         if not self.regularisers or not self.training or not torch.is_grad_enabled():
             return
-        if f_z is None or not z.requires_grad:
-            z = z.detach().requires_grad_(True)
-            f_z = self.f(z, x)
+        z = z.detach().requires_grad_(True)
+        f_z = self.f(z, x)
         point = Point(t=z.new_zeros(()), y=z, f=f_z, create_graph=True)
         for regulariser in self.regularisers:
             rate = regulariser.rate(point, regulariser.draw_noise(z)).mean()
@@ -268,11 +268,13 @@ class EquilibriumCell(nn.Module):
     initialisation and the fixed point exists; the Jacobian regulariser keeps it so.
     """
 
-    def __init__(self, channels: int = 64, init_std: float = 0.01):
+    def __init__(self, channels: int = 64, groups: int = 8, init_std: float = 0.01):
         super().__init__()
+        if channels % groups:
+            raise ValueError(f"groups ({groups}) must divide channels ({channels})")
         self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-        self.norm1, self.norm2, self.norm3 = (group_norm(channels) for _ in range(3))
+        self.norm1, self.norm2, self.norm3 = (nn.GroupNorm(groups, channels) for _ in range(3))
         for conv in (self.conv1, self.conv2):
             nn.init.normal_(conv.weight, 0.0, init_std)
 
@@ -303,7 +305,7 @@ class DEQNet(nn.Module):
         super().__init__()
         self.features = downsampling(channels)
         self.deq = DEQ(
-            EquilibriumCell(channels),
+            EquilibriumCell(channels, groups=math.gcd(channels, 8)),
             method=method,
             tol=tol,
             max_iter=max_iter,

@@ -145,7 +145,11 @@ def save_model_plots(
     out: Path, model: nn.Module, data: Any, config: Any, device: Any
 ) -> list[Path]:
     """The end-of-training plots of a model with an ODE block: trajectories (8 test images)
-    and, for adaptive solvers, the tolerance sweep (also written as ``tolerance.json``)."""
+    and, for adaptive solvers, the tolerance sweep (also written as ``tolerance.json``); of a
+    model with an equilibrium layer (``deq``): the fixed-point solvers' residuals on the test
+    images (``residuals.png``, ``residuals.json``)."""
+    if getattr(model, "deq", None) is not None:
+        return [save_deq_residuals(out, model, data.test_x[: config.sweep_images or None], device)]
     block = getattr(model, "ode", None)
     if block is None:
         return []
@@ -159,3 +163,19 @@ def save_model_plots(
         (out / "tolerance.json").write_text(json.dumps(rows, indent=2) + "\n")
         paths.append(save_tolerance_sweep(out, rows, block.rtol))
     return paths
+
+
+@torch.no_grad()
+def save_deq_residuals(out: Path, model: nn.Module, images: torch.Tensor, device: Any) -> Path:
+    """``residuals.png`` and ``residuals.json``: each fixed-point method's residual history on
+    the equilibrium layer of ``model`` (its ``features`` then ``deq``) for ``images``."""
+    from .implicit import residual_histories, save_residual_plot
+
+    was_training = model.training
+    model.eval()
+    try:
+        histories = residual_histories(model.deq, model.features(images.to(device)))
+    finally:
+        model.train(was_training)
+    (out / "residuals.json").write_text(json.dumps(histories, indent=2) + "\n")
+    return save_residual_plot(out, histories, model.deq.tol)

@@ -1,0 +1,226 @@
+"""Implicit layers side by side: a deep equilibrium model vs ODE-Net vs ResNet on MNIST.
+
+Each model is trained with the Table 1 recipe (same data, budget and head; comparable parameter
+counts: the ResNet has one residual block by default). Then: the autograd memory of one
+training step; how that memory grows with the solver's iterations for the DEQ differentiated
+implicitly and by backpropagation through the unrolled iterations (a weight-tied ResNet as
+deep as the iterations); and the residual against iteration of plain iteration, Anderson and
+Broyden on the trained DEQ. Writes table.md, metrics.json, memory.png and residuals.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.functional import cross_entropy
+
+from ..data import load_dataset
+from ..training import TrainConfig, add_train_arguments, autograd_memory_mb, train
+from ..viz.implicit import iterations_to, residual_histories, save_residual_plot
+from .table1 import RECIPE, averaging, result_row, step_memory
+
+NAMES = {"deq": "DEQ", "odenet": "ODE-Net", "resnet": "ResNet"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_train_arguments(parser, model_positional=False)
+    parser.set_defaults(**RECIPE, blocks=1)
+    parser.add_argument("--models", nargs="+", choices=tuple(NAMES), default=list(NAMES))
+    parser.add_argument("--memory-batch", type=int, default=32,
+                        help="batch of the one-step memory measurements")  # fmt: skip
+    parser.add_argument("--memory-iterations", type=int, nargs="+", default=[5, 10, 20, 40],
+                        help="DEQ iterations of the memory-vs-iterations study")  # fmt: skip
+    parser.add_argument("--residual-iterations", type=int, default=60,
+                        help="iterations of the residual-vs-iteration study")  # fmt: skip
+    parser.add_argument("--residual-images", type=int, default=250,
+                        help="test images of the residual-vs-iteration study")  # fmt: skip
+
+
+def memory_study(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, iterations: list[int]
+) -> list[dict[str, Any]]:
+    """Autograd memory of one training step of the DEQ model as the forward iterations grow
+    (no tolerance: exactly that many), with implicit gradients and unrolled backpropagation."""
+    layer = model.deq
+    saved = layer.gradient, layer.tol, layer.max_iter, layer.on_failure
+    rows = []
+    try:
+        layer.tol, layer.on_failure = 0.0, "ignore"
+        for gradient in ("implicit", "unrolled"):
+            layer.gradient = gradient
+            for k in iterations:
+                layer.max_iter = k
+                model.zero_grad(set_to_none=True)
+                memory = autograd_memory_mb(lambda: cross_entropy(model(x), y))
+                rows.append({"gradient": gradient, "iterations": k, "memory_mb": memory})
+    finally:
+        layer.gradient, layer.tol, layer.max_iter, layer.on_failure = saved
+        model.zero_grad(set_to_none=True)
+    return rows
+
+
+def save_memory_plot(out: Path, study: list[dict[str, Any]]) -> Path:
+    from ..viz.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels = {
+        "implicit": "DEQ, implicit gradient",
+        "unrolled": "DEQ unrolled (weight-tied ResNet), backprop",
+    }
+    for gradient, label in labels.items():
+        points = [(r["iterations"], r["memory_mb"]) for r in study if r["gradient"] == gradient]
+        ax.plot(*zip(*points), "o-", label=label)
+    ax.set_xlabel("iterations of the forward solve (depth)")
+    ax.set_ylabel("autograd memory of one training step (MB)")
+    ax.set_title("memory against iterations")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "memory.png", dpi=100)
+    plt.close(fig)
+    return out / "memory.png"
+
+
+def residual_study(model: torch.nn.Module, images: torch.Tensor, iterations: int) -> dict[str, Any]:
+    """Residual histories of the three methods on the trained DEQ, the iterations each needs
+    to reach the training tolerance, and Anderson's saving over plain iteration."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            histories = residual_histories(model.deq, model.features(images), iterations=iterations)
+    finally:
+        model.train()
+    tol = model.deq.tol
+    to_tol = {method: iterations_to(h, tol) for method, h in histories.items()}
+    # the smallest residual that every method reaches: plain iteration may stall above tol
+    common = max(min(h) for h in histories.values())
+    to_common = {method: iterations_to(h, common) for method, h in histories.items()}
+    return {
+        "tol": tol,
+        "histories": histories,
+        "iterations_to_tol": to_tol,
+        "common_residual": common,
+        "iterations_to_common_residual": to_common,
+        "anderson_speedup": to_common["picard"] / to_common["anderson"],
+    }
+
+
+def format_table(
+    rows: list[dict[str, Any]], study: list[dict[str, Any]], residuals: dict[str, Any] | None,
+    header: str,
+) -> str:  # fmt: skip
+    lines = [
+        "# Implicit layers: DEQ vs ODE-Net vs ResNet", "", header, "",
+        "| model | test error | params | memory of a step (MB) | CPU s (training) "
+        "| time/epoch (s) | NFE / iterations fwd / bwd |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in rows:
+        nfe = (
+            "-" if r["nfe_forward"] is None else f"{r['nfe_forward']:.1f} / {r['nfe_backward']:.1f}"
+        )
+        lines.append(
+            f"| {NAMES[r['model']]} | {100 * r['test_error']:.2f}% | {r['params'] / 1e6:.3f}M "
+            f"| {r['memory_mb']:.1f} | {r['cpu_time_s']:.0f} | {r['time_per_epoch_s']:.1f} "
+            f"| {nfe} |"
+        )
+    lines += [
+        "", "Memory: megabytes of tensors autograd keeps for the backward pass of one training "
+        "step (parameters excluded). NFE: ODE-Net's function evaluations; DEQ: evaluations of f "
+        "by the forward solve / vector-Jacobian products of the backward solve; means per "
+        "training batch in the last epoch. CPU s: process CPU time of the training batches.",
+    ]  # fmt: skip
+    if study:
+        lines += ["", "## Memory of one DEQ training step against the iterations", "",
+                  "| iterations | implicit gradient (MB) | unrolled backprop (MB) |",
+                  "|---|---|---|"]  # fmt: skip
+        by = {(r["gradient"], r["iterations"]): r["memory_mb"] for r in study}
+        for k in sorted({r["iterations"] for r in study}):
+            lines.append(f"| {k} | {by[('implicit', k)]:.2f} | {by[('unrolled', k)]:.2f} |")
+    if residuals is not None:
+        lines += ["", "## Fixed-point solvers on the trained DEQ", "",
+                  f"Iterations (evaluations of f) to the training tolerance {residuals['tol']:g} "
+                  f"and to {residuals['common_residual']:.2g}, the smallest largest-residual "
+                  "that every method reaches:", "",
+                  "| method | to the tolerance | to the common residual |",
+                  "|---|---|---|"]  # fmt: skip
+        for method in residuals["histories"]:
+            to_tol = residuals["iterations_to_tol"][method]
+            lines.append(
+                f"| {method} | {to_tol if to_tol is not None else 'never'} "
+                f"| {residuals['iterations_to_common_residual'][method]} |"
+            )
+        lines += ["", f"Anderson needs {residuals['anderson_speedup']:.1f}x fewer iterations "
+                  "than plain iteration to the common residual."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    threads = torch.get_num_threads()
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = Path(args.out or "out/implicit")
+    out.mkdir(parents=True, exist_ok=True)
+    base = TrainConfig.from_namespace(argparse.Namespace(**{**vars(args), "out": str(out)}))
+    if base.threads > 0:
+        torch.set_num_threads(base.threads)
+    rows, trained = [], {}
+    for name in args.models:
+        print(f"\n== {NAMES[name]} ==", file=sys.stderr)
+        # the ResNet has nothing to regularise; a DEQ only its Jacobian (--jacobian)
+        unregularised = {"kinetic": 0.0, "derivative": 0.0}
+        options = {**unregularised, "jacobian": 0.0} if name == "resnet" else {}
+        options = unregularised if name == "deq" else options
+        result = train(replace(base, model=name, out=str(out / name), **options))
+        if result.status != 0:
+            return result.status
+        trained[name] = result.model
+        rows.append(result_row(name, result))
+    data = load_dataset(base.data, base.data_dir, base.download, base.cache_dir)
+    device = next(next(iter(trained.values())).parameters()).device
+    x = data.test_x[: args.memory_batch].to(device)
+    y = data.test_y[: args.memory_batch].to(device)
+    for row in rows:
+        row["memory_mb"] = step_memory(trained[row["model"]], x, y)["memory_mb"]
+    study, residuals = [], None
+    if "deq" in trained:
+        print("\n== memory and residual studies of the DEQ ==", file=sys.stderr)
+        study = memory_study(trained["deq"], x, y, args.memory_iterations)
+        images = data.test_x[: args.residual_images].to(device)
+        residuals = residual_study(trained["deq"], images, args.residual_iterations)
+    header = (
+        f"`{' '.join(sys.argv[1:]) or 'neuralode experiment implicit'}`: {base.data}, "
+        f"{base.epochs} epochs, batch {base.batch_size}, {base.optimizer} lr {base.lr} "
+        f"{base.schedule}{averaging(base)}; DEQ {base.deq_method} forward / "
+        f"{base.deq_backward or base.deq_method} backward, tol {base.deq_tol}, at most "
+        f"{base.deq_max_iter} iterations; ODE-Net {base.method} rtol {base.rtol} atol "
+        f"{base.atol} ({base.gradient}); ResNet with {base.blocks} block(s); torch "
+        f"{torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{base.threads or torch.get_num_threads()} threads."
+    )
+    text = format_table(rows, study, residuals, header)
+    (out / "table.md").write_text(text)
+    metrics: dict[str, Any] = {row["model"]: row for row in rows}
+    metrics["memory_study"] = study
+    if residuals is not None:
+        metrics["residual_study"] = residuals
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if base.plots and study:
+        save_memory_plot(out, study)
+    if base.plots and residuals is not None:
+        save_residual_plot(out, residuals["histories"], residuals["tol"])
+    print(text)
+    return 0

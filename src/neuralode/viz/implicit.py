@@ -1,0 +1,59 @@
+"""How a trained equilibrium layer's fixed-point solvers converge: residual histories and the
+``residuals.png`` plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..implicit import fixed_point
+from .plots import _pyplot
+
+
+@torch.no_grad()
+def residual_histories(
+    layer: torch.nn.Module,
+    x: torch.Tensor,
+    methods: Sequence[str] = ("picard", "anderson", "broyden"),
+    iterations: int = 60,
+) -> dict[str, list[float]]:
+    """The largest relative residual over the batch after each evaluation of f, for each
+    method solving the ``DEQ`` ``layer``'s fixed point z = f(z, x) from zero (no tolerance: all
+    ``iterations`` are run)."""
+    return {
+        method: fixed_point(
+            lambda z: layer.f(z, x), torch.zeros_like(x), method, tol=0.0, max_iter=iterations
+        ).history
+        for method in methods
+    }
+
+
+def iterations_to(history: Sequence[float], residual: float) -> int | None:
+    """The evaluations of f after which ``history`` first reaches ``residual`` (None: never)."""
+    for k, value in enumerate(history, start=1):
+        if value <= residual:
+            return k
+    return None
+
+
+def save_residual_plot(out: Path, histories: dict[str, Sequence[float]], tol: float) -> Path:
+    """``residuals.png``: relative residual against iteration for each method, and the
+    training tolerance as a line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, history in histories.items():
+        reached = iterations_to(history, tol)
+        label = f"{method} ({reached} to tol)" if reached else f"{method} (never reaches tol)"
+        ax.semilogy(range(1, len(history) + 1), history, label=label)
+    ax.axhline(tol, color="grey", ls="--", lw=1, label=f"training tol {tol:g}")
+    ax.set_xlabel("iteration (evaluations of f)")
+    ax.set_ylabel("largest relative residual ||f(z) - z|| / ||f(z)||")
+    ax.set_title("fixed-point solvers on the trained equilibrium layer")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "residuals.png", dpi=100)
+    plt.close(fig)
+    return out / "residuals.png"

@@ -1,0 +1,57 @@
+"""`neuralode train deq` and `neuralode experiment implicit` on a tiny budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from neuralode.cli import main
+
+pytest.importorskip("sklearn", reason="the tiny runs use scikit-learn's digits")
+
+TINY = ["--data", "digits", "--train-subset", "32", "--test-subset", "16", "--epochs", "1"]
+TINY += ["--channels", "8", "--batch-size", "16", "--threads", "1"]
+
+
+def test_train_deq_reports_iterations_and_plots_residuals(tmp_path) -> None:
+    argv = ["train", "deq", *TINY, "--deq-max-iter", "8", "--jacobian", "0.1"]
+    argv += ["--sweep-images", "8", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 1 <= record["nfe_forward"] <= 8 and 1 <= record["nfe_backward"] <= 8
+    assert record["regularisation"]["jacobian"] > 0
+    histories = json.loads((tmp_path / "residuals.json").read_text())
+    assert set(histories) == {"picard", "anderson", "broyden"}
+    assert all(len(h) == 60 for h in histories.values())
+    assert (tmp_path / "residuals.png").stat().st_size > 0
+
+
+def test_deq_refuses_the_ode_regularisers(tmp_path, capsys) -> None:
+    assert main(["train", "deq", *TINY, "--kinetic", "0.1", "--out", str(tmp_path)]) == 2
+    assert "a deq is regularised by --jacobian" in capsys.readouterr().err
+
+
+def test_implicit_experiment_tiny_budget(tmp_path, capsys) -> None:
+    argv = ["experiment", "implicit", *TINY, "--memory-batch", "4", "--out", str(tmp_path)]
+    argv += ["--memory-iterations", "2", "8", "--residual-iterations", "12"]
+    argv += ["--residual-images", "8", "--kinetic", "0.01"]
+    assert main(argv) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert table == capsys.readouterr().out.strip() + "\n"
+    for text in ("| DEQ |", "| ODE-Net |", "| ResNet |", "ResNet with 1 block(s)"):
+        assert text in table
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for name in ("deq", "odenet", "resnet"):
+        assert 0 <= metrics[name]["test_error"] <= 1
+    # comparable sizes: the same downsampling and head, one block's worth of convolutions
+    params = [metrics[name]["params"] for name in ("deq", "odenet", "resnet")]
+    assert max(params) < 1.2 * min(params)
+    memory = {(r["gradient"], r["iterations"]): r["memory_mb"] for r in metrics["memory_study"]}
+    assert memory[("implicit", 2)] == memory[("implicit", 8)]
+    assert memory[("unrolled", 8)] > 1.2 * memory[("unrolled", 2)]  # the features are shared
+    residuals = metrics["residual_study"]
+    assert set(residuals["histories"]) == {"picard", "anderson", "broyden"}
+    assert residuals["anderson_speedup"] > 0
+    for name in ("table.md", "metrics.json", "memory.png", "residuals.png"):
+        assert (tmp_path / name).stat().st_size > 0

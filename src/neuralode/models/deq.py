@@ -72,7 +72,8 @@ class DEQ(nn.Module):
         max_iter: the most evaluations of f forward.
         backward_method: the solver of the adjoint equation: one of the forward methods or
             ``"gmres"``; default: the forward method.
-        backward_tol: its tolerance (relative residual); default ``tol``.
+        backward_tol: its tolerance on the relative residual, per sample for the fixed-point
+            methods, of the whole batch's linear system for GMRES; default ``tol``.
         backward_max_iter: the most vector-Jacobian products backward; default ``max_iter``.
         gradient: ``"implicit"`` (implicit function theorem, memory independent of the
             iterations) or ``"unrolled"`` (backpropagation through every iteration of the
@@ -246,11 +247,10 @@ class DEQ(nn.Module):
                 return g - vjp(g)
 
             g = gmres(matvec, grad, tol, self.backward_max_iter)
-            batch = grad.shape[0]
-            residual = (matvec(g) - grad).reshape(batch, -1).norm(dim=1) / grad.reshape(
-                batch, -1
-            ).norm(dim=1).clamp_min(1e-30)
-            worst = float(residual.max())
+            # GMRES controls the residual of the whole batch's system
+            worst = float(torch.linalg.vector_norm(matvec(g) - grad)) / max(
+                float(torch.linalg.vector_norm(grad)), 1e-30
+            )
             report = SolveReport(count[0], worst, worst <= tol, (worst,))
         else:
             result = self._solve(lambda g: vjp(g) + grad, grad, method, tol, self.backward_max_iter)

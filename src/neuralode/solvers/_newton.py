@@ -228,6 +228,9 @@ def gmres(
     if float(beta) == 0:
         return torch.zeros_like(rhs)
     basis = [b / beta]
+    # The Krylov space is exhausted (to round-off) when the new direction is this short.
+    real = b.real if b.is_complex() else b
+    breakdown = 50 * torch.finfo(real.dtype).eps * float(beta)
     hessenberg = torch.zeros(dim + 1, dim, dtype=b.dtype, device=b.device)
     e1 = torch.zeros(dim + 1, dtype=b.dtype, device=b.device)
     e1[0] = beta
@@ -241,7 +244,7 @@ def gmres(
         sub = hessenberg[: k + 2, : k + 1]
         y = torch.linalg.lstsq(sub, e1[: k + 2, None]).solution[:, 0]
         residual = float(torch.linalg.vector_norm(sub @ y - e1[: k + 2]))
-        if residual <= tol * float(beta) or float(hessenberg[k + 1, k]) <= 1e-14 * float(beta):
+        if residual <= tol * float(beta) or float(hessenberg[k + 1, k]) <= breakdown:
             break
         basis.append(w / hessenberg[k + 1, k])
     x = torch.stack(basis[: y.shape[0]], 1) @ y

@@ -30,6 +30,7 @@ from torch.nn.functional import relu
 from ..implicit.fixed_point import FIXED_POINT_METHODS, FixedPointResult, fixed_point
 from ..solvers._newton import gmres
 from .classifiers import downsampling, head
+from .dynamics import group_norm
 from .regularisers import JacobianFrobenius, Point, Regulariser
 
 GRADIENTS = ("implicit", "unrolled")
@@ -268,13 +269,11 @@ class EquilibriumCell(nn.Module):
     initialisation and the fixed point exists; the Jacobian regulariser keeps it so.
     """
 
-    def __init__(self, channels: int = 64, groups: int = 8, init_std: float = 0.01):
+    def __init__(self, channels: int = 64, init_std: float = 0.01):
         super().__init__()
-        if channels % groups:
-            raise ValueError(f"groups ({groups}) must divide channels ({channels})")
         self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-        self.norm1, self.norm2, self.norm3 = (nn.GroupNorm(groups, channels) for _ in range(3))
+        self.norm1, self.norm2, self.norm3 = (group_norm(channels) for _ in range(3))
         for conv in (self.conv1, self.conv2):
             nn.init.normal_(conv.weight, 0.0, init_std)
 
@@ -305,7 +304,7 @@ class DEQNet(nn.Module):
         super().__init__()
         self.features = downsampling(channels)
         self.deq = DEQ(
-            EquilibriumCell(channels, groups=math.gcd(channels, 8)),
+            EquilibriumCell(channels),
             method=method,
             tol=tol,
             max_iter=max_iter,

@@ -203,9 +203,8 @@ class DEQ(nn.Module):
         z_star = result.z.detach()
         z = self.f(z_star, x)  # one evaluation with autograd: the path to x and the parameters
         if torch.is_grad_enabled() and z.requires_grad:
-            z_star = z_star.requires_grad_(True)
-            f_star = self.f(z_star, x)
-            z.register_hook(lambda grad: self._adjoint(f_star, z_star, grad))
+            x_star = x.detach()
+            z.register_hook(lambda grad: self._adjoint(z_star, x_star, grad))
             self._regularise(z_star, x)
         else:
             self.regularisation, self.regularisation_terms = torch.zeros(()), {}
@@ -229,11 +228,18 @@ class DEQ(nn.Module):
             self.regularisation = self.regularisation + regulariser.weight * rate
 
     def _adjoint(
-        self, f_star: torch.Tensor, z_star: torch.Tensor, grad: torch.Tensor | None
+        self, z_star: torch.Tensor, x: torch.Tensor, grad: torch.Tensor | None
     ) -> torch.Tensor | None:
-        """Solve g = (df/dz)^T g + grad at z* (the hook on the layer's output)."""
+        """Solve g = (df/dz)^T g + grad at z* (the hook on the layer's output).
+
+        f is evaluated at (z*, x) here, in the backward pass, so the forward pass keeps the
+        graph of one evaluation only.
+        """
         if grad is None:  # an undefined gradient stays undefined
             return None
+        with torch.enable_grad():
+            z_star = z_star.detach().requires_grad_(True)
+            f_star = self.f(z_star, x)
 
         def vjp(g: torch.Tensor) -> torch.Tensor:
             (out,) = torch.autograd.grad(f_star, z_star, g, retain_graph=True)

@@ -42,6 +42,9 @@ def test_every_method_solves_a_linear_contraction(method: str) -> None:
     assert result.max_residual <= 1e-10
     assert result.iterations == len(result.history)
     torch.testing.assert_close(result.z, exact, atol=1e-8, rtol=0)
+    # each sample's own count: at most the batch's, and the batch's for the slowest
+    assert int(result.sample_iterations.max()) == result.iterations
+    assert int(result.sample_iterations.min()) >= 1
 
 
 def test_anderson_and_broyden_need_far_fewer_iterations_than_plain_iteration() -> None:

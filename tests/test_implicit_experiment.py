@@ -55,6 +55,15 @@ def test_implicit_experiment_tiny_budget(tmp_path, capsys) -> None:
     assert memory[("unrolled", 8)] > 1.2 * memory[("unrolled", 2)]  # the features are shared
     residuals = metrics["residual_study"]
     assert set(residuals["histories"]) == {"picard", "anderson", "broyden"}
-    assert residuals["anderson_speedup"] > 0
+    for method, row in residuals["iterations_to_residual"].items():
+        assert set(row) == {"0.01", "0.001", "0.0001"}
+        history = residuals["histories"][method]
+        for target, cell in row.items():
+            # the batch count is where the history first reaches the target
+            reached = [k for k, r in enumerate(history, 1) if r <= float(target)]
+            assert cell["batch"] == (reached[0] if reached else None)
+            if cell["sample_mean"] is not None:
+                assert 1 <= cell["sample_mean"] <= cell["batch"]
+    assert "Anderson's saving over plain iteration" in table
     for name in ("table.md", "metrics.json", "memory.png", "residuals.png"):
         assert (tmp_path / name).stat().st_size > 0

@@ -23,7 +23,7 @@ from torch.nn.functional import cross_entropy
 
 from ..data import load_dataset
 from ..training import TrainConfig, add_train_arguments, autograd_memory_mb, train
-from ..viz.implicit import iterations_to, residual_histories, save_residual_plot
+from ..viz.implicit import iterations_to_residuals, residual_histories, save_residual_plot
 from .table1 import RECIPE, averaging, result_row, step_memory
 
 NAMES = {"deq": "DEQ", "odenet": "ODE-Net", "resnet": "ResNet"}
@@ -37,8 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batch of the one-step memory measurements")  # fmt: skip
     parser.add_argument("--memory-iterations", type=int, nargs="+", default=[5, 10, 20, 40],
                         help="DEQ iterations of the memory-vs-iterations study")  # fmt: skip
-    parser.add_argument("--residual-iterations", type=int, default=60,
-                        help="iterations of the residual-vs-iteration study")  # fmt: skip
+    parser.add_argument("--residual-iterations", type=int, default=100,
+                        help="most iterations of the residual-vs-iteration study")  # fmt: skip
+    parser.add_argument("--residual-targets", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4],
+                        help="residuals of the iterations-to-residual table")  # fmt: skip
     parser.add_argument("--residual-images", type=int, default=250,
                         help="test images of the residual-vs-iteration study")  # fmt: skip
 
@@ -89,27 +91,32 @@ def save_memory_plot(out: Path, study: list[dict[str, Any]]) -> Path:
     return out / "memory.png"
 
 
-def residual_study(model: torch.nn.Module, images: torch.Tensor, iterations: int) -> dict[str, Any]:
-    """Residual histories of the three methods on the trained DEQ, the iterations each needs
-    to reach the training tolerance, and Anderson's saving over plain iteration."""
+def residual_study(
+    model: torch.nn.Module, images: torch.Tensor, iterations: int, residuals: list[float]
+) -> dict[str, Any]:
+    """The three methods on the trained DEQ: residual histories (for the plot) and the
+    iterations to each target residual, for the whole batch and per sample; Anderson's saving
+    over plain iteration (None where plain iteration does not get there)."""
     model.eval()
     try:
         with torch.no_grad():
-            histories = residual_histories(model.deq, model.features(images), iterations=iterations)
+            x = model.features(images)
+            histories = residual_histories(model.deq, x, iterations=iterations)
+            table = iterations_to_residuals(model.deq, x, residuals, iterations=iterations)
     finally:
         model.train()
-    tol = model.deq.tol
-    to_tol = {method: iterations_to(h, tol) for method, h in histories.items()}
-    # the smallest residual that every method reaches: plain iteration may stall above tol
-    common = max(min(h) for h in histories.values())
-    to_common = {method: iterations_to(h, common) for method, h in histories.items()}
+    speedup = {}
+    for target, anderson in table["anderson"].items():
+        plain = table["picard"][target]
+        speedup[target] = {
+            key: plain[key] / anderson[key] if plain[key] and anderson[key] else None
+            for key in ("batch", "sample_mean")
+        }
     return {
-        "tol": tol,
+        "tol": model.deq.tol,
         "histories": histories,
-        "iterations_to_tol": to_tol,
-        "common_residual": common,
-        "iterations_to_common_residual": to_common,
-        "anderson_speedup": to_common["picard"] / to_common["anderson"],
+        "iterations_to_residual": table,
+        "anderson_speedup": speedup,
     }
 
 
@@ -146,20 +153,29 @@ def format_table(
         for k in sorted({r["iterations"] for r in study}):
             lines.append(f"| {k} | {by[('implicit', k)]:.2f} | {by[('unrolled', k)]:.2f} |")
     if residuals is not None:
+        table = residuals["iterations_to_residual"]
+        targets = list(next(iter(table.values())))
         lines += ["", "## Fixed-point solvers on the trained DEQ", "",
-                  f"Iterations (evaluations of f) to the training tolerance {residuals['tol']:g} "
-                  f"and to {residuals['common_residual']:.2g}, the smallest largest-residual "
-                  "that every method reaches:", "",
-                  "| method | to the tolerance | to the common residual |",
-                  "|---|---|---|"]  # fmt: skip
-        for method in residuals["histories"]:
-            to_tol = residuals["iterations_to_tol"][method]
-            lines.append(
-                f"| {method} | {to_tol if to_tol is not None else 'never'} "
-                f"| {residuals['iterations_to_common_residual'][method]} |"
-            )
-        lines += ["", f"Anderson needs {residuals['anderson_speedup']:.1f}x fewer iterations "
-                  "than plain iteration to the common residual."]  # fmt: skip
+                  "Evaluations of f until every test image of the batch reaches the relative "
+                  "residual (in brackets: the mean over images of the evaluations each needs "
+                  f"alone); the training tolerance is {residuals['tol']:g}.", "",
+                  "| method | " + " | ".join(f"residual {t}" for t in targets) + " |",
+                  "|---" * (len(targets) + 1) + "|"]  # fmt: skip
+        for method, row in table.items():
+            cells = []
+            for t in targets:
+                batch, mean = row[t]["batch"], row[t]["sample_mean"]
+                cells.append(
+                    ("never" if batch is None else str(batch))
+                    + ("" if mean is None else f" ({mean:.1f})")
+                )
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        ratios = []
+        for t, ratio in residuals["anderson_speedup"].items():
+            batch, mean = ratio["batch"], ratio["sample_mean"]
+            text = "-" if batch is None else f"{batch:.1f}x"
+            ratios.append(f"{t}: {text}" + ("" if mean is None else f" ({mean:.1f}x per image)"))
+        lines += ["", "Anderson's saving over plain iteration: " + ", ".join(ratios) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -200,7 +216,9 @@ def _run(args: argparse.Namespace) -> int:
         print("\n== memory and residual studies of the DEQ ==", file=sys.stderr)
         study = memory_study(trained["deq"], x, y, args.memory_iterations)
         images = data.test_x[: args.residual_images].to(device)
-        residuals = residual_study(trained["deq"], images, args.residual_iterations)
+        residuals = residual_study(
+            trained["deq"], images, args.residual_iterations, args.residual_targets
+        )
     header = (
         f"`{' '.join(sys.argv[1:]) or 'neuralode experiment implicit'}`: {base.data}, "
         f"{base.epochs} epochs, batch {base.batch_size}, {base.optimizer} lr {base.lr} "

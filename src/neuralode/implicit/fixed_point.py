@@ -32,6 +32,8 @@ class FixedPointResult:
         residual: relative residual ||f(z) - z|| / ||f(z)|| of ``z`` per sample, (batch,).
         history: the largest relative residual over the batch after each evaluation.
         converged: whether every sample reached the tolerance.
+        sample_iterations: per sample, the evaluations of f after which its residual first
+            met the tolerance (-1: never), (batch,); a sample's own cost were it solved alone.
     """
 
     z: torch.Tensor
@@ -39,6 +41,7 @@ class FixedPointResult:
     residual: torch.Tensor
     history: list[float] = field(default_factory=list)
     converged: bool = False
+    sample_iterations: torch.Tensor | None = None
 
     @property
     def max_residual(self) -> float:
@@ -92,9 +95,8 @@ class Anderson(FixedPointMethod):
     Arguments:
         memory: how many past iterates are mixed.
         regularisation: Tikhonov term added to the residuals' Gram matrix, relative to its
-            largest diagonal entry (conditioning); default: the square root of the dtype's
-            machine epsilon (1.5e-8 in float64, 3.5e-4 in float32), which also bounds the
-            attainable residual to about its size.
+            largest diagonal entry (conditioning); default: 1e-8, or ten times the dtype's
+            machine epsilon where that is larger (1.2e-6 in float32).
         damping: beta; 1 mixes the values of f only, less mixes in the iterates too.
     """
 
@@ -126,7 +128,7 @@ class Anderson(FixedPointMethod):
         eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
         regularisation = self.regularisation
         if regularisation is None:
-            regularisation = torch.finfo(gram.dtype).eps ** 0.5
+            regularisation = max(1e-8, 10 * torch.finfo(gram.dtype).eps)
         gram = gram + regularisation * scale * eye
         # min ||alpha^T residuals|| subject to sum(alpha) = 1: alpha = G^-1 1 / (1^T G^-1 1)
         ones = gram.new_ones(gram.shape[0], k, 1)
@@ -268,9 +270,12 @@ def fixed_point(
     fz = evaluate(z)
     best, best_residual = z, torch.full((batch,), math.inf, dtype=_real(z).dtype, device=z.device)
     history: list[float] = []
+    sample_iterations = torch.full((batch,), -1, dtype=torch.long, device=z.device)
     iterations = 1
     while True:
         residual = relative_residual(z.detach(), fz.detach())
+        first = (sample_iterations < 0) & (residual <= tol)
+        sample_iterations = torch.where(first, iterations, sample_iterations)
         improved = residual < best_residual  # NaN is never an improvement
         best = torch.where(improved[:, None], z, best)
         best_residual = torch.where(improved, residual, best_residual)
@@ -282,7 +287,9 @@ def fixed_point(
         fz = evaluate(z)
         iterations += 1
     converged = float(best_residual.max()) <= tol
-    return FixedPointResult(best.reshape(shape), iterations, best_residual, history, converged)
+    return FixedPointResult(
+        best.reshape(shape), iterations, best_residual, history, converged, sample_iterations
+    )
 
 
 def _real(z: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,35 @@ def residual_histories(
     }
 
 
+@torch.no_grad()
+def iterations_to_residuals(
+    layer: torch.nn.Module,
+    x: torch.Tensor,
+    residuals: Sequence[float],
+    methods: Sequence[str] = ("picard", "anderson", "broyden"),
+    iterations: int = 100,
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """For each method and target residual: the evaluations of f until every sample of the
+    batch reaches it (``batch``; None: not within ``iterations``) and the mean over samples of
+    the evaluations each needs on its own (``sample_mean``; None unless every sample reaches
+    it)."""
+    table: dict[str, dict[str, dict[str, float | None]]] = {}
+    for method in methods:
+        table[method] = {}
+        for target in residuals:
+            result = fixed_point(
+                lambda z: layer.f(z, x), torch.zeros_like(x), method, target, iterations
+            )
+            reached = result.sample_iterations >= 0
+            table[method][f"{target:g}"] = {
+                "batch": result.iterations if result.converged else None,
+                "sample_mean": float(result.sample_iterations.double().mean())
+                if bool(reached.all())
+                else None,
+            }
+    return table
+
+
 def iterations_to(history: Sequence[float], residual: float) -> int | None:
     """The evaluations of f after which ``history`` first reaches ``residual`` (None: never)."""
     for k, value in enumerate(history, start=1):

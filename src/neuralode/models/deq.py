@@ -84,6 +84,9 @@ class DEQ(nn.Module):
             is ``regularisation`` after the forward pass (add it to the loss).
         on_failure: ``"warn"`` (default), ``"raise"`` or ``"ignore"`` when a solve does not
             reach its tolerance; warnings and errors quote the residual.
+        method_options: keyword arguments of the forward method's class (``Anderson``:
+            ``memory``, ``regularisation``, ``damping``; ``Broyden``: ``memory``; ``Picard``:
+            ``damping``), also used backward when the backward method is the same.
 
     After a forward (and backward) pass, ``forward_report`` and ``backward_report`` hold the
     iterations and residuals (``SolveReport``); ``nfe_forward`` counts the evaluations of f

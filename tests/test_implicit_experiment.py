@@ -38,7 +38,7 @@ def test_deq_refuses_the_ode_regularisers(tmp_path, capsys) -> None:
 def test_implicit_experiment_tiny_budget(tmp_path, capsys) -> None:
     argv = ["experiment", "implicit", *TINY, "--memory-batch", "4", "--out", str(tmp_path)]
     argv += ["--memory-iterations", "2", "8", "--residual-iterations", "12"]
-    argv += ["--residual-images", "8", "--kinetic", "0.01"]
+    argv += ["--residual-images", "8", "--kinetic", "0.01", "--deq-epochs", "2"]
     assert main(argv) == 0
     table = (tmp_path / "table.md").read_text()
     assert table == capsys.readouterr().out.strip() + "\n"
@@ -47,6 +47,7 @@ def test_implicit_experiment_tiny_budget(tmp_path, capsys) -> None:
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for name in ("deq", "odenet", "resnet"):
         assert 0 <= metrics[name]["test_error"] <= 1
+    assert metrics["deq"]["epochs"] == 2 and metrics["odenet"]["epochs"] == 1
     # comparable sizes: the same downsampling and head, one block's worth of convolutions
     params = [metrics[name]["params"] for name in ("deq", "odenet", "resnet")]
     assert max(params) < 1.2 * min(params)

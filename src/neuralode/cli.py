@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,15 +44,23 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ._errors import SolverError
     from .data import DatasetNotFoundError
-    from .training import CheckpointError, TrainConfig, train
+    from .training import CheckpointError, TrainConfig, TrainingDiverged, train
 
     if args.out is None:
         args.out = f"out/train-{args.model}"
     try:
         result = train(TrainConfig.from_namespace(args))
-    except (DatasetNotFoundError, CheckpointError, ValueError) as error:
-        print(f"neuralode train: error: {error}", file=sys.stderr)
+    except (DatasetNotFoundError, CheckpointError, ValueError, TrainingDiverged) as error:
+        _error("train", str(error))
+        return 2
+    except SolverError as error:
+        _error(
+            "train",
+            f"the ODE solve failed ({error}); the training may have diverged: try a lower "
+            "--lr, or looser --rtol/--atol",
+        )
         return 2
     if result.status == 0 and result.history and result.is_main:
         last = result.history[-1]
@@ -102,9 +111,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(command: str, message: str) -> None:
+    """Prints ``message`` as one line on stderr."""
+    line = " ".join(message.split())
+    print(f"neuralode {command}: error: {line}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; errors print one line (set NEURALODE_TRACEBACK=1 to see the
+    traceback of an unexpected one) and return a non-zero status.
+
+    Arguments:
+        argv: the arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success, 1 for an unexpected error, 2 for bad input, 130
+        when interrupted.
+    """
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    command = args.command if args.command != "experiment" else f"experiment {args.experiment}"
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        _error(command, "interrupted")
+        return 130
+    except Exception as error:
+        if os.environ.get("NEURALODE_TRACEBACK"):
+            raise
+        detail = str(error) or "(no message)"
+        _error(
+            command,
+            f"{type(error).__name__}: {detail} (set NEURALODE_TRACEBACK=1 for the traceback)",
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,6 +44,7 @@ import torch
 from ._compile import compiled
 from ._cuda_graph import GraphedStep
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
+from ._norms import tolerance_tensor
 from ._solution import SolveStats
 from ._term import ODETerm
 from .controllers.initial_step import first_step, probe_step
@@ -157,8 +158,8 @@ def integrate_per_sample(
     tab = solver.tableau
     co = solver._coefficients(y0_flat)
     exponent = 1.0 / (solver.error_order + 1)
-    rtol = torch.as_tensor(ctrl.rtol, dtype=y.real.dtype, device=device)
-    atol = torch.as_tensor(ctrl.atol, dtype=y.real.dtype, device=device)
+    rtol = tolerance_tensor(ctrl.rtol, y)
+    atol = tolerance_tensor(ctrl.atol, y)
 
     # statistics and status per sample
     # separate tensors: aliased inputs would make the compiled step compile a second time

@@ -39,6 +39,12 @@ ARGV += [
 ]
 
 
+def row(*ids: str):
+    """Names the rows of the guide's bad-input table that a test covers (see
+    ``tests/test_bad_input.py``)."""
+    return lambda test: test
+
+
 def _snapshot(directory) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
@@ -53,6 +59,7 @@ def _one_line_error(capsys, *fragments: str) -> str:
     return errors[0]
 
 
+@row("T1", "T2")
 def test_existing_out_is_refused_untouched_unless_resume_or_overwrite(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     train(TrainConfig(model="resnet", epochs=1, out=str(out), **TINY))
@@ -70,6 +77,7 @@ def test_existing_out_is_refused_untouched_unless_resume_or_overwrite(tmp_path, 
     assert not (out / LOCK_NAME).exists()  # released
 
 
+@row("T3", "T4")
 def test_a_locked_run_directory_is_refused_and_a_killed_owner_does_not_block(
     tmp_path, capsys
 ) -> None:
@@ -101,6 +109,7 @@ def test_a_locked_run_directory_is_refused_and_a_killed_owner_does_not_block(
     assert main(["train", "resnet", *ARGV, "--out", str(out)]) == 0
 
 
+@row("T5")
 def test_resume_drops_metrics_lines_past_the_checkpoint(tmp_path, capsys) -> None:
     common = dict(model="resnet", schedule="constant", warmup_epochs=0.0, **TINY)
     out = tmp_path / "run"
@@ -116,6 +125,7 @@ def test_resume_drops_metrics_lines_past_the_checkpoint(tmp_path, capsys) -> Non
     assert lines[1]["train_loss"] == resumed.history[1]["train_loss"]
 
 
+@row("T5", "T8")
 def test_failed_checkpoint_write_keeps_the_last_good_one_and_no_metrics_line_past_it(
     tmp_path, monkeypatch, capsys
 ) -> None:
@@ -169,6 +179,7 @@ def _write_mnist(directory, bad_label: int | None) -> None:
         write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
 
 
+@row("T6")
 def test_bad_labels_are_refused_at_load_before_any_file_changes(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     train(TrainConfig(model="resnet", epochs=1, out=str(out), **TINY))
@@ -180,6 +191,7 @@ def test_bad_labels_are_refused_at_load_before_any_file_changes(tmp_path, capsys
     assert _snapshot(out) == before
 
 
+@row("T7")
 def test_resume_applies_and_records_changed_optimiser_settings(tmp_path, capsys) -> None:
     common = dict(model="resnet", schedule="constant", warmup_epochs=0.0, optimizer="sgd", **TINY)
     out = tmp_path / "run"
@@ -201,6 +213,7 @@ def test_resume_applies_and_records_changed_optimiser_settings(tmp_path, capsys)
     assert again.history == resumed.history  # nothing left to train, nothing changed
 
 
+@row("T14")
 def test_divergence_is_one_line_that_suggests_a_lower_learning_rate(tmp_path, capsys) -> None:
     config = dict(TINY, optimizer="sgd", lr=1e6)
     with pytest.raises(TrainingDiverged, match="the training diverged.*lower --lr"):
@@ -210,6 +223,7 @@ def test_divergence_is_one_line_that_suggests_a_lower_learning_rate(tmp_path, ca
     _one_line_error(capsys, "the training diverged", "try a lower --lr")
 
 
+@row("T10", "T15")
 @pytest.mark.parametrize(
     "extra, fragment",
     [
@@ -226,12 +240,14 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, fragment) -> N
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_cuda_is_a_one_line_error(tmp_path, capsys) -> None:
+@row("T9")
+def test_cuda_without_cuda_is_a_one_line_error(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["train", "resnet", *ARGV, "--out", str(tmp_path / "o"), "--device", "cuda"]) == 2
     _one_line_error(capsys, "CUDA is not available", "--device cpu")
 
 
+@row("T11", "T12")
 def test_out_that_is_a_file_or_read_only_is_a_one_line_error(tmp_path, capsys, monkeypatch) -> None:
     target = tmp_path / "file"
     target.write_text("keep me")
@@ -254,6 +270,7 @@ def test_out_that_is_a_file_or_read_only_is_a_one_line_error(tmp_path, capsys, m
     assert list(readonly.iterdir()) == []
 
 
+@row("T13")
 def test_a_wrong_shaped_checkpoint_is_a_one_line_error(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     train(TrainConfig(model="resnet", epochs=1, out=str(out), **TINY))

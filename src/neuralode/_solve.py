@@ -188,8 +188,8 @@ def solve(
     except (MaxStepsError, StepSizeUnderflowError, NonFiniteError) as error:
         if math.isfinite(times[-1]):
             raise
-        if isinstance(error, MaxStepsError):
-            reason = f"no sign change within max_steps={max_steps:,} steps"
+        if isinstance(error, MaxStepsError):  # its advice (stiffness) does not apply
+            reason = f"no sign change ({str(error).split(' (')[0]})"
         else:
             reason = f"the search stopped ({error})"
         raise type(error)(
@@ -406,15 +406,17 @@ def _check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:
 
 
 def _check_tolerances(controller: Any, y0: torch.Tensor) -> None:
-    """Refuse (16-bit states) or warn about (wider ones) tolerances below a tenth of the
-    dtype's resolution: steps cannot be measured that finely, so the solve would stall or
-    return values far less accurate than asked. ``atol`` rescues ``rtol`` when it is
-    above that resolution at y0's scale."""
+    """Refuse tolerances below a tenth of a 16-bit state's resolution (eps), and warn about
+    those below a hundredth of a wider one's: the error cannot be measured that finely, so
+    the solve would stall or return values far less accurate than asked. An ``atol`` above
+    that level at y0's scale makes the tolerance reachable."""
     rtol, atol = getattr(controller, "rtol", None), getattr(controller, "atol", None)
     if rtol is None or atol is None:
         return
     real = y0.real.dtype
-    floor = torch.finfo(real).eps / 10
+    eps = torch.finfo(real).eps
+    low_precision = real in (torch.float16, torch.bfloat16)
+    floor = eps / 10 if low_precision else eps / 100
     rtol_min = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
     if rtol_min >= floor:
         return
@@ -424,10 +426,10 @@ def _check_tolerances(controller: Any, y0: torch.Tensor) -> None:
         return
     message = (
         f"rtol={rtol_min:g} (with atol={atol_min:g}) is below the resolution of y0's dtype "
-        f"{real} (eps {torch.finfo(real).eps:.3g}): the error cannot be controlled that "
-        f"finely. Use rtol >= {floor:.2g}"
+        f"{real} (eps {eps:.3g}): the error cannot be controlled that finely. Use "
+        f"rtol >= {floor:.2g}"
     )
-    if real in (torch.float16, torch.bfloat16):
+    if low_precision:
         raise ValueError(message + " or a wider dtype (float32, float64) for the state")
     warnings.warn(message + " or float64 for the state", stacklevel=3)
 

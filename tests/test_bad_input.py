@@ -150,6 +150,8 @@ def test_overflow_to_infinity_is_named() -> None:
     y0 = torch.ones(2, dtype=torch.float32)
     with pytest.raises(no.NonFiniteError, match="the solution overflows torch.float32"):
         odeint(lambda t, y: y, y0, T(0.0, 100.0))
+    with pytest.raises(no.NonFiniteError, match="the solution overflows torch.float32"):
+        no.solve(lambda t, y: y, torch.ones(3, 2), T(0.0, 100.0), per_sample=True)
     with pytest.raises(no.NonFiniteError, match="overflows torch.float32 to inf by t=300"):
         odeint(lambda t, y: y, y0, T(0.0, 300.0), method="euler", options={"step_size": 1.0})
 

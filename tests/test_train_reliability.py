@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -280,3 +281,29 @@ def test_a_wrong_shaped_checkpoint_is_a_one_line_error(tmp_path, capsys) -> None
     torch.save(saved, out / "checkpoint.pt")
     assert main(["train", "resnet", *ARGV, "--epochs", "2", "--out", str(out), "--resume"]) == 2
     _one_line_error(capsys, "does not fit this model", "size mismatch")
+
+
+def _ddp_refused_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    try:
+        train(TrainConfig(model="resnet", epochs=1, out=out, device="cpu", **TINY))
+    except RunDirectoryError as error:
+        with open(f"{out}.refused{rank}", "w") as f:
+            f.write(str(error))
+
+
+@row("T1")
+def test_under_ddp_every_rank_stops_when_rank_0_refuses_the_directory(tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_refused_worker, (2, port, str(out)), nprocs=2)
+    assert "holds an earlier run" in (tmp_path / "run.refused0").read_text()
+    assert "rank 0 refused --out" in (tmp_path / "run.refused1").read_text()
+    assert (out / "metrics.jsonl").read_text() == '{"epoch": 1}\n'

@@ -48,7 +48,7 @@ from ._norms import tolerance_tensor
 from ._solution import SolveStats
 from ._term import ODETerm
 from .controllers.initial_step import first_step, probe_step
-from .controllers.pi import PIController
+from .controllers.pi import PIController, check_overflow
 from .solvers.explicit_rk import ExplicitRK, combine
 
 _EPS = 2.0**-52
@@ -718,6 +718,7 @@ def _raise_stalled(
     land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
     if not bool(torch.isfinite(y[i]).all()):
         raise NonFiniteError(f"the state of sample {i} became non-finite at t={float(t[i]):.6g}")
+    check_overflow(float(t[i]), y[i])
     raise StepSizeUnderflowError(
         f"step size underflow in sample {i} at t={float(t[i]):.10g}: the next step "
         f"(dt={float(land[i] - t[i]):.3g}) is too small to change t. The solution may blow "

@@ -23,7 +23,13 @@ from ..data import ImageDataset, load_dataset, random_crop
 from .config import RESUME_KEYS, TrainConfig, build_model
 from .ema import WeightAverage
 from .progress import ProgressBar
-from .rundir import RUN_FILES, RunLock, open_run_directory, reconcile_metrics
+from .rundir import (
+    RUN_FILES,
+    RunDirectoryError,
+    RunLock,
+    open_run_directory,
+    reconcile_metrics,
+)
 from .runtime import Runtime, StopRequest, peak_memory_mb, reset_peak_memory, start, stop
 from .state import (
     CheckpointError,
@@ -189,8 +195,7 @@ class Trainer:
         steps_per_epoch = math.ceil(len(sampler) / config.batch_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
         position = {"epoch": 0, "batch": 0, "sums": None, "augment_rng": None}
-        if runtime.is_main:  # the options are valid: claim the run directory
-            self._lock = open_run_directory(self.out, config.resume, config.overwrite)
+        self._claim_run_directory(config, runtime)  # the options are valid
         history: list[dict[str, Any]] = []
         checkpoint_path = self.out / "checkpoint.pt"
         if config.resume:
@@ -380,6 +385,23 @@ class Trainer:
             runtime.is_main,
             averaged,
         )
+
+    def _claim_run_directory(self, config: TrainConfig, runtime: Runtime) -> None:
+        """Rank 0 locks and checks ``--out``; under DDP every rank learns whether it refused
+        (so that the others stop too instead of waiting for it)."""
+        refusal = None
+        if runtime.is_main:
+            try:
+                self._lock = open_run_directory(self.out, config.resume, config.overwrite)
+            except RunDirectoryError as error:
+                refusal = error
+        if runtime.distributed:
+            flag = torch.tensor([float(refusal is not None)], device=runtime.device)
+            dist.broadcast(flag, 0)
+            if refusal is None and flag.item():
+                raise RunDirectoryError(f"rank 0 refused --out {self.out} (see its message)")
+        if refusal is not None:
+            raise refusal
 
     @staticmethod
     def _should_stop(stop_request: StopRequest, runtime: Runtime) -> bool:

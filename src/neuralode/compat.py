@@ -287,7 +287,7 @@ def _parse(
         if interp is not None:
             if interp not in _INTERPOLATIONS:
                 raise ValueError(f"option interp must be one of {_INTERPOLATIONS}, got {interp!r}")
-            probe = with_interpolation(probe, interp)
+            probe = _with_interpolation(probe, interp)
         extra["perturb"] = bool(options.get("perturb", False))
         extra["compile_step"] = bool(options.get("compile_step", False))
     return probe, controller, extra
@@ -354,7 +354,7 @@ def _adjoint_norm(norm: Callable, spec: Any, params: Sequence[torch.Tensor]) -> 
     return flat_norm
 
 
-def with_interpolation(solver: Solver, kind: str) -> Solver:
+def _with_interpolation(solver: Solver, kind: str) -> Solver:
     """``solver`` (a fixed-grid method) with torchdiffeq's ``interp`` between grid points:
     ``"linear"`` between the ends of a step, or ``"cubic"`` Hermite through their values and
     derivatives. The copy's class is a subclass of the solver's, so that checks and caches

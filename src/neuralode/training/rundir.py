@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .state import CheckpointError, write_failure
+from .state import CheckpointError, load_checkpoint, write_failure
 
 RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json")
 LOCK_NAME = ".neuralode-train.lock"
@@ -102,11 +102,14 @@ def open_run_directory(out: Path, resume: bool, overwrite: bool) -> RunLock:
         The held lock; release it when the run ends.
 
     Raises:
+        CheckpointError: ``resume`` is set and ``out`` does not exist.
         RunDirectoryError: ``out`` is a file or not writable, another run holds it, or it
             holds an earlier run and neither ``resume`` nor ``overwrite`` is set.
     """
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"--out {out} is a file, not a directory; choose a directory")
+    if resume and not out.exists():
+        load_checkpoint(out / "checkpoint.pt")  # raises "no checkpoint at ...", creates nothing
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:

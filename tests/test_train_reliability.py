@@ -311,3 +311,21 @@ def test_under_ddp_every_rank_stops_when_rank_0_refuses_the_directory(tmp_path) 
     assert "holds an earlier run" in (tmp_path / "run.refused0").read_text()
     assert "rank 0 refused --out" in (tmp_path / "run.refused1").read_text()
     assert (out / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+
+
+@row("T16")
+def test_an_unexpected_error_is_one_line_unless_the_traceback_is_asked_for(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    import neuralode.training
+
+    def broken(config):
+        raise RuntimeError("something broke\nin two lines")
+
+    monkeypatch.setattr(neuralode.training, "train", broken)
+    argv = ["train", "resnet", *ARGV, "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    _one_line_error(capsys, "RuntimeError: something broke in two lines", "NEURALODE_TRACEBACK=1")
+    monkeypatch.setenv("NEURALODE_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="something broke"):
+        main(argv)

@@ -119,7 +119,7 @@ def test_a_fixed_grid_longer_than_max_steps_is_refused_before_it_is_built() -> N
     torch.testing.assert_close(ys[:, 0], T(*expected), rtol=1e-14, atol=0)
 
 
-@row("S6")
+@row("S6", "S16")
 @pytest.mark.parametrize("method", ["dopri5", "rk4"])
 def test_an_event_that_never_fires_says_so(method) -> None:
     options = {"max_num_steps": 300} | ({"step_size": 0.1} if method == "rk4" else {})
@@ -129,6 +129,8 @@ def test_an_event_that_never_fires_says_so(method) -> None:
             event_fn=lambda t, y: y[0] - 5.0,
         )  # fmt: skip
     assert "stiff" not in str(info.value)
+    with pytest.raises(ValueError, match="event search towards t=inf on fixed steps needs a step"):
+        odeint(rotation, T(1.0, 0.0), T(0.0, 1.0), method="rk4", event_fn=lambda t, y: y[0])
 
 
 @row("S7", "S8")

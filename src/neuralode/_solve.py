@@ -118,7 +118,14 @@ def solve(
     _check_tolerances(controller, y0_flat)
     if not isinstance(max_steps, int) or max_steps <= 0:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
-    if isinstance(controller, FixedGrid) and event is None:
+    if isinstance(controller, FixedGrid) and not math.isfinite(times[-1]):
+        if controller.step_size is None:
+            raise ValueError(
+                "an event search towards t=inf on fixed steps needs a step_size "
+                "(FixedGrid(step_size=...), options step_size): the steps cannot be the "
+                "output times"
+            )
+    elif isinstance(controller, FixedGrid) and event is None:
         n_steps = controller.n_steps(times)
         if n_steps > max_steps:
             raise MaxStepsError(

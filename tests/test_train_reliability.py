@@ -4,6 +4,7 @@ and one-line CLI errors."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -329,3 +330,19 @@ def test_an_unexpected_error_is_one_line_unless_the_traceback_is_asked_for(
     monkeypatch.setenv("NEURALODE_TRACEBACK", "1")
     with pytest.raises(RuntimeError, match="something broke"):
         main(argv)
+
+
+def test_a_file_system_without_locks_runs_unprotected_with_a_warning(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    import fcntl
+
+    def unsupported(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    lock = RunLock(tmp_path).acquire()
+    assert "cannot lock" in capsys.readouterr().err
+    assert (tmp_path / LOCK_NAME).exists()
+    lock.release()
+    assert not (tmp_path / LOCK_NAME).exists()

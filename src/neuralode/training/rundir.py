@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,17 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    # a file system without locks (some network mounts): run unprotected
+                    print(
+                        f"warning: cannot lock {self.path} ({error.strerror}); another run "
+                        "writing to this --out at the same time would not be detected",
+                        file=sys.stderr,
+                    )
+                    self._fd = fd
+                    return self
                 owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
-                if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise RunDirectoryError(
-                        f"--out {self.path.parent}: cannot lock {self.path} ({error.strerror})"
-                    ) from error
                 raise RunDirectoryError(
                     f"--out {self.path.parent} is in use by another neuralode train (process "
                     f"{owner}); wait for it to finish or use another --out"

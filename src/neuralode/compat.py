@@ -76,6 +76,10 @@ def odeint(
     the states at ``t[0]`` and at the event. With ``options=dict(per_sample=True)`` every
     sample (dim 0 of ``y0``) stops at its own event: ``event_t`` has shape (batch,) and
     ``event_fn(t, y)`` receives (batch,) times and returns (batch,) or (batch, k) values.
+    Fixed-grid methods take ``options=dict(interp="linear" | "cubic")`` (torchdiffeq's
+    interpolation between grid points, also for locating events); ``"fixed_adams"`` is
+    ``"implicit_adams"``. A ``callback_*`` of ``func`` that the method never calls (fixed-grid
+    methods call only ``callback_step``, ``scipy_solver`` none) is named in a warning.
     """
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, Direct())
 
@@ -101,9 +105,12 @@ def odeint_adjoint(
     ``adjoint_params`` defaults to ``tuple(func.parameters())`` (``func`` must then be an
     ``nn.Module``). The backward solve uses ``adjoint_rtol``/``adjoint_atol``/
     ``adjoint_method``/``adjoint_options``, defaulting to the forward ones (without
-    ``norm``); ``adjoint_options={"norm": "seminorm"}`` leaves the parameter-gradient
-    channels out of the error norm. ``callback_*_adjoint`` methods of ``func`` are called
-    during the backward solve.
+    ``norm``); ``step_t``, ``jump_t`` and ``perturb`` there apply to the backward solves,
+    and a ``grid_constructor`` is called again for each with its reversed times.
+    ``adjoint_options={"norm": "seminorm"}`` leaves the parameter-gradient channels out of
+    the error norm; a callable norm is given ``(t, *y, *adj_y, *adj_params)`` as in
+    torchdiffeq (``t`` a zero: the time gradient is not integrated). ``callback_*_adjoint``
+    methods of ``func`` are called during the backward solve.
     """
     method = "dopri5" if method is None else _ALIASES.get(method, method)
     adjoint_method = (

@@ -202,7 +202,15 @@ class PIController(StepSizeController):
 def check_overflow(t0: float, y0: torch.Tensor) -> None:
     """Raise ``NonFiniteError`` when a step from ``y0`` failed with non-finite values while
     ``y0`` is within a factor 1024 of its dtype's largest value: the solution overflows, and
-    shrinking the step would only creep towards the limit (one tiny step at a time)."""
+    shrinking the step would only creep towards the limit (one tiny step at a time).
+
+    Arguments:
+        t0: the time of ``y0``.
+        y0: the state the failed step started from.
+
+    Raises:
+        NonFiniteError: ``y0`` is that close to overflowing.
+    """
     largest = torch.finfo(y0.real.dtype).max
     size = float(y0.detach().abs().max()) if y0.numel() else 0.0
     if math.isfinite(size) and size > largest / 1024:

@@ -466,7 +466,18 @@ def apply_optimiser_settings(
     scheduler: torch.optim.lr_scheduler.LambdaLR,
 ) -> str:
     """Puts the resumed run's optimiser settings (``OPTIMISER_KEYS``) into the restored
-    optimiser and schedule; returns the changes as "--lr X (was Y), ..." ("" if none)."""
+    optimiser and schedule.
+
+    Arguments:
+        saved: the checkpoint's configuration.
+        config: this run's configuration.
+        optimizer: the optimiser, its state loaded from the checkpoint.
+        scheduler: the learning-rate schedule, its state loaded from the checkpoint; its
+            factor function is this run's (``lr_factor(config, ...)``).
+
+    Returns:
+        The changes as "--lr X (was Y), ..." ("" if none).
+    """
     changed = [
         f"--{key.replace('_', '-')} {getattr(config, key)!r} (was {saved.get(key)!r})"
         for key in OPTIMISER_KEYS

@@ -346,3 +346,17 @@ def test_a_file_system_without_locks_runs_unprotected_with_a_warning(
     assert (tmp_path / LOCK_NAME).exists()
     lock.release()
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+@row("T17")
+def test_a_malformed_command_line_is_one_line(capsys) -> None:
+    for argv, fragment in [
+        (["train", "odenet", "--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
+        (["train", "odenet", "--bogus"], "unrecognized arguments: --bogus"),
+        (["fly"], "invalid choice: 'fly'"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and fragment in lines[0] and "--help)" in lines[0], lines

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 # `neuralode experiment NAME`: each module exposes `add_arguments(parser)` and `run(args) -> int`.
 EXPERIMENTS: dict[str, str] = {
@@ -75,10 +76,15 @@ def _train(args: argparse.Namespace) -> int:
     return result.status
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block), as every error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="neuralode", description="Neural differential equations in PyTorch."
-    )
+    parser = _Parser(prog="neuralode", description="Neural differential equations in PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="solve problems with known solutions: error, NFE, time and plots"

@@ -61,6 +61,9 @@ def test_16_bit_states_refuse_tolerances_below_their_resolution(dtype) -> None:
         odeint(decay, y0, T(0.0, 1.0))  # torchdiffeq's defaults: rtol=1e-7, atol=1e-9
     with pytest.raises(ValueError, match="wider dtype"):
         no.solve(decay, y0, T(0.0, 1.0), controller=no.PIController(1e-6, 1e-8))
+    with pytest.raises(ValueError, match="wider dtype"):  # a zero y0 counts as magnitude 1
+        odeint(lambda t, y: torch.ones_like(y), y0 * 0, T(0.0, 1.0), rtol=1e-6, atol=1e-6)
+    odeint(lambda t, y: torch.ones_like(y), y0 * 0, T(0.0, 1.0), rtol=1e-6, atol=1e-2)
 
 
 @row("S2")

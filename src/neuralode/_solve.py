@@ -416,7 +416,7 @@ def _check_tolerances(controller: Any, y0: torch.Tensor) -> None:
     """Refuse tolerances below a tenth of a 16-bit state's resolution (eps), and warn about
     those below a hundredth of a wider one's: the error cannot be measured that finely, so
     the solve would stall or return values far less accurate than asked. An ``atol`` above
-    that level at y0's scale makes the tolerance reachable."""
+    that level at y0's scale (1 for a zero y0) makes the tolerance reachable."""
     rtol, atol = getattr(controller, "rtol", None), getattr(controller, "atol", None)
     if rtol is None or atol is None:
         return
@@ -428,7 +428,8 @@ def _check_tolerances(controller: Any, y0: torch.Tensor) -> None:
     if rtol_min >= floor:
         return
     atol_min = float(atol.min()) if isinstance(atol, torch.Tensor) else float(atol)
-    scale = float(y0.detach().abs().max()) if y0.numel() else 0.0
+    # the state's magnitude, 1 for a zero y0 (whose solution leaves zero at some scale)
+    scale = (float(y0.detach().abs().max()) if y0.numel() else 0.0) or 1.0
     if atol_min >= floor * scale:
         return
     message = (

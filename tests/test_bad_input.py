@@ -253,7 +253,10 @@ def test_wrong_argument_types_name_the_expected_type() -> None:
 # --- torchdiffeq's contract ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4", "implicit_euler", "gl4"])
+FIXED_METHODS = [name for name, cls in no.METHODS.items() if not cls().adaptive]
+
+
+@pytest.mark.parametrize("method", FIXED_METHODS)
 @pytest.mark.parametrize("interp", ["linear", "cubic"])
 def test_fixed_grid_interp_matches_its_formula(method, interp) -> None:
     """Outputs between grid points by torchdiffeq's linear or cubic Hermite formula."""
@@ -278,6 +281,19 @@ def test_fixed_grid_interp_matches_its_formula(method, interp) -> None:
         torch.testing.assert_close(out[i], expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="option interp must be one of"):
         odeint(rotation, T(1.0, 0.0), ts, method=method, options=dict(interp="quadratic"))
+
+
+@pytest.mark.parametrize("method", FIXED_METHODS)
+def test_fixed_grid_interp_with_events_on_every_fixed_method(method) -> None:
+    """The event lies on the chosen interpolant between the grid points around it."""
+    for interp in ("linear", "cubic"):
+        options = dict(step_size=0.1, interp=interp)
+        event_t, solution = odeint(
+            rotation, T(1.0, 0.0), T(0.0, 1.0), method=method, options=options,
+            event_fn=lambda t, y: y[0] - 0.3,
+        )  # fmt: skip
+        assert float(solution[-1, 0]) == pytest.approx(0.3, abs=1e-9)
+        assert float(event_t) == pytest.approx(math.acos(0.3), abs=5e-2), interp
 
 
 def test_fixed_grid_interp_locates_events_on_that_interpolant() -> None:

@@ -122,7 +122,7 @@ def test_resume_drops_metrics_lines_past_the_checkpoint(tmp_path, capsys) -> Non
     train(TrainConfig(epochs=1, out=str(out), **common))
     metrics = out / "metrics.jsonl"
     first = metrics.read_text()
-    # an epoch-2 line written before its checkpoint failed (the old write order)
+    # an epoch-2 line whose checkpoint failed (a write order with the line first leaves one)
     metrics.write_text(first + first.replace('"epoch": 1', '"epoch": 2'))
     resumed = train(TrainConfig(epochs=2, out=str(out), resume=True, **common))
     assert "dropped 1 line(s) past the checkpoint" in capsys.readouterr().err

@@ -19,11 +19,14 @@ from ._norms import Norm, l2_norm, max_norm, mixed_norm, rms_norm
 from ._solution import Solution, SolveStats
 from ._term import ODETerm
 from ._tree import TreeSpec, tree_spec
+from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy, Problem, time_derivative_inputs
+from .adjoint.checkpointed import Checkpointed
 from .adjoint.direct import Direct
 from .controllers.base import StepSizeController
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
+from .solvers import METHODS
 from .solvers.base import Solver
 from .solvers.dopri5 import Dopri5
 
@@ -207,8 +210,9 @@ def solve(
         ) from error
 
 
-_GRADIENTS = {"direct": "Direct", "backsolve": "Backsolve", "adjoint": "Backsolve"}
-_GRADIENTS["checkpointed"] = "Checkpointed"
+_GRADIENTS: dict[str, type[GradientStrategy]] = {
+    "direct": Direct, "backsolve": Backsolve, "adjoint": Backsolve, "checkpointed": Checkpointed,
+}  # fmt: skip
 _NORMS = {"rms": rms_norm, "max": max_norm, "l2": l2_norm}
 
 
@@ -216,9 +220,6 @@ def _coerce(solver: Any, controller: Any, gradient: Any, norm: Any) -> tuple[Any
     """Accept the obvious other forms of the strategy arguments: a method name or a class
     for ``solver``, a class for ``controller`` and ``gradient``, a name for ``gradient``
     and ``norm``; anything else of a wrong type is a ``TypeError`` naming what is expected."""
-    from . import adjoint
-    from .solvers import METHODS
-
     if isinstance(solver, str):
         if solver not in METHODS:
             raise ValueError(f"unknown solver {solver!r}; available: {', '.join(METHODS)}")
@@ -231,7 +232,7 @@ def _coerce(solver: Any, controller: Any, gradient: Any, norm: Any) -> tuple[Any
     if isinstance(gradient, str):
         if gradient.lower() not in _GRADIENTS:
             raise ValueError(f"unknown gradient {gradient!r}; available: {', '.join(_GRADIENTS)}")
-        gradient = getattr(adjoint, _GRADIENTS[gradient.lower()])()
+        gradient = _GRADIENTS[gradient.lower()]()
     gradient = _instance(
         "gradient", gradient, GradientStrategy, "Direct(), Backsolve(), Checkpointed() or a name"
     )
@@ -279,7 +280,6 @@ def _check_loop_options(
 ) -> None:
     """Raise a clear error for the options the per-sample (device) loop does not support."""
     from ._per_sample import check_loop
-    from .adjoint.backsolve import Backsolve
 
     if not spec.is_leaf:
         raise ValueError(f"{what} needs y0 to be one tensor")

@@ -76,6 +76,10 @@ def test_16_bit_states_solve_with_tolerances_they_can_meet(dtype) -> None:
     ys = odeint(decay, y0, T(0.0, 1.0), rtol=1e-2, atol=1e-6)
     assert ys.dtype == dtype
     assert abs(float(ys[-1, 0]) - math.exp(-1)) < 2 * eps
+    batch = no.solve(decay, torch.ones(4, 2, dtype=dtype), T(0.0, 1.0), per_sample=True,
+                     controller=no.PIController(1e-2, 1e-6))  # fmt: skip
+    assert batch.ys.dtype == dtype
+    assert float((batch.ys[-1].float() - math.exp(-1)).abs().max()) < 2 * eps
     # float16 with a tiny atol overflowed the scaled norm in float16 ("contains NaN or inf")
     ys = odeint(decay, torch.ones(3, dtype=torch.float16), T(0.0, 1.0), rtol=1e-3, atol=1e-9)
     assert abs(float(ys[-1, 0]) - math.exp(-1)) < 2 * torch.finfo(torch.float16).eps

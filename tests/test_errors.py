@@ -225,10 +225,20 @@ def test_max_steps_exceeded() -> None:
     assert isinstance(info.value, no.SolverError)
 
 
-def test_max_steps_exceeded_on_a_fixed_grid() -> None:
+def test_max_steps_exceeded_on_a_fixed_grid_is_known_before_stepping() -> None:
     controller = no.FixedGrid(step_size=0.1)
-    with _raises(no.MaxStepsError, "reached max_steps=5 at t=0.5"):
-        no.solve(decay, Y0, TS, solver=no.Euler(), controller=controller, max_steps=5)
+    calls = []
+
+    def counted(t, y):
+        calls.append(t)
+        return -y
+
+    with _raises(no.MaxStepsError, "has 10 steps, more than max_steps=5"):
+        no.solve(counted, Y0, TS, solver=no.Euler(), controller=controller, max_steps=5)
+    assert calls == []
+    # a grid of 10**12 points is refused at once, not built
+    with _raises(no.MaxStepsError, "has 1,000,000,000,000 steps, more than max_steps=100,000"):
+        no.solve(decay, Y0, TS, solver=no.RK4(), controller=no.FixedGrid(step_size=1e-12))
 
 
 @pytest.mark.parametrize("value", [0, -1, 2.5])

@@ -41,7 +41,22 @@ class Event:
             g = self.fn(t, y)
         if not isinstance(g, torch.Tensor):
             raise TypeError(f"the event function must return a tensor, got {type(g).__name__}")
+        if g.dtype == torch.bool:
+            raise TypeError(
+                "the event function returned a bool tensor, which has no zero crossing to "
+                "locate; return a real value whose sign changes at the event (e.g. y[0] - 1 "
+                "rather than y[0] > 1)"
+            )
         return g
+
+    def check_start(self, g: torch.Tensor, t0: float) -> None:
+        """Raise a clear error when the event values ``g`` at the start contain NaN (a NaN
+        never changes sign, so the event could never fire)."""
+        if bool(torch.isnan(g).any()):
+            raise ValueError(
+                f"the event function returns NaN at t0={t0:.6g}, so no crossing can be "
+                "found; it must return finite real values whose sign changes at the event"
+            )
 
 
 @dataclass
@@ -69,6 +84,7 @@ class EventTracker:
 
     def start(self, t0: float, y0: torch.Tensor) -> None:
         self._previous = self.value(t0, y0)
+        self.event.check_start(self._previous, t0)
 
     def terminal_hit(self) -> EventHit | None:
         """The event that ended the solve, if it was terminal."""

@@ -10,6 +10,31 @@ import torch
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def error_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype error norms are computed in for a state of ``dtype``: float32 for the
+    16-bit floats (whose range overflows in the scaled error and whose resolution is too
+    coarse for the tolerances), else the state's real dtype."""
+    real = dtype.to_real() if dtype.is_complex else dtype
+    return torch.float32 if real in _LOW_PRECISION else real
+
+
+def tolerance_tensor(tol: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``tol`` as a tensor of ``like``'s error dtype (``error_dtype``) on its device.
+
+    For a 16-bit state a scalar becomes shape (1,), not 0-dim: a 0-dim float32 tensor would
+    not promote a 16-bit tensor in arithmetic, a 1-dim one does, so the scaled error
+    ``error / (atol + rtol * |y|)`` is computed in float32 without extra casts.
+    """
+    dtype = error_dtype(like.dtype)
+    tensor = torch.as_tensor(tol, dtype=dtype, device=like.device)
+    if dtype != like.real.dtype and tensor.ndim == 0:
+        tensor = tensor.reshape(1)
+    return tensor
+
+
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     """Root mean square of all entries (absolute values for complex tensors)."""
     return torch.linalg.vector_norm(x) / (x.numel() ** 0.5)
@@ -21,6 +46,11 @@ def norm_value(x: torch.Tensor, norm: Norm) -> float:
     if norm is rms_norm:
         return float(torch.linalg.vector_norm(x)) / math.sqrt(x.numel())
     return float(norm(x))
+
+
+def l2_norm(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm of all entries (not divided by the size: grows with the state)."""
+    return torch.linalg.vector_norm(x)
 
 
 def max_norm(x: torch.Tensor) -> torch.Tensor:

@@ -44,10 +44,11 @@ import torch
 from ._compile import compiled
 from ._cuda_graph import GraphedStep
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
+from ._norms import tolerance_tensor
 from ._solution import SolveStats
 from ._term import ODETerm
 from .controllers.initial_step import first_step, probe_step
-from .controllers.pi import PIController
+from .controllers.pi import PIController, check_overflow
 from .solvers.explicit_rk import ExplicitRK, combine
 
 _EPS = 2.0**-52
@@ -157,8 +158,8 @@ def integrate_per_sample(
     tab = solver.tableau
     co = solver._coefficients(y0_flat)
     exponent = 1.0 / (solver.error_order + 1)
-    rtol = torch.as_tensor(ctrl.rtol, dtype=y.real.dtype, device=device)
-    atol = torch.as_tensor(ctrl.atol, dtype=y.real.dtype, device=device)
+    rtol = tolerance_tensor(ctrl.rtol, y)
+    atol = tolerance_tensor(ctrl.atol, y)
 
     # statistics and status per sample
     # separate tensors: aliased inputs would make the compiled step compile a second time
@@ -717,6 +718,7 @@ def _raise_stalled(
     land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
     if not bool(torch.isfinite(y[i]).all()):
         raise NonFiniteError(f"the state of sample {i} became non-finite at t={float(t[i]):.6g}")
+    check_overflow(float(t[i]), y[i])
     raise StepSizeUnderflowError(
         f"step size underflow in sample {i} at t={float(t[i]):.10g}: the next step "
         f"(dt={float(land[i] - t[i]):.3g}) is too small to change t. The solution may blow "

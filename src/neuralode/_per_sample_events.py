@@ -67,6 +67,7 @@ class SampleEvents:
 
     def start(self, t: torch.Tensor, y: torch.Tensor) -> None:
         self.previous = self.values(t, y)
+        self.event.check_start(self.previous, float(t.reshape(-1)[0]))
 
     def check(self, t1: torch.Tensor, y1: torch.Tensor, accept: torch.Tensor) -> torch.Tensor:
         """Which samples' accepted steps crossed: (batch,) bool (no host synchronisation)."""

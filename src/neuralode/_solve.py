@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import cmath
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -10,18 +12,21 @@ from typing import Any
 import torch
 
 from ._callbacks import Callbacks
-from ._errors import NonFiniteError
+from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from ._events import Event, EventGradient, EventTracker
 from ._loop import LoopConfig, check_compiled_step, integrate
-from ._norms import Norm, mixed_norm, rms_norm
+from ._norms import Norm, l2_norm, max_norm, mixed_norm, rms_norm
 from ._solution import Solution, SolveStats
 from ._term import ODETerm
 from ._tree import TreeSpec, tree_spec
+from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy, Problem, time_derivative_inputs
+from .adjoint.checkpointed import Checkpointed
 from .adjoint.direct import Direct
 from .controllers.base import StepSizeController
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
+from .solvers import METHODS
 from .solvers.base import Solver
 from .solvers.dopri5 import Dopri5
 
@@ -108,12 +113,29 @@ def solve(
     """
     spec, y0_flat = _check_state(y0)
     times = _check_times(ts, y0_flat.device, open_end=event is not None)
+    solver, controller, gradient, norm = _coerce(solver, controller, gradient, norm)
     solver = Dopri5() if solver is None else solver
     if controller is None:
         controller = PIController() if solver.adaptive else FixedGrid()
     solver.set_tolerances(getattr(controller, "rtol", None), getattr(controller, "atol", None))
+    _check_tolerances(controller, y0_flat)
     if not isinstance(max_steps, int) or max_steps <= 0:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    if isinstance(controller, FixedGrid) and not math.isfinite(times[-1]):
+        if controller.step_size is None:
+            raise ValueError(
+                "an event search towards t=inf on fixed steps needs a step_size "
+                "(FixedGrid(step_size=...), options step_size): the steps cannot be the "
+                "output times"
+            )
+    elif isinstance(controller, FixedGrid) and event is None:
+        n_steps = controller.n_steps(times)
+        if n_steps > max_steps:
+            raise MaxStepsError(
+                f"the fixed grid from t={times[0]:.6g} to t={times[-1]:.6g} has {n_steps:,} "
+                f"steps, more than max_steps={max_steps:,}; use a larger step_size or raise "
+                "max_steps (options max_num_steps)"
+            )
     if skip_finished and not per_sample:
         raise ValueError("skip_finished=True needs per_sample=True")
     if compile_step and not (per_sample or device_loop):
@@ -158,20 +180,85 @@ def solve(
         return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
     problem = Problem(func, term, spec, y0_flat, ts, times, config, stats)
     gradient = Direct() if gradient is None else gradient
-    if event is not None and per_sample:
-        from ._per_sample_events import solve_with_sample_events
-
-        return solve_with_sample_events(gradient, problem, event)
     if event is None:
         ys = _run(gradient, problem)
         stats.nfe = term.nfe
         _check_finite(ys, times)
         return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
-    if config.device_loop:
-        from ._per_sample_events import OneProblemEvents
+    try:
+        if per_sample:
+            from ._per_sample_events import solve_with_sample_events
 
-        return _solve_with_event(gradient, problem, OneProblemEvents(event, spec, term))
-    return _solve_with_event(gradient, problem, EventTracker(event, spec, term))
+            return solve_with_sample_events(gradient, problem, event)
+        if config.device_loop:
+            from ._per_sample_events import OneProblemEvents
+
+            return _solve_with_event(gradient, problem, OneProblemEvents(event, spec, term))
+        return _solve_with_event(gradient, problem, EventTracker(event, spec, term))
+    except (MaxStepsError, StepSizeUnderflowError, NonFiniteError) as error:
+        if math.isfinite(times[-1]):
+            raise
+        if isinstance(error, MaxStepsError):  # its advice (stiffness) does not apply
+            reason = f"no sign change ({str(error).split(' (')[0]})"
+        else:
+            reason = f"the search stopped ({error})"
+        raise type(error)(
+            f"the event never fired: searching from t0={times[0]:.6g} towards "
+            f"t={times[-1]}, {reason}. Check that the event function changes sign along the "
+            "solution (a NaN or constant value never does), raise max_steps (options "
+            "max_num_steps) to search further, or give a finite end time."
+        ) from error
+
+
+_GRADIENTS: dict[str, type[GradientStrategy]] = {
+    "direct": Direct, "backsolve": Backsolve, "adjoint": Backsolve, "checkpointed": Checkpointed,
+}  # fmt: skip
+_NORMS = {"rms": rms_norm, "max": max_norm, "l2": l2_norm}
+
+
+def _coerce(solver: Any, controller: Any, gradient: Any, norm: Any) -> tuple[Any, ...]:
+    """Accept the obvious other forms of the strategy arguments: a method name or a class
+    for ``solver``, a class for ``controller`` and ``gradient``, a name for ``gradient``
+    and ``norm``; anything else of a wrong type is a ``TypeError`` naming what is expected."""
+    if isinstance(solver, str):
+        if solver not in METHODS:
+            raise ValueError(f"unknown solver {solver!r}; available: {', '.join(METHODS)}")
+        solver = METHODS[solver]()
+    solver = _instance("solver", solver, Solver, "a Solver such as no.Dopri5() or a name")
+    controller = _instance(
+        "controller", controller, StepSizeController, "a StepSizeController such as "
+        "no.PIController(rtol, atol)"
+    )  # fmt: skip
+    if isinstance(gradient, str):
+        if gradient.lower() not in _GRADIENTS:
+            raise ValueError(f"unknown gradient {gradient!r}; available: {', '.join(_GRADIENTS)}")
+        gradient = _GRADIENTS[gradient.lower()]()
+    gradient = _instance(
+        "gradient", gradient, GradientStrategy, "Direct(), Backsolve(), Checkpointed() or a name"
+    )
+    if isinstance(norm, str):
+        if norm not in _NORMS:
+            raise ValueError(
+                f"unknown norm {norm!r}; available: {', '.join(_NORMS)} (the default is rms), "
+                "or a callable taking the flat scaled error"
+            )
+        norm = _NORMS[norm]
+    if norm is not None and not callable(norm):
+        raise TypeError(
+            f"norm must be a callable (flat tensor -> 0-dim tensor) or a name, got "
+            f"{type(norm).__name__}"
+        )
+    return solver, controller, gradient, norm
+
+
+def _instance(name: str, value: Any, base: type, expected: str) -> Any:
+    """``value`` (None, an instance of ``base``, or a subclass of it to instantiate)."""
+    if isinstance(value, type) and issubclass(value, base):
+        return value()
+    if value is not None and not isinstance(value, base):
+        shown = value.__name__ if isinstance(value, type) else type(value).__name__
+        raise TypeError(f"{name} must be {expected}, got {shown}")
+    return value
 
 
 def _check_per_sample(
@@ -193,7 +280,6 @@ def _check_loop_options(
 ) -> None:
     """Raise a clear error for the options the per-sample (device) loop does not support."""
     from ._per_sample import check_loop
-    from .adjoint.backsolve import Backsolve
 
     if not spec.is_leaf:
         raise ValueError(f"{what} needs y0 to be one tensor")
@@ -326,6 +412,36 @@ def _check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:
     return spec, flat
 
 
+def _check_tolerances(controller: Any, y0: torch.Tensor) -> None:
+    """Refuse tolerances below a tenth of a 16-bit state's resolution (eps), and warn about
+    those below a hundredth of a wider one's: the error cannot be measured that finely, so
+    the solve would stall or return values far less accurate than asked. An ``atol`` above
+    that level at y0's scale (1 for a zero y0) makes the tolerance reachable."""
+    rtol, atol = getattr(controller, "rtol", None), getattr(controller, "atol", None)
+    if rtol is None or atol is None:
+        return
+    real = y0.real.dtype
+    eps = torch.finfo(real).eps
+    low_precision = real in (torch.float16, torch.bfloat16)
+    floor = eps / 10 if low_precision else eps / 100
+    rtol_min = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
+    if rtol_min >= floor:
+        return
+    atol_min = float(atol.min()) if isinstance(atol, torch.Tensor) else float(atol)
+    # the state's magnitude, 1 for a zero y0 (whose solution leaves zero at some scale)
+    scale = (float(y0.detach().abs().max()) if y0.numel() else 0.0) or 1.0
+    if atol_min >= floor * scale:
+        return
+    message = (
+        f"rtol={rtol_min:g} (with atol={atol_min:g}) is below the resolution of y0's dtype "
+        f"{real} (eps {eps:.3g}): the error cannot be controlled that finely. Use "
+        f"rtol >= {floor:.2g}"
+    )
+    if low_precision:
+        raise ValueError(message + " or a wider dtype (float32, float64) for the state")
+    warnings.warn(message + " or float64 for the state", stacklevel=3)
+
+
 def _check_times(ts: Any, device: torch.device, open_end: bool = False) -> list[float]:
     if not isinstance(ts, torch.Tensor):
         raise TypeError(f"t must be a 1-D tensor of times, got {type(ts).__name__}")
@@ -374,6 +490,13 @@ def _check_finite(ys: torch.Tensor, times: list[float]) -> None:
     finite = torch.isfinite(ys).flatten(1).all(1)
     if not bool(finite.all()):
         i = int((~finite).nonzero()[0])
+        if not bool(torch.isnan(ys[i]).any()):
+            largest = torch.finfo(ys.real.dtype).max
+            raise NonFiniteError(
+                f"the solution overflows {ys.real.dtype} to inf by t={times[i]:.6g} (output "
+                f"{i}): its values exceed the largest {ys.real.dtype} value {largest:.3g}. The "
+                "solution grows without bound, or the step size is too large for stability"
+            )
         raise NonFiniteError(
             f"the solution contains NaN or inf at t={times[i]:.6g} (output {i}); "
             "the step size may be too large for this problem, or f is non-finite there"

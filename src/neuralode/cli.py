@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 # `neuralode experiment NAME`: each module exposes `add_arguments(parser)` and `run(args) -> int`.
 EXPERIMENTS: dict[str, str] = {
@@ -44,15 +46,23 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ._errors import SolverError
     from .data import DatasetNotFoundError
-    from .training import CheckpointError, TrainConfig, train
+    from .training import CheckpointError, TrainConfig, TrainingDiverged, train
 
     if args.out is None:
         args.out = f"out/train-{args.model}"
     try:
         result = train(TrainConfig.from_namespace(args))
-    except (DatasetNotFoundError, CheckpointError, ValueError) as error:
-        print(f"neuralode train: error: {error}", file=sys.stderr)
+    except (DatasetNotFoundError, CheckpointError, ValueError, TrainingDiverged) as error:
+        _error("train", str(error))
+        return 2
+    except SolverError as error:
+        _error(
+            "train",
+            f"the ODE solve failed ({error}); the training may have diverged: try a lower "
+            "--lr, or looser --rtol/--atol",
+        )
         return 2
     if result.status == 0 and result.history and result.is_main:
         last = result.history[-1]
@@ -67,10 +77,15 @@ def _train(args: argparse.Namespace) -> int:
     return result.status
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block), as every error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="neuralode", description="Neural differential equations in PyTorch."
-    )
+    parser = _Parser(prog="neuralode", description="Neural differential equations in PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="solve problems with known solutions: error, NFE, time and plots"
@@ -103,9 +118,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(command: str, message: str) -> None:
+    """Prints ``message`` as one line on stderr."""
+    line = " ".join(message.split())
+    print(f"neuralode {command}: error: {line}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; errors print one line (set NEURALODE_TRACEBACK=1 to see the
+    traceback of an unexpected one) and return a non-zero status.
+
+    Arguments:
+        argv: the arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success, 1 for an unexpected error, 2 for bad input, 130
+        when interrupted.
+    """
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    command = args.command if args.command != "experiment" else f"experiment {args.experiment}"
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        _error(command, "interrupted")
+        return 130
+    except Exception as error:
+        if os.environ.get("NEURALODE_TRACEBACK"):
+            raise
+        detail = str(error) or "(no message)"
+        _error(
+            command,
+            f"{type(error).__name__}: {detail} (set NEURALODE_TRACEBACK=1 for the traceback)",
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

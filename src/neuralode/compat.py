@@ -7,8 +7,10 @@ and a gradient strategy). Unknown methods or options raise ``ValueError``.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,9 +22,12 @@ from ._tree import tree_spec
 from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy
 from .adjoint.direct import Direct
+from .adjoint.params import resolve_params
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers import METHODS
+from .solvers.base import Solver, Step, hermite_interpolate
+from .solvers.explicit_rk import ExplicitRK
 
 # boolean options of the forward solve's loop, passed to ``solve`` (not to the adjoint's)
 _LOOP_FLAGS = ("per_sample", "skip_finished", "compile_step", "device_loop", "cuda_graph")
@@ -42,7 +47,12 @@ _ADAPTIVE_OPTIONS = {
     "norm",
     *_LOOP_FLAGS,
 }
-_FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "max_num_steps", "compile_step"}
+_FIXED_OPTIONS = {
+    "step_size", "grid_constructor", "perturb", "interp", "max_num_steps", "compile_step",
+}  # fmt: skip
+_INTERPOLATIONS = ("linear", "cubic")
+# torchdiffeq's other names for our methods
+_ALIASES = {"fixed_adams": "implicit_adams"}
 _CONTROLLER_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "icoeff", "pcoeff")
 _CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 
@@ -66,6 +76,10 @@ def odeint(
     the states at ``t[0]`` and at the event. With ``options=dict(per_sample=True)`` every
     sample (dim 0 of ``y0``) stops at its own event: ``event_t`` has shape (batch,) and
     ``event_fn(t, y)`` receives (batch,) times and returns (batch,) or (batch, k) values.
+    Fixed-grid methods take ``options=dict(interp="linear" | "cubic")`` (torchdiffeq's
+    interpolation between grid points, also for locating events); ``"fixed_adams"`` is
+    ``"implicit_adams"``. A ``callback_*`` of ``func`` that the method never calls (fixed-grid
+    methods call only ``callback_step``, ``scipy_solver`` none) is named in a warning.
     """
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, Direct())
 
@@ -91,12 +105,17 @@ def odeint_adjoint(
     ``adjoint_params`` defaults to ``tuple(func.parameters())`` (``func`` must then be an
     ``nn.Module``). The backward solve uses ``adjoint_rtol``/``adjoint_atol``/
     ``adjoint_method``/``adjoint_options``, defaulting to the forward ones (without
-    ``norm``); ``adjoint_options={"norm": "seminorm"}`` leaves the parameter-gradient
-    channels out of the error norm. ``callback_*_adjoint`` methods of ``func`` are called
-    during the backward solve.
+    ``norm``); ``step_t``, ``jump_t`` and ``perturb`` there apply to the backward solves,
+    and a ``grid_constructor`` is called again for each with its reversed times.
+    ``adjoint_options={"norm": "seminorm"}`` leaves the parameter-gradient channels out of
+    the error norm; a callable norm is given ``(t, *y, *adj_y, *adj_params)`` as in
+    torchdiffeq (``t`` a zero: the time gradient is not integrated). ``callback_*_adjoint``
+    methods of ``func`` are called during the backward solve.
     """
-    method = "dopri5" if method is None else method
-    adjoint_method = method if adjoint_method is None else adjoint_method
+    method = "dopri5" if method is None else _ALIASES.get(method, method)
+    adjoint_method = (
+        method if adjoint_method is None else _ALIASES.get(adjoint_method, adjoint_method)
+    )
     if "scipy_solver" in (method, adjoint_method):
         raise ValueError(
             "scipy_solver is not differentiable and cannot be used with odeint_adjoint; use a "
@@ -113,10 +132,10 @@ def odeint_adjoint(
             "batch as one system (set per_sample in options for the forward solve)"
         )
     norm = adjoint_options.pop("norm", None)
-    if norm not in (None, "seminorm"):
+    if not (norm is None or norm == "seminorm" or callable(norm)):
         raise ValueError(
-            f"adjoint_options['norm'] must be 'seminorm' or absent, got {norm!r}; the default "
-            "is the max over the state, adjoint and parameter-gradient RMS norms"
+            f"adjoint_options['norm'] must be 'seminorm', a callable or absent, got {norm!r}; "
+            "the default is the max over the state, adjoint and parameter-gradient RMS norms"
         )
     adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
     adjoint_atol = atol if adjoint_atol is None else adjoint_atol
@@ -124,10 +143,9 @@ def odeint_adjoint(
     solver, controller, extra = _parse(
         adjoint_method, adjoint_options, adjoint_rtol, adjoint_atol, func, y0, t, spec
     )
-    if extra.get("step_t") or extra.get("jump_t") or extra.get("perturb"):
-        raise ValueError(
-            "adjoint_options step_t, jump_t and perturb are taken from the forward options"
-        )
+    if callable(norm):
+        params = resolve_params(func, adjoint_params)
+        norm = _adjoint_norm(norm, spec, params)
     gradient = Backsolve(
         params=adjoint_params,
         rtol=adjoint_rtol,
@@ -136,8 +154,12 @@ def odeint_adjoint(
         controller=controller,
         seminorm=norm == "seminorm",
         max_steps=extra.get("max_steps"),
-        callbacks=_callbacks(func, "_adjoint"),
+        callbacks=_callbacks(func, "_adjoint", adjoint_method, solver),
         compile_step=bool(extra.get("compile_step")),
+        step_t=extra.get("step_t"),
+        jump_t=extra.get("jump_t"),
+        perturb=extra.get("perturb"),
+        norm=norm if callable(norm) else None,
     )
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, gradient)
 
@@ -177,9 +199,10 @@ def _odeint(
     event_fn: Callable | None,
     gradient: GradientStrategy,
 ) -> Any:
-    method = "dopri5" if method is None else method
+    method = "dopri5" if method is None else _ALIASES.get(method, method)
     options = {} if options is None else dict(options)
     if method == "scipy_solver":
+        _callbacks(func, "", method, None)  # warns: SciPy calls none
         return _scipy(func, y0, t, rtol, atol, options, event_fn)
     spec, _ = tree_spec(y0, "y0")
     solver, controller, extra = _parse(method, options, rtol, atol, func, y0, t, spec)
@@ -202,7 +225,7 @@ def _odeint(
         controller=controller,
         gradient=gradient,
         event=event,
-        callbacks=_callbacks(func, ""),
+        callbacks=_callbacks(func, "", method, solver),
         **extra,
     )
     if event is None:
@@ -222,8 +245,9 @@ def _parse(
     spec: Any,
 ):
     """(solver, controller, extra keyword arguments of ``solve``) from torchdiffeq's terms."""
+    method = _ALIASES.get(method, method)
     if method not in METHODS:
-        available = ", ".join([*METHODS, "scipy_solver"])
+        available = ", ".join([*METHODS, *_ALIASES, "scipy_solver"])
         raise ValueError(f"unknown method {method!r}; available methods: {available}")
     solver_cls = METHODS[method]
     solver_args = [p for p in inspect.signature(solver_cls).parameters if p != "self"]
@@ -262,10 +286,15 @@ def _parse(
     else:
         if options.get("step_size") is not None and options.get("grid_constructor") is not None:
             raise ValueError("options step_size and grid_constructor are mutually exclusive")
-        grid = None
+        constructor = None
         if options.get("grid_constructor") is not None:
-            grid = options["grid_constructor"](func, y0, t)
-        controller = FixedGrid(step_size=options.get("step_size"), grid=grid)
+            constructor = _grid_constructor(options["grid_constructor"], func, y0, t)
+        controller = FixedGrid(step_size=options.get("step_size"), constructor=constructor)
+        interp = options.get("interp")
+        if interp is not None:
+            if interp not in _INTERPOLATIONS:
+                raise ValueError(f"option interp must be one of {_INTERPOLATIONS}, got {interp!r}")
+            probe = _with_interpolation(probe, interp)
         extra["perturb"] = bool(options.get("perturb", False))
         extra["compile_step"] = bool(options.get("compile_step", False))
     return probe, controller, extra
@@ -274,18 +303,92 @@ def _parse(
 class _FuncCallbacks:
     """The core's callbacks object calling torchdiffeq-style ``callback_*`` on ``func``."""
 
-    def __init__(self, func: Any, suffix: str):
-        names = ("on_step", "on_accept", "on_reject")
-        for name, target in zip(names, _CALLBACKS):
-            hook = getattr(func, target + suffix, None)
-            if hook is not None:
-                setattr(self, name, hook)
+    def __init__(self, func: Any, suffix: str, names: Sequence[str]):
+        hooks = ("on_step", "on_accept", "on_reject")
+        for hook, target in zip(hooks, _CALLBACKS):
+            if target in names:
+                setattr(self, hook, getattr(func, target + suffix))
 
 
-def _callbacks(func: Any, suffix: str) -> _FuncCallbacks | None:
-    if any(callable(getattr(func, name + suffix, None)) for name in _CALLBACKS):
-        return _FuncCallbacks(func, suffix)
-    return None
+def _callbacks(func: Any, suffix: str, method: str, solver: Any) -> _FuncCallbacks | None:
+    """The callbacks ``func`` defines that ``method`` calls (as torchdiffeq: fixed-grid
+    methods call only ``callback_step``, ``scipy_solver`` none); a warning names the others."""
+    defined = [name for name in _CALLBACKS if callable(getattr(func, name + suffix, None))]
+    if method == "scipy_solver":
+        called: tuple[str, ...] = ()
+    elif not solver.adaptive:
+        called = ("callback_step",)
+    else:
+        called = _CALLBACKS
+    ignored = [name + suffix for name in defined if name not in called]
+    if ignored:
+        warnings.warn(
+            f"method {method!r} never calls {', '.join(ignored)} defined on func "
+            f"({'it calls no callbacks' if not called else 'it calls only callback_step'})",
+            stacklevel=4,
+        )
+    used = [name for name in defined if name in called]
+    return _FuncCallbacks(func, suffix, used) if used else None
+
+
+def _grid_constructor(
+    constructor: Callable, func: Any, y0: Any, t: torch.Tensor
+) -> Callable[[list[float]], torch.Tensor]:
+    """torchdiffeq's ``grid_constructor(func, y0, t)`` as a ``FixedGrid`` constructor: called
+    for each solve with its times as a tensor like ``t`` (reversed for an adjoint's backward
+    solves)."""
+
+    def build(times: list[float]) -> torch.Tensor:
+        return constructor(func, y0, torch.tensor(times, dtype=t.dtype, device=t.device))
+
+    return build
+
+
+def _adjoint_norm(norm: Callable, spec: Any, params: Sequence[torch.Tensor]) -> Callable:
+    """A torchdiffeq adjoint norm, called with ``(t, *y, *adj_y, *adj_params)`` (a tuple state
+    flattened into its tensors), as a norm of the flat backward state ``[y, a, g]``."""
+    n = sum(spec.numels)
+    sizes = [p.numel() for p in params]
+    shapes = [p.shape for p in params]
+
+    def flat_norm(x: torch.Tensor) -> torch.Tensor:
+        y, a = spec.unflatten(x[:n]), spec.unflatten(x[n : 2 * n])
+        grads = [g.view(shape) for g, shape in zip(torch.split(x[2 * n :], sizes), shapes)]
+        as_tuple = (lambda v: (v,)) if spec.is_leaf else tuple
+        t = x.new_zeros(()).real  # torchdiffeq's time-gradient channel; not integrated here
+        return norm((t, *as_tuple(y), *as_tuple(a), *grads))
+
+    return flat_norm
+
+
+def _with_interpolation(solver: Solver, kind: str) -> Solver:
+    """``solver`` (a fixed-grid method) with torchdiffeq's ``interp`` between grid points:
+    ``"linear"`` between the ends of a step, or ``"cubic"`` Hermite through their values and
+    derivatives. The copy's class is a subclass of the solver's, so that checks and caches
+    keyed on the class still apply."""
+    cls = type(solver)
+    key = (cls, kind)
+    sub = _INTERPOLATED.get(key)
+    if sub is None:
+        method = _linear_interpolate if kind == "linear" else _cubic_interpolate
+        sub = type(cls.__name__, (cls,), {"interpolate": method, "__module__": cls.__module__})
+        _INTERPOLATED[key] = sub
+    interpolated = copy.copy(solver)
+    interpolated.__class__ = sub
+    return interpolated
+
+
+_INTERPOLATED: dict[tuple[type, str], type] = {}
+
+
+def _linear_interpolate(self: Solver, term: Any, step: Step, thetas: torch.Tensor) -> torch.Tensor:
+    th = thetas.to(device=step.y0.device, dtype=term.time_dtype)[:, None]
+    return step.y0 + th * (step.y1 - step.y0)
+
+
+def _cubic_interpolate(self: Solver, term: Any, step: Step, thetas: torch.Tensor) -> torch.Tensor:
+    f0 = step.stages[0] if isinstance(self, ExplicitRK) else term(step.t0, step.y0)
+    return hermite_interpolate(term, step, thetas, f0)
 
 
 def _stack_pair(y0: Any, y_event: Any) -> Any:

@@ -11,7 +11,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._callbacks import Callbacks
-from .._errors import MaxStepsError, StepSizeUnderflowError
+from .._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from .._loop import LoopConfig, check_compiled_step, integrate
 from .._norms import Norm, Seminorm, mixed_norm, seminorm
 from .._solution import SolveStats
@@ -44,6 +44,9 @@ class Backsolve(GradientStrategy):
     ``compile_step`` does for the forward solve). It needs an explicit Runge-Kutta method,
     ``func`` an ``nn.Module`` whose parameters include every one of ``params``, and an f
     that does not call autograd itself (torch.func cannot transform that).
+    ``step_t``, ``jump_t`` and ``perturb`` of the backward solves default to the forward
+    solve's. ``norm`` (a callable on the flat backward state ``[y, a, g]``) replaces the
+    default error norm of the backward solves (and ``seminorm``).
     """
 
     handles_time_gradients = True
@@ -60,7 +63,19 @@ class Backsolve(GradientStrategy):
         max_steps: int | None = None,
         callbacks: Any = None,
         compile_step: bool = False,
+        step_t: Sequence[float] | torch.Tensor | None = None,
+        jump_t: Sequence[float] | torch.Tensor | None = None,
+        perturb: bool | None = None,
+        norm: Norm | None = None,
     ):
+        if norm is not None and not callable(norm):
+            raise TypeError(f"norm must be callable, got {type(norm).__name__}")
+        from .._solve import _check_grid_times  # the core's conversion (import cycle)
+
+        self.step_t = None if step_t is None else _check_grid_times("step_t", step_t)
+        self.jump_t = None if jump_t is None else _check_grid_times("jump_t", jump_t)
+        self.perturb = perturb
+        self.norm = norm
         self.params = params
         self.compile_step = compile_step
         self.rtol = rtol
@@ -111,6 +126,8 @@ class Backsolve(GradientStrategy):
         e.g. ``ODEBlock``'s regulariser channels left out), the same part of ``y`` and ``a``
         is measured backwards.
         """
+        if self.norm is not None:
+            return self.norm
         if not isinstance(forward_norm, Seminorm) or forward_norm.size >= numels[0]:
             return seminorm(numels, 2) if self.seminorm else mixed_norm(numels)
         n, size = numels[0], forward_norm.size
@@ -246,9 +263,9 @@ def adjoint_backward(
         controller=strategy.backward_controller(forward.controller),
         norm=strategy.backward_norm(numels, forward.norm),
         max_steps=strategy.max_steps or forward.max_steps,
-        step_t=forward.step_t,
-        jump_t=forward.jump_t,
-        perturb=forward.perturb,
+        step_t=forward.step_t if strategy.step_t is None else strategy.step_t,
+        jump_t=forward.jump_t if strategy.jump_t is None else strategy.jump_t,
+        perturb=forward.perturb if strategy.perturb is None else bool(strategy.perturb),
         callbacks=None if strategy.callbacks is None else Callbacks(strategy.callbacks, state_spec),
         # segments with their own fields (per-sample events' knots) run eagerly
         compile_step=strategy.compile_step and segment_field is None,
@@ -271,6 +288,13 @@ def adjoint_backward(
             state = integrate(
                 aug_term, state, segment, _segment_config(config, segment), segment_stats
             )
+        except NonFiniteError as error:
+            raise NonFiniteError(
+                f"the adjoint's backward solve from t={segment[0]:.6g} to t={segment[1]:.6g} "
+                f"failed (the forward solve was finite): {error}. The backward state is [y, "
+                "adjoint, parameter gradients]: f, or its vector-Jacobian product, is "
+                "non-finite along the backward solve, or the adjoint system blows up"
+            ) from error
         except (MaxStepsError, StepSizeUnderflowError) as error:
             raise type(error)(
                 f"the adjoint's backward solve from t={segment[0]:.6g} to "

@@ -21,7 +21,16 @@ def resolve_params(
                 "adjoint_params=... in odeint_adjoint); pass () if there are none"
             )
         params = tuple(func.parameters())
-    params = tuple(params)
+    if isinstance(params, torch.nn.Module):  # a module stands for its parameters
+        params = tuple(params.parameters())
+    elif isinstance(params, torch.Tensor):
+        params = (params,)
+    try:
+        params = tuple(params)
+    except TypeError as error:
+        raise TypeError(
+            f"params must be a sequence of tensors or an nn.Module, got {type(params).__name__}"
+        ) from error
     for i, p in enumerate(params):
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"parameter {i} is a {type(p).__name__}, not a tensor")

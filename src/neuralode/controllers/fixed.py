@@ -23,21 +23,32 @@ class FixedGrid(StepSizeController):
     With neither option the grid is the output times. ``step_size`` gives a uniform grid from
     the first to the last output time (the last step shortened to land on it, as torchdiffeq
     does). ``grid`` gives the points directly; it must start and end at the first and last
-    output time and be strictly monotonic in the direction of integration.
+    output time and be strictly monotonic in the direction of integration. ``constructor``
+    makes the grid points from the times of each solve (a list of floats, first to last; an
+    adjoint's backward solves call it again with their reversed times).
     """
 
-    def __init__(self, step_size: float | None = None, grid: torch.Tensor | None = None):
-        if step_size is not None and grid is not None:
-            raise ValueError("give FixedGrid either step_size or grid, not both")
+    def __init__(
+        self,
+        step_size: float | None = None,
+        grid: torch.Tensor | None = None,
+        constructor: Callable[[list[float]], torch.Tensor] | None = None,
+    ):
+        if sum(x is not None for x in (step_size, grid, constructor)) > 1:
+            raise ValueError("give FixedGrid one of step_size, grid and constructor")
         if step_size is not None and not (step_size > 0 and math.isfinite(step_size)):
             raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
+        if constructor is not None and not callable(constructor):
+            raise TypeError(f"constructor must be callable, got {type(constructor).__name__}")
         self.step_size = None if step_size is None else float(step_size)
         self.grid = grid
+        self.constructor = constructor
 
-    def _grid(self, ts: list[float]) -> list[float]:
+    def _grid(self, ts: list[float]) -> _Grid:
         t0, t_end = ts[0], ts[-1]
-        if self.grid is not None:
-            grid = [float(x) for x in torch.as_tensor(self.grid).detach().reshape(-1).tolist()]
+        points = self.grid if self.constructor is None else self.constructor(list(ts))
+        if points is not None:
+            grid = [float(x) for x in torch.as_tensor(points).detach().reshape(-1).tolist()]
             sign = 1.0 if t_end > t0 else -1.0
             if len(grid) < 2 or grid[0] != t0 or grid[-1] != t_end:
                 raise ValueError(
@@ -46,13 +57,21 @@ class FixedGrid(StepSizeController):
                 )
             if any(sign * (b - a) <= 0 for a, b in zip(grid, grid[1:])):
                 raise ValueError("the step grid must be strictly monotonic, in the direction of t")
-            return grid
+            return _Grid(grid)
         if self.step_size is None:
-            return list(ts)
-        span = t_end - t0
-        n = math.ceil(abs(span) / self.step_size - 1e-12)
-        step = math.copysign(self.step_size, span)
-        return [t0 + i * step for i in range(n)] + [t_end]
+            return _Grid(list(ts))
+        return _UniformGrid(t0, t_end, self.step_size)
+
+    def n_steps(self, ts: list[float]) -> float:
+        """The number of steps from ``ts[0]`` to ``ts[-1]`` (inf towards an infinite end),
+        known without building the grid."""
+        if self.grid is not None:
+            return max(torch.as_tensor(self.grid).numel() - 1, 1)
+        if self.constructor is not None:
+            return 1  # the user's grid: known once built
+        if self.step_size is None:
+            return len(ts) - 1
+        return _UniformGrid(ts[0], ts[-1], self.step_size).n
 
     def restricted(self, t_start: float, t_end: float) -> FixedGrid:
         """The part of a user-given grid between two of its times (either direction)."""
@@ -73,10 +92,7 @@ class FixedGrid(StepSizeController):
         norm: Norm,
     ) -> tuple[float, Any]:
         grid = self._grid(ts)
-        sign = 1.0 if ts[-1] >= ts[0] else -1.0
-        # Keys increase along the direction of integration, for bisection.
-        keys = [sign * x for x in grid]
-        return grid[1], (grid, keys, sign)
+        return grid.after(ts[0]), grid
 
     def adapt(
         self,
@@ -88,9 +104,46 @@ class FixedGrid(StepSizeController):
         state: Any,
         ratio: float | None = None,
     ) -> tuple[bool, float, Any]:
-        grid, keys, sign = state
-        i = bisect.bisect_right(keys, sign * t1)
-        return True, grid[min(i, len(grid) - 1)], state
+        return True, state.after(t1), state
 
     def __repr__(self) -> str:
         return f"FixedGrid(step_size={self.step_size})"
+
+
+class _Grid:
+    """Explicit grid points; ``after(t)`` is the first point past ``t`` (the last point
+    when none is)."""
+
+    def __init__(self, points: list[float]):
+        self.points = points
+        self.sign = 1.0 if points[-1] >= points[0] else -1.0
+        self.keys = [self.sign * x for x in points]  # increasing, for bisection
+
+    def after(self, t: float) -> float:
+        i = bisect.bisect_right(self.keys, self.sign * t)
+        return self.points[min(i, len(self.points) - 1)]
+
+
+class _UniformGrid:
+    """The points ``t0 + i * step`` before ``t_end``, then ``t_end`` (as torchdiffeq), made
+    one at a time: a tiny step over a long span costs no memory before ``max_steps`` is
+    checked. An infinite ``t_end`` (an event search) gives an unbounded grid."""
+
+    def __init__(self, t0: float, t_end: float, step_size: float):
+        span = t_end - t0
+        self.t0, self.t_end = t0, t_end
+        self.sign = 1.0 if span >= 0 else -1.0
+        self.step = math.copysign(step_size, span)
+        self.n = math.ceil(abs(span) / step_size - 1e-12) if math.isfinite(span) else math.inf
+
+    def point(self, i: int) -> float:
+        return self.t_end if i >= self.n else self.t0 + i * self.step
+
+    def after(self, t: float) -> float:
+        sign = self.sign
+        i = max(int(math.floor((t - self.t0) / self.step)), 0) if math.isfinite(t) else 0
+        while i > 0 and sign * (self.point(i) - t) > 0:  # round-off in the division
+            i -= 1
+        while i < self.n and sign * (self.point(i) - t) <= 0:
+            i += 1
+        return self.point(i)

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from .._compile import compiled
-from .._norms import Norm, norm_value
+from .._errors import NonFiniteError
+from .._norms import Norm, norm_value, tolerance_tensor
 from .._term import ODETerm
 from ..solvers.base import Solver
 from .base import StepSizeController
@@ -64,6 +65,11 @@ class PIController(StepSizeController):
                     raise ValueError(f"{name} must be non-negative, got {value}")
             elif not value >= 0:
                 raise ValueError(f"{name} must be non-negative, got {value!r}")
+        if _all_zero(rtol) and _all_zero(atol):
+            raise ValueError(
+                "rtol=0 and atol=0 ask for an error of exactly zero, which no step can meet; "
+                "give a positive rtol or atol (e.g. rtol=1e-6, atol=1e-9)"
+            )
         if first_step is not None and not first_step > 0:
             raise ValueError(f"first_step must be positive, got {first_step!r}")
         if not 0 < safety <= 1:
@@ -169,6 +175,7 @@ class PIController(StepSizeController):
             ratio = _error_ratio(y0, y1, error, state)
         if not math.isfinite(ratio):
             # NaN or inf in the step: shrink hard and retry; the loop reports a step underflow.
+            check_overflow(t0, y0)
             return False, t0 + dt * self.dfactor, state
         # Proposals are clamped to [min_step, max_step] already; a step at min_step is
         # accepted whatever its error (the user asked for no smaller steps).
@@ -192,21 +199,49 @@ class PIController(StepSizeController):
         return f"PIController(rtol={self.rtol}, atol={self.atol})"
 
 
+def check_overflow(t0: float, y0: torch.Tensor) -> None:
+    """Raise ``NonFiniteError`` when a step from ``y0`` failed with non-finite values while
+    ``y0`` is within a factor 1024 of its dtype's largest value: the solution overflows, and
+    shrinking the step would only creep towards the limit (one tiny step at a time).
+
+    Arguments:
+        t0: the time of ``y0``.
+        y0: the state the failed step started from.
+
+    Raises:
+        NonFiniteError: ``y0`` is that close to overflowing.
+    """
+    largest = torch.finfo(y0.real.dtype).max
+    size = float(y0.detach().abs().max()) if y0.numel() else 0.0
+    if math.isfinite(size) and size > largest / 1024:
+        wider = "use float64 for a wider range or " if largest < 1e300 else "use "
+        raise NonFiniteError(
+            f"the solution overflows {y0.real.dtype}: |y| reached {size:.3g} at t={t0:.6g}, "
+            f"near the largest {y0.real.dtype} value {largest:.3g}, and larger steps give inf. "
+            f"The solution grows without bound here; {wider}a shorter time span"
+        )
+
+
+def _all_zero(tol: float | torch.Tensor) -> bool:
+    return bool((tol == 0).all()) if isinstance(tol, torch.Tensor) else tol == 0
+
+
 # Scalar tolerances as 0-dim tensors, made once per (value, dtype, device): a solve needs
 # them for every step's error scale, and making them costs more than a step's addcmul.
 _TOLERANCES: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
 
 
 def _as_tensor(tol: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``tol`` as a tensor of ``like``'s real dtype on its device (never written to)."""
+    """``tol`` as a tensor of ``like``'s error dtype on its device (``tolerance_tensor``;
+    never written to)."""
     if isinstance(tol, torch.Tensor):
-        return torch.as_tensor(tol, dtype=like.real.dtype, device=like.device)
+        return tolerance_tensor(tol, like)
     key = (float(tol), like.dtype, like.device)
     cached = _TOLERANCES.get(key)
     if cached is None:
         if len(_TOLERANCES) >= 64:
             _TOLERANCES.clear()
-        cached = torch.tensor(float(tol), dtype=like.real.dtype, device=like.device)
+        cached = tolerance_tensor(float(tol), like)
         _TOLERANCES[key] = cached
     return cached
 

@@ -66,6 +66,27 @@ class ImageDataset:
         )
 
 
+def check_labels(labels: np.ndarray, classes: int, source: str) -> None:
+    """Raises ``ValueError`` naming the first label outside 0 .. classes-1.
+
+    Arguments:
+        labels: the class labels, any integer or float array.
+        classes: the number of classes.
+        source: where the labels come from (a file name), for the message.
+
+    Raises:
+        ValueError: a label is not an integer in [0, classes).
+    """
+    labels = np.asarray(labels)
+    bad = ~np.isin(labels, np.arange(classes))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{source}: label {labels.reshape(-1)[i].item()!r} at index {i} is not a class "
+            f"0-{classes - 1} ({int(bad.sum())} bad labels); the labels file is corrupt"
+        )
+
+
 def _images(array: np.ndarray, side: int, scale: float) -> torch.Tensor:
     images = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32) / scale)
     return images.reshape(-1, 1, side, side)
@@ -108,6 +129,7 @@ def load_mnist5k() -> ImageDataset:
         table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
     if table.shape != (5000, 785):
         raise ValueError(f"{path}: expected 5000 rows of 784 pixels and a label, got {table.shape}")
+    check_labels(table[:, -1], 10, str(path))
     return _seeded_split("mnist5k", table[:, :-1], table[:, -1], 1000, 28, 255.0)
 
 
@@ -187,6 +209,7 @@ def load_mnist(
                 f"{directory}: {split} images {images.shape} and labels {labels.shape} "
                 "do not match (expected (N, 28, 28) and (N,))"
             )
+        check_labels(labels, 10, f"{paths[f'{split}_labels']}")
     labels = {k: torch.from_numpy(v.astype(np.int64)) for k, v in arrays.items() if "labels" in k}
     return ImageDataset(
         "mnist",

@@ -27,7 +27,9 @@ def solve_scipy(
     """Solve with ``scipy.integrate.solve_ivp`` and return the states at ``ts`` like ``odeint``.
 
     The result has y0's structure, dtype and device. It carries no usable gradient: when y0
-    or ``func``'s parameters require grad, backpropagating into it raises an error.
+    or ``func``'s parameters require grad, backpropagating into it raises an error. One
+    output time returns y0. ``solve_ivp_options`` (e.g. ``max_step``, and ``min_step`` for
+    LSODA) go to ``solve_ivp``.
     """
     try:
         from scipy.integrate import solve_ivp
@@ -41,6 +43,8 @@ def solve_scipy(
     flat0 = spec.flatten(y0, "y0").detach()
     dtype, device = flat0.dtype, flat0.device
     times = ts.detach().to(torch.float64).cpu().numpy()
+    if times.size == 1:  # nothing to integrate: y0 is the output (as torchdiffeq)
+        return spec.unflatten(flat0[None].clone())
 
     def rhs(t: float, y: np.ndarray) -> np.ndarray:
         y_t = torch.as_tensor(y, device=device).to(dtype)

@@ -1,7 +1,7 @@
 """``neuralode train``: the training product (config, loop, checkpoints, DDP, plots)."""
 
 from .config import MODELS, TrainConfig, add_train_arguments, build_model
-from .loop import INTERRUPTED, TrainResult, evaluate, train
+from .loop import INTERRUPTED, TrainingDiverged, TrainResult, evaluate, train
 from .runtime import autograd_memory_mb, peak_memory_mb
 from .state import CheckpointError, load_checkpoint
 
@@ -11,6 +11,7 @@ __all__ = [
     "CheckpointError",
     "TrainConfig",
     "TrainResult",
+    "TrainingDiverged",
     "add_train_arguments",
     "autograd_memory_mb",
     "build_model",

@@ -77,6 +77,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     resume: bool = False
+    overwrite: bool = False
     data_dir: str | None = None
     download: bool = False
     cache_dir: str | None = None
@@ -107,12 +108,24 @@ class TrainConfig:
         for name in ("lr", "rtol", "atol", "step_size", "deq_tol"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("kinetic", "jacobian", "derivative"):
+        for name in (
+            "kinetic", "jacobian", "derivative", "train_subset", "test_subset", "warmup_epochs",
+            "momentum", "weight_decay", "threads",
+        ):  # fmt: skip
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
         for name in ("label_smoothing", "ema"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.crop_padding < -1:
+            raise ValueError(
+                f"crop_padding must be -1 (automatic), 0 (off) or positive, got {self.crop_padding}"
+            )
+        if self.sweep_images < 1 or not all(tol > 0 for tol in self.sweep_tolerances):
+            raise ValueError(
+                "sweep_images must be at least 1 and sweep_tolerances positive, got "
+                f"{self.sweep_images} and {self.sweep_tolerances}"
+            )
         if self.derivative_order < 2:
             raise ValueError(f"derivative_order must be at least 2, got {self.derivative_order}")
         if self.model == "resnet" and self.regularisers():
@@ -330,6 +343,11 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     g = parser.add_argument_group("run")
     g.add_argument("--out", default=None, help="output directory (default out/train-MODEL)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's files in OUT (without it, such an OUT is refused)",
+    )
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument(

@@ -23,11 +23,33 @@ from ..data import ImageDataset, load_dataset, random_crop
 from .config import RESUME_KEYS, TrainConfig, build_model
 from .ema import WeightAverage
 from .progress import ProgressBar
+from .rundir import (
+    RUN_FILES,
+    RunDirectoryError,
+    RunLock,
+    open_run_directory,
+    reconcile_metrics,
+)
 from .runtime import Runtime, StopRequest, peak_memory_mb, reset_peak_memory, start, stop
-from .state import check_compatible, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .state import (
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_failure,
+)
 
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (after saving)
 SUMS = 9  # per-epoch sums before the per-regulariser ones (see the training loop)
+# Optimiser settings a resumed run may change: applied from the next step, recorded in
+# config.json and the checkpoint.
+OPTIMISER_KEYS = ("lr", "momentum", "weight_decay", "warmup_epochs", "label_smoothing")
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -142,6 +164,7 @@ class Trainer:
         self.config = config
         self.on_batch = on_batch
         self.out = Path(config.out)
+        self._lock: RunLock | None = None
 
     def run(self) -> TrainResult:
         config = self.config
@@ -150,6 +173,9 @@ class Trainer:
         try:
             return self._run(config, runtime)
         finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
             torch.set_num_threads(threads)
             stop(runtime)
 
@@ -171,6 +197,7 @@ class Trainer:
         steps_per_epoch = math.ceil(len(sampler) / config.batch_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
         position = {"epoch": 0, "batch": 0, "sums": None, "augment_rng": None}
+        self._claim_run_directory(config, runtime)  # the options are valid
         history: list[dict[str, Any]] = []
         checkpoint_path = self.out / "checkpoint.pt"
         if config.resume:
@@ -184,19 +211,43 @@ class Trainer:
                     "the learning-rate schedule is stretched to the new length",
                     file=sys.stderr,
                 )
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            if average is not None:
-                average.load_state_dict(saved["ema"])
+            try:
+                model.load_state_dict(saved["model"])
+                optimizer.load_state_dict(saved["optimizer"])
+                scheduler.load_state_dict(saved["scheduler"])
+                if average is not None:
+                    average.load_state_dict(saved["ema"])
+            except (RuntimeError, ValueError, KeyError) as error:
+                detail = " ".join(str(error).split())[:300]
+                raise CheckpointError(
+                    f"{checkpoint_path} does not fit this model ({type(error).__name__}: "
+                    f"{detail}); resume with the options of that run or use another --out"
+                ) from error
+            changed = apply_optimiser_settings(saved_config, config, optimizer, scheduler)
+            if changed and runtime.is_main:
+                print(
+                    f"resuming with {changed}: applied from the next step and recorded in "
+                    "config.json",
+                    file=sys.stderr,
+                )
             set_rng_state(saved["rng"])
             position = {k: saved[k] for k in position}
             history = list(saved["history"])
         if runtime.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(config.as_dict(), indent=2) + "\n")
+            if config.resume:
+                dropped = reconcile_metrics(self.out / "metrics.jsonl", history)
+                if dropped:
+                    print(
+                        f"metrics.jsonl: dropped {dropped} line(s) past the checkpoint "
+                        f"(epoch {len(history)})",
+                        file=sys.stderr,
+                    )
+            else:
+                for name in RUN_FILES:  # an earlier run's, with --overwrite
+                    (self.out / name).unlink(missing_ok=True)
+            _write(self.out / "config.json", json.dumps(config.as_dict(), indent=2) + "\n")
             if not config.resume:
-                (self.out / "metrics.jsonl").write_text("")
+                _write(self.out / "metrics.jsonl", "")
         network: nn.Module = model
         if runtime.distributed:
             ids = [runtime.device.index] if runtime.device.type == "cuda" else None
@@ -253,6 +304,12 @@ class Trainer:
                     y = data.train_y[index].to(runtime.device)
                     logits = network(x)
                     loss = cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                    if not math.isfinite(loss.item()):
+                        raise TrainingDiverged(
+                            f"the training diverged: the loss is {loss.item()} at epoch "
+                            f"{epoch + 1}, batch {b + 1}; try a lower --lr (now {config.lr:g}), "
+                            "with --overwrite to replace this run"
+                        )
                     penalty = block.regularisation if terms else None
                     nfe_forward = block.nfe_forward if block is not None else 0
                     optimizer.zero_grad(set_to_none=True)
@@ -308,9 +365,10 @@ class Trainer:
                 record["lr"] = scheduler.get_last_lr()[0]
                 history.append(record)
                 if runtime.is_main:
-                    with open(self.out / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    # checkpoint first: a failed save leaves no metrics line past the last
+                    # checkpoint, and a missing line is restored from it on --resume
                     save_checkpoint(checkpoint_path, snapshot(epoch + 1, 0, None, None))
+                    _append(self.out / "metrics.jsonl", json.dumps(record) + "\n")
                     print(_summary(record), file=sys.stderr)
                     if config.plots:
                         from ..viz.training import save_curves
@@ -329,6 +387,23 @@ class Trainer:
             runtime.is_main,
             averaged,
         )
+
+    def _claim_run_directory(self, config: TrainConfig, runtime: Runtime) -> None:
+        """Rank 0 locks and checks ``--out``; under DDP every rank learns whether it refused
+        (so that the others stop too instead of waiting for it)."""
+        refusal = None
+        if runtime.is_main:
+            try:
+                self._lock = open_run_directory(self.out, config.resume, config.overwrite)
+            except RunDirectoryError as error:
+                refusal = error
+        if runtime.distributed:
+            flag = torch.tensor([float(refusal is not None)], device=runtime.device)
+            dist.broadcast(flag, 0)
+            if refusal is None and flag.item():
+                raise RunDirectoryError(f"rank 0 refused --out {self.out} (see its message)")
+        if refusal is not None:
+            raise refusal
 
     @staticmethod
     def _should_stop(stop_request: StopRequest, runtime: Runtime) -> bool:
@@ -384,6 +459,60 @@ class Trainer:
             "world_size": runtime.world,
             "regularisation": regularisation,
         }
+
+
+def apply_optimiser_settings(
+    saved: dict[str, Any],
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+) -> str:
+    """Puts the resumed run's optimiser settings (``OPTIMISER_KEYS``) into the restored
+    optimiser and schedule.
+
+    Arguments:
+        saved: the checkpoint's configuration.
+        config: this run's configuration.
+        optimizer: the optimiser, its state loaded from the checkpoint.
+        scheduler: the learning-rate schedule, its state loaded from the checkpoint; its
+            factor function is this run's (``lr_factor(config, ...)``).
+
+    Returns:
+        The changes as "--lr X (was Y), ..." ("" if none).
+    """
+    changed = [
+        f"--{key.replace('_', '-')} {getattr(config, key)!r} (was {saved.get(key)!r})"
+        for key in OPTIMISER_KEYS
+        if saved.get(key) != getattr(config, key)
+        and not (key == "momentum" and config.optimizer != "sgd")
+    ]
+    scheduler.base_lrs = [config.lr for _ in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["initial_lr"] = config.lr
+        group["weight_decay"] = config.weight_decay
+        if "momentum" in group:
+            group["momentum"] = config.momentum
+    for group, lr_lambda in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = config.lr * lr_lambda(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    return ", ".join(changed)
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as error:
+        raise CheckpointError(write_failure(path, error)) from error
+
+
+def _append(path: Path, text: str) -> None:
+    try:
+        with open(path, "a") as f:
+            f.write(text)
+    except OSError as error:
+        raise CheckpointError(
+            write_failure(path, error) + "; the checkpoint holds the epoch, --resume restores it"
+        ) from error
 
 
 def regulariser_names(block: Any) -> list[str]:

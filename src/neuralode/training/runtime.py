@@ -31,15 +31,34 @@ class Runtime:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device named by ``--device`` (``auto``: CUDA when available, else the CPU).
+
+    Raises:
+        ValueError: the name is not a device, or names a CUDA device this machine lacks.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from error
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
+            raise ValueError(
+                f"--device {name}: CUDA is not available on this machine; use --device cpu"
+            )
+        count = torch.cuda.device_count()
         if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+            device = torch.device("cuda", local_rank % count)
+        elif device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s)")
         torch.cuda.set_device(device)
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available on this machine")
+    elif device.type not in ("cpu", "mps"):
+        raise ValueError(f"--device {name}: neuralode train runs on cpu, cuda or mps")
     return device
 
 

@@ -3,7 +3,9 @@ plain types, and the exact position in training (epoch, batch, partial epoch sum
 
 from __future__ import annotations
 
+import errno
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +62,28 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     a truncated checkpoint."""
     state = {"format": CHECKPOINT_FORMAT, **state}
     partial = path.with_name(path.name + ".tmp")
-    torch.save(state, partial)
-    partial.replace(path)
+    try:
+        torch.save(state, partial)
+        partial.replace(path)
+    except (OSError, RuntimeError) as error:  # torch reports a failed write as RuntimeError
+        partial.unlink(missing_ok=True)
+        kept = f"; the last good checkpoint {path} is kept" if path.is_file() else ""
+        raise CheckpointError(write_failure(partial, error) + kept) from error
     return path
+
+
+def write_failure(path: Path, error: BaseException) -> str:
+    """A one-line message for a failed write of ``path``, saying so when the disk is full."""
+    full = getattr(error, "errno", None) == errno.ENOSPC or "file write failed" in str(error)
+    try:
+        free: int | None = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if full or (free is not None and free < 2**20):
+        shown = "" if free is None else f" ({free // 2**10} KiB free)"
+        return f"the disk is full{shown}: writing {path} failed; free some space and --resume"
+    detail = (str(error).splitlines() or [""])[0]
+    return f"writing {path} failed ({type(error).__name__}: {detail})"
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

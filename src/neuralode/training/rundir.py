@@ -1,0 +1,171 @@
+"""The run directory of ``neuralode train``: refusal to overwrite, an exclusive lock, and
+metrics.jsonl kept consistent with the checkpoint."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .state import CheckpointError, load_checkpoint, write_failure
+
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json")
+LOCK_NAME = ".neuralode-train.lock"
+
+
+class RunDirectoryError(ValueError):
+    """The ``--out`` directory cannot be used for this run (a file, not writable, locked by
+    another run, or holding a run that would be overwritten)."""
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``OUT/.neuralode-train.lock``, held for the run.
+
+    The operating system releases the lock when its process ends, however it ends, so the
+    lock of a killed run never blocks a later one. The file holds the owner's process id
+    (for the message) and is removed on release.
+    """
+
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Takes the lock or raises ``RunDirectoryError`` naming the process that holds it.
+
+        Returns:
+            This lock, held.
+
+        Raises:
+            RunDirectoryError: another process holds the lock, or the file cannot be created.
+        """
+        import fcntl
+
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                raise RunDirectoryError(
+                    f"--out {self.path.parent}: cannot create files there ({error.strerror}); "
+                    "use a writable directory"
+                ) from error
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    # a file system without locks (some network mounts): run unprotected
+                    print(
+                        f"warning: cannot lock {self.path} ({error.strerror}); another run "
+                        "writing to this --out at the same time would not be detected",
+                        file=sys.stderr,
+                    )
+                    self._fd = fd
+                    return self
+                owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunDirectoryError(
+                    f"--out {self.path.parent} is in use by another neuralode train (process "
+                    f"{owner}); wait for it to finish or use another --out"
+                ) from error
+            # A releasing run unlinks the file while holding the lock: a lock taken on the
+            # unlinked file protects nothing, so take it again on the current file.
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            if os.fstat(fd).st_ino != current.st_ino:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._fd = fd
+            return self
+
+    def release(self) -> None:
+        """Removes the lock file and releases the lock (no-op when not held)."""
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+
+def open_run_directory(out: Path, resume: bool, overwrite: bool) -> RunLock:
+    """Creates ``out`` if needed, locks it, and checks that this run may write there.
+
+    Arguments:
+        out: the run directory (``--out``).
+        resume: whether the run continues the checkpoint there (``--resume``).
+        overwrite: whether an earlier run's files there may be replaced (``--overwrite``).
+
+    Returns:
+        The held lock; release it when the run ends.
+
+    Raises:
+        CheckpointError: ``resume`` is set and ``out`` does not exist.
+        RunDirectoryError: ``out`` is a file or not writable, another run holds it, or it
+            holds an earlier run and neither ``resume`` nor ``overwrite`` is set.
+    """
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"--out {out} is a file, not a directory; choose a directory")
+    if resume and not out.exists():
+        load_checkpoint(out / "checkpoint.pt")  # raises "no checkpoint at ...", creates nothing
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirectoryError(
+            f"--out {out}: cannot create the directory ({error.strerror}); use a writable location"
+        ) from error
+    lock = RunLock(out).acquire()
+    if resume and overwrite:
+        lock.release()
+        raise RunDirectoryError("--resume and --overwrite contradict each other; give one")
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and not (resume or overwrite):
+        lock.release()
+        raise RunDirectoryError(
+            f"--out {out} holds an earlier run ({', '.join(existing)}); continue it with "
+            "--resume, replace it with --overwrite, or choose another --out"
+        )
+    return lock
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Writes ``text`` to a temporary file, then renames it over ``path``.
+
+    Raises:
+        CheckpointError: the write failed (the old file is kept, the temporary removed).
+    """
+    partial = path.with_name(path.name + ".tmp")
+    try:
+        partial.write_text(text)
+        partial.replace(path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise CheckpointError(write_failure(path, error)) from error
+
+
+def reconcile_metrics(path: Path, history: list[dict[str, Any]]) -> int:
+    """Makes metrics.jsonl hold exactly the checkpoint's epochs (one line per record).
+
+    Lines past the checkpoint (written before a failed checkpoint save) are dropped and
+    missing ones restored from the checkpoint's history.
+
+    Arguments:
+        path: metrics.jsonl.
+        history: the per-epoch records stored in the checkpoint.
+
+    Returns:
+        The number of lines dropped.
+    """
+    lines = path.read_text().splitlines() if path.is_file() else []
+    wanted = [json.dumps(record) for record in history]
+    if lines != wanted:
+        write_text_atomically(path, "".join(line + "\n" for line in wanted))
+    return max(len(lines) - len(wanted), 0)

@@ -1,0 +1,362 @@
+"""``neuralode train`` never loses a run: --out refusal, the run lock, metrics.jsonl kept
+consistent with the checkpoint, label validation, optimiser changes on --resume, a full disk,
+and one-line CLI errors."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from neuralode.cli import main
+from neuralode.data import write_idx
+from neuralode.training import CheckpointError, TrainConfig, TrainingDiverged, rundir, train
+from neuralode.training import state as state_module
+from neuralode.training.rundir import LOCK_NAME, RunDirectoryError, RunLock
+
+pytest.importorskip("sklearn", reason="the training tests use scikit-learn's digits")
+
+TINY = dict(
+    data="digits", channels=8, train_subset=32, test_subset=16, batch_size=16,
+    test_batch_size=16, threads=1, plots=False, crop_padding=0,
+)  # fmt: skip
+ARGV = ["--data", "digits", "--train-subset", "32", "--test-subset", "16", "--channels", "8"]
+ARGV += [
+    "--batch-size",
+    "16",
+    "--threads",
+    "1",
+    "--no-plots",
+    "--epochs",
+    "1",
+    "--crop-padding",
+    "0",
+]
+
+
+def row(*ids: str):
+    """Names the rows of the guide's bad-input table that a test covers (see
+    ``tests/test_bad_input.py``)."""
+    return lambda test: test
+
+
+def _snapshot(directory) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def _one_line_error(capsys, *fragments: str) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+@row("T1", "T2")
+def test_existing_out_is_refused_untouched_unless_resume_or_overwrite(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    train(TrainConfig(model="resnet", epochs=1, out=str(out), **TINY))
+    before = _snapshot(out)
+    assert main(["train", "resnet", *ARGV, "--out", str(out)]) == 2
+    _one_line_error(capsys, "holds an earlier run", "--resume", "--overwrite")
+    assert _snapshot(out) == before
+    assert main(["train", "resnet", *ARGV, "--out", str(out), "--resume", "--overwrite"]) == 2
+    _one_line_error(capsys, "contradict")
+    assert _snapshot(out) == before
+    missing = tmp_path / "missing"
+    assert main(["train", "resnet", *ARGV, "--out", str(missing), "--resume"]) == 2
+    _one_line_error(capsys, "no checkpoint at")
+    assert not missing.exists()
+    assert main(["train", "resnet", *ARGV, "--out", str(out), "--overwrite", "--seed", "1"]) == 0
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved["config"]["seed"] == 1 and saved["epoch"] == 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert not (out / LOCK_NAME).exists()  # released
+
+
+@row("T3", "T4")
+def test_a_locked_run_directory_is_refused_and_a_killed_owner_does_not_block(
+    tmp_path, capsys
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = RunLock(out).acquire()  # another run in progress (a second open file: flock conflicts)
+    try:
+        assert main(["train", "resnet", *ARGV, "--out", str(out)]) == 2
+        _one_line_error(capsys, "in use by another neuralode train", f"process {os.getpid()}")
+    finally:
+        lock.release()
+    assert list(out.iterdir()) == []
+    # a run killed while holding the lock leaves the file; the lock itself dies with it
+    holder = (
+        "import sys, time; from pathlib import Path; from neuralode.training.rundir import RunLock;"
+        "RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(60)"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", holder, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirectoryError, match=f"process {process.pid}"):
+            RunLock(out).acquire()
+    finally:
+        process.kill()
+        process.wait()
+    assert (out / LOCK_NAME).read_text().strip() == str(process.pid)  # stale file left behind
+    assert main(["train", "resnet", *ARGV, "--out", str(out)]) == 0
+
+
+@row("T5")
+def test_resume_drops_metrics_lines_past_the_checkpoint(tmp_path, capsys) -> None:
+    common = dict(model="resnet", schedule="constant", warmup_epochs=0.0, **TINY)
+    out = tmp_path / "run"
+    train(TrainConfig(epochs=1, out=str(out), **common))
+    metrics = out / "metrics.jsonl"
+    first = metrics.read_text()
+    # an epoch-2 line whose checkpoint failed (a write order with the line first leaves one)
+    metrics.write_text(first + first.replace('"epoch": 1', '"epoch": 2'))
+    resumed = train(TrainConfig(epochs=2, out=str(out), resume=True, **common))
+    assert "dropped 1 line(s) past the checkpoint" in capsys.readouterr().err
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert lines[1]["train_loss"] == resumed.history[1]["train_loss"]
+
+
+@row("T5", "T8")
+def test_failed_checkpoint_write_keeps_the_last_good_one_and_no_metrics_line_past_it(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    common = dict(model="resnet", schedule="constant", warmup_epochs=0.0, **TINY)
+    out = tmp_path / "run"
+    real_save = torch.save
+    calls = []
+
+    def disk_fills(obj, path):  # the second save fills the disk half-way through
+        calls.append(path)
+        if len(calls) == 2:
+            with open(path, "wb") as f:
+                f.write(b"PK\x03\x04 partial")
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\n"
+                "PytorchStreamWriter failed writing file data/0: file write failed"
+            )
+        real_save(obj, path)
+
+    monkeypatch.setattr(state_module.torch, "save", disk_fills)
+    with pytest.raises(CheckpointError, match="the disk is full.*last good checkpoint .* kept"):
+        train(TrainConfig(epochs=3, out=str(out), **common))
+    monkeypatch.setattr(state_module.torch, "save", real_save)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+    ]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    train(TrainConfig(epochs=3, out=str(out), resume=True, **common))
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    # through the CLI: one line that says the disk is full
+    calls.clear()
+    monkeypatch.setattr(state_module.torch, "save", disk_fills)
+    argv = ["train", "resnet", *ARGV, "--epochs", "2", "--out", str(tmp_path / "cli")]
+    assert main(argv) == 2
+    _one_line_error(capsys, "the disk is full", "last good checkpoint")
+
+
+def _write_mnist(directory, bad_label: int | None) -> None:
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 8), ("t10k", 4)):
+        labels = np.arange(n, dtype=np.uint8) % 10
+        if bad_label is not None and prefix == "train":
+            labels[3] = bad_label
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
+
+
+@row("T6")
+def test_bad_labels_are_refused_at_load_before_any_file_changes(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    train(TrainConfig(model="resnet", epochs=1, out=str(out), **TINY))
+    before = _snapshot(out)
+    _write_mnist(tmp_path / "mnist", bad_label=11)
+    argv = ["train", "resnet", "--data", "mnist", "--data-dir", str(tmp_path / "mnist")]
+    assert main([*argv, "--out", str(out), "--overwrite", "--epochs", "1", "--no-plots"]) == 2
+    _one_line_error(capsys, "label 11 at index 3 is not a class 0-9")
+    assert _snapshot(out) == before
+
+
+@row("T7")
+def test_resume_applies_and_records_changed_optimiser_settings(tmp_path, capsys) -> None:
+    common = dict(model="resnet", schedule="constant", warmup_epochs=0.0, optimizer="sgd", **TINY)
+    out = tmp_path / "run"
+    train(TrainConfig(epochs=1, lr=1e-2, out=str(out), **common))
+    capsys.readouterr()
+    resumed = train(
+        TrainConfig(epochs=2, lr=1e-3, momentum=0.5, out=str(out), resume=True, **common)
+    )
+    err = capsys.readouterr().err
+    assert "--lr 0.001 (was 0.01)" in err and "--momentum 0.5 (was 0.9)" in err
+    assert [r["lr"] for r in resumed.history] == [1e-2, 1e-3]
+    assert json.loads((out / "config.json").read_text())["lr"] == 1e-3
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved["config"]["lr"] == 1e-3
+    group = saved["optimizer"]["param_groups"][0]
+    assert group["lr"] == 1e-3 and group["momentum"] == 0.5
+    # the new rate is the one used: resuming equals a run that had it from the start of epoch 2
+    again = train(TrainConfig(epochs=2, lr=1e-3, momentum=0.5, out=str(out), resume=True, **common))
+    assert again.history == resumed.history  # nothing left to train, nothing changed
+
+
+@row("T14")
+def test_divergence_is_one_line_that_suggests_a_lower_learning_rate(tmp_path, capsys) -> None:
+    config = dict(TINY, optimizer="sgd", lr=1e6)
+    with pytest.raises(TrainingDiverged, match="the training diverged.*lower --lr"):
+        train(TrainConfig(model="resnet", epochs=3, out=str(tmp_path / "a"), **config))
+    argv = ["train", "resnet", *ARGV, "--epochs", "3", "--optimizer", "sgd", "--lr", "1e6"]
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 2
+    _one_line_error(capsys, "the training diverged", "try a lower --lr")
+
+
+@row("T10", "T15")
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--device", "banana"], "--device 'banana' is not a device"),
+        (["--train-subset", "-1"], "train_subset must be non-negative"),
+        (["--test-subset", "-5"], "test_subset must be non-negative"),
+        (["--crop-padding", "-2"], "crop_padding must be -1"),
+        (["--warmup-epochs", "-1"], "warmup_epochs must be non-negative"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, fragment) -> None:
+    assert main(["train", "resnet", *ARGV, "--out", str(tmp_path / "o"), *extra]) == 2
+    _one_line_error(capsys, fragment)
+    assert not (tmp_path / "o").exists()
+
+
+@row("T9")
+def test_cuda_without_cuda_is_a_one_line_error(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["train", "resnet", *ARGV, "--out", str(tmp_path / "o"), "--device", "cuda"]) == 2
+    _one_line_error(capsys, "CUDA is not available", "--device cpu")
+
+
+@row("T11", "T12")
+def test_out_that_is_a_file_or_read_only_is_a_one_line_error(tmp_path, capsys, monkeypatch) -> None:
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    assert main(["train", "resnet", *ARGV, "--out", str(target)]) == 2
+    _one_line_error(capsys, "is a file, not a directory")
+    assert target.read_text() == "keep me"
+    # a read-only directory (simulated: root ignores the permission bits)
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    real_open = os.open
+
+    def refuse(path, *args, **kwargs):
+        if str(path).startswith(str(readonly)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(rundir.os, "open", refuse)
+    assert main(["train", "resnet", *ARGV, "--out", str(readonly)]) == 2
+    _one_line_error(capsys, "cannot create files there (Permission denied)")
+    assert list(readonly.iterdir()) == []
+
+
+@row("T13")
+def test_a_wrong_shaped_checkpoint_is_a_one_line_error(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    train(TrainConfig(model="resnet", epochs=1, out=str(out), **TINY))
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    name = next(iter(saved["model"]))
+    saved["model"][name] = torch.zeros(3, 1)
+    torch.save(saved, out / "checkpoint.pt")
+    assert main(["train", "resnet", *ARGV, "--epochs", "2", "--out", str(out), "--resume"]) == 2
+    _one_line_error(capsys, "does not fit this model", "size mismatch")
+
+
+def _ddp_refused_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    try:
+        train(TrainConfig(model="resnet", epochs=1, out=out, device="cpu", **TINY))
+    except RunDirectoryError as error:
+        with open(f"{out}.refused{rank}", "w") as f:
+            f.write(str(error))
+
+
+@row("T1")
+def test_under_ddp_every_rank_stops_when_rank_0_refuses_the_directory(tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_refused_worker, (2, port, str(out)), nprocs=2)
+    assert "holds an earlier run" in (tmp_path / "run.refused0").read_text()
+    assert "rank 0 refused --out" in (tmp_path / "run.refused1").read_text()
+    assert (out / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+
+
+@row("T16")
+def test_an_unexpected_error_is_one_line_unless_the_traceback_is_asked_for(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    import neuralode.training
+
+    def broken(config):
+        raise RuntimeError("something broke\nin two lines")
+
+    monkeypatch.setattr(neuralode.training, "train", broken)
+    argv = ["train", "resnet", *ARGV, "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    _one_line_error(capsys, "RuntimeError: something broke in two lines", "NEURALODE_TRACEBACK=1")
+    monkeypatch.setenv("NEURALODE_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="something broke"):
+        main(argv)
+
+
+def test_a_file_system_without_locks_runs_unprotected_with_a_warning(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    import fcntl
+
+    def unsupported(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    lock = RunLock(tmp_path).acquire()
+    assert "cannot lock" in capsys.readouterr().err
+    assert (tmp_path / LOCK_NAME).exists()
+    lock.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+@row("T17")
+def test_a_malformed_command_line_is_one_line(capsys) -> None:
+    for argv, fragment in [
+        (["train", "odenet", "--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
+        (["train", "odenet", "--bogus"], "unrecognized arguments: --bogus"),
+        (["fly"], "invalid choice: 'fly'"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and fragment in lines[0] and "--help)" in lines[0], lines

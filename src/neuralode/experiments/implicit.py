@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(**RECIPE, blocks=1)
     parser.add_argument("--models", nargs="+", choices=tuple(NAMES), default=list(NAMES))
     parser.add_argument("--deq-epochs", type=int, default=24,
-                        help="epochs of the DEQ (its epochs are cheaper: 24 take about the "
-                        "ODE-Net's CPU time of 14; default %(default)s)")  # fmt: skip
+                        help="epochs of the DEQ (default %(default)s: its epochs are cheaper "
+                        "than the ODE-Net's, and 24 stay within 10 CPU minutes)")  # fmt: skip
     parser.add_argument("--memory-batch", type=int, default=32,
                         help="batch of the one-step memory measurements")  # fmt: skip
     parser.add_argument("--memory-iterations", type=int, nargs="+", default=[5, 10, 20, 40],

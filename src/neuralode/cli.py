@@ -15,6 +15,7 @@ EXPERIMENTS: dict[str, str] = {
     "toy2d": "neuralode.experiments.toy2d",
     "density-matching": "neuralode.experiments.density_matching",
     "cnf-mnist": "neuralode.experiments.cnf_mnist",
+    "pde": "neuralode.experiments.pde",
 }
 
 

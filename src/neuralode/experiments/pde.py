@@ -69,7 +69,7 @@ class Setting:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--equation", choices=EQUATIONS, default="burgers")
     parser.add_argument("--out", default=None, help="output directory (default out/pde-EQUATION)")
-    parser.add_argument("--grid", type=int, default=None, help="nodes per axis (64 / 24)")
+    parser.add_argument("--grid", type=int, default=None, help="nodes per axis (64 / 16)")
     parser.add_argument(
         "--refine", type=int, default=4, help="reference grid: this many times finer"
     )
@@ -80,7 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dt", type=float, default=None, help="time between saved states (0.05 / 0.1)"
     )
     parser.add_argument("--viscosity", type=float, default=0.1, help="Burgers' nu")
-    parser.add_argument("--train-ics", type=int, default=12, help="training initial conditions")
+    parser.add_argument(
+        "--train-ics", type=int, default=None, help="training initial conditions (12 / 6)"
+    )
     parser.add_argument("--test-ics", type=int, default=4, help="held-out initial conditions")
     parser.add_argument("--window", type=int, default=4, help="saved steps per training window")
     parser.add_argument(
@@ -89,7 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--substeps", type=int, default=2, help="RK4 steps per saved step in training"
     )
-    parser.add_argument("--iterations", type=int, default=800, help="optimiser steps (each model)")
+    parser.add_argument(
+        "--iterations", type=int, default=None, help="optimiser steps, each model (800 / 300)"
+    )
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--hidden", type=int, default=24, help="hidden width of the pointwise MLP")
     parser.add_argument("--rtol", type=float, default=1e-6, help="tolerance of the forecast solves")
@@ -108,7 +112,7 @@ def build_setting(args: argparse.Namespace) -> Setting:
         known = Diffusion(grid, args.viscosity, order=4)
         learned = PointwiseMLP(grid, 1, args.hidden, 2, ("u", "gradient"), order=4)
         return Setting(grid, fine, truth, NeuralPDE(known, learned), 1, 1.0, 0.0)
-    n = args.grid or 24
+    n = args.grid or 16
     grid = Grid((n, n), lengths=(2.0, 2.0), origin=(-1.0, -1.0))
     fine = Grid((n * args.refine,) * 2, lengths=(2.0, 2.0), origin=(-1.0, -1.0))
     truth = FitzHughNagumo(fine, spectral=True)
@@ -245,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     burgers = args.equation == "burgers"
     horizon = args.horizon or (1.0 if burgers else 2.0)
+    args.iterations = args.iterations or (800 if burgers else 300)
+    args.train_ics = args.train_ics or (12 if burgers else 6)
     dt = args.dt or (0.05 if burgers else 0.1)
     problem = _check(args, horizon, dt)
     if problem:
@@ -390,8 +396,15 @@ def _plot(
         fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), sharey=True)
         extent = (float(x[0]), float(x[-1]), float(ts[0]), float(ts[-1]))
         for ax, (name, field) in zip(axes, fields.items()):
+            limit = float(field.abs().max())  # symmetric colours: white is zero
             image = ax.imshow(
-                field.numpy(), aspect="auto", origin="lower", extent=extent, cmap="RdBu_r"
+                field.numpy(),
+                aspect="auto",
+                origin="lower",
+                extent=extent,
+                cmap="RdBu_r",
+                vmin=-limit,
+                vmax=limit,
             )
             ax.axhline(horizon, color="k", lw=0.8, ls="--")
             ax.set_title(name)
@@ -406,7 +419,10 @@ def _plot(
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
     for row, k in enumerate((steps, len(ts) - 1)):
         for ax, (name, field) in zip(axes[row], fields.items()):
-            image = ax.imshow(field[k].numpy().T, origin="lower", cmap="RdBu_r")
+            limit = float(field[k].abs().max())
+            image = ax.imshow(
+                field[k].numpy().T, origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit
+            )
             ax.set_title(f"u {name}, t={float(ts[k]):g}")
             fig.colorbar(image, ax=ax)
     fig.tight_layout()

@@ -33,7 +33,7 @@ def main() -> None:
     )
     for name in names:
         problem = pde.PROBLEMS[name]()
-        rows = pde.run_problem(problem, (1e-3, 1e-5, 1e-7), repeats)
+        rows = pde.run_problem(problem, repeats)
         print(pde.table(problem, rows), "\n", flush=True)
 
 

@@ -302,3 +302,27 @@ def test_bad_input_errors() -> None:
         pde.Diffusion(Grid((8,), boundary=Neumann()), 1.0, spectral=True)
     with pytest.raises(ValueError, match="divergence needs v"):
         pde.divergence(torch.zeros(2, 8), Grid((2, 8)))
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_operators_and_models_keep_dtype_and_device(device: str, dtype: torch.dtype) -> None:
+    grid = Grid((8, 6), boundary=(Periodic(), Neumann(0.1, 0.2)))
+    u = torch.randn(3, 2, 8, 6, dtype=dtype, device=device)
+    outputs = [
+        pde.laplacian(u, grid, 4),
+        pde.gradient(u, grid),
+        pde.spectral_derivative(u, Grid((8, 6)), 1, 1),
+        pde.NeuralPDE(pde.Diffusion(grid, (0.1, 0.2)), pde.PointwiseMLP(grid, 2)).to(device, dtype)(
+            torch.zeros((), device=device), u
+        ),
+        pde.ConvNet(grid, 2).to(device, dtype)(None, u),
+    ]
+    for out in outputs:
+        assert out.dtype == dtype and out.device == u.device
+    # float32 stencils agree with float64 to float32 round-off (relative to 1/dx^2 scales)
+    exact = pde.laplacian(u.double(), grid, 4)
+    assert torch.allclose(outputs[0].double(), exact, rtol=1e-4, atol=1e-3)

@@ -43,6 +43,7 @@ def test_experiment_writes_metrics_and_plots(
     assert set(solvers) == {"dopri5", "radau_krylov"} and all(
         s["nfe"] > 0 for s in solvers.values()
     )
+    assert solvers["radau_krylov"]["newton"]["newton_iterations"] > 0
     # the two solvers agree on the trained model's forecast (to the forecast tolerance)
     assert (
         abs(solvers["dopri5"]["forecast_rel_l2_2x"] - solvers["radau_krylov"]["forecast_rel_l2_2x"])

@@ -326,3 +326,29 @@ def test_operators_and_models_keep_dtype_and_device(device: str, dtype: torch.dt
     # float32 stencils agree with float64 to float32 round-off (relative to 1/dx^2 scales)
     exact = pde.laplacian(u.double(), grid, 4)
     assert torch.allclose(outputs[0].double(), exact, rtol=1e-4, atol=1e-3)
+
+
+def test_fully_learned_convnet_right_hand_side_trains_through_the_solver() -> None:
+    grid = Grid((6, 5), boundary=(Periodic(), Dirichlet()))
+    torch.manual_seed(0)
+    model = pde.NeuralPDE(learned=pde.ConvNet(grid, 1, hidden=3, layers=1, kernel_size=3))
+    model = model.double()
+    u0 = torch.randn(2, 1, 6, 5, dtype=F64)
+    ts = torch.tensor([0.0, 0.2], dtype=F64)
+    grads = []
+    for gradient in (no.Direct(), no.Checkpointed()):
+        model.zero_grad()
+        sol = no.solve(model, u0, ts, gradient=gradient, controller=no.PIController(rtol=1e-8))
+        sol.ys[-1].pow(2).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert grads[0].abs().max() > 0
+    assert torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+    weight = model.learned.net[0].weight
+
+    def forecast(w: torch.Tensor) -> torch.Tensor:
+        def f(t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(model, {"learned.net.0.weight": w}, (t, u))
+
+        return no.solve(f, u0, ts, solver=no.RK4(), controller=no.FixedGrid(step_size=0.1)).ys
+
+    assert torch.autograd.gradcheck(forecast, (weight.detach().clone().requires_grad_(True),))

@@ -51,6 +51,7 @@ from ..pde import (
     random_fourier_field,
     reference_solve,
 )
+from ..solvers.dopri5 import Dopri5
 from ..solvers.radau import Radau
 from ..solvers.rk4 import RK4
 from ..training.progress import ProgressBar
@@ -306,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     u0, truth = test_data[0], test_data
-    explicit = timed_solve(model, u0, ts, _dopri5(), args.rtol)
+    explicit = timed_solve(model, u0, ts, Dopri5(), args.rtol)
     implicit = timed_solve(model, u0, ts, Radau(linear_solver="krylov", krylov_tol=1e-3), args.rtol)
     prediction = explicit["ys"]
     with torch.no_grad():
@@ -378,12 +379,6 @@ def _check(args: argparse.Namespace, horizon: float, dt: float) -> str | None:
     if not 0 < args.rtol < 1:
         return f"--rtol must be in (0, 1), got {args.rtol}"
     return None
-
-
-def _dopri5() -> Any:
-    from ..solvers.dopri5 import Dopri5
-
-    return Dopri5()
 
 
 def _plot(

@@ -10,6 +10,7 @@ nodes of a coarse one).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -104,7 +105,7 @@ def random_fourier_field(
     offset: float = 0.0,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
-) -> tuple[torch.Tensor, callable]:  # type: ignore[valid-type]
+) -> tuple[torch.Tensor, Callable[[Grid], torch.Tensor]]:
     """Smooth random periodic fields: sums of sines and cosines of wavenumbers 1..``modes``
     per axis with coefficients ~ N(0, 1) / (1 + |k|^2), scaled to peak ``amplitude``.
 

@@ -18,6 +18,7 @@ EXPERIMENTS: dict[str, str] = {
     "density-matching": "neuralode.experiments.density_matching",
     "cnf-mnist": "neuralode.experiments.cnf_mnist",
     "implicit": "neuralode.experiments.implicit",
+    "pde": "neuralode.experiments.pde",
 }
 
 

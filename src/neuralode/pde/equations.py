@@ -1,0 +1,186 @@
+"""Reference PDEs for data generated on the fly: heat, viscous Burgers, FitzHugh-Nagumo.
+
+Each right-hand side is an ``nn.Module`` ``f(t, u)`` on states ``(batch, channels,
+*grid.shape)``; ``reference_solve`` integrates one to high accuracy, and
+``random_fourier_field`` draws smooth periodic initial conditions that can be evaluated on
+grids of any resolution (so a reference solve on a fine spectral grid can be sampled at the
+nodes of a coarse one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .._solve import solve
+from ..controllers.pi import PIController
+from .grid import Grid, Periodic
+from .models import Diffusion
+from .spectral import spectral_derivative
+from .stencils import derivative
+
+
+class Heat(Diffusion):
+    """The heat equation du/dt = D Laplacian(u) (``Diffusion`` under the equation's name)."""
+
+
+class Burgers(nn.Module):
+    """Viscous Burgers on a 1-D grid: du/dt = nu u_xx - (u^2 / 2)_x (conservative form).
+
+    Arguments:
+        grid: a 1-D grid.
+        viscosity: nu.
+        order: the stencils' order of accuracy (2 or 4), when not spectral.
+        spectral: FFT derivatives (periodic grid), for reference solves.
+
+    Raises:
+        ValueError: a grid that is not 1-D.
+    """
+
+    def __init__(self, grid: Grid, viscosity: float, order: int = 2, spectral: bool = False):
+        super().__init__()
+        if grid.ndim != 1:
+            raise ValueError(f"Burgers needs a 1-D grid, got a {grid.ndim}-D one")
+        self.grid, self.order, self.spectral = grid, order, spectral
+        self.diffusion = Diffusion(grid, viscosity, order, spectral)
+
+    def advection(self, u: torch.Tensor) -> torch.Tensor:
+        """-(u^2 / 2)_x, the nonlinear term."""
+        flux = 0.5 * u * u
+        if self.spectral:
+            return -spectral_derivative(flux, self.grid, 0, 1)
+        return -derivative(flux, self.grid, 0, 1, self.order)
+
+    def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self.diffusion(t, u) + self.advection(u)
+
+
+class FitzHughNagumo(nn.Module):
+    """The FitzHugh-Nagumo reaction-diffusion system on a grid, channels (u, v):
+
+    du/dt = a Laplacian(u) + u - u^3 - v + k,   dv/dt = b Laplacian(v) + (u - v) / tau
+
+    (the Turing-pattern parameters of Klaasen & Troy 1984 by default).
+
+    Arguments:
+        grid: the grid (2-D in the experiment).
+        a, b: the diffusivities of u and v.
+        tau: the recovery time of v.
+        k: the constant forcing.
+        order: the stencils' order of accuracy; ``spectral`` FFT Laplacians instead.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        a: float = 2.8e-4,
+        b: float = 5e-3,
+        tau: float = 0.1,
+        k: float = -0.005,
+        order: int = 2,
+        spectral: bool = False,
+    ):
+        super().__init__()
+        self.tau, self.k = tau, k
+        self.diffusion = Diffusion(grid, (a, b), order, spectral)
+
+    def reaction(self, state: torch.Tensor) -> torch.Tensor:
+        """The pointwise reaction term of both channels."""
+        u, v = state[:, 0], state[:, 1]
+        return torch.stack([u - u**3 - v + self.k, (u - v) / self.tau], 1)
+
+    def forward(self, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return self.diffusion(t, state) + self.reaction(state)
+
+
+def random_fourier_field(
+    grid: Grid,
+    batch: int,
+    channels: int = 1,
+    modes: int = 3,
+    amplitude: float = 1.0,
+    offset: float = 0.0,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[torch.Tensor, Callable[[Grid], torch.Tensor]]:
+    """Smooth random periodic fields: sums of sines and cosines of wavenumbers 1..``modes``
+    per axis with coefficients ~ N(0, 1) / (1 + |k|^2), scaled to peak ``amplitude``.
+
+    Arguments:
+        grid: a periodic grid (the coefficients are drawn once for it).
+        batch: number of fields.
+        channels: channels per field.
+        modes: highest wavenumber per axis.
+        amplitude: the largest |value| of each field (after removing ``offset``).
+        offset: a constant added to every field.
+        generator: the random generator.
+        dtype: the fields' dtype.
+
+    Returns:
+        ``(u0, evaluate)``: the fields on ``grid``, (batch, channels, *grid.shape), and a
+        function ``evaluate(other_grid)`` giving the same fields on another grid of the same
+        domain (e.g. a finer one for the reference solve).
+
+    Raises:
+        ValueError: a non-periodic grid.
+    """
+    if not all(isinstance(b, Periodic) for b in grid.boundaries):
+        raise ValueError("random_fourier_field needs a periodic grid")
+    ks = torch.arange(-modes, modes + 1, dtype=torch.float64)
+    wave = torch.stack(torch.meshgrid(*([ks] * grid.ndim), indexing="ij"), -1).reshape(
+        -1, grid.ndim
+    )
+    decay = 1 / (1 + (wave**2).sum(-1))
+    shape = (batch, channels, wave.shape[0])
+    cos = torch.randn(shape, generator=generator, dtype=torch.float64) * decay
+    sin = torch.randn(shape, generator=generator, dtype=torch.float64) * decay
+
+    def evaluate(target: Grid) -> torch.Tensor:
+        coords = target.coordinates(torch.float64)
+        phase = sum(
+            2
+            * math.pi
+            * wave[:, a, None]
+            * (coords[a].reshape(1, -1) - target.origin[a])
+            / target.lengths[a]  # type: ignore[index]
+            for a in range(target.ndim)
+        )
+        field = cos @ torch.cos(phase) + sin @ torch.sin(phase)  # (batch, channels, points)
+        return field.reshape(batch, channels, *target.shape)
+
+    base = evaluate(grid)
+    scale = amplitude / base.flatten(2).abs().amax(-1).clamp_min(1e-12)[..., None]
+
+    def scaled(target: Grid) -> torch.Tensor:
+        fine = evaluate(target) * scale.reshape(batch, channels, *([1] * target.ndim)) + offset
+        return fine.to(dtype)
+
+    return scaled(grid), scaled
+
+
+def reference_solve(
+    func: nn.Module, u0: torch.Tensor, ts: torch.Tensor, rtol: float = 1e-8, atol: float = 1e-10
+) -> torch.Tensor:
+    """Integrate ``func`` from ``u0`` to every time in ``ts`` with dopri5 at tight tolerances
+    (float64, no gradients): the "truth" the experiments train and test against.
+
+    Arguments:
+        func: the right-hand side.
+        u0: the initial state.
+        ts: output times.
+        rtol, atol: the tolerances.
+
+    Returns:
+        The states at ``ts``, (len(ts), *u0.shape), float64.
+    """
+    with torch.no_grad():
+        sol = solve(
+            func,
+            u0.to(torch.float64),
+            ts.to(torch.float64),
+            controller=PIController(rtol=rtol, atol=atol),
+        )
+    return sol.ys

@@ -1,0 +1,151 @@
+"""Regular grids in one and two dimensions with a boundary condition per axis.
+
+Node placement follows the boundary condition of each axis, so that every operator sees the
+unknowns only and the boundary enters through ghost points:
+
+- ``Periodic()``: ``n`` nodes ``x_i = x0 + i dx``, ``dx = L / n`` (the node at ``x0 + L`` is
+  the first one again).
+- ``Dirichlet(left, right)``: ``n`` interior nodes ``x_i = x0 + (i + 1) dx``,
+  ``dx = L / (n + 1)``; the values at ``x0`` and ``x0 + L`` are given.
+- ``Neumann(left, right)``: ``n`` nodes including both ends, ``x_i = x0 + i dx``,
+  ``dx = L / (n - 1)``; the derivative du/dx at each end is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Periodic:
+    """Periodic boundary: the field wraps around."""
+
+
+@dataclass(frozen=True)
+class Dirichlet:
+    """Given values ``left`` at ``x0`` and ``right`` at ``x0 + L``."""
+
+    left: float = 0.0
+    right: float = 0.0
+
+
+@dataclass(frozen=True)
+class Neumann:
+    """Given derivatives du/dx: ``left`` at ``x0`` and ``right`` at ``x0 + L`` (zero: no flux)."""
+
+    left: float = 0.0
+    right: float = 0.0
+
+
+Boundary = Periodic | Dirichlet | Neumann
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular grid of ``len(shape)`` = 1 or 2 axes; fields live on its last dimensions.
+
+    A field on the grid is a tensor of shape ``(..., *shape)``: any leading dimensions
+    (batch, channels) are carried along by every operator, in any dtype and on any device.
+
+    Arguments:
+        shape: number of nodes per axis (the unknowns, see the module docstring).
+        lengths: length L of the domain per axis (default 1 per axis).
+        boundary: one boundary condition for every axis, or one per axis.
+        origin: the coordinate x0 of each axis' start (default 0).
+
+    Raises:
+        ValueError: a shape, length or boundary that does not fit the number of axes.
+    """
+
+    shape: tuple[int, ...]
+    lengths: tuple[float, ...] | None = None
+    boundary: Boundary | tuple[Boundary, ...] = Periodic()
+    origin: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(n) for n in self.shape)
+        if len(shape) not in (1, 2):
+            raise ValueError(f"Grid supports 1 or 2 axes, got shape {self.shape!r}")
+        lengths = (1.0,) * len(shape) if self.lengths is None else tuple(self.lengths)
+        origin = (0.0,) * len(shape) if self.origin is None else tuple(self.origin)
+        boundary = self.boundary
+        boundaries = boundary if isinstance(boundary, tuple) else (boundary,) * len(shape)
+        for name, value in (("lengths", lengths), ("origin", origin), ("boundary", boundaries)):
+            if len(value) != len(shape):
+                raise ValueError(
+                    f"Grid {name} needs one entry per axis ({len(shape)}), got {value!r}"
+                )
+        for b in boundaries:
+            if not isinstance(b, (Periodic, Dirichlet, Neumann)):
+                raise ValueError(
+                    f"boundary must be Periodic(), Dirichlet(...) or Neumann(...), got {b!r}"
+                )
+        for n, b in zip(shape, boundaries):
+            least = 2 if isinstance(b, Neumann) else 1
+            if n < least:
+                raise ValueError(f"an axis with {b!r} needs at least {least} nodes, got {n}")
+        if any(not length > 0 for length in lengths):
+            raise ValueError(f"Grid lengths must be positive, got {lengths!r}")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "lengths", tuple(float(x) for x in lengths))
+        object.__setattr__(self, "origin", tuple(float(x) for x in origin))
+        object.__setattr__(self, "boundary", boundaries)
+
+    @property
+    def ndim(self) -> int:
+        """The number of axes."""
+        return len(self.shape)
+
+    @property
+    def boundaries(self) -> tuple[Boundary, ...]:
+        """The boundary condition of each axis."""
+        return self.boundary  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """The node spacing dx per axis."""
+        return tuple(
+            _spacing(n, length, b)
+            for n, length, b in zip(self.shape, self.lengths, self.boundaries)
+        )  # type: ignore[arg-type]
+
+    def axis_points(
+        self, axis: int, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """The node coordinates of one axis, a 1-D tensor of ``shape[axis]`` values."""
+        n, b, dx, x0 = (
+            self.shape[axis],
+            self.boundaries[axis],
+            self.spacing[axis],
+            self.origin[axis],
+        )  # type: ignore[index]
+        first = 1 if isinstance(b, Dirichlet) else 0
+        index = torch.arange(first, first + n, dtype=torch.float64)
+        return (x0 + dx * index).to(dtype=dtype, device=device)
+
+    def coordinates(
+        self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, ...]:
+        """One tensor of shape ``shape`` per axis with the nodes' coordinates (``ij``
+        indexing: axis 0 varies along the first grid dimension)."""
+        axes = [self.axis_points(a, dtype, device) for a in range(self.ndim)]
+        return tuple(torch.meshgrid(*axes, indexing="ij"))
+
+    def check_field(self, u: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless the last dimensions of ``u`` are the grid's."""
+        if not isinstance(u, torch.Tensor) or tuple(u.shape[u.ndim - self.ndim :]) != self.shape:
+            got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(
+                f"a field on this grid has shape (..., {', '.join(map(str, self.shape))}), "
+                f"got {got}"
+            )
+
+
+def _spacing(n: int, length: float, boundary: Boundary) -> float:
+    if isinstance(boundary, Dirichlet):
+        return length / (n + 1)
+    if isinstance(boundary, Neumann):
+        return length / (n - 1)
+    return length / n

@@ -1,0 +1,209 @@
+"""Right-hand sides of (neural) PDEs on a ``Grid``: known operators and learned terms.
+
+A state is a tensor ``(batch, channels, *grid.shape)``; every module here maps it to its
+time derivative and is an ordinary ``f(t, u)`` for ``neuralode.solve`` (any solver, any
+gradient strategy). ``NeuralPDE(known, learned)`` adds a known part (``Diffusion``,
+``Advection``) and a learned part (``PointwiseMLP`` of u and its derivatives, or a small
+``ConvNet``): a "universal" PDE; with ``known=None`` the ConvNet is a fully learned
+right-hand side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .grid import Grid, Periodic
+from .spectral import spectral_laplacian
+from .stencils import gradient, laplacian
+
+FEATURES = ("u", "gradient", "laplacian")
+
+
+def _per_channel(value: float | Sequence[float], like: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A scalar or one value per channel, shaped to broadcast over (batch, channels, *grid)."""
+    t = torch.as_tensor(value, dtype=like.real.dtype if like.is_complex() else like.dtype)
+    t = t.to(like.device)
+    return t.reshape(-1, *([1] * ndim)) if t.ndim == 1 else t
+
+
+class Diffusion(nn.Module):
+    """``D Laplacian(u)``, ``D`` a scalar or one diffusivity per channel.
+
+    Arguments:
+        grid: the grid.
+        diffusivity: D, a float or a sequence with one value per channel.
+        order: the stencil's order of accuracy (2 or 4).
+        spectral: use the FFT Laplacian (periodic grids only) instead of the stencil.
+
+    Raises:
+        ValueError: a negative diffusivity, or ``spectral=True`` on a non-periodic grid.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        diffusivity: float | Sequence[float],
+        order: int = 2,
+        spectral: bool = False,
+    ):
+        super().__init__()
+        values = [diffusivity] if isinstance(diffusivity, (int, float)) else list(diffusivity)
+        if any(v < 0 for v in values):
+            raise ValueError(f"diffusivity must be non-negative, got {diffusivity!r}")
+        if spectral and not all(isinstance(b, Periodic) for b in grid.boundaries):
+            raise ValueError(
+                "spectral=True needs a periodic grid; use the stencils (spectral=False)"
+            )
+        self.grid, self.diffusivity, self.order, self.spectral = grid, diffusivity, order, spectral
+
+    def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        d = _per_channel(self.diffusivity, u, self.grid.ndim)
+        lap = (
+            spectral_laplacian(u, self.grid)
+            if self.spectral
+            else laplacian(u, self.grid, self.order)
+        )
+        return d * lap
+
+
+class Advection(nn.Module):
+    """``-v . grad(u)`` with a constant velocity ``v`` (one component per grid axis).
+
+    Arguments:
+        grid: the grid.
+        velocity: one velocity per axis.
+        order: the stencils' order of accuracy (2 or 4).
+
+    Raises:
+        ValueError: a velocity without one component per axis.
+    """
+
+    def __init__(self, grid: Grid, velocity: Sequence[float], order: int = 2):
+        super().__init__()
+        if len(velocity) != grid.ndim:
+            raise ValueError(f"velocity needs {grid.ndim} components, got {velocity!r}")
+        self.grid, self.velocity, self.order = grid, tuple(float(v) for v in velocity), order
+
+    def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        grads = gradient(u, self.grid, self.order).unbind(u.ndim - self.grid.ndim)
+        return -sum(v * g for v, g in zip(self.velocity, grads))  # type: ignore[return-value]
+
+
+class PointwiseMLP(nn.Module):
+    """An MLP applied at every grid node to u and its derivatives there (all channels).
+
+    Features per node: ``"u"`` (the channels), ``"gradient"`` (every channel's derivative
+    along every axis), ``"laplacian"`` (every channel's); finite differences of ``order``.
+
+    Arguments:
+        grid: the grid.
+        channels: the state's channels (also the output's).
+        hidden: width of the hidden layers.
+        layers: number of hidden layers.
+        features: which of ``FEATURES`` the MLP sees.
+        order: the stencils' order of accuracy (2 or 4).
+
+    Raises:
+        ValueError: an unknown feature.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        channels: int,
+        hidden: int = 32,
+        layers: int = 2,
+        features: Sequence[str] = ("u", "gradient"),
+        order: int = 2,
+    ):
+        super().__init__()
+        unknown = [f for f in features if f not in FEATURES]
+        if unknown or not features:
+            raise ValueError(f"features must be a non-empty subset of {FEATURES}, got {features!r}")
+        self.grid, self.features, self.order = grid, tuple(features), order
+        sizes = {"u": channels, "gradient": channels * grid.ndim, "laplacian": channels}
+        width = sum(sizes[f] for f in self.features)
+        modules: list[nn.Module] = []
+        for _ in range(layers):
+            modules += [nn.Linear(width, hidden), nn.Tanh()]
+            width = hidden
+        modules.append(nn.Linear(width, channels))
+        self.net = nn.Sequential(*modules)
+
+    def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        parts = []
+        if "u" in self.features:
+            parts.append(u)
+        if "gradient" in self.features:
+            parts.append(gradient(u, self.grid, self.order).flatten(1, 2))
+        if "laplacian" in self.features:
+            parts.append(laplacian(u, self.grid, self.order))
+        x = torch.cat(parts, 1).movedim(1, -1)
+        return self.net(x).movedim(-1, 1)
+
+
+class ConvNet(nn.Module):
+    """A small convolutional network u -> du/dt: ``layers`` hidden convolutions of
+    ``kernel_size`` with tanh, then a 1x1 convolution; circular padding on a periodic grid,
+    replicate padding otherwise (shape-preserving).
+
+    Arguments:
+        grid: the grid (its dimension picks Conv1d or Conv2d).
+        channels: the state's channels (also the output's).
+        hidden: hidden channels.
+        layers: number of hidden convolutions.
+        kernel_size: an odd kernel size.
+
+    Raises:
+        ValueError: an even kernel size.
+    """
+
+    def __init__(
+        self, grid: Grid, channels: int, hidden: int = 16, layers: int = 2, kernel_size: int = 5
+    ):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd (shape-preserving), got {kernel_size}")
+        conv = nn.Conv1d if grid.ndim == 1 else nn.Conv2d
+        mode = "circular" if all(isinstance(b, Periodic) for b in grid.boundaries) else "replicate"
+        modules: list[nn.Module] = []
+        width = channels
+        for _ in range(layers):
+            modules += [
+                conv(width, hidden, kernel_size, padding=kernel_size // 2, padding_mode=mode),
+                nn.Tanh(),
+            ]
+            width = hidden
+        modules.append(conv(width, channels, 1))
+        self.net = nn.Sequential(*modules)
+
+    def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self.net(u)
+
+
+class NeuralPDE(nn.Module):
+    """du/dt = known(t, u) + learned(t, u): a hybrid ("universal") PDE, or with
+    ``known=None`` a fully learned right-hand side.
+
+    Arguments:
+        known: the known part, a module or callable ``(t, u) -> du/dt`` (or ``None``).
+        learned: the learned part, e.g. ``PointwiseMLP`` or ``ConvNet`` (or ``None``).
+
+    Raises:
+        ValueError: both parts ``None``.
+    """
+
+    def __init__(self, known: nn.Module | None = None, learned: nn.Module | None = None):
+        super().__init__()
+        if known is None and learned is None:
+            raise ValueError("NeuralPDE needs a known part, a learned part, or both")
+        self.known, self.learned = known, learned
+
+    def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        out = self.known(t, u) if self.known is not None else 0
+        if self.learned is not None:
+            out = out + self.learned(t, u)
+        return out  # type: ignore[return-value]

@@ -1,0 +1,354 @@
+"""PDEs by the method of lines: stencil orders, spectral exactness, convergence to the heat
+equation's analytic solution, gradients against finite differences, boundary conditions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import neuralode as no
+from neuralode import pde
+from neuralode.pde import Dirichlet, Grid, Neumann, Periodic
+
+F64 = torch.float64
+
+
+def observed_orders(errors: list[float]) -> list[float]:
+    """log2 of successive error ratios under grid halving."""
+    return [math.log2(a / b) for a, b in zip(errors, errors[1:])]
+
+
+@pytest.mark.parametrize("order", [2, 4])
+@pytest.mark.parametrize("n", [1, 2])
+def test_periodic_stencil_orders_1d(order: int, n: int) -> None:
+    errors = []
+    for size in (32, 64, 128):
+        grid = Grid((size,), lengths=(2 * math.pi,))
+        (x,) = grid.coordinates()
+        u = torch.exp(torch.sin(x))
+        exact = torch.cos(x) * u if n == 1 else (torch.cos(x) ** 2 - torch.sin(x)) * u
+        errors.append(float((pde.derivative(u, grid, 0, n, order) - exact).abs().max()))
+    assert all(abs(p - order) < 0.15 for p in observed_orders(errors)), errors
+
+
+@pytest.mark.parametrize("order", [2, 4])
+def test_periodic_laplacian_gradient_divergence_orders_2d(order: int) -> None:
+    errors = {"laplacian": [], "gradient": [], "divergence": []}
+    for size in (12, 24, 48):
+        grid = Grid((size, 2 * size), lengths=(2 * math.pi, 4 * math.pi))
+        x, y = grid.coordinates()
+        u = torch.sin(x) * torch.cos(0.5 * y)
+        grad = torch.stack(
+            [torch.cos(x) * torch.cos(0.5 * y), -0.5 * torch.sin(x) * torch.sin(0.5 * y)]
+        )
+        lap = -1.25 * u
+        errors["laplacian"].append(float((pde.laplacian(u, grid, order) - lap).abs().max()))
+        errors["gradient"].append(float((pde.gradient(u, grid, order) - grad).abs().max()))
+        errors["divergence"].append(float((pde.divergence(grad, grid, order) - lap).abs().max()))
+    for name, errs in errors.items():
+        assert all(abs(p - order) < 0.15 for p in observed_orders(errs)), (name, errs)
+
+
+@pytest.mark.parametrize("kind", ["dirichlet", "neumann"])
+@pytest.mark.parametrize("order", [2, 4])
+def test_bounded_axes_order_in_interior_and_second_order_at_the_boundary(
+    kind: str, order: int
+) -> None:
+    # u = exp(x) cos(2x) on [0, 1], with its own boundary values / zero-free slopes
+    full, interior = [], []
+    for size in (16, 32, 64):
+        if kind == "dirichlet":
+            boundary = Dirichlet(1.0, math.e * math.cos(2))
+        else:  # slopes chosen so that the field has zero slope at both ends: cos(pi x)
+            boundary = Neumann(0.0, 0.0)
+        grid = Grid((size,), boundary=boundary)
+        (x,) = grid.coordinates()
+        if kind == "dirichlet":
+            u = torch.exp(x) * torch.cos(2 * x)
+            exact = torch.exp(x) * (-3 * torch.cos(2 * x) - 4 * torch.sin(2 * x))
+        else:
+            u = torch.cos(math.pi * x) + 0.3 * torch.cos(2 * math.pi * x)
+            exact = -(math.pi**2) * (torch.cos(math.pi * x) + 1.2 * torch.cos(2 * math.pi * x))
+        error = (pde.laplacian(u, grid, order) - exact).abs()
+        full.append(float(error.max()))
+        interior.append(float(error[size // 4 : -size // 4].max()))
+    assert all(abs(p - 2) < 0.2 for p in observed_orders(full)), full
+    assert all(abs(p - order) < 0.3 for p in observed_orders(interior)), interior
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_spectral_derivatives_exact_on_band_limited_fields(dtype: torch.dtype) -> None:
+    grid = Grid((16, 10), lengths=(2 * math.pi, 1.0))
+    x, y = grid.coordinates()
+    ky = 2 * math.pi * 3  # mode 3 of 10 nodes: below Nyquist
+    u = torch.sin(3 * x) * torch.cos(ky * y) + torch.cos(7 * x)
+    u = (u + 0.5j * u).to(dtype) if dtype.is_complex else u.to(dtype)
+    d_x = 3 * torch.cos(3 * x) * torch.cos(ky * y) - 7 * torch.sin(7 * x)
+    d3_x = -27 * torch.cos(3 * x) * torch.cos(ky * y) + 343 * torch.sin(7 * x)
+    d_yy = -(ky**2) * torch.sin(3 * x) * torch.cos(ky * y)
+    lap = -9 * torch.sin(3 * x) * torch.cos(ky * y) - 49 * torch.cos(7 * x) + d_yy
+    scale = 1 + 0.5j if dtype.is_complex else 1.0
+    checks = [
+        (pde.spectral_derivative(u, grid, 0, 1), d_x),
+        (pde.spectral_derivative(u, grid, 0, 3), d3_x),
+        (pde.spectral_derivative(u, grid, 1, 2), d_yy),
+        (pde.spectral_laplacian(u, grid), lap),
+    ]
+    for got, exact in checks:
+        assert got.dtype == dtype
+        assert float((got - scale * exact).abs().max()) < 1e-9 * float(exact.abs().max())
+
+
+def test_spectral_needs_a_periodic_axis() -> None:
+    grid = Grid((8,), boundary=Dirichlet())
+    with pytest.raises(ValueError, match="periodic axis"):
+        pde.spectral_derivative(torch.zeros(8), grid)
+
+
+@pytest.mark.parametrize("order", [2, 4])
+def test_method_of_lines_converges_to_the_heat_equations_solution(order: int) -> None:
+    # u_t = D u_xx on [0, 1], u = 0 at both ends: u = exp(-D pi^2 t) sin(pi x) + a mode-3 part.
+    # Periodic in 2-D for order 4 (the bounded rows are 2nd order): u = exp(-2 D t) sin x sin y.
+    diffusivity, t1 = 0.5, 0.2
+    errors = []
+    for size in (8, 16, 32) if order == 2 else (16, 32, 64):
+        if order == 2:
+            grid = Grid((size,), boundary=Dirichlet())
+            (x,) = grid.coordinates()
+            rates = (diffusivity * math.pi**2, diffusivity * 9 * math.pi**2)
+            u0 = torch.sin(math.pi * x) + 0.5 * torch.sin(3 * math.pi * x)
+            exact = math.exp(-rates[0] * t1) * torch.sin(math.pi * x) + 0.5 * math.exp(
+                -rates[1] * t1
+            ) * torch.sin(3 * math.pi * x)
+        else:
+            grid = Grid((size, size), lengths=(2 * math.pi, 2 * math.pi))
+            x, y = grid.coordinates()
+            u0 = torch.sin(x) * torch.sin(y) + torch.cos(2 * x)
+            exact = math.exp(-2 * diffusivity * t1) * torch.sin(x) * torch.sin(y) + math.exp(
+                -4 * diffusivity * t1
+            ) * torch.cos(2 * x)
+        heat = pde.Heat(grid, diffusivity, order)
+        sol = no.solve(
+            heat,
+            u0[None, None],
+            torch.tensor([0.0, t1], dtype=F64),
+            controller=no.PIController(rtol=1e-11, atol=1e-13),
+        )
+        errors.append(float((sol.ys[-1, 0, 0] - exact).abs().max()))
+    assert all(abs(p - order) < 0.2 for p in observed_orders(errors)), errors
+
+
+def test_spectral_heat_equation_is_exact_to_the_solver_tolerance() -> None:
+    grid = Grid((16,), lengths=(2 * math.pi,))
+    (x,) = grid.coordinates()
+    u0 = torch.sin(x) + torch.cos(5 * x)
+    heat = pde.Heat(grid, 0.1, spectral=True)
+    sol = no.solve(
+        heat,
+        u0,
+        torch.tensor([0.0, 1.0], dtype=F64),
+        controller=no.PIController(rtol=1e-10, atol=1e-12),
+    )
+    exact = math.exp(-0.1) * torch.sin(x) + math.exp(-2.5) * torch.cos(5 * x)
+    assert float((sol.ys[-1] - exact).abs().max()) < 1e-8
+
+
+def test_implicit_krylov_solve_matches_dopri5_on_a_stiff_2d_reaction_diffusion() -> None:
+    grid = Grid((12, 12), lengths=(2.0, 2.0))
+    generator = torch.Generator().manual_seed(0)
+    u0, _ = pde.random_fourier_field(grid, 1, 2, amplitude=0.5, generator=generator)
+    model = pde.FitzHughNagumo(grid, a=0.25, b=1.0)  # diffusion-dominated: stiff on this grid
+    ts = torch.tensor([0.0, 1.0], dtype=F64)
+    reference = pde.reference_solve(model, u0, ts)
+    solver = no.solvers.Radau(linear_solver="krylov", krylov_tol=1e-2)
+    with torch.no_grad():
+        sol = no.solve(
+            model, u0, ts, solver=solver, controller=no.PIController(rtol=1e-3, atol=1e-5)
+        )
+    assert float((sol.ys[-1] - reference[-1]).abs().max()) < 1e-4
+    with torch.no_grad():
+        explicit = no.solve(model, u0, ts, controller=no.PIController(rtol=1e-3, atol=1e-5))
+    # dopri5's steps are bounded by stability on the stiff diffusion, Radau's are not
+    assert 3 * sol.stats.n_accepted < explicit.stats.n_accepted
+
+
+def _hybrid(grid: Grid) -> pde.NeuralPDE:
+    torch.manual_seed(0)
+    learned = pde.PointwiseMLP(grid, 1, hidden=4, layers=1, features=("u", "gradient", "laplacian"))
+    return pde.NeuralPDE(pde.Diffusion(grid, 0.1), learned).double()
+
+
+@pytest.mark.parametrize(
+    "boundary",
+    [Periodic(), Dirichlet(0.5, -0.2), Neumann(0.3, 0.1)],
+    ids=["periodic", "dirichlet", "neumann"],
+)
+@pytest.mark.parametrize("order", [2, 4])
+def test_operators_gradcheck(boundary, order: int) -> None:
+    grid = Grid((7,), boundary=boundary)
+    u = torch.randn(2, 7, dtype=F64, requires_grad=True)
+    v = torch.randn(2, 1, 7, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda u: pde.laplacian(u, grid, order), (u,))
+    assert torch.autograd.gradcheck(lambda u: pde.gradient(u, grid, order), (u,))
+    assert torch.autograd.gradcheck(lambda v: pde.divergence(v, grid, order), (v,))
+
+
+def test_spectral_gradcheck() -> None:
+    grid = Grid((6, 5))
+    u = torch.randn(2, 6, 5, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda u: pde.spectral_derivative(u, grid, 1, 1), (u,))
+    assert torch.autograd.gradcheck(lambda u: pde.spectral_laplacian(u, grid), (u,))
+
+
+@pytest.mark.parametrize("solver", ["rk4", "trbdf2"])
+def test_solve_of_a_hybrid_pde_gradcheck(solver: str) -> None:
+    grid = Grid((6,), boundary=Dirichlet(0.2, -0.1))
+    model = _hybrid(grid)
+    weight = model.learned.net[2].weight
+    ts = torch.tensor([0.0, 0.05, 0.1], dtype=F64)
+
+    def forecast(u0: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        def f(t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(model, {"learned.net.2.weight": w}, (t, u))
+
+        step = no.FixedGrid(step_size=0.05)
+        return no.solve(f, u0, ts, solver=no.METHODS[solver](), controller=step).ys
+
+    u0 = torch.randn(1, 1, 6, dtype=F64, requires_grad=True)
+    w = weight.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(forecast, (u0, w))
+
+
+def test_adjoint_gradients_match_direct_on_a_hybrid_pde() -> None:
+    grid = Grid((8,))
+    model = _hybrid(grid)
+    u0 = torch.sin(grid.coordinates()[0] * 2 * math.pi)[None, None]
+    ts = torch.tensor([0.0, 0.25], dtype=F64)
+    grads = []
+    for gradient in (no.Direct(), no.Checkpointed(), no.Backsolve()):
+        model.zero_grad()
+        controller = no.PIController(rtol=1e-7, atol=1e-9)
+        sol = no.solve(model, u0, ts, gradient=gradient, controller=controller)
+        (sol.ys[-1] ** 2).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.learned.parameters()]))
+    direct, checkpointed, backsolve = grads
+    assert torch.allclose(direct, checkpointed, rtol=1e-10, atol=1e-12)  # the same discrete solve
+    # the continuous adjoint agrees to about the tolerance (~1e-6 of the largest gradient)
+    assert float((direct - backsolve).abs().max()) < 1e-4 * float(direct.abs().max())
+
+
+def test_dirichlet_boundary_values_are_held() -> None:
+    # ghost points: the boundary node holds the value; the steady state is the linear profile
+    grid = Grid((9,), boundary=Dirichlet(1.0, 3.0))
+    u = torch.randn(2, 9, dtype=F64)
+    padded = pde.pad(u, Dirichlet(1.0, 3.0), grid.spacing[0], 2)
+    assert torch.equal(padded[:, 1], torch.full((2,), 1.0, dtype=F64))
+    assert torch.equal(padded[:, -2], torch.full((2,), 3.0, dtype=F64))
+    assert torch.allclose(padded[:, 0], 2.0 - u[:, 0]) and torch.allclose(
+        padded[:, -1], 6.0 - u[:, -1]
+    )
+    sol = no.solve(
+        pde.Heat(grid, 1.0),
+        u,
+        torch.tensor([0.0, 5.0], dtype=F64),
+        solver=no.solvers.Radau(batch_size=2),
+        controller=no.PIController(rtol=1e-6, atol=1e-8),
+    )
+    (x,) = grid.coordinates()
+    assert torch.allclose(sol.ys[-1], (1.0 + 2.0 * x).expand(2, 9), atol=1e-8)
+
+
+def test_neumann_slopes_are_held_and_no_flux_conserves_mass() -> None:
+    grid = Grid((11,), boundary=Neumann(0.4, -0.7))
+    u = torch.randn(3, 11, dtype=F64)
+    dx = grid.spacing[0]
+    padded = pde.pad(u, grid.boundaries[0], dx, 2)
+    # centred differences at the boundary nodes equal the given slopes
+    assert torch.allclose(
+        (padded[:, 3] - padded[:, 1]) / (2 * dx), torch.full((3,), 0.4, dtype=F64)
+    )
+    assert torch.allclose(
+        (padded[:, -2] - padded[:, -4]) / (2 * dx), torch.full((3,), -0.7, dtype=F64)
+    )
+    closed = Grid((11,), boundary=Neumann())
+    sol = no.solve(
+        pde.Heat(closed, 1.0),
+        u,
+        torch.tensor([0.0, 0.05, 3.0], dtype=F64),
+        controller=no.PIController(rtol=1e-10, atol=1e-12),
+    )
+    weights = torch.ones(11, dtype=F64)
+    weights[[0, -1]] = 0.5  # trapezoid rule: the mass the 2nd-order scheme conserves
+    mass = sol.ys @ weights
+    assert torch.allclose(mass, mass[0].expand_as(mass), rtol=1e-9, atol=1e-9)
+    assert torch.allclose(sol.ys[-1], (mass[0] / 10)[:, None].expand(3, 11), atol=1e-6)
+
+
+def test_bad_input_errors() -> None:
+    grid = Grid((8,))
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 8\)"):
+        pde.laplacian(torch.zeros(3, 7), grid)
+    with pytest.raises(ValueError, match="order must be 2 or 4"):
+        pde.laplacian(torch.zeros(8), grid, order=3)
+    with pytest.raises(ValueError, match="1 or 2 axes"):
+        Grid((4, 4, 4))
+    with pytest.raises(ValueError, match="one entry per axis"):
+        Grid((4, 4), lengths=(1.0,))
+    with pytest.raises(ValueError, match="Periodic"):
+        Grid((4,), boundary="periodic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="spectral=True needs a periodic grid"):
+        pde.Diffusion(Grid((8,), boundary=Neumann()), 1.0, spectral=True)
+    with pytest.raises(ValueError, match="divergence needs v"):
+        pde.divergence(torch.zeros(2, 8), Grid((2, 8)))
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_operators_and_models_keep_dtype_and_device(device: str, dtype: torch.dtype) -> None:
+    grid = Grid((8, 6), boundary=(Periodic(), Neumann(0.1, 0.2)))
+    u = torch.randn(3, 2, 8, 6, dtype=dtype, device=device)
+    outputs = [
+        pde.laplacian(u, grid, 4),
+        pde.gradient(u, grid),
+        pde.spectral_derivative(u, Grid((8, 6)), 1, 1),
+        pde.NeuralPDE(pde.Diffusion(grid, (0.1, 0.2)), pde.PointwiseMLP(grid, 2)).to(device, dtype)(
+            torch.zeros((), device=device), u
+        ),
+        pde.ConvNet(grid, 2).to(device, dtype)(None, u),
+    ]
+    for out in outputs:
+        assert out.dtype == dtype and out.device == u.device
+    # float32 stencils agree with float64 to float32 round-off (relative to 1/dx^2 scales)
+    exact = pde.laplacian(u.double(), grid, 4)
+    assert torch.allclose(outputs[0].double(), exact, rtol=1e-4, atol=1e-3)
+
+
+def test_fully_learned_convnet_right_hand_side_trains_through_the_solver() -> None:
+    grid = Grid((6, 5), boundary=(Periodic(), Dirichlet()))
+    torch.manual_seed(0)
+    model = pde.NeuralPDE(learned=pde.ConvNet(grid, 1, hidden=3, layers=1, kernel_size=3))
+    model = model.double()
+    u0 = torch.randn(2, 1, 6, 5, dtype=F64)
+    ts = torch.tensor([0.0, 0.2], dtype=F64)
+    grads = []
+    for gradient in (no.Direct(), no.Checkpointed()):
+        model.zero_grad()
+        sol = no.solve(model, u0, ts, gradient=gradient, controller=no.PIController(rtol=1e-8))
+        sol.ys[-1].pow(2).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert grads[0].abs().max() > 0
+    assert torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+    weight = model.learned.net[0].weight
+
+    def forecast(w: torch.Tensor) -> torch.Tensor:
+        def f(t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(model, {"learned.net.0.weight": w}, (t, u))
+
+        return no.solve(f, u0, ts, solver=no.RK4(), controller=no.FixedGrid(step_size=0.1)).ys
+
+    assert torch.autograd.gradcheck(forecast, (weight.detach().clone().requires_grad_(True),))

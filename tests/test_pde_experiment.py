@@ -1,0 +1,75 @@
+"""The PDE experiment through the CLI at tiny size, and the PDE tutorial script."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neuralode.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--iterations", "2", "--train-ics", "1", "--test-ics", "2", "--refine", "2"]
+TINY += ["--no-progress", "--window", "2"]
+
+
+@pytest.mark.parametrize(
+    "equation, size",
+    [
+        ("burgers", ["--grid", "16", "--horizon", "0.2"]),
+        ("reaction-diffusion", ["--grid", "6", "--horizon", "0.2"]),
+    ],
+)
+def test_experiment_writes_metrics_and_plots(
+    tmp_path, capsys, equation: str, size: list[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    code = main(["experiment", "pde", "--equation", equation, "--out", str(tmp_path)] + TINY + size)
+    assert code == 0
+    assert "forecast relative L2" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("forecast_rel_l2", "forecast_rel_l2_2x", "baseline_forecast_rel_l2_2x"):
+        assert math.isfinite(metrics[key]) and metrics[key] > 0
+    assert len(metrics["forecast_rel_l2_2x_per_ic"]) == 2
+    # the baseline's parameter count is matched to the learned term's
+    assert (
+        abs(metrics["baseline_parameters"] - metrics["parameters"]) <= 0.05 * metrics["parameters"]
+    )
+    solvers = metrics["solvers"]
+    assert set(solvers) == {"dopri5", "radau_krylov"} and all(
+        s["nfe"] > 0 for s in solvers.values()
+    )
+    assert solvers["radau_krylov"]["newton"]["newton_iterations"] > 0
+    # the two solvers agree on the trained model's forecast (to the forecast tolerance)
+    assert (
+        abs(solvers["dopri5"]["forecast_rel_l2_2x"] - solvers["radau_krylov"]["forecast_rel_l2_2x"])
+        < 1e-3
+    )
+    png = "spacetime.png" if equation == "burgers" else "fields.png"
+    assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_experiment_bad_arguments_are_one_line_errors(tmp_path, capsys) -> None:
+    code = main(["experiment", "pde", "--out", str(tmp_path), "--horizon", "0.25", "--dt", "0.1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--horizon must be a multiple of --dt" in err
+    assert main(["experiment", "pde", "--out", str(tmp_path), "--grid", "3"]) == 2
+    assert "--grid must be at least 5" in capsys.readouterr().err
+
+
+def test_tutorial_script_runs_at_small_size() -> None:
+    script = ROOT / "docs" / "tutorials" / "pde.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--iterations", "2", "--grid", "16", "--train-ics", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "relative L2 forecast error at 2T" in done.stdout
+    assert "learned term vs -u u_x" in done.stdout

@@ -14,17 +14,15 @@ import argparse
 import json
 import platform
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn.functional import cross_entropy
 
-from ..data import load_dataset
-from ..training import TrainConfig, add_train_arguments, autograd_memory_mb, train
+from ..training import TrainConfig, add_train_arguments, autograd_memory_mb
 from ..viz.implicit import iterations_to_residuals, residual_histories, save_residual_plot
-from .table1 import RECIPE, averaging, result_row, step_memory
+from .table1 import RECIPE, averaging, keeps_threads, train_side_by_side
 
 NAMES = {"deq": "DEQ", "odenet": "ODE-Net", "resnet": "ResNet"}
 
@@ -182,47 +180,22 @@ def format_table(
     return "\n".join(lines) + "\n"
 
 
+@keeps_threads
 def run(args: argparse.Namespace) -> int:
-    threads = torch.get_num_threads()
-    try:
-        return _run(args)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(args: argparse.Namespace) -> int:
     out = Path(args.out or "out/implicit")
     out.mkdir(parents=True, exist_ok=True)
     base = TrainConfig.from_namespace(argparse.Namespace(**{**vars(args), "out": str(out)}))
-    if base.threads > 0:
-        torch.set_num_threads(base.threads)
-    rows, trained = [], {}
-    for name in args.models:
-        print(f"\n== {NAMES[name]} ==", file=sys.stderr)
-        # the ResNet has nothing to regularise; a DEQ only its Jacobian (--jacobian)
-        unregularised = {"kinetic": 0.0, "derivative": 0.0}
-        options = {**unregularised, "jacobian": 0.0} if name == "resnet" else {}
-        options = unregularised if name == "deq" else options
-        if name == "deq":
-            options = {**options, "epochs": args.deq_epochs}
-        result = train(replace(base, model=name, out=str(out / name), **options))
-        if result.status != 0:
-            return result.status
-        trained[name] = result.model
-        rows.append(result_row(name, result))
-    data = load_dataset(base.data, base.data_dir, base.download, base.cache_dir)
-    device = next(next(iter(trained.values())).parameters()).device
-    x = data.test_x[: args.memory_batch].to(device)
-    y = data.test_y[: args.memory_batch].to(device)
-    for row in rows:
-        row["memory_mb"] = step_memory(trained[row["model"]], x, y)["memory_mb"]
-    study, residuals = [], None
-    if "deq" in trained:
+    overrides = {"deq": {"epochs": args.deq_epochs}}
+    runs = train_side_by_side(base, args.models, out, args.memory_batch, NAMES, overrides)
+    if isinstance(runs, int):
+        return runs
+    rows, study, residuals = runs.rows, [], None
+    if "deq" in runs.models:
         print("\n== memory and residual studies of the DEQ ==", file=sys.stderr)
-        study = memory_study(trained["deq"], x, y, args.memory_iterations)
-        images = data.test_x[: args.residual_images].to(device)
+        study = memory_study(runs.models["deq"], runs.x, runs.y, args.memory_iterations)
+        images = runs.data.test_x[: args.residual_images].to(runs.x.device)
         residuals = residual_study(
-            trained["deq"], images, args.residual_iterations, args.residual_targets
+            runs.models["deq"], images, args.residual_iterations, args.residual_targets
         )
     header = (
         f"`{' '.join(sys.argv[1:]) or 'neuralode experiment implicit'}`: {base.data}, "

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn.functional import cross_entropy
 
-from ..data import load_dataset
+from ..data import ImageDataset, load_dataset
 from ..training import TrainConfig, add_train_arguments, autograd_memory_mb, train
-from ..training.config import MODELS
 from ..training.loop import solver_block
 
 # Chen et al. (2018), Table 1 (full MNIST): test error, parameters, memory, time.
@@ -42,9 +43,7 @@ RECIPE = dict(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser, model_positional=False)
     parser.set_defaults(**RECIPE)
-    parser.add_argument(
-        "--models", nargs="+", choices=MODELS, default=["odenet", "resnet", "rknet"]
-    )
+    parser.add_argument("--models", nargs="+", choices=tuple(NAMES), default=list(NAMES))
     parser.add_argument("--memory-batch", type=int, default=32,
                         help="batch of the one-step memory measurement")  # fmt: skip
     parser.add_argument("--memory-tolerances", type=float, nargs="+",
@@ -192,37 +191,85 @@ def averaging(config: TrainConfig) -> str:
     return ", " + ", ".join(parts) if parts else ""
 
 
-def run(args: argparse.Namespace) -> int:
-    threads = torch.get_num_threads()
-    try:
-        return _run(args)
-    finally:
-        torch.set_num_threads(threads)
+def keeps_threads(run: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """``run`` with torch's CPU thread count restored afterwards (``--threads`` changes it)."""
+
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        threads = torch.get_num_threads()
+        try:
+            return run(args)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
 
 
-def _run(args: argparse.Namespace) -> int:
-    out = Path(args.out or "out/table1")
-    out.mkdir(parents=True, exist_ok=True)
-    base = TrainConfig.from_namespace(argparse.Namespace(**{**vars(args), "out": str(out)}))
+def regularisation_overrides(model: str) -> dict[str, float]:
+    """The regularisation weights a model cannot take, set to zero: a ResNet has no block to
+    regularise, a DEQ only its Jacobian at the fixed point."""
+    if model == "resnet":
+        return {"kinetic": 0.0, "jacobian": 0.0, "derivative": 0.0}
+    if model == "deq":
+        return {"kinetic": 0.0, "derivative": 0.0}
+    return {}
+
+
+@dataclass
+class Trained:
+    """Models trained side by side, their table rows (with the memory of one training step)
+    and the test batch that memory was measured on."""
+
+    rows: list[dict[str, Any]]
+    models: dict[str, torch.nn.Module]
+    data: ImageDataset
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def train_side_by_side(
+    base: TrainConfig,
+    names: Sequence[str],
+    out: Path,
+    memory_batch: int,
+    labels: dict[str, str],
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Trained | int:
+    """Train each model of ``names`` with ``base``'s recipe (plus its ``overrides``) into
+    ``out/NAME``, then measure one training step's memory on ``memory_batch`` test images.
+
+    Returns:
+        The trained models and their rows, or the first failing training's exit status.
+    """
     if base.threads > 0:
-        torch.set_num_threads(base.threads)  # also for the memory study after training
+        torch.set_num_threads(base.threads)  # also for the studies after training
     rows, trained = [], {}
-    for name in args.models:
-        print(f"\n== {NAMES[name]} ==", file=sys.stderr)
-        unregularised = {"kinetic": 0.0, "jacobian": 0.0, "derivative": 0.0}
-        options = unregularised if name == "resnet" else {}  # no ODE block to regularise
+    for name in names:
+        print(f"\n== {labels[name]} ==", file=sys.stderr)
+        options = {**regularisation_overrides(name), **(overrides or {}).get(name, {})}
         result = train(replace(base, model=name, out=str(out / name), **options))
         if result.status != 0:
             return result.status
         trained[name] = result.model
         rows.append(result_row(name, result))
     data = load_dataset(base.data, base.data_dir, base.download, base.cache_dir)
-    x, y = data.test_x[: args.memory_batch], data.test_y[: args.memory_batch]
-    device = next(iter(trained.values())).parameters().__next__().device
-    x, y = x.to(device), y.to(device)
+    device = next(next(iter(trained.values())).parameters()).device
+    x, y = data.test_x[:memory_batch].to(device), data.test_y[:memory_batch].to(device)
     for row in rows:
         row["memory_mb"] = step_memory(trained[row["model"]], x, y)["memory_mb"]
-    study = memory_study(trained, x, y, args)
+    return Trained(rows, trained, data, x, y)
+
+
+@keeps_threads
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out or "out/table1")
+    out.mkdir(parents=True, exist_ok=True)
+    base = TrainConfig.from_namespace(argparse.Namespace(**{**vars(args), "out": str(out)}))
+    runs = train_side_by_side(base, args.models, out, args.memory_batch, NAMES)
+    if isinstance(runs, int):
+        return runs
+    rows = runs.rows
+    study = memory_study(runs.models, runs.x, runs.y, args)
     header = (
         f"`{' '.join(sys.argv[1:]) or 'neuralode experiment table1'}`: {base.data}, "
         f"{base.epochs} epochs, batch {base.batch_size}, {base.optimizer} lr {base.lr} "

@@ -86,6 +86,15 @@ def test_anderson_and_broyden_converge_where_plain_iteration_diverges() -> None:
         torch.testing.assert_close(result.z, exact, atol=1e-8, rtol=0)
 
 
+def test_broyden_restarts_when_its_memory_is_full() -> None:
+    # 20 unknowns, 4 updates kept: the estimate restarts many times and still converges
+    f, exact = linear_problem(torch.linspace(-0.9, 0.9, 20))
+    result = fixed_point(f, torch.zeros_like(exact), Broyden(memory=4), tol=1e-10, max_iter=500)
+    assert result.converged
+    torch.testing.assert_close(result.z, exact, atol=1e-8, rtol=0)
+    assert max(result.history[10:]) < 10 * result.history[0]  # no blow-up between restarts
+
+
 def test_damped_plain_iteration_and_the_best_iterate() -> None:
     f, exact = linear_problem(torch.tensor([-1.5, 0.2, 0.5]))
     damped = fixed_point(f, torch.zeros_like(exact), Picard(damping=0.5), 1e-10, 500)

@@ -22,7 +22,7 @@ from torch.nn.functional import cross_entropy
 
 from ..training import TrainConfig, add_train_arguments, autograd_memory_mb
 from ..viz.implicit import iterations_to_residuals, residual_histories, save_residual_plot
-from .table1 import RECIPE, averaging, keeps_threads, train_side_by_side
+from .table1 import RECIPE, averaging, keeps_threads, save_memory_plot, train_side_by_side
 
 NAMES = {"deq": "DEQ", "odenet": "ODE-Net", "resnet": "ResNet"}
 
@@ -67,29 +67,6 @@ def memory_study(
         layer.gradient, layer.tol, layer.max_iter, layer.on_failure = saved
         model.zero_grad(set_to_none=True)
     return rows
-
-
-def save_memory_plot(out: Path, study: list[dict[str, Any]]) -> Path:
-    from ..viz.plots import _pyplot
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    labels = {
-        "implicit": "DEQ, implicit gradient",
-        "unrolled": "DEQ unrolled (weight-tied ResNet), backprop",
-    }
-    for gradient, label in labels.items():
-        points = [(r["iterations"], r["memory_mb"]) for r in study if r["gradient"] == gradient]
-        ax.plot(*zip(*points), "o-", label=label)
-    ax.set_xlabel("iterations of the forward solve (depth)")
-    ax.set_ylabel("autograd memory of one training step (MB)")
-    ax.set_title("memory against iterations")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "memory.png", dpi=100)
-    plt.close(fig)
-    return out / "memory.png"
 
 
 def residual_study(
@@ -216,7 +193,17 @@ def run(args: argparse.Namespace) -> int:
         metrics["residual_study"] = residuals
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if base.plots and study:
-        save_memory_plot(out, study)
+        labels = {
+            "implicit": "DEQ, implicit gradient",
+            "unrolled": "DEQ unrolled (weight-tied ResNet), backprop",
+        }
+        curves = {
+            label: [(r["iterations"], r["memory_mb"]) for r in study if r["gradient"] == key]
+            for key, label in labels.items()
+        }
+        save_memory_plot(
+            out, curves, "iterations of the forward solve (depth)", "memory against iterations"
+        )
     if base.plots and residuals is not None:
         save_residual_plot(out, residuals["histories"], residuals["tol"])
     print(text)

@@ -154,19 +154,20 @@ def format_table(rows: list[dict[str, Any]], study: list[dict[str, Any]], header
     return "\n".join(lines) + "\n"
 
 
-def save_memory_plot(out: Path, study: list[dict[str, Any]]) -> Path:
+def save_memory_plot(
+    out: Path, curves: dict[str, list[tuple[float, float]]], xlabel: str, title: str
+) -> Path:
+    """``memory.png``: one training step's autograd memory (MB) against solver work, one line
+    per ``curves`` label of (work, memory) points."""
     from ..viz.plots import _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for model in dict.fromkeys(r["model"] for r in study):
-        points = [(r["nfe_forward"], r["memory_mb"]) for r in study if r["model"] == model]
-        ax.plot(
-            *zip(*points), "o-", label=NAMES[model] + (" (adjoint)" if model == "odenet" else "")
-        )
-    ax.set_xlabel("NFE of the forward pass")
+    for label, points in curves.items():
+        ax.plot(*zip(*points), "o-", label=label)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("autograd memory of one training step (MB)")
-    ax.set_title("memory against solver work")
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -284,6 +285,12 @@ def run(args: argparse.Namespace) -> int:
     (out / "table1.md").write_text(text)
     (out / "table1.json").write_text(json.dumps({"rows": rows, "memory": study}, indent=2) + "\n")
     if base.plots and study:
-        save_memory_plot(out, study)
+        curves = {
+            NAMES[model] + (" (adjoint)" if model == "odenet" else ""): [
+                (r["nfe_forward"], r["memory_mb"]) for r in study if r["model"] == model
+            ]
+            for model in dict.fromkeys(r["model"] for r in study)
+        }
+        save_memory_plot(out, curves, "NFE of the forward pass", "memory against solver work")
     print(text)
     return 0

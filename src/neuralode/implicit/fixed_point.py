@@ -142,8 +142,8 @@ class Anderson(FixedPointMethod):
 
 class Broyden(FixedPointMethod):
     """Broyden's ("good") quasi-Newton method on g(z) = f(z) - z: its inverse Jacobian is
-    estimated as -I plus rank-one updates (at most ``memory`` kept; the oldest are dropped),
-    and z <- z - H g(z). Superlinear near a fixed point; no line search.
+    estimated as -I plus rank-one updates, and z <- z - H g(z). Superlinear near a fixed
+    point; no line search. After ``memory`` updates the estimate restarts from -I.
 
     Arguments:
         memory: the number of rank-one updates kept.
@@ -180,6 +180,10 @@ class Broyden(FixedPointMethod):
         g = fz - z
         if self._previous is not None:
             dz, dg = z - self._previous[0], g - self._previous[1]
+            if len(self._us) == self.memory:
+                # Each update builds on the ones before it, so dropping the oldest would leave
+                # an inconsistent estimate: start again from -I instead.
+                self._us, self._vs = [], []
             h_dg = self._apply(dg)
             denominator = (dz * h_dg).sum(1, keepdim=True)
             # Samples that have stopped moving (or a degenerate update) keep their estimate.
@@ -187,8 +191,8 @@ class Broyden(FixedPointMethod):
             safe = torch.where(ok, denominator, torch.ones_like(denominator))
             u = torch.where(ok, (dz - h_dg) / safe, torch.zeros_like(dz))
             v = self._apply_transposed(dz)  # of the estimate before this update
-            self._us = (self._us + [u])[-self.memory :]
-            self._vs = (self._vs + [v])[-self.memory :]
+            self._us.append(u)
+            self._vs.append(v)
         self._previous = (z, g)
         return z - self._apply(g)
 

@@ -10,7 +10,8 @@ import torch
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+# 16-bit floats: error norms are computed in float32 for them (``error_dtype``)
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def error_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -18,7 +19,7 @@ def error_dtype(dtype: torch.dtype) -> torch.dtype:
     16-bit floats (whose range overflows in the scaled error and whose resolution is too
     coarse for the tolerances), else the state's real dtype."""
     real = dtype.to_real() if dtype.is_complex else dtype
-    return torch.float32 if real in _LOW_PRECISION else real
+    return torch.float32 if real in LOW_PRECISION else real
 
 
 def tolerance_tensor(tol: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -15,13 +15,13 @@ from ._callbacks import Callbacks
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from ._events import Event, EventGradient, EventTracker
 from ._loop import LoopConfig, check_compiled_step, integrate
-from ._norms import Norm, l2_norm, max_norm, mixed_norm, rms_norm
+from ._norms import LOW_PRECISION, Norm, l2_norm, max_norm, mixed_norm, rms_norm
 from ._solution import Solution, SolveStats
 from ._term import ODETerm
 from ._tree import TreeSpec, tree_spec
+from .adjoint import GRADIENTS
 from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy, Problem, time_derivative_inputs
-from .adjoint.checkpointed import Checkpointed
 from .adjoint.direct import Direct
 from .controllers.base import StepSizeController
 from .controllers.fixed import FixedGrid
@@ -210,9 +210,7 @@ def solve(
         ) from error
 
 
-_GRADIENTS: dict[str, type[GradientStrategy]] = {
-    "direct": Direct, "backsolve": Backsolve, "adjoint": Backsolve, "checkpointed": Checkpointed,
-}  # fmt: skip
+_GRADIENTS: dict[str, type[GradientStrategy]] = {**GRADIENTS, "backsolve": Backsolve}
 _NORMS = {"rms": rms_norm, "max": max_norm, "l2": l2_norm}
 
 
@@ -422,7 +420,7 @@ def _check_tolerances(controller: Any, y0: torch.Tensor) -> None:
         return
     real = y0.real.dtype
     eps = torch.finfo(real).eps
-    low_precision = real in (torch.float16, torch.bfloat16)
+    low_precision = real in LOW_PRECISION
     floor = eps / 10 if low_precision else eps / 100
     rtol_min = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
     if rtol_min >= floor:

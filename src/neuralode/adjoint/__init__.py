@@ -5,4 +5,11 @@ from .base import GradientStrategy, Problem
 from .checkpointed import Checkpointed
 from .direct import Direct
 
-__all__ = ["Backsolve", "Checkpointed", "Direct", "GradientStrategy", "Problem"]
+# The strategies by the names the models and the command line use.
+GRADIENTS: dict[str, type[GradientStrategy]] = {
+    "direct": Direct,
+    "adjoint": Backsolve,
+    "checkpointed": Checkpointed,
+}
+
+__all__ = ["GRADIENTS", "Backsolve", "Checkpointed", "Direct", "GradientStrategy", "Problem"]

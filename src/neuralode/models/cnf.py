@@ -26,12 +26,11 @@ from torch import nn
 from .._norms import Norm, seminorm
 from .._solution import SolveStats
 from .._solve import solve
-from ..adjoint import Backsolve, Checkpointed, Direct, GradientStrategy
+from ..adjoint import GRADIENTS, GradientStrategy
 from ..controllers import FixedGrid, PIController
 from ..solvers import METHODS
 from .dynamics import activation_layer
 
-_GRADIENTS = {"direct": Direct, "adjoint": Backsolve, "checkpointed": Checkpointed}
 TRACE_MODES = ("exact", "hutchinson")
 NOISE_KINDS = ("rademacher", "gaussian")
 
@@ -330,8 +329,8 @@ class CNF(FlowDensity):
             raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-        if isinstance(gradient, str) and gradient not in _GRADIENTS:
-            raise ValueError(f"gradient must be one of {sorted(_GRADIENTS)}, got {gradient!r}")
+        if isinstance(gradient, str) and gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {sorted(GRADIENTS)}, got {gradient!r}")
         if T <= 0:
             raise ValueError(f"T must be positive, got {T!r}")
         if kinetic < 0 or jacobian < 0:
@@ -359,7 +358,7 @@ class CNF(FlowDensity):
 
     def _strategy(self) -> GradientStrategy:
         if isinstance(self.gradient, str):
-            return _GRADIENTS[self.gradient]()
+            return GRADIENTS[self.gradient]()
         return self.gradient
 
     def _solve(self, y: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -10,12 +10,10 @@ from torch import nn
 from .._norms import seminorm
 from .._solution import SolveStats
 from .._solve import solve
-from ..adjoint import Backsolve, Checkpointed, Direct, GradientStrategy
+from ..adjoint import GRADIENTS, GradientStrategy
 from ..controllers import FixedGrid, PIController
 from ..solvers import METHODS
 from .regularisers import DerivativePenalty, RegularisedDynamics, Regulariser
-
-_GRADIENTS = {"direct": Direct, "adjoint": Backsolve, "checkpointed": Checkpointed}
 
 
 class ODEBlock(nn.Module):
@@ -56,8 +54,8 @@ class ODEBlock(nn.Module):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-        if isinstance(gradient, str) and gradient not in _GRADIENTS:
-            raise ValueError(f"gradient must be one of {sorted(_GRADIENTS)}, got {gradient!r}")
+        if isinstance(gradient, str) and gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {sorted(GRADIENTS)}, got {gradient!r}")
         self.dynamics = dynamics
         self.t0, self.t1 = float(t0), float(t1)
         self.method = method
@@ -81,7 +79,7 @@ class ODEBlock(nn.Module):
 
     def _strategy(self) -> GradientStrategy:
         if isinstance(self.gradient, str):
-            return _GRADIENTS[self.gradient]()
+            return GRADIENTS[self.gradient]()
         return self.gradient
 
     def forward(self, x: torch.Tensor, ts: torch.Tensor | None = None) -> torch.Tensor:

@@ -68,3 +68,17 @@ def test_implicit_experiment_tiny_budget(tmp_path, capsys) -> None:
     assert "Anderson's saving over plain iteration" in table
     for name in ("table.md", "metrics.json", "memory.png", "residuals.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_implicit_experiment_refuses_an_earlier_run_in_one_line(tmp_path, capsys) -> None:
+    argv = ["experiment", "implicit", *TINY, "--models", "resnet", "--no-plots"]
+    argv += ["--memory-batch", "4", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    header, err = capsys.readouterr().err.strip().split("\n")  # the model's header, the error
+    assert header == "== ResNet ==" and err.startswith(
+        "neuralode experiment implicit: error: --out"
+    )
+    assert "--overwrite" in err
+    assert main([*argv, "--overwrite"]) == 0

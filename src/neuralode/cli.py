@@ -48,16 +48,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from ._errors import SolverError
-    from .data import DatasetNotFoundError
-    from .training import CheckpointError, TrainConfig, TrainingDiverged, train
+    from .training import TrainConfig, train
 
     if args.out is None:
         args.out = f"out/train-{args.model}"
     try:
         result = train(TrainConfig.from_namespace(args))
-    except (DatasetNotFoundError, CheckpointError, ValueError, TrainingDiverged) as error:
-        _error("train", str(error))
-        return 2
     except SolverError as error:
         _error(
             "train",
@@ -136,10 +132,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 on success, 1 for an unexpected error, 2 for bad input, 130
         when interrupted.
     """
+    from .data import DatasetNotFoundError
+    from .training import CheckpointError, TrainingDiverged
+
     args = build_parser().parse_args(argv)
     command = args.command if args.command != "experiment" else f"experiment {args.experiment}"
     try:
         return args.run(args)
+    except (DatasetNotFoundError, CheckpointError, ValueError, TrainingDiverged) as error:
+        # bad input or a refused run directory (RunDirectoryError is a ValueError), from any
+        # command that trains: the message says what to do
+        _error(command, str(error))
+        return 2
     except KeyboardInterrupt:
         _error(command, "interrupted")
         return 130

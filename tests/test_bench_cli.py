@@ -9,7 +9,7 @@ from neuralode.cli import build_parser, main
 
 def test_bench_parser_lists_the_parts():
     args = build_parser().parse_args(["bench"])
-    assert args.parts == ["core", "per-sample", "work-precision"] and not args.full
+    assert args.parts == ["core", "per-sample", "work-precision", "diffrax"] and not args.full
     assert build_parser().parse_args(["bench", "--parts", "compiled"]).parts == ["compiled"]
 
 

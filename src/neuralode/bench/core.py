@@ -39,8 +39,6 @@ import numpy as np
 import scipy
 import scipy.integrate
 import torch
-import torchdiffeq
-import torchode
 
 import neuralode
 
@@ -84,15 +82,20 @@ class Problem:
     t1: float
 
 
-def mlp_problem(batch: int) -> Problem:
+def mlp_net() -> torch.nn.Sequential:
+    """The MLP field of problem (a): 2 -> 64 -> 64 -> 2 with tanh, seeded, float32."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(
+    return torch.nn.Sequential(
         torch.nn.Linear(2, 64),
         torch.nn.Tanh(),
         torch.nn.Linear(64, 64),
         torch.nn.Tanh(),
         torch.nn.Linear(64, 2),
     ).to(torch.float32)
+
+
+def mlp_problem(batch: int) -> Problem:
+    net = mlp_net()
     for p in net.parameters():
         p.requires_grad_(False)
     y0 = torch.randn(batch, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
@@ -107,8 +110,13 @@ def mlp_problem(batch: int) -> Problem:
     return Problem("mlp", lambda t, y: net(y), f_numpy, y0, 0.0, 1.0)
 
 
+def vdp_mu(batch: int) -> torch.Tensor:
+    """Problem (b)'s mu from 1 to 25 across the batch, float64."""
+    return torch.linspace(1.0, 25.0, batch, dtype=torch.float64)
+
+
 def vdp_problem(batch: int = 256) -> Problem:
-    mu = torch.linspace(1.0, 25.0, batch, dtype=torch.float64)
+    mu = vdp_mu(batch)
     mu_numpy = mu.numpy()
     y0 = torch.tensor([2.0, 0.0], dtype=torch.float64).repeat(batch, 1)
 
@@ -157,6 +165,8 @@ def solve_neuralode(field: CountingField, problem: Problem) -> tuple[torch.Tenso
 
 def solve_torchdiffeq(field: CountingField, problem: Problem) -> tuple[torch.Tensor, str]:
     ts = torch.tensor([problem.t0, problem.t1], dtype=problem.y0.dtype)
+    import torchdiffeq  # the peers are imported where used: the diffrax part needs neither
+
     ys = torchdiffeq.odeint(field, problem.y0, ts, rtol=RTOL, atol=ATOL, method="dopri5")
     return ys[-1], ""
 
@@ -168,6 +178,8 @@ class TorchodeSolver:
     """
 
     def __init__(self, field: CountingField):
+        import torchode
+
         term = torchode.ODETerm(field)
         controller = torchode.IntegralController(atol=ATOL, rtol=RTOL, term=term)
         self.solver = torchode.AutoDiffAdjoint(torchode.Dopri5(term=term), controller)
@@ -175,6 +187,8 @@ class TorchodeSolver:
     def __call__(self, field: CountingField, problem: Problem) -> tuple[torch.Tensor, str]:
         y0 = problem.y0
         t_eval = torch.tensor([problem.t0, problem.t1], dtype=y0.dtype).repeat(y0.shape[0], 1)
+        import torchode
+
         sol = self.solver.solve(torchode.InitialValueProblem(y0=y0, t_eval=t_eval))
         if not bool((sol.status == 0).all()):
             raise RuntimeError(f"torchode failed on {problem.name}: status {sol.status}")

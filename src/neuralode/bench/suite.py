@@ -11,14 +11,16 @@ from pathlib import Path
 
 import torch
 
-PARTS = ("core", "per-sample", "work-precision", "compiled", "gpu")
+PARTS = ("core", "per-sample", "work-precision", "diffrax", "compiled", "gpu")
 # "compiled" compiles for minutes; "gpu" is for a machine with one (it runs on the CPU too)
-DEFAULT_PARTS = ("core", "per-sample", "work-precision")
+DEFAULT_PARTS = ("core", "per-sample", "work-precision", "diffrax")
+# diffrax runs only where an interpreter with jax and diffrax is found (else a note says so)
 # the reference libraries each part compares with (gpu: whichever are installed)
 NEEDS = {
     "core": ("scipy", "torchdiffeq", "torchode"),
     "per-sample": ("scipy", "torchode"),
     "work-precision": ("scipy", "torchdiffeq", "matplotlib"),
+    "diffrax": ("scipy",),  # jax and diffrax: in the interpreter --diffrax-python names
     "compiled": ("torchdiffeq", "torchode"),
     "gpu": (),
 }
@@ -36,7 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(DEFAULT_PARTS),
         help="which studies to run (default: all but compiled, the per-sample solves of both "
         "libraries and our standard loop under torch.compile, which spends minutes compiling, "
-        "and gpu, the time per step with and without CUDA graphs on a GPU)",
+        "and gpu, the time per step with and without CUDA graphs on a GPU; diffrax runs "
+        "where an interpreter with jax and diffrax is found, see --diffrax-python)",
+    )
+    parser.add_argument(
+        "--diffrax-python",
+        default=None,
+        help="a Python interpreter with jax and diffrax for the diffrax part (default: "
+        "$NEURALODE_DIFFRAX_PYTHON, else this one if it has them, else the part is skipped "
+        "with a note)",
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -55,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         )
     from . import environment
 
+    if "diffrax" in args.parts:  # a named interpreter that lacks diffrax fails here, at once
+        from . import diffrax_peer
+
+        python, note = diffrax_peer.find_python(args.diffrax_python)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
@@ -107,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
             "### Finished samples skipped (`skip_finished`): MLP field 32-256-32 with a time "
             "scale in [1, 25] per sample, dopri5, float32\n\n" + per_sample.table(skip_rows)
         )
+    if "diffrax" in args.parts:
+        batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
+        block = 0.2 if args.full else 0.05  # seconds of consecutive solves timed together
+        sections.append(diffrax_peer.section(python, note, batches, repeats, block))
     if "compiled" in args.parts:
         from . import core, per_sample
 

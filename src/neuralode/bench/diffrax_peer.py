@@ -1,0 +1,356 @@
+"""neuralode against diffrax (JAX): the same weights, problems and tolerances.
+
+diffrax runs in its own process (``diffrax_worker.py``) under an interpreter that has jax and
+diffrax, on the cores this process runs on (the child inherits the CPU affinity, so a bench
+started under ``taskset -c 1`` keeps both on core 1) with one-threaded XLA
+(``XLA_FLAGS``), everything jitted and the compile time reported apart. jax and diffrax are
+never imported here, and neither is a dependency of neuralode: the interpreter is
+``--diffrax-python``, else ``$NEURALODE_DIFFRAX_PYTHON``, else this one if it has them;
+without one the section says so and nothing runs.
+
+Problems (dopri5, rtol 1e-6, atol 1e-8, outputs at t0 and t1; diffrax with
+``PIDController`` and ``dt0=None``):
+
+- the MLP 2-64-64-2 tanh of ``core`` (float32, t in [0, 1]) at each batch size, forward;
+- Van der Pol with mu in [1, 25] across batch 256 (float64, t in [0, 10]) as one system, and
+  per sample (neuralode ``per_sample=True``, diffrax ``jax.vmap(diffeqsolve)``);
+- forward + backward of ``sum(y(t1))`` with respect to the MLP's weights at batch 16:
+  neuralode ``Backsolve()`` (seminorm) against diffrax's ``BacksolveAdjoint`` with
+  ``adjoint_rms_seminorm``, and neuralode ``Direct()`` against diffrax's default
+  ``RecursiveCheckpointAdjoint`` (both differentiate the discrete solve).
+
+neuralode runs eagerly and compiled (``compile=True`` where ``solve`` has it, else
+``compile_step=True``), the compile cache reset before each case; a compiled row's compile
+time is its first call (inductor's on-disk cache, when warm, shortens it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch._dynamo
+
+import neuralode
+
+from . import core, per_sample
+from .diffrax_worker import time_blocks
+
+ENV_VAR = "NEURALODE_DIFFRAX_PYTHON"
+XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+WORKER = Path(__file__).with_name("diffrax_worker.py")
+GRAD_BATCH, VDP_BATCH = 16, 256
+MAX_STEPS = 100_000
+
+
+def find_python(given: str | None = None) -> tuple[str | None, str]:
+    """The interpreter that runs diffrax, and how it was found (or why there is none).
+
+    Arguments:
+        given: ``--diffrax-python``; ``None`` falls back to ``$NEURALODE_DIFFRAX_PYTHON`` and
+            then to this interpreter if it has jax and diffrax.
+
+    Returns:
+        ``(path, versions)`` where ``versions`` names jax's and diffrax's; ``(None, note)``
+        when no interpreter was named and this one lacks them.
+
+    Raises:
+        ValueError: a named interpreter does not exist or cannot import jax and diffrax.
+    """
+    for source, path in (("--diffrax-python", given), (ENV_VAR, os.environ.get(ENV_VAR))):
+        if path:
+            return path, _probe(path, source)
+    if all(importlib.util.find_spec(name) for name in ("jax", "diffrax")):
+        return sys.executable, _probe(sys.executable, "this interpreter")
+    return None, (
+        "diffrax was not run: no interpreter with jax and diffrax (this one lacks them). "
+        f"Name one with --diffrax-python PATH or {ENV_VAR}=PATH, e.g. after "
+        "`python3 -m venv /opt/venv-jax && /opt/venv-jax/bin/pip install jax diffrax`."
+    )
+
+
+def _probe(path: str, source: str) -> str:
+    code = "import jax, diffrax; print(f'jax {jax.__version__}, diffrax {diffrax.__version__}')"
+    try:
+        done = subprocess.run([path, "-I", "-c", code], capture_output=True, text=True, timeout=300)
+    except OSError as error:
+        raise ValueError(f"{source} {path!r} cannot be run: {error}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ValueError(
+            f"{source} {path!r} cannot import jax and diffrax ({last}); install them there "
+            f"with `{path} -m pip install jax diffrax`"
+        )
+    return done.stdout.strip()
+
+
+def export_problems(path: Path, mlp_batches: tuple[int, ...]) -> None:
+    """Write the MLP's weights, its initial states per batch size and Van der Pol's mu and
+    initial state to ``path`` (npz) for the worker."""
+    net = core.mlp_net()
+    arrays = {}
+    for i, layer in enumerate(net[::2]):
+        arrays[f"w{i}"] = layer.weight.detach().numpy()
+        arrays[f"b{i}"] = layer.bias.detach().numpy()
+    for batch in sorted({*mlp_batches, GRAD_BATCH}):
+        arrays[f"mlp_y0_{batch}"] = core.mlp_problem(batch).y0.numpy()
+    vdp = core.vdp_problem(VDP_BATCH)
+    arrays["vdp_mu"] = core.vdp_mu(VDP_BATCH).numpy()
+    arrays["vdp_y0"] = vdp.y0.numpy()
+    np.savez(path, **arrays)
+
+
+def run_worker(
+    python: str, mlp_batches: tuple[int, ...], repeats: int, block_seconds: float
+) -> dict:
+    """Export the problems, run the worker under ``python`` with one-threaded XLA on this
+    process's cores, and return its results."""
+    spec = {
+        "rtol": core.RTOL,
+        "atol": core.ATOL,
+        "repeats": repeats,
+        "block_seconds": block_seconds,
+        "mlp_batches": list(mlp_batches),
+        "grad_batch": GRAD_BATCH,
+        "vdp_t1": per_sample.T1,
+        "max_steps": MAX_STEPS,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        problems, spec_path, result = (Path(tmp) / n for n in ("p.npz", "s.json", "r.json"))
+        export_problems(problems, mlp_batches)
+        spec_path.write_text(json.dumps(spec))
+        env = {**os.environ, "XLA_FLAGS": XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
+        args = [python, "-I", str(WORKER), str(problems), str(spec_path), str(result)]
+        done = subprocess.run(args, env=env, capture_output=True, text=True)
+        print(done.stdout, end="", flush=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the diffrax worker failed:\n{done.stderr[-3000:]}")
+        return json.loads(result.read_text())
+
+
+@dataclass
+class Row:
+    case: str
+    library: str
+    best: float  # seconds per solve, min over the blocks
+    median: float
+    compile_seconds: float | None
+    steps: str  # accepted / rejected (per sample: max and mean accepted)
+    error: float  # forward: max |y(t1) - SciPy|; gradient: max |grad - reference| / max |ref|
+
+
+def _compile_option(target: Callable) -> dict[str, bool]:
+    """``compile=True`` where ``target`` takes it, else ``compile_step=True``."""
+    params = inspect.signature(target).parameters
+    return {"compile": True} if "compile" in params else {"compile_step": True}
+
+
+def _steps(stats: neuralode.SolveStats) -> str:
+    if stats.sample_steps is not None:
+        accepted = stats.sample_accepted.double()
+        return f"max {int(accepted.max())}, mean {float(accepted.mean()):.1f}"
+    return f"{stats.n_accepted} / {stats.n_rejected}"
+
+
+def _diffrax_steps(record: dict) -> str:
+    accepted, rejected = np.asarray(record["accepted"]), np.asarray(record["rejected"])
+    if accepted.ndim:
+        return f"max {int(accepted.max())}, mean {float(accepted.mean()):.1f}"
+    return f"{int(accepted)} / {int(rejected)}"
+
+
+class _Field(torch.nn.Module):
+    """f(t, y) = net(y) as an ``nn.Module``, whose parameters ``Backsolve`` differentiates."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+
+def _ours(case: str, compiled: bool) -> Callable[[], tuple[torch.Tensor, str]]:
+    """A call that solves ``case`` with neuralode and returns (y(t1) or the flat gradient,
+    steps)."""
+    options = _compile_option(neuralode.solve) if compiled else {}
+    if case.startswith("mlp gradient"):
+        net = _Field(core.mlp_net())
+        y0 = core.mlp_problem(GRAD_BATCH).y0
+        ts = torch.tensor([0.0, 1.0])
+        if case.endswith("backsolve"):
+            kwargs = _compile_option(neuralode.Backsolve) if compiled else {}
+            gradient = neuralode.Backsolve(**kwargs)
+        else:
+            gradient = neuralode.Direct()
+
+        def grad() -> tuple[torch.Tensor, str]:
+            sol = neuralode.solve(net, y0, ts, solver=neuralode.Dopri5(),
+                                  controller=neuralode.PIController(core.RTOL, core.ATOL),
+                                  gradient=gradient, **options)  # fmt: skip
+            grads = torch.autograd.grad(sol.ys[-1].sum(), list(net.parameters()))
+            return torch.cat([g.reshape(-1) for g in grads]), _steps(sol.stats)
+
+        return grad
+    if case == "vdp per sample":
+        f, y0 = per_sample.vdp(VDP_BATCH)
+        ts = torch.tensor([0.0, per_sample.T1], dtype=torch.float64)
+        per_sample_options = {"per_sample": True, **options}
+    else:
+        problem = _problem(case)
+        f, y0 = problem.f, problem.y0
+        ts = torch.tensor([problem.t0, problem.t1], dtype=y0.dtype)
+        per_sample_options = options
+
+    def forward() -> tuple[torch.Tensor, str]:
+        with torch.no_grad():
+            sol = neuralode.solve(f, y0, ts, solver=neuralode.Dopri5(),
+                                  controller=neuralode.PIController(core.RTOL, core.ATOL),
+                                  **per_sample_options)  # fmt: skip
+        return sol.ys[-1], _steps(sol.stats)
+
+    return forward
+
+
+def _problem(case: str) -> core.Problem:
+    """The forward case's problem: Van der Pol (one system or per sample: the same ODEs) or
+    the MLP at the batch size that ends the case's name."""
+    if case.startswith("vdp"):
+        return core.vdp_problem(VDP_BATCH)
+    return core.mlp_problem(int(case.rsplit(" ", 1)[1]))
+
+
+def _flat(grads: list) -> np.ndarray:
+    return np.concatenate([np.asarray(g, dtype=np.float64).reshape(-1) for g in grads])
+
+
+def run(
+    python: str,
+    mlp_batches: tuple[int, ...] = (1, 16, 256),
+    repeats: int = 5,
+    block_seconds: float = 0.05,
+    compiled: bool = True,
+) -> tuple[list[Row], dict]:
+    """diffrax in its worker, then neuralode eager (and compiled) on the same cases, with one
+    torch thread.
+
+    Arguments:
+        python: an interpreter with jax and diffrax (``find_python``).
+        mlp_batches: the MLP's batch sizes (the gradient cases use batch 16).
+        repeats: timed blocks per case and library.
+        block_seconds: about how long one block of consecutive solves runs.
+        compiled: also time neuralode compiled.
+
+    Returns:
+        The rows (per case: neuralode, neuralode compiled, diffrax) and the worker's results
+        (its versions under ``"versions"``).
+
+    Raises:
+        RuntimeError: the worker failed (its error output is in the message).
+    """
+    theirs = run_worker(python, mlp_batches, repeats, block_seconds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread, as XLA's
+    try:
+        rows = _run_ours(theirs, repeats, block_seconds, compiled)
+    finally:
+        torch.set_num_threads(threads)
+    return rows, theirs
+
+
+def _run_ours(theirs: dict, repeats: int, block_seconds: float, compiled: bool) -> list[Row]:
+    cases = [k for k in theirs if k != "versions"]
+    grad_reference = _flat(theirs["mlp gradient recursive checkpoint"]["grads"])
+    rows = []
+    for case in cases:
+        record = theirs[case]
+        is_grad = case.startswith("mlp gradient")
+        reference = grad_reference if is_grad else core.reference(_problem(case))
+
+        def error(value: np.ndarray, reference: np.ndarray = reference, is_grad=is_grad) -> float:
+            value = np.asarray(value, dtype=np.float64).reshape(reference.shape)
+            diff = float(np.abs(value - reference).max())
+            return diff / float(np.abs(reference).max()) if is_grad else diff
+
+        label = case.replace("recursive checkpoint", "direct / recursive checkpoint")
+        for name, variant in (("neuralode", False), ("neuralode compiled", True)):
+            if variant and not compiled:
+                continue
+            if variant:
+                torch._dynamo.reset()  # each case compiles afresh, as a user's first solve
+            call = _ours(case, variant)
+            start = time.perf_counter()
+            value, steps = call()
+            first = time.perf_counter() - start
+            times = time_blocks(call, repeats, block_seconds)
+            compile_seconds = first if variant else None
+            rows.append(Row(label, name, min(times), statistics.median(times),
+                            compile_seconds, steps, error(value.detach().numpy())))  # fmt: skip
+        value = _flat(record["grads"]) if is_grad else np.asarray(record["y1"])
+        rows.append(Row(label, "diffrax", min(record["times"]),
+                        statistics.median(record["times"]), record["compile_seconds"],
+                        _diffrax_steps(record), error(value)))  # fmt: skip
+        print(f"  neuralode {case} done", flush=True)
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| problem | library | time min (ms) | time median (ms) | vs diffrax (min) "
+        "| compile (s) | steps accepted / rejected | error |",
+        "|---|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        base = next(x for x in rows if x.case == r.case and x.library == "diffrax")
+        compile_seconds = "" if r.compile_seconds is None else f"{r.compile_seconds:.1f}"
+        lines.append(
+            f"| {r.case} | {r.library} | {r.best * 1e3:.3f} | {r.median * 1e3:.3f} "
+            f"| {r.best / base.best:.2f}x | {compile_seconds} | {r.steps} | {r.error:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def section(
+    python: str | None,
+    note: str,
+    mlp_batches: tuple[int, ...],
+    repeats: int,
+    block_seconds: float = 0.05,
+) -> str:
+    """The bench report's diffrax section: the table, or the note why there is none.
+
+    Arguments:
+        python: the interpreter from ``find_python``, or ``None``.
+        note: ``find_python``'s versions (or why there is no interpreter).
+        mlp_batches: the MLP's batch sizes.
+        repeats: timed blocks per case and library.
+        block_seconds: about how long one block of consecutive solves runs.
+
+    Returns:
+        Markdown: a title, how it was measured and the table.
+    """
+    title = "### neuralode vs diffrax: same weights, problems and tolerances, dopri5"
+    if python is None:
+        return f"{title}\n\n{note}"
+    rows, _ = run(python, mlp_batches, repeats, block_seconds)
+    cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    return (
+        f"{title}\n\n{note} under {python}, own process on cores {cores} (as this one), "
+        f"XLA_FLAGS={XLA_FLAGS!r}, jitted. Times per solve from blocks of consecutive calls "
+        "(min and median over the blocks); vs diffrax: min over diffrax's min. Error: "
+        "forward, max |y(t1) - SciPy DOP853 at rtol 1e-12|; gradient, max |grad - diffrax "
+        "RecursiveCheckpointAdjoint's| / max |that|. Per sample: accepted steps of the "
+        "slowest sample and their mean.\n\n" + table(rows)
+    )

@@ -1,0 +1,177 @@
+"""The diffrax side of ``neuralode bench --parts diffrax``, run in its own process.
+
+``python -I diffrax_worker.py PROBLEMS.npz SPEC.json RESULT.json`` loads the problems that
+``neuralode.bench.diffrax_peer`` exported (the same weights, initial states and parameters),
+solves them with diffrax (dopri5, ``PIDController`` at the same rtol/atol, ``dt0=None`` so that
+diffrax picks the first step), jitted, and writes the compile time, the times, the steps and
+the results to RESULT.json. It needs numpy, jax and diffrax only (no torch, no neuralode): the
+interpreter is any Python that has them; the parent sets ``XLA_FLAGS`` for one thread and
+keeps this process on its own cores. The module imports nothing but numpy at the top, so the
+parent shares its loading and timing helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+MLP_LAYERS = 3  # 2-64-64-2: w0, b0, w1, b1, w2, b2 in the archive
+
+
+def load_problems(path: str) -> dict[str, np.ndarray]:
+    """The exported arrays: ``w{i}``/``b{i}`` of the MLP, ``mlp_y0_{batch}``, ``vdp_mu``,
+    ``vdp_y0``."""
+    with np.load(path) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def mlp_weights(arrays: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(arrays[f"w{i}"], arrays[f"b{i}"]) for i in range(MLP_LAYERS)]
+
+
+def mlp_numpy(weights: list[tuple[np.ndarray, np.ndarray]], y: np.ndarray) -> np.ndarray:
+    """The MLP field (tanh between the layers) in numpy, as the worker's jax field computes it."""
+    for i, (w, b) in enumerate(weights):
+        y = y @ w.T + b
+        if i < len(weights) - 1:
+            y = np.tanh(y)
+    return y
+
+
+def time_blocks(call: Callable[[], object], repeats: int, block_seconds: float) -> list[float]:
+    """Seconds per call, one value per block of consecutive calls; a block holds as many calls
+    as take about ``block_seconds`` (at least one), so that calls of tens of microseconds are
+    timed over many calls."""
+    start = time.perf_counter()
+    call()
+    once = time.perf_counter() - start
+    calls = max(1, int(block_seconds / max(once, 1e-7)))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        times.append((time.perf_counter() - start) / calls)
+    return times
+
+
+def _cases(arrays: dict[str, np.ndarray], spec: dict) -> dict[str, Callable[[], dict]]:
+    """One function per case: compiles, times and returns the case's record."""
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+
+    rtol, atol = spec["rtol"], spec["atol"]
+    repeats, block = spec["repeats"], spec["block_seconds"]
+    weights = [(jnp.asarray(w), jnp.asarray(b)) for w, b in mlp_weights(arrays)]
+
+    def mlp(t, y, params):
+        for i, (w, b) in enumerate(params):
+            y = y @ w.T + b
+            if i < len(params) - 1:
+                y = jnp.tanh(y)
+        return y
+
+    def vdp(t, y, mu):
+        x, v = y[..., 0], y[..., 1]
+        return jnp.stack([v, mu * (1 - x * x) * v - x], -1)
+
+    def solve(field, y0, args, t1, adjoint=None):
+        zero, t1 = jnp.zeros((), y0.dtype), jnp.asarray(t1, y0.dtype)  # times in y0's dtype
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(field),
+            diffrax.Dopri5(),
+            zero,
+            t1,
+            None,
+            y0,
+            args=args,
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            adjoint=adjoint or diffrax.RecursiveCheckpointAdjoint(),
+            max_steps=spec["max_steps"],
+        )
+        stats = sol.stats
+        return sol.ys[-1], (stats["num_accepted_steps"], stats["num_rejected_steps"])
+
+    def record(fn, *args) -> dict:
+        start = time.perf_counter()
+        compiled = jax.jit(fn).lower(*args).compile()
+        compile_seconds = time.perf_counter() - start
+        out = jax.block_until_ready(compiled(*args))
+        times = time_blocks(lambda: jax.block_until_ready(compiled(*args)), repeats, block)
+        value, (accepted, rejected) = out[0], out[1]
+        result = {
+            "compile_seconds": compile_seconds,
+            "times": times,
+            "accepted": np.asarray(accepted).tolist(),
+            "rejected": np.asarray(rejected).tolist(),
+        }
+        if isinstance(value, tuple):  # (y1, gradients)
+            value, grads = value
+            result["grads"] = [np.asarray(g).tolist() for pair in grads for g in pair]
+        result["dtype"] = str(np.asarray(value).dtype)
+        result["y1"] = np.asarray(value).tolist()
+        return result
+
+    cases: dict[str, Callable[[], dict]] = {}
+    for batch in spec["mlp_batches"]:
+        y0 = jnp.asarray(arrays[f"mlp_y0_{batch}"])
+        cases[f"mlp forward {batch}"] = lambda y0=y0: record(
+            lambda p, y: solve(mlp, y, p, 1.0), weights, y0
+        )
+    mu, vdp_y0 = jnp.asarray(arrays["vdp_mu"]), jnp.asarray(arrays["vdp_y0"])
+    t1 = float(spec["vdp_t1"])
+    cases["vdp one system"] = lambda: record(lambda m, y: solve(vdp, y, m, t1), mu, vdp_y0)
+    cases["vdp per sample"] = lambda: record(
+        jax.vmap(lambda m, y: solve(vdp, y, m, t1)), mu, vdp_y0
+    )
+    grad_y0 = jnp.asarray(arrays[f"mlp_y0_{spec['grad_batch']}"])
+    adjoints = {
+        "backsolve": diffrax.BacksolveAdjoint(
+            stepsize_controller=diffrax.PIDController(
+                rtol=rtol, atol=atol, norm=diffrax.adjoint_rms_seminorm
+            )
+        ),
+        "recursive checkpoint": diffrax.RecursiveCheckpointAdjoint(),
+    }
+    for name, adjoint in adjoints.items():
+
+        def loss(p, y, adjoint=adjoint):
+            y1, steps = solve(mlp, y, p, 1.0, adjoint)
+            return jnp.sum(y1), (y1, steps)
+
+        def value_and_grad(p, y, loss=loss):
+            (_, (y1, steps)), grads = jax.value_and_grad(loss, has_aux=True)(p, y)
+            return (y1, grads), steps
+
+        cases[f"mlp gradient {name}"] = lambda f=value_and_grad: record(f, weights, grad_y0)
+    return cases
+
+
+def main(argv: list[str]) -> int:
+    problems, spec_path, result_path = argv
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # Van der Pol in float64; the MLP stays float32
+    import diffrax
+
+    arrays = load_problems(problems)
+    with open(spec_path) as fh:
+        spec = json.load(fh)
+    results = {"versions": {"jax": jax.__version__, "diffrax": diffrax.__version__}}
+    for name, case in _cases(arrays, spec).items():
+        results[name] = case()
+        times = results[name]["times"]
+        print(f"  diffrax {name}: {statistics.median(times) * 1e3:.3f} ms", flush=True)
+    with open(result_path, "w") as fh:
+        json.dump(results, fh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -75,6 +75,7 @@ def _interpreter() -> str | None:
     return os.environ.get(diffrax_peer.ENV_VAR) or (sys.executable if HAS_DIFFRAX else None)
 
 
+@pytest.mark.slow  # about 30 s: jax compiles six solves
 @pytest.mark.skipif(_interpreter() is None, reason="no interpreter with jax and diffrax")
 def test_diffrax_solves_the_same_problems():
     python, versions = diffrax_peer.find_python(_interpreter())

@@ -46,7 +46,7 @@ import torch._dynamo
 import neuralode
 
 from . import core, per_sample
-from .diffrax_worker import time_blocks
+from .diffrax_worker import block_size, time_block
 
 ENV_VAR = "NEURALODE_DIFFRAX_PYTHON"
 XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -112,32 +112,47 @@ def export_problems(path: Path, mlp_batches: tuple[int, ...]) -> None:
     np.savez(path, **arrays)
 
 
-def run_worker(
-    python: str, mlp_batches: tuple[int, ...], repeats: int, block_seconds: float
-) -> dict:
-    """Export the problems, run the worker under ``python`` with one-threaded XLA on this
-    process's cores, and return its results."""
-    spec = {
-        "rtol": core.RTOL,
-        "atol": core.ATOL,
-        "repeats": repeats,
-        "block_seconds": block_seconds,
-        "mlp_batches": list(mlp_batches),
-        "grad_batch": GRAD_BATCH,
-        "vdp_t1": per_sample.T1,
-        "max_steps": MAX_STEPS,
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        problems, spec_path, result = (Path(tmp) / n for n in ("p.npz", "s.json", "r.json"))
+class Worker:
+    """The diffrax process: started with the exported problems, one-threaded XLA and this
+    process's CPU affinity; ``ask`` sends one request and returns the answer."""
+
+    def __init__(self, python: str, mlp_batches: tuple[int, ...]):
+        spec = {
+            "rtol": core.RTOL,
+            "atol": core.ATOL,
+            "mlp_batches": list(mlp_batches),
+            "grad_batch": GRAD_BATCH,
+            "vdp_t1": per_sample.T1,
+            "max_steps": MAX_STEPS,
+        }
+        self._tmp = tempfile.TemporaryDirectory()
+        problems, spec_path = Path(self._tmp.name) / "p.npz", Path(self._tmp.name) / "s.json"
         export_problems(problems, mlp_batches)
         spec_path.write_text(json.dumps(spec))
         env = {**os.environ, "XLA_FLAGS": XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
-        args = [python, "-I", str(WORKER), str(problems), str(spec_path), str(result)]
-        done = subprocess.run(args, env=env, capture_output=True, text=True)
-        print(done.stdout, end="", flush=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"the diffrax worker failed:\n{done.stderr[-3000:]}")
-        return json.loads(result.read_text())
+        args = [python, "-I", str(WORKER), str(problems), str(spec_path)]
+        self._process = subprocess.Popen(
+            args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def ask(self, op: str, **request: object) -> dict:
+        process = self._process
+        process.stdin.write(json.dumps({"op": op, **request}) + "\n")
+        process.stdin.flush()
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(
+                f"the diffrax worker ended (status {process.wait()}) on {op} {request}; "
+                "its error output is above"
+            )
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self._process.stdin.close()
+            self._process.wait(timeout=60)
+        self._tmp.cleanup()
 
 
 @dataclass
@@ -258,19 +273,28 @@ def run(
         (its versions under ``"versions"``).
 
     Raises:
-        RuntimeError: the worker failed (its error output is in the message).
+        RuntimeError: the worker ended early (its error output goes to this stderr).
     """
-    theirs = run_worker(python, mlp_batches, repeats, block_seconds)
+    worker = Worker(python, mlp_batches)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread, as XLA's
     try:
-        rows = _run_ours(theirs, repeats, block_seconds, compiled)
+        listing = worker.ask("cases")
+        theirs = {"versions": listing["versions"]}
+        for case in listing["cases"]:
+            theirs[case] = worker.ask("prepare", case=case, block_seconds=block_seconds)
+        rows = _interleaved(worker, theirs, repeats, block_seconds, compiled)
     finally:
         torch.set_num_threads(threads)
+        worker.close()
     return rows, theirs
 
 
-def _run_ours(theirs: dict, repeats: int, block_seconds: float, compiled: bool) -> list[Row]:
+def _interleaved(
+    worker: Worker, theirs: dict, repeats: int, block_seconds: float, compiled: bool
+) -> list[Row]:
+    """Per case: neuralode's runs prepared (the compiled one's first call compiles), then
+    ``repeats`` rounds of one timed block per library, the order rotated each round."""
     cases = [k for k in theirs if k != "versions"]
     grad_reference = _flat(theirs["mlp gradient recursive checkpoint"]["grads"])
     rows = []
@@ -285,6 +309,7 @@ def _run_ours(theirs: dict, repeats: int, block_seconds: float, compiled: bool) 
             return diff / float(np.abs(reference).max()) if is_grad else diff
 
         label = case.replace("recursive checkpoint", "direct / recursive checkpoint")
+        ours = {}
         for name, variant in (("neuralode", False), ("neuralode compiled", True)):
             if variant and not compiled:
                 continue
@@ -294,15 +319,24 @@ def _run_ours(theirs: dict, repeats: int, block_seconds: float, compiled: bool) 
             start = time.perf_counter()
             value, steps = call()
             first = time.perf_counter() - start
-            times = time_blocks(call, repeats, block_seconds)
-            compile_seconds = first if variant else None
-            rows.append(Row(label, name, min(times), statistics.median(times),
-                            compile_seconds, steps, error(value.detach().numpy())))  # fmt: skip
+            ours[name] = (call, block_size(call, block_seconds), first if variant else None)
+            ours[name] += (steps, error(value.detach().numpy()))
+        times: dict[str, list[float]] = {name: [] for name in (*ours, "diffrax")}
+        names = list(times)
+        for r in range(repeats):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                if name == "diffrax":
+                    times[name].append(worker.ask("time", case=case)["seconds"])
+                else:
+                    times[name].append(time_block(*ours[name][:2]))
+        for name, (_, _, compile_seconds, steps, err) in ours.items():
+            rows.append(Row(label, name, min(times[name]), statistics.median(times[name]),
+                            compile_seconds, steps, err))  # fmt: skip
         value = _flat(record["grads"]) if is_grad else np.asarray(record["y1"])
-        rows.append(Row(label, "diffrax", min(record["times"]),
-                        statistics.median(record["times"]), record["compile_seconds"],
+        rows.append(Row(label, "diffrax", min(times["diffrax"]),
+                        statistics.median(times["diffrax"]), record["compile_seconds"],
                         _diffrax_steps(record), error(value)))  # fmt: skip
-        print(f"  neuralode {case} done", flush=True)
+        print(f"  diffrax and neuralode: {case} done", flush=True)
     return rows
 
 
@@ -348,8 +382,9 @@ def section(
     cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
     return (
         f"{title}\n\n{note} under {python}, own process on cores {cores} (as this one), "
-        f"XLA_FLAGS={XLA_FLAGS!r}, jitted. Times per solve from blocks of consecutive calls "
-        "(min and median over the blocks); vs diffrax: min over diffrax's min. Error: "
+        f"XLA_FLAGS={XLA_FLAGS!r}, jitted; neuralode with one torch thread. Times per solve from "
+        "blocks of consecutive calls (min and median over the blocks), the blocks of the three "
+        "interleaved across the two processes; vs diffrax: min over diffrax's min. Error: "
         "forward, max |y(t1) - SciPy DOP853 at rtol 1e-12|; gradient, max |grad - diffrax "
         "RecursiveCheckpointAdjoint's| / max |that|. Per sample: accepted steps of the "
         "slowest sample and their mean.\n\n" + table(rows)

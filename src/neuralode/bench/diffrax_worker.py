@@ -1,10 +1,11 @@
 """The diffrax side of ``neuralode bench --parts diffrax``, run in its own process.
 
-``python -I diffrax_worker.py PROBLEMS.npz SPEC.json RESULT.json`` loads the problems that
-``neuralode.bench.diffrax_peer`` exported (the same weights, initial states and parameters),
-solves them with diffrax (dopri5, ``PIDController`` at the same rtol/atol, ``dt0=None`` so that
-diffrax picks the first step), jitted, and writes the compile time, the times, the steps and
-the results to RESULT.json. It needs numpy, jax and diffrax only (no torch, no neuralode): the
+``python -I diffrax_worker.py PROBLEMS.npz SPEC.json`` loads the problems that
+``neuralode.bench.diffrax_peer`` exported (the same weights, initial states and parameters)
+and, on the parent's requests (``main``), solves them with diffrax (dopri5, ``PIDController``
+at the same rtol/atol, ``dt0=None`` so that diffrax picks the first step), jitted: the compile
+time, the steps and the results once, then timed blocks that the parent interleaves with its
+own. It needs numpy, jax and diffrax only (no torch, no neuralode): the
 interpreter is any Python that has them; the parent sets ``XLA_FLAGS`` for one thread and
 keeps this process on its own cores. The module imports nothing but numpy at the top, so the
 parent shares its loading and timing helpers.
@@ -13,7 +14,6 @@ parent shares its loading and timing helpers.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -43,31 +43,30 @@ def mlp_numpy(weights: list[tuple[np.ndarray, np.ndarray]], y: np.ndarray) -> np
     return y
 
 
-def time_blocks(call: Callable[[], object], repeats: int, block_seconds: float) -> list[float]:
-    """Seconds per call, one value per block of consecutive calls; a block holds as many calls
-    as take about ``block_seconds`` (at least one), so that calls of tens of microseconds are
-    timed over many calls."""
+def block_size(call: Callable[[], object], block_seconds: float) -> int:
+    """Calls of ``call`` (after one to time it) that take about ``block_seconds``, at least
+    one: calls of tens of microseconds are timed over many calls."""
     start = time.perf_counter()
     call()
-    once = time.perf_counter() - start
-    calls = max(1, int(block_seconds / max(once, 1e-7)))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            call()
-        times.append((time.perf_counter() - start) / calls)
-    return times
+    return max(1, int(block_seconds / max(time.perf_counter() - start, 1e-7)))
 
 
-def _cases(arrays: dict[str, np.ndarray], spec: dict) -> dict[str, Callable[[], dict]]:
-    """One function per case: compiles, times and returns the case's record."""
+def time_block(call: Callable[[], object], calls: int) -> float:
+    """Seconds per call over ``calls`` consecutive calls."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - start) / calls
+
+
+def _cases(arrays: dict[str, np.ndarray], spec: dict) -> dict[str, Callable[[], tuple]]:
+    """One function per case: it compiles the case and returns its record (compile time,
+    steps, results) and a call that runs the compiled solve once."""
     import diffrax
     import jax
     import jax.numpy as jnp
 
     rtol, atol = spec["rtol"], spec["atol"]
-    repeats, block = spec["repeats"], spec["block_seconds"]
     weights = [(jnp.asarray(w), jnp.asarray(b)) for w, b in mlp_weights(arrays)]
 
     def mlp(t, y, params):
@@ -98,16 +97,14 @@ def _cases(arrays: dict[str, np.ndarray], spec: dict) -> dict[str, Callable[[], 
         stats = sol.stats
         return sol.ys[-1], (stats["num_accepted_steps"], stats["num_rejected_steps"])
 
-    def record(fn, *args) -> dict:
+    def record(fn, *args) -> tuple[dict, Callable[[], object]]:
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
         compile_seconds = time.perf_counter() - start
         out = jax.block_until_ready(compiled(*args))
-        times = time_blocks(lambda: jax.block_until_ready(compiled(*args)), repeats, block)
         value, (accepted, rejected) = out[0], out[1]
         result = {
             "compile_seconds": compile_seconds,
-            "times": times,
             "accepted": np.asarray(accepted).tolist(),
             "rejected": np.asarray(rejected).tolist(),
         }
@@ -116,9 +113,9 @@ def _cases(arrays: dict[str, np.ndarray], spec: dict) -> dict[str, Callable[[], 
             result["grads"] = [np.asarray(g).tolist() for pair in grads for g in pair]
         result["dtype"] = str(np.asarray(value).dtype)
         result["y1"] = np.asarray(value).tolist()
-        return result
+        return result, lambda: jax.block_until_ready(compiled(*args))
 
-    cases: dict[str, Callable[[], dict]] = {}
+    cases: dict[str, Callable[[], tuple]] = {}
     for batch in spec["mlp_batches"]:
         y0 = jnp.asarray(arrays[f"mlp_y0_{batch}"])
         cases[f"mlp forward {batch}"] = lambda y0=y0: record(
@@ -154,22 +151,36 @@ def _cases(arrays: dict[str, np.ndarray], spec: dict) -> dict[str, Callable[[], 
 
 
 def main(argv: list[str]) -> int:
-    problems, spec_path, result_path = argv
+    """Serve the parent: one JSON request per line on stdin, one JSON answer per line on
+    stdout. ``{"op": "cases"}`` lists the cases (and the versions); ``{"op": "prepare",
+    "case": C, "block_seconds": S}`` compiles C and answers its record with ``calls``, the
+    calls per timed block; ``{"op": "time", "case": C}`` answers one block's seconds per call;
+    ``{"op": "quit"}`` ends. The parent interleaves the blocks with its own."""
+    problems, spec_path = argv
     import jax
 
     jax.config.update("jax_enable_x64", True)  # Van der Pol in float64; the MLP stays float32
     import diffrax
 
-    arrays = load_problems(problems)
     with open(spec_path) as fh:
         spec = json.load(fh)
-    results = {"versions": {"jax": jax.__version__, "diffrax": diffrax.__version__}}
-    for name, case in _cases(arrays, spec).items():
-        results[name] = case()
-        times = results[name]["times"]
-        print(f"  diffrax {name}: {statistics.median(times) * 1e3:.3f} ms", flush=True)
-    with open(result_path, "w") as fh:
-        json.dump(results, fh)
+    cases = _cases(load_problems(problems), spec)
+    prepared: dict[str, tuple[Callable[[], object], int]] = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        op = request["op"]
+        if op == "quit":
+            break
+        if op == "cases":
+            versions = {"jax": jax.__version__, "diffrax": diffrax.__version__}
+            answer = {"cases": list(cases), "versions": versions}
+        elif op == "prepare":
+            answer, call = cases[request["case"]]()
+            answer["calls"] = block_size(call, request["block_seconds"])
+            prepared[request["case"]] = (call, answer["calls"])
+        else:
+            answer = {"seconds": time_block(*prepared[request["case"]])}
+        print(json.dumps(answer), flush=True)
     return 0
 
 

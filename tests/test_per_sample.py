@@ -403,14 +403,21 @@ def test_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch
     for sol in (outputs, per_step):
         assert torch.equal(end_only.ys[-1], sol.ys[-1])
         assert torch.equal(end_only.stats.sample_steps, sol.stats.sample_steps)
-    assert end_only.stats.nfe == outputs.stats.nfe  # the same checks
+    # the same checks; dense outputs with extra stages (dopri8) evaluate them, on the whole
+    # batch, in the steps that hold outputs
+    extra = sum(c != 1 for c in solver_cls.tableau.dense.extra_c) if solver_cls.tableau.dense else 0
+    assert 0 <= outputs.stats.nfe - end_only.stats.nfe <= extra * steps
     assert torch.equal(outputs.stats.sample_nfe, per_step.stats.sample_nfe)
-    torch.testing.assert_close(outputs.ys, per_step.ys, rtol=1e-14, atol=1e-14)
+    # (the order of the sums differs with the outputs written per check: dopri8's degree-7
+    # weights, up to ~800, amplify that round-off)
+    close = 1e-12 if extra else 1e-14
+    torch.testing.assert_close(outputs.ys, per_step.ys, rtol=close, atol=close)
     assert step_checks == steps
     assert 1 <= end_checks <= steps / 5 and out_checks == end_checks, (end_checks, out_checks)
-    # every read: one per check, one more where a check writes outputs, and a few to set
-    # up and to report; none per step
-    assert end_host <= end_checks + 10 and out_host <= 2 * out_checks + 10, (end_host, out_host)
+    # every read: one per check, one more where a check writes outputs (two with extra dense
+    # stages: which steps need them), and a few to set up and to report; none per step
+    reads = 3 if extra else 2
+    assert end_host <= end_checks + 10 and out_host <= reads * out_checks + 10, (end_host, out_host)
 
 
 @pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "non_terminal"])

@@ -103,7 +103,8 @@ def test_embedded_solution_has_its_declared_order_exactly(name: str) -> None:
 @pytest.mark.parametrize("name", [n for n, t in TABLEAUX.items() if t.dense is not None])
 @pytest.mark.parametrize("theta", [0.1, 0.37, 0.5, 0.83, 1.0])
 def test_dense_output_order_conditions(name: str, theta: float) -> None:
-    """sum_i B_i(theta) Phi_i(tree) = theta^|tree| / gamma(tree) up to the dense order."""
+    """sum_i B_i(theta) Phi_i(tree) = theta^|tree| / gamma(tree) up to the dense order, and
+    not beyond it."""
     tab = TABLEAUX[name]
     dense = tab.dense
     s, m = tab.stages, len(dense.extra_c)
@@ -119,6 +120,13 @@ def test_dense_output_order_conditions(name: str, theta: float) -> None:
             assert phi == pytest.approx(theta**order / density(tree), abs=1e-11), (
                 f"{name} dense output fails for a tree of order {order} at theta={theta}"
             )
+    if theta == 0.37:  # and not of a higher order: the declared order is the true one
+        order = dense.order + 1
+        worst = max(
+            abs(weights @ stage_weights(a, tree) - theta**order / density(tree))
+            for tree in trees(order)
+        )
+        assert worst > 1e-6, f"{name} dense output is of order {order}"
 
 
 def test_invalid_tableaux_are_rejected_with_the_reason() -> None:

@@ -66,9 +66,6 @@ def check_loop(solver: Any, controller: Any, what: str) -> None:
             f"{what} supports the adaptive explicit Runge-Kutta methods (dopri5, "
             f"tsit5, bosh3, dopri8, ...), got {solver!r}"
         )
-    dense = solver.tableau.dense
-    if dense is not None and len(dense.extra_c) > 1:
-        raise ValueError(f"{what} does not support {solver!r}'s dense output")
     if not isinstance(controller, PIController):
         raise ValueError(f"{what} needs a PIController, got {controller!r}")
 
@@ -288,9 +285,10 @@ def integrate_per_sample(
             if (rounds or to_write) and needs_f1 and pending[-1].f1 is None:
                 f1 = pending[-1].f1 = f(step.t1, y1)  # for the interpolant; the next f0 below
             if rounds:
-                found, t_event, y_event = _locate_events(
-                    events, pending, hits, rounds, solver, co, needs_f1
+                found, t_event, y_event, extra = _locate_events(
+                    events, pending, hits, rounds, solver, co, needs_f1, f
                 )
+                nfe = nfe + extra
                 if terminal:  # found samples end at their event
                     t_stop = torch.where(found, t_event, t_stop)
                     t = torch.where(found, t_event, t)
@@ -298,9 +296,10 @@ def integrate_per_sample(
                     if write_outputs:
                         ends = _ends(pending, ts_signed, sign)
             if to_write:
-                outputs, next_out, used = _write_outputs(
-                    solver, co, pending, ends, outputs, next_out, ts_tensor, lo, hi, needs_f1
+                outputs, next_out, used, extra = _write_outputs(
+                    solver, co, pending, ends, outputs, next_out, ts_tensor, lo, hi, needs_f1, f
                 )
+                nfe = nfe + extra
                 if needs_f1 and not fsal:  # f(t1, y1) of samples' last steps, for outputs
                     nfe = nfe + (used & ~torch.stack([r.still for r in pending])).sum(0)
             pending = []
@@ -532,23 +531,30 @@ def _locate_events(
     solver: ExplicitRK,
     co: Any,
     needs_f1: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    f: _BatchTerm,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Locate the event crossings of the pending steps (``hits``, (steps, batch)) on their
     dense output, each sample's in order: round r locates every sample's r-th crossing, in
     one batch. A terminal event (one round: its sample stopped there) ends its sample's step
-    at the event. Returns the last round's samples, event times and states."""
+    at the event. Returns the last round's samples, event times and states, and each
+    sample's evaluations of f for the dense output's extra stages."""
     batch = hits.shape[1]
     count = hits.long().cumsum(0)
     samples = torch.arange(batch, device=hits.device)
     names = ("t", "h", "y", "t1", "y1", "g_lo", "g_hi") + (("f1",) if needs_f1 else ())
     stacked = {name: _stack([getattr(r, name) for r in pending]) for name in names}
     k_all = _stack([r.k_all for r in pending])  # (steps, stages, batch, n)
+    extra = torch.zeros(batch, dtype=torch.long, device=hits.device)
     for r in range(rounds):
         at = hits & (count == r + 1)  # (steps, batch): the step of each r-th crossing
         found = at.any(0)
         step = at.to(torch.uint8).argmax(0)
         row = {name: value[step, samples] for name, value in stacked.items()}
-        ks = k_all[step, :, samples].transpose(0, 1)
+        if _extra_stages(solver):
+            ks, new = _dense_stages(solver, co, f, pending, step, samples, found)
+            extra = extra + new
+        else:
+            ks = k_all[step, :, samples].transpose(0, 1)
         f1 = row.get("f1")
 
         def dense(offset, y0=row["y"], y1=row["y1"], h=row["h"], ks=ks, f1=f1):
@@ -560,7 +566,62 @@ def _locate_events(
         if events.event.terminal:
             for record, mask in zip(pending, at, strict=True):
                 record.end_at(mask, t_event, y_event)
-    return found, t_event, y_event
+    return found, t_event, y_event, extra
+
+
+def _extra_stages(solver: ExplicitRK) -> int:
+    """Evaluations of f the dense output adds to a step besides f(t1, y1)."""
+    dense = solver.tableau.dense
+    return 0 if dense is None else sum(c != 1 for c in dense.extra_c)
+
+
+def _dense_stages(
+    solver: ExplicitRK,
+    co: Any,
+    f: _BatchTerm,
+    pending: list[_Reached],
+    step: torch.Tensor,
+    sample: torch.Tensor,
+    wanted: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All the dense output's stages, (S, m, n), of pending step ``step[i]`` for sample
+    ``sample[i]`` (where ``wanted``, else anything), and each sample's new evaluations of f.
+
+    A step's extra stages are evaluated once, on the whole batch (f's rows are the samples),
+    when a sample first interpolates in it; each sample is counted the evaluations it would
+    make alone, once per step it interpolates in."""
+    dense = solver.tableau.dense
+    wanted = torch.ones_like(step, dtype=torch.bool) if wanted is None else wanted
+    # one read: which steps to evaluate (a boolean index would read once more per step)
+    steps = sorted(set(torch.where(wanted, step, -1).tolist()) - {-1})
+    batch = pending[0].h.shape[0]
+    new = torch.zeros(batch, dtype=torch.long, device=step.device)
+    for j in steps:
+        r = pending[j]
+        if r.dense is None:
+            ks = list(r.k_all.unbind(0))
+            h = r.h.to(r.y.real.dtype)[:, None]
+            for c, row, is_f1 in zip(dense.extra_c, co.extra_a, co.extra_is_f1):
+                if is_f1:
+                    ks.append(r.f1)
+                else:
+                    combination = torch.einsum("s,sbn->bn", row, torch.stack(ks))
+                    ks.append(f(r.t + c * r.h, r.y + h * combination))
+            r.dense = torch.stack(ks)
+            r.dense_counted = torch.zeros_like(r.accept)
+        hits = (wanted & (step == j)).long()
+        mine = torch.zeros(batch, dtype=torch.long, device=step.device)
+        mine = mine.index_put_((sample,), hits, accumulate=True) > 0
+        new = new + _extra_stages(solver) * (mine & ~r.dense_counted)
+        r.dense_counted = r.dense_counted | mine
+    if not steps:  # nothing wanted: any values of the right shape
+        return pending[0].k_all.new_zeros(
+            co.dense.shape[0], len(sample), pending[0].y.shape[1]
+        ), new
+    index = torch.tensor(steps, device=step.device)
+    position = torch.searchsorted(index, step).clamp(max=len(steps) - 1)
+    stacked = torch.stack([pending[j].dense for j in steps])  # (u, S, batch, n)
+    return stacked[position, :, sample].transpose(0, 1), new
 
 
 @dataclass
@@ -582,6 +643,10 @@ class _Reached:
     hit: torch.Tensor | None = None
     g_lo: torch.Tensor | None = None
     g_hi: torch.Tensor | None = None
+    # with extra dense stages: all the dense output's stages, once evaluated, and the
+    # samples counted for them
+    dense: torch.Tensor | None = None
+    dense_counted: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.t_reach, self.y_reach = self.t1, self.y1
@@ -629,12 +694,13 @@ def _write_outputs(
     lo: int,
     hi: int,
     needs_f1: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    f: _BatchTerm,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Interpolate the outputs ``ts[lo:hi]`` (never the last, the final state) each sample's
     pending steps reached, each in the step that reached it first, all in one batch (one
     host sync: which outputs of which samples); return the new outputs and ``next_out``, and
-    which samples' outputs used each step, (steps, batch). ``needs_f1``: the dense output
-    uses f(t1, y1)."""
+    which samples' outputs used each step, (steps, batch), and each sample's evaluations of f
+    for the dense output's extra stages. ``needs_f1``: the dense output uses f(t1, y1)."""
     hi = min(hi, outputs.shape[0] - 1)
     n_steps, batch = ends.shape
     # rejected steps reach nothing (0): the running maximum is sorted along the steps
@@ -649,7 +715,11 @@ def _write_outputs(
         return _stack([getattr(r, name) for r in pending])[step, sample]
 
     t, t_reach = pick("t"), pick("t_reach")
-    k_all = _stack([r.k_all for r in pending])[step, :, sample].transpose(0, 1)
+    extra = torch.zeros(batch, dtype=torch.long, device=ends.device)
+    if _extra_stages(solver):
+        k_all, extra = _dense_stages(solver, co, f, pending, step, sample)
+    else:
+        k_all = _stack([r.k_all for r in pending])[step, :, sample].transpose(0, 1)
     f1 = pick("f1") if needs_f1 else None
     t_out = ts[out]
     value = _interpolate(solver, co, pick("y"), pick("y1"), pick("h"), k_all, f1, t_out - t)
@@ -657,7 +727,7 @@ def _write_outputs(
     outputs = outputs.index_put((out, sample), value)
     used = torch.zeros(n_steps, batch, dtype=torch.bool, device=ends.device)
     used[step, sample] = True
-    return outputs, torch.maximum(next_out, ends.max(0).values), used
+    return outputs, torch.maximum(next_out, ends.max(0).values), used, extra
 
 
 def _interpolate(
@@ -689,7 +759,7 @@ def _interpolate(
     powers = torch.arange(1, n_powers + 1, dtype=torch.float64, device=theta.device)
     theta_powers = theta[None, :] ** powers[:, None]  # (P, batch)
     weights = (co.dense.to(torch.float64) @ theta_powers).to(co.dense.dtype)  # (S, batch)
-    if len(dense.extra_c):
+    if stacked.shape[0] < co.dense.shape[0]:  # the one extra stage: f(t1, y1)
         stacked = torch.cat([stacked, f1[None]])
     comb = torch.einsum("sb,sbd->bd", weights, stacked)
     return torch.addcmul(y0, h_y, comb)

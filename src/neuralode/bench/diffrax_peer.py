@@ -9,7 +9,7 @@ never imported here, and neither is a dependency of neuralode: the interpreter i
 without one the section says so and nothing runs.
 
 Problems (dopri5, rtol 1e-6, atol 1e-8, outputs at t0 and t1; diffrax with
-``PIDController`` and ``dt0=None``):
+``PIDController`` and ``dt0=None``, its times in the state's dtype as neuralode's ts are):
 
 - the MLP 2-64-64-2 tanh of ``core`` (float32, t in [0, 1]) at each batch size, forward;
 - Van der Pol with mu in [1, 25] across batch 256 (float64, t in [0, 10]) as one system, and

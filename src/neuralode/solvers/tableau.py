@@ -109,35 +109,6 @@ class ButcherTableau:
         )
 
 
-def hermite_quartic_dense_output(
-    b: tuple[float, ...], mid: tuple[float, ...], order: int = 4
-) -> DenseOutput:
-    """The quartic through y0, y(1/2), y1 with slopes f0, f1 (torchdiffeq's interpolant).
-
-    ``mid`` weighs the stages (and a final extra stage f1 = f(t1, y1)) so that
-    ``y0 + dt * sum(mid_i k_i)`` approximates y(t0 + dt/2). Written in the B_i(theta) form:
-    with p = y0 + d th + c th^2 + b th^3 + a th^4 and a = 2 dt (f1 - f0) - 8 (y0 + y1)
-    + 16 y_mid, b = dt (5 f0 - 3 f1) + 18 y0 + 14 y1 - 32 y_mid, c = dt (f1 - 4 f0) - 11 y0
-    - 5 y1 + 16 y_mid, d = dt f0 (the y0 terms cancel).
-    """
-    n = len(b) + 1
-    weights = list(b) + [0.0]
-    if len(mid) != n:
-        raise ValueError(f"mid needs {n} weights (the stages and f1), got {len(mid)}")
-    rows = []
-    for i in range(n):
-        first, last = float(i == 0), float(i == n - 1)
-        rows.append(
-            (
-                first,
-                (last - 4 * first) - 5 * weights[i] + 16 * mid[i],
-                (5 * first - 3 * last) + 14 * weights[i] - 32 * mid[i],
-                2 * (last - first) - 8 * weights[i] + 16 * mid[i],
-            )
-        )
-    return DenseOutput(coefficients=tuple(rows), order=order, extra_c=(1.0,), extra_a=(tuple(b),))
-
-
 @dataclass(frozen=True)
 class ImplicitTableau:
     """An implicit Runge-Kutta method: ``a`` is a full s x s matrix, rows as tuples.

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from sde_problems import OU, GBM, GeneralLinear, ScalarGBM, slope
+from sde_problems import GBM, OU, GeneralLinear, ScalarGBM, slope
 
 from neuralode import sde as nsde
 from neuralode.sde import settings
@@ -19,7 +19,12 @@ TS = torch.tensor([0.0, 1.0], dtype=F64)
 
 def bm_for(batch, m, levy="none", entropy=11, **kwargs):
     return nsde.BrownianInterval(
-        0.0, 1.0, size=(batch, m), dtype=F64, entropy=entropy, levy_area_approximation=levy,
+        0.0,
+        1.0,
+        size=(batch, m),
+        dtype=F64,
+        entropy=entropy,
+        levy_area_approximation=levy,
         **kwargs,
     )
 
@@ -288,17 +293,29 @@ def test_shapes_names_logqp_and_extra():
     # log-ratio increment: int 0.5 |(f - h) / g|^2 dt = int 0.5 * 3 * (y / 0.1)^2 dt > 0
     assert (logqp > 0).all()
     ys, state = nsde.sdeint(
-        Named("stratonovich"), y0, ts, names=names, method="reversible_heun", extra=True, dt=0.05,
+        Named("stratonovich"),
+        y0,
+        ts,
+        names=names,
+        method="reversible_heun",
+        extra=True,
+        dt=0.05,
         bm=nsde.BrownianInterval(0, 1, size=(4, 3), entropy=0),
     )
     assert len(state) == 3 and state[2].shape == (4, 3)
     # restarting from the extra state continues the same solve
     ys2 = nsde.sdeint(
-        Named("stratonovich"), ys[-1], torch.linspace(1, 1.2, 2), names=names, method="reversible_heun",
-        dt=0.05, extra_solver_state=state,
+        Named("stratonovich"),
+        ys[-1],
+        torch.linspace(1, 1.2, 2),
+        names=names,
+        method="reversible_heun",
+        dt=0.05,
+        extra_solver_state=state,
         bm=nsde.BrownianInterval(1, 1.2, size=(4, 3), entropy=1),
     )
     assert ys2.shape == (2, 4, 3)
+
     # lists of floats as ts; an SDE with only f_and_g; g_prod with an explicit bm
     class FG(torch.nn.Module):
         noise_type, sde_type = "general", "ito"
@@ -421,8 +438,9 @@ def test_gradients_match_finite_differences_with_a_fixed_brownian_motion(sde_typ
         sde_local = Tanh(sde_type)
         del sde_local.w
         sde_local.w = w
-        bm = nsde.BrownianInterval(0, 0.6, size=(2, 2), dtype=F64, entropy=0,
-                                   levy_area_approximation=levy)
+        bm = nsde.BrownianInterval(
+            0, 0.6, size=(2, 2), dtype=F64, entropy=0, levy_area_approximation=levy
+        )
         return nsde.sdeint(sde_local, y0, ts, bm=bm, method=method, dt=0.05)
 
     assert torch.autograd.gradcheck(func, (y0, w), atol=1e-6, rtol=1e-5)
@@ -460,12 +478,13 @@ def test_stochastic_adjoint_converges_to_backprop(sde_type, noise_type, method, 
     levy = "space-time" if method == "srk" else "none"
     errors = []
     for dt in (2**-5, 2**-8):
-        bm = nsde.BrownianInterval(0, 1, size=(3, m), dtype=F64, entropy=2,
-                                   levy_area_approximation=levy)
+        bm = nsde.BrownianInterval(
+            0, 1, size=(3, m), dtype=F64, entropy=2, levy_area_approximation=levy
+        )
         kwargs = dict(bm=bm, method=method, dt=dt)
-        exact = _grads(lambda: nsde.sdeint(sde, y0, ts, **kwargs), sde, y0)
+        exact = _grads(lambda kw=kwargs: nsde.sdeint(sde, y0, ts, **kw), sde, y0)
         adjoint = _grads(
-            lambda: nsde.sdeint_adjoint(sde, y0, ts, adjoint_method=adjoint_method, **kwargs),
+            lambda kw=kwargs: nsde.sdeint_adjoint(sde, y0, ts, adjoint_method=adjoint_method, **kw),
             sde,
             y0,
         )
@@ -520,8 +539,9 @@ def test_same_brownian_motion_same_solution_as_torchsde(sde_type, method, levy):
     sde = Tanh(sde_type)
     y0 = torch.tensor([[0.3, -0.2], [0.1, 0.5]], dtype=F64)
     ts = torch.linspace(0, 1, 4, dtype=F64)
-    bm = nsde.BrownianInterval(0, 1, size=(2, 2), dtype=F64, entropy=3,
-                               levy_area_approximation=levy)
+    bm = nsde.BrownianInterval(
+        0, 1, size=(2, 2), dtype=F64, entropy=3, levy_area_approximation=levy
+    )
     ours = nsde.sdeint(sde, y0, ts, bm=bm, method=method, dt=2**-6)
     theirs = torchsde.sdeint(sde, y0, ts, bm=bm, method=method, dt=2**-6)
     assert torch.allclose(ours, theirs, atol=1e-9)

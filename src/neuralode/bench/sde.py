@@ -10,10 +10,8 @@ the same sample path; the outputs agree to round-off of the query times (``max a
 
 from __future__ import annotations
 
-import gc
 import statistics
 import time
-import tracemalloc
 from dataclasses import dataclass, field
 
 import torch
@@ -34,7 +32,10 @@ class NeuralSDE(nn.Module):
     def __init__(self, state: int = STATE, hidden: int = HIDDEN):
         super().__init__()
         self.drift = nn.Sequential(
-            nn.Linear(state, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+            nn.Linear(state, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, hidden),
+            nn.Tanh(),
             nn.Linear(hidden, state),
         )
         self.w1 = nn.Parameter(torch.randn(state, 16))
@@ -65,7 +66,11 @@ class Row:
 
 def _brownian(library, entropy: int, levy: str):
     return library.BrownianInterval(
-        t0=0.0, t1=1.0, size=(BATCH, STATE), dtype=torch.float32, entropy=entropy,
+        t0=0.0,
+        t1=1.0,
+        size=(BATCH, STATE),
+        dtype=torch.float32,
+        entropy=entropy,
         levy_area_approximation=levy,
     )
 
@@ -120,27 +125,63 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def adjoint_memory(steps=(100, 1000)) -> list[tuple[int, float, float]]:
-    """Peak memory of one forward + adjoint backward (tracemalloc peak of Python-side
-    allocations plus the largest tensor footprint seen by the CPU allocator is not exposed, so
-    the peak is measured as torch's CPU-allocated bytes via tracemalloc of the storages)."""
-    import torchsde
+_CHILD = """
+import resource, sys, torch
+from neuralode.bench import sde as bench
+library_name, mode, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if library_name == "torchsde":
+    import torchsde as library
+else:
+    from neuralode import sde as library
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = bench.NeuralSDE()
+y0 = torch.randn(bench.BATCH, bench.STATE, requires_grad=True)
+bm = bench._brownian(library, 7, "none")
+ts = torch.tensor([0.0, 1.0])
+solve = library.sdeint_adjoint if mode == "adjoint" else library.sdeint
+warm = bench._brownian(library, 8, "none")
+solve(model, y0, ts, bm=warm, method="euler", dt=0.5)[-1].sum().backward()
+with open("/proc/self/statm") as fh:
+    before = int(fh.read().split()[1]) * resource.getpagesize()
+ys = solve(model, y0, ts, bm=bm, method="euler", dt=1.0 / steps)
+ys[-1].square().mean().backward()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print((peak - before) / 2**20)
+"""
 
-    torch.manual_seed(0)
-    sde = NeuralSDE()
-    y0 = torch.randn(BATCH, STATE, requires_grad=True)
-    out = []
+
+def memory(steps=(100, 1000)) -> list[tuple[int, float, float, float]]:
+    """Extra peak resident memory (MiB) of one forward + backward (euler; the adjoint's default
+    milstein backward), each in a fresh process: peak RSS minus the RSS just before the solve.
+    Rows: (steps, neuralode adjoint, torchsde adjoint, neuralode backprop)."""
+    import subprocess
+    import sys
+
+    rows = []
     for n in steps:
-        peaks = []
-        for library in (nsde, torchsde):
-            bm = _brownian(library, 7, "none")
-            gc.collect()
-            tracemalloc.start()
-            ys = library.sdeint_adjoint(
-                sde, y0, torch.tensor([0.0, 1.0]), bm=bm, method="euler", dt=1.0 / n
+        values = []
+        for library, mode in (
+            ("neuralode", "adjoint"),
+            ("torchsde", "adjoint"),
+            ("neuralode", "backprop"),
+        ):
+            out = subprocess.run(
+                [sys.executable, "-c", _CHILD, library, mode, str(n)],
+                capture_output=True,
+                text=True,
+                check=True,
             )
-            ys[-1].square().mean().backward()
-            peaks.append(tracemalloc.get_traced_memory()[1] / 2**20)
-            tracemalloc.stop()
-        out.append((n, *peaks))
-    return out
+            values.append(float(out.stdout.strip().splitlines()[-1]))
+        rows.append((n, *values))
+    return rows
+
+
+def memory_table(rows) -> str:
+    lines = [
+        "| steps | neuralode adjoint (MiB) | torchsde adjoint (MiB) | neuralode backprop (MiB) |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for n, ours, theirs, backprop in rows:
+        lines.append(f"| {n} | {ours:.1f} | {theirs:.1f} | {backprop:.1f} |")
+    return "\n".join(lines)

@@ -312,9 +312,7 @@ def _reversible_backward(config, ys, extra_out, params, grad_ys, grad_extra):
     f1, g1, z1 = (x.detach() for x in extra_out)
     y1 = ys[-1].detach()
     zeros = (torch.zeros_like(f1), torch.zeros_like(g1), torch.zeros_like(z1))
-    cot_f, cot_g, cot_z = (
-        zeros[i] if grad_extra[i] is None else grad_extra[i] for i in range(3)
-    )
+    cot_f, cot_g, cot_z = (zeros[i] if grad_extra[i] is None else grad_extra[i] for i in range(3))
     k_last = len(grid) - 1
     cot_y = add_outputs(k_last, torch.zeros_like(y1))
     z_leaf, f_graph, g_graph = evaluate(grid[-1], z1)

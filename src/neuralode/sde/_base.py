@@ -126,14 +126,18 @@ class _Logqp(nn.Module):
 
 def _missing(name: str):
     def missing(*args):
-        raise RuntimeError(f"Method `{name}` has not been provided, but is required for this method.")
+        raise RuntimeError(
+            f"Method `{name}` has not been provided, but is required for this method."
+        )
 
     return missing
 
 
 def batch_mvp(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Batched matrix-vector product: (batch, d, m) x (batch, m) -> (batch, d)."""
-    return torch.bmm(m, v.unsqueeze(-1)).squeeze(-1) if m.dim() == 3 else (m @ v.unsqueeze(-1))[..., 0]
+    return (
+        torch.bmm(m, v.unsqueeze(-1)).squeeze(-1) if m.dim() == 3 else (m @ v.unsqueeze(-1))[..., 0]
+    )
 
 
 def vjp(outputs, inputs, grad_outputs, **kwargs):
@@ -167,9 +171,7 @@ class _Forward:
         self.sde_type = sde.sde_type
         self.f = getattr(sde, "f", None) or _missing("f")
         self.g = getattr(sde, "g", None) or _missing("g")
-        self.prod = (
-            torch.mul if sde.noise_type == NOISE_TYPES.diagonal else batch_mvp
-        )
+        self.prod = torch.mul if sde.noise_type == NOISE_TYPES.diagonal else batch_mvp
         self.f_and_g = getattr(sde, "f_and_g", None) or self._f_and_g
         self.g_prod = getattr(sde, "g_prod", None) or self._g_prod
         if hasattr(sde, "f_and_g_prod"):

@@ -157,7 +157,9 @@ class BrownianInterval(BaseBrownian):
             if not tol > 0:
                 raise ValueError("`tol` should be positive when `halfway_tree=True`.")
             if dt is not None:
-                raise ValueError("`dt` is not used and should be set to `None` if `halfway_tree` is True.")
+                raise ValueError(
+                    "`dt` is not used and should be set to `None` if `halfway_tree` is True."
+                )
         elif tol < 0:
             raise ValueError("`tol` should be non-negative.")
         if levy_area_approximation not in LEVY_AREA_APPROXIMATIONS:
@@ -166,9 +168,7 @@ class BrownianInterval(BaseBrownian):
                 f"'{levy_area_approximation}'."
             )
         for name, tensor in (("W", W), ("H", H)):
-            if tensor is not None and not (
-                torch.is_tensor(tensor) and tensor.is_floating_point()
-            ):
+            if tensor is not None and not (torch.is_tensor(tensor) and tensor.is_floating_point()):
                 raise ValueError(f"{name}={tensor} should be a floating point Tensor.")
         given = [x for x in (W, H) if x is not None]
         if size is None:
@@ -178,7 +178,11 @@ class BrownianInterval(BaseBrownian):
         if device is None:
             device = given[0].device if given else torch.device("cpu")
         for x in given:
-            if tuple(x.shape) != tuple(size) or x.dtype != dtype or x.device != torch.device(device):
+            if (
+                tuple(x.shape) != tuple(size)
+                or x.dtype != dtype
+                or x.device != torch.device(device)
+            ):
                 raise ValueError(
                     f"W and H must match size={tuple(size)}, dtype={dtype} and device={device}"
                 )
@@ -421,8 +425,13 @@ class BrownianInterval(BaseBrownian):
                     ) / (node.end - ta)
                 if self._have_A:
                     Ai = self._levy_area(node, Wi, Hi)  # noqa: N806
-                    A = A + Ai + 0.5 * (  # noqa: N806
-                        W.unsqueeze(-1) * Wi.unsqueeze(-2) - Wi.unsqueeze(-1) * W.unsqueeze(-2)
+                    A = (
+                        A
+                        + Ai
+                        + 0.5
+                        * (  # noqa: N806
+                            W.unsqueeze(-1) * Wi.unsqueeze(-2) - Wi.unsqueeze(-1) * W.unsqueeze(-2)
+                        )
                     )
                 W = W + Wi  # noqa: N806
         out = [W]

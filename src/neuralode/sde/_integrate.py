@@ -99,7 +99,9 @@ def integrate_adaptive(
                 )
             dt, prev_ratio = _next_step(error, dt, prev_ratio)
             if dt < dt_min:
-                warnings.warn("Hitting minimum allowed step size in adaptive time-stepping.", stacklevel=3)
+                warnings.warn(
+                    "Hitting minimum allowed step size in adaptive time-stepping.", stacklevel=3
+                )
                 dt, prev_ratio = dt_min, None
             if error <= 1 or dt <= dt_min:
                 y_prev, t_prev = y, t

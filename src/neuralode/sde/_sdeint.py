@@ -290,14 +290,14 @@ def sdeint(
     """
     _check_unused(unused_kwargs, "`sdeint`")
     problem = check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp)
-    _assert_no_grad(
-        ["ts", "dt", "rtol", "atol", "dt_min"], [problem.ts, dt, rtol, atol, dt_min]
-    )
+    _assert_no_grad(["ts", "dt", "rtol", "atol", "dt_min"], [problem.ts, dt, rtol, atol, dt_min])
     solver = make_solver(
-        problem.method, problem.sde, problem.bm, problem.ts.dtype, problem.ts.device,
+        problem.method,
+        problem.sde,
+        problem.bm,
+        problem.ts.dtype,
+        problem.ts.device,
         problem.options,
     )
-    ys, extra_state = solve(
-        problem, solver, dt, adaptive, rtol, atol, dt_min, extra_solver_state
-    )
+    ys, extra_state = solve(problem, solver, dt, adaptive, rtol, atol, dt_min, extra_solver_state)
     return parse_return(problem.y0, ys, extra_state, extra, logqp)

@@ -177,8 +177,10 @@ class SRK(Solver):
                     h1 = h1 + tab["A1"][s][j] * fs[j]
                 if tab["B1"][s][j]:
                     h1 = h1 + (tab["B1"][s][j] * sqrt_dt) * gs[j]
-            needs_f = tab["alpha"][s] != 0 or any(row[s] for row in tab["A0"][s + 1 :]) or any(
-                row[s] for row in tab["A1"][s + 1 :]
+            needs_f = (
+                tab["alpha"][s] != 0
+                or any(row[s] for row in tab["A0"][s + 1 :])
+                or any(row[s] for row in tab["A1"][s + 1 :])
             )
             f = self.sde.f(self.time(t0 + tab["C0"][s] * dt), h0) * dt if needs_f else None
             g = self.sde.g(self.time(t0 + tab["C1"][s] * dt), h1)

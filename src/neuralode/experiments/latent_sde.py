@@ -14,7 +14,7 @@ step in metrics.json's ``history``. Writes ``metrics.json``, ``checkpoint.pt``,
 "Fits its data": the RMSE between the posterior mean and the observations is at most twice the
 observation noise, and at least 80 % of the observations lie within the band of posterior samples
 (mean plus or minus two standard deviations, the observation noise included) - both reported.
-Defaults: 256 series, 21 times, noise 0.02, 500 iterations of Adam (lr 3e-3), batch 64,
+Defaults: 256 series, 21 times, noise 0.05, 1000 iterations of Adam (lr 5e-3), batch 64,
 Euler-Maruyama with dt 0.02, one thread.
 """
 
@@ -66,10 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out/latent-sde", help="output directory")
     parser.add_argument("--series", type=int, default=256, help="training series")
     parser.add_argument("--times", type=int, default=21, help="observation times on [0, 1]")
-    parser.add_argument("--noise", type=float, default=0.02, help="observation noise std")
-    parser.add_argument("--iterations", type=int, default=500, help="optimiser steps")
+    parser.add_argument("--noise", type=float, default=0.05, help="observation noise std")
+    parser.add_argument("--iterations", type=int, default=1000, help="optimiser steps")
     parser.add_argument("--batch", type=int, default=64, help="series per step")
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--dt", type=float, default=0.02, help="SDE solver step")
     parser.add_argument("--latent", type=int, default=4, help="latent state size")
     parser.add_argument("--hidden", type=int, default=64, help="hidden width")

@@ -10,7 +10,6 @@ from torch import nn
 
 from ..sde import sdeint, sdeint_adjoint
 
-
 _SDE_PARTS = ("f_net", "h_net", "g_net")
 
 

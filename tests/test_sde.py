@@ -304,15 +304,16 @@ def test_shapes_names_logqp_and_extra():
     )
     assert len(state) == 3 and state[2].shape == (4, 3)
     # restarting from the extra state continues the same solve
+    ts2 = torch.linspace(1, 1.2, 2)
     ys2 = nsde.sdeint(
         Named("stratonovich"),
         ys[-1],
-        torch.linspace(1, 1.2, 2),
+        ts2,
         names=names,
         method="reversible_heun",
         dt=0.05,
         extra_solver_state=state,
-        bm=nsde.BrownianInterval(1, 1.2, size=(4, 3), entropy=1),
+        bm=nsde.BrownianInterval(1, float(ts2[-1]), size=(4, 3), entropy=1),
     )
     assert ys2.shape == (2, 4, 3)
 

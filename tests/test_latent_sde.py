@@ -67,3 +67,14 @@ def test_bench_sde_part_compares_with_torchsde():
     ]
     assert all(r.diff < 1e-4 and r.speedup > 0 for r in rows)  # the same Brownian motion
     assert "| euler | forward |" in sde.table(rows)
+
+
+@pytest.mark.slow
+def test_adjoint_memory_is_flat_in_the_number_of_steps():
+    pytest.importorskip("torchsde")
+    from neuralode.bench import sde
+
+    (_, ours100, _, backprop100), (_, ours1000, _, backprop1000) = sde.memory((100, 1000))
+    # tensors: flat; the Brownian interval's tree of intervals adds under 1 KB per step
+    assert ours1000 <= 1.1 * ours100 + 2.0, (ours100, ours1000)
+    assert backprop1000 > 3 * backprop100  # backprop's memory grows with the steps

@@ -153,11 +153,16 @@ print((peak - before) / 2**20)
 
 def memory(steps=(100, 1000)) -> list[tuple[int, float, float, float]]:
     """Extra peak resident memory (MiB) of one forward + backward (euler; the adjoint's default
-    milstein backward), each in a fresh process: peak RSS minus the RSS just before the solve.
+    milstein backward), each in a fresh process: peak RSS minus the RSS just before the solve,
+    with glibc's malloc taking every block from mmap and returning freed memory at once.
     Rows: (steps, neuralode adjoint, torchsde adjoint, neuralode backprop)."""
+    import os
     import subprocess
     import sys
 
+    # every allocation from mmap and freed memory returned at once: the RSS follows the live
+    # memory, so "peak minus before" does not depend on what the warm-up left in malloc's pools
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="4096", MALLOC_TRIM_THRESHOLD_="0")
     rows = []
     for n in steps:
         values = []
@@ -168,6 +173,7 @@ def memory(steps=(100, 1000)) -> list[tuple[int, float, float, float]]:
         ):
             out = subprocess.run(
                 [sys.executable, "-c", _CHILD, library, mode, str(n)],
+                env=env,
                 capture_output=True,
                 text=True,
                 check=True,

@@ -11,7 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
-    "name", ["README.md", "docs/guide.md", "docs/tutorials/implicit_layers.md"]
+    "name",
+    [
+        "README.md",
+        "docs/guide.md",
+        "docs/tutorials/implicit_layers.md",
+        "docs/sde.md",
+        "docs/tutorials/latent_sde.md",
+    ],
 )
 def test_snippets_run(name: str) -> None:
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / name).read_text(), re.S)

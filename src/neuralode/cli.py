@@ -19,6 +19,7 @@ EXPERIMENTS: dict[str, str] = {
     "cnf-mnist": "neuralode.experiments.cnf_mnist",
     "implicit": "neuralode.experiments.implicit",
     "pde": "neuralode.experiments.pde",
+    "latent-sde": "neuralode.experiments.latent_sde",
 }
 
 

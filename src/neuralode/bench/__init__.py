@@ -22,7 +22,8 @@ def environment() -> str:
         pass
     gpu = f"GPU: {torch.cuda.get_device_name()}; " if torch.cuda.is_available() else ""
     versions = ", ".join(
-        f"{name} {_version(name)}" for name in ("neuralode", "torchdiffeq", "torchode", "scipy")
+        f"{name} {_version(name)}"
+        for name in ("neuralode", "torchdiffeq", "torchode", "torchsde", "scipy")
     )
     return (
         f"{gpu}CPU: {cpu}, {os.cpu_count()} logical cores, torch threads "

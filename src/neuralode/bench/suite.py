@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-PARTS = ("core", "per-sample", "work-precision", "diffrax", "compiled", "gpu")
+PARTS = ("core", "per-sample", "work-precision", "diffrax", "compiled", "gpu", "sde")
 # "compiled" compiles for minutes; "gpu" is for a machine with one (it runs on the CPU too)
 DEFAULT_PARTS = ("core", "per-sample", "work-precision", "diffrax")
 # diffrax runs only where an interpreter with jax and diffrax is found (else a note says so)
@@ -23,6 +23,7 @@ NEEDS = {
     "diffrax": ("scipy",),  # jax and diffrax: in the interpreter --diffrax-python names
     "compiled": ("torchdiffeq", "torchode"),
     "gpu": (),
+    "sde": ("torchsde",),
 }
 
 
@@ -38,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(DEFAULT_PARTS),
         help="which studies to run (default: all but compiled, the per-sample solves of both "
         "libraries and our standard loop under torch.compile, which spends minutes compiling, "
-        "and gpu, the time per step with and without CUDA graphs on a GPU; diffrax runs "
+        "gpu, the time per step with and without CUDA graphs on a GPU, and sde, the neural "
+        "SDE against torchsde; diffrax runs "
         "where an interpreter with jax and diffrax is found, see --diffrax-python)",
     )
     parser.add_argument(
@@ -149,6 +151,18 @@ def run(args: argparse.Namespace) -> int:
         sections.append(
             f"### Time per step on {gpu.device_name(device)}: MLP 2-64-64-2 tanh, float32, "
             "dopri5, with and without CUDA graphs\n\n" + gpu.table(gpu_rows)
+        )
+    if "sde" in args.parts:
+        from . import sde
+
+        sde_rows = sde.run(repeats)
+        sections.append(
+            "### Neural SDE vs torchsde: diagonal noise, batch 512, state 8, dt 1e-2 on [0, 1], "
+            "float32, the same Brownian motion (median times)\n\n" + sde.table(sde_rows)
+        )
+        sections.append(
+            "### SDE adjoint memory: extra peak RSS of forward + backward, euler forward, "
+            "batch 512, state 8\n\n" + sde.memory_table(sde.memory((100, 1000)))
         )
     if "work-precision" in args.parts:
         from . import work_precision

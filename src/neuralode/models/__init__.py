@@ -28,6 +28,7 @@ from .latent import (
     collate_irregular,
     extrapolation_masks,
 )
+from .latent_sde import LatentSDE
 from .ode_block import ODEBlock
 from .planar import PlanarFlow, PlanarLayer
 from .regularisers import DerivativePenalty, JacobianFrobenius, KineticEnergy, Regulariser
@@ -64,6 +65,7 @@ __all__ = [
     "ELBO",
     "GapRNN",
     "LatentODE",
+    "LatentSDE",
     "LinearPlusMLP",
     "MLPDynamics",
     "ODEBlock",

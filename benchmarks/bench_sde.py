@@ -1,0 +1,38 @@
+"""Neural SDE against torchsde (see ``neuralode.bench.sde``): euler / milstein / srk, forward
+and forward + adjoint backward on the same Brownian motion, and the adjoint's memory at 100 and
+1000 steps.
+
+    flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_sde.py
+    python benchmarks/bench_sde.py --repeats 1      # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from neuralode.bench import environment, sde
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case")
+    parser.add_argument(
+        "--brownian",
+        choices=("theirs", "ours"),
+        default="theirs",
+        help="whose BrownianInterval both libraries get",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory study")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(environment())
+    print(sde.table(sde.run(args.repeats, args.brownian)))
+    if not args.no_memory:
+        print()
+        print(sde.memory_table(sde.memory((100, 1000))))
+
+
+if __name__ == "__main__":
+    main()

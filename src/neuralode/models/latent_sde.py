@@ -1,0 +1,159 @@
+"""The latent SDE (Li et al. 2020): a posterior SDE conditioned on the data, a prior SDE, and a
+decoder, trained by the ELBO with the path-space KL term from ``logqp=True``."""
+
+from __future__ import annotations
+
+import bisect
+
+import torch
+from torch import nn
+
+from ..sde import sdeint, sdeint_adjoint
+
+_SDE_PARTS = ("f_net", "h_net", "g_net")
+
+
+class DiagonalNet(nn.Module):
+    """A diffusion of diagonal noise: channel i is an MLP 1-hidden-1 of y_i alone (sigmoid
+    output), so ``g_i`` depends on ``y_i`` only, as Milstein and the Itô adjoint assume."""
+
+    def __init__(self, dim: int, hidden: int = 16):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(dim, hidden))
+        self.b1 = nn.Parameter(torch.zeros(dim, hidden))
+        self.w2 = nn.Parameter(torch.randn(dim, hidden) / hidden**0.5)
+        self.b2 = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(y.unsqueeze(-1) * self.w1 + self.b1)
+        return torch.sigmoid((hidden * self.w2).sum(-1) + self.b2)
+
+
+class LatentSDE(nn.Module):
+    """A latent SDE model of time series ``xs`` of shape (T, batch, obs_dim).
+
+    A GRU reads the series backwards: its output at observation i summarises the observations
+    from i on. The posterior's initial state ``z0 ~ q(z0 | context_0)`` and its drift
+    ``f(t, z, context_i)`` use it (``context_i`` of the next observation after ``t``, so the
+    posterior steers towards the data); the prior has a learned
+    ``p(z0)`` and drift ``h(t, z)``; both share the diffusion ``g(z)`` (diagonal, Itô); a linear
+    decoder maps ``z`` to the observation mean.
+
+    Arguments:
+        obs_dim: observation channels.
+        latent_dim: latent state size.
+        context_dim: the encoder's context size.
+        hidden: hidden width of the drifts and the encoder.
+        diffusion_scale: the largest diffusion (the sigmoid's output is scaled by it).
+    """
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(
+        self,
+        obs_dim: int = 1,
+        latent_dim: int = 4,
+        context_dim: int = 16,
+        hidden: int = 64,
+        diffusion_scale: float = 0.5,
+    ):
+        super().__init__()
+        self.encoder = nn.GRU(obs_dim + 1, hidden)
+        self.to_context = nn.Linear(hidden, context_dim)
+        self.qz0 = nn.Linear(context_dim, 2 * latent_dim)
+        self.pz0_mean = nn.Parameter(torch.zeros(latent_dim))
+        self.pz0_logstd = nn.Parameter(torch.zeros(latent_dim))
+        self.f_net = nn.Sequential(
+            nn.Linear(latent_dim + context_dim + 1, hidden),
+            nn.Softplus(),
+            nn.Linear(hidden, hidden),
+            nn.Softplus(),
+            nn.Linear(hidden, latent_dim),
+        )
+        self.h_net = nn.Sequential(
+            nn.Linear(latent_dim + 1, hidden),
+            nn.Softplus(),
+            nn.Linear(hidden, hidden),
+            nn.Softplus(),
+            nn.Linear(hidden, latent_dim),
+        )
+        self.g_net = DiagonalNet(latent_dim)
+        self.decoder = nn.Linear(latent_dim, obs_dim)
+        self.diffusion_scale = diffusion_scale
+        self._context: torch.Tensor | None = None  # (T, batch, context_dim)
+        self._times: list[float] = []
+
+    def f(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        i = min(bisect.bisect_right(self._times, float(t)), len(self._times) - 1)
+        time = t.expand(z.shape[0], 1).to(z.dtype)
+        return self.f_net(torch.cat([z, self._context[i], time], dim=-1))
+
+    def h(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.h_net(torch.cat([z, t.expand(z.shape[0], 1).to(z.dtype)], dim=-1))
+
+    def g(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.diffusion_scale * self.g_net(z)
+
+    def encode(self, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        """The context at each observation time (T, batch, context_dim), from the GRU run from
+        the last observation back."""
+        times = ts[:, None, None].expand(-1, xs.shape[1], 1).to(xs.dtype)
+        out, _ = self.encoder(torch.cat([xs, times], dim=-1).flip(0))
+        return self.to_context(out).flip(0)
+
+    def elbo(
+        self, xs: torch.Tensor, ts: torch.Tensor, noise_std: float, dt: float, adjoint: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The per-series ELBO terms on one batch: ``(log_likelihood, kl, zs, xs_mean)``; the
+        KL is the initial state's plus the path's (the integral of ``|u|^2 / 2``,
+        ``g u = f - h``).
+
+        Arguments:
+            xs: observations (T, batch, obs_dim).
+            ts: their times (T,).
+            noise_std: the observation noise's standard deviation.
+            dt: the solver's step.
+            adjoint: gradients by the stochastic adjoint instead of backprop.
+
+        Returns:
+            The batch means of the log-likelihood and of the KL, the posterior latent paths and
+            the decoded means.
+        """
+        context = self.encode(xs, ts)
+        self._context = context
+        self._times = [float(t) for t in ts]
+        mean, logstd = self.qz0(context[0]).chunk(2, dim=-1)
+        z0 = mean + logstd.exp() * torch.randn_like(mean)
+        if adjoint:
+            # the context is a tensor the drift reads: its gradient comes from the adjoint too,
+            # and reaches the encoder by ordinary backprop
+            params = [context] + [
+                p for name, p in self.named_parameters() if name.split(".")[0] in _SDE_PARTS
+            ]
+            zs, log_ratio = sdeint_adjoint(
+                self, z0, ts, dt=dt, logqp=True, method="euler", adjoint_params=params
+            )
+        else:
+            zs, log_ratio = sdeint(self, z0, ts, dt=dt, logqp=True, method="euler")
+        xs_mean = self.decoder(zs)
+        log_lik = torch.distributions.Normal(xs_mean, noise_std).log_prob(xs).sum((0, 2)).mean()
+        qz0 = torch.distributions.Normal(mean, logstd.exp())
+        pz0 = torch.distributions.Normal(self.pz0_mean, self.pz0_logstd.exp())
+        kl0 = torch.distributions.kl_divergence(qz0, pz0).sum(-1)
+        kl = (kl0 + log_ratio.sum(0)).mean()
+        return log_lik, kl, zs, xs_mean
+
+    @torch.no_grad()
+    def sample_posterior(
+        self, xs: torch.Tensor, ts: torch.Tensor, dt: float, n: int
+    ) -> torch.Tensor:
+        """``n`` posterior sample paths per series, decoded: (n, T, batch, obs_dim)."""
+        return torch.stack([self.elbo(xs, ts, 1.0, dt)[3] for _ in range(n)])
+
+    @torch.no_grad()
+    def sample_prior(self, ts: torch.Tensor, batch: int, dt: float) -> torch.Tensor:
+        """Decoded sample paths of the prior SDE (drift ``h``): (T, batch, obs_dim)."""
+        z0 = self.pz0_mean + self.pz0_logstd.exp() * torch.randn(batch, self.pz0_mean.numel())
+        zs = sdeint(self, z0, ts, dt=dt, method="euler", names={"drift": "h"})
+        return self.decoder(zs)

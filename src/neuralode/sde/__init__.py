@@ -1,0 +1,36 @@
+"""Stochastic differential equations with torchsde's API: swap ``import torchsde`` for
+``from neuralode import sde as torchsde`` and the code runs.
+
+``sdeint`` solves with gradients by backprop, ``sdeint_adjoint`` with the stochastic adjoint
+(Li et al. 2020; O(1) memory in the number of steps) or reversible Heun's exact adjoint
+(Kidger et al. 2021). Brownian motion: ``BrownianInterval`` (and ``BrownianPath``,
+``BrownianTree``, ``ReverseBrownian``). Names of methods and types: ``neuralode.sde.settings``.
+"""
+
+from . import settings
+from ._adjoint import sdeint_adjoint
+from ._base import BaseSDE, SDEIto, SDEStratonovich
+from ._brownian import (
+    BaseBrownian,
+    BrownianInterval,
+    BrownianPath,
+    BrownianTree,
+    ReverseBrownian,
+    brownian_interval_like,
+)
+from ._sdeint import sdeint
+
+__all__ = [
+    "BaseBrownian",
+    "BaseSDE",
+    "BrownianInterval",
+    "BrownianPath",
+    "BrownianTree",
+    "ReverseBrownian",
+    "SDEIto",
+    "SDEStratonovich",
+    "brownian_interval_like",
+    "sdeint",
+    "sdeint_adjoint",
+    "settings",
+]

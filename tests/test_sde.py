@@ -1,0 +1,548 @@
+"""neuralode.sde against mathematics: strong and weak orders on SDEs with known solutions,
+Itô-Stratonovich conversion, Brownian statistics, gradients (finite differences, adjoint vs
+backprop), torchsde's API and error meanings, and agreement with torchsde when installed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from sde_problems import GBM, OU, GeneralLinear, ScalarGBM, slope
+
+from neuralode import sde as nsde
+from neuralode.sde import settings
+
+F64 = torch.float64
+TS = torch.tensor([0.0, 1.0], dtype=F64)
+
+
+def bm_for(batch, m, levy="none", entropy=11, **kwargs):
+    return nsde.BrownianInterval(
+        0.0,
+        1.0,
+        size=(batch, m),
+        dtype=F64,
+        entropy=entropy,
+        levy_area_approximation=levy,
+        **kwargs,
+    )
+
+
+def noise_size(sde, d):
+    if sde.noise_type == "scalar":
+        return 1
+    return sde.b.shape[1] if sde.noise_type == "general" else d
+
+
+# (sde class, sde type, method, options, Lévy area, expected strong order)
+STRONG = [
+    (GBM, "ito", "euler", None, "none", 0.5),
+    (GBM, "ito", "milstein", None, "none", 1.0),
+    (GBM, "ito", "milstein", {"grad_free": True}, "none", 1.0),
+    (GBM, "ito", "srk", None, "space-time", 1.5),
+    (ScalarGBM, "ito", "euler", None, "none", 0.5),
+    (ScalarGBM, "ito", "milstein", None, "none", 1.0),
+    (ScalarGBM, "ito", "srk", None, "space-time", 1.5),
+    (GeneralLinear, "ito", "euler", None, "none", 0.5),
+    (GBM, "stratonovich", "midpoint", None, "none", 1.0),
+    (GBM, "stratonovich", "heun", None, "none", 1.0),
+    (GBM, "stratonovich", "euler_heun", None, "none", 1.0),
+    (GBM, "stratonovich", "milstein", None, "none", 1.0),
+    (GBM, "stratonovich", "milstein", {"grad_free": True}, "none", 1.0),
+    (GBM, "stratonovich", "reversible_heun", None, "none", 1.0),
+    (GBM, "stratonovich", "log_ode", None, "foster", 1.0),
+    (ScalarGBM, "stratonovich", "midpoint", None, "none", 1.0),
+    # commuting diffusion matrices: the Stratonovich methods reach order 1 on general noise
+    (GeneralLinear, "stratonovich", "midpoint", None, "none", 1.0),
+    (GeneralLinear, "stratonovich", "heun", None, "none", 1.0),
+    (GeneralLinear, "stratonovich", "euler_heun", None, "none", 1.0),
+    (GeneralLinear, "stratonovich", "reversible_heun", None, "none", 1.0),
+    (GeneralLinear, "stratonovich", "log_ode", None, "davie", 1.0),
+]
+
+
+@pytest.mark.parametrize("cls, sde_type, method, options, levy, order", STRONG)
+def test_strong_order_on_known_solutions(cls, sde_type, method, options, levy, order):
+    sde, batch, d = cls(sde_type), 256, 2
+    bm = bm_for(batch, noise_size(sde, d), levy)
+    y0 = torch.ones(batch, d, dtype=F64)
+    dts = [2.0**-k for k in range(3, 8)]
+    with torch.no_grad():
+        exact = sde.exact(y0, bm(0.0, 1.0), 1.0)
+        errors = [
+            (nsde.sdeint(sde, y0, TS, bm=bm, method=method, dt=dt, options=options)[-1] - exact)
+            .abs()
+            .mean()
+            .item()
+            for dt in dts
+        ]
+    assert slope(dts, errors) == pytest.approx(order, abs=0.15)
+
+
+@pytest.mark.parametrize(
+    "method, levy, order", [("euler", "none", 1.0), ("srk", "space-time", 2.0)]
+)
+def test_strong_order_additive_noise(method, levy, order):
+    # Ornstein-Uhlenbeck with a time-dependent forcing; reference: srk at dt = 2^-11. SRA1 on
+    # this linear additive-noise SDE converges at order 2 (the 2.0-type behaviour of SRA schemes)
+    sde, batch = OU(), 128
+    bm = bm_for(batch, 2, "space-time")
+    y0 = torch.ones(batch, 2, dtype=F64)
+    with torch.no_grad():
+        reference = nsde.sdeint(sde, y0, TS, bm=bm, method="srk", dt=2.0**-11)[-1]
+        dts = [2.0**-k for k in range(2, 7)]
+        errors = [
+            (nsde.sdeint(sde, y0, TS, bm=bm, method=method, dt=dt)[-1] - reference).abs().mean()
+            for dt in dts
+        ]
+    assert slope(dts, [e.item() for e in errors]) == pytest.approx(order, abs=0.2)
+
+
+@pytest.mark.parametrize(
+    "sde_type, method, levy",
+    [
+        ("ito", "euler", "none"),
+        ("ito", "milstein", "none"),
+        ("ito", "srk", "space-time"),
+        ("stratonovich", "midpoint", "none"),
+        ("stratonovich", "heun", "none"),
+        ("stratonovich", "euler_heun", "none"),
+        ("stratonovich", "milstein", "none"),
+        ("stratonovich", "reversible_heun", "none"),
+        ("stratonovich", "log_ode", "foster"),
+    ],
+)
+def test_weak_order_gbm(sde_type, method, levy):
+    """The bias of E[Y_T], estimated on the same paths as the exact solution (low variance)."""
+    sde, batch = GBM(sde_type, mu=1.0, sigma=0.5), 20000
+    bm = bm_for(batch, 1, levy, entropy=5)
+    y0 = torch.ones(batch, 1, dtype=F64)
+    dts = [2.0**-k for k in range(2, 6)]
+    with torch.no_grad():
+        exact = sde.exact(y0, bm(0.0, 1.0), 1.0)
+        bias = [
+            (nsde.sdeint(sde, y0, TS, bm=bm, method=method, dt=dt)[-1] - exact).mean().abs().item()
+            for dt in dts
+        ]
+    if method == "srk":  # weak order 1.5 for srk; its bias is at the Monte Carlo noise level
+        assert max(bias) < 1e-2
+    else:
+        assert slope(dts, bias) > 0.8
+        assert bias[-1] < 0.1
+
+
+def test_ito_stratonovich_conversion():
+    """The Itô SDE (f, g) and the Stratonovich SDE (f - g g'/2, g) have the same solution."""
+
+    class Ito(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return torch.sin(y) - 0.5 * y
+
+        def g(self, t, y):
+            return 0.5 * torch.cos(y)
+
+    class Strat(Ito):
+        sde_type = "stratonovich"
+
+        def f(self, t, y):  # g g' = 0.5 cos(y) * (-0.5 sin(y))
+            return super().f(t, y) + 0.125 * torch.cos(y) * torch.sin(y)
+
+    bm = bm_for(64, 3)
+    y0 = torch.linspace(-1, 1, 64 * 3, dtype=F64).reshape(64, 3)
+    ts = torch.linspace(0, 1, 5, dtype=F64)
+    with torch.no_grad():
+        ito = nsde.sdeint(Ito(), y0, ts, bm=bm, method="milstein", dt=2**-10)
+        strat = nsde.sdeint(Strat(), y0, ts, bm=bm, method="midpoint", dt=2**-10)
+        plain = nsde.sdeint(Ito(), y0, ts, bm=bm, method="milstein", dt=2**-10)
+    assert (ito - strat).abs().max() < 5e-3
+    assert (ito - plain).abs().max() == 0  # the same Brownian queries give the same path
+
+
+# ---------------------------------------------------------------------------------------------
+# Brownian motion
+
+
+def test_brownian_increments_and_bridge_statistics():
+    n = 40000
+    bm = nsde.BrownianInterval(0.0, 2.0, size=(n,), dtype=F64, entropy=3)
+    w1, w2 = bm(0.0, 1.5), bm(1.5, 2.0)
+    inside = bm(0.3, 0.8)
+    for x, var in ((w1, 1.5), (w2, 0.5), (inside, 0.5)):
+        assert abs(x.mean().item()) < 4 * math.sqrt(var / n)
+        assert x.var().item() == pytest.approx(var, rel=0.04)
+    assert abs(torch.corrcoef(torch.stack([w1, w2]))[0, 1].item()) < 0.03  # independent
+    # bridge: W(0, s) given W(0, 2) has mean s/2 W(0,2) and variance s (2 - s) / 2
+    total = bm(0.0, 2.0)
+    assert torch.allclose(total, w1 + w2, atol=1e-12)
+    residual = bm(0.0, 0.3) - 0.15 * total
+    assert residual.var().item() == pytest.approx(0.3 * 1.7 / 2, rel=0.05)
+    assert abs(torch.corrcoef(torch.stack([residual, total]))[0, 1].item()) < 0.03
+
+
+def test_brownian_space_time_levy_area_statistics():
+    n = 40000
+    bm = nsde.BrownianInterval(
+        0.0, 1.0, size=(n,), dtype=F64, entropy=4, levy_area_approximation="space-time"
+    )
+    w, u = bm(0.2, 0.7, return_U=True)
+    h = u / 0.5 - 0.5 * w  # U = h (W / 2 + H)
+    assert h.var().item() == pytest.approx(0.5 / 12, rel=0.05)
+    assert abs(torch.corrcoef(torch.stack([w, h]))[0, 1].item()) < 0.03
+    w_a, a = nsde.BrownianInterval(
+        0.0, 1.0, size=(8, 3), dtype=F64, entropy=4, levy_area_approximation="foster"
+    )(0.0, 0.5, return_A=True)
+    assert a.shape == (8, 3, 3) and torch.allclose(a, -a.transpose(-1, -2))
+
+
+def test_brownian_queries_are_reproducible_and_consistent():
+    def fresh(**kwargs):
+        return nsde.BrownianInterval(0.0, 1.0, size=(5, 2), dtype=F64, entropy=9, **kwargs)
+
+    a, b = fresh(), fresh()
+    queries = [(0.0, 0.1), (0.1, 0.35), (0.35, 1.0), (0.05, 0.6)]
+    for ta, tb in queries:
+        assert torch.equal(a(ta, tb), b(ta, tb))
+    # one sample path: increments add up, however they were split
+    assert torch.allclose(a(0.0, 0.1) + a(0.1, 0.35) + a(0.35, 1.0), a(0.0, 1.0), atol=1e-12)
+    # a tiny cache recomputes evicted intervals from the seeds: the same values
+    small = fresh(cache_size=2)
+    first = [small(ta, tb) for ta, tb in queries]
+    again = [small(ta, tb) for ta, tb in reversed(queries)][::-1]
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+    # BrownianTree does not depend on the order of the queries
+    w0 = torch.zeros(5, 2, dtype=F64)
+    t1, t2 = nsde.BrownianTree(0.0, w0, entropy=1), nsde.BrownianTree(0.0, w0, entropy=1)
+    x = t1(0.3, 0.7)
+    t2(0.9, 0.95)
+    t2(0.1, 0.5)
+    assert torch.allclose(t2(0.3, 0.7), x, atol=1e-12)
+    # BrownianPath(t) is w0 + W(t0, t); ReverseBrownian flips the interval
+    path = nsde.BrownianPath(0.0, torch.ones(3, dtype=F64))
+    assert torch.allclose(path(0.5) - 1, path(0.0, 0.5))
+    base = fresh()
+    assert torch.equal(nsde.ReverseBrownian(base)(-0.6, -0.2), base(0.2, 0.6))
+    like = nsde.brownian_interval_like(torch.zeros(4, 3), t1=2.0)
+    assert like.shape == (4, 3) and like(0.0, 2.0).dtype == torch.float32
+
+
+def test_brownian_bad_input():
+    with pytest.raises(ValueError, match="less than terminal"):
+        nsde.BrownianInterval(1.0, 0.0, size=(2,))
+    with pytest.raises(ValueError, match="levy_area_approximation"):
+        nsde.BrownianInterval(size=(2,), levy_area_approximation="exact")
+    with pytest.raises(ValueError, match="tol"):
+        nsde.BrownianInterval(size=(2,), halfway_tree=True)
+    with pytest.raises(RuntimeError, match="ta <= tb"):
+        nsde.BrownianInterval(size=(2,))(0.5, 0.2)
+    with pytest.raises(ValueError, match="space-time"):
+        nsde.BrownianInterval(size=(2,))(0.0, 0.5, return_U=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# API, shapes and errors
+
+
+def test_settings_hold_torchsdes_values():
+    assert settings.METHODS.all() == sorted(
+        [
+            "euler",
+            "milstein",
+            "srk",
+            "midpoint",
+            "reversible_heun",
+            "adjoint_reversible_heun",
+            "heun",
+            "log_ode",
+            "euler_heun",
+        ]
+    )
+    assert settings.NOISE_TYPES.all() == ["additive", "diagonal", "general", "scalar"]
+    assert settings.SDE_TYPES.all() == ["ito", "stratonovich"]
+    assert settings.LEVY_AREA_APPROXIMATIONS.all() == ["davie", "foster", "none", "space-time"]
+    assert "grad_free" in settings.METHOD_OPTIONS and "euler" in settings.METHODS
+    torchsde = pytest.importorskip("torchsde")
+    for name in ("METHODS", "NOISE_TYPES", "SDE_TYPES", "LEVY_AREA_APPROXIMATIONS"):
+        assert getattr(settings, name).all() == getattr(torchsde.settings, name).all()
+
+
+class Named(nsde.BaseSDE):
+    def __init__(self, sde_type="ito"):
+        super().__init__(noise_type="diagonal", sde_type=sde_type)
+
+    def drift(self, t, y):
+        return -y
+
+    def diffusion(self, t, y):
+        return 0.1 * torch.ones_like(y)
+
+    def prior(self, t, y):
+        return -2 * y
+
+
+def test_shapes_names_logqp_and_extra():
+    y0 = torch.ones(4, 3)
+    ts = torch.linspace(0, 1, 6)
+    names = {"drift": "drift", "diffusion": "diffusion", "prior_drift": "prior"}
+    ys = nsde.sdeint(Named(), y0, ts, names=names, dt=0.05)
+    assert ys.shape == (6, 4, 3) and ys.dtype == torch.float32
+    ys, logqp = nsde.sdeint(Named(), y0, ts, names=names, logqp=True, dt=0.05, method="euler")
+    assert ys.shape == (6, 4, 3) and logqp.shape == (5, 4)
+    # log-ratio increment: int 0.5 |(f - h) / g|^2 dt = int 0.5 * 3 * (y / 0.1)^2 dt > 0
+    assert (logqp > 0).all()
+    ys, state = nsde.sdeint(
+        Named("stratonovich"),
+        y0,
+        ts,
+        names=names,
+        method="reversible_heun",
+        extra=True,
+        dt=0.05,
+        bm=nsde.BrownianInterval(0, 1, size=(4, 3), entropy=0),
+    )
+    assert len(state) == 3 and state[2].shape == (4, 3)
+    # restarting from the extra state continues the same solve
+    ts2 = torch.linspace(1, 1.2, 2)
+    ys2 = nsde.sdeint(
+        Named("stratonovich"),
+        ys[-1],
+        ts2,
+        names=names,
+        method="reversible_heun",
+        dt=0.05,
+        extra_solver_state=state,
+        bm=nsde.BrownianInterval(1, float(ts2[-1]), size=(4, 3), entropy=1),
+    )
+    assert ys2.shape == (2, 4, 3)
+
+    # lists of floats as ts; an SDE with only f_and_g; g_prod with an explicit bm
+    class FG(torch.nn.Module):
+        noise_type, sde_type = "general", "ito"
+
+        def f_and_g(self, t, y):
+            return -y, torch.ones(*y.shape, 2)
+
+    assert nsde.sdeint(FG(), y0, [0.0, 0.5, 1.0], dt=0.1).shape == (3, 4, 3)
+
+    class GProd(torch.nn.Module):
+        noise_type, sde_type = "general", "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g_prod(self, t, y, v):
+            return v.sum(-1, keepdim=True).expand_as(y)
+
+    bm = nsde.BrownianInterval(0, 1, size=(4, 5))
+    assert nsde.sdeint(GProd(), y0, [0.0, 1.0], bm=bm, dt=0.1).shape == (2, 4, 3)
+
+
+def test_bad_input_has_torchsdes_meaning():
+    gbm, y0, ts = GBM(), torch.ones(3, 2, dtype=F64), TS
+    cases = [
+        (dict(y0=torch.ones(3, dtype=F64)), "2-dimensional"),
+        (dict(ts=torch.tensor([0.0, 1.0, 0.5], dtype=F64)), "strictly increasing"),
+        (dict(ts="abc"), "1-D Tensor"),
+        (dict(method="rk4"), "Expected method"),
+        (dict(method="midpoint"), "ito"),
+        (dict(method="log_ode"), "ito"),
+        (dict(bm=nsde.BrownianInterval(0, 1, size=(5, 2))), "Batch sizes not consistent"),
+        (dict(bm=nsde.BrownianInterval(0, 1, size=(3,))), "bm"),
+        (dict(method="srk", bm=nsde.BrownianInterval(0, 1, size=(3, 2), dtype=F64)), "levy"),
+        (dict(names={"drifft": "f"}), "names"),
+    ]
+    for kwargs, message in cases:
+        args = dict(sde=gbm, y0=y0, ts=ts) | kwargs
+        with pytest.raises(ValueError, match=message):
+            nsde.sdeint(**args)
+    with pytest.raises(ValueError, match="noise type"):
+        nsde.SDEIto(noise_type="diag")
+    with pytest.raises(ValueError, match="noise_type"):
+        nsde.sdeint(torch.nn.Linear(2, 2), y0, ts)
+    with pytest.raises(ValueError, match="general"):
+        nsde.sdeint(GeneralLinear(), torch.ones(3, 2, dtype=F64), ts, method="milstein")
+    with pytest.raises(ValueError, match="Scalar noise"):
+        bad = ScalarGBM()
+        bad.g = lambda t, y: torch.ones(*y.shape, 2, dtype=F64)
+        nsde.sdeint(bad, y0, ts)
+    with pytest.raises(ValueError, match="must not require gradient"):
+        nsde.sdeint(gbm, y0, TS.clone().requires_grad_())
+    with pytest.raises(ValueError, match="adjoint"):
+        nsde.sdeint_adjoint(gbm, y0, ts, adjoint_method="srk")
+    with pytest.raises(ValueError, match="nn.Module"):
+        nsde.sdeint_adjoint(Named().__class__.__dict__, y0, ts)
+    with pytest.warns(UserWarning, match="Unexpected arguments"):
+        nsde.sdeint(gbm, y0, ts, dt=0.5, rtl=1e-3)
+
+
+def test_adaptive_stepping_meets_the_tolerance_on_gbm():
+    sde, batch = GBM(), 64
+    bm = bm_for(batch, 2, "space-time")
+    y0 = torch.ones(batch, 2, dtype=F64)
+    exact = sde.exact(y0, bm(0.0, 1.0), 1.0)
+    with torch.no_grad():
+        loose = nsde.sdeint(sde, y0, TS, bm=bm, method="srk", adaptive=True, rtol=1e-2, atol=1e-2)
+        tight = nsde.sdeint(sde, y0, TS, bm=bm, method="srk", adaptive=True, rtol=1e-4, atol=1e-4)
+    assert (tight[-1] - exact).abs().max() < (loose[-1] - exact).abs().max()
+    assert (tight[-1] - exact).abs().max() < 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# gradients
+
+
+class Tanh(torch.nn.Module):
+    """A small neural-ish SDE with diagonal noise whose g_i depends on y_i only."""
+
+    def __init__(self, sde_type="ito", noise_type="diagonal", d=2):
+        super().__init__()
+        self.sde_type, self.noise_type = sde_type, noise_type
+        gen = torch.Generator().manual_seed(1)
+        self.w = torch.nn.Parameter(0.5 * torch.randn(d, d, generator=gen, dtype=F64))
+        self.a = torch.nn.Parameter(0.5 * torch.randn(d, generator=gen, dtype=F64))
+        self.b = torch.nn.Parameter(0.2 + 0.1 * torch.rand(d, generator=gen, dtype=F64))
+
+    def f(self, t, y):
+        return torch.tanh(y @ self.w) - 0.3 * y
+
+    def g(self, t, y):
+        g = self.b * torch.sigmoid(self.a * y)
+        if self.noise_type == "diagonal":
+            return g
+        if self.noise_type == "scalar":
+            return g.unsqueeze(-1)
+        if self.noise_type == "additive":
+            return self.b.expand(y.shape[0], -1).diag_embed()
+        return torch.stack([g, 0.5 * g.flip(-1)], dim=-1)  # general, m = 2
+
+
+@pytest.mark.parametrize(
+    "sde_type, method, levy",
+    [
+        ("ito", "euler", "none"),
+        ("ito", "milstein", "none"),
+        ("ito", "srk", "space-time"),
+        ("stratonovich", "midpoint", "none"),
+        ("stratonovich", "reversible_heun", "none"),
+        ("stratonovich", "log_ode", "davie"),
+    ],
+)
+def test_gradients_match_finite_differences_with_a_fixed_brownian_motion(sde_type, method, levy):
+    sde = Tanh(sde_type)
+    y0 = torch.tensor([[0.3, -0.2], [0.1, 0.5]], dtype=F64, requires_grad=True)
+    ts = torch.tensor([0.0, 0.3, 0.6], dtype=F64)
+    w = sde.w.detach().clone().requires_grad_(True)
+
+    def func(y0, w):
+        sde_local = Tanh(sde_type)
+        del sde_local.w
+        sde_local.w = w
+        bm = nsde.BrownianInterval(
+            0, 0.6, size=(2, 2), dtype=F64, entropy=0, levy_area_approximation=levy
+        )
+        return nsde.sdeint(sde_local, y0, ts, bm=bm, method=method, dt=0.05)
+
+    assert torch.autograd.gradcheck(func, (y0, w), atol=1e-6, rtol=1e-5)
+
+
+def _grads(solve, sde, y0):
+    for p in [*sde.parameters(), y0]:
+        p.grad = None
+    ys = solve()
+    (ys**2).sum().backward()
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in sde.parameters()]
+    return torch.cat([y0.grad.flatten()] + [g.flatten() for g in grads])
+
+
+@pytest.mark.parametrize(
+    "sde_type, noise_type, method, adjoint_method",
+    [
+        ("ito", "diagonal", "euler", "euler"),
+        ("ito", "diagonal", "milstein", "milstein"),
+        ("ito", "diagonal", "srk", None),
+        ("ito", "scalar", "euler", None),
+        ("ito", "general", "euler", None),
+        ("ito", "additive", "euler", None),
+        ("stratonovich", "diagonal", "midpoint", None),
+        ("stratonovich", "diagonal", "milstein", "milstein"),
+        ("stratonovich", "general", "heun", "heun"),
+        ("stratonovich", "scalar", "euler_heun", "euler_heun"),
+    ],
+)
+def test_stochastic_adjoint_converges_to_backprop(sde_type, noise_type, method, adjoint_method):
+    sde = Tanh(sde_type, noise_type)
+    y0 = torch.tensor([[0.3, -0.2], [0.1, 0.5], [-0.4, 0.2]], dtype=F64, requires_grad=True)
+    ts = torch.linspace(0, 1, 3, dtype=F64)
+    m = {"scalar": 1, "general": 2}.get(noise_type, 2)
+    levy = "space-time" if method == "srk" else "none"
+    errors = []
+    for dt in (2**-5, 2**-8):
+        bm = nsde.BrownianInterval(
+            0, 1, size=(3, m), dtype=F64, entropy=2, levy_area_approximation=levy
+        )
+        kwargs = dict(bm=bm, method=method, dt=dt)
+        exact = _grads(lambda kw=kwargs: nsde.sdeint(sde, y0, ts, **kw), sde, y0)
+        adjoint = _grads(
+            lambda kw=kwargs: nsde.sdeint_adjoint(sde, y0, ts, adjoint_method=adjoint_method, **kw),
+            sde,
+            y0,
+        )
+        errors.append(((adjoint - exact).abs().max() / exact.abs().max()).item())
+    assert errors[1] < 0.02 and errors[1] < errors[0]
+
+
+@pytest.mark.parametrize("noise_type", ["diagonal", "general", "additive"])
+def test_reversible_heun_adjoint_equals_backprop(noise_type):
+    sde = Tanh("stratonovich", noise_type)
+    y0 = torch.tensor([[0.3, -0.2], [0.1, 0.5]], dtype=F64, requires_grad=True)
+    ts = torch.tensor([0.0, 0.25, 0.33, 1.0], dtype=F64)  # 0.33 is off the grid: interpolated
+    m = 2
+    bm = nsde.BrownianInterval(0, 1, size=(2, m), dtype=F64, entropy=3)
+    kwargs = dict(bm=bm, method="reversible_heun", dt=2**-6)
+    exact = _grads(lambda: nsde.sdeint(sde, y0, ts, **kwargs), sde, y0)
+    adjoint = _grads(lambda: nsde.sdeint_adjoint(sde, y0, ts, **kwargs), sde, y0)
+    assert torch.allclose(adjoint, exact, rtol=1e-10, atol=1e-12)
+
+
+def test_adjoint_with_logqp_and_adjoint_params():
+    sde = Tanh("stratonovich")
+    sde.h = lambda t, y: -y
+    y0 = torch.tensor([[0.3, -0.2]], dtype=F64, requires_grad=True)
+    # with logqp, diagonal noise has one more (zero) channel for the log-ratio, as in torchsde
+    bm = nsde.BrownianInterval(0, 1, size=(1, 3), dtype=F64, entropy=3)
+    ys, logqp = nsde.sdeint_adjoint(
+        sde, y0, TS, bm=bm, dt=2**-6, logqp=True, adjoint_params=(sde.w,)
+    )
+    (ys.sum() + logqp.sum()).backward()
+    assert sde.w.grad is not None and sde.a.grad is None and y0.grad is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# agreement with torchsde (reference only; skipped when it is not installed)
+
+
+@pytest.mark.parametrize(
+    "sde_type, method, levy",
+    [
+        ("ito", "euler", "none"),
+        ("ito", "milstein", "none"),
+        ("ito", "srk", "space-time"),
+        ("stratonovich", "midpoint", "none"),
+        ("stratonovich", "heun", "none"),
+        ("stratonovich", "euler_heun", "none"),
+        ("stratonovich", "reversible_heun", "none"),
+    ],
+)
+def test_same_brownian_motion_same_solution_as_torchsde(sde_type, method, levy):
+    torchsde = pytest.importorskip("torchsde")
+    sde = Tanh(sde_type)
+    y0 = torch.tensor([[0.3, -0.2], [0.1, 0.5]], dtype=F64)
+    ts = torch.linspace(0, 1, 4, dtype=F64)
+    bm = nsde.BrownianInterval(
+        0, 1, size=(2, 2), dtype=F64, entropy=3, levy_area_approximation=levy
+    )
+    ours = nsde.sdeint(sde, y0, ts, bm=bm, method=method, dt=2**-6)
+    theirs = torchsde.sdeint(sde, y0, ts, bm=bm, method=method, dt=2**-6)
+    assert torch.allclose(ours, theirs, atol=1e-9)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ._compile import compiled
-from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
+from ._errors import max_steps_error, raise_stalled
 from ._norms import Norm
 from ._solution import SolveStats
 from ._term import ODETerm
@@ -138,17 +138,13 @@ def _integrate(
         events.start(t, y)
     while next_out < n_out:
         if stats.n_steps >= config.max_steps:
-            raise MaxStepsError(
-                f"reached max_steps={config.max_steps} at t={t:.6g} before t={ts[-1]:.6g} "
-                f"({stats.n_accepted} accepted, {stats.n_rejected} rejected steps). Raise "
-                "max_steps (options max_num_steps), loosen the tolerances, or, if the problem "
-                "is stiff, use a stiff method (radau)."
-            )
+            counts = f"{stats.n_accepted} accepted, {stats.n_rejected} rejected steps"
+            raise max_steps_error(config.max_steps, t, ts[-1], counts)
         land_t, land_is_jump = landings[landing]
         landed = sign * (proposal - land_t) >= 0
         t1 = land_t if landed else proposal
         if abs(t1 - t) <= 4 * _EPS * max(abs(t), abs(t1)) or not math.isfinite(t1):
-            _raise_no_progress(t, t1, y, last_y1)
+            raise_stalled(t, t1 - t, y, last_y1)
         at_jump = landed and land_is_jump
         if callbacks is not None:
             callbacks.step(t, y, t1 - t)
@@ -238,21 +234,3 @@ def _time_pair(t0: float, t1: float, device: torch.device) -> torch.Tensor:
     if device.type == "cpu":
         return torch.from_numpy(np.array((t0, t1)))
     return torch.tensor((t0, t1), dtype=torch.float64, device=device)
-
-
-def _raise_no_progress(t: float, t1: float, y: torch.Tensor, last_y1: torch.Tensor | None) -> None:
-    if not bool(torch.isfinite(y).all()):
-        raise NonFiniteError(f"the state became non-finite (NaN or inf) at t={t:.6g}")
-    if last_y1 is not None and not bool(torch.isfinite(last_y1).all()):
-        raise NonFiniteError(
-            f"NaN or inf in the state: every step from t={t:.6g} produced non-finite values, "
-            f"down to dt={t1 - t:.3g}. f(t, y) is probably non-finite there or the solution "
-            "blows up."
-        )
-    if not math.isfinite(t1):
-        raise NonFiniteError(f"non-finite step size proposed at t={t:.6g}")
-    raise StepSizeUnderflowError(
-        f"step size underflow at t={t:.10g}: the next step (dt={t1 - t:.3g}) is too small to "
-        "change t. The solution may blow up, f may be non-finite or discontinuous near this "
-        "time (declare discontinuities with jump_t), or the problem may be stiff."
-    )

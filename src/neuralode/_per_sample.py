@@ -43,13 +43,13 @@ import torch
 
 from ._compile import compiled
 from ._cuda_graph import GraphedStep
-from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
+from ._errors import NonFiniteError, max_steps_error, raise_stalled
 from ._norms import tolerance_tensor
 from ._solution import SolveStats
 from ._term import ODETerm
-from .controllers.initial_step import first_step, probe_step
+from .controllers.initial_step import initial_step
 from .controllers.pi import PIController, check_overflow
-from .solvers.explicit_rk import ExplicitRK, combine
+from .solvers.explicit_rk import ExplicitRK
 
 _EPS = 2.0**-52
 _MAX_UNCHECKED = 64  # most steps between two termination checks
@@ -156,7 +156,7 @@ def integrate_per_sample(
     ts_signed = torch.tensor([sign * x for x in ts], **f64)
     ts_tensor = torch.tensor(ts, **f64)
     tab = solver.tableau
-    co = solver._coefficients(y0_flat)
+    co = solver._coefficients(y0_flat)  # made before a compiled step runs
     exponent = 1.0 / (solver.error_order + 1)
     rtol = tolerance_tensor(ctrl.rtol, y)
     atol = tolerance_tensor(ctrl.atol, y)
@@ -171,21 +171,14 @@ def integrate_per_sample(
     t = torch.full((batch,), ts[0], **f64)
     f0 = f(t, y)
     nfe = nfe + 1
-    # initial step (Hairer, Norsett & Wanner II.4), per sample
+    # the first step size, per sample (``initial_step``: Hairer, Norsett & Wanner II.4)
     if ctrl.first_step is None:
-        with torch.no_grad():
-            scale = atol + rtol * y.abs()
-            d0, d1 = _rms(y / scale), _rms(f0 / scale)
-            bad = ~torch.isfinite(d1)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0])
-                raise NonFiniteError(f"f(t0, y0) contains NaN or inf for sample {i}")
-            h0 = probe_step(d0, d1)
-            y_probe = y + (sign * h0).to(y.real.dtype)[:, None] * f0
-            f_probe = f(t + sign * h0, y_probe)
-            nfe = nfe + 1
-            d2 = _rms((f_probe - f0) / scale) / h0
-            size = first_step(h0, d1, d2, exponent)
+        size, d1 = initial_step(f, t, y, f0, sign, exponent, rtol, atol, _rms)
+        nfe = nfe + 1
+        bad = ~torch.isfinite(d1)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise NonFiniteError(f"f(t0, y0) contains NaN or inf for sample {i}")
     else:
         size = torch.full((batch,), ctrl.first_step, **f64)
     size = torch.clamp(size, min=ctrl.min_step, max=ctrl.max_step)
@@ -195,25 +188,7 @@ def integrate_per_sample(
     outputs = y.expand(n_out, *y.shape)  # (outputs, batch, n): written at the checks
     next_out = torch.ones(batch, dtype=torch.long, device=device)
     stages, fsal = co.stages, co.fsal
-    constants = _Constants(
-        tableau=tab,
-        a=co.a,
-        b=co.b,
-        b_error=co.b_error,
-        c=co.c,
-        stages=stages,
-        fsal=fsal,
-        rtol=rtol,
-        atol=atol,
-        sign=sign,
-        power=-(ctrl.icoeff + ctrl.pcoeff) * exponent,
-        previous_power=ctrl.pcoeff * exponent,
-        safety=ctrl.safety,
-        dfactor=ctrl.dfactor,
-        ifactor=torch.tensor(ctrl.ifactor, **f64),
-        min_step=ctrl.min_step,
-        max_step=ctrl.max_step,
-    )
+    constants = _Constants(solver, ctrl, rtol, atol, sign, exponent)
     events = config.events  # a SampleEvents, or None
     terminal = events is not None and events.event.terminal
     # read nothing from the device between scheduled termination checks; until then the
@@ -237,7 +212,7 @@ def integrate_per_sample(
     else:
         step_fn = _attempt
         if not torch.is_grad_enabled() and not config.cuda_graph:
-            buffer = term.stage_buffer(stages, y0_flat)[:3]  # stages reused by every step
+            buffer = term.stage_buffer(stages, y0_flat)  # stages reused by every step
     attempt = functools.partial(step_fn, f.uncounted if count_outside else f, constants, buffer)
     if config.cuda_graph:
         if torch.is_grad_enabled():
@@ -289,7 +264,7 @@ def integrate_per_sample(
                 f1 = pending[-1].f1 = f(step.t1, y1)  # for the interpolant; the next f0 below
             if rounds:
                 found, t_event, y_event = _locate_events(
-                    events, pending, hits, rounds, solver, co, needs_f1
+                    events, pending, hits, rounds, solver, needs_f1
                 )
                 if terminal:  # found samples end at their event
                     t_stop = torch.where(found, t_event, t_stop)
@@ -299,7 +274,7 @@ def integrate_per_sample(
                         ends = _ends(pending, ts_signed, sign)
             if to_write:
                 outputs, next_out, used = _write_outputs(
-                    solver, co, pending, ends, outputs, next_out, ts_tensor, lo, hi, needs_f1
+                    solver, pending, ends, outputs, next_out, ts_tensor, lo, hi, needs_f1
                 )
                 if needs_f1 and not fsal:  # f(t1, y1) of samples' last steps, for outputs
                     nfe = nfe + (used & ~torch.stack([r.still for r in pending])).sum(0)
@@ -343,25 +318,14 @@ def integrate_per_sample(
 
 @dataclass(frozen=True)
 class _Constants:
-    """The tableau and the controller's settings, as one step attempt needs them."""
+    """The solver, the controller and the solve's settings a step attempt needs."""
 
-    tableau: Any  # its numbers, the constants of a compiled step's combinations
-    a: list[torch.Tensor]
-    b: torch.Tensor
-    b_error: torch.Tensor
-    c: tuple[float, ...]
-    stages: int
-    fsal: bool
+    solver: ExplicitRK
+    controller: PIController
     rtol: torch.Tensor
     atol: torch.Tensor
     sign: float
-    power: float  # of the error ratio in the step-size factor
-    previous_power: float  # of the previous accepted ratio (PI control; 0: none)
-    safety: float
-    dfactor: float
-    ifactor: torch.Tensor
-    min_step: float
-    max_step: float
+    exponent: float  # of the error ratio: 1 / (error order + 1)
 
 
 class _Step(NamedTuple):
@@ -395,69 +359,39 @@ def _attempt(
     proposal: torch.Tensor,
     t_stop: torch.Tensor,
     active: torch.Tensor,
-    previous_ratio: torch.Tensor,
+    carried_ratio: torch.Tensor,
     n_steps: torch.Tensor,
     n_accepted: torch.Tensor,
 ) -> _Step:
-    """One step attempt of every sample: its stages, its error, and its accept/reject
-    decision and next proposal (``PIController.adapt`` on tensors). Finished samples sit at
-    their end, so their steps have size zero and change nothing. With ``buffer`` (graph-free
-    eager mode) f writes the stages into one reused buffer; otherwise they are stacked (for
-    autograd, and as one graph under torch.compile). No host synchronisation."""
+    """One step attempt of every sample: the solver's step (``ExplicitRK.propose``), the
+    error ratio of each sample, and the controller's decision and next proposal
+    (``PIController.decide`` on tensors). Finished samples sit at their end, so their steps
+    have size zero and change nothing. ``buffer``: graph-free eager mode (f writes the
+    stages into one reused buffer). No host synchronisation."""
     # land on the sample's end when the proposal reaches it
     t1 = torch.minimum(proposal, t_stop) if k.sign > 0 else torch.maximum(proposal, t_stop)
     h = t1 - t
     h_y = h.to(y.real.dtype)[:, None]
-    ks = [f0]
-    y_stage = y
-    if buffer is not None:
-        stacked, rows, columns = buffer
-        rows[0].copy_(f0.reshape(-1))
-    compiling = torch.compiler.is_compiling()
-    for i in range(1, k.stages):
-        if buffer is not None:
-            comb = torch.mv(columns[i], k.a[i]).view(y.shape)
-        elif compiling:  # pointwise, fused by the compiler
-            comb = combine(None, ks, k.tableau.a[i], 1.0)
-        else:
-            comb = torch.tensordot(k.a[i], torch.stack(ks), dims=1)
-        y_stage = torch.addcmul(y, h_y, comb)
-        k_i = call(t1 if k.c[i] == 1 else torch.add(t, h, alpha=k.c[i]), y_stage)
-        if buffer is not None:
-            rows[i].copy_(k_i.reshape(-1))
-        ks.append(k_i)
-    if buffer is not None:
-        k_all = stacked.view(k.stages, *y.shape)
-        b_comb = None if k.fsal else torch.mv(columns[k.stages], k.b).view(y.shape)
-        err_comb = torch.mv(columns[k.stages], k.b_error).view(y.shape)
-    elif compiling:
-        k_all = torch.stack(ks)
-        b_comb = None if k.fsal else combine(None, ks, k.tableau.b, 1.0)
-        err_comb = combine(None, ks, k.tableau.b_error, 1.0)
-    else:
-        k_all = torch.stack(ks)
-        b_comb = None if k.fsal else torch.tensordot(k.b, k_all, dims=1)
-        err_comb = torch.tensordot(k.b_error, k_all, dims=1)
-    y1 = y_stage if k.fsal else torch.addcmul(y, h_y, b_comb)
-    error = h_y * err_comb
-    # A NaN ratio rejects and shrinks by dfactor; ratio 0 gives inf, clipped to ifactor.
+    c = k.solver.tableau.c
+
+    def evaluate(i: int, y_stage: torch.Tensor) -> torch.Tensor:
+        return call(t1 if c[i] == 1 else torch.add(t, h, alpha=c[i]), y_stage)
+
+    y1, error, ks, k_all = k.solver.propose(y, h_y, f0, evaluate, buffer)
     with torch.no_grad():
         scale = torch.addcmul(k.atol, torch.maximum(y.abs(), y1.abs()), k.rtol)
         ratio = _rms(error / scale)
-        ok = ratio <= 1
-        if k.min_step > 0:
-            ok = ok | (h.abs() <= k.min_step * (1 + 1e-12))
+        ok, new_size, previous_ratio = k.controller.decide(
+            ratio, h.abs(), carried_ratio, k.exponent
+        )
         accept = ok & active
-        factor = k.safety * ratio.pow(k.power)
-        if k.previous_power:
-            factor = factor * previous_ratio.pow(k.previous_power)
-            previous_ratio = torch.where(accept, ratio.clamp(min=1e-10), previous_ratio)
-        factor = torch.clamp(factor.nan_to_num(nan=k.dfactor), min=k.dfactor, max=k.ifactor)
-        new_size = torch.clamp(h.abs() * factor, min=k.min_step, max=k.max_step)
+        if k.controller.pcoeff:  # the memory moves on only where a running sample accepted
+            previous_ratio = torch.where(accept, previous_ratio, carried_ratio)
         t_next = torch.where(accept, t1, t)
         proposal = t_next + k.sign * new_size
     # outside no_grad: y and f0 carry the gradients of Direct()
     accept_col = accept[:, None]
+    fsal = k.solver.tableau.fsal
     return _Step(
         t1=t1,
         h=h,
@@ -472,7 +406,7 @@ def _attempt(
         n_accepted=n_accepted + accept,
         still=(t_next != t_stop) & active,
         y_accepted=torch.where(accept_col, y1, y),
-        f0_accepted=torch.where(accept_col, ks[-1], f0) if k.fsal else None,
+        f0_accepted=torch.where(accept_col, ks[-1], f0) if fsal else None,
     )
 
 
@@ -530,7 +464,6 @@ def _locate_events(
     hits: torch.Tensor,
     rounds: int,
     solver: ExplicitRK,
-    co: Any,
     needs_f1: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Locate the event crossings of the pending steps (``hits``, (steps, batch)) on their
@@ -552,7 +485,7 @@ def _locate_events(
         f1 = row.get("f1")
 
         def dense(offset, y0=row["y"], y1=row["y1"], h=row["h"], ks=ks, f1=f1):
-            return _interpolate(solver, co, y0, y1, h, ks, f1, offset)
+            return _interpolate(solver, y0, y1, h, ks, f1, offset)
 
         t_event, y_event = events.locate(
             found, row["t"], row["h"], row["t1"], row["y1"], dense, row["g_lo"], row["g_hi"]
@@ -620,7 +553,6 @@ def _output_range(ends: torch.Tensor, next_out: torch.Tensor) -> list[torch.Tens
 
 def _write_outputs(
     solver: ExplicitRK,
-    co: Any,
     pending: list[_Reached],
     ends: torch.Tensor,
     outputs: torch.Tensor,
@@ -652,7 +584,7 @@ def _write_outputs(
     k_all = _stack([r.k_all for r in pending])[step, :, sample].transpose(0, 1)
     f1 = pick("f1") if needs_f1 else None
     t_out = ts[out]
-    value = _interpolate(solver, co, pick("y"), pick("y1"), pick("h"), k_all, f1, t_out - t)
+    value = _interpolate(solver, pick("y"), pick("y1"), pick("h"), k_all, f1, t_out - t)
     value = torch.where((t_out == t_reach)[:, None], pick("y_reach"), value)
     outputs = outputs.index_put((out, sample), value)
     used = torch.zeros(n_steps, batch, dtype=torch.bool, device=ends.device)
@@ -662,7 +594,6 @@ def _write_outputs(
 
 def _interpolate(
     solver: ExplicitRK,
-    co: Any,
     y0: torch.Tensor,
     y1: torch.Tensor,
     h: torch.Tensor,
@@ -670,29 +601,10 @@ def _interpolate(
     f1: torch.Tensor | None,
     offset: torch.Tensor,
 ) -> torch.Tensor:
-    """y at t0 + offset for each sample (offset = output time - the sample's t0)."""
-    safe_h = torch.where(h == 0, 1.0, h)
-    theta = offset / safe_h  # (batch,) float64
-    h_y = h.to(y0.real.dtype)[:, None]
-    dense = solver.tableau.dense
-    if dense is None:  # cubic Hermite through (y0, f0), (y1, f1)
-        th = theta.to(y0.real.dtype)[:, None]
-        k0 = stacked[0]
-        if f1 is None:
-            raise ValueError(f"{solver!r} needs f(t1, y1) for dense output in per-sample mode")
-        h00 = (1 + 2 * th) * (1 - th) ** 2
-        h10 = th * (1 - th) ** 2
-        h01 = th**2 * (3 - 2 * th)
-        h11 = th**2 * (th - 1)
-        return h00 * y0 + h01 * y1 + (h10 * h_y) * k0 + (h11 * h_y) * f1
-    n_powers = co.dense.shape[1]
-    powers = torch.arange(1, n_powers + 1, dtype=torch.float64, device=theta.device)
-    theta_powers = theta[None, :] ** powers[:, None]  # (P, batch)
-    weights = (co.dense.to(torch.float64) @ theta_powers).to(co.dense.dtype)  # (S, batch)
-    if len(dense.extra_c):
-        stacked = torch.cat([stacked, f1[None]])
-    comb = torch.einsum("sb,sbd->bd", weights, stacked)
-    return torch.addcmul(y0, h_y, comb)
+    """y at t0 + offset for each sample (offset = output time - the sample's t0), on the
+    solver's dense output (``ExplicitRK.dense``)."""
+    theta = offset / torch.where(h == 0, 1.0, h)  # (batch,) float64
+    return solver.dense(y0, y1, h.to(y0.real.dtype)[:, None], stacked, f1, theta)
 
 
 def _raise_stalled(
@@ -709,18 +621,10 @@ def _raise_stalled(
     max_steps: fail with the sample's index."""
     if iteration >= config.max_steps:
         i = int(still.nonzero()[0])
-        raise MaxStepsError(
-            f"sample {i} reached max_steps={config.max_steps} at t={float(t[i]):.6g} "
-            "(per-sample mode counts each sample's steps). Raise max_steps, loosen the "
-            "tolerances, or use an implicit method if the problem is stiff."
-        )
+        counts = "per-sample mode counts each sample's steps"
+        raise max_steps_error(config.max_steps, float(t[i]), float(t_stop[i]), counts, i)
     i = int(_stalled(still, t, proposal, t_stop, sign).nonzero()[0])
     land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
-    if not bool(torch.isfinite(y[i]).all()):
-        raise NonFiniteError(f"the state of sample {i} became non-finite at t={float(t[i]):.6g}")
-    check_overflow(float(t[i]), y[i])
-    raise StepSizeUnderflowError(
-        f"step size underflow in sample {i} at t={float(t[i]):.10g}: the next step "
-        f"(dt={float(land[i] - t[i]):.3g}) is too small to change t. The solution may blow "
-        "up, f may be non-finite or discontinuous there, or the problem may be stiff."
-    )
+    if bool(torch.isfinite(y[i]).all()):
+        check_overflow(float(t[i]), y[i])
+    raise_stalled(float(t[i]), float(land[i] - t[i]), y[i], sample=i)

@@ -11,14 +11,13 @@ import torch
 
 from ._compile import compiled
 from ._errors import max_steps_error, raise_stalled
+from ._execution import Execution
 from ._norms import Norm
 from ._solution import SolveStats
 from ._term import ODETerm
 from .controllers.base import StepSizeController
-from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers.base import Solver
-from .solvers.explicit_rk import ExplicitRK
 
 _EPS = 2.0**-52
 
@@ -36,23 +35,28 @@ class LoopConfig:
     perturb: bool = False
     callbacks: Any = None
     events: Any = None  # EventTracker (standard loop), SampleEvents (per-sample loop)
-    per_sample: bool = False  # dim 0 of the state is a batch of independent problems
-    skip_finished: bool = False  # per_sample: f sees only the samples still running
-    compile_step: bool = False  # each step attempt (with its error) runs under torch.compile
-    device_loop: bool = False  # the per-sample loop for the whole state as one problem
-    cuda_graph: bool = False  # per-sample loop: each step attempt replayed as a CUDA graph
+    execution: Execution = Execution()  # how the loop runs (``_execution``)
 
+    @property
+    def per_sample(self) -> bool:
+        return self.execution.per_sample
 
-def check_compiled_step(solver: Solver, controller: Any, what: str) -> None:
-    """Raise a clear error, naming ``what`` asked for it, if the standard loop's compiled
-    step (``_attempt``) cannot run this solver or controller."""
-    if not isinstance(solver, ExplicitRK):
-        raise ValueError(
-            f"{what} supports the explicit Runge-Kutta methods (dopri5, tsit5, rk4, ...), "
-            f"got {solver!r}"
-        )
-    if not isinstance(controller, (PIController, FixedGrid)):
-        raise ValueError(f"{what} needs a PIController or FixedGrid, got {controller!r}")
+    @property
+    def skip_finished(self) -> bool:
+        return self.execution.skip_finished
+
+    @property
+    def compile_step(self) -> bool:
+        """Each step attempt one graph: ``compile='step'``, or the fallback of ``'solve'``."""
+        return self.execution.compile is not None
+
+    @property
+    def device_loop(self) -> bool:
+        return self.execution.device_loop
+
+    @property
+    def cuda_graph(self) -> bool:
+        return self.execution.cuda_graph
 
 
 def _landings(ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, ...]):

@@ -59,20 +59,6 @@ _MAX_UNCHECKED_TERMINAL = 16
 _PENDING_BYTES = 2**27  # most memory the steps waiting for their outputs may hold
 
 
-def check_loop(solver: Any, controller: Any, what: str) -> None:
-    """Raise a clear error if the solver or controller cannot run in this loop."""
-    if not isinstance(solver, ExplicitRK) or not solver.adaptive:
-        raise ValueError(
-            f"{what} supports the adaptive explicit Runge-Kutta methods (dopri5, "
-            f"tsit5, bosh3, dopri8, ...), got {solver!r}"
-        )
-    dense = solver.tableau.dense
-    if dense is not None and len(dense.extra_c) > 1:
-        raise ValueError(f"{what} does not support {solver!r}'s dense output")
-    if not isinstance(controller, PIController):
-        raise ValueError(f"{what} needs a PIController, got {controller!r}")
-
-
 class _BatchTerm:
     """Calls f with one time per sample, (batch,), on the (batch, d) state; with ``rows``
     set, only on those samples' rows (the others' derivatives are returned as zeros). With

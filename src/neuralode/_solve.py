@@ -14,7 +14,8 @@ import torch
 from ._callbacks import Callbacks
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from ._events import Event, EventGradient, EventTracker
-from ._loop import LoopConfig, check_compiled_step, integrate
+from ._execution import Execution
+from ._loop import LoopConfig, integrate
 from ._norms import LOW_PRECISION, Norm, l2_norm, max_norm, mixed_norm, rms_norm
 from ._solution import Solution, SolveStats
 from ._term import ODETerm
@@ -48,11 +49,9 @@ def solve(
     callbacks: Any = None,
     gradient: GradientStrategy | None = None,
     event: Event | None = None,
-    per_sample: bool = False,
-    skip_finished: bool = False,
-    compile_step: bool = False,
-    device_loop: bool = False,
-    cuda_graph: bool = False,
+    per_sample: bool | str = False,
+    compile: bool | str = False,
+    **aliases: bool,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
 
@@ -136,26 +135,10 @@ def solve(
                 f"steps, more than max_steps={max_steps:,}; use a larger step_size or raise "
                 "max_steps (options max_num_steps)"
             )
-    if skip_finished and not per_sample:
-        raise ValueError("skip_finished=True needs per_sample=True")
-    if compile_step and not (per_sample or device_loop):
-        check_compiled_step(solver, controller, "compile_step=True")
-    if compile_step and skip_finished:
-        raise ValueError(
-            "compile_step=True does not support skip_finished=True (the number of rows f "
-            "sees changes, which would recompile)"
-        )
-    if cuda_graph and not (per_sample or device_loop):
-        raise ValueError("cuda_graph=True needs per_sample=True or device_loop=True")
-    if cuda_graph and skip_finished:
-        raise ValueError(
-            "cuda_graph=True does not support skip_finished=True (the number of rows f sees "
-            "changes, and a CUDA graph replays fixed shapes)"
-        )
-    if per_sample:
-        func = _check_per_sample(func, y0, spec, solver, controller, locals())
-    elif device_loop:
-        _check_loop_options("device_loop=True", spec, solver, controller, locals())
+    execution = Execution.of(per_sample, compile, **aliases)
+    execution.check(spec, solver, controller, locals())
+    if execution.per_sample:
+        func = _BatchTime(func, int(spec.shapes[0][0]))
     if norm is None:
         norm = rms_norm if spec.is_leaf else mixed_norm(spec.numels)
     config = LoopConfig(
@@ -167,11 +150,7 @@ def solve(
         jump_t=_check_grid_times("jump_t", jump_t),
         perturb=bool(perturb),
         callbacks=None if callbacks is None else Callbacks(callbacks, spec),
-        per_sample=bool(per_sample),
-        skip_finished=bool(skip_finished),
-        compile_step=bool(compile_step),
-        device_loop=bool(device_loop) and not per_sample,
-        cuda_graph=bool(cuda_graph),
+        execution=execution,
     )
     term = ODETerm(func, spec, y0_flat)
     stats = SolveStats()
@@ -186,7 +165,7 @@ def solve(
         _check_finite(ys, times)
         return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
     try:
-        if per_sample:
+        if execution.per_sample:
             from ._per_sample_events import solve_with_sample_events
 
             return solve_with_sample_events(gradient, problem, event)
@@ -257,46 +236,6 @@ def _instance(name: str, value: Any, base: type, expected: str) -> Any:
         shown = value.__name__ if isinstance(value, type) else type(value).__name__
         raise TypeError(f"{name} must be {expected}, got {shown}")
     return value
-
-
-def _check_per_sample(
-    func: Callable, y0: Any, spec: TreeSpec, solver: Solver, controller: Any, args: dict
-) -> Callable:
-    """Validate a per-sample solve; return ``func`` seeing one time per sample."""
-    _check_loop_options("per_sample=True", spec, solver, controller, args)
-    shape = spec.shapes[0]
-    if len(shape) == 0 or shape[0] == 0:
-        raise ValueError(
-            "per_sample=True needs y0 with a batch dimension first (shape (batch, ...)), "
-            f"got shape {tuple(shape)}"
-        )
-    return _BatchTime(func, int(shape[0]))
-
-
-def _check_loop_options(
-    what: str, spec: TreeSpec, solver: Solver, controller: Any, args: dict
-) -> None:
-    """Raise a clear error for the options the per-sample (device) loop does not support."""
-    from ._per_sample import check_loop
-
-    if not spec.is_leaf:
-        raise ValueError(f"{what} needs y0 to be one tensor")
-    check_loop(solver, controller, what)
-    unsupported = {
-        "norm": args["norm"] is not None,
-        "step_t": len(args["step_t"]) > 0,
-        "jump_t": len(args["jump_t"]) > 0,
-        "perturb": bool(args["perturb"]),
-        "callbacks": args["callbacks"] is not None,
-    }
-    given = [name for name, used in unsupported.items() if used]
-    if given:
-        raise ValueError(f"{what} does not support {', '.join(given)}")
-    gradient = args["gradient"]
-    if gradient is not None and not isinstance(gradient, (Direct, Backsolve)):
-        raise ValueError(
-            f"{what} supports the gradients Direct() and Backsolve(), got {gradient!r}"
-        )
 
 
 class _BatchTime(torch.nn.Module):

@@ -115,6 +115,11 @@ def _integrate(
     stats: SolveStats,
     record: list[StepRecord] | None,
 ) -> torch.Tensor:
+    if config.execution.compile == "solve":
+        from ._whole_solve import integrate_whole, unsupported
+
+        if unsupported(config, term.spec) is None:  # else: each step compiled
+            return integrate_whole(term, y0, ts, config, stats)
     if config.per_sample or config.device_loop:
         from ._per_sample import integrate_per_sample
 

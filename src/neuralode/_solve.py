@@ -20,6 +20,7 @@ from ._norms import LOW_PRECISION, Norm, l2_norm, max_norm, mixed_norm, rms_norm
 from ._solution import Solution, SolveStats
 from ._term import ODETerm
 from ._tree import TreeSpec, tree_spec
+from ._vmap import solve_vmapped, vmap_level
 from .adjoint import GRADIENTS
 from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy, Problem, time_derivative_inputs
@@ -110,6 +111,12 @@ def solve(
     outputs at ``ts`` after a sample's event hold its event state (``ts`` is not cut).
     ``event_ts`` is (batch, most events) with every located crossing, NaN-padded.
     """
+    level = vmap_level(y0, ts)
+    if level is not None:  # under torch.func.vmap: each problem its own steps
+        options = dict(locals())
+        for name in ("func", "y0", "ts", "level", "aliases"):
+            options.pop(name)
+        return solve_vmapped(solve, func, y0, ts, level, {**options, **aliases})
     spec, y0_flat = _check_state(y0)
     times = _check_times(ts, y0_flat.device, open_end=event is not None)
     solver, controller, gradient, norm = _coerce(solver, controller, gradient, norm)

@@ -364,9 +364,10 @@ def _attempt(
         return call(t1 if c[i] == 1 else torch.add(t, h, alpha=c[i]), y_stage)
 
     y1, error, ks, k_all = k.solver.propose(y, h_y, f0, evaluate, buffer)
-    with torch.no_grad():
-        scale = torch.addcmul(k.atol, torch.maximum(y.abs(), y1.abs()), k.rtol)
-        ratio = _rms(error / scale)
+    with torch.no_grad():  # detached too: forward-mode AD (torch.func.jvp) ignores no_grad
+        y_abs, y1_abs = y.detach().abs(), y1.detach().abs()
+        scale = torch.addcmul(k.atol, torch.maximum(y_abs, y1_abs), k.rtol)
+        ratio = _rms(error.detach() / scale)
         ok, new_size, previous_ratio = k.controller.decide(
             ratio, h.abs(), carried_ratio, k.exponent
         )

@@ -146,7 +146,7 @@ def _solve_graph(
     fsal = solver.tableau.fsal
     c = solver.tableau.c
     t0 = ts[0].expand(batch).clone()
-    t_end = ts[-1]
+    t_end = ts[-1].clone()  # (views of one input would alias: while_loop refuses that)
     f0 = plan.call(t0, y0)
     if ctrl.first_step is None:
         size, d1 = initial_step(plan.call, t0, y0, f0, sign, plan.exponent, rtol, atol, _rms)
@@ -155,7 +155,7 @@ def _solve_graph(
         size, d1 = torch.full_like(t0, ctrl.first_step), torch.zeros_like(t0)
         nfe0 = 1
     size = size.clamp(min=ctrl.min_step, max=ctrl.max_step)
-    inner = ts[1:-1]  # the outputs interpolated inside the steps that cross them
+    inner = ts[1:-1].clone()  # the outputs interpolated inside the steps that cross them
     n_inner = inner.shape[0]
     zeros = torch.zeros(batch, dtype=torch.long, device=y0.device)
     carry = (

@@ -86,6 +86,7 @@ def initial_step(
     d2)) ** error_exponent)``. ``norm`` is one norm over the state (``t0`` 0-dim) or one per
     sample (a (batch,) result; ``t0`` (batch,)). Returns the step size (float64) and the
     scaled norm of f0 (non-finite: f0 is)."""
+    y0, f0 = y0.detach(), f0.detach()  # forward-mode AD (torch.func.jvp) ignores no_grad
     if isinstance(rtol, torch.Tensor) and isinstance(atol, torch.Tensor):
         scale = torch.addcmul(atol, y0.abs(), rtol)  # one op, no Python-number operands
     else:

@@ -55,9 +55,7 @@ def modes() -> dict[str, dict]:
     params = inspect.signature(no.solve).parameters
     out = {"eager": {}}
     if "compile_step" in params or "compile" in params:
-        out["compile_step"] = (
-            {"compile": "step"} if "compile" in params else {"compile_step": True}
-        )
+        out["compile_step"] = {"compile": "step"} if "compile" in params else {"compile_step": True}
     if "compile" in params:
         out["compile (whole solve)"] = {"compile": True}
     return out

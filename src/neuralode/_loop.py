@@ -34,7 +34,7 @@ class LoopConfig:
     jump_t: tuple[float, ...] = ()
     perturb: bool = False
     callbacks: Any = None
-    events: Any = None  # EventTracker (standard loop), SampleEvents (per-sample loop)
+    events: Any = None  # ``_events.Events``: OneProblemEvents, or one row per sample
     execution: Execution = Execution()  # how the loop runs (``_execution``)
 
     @property
@@ -183,7 +183,7 @@ def _integrate(
         stats.n_accepted += 1
         if callbacks is not None:
             callbacks.accept(t, y, t1 - t)
-        hit = None if events is None else events.check(solver, term, step)
+        hit = None if events is None else events.check_step(solver, term, step)
         stop = hit is not None and events.event.terminal
         t_stop = hit.t if stop else t1
         end = next_out

@@ -13,7 +13,7 @@ import torch
 
 from ._callbacks import Callbacks
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
-from ._events import Event, EventGradient, EventTracker
+from ._events import Event, EventGradient, OneProblemEvents
 from ._execution import Execution
 from ._loop import LoopConfig, integrate
 from ._norms import LOW_PRECISION, Norm, l2_norm, max_norm, mixed_norm, rms_norm
@@ -176,11 +176,7 @@ def solve(
             from ._per_sample_events import solve_with_sample_events
 
             return solve_with_sample_events(gradient, problem, event)
-        if config.device_loop:
-            from ._per_sample_events import OneProblemEvents
-
-            return _solve_with_event(gradient, problem, OneProblemEvents(event, spec, term))
-        return _solve_with_event(gradient, problem, EventTracker(event, spec, term))
+        return _solve_with_event(gradient, problem, OneProblemEvents(event, spec, term))
     except (MaxStepsError, StepSizeUnderflowError, NonFiniteError) as error:
         if math.isfinite(times[-1]):
             raise
@@ -277,7 +273,7 @@ def _run(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:
 
 
 def _solve_with_event(
-    gradient: GradientStrategy, problem: Problem, tracker: EventTracker
+    gradient: GradientStrategy, problem: Problem, tracker: OneProblemEvents
 ) -> Solution:
     """Direct: one solve, the event state is in the graph. Other strategies: locate the event
     in a graph-free solve, then solve up to it with the strategy."""
@@ -313,9 +309,9 @@ def _solve_with_event(
     solution.event_ts = torch.tensor(tracker.times(), dtype=ts.dtype, device=ts.device)
     if hit is not None:
         t_event = torch.tensor(hit.t, dtype=torch.float64, device=ts.device)
-        event_t, event_y = EventGradient.apply(tracker, hit.index, t_event, event_y)
-        solution.event_t = event_t.to(ts.dtype)
-        solution.event_y = problem.spec.unflatten(event_y)
+        event_t, event_y = EventGradient.apply(tracker, problem.func, t_event[None], event_y[None])
+        solution.event_t = event_t[0].to(ts.dtype)
+        solution.event_y = problem.spec.unflatten(event_y[0])
     return solution
 
 

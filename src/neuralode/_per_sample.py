@@ -28,7 +28,7 @@ far more than a read (with scheduled checks f saw 8-16 % more rows in the benchm
 table (d)). Everything else (step sizes, decisions, interpolation weights) stays on the
 device.
 
-A step attempt of the whole batch (stages, error, decisions) is one function, ``_attempt``,
+A step attempt of the whole batch (stages, error, decisions) is one function, ``_attempt.attempt``,
 run eagerly or, with ``compile_step``, as one torch.compile graph (f included); with
 ``cuda_graph`` it is captured once as a CUDA graph and replayed (``_cuda_graph``).
 """
@@ -36,19 +36,29 @@ run eagerly or, with ``compile_step``, as one torch.compile graph (f included); 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
+from ._attempt import Constants
+from ._attempt import attempt as step_attempt
 from ._compile import compiled
 from ._cuda_graph import GraphedStep
-from ._errors import NonFiniteError, max_steps_error, raise_stalled
-from ._norms import tolerance_tensor
+from ._errors import NonFiniteError
+from ._norms import row_rms, tolerance_tensor
+from ._pending import (
+    _ends,
+    _locate_events,
+    _raise_stalled,
+    _Reached,
+    _read_progress,
+    _stack,
+    _write_outputs,
+)
 from ._solution import SolveStats
 from ._term import ODETerm
 from .controllers.initial_step import initial_step
-from .controllers.pi import PIController, check_overflow
+from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
 
 _EPS = 2.0**-52
@@ -114,11 +124,6 @@ class _BatchTerm:
             self.rows = None if n_still == self.batch else still.nonzero().squeeze(1)
 
 
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    """RMS of each row, in float64."""
-    return (torch.linalg.vector_norm(x, dim=1) / (x.shape[1] ** 0.5)).to(torch.float64)
-
-
 def integrate_per_sample(
     term: ODETerm, y0_flat: torch.Tensor, ts: list[float], config: Any, stats: SolveStats
 ) -> torch.Tensor:
@@ -159,7 +164,7 @@ def integrate_per_sample(
     nfe = nfe + 1
     # the first step size, per sample (``initial_step``: Hairer, Norsett & Wanner II.4)
     if ctrl.first_step is None:
-        size, d1 = initial_step(f, t, y, f0, sign, exponent, rtol, atol, _rms)
+        size, d1 = initial_step(f, t, y, f0, sign, exponent, rtol, atol, row_rms)
         nfe = nfe + 1
         bad = ~torch.isfinite(d1)
         if bool(bad.any()):
@@ -174,7 +179,7 @@ def integrate_per_sample(
     outputs = y.expand(n_out, *y.shape)  # (outputs, batch, n): written at the checks
     next_out = torch.ones(batch, dtype=torch.long, device=device)
     stages, fsal = co.stages, co.fsal
-    constants = _Constants(solver, ctrl, rtol, atol, sign, exponent)
+    constants = Constants(solver, ctrl, rtol, atol, sign, exponent)
     events = config.events  # a SampleEvents, or None
     terminal = events is not None and events.event.terminal
     # read nothing from the device between scheduled termination checks; until then the
@@ -194,9 +199,9 @@ def integrate_per_sample(
     count_outside = config.compile_step or config.cuda_graph
     if config.compile_step:
         # static shapes: one graph per batch size (a dynamic batch dimension costs time)
-        step_fn = compiled(_attempt, type(solver), dynamic=False)
+        step_fn = compiled(step_attempt, type(solver), dynamic=False)
     else:
-        step_fn = _attempt
+        step_fn = step_attempt
         if not torch.is_grad_enabled() and not config.cuda_graph:
             buffer = term.stage_buffer(stages, y0_flat)  # stages reused by every step
     attempt = functools.partial(step_fn, f.uncounted if count_outside else f, constants, buffer)
@@ -302,316 +307,7 @@ def integrate_per_sample(
     return outputs.reshape(n_out, -1)
 
 
-@dataclass(frozen=True)
-class _Constants:
-    """The solver, the controller and the solve's settings a step attempt needs."""
-
-    solver: ExplicitRK
-    controller: PIController
-    rtol: torch.Tensor
-    atol: torch.Tensor
-    sign: float
-    exponent: float  # of the error ratio: 1 / (error order + 1)
-
-
-class _Step(NamedTuple):
-    """A step attempt of every sample (``_attempt``): its end and stages, the decisions, the
-    updated controller state and counts, and the state and f0 each sample moves on with if
-    nothing (a terminal event) intervenes."""
-
-    t1: torch.Tensor
-    h: torch.Tensor
-    y1: torch.Tensor
-    k_all: torch.Tensor
-    k_last: torch.Tensor
-    accept: torch.Tensor
-    t_next: torch.Tensor
-    proposal: torch.Tensor
-    previous_ratio: torch.Tensor
-    n_steps: torch.Tensor
-    n_accepted: torch.Tensor
-    still: torch.Tensor
-    y_accepted: torch.Tensor
-    f0_accepted: torch.Tensor | None
-
-
-def _attempt(
-    call: Any,
-    k: _Constants,
-    buffer: tuple[torch.Tensor, Any, Any] | None,
-    t: torch.Tensor,
-    y: torch.Tensor,
-    f0: torch.Tensor,
-    proposal: torch.Tensor,
-    t_stop: torch.Tensor,
-    active: torch.Tensor,
-    carried_ratio: torch.Tensor,
-    n_steps: torch.Tensor,
-    n_accepted: torch.Tensor,
-) -> _Step:
-    """One step attempt of every sample: the solver's step (``ExplicitRK.propose``), the
-    error ratio of each sample, and the controller's decision and next proposal
-    (``PIController.decide`` on tensors). Finished samples sit at their end, so their steps
-    have size zero and change nothing. ``buffer``: graph-free eager mode (f writes the
-    stages into one reused buffer). No host synchronisation."""
-    # land on the sample's end when the proposal reaches it
-    t1 = torch.minimum(proposal, t_stop) if k.sign > 0 else torch.maximum(proposal, t_stop)
-    h = t1 - t
-    h_y = h.to(y.real.dtype)[:, None]
-    c = k.solver.tableau.c
-
-    def evaluate(i: int, y_stage: torch.Tensor) -> torch.Tensor:
-        return call(t1 if c[i] == 1 else torch.add(t, h, alpha=c[i]), y_stage)
-
-    y1, error, ks, k_all = k.solver.propose(y, h_y, f0, evaluate, buffer)
-    with torch.no_grad():  # detached too: forward-mode AD (torch.func.jvp) ignores no_grad
-        y_abs, y1_abs = y.detach().abs(), y1.detach().abs()
-        scale = torch.addcmul(k.atol, torch.maximum(y_abs, y1_abs), k.rtol)
-        ratio = _rms(error.detach() / scale)
-        ok, new_size, previous_ratio = k.controller.decide(
-            ratio, h.abs(), carried_ratio, k.exponent
-        )
-        accept = ok & active
-        if k.controller.pcoeff:  # the memory moves on only where a running sample accepted
-            previous_ratio = torch.where(accept, previous_ratio, carried_ratio)
-        t_next = torch.where(accept, t1, t)
-        proposal = t_next + k.sign * new_size
-    # outside no_grad: y and f0 carry the gradients of Direct()
-    accept_col = accept[:, None]
-    fsal = k.solver.tableau.fsal
-    return _Step(
-        t1=t1,
-        h=h,
-        y1=y1,
-        k_all=k_all,
-        k_last=ks[-1],
-        accept=accept,
-        t_next=t_next,
-        proposal=proposal,
-        previous_ratio=previous_ratio,
-        n_steps=n_steps + active,
-        n_accepted=n_accepted + accept,
-        still=(t_next != t_stop) & active,
-        y_accepted=torch.where(accept_col, y1, y),
-        f0_accepted=torch.where(accept_col, ks[-1], f0) if fsal else None,
-    )
-
-
-class _Progress(NamedTuple):
-    """What a termination check reads back from the device, in one host sync."""
-
-    n_still: int  # samples still running
-    left: float  # steps of its current size the slowest of them needs to its end
-    lo: int  # the outputs ts[lo:hi] the pending steps reached (``_output_range``)
-    hi: int
-    rounds: int  # the most event crossings of one sample in the pending steps
-    stalled: bool  # a running sample can no longer advance (``_stalled``)
-
-
-def _read_progress(
-    still: torch.Tensor,
-    t: torch.Tensor,
-    proposal: torch.Tensor,
-    t_stop: torch.Tensor,
-    sign: float,
-    ends: torch.Tensor | None,
-    next_out: torch.Tensor,
-    hits: torch.Tensor | None,
-) -> _Progress:
-    """A termination check, with one host sync (``_Progress``); ``left`` is 0 when no
-    sample runs, ``hits`` the pending steps' crossings, (steps, batch)."""
-    size = (proposal - t).abs()
-    left = torch.where(still & (size > 0), (t_stop - t).abs() / size, 0.0).max()
-    stalled = _stalled(still, t, proposal, t_stop, sign).any()
-    values = [still.sum().to(left.dtype), left.clamp(max=1e6), stalled.to(left.dtype)]
-    if hits is not None:
-        values.append(hits.sum(0).max().to(left.dtype))
-    if ends is not None:
-        values += [x.to(left.dtype) for x in _output_range(ends, next_out)]
-    n_still, left, stalled, *rest = torch.stack(values).tolist()
-    rounds = int(rest.pop(0)) if hits is not None else 0
-    lo, hi = (int(rest[0]), int(rest[1])) if rest else (0, 0)
-    left = left if left == left else 1.0  # NaN size: check next step
-    return _Progress(int(n_still), left, lo, hi, rounds, bool(stalled))
-
-
-def _stalled(
-    still: torch.Tensor, t: torch.Tensor, proposal: torch.Tensor, t_stop: torch.Tensor, sign: float
-) -> torch.Tensor:
-    """The running samples whose next step underflows (too small to change t) or is not
-    finite, (batch,)."""
-    land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
-    tiny = (land - t).abs() <= 4 * _EPS * torch.maximum(t.abs(), land.abs())
-    return still & (tiny | ~torch.isfinite(land))
-
-
-def _locate_events(
-    events: Any,
-    pending: list[_Reached],
-    hits: torch.Tensor,
-    rounds: int,
-    solver: ExplicitRK,
-    needs_f1: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Locate the event crossings of the pending steps (``hits``, (steps, batch)) on their
-    dense output, each sample's in order: round r locates every sample's r-th crossing, in
-    one batch. A terminal event (one round: its sample stopped there) ends its sample's step
-    at the event. Returns the last round's samples, event times and states."""
-    batch = hits.shape[1]
-    count = hits.long().cumsum(0)
-    samples = torch.arange(batch, device=hits.device)
-    names = ("t", "h", "y", "t1", "y1", "g_lo", "g_hi") + (("f1",) if needs_f1 else ())
-    stacked = {name: _stack([getattr(r, name) for r in pending]) for name in names}
-    k_all = _stack([r.k_all for r in pending])  # (steps, stages, batch, n)
-    for r in range(rounds):
-        at = hits & (count == r + 1)  # (steps, batch): the step of each r-th crossing
-        found = at.any(0)
-        step = at.to(torch.uint8).argmax(0)
-        row = {name: value[step, samples] for name, value in stacked.items()}
-        ks = k_all[step, :, samples].transpose(0, 1)
-        f1 = row.get("f1")
-
-        def dense(offset, y0=row["y"], y1=row["y1"], h=row["h"], ks=ks, f1=f1):
-            return _interpolate(solver, y0, y1, h, ks, f1, offset)
-
-        t_event, y_event = events.locate(
-            found, row["t"], row["h"], row["t1"], row["y1"], dense, row["g_lo"], row["g_hi"]
-        )
-        if events.event.terminal:
-            for record, mask in zip(pending, at, strict=True):
-                record.end_at(mask, t_event, y_event)
-    return found, t_event, y_event
-
-
-@dataclass
-class _Reached:
-    """A step attempt of every sample, kept until the outputs its accepted steps crossed are
-    written: its start, stages and end, and where each sample's step stops, ``t_reach`` with
-    ``y_reach`` (``t1`` and ``y1``, or the sample's terminal event)."""
-
-    t: torch.Tensor
-    h: torch.Tensor
-    y: torch.Tensor
-    t1: torch.Tensor
-    y1: torch.Tensor
-    k_all: torch.Tensor
-    f1: torch.Tensor | None  # f(t1, y1) where accepted, once evaluated (or None)
-    accept: torch.Tensor
-    still: torch.Tensor  # the samples that step on (unless a crossing here stops them)
-    # with events: which samples' accepted steps crossed, and the event values at the ends
-    hit: torch.Tensor | None = None
-    g_lo: torch.Tensor | None = None
-    g_hi: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        self.t_reach, self.y_reach = self.t1, self.y1
-
-    def end_at(self, hit: torch.Tensor, t_event: torch.Tensor, y_event: torch.Tensor) -> None:
-        """The ``hit`` samples stop at their terminal event."""
-        self.t_reach = torch.where(hit, t_event, self.t_reach)
-        self.y_reach = torch.where(hit[:, None], y_event, self.y_reach)
-
-
-def _stack(values: list[torch.Tensor]) -> torch.Tensor:
-    return values[0][None] if len(values) == 1 else torch.stack(values)
-
-
 def _most_pending(stages: int, y: torch.Tensor) -> int:
     """How many steps may wait for their outputs: at most ``_PENDING_BYTES`` of them."""
     per_step = (stages + 4) * y.numel() * y.element_size()
     return max(1, min(_MAX_UNCHECKED, _PENDING_BYTES // per_step))
-
-
-def _ends(pending: list[_Reached], ts_signed: torch.Tensor, sign: float) -> torch.Tensor:
-    """(steps, batch): each pending step of each sample reached the outputs ``ts[:end]``
-    (0 where the step was rejected)."""
-    t_reach = _stack([r.t_reach for r in pending])
-    end = torch.searchsorted(ts_signed, sign * t_reach, right=True)
-    return torch.where(_stack([r.accept for r in pending]), end, 0)
-
-
-def _output_range(ends: torch.Tensor, next_out: torch.Tensor) -> list[torch.Tensor]:
-    """The outputs newly reached by any sample, ``ts[lo:hi]``, as two 0-dim tensors."""
-    reached = ends.max(0).values
-    crossing = reached > next_out
-    n_out = torch.iinfo(torch.int32).max
-    return [torch.where(crossing, next_out, n_out).min(), torch.where(crossing, reached, 0).max()]
-
-
-def _write_outputs(
-    solver: ExplicitRK,
-    pending: list[_Reached],
-    ends: torch.Tensor,
-    outputs: torch.Tensor,
-    next_out: torch.Tensor,
-    ts: torch.Tensor,
-    lo: int,
-    hi: int,
-    needs_f1: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Interpolate the outputs ``ts[lo:hi]`` (never the last, the final state) each sample's
-    pending steps reached, each in the step that reached it first, all in one batch (one
-    host sync: which outputs of which samples); return the new outputs and ``next_out``, and
-    which samples' outputs used each step, (steps, batch). ``needs_f1``: the dense output
-    uses f(t1, y1)."""
-    hi = min(hi, outputs.shape[0] - 1)
-    n_steps, batch = ends.shape
-    # rejected steps reach nothing (0): the running maximum is sorted along the steps
-    reached = ends.cummax(0).values.T.contiguous()  # (batch, steps)
-    js = torch.arange(lo, hi, device=ends.device)
-    first = torch.searchsorted(reached, js.expand(batch, -1).contiguous(), right=True)
-    write = (first < n_steps) & (js >= next_out[:, None])  # (batch, outputs)
-    sample, column = write.nonzero(as_tuple=True)
-    step, out = first[sample, column], column + lo
-
-    def pick(name: str) -> torch.Tensor:  # the values of each written output's step
-        return _stack([getattr(r, name) for r in pending])[step, sample]
-
-    t, t_reach = pick("t"), pick("t_reach")
-    k_all = _stack([r.k_all for r in pending])[step, :, sample].transpose(0, 1)
-    f1 = pick("f1") if needs_f1 else None
-    t_out = ts[out]
-    value = _interpolate(solver, pick("y"), pick("y1"), pick("h"), k_all, f1, t_out - t)
-    value = torch.where((t_out == t_reach)[:, None], pick("y_reach"), value)
-    outputs = outputs.index_put((out, sample), value)
-    used = torch.zeros(n_steps, batch, dtype=torch.bool, device=ends.device)
-    used[step, sample] = True
-    return outputs, torch.maximum(next_out, ends.max(0).values), used
-
-
-def _interpolate(
-    solver: ExplicitRK,
-    y0: torch.Tensor,
-    y1: torch.Tensor,
-    h: torch.Tensor,
-    stacked: torch.Tensor,
-    f1: torch.Tensor | None,
-    offset: torch.Tensor,
-) -> torch.Tensor:
-    """y at t0 + offset for each sample (offset = output time - the sample's t0), on the
-    solver's dense output (``ExplicitRK.dense``)."""
-    theta = offset / torch.where(h == 0, 1.0, h)  # (batch,) float64
-    return solver.dense(y0, y1, h.to(y0.real.dtype)[:, None], stacked, f1, theta)
-
-
-def _raise_stalled(
-    iteration: int,
-    still: torch.Tensor,
-    t: torch.Tensor,
-    proposal: torch.Tensor,
-    t_stop: torch.Tensor,
-    sign: float,
-    y: torch.Tensor,
-    config: Any,
-) -> None:
-    """A check found a running sample that can no longer advance, or the solve used up
-    max_steps: fail with the sample's index."""
-    if iteration >= config.max_steps:
-        i = int(still.nonzero()[0])
-        counts = "per-sample mode counts each sample's steps"
-        raise max_steps_error(config.max_steps, float(t[i]), float(t_stop[i]), counts, i)
-    i = int(_stalled(still, t, proposal, t_stop, sign).nonzero()[0])
-    land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
-    if bool(torch.isfinite(y[i]).all()):
-        check_overflow(float(t[i]), y[i])
-    raise_stalled(float(t[i]), float(land[i] - t[i]), y[i], sample=i)

@@ -22,16 +22,16 @@ from typing import Any
 import torch
 from torch._higher_order_ops import while_loop
 
+from ._attempt import Constants, attempt
 from ._compile import compiled
 from ._errors import NonFiniteError
-from ._norms import rms_norm, tolerance_tensor
+from ._norms import rms_norm, row_rms, tolerance_tensor
+from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
 from ._term import ODETerm
 from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
-
-_EPS = 2.0**-52
 
 
 def unsupported(config: Any, spec: Any) -> str | None:
@@ -87,7 +87,8 @@ def integrate_whole(
     run = compiled(_solve_graph, ("whole", type(solver)), dynamic=False, fullgraph=True)
     ts_tensor = torch.tensor(ts, **f64)
     rtol, atol = tolerance_tensor(ctrl.rtol, y), tolerance_tensor(ctrl.atol, y)
-    result = run(plan, y, ts_tensor, rtol, atol)
+    plan.constants = Constants(solver, ctrl, rtol, atol, plan.sign, plan.exponent)
+    result = run(plan, y, ts_tensor)
     outputs, t, proposal, still, n_steps, n_accepted, nfe, iterations, d1 = result
     bad_f0, running, out_of_steps = torch.stack(
         [(~torch.isfinite(d1)).any(), still.any(), iterations >= config.max_steps]
@@ -96,9 +97,7 @@ def integrate_whole(
         i = int((~torch.isfinite(d1)).nonzero()[0])
         where = f" for sample {i}" if per_sample else f" at t0={ts[0]:.6g}"
         raise NonFiniteError(f"f(t0, y0) contains NaN or inf{where}")
-    if running:
-        from ._per_sample import _raise_stalled  # the device loop's errors
-
+    if running:  # the device loop's errors
         t_stop = torch.full((batch,), ts[-1], **f64)
         iteration = config.max_steps if out_of_steps else 0
         _raise_stalled(iteration, still, t, proposal, t_stop, plan.sign, outputs[-1], config)
@@ -132,14 +131,7 @@ class _Plan:
         return out.reshape(batch, -1)
 
 
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    """RMS of each row, in float64."""
-    return (torch.linalg.vector_norm(x, dim=1) / (x.shape[1] ** 0.5)).to(torch.float64)
-
-
-def _solve_graph(
-    plan: _Plan, y0: torch.Tensor, ts: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
+def _solve_graph(plan: _Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The whole solve (traced by torch.compile into one graph; also correct eagerly)."""
     solver, ctrl, sign = plan.solver, plan.controller, plan.sign
     batch = y0.shape[0]
@@ -147,9 +139,11 @@ def _solve_graph(
     c = solver.tableau.c
     t0 = ts[0].expand(batch).clone()
     t_end = ts[-1].clone()  # (views of one input would alias: while_loop refuses that)
+    t_stop = t_end.expand(batch).clone()
     f0 = plan.call(t0, y0)
     if ctrl.first_step is None:
-        size, d1 = initial_step(plan.call, t0, y0, f0, sign, plan.exponent, rtol, atol, _rms)
+        k = plan.constants
+        size, d1 = initial_step(plan.call, t0, y0, f0, sign, k.exponent, k.rtol, k.atol, row_rms)
         nfe0 = 2
     else:
         size, d1 = torch.full_like(t0, ctrl.first_step), torch.zeros_like(t0)
@@ -177,23 +171,16 @@ def _solve_graph(
         return still.any() & ~stalled & (it < plan.max_steps)
 
     def body(it, t, y, f0, proposal, prev, steps, accepted, nfe, outs, still, stalled):
-        t1 = torch.minimum(proposal, t_end) if sign > 0 else torch.maximum(proposal, t_end)
-        h = t1 - t
-        h_y = h.to(y.real.dtype)[:, None]
-
-        def evaluate(i: int, y_stage: torch.Tensor) -> torch.Tensor:
-            return plan.call(t1 if c[i] == 1 else t + c[i] * h, y_stage)
-
-        y1, error, ks, stacked = solver.propose(y, h_y, f0, evaluate)
-        scale = torch.addcmul(atol, torch.maximum(y.abs(), y1.abs()), rtol)
-        ok, new_size, new_prev = ctrl.decide(_rms(error / scale), h.abs(), prev, plan.exponent)
-        accept = ok & still
+        step = attempt(
+            plan.call, plan.constants, None, t, y, f0, proposal, t_stop, still, prev, steps,
+            accepted,
+        )  # fmt: skip
+        t1, h, y1, accept, t_next = step.t1, step.h, step.y1, step.accept, step.t_next
         # (an input returned as it is would alias: while_loop refuses that)
-        new_prev = torch.where(accept, new_prev, prev) if ctrl.pcoeff else prev.clone()
-        t_next = torch.where(accept, t1, t)
-        y_next = torch.where(accept[:, None], y1, y)
-        f1 = ks[-1] if fsal else plan.call(t1, y1)
-        still_next = still & (t_next != t_end)
+        new_prev = step.previous_ratio if ctrl.pcoeff else prev.clone()
+        stacked, h_y = step.k_all, h.to(y.real.dtype)[:, None]
+        f1 = step.k_last if fsal else plan.call(t1, y1)
+        still_next = step.still
         wrote = torch.zeros_like(still)
         if not n_inner:
             outs = outs.clone()
@@ -206,7 +193,7 @@ def _solve_graph(
                 y.expand(n_inner, *y.shape).reshape(rows, -1),
                 y1.expand(n_inner, *y.shape).reshape(rows, -1),
                 h_y.expand(n_inner, batch, 1).reshape(rows, 1),
-                stacked.unsqueeze(1).expand(-1, n_inner, *y.shape).reshape(len(ks), rows, -1),
+                stacked.unsqueeze(1).expand(-1, n_inner, *y.shape).reshape(len(c), rows, -1),
                 f1.expand(n_inner, *y.shape).reshape(rows, -1),
                 theta,
             ).reshape(n_inner, *y.shape)
@@ -216,19 +203,17 @@ def _solve_graph(
         nfe = nfe + (len(c) - 1) * still
         if not fsal:  # f(t1, y1): the next f0, or the interpolant of the last step's outputs
             nfe = nfe + (accept & (still_next | wrote))
-        proposal = t_next + sign * new_size
-        land = torch.minimum(proposal, t_end) if sign > 0 else torch.maximum(proposal, t_end)
-        tiny = (land - t_next).abs() <= 4 * _EPS * torch.maximum(t_next.abs(), land.abs())
-        stalled = (still_next & (tiny | ~torch.isfinite(land))).any()
+        proposal = step.proposal
+        stalled = _stalled(still_next, t_next, proposal, t_stop, sign).any()
         return (
             it + 1,
             t_next,
-            y_next,
+            step.y_accepted,
             torch.where(accept[:, None], f1, f0),
             proposal,
             new_prev,
-            steps + still,
-            accepted + accept,
+            step.n_steps,
+            step.n_accepted,
             nfe,
             outs,
             still_next,

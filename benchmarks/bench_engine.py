@@ -4,8 +4,9 @@ MLP 2-64-64-2 (tanh, float32, fixed seed) dopri5 rtol 1e-6 atol 1e-8, t in [0, 1
 1 / 16 / 256 / 1024, solved as one system; Van der Pol (float64) with mu from 1 to 25 across a
 batch of 256, t in [0, 10], as one system and per sample. One thread; the minimum (and
 median) of ``--repeats`` runs after warm-up runs (compilation excluded, its time reported
-apart). Modes that a version of neuralode lacks are skipped, so one script measures before
-and after a change (run it with each version first on ``PYTHONPATH``).
+apart). With ``--base DIR`` (a directory holding an older copy of the package renamed
+``neuralode_base``) every timing of the older version is interleaved with this one's in the
+same process, so their ratio holds on a noisy machine; modes a version lacks are skipped.
 
 Run: ``flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_engine.py``.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import statistics
+import sys
 import time
 
 import torch
@@ -50,9 +52,9 @@ def vdp(batch: int = 256):
     return f, y0, torch.tensor([0.0, 10.0], dtype=torch.float64)
 
 
-def modes() -> dict[str, dict]:
-    """The execution modes this version of neuralode has, as ``solve`` keywords."""
-    params = inspect.signature(no.solve).parameters
+def modes(lib=no) -> dict[str, dict]:
+    """The execution modes a version of neuralode has, as ``solve`` keywords."""
+    params = inspect.signature(lib.solve).parameters
     out = {"eager": {}}
     if "compile_step" in params or "compile" in params:
         out["compile_step"] = {"compile": "step"} if "compile" in params else {"compile_step": True}
@@ -61,58 +63,65 @@ def modes() -> dict[str, dict]:
     return out
 
 
-def run(f, y0, ts, per_sample: bool, kwargs: dict):
+def run(lib, f, y0, ts, per_sample: bool, kwargs: dict):
     with torch.no_grad():
-        return no.solve(
-            f, y0, ts, solver=no.Dopri5(), controller=no.PIController(RTOL, ATOL),
+        return lib.solve(
+            f, y0, ts, solver=lib.Dopri5(), controller=lib.PIController(RTOL, ATOL),
             per_sample=per_sample, **kwargs,
         )  # fmt: skip
 
 
-def measure(name, f, y0, ts, per_sample, kwargs, repeats):
-    t0 = time.perf_counter()
-    sol = run(f, y0, ts, per_sample, kwargs)
-    first = time.perf_counter() - t0
-    for _ in range(2):
-        run(f, y0, ts, per_sample, kwargs)
-    times = []
-    for _ in range(repeats):
+def measure(runs: dict, f, y0, ts, per_sample, repeats):
+    """Interleaved timings of ``runs`` (label -> (lib, solve keywords)) on one problem."""
+    first, sols, times = {}, {}, {label: [] for label in runs}
+    for label, (lib, kwargs) in runs.items():
         t0 = time.perf_counter()
-        run(f, y0, ts, per_sample, kwargs)
-        times.append(time.perf_counter() - t0)
-    s = sol.stats
-    steps = int(s.sample_steps.max()) if per_sample else s.n_steps
-    return {
-        "problem": name,
-        "best_ms": 1e3 * min(times),
-        "median_ms": 1e3 * statistics.median(times),
-        "first_s": first,
-        "steps": steps,
-        "accepted": int(s.sample_accepted.max()) if per_sample else s.n_accepted,
-        "y_end": sol.ys[-1],
-    }
+        sols[label] = run(lib, f, y0, ts, per_sample, kwargs)
+        first[label] = time.perf_counter() - t0
+        for _ in range(2):
+            run(lib, f, y0, ts, per_sample, kwargs)
+    for _ in range(repeats):
+        for label, (lib, kwargs) in runs.items():
+            t0 = time.perf_counter()
+            run(lib, f, y0, ts, per_sample, kwargs)
+            times[label].append(time.perf_counter() - t0)
+    out = {}
+    for label, sol in sols.items():
+        s = sol.stats
+        out[label] = {
+            "best_ms": 1e3 * min(times[label]),
+            "median_ms": 1e3 * statistics.median(times[label]),
+            "first_s": first[label],
+            "steps": int(s.sample_steps.max()) if per_sample else s.n_steps,
+            "accepted": int(s.sample_accepted.max()) if per_sample else s.n_accepted,
+        }
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=11)
-    parser.add_argument("--only", default="", help="comma-separated mode names")
     parser.add_argument("--batches", default="1,16,256,1024")
+    parser.add_argument("--base", default="", help="directory with neuralode_base (older)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     problems = [(f"MLP batch {b}", *mlp(b), False) for b in map(int, args.batches.split(","))]
     problems += [("VdP 256 one system", *vdp(), False), ("VdP 256 per sample", *vdp(), True)]
-    wanted = [m for m in args.only.split(",") if m]
+    runs = {f"{mode}": (no, kwargs) for mode, kwargs in modes().items()}
+    if args.base:
+        sys.path.insert(0, args.base)
+        import neuralode_base
+
+        base = {f"before: {m}": (neuralode_base, k) for m, k in modes(neuralode_base).items()}
+        runs = {**base, **runs}
     print(f"torch {torch.__version__}, neuralode from {no.__file__}")
-    print("| problem | mode | best ms | median ms | first call s | steps (accepted) |")
+    print("| problem | version: mode | best ms | median ms | first call s | steps (accepted) |")
     print("|---|---|---:|---:|---:|---|")
-    for mode, kwargs in modes().items():
-        if wanted and mode not in wanted:
-            continue
-        for name, f, y0, ts, per_sample in problems:
-            r = measure(name, f, y0, ts, per_sample, kwargs, args.repeats)
+    for name, f, y0, ts, per_sample in problems:
+        results = measure(runs, f, y0, ts, per_sample, args.repeats)
+        for label, r in results.items():
             print(
-                f"| {name} | {mode} | {r['best_ms']:.3f} | {r['median_ms']:.3f} | "
+                f"| {name} | {label} | {r['best_ms']:.3f} | {r['median_ms']:.3f} | "
                 f"{r['first_s']:.2f} | {r['steps']} ({r['accepted']}) |",
                 flush=True,
             )

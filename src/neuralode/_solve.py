@@ -75,33 +75,33 @@ def solve(
     differentiable (implicit-function gradient) and ``ys``/``ts`` hold only the outputs
     before it. With an event, ``ts[-1]`` may be infinite (search until the event).
 
-    ``per_sample=True`` solves dimension 0 of ``y0`` (a tensor) as a batch of independent
-    problems: each sample has its own time, step size and accept/reject decisions (error
-    norm: RMS over the sample) and takes the steps it would take alone; ``func`` then
-    receives ``t`` as a (batch,) tensor. ``Solution.stats`` gains per-sample ``sample_nfe``,
-    ``sample_steps``, ``sample_accepted``, ``sample_rejected``. Needs an adaptive explicit
-    Runge-Kutta solver and a ``PIController``; gradients by ``Direct()`` or ``Backsolve()``
-    (one backward solve for the whole batch). ``skip_finished=True`` (per-sample mode only)
-    calls ``func`` with only the samples still running, ``t`` (n,) and ``y`` (n, ...), so
-    that finished samples stop costing work (``Solution.stats.rows_evaluated``); use it only
-    when ``func`` treats the rows independently and does not depend on their position in
-    the batch (no per-sample tensors captured from outside, no batch statistics).
-    ``device_loop=True`` solves a one-tensor state as one problem in the per-sample loop (a
-    batch of one): the step sizes and accept/reject decisions stay tensors on the device and
-    the solve reads nothing back between scheduled termination checks (the standard loop
-    reads the error norm after every step); the standard loop's steps (float32 round-off
-    in the error estimate can flip a decision at tight tolerances) and its events (located
-    at the checks). Needs what per-sample mode needs. ``compile_step=True`` runs each step
-    attempt, ``func`` included, as one ``torch.compile`` graph (default mode; the first solves
-    of each shape, dtype and ``func`` compile, seconds to a minute): in the standard loop the
-    step of an explicit Runge-Kutta method with its error ratio (one read-back per step; a
-    ``PIController`` or ``FixedGrid``; ``Backsolve()``'s backward solve stays eager), in
-    per-sample mode or with ``device_loop`` the whole attempt with every sample's decision
-    (static shapes; not with ``skip_finished``). ``cuda_graph=True`` (per-sample mode or
-    ``device_loop``, a state on a CUDA device, no autograd graph: under ``torch.no_grad()``
-    or the forward solve of ``Backsolve()``) captures the step attempt, ``func`` included,
-    as a CUDA graph on the first step and replays it on every step (``_cuda_graph``);
-    ``func`` must not read values back to the host.
+    How the solve runs is two arguments, validated together (``Execution``; a combination
+    no mode runs is refused with the reason). ``per_sample=True`` solves dimension 0 of
+    ``y0`` (a tensor) as a batch of independent problems: each sample has its own time,
+    step size and accept/reject decisions (error norm: RMS over the sample) and takes the
+    steps it would take alone; ``func`` then receives ``t`` as a (batch,) tensor.
+    ``Solution.stats`` gains per-sample ``sample_nfe``, ``sample_steps``,
+    ``sample_accepted``, ``sample_rejected``. Needs an adaptive explicit Runge-Kutta solver
+    and a ``PIController``; gradients by ``Direct()`` or ``Backsolve()``.
+    ``per_sample="skip_finished"`` calls ``func`` with only the samples still running (use
+    it only when ``func`` treats the rows independently of their position in the batch).
+    ``compile=True`` runs the whole adaptive solve (first step, steps, decisions, outputs,
+    per-sample statistics) as one ``torch.compile``'d ``while_loop`` graph without host
+    synchronisation (adaptive explicit Runge-Kutta, ``PIController``, one tensor state, no
+    autograd graph: under ``torch.no_grad()`` or ``Backsolve()``'s forward solve, no
+    events, ``step_t``/``jump_t``/``perturb``/callbacks); elsewhere it compiles each step
+    instead. ``compile="step"`` compiles each step attempt, ``func`` included (an explicit
+    Runge-Kutta method; a ``PIController`` or ``FixedGrid``). ``compile="cuda_graph"``
+    (per-sample mode or the device loop, a CUDA state, no autograd graph) captures the step
+    attempt as a CUDA graph and replays it. The first solve of each shape compiles
+    (seconds to a minute); later solves with new values of the same shapes reuse the graph.
+    The older flags stay as aliases: ``skip_finished=True``, ``compile_step=True``
+    (``compile="step"``), ``cuda_graph=True`` and ``device_loop=True`` (one problem in the
+    per-sample loop, a batch of one: decisions stay on the device between scheduled checks).
+
+    Under ``torch.func.vmap`` over ``y0`` each vmapped problem takes its own steps (a
+    per-sample solve of the batch, ``func`` called per problem by an inner ``vmap``) and
+    equals solving it alone; ``torch.func.grad``, ``jacrev`` and ``jvp`` compose outside it.
 
     ``per_sample=True`` with an ``event``: ``event.fn(t, y)`` receives the per-sample times
     (batch,) and the batched state and returns (batch,) or (batch, k) values, row i being

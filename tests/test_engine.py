@@ -102,6 +102,8 @@ def test_execution_is_one_validated_choice():
         Execution.of(compile=True, compile_step=True)
     with pytest.raises(ValueError, match="compile='step' does not support skip_finished"):
         Execution.of("skip_finished", "step")
+    with pytest.raises(ValueError, match="choose one"):
+        Execution.of(True, True, cuda_graph=True)
     with pytest.raises(TypeError, match="unexpected keyword arguments"):
         no.solve(vdp, torch.ones(2), TS, fast=True)
     with pytest.raises(ValueError, match="compile=True supports the explicit Runge-Kutta"):

@@ -113,6 +113,11 @@ class Execution:
                 f"{self.asked} does not support skip_finished (the number of rows f sees "
                 "changes, which would recompile)"
             )
+        if self.cuda_graph and self.compile == "solve":
+            raise ValueError(
+                "compile=True runs the whole solve as one compiled graph and cuda_graph "
+                "captures each step attempt: choose one"
+            )
         if self.cuda_graph and not self.device:
             raise ValueError("cuda_graph=True needs per_sample=True or device_loop=True")
         if self.cuda_graph and self.skip_finished:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from .._errors import NonFiniteError
-from .._norms import Norm
+from .._norms import Norm, rms_norm
 from .._term import ODETerm
 
 
@@ -91,8 +91,12 @@ def initial_step(
         scale = torch.addcmul(atol, y0.abs(), rtol)  # one op, no Python-number operands
     else:
         scale = atol + rtol * y0.abs()
-    d0 = norm(y0 / scale).to(torch.float64)
-    d1 = norm(f0 / scale).to(torch.float64)
+    if norm is rms_norm:  # both norms by one reduction
+        both = torch.linalg.vector_norm(torch.stack((y0, f0)) / scale, dim=1)
+        d0, d1 = (both.to(torch.float64) / math.sqrt(y0.numel())).unbind()
+    else:
+        d0 = norm(y0 / scale).to(torch.float64)
+        d1 = norm(f0 / scale).to(torch.float64)
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
     step = (direction * h0).to(y0.real.dtype)
     step = step.reshape(step.shape + (1,) * (y0.ndim - step.ndim))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from .._errors import NonFiniteError
-from .._norms import Norm, rms_norm
+from .._norms import Norm, norm_value, rms_norm
 from .._term import ODETerm
+from ._ops import clip, maximum, minimum, power, where
 
 
 @torch.no_grad()
@@ -24,20 +26,24 @@ def select_initial_step(
     atol: float | torch.Tensor,
     norm: Norm,
 ) -> float:
-    """A first step size (positive) from the local scale of y0, f0 and one more evaluation
-    (``initial_step`` on the host's loop: one read-back).
+    """``initial_step``'s rule on the host's loop, with Python floats (cheaper there than
+    tensor arithmetic): a first step size (positive) from the local scale of y0, f0 and
+    one more evaluation of f.
 
     ``error_exponent`` is 1 / (q + 1) for an error estimate of order q; ``rtol`` and ``atol``
     are numbers or tensors broadcasting against ``y0``.
     """
-    t = torch.tensor(t0, dtype=torch.float64)
-    h, d1 = initial_step(
-        lambda t1, y1: term.at(term.time(t1), y1), t, y0, f0, direction, error_exponent,
-        rtol, atol, norm,
-    )  # fmt: skip
-    h, d1 = torch.stack([h.to(torch.float64), d1]).tolist()
+    scale = _scale(y0, rtol, atol)
+    if norm is rms_norm:  # both norms by one reduction and one transfer to the host
+        both = torch.linalg.vector_norm(torch.stack((y0, f0)) / scale, dim=1)
+        d0, d1 = (x / math.sqrt(y0.numel()) for x in both.tolist())
+    else:
+        d0, d1 = float(norm(y0 / scale)), float(norm(f0 / scale))
     check_f0_norm(d1, t0)
-    return h
+    h0 = probe_step(d0, d1)
+    f1 = term(t0 + direction * h0, torch.add(y0, f0, alpha=direction * h0))
+    d2 = norm_value((f1 - f0) / scale, norm) / h0
+    return first_step(h0, d1, d2, error_exponent)
 
 
 def check_f0_norm(d1: float, t0: float) -> None:
@@ -87,23 +93,33 @@ def initial_step(
     sample (a (batch,) result; ``t0`` (batch,)). Returns the step size (float64) and the
     scaled norm of f0 (non-finite: f0 is)."""
     y0, f0 = y0.detach(), f0.detach()  # forward-mode AD (torch.func.jvp) ignores no_grad
-    if isinstance(rtol, torch.Tensor) and isinstance(atol, torch.Tensor):
-        scale = torch.addcmul(atol, y0.abs(), rtol)  # one op, no Python-number operands
-    else:
-        scale = atol + rtol * y0.abs()
-    if norm is rms_norm:  # both norms by one reduction
-        both = torch.linalg.vector_norm(torch.stack((y0, f0)) / scale, dim=1)
-        d0, d1 = (both.to(torch.float64) / math.sqrt(y0.numel())).unbind()
-    else:
-        d0 = norm(y0 / scale).to(torch.float64)
-        d1 = norm(f0 / scale).to(torch.float64)
-    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+    scale = _scale(y0, rtol, atol)
+    d0 = norm(y0 / scale).to(torch.float64)
+    d1 = norm(f0 / scale).to(torch.float64)
+    h0 = probe_step(d0, d1)
     step = (direction * h0).to(y0.real.dtype)
     step = step.reshape(step.shape + (1,) * (y0.ndim - step.ndim))
     f_probe = evaluate(t0 + direction * h0, y0 + step * f0)
     d2 = norm((f_probe - f0) / scale).to(torch.float64) / h0
+    return first_step(h0, d1, d2, error_exponent), d1
+
+
+def _scale(y0: torch.Tensor, rtol: Any, atol: Any) -> torch.Tensor:
+    if isinstance(rtol, torch.Tensor) and isinstance(atol, torch.Tensor):
+        return torch.addcmul(atol, y0.abs(), rtol)  # one op, no Python-number operands
+    return atol + rtol * y0.abs()
+
+
+def probe_step(d0: Any, d1: Any) -> Any:
+    """The rule's probe step h0 from the scaled norms of y0 and f0 (floats, or tensors:
+    one problem or one per sample)."""
+    return where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+
+
+def first_step(h0: Any, d1: Any, d2: Any, error_exponent: float) -> Any:
+    """The rule's first step size from the probe step, the scaled norm of f0 and the
+    estimate of the second derivative (floats or tensors, as ``probe_step``)."""
     tiny = (d1 <= 1e-15) & (d2 <= 1e-15)
-    h1 = torch.where(
-        tiny, (h0 * 1e-3).clamp(min=1e-6), (0.01 / torch.maximum(d1, d2)) ** error_exponent
-    )
-    return torch.minimum(100 * h0, h1), d1
+    largest = maximum(maximum(d1, d2), 1e-300)  # (a float 0 would divide by zero)
+    h1 = where(tiny, clip(h0 * 1e-3, 1e-6, math.inf), power(0.01 / largest, error_exponent))
+    return minimum(100 * h0, h1)

@@ -13,6 +13,10 @@ from .._errors import NonFiniteError
 from .._norms import Norm, norm_value, tolerance_tensor
 from .._term import ODETerm
 from ..solvers.base import Solver
+from ._ops import clip as _clip
+from ._ops import nan_to as _nan_to
+from ._ops import power as _power
+from ._ops import where as _where
 from .base import StepSizeController
 from .initial_step import check_f0_norm, first_evaluations, select_initial_step
 
@@ -278,28 +282,3 @@ def _scaled_error(
 ) -> torch.Tensor:
     """error / (atol + rtol * max(|y0|, |y1|)), from |y0| and |y1|."""
     return error / torch.addcmul(atol, torch.maximum(y0_abs, y1_abs), rtol)
-
-
-def _power(x: Any, p: float) -> Any:
-    """``x ** p`` for a float (0 to a negative power: inf) or a tensor."""
-    if isinstance(x, torch.Tensor):
-        return x.pow(p)
-    return math.inf if x == 0 and p < 0 else x**p
-
-
-def _clip(x: Any, lo: float, hi: float) -> Any:
-    if isinstance(x, torch.Tensor):
-        return torch.clamp(x, min=lo, max=hi)
-    return min(max(x, lo), hi)
-
-
-def _nan_to(x: Any, value: float) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.nan_to_num(nan=value)
-    return value if x != x else x
-
-
-def _where(condition: Any, a: Any, b: Any) -> Any:
-    if isinstance(condition, torch.Tensor):
-        return torch.where(condition, a, b)
-    return a if condition else b

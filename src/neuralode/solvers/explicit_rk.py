@@ -158,8 +158,9 @@ class ExplicitRK(Solver):
         compiling = torch.compiler.is_compiling()
         columns = None if buffer is None else buffer.columns
         ks = [f0]
-        if buffer is not None:
-            buffer.rows[0].copy_(f0.reshape(-1))  # f0 may be the last row: copied before reuse
+        rows = None if buffer is None else buffer.rows
+        if rows is not None:  # f0 may be the last row: copied before reuse
+            rows[0].copy_(f0 if f0.ndim == 1 else f0.reshape(-1))
         y_stage = y0
         for i in range(1, co.stages):
             if i == 1 and not compiling and isinstance(h, float):
@@ -168,22 +169,22 @@ class ExplicitRK(Solver):
                 part = None if columns is None else columns[i]
                 y_stage = _stage_sum(y0, h, co.a[i], tab.a[i], ks, part, compiling)
             k = evaluate(i, y_stage)
-            if buffer is not None and k is not buffer.rows[i]:
-                buffer.rows[i].copy_(k.reshape(-1))
+            if rows is not None and k is not rows[i]:
+                rows[i].copy_(k.reshape(-1))
             ks.append(k)
         if buffer is not None:
             stacked = buffer.stacked.view(co.stages, *y0.shape)
             every = columns[co.stages]
         else:
             stacked = torch.stack(ks)
-            every = None if compiling else stacked.flatten(1).T
+            every = None if compiling else (stacked if y0.ndim == 1 else stacked.flatten(1)).T
         y1 = y_stage if co.fsal else _stage_sum(y0, h, co.b, tab.b, ks, every, compiling)
         if co.b_error is None:
             error = None
         else:
             error = _stage_sum(None, h, co.b_error, tab.b_error, ks, every, compiling)
-        if buffer is not None and buffer.rows[0].shape == y0.shape:
-            ks = list(buffer.rows)  # the rows themselves (f0's copy among them)
+        if rows is not None and y0.ndim == 1:
+            ks = list(rows)  # the rows themselves (f0's copy among them)
         return y1, error, ks, stacked
 
     def reject(self, step: Step, state: Any) -> Any:
@@ -281,12 +282,11 @@ def _stage_sum(
     if compiling:
         return combine(y, ks, numbers, h)
     if columns is None:
-        columns = torch.stack(list(ks[: len(coefficients)])).flatten(1).T
-    if isinstance(h, float):
+        stacked = torch.stack(list(ks[: len(coefficients)]))
+        columns = (stacked if stacked.ndim == 2 else stacked.flatten(1)).T
+    if isinstance(h, float):  # one problem: a flat state, no reshaping
         if y is None:  # with beta=0, addmv ignores its first argument
-            return torch.addmv(ks[0].reshape(-1), columns, coefficients, beta=0, alpha=h).view(
-                ks[0].shape
-            )
-        return torch.addmv(y.reshape(-1), columns, coefficients, alpha=h).view(y.shape)
+            return torch.addmv(ks[0], columns, coefficients, beta=0, alpha=h)
+        return torch.addmv(y, columns, coefficients, alpha=h)
     total = torch.mv(columns, coefficients).view(ks[0].shape)
     return h * total if y is None else torch.addcmul(y, h, total)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+from torch._C._functorch import is_functorch_wrapped_tensor
 
 from ._norms import row_rms
 from .controllers.pi import PIController
@@ -81,10 +82,10 @@ def attempt(
         return call(t1 if c[i] == 1 else torch.add(t, h, alpha=c[i]), y_stage)
 
     y1, error, ks, k_all = k.solver.propose(y, h_y, f0, evaluate, buffer)
-    with torch.no_grad():  # detached too: forward-mode AD (torch.func.jvp) ignores no_grad
-        y_abs, y1_abs = y.detach().abs(), y1.detach().abs()
+    with torch.no_grad():
+        y_abs, y1_abs = _plain(y).abs(), _plain(y1).abs()
         scale = torch.addcmul(k.atol, torch.maximum(y_abs, y1_abs), k.rtol)
-        ratio = row_rms(error.detach() / scale)
+        ratio = row_rms(_plain(error) / scale)
         ok, new_size, previous_ratio = k.controller.decide(
             ratio, h.abs(), carried_ratio, k.exponent
         )
@@ -112,3 +113,9 @@ def attempt(
         y_accepted=torch.where(accept_col, y1, y),
         f0_accepted=torch.where(accept_col, ks[-1], f0) if fsal else None,
     )
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """``x`` without the tangents of a torch.func transform (forward-mode AD ignores
+    ``no_grad``, and the step-size decisions must not be differentiated)."""
+    return x.detach() if is_functorch_wrapped_tensor(x) else x

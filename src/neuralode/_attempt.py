@@ -118,4 +118,6 @@ def attempt(
 def _plain(x: torch.Tensor) -> torch.Tensor:
     """``x`` without the tangents of a torch.func transform (forward-mode AD ignores
     ``no_grad``, and the step-size decisions must not be differentiated)."""
+    if torch.compiler.is_compiling():  # (a graph break otherwise; no transform there)
+        return x
     return x.detach() if is_functorch_wrapped_tensor(x) else x

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,10 +117,13 @@ def _integrate(
     record: list[StepRecord] | None,
 ) -> torch.Tensor:
     if config.execution.compile == "solve":
-        from ._whole_solve import integrate_whole, unsupported
+        from ._whole_solve import WholeSolveUnavailable, integrate_whole, unsupported
 
         if unsupported(config, term.spec) is None:  # else: each step compiled
-            return integrate_whole(term, y0, ts, config, stats)
+            try:
+                return integrate_whole(term, y0, ts, config, stats)
+            except WholeSolveUnavailable as error:
+                warnings.warn(str(error), stacklevel=4)
     if config.per_sample or config.device_loop:
         from ._per_sample import integrate_per_sample
 

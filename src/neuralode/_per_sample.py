@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from ._attempt import Constants
-from ._attempt import attempt as step_attempt
+from ._attempt import attempt as _attempt
 from ._compile import compiled
 from ._cuda_graph import GraphedStep
 from ._errors import NonFiniteError
@@ -199,9 +199,9 @@ def integrate_per_sample(
     count_outside = config.compile_step or config.cuda_graph
     if config.compile_step:
         # static shapes: one graph per batch size (a dynamic batch dimension costs time)
-        step_fn = compiled(step_attempt, type(solver), dynamic=False)
+        step_fn = compiled(_attempt, type(solver), dynamic=False)
     else:
-        step_fn = step_attempt
+        step_fn = _attempt
         if not torch.is_grad_enabled() and not config.cuda_graph:
             buffer = term.stage_buffer(stages, y0_flat)  # stages reused by every step
     attempt = functools.partial(step_fn, f.uncounted if count_outside else f, constants, buffer)

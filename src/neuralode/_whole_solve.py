@@ -34,6 +34,11 @@ from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
 
 
+class WholeSolveUnavailable(RuntimeError):
+    """torch.compile could not capture the whole solve (e.g. an operation of f that it
+    cannot trace inside ``while_loop``): the caller compiles each step instead."""
+
+
 def unsupported(config: Any, spec: Any) -> str | None:
     """Why the whole solve cannot be one graph here (``None``: it can). The caller then
     compiles each step instead (``compile='step'``)."""
@@ -88,7 +93,14 @@ def integrate_whole(
     ts_tensor = torch.tensor(ts, **f64)
     rtol, atol = tolerance_tensor(ctrl.rtol, y), tolerance_tensor(ctrl.atol, y)
     plan.constants = Constants(solver, ctrl, rtol, atol, plan.sign, plan.exponent)
-    result = run(plan, y, ts_tensor)
+    try:
+        result = run(plan, y, ts_tensor)
+    except torch._dynamo.exc.TorchDynamoException as error:
+        raise WholeSolveUnavailable(
+            f"torch.compile (torch {torch.__version__}) could not capture the whole solve as "
+            f"one while_loop graph ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            "each step is compiled instead"
+        ) from error
     outputs, t, proposal, still, n_steps, n_accepted, nfe, iterations, d1 = result
     bad_f0, running, out_of_steps = torch.stack(
         [(~torch.isfinite(d1)).any(), still.any(), iterations >= config.max_steps]

@@ -113,7 +113,8 @@ def _scale(y0: torch.Tensor, rtol: Any, atol: Any) -> torch.Tensor:
 def probe_step(d0: Any, d1: Any) -> Any:
     """The rule's probe step h0 from the scaled norms of y0 and f0 (floats, or tensors:
     one problem or one per sample)."""
-    return where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+    # (d1 below 1e-5 takes 1e-6; clipped, a float 0 would divide by zero)
+    return where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / maximum(d1, 1e-5))
 
 
 def first_step(h0: Any, d1: Any, d2: Any, error_exponent: float) -> Any:

@@ -52,6 +52,20 @@ def vdp(batch: int = 256):
     return f, y0, torch.tensor([0.0, 10.0], dtype=torch.float64)
 
 
+def dump(directory: str, batches) -> None:
+    """The MLP weights and initial states as .npz files (``bench_engine_diffrax.py``)."""
+    import numpy as np
+
+    for b in batches:
+        f, y0, _ = mlp(b)
+        linears = [m for m in f.__closure__[0].cell_contents if isinstance(m, torch.nn.Linear)]
+        arrays = {f"y0_{b}": y0.numpy()}
+        for i, layer in enumerate(linears):
+            arrays[f"W{i}"] = layer.weight.detach().numpy().T
+            arrays[f"b{i}"] = layer.bias.detach().numpy()
+        np.savez(f"{directory}/mlp_{b}.npz", **arrays)
+
+
 def modes(lib=no) -> dict[str, dict]:
     """The execution modes a version of neuralode has, as ``solve`` keywords."""
     params = inspect.signature(lib.solve).parameters
@@ -103,7 +117,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--batches", default="1,16,256,1024")
     parser.add_argument("--base", default="", help="directory with neuralode_base (older)")
+    parser.add_argument("--dump", default="", help="write the MLP problems for diffrax here")
     args = parser.parse_args()
+    if args.dump:
+        dump(args.dump, map(int, args.batches.split(",")))
+        return
     torch.set_num_threads(1)
     problems = [(f"MLP batch {b}", *mlp(b), False) for b in map(int, args.batches.split(","))]
     problems += [("VdP 256 one system", *vdp(), False), ("VdP 256 per sample", *vdp(), True)]

@@ -2,6 +2,7 @@
 
 from ._errors import MaxStepsError, NonFiniteError, SolverError, StepSizeUnderflowError
 from ._events import Event
+from ._execution import Execution
 from ._norms import max_norm, mixed_norm, rms_norm, seminorm
 from ._solution import Solution, SolveStats
 from ._solve import solve
@@ -27,6 +28,7 @@ from .solvers import (
 
 __all__ = [
     "Event",
+    "Execution",
     "ExplicitAdams",
     "ImplicitAdams",
     "Backsolve",

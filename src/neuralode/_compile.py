@@ -11,7 +11,9 @@ import torch
 _COMPILED: dict[tuple[Callable, Hashable], Any] = {}
 
 
-def compiled(fn: Callable, key: Hashable, dynamic: bool | None = None) -> Any:
+def compiled(
+    fn: Callable, key: Hashable, dynamic: bool | None = None, fullgraph: bool = False
+) -> Any:
     """``fn`` under torch.compile, made once per (``fn``, ``key``) and process; ``dynamic``
     as torch.compile's (``None``: static shapes until a second shape is seen).
 
@@ -27,6 +29,6 @@ def compiled(fn: Callable, key: Hashable, dynamic: bool | None = None) -> Any:
             fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
         )
         entry = _COMPILED[(fn, key)] = torch.compile(
-            copy, dynamic=dynamic, options={"cpp_wrapper": True}
+            copy, dynamic=dynamic, fullgraph=fullgraph, options={"cpp_wrapper": True}
         )
     return entry

@@ -1,5 +1,11 @@
 """Exceptions raised by the solvers; each message names the problem and the offending value."""
 
+from __future__ import annotations
+
+import math
+
+import torch
+
 
 class SolverError(RuntimeError):
     """A solve could not be completed."""
@@ -15,3 +21,52 @@ class StepSizeUnderflowError(SolverError):
 
 class NonFiniteError(SolverError):
     """NaN or infinity appeared in the state."""
+
+
+def raise_stalled(
+    t: float,
+    dt: float,
+    y: torch.Tensor,
+    last_y1: torch.Tensor | None = None,
+    sample: int | None = None,
+) -> None:
+    """The error of a solve (or of one ``sample`` of a per-sample solve) whose next step
+    from ``(t, y)``, of size ``dt``, cannot make progress: a non-finite state, steps that
+    only produce non-finite values (the last one ``last_y1``), a non-finite step size, or a
+    step too small to change t. One message for every mode.
+
+    Raises:
+        NonFiniteError: the state or the steps are non-finite.
+        StepSizeUnderflowError: the step underflows.
+    """
+    of = "" if sample is None else f" of sample {sample}"
+    inside = "" if sample is None else f" in sample {sample}"
+    if not bool(torch.isfinite(y).all()):
+        raise NonFiniteError(f"the state{of} became non-finite (NaN or inf) at t={t:.6g}")
+    if last_y1 is not None and not bool(torch.isfinite(last_y1).all()):
+        raise NonFiniteError(
+            f"NaN or inf in the state{of}: every step from t={t:.6g} produced non-finite "
+            f"values, down to dt={dt:.3g}. f(t, y) is probably non-finite there or the "
+            "solution blows up."
+        )
+    if not math.isfinite(dt):
+        raise NonFiniteError(f"non-finite step size proposed{inside} at t={t:.6g}")
+    raise StepSizeUnderflowError(
+        f"step size underflow{inside} at t={t:.10g}: the next step (dt={dt:.3g}) is too "
+        "small to change t. The solution may blow up, f may be non-finite or discontinuous "
+        "near this time (declare discontinuities with jump_t), or the problem may be stiff."
+    )
+
+
+def max_steps_error(
+    max_steps: int, t: float, t_end: float, counts: str, sample: int | None = None
+) -> MaxStepsError:
+    """The error of a solve that used up ``max_steps`` at ``t`` before ``t_end``; ``counts``
+    says whose steps (e.g. "3 accepted, 1 rejected steps" or "sample 2's steps"). One
+    message for every mode."""
+    who = "" if sample is None else f"sample {sample} "
+    return MaxStepsError(
+        f"{who}reached max_steps={max_steps} at t={t:.6g} before t={t_end:.6g} ({counts}). Raise "
+        "max_steps (options max_num_steps), loosen the tolerances, or, if the problem is "
+        "stiff, use a stiff method (radau)."
+    )

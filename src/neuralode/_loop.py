@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,15 +11,14 @@ import numpy as np
 import torch
 
 from ._compile import compiled
-from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
+from ._errors import max_steps_error, raise_stalled
+from ._execution import Execution
 from ._norms import Norm
 from ._solution import SolveStats
 from ._term import ODETerm
 from .controllers.base import StepSizeController
-from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers.base import Solver
-from .solvers.explicit_rk import ExplicitRK
 
 _EPS = 2.0**-52
 
@@ -35,24 +35,29 @@ class LoopConfig:
     jump_t: tuple[float, ...] = ()
     perturb: bool = False
     callbacks: Any = None
-    events: Any = None  # EventTracker (standard loop), SampleEvents (per-sample loop)
-    per_sample: bool = False  # dim 0 of the state is a batch of independent problems
-    skip_finished: bool = False  # per_sample: f sees only the samples still running
-    compile_step: bool = False  # each step attempt (with its error) runs under torch.compile
-    device_loop: bool = False  # the per-sample loop for the whole state as one problem
-    cuda_graph: bool = False  # per-sample loop: each step attempt replayed as a CUDA graph
+    events: Any = None  # ``_events.Events``: OneProblemEvents, or one row per sample
+    execution: Execution = Execution()  # how the loop runs (``_execution``)
 
+    @property
+    def per_sample(self) -> bool:
+        return self.execution.per_sample
 
-def check_compiled_step(solver: Solver, controller: Any, what: str) -> None:
-    """Raise a clear error, naming ``what`` asked for it, if the standard loop's compiled
-    step (``_attempt``) cannot run this solver or controller."""
-    if not isinstance(solver, ExplicitRK):
-        raise ValueError(
-            f"{what} supports the explicit Runge-Kutta methods (dopri5, tsit5, rk4, ...), "
-            f"got {solver!r}"
-        )
-    if not isinstance(controller, (PIController, FixedGrid)):
-        raise ValueError(f"{what} needs a PIController or FixedGrid, got {controller!r}")
+    @property
+    def skip_finished(self) -> bool:
+        return self.execution.skip_finished
+
+    @property
+    def compile_step(self) -> bool:
+        """Each step attempt one graph: ``compile='step'``, or the fallback of ``'solve'``."""
+        return self.execution.compile is not None
+
+    @property
+    def device_loop(self) -> bool:
+        return self.execution.device_loop
+
+    @property
+    def cuda_graph(self) -> bool:
+        return self.execution.cuda_graph
 
 
 def _landings(ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, ...]):
@@ -111,6 +116,14 @@ def _integrate(
     stats: SolveStats,
     record: list[StepRecord] | None,
 ) -> torch.Tensor:
+    if config.execution.compile == "solve":
+        from ._whole_solve import WholeSolveUnavailable, integrate_whole, unsupported
+
+        if unsupported(config, term.spec) is None:  # else: each step compiled
+            try:
+                return integrate_whole(term, y0, ts, config, stats)
+            except WholeSolveUnavailable as error:
+                warnings.warn(str(error), stacklevel=4)
     if config.per_sample or config.device_loop:
         from ._per_sample import integrate_per_sample
 
@@ -138,17 +151,13 @@ def _integrate(
         events.start(t, y)
     while next_out < n_out:
         if stats.n_steps >= config.max_steps:
-            raise MaxStepsError(
-                f"reached max_steps={config.max_steps} at t={t:.6g} before t={ts[-1]:.6g} "
-                f"({stats.n_accepted} accepted, {stats.n_rejected} rejected steps). Raise "
-                "max_steps (options max_num_steps), loosen the tolerances, or, if the problem "
-                "is stiff, use a stiff method (radau)."
-            )
+            counts = f"{stats.n_accepted} accepted, {stats.n_rejected} rejected steps"
+            raise max_steps_error(config.max_steps, t, ts[-1], counts)
         land_t, land_is_jump = landings[landing]
         landed = sign * (proposal - land_t) >= 0
         t1 = land_t if landed else proposal
         if abs(t1 - t) <= 4 * _EPS * max(abs(t), abs(t1)) or not math.isfinite(t1):
-            _raise_no_progress(t, t1, y, last_y1)
+            raise_stalled(t, t1 - t, y, last_y1)
         at_jump = landed and land_is_jump
         if callbacks is not None:
             callbacks.step(t, y, t1 - t)
@@ -178,7 +187,7 @@ def _integrate(
         stats.n_accepted += 1
         if callbacks is not None:
             callbacks.accept(t, y, t1 - t)
-        hit = None if events is None else events.check(solver, term, step)
+        hit = None if events is None else events.check_step(solver, term, step)
         stop = hit is not None and events.event.terminal
         t_stop = hit.t if stop else t1
         end = next_out
@@ -238,21 +247,3 @@ def _time_pair(t0: float, t1: float, device: torch.device) -> torch.Tensor:
     if device.type == "cpu":
         return torch.from_numpy(np.array((t0, t1)))
     return torch.tensor((t0, t1), dtype=torch.float64, device=device)
-
-
-def _raise_no_progress(t: float, t1: float, y: torch.Tensor, last_y1: torch.Tensor | None) -> None:
-    if not bool(torch.isfinite(y).all()):
-        raise NonFiniteError(f"the state became non-finite (NaN or inf) at t={t:.6g}")
-    if last_y1 is not None and not bool(torch.isfinite(last_y1).all()):
-        raise NonFiniteError(
-            f"NaN or inf in the state: every step from t={t:.6g} produced non-finite values, "
-            f"down to dt={t1 - t:.3g}. f(t, y) is probably non-finite there or the solution "
-            "blows up."
-        )
-    if not math.isfinite(t1):
-        raise NonFiniteError(f"non-finite step size proposed at t={t:.6g}")
-    raise StepSizeUnderflowError(
-        f"step size underflow at t={t:.10g}: the next step (dt={t1 - t:.3g}) is too small to "
-        "change t. The solution may blow up, f may be non-finite or discontinuous near this "
-        "time (declare discontinuities with jump_t), or the problem may be stiff."
-    )

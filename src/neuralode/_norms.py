@@ -41,6 +41,12 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x) / (x.numel() ** 0.5)
 
 
+def row_rms(x: torch.Tensor) -> torch.Tensor:
+    """RMS of each row of a (batch, n) tensor, in float64: the error norm of each sample
+    (per-sample mode; one problem is a batch of one)."""
+    return (torch.linalg.vector_norm(x, dim=1) / (x.shape[1] ** 0.5)).to(torch.float64)
+
+
 def norm_value(x: torch.Tensor, norm: Norm) -> float:
     """``float(norm(x))``, with the RMS norm's division by sqrt(n) done on the host (one
     tensor operation fewer in the step loop)."""

@@ -28,7 +28,7 @@ far more than a read (with scheduled checks f saw 8-16 % more rows in the benchm
 table (d)). Everything else (step sizes, decisions, interpolation weights) stays on the
 device.
 
-A step attempt of the whole batch (stages, error, decisions) is one function, ``_attempt``,
+A step attempt of the whole batch (stages, error, decisions) is one function, ``_attempt.attempt``,
 run eagerly or, with ``compile_step``, as one torch.compile graph (f included); with
 ``cuda_graph`` it is captured once as a CUDA graph and replayed (``_cuda_graph``).
 """
@@ -36,20 +36,30 @@ run eagerly or, with ``compile_step``, as one torch.compile graph (f included); 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
+from ._attempt import Constants
+from ._attempt import attempt as _attempt
 from ._compile import compiled
 from ._cuda_graph import GraphedStep
-from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
-from ._norms import tolerance_tensor
+from ._errors import NonFiniteError
+from ._norms import row_rms, tolerance_tensor
+from ._pending import (
+    _ends,
+    _locate_events,
+    _raise_stalled,
+    _Reached,
+    _read_progress,
+    _stack,
+    _write_outputs,
+)
 from ._solution import SolveStats
 from ._term import ODETerm
-from .controllers.initial_step import first_step, probe_step
-from .controllers.pi import PIController, check_overflow
-from .solvers.explicit_rk import ExplicitRK, combine
+from .controllers.initial_step import initial_step
+from .controllers.pi import PIController
+from .solvers.explicit_rk import ExplicitRK
 
 _EPS = 2.0**-52
 _MAX_UNCHECKED = 64  # most steps between two termination checks
@@ -57,17 +67,6 @@ _MAX_UNCHECKED = 64  # most steps between two termination checks
 # before the next check are wasted on the whole batch
 _MAX_UNCHECKED_TERMINAL = 16
 _PENDING_BYTES = 2**27  # most memory the steps waiting for their outputs may hold
-
-
-def check_loop(solver: Any, controller: Any, what: str) -> None:
-    """Raise a clear error if the solver or controller cannot run in this loop."""
-    if not isinstance(solver, ExplicitRK) or not solver.adaptive:
-        raise ValueError(
-            f"{what} supports the adaptive explicit Runge-Kutta methods (dopri5, "
-            f"tsit5, bosh3, dopri8, ...), got {solver!r}"
-        )
-    if not isinstance(controller, PIController):
-        raise ValueError(f"{what} needs a PIController, got {controller!r}")
 
 
 class _BatchTerm:
@@ -125,11 +124,6 @@ class _BatchTerm:
             self.rows = None if n_still == self.batch else still.nonzero().squeeze(1)
 
 
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    """RMS of each row, in float64."""
-    return (torch.linalg.vector_norm(x, dim=1) / (x.shape[1] ** 0.5)).to(torch.float64)
-
-
 def integrate_per_sample(
     term: ODETerm, y0_flat: torch.Tensor, ts: list[float], config: Any, stats: SolveStats
 ) -> torch.Tensor:
@@ -153,7 +147,7 @@ def integrate_per_sample(
     ts_signed = torch.tensor([sign * x for x in ts], **f64)
     ts_tensor = torch.tensor(ts, **f64)
     tab = solver.tableau
-    co = solver._coefficients(y0_flat)
+    co = solver._coefficients(y0_flat)  # made before a compiled step runs
     exponent = 1.0 / (solver.error_order + 1)
     rtol = tolerance_tensor(ctrl.rtol, y)
     atol = tolerance_tensor(ctrl.atol, y)
@@ -168,21 +162,14 @@ def integrate_per_sample(
     t = torch.full((batch,), ts[0], **f64)
     f0 = f(t, y)
     nfe = nfe + 1
-    # initial step (Hairer, Norsett & Wanner II.4), per sample
+    # the first step size, per sample (``initial_step``: Hairer, Norsett & Wanner II.4)
     if ctrl.first_step is None:
-        with torch.no_grad():
-            scale = atol + rtol * y.abs()
-            d0, d1 = _rms(y / scale), _rms(f0 / scale)
-            bad = ~torch.isfinite(d1)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0])
-                raise NonFiniteError(f"f(t0, y0) contains NaN or inf for sample {i}")
-            h0 = probe_step(d0, d1)
-            y_probe = y + (sign * h0).to(y.real.dtype)[:, None] * f0
-            f_probe = f(t + sign * h0, y_probe)
-            nfe = nfe + 1
-            d2 = _rms((f_probe - f0) / scale) / h0
-            size = first_step(h0, d1, d2, exponent)
+        size, d1 = initial_step(f, t, y, f0, sign, exponent, rtol, atol, row_rms)
+        nfe = nfe + 1
+        bad = ~torch.isfinite(d1)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise NonFiniteError(f"f(t0, y0) contains NaN or inf for sample {i}")
     else:
         size = torch.full((batch,), ctrl.first_step, **f64)
     size = torch.clamp(size, min=ctrl.min_step, max=ctrl.max_step)
@@ -192,25 +179,7 @@ def integrate_per_sample(
     outputs = y.expand(n_out, *y.shape)  # (outputs, batch, n): written at the checks
     next_out = torch.ones(batch, dtype=torch.long, device=device)
     stages, fsal = co.stages, co.fsal
-    constants = _Constants(
-        tableau=tab,
-        a=co.a,
-        b=co.b,
-        b_error=co.b_error,
-        c=co.c,
-        stages=stages,
-        fsal=fsal,
-        rtol=rtol,
-        atol=atol,
-        sign=sign,
-        power=-(ctrl.icoeff + ctrl.pcoeff) * exponent,
-        previous_power=ctrl.pcoeff * exponent,
-        safety=ctrl.safety,
-        dfactor=ctrl.dfactor,
-        ifactor=torch.tensor(ctrl.ifactor, **f64),
-        min_step=ctrl.min_step,
-        max_step=ctrl.max_step,
-    )
+    constants = Constants(solver, ctrl, rtol, atol, sign, exponent)
     events = config.events  # a SampleEvents, or None
     terminal = events is not None and events.event.terminal
     # read nothing from the device between scheduled termination checks; until then the
@@ -234,7 +203,7 @@ def integrate_per_sample(
     else:
         step_fn = _attempt
         if not torch.is_grad_enabled() and not config.cuda_graph:
-            buffer = term.stage_buffer(stages, y0_flat)[:3]  # stages reused by every step
+            buffer = term.stage_buffer(stages, y0_flat)  # stages reused by every step
     attempt = functools.partial(step_fn, f.uncounted if count_outside else f, constants, buffer)
     if config.cuda_graph:
         if torch.is_grad_enabled():
@@ -286,7 +255,7 @@ def integrate_per_sample(
                 f1 = pending[-1].f1 = f(step.t1, y1)  # for the interpolant; the next f0 below
             if rounds:
                 found, t_event, y_event, extra = _locate_events(
-                    events, pending, hits, rounds, solver, co, needs_f1, f
+                    events, pending, hits, rounds, solver, needs_f1, f
                 )
                 nfe = nfe + extra
                 if terminal:  # found samples end at their event
@@ -297,7 +266,7 @@ def integrate_per_sample(
                         ends = _ends(pending, ts_signed, sign)
             if to_write:
                 outputs, next_out, used, extra = _write_outputs(
-                    solver, co, pending, ends, outputs, next_out, ts_tensor, lo, hi, needs_f1, f
+                    solver, pending, ends, outputs, next_out, ts_tensor, lo, hi, needs_f1, f
                 )
                 nfe = nfe + extra
                 if needs_f1 and not fsal:  # f(t1, y1) of samples' last steps, for outputs
@@ -340,457 +309,7 @@ def integrate_per_sample(
     return outputs.reshape(n_out, -1)
 
 
-@dataclass(frozen=True)
-class _Constants:
-    """The tableau and the controller's settings, as one step attempt needs them."""
-
-    tableau: Any  # its numbers, the constants of a compiled step's combinations
-    a: list[torch.Tensor]
-    b: torch.Tensor
-    b_error: torch.Tensor
-    c: tuple[float, ...]
-    stages: int
-    fsal: bool
-    rtol: torch.Tensor
-    atol: torch.Tensor
-    sign: float
-    power: float  # of the error ratio in the step-size factor
-    previous_power: float  # of the previous accepted ratio (PI control; 0: none)
-    safety: float
-    dfactor: float
-    ifactor: torch.Tensor
-    min_step: float
-    max_step: float
-
-
-class _Step(NamedTuple):
-    """A step attempt of every sample (``_attempt``): its end and stages, the decisions, the
-    updated controller state and counts, and the state and f0 each sample moves on with if
-    nothing (a terminal event) intervenes."""
-
-    t1: torch.Tensor
-    h: torch.Tensor
-    y1: torch.Tensor
-    k_all: torch.Tensor
-    k_last: torch.Tensor
-    accept: torch.Tensor
-    t_next: torch.Tensor
-    proposal: torch.Tensor
-    previous_ratio: torch.Tensor
-    n_steps: torch.Tensor
-    n_accepted: torch.Tensor
-    still: torch.Tensor
-    y_accepted: torch.Tensor
-    f0_accepted: torch.Tensor | None
-
-
-def _attempt(
-    call: Any,
-    k: _Constants,
-    buffer: tuple[torch.Tensor, Any, Any] | None,
-    t: torch.Tensor,
-    y: torch.Tensor,
-    f0: torch.Tensor,
-    proposal: torch.Tensor,
-    t_stop: torch.Tensor,
-    active: torch.Tensor,
-    previous_ratio: torch.Tensor,
-    n_steps: torch.Tensor,
-    n_accepted: torch.Tensor,
-) -> _Step:
-    """One step attempt of every sample: its stages, its error, and its accept/reject
-    decision and next proposal (``PIController.adapt`` on tensors). Finished samples sit at
-    their end, so their steps have size zero and change nothing. With ``buffer`` (graph-free
-    eager mode) f writes the stages into one reused buffer; otherwise they are stacked (for
-    autograd, and as one graph under torch.compile). No host synchronisation."""
-    # land on the sample's end when the proposal reaches it
-    t1 = torch.minimum(proposal, t_stop) if k.sign > 0 else torch.maximum(proposal, t_stop)
-    h = t1 - t
-    h_y = h.to(y.real.dtype)[:, None]
-    ks = [f0]
-    y_stage = y
-    if buffer is not None:
-        stacked, rows, columns = buffer
-        rows[0].copy_(f0.reshape(-1))
-    compiling = torch.compiler.is_compiling()
-    for i in range(1, k.stages):
-        if buffer is not None:
-            comb = torch.mv(columns[i], k.a[i]).view(y.shape)
-        elif compiling:  # pointwise, fused by the compiler
-            comb = combine(None, ks, k.tableau.a[i], 1.0)
-        else:
-            comb = torch.tensordot(k.a[i], torch.stack(ks), dims=1)
-        y_stage = torch.addcmul(y, h_y, comb)
-        k_i = call(t1 if k.c[i] == 1 else torch.add(t, h, alpha=k.c[i]), y_stage)
-        if buffer is not None:
-            rows[i].copy_(k_i.reshape(-1))
-        ks.append(k_i)
-    if buffer is not None:
-        k_all = stacked.view(k.stages, *y.shape)
-        b_comb = None if k.fsal else torch.mv(columns[k.stages], k.b).view(y.shape)
-        err_comb = torch.mv(columns[k.stages], k.b_error).view(y.shape)
-    elif compiling:
-        k_all = torch.stack(ks)
-        b_comb = None if k.fsal else combine(None, ks, k.tableau.b, 1.0)
-        err_comb = combine(None, ks, k.tableau.b_error, 1.0)
-    else:
-        k_all = torch.stack(ks)
-        b_comb = None if k.fsal else torch.tensordot(k.b, k_all, dims=1)
-        err_comb = torch.tensordot(k.b_error, k_all, dims=1)
-    y1 = y_stage if k.fsal else torch.addcmul(y, h_y, b_comb)
-    error = h_y * err_comb
-    # A NaN ratio rejects and shrinks by dfactor; ratio 0 gives inf, clipped to ifactor.
-    with torch.no_grad():
-        scale = torch.addcmul(k.atol, torch.maximum(y.abs(), y1.abs()), k.rtol)
-        ratio = _rms(error / scale)
-        ok = ratio <= 1
-        if k.min_step > 0:
-            ok = ok | (h.abs() <= k.min_step * (1 + 1e-12))
-        accept = ok & active
-        factor = k.safety * ratio.pow(k.power)
-        if k.previous_power:
-            factor = factor * previous_ratio.pow(k.previous_power)
-            previous_ratio = torch.where(accept, ratio.clamp(min=1e-10), previous_ratio)
-        factor = torch.clamp(factor.nan_to_num(nan=k.dfactor), min=k.dfactor, max=k.ifactor)
-        new_size = torch.clamp(h.abs() * factor, min=k.min_step, max=k.max_step)
-        t_next = torch.where(accept, t1, t)
-        proposal = t_next + k.sign * new_size
-    # outside no_grad: y and f0 carry the gradients of Direct()
-    accept_col = accept[:, None]
-    return _Step(
-        t1=t1,
-        h=h,
-        y1=y1,
-        k_all=k_all,
-        k_last=ks[-1],
-        accept=accept,
-        t_next=t_next,
-        proposal=proposal,
-        previous_ratio=previous_ratio,
-        n_steps=n_steps + active,
-        n_accepted=n_accepted + accept,
-        still=(t_next != t_stop) & active,
-        y_accepted=torch.where(accept_col, y1, y),
-        f0_accepted=torch.where(accept_col, ks[-1], f0) if k.fsal else None,
-    )
-
-
-class _Progress(NamedTuple):
-    """What a termination check reads back from the device, in one host sync."""
-
-    n_still: int  # samples still running
-    left: float  # steps of its current size the slowest of them needs to its end
-    lo: int  # the outputs ts[lo:hi] the pending steps reached (``_output_range``)
-    hi: int
-    rounds: int  # the most event crossings of one sample in the pending steps
-    stalled: bool  # a running sample can no longer advance (``_stalled``)
-
-
-def _read_progress(
-    still: torch.Tensor,
-    t: torch.Tensor,
-    proposal: torch.Tensor,
-    t_stop: torch.Tensor,
-    sign: float,
-    ends: torch.Tensor | None,
-    next_out: torch.Tensor,
-    hits: torch.Tensor | None,
-) -> _Progress:
-    """A termination check, with one host sync (``_Progress``); ``left`` is 0 when no
-    sample runs, ``hits`` the pending steps' crossings, (steps, batch)."""
-    size = (proposal - t).abs()
-    left = torch.where(still & (size > 0), (t_stop - t).abs() / size, 0.0).max()
-    stalled = _stalled(still, t, proposal, t_stop, sign).any()
-    values = [still.sum().to(left.dtype), left.clamp(max=1e6), stalled.to(left.dtype)]
-    if hits is not None:
-        values.append(hits.sum(0).max().to(left.dtype))
-    if ends is not None:
-        values += [x.to(left.dtype) for x in _output_range(ends, next_out)]
-    n_still, left, stalled, *rest = torch.stack(values).tolist()
-    rounds = int(rest.pop(0)) if hits is not None else 0
-    lo, hi = (int(rest[0]), int(rest[1])) if rest else (0, 0)
-    left = left if left == left else 1.0  # NaN size: check next step
-    return _Progress(int(n_still), left, lo, hi, rounds, bool(stalled))
-
-
-def _stalled(
-    still: torch.Tensor, t: torch.Tensor, proposal: torch.Tensor, t_stop: torch.Tensor, sign: float
-) -> torch.Tensor:
-    """The running samples whose next step underflows (too small to change t) or is not
-    finite, (batch,)."""
-    land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
-    tiny = (land - t).abs() <= 4 * _EPS * torch.maximum(t.abs(), land.abs())
-    return still & (tiny | ~torch.isfinite(land))
-
-
-def _locate_events(
-    events: Any,
-    pending: list[_Reached],
-    hits: torch.Tensor,
-    rounds: int,
-    solver: ExplicitRK,
-    co: Any,
-    needs_f1: bool,
-    f: _BatchTerm,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Locate the event crossings of the pending steps (``hits``, (steps, batch)) on their
-    dense output, each sample's in order: round r locates every sample's r-th crossing, in
-    one batch. A terminal event (one round: its sample stopped there) ends its sample's step
-    at the event. Returns the last round's samples, event times and states, and each
-    sample's evaluations of f for the dense output's extra stages."""
-    batch = hits.shape[1]
-    count = hits.long().cumsum(0)
-    samples = torch.arange(batch, device=hits.device)
-    names = ("t", "h", "y", "t1", "y1", "g_lo", "g_hi") + (("f1",) if needs_f1 else ())
-    stacked = {name: _stack([getattr(r, name) for r in pending]) for name in names}
-    k_all = _stack([r.k_all for r in pending])  # (steps, stages, batch, n)
-    extra = torch.zeros(batch, dtype=torch.long, device=hits.device)
-    for r in range(rounds):
-        at = hits & (count == r + 1)  # (steps, batch): the step of each r-th crossing
-        found = at.any(0)
-        step = at.to(torch.uint8).argmax(0)
-        row = {name: value[step, samples] for name, value in stacked.items()}
-        if _extra_stages(solver):
-            ks, new = _dense_stages(solver, co, f, pending, step, samples, found)
-            extra = extra + new
-        else:
-            ks = k_all[step, :, samples].transpose(0, 1)
-        f1 = row.get("f1")
-
-        def dense(offset, y0=row["y"], y1=row["y1"], h=row["h"], ks=ks, f1=f1):
-            return _interpolate(solver, co, y0, y1, h, ks, f1, offset)
-
-        t_event, y_event = events.locate(
-            found, row["t"], row["h"], row["t1"], row["y1"], dense, row["g_lo"], row["g_hi"]
-        )
-        if events.event.terminal:
-            for record, mask in zip(pending, at, strict=True):
-                record.end_at(mask, t_event, y_event)
-    return found, t_event, y_event, extra
-
-
-def _extra_stages(solver: ExplicitRK) -> int:
-    """Evaluations of f the dense output adds to a step besides f(t1, y1)."""
-    dense = solver.tableau.dense
-    return 0 if dense is None else sum(c != 1 for c in dense.extra_c)
-
-
-def _dense_stages(
-    solver: ExplicitRK,
-    co: Any,
-    f: _BatchTerm,
-    pending: list[_Reached],
-    step: torch.Tensor,
-    sample: torch.Tensor,
-    wanted: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """All the dense output's stages, (S, m, n), of pending step ``step[i]`` for sample
-    ``sample[i]`` (where ``wanted``, else anything), and each sample's new evaluations of f.
-
-    A step's extra stages are evaluated once, on the whole batch (f's rows are the samples),
-    when a sample first interpolates in it; each sample is counted the evaluations it would
-    make alone, once per step it interpolates in."""
-    dense = solver.tableau.dense
-    wanted = torch.ones_like(step, dtype=torch.bool) if wanted is None else wanted
-    # one read: which steps to evaluate (a boolean index would read once more per step)
-    steps = sorted(set(torch.where(wanted, step, -1).tolist()) - {-1})
-    batch = pending[0].h.shape[0]
-    new = torch.zeros(batch, dtype=torch.long, device=step.device)
-    for j in steps:
-        r = pending[j]
-        if r.dense is None:
-            ks = list(r.k_all.unbind(0))
-            h = r.h.to(r.y.real.dtype)[:, None]
-            for c, row, is_f1 in zip(dense.extra_c, co.extra_a, co.extra_is_f1):
-                if is_f1:
-                    ks.append(r.f1)
-                else:
-                    combination = torch.einsum("s,sbn->bn", row, torch.stack(ks))
-                    ks.append(f(r.t + c * r.h, r.y + h * combination))
-            r.dense = torch.stack(ks)
-            r.dense_counted = torch.zeros_like(r.accept)
-        hits = (wanted & (step == j)).long()
-        mine = torch.zeros(batch, dtype=torch.long, device=step.device)
-        mine = mine.index_put_((sample,), hits, accumulate=True) > 0
-        new = new + _extra_stages(solver) * (mine & ~r.dense_counted)
-        r.dense_counted = r.dense_counted | mine
-    if not steps:  # nothing wanted: any values of the right shape
-        return pending[0].k_all.new_zeros(
-            co.dense.shape[0], len(sample), pending[0].y.shape[1]
-        ), new
-    index = torch.tensor(steps, device=step.device)
-    position = torch.searchsorted(index, step).clamp(max=len(steps) - 1)
-    stacked = torch.stack([pending[j].dense for j in steps])  # (u, S, batch, n)
-    return stacked[position, :, sample].transpose(0, 1), new
-
-
-@dataclass
-class _Reached:
-    """A step attempt of every sample, kept until the outputs its accepted steps crossed are
-    written: its start, stages and end, and where each sample's step stops, ``t_reach`` with
-    ``y_reach`` (``t1`` and ``y1``, or the sample's terminal event)."""
-
-    t: torch.Tensor
-    h: torch.Tensor
-    y: torch.Tensor
-    t1: torch.Tensor
-    y1: torch.Tensor
-    k_all: torch.Tensor
-    f1: torch.Tensor | None  # f(t1, y1) where accepted, once evaluated (or None)
-    accept: torch.Tensor
-    still: torch.Tensor  # the samples that step on (unless a crossing here stops them)
-    # with events: which samples' accepted steps crossed, and the event values at the ends
-    hit: torch.Tensor | None = None
-    g_lo: torch.Tensor | None = None
-    g_hi: torch.Tensor | None = None
-    # with extra dense stages: all the dense output's stages, once evaluated, and the
-    # samples counted for them
-    dense: torch.Tensor | None = None
-    dense_counted: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        self.t_reach, self.y_reach = self.t1, self.y1
-
-    def end_at(self, hit: torch.Tensor, t_event: torch.Tensor, y_event: torch.Tensor) -> None:
-        """The ``hit`` samples stop at their terminal event."""
-        self.t_reach = torch.where(hit, t_event, self.t_reach)
-        self.y_reach = torch.where(hit[:, None], y_event, self.y_reach)
-
-
-def _stack(values: list[torch.Tensor]) -> torch.Tensor:
-    return values[0][None] if len(values) == 1 else torch.stack(values)
-
-
 def _most_pending(stages: int, y: torch.Tensor) -> int:
     """How many steps may wait for their outputs: at most ``_PENDING_BYTES`` of them."""
     per_step = (stages + 4) * y.numel() * y.element_size()
     return max(1, min(_MAX_UNCHECKED, _PENDING_BYTES // per_step))
-
-
-def _ends(pending: list[_Reached], ts_signed: torch.Tensor, sign: float) -> torch.Tensor:
-    """(steps, batch): each pending step of each sample reached the outputs ``ts[:end]``
-    (0 where the step was rejected)."""
-    t_reach = _stack([r.t_reach for r in pending])
-    end = torch.searchsorted(ts_signed, sign * t_reach, right=True)
-    return torch.where(_stack([r.accept for r in pending]), end, 0)
-
-
-def _output_range(ends: torch.Tensor, next_out: torch.Tensor) -> list[torch.Tensor]:
-    """The outputs newly reached by any sample, ``ts[lo:hi]``, as two 0-dim tensors."""
-    reached = ends.max(0).values
-    crossing = reached > next_out
-    n_out = torch.iinfo(torch.int32).max
-    return [torch.where(crossing, next_out, n_out).min(), torch.where(crossing, reached, 0).max()]
-
-
-def _write_outputs(
-    solver: ExplicitRK,
-    co: Any,
-    pending: list[_Reached],
-    ends: torch.Tensor,
-    outputs: torch.Tensor,
-    next_out: torch.Tensor,
-    ts: torch.Tensor,
-    lo: int,
-    hi: int,
-    needs_f1: bool,
-    f: _BatchTerm,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Interpolate the outputs ``ts[lo:hi]`` (never the last, the final state) each sample's
-    pending steps reached, each in the step that reached it first, all in one batch (one
-    host sync: which outputs of which samples); return the new outputs and ``next_out``, and
-    which samples' outputs used each step, (steps, batch), and each sample's evaluations of f
-    for the dense output's extra stages. ``needs_f1``: the dense output uses f(t1, y1)."""
-    hi = min(hi, outputs.shape[0] - 1)
-    n_steps, batch = ends.shape
-    # rejected steps reach nothing (0): the running maximum is sorted along the steps
-    reached = ends.cummax(0).values.T.contiguous()  # (batch, steps)
-    js = torch.arange(lo, hi, device=ends.device)
-    first = torch.searchsorted(reached, js.expand(batch, -1).contiguous(), right=True)
-    write = (first < n_steps) & (js >= next_out[:, None])  # (batch, outputs)
-    sample, column = write.nonzero(as_tuple=True)
-    step, out = first[sample, column], column + lo
-
-    def pick(name: str) -> torch.Tensor:  # the values of each written output's step
-        return _stack([getattr(r, name) for r in pending])[step, sample]
-
-    t, t_reach = pick("t"), pick("t_reach")
-    extra = torch.zeros(batch, dtype=torch.long, device=ends.device)
-    if _extra_stages(solver):
-        k_all, extra = _dense_stages(solver, co, f, pending, step, sample)
-    else:
-        k_all = _stack([r.k_all for r in pending])[step, :, sample].transpose(0, 1)
-    f1 = pick("f1") if needs_f1 else None
-    t_out = ts[out]
-    value = _interpolate(solver, co, pick("y"), pick("y1"), pick("h"), k_all, f1, t_out - t)
-    value = torch.where((t_out == t_reach)[:, None], pick("y_reach"), value)
-    outputs = outputs.index_put((out, sample), value)
-    used = torch.zeros(n_steps, batch, dtype=torch.bool, device=ends.device)
-    used[step, sample] = True
-    return outputs, torch.maximum(next_out, ends.max(0).values), used, extra
-
-
-def _interpolate(
-    solver: ExplicitRK,
-    co: Any,
-    y0: torch.Tensor,
-    y1: torch.Tensor,
-    h: torch.Tensor,
-    stacked: torch.Tensor,
-    f1: torch.Tensor | None,
-    offset: torch.Tensor,
-) -> torch.Tensor:
-    """y at t0 + offset for each sample (offset = output time - the sample's t0)."""
-    safe_h = torch.where(h == 0, 1.0, h)
-    theta = offset / safe_h  # (batch,) float64
-    h_y = h.to(y0.real.dtype)[:, None]
-    dense = solver.tableau.dense
-    if dense is None:  # cubic Hermite through (y0, f0), (y1, f1)
-        th = theta.to(y0.real.dtype)[:, None]
-        k0 = stacked[0]
-        if f1 is None:
-            raise ValueError(f"{solver!r} needs f(t1, y1) for dense output in per-sample mode")
-        h00 = (1 + 2 * th) * (1 - th) ** 2
-        h10 = th * (1 - th) ** 2
-        h01 = th**2 * (3 - 2 * th)
-        h11 = th**2 * (th - 1)
-        return h00 * y0 + h01 * y1 + (h10 * h_y) * k0 + (h11 * h_y) * f1
-    n_powers = co.dense.shape[1]
-    powers = torch.arange(1, n_powers + 1, dtype=torch.float64, device=theta.device)
-    theta_powers = theta[None, :] ** powers[:, None]  # (P, batch)
-    weights = (co.dense.to(torch.float64) @ theta_powers).to(co.dense.dtype)  # (S, batch)
-    if stacked.shape[0] < co.dense.shape[0]:  # the one extra stage: f(t1, y1)
-        stacked = torch.cat([stacked, f1[None]])
-    comb = torch.einsum("sb,sbd->bd", weights, stacked)
-    return torch.addcmul(y0, h_y, comb)
-
-
-def _raise_stalled(
-    iteration: int,
-    still: torch.Tensor,
-    t: torch.Tensor,
-    proposal: torch.Tensor,
-    t_stop: torch.Tensor,
-    sign: float,
-    y: torch.Tensor,
-    config: Any,
-) -> None:
-    """A check found a running sample that can no longer advance, or the solve used up
-    max_steps: fail with the sample's index."""
-    if iteration >= config.max_steps:
-        i = int(still.nonzero()[0])
-        raise MaxStepsError(
-            f"sample {i} reached max_steps={config.max_steps} at t={float(t[i]):.6g} "
-            "(per-sample mode counts each sample's steps). Raise max_steps, loosen the "
-            "tolerances, or use an implicit method if the problem is stiff."
-        )
-    i = int(_stalled(still, t, proposal, t_stop, sign).nonzero()[0])
-    land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
-    if not bool(torch.isfinite(y[i]).all()):
-        raise NonFiniteError(f"the state of sample {i} became non-finite at t={float(t[i]):.6g}")
-    check_overflow(float(t[i]), y[i])
-    raise StepSizeUnderflowError(
-        f"step size underflow in sample {i} at t={float(t[i]):.10g}: the next step "
-        f"(dt={float(land[i] - t[i]):.3g}) is too small to change t. The solution may blow "
-        "up, f may be non-finite or discontinuous there, or the problem may be stiff."
-    )

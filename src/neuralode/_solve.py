@@ -13,12 +13,14 @@ import torch
 
 from ._callbacks import Callbacks
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
-from ._events import Event, EventGradient, EventTracker
-from ._loop import LoopConfig, check_compiled_step, integrate
+from ._events import Event, EventGradient, OneProblemEvents
+from ._execution import Execution
+from ._loop import LoopConfig, integrate
 from ._norms import LOW_PRECISION, Norm, l2_norm, max_norm, mixed_norm, rms_norm
 from ._solution import Solution, SolveStats
 from ._term import ODETerm
 from ._tree import TreeSpec, tree_spec
+from ._vmap import solve_vmapped, vmap_level
 from .adjoint import GRADIENTS
 from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy, Problem, time_derivative_inputs
@@ -48,11 +50,9 @@ def solve(
     callbacks: Any = None,
     gradient: GradientStrategy | None = None,
     event: Event | None = None,
-    per_sample: bool = False,
-    skip_finished: bool = False,
-    compile_step: bool = False,
-    device_loop: bool = False,
-    cuda_graph: bool = False,
+    per_sample: bool | str = False,
+    compile: bool | str = False,
+    **aliases: bool,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
 
@@ -75,33 +75,33 @@ def solve(
     differentiable (implicit-function gradient) and ``ys``/``ts`` hold only the outputs
     before it. With an event, ``ts[-1]`` may be infinite (search until the event).
 
-    ``per_sample=True`` solves dimension 0 of ``y0`` (a tensor) as a batch of independent
-    problems: each sample has its own time, step size and accept/reject decisions (error
-    norm: RMS over the sample) and takes the steps it would take alone; ``func`` then
-    receives ``t`` as a (batch,) tensor. ``Solution.stats`` gains per-sample ``sample_nfe``,
-    ``sample_steps``, ``sample_accepted``, ``sample_rejected``. Needs an adaptive explicit
-    Runge-Kutta solver and a ``PIController``; gradients by ``Direct()`` or ``Backsolve()``
-    (one backward solve for the whole batch). ``skip_finished=True`` (per-sample mode only)
-    calls ``func`` with only the samples still running, ``t`` (n,) and ``y`` (n, ...), so
-    that finished samples stop costing work (``Solution.stats.rows_evaluated``); use it only
-    when ``func`` treats the rows independently and does not depend on their position in
-    the batch (no per-sample tensors captured from outside, no batch statistics).
-    ``device_loop=True`` solves a one-tensor state as one problem in the per-sample loop (a
-    batch of one): the step sizes and accept/reject decisions stay tensors on the device and
-    the solve reads nothing back between scheduled termination checks (the standard loop
-    reads the error norm after every step); the standard loop's steps (float32 round-off
-    in the error estimate can flip a decision at tight tolerances) and its events (located
-    at the checks). Needs what per-sample mode needs. ``compile_step=True`` runs each step
-    attempt, ``func`` included, as one ``torch.compile`` graph (default mode; the first solves
-    of each shape, dtype and ``func`` compile, seconds to a minute): in the standard loop the
-    step of an explicit Runge-Kutta method with its error ratio (one read-back per step; a
-    ``PIController`` or ``FixedGrid``; ``Backsolve()``'s backward solve stays eager), in
-    per-sample mode or with ``device_loop`` the whole attempt with every sample's decision
-    (static shapes; not with ``skip_finished``). ``cuda_graph=True`` (per-sample mode or
-    ``device_loop``, a state on a CUDA device, no autograd graph: under ``torch.no_grad()``
-    or the forward solve of ``Backsolve()``) captures the step attempt, ``func`` included,
-    as a CUDA graph on the first step and replays it on every step (``_cuda_graph``);
-    ``func`` must not read values back to the host.
+    How the solve runs is two arguments, validated together (``Execution``; a combination
+    no mode runs is refused with the reason). ``per_sample=True`` solves dimension 0 of
+    ``y0`` (a tensor) as a batch of independent problems: each sample has its own time,
+    step size and accept/reject decisions (error norm: RMS over the sample) and takes the
+    steps it would take alone; ``func`` then receives ``t`` as a (batch,) tensor.
+    ``Solution.stats`` gains per-sample ``sample_nfe``, ``sample_steps``,
+    ``sample_accepted``, ``sample_rejected``. Needs an adaptive explicit Runge-Kutta solver
+    and a ``PIController``; gradients by ``Direct()`` or ``Backsolve()``.
+    ``per_sample="skip_finished"`` calls ``func`` with only the samples still running (use
+    it only when ``func`` treats the rows independently of their position in the batch).
+    ``compile=True`` runs the whole adaptive solve (first step, steps, decisions, outputs,
+    per-sample statistics) as one ``torch.compile``'d ``while_loop`` graph without host
+    synchronisation (adaptive explicit Runge-Kutta, ``PIController``, one tensor state, no
+    autograd graph: under ``torch.no_grad()`` or ``Backsolve()``'s forward solve, no
+    events, ``step_t``/``jump_t``/``perturb``/callbacks); elsewhere it compiles each step
+    instead. ``compile="step"`` compiles each step attempt, ``func`` included (an explicit
+    Runge-Kutta method; a ``PIController`` or ``FixedGrid``). ``compile="cuda_graph"``
+    (per-sample mode or the device loop, a CUDA state, no autograd graph) captures the step
+    attempt as a CUDA graph and replays it. The first solve of each shape compiles
+    (seconds to a minute); later solves with new values of the same shapes reuse the graph.
+    The older flags stay as aliases: ``skip_finished=True``, ``compile_step=True``
+    (``compile="step"``), ``cuda_graph=True`` and ``device_loop=True`` (one problem in the
+    per-sample loop, a batch of one: decisions stay on the device between scheduled checks).
+
+    Under ``torch.func.vmap`` over ``y0`` each vmapped problem takes its own steps (a
+    per-sample solve of the batch, ``func`` called per problem by an inner ``vmap``) and
+    equals solving it alone; ``torch.func.grad``, ``jacrev`` and ``jvp`` compose outside it.
 
     ``per_sample=True`` with an ``event``: ``event.fn(t, y)`` receives the per-sample times
     (batch,) and the batched state and returns (batch,) or (batch, k) values, row i being
@@ -111,6 +111,12 @@ def solve(
     outputs at ``ts`` after a sample's event hold its event state (``ts`` is not cut).
     ``event_ts`` is (batch, most events) with every located crossing, NaN-padded.
     """
+    level = vmap_level(y0, ts)
+    if level is not None:  # under torch.func.vmap: each problem its own steps
+        options = dict(locals())
+        for name in ("func", "y0", "ts", "level", "aliases"):
+            options.pop(name)
+        return solve_vmapped(solve, func, y0, ts, level, {**options, **aliases})
     spec, y0_flat = _check_state(y0)
     times = _check_times(ts, y0_flat.device, open_end=event is not None)
     solver, controller, gradient, norm = _coerce(solver, controller, gradient, norm)
@@ -136,26 +142,10 @@ def solve(
                 f"steps, more than max_steps={max_steps:,}; use a larger step_size or raise "
                 "max_steps (options max_num_steps)"
             )
-    if skip_finished and not per_sample:
-        raise ValueError("skip_finished=True needs per_sample=True")
-    if compile_step and not (per_sample or device_loop):
-        check_compiled_step(solver, controller, "compile_step=True")
-    if compile_step and skip_finished:
-        raise ValueError(
-            "compile_step=True does not support skip_finished=True (the number of rows f "
-            "sees changes, which would recompile)"
-        )
-    if cuda_graph and not (per_sample or device_loop):
-        raise ValueError("cuda_graph=True needs per_sample=True or device_loop=True")
-    if cuda_graph and skip_finished:
-        raise ValueError(
-            "cuda_graph=True does not support skip_finished=True (the number of rows f sees "
-            "changes, and a CUDA graph replays fixed shapes)"
-        )
-    if per_sample:
-        func = _check_per_sample(func, y0, spec, solver, controller, locals())
-    elif device_loop:
-        _check_loop_options("device_loop=True", spec, solver, controller, locals())
+    execution = Execution.of(per_sample, compile, **aliases)
+    execution.check(spec, solver, controller, locals())
+    if execution.per_sample:
+        func = _BatchTime(func, int(spec.shapes[0][0]))
     if norm is None:
         norm = rms_norm if spec.is_leaf else mixed_norm(spec.numels)
     config = LoopConfig(
@@ -167,11 +157,7 @@ def solve(
         jump_t=_check_grid_times("jump_t", jump_t),
         perturb=bool(perturb),
         callbacks=None if callbacks is None else Callbacks(callbacks, spec),
-        per_sample=bool(per_sample),
-        skip_finished=bool(skip_finished),
-        compile_step=bool(compile_step),
-        device_loop=bool(device_loop) and not per_sample,
-        cuda_graph=bool(cuda_graph),
+        execution=execution,
     )
     term = ODETerm(func, spec, y0_flat)
     stats = SolveStats()
@@ -186,15 +172,11 @@ def solve(
         _check_finite(ys, times)
         return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
     try:
-        if per_sample:
+        if execution.per_sample:
             from ._per_sample_events import solve_with_sample_events
 
             return solve_with_sample_events(gradient, problem, event)
-        if config.device_loop:
-            from ._per_sample_events import OneProblemEvents
-
-            return _solve_with_event(gradient, problem, OneProblemEvents(event, spec, term))
-        return _solve_with_event(gradient, problem, EventTracker(event, spec, term))
+        return _solve_with_event(gradient, problem, OneProblemEvents(event, spec, term))
     except (MaxStepsError, StepSizeUnderflowError, NonFiniteError) as error:
         if math.isfinite(times[-1]):
             raise
@@ -259,46 +241,6 @@ def _instance(name: str, value: Any, base: type, expected: str) -> Any:
     return value
 
 
-def _check_per_sample(
-    func: Callable, y0: Any, spec: TreeSpec, solver: Solver, controller: Any, args: dict
-) -> Callable:
-    """Validate a per-sample solve; return ``func`` seeing one time per sample."""
-    _check_loop_options("per_sample=True", spec, solver, controller, args)
-    shape = spec.shapes[0]
-    if len(shape) == 0 or shape[0] == 0:
-        raise ValueError(
-            "per_sample=True needs y0 with a batch dimension first (shape (batch, ...)), "
-            f"got shape {tuple(shape)}"
-        )
-    return _BatchTime(func, int(shape[0]))
-
-
-def _check_loop_options(
-    what: str, spec: TreeSpec, solver: Solver, controller: Any, args: dict
-) -> None:
-    """Raise a clear error for the options the per-sample (device) loop does not support."""
-    from ._per_sample import check_loop
-
-    if not spec.is_leaf:
-        raise ValueError(f"{what} needs y0 to be one tensor")
-    check_loop(solver, controller, what)
-    unsupported = {
-        "norm": args["norm"] is not None,
-        "step_t": len(args["step_t"]) > 0,
-        "jump_t": len(args["jump_t"]) > 0,
-        "perturb": bool(args["perturb"]),
-        "callbacks": args["callbacks"] is not None,
-    }
-    given = [name for name, used in unsupported.items() if used]
-    if given:
-        raise ValueError(f"{what} does not support {', '.join(given)}")
-    gradient = args["gradient"]
-    if gradient is not None and not isinstance(gradient, (Direct, Backsolve)):
-        raise ValueError(
-            f"{what} supports the gradients Direct() and Backsolve(), got {gradient!r}"
-        )
-
-
 class _BatchTime(torch.nn.Module):
     """``func`` called with one time per sample: a 0-dim ``t`` (from the adjoint's backward
     solve or the time-gradient terms, which run the batch as one system) is expanded."""
@@ -331,7 +273,7 @@ def _run(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:
 
 
 def _solve_with_event(
-    gradient: GradientStrategy, problem: Problem, tracker: EventTracker
+    gradient: GradientStrategy, problem: Problem, tracker: OneProblemEvents
 ) -> Solution:
     """Direct: one solve, the event state is in the graph. Other strategies: locate the event
     in a graph-free solve, then solve up to it with the strategy."""
@@ -367,9 +309,9 @@ def _solve_with_event(
     solution.event_ts = torch.tensor(tracker.times(), dtype=ts.dtype, device=ts.device)
     if hit is not None:
         t_event = torch.tensor(hit.t, dtype=torch.float64, device=ts.device)
-        event_t, event_y = EventGradient.apply(tracker, hit.index, t_event, event_y)
-        solution.event_t = event_t.to(ts.dtype)
-        solution.event_y = problem.spec.unflatten(event_y)
+        event_t, event_y = EventGradient.apply(tracker, problem.func, t_event[None], event_y[None])
+        solution.event_t = event_t[0].to(ts.dtype)
+        solution.event_y = problem.spec.unflatten(event_y[0])
     return solution
 
 

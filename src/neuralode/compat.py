@@ -29,8 +29,11 @@ from .solvers import METHODS
 from .solvers.base import Solver, Step, hermite_interpolate
 from .solvers.explicit_rk import ExplicitRK
 
-# boolean options of the forward solve's loop, passed to ``solve`` (not to the adjoint's)
-_LOOP_FLAGS = ("per_sample", "skip_finished", "compile_step", "device_loop", "cuda_graph")
+# options of the forward solve's execution, passed to ``solve`` (not to the adjoint's):
+# ``per_sample`` and ``compile`` and the older boolean flags (``_execution.Execution.of``)
+_LOOP_FLAGS = (
+    "per_sample", "compile", "skip_finished", "compile_step", "device_loop", "cuda_graph",
+)  # fmt: skip
 _ADAPTIVE_OPTIONS = {
     "first_step",
     "safety",
@@ -49,6 +52,7 @@ _ADAPTIVE_OPTIONS = {
 }
 _FIXED_OPTIONS = {
     "step_size", "grid_constructor", "perturb", "interp", "max_num_steps", "compile_step",
+    "compile",
 }  # fmt: skip
 _INTERPOLATIONS = ("linear", "cubic")
 # torchdiffeq's other names for our methods
@@ -155,7 +159,7 @@ def odeint_adjoint(
         seminorm=norm == "seminorm",
         max_steps=extra.get("max_steps"),
         callbacks=_callbacks(func, "_adjoint", adjoint_method, solver),
-        compile_step=bool(extra.get("compile_step")),
+        compile_step=bool(extra.get("compile_step") or extra.get("compile")),
         step_t=extra.get("step_t"),
         jump_t=extra.get("jump_t"),
         perturb=extra.get("perturb"),
@@ -279,7 +283,7 @@ def _parse(
                 extra[key] = options[key]
         for key in _LOOP_FLAGS:
             if options.get(key):
-                extra[key] = True
+                extra[key] = options[key]
         if options.get("norm") is not None:
             user_norm = options["norm"]
             extra["norm"] = lambda flat: user_norm(spec.unflatten(flat))
@@ -297,6 +301,8 @@ def _parse(
             probe = _with_interpolation(probe, interp)
         extra["perturb"] = bool(options.get("perturb", False))
         extra["compile_step"] = bool(options.get("compile_step", False))
+        if options.get("compile"):
+            extra["compile"] = options["compile"]
     return probe, controller, extra
 
 

@@ -12,7 +12,8 @@ from torch.autograd.function import once_differentiable
 
 from .._callbacks import Callbacks
 from .._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
-from .._loop import LoopConfig, check_compiled_step, integrate
+from .._execution import Execution, check_compiled_step
+from .._loop import LoopConfig, integrate
 from .._norms import Norm, Seminorm, mixed_norm, seminorm
 from .._solution import SolveStats
 from .._term import ODETerm
@@ -258,6 +259,8 @@ def adjoint_backward(
     dynamics = _AdjointDynamics(problem, params)
     aug_term = ODETerm(dynamics, state_spec, ys[0])
     forward = problem.config
+    # segments with their own fields (per-sample events' knots) run eagerly
+    compiled = strategy.compile_step and segment_field is None
     config = LoopConfig(
         solver=strategy.solver or forward.solver,
         controller=strategy.backward_controller(forward.controller),
@@ -267,8 +270,7 @@ def adjoint_backward(
         jump_t=forward.jump_t if strategy.jump_t is None else strategy.jump_t,
         perturb=forward.perturb if strategy.perturb is None else bool(strategy.perturb),
         callbacks=None if strategy.callbacks is None else Callbacks(strategy.callbacks, state_spec),
-        # segments with their own fields (per-sample events' knots) run eagerly
-        compile_step=strategy.compile_step and segment_field is None,
+        execution=Execution(compile="step" if compiled else None),
     )
     f_term = problem.term
     f_nfe_before = f_term.nfe

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from .._errors import NonFiniteError
 from .._norms import Norm, norm_value, rms_norm
 from .._term import ODETerm
+from ._ops import clip, maximum, minimum, power, where
 
 
 @torch.no_grad()
@@ -23,30 +26,24 @@ def select_initial_step(
     atol: float | torch.Tensor,
     norm: Norm,
 ) -> float:
-    """A first step size (positive) from the local scale of y0, f0 and one more evaluation.
+    """``initial_step``'s rule on the host's loop, with Python floats (cheaper there than
+    tensor arithmetic): a first step size (positive) from the local scale of y0, f0 and
+    one more evaluation of f.
 
     ``error_exponent`` is 1 / (q + 1) for an error estimate of order q; ``rtol`` and ``atol``
     are numbers or tensors broadcasting against ``y0``.
     """
-    if isinstance(rtol, torch.Tensor) and isinstance(atol, torch.Tensor):
-        scale = torch.addcmul(atol, y0.abs(), rtol)  # one op, no Python-number operands
-    else:
-        scale = atol + rtol * y0.abs()
+    scale = _scale(y0, rtol, atol)
     if norm is rms_norm:  # both norms by one reduction and one transfer to the host
         both = torch.linalg.vector_norm(torch.stack((y0, f0)) / scale, dim=1)
         d0, d1 = (x / math.sqrt(y0.numel()) for x in both.tolist())
     else:
         d0, d1 = float(norm(y0 / scale)), float(norm(f0 / scale))
     check_f0_norm(d1, t0)
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-    y1 = torch.add(y0, f0, alpha=direction * h0)
-    f1 = term(t0 + direction * h0, y1)
+    h0 = probe_step(d0, d1)
+    f1 = term(t0 + direction * h0, torch.add(y0, f0, alpha=direction * h0))
     d2 = norm_value((f1 - f0) / scale, norm) / h0
-    if d1 <= 1e-15 and d2 <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
-    else:
-        h1 = (0.01 / max(d1, d2)) ** error_exponent
-    return min(100 * h0, h1)
+    return first_step(h0, d1, d2, error_exponent)
 
 
 def check_f0_norm(d1: float, t0: float) -> None:
@@ -65,34 +62,65 @@ def first_evaluations(
     atol: torch.Tensor,
     norm: Norm,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """f(t0, y0) and ``select_initial_step``'s rule as tensor code without host reads, for
-    one compiled graph (``compile_step``): returns f0 and the float64 pair (first step size,
-    norm of the scaled f0). ``t0`` is a 0-dim float64 tensor."""
+    """f(t0, y0) and ``initial_step`` in one compiled graph (``compile_step``): returns f0
+    and the float64 pair (first step size, norm of the scaled f0). ``t0`` is a 0-dim
+    float64 tensor."""
     f0 = term.at(term.time(t0), y0)
-    with torch.no_grad():
-        scale = torch.addcmul(atol, y0.abs(), rtol)
-        d0 = norm(y0 / scale).double()
-        d1 = norm(f0 / scale).double()
-        h0 = probe_step(d0, d1)
-        y1 = y0 + (direction * h0).to(y0.dtype) * f0
-        f1 = term.at(term.time(t0 + direction * h0), y1)
-        d2 = norm((f1 - f0) / scale).double() / h0
-        return f0, torch.stack([first_step(h0, d1, d2, error_exponent), d1])
+    h, d1 = initial_step(
+        lambda t1, y1: term.at(term.time(t1), y1), t0, y0, f0, direction, error_exponent,
+        rtol, atol, norm,
+    )  # fmt: skip
+    return f0, torch.stack([h, d1])
 
 
-def probe_step(d0: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
-    """The rule's probe step h0 from the scaled norms of y0 and f0, as tensor code (one
-    problem or one per sample; no host reads)."""
-    return torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+@torch.no_grad()
+def initial_step(
+    evaluate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    t0: torch.Tensor,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    direction: float,
+    error_exponent: float,
+    rtol: float | torch.Tensor,
+    atol: float | torch.Tensor,
+    norm: Norm,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rule of Hairer, Norsett & Wanner (II.4) for the first step size, once for every
+    mode, as tensor code without host reads: from the scaled norms of y0 and f0 a probe step
+    h0, one more evaluation ``evaluate(t0 + direction * h0, y0 + direction * h0 * f0)``, and
+    from the estimate of the second derivative the step ``min(100 h0, (0.01 / max(d1,
+    d2)) ** error_exponent)``. ``norm`` is one norm over the state (``t0`` 0-dim) or one per
+    sample (a (batch,) result; ``t0`` (batch,)). Returns the step size (float64) and the
+    scaled norm of f0 (non-finite: f0 is)."""
+    y0, f0 = y0.detach(), f0.detach()  # forward-mode AD (torch.func.jvp) ignores no_grad
+    scale = _scale(y0, rtol, atol)
+    d0 = norm(y0 / scale).to(torch.float64)
+    d1 = norm(f0 / scale).to(torch.float64)
+    h0 = probe_step(d0, d1)
+    step = (direction * h0).to(y0.real.dtype)
+    step = step.reshape(step.shape + (1,) * (y0.ndim - step.ndim))
+    f_probe = evaluate(t0 + direction * h0, y0 + step * f0)
+    d2 = norm((f_probe - f0) / scale).to(torch.float64) / h0
+    return first_step(h0, d1, d2, error_exponent), d1
 
 
-def first_step(
-    h0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, error_exponent: float
-) -> torch.Tensor:
+def _scale(y0: torch.Tensor, rtol: Any, atol: Any) -> torch.Tensor:
+    if isinstance(rtol, torch.Tensor) and isinstance(atol, torch.Tensor):
+        return torch.addcmul(atol, y0.abs(), rtol)  # one op, no Python-number operands
+    return atol + rtol * y0.abs()
+
+
+def probe_step(d0: Any, d1: Any) -> Any:
+    """The rule's probe step h0 from the scaled norms of y0 and f0 (floats, or tensors:
+    one problem or one per sample)."""
+    # (d1 below 1e-5 takes 1e-6; clipped, a float 0 would divide by zero)
+    return where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / maximum(d1, 1e-5))
+
+
+def first_step(h0: Any, d1: Any, d2: Any, error_exponent: float) -> Any:
     """The rule's first step size from the probe step, the scaled norm of f0 and the
-    estimate of the second derivative, as tensor code (see ``probe_step``)."""
+    estimate of the second derivative (floats or tensors, as ``probe_step``)."""
     tiny = (d1 <= 1e-15) & (d2 <= 1e-15)
-    h1 = torch.where(
-        tiny, (h0 * 1e-3).clamp(min=1e-6), (0.01 / torch.maximum(d1, d2)) ** error_exponent
-    )
-    return torch.minimum(100 * h0, h1)
+    largest = maximum(maximum(d1, d2), 1e-300)  # (a float 0 would divide by zero)
+    h1 = where(tiny, clip(h0 * 1e-3, 1e-6, math.inf), power(0.01 / largest, error_exponent))
+    return minimum(100 * h0, h1)

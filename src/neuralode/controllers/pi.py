@@ -13,6 +13,10 @@ from .._errors import NonFiniteError
 from .._norms import Norm, norm_value, tolerance_tensor
 from .._term import ODETerm
 from ..solvers.base import Solver
+from ._ops import clip as _clip
+from ._ops import nan_to as _nan_to
+from ._ops import power as _power
+from ._ops import where as _where
 from .base import StepSizeController
 from .initial_step import check_f0_norm, first_evaluations, select_initial_step
 
@@ -167,7 +171,6 @@ class PIController(StepSizeController):
     ) -> tuple[bool, float, _PIState]:
         """Judge a step by its error, or by its ``ratio`` when already computed."""
         dt = t1 - t0
-        size = abs(dt)
         if ratio is None and torch.is_grad_enabled():
             with torch.no_grad():
                 ratio = _error_ratio(y0, y1, error, state)
@@ -176,24 +179,31 @@ class PIController(StepSizeController):
         if not math.isfinite(ratio):
             # NaN or inf in the step: shrink hard and retry; the loop reports a step underflow.
             check_overflow(t0, y0)
-            return False, t0 + dt * self.dfactor, state
-        # Proposals are clamped to [min_step, max_step] already; a step at min_step is
-        # accepted whatever its error (the user asked for no smaller steps).
-        accept = ratio <= 1 or size <= self.min_step * (1 + 1e-12)
-        if ratio == 0:
-            factor = self.ifactor
-        else:
-            k = state.exponent
-            factor = self.safety * ratio ** (-(self.icoeff + self.pcoeff) * k)
-            if self.pcoeff:
-                factor *= state.previous_ratio ** (self.pcoeff * k)
-            factor = min(self.ifactor, max(factor, self.dfactor))
-        new_size = min(max(size * factor, self.min_step), self.max_step)
+        accept, new_size, previous = self.decide(
+            ratio, abs(dt), state.previous_ratio, state.exponent
+        )
         new_dt = math.copysign(new_size, dt)
         if accept:
-            state.previous_ratio = max(ratio, 1e-10)
+            state.previous_ratio = previous
             return True, t1 + new_dt, state
         return False, t0 + new_dt, state
+
+    def decide(self, ratio: Any, size: Any, previous_ratio: Any, exponent: float) -> tuple:
+        """The controller's formula, once for every mode: from a step's scaled error
+        ``ratio`` and ``size`` (Python floats for one problem on the host, or tensors, one
+        per sample), whether it is accepted, the size of the next step and the new previous
+        ratio (the PI memory). A NaN ratio rejects and shrinks by ``dfactor``; a ratio of 0
+        grows by ``ifactor``. A step at ``min_step`` is accepted whatever its error (the
+        user asked for no smaller steps)."""
+        accept = ratio <= 1
+        if self.min_step > 0:  # (a non-finite ratio is never accepted)
+            accept = accept | ((size <= self.min_step * (1 + 1e-12)) & (ratio < math.inf))
+        factor = self.safety * _power(ratio, -(self.icoeff + self.pcoeff) * exponent)
+        if self.pcoeff:
+            factor = factor * _power(previous_ratio, self.pcoeff * exponent)
+            previous_ratio = _where(accept, _clip(ratio, 1e-10, math.inf), previous_ratio)
+        factor = _clip(_nan_to(factor, self.dfactor), self.dfactor, self.ifactor)
+        return accept, _clip(size * factor, self.min_step, self.max_step), previous_ratio
 
     def __repr__(self) -> str:
         return f"PIController(rtol={self.rtol}, atol={self.atol})"

@@ -94,9 +94,22 @@ def hermite_interpolate(
     if step.f1 is None:
         step.f1 = term(step.t1, step.y1, step.end_perturb)
     th = thetas.to(device=step.y0.device, dtype=term.time_dtype)[:, None]
-    h00 = (1 + 2 * th) * (1 - th) ** 2
-    h10 = th * (1 - th) ** 2
-    h01 = th**2 * (3 - 2 * th)
-    h11 = th**2 * (th - 1)
-    dt = step.dt
-    return h00 * step.y0 + h01 * step.y1 + (h10 * dt) * f0 + (h11 * dt) * step.f1
+    return hermite(th, step.y0, step.y1, f0, step.f1, step.dt)
+
+
+def hermite(
+    theta: torch.Tensor,
+    y0: torch.Tensor,
+    y1: torch.Tensor,
+    f0: torch.Tensor,
+    f1: torch.Tensor,
+    h: Any,
+) -> torch.Tensor:
+    """The cubic Hermite interpolant through (y0, f0) and (y1, f1) at the step fractions
+    ``theta``, for every mode: ``theta`` (m, 1) against one step's (n,) states, or (batch,
+    1) against per-sample (batch, n) states with ``h`` (batch, 1)."""
+    h00 = (1 + 2 * theta) * (1 - theta) ** 2
+    h10 = theta * (1 - theta) ** 2
+    h01 = theta**2 * (3 - 2 * theta)
+    h11 = theta**2 * (theta - 1)
+    return h00 * y0 + h01 * y1 + (h10 * h) * f0 + (h11 * h) * f1

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._term import ODETerm
-from .base import Solver, Step, hermite_interpolate
+from .base import Solver, Step, hermite, hermite_interpolate
 from .tableau import ButcherTableau
 
 
@@ -114,76 +114,78 @@ class ExplicitRK(Solver):
         # All stage times in one host-to-tensor conversion (CPU only: on an accelerator that
         # would be a copy; there each stage fills its own 0-dim tensor on the device).
         times = term.times([t1 if ci == 1 else t0 + ci * dt for ci in c[1:]])
-        ks = [f0]
-        y_stage = y0
-        compiling = torch.compiler.is_compiling()
-        if torch.is_grad_enabled() or compiling:
-            # Autograd path: stages stacked as rows (contiguous copies, unlike columns, which
-            # are slow for large states); addmv reads the transposed view directly. Also the
-            # compiled path (its combinations pointwise, fused by the compiler): the compiler
-            # plans its own memory, and a buffer written in place would be an input mutated
-            # by the graph.
-            for i in range(1, co.stages):
-                if compiling:
-                    y_stage = combine(y0, ks, self.tableau.a[i], dt)
-                elif i == 1:
-                    y_stage = torch.add(y0, f0, alpha=dt * co.first_a)
-                else:
-                    y_stage = torch.addmv(y0, torch.stack(ks).T, co.a[i], alpha=dt)
-                ks.append(self._stage(term, times, i, c[i], t0 + c[i] * dt, y_stage, end_perturb))
-            stacked = torch.stack(ks)
-            all_columns = stacked.T
-        else:
-            # Graph-free path: f writes each stage into a row of one buffer reused across
-            # steps (the stages are those rows), and each combination is one addmv on a
-            # prepared view of the first rows.
-            buffer = term.stage_buffer(co.stages, y0)
-            stacked, rows, columns = buffer.stacked, buffer.rows, buffer.columns
-            rows[0].copy_(f0)  # f0 may be the previous step's last row: copied before reuse
-            for i in range(1, co.stages):
-                if i == 1:
-                    y_stage = torch.add(y0, rows[0], alpha=dt * co.first_a)
-                else:
-                    y_stage = torch.addmv(y0, columns[i], co.a[i], alpha=dt)
-                if times is None or (c[i] == 1 and end_perturb):
-                    k = self._stage(term, times, i, c[i], t0 + c[i] * dt, y_stage, end_perturb)
-                    rows[i].copy_(k)
-                else:
-                    term.into(times[i - 1], y_stage, buffer, i)
-            ks = list(rows)
-            all_columns = columns[co.stages]
-        tab = self.tableau
-        if co.fsal:
-            y1, f1 = y_stage, ks[-1]
-        elif compiling:
-            y1, f1 = combine(y0, ks, tab.b, dt), None
-        else:
-            y1, f1 = torch.addmv(y0, all_columns, co.b, alpha=dt), None
-        if co.b_error is None:
-            error = None
-        elif compiling:
-            error = combine(None, ks, tab.b_error, dt)
-        else:  # dt * (K^T b_error) in one op: with beta=0, addmv ignores its first argument
-            error = torch.addmv(y0, all_columns, co.b_error, beta=0, alpha=dt)
+        # Graph-free: f writes each stage into a row of one buffer reused across steps.
+        graph_free = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        buffer = term.stage_buffer(co.stages, y0) if graph_free else None
+
+        def evaluate(i: int, y_stage: torch.Tensor) -> torch.Tensor:
+            if c[i] == 1 and end_perturb:  # a stage at the step's end, moved inwards
+                return term(t1, y_stage, end_perturb)
+            if times is None:
+                return term(t0 + c[i] * dt, y_stage)
+            if buffer is not None:
+                return term.into(times[i - 1], y_stage, buffer, i)
+            return term.at(times[i - 1], y_stage)
+
+        y1, error, ks, stacked = self.propose(y0, dt, f0, evaluate, buffer)
+        f1 = ks[-1] if co.fsal else None
         extra = {"stacked": stacked, "f0_reusable": state is not None or not perturb}
         return Step(t0, t1, y0, y1, error, ks, f1, extra, end_perturb)
 
-    @staticmethod
-    def _stage(
-        term: ODETerm,
-        times: tuple[torch.Tensor, ...] | None,
-        i: int,
-        c: float,
-        t: float,
-        y: torch.Tensor,
-        end_perturb: float,
-    ) -> torch.Tensor:
-        """f at stage ``i``; a stage at the step's end is perturbed inwards if asked."""
-        if c == 1 and end_perturb:
-            return term(t, y, end_perturb)
-        if times is None:
-            return term(t, y)
-        return term.at(times[i - 1], y)
+    def propose(
+        self,
+        y0: torch.Tensor,
+        h: Any,
+        f0: torch.Tensor,
+        evaluate: Any,
+        buffer: Any = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor], torch.Tensor]:
+        """The side-effect-free step of every solve mode: from ``y0`` with the step size
+        ``h`` and f(t0, y0) = ``f0``, the proposal ``y1``, the error estimate (``None``
+        without an embedded method), the stages ``ks`` and the stages stacked (stages,
+        *y0.shape), the dense output's coefficients (``dense``).
+
+        ``h`` is a Python float (one problem), a 0-dim tensor (a compiled step), or a
+        tensor broadcasting against ``y0`` ((batch, 1): one step size per sample).
+        ``evaluate(i, y_stage)`` returns stage ``i``'s derivative (the caller knows the
+        stage's time). With ``buffer`` (a ``StageBuffer`` of graph-free solves) the stages
+        are written into its rows, each combination one matrix-vector product on its
+        columns; otherwise they are stacked (autograd), or, under torch.compile, combined
+        pointwise with the tableau's numbers as constants (fused by the compiler).
+        """
+        co = self._coefficients(y0)
+        tab = self.tableau
+        compiling = torch.compiler.is_compiling()
+        columns = None if buffer is None else buffer.columns
+        ks = [f0]
+        rows = None if buffer is None else buffer.rows
+        if rows is not None:  # f0 may be the last row: copied before reuse
+            rows[0].copy_(f0 if f0.ndim == 1 else f0.reshape(-1))
+        y_stage = y0
+        for i in range(1, co.stages):
+            if i == 1 and not compiling and isinstance(h, float):
+                y_stage = torch.add(y0, f0, alpha=h * co.first_a)
+            else:
+                part = None if columns is None else columns[i]
+                y_stage = _stage_sum(y0, h, co.a[i], tab.a[i], ks, part, compiling)
+            k = evaluate(i, y_stage)
+            if rows is not None and k is not rows[i]:
+                rows[i].copy_(k.reshape(-1))
+            ks.append(k)
+        if buffer is not None:
+            stacked = buffer.stacked.view(co.stages, *y0.shape)
+            every = columns[co.stages]
+        else:
+            stacked = torch.stack(ks)
+            every = None if compiling else (stacked if y0.ndim == 1 else stacked.flatten(1)).T
+        y1 = y_stage if co.fsal else _stage_sum(y0, h, co.b, tab.b, ks, every, compiling)
+        if co.b_error is None:
+            error = None
+        else:
+            error = _stage_sum(None, h, co.b_error, tab.b_error, ks, every, compiling)
+        if rows is not None and y0.ndim == 1:
+            ks = list(rows)  # the rows themselves (f0's copy among them)
+        return y1, error, ks, stacked
 
     def reject(self, step: Step, state: Any) -> Any:
         # f(t0, y0) does not depend on the step size: keep it for the retry.
@@ -198,10 +200,37 @@ class ExplicitRK(Solver):
         if stacked is None:
             stacked = self._extra_stages(term, step, co)
             step.extra["dense_stacked"] = stacked
-        powers = torch.arange(1, co.dense.shape[1] + 1, dtype=torch.float64)
-        theta_powers = thetas[None, :] ** powers[:, None]
+        return self.dense(step.y0, None, step.dt, stacked, None, thetas)
+
+    def dense(
+        self,
+        y0: torch.Tensor,
+        y1: torch.Tensor | None,
+        h: Any,
+        stacked: torch.Tensor,
+        f1: torch.Tensor | None,
+        theta: torch.Tensor,
+    ) -> torch.Tensor:
+        """The dense output of every mode from a step's start ``y0``, end ``y1``, size ``h``
+        and stages ``stacked`` (with the extra stage f(t1, y1) = ``f1`` where the
+        interpolant needs it), at the step fractions ``theta`` (float64): for one step,
+        ``theta`` (m,) against (stages, n) stages gives (m, n); per sample, ``theta``
+        (batch,) against (stages, batch, n) stages and ``h`` (batch, 1) gives (batch, n)."""
+        co = self._coefficients(y0)
+        per_row = stacked.ndim == 3
+        if self.tableau.dense is None:  # cubic Hermite through (y0, f0), (y1, f1)
+            if f1 is None:
+                raise ValueError(f"{self!r} needs f(t1, y1) for its dense output")
+            th = theta.to(device=y0.device, dtype=y0.real.dtype)[:, None]
+            return hermite(th, y0, y1, stacked[0], f1, h)
+        powers = torch.arange(1, co.dense.shape[1] + 1, dtype=torch.float64, device=theta.device)
+        theta_powers = theta[None, :] ** powers[:, None]  # (P, m)
         weights = co.dense @ theta_powers.to(dtype=co.dense.dtype, device=co.dense.device)
-        return torch.addmm(step.y0[None, :], weights.T, stacked, alpha=step.dt)
+        if not per_row:  # one step, many points: one matrix product
+            return torch.addmm(y0[None, :], weights.T, stacked, alpha=h)
+        if f1 is not None and stacked.shape[0] < weights.shape[0]:
+            stacked = torch.cat([stacked, f1[None]])
+        return torch.addcmul(y0, h, torch.einsum("sb,sbd->bd", weights, stacked))
 
     def _extra_stages(self, term: ODETerm, step: Step, co: _Coefficients) -> torch.Tensor:
         """Evaluate the dense output's extra stages (once per step) and stack all stages."""
@@ -234,3 +263,30 @@ def combine(
             total = k * c if total is None else total + k * c
     total = total * alpha
     return total if y is None else y + total
+
+
+def _stage_sum(
+    y: torch.Tensor | None,
+    h: Any,
+    coefficients: torch.Tensor,
+    numbers: Sequence[float],
+    ks: Sequence[torch.Tensor],
+    columns: torch.Tensor | None,
+    compiling: bool,
+) -> torch.Tensor:
+    """``y + h * sum_j c_j k_j`` (without ``y`` when it is ``None``): the one stage
+    combination of every mode. Pointwise under torch.compile (``combine``); with ``columns``
+    (the transposed stage rows of a buffer) one matrix-vector product; otherwise on the
+    stacked stages. A float ``h`` (one problem) is folded into the product (``addmv``'s
+    ``alpha``); a tensor ``h`` (per sample) multiplies it (``addcmul``)."""
+    if compiling:
+        return combine(y, ks, numbers, h)
+    if columns is None:
+        stacked = torch.stack(list(ks[: len(coefficients)]))
+        columns = (stacked if stacked.ndim == 2 else stacked.flatten(1)).T
+    if isinstance(h, float):  # one problem: a flat state, no reshaping
+        if y is None:  # with beta=0, addmv ignores its first argument
+            return torch.addmv(ks[0], columns, coefficients, beta=0, alpha=h)
+        return torch.addmv(y, columns, coefficients, alpha=h)
+    total = torch.mv(columns, coefficients).view(ks[0].shape)
+    return h * total if y is None else torch.addcmul(y, h, total)

@@ -1,0 +1,149 @@
+"""The engine issue's problems: time and steps of neuralode's execution modes.
+
+MLP 2-64-64-2 (tanh, float32, fixed seed) dopri5 rtol 1e-6 atol 1e-8, t in [0, 1], batch
+1 / 16 / 256 / 1024, solved as one system; Van der Pol (float64) with mu from 1 to 25 across a
+batch of 256, t in [0, 10], as one system and per sample. One thread; the minimum (and
+median) of ``--repeats`` runs after warm-up runs (compilation excluded, its time reported
+apart). With ``--base DIR`` (a directory holding an older copy of the package renamed
+``neuralode_base``) every timing of the older version is interleaved with this one's in the
+same process, so their ratio holds on a noisy machine; modes a version lacks are skipped.
+
+Run: ``flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_engine.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import statistics
+import sys
+import time
+
+import torch
+
+import neuralode as no
+
+RTOL, ATOL = 1e-6, 1e-8
+
+
+def mlp(batch: int):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
+        torch.nn.Linear(64, 2),
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    y0 = torch.randn(batch, 2, generator=gen)
+
+    def f(t, y):
+        return net(y)
+
+    return f, y0, torch.tensor([0.0, 1.0])
+
+
+def vdp(batch: int = 256):
+    mu = torch.linspace(1.0, 25.0, batch, dtype=torch.float64)
+
+    def f(t, y):
+        x, v = y[:, 0], y[:, 1]
+        return torch.stack([v, mu * (1 - x * x) * v - x], 1)
+
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64).repeat(batch, 1)
+    return f, y0, torch.tensor([0.0, 10.0], dtype=torch.float64)
+
+
+def dump(directory: str, batches) -> None:
+    """The MLP weights and initial states as .npz files (``bench_engine_diffrax.py``)."""
+    import numpy as np
+
+    for b in batches:
+        f, y0, _ = mlp(b)
+        linears = [m for m in f.__closure__[0].cell_contents if isinstance(m, torch.nn.Linear)]
+        arrays = {f"y0_{b}": y0.numpy()}
+        for i, layer in enumerate(linears):
+            arrays[f"W{i}"] = layer.weight.detach().numpy().T
+            arrays[f"b{i}"] = layer.bias.detach().numpy()
+        np.savez(f"{directory}/mlp_{b}.npz", **arrays)
+
+
+def modes(lib=no) -> dict[str, dict]:
+    """The execution modes a version of neuralode has, as ``solve`` keywords."""
+    params = inspect.signature(lib.solve).parameters
+    out = {"eager": {}}
+    if "compile_step" in params or "compile" in params:
+        out["compile_step"] = {"compile": "step"} if "compile" in params else {"compile_step": True}
+    if "compile" in params:
+        out["compile (whole solve)"] = {"compile": True}
+    return out
+
+
+def run(lib, f, y0, ts, per_sample: bool, kwargs: dict):
+    with torch.no_grad():
+        return lib.solve(
+            f, y0, ts, solver=lib.Dopri5(), controller=lib.PIController(RTOL, ATOL),
+            per_sample=per_sample, **kwargs,
+        )  # fmt: skip
+
+
+def measure(runs: dict, f, y0, ts, per_sample, repeats):
+    """Interleaved timings of ``runs`` (label -> (lib, solve keywords)) on one problem."""
+    first, sols, times = {}, {}, {label: [] for label in runs}
+    for label, (lib, kwargs) in runs.items():
+        t0 = time.perf_counter()
+        sols[label] = run(lib, f, y0, ts, per_sample, kwargs)
+        first[label] = time.perf_counter() - t0
+        for _ in range(2):
+            run(lib, f, y0, ts, per_sample, kwargs)
+    for _ in range(repeats):
+        for label, (lib, kwargs) in runs.items():
+            t0 = time.perf_counter()
+            run(lib, f, y0, ts, per_sample, kwargs)
+            times[label].append(time.perf_counter() - t0)
+    out = {}
+    for label, sol in sols.items():
+        s = sol.stats
+        out[label] = {
+            "best_ms": 1e3 * min(times[label]),
+            "median_ms": 1e3 * statistics.median(times[label]),
+            "first_s": first[label],
+            "steps": int(s.sample_steps.max()) if per_sample else s.n_steps,
+            "accepted": int(s.sample_accepted.max()) if per_sample else s.n_accepted,
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--batches", default="1,16,256,1024")
+    parser.add_argument("--base", default="", help="directory with neuralode_base (older)")
+    parser.add_argument("--dump", default="", help="write the MLP problems for diffrax here")
+    args = parser.parse_args()
+    if args.dump:
+        dump(args.dump, map(int, args.batches.split(",")))
+        return
+    torch.set_num_threads(1)
+    problems = [(f"MLP batch {b}", *mlp(b), False) for b in map(int, args.batches.split(","))]
+    problems += [("VdP 256 one system", *vdp(), False), ("VdP 256 per sample", *vdp(), True)]
+    runs = {f"{mode}": (no, kwargs) for mode, kwargs in modes().items()}
+    if args.base:
+        sys.path.insert(0, args.base)
+        import neuralode_base
+
+        base = {f"before: {m}": (neuralode_base, k) for m, k in modes(neuralode_base).items()}
+        runs = {**base, **runs}
+    print(f"torch {torch.__version__}, neuralode from {no.__file__}")
+    print("| problem | version: mode | best ms | median ms | first call s | steps (accepted) |")
+    print("|---|---|---:|---:|---:|---|")
+    for name, f, y0, ts, per_sample in problems:
+        results = measure(runs, f, y0, ts, per_sample, args.repeats)
+        for label, r in results.items():
+            print(
+                f"| {name} | {label} | {r['best_ms']:.3f} | {r['median_ms']:.3f} | "
+                f"{r['first_s']:.2f} | {r['steps']} ({r['accepted']}) |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""How a solve runs: one validated choice instead of a set of flags.
+
+``solve`` takes two execution arguments, ``per_sample`` and ``compile``; the older boolean
+flags (``skip_finished``, ``compile_step``, ``device_loop``, ``cuda_graph``) and the
+torchdiffeq-style ``options`` keys are aliases that ``Execution.of`` turns into the same
+object. ``Execution.check`` is the one place that refuses a combination, a solver, a
+controller or an option that a mode cannot run, with the reason and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._tree import TreeSpec
+
+_ALIASES = ("skip_finished", "compile_step", "device_loop", "cuda_graph")
+_COMPILE = {False: None, None: None, True: "solve", "solve": "solve", "step": "step"}
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a solve runs.
+
+    Arguments:
+        per_sample: dimension 0 of the state is a batch of independent problems, each with
+            its own steps (the device loop); otherwise the state is one problem.
+        skip_finished: per sample, f sees only the samples still running.
+        device_loop: one problem solved by the device loop (a batch of one): decisions stay
+            on the device between scheduled checks.
+        compile: ``None`` (eager), ``"step"`` (each step attempt, f included, one
+            torch.compile graph) or ``"solve"`` (the whole adaptive solve one compiled
+            ``while_loop`` graph, falling back to ``"step"`` where it cannot run).
+        cuda_graph: each step attempt of the device loop captured as a CUDA graph.
+    """
+
+    per_sample: bool = False
+    skip_finished: bool = False
+    device_loop: bool = False
+    compile: str | None = None
+    cuda_graph: bool = False
+    #: the compile argument as the user gave it, for error messages
+    asked: str = field(default="", compare=False)
+
+    @classmethod
+    def of(cls, per_sample: Any = False, compile: Any = False, **aliases: Any) -> Execution:
+        """The execution from ``solve``'s two arguments and the older flags (aliases).
+
+        Arguments:
+            per_sample: ``False``, ``True`` or ``"skip_finished"`` (per sample, f sees
+                only the running samples).
+            compile: ``False``, ``True`` (or ``"solve"``: the whole solve one graph),
+                ``"step"`` (each step one graph) or ``"cuda_graph"`` (each step of the
+                device loop captured as a CUDA graph).
+            aliases: the older flags ``skip_finished``, ``compile_step``, ``device_loop``
+                and ``cuda_graph`` (booleans).
+
+        Returns:
+            The validated combination.
+
+        Raises:
+            TypeError: an unknown alias.
+            ValueError: a value or a combination that no mode runs.
+        """
+        unknown = sorted(set(aliases) - set(_ALIASES))
+        if unknown:
+            raise TypeError(f"solve() got unexpected keyword arguments {unknown}")
+        flags = {name: bool(aliases.get(name, False)) for name in _ALIASES}
+        if per_sample == "skip_finished":
+            per_sample, flags["skip_finished"] = True, True
+        elif not isinstance(per_sample, bool):
+            raise ValueError(
+                f"per_sample must be False, True or 'skip_finished', got {per_sample!r}"
+            )
+        if compile == "cuda_graph":
+            compile, flags["cuda_graph"] = False, True
+        if (
+            compile not in _COMPILE
+            or isinstance(compile, (int, float))
+            and compile not in (True, False)
+        ):
+            raise ValueError(
+                f"compile must be False, True ('solve': the whole solve one graph), 'step' "
+                f"(each step one graph) or 'cuda_graph', got {compile!r}"
+            )
+        mode = _COMPILE[compile]
+        asked = f"compile={compile!r}" if mode else ""
+        if flags["compile_step"]:
+            if mode == "solve":
+                raise ValueError("give compile=True or compile_step=True, not both")
+            mode, asked = "step", "compile_step=True"
+        execution = cls(
+            per_sample=per_sample,
+            skip_finished=flags["skip_finished"],
+            device_loop=flags["device_loop"] and not per_sample,
+            compile=mode,
+            cuda_graph=flags["cuda_graph"],
+            asked=asked,
+        )
+        execution._check_combination()
+        return execution
+
+    @property
+    def device(self) -> bool:
+        """Whether the device loop runs the solve (per sample, or one problem in it)."""
+        return self.per_sample or self.device_loop
+
+    def _check_combination(self) -> None:
+        if self.skip_finished and not self.per_sample:
+            raise ValueError("skip_finished=True needs per_sample=True")
+        if self.compile and self.skip_finished:
+            raise ValueError(
+                f"{self.asked} does not support skip_finished (the number of rows f sees "
+                "changes, which would recompile)"
+            )
+        if self.cuda_graph and self.compile == "solve":
+            raise ValueError(
+                "compile=True runs the whole solve as one compiled graph and cuda_graph "
+                "captures each step attempt: choose one"
+            )
+        if self.cuda_graph and not self.device:
+            raise ValueError("cuda_graph=True needs per_sample=True or device_loop=True")
+        if self.cuda_graph and self.skip_finished:
+            raise ValueError(
+                "cuda_graph=True does not support skip_finished (the number of rows f sees "
+                "changes, and a CUDA graph replays fixed shapes)"
+            )
+
+    def check(self, spec: TreeSpec, solver: Any, controller: Any, options: dict) -> None:
+        """Refuse, with the reason, what this execution cannot run: the one place for it.
+
+        Arguments:
+            spec: the state's structure.
+            solver: the solver.
+            controller: the step-size controller.
+            options: ``solve``'s other arguments by name (``norm``, ``step_t``, ``jump_t``,
+                ``perturb``, ``callbacks``, ``gradient``, ``y0``).
+
+        Raises:
+            ValueError: naming the mode and what it does not support.
+        """
+        from .adjoint.backsolve import Backsolve
+        from .adjoint.direct import Direct
+
+        if self.compile and not self.device:
+            check_compiled_step(solver, controller, self.asked)
+        if not self.device:
+            return
+        what = "per_sample=True" if self.per_sample else "device_loop=True"
+        if not spec.is_leaf:
+            raise ValueError(f"{what} needs y0 to be one tensor")
+        check_device_loop(solver, controller, what)
+        unsupported = {
+            "norm": options["norm"] is not None,
+            "step_t": len(options["step_t"]) > 0,
+            "jump_t": len(options["jump_t"]) > 0,
+            "perturb": bool(options["perturb"]),
+            "callbacks": options["callbacks"] is not None,
+        }
+        given = [name for name, used in unsupported.items() if used]
+        if given:
+            raise ValueError(f"{what} does not support {', '.join(given)}")
+        gradient = options["gradient"]
+        if gradient is not None and not isinstance(gradient, (Direct, Backsolve)):
+            raise ValueError(
+                f"{what} supports the gradients Direct() and Backsolve(), got {gradient!r}"
+            )
+        shape = spec.shapes[0]
+        if self.per_sample and (len(shape) == 0 or shape[0] == 0):
+            raise ValueError(
+                "per_sample=True needs y0 with a batch dimension first (shape (batch, ...)), "
+                f"got shape {tuple(shape)}"
+            )
+
+
+def check_device_loop(solver: Any, controller: Any, what: str) -> None:
+    """Raise a clear error if the solver or controller cannot run in the device loop."""
+    from .controllers.pi import PIController
+    from .solvers.explicit_rk import ExplicitRK
+
+    if not isinstance(solver, ExplicitRK) or not solver.adaptive:
+        raise ValueError(
+            f"{what} supports the adaptive explicit Runge-Kutta methods (dopri5, "
+            f"tsit5, bosh3, dopri8, ...), got {solver!r}"
+        )
+    if not isinstance(controller, PIController):
+        raise ValueError(f"{what} needs a PIController, got {controller!r}")
+
+
+def check_compiled_step(solver: Any, controller: Any, what: str) -> None:
+    """Raise a clear error, naming ``what`` asked for it, if the host loop's compiled step
+    cannot run this solver or controller."""
+    from .controllers.fixed import FixedGrid
+    from .controllers.pi import PIController
+    from .solvers.explicit_rk import ExplicitRK
+
+    if not isinstance(solver, ExplicitRK):
+        raise ValueError(
+            f"{what} supports the explicit Runge-Kutta methods (dopri5, tsit5, rk4, ...), "
+            f"got {solver!r}"
+        )
+    if not isinstance(controller, (PIController, FixedGrid)):
+        raise ValueError(f"{what} needs a PIController or FixedGrid, got {controller!r}")

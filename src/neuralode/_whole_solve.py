@@ -1,0 +1,237 @@
+"""The whole adaptive solve as one compiled graph (``compile=True``).
+
+The device loop's step attempt (``ExplicitRK.propose``, the per-row error ratio and
+``PIController.decide``), the first step size (``initial_step``), the outputs at the
+output times (``ExplicitRK.dense``) and the per-sample statistics run inside one
+``torch._higher_order_ops.while_loop``, compiled with ``torch.compile(fullgraph=True)``:
+no host synchronisation from the first evaluation of f to the end of the solve. One
+problem is a batch of one (its error norm over the whole state); per-sample mode gives each
+row its own time, step size and decisions, as the eager device loop does, and takes the
+same steps. After the graph one read says whether every sample reached its end; if not,
+the device loop's errors are raised (a stalled sample, ``max_steps``, a non-finite f0).
+
+A new y0, new output times or new parameters of f with the same shapes, dtypes and
+structure reuse the graph (static shapes: one graph per shape). What the graph cannot run
+(``unsupported``) falls back to the device loop with each step compiled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch._higher_order_ops import while_loop
+
+from ._attempt import Constants, attempt
+from ._compile import compiled
+from ._errors import NonFiniteError
+from ._norms import rms_norm, row_rms, tolerance_tensor
+from ._pending import _raise_stalled, _stalled
+from ._solution import SolveStats
+from ._term import ODETerm
+from .controllers.initial_step import initial_step
+from .controllers.pi import PIController
+from .solvers.explicit_rk import ExplicitRK
+
+
+class WholeSolveUnavailable(RuntimeError):
+    """torch.compile could not capture the whole solve (e.g. an operation of f that it
+    cannot trace inside ``while_loop``): the caller compiles each step instead."""
+
+
+def unsupported(config: Any, spec: Any) -> str | None:
+    """Why the whole solve cannot be one graph here (``None``: it can). The caller then
+    compiles each step instead (``compile='step'``)."""
+    solver, controller = config.solver, config.controller
+    if not isinstance(solver, ExplicitRK) or not solver.adaptive:
+        return "only the adaptive explicit Runge-Kutta methods run as one graph"
+    dense = solver.tableau.dense
+    if dense is not None and len(dense.extra_c) > 1:
+        return f"{solver!r}'s dense output needs extra stages"
+    if not isinstance(controller, PIController):
+        return "only the PIController runs inside the graph"
+    if not spec.is_leaf or config.norm is not rms_norm:
+        return "the graph measures errors by RMS on one tensor"
+    if config.step_t or config.jump_t or config.perturb or config.callbacks is not None:
+        return "step_t, jump_t, perturb and callbacks act between steps on the host"
+    if config.events is not None:
+        return "events are located between steps on the host"
+    if torch.is_grad_enabled():
+        return (
+            "autograd through torch._higher_order_ops.while_loop is not supported (torch "
+            f"{torch.__version__}); solve under torch.no_grad() or with gradient=Backsolve()"
+        )
+    return None
+
+
+def integrate_whole(
+    term: ODETerm, y0_flat: torch.Tensor, ts: list[float], config: Any, stats: SolveStats
+) -> torch.Tensor:
+    """Solve as one compiled graph; return (len(ts), n) flat states (see the module)."""
+    solver: ExplicitRK = config.solver
+    ctrl: PIController = config.controller
+    per_sample = config.per_sample
+    batch = int(term.spec.shapes[0][0]) if per_sample else 1
+    y = y0_flat.reshape(batch, -1)
+    if len(ts) == 1:
+        return y0_flat[None]
+    solver._coefficients(y)  # made before tracing: constants of the graph
+    f64 = dict(dtype=torch.float64, device=y.device)
+    plan = _Plan(
+        func=term.func,
+        solver=solver,
+        controller=ctrl,
+        shape=tuple(int(n) for n in term.spec.shapes[0]),
+        per_sample=per_sample,
+        time_dtype=term.time_dtype,
+        sign=1.0 if ts[-1] > ts[0] else -1.0,
+        n_out=len(ts),
+        max_steps=config.max_steps,
+        exponent=1.0 / (solver.error_order + 1),
+    )
+    run = compiled(_solve_graph, ("whole", type(solver)), dynamic=False, fullgraph=True)
+    ts_tensor = torch.tensor(ts, **f64)
+    rtol, atol = tolerance_tensor(ctrl.rtol, y), tolerance_tensor(ctrl.atol, y)
+    plan.constants = Constants(solver, ctrl, rtol, atol, plan.sign, plan.exponent)
+    try:
+        result = run(plan, y, ts_tensor)
+    except torch._dynamo.exc.TorchDynamoException as error:
+        raise WholeSolveUnavailable(
+            f"torch.compile (torch {torch.__version__}) could not capture the whole solve as "
+            f"one while_loop graph ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            "each step is compiled instead"
+        ) from error
+    outputs, t, proposal, still, n_steps, n_accepted, nfe, iterations, d1 = result
+    bad_f0, running, out_of_steps = torch.stack(
+        [(~torch.isfinite(d1)).any(), still.any(), iterations >= config.max_steps]
+    ).tolist()
+    if bad_f0:
+        i = int((~torch.isfinite(d1)).nonzero()[0])
+        where = f" for sample {i}" if per_sample else f" at t0={ts[0]:.6g}"
+        raise NonFiniteError(f"f(t0, y0) contains NaN or inf{where}")
+    if running:  # the device loop's errors
+        t_stop = torch.full((batch,), ts[-1], **f64)
+        iteration = config.max_steps if out_of_steps else 0
+        _raise_stalled(iteration, still, t, proposal, t_stop, plan.sign, outputs[-1], config)
+    stages = solver.tableau.stages
+    term.nfe += int(iterations) * (stages - 1 + (not solver.tableau.fsal)) + 1
+    term.nfe += ctrl.first_step is None
+    stats.n_steps += int(n_steps.sum())
+    stats.n_accepted += int(n_accepted.sum())
+    stats.n_rejected += int((n_steps - n_accepted).sum())
+    if per_sample:
+        stats.sample_nfe = nfe
+        stats.rows_evaluated = term.nfe * batch
+        stats.sample_steps = n_steps
+        stats.sample_accepted = n_accepted
+        stats.sample_rejected = n_steps - n_accepted
+    return outputs.reshape(len(ts), -1)
+
+
+class _Plan:
+    """The solve's fixed facts: constants of the compiled graph (guarded on by
+    torch.compile: another f, solver, controller or setting compiles another graph)."""
+
+    def __init__(self, **facts: Any):
+        self.__dict__.update(facts)
+
+    def call(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """f on the (batch, n) rows at the (batch,) times, as the user's f takes them."""
+        batch = y.shape[0]
+        time = t.to(self.time_dtype)
+        out = self.func(time if self.per_sample else time.reshape(()), y.reshape(self.shape))
+        return out.reshape(batch, -1)
+
+
+def _solve_graph(plan: _Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The whole solve (traced by torch.compile into one graph; also correct eagerly)."""
+    solver, ctrl, sign = plan.solver, plan.controller, plan.sign
+    batch = y0.shape[0]
+    fsal = solver.tableau.fsal
+    c = solver.tableau.c
+    t0 = ts[0].expand(batch).clone()
+    t_end = ts[-1].clone()  # (views of one input would alias: while_loop refuses that)
+    t_stop = t_end.expand(batch).clone()
+    f0 = plan.call(t0, y0)
+    if ctrl.first_step is None:
+        k = plan.constants
+        size, d1 = initial_step(plan.call, t0, y0, f0, sign, k.exponent, k.rtol, k.atol, row_rms)
+        nfe0 = 2
+    else:
+        size, d1 = torch.full_like(t0, ctrl.first_step), torch.zeros_like(t0)
+        nfe0 = 1
+    size = size.clamp(min=ctrl.min_step, max=ctrl.max_step)
+    inner = ts[1:-1].clone()  # the outputs interpolated inside the steps that cross them
+    n_inner = inner.shape[0]
+    zeros = torch.zeros(batch, dtype=torch.long, device=y0.device)
+    carry = (
+        torch.zeros((), dtype=torch.long, device=y0.device),  # iterations
+        t0,
+        y0,
+        f0,
+        t0 + sign * size,  # proposal
+        torch.ones_like(t0),  # previous ratio (PI memory)
+        zeros,  # steps
+        zeros.clone(),  # accepted
+        zeros + nfe0,  # evaluations of f per sample
+        y0.expand(n_inner, *y0.shape).clone(),  # inner outputs
+        torch.isfinite(d1) & (t0 != t_end),  # running
+        torch.zeros((), dtype=torch.bool, device=y0.device),  # a running sample stalled
+    )
+
+    def cond(it, t, y, f0, proposal, prev, steps, accepted, nfe, outs, still, stalled):
+        return still.any() & ~stalled & (it < plan.max_steps)
+
+    def body(it, t, y, f0, proposal, prev, steps, accepted, nfe, outs, still, stalled):
+        step = attempt(
+            plan.call, plan.constants, None, t, y, f0, proposal, t_stop, still, prev, steps,
+            accepted,
+        )  # fmt: skip
+        t1, h, y1, accept, t_next = step.t1, step.h, step.y1, step.accept, step.t_next
+        # (an input returned as it is would alias: while_loop refuses that)
+        new_prev = step.previous_ratio if ctrl.pcoeff else prev.clone()
+        stacked, h_y = step.k_all, h.to(y.real.dtype)[:, None]
+        f1 = step.k_last if fsal else plan.call(t1, y1)
+        still_next = step.still
+        wrote = torch.zeros_like(still)
+        if not n_inner:
+            outs = outs.clone()
+        else:
+            lo = sign * (inner[:, None] - t[None]) > 0
+            crossed = accept[None] & lo & (sign * (inner[:, None] - t1[None]) <= 0)
+            rows = n_inner * batch
+            theta = ((inner[:, None] - t[None]) / torch.where(h == 0, 1.0, h)[None]).reshape(-1)
+            value = solver.dense(
+                y.expand(n_inner, *y.shape).reshape(rows, -1),
+                y1.expand(n_inner, *y.shape).reshape(rows, -1),
+                h_y.expand(n_inner, batch, 1).reshape(rows, 1),
+                stacked.unsqueeze(1).expand(-1, n_inner, *y.shape).reshape(len(c), rows, -1),
+                f1.expand(n_inner, *y.shape).reshape(rows, -1),
+                theta,
+            ).reshape(n_inner, *y.shape)
+            value = torch.where((inner[:, None] == t1[None])[..., None], y1[None], value)
+            outs = torch.where(crossed[..., None], value, outs)
+            wrote = crossed.any(0)
+        nfe = nfe + (len(c) - 1) * still
+        if not fsal:  # f(t1, y1): the next f0, or the interpolant of the last step's outputs
+            nfe = nfe + (accept & (still_next | wrote))
+        proposal = step.proposal
+        stalled = _stalled(still_next, t_next, proposal, t_stop, sign).any()
+        return (
+            it + 1,
+            t_next,
+            step.y_accepted,
+            torch.where(accept[:, None], f1, f0),
+            proposal,
+            new_prev,
+            step.n_steps,
+            step.n_accepted,
+            nfe,
+            outs,
+            still_next,
+            stalled,
+        )
+
+    it, t, y, _, proposal, _, steps, accepted, nfe, outs, still, _ = while_loop(cond, body, carry)
+    outputs = torch.cat([y0[None], outs, y[None]])
+    return outputs, t, proposal, still, steps, accepted, nfe, it, d1

@@ -1,0 +1,180 @@
+"""The one engine: execution choices, torch.func.vmap over solve, the whole solve compiled."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import neuralode as no
+from neuralode import odeint
+
+TS = torch.linspace(0.0, 3.0, 5, dtype=torch.float64)
+TOL = dict(rtol=1e-8, atol=1e-10)
+
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
+    reason="torch.compile's CPU backend needs a C++ compiler",
+)
+
+
+def vdp(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Van der Pol, mu = 3, on one problem's state (2,)."""
+    return torch.stack([y[1], 3.0 * (1 - y[0] ** 2) * y[1] - y[0]])
+
+
+def starts(n: int = 5) -> torch.Tensor:
+    return torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+def test_vmap_solves_each_problem_with_its_own_steps():
+    """vmap over odeint equals solving each problem alone (its own steps: the same as a
+    per-sample solve of the batch, bit for bit) for an adaptive and a fixed-step method."""
+    y0s = starts()
+    out = torch.func.vmap(lambda y: odeint(vdp, y, TS, **TOL))(y0s)
+    alone = torch.stack([odeint(vdp, y, TS, **TOL) for y in y0s])
+    assert out.shape == alone.shape == (5, 5, 2)
+    torch.testing.assert_close(out, alone, rtol=1e-11, atol=1e-12)
+    rows = no.solve(
+        lambda t, y: torch.func.vmap(vdp)(t, y), y0s, TS,
+        controller=no.PIController(**TOL), per_sample=True,
+    )  # fmt: skip
+    assert torch.equal(out, rows.ys.transpose(0, 1))
+    rk4 = dict(method="rk4", options=dict(step_size=0.01))
+    fixed = torch.func.vmap(lambda y: odeint(vdp, y, TS, **rk4))(y0s)
+    for y, row in zip(y0s, fixed):
+        torch.testing.assert_close(row, odeint(vdp, y, TS, **rk4), rtol=1e-13, atol=1e-14)
+
+
+def test_vmap_composes_with_grad_jacrev_and_jvp():
+    y0s = starts(3)
+
+    def end(y: torch.Tensor) -> torch.Tensor:
+        return odeint(vdp, y, TS, **TOL)[-1]
+
+    def batch_end(ys: torch.Tensor) -> torch.Tensor:
+        return torch.func.vmap(end)(ys)
+
+    grad = torch.func.grad(lambda ys: batch_end(ys).pow(2).sum())(y0s)
+    grad_alone = torch.stack([torch.func.grad(lambda y: end(y).pow(2).sum())(y) for y in y0s])
+    torch.testing.assert_close(grad, grad_alone, rtol=1e-9, atol=1e-10)
+    jac = torch.func.jacrev(batch_end)(y0s)  # (3, 2, 3, 2): block diagonal
+    for i, y in enumerate(y0s):
+        torch.testing.assert_close(jac[i, :, i], torch.func.jacrev(end)(y), rtol=1e-9, atol=1e-10)
+    off = jac.clone()
+    for i in range(3):
+        off[i, :, i] = 0
+    assert torch.equal(off, torch.zeros_like(off))
+    tangent = torch.ones_like(y0s)
+    _, out = torch.func.jvp(batch_end, (y0s,), (tangent,))
+    torch.testing.assert_close(out, torch.einsum("iajb,jb->ia", jac, tangent), rtol=1e-6, atol=1e-7)
+
+
+def test_vmap_refuses_what_it_cannot_batch():
+    y0s = starts(3)
+    mus = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="carry it in the state"):
+        torch.func.vmap(lambda y, mu: odeint(lambda t, z: -mu * z, y, TS))(y0s, mus)
+    with pytest.raises(ValueError, match="vmap over the output times"):
+        torch.func.vmap(lambda y, t: odeint(vdp, y, t))(y0s, TS.expand(3, 5))
+    with pytest.raises(ValueError, match="torch.func.vmap over solve .* adaptive explicit"):
+        torch.func.vmap(lambda y: no.solve(vdp, y, TS, solver="radau"))(y0s)
+
+
+def test_execution_is_one_validated_choice():
+    """per_sample and compile, with the older flags as aliases; invalid combinations are
+    refused from one place with the reason."""
+    Execution = no.Execution
+    assert Execution.of(True, "step") == Execution(per_sample=True, compile="step")
+    assert Execution.of(compile_step=True) == Execution(compile="step")
+    assert Execution.of(compile=True) == Execution(compile="solve")
+    assert Execution.of("skip_finished") == Execution(per_sample=True, skip_finished=True)
+    assert Execution.of(device_loop=True, cuda_graph=True) == Execution(
+        device_loop=True, cuda_graph=True
+    )
+    assert Execution.of(compile="cuda_graph", per_sample=True).cuda_graph
+    with pytest.raises(ValueError, match="compile must be False, True"):
+        Execution.of(compile="fast")
+    with pytest.raises(ValueError, match="per_sample must be False, True or 'skip_finished'"):
+        Execution.of(per_sample="yes")
+    with pytest.raises(ValueError, match="compile=True or compile_step=True, not both"):
+        Execution.of(compile=True, compile_step=True)
+    with pytest.raises(ValueError, match="compile='step' does not support skip_finished"):
+        Execution.of("skip_finished", "step")
+    with pytest.raises(ValueError, match="choose one"):
+        Execution.of(True, True, cuda_graph=True)
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        no.solve(vdp, torch.ones(2), TS, fast=True)
+    with pytest.raises(ValueError, match="compile=True supports the explicit Runge-Kutta"):
+        no.solve(vdp, torch.ones(2, dtype=torch.float64), TS, solver="radau", compile=True)
+
+
+def test_falling_back_from_the_whole_solve_compiles_each_step(monkeypatch):
+    """compile=True where the whole solve cannot be one graph (here: with autograd) runs the
+    solve with each step compiled, as compile='step' does."""
+    import neuralode._loop as loop
+    import neuralode.controllers.pi as pi
+
+    calls = []
+    for module in (loop, pi):  # record instead of compiling
+        monkeypatch.setattr(module, "compiled", lambda fn, key, **kw: calls.append(fn) or fn)
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64, requires_grad=True)
+    controller = no.PIController(**TOL)
+    sol = no.solve(vdp, y0, TS, controller=controller, compile=True)
+    eager = no.solve(vdp, y0, TS, controller=controller)
+    assert loop._attempt in calls
+    torch.testing.assert_close(sol.ys, eager.ys, rtol=1e-12, atol=1e-12)
+
+
+@needs_compiler
+def test_whole_solve_compiled_takes_the_eager_steps_and_reuses_its_graph():
+    """compile=True, per sample: the same outputs, steps and evaluations as the eager device
+    loop; new y0, output times and parameters of the same shapes reuse the graph."""
+    from torch._dynamo.utils import counters
+
+    class Decay(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rate = torch.nn.Parameter(torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64))
+
+        def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return -self.rate[:, None] * y + torch.cos(t)[:, None]
+
+    field = Decay()
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    kwargs = dict(controller=no.PIController(1e-6, 1e-8), per_sample=True)
+    with torch.no_grad():
+        eager = no.solve(field, y0, TS, **kwargs)
+        compiled = no.solve(field, y0, TS, compile=True, **kwargs)
+        graphs = counters["stats"]["unique_graphs"]
+        field.rate.mul_(1.5)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            again = no.solve(field, 2 * y0, 0.5 * TS, compile=True, **kwargs)
+        reference = no.solve(field, 2 * y0, 0.5 * TS, **kwargs)
+    assert counters["stats"]["unique_graphs"] == graphs
+    torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(again.ys, reference.ys, rtol=1e-12, atol=1e-12)
+    for name in ("sample_steps", "sample_accepted", "sample_nfe"):
+        assert torch.equal(getattr(compiled.stats, name), getattr(eager.stats, name)), name
+    # batched calls of f: the graph stops with the last sample, the eager loop at a check
+    steps = int(compiled.stats.sample_steps.max())
+    assert compiled.stats.nfe == 6 * steps + 2 <= eager.stats.nfe
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_whole_solve_compiled_as_one_problem_matches_the_host_loop():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    y0 = torch.randn(4, 2)
+    ts = torch.linspace(0.0, 1.0, 4)
+    controller = no.PIController(1e-5, 1e-7)
+    with torch.no_grad():
+        eager = no.solve(lambda t, y: net(y), y0, ts, controller=controller)
+        compiled = odeint(
+            lambda t, y: net(y), y0, ts, rtol=1e-5, atol=1e-7, options=dict(compile=True)
+        )
+        with pytest.raises(no.MaxStepsError, match="reached max_steps=2"):
+            no.solve(lambda t, y: net(y), y0, ts, controller=controller, max_steps=2, compile=True)
+    torch.testing.assert_close(compiled, eager.ys, rtol=1e-5, atol=1e-6)

@@ -23,10 +23,21 @@ def select_initial_step(
     atol: float | torch.Tensor,
     norm: Norm,
 ) -> float:
-    """A first step size (positive) from the local scale of y0, f0 and one more evaluation.
+    """A first step size from the local scale of y0, f0 and one more evaluation (Hairer's).
 
-    ``error_exponent`` is 1 / (q + 1) for an error estimate of order q; ``rtol`` and ``atol``
-    are numbers or tensors broadcasting against ``y0``.
+    Arguments:
+        term: the vector field on the flat state.
+        t0: the initial time.
+        y0: the flat initial state.
+        f0: f(t0, y0).
+        direction: +1 or -1, the direction of integration.
+        error_exponent: 1 / (q + 1) for an error estimate of order q.
+        rtol: the relative tolerance, a number or a tensor broadcasting against ``y0``.
+        atol: the absolute tolerance, a number or a tensor.
+        norm: the error norm.
+
+    Returns:
+        The step size (positive).
     """
     if isinstance(rtol, torch.Tensor) and isinstance(atol, torch.Tensor):
         scale = torch.addcmul(atol, y0.abs(), rtol)  # one op, no Python-number operands

@@ -26,9 +26,7 @@ TARGET = torch.tensor([0.5, -0.3], dtype=torch.float64)
 
 def A(p: torch.Tensor) -> torch.Tensor:
     """A damped rotation with a shear: A and dA/dp_i do not commute."""
-    return torch.stack(
-        [torch.stack([-p[0], p[1] + p[2]]), torch.stack([-p[1], -p[0] + p[2] ** 2])]
-    )
+    return torch.stack([torch.stack([-p[0], p[1] + p[2]]), torch.stack([-p[1], -p[0] + p[2] ** 2])])
 
 
 def b(p: torch.Tensor) -> torch.Tensor:

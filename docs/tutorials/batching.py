@@ -29,7 +29,7 @@ class Oscillators(torch.nn.Module):
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.rows += len(y)
-        return torch.stack([y[:, 1], -self.omega[: len(y)] ** 2 * y[:, 0]], 1)
+        return torch.stack([y[:, 1], -(self.omega[: len(y)] ** 2) * y[:, 0]], 1)
 
 
 def main(argv: list[str] | None = None) -> None:

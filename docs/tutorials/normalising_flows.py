@@ -65,8 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     # Fit q to the unnormalised target p ~ exp(-U2) by minimising KL(q || p)
     target, energy = "U2", ENERGIES["U2"]
     log_z = log_normaliser(energy)
-    settings = argparse.Namespace(iters=10 if args.small else 300, batch=256, lr=1e-2)
-    n_eval, points = (100, 20) if args.small else (2000, 60)
+    settings = argparse.Namespace(
+        iters=4 if args.small else 300, batch=64 if args.small else 256, lr=1e-2
+    )
+    n_eval, points = (50, 12) if args.small else (2000, 60)
     models = {
         "planar flow, K = 16": PlanarFlow(2, 16),
         "CNF, exact trace, M = 16": CNF(
@@ -92,12 +94,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # Hutchinson's estimator: unbiased, with a variance the exact trace does not have
     cnf = models["CNF, exact trace, M = 16"]
-    x = torch.randn(256 if args.small else 2000, 2, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(32 if args.small else 2000, 2, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         exact = cnf.log_prob(x)
         nfe_exact = cnf.nfe_forward
         cnf.trace = "hutchinson"
-        n_draws = 4 if args.small else 16
+        n_draws = 2 if args.small else 16
         draws = torch.stack([cnf.log_prob(x) for _ in range(n_draws)])
         nfe_hutchinson = cnf.nfe_forward
         cnf.trace = "exact"

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
-    "name", ["README.md", "docs/guide.md", "docs/tutorials/implicit_layers.md"]
+    "name", ["README.md", "docs/guide.md", "docs/index.md", "docs/tutorials/implicit_layers.md"]
 )
 def test_snippets_run(name: str) -> None:
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / name).read_text(), re.S)

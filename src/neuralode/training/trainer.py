@@ -90,17 +90,6 @@ class Run:
     tensorboard: bool = False
     progress: bool = True
 
-    def trainer(
-        self,
-        name: str,
-        steps: int,
-        objects: dict[str, Any],
-        generators: dict[str, Any] | None = None,
-        state: dict[str, Any] | None = None,
-    ) -> Trainer:
-        """The trainer of the job ``name`` in this run (see ``Trainer``)."""
-        return Trainer(name, steps, objects, generators, state, run=self)
-
 
 @contextlib.contextmanager
 def open_experiment(
@@ -120,7 +109,7 @@ def open_experiment(
             ``vars(args)`` without the function ``run``).
 
     Yields:
-        The run, for ``Run.trainer``.
+        The run, for the jobs' ``Trainer(..., run=run)``.
 
     Raises:
         RunDirectoryError: ``--out`` holds an earlier run without ``--resume`` or

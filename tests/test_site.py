@@ -28,7 +28,14 @@ PACKAGES = [
 ]
 # The packages whose functions and classes must document every parameter in an Arguments
 # section (or every field in an Attributes section, for dataclasses).
-STRUCTURED = ["neuralode", "neuralode.solvers", "neuralode.controllers", "neuralode.adjoint"]
+STRUCTURED = [
+    "neuralode",
+    "neuralode.solvers",
+    "neuralode.controllers",
+    "neuralode.adjoint",
+    "neuralode.implicit",
+    "neuralode.pde",
+]
 
 
 @pytest.fixture(scope="module")

@@ -293,16 +293,28 @@ class FlowDensity(nn.Module):
 class CNF(FlowDensity):
     """One continuous normalising flow block: an invertible map with its log-determinant.
 
-    ``net(t, z)`` is the vector field on states (batch, *shape). ``trace`` is ``"exact"`` or
-    ``"hutchinson"`` (with ``noise`` ``"rademacher"`` or ``"gaussian"``, drawn once per
-    solve). ``T`` is the integration time (learnable with ``train_T``). ``method``/``rtol``/
-    ``atol``/``step_size`` choose the solver as for ``ODEBlock`` (``steps``: that many equal
-    fixed steps over [0, T] whatever T is); ``gradient`` is ``"direct"``,
-    ``"adjoint"`` (continuous adjoint with the seminorm) or ``"checkpointed"``, or a strategy.
-    ``event_shape`` is the shape of one sample (for ``sample``).
-    ``kinetic``/``jacobian`` > 0 switch on the RNODE regularisers; after each pass
-    ``regularization`` holds their weighted sum per sample (0 when off) and ``last_stats``
-    the solver statistics.
+    After each pass ``regularization`` holds the RNODE penalties' weighted sum per sample (0
+    when off) and ``last_stats`` the solver statistics.
+
+    Arguments:
+        net: the vector field ``net(t, z)`` on states (batch, *shape).
+        T: the integration time.
+        train_T: learn ``T``.
+        trace: ``"exact"`` or ``"hutchinson"`` (an unbiased estimate, one noise draw per solve).
+        noise: Hutchinson's noise, ``"rademacher"`` or ``"gaussian"``.
+        method: the solver's name (as for ``ODEBlock``).
+        rtol: the relative tolerance of adaptive methods.
+        atol: the absolute tolerance of adaptive methods.
+        step_size: the step of fixed-step methods.
+        steps: that many equal fixed steps over [0, T], whatever T is.
+        gradient: ``"direct"``, ``"adjoint"`` (continuous adjoint with the seminorm) or
+            ``"checkpointed"``, or a strategy.
+        kinetic: the weight of RNODE's kinetic-energy penalty (0: off).
+        jacobian: the weight of RNODE's Jacobian Frobenius penalty (0: off).
+        event_shape: the shape of one sample (for ``sample``).
+
+    Raises:
+        ValueError: an unknown trace, noise, method or gradient, or a non-positive ``T``.
     """
 
     def __init__(

@@ -71,7 +71,8 @@ class FitzHughNagumo(nn.Module):
         b: the diffusivity of v.
         tau: the recovery time of v.
         k: the constant forcing.
-        order: the stencils' order of accuracy; ``spectral`` FFT Laplacians instead.
+        order: the stencils' order of accuracy, when not spectral.
+        spectral: FFT Laplacians (periodic grid) instead of stencils.
     """
 
     def __init__(

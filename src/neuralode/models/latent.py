@@ -486,19 +486,37 @@ class _LatentVAE(nn.Module):
 
 
 class LatentODE(_LatentVAE):
-    """The latent ODE VAE: q(z0) from an RNN or ODE-RNN encoder run backwards over the
-    observations, z(t) solved from a time-invariant dz/dt = f(z) at the query times, and a
-    decoder to the observation space. Defaults follow the Neural ODE paper's spirals model:
-    latent 4, encoder 25 hidden units, dynamics and decoder MLPs of 20.
+    """The latent ODE VAE (Chen et al. 2018; Rubanova et al. 2019).
 
-    ``dynamics="linear+mlp"`` makes f(z) = A z + MLP(z) (A starts at 0) and
-    ``decoder="linear+mlp"`` the decoder W z + b + MLP(z) (see ``LinearPlusMLP``; both MLPs
-    start with their output layer scaled by 0.1, which trained better on the spirals), or
-    ``decoder="linear"`` the read-out W z + b alone: linear dynamics and read-out that
-    extrapolate beyond the states seen in training, such as spirals growing past the radii of
-    the training windows. ``method``/``rtol``/``atol``/
-    ``step_size``/``gradient`` configure the latent solve (see ``ODEBlock``);
-    ``encoder_options`` go to the ``ODERNN`` encoder.
+    q(z0) comes from an RNN or ODE-RNN encoder run backwards over the observations, z(t) is
+    solved from a time-invariant dz/dt = f(z) at the query times, and a decoder maps it to the
+    observation space. Defaults follow the Neural ODE paper's spirals model: latent 4, encoder
+    25 hidden units, dynamics and decoder MLPs of 20.
+
+    Arguments:
+        obs_dim: the observations' dimension.
+        latent_dim: the latent state's dimension.
+        encoder: ``"rnn"`` (a GRU fed the time gaps) or ``"odernn"``.
+        encoder_hidden: the encoder's hidden units.
+        dynamics_hidden: the hidden units of the dynamics' MLP.
+        decoder_hidden: the hidden units of the decoder's MLP.
+        obs_std: the observation noise of the Gaussian likelihood (``None``: learned per feature).
+        t0: the time of z0.
+        method: the latent solve's method (see ``ODEBlock``).
+        rtol: its relative tolerance.
+        atol: its absolute tolerance.
+        step_size: its step for fixed-step methods.
+        gradient: its gradient strategy.
+        encoder_options: go to the ``ODERNN`` encoder.
+        dynamics: ``"mlp"``, or ``"linear+mlp"``: f(z) = A z + MLP(z) (A starts at 0; see
+            ``LinearPlusMLP``).
+        decoder: ``"mlp"``, ``"linear+mlp"`` (W z + b + MLP(z)) or ``"linear"`` (W z + b): linear
+            parts extrapolate beyond the states seen in training, such as spirals growing past
+            the radii of the training windows (both MLP corrections start with their output layer
+            scaled by 0.1).
+
+    Raises:
+        ValueError: an unknown encoder, dynamics or decoder, or a non-positive ``obs_std``.
     """
 
     def __init__(

@@ -33,6 +33,7 @@ STRUCTURED = [
     "neuralode.solvers",
     "neuralode.controllers",
     "neuralode.adjoint",
+    "neuralode.models",
     "neuralode.implicit",
     "neuralode.pde",
 ]

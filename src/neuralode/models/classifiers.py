@@ -13,7 +13,14 @@ from .regularisers import Regulariser
 
 
 class Augment(nn.Module):
-    """Appends ``extra`` zero channels (dim 1): augmented neural ODEs (Dupont et al. 2019)."""
+    """Appends ``extra`` zero channels (dim 1): augmented neural ODEs (Dupont et al. 2019).
+
+    Arguments:
+        extra: the number of zero channels.
+
+    Raises:
+        ValueError: ``extra`` is negative.
+    """
 
     def __init__(self, extra: int):
         super().__init__()
@@ -60,7 +67,11 @@ def head(channels: int, classes: int, pool: str = "avg") -> nn.Sequential:
 
 
 class ResBlock(nn.Module):
-    """x + conv(relu(norm(conv(relu(norm(x)))))): one Euler step of learned dynamics."""
+    """x + conv(relu(norm(conv(relu(norm(x)))))): one Euler step of learned dynamics.
+
+    Arguments:
+        channels: the feature channels.
+    """
 
     def __init__(self, channels: int):
         super().__init__()

@@ -12,7 +12,7 @@ DEMO_ARGS ?= --epochs 3 --lr 6e-3 --warmup-epochs 0.25 --weight-decay 5e-4 --cro
 	--pool max --rtol 1e-2 --atol 1e-2 --threads 1
 TABLE1_ARGS ?=
 
-.PHONY: demo solver-demo table1 test bench clean
+.PHONY: demo solver-demo table1 test docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,13 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q -n 2
 
+# The documentation site, offline, into site/; --strict fails on broken links, missing API
+# references and docstring warnings (tests/test_site.py builds it too, so `make test` checks it).
+docs: $(VENV)/.installed-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_core.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache
+	rm -rf $(VENV) out site .pytest_cache .ruff_cache

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
     [
         "README.md",
         "docs/guide.md",
+        "docs/index.md",
         "docs/tutorials/implicit_layers.md",
         "docs/sde.md",
         "docs/tutorials/latent_sde.md",

@@ -26,10 +26,20 @@ from .solvers.base import Solver, Step
 class Event:
     """An event function ``fn(t, y) -> tensor``: an event happens where an element crosses 0.
 
-    ``direction`` 1 counts only rising crossings (negative to non-negative), -1 only falling
-    ones, 0 both. A ``terminal`` event ends the solve; a non-terminal one is recorded and the
-    solve goes on. The time is located on the solver's dense output (the ITP method:
-    ``_crossing.refine``) to ``tol`` (default: the resolution of float64).
+    The time is located on the solver's dense output (the ITP method) to ``tol``.
+
+    Arguments:
+        fn: the event function, ``fn(t, y)`` returning a real tensor whose sign changes at
+            the event.
+        direction: 1 counts only rising crossings (negative to non-negative), -1 only falling
+            ones, 0 both.
+        terminal: a terminal event ends the solve; a non-terminal one is recorded (in
+            ``Solution.event_ts``) and the solve goes on.
+        tol: the time tolerance of the location (default: the resolution of float64).
+
+    Raises:
+        ValueError: ``direction`` is not -1, 0 or 1.
+        TypeError: ``fn`` is not callable.
     """
 
     fn: Callable[[torch.Tensor, Any], torch.Tensor]

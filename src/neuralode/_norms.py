@@ -37,7 +37,14 @@ def tolerance_tensor(tol: float | torch.Tensor, like: torch.Tensor) -> torch.Ten
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    """Root mean square of all entries (absolute values for complex tensors)."""
+    """Root mean square of all entries (absolute values for complex tensors).
+
+    Arguments:
+        x: the (flat) scaled error.
+
+    Returns:
+        A 0-dim tensor.
+    """
     return torch.linalg.vector_norm(x) / (x.numel() ** 0.5)
 
 
@@ -61,7 +68,14 @@ def l2_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def max_norm(x: torch.Tensor) -> torch.Tensor:
-    """Largest absolute entry."""
+    """Largest absolute entry.
+
+    Arguments:
+        x: the (flat) scaled error.
+
+    Returns:
+        A 0-dim tensor.
+    """
     return torch.linalg.vector_norm(x, ord=float("inf"))
 
 
@@ -79,7 +93,14 @@ class MixedNorm:
 
 
 def mixed_norm(numels: Sequence[int]) -> Norm:
-    """Max over the leaves of a flattened state of each leaf's RMS (see ``MixedNorm``)."""
+    """Max over the leaves of a flattened state of each leaf's RMS (torchdiffeq's tuple norm).
+
+    Arguments:
+        numels: the number of entries of each leaf, in the flat order.
+
+    Returns:
+        The norm, a callable on the flat scaled error.
+    """
     return MixedNorm(numels)
 
 
@@ -102,5 +123,17 @@ class Seminorm:
 
 
 def seminorm(numels: Sequence[int], n_measured: int) -> Norm:
-    """Mixed norm over the first ``n_measured`` leaves only (see ``Seminorm``)."""
+    """Mixed norm over the first ``n_measured`` leaves only; the others are left out.
+
+    Used by the adjoint (the parameter-gradient channels need not be integrated accurately,
+    Kidger et al., 2021, "Hey, that's not an ODE") and for auxiliary channels such as
+    integrated regularisers.
+
+    Arguments:
+        numels: the number of entries of each leaf, in the flat order.
+        n_measured: how many leading leaves the norm measures.
+
+    Returns:
+        The norm, a callable on the flat scaled error.
+    """
     return Seminorm(numels, n_measured)

@@ -10,8 +10,25 @@ import torch
 
 @dataclass
 class SolveStats:
-    """Work done by a solve. ``nfe`` counts evaluations of f in the forward pass;
-    ``nfe_backward`` those of the backward pass (adjoint strategies), filled in by backward."""
+    """Work done by a solve.
+
+    Attributes:
+        nfe: evaluations of f in the forward pass (in per-sample mode: batched calls of f,
+            what the solve cost).
+        n_steps: step attempts of the forward pass.
+        n_accepted: accepted steps.
+        n_rejected: rejected steps.
+        nfe_backward: evaluations of f in the backward pass (adjoint strategies), filled in by
+            backward.
+        n_steps_backward: steps of the backward pass.
+        sample_nfe: per-sample mode only: each sample's evaluations of f, a (batch,) tensor.
+            The totals above are then sums over the samples, except ``nfe``.
+        sample_steps: per-sample mode only: each sample's step attempts, (batch,).
+        sample_accepted: per-sample mode only: each sample's accepted steps, (batch,).
+        sample_rejected: per-sample mode only: each sample's rejected steps, (batch,).
+        rows_evaluated: per-sample mode only: sample rows f was evaluated on, summed over its
+            calls (batch x ``nfe`` unless ``skip_finished`` left finished samples out).
+    """
 
     nfe: int = 0
     n_steps: int = 0
@@ -19,35 +36,42 @@ class SolveStats:
     n_rejected: int = 0
     nfe_backward: int = 0
     n_steps_backward: int = 0
-    #: per-sample mode only: each sample's evaluations of f, steps, accepted and rejected
-    #: steps, as (batch,) tensors. The totals above are then sums over the samples, except
-    #: ``nfe``, which counts batched calls of f (what the solve cost).
     sample_nfe: torch.Tensor | None = None
     sample_steps: torch.Tensor | None = None
     sample_accepted: torch.Tensor | None = None
     sample_rejected: torch.Tensor | None = None
-    #: per-sample mode only: sample rows f was evaluated on, summed over its calls (batch x
-    #: ``nfe`` unless ``skip_finished`` left finished samples out)
     rows_evaluated: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The statistics that are set, as a dict (for logging).
+
+        Returns:
+            ``{name: value}`` for every attribute that is not ``None``.
+        """
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 @dataclass
 class Solution:
-    """``ys`` has the structure of ``y0`` with a leading dimension over ``ts`` (over the
-    times before a terminal event, which ``ts`` then lists)."""
+    """What [`solve`][neuralode.solve] returns.
+
+    Attributes:
+        ts: the output times (with a terminal event: only those before it).
+        ys: the states at ``ts``: the structure of ``y0`` with a leading dimension over ``ts``.
+        stats: the work done, a [`SolveStats`][neuralode.SolveStats].
+        event_t: with a terminal event: its time (0-dim), differentiable. Per-sample events:
+            (batch,) times, NaN for samples without one.
+        event_y: with a terminal event: the state there, differentiable. Per-sample events:
+            (batch, ...) states, NaN for samples without one.
+        event_ts: with an event: the times of every located crossing, in order (per-sample
+            events: (batch, most events), NaN-padded).
+        event_mask: per-sample terminal events: (batch,) bool, which samples had their event.
+    """
 
     ts: torch.Tensor
     ys: Any
     stats: SolveStats = field(default_factory=SolveStats)
-    #: with a terminal event: its time (0-dim) and the state there, both differentiable.
-    #: Per-sample events: (batch,) times and (batch, ...) states, NaN for samples without one
     event_t: torch.Tensor | None = None
     event_y: Any = None
-    #: with an event: the times of every located crossing, in order (per-sample events:
-    #: (batch, most events), NaN-padded)
     event_ts: torch.Tensor | None = None
-    #: per-sample terminal events: (batch,) bool, which samples had their event
     event_mask: torch.Tensor | None = None

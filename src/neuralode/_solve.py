@@ -56,60 +56,84 @@ def solve(
 ) -> Solution:
     """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
 
-    ``y0`` is a tensor or a nested tuple/list/dict of tensors (one dtype, one device; real or
-    complex floating point). ``ts`` is a 1-D strictly increasing or decreasing tensor.
-    ``solver`` defaults to ``Dopri5()``; ``controller`` to ``PIController()`` for adaptive
-    solvers and to steps between the output times (``FixedGrid()``) for fixed-step ones.
-    ``norm`` measures the scaled error of a step (RMS, or the max of per-tensor RMS for nested
-    states). ``step_t`` are times steps must land on; ``jump_t`` times where f is
-    discontinuous (steps land there and f is re-evaluated on the far side). ``callbacks``
-    may define ``on_step``, ``on_accept`` and ``on_reject``, each called as ``(t, y, dt)``.
+    Arguments:
+        func: the vector field, called as ``func(t, y)`` with ``y`` of the structure of ``y0``
+            and returning dy/dt of the same structure.
+        y0: the initial state: a tensor or a nested tuple/list/dict of tensors (one dtype, one
+            device; real or complex floating point).
+        ts: the output times, a 1-D strictly increasing or decreasing tensor; ``ts[0]`` is the
+            initial time. With an ``event``, ``ts[-1]`` may be infinite (search until the event).
+        solver: the method (a [`Solver`][neuralode.solvers.Solver]); defaults to ``Dopri5()``.
+        controller: the step-size controller; defaults to ``PIController()`` for adaptive
+            solvers and to steps between the output times (``FixedGrid()``) for fixed-step ones.
+        norm: measures the scaled error of a step; defaults to the RMS norm (the max of
+            per-tensor RMS norms for nested states).
+        max_steps: the most steps the solve may take before raising ``MaxStepsError``.
+        step_t: times the steps must land on.
+        jump_t: times where ``func`` is discontinuous: steps land there and ``func`` is
+            re-evaluated on the far side.
+        perturb: evaluate ``func`` just after/before the step's end points (torchdiffeq's
+            ``perturb``), for vector fields with discontinuities at step boundaries.
+        callbacks: an object that may define ``on_step``, ``on_accept`` and ``on_reject``, each
+            called as ``(t, y, dt)``.
+        gradient: how gradients flow: ``Direct()`` (default: backpropagation through the
+            solver), ``Backsolve()`` (continuous adjoint, O(1) memory) or ``Checkpointed()``
+            (exact gradients of the discrete solve, memory O(steps x state)). Gradients with
+            respect to ``y0``, the parameters of ``func`` and ``ts`` are available with each.
+        event: an [`Event`][neuralode.Event] watching ``event.fn(t, y)``: a terminal event ends
+            the solve where an element crosses zero; ``Solution.event_t`` and
+            ``Solution.event_y`` are then differentiable (implicit-function gradient) and
+            ``ys``/``ts`` hold only the outputs before it. With ``per_sample=True``,
+            ``event.fn`` receives the per-sample times (batch,) and the batched state and
+            returns (batch,) or (batch, k) values; each sample stops at its own terminal
+            event, ``event_t`` is (batch,) (NaN for samples without an event), ``event_y`` the
+            state of each sample there, ``event_mask`` says which samples had one, outputs at
+            ``ts`` after a sample's event hold its event state, and ``event_ts`` is
+            (batch, most events) with every located crossing, NaN-padded.
+        per_sample: how the batch is solved: ``False`` (default) one problem; ``True``
+            dimension 0 of ``y0`` (a tensor) as a batch of independent problems, each sample
+            with its own time, step size and accept/reject decisions (error norm: RMS over the
+            sample), taking the steps it would take alone; ``func`` then receives ``t`` as a
+            (batch,) tensor and ``Solution.stats`` gains ``sample_nfe``, ``sample_steps``,
+            ``sample_accepted`` and ``sample_rejected``. Needs an adaptive explicit
+            Runge-Kutta solver and a ``PIController``; gradients by ``Direct()`` or
+            ``Backsolve()``. ``"skip_finished"``: per sample, and ``func`` is called with only
+            the samples still running (only for a ``func`` that treats rows independently).
+        compile: ``False`` (default) eager; ``True`` runs the whole adaptive solve (first
+            step, steps, decisions, outputs, per-sample statistics) as one
+            ``torch.compile``'d ``while_loop`` graph without host synchronisation (adaptive
+            explicit Runge-Kutta, ``PIController``, one tensor state, no autograd graph:
+            under ``torch.no_grad()`` or ``Backsolve()``'s forward solve, no events,
+            ``step_t``/``jump_t``/``perturb``/callbacks), elsewhere it compiles each step;
+            ``"step"`` compiles each step attempt, ``func`` included; ``"cuda_graph"``
+            (per-sample mode or the device loop, a CUDA state, no autograd graph) captures
+            the step attempt as a CUDA graph and replays it. The first solve of each shape
+            compiles (seconds to a minute); later solves of the same shapes reuse the graph.
+            ``per_sample`` and ``compile`` are validated together (``Execution``): a
+            combination no mode runs is refused with the reason.
+        **aliases: the older flags, kept as aliases: ``skip_finished=True``,
+            ``compile_step=True`` (``compile="step"``), ``cuda_graph=True`` and
+            ``device_loop=True`` (one problem in the per-sample loop, a batch of one:
+            decisions stay on the device between scheduled checks).
 
-    ``gradient`` chooses how gradients flow: ``Direct()`` (default: backpropagation through
-    the solver), ``Backsolve()`` (continuous adjoint, O(1) memory) or ``Checkpointed()``
-    (exact gradients of the discrete solve with memory O(steps x state)). Gradients with
-    respect to ``y0``, the parameters of ``func`` and ``ts`` are available with each.
-
-    ``event`` (an ``Event``) watches ``event.fn(t, y)``: a terminal event ends the solve where
-    an element crosses zero; ``Solution.event_t`` and ``Solution.event_y`` are then
-    differentiable (implicit-function gradient) and ``ys``/``ts`` hold only the outputs
-    before it. With an event, ``ts[-1]`` may be infinite (search until the event).
-
-    How the solve runs is two arguments, validated together (``Execution``; a combination
-    no mode runs is refused with the reason). ``per_sample=True`` solves dimension 0 of
-    ``y0`` (a tensor) as a batch of independent problems: each sample has its own time,
-    step size and accept/reject decisions (error norm: RMS over the sample) and takes the
-    steps it would take alone; ``func`` then receives ``t`` as a (batch,) tensor.
-    ``Solution.stats`` gains per-sample ``sample_nfe``, ``sample_steps``,
-    ``sample_accepted``, ``sample_rejected``. Needs an adaptive explicit Runge-Kutta solver
-    and a ``PIController``; gradients by ``Direct()`` or ``Backsolve()``.
-    ``per_sample="skip_finished"`` calls ``func`` with only the samples still running (use
-    it only when ``func`` treats the rows independently of their position in the batch).
-    ``compile=True`` runs the whole adaptive solve (first step, steps, decisions, outputs,
-    per-sample statistics) as one ``torch.compile``'d ``while_loop`` graph without host
-    synchronisation (adaptive explicit Runge-Kutta, ``PIController``, one tensor state, no
-    autograd graph: under ``torch.no_grad()`` or ``Backsolve()``'s forward solve, no
-    events, ``step_t``/``jump_t``/``perturb``/callbacks); elsewhere it compiles each step
-    instead. ``compile="step"`` compiles each step attempt, ``func`` included (an explicit
-    Runge-Kutta method; a ``PIController`` or ``FixedGrid``). ``compile="cuda_graph"``
-    (per-sample mode or the device loop, a CUDA state, no autograd graph) captures the step
-    attempt as a CUDA graph and replays it. The first solve of each shape compiles
-    (seconds to a minute); later solves with new values of the same shapes reuse the graph.
-    The older flags stay as aliases: ``skip_finished=True``, ``compile_step=True``
-    (``compile="step"``), ``cuda_graph=True`` and ``device_loop=True`` (one problem in the
-    per-sample loop, a batch of one: decisions stay on the device between scheduled checks).
+    Returns:
+        A [`Solution`][neuralode.Solution]: ``ys`` (the states at ``ts``, stacked on a new
+            dimension 0 of every tensor), ``ts``, the event results and ``stats`` (function
+            evaluations and steps, forward and backward).
 
     Under ``torch.func.vmap`` over ``y0`` each vmapped problem takes its own steps (a
     per-sample solve of the batch, ``func`` called per problem by an inner ``vmap``) and
     equals solving it alone; ``torch.func.grad``, ``jacrev`` and ``jvp`` compose outside it.
 
-    ``per_sample=True`` with an ``event``: ``event.fn(t, y)`` receives the per-sample times
-    (batch,) and the batched state and returns (batch,) or (batch, k) values, row i being
-    sample i's. Each sample stops at its own terminal event (the others go on):
-    ``Solution.event_t`` is (batch,) (NaN for samples without an event), ``event_y`` the
-    state of each sample there (NaN without), ``event_mask`` says which samples had one, and
-    outputs at ``ts`` after a sample's event hold its event state (``ts`` is not cut).
-    ``event_ts`` is (batch, most events) with every located crossing, NaN-padded.
+    Raises:
+        ValueError: bad input (times not strictly monotonic, a state of mixed dtypes or
+            devices, an option the chosen solver or mode does not support); the message names
+            the problem and the fix.
+        TypeError: ``func`` or an event function returns something of the wrong type or
+            structure.
+        MaxStepsError: more than ``max_steps`` steps were needed.
+        StepSizeUnderflowError: the step size became too small to make progress in time.
+        NonFiniteError: NaN or infinity appeared in the state.
     """
     level = vmap_level(y0, ts)
     if level is not None:  # under torch.func.vmap: each problem its own steps

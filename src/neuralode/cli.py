@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         when interrupted.
     """
     from .data import DatasetNotFoundError
-    from .training import CheckpointError, TrainingDiverged
+    from .training import INTERRUPTED, CheckpointError, TrainingDiverged, TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     command = args.command if args.command != "experiment" else f"experiment {args.experiment}"
@@ -145,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # command that trains: the message says what to do
         _error(command, str(error))
         return 2
+    except TrainingInterrupted:  # the checkpoints are saved and the message printed
+        return INTERRUPTED
     except KeyboardInterrupt:
         _error(command, "interrupted")
         return 130

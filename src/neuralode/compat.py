@@ -74,16 +74,40 @@ def odeint(
 ) -> Any:
     """Solve dy/dt = func(t, y) and return y at every time in ``t`` (stacked on dim 0).
 
-    ``y0`` is a tensor or a tuple of tensors (the result has the same structure). With
-    ``event_fn`` it returns ``(event_t, solution)``: the solve stops where an element of
-    ``event_fn(t, y)`` crosses zero (``t[1:]`` only gives the direction) and ``solution`` holds
-    the states at ``t[0]`` and at the event. With ``options=dict(per_sample=True)`` every
-    sample (dim 0 of ``y0``) stops at its own event: ``event_t`` has shape (batch,) and
-    ``event_fn(t, y)`` receives (batch,) times and returns (batch,) or (batch, k) values.
-    Fixed-grid methods take ``options=dict(interp="linear" | "cubic")`` (torchdiffeq's
-    interpolation between grid points, also for locating events); ``"fixed_adams"`` is
-    ``"implicit_adams"``. A ``callback_*`` of ``func`` that the method never calls (fixed-grid
-    methods call only ``callback_step``, ``scipy_solver`` none) is named in a warning.
+    The torchdiffeq interface on the native engine ([`solve`][neuralode.solve]).
+
+    Arguments:
+        func: the vector field ``func(t, y)``; its ``callback_step``, ``callback_accept_step``
+            and ``callback_reject_step`` methods, if any, are called as in torchdiffeq (one
+            the method never calls, e.g. ``callback_accept_step`` of a fixed-grid method, is
+            named in a warning).
+        y0: the initial state, a tensor or a tuple of tensors (the result has the same
+            structure).
+        t: the output times, 1-D and strictly monotonic; ``t[0]`` is the initial time.
+        rtol: the relative tolerance of adaptive methods.
+        atol: the absolute tolerance of adaptive methods.
+        method: a name from [`METHODS`][neuralode.solvers.METHODS] (default ``"dopri5"``;
+            ``"fixed_adams"`` is ``"implicit_adams"``) or ``"scipy_solver"``.
+        options: torchdiffeq's method options (``step_size``, ``first_step``, ``max_num_steps``,
+            ``step_t``, ``jump_t``, ``perturb``, ``norm``, ``grid_constructor``, ...; fixed-grid
+            methods take ``interp="linear" | "cubic"``, torchdiffeq's interpolation between
+            grid points, also used to locate events) and this library's solve flags
+            (``per_sample``, ``skip_finished``, ``compile_step``, ``device_loop``,
+            ``cuda_graph``; see [`solve`][neuralode.solve]).
+        event_fn: stop where an element of ``event_fn(t, y)`` crosses zero (``t[1:]`` only gives
+            the direction). With ``options=dict(per_sample=True)`` every sample (dim 0 of
+            ``y0``) stops at its own event: ``event_fn`` receives (batch,) times and returns
+            (batch,) or (batch, k) values.
+
+    Returns:
+        The states at ``t``, stacked on a new dimension 0. With ``event_fn``: ``(event_t,
+            solution)``, where ``solution`` holds the states at ``t[0]`` and at the event
+            (``event_t`` of shape (batch,) in per-sample mode).
+
+    Raises:
+        ValueError: an unknown method or option, or an option the method does not take; the
+            message names it.
+        SolverError: the solve failed (see [`solve`][neuralode.solve]).
     """
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, Direct())
 
@@ -106,15 +130,38 @@ def odeint_adjoint(
 ) -> Any:
     """``odeint`` whose gradients come from the continuous adjoint (O(1) memory in steps).
 
-    ``adjoint_params`` defaults to ``tuple(func.parameters())`` (``func`` must then be an
-    ``nn.Module``). The backward solve uses ``adjoint_rtol``/``adjoint_atol``/
-    ``adjoint_method``/``adjoint_options``, defaulting to the forward ones (without
-    ``norm``); ``step_t``, ``jump_t`` and ``perturb`` there apply to the backward solves,
-    and a ``grid_constructor`` is called again for each with its reversed times.
-    ``adjoint_options={"norm": "seminorm"}`` leaves the parameter-gradient channels out of
-    the error norm; a callable norm is given ``(t, *y, *adj_y, *adj_params)`` as in
-    torchdiffeq (``t`` a zero: the time gradient is not integrated). ``callback_*_adjoint``
-    methods of ``func`` are called during the backward solve.
+    The forward solve is [`odeint`][neuralode.odeint]'s; the backward solve integrates the
+    adjoint system with [`Backsolve`][neuralode.adjoint.Backsolve].
+
+    Arguments:
+        func: the vector field ``func(t, y)``; ``callback_*_adjoint`` methods of ``func`` are
+            called during the backward solve.
+        y0: the initial state, a tensor or a tuple of tensors.
+        t: the output times, 1-D and strictly monotonic.
+        rtol: the relative tolerance of the forward solve.
+        atol: the absolute tolerance of the forward solve.
+        method: the forward method's name (default ``"dopri5"``).
+        options: the forward method's options (as for ``odeint``).
+        event_fn: an event function, as for ``odeint``.
+        adjoint_rtol: the backward solve's relative tolerance (default ``rtol``).
+        adjoint_atol: the backward solve's absolute tolerance (default ``atol``).
+        adjoint_method: the backward solve's method (default ``method``).
+        adjoint_options: the backward solve's options (default: the forward ones without
+            ``norm``). ``step_t``, ``jump_t`` and ``perturb`` there apply to the backward
+            solves, and a ``grid_constructor`` is called again for each with its reversed
+            times. ``{"norm": "seminorm"}`` leaves the parameter-gradient channels out of the
+            error norm; a callable norm is given ``(t, *y, *adj_y, *adj_params)`` as in
+            torchdiffeq (``t`` a zero: the time gradient is not integrated).
+        adjoint_params: the tensors to differentiate with respect to (default
+            ``tuple(func.parameters())``; ``func`` must then be an ``nn.Module``).
+
+    Returns:
+        As [`odeint`][neuralode.odeint].
+
+    Raises:
+        ValueError: ``scipy_solver`` as a method, ``per_sample`` in ``adjoint_options``, or an
+            ``adjoint_options["norm"]`` that is neither ``"seminorm"`` nor a callable.
+        SolverError: the forward or the backward solve failed.
     """
     method = "dopri5" if method is None else _ALIASES.get(method, method)
     adjoint_method = (
@@ -180,12 +227,29 @@ def odeint_event(
 ) -> tuple[torch.Tensor, Any]:
     """Solve from ``t0`` until ``event_fn(t, y)`` crosses zero; return ``(event_t, solution)``.
 
-    As in torchdiffeq, ``solution`` stacks the states at ``t0`` and at the event (take
-    ``solution[-1]``, or ``s[-1]`` per tensor of a tuple, for the state at the event). Both
-    are differentiable, the event time by the implicit function theorem. ``reverse_time``
-    searches backwards in time. ``odeint_interface`` is ``odeint`` or ``odeint_adjoint``;
-    ``kwargs`` go to it. ``options=dict(per_sample=True)``: per-sample events, ``event_t``
-    of shape (batch,) and ``solution`` of shape (2, batch, ...) (see ``odeint``).
+    As in torchdiffeq; both results are differentiable, the event time by the implicit function
+    theorem.
+
+    Arguments:
+        func: the vector field ``func(t, y)``.
+        y0: the initial state, a tensor or a tuple of tensors.
+        t0: the initial time (a scalar tensor).
+        event_fn: the event function ``event_fn(t, y)``; the solve ends where an element
+            crosses zero.
+        reverse_time: search backwards in time.
+        odeint_interface: [`odeint`][neuralode.odeint] or
+            [`odeint_adjoint`][neuralode.odeint_adjoint].
+        **kwargs: passed to ``odeint_interface`` (``rtol``, ``atol``, ``method``,
+            ``options``, ...). ``options=dict(per_sample=True)`` gives per-sample events.
+
+    Returns:
+        ``(event_t, solution)``: ``solution`` stacks the states at ``t0`` and at the event
+            (take ``solution[-1]``, or ``s[-1]`` per tensor of a tuple, for the state at the
+            event). In per-sample mode ``event_t`` has shape (batch,) and ``solution``
+            (2, batch, ...).
+
+    Raises:
+        SolverError: no event was found before the solve failed (e.g. ``MaxStepsError``).
     """
     t0 = torch.as_tensor(t0).reshape(-1)[:1]
     t = torch.cat([t0, t0.detach() + (-1.0 if reverse_time else 1.0)])

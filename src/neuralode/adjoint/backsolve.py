@@ -35,19 +35,31 @@ class Backsolve(GradientStrategy):
     does not grow with the number of steps. Gradients with respect to the output times are
     ``dL/dt_i = grad_i . f(t_i, y_i)`` and ``dL/dt_0 = -a(t_0) . f(t_0, y_0)``.
 
-    ``params`` defaults to ``func.parameters()`` for an ``nn.Module``. ``rtol``/``atol``
-    default to the forward solve's; ``solver``/``controller`` to the forward ones.
-    ``seminorm=True`` leaves the parameter-gradient channels out of the error norm (Kidger
-    et al. 2021), which usually saves backward steps at no cost in gradient accuracy.
-    ``callbacks`` receive ``on_step``/``on_accept``/``on_reject`` of the backward solves.
-    ``compile_step=True`` runs each step of the backward solves as one torch.compile graph,
-    the adjoint's vector-Jacobian products by ``torch.func.vjp`` (as ``solve``'s
-    ``compile_step`` does for the forward solve). It needs an explicit Runge-Kutta method,
-    ``func`` an ``nn.Module`` whose parameters include every one of ``params``, and an f
-    that does not call autograd itself (torch.func cannot transform that).
-    ``step_t``, ``jump_t`` and ``perturb`` of the backward solves default to the forward
-    solve's. ``norm`` (a callable on the flat backward state ``[y, a, g]``) replaces the
-    default error norm of the backward solves (and ``seminorm``).
+    Arguments:
+        params: the tensors to differentiate with respect to; defaults to ``func.parameters()``
+            for an ``nn.Module``.
+        rtol: the backward solves' relative tolerance (default: the forward solve's).
+        atol: the backward solves' absolute tolerance (default: the forward solve's).
+        solver: the backward solves' method (default: the forward one).
+        controller: the backward solves' controller (default: the forward one).
+        seminorm: leave the parameter-gradient channels out of the error norm (Kidger et al.
+            2021), which usually saves backward steps at no cost in gradient accuracy.
+        max_steps: the most steps of each backward solve (default: the forward solve's).
+        callbacks: receive ``on_step``/``on_accept``/``on_reject`` of the backward solves.
+        compile_step: run each step of the backward solves as one torch.compile graph, the
+            adjoint's vector-Jacobian products by ``torch.func.vjp``. It needs an explicit
+            Runge-Kutta method, ``func`` an ``nn.Module`` whose parameters include every one of
+            ``params``, and an f that does not call autograd itself.
+        step_t: times the backward solves' steps land on (default: the forward solve's).
+        jump_t: discontinuities of f for the backward solves (default: the forward solve's).
+        perturb: perturbed evaluations at the backward steps' ends (default: the forward
+            solve's).
+        norm: a callable on the flat backward state ``[y, a, g]`` that replaces the default
+            error norm of the backward solves (and ``seminorm``).
+
+    Raises:
+        TypeError: ``norm`` is not callable.
+        ValueError: ``step_t`` or ``jump_t`` are not finite 1-D times.
     """
 
     handles_time_gradients = True

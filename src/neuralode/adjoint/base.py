@@ -17,7 +17,18 @@ from .._tree import TreeSpec
 
 @dataclass
 class Problem:
-    """A validated initial value problem, ready for the loop."""
+    """A validated initial value problem, ready for the loop (what a strategy's ``run`` gets).
+
+    Attributes:
+        func: the user's vector field.
+        term: ``func`` on the flat state, counting evaluations.
+        spec: the structure of the user's state (to unflatten).
+        y0: the flat initial state.
+        ts: the user's tensor of output times.
+        times: the output times as floats.
+        config: the loop's settings (solver, controller, norm, limits).
+        stats: the statistics the solve fills in.
+    """
 
     func: Callable[[torch.Tensor, Any], Any]
     term: ODETerm
@@ -37,7 +48,14 @@ class GradientStrategy(abc.ABC):
 
     @abc.abstractmethod
     def run(self, problem: Problem) -> torch.Tensor:
-        """Solve ``problem`` and return its outputs."""
+        """Solve ``problem`` and return its outputs.
+
+        Arguments:
+            problem: the validated problem.
+
+        Returns:
+            The flat outputs, (len(ts), n), differentiable in the strategy's own way.
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

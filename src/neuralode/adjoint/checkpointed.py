@@ -19,8 +19,11 @@ class Checkpointed(GradientStrategy):
 
     The forward pass runs without a graph and keeps only each accepted step's start state.
     The backward pass walks the steps in reverse, recomputing one step at a time with
-    autograd. ``params`` defaults to ``func.parameters()`` when ``func`` is an ``nn.Module``.
-    One-step methods only.
+    autograd. One-step methods only.
+
+    Arguments:
+        params: the tensors to differentiate with respect to; defaults to ``func.parameters()``
+            when ``func`` is an ``nn.Module``.
     """
 
     def __init__(self, params: Sequence[torch.Tensor] | None = None):

@@ -20,12 +20,21 @@ GridConstructor = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
 class FixedGrid(StepSizeController):
     """Steps between consecutive points of a grid; every step is accepted.
 
-    With neither option the grid is the output times. ``step_size`` gives a uniform grid from
-    the first to the last output time (the last step shortened to land on it, as torchdiffeq
-    does). ``grid`` gives the points directly; it must start and end at the first and last
-    output time and be strictly monotonic in the direction of integration. ``constructor``
-    makes the grid points from the times of each solve (a list of floats, first to last; an
-    adjoint's backward solves call it again with their reversed times).
+    With no argument the grid is the output times.
+
+    Arguments:
+        step_size: a uniform grid from the first to the last output time (the last step
+            shortened to land on it, as torchdiffeq does).
+        grid: the grid points; they must start and end at the first and last output time and
+            be strictly monotonic in the direction of integration.
+        constructor: makes the grid points from the times of each solve (a list of floats,
+            first to last; an adjoint's backward solves call it again with their reversed
+            times).
+
+    Raises:
+        ValueError: more than one of the arguments, or a step size that is not positive and
+            finite.
+        TypeError: ``constructor`` is not callable.
     """
 
     def __init__(

@@ -28,10 +28,21 @@ def select_initial_step(
 ) -> float:
     """``initial_step``'s rule on the host's loop, with Python floats (cheaper there than
     tensor arithmetic): a first step size (positive) from the local scale of y0, f0 and
-    one more evaluation of f.
+    one more evaluation of f (Hairer's).
 
-    ``error_exponent`` is 1 / (q + 1) for an error estimate of order q; ``rtol`` and ``atol``
-    are numbers or tensors broadcasting against ``y0``.
+    Arguments:
+        term: the vector field on the flat state.
+        t0: the initial time.
+        y0: the flat initial state.
+        f0: f(t0, y0).
+        direction: +1 or -1, the direction of integration.
+        error_exponent: 1 / (q + 1) for an error estimate of order q.
+        rtol: the relative tolerance, a number or a tensor broadcasting against ``y0``.
+        atol: the absolute tolerance, a number or a tensor.
+        norm: the error norm.
+
+    Returns:
+        The step size (positive).
     """
     scale = _scale(y0, rtol, atol)
     if norm is rms_norm:  # both norms by one reduction and one transfer to the host

@@ -45,6 +45,22 @@ class PIController(StepSizeController):
     on the Van der Pol benchmark 16 % more NFE for the same error). ``pcoeff=0`` (the
     default) is the integral controller; ``icoeff=0.3, pcoeff=0.4`` is Gustafsson's PI
     controller.
+
+    Arguments:
+        rtol: the relative tolerance (a number or a tensor broadcasting against the state).
+        atol: the absolute tolerance (a number or a tensor).
+        first_step: the first step size (default: chosen from the problem,
+            [`select_initial_step`][neuralode.controllers.select_initial_step]).
+        safety: the safety factor.
+        ifactor: the largest factor a step may grow by.
+        dfactor: the smallest factor a step may shrink by.
+        icoeff: the integral coefficient.
+        pcoeff: the proportional coefficient.
+        min_step: the smallest step size (steps are clipped to it).
+        max_step: the largest step size.
+
+    Raises:
+        ValueError: negative tolerances, both tolerances zero, or a coefficient out of range.
     """
 
     needs_f0 = True

@@ -22,6 +22,7 @@ import torch
 
 from ..data import load_mnist, load_mnist5k
 from ..models.cnf import CNF, ConcatSquashConvNet, SequentialFlow
+from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
 
 ALPHA = 1e-6
 
@@ -55,7 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradient", default="adjoint", choices=["direct", "adjoint"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimiser steps (default: --epochs passes over the training images; 1 with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="a few tiny CPU steps")
+    add_run_arguments(parser)
 
 
 def build_flow(args: argparse.Namespace) -> SequentialFlow:
@@ -108,50 +116,82 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.epochs, args.batch, args.hidden, args.blocks, args.tol = 0.0, 4, "4", 1, 1e-2
         args.device = "cpu"
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
     train_images, test_images = _split(args)
     if args.quick:
         train_images, test_images = train_images[:8], test_images[:4]
-    flow = build_flow(args).to(args.device)
-    n_params = sum(p.numel() for p in flow.parameters())
-    steps = 1 if args.quick else max(1, int(args.epochs * len(train_images) / args.batch))
-    print(f"cnf-mnist {args.data}: {len(train_images)} train / {len(test_images)} test, "
-          f"{n_params} parameters, {steps} steps on {args.device} -> {out}/")  # fmt: skip
+    with open_experiment(args) as run:
+        torch.manual_seed(args.seed)
+        flow = build_flow(args).to(args.device)
+        n_params = sum(p.numel() for p in flow.parameters())
+        steps = args.steps or (
+            1 if args.quick else max(1, int(args.epochs * len(train_images) / args.batch))
+        )
+        print(f"cnf-mnist {args.data}: {len(train_images)} train / {len(test_images)} test, "
+              f"{n_params} parameters, {steps} steps on {args.device} -> {out}/")  # fmt: skip
+        history = train(flow, train_images, steps, args, run)
+        test_bpd = evaluate(flow, test_images, args)
+        metrics = {
+            "data": args.data,
+            "test_bits_per_dim": test_bpd,
+            "parameters": n_params,
+            "steps": steps,
+            "train_time_s": history["time_s"],
+            "device": args.device,
+            "config": {k: v for k, v in vars(args).items() if k != "run"},
+            "curve": history["curve"],
+        }
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        torch.save(flow.state_dict(), out / "model.pt")
+        _sample_grid(flow, out / "samples.png", 2 if args.quick else 8, args.device)
+    print(f"test bits/dim {test_bpd:.3f}; wrote {out / 'metrics.json'}, {out / 'samples.png'}")
+    return 0
+
+
+def train(
+    flow: SequentialFlow,
+    images: np.ndarray,
+    steps: int,
+    args: argparse.Namespace,
+    run: Run | None = None,
+) -> dict:
+    """Adam on random batches of dequantised images for ``steps`` steps (bits/dim);
+    checkpointed at each logging point when ``run`` is given. Returns the curve and the
+    training time."""
     optimizer = torch.optim.Adam(flow.parameters(), lr=args.lr)
     rng = np.random.default_rng(args.seed)
-    curve, start = [], time.perf_counter()
-    for step in range(1, steps + 1):
-        batch = torch.from_numpy(train_images[rng.integers(0, len(train_images), args.batch)])
+    state: dict = {"curve": [], "time_s": 0.0}
+    trainer = Trainer(
+        f"cnf-mnist {args.data}",
+        steps,
+        {"model": flow, "optimizer": optimizer},
+        {"batches": rng},
+        state,
+        run=run,
+    )
+    for step in trainer:
+        tick = time.perf_counter()
+        batch = torch.from_numpy(images[rng.integers(0, len(images), args.batch)])
         s, log_jac = preprocess(batch)
         log_p = flow.log_prob(s.to(args.device))
         loss = bits_per_dim(log_p, log_jac.to(args.device), 784).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        state["time_s"] += time.perf_counter() - tick
+        trainer.show(bpd=loss.item(), nfe=f"{flow.nfe_forward}+{flow.nfe_backward}")
         if step % max(1, steps // 50) == 0 or step == steps:
-            elapsed = time.perf_counter() - start
-            curve.append({"step": step, "bits_per_dim": loss.item(), "time_s": elapsed})
-            print(f"step {step}/{steps}  bits/dim {loss.item():.3f}  "
-                  f"nfe {flow.nfe_forward}+{flow.nfe_backward}  {elapsed:.0f}s")  # fmt: skip
-    train_time = time.perf_counter() - start
-    test_bpd = evaluate(flow, test_images, args)
-    metrics = {
-        "data": args.data,
-        "test_bits_per_dim": test_bpd,
-        "parameters": n_params,
-        "steps": steps,
-        "train_time_s": train_time,
-        "device": args.device,
-        "config": {k: v for k, v in vars(args).items() if k != "run"},
-        "curve": curve,
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    torch.save(flow.state_dict(), out / "model.pt")
-    _sample_grid(flow, out / "samples.png", 2 if args.quick else 8, args.device)
-    print(f"test bits/dim {test_bpd:.3f}; wrote {out / 'metrics.json'}, {out / 'samples.png'}")
-    return 0
+            point = {"bits_per_dim": loss.item(), "time_s": state["time_s"]}
+            point.update(nfe_forward=flow.nfe_forward, nfe_backward=flow.nfe_backward)
+            state["curve"].append({"step": step, **point})
+            trainer.log(point)
+            nfe = f"{flow.nfe_forward}+{flow.nfe_backward}"
+            print(f"step {step}/{steps}  bits/dim {loss.item():.3f}  nfe {nfe}  "
+                  f"{state['time_s']:.0f}s")  # fmt: skip
+    trainer.finish()
+    return state
 
 
 def _sample_grid(flow: SequentialFlow, path: Path, side: int, device: str) -> None:

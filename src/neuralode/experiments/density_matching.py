@@ -19,6 +19,7 @@ import torch
 
 from ..models.cnf import CNF, FlowDensity, GatedPlanarDynamics
 from ..models.planar import PlanarFlow
+from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
 
 EXTENT = (-4.0, 4.0, -4.0, 4.0)
 
@@ -86,6 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: default)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    add_run_arguments(parser)
 
 
 def make_model(kind: str, size: int, args: argparse.Namespace) -> FlowDensity:
@@ -100,19 +102,34 @@ def make_model(kind: str, size: int, args: argparse.Namespace) -> FlowDensity:
     )
 
 
-def fit(model: FlowDensity, energy: Callable, args: argparse.Namespace) -> float:
-    """Minimise E_q[log q + U]; returns the training time in seconds."""
+def fit(
+    model: FlowDensity,
+    energy: Callable,
+    args: argparse.Namespace,
+    run: Run | None = None,
+    name: str = "fit",
+) -> Trainer:
+    """Minimise E_q[log q + U] by Adam for ``--iters`` steps; returns the job's trainer
+    (``state["time_s"]``: the training time; with a ``run`` it is checkpointed and a finished
+    job's ``result`` comes back on --resume)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(args.iters, 1))
-    start = time.perf_counter()
-    for _ in range(args.iters):
+    objects = {"model": model, "optimizer": optimizer, "schedule": schedule}
+    trainer = Trainer(name, args.iters, objects, state={"time_s": 0.0}, run=run)
+    log_every = max(1, args.iters // 20)
+    for step in trainer:
+        tick = time.perf_counter()
         x, log_q = model.sample_with_log_prob(args.batch)
         loss = (log_q + energy(x)).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
-    return time.perf_counter() - start
+        trainer.state["time_s"] += time.perf_counter() - tick
+        trainer.show(loss=loss.item())
+        if step % log_every == 0 or step == args.iters:
+            trainer.log({"loss": loss.item(), "time_s": trainer.state["time_s"]})
+    return trainer
 
 
 def kl_estimate(model: FlowDensity, energy: Callable, log_z: float, n: int) -> tuple[float, float]:
@@ -138,52 +155,57 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     targets = [t.strip() for t in args.targets.split(",")]
     unknown = [t for t in targets if t not in ENERGIES]
     if unknown:
         raise ValueError(f"unknown targets {unknown}; available: {', '.join(ENERGIES)}")
     sizes = [int(s) for s in args.sizes.split(",")]
-    n_eval = 200 if args.quick else 5000
-    points = 40 if args.quick else 100
-    rows, panels, labels = [], [], []
-    for target in targets:
-        energy = ENERGIES[target]
-        log_z = log_normaliser(energy)
-        grid, _ = _grid(points)
-        row = [
-            {
-                "title": f"{target} target",
-                "density": (-energy(grid) - log_z).exp().reshape(points, points),
-                "extent": EXTENT,
-            }
-        ]
-        for kind in ("planar", "cnf"):
-            for size in sizes:
-                torch.manual_seed(args.seed)
-                model = make_model(kind, size, args)
-                n_params = sum(p.numel() for p in model.parameters())
-                seconds = fit(model, energy, args)
-                kl, stderr = kl_estimate(model, energy, log_z, n_eval)
-                name = f"{'planar K' if kind == 'planar' else 'CNF M'}={size}"
-                rows.append(
-                    {"target": target, "model": kind, "size": size, "parameters": n_params,
-                     "kl": kl, "kl_stderr": stderr, "train_time_s": seconds}
-                )  # fmt: skip
-                print(f"{target} {name:12s} params {n_params:4d}  KL {kl:.4f} +- {stderr:.4f}"
-                      f"  ({seconds:.1f}s)")  # fmt: skip
-                row.append(
-                    {"title": f"{name}: KL {kl:.2f}", "density": model_density(model, points),
-                     "extent": EXTENT}
-                )  # fmt: skip
-        panels.append(row)
-        labels.append(target)
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    table = format_table(rows, sizes, args)
-    (out / "table.md").write_text(table)
-    from ..viz.flows import save_density_grid
+    with open_experiment(args) as run:
+        n_eval = 200 if args.quick else 5000
+        points = 40 if args.quick else 100
+        rows, panels, labels = [], [], []
+        for target in targets:
+            energy = ENERGIES[target]
+            log_z = log_normaliser(energy)
+            grid, _ = _grid(points)
+            row = [
+                {
+                    "title": f"{target} target",
+                    "density": (-energy(grid) - log_z).exp().reshape(points, points),
+                    "extent": EXTENT,
+                }
+            ]
+            for kind in ("planar", "cnf"):
+                for size in sizes:
+                    torch.manual_seed(args.seed)
+                    model = make_model(kind, size, args)
+                    n_params = sum(p.numel() for p in model.parameters())
+                    name = f"{'planar K' if kind == 'planar' else 'CNF M'}={size}"
+                    trainer = fit(model, energy, args, run, f"{target} {name}")
+                    if trainer.done:  # finished before an interruption: its result, not a rerun
+                        result, density = trainer.result["row"], trainer.result["density"]
+                    else:
+                        kl, stderr = kl_estimate(model, energy, log_z, n_eval)
+                        result = {"target": target, "model": kind, "size": size,
+                                  "parameters": n_params, "kl": kl, "kl_stderr": stderr,
+                                  "train_time_s": trainer.state["time_s"]}  # fmt: skip
+                        density = model_density(model, points)
+                        trainer.finish({"row": result, "density": density})
+                    rows.append(result)
+                    kl, stderr, seconds = result["kl"], result["kl_stderr"], result["train_time_s"]
+                    print(f"{target} {name:12s} params {n_params:4d}  KL {kl:.4f} +- {stderr:.4f}"
+                          f"  ({seconds:.1f}s)")  # fmt: skip
+                    row.append(
+                        {"title": f"{name}: KL {kl:.2f}", "density": density, "extent": EXTENT}
+                    )
+            panels.append(row)
+            labels.append(target)
+        (out / "results.json").write_text(json.dumps(rows, indent=2))
+        table = format_table(rows, sizes, args)
+        (out / "table.md").write_text(table)
+        from ..viz.flows import save_density_grid
 
-    save_density_grid(out / "densities.png", panels, labels)
+        save_density_grid(out / "densities.png", panels, labels)
     print()
     print(table)
     print(f"wrote {out / 'table.md'}, {out / 'results.json'}, {out / 'densities.png'}")

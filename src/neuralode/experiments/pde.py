@@ -54,7 +54,7 @@ from ..pde import (
 from ..solvers.dopri5 import Dopri5
 from ..solvers.radau import Radau
 from ..solvers.rk4 import RK4
-from ..training.progress import ProgressBar
+from ..training.progress import progress_bar
 
 EQUATIONS = ("burgers", "reaction-diffusion")
 
@@ -203,16 +203,17 @@ def train(
     """Adam with a cosine schedule on the MSE of the windows; returns the loss history."""
     optimiser = torch.optim.Adam(params, lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, args.iterations)
-    bar = ProgressBar(args.iterations, f"train {name}", enabled=not args.no_progress)
+    bar = progress_bar(args.iterations, f"train {name}", enabled=not args.no_progress)
     losses, start = [], time.perf_counter()
-    for it in range(args.iterations):
+    for _ in range(args.iterations):
         optimiser.zero_grad()
         loss = torch.mean((predict(starts) - targets) ** 2)
         loss.backward()
         optimiser.step()
         schedule.step()
         losses.append(float(loss.detach()))
-        bar.update(it + 1, loss=f"{losses[-1]:.2e}")
+        bar.set_postfix(loss=f"{losses[-1]:.2e}", refresh=False)
+        bar.update(1)
     bar.close()
     return {
         "loss_first": losses[0],

@@ -23,6 +23,7 @@ reports means and spreads. Writes ``table2.md``, ``metrics.json``, the weights a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -37,6 +38,7 @@ import torch
 
 from ..data.spirals import SpiralData, make_spirals
 from ..models.latent import DECODERS, DYNAMICS, LatentODE, RNNBaseline
+from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
 
 # The Neural ODE paper (Chen et al. 2018), Table 2: predictive RMSE on the test set.
 PAPER_RMSE = {
@@ -162,6 +164,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    add_run_arguments(parser)
 
 
 def _masks(data: SpiralData, protocol: str = "paper") -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,6 +217,7 @@ def _train(
     test: SpiralData,
     args: argparse.Namespace,
     steps: int,
+    run: Run | None = None,
 ) -> dict:
     """Adam with cosine decay for ``steps`` steps of ``args.batch`` spirals (reshuffled after
     each pass); the latent ODE maximises its bound (``--bound``), the RNN minimises the
@@ -221,7 +225,9 @@ def _train(
 
     Every ``eval_every`` steps the model extrapolates the validation spirals; with
     ``--select best`` it ends with the weights whose RMSE against their noisy points after the
-    window (what a user has) was lowest. The test RMSE in the history is never used."""
+    window (what a user has) was lowest. The test RMSE in the history is never used. With a
+    ``run`` the job is checkpointed at every evaluation and resumes there (a finished job
+    returns its saved result and weights)."""
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     rnn_hide = _rnn_hide(args, int(train.observed[0].sum()))
@@ -229,17 +235,29 @@ def _train(
     observed, target = _masks(train, args.protocol)
     values = train.noisy
     gen = torch.Generator().manual_seed(args.seed)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    history: list[dict] = []
-    nfe = []
-    best_score, best_step, best_state = math.inf, 0, None
     batch = min(args.batch, len(train))
-    order, position, losses = torch.randperm(len(train), generator=gen), 0, []
-    for step in range(1, steps + 1):
-        if position + batch > len(train):
-            order, position = torch.randperm(len(train), generator=gen), 0
-        idx = order[position : position + batch]
-        position += batch
+    state = {
+        "history": [],
+        "nfe": [],
+        "best_score": math.inf,
+        "best_step": 0,
+        "best_state": None,
+        "order": torch.randperm(len(train), generator=gen),
+        "position": 0,
+        "losses": [],
+        "time_s": 0.0,
+        "cpu_s": 0.0,
+    }
+    objects = {"model": model, "optimizer": opt, "schedule": sched}
+    trainer = Trainer(name, steps, objects, {"batches": gen}, state, run=run)
+    if trainer.done:
+        return trainer.result
+    for step in trainer:
+        tick, cpu_tick = time.perf_counter(), time.process_time()
+        if state["position"] + batch > len(train):
+            state["order"], state["position"] = torch.randperm(len(train), generator=gen), 0
+        idx = state["order"][state["position"] : state["position"] + batch]
+        state["position"] += batch
         x, m, tm = values[idx], observed[idx], target[idx]
         if isinstance(model, LatentODE):
             # the posterior draws come from the run's own generator, like its batches
@@ -254,7 +272,7 @@ def _train(
                 noise=noise,
             )
             loss = bound.loss()
-            nfe.append(model.nfe)
+            state["nfe"].append(model.nfe)
         else:
             if rnn_hide > 0:  # hide inputs: the RNN learns to run on its own predictions
                 shown = torch.rand(m.shape[:2], generator=gen) >= rnn_hide
@@ -267,47 +285,53 @@ def _train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
         sched.step()
-        losses.append(float(loss.detach()))
+        state["losses"].append(float(loss.detach()))
+        state["time_s"] += time.perf_counter() - tick
+        state["cpu_s"] += time.process_time() - cpu_tick
+        trainer.show(loss=state["losses"][-1])
         if step == steps or step % eval_every == 0:
             val = _evaluate(model, validation)
             row = {
                 "step": step,
-                "loss": sum(losses) / len(losses),
+                "loss": sum(state["losses"]) / len(state["losses"]),
                 "validation_rmse_extrapolation_noisy": val["rmse_extrapolation_noisy"],
                 "validation_rmse_extrapolation": val["rmse_extrapolation"],
                 "test_rmse_extrapolation": _evaluate(model, test)["rmse_extrapolation"],
             }
-            losses = []
-            history.append(row)
-            if row["validation_rmse_extrapolation_noisy"] < best_score:
-                best_score, best_step = row["validation_rmse_extrapolation_noisy"], step
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            state["losses"] = []
+            state["history"].append(row)
+            if row["validation_rmse_extrapolation_noisy"] < state["best_score"]:
+                state["best_score"] = row["validation_rmse_extrapolation_noisy"]
+                state["best_step"] = step
+                state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            trainer.log({k: v for k, v in row.items() if k != "step"})
             if step == steps or step % max(eval_every, steps // 8) == 0:
                 print(  # one write per line: worker processes share the terminal
                     f"  {name:<24} step {step:5d}/{steps}  loss {row['loss']:8.4f}  "
                     f"RMSE extrap validation {row['validation_rmse_extrapolation']:.4f} "
                     f"test {row['test_rmse_extrapolation']:.4f}  "
-                    f"({time.perf_counter() - start:5.1f} s)\n",
+                    f"({state['time_s']:5.1f} s)\n",
                     end="",
                     flush=True,
                 )
-    if args.select == "best" and best_state is not None:
-        model.load_state_dict(best_state)
+    if args.select == "best" and state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
     result = {
-        "train_seconds": time.perf_counter() - start,
-        "train_cpu_seconds": time.process_time() - cpu_start,
+        "train_seconds": state["time_s"],
+        "train_cpu_seconds": state["cpu_s"],
         "steps": steps,
-        "selected_step": best_step if args.select == "best" else steps,
+        "selected_step": state["best_step"] if args.select == "best" else steps,
         "parameters": sum(p.numel() for p in model.parameters()),
         **_evaluate(model, test),
         "validation_rmse_extrapolation": _evaluate(model, validation)["rmse_extrapolation"],
-        "history": history,
+        "history": state["history"],
     }
-    if nfe:
-        result["mean_nfe_per_latent_solve"] = sum(nfe) / len(nfe)
+    if state["nfe"]:
+        result["mean_nfe_per_latent_solve"] = sum(state["nfe"]) / len(state["nfe"])
     else:
         result["inputs_hidden_in_training"] = rnn_hide
-    return result
+    state["best_state"] = None  # the selected weights are the model's now
+    return trainer.finish(result)
 
 
 def _plot(path: Path, models: dict[str, torch.nn.Module], test: SpiralData, count: int) -> None:
@@ -402,7 +426,7 @@ def _sizes(args: argparse.Namespace) -> tuple[int, int, int, int]:
     return steps, n_spirals, n_test, max(1, (n_spirals - n_test) // 10)
 
 
-def _run_setting(args: argparse.Namespace, n_obs: int, seed: int) -> dict:
+def _run_setting(args: argparse.Namespace, n_obs: int, seed: int, run: Run | None = None) -> dict:
     """Train and evaluate both models for one observation count and one seed (a draw of the
     spirals, initialisations and batches); save their weights and a plot into ``--out``."""
     if args.threads:
@@ -430,9 +454,9 @@ def _run_setting(args: argparse.Namespace, n_obs: int, seed: int) -> dict:
     tag = f"obs {n_obs} seed {seed}"
     result = {
         "latent_ode": _train(
-            f"{tag} latent ODE", latent, train, validation, test, seed_args, steps
+            f"{tag} latent ODE", latent, train, validation, test, seed_args, steps, run
         ),
-        "rnn": _train(f"{tag} RNN", rnn, train, validation, test, seed_args, steps),
+        "rnn": _train(f"{tag} RNN", rnn, train, validation, test, seed_args, steps, run),
     }
     name = f"obs{n_obs}_seed{seed}"
     torch.save(latent.state_dict(), out / f"latent_ode_{name}.pt")
@@ -447,8 +471,14 @@ def run(args: argparse.Namespace) -> int:
     for name in ("workers", "seeds", "samples"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    with open_experiment(args) as run:
+        return _run_all(args, run)
+
+
+def _run_all(args: argparse.Namespace, run: Run) -> int:
+    """Every setting (observations x seed), in this process or in ``--workers``, then the
+    table, metrics.json and the weights; a resumed run skips the finished jobs."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     steps, n_spirals, n_test, n_val = _sizes(args)
     seeds = list(range(args.seed, args.seed + args.seeds))
     jobs = [(n_obs, seed) for n_obs in args.obs for seed in seeds]
@@ -466,13 +496,14 @@ def run(args: argparse.Namespace) -> int:
             args = argparse.Namespace(**{**vars(args), "threads": max(1, cores // args.workers)})
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(args.workers, len(jobs)), mp_context=context) as pool:
-            futures = {pool.submit(_run_setting, args, *job): job for job in jobs}
+            quiet = dataclasses.replace(run, progress=False)  # bars of parallel jobs collide
+            futures = {pool.submit(_run_setting, args, *job, quiet): job for job in jobs}
             for future in as_completed(futures):
                 n_obs, seed = futures[future]
                 runs[n_obs][seed] = future.result()
     else:
         for n_obs, seed in jobs:
-            runs[n_obs][seed] = _run_setting(args, n_obs, seed)
+            runs[n_obs][seed] = _run_setting(args, n_obs, seed, run)
     runs = {n_obs: dict(sorted(by_seed.items())) for n_obs, by_seed in runs.items()}
     summary = _summary(runs)
     table = _table(summary)

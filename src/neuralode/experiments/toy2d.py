@@ -26,6 +26,7 @@ import torch
 
 from ..data.toy2d import TOY_DENSITIES, entropy_8gaussians, log_density_8gaussians, sample_toy
 from ..models.cnf import SequentialFlow, ffjord_2d
+from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
 
 EXTENT = (-4.0, 4.0, -4.0, 4.0)
 
@@ -56,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip the held-out NLL at each logging point (and nll_curve.png)",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a few steps, small: smoke run")
+    add_run_arguments(parser)
 
 
 def build_model(args: argparse.Namespace) -> SequentialFlow:
@@ -119,16 +121,20 @@ def train(
     log: Any = print,
     nfe_trace: list[int] | None = None,
     monitor: Callable[[], dict[str, float]] | None = None,
+    run: Run | None = None,
 ) -> dict[str, Any]:
     """Maximum likelihood on fresh samples; returns the training curve and totals
     (``nfe_trace`` collects the forward NFE of every step). ``monitor()`` (held-out metrics)
-    is called at each logging point; its time is left out of the training clocks."""
+    is called at each logging point; its time is left out of the training clocks. With a
+    ``run`` the loop is checkpointed at each logging point and resumes from there."""
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(args.iters, 1))
     rng = np.random.default_rng(args.seed + 1)
-    curve, nfe_f, nfe_b = [], 0, 0
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for step in range(1, args.iters + 1):
+    state = {"curve": [], "nfe_forward": 0, "nfe_backward": 0, "time_s": 0.0, "cpu_s": 0.0}
+    objects = {"model": model, "optimizer": optimizer, "schedule": schedule}
+    trainer = Trainer(f"toy2d {args.data}", args.iters, objects, {"data": rng}, state, run=run)
+    for step in trainer:
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         x = torch.from_numpy(sample_toy(args.data, args.batch, rng))
         nll = -model.log_prob(x).mean()
         loss = nll + model.regularization.mean()
@@ -136,34 +142,36 @@ def train(
         loss.backward()
         optimizer.step()
         schedule.step()
-        nfe_f += model.nfe_forward
+        state["nfe_forward"] += model.nfe_forward
         if nfe_trace is not None:
             nfe_trace.append(model.nfe_forward)
-        nfe_b += model.nfe_backward
+        state["nfe_backward"] += model.nfe_backward
+        state["time_s"] += time.perf_counter() - tick
+        state["cpu_s"] += time.process_time() - cpu_tick
+        trainer.show(nll=nll.item(), nfe=f"{model.nfe_forward}+{model.nfe_backward}")
         if step % max(1, args.iters // 20) == 0 or step == args.iters:
-            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            elapsed, cpu = state["time_s"], state["cpu_s"]
             point = {"step": step, "nll": nll.item(), "time_s": elapsed, "cpu_s": cpu}
             held_out, nfe = "", f"{model.nfe_forward}+{model.nfe_backward}"
-            if monitor is not None:
-                wall_before, cpu_before = time.perf_counter(), time.process_time()
+            if monitor is not None:  # outside the training clocks
                 point.update(monitor())
                 held_out = f"  held-out {point['held_out_nll']:.4f}"
                 if "held_out_kl" in point:
                     held_out += f" (KL {point['held_out_kl']:.4f})"
-                start += time.perf_counter() - wall_before  # the monitor's time is not
-                cpu_start += time.process_time() - cpu_before  # training time
-            curve.append(point)
+            state["curve"].append(point)
+            trainer.log({k: v for k, v in point.items() if k != "step"})
             log(
                 f"step {step:5d}/{args.iters}  nll {nll.item():.4f}{held_out}  "
                 f"nfe {nfe}  T {_times(model)}  "
                 f"cpu {cpu:.0f}s wall {elapsed:.0f}s"
             )
+    trainer.finish()
     return {
-        "curve": curve,
-        "train_time_s": time.perf_counter() - start,
-        "train_cpu_s": time.process_time() - cpu_start,
-        "nfe_forward_per_step": nfe_f / max(args.iters, 1),
-        "nfe_backward_per_step": nfe_b / max(args.iters, 1),
+        "curve": state["curve"],
+        "train_time_s": state["time_s"],
+        "train_cpu_s": state["cpu_s"],
+        "nfe_forward_per_step": state["nfe_forward"] / max(args.iters, 1),
+        "nfe_backward_per_step": state["nfe_backward"] / max(args.iters, 1),
     }
 
 
@@ -191,13 +199,23 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-    model = build_model(args)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"toy2d {args.data}: CNF with {args.blocks} block(s), {n_params} parameters -> {out}/")
-    monitor = held_out_monitor(model, args, 500 if args.quick else 2000) if args.curve else None
-    history = train(model, args, monitor=monitor)
+    with open_experiment(args) as run:
+        torch.manual_seed(args.seed)
+        model = build_model(args)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(
+            f"toy2d {args.data}: CNF with {args.blocks} block(s), {n_params} parameters -> {out}/"
+        )
+        size = 500 if args.quick else 2000
+        monitor = held_out_monitor(model, args, size) if args.curve else None
+        history = train(model, args, monitor=monitor, run=run)
+        return _report(model, args, history, out)
+
+
+def _report(
+    model: SequentialFlow, args: argparse.Namespace, history: dict[str, Any], out: Path
+) -> int:
+    """The held-out NLL by dopri5 at ``--eval-tol``, metrics.json, the weights and plots."""
 
     set_tolerance(model, args.eval_tol)
     start = time.perf_counter()
@@ -209,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         "test_nll": nll,
         "test_nll_stderr": float(log_p.std() / math.sqrt(len(log_p))),
         "n_test": args.n_test,
-        "parameters": n_params,
+        "parameters": sum(p.numel() for p in model.parameters()),
         "integration_times": [b.T.item() for b in model.blocks],
         "train_time_s": history["train_time_s"],
         "train_cpu_s": history["train_cpu_s"],

@@ -13,7 +13,14 @@ from .regularisers import Regulariser
 
 
 class Augment(nn.Module):
-    """Appends ``extra`` zero channels (dim 1): augmented neural ODEs (Dupont et al. 2019)."""
+    """Appends ``extra`` zero channels (dim 1): augmented neural ODEs (Dupont et al. 2019).
+
+    Arguments:
+        extra: the number of zero channels.
+
+    Raises:
+        ValueError: ``extra`` is negative.
+    """
 
     def __init__(self, extra: int):
         super().__init__()
@@ -60,7 +67,11 @@ def head(channels: int, classes: int, pool: str = "avg") -> nn.Sequential:
 
 
 class ResBlock(nn.Module):
-    """x + conv(relu(norm(conv(relu(norm(x)))))): one Euler step of learned dynamics."""
+    """x + conv(relu(norm(conv(relu(norm(x)))))): one Euler step of learned dynamics.
+
+    Arguments:
+        channels: the feature channels.
+    """
 
     def __init__(self, channels: int):
         super().__init__()
@@ -78,9 +89,20 @@ class ResBlock(nn.Module):
 
 
 class ODENet(nn.Module):
-    """Downsampling, one ODE block on 64 (+ ``augment``) channels, GroupNorm, pool, linear.
+    """The paper's MNIST model: down-sampling, one ODE block, GroupNorm, pooling, a linear layer.
 
-    ``regularisers`` go to the ODE block: add ``model.ode.regularisation`` to the loss.
+    Arguments:
+        channels: the feature channels of the ODE block (28x28 images become channels x 7 x 7).
+        classes: the number of classes.
+        augment: extra zero channels appended before the ODE block (an augmented ODE-Net).
+        method: the ODE block's solver (a name of ``neuralode.METHODS``).
+        rtol: the relative tolerance of adaptive methods.
+        atol: the absolute tolerance of adaptive methods.
+        step_size: the step of fixed-step methods.
+        gradient: ``"adjoint"``, ``"direct"`` or ``"checkpointed"``.
+        activation: the dynamics' activation.
+        regularisers: go to the ODE block: add ``model.ode.regularisation`` to the loss.
+        pool: ``"avg"`` or ``"max"`` pooling in the head.
     """
 
     def __init__(
@@ -116,7 +138,15 @@ class ODENet(nn.Module):
 
 
 class RKNet(ODENet):
-    """ODE-Net dynamics integrated by fixed-step RK4, differentiated by backpropagation."""
+    """ODE-Net dynamics integrated by fixed-step RK4, differentiated by backpropagation.
+
+    Arguments:
+        channels: the feature channels.
+        classes: the number of classes.
+        step_size: the RK4 step over [0, 1].
+        pool: ``"avg"`` or ``"max"`` pooling in the head.
+        regularisers: as for ``ODENet``.
+    """
 
     def __init__(
         self,
@@ -138,7 +168,14 @@ class RKNet(ODENet):
 
 
 class ResNet(nn.Module):
-    """The paper's baseline: six residual blocks in place of the ODE block."""
+    """The paper's baseline: residual blocks in place of the ODE block.
+
+    Arguments:
+        channels: the feature channels.
+        classes: the number of classes.
+        blocks: the number of residual blocks (the paper: 6).
+        pool: ``"avg"`` or ``"max"`` pooling in the head.
+    """
 
     def __init__(self, channels: int = 64, classes: int = 10, blocks: int = 6, pool: str = "avg"):
         super().__init__()

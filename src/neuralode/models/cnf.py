@@ -36,13 +36,25 @@ NOISE_KINDS = ("rademacher", "gaussian")
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """log N(z; 0, I) summed over all but the first (batch) dimension."""
+    """log N(z; 0, I) summed over all but the first (batch) dimension.
+
+    Arguments:
+        z: points, (batch, ...).
+
+    Returns:
+        log N(z; 0, I) per point, (batch,).
+    """
     flat = z.reshape(z.shape[0], -1)
     return -0.5 * (flat.pow(2).sum(1) + flat.shape[1] * math.log(2 * math.pi))
 
 
 class ConcatSquashLinear(nn.Module):
-    """FFJORD's time-dependent layer: Linear(x) * sigmoid(W_g t + b_g) + W_b t."""
+    """FFJORD's time-dependent layer: Linear(x) * sigmoid(W_g t + b_g) + W_b t.
+
+    Arguments:
+        dim_in: the input dimension.
+        dim_out: the output dimension.
+    """
 
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
@@ -56,7 +68,13 @@ class ConcatSquashLinear(nn.Module):
 
 
 class ConcatSquashMLP(nn.Module):
-    """f(t, z) for states (batch, dim): ConcatSquashLinear layers with an activation between."""
+    """f(t, z) for states (batch, dim): ConcatSquashLinear layers with an activation between.
+
+    Arguments:
+        dim: the state's dimension.
+        hidden: the hidden widths.
+        activation: the activation's name (e.g. ``"tanh"``, ``"softplus"``).
+    """
 
     def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 64, 64), activation: str = "tanh"):
         super().__init__()
@@ -117,7 +135,13 @@ def _activation_derivative(act: nn.Module, pre: torch.Tensor, out: torch.Tensor)
 
 
 class ConcatSquashConv2d(nn.Module):
-    """The convolutional concat-squash layer: Conv(x) * sigmoid(W_g t + b_g) + W_b t."""
+    """The convolutional concat-squash layer: Conv(x) * sigmoid(W_g t + b_g) + W_b t.
+
+    Arguments:
+        channels_in: the input channels.
+        channels_out: the output channels.
+        kernel_size: the (odd) kernel size; the padding keeps the image size.
+    """
 
     def __init__(self, channels_in: int, channels_out: int, kernel_size: int = 3):
         super().__init__()
@@ -132,7 +156,12 @@ class ConcatSquashConv2d(nn.Module):
 
 
 class ConcatSquashConvNet(nn.Module):
-    """f(t, z) for images (batch, C, H, W): concat-squash convolutions with softplus between."""
+    """f(t, z) for images (batch, C, H, W): concat-squash convolutions with softplus between.
+
+    Arguments:
+        channels: the image's channels.
+        hidden: the hidden layers' channels.
+    """
 
     def __init__(self, channels: int, hidden: tuple[int, ...] = (64, 64, 64)):
         super().__init__()
@@ -151,6 +180,10 @@ class GatedPlanarDynamics(nn.Module):
 
     f(t, z) = sum_m u_m sigmoid(a_m t + c_m) tanh(w_m . z + b_m): 2D+3 parameters per unit,
     comparable to a planar flow with K = M layers (2D+1 parameters each).
+
+    Arguments:
+        dim: the state's dimension D.
+        width: the number of units M.
     """
 
     def __init__(self, dim: int, width: int):
@@ -172,6 +205,14 @@ def exact_trace(
     """tr(df/dz) and ||df/dz||_F^2 per sample, exactly: one vector-Jacobian product per
     dimension (small dimensions). ``f`` (batch, *shape) is computed from ``z`` with the
     samples independent of each other.
+
+    Arguments:
+        f: the vector field's value, computed from ``z``.
+        z: the state, requiring gradients.
+        create_graph: keep the graph (for training through the trace).
+
+    Returns:
+        ``(trace, frobenius)``, each (batch,).
     """
     flat_f = f.reshape(f.shape[0], -1)
     trace = flat_f.new_zeros(f.shape[0])
@@ -189,7 +230,17 @@ def exact_trace(
 def hutchinson_trace(
     f: torch.Tensor, z: torch.Tensor, noise: torch.Tensor, create_graph: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unbiased estimates of tr(df/dz) (eps^T J eps) and ||df/dz||_F^2 (||eps^T J||^2)."""
+    """Unbiased estimates of tr(df/dz) (eps^T J eps) and ||df/dz||_F^2 (||eps^T J||^2).
+
+    Arguments:
+        f: the vector field's value, computed from ``z``.
+        z: the state, requiring gradients.
+        noise: eps, shaped like ``z`` (Rademacher or Gaussian).
+        create_graph: keep the graph (for training through the estimate).
+
+    Returns:
+        ``(trace, frobenius)`` estimates, each (batch,).
+    """
     (eps_j,) = torch.autograd.grad(f, z, noise, create_graph=create_graph)
     flat_ej = eps_j.reshape(f.shape[0], -1)
     return (flat_ej * noise.reshape(f.shape[0], -1)).sum(1), flat_ej.pow(2).sum(1)
@@ -212,6 +263,11 @@ class CNFDynamics(nn.Module):
     divided by the dimension, as RNODE does), signed so they grow in the solve's direction.
     ``noise`` (drawn once per solve; a new ``CNFDynamics`` is made per solve so the adjoint's
     backward pass sees the same draw) selects the Hutchinson estimator; None: exact trace.
+
+    Arguments:
+        net: the vector field ``net(t, z)``.
+        noise: Hutchinson's eps for this solve, or ``None`` for the exact trace.
+        direction: +1 or -1, the direction of the solve (signs the penalty channels).
     """
 
     def __init__(self, net: nn.Module, noise: torch.Tensor | None = None, direction: float = 1.0):
@@ -293,16 +349,28 @@ class FlowDensity(nn.Module):
 class CNF(FlowDensity):
     """One continuous normalising flow block: an invertible map with its log-determinant.
 
-    ``net(t, z)`` is the vector field on states (batch, *shape). ``trace`` is ``"exact"`` or
-    ``"hutchinson"`` (with ``noise`` ``"rademacher"`` or ``"gaussian"``, drawn once per
-    solve). ``T`` is the integration time (learnable with ``train_T``). ``method``/``rtol``/
-    ``atol``/``step_size`` choose the solver as for ``ODEBlock`` (``steps``: that many equal
-    fixed steps over [0, T] whatever T is); ``gradient`` is ``"direct"``,
-    ``"adjoint"`` (continuous adjoint with the seminorm) or ``"checkpointed"``, or a strategy.
-    ``event_shape`` is the shape of one sample (for ``sample``).
-    ``kinetic``/``jacobian`` > 0 switch on the RNODE regularisers; after each pass
-    ``regularization`` holds their weighted sum per sample (0 when off) and ``last_stats``
-    the solver statistics.
+    After each pass ``regularization`` holds the RNODE penalties' weighted sum per sample (0
+    when off) and ``last_stats`` the solver statistics.
+
+    Arguments:
+        net: the vector field ``net(t, z)`` on states (batch, *shape).
+        T: the integration time.
+        train_T: learn ``T``.
+        trace: ``"exact"`` or ``"hutchinson"`` (an unbiased estimate, one noise draw per solve).
+        noise: Hutchinson's noise, ``"rademacher"`` or ``"gaussian"``.
+        method: the solver's name (as for ``ODEBlock``).
+        rtol: the relative tolerance of adaptive methods.
+        atol: the absolute tolerance of adaptive methods.
+        step_size: the step of fixed-step methods.
+        steps: that many equal fixed steps over [0, T], whatever T is.
+        gradient: ``"direct"``, ``"adjoint"`` (continuous adjoint with the seminorm) or
+            ``"checkpointed"``, or a strategy.
+        kinetic: the weight of RNODE's kinetic-energy penalty (0: off).
+        jacobian: the weight of RNODE's Jacobian Frobenius penalty (0: off).
+        event_shape: the shape of one sample (for ``sample``).
+
+    Raises:
+        ValueError: an unknown trace, noise, method or gradient, or a non-positive ``T``.
     """
 
     def __init__(
@@ -432,6 +500,9 @@ class SequentialFlow(FlowDensity):
 
     ``forward`` runs the blocks in order (data -> base) and sums their log-determinants;
     ``inverse`` runs them backwards. ``regularization`` sums the blocks' RNODE terms.
+
+    Arguments:
+        blocks: the flow blocks, data side first.
     """
 
     def __init__(self, blocks: list[nn.Module] | nn.ModuleList):
@@ -483,7 +554,18 @@ def ffjord_2d(
     activation: str = "tanh",
     **cnf_options: Any,
 ) -> SequentialFlow:
-    """FFJORD's toy-density model: ``blocks`` CNFs with concat-squash MLP vector fields."""
+    """FFJORD's toy-density model: ``blocks`` CNFs with concat-squash MLP vector fields.
+
+    Arguments:
+        dim: the data's dimension.
+        blocks: the number of CNF blocks.
+        hidden: the hidden widths of each block's ``ConcatSquashMLP``.
+        activation: their activation.
+        **cnf_options: passed to every ``CNF`` (``T``, ``trace``, ``method``, ``rtol``, ...).
+
+    Returns:
+        The ``SequentialFlow`` of the blocks.
+    """
     return SequentialFlow(
         [
             CNF(ConcatSquashMLP(dim, hidden, activation), event_shape=(dim,), **cnf_options)

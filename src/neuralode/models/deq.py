@@ -48,7 +48,14 @@ class ConvergenceWarning(RuntimeWarning):
 
 @dataclass
 class SolveReport:
-    """Iterations and final relative residual of one fixed-point solve (forward or backward)."""
+    """Iterations and final relative residual of one fixed-point solve (forward or backward).
+
+    Attributes:
+        iterations: the iterations taken.
+        residual: the final relative residual (the largest over the batch).
+        converged: whether every sample reached the tolerance.
+        history: the relative residual after each iteration.
+    """
 
     iterations: int = 0
     residual: float = 0.0
@@ -276,6 +283,11 @@ class EquilibriumCell(nn.Module):
 
     The convolutions start small (std 0.01), so that f is a contraction in z at
     initialisation and the fixed point exists; the Jacobian regulariser keeps it so.
+
+    Arguments:
+        channels: the feature channels.
+        init_std: the standard deviation of the convolutions' initial weights (small: a
+            contraction at the start).
     """
 
     def __init__(self, channels: int = 64, init_std: float = 0.01):
@@ -296,6 +308,18 @@ class DEQNet(nn.Module):
 
     The same parameter count as the ODE-Net (0.208M at 64 channels); ``deq`` is the layer
     (its ``nfe_forward`` / ``nfe_backward``, reports and ``regularisation``).
+
+    Arguments:
+        channels: the feature channels.
+        classes: the number of classes.
+        method: the forward fixed-point method (``"anderson"``, ``"broyden"``, ``"picard"``).
+        tol: the relative residual the forward solve stops at.
+        max_iter: the most forward iterations.
+        backward_method: the method of the backward (adjoint) solve (default: ``method``).
+        gradient: ``"implicit"`` (implicit-function gradient) or ``"unrolled"``
+            (backpropagation through every iteration).
+        regularisers: go to the ``DEQ`` (e.g. a Jacobian penalty).
+        pool: ``"max"`` or ``"avg"`` pooling in the head.
     """
 
     def __init__(

@@ -24,7 +24,15 @@ def activation_layer(name: str) -> nn.Module:
 
 class MLPDynamics(nn.Module):
     """f(t, y) = MLP([y, t]) for states of shape (..., dim); MLP(y) when ``autonomous``
-    (time-invariant dynamics, which extrapolate beyond the training times)."""
+    (time-invariant dynamics, which extrapolate beyond the training times).
+
+    Arguments:
+        dim: the state's last dimension.
+        hidden: the hidden width.
+        layers: the number of hidden layers.
+        activation: the activation's name.
+        autonomous: leave t out of the input.
+    """
 
     def __init__(
         self,
@@ -51,7 +59,15 @@ class MLPDynamics(nn.Module):
 
 
 class ConcatConv2d(nn.Module):
-    """A convolution that sees time as an extra constant input channel."""
+    """A convolution that sees time as an extra constant input channel.
+
+    Arguments:
+        channels_in: the input channels (time is added as one more).
+        channels_out: the output channels.
+        kernel_size: the kernel size.
+        padding: the padding.
+        stride: the stride.
+    """
 
     def __init__(
         self,
@@ -76,7 +92,12 @@ def group_norm(channels: int) -> nn.GroupNorm:
 
 
 class ConvDynamics(nn.Module):
-    """The ODE-Net paper's dynamics: norm-ReLU-ConcatConv-norm-ReLU-ConcatConv-norm (GroupNorm)."""
+    """The ODE-Net paper's dynamics: norm-ReLU-ConcatConv-norm-ReLU-ConcatConv-norm (GroupNorm).
+
+    Arguments:
+        channels: the feature channels.
+        activation: the activation's name.
+    """
 
     def __init__(self, channels: int = 64, activation: str = "relu"):
         super().__init__()

@@ -56,9 +56,12 @@ def collate_irregular(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Put series ``(ts_i, values_i[, mask_i])`` on the sorted union of their times.
 
-    ``ts_i`` (n_i,) must be strictly increasing, ``values_i`` (n_i, D), ``mask_i`` (n_i, D)
-    (default: all observed). Returns ``ts`` (T,), ``values`` (B, T, D) with zeros where not
-    observed, and ``mask`` (B, T, D).
+    Arguments:
+        series: ``ts_i`` (n_i,) strictly increasing, ``values_i`` (n_i, D) and optionally
+            ``mask_i`` (n_i, D) (default: all observed).
+
+    Returns:
+        ``ts`` (T,), ``values`` (B, T, D) with zeros where not observed, and ``mask`` (B, T, D).
     """
     if not series:
         raise ValueError("collate_irregular needs at least one series")
@@ -92,6 +95,17 @@ class ODERNN(nn.Module):
     Returns ``(before, after)``, each (B, T, H): the state at each time before and after the
     update there (equal where nothing was observed; zero before a series' first observation).
     ``evolve(h, t_from, t_to)`` continues a state through the ODE alone.
+
+    Arguments:
+        input_dim: the features per time (values and mask).
+        hidden_dim: the hidden state's dimension.
+        dynamics: the ODE of the hidden state between observations (default: an MLP).
+        backwards: run from the last time to the first (an encoder).
+        method: the solver's name.
+        rtol: its relative tolerance.
+        atol: its absolute tolerance.
+        step_size: its step for fixed-step methods.
+        gradient: its gradient strategy.
     """
 
     def __init__(
@@ -156,6 +170,11 @@ class GapRNN(nn.Module):
 
     The state does not depend on the other series of a batch. Returns the states after each
     time (B, T, H); run ``backwards=True`` for an encoder that ends at the first observation.
+
+    Arguments:
+        input_dim: the observations' dimension.
+        hidden_dim: the GRU's hidden units.
+        backwards: run from the last observation to the first (an encoder).
     """
 
     def __init__(self, input_dim: int, hidden_dim: int, backwards: bool = False):
@@ -197,6 +216,12 @@ class RNNBaseline(nn.Module):
     instead of a zero, so it learns to run freely through the gaps of its training windows
     and extrapolates autoregressively; the mask channel still tells it which inputs are
     observations.
+
+    Arguments:
+        input_dim: the observations' dimension.
+        hidden_dim: the GRU's hidden units.
+        out_hidden: the hidden units of the read-out MLP.
+        feedback: feed its own predictions where a feature is not observed.
     """
 
     def __init__(
@@ -231,7 +256,15 @@ class RNNBaseline(nn.Module):
 @dataclass
 class ELBO:
     """Per-series terms of the evidence lower bound; ``predictions`` (K, B, T, D) are the
-    decoder means for the K posterior samples."""
+    decoder means for the K posterior samples.
+
+    Attributes:
+        elbo: the bound per series, (B,).
+        log_likelihood: the mean over samples of log p(x | z), (B,).
+        kl: KL(q(z0 | x) || N(0, I)), analytic, (B,).
+        predictions: the decoder means, (K, B, T, D).
+        n_observed: the observed target entries per series, (B,).
+    """
 
     elbo: torch.Tensor  # (B,)
     log_likelihood: torch.Tensor  # (B,) mean over samples of log p(x | z)
@@ -263,6 +296,16 @@ class LinearPlusMLP(nn.Module):
     starts the linear path at 0; ``mlp_init_scale`` scales the MLP's initial output layer
     (and zeros its bias), so that with a small scale the nonlinear correction starts small;
     ``bias`` puts a bias on the linear path (for decoders, not for autonomous dynamics).
+
+    Arguments:
+        dim_in: the input features.
+        dim_out: the output features.
+        hidden: the MLP's hidden units.
+        activation: the MLP's activation.
+        bias: a bias on the linear path.
+        linear_init: ``"zero"`` starts the linear path at 0 (else PyTorch's default).
+        layers: the MLP's hidden layers.
+        mlp_init_scale: scales the MLP's initial output layer.
     """
 
     def __init__(
@@ -486,19 +529,37 @@ class _LatentVAE(nn.Module):
 
 
 class LatentODE(_LatentVAE):
-    """The latent ODE VAE: q(z0) from an RNN or ODE-RNN encoder run backwards over the
-    observations, z(t) solved from a time-invariant dz/dt = f(z) at the query times, and a
-    decoder to the observation space. Defaults follow the Neural ODE paper's spirals model:
-    latent 4, encoder 25 hidden units, dynamics and decoder MLPs of 20.
+    """The latent ODE VAE (Chen et al. 2018; Rubanova et al. 2019).
 
-    ``dynamics="linear+mlp"`` makes f(z) = A z + MLP(z) (A starts at 0) and
-    ``decoder="linear+mlp"`` the decoder W z + b + MLP(z) (see ``LinearPlusMLP``; both MLPs
-    start with their output layer scaled by 0.1, which trained better on the spirals), or
-    ``decoder="linear"`` the read-out W z + b alone: linear dynamics and read-out that
-    extrapolate beyond the states seen in training, such as spirals growing past the radii of
-    the training windows. ``method``/``rtol``/``atol``/
-    ``step_size``/``gradient`` configure the latent solve (see ``ODEBlock``);
-    ``encoder_options`` go to the ``ODERNN`` encoder.
+    q(z0) comes from an RNN or ODE-RNN encoder run backwards over the observations, z(t) is
+    solved from a time-invariant dz/dt = f(z) at the query times, and a decoder maps it to the
+    observation space. Defaults follow the Neural ODE paper's spirals model: latent 4, encoder
+    25 hidden units, dynamics and decoder MLPs of 20.
+
+    Arguments:
+        obs_dim: the observations' dimension.
+        latent_dim: the latent state's dimension.
+        encoder: ``"rnn"`` (a GRU fed the time gaps) or ``"odernn"``.
+        encoder_hidden: the encoder's hidden units.
+        dynamics_hidden: the hidden units of the dynamics' MLP.
+        decoder_hidden: the hidden units of the decoder's MLP.
+        obs_std: the observation noise of the Gaussian likelihood (``None``: learned per feature).
+        t0: the time of z0.
+        method: the latent solve's method (see ``ODEBlock``).
+        rtol: its relative tolerance.
+        atol: its absolute tolerance.
+        step_size: its step for fixed-step methods.
+        gradient: its gradient strategy.
+        encoder_options: go to the ``ODERNN`` encoder.
+        dynamics: ``"mlp"``, or ``"linear+mlp"``: f(z) = A z + MLP(z) (A starts at 0; see
+            ``LinearPlusMLP``).
+        decoder: ``"mlp"``, ``"linear+mlp"`` (W z + b + MLP(z)) or ``"linear"`` (W z + b): linear
+            parts extrapolate beyond the states seen in training, such as spirals growing past
+            the radii of the training windows (both MLP corrections start with their output layer
+            scaled by 0.1).
+
+    Raises:
+        ValueError: an unknown encoder, dynamics or decoder, or a non-positive ``obs_std``.
     """
 
     def __init__(
@@ -557,7 +618,19 @@ class LatentODE(_LatentVAE):
 class RNNVAE(_LatentVAE):
     """The RNN-VAE baseline: the latent ODE's encoder and q(z0), but the latent trajectory
     is a GRU started at z0 and fed the time gaps between query times (``decoder`` as for
-    ``LatentODE``)."""
+    ``LatentODE``).
+
+    Arguments:
+        obs_dim: the observations' dimension.
+        latent_dim: the latent state's dimension.
+        encoder: ``"rnn"`` or ``"odernn"``.
+        encoder_hidden: the encoder's hidden units.
+        rnn_hidden: the latent GRU's hidden units.
+        decoder_hidden: the decoder MLP's hidden units.
+        obs_std: the observation noise (``None``: learned per feature).
+        t0: the time of z0.
+        decoder: as for ``LatentODE``.
+    """
 
     def __init__(
         self,
@@ -598,6 +671,15 @@ class RNNVAE(_LatentVAE):
 def extrapolation_masks(
     ts: torch.Tensor, mask: torch.Tensor, t_split: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split ``mask`` at ``t_split``: the encoder's (times before) and the targets' (after)."""
+    """Split ``mask`` at ``t_split``: the encoder's (times before) and the targets' (after).
+
+    Arguments:
+        ts: the union times, (T,).
+        mask: the observation mask, (B, T, D).
+        t_split: the time that separates encoder inputs from targets.
+
+    Returns:
+        ``(encoder_mask, target_mask)``, each shaped like ``mask``.
+    """
     before = (ts < t_split).to(mask.dtype)[None, :, None]
     return mask * before, mask * (1 - before)

@@ -19,23 +19,28 @@ from .regularisers import DerivativePenalty, RegularisedDynamics, Regulariser
 class ODEBlock(nn.Module):
     """Maps x to y(t1) where dy/dt = dynamics(t, y), y(t0) = x.
 
-    ``method`` is a method name of ``neuralode.METHODS``; adaptive methods use ``rtol``/``atol``,
-    fixed-step ones ``step_size`` (default: a single step from t0 to t1).
-    ``gradient`` is ``"direct"`` (backpropagation), ``"adjoint"`` (O(1) memory) or
-    ``"checkpointed"``, or a ``GradientStrategy``. ``nfe_forward`` / ``nfe_backward`` report
-    the work of the last forward and backward pass; ``forward(x, ts)`` returns the whole
-    trajectory at ``ts`` instead of the final state.
-
-    ``regularisers`` (``KineticEnergy``, ``JacobianFrobenius``, ``DerivativePenalty``) are
-    integrated alongside the state ``x`` of shape (batch, ...) over the solve, in training
-    mode only. After a forward pass ``regularisation`` is the weighted sum of their integrals
-    averaged over the batch (a differentiable scalar to add to the loss; zero without
+    ``nfe_forward`` / ``nfe_backward`` report the work of the last forward and backward pass;
+    ``forward(x, ts)`` returns the whole trajectory at ``ts`` instead of the final state. After
+    a forward pass in training mode ``regularisation`` is the weighted sum of the regularisers'
+    integrals averaged over the batch (a differentiable scalar to add to the loss; zero without
     regularisers or in eval mode) and ``regularisation_terms`` maps each one's name to its
-    unweighted batch mean. The regulariser channels are left out of the step-size error
-    norm: steps are chosen for ``x`` alone, as without regularisers.
+    unweighted batch mean. The regulariser channels are left out of the step-size error norm:
+    steps are chosen for ``x`` alone, as without regularisers.
 
-    ``compile_step=True`` runs each solver step (the dynamics included) as one
-    torch.compile graph (``solve(..., compile_step=True)``; explicit Runge-Kutta methods).
+    Arguments:
+        dynamics: the vector field, a module called as ``dynamics(t, y)``.
+        t0: the start of the integration interval.
+        t1: its end.
+        method: a method name of [`METHODS`][neuralode.solvers.METHODS].
+        rtol: the relative tolerance of adaptive methods.
+        atol: the absolute tolerance of adaptive methods.
+        step_size: the step of fixed-step methods (default: a single step from t0 to t1).
+        gradient: ``"direct"`` (backpropagation), ``"adjoint"`` (O(1) memory) or
+            ``"checkpointed"``, or a [`GradientStrategy`][neuralode.adjoint.GradientStrategy].
+        regularisers: ``KineticEnergy``, ``JacobianFrobenius``, ``DerivativePenalty``:
+            integrated alongside the state (batch, ...) over the solve, in training mode only.
+        compile_step: run each solver step (the dynamics included) as one torch.compile graph
+            (``solve(..., compile_step=True)``; explicit Runge-Kutta methods).
     """
 
     def __init__(

@@ -17,7 +17,15 @@ from .cnf import FlowDensity
 
 
 class PlanarLayer(nn.Module):
-    """One planar layer z -> z + u_hat tanh(w . z + b) on states (batch, dim)."""
+    """One planar layer z -> z + u_hat tanh(w . z + b) on states (batch, dim).
+
+    Arguments:
+        dim: the state's dimension.
+        init_scale: the standard deviation of the initial ``w`` and ``u``.
+
+    Raises:
+        ValueError: ``dim`` below 1.
+    """
 
     def __init__(self, dim: int, init_scale: float = 0.1):
         super().__init__()
@@ -63,6 +71,13 @@ class PlanarFlow(FlowDensity):
     ``inverse(z)`` (base -> data) returns (x, log|det dx/dz|) and is differentiable;
     ``forward(x)`` (data -> base) inverts the layers by bisection and returns
     (z, log|det dz/dx|), for ``log_prob`` of given points (not differentiable in x).
+
+    Arguments:
+        dim: the data's dimension.
+        layers: the number of planar layers K.
+
+    Raises:
+        ValueError: ``layers`` below 1.
     """
 
     def __init__(self, dim: int, layers: int):

@@ -41,7 +41,14 @@ class Point:
 
 
 class Regulariser(abc.ABC):
-    """An integrand ``rate(point, noise) -> (batch,)``; ``weight`` multiplies its integral."""
+    """An integrand ``rate(point, noise) -> (batch,)``; ``weight`` multiplies its integral.
+
+    Arguments:
+        weight: multiplies the integral in the loss.
+
+    Raises:
+        ValueError: a negative or non-finite weight.
+    """
 
     #: short name used for logging (``ODEBlock.regularisation_terms``)
     name: str = "regulariser"
@@ -87,6 +94,13 @@ class JacobianFrobenius(Regulariser):
 
     ``noise`` is ``"gaussian"`` or ``"rademacher"`` (lower variance); one draw per solve, so
     the integrand is a smooth function of time that adaptive solvers can integrate.
+
+    Arguments:
+        weight: multiplies the integral in the loss.
+        noise: ``"gaussian"`` or ``"rademacher"``.
+
+    Raises:
+        ValueError: an unknown noise.
     """
 
     name = "jacobian"
@@ -127,6 +141,13 @@ class DerivativePenalty(Regulariser):
     Along a solution, d^(k+1) y/dt^(k+1) = d/dt g_k(t, y(t)) = dg_k/dy f + dg_k/dt with
     g_1 = f; each Jacobian-vector product is two vector-Jacobian products (the "double-vjp"
     trick), reusing the one evaluation of f, so it works wherever double backward does.
+
+    Arguments:
+        order: K, at least 2.
+        weight: multiplies the integral in the loss.
+
+    Raises:
+        ValueError: ``order`` is not an integer of at least 2.
     """
 
     needs_derivatives = True

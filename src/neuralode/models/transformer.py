@@ -12,7 +12,16 @@ from .dynamics import activation_layer
 
 class TimeEmbedding(nn.Module):
     """Sinusoidal features of t (periods from 2 pi / ``max_frequency`` to 2 pi), mapped to
-    ``dim`` by a linear layer: a smooth function of time."""
+    ``dim`` by a linear layer: a smooth function of time.
+
+    Arguments:
+        dim: the output dimension.
+        features: the number of sinusoidal features (even).
+        max_frequency: the highest frequency.
+
+    Raises:
+        ValueError: ``features`` is odd or below 2.
+    """
 
     def __init__(self, dim: int, features: int = 16, max_frequency: float = 10.0):
         super().__init__()
@@ -34,6 +43,16 @@ class TransformerDynamics(nn.Module):
     m = MLP(LN(h + a)), the vector field is f = a + m: the block's residual update, so one
     Euler step of size 1 is the usual Transformer block. States are (batch, tokens, dim);
     attention mixes tokens within a sample, never across the batch.
+
+    Arguments:
+        dim: the token dimension (a multiple of ``heads``).
+        heads: the attention heads.
+        hidden: the MLP's hidden width (default 4 x dim).
+        activation: the MLP's activation.
+        dropout: dropout in attention and MLP (0 keeps f deterministic, as solvers need).
+
+    Raises:
+        ValueError: ``dim`` is not a positive multiple of ``heads``.
     """
 
     def __init__(

@@ -37,6 +37,15 @@ class UNetDynamics(nn.Module):
     sample on its own (so samples stay independent, as regularisers and batching assume).
     ``activation`` defaults to the smooth SiLU: smooth vector fields are easier for adaptive
     solvers and give accurate adjoint gradients. Any image size works (odd sizes included).
+
+    Arguments:
+        channels: the image's channels.
+        width: the first level's width.
+        depth: the number of stride-2 downsamplings.
+        activation: the activation's name.
+
+    Raises:
+        ValueError: non-positive channels or width, or a negative depth.
     """
 
     def __init__(self, channels: int, width: int = 32, depth: int = 2, activation: str = "silu"):

@@ -67,10 +67,12 @@ class FitzHughNagumo(nn.Module):
 
     Arguments:
         grid: the grid (2-D in the experiment).
-        a, b: the diffusivities of u and v.
+        a: the diffusivity of u.
+        b: the diffusivity of v.
         tau: the recovery time of v.
         k: the constant forcing.
-        order: the stencils' order of accuracy; ``spectral`` FFT Laplacians instead.
+        order: the stencils' order of accuracy, when not spectral.
+        spectral: FFT Laplacians (periodic grid) instead of stencils.
     """
 
     def __init__(
@@ -171,7 +173,8 @@ def reference_solve(
         func: the right-hand side.
         u0: the initial state.
         ts: output times.
-        rtol, atol: the tolerances.
+        rtol: the relative tolerance.
+        atol: the absolute tolerance.
 
     Returns:
         The states at ``ts``, (len(ts), *u0.shape), float64.

@@ -25,7 +25,12 @@ class Periodic:
 
 @dataclass(frozen=True)
 class Dirichlet:
-    """Given values ``left`` at ``x0`` and ``right`` at ``x0 + L``."""
+    """Given values at the ends of an axis.
+
+    Attributes:
+        left: the value at ``x0``.
+        right: the value at ``x0 + L``.
+    """
 
     left: float = 0.0
     right: float = 0.0
@@ -33,7 +38,12 @@ class Dirichlet:
 
 @dataclass(frozen=True)
 class Neumann:
-    """Given derivatives du/dx: ``left`` at ``x0`` and ``right`` at ``x0 + L`` (zero: no flux)."""
+    """Given derivatives du/dx at the ends of an axis (zero: no flux).
+
+    Attributes:
+        left: du/dx at ``x0``.
+        right: du/dx at ``x0 + L``.
+    """
 
     left: float = 0.0
     right: float = 0.0

@@ -93,7 +93,11 @@ class _Adams(Solver):
 
 
 class ExplicitAdams(_Adams):
-    """Adams-Bashforth of order ``max_order``: one evaluation per step after start-up."""
+    """Adams-Bashforth of order ``max_order``: one evaluation per step after start-up.
+
+    Arguments:
+        max_order: the highest order (history length) the method builds up to.
+    """
 
     def __init__(self, max_order: int = 4):
         super().__init__(max_order)
@@ -112,10 +116,17 @@ class ExplicitAdams(_Adams):
 
 
 class ImplicitAdams(_Adams):
-    """Adams-Bashforth-Moulton predictor-corrector; the corrector (Adams-Moulton with up to
-    ``max_order`` nodes, order ``max_order``) is iterated until it converges (relative change
-    below ``tol``) or ``max_iters`` times. Evaluations per step: one per corrector iteration
-    plus one for the accepted state's derivative."""
+    """Adams-Bashforth-Moulton predictor-corrector.
+
+    The corrector (Adams-Moulton with up to ``max_order`` nodes) is iterated until it converges
+    or ``max_iters`` times. Evaluations per step: one per corrector iteration plus one for the
+    accepted state's derivative.
+
+    Arguments:
+        max_order: the corrector's highest order.
+        max_iters: the most corrector iterations per step.
+        tol: the corrector has converged when its relative change is below ``tol``.
+    """
 
     def __init__(self, max_order: int = 4, max_iters: int = 4, tol: float = 1e-12):
         super().__init__(max_order)

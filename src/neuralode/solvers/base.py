@@ -13,7 +13,19 @@ from .._term import ODETerm
 
 @dataclass
 class Step:
-    """One attempted step from ``t0`` to ``t1``; ``stages`` holds what dense output needs."""
+    """One attempted step from ``t0`` to ``t1``.
+
+    Attributes:
+        t0: the step's start time.
+        t1: the step's end time.
+        y0: the state at ``t0`` (flat).
+        y1: the proposed state at ``t1``.
+        error: the embedded error estimate, or ``None`` for methods without one.
+        stages: what dense output needs (the stage derivatives).
+        f1: f(t1, y1) when known (FSAL or computed for dense output).
+        extra: method-specific data.
+        end_perturb: how evaluations at ``t1`` are perturbed.
+    """
 
     t0: float
     t1: float

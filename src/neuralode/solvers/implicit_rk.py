@@ -70,21 +70,27 @@ class _Linearisation:
 class ImplicitRK(Solver):
     """Implicit Runge-Kutta method defined by the class attribute ``tableau``.
 
-    Options: ``max_iters`` Newton iterations per step (default 30; 6 for ``radau`` under
-    error control); ``newton_tol``, the convergence tolerance of the iteration (its estimated
-    remaining error, in RMS norm, relative to ``1 + |y0|`` on fixed steps, where it defaults
-    to 4 eps: converged to rounding; relative to ``atol + rtol |y0|`` of the step-size
-    controller when adaptive, where it defaults to SciPy Radau's
-    ``max(10 eps / rtol, min(0.03, rtol**0.5))``);
-    ``batch_size``: the first dimension of every tensor of the state indexes that many
-    independent samples (f of one sample does not read another), so the Newton matrices are
-    per sample, (batch, s n, s n), rather than one for the whole state; ``linear_solver``
-    ``"direct"`` (LU per sample) or ``"krylov"`` (GMRES with Jacobian-vector products,
-    relative tolerance ``krylov_tol``, at most ``krylov_dim`` vectors).
-
     A Newton iteration that does not converge raises ``NewtonError`` on fixed steps; under
     error control the step is rejected instead and retried with a smaller one.
     ``counters`` accumulates Jacobian evaluations, factorisations and Newton iterations.
+
+    Arguments:
+        max_iters: Newton iterations per step (default 30; 6 for ``radau`` under error control).
+        newton_tol: the convergence tolerance of the iteration (its estimated remaining error,
+            in RMS norm, relative to ``1 + |y0|`` on fixed steps, where it defaults to 4 eps:
+            converged to rounding; relative to ``atol + rtol |y0|`` of the step-size controller
+            when adaptive, where it defaults to SciPy Radau's
+            ``max(10 eps / rtol, min(0.03, rtol**0.5))``).
+        batch_size: the first dimension of every tensor of the state indexes that many
+            independent samples (f of one sample does not read another), so the Newton matrices
+            are per sample, (batch, s n, s n), rather than one for the whole state.
+        linear_solver: ``"direct"`` (LU per sample) or ``"krylov"`` (GMRES with
+            Jacobian-vector products).
+        krylov_tol: GMRES's relative tolerance.
+        krylov_dim: the most Krylov vectors GMRES builds.
+
+    Raises:
+        ValueError: an option out of its range (the message names it).
     """
 
     tableau: ClassVar[ImplicitTableau]

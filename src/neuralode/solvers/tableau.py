@@ -16,10 +16,15 @@ _TOL = 1e-12
 class DenseOutput:
     """A continuous extension y(t0 + theta dt) = y0 + dt * sum_i B_i(theta) k_i.
 
-    ``coefficients[i][j]`` is the coefficient of theta**(j + 1) in B_i. Rows beyond the
-    tableau's stages refer to extra stages, evaluated only when dense output is needed, at
-    ``t0 + extra_c[m] dt`` and ``y0 + dt * sum_j extra_a[m][j] k_j`` (``extra_a[m]`` covers all
-    previous stages, tableau stages first). ``order`` is the interpolant's order.
+    Attributes:
+        coefficients: ``coefficients[i][j]`` is the coefficient of theta**(j + 1) in B_i. Rows
+            beyond the tableau's stages refer to extra stages, evaluated only when dense output
+            is needed.
+        order: the interpolant's order.
+        extra_c: the extra stages' times, ``t0 + extra_c[m] dt``.
+        extra_a: the extra stages' coefficients: stage m is evaluated at
+            ``y0 + dt * sum_j extra_a[m][j] k_j`` (``extra_a[m]`` covers all previous stages,
+            tableau stages first).
     """
 
     coefficients: tuple[tuple[float, ...], ...]
@@ -30,11 +35,22 @@ class DenseOutput:
 
 @dataclass(frozen=True)
 class ButcherTableau:
-    """An explicit Runge-Kutta method: ``a`` strictly lower triangular, rows as tuples.
+    """An explicit Runge-Kutta method.
 
-    ``a[i]`` has ``i`` entries (row 0 is empty). ``b_error`` = b - b_hat gives the embedded
-    error estimate of order ``error_order`` (``None`` for fixed-step methods). ``dense``
-    is the method's own continuous extension; without one, cubic Hermite is used.
+    Attributes:
+        name: the method's name (in error messages).
+        c: the stages' times.
+        a: strictly lower triangular, rows as tuples: ``a[i]`` has ``i`` entries (row 0 is
+            empty).
+        b: the solution's weights.
+        order: the solution's order.
+        b_error: b - b_hat, the weights of the embedded error estimate (``None`` for fixed-step
+            methods).
+        error_order: the order of the error estimate.
+        dense: the method's own continuous extension; without one, cubic Hermite is used.
+
+    Raises:
+        ValueError: inconsistent shapes or a first stage not at c = 0.
     """
 
     name: str
@@ -111,13 +127,25 @@ class ButcherTableau:
 
 @dataclass(frozen=True)
 class ImplicitTableau:
-    """An implicit Runge-Kutta method: ``a`` is a full s x s matrix, rows as tuples.
+    """An implicit Runge-Kutta method.
 
     A first stage at ``c = 0`` with a zero row of ``a`` is explicit (f(t0, y0): trapezoid,
-    TR-BDF2, ESDIRK methods); the remaining block of ``a`` must be invertible. ``b_error``,
-    ``error_order`` and ``dense`` are ``None``: adaptive implicit methods bring their own error
-    estimate, and dense output is the collocation polynomial (collocation methods) or cubic
-    Hermite (see ``ImplicitRK``).
+    TR-BDF2, ESDIRK methods); the remaining block of ``a`` must be invertible. Adaptive implicit
+    methods bring their own error estimate, and dense output is the collocation polynomial
+    (collocation methods) or cubic Hermite (see ``ImplicitRK``).
+
+    Attributes:
+        name: the method's name.
+        c: the stages' times.
+        a: a full s x s matrix, rows as tuples.
+        b: the solution's weights.
+        order: the solution's order.
+        b_error: always ``None``.
+        error_order: always ``None``.
+        dense: always ``None``.
+
+    Raises:
+        ValueError: inconsistent shapes or a singular implicit block.
     """
 
     name: str

@@ -84,6 +84,7 @@ class TrainConfig:
     train_subset: int = 0
     test_subset: int = 0
     plots: bool = True
+    tensorboard: bool = False
     sweep_tolerances: list[float] = field(default_factory=lambda: [1e-1, 1e-2, 1e-3, 1e-4])
     sweep_images: int = 500
 
@@ -357,6 +358,11 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         help="torch CPU threads, 0 = torch default (default %(default)s)",
     )
     g.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    g.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log each epoch's metrics to OUT/tensorboard (needs the tensorboard extra)",
+    )
     g.add_argument(
         "--sweep-tolerances",
         type=float,

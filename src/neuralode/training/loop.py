@@ -22,7 +22,8 @@ from torch.utils.data import DistributedSampler
 from ..data import ImageDataset, load_dataset, random_crop
 from .config import RESUME_KEYS, TrainConfig, build_model
 from .ema import WeightAverage
-from .progress import ProgressBar
+from .metrics import MetricsLog, open_tensorboard
+from .progress import progress_bar
 from .rundir import (
     RUN_FILES,
     RunDirectoryError,
@@ -182,6 +183,8 @@ class Trainer:
     def _run(self, config: TrainConfig, runtime: Runtime) -> TrainResult:
         if config.threads > 0:
             torch.set_num_threads(config.threads)
+        if config.tensorboard:
+            open_tensorboard(None)  # a clear error before any work when it is missing
         data = load_data(config)
         padding = crop_padding(config, data)
         torch.manual_seed(config.seed)
@@ -248,6 +251,7 @@ class Trainer:
             _write(self.out / "config.json", json.dumps(config.as_dict(), indent=2) + "\n")
             if not config.resume:
                 _write(self.out / "metrics.jsonl", "")
+        metrics = MetricsLog(self.out, config.tensorboard and runtime.is_main)
         network: nn.Module = model
         if runtime.distributed:
             ids = [runtime.device.index] if runtime.device.type == "cuda" else None
@@ -293,8 +297,11 @@ class Trainer:
                     saved_sums = position["sums"]
                     sums[: len(saved_sums)] = saved_sums  # checkpoints before regularisers: 8
                     generator.set_state(position["augment_rng"])
-                bar = ProgressBar(
-                    len(batches), f"epoch {epoch + 1}/{config.epochs}", enabled=runtime.is_main
+                bar = progress_bar(
+                    len(batches),
+                    f"epoch {epoch + 1}/{config.epochs}",
+                    enabled=runtime.is_main,
+                    initial=first,
                 )
                 reset_peak_memory(runtime.device)
                 for b in range(first, len(batches)):
@@ -330,13 +337,14 @@ class Trainer:
                         for i, name in enumerate(terms, start=SUMS):
                             sums[i] += block.regularisation_terms[name].item()
                         shown["reg"] = f"{sums[8] / sums[5]:.3g}"
-                    bar.update(
-                        b + 1,
+                    bar.set_postfix(
                         loss=f"{sums[0] / sums[2]:.3f}",
                         acc=f"{100 * sums[1] / sums[2]:.1f}%",
                         nfe=f"{nfe_forward}/{nfe_backward}" if block is not None else "-",
                         **shown,
+                        refresh=False,
                     )
+                    bar.update(1)
                     if self.on_batch is not None:
                         self.on_batch(epoch, b)
                     if self._should_stop(stop_request, runtime):
@@ -368,7 +376,7 @@ class Trainer:
                     # checkpoint first: a failed save leaves no metrics line past the last
                     # checkpoint, and a missing line is restored from it on --resume
                     save_checkpoint(checkpoint_path, snapshot(epoch + 1, 0, None, None))
-                    _append(self.out / "metrics.jsonl", json.dumps(record) + "\n")
+                    metrics.append(record, step=epoch + 1)
                     print(_summary(record), file=sys.stderr)
                     if config.plots:
                         from ..viz.training import save_curves
@@ -379,6 +387,7 @@ class Trainer:
 
             shown = averaged if averaged is not None else model
             save_model_plots(self.out, shown, data, config, runtime.device)
+        metrics.close()
         return TrainResult(
             model,
             history,
@@ -503,16 +512,6 @@ def _write(path: Path, text: str) -> None:
         path.write_text(text)
     except OSError as error:
         raise CheckpointError(write_failure(path, error)) from error
-
-
-def _append(path: Path, text: str) -> None:
-    try:
-        with open(path, "a") as f:
-            f.write(text)
-    except OSError as error:
-        raise CheckpointError(
-            write_failure(path, error) + "; the checkpoint holds the epoch, --resume restores it"
-        ) from error
 
 
 def regulariser_names(block: Any) -> list[str]:

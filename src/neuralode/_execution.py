@@ -32,6 +32,7 @@ class Execution:
             torch.compile graph) or ``"solve"`` (the whole adaptive solve one compiled
             ``while_loop`` graph, falling back to ``"step"`` where it cannot run).
         cuda_graph: each step attempt of the device loop captured as a CUDA graph.
+        asked: the compile argument as the user gave it (for error messages).
     """
 
     per_sample: bool = False
@@ -39,7 +40,6 @@ class Execution:
     device_loop: bool = False
     compile: str | None = None
     cuda_graph: bool = False
-    #: the compile argument as the user gave it, for error messages
     asked: str = field(default="", compare=False)
 
     @classmethod

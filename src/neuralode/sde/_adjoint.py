@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -363,7 +364,7 @@ def _default_adjoint_method(sde, method: str, adjoint_method: str | None) -> str
 def sdeint_adjoint(
     sde: nn.Module,
     y0: torch.Tensor,
-    ts,
+    ts: torch.Tensor | Sequence[float],
     bm: BaseBrownian | None = None,
     method: str | None = None,
     adjoint_method: str | None = None,
@@ -377,13 +378,13 @@ def sdeint_adjoint(
     dt_min: float = 1e-5,
     options: dict[str, Any] | None = None,
     adjoint_options: dict[str, Any] | None = None,
-    adjoint_params=None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
     names: dict[str, str] | None = None,
     logqp: bool = False,
     extra: bool = False,
     extra_solver_state: tuple | None = None,
-    **unused_kwargs,
-):
+    **unused_kwargs: Any,
+) -> Any:
     """Integrates an SDE like ``sdeint``, with gradients from an adjoint backward pass whose
     memory does not grow with the number of steps (torchsde's ``sdeint_adjoint``).
 

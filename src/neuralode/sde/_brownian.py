@@ -18,6 +18,7 @@ import math
 import random
 import warnings
 from collections import OrderedDict
+from typing import Any
 
 import torch
 
@@ -129,8 +130,8 @@ class BrownianInterval(BaseBrownian):
 
     def __init__(
         self,
-        t0=0.0,
-        t1=1.0,
+        t0: float | torch.Tensor = 0.0,
+        t1: float | torch.Tensor = 1.0,
         size: tuple[int, ...] | None = None,
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
@@ -565,7 +566,7 @@ class BrownianPath(_Wrapped):
         window_size: unused (kept for torchsde compatibility).
     """
 
-    def __init__(self, t0, w0: torch.Tensor, window_size: int = 8):
+    def __init__(self, t0: float | torch.Tensor, w0: torch.Tensor, window_size: int = 8):
         t0 = float(t0)
         interval = BrownianInterval(
             t0=t0, t1=t0 + 1, size=w0.shape, dtype=w0.dtype, device=w0.device, cache_size=None
@@ -591,9 +592,9 @@ class BrownianTree(_Wrapped):
 
     def __init__(
         self,
-        t0,
+        t0: float | torch.Tensor,
         w0: torch.Tensor,
-        t1=None,
+        t1: float | torch.Tensor | None = None,
         w1: torch.Tensor | None = None,
         entropy: int | None = None,
         tol: float = 1e-6,
@@ -654,12 +655,12 @@ class ReverseBrownian(BaseBrownian):
 
 def brownian_interval_like(
     y: torch.Tensor,
-    t0=0.0,
-    t1=1.0,
+    t0: float | torch.Tensor = 0.0,
+    t1: float | torch.Tensor = 1.0,
     size: tuple[int, ...] | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> BrownianInterval:
     """A ``BrownianInterval`` with the size, dtype and device of ``y`` (unless given).
 

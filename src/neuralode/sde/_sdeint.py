@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,9 +223,9 @@ def parse_return(y0, ys, extra_solver_state, extra, logqp):
 
 
 def sdeint(
-    sde,
+    sde: Any,
     y0: torch.Tensor,
-    ts,
+    ts: torch.Tensor | Sequence[float],
     bm: BaseBrownian | None = None,
     method: str | None = None,
     dt: float = 1e-3,
@@ -237,8 +238,8 @@ def sdeint(
     logqp: bool = False,
     extra: bool = False,
     extra_solver_state: tuple | None = None,
-    **unused_kwargs,
-):
+    **unused_kwargs: Any,
+) -> Any:
     """Numerically integrates an SDE (torchsde's ``sdeint``; gradients by backprop).
 
     Example:

@@ -29,7 +29,7 @@ NAMES = {"deq": "DEQ", "odenet": "ODE-Net", "resnet": "ResNet"}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser, model_positional=False)
-    parser.set_defaults(**RECIPE, blocks=1)
+    parser.set_defaults(**RECIPE, blocks=1, deq_dropout=0.1)
     parser.add_argument("--models", nargs="+", choices=tuple(NAMES), default=list(NAMES))
     parser.add_argument("--deq-epochs", type=int, default=24,
                         help="epochs of the DEQ (default %(default)s: its epochs are cheaper "
@@ -180,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
         f"{base.schedule}{averaging(base)}; DEQ {args.deq_epochs} epochs, "
         f"{base.deq_method} forward / "
         f"{base.deq_backward or base.deq_method} backward, tol {base.deq_tol}, at most "
-        f"{base.deq_max_iter} iterations; ODE-Net {base.method} rtol {base.rtol} atol "
+        f"{base.deq_max_iter} iterations, variational dropout {base.deq_dropout}; "
+        f"ODE-Net {base.method} rtol {base.rtol} atol "
         f"{base.atol} ({base.gradient}); ResNet with {base.blocks} block(s); torch "
         f"{torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{base.threads or torch.get_num_threads()} threads."

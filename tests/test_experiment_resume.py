@@ -172,3 +172,26 @@ def test_tensorboard_missing_is_a_one_line_error(tmp_path, monkeypatch, capsys) 
     argv = ["train", "resnet", "--data", "digits", "--out", str(out), "--tensorboard"]
     assert main(argv) == 2
     assert "needs the tensorboard package" in capsys.readouterr().err
+
+
+def test_latent_sde_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
+    """Ctrl-C in the latent SDE's third ELBO: it continues from its checkpoint and ends with
+    the weights, history and metrics lines of an uninterrupted run."""
+    pytest.importorskip("matplotlib")
+    from neuralode.models.latent_sde import LatentSDE
+
+    argv = ["experiment", "latent-sde", "--series", "8", "--times", "5", "--iterations", "5"]
+    argv += ["--batch", "4", "--dt", "0.1", "--hidden", "8", "--no-progress", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        full, split = _interrupted_then_resumed(
+            tmp_path, monkeypatch, capsys, argv, LatentSDE, "elbo", 3
+        )
+    finally:
+        torch.set_num_threads(threads)
+    a = torch.load(full / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(split / "checkpoint.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    history = [json.loads((out / "metrics.json").read_text())["history"] for out in (full, split)]
+    assert history[0] == history[1] and len(history[0]) == 5
+    assert _metric_lines(full, "elbo", "kl") == _metric_lines(split, "elbo", "kl")

@@ -17,6 +17,7 @@ from neuralode.models import (
     DEQNet,
     JacobianFrobenius,
     KineticEnergy,
+    VariationalDropout,
 )
 from neuralode.training import autograd_memory_mb
 
@@ -162,6 +163,59 @@ def test_implicit_gradients_equal_backprop_through_the_converged_iteration(
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
     assert implicit.backward_report.converged
     assert 0 < implicit.nfe_backward <= 200
+
+
+class DroppedCell(Cell):
+    """The test cell with variational dropout on its pre-activation."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.drop = VariationalDropout(p)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.drop(z @ self.w.T + x @ self.u.T + self.c))
+
+
+def test_variational_dropout_keeps_one_mask_per_solve() -> None:
+    cell = DroppedCell(0.5)
+    x = torch.randn(64, 4, dtype=DTYPE, generator=torch.Generator().manual_seed(2))
+    z = torch.randn(64, 4, dtype=DTYPE, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    first = cell(z, x)
+    torch.testing.assert_close(cell(z, x), first, atol=0, rtol=0)  # same map within a solve
+    dropped = cell.drop._mask == 0
+    assert 0.3 < float(dropped.double().mean()) < 0.7
+    torch.testing.assert_close(cell.drop._mask[~dropped], torch.full_like(first, 2.0)[~dropped])
+    cell.drop.new_solve()
+    assert not torch.equal(cell(z, x), first)  # a new solve draws a new mask
+    cell.eval()
+    torch.testing.assert_close(cell(z, x), torch.tanh(z @ cell.w.T + x @ cell.u.T + cell.c))
+    with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\)"):
+        VariationalDropout(1.0)
+
+
+def test_implicit_gradients_with_variational_dropout_equal_backprop() -> None:
+    """The adjoint's vector-Jacobian products see the forward solve's mask, and DEQ draws a
+    new mask per forward: with the same seed, implicit and unrolled gradients agree."""
+    cell = DroppedCell(0.3)
+    x = torch.randn(3, 4, dtype=DTYPE, generator=torch.Generator().manual_seed(2))
+    weights = torch.randn(3, 4, dtype=DTYPE, generator=torch.Generator().manual_seed(3))
+    implicit = DEQ(cell, tol=1e-13, max_iter=200, backward_method="gmres")
+    unrolled = DEQ(cell, method="picard", tol=1e-15, max_iter=200, gradient="unrolled")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # 1e-15 is below round-off
+        torch.manual_seed(7)
+        expected = gradients(unrolled, x, weights)
+    mask = cell.drop._mask.clone()
+    assert bool((mask == 0).any())
+    torch.manual_seed(7)
+    got = gradients(implicit, x, weights)
+    torch.testing.assert_close(cell.drop._mask, mask, atol=0, rtol=0)
+    for g, want in zip(got, expected):
+        torch.testing.assert_close(g, want, atol=1e-9, rtol=1e-9)
+    torch.manual_seed(8)
+    other = gradients(implicit, x, weights)
+    assert not torch.allclose(other[0], got[0])
 
 
 def test_implicit_gradients_against_finite_differences() -> None:

@@ -19,6 +19,7 @@ TINY += ["--channels", "8", "--batch-size", "16", "--threads", "1"]
 
 def test_train_deq_reports_iterations_and_plots_residuals(tmp_path) -> None:
     argv = ["train", "deq", *TINY, "--deq-max-iter", "8", "--jacobian", "0.1"]
+    argv += ["--deq-dropout", "0.1"]
     argv += ["--sweep-images", "8", "--out", str(tmp_path)]
     assert main(argv) == 0
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
@@ -33,6 +34,8 @@ def test_train_deq_reports_iterations_and_plots_residuals(tmp_path) -> None:
 def test_deq_refuses_the_ode_regularisers(tmp_path, capsys) -> None:
     assert main(["train", "deq", *TINY, "--kinetic", "0.1", "--out", str(tmp_path)]) == 2
     assert "a deq is regularised by --jacobian" in capsys.readouterr().err
+    assert main(["train", "deq", *TINY, "--deq-dropout", "1", "--out", str(tmp_path)]) == 2
+    assert "deq_dropout must be in [0, 1), got 1.0" in capsys.readouterr().err
 
 
 def test_implicit_experiment_tiny_budget(tmp_path, capsys) -> None:

@@ -29,7 +29,7 @@ NAMES = {"deq": "DEQ", "odenet": "ODE-Net", "resnet": "ResNet"}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser, model_positional=False)
-    parser.set_defaults(**RECIPE, blocks=1)
+    parser.set_defaults(**RECIPE, blocks=1, deq_dropout=0.1)
     parser.add_argument("--models", nargs="+", choices=tuple(NAMES), default=list(NAMES))
     parser.add_argument("--deq-epochs", type=int, default=24,
                         help="epochs of the DEQ (default %(default)s: its epochs are cheaper "
@@ -92,6 +92,7 @@ def residual_study(
         }
     return {
         "tol": model.deq.tol,
+        "iterations": iterations,
         "histories": histories,
         "iterations_to_residual": table,
         "anderson_speedup": speedup,
@@ -152,6 +153,10 @@ def format_table(
         for t, ratio in residuals["anderson_speedup"].items():
             batch, mean = ratio["batch"], ratio["sample_mean"]
             text = "-" if batch is None else f"{batch:.1f}x"
+            reached = residuals["iterations_to_residual"]["anderson"][t]["batch"]
+            if batch is None and reached:  # plain iteration does not get there
+                most = residuals["iterations"]
+                text = f"over {most / reached:.1f}x (plain iteration: not in {most})"
             ratios.append(f"{t}: {text}" + ("" if mean is None else f" ({mean:.1f}x per image)"))
         lines += ["", "Anderson's saving over plain iteration: " + ", ".join(ratios) + "."]
     return "\n".join(lines) + "\n"
@@ -180,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
         f"{base.schedule}{averaging(base)}; DEQ {args.deq_epochs} epochs, "
         f"{base.deq_method} forward / "
         f"{base.deq_backward or base.deq_method} backward, tol {base.deq_tol}, at most "
-        f"{base.deq_max_iter} iterations; ODE-Net {base.method} rtol {base.rtol} atol "
+        f"{base.deq_max_iter} iterations, variational dropout {base.deq_dropout}; "
+        f"ODE-Net {base.method} rtol {base.rtol} atol "
         f"{base.atol} ({base.gradient}); ResNet with {base.blocks} block(s); torch "
         f"{torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{base.threads or torch.get_num_threads()} threads."

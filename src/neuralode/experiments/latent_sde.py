@@ -23,14 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..models.latent_sde import LatentSDE
 from ..sde import BrownianInterval, sdeint
-from ..training.progress import ProgressBar
+from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
 
 
 class _GBM(torch.nn.Module):
@@ -77,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,18 +92,29 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--noise and --dt must be positive")
     if args.threads:
         torch.set_num_threads(args.threads)
+    with open_experiment(args) as run:
+        return _train(args, run)
+
+
+def _train(args: argparse.Namespace, run: Run) -> int:
+    """Trains in ``run`` (checkpointed, resumable with ``--resume``), then evaluates, plots
+    and writes metrics.json and checkpoint.pt."""
     torch.manual_seed(args.seed)
+    random.seed(args.seed)  # the Brownian intervals' entropy (torchsde's default: python's RNG)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     ts, clean, xs = make_data(args.series, args.times, args.noise, args.seed)
     model = LatentSDE(obs_dim=1, latent_dim=args.latent, hidden=args.hidden)
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, args.iterations, 0.1 * args.lr)
-    bar = ProgressBar(args.iterations, "latent SDE", enabled=not args.no_progress)
-    history = []
-    start, cpu_start = time.perf_counter(), time.process_time()
+    objects = {"model": model, "optimizer": optimiser, "schedule": schedule}
+    state: dict[str, Any] = {"history": [], "time_s": 0.0, "cpu_s": 0.0}
+    trainer = Trainer("latent-sde", args.iterations, objects, None, state, run=run)
+    history = state["history"]
     warmup = max(1, args.iterations // 3)
-    for it in range(args.iterations):
+    log_every = max(1, args.iterations // 100)
+    for step in trainer:
+        it = step - 1
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         index = torch.randint(0, args.series, (min(args.batch, args.series),))
         log_lik, kl, _, _ = model.elbo(xs[:, index], ts, args.noise, args.dt, args.adjoint)
         kl_weight = min(1.0, (it + 1) / warmup)
@@ -112,17 +125,16 @@ def run(args: argparse.Namespace) -> int:
         optimiser.step()
         schedule.step()
         elbo = float((log_lik - kl).detach())
-        history.append(
-            {
-                "step": it + 1,
-                "elbo": elbo,
-                "kl": float(kl.detach()),
-                "log_likelihood": float(log_lik.detach()),
-            }
-        )
-        bar.update(it + 1, elbo=f"{elbo:.1f}", kl=f"{history[-1]['kl']:.2f}")
-    seconds = time.perf_counter() - start
-    cpu_seconds = time.process_time() - cpu_start
+        record = {"elbo": elbo, "kl": float(kl.detach()), "log_likelihood": float(log_lik.detach())}
+        history.append({"step": step, **record})
+        state["time_s"] += time.perf_counter() - tick
+        state["cpu_s"] += time.process_time() - cpu_tick
+        trainer.show(elbo=elbo, kl=record["kl"])
+        if step == args.iterations or step % log_every == 0:
+            trainer.log(record)
+    if not trainer.done:
+        trainer.finish()
+    seconds, cpu_seconds = state["time_s"], state["cpu_s"]
     fit = evaluate(model, ts, xs, args)
     metrics = {
         "experiment": "latent-sde",

@@ -15,7 +15,15 @@ from .cnf import (
     hutchinson_trace,
     standard_normal_log_prob,
 )
-from .deq import DEQ, ConvergenceError, ConvergenceWarning, DEQNet, EquilibriumCell, SolveReport
+from .deq import (
+    DEQ,
+    ConvergenceError,
+    ConvergenceWarning,
+    DEQNet,
+    EquilibriumCell,
+    SolveReport,
+    VariationalDropout,
+)
 from .dynamics import ConcatConv2d, ConvDynamics, MLPDynamics
 from .latent import (
     ELBO,
@@ -58,6 +66,7 @@ __all__ = [
     "DEQ",
     "DEQNet",
     "EquilibriumCell",
+    "VariationalDropout",
     "SolveReport",
     "DerivativePenalty",
     "JacobianFrobenius",

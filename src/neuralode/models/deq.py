@@ -199,6 +199,9 @@ class DEQ(nn.Module):
             ConvergenceError: a solve did not converge and ``on_failure="raise"``.
         """
         z0 = torch.zeros_like(x) if z0 is None else z0
+        for module in self.f.modules():
+            if isinstance(module, VariationalDropout):
+                module.new_solve()
         self.backward_report = SolveReport()
         if self.gradient == "unrolled":
             result = self._solve(lambda z: self.f(z, x), z0, self.method, self.tol, self.max_iter)
@@ -277,9 +280,47 @@ class DEQ(nn.Module):
         return g
 
 
+class VariationalDropout(nn.Module):
+    """Dropout with one mask per fixed-point solve (Bai et al. 2019's variational dropout).
+
+    An ordinary dropout layer draws a new mask at every application of f, so f would change
+    from one iteration to the next and have no fixed point. This one draws its mask at the
+    first application after ``new_solve`` (which ``DEQ`` calls before every forward solve) and
+    keeps it for the iterations, the evaluation with autograd, the Jacobian penalty and the
+    adjoint's vector-Jacobian products. The mask zeroes whole entries of the tensor with
+    probability ``p`` and scales the rest by 1 / (1 - p); in evaluation mode it is the
+    identity.
+
+    Arguments:
+        p: the probability of zeroing an entry, in [0, 1).
+
+    Raises:
+        ValueError: ``p`` outside [0, 1).
+    """
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p!r}")
+        self.p = p
+        self._mask: torch.Tensor | None = None
+
+    def new_solve(self) -> None:
+        """Forget the mask: the next application in training mode draws a new one."""
+        self._mask = None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return h
+        if self._mask is None or self._mask.shape != h.shape:
+            keep = torch.empty_like(h, requires_grad=False).bernoulli_(1 - self.p)
+            self._mask = keep / (1 - self.p)
+        return h * self._mask
+
+
 class EquilibriumCell(nn.Module):
-    """f(z, x) = norm(relu(z + norm(x + conv(norm(relu(conv(z))))))): a residual block that
-    takes the input x at every application (the implicit-layers tutorial's cell).
+    """f(z, x) = norm(relu(z + norm(x + conv(drop(norm(relu(conv(z)))))))): a residual block
+    that takes the input x at every application (the implicit-layers tutorial's cell).
 
     The convolutions start small (std 0.01), so that f is a contraction in z at
     initialisation and the fixed point exists; the Jacobian regulariser keeps it so.
@@ -288,18 +329,20 @@ class EquilibriumCell(nn.Module):
         channels: the feature channels.
         init_std: the standard deviation of the convolutions' initial weights (small: a
             contraction at the start).
+        dropout: probability of the ``VariationalDropout`` on the inner activation (0: none).
     """
 
-    def __init__(self, channels: int = 64, init_std: float = 0.01):
+    def __init__(self, channels: int = 64, init_std: float = 0.01, dropout: float = 0.0):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
         self.norm1, self.norm2, self.norm3 = (group_norm(channels) for _ in range(3))
+        self.drop = VariationalDropout(dropout)
         for conv in (self.conv1, self.conv2):
             nn.init.normal_(conv.weight, 0.0, init_std)
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        inner = self.norm1(relu(self.conv1(z)))
+        inner = self.drop(self.norm1(relu(self.conv1(z))))
         return self.norm3(relu(z + self.norm2(x + self.conv2(inner))))
 
 
@@ -320,6 +363,7 @@ class DEQNet(nn.Module):
             (backpropagation through every iteration).
         regularisers: go to the ``DEQ`` (e.g. a Jacobian penalty).
         pool: ``"max"`` or ``"avg"`` pooling in the head.
+        dropout: the ``EquilibriumCell``'s variational dropout probability.
     """
 
     def __init__(
@@ -333,11 +377,12 @@ class DEQNet(nn.Module):
         gradient: str = "implicit",
         regularisers: Sequence[Regulariser] = (),
         pool: str = "max",
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.features = downsampling(channels)
         self.deq = DEQ(
-            EquilibriumCell(channels),
+            EquilibriumCell(channels, dropout=dropout),
             method=method,
             tol=tol,
             max_iter=max_iter,

@@ -63,6 +63,7 @@ class TrainConfig:
     deq_backward: str | None = None
     deq_tol: float = 1e-2
     deq_max_iter: int = 30
+    deq_dropout: float = 0.0
     channels: int = 64
     blocks: int = 6
     augment: int = 0
@@ -106,6 +107,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.deq_max_iter < 1:
             raise ValueError(f"deq_max_iter must be at least 1, got {self.deq_max_iter}")
+        if not 0 <= self.deq_dropout < 1:
+            raise ValueError(f"deq_dropout must be in [0, 1), got {self.deq_dropout}")
         for name in ("lr", "rtol", "atol", "step_size", "deq_tol"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -175,6 +178,7 @@ def build_model(config: TrainConfig, in_channels: int = 1, classes: int = 10) ->
             max_iter=config.deq_max_iter,
             backward_method=config.deq_backward,
             pool=config.pool,
+            dropout=config.deq_dropout,
             regularisers=config.regularisers(),
         )
     if config.model == "rknet":
@@ -307,6 +311,13 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         type=int,
         default=d.deq_max_iter,
         help="most iterations of each solve (default %(default)s)",
+    )
+    g.add_argument(
+        "--deq-dropout",
+        type=float,
+        default=d.deq_dropout,
+        help="variational dropout in the equilibrium cell: one mask per solve "
+        "(default %(default)s)",
     )
     g = parser.add_argument_group(
         "regularisation of the ODE block (odenet, rknet; deq: --jacobian)"

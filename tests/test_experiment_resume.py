@@ -195,3 +195,31 @@ def test_latent_sde_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
     history = [json.loads((out / "metrics.json").read_text())["history"] for out in (full, split)]
     assert history[0] == history[1] and len(history[0]) == 5
     assert _metric_lines(full, "elbo", "kl") == _metric_lines(split, "elbo", "kl")
+
+
+def test_pde_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
+    """Ctrl-C in the hybrid PDE model's third training step: it continues from its
+    checkpoint, then the baseline trains; both end as in an uninterrupted run."""
+    pytest.importorskip("matplotlib")
+    from neuralode.experiments import pde
+
+    argv = ["experiment", "pde", "--iterations", "4", "--train-ics", "1", "--test-ics", "2"]
+    argv += ["--refine", "2", "--no-progress", "--window", "2", "--grid", "16"]
+    argv += ["--horizon", "0.2", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        full, split = _interrupted_then_resumed(
+            tmp_path, monkeypatch, capsys, argv, pde, "rollout_model", 3
+        )
+    finally:
+        torch.set_num_threads(threads)
+    a = torch.load(full / "model.pt", weights_only=True)
+    b = torch.load(split / "model.pt", weights_only=True)
+    for part in ("model", "baseline"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    metrics = [json.loads((out / "metrics.json").read_text()) for out in (full, split)]
+    for key in ("train", "baseline_train"):
+        assert metrics[0][key]["loss_last"] == metrics[1][key]["loss_last"]
+    assert metrics[0]["forecast_rel_l2"] == metrics[1]["forecast_rel_l2"]
+    assert _metric_lines(full, "loss") == _metric_lines(split, "loss")
+    assert len(_metric_lines(full)) == 8  # two jobs, a line at each of 4 steps

@@ -54,7 +54,7 @@ from ..pde import (
 from ..solvers.dopri5 import Dopri5
 from ..solvers.radau import Radau
 from ..solvers.rk4 import RK4
-from ..training.progress import progress_bar
+from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
 
 EQUATIONS = ("burgers", "reaction-diffusion")
 
@@ -105,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rtol", type=float, default=1e-6, help="tolerance of the forecast solves")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_arguments(parser)
 
 
 def build_setting(args: argparse.Namespace) -> Setting:
@@ -195,31 +195,38 @@ def rollout_model(
 def train(
     name: str,
     predict: Any,
-    params: list[torch.Tensor],
+    module: nn.Module,
     starts: torch.Tensor,
     targets: torch.Tensor,
     args: argparse.Namespace,
+    run: Run | None = None,
 ) -> dict[str, Any]:
-    """Adam with a cosine schedule on the MSE of the windows; returns the loss history."""
-    optimiser = torch.optim.Adam(params, lr=args.lr)
+    """Adam with a cosine schedule on the MSE of the windows, on ``module``'s trainable
+    parameters, as a job of ``run`` (checkpointed, resumable); returns the loss summary."""
+    optimiser = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, args.iterations)
-    bar = progress_bar(args.iterations, f"train {name}", enabled=not args.no_progress)
-    losses, start = [], time.perf_counter()
-    for _ in range(args.iterations):
+    objects = {"model": module, "optimizer": optimiser, "schedule": schedule}
+    state: dict[str, Any] = {"losses": [], "train_time_s": 0.0}
+    trainer = Trainer(f"train {name}", args.iterations, objects, None, state, run=run)
+    if trainer.done:
+        return trainer.result
+    log_every = max(1, args.iterations // 50)
+    for step in trainer:
+        tick = time.perf_counter()
         optimiser.zero_grad()
         loss = torch.mean((predict(starts) - targets) ** 2)
         loss.backward()
         optimiser.step()
         schedule.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.2e}", refresh=False)
-        bar.update(1)
-    bar.close()
-    return {
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
-        "train_time_s": time.perf_counter() - start,
-    }
+        state["losses"].append(float(loss.detach()))
+        state["train_time_s"] += time.perf_counter() - tick
+        trainer.show(loss=state["losses"][-1])
+        if step == args.iterations or step % log_every == 0:
+            trainer.log({"loss": state["losses"][-1]})
+    losses = state["losses"]
+    return trainer.finish(
+        {"loss_first": losses[0], "loss_last": losses[-1], "train_time_s": state["train_time_s"]}
+    )
 
 
 def relative_l2(prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -272,9 +279,16 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"neuralode experiment pde: error: {problem}", file=sys.stderr)
         return 2
+    args.out = args.out or f"out/pde-{args.equation}"
+    with open_experiment(args) as run:
+        return _run(args, run)
+
+
+def _run(args: argparse.Namespace, run: Run) -> int:
+    """Data, both trainings (jobs of ``run``), the forecasts, metrics.json and the plots."""
+    horizon, dt = args.horizon, args.dt
     steps = round(horizon / dt)
-    out = Path(args.out or f"out/pde-{args.equation}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
     torch.manual_seed(args.seed)
     setting = build_setting(args)
     ts = torch.arange(2 * steps + 1, dtype=torch.float64) * dt
@@ -293,18 +307,14 @@ def run(args: argparse.Namespace) -> int:
     history = train(
         "hybrid PDE",
         lambda u: rollout_model(model, u, dt, length, args.substeps),
-        learned_params,
+        model,
         starts,
         targets,
         args,
+        run,
     )
     baseline_history = train(
-        "baseline",
-        lambda u: baseline(u, length),
-        list(baseline.parameters()),
-        starts,
-        targets,
-        args,
+        "baseline", lambda u: baseline(u, length), baseline, starts, targets, args, run
     )
 
     u0, truth = test_data[0], test_data

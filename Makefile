@@ -40,8 +40,8 @@ table1: $(VENV)/.installed-test
 	$(BIN)/neuralode experiment table1 --data mnist5k $(TABLE1_ARGS) --out out/table1
 
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs/tutorials
+	$(BIN)/ruff format --check src tests benchmarks docs/tutorials
 	$(BIN)/python -m pytest -q -n 2
 
 # The documentation site, offline, into site/; --strict fails on broken links, missing API

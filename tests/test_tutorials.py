@@ -35,7 +35,7 @@ EXPECTED = {
         ["paper_spirals.png", "paper_ffjord.png"],
     ),
     "batching.py": (
-        ["giant ODE:", "per sample:", "skip_finished", "16/16 samples"],
+        ["giant ODE:", "per sample:", "skip_finished", "16/16 samples", "vmap: max difference"],
         ["batching.png"],
     ),
 }

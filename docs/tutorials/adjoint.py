@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from neuralode import Backsolve, Checkpointed, Direct, Dopri5, PIController, solve  # noqa: E402
+from neuralode import Backsolve, Checkpointed, Direct, PIController, solve  # noqa: E402
 from neuralode.models import ODENet  # noqa: E402
 from neuralode.training import autograd_memory_mb  # noqa: E402
 
@@ -140,8 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     losses, q = [], p.clone()
     for _ in range(steps):
         q_req = q.detach().requires_grad_(True)
-        sol = solve(lambda t, y: A(q_req) @ y, b(q_req), torch.tensor([0.0, T]),
-                    gradient=Backsolve(params=(q_req,)), controller=PIController(rtol=1e-8, atol=1e-8))  # fmt: skip
+        sol = solve(
+            lambda t, y, q_req=q_req: A(q_req) @ y,
+            b(q_req),
+            torch.tensor([0.0, T]),
+            gradient=Backsolve(params=(q_req,)),
+            controller=PIController(rtol=1e-8, atol=1e-8),
+        )
         loss = g(sol.ys[-1])
         (grad,) = torch.autograd.grad(loss, q_req)
         losses.append(float(loss.detach()))
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     axes[0].set_ylabel("g(y(T; p))")
     axes[0].set_title("Optimising p with the adjoint gradient")
     names = ["direct", "adjoint", "checkpointed"]
-    for i, name in enumerate(names):
+    for name in names:
         mine = [r for r in rows if r[1] == name]
         axes[1].plot([r[3] + r[4] for r in mine], [r[2] for r in mine], "o-", label=name)
     axes[1].set_xlabel("NFE per training step (forward + backward)")

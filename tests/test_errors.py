@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -241,10 +242,31 @@ def test_max_steps_exceeded_on_a_fixed_grid_is_known_before_stepping() -> None:
         no.solve(decay, Y0, TS, solver=no.RK4(), controller=no.FixedGrid(step_size=1e-12))
 
 
-@pytest.mark.parametrize("value", [0, -1, 2.5])
+@pytest.mark.parametrize("value", [0, -1, 2.5, True])
 def test_max_steps_must_be_a_positive_integer(value) -> None:
-    with _raises(ValueError, f"max_steps must be a positive integer, got {value!r}"):
+    with _raises(ValueError, f"max_steps must be a positive integer or None, got {value!r}"):
         no.solve(decay, Y0, TS, max_steps=value)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_max_steps_none_is_no_limit(per_sample: bool) -> None:
+    """A solve needing more steps than max_steps runs to the end with None (solve and
+    odeint's max_num_steps)."""
+    if per_sample:
+        y0, t1, method, options = Y0[:, None], 10.0, "dopri5", dict(per_sample=True)
+        kwargs = dict(controller=no.PIController(rtol=1e-12, atol=1e-12), per_sample=True)
+    else:
+        y0, t1, method, options = Y0, 0.2, "euler", dict(step_size=1e-3)
+        kwargs = dict(solver=no.Euler(), controller=no.FixedGrid(step_size=1e-3))
+    ts = T(0.0, t1)
+    with pytest.raises(no.MaxStepsError):
+        no.solve(decay, y0, ts, max_steps=100, **kwargs)
+    sol = no.solve(decay, y0, ts, max_steps=None, **kwargs)
+    assert sol.stats.n_accepted > 100
+    torch.testing.assert_close(sol.ys[-1], y0 * math.exp(-t1), rtol=1e-3, atol=1e-12)
+    ys = no.odeint(decay, y0, ts, method=method, rtol=1e-12, atol=1e-12,
+                   options=dict(options, max_num_steps=None))  # fmt: skip
+    torch.testing.assert_close(ys[-1], sol.ys[-1], rtol=1e-12, atol=1e-15)
 
 
 # --- options -------------------------------------------------------------------------------

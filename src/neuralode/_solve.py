@@ -33,6 +33,8 @@ from .solvers.base import Solver
 from .solvers.dopri5 import Dopri5
 
 DEFAULT_MAX_STEPS = 100_000
+# max_steps=None: a bound no solve reaches, kept an int so that every loop compares the same way
+NO_STEP_LIMIT = 2**62
 
 
 def solve(
@@ -43,7 +45,7 @@ def solve(
     solver: Solver | None = None,
     controller: StepSizeController | None = None,
     norm: Norm | None = None,
-    max_steps: int = DEFAULT_MAX_STEPS,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
     step_t: Sequence[float] | torch.Tensor = (),
     jump_t: Sequence[float] | torch.Tensor = (),
     perturb: bool = False,
@@ -68,7 +70,8 @@ def solve(
             solvers and to steps between the output times (``FixedGrid()``) for fixed-step ones.
         norm: measures the scaled error of a step; defaults to the RMS norm (the max of
             per-tensor RMS norms for nested states).
-        max_steps: the most steps the solve may take before raising ``MaxStepsError``.
+        max_steps: the most steps the solve may take before raising ``MaxStepsError``;
+            ``None`` for no limit.
         step_t: times the steps must land on.
         jump_t: times where ``func`` is discontinuous: steps land there and ``func`` is
             re-evaluated on the far side.
@@ -149,8 +152,10 @@ def solve(
         controller = PIController() if solver.adaptive else FixedGrid()
     solver.set_tolerances(getattr(controller, "rtol", None), getattr(controller, "atol", None))
     _check_tolerances(controller, y0_flat)
-    if not isinstance(max_steps, int) or max_steps <= 0:
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    if max_steps is None:
+        max_steps = NO_STEP_LIMIT
+    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps <= 0:
+        raise ValueError(f"max_steps must be a positive integer or None, got {max_steps!r}")
     if isinstance(controller, FixedGrid) and not math.isfinite(times[-1]):
         if controller.step_size is None:
             raise ValueError(

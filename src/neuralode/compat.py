@@ -88,12 +88,13 @@ def odeint(
         atol: the absolute tolerance of adaptive methods.
         method: a name from [`METHODS`][neuralode.solvers.METHODS] (default ``"dopri5"``;
             ``"fixed_adams"`` is ``"implicit_adams"``) or ``"scipy_solver"``.
-        options: torchdiffeq's method options (``step_size``, ``first_step``, ``max_num_steps``,
-            ``step_t``, ``jump_t``, ``perturb``, ``norm``, ``grid_constructor``, ...; fixed-grid
-            methods take ``interp="linear" | "cubic"``, torchdiffeq's interpolation between
-            grid points, also used to locate events) and this library's solve flags
-            (``per_sample``, ``skip_finished``, ``compile_step``, ``device_loop``,
-            ``cuda_graph``; see [`solve`][neuralode.solve]).
+        options: torchdiffeq's method options (``step_size``, ``first_step``, ``max_num_steps``
+            (``None``: no limit), ``step_t``, ``jump_t``, ``perturb``, ``norm``,
+            ``grid_constructor``, ...; fixed-grid methods take ``interp="linear" | "cubic"``,
+            torchdiffeq's interpolation between grid points, also used to locate events) and
+            this library's solve flags
+            (``per_sample``, ``compile``, and the older ``skip_finished``, ``compile_step``,
+            ``device_loop``, ``cuda_graph``; see [`solve`][neuralode.solve]).
         event_fn: stop where an element of ``event_fn(t, y)`` crosses zero (``t[1:]`` only gives
             the direction). With ``options=dict(per_sample=True)`` every sample (dim 0 of
             ``y0``) stops at its own event: ``event_fn`` receives (batch,) times and returns
@@ -330,7 +331,8 @@ def _parse(
         value = float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else value
         if not isinstance(value, (int, float)) or not value >= 0:
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    extra: dict[str, Any] = {"max_steps": int(options.get("max_num_steps", DEFAULT_MAX_STEPS))}
+    most = options.get("max_num_steps", DEFAULT_MAX_STEPS)
+    extra: dict[str, Any] = {"max_steps": None if most is None else int(most)}
     if probe.adaptive:
         dtype = options.get("dtype", torch.float64)
         if dtype != torch.float64:

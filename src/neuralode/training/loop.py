@@ -409,7 +409,10 @@ class Trainer:
         if runtime.distributed:
             flag = torch.tensor([float(refusal is not None)], device=runtime.device)
             dist.broadcast(flag, 0)
-            if refusal is None and flag.item():
+            refused = bool(flag.item())
+            if refused:  # every rank is past the broadcast before any tears the group down
+                dist.barrier()
+            if refusal is None and refused:
                 raise RunDirectoryError(f"rank 0 refused --out {self.out} (see its message)")
         if refusal is not None:
             raise refusal

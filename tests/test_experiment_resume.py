@@ -52,6 +52,16 @@ def _same_weights(a: Path, b: Path) -> None:
 
 
 def _interrupted_then_resumed(tmp_path, monkeypatch, capsys, argv, module, name, at):
+    """A full run, then one interrupted by Ctrl-C at the ``at``-th call of ``module.name``
+    and resumed; torch's thread count (``--threads`` changes it) is restored after."""
+    threads = torch.get_num_threads()
+    try:
+        return _runs(tmp_path, monkeypatch, capsys, argv, module, name, at)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _runs(tmp_path, monkeypatch, capsys, argv, module, name, at):
     full, split = tmp_path / "full", tmp_path / "split"
     assert main([*argv, "--out", str(full)]) == 0
     with monkeypatch.context() as patch:
@@ -119,13 +129,9 @@ def test_spirals_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
     argv = ["experiment", "spirals", "--quick", "--spirals", "10", "--batch", "8"]
     argv += ["--steps", "4", "--eval-every", "1", "--obs", "10", "--threads", "1"]
     argv += ["--no-progress"]
-    threads = torch.get_num_threads()
-    try:
-        full, split = _interrupted_then_resumed(
-            tmp_path, monkeypatch, capsys, argv, LatentODE, "elbo", 3
-        )
-    finally:
-        torch.set_num_threads(threads)
+    full, split = _interrupted_then_resumed(
+        tmp_path, monkeypatch, capsys, argv, LatentODE, "elbo", 3
+    )
     for model in ("latent_ode", "rnn"):
         _same_weights(full / f"{model}_obs10_seed0.pt", split / f"{model}_obs10_seed0.pt")
         a = json.loads((full / "metrics.json").read_text())["runs"]["10"]["0"][model]
@@ -182,13 +188,9 @@ def test_latent_sde_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
 
     argv = ["experiment", "latent-sde", "--series", "8", "--times", "5", "--iterations", "5"]
     argv += ["--batch", "4", "--dt", "0.1", "--hidden", "8", "--no-progress", "--threads", "1"]
-    threads = torch.get_num_threads()
-    try:
-        full, split = _interrupted_then_resumed(
-            tmp_path, monkeypatch, capsys, argv, LatentSDE, "elbo", 3
-        )
-    finally:
-        torch.set_num_threads(threads)
+    full, split = _interrupted_then_resumed(
+        tmp_path, monkeypatch, capsys, argv, LatentSDE, "elbo", 3
+    )
     a = torch.load(full / "checkpoint.pt", weights_only=False)["model"]
     b = torch.load(split / "checkpoint.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -206,13 +208,9 @@ def test_pde_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
     argv = ["experiment", "pde", "--iterations", "4", "--train-ics", "1", "--test-ics", "2"]
     argv += ["--refine", "2", "--no-progress", "--window", "2", "--grid", "16"]
     argv += ["--horizon", "0.2", "--threads", "1"]
-    threads = torch.get_num_threads()
-    try:
-        full, split = _interrupted_then_resumed(
-            tmp_path, monkeypatch, capsys, argv, pde, "rollout_model", 3
-        )
-    finally:
-        torch.set_num_threads(threads)
+    full, split = _interrupted_then_resumed(
+        tmp_path, monkeypatch, capsys, argv, pde, "rollout_model", 3
+    )
     a = torch.load(full / "model.pt", weights_only=True)
     b = torch.load(split / "model.pt", weights_only=True)
     for part in ("model", "baseline"):

@@ -135,7 +135,6 @@ def _dense_stages(
     A step's extra stages are evaluated once, on the whole batch (f's rows are the samples),
     when a sample first interpolates in it; each sample is counted the evaluations it would
     make alone, once per step it interpolates in."""
-    dense = solver.tableau.dense
     co = solver._coefficients(pending[0].y)
     wanted = torch.ones_like(step, dtype=torch.bool) if wanted is None else wanted
     # one read: which steps to evaluate (a boolean index would read once more per step)
@@ -145,15 +144,13 @@ def _dense_stages(
     for j in steps:
         r = pending[j]
         if r.dense is None:
-            ks = list(r.k_all.unbind(0))
-            h = r.h.to(r.y.real.dtype)[:, None]
-            for c, row, is_f1 in zip(dense.extra_c, co.extra_a, co.extra_is_f1):
-                if is_f1:
-                    ks.append(r.f1)
-                else:
-                    combination = torch.einsum("s,sbn->bn", row, torch.stack(ks))
-                    ks.append(f(r.t + c * r.h, r.y + h * combination))
-            r.dense = torch.stack(ks)
+            r.dense = solver.dense_stages(
+                r.y,
+                r.h.to(r.y.real.dtype)[:, None],
+                r.k_all.unbind(0),
+                lambda r=r: r.f1,
+                lambda c, y, r=r: f(r.t + c * r.h, y),
+            )
             r.dense_counted = torch.zeros_like(r.accept)
         hits = (wanted & (step == j)).long()
         mine = torch.zeros(batch, dtype=torch.long, device=step.device)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -234,18 +234,40 @@ class ExplicitRK(Solver):
 
     def _extra_stages(self, term: ODETerm, step: Step, co: _Coefficients) -> torch.Tensor:
         """Evaluate the dense output's extra stages (once per step) and stack all stages."""
-        dense = self.tableau.dense
-        ks = list(step.stages)
-        dt = step.dt
-        for c, row, is_f1 in zip(dense.extra_c, co.extra_a, co.extra_is_f1):
+        if not self.tableau.dense.extra_c:
+            return step.extra["stacked"]
+
+        def f1() -> torch.Tensor:
+            if step.f1 is None:
+                step.f1 = term(step.t1, step.y1, step.end_perturb)
+            return step.f1
+
+        def evaluate(c: float, y_stage: torch.Tensor) -> torch.Tensor:
+            return term(step.t0 + c * step.dt, y_stage)
+
+        return self.dense_stages(step.y0, step.dt, step.stages, f1, evaluate)
+
+    def dense_stages(
+        self,
+        y0: torch.Tensor,
+        h: Any,
+        ks: Sequence[torch.Tensor],
+        f1: Callable[[], torch.Tensor],
+        evaluate: Callable[[float, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """The step's stages ``ks`` followed by its dense output's extra stages, stacked
+        (stages, *y0.shape), for every mode: an extra stage at the step's end is
+        f(t1, y1) = ``f1()``; any other is ``evaluate(c, y0 + h * sum_j a_j k_j)`` (f at the
+        step fraction ``c``). ``h`` is a float (one problem) or (batch, 1) (per sample)."""
+        co = self._coefficients(y0)
+        ks = list(ks)
+        for c, row, is_f1 in zip(self.tableau.dense.extra_c, co.extra_a, co.extra_is_f1):
             if is_f1:
-                if step.f1 is None:
-                    step.f1 = term(step.t1, step.y1, step.end_perturb)
-                ks.append(step.f1)
+                ks.append(f1())
             else:
-                y_stage = torch.addmv(step.y0, torch.stack(ks).T, row, alpha=dt)
-                ks.append(term(step.t0 + c * dt, y_stage))
-        return step.extra["stacked"] if len(ks) == len(step.stages) else torch.stack(ks)
+                combination = torch.einsum("s,s...->...", row, torch.stack(ks))
+                ks.append(evaluate(c, y0 + h * combination))
+        return torch.stack(ks)
 
 
 def combine(

@@ -546,3 +546,73 @@ def test_same_brownian_motion_same_solution_as_torchsde(sde_type, method, levy):
     ours = nsde.sdeint(sde, y0, ts, bm=bm, method=method, dt=2**-6)
     theirs = torchsde.sdeint(sde, y0, ts, bm=bm, method=method, dt=2**-6)
     assert torch.allclose(ours, theirs, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# the adjoint's memory against the number of steps
+
+
+def _live_tensors() -> int:
+    import gc
+
+    kinds = (torch.Tensor, torch.nn.Parameter)
+    return sum(1 for o in gc.get_objects() if type(o) in kinds)
+
+
+@pytest.mark.parametrize("steps", [64, 512])
+def test_adjoint_backward_holds_no_tensor_per_step(monkeypatch, steps):
+    """The backward solve's live tensors and the Brownian cache stay the same from its first
+    step to its last, whatever the number of steps."""
+    sde = Tanh("ito", "diagonal")
+    y0 = torch.tensor([[0.3, -0.2], [0.1, 0.5], [-0.4, 0.2]], dtype=F64, requires_grad=True)
+    bm = nsde.BrownianInterval(0, 1, size=(3, 2), dtype=F64, entropy=5)
+    counts, cached = [], []
+    query = nsde.ReverseBrownian.__call__
+
+    def counting(self, *args, **kwargs):
+        if len(cached) % 32 == 2:  # (a scan of the heap each time would be slow)
+            counts.append(_live_tensors())
+        cached.append(len(bm._cache))
+        return query(self, *args, **kwargs)
+
+    ys = nsde.sdeint_adjoint(sde, y0, TS, bm=bm, method="euler", dt=1 / steps)
+    monkeypatch.setattr(nsde.ReverseBrownian, "__call__", counting)
+    ys[-1].square().sum().backward()
+    assert len(cached) == steps
+    assert max(counts) == min(counts), counts
+    assert max(cached) <= bm.cache_size
+
+
+def test_brownian_tree_costs_40_bytes_per_interval():
+    """What a Brownian interval keeps per query point: its tree's two intervals, 40 bytes each
+    (the tensors live in the LRU cache, at most ``cache_size`` of them)."""
+    for steps in (100, 1000):
+        bm = nsde.BrownianInterval(0, 1, size=(4, 3), dtype=F64, entropy=1)
+        for k in range(steps):
+            bm(k / steps, (k + 1) / steps)
+        for k in reversed(range(steps)):
+            bm(k / steps, (k + 1) / steps)
+        tree = bm._tree
+        assert tree.nbytes == 40 * len(tree)
+        assert len(tree) <= 2 * steps + 2 * 64  # two per query point, plus the dependency tree
+        assert len(bm._cache) <= bm.cache_size
+
+
+def test_adjoint_records_the_forward_grid_in_8_bytes_a_step(monkeypatch):
+    from array import array
+
+    from neuralode.sde import _adjoint
+
+    grids = []
+    backward = _adjoint._stochastic_backward
+
+    def spy(config, *args):
+        grids.append(config.grid)
+        return backward(config, *args)
+
+    monkeypatch.setattr(_adjoint, "_stochastic_backward", spy)
+    sde = Tanh("ito", "diagonal")
+    y0 = torch.ones(2, 2, dtype=F64, requires_grad=True)
+    nsde.sdeint_adjoint(sde, y0, TS, method="euler", dt=1 / 200)[-1].sum().backward()
+    (grid,) = grids
+    assert isinstance(grid, array) and grid.itemsize == 8 and len(grid) == 201

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import warnings
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -177,7 +178,7 @@ class _SdeintAdjoint(torch.autograd.Function):
     def forward(ctx, config: _Config, y0: torch.Tensor, *tensors):
         n_extra = config.n_extra
         extra = tuple(x.detach() for x in tensors[:n_extra]) if n_extra else None
-        grid: list[float] = []
+        grid = array("d")  # the accepted step ends, 8 bytes a step
         problem = config.problem
         problem.y0 = y0.detach()
         ys, extra_out = solve(
@@ -214,11 +215,14 @@ class _SdeintAdjoint(torch.autograd.Function):
         return (None, grad_y0, *grad_extra_in, *grad_params)
 
 
-def _segment(grid: list[float], ta: float, tb: float) -> list[float]:
+def _segment(grid: array, ta: float, tb: float) -> array:
     """The forward grid's points in ``[ta, tb]``, with the ends, in reversed time ``-t``."""
     lo = bisect.bisect_right(grid, ta)
     hi = bisect.bisect_left(grid, tb)
-    return [-tb] + [-t for t in reversed(grid[lo:hi])] + [-ta]
+    segment = array("d", (-tb,))
+    segment.extend(-grid[k] for k in range(hi - 1, lo - 1, -1))
+    segment.append(-ta)
+    return segment
 
 
 def _stochastic_backward(config, ys, params, grad_ys):

@@ -17,6 +17,7 @@ import abc
 import math
 import random
 import warnings
+from array import array
 from collections import OrderedDict
 from typing import Any
 
@@ -75,19 +76,53 @@ class BaseBrownian(metaclass=abc.ABCMeta):
         return self.shape
 
 
-class _Node:
-    __slots__ = ("start", "end", "parent", "is_left", "mid", "left", "right", "key", "depth")
+# the child hashes of an interval: a bijective mix of the parent's hash with one of two constants
+_LEFT, _RIGHT = 0x2545F4914F6CDD1D, 0x9E6C63D0676A9A99
 
-    def __init__(self, start: float, end: float, parent, is_left, key: int, depth: int):
-        self.start = start
-        self.end = end
-        self.parent = parent
-        self.is_left = is_left
-        self.mid = None
-        self.left = None
-        self.right = None
-        self.key = key
-        self.depth = depth
+
+class _Tree:
+    """The intervals of a ``BrownianInterval`` as parallel arrays, 40 bytes per interval (a
+    Python object per interval costs ~150): the tree grows by two intervals per new query point,
+    so its size is what the Brownian motion's memory grows by with the number of steps.
+
+    Interval 0 is the root; splitting interval ``i`` at ``mid[i]`` appends its halves, the
+    left one at the odd index ``left[i]`` and the right one at ``left[i] + 1`` (``left[i] < 0``:
+    not split). ``hash[i]`` seeds the interval's noise: the root's comes from the entropy, a
+    child's is a bijective mix of its parent's, so the values depend only on the entropy and
+    the interval's place in the tree."""
+
+    __slots__ = ("start", "end", "mid", "parent", "left", "hash")
+
+    def __init__(self, t0: float, t1: float, root_hash: int):
+        self.start = array("d", (t0,))
+        self.end = array("d", (t1,))
+        self.mid = array("d", (0.0,))
+        self.parent = array("i", (-1,))
+        self.left = array("i", (-1,))
+        self.hash = array("Q", (root_hash,))
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def split(self, i: int, t: float) -> None:
+        n = len(self.start)
+        start, end, h = self.start[i], self.end[i], self.hash[i]
+        self.mid[i] = t
+        self.left[i] = n
+        self.start.extend((start, t))
+        self.end.extend((t, end))
+        self.mid.extend((0.0, 0.0))
+        self.parent.extend((i, i))
+        self.left.extend((-1, -1))
+        self.hash.extend((_mix(h ^ _LEFT), _mix(h ^ _RIGHT)))
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the arrays hold."""
+        return sum(
+            a.itemsize * len(a)
+            for a in (self.start, self.end, self.mid, self.parent, self.left, self.hash)
+        )
 
 
 def _is_scalar(x) -> bool:
@@ -207,8 +242,8 @@ class BrownianInterval(BaseBrownian):
         self._digits = None if tol == 0 else -int(math.log10(tol))
         self._generator = torch.Generator(self._device)
         self._root_seed = _mix(self._entropy)
-        self._root = _Node(self._round(t0), self._round(t1), None, None, 1, 0)
-        self._last = self._root
+        self._tree = _Tree(self._round(t0), self._round(t1), _mix(self._root_seed ^ _LEFT))
+        self._last = 0  # the interval of the last query: the next one usually starts near it
         self._cache: OrderedDict = OrderedDict()
         h = t1 - t0
         if W is None:
@@ -228,9 +263,9 @@ class BrownianInterval(BaseBrownian):
     def _round(self, t: float) -> float:
         return t if self._digits is None else round(t, self._digits)
 
-    def _seed(self, node: _Node, which: int) -> int:
-        """The seed of a node's split noise (``which`` 0: W, 1: H) or its Lévy area (2)."""
-        return _mix(self._root_seed ^ _mix((node.key << 2) | which) ^ node.depth)
+    def _seed(self, node: int, which: int) -> int:
+        """The seed of an interval's split noise (``which`` 0: W, 1: H) or its Lévy area (2)."""
+        return _mix((self._tree.hash[node] + which) & _MASK)
 
     def _randn(self, seed: int, size: torch.Size | None = None) -> torch.Tensor:
         self._generator.manual_seed(seed)
@@ -244,49 +279,48 @@ class BrownianInterval(BaseBrownian):
     # ----------------------------------------------------------------------------------------
     # the tree
 
-    def _split(self, node: _Node, t: float) -> None:
-        if self._halfway_tree:
-            while True:
-                half = self._round(0.5 * (node.start + node.end))
-                if half <= node.start or half >= node.end:
-                    half = t  # below the resolution: split at the point itself
-                self._split_exact(node, half)
-                if t > node.mid:
-                    node = node.right
-                elif t < node.mid:
-                    node = node.left
-                else:
-                    return
-        else:
-            self._split_exact(node, t)
+    def _split(self, node: int, t: float) -> None:
+        tree = self._tree
+        if not self._halfway_tree:
+            tree.split(node, t)
+            return
+        while True:
+            half = self._round(0.5 * (tree.start[node] + tree.end[node]))
+            if half <= tree.start[node] or half >= tree.end[node]:
+                half = t  # below the resolution: split at the point itself
+            tree.split(node, half)
+            if t > half:
+                node = tree.left[node] + 1
+            elif t < half:
+                node = tree.left[node]
+            else:
+                return
 
-    def _split_exact(self, node: _Node, t: float) -> None:
-        node.mid = t
-        node.left = _Node(node.start, t, node, True, 2 * node.key, node.depth + 1)
-        node.right = _Node(t, node.end, node, False, 2 * node.key + 1, node.depth + 1)
-
-    def _locate(self, ta: float, tb: float) -> list[_Node]:
+    def _locate(self, ta: float, tb: float) -> list[int]:
         """The existing or newly split intervals that partition ``[ta, tb]``, in order."""
+        tree = self._tree
+        start, end, mid, left, parent = tree.start, tree.end, tree.mid, tree.left, tree.parent
         node = self._last
-        while ta < node.start or tb > node.end:
-            node = node.parent
-        out: list[_Node] = []
-        pending: list[tuple[_Node, float, float]] = [(node, ta, tb)]
+        while ta < start[node] or tb > end[node]:
+            node = parent[node]
+        out: list[int] = []
+        pending: list[tuple[int, float, float]] = [(node, ta, tb)]
         while pending:
             node, a, b = pending.pop()
             while True:
-                if a == node.start and b == node.end:
+                if a == start[node] and b == end[node]:
                     out.append(node)
                     break
-                if node.mid is None:
-                    self._split(node, b if a == node.start else a)
-                if b <= node.mid:
-                    node = node.left
-                elif a >= node.mid:
-                    node = node.right
+                if left[node] < 0:
+                    self._split(node, b if a == start[node] else a)
+                m, child = mid[node], left[node]
+                if b <= m:
+                    node = child
+                elif a >= m:
+                    node = child + 1
                 else:
-                    pending.append((node.right, node.mid, b))
-                    node, b = node.left, node.mid
+                    pending.append((child + 1, m, b))
+                    node, b = child, m
         return out
 
     def _build_dependency_tree(self, dt: float) -> None:
@@ -296,31 +330,35 @@ class BrownianInterval(BaseBrownian):
         cache = 100 if self._cache_size is None else min(self._cache_size, 100)
         self._tree_dt = min(self._tree_dt, dt)
         piece = self._tree_dt * max(cache, 1) * 0.8
-        pending = [self._root]
+        tree = self._tree
+        pending = [0]
         while pending:
             node = pending.pop()
-            if node.end - node.start > piece:
-                if node.mid is None:
-                    self._split_exact(node, self._round(0.5 * (node.start + node.end)))
-                pending += [node.left, node.right]
+            start, end = tree.start[node], tree.end[node]
+            if end - start > piece:
+                if tree.left[node] < 0:
+                    tree.split(node, self._round(0.5 * (start + end)))
+                child = tree.left[node]
+                pending += [child, child + 1]
 
     # ----------------------------------------------------------------------------------------
     # values
 
-    def _values(self, node: _Node):
+    def _values(self, node: int):
         """``(W, H)`` of one interval, from its nearest ancestor whose values are known."""
-        if node is self._root:
+        if node == 0:
             return self._root_values
         cache = self._cache
         found = cache.get(node)
         if found is not None:
             cache.move_to_end(node)
             return found
+        parents = self._tree.parent
         path = [node]
-        parent = node.parent
-        while parent is not self._root and parent not in cache:
+        parent = parents[node]
+        while parent != 0 and parent not in cache:
             path.append(parent)
-            parent = parent.parent
+            parent = parents[parent]
         values = self._values(parent)
         for child in reversed(path):
             values = self._child_values(child, values)
@@ -330,24 +368,27 @@ class BrownianInterval(BaseBrownian):
                     cache.popitem(last=False)
         return values
 
-    def _child_values(self, child: _Node, parent_values):
+    def _child_values(self, child: int, parent_values):
         """The bridge law of a half given its parent's increment (and space-time Lévy area)."""
-        parent = child.parent
+        tree = self._tree
+        parent = tree.parent[child]
         W, H = parent_values  # noqa: N806
-        h = parent.end - parent.start
-        left = parent.mid - parent.start
-        right = parent.end - parent.mid
+        start, mid, end = tree.start[parent], tree.mid[parent], tree.end[parent]
+        h = end - start
+        left = mid - start
+        right = end - mid
+        is_left = child & 1
         noise_w = self._randn(self._seed(parent, 0))
         if not self._have_H:
             left_w = (left / h) * W + math.sqrt(left * right / h) * noise_w
-            return (left_w, None) if child.is_left else (W - left_w, None)
+            return (left_w, None) if is_left else (W - left_w, None)
         noise_h = self._randn(self._seed(parent, 1))
         v = 0.5 * math.sqrt(left * right / (left**3 + right**3))
         a = v * left**2 / h
         b = v * right**2 / h
         c = v * _RSQRT3
         third = 2 * (a * left + b * right) / h
-        if child.is_left:
+        if is_left:
             first = left / h
             second = 6 * first * right / h
             return (
@@ -361,11 +402,11 @@ class BrownianInterval(BaseBrownian):
             first**2 * H - b * noise_w - c * left * noise_h,
         )
 
-    def _levy_area(self, node: _Node, W, H):  # noqa: N803
+    def _levy_area(self, node: int, W, H):  # noqa: N803
         """Davie's (or Foster's) approximation of the Lévy area from ``W`` and ``H``."""
         if len(self._size) < 2:
             return torch.zeros_like(W)
-        h = node.end - node.start
+        h = self._tree.end[node] - self._tree.start[node]
         A = H.unsqueeze(-1) * W.unsqueeze(-2) - W.unsqueeze(-1) * H.unsqueeze(-2)  # noqa: N806
         noise = self._randn(self._seed(node, 2), (*self._size, self._size[-1]))
         noise = noise - noise.transpose(-1, -2)  # skew-symmetric, variance 2
@@ -383,7 +424,7 @@ class BrownianInterval(BaseBrownian):
     def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: N803
         """The increment over ``[ta, tb]`` (``tb=None``: over ``[t0, ta]``), plus ``U`` and/or
         ``A`` when asked; ``ta`` and ``tb`` outside ``[t0, t1]`` are clamped with a warning."""
-        start, end = self._root.start, self._root.end
+        start, end = self._tree.start[0], self._tree.end[0]
         if tb is None:
             warnings.warn(
                 f"{type(self).__name__} is optimised for interval-based queries, not point "
@@ -420,10 +461,11 @@ class BrownianInterval(BaseBrownian):
                 Wi, Hi = self._values(node)  # noqa: N806
                 if self._have_H:
                     # H over [s, t] from H over [s, u] and [u, t]
+                    node_start, node_end = self._tree.start[node], self._tree.end[node]
                     H = (  # noqa: N806
-                        (node.end - node.start) * (Hi + 0.5 * W)
-                        + (node.start - ta) * (H - 0.5 * Wi)
-                    ) / (node.end - ta)
+                        (node_end - node_start) * (Hi + 0.5 * W)
+                        + (node_start - ta) * (H - 0.5 * Wi)
+                    ) / (node_end - ta)
                 if self._have_A:
                     Ai = self._levy_area(node, Wi, Hi)  # noqa: N806
                     A = (
@@ -463,7 +505,7 @@ class BrownianInterval(BaseBrownian):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(t0={self._root.start:.3f}, t1={self._root.end:.3f}, "
+            f"{type(self).__name__}(t0={self._tree.start[0]:.3f}, t1={self._tree.end[0]:.3f}, "
             f"size={tuple(self._size)}, dtype={self._dtype}, device={repr(self._device)}, "
             f"entropy={self._entropy}, dt={self._dt}, tol={self._tol}, "
             f"pool_size={self._pool_size}, cache_size={self._cache_size}, "
@@ -512,11 +554,11 @@ class BrownianInterval(BaseBrownian):
 
     @property
     def t0(self) -> float:
-        return self._root.start
+        return self._tree.start[0]
 
     @property
     def t1(self) -> float:
-        return self._root.end
+        return self._tree.end[0]
 
 
 class _Wrapped(BaseBrownian):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from array import array
 
 import torch
 
@@ -20,12 +21,14 @@ _SAFETY, _FAC_MIN, _FAC_MAX = 0.9, 0.2, 1.4
 _I_REJECT, _I_ACCEPT, _P_ACCEPT = 1 / 1.5, 1 / 4.5, 0.13
 
 
-def fixed_grid(ts: list[float], dt: float) -> list[float]:
+def fixed_grid(ts: list[float], dt: float) -> array:
     """The step endpoints from ``ts[0]`` to ``ts[-1]`` in steps of ``dt`` (the last one shorter),
-    with points within round-off of an output time moved onto it."""
+    with points within round-off of an output time moved onto it; an array of doubles (8 bytes
+    a step, not a Python float each)."""
     t0, t_end = ts[0], ts[-1]
     n = max(1, math.ceil((t_end - t0) / dt - 1e-9))
-    grid = [t0 + k * dt for k in range(n)] + [t_end]
+    grid = array("d", (t0 + k * dt for k in range(n)))
+    grid.append(t_end)
     j = 1
     scale = 1e-9 * max(1.0, abs(t_end), abs(t0))
     for k in range(1, n):
@@ -36,7 +39,7 @@ def fixed_grid(ts: list[float], dt: float) -> list[float]:
     return grid
 
 
-def integrate_fixed(solver, y0: torch.Tensor, ts: list[float], grid: list[float], extra):
+def integrate_fixed(solver, y0: torch.Tensor, ts: list[float], grid, extra):
     """Steps along ``grid``, returning the states at ``ts`` stacked, and the final extra state."""
     ys = [y0]
     y = y0
@@ -66,7 +69,7 @@ def integrate_adaptive(
     atol: float,
     dt_min: float,
     extra,
-    record: list[float] | None = None,
+    record=None,
 ):
     """Adaptive steps by step doubling: one step of ``h`` against two of ``h / 2``; the error is
     the RMS of their difference over ``atol + rtol * max(|y_full|, |y_half|)``. ``record``, if

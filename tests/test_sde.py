@@ -616,3 +616,106 @@ def test_adjoint_records_the_forward_grid_in_8_bytes_a_step(monkeypatch):
     nsde.sdeint_adjoint(sde, y0, TS, method="euler", dt=1 / 200)[-1].sum().backward()
     (grid,) = grids
     assert isinstance(grid, array) and grid.itemsize == 8 and len(grid) == 201
+
+
+# ---------------------------------------------------------------------------------------------
+# the core API: no.solve with an SDE term, the SDE methods as solvers of the one loop
+
+
+def _core(sde, y0, ts, bm, method, **kwargs):
+    import neuralode as no
+
+    controller = kwargs.pop("controller", None) or no.FixedGrid(step_size=2**-5)
+    solver = nsde.SDESolver(method, **kwargs)
+    return no.solve(nsde.SDETerm(sde, bm), y0, ts, solver=solver, controller=controller)
+
+
+@pytest.mark.parametrize(
+    "sde_type, method, levy",
+    [
+        ("ito", "euler", "none"),
+        ("ito", "milstein", "none"),
+        ("ito", "srk", "space-time"),
+        ("stratonovich", "midpoint", "none"),
+        ("stratonovich", "reversible_heun", "none"),
+        ("stratonovich", "log_ode", "davie"),
+    ],
+)
+def test_solve_with_an_sde_term_equals_sdeint_bit_for_bit(sde_type, method, levy):
+    """The same method on the same grid and Brownian motion: the same values bit for bit,
+    the same gradients, and the loop's statistics filled in."""
+    sde = Tanh(sde_type, "diagonal")
+    y0 = torch.tensor([[0.3, -0.2], [0.1, 0.5], [-0.4, 0.2]], dtype=F64, requires_grad=True)
+    ts = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=F64)
+    ys = nsde.sdeint(sde, y0, ts, bm=bm_for(3, 2, levy, entropy=4), method=method, dt=2**-5)
+    grads = torch.autograd.grad(ys.square().sum(), [y0, *sde.parameters()])
+    sol = _core(sde, y0, ts, bm_for(3, 2, levy, entropy=4), method)
+    assert torch.equal(sol.ys, ys)
+    core_grads = torch.autograd.grad(sol.ys.square().sum(), [y0, *sde.parameters()])
+    # (the gradients' sums run in another order: equal to round-off)
+    for a, b in zip(grads, core_grads):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14), (a - b).abs().max()
+    stats = sol.stats
+    assert (stats.n_steps, stats.n_accepted, stats.n_rejected) == (32, 32, 0)
+    assert stats.nfe >= 2 * 32  # at least a drift and a diffusion evaluation per step
+
+
+def test_solve_with_an_sde_term_counts_each_evaluation():
+    calls = []
+
+    class Counted(GBM):
+        def f(self, t, y):
+            calls.append("f")
+            return super().f(t, y)
+
+        def g(self, t, y):
+            calls.append("g")
+            return super().g(t, y)
+
+    y0 = torch.ones(4, 2, dtype=F64)
+    sol = _core(Counted(), y0, TS, bm_for(4, 2), "euler")
+    assert sol.stats.nfe == len(calls) == 64  # f and g once per Euler step
+
+
+def test_solve_with_an_sde_term_adapts_with_the_pi_controller():
+    """Step doubling as the error estimate of the PIController: tighter tolerances take more
+    steps and land closer to the exact solution of geometric Brownian motion."""
+    import neuralode as no
+
+    sde, y0 = GBM(), torch.ones(64, 2, dtype=F64)
+    exact = sde.exact(y0, bm_for(64, 2, "space-time")(0.0, 1.0), 1.0)
+    errors, steps = [], []
+    for tol in (1e-2, 1e-4):
+        controller = no.PIController(tol, tol, first_step=0.01)
+        with torch.no_grad():
+            sol = _core(
+                sde, y0, TS, bm_for(64, 2, "space-time"), "srk",
+                step_doubling=True, controller=controller,
+            )  # fmt: skip
+        errors.append((sol.ys[-1] - exact).abs().max().item())
+        steps.append(sol.stats.n_accepted)
+        assert sol.stats.n_steps == sol.stats.n_accepted + sol.stats.n_rejected
+    assert errors[1] < errors[0] / 4 and errors[1] < 1e-2
+    assert steps[1] > steps[0]
+
+
+def test_solve_with_an_sde_term_refuses_what_it_cannot_do():
+    import neuralode as no
+
+    term, y0 = nsde.SDETerm(GBM(), bm_for(4, 2)), torch.ones(4, 2, dtype=F64)
+    with pytest.raises(ValueError, match="needs an SDE solver"):
+        no.solve(term, y0, TS)
+    with pytest.raises(ValueError, match="solves SDEs"):
+        no.solve(lambda t, y: -y, y0, TS, solver=nsde.SDESolver("euler"))
+    with pytest.raises(ValueError, match="per_sample"):
+        no.solve(term, y0, TS, solver=nsde.SDESolver("euler"), per_sample=True)
+    with pytest.raises(ValueError, match="sdeint_adjoint"):
+        no.solve(term, y0, TS, solver=nsde.SDESolver("euler"), gradient="backsolve")
+    with pytest.raises(ValueError, match="no error estimate"):
+        no.solve(term, y0, TS, solver=nsde.SDESolver("euler"), controller=no.PIController())
+    with pytest.raises(ValueError, match="requires one of"):  # srk needs the Lévy area
+        no.solve(term, y0, TS, solver=nsde.SDESolver("srk"))
+    with pytest.raises(ValueError, match="unknown SDE method"):
+        nsde.SDESolver("rk4")
+    with pytest.raises(ValueError, match="noise_type"):
+        nsde.SDETerm(object(), bm_for(4, 2))

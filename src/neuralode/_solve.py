@@ -28,6 +28,7 @@ from .adjoint.direct import Direct
 from .controllers.base import StepSizeController
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
+from .sde._engine import SDETerm, check_sde_solve
 from .solvers import METHODS
 from .solvers.base import Solver
 from .solvers.dopri5 import Dopri5
@@ -172,6 +173,7 @@ def solve(
                 "max_steps (options max_num_steps)"
             )
     execution = Execution.of(per_sample, compile, **aliases)
+    check_sde_solve(func, solver, gradient, event, execution)
     execution.check(spec, solver, controller, locals())
     if execution.per_sample:
         func = _BatchTime(func, int(spec.shapes[0][0]))
@@ -188,7 +190,7 @@ def solve(
         callbacks=None if callbacks is None else Callbacks(callbacks, spec),
         execution=execution,
     )
-    term = ODETerm(func, spec, y0_flat)
+    term = func.bind(spec, y0_flat) if isinstance(func, SDETerm) else ODETerm(func, spec, y0_flat)
     stats = SolveStats()
     if y0_flat.numel() == 0:  # nothing to integrate
         ys = y0_flat.expand(len(times), 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +26,9 @@ class FixedGrid(StepSizeController):
     Arguments:
         step_size: a uniform grid from the first to the last output time (the last step
             shortened to land on it, as torchdiffeq does).
-        grid: the grid points; they must start and end at the first and last output time and
-            be strictly monotonic in the direction of integration.
+        grid: the grid points (a tensor, or an ``array('d')`` used as it is: 8 bytes a
+            point, for long grids); they must start and end at the first and last output time
+            and be strictly monotonic in the direction of integration.
         constructor: makes the grid points from the times of each solve (a list of floats,
             first to last; an adjoint's backward solves call it again with their reversed
             times).
@@ -40,7 +42,7 @@ class FixedGrid(StepSizeController):
     def __init__(
         self,
         step_size: float | None = None,
-        grid: torch.Tensor | None = None,
+        grid: torch.Tensor | array | None = None,
         constructor: Callable[[list[float]], torch.Tensor] | None = None,
     ):
         if sum(x is not None for x in (step_size, grid, constructor)) > 1:
@@ -56,8 +58,11 @@ class FixedGrid(StepSizeController):
     def _grid(self, ts: list[float]) -> _Grid:
         t0, t_end = ts[0], ts[-1]
         points = self.grid if self.constructor is None else self.constructor(list(ts))
-        if points is not None:
+        if isinstance(points, array) and points.typecode == "d":
+            grid = points
+        elif points is not None:
             grid = [float(x) for x in torch.as_tensor(points).detach().reshape(-1).tolist()]
+        if points is not None:
             sign = 1.0 if t_end > t0 else -1.0
             if len(grid) < 2 or grid[0] != t0 or grid[-1] != t_end:
                 raise ValueError(
@@ -126,7 +131,8 @@ class _Grid:
     def __init__(self, points: list[float]):
         self.points = points
         self.sign = 1.0 if points[-1] >= points[0] else -1.0
-        self.keys = [self.sign * x for x in points]  # increasing, for bisection
+        # increasing, for bisection
+        self.keys = points if self.sign > 0 else [self.sign * x for x in points]
 
     def after(self, t: float) -> float:
         i = bisect.bisect_right(self.keys, self.sign * t)

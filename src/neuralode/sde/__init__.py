@@ -5,6 +5,8 @@
 (Li et al. 2020; O(1) memory in the number of steps) or reversible Heun's exact adjoint
 (Kidger et al. 2021). Brownian motion: ``BrownianInterval`` (and ``BrownianPath``,
 ``BrownianTree``, ``ReverseBrownian``). Names of methods and types: ``neuralode.sde.settings``.
+In the core API the same methods are solvers of the one loop: ``neuralode.solve(SDETerm(sde,
+bm), y0, ts, solver=SDESolver("euler"), controller=FixedGrid(step_size=dt))``.
 """
 
 from . import settings
@@ -18,6 +20,7 @@ from ._brownian import (
     ReverseBrownian,
     brownian_interval_like,
 )
+from ._engine import SDESolver, SDETerm
 from ._sdeint import sdeint
 
 __all__ = [
@@ -28,6 +31,8 @@ __all__ = [
     "BrownianTree",
     "ReverseBrownian",
     "SDEIto",
+    "SDESolver",
+    "SDETerm",
     "SDEStratonovich",
     "brownian_interval_like",
     "sdeint",

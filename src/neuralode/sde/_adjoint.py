@@ -24,10 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..controllers.fixed import FixedGrid
+from ..controllers.pi import PIController
 from ._base import jvp, vjp
 from ._brownian import BaseBrownian, ReverseBrownian
-from ._integrate import integrate_adaptive, integrate_fixed
-from ._sdeint import _assert_no_grad, _check_unused, check_contract, parse_return, solve
+from ._engine import SDESolver, SDETerm, run
+from ._sdeint import _FAC_MAX, _assert_no_grad, _check_unused, check_contract, parse_return, solve
 from ._solvers import make_solver
 from .settings import METHODS, NOISE_TYPES, SDE_TYPES
 
@@ -183,7 +185,6 @@ class _SdeintAdjoint(torch.autograd.Function):
         problem.y0 = y0.detach()
         ys, extra_out = solve(
             problem,
-            config.solver,
             config.dt,
             config.adaptive,
             config.rtol,
@@ -229,14 +230,9 @@ def _stochastic_backward(config, ys, params, grad_ys):
     problem = config.problem
     ts = problem.ts_list
     shape = ys.shape[1:]
-    adjoint = _AdjointSDE(problem.sde, params, shape)
-    solver = make_solver(
-        config.adjoint_method,
-        adjoint,
-        ReverseBrownian(problem.bm),
-        problem.ts.dtype,
-        problem.ts.device,
-        config.adjoint_options,
+    term = SDETerm(_AdjointSDE(problem.sde, params, shape), ReverseBrownian(problem.bm))
+    solver = SDESolver(
+        config.adjoint_method, config.adjoint_options, step_doubling=config.adjoint_adaptive
     )
     n = shape.numel()
     with torch.no_grad():
@@ -247,19 +243,16 @@ def _stochastic_backward(config, ys, params, grad_ys):
         for i in range(len(ts) - 1, 0, -1):
             segment = [-ts[i], -ts[i - 1]]
             if config.adjoint_adaptive:
-                out, _ = integrate_adaptive(
-                    solver,
-                    z,
-                    segment,
-                    float(config.dt),
+                controller = PIController(
                     config.adjoint_rtol,
                     config.adjoint_atol,
-                    config.dt_min,
-                    (),
+                    first_step=float(config.dt),
+                    min_step=float(config.dt_min),
+                    ifactor=_FAC_MAX,
                 )
             else:
-                grid = _segment(config.grid, ts[i - 1], ts[i])
-                out, _ = integrate_fixed(solver, z, segment, grid, ())
+                controller = FixedGrid(grid=_segment(config.grid, ts[i - 1], ts[i]))
+            out, _ = run(term, z, segment, solver, controller, time_dtype=problem.ts.dtype)
             z = out[-1].clone()
             z[:n] = ys[i - 1].reshape(-1)
             z[n : 2 * n] += grad_ys[i - 1].reshape(-1)
@@ -277,7 +270,10 @@ def _reversible_backward(config, ys, extra_out, params, grad_ys, grad_extra):
     backprop's through the whole solve."""
     problem = config.problem
     sde, bm = problem.sde, problem.bm
-    time = config.solver.time
+
+    def time(t: float) -> torch.Tensor:
+        return torch.tensor(t, dtype=problem.ts.dtype, device=problem.ts.device)
+
     grid = config.grid
     ts = problem.ts_list
     diagonal = sde.noise_type == NOISE_TYPES.diagonal
@@ -468,11 +464,11 @@ def sdeint_adjoint(
             "retraces the forward steps exactly.",
             stacklevel=2,
         )
-    solver = make_solver(
+    # check the methods now, not in the middle of the solve or of backward()
+    make_solver(
         method, problem.sde, problem.bm, problem.ts.dtype, problem.ts.device, problem.options
     )
     if not reversible:
-        # check the backward method now, not in the middle of backward()
         make_solver(
             adjoint_method,
             _AdjointSDE(problem.sde, list(params), problem.y0.shape),
@@ -488,7 +484,6 @@ def sdeint_adjoint(
         extra_shapes = len(extra_in) if reversible else 0
     config = _Config(
         problem=problem,
-        solver=solver,
         dt=dt,
         adaptive=adaptive,
         rtol=rtol,

@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
+from ..controllers.fixed import FixedGrid
+from ..controllers.pi import PIController
 from ._base import _Forward, _Logqp, _Renamed
 from ._brownian import BaseBrownian, BrownianInterval
-from ._integrate import fixed_grid, integrate_adaptive, integrate_fixed
-from ._solvers import make_solver
+from ._engine import SDESolver, SDETerm, fixed_grid, run
 from .settings import LEVY_AREA_APPROXIMATIONS, METHODS, NOISE_TYPES, SDE_TYPES
 
 
@@ -27,9 +28,14 @@ def _assert_no_grad(names, values) -> None:
             raise ValueError(f"Argument {name} must not require gradient.")
 
 
+# torchsde's largest growth of an adaptive step
+_FAC_MAX = 1.4
+
+
 @dataclass
 class _Problem:
     sde: _Forward
+    user_sde: Any  # the SDE as given (renamed, or with the logqp channel)
     y0: torch.Tensor
     ts: torch.Tensor
     ts_list: list[float]
@@ -194,22 +200,32 @@ def check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp) -> 
             "adaptive time-stepping with the Euler--Maruyama method with non-additive noise.",
             stacklevel=3,
         )
-    return _Problem(_Forward(sde), y0, ts, ts_list, bm, method, options)
+    return _Problem(_Forward(sde), sde, y0, ts, ts_list, bm, method, options)
 
 
-def solve(problem: _Problem, solver, dt, adaptive, rtol, atol, dt_min, extra, record=None):
-    """Runs the solver over ``problem.ts``; returns ``(ys, extra, grid)``."""
-    if extra is None:
-        extra = solver.init_extra_solver_state(problem.ts_list[0], problem.y0)
+def solve(problem: _Problem, dt, adaptive, rtol, atol, dt_min, extra, record=None):
+    """Runs the method over ``problem.ts`` in the one loop: fixed steps of ``dt`` on
+    ``fixed_grid``, or adaptive steps (the ``PIController`` on the step-doubling error, from
+    ``dt``, never below ``dt_min``). Returns ``(ys, extra)``; ``record`` receives the
+    accepted steps' ends."""
+    solver = SDESolver(problem.method, problem.options, step_doubling=adaptive)
     if adaptive:
-        ys, extra = integrate_adaptive(
-            solver, problem.y0, problem.ts_list, float(dt), rtol, atol, dt_min, extra, record
+        controller = PIController(
+            rtol, atol, first_step=float(dt), min_step=float(dt_min), ifactor=_FAC_MAX
         )
-        return ys, extra
-    grid = fixed_grid(problem.ts_list, float(dt))
-    if record is not None:
-        record.extend(grid)
-    return integrate_fixed(solver, problem.y0, problem.ts_list, grid, extra)
+    else:
+        controller = FixedGrid(grid=fixed_grid(problem.ts_list, float(dt)))
+    term = SDETerm(problem.user_sde, problem.bm)
+    return run(
+        term,
+        problem.y0,
+        problem.ts_list,
+        solver,
+        controller,
+        time_dtype=problem.ts.dtype,
+        extra=extra,
+        record=record,
+    )
 
 
 def parse_return(y0, ys, extra_solver_state, extra, logqp):
@@ -292,13 +308,5 @@ def sdeint(
     _check_unused(unused_kwargs, "`sdeint`")
     problem = check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp)
     _assert_no_grad(["ts", "dt", "rtol", "atol", "dt_min"], [problem.ts, dt, rtol, atol, dt_min])
-    solver = make_solver(
-        problem.method,
-        problem.sde,
-        problem.bm,
-        problem.ts.dtype,
-        problem.ts.device,
-        problem.options,
-    )
-    ys, extra_state = solve(problem, solver, dt, adaptive, rtol, atol, dt_min, extra_solver_state)
+    ys, extra_state = solve(problem, dt, adaptive, rtol, atol, dt_min, extra_solver_state)
     return parse_return(problem.y0, ys, extra_state, extra, logqp)

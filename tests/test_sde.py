@@ -719,3 +719,20 @@ def test_solve_with_an_sde_term_refuses_what_it_cannot_do():
         nsde.SDESolver("rk4")
     with pytest.raises(ValueError, match="noise_type"):
         nsde.SDETerm(object(), bm_for(4, 2))
+
+
+def test_fixed_grid_takes_an_array_of_doubles_as_it_is():
+    """The SDE passes give their step grids as ``array('d')`` (8 bytes a step): the same steps
+    as the float64 tensor grid, not rounded through a float32 tensor."""
+    from array import array
+
+    import neuralode as no
+
+    points = [0.0, 0.1, 0.30000000000000004, 0.7, 1.0]
+    y0, ts = torch.ones(3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+    solutions = [
+        no.solve(lambda t, y: -y, y0, ts, solver="rk4", controller=no.FixedGrid(grid=grid))
+        for grid in (array("d", points), torch.tensor(points, dtype=F64))
+    ]
+    assert torch.equal(solutions[0].ys, solutions[1].ys)
+    assert solutions[0].stats.n_steps == 4

@@ -711,6 +711,9 @@ def test_solve_with_an_sde_term_refuses_what_it_cannot_do():
         no.solve(term, y0, TS, solver=nsde.SDESolver("euler"), per_sample=True)
     with pytest.raises(ValueError, match="sdeint_adjoint"):
         no.solve(term, y0, TS, solver=nsde.SDESolver("euler"), gradient="backsolve")
+    with pytest.raises(ValueError, match="output times"):
+        ts = TS.clone().requires_grad_(True)
+        no.solve(term, y0, ts, solver=nsde.SDESolver("euler"))
     with pytest.raises(ValueError, match="no error estimate"):
         no.solve(term, y0, TS, solver=nsde.SDESolver("euler"), controller=no.PIController())
     with pytest.raises(ValueError, match="requires one of"):  # srk needs the Lévy area

@@ -173,7 +173,7 @@ def solve(
                 "max_steps (options max_num_steps)"
             )
     execution = Execution.of(per_sample, compile, **aliases)
-    check_sde_solve(func, solver, gradient, event, execution)
+    check_sde_solve(func, ts, solver, gradient, event, execution)
     execution.check(spec, solver, controller, locals())
     if execution.per_sample:
         func = _BatchTime(func, int(spec.shapes[0][0]))

@@ -237,12 +237,15 @@ class SDESolver(Solver):
         return f"SDESolver({self.method!r}, step_doubling={self.step_doubling})"
 
 
-def check_sde_solve(func: Any, solver: Any, gradient: Any, event: Any, execution: Any) -> None:
+def check_sde_solve(
+    func: Any, ts: Any, solver: Any, gradient: Any, event: Any, execution: Any
+) -> None:
     """Refuse, with the reason, what ``no.solve`` cannot do with an SDE.
 
     Raises:
         ValueError: an ``SDETerm`` with a non-SDE solver (or the reverse), a gradient other
-            than ``Direct()``, an event, per-sample mode or compilation.
+            than ``Direct()``, output times that require gradients, an event, per-sample mode
+            or compilation.
     """
     from ..adjoint.direct import Direct
 
@@ -260,6 +263,10 @@ def check_sde_solve(func: Any, solver: Any, gradient: Any, event: Any, execution
         raise ValueError(
             "an SDETerm supports gradient=Direct() (backprop through the solver); for the "
             "stochastic adjoint use neuralode.sde.sdeint_adjoint"
+        )
+    if isinstance(ts, torch.Tensor) and ts.requires_grad:
+        raise ValueError(
+            "an SDETerm does not differentiate with respect to the output times: pass ts.detach()"
         )
     if event is not None:
         raise ValueError("an SDETerm does not support events")

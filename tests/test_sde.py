@@ -739,3 +739,19 @@ def test_fixed_grid_takes_an_array_of_doubles_as_it_is():
     ]
     assert torch.equal(solutions[0].ys, solutions[1].ys)
     assert solutions[0].stats.n_steps == 4
+
+
+@pytest.mark.parametrize("method", ["milstein", "log_ode"])
+def test_no_grad_solve_of_a_state_that_requires_grad(method):
+    """Under ``torch.no_grad()`` the derivative terms (Milstein's, the log-ODE Lévy area
+    term) are the same whether ``y0`` requires grad or not (the loop's flat view of such a
+    ``y0`` must not swallow them)."""
+    sde = Tanh("ito", "diagonal") if method == "milstein" else Tanh("stratonovich", "general")
+    y0 = torch.tensor([[0.3, -0.2], [0.1, 0.5]], dtype=F64, requires_grad=True)
+    levy = "davie" if method == "log_ode" else "none"
+    outs = []
+    for y in (y0, y0.detach()):
+        with torch.no_grad():
+            bm = bm_for(2, 2, levy, entropy=9)
+            outs.append(nsde.sdeint(sde, y, TS, bm=bm, method=method, dt=2**-4))
+    assert torch.equal(outs[0], outs[1])

@@ -209,7 +209,9 @@ class _Forward:
             return self.g_prod(t, y, v1), 0.0
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
-            y = y if y.requires_grad else y.detach().requires_grad_(True)
+            # without grad mode a fresh leaf: a view made under no_grad of a tensor that
+            # requires grad passes its gradient to its base, not to itself
+            y = y if create_graph and y.requires_grad else y.detach().requires_grad_(True)
             g = self.g(t, y)
             if self.noise_type == NOISE_TYPES.diagonal:
                 (gdg,) = vjp(g, [y], g * v2, create_graph=create_graph)
@@ -225,7 +227,9 @@ class _Forward:
             return 0.0
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
-            y = y if y.requires_grad else y.detach().requires_grad_(True)
+            # without grad mode a fresh leaf: a view made under no_grad of a tensor that
+            # requires grad passes its gradient to its base, not to itself
+            y = y if create_graph and y.requires_grad else y.detach().requires_grad_(True)
             g = self.g(t, y)
             ga = torch.bmm(g, a)
             return sum(

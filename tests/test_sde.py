@@ -555,6 +555,7 @@ def test_same_brownian_motion_same_solution_as_torchsde(sde_type, method, levy):
 def _live_tensors() -> int:
     import gc
 
+    gc.collect()  # (garbage of earlier tests would count)
     kinds = (torch.Tensor, torch.nn.Parameter)
     return sum(1 for o in gc.get_objects() if type(o) in kinds)
 

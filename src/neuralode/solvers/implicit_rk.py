@@ -473,7 +473,7 @@ class ImplicitRK(Solver):
         tab = self.tableau
         ks = step.extra["ks"]
         if tab.collocation:
-            weights = collocation_weights(tab.c, thetas.numpy())
+            weights = collocation_weights(tab.c, np.array(thetas.tolist()))
             w = torch.from_numpy(weights).to(dtype=ks.dtype, device=ks.device)
             return step.y0[None] + step.dt * (w @ ks)
         f0 = ks[0] if tab.explicit_first_stage else step.extra["f0"]

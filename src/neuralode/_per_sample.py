@@ -48,14 +48,15 @@ from ._errors import NonFiniteError
 from ._norms import row_rms, tolerance_tensor
 from ._pending import (
     _ends,
+    _failures,
     _locate_events,
-    _raise_stalled,
     _Reached,
     _read_progress,
     _stack,
     _write_outputs,
 )
 from ._solution import SolveStats
+from ._status import Status
 from ._term import ODETerm
 from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
@@ -125,10 +126,17 @@ class _BatchTerm:
 
 
 def integrate_per_sample(
-    term: ODETerm, y0_flat: torch.Tensor, ts: list[float], config: Any, stats: SolveStats
+    term: ODETerm,
+    y0_flat: torch.Tensor,
+    ts: list[float] | torch.Tensor,
+    config: Any,
+    stats: SolveStats,
 ) -> torch.Tensor:
-    """Solve every sample of the batch as its own problem; return (len(ts), n) flat states.
-    Without ``config.per_sample`` (``device_loop``), the whole state is one problem."""
+    """Solve every sample of the batch as its own problem; return (outputs, n) flat states.
+    ``ts``: the output times shared by every sample, or each sample's own, a float64 tensor
+    (batch, outputs) with rows in one direction. Without ``config.per_sample``
+    (``device_loop``), the whole state is one problem. ``stats.status`` receives each
+    sample's ``Status`` (a 0-dim one for ``device_loop``)."""
     solver: ExplicitRK = config.solver
     ctrl: PIController = config.controller
     if config.per_sample:
@@ -137,15 +145,20 @@ def integrate_per_sample(
     else:
         batch, f = 1, _BatchTerm(term, 1, one_problem=True)
     y = y0_flat.reshape(batch, -1)
-    n_out = len(ts)
-    if n_out == 1:
-        return y0_flat[None]
     device = y.device
     f64 = dict(dtype=torch.float64, device=device)
-    sign = 1.0 if ts[-1] > ts[0] else -1.0
-    t_end = ts[-1]
-    ts_signed = torch.tensor([sign * x for x in ts], **f64)
-    ts_tensor = torch.tensor(ts, **f64)
+    # (outputs,) shared or (batch, outputs) per sample: indexed by ``_ends``/``_write_outputs``
+    ts_tensor = ts if isinstance(ts, torch.Tensor) else torch.tensor(ts, **f64)
+    n_out = ts_tensor.shape[-1]
+    status = torch.zeros(batch, dtype=torch.long, device=device)
+    stats.status = status if config.per_sample else status[0]
+    if n_out == 1:
+        return y0_flat[None]
+    if isinstance(ts, torch.Tensor):  # rows in one direction (``_spans.sample_times``)
+        sign = 1.0 if float(ts[0, -1] - ts[0, 0]) > 0 else -1.0
+    else:
+        sign = 1.0 if ts[-1] > ts[0] else -1.0
+    ts_signed = sign * ts_tensor
     tab = solver.tableau
     co = solver._coefficients(y0_flat)  # made before a compiled step runs
     exponent = 1.0 / (solver.error_order + 1)
@@ -159,7 +172,7 @@ def integrate_per_sample(
     )
     active = torch.ones(batch, dtype=torch.bool, device=device)
 
-    t = torch.full((batch,), ts[0], **f64)
+    t = ts_tensor[..., 0].expand(batch).clone()
     f0 = f(t, y)
     nfe = nfe + 1
     # the first step size, per sample (``initial_step``: Hairer, Norsett & Wanner II.4)
@@ -169,7 +182,10 @@ def integrate_per_sample(
         bad = ~torch.isfinite(d1)
         if bool(bad.any()):
             i = int(bad.nonzero()[0])
-            raise NonFiniteError(f"f(t0, y0) contains NaN or inf for sample {i}")
+            if config.throw:
+                raise NonFiniteError(f"f(t0, y0) contains NaN or inf for sample {i}")
+            status = torch.where(bad, int(Status.NON_FINITE), status)  # they never start
+            active = ~bad
     else:
         size = torch.full((batch,), ctrl.first_step, **f64)
     size = torch.clamp(size, min=ctrl.min_step, max=ctrl.max_step)
@@ -216,7 +232,7 @@ def integrate_per_sample(
     if events is not None:
         events.start(t, y)
     # each sample's end: t_end, or the time of its terminal event once located
-    t_stop = torch.full((batch,), t_end, **f64)
+    t_stop = ts_tensor[..., -1].expand(batch).clone()
     needs_f1 = tab.dense is None or len(tab.dense.extra_c) > 0
     iteration, next_check, n_still, stalled = 0, 1, -1, False  # known at the checks
     while True:
@@ -272,6 +288,11 @@ def integrate_per_sample(
                 if needs_f1 and not fsal:  # f(t1, y1) of samples' last steps, for outputs
                     nfe = nfe + (used & ~torch.stack([r.still for r in pending])).sum(0)
             pending = []
+            if stalled or iteration >= config.max_steps:  # raises with config.throw
+                codes = _failures(iteration, still, t, proposal, t_stop, sign, y, config)
+                status = torch.maximum(status, codes)  # the failing samples stop here
+                still = still & (codes == 0)
+                n_still = int(still.sum())
         active = still
         if not fsal:  # f(t1, y1): the next f0, or the interpolant of a located event
             nfe = nfe + (accept & reached.still)
@@ -279,8 +300,6 @@ def integrate_per_sample(
             break
         if config.skip_finished:  # checked after every step
             f.keep(still, n_still)
-        if stalled or iteration >= config.max_steps:
-            _raise_stalled(iteration, still, t, proposal, t_stop, sign, y, config)
         if fsal:
             f0 = step.f0_accepted
         else:  # f(t1, y1) starts the next step of the accepted samples
@@ -292,7 +311,10 @@ def integrate_per_sample(
     if events is not None and events.event.terminal:  # later outputs hold the event state
         later = later & events.mask
     later[-1] = True  # the final state
-    outputs = torch.where(later[..., None], y, outputs)
+    # a failing sample's outputs after where it stopped are NaN
+    fill = y if config.throw else torch.where((status > 0)[:, None], torch.nan, y)
+    outputs = torch.where(later[..., None], fill, outputs)
+    stats.status = status if config.per_sample else status[0]
     nfe = nfe + (stages - 1) * n_steps
     n_rejected = n_steps - n_accepted
 

@@ -28,6 +28,8 @@ class SolveStats:
         sample_rejected: per-sample mode only: each sample's rejected steps, (batch,).
         rows_evaluated: per-sample mode only: sample rows f was evaluated on, summed over its
             calls (batch x ``nfe`` unless ``skip_finished`` left finished samples out).
+        status: the [`Status`][neuralode.Status] codes of the forward solve (as
+            ``Solution.status``).
     """
 
     nfe: int = 0
@@ -41,6 +43,7 @@ class SolveStats:
     sample_accepted: torch.Tensor | None = None
     sample_rejected: torch.Tensor | None = None
     rows_evaluated: int | None = None
+    status: torch.Tensor | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The statistics that are set, as a dict (for logging).
@@ -66,6 +69,10 @@ class Solution:
         event_ts: with an event: the times of every located crossing, in order (per-sample
             events: (batch, most events), NaN-padded).
         event_mask: per-sample terminal events: (batch,) bool, which samples had their event.
+        status: the outcome as [`Status`][neuralode.Status] codes (int64): 0-dim for one
+            problem, (batch,) in per-sample mode. With ``solve(..., throw=False)`` a failure
+            shows here instead of raising, and the failed problem's or sample's outputs after
+            the last output it reached are NaN.
     """
 
     ts: torch.Tensor
@@ -75,3 +82,12 @@ class Solution:
     event_y: Any = None
     event_ts: torch.Tensor | None = None
     event_mask: torch.Tensor | None = None
+    status: torch.Tensor | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the solve, and in per-sample mode every sample, succeeded: reached its
+        last output time or its terminal event (``status`` SUCCESS or EVENT)."""
+        if self.status is None:
+            return True
+        return bool(((self.status == 0) | (self.status == 4)).all())

@@ -6,6 +6,7 @@ from ._execution import Execution
 from ._norms import max_norm, mixed_norm, rms_norm, seminorm
 from ._solution import Solution, SolveStats
 from ._solve import solve
+from ._status import Status
 from .adjoint import Backsolve, Checkpointed, Direct, GradientStrategy
 from .compat import odeint, odeint_adjoint, odeint_event
 from .controllers import FixedGrid, PIController
@@ -54,6 +55,7 @@ __all__ = [
     "Solution",
     "SolveStats",
     "SolverError",
+    "Status",
     "StepSizeUnderflowError",
     "max_norm",
     "mixed_norm",

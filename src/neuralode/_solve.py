@@ -331,11 +331,10 @@ class _BatchTime(torch.nn.Module):
 
 
 def _run(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:
-    if isinstance(problem.times, torch.Tensor):  # per-sample output times
-        return run_spans(gradient, problem)
-    if time_derivative_inputs(problem) and not gradient.handles_time_gradients:
+    spans = isinstance(problem.times, torch.Tensor)  # per-sample output times
+    if time_derivative_inputs(problem) and (spans or not gradient.handles_time_gradients):
         return _run_with_time_gradients(gradient, problem)
-    return gradient.run(problem)
+    return run_spans(gradient, problem) if spans else gradient.run(problem)
 
 
 def _solve_with_event(
@@ -385,16 +384,22 @@ def _run_with_time_gradients(gradient: GradientStrategy, problem: Problem) -> to
     """Make the outputs differentiable in ``ts`` by the exact flow's derivatives.
 
     dy(t_i)/dt_i = f(t_i, y_i) and dy(t_i)/dt_0 = -dy(t_i)/dy0 . f(t_0, y_0). Both enter as
-    terms ``(t - t.detach()) * f`` that are zero in value but carry the derivative.
+    terms ``(t - t.detach()) * f`` that are zero in value but carry the derivative. With
+    per-sample times (batch, n) each sample's times shift its own rows of the flat state.
     """
     term, times = problem.term, problem.times
-    shift = problem.ts - problem.ts.detach()
-    shift = shift.to(term.time_dtype)
+    shift = (problem.ts - problem.ts.detach()).to(term.time_dtype)
+    spans = isinstance(times, torch.Tensor)
+    if spans:  # (n, batch x d): sample i's shift on its rows
+        shift = shift.T.repeat_interleave(problem.y0.numel() // shift.shape[0], dim=1)
+        times = times.T  # times[j]: every sample's j-th time, (batch,)
+    else:
+        shift = shift[:, None]
     f0 = term(times[0], problem.y0)
     problem.y0 = problem.y0 - shift[0] * f0
-    ys = gradient.run(problem)
+    ys = run_spans(gradient, problem) if spans else gradient.run(problem)
     fs = torch.stack([f0] + [term(t, y) for t, y in zip(times[1:], ys[1:])])
-    return ys + shift[:, None] * fs
+    return ys + shift * fs
 
 
 def _check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:

@@ -65,15 +65,11 @@ def sample_times(ts: torch.Tensor, batch: int, device: torch.device) -> torch.Te
 
 def run_spans(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:
     """The flat outputs (n, batch x d) of a per-sample problem with per-sample times
-    (``problem.times``, float64 (batch, n)), differentiable by ``gradient``."""
+    (``problem.times``, float64 (batch, n)), differentiable by ``gradient`` (the gradients
+    with respect to the times come from ``_solve._run_with_time_gradients``)."""
     from ._loop import integrate
     from ._per_sample_events import backsolve_on_clocks
 
-    if torch.is_grad_enabled() and problem.ts.requires_grad:
-        raise ValueError(
-            "gradients with respect to per-sample output times (t of shape (batch, n)) are "
-            "not supported; detach t, or solve with a 1-D t shared by every sample"
-        )
     if isinstance(gradient, Direct):
         return gradient.run(problem)
     with torch.no_grad():

@@ -14,9 +14,6 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._errors import SolverError, max_steps_error, raise_stalled
-from ._status import Status, code_of, samples_failed
-from .controllers.pi import check_overflow
 from .solvers.explicit_rk import ExplicitRK
 
 _EPS = 2.0**-52
@@ -285,44 +282,8 @@ def _interpolate(
     return solver.dense(y0, y1, h.to(y0.real.dtype)[:, None], stacked, f1, theta)
 
 
-def _failures(
-    iteration: int,
-    still: torch.Tensor,
-    t: torch.Tensor,
-    proposal: torch.Tensor,
-    t_stop: torch.Tensor,
-    sign: float,
-    y: torch.Tensor,
-    config: Any,
-) -> torch.Tensor:
-    """A check found running samples that can no longer advance, or the solve used up
-    max_steps (each running sample's own count: they have all made ``iteration`` attempts):
-    each sample's ``Status`` code, (batch,), 0 for the others. With ``config.throw`` raise
-    the engine's error of the first failing sample, naming every failing one."""
-    land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
-    if iteration >= config.max_steps:
-        codes = torch.where(still, int(Status.MAX_STEPS), 0)
-    else:  # as ``raise_stalled`` and ``check_overflow`` classify a stall
-        largest = torch.finfo(y.real.dtype).max
-        bad = ~torch.isfinite(y).all(1) | ~torch.isfinite(land) | (y.abs().amax(1) > largest / 1024)
-        code = torch.where(bad, int(Status.NON_FINITE), int(Status.STEP_SIZE_UNDERFLOW))
-        codes = torch.where(_stalled(still, t, proposal, t_stop, sign), code, 0)
-    if not config.throw:
-        return codes
-    i = int(codes.nonzero()[0])
-    try:
-        if iteration >= config.max_steps:
-            counts = "per-sample mode counts each sample's steps"
-            raise max_steps_error(config.max_steps, float(t[i]), float(t_stop[i]), counts, i)
-        if bool(torch.isfinite(y[i]).all()):
-            check_overflow(float(t[i]), y[i])
-        raise_stalled(float(t[i]), float(land[i] - t[i]), y[i], sample=i)
-    except SolverError as error:
-        codes[i] = code_of(error)
-        if int((codes != 0).sum()) == 1 and codes.shape[0] == 1:
-            raise
-        raise samples_failed(codes, error) from None
-    return codes  # pragma: no cover (raise_stalled raises)
+def _raise_stalled(*args: Any) -> None:
+    """The compiled whole solve's failure (it always throws): ``_status.sample_failures``."""
+    from ._status import sample_failures
 
-
-_raise_stalled = _failures  # the compiled whole solve's name for it (it always throws)
+    sample_failures(*args)

@@ -48,7 +48,6 @@ from ._errors import NonFiniteError
 from ._norms import row_rms, tolerance_tensor
 from ._pending import (
     _ends,
-    _failures,
     _locate_events,
     _Reached,
     _read_progress,
@@ -56,7 +55,8 @@ from ._pending import (
     _write_outputs,
 )
 from ._solution import SolveStats
-from ._status import Status
+from ._spans import loop_times
+from ._status import Status, sample_failures
 from ._term import ODETerm
 from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
@@ -147,18 +147,12 @@ def integrate_per_sample(
     y = y0_flat.reshape(batch, -1)
     device = y.device
     f64 = dict(dtype=torch.float64, device=device)
-    # (outputs,) shared or (batch, outputs) per sample: indexed by ``_ends``/``_write_outputs``
-    ts_tensor = ts if isinstance(ts, torch.Tensor) else torch.tensor(ts, **f64)
+    ts_tensor, ts_signed, sign, t, t_stop = loop_times(ts, batch, device)
     n_out = ts_tensor.shape[-1]
     status = torch.zeros(batch, dtype=torch.long, device=device)
     stats.status = status if config.per_sample else status[0]
     if n_out == 1:
         return y0_flat[None]
-    if isinstance(ts, torch.Tensor):  # rows in one direction (``_spans.sample_times``)
-        sign = 1.0 if float(ts[0, -1] - ts[0, 0]) > 0 else -1.0
-    else:
-        sign = 1.0 if ts[-1] > ts[0] else -1.0
-    ts_signed = sign * ts_tensor
     tab = solver.tableau
     co = solver._coefficients(y0_flat)  # made before a compiled step runs
     exponent = 1.0 / (solver.error_order + 1)
@@ -172,7 +166,6 @@ def integrate_per_sample(
     )
     active = torch.ones(batch, dtype=torch.bool, device=device)
 
-    t = ts_tensor[..., 0].expand(batch).clone()
     f0 = f(t, y)
     nfe = nfe + 1
     # the first step size, per sample (``initial_step``: Hairer, Norsett & Wanner II.4)
@@ -231,8 +224,6 @@ def integrate_per_sample(
     copy_stages = buffer is not None and keep_steps and most_pending > 1  # steps that wait
     if events is not None:
         events.start(t, y)
-    # each sample's end: t_end, or the time of its terminal event once located
-    t_stop = ts_tensor[..., -1].expand(batch).clone()
     needs_f1 = tab.dense is None or len(tab.dense.extra_c) > 0
     iteration, next_check, n_still, stalled = 0, 1, -1, False  # known at the checks
     while True:
@@ -289,7 +280,7 @@ def integrate_per_sample(
                     nfe = nfe + (used & ~torch.stack([r.still for r in pending])).sum(0)
             pending = []
             if stalled or iteration >= config.max_steps:  # raises with config.throw
-                codes = _failures(iteration, still, t, proposal, t_stop, sign, y, config)
+                codes = sample_failures(iteration, still, t, proposal, t_stop, sign, y, config)
                 status = torch.maximum(status, codes)  # the failing samples stop here
                 still = still & (codes == 0)
                 n_still = int(still.sum())

@@ -59,8 +59,10 @@ class Solution:
     """What [`solve`][neuralode.solve] returns.
 
     Attributes:
-        ts: the output times (with a terminal event: only those before it).
-        ys: the states at ``ts``: the structure of ``y0`` with a leading dimension over ``ts``.
+        ts: the output times (with a terminal event: only those before it); per-sample output
+            times: the (batch, n) tensor given.
+        ys: the states at ``ts``: the structure of ``y0`` with a leading dimension over ``ts``
+            (per-sample output times: (n, batch, ...), ``ys[j, i]`` sample i at ``ts[i, j]``).
         stats: the work done, a [`SolveStats`][neuralode.SolveStats].
         event_t: with a terminal event: its time (0-dim), differentiable. Per-sample events:
             (batch,) times, NaN for samples without one.

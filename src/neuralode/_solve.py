@@ -182,7 +182,7 @@ def solve(
                 "(FixedGrid(step_size=...), options step_size): the steps cannot be the "
                 "output times"
             )
-    elif isinstance(controller, FixedGrid) and event is None:
+    elif isinstance(controller, FixedGrid) and event is None and throw:
         n_steps = controller.n_steps(times)
         if n_steps > max_steps:
             raise MaxStepsError(

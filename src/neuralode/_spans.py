@@ -6,7 +6,7 @@ with spans it starts each at its row's first time, ends it at its row's last and
 each sample's outputs at its own row (``_pending._ends``, ``_write_outputs``), so every
 sample takes the steps it would take alone. ``Backsolve`` differentiates the outputs with
 the adjoint on per-sample clocks (``_per_sample_events.backsolve_on_clocks``): sample i's
-time is piecewise linear in a common time s whose knots are the output indices' mean times.
+time is piecewise linear in a common time s whose knots are the mean output times.
 """
 
 from __future__ import annotations
@@ -61,6 +61,22 @@ def sample_times(ts: torch.Tensor, batch: int, device: torch.device) -> torch.Te
                 f"{times[i, j + 1].item()!r}"
             )
     return times
+
+
+def loop_times(ts: list[float] | torch.Tensor, batch: int, device: torch.device):
+    """The per-sample loop's output times: (outputs,) shared or (batch, outputs) per sample
+    (as indexed by ``_pending._ends`` and ``_write_outputs``), the same times times the
+    direction of integration, the direction, and each sample's start and end, (batch,)
+    (its end: the last output time, or the time of its terminal event once located)."""
+    if isinstance(ts, torch.Tensor):  # rows in one direction (``sample_times``)
+        times = ts
+        sign = 1.0 if ts.shape[1] < 2 or float(ts[0, -1] - ts[0, 0]) > 0 else -1.0
+    else:
+        times = torch.tensor(ts, dtype=torch.float64, device=device)
+        sign = 1.0 if ts[-1] > ts[0] else -1.0
+    # separate tensors: aliased inputs would make the compiled step compile a second time
+    start, end = (times[..., i].expand(batch).clone() for i in (0, -1))
+    return times, sign * times, sign, start, end
 
 
 def run_spans(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:

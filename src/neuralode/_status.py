@@ -9,10 +9,20 @@ each; the classification of a stalled sample is the one ``_errors.raise_stalled`
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import torch
 
-from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
+from ._errors import (
+    MaxStepsError,
+    NonFiniteError,
+    SolverError,
+    StepSizeUnderflowError,
+    max_steps_error,
+    raise_stalled,
+)
+from ._pending import _stalled as stalled
+from .controllers.pi import check_overflow
 
 
 class Status(enum.IntEnum):
@@ -82,3 +92,44 @@ def mark_non_finite(status: torch.Tensor, ys: torch.Tensor, batch: int | None) -
     bad = ~torch.isfinite(rows).all(2).all(0)
     bad = bad if batch is not None else bad[0]
     return torch.where(bad & (status == Status.SUCCESS), int(Status.NON_FINITE), status)
+
+
+def sample_failures(
+    iteration: int,
+    still: torch.Tensor,
+    t: torch.Tensor,
+    proposal: torch.Tensor,
+    t_stop: torch.Tensor,
+    sign: float,
+    y: torch.Tensor,
+    config: Any,
+) -> torch.Tensor:
+    """A check of the per-sample loop found running samples that can no longer advance, or
+    the solve used up max_steps (each running sample's own count: they have all made
+    ``iteration`` attempts): each sample's ``Status`` code, (batch,), 0 for the others. With
+    ``config.throw`` raise the engine's error of the first failing sample, naming every
+    failing one."""
+    land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
+    if iteration >= config.max_steps:
+        codes = torch.where(still, int(Status.MAX_STEPS), 0)
+    else:  # as ``raise_stalled`` and ``check_overflow`` classify a stall
+        largest = torch.finfo(y.real.dtype).max
+        bad = ~torch.isfinite(y).all(1) | ~torch.isfinite(land) | (y.abs().amax(1) > largest / 1024)
+        code = torch.where(bad, int(Status.NON_FINITE), int(Status.STEP_SIZE_UNDERFLOW))
+        codes = torch.where(stalled(still, t, proposal, t_stop, sign), code, 0)
+    if not config.throw:
+        return codes
+    i = int(codes.nonzero()[0])
+    try:
+        if iteration >= config.max_steps:
+            counts = "per-sample mode counts each sample's steps"
+            raise max_steps_error(config.max_steps, float(t[i]), float(t_stop[i]), counts, i)
+        if bool(torch.isfinite(y[i]).all()):
+            check_overflow(float(t[i]), y[i])
+        raise_stalled(float(t[i]), float(land[i] - t[i]), y[i], sample=i)
+    except SolverError as error:
+        codes[i] = code_of(error)
+        if int((codes != 0).sum()) == 1 and codes.shape[0] == 1:
+            raise
+        raise samples_failed(codes, error) from None
+    return codes  # pragma: no cover (raise_stalled raises)

@@ -14,8 +14,8 @@ each check is scheduled a quarter of the way to the end of the slowest running s
 its current step size (at most 64 steps on; 16 with a terminal event, since every sample
 may stop early and the batch's steps until the next check are wasted), so a solve of N
 steps makes a few times log(N) checks and rarely steps past the last sample's end; the
-checks also ask whether a sample has stalled (its step underflows) or the solve has run out
-of steps. Until the next check the steps attempted wait in a list (``_Reached``; at most
+checks also ask whether a sample has stalled (its step underflows) or run out of steps
+(``_status.sample_failures``: raise, or with ``throw=False`` stop it with its status). Until the next check the steps attempted wait in a list (``_Reached``; at most
 ``_PENDING_BYTES`` of them); the check writes the output times they crossed, each sample's
 from the step that reached it, all in one batch (``_write_outputs``). With events, a sample
 whose accepted step crosses its event waits too (frozen at the step's end if the event is

@@ -106,6 +106,17 @@ def test_skip_finished_and_odeint_give_the_same_results() -> None:
     assert ys.equal(full.ys)
 
 
+def test_odeint_adjoint_with_spans_matches_odeint() -> None:
+    field, y0 = Field(), _y0().requires_grad_(True)
+    options = dict(per_sample=True)
+    grads = []
+    for odeint in (no.odeint, no.odeint_adjoint):
+        ys = odeint(field, y0, TS, options=options, rtol=1e-10, atol=1e-12)
+        grads.append(torch.autograd.grad(ys.sum(), (y0, field.weight)))
+    for got, expected in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+
+
 def test_gradcheck_direct_with_respect_to_y0_and_a_parameter() -> None:
     y0 = _y0(3).requires_grad_(True)
     weight = torch.tensor([[0.3, -0.2], [0.1, 0.4]], dtype=F64, requires_grad=True)

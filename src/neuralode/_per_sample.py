@@ -15,7 +15,8 @@ its current step size (at most 64 steps on; 16 with a terminal event, since ever
 may stop early and the batch's steps until the next check are wasted), so a solve of N
 steps makes a few times log(N) checks and rarely steps past the last sample's end; the
 checks also ask whether a sample has stalled (its step underflows) or run out of steps
-(``_status.sample_failures``: raise, or with ``throw=False`` stop it with its status). Until the next check the steps attempted wait in a list (``_Reached``; at most
+(``_status.sample_failures``: raise, or with ``throw=False`` stop it with its status).
+Until the next check the steps attempted wait in a list (``_Reached``; at most
 ``_PENDING_BYTES`` of them); the check writes the output times they crossed, each sample's
 from the step that reached it, all in one batch (``_write_outputs``). With events, a sample
 whose accepted step crosses its event waits too (frozen at the step's end if the event is
@@ -56,7 +57,7 @@ from ._pending import (
 )
 from ._solution import SolveStats
 from ._spans import loop_times
-from ._status import Status, sample_failures
+from ._status import Status, sample_failures, samples_failed
 from ._term import ODETerm
 from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
@@ -174,10 +175,11 @@ def integrate_per_sample(
         nfe = nfe + 1
         bad = ~torch.isfinite(d1)
         if bool(bad.any()):
-            i = int(bad.nonzero()[0])
-            if config.throw:
-                raise NonFiniteError(f"f(t0, y0) contains NaN or inf for sample {i}")
             status = torch.where(bad, int(Status.NON_FINITE), status)  # they never start
+            if config.throw:
+                i = int(bad.nonzero()[0])
+                error = NonFiniteError(f"f(t0, y0) contains NaN or inf for sample {i}.")
+                raise samples_failed(status, error)
             active = ~bad
     else:
         size = torch.full((batch,), ctrl.first_step, **f64)

@@ -149,6 +149,19 @@ def test_one_problem_returns_what_it_reached() -> None:
     assert torch.isnan(per[-1, 0]).all() and torch.isfinite(per[:, 1]).all()
 
 
+def test_fixed_steps_stop_at_max_steps() -> None:
+    """The fixed grid's step count, refused before the solve with throw=True, stops the solve
+    where it runs out with throw=False."""
+    ts = torch.linspace(0.0, 1.0, 5, dtype=F64)
+    kwargs = dict(solver="rk4", controller=no.FixedGrid(step_size=0.05), max_steps=10)
+    sol = no.solve(lambda t, y: -y, torch.ones(1, dtype=F64), ts, throw=False, **kwargs)
+    assert sol.status == Status.MAX_STEPS
+    torch.testing.assert_close(sol.ys[:3, 0], torch.exp(-ts[:3]), rtol=1e-6, atol=0)
+    assert torch.isnan(sol.ys[3:]).all()
+    with pytest.raises(no.MaxStepsError, match="max_steps=10"):
+        no.solve(lambda t, y: -y, torch.ones(1, dtype=F64), ts, **kwargs)
+
+
 def test_events_give_the_event_status() -> None:
     sol = no.solve(
         lambda t, y: -y,

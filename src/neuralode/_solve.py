@@ -173,16 +173,16 @@ def solve(
         max_steps = NO_STEP_LIMIT
     if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps <= 0:
         raise ValueError(f"max_steps must be a positive integer or None, got {max_steps!r}")
-    if isinstance(times, torch.Tensor):  # per-sample times (the device loop's controller)
-        pass
-    elif isinstance(controller, FixedGrid) and not math.isfinite(times[-1]):
+    # (per-sample times run in the device loop, on a PIController)
+    fixed = isinstance(controller, FixedGrid) and not isinstance(times, torch.Tensor)
+    if fixed and not math.isfinite(times[-1]):
         if controller.step_size is None:
             raise ValueError(
                 "an event search towards t=inf on fixed steps needs a step_size "
                 "(FixedGrid(step_size=...), options step_size): the steps cannot be the "
                 "output times"
             )
-    elif isinstance(controller, FixedGrid) and event is None and throw:
+    elif fixed and event is None and throw:
         n_steps = controller.n_steps(times)
         if n_steps > max_steps:
             raise MaxStepsError(

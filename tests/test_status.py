@@ -181,3 +181,14 @@ def test_throw_false_needs_direct_gradients() -> None:
     y0 = torch.tensor([[1.0]], dtype=F64, requires_grad=True)
     with pytest.raises(ValueError, match="throw=False needs gradient=Direct"):
         no.solve(riccati, y0, TS, per_sample=True, throw=False, gradient=no.Backsolve(params=()))
+
+
+def test_vmap_gives_each_problem_its_status() -> None:
+    def one(y0):
+        sol = no.solve(riccati, y0, TS, throw=False)
+        return sol.ys, sol.status
+
+    y0 = torch.tensor([[0.5], [1.0]], dtype=F64)
+    ys, status = torch.func.vmap(one)(y0)
+    assert status.tolist() == [0, Status.STEP_SIZE_UNDERFLOW]
+    assert torch.isfinite(ys[0]).all() and torch.isnan(ys[1, -1]).all()

@@ -85,6 +85,8 @@ def solve_vmapped(
         sol = _solve_one_by_one(solve, func, spec, flat, ts, level, kwargs)
     ys = sol.ys  # (len(ts), batch, n): each problem's outputs, wrapped back per problem
     sol.ys = spec.unflatten(functorch._add_batch_dim(ys, 1, level))
+    if sol.status is not None and sol.status.ndim == 1:  # each problem's own status
+        sol.status = functorch._add_batch_dim(sol.status, 0, level)
     return sol
 
 

@@ -192,3 +192,15 @@ def test_vmap_gives_each_problem_its_status() -> None:
     ys, status = torch.func.vmap(one)(y0)
     assert status.tolist() == [0, Status.STEP_SIZE_UNDERFLOW]
     assert torch.isfinite(ys[0]).all() and torch.isnan(ys[1, -1]).all()
+
+
+def test_a_failing_sample_beside_terminal_events() -> None:
+    y0 = torch.tensor([[0.5], [1.0], [0.2]], dtype=F64)
+    event = no.Event(lambda t, y: y[:, 0] - 0.9)  # sample 0 reaches 0.9 at t = 0.8889
+    sol = no.solve(riccati, y0, TS, per_sample=True, event=event, throw=False)
+    assert sol.status[0] == Status.EVENT and sol.status[2] == Status.SUCCESS
+    assert sol.status[1] in (Status.STEP_SIZE_UNDERFLOW, Status.NON_FINITE)
+    assert sol.event_mask.tolist() == [True, False, False]
+    torch.testing.assert_close(sol.ys[-1, 0, 0], torch.tensor(0.9, dtype=F64))
+    # sample 1 starts above 0.9 and never crosses: its outputs after its failure are NaN
+    assert torch.isfinite(sol.ys[:4, 1]).all() and torch.isnan(sol.ys[5:, 1]).all()

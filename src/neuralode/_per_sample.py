@@ -302,7 +302,7 @@ def integrate_per_sample(
                 pending[-1].f1 = f0
     later = torch.arange(n_out, device=device)[:, None] >= next_out
     if events is not None and events.event.terminal:  # later outputs hold the event state
-        later = later & events.mask
+        later = later & (events.mask | (status > 0))
     later[-1] = True  # the final state
     # a failing sample's outputs after where it stopped are NaN
     fill = y if config.throw else torch.where((status > 0)[:, None], torch.nan, y)

@@ -139,6 +139,9 @@ def test_one_problem_returns_what_it_reached() -> None:
     assert torch.isfinite(short.ys[0]).all()
     with pytest.raises(no.StepSizeUnderflowError):
         no.solve(riccati, y0, TS)
+    device = no.solve(riccati, y0, TS, device_loop=True, throw=False)  # a batch of one
+    assert device.status.ndim == 0 and device.status == sol.status
+    assert torch.isnan(device.ys[5:]).all() and torch.isfinite(device.ys[:4]).all()
     fine = no.solve(riccati, y0 * 0.5, TS, throw=False)
     assert fine.status == Status.SUCCESS and fine.succeeded
     # odeint: the option, NaN after the failure

@@ -65,6 +65,26 @@ def test_spans_equal_solving_each_sample_alone(method: str, direction: float) ->
     assert sol.succeeded and sol.status.equal(torch.zeros(4, dtype=torch.long))
 
 
+@pytest.mark.parametrize("method", ["dopri5", "dopri8"])
+def test_spans_take_the_standard_loops_steps(method: str) -> None:
+    """Each sample takes the steps the standard (host) loop takes on it alone, and its
+    outputs agree to round-off (the loops interpolate with different arithmetic)."""
+    field, y0 = Field(), _y0()
+    controller = no.PIController(**CONTROLLER)
+    with torch.no_grad():
+        sol = no.solve(field, y0, TS, per_sample=True, solver=method, controller=controller)
+        for i in range(4):
+            one = no.solve(
+                lambda t, y: field(t.reshape(1), y[None])[0],
+                y0[i],
+                TS[i],
+                solver=method,
+                controller=controller,
+            )
+            assert one.stats.n_steps == int(sol.stats.sample_steps[i])
+            torch.testing.assert_close(sol.ys[:, i], one.ys, rtol=0, atol=1e-10)
+
+
 def test_spans_match_the_exact_solution_and_f_sees_each_samples_time() -> None:
     rates = torch.tensor([0.5, -1.0, 2.0, 0.1], dtype=F64)
     first: list[torch.Tensor] = []

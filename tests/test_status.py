@@ -207,3 +207,13 @@ def test_a_failing_sample_beside_terminal_events() -> None:
     torch.testing.assert_close(sol.ys[-1, 0, 0], torch.tensor(0.9, dtype=F64))
     # sample 1 starts above 0.9 and never crosses: its outputs after its failure are NaN
     assert torch.isfinite(sol.ys[:4, 1]).all() and torch.isnan(sol.ys[5:, 1]).all()
+
+
+def test_vmap_one_by_one_gives_each_problem_its_status() -> None:
+    """A method per-sample mode cannot run (radau) solves the problems one by one."""
+
+    def one(y0):
+        return no.solve(riccati, y0, TS, solver="radau", throw=False).status
+
+    status = torch.func.vmap(one)(torch.tensor([[0.5], [1.0]], dtype=F64))
+    assert status[0] == Status.SUCCESS and status[1] != Status.SUCCESS

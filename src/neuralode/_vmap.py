@@ -132,7 +132,8 @@ def _solve_one_by_one(
     stats.sample_accepted = torch.tensor([s.stats.n_accepted for s in solutions])
     stats.sample_rejected = torch.tensor([s.stats.n_rejected for s in solutions])
     ys = torch.stack([_flat_outputs(spec, s.ys) for s in solutions], 1)
-    return Solution(ts=ts, ys=ys, stats=stats)
+    status = torch.stack([s.status for s in solutions])
+    return Solution(ts=ts, ys=ys, stats=stats, status=status)
 
 
 def _flat_outputs(spec: TreeSpec, ys: Any) -> torch.Tensor:

@@ -180,8 +180,12 @@ def test_events_give_the_event_status() -> None:
     assert math.isclose(float(one.event_t), math.log(1 / 0.8), rel_tol=1e-6)
 
 
-def test_throw_false_needs_direct_gradients() -> None:
+def test_throw_false_needs_direct_gradients_and_no_odeint_event() -> None:
     y0 = torch.tensor([[1.0]], dtype=F64, requires_grad=True)
+    with pytest.raises(ValueError, match="throw=False is not supported with event_fn"):
+        no.odeint_event(
+            riccati, y0[0], TS[0], event_fn=lambda t, y: y - 2, options=dict(throw=False)
+        )
     with pytest.raises(ValueError, match="throw=False needs gradient=Direct"):
         no.solve(riccati, y0, TS, per_sample=True, throw=False, gradient=no.Backsolve(params=()))
 

@@ -92,4 +92,4 @@ class Solution:
         last output time or its terminal event (``status`` SUCCESS or EVENT)."""
         if self.status is None:
             return True
-        return bool(((self.status == 0) | (self.status == 4)).all())
+        return bool(((self.status == 0) | (self.status == 4)).all())  # SUCCESS, EVENT

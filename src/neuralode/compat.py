@@ -284,6 +284,12 @@ def _odeint(
     spec, _ = tree_spec(y0, "y0")
     solver, controller, extra = _parse(method, options, rtol, atol, func, y0, t, spec)
     event = None
+    if event_fn is not None and "throw" in extra and not extra["throw"]:
+        raise ValueError(
+            "option throw=False is not supported with event_fn: the event's time and state "
+            "have no status to go with them; use neuralode.solve(..., event=Event(fn), "
+            "throw=False) and read Solution.status"
+        )
     if event_fn is not None:
         if not isinstance(t, torch.Tensor) or t.ndim != 1 or t.numel() < 2:
             raise ValueError(

@@ -470,16 +470,52 @@ class ImplicitRK(Solver):
         return {"retry": False, "after_jump": after_jump, "newton_start": start}
 
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
+        if self.tableau.collocation:
+            return self.dense_formula(
+                step.y0[None],
+                step.y1[None],
+                torch.tensor(step.dt, dtype=torch.float64),
+                step.extra["ks"][:, None],
+                thetas,
+            )
+        return hermite_interpolate(term, step, thetas, self.hermite_f0(term, step))
+
+    def hermite_f0(self, term: ODETerm, step: Step) -> torch.Tensor:
         tab = self.tableau
-        ks = step.extra["ks"]
-        if tab.collocation:
-            weights = collocation_weights(tab.c, thetas.numpy())
-            w = torch.from_numpy(weights).to(dtype=ks.dtype, device=ks.device)
-            return step.y0[None] + step.dt * (w @ ks)
-        f0 = ks[0] if tab.explicit_first_stage else step.extra["f0"]
-        if torch.is_grad_enabled() and not tab.explicit_first_stage:
-            f0 = term(step.t0, step.y0, step.extra["p0"])  # with a graph
-        return hermite_interpolate(term, step, thetas, f0)
+        if tab.explicit_first_stage:
+            return step.extra["ks"][0]
+        if torch.is_grad_enabled():
+            return term(step.t0, step.y0, step.extra["p0"])  # with a graph
+        return step.extra["f0"]
+
+    def dense_record(self, term: ODETerm, step: Step) -> torch.Tensor:
+        if self.tableau.collocation:
+            return step.extra["ks"]
+        return super().dense_record(term, step)
+
+    def dense_formula(
+        self,
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        h: torch.Tensor,
+        stacked: torch.Tensor,
+        theta: torch.Tensor,
+        derivative: bool = False,
+    ) -> torch.Tensor:
+        """The collocation polynomial (its derivative) where the method is a collocation
+        method, else cubic Hermite; ``stacked`` (stages, rows, n) against ``theta`` (rows,)
+        (one value each) or, for one row, (m,) values of it."""
+        if not self.tableau.collocation:
+            return super().dense_formula(y0, y1, h, stacked, theta, derivative)
+        weights = collocation_weights(self.tableau.c, theta.detach().cpu().numpy(), derivative)
+        w = torch.from_numpy(weights).to(dtype=stacked.dtype, device=stacked.device)
+        if stacked.shape[1] == 1:  # one step, many points
+            combined = w @ stacked[:, 0]
+        else:
+            combined = torch.einsum("rs,srn->rn", w, stacked)
+        if derivative:
+            return combined
+        return y0 + h.reshape(-1, 1).to(device=y0.device, dtype=y0.real.dtype) * combined
 
 
 def _starts_after_jump(state: Any) -> bool:

@@ -3,15 +3,17 @@
 A dense solution keeps, for every step, what the method's own continuous extension needs
 (its start and end, size and stages: ``Solver.dense_record``), stacked as (steps, batch)
 tensors; one problem is a batch of one. ``evaluate(t)`` finds each time's step with one
-``searchsorted`` over the step ends, gathers those steps and evaluates the method's dense
-formula (``Solver.dense_formula``: the same formula the solve's outputs use) on all the
-points at once: no Python loop over points or steps. Per sample, every step attempt of the
+``searchsorted`` over the step ends and applies the method's dense output as weights
+(``Solver.dense_weights``: the same polynomials the solve's outputs use) to those steps'
+kept rows, all points in one sparse matrix product: no Python loop over points or steps,
+no copy of the steps' stages per point. Per sample, every step attempt of the
 batch is kept with its accept mask; a rejected attempt's end is ``-inf`` in the running
 maximum of the step ends, so the search never lands on it.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -189,19 +191,11 @@ class Recorder:
         def stack(name: str, dim: int = 0) -> torch.Tensor:
             return torch.stack([getattr(x, name) for x in a], dim)
 
-        return DenseSolution(
-            solver,
-            spec,
-            per_sample,
-            stack("t"),
-            stack("t1"),
-            stack("y"),
-            stack("y1"),
-            stack("stacked", 1),
-            stack("accept"),
-            a[0].t,
-            self.t_end,
-        )
+        # (steps, batch, 2 + K, n): y0, y1 and the dense record of each step of each sample
+        rows = torch.stack([torch.cat([x.y[None], x.y1[None], x.stacked]) for x in a], 0)
+        rows = rows.transpose(1, 2)
+        t0, t1, accept = stack("t"), stack("t1"), stack("accept")
+        return DenseSolution(solver, spec, per_sample, t0, t1, rows, accept, a[0].t, self.t_end)
 
 
 class DenseSolution:
@@ -214,16 +208,16 @@ class DenseSolution:
         per_sample: bool,
         t0: torch.Tensor,
         t1: torch.Tensor,
-        y0: torch.Tensor,
-        y1: torch.Tensor,
-        stacked: torch.Tensor,
+        rows: torch.Tensor,
         accept: torch.Tensor,
         t_start: torch.Tensor,
         t_end: torch.Tensor,
     ):
+        """``rows``: (steps, batch, 2 + K, n), each step's y0, y1 and ``dense_record``."""
         self.solver, self.spec, self.per_sample = solver, spec, per_sample
-        self.t0, self.h, self.y0, self.y1, self.stacked = t0, t1 - t0, y0, y1, stacked
-        self.t_start, self.t_end = t_start, t_end
+        self.t0, self.h, self.t_start, self.t_end = t0, t1 - t0, t_start, t_end
+        self.width = rows.shape[2]
+        self.rows = rows.reshape(-1, rows.shape[-1])  # (steps * batch * (2 + K), n)
         self.sign = 1.0 if bool((t_end >= t_start).all()) else -1.0
         ends = torch.where(accept, self.sign * t1, -torch.inf)
         self.reach = ends.cummax(0).values.T.contiguous()  # (batch, steps), sorted rows
@@ -240,6 +234,43 @@ class DenseSolution:
                     f"time or a row of times per sample, got shape {tuple(t.shape)}"
                 )
         queries = t.reshape(batch, -1)
+        self._check_span(queries)
+        # the step of each time: the first whose end reaches it (rejected attempts: -inf)
+        index = torch.searchsorted(self.reach, (self.sign * queries).contiguous())
+        index = index.clamp(max=self.reach.shape[1] - 1).reshape(-1)
+        sample = torch.arange(batch, device=t.device).repeat_interleave(queries.shape[1])
+        h = self.h[index, sample]
+        theta = (queries.reshape(-1) - self.t0[index, sample]) / h
+        out = self._combine(index * batch + sample, theta, h, derivative)
+        if self.per_sample:
+            return out.reshape(*t.shape, *self.spec.shapes[0][1:])
+        return self.spec.unflatten(out.reshape(*t.shape, -1))
+
+    def _combine(
+        self, step: torch.Tensor, theta: torch.Tensor, h: torch.Tensor, derivative: bool
+    ) -> torch.Tensor:
+        """The dense output at ``theta`` of the kept steps ``step`` (flat step-sample
+        indices), (m, n): the method's weights (``Solver.dense_weights``) applied to each
+        step's rows as one sparse (m, rows) x (rows, n) product, nothing gathered."""
+        width, m = self.width, len(theta)
+        weights = self.solver.dense_weights(theta, h, self.rows, derivative)
+        columns = (step * width)[:, None] + torch.arange(width, device=step.device)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore")
+            matrix = torch.sparse_csr_tensor(
+                torch.arange(0, m * width + 1, width, device=step.device),
+                columns.reshape(-1),
+                weights.reshape(-1),
+                size=(m, self.rows.shape[0]),
+                check_invariants=False,
+            )
+        out = matrix @ self.rows
+        if not derivative:  # a step's end: its end state y1 exactly
+            ends = (theta == 1).nonzero().squeeze(1)
+            out = out.index_copy(0, ends, self.rows.index_select(0, step[ends] * width + 1))
+        return out
+
+    def _check_span(self, queries: torch.Tensor) -> None:
         signed = self.sign * queries
         lo, hi = self.sign * self.t_start[:, None], self.sign * self.t_end[:, None]
         outside = ~((signed >= lo) & (signed <= hi))
@@ -251,21 +282,6 @@ class DenseSolution:
                 f"span from {float(self.t_start[sample])!r} to {float(self.t_end[sample])!r}"
                 f"{which}; dense output exists only inside the solved span"
             )
-        index = torch.searchsorted(self.reach, signed.contiguous())
-        index = index.clamp(max=self.reach.shape[1] - 1).reshape(-1)
-        rows = torch.arange(batch, device=t.device).repeat_interleave(queries.shape[1])
-        h = self.h[index, rows]
-        theta = (queries.reshape(-1) - self.t0[index, rows]) / h
-        y0, y1 = self.y0[index, rows], self.y1[index, rows]
-        h_y = h.to(y0.real.dtype)[:, None]
-        out = self.solver.dense_formula(
-            y0, y1, h_y, self.stacked[:, index, rows], theta, derivative
-        )
-        if not derivative:  # a step's end: its end state exactly
-            out = torch.where((theta == 1)[:, None], y1, out)
-        if self.per_sample:
-            return out.reshape(*t.shape, *self.spec.shapes[0][1:])
-        return self.spec.unflatten(out.reshape(*t.shape, -1))
 
 
 def saved(saveat: SaveAt, recorder: Recorder | None, problem: Any, ys: torch.Tensor) -> Any:

@@ -107,20 +107,16 @@ class Solver(abc.ABC):
             step.f1 = term(step.t1, step.y1, step.end_perturb)
         return torch.stack([self.hermite_f0(term, step), step.f1])
 
-    def dense_formula(
-        self,
-        y0: torch.Tensor,
-        y1: torch.Tensor,
-        h: torch.Tensor,
-        stacked: torch.Tensor,
-        theta: torch.Tensor,
-        derivative: bool = False,
+    def dense_weights(
+        self, theta: torch.Tensor, h: torch.Tensor, like: torch.Tensor, derivative: bool = False
     ) -> torch.Tensor:
-        """The dense output of many steps at once, one row each: ``y0``, ``y1`` (m, n), the
-        step sizes ``h`` (m, 1), ``stacked`` (K, m, n) from ``dense_record``, the step
-        fractions ``theta`` (m,) float64; with ``derivative``, dy/dt there."""
-        th = theta.to(dtype=y0.real.dtype)[:, None]
-        return hermite(th, y0, y1, stacked[0], stacked[1], h, derivative)
+        """The dense output as weights, one row per point: y(t0 + theta h) = W[:, 0] y0 +
+        W[:, 1] y1 + sum_k W[:, 2 + k] X_k with X = ``dense_record``'s rows, for the step
+        fractions ``theta`` and step sizes ``h`` (m,) float64; (m, 2 + K) in ``like``'s
+        dtype. With ``derivative``: the weights of dy/dt. By default cubic Hermite."""
+        th, size = theta[:, None], h[:, None]
+        h00, h01, h10, h11 = hermite_basis(th, size, derivative)
+        return torch.cat([h00, h01, h10 * size, h11 * size], 1).to(like.dtype)
 
     def __repr__(self) -> str:
         return f"{self.name}()"
@@ -149,14 +145,17 @@ def hermite(
     ``theta``, for every mode: ``theta`` (m, 1) against one step's (n,) states, or (batch,
     1) against per-sample (batch, n) states with ``h`` (batch, 1). With ``derivative``, its
     time derivative (the basis polynomials' theta-derivatives over ``h``)."""
+    h00, h01, h10, h11 = hermite_basis(theta, h, derivative)
+    return h00 * y0 + h01 * y1 + (h10 * h) * f0 + (h11 * h) * f1
+
+
+def hermite_basis(theta: torch.Tensor, h: Any, derivative: bool = False) -> tuple:
+    """The cubic Hermite basis at ``theta``: the weights of y0, y1, h f0 and h f1; with
+    ``derivative`` their time derivatives (theta-derivatives over ``h``)."""
     if derivative:  # d/dt = (d/dtheta) / h
         h00 = 6 * theta * (theta - 1) / h
         h10 = (3 * theta - 1) * (theta - 1) / h
-        h01 = -h00
-        h11 = theta * (3 * theta - 2) / h
-    else:
-        h00 = (1 + 2 * theta) * (1 - theta) ** 2
-        h10 = theta * (1 - theta) ** 2
-        h01 = theta**2 * (3 - 2 * theta)
-        h11 = theta**2 * (theta - 1)
-    return h00 * y0 + h01 * y1 + (h10 * h) * f0 + (h11 * h) * f1
+        return h00, -h00, h10, theta * (3 * theta - 2) / h
+    h00 = (1 + 2 * theta) * (1 - theta) ** 2
+    h10 = theta * (1 - theta) ** 2
+    return h00, theta**2 * (3 - 2 * theta), h10, theta**2 * (theta - 1)

@@ -226,11 +226,7 @@ class ExplicitRK(Solver):
                 raise ValueError(f"{self!r} needs f(t1, y1) for its dense output")
             th = theta.to(device=y0.device, dtype=y0.real.dtype)[:, None]
             return hermite(th, y0, y1, stacked[0], f1, h, derivative)
-        powers = torch.arange(1, co.dense.shape[1] + 1, dtype=torch.float64, device=theta.device)
-        theta_powers = theta[None, :] ** (powers[:, None] - int(derivative))  # (P, m)
-        if derivative:  # d/dtheta theta^p = p theta^(p-1)
-            theta_powers = theta_powers * powers[:, None]
-        weights = co.dense @ theta_powers.to(dtype=co.dense.dtype, device=co.dense.device)
+        weights = self._theta_weights(co, theta, derivative)
         if not per_row:  # one step, many points: one matrix product
             if derivative:
                 return weights.T @ stacked
@@ -239,6 +235,15 @@ class ExplicitRK(Solver):
             stacked = torch.cat([stacked, f1[None]])
         combined = torch.einsum("sb,sbd->bd", weights, stacked)
         return combined if derivative else torch.addcmul(y0, h, combined)
+
+    @staticmethod
+    def _theta_weights(co: _Coefficients, theta: torch.Tensor, derivative: bool) -> torch.Tensor:
+        """B_i(theta) (with ``derivative``: B_i'(theta)) of the own extension, (stages, m)."""
+        powers = torch.arange(1, co.dense.shape[1] + 1, dtype=torch.float64, device=theta.device)
+        theta_powers = theta[None, :] ** (powers[:, None] - int(derivative))  # (P, m)
+        if derivative:  # d/dtheta theta^p = p theta^(p-1)
+            theta_powers = theta_powers * powers[:, None]
+        return co.dense @ theta_powers.to(dtype=co.dense.dtype, device=co.dense.device)
 
     def hermite_f0(self, term: ODETerm, step: Step) -> torch.Tensor:
         return step.stages[0]
@@ -254,18 +259,17 @@ class ExplicitRK(Solver):
         # graph-free solves reuse one stage buffer across steps: keep a copy
         return stacked if torch.is_grad_enabled() else stacked.clone()
 
-    def dense_formula(
-        self,
-        y0: torch.Tensor,
-        y1: torch.Tensor,
-        h: torch.Tensor,
-        stacked: torch.Tensor,
-        theta: torch.Tensor,
-        derivative: bool = False,
+    def dense_weights(
+        self, theta: torch.Tensor, h: torch.Tensor, like: torch.Tensor, derivative: bool = False
     ) -> torch.Tensor:
         if self.tableau.dense is None:
-            return super().dense_formula(y0, y1, h, stacked, theta, derivative)
-        return self.dense(y0, y1, h, stacked, None, theta, derivative)
+            return super().dense_weights(theta, h, like, derivative)
+        weights = self._theta_weights(self._coefficients(like), theta, derivative).T
+        ends = torch.zeros(len(theta), 2, dtype=weights.dtype, device=weights.device)
+        if derivative:
+            return torch.cat([ends, weights], 1)
+        ends[:, 0] = 1  # y0 + h sum_i B_i(theta) k_i
+        return torch.cat([ends, h.to(weights.dtype)[:, None] * weights], 1)
 
     def _extra_stages(self, term: ODETerm, step: Step, co: _Coefficients) -> torch.Tensor:
         """Evaluate the dense output's extra stages (once per step) and stack all stages."""

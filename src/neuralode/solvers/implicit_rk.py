@@ -470,14 +470,12 @@ class ImplicitRK(Solver):
         return {"retry": False, "after_jump": after_jump, "newton_start": start}
 
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
-        if self.tableau.collocation:
-            return self.dense_formula(
-                step.y0[None],
-                step.y1[None],
-                torch.tensor(step.dt, dtype=torch.float64),
-                step.extra["ks"][:, None],
-                thetas,
-            )
+        tab = self.tableau
+        ks = step.extra["ks"]
+        if tab.collocation:
+            weights = collocation_weights(tab.c, thetas.numpy())
+            w = torch.from_numpy(weights).to(dtype=ks.dtype, device=ks.device)
+            return step.y0[None] + step.dt * (w @ ks)
         return hermite_interpolate(term, step, thetas, self.hermite_f0(term, step))
 
     def hermite_f0(self, term: ODETerm, step: Step) -> torch.Tensor:
@@ -493,29 +491,20 @@ class ImplicitRK(Solver):
             return step.extra["ks"]
         return super().dense_record(term, step)
 
-    def dense_formula(
-        self,
-        y0: torch.Tensor,
-        y1: torch.Tensor,
-        h: torch.Tensor,
-        stacked: torch.Tensor,
-        theta: torch.Tensor,
-        derivative: bool = False,
+    def dense_weights(
+        self, theta: torch.Tensor, h: torch.Tensor, like: torch.Tensor, derivative: bool = False
     ) -> torch.Tensor:
-        """The collocation polynomial (its derivative) where the method is a collocation
-        method, else cubic Hermite; ``stacked`` (stages, rows, n) against ``theta`` (rows,)
-        (one value each) or, for one row, (m,) values of it."""
+        """The collocation polynomial's weights where the method is a collocation method
+        (y0 + h sum_j w_j(theta) k_j), else cubic Hermite's."""
         if not self.tableau.collocation:
-            return super().dense_formula(y0, y1, h, stacked, theta, derivative)
-        weights = collocation_weights(self.tableau.c, theta.detach().cpu().numpy(), derivative)
-        w = torch.from_numpy(weights).to(dtype=stacked.dtype, device=stacked.device)
-        if stacked.shape[1] == 1:  # one step, many points
-            combined = w @ stacked[:, 0]
-        else:
-            combined = torch.einsum("rs,srn->rn", w, stacked)
+            return super().dense_weights(theta, h, like, derivative)
+        w = collocation_weights(self.tableau.c, theta.detach().cpu().numpy(), derivative)
+        weights = torch.from_numpy(w).to(dtype=like.dtype, device=like.device)
+        ends = torch.zeros(len(theta), 2, dtype=like.dtype, device=like.device)
         if derivative:
-            return combined
-        return y0 + h.reshape(-1, 1).to(device=y0.device, dtype=y0.real.dtype) * combined
+            return torch.cat([ends, weights], 1)
+        ends[:, 0] = 1
+        return torch.cat([ends, h.to(like.dtype)[:, None] * weights], 1)
 
 
 def _starts_after_jump(state: Any) -> bool:

@@ -201,6 +201,17 @@ def test_saveat_fn_differentiable_and_nested() -> None:
     torch.testing.assert_close(grad, torch.full((2,), math.exp(-1.0), dtype=torch.float64))
 
 
+def test_device_loop_keeps_the_same_dense_solution() -> None:
+    ts, times = _grid(E1, 5), _grid(E1, 33)
+    host = _solve("tsit5", E1, ts, dense=True)
+    device = _solve("tsit5", E1, ts, dense=True, device_loop=True)
+    assert device.stats.n_accepted == host.stats.n_accepted
+    torch.testing.assert_close(device.evaluate(times), host.evaluate(times), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        device.derivative(times), host.derivative(times), rtol=1e-9, atol=1e-9
+    )
+
+
 def test_compile_step_keeps_the_same_dense_solution() -> None:
     ts = _grid(E1, 5)
     eager = _solve("dopri5", E1, ts, dense=True)
@@ -238,6 +249,8 @@ def test_bad_input() -> None:
         no.solve(f, y0, ts, dense=True, event=no.Event(lambda t, y: y - 0.5))
     with pytest.raises(ValueError, match="needs a span"):
         no.solve(f, y0, ts[:1], dense=True)
+    with pytest.raises(ValueError, match="dense is not supported under torch.func.vmap"):
+        torch.func.vmap(lambda y: no.solve(f, y, ts, dense=True).ys)(torch.ones(2, 1))
     with pytest.raises(ValueError, match="compile='step' or compile=False"):
         no.solve(f, y0, ts, dense=True, compile=True)
     batch = torch.ones(3, 1, dtype=torch.float64)

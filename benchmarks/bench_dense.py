@@ -9,7 +9,9 @@ without (ts = the span only); the solve's own outputs at 1,000 times (``ts`` of 
 sorted times: the loop interpolates them step by step; one problem only); ``evaluate`` at
 1,000 times (per sample: (64, 1,000)); ``one pass``: the method's dense output
 (``Solver.dense_weights`` and one product per step) once at every kept step (theta = 0.5,
-no search). Median of interleaved repeats.
+no search); the last column compares the cost per evaluated point with the cost per kept
+step of that pass (1: a point costs what one step's dense output costs). Median of
+interleaved repeats.
 
     flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_dense.py
 """
@@ -73,9 +75,9 @@ def main() -> None:
     print(
         "| problem | method | kept steps | solve | solve, dense=True | solve at 1,000 ts "
         "| evaluate 1,000 t | one pass over the steps | evaluate / solve "
-        "| evaluate / (solve at 1,000 ts - solve) |"
+        "| evaluate / (solve at 1,000 ts - solve) | evaluate per point / one pass per step |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for per_sample in (False, True):
         for method in ("dopri5", "tsit5", "dopri8"):
             kw = dict(solver=method, controller=ctrl, per_sample=per_sample)
@@ -102,7 +104,8 @@ def main() -> None:
             print(
                 f"| {label} | {method} | {kept} | {med['plain']:.1f} ms | {med['dense']:.1f} ms "
                 f"| {med['outputs']:.1f} ms | {med['evaluate']:.2f} ms | {med['pass']:.2f} ms "
-                f"| {med['evaluate'] / med['plain']:.2f} | {med['evaluate'] / extra:.2f} |"
+                f"| {med['evaluate'] / med['plain']:.2f} | {med['evaluate'] / extra:.2f} "
+                f"| {(med['evaluate'] / t.numel()) / (med['pass'] / kept):.2f} |"
             )
 
 

@@ -121,12 +121,12 @@ def check_saveat(
 class _Attempt:
     """A step attempt of every sample (one problem: a batch of one), kept for dense output."""
 
-    t: torch.Tensor  # (batch,) float64
-    t1: torch.Tensor
+    t: Any  # (batch,) float64 (the host loop: a float until ``Recorder._host_times``)
+    t1: Any
     y: torch.Tensor  # (batch, n)
     y1: torch.Tensor
     stacked: torch.Tensor  # (K, batch, n): ``dense_record``'s, or the stages until finished
-    accept: torch.Tensor  # (batch,) bool
+    accept: Any  # (batch,) bool (the host loop: None until ``Recorder._host_times``)
     f1: torch.Tensor | None = None
 
 
@@ -141,12 +141,9 @@ class Recorder:
     def add(self, solver: Solver, term: Any, step: Any) -> None:
         """An accepted step of the host loop."""
         stacked = solver.dense_record(term, step)[:, None]
-        f64 = dict(dtype=torch.float64, device=step.y0.device)
-        t0, t1 = torch.tensor([step.t0], **f64), torch.tensor([step.t1], **f64)
-        accept = torch.ones(1, dtype=torch.bool, device=step.y0.device)
         y0, y1 = step.y0.reshape(1, -1), step.y1.reshape(1, -1)
-        self.attempts.append(_Attempt(t0, t1, y0, y1, stacked, accept))
-        self.t_end = t1
+        # the times stay floats until the end (no tensor, no device copy per step)
+        self.attempts.append(_Attempt(step.t0, step.t1, y0, y1, stacked, None))
 
     def add_batch(self, *values: torch.Tensor | None) -> None:
         """A step attempt of the device loop: t, t1, y, y1, stages, accept, f1 (or None)."""
@@ -178,14 +175,29 @@ class Recorder:
                 calls += sum(c != 1 for c in dense.extra_c)
         return calls
 
+    def _host_times(self) -> None:
+        """The host loop's float times and accept masks as the device loop's tensors."""
+        a = self.attempts
+        if a[0].accept is not None:
+            return
+        device = a[0].y.device
+        t0 = torch.tensor([[x.t] for x in a], dtype=torch.float64, device=device)
+        t1 = torch.tensor([[x.t1] for x in a], dtype=torch.float64, device=device)
+        accept = torch.ones(1, dtype=torch.bool, device=device)
+        for x, start, end in zip(a, t0, t1):
+            x.t, x.t1, x.accept = start, end, accept
+        self.t_end = t1[-1]
+
     def step_times(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One problem's saved steps: the times (steps + 1,) and flat states (steps + 1, n)."""
+        self._host_times()
         a = self.attempts
         ts = torch.cat([a[0].t] + [x.t1 for x in a])
         ys = torch.cat([a[0].y] + [x.y1 for x in a])
         return ts, ys
 
     def solution(self, solver: Solver, spec: TreeSpec, per_sample: bool) -> DenseSolution:
+        self._host_times()
         a = self.attempts
 
         def stack(name: str, dim: int = 0) -> torch.Tensor:

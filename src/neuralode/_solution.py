@@ -90,7 +90,8 @@ class Solution:
         Returns:
             The states: ``t.shape`` followed by ``y0``'s shape (per sample: by a sample's
             shape), in ``y0``'s structure; differentiable with respect to ``y0`` and the
-            parameters of ``func``.
+            parameters of ``func`` (not with respect to ``t``: its derivative is
+            [`derivative`][neuralode.Solution.derivative]).
 
         Raises:
             ValueError: the solve did not keep its steps (``dense=True``), ``t`` outside the

@@ -37,6 +37,7 @@ class LoopConfig:
     callbacks: Any = None
     events: Any = None  # ``_events.Events``: OneProblemEvents, or one row per sample
     execution: Execution = Execution()  # how the loop runs (``_execution``)
+    save: Any = None  # ``_dense.Recorder``: keeps the steps (dense output, SaveAt(steps))
 
     @property
     def per_sample(self) -> bool:
@@ -187,6 +188,8 @@ def _integrate(
         stats.n_accepted += 1
         if callbacks is not None:
             callbacks.accept(t, y, t1 - t)
+        if config.save is not None:
+            config.save.add(solver, term, step)
         hit = None if events is None else events.check_step(solver, term, step)
         stop = hit is not None and events.event.terminal
         t_stop = hit.t if stop else t1

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ._callbacks import Callbacks
+from ._dense import Recorder, SaveAt, check_saveat, saved
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from ._events import Event, EventGradient, OneProblemEvents
 from ._execution import Execution
@@ -54,6 +55,8 @@ def solve(
     event: Event | None = None,
     per_sample: bool | str = False,
     compile: bool | str = False,
+    saveat: SaveAt | None = None,
+    dense: bool = False,
     **aliases: bool,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
@@ -114,6 +117,13 @@ def solve(
             compiles (seconds to a minute); later solves of the same shapes reuse the graph.
             ``per_sample`` and ``compile`` are validated together (``Execution``): a
             combination no mode runs is refused with the reason.
+        saveat: what to save (a [`SaveAt`][neuralode.SaveAt]): the states at ``ts``
+            (default), at the end only, at every step, and/or the dense solution, optionally
+            through a function of the state.
+        dense: keep the dense solution (shorthand for ``saveat=SaveAt(dense=True)``):
+            [`Solution.evaluate`][neuralode.Solution.evaluate] and
+            [`Solution.derivative`][neuralode.Solution.derivative] then work anywhere in the
+            span. Needs ``gradient=Direct()`` and no event.
         **aliases: the older flags, kept as aliases: ``skip_finished=True``,
             ``compile_step=True`` (``compile="step"``), ``cuda_graph=True`` and
             ``device_loop=True`` (one problem in the per-sample loop, a batch of one:
@@ -172,6 +182,7 @@ def solve(
                 "max_steps (options max_num_steps)"
             )
     execution = Execution.of(per_sample, compile, **aliases)
+    saveat = check_saveat(saveat, dense, execution, solver, gradient, event, len(times))
     execution.check(spec, solver, controller, locals())
     if execution.per_sample:
         func = _BatchTime(func, int(spec.shapes[0][0]))
@@ -187,6 +198,7 @@ def solve(
         perturb=bool(perturb),
         callbacks=None if callbacks is None else Callbacks(callbacks, spec),
         execution=execution,
+        save=Recorder() if saveat is not None and saveat.records else None,
     )
     term = ODETerm(func, spec, y0_flat)
     stats = SolveStats()
@@ -199,6 +211,8 @@ def solve(
         ys = _run(gradient, problem)
         stats.nfe = term.nfe
         _check_finite(ys, times)
+        if saveat is not None:
+            return saved(saveat, config.save, problem, ys)
         return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
     try:
         if execution.per_sample:

@@ -241,3 +241,27 @@ def test_bad_per_sample_times_are_refused_with_the_fix() -> None:
         no.solve(field, y0, TS.long(), per_sample=True)
     with pytest.raises(ValueError, match="need per_sample=True"):
         no.odeint(field, y0, TS)
+
+
+def test_dense_and_saveat_with_spans() -> None:
+    """The dense solution evaluates each sample inside its own span; SaveAt(t1=True) keeps
+    each sample's last time, and a SaveAt function gets each sample's own times."""
+    rates = torch.tensor([0.5, 2.0], dtype=F64)
+    spans = torch.tensor([[0.0, 0.5, 1.0], [2.0, 2.1, 3.0]], dtype=F64)
+    y0 = torch.ones(2, 1, dtype=F64)
+
+    def decay(t, y):
+        return -rates[:, None] * y
+
+    controller = no.PIController(1e-10, 1e-12)
+    sol = no.solve(decay, y0, spans, per_sample=True, dense=True, controller=controller)
+    points = torch.tensor([[0.25, 0.75], [2.5, 2.9]], dtype=F64)
+    exact = torch.exp(-rates[:, None] * (points - spans[:, :1]))
+    torch.testing.assert_close(sol.evaluate(points)[..., 0], exact, rtol=1e-8, atol=0)
+    last = no.solve(decay, y0, spans, per_sample=True, saveat=no.SaveAt(t1=True))
+    assert last.ts.equal(spans[:, -1:])
+    torch.testing.assert_close(last.ys[0, :, 0], torch.exp(-rates * 1.0), rtol=1e-5, atol=0)
+    seen = []
+    kept = no.SaveAt(fn=lambda t, y: seen.append(t) or y.sum(1))
+    no.solve(decay, y0, spans, per_sample=True, saveat=kept)
+    assert torch.stack(seen).equal(spans.T)

@@ -1,5 +1,6 @@
 """neuralode: neural differential equations in PyTorch."""
 
+from ._dense import SaveAt
 from ._errors import MaxStepsError, NonFiniteError, SolverError, StepSizeUnderflowError
 from ._events import Event
 from ._execution import Execution
@@ -38,6 +39,7 @@ __all__ = [
     "GradientStrategy",
     "METHODS",
     "RK4",
+    "SaveAt",
     "AdaptiveHeun",
     "Bosh3",
     "Dopri8",

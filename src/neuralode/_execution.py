@@ -142,6 +142,12 @@ class Execution:
         from .adjoint.backsolve import Backsolve
         from .adjoint.direct import Direct
 
+        saveat = options.get("saveat")
+        if self.compile == "solve" and saveat is not None and saveat.records:
+            raise ValueError(
+                f"{self.asked} runs the whole solve as one graph, which keeps no steps for "
+                "dense=True or SaveAt(steps=True): use compile='step' or compile=False"
+            )
         if self.compile and not self.device:
             check_compiled_step(solver, controller, self.asked)
         if not self.device:

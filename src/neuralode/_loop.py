@@ -46,6 +46,7 @@ class LoopConfig:
     execution: Execution = Execution()  # how the loop runs (``_execution``)
     # False: a failure stops the solve (or its sample) with a ``Status`` instead of raising
     throw: bool = True
+    save: Any = None  # ``_dense.Recorder``: keeps the steps (dense output, SaveAt(steps))
 
     @property
     def per_sample(self) -> bool:
@@ -215,6 +216,8 @@ def _integrate(
         stats.n_accepted += 1
         if callbacks is not None:
             callbacks.accept(t, y, t1 - t)
+        if config.save is not None:
+            config.save.add(solver, term, step)
         hit = None if events is None else events.check_step(solver, term, step)
         stop = hit is not None and events.event.terminal
         t_stop = hit.t if stop else t1

@@ -240,6 +240,8 @@ def integrate_per_sample(
         f1 = step.k_last if fsal else None
         k_all = step.k_all.clone() if copy_stages else step.k_all
         reached = _Reached(t, h, y, step.t1, y1, k_all, f1, accept, step.still)
+        if config.save is not None:  # dense output: every attempt, with its accept mask
+            config.save.add_batch(t, step.t1, y, y1, step.k_all, accept, f1)
         t, y, still = step.t_next, step.y_accepted, step.still
         if events is not None:
             reached.hit = events.check(step.t1, y1, accept)
@@ -300,6 +302,10 @@ def integrate_per_sample(
             f0 = torch.where(accept[:, None], f_next, f0)
             if pending:  # the waiting step's f(t1, y1), where accepted
                 pending[-1].f1 = f0
+            if config.save is not None:
+                config.save.set_f1(f0)
+    if config.save is not None:  # f(t1, y1) and extra stages the dense output needs
+        nfe = nfe + config.save.finish_batch(solver, f, t)
     later = torch.arange(n_out, device=device)[:, None] >= next_out
     if events is not None and events.event.terminal:  # later outputs hold the event state
         later = later & (events.mask | (status > 0))

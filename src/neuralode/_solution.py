@@ -75,6 +75,8 @@ class Solution:
             problem, (batch,) in per-sample mode. With ``solve(..., throw=False)`` a failure
             shows here instead of raising, and the failed problem's or sample's outputs after
             the last output it reached are NaN.
+        interpolation: with ``dense=True``: the kept steps that ``evaluate`` and
+            ``derivative`` use (``None`` otherwise).
     """
 
     ts: torch.Tensor
@@ -85,6 +87,7 @@ class Solution:
     event_ts: torch.Tensor | None = None
     event_mask: torch.Tensor | None = None
     status: torch.Tensor | None = None
+    interpolation: Any = field(default=None, repr=False)
 
     @property
     def succeeded(self) -> bool:
@@ -93,3 +96,46 @@ class Solution:
         if self.status is None:
             return True
         return bool(((self.status == 0) | (self.status == 4)).all())  # SUCCESS, EVENT
+
+    def evaluate(self, t: Any) -> Any:
+        """The solution at the times ``t``, on the method's own continuous extension.
+
+        Arguments:
+            t: times inside the solved span (forward or backward in time), a tensor of any
+                shape; per sample, (batch,) (one time per sample) or (batch, n) (each
+                sample its own times).
+
+        Returns:
+            The states: ``t.shape`` followed by ``y0``'s shape (per sample: by a sample's
+            shape), in ``y0``'s structure; differentiable with respect to ``y0`` and the
+            parameters of ``func`` (not with respect to ``t``: its derivative is
+            [`derivative`][neuralode.Solution.derivative]).
+
+        Raises:
+            ValueError: the solve did not keep its steps (``dense=True``), ``t`` outside the
+                span, or of the wrong shape.
+        """
+        return self._dense("evaluate")(t)
+
+    def derivative(self, t: Any) -> Any:
+        """dy/dt at the times ``t``: the time derivative of the continuous extension that
+        [`evaluate`][neuralode.Solution.evaluate] uses (of one order lower).
+
+        Arguments:
+            t: times inside the solved span, as for ``evaluate``.
+
+        Returns:
+            The derivatives, shaped as ``evaluate``'s states.
+
+        Raises:
+            ValueError: as ``evaluate``.
+        """
+        return self._dense("derivative")(t, derivative=True)
+
+    def _dense(self, name: str) -> Any:
+        if self.interpolation is None:
+            raise ValueError(
+                f"Solution.{name} needs the solve's steps: solve with dense=True (or "
+                "saveat=no.SaveAt(dense=True))"
+            )
+        return self.interpolation

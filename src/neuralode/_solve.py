@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ._callbacks import Callbacks
+from ._dense import Recorder, SaveAt, check_saveat, saved
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from ._events import Event, EventGradient, OneProblemEvents
 from ._execution import Execution
@@ -57,6 +58,8 @@ def solve(
     per_sample: bool | str = False,
     compile: bool | str = False,
     throw: bool = True,
+    saveat: SaveAt | None = None,
+    dense: bool = False,
     **aliases: bool,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
@@ -127,6 +130,13 @@ def solve(
             on), the outputs after the last one reached are NaN. Not with ``Backsolve()``
             while recording gradients, nor with ``compile=True``'s whole-solve graph (the
             steps are compiled instead).
+        saveat: what to save (a [`SaveAt`][neuralode.SaveAt]): the states at ``ts``
+            (default), at the end only, at every step, and/or the dense solution, optionally
+            through a function of the state.
+        dense: keep the dense solution (shorthand for ``saveat=SaveAt(dense=True)``):
+            [`Solution.evaluate`][neuralode.Solution.evaluate] and
+            [`Solution.derivative`][neuralode.Solution.derivative] then work anywhere in the
+            span. Needs ``gradient=Direct()`` and no event.
         **aliases: the older flags, kept as aliases: ``skip_finished=True``,
             ``compile_step=True`` (``compile="step"``), ``cuda_graph=True`` and
             ``device_loop=True`` (one problem in the per-sample loop, a batch of one:
@@ -190,6 +200,7 @@ def solve(
                 f"steps, more than max_steps={max_steps:,}; use a larger step_size or raise "
                 "max_steps (options max_num_steps)"
             )
+    saveat = check_saveat(saveat, dense, execution, solver, gradient, event, ts.shape[-1])
     execution.check(spec, solver, controller, locals())
     if not throw and torch.is_grad_enabled() and not isinstance(gradient, (Direct, type(None))):
         raise ValueError(
@@ -211,6 +222,7 @@ def solve(
         callbacks=None if callbacks is None else Callbacks(callbacks, spec),
         execution=execution,
         throw=bool(throw),
+        save=Recorder() if saveat is not None and saveat.records else None,
     )
     term = ODETerm(func, spec, y0_flat)
     stats = SolveStats()
@@ -229,6 +241,10 @@ def solve(
         else:
             batch = spec.shapes[0][0] if execution.per_sample else None
             stats.status = mark_non_finite(stats.status, ys, batch)
+        if saveat is not None:
+            solution = saved(saveat, config.save, problem, ys)
+            solution.status = stats.status
+            return solution
         return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats, status=stats.status)
     try:
         if execution.per_sample:

@@ -55,7 +55,7 @@ def solve_vmapped(
 ) -> Any:
     """``solve(func, y0, ts, **kwargs)`` for a ``y0`` batched at vmap ``level`` (see the
     module); returns the Solution with ``ys`` batched at that level."""
-    for name in ("event", "per_sample"):
+    for name in ("event", "per_sample", "dense", "saveat"):
         if kwargs.pop(name, None):
             raise ValueError(
                 f"{name} is not supported under torch.func.vmap: vmap already solves each "

@@ -2,19 +2,19 @@
 
 Under ``vmap`` the loop cannot read a batched tensor back to the host (``.item()``), and a
 step size shared by the batch would not be each problem's own. So ``solve`` unwraps the
-vmapped dimension of ``y0`` (``torch._C._functorch``) and solves the problems as one
-per-sample solve (``per_sample=True``: every problem has its own time, step size and
-decisions, and equals solving it alone) for the explicit Runge-Kutta methods. ``func`` is
-called with the rows wrapped back into the vmapped dimension, so it sees one problem as it
-would unbatched, and tensors it
-captures that are batched by the same vmap (a per-problem parameter) pair with their own
-problem's rows. Fixed-step solvers take the same steps for every problem, so there the batch
-is solved as one system. Where per-sample mode cannot run the solve (implicit methods,
-whose Newton iterations a batch would share, multistep methods, other controllers,
-``norm``, ``step_t``/``jump_t``, ``perturb``, callbacks, ``Checkpointed()``), the problems
-are solved one after the other. Transforms
-applied outside ``vmap`` (``torch.func.grad``, ``jacrev``, ``jvp``) see ordinary
-differentiable operations.
+vmapped dimension of ``y0`` and ``ts`` (``torch._C._functorch``) and solves the problems as
+one per-sample solve (``per_sample=True``: every problem has its own time, step size and
+decisions, and equals solving it alone; vmapped times are per-sample spans) for the
+explicit Runge-Kutta methods. ``func`` is called with the rows wrapped back into the
+vmapped dimension, so it sees one problem as it would unbatched, and tensors it captures
+that are batched by the same vmap (a per-problem parameter) pair with their own problem's
+rows. Fixed-step solvers on shared times take the same steps for every problem, so there
+the batch is solved as one system. Where per-sample mode cannot run the solve (implicit
+methods, whose Newton iterations a batch would share, multistep methods, other
+controllers, ``norm``, ``step_t``/``jump_t``, ``perturb``, callbacks, ``Checkpointed()``,
+fixed steps on each problem's own times, spans in both directions), the problems are
+solved one after the other. Transforms applied outside ``vmap`` (``torch.func.grad``,
+``jacrev``, ``jvp``) see ordinary differentiable operations.
 """
 
 from __future__ import annotations
@@ -33,16 +33,13 @@ from .solvers.explicit_rk import ExplicitRK
 
 
 def vmap_level(y0: Any, ts: Any) -> int | None:
-    """The vmap level ``y0`` is batched at (the innermost transform), or ``None``."""
+    """The vmap level ``y0`` or ``ts`` is batched at (the innermost transform), or ``None``."""
     level = functorch.maybe_current_level()
     if level is None:
         return None
-    if isinstance(ts, torch.Tensor) and _batched_at(ts, level):
-        raise ValueError(
-            "vmap over the output times t is not supported: every vmapped problem must share "
-            "t (vmap over y0, with t outside the vmapped arguments: in_dims=(0, None))"
-        )
     _, leaves = tree_spec(y0, "y0")
+    if isinstance(ts, torch.Tensor):
+        leaves = [*leaves, ts]
     return level if any(_batched_at(x, level) for x in leaves) else None
 
 
@@ -53,8 +50,8 @@ def _batched_at(x: torch.Tensor, level: int) -> bool:
 def solve_vmapped(
     solve: Callable[..., Any], func: Callable, y0: Any, ts: torch.Tensor, level: int, kwargs: dict
 ) -> Any:
-    """``solve(func, y0, ts, **kwargs)`` for a ``y0`` batched at vmap ``level`` (see the
-    module); returns the Solution with ``ys`` batched at that level."""
+    """``solve(func, y0, ts, **kwargs)`` for a ``y0`` or ``ts`` batched at vmap ``level`` (see
+    the module); returns the Solution with ``ys`` (and ``ts``, if batched) at that level."""
     for name in ("event", "per_sample", "dense", "saveat"):
         if kwargs.pop(name, None):
             raise ValueError(
@@ -63,7 +60,8 @@ def solve_vmapped(
             )
     spec, leaves = tree_spec(y0, "y0")
     unwrapped = [_unwrap(x, level) for x in leaves]
-    batch = max(x.shape[0] for x, batched in unwrapped if batched)
+    times, own_times = _unwrap(ts, level)  # own_times: (batch, n), each problem its times
+    batch = max(x.shape[0] for x, batched in [*unwrapped, (times, own_times)] if batched)
     rows = [(x if batched else x.expand(batch, *x.shape)) for x, batched in unwrapped]
     flat = torch.cat([x.reshape(batch, -1) for x in rows], 1)
 
@@ -78,13 +76,18 @@ def solve_vmapped(
     try:
         if not isinstance(solver, ExplicitRK):  # the Newton or multistep iterations are shared
             raise ValueError("per_sample=True: not an explicit Runge-Kutta method")
-        sol = solve(field, flat, ts, per_sample=solver.adaptive, **kwargs)
+        if own_times and not solver.adaptive:  # one system needs one grid of times
+            raise ValueError("per_sample=True: fixed steps on each problem's own times")
+        if own_times and len(set((times[:, -1] > times[:, 0]).tolist())) > 1:
+            raise ValueError("per_sample=True: spans run in both directions")
+        sol = solve(field, flat, times, per_sample=solver.adaptive, **kwargs)
     except ValueError as error:
         if not str(error).startswith("per_sample=True"):
             raise
-        sol = _solve_one_by_one(solve, func, spec, flat, ts, level, kwargs)
+        sol = _solve_one_by_one(solve, func, spec, flat, times, own_times, level, kwargs)
     ys = sol.ys  # (len(ts), batch, n): each problem's outputs, wrapped back per problem
     sol.ys = spec.unflatten(functorch._add_batch_dim(ys, 1, level))
+    sol.ts = ts
     if sol.status is not None and sol.status.ndim == 1:  # each problem's own status
         sol.status = functorch._add_batch_dim(sol.status, 0, level)
     return sol
@@ -105,11 +108,13 @@ def _solve_one_by_one(
     spec: TreeSpec,
     flat: torch.Tensor,
     ts: torch.Tensor,
+    own_times: bool,
     level: int,
     kwargs: dict,
 ) -> Solution:
-    """Each problem solved alone (for what per-sample mode cannot run); ``ys`` is the
-    flat (len(ts), batch, n) of the solutions, the statistics summed with per-sample rows."""
+    """Each problem solved alone (for what per-sample mode cannot run), at its own row of
+    ``ts`` if ``own_times``; ``ys`` is the flat (len(ts), batch, n) of the solutions, the
+    statistics summed with per-sample rows."""
 
     def one(t: torch.Tensor, y: Any) -> Any:
         out = func(t, y)
@@ -123,7 +128,8 @@ def _solve_one_by_one(
             )
         return out
 
-    solutions = [solve(one, spec.unflatten(row), ts, **kwargs) for row in flat]
+    times = ts if own_times else ts.expand(len(flat), *ts.shape)
+    solutions = [solve(one, spec.unflatten(y), t, **kwargs) for y, t in zip(flat, times)]
     stats = SolveStats()
     for name in ("nfe", "n_steps", "n_accepted", "n_rejected"):
         setattr(stats, name, sum(getattr(s.stats, name) for s in solutions))

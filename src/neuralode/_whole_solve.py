@@ -26,7 +26,7 @@ from torch._higher_order_ops import while_loop
 from ._attempt import Constants, attempt
 from ._compile import compiled
 from ._errors import NonFiniteError
-from ._norms import rms_norm, row_rms, tolerance_tensor
+from ._norms import row_norm, tolerance_tensor
 from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
 from ._term import ODETerm
@@ -51,8 +51,8 @@ def unsupported(config: Any, spec: Any) -> str | None:
         return f"{solver!r}'s dense output needs extra stages"
     if not isinstance(controller, PIController):
         return "only the PIController runs inside the graph"
-    if not spec.is_leaf or config.norm is not rms_norm:
-        return "the graph measures errors by RMS on one tensor"
+    if not spec.is_leaf or row_norm(config.norm) is None:
+        return "the graph measures errors on one tensor by RMS, a mixed norm or a seminorm"
     if config.step_t or config.jump_t or config.perturb or config.callbacks is not None:
         return "step_t, jump_t, perturb and callbacks act between steps on the host"
     if config.events is not None:
@@ -75,8 +75,7 @@ def integrate_whole(
     batch = int(term.spec.shapes[0][0]) if per_sample else 1
     if len(ts) == 1:
         return y0_flat[None]
-    # a view as the graph's input would cost torch.compile's wrappers more than the copy
-    y = y0_flat.reshape(batch, -1).clone()
+    y = y0_flat.reshape(batch, -1)
     solver._coefficients(y)  # made before tracing: constants of the graph
     f64 = dict(dtype=torch.float64, device=y.device)
     plan = _Plan(
@@ -94,7 +93,8 @@ def integrate_whole(
     run = compiled(_solve_graph, ("whole", type(solver)), dynamic=False, fullgraph=True)
     ts_tensor = _times(ts, y.device)
     rtol, atol = _tolerances(ctrl, y)
-    plan.constants = Constants(solver, ctrl, rtol, atol, plan.sign, plan.exponent)
+    norm = row_norm(config.norm)
+    plan.constants = Constants(solver, ctrl, rtol, atol, plan.sign, plan.exponent, norm)
     try:
         result = run(plan, y, ts_tensor)
     except torch._dynamo.exc.TorchDynamoException as error:
@@ -156,7 +156,7 @@ def _solve_graph(plan: _Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch
     f0 = plan.call(t0, y0)
     if ctrl.first_step is None:
         k = plan.constants
-        size, d1 = initial_step(plan.call, t0, y0, f0, sign, k.exponent, k.rtol, k.atol, row_rms)
+        size, d1 = initial_step(plan.call, t0, y0, f0, sign, k.exponent, k.rtol, k.atol, k.norm)
         nfe0 = 2
     else:
         size, d1 = torch.full_like(t0, ctrl.first_step), torch.zeros_like(t0)

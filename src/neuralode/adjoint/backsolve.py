@@ -271,8 +271,15 @@ def adjoint_backward(
     dynamics = _AdjointDynamics(problem, params)
     aug_term = ODETerm(dynamics, state_spec, ys[0])
     forward = problem.config
-    # segments with their own fields (per-sample events' knots) run eagerly
+    # segments with their own fields (per-sample events' knots) run eagerly; after a forward
+    # solve compiled whole (compile=True), the backward solves are too where torch.func can
+    # trace the vector-Jacobian products (func a module owning the parameters), else eager
     compiled = strategy.compile_step and segment_field is None
+    whole = (
+        forward.execution.compile == "solve"
+        and dynamics.param_names is not None
+        and segment_field is None
+    )
     config = LoopConfig(
         solver=strategy.solver or forward.solver,
         controller=strategy.backward_controller(forward.controller),
@@ -282,8 +289,13 @@ def adjoint_backward(
         jump_t=forward.jump_t if strategy.jump_t is None else strategy.jump_t,
         perturb=forward.perturb if strategy.perturb is None else bool(strategy.perturb),
         callbacks=None if strategy.callbacks is None else Callbacks(strategy.callbacks, state_spec),
-        execution=Execution(compile="step" if compiled else None),
+        execution=Execution(compile="solve" if whole else "step" if compiled else None),
     )
+    if whole:
+        from .._whole_solve import unsupported  # (import cycle)
+
+        if unsupported(config, state_spec) is not None:  # e.g. a backward solver of its own
+            config = replace(config, execution=Execution(compile="step" if compiled else None))
     f_term = problem.term
     f_nfe_before = f_term.nfe
     time_grads = torch.zeros(len(times), dtype=torch.float64, device=ys.device)

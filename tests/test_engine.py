@@ -215,3 +215,7 @@ def test_backsolve_after_a_whole_solve_compiles_its_backward_solve_whole(monkeyp
         torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-12)
     assert stats[1].n_steps_backward == stats[0].n_steps_backward
     assert stats[1].nfe_backward == stats[0].nfe_backward
+    with torch._dynamo.config.patch(error_on_recompile=True):  # both graphs reused
+        sol = no.solve(field, 2 * y0, ts, controller=no.PIController(**TOL),
+                       gradient=no.Backsolve(), compile=True)  # fmt: skip
+        torch.autograd.grad(sol.ys.square().sum(), [field.rate, y0])

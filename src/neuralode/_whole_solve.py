@@ -76,7 +76,7 @@ def integrate_whole(
     if len(ts) == 1:
         return y0_flat[None]
     y = y0_flat.reshape(batch, -1)
-    solver._coefficients(y)  # made before tracing: constants of the graph
+    co = solver._coefficients(y)  # made before tracing: constants of the graph
     f64 = dict(dtype=torch.float64, device=y.device)
     plan = _Plan(
         func=term.func,
@@ -114,8 +114,7 @@ def integrate_whole(
         t_stop = torch.full((batch,), ts[-1], **f64)
         iteration = config.max_steps if iterations >= config.max_steps else 0
         _raise_stalled(iteration, still, t, proposal, t_stop, plan.sign, outputs[-1], config)
-    stages = solver.tableau.stages
-    term.nfe += iterations * (stages - 1 + (not solver.tableau.fsal)) + 1
+    term.nfe += iterations * (co.stages - 1 + (not co.fsal)) + 1
     term.nfe += ctrl.first_step is None
     stats.n_steps += steps
     stats.n_accepted += accepted

@@ -49,7 +49,10 @@ class Backsolve(GradientStrategy):
         compile_step: run each step of the backward solves as one torch.compile graph, the
             adjoint's vector-Jacobian products by ``torch.func.vjp``. It needs an explicit
             Runge-Kutta method, ``func`` an ``nn.Module`` whose parameters include every one of
-            ``params``, and an f that does not call autograd itself.
+            ``params``, and an f that does not call autograd itself. After a forward solve
+            with ``compile=True`` the backward solves run as one compiled graph each where
+            they can (``func`` such a module; an adaptive explicit Runge-Kutta method and a
+            ``PIController``), without asking.
         step_t: times the backward solves' steps land on (default: the forward solve's).
         jump_t: discontinuities of f for the backward solves (default: the forward solve's).
         perturb: perturbed evaluations at the backward steps' ends (default: the forward

@@ -212,11 +212,14 @@ def test_device_loop_keeps_the_same_dense_solution() -> None:
     )
 
 
-def test_compile_step_keeps_the_same_dense_solution() -> None:
+@pytest.mark.parametrize("compile", ["step", True])
+def test_compiled_solves_keep_the_same_dense_solution(compile) -> None:
+    """compile="step" keeps the steps; compile=True (the whole solve one graph, which keeps
+    none) compiles each step instead."""
     ts = _grid(E1, 5)
     eager = _solve("dopri5", E1, ts, dense=True)
     with torch.no_grad():
-        stepped = _solve("dopri5", E1, ts, dense=True, compile="step")
+        stepped = _solve("dopri5", E1, ts, dense=True, compile=compile)
     times = _grid(E1, 33)
     torch.testing.assert_close(
         stepped.evaluate(times), eager.evaluate(times), rtol=1e-12, atol=1e-12
@@ -251,8 +254,6 @@ def test_bad_input() -> None:
         no.solve(f, y0, ts[:1], dense=True)
     with pytest.raises(ValueError, match="dense is not supported under torch.func.vmap"):
         torch.func.vmap(lambda y: no.solve(f, y, ts, dense=True).ys)(torch.ones(2, 1))
-    with pytest.raises(ValueError, match="compile='step' or compile=False"):
-        no.solve(f, y0, ts, dense=True, compile=True)
     batch = torch.ones(3, 1, dtype=torch.float64)
     with pytest.raises(ValueError, match="own number of steps"):
         no.solve(f, batch, ts, per_sample=True, saveat=no.SaveAt(steps=True))

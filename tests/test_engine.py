@@ -241,3 +241,44 @@ def test_whole_solve_compiled_as_one_problem_matches_the_host_loop():
         with pytest.raises(no.MaxStepsError, match="reached max_steps=2"):
             no.solve(lambda t, y: net(y), y0, ts, controller=controller, max_steps=2, compile=True)
     torch.testing.assert_close(compiled, eager.ys, rtol=1e-5, atol=1e-6)
+
+
+@needs_compiler
+def test_backsolve_after_a_whole_solve_compiles_its_backward_solve_whole(monkeypatch):
+    """compile=True with Backsolve(): the backward solve of [y, adjoint, parameter gradients]
+    runs as one compiled graph too (its seminorm measured per part inside the graph) and
+    gives the gradients, steps and evaluations of the eager backward solve."""
+    import neuralode._whole_solve as whole
+
+    class Decay(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rate = torch.nn.Parameter(torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64))
+
+        def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return -self.rate[:, None] * torch.sin(y) + torch.cos(t)
+
+    field = Decay()
+    y0 = torch.ones(3, 2, dtype=torch.float64, requires_grad=True)
+    ts = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    calls = []
+    solve_whole = whole.integrate_whole
+    monkeypatch.setattr(
+        whole, "integrate_whole", lambda term, *a: calls.append(term.func) or solve_whole(term, *a)
+    )
+    grads, stats = [], []
+    for options in ({}, {"compile": True}):
+        sol = no.solve(field, y0, ts, controller=no.PIController(**TOL),
+                       gradient=no.Backsolve(), **options)  # fmt: skip
+        grads.append(torch.autograd.grad(sol.ys.square().sum(), [field.rate, y0]))
+        stats.append(sol.stats)
+    # the forward solve and both backward segments (after the eager run's none)
+    assert len(calls) == 3 and calls[0] is field and calls[1] is calls[2] is not field
+    for eager, compiled in zip(*grads):
+        torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-12)
+    assert stats[1].n_steps_backward == stats[0].n_steps_backward
+    assert stats[1].nfe_backward == stats[0].nfe_backward
+    with torch._dynamo.config.patch(error_on_recompile=True):  # both graphs reused
+        sol = no.solve(field, 2 * y0, ts, controller=no.PIController(**TOL),
+                       gradient=no.Backsolve(), compile=True)  # fmt: skip
+        torch.autograd.grad(sol.ys.square().sum(), [field.rate, y0])

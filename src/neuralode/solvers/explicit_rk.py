@@ -119,7 +119,7 @@ class ExplicitRK(Solver):
         buffer = term.stage_buffer(co.stages, y0) if graph_free else None
 
         def evaluate(i: int, y_stage: torch.Tensor) -> torch.Tensor:
-            if c[i] == 1 and end_perturb:  # a stage at the step's end, moved inwards
+            if end_perturb and c[i] == 1:  # a stage at the step's end, moved inwards
                 return term(t1, y_stage, end_perturb)
             if times is None:
                 return term(t0 + c[i] * dt, y_stage)
@@ -162,8 +162,10 @@ class ExplicitRK(Solver):
         if rows is not None:  # f0 may be the last row: copied before reuse
             rows[0].copy_(f0 if f0.ndim == 1 else f0.reshape(-1))
         y_stage = y0
+        first = not compiling and isinstance(h, float)  # the first stage by one add
         for i in range(1, co.stages):
-            if i == 1 and not compiling and isinstance(h, float):
+            if first:
+                first = False
                 y_stage = torch.add(y0, f0, alpha=h * co.first_a)
             else:
                 part = None if columns is None else columns[i]
@@ -173,7 +175,9 @@ class ExplicitRK(Solver):
                 rows[i].copy_(k.reshape(-1))
             ks.append(k)
         if buffer is not None:
-            stacked = buffer.stacked.view(co.stages, *y0.shape)
+            stacked = buffer.stacked
+            if y0.ndim != 1:
+                stacked = stacked.view(co.stages, *y0.shape)
             every = columns[co.stages]
         else:
             stacked = torch.stack(ks)
@@ -340,9 +344,9 @@ def _stage_sum(
     (the transposed stage rows of a buffer) one matrix-vector product; otherwise on the
     stacked stages. A float ``h`` (one problem) is folded into the product (``addmv``'s
     ``alpha``); a tensor ``h`` (per sample) multiplies it (``addcmul``)."""
-    if compiling:
-        return combine(y, ks, numbers, h)
-    if columns is None:
+    if columns is None:  # (a buffer's columns: graph-free, never compiling)
+        if compiling:
+            return combine(y, ks, numbers, h)
         stacked = torch.stack(list(ks[: len(coefficients)]))
         columns = (stacked if stacked.ndim == 2 else stacked.flatten(1)).T
     if isinstance(h, float):  # one problem: a flat state, no reshaping

@@ -1,23 +1,32 @@
-"""The engine issue's problems: time and steps of neuralode's execution modes.
+"""The engine issue's problems: time and steps of neuralode's execution modes, and diffrax's.
 
 MLP 2-64-64-2 (tanh, float32, fixed seed) dopri5 rtol 1e-6 atol 1e-8, t in [0, 1], batch
-1 / 16 / 256 / 1024, solved as one system; Van der Pol (float64) with mu from 1 to 25 across a
-batch of 256, t in [0, 10], as one system and per sample. One thread; the minimum (and
-median) of ``--repeats`` runs after warm-up runs (compilation excluded, its time reported
-apart). With ``--base DIR`` (a directory holding an older copy of the package renamed
-``neuralode_base``) every timing of the older version is interleaved with this one's in the
-same process, so their ratio holds on a noisy machine; modes a version lacks are skipped.
+1 / 16 / 256 / 1024, solved as one system; at batch 16 also forward + ``Backsolve()`` backward
+(d sum(y(1)) / d parameters); Van der Pol (float64) with mu from 1 to 25 across a batch of
+256, t in [0, 10], as one system and per sample. One thread; the minimum (and median) of
+``--repeats`` runs after warm-up runs (compilation excluded, its time reported apart). With
+``--base DIR`` (a directory holding an older copy of the package renamed ``neuralode_base``)
+every timing of the older version is interleaved with this one's in the same process, so
+their ratio holds on a noisy machine; modes a version lacks are skipped. With ``--diffrax
+PYTHON`` (an interpreter with jax and diffrax) ``bench_engine_diffrax.py`` then runs the same
+problems in its own process on the same core, and ``compile=True``'s time over diffrax's is
+printed per problem.
 
-Run: ``flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_engine.py``.
+Run: ``flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_engine.py
+--diffrax /work/venv-jax/bin/python``.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -66,6 +75,29 @@ def dump(directory: str, batches) -> None:
         np.savez(f"{directory}/mlp_{b}.npz", **arrays)
 
 
+class Field(torch.nn.Module):
+    """The MLP's f(t, y) = net(y) as a module: ``Backsolve`` differentiates its parameters
+    (and a compiled backward solve substitutes them through ``torch.func``)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+
+def gradient_run(lib, field, y0, ts, kwargs: dict):
+    """Forward + ``Backsolve()`` backward: d sum(y(1)) / d parameters."""
+    step = "compile_step" in kwargs or kwargs.get("compile") == "step"
+    sol = lib.solve(
+        field, y0, ts, solver=lib.Dopri5(), controller=lib.PIController(RTOL, ATOL),
+        gradient=lib.Backsolve(compile_step=step), **kwargs,
+    )  # fmt: skip
+    torch.autograd.grad(sol.ys[-1].sum(), list(field.parameters()))
+    return sol
+
+
 def modes(lib=no) -> dict[str, dict]:
     """The execution modes a version of neuralode has, as ``solve`` keywords."""
     params = inspect.signature(lib.solve).parameters
@@ -78,6 +110,8 @@ def modes(lib=no) -> dict[str, dict]:
 
 
 def run(lib, f, y0, ts, per_sample: bool, kwargs: dict):
+    if per_sample is None:  # the gradient problem
+        return gradient_run(lib, f, y0, ts, kwargs)
     with torch.no_grad():
         return lib.solve(
             f, y0, ts, solver=lib.Dopri5(), controller=lib.PIController(RTOL, ATOL),
@@ -108,6 +142,7 @@ def measure(runs: dict, f, y0, ts, per_sample, repeats):
             "first_s": first[label],
             "steps": int(s.sample_steps.max()) if per_sample else s.n_steps,
             "accepted": int(s.sample_accepted.max()) if per_sample else s.n_accepted,
+            "backward": s.n_steps_backward,
         }
     return out
 
@@ -118,12 +153,20 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16,256,1024")
     parser.add_argument("--base", default="", help="directory with neuralode_base (older)")
     parser.add_argument("--dump", default="", help="write the MLP problems for diffrax here")
+    parser.add_argument(
+        "--diffrax", default="", help="a Python with jax and diffrax: run them afterwards"
+    )
     args = parser.parse_args()
     if args.dump:
         dump(args.dump, map(int, args.batches.split(",")))
         return
     torch.set_num_threads(1)
-    problems = [(f"MLP batch {b}", *mlp(b), False) for b in map(int, args.batches.split(","))]
+    batches = [int(b) for b in args.batches.split(",")]
+    problems = [(f"MLP batch {b}", *mlp(b), False) for b in batches]
+    if 16 in batches:
+        f, y0, ts = mlp(16)
+        field = Field(f.__closure__[0].cell_contents)
+        problems.append(("MLP batch 16 forward + Backsolve backward", field, y0, ts, None))
     problems += [("VdP 256 one system", *vdp(), False), ("VdP 256 per sample", *vdp(), True)]
     runs = {f"{mode}": (no, kwargs) for mode, kwargs in modes().items()}
     if args.base:
@@ -135,12 +178,40 @@ def main() -> None:
     print(f"torch {torch.__version__}, neuralode from {no.__file__}")
     print("| problem | version: mode | best ms | median ms | first call s | steps (accepted) |")
     print("|---|---|---:|---:|---:|---|")
+    whole = {}
     for name, f, y0, ts, per_sample in problems:
         results = measure(runs, f, y0, ts, per_sample, args.repeats)
         for label, r in results.items():
             print(
                 f"| {name} | {label} | {r['best_ms']:.3f} | {r['median_ms']:.3f} | "
                 f"{r['first_s']:.2f} | {r['steps']} ({r['accepted']}) |",
+                flush=True,
+            )
+        whole[name] = results.get("compile (whole solve)")
+    if args.diffrax:
+        compare(args.diffrax, batches, whole)
+
+
+def compare(python: str, batches: list[int], ours: dict) -> None:
+    """diffrax on the same problems right after (``bench_engine_diffrax.py`` in its own
+    process, on the cores this one runs on), and ``compile=True``'s time over diffrax's."""
+    with tempfile.TemporaryDirectory() as directory:
+        dump(directory, batches)
+        env = {**os.environ, "BATCHES": ",".join(map(str, batches))}
+        script = Path(__file__).with_name("bench_engine_diffrax.py")
+        out = subprocess.run(
+            [python, str(script), directory], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    print("\n| problem | `compile=True` ms | diffrax ms | ratio | steps ours (diffrax) |")
+    print("|---|---:|---:|---:|---|")
+    for line in out.splitlines()[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        name, theirs, steps = cells[0], float(cells[1]), cells[4]
+        r = ours.get(name)
+        if r is not None:
+            print(
+                f"| {name} | {r['best_ms']:.3f} | {theirs:.3f} | {r['best_ms'] / theirs:.2f}x | "
+                f"{r['steps']} ({steps}) |",
                 flush=True,
             )
 

@@ -12,6 +12,7 @@ from neuralode import odeint
 
 TS = torch.linspace(0.0, 3.0, 5, dtype=torch.float64)
 TOL = dict(rtol=1e-8, atol=1e-10)
+STEP = dict(step_size=0.1)
 
 needs_compiler = pytest.mark.skipif(
     not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
@@ -71,15 +72,77 @@ def test_vmap_composes_with_grad_jacrev_and_jvp():
     torch.testing.assert_close(out, torch.einsum("iajb,jb->ia", jac, tangent), rtol=1e-6, atol=1e-7)
 
 
+def test_vmap_pairs_captured_per_problem_parameters_with_their_problem():
+    """f may capture a tensor batched by the same vmap (a per-problem parameter): each
+    problem sees its own value, in per-sample mode and as one fixed-step system, and
+    gradients with respect to the parameters flow outside the vmap."""
+    y0s = starts(3)
+    mus = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+
+    def end(y: torch.Tensor, mu: torch.Tensor, **kw) -> torch.Tensor:
+        return odeint(lambda t, z: -mu * z * torch.cos(t), y, TS, **kw)[-1]
+
+    exact = y0s * torch.exp(-mus[:, None] * torch.sin(TS[-1]))
+    torch.testing.assert_close(torch.func.vmap(end)(y0s, mus), exact, rtol=1e-7, atol=1e-9)
+    rk4 = dict(method="rk4", options=dict(step_size=0.01))
+    fixed = torch.func.vmap(lambda y, mu: end(y, mu, **rk4))(y0s, mus)
+    torch.testing.assert_close(fixed, exact, rtol=1e-8, atol=1e-9)
+    grad = torch.func.grad(lambda m: torch.func.vmap(end)(y0s, m).sum())(mus)
+    alone = torch.stack(
+        [torch.func.grad(lambda m, y=y: end(y, m).sum())(mu) for y, mu in zip(y0s, mus)]
+    )
+    torch.testing.assert_close(grad, alone, rtol=1e-10, atol=1e-12)
+    exact_grad = (-torch.sin(TS[-1]) * exact).sum(1)
+    torch.testing.assert_close(grad, exact_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_vmap_runs_every_method_each_problem_alone():
+    """Methods per-sample mode cannot run (implicit, multistep) solve the vmapped problems
+    one after the other, each equal to solving it alone; gradients compose outside."""
+    y0s = starts(3)
+    for method, options in (("radau", {}), ("trbdf2", STEP), ("implicit_adams", STEP)):
+        kw = dict(method=method, rtol=1e-6, atol=1e-8, options=options)
+        out = torch.func.vmap(lambda y, kw=kw: odeint(vdp, y, TS, **kw))(y0s)
+        assert torch.equal(out, torch.stack([odeint(vdp, y, TS, **kw) for y in y0s])), method
+    sol = torch.func.vmap(lambda y: no.solve(vdp, y, TS, solver="radau").ys)(y0s)
+    assert sol.shape == (3, 5, 2)
+
+    def end(y: torch.Tensor) -> torch.Tensor:
+        return odeint(vdp, y, TS, method="radau", rtol=1e-5, atol=1e-7)[-1].sum()
+
+    grad = torch.func.grad(lambda ys: torch.func.vmap(end)(ys).sum())(y0s)
+    for g, y in zip(grad, y0s):
+        torch.testing.assert_close(g, torch.func.grad(end)(y), rtol=1e-9, atol=1e-10)
+
+
+def test_vmap_over_the_times_gives_each_problem_its_own_span():
+    """vmap over t (with or without y0): each problem is solved on its own times, as alone;
+    adaptive explicit methods as per-sample spans, the others one by one."""
+    y0s = starts(3)
+    times = torch.stack([TS, 0.5 * TS, 1.0 - TS])  # forward, shorter, backward
+    for kw in (TOL, dict(method="rk4", options=STEP), dict(method="radau", rtol=1e-6)):
+        out = torch.func.vmap(lambda y, t, kw=kw: odeint(vdp, y, t, **kw))(y0s, times)
+        alone = torch.stack([odeint(vdp, y, t, **kw) for y, t in zip(y0s, times)])
+        torch.testing.assert_close(out, alone, rtol=1e-12, atol=1e-13)
+    forward = torch.stack([TS, 0.5 * TS, TS + 1.0])  # one direction: per-sample spans
+    out = torch.func.vmap(lambda y, t: odeint(vdp, y, t, **TOL))(y0s, forward)
+    rows = no.solve(
+        lambda t, y: torch.func.vmap(vdp)(t, y), y0s, forward,
+        controller=no.PIController(**TOL), per_sample=True,
+    )  # fmt: skip
+    assert torch.equal(out, rows.ys.transpose(0, 1))
+    shared_y0 = torch.func.vmap(
+        lambda t: no.solve(vdp, y0s[0], t, **{"controller": no.PIController(**TOL)}).ys
+    )(times)
+    for row, t in zip(shared_y0, times):
+        torch.testing.assert_close(row, odeint(vdp, y0s[0], t, **TOL), rtol=1e-12, atol=1e-13)
+
+
 def test_vmap_refuses_what_it_cannot_batch():
     y0s = starts(3)
     mus = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     with pytest.raises(ValueError, match="carry it in the state"):
-        torch.func.vmap(lambda y, mu: odeint(lambda t, z: -mu * z, y, TS))(y0s, mus)
-    with pytest.raises(ValueError, match="vmap over the output times"):
-        torch.func.vmap(lambda y, t: odeint(vdp, y, t))(y0s, TS.expand(3, 5))
-    with pytest.raises(ValueError, match="torch.func.vmap over solve .* adaptive explicit"):
-        torch.func.vmap(lambda y: no.solve(vdp, y, TS, solver="radau"))(y0s)
+        torch.func.vmap(lambda y, mu: odeint(lambda t, z: -mu * z, y, TS, method="radau"))(y0s, mus)
 
 
 def test_execution_is_one_validated_choice():
@@ -178,3 +241,44 @@ def test_whole_solve_compiled_as_one_problem_matches_the_host_loop():
         with pytest.raises(no.MaxStepsError, match="reached max_steps=2"):
             no.solve(lambda t, y: net(y), y0, ts, controller=controller, max_steps=2, compile=True)
     torch.testing.assert_close(compiled, eager.ys, rtol=1e-5, atol=1e-6)
+
+
+@needs_compiler
+def test_backsolve_after_a_whole_solve_compiles_its_backward_solve_whole(monkeypatch):
+    """compile=True with Backsolve(): the backward solve of [y, adjoint, parameter gradients]
+    runs as one compiled graph too (its seminorm measured per part inside the graph) and
+    gives the gradients, steps and evaluations of the eager backward solve."""
+    import neuralode._whole_solve as whole
+
+    class Decay(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rate = torch.nn.Parameter(torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64))
+
+        def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return -self.rate[:, None] * torch.sin(y) + torch.cos(t)
+
+    field = Decay()
+    y0 = torch.ones(3, 2, dtype=torch.float64, requires_grad=True)
+    ts = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    calls = []
+    solve_whole = whole.integrate_whole
+    monkeypatch.setattr(
+        whole, "integrate_whole", lambda term, *a: calls.append(term.func) or solve_whole(term, *a)
+    )
+    grads, stats = [], []
+    for options in ({}, {"compile": True}):
+        sol = no.solve(field, y0, ts, controller=no.PIController(**TOL),
+                       gradient=no.Backsolve(), **options)  # fmt: skip
+        grads.append(torch.autograd.grad(sol.ys.square().sum(), [field.rate, y0]))
+        stats.append(sol.stats)
+    # the forward solve and both backward segments (after the eager run's none)
+    assert len(calls) == 3 and calls[0] is field and calls[1] is calls[2] is not field
+    for eager, compiled in zip(*grads):
+        torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-12)
+    assert stats[1].n_steps_backward == stats[0].n_steps_backward
+    assert stats[1].nfe_backward == stats[0].nfe_backward
+    with torch._dynamo.config.patch(error_on_recompile=True):  # both graphs reused
+        sol = no.solve(field, 2 * y0, ts, controller=no.PIController(**TOL),
+                       gradient=no.Backsolve(), compile=True)  # fmt: skip
+        torch.autograd.grad(sol.ys.square().sum(), [field.rate, y0])

@@ -1,11 +1,13 @@
 """neuralode: neural differential equations in PyTorch."""
 
+from ._dense import SaveAt
 from ._errors import MaxStepsError, NonFiniteError, SolverError, StepSizeUnderflowError
 from ._events import Event
 from ._execution import Execution
 from ._norms import max_norm, mixed_norm, rms_norm, seminorm
 from ._solution import Solution, SolveStats
 from ._solve import solve
+from ._status import Status
 from .adjoint import Backsolve, Checkpointed, Direct, GradientStrategy
 from .compat import odeint, odeint_adjoint, odeint_event
 from .controllers import FixedGrid, PIController
@@ -37,6 +39,7 @@ __all__ = [
     "GradientStrategy",
     "METHODS",
     "RK4",
+    "SaveAt",
     "AdaptiveHeun",
     "Bosh3",
     "Dopri8",
@@ -54,6 +57,7 @@ __all__ = [
     "Solution",
     "SolveStats",
     "SolverError",
+    "Status",
     "StepSizeUnderflowError",
     "max_norm",
     "mixed_norm",

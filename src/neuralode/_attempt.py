@@ -30,6 +30,7 @@ class Constants:
     atol: torch.Tensor
     sign: float
     exponent: float  # of the error ratio: 1 / (error order + 1)
+    norm: Any = row_rms  # the error norm of each row ((batch, n) -> (batch,) float64)
 
 
 class Step(NamedTuple):
@@ -85,7 +86,7 @@ def attempt(
     with torch.no_grad():
         y_abs, y1_abs = _plain(y).abs(), _plain(y1).abs()
         scale = torch.addcmul(k.atol, torch.maximum(y_abs, y1_abs), k.rtol)
-        ratio = row_rms(_plain(error) / scale)
+        ratio = k.norm(_plain(error) / scale)
         ok, new_size, previous_ratio = k.controller.decide(
             ratio, h.abs(), carried_ratio, k.exponent
         )

@@ -9,6 +9,7 @@ controller or an option that a mode cannot run, with the reason and the fix.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,16 @@ class Execution:
             TypeError: an unknown alias.
             ValueError: a value or a combination that no mode runs.
         """
+        try:  # the same arguments make the same (immutable) execution: validated once
+            key = tuple(sorted((name, type(v), v) for name, v in aliases.items()))
+            return _cached((type(per_sample), per_sample), (type(compile), compile), key)
+        except TypeError as error:
+            if "unhashable" not in str(error):
+                raise
+        return cls._of(per_sample, compile, **aliases)
+
+    @classmethod
+    def _of(cls, per_sample: Any = False, compile: Any = False, **aliases: Any) -> Execution:
         unknown = sorted(set(aliases) - set(_ALIASES))
         if unknown:
             raise TypeError(f"solve() got unexpected keyword arguments {unknown}")
@@ -139,13 +150,13 @@ class Execution:
         Raises:
             ValueError: naming the mode and what it does not support.
         """
-        from .adjoint.backsolve import Backsolve
-        from .adjoint.direct import Direct
-
         if self.compile and not self.device:
             check_compiled_step(solver, controller, self.asked)
         if not self.device:
             return
+        from .adjoint.backsolve import Backsolve
+        from .adjoint.direct import Direct
+
         what = "per_sample=True" if self.per_sample else "device_loop=True"
         if not spec.is_leaf:
             raise ValueError(f"{what} needs y0 to be one tensor")
@@ -171,6 +182,12 @@ class Execution:
                 "per_sample=True needs y0 with a batch dimension first (shape (batch, ...)), "
                 f"got shape {tuple(shape)}"
             )
+
+
+@functools.lru_cache(maxsize=64)
+def _cached(per_sample: tuple, compile: tuple, aliases: tuple) -> Execution:
+    """``Execution.of`` by value (the types in the key: ``1 == True`` is not ``True``)."""
+    return Execution._of(per_sample[1], compile[1], **{name: v for name, _, v in aliases})
 
 
 def check_device_loop(solver: Any, controller: Any, what: str) -> None:

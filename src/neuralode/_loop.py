@@ -11,10 +11,17 @@ import numpy as np
 import torch
 
 from ._compile import compiled
-from ._errors import max_steps_error, raise_stalled
+from ._errors import (
+    MaxStepsError,
+    NonFiniteError,
+    StepSizeUnderflowError,
+    max_steps_error,
+    raise_stalled,
+)
 from ._execution import Execution
 from ._norms import Norm
 from ._solution import SolveStats
+from ._status import code_of
 from ._term import ODETerm
 from .controllers.base import StepSizeController
 from .controllers.pi import PIController
@@ -37,6 +44,9 @@ class LoopConfig:
     callbacks: Any = None
     events: Any = None  # ``_events.Events``: OneProblemEvents, or one row per sample
     execution: Execution = Execution()  # how the loop runs (``_execution``)
+    # False: a failure stops the solve (or its sample) with a ``Status`` instead of raising
+    throw: bool = True
+    save: Any = None  # ``_dense.Recorder``: keeps the steps (dense output, SaveAt(steps))
 
     @property
     def per_sample(self) -> bool:
@@ -101,11 +111,27 @@ def integrate(
 
     With ``record``, every accepted step is appended to it as a ``StepRecord``. A terminal
     event in ``config.events`` ends the solve early: only the outputs up to it are returned.
+    ``stats.status`` receives the ``Status``; with ``config.throw`` False a failure returns
+    the outputs reached and NaN for the others instead of raising. Per-sample mode takes
+    each sample's own output times as a (batch, outputs) float64 tensor ``ts``.
     """
+    stats.status = None
+    outputs: list[torch.Tensor] = []
     try:
-        return _integrate(term, y0, ts, config, stats, record)
+        ys = _integrate(term, y0, ts, config, stats, record, outputs)
+    except (MaxStepsError, StepSizeUnderflowError, NonFiniteError) as error:
+        if config.throw or stats.status is not None:  # per sample: raised to throw
+            raise
+        stats.status = torch.tensor(int(code_of(error)), device=y0.device)
+        ys = torch.cat(outputs)
+        missing = ys.new_full((len(ts) - ys.shape[0], *ys.shape[1:]), torch.nan)
+        return torch.cat([ys, missing])
     finally:
         term.release_buffers()
+    if stats.status is None:  # one problem, or the compiled whole solve (it throws)
+        shape = term.spec.shapes[0][:1] if config.per_sample else ()
+        stats.status = torch.zeros(shape, dtype=torch.long, device=y0.device)
+    return ys
 
 
 def _integrate(
@@ -115,8 +141,11 @@ def _integrate(
     config: LoopConfig,
     stats: SolveStats,
     record: list[StepRecord] | None,
+    outputs: list[torch.Tensor],
 ) -> torch.Tensor:
-    if config.execution.compile == "solve":
+    """``integrate``; the host loop appends its outputs to ``outputs`` as it goes."""
+    whole = config.throw and not isinstance(ts, torch.Tensor)  # one shared span, raising
+    if config.execution.compile == "solve" and whole:
         from ._whole_solve import WholeSolveUnavailable, integrate_whole, unsupported
 
         if unsupported(config, term.spec) is None:  # else: each step compiled
@@ -128,7 +157,7 @@ def _integrate(
         from ._per_sample import integrate_per_sample
 
         return integrate_per_sample(term, y0, ts, config, stats)
-    outputs = [y0[None]]
+    outputs.append(y0[None])
     if len(ts) == 1:
         return y0[None]
     solver, controller, callbacks = config.solver, config.controller, config.callbacks
@@ -187,6 +216,8 @@ def _integrate(
         stats.n_accepted += 1
         if callbacks is not None:
             callbacks.accept(t, y, t1 - t)
+        if config.save is not None:
+            config.save.add(solver, term, step)
         hit = None if events is None else events.check_step(solver, term, step)
         stop = hit is not None and events.event.terminal
         t_stop = hit.t if stop else t1

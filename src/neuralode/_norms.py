@@ -54,6 +54,30 @@ def row_rms(x: torch.Tensor) -> torch.Tensor:
     return (torch.linalg.vector_norm(x, dim=1) / (x.shape[1] ** 0.5)).to(torch.float64)
 
 
+class RowMixedNorm:
+    """``MixedNorm`` / ``Seminorm`` on each row of a (batch, n) tensor: the max of the RMS
+    of each measured part (``parts``: the sizes of the leading parts), in float64."""
+
+    def __init__(self, parts: Sequence[int]):
+        self.parts = tuple(int(n) for n in parts)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(x[:, : sum(self.parts)], self.parts, dim=1)
+        return torch.stack([row_rms(piece) for piece in pieces]).amax(0)
+
+
+def row_norm(norm: Norm) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The row version of one of the library's norms (``None``: no row version): the RMS,
+    the mixed norm and the seminorm."""
+    if norm is rms_norm:
+        return row_rms
+    if isinstance(norm, Seminorm):
+        return RowMixedNorm(norm.measured)
+    if isinstance(norm, MixedNorm):
+        return RowMixedNorm(norm.numels)
+    return None
+
+
 def norm_value(x: torch.Tensor, norm: Norm) -> float:
     """``float(norm(x))``, with the RMS norm's division by sqrt(n) done on the host (one
     tensor operation fewer in the step loop)."""

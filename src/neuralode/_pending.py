@@ -14,8 +14,6 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._errors import max_steps_error, raise_stalled
-from .controllers.pi import check_overflow
 from .solvers.explicit_rk import ExplicitRK
 
 _EPS = 2.0**-52
@@ -206,9 +204,12 @@ def _stack(values: list[torch.Tensor]) -> torch.Tensor:
 
 def _ends(pending: list[_Reached], ts_signed: torch.Tensor, sign: float) -> torch.Tensor:
     """(steps, batch): each pending step of each sample reached the outputs ``ts[:end]``
-    (0 where the step was rejected)."""
-    t_reach = _stack([r.t_reach for r in pending])
-    end = torch.searchsorted(ts_signed, sign * t_reach, right=True)
+    (0 where the step was rejected); ``ts_signed`` (outputs,) or per sample (batch, outputs)."""
+    t_reach = sign * _stack([r.t_reach for r in pending])
+    if ts_signed.ndim == 1:
+        end = torch.searchsorted(ts_signed, t_reach, right=True)
+    else:  # each sample's row
+        end = torch.searchsorted(ts_signed, t_reach.T.contiguous(), right=True).T
     return torch.where(_stack([r.accept for r in pending]), end, 0)
 
 
@@ -257,7 +258,7 @@ def _write_outputs(
     else:
         k_all = _stack([r.k_all for r in pending])[step, :, sample].transpose(0, 1)
     f1 = pick("f1") if needs_f1 else None
-    t_out = ts[out]
+    t_out = ts[out] if ts.ndim == 1 else ts[sample, out]
     value = _interpolate(solver, pick("y"), pick("y1"), pick("h"), k_all, f1, t_out - t)
     value = torch.where((t_out == t_reach)[:, None], pick("y_reach"), value)
     outputs = outputs.index_put((out, sample), value)
@@ -281,24 +282,8 @@ def _interpolate(
     return solver.dense(y0, y1, h.to(y0.real.dtype)[:, None], stacked, f1, theta)
 
 
-def _raise_stalled(
-    iteration: int,
-    still: torch.Tensor,
-    t: torch.Tensor,
-    proposal: torch.Tensor,
-    t_stop: torch.Tensor,
-    sign: float,
-    y: torch.Tensor,
-    config: Any,
-) -> None:
-    """A check found a running sample that can no longer advance, or the solve used up
-    max_steps: fail with the sample's index."""
-    if iteration >= config.max_steps:
-        i = int(still.nonzero()[0])
-        counts = "per-sample mode counts each sample's steps"
-        raise max_steps_error(config.max_steps, float(t[i]), float(t_stop[i]), counts, i)
-    i = int(_stalled(still, t, proposal, t_stop, sign).nonzero()[0])
-    land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
-    if bool(torch.isfinite(y[i]).all()):
-        check_overflow(float(t[i]), y[i])
-    raise_stalled(float(t[i]), float(land[i] - t[i]), y[i], sample=i)
+def _raise_stalled(*args: Any) -> None:
+    """The compiled whole solve's failure (it always throws): ``_status.sample_failures``."""
+    from ._status import sample_failures
+
+    sample_failures(*args)

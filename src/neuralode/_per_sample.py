@@ -14,8 +14,9 @@ each check is scheduled a quarter of the way to the end of the slowest running s
 its current step size (at most 64 steps on; 16 with a terminal event, since every sample
 may stop early and the batch's steps until the next check are wasted), so a solve of N
 steps makes a few times log(N) checks and rarely steps past the last sample's end; the
-checks also ask whether a sample has stalled (its step underflows) or the solve has run out
-of steps. Until the next check the steps attempted wait in a list (``_Reached``; at most
+checks also ask whether a sample has stalled (its step underflows) or run out of steps
+(``_status.sample_failures``: raise, or with ``throw=False`` stop it with its status).
+Until the next check the steps attempted wait in a list (``_Reached``; at most
 ``_PENDING_BYTES`` of them); the check writes the output times they crossed, each sample's
 from the step that reached it, all in one batch (``_write_outputs``). With events, a sample
 whose accepted step crosses its event waits too (frozen at the step's end if the event is
@@ -49,13 +50,14 @@ from ._norms import row_rms, tolerance_tensor
 from ._pending import (
     _ends,
     _locate_events,
-    _raise_stalled,
     _Reached,
     _read_progress,
     _stack,
     _write_outputs,
 )
 from ._solution import SolveStats
+from ._spans import loop_times
+from ._status import Status, sample_failures, samples_failed
 from ._term import ODETerm
 from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
@@ -125,10 +127,17 @@ class _BatchTerm:
 
 
 def integrate_per_sample(
-    term: ODETerm, y0_flat: torch.Tensor, ts: list[float], config: Any, stats: SolveStats
+    term: ODETerm,
+    y0_flat: torch.Tensor,
+    ts: list[float] | torch.Tensor,
+    config: Any,
+    stats: SolveStats,
 ) -> torch.Tensor:
-    """Solve every sample of the batch as its own problem; return (len(ts), n) flat states.
-    Without ``config.per_sample`` (``device_loop``), the whole state is one problem."""
+    """Solve every sample of the batch as its own problem; return (outputs, n) flat states.
+    ``ts``: the output times shared by every sample, or each sample's own, a float64 tensor
+    (batch, outputs) with rows in one direction. Without ``config.per_sample``
+    (``device_loop``), the whole state is one problem. ``stats.status`` receives each
+    sample's ``Status`` (a 0-dim one for ``device_loop``)."""
     solver: ExplicitRK = config.solver
     ctrl: PIController = config.controller
     if config.per_sample:
@@ -137,15 +146,14 @@ def integrate_per_sample(
     else:
         batch, f = 1, _BatchTerm(term, 1, one_problem=True)
     y = y0_flat.reshape(batch, -1)
-    n_out = len(ts)
-    if n_out == 1:
-        return y0_flat[None]
     device = y.device
     f64 = dict(dtype=torch.float64, device=device)
-    sign = 1.0 if ts[-1] > ts[0] else -1.0
-    t_end = ts[-1]
-    ts_signed = torch.tensor([sign * x for x in ts], **f64)
-    ts_tensor = torch.tensor(ts, **f64)
+    ts_tensor, ts_signed, sign, t, t_stop = loop_times(ts, batch, device)
+    n_out = ts_tensor.shape[-1]
+    status = torch.zeros(batch, dtype=torch.long, device=device)
+    stats.status = status if config.per_sample else status[0]
+    if n_out == 1:
+        return y0_flat[None]
     tab = solver.tableau
     co = solver._coefficients(y0_flat)  # made before a compiled step runs
     exponent = 1.0 / (solver.error_order + 1)
@@ -159,7 +167,6 @@ def integrate_per_sample(
     )
     active = torch.ones(batch, dtype=torch.bool, device=device)
 
-    t = torch.full((batch,), ts[0], **f64)
     f0 = f(t, y)
     nfe = nfe + 1
     # the first step size, per sample (``initial_step``: Hairer, Norsett & Wanner II.4)
@@ -168,8 +175,12 @@ def integrate_per_sample(
         nfe = nfe + 1
         bad = ~torch.isfinite(d1)
         if bool(bad.any()):
-            i = int(bad.nonzero()[0])
-            raise NonFiniteError(f"f(t0, y0) contains NaN or inf for sample {i}")
+            status = torch.where(bad, int(Status.NON_FINITE), status)  # they never start
+            if config.throw:
+                i = int(bad.nonzero()[0])
+                error = NonFiniteError(f"f(t0, y0) contains NaN or inf for sample {i}.")
+                raise samples_failed(status, error)
+            active = ~bad
     else:
         size = torch.full((batch,), ctrl.first_step, **f64)
     size = torch.clamp(size, min=ctrl.min_step, max=ctrl.max_step)
@@ -215,8 +226,6 @@ def integrate_per_sample(
     copy_stages = buffer is not None and keep_steps and most_pending > 1  # steps that wait
     if events is not None:
         events.start(t, y)
-    # each sample's end: t_end, or the time of its terminal event once located
-    t_stop = torch.full((batch,), t_end, **f64)
     needs_f1 = tab.dense is None or len(tab.dense.extra_c) > 0
     iteration, next_check, n_still, stalled = 0, 1, -1, False  # known at the checks
     while True:
@@ -231,6 +240,8 @@ def integrate_per_sample(
         f1 = step.k_last if fsal else None
         k_all = step.k_all.clone() if copy_stages else step.k_all
         reached = _Reached(t, h, y, step.t1, y1, k_all, f1, accept, step.still)
+        if config.save is not None:  # dense output: every attempt, with its accept mask
+            config.save.add_batch(t, step.t1, y, y1, step.k_all, accept, f1)
         t, y, still = step.t_next, step.y_accepted, step.still
         if events is not None:
             reached.hit = events.check(step.t1, y1, accept)
@@ -272,6 +283,11 @@ def integrate_per_sample(
                 if needs_f1 and not fsal:  # f(t1, y1) of samples' last steps, for outputs
                     nfe = nfe + (used & ~torch.stack([r.still for r in pending])).sum(0)
             pending = []
+            if stalled or iteration >= config.max_steps:  # raises with config.throw
+                codes = sample_failures(iteration, still, t, proposal, t_stop, sign, y, config)
+                status = torch.maximum(status, codes)  # the failing samples stop here
+                still = still & (codes == 0)
+                n_still = int(still.sum())
         active = still
         if not fsal:  # f(t1, y1): the next f0, or the interpolant of a located event
             nfe = nfe + (accept & reached.still)
@@ -279,8 +295,6 @@ def integrate_per_sample(
             break
         if config.skip_finished:  # checked after every step
             f.keep(still, n_still)
-        if stalled or iteration >= config.max_steps:
-            _raise_stalled(iteration, still, t, proposal, t_stop, sign, y, config)
         if fsal:
             f0 = step.f0_accepted
         else:  # f(t1, y1) starts the next step of the accepted samples
@@ -288,11 +302,18 @@ def integrate_per_sample(
             f0 = torch.where(accept[:, None], f_next, f0)
             if pending:  # the waiting step's f(t1, y1), where accepted
                 pending[-1].f1 = f0
+            if config.save is not None:
+                config.save.set_f1(f0)
+    if config.save is not None:  # f(t1, y1) and extra stages the dense output needs
+        nfe = nfe + config.save.finish_batch(solver, f, t)
     later = torch.arange(n_out, device=device)[:, None] >= next_out
     if events is not None and events.event.terminal:  # later outputs hold the event state
-        later = later & events.mask
+        later = later & (events.mask | (status > 0))
     later[-1] = True  # the final state
-    outputs = torch.where(later[..., None], y, outputs)
+    # a failing sample's outputs after where it stopped are NaN
+    fill = y if config.throw else torch.where((status > 0)[:, None], torch.nan, y)
+    outputs = torch.where(later[..., None], fill, outputs)
+    stats.status = status if config.per_sample else status[0]
     nfe = nfe + (stages - 1) * n_steps
     n_rejected = n_steps - n_accepted
 

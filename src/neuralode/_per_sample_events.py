@@ -25,6 +25,7 @@ import torch
 from ._events import Event, EventGradient, Events
 from ._loop import integrate
 from ._solution import Solution
+from ._status import Status
 from .adjoint.backsolve import Backsolve, adjoint_backward
 from .adjoint.base import GradientStrategy, Problem
 from .adjoint.direct import Direct
@@ -50,17 +51,17 @@ def solve_with_sample_events(
             values = integrate(problem.term, problem.y0, problem.times, config, problem.stats)
         ys = _backsolve_through_events(gradient, problem, events, values)
     problem.stats.nfe = problem.term.nfe
-    ys = ys.reshape(len(problem.times), batch, -1)
+    times, sign = _columns(problem.times, ts.device)
+    ys = ys.reshape(times.shape[0], batch, -1)
     mask = events.mask
-    sign = 1.0 if problem.times[-1] > problem.times[0] else -1.0
     t_event, y_event = EventGradient.apply(events, problem.func, events.event_t, ys[-1])
     # outputs after a sample's terminal event hold its state there (with the event's gradient)
-    times = torch.tensor(problem.times, dtype=torch.float64, device=ts.device)
-    held = mask[None, :] & (sign * (times[:, None] - events.event_t[None, :]) > 0)
+    held = mask[None, :] & (sign * (times - events.event_t[None, :]) > 0)
     ys = torch.where(held[..., None], y_event[None], ys)
     nan = torch.full_like(y_event, math.nan)
-    solution = Solution(ts=ts, ys=spec.unflatten(ys.reshape(len(problem.times), -1)))
+    solution = Solution(ts=ts, ys=spec.unflatten(ys.reshape(times.shape[0], -1)))
     solution.stats = problem.stats
+    problem.stats.status = torch.where(mask, int(Status.EVENT), problem.stats.status)
     solution.event_t = t_event.to(ts.dtype)
     solution.event_y = torch.where(mask[:, None], y_event, nan).reshape(spec.shapes[0])
     solution.event_mask = mask
@@ -68,38 +69,60 @@ def solve_with_sample_events(
     return solution
 
 
+def _columns(times: list[float] | torch.Tensor, device: torch.device):
+    """The output times as a float64 (n, batch) tensor (per-sample times, (batch, n)) or
+    (n, 1) (shared ones), and the direction of integration."""
+    if isinstance(times, torch.Tensor):
+        return times.T, (1.0 if float(times[0, -1] - times[0, 0]) > 0 else -1.0)
+    columns = torch.tensor(times, dtype=torch.float64, device=device)[:, None]
+    return columns, (1.0 if times[-1] > times[0] else -1.0)
+
+
 def _backsolve_through_events(
     gradient: Backsolve, problem: Problem, events: Events, values: torch.Tensor
 ) -> torch.Tensor:
     """``values`` (the outputs of the graph-free per-sample solve), differentiable by one
-    batched adjoint solve.
-
-    Sample i runs on its own clock t_i(s), piecewise linear in a common time s whose knots
-    are the output times (an infinite last one replaced by the latest event): t_i(s_j) =
-    ts_j, or t*_i once past its event, so every sample's outputs sit at the common knots.
-    On each segment dy_i/ds = t_i'(s) f(t_i(s), y_i); a sample past its event has t_i' = 0.
-    The event time is held constant here; its gradient comes from ``EventGradient``.
-    """
-    times = problem.times
-    sign = 1.0 if times[-1] > times[0] else -1.0
-    f64 = dict(dtype=torch.float64, device=problem.y0.device)
-    ts = torch.tensor(times, **f64)
+    batched adjoint solve on per-sample clocks (``backsolve_on_clocks``) that stop at each
+    sample's terminal event: t_i(s_j) = ts_j, or t*_i once past its event (an infinite last
+    output time replaced by the latest event). The event time is held constant here; its
+    gradient comes from ``EventGradient``."""
+    times, sign = _columns(problem.times, problem.y0.device)
     event_t = torch.where(events.mask, events.event_t, sign * math.inf)
-    knots_t = (
-        torch.minimum(ts[:, None], event_t[None])
-        if sign > 0
-        else torch.maximum(ts[:, None], event_t[None])
-    )  # (len(ts), batch): each sample's clock at the knots
+    knots_t = torch.minimum(times, event_t) if sign > 0 else torch.maximum(times, event_t)
     if not bool(torch.isfinite(knots_t[-1]).all()):  # the integrator never allows this
         raise RuntimeError("a sample without an event reached an infinite end time")
-    knots = list(times)
-    if not math.isfinite(knots[-1]):
-        last = float(knots_t[-1].max()) if sign > 0 else float(knots_t[-1].min())
-        knots[-1] = last if last != knots[-2] else knots[-2] + sign
+    if isinstance(problem.times, torch.Tensor):
+        knots = times.mean(1).tolist()
+    else:
+        knots = list(problem.times)
+        if not math.isfinite(knots[-1]):
+            last = float(knots_t[-1].max()) if sign > 0 else float(knots_t[-1].min())
+            knots[-1] = last if last != knots[-2] else knots[-2] + sign
+    return backsolve_on_clocks(gradient, problem, knots_t, values, knots)
+
+
+def backsolve_on_clocks(
+    gradient: Backsolve,
+    problem: Problem,
+    knots_t: torch.Tensor,
+    values: torch.Tensor,
+    knots: list[float] | None = None,
+) -> torch.Tensor:
+    """``values`` (the outputs of a graph-free per-sample solve), differentiable by one
+    batched adjoint solve.
+
+    Sample i runs on its own clock t_i(s), piecewise linear in a common time s: at the knots
+    s_j (``knots``; default: the mean of ``knots_t``'s rows) t_i(s_j) = ``knots_t[j, i]``
+    ((n, batch) float64, monotonic per sample), so every sample's outputs sit at the common
+    knots. On each segment dy_i/ds = t_i'(s) f(t_i(s), y_i); a sample whose clock stands
+    still (past its event) has t_i' = 0.
+    """
+    f64 = dict(dtype=torch.float64, device=problem.y0.device)
+    knots = knots_t.mean(1).tolist() if knots is None else knots
     knots_s = torch.tensor(knots, **f64)
     rates = (knots_t[1:] - knots_t[:-1]) / (knots_s[1:] - knots_s[:-1])[:, None]
     func = problem.func
-    shape = (-1,) + (1,) * (len(events.shape) - 1)
+    shape = (-1,) + (1,) * (len(problem.spec.shapes[0]) - 1)
     time_dtype = problem.term.time_dtype
 
     def segment_field(j: int) -> Callable:

@@ -28,6 +28,8 @@ class SolveStats:
         sample_rejected: per-sample mode only: each sample's rejected steps, (batch,).
         rows_evaluated: per-sample mode only: sample rows f was evaluated on, summed over its
             calls (batch x ``nfe`` unless ``skip_finished`` left finished samples out).
+        status: the [`Status`][neuralode.Status] codes of the forward solve (as
+            ``Solution.status``).
     """
 
     nfe: int = 0
@@ -41,6 +43,7 @@ class SolveStats:
     sample_accepted: torch.Tensor | None = None
     sample_rejected: torch.Tensor | None = None
     rows_evaluated: int | None = None
+    status: torch.Tensor | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The statistics that are set, as a dict (for logging).
@@ -56,8 +59,10 @@ class Solution:
     """What [`solve`][neuralode.solve] returns.
 
     Attributes:
-        ts: the output times (with a terminal event: only those before it).
-        ys: the states at ``ts``: the structure of ``y0`` with a leading dimension over ``ts``.
+        ts: the output times (with a terminal event: only those before it); per-sample output
+            times: the (batch, n) tensor given.
+        ys: the states at ``ts``: the structure of ``y0`` with a leading dimension over ``ts``
+            (per-sample output times: (n, batch, ...), ``ys[j, i]`` sample i at ``ts[i, j]``).
         stats: the work done, a [`SolveStats`][neuralode.SolveStats].
         event_t: with a terminal event: its time (0-dim), differentiable. Per-sample events:
             (batch,) times, NaN for samples without one.
@@ -66,6 +71,12 @@ class Solution:
         event_ts: with an event: the times of every located crossing, in order (per-sample
             events: (batch, most events), NaN-padded).
         event_mask: per-sample terminal events: (batch,) bool, which samples had their event.
+        status: the outcome as [`Status`][neuralode.Status] codes (int64): 0-dim for one
+            problem, (batch,) in per-sample mode. With ``solve(..., throw=False)`` a failure
+            shows here instead of raising, and the failed problem's or sample's outputs after
+            the last output it reached are NaN.
+        interpolation: with ``dense=True``: the kept steps that ``evaluate`` and
+            ``derivative`` use (``None`` otherwise).
     """
 
     ts: torch.Tensor
@@ -75,3 +86,56 @@ class Solution:
     event_y: Any = None
     event_ts: torch.Tensor | None = None
     event_mask: torch.Tensor | None = None
+    status: torch.Tensor | None = None
+    interpolation: Any = field(default=None, repr=False)
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the solve, and in per-sample mode every sample, succeeded: reached its
+        last output time or its terminal event (``status`` SUCCESS or EVENT)."""
+        if self.status is None:
+            return True
+        return bool(((self.status == 0) | (self.status == 4)).all())  # SUCCESS, EVENT
+
+    def evaluate(self, t: Any) -> Any:
+        """The solution at the times ``t``, on the method's own continuous extension.
+
+        Arguments:
+            t: times inside the solved span (forward or backward in time), a tensor of any
+                shape; per sample, (batch,) (one time per sample) or (batch, n) (each
+                sample its own times).
+
+        Returns:
+            The states: ``t.shape`` followed by ``y0``'s shape (per sample: by a sample's
+            shape), in ``y0``'s structure; differentiable with respect to ``y0`` and the
+            parameters of ``func`` (not with respect to ``t``: its derivative is
+            [`derivative`][neuralode.Solution.derivative]).
+
+        Raises:
+            ValueError: the solve did not keep its steps (``dense=True``), ``t`` outside the
+                span, or of the wrong shape.
+        """
+        return self._dense("evaluate")(t)
+
+    def derivative(self, t: Any) -> Any:
+        """dy/dt at the times ``t``: the time derivative of the continuous extension that
+        [`evaluate`][neuralode.Solution.evaluate] uses (of one order lower).
+
+        Arguments:
+            t: times inside the solved span, as for ``evaluate``.
+
+        Returns:
+            The derivatives, shaped as ``evaluate``'s states.
+
+        Raises:
+            ValueError: as ``evaluate``.
+        """
+        return self._dense("derivative")(t, derivative=True)
+
+    def _dense(self, name: str) -> Any:
+        if self.interpolation is None:
+            raise ValueError(
+                f"Solution.{name} needs the solve's steps: solve with dense=True (or "
+                "saveat=no.SaveAt(dense=True))"
+            )
+        return self.interpolation

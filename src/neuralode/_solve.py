@@ -12,12 +12,15 @@ from typing import Any
 import torch
 
 from ._callbacks import Callbacks
+from ._dense import Recorder, SaveAt, check_saveat, saved
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from ._events import Event, EventGradient, OneProblemEvents
 from ._execution import Execution
 from ._loop import LoopConfig, integrate
 from ._norms import LOW_PRECISION, Norm, l2_norm, max_norm, mixed_norm, rms_norm
 from ._solution import Solution, SolveStats
+from ._spans import run_spans, sample_times
+from ._status import Status, mark_non_finite
 from ._term import ODETerm
 from ._tree import TreeSpec, tree_spec
 from ._vmap import solve_vmapped, vmap_level
@@ -55,6 +58,9 @@ def solve(
     event: Event | None = None,
     per_sample: bool | str = False,
     compile: bool | str = False,
+    throw: bool = True,
+    saveat: SaveAt | None = None,
+    dense: bool = False,
     **aliases: bool,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
@@ -66,13 +72,17 @@ def solve(
             device; real or complex floating point).
         ts: the output times, a 1-D strictly increasing or decreasing tensor; ``ts[0]`` is the
             initial time. With an ``event``, ``ts[-1]`` may be infinite (search until the event).
+            With ``per_sample=True`` also (batch, n): each sample its own output times (row i:
+            sample i's t0, ..., t1; finite, every row strictly increasing or every row
+            strictly decreasing); ``ys`` is then (n, batch, ...) with ``ys[j, i]`` sample i at
+            ``ts[i, j]``.
         solver: the method (a [`Solver`][neuralode.solvers.Solver]); defaults to ``Dopri5()``.
         controller: the step-size controller; defaults to ``PIController()`` for adaptive
             solvers and to steps between the output times (``FixedGrid()``) for fixed-step ones.
         norm: measures the scaled error of a step; defaults to the RMS norm (the max of
             per-tensor RMS norms for nested states).
         max_steps: the most steps the solve may take before raising ``MaxStepsError``;
-            ``None`` for no limit.
+            ``None`` for no limit. In per-sample mode each sample's own step attempts count.
         step_t: times the steps must land on.
         jump_t: times where ``func`` is discontinuous: steps land there and ``func`` is
             re-evaluated on the far side.
@@ -115,6 +125,19 @@ def solve(
             compiles (seconds to a minute); later solves of the same shapes reuse the graph.
             ``per_sample`` and ``compile`` are validated together (``Execution``): a
             combination no mode runs is refused with the reason.
+        throw: ``True`` (default): a failure raises (in per-sample mode naming the failing
+            samples); ``False``: it shows in ``Solution.status`` instead (one problem: 0-dim;
+            per sample: (batch,), each sample stopping where it fails while the others go
+            on), the outputs after the last one reached are NaN. Not with ``Backsolve()``
+            while recording gradients, nor with ``compile=True``'s whole-solve graph (the
+            steps are compiled instead).
+        saveat: what to save (a [`SaveAt`][neuralode.SaveAt]): the states at ``ts``
+            (default), at the end only, at every step, and/or the dense solution, optionally
+            through a function of the state.
+        dense: keep the dense solution (shorthand for ``saveat=SaveAt(dense=True)``):
+            [`Solution.evaluate`][neuralode.Solution.evaluate] and
+            [`Solution.derivative`][neuralode.Solution.derivative] then work anywhere in the
+            span. Needs ``gradient=Direct()`` and no event.
         **aliases: the older flags, kept as aliases: ``skip_finished=True``,
             ``compile_step=True`` (``compile="step"``), ``cuda_graph=True`` and
             ``device_loop=True`` (one problem in the per-sample loop, a batch of one:
@@ -146,7 +169,11 @@ def solve(
             options.pop(name)
         return solve_vmapped(solve, func, y0, ts, level, {**options, **aliases})
     spec, y0_flat = _check_state(y0)
-    times = _check_times(ts, y0_flat.device, open_end=event is not None)
+    execution = Execution.of(per_sample, compile, **aliases)
+    if isinstance(ts, torch.Tensor) and ts.ndim == 2 and execution.per_sample:
+        times = sample_times(ts, int(spec.shapes[0][0]), y0_flat.device)
+    else:
+        times = _check_times(ts, y0_flat.device, open_end=event is not None)
     solver, controller, gradient, norm = _coerce(solver, controller, gradient, norm)
     solver = Dopri5() if solver is None else solver
     if controller is None:
@@ -157,14 +184,16 @@ def solve(
         max_steps = NO_STEP_LIMIT
     if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps <= 0:
         raise ValueError(f"max_steps must be a positive integer or None, got {max_steps!r}")
-    if isinstance(controller, FixedGrid) and not math.isfinite(times[-1]):
+    # (per-sample times run in the device loop, on a PIController)
+    fixed = isinstance(controller, FixedGrid) and not isinstance(times, torch.Tensor)
+    if fixed and not math.isfinite(times[-1]):
         if controller.step_size is None:
             raise ValueError(
                 "an event search towards t=inf on fixed steps needs a step_size "
                 "(FixedGrid(step_size=...), options step_size): the steps cannot be the "
                 "output times"
             )
-    elif isinstance(controller, FixedGrid) and event is None:
+    elif fixed and event is None and throw:
         n_steps = controller.n_steps(times)
         if n_steps > max_steps:
             raise MaxStepsError(
@@ -172,9 +201,14 @@ def solve(
                 f"steps, more than max_steps={max_steps:,}; use a larger step_size or raise "
                 "max_steps (options max_num_steps)"
             )
-    execution = Execution.of(per_sample, compile, **aliases)
     check_sde_solve(func, ts, solver, gradient, event, execution)
+    saveat = check_saveat(saveat, dense, execution, solver, gradient, event, ts.shape[-1])
     execution.check(spec, solver, controller, locals())
+    if not throw and torch.is_grad_enabled() and not isinstance(gradient, (Direct, type(None))):
+        raise ValueError(
+            f"throw=False needs gradient=Direct() (or no autograd graph): a failed solve's NaN "
+            f"outputs have no {type(gradient).__name__} gradient"
+        )
     if execution.per_sample:
         func = _BatchTime(func, int(spec.shapes[0][0]))
     if norm is None:
@@ -189,27 +223,44 @@ def solve(
         perturb=bool(perturb),
         callbacks=None if callbacks is None else Callbacks(callbacks, spec),
         execution=execution,
+        throw=bool(throw),
+        save=Recorder() if saveat is not None and saveat.records else None,
     )
     term = func.bind(spec, y0_flat) if isinstance(func, SDETerm) else ODETerm(func, spec, y0_flat)
     stats = SolveStats()
     if y0_flat.numel() == 0:  # nothing to integrate
-        ys = y0_flat.expand(len(times), 0)
-        return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
+        ys = y0_flat.expand(ts.shape[-1], 0)
+        shape = spec.shapes[0][:1] if execution.per_sample else ()
+        stats.status = torch.zeros(shape, dtype=torch.long, device=ts.device)
+        return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats, status=stats.status)
     problem = Problem(func, term, spec, y0_flat, ts, times, config, stats)
     gradient = Direct() if gradient is None else gradient
     if event is None:
         ys = _run(gradient, problem)
         stats.nfe = term.nfe
-        _check_finite(ys, times)
-        return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats)
+        if throw:
+            _check_finite(ys, times)
+        else:
+            batch = spec.shapes[0][0] if execution.per_sample else None
+            stats.status = mark_non_finite(stats.status, ys, batch)
+        if saveat is not None:
+            solution = saved(saveat, config.save, problem, ys)
+            solution.status = stats.status
+            return solution
+        return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats, status=stats.status)
     try:
         if execution.per_sample:
             from ._per_sample_events import solve_with_sample_events
 
-            return solve_with_sample_events(gradient, problem, event)
-        return _solve_with_event(gradient, problem, OneProblemEvents(event, spec, term))
+            solution = solve_with_sample_events(gradient, problem, event)
+        else:
+            solution = _solve_with_event(gradient, problem, OneProblemEvents(event, spec, term))
+        solution.status = stats.status
+        if not execution.per_sample and solution.event_t is not None and solution.succeeded:
+            solution.status = torch.full_like(stats.status, int(Status.EVENT))
+        return solution
     except (MaxStepsError, StepSizeUnderflowError, NonFiniteError) as error:
-        if math.isfinite(times[-1]):
+        if isinstance(times, torch.Tensor) or math.isfinite(times[-1]):
             raise
         if isinstance(error, MaxStepsError):  # its advice (stiffness) does not apply
             reason = f"no sign change ({str(error).split(' (')[0]})"
@@ -298,9 +349,10 @@ class _BatchTime(torch.nn.Module):
 
 
 def _run(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:
-    if time_derivative_inputs(problem) and not gradient.handles_time_gradients:
+    spans = isinstance(problem.times, torch.Tensor)  # per-sample output times
+    if time_derivative_inputs(problem) and (spans or not gradient.handles_time_gradients):
         return _run_with_time_gradients(gradient, problem)
-    return gradient.run(problem)
+    return run_spans(gradient, problem) if spans else gradient.run(problem)
 
 
 def _solve_with_event(
@@ -350,16 +402,22 @@ def _run_with_time_gradients(gradient: GradientStrategy, problem: Problem) -> to
     """Make the outputs differentiable in ``ts`` by the exact flow's derivatives.
 
     dy(t_i)/dt_i = f(t_i, y_i) and dy(t_i)/dt_0 = -dy(t_i)/dy0 . f(t_0, y_0). Both enter as
-    terms ``(t - t.detach()) * f`` that are zero in value but carry the derivative.
+    terms ``(t - t.detach()) * f`` that are zero in value but carry the derivative. With
+    per-sample times (batch, n) each sample's times shift its own rows of the flat state.
     """
     term, times = problem.term, problem.times
-    shift = problem.ts - problem.ts.detach()
-    shift = shift.to(term.time_dtype)
+    shift = (problem.ts - problem.ts.detach()).to(term.time_dtype)
+    spans = isinstance(times, torch.Tensor)
+    if spans:  # (n, batch x d): sample i's shift on its rows
+        shift = shift.T.repeat_interleave(problem.y0.numel() // shift.shape[0], dim=1)
+        times = times.T  # times[j]: every sample's j-th time, (batch,)
+    else:
+        shift = shift[:, None]
     f0 = term(times[0], problem.y0)
     problem.y0 = problem.y0 - shift[0] * f0
-    ys = gradient.run(problem)
+    ys = run_spans(gradient, problem) if spans else gradient.run(problem)
     fs = torch.stack([f0] + [term(t, y) for t, y in zip(times[1:], ys[1:])])
-    return ys + shift[:, None] * fs
+    return ys + shift * fs
 
 
 def _check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:
@@ -417,7 +475,10 @@ def _check_times(ts: Any, device: torch.device, open_end: bool = False) -> list[
     if not isinstance(ts, torch.Tensor):
         raise TypeError(f"t must be a 1-D tensor of times, got {type(ts).__name__}")
     if ts.ndim != 1 or ts.numel() == 0:
-        raise ValueError(f"t must be a non-empty 1-D tensor, got shape {tuple(ts.shape)}")
+        per_sample = " (per-sample times, (batch, n), need per_sample=True)" if ts.ndim == 2 else ""
+        raise ValueError(
+            f"t must be a non-empty 1-D tensor, got shape {tuple(ts.shape)}{per_sample}"
+        )
     if not ts.is_floating_point():
         raise TypeError(f"t must be a floating point tensor, got dtype {ts.dtype}")
     if ts.device != device:
@@ -455,20 +516,22 @@ def _all_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x).all())
 
 
-def _check_finite(ys: torch.Tensor, times: list[float]) -> None:
+def _check_finite(ys: torch.Tensor, times: list[float] | torch.Tensor) -> None:
     if _all_finite(ys):
         return
     finite = torch.isfinite(ys).flatten(1).all(1)
     if not bool(finite.all()):
         i = int((~finite).nonzero()[0])
+        # per-sample times: the earliest of output i's
+        t = float(times[:, i].min()) if isinstance(times, torch.Tensor) else times[i]
         if not bool(torch.isnan(ys[i]).any()):
             largest = torch.finfo(ys.real.dtype).max
             raise NonFiniteError(
-                f"the solution overflows {ys.real.dtype} to inf by t={times[i]:.6g} (output "
+                f"the solution overflows {ys.real.dtype} to inf by t={t:.6g} (output "
                 f"{i}): its values exceed the largest {ys.real.dtype} value {largest:.3g}. The "
                 "solution grows without bound, or the step size is too large for stability"
             )
         raise NonFiniteError(
-            f"the solution contains NaN or inf at t={times[i]:.6g} (output {i}); "
+            f"the solution contains NaN or inf at t={t:.6g} (output {i}); "
             "the step size may be too large for this problem, or f is non-finite there"
         )

@@ -2,13 +2,19 @@
 
 Under ``vmap`` the loop cannot read a batched tensor back to the host (``.item()``), and a
 step size shared by the batch would not be each problem's own. So ``solve`` unwraps the
-vmapped dimension of ``y0`` (``torch._C._functorch``), solves the problems as one
-per-sample solve (``per_sample=True``: every problem has its own time, step size and
-decisions, and equals solving it alone), calls ``func`` on the rows through an inner
-``torch.func.vmap`` (so ``func`` sees one problem, as it would unbatched), and wraps the
-outputs back into the vmapped dimension. Fixed-step solvers take the same steps for every
-problem, so there the batch is solved as one system. Transforms applied outside ``vmap``
-(``torch.func.grad``, ``jacrev``, ``jvp``) see ordinary differentiable operations.
+vmapped dimension of ``y0`` and ``ts`` (``torch._C._functorch``) and solves the problems as
+one per-sample solve (``per_sample=True``: every problem has its own time, step size and
+decisions, and equals solving it alone; vmapped times are per-sample spans) for the
+explicit Runge-Kutta methods. ``func`` is called with the rows wrapped back into the
+vmapped dimension, so it sees one problem as it would unbatched, and tensors it captures
+that are batched by the same vmap (a per-problem parameter) pair with their own problem's
+rows. Fixed-step solvers on shared times take the same steps for every problem, so there
+the batch is solved as one system. Where per-sample mode cannot run the solve (implicit
+methods, whose Newton iterations a batch would share, multistep methods, other
+controllers, ``norm``, ``step_t``/``jump_t``, ``perturb``, callbacks, ``Checkpointed()``,
+fixed steps on each problem's own times, spans in both directions), the problems are
+solved one after the other. Transforms applied outside ``vmap`` (``torch.func.grad``,
+``jacrev``, ``jvp``) see ordinary differentiable operations.
 """
 
 from __future__ import annotations
@@ -19,20 +25,21 @@ from typing import Any
 import torch
 from torch._C import _functorch as functorch
 
-from ._tree import tree_spec
+from ._solution import Solution, SolveStats
+from ._tree import TreeSpec, tree_spec
+from .solvers import METHODS
+from .solvers.dopri5 import Dopri5
+from .solvers.explicit_rk import ExplicitRK
 
 
 def vmap_level(y0: Any, ts: Any) -> int | None:
-    """The vmap level ``y0`` is batched at (the innermost transform), or ``None``."""
+    """The vmap level ``y0`` or ``ts`` is batched at (the innermost transform), or ``None``."""
     level = functorch.maybe_current_level()
     if level is None:
         return None
-    if isinstance(ts, torch.Tensor) and _batched_at(ts, level):
-        raise ValueError(
-            "vmap over the output times t is not supported: every vmapped problem must share "
-            "t (vmap over y0, with t outside the vmapped arguments: in_dims=(0, None))"
-        )
     _, leaves = tree_spec(y0, "y0")
+    if isinstance(ts, torch.Tensor):
+        leaves = [*leaves, ts]
     return level if any(_batched_at(x, level) for x in leaves) else None
 
 
@@ -43,9 +50,9 @@ def _batched_at(x: torch.Tensor, level: int) -> bool:
 def solve_vmapped(
     solve: Callable[..., Any], func: Callable, y0: Any, ts: torch.Tensor, level: int, kwargs: dict
 ) -> Any:
-    """``solve(func, y0, ts, **kwargs)`` for a ``y0`` batched at vmap ``level`` (see the
-    module); returns the Solution with ``ys`` batched at that level."""
-    for name in ("event", "per_sample"):
+    """``solve(func, y0, ts, **kwargs)`` for a ``y0`` or ``ts`` batched at vmap ``level`` (see
+    the module); returns the Solution with ``ys`` (and ``ts``, if batched) at that level."""
+    for name in ("event", "per_sample", "dense", "saveat"):
         if kwargs.pop(name, None):
             raise ValueError(
                 f"{name} is not supported under torch.func.vmap: vmap already solves each "
@@ -53,39 +60,101 @@ def solve_vmapped(
             )
     spec, leaves = tree_spec(y0, "y0")
     unwrapped = [_unwrap(x, level) for x in leaves]
-    batch = max(x.shape[0] for x, batched in unwrapped if batched)
+    times, own_times = _unwrap(ts, level)  # own_times: (batch, n), each problem its times
+    batch = max(x.shape[0] for x, batched in [*unwrapped, (times, own_times)] if batched)
     rows = [(x if batched else x.expand(batch, *x.shape)) for x, batched in unwrapped]
     flat = torch.cat([x.reshape(batch, -1) for x in rows], 1)
 
-    def one(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return spec.flatten(func(t, spec.unflatten(y)), "func's output")
-
-    batched_func = torch.func.vmap(one, in_dims=(0, 0))
-    solver = kwargs.get("solver")
-    adaptive = solver is None or getattr(solver, "adaptive", True)
-
     def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = batched_func(t.expand(batch) if t.ndim == 0 else t, y)
-        if functorch.is_batchedtensor(out):
-            raise ValueError(
-                "under torch.func.vmap, func captured a tensor batched by the same vmap (e.g. "
-                "a per-problem parameter): carry it in the state instead (as a constant "
-                "channel with zero derivative), so that each problem's rows hold their own"
-            )
-        return out
+        """f on the (batch, n) rows: t is (batch,) per sample, or 0-dim (one system)."""
+        t_problem = t if t.ndim == 0 else functorch._add_batch_dim(t, 0, level)
+        y_problem = spec.unflatten(functorch._add_batch_dim(y, 0, level))
+        out = spec.flatten(func(t_problem, y_problem), "func's output")
+        return _rows(out, level, batch)
 
+    solver = _solver(kwargs.get("solver"))
     try:
-        sol = solve(field, flat, ts, per_sample=adaptive, **kwargs)
+        if not isinstance(solver, ExplicitRK):  # the Newton or multistep iterations are shared
+            raise ValueError("per_sample=True: not an explicit Runge-Kutta method")
+        if own_times and not solver.adaptive:  # one system needs one grid of times
+            raise ValueError("per_sample=True: fixed steps on each problem's own times")
+        if own_times and len(set((times[:, -1] > times[:, 0]).tolist())) > 1:
+            raise ValueError("per_sample=True: spans run in both directions")
+        sol = solve(field, flat, times, per_sample=solver.adaptive, **kwargs)
     except ValueError as error:
         if not str(error).startswith("per_sample=True"):
             raise
-        raise ValueError(
-            f"torch.func.vmap over solve gives each problem its own steps (per-sample mode), "
-            f"and {error}"
-        ) from error
+        sol = _solve_one_by_one(solve, func, spec, flat, times, own_times, level, kwargs)
     ys = sol.ys  # (len(ts), batch, n): each problem's outputs, wrapped back per problem
     sol.ys = spec.unflatten(functorch._add_batch_dim(ys, 1, level))
+    sol.ts = ts
+    if sol.status is not None and sol.status.ndim == 1:  # each problem's own status
+        sol.status = functorch._add_batch_dim(sol.status, 0, level)
     return sol
+
+
+def _solver(solver: Any) -> Any:
+    """The solver ``solve`` will use (its default, a method name or a class instantiated)."""
+    if solver is None:
+        return Dopri5()
+    if isinstance(solver, str):
+        return METHODS[solver]() if solver in METHODS else solver  # solve names the error
+    return solver() if isinstance(solver, type) else solver
+
+
+def _solve_one_by_one(
+    solve: Callable[..., Any],
+    func: Callable,
+    spec: TreeSpec,
+    flat: torch.Tensor,
+    ts: torch.Tensor,
+    own_times: bool,
+    level: int,
+    kwargs: dict,
+) -> Solution:
+    """Each problem solved alone (for what per-sample mode cannot run), at its own row of
+    ``ts`` if ``own_times``; ``ys`` is the flat (len(ts), batch, n) of the solutions, the
+    statistics summed with per-sample rows."""
+
+    def one(t: torch.Tensor, y: Any) -> Any:
+        out = func(t, y)
+        _, leaves = tree_spec(out, "func's output")
+        if any(_batched_at(x, level) for x in leaves):
+            raise ValueError(
+                "under torch.func.vmap with a method per-sample mode cannot run, func "
+                "captured a tensor batched by the same vmap (e.g. a per-problem parameter): "
+                "carry it in the state instead (as a constant channel with zero derivative), "
+                "or use an adaptive explicit Runge-Kutta method"
+            )
+        return out
+
+    times = ts if own_times else ts.expand(len(flat), *ts.shape)
+    solutions = [solve(one, spec.unflatten(y), t, **kwargs) for y, t in zip(flat, times)]
+    stats = SolveStats()
+    for name in ("nfe", "n_steps", "n_accepted", "n_rejected"):
+        setattr(stats, name, sum(getattr(s.stats, name) for s in solutions))
+    for name, total in (("sample_nfe", "nfe"), ("sample_steps", "n_steps")):
+        setattr(stats, name, torch.tensor([getattr(s.stats, total) for s in solutions]))
+    stats.sample_accepted = torch.tensor([s.stats.n_accepted for s in solutions])
+    stats.sample_rejected = torch.tensor([s.stats.n_rejected for s in solutions])
+    ys = torch.stack([_flat_outputs(spec, s.ys) for s in solutions], 1)
+    status = torch.stack([s.status for s in solutions])
+    return Solution(ts=ts, ys=ys, stats=stats, status=status)
+
+
+def _flat_outputs(spec: TreeSpec, ys: Any) -> torch.Tensor:
+    """A solution's outputs (the state's structure with a leading time dimension) as (n_t, n)."""
+    _, leaves = tree_spec(ys, "ys")
+    return torch.cat([x.reshape(x.shape[0], -1) for x in leaves], 1)
+
+
+def _rows(out: torch.Tensor, level: int, batch: int) -> torch.Tensor:
+    """f's per-problem output (batched at ``level``) as the physical (batch, n) rows; an
+    output that does not depend on the problem is the same for every row."""
+    if not _batched_at(out, level):
+        return out.expand(batch, *out.shape)
+    inner, dim = functorch._unwrap_batched(out, level)
+    return inner.movedim(dim, 0)
 
 
 def _unwrap(x: torch.Tensor, level: int) -> tuple[torch.Tensor, bool]:

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch._higher_order_ops import while_loop
 
 from ._attempt import Constants, attempt
 from ._compile import compiled
 from ._errors import NonFiniteError
-from ._norms import rms_norm, row_rms, tolerance_tensor
+from ._norms import row_norm, tolerance_tensor
 from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
 from ._term import ODETerm
@@ -50,12 +51,14 @@ def unsupported(config: Any, spec: Any) -> str | None:
         return f"{solver!r}'s dense output needs extra stages"
     if not isinstance(controller, PIController):
         return "only the PIController runs inside the graph"
-    if not spec.is_leaf or config.norm is not rms_norm:
-        return "the graph measures errors by RMS on one tensor"
+    if not spec.is_leaf or row_norm(config.norm) is None:
+        return "the graph measures errors on one tensor by RMS, a mixed norm or a seminorm"
     if config.step_t or config.jump_t or config.perturb or config.callbacks is not None:
         return "step_t, jump_t, perturb and callbacks act between steps on the host"
     if config.events is not None:
         return "events are located between steps on the host"
+    if config.save is not None:
+        return "dense=True and SaveAt(steps=True) keep the steps, which the graph does not"
     if torch.is_grad_enabled():
         return (
             "autograd through torch._higher_order_ops.while_loop is not supported (torch "
@@ -72,10 +75,10 @@ def integrate_whole(
     ctrl: PIController = config.controller
     per_sample = config.per_sample
     batch = int(term.spec.shapes[0][0]) if per_sample else 1
-    y = y0_flat.reshape(batch, -1)
     if len(ts) == 1:
         return y0_flat[None]
-    solver._coefficients(y)  # made before tracing: constants of the graph
+    y = y0_flat.reshape(batch, -1)
+    co = solver._coefficients(y)  # made before tracing: constants of the graph
     f64 = dict(dtype=torch.float64, device=y.device)
     plan = _Plan(
         func=term.func,
@@ -90,9 +93,10 @@ def integrate_whole(
         exponent=1.0 / (solver.error_order + 1),
     )
     run = compiled(_solve_graph, ("whole", type(solver)), dynamic=False, fullgraph=True)
-    ts_tensor = torch.tensor(ts, **f64)
-    rtol, atol = tolerance_tensor(ctrl.rtol, y), tolerance_tensor(ctrl.atol, y)
-    plan.constants = Constants(solver, ctrl, rtol, atol, plan.sign, plan.exponent)
+    ts_tensor = _times(ts, y.device)
+    rtol, atol = _tolerances(ctrl, y)
+    norm = row_norm(config.norm)
+    plan.constants = Constants(solver, ctrl, rtol, atol, plan.sign, plan.exponent, norm)
     try:
         result = run(plan, y, ts_tensor)
     except torch._dynamo.exc.TorchDynamoException as error:
@@ -101,24 +105,22 @@ def integrate_whole(
             f"one while_loop graph ({type(error).__name__}: {str(error).splitlines()[0]}); "
             "each step is compiled instead"
         ) from error
-    outputs, t, proposal, still, n_steps, n_accepted, nfe, iterations, d1 = result
-    bad_f0, running, out_of_steps = torch.stack(
-        [(~torch.isfinite(d1)).any(), still.any(), iterations >= config.max_steps]
-    ).tolist()
+    outputs, t, proposal, still, n_steps, n_accepted, nfe, d1, report = result
+    # every count and check in one read: the solve's only host synchronisation
+    bad_f0, running, iterations, steps, accepted = report.tolist()
     if bad_f0:
         i = int((~torch.isfinite(d1)).nonzero()[0])
         where = f" for sample {i}" if per_sample else f" at t0={ts[0]:.6g}"
         raise NonFiniteError(f"f(t0, y0) contains NaN or inf{where}")
     if running:  # the device loop's errors
         t_stop = torch.full((batch,), ts[-1], **f64)
-        iteration = config.max_steps if out_of_steps else 0
+        iteration = config.max_steps if iterations >= config.max_steps else 0
         _raise_stalled(iteration, still, t, proposal, t_stop, plan.sign, outputs[-1], config)
-    stages = solver.tableau.stages
-    term.nfe += int(iterations) * (stages - 1 + (not solver.tableau.fsal)) + 1
+    term.nfe += iterations * (co.stages - 1 + (not co.fsal)) + 1
     term.nfe += ctrl.first_step is None
-    stats.n_steps += int(n_steps.sum())
-    stats.n_accepted += int(n_accepted.sum())
-    stats.n_rejected += int((n_steps - n_accepted).sum())
+    stats.n_steps += steps
+    stats.n_accepted += accepted
+    stats.n_rejected += steps - accepted
     if per_sample:
         stats.sample_nfe = nfe
         stats.rows_evaluated = term.nfe * batch
@@ -155,7 +157,7 @@ def _solve_graph(plan: _Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch
     f0 = plan.call(t0, y0)
     if ctrl.first_step is None:
         k = plan.constants
-        size, d1 = initial_step(plan.call, t0, y0, f0, sign, k.exponent, k.rtol, k.atol, row_rms)
+        size, d1 = initial_step(plan.call, t0, y0, f0, sign, k.exponent, k.rtol, k.atol, k.norm)
         nfe0 = 2
     else:
         size, d1 = torch.full_like(t0, ctrl.first_step), torch.zeros_like(t0)
@@ -234,4 +236,32 @@ def _solve_graph(plan: _Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch
 
     it, t, y, _, proposal, _, steps, accepted, nfe, outs, still, _ = while_loop(cond, body, carry)
     outputs = torch.cat([y0[None], outs, y[None]])
-    return outputs, t, proposal, still, steps, accepted, nfe, it, d1
+    report = torch.stack(
+        [(~torch.isfinite(d1)).any().long(), still.any().long(), it, steps.sum(), accepted.sum()]
+    )  # fmt: skip
+    return outputs, t, proposal, still, steps, accepted, nfe, d1, report
+
+
+_TOLERANCES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _tolerances(ctrl: PIController, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The controller's tolerances as tensors for ``y`` (graph inputs: other tolerances reuse
+    the graph); scalar ones made once per value, dtype and device."""
+    if isinstance(ctrl.rtol, torch.Tensor) or isinstance(ctrl.atol, torch.Tensor):
+        return tolerance_tensor(ctrl.rtol, y), tolerance_tensor(ctrl.atol, y)
+    key = (float(ctrl.rtol), float(ctrl.atol), y.dtype, y.device)
+    pair = _TOLERANCES.get(key)
+    if pair is None:
+        if len(_TOLERANCES) > 64:
+            _TOLERANCES.clear()
+        pair = _TOLERANCES[key] = (tolerance_tensor(ctrl.rtol, y), tolerance_tensor(ctrl.atol, y))
+    return pair
+
+
+def _times(ts: list[float], device: torch.device) -> torch.Tensor:
+    """The output times as a float64 tensor (on CPU through NumPy: cheaper than
+    ``torch.tensor``)."""
+    if device.type == "cpu":
+        return torch.from_numpy(np.array(ts, dtype=np.float64))
+    return torch.tensor(ts, dtype=torch.float64, device=device)

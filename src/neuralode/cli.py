@@ -20,6 +20,7 @@ EXPERIMENTS: dict[str, str] = {
     "implicit": "neuralode.experiments.implicit",
     "pde": "neuralode.experiments.pde",
     "latent-sde": "neuralode.experiments.latent_sde",
+    "sde-gan": "neuralode.experiments.sde_gan",
 }
 
 

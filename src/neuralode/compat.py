@@ -48,11 +48,12 @@ _ADAPTIVE_OPTIONS = {
     "step_t",
     "jump_t",
     "norm",
+    "throw",
     *_LOOP_FLAGS,
 }
 _FIXED_OPTIONS = {
     "step_size", "grid_constructor", "perturb", "interp", "max_num_steps", "compile_step",
-    "compile",
+    "compile", "throw",
 }  # fmt: skip
 _INTERPOLATIONS = ("linear", "cubic")
 # torchdiffeq's other names for our methods
@@ -83,7 +84,9 @@ def odeint(
             named in a warning).
         y0: the initial state, a tensor or a tuple of tensors (the result has the same
             structure).
-        t: the output times, 1-D and strictly monotonic; ``t[0]`` is the initial time.
+        t: the output times, 1-D and strictly monotonic; ``t[0]`` is the initial time. With
+            ``options=dict(per_sample=True)`` also (batch, n): each sample's own output times
+            (see [`solve`][neuralode.solve]'s ``ts``); the result is then (n, batch, ...).
         rtol: the relative tolerance of adaptive methods.
         atol: the absolute tolerance of adaptive methods.
         method: a name from [`METHODS`][neuralode.solvers.METHODS] (default ``"dopri5"``;
@@ -93,8 +96,11 @@ def odeint(
             ``grid_constructor``, ...; fixed-grid methods take ``interp="linear" | "cubic"``,
             torchdiffeq's interpolation between grid points, also used to locate events) and
             this library's solve flags
-            (``per_sample``, ``compile``, and the older ``skip_finished``, ``compile_step``,
-            ``device_loop``, ``cuda_graph``; see [`solve`][neuralode.solve]).
+            (``per_sample``, ``compile``, ``throw``, and the older ``skip_finished``,
+            ``compile_step``, ``device_loop``, ``cuda_graph``; see
+            [`solve`][neuralode.solve]). ``throw=False``: a failed solve or sample returns NaN
+            after the last output it reached instead of raising (``solve`` also returns its
+            ``status``).
         event_fn: stop where an element of ``event_fn(t, y)`` crosses zero (``t[1:]`` only gives
             the direction). With ``options=dict(per_sample=True)`` every sample (dim 0 of
             ``y0``) stops at its own event: ``event_fn`` receives (batch,) times and returns
@@ -175,7 +181,9 @@ def odeint_adjoint(
         )
     if adjoint_options is None:
         adjoint_options = {
-            k: v for k, v in (options or {}).items() if k != "norm" and k not in _LOOP_FLAGS
+            k: v
+            for k, v in (options or {}).items()
+            if k != "norm" and k not in (*_LOOP_FLAGS, "throw")
         }
     adjoint_options = dict(adjoint_options)
     if "per_sample" in adjoint_options:
@@ -276,6 +284,12 @@ def _odeint(
     spec, _ = tree_spec(y0, "y0")
     solver, controller, extra = _parse(method, options, rtol, atol, func, y0, t, spec)
     event = None
+    if event_fn is not None and "throw" in extra and not extra["throw"]:
+        raise ValueError(
+            "option throw=False is not supported with event_fn: the event's time and state "
+            "have no status to go with them; use neuralode.solve(..., event=Event(fn), "
+            "throw=False) and read Solution.status"
+        )
     if event_fn is not None:
         if not isinstance(t, torch.Tensor) or t.ndim != 1 or t.numel() < 2:
             raise ValueError(
@@ -333,6 +347,8 @@ def _parse(
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
     most = options.get("max_num_steps", DEFAULT_MAX_STEPS)
     extra: dict[str, Any] = {"max_steps": None if most is None else int(most)}
+    if "throw" in options:  # False: failed samples' outputs NaN instead of an error
+        extra["throw"] = bool(options["throw"])
     if probe.adaptive:
         dtype = options.get("dtype", torch.float64)
         if dtype != torch.float64:

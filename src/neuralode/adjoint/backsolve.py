@@ -49,7 +49,10 @@ class Backsolve(GradientStrategy):
         compile_step: run each step of the backward solves as one torch.compile graph, the
             adjoint's vector-Jacobian products by ``torch.func.vjp``. It needs an explicit
             Runge-Kutta method, ``func`` an ``nn.Module`` whose parameters include every one of
-            ``params``, and an f that does not call autograd itself.
+            ``params``, and an f that does not call autograd itself. After a forward solve
+            with ``compile=True`` the backward solves run as one compiled graph each where
+            they can (``func`` such a module; an adaptive explicit Runge-Kutta method and a
+            ``PIController``), without asking.
         step_t: times the backward solves' steps land on (default: the forward solve's).
         jump_t: discontinuities of f for the backward solves (default: the forward solve's).
         perturb: perturbed evaluations at the backward steps' ends (default: the forward
@@ -271,8 +274,15 @@ def adjoint_backward(
     dynamics = _AdjointDynamics(problem, params)
     aug_term = ODETerm(dynamics, state_spec, ys[0])
     forward = problem.config
-    # segments with their own fields (per-sample events' knots) run eagerly
+    # segments with their own fields (per-sample events' knots) run eagerly; after a forward
+    # solve compiled whole (compile=True), the backward solves are too where torch.func can
+    # trace the vector-Jacobian products (func a module owning the parameters), else eager
     compiled = strategy.compile_step and segment_field is None
+    whole = (
+        forward.execution.compile == "solve"
+        and dynamics.param_names is not None
+        and segment_field is None
+    )
     config = LoopConfig(
         solver=strategy.solver or forward.solver,
         controller=strategy.backward_controller(forward.controller),
@@ -282,8 +292,13 @@ def adjoint_backward(
         jump_t=forward.jump_t if strategy.jump_t is None else strategy.jump_t,
         perturb=forward.perturb if strategy.perturb is None else bool(strategy.perturb),
         callbacks=None if strategy.callbacks is None else Callbacks(strategy.callbacks, state_spec),
-        execution=Execution(compile="step" if compiled else None),
+        execution=Execution(compile="solve" if whole else "step" if compiled else None),
     )
+    if whole:
+        from .._whole_solve import unsupported  # (import cycle)
+
+        if unsupported(config, state_spec) is not None:  # e.g. a backward solver of its own
+            config = replace(config, execution=Execution(compile="step" if compiled else None))
     f_term = problem.term
     f_nfe_before = f_term.nfe
     time_grads = torch.zeros(len(times), dtype=torch.float64, device=ys.device)

@@ -40,10 +40,12 @@ from .latent_sde import LatentSDE
 from .ode_block import ODEBlock
 from .planar import PlanarFlow, PlanarLayer
 from .regularisers import DerivativePenalty, JacobianFrobenius, KineticEnergy, Regulariser
+from .sde_gan import CDEDiscriminator, PathIncrements, SDEGenerator
 from .transformer import TimeEmbedding, TransformerDynamics
 from .unet import UNetDynamics
 
 __all__ = [
+    "CDEDiscriminator",
     "CNF",
     "CNFDynamics",
     "ConcatSquashConv2d",
@@ -51,8 +53,10 @@ __all__ = [
     "ConcatSquashLinear",
     "ConcatSquashMLP",
     "GatedPlanarDynamics",
+    "PathIncrements",
     "PlanarFlow",
     "PlanarLayer",
+    "SDEGenerator",
     "SequentialFlow",
     "exact_trace",
     "ffjord_2d",

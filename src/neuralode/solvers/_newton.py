@@ -72,6 +72,12 @@ def block_jacobian(
     instead (n more evaluations).
     """
     y = y.detach()
+    if torch._C._functorch.maybe_current_level() is not None:
+        # inside a torch.func transform (vmap over solve), where requires_grad_ is refused
+        out, vjp = torch.func.vjp(lambda v: term(t, v, perturb), y)
+        cotangents = _cotangents(out, layout)
+        grads = torch.stack([vjp(v)[0] for v in cotangents])
+        return _blocks(grads, layout), out.detach()
     with torch.enable_grad():
         yv = y.requires_grad_(True)
         out = term(t, yv, perturb)
@@ -80,11 +86,25 @@ def block_jacobian(
     return _difference_jacobian(term, t, y, perturb, out.detach(), layout), out.detach()
 
 
-def _vjp_jacobian(out: torch.Tensor, y: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
+def _cotangents(out: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
+    """(n, numel): row k selects component k of every sample's output."""
     n = layout.n
     cotangents = out.new_zeros((n, out.numel()))
     rows = torch.arange(n, device=out.device)[:, None].expand(n, layout.batch)
     cotangents[rows, layout.index.T] = 1
+    return cotangents
+
+
+def _blocks(grads: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
+    """The per-sample Jacobians (B, n, n) from the (n, numel) products with ``_cotangents``."""
+    # grads[k, index[b, j]] = conj(J_b[k, j]) (PyTorch's convention for complex tensors)
+    blocks = layout.gather(grads).permute(1, 0, 2)
+    return blocks.conj() if blocks.is_complex() else blocks
+
+
+def _vjp_jacobian(out: torch.Tensor, y: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
+    n = layout.n
+    cotangents = _cotangents(out, layout)
     grads = None
     if n > _LOOP_BELOW:  # batched by vmap; a loop is faster for a few columns
         try:
@@ -100,9 +120,7 @@ def _vjp_jacobian(out: torch.Tensor, y: torch.Tensor, layout: BatchLayout) -> to
             (g,) = torch.autograd.grad(out, y, v, retain_graph=not last, allow_unused=True)
             columns.append(torch.zeros_like(y) if g is None else g)
         grads = torch.stack(columns)
-    # grads[k, index[b, j]] = conj(J_b[k, j]) (PyTorch's convention for complex tensors)
-    blocks = layout.gather(grads).permute(1, 0, 2)
-    return blocks.conj() if blocks.is_complex() else blocks
+    return _blocks(grads, layout)
 
 
 def _difference_jacobian(

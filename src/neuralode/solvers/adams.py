@@ -86,7 +86,10 @@ class _Adams(Solver):
         return step.extra["history"]
 
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
-        return hermite_interpolate(term, step, thetas, step.extra["f0"])
+        return hermite_interpolate(term, step, thetas, self.hermite_f0(term, step))
+
+    def hermite_f0(self, term: ODETerm, step: Step) -> torch.Tensor:
+        return step.extra["f0"]
 
     def __repr__(self) -> str:
         return f"{self.name}(max_order={self.max_order})"

@@ -95,6 +95,29 @@ class Solver(abc.ABC):
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
         """States at ``t0 + theta * dt`` for the float64 CPU tensor ``thetas``: (m, numel)."""
 
+    def hermite_f0(self, term: ODETerm, step: Step) -> torch.Tensor:
+        """f(t0, y0) of an accepted step, for its cubic Hermite dense output."""
+        raise ValueError(f"{self!r} has no dense output: use an explicit Runge-Kutta method")
+
+    def dense_record(self, term: ODETerm, step: Step) -> torch.Tensor:
+        """What the dense output of an accepted ``step`` needs besides its ends, stacked
+        (K, numel), kept by a dense solution (``dense_formula`` evaluates it): by default
+        (f0, f1) of the cubic Hermite interpolant (f1 evaluated if unknown)."""
+        if step.f1 is None:
+            step.f1 = term(step.t1, step.y1, step.end_perturb)
+        return torch.stack([self.hermite_f0(term, step), step.f1])
+
+    def dense_weights(
+        self, theta: torch.Tensor, h: torch.Tensor, like: torch.Tensor, derivative: bool = False
+    ) -> torch.Tensor:
+        """The dense output as weights, one row per point: y(t0 + theta h) = W[:, 0] y0 +
+        W[:, 1] y1 + sum_k W[:, 2 + k] X_k with X = ``dense_record``'s rows, for the step
+        fractions ``theta`` and step sizes ``h`` (m,) float64; (m, 2 + K) in ``like``'s
+        dtype. With ``derivative``: the weights of dy/dt. By default cubic Hermite."""
+        th, size = theta[:, None], h[:, None]
+        h00, h01, h10, h11 = hermite_basis(th, size, derivative)
+        return torch.cat([h00, h01, h10 * size, h11 * size], 1).to(like.dtype)
+
     def __repr__(self) -> str:
         return f"{self.name}()"
 
@@ -116,12 +139,23 @@ def hermite(
     f0: torch.Tensor,
     f1: torch.Tensor,
     h: Any,
+    derivative: bool = False,
 ) -> torch.Tensor:
     """The cubic Hermite interpolant through (y0, f0) and (y1, f1) at the step fractions
     ``theta``, for every mode: ``theta`` (m, 1) against one step's (n,) states, or (batch,
-    1) against per-sample (batch, n) states with ``h`` (batch, 1)."""
+    1) against per-sample (batch, n) states with ``h`` (batch, 1). With ``derivative``, its
+    time derivative (the basis polynomials' theta-derivatives over ``h``)."""
+    h00, h01, h10, h11 = hermite_basis(theta, h, derivative)
+    return h00 * y0 + h01 * y1 + (h10 * h) * f0 + (h11 * h) * f1
+
+
+def hermite_basis(theta: torch.Tensor, h: Any, derivative: bool = False) -> tuple:
+    """The cubic Hermite basis at ``theta``: the weights of y0, y1, h f0 and h f1; with
+    ``derivative`` their time derivatives (theta-derivatives over ``h``)."""
+    if derivative:  # d/dt = (d/dtheta) / h
+        h00 = 6 * theta * (theta - 1) / h
+        h10 = (3 * theta - 1) * (theta - 1) / h
+        return h00, -h00, h10, theta * (3 * theta - 2) / h
     h00 = (1 + 2 * theta) * (1 - theta) ** 2
     h10 = theta * (1 - theta) ** 2
-    h01 = theta**2 * (3 - 2 * theta)
-    h11 = theta**2 * (theta - 1)
-    return h00 * y0 + h01 * y1 + (h10 * h) * f0 + (h11 * h) * f1
+    return h00, theta**2 * (3 - 2 * theta), h10, theta**2 * (theta - 1)

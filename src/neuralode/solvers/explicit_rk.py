@@ -119,7 +119,7 @@ class ExplicitRK(Solver):
         buffer = term.stage_buffer(co.stages, y0) if graph_free else None
 
         def evaluate(i: int, y_stage: torch.Tensor) -> torch.Tensor:
-            if c[i] == 1 and end_perturb:  # a stage at the step's end, moved inwards
+            if end_perturb and c[i] == 1:  # a stage at the step's end, moved inwards
                 return term(t1, y_stage, end_perturb)
             if times is None:
                 return term(t0 + c[i] * dt, y_stage)
@@ -162,8 +162,10 @@ class ExplicitRK(Solver):
         if rows is not None:  # f0 may be the last row: copied before reuse
             rows[0].copy_(f0 if f0.ndim == 1 else f0.reshape(-1))
         y_stage = y0
+        first = not compiling and isinstance(h, float)  # the first stage by one add
         for i in range(1, co.stages):
-            if i == 1 and not compiling and isinstance(h, float):
+            if first:
+                first = False
                 y_stage = torch.add(y0, f0, alpha=h * co.first_a)
             else:
                 part = None if columns is None else columns[i]
@@ -173,7 +175,9 @@ class ExplicitRK(Solver):
                 rows[i].copy_(k.reshape(-1))
             ks.append(k)
         if buffer is not None:
-            stacked = buffer.stacked.view(co.stages, *y0.shape)
+            stacked = buffer.stacked
+            if y0.ndim != 1:
+                stacked = stacked.view(co.stages, *y0.shape)
             every = columns[co.stages]
         else:
             stacked = torch.stack(ks)
@@ -210,27 +214,66 @@ class ExplicitRK(Solver):
         stacked: torch.Tensor,
         f1: torch.Tensor | None,
         theta: torch.Tensor,
+        derivative: bool = False,
     ) -> torch.Tensor:
         """The dense output of every mode from a step's start ``y0``, end ``y1``, size ``h``
         and stages ``stacked`` (with the extra stage f(t1, y1) = ``f1`` where the
         interpolant needs it), at the step fractions ``theta`` (float64): for one step,
-        ``theta`` (m,) against (stages, n) stages gives (m, n); per sample, ``theta``
-        (batch,) against (stages, batch, n) stages and ``h`` (batch, 1) gives (batch, n)."""
+        ``theta`` (m,) against (stages, n) stages gives (m, n); per row (a sample, or a step
+        of a dense solution), ``theta`` (rows,) against (stages, rows, n) stages and ``h``
+        (rows, 1) gives (rows, n). With ``derivative``: dy/dt there, sum_i B_i'(theta) k_i
+        (the same polynomials differentiated in theta)."""
         co = self._coefficients(y0)
         per_row = stacked.ndim == 3
         if self.tableau.dense is None:  # cubic Hermite through (y0, f0), (y1, f1)
             if f1 is None:
                 raise ValueError(f"{self!r} needs f(t1, y1) for its dense output")
             th = theta.to(device=y0.device, dtype=y0.real.dtype)[:, None]
-            return hermite(th, y0, y1, stacked[0], f1, h)
-        powers = torch.arange(1, co.dense.shape[1] + 1, dtype=torch.float64, device=theta.device)
-        theta_powers = theta[None, :] ** powers[:, None]  # (P, m)
-        weights = co.dense @ theta_powers.to(dtype=co.dense.dtype, device=co.dense.device)
+            return hermite(th, y0, y1, stacked[0], f1, h, derivative)
+        weights = self._theta_weights(co, theta, derivative)
         if not per_row:  # one step, many points: one matrix product
+            if derivative:
+                return weights.T @ stacked
             return torch.addmm(y0[None, :], weights.T, stacked, alpha=h)
         if f1 is not None and stacked.shape[0] < weights.shape[0]:
             stacked = torch.cat([stacked, f1[None]])
-        return torch.addcmul(y0, h, torch.einsum("sb,sbd->bd", weights, stacked))
+        combined = torch.einsum("sb,sbd->bd", weights, stacked)
+        return combined if derivative else torch.addcmul(y0, h, combined)
+
+    @staticmethod
+    def _theta_weights(co: _Coefficients, theta: torch.Tensor, derivative: bool) -> torch.Tensor:
+        """B_i(theta) (with ``derivative``: B_i'(theta)) of the own extension, (stages, m)."""
+        powers = torch.arange(1, co.dense.shape[1] + 1, dtype=torch.float64, device=theta.device)
+        theta_powers = theta[None, :] ** (powers[:, None] - int(derivative))  # (P, m)
+        if derivative:  # d/dtheta theta^p = p theta^(p-1)
+            theta_powers = theta_powers * powers[:, None]
+        return co.dense @ theta_powers.to(dtype=co.dense.dtype, device=co.dense.device)
+
+    def hermite_f0(self, term: ODETerm, step: Step) -> torch.Tensor:
+        return step.stages[0]
+
+    def dense_record(self, term: ODETerm, step: Step) -> torch.Tensor:
+        if self.tableau.dense is None:
+            return super().dense_record(term, step)
+        stacked = step.extra.get("dense_stacked")
+        if stacked is None:  # also serves the loop's interpolation of this step
+            stacked = step.extra["dense_stacked"] = self._extra_stages(
+                term, step, self._coefficients(step.y0)
+            )
+        # graph-free solves reuse one stage buffer across steps: keep a copy
+        return stacked if torch.is_grad_enabled() else stacked.clone()
+
+    def dense_weights(
+        self, theta: torch.Tensor, h: torch.Tensor, like: torch.Tensor, derivative: bool = False
+    ) -> torch.Tensor:
+        if self.tableau.dense is None:
+            return super().dense_weights(theta, h, like, derivative)
+        weights = self._theta_weights(self._coefficients(like), theta, derivative).T
+        ends = torch.zeros(len(theta), 2, dtype=weights.dtype, device=weights.device)
+        if derivative:
+            return torch.cat([ends, weights], 1)
+        ends[:, 0] = 1  # y0 + h sum_i B_i(theta) k_i
+        return torch.cat([ends, h.to(weights.dtype)[:, None] * weights], 1)
 
     def _extra_stages(self, term: ODETerm, step: Step, co: _Coefficients) -> torch.Tensor:
         """Evaluate the dense output's extra stages (once per step) and stack all stages."""
@@ -301,9 +344,9 @@ def _stage_sum(
     (the transposed stage rows of a buffer) one matrix-vector product; otherwise on the
     stacked stages. A float ``h`` (one problem) is folded into the product (``addmv``'s
     ``alpha``); a tensor ``h`` (per sample) multiplies it (``addcmul``)."""
-    if compiling:
-        return combine(y, ks, numbers, h)
-    if columns is None:
+    if columns is None:  # (a buffer's columns: graph-free, never compiling)
+        if compiling:
+            return combine(y, ks, numbers, h)
         stacked = torch.stack(list(ks[: len(coefficients)]))
         columns = (stacked if stacked.ndim == 2 else stacked.flatten(1)).T
     if isinstance(h, float):  # one problem: a flat state, no reshaping

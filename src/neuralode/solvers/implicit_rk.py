@@ -473,13 +473,38 @@ class ImplicitRK(Solver):
         tab = self.tableau
         ks = step.extra["ks"]
         if tab.collocation:
-            weights = collocation_weights(tab.c, thetas.numpy())
+            weights = collocation_weights(tab.c, np.array(thetas.tolist()))
             w = torch.from_numpy(weights).to(dtype=ks.dtype, device=ks.device)
             return step.y0[None] + step.dt * (w @ ks)
-        f0 = ks[0] if tab.explicit_first_stage else step.extra["f0"]
-        if torch.is_grad_enabled() and not tab.explicit_first_stage:
-            f0 = term(step.t0, step.y0, step.extra["p0"])  # with a graph
-        return hermite_interpolate(term, step, thetas, f0)
+        return hermite_interpolate(term, step, thetas, self.hermite_f0(term, step))
+
+    def hermite_f0(self, term: ODETerm, step: Step) -> torch.Tensor:
+        tab = self.tableau
+        if tab.explicit_first_stage:
+            return step.extra["ks"][0]
+        if torch.is_grad_enabled():
+            return term(step.t0, step.y0, step.extra["p0"])  # with a graph
+        return step.extra["f0"]
+
+    def dense_record(self, term: ODETerm, step: Step) -> torch.Tensor:
+        if self.tableau.collocation:
+            return step.extra["ks"]
+        return super().dense_record(term, step)
+
+    def dense_weights(
+        self, theta: torch.Tensor, h: torch.Tensor, like: torch.Tensor, derivative: bool = False
+    ) -> torch.Tensor:
+        """The collocation polynomial's weights where the method is a collocation method
+        (y0 + h sum_j w_j(theta) k_j), else cubic Hermite's."""
+        if not self.tableau.collocation:
+            return super().dense_weights(theta, h, like, derivative)
+        w = collocation_weights(self.tableau.c, theta.detach().cpu().numpy(), derivative)
+        weights = torch.from_numpy(w).to(dtype=like.dtype, device=like.device)
+        ends = torch.zeros(len(theta), 2, dtype=like.dtype, device=like.device)
+        if derivative:
+            return torch.cat([ends, weights], 1)
+        ends[:, 0] = 1
+        return torch.cat([ends, h.to(like.dtype)[:, None] * weights], 1)
 
 
 def _starts_after_jump(state: Any) -> bool:

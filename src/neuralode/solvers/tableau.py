@@ -205,11 +205,18 @@ class ImplicitTableau:
         )
 
 
-def collocation_weights(nodes: tuple[float, ...], thetas: Any) -> np.ndarray:
-    """w[k, j] = int_0^theta_k l_j(s) ds for the Lagrange basis l_j on ``nodes``: (m, s)."""
+def collocation_weights(
+    nodes: tuple[float, ...], thetas: Any, derivative: bool = False
+) -> np.ndarray:
+    """w[k, j] = int_0^theta_k l_j(s) ds for the Lagrange basis l_j on ``nodes``: (m, s).
+    With ``derivative``: their theta-derivatives, l_j(theta_k)."""
     thetas = np.asarray(thetas, dtype=np.float64).reshape(-1)
     coefficients = _antiderivatives(tuple(nodes))  # (s + 1, s), lowest power first
-    powers = thetas[:, None] ** np.arange(len(nodes) + 1)
+    exponents = np.arange(len(nodes) + 1)
+    if derivative:  # d/dtheta theta^p = p theta^(p-1)
+        powers = exponents * thetas[:, None] ** np.maximum(exponents - 1, 0)
+    else:
+        powers = thetas[:, None] ** exponents
     return powers @ coefficients
 
 

@@ -1,0 +1,135 @@
+"""What became of a solve, or of each sample of a per-sample solve: ``Status`` codes.
+
+With ``solve(..., throw=False)`` a failure no longer raises: the solve (one problem) or the
+failing sample (per-sample mode) stops where it failed, its outputs after that are NaN, and
+``Solution.status`` says why. The failures are the engine's errors (``_errors``), one code
+each; the classification of a stalled sample is the one ``_errors.raise_stalled`` makes.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import torch
+
+from ._errors import (
+    MaxStepsError,
+    NonFiniteError,
+    SolverError,
+    StepSizeUnderflowError,
+    max_steps_error,
+    raise_stalled,
+)
+from ._pending import _stalled as stalled
+from .controllers.pi import check_overflow
+
+
+class Status(enum.IntEnum):
+    """The outcome of a solve, or of one sample of a per-sample solve
+    ([`Solution.status`][neuralode.Solution] holds these codes as integers).
+
+    Attributes:
+        SUCCESS: reached the last output time.
+        MAX_STEPS: stopped after ``max_steps`` step attempts (``MaxStepsError``).
+        STEP_SIZE_UNDERFLOW: the step size became too small to change t
+            (``StepSizeUnderflowError``: a blow-up, a discontinuity or stiffness).
+        NON_FINITE: NaN or inf in the state or the step size (``NonFiniteError``).
+        EVENT: stopped at its terminal event (a success).
+    """
+
+    SUCCESS = 0
+    MAX_STEPS = 1
+    STEP_SIZE_UNDERFLOW = 2
+    NON_FINITE = 3
+    EVENT = 4
+
+
+#: the exception of each failure code, and the code of each exception
+ERRORS = {
+    Status.MAX_STEPS: MaxStepsError,
+    Status.STEP_SIZE_UNDERFLOW: StepSizeUnderflowError,
+    Status.NON_FINITE: NonFiniteError,
+}
+_WORDS = {
+    Status.MAX_STEPS: "max_steps reached",
+    Status.STEP_SIZE_UNDERFLOW: "step size underflow",
+    Status.NON_FINITE: "non-finite",
+}
+
+
+def code_of(error: Exception) -> Status:
+    """The status of a failure raised as ``error`` (one of the engine's three errors)."""
+    for code, kind in ERRORS.items():
+        if isinstance(error, kind):
+            return code
+    raise TypeError(f"no status for {type(error).__name__}")  # pragma: no cover
+
+
+def failed(status: torch.Tensor) -> torch.Tensor:
+    """Which entries of a status tensor are failures (neither SUCCESS nor EVENT)."""
+    return (status != Status.SUCCESS) & (status != Status.EVENT)
+
+
+def samples_failed(codes: torch.Tensor, error: Exception) -> Exception:
+    """``error`` (the first failing sample's, from the engine's one message) followed by
+    every failing sample of ``codes`` ((batch,) status codes), the first few by index."""
+    indices = failed(codes).nonzero().squeeze(1).tolist()
+    shown = ", ".join(f"{i} ({_WORDS[Status(int(codes[i]))]})" for i in indices[:5])
+    more = f" and {len(indices) - 5} more" if len(indices) > 5 else ""
+    message = (
+        f"{error} Failed: {len(indices)} of {codes.shape[0]} samples: {shown}{more}; "
+        "solve(..., throw=False) returns every sample's results up to where it stopped and "
+        "a per-sample Solution.status."
+    )
+    return type(error)(message)
+
+
+def mark_non_finite(status: torch.Tensor, ys: torch.Tensor, batch: int | None) -> torch.Tensor:
+    """``status`` with NON_FINITE where a successful problem's (``batch`` None) or sample's
+    outputs ``ys`` (len(ts), n) contain NaN or inf."""
+    rows = ys.reshape(ys.shape[0], batch or 1, -1)
+    bad = ~torch.isfinite(rows).all(2).all(0)
+    bad = bad if batch is not None else bad[0]
+    return torch.where(bad & (status == Status.SUCCESS), int(Status.NON_FINITE), status)
+
+
+def sample_failures(
+    iteration: int,
+    still: torch.Tensor,
+    t: torch.Tensor,
+    proposal: torch.Tensor,
+    t_stop: torch.Tensor,
+    sign: float,
+    y: torch.Tensor,
+    config: Any,
+) -> torch.Tensor:
+    """A check of the per-sample loop found running samples that can no longer advance, or
+    the solve used up max_steps (each running sample's own count: they have all made
+    ``iteration`` attempts): each sample's ``Status`` code, (batch,), 0 for the others. With
+    ``config.throw`` raise the engine's error of the first failing sample, naming every
+    failing one."""
+    land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
+    if iteration >= config.max_steps:
+        codes = torch.where(still, int(Status.MAX_STEPS), 0)
+    else:  # as ``raise_stalled`` and ``check_overflow`` classify a stall
+        largest = torch.finfo(y.real.dtype).max
+        bad = ~torch.isfinite(y).all(1) | ~torch.isfinite(land) | (y.abs().amax(1) > largest / 1024)
+        code = torch.where(bad, int(Status.NON_FINITE), int(Status.STEP_SIZE_UNDERFLOW))
+        codes = torch.where(stalled(still, t, proposal, t_stop, sign), code, 0)
+    if not config.throw:
+        return codes
+    i = int(codes.nonzero()[0])
+    try:
+        if iteration >= config.max_steps:
+            counts = "per-sample mode counts each sample's steps"
+            raise max_steps_error(config.max_steps, float(t[i]), float(t_stop[i]), counts, i)
+        if bool(torch.isfinite(y[i]).all()):
+            check_overflow(float(t[i]), y[i])
+        raise_stalled(float(t[i]), float(land[i] - t[i]), y[i], sample=i)
+    except SolverError as error:
+        codes[i] = code_of(error)
+        if int((codes != 0).sum()) == 1 and codes.shape[0] == 1:
+            raise
+        raise samples_failed(codes, error) from None
+    return codes  # pragma: no cover (raise_stalled raises)

@@ -1,0 +1,234 @@
+"""Neural SDEs as GANs (Kidger et al. 2021): a neural SDE generator of time series and a neural
+CDE discriminator, trained as a Wasserstein GAN.
+
+The generator draws ``X_0 = zeta(V)`` from noise ``V``, solves the Stratonovich SDE
+``dX = mu(t, X) dt + sigma(t, X) o dW`` (general noise) and reads out ``Y = ell(X)``. The
+discriminator solves the controlled differential equation ``dH = f(t, H) dt + g(t, H) dY``
+driven by the series (the time channel included, linearly interpolated) and scores it by a
+linear map of ``H`` at the end. Both equations are solved by reversible Heun
+(``neuralode.sde.sdeint``): the discriminator's CDE is the SDE whose Brownian motion is the
+series itself (``PathIncrements``), so gradients reach the generated series through the
+solver, and the generator's gradients come from reversible Heun's exact adjoint.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import torch
+from torch import nn
+
+from ..sde import BaseBrownian, sdeint, sdeint_adjoint
+
+
+class LipSwish(nn.Module):
+    """``0.909 * x * sigmoid(x)``: a 1-Lipschitz smooth activation (as in Kidger et al.)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.909 * nn.functional.silu(x)
+
+
+def _mlp(inputs: int, outputs: int, width: int, layers: int, tanh: bool) -> nn.Sequential:
+    modules: list[nn.Module] = [nn.Linear(inputs, width), LipSwish()]
+    for _ in range(layers - 1):
+        modules += [nn.Linear(width, width), LipSwish()]
+    modules.append(nn.Linear(width, outputs))
+    if tanh:
+        modules.append(nn.Tanh())
+    return nn.Sequential(*modules)
+
+
+class PathIncrements(BaseBrownian):
+    """A series, linearly interpolated in time, as the driving path of a differential
+    equation: ``path(ta, tb)`` is its increment over ``[ta, tb]``, differentiable in the
+    series.
+
+    Arguments:
+        ts: the times of the series (T,), increasing.
+        ys: the series (batch, T, channels).
+    """
+
+    def __init__(self, ts: torch.Tensor, ys: torch.Tensor):
+        self.ts, self.ys = ts, ys
+        self._times = ts.tolist()
+
+    def _at(self, t: torch.Tensor | float) -> torch.Tensor:
+        t = min(max(float(t), self._times[0]), self._times[-1])
+        i = min(max(bisect.bisect_left(self._times, t), 1), len(self._times) - 1)
+        t0, t1 = self._times[i - 1], self._times[i]
+        weight = (t - t0) / (t1 - t0)
+        return self.ys[:, i - 1] + weight * (self.ys[:, i] - self.ys[:, i - 1])
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: N803
+        if return_U or return_A:
+            raise ValueError("a series as driving path has no Lévy area: use levy area 'none'")
+        if tb is None:
+            return self._at(ta) - self._at(self._times[0])
+        return self._at(tb) - self._at(ta)
+
+    def __repr__(self) -> str:
+        return f"PathIncrements(times={len(self._times)}, shape={tuple(self.shape)})"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.ys.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.ys.device
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.ys.shape[0], self.ys.shape[2]))
+
+    @property
+    def levy_area_approximation(self) -> str:
+        return "none"
+
+
+class _GeneratorField(nn.Module):
+    sde_type, noise_type = "stratonovich", "general"
+
+    def __init__(self, noise: int, hidden: int, width: int, layers: int):
+        super().__init__()
+        self.noise, self.hidden = noise, hidden
+        self.drift = _mlp(1 + hidden, hidden, width, layers, tanh=True)
+        self.diffusion = _mlp(1 + hidden, hidden * noise, width, layers, tanh=True)
+
+    def f(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.drift(torch.cat([t.expand(x.shape[0], 1).to(x.dtype), x], 1))
+
+    def g(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        tx = torch.cat([t.expand(x.shape[0], 1).to(x.dtype), x], 1)
+        return self.diffusion(tx).view(x.shape[0], self.hidden, self.noise)
+
+
+class SDEGenerator(nn.Module):
+    """The neural SDE that generates series.
+
+    Arguments:
+        data_size: channels of the series (without time).
+        initial_noise_size: size of the noise ``V`` that draws ``X_0``.
+        noise_size: Brownian channels of the SDE.
+        hidden_size: the SDE's state size.
+        width: width of the MLPs.
+        layers: hidden layers of the MLPs.
+    """
+
+    def __init__(
+        self,
+        data_size: int = 1,
+        initial_noise_size: int = 5,
+        noise_size: int = 3,
+        hidden_size: int = 16,
+        width: int = 16,
+        layers: int = 1,
+    ):
+        super().__init__()
+        self.initial_noise_size = initial_noise_size
+        self.initial = _mlp(initial_noise_size, hidden_size, width, layers, tanh=False)
+        self.field = _GeneratorField(noise_size, hidden_size, width, layers)
+        self.readout = nn.Linear(hidden_size, data_size)
+        with torch.no_grad():  # a wide X_0 from the start (Kidger et al. scale it up too)
+            for p in self.initial.parameters():
+                p.mul_(3.0)
+
+    def forward(self, ts: torch.Tensor, batch: int, dt: float | None = None) -> torch.Tensor:
+        """Generate ``batch`` series at ``ts``.
+
+        Arguments:
+            ts: the times (T,), increasing.
+            batch: how many series.
+            dt: the solver's step (default: the spacing of ``ts``).
+
+        Returns:
+            The series with the time channel first, (batch, T, 1 + data_size), as the
+            discriminator reads them.
+        """
+        noise = torch.randn(batch, self.initial_noise_size, dtype=ts.dtype, device=ts.device)
+        x0 = self.initial(noise)
+        step = float(ts[1] - ts[0]) if dt is None else dt
+        xs = sdeint_adjoint(
+            self.field,
+            x0,
+            ts,
+            method="reversible_heun",
+            dt=step,
+            adjoint_method="adjoint_reversible_heun",
+        )
+        ys = self.readout(xs).transpose(0, 1)  # (batch, T, data)
+        return with_time(ts, ys)
+
+
+class _DiscriminatorField(nn.Module):
+    sde_type, noise_type = "stratonovich", "general"
+
+    def __init__(self, channels: int, hidden: int, width: int, layers: int):
+        super().__init__()
+        self.channels, self.hidden = channels, hidden
+        self.drift = _mlp(1 + hidden, hidden, width, layers, tanh=True)
+        self.control = _mlp(1 + hidden, hidden * channels, width, layers, tanh=True)
+
+    def f(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.drift(torch.cat([t.expand(h.shape[0], 1).to(h.dtype), h], 1))
+
+    def g(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        th = torch.cat([t.expand(h.shape[0], 1).to(h.dtype), h], 1)
+        return self.control(th).view(h.shape[0], self.hidden, self.channels)
+
+
+class CDEDiscriminator(nn.Module):
+    """The neural CDE that scores series.
+
+    Arguments:
+        data_size: channels of the series (without time).
+        hidden_size: the CDE's state size.
+        width: width of the MLPs.
+        layers: hidden layers of the MLPs.
+    """
+
+    def __init__(self, data_size: int = 1, hidden_size: int = 16, width: int = 16, layers: int = 1):
+        super().__init__()
+        self.initial = _mlp(1 + data_size, hidden_size, width, layers, tanh=False)
+        self.field = _DiscriminatorField(1 + data_size, hidden_size, width, layers)
+        self.readout = nn.Linear(hidden_size, 1)
+
+    def forward(self, ys: torch.Tensor) -> torch.Tensor:
+        """The mean score of a batch of series.
+
+        Arguments:
+            ys: series with the time channel first, (batch, T, 1 + data_size), on one time
+                grid shared by the batch.
+
+        Returns:
+            The mean of the scores over the batch (0-dim).
+        """
+        ts = ys[0, :, 0].detach()
+        h0 = self.initial(ys[:, 0])
+        step = float(ts[1] - ts[0])
+        path = PathIncrements(ts, ys)
+        span = ts[[0, -1]]
+        hs = sdeint(self.field, h0, span, bm=path, method="reversible_heun", dt=step)
+        return self.readout(hs[-1]).mean()
+
+    @torch.no_grad()
+    def clip_weights(self) -> None:
+        """Keep the discriminator Lipschitz: every linear layer's weights clipped to
+        ``1 / out_features`` (Kidger et al.'s Wasserstein constraint)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                limit = 1.0 / module.out_features
+                module.weight.clamp_(-limit, limit)
+
+
+def with_time(ts: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Series (batch, T, channels) with the time channel prepended: (batch, T, 1 + channels).
+
+    Arguments:
+        ts: the times (T,).
+        ys: the series (batch, T, channels).
+
+    Returns:
+        The series with time as channel 0.
+    """
+    return torch.cat([ts[None, :, None].expand(ys.shape[0], -1, 1).to(ys.dtype), ys], 2)

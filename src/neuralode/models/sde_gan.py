@@ -86,21 +86,26 @@ class PathIncrements(BaseBrownian):
         return "none"
 
 
-class _GeneratorField(nn.Module):
+class _Field(nn.Module):
+    """A Stratonovich field of general noise on a state of size ``hidden``: the drift
+    ``f(t, x)`` (hidden,) and ``g(t, x)`` (hidden, channels), MLPs of (t, x) with a tanh
+    output. The generator's SDE (channels: Brownian motions) and the discriminator's CDE
+    (channels: the series' channels) are both this."""
+
     sde_type, noise_type = "stratonovich", "general"
 
-    def __init__(self, noise: int, hidden: int, width: int, layers: int):
+    def __init__(self, hidden: int, channels: int, width: int, layers: int):
         super().__init__()
-        self.noise, self.hidden = noise, hidden
+        self.hidden, self.channels = hidden, channels
         self.drift = _mlp(1 + hidden, hidden, width, layers, tanh=True)
-        self.diffusion = _mlp(1 + hidden, hidden * noise, width, layers, tanh=True)
+        self.diffusion = _mlp(1 + hidden, hidden * channels, width, layers, tanh=True)
 
     def f(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.drift(torch.cat([t.expand(x.shape[0], 1).to(x.dtype), x], 1))
 
     def g(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         tx = torch.cat([t.expand(x.shape[0], 1).to(x.dtype), x], 1)
-        return self.diffusion(tx).view(x.shape[0], self.hidden, self.noise)
+        return self.diffusion(tx).view(x.shape[0], self.hidden, self.channels)
 
 
 class SDEGenerator(nn.Module):
@@ -127,7 +132,7 @@ class SDEGenerator(nn.Module):
         super().__init__()
         self.initial_noise_size = initial_noise_size
         self.initial = _mlp(initial_noise_size, hidden_size, width, layers, tanh=False)
-        self.field = _GeneratorField(noise_size, hidden_size, width, layers)
+        self.field = _Field(hidden_size, noise_size, width, layers)
         self.readout = nn.Linear(hidden_size, data_size)
         with torch.no_grad():  # a wide X_0 from the start (Kidger et al. scale it up too)
             for p in self.initial.parameters():
@@ -160,23 +165,6 @@ class SDEGenerator(nn.Module):
         return with_time(ts, ys)
 
 
-class _DiscriminatorField(nn.Module):
-    sde_type, noise_type = "stratonovich", "general"
-
-    def __init__(self, channels: int, hidden: int, width: int, layers: int):
-        super().__init__()
-        self.channels, self.hidden = channels, hidden
-        self.drift = _mlp(1 + hidden, hidden, width, layers, tanh=True)
-        self.control = _mlp(1 + hidden, hidden * channels, width, layers, tanh=True)
-
-    def f(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return self.drift(torch.cat([t.expand(h.shape[0], 1).to(h.dtype), h], 1))
-
-    def g(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        th = torch.cat([t.expand(h.shape[0], 1).to(h.dtype), h], 1)
-        return self.control(th).view(h.shape[0], self.hidden, self.channels)
-
-
 class CDEDiscriminator(nn.Module):
     """The neural CDE that scores series.
 
@@ -190,7 +178,7 @@ class CDEDiscriminator(nn.Module):
     def __init__(self, data_size: int = 1, hidden_size: int = 16, width: int = 16, layers: int = 1):
         super().__init__()
         self.initial = _mlp(1 + data_size, hidden_size, width, layers, tanh=False)
-        self.field = _DiscriminatorField(1 + data_size, hidden_size, width, layers)
+        self.field = _Field(hidden_size, 1 + data_size, width, layers)
         self.readout = nn.Linear(hidden_size, 1)
 
     def forward(self, ys: torch.Tensor) -> torch.Tensor:

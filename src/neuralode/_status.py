@@ -1,6 +1,6 @@
 """What became of a solve, or of each sample of a per-sample solve: ``Status`` codes.
 
-With ``solve(..., throw=False)`` a failure no longer raises: the solve (one problem) or the
+With ``solve(..., throw=False)`` a failure does not raise: the solve (one problem) or the
 failing sample (per-sample mode) stops where it failed, its outputs after that are NaN, and
 ``Solution.status`` says why. The failures are the engine's errors (``_errors``), one code
 each; the classification of a stalled sample is the one ``_errors.raise_stalled`` makes.

@@ -192,6 +192,35 @@ def test_saveat_steps_t1_and_fn() -> None:
     assert both.ys.shape == (1,) and both.evaluate(ts).shape == (9, 2)
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_per_sample_saveat_steps_equals_each_sample_alone(grad: bool) -> None:
+    """Per sample, every sample's own steps (NaN after its last), as solving it alone;
+    with per-sample spans too, and differentiable."""
+    y0 = torch.tensor([[0.3, -0.2], [2.0, 1.0], [6.0, -4.0]], dtype=torch.float64)
+    controller = no.PIController(rtol=1e-5, atol=1e-7)
+    shared = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    spans = torch.tensor([[0.0, 2.0], [0.5, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    for ts in (shared, spans):
+        start = y0.clone().requires_grad_(grad)
+        sol = no.solve(_rows, start, ts, controller=controller, per_sample=True,
+                       saveat=no.SaveAt(steps=True))  # fmt: skip
+        counts = sol.stats.sample_accepted
+        assert len(set(counts.tolist())) > 1  # different numbers of steps
+        assert sol.ts.shape == (3, int(counts.max()) + 1)
+        assert sol.ys.shape == (int(counts.max()) + 1, 3, 2)
+        for i in range(3):
+            row = ts[i] if ts.ndim == 2 else ts
+            alone = no.solve(_rows, y0[i], row, controller=controller,
+                             saveat=no.SaveAt(steps=True))  # fmt: skip
+            n = int(counts[i]) + 1
+            torch.testing.assert_close(sol.ts[i, :n], alone.ts, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(sol.ys[:n, i], alone.ys, rtol=1e-10, atol=1e-10)
+            assert bool(sol.ts[i, n:].isnan().all()) and bool(sol.ys[n:, i].isnan().all())
+        if grad:  # the last saved state of sample 0 is differentiable in its start
+            (g,) = torch.autograd.grad(sol.ys[int(counts[0]), 0].sum(), start)
+            assert bool(g[0].abs().sum() > 0) and bool((g[1:] == 0).all())
+
+
 def test_saveat_fn_differentiable_and_nested() -> None:
     y0 = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
     ts = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
@@ -255,8 +284,6 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match="dense is not supported under torch.func.vmap"):
         torch.func.vmap(lambda y: no.solve(f, y, ts, dense=True).ys)(torch.ones(2, 1))
     batch = torch.ones(3, 1, dtype=torch.float64)
-    with pytest.raises(ValueError, match="own number of steps"):
-        no.solve(f, batch, ts, per_sample=True, saveat=no.SaveAt(steps=True))
     with pytest.raises(ValueError, match="skip_finished"):
         no.solve(f, batch, ts, per_sample="skip_finished", dense=True)
     per_sample = no.solve(f, batch, ts, per_sample=True, dense=True)

@@ -36,8 +36,9 @@ class SaveAt:
         t1: save only the end of the span: ``Solution.ts`` is ``ts[-1:]`` and ``ys`` has one
             entry.
         steps: save the start and the end of every accepted step instead of ``ts``:
-            ``Solution.ts`` holds those times (one problem only: per sample, each sample
-            takes its own number of steps).
+            ``Solution.ts`` holds those times. Per sample, each sample takes its own number
+            of steps: ``ts`` is (batch, most steps + 1) and ``ys`` (most steps + 1, batch,
+            ...), NaN after each sample's last step.
         dense: keep every step for [`Solution.evaluate`][neuralode.Solution.evaluate] and
             [`Solution.derivative`][neuralode.Solution.derivative] anywhere in the span, on
             the method's own continuous extension. Costs the memory of the steps (and, for
@@ -104,11 +105,6 @@ def check_saveat(
         )
     if n < 2:
         raise ValueError(f"{what} needs a span: ts with at least two times")
-    if execution.per_sample and saveat.steps:
-        raise ValueError(
-            "SaveAt(steps=True) with per_sample=True: each sample takes its own number of "
-            "steps; use dense=True and Solution.evaluate instead"
-        )
     if execution.skip_finished:
         raise ValueError(
             f"{what} with skip_finished: finished samples are not evaluated, so their last "
@@ -188,13 +184,28 @@ class Recorder:
             x.t, x.t1, x.accept = start, end, accept
         self.t_end = t1[-1]
 
-    def step_times(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One problem's saved steps: the times (steps + 1,) and flat states (steps + 1, n)."""
+    def step_times(self, per_sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The saved steps: the start and every accepted step's end. One problem: the times
+        (steps + 1,) and flat states (steps + 1, n); per sample: (batch, most steps + 1)
+        and (most steps + 1, batch x n), each sample's after its last step NaN."""
         self._host_times()
         a = self.attempts
-        ts = torch.cat([a[0].t] + [x.t1 for x in a])
-        ys = torch.cat([a[0].y] + [x.y1 for x in a])
-        return ts, ys
+        t0, t1 = torch.stack([x.t for x in a]), torch.stack([x.t1 for x in a])
+        y1 = torch.stack([x.y1 for x in a])  # (attempts, batch, n)
+        # accepted steps that move (a finished sample takes steps of size zero)
+        kept = torch.stack([x.accept.expand(t1.shape[1]) for x in a]) & (t1 != t0)
+        position = kept.long().cumsum(0)  # each kept step's place after the start
+        step, sample = kept.nonzero(as_tuple=True)
+        where = (position[step, sample], sample)
+        width = int(position[-1].max()) + 1
+        batch, n = y1.shape[1], y1.shape[2]
+        ts = t1.new_full((width, batch), torch.nan).index_put(where, t1[step, sample])
+        ts[0] = a[0].t
+        ys = y1.new_full((width, batch, n), torch.nan).index_put(where, y1[step, sample])
+        ys = torch.cat([a[0].y[None], ys[1:]])
+        if per_sample:  # the flat states of the whole batch, as the solve's outputs
+            return ts.T, ys.reshape(width, batch * n)
+        return ts[:, 0], ys[:, 0]
 
     def solution(self, solver: Solver, spec: TreeSpec, per_sample: bool) -> DenseSolution:
         self._host_times()
@@ -302,7 +313,7 @@ def saved(saveat: SaveAt, recorder: Recorder | None, problem: Any, ys: torch.Ten
 
     spec, ts = problem.spec, problem.ts
     if saveat.steps:
-        times, ys = recorder.step_times()
+        times, ys = recorder.step_times(problem.config.execution.per_sample)
         ts = times.to(ts.dtype)
     elif saveat.t1:  # per-sample output times (batch, n): each sample's last
         ts, ys = ts[..., -1:], ys[-1:]

@@ -162,6 +162,8 @@ def solve(
         StepSizeUnderflowError: the step size became too small to make progress in time.
         NonFiniteError: NaN or infinity appeared in the state.
     """
+    solver, controller, gradient, norm = _coerce(solver, controller, gradient, norm)
+    solver = Dopri5() if solver is None else solver
     level = vmap_level(y0, ts)
     if level is not None:  # under torch.func.vmap: each problem its own steps
         options = dict(locals())
@@ -174,8 +176,6 @@ def solve(
         times = sample_times(ts, int(spec.shapes[0][0]), y0_flat.device)
     else:
         times = _check_times(ts, y0_flat.device, open_end=event is not None)
-    solver, controller, gradient, norm = _coerce(solver, controller, gradient, norm)
-    solver = Dopri5() if solver is None else solver
     if controller is None:
         controller = PIController() if solver.adaptive else FixedGrid()
     solver.set_tolerances(getattr(controller, "rtol", None), getattr(controller, "atol", None))

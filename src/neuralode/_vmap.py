@@ -27,8 +27,6 @@ from torch._C import _functorch as functorch
 
 from ._solution import Solution, SolveStats
 from ._tree import TreeSpec, tree_spec
-from .solvers import METHODS
-from .solvers.dopri5 import Dopri5
 from .solvers.explicit_rk import ExplicitRK
 
 
@@ -72,18 +70,22 @@ def solve_vmapped(
         out = spec.flatten(func(t_problem, y_problem), "func's output")
         return _rows(out, level, batch)
 
-    solver = _solver(kwargs.get("solver"))
-    try:
-        if not isinstance(solver, ExplicitRK):  # the Newton or multistep iterations are shared
-            raise ValueError("per_sample=True: not an explicit Runge-Kutta method")
-        if own_times and not solver.adaptive:  # one system needs one grid of times
-            raise ValueError("per_sample=True: fixed steps on each problem's own times")
-        if own_times and len(set((times[:, -1] > times[:, 0]).tolist())) > 1:
-            raise ValueError("per_sample=True: spans run in both directions")
-        sol = solve(field, flat, times, per_sample=solver.adaptive, **kwargs)
-    except ValueError as error:
-        if not str(error).startswith("per_sample=True"):
-            raise
+    solver = kwargs["solver"]  # an instance: ``solve`` resolves it before vmap
+    # the rows as one per-sample solve (one system on fixed steps): explicit Runge-Kutta
+    # only (a batch would share Newton or multistep iterations), and with each problem's
+    # own times only adaptive, all in one direction
+    directions = set((times[:, -1] > times[:, 0]).tolist()) if own_times else set()
+    as_rows = isinstance(solver, ExplicitRK) and (
+        not own_times or (solver.adaptive and len(directions) == 1)
+    )
+    sol = None
+    if as_rows:
+        try:
+            sol = solve(field, flat, times, per_sample=solver.adaptive, **kwargs)
+        except ValueError as error:  # an option per-sample mode refuses: one by one
+            if not str(error).startswith("per_sample=True"):
+                raise
+    if sol is None:
         sol = _solve_one_by_one(solve, func, spec, flat, times, own_times, level, kwargs)
     ys = sol.ys  # (len(ts), batch, n): each problem's outputs, wrapped back per problem
     sol.ys = spec.unflatten(functorch._add_batch_dim(ys, 1, level))
@@ -91,15 +93,6 @@ def solve_vmapped(
     if sol.status is not None and sol.status.ndim == 1:  # each problem's own status
         sol.status = functorch._add_batch_dim(sol.status, 0, level)
     return sol
-
-
-def _solver(solver: Any) -> Any:
-    """The solver ``solve`` will use (its default, a method name or a class instantiated)."""
-    if solver is None:
-        return Dopri5()
-    if isinstance(solver, str):
-        return METHODS[solver]() if solver in METHODS else solver  # solve names the error
-    return solver() if isinstance(solver, type) else solver
 
 
 def _solve_one_by_one(

@@ -247,13 +247,13 @@ def check_sde_solve(
             than ``Direct()``, output times that require gradients, an event, per-sample mode
             or compilation.
     """
-    from ..adjoint.direct import Direct
-
     is_term = isinstance(func, SDETerm)
     if isinstance(solver, SDESolver) and not is_term:
         raise ValueError(f"{solver.name} solves SDEs: pass no.solve(SDETerm(sde, bm), ...)")
     if not is_term:
         return
+    from ..adjoint.direct import Direct
+
     if not isinstance(solver, SDESolver):
         raise ValueError(
             "an SDETerm needs an SDE solver: solver=neuralode.sde.SDESolver('euler') (or "

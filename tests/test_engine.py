@@ -145,6 +145,189 @@ def test_vmap_refuses_what_it_cannot_batch():
         torch.func.vmap(lambda y, mu: odeint(lambda t, z: -mu * z, y, TS, method="radau"))(y0s, mus)
 
 
+# -- transforms inside vmap: vmap(grad), vmap(jacrev), vmap(jvp), vmap(hessian) --------------
+
+F64 = torch.float64
+ADAPTIVE = ("dopri5", "tsit5")
+FIXED = dict(solver="rk4", controller=no.FixedGrid(step_size=0.1))
+
+
+def decay(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A nonlinear field whose problems need different steps (stiffer with larger y)."""
+    return torch.stack([y[1], -(1 + y[0] ** 2) * y[0] - 0.5 * y[1]]) * torch.cos(t)
+
+
+def solve_kw(method: str) -> dict:
+    return FIXED if method == "rk4" else dict(solver=method)
+
+
+def per_problem_grads(loss, y0s: torch.Tensor) -> torch.Tensor:
+    """torch.autograd.grad of each problem solved alone (the host loop, no transform)."""
+    out = []
+    for y in y0s:
+        y = y.clone().requires_grad_()
+        out.append(torch.autograd.grad(loss(y), y)[0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("method", [*ADAPTIVE, "rk4"])
+def test_grad_jacrev_and_jvp_inside_vmap_equal_each_problem_alone(method):
+    """vmap(grad(loss)), vmap(jacrev) and vmap(jvp) of a solve from y0: each vmapped problem
+    takes its own steps (the steps of the batch add up to those of the problems alone) and
+    its derivatives equal torch.autograd's of the problem solved alone."""
+    y0s = starts(4)
+    steps: list[int] = []
+
+    def loss(y: torch.Tensor) -> torch.Tensor:
+        sol = no.solve(decay, y, TS, **solve_kw(method))
+        steps.append(sol.stats.n_steps)
+        return sol.ys[1:].pow(2).sum()
+
+    grads = torch.func.vmap(torch.func.grad(loss))(y0s)
+    batch_steps = steps.pop()
+    alone = per_problem_grads(loss, y0s)
+    torch.testing.assert_close(grads, alone, rtol=1e-10, atol=1e-10)
+    if method != "rk4":  # each problem its own steps (on fixed steps: one shared grid)
+        assert batch_steps == sum(steps) and len(set(steps)) > 1
+
+    def end(y: torch.Tensor) -> torch.Tensor:
+        return no.solve(decay, y, TS, **solve_kw(method)).ys[-1]
+
+    jac = torch.func.vmap(torch.func.jacrev(end))(y0s)
+    for j, y in zip(jac, y0s):
+        expected = torch.autograd.functional.jacobian(end, y)
+        torch.testing.assert_close(j, expected, rtol=1e-10, atol=1e-10)
+    tangents = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    values, derivative = torch.func.vmap(lambda y, v: torch.func.jvp(loss, (y,), (v,)))(
+        y0s, tangents
+    )
+    torch.testing.assert_close(values, torch.stack([loss(y) for y in y0s]), rtol=1e-12, atol=0)
+    torch.testing.assert_close(derivative, (alone * tangents).sum(1), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_hessian_inside_vmap_equals_each_problem_alone(method):
+    y0s = starts(2)
+
+    def loss(y: torch.Tensor) -> torch.Tensor:
+        return no.solve(decay, y, TS[:3], **solve_kw(method)).ys[-1].pow(2).sum()
+
+    hessians = torch.func.vmap(torch.func.hessian(loss))(y0s)
+    for h, y in zip(hessians, y0s):
+        expected = torch.autograd.functional.hessian(loss, y)
+        torch.testing.assert_close(h, expected, rtol=1e-9, atol=1e-10)
+
+
+def test_grad_inside_vmap_of_the_extra_dense_stage_methods_equals_the_device_loop():
+    """dopri8 interpolates with extra stages, evaluated once per step for every problem
+    that needs them; each problem equals its solve alone in the device loop (the loop vmap
+    runs: the host loop's dopri8 steps differ from it by ~1e-11)."""
+    y0s = starts(3)
+
+    def loss(y: torch.Tensor, **kw) -> torch.Tensor:
+        return no.solve(decay, y, TS, solver="dopri8", **kw).ys[1:].pow(2).sum()
+
+    grads = torch.func.vmap(torch.func.grad(loss))(y0s)
+    alone = per_problem_grads(lambda y: loss(y, device_loop=True), y0s)
+    torch.testing.assert_close(grads, alone, rtol=1e-12, atol=1e-12)
+
+
+def test_grad_inside_vmap_matches_finite_differences():
+    """The gradient of each vmapped problem against central differences of its loss (at a
+    tight tolerance, so that the discrete solve's gradient is the flow's to ~1e-7)."""
+    y0s = starts(3)
+    tight = dict(controller=no.PIController(rtol=1e-10, atol=1e-12))
+
+    def loss(y: torch.Tensor) -> torch.Tensor:
+        return no.solve(decay, y, TS, **tight).ys[-1].pow(2).sum()
+
+    grads = torch.func.vmap(torch.func.grad(loss))(y0s)
+    eps = 1e-5
+    for g, y in zip(grads, y0s):
+        for k in range(2):
+            e = torch.zeros(2, dtype=F64)
+            e[k] = eps
+            difference = (loss(y + e) - loss(y - e)) / (2 * eps)
+            torch.testing.assert_close(g[k], difference, rtol=1e-6, atol=1e-7)
+
+
+def test_grad_inside_vmap_with_respect_to_captured_parameters():
+    """vmap(grad) with respect to a network's parameters passed by functional_call: one
+    parameter set per problem, with each problem's y0 or one shared y0."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    net = net.double()
+    base = {name: p.detach() for name, p in net.named_parameters()}
+    gen = torch.Generator().manual_seed(2)
+    params = {
+        name: p + 0.1 * torch.randn(3, *p.shape, dtype=F64, generator=gen)
+        for name, p in base.items()
+    }
+    y0s = starts(3)
+
+    def loss(p: dict, y: torch.Tensor) -> torch.Tensor:
+        field = lambda t, z: torch.func.functional_call(net, p, (z,))  # noqa: E731
+        return no.solve(field, y, TS).ys[-1].pow(2).sum()
+
+    own = torch.func.vmap(torch.func.grad(loss))(params, y0s)
+    shared = torch.func.vmap(torch.func.grad(loss), in_dims=(0, None))(params, y0s[0])
+    for i in range(3):
+        p = {name: value[i].clone().requires_grad_() for name, value in params.items()}
+        for grads, y in ((own, y0s[i]), (shared, y0s[0])):
+            expected = torch.autograd.grad(loss(p, y), list(p.values()))
+            for name, e in zip(p, expected):
+                torch.testing.assert_close(grads[name][i], e, rtol=1e-10, atol=1e-12)
+
+
+def test_grad_inside_vmap_over_odeint():
+    """The torchdiffeq façade: vmap(grad) over odeint, adaptive and fixed-step."""
+    y0s = starts(3)
+    for kw in (TOL, dict(method="rk4", options=STEP)):
+
+        def loss(y: torch.Tensor, kw=kw) -> torch.Tensor:
+            return odeint(decay, y, TS, **kw)[-1].sum()
+
+        grads = torch.func.vmap(torch.func.grad(loss))(y0s)
+        torch.testing.assert_close(grads, per_problem_grads(loss, y0s), rtol=1e-10, atol=1e-12)
+
+
+def test_nested_vmaps_solve_each_problem_alone():
+    """vmap(vmap(solve)): the inner vmap's problems as rows, beneath the outer vmap."""
+    y0s = starts(6).reshape(2, 3, 2)
+    for kw in (dict(solver="dopri5"), FIXED):
+        out = torch.func.vmap(torch.func.vmap(lambda y, kw=kw: no.solve(decay, y, TS, **kw).ys))(
+            y0s
+        )
+        for i in range(2):
+            for j in range(3):
+                alone = no.solve(decay, y0s[i, j], TS, **kw).ys
+                torch.testing.assert_close(out[i, j], alone, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(solver="radau"), "radau.*is not supported under torch.func.vmap beneath"),
+        (dict(solver="trbdf2"), "trbdf2.*Use an explicit Runge-Kutta method"),
+        (dict(solver="implicit_adams", controller=no.FixedGrid(step_size=0.1)), "ImplicitAdams"),
+        (dict(gradient=no.Backsolve()), "gradient=Backsolve.*Use gradient=Direct"),
+        (dict(gradient="checkpointed"), "gradient=Checkpointed.*Use gradient=Direct"),
+        (dict(norm="max"), "norm is not supported"),
+    ],
+)
+def test_what_no_loop_runs_beneath_vmap_is_refused_with_the_fix(options, message):
+    def loss(y: torch.Tensor) -> torch.Tensor:
+        return no.solve(decay, y, TS, **options).ys[-1].sum()
+
+    with pytest.raises(ValueError, match=message) as error:
+        torch.func.vmap(torch.func.grad(loss))(starts(2))
+    assert "torch.func.jacrev(torch.func.vmap(f))" in str(error.value)
+    with pytest.raises(ValueError, match="vmap over t is not supported"):
+        torch.func.vmap(torch.func.grad(lambda y, t: no.solve(decay, y, t).ys[-1].sum()))(
+            starts(2), torch.stack([TS, 2 * TS])
+        )
+
+
 def test_execution_is_one_validated_choice():
     """per_sample and compile, with the older flags as aliases; invalid combinations are
     refused from one place with the reason."""

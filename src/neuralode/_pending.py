@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ._host import across, plain, wrapped
 from .solvers.explicit_rk import ExplicitRK
 
 _EPS = 2.0**-52
@@ -42,14 +43,17 @@ def _read_progress(
 ) -> _Progress:
     """A termination check, with one host sync (``_Progress``); ``left`` is 0 when no
     sample runs, ``hits`` the pending steps' crossings, (steps, batch)."""
+    # each a reduction over every problem under torch.func.vmap (``_host``)
     size = (proposal - t).abs()
-    left = torch.where(still & (size > 0), (t_stop - t).abs() / size, 0.0).max()
-    stalled = _stalled(still, t, proposal, t_stop, sign).any()
-    values = [still.sum().to(left.dtype), left.clamp(max=1e6), stalled.to(left.dtype)]
+    left = across(torch.where(still & (size > 0), (t_stop - t).abs() / size, 0.0).max(), torch.amax)
+    stalled = across(_stalled(still, t, proposal, t_stop, sign).any(), torch.any)
+    n_still = across(still.sum(), torch.sum)
+    values = [n_still.to(left.dtype), left.clamp(max=1e6), stalled.to(left.dtype)]
     if hits is not None:
-        values.append(hits.sum(0).max().to(left.dtype))
+        values.append(across(hits.sum(0).max(), torch.amax).to(left.dtype))
     if ends is not None:
-        values += [x.to(left.dtype) for x in _output_range(ends, next_out)]
+        lo, hi = _output_range(ends, next_out)
+        values += [across(lo, torch.amin).to(left.dtype), across(hi, torch.amax).to(left.dtype)]
     n_still, left, stalled, *rest = torch.stack(values).tolist()
     rounds = int(rest.pop(0)) if hits is not None else 0
     lo, hi = (int(rest[0]), int(rest[1])) if rest else (0, 0)
@@ -136,7 +140,8 @@ def _dense_stages(
     co = solver._coefficients(pending[0].y)
     wanted = torch.ones_like(step, dtype=torch.bool) if wanted is None else wanted
     # one read: which steps to evaluate (a boolean index would read once more per step)
-    steps = sorted(set(torch.where(wanted, step, -1).tolist()) - {-1})
+    # (of every problem under torch.func.vmap)
+    steps = sorted(set(plain(torch.where(wanted, step, -1)).reshape(-1).tolist()) - {-1})
     batch = pending[0].h.shape[0]
     new = torch.zeros(batch, dtype=torch.long, device=step.device)
     for j in steps:
@@ -152,7 +157,7 @@ def _dense_stages(
             r.dense_counted = torch.zeros_like(r.accept)
         hits = (wanted & (step == j)).long()
         mine = torch.zeros(batch, dtype=torch.long, device=step.device)
-        mine = mine.index_put_((sample,), hits, accumulate=True) > 0
+        mine = mine.index_put((sample,), hits, accumulate=True) > 0
         new = new + _extra_stages(solver) * (mine & ~r.dense_counted)
         r.dense_counted = r.dense_counted | mine
     if not steps:  # nothing wanted: any values of the right shape
@@ -243,10 +248,22 @@ def _write_outputs(
     # rejected steps reach nothing (0): the running maximum is sorted along the steps
     reached = ends.cummax(0).values.T.contiguous()  # (batch, steps)
     js = torch.arange(lo, hi, device=ends.device)
-    first = torch.searchsorted(reached, js.expand(batch, -1).contiguous(), right=True)
+    keep = None
+    if not wrapped(reached):
+        first = torch.searchsorted(reached, js.expand(batch, -1).contiguous(), right=True)
+    else:  # (the same count; vmap's searchsorted would copy the outputs' times per problem)
+        first = (reached[:, None, :] <= js[:, None]).sum(2)
     write = (first < n_steps) & (js >= next_out[:, None])  # (batch, outputs)
-    sample, column = write.nonzero(as_tuple=True)
+    if wrapped(write):  # under torch.func transforms no shape may depend on values:
+        # every (sample, output) pair, the unwritten ones masked (``_host``)
+        pairs = torch.ones_like(plain(write).reshape(-1, batch, hi - lo)[0]).nonzero(as_tuple=True)
+        sample, column = pairs
+        keep = write[sample, column]
+    else:
+        sample, column = write.nonzero(as_tuple=True)
     step, out = first[sample, column], column + lo
+    if keep is not None:
+        step = step.clamp(max=n_steps - 1)  # an unwritten pair's: any step
 
     def pick(name: str) -> torch.Tensor:  # the values of each written output's step
         return _stack([getattr(r, name) for r in pending])[step, sample]
@@ -254,16 +271,19 @@ def _write_outputs(
     t, t_reach = pick("t"), pick("t_reach")
     extra = torch.zeros(batch, dtype=torch.long, device=ends.device)
     if _extra_stages(solver):
-        k_all, extra = _dense_stages(solver, f, pending, step, sample)
+        k_all, extra = _dense_stages(solver, f, pending, step, sample, keep)
     else:
         k_all = _stack([r.k_all for r in pending])[step, :, sample].transpose(0, 1)
     f1 = pick("f1") if needs_f1 else None
     t_out = ts[out] if ts.ndim == 1 else ts[sample, out]
     value = _interpolate(solver, pick("y"), pick("y1"), pick("h"), k_all, f1, t_out - t)
     value = torch.where((t_out == t_reach)[:, None], pick("y_reach"), value)
+    written = torch.ones_like(step, dtype=torch.long) if keep is None else keep.long()
+    if keep is not None:
+        value = torch.where(keep[:, None], value, outputs[out, sample])
     outputs = outputs.index_put((out, sample), value)
-    used = torch.zeros(n_steps, batch, dtype=torch.bool, device=ends.device)
-    used[step, sample] = True
+    used = torch.zeros(n_steps, batch, dtype=torch.long, device=ends.device)
+    used = used.index_put((step, sample), written, accumulate=True) > 0
     return outputs, torch.maximum(next_out, ends.max(0).values), used, extra
 
 

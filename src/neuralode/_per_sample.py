@@ -46,6 +46,7 @@ from ._attempt import attempt as _attempt
 from ._compile import compiled
 from ._cuda_graph import GraphedStep
 from ._errors import NonFiniteError
+from ._host import across, plain, wrapped
 from ._norms import row_rms, tolerance_tensor
 from ._pending import (
     _ends,
@@ -174,12 +175,12 @@ def integrate_per_sample(
         size, d1 = initial_step(f, t, y, f0, sign, exponent, rtol, atol, row_rms)
         nfe = nfe + 1
         bad = ~torch.isfinite(d1)
-        if bool(bad.any()):
+        if bool(across(bad.any(), torch.any)):  # (of every problem under torch.func.vmap)
             status = torch.where(bad, int(Status.NON_FINITE), status)  # they never start
             if config.throw:
-                i = int(bad.nonzero()[0])
+                i = int(plain(bad).reshape(-1, batch).any(0).nonzero()[0])
                 error = NonFiniteError(f"f(t0, y0) contains NaN or inf for sample {i}.")
-                raise samples_failed(status, error)
+                raise error if wrapped(status) else samples_failed(status, error)
             active = ~bad
     else:
         size = torch.full((batch,), ctrl.first_step, **f64)
@@ -213,7 +214,8 @@ def integrate_per_sample(
         step_fn = compiled(_attempt, type(solver), dynamic=False)
     else:
         step_fn = _attempt
-        if not torch.is_grad_enabled() and not config.cuda_graph:
+        # (not under torch.func transforms: f's values cannot be written into a plain buffer)
+        if not torch.is_grad_enabled() and not config.cuda_graph and not wrapped(y0_flat):
             buffer = term.stage_buffer(stages, y0_flat)  # stages reused by every step
     attempt = functools.partial(step_fn, f.uncounted if count_outside else f, constants, buffer)
     if config.cuda_graph:
@@ -287,7 +289,7 @@ def integrate_per_sample(
                 codes = sample_failures(iteration, still, t, proposal, t_stop, sign, y, config)
                 status = torch.maximum(status, codes)  # the failing samples stop here
                 still = still & (codes == 0)
-                n_still = int(still.sum())
+                n_still = int(across(still.sum(), torch.sum))
         active = still
         if not fsal:  # f(t1, y1): the next f0, or the interpolant of a located event
             nfe = nfe + (accept & reached.still)
@@ -317,9 +319,10 @@ def integrate_per_sample(
     nfe = nfe + (stages - 1) * n_steps
     n_rejected = n_steps - n_accepted
 
-    stats.n_steps += int(n_steps.sum())
-    stats.n_accepted += int(n_accepted.sum())
-    stats.n_rejected += int(n_rejected.sum())
+    # (summed over the problems under torch.func.vmap)
+    stats.n_steps += int(across(n_steps.sum(), torch.sum))
+    stats.n_accepted += int(across(n_accepted.sum(), torch.sum))
+    stats.n_rejected += int(across(n_rejected.sum(), torch.sum))
     if not config.per_sample:
         return outputs.reshape(n_out, -1)
     stats.sample_nfe = nfe

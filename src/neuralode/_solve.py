@@ -16,6 +16,7 @@ from ._dense import Recorder, SaveAt, check_saveat, saved
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from ._events import Event, EventGradient, OneProblemEvents
 from ._execution import Execution
+from ._host import across, plain, vmap_active
 from ._loop import LoopConfig, integrate
 from ._norms import LOW_PRECISION, Norm, l2_norm, max_norm, mixed_norm, rms_norm
 from ._solution import Solution, SolveStats
@@ -23,7 +24,7 @@ from ._spans import run_spans, sample_times
 from ._status import Status, mark_non_finite
 from ._term import ODETerm
 from ._tree import TreeSpec, tree_spec
-from ._vmap import solve_vmapped, vmap_level
+from ._vmap import inside_vmap, solve_vmapped, vmap_level
 from .adjoint import GRADIENTS
 from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy, Problem, time_derivative_inputs
@@ -170,6 +171,8 @@ def solve(
         for name in ("func", "y0", "ts", "level", "aliases"):
             options.pop(name)
         return solve_vmapped(solve, func, y0, ts, level, {**options, **aliases})
+    if vmap_active():  # a transform inside vmap, or a vmap over func's captured tensors
+        aliases = {**aliases, **inside_vmap(ts, {**locals(), **aliases})}
     spec, y0_flat = _check_state(y0)
     execution = Execution.of(per_sample, compile, **aliases)
     if isinstance(ts, torch.Tensor) and ts.ndim == 2 and execution.per_sample:
@@ -511,14 +514,16 @@ def _all_finite(x: torch.Tensor) -> bool:
     """Whether every entry is finite, with one reduction in the common case: a NaN or inf
     entry makes the sum non-finite (a finite sum proves all entries finite; an overflowing
     sum of finite entries falls back to the exact elementwise test)."""
-    if cmath.isfinite(x.sum().item()):
+    if cmath.isfinite(across(x.sum(), torch.sum).item()):  # every vmapped problem's
         return True
-    return bool(torch.isfinite(x).all())
+    return bool(across(torch.isfinite(x).all(), torch.all))
 
 
 def _check_finite(ys: torch.Tensor, times: list[float] | torch.Tensor) -> None:
     if _all_finite(ys):
         return
+    ys = plain(ys)  # every vmapped problem's outputs, (*vmapped, len(ts), n)
+    ys = ys.reshape(-1, *ys.shape[-2:]).transpose(0, 1)
     finite = torch.isfinite(ys).flatten(1).all(1)
     if not bool(finite.all()):
         i = int((~finite).nonzero()[0])

@@ -21,6 +21,7 @@ from ._errors import (
     max_steps_error,
     raise_stalled,
 )
+from ._host import plain, wrapped
 from ._pending import _stalled as stalled
 from .controllers.pi import check_overflow
 
@@ -119,6 +120,11 @@ def sample_failures(
         codes = torch.where(stalled(still, t, proposal, t_stop, sign), code, 0)
     if not config.throw:
         return codes
+    if wrapped(codes):  # under torch.func.vmap: every problem's rows (``_host``), as samples
+        anchor = codes * 0  # batched like codes, which depends on all of them
+        t, land, t_stop = (plain(x + anchor).reshape(-1) for x in (t, land, t_stop))
+        y = plain(y + anchor[:, None]).reshape(t.shape[0], -1)
+        codes = plain(codes).reshape(-1).clone()
     i = int(codes.nonzero()[0])
     try:
         if iteration >= config.max_steps:

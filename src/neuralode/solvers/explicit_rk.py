@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._host import wrapped
 from .._term import ODETerm
 from .base import Solver, Step, hermite, hermite_interpolate
 from .tableau import ButcherTableau
@@ -115,7 +116,8 @@ class ExplicitRK(Solver):
         # would be a copy; there each stage fills its own 0-dim tensor on the device).
         times = term.times([t1 if ci == 1 else t0 + ci * dt for ci in c[1:]])
         # Graph-free: f writes each stage into a row of one buffer reused across steps.
-        graph_free = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        # (not under torch.func transforms: their values cannot be written into a plain buffer)
+        graph_free = not (torch.is_grad_enabled() or torch.compiler.is_compiling() or wrapped(y0))
         buffer = term.stage_buffer(co.stages, y0) if graph_free else None
 
         def evaluate(i: int, y_stage: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,74 @@
+"""Host reads under ``torch.func`` transforms.
+
+Inside ``torch.func.vmap(torch.func.grad(loss))`` (or ``jvp``, ``jacrev``, ``hessian``
+inside ``vmap``) ``solve`` sees one problem: its tensors are wrapped by the transforms, and a
+vmap level beneath another transform hides the problems of the batch. The device loop
+(``_per_sample``) runs on these wrapped tensors as ordinary operations, so every transform
+sees the steps of each problem; each problem's time, step size and decisions are tensors
+merged with masks, so every problem takes the steps it would take alone. Its few host
+reads (termination checks, the outputs to write, the first failure) are reductions over
+every problem of the batch: ``across`` reads the values beneath all the wrappers and
+reduces them (the loop goes on until every problem has finished; a finished problem takes
+steps of size zero).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+
+import torch
+from torch._C import _functorch as functorch
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+
+def wrapped(x: torch.Tensor) -> bool:
+    """Whether ``x`` is wrapped by a ``torch.func`` transform (vmap, grad, jvp)."""
+    return functorch.is_functorch_wrapped_tensor(x)
+
+
+# vmap levels ``solve`` has taken apart itself (``_vmap.solve_vmapped``: the rows of a level)
+_PEELED: ContextVar[frozenset[int]] = ContextVar("neuralode_peeled_vmap", default=frozenset())
+
+
+def vmap_active() -> bool:
+    """Whether a ``torch.func.vmap`` is among the active transforms (besides the levels
+    ``peeled`` marks)."""
+    if functorch.maybe_current_level() is None:  # no transform at all
+        return False
+    vmap, skip = functorch.TransformType.Vmap, _PEELED.get()
+    return any(
+        i.key() == vmap and i.level() not in skip for i in retrieve_all_functorch_interpreters()
+    )
+
+
+@contextlib.contextmanager
+def peeled(level: int) -> Iterator[None]:
+    """Within: vmap ``level`` is solved as rows (its problems are visible), not a vmap."""
+    token = _PEELED.set(_PEELED.get() | {level})
+    try:
+        yield
+    finally:
+        _PEELED.reset(token)
+
+
+def plain(x: torch.Tensor) -> torch.Tensor:
+    """The values of ``x`` beneath every transform, detached: a plain tensor of shape
+    (*one dimension per vmap level x is batched at, *x's shape); ``x`` itself if plain."""
+    x = x.detach()
+    batch_dims: list[int] = []  # positions of the vmapped dimensions in x's values
+    while wrapped(x):
+        if functorch.is_batchedtensor(x):
+            x, dim = functorch._unwrap_batched(x, functorch.maybe_get_level(x))
+            batch_dims = [d + (d >= dim) for d in batch_dims] + [dim]
+        else:  # grad or jvp: the same shape
+            x = functorch.get_unwrapped(x)
+    return x.movedim(batch_dims, list(range(len(batch_dims)))) if batch_dims else x
+
+
+def across(x: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``reduce`` (sum, amax, amin, any, all: over every element) of ``x`` over every
+    vmapped problem, as a plain 0-dim tensor; ``x`` is usually 0-dim (one value per
+    problem)."""
+    return reduce(plain(x))

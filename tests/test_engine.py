@@ -304,28 +304,132 @@ def test_nested_vmaps_solve_each_problem_alone():
                 torch.testing.assert_close(out[i, j], alone, rtol=1e-12, atol=1e-13)
 
 
+ONE_BY_ONE = {
+    "radau": dict(solver="radau", controller=no.PIController(rtol=1e-5, atol=1e-7)),
+    "trbdf2": dict(solver="trbdf2", controller=no.FixedGrid(step_size=0.1)),
+    "implicit_adams": dict(solver="implicit_adams", controller=no.FixedGrid(step_size=0.1)),
+    "explicit_adams": dict(solver="explicit_adams", controller=no.FixedGrid(step_size=0.05)),
+    "dopri5 with norm": dict(solver="dopri5", norm="max"),
+    "dopri5 with step_t": dict(solver="dopri5", step_t=[0.7]),
+}
+
+
+@pytest.mark.parametrize("name", list(ONE_BY_ONE))
+def test_methods_the_device_loop_cannot_run_solve_each_problem_alone_inside_vmap(name):
+    """Implicit and multistep methods (and options the device loop lacks) under vmap(grad)
+    and vmap(jacrev) solve each problem alone, taken out of the vmap: its own steps (they
+    add up to those of the problems alone), its derivatives those of the problem alone."""
+    options = ONE_BY_ONE[name]
+    y0s = starts(3)
+    steps: list[int] = []
+
+    def loss(y: torch.Tensor) -> torch.Tensor:
+        sol = no.solve(decay, y, TS[:3], **options)
+        steps.append(sol.stats.n_steps)
+        return sol.ys[1:].pow(2).sum()
+
+    grads = torch.func.vmap(torch.func.grad(loss))(y0s)
+    batch_steps = steps.pop()
+    torch.testing.assert_close(grads, per_problem_grads(loss, y0s), rtol=1e-10, atol=1e-10)
+    assert batch_steps == sum(steps)
+
+    def end(y: torch.Tensor) -> torch.Tensor:
+        return no.solve(decay, y, TS[:3], **options).ys[-1]
+
+    jac = torch.func.vmap(torch.func.jacrev(end))(y0s)
+    for j, y in zip(jac, y0s):
+        expected = torch.autograd.functional.jacobian(end, y)
+        torch.testing.assert_close(j, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_forward_mode_inside_vmap_with_a_multistep_method_and_refused_for_implicit_rk():
+    """vmap(jvp) and vmap(hessian) of a multistep solve equal each problem's alone;
+    implicit Runge-Kutta methods differentiate their stages in reverse mode only, so
+    forward mode is refused (with or without vmap) instead of returning a wrong tangent."""
+    y0s = starts(2)
+    options = ONE_BY_ONE["implicit_adams"]
+
+    def loss(y: torch.Tensor) -> torch.Tensor:
+        return no.solve(decay, y, TS[:3], **options).ys[-1].pow(2).sum()
+
+    tangents = torch.ones_like(y0s)
+    _, derivative = torch.func.vmap(lambda y, v: torch.func.jvp(loss, (y,), (v,)))(y0s, tangents)
+    alone = per_problem_grads(loss, y0s)
+    torch.testing.assert_close(derivative, alone.sum(1), rtol=1e-10, atol=1e-10)
+    hessians = torch.func.vmap(torch.func.hessian(loss))(y0s)
+    for h, y in zip(hessians, y0s):
+        expected = torch.autograd.functional.hessian(loss, y)
+        torch.testing.assert_close(h, expected, rtol=1e-9, atol=1e-10)
+
+    def radau(y: torch.Tensor) -> torch.Tensor:
+        return no.solve(decay, y, TS, solver="radau").ys[-1].sum()
+
+    with pytest.raises(ValueError, match="forward-mode differentiation .* is not supported"):
+        torch.func.vmap(lambda y: torch.func.jvp(radau, (y,), (y,)))(y0s)
+    with pytest.raises(ValueError, match="forward-mode differentiation"):
+        torch.func.jvp(radau, (y0s[0],), (y0s[0],))
+
+
+def test_grad_inside_vmap_over_the_times_gives_each_problem_its_own_span():
+    """vmap over t with grad inside: each problem solved alone on its own times."""
+    y0s = starts(3)
+    times = torch.stack([TS, 0.5 * TS, 1.0 - TS])  # forward, shorter, backward
+    for kw in (dict(solver="dopri5"), ONE_BY_ONE["radau"]):
+
+        def loss(y: torch.Tensor, t: torch.Tensor, kw=kw) -> torch.Tensor:
+            return no.solve(decay, y, t, **kw).ys[-1].sum()
+
+        grads = torch.func.vmap(torch.func.grad(loss))(y0s, times)
+        for g, y, t in zip(grads, y0s, times):
+            y = y.clone().requires_grad_()
+            expected = torch.autograd.grad(loss(y, t), y)[0]
+            torch.testing.assert_close(g, expected, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (dict(solver="radau"), "radau.*is not supported under torch.func.vmap beneath"),
-        (dict(solver="trbdf2"), "trbdf2.*Use an explicit Runge-Kutta method"),
-        (dict(solver="implicit_adams", controller=no.FixedGrid(step_size=0.1)), "ImplicitAdams"),
         (dict(gradient=no.Backsolve()), "gradient=Backsolve.*Use gradient=Direct"),
         (dict(gradient="checkpointed"), "gradient=Checkpointed.*Use gradient=Direct"),
-        (dict(norm="max"), "norm is not supported"),
+        (dict(event=no.Event(lambda t, y: y[0] - 5.0)), "event is not supported"),
     ],
 )
-def test_what_no_loop_runs_beneath_vmap_is_refused_with_the_fix(options, message):
+def test_what_cannot_run_beneath_vmap_is_refused_with_the_fix(options, message):
+    class Field(torch.nn.Module):  # parameters for Backsolve and Checkpointed
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2, dtype=F64)
+
+        def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.linear(y)
+
+    field = Field()
+
     def loss(y: torch.Tensor) -> torch.Tensor:
-        return no.solve(decay, y, TS, **options).ys[-1].sum()
+        return no.solve(field, y, TS, **options).ys[-1].sum()
 
     with pytest.raises(ValueError, match=message) as error:
         torch.func.vmap(torch.func.grad(loss))(starts(2))
     assert "torch.func.jacrev(torch.func.vmap(f))" in str(error.value)
-    with pytest.raises(ValueError, match="vmap over t is not supported"):
-        torch.func.vmap(torch.func.grad(lambda y, t: no.solve(decay, y, t).ys[-1].sum()))(
-            starts(2), torch.stack([TS, 2 * TS])
-        )
+
+
+def test_captured_per_problem_tensors_beneath_vmap_need_the_device_loop():
+    """One by one, f must not capture a tensor batched by the vmap (a per-problem
+    parameter): refused with the fix; a solve that does not depend on the vmapped values
+    runs as before."""
+    y0s = starts(3)
+    mus = torch.tensor([0.5, 1.0, 2.0], dtype=F64)
+
+    def loss(y: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        return no.solve(lambda t, z: -mu * z, y, TS, solver="radau").ys[-1].sum()
+
+    with pytest.raises(ValueError, match="carry it in the state"):
+        torch.func.vmap(torch.func.grad(loss))(y0s, mus)
+    with pytest.raises(ValueError, match="carry it in the state"):
+        torch.func.vmap(torch.func.grad(loss, argnums=1), in_dims=(None, 0))(y0s[0], mus)
+    scaled = torch.func.vmap(lambda m: m * no.solve(decay, y0s[0], TS, solver="radau").ys)(mus)
+    alone = no.solve(decay, y0s[0], TS, solver="radau").ys
+    torch.testing.assert_close(scaled, mus[:, None, None] * alone, rtol=1e-14, atol=0)
 
 
 def test_execution_is_one_validated_choice():

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch._C import _functorch as functorch
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
@@ -28,7 +29,19 @@ def wrapped(x: torch.Tensor) -> bool:
     return functorch.is_functorch_wrapped_tensor(x)
 
 
-# vmap levels ``solve`` has taken apart itself (``_vmap.solve_vmapped``: the rows of a level)
+def forward_mode(x: torch.Tensor) -> bool:
+    """Whether forward-mode differentiation is active (``torch.func.jvp``, ``jacfwd``,
+    ``hessian``, or ``x`` a dual tensor of ``torch.autograd.forward_ad``)."""
+    if forward_ad._current_level < 0:  # no dual level entered
+        return False
+    jvp = functorch.TransformType.Jvp
+    return forward_ad.unpack_dual(x).tangent is not None or any(
+        i.key() == jvp for i in retrieve_all_functorch_interpreters()
+    )
+
+
+# vmap levels ``solve`` has dispatched already (``_vmap``: taken apart into rows, or run
+# under as one problem): the solves within see no vmap there
 _PEELED: ContextVar[frozenset[int]] = ContextVar("neuralode_peeled_vmap", default=frozenset())
 
 
@@ -43,10 +56,15 @@ def vmap_active() -> bool:
     )
 
 
+def dispatched() -> frozenset[int]:
+    """The vmap levels ``peeled`` marks."""
+    return _PEELED.get()
+
+
 @contextlib.contextmanager
-def peeled(level: int) -> Iterator[None]:
-    """Within: vmap ``level`` is solved as rows (its problems are visible), not a vmap."""
-    token = _PEELED.set(_PEELED.get() | {level})
+def peeled(*levels: int) -> Iterator[None]:
+    """Within: the vmap ``levels`` are dispatched already (``vmap_active`` ignores them)."""
+    token = _PEELED.set(_PEELED.get() | set(levels))
     try:
         yield
     finally:

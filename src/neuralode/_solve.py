@@ -24,7 +24,8 @@ from ._spans import run_spans, sample_times
 from ._status import Status, mark_non_finite
 from ._term import ODETerm
 from ._tree import TreeSpec, tree_spec
-from ._vmap import inside_vmap, solve_vmapped, vmap_level
+from ._vmap import solve_vmapped, vmap_level
+from ._vmap_inside import solve_inside_vmap
 from .adjoint import GRADIENTS
 from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy, Problem, time_derivative_inputs
@@ -151,7 +152,10 @@ def solve(
 
     Under ``torch.func.vmap`` over ``y0`` each vmapped problem takes its own steps (a
     per-sample solve of the batch, ``func`` called per problem by an inner ``vmap``) and
-    equals solving it alone; ``torch.func.grad``, ``jacrev`` and ``jvp`` compose outside it.
+    equals solving it alone; ``torch.func.grad``, ``jacrev`` and ``jvp`` compose outside it,
+    and with ``Direct()`` also inside it (``vmap(grad(loss))``, ``vmap(hessian(loss))``: each
+    problem still its own steps); ``Backsolve()`` and ``Checkpointed()`` are refused there
+    with the fix.
 
     Raises:
         ValueError: bad input (times not strictly monotonic, a state of mixed dtypes or
@@ -172,7 +176,10 @@ def solve(
             options.pop(name)
         return solve_vmapped(solve, func, y0, ts, level, {**options, **aliases})
     if vmap_active():  # a transform inside vmap, or a vmap over func's captured tensors
-        aliases = {**aliases, **inside_vmap(ts, {**locals(), **aliases})}
+        options = dict(locals())
+        for name in ("func", "y0", "ts", "level", "aliases"):
+            options.pop(name)
+        return solve_inside_vmap(solve, func, y0, ts, {**options, **aliases})
     spec, y0_flat = _check_state(y0)
     execution = Execution.of(per_sample, compile, **aliases)
     if isinstance(ts, torch.Tensor) and ts.ndim == 2 and execution.per_sample:

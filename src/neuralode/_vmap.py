@@ -16,12 +16,8 @@ fixed steps on each problem's own times, spans in both directions), the problems
 solved one after the other. Transforms applied outside ``vmap`` (``torch.func.grad``,
 ``jacrev``, ``jvp``) see ordinary differentiable operations.
 
-A transform inside ``vmap`` (``vmap(grad(loss))``, ``vmap(jvp(...))``, ``vmap(hessian(...))``)
-hides the vmapped dimension beneath its own level, and so does a vmap over tensors ``func``
-captures alone: ``solve`` then sees one problem and ``inside_vmap`` chooses a loop that runs
-under every transform (``_host``): the device loop for the adaptive explicit Runge-Kutta
-methods (each problem its own steps, as alone), the host loop on fixed steps (the same grid
-for every problem). The others are refused with the fix.
+A transform inside ``vmap`` (``vmap(grad(loss))``) hides the vmapped dimension beneath its
+own level: ``_vmap_inside`` solves those.
 """
 
 from __future__ import annotations
@@ -32,22 +28,10 @@ from typing import Any
 import torch
 from torch._C import _functorch as functorch
 
-from ._host import peeled, plain, wrapped
+from ._host import peeled
 from ._solution import Solution, SolveStats
 from ._tree import TreeSpec, tree_spec
-from .adjoint.direct import Direct
-from .controllers.fixed import FixedGrid
-from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
-
-_INSIDE = (
-    "under torch.func.vmap beneath another transform (vmap(grad(...)), vmap(jvp(...)), "
-    "vmap(vmap(...))) or over func's captured tensors only"
-)
-_FIX = (
-    "or make the vmap the innermost transform (torch.func.jacrev(torch.func.vmap(f)), "
-    "torch.func.grad(lambda ys: torch.func.vmap(f)(ys).sum()))"
-)
 
 
 def vmap_level(y0: Any, ts: Any) -> int | None:
@@ -177,61 +161,3 @@ def _unwrap(x: torch.Tensor, level: int) -> tuple[torch.Tensor, bool]:
         return x, False
     inner, dim = functorch._unwrap_batched(x, level)
     return inner.movedim(dim, 0), True
-
-
-def inside_vmap(ts: torch.Tensor, options: dict) -> dict:
-    """The execution options of a solve under ``torch.func.vmap`` whose ``y0`` and ``ts``
-    are not batched at the innermost transform (a transform inside the vmap, or a vmap over
-    what ``func`` captures): ``device_loop`` for the adaptive explicit Runge-Kutta methods
-    on a ``PIController`` (each problem its own steps), the host loop on fixed steps.
-
-    Raises:
-        ValueError: what no loop runs under the transforms, naming the fix.
-    """
-    solver, controller, gradient = options["solver"], options["controller"], options["gradient"]
-    if gradient is not None and not isinstance(gradient, Direct):
-        raise ValueError(
-            f"gradient={type(gradient).__name__}() is not supported {_INSIDE}: its gradient "
-            f"is a torch.autograd.Function without a vmap rule. Use gradient=Direct() "
-            f"(the default), {_FIX}"
-        )
-    if wrapped(ts) and plain(ts).ndim > ts.ndim:
-        raise ValueError(
-            f"vmap over t is not supported {_INSIDE}: give every problem the same t, {_FIX}"
-        )
-    for name in ("event", "dense", "saveat", "compile"):
-        if options.get(name):
-            raise ValueError(f"{name} is not supported {_INSIDE}")
-    for name in ("skip_finished", "compile_step", "device_loop", "cuda_graph"):
-        if options.get(name):
-            raise ValueError(f"{name}=True is not supported {_INSIDE}")
-    if options.get("per_sample"):  # the device loop already (a vmap taken apart into rows)
-        return {}
-    if not isinstance(solver, ExplicitRK):
-        raise ValueError(
-            f"{solver!r} is not supported {_INSIDE}: its iterations (Newton's, or the "
-            "multistep order and step choices) read each problem's values on the host, which "
-            "the transforms cannot. Use an explicit Runge-Kutta method (dopri5, tsit5, rk4, "
-            f"...), {_FIX}"
-        )
-    if controller is None:
-        controller = PIController() if solver.adaptive else FixedGrid()
-    if isinstance(controller, FixedGrid):  # every problem the same steps: the host loop
-        return {}
-    if not isinstance(controller, PIController):
-        raise ValueError(f"{controller!r} is not supported {_INSIDE}: use a PIController")
-    used = {
-        "norm": options.get("norm") is not None,
-        "callbacks": options.get("callbacks") is not None,
-        "step_t": len(options.get("step_t", ())) > 0,
-        "jump_t": len(options.get("jump_t", ())) > 0,
-        "perturb": bool(options.get("perturb")),
-    }
-    unsupported = [name for name, given in used.items() if given]
-    if unsupported:
-        raise ValueError(
-            f"{', '.join(unsupported)} is not supported {_INSIDE} with an adaptive method "
-            f"(the device loop gives each problem its own steps without it): leave it out, "
-            f"{_FIX}"
-        )
-    return {"device_loop": True}

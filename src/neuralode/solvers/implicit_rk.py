@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .._errors import SolverError
+from .._host import forward_mode
 from .._term import ODETerm
 from ._newton import (
     BatchLayout,
@@ -227,6 +228,14 @@ class ImplicitRK(Solver):
     def step(
         self, term: ODETerm, t0: float, t1: float, y0: torch.Tensor, state: Any, perturb: bool
     ) -> Step:
+        if forward_mode(y0):
+            raise ValueError(
+                f"{self.name}: forward-mode differentiation (torch.func.jvp, jacfwd, hessian, "
+                "torch.autograd.forward_ad) through an implicit Runge-Kutta method is not "
+                "supported: its stages' derivative is the implicit function theorem's, applied "
+                "in reverse mode only. Use reverse mode (torch.func.grad, jacrev, vjp), or an "
+                "explicit or multistep method"
+            )
         tab = self.tableau
         co = self._coefficients(y0)
         h = t1 - t0

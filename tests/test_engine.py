@@ -304,6 +304,28 @@ def test_nested_vmaps_solve_each_problem_alone():
                 torch.testing.assert_close(out[i, j], alone, rtol=1e-12, atol=1e-13)
 
 
+def test_failures_inside_vmap_raise_or_give_each_problem_its_status():
+    """A problem that fails under vmap(grad) raises the engine's error naming it; with
+    throw=False each problem gets its own status, the others their values."""
+
+    def blowup(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y**2
+
+    y0s = torch.tensor([[0.1], [1.0]], dtype=F64)  # the second blows up at t = 1
+    ts = torch.linspace(0.0, 2.0, 3, dtype=F64)
+
+    def loss(y: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+        sol = no.solve(blowup, y, ts, **kw)
+        return sol.ys[-1].sum().nan_to_num(), sol.status
+
+    with pytest.raises(no.StepSizeUnderflowError, match="sample 1"):
+        torch.func.vmap(torch.func.grad(loss, has_aux=True))(y0s)
+    grads, status = torch.func.vmap(torch.func.grad(loss, has_aux=True))(y0s, throw=False)
+    assert status.tolist() == [0, int(no.Status.STEP_SIZE_UNDERFLOW)]
+    expected = 1 / (1 - 2 * 0.1) ** 2  # y(2) = y0 / (1 - 2 y0)
+    torch.testing.assert_close(grads[0, 0], torch.tensor(expected, dtype=F64), rtol=1e-3, atol=0)
+
+
 ONE_BY_ONE = {
     "radau": dict(solver="radau", controller=no.PIController(rtol=1e-5, atol=1e-7)),
     "trbdf2": dict(solver="trbdf2", controller=no.FixedGrid(step_size=0.1)),

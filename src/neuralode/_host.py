@@ -86,7 +86,6 @@ def plain(x: torch.Tensor) -> torch.Tensor:
 
 
 def across(x: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``reduce`` (sum, amax, amin, any, all: over every element) of ``x`` over every
-    vmapped problem, as a plain 0-dim tensor; ``x`` is usually 0-dim (one value per
-    problem)."""
-    return reduce(plain(x))
+    """``reduce`` (sum, amax, amin, any, all: over every element) of the 0-dim ``x`` over
+    every vmapped problem, as a plain 0-dim tensor; ``x`` itself if plain."""
+    return reduce(plain(x)) if wrapped(x) else x

@@ -256,8 +256,8 @@ def _write_outputs(
     write = (first < n_steps) & (js >= next_out[:, None])  # (batch, outputs)
     if wrapped(write):  # under torch.func transforms no shape may depend on values:
         # every (sample, output) pair, the unwritten ones masked (``_host``)
-        pairs = torch.ones_like(plain(write).reshape(-1, batch, hi - lo)[0]).nonzero(as_tuple=True)
-        sample, column = pairs
+        sample = torch.arange(batch, device=ends.device).repeat_interleave(hi - lo)
+        column = torch.arange(hi - lo, device=ends.device).repeat(batch)
         keep = write[sample, column]
     else:
         sample, column = write.nonzero(as_tuple=True)

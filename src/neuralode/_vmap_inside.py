@@ -3,7 +3,7 @@
 A transform inside ``vmap`` (``vmap(grad(loss))``, ``vmap(jvp(...))``, ``vmap(hessian(...))``,
 ``vmap(vmap(...))``) wraps the vmapped tensors in its own level, so ``solve`` sees one
 problem, the problems of the batch hidden beneath; so does a vmap over tensors ``func``
-captures alone. Two ways solve each problem with its own steps, as alone:
+captures alone. Each problem is solved with its own steps, as alone, in one of two ways:
 
 - the adaptive explicit Runge-Kutta methods on a ``PIController`` run in the device loop
   (``device_loop``) on the transforms' tensors: every decision is a tensor merged with
@@ -94,15 +94,15 @@ def _route(ts: torch.Tensor, options: dict) -> tuple[dict, bool, str | None]:
         return {}, False, (
             f"gradient={type(gradient).__name__}() is not supported {_INSIDE}: its gradient "
             f"is a torch.autograd.Function without a vmap rule. Use gradient=Direct() "
-            f"(the default), {_FIX}"
+            f"(the default; odeint instead of odeint_adjoint), {_FIX}"
         )  # fmt: skip
     given = [name for name in ("event", "dense", "saveat", "compile") if options.get(name)]
     given += [name for name in _ALIASES if options.get(name) and name != "device_loop"]
     if given:
-        return {}, False, f"{', '.join(given)} is not supported {_INSIDE}, {_FIX}"
+        return {}, False, f"{', '.join(given)} is not supported {_INSIDE}: leave it out, {_FIX}"
     if options.get("per_sample") or options.get("device_loop"):  # the device loop already
         return {}, False, None
-    if isinstance(ts, torch.Tensor) and _batched_levels(ts):  # each problem its own times
+    if isinstance(ts, torch.Tensor) and _batched_levels(ts) - dispatched():  # own times
         return {}, True, None
     if not isinstance(solver, ExplicitRK):  # Newton, multistep: each problem's own
         return {}, True, None

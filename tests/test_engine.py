@@ -392,6 +392,39 @@ def test_forward_mode_inside_vmap_with_a_multistep_method_and_refused_for_implic
         torch.func.jvp(radau, (y0s[0],), (y0s[0],))
 
 
+def test_second_derivatives_through_implicit_rk_are_refused():
+    """Reverse over reverse through an implicit Runge-Kutta step would differentiate the
+    stage hook's result as a constant (a wrong Hessian): refused; the first derivative and
+    a multistep method's second derivative (against finite differences) are unaffected."""
+    y0 = starts(1)[0].clone().requires_grad_()
+
+    def gradient(solver: str, y: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        end = no.solve(decay, y, TS[:3], solver=solver).ys[-1]
+        return torch.autograd.grad(end.pow(2).sum(), y, create_graph=create_graph)[0]
+
+    gradient("radau", y0, create_graph=False)  # first derivatives as before
+    with pytest.raises(RuntimeError, match="second derivatives .* are not supported"):
+        torch.autograd.grad(gradient("radau", y0, create_graph=True).sum(), y0)
+    with pytest.raises(RuntimeError, match="second derivatives .* are not supported"):
+        torch.func.jacrev(
+            torch.func.grad(lambda y: no.solve(decay, y, TS[:3], solver="radau").ys[-1].sum())
+        )(y0.detach())
+    second = torch.autograd.grad(gradient("implicit_adams", y0, True).sum(), y0)[0]
+    eps, y = 1e-6, y0.detach()
+    bump = torch.eye(y.numel(), dtype=y.dtype).reshape(-1, *y.shape)
+    expected = torch.stack(
+        [
+            (
+                gradient("implicit_adams", (y + eps * e).requires_grad_(), False)
+                - gradient("implicit_adams", (y - eps * e).requires_grad_(), False)
+            ).sum()
+            / (2 * eps)
+            for e in bump
+        ]
+    ).reshape(y.shape)
+    torch.testing.assert_close(second, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_grad_inside_vmap_over_the_times_gives_each_problem_its_own_span():
     """vmap over t with grad inside: each problem solved alone on its own times."""
     y0s = starts(3)

@@ -403,7 +403,12 @@ class ImplicitRK(Solver):
         def adjoint_solve(grad: torch.Tensor | None) -> torch.Tensor | None:
             if grad is None:
                 return None
-            return self._transposed_solve(term, h, co.a, stages, stage_times, layout, grad)
+            solved = self._transposed_solve(term, h, co.a, stages, stage_times, layout, grad)
+            if torch.is_grad_enabled():  # create_graph=True (torch.func.grad, hessian)
+                # first derivatives are exact; differentiating them again would treat the
+                # solve's result as a constant: an error when (and only when) that happens
+                return _FirstDerivativeOnly.apply(solved, values, self.name)
+            return solved
 
         z_graph.register_hook(adjoint_solve)
         return z + (z_graph - z_graph.detach())
@@ -522,3 +527,29 @@ def _starts_after_jump(state: Any) -> bool:
     if isinstance(state, torch.Tensor):
         return True
     return isinstance(state, dict) and state.get("after_jump", False)
+
+
+class _FirstDerivativeOnly(torch.autograd.Function):
+    """The implicit function theorem's stage adjoint as it is, tied to the stage values
+    (``anchor``, which depend on y0 and the parameters), with a backward that refuses: a
+    second derivative through an implicit Runge-Kutta step is not supported."""
+
+    generate_vmap_rule = True  # (the forward is a copy)
+
+    @staticmethod
+    def forward(solved: torch.Tensor, anchor: torch.Tensor, name: str) -> torch.Tensor:
+        return solved.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        ctx.name = inputs[2]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None]:
+        raise RuntimeError(
+            f"{ctx.name}: second derivatives (reverse over reverse: a gradient of a gradient, "
+            "torch.func.hessian, jacrev of grad) through an implicit Runge-Kutta method are "
+            "not supported: its stages' derivative is the implicit function theorem's, "
+            "solved without a graph. Use an explicit or multistep method for higher "
+            "derivatives"
+        )

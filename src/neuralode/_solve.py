@@ -334,10 +334,12 @@ class _BatchTime(torch.nn.Module):
             self.module = func
         else:
             self.plain = func
+        # f for ``forward`` as a plain attribute: a submodule is found only through
+        # nn.Module.__getattr__, and ``hasattr`` of a missing one raises inside (~1 us a call)
+        self.__dict__["_func"] = func
 
     def forward(self, t: torch.Tensor, y: Any) -> Any:
-        func = self.module if hasattr(self, "module") else self.plain
-        return func(t.expand(self.batch) if t.ndim == 0 else t, y)
+        return self._func(t.expand(self.batch) if t.ndim == 0 else t, y)
 
     def parameters(self, recurse: bool = True):
         if hasattr(self, "module"):

@@ -64,7 +64,9 @@ class Execution:
             ValueError: a value or a combination that no mode runs.
         """
         try:  # the same arguments make the same (immutable) execution: validated once
-            key = tuple(sorted((name, type(v), v) for name, v in aliases.items()))
+            key = (
+                tuple(sorted((name, type(v), v) for name, v in aliases.items())) if aliases else ()
+            )
             return _cached((type(per_sample), per_sample), (type(compile), compile), key)
         except TypeError as error:
             if "unhashable" not in str(error):
@@ -145,7 +147,7 @@ class Execution:
             solver: the solver.
             controller: the step-size controller.
             options: ``solve``'s other arguments by name (``norm``, ``step_t``, ``jump_t``,
-                ``perturb``, ``callbacks``, ``gradient``, ``y0``).
+                ``perturb``, ``callbacks``, ``gradient``).
 
         Raises:
             ValueError: naming the mode and what it does not support.

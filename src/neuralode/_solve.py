@@ -203,7 +203,9 @@ def solve(
             )
     check_sde_solve(func, ts, solver, gradient, event, execution)
     saveat = check_saveat(saveat, dense, execution, solver, gradient, event, ts.shape[-1])
-    execution.check(spec, solver, controller, locals())
+    options = {"norm": norm, "step_t": step_t, "jump_t": jump_t, "perturb": perturb}
+    options.update(callbacks=callbacks, gradient=gradient)  # (cheaper than locals())
+    execution.check(spec, solver, controller, options)
     if not throw and torch.is_grad_enabled() and not isinstance(gradient, (Direct, type(None))):
         raise ValueError(
             f"throw=False needs gradient=Direct() (or no autograd graph): a failed solve's NaN "
@@ -501,6 +503,8 @@ def _check_times(ts: Any, device: torch.device, open_end: bool = False) -> list[
 
 
 def _check_grid_times(name: str, values: Any) -> tuple[float, ...]:
+    if isinstance(values, tuple) and not values:  # the default: none
+        return ()
     if isinstance(values, torch.Tensor):
         values = values.detach().to(torch.float64).reshape(-1).tolist()
     out = tuple(float(v) for v in values)

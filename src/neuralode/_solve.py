@@ -439,7 +439,8 @@ def _check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:
             raise TypeError(f"{where} has dtype {leaf.dtype}; tensor 0 has {first.dtype}")
         if leaf.device != first.device:
             raise ValueError(f"{where} is on {leaf.device}; tensor 0 is on {first.device}")
-    flat = spec.flatten(y0, "y0")
+    # (a bare tensor matches the spec just made from it: no shape check to repeat)
+    flat = first.reshape(-1) if spec.is_leaf else spec.flatten(y0, "y0")
     if not _all_finite(flat):
         raise NonFiniteError("y0 contains NaN or inf")
     return spec, flat

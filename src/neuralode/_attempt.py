@@ -9,7 +9,7 @@ proposals with masks. No host synchronisation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -31,6 +31,11 @@ class Constants:
     sign: float
     exponent: float  # of the error ratio: 1 / (error order + 1)
     norm: Any = row_rms  # the error norm of each row ((batch, n) -> (batch,) float64)
+    # the tableau's first-same-as-last property, read once (a tableau recomputes it)
+    fsal: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fsal", self.solver.tableau.fsal)
 
 
 class Step(NamedTuple):
@@ -87,17 +92,14 @@ def attempt(
         y_abs, y1_abs = _plain(y).abs(), _plain(y1).abs()
         scale = torch.addcmul(k.atol, torch.maximum(y_abs, y1_abs), k.rtol)
         ratio = k.norm(_plain(error) / scale)
-        ok, new_size, previous_ratio = k.controller.decide(
-            ratio, h.abs(), carried_ratio, k.exponent
+        accept, new_size, previous_ratio = k.controller.decide(
+            ratio, h.abs(), carried_ratio, k.exponent, active
         )
-        accept = ok & active
-        if k.controller.pcoeff:  # the memory moves on only where a running sample accepted
-            previous_ratio = torch.where(accept, previous_ratio, carried_ratio)
         t_next = torch.where(accept, t1, t)
         proposal = t_next + k.sign * new_size
     # outside no_grad: y and f0 carry the gradients of Direct()
     accept_col = accept[:, None]
-    fsal = k.solver.tableau.fsal
+    fsal = k.fsal
     return Step(
         t1=t1,
         h=h,

@@ -78,6 +78,8 @@ def check_saveat(
 ) -> SaveAt | None:
     """The one place that validates what to save against the rest of the solve: the
     ``SaveAt`` (or ``None`` for the states at ``ts``), with ``dense=True`` folded in."""
+    if saveat is None and dense is False:  # the states at ts (the common case)
+        return None
     from .adjoint.direct import Direct
 
     if saveat is not None and not isinstance(saveat, SaveAt):

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._tree import TreeSpec
+from .controllers.fixed import FixedGrid
+from .controllers.pi import PIController
+from .solvers.explicit_rk import ExplicitRK
 
 _ALIASES = ("skip_finished", "compile_step", "device_loop", "cuda_graph")
 _COMPILE = {False: None, None: None, True: "solve", "solve": "solve", "step": "step"}
@@ -64,7 +67,9 @@ class Execution:
             ValueError: a value or a combination that no mode runs.
         """
         try:  # the same arguments make the same (immutable) execution: validated once
-            key = tuple(sorted((name, type(v), v) for name, v in aliases.items()))
+            key = (
+                tuple(sorted((name, type(v), v) for name, v in aliases.items())) if aliases else ()
+            )
             return _cached((type(per_sample), per_sample), (type(compile), compile), key)
         except TypeError as error:
             if "unhashable" not in str(error):
@@ -145,7 +150,7 @@ class Execution:
             solver: the solver.
             controller: the step-size controller.
             options: ``solve``'s other arguments by name (``norm``, ``step_t``, ``jump_t``,
-                ``perturb``, ``callbacks``, ``gradient``, ``y0``).
+                ``perturb``, ``callbacks``, ``gradient``).
 
         Raises:
             ValueError: naming the mode and what it does not support.
@@ -192,9 +197,6 @@ def _cached(per_sample: tuple, compile: tuple, aliases: tuple) -> Execution:
 
 def check_device_loop(solver: Any, controller: Any, what: str) -> None:
     """Raise a clear error if the solver or controller cannot run in the device loop."""
-    from .controllers.pi import PIController
-    from .solvers.explicit_rk import ExplicitRK
-
     if not isinstance(solver, ExplicitRK) or not solver.adaptive:
         raise ValueError(
             f"{what} supports the adaptive explicit Runge-Kutta methods (dopri5, "
@@ -207,10 +209,6 @@ def check_device_loop(solver: Any, controller: Any, what: str) -> None:
 def check_compiled_step(solver: Any, controller: Any, what: str) -> None:
     """Raise a clear error, naming ``what`` asked for it, if the host loop's compiled step
     cannot run this solver or controller."""
-    from .controllers.fixed import FixedGrid
-    from .controllers.pi import PIController
-    from .solvers.explicit_rk import ExplicitRK
-
     if not isinstance(solver, ExplicitRK):
         raise ValueError(
             f"{what} supports the explicit Runge-Kutta methods (dopri5, tsit5, rk4, ...), "

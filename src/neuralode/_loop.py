@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _whole_solve
 from ._compile import compiled
 from ._errors import (
     MaxStepsError,
@@ -146,12 +147,10 @@ def _integrate(
     """``integrate``; the host loop appends its outputs to ``outputs`` as it goes."""
     whole = config.throw and not isinstance(ts, torch.Tensor)  # one shared span, raising
     if config.execution.compile == "solve" and whole:
-        from ._whole_solve import WholeSolveUnavailable, integrate_whole, unsupported
-
-        if unsupported(config, term.spec) is None:  # else: each step compiled
+        if _whole_solve.unsupported(config, term.spec) is None:  # else: each step compiled
             try:
-                return integrate_whole(term, y0, ts, config, stats)
-            except WholeSolveUnavailable as error:
+                return _whole_solve.integrate_whole(term, y0, ts, config, stats)
+            except _whole_solve.WholeSolveUnavailable as error:
                 warnings.warn(str(error), stacklevel=4)
     if config.per_sample or config.device_loop:
         from ._per_sample import integrate_per_sample

@@ -213,7 +213,9 @@ def solve(
             )
     check_sde_solve(func, ts, solver, gradient, event, execution)
     saveat = check_saveat(saveat, dense, execution, solver, gradient, event, ts.shape[-1])
-    execution.check(spec, solver, controller, locals())
+    options = {"norm": norm, "step_t": step_t, "jump_t": jump_t, "perturb": perturb}
+    options.update(callbacks=callbacks, gradient=gradient)  # (cheaper than locals())
+    execution.check(spec, solver, controller, options)
     if not throw and torch.is_grad_enabled() and not isinstance(gradient, (Direct, type(None))):
         raise ValueError(
             f"throw=False needs gradient=Direct() (or no autograd graph): a failed solve's NaN "
@@ -344,10 +346,12 @@ class _BatchTime(torch.nn.Module):
             self.module = func
         else:
             self.plain = func
+        # f for ``forward`` as a plain attribute: a submodule is found only through
+        # nn.Module.__getattr__, and ``hasattr`` of a missing one raises inside (~1 us a call)
+        self.__dict__["_func"] = func
 
     def forward(self, t: torch.Tensor, y: Any) -> Any:
-        func = self.module if hasattr(self, "module") else self.plain
-        return func(t.expand(self.batch) if t.ndim == 0 else t, y)
+        return self._func(t.expand(self.batch) if t.ndim == 0 else t, y)
 
     def parameters(self, recurse: bool = True):
         if hasattr(self, "module"):
@@ -445,7 +449,8 @@ def _check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:
             raise TypeError(f"{where} has dtype {leaf.dtype}; tensor 0 has {first.dtype}")
         if leaf.device != first.device:
             raise ValueError(f"{where} is on {leaf.device}; tensor 0 is on {first.device}")
-    flat = spec.flatten(y0, "y0")
+    # (a bare tensor matches the spec just made from it: no shape check to repeat)
+    flat = first.reshape(-1) if spec.is_leaf else spec.flatten(y0, "y0")
     if not _all_finite(flat):
         raise NonFiniteError("y0 contains NaN or inf")
     return spec, flat
@@ -509,6 +514,8 @@ def _check_times(ts: Any, device: torch.device, open_end: bool = False) -> list[
 
 
 def _check_grid_times(name: str, values: Any) -> tuple[float, ...]:
+    if isinstance(values, tuple) and not values:  # the default: none
+        return ()
     if isinstance(values, torch.Tensor):
         values = values.detach().to(torch.float64).reshape(-1).tolist()
     out = tuple(float(v) for v in values)

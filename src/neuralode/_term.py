@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from ._tree import TreeSpec
+
+# The time dtypes NumPy converts to exactly as torch does (round to nearest from a double).
+_NUMPY_TIME = {torch.float64: np.float64, torch.float32: np.float32}
 
 
 class StageBuffer(NamedTuple):
@@ -53,6 +57,11 @@ class ODETerm:
         self._checked = False
         # a tuple of ints, not a torch.Size: y.view(tuple) parses ~1.5 us faster per call
         self._leaf_shape = tuple(int(n) for n in spec.shapes[0]) if spec.is_leaf else None
+        # f's view of the flat state: y.view(*ints) parses ~0.6 us faster than y.view(tuple)
+        # (a 0-dim state has no ints to unpack: its view takes the empty tuple)
+        self._view_args = (self._leaf_shape or ((),)) if spec.is_leaf else None
+        # the stage times by one NumPy conversion on CPU (~2.5 us faster than torch.tensor)
+        self._numpy_time = _NUMPY_TIME.get(self.time_dtype) if self.device.type == "cpu" else None
         self._buffers: dict[tuple[int, int], Any] = {}
 
     def time(self, t: float | torch.Tensor, perturb: float = 0.0) -> torch.Tensor:
@@ -71,6 +80,8 @@ class ODETerm:
         (a host-to-device copy would cost more than filling each on the device)."""
         if self.device.type != "cpu" or torch.compiler.is_compiling():
             return None
+        if self._numpy_time is not None:
+            return torch.from_numpy(np.array(values, dtype=self._numpy_time)).unbind()
         return torch.tensor(values, dtype=self.time_dtype).unbind()
 
     def stage_buffer(self, stages: int, like: torch.Tensor) -> StageBuffer:
@@ -149,8 +160,8 @@ class ODETerm:
         """f on the flat state ``y`` seen in the user's shape; counted, and checked once."""
         if self.counting:
             self.nfe += 1
-        shape = self._leaf_shape
-        out = self.func(t, y.view(shape) if shape is not None else self.spec.unflatten(y))
+        args = self._view_args
+        out = self.func(t, y.view(*args) if args is not None else self.spec.unflatten(y))
         if not self._checked:
             self._check(out)
         return out

@@ -31,8 +31,9 @@ class TreeSpec:
     def unflatten(self, flat: torch.Tensor) -> Any:
         """Split a flat (..., numel) tensor into the stored structure, keeping leading dims."""
         lead = flat.shape[:-1]
-        if self.is_leaf:
-            return flat.reshape((*lead, *self.shapes[0]))
+        if self.is_leaf:  # (reshape(*ints) parses faster than reshape(tuple))
+            shape = (*lead, *self.shapes[0])
+            return flat.reshape(*shape) if shape else flat.reshape(())
         pieces = torch.split(flat, self.numels, dim=-1)
         leaves = iter(p.reshape((*lead, *s)) for p, s in zip(pieces, self.shapes))
         return _rebuild(self.structure, leaves)

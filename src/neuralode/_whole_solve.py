@@ -79,7 +79,6 @@ def integrate_whole(
         return y0_flat[None]
     y = y0_flat.reshape(batch, -1)
     co = solver._coefficients(y)  # made before tracing: constants of the graph
-    f64 = dict(dtype=torch.float64, device=y.device)
     plan = _Plan(
         func=term.func,
         solver=solver,
@@ -113,7 +112,7 @@ def integrate_whole(
         where = f" for sample {i}" if per_sample else f" at t0={ts[0]:.6g}"
         raise NonFiniteError(f"f(t0, y0) contains NaN or inf{where}")
     if running:  # the device loop's errors
-        t_stop = torch.full((batch,), ts[-1], **f64)
+        t_stop = torch.full((batch,), ts[-1], dtype=torch.float64, device=y.device)
         iteration = config.max_steps if iterations >= config.max_steps else 0
         _raise_stalled(iteration, still, t, proposal, t_stop, plan.sign, outputs[-1], config)
     term.nfe += iterations * (co.stages - 1 + (not co.fsal)) + 1

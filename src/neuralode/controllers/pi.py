@@ -204,16 +204,21 @@ class PIController(StepSizeController):
             return True, t1 + new_dt, state
         return False, t0 + new_dt, state
 
-    def decide(self, ratio: Any, size: Any, previous_ratio: Any, exponent: float) -> tuple:
+    def decide(
+        self, ratio: Any, size: Any, previous_ratio: Any, exponent: float, running: Any = None
+    ) -> tuple:
         """The controller's formula, once for every mode: from a step's scaled error
         ``ratio`` and ``size`` (Python floats for one problem on the host, or tensors, one
         per sample), whether it is accepted, the size of the next step and the new previous
         ratio (the PI memory). A NaN ratio rejects and shrinks by ``dfactor``; a ratio of 0
         grows by ``ifactor``. A step at ``min_step`` is accepted whatever its error (the
-        user asked for no smaller steps)."""
+        user asked for no smaller steps). ``running`` (per sample, a mask): only these
+        samples may accept; the others keep their memory."""
         accept = ratio <= 1
         if self.min_step > 0:  # (a non-finite ratio is never accepted)
             accept = accept | ((size <= self.min_step * (1 + 1e-12)) & (ratio < math.inf))
+        if running is not None:
+            accept = accept & running
         factor = self.safety * _power(ratio, -(self.icoeff + self.pcoeff) * exponent)
         if self.pcoeff:
             factor = factor * _power(previous_ratio, self.pcoeff * exponent)

@@ -1,14 +1,15 @@
-"""Vector-Jacobian products for loops that take one per step (the SDE adjoint's backward).
+"""Vector-Jacobian products for loops that take one per step (the SDE adjoints' and
+``Backsolve``'s backward passes).
 
 ``torch.autograd.grad`` builds its tuples of outputs and inputs from generators. CPython makes
 such a tuple at its default guess of 10 items and shrinks it in place to the items there are
-(``PySequence_Tuple``); when it dies it joins the free list of its final size, from which
-nothing took it. So every call leaves one tuple in the free list of its output count and one in
-that of its input count (up to 2000 tuples a size, released only by a full ``gc.collect()``):
-a loop of ``torch.autograd.grad`` calls grows by 50-130 bytes a call for its first 2000 calls,
-0.3 KB a step of the stochastic adjoint's backward (measured in BENCHMARKS.md). ``grad`` calls
-autograd's engine as ``torch.autograd.grad`` does, on tuples made from lists at their size,
-which come from and go back to the same free list.
+(``PySequence_Tuple``): the block comes from the free list of 10-tuples (or from malloc) and,
+when the tuple dies, goes to the free list of its final size, where it stays (a free list holds
+up to 2000 tuples of a size; a full ``gc.collect()`` empties them). So each call leaves two
+tuples behind (none of 10 items), 48 to 128 bytes each, until 2000 calls have filled those lists:
+0.3 KB a step of the stochastic adjoint's backward (BENCHMARKS.md). ``grad`` calls autograd's
+engine as ``torch.autograd.grad`` does, on tuples made from lists at their final size, which
+come from and go back to the same free list.
 """
 
 from __future__ import annotations
@@ -59,13 +60,15 @@ def grad(
     )
     if (
         _engine_run_backward is None
+        or torch.compiler.is_compiling()
         or has_torch_function(outputs + inputs)
         or not all(
             isinstance(cot, torch.Tensor) and cot.shape == out.shape
             for out, cot in zip(outputs, cotangents)
         )
     ):
-        # tensor subclasses, a missing or mismatched cotangent (torch's error): its own path
+        # under torch.compile, tensor subclasses, a missing or mismatched cotangent (torch's
+        # error): torch.autograd.grad itself
         return torch.autograd.grad(
             outputs,
             inputs,

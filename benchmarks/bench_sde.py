@@ -4,6 +4,7 @@ and forward + adjoint backward on the same Brownian motion, and the adjoint's me
 
     flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_sde.py
     python benchmarks/bench_sde.py --repeats 1      # a smoke run
+    python benchmarks/bench_sde.py --only-memory --memory-steps 100 1000 3000
 """
 
 from __future__ import annotations
@@ -25,13 +26,22 @@ def main() -> None:
         help="whose BrownianInterval both libraries get",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory study")
+    parser.add_argument("--only-memory", action="store_true", help="only the memory study")
+    parser.add_argument(
+        "--memory-steps",
+        type=int,
+        nargs="+",
+        default=[100, 1000],
+        help="the numbers of steps of the memory study",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(environment())
-    print(sde.table(sde.run(args.repeats, args.brownian)))
+    if not args.only_memory:
+        print(sde.table(sde.run(args.repeats, args.brownian)))
     if not args.no_memory:
         print()
-        print(sde.memory_table(sde.memory((100, 1000))))
+        print(sde.memory_table(sde.memory(tuple(args.memory_steps))))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,6 @@ def test_adjoint_memory_is_flat_in_the_number_of_steps():
     from neuralode.bench import sde
 
     (_, ours100, _, backprop100), (_, ours1000, _, backprop1000) = sde.memory((100, 1000))
-    # tensors: flat; the Brownian tree adds 80 bytes a step, the backward pass ~0.3 KB a step
-    assert ours1000 <= 1.1 * ours100 + 2.0, (ours100, ours1000)
+    # tensors: flat; the Brownian tree adds 80 bytes a step and the forward grid 8 (0.1 MiB)
+    assert ours1000 <= 1.1 * ours100, (ours100, ours1000)  # 1-5% more in BENCHMARKS.md
     assert backprop1000 > 3 * backprop100  # backprop's memory grows with the steps

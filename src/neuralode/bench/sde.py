@@ -189,5 +189,5 @@ def memory_table(rows) -> str:
         "| ---: | ---: | ---: | ---: |",
     ]
     for n, ours, theirs, backprop in rows:
-        lines.append(f"| {n} | {ours:.1f} | {theirs:.1f} | {backprop:.1f} |")
+        lines.append(f"| {n} | {ours:.2f} | {theirs:.2f} | {backprop:.1f} |")
     return "\n".join(lines)

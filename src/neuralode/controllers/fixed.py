@@ -6,6 +6,7 @@ import bisect
 import math
 from array import array
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 import torch
@@ -69,7 +70,7 @@ class FixedGrid(StepSizeController):
                     f"the step grid must start at t0={t0} and end at t1={t_end}; "
                     f"got {grid[0] if grid else None} ... {grid[-1] if grid else None}"
                 )
-            if any(sign * (b - a) <= 0 for a, b in zip(grid, grid[1:])):
+            if any(sign * (b - a) <= 0 for a, b in zip(grid, islice(grid, 1, None))):
                 raise ValueError("the step grid must be strictly monotonic, in the direction of t")
             return _Grid(grid)
         if self.step_size is None:

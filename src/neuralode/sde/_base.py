@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._autograd import grad
 from .settings import NOISE_TYPES, SDE_TYPES
 
 
@@ -141,8 +142,12 @@ def batch_mvp(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def vjp(outputs, inputs, grad_outputs, **kwargs):
-    """``torch.autograd.grad`` with unused inputs given zero gradients, not ``None``."""
-    grads = torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True, **kwargs)
+    """``torch.autograd.grad`` with unused inputs given zero gradients, not ``None``, by
+    ``_autograd.grad`` (which leaves nothing behind per call: the adjoint calls it every step).
+    ``outputs`` and ``grad_outputs`` are sequences or one tensor each."""
+    if isinstance(outputs, torch.Tensor):
+        outputs, grad_outputs = [outputs], [grad_outputs]
+    grads = grad(outputs, inputs, grad_outputs, **kwargs)
     return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
 
 

@@ -87,7 +87,7 @@ class VirtualBrownianTree(BaseBrownian):
         t1: the terminal time (greater than ``t0``).
         size: the shape of the samples, ``(batch, ...)``: dimension 0 holds the rows that
             may have their own query times; ``shape`` is accepted as its alias.
-        tol: the time resolution of the bisection (default ``(t1 - t0) * 2**-24``); below it
+        tol: the time resolution of the bisection (default ``(t1 - t0) * 2**-20``); below it
             the path is the bridge of its last interval with one noise.
         entropy: the seed (``None``: random).
         levy_area_approximation: ``"none"``, ``"space-time"`` (``return_U``), ``"davie"`` or
@@ -121,7 +121,7 @@ class VirtualBrownianTree(BaseBrownian):
         if size is None:
             raise ValueError("VirtualBrownianTree needs size=(batch, ...) (or shape=...)")
         if tol is None:
-            tol = (t1 - t0) * 2.0**-24
+            tol = (t1 - t0) * 2.0**-20
         if not tol > 0:
             raise ValueError(f"tol must be positive, got {tol}")
         if levy_area_approximation not in LEVY_AREA_APPROXIMATIONS:
@@ -192,39 +192,45 @@ class VirtualBrownianTree(BaseBrownian):
 
     def _points(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``W(t)`` and (with the Lévy area) ``I(t) = int_{t0}^t W``, (queries, batch,
-        elements) float64, at the times ``t`` (queries, batch) float64."""
+        elements) float64, at the times ``t`` (queries, batch) float64.
+
+        The path through the tree is known from ``t`` (the bits of its last interval's
+        index), so the noise of every level is drawn at once; the levels' splits then run in
+        order, adding up ``W`` and ``I`` at the start of the interval holding ``t``."""
+        levels, span = self._levels, self._t1 - self._t0
+        width = span * 2.0**-levels  # of the last intervals
         t = t.clamp(self._t0, self._t1)
-        span = self._t1 - self._t0
-        root_w, root_h = self._noise(torch.zeros_like(t, dtype=torch.long))
-        W = root_w * math.sqrt(span)  # noqa: N806  the increment of the current interval
-        H = root_h * math.sqrt(span / 12) if self._have_H else None  # noqa: N806
-        w_start = torch.zeros_like(W)  # W and I at the current interval's start
+        last = ((t - self._t0) / width).floor().long().clamp(0, (1 << levels) - 1)
+        depth = torch.arange(levels, device=t.device).view(-1, *([1] * t.ndim))
+        index = last >> (levels - depth)  # (levels, queries, batch): the interval on each level
+        nodes = torch.cat([torch.zeros_like(t, dtype=torch.long)[None], index + (1 << depth)])
+        nodes = torch.cat([nodes, (last + (1 << levels))[None]])  # root, levels, last
+        noise_w, noise_h = self._noise(nodes)
+        right = ((last >> (levels - 1 - depth)) & 1).bool()[..., None]  # (levels, q, b, 1)
+        W = noise_w[0] * math.sqrt(span)  # noqa: N806  the increment of the current interval
+        H = noise_h[0] * math.sqrt(span / 12) if self._have_H else None  # noqa: N806
+        # W and I at the current interval's start, summed in order (elementwise, so a row's
+        # values do not depend on the batch it is in)
+        w_start = torch.zeros_like(W)
         i_start = torch.zeros_like(W) if self._have_H else None
-        k = torch.zeros_like(t, dtype=torch.long)  # the interval's index on its level
-        width = span
-        for level in range(self._levels):
-            half = 0.5 * width
-            noise_w, noise_h = self._noise(k + (1 << level))
+        for level in range(levels):
+            half = span * 2.0 ** -(level + 1)
             (w_left, h_left), (w_right, h_right) = bridge(
-                W, H, half, half, width, noise_w, noise_h if self._have_H else None, _BOTH_HALVES
-            )
-            right = t >= self._t0 + (2 * k + 1).to(torch.float64) * half
-            column = right[..., None]
-            if self._have_H:  # I over the left half: (start) W + U of the left half
+                W, H, half, half, 2 * half, noise_w[level + 1],
+                noise_h[level + 1] if self._have_H else None, _BOTH_HALVES,
+            )  # fmt: skip
+            go_right = right[level]
+            W = torch.where(go_right, w_right, w_left)  # noqa: N806
+            if self._have_H:  # I at the midpoint: I + W times the half + U of the left half
+                H = torch.where(go_right, h_right, h_left)  # noqa: N806
                 crossed = i_start + half * w_start + half * (0.5 * w_left + h_left)
-                i_start = torch.where(column, crossed, i_start)
-                H = torch.where(column, h_right, h_left)  # noqa: N806
-            w_start = torch.where(column, w_start + w_left, w_start)
-            W = torch.where(column, w_right, w_left)  # noqa: N806
-            k = 2 * k + right
-            width = half
+                i_start = torch.where(go_right, crossed, i_start)
+            w_start = torch.where(go_right, w_start + w_left, w_start)
         # inside the last interval: its bridge split at t itself
-        start = self._t0 + k.to(torch.float64) * width
-        left = ((t - start).clamp(0, width))[..., None]
-        noise_w, noise_h = self._noise(k + (1 << self._levels))
+        left = (t - (self._t0 + last.to(torch.float64) * width)).clamp(0, width)[..., None]
         w_part, h_part = bridge(
-            W, H, left, width - left, width, noise_w, noise_h if self._have_H else None,
-            _LEFT_HALF,
+            W, H, left, width - left, width, noise_w[-1],
+            noise_h[-1] if self._have_H else None, _LEFT_HALF,
         )  # fmt: skip
         if not self._have_H:
             return w_start + w_part, None
@@ -264,11 +270,12 @@ class VirtualBrownianTree(BaseBrownian):
             )
         ta, tb = self._times(ta), self._times(tb)
         w, i = self._points(torch.stack([ta, tb]))
-        W = w[1] - w[0]  # noqa: N806
+        empty = (ta == tb)[:, None]  # exactly zero (the sums over the levels may round apart)
+        W = torch.where(empty, 0.0, w[1] - w[0])  # noqa: N806
         out = [W.reshape(self._size).to(self._dtype)]
         if self._have_H and (return_U or return_A):
             h = (tb - ta)[:, None]
-            U = i[1] - i[0] - h * w[0]  # noqa: N806  int_{ta}^{tb} (W_s - W_ta) ds
+            U = torch.where(empty, 0.0, i[1] - i[0] - h * w[0])  # noqa: N806  (W_s - W_ta) ds
             if return_U:
                 out.append(U.reshape(self._size).to(self._dtype))
             if return_A:

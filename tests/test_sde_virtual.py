@@ -85,6 +85,13 @@ def test_reproducible_in_any_query_order_and_depends_on_entropy():
     backward = [second(min(p), max(p), return_U=True) for p in reversed(pairs)][::-1]
     for (w1, u1), (w2, u2) in zip(forward, backward, strict=True):
         assert torch.equal(w1, w2) and torch.equal(u1, u2)
+    # the path at several times in one bisection gives the same increments
+    ta, tm, tb = (torch.full((8,), x, dtype=F64) for x in (0.2, 0.5, 1.1))
+    a, m, b = first.points([ta, tm, tb])
+    for (s, e), (x, y) in (((ta, tb), (a, b)), ((tm, tb), (m, b))):
+        w, u = first.between(s, e, x, y, return_U=True)
+        w_direct, u_direct = first(s, e, return_U=True)
+        assert torch.equal(w, w_direct) and torch.equal(u, u_direct)
     other = vbt(8, 2, "space-time", entropy=6)
     assert not torch.allclose(other(0.1, 0.9), first(0.1, 0.9))
 

@@ -209,16 +209,18 @@ class SDESolver(Solver):
         term.extra = extra
         return stepper, extra
 
-    def advance(self, stepper: Any, t0: Any, t1: Any, y: torch.Tensor, extra: Any) -> tuple:
+    def advance(
+        self, stepper: Any, t0: Any, t1: Any, y: torch.Tensor, extra: Any, t_mid: Any = None
+    ) -> tuple:
         """The method's step from ``t0`` to ``t1`` (floats, or (batch,) tensors: each row its
         own step) on the (batch, channels) state: ``(y1, error, extra1)``; with step
-        doubling ``y1`` is two half steps and ``error`` their difference from one full step
-        (else ``None``)."""
+        doubling ``y1`` is two half steps (meeting at ``t_mid``, by default the midpoint)
+        and ``error`` their difference from one full step (else ``None``)."""
         if not self.step_doubling:
             y1, extra1 = stepper.step(t0, t1, y, extra)
             return y1, None, extra1
         y_full, _ = stepper.step(t0, t1, y, extra)
-        t_mid = 0.5 * (t0 + t1)
+        t_mid = midpoint(t0, t1) if t_mid is None else t_mid
         y_mid, extra_mid = stepper.step(t0, t_mid, y, extra)
         y1, extra1 = stepper.step(t_mid, t1, y_mid, extra_mid)
         return y1, y_full - y1, extra1
@@ -280,6 +282,36 @@ class SDESolver(Solver):
         return f"SDESolver({self.method!r}, step_doubling={self.step_doubling})"
 
 
+def midpoint(t0: Any, t1: Any) -> Any:
+    """The point where step doubling's two half steps meet."""
+    return 0.5 * (t0 + t1)
+
+
+class _AttemptBrownian:
+    """The rows' Brownian motion during one attempt (``_SDERows``): the path at the
+    attempt's times (start, midpoint, end) comes from one bisection (``prepare``), and the
+    method's queries between them are answered from it; any other query goes to the
+    Brownian motion itself. The values are the Brownian motion's, bit for bit."""
+
+    def __init__(self, bm: Any):
+        self.bm = bm
+        self.shape = bm.shape
+        self.levy_area_approximation = bm.levy_area_approximation
+        self._times: tuple = ()
+        self._points: list = []
+
+    def prepare(self, times: tuple) -> None:
+        self._times = times  # kept: the ids below stay theirs
+        self._points = self.bm.points(times)
+
+    def __call__(self, ta: Any, tb: Any, return_U: bool = False, return_A: bool = False) -> Any:  # noqa: N803
+        ids = [id(t) for t in self._times]
+        if id(ta) in ids and id(tb) in ids:
+            a, b = self._points[ids.index(id(ta))], self._points[ids.index(id(tb))]
+            return self.bm.between(ta, tb, a, b, return_U, return_A)
+        return self.bm(ta, tb, return_U=return_U, return_A=return_A)
+
+
 class _SDERows:
     """An ``SDESolver`` on the device loop's rows (``per_sample=True``): each row steps from
     its own ``t`` to ``t1`` with the method's step formulas (``SDESolver.advance`` with (batch,)
@@ -295,9 +327,10 @@ class _SDERows:
         self.term = term
         self.error_order = solver.error_order
         dtype, device = term.sde_time_dtype, term.device
-        self.stepper = make_solver(
-            solver.method, term.forward, term.bm, dtype, device, solver.options
-        )
+        points = hasattr(term.bm, "points") and hasattr(term.bm, "between")
+        self.bm = _AttemptBrownian(term.bm) if points else None
+        bm = term.bm if self.bm is None else self.bm
+        self.stepper = make_solver(solver.method, term.forward, bm, dtype, device, solver.options)
         self.calls = 0  # f and g evaluations of one attempt (the same for every attempt)
 
     def row_facts(self, like: torch.Tensor) -> RowFacts:
@@ -318,7 +351,10 @@ class _SDERows:
     ) -> tuple[torch.Tensor, torch.Tensor | None, None, torch.Tensor]:
         """Every row's step from ``t`` to ``t1``: ``(y1, error, None, no stages)``."""
         before = self.term.nfe
-        y1, error, _ = self.solver.advance(self.stepper, t, t1, y, ())
+        t_mid = midpoint(t, t1) if self.solver.step_doubling else None
+        if self.bm is not None:
+            self.bm.prepare((t, t1) if t_mid is None else (t, t_mid, t1))
+        y1, error, _ = self.solver.advance(self.stepper, t, t1, y, (), t_mid)
         self.calls = self.term.nfe - before
         return y1, error, None, y.new_zeros((0, *y.shape))
 

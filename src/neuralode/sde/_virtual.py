@@ -270,12 +270,25 @@ class VirtualBrownianTree(BaseBrownian):
             )
         ta, tb = self._times(ta), self._times(tb)
         w, i = self._points(torch.stack([ta, tb]))
+        if i is None:
+            return self.between(ta, tb, (w[0], None), (w[1], None), return_U, return_A)
+        return self.between(ta, tb, (w[0], i[0]), (w[1], i[1]), return_U, return_A)
+
+    def points(self, times: Sequence[torch.Tensor]) -> list[tuple]:
+        """The path at several (batch,) times in one bisection, for ``between``: what a
+        per-sample step doubling asks for (three times, three intervals between them)."""
+        w, i = self._points(torch.stack([self._times(t) for t in times]))
+        return [(w[k], None if i is None else i[k]) for k in range(len(times))]
+
+    def between(self, ta, tb, a: tuple, b: tuple, return_U=False, return_A=False):  # noqa: N803
+        """``bm(ta, tb, ...)`` from the path at ``ta`` and ``tb`` (``points``)."""
+        (wa, ia), (wb, ib) = a, b
         empty = (ta == tb)[:, None]  # exactly zero (the sums over the levels may round apart)
-        W = torch.where(empty, 0.0, w[1] - w[0])  # noqa: N806
+        W = torch.where(empty, 0.0, wb - wa)  # noqa: N806
         out = [W.reshape(self._size).to(self._dtype)]
         if self._have_H and (return_U or return_A):
             h = (tb - ta)[:, None]
-            U = torch.where(empty, 0.0, i[1] - i[0] - h * w[0])  # noqa: N806  (W_s - W_ta) ds
+            U = torch.where(empty, 0.0, ib - ia - h * wa)  # noqa: N806  int (W_s - W_ta) ds
             if return_U:
                 out.append(U.reshape(self._size).to(self._dtype))
             if return_A:

@@ -196,8 +196,8 @@ def check_device_loop(solver: Any, controller: Any, what: str) -> None:
     from .sde._engine import SDESolver
     from .solvers.explicit_rk import ExplicitRK
 
-    if isinstance(solver, SDESolver) and what == "per_sample=True":
-        pass  # its per-sample conditions: ``sde._engine.check_sde_solve``
+    if isinstance(solver, SDESolver):
+        pass  # per sample only, on its conditions: ``sde._engine.check_sde_solve``
     elif not isinstance(solver, ExplicitRK) or not solver.adaptive:
         raise ValueError(
             f"{what} supports the adaptive explicit Runge-Kutta methods (dopri5, "

@@ -1,8 +1,9 @@
 """The one step attempt of the device loop and of the compiled whole solve.
 
 Every row (a sample of a per-sample solve, or the one problem: a batch of one) has its own
-time, step size and controller memory; an attempt proposes a step for every row
-(``ExplicitRK.propose``), measures each row's error (RMS over the row) and lets the
+time, step size and controller memory; an attempt proposes a step for every row (the
+solver's ``propose_rows``: ``ExplicitRK``'s stages, or an SDE method's step-doubled step),
+measures each row's error (RMS over the row) and lets the
 controller decide (``PIController.decide`` on tensors), merging accepted and rejected
 proposals with masks. No host synchronisation.
 """
@@ -31,11 +32,11 @@ class Constants:
     sign: float
     exponent: float  # of the error ratio: 1 / (error order + 1)
     norm: Any = row_rms  # the error norm of each row ((batch, n) -> (batch,) float64)
-    # the tableau's first-same-as-last property, read once (a tableau recomputes it)
+    # the solver's first-same-as-last property, read once (a tableau recomputes it)
     fsal: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "fsal", self.solver.tableau.fsal)
+        object.__setattr__(self, "fsal", self.solver.row_fsal)
 
 
 class Step(NamedTuple):
@@ -73,7 +74,7 @@ def attempt(
     n_steps: torch.Tensor,
     n_accepted: torch.Tensor,
 ) -> Step:
-    """One step attempt of every sample: the solver's step (``ExplicitRK.propose``), the
+    """One step attempt of every sample: the solver's step (``propose_rows``), the
     error ratio of each sample, and the controller's decision and next proposal
     (``PIController.decide`` on tensors). Finished samples sit at their end, so their steps
     have size zero and change nothing. ``buffer``: graph-free eager mode (f writes the
@@ -81,13 +82,7 @@ def attempt(
     # land on the sample's end when the proposal reaches it
     t1 = torch.minimum(proposal, t_stop) if k.sign > 0 else torch.maximum(proposal, t_stop)
     h = t1 - t
-    h_y = h.to(y.real.dtype)[:, None]
-    c = k.solver.tableau.c
-
-    def evaluate(i: int, y_stage: torch.Tensor) -> torch.Tensor:
-        return call(t1 if c[i] == 1 else torch.add(t, h, alpha=c[i]), y_stage)
-
-    y1, error, ks, k_all = k.solver.propose(y, h_y, f0, evaluate, buffer)
+    y1, error, k_last, k_all = k.solver.propose_rows(call, t, t1, h, y, f0, buffer)
     with torch.no_grad():
         y_abs, y1_abs = _plain(y).abs(), _plain(y1).abs()
         scale = torch.addcmul(k.atol, torch.maximum(y_abs, y1_abs), k.rtol)
@@ -105,7 +100,7 @@ def attempt(
         h=h,
         y1=y1,
         k_all=k_all,
-        k_last=ks[-1],
+        k_last=k_last,
         accept=accept,
         t_next=t_next,
         proposal=proposal,
@@ -114,7 +109,7 @@ def attempt(
         n_accepted=n_accepted + accept,
         still=(t_next != t_stop) & active,
         y_accepted=torch.where(accept_col, y1, y),
-        f0_accepted=torch.where(accept_col, ks[-1], f0) if fsal else None,
+        f0_accepted=torch.where(accept_col, k_last, f0) if fsal else None,
     )
 
 

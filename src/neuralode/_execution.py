@@ -197,10 +197,14 @@ def _cached(per_sample: tuple, compile: tuple, aliases: tuple) -> Execution:
 
 def check_device_loop(solver: Any, controller: Any, what: str) -> None:
     """Raise a clear error if the solver or controller cannot run in the device loop."""
-    if not isinstance(solver, ExplicitRK) or not solver.adaptive:
+    from .sde._engine import SDESolver  # (sde imports the engine)
+
+    if isinstance(solver, SDESolver):
+        pass  # per sample only, on its conditions: ``sde._engine.check_sde_solve``
+    elif not isinstance(solver, ExplicitRK) or not solver.adaptive:
         raise ValueError(
             f"{what} supports the adaptive explicit Runge-Kutta methods (dopri5, "
-            f"tsit5, bosh3, dopri8, ...), got {solver!r}"
+            f"tsit5, bosh3, dopri8, ...) and, per sample, the SDE solvers, got {solver!r}"
         )
     if not isinstance(controller, PIController):
         raise ValueError(f"{what} needs a PIController, got {controller!r}")

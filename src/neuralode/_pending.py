@@ -119,8 +119,7 @@ def _locate_events(
 
 def _extra_stages(solver: ExplicitRK) -> int:
     """Evaluations of f the dense output adds to a step besides f(t1, y1)."""
-    dense = solver.tableau.dense
-    return 0 if dense is None else sum(c != 1 for c in dense.extra_c)
+    return solver.dense_extra_stages
 
 
 def _dense_stages(
@@ -297,7 +296,7 @@ def _interpolate(
     offset: torch.Tensor,
 ) -> torch.Tensor:
     """y at t0 + offset for each sample (offset = output time - the sample's t0), on the
-    solver's dense output (``ExplicitRK.dense``)."""
+    solver's dense output (``ExplicitRK.dense``; an SDE method's: linear)."""
     theta = offset / torch.where(h == 0, 1.0, h)  # (batch,) float64
     return solver.dense(y0, y1, h.to(y0.real.dtype)[:, None], stacked, f1, theta)
 

@@ -31,7 +31,10 @@ device.
 
 A step attempt of the whole batch (stages, error, decisions) is one function, ``_attempt.attempt``,
 run eagerly or, with ``compile_step``, as one torch.compile graph (f included); with
-``cuda_graph`` it is captured once as a CUDA graph and replayed (``_cuda_graph``).
+``cuda_graph`` it is captured once as a CUDA graph and replayed (``_cuda_graph``). The solver
+supplies its per-row maths (``for_rows``, ``row_facts``, ``propose_rows``, ``dense``): an
+explicit Runge-Kutta method's stages and dense output, or an SDE method's step-doubled steps
+on each row's own Brownian interval with linear outputs (``sde._engine._SDERows``).
 """
 
 from __future__ import annotations
@@ -92,7 +95,8 @@ class _BatchTerm:
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         term = self.term
-        term.nfe += 1
+        if term.counting:  # (an SDE's drift counts its own calls)
+            term.nfe += 1
         rows = self.rows
         if rows is None:
             self.rows_evaluated += self.batch
@@ -144,7 +148,7 @@ def integrate_per_sample(
     (batch, outputs) with rows in one direction. Without ``config.per_sample``
     (``device_loop``), the whole state is one problem. ``stats.status`` receives each
     sample's ``Status`` (a 0-dim one for ``device_loop``)."""
-    solver: ExplicitRK = config.solver
+    solver: ExplicitRK = config.solver.for_rows(term, y0_flat)
     ctrl: PIController = config.controller
     if config.per_sample:
         batch = int(term.spec.shapes[0][0])
@@ -160,8 +164,7 @@ def integrate_per_sample(
     stats.status = status if config.per_sample else status[0]
     if n_out == 1:
         return y0_flat[None]
-    tab = solver.tableau
-    co = solver._coefficients(y0_flat)  # made before a compiled step runs
+    facts = solver.row_facts(y0_flat)
     exponent = 1.0 / (solver.error_order + 1)
     rtol = tolerance_tensor(ctrl.rtol, y)
     atol = tolerance_tensor(ctrl.atol, y)
@@ -195,7 +198,7 @@ def integrate_per_sample(
 
     outputs = y.expand(n_out, *y.shape)  # (outputs, batch, n): written at the checks
     next_out = torch.ones(batch, dtype=torch.long, device=device)
-    stages, fsal = co.stages, co.fsal
+    stages, fsal = facts.stages, facts.fsal
     constants = Constants(solver, ctrl, rtol, atol, sign, exponent)
     events = config.events  # a SampleEvents, or None
     terminal = events is not None and events.event.terminal
@@ -220,7 +223,8 @@ def integrate_per_sample(
     else:
         step_fn = _attempt
         # (not under torch.func transforms: f's values cannot be written into a plain buffer)
-        if not torch.is_grad_enabled() and not config.cuda_graph and not wrapped(y0_flat):
+        graph_free = not torch.is_grad_enabled() and not config.cuda_graph
+        if graph_free and stages and not wrapped(y0_flat):
             buffer = term.stage_buffer(stages, y0_flat)  # stages reused by every step
     attempt = functools.partial(step_fn, f.uncounted if count_outside else f, constants, buffer)
     if config.cuda_graph:
@@ -233,7 +237,7 @@ def integrate_per_sample(
     copy_stages = buffer is not None and keep_steps and most_pending > 1  # steps that wait
     if events is not None:
         events.start(t, y)
-    needs_f1 = tab.dense is None or len(tab.dense.extra_c) > 0
+    needs_f1 = facts.needs_f1
     iteration, next_check, n_still, stalled = 0, 1, -1, False  # known at the checks
     while True:
         iteration += 1
@@ -296,7 +300,7 @@ def integrate_per_sample(
                 still = still & (codes == 0)
                 n_still = int(across(still.sum(), torch.sum))
         active = still
-        if not fsal:  # f(t1, y1): the next f0, or the interpolant of a located event
+        if not fsal and facts.needs_f0:  # f(t1, y1): the next f0, or an event's interpolant
             nfe = nfe + (accept & reached.still)
         if not n_still:
             break
@@ -304,7 +308,7 @@ def integrate_per_sample(
             f.keep(still, n_still)
         if fsal:
             f0 = step.f0_accepted
-        else:  # f(t1, y1) starts the next step of the accepted samples
+        elif facts.needs_f0:  # f(t1, y1) starts the next step of the accepted samples
             f_next = f(t, y) if f1 is None else f1
             f0 = torch.where(accept[:, None], f_next, f0)
             if pending:  # the waiting step's f(t1, y1), where accepted
@@ -321,7 +325,7 @@ def integrate_per_sample(
     fill = y if config.throw else torch.where((status > 0)[:, None], torch.nan, y)
     outputs = torch.where(later[..., None], fill, outputs)
     stats.status = status if config.per_sample else status[0]
-    nfe = nfe + (stages - 1) * n_steps
+    nfe = nfe + solver.evaluations_per_attempt() * n_steps
     n_rejected = n_steps - n_accepted
 
     # (summed over the problems under torch.func.vmap)

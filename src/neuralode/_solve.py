@@ -221,7 +221,7 @@ def solve(
             f"throw=False needs gradient=Direct() (or no autograd graph): a failed solve's NaN "
             f"outputs have no {type(gradient).__name__} gradient"
         )
-    if execution.per_sample:
+    if execution.per_sample and not isinstance(func, SDETerm):
         func = _BatchTime(func, int(spec.shapes[0][0]))
     if norm is None:
         norm = rms_norm if spec.is_leaf else mixed_norm(spec.numels)

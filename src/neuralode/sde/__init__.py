@@ -4,7 +4,9 @@
 ``sdeint`` solves with gradients by backprop, ``sdeint_adjoint`` with the stochastic adjoint
 (Li et al. 2020; O(1) memory in the number of steps) or reversible Heun's exact adjoint
 (Kidger et al. 2021). Brownian motion: ``BrownianInterval`` (and ``BrownianPath``,
-``BrownianTree``, ``ReverseBrownian``). Names of methods and types: ``neuralode.sde.settings``.
+``BrownianTree``, ``ReverseBrownian``) and ``VirtualBrownianTree`` (a pure function of the
+query times, one time per row: the Brownian motion of per-sample solves). Names of methods
+and types: ``neuralode.sde.settings``.
 In the core API the same methods are solvers of the one loop: ``neuralode.solve(SDETerm(sde,
 bm), y0, ts, solver=SDESolver("euler"), controller=FixedGrid(step_size=dt))``.
 """
@@ -22,6 +24,7 @@ from ._brownian import (
 )
 from ._engine import SDESolver, SDETerm
 from ._sdeint import sdeint
+from ._virtual import VirtualBrownianTree
 
 __all__ = [
     "BaseBrownian",
@@ -34,6 +37,7 @@ __all__ = [
     "SDESolver",
     "SDETerm",
     "SDEStratonovich",
+    "VirtualBrownianTree",
     "brownian_interval_like",
     "sdeint",
     "sdeint_adjoint",

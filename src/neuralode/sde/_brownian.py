@@ -37,6 +37,67 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
+_LEFT_HALF, _RIGHT_HALF, _BOTH_HALVES = 0, 1, 2
+
+
+def _sqrt(x):
+    return math.sqrt(x) if isinstance(x, float) else torch.sqrt(x)
+
+
+def bridge(W, H, left, right, h, noise_w, noise_h, side=_BOTH_HALVES):  # noqa: N803
+    """The Brownian bridge: the increment and space-time Lévy area ``(W, H)`` of the halves
+    of an interval of length ``h`` split ``left`` after its start (``right = h - left``
+    before its end), given the interval's ``W`` and ``H`` (``None``: no Lévy area) and two
+    standard normal noises; ``side`` picks the left half, the right half or both (a pair).
+    The lengths are floats (one split for every row) or tensors broadcasting against ``W``
+    (each row its own split); the halves' ``W`` add up to the interval's. Every Brownian
+    motion of the package (``BrownianInterval``, ``VirtualBrownianTree``) splits with it."""
+    if H is None:
+        left_w = (left / h) * W + _sqrt(left * right / h) * noise_w
+        halves = ((left_w, None), (W - left_w, None))
+        return halves if side == _BOTH_HALVES else halves[side]
+    v = 0.5 * _sqrt(left * right / (left**3 + right**3))
+    a = v * left**2 / h
+    b = v * right**2 / h
+    c = v * _RSQRT3
+    third = 2 * (a * left + b * right) / h
+    halves = []
+    if side != _RIGHT_HALF:
+        first = left / h
+        second = 6 * first * right / h
+        halves.append(
+            (
+                first * W + second * H + third * noise_w,
+                first**2 * H - a * noise_w + c * right * noise_h,
+            )
+        )
+    if side != _LEFT_HALF:
+        first = right / h
+        second = 6 * first * left / h
+        halves.append(
+            (
+                first * W - second * H - third * noise_w,
+                first**2 * H - b * noise_w - c * left * noise_h,
+            )
+        )
+    return tuple(halves) if side == _BOTH_HALVES else halves[0]
+
+
+def levy_area(W, H, h, noise, approximation: str):  # noqa: N803
+    """Davie's (or Foster's) approximation of the Lévy area over an interval of length ``h``
+    (a float, or a tensor broadcasting against (..., m, m)) from its ``W`` and ``H``, shape
+    (..., m), and standard normal ``noise`` of shape (..., m, m)."""
+    A = H.unsqueeze(-1) * W.unsqueeze(-2) - W.unsqueeze(-1) * H.unsqueeze(-2)  # noqa: N806
+    noise = noise - noise.transpose(-1, -2)  # skew-symmetric, variance 2
+    if approximation == LEVY_AREA_APPROXIMATIONS.foster:
+        tenth = 0.1 * h
+        squared = H**2
+        std = (tenth * (tenth + squared.unsqueeze(-1) + squared.unsqueeze(-2))).sqrt()
+    else:
+        std = _sqrt(h**2 / 12)
+    return A + std * noise
+
+
 class BaseBrownian(metaclass=abc.ABCMeta):
     """The interface of every Brownian motion: ``bm(ta, tb)`` is the increment over
     ``[ta, tb]``; ``return_U`` adds the space-time Lévy area scaled as ``U = h (W / 2 + H)``
@@ -374,49 +435,18 @@ class BrownianInterval(BaseBrownian):
         parent = tree.parent[child]
         W, H = parent_values  # noqa: N806
         start, mid, end = tree.start[parent], tree.mid[parent], tree.end[parent]
-        h = end - start
-        left = mid - start
-        right = end - mid
-        is_left = child & 1
         noise_w = self._randn(self._seed(parent, 0))
-        if not self._have_H:
-            left_w = (left / h) * W + math.sqrt(left * right / h) * noise_w
-            return (left_w, None) if is_left else (W - left_w, None)
-        noise_h = self._randn(self._seed(parent, 1))
-        v = 0.5 * math.sqrt(left * right / (left**3 + right**3))
-        a = v * left**2 / h
-        b = v * right**2 / h
-        c = v * _RSQRT3
-        third = 2 * (a * left + b * right) / h
-        if is_left:
-            first = left / h
-            second = 6 * first * right / h
-            return (
-                first * W + second * H + third * noise_w,
-                first**2 * H - a * noise_w + c * right * noise_h,
-            )
-        first = right / h
-        second = 6 * first * left / h
-        return (
-            first * W - second * H - third * noise_w,
-            first**2 * H - b * noise_w - c * left * noise_h,
-        )
+        noise_h = self._randn(self._seed(parent, 1)) if self._have_H else None
+        side = _LEFT_HALF if child & 1 else _RIGHT_HALF
+        return bridge(W, H, mid - start, end - mid, end - start, noise_w, noise_h, side)
 
     def _levy_area(self, node: int, W, H):  # noqa: N803
         """Davie's (or Foster's) approximation of the Lévy area from ``W`` and ``H``."""
         if len(self._size) < 2:
             return torch.zeros_like(W)
         h = self._tree.end[node] - self._tree.start[node]
-        A = H.unsqueeze(-1) * W.unsqueeze(-2) - W.unsqueeze(-1) * H.unsqueeze(-2)  # noqa: N806
         noise = self._randn(self._seed(node, 2), (*self._size, self._size[-1]))
-        noise = noise - noise.transpose(-1, -2)  # skew-symmetric, variance 2
-        if self._levy_area_approximation == LEVY_AREA_APPROXIMATIONS.foster:
-            tenth = 0.1 * h
-            squared = H**2
-            std = (tenth * (tenth + squared.unsqueeze(-1) + squared.unsqueeze(-2))).sqrt()
-        else:
-            std = math.sqrt(h**2 / 12)
-        return A + std * noise
+        return levy_area(W, H, h, noise, self._levy_area_approximation)
 
     # ----------------------------------------------------------------------------------------
     # queries

@@ -6,6 +6,10 @@ of ``_solvers`` (the same step formulas ``sdeint`` runs), drawing their Brownian
 from the term's Brownian motion. Fixed steps come from ``FixedGrid``; adaptive steps from the
 ``PIController`` on the step-doubling error estimate (one step of ``h`` against two of
 ``h / 2``). Outputs between steps are linear interpolations, as in torchsde.
+
+With ``per_sample=True`` the device loop (``_per_sample``) runs the same steps row by row
+(``_SDERows``): every sample its own times, step sizes, step-doubling error and PI decisions,
+the Brownian motion asked for each row's own interval (a ``VirtualBrownianTree``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from .._solution import SolveStats
 from .._term import ODETerm
 from .._tree import TreeSpec, tree_spec
 from ..controllers.base import StepSizeController
-from ..solvers.base import Solver, Step
+from ..solvers.base import RowFacts, Solver, Step
 from ._base import _Forward
 from ._solvers import make_solver
 from .settings import METHODS, NOISE_TYPES, SDE_TYPES
@@ -205,20 +209,28 @@ class SDESolver(Solver):
         term.extra = extra
         return stepper, extra
 
+    def advance(
+        self, stepper: Any, t0: Any, t1: Any, y: torch.Tensor, extra: Any, t_mid: Any = None
+    ) -> tuple:
+        """The method's step from ``t0`` to ``t1`` (floats, or (batch,) tensors: each row its
+        own step) on the (batch, channels) state: ``(y1, error, extra1)``; with step
+        doubling ``y1`` is two half steps (meeting at ``t_mid``, by default the midpoint)
+        and ``error`` their difference from one full step (else ``None``)."""
+        if not self.step_doubling:
+            y1, extra1 = stepper.step(t0, t1, y, extra)
+            return y1, None, extra1
+        y_full, _ = stepper.step(t0, t1, y, extra)
+        t_mid = midpoint(t0, t1) if t_mid is None else t_mid
+        y_mid, extra_mid = stepper.step(t0, t_mid, y, extra)
+        y1, extra1 = stepper.step(t_mid, t1, y_mid, extra_mid)
+        return y1, y_full - y1, extra1
+
     def step(
         self, term: ODETerm, t0: float, t1: float, y0: torch.Tensor, state: Any, perturb: bool
     ) -> Step:
         stepper, extra = state
-        y = y0.view(term.shape)
-        error = None
-        if self.step_doubling:
-            y_full, _ = stepper.step(t0, t1, y, extra)
-            t_mid = 0.5 * (t0 + t1)
-            y_mid, extra_mid = stepper.step(t0, t_mid, y, extra)
-            y1, extra1 = stepper.step(t_mid, t1, y_mid, extra_mid)
-            error = (y_full - y1).reshape(-1)
-        else:
-            y1, extra1 = stepper.step(t0, t1, y, extra)
+        y1, error, extra1 = self.advance(stepper, t0, t1, y0.view(term.shape), extra)
+        error = None if error is None else error.reshape(-1)
         return Step(t0, t1, y0, y1.reshape(-1), error, [], extra={"state": (stepper, extra1)})
 
     def accept(self, term: ODETerm, step: Step, perturb: bool) -> Any:
@@ -230,11 +242,124 @@ class SDESolver(Solver):
 
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
         """Linear between the step's ends (torchsde's outputs between steps)."""
-        th = thetas.to(device=step.y0.device, dtype=step.y0.dtype)[:, None]
-        return torch.lerp(step.y0[None], step.y1[None], th)
+        return self.dense(step.y0[None], step.y1[None], None, None, None, thetas)
+
+    def dense(
+        self,
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        h: Any,
+        stacked: Any,
+        f1: Any,
+        theta: torch.Tensor,
+    ) -> torch.Tensor:
+        """The states at the step fractions ``theta`` (float64), linear between the ends
+        ``y0`` and ``y1``: ``theta`` (m,) against one step's (1, n) ends gives (m, n), or
+        (batch,) against per-sample (batch, n) ends gives (batch, n)."""
+        th = theta.to(device=y0.device, dtype=y0.dtype)[:, None]
+        return torch.lerp(y0, y1, th)
+
+    def for_rows(self, term: ODETerm, like: torch.Tensor) -> _SDERows:
+        """The method as the device loop runs it (``per_sample=True``): ``_SDERows``.
+
+        Raises:
+            ValueError: a Brownian motion whose batch is not the state's.
+        """
+        if not isinstance(term, BoundSDETerm):
+            raise TypeError(
+                f"{self.name} solves SDEs: pass the SDE as no.solve(SDETerm(sde, bm), ...)"
+            )
+        bm_rows = tuple(term.bm.shape[:1])
+        if bm_rows != term.shape[:1]:
+            raise ValueError(
+                f"per_sample=True: the Brownian motion has {bm_rows[0] if bm_rows else 1} "
+                f"rows but y0 has {term.shape[0]} samples; make it with size=(batch, noise "
+                "channels)"
+            )
+        return _SDERows(self, term)
 
     def __repr__(self) -> str:
         return f"SDESolver({self.method!r}, step_doubling={self.step_doubling})"
+
+
+def midpoint(t0: Any, t1: Any) -> Any:
+    """The point where step doubling's two half steps meet."""
+    return 0.5 * (t0 + t1)
+
+
+class _AttemptBrownian:
+    """The rows' Brownian motion during one attempt (``_SDERows``): the path at the
+    attempt's times (start, midpoint, end) comes from one bisection (``prepare``), and the
+    method's queries between them are answered from it; any other query goes to the
+    Brownian motion itself. The values are the Brownian motion's, bit for bit."""
+
+    def __init__(self, bm: Any):
+        self.bm = bm
+        self.shape = bm.shape
+        self.levy_area_approximation = bm.levy_area_approximation
+        self._times: tuple = ()
+        self._points: list = []
+
+    def prepare(self, times: tuple) -> None:
+        self._times = times  # kept: the ids below stay theirs
+        self._points = self.bm.points(times)
+
+    def __call__(self, ta: Any, tb: Any, return_U: bool = False, return_A: bool = False) -> Any:  # noqa: N803
+        ids = [id(t) for t in self._times]
+        if id(ta) in ids and id(tb) in ids:
+            a, b = self._points[ids.index(id(ta))], self._points[ids.index(id(tb))]
+            return self.bm.between(ta, tb, a, b, return_U, return_A)
+        return self.bm(ta, tb, return_U=return_U, return_A=return_A)
+
+
+class _SDERows:
+    """An ``SDESolver`` on the device loop's rows (``per_sample=True``): each row steps from
+    its own ``t`` to ``t1`` with the method's step formulas (``SDESolver.advance`` with (batch,)
+    times: ``f`` and ``g`` receive each row's time, the Brownian motion each row's interval),
+    its step-doubling error decides the row's step; outputs are linear between the ends.
+    The method keeps no stages and needs no f(t0, y0) or f(t1, y1)."""
+
+    row_fsal = False
+    dense_extra_stages = 0
+
+    def __init__(self, solver: SDESolver, term: BoundSDETerm):
+        self.solver = solver
+        self.term = term
+        self.error_order = solver.error_order
+        dtype, device = term.sde_time_dtype, term.device
+        points = hasattr(term.bm, "points") and hasattr(term.bm, "between")
+        self.bm = _AttemptBrownian(term.bm) if points else None
+        bm = term.bm if self.bm is None else self.bm
+        self.stepper = make_solver(solver.method, term.forward, bm, dtype, device, solver.options)
+        self.calls = 0  # f and g evaluations of one attempt (the same for every attempt)
+
+    def row_facts(self, like: torch.Tensor) -> RowFacts:
+        return RowFacts(stages=0, fsal=False, needs_f0=False, needs_f1=False)
+
+    def evaluations_per_attempt(self) -> int:
+        return self.calls
+
+    def propose_rows(
+        self,
+        call: Any,
+        t: torch.Tensor,
+        t1: torch.Tensor,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        f0: Any,
+        buffer: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, None, torch.Tensor]:
+        """Every row's step from ``t`` to ``t1``: ``(y1, error, None, no stages)``."""
+        before = self.term.nfe
+        t_mid = midpoint(t, t1) if self.solver.step_doubling else None
+        if self.bm is not None:
+            self.bm.prepare((t, t1) if t_mid is None else (t, t_mid, t1))
+        y1, error, _ = self.solver.advance(self.stepper, t, t1, y, (), t_mid)
+        self.calls = self.term.nfe - before
+        return y1, error, None, y.new_zeros((0, *y.shape))
+
+    def dense(self, *args: Any) -> torch.Tensor:
+        return self.solver.dense(*args)
 
 
 def check_sde_solve(
@@ -244,8 +369,9 @@ def check_sde_solve(
 
     Raises:
         ValueError: an ``SDETerm`` with a non-SDE solver (or the reverse), a gradient other
-            than ``Direct()``, output times that require gradients, an event, per-sample mode
-            or compilation.
+            than ``Direct()``, output times that require gradients, an event, compilation,
+            or per-sample mode without a Brownian motion of per-row times, step doubling or
+            with reversible Heun.
     """
     is_term = isinstance(func, SDETerm)
     if isinstance(solver, SDESolver) and not is_term:
@@ -270,11 +396,38 @@ def check_sde_solve(
         )
     if event is not None:
         raise ValueError("an SDETerm does not support events")
-    if execution.per_sample or execution.device_loop or execution.compile or execution.cuda_graph:
+    if execution.device_loop or execution.compile or execution.cuda_graph:
         raise ValueError(
-            "an SDETerm runs in the host loop only: per_sample, device_loop, compile and "
-            "cuda_graph are not supported for SDEs (each sample's own adaptive steps would "
-            "need per-sample Brownian queries)"
+            "an SDETerm runs in the host loop or per sample (per_sample=True): device_loop, "
+            "compile and cuda_graph are not supported for SDEs"
+        )
+    if execution.per_sample:
+        _check_per_sample(func, solver, execution)
+
+
+def _check_per_sample(term: SDETerm, solver: SDESolver, execution: Any) -> None:
+    """Refuse, with the fix, a per-sample SDE solve that cannot run."""
+    if execution.skip_finished:
+        raise ValueError(
+            "per_sample='skip_finished' is not supported for SDEs (the methods evaluate f and "
+            "g on every row): use per_sample=True"
+        )
+    if not getattr(term.bm, "per_row_times", False):
+        raise ValueError(
+            "per_sample=True with an SDE needs a Brownian motion that takes one time per "
+            f"sample, got {type(term.bm).__name__}: use bm=neuralode.sde.VirtualBrownianTree("
+            f"t0, t1, size={tuple(term.bm.shape)}, ...) (each sample then steps on its own path)"
+        )
+    if not solver.step_doubling:
+        raise ValueError(
+            "per_sample=True with an SDE takes adaptive steps: use SDESolver(method, "
+            "step_doubling=True) with a no.PIController (fixed steps are the same for every "
+            "sample: solve without per_sample)"
+        )
+    if solver.method == METHODS.reversible_heun:
+        raise ValueError(
+            "per_sample=True does not support 'reversible_heun' (its state carries f and g "
+            "between steps): use 'heun' or 'midpoint', or solve without per_sample"
         )
 
 

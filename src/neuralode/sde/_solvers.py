@@ -1,16 +1,22 @@
-"""SDE solvers: each is a step ``(t0, t1, y0, extra) -> (y1, extra)`` on host-float times.
+"""SDE solvers: each is a step ``(t0, t1, y0, extra) -> (y1, extra)``.
+
+The times are host floats (one problem: every row steps from ``t0`` to ``t1``; they reach the
+user's ``f`` and ``g`` as 0-dim tensors of the time dtype, as in torchsde) or float64 tensors
+of shape (batch,) (per sample: row i steps from ``t0[i]`` to ``t1[i]``; ``f`` and ``g``
+receive the (batch,) times, the Brownian motion is asked for each row's interval). The step
+formulas are written once for both: ``span`` is the step as the states see it (a float, or
+(batch, 1)), ``at`` the time at a fraction of it, and ``_ratio`` divides by a step that is
+zero for finished samples (whose steps are discarded) without making NaN.
 
 Every solver names the SDE type, noise types and Lévy area approximations it supports and its
 strong and weak orders; the checks happen once, when the solver is made (``make_solver``).
-Times reach the user's ``f`` and ``g`` as 0-dim tensors of the time dtype, as in torchsde.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from ._brownian import _sqrt
 from .settings import LEVY_AREA_APPROXIMATIONS, METHOD_OPTIONS, METHODS, NOISE_TYPES, SDE_TYPES
 
 _ALL_NOISE = tuple(NOISE_TYPES.all())
@@ -20,6 +26,24 @@ _WITH_H = (
     LEVY_AREA_APPROXIMATIONS.davie,
     LEVY_AREA_APPROXIMATIONS.foster,
 )
+
+
+def span(t0, t1, y0: torch.Tensor):
+    """The step from ``t0`` to ``t1`` as the states see it: a float, or per sample (batch, 1)
+    in ``y0``'s dtype."""
+    if isinstance(t1, torch.Tensor) and t1.ndim == 1:
+        return (t1 - t0).to(y0.dtype)[:, None]
+    return t1 - t0
+
+
+def _ratio(a, b):
+    """``a / b``; for a tensor ``b`` (per-sample steps) 0 where ``b`` is 0 (the zero step of
+    a finished sample: its noise is zero too, so 0 is the limit, and no NaN reaches the
+    gradients of the rows that step)."""
+    if not isinstance(b, torch.Tensor):
+        return a / b
+    zero = b == 0
+    return torch.where(zero, 0.0, a / torch.where(zero, 1.0, b))
 
 
 class Solver:
@@ -39,8 +63,15 @@ class Solver:
         self._dtype = time_dtype
         self._device = time_device
 
-    def time(self, t: float) -> torch.Tensor:
+    def time(self, t: float | torch.Tensor) -> torch.Tensor:
+        """The time as ``f`` and ``g`` receive it: 0-dim, or (batch,) per sample."""
+        if isinstance(t, torch.Tensor):
+            return t.to(self._dtype)
         return torch.tensor(t, dtype=self._dtype, device=self._device)
+
+    def at(self, t0, t1, c: float) -> torch.Tensor:
+        """The time at the fraction ``c`` of the step from ``t0`` to ``t1``."""
+        return self.time(t0 + c * (t1 - t0))
 
     def init_extra_solver_state(self, t0: float, y0: torch.Tensor) -> tuple:
         return ()
@@ -63,7 +94,7 @@ class Euler(Solver):
         self.strong_order = 1.0 if sde.noise_type == NOISE_TYPES.additive else 0.5
 
     def step(self, t0, t1, y0, extra):
-        return y0 + self.sde.increment(self.time(t0), y0, t1 - t0, self.bm(t0, t1)), ()
+        return y0 + self.sde.increment(self.time(t0), y0, span(t0, t1, y0), self.bm(t0, t1)), ()
 
 
 class _Milstein(Solver):
@@ -85,18 +116,18 @@ class _Milstein(Solver):
         self.grad_free = grad_free
 
     def step(self, t0, t1, y0, extra):
-        dt = t1 - t0
+        dt = span(t0, t1, y0)
         dW = self.bm(t0, t1)  # noqa: N806
         v = dW**2 - dt if self.sde_type == SDE_TYPES.ito else dW**2
         t = self.time(t0)
         if self.grad_free:
             f, g = self.sde.f_and_g(t, y0)
             g_ = g.squeeze(2) if g.dim() == 3 else g
-            sqrt_dt = math.sqrt(dt)
+            sqrt_dt = _sqrt(dt)
             shift = f * dt if self.sde_type == SDE_TYPES.ito else 0.0
             g_prime = self.sde.g(t, y0 + shift + g_ * sqrt_dt)
             g_prod = self.sde.prod(g, dW)
-            gdg_prod = self.sde.prod(g_prime - g, v) / (2 * sqrt_dt)
+            gdg_prod = _ratio(self.sde.prod(g_prime - g, v), 2 * sqrt_dt)
             return y0 + f * dt + g_prod + gdg_prod, ()
         increment, gdg_prod = self.sde.increment_and_gdg(t, y0, dt, dW, 0.5 * v)
         return y0 + increment + gdg_prod, ()
@@ -157,9 +188,9 @@ class SRK(Solver):
 
     def _diagonal(self, t0, t1, y0):
         tab = _SRID2
-        dt = t1 - t0
-        rdt = 1 / dt
-        sqrt_dt = math.sqrt(dt)
+        dt = span(t0, t1, y0)
+        rdt = _ratio(1, dt)
+        sqrt_dt = _sqrt(dt)
         dW, U = self.bm(t0, t1, return_U=True)  # noqa: N806
         i_kk = (dW**2 - dt) * 0.5
         i_kkk = (dW**3 - 3 * dt * dW) / 6
@@ -182,14 +213,14 @@ class SRK(Solver):
                 or any(row[s] for row in tab["A0"][s + 1 :])
                 or any(row[s] for row in tab["A1"][s + 1 :])
             )
-            f = self.sde.f(self.time(t0 + tab["C0"][s] * dt), h0) * dt if needs_f else None
-            g = self.sde.g(self.time(t0 + tab["C1"][s] * dt), h1)
+            f = self.sde.f(self.at(t0, t1, tab["C0"][s]), h0) * dt if needs_f else None
+            g = self.sde.g(self.at(t0, t1, tab["C1"][s]), h1)
             g = g.squeeze(2) if g.dim() == 3 else g
             fs.append(f)
             gs.append(g)
             weight = (
                 tab["beta1"][s] * dW
-                + (tab["beta2"][s] / sqrt_dt) * i_kk
+                + _ratio(tab["beta2"][s], sqrt_dt) * i_kk
                 + tab["beta3"][s] * u_rdt
                 + (tab["beta4"][s] * rdt) * i_kkk
             )
@@ -200,9 +231,9 @@ class SRK(Solver):
 
     def _additive(self, t0, t1, y0):
         tab = _SRA1
-        dt = t1 - t0
+        dt = span(t0, t1, y0)
         dW, U = self.bm(t0, t1, return_U=True)  # noqa: N806
-        u_rdt = U / dt
+        u_rdt = _ratio(U, dt)
         y1 = y0
         fs = []
         for i in range(2):
@@ -210,12 +241,12 @@ class SRK(Solver):
             for j in range(i):
                 h0 = h0 + tab["A0"][i][j] * fs[j]
                 h0 = h0 + self.sde.g_prod(
-                    self.time(t0 + tab["C1"][j] * dt), y0, tab["B0"][i][j] * u_rdt
+                    self.at(t0, t1, tab["C1"][j]), y0, tab["B0"][i][j] * u_rdt
                 )
-            f = self.sde.f(self.time(t0 + tab["C0"][i] * dt), h0) * dt
+            f = self.sde.f(self.at(t0, t1, tab["C0"][i]), h0) * dt
             fs.append(f)
             weight = tab["beta1"][i] * dW + tab["beta2"][i] * u_rdt
-            g_prod = self.sde.g_prod(self.time(t0 + tab["C1"][i] * dt), y0, weight)
+            g_prod = self.sde.g_prod(self.at(t0, t1, tab["C1"][i]), y0, weight)
             y1 = y1 + tab["alpha"][i] * f + g_prod
         return y1, ()
 
@@ -232,17 +263,17 @@ class Midpoint(_StratonovichSolver):
     """The stochastic midpoint method (Stratonovich; strong order 1.0 unless general noise)."""
 
     def step(self, t0, t1, y0, extra):
-        dt = t1 - t0
+        dt = span(t0, t1, y0)
         dW = self.bm(t0, t1)  # noqa: N806
         y_mid = y0 + 0.5 * self.sde.increment(self.time(t0), y0, dt, dW)
-        return y0 + self.sde.increment(self.time(t0 + 0.5 * dt), y_mid, dt, dW), ()
+        return y0 + self.sde.increment(self.at(t0, t1, 0.5), y_mid, dt, dW), ()
 
 
 class Heun(_StratonovichSolver):
     """Heun's method (Stratonovich; strong order 1.0 unless general noise)."""
 
     def step(self, t0, t1, y0, extra):
-        dt = t1 - t0
+        dt = span(t0, t1, y0)
         dW = self.bm(t0, t1)  # noqa: N806
         increment = self.sde.increment(self.time(t0), y0, dt, dW)
         increment1 = self.sde.increment(self.time(t1), y0 + increment, dt, dW)
@@ -253,7 +284,7 @@ class EulerHeun(_StratonovichSolver):
     """Euler-Heun: Euler in the drift, Heun in the diffusion (Stratonovich)."""
 
     def step(self, t0, t1, y0, extra):
-        dt = t1 - t0
+        dt = span(t0, t1, y0)
         dW = self.bm(t0, t1)  # noqa: N806
         f, g_prod = self.sde.f_and_g_prod(self.time(t0), y0, dW)
         g_prod1 = self.sde.g_prod(self.time(t1), y0 + g_prod, dW)
@@ -268,10 +299,10 @@ class LogODEMidpoint(_StratonovichSolver):
     adjoint_ok = False
 
     def step(self, t0, t1, y0, extra):
-        dt = t1 - t0
+        dt = span(t0, t1, y0)
         dW, A = self.bm(t0, t1, return_A=True)  # noqa: N806
         f, g_prod = self.sde.f_and_g_prod(self.time(t0), y0, dW)
-        t_mid = self.time(t0 + 0.5 * dt)
+        t_mid = self.at(t0, t1, 0.5)
         y_mid = y0 + (0.5 * dt) * f + 0.5 * g_prod
         f, g_prod = self.sde.f_and_g_prod(t_mid, y_mid, dW)
         return y0 + dt * f + g_prod + self.sde.dg_ga_jvp_column_sum(t_mid, y_mid, A), ()
@@ -291,7 +322,7 @@ class ReversibleHeun(_StratonovichSolver):
 
     def step(self, t0, t1, y0, extra):
         f0, g0, z0 = extra
-        dt = t1 - t0
+        dt = span(t0, t1, y0)
         dW = self.bm(t0, t1)  # noqa: N806
         z1 = 2 * y0 - z0 + f0 * dt + self.sde.prod(g0, dW)
         f1, g1 = self.sde.f_and_g(self.time(t1), z1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -40,6 +40,23 @@ class Step:
     @property
     def dt(self) -> float:
         return self.t1 - self.t0
+
+
+class RowFacts(NamedTuple):
+    """What the device loop (``_per_sample``) keeps and evaluates around a solver's step
+    attempts (``Solver.row_facts``).
+
+    Attributes:
+        stages: the stages kept per attempt, stacked (stages, batch, n), for the outputs.
+        fsal: the last stage is f(t1, y1), the next attempt's f0.
+        needs_f0: each attempt starts from f(t0, y0) (evaluated after accepted steps).
+        needs_f1: the interpolant between a step's ends needs f(t1, y1).
+    """
+
+    stages: int
+    fsal: bool
+    needs_f0: bool
+    needs_f1: bool
 
 
 class Solver(abc.ABC):

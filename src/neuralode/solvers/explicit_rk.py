@@ -10,7 +10,7 @@ import torch
 
 from .._host import wrapped
 from .._term import ODETerm
-from .base import Solver, Step, hermite, hermite_interpolate
+from .base import RowFacts, Solver, Step, hermite, hermite_interpolate
 from .tableau import ButcherTableau
 
 
@@ -206,6 +206,59 @@ class ExplicitRK(Solver):
         if rows is not None and y0.ndim == 1:
             ks = list(rows)  # the rows themselves (f0's copy among them)
         return y1, error, ks, stacked
+
+    # ----------------------------------------------------------------------------------------
+    # the device loop's interface (``_per_sample``, ``_attempt``, ``_pending``)
+
+    def for_rows(self, term: ODETerm, like: torch.Tensor) -> ExplicitRK:
+        """The method as the device loop runs it: itself (its coefficients made now, before
+        a compiled step runs)."""
+        self._coefficients(like)
+        return self
+
+    def row_facts(self, like: torch.Tensor) -> RowFacts:
+        """What the device loop keeps and evaluates around each attempt."""
+        co = self._coefficients(like)
+        dense = self.tableau.dense
+        needs_f1 = dense is None or len(dense.extra_c) > 0
+        return RowFacts(co.stages, co.fsal, True, needs_f1)
+
+    @property
+    def row_fsal(self) -> bool:
+        """The last stage is f(t1, y1), the next attempt's f0."""
+        return self.tableau.fsal
+
+    @property
+    def dense_extra_stages(self) -> int:
+        """Evaluations of f the dense output adds to a step besides f(t1, y1)."""
+        dense = self.tableau.dense
+        return 0 if dense is None else sum(c != 1 for c in dense.extra_c)
+
+    def evaluations_per_attempt(self) -> int:
+        """Evaluations of f in one attempt, besides f0."""
+        return self.tableau.stages - 1
+
+    def propose_rows(
+        self,
+        call: Any,
+        t: torch.Tensor,
+        t1: torch.Tensor,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        f0: torch.Tensor,
+        buffer: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """``propose`` for every row from its own time ``t`` to ``t1`` (``h = t1 - t``, all
+        (batch,) float64), f evaluated by ``call(times, states)``: ``(y1, error, the last
+        stage, the stages stacked (stages, batch, n))``."""
+        h_y = h.to(y.real.dtype)[:, None]
+        c = self.tableau.c
+
+        def evaluate(i: int, y_stage: torch.Tensor) -> torch.Tensor:
+            return call(t1 if c[i] == 1 else torch.add(t, h, alpha=c[i]), y_stage)
+
+        y1, error, ks, k_all = self.propose(y, h_y, f0, evaluate, buffer)
+        return y1, error, ks[-1], k_all
 
     def reject(self, step: Step, state: Any) -> Any:
         # f(t0, y0) does not depend on the step size: keep it for the retry.

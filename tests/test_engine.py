@@ -624,3 +624,35 @@ def test_backsolve_after_a_whole_solve_compiles_its_backward_solve_whole(monkeyp
         sol = no.solve(field, 2 * y0, ts, controller=no.PIController(**TOL),
                        gradient=no.Backsolve(), compile=True)  # fmt: skip
         torch.autograd.grad(sol.ys.square().sum(), [field.rate, y0])
+
+
+def test_constants_cached_under_a_transform_are_plain_tensors(monkeypatch):
+    """Coefficients and tolerances are cached across solves; made first under
+    torch.func.grad they are still plain tensors (a tensor of the transform's level would
+    outlive it and break later solves: a compiled graph cannot read its data)."""
+    from torch._C._functorch import is_functorch_wrapped_tensor
+
+    from neuralode import _norms
+    from neuralode.solvers import explicit_rk
+
+    monkeypatch.setattr(explicit_rk, "_SHARED", {})
+    monkeypatch.setattr(_norms, "_TOLERANCES", {})
+    solver = no.solvers.Tsit5()
+    implicit = no.solvers.RadauIIA5()
+
+    def loss(y: torch.Tensor) -> torch.Tensor:
+        ends = [no.solve(decay, y, TS[:3], solver=s).ys[-1] for s in (solver, implicit)]
+        return sum(e.pow(2).sum() for e in ends)
+
+    y0 = starts(1)[0]
+    torch.func.grad(loss)(y0)
+    cached = [
+        *(v for co in explicit_rk._SHARED.values() for v in (co.b, co.b_error, *co.a)),
+        *_norms._TOLERANCES.values(),
+        *(v for co in implicit._cache.values() for v in (co.a, co.inverse, co.d)),
+    ]
+    assert cached and not any(is_functorch_wrapped_tensor(v) for v in cached)
+    with torch.no_grad():  # the cached constants serve a plain solve and a compiled one
+        eager = no.solve(decay, y0, TS[:3], solver=solver).ys
+        whole = no.solve(decay, y0, TS[:3], solver=solver, compile=True).ys
+    torch.testing.assert_close(whole, eager, rtol=1e-12, atol=1e-12)

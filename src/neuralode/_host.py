@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from typing import Any
 
 import torch
 import torch.autograd.forward_ad as forward_ad
@@ -89,3 +90,11 @@ def across(x: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor]) -> t
     """``reduce`` (sum, amax, amin, any, all: over every element) of the 0-dim ``x`` over
     every vmapped problem, as a plain 0-dim tensor; ``x`` itself if plain."""
     return reduce(plain(x)) if wrapped(x) else x
+
+
+def plain_factories() -> Any:
+    """Within: tensor factories make plain tensors even under a ``torch.func`` transform
+    (which otherwise wraps them at its level). For constants cached across solves
+    (coefficients, tolerances): a wrapped one would outlive its transform and break every
+    later solve that reads it (a compiled graph cannot read its data)."""
+    return torch._C._DisableFuncTorch()

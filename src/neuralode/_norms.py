@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ._host import plain_factories
+
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -34,6 +36,26 @@ def tolerance_tensor(tol: float | torch.Tensor, like: torch.Tensor) -> torch.Ten
     if dtype != like.real.dtype and tensor.ndim == 0:
         tensor = tensor.reshape(1)
     return tensor
+
+
+# Scalar tolerances as tensors, made once per (value, dtype, device): a solve needs them for
+# every step's error scale, and making them costs more than a step's addcmul.
+_TOLERANCES: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def cached_tolerance(tol: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``tolerance_tensor(tol, like)``, made once per scalar value, dtype and device (never
+    written to; a plain tensor, also when first made under a ``torch.func`` transform)."""
+    if isinstance(tol, torch.Tensor):
+        return tolerance_tensor(tol, like)
+    key = (float(tol), like.dtype, like.device)
+    cached = _TOLERANCES.get(key)
+    if cached is None:
+        if len(_TOLERANCES) >= 64:
+            _TOLERANCES.clear()
+        with plain_factories():
+            cached = _TOLERANCES[key] = tolerance_tensor(float(tol), like)
+    return cached
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:

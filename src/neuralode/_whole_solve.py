@@ -26,7 +26,7 @@ from torch._higher_order_ops import while_loop
 from ._attempt import Constants, attempt
 from ._compile import compiled
 from ._errors import NonFiniteError
-from ._norms import row_norm, tolerance_tensor
+from ._norms import cached_tolerance, row_norm
 from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
 from ._term import ODETerm
@@ -93,7 +93,7 @@ def integrate_whole(
     )
     run = compiled(_solve_graph, ("whole", type(solver)), dynamic=False, fullgraph=True)
     ts_tensor = _times(ts, y.device)
-    rtol, atol = _tolerances(ctrl, y)
+    rtol, atol = cached_tolerance(ctrl.rtol, y), cached_tolerance(ctrl.atol, y)
     norm = row_norm(config.norm)
     plan.constants = Constants(solver, ctrl, rtol, atol, plan.sign, plan.exponent, norm)
     try:
@@ -239,23 +239,6 @@ def _solve_graph(plan: _Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch
         [(~torch.isfinite(d1)).any().long(), still.any().long(), it, steps.sum(), accepted.sum()]
     )  # fmt: skip
     return outputs, t, proposal, still, steps, accepted, nfe, d1, report
-
-
-_TOLERANCES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _tolerances(ctrl: PIController, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The controller's tolerances as tensors for ``y`` (graph inputs: other tolerances reuse
-    the graph); scalar ones made once per value, dtype and device."""
-    if isinstance(ctrl.rtol, torch.Tensor) or isinstance(ctrl.atol, torch.Tensor):
-        return tolerance_tensor(ctrl.rtol, y), tolerance_tensor(ctrl.atol, y)
-    key = (float(ctrl.rtol), float(ctrl.atol), y.dtype, y.device)
-    pair = _TOLERANCES.get(key)
-    if pair is None:
-        if len(_TOLERANCES) > 64:
-            _TOLERANCES.clear()
-        pair = _TOLERANCES[key] = (tolerance_tensor(ctrl.rtol, y), tolerance_tensor(ctrl.atol, y))
-    return pair
 
 
 def _times(ts: list[float], device: torch.device) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 
 from .._compile import compiled
 from .._errors import NonFiniteError
-from .._norms import Norm, norm_value, tolerance_tensor
+from .._norms import Norm, cached_tolerance, norm_value
 from .._term import ODETerm
 from ..solvers.base import Solver
 from ._ops import clip as _clip
@@ -170,7 +170,7 @@ class PIController(StepSizeController):
             )
         exponent = 1.0 / (solver.error_order + 1)
         direction = 1.0 if ts[-1] >= ts[0] else -1.0
-        return exponent, direction, _as_tensor(self.rtol, y0), _as_tensor(self.atol, y0)
+        return exponent, direction, cached_tolerance(self.rtol, y0), cached_tolerance(self.atol, y0)
 
     def _first_proposal(self, ts: list[float], direction: float, dt: float) -> float:
         return ts[0] + direction * min(max(dt, self.min_step), self.max_step)
@@ -255,26 +255,6 @@ def check_overflow(t0: float, y0: torch.Tensor) -> None:
 
 def _all_zero(tol: float | torch.Tensor) -> bool:
     return bool((tol == 0).all()) if isinstance(tol, torch.Tensor) else tol == 0
-
-
-# Scalar tolerances as 0-dim tensors, made once per (value, dtype, device): a solve needs
-# them for every step's error scale, and making them costs more than a step's addcmul.
-_TOLERANCES: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
-
-
-def _as_tensor(tol: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``tol`` as a tensor of ``like``'s error dtype on its device (``tolerance_tensor``;
-    never written to)."""
-    if isinstance(tol, torch.Tensor):
-        return tolerance_tensor(tol, like)
-    key = (float(tol), like.dtype, like.device)
-    cached = _TOLERANCES.get(key)
-    if cached is None:
-        if len(_TOLERANCES) >= 64:
-            _TOLERANCES.clear()
-        cached = tolerance_tensor(float(tol), like)
-        _TOLERANCES[key] = cached
-    return cached
 
 
 def _error_ratio(y0: torch.Tensor, y1: torch.Tensor, error: torch.Tensor, state: _PIState) -> float:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._host import wrapped
+from .._host import plain_factories, wrapped
 from .._term import ODETerm
 from .base import RowFacts, Solver, Step, hermite, hermite_interpolate
 from .tableau import ButcherTableau
@@ -67,7 +67,8 @@ class ExplicitRK(Solver):
             shared_key = (type(self), like.dtype, like.device)
             co = _SHARED.get(shared_key)
             if co is None:
-                co = _SHARED[shared_key] = self._build(like.dtype, like.device)
+                with plain_factories():  # (cached: never a transform's tensor)
+                    co = _SHARED[shared_key] = self._build(like.dtype, like.device)
             self._cache[key] = co
         return co
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .._errors import SolverError
-from .._host import forward_mode
+from .._host import forward_mode, plain_factories
 from .._term import ODETerm
 from ._newton import (
     BatchLayout,
@@ -170,7 +170,8 @@ class ImplicitRK(Solver):
         key = (like.dtype, like.device)
         co = self._cache.get(key)
         if co is None:
-            co = self._cache[key] = self._build(like)
+            with plain_factories():  # (cached: never a transform's tensor)
+                co = self._cache[key] = self._build(like)
         return co
 
     def _build(self, like: torch.Tensor) -> _Coefficients:

@@ -82,7 +82,7 @@ def loop_times(ts: list[float] | torch.Tensor, batch: int, device: torch.device)
 def run_spans(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:
     """The flat outputs (n, batch x d) of a per-sample problem with per-sample times
     (``problem.times``, float64 (batch, n)), differentiable by ``gradient`` (the gradients
-    with respect to the times come from ``_solve._run_with_time_gradients``)."""
+    with respect to the times come from ``_dispatch.run_with_time_gradients``)."""
     from ._loop import integrate
     from ._per_sample_events import backsolve_on_clocks
 

@@ -87,10 +87,10 @@ class Backsolve(GradientStrategy):
     ):
         if norm is not None and not callable(norm):
             raise TypeError(f"norm must be callable, got {type(norm).__name__}")
-        from .._solve import _check_grid_times  # the core's conversion (import cycle)
+        from .._validate import check_grid_times  # the core's conversion (import cycle)
 
-        self.step_t = None if step_t is None else _check_grid_times("step_t", step_t)
-        self.jump_t = None if jump_t is None else _check_grid_times("jump_t", jump_t)
+        self.step_t = None if step_t is None else check_grid_times("step_t", step_t)
+        self.jump_t = None if jump_t is None else check_grid_times("jump_t", jump_t)
         self.perturb = perturb
         self.norm = norm
         self.params = params

@@ -1,0 +1,117 @@
+"""How ``solve`` runs a validated problem: by its gradient strategy, with an event, or with
+output times that require gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from ._events import EventGradient, OneProblemEvents
+from ._loop import integrate
+from ._solution import Solution
+from ._spans import run_spans
+from ._validate import check_finite
+from .adjoint.base import GradientStrategy, Problem, time_derivative_inputs
+from .adjoint.direct import Direct
+
+
+class BatchTime(torch.nn.Module):
+    """``func`` called with one time per sample: a 0-dim ``t`` (from the adjoint's backward
+    solve or the time-gradient terms, which run the batch as one system) is expanded."""
+
+    def __init__(self, func: Callable, batch: int):
+        super().__init__()
+        self.batch = batch
+        if isinstance(func, torch.nn.Module):
+            self.module = func
+        else:
+            self.plain = func
+        # f for ``forward`` as a plain attribute: a submodule is found only through
+        # nn.Module.__getattr__, and ``hasattr`` of a missing one raises inside (~1 us a call)
+        self.__dict__["_func"] = func
+
+    def forward(self, t: torch.Tensor, y: Any) -> Any:
+        return self._func(t.expand(self.batch) if t.ndim == 0 else t, y)
+
+    def parameters(self, recurse: bool = True):
+        if hasattr(self, "module"):
+            return self.module.parameters(recurse)
+        raise ValueError(
+            "func is not a torch.nn.Module, so its parameters cannot be found: pass them "
+            "explicitly (params=... in the core API, adjoint_params=... in odeint_adjoint)"
+        )
+
+
+def run_gradient(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:
+    spans = isinstance(problem.times, torch.Tensor)  # per-sample output times
+    if time_derivative_inputs(problem) and (spans or not gradient.handles_time_gradients):
+        return run_with_time_gradients(gradient, problem)
+    return run_spans(gradient, problem) if spans else gradient.run(problem)
+
+
+def solve_with_event(
+    gradient: GradientStrategy, problem: Problem, tracker: OneProblemEvents
+) -> Solution:
+    """Direct: one solve, the event state is in the graph. Other strategies: locate the event
+    in a graph-free solve, then solve up to it with the strategy."""
+    config, stats, ts = problem.config, problem.stats, problem.ts
+    sign = 1.0 if problem.times[-1] > problem.times[0] else -1.0
+    if isinstance(gradient, Direct):
+        problem.config = replace(config, events=tracker)
+        ys = run_gradient(gradient, problem)
+        hit = tracker.terminal_hit()
+        event_y = None if hit is None else hit.y
+        if hit is not None:  # the device loop writes every output, holding the event state
+            ys = ys[: sum(1 for t in problem.times if sign * (t - hit.t) <= 0)]
+    else:
+        with torch.no_grad():
+            integrate(
+                problem.term, problem.y0, problem.times, replace(config, events=tracker), stats
+            )
+        hit = tracker.terminal_hit()
+        at_output = False  # an output time exactly at the event keeps its output, as in Direct
+        if hit is not None:
+            before = sum(1 for t in problem.times if sign * (hit.t - t) > 0)
+            at_output = before < len(problem.times) and problem.times[before] == hit.t
+            t_event = torch.full((1,), hit.t, dtype=ts.dtype, device=ts.device)
+            problem.ts = torch.cat([ts[:before], t_event])
+            problem.times = problem.times[:before] + [hit.t]
+        ys = run_gradient(gradient, problem)
+        event_y = None
+        if hit is not None:
+            ys, event_y = (ys if at_output else ys[:-1]), ys[-1]
+    stats.nfe = problem.term.nfe
+    check_finite(ys, problem.times)
+    solution = Solution(ts=ts[: ys.shape[0]], ys=problem.spec.unflatten(ys), stats=stats)
+    solution.event_ts = torch.tensor(tracker.times(), dtype=ts.dtype, device=ts.device)
+    if hit is not None:
+        t_event = torch.tensor(hit.t, dtype=torch.float64, device=ts.device)
+        event_t, event_y = EventGradient.apply(tracker, problem.func, t_event[None], event_y[None])
+        solution.event_t = event_t[0].to(ts.dtype)
+        solution.event_y = problem.spec.unflatten(event_y[0])
+    return solution
+
+
+def run_with_time_gradients(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:
+    """Make the outputs differentiable in ``ts`` by the exact flow's derivatives.
+
+    dy(t_i)/dt_i = f(t_i, y_i) and dy(t_i)/dt_0 = -dy(t_i)/dy0 . f(t_0, y_0). Both enter as
+    terms ``(t - t.detach()) * f`` that are zero in value but carry the derivative. With
+    per-sample times (batch, n) each sample's times shift its own rows of the flat state.
+    """
+    term, times = problem.term, problem.times
+    shift = (problem.ts - problem.ts.detach()).to(term.time_dtype)
+    spans = isinstance(times, torch.Tensor)
+    if spans:  # (n, batch x d): sample i's shift on its rows
+        shift = shift.T.repeat_interleave(problem.y0.numel() // shift.shape[0], dim=1)
+        times = times.T  # times[j]: every sample's j-th time, (batch,)
+    else:
+        shift = shift[:, None]
+    f0 = term(times[0], problem.y0)
+    problem.y0 = problem.y0 - shift[0] * f0
+    ys = run_spans(gradient, problem) if spans else gradient.run(problem)
+    fs = torch.stack([f0] + [term(t, y) for t, y in zip(times[1:], ys[1:])])
+    return ys + shift * fs

@@ -1,0 +1,190 @@
+"""The checks of ``solve``'s arguments and results: each names the problem and the fix."""
+
+from __future__ import annotations
+
+import cmath
+import warnings
+from typing import Any
+
+import torch
+
+from ._errors import NonFiniteError
+from ._host import across, plain
+from ._norms import LOW_PRECISION, l2_norm, max_norm, rms_norm
+from ._tree import TreeSpec, tree_spec
+from .adjoint import GRADIENTS
+from .adjoint.backsolve import Backsolve
+from .adjoint.base import GradientStrategy
+from .controllers.base import StepSizeController
+from .solvers import METHODS
+from .solvers.base import Solver
+
+_GRADIENTS: dict[str, type[GradientStrategy]] = {**GRADIENTS, "backsolve": Backsolve}
+_NORMS = {"rms": rms_norm, "max": max_norm, "l2": l2_norm}
+
+
+def coerce_strategies(solver: Any, controller: Any, gradient: Any, norm: Any) -> tuple[Any, ...]:
+    """Accept the obvious other forms of the strategy arguments: a method name or a class
+    for ``solver``, a class for ``controller`` and ``gradient``, a name for ``gradient``
+    and ``norm``; anything else of a wrong type is a ``TypeError`` naming what is expected."""
+    if isinstance(solver, str):
+        if solver not in METHODS:
+            raise ValueError(f"unknown solver {solver!r}; available: {', '.join(METHODS)}")
+        solver = METHODS[solver]()
+    solver = _instance("solver", solver, Solver, "a Solver such as no.Dopri5() or a name")
+    controller = _instance(
+        "controller", controller, StepSizeController, "a StepSizeController such as "
+        "no.PIController(rtol, atol)"
+    )  # fmt: skip
+    if isinstance(gradient, str):
+        if gradient.lower() not in _GRADIENTS:
+            raise ValueError(f"unknown gradient {gradient!r}; available: {', '.join(_GRADIENTS)}")
+        gradient = _GRADIENTS[gradient.lower()]()
+    gradient = _instance(
+        "gradient", gradient, GradientStrategy, "Direct(), Backsolve(), Checkpointed() or a name"
+    )
+    if isinstance(norm, str):
+        if norm not in _NORMS:
+            raise ValueError(
+                f"unknown norm {norm!r}; available: {', '.join(_NORMS)} (the default is rms), "
+                "or a callable taking the flat scaled error"
+            )
+        norm = _NORMS[norm]
+    if norm is not None and not callable(norm):
+        raise TypeError(
+            f"norm must be a callable (flat tensor -> 0-dim tensor) or a name, got "
+            f"{type(norm).__name__}"
+        )
+    return solver, controller, gradient, norm
+
+
+def _instance(name: str, value: Any, base: type, expected: str) -> Any:
+    """``value`` (None, an instance of ``base``, or a subclass of it to instantiate)."""
+    if isinstance(value, type) and issubclass(value, base):
+        return value()
+    if value is not None and not isinstance(value, base):
+        shown = value.__name__ if isinstance(value, type) else type(value).__name__
+        raise TypeError(f"{name} must be {expected}, got {shown}")
+    return value
+
+
+def check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:
+    spec, leaves = tree_spec(y0, "y0")
+    if not leaves:
+        raise ValueError("y0 contains no tensors")
+    first = leaves[0]
+    for i, leaf in enumerate(leaves):
+        where = "y0" if spec.is_leaf else f"y0 (tensor {i})"
+        if not (leaf.is_floating_point() or leaf.is_complex()):
+            raise TypeError(
+                f"{where} must be a floating point or complex tensor, got dtype {leaf.dtype}"
+            )
+        if leaf.dtype != first.dtype:
+            raise TypeError(f"{where} has dtype {leaf.dtype}; tensor 0 has {first.dtype}")
+        if leaf.device != first.device:
+            raise ValueError(f"{where} is on {leaf.device}; tensor 0 is on {first.device}")
+    # (a bare tensor matches the spec just made from it: no shape check to repeat)
+    flat = first.reshape(-1) if spec.is_leaf else spec.flatten(y0, "y0")
+    if not all_finite(flat):
+        raise NonFiniteError("y0 contains NaN or inf")
+    return spec, flat
+
+
+def check_tolerances(controller: Any, y0: torch.Tensor) -> None:
+    """Refuse tolerances below a tenth of a 16-bit state's resolution (eps), and warn about
+    those below a hundredth of a wider one's: the error cannot be measured that finely, so
+    the solve would stall or return values far less accurate than asked. An ``atol`` above
+    that level at y0's scale (1 for a zero y0) makes the tolerance reachable."""
+    rtol, atol = getattr(controller, "rtol", None), getattr(controller, "atol", None)
+    if rtol is None or atol is None:
+        return
+    real = y0.real.dtype
+    eps = torch.finfo(real).eps
+    low_precision = real in LOW_PRECISION
+    floor = eps / 10 if low_precision else eps / 100
+    rtol_min = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
+    if rtol_min >= floor:
+        return
+    atol_min = float(atol.min()) if isinstance(atol, torch.Tensor) else float(atol)
+    # the state's magnitude, 1 for a zero y0 (whose solution leaves zero at some scale)
+    scale = (float(y0.detach().abs().max()) if y0.numel() else 0.0) or 1.0
+    if atol_min >= floor * scale:
+        return
+    message = (
+        f"rtol={rtol_min:g} (with atol={atol_min:g}) is below the resolution of y0's dtype "
+        f"{real} (eps {eps:.3g}): the error cannot be controlled that finely. Use "
+        f"rtol >= {floor:.2g}"
+    )
+    if low_precision:
+        raise ValueError(message + " or a wider dtype (float32, float64) for the state")
+    warnings.warn(message + " or float64 for the state", stacklevel=3)
+
+
+def check_times(ts: Any, device: torch.device, open_end: bool = False) -> list[float]:
+    if not isinstance(ts, torch.Tensor):
+        raise TypeError(f"t must be a 1-D tensor of times, got {type(ts).__name__}")
+    if ts.ndim != 1 or ts.numel() == 0:
+        per_sample = " (per-sample times, (batch, n), need per_sample=True)" if ts.ndim == 2 else ""
+        raise ValueError(
+            f"t must be a non-empty 1-D tensor, got shape {tuple(ts.shape)}{per_sample}"
+        )
+    if not ts.is_floating_point():
+        raise TypeError(f"t must be a floating point tensor, got dtype {ts.dtype}")
+    if ts.device != device:
+        raise ValueError(f"t is on {ts.device} but y0 is on {device}; put both on one device")
+    times = ts.tolist()  # exact: every float dtype converts to Python floats without rounding
+    finite = times[:-1] if open_end else times
+    if not all(x == x and abs(x) != float("inf") for x in finite) or times[-1] != times[-1]:
+        raise ValueError(f"t contains NaN or inf: {times}")
+    if len(times) > 1:
+        diffs = [b - a for a, b in zip(times, times[1:])]
+        if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
+            i = next(i for i, d in enumerate(diffs) if d == 0 or (d > 0) != (diffs[0] > 0))
+            raise ValueError(
+                "t must be strictly increasing or strictly decreasing; "
+                f"t[{i}]={times[i]!r}, t[{i + 1}]={times[i + 1]!r}"
+            )
+    return times
+
+
+def check_grid_times(name: str, values: Any) -> tuple[float, ...]:
+    if isinstance(values, tuple) and not values:  # the default: none
+        return ()
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to(torch.float64).reshape(-1).tolist()
+    out = tuple(float(v) for v in values)
+    if any(v != v for v in out):
+        raise ValueError(f"{name} contains NaN")
+    return out
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether every entry is finite, with one reduction in the common case: a NaN or inf
+    entry makes the sum non-finite (a finite sum proves all entries finite; an overflowing
+    sum of finite entries falls back to the exact elementwise test)."""
+    if cmath.isfinite(across(x.sum(), torch.sum).item()):  # every vmapped problem's
+        return True
+    return bool(across(torch.isfinite(x).all(), torch.all))
+
+
+def check_finite(ys: torch.Tensor, times: list[float] | torch.Tensor) -> None:
+    if all_finite(ys):
+        return
+    ys = plain(ys)  # every vmapped problem's outputs, (*vmapped, len(ts), n)
+    ys = ys.reshape(-1, *ys.shape[-2:]).transpose(0, 1)
+    finite = torch.isfinite(ys).flatten(1).all(1)
+    if not bool(finite.all()):
+        i = int((~finite).nonzero()[0])
+        # per-sample times: the earliest of output i's
+        t = float(times[:, i].min()) if isinstance(times, torch.Tensor) else times[i]
+        if not bool(torch.isnan(ys[i]).any()):
+            largest = torch.finfo(ys.real.dtype).max
+            raise NonFiniteError(
+                f"the solution overflows {ys.real.dtype} to inf by t={t:.6g} (output "
+                f"{i}): its values exceed the largest {ys.real.dtype} value {largest:.3g}. The "
+                "solution grows without bound, or the step size is too large for stability"
+            )
+        raise NonFiniteError(
+            f"the solution contains NaN or inf at t={t:.6g} (output {i}); "
+            "the step size may be too large for this problem, or f is non-finite there"
+        )

@@ -159,7 +159,7 @@ def _bisect(bm, t):
     return w_start + w_part, i_start + left * w_start + left * (0.5 * w_part + h_part)
 
 
-@pytest.mark.parametrize("tol", [None, 0.3, 1e-9])
+@pytest.mark.parametrize("tol", [None, 0.3, 1e-9, 5.0])
 def test_levels_at_once_equal_a_bisection_level_by_level(tol):
     bm = vbt(300, 3, "space-time", entropy=8, tol=tol)
     t = 2 * torch.rand(2, 300, generator=torch.Generator().manual_seed(3), dtype=F64)

@@ -88,7 +88,7 @@ class _Splits:
     @staticmethod
     def _products(factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The products of the factors of the first l levels, l = 0..levels, and inverses."""
-        product = torch.cat([torch.ones_like(factor[:1]), factor.cumprod(0)])
+        product = torch.cat([factor.new_ones(1), factor.cumprod(0)])
         return product, 1 / product
 
     @staticmethod
@@ -102,6 +102,9 @@ class _Splits:
         """From the root's ``W`` and ``H`` (``None``: no Lévy area), (q, b, e), down the
         halves ``right`` (q, b, 1, levels) with each level's noise (q, b, e, levels): the
         last interval's ``W`` and ``H``, and ``W`` and ``I`` at its start."""
+        if not right.shape[-1]:  # the root is the last interval
+            zero = torch.zeros_like(W)
+            return W, H, zero, None if H is None else zero
         taken = right.to(torch.float64)  # 1 where the path goes right
         sign = 1 - 2 * taken  # the left half's coefficients, reflected on the right
         if self.have_H:

@@ -78,7 +78,9 @@ class _Splits:
         reflect = torch.tensor([1.0, -1.0, -1.0, 1.0], **f64)[:, None]  # W, H, nw, nh
         if not (torch.equal(w_right, w_left * reflect) and w_left[3].eq(0).all()):
             raise AssertionError("the bridge's W of a half is not pW W + s (pH H + pN nw)")
-        self.p_w, self.p_h, self.p_n = self._products(w_left[0]), w_left[1], w_left[2]
+        # the terms of the sums carry the inverse products (powers of two: the same bits)
+        self.p_w = self._products(w_left[0])
+        self.p_h, self.p_n = w_left[1] * self.p_w[1][1:], w_left[2] * self.p_w[1][1:]
         if have_H:
             if not (torch.equal(h_right, -h_left * reflect) and h_left[0].eq(0).all()):
                 raise AssertionError("the bridge's H of a half is not qH H + qN nw + s qM nh")
@@ -92,11 +94,10 @@ class _Splits:
         return product, 1 / product
 
     @staticmethod
-    def _solve(x0: torch.Tensor, terms: torch.Tensor, products: tuple) -> torch.Tensor:
-        """``x_l = c_l x_{l-1} + terms_l``, l = 1..levels, from ``x0`` (..., ) with terms
-        (..., levels): all ``x_l``, l = 0..levels, (..., levels + 1)."""
-        product, inverse = products
-        return torch.cat([x0[..., None], terms * inverse[1:]], -1).cumsum(-1).mul_(product)
+    def _solve(x0: torch.Tensor, scaled: torch.Tensor, products: tuple) -> torch.Tensor:
+        """``x_l = c_l x_{l-1} + terms_l``, l = 1..levels, from ``x0`` (..., ) with the terms
+        divided by the products, (..., levels): all ``x_l``, l = 0..levels, (..., levels + 1)."""
+        return torch.cat([x0[..., None], scaled], -1).cumsum(-1).mul_(products[0])
 
     def descend(self, W, H, right, noise_w, noise_h):  # noqa: N803
         """From the root's ``W`` and ``H`` (``None``: no Lévy area), (q, b, e), down the
@@ -108,7 +109,8 @@ class _Splits:
         taken = right.to(torch.float64)  # 1 where the path goes right
         sign = 1 - 2 * taken  # the left half's coefficients, reflected on the right
         if self.have_H:
-            d = torch.addcmul(self.q_n * noise_w, sign, self.q_m * noise_h)
+            from_w, from_h = self.q_n * noise_w, self.q_m * noise_h
+            d = torch.addcmul(from_w, sign, from_h).mul_(self.q[1][1:])
             hs = self._solve(H, d, self.q)
             h_before = hs[..., :-1]
             e = (self.p_h * h_before).add_(self.p_n * noise_w).mul_(sign)
@@ -120,7 +122,7 @@ class _Splits:
         w_sums = passed.cumsum(-1)
         if not self.have_H:
             return ws[..., -1], None, w_sums[..., -1], None
-        h_left = (self.q_h * h_before).add_(self.q_n * noise_w).add_(self.q_m * noise_h)
+        h_left = (self.q_h * h_before).add_(from_w).add_(from_h)
         # I at a passed midpoint: I at the start + W at the start times the half + U of the
         # left half
         gained = (w_sums - passed).add_(0.5 * w_left).add_(h_left).mul_(self.half * taken)

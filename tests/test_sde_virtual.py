@@ -12,7 +12,7 @@ import torch
 from sde_problems import GBM, slope
 
 from neuralode import sde as nsde
-from neuralode.sde._brownian import _mix
+from neuralode.sde._brownian import _mix, bridge
 from neuralode.sde._virtual import mix
 
 F64 = torch.float64
@@ -133,6 +133,40 @@ def test_space_time_levy_area_statistics():
         assert h.var().item() == pytest.approx((tb - ta) / 12, rel=0.05)
     _, a = vbt(8, 3, "foster")(0.0, 0.5, return_A=True)
     assert a.shape == (8, 3, 3) and torch.allclose(a, -a.transpose(-1, -2))
+
+
+def _bisect(bm, t):
+    """W(t) and I(t) by bisection one level at a time with the bridge (the reference)."""
+    span, levels = bm.t1 - bm.t0, bm._levels
+    width = span * 2.0**-levels
+    last = ((t - bm.t0) / width).floor().long().clamp(0, (1 << levels) - 1)
+    nodes = [torch.zeros_like(last)] + [(1 << d) + (last >> (levels - d)) for d in range(levels)]
+    noise_w, noise_h = bm._noise(torch.stack([*nodes, last + (1 << levels)], -1))
+    W, H = noise_w[..., 0] * math.sqrt(span), noise_h[..., 0] * math.sqrt(span / 12)  # noqa: N806
+    w_start, i_start = torch.zeros_like(W), torch.zeros_like(W)
+    for level in range(levels):
+        half = span * 2.0 ** -(level + 1)
+        (w_left, h_left), (w_right, h_right) = bridge(
+            W, H, half, half, 2 * half, noise_w[..., level + 1], noise_h[..., level + 1]
+        )
+        right = ((last >> (levels - 1 - level)) & 1).bool()[..., None]
+        W, H = torch.where(right, w_right, w_left), torch.where(right, h_right, h_left)  # noqa: N806
+        crossed = i_start + half * w_start + half * (0.5 * w_left + h_left)
+        i_start = torch.where(right, crossed, i_start)
+        w_start = torch.where(right, w_start + w_left, w_start)
+    left = (t - (bm.t0 + last.to(F64) * width))[..., None]
+    w_part, h_part = bridge(W, H, left, width - left, width, noise_w[..., -1], noise_h[..., -1])[0]
+    return w_start + w_part, i_start + left * w_start + left * (0.5 * w_part + h_part)
+
+
+@pytest.mark.parametrize("tol", [None, 0.3, 1e-9, 5.0])
+def test_levels_at_once_equal_a_bisection_level_by_level(tol):
+    bm = vbt(300, 3, "space-time", entropy=8, tol=tol)
+    t = 2 * torch.rand(2, 300, generator=torch.Generator().manual_seed(3), dtype=F64)
+    t[0, :5] = torch.tensor([0.0, 2.0, 1.0, 0.5, 1.5], dtype=F64)  # ends and midpoints
+    (w, i), (w_ref, i_ref) = bm._points(t), _bisect(bm, t)
+    assert (w - w_ref).abs().max() < 1e-14 * w_ref.abs().max()
+    assert (i - i_ref).abs().max() < 1e-14 * i_ref.abs().max()
 
 
 def test_resolution_below_tol_is_a_bridge_of_one_noise():

@@ -5,7 +5,8 @@ SDEs"): Brownian motion as a pure function of the query time, in tensor operatio
 of any interval follows) is found by bisection: from the root interval ``[t0, t1]`` each level
 splits the interval holding ``t`` at its midpoint with the Brownian bridge (``bridge``, the
 split of ``BrownianInterval``) and descends into the half holding ``t``, down to intervals of
-length ``tol``; inside that last interval ``t`` splits it. The bridge's noise is counter-based:
+length ``tol``; inside that last interval ``t`` splits it. The splits are linear, so all
+levels are solved at once (``_bisection._Splits``). The bridge's noise is counter-based:
 a splitmix64 hash of the entropy, the row, the element and the node, so a query needs no cache
 or generator state, gives the same values in any order, and every row of the batch may ask
 for its own times (``bm(ta, tb)`` with ``ta``, ``tb`` of shape (batch,)): what a per-sample
@@ -20,46 +21,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ._brownian import _BOTH_HALVES, _LEFT_HALF, BaseBrownian, _mix, bridge, levy_area
+from ._bisection import _MAX_LEVELS, _SALT_AREA, _signed, _Splits, mix, normal_pair
+from ._brownian import _LEFT_HALF, BaseBrownian, _mix, bridge, levy_area
 from .settings import LEVY_AREA_APPROXIMATIONS
-
-
-def _signed(c: int) -> int:
-    """A 64-bit constant as the int64 with the same bits."""
-    return c - (1 << 64) if c >= 1 << 63 else c
-
-
-_GOLDEN = _signed(0x9E3779B97F4A7C15)
-_MUL1 = _signed(0xBF58476D1CE4E5B9)
-_MUL2 = _signed(0x94D049BB133111EB)
-_SALT_U2 = _signed(0xD1B54A32D192ED03)  # the second uniform of a Box-Muller pair
-_SALT_AREA = _signed(0x8CB92BA72F3D8DD7)  # the Lévy area's noise
-_MAX_LEVELS = 60  # node numbers 2**level + k stay in int64
-
-
-def _shift(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Logical right shift of int64 bits (``>>`` on int64 is arithmetic: the sign is masked)."""
-    return (x >> n) & ((1 << (64 - n)) - 1)
-
-
-def mix(x: torch.Tensor) -> torch.Tensor:
-    """splitmix64 on int64 tensors (wrapping arithmetic), bit for bit ``_brownian._mix``."""
-    x = x + _GOLDEN
-    x = (x ^ _shift(x, 30)) * _MUL1
-    x = (x ^ _shift(x, 27)) * _MUL2
-    return x ^ _shift(x, 31)
-
-
-def _uniform(x: torch.Tensor) -> torch.Tensor:
-    """The top 53 bits of hashes as float64 uniforms in (0, 1]."""
-    return (_shift(x, 11) + 1).to(torch.float64) * 2.0**-53
-
-
-def normal_pair(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent standard normals (float64) for each int64 key (Box-Muller)."""
-    radius = torch.sqrt(-2 * torch.log(_uniform(mix(key))))
-    angle = (2 * math.pi) * _uniform(mix(key ^ _SALT_U2))
-    return radius * torch.cos(angle), radius * torch.sin(angle)
 
 
 class VirtualBrownianTree(BaseBrownian):
@@ -144,6 +108,11 @@ class VirtualBrownianTree(BaseBrownian):
         batch = self._size[0] if len(self._size) else 1
         self._row_ids = torch.arange(batch, dtype=torch.long, device=self._device)
         self._keys = self._element_keys()
+        depth = torch.arange(self._levels + 1, device=self._device)
+        self._node_base = 1 << depth  # node 2**level + k: interval k on its level
+        self._node_shift = self._levels - depth
+        self._bit_shift = self._levels - 1 - depth[:-1]
+        self._splits = _Splits(t1 - t0, self._levels, self._have_H, self._device)
 
     def rows(self, index: int | Sequence[int] | slice | torch.Tensor) -> VirtualBrownianTree:
         """The Brownian motion of the rows ``index`` (dimension 0): the same paths as those
@@ -183,9 +152,9 @@ class VirtualBrownianTree(BaseBrownian):
         return mix(rows[:, None] + mix(index))
 
     def _noise(self, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two normals (W's and H's split) of the nodes ``node`` (queries, batch): each
-        (queries, batch, elements) float64."""
-        return normal_pair(self._keys ^ mix(node)[..., None])
+        """The two normals (W's and H's split) of the nodes ``node`` (queries, batch, nodes):
+        each (queries, batch, elements, nodes) float64."""
+        return normal_pair(self._keys[..., None] ^ mix(node)[..., None, :])
 
     # ----------------------------------------------------------------------------------------
     # the bisection
@@ -195,42 +164,27 @@ class VirtualBrownianTree(BaseBrownian):
         elements) float64, at the times ``t`` (queries, batch) float64.
 
         The path through the tree is known from ``t`` (the bits of its last interval's
-        index), so the noise of every level is drawn at once; the levels' splits then run in
-        order, adding up ``W`` and ``I`` at the start of the interval holding ``t``."""
+        index), so the noise of every level is drawn at once, and the levels' splits, a
+        linear recurrence (``_Splits``), are solved for all levels at once; the halves left
+        behind on the way give ``W`` and ``I`` at the start of the interval holding ``t``."""
         levels, span = self._levels, self._t1 - self._t0
         width = span * 2.0**-levels  # of the last intervals
         t = t.clamp(self._t0, self._t1)
         last = ((t - self._t0) / width).floor().long().clamp(0, (1 << levels) - 1)
-        depth = torch.arange(levels, device=t.device).view(-1, *([1] * t.ndim))
-        index = last >> (levels - depth)  # (levels, queries, batch): the interval on each level
-        nodes = torch.cat([torch.zeros_like(t, dtype=torch.long)[None], index + (1 << depth)])
-        nodes = torch.cat([nodes, (last + (1 << levels))[None]])  # root, levels, last
-        noise_w, noise_h = self._noise(nodes)
-        right = ((last >> (levels - 1 - depth)) & 1).bool()[..., None]  # (levels, q, b, 1)
-        W = noise_w[0] * math.sqrt(span)  # noqa: N806  the increment of the current interval
-        H = noise_h[0] * math.sqrt(span / 12) if self._have_H else None  # noqa: N806
-        # W and I at the current interval's start, summed in order (elementwise, so a row's
-        # values do not depend on the batch it is in)
-        w_start = torch.zeros_like(W)
-        i_start = torch.zeros_like(W) if self._have_H else None
-        for level in range(levels):
-            half = span * 2.0 ** -(level + 1)
-            (w_left, h_left), (w_right, h_right) = bridge(
-                W, H, half, half, 2 * half, noise_w[level + 1],
-                noise_h[level + 1] if self._have_H else None, _BOTH_HALVES,
-            )  # fmt: skip
-            go_right = right[level]
-            W = torch.where(go_right, w_right, w_left)  # noqa: N806
-            if self._have_H:  # I at the midpoint: I + W times the half + U of the left half
-                H = torch.where(go_right, h_right, h_left)  # noqa: N806
-                crossed = i_start + half * w_start + half * (0.5 * w_left + h_left)
-                i_start = torch.where(go_right, crossed, i_start)
-            w_start = torch.where(go_right, w_start + w_left, w_start)
+        on_levels = self._node_base + (last[..., None] >> self._node_shift)
+        nodes = torch.cat([torch.zeros_like(last)[..., None], on_levels], -1)
+        noise_w, noise_h = self._noise(nodes)  # (q, b, e, 1 + levels + 1): root, levels, last
+        right = ((last[..., None, None] >> self._bit_shift) & 1).bool()  # (q, b, 1, levels)
+        W = noise_w[..., 0] * math.sqrt(span)  # noqa: N806  the root's increment
+        H = noise_h[..., 0] * math.sqrt(span / 12) if self._have_H else None  # noqa: N806
+        W, H, w_start, i_start = self._splits.descend(  # noqa: N806
+            W, H, right, noise_w[..., 1:-1], noise_h[..., 1:-1] if self._have_H else None
+        )
         # inside the last interval: its bridge split at t itself
         left = (t - (self._t0 + last.to(torch.float64) * width)).clamp(0, width)[..., None]
         w_part, h_part = bridge(
-            W, H, left, width - left, width, noise_w[-1],
-            noise_h[-1] if self._have_H else None, _LEFT_HALF,
+            W, H, left, width - left, width, noise_w[..., -1],
+            noise_h[..., -1] if self._have_H else None, _LEFT_HALF,
         )  # fmt: skip
         if not self._have_H:
             return w_start + w_part, None

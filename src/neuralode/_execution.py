@@ -200,7 +200,7 @@ def check_device_loop(solver: Any, controller: Any, what: str) -> None:
     from .sde._engine import SDESolver  # (sde imports the engine)
 
     if isinstance(solver, SDESolver):
-        pass  # per sample only, on its conditions: ``sde._engine.check_sde_solve``
+        pass  # per sample only, on its conditions: ``sde._rows.check_sde_solve``
     elif not isinstance(solver, ExplicitRK) or not solver.adaptive:
         raise ValueError(
             f"{what} supports the adaptive explicit Runge-Kutta methods (dopri5, "

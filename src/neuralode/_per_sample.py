@@ -34,7 +34,7 @@ run eagerly or, with ``compile_step``, as one torch.compile graph (f included); 
 ``cuda_graph`` it is captured once as a CUDA graph and replayed (``_cuda_graph``). The solver
 supplies its per-row maths (``for_rows``, ``row_facts``, ``propose_rows``, ``dense``): an
 explicit Runge-Kutta method's stages and dense output, or an SDE method's step-doubled steps
-on each row's own Brownian interval with linear outputs (``sde._engine._SDERows``).
+on each row's own Brownian interval with linear outputs (``sde._rows.SDERows``).
 """
 
 from __future__ import annotations

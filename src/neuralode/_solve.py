@@ -36,7 +36,8 @@ from .adjoint.direct import Direct
 from .controllers.base import StepSizeController
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
-from .sde._engine import SDETerm, check_sde_solve
+from .sde._engine import SDETerm
+from .sde._rows import check_sde_solve
 from .solvers.base import Solver
 from .solvers.dopri5 import Dopri5
 

@@ -224,3 +224,16 @@ def test_reversible_heun_adjoint_equals_backprop_on_a_virtual_tree():
         grads.append(torch.autograd.grad(ys.sum(), [y0, sde.mu, sde.sigma]))
     for exact, adjoint in zip(*grads, strict=True):
         assert torch.allclose(adjoint, exact, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("levy", ["davie", "foster"])
+def test_levy_area_of_rows_running_backwards_is_finite(levy):
+    """A row's interval may run backwards (ta > tb): its W is minus the forward one and its
+    Lévy area approximation has the variance of the interval's length (no NaN)."""
+    n = 64
+    bm = vbt(n, 2, levy)
+    ta = torch.full((n,), 1.5, dtype=F64)
+    tb = torch.linspace(0.1, 1.9, n, dtype=F64)  # some rows forwards, some backwards
+    w, a = bm(ta, tb, return_A=True)
+    assert torch.isfinite(a).all() and torch.isfinite(w).all()
+    assert torch.equal(w, -bm(tb, ta))

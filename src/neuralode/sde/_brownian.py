@@ -90,7 +90,7 @@ def levy_area(W, H, h, noise, approximation: str):  # noqa: N803
     A = H.unsqueeze(-1) * W.unsqueeze(-2) - W.unsqueeze(-1) * H.unsqueeze(-2)  # noqa: N806
     noise = noise - noise.transpose(-1, -2)  # skew-symmetric, variance 2
     if approximation == LEVY_AREA_APPROXIMATIONS.foster:
-        tenth = 0.1 * h
+        tenth = 0.1 * abs(h)  # (a row's interval may run backwards in time: h < 0)
         squared = H**2
         std = (tenth * (tenth + squared.unsqueeze(-1) + squared.unsqueeze(-2))).sqrt()
     else:

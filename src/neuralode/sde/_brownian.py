@@ -137,6 +137,37 @@ class BaseBrownian(metaclass=abc.ABCMeta):
         return self.shape
 
 
+class _Stored(BaseBrownian):
+    """The properties of a Brownian motion that keeps them as attributes (``_size``,
+    ``_dtype``, ``_device``, ``_entropy``, ``_levy_area_approximation``, ``_tol``)."""
+
+    __slots__ = ()
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def entropy(self) -> int:
+        return self._entropy
+
+    @property
+    def levy_area_approximation(self) -> str:
+        return self._levy_area_approximation
+
+    @property
+    def tol(self) -> float:
+        return self._tol
+
+
 # the child hashes of an interval: a bijective mix of the parent's hash with one of two constants
 _LEFT, _RIGHT = 0x2545F4914F6CDD1D, 0x9E6C63D0676A9A99
 
@@ -190,7 +221,7 @@ def _is_scalar(x) -> bool:
     return isinstance(x, (int, float)) or (isinstance(x, torch.Tensor) and x.numel() == 1)
 
 
-class BrownianInterval(BaseBrownian):
+class BrownianInterval(_Stored):
     """Brownian motion on ``[t0, t1]`` with fixed entropy, queried by intervals.
 
     Example:
@@ -543,32 +574,8 @@ class BrownianInterval(BaseBrownian):
         )
 
     @property
-    def shape(self) -> torch.Size:
-        return self._size
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def entropy(self) -> int:
-        return self._entropy
-
-    @property
-    def levy_area_approximation(self) -> str:
-        return self._levy_area_approximation
-
-    @property
     def dt(self) -> float | None:
         return self._dt
-
-    @property
-    def tol(self) -> float:
-        return self._tol
 
     @property
     def pool_size(self) -> int:

@@ -22,11 +22,11 @@ from collections.abc import Sequence
 import torch
 
 from ._bisection import _MAX_LEVELS, _SALT_AREA, _signed, _Splits, mix, normal_pair
-from ._brownian import _LEFT_HALF, BaseBrownian, _mix, bridge, levy_area
+from ._brownian import _LEFT_HALF, _mix, _Stored, bridge, levy_area
 from .settings import LEVY_AREA_APPROXIMATIONS
 
 
-class VirtualBrownianTree(BaseBrownian):
+class VirtualBrownianTree(_Stored):
     """Brownian motion on ``[t0, t1]`` that is a pure function of the query times: each row
     of the batch (dimension 0) may ask for its own interval.
 
@@ -278,30 +278,6 @@ class VirtualBrownianTree(BaseBrownian):
         )
 
     per_row_times = True  # ``bm(ta, tb)`` takes one time per row (per-sample SDE solves)
-
-    @property
-    def shape(self) -> torch.Size:
-        return self._size
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def entropy(self) -> int:
-        return self._entropy
-
-    @property
-    def levy_area_approximation(self) -> str:
-        return self._levy_area_approximation
-
-    @property
-    def tol(self) -> float:
-        return self._tol
 
     @property
     def t0(self) -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from torch.nn.functional import cross_entropy
 
 from ..training import TrainConfig, add_train_arguments, autograd_memory_mb
+from ..training.runtime import machine
 from ..viz.implicit import iterations_to_residuals, residual_histories, save_residual_plot
 from .table1 import RECIPE, averaging, keeps_threads, save_memory_plot, train_side_by_side
 
@@ -187,9 +187,8 @@ def run(args: argparse.Namespace) -> int:
         f"{base.deq_backward or base.deq_method} backward, tol {base.deq_tol}, at most "
         f"{base.deq_max_iter} iterations, variational dropout {base.deq_dropout}; "
         f"ODE-Net {base.method} rtol {base.rtol} atol "
-        f"{base.atol} ({base.gradient}); ResNet with {base.blocks} block(s); torch "
-        f"{torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{base.threads or torch.get_num_threads()} threads."
+        f"{base.atol} ({base.gradient}); ResNet with {base.blocks} block(s); "
+        f"{machine(base.threads)}."
     )
     text = format_table(rows, study, residuals, header)
     (out / "table.md").write_text(text)

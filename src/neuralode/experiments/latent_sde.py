@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from ..models.latent_sde import LatentSDE
 from ..sde import BrownianInterval, sdeint
+from ..training.runtime import machine
 from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
 
 
@@ -150,8 +150,7 @@ def _train(args: argparse.Namespace, run: Run) -> int:
         **fit,
         "fits_data": fit["posterior_rmse"] <= 2 * args.noise and fit["coverage"] >= 0.8,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "environment": f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "environment": machine(),
         "history": history,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

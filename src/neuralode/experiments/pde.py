@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from ..pde import (
 from ..solvers.dopri5 import Dopri5
 from ..solvers.radau import Radau
 from ..solvers.rk4 import RK4
+from ..training.runtime import machine
 from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
 
 EQUATIONS = ("burgers", "reaction-diffusion")
@@ -356,7 +356,7 @@ def _run(args: argparse.Namespace, run: Run) -> int:
         "data_time_s": data_time,
         "config": {k: v for k, v in vars(args).items() if k != "run"},
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine(),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     torch.save({"model": model.state_dict(), "baseline": baseline.state_dict()}, out / "model.pt")

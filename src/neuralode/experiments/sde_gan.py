@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from ..models.sde_gan import CDEDiscriminator, SDEGenerator, with_time
 from ..sde import BrownianInterval, sdeint
+from ..training.runtime import machine
 from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
 
 
@@ -158,8 +158,7 @@ def _train(args: argparse.Namespace, run: Run) -> int:
         "untrained": untrained,
         "real_vs_real": floor,
         "parameters": sum(p.numel() for p in generator.parameters()),
-        "environment": f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "environment": machine(),
         "history": history,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -28,7 +28,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -38,6 +37,7 @@ import torch
 
 from ..data.spirals import SpiralData, make_spirals
 from ..models.latent import DECODERS, DYNAMICS, LatentODE, RNNBaseline
+from ..training.runtime import machine
 from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
 
 # The Neural ODE paper (Chen et al. 2018), Table 2: predictive RMSE on the test set.
@@ -521,8 +521,7 @@ def _run_all(args: argparse.Namespace, run: Run) -> int:
     threads = args.threads or torch.get_num_threads()
     meta = {
         "command": "neuralode experiment spirals " + " ".join(options),
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{threads} thread(s) per run, {min(args.workers, len(jobs))} run(s) at a time",
+        "machine": f"{machine(threads)} per run, {min(args.workers, len(jobs))} run(s) at a time",
         "spirals": n_spirals,
         "test_spirals": n_test,
         "validation_spirals": n_val,

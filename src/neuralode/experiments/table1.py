@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import platform
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -18,6 +17,7 @@ from torch.nn.functional import cross_entropy
 from ..data import ImageDataset, load_dataset
 from ..training import TrainConfig, add_train_arguments, autograd_memory_mb, train
 from ..training.loop import solver_block
+from ..training.runtime import machine
 
 # Chen et al. (2018), Table 1 (full MNIST): test error, parameters, memory, time.
 PAPER = {
@@ -276,10 +276,7 @@ def run(args: argparse.Namespace) -> int:
         f"{base.epochs} epochs, batch {base.batch_size}, {base.optimizer} lr {base.lr} "
         f"{base.schedule}, ODE-Net {base.method} rtol {base.rtol} atol {base.atol} "
         f"({base.gradient}), RK-Net rk4 step {base.step_size}{regularisation(base)}"
-        f"{averaging(base)}; "
-        f"torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}, "
-        f"{base.threads or torch.get_num_threads()} threads, {base.pool} pooling."
+        f"{averaging(base)}; {machine(base.threads)}, {base.pool} pooling."
     )
     text = format_table(rows, study, header)
     (out / "table1.md").write_text(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import signal
 import sys
@@ -11,6 +12,21 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+
+def machine(threads: int | None = None) -> str:
+    """The processor, torch's version and the thread count, for an experiment's records.
+
+    Arguments:
+        threads: torch threads a run uses (default: ``torch.get_num_threads()``).
+
+    Returns:
+        For example ``"x86_64, torch 2.13.0, 1 thread(s)"``.
+    """
+    threads = threads or torch.get_num_threads()
+    processor = platform.processor() or platform.machine()
+    python = platform.python_version()
+    return f"{processor}, Python {python}, torch {torch.__version__}, {threads} thread(s)"
 
 
 @dataclass

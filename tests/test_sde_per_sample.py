@@ -211,8 +211,8 @@ def test_what_per_sample_sdes_refuse():
         no.solve(SDETerm(strat, vbt), y0, TS, solver=solver, per_sample=True)
     with pytest.raises(ValueError, match="skip_finished"):
         no.solve(SDETerm(GBM(), vbt), y0, TS, solver=adaptive, per_sample="skip_finished")
-    with pytest.raises(ValueError, match="compile"):
-        no.solve(SDETerm(GBM(), vbt), y0, TS, solver=adaptive, per_sample=True, compile="step")
+    with pytest.raises(ValueError, match="use compile='step'"):
+        no.solve(SDETerm(GBM(), vbt), y0, TS, solver=adaptive, per_sample=True, cuda_graph=True)
     with pytest.raises(ValueError, match="events"):
         no.solve(
             SDETerm(GBM(), vbt), y0, TS, solver=adaptive, per_sample=True,

@@ -18,7 +18,7 @@ import shutil
 
 import pytest
 import torch
-from sde_problems import GBM, GeneralLinear
+from sde_problems import GBM, GeneralLinear, RowsOU
 
 import neuralode as no
 import neuralode._compile as compile_cache
@@ -95,22 +95,6 @@ def test_adaptive_one_system_compiled_equals_eager_with_gradients():
         torch.testing.assert_close(g, grad, rtol=1e-8, atol=1e-10)
 
 
-class OU(torch.nn.Module):
-    """dY = -theta_i (Y - sin t) dt + 0.5 dW, each row its own theta (additive noise)."""
-
-    noise_type, sde_type = "additive", "ito"
-
-    def __init__(self, theta: torch.Tensor):
-        super().__init__()
-        self.theta = theta
-
-    def f(self, t, y):
-        return -self.theta * (y - torch.sin(t)[:, None])
-
-    def g(self, t, y):
-        return 0.5 * torch.eye(y.shape[-1], dtype=y.dtype).expand(y.shape[0], -1, -1)
-
-
 def _per_sample(sde, y0, compile, method="euler", levy="none"):
     bm = VirtualBrownianTree(0.0, 1.0, size=tuple(y0.shape), dtype=F64, entropy=0,
                              levy_area_approximation=levy)  # fmt: skip
@@ -131,7 +115,7 @@ def test_per_sample_compiled_attempt_takes_the_eager_steps(monkeypatch):
 
     monkeypatch.setattr(compile_cache, "_COMPILED", {})
     monkeypatch.setattr(torch, "compile", aot_eager)
-    sde = OU(torch.logspace(0, 2, 6, dtype=F64)[:, None])
+    sde = RowsOU(torch.logspace(0, 2, 6, dtype=F64)[:, None])
     y0 = torch.zeros(6, 1, dtype=F64)
     with torch.no_grad():
         eager = _per_sample(sde, y0, False)

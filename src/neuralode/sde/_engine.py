@@ -1,15 +1,19 @@
 """SDEs in the core API: ``no.solve(SDETerm(sde, bm), y0, ts, solver=SDESolver(...))``.
 
-``SDETerm`` pairs an SDE (torchsde's interface) with its Brownian motion; ``SDESolver`` is a
-``Solver`` of the one integration loop (``_loop.integrate``) whose steps are the SDE methods
-of ``_solvers`` (the same step formulas ``sdeint`` runs), drawing their Brownian increments
-from the term's Brownian motion. Fixed steps come from ``FixedGrid``; adaptive steps from the
-``PIController`` on the step-doubling error estimate (one step of ``h`` against two of
-``h / 2``). Outputs between steps are linear interpolations, as in torchsde.
+``SDETerm`` (``_term``) pairs an SDE (torchsde's interface) with its Brownian motion;
+``SDESolver`` is a ``Solver`` of the one integration loop (``_loop.integrate``) whose steps
+are the SDE methods of ``_solvers`` (the same step formulas ``sdeint`` runs), drawing their
+Brownian increments from the term's Brownian motion. Fixed steps come from ``FixedGrid``;
+adaptive steps from the ``PIController`` on the step-doubling error estimate (one step of
+``h`` against two of ``h / 2``). Outputs between steps are linear interpolations, as in torchsde.
 
 With ``per_sample=True`` the device loop (``_per_sample``) runs the same steps row by row
 (``_rows.SDERows``): every sample its own times, step sizes, step-doubling error and PI decisions,
 the Brownian motion asked for each row's own interval (a ``VirtualBrownianTree``).
+
+With ``compile='step'`` (or ``True``) both loops run each step attempt as one compiled graph;
+the Brownian motion over the attempt is drawn before it, eagerly (``SDESolver.noise``), and
+passed in, and the SDE's evaluations are counted outside the graph (``_term``).
 """
 
 from __future__ import annotations
@@ -107,21 +111,20 @@ class SDESolver(Solver):
         t1: Any,
         y: torch.Tensor,
         extra: Any,
-        t_mid: Any = None,
         noise: tuple | None = None,
     ) -> tuple:
         """The method's step from ``t0`` to ``t1`` (floats, 0-dim tensors, or (batch,)
         tensors: each row its own step) on the (batch, channels) state: ``(y1, error,
-        extra1)``; with step doubling ``y1`` is two half steps (meeting at ``t_mid``, by
-        default the midpoint) and ``error`` their difference from one full step (else
-        ``None``). ``noise``: the Brownian motion over each step taken (``noise``), drawn
-        already; by default each step asks the Brownian motion."""
+        extra1)``; with step doubling ``y1`` is two half steps (meeting at the midpoint) and
+        ``error`` their difference from one full step (else ``None``). ``noise``: the
+        Brownian motion over each step taken, drawn already (``noise``); by default each
+        step asks the Brownian motion."""
         drawn = (None, None, None) if noise is None else noise
         if not self.step_doubling:
             y1, extra1 = stepper.step(t0, t1, y, extra, drawn[0])
             return y1, None, extra1
         y_full, _ = stepper.step(t0, t1, y, extra, drawn[0])
-        t_mid = midpoint(t0, t1) if t_mid is None else t_mid
+        t_mid = midpoint(t0, t1)
         y_mid, extra_mid = stepper.step(t0, t_mid, y, extra, drawn[1])
         y1, extra1 = stepper.step(t_mid, t1, y_mid, extra_mid, drawn[2])
         return y1, y_full - y1, extra1
@@ -148,7 +151,7 @@ class SDESolver(Solver):
         stepper, extra, *drawn = state  # (the compiled step's noise: ``compiled_state``)
         y = y0.view(term.shape)
         if drawn:
-            y1, error, extra1 = self.advance(stepper, t0, t1, y, extra, None, drawn[0])
+            y1, error, extra1 = self.advance(stepper, t0, t1, y, extra, drawn[0])
         else:  # eager: measures the SDE's evaluations a step makes, for the compiled steps
             before = term.nfe
             y1, error, extra1 = self.advance(stepper, t0, t1, y, extra)

@@ -65,7 +65,7 @@ class SDERows:
     ) -> tuple[torch.Tensor, torch.Tensor | None, None, torch.Tensor]:
         """Every row's step from ``t`` to ``t1`` on the Brownian motion ``noise``
         (``noise_rows``): ``(y1, error, None, no stages)``."""
-        y1, error, _ = self.solver.advance(self.stepper, t, t1, y, (), None, noise)
+        y1, error, _ = self.solver.advance(self.stepper, t, t1, y, (), noise)
         return y1, error, None, y.new_zeros((0, *y.shape))
 
     def dense(self, *args: Any) -> torch.Tensor:

@@ -164,3 +164,26 @@ def test_per_sample_compiled_solve_converges_like_the_eager_one():
     assert calls["step"] == calls[False] == 21  # three SRK steps of 3 f and 4 g
     assert errors["step"].mean() < 2 * errors[False].mean()
     assert errors["step"].max() < 1e-2
+
+
+def test_adaptive_sde_steps_move_with_one_ulp_of_the_step_sizes(monkeypatch):
+    """Why the inductor-compiled per-sample solve is not compared step for step: the eager
+    solve itself takes other steps when every step size moves by one ulp (the Brownian
+    increments are Hölder-1/2 in the step's end and set the next step's size)."""
+    from neuralode.controllers.pi import PIController
+
+    sde = RowsOU(torch.logspace(0, 2, 8, dtype=F64)[:, None])
+    y0 = torch.zeros(8, 1, dtype=F64)
+    with torch.no_grad():
+        eager = _per_sample(sde, y0, False)
+        decide = PIController.decide
+
+        def one_ulp_larger(self, *args, **kwargs):
+            accept, size, previous = decide(self, *args, **kwargs)
+            return accept, size * (1 + 2.0**-52), previous
+
+        monkeypatch.setattr(PIController, "decide", one_ulp_larger)
+        moved = _per_sample(sde, y0, False)
+    changed = eager.stats.sample_steps != moved.stats.sample_steps
+    assert int(changed.sum()) >= 4
+    assert (eager.ys[-1] - moved.ys[-1]).abs().max() > 1e-4

@@ -103,18 +103,24 @@ def _per_sample(sde, y0, compile, method="euler", levy="none"):
                     compile=compile)  # fmt: skip
 
 
-def test_per_sample_compiled_attempt_takes_the_eager_steps(monkeypatch):
-    """Dynamo's graph of the attempt with eager kernels (``aot_eager``): the same values bit
-    for bit, every sample's statistics, and one graph for a new y0."""
-    from torch._dynamo.utils import counters
-
+@pytest.fixture
+def aot_eager(monkeypatch):
+    """The library's compiled steps with torch.compile's ``aot_eager`` backend: dynamo's and
+    AOTAutograd's graphs run with the eager kernels (the eager arithmetic)."""
     compile_fn = torch.compile
 
-    def aot_eager(fn, dynamic=None, fullgraph=False, options=None):
+    def compile_aot_eager(fn, dynamic=None, fullgraph=False, options=None):
         return compile_fn(fn, backend="aot_eager", dynamic=dynamic, fullgraph=fullgraph)
 
     monkeypatch.setattr(compile_cache, "_COMPILED", {})
-    monkeypatch.setattr(torch, "compile", aot_eager)
+    monkeypatch.setattr(torch, "compile", compile_aot_eager)
+
+
+def test_per_sample_compiled_attempt_takes_the_eager_steps(aot_eager):
+    """Dynamo's graph of the attempt with eager kernels: the same values bit for bit, every
+    sample's statistics, and one graph for a new y0."""
+    from torch._dynamo.utils import counters
+
     sde = RowsOU(torch.logspace(0, 2, 6, dtype=F64)[:, None])
     y0 = torch.zeros(6, 1, dtype=F64)
     with torch.no_grad():
@@ -138,6 +144,20 @@ def test_per_sample_compiled_attempt_takes_the_eager_steps(monkeypatch):
     # f(t0, y0), the first step's estimate, then three Euler steps of f and g per attempt
     assert torch.equal(eager.stats.sample_nfe, 2 + 6 * steps)
     assert eager.stats.rows_evaluated == 6 * eager.stats.nfe
+
+
+def test_per_sample_compiled_gradients_equal_the_eager_ones(aot_eager):
+    """Direct() through the compiled attempts of a per-sample srk solve: the eager steps and
+    gradients."""
+    grads, steps = [], []
+    for mode in (False, "step"):
+        y0 = _y0(4).requires_grad_(True)
+        sol = _per_sample(GBM(), y0, mode, "srk", "space-time")
+        sol.ys[-1].pow(2).sum().backward()
+        grads.append(y0.grad)
+        steps.append(sol.stats.sample_steps)
+    assert torch.equal(steps[0], steps[1])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
 
 
 def test_per_sample_compiled_solve_converges_like_the_eager_one():

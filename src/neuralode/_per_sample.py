@@ -30,8 +30,9 @@ table (d)). Everything else (step sizes, decisions, interpolation weights) stays
 device.
 
 A step attempt of the whole batch (stages, error, decisions) is one function, ``_attempt.attempt``,
-run eagerly or, with ``compile_step``, as one torch.compile graph (f included); with
-``cuda_graph`` it is captured once as a CUDA graph and replayed (``_cuda_graph``). The solver
+run (``_attempt.Attempts``) eagerly or, with ``compile_step``, as one torch.compile graph (f
+included); with ``cuda_graph`` it is captured once as a CUDA graph and replayed
+(``_cuda_graph``). An SDE method's Brownian motion is drawn before each attempt. The solver
 supplies its per-row maths (``for_rows``, ``row_facts``, ``propose_rows``, ``dense``): an
 explicit Runge-Kutta method's stages and dense output, or an SDE method's step-doubled steps
 on each row's own Brownian interval with linear outputs (``sde._rows.SDERows``).

@@ -86,6 +86,24 @@ class OU(nn.Module):
         return self.sigma * eye.expand(y.shape[0], -1, -1)
 
 
+class RowsOU(nn.Module):
+    """dY = -theta_i (Y - sin t) dt + sigma dW with each row's own theta (additive noise)."""
+
+    noise_type, sde_type = "additive", "ito"
+
+    def __init__(self, theta: torch.Tensor, sigma: float = 0.5):
+        super().__init__()
+        self.theta, self.sigma = theta, sigma
+
+    def f(self, t, y):
+        t = t[:, None] if t.ndim else t
+        return -self.theta * (y - torch.sin(t))
+
+    def g(self, t, y):
+        eye = torch.eye(y.shape[-1], dtype=y.dtype, device=y.device)
+        return self.sigma * eye.expand(y.shape[0], -1, -1)
+
+
 def slope(xs, ys) -> float:
     """Least-squares slope of log(ys) against log(xs)."""
     lx = [math.log(x) for x in xs]

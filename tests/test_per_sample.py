@@ -590,11 +590,11 @@ def test_compiled_step_rejects_what_it_does_not_support():
 @pytest.fixture
 def attempts(monkeypatch) -> list:
     """Records each step attempt of the per-sample (device) loop."""
-    import neuralode._per_sample as per_sample
+    import neuralode._attempt as attempts
 
     calls: list = []
-    attempt = per_sample._attempt
-    monkeypatch.setattr(per_sample, "_attempt", lambda *a: calls.append(1) or attempt(*a))
+    attempt = attempts.attempt
+    monkeypatch.setattr(attempts, "attempt", lambda *a: calls.append(1) or attempt(*a))
     return calls
 
 

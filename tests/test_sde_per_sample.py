@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sde_problems import GBM, GeneralLinear, ScalarGBM, slope
+from sde_problems import GBM, GeneralLinear, RowsOU, ScalarGBM, slope
 
 import neuralode as no
 from neuralode.sde import BrownianInterval, SDESolver, SDETerm, VirtualBrownianTree
@@ -34,24 +34,6 @@ class RowTimes(torch.nn.Module):
         return self.sde.g(t, y)
 
 
-class OU(torch.nn.Module):
-    """dY = -theta_i (Y - sin t) dt + sigma dW with each row's own theta (additive noise)."""
-
-    noise_type, sde_type = "additive", "ito"
-
-    def __init__(self, theta: torch.Tensor, sigma: float = 0.5):
-        super().__init__()
-        self.theta, self.sigma = theta, sigma
-
-    def f(self, t, y):
-        t = t[:, None] if t.ndim else t
-        return -self.theta * (y - torch.sin(t))
-
-    def g(self, t, y):
-        eye = torch.eye(y.shape[-1], dtype=y.dtype)
-        return self.sigma * eye.expand(y.shape[0], -1, -1)
-
-
 def solve(sde, bm, y0, method, rtol=1e-3, atol=1e-4, options=None, **kwargs):
     return no.solve(
         SDETerm(sde, bm),
@@ -73,7 +55,7 @@ CASES = [  # (sde, noise channels, method, options, Lévy area)
     (GBM("stratonovich"), 2, "midpoint", None, "none"),
     (GBM("stratonovich"), 2, "euler_heun", None, "none"),
     (GeneralLinear("stratonovich"), 3, "log_ode", None, "davie"),
-    (OU(torch.linspace(1, 30, 5, dtype=F64)[:, None]), 2, "srk", None, "space-time"),
+    (RowsOU(torch.linspace(1, 30, 5, dtype=F64)[:, None]), 2, "srk", None, "space-time"),
 ]
 
 
@@ -90,7 +72,7 @@ def test_each_sample_equals_the_sample_solved_alone(sde, m, method, options, lev
         assert len(set(steps.tolist())) > 1  # the samples took their own steps
         assert int(steps.sum()) == together.stats.n_steps
         for i in range(batch):
-            alone_sde = OU(sde.theta[i : i + 1]) if isinstance(sde, OU) else sde
+            alone_sde = RowsOU(sde.theta[i : i + 1]) if isinstance(sde, RowsOU) else sde
             alone = solve(alone_sde, bm.rows([i]), y0[i : i + 1], method, options=options,
                           per_sample=True)  # fmt: skip
             assert (alone.ys[:, 0] - together.ys[:, i]).abs().max() < 1e-12
@@ -145,8 +127,8 @@ def test_mixed_stiffness_costs_fewer_steps_per_sample_than_as_one_system():
     )
     y0 = torch.ones(batch, 1, dtype=F64)
     with torch.no_grad():
-        apart = solve(OU(theta), bm, y0, "srk", per_sample=True)
-        system = solve(OU(theta), bm, y0, "srk")
+        apart = solve(RowsOU(theta), bm, y0, "srk", per_sample=True)
+        system = solve(RowsOU(theta), bm, y0, "srk")
     row_steps = apart.stats.sample_steps
     assert row_steps[0] < row_steps[-1]  # the stiff rows take more steps
     assert int(row_steps.sum()) < 0.6 * batch * system.stats.n_steps
@@ -211,8 +193,8 @@ def test_what_per_sample_sdes_refuse():
         no.solve(SDETerm(strat, vbt), y0, TS, solver=solver, per_sample=True)
     with pytest.raises(ValueError, match="skip_finished"):
         no.solve(SDETerm(GBM(), vbt), y0, TS, solver=adaptive, per_sample="skip_finished")
-    with pytest.raises(ValueError, match="compile"):
-        no.solve(SDETerm(GBM(), vbt), y0, TS, solver=adaptive, per_sample=True, compile="step")
+    with pytest.raises(ValueError, match="use compile='step'"):
+        no.solve(SDETerm(GBM(), vbt), y0, TS, solver=adaptive, per_sample=True, cuda_graph=True)
     with pytest.raises(ValueError, match="events"):
         no.solve(
             SDETerm(GBM(), vbt), y0, TS, solver=adaptive, per_sample=True,

@@ -10,12 +10,16 @@ proposals with masks. No host synchronisation.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 from torch._C._functorch import is_functorch_wrapped_tensor
 
+from ._compile import compiled
+from ._cuda_graph import GraphedStep
+from ._host import wrapped
 from ._norms import row_rms
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
@@ -73,16 +77,20 @@ def attempt(
     carried_ratio: torch.Tensor,
     n_steps: torch.Tensor,
     n_accepted: torch.Tensor,
+    noise: Any = None,
 ) -> Step:
     """One step attempt of every sample: the solver's step (``propose_rows``), the
     error ratio of each sample, and the controller's decision and next proposal
     (``PIController.decide`` on tensors). Finished samples sit at their end, so their steps
     have size zero and change nothing. ``buffer``: graph-free eager mode (f writes the
-    stages into one reused buffer). No host synchronisation."""
-    # land on the sample's end when the proposal reaches it
-    t1 = torch.minimum(proposal, t_stop) if k.sign > 0 else torch.maximum(proposal, t_stop)
+    stages into one reused buffer). ``noise``: an SDE method's Brownian motion over the
+    attempt (``noise_rows``), drawn before it. No host synchronisation."""
+    t1 = step_end(k.sign, proposal, t_stop)
     h = t1 - t
-    y1, error, k_last, k_all = k.solver.propose_rows(call, t, t1, h, y, f0, buffer)
+    if noise is None:
+        y1, error, k_last, k_all = k.solver.propose_rows(call, t, t1, h, y, f0, buffer)
+    else:
+        y1, error, k_last, k_all = k.solver.propose_rows(call, t, t1, h, y, f0, buffer, noise)
     with torch.no_grad():
         y_abs, y1_abs = _plain(y).abs(), _plain(y1).abs()
         scale = torch.addcmul(k.atol, torch.maximum(y_abs, y1_abs), k.rtol)
@@ -113,9 +121,86 @@ def attempt(
     )
 
 
+def step_end(sign: float, proposal: torch.Tensor, t_stop: torch.Tensor) -> torch.Tensor:
+    """Where each sample's attempt ends: its proposal, or its end when the proposal reaches
+    it."""
+    return torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
+
+
 def _plain(x: torch.Tensor) -> torch.Tensor:
     """``x`` without the tangents of a torch.func transform (forward-mode AD ignores
     ``no_grad``, and the step-size decisions must not be differentiated)."""
     if torch.compiler.is_compiling():  # (a graph break otherwise; no transform there)
         return x
     return x.detach() if is_functorch_wrapped_tensor(x) else x
+
+
+class Attempts:
+    """How the device loop runs a solve's step attempts (``attempt``): eagerly, as one
+    torch.compile graph (``compile_step``, f included) or captured once as a CUDA graph and
+    replayed (``cuda_graph``). Inside a graph f's evaluations are not counted (an int
+    changed there would be guarded on, recompiling the graph as it changes): ``f.count``
+    adds them after each attempt.
+
+    An SDE method's rows (``RowFacts.brownian``) draw the Brownian motion over each attempt
+    before it, eagerly (``noise_rows``), so that a compiled attempt holds only the SDE's
+    functions and the method's arithmetic and sees the Brownian values the eager one sees;
+    their first attempt runs eagerly and counted, which measures the SDE's evaluations per
+    attempt (``evaluations_per_attempt``), and every later one runs uncounted and adds them.
+    """
+
+    def __init__(
+        self,
+        term: Any,
+        f: Any,
+        k: Constants,
+        config: Any,
+        facts: Any,
+        y0_flat: torch.Tensor,
+        keep_steps: bool,
+        most_pending: int,
+    ):
+        self.term, self.f, self.solver, self.sign = term, f, k.solver, k.sign
+        self.brownian = facts.brownian
+        self.calls = facts.stages - 1  # f's evaluations inside an explicit RK attempt
+        self.count_outside = config.compile_step or config.cuda_graph or self.brownian
+        buffer = None
+        if config.compile_step:
+            # static shapes: one graph per batch size (a dynamic batch dimension costs time)
+            step_fn = compiled(attempt, type(k.solver), dynamic=False)
+        else:
+            step_fn = attempt
+            # (not under torch.func transforms: f's values cannot be written into a plain buffer)
+            graph_free = not torch.is_grad_enabled() and not config.cuda_graph
+            if graph_free and facts.stages and not wrapped(y0_flat):
+                buffer = term.stage_buffer(facts.stages, y0_flat)  # stages reused by every step
+        call = f.uncounted if self.count_outside else f
+        self.run = functools.partial(step_fn, call, k, buffer)
+        self.counted = functools.partial(attempt, f, k, None)  # (SDE rows' first attempt)
+        if config.cuda_graph:
+            if torch.is_grad_enabled():
+                raise ValueError(
+                    "cuda_graph=True records no autograd graph: solve under torch.no_grad(), "
+                    "or use gradient=Backsolve() (its forward solve needs none)"
+                )
+            self.run = GraphedStep(self.run, copy_outputs=keep_steps)  # else: fed straight back
+        # steps that wait keep their stages, copied out of the reused buffer
+        self.copy_stages = buffer is not None and keep_steps and most_pending > 1
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor, f0: Any, *carried: Any) -> Step:
+        """The attempt from ``t`` (``carried``: ``attempt``'s arguments after ``f0``)."""
+        if not self.brownian:
+            step = self.run(t, y, f0, *carried)
+            if self.count_outside:
+                self.f.count(self.calls)
+            return step
+        solver, term = self.solver, self.term
+        noise = solver.noise_rows(t, step_end(self.sign, carried[0], carried[1]))
+        if solver.calls is None:
+            before = term.nfe
+            step = self.counted(t, y, f0, *carried, noise)
+            solver.calls, term.nfe = term.nfe - before, before
+        else:
+            step = term.call_uncounted(self.run, t, y, f0, *carried, noise)
+        self.f.count(solver.calls)
+        return step

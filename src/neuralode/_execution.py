@@ -213,10 +213,12 @@ def check_device_loop(solver: Any, controller: Any, what: str) -> None:
 def check_compiled_step(solver: Any, controller: Any, what: str) -> None:
     """Raise a clear error, naming ``what`` asked for it, if the host loop's compiled step
     cannot run this solver or controller."""
-    if not isinstance(solver, ExplicitRK):
+    from .sde._engine import SDESolver  # (sde imports the engine)
+
+    if not isinstance(solver, (ExplicitRK, SDESolver)):
         raise ValueError(
-            f"{what} supports the explicit Runge-Kutta methods (dopri5, tsit5, rk4, ...), "
-            f"got {solver!r}"
+            f"{what} supports the explicit Runge-Kutta methods (dopri5, tsit5, rk4, ...) "
+            f"and the SDE solvers, got {solver!r}"
         )
     if not isinstance(controller, (PIController, FixedGrid)):
         raise ValueError(f"{what} needs a PIController or FixedGrid, got {controller!r}")

@@ -190,15 +190,16 @@ def _integrate(
         if callbacks is not None:
             callbacks.step(t, y, t1 - t)
         perturbed = config.perturb or at_jump
-        if attempt is None or perturbed:
+        if attempt is None or perturbed or not solver.compiles(term):
             step = solver.step(term, t, t1, y, state, perturbed)
             ratio = None
         else:
             times = _time_pair(t, t1, y.device)
+            given = solver.compiled_state(term, t, t1, state)
             step, ratio_tensor = term.call_uncounted(
-                attempt, solver, controller, control, term, times, y, state
+                attempt, solver, controller, control, term, times, y, given
             )
-            term.nfe += len(step.stages) - (state is not None)  # f0 is given or computed
+            term.nfe += solver.compiled_evaluations(term, step, state)
             step.t0, step.t1 = t, t1  # the loop's floats, for dense output and events
             ratio = None if ratio_tensor is None else ratio_tensor.item()
         last_y1 = step.y1

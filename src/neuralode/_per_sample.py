@@ -30,8 +30,9 @@ table (d)). Everything else (step sizes, decisions, interpolation weights) stays
 device.
 
 A step attempt of the whole batch (stages, error, decisions) is one function, ``_attempt.attempt``,
-run eagerly or, with ``compile_step``, as one torch.compile graph (f included); with
-``cuda_graph`` it is captured once as a CUDA graph and replayed (``_cuda_graph``). The solver
+run (``_attempt.Attempts``) eagerly or, with ``compile_step``, as one torch.compile graph (f
+included); with ``cuda_graph`` it is captured once as a CUDA graph and replayed
+(``_cuda_graph``). An SDE method's Brownian motion is drawn before each attempt. The solver
 supplies its per-row maths (``for_rows``, ``row_facts``, ``propose_rows``, ``dense``): an
 explicit Runge-Kutta method's stages and dense output, or an SDE method's step-doubled steps
 on each row's own Brownian interval with linear outputs (``sde._rows.SDERows``).
@@ -39,15 +40,12 @@ on each row's own Brownian interval with linear outputs (``sde._rows.SDERows``).
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 
-from ._attempt import Constants
-from ._attempt import attempt as _attempt
-from ._compile import compiled
-from ._cuda_graph import GraphedStep
+from ._attempt import Attempts, Constants
+from ._batch_term import BatchTerm
 from ._errors import NonFiniteError
 from ._host import across, plain, wrapped
 from ._norms import row_rms, tolerance_tensor
@@ -75,67 +73,6 @@ _MAX_UNCHECKED_TERMINAL = 16
 _PENDING_BYTES = 2**27  # most memory the steps waiting for their outputs may hold
 
 
-class _BatchTerm:
-    """Calls f with one time per sample, (batch,), on the (batch, d) state; with ``rows``
-    set, only on those samples' rows (the others' derivatives are returned as zeros). With
-    ``one_problem`` (``device_loop``: the whole state is one problem, a batch of one) f gets
-    the time as a 0-dim tensor and the state in ``y0``'s shape, as in the standard loop."""
-
-    def __init__(self, term: ODETerm, batch: int, one_problem: bool = False):
-        self.term = term
-        self.batch = batch
-        self.one_problem = one_problem
-        self.shape = tuple(int(n) for n in term.spec.shapes[0])
-        # y.reshape(*ints) parses ~0.6 us faster than y.reshape(tuple); a 0-dim state takes ()
-        self._reshape_args = self.shape or ((),)
-        # the time's cast, skipped where the loop's float64 times are the time dtype already
-        self._cast_time = term.time_dtype != torch.float64
-        self.rows: torch.Tensor | None = None  # None: every sample
-        self.rows_evaluated = 0  # sample rows f was called on, summed over calls
-
-    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        term = self.term
-        if term.counting:  # (an SDE's drift counts its own calls)
-            term.nfe += 1
-        rows = self.rows
-        if rows is None:
-            self.rows_evaluated += self.batch
-            out = term.func(self._time(t), y.reshape(*self._reshape_args))
-            if not term._checked:
-                term._check(out)
-            return out.reshape(self.batch, -1)
-        n = rows.shape[0]
-        self.rows_evaluated += n
-        t_rows, y_rows = t.index_select(0, rows), y.index_select(0, rows)
-        out = term.func(t_rows.to(term.time_dtype), y_rows.reshape(n, *self.shape[1:]))
-        if tuple(out.shape) != (n, *self.shape[1:]):
-            raise ValueError(
-                f"with skip_finished=True func must return one row per sample it is given: "
-                f"got shape {tuple(out.shape)} for {n} samples of shape {self.shape[1:]}"
-            )
-        return y.new_zeros(y.shape).index_copy(0, rows, out.reshape(n, -1))
-
-    def uncounted(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """f on every sample without the bookkeeping (for the compiled step; see ``count``)."""
-        return self.term.func(self._time(t), y.reshape(*self._reshape_args)).reshape(self.batch, -1)
-
-    def _time(self, t: torch.Tensor) -> torch.Tensor:
-        """The (batch,) times as f receives them: a 0-dim tensor for ``one_problem``."""
-        t = t.reshape(()) if self.one_problem else t
-        return t.to(self.term.time_dtype) if self._cast_time else t
-
-    def count(self, calls: int) -> None:
-        """Record ``calls`` evaluations of f on every sample made by ``uncounted``."""
-        self.term.nfe += calls
-        self.rows_evaluated += calls * self.batch
-
-    def keep(self, still: torch.Tensor, n_still: int) -> None:
-        """Evaluate only the ``n_still`` samples marked in ``still`` from now on."""
-        running = self.batch if self.rows is None else self.rows.shape[0]
-        if n_still != running:
-            self.rows = None if n_still == self.batch else still.nonzero().squeeze(1)
-
-
 def integrate_per_sample(
     term: ODETerm,
     y0_flat: torch.Tensor,
@@ -152,9 +89,9 @@ def integrate_per_sample(
     ctrl: PIController = config.controller
     if config.per_sample:
         batch = int(term.spec.shapes[0][0])
-        f = _BatchTerm(term, batch)
+        f = BatchTerm(term, batch)
     else:
-        batch, f = 1, _BatchTerm(term, 1, one_problem=True)
+        batch, f = 1, BatchTerm(term, 1, one_problem=True)
     y = y0_flat.reshape(batch, -1)
     device = y.device
     f64 = dict(dtype=torch.float64, device=device)
@@ -214,27 +151,7 @@ def integrate_per_sample(
         most_unchecked = _MAX_UNCHECKED
     most_pending = min(most_unchecked, _most_pending(stages, y)) if keep_steps else 1
     pending: list[_Reached] = []
-    buffer = None
-    # compiled or captured: stages stacked in the graph; f counted outside it
-    count_outside = config.compile_step or config.cuda_graph
-    if config.compile_step:
-        # static shapes: one graph per batch size (a dynamic batch dimension costs time)
-        step_fn = compiled(_attempt, type(solver), dynamic=False)
-    else:
-        step_fn = _attempt
-        # (not under torch.func transforms: f's values cannot be written into a plain buffer)
-        graph_free = not torch.is_grad_enabled() and not config.cuda_graph
-        if graph_free and stages and not wrapped(y0_flat):
-            buffer = term.stage_buffer(stages, y0_flat)  # stages reused by every step
-    attempt = functools.partial(step_fn, f.uncounted if count_outside else f, constants, buffer)
-    if config.cuda_graph:
-        if torch.is_grad_enabled():
-            raise ValueError(
-                "cuda_graph=True records no autograd graph: solve under torch.no_grad(), or "
-                "use gradient=Backsolve() (its forward solve needs none)"
-            )
-        attempt = GraphedStep(attempt, copy_outputs=keep_steps)  # else: fed straight back
-    copy_stages = buffer is not None and keep_steps and most_pending > 1  # steps that wait
+    attempt = Attempts(term, f, constants, config, facts, y0_flat, keep_steps, most_pending)
     if events is not None:
         events.start(t, y)
     needs_f1 = facts.needs_f1
@@ -246,10 +163,8 @@ def integrate_per_sample(
         h, y1, accept = step.h, step.y1, step.accept
         proposal = step.proposal
         previous_ratio, n_steps, n_accepted = step.previous_ratio, step.n_steps, step.n_accepted
-        if count_outside:
-            f.count(stages - 1)
         f1 = step.k_last if fsal else None
-        k_all = step.k_all.clone() if copy_stages else step.k_all
+        k_all = step.k_all.clone() if attempt.copy_stages else step.k_all
         reached = _Reached(t, h, y, step.t1, y1, k_all, f1, accept, step.still)
         if config.save is not None:  # dense output: every attempt, with its accept mask
             config.save.add_batch(t, step.t1, y, y1, step.k_all, accept, f1)

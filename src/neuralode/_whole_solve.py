@@ -34,6 +34,13 @@ from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
 
+# why an SDE solve with compile=True compiles each step attempt (``docs/sde.md``)
+SDE_WHOLE_SOLVE = (
+    "an SDE method's Brownian motion is drawn eagerly before each step attempt (a "
+    "BrownianInterval's tree of queried intervals lives in Python), so its steps are compiled "
+    "one attempt at a time"
+)
+
 
 class WholeSolveUnavailable(RuntimeError):
     """torch.compile could not capture the whole solve (e.g. an operation of f that it

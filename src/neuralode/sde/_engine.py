@@ -1,15 +1,19 @@
 """SDEs in the core API: ``no.solve(SDETerm(sde, bm), y0, ts, solver=SDESolver(...))``.
 
-``SDETerm`` pairs an SDE (torchsde's interface) with its Brownian motion; ``SDESolver`` is a
-``Solver`` of the one integration loop (``_loop.integrate``) whose steps are the SDE methods
-of ``_solvers`` (the same step formulas ``sdeint`` runs), drawing their Brownian increments
-from the term's Brownian motion. Fixed steps come from ``FixedGrid``; adaptive steps from the
-``PIController`` on the step-doubling error estimate (one step of ``h`` against two of
-``h / 2``). Outputs between steps are linear interpolations, as in torchsde.
+``SDETerm`` (``_term``) pairs an SDE (torchsde's interface) with its Brownian motion;
+``SDESolver`` is a ``Solver`` of the one integration loop (``_loop.integrate``) whose steps
+are the SDE methods of ``_solvers`` (the same step formulas ``sdeint`` runs), drawing their
+Brownian increments from the term's Brownian motion. Fixed steps come from ``FixedGrid``;
+adaptive steps from the ``PIController`` on the step-doubling error estimate (one step of
+``h`` against two of ``h / 2``). Outputs between steps are linear interpolations, as in torchsde.
 
 With ``per_sample=True`` the device loop (``_per_sample``) runs the same steps row by row
 (``_rows.SDERows``): every sample its own times, step sizes, step-doubling error and PI decisions,
 the Brownian motion asked for each row's own interval (a ``VirtualBrownianTree``).
+
+With ``compile='step'`` (or ``True``) both loops run each step attempt as one compiled graph;
+the Brownian motion over the attempt is drawn before it, eagerly (``SDESolver.noise``), and
+passed in, and the SDE's evaluations are counted outside the graph (``_term``).
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ from .._loop import LoopConfig, integrate
 from .._norms import rms_norm
 from .._solution import SolveStats
 from .._term import ODETerm
-from .._tree import TreeSpec, tree_spec
+from .._tree import tree_spec
 from ..controllers.base import StepSizeController
 from ..solvers.base import Solver, Step
-from ._base import _Forward
 from ._solvers import make_solver
-from .settings import METHODS, NOISE_TYPES, SDE_TYPES
+from ._term import BoundSDETerm, SDETerm
+from .settings import METHODS
 
 if TYPE_CHECKING:
     from ._rows import SDERows
@@ -45,120 +49,8 @@ _STRONG_ORDER = {
     METHODS.log_ode_midpoint: 1.0,
     METHODS.reversible_heun: 0.5,
 }
-_FUNCTIONS = ("f", "g", "f_and_g", "g_prod", "f_and_g_prod")
 _NO_STEP_LIMIT = 2**62  # torchsde has no step limit
-
-
-class SDETerm:
-    """An SDE and the Brownian motion that drives it, the ``func`` of ``no.solve`` for SDEs.
-
-    Example:
-        ```python
-        import torch
-        import neuralode as no
-        from neuralode.sde import BrownianInterval, SDESolver, SDETerm
-
-        class GBM(torch.nn.Module):
-            noise_type, sde_type = "diagonal", "ito"
-            def f(self, t, y): return 0.5 * y
-            def g(self, t, y): return 0.2 * y
-
-        bm = BrownianInterval(0.0, 1.0, size=(16, 1), entropy=0)
-        sol = no.solve(SDETerm(GBM(), bm), torch.ones(16, 1), torch.linspace(0, 1, 5),
-                       solver=SDESolver("euler"), controller=no.FixedGrid(step_size=0.01))
-        sol.ys.shape, sol.stats.n_steps  # (5, 16, 1), 100
-        ```
-
-    Arguments:
-        sde: an object with ``noise_type``, ``sde_type`` and the drift ``f(t, y)`` and
-            diffusion ``g(t, y)`` (or ``f_and_g``, ``g_prod``, ``f_and_g_prod``), as
-            ``sdeint`` takes.
-        bm: the Brownian motion, ``bm(ta, tb)`` the increment over ``[ta, tb]`` (e.g. a
-            ``BrownianInterval`` of shape (batch, noise channels) covering the output times).
-
-    Raises:
-        ValueError: an SDE without a known ``noise_type`` or ``sde_type``, or a ``bm`` that
-            is not a Brownian motion.
-    """
-
-    def __init__(self, sde: Any, bm: Any):
-        if getattr(sde, "noise_type", None) not in NOISE_TYPES:
-            raise ValueError(
-                f"sde must have a noise_type in {NOISE_TYPES}, got "
-                f"{getattr(sde, 'noise_type', None)!r}"
-            )
-        if getattr(sde, "sde_type", None) not in SDE_TYPES:
-            raise ValueError(
-                f"sde must have an sde_type in {SDE_TYPES}, got {getattr(sde, 'sde_type', None)!r}"
-            )
-        if not callable(bm) or not hasattr(bm, "shape"):
-            raise ValueError(
-                "bm must be a Brownian motion: callable as bm(ta, tb), with a shape (e.g. "
-                "neuralode.sde.BrownianInterval)"
-            )
-        self.sde = sde
-        self.bm = bm
-
-    def bind(self, spec: TreeSpec, like: torch.Tensor) -> BoundSDETerm:
-        """The term on the loop's flat state (``no.solve`` calls it).
-
-        Raises:
-            ValueError: ``y0`` is not one tensor of shape (batch, channels).
-        """
-        if not spec.is_leaf or len(spec.shapes[0]) != 2:
-            raise ValueError(
-                "an SDE's y0 must be one tensor of shape (batch, channels), got "
-                f"{'a tree' if not spec.is_leaf else tuple(spec.shapes[0])}"
-            )
-        return BoundSDETerm(self, spec, like)
-
-    def __repr__(self) -> str:
-        return f"SDETerm(sde={type(self.sde).__name__}, bm={self.bm!r})"
-
-
-class _Counted:
-    """The user's SDE with each call of its functions counted in ``term.nfe``."""
-
-    def __init__(self, sde: Any, term: BoundSDETerm):
-        self.noise_type = sde.noise_type
-        self.sde_type = sde.sde_type
-        for name in _FUNCTIONS:
-            fn = getattr(sde, name, None)
-            if fn is not None:
-                setattr(self, name, self._counting(fn, term))
-
-    @staticmethod
-    def _counting(fn: Any, term: BoundSDETerm) -> Any:
-        def counted(*args: Any) -> Any:
-            term.nfe += 1
-            return fn(*args)
-
-        return counted
-
-
-class BoundSDETerm(ODETerm):
-    """An ``SDETerm`` on the loop's flat state: as an ``ODETerm`` it is the drift (what the
-    controller's first-step heuristic evaluates); ``forward`` is the SDE as the methods see
-    it (the adjoint SDE of ``sdeint_adjoint`` as it is), ``bm`` the Brownian motion,
-    ``shape`` the state's shape, ``sde_time_dtype`` the dtype of the times ``f`` and ``g``
-    receive, ``initial_extra`` the method's state to start from (``None``: its own),
-    ``extra`` its state after the last accepted step and ``record`` (when not ``None``) an
-    array that receives the accepted steps' ends."""
-
-    def __init__(self, term: SDETerm, spec: TreeSpec, like: torch.Tensor):
-        if getattr(term.sde, "is_adjoint", False):
-            forward = term.sde
-        else:
-            forward = _Forward(_Counted(term.sde, self))
-        super().__init__(forward.f, spec, like)
-        self.counting = False  # the methods' evaluations are counted by ``_Counted``
-        self.forward = forward
-        self.bm = term.bm
-        self.shape = tuple(int(n) for n in spec.shapes[0])
-        self.sde_time_dtype = self.time_dtype
-        self.extra: Any = None
-        self.initial_extra: Any = None
-        self.record: array | None = None
+_HALVES = ((0, 2), (0, 1), (1, 2))  # step doubling's steps between (t0, t_mid, t1)
 
 
 class SDESolver(Solver):
@@ -213,28 +105,71 @@ class SDESolver(Solver):
         return stepper, extra
 
     def advance(
-        self, stepper: Any, t0: Any, t1: Any, y: torch.Tensor, extra: Any, t_mid: Any = None
+        self,
+        stepper: Any,
+        t0: Any,
+        t1: Any,
+        y: torch.Tensor,
+        extra: Any,
+        noise: tuple | None = None,
     ) -> tuple:
-        """The method's step from ``t0`` to ``t1`` (floats, or (batch,) tensors: each row its
-        own step) on the (batch, channels) state: ``(y1, error, extra1)``; with step
-        doubling ``y1`` is two half steps (meeting at ``t_mid``, by default the midpoint)
-        and ``error`` their difference from one full step (else ``None``)."""
+        """The method's step from ``t0`` to ``t1`` (floats, 0-dim tensors, or (batch,)
+        tensors: each row its own step) on the (batch, channels) state: ``(y1, error,
+        extra1)``; with step doubling ``y1`` is two half steps (meeting at the midpoint) and
+        ``error`` their difference from one full step (else ``None``). ``noise``: the
+        Brownian motion over each step taken, drawn already (``noise``); by default each
+        step asks the Brownian motion."""
+        drawn = (None, None, None) if noise is None else noise
         if not self.step_doubling:
-            y1, extra1 = stepper.step(t0, t1, y, extra)
+            y1, extra1 = stepper.step(t0, t1, y, extra, drawn[0])
             return y1, None, extra1
-        y_full, _ = stepper.step(t0, t1, y, extra)
-        t_mid = midpoint(t0, t1) if t_mid is None else t_mid
-        y_mid, extra_mid = stepper.step(t0, t_mid, y, extra)
-        y1, extra1 = stepper.step(t_mid, t1, y_mid, extra_mid)
+        y_full, _ = stepper.step(t0, t1, y, extra, drawn[0])
+        t_mid = midpoint(t0, t1)
+        y_mid, extra_mid = stepper.step(t0, t_mid, y, extra, drawn[1])
+        y1, extra1 = stepper.step(t_mid, t1, y_mid, extra_mid, drawn[2])
         return y1, y_full - y1, extra1
+
+    def noise(self, stepper: Any, t0: Any, t1: Any) -> tuple:
+        """The Brownian motion over the steps ``advance`` takes from ``t0`` to ``t1`` (the
+        step, or with step doubling the full step and its halves), as the method uses it:
+        drawn before the step (outside a compiled graph), with one bisection for the three
+        times where the Brownian motion offers ``points`` (a ``VirtualBrownianTree``)."""
+        if not self.step_doubling:
+            return (stepper.brownian(t0, t1),)
+        t_mid = midpoint(t0, t1)
+        bm = stepper.bm
+        if not (hasattr(bm, "points") and isinstance(t0, torch.Tensor)):
+            return tuple(stepper.brownian(a, b) for a, b in ((t0, t1), (t0, t_mid), (t_mid, t1)))
+        times = (t0, t_mid, t1)
+        at = bm.points(times)
+        flags = stepper.brownian_flags
+        return tuple(bm.between(times[a], times[b], at[a], at[b], **flags) for a, b in _HALVES)
 
     def step(
         self, term: ODETerm, t0: float, t1: float, y0: torch.Tensor, state: Any, perturb: bool
     ) -> Step:
-        stepper, extra = state
-        y1, error, extra1 = self.advance(stepper, t0, t1, y0.view(term.shape), extra)
+        stepper, extra, *drawn = state  # (the compiled step's noise: ``compiled_state``)
+        y = y0.view(term.shape)
+        if drawn:
+            y1, error, extra1 = self.advance(stepper, t0, t1, y, extra, drawn[0])
+        else:  # eager: measures the SDE's evaluations a step makes, for the compiled steps
+            before = term.nfe
+            y1, error, extra1 = self.advance(stepper, t0, t1, y, extra)
+            term.calls_per_step = term.nfe - before
         error = None if error is None else error.reshape(-1)
         return Step(t0, t1, y0, y1.reshape(-1), error, [], extra={"state": (stepper, extra1)})
+
+    def compiles(self, term: ODETerm) -> bool:
+        """After the first step, eager: it measures the SDE's evaluations per step."""
+        return term.calls_per_step is not None
+
+    def compiled_state(self, term: ODETerm, t0: float, t1: float, state: Any) -> Any:
+        """``(method, extra state, the step's Brownian motion)``: the noise drawn here, by the
+        loop's float times, as the eager step draws it."""
+        return (*state, self.noise(state[0], t0, t1))
+
+    def compiled_evaluations(self, term: ODETerm, step: Step, state: Any) -> int:
+        return term.calls_per_step
 
     def accept(self, term: ODETerm, step: Step, perturb: bool) -> Any:
         state = step.extra["state"]

@@ -14,34 +14,9 @@ from typing import Any
 import torch
 
 from ..solvers.base import RowFacts
-from ._engine import BoundSDETerm, SDESolver, SDETerm, midpoint
+from ._engine import BoundSDETerm, SDESolver, SDETerm
 from ._solvers import make_solver
 from .settings import METHODS
-
-
-class _AttemptBrownian:
-    """The rows' Brownian motion during one attempt (``SDERows``): the path at the
-    attempt's times (start, midpoint, end) comes from one bisection (``prepare``), and the
-    method's queries between them are answered from it; any other query goes to the
-    Brownian motion itself. The values are the Brownian motion's, bit for bit."""
-
-    def __init__(self, bm: Any):
-        self.bm = bm
-        self.shape = bm.shape
-        self.levy_area_approximation = bm.levy_area_approximation
-        self._times: tuple = ()
-        self._points: list = []
-
-    def prepare(self, times: tuple) -> None:
-        self._times = times  # kept: the ids below stay theirs
-        self._points = self.bm.points(times)
-
-    def __call__(self, ta: Any, tb: Any, return_U: bool = False, return_A: bool = False) -> Any:  # noqa: N803
-        ids = [id(t) for t in self._times]
-        if id(ta) in ids and id(tb) in ids:
-            a, b = self._points[ids.index(id(ta))], self._points[ids.index(id(tb))]
-            return self.bm.between(ta, tb, a, b, return_U, return_A)
-        return self.bm(ta, tb, return_U=return_U, return_A=return_A)
 
 
 class SDERows:
@@ -49,27 +24,33 @@ class SDERows:
     its own ``t`` to ``t1`` with the method's step formulas (``SDESolver.advance`` with (batch,)
     times: ``f`` and ``g`` receive each row's time, the Brownian motion each row's interval),
     its step-doubling error decides the row's step; outputs are linear between the ends.
-    The method keeps no stages and needs no f(t0, y0) or f(t1, y1)."""
+    The method keeps no stages and needs no f(t0, y0) or f(t1, y1). The Brownian motion over
+    an attempt is drawn before it (``noise_rows``) and passed in, so that a compiled attempt
+    (``compile='step'``) holds only the SDE's functions and the method's arithmetic."""
 
     row_fsal = False
     dense_extra_stages = 0
 
     def __init__(self, solver: SDESolver, term: BoundSDETerm):
         self.solver = solver
-        self.term = term
         self.error_order = solver.error_order
         dtype, device = term.sde_time_dtype, term.device
-        points = hasattr(term.bm, "points") and hasattr(term.bm, "between")
-        self.bm = _AttemptBrownian(term.bm) if points else None
-        bm = term.bm if self.bm is None else self.bm
-        self.stepper = make_solver(solver.method, term.forward, bm, dtype, device, solver.options)
-        self.calls = 0  # f and g evaluations of one attempt (the same for every attempt)
+        self.stepper = make_solver(
+            solver.method, term.forward, term.bm, dtype, device, solver.options
+        )
+        # the SDE's evaluations in one attempt (the same for every attempt), measured on the
+        # first one by the device loop (``_attempt.Attempts``)
+        self.calls: int | None = None
 
     def row_facts(self, like: torch.Tensor) -> RowFacts:
-        return RowFacts(stages=0, fsal=False, needs_f0=False, needs_f1=False)
+        return RowFacts(stages=0, fsal=False, needs_f0=False, needs_f1=False, brownian=True)
 
-    def evaluations_per_attempt(self) -> int:
+    def evaluations_per_attempt(self) -> int | None:
         return self.calls
+
+    def noise_rows(self, t: torch.Tensor, t1: torch.Tensor) -> tuple:
+        """The Brownian motion over each row's attempt from ``t`` to ``t1`` (and its halves)."""
+        return self.solver.noise(self.stepper, t, t1)
 
     def propose_rows(
         self,
@@ -80,14 +61,11 @@ class SDERows:
         y: torch.Tensor,
         f0: Any,
         buffer: Any,
+        noise: tuple,
     ) -> tuple[torch.Tensor, torch.Tensor | None, None, torch.Tensor]:
-        """Every row's step from ``t`` to ``t1``: ``(y1, error, None, no stages)``."""
-        before = self.term.nfe
-        t_mid = midpoint(t, t1) if self.solver.step_doubling else None
-        if self.bm is not None:
-            self.bm.prepare((t, t1) if t_mid is None else (t, t_mid, t1))
-        y1, error, _ = self.solver.advance(self.stepper, t, t1, y, (), t_mid)
-        self.calls = self.term.nfe - before
+        """Every row's step from ``t`` to ``t1`` on the Brownian motion ``noise``
+        (``noise_rows``): ``(y1, error, None, no stages)``."""
+        y1, error, _ = self.solver.advance(self.stepper, t, t1, y, (), noise)
         return y1, error, None, y.new_zeros((0, *y.shape))
 
     def dense(self, *args: Any) -> torch.Tensor:
@@ -101,9 +79,9 @@ def check_sde_solve(
 
     Raises:
         ValueError: an ``SDETerm`` with a non-SDE solver (or the reverse), a gradient other
-            than ``Direct()``, output times that require gradients, an event, compilation,
-            or per-sample mode without a Brownian motion of per-row times, step doubling or
-            with reversible Heun.
+            than ``Direct()``, output times that require gradients, an event,
+            ``device_loop`` or ``cuda_graph``, or per-sample mode without a Brownian motion
+            of per-row times, step doubling or with reversible Heun.
     """
     is_term = isinstance(func, SDETerm)
     if isinstance(solver, SDESolver) and not is_term:
@@ -128,10 +106,15 @@ def check_sde_solve(
         )
     if event is not None:
         raise ValueError("an SDETerm does not support events")
-    if execution.device_loop or execution.compile or execution.cuda_graph:
+    if execution.device_loop:
         raise ValueError(
-            "an SDETerm runs in the host loop or per sample (per_sample=True): device_loop, "
-            "compile and cuda_graph are not supported for SDEs"
+            "an SDETerm runs in the host loop or per sample (per_sample=True): device_loop "
+            "is not supported for SDEs (solve without it)"
+        )
+    if execution.cuda_graph:
+        raise ValueError(
+            "cuda_graph is not supported for SDEs (the Brownian motion is drawn between step "
+            "attempts): use compile='step'"
         )
     if execution.per_sample:
         _check_per_sample(func, solver, execution)

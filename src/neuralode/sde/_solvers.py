@@ -55,6 +55,7 @@ class Solver:
     strong_order: float = 0.5
     weak_order: float = 1.0
     adjoint_ok = True  # usable on the adjoint SDE (which offers only diffusion products)
+    brownian_flags: dict = {}  # what a step asks of the Brownian motion besides the increment
 
     def __init__(self, sde, bm, time_dtype: torch.dtype, time_device, options: dict):
         self.sde = sde
@@ -76,8 +77,17 @@ class Solver:
     def init_extra_solver_state(self, t0: float, y0: torch.Tensor) -> tuple:
         return ()
 
-    def step(self, t0: float, t1: float, y0: torch.Tensor, extra: tuple):
+    def step(self, t0: float, t1: float, y0: torch.Tensor, extra: tuple, noise=None):
+        """The step from ``t0`` to ``t1``: ``(y1, extra1)``; ``noise`` is the Brownian motion
+        over the step as ``brownian`` gives it, when the caller drew it already."""
         raise NotImplementedError
+
+    def brownian(self, t0, t1, noise=None):
+        """The Brownian motion over ``[t0, t1]`` as the method uses it (the increment, with
+        ``U`` or ``A`` per ``brownian_flags``): ``noise`` when given, else asked of ``bm``."""
+        if noise is not None:
+            return noise
+        return self.bm(t0, t1, **self.brownian_flags) if self.brownian_flags else self.bm(t0, t1)
 
     def __repr__(self) -> str:
         return (
@@ -93,8 +103,9 @@ class Euler(Solver):
         super().__init__(sde, *args, **kwargs)
         self.strong_order = 1.0 if sde.noise_type == NOISE_TYPES.additive else 0.5
 
-    def step(self, t0, t1, y0, extra):
-        return y0 + self.sde.increment(self.time(t0), y0, span(t0, t1, y0), self.bm(t0, t1)), ()
+    def step(self, t0, t1, y0, extra, noise=None):
+        dW = self.brownian(t0, t1, noise)  # noqa: N806
+        return y0 + self.sde.increment(self.time(t0), y0, span(t0, t1, y0), dW), ()
 
 
 class _Milstein(Solver):
@@ -115,9 +126,9 @@ class _Milstein(Solver):
             )
         self.grad_free = grad_free
 
-    def step(self, t0, t1, y0, extra):
+    def step(self, t0, t1, y0, extra, noise=None):
         dt = span(t0, t1, y0)
-        dW = self.bm(t0, t1)  # noqa: N806
+        dW = self.brownian(t0, t1, noise)  # noqa: N806
         v = dW**2 - dt if self.sde_type == SDE_TYPES.ito else dW**2
         t = self.time(t0)
         if self.grad_free:
@@ -177,21 +188,22 @@ class SRK(Solver):
 
     noise_types = (NOISE_TYPES.additive, NOISE_TYPES.diagonal, NOISE_TYPES.scalar)
     levy_area_approximations = _WITH_H
+    brownian_flags = {"return_U": True}
     strong_order = 1.5
     weak_order = 1.5
     adjoint_ok = False
 
-    def step(self, t0, t1, y0, extra):
+    def step(self, t0, t1, y0, extra, noise=None):
         if self.sde.noise_type == NOISE_TYPES.additive:
-            return self._additive(t0, t1, y0)
-        return self._diagonal(t0, t1, y0)
+            return self._additive(t0, t1, y0, noise)
+        return self._diagonal(t0, t1, y0, noise)
 
-    def _diagonal(self, t0, t1, y0):
+    def _diagonal(self, t0, t1, y0, noise):
         tab = _SRID2
         dt = span(t0, t1, y0)
         rdt = _ratio(1, dt)
         sqrt_dt = _sqrt(dt)
-        dW, U = self.bm(t0, t1, return_U=True)  # noqa: N806
+        dW, U = self.brownian(t0, t1, noise)  # noqa: N806
         i_kk = (dW**2 - dt) * 0.5
         i_kkk = (dW**3 - 3 * dt * dW) / 6
         u_rdt = U * rdt
@@ -229,10 +241,10 @@ class SRK(Solver):
             y1 = y1 + g * weight
         return y1, ()
 
-    def _additive(self, t0, t1, y0):
+    def _additive(self, t0, t1, y0, noise):
         tab = _SRA1
         dt = span(t0, t1, y0)
-        dW, U = self.bm(t0, t1, return_U=True)  # noqa: N806
+        dW, U = self.brownian(t0, t1, noise)  # noqa: N806
         u_rdt = _ratio(U, dt)
         y1 = y0
         fs = []
@@ -262,9 +274,9 @@ class _StratonovichSolver(Solver):
 class Midpoint(_StratonovichSolver):
     """The stochastic midpoint method (Stratonovich; strong order 1.0 unless general noise)."""
 
-    def step(self, t0, t1, y0, extra):
+    def step(self, t0, t1, y0, extra, noise=None):
         dt = span(t0, t1, y0)
-        dW = self.bm(t0, t1)  # noqa: N806
+        dW = self.brownian(t0, t1, noise)  # noqa: N806
         y_mid = y0 + 0.5 * self.sde.increment(self.time(t0), y0, dt, dW)
         return y0 + self.sde.increment(self.at(t0, t1, 0.5), y_mid, dt, dW), ()
 
@@ -272,9 +284,9 @@ class Midpoint(_StratonovichSolver):
 class Heun(_StratonovichSolver):
     """Heun's method (Stratonovich; strong order 1.0 unless general noise)."""
 
-    def step(self, t0, t1, y0, extra):
+    def step(self, t0, t1, y0, extra, noise=None):
         dt = span(t0, t1, y0)
-        dW = self.bm(t0, t1)  # noqa: N806
+        dW = self.brownian(t0, t1, noise)  # noqa: N806
         increment = self.sde.increment(self.time(t0), y0, dt, dW)
         increment1 = self.sde.increment(self.time(t1), y0 + increment, dt, dW)
         return y0 + (increment + increment1) * 0.5, ()
@@ -283,9 +295,9 @@ class Heun(_StratonovichSolver):
 class EulerHeun(_StratonovichSolver):
     """Euler-Heun: Euler in the drift, Heun in the diffusion (Stratonovich)."""
 
-    def step(self, t0, t1, y0, extra):
+    def step(self, t0, t1, y0, extra, noise=None):
         dt = span(t0, t1, y0)
-        dW = self.bm(t0, t1)  # noqa: N806
+        dW = self.brownian(t0, t1, noise)  # noqa: N806
         f, g_prod = self.sde.f_and_g_prod(self.time(t0), y0, dW)
         g_prod1 = self.sde.g_prod(self.time(t1), y0 + g_prod, dW)
         return y0 + dt * f + (g_prod + g_prod1) * 0.5, ()
@@ -296,11 +308,12 @@ class LogODEMidpoint(_StratonovichSolver):
     term for general noise; needs Davie's or Foster's Lévy area approximation."""
 
     levy_area_approximations = (LEVY_AREA_APPROXIMATIONS.davie, LEVY_AREA_APPROXIMATIONS.foster)
+    brownian_flags = {"return_A": True}
     adjoint_ok = False
 
-    def step(self, t0, t1, y0, extra):
+    def step(self, t0, t1, y0, extra, noise=None):
         dt = span(t0, t1, y0)
-        dW, A = self.bm(t0, t1, return_A=True)  # noqa: N806
+        dW, A = self.brownian(t0, t1, noise)  # noqa: N806
         f, g_prod = self.sde.f_and_g_prod(self.time(t0), y0, dW)
         t_mid = self.at(t0, t1, 0.5)
         y_mid = y0 + (0.5 * dt) * f + 0.5 * g_prod
@@ -320,10 +333,10 @@ class ReversibleHeun(_StratonovichSolver):
     def init_extra_solver_state(self, t0, y0):
         return (*self.sde.f_and_g(self.time(t0), y0), y0)
 
-    def step(self, t0, t1, y0, extra):
+    def step(self, t0, t1, y0, extra, noise=None):
         f0, g0, z0 = extra
         dt = span(t0, t1, y0)
-        dW = self.bm(t0, t1)  # noqa: N806
+        dW = self.brownian(t0, t1, noise)  # noqa: N806
         z1 = 2 * y0 - z0 + f0 * dt + self.sde.prod(g0, dW)
         f1, g1 = self.sde.f_and_g(self.time(t1), z1)
         y1 = y0 + (f0 + f1) * (0.5 * dt) + self.sde.prod(g0 + g1, 0.5 * dW)

@@ -51,12 +51,16 @@ class RowFacts(NamedTuple):
         fsal: the last stage is f(t1, y1), the next attempt's f0.
         needs_f0: each attempt starts from f(t0, y0) (evaluated after accepted steps).
         needs_f1: the interpolant between a step's ends needs f(t1, y1).
+        brownian: an SDE method's rows: each attempt takes the Brownian motion over it
+            (``noise_rows``, drawn before the attempt) and evaluates the SDE's functions
+            ``evaluations_per_attempt()`` times (measured on the first attempt).
     """
 
     stages: int
     fsal: bool
     needs_f0: bool
     needs_f1: bool
+    brownian: bool = False
 
 
 class Solver(abc.ABC):
@@ -94,6 +98,22 @@ class Solver(abc.ABC):
     ) -> Step:
         """Advance from ``(t0, y0)`` to ``t1``. With ``perturb``, evaluations at the ends of
         the step are moved one ulp inside it (for discontinuities at step boundaries)."""
+
+    def compiles(self, term: ODETerm) -> bool:
+        """Whether the host loop's next step may run compiled (``compile='step'``); if not,
+        it runs eagerly."""
+        return True
+
+    def compiled_state(self, term: ODETerm, t0: float, t1: float, state: Any) -> Any:
+        """The state a compiled step from ``t0`` to ``t1`` takes: ``state``, with what the
+        step draws outside the graph (an SDE method's Brownian motion)."""
+        return state
+
+    def compiled_evaluations(self, term: ODETerm, step: Step, state: Any) -> int:
+        """The evaluations of f in a compiled step from ``state`` (counted outside the
+        graph: a count changed inside one would be guarded on): its stages, less f0 when
+        ``state`` carries it."""
+        return len(step.stages) - (state is not None)
 
     def accept(self, term: ODETerm, step: Step, perturb: bool) -> Any:
         """State for the next step once ``step`` is accepted (f(t1, y1) when it is reusable)."""

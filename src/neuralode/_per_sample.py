@@ -65,7 +65,6 @@ from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
 
-_EPS = 2.0**-52
 _MAX_UNCHECKED = 64  # most steps between two termination checks
 # with a terminal event, samples may all stop early, and the steps after the last stop and
 # before the next check are wasted on the whole batch

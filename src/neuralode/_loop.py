@@ -47,7 +47,7 @@ class LoopConfig:
     execution: Execution = Execution()  # how the loop runs (``_execution``)
     # False: a failure stops the solve (or its sample) with a ``Status`` instead of raising
     throw: bool = True
-    save: Any = None  # ``_dense.Recorder``: keeps the steps (dense output, SaveAt(steps))
+    save: Any = None  # ``_recorder.Recorder``: keeps the steps (dense output, SaveAt(steps))
 
     @property
     def per_sample(self) -> bool:

@@ -43,7 +43,7 @@ class LoopConfig:
     jump_t: tuple[float, ...] = ()
     perturb: bool = False
     callbacks: Any = None
-    events: Any = None  # ``_events.Events``: OneProblemEvents, or one row per sample
+    events: Any = None  # ``_event_tracker.Events``: OneProblemEvents, or one row per sample
     execution: Execution = Execution()  # how the loop runs (``_execution``)
     # False: a failure stops the solve (or its sample) with a ``Status`` instead of raising
     throw: bool = True

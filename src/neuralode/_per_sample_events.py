@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 
-from ._events import Event, EventGradient, Events
+from ._event_gradient import EventGradient
+from ._event_tracker import Events
+from ._events import Event
 from ._loop import integrate
 from ._solution import Solution
 from ._status import Status

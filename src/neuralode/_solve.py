@@ -11,7 +11,8 @@ import torch
 from ._callbacks import Callbacks
 from ._dispatch import BatchTime, run_gradient, solve_with_event
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
-from ._events import Event, OneProblemEvents
+from ._event_tracker import OneProblemEvents
+from ._events import Event
 from ._execution import Execution
 from ._host import vmap_active
 from ._loop import LoopConfig

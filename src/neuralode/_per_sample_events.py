@@ -28,7 +28,8 @@ from ._events import Event
 from ._loop import integrate
 from ._solution import Solution
 from ._status import Status
-from .adjoint.backsolve import Backsolve, adjoint_backward
+from .adjoint._backward import adjoint_backward
+from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy, Problem
 from .adjoint.direct import Direct
 from .adjoint.params import resolve_params

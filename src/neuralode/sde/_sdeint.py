@@ -12,8 +12,9 @@ import torch
 from ..controllers.fixed import FixedGrid
 from ..controllers.pi import PIController
 from ._base import _Forward, _Logqp, _Renamed
-from ._brownian import BaseBrownian, BrownianInterval
+from ._brownian import BaseBrownian
 from ._engine import SDESolver, SDETerm, fixed_grid, run
+from ._interval import BrownianInterval
 from .settings import LEVY_AREA_APPROXIMATIONS, METHODS, NOISE_TYPES, SDE_TYPES
 
 

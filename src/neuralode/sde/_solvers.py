@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._brownian import _sqrt
+from ._bridge import _sqrt
 from .settings import LEVY_AREA_APPROXIMATIONS, METHOD_OPTIONS, METHODS, NOISE_TYPES, SDE_TYPES
 
 _ALL_NOISE = tuple(NOISE_TYPES.all())

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import torch
 
 from ._bisection import _MAX_LEVELS, _SALT_AREA, _signed, _Splits, mix, normal_pair
-from ._brownian import _LEFT_HALF, _mix, _Stored, bridge, levy_area
+from ._bridge import _LEFT_HALF, _mix, bridge, levy_area
+from ._brownian import _Stored
 from .settings import LEVY_AREA_APPROXIMATIONS
 
 

@@ -1,5 +1,6 @@
 """The interface of every Brownian motion (``BaseBrownian``), the stored properties of those
-that keep them (``_Stored``), and the Brownian motion of reversed time (``ReverseBrownian``).
+that keep them (``_Stored``) or wrap another (``_Delegating``), and the Brownian motion of
+reversed time (``ReverseBrownian``).
 
 The Brownian motions themselves: ``BrownianInterval`` (``_interval``, with its views
 ``BrownianPath`` and ``BrownianTree`` in ``_path_tree``) and ``VirtualBrownianTree``
@@ -83,7 +84,29 @@ class _Stored(BaseBrownian):
         return self._tol
 
 
-class ReverseBrownian(BaseBrownian):
+class _Delegating(BaseBrownian):
+    """The properties of a Brownian motion that wraps another one, ``_inner``."""
+
+    _inner: BaseBrownian
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._inner.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._inner.device
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._inner.shape
+
+    @property
+    def levy_area_approximation(self) -> str:
+        return self._inner.levy_area_approximation
+
+
+class ReverseBrownian(_Delegating):
     """The Brownian motion of the reversed time ``s = -t``: ``rbm(sa, sb) = bm(-sb, -sa)``
     (the forward increment over the same interval; the adjoint SDE's diffusion carries the sign).
 
@@ -94,24 +117,12 @@ class ReverseBrownian(BaseBrownian):
     def __init__(self, base_brownian: BaseBrownian):
         self.base_brownian = base_brownian
 
+    @property
+    def _inner(self) -> BaseBrownian:
+        return self.base_brownian
+
     def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: N803
         return self.base_brownian(-tb, -ta, return_U=return_U, return_A=return_A)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_brownian={self.base_brownian})"
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.base_brownian.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.base_brownian.device
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.base_brownian.shape
-
-    @property
-    def levy_area_approximation(self) -> str:
-        return self.base_brownian.levy_area_approximation

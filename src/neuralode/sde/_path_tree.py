@@ -8,46 +8,30 @@ from typing import Any
 
 import torch
 
-from ._brownian import BaseBrownian
+from ._brownian import _Delegating
 from ._interval import BrownianInterval
 
 
-class _Wrapped(BaseBrownian):
+class _Wrapped(_Delegating):
     """A Brownian motion delegating to an inner ``BrownianInterval``; point queries
     ``bm(t)`` return ``w0 + W(t0, t)``."""
 
     def __init__(self, interval: BrownianInterval, w0: torch.Tensor):
-        self._interval = interval
+        self._inner = interval
         self._w0 = w0
 
     def __call__(self, t, tb=None, return_U=False, return_A=False):  # noqa: N803
         if tb is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                out = self._interval(t, None, return_U=return_U, return_A=return_A)
+                out = self._inner(t, None, return_U=return_U, return_A=return_A)
             if not return_U and not return_A:
                 out = out + self._w0
             return out
-        return self._interval(t, tb, return_U=return_U, return_A=return_A)
+        return self._inner(t, tb, return_U=return_U, return_A=return_A)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(interval={self._interval})"
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._interval.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._interval.device
-
-    @property
-    def shape(self) -> torch.Size:
-        return self._interval.shape
-
-    @property
-    def levy_area_approximation(self) -> str:
-        return self._interval.levy_area_approximation
+        return f"{type(self).__name__}(interval={self._inner})"
 
 
 class BrownianPath(_Wrapped):

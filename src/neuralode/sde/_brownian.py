@@ -13,6 +13,8 @@ import abc
 
 import torch
 
+from .settings import LEVY_AREA_APPROXIMATIONS
+
 
 class BaseBrownian(metaclass=abc.ABCMeta):
     """The interface of every Brownian motion: ``bm(ta, tb)`` is the increment over
@@ -82,6 +84,21 @@ class _Stored(BaseBrownian):
     @property
     def tol(self) -> float:
         return self._tol
+
+    def _keep_levy_area_approximation(self, approximation: str) -> None:
+        """Check ``approximation`` and keep it, with whether the space-time Lévy area
+        (``_have_H``) and the Lévy area (``_have_A``) are computed."""
+        if approximation not in LEVY_AREA_APPROXIMATIONS:
+            raise ValueError(
+                f"`levy_area_approximation` must be one of {LEVY_AREA_APPROXIMATIONS}, but got "
+                f"'{approximation}'."
+            )
+        self._levy_area_approximation = approximation
+        self._have_H = approximation != LEVY_AREA_APPROXIMATIONS.none
+        self._have_A = approximation in (
+            LEVY_AREA_APPROXIMATIONS.davie,
+            LEVY_AREA_APPROXIMATIONS.foster,
+        )
 
 
 class _Delegating(BaseBrownian):

@@ -99,11 +99,7 @@ class BrownianInterval(_Stored):
                 )
         elif tol < 0:
             raise ValueError("`tol` should be non-negative.")
-        if levy_area_approximation not in LEVY_AREA_APPROXIMATIONS:
-            raise ValueError(
-                f"`levy_area_approximation` must be one of {LEVY_AREA_APPROXIMATIONS}, but got "
-                f"'{levy_area_approximation}'."
-            )
+        self._keep_levy_area_approximation(levy_area_approximation)
         for name, tensor in (("W", W), ("H", H)):
             if tensor is not None and not (torch.is_tensor(tensor) and tensor.is_floating_point()):
                 raise ValueError(f"{name}={tensor} should be a floating point Tensor.")
@@ -129,17 +125,11 @@ class BrownianInterval(_Stored):
         self._dtype = dtype
         self._device = torch.device(device)
         self._entropy = int(entropy)
-        self._levy_area_approximation = levy_area_approximation
         self._dt = None if dt is None else float(dt)
         self._tol = float(tol)
         self._pool_size = pool_size
         self._cache_size = cache_size
         self._halfway_tree = halfway_tree
-        self._have_H = levy_area_approximation != LEVY_AREA_APPROXIMATIONS.none
-        self._have_A = levy_area_approximation in (
-            LEVY_AREA_APPROXIMATIONS.davie,
-            LEVY_AREA_APPROXIMATIONS.foster,
-        )
         self._digits = None if tol == 0 else -int(math.log10(tol))
         self._generator = torch.Generator(self._device)
         self._root_seed = _mix(self._entropy)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -51,6 +51,26 @@ class _Linearisation:
     f0: torch.Tensor
     jacobians: torch.Tensor | None
     jvp: JacobianVectorProduct | None
+
+
+class StageEquations(NamedTuple):
+    """The stage equations of one step, Z = h (A kron I) F(y0 + Z) + h a_first f(t0, y0):
+    f, the step size, the coefficients, each implicit stage's (time, perturbation) and the
+    batch layout of the state."""
+
+    term: ODETerm
+    h: float
+    co: _Coefficients
+    times: list[tuple[float, float]]
+    layout: BatchLayout
+
+    def values(self, y0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """F(y0 + Z): f at every implicit stage, (m, n)."""
+        return torch.stack([self.term(t, y0 + z[i], p) for i, (t, p) in enumerate(self.times)])
+
+    def explicit_part(self, k_first: torch.Tensor) -> torch.Tensor:
+        """h a_first f(t0, y0): the explicit first stage's part of Z."""
+        return self.h * self.co.a_first[:, None] * k_first
 
 
 class ImplicitStages(Solver):
@@ -146,42 +166,29 @@ class ImplicitStages(Solver):
             tol = max(10 * eps / max(rtol, 1e-300), min(0.03, rtol**0.5))
         return atol + rtol * y0.abs(), tol
 
-    def _stage_values(
-        self,
-        term: ODETerm,
-        y0: torch.Tensor,
-        z: torch.Tensor,
-        stage_times: list[tuple[float, float]],
-    ) -> torch.Tensor:
-        return torch.stack([term(t, y0 + z[i], p) for i, (t, p) in enumerate(stage_times)])
-
     def _newton(
         self,
-        term: ODETerm,
+        eq: StageEquations,
         y0: torch.Tensor,
-        h: float,
-        co: _Coefficients,
-        stage_times: list[tuple[float, float]],
         start: torch.Tensor | None,
         k_first: torch.Tensor | None,
         lin: _Linearisation,
-        layout: BatchLayout,
     ) -> tuple[torch.Tensor | None, str]:
         """Simplified Newton from ``start`` (else Z = 0: an explicit predictor is far off
         on stiff components); (Z, "") when converged, else (None, why)."""
         try:
-            solve = self._linear_solve(h, co.a, lin, layout)
+            solve = self._linear_solve(eq.h, eq.co.a, lin, eq.layout)
         except SingularMatrixError:
             return None, "singular Newton matrix I - h (A kron J)"
-        z = y0.new_zeros((len(stage_times), y0.numel())) if start is None else start.clone()
-        base = 0.0 if k_first is None else h * co.a_first[:, None] * k_first
+        z = y0.new_zeros((len(eq.times), y0.numel())) if start is None else start.clone()
+        base = 0.0 if k_first is None else eq.explicit_part(k_first)
         scale, tol = self._scale(y0)
         eps = torch.finfo(scale.dtype).eps
         cap = self._iteration_cap
         previous = None
         for iteration in range(cap):
             self.counters["newton_iterations"] += 1
-            residual = base + h * (co.a @ self._stage_values(term, y0, z, stage_times)) - z
+            residual = base + eq.h * (eq.co.a @ eq.values(y0, z)) - z
             if not bool(torch.isfinite(residual).all()):
                 return None, f"non-finite f at the stages after {iteration} iterations"
             dz = solve(residual)
@@ -205,27 +212,21 @@ class ImplicitStages(Solver):
         return None, f"not converged in max_iters={cap} iterations"
 
     def _attach_gradient(
-        self,
-        term: ODETerm,
-        y0: torch.Tensor,
-        h: float,
-        co: _Coefficients,
-        stage_times: list[tuple[float, float]],
-        k_first: torch.Tensor | None,
-        z: torch.Tensor,
-        layout: BatchLayout,
+        self, eq: StageEquations, y0: torch.Tensor, k_first: torch.Tensor | None, z: torch.Tensor
     ) -> torch.Tensor:
         """Z in value, with the implicit function theorem's derivative (``_implicit_gradient``)."""
-        values = self._stage_values(term, y0, z, stage_times)
-        z_graph = h * (co.a @ values)
+        values = eq.values(y0, z)
+        z_graph = eq.h * (eq.co.a @ values)
         if k_first is not None:
-            z_graph = z_graph + h * co.a_first[:, None] * k_first
+            z_graph = z_graph + eq.explicit_part(k_first)
         if not z_graph.requires_grad:
             return z
         stages = y0.detach() + z
         krylov = (self.krylov_tol, self.krylov_dim) if self.linear_solver == "krylov" else None
 
         def solve(grad: torch.Tensor) -> torch.Tensor:
-            return transposed_solve(term, h, co.a, stages, stage_times, layout, grad, krylov)
+            return transposed_solve(
+                eq.term, eq.h, eq.co.a, stages, eq.times, eq.layout, grad, krylov
+            )
 
         return tie_adjoint(z, z_graph, values, solve, self.name)

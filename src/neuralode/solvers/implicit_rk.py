@@ -19,7 +19,7 @@ import torch
 from .._errors import SolverError
 from .._host import forward_mode
 from .._term import ODETerm
-from ._implicit_stages import ImplicitStages
+from ._implicit_stages import ImplicitStages, StageEquations
 from .base import Step, hermite_interpolate
 from .tableau import ImplicitTableau, collocation_weights
 
@@ -145,21 +145,22 @@ class ImplicitRK(ImplicitStages):
             (t1, p1) if c == 1 else (t0 + c * h, p0 if c == 0 else 0.0) for c in tab.c[first:]
         ]
         layout = self._layout(term)
+        eq = StageEquations(term, h, co, stage_times, layout)
         y0d = y0.detach()
         with torch.no_grad():
             lin = self._linearise(term, t0, y0d, p0, layout)
             k_first = lin.f0 if first else None
             nodes = tab.c[first:]
             start = self._predictor(state, t0, h, y0d, nodes)
-            z, failure = self._newton(term, y0d, h, co, stage_times, start, k_first, lin, layout)
+            z, failure = self._newton(eq, y0d, start, k_first, lin)
         if z is None:
             return self._failed_step(t0, t1, y0, failure)
         grad = torch.is_grad_enabled()
         if grad:
             if first:
                 k_first = term(t0, y0, p0)
-            z = self._attach_gradient(term, y0, h, co, stage_times, k_first, z, layout)
-        w = z if k_first is None else z - h * co.a_first[:, None] * k_first
+            z = self._attach_gradient(eq, y0, k_first, z)
+        w = z if k_first is None else z - eq.explicit_part(k_first)
         ks = (co.inverse @ w) / h
         y1 = y0 + co.d @ w
         if first:

@@ -24,9 +24,10 @@ from ..controllers.fixed import FixedGrid
 from ..controllers.pi import PIController
 from ._adjoint_sde import _AdjointSDE
 from ._brownian import BaseBrownian, ReverseBrownian
+from ._contract import _assert_no_grad, _check_unused, check_contract
 from ._engine import SDESolver, SDETerm, run
 from ._reversible_adjoint import _reversible_backward
-from ._sdeint import _FAC_MAX, _assert_no_grad, _check_unused, check_contract, parse_return, solve
+from ._sdeint import _FAC_MAX, parse_return, solve
 from ._solvers import make_solver
 from .settings import METHODS, NOISE_TYPES, SDE_TYPES
 

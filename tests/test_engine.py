@@ -633,9 +633,9 @@ def test_constants_cached_under_a_transform_are_plain_tensors(monkeypatch):
     from torch._C._functorch import is_functorch_wrapped_tensor
 
     from neuralode import _norms
-    from neuralode.solvers import explicit_rk
+    from neuralode.solvers import _rk_coefficients
 
-    monkeypatch.setattr(explicit_rk, "_SHARED", {})
+    monkeypatch.setattr(_rk_coefficients, "_SHARED", {})
     monkeypatch.setattr(_norms, "_TOLERANCES", {})
     solver = no.solvers.Tsit5()
     implicit = no.solvers.RadauIIA5()
@@ -647,7 +647,7 @@ def test_constants_cached_under_a_transform_are_plain_tensors(monkeypatch):
     y0 = starts(1)[0]
     torch.func.grad(loss)(y0)
     cached = [
-        *(v for co in explicit_rk._SHARED.values() for v in (co.b, co.b_error, *co.a)),
+        *(v for co in _rk_coefficients._SHARED.values() for v in (co.b, co.b_error, *co.a)),
         *_norms._TOLERANCES.values(),
         *(v for co in implicit._cache.values() for v in (co.a, co.inverse, co.d)),
     ]

@@ -188,7 +188,7 @@ def test_adjoint_compiles_its_vjps_only_for_a_modules_parameters():
     """Backsolve(compile_step=True) substitutes the parameters by name (torch.func): a
     plain function, or parameters that are not func's, get a clear error before solving;
     so does a backward method it cannot compile."""
-    from neuralode.adjoint.backsolve import _parameter_names
+    from neuralode.adjoint._dynamics import _parameter_names
 
     class Field(torch.nn.Module):
         def __init__(self):

@@ -12,7 +12,7 @@ import torch
 from sde_problems import GBM, slope
 
 from neuralode import sde as nsde
-from neuralode.sde._brownian import _mix, bridge
+from neuralode.sde._bridge import _mix, bridge
 from neuralode.sde._virtual import mix
 
 F64 = torch.float64

@@ -1,10 +1,10 @@
 """neuralode: neural differential equations in PyTorch."""
 
-from ._dense import SaveAt
 from ._errors import MaxStepsError, NonFiniteError, SolverError, StepSizeUnderflowError
 from ._events import Event
 from ._execution import Execution
 from ._norms import max_norm, mixed_norm, rms_norm, seminorm
+from ._saveat import SaveAt
 from ._solution import Solution, SolveStats
 from ._solve import solve
 from ._status import Status

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from ._events import EventGradient, OneProblemEvents
+from ._event_gradient import EventGradient
+from ._event_tracker import OneProblemEvents
 from ._loop import integrate
 from ._solution import Solution
 from ._spans import run_spans

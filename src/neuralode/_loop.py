@@ -43,11 +43,11 @@ class LoopConfig:
     jump_t: tuple[float, ...] = ()
     perturb: bool = False
     callbacks: Any = None
-    events: Any = None  # ``_events.Events``: OneProblemEvents, or one row per sample
+    events: Any = None  # ``_event_tracker.Events``: OneProblemEvents, or one row per sample
     execution: Execution = Execution()  # how the loop runs (``_execution``)
     # False: a failure stops the solve (or its sample) with a ``Status`` instead of raising
     throw: bool = True
-    save: Any = None  # ``_dense.Recorder``: keeps the steps (dense output, SaveAt(steps))
+    save: Any = None  # ``_recorder.Recorder``: keeps the steps (dense output, SaveAt(steps))
 
     @property
     def per_sample(self) -> bool:

@@ -22,11 +22,14 @@ from typing import Any
 
 import torch
 
-from ._events import Event, EventGradient, Events
+from ._event_gradient import EventGradient
+from ._event_tracker import Events
+from ._events import Event
 from ._loop import integrate
 from ._solution import Solution
 from ._status import Status
-from .adjoint.backsolve import Backsolve, adjoint_backward
+from .adjoint._backward import adjoint_backward
+from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy, Problem
 from .adjoint.direct import Direct
 from .adjoint.params import resolve_params

@@ -9,14 +9,16 @@ from typing import Any
 import torch
 
 from ._callbacks import Callbacks
-from ._dense import Recorder, SaveAt, check_saveat, saved
 from ._dispatch import BatchTime, run_gradient, solve_with_event
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
-from ._events import Event, OneProblemEvents
+from ._event_tracker import OneProblemEvents
+from ._events import Event
 from ._execution import Execution
 from ._host import vmap_active
 from ._loop import LoopConfig
 from ._norms import Norm, mixed_norm, rms_norm
+from ._recorder import Recorder
+from ._saveat import SaveAt, check_saveat, saved
 from ._solution import Solution, SolveStats
 from ._spans import sample_times
 from ._status import Status, mark_non_finite

@@ -1,65 +1,27 @@
 """torchdiffeq-compatible façade: ``odeint``, ``odeint_adjoint`` and ``odeint_event``.
 
 Same signatures, method names, options and callbacks as torchdiffeq; strings are parsed and
-validated here and turned into the core API's objects (``solve`` with a solver, a controller
-and a gradient strategy). Unknown methods or options raise ``ValueError``.
+validated (``_compat_options``) and turned into the core API's objects (``solve`` with a
+solver, a controller and a gradient strategy). Unknown methods or options raise
+``ValueError``.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from ._compat_options import _ALIASES, _LOOP_FLAGS, _adjoint_norm, _callbacks, _parse
 from ._events import Event
-from ._solve import DEFAULT_MAX_STEPS, solve
+from ._solve import solve
 from ._tree import tree_spec
 from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy
 from .adjoint.direct import Direct
 from .adjoint.params import resolve_params
-from .controllers.fixed import FixedGrid
-from .controllers.pi import PIController
-from .solvers import METHODS
-from .solvers.base import Solver, Step, hermite_interpolate
-from .solvers.explicit_rk import ExplicitRK
-
-# options of the forward solve's execution, passed to ``solve`` (not to the adjoint's):
-# ``per_sample`` and ``compile`` and the older boolean flags (``_execution.Execution.of``)
-_LOOP_FLAGS = (
-    "per_sample", "compile", "skip_finished", "compile_step", "device_loop", "cuda_graph",
-)  # fmt: skip
-_ADAPTIVE_OPTIONS = {
-    "first_step",
-    "safety",
-    "ifactor",
-    "dfactor",
-    "icoeff",
-    "pcoeff",
-    "min_step",
-    "max_step",
-    "max_num_steps",
-    "dtype",
-    "step_t",
-    "jump_t",
-    "norm",
-    "throw",
-    *_LOOP_FLAGS,
-}
-_FIXED_OPTIONS = {
-    "step_size", "grid_constructor", "perturb", "interp", "max_num_steps", "compile_step",
-    "compile", "throw",
-}  # fmt: skip
-_INTERPOLATIONS = ("linear", "cubic")
-# torchdiffeq's other names for our methods
-_ALIASES = {"fixed_adams": "implicit_adams"}
-_CONTROLLER_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "icoeff", "pcoeff")
-_CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 
 
 def odeint(
@@ -315,168 +277,6 @@ def _odeint(
         return sol.ys
     assert sol.event_t is not None  # the solve runs towards infinity until an event
     return sol.event_t, _stack_pair(y0, sol.event_y)
-
-
-def _parse(
-    method: str,
-    options: dict[str, Any],
-    rtol: float,
-    atol: float,
-    func: Callable,
-    y0: Any,
-    t: torch.Tensor,
-    spec: Any,
-):
-    """(solver, controller, extra keyword arguments of ``solve``) from torchdiffeq's terms."""
-    method = _ALIASES.get(method, method)
-    if method not in METHODS:
-        available = ", ".join([*METHODS, *_ALIASES, "scipy_solver"])
-        raise ValueError(f"unknown method {method!r}; available methods: {available}")
-    solver_cls = METHODS[method]
-    solver_args = [p for p in inspect.signature(solver_cls).parameters if p != "self"]
-    probe = solver_cls(**{k: options[k] for k in solver_args if k in options})
-    allowed = (_ADAPTIVE_OPTIONS if probe.adaptive else _FIXED_OPTIONS) | set(solver_args)
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for method {method!r}; valid options: {sorted(allowed)}"
-        )
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        value = float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else value
-        if not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    most = options.get("max_num_steps", DEFAULT_MAX_STEPS)
-    extra: dict[str, Any] = {"max_steps": None if most is None else int(most)}
-    if "throw" in options:  # False: failed samples' outputs NaN instead of an error
-        extra["throw"] = bool(options["throw"])
-    if probe.adaptive:
-        dtype = options.get("dtype", torch.float64)
-        if dtype != torch.float64:
-            raise ValueError(
-                f"option dtype={dtype}: neuralode always keeps time in float64 (Python floats), "
-                "so only torch.float64 is accepted"
-            )
-        kwargs = {k: float(options[k]) for k in _CONTROLLER_OPTIONS if k in options}
-        kwargs["min_step"] = float(options.get("min_step", 0.0))
-        kwargs["max_step"] = float(options.get("max_step", math.inf))
-        controller = PIController(float(rtol), float(atol), **kwargs)
-        for key in ("step_t", "jump_t"):
-            if options.get(key) is not None:
-                extra[key] = options[key]
-        for key in _LOOP_FLAGS:
-            if options.get(key):
-                extra[key] = options[key]
-        if options.get("norm") is not None:
-            user_norm = options["norm"]
-            extra["norm"] = lambda flat: user_norm(spec.unflatten(flat))
-    else:
-        if options.get("step_size") is not None and options.get("grid_constructor") is not None:
-            raise ValueError("options step_size and grid_constructor are mutually exclusive")
-        constructor = None
-        if options.get("grid_constructor") is not None:
-            constructor = _grid_constructor(options["grid_constructor"], func, y0, t)
-        controller = FixedGrid(step_size=options.get("step_size"), constructor=constructor)
-        interp = options.get("interp")
-        if interp is not None:
-            if interp not in _INTERPOLATIONS:
-                raise ValueError(f"option interp must be one of {_INTERPOLATIONS}, got {interp!r}")
-            probe = _with_interpolation(probe, interp)
-        extra["perturb"] = bool(options.get("perturb", False))
-        extra["compile_step"] = bool(options.get("compile_step", False))
-        if options.get("compile"):
-            extra["compile"] = options["compile"]
-    return probe, controller, extra
-
-
-class _FuncCallbacks:
-    """The core's callbacks object calling torchdiffeq-style ``callback_*`` on ``func``."""
-
-    def __init__(self, func: Any, suffix: str, names: Sequence[str]):
-        hooks = ("on_step", "on_accept", "on_reject")
-        for hook, target in zip(hooks, _CALLBACKS):
-            if target in names:
-                setattr(self, hook, getattr(func, target + suffix))
-
-
-def _callbacks(func: Any, suffix: str, method: str, solver: Any) -> _FuncCallbacks | None:
-    """The callbacks ``func`` defines that ``method`` calls (as torchdiffeq: fixed-grid
-    methods call only ``callback_step``, ``scipy_solver`` none); a warning names the others."""
-    defined = [name for name in _CALLBACKS if callable(getattr(func, name + suffix, None))]
-    if method == "scipy_solver":
-        called: tuple[str, ...] = ()
-    elif not solver.adaptive:
-        called = ("callback_step",)
-    else:
-        called = _CALLBACKS
-    ignored = [name + suffix for name in defined if name not in called]
-    if ignored:
-        warnings.warn(
-            f"method {method!r} never calls {', '.join(ignored)} defined on func "
-            f"({'it calls no callbacks' if not called else 'it calls only callback_step'})",
-            stacklevel=4,
-        )
-    used = [name for name in defined if name in called]
-    return _FuncCallbacks(func, suffix, used) if used else None
-
-
-def _grid_constructor(
-    constructor: Callable, func: Any, y0: Any, t: torch.Tensor
-) -> Callable[[list[float]], torch.Tensor]:
-    """torchdiffeq's ``grid_constructor(func, y0, t)`` as a ``FixedGrid`` constructor: called
-    for each solve with its times as a tensor like ``t`` (reversed for an adjoint's backward
-    solves)."""
-
-    def build(times: list[float]) -> torch.Tensor:
-        return constructor(func, y0, torch.tensor(times, dtype=t.dtype, device=t.device))
-
-    return build
-
-
-def _adjoint_norm(norm: Callable, spec: Any, params: Sequence[torch.Tensor]) -> Callable:
-    """A torchdiffeq adjoint norm, called with ``(t, *y, *adj_y, *adj_params)`` (a tuple state
-    flattened into its tensors), as a norm of the flat backward state ``[y, a, g]``."""
-    n = sum(spec.numels)
-    sizes = [p.numel() for p in params]
-    shapes = [p.shape for p in params]
-
-    def flat_norm(x: torch.Tensor) -> torch.Tensor:
-        y, a = spec.unflatten(x[:n]), spec.unflatten(x[n : 2 * n])
-        grads = [g.view(shape) for g, shape in zip(torch.split(x[2 * n :], sizes), shapes)]
-        as_tuple = (lambda v: (v,)) if spec.is_leaf else tuple
-        t = x.new_zeros(()).real  # torchdiffeq's time-gradient channel; not integrated here
-        return norm((t, *as_tuple(y), *as_tuple(a), *grads))
-
-    return flat_norm
-
-
-def _with_interpolation(solver: Solver, kind: str) -> Solver:
-    """``solver`` (a fixed-grid method) with torchdiffeq's ``interp`` between grid points:
-    ``"linear"`` between the ends of a step, or ``"cubic"`` Hermite through their values and
-    derivatives. The copy's class is a subclass of the solver's, so that checks and caches
-    keyed on the class still apply."""
-    cls = type(solver)
-    key = (cls, kind)
-    sub = _INTERPOLATED.get(key)
-    if sub is None:
-        method = _linear_interpolate if kind == "linear" else _cubic_interpolate
-        sub = type(cls.__name__, (cls,), {"interpolate": method, "__module__": cls.__module__})
-        _INTERPOLATED[key] = sub
-    interpolated = copy.copy(solver)
-    interpolated.__class__ = sub
-    return interpolated
-
-
-_INTERPOLATED: dict[tuple[type, str], type] = {}
-
-
-def _linear_interpolate(self: Solver, term: Any, step: Step, thetas: torch.Tensor) -> torch.Tensor:
-    th = thetas.to(device=step.y0.device, dtype=term.time_dtype)[:, None]
-    return step.y0 + th * (step.y1 - step.y0)
-
-
-def _cubic_interpolate(self: Solver, term: Any, step: Step, thetas: torch.Tensor) -> torch.Tensor:
-    f0 = step.stages[0] if isinstance(self, ExplicitRK) else term(step.t0, step.y0)
-    return hermite_interpolate(term, step, thetas, f0)
 
 
 def _stack_pair(y0: Any, y_event: Any) -> Any:

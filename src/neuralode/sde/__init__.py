@@ -14,15 +14,10 @@ bm), y0, ts, solver=SDESolver("euler"), controller=FixedGrid(step_size=dt))``.
 from . import settings
 from ._adjoint import sdeint_adjoint
 from ._base import BaseSDE, SDEIto, SDEStratonovich
-from ._brownian import (
-    BaseBrownian,
-    BrownianInterval,
-    BrownianPath,
-    BrownianTree,
-    ReverseBrownian,
-    brownian_interval_like,
-)
+from ._brownian import BaseBrownian, ReverseBrownian
 from ._engine import SDESolver, SDETerm
+from ._interval import BrownianInterval
+from ._path_tree import BrownianPath, BrownianTree, brownian_interval_like
 from ._sdeint import sdeint
 from ._virtual import VirtualBrownianTree
 

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ._brownian import bridge
+from ._bridge import bridge
 
 
 def _signed(c: int) -> int:
@@ -24,7 +24,7 @@ _MAX_LEVELS = 60  # node numbers 2**level + k stay in int64
 
 
 def mix(x: torch.Tensor) -> torch.Tensor:
-    """splitmix64 on int64 tensors (wrapping arithmetic), bit for bit ``_brownian._mix``."""
+    """splitmix64 on int64 tensors (wrapping arithmetic), bit for bit ``_bridge._mix``."""
     x = x + _GOLDEN  # a fresh tensor: the rest runs in place on it
     for shift, mul in ((30, _MUL1), (27, _MUL2), (31, None)):
         x ^= (x >> shift) & ((1 << (64 - shift)) - 1)  # a logical shift

@@ -1,99 +1,18 @@
-"""SDE solvers: each is a step ``(t0, t1, y0, extra) -> (y1, extra)``.
-
-The times are host floats (one problem: every row steps from ``t0`` to ``t1``; they reach the
-user's ``f`` and ``g`` as 0-dim tensors of the time dtype, as in torchsde) or float64 tensors
-of shape (batch,) (per sample: row i steps from ``t0[i]`` to ``t1[i]``; ``f`` and ``g``
-receive the (batch,) times, the Brownian motion is asked for each row's interval). The step
-formulas are written once for both: ``span`` is the step as the states see it (a float, or
-(batch, 1)), ``at`` the time at a fraction of it, and ``_ratio`` divides by a step that is
-zero for finished samples (whose steps are discarded) without making NaN.
-
-Every solver names the SDE type, noise types and Lévy area approximations it supports and its
-strong and weak orders; the checks happen once, when the solver is made (``make_solver``).
+"""The SDE methods (Euler-Maruyama, Milstein, the Stratonovich methods; stochastic
+Runge-Kutta in ``_srk``), each a step ``(t0, t1, y0, extra) -> (y1, extra)`` on the base of
+``_solver_base`` (one problem or per sample, written once for both), and ``make_solver``,
+which checks once, when the solver is made, that the method fits the SDE and the Brownian
+motion.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._brownian import _sqrt
+from ._bridge import _sqrt
+from ._solver_base import Solver, _ratio, span
+from ._srk import SRK
 from .settings import LEVY_AREA_APPROXIMATIONS, METHOD_OPTIONS, METHODS, NOISE_TYPES, SDE_TYPES
-
-_ALL_NOISE = tuple(NOISE_TYPES.all())
-_ALL_LEVY = tuple(LEVY_AREA_APPROXIMATIONS.all())
-_WITH_H = (
-    LEVY_AREA_APPROXIMATIONS.space_time,
-    LEVY_AREA_APPROXIMATIONS.davie,
-    LEVY_AREA_APPROXIMATIONS.foster,
-)
-
-
-def span(t0, t1, y0: torch.Tensor):
-    """The step from ``t0`` to ``t1`` as the states see it: a float, or per sample (batch, 1)
-    in ``y0``'s dtype."""
-    if isinstance(t1, torch.Tensor) and t1.ndim == 1:
-        return (t1 - t0).to(y0.dtype)[:, None]
-    return t1 - t0
-
-
-def _ratio(a, b):
-    """``a / b``; for a tensor ``b`` (per-sample steps) 0 where ``b`` is 0 (the zero step of
-    a finished sample: its noise is zero too, so 0 is the limit, and no NaN reaches the
-    gradients of the rows that step)."""
-    if not isinstance(b, torch.Tensor):
-        return a / b
-    zero = b == 0
-    return torch.where(zero, 0.0, a / torch.where(zero, 1.0, b))
-
-
-class Solver:
-    """A one-step SDE method bound to an SDE, a Brownian motion and a time dtype."""
-
-    sde_type: str = SDE_TYPES.ito
-    noise_types: tuple[str, ...] = _ALL_NOISE
-    levy_area_approximations: tuple[str, ...] = _ALL_LEVY
-    strong_order: float = 0.5
-    weak_order: float = 1.0
-    adjoint_ok = True  # usable on the adjoint SDE (which offers only diffusion products)
-    brownian_flags: dict = {}  # what a step asks of the Brownian motion besides the increment
-
-    def __init__(self, sde, bm, time_dtype: torch.dtype, time_device, options: dict):
-        self.sde = sde
-        self.bm = bm
-        self.options = options
-        self._dtype = time_dtype
-        self._device = time_device
-
-    def time(self, t: float | torch.Tensor) -> torch.Tensor:
-        """The time as ``f`` and ``g`` receive it: 0-dim, or (batch,) per sample."""
-        if isinstance(t, torch.Tensor):
-            return t.to(self._dtype)
-        return torch.tensor(t, dtype=self._dtype, device=self._device)
-
-    def at(self, t0, t1, c: float) -> torch.Tensor:
-        """The time at the fraction ``c`` of the step from ``t0`` to ``t1``."""
-        return self.time(t0 + c * (t1 - t0))
-
-    def init_extra_solver_state(self, t0: float, y0: torch.Tensor) -> tuple:
-        return ()
-
-    def step(self, t0: float, t1: float, y0: torch.Tensor, extra: tuple, noise=None):
-        """The step from ``t0`` to ``t1``: ``(y1, extra1)``; ``noise`` is the Brownian motion
-        over the step as ``brownian`` gives it, when the caller drew it already."""
-        raise NotImplementedError
-
-    def brownian(self, t0, t1, noise=None):
-        """The Brownian motion over ``[t0, t1]`` as the method uses it (the increment, with
-        ``U`` or ``A`` per ``brownian_flags``): ``noise`` when given, else asked of ``bm``."""
-        if noise is not None:
-            return noise
-        return self.bm(t0, t1, **self.brownian_flags) if self.brownian_flags else self.bm(t0, t1)
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__} of strong order: {self.strong_order}, and weak order: "
-            f"{self.weak_order}"
-        )
 
 
 class Euler(Solver):
@@ -154,113 +73,6 @@ class MilsteinStratonovich(_Milstein):
     """Milstein for Stratonovich SDEs (strong order 1.0); option ``grad_free``."""
 
     sde_type = SDE_TYPES.stratonovich
-
-
-# Rößler (2010) SRI2 for diagonal/scalar noise (strong order 1.5) and SRA1 for additive noise
-_SRID2 = dict(
-    C0=(0, 1, 1 / 2, 0),
-    C1=(0, 1 / 4, 1, 1 / 4),
-    A0=((), (1,), (1 / 4, 1 / 4), (0, 0, 0)),
-    A1=((), (1 / 4,), (1, 0), (0, 0, 1 / 4)),
-    B0=((), (0,), (1, 1 / 2), (0, 0, 0)),
-    B1=((), (-1 / 2,), (1, 0), (2, -1, 1 / 2)),
-    alpha=(1 / 6, 1 / 6, 2 / 3, 0),
-    beta1=(-1, 4 / 3, 2 / 3, 0),
-    beta2=(1, -4 / 3, 1 / 3, 0),
-    beta3=(2, -4 / 3, -2 / 3, 0),
-    beta4=(-2, 5 / 3, -2 / 3, 1),
-)
-_SRA1 = dict(
-    C0=(0, 3 / 4),
-    C1=(1, 0),
-    A0=((), (3 / 4,)),
-    B0=((), (3 / 2,)),
-    alpha=(1 / 3, 2 / 3),
-    beta1=(1, 0),
-    beta2=(-1, 1),
-)
-
-
-class SRK(Solver):
-    """Stochastic Runge-Kutta (Rößler 2010): strong order 1.5 for diagonal and scalar noise
-    (SRI2), 1.5 for additive noise (SRA1); needs the space-time Lévy area. Each stage's drift
-    and diffusion are evaluated once and reused by the later stages."""
-
-    noise_types = (NOISE_TYPES.additive, NOISE_TYPES.diagonal, NOISE_TYPES.scalar)
-    levy_area_approximations = _WITH_H
-    brownian_flags = {"return_U": True}
-    strong_order = 1.5
-    weak_order = 1.5
-    adjoint_ok = False
-
-    def step(self, t0, t1, y0, extra, noise=None):
-        if self.sde.noise_type == NOISE_TYPES.additive:
-            return self._additive(t0, t1, y0, noise)
-        return self._diagonal(t0, t1, y0, noise)
-
-    def _diagonal(self, t0, t1, y0, noise):
-        tab = _SRID2
-        dt = span(t0, t1, y0)
-        rdt = _ratio(1, dt)
-        sqrt_dt = _sqrt(dt)
-        dW, U = self.brownian(t0, t1, noise)  # noqa: N806
-        i_kk = (dW**2 - dt) * 0.5
-        i_kkk = (dW**3 - 3 * dt * dW) / 6
-        u_rdt = U * rdt
-        y1 = y0
-        fs, gs = [], []  # f(H0_j) dt and g(H1_j) of the stages so far
-        for s in range(4):
-            h0, h1 = y0, y0
-            for j in range(s):
-                if tab["A0"][s][j]:
-                    h0 = h0 + tab["A0"][s][j] * fs[j]
-                if tab["B0"][s][j]:
-                    h0 = h0 + tab["B0"][s][j] * gs[j] * u_rdt
-                if tab["A1"][s][j]:
-                    h1 = h1 + tab["A1"][s][j] * fs[j]
-                if tab["B1"][s][j]:
-                    h1 = h1 + (tab["B1"][s][j] * sqrt_dt) * gs[j]
-            needs_f = (
-                tab["alpha"][s] != 0
-                or any(row[s] for row in tab["A0"][s + 1 :])
-                or any(row[s] for row in tab["A1"][s + 1 :])
-            )
-            f = self.sde.f(self.at(t0, t1, tab["C0"][s]), h0) * dt if needs_f else None
-            g = self.sde.g(self.at(t0, t1, tab["C1"][s]), h1)
-            g = g.squeeze(2) if g.dim() == 3 else g
-            fs.append(f)
-            gs.append(g)
-            weight = (
-                tab["beta1"][s] * dW
-                + _ratio(tab["beta2"][s], sqrt_dt) * i_kk
-                + tab["beta3"][s] * u_rdt
-                + (tab["beta4"][s] * rdt) * i_kkk
-            )
-            if tab["alpha"][s]:
-                y1 = y1 + tab["alpha"][s] * f
-            y1 = y1 + g * weight
-        return y1, ()
-
-    def _additive(self, t0, t1, y0, noise):
-        tab = _SRA1
-        dt = span(t0, t1, y0)
-        dW, U = self.brownian(t0, t1, noise)  # noqa: N806
-        u_rdt = _ratio(U, dt)
-        y1 = y0
-        fs = []
-        for i in range(2):
-            h0 = y0
-            for j in range(i):
-                h0 = h0 + tab["A0"][i][j] * fs[j]
-                h0 = h0 + self.sde.g_prod(
-                    self.at(t0, t1, tab["C1"][j]), y0, tab["B0"][i][j] * u_rdt
-                )
-            f = self.sde.f(self.at(t0, t1, tab["C0"][i]), h0) * dt
-            fs.append(f)
-            weight = tab["beta1"][i] * dW + tab["beta2"][i] * u_rdt
-            g_prod = self.sde.g_prod(self.at(t0, t1, tab["C1"][i]), y0, weight)
-            y1 = y1 + tab["alpha"][i] * f + g_prod
-        return y1, ()
 
 
 class _StratonovichSolver(Solver):

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import torch
 
 from ._bisection import _MAX_LEVELS, _SALT_AREA, _signed, _Splits, mix, normal_pair
-from ._brownian import _LEFT_HALF, _mix, _Stored, bridge, levy_area
+from ._bridge import _LEFT_HALF, _mix, bridge, levy_area
+from ._brownian import _Stored
 from .settings import LEVY_AREA_APPROXIMATIONS
 
 
@@ -88,22 +89,12 @@ class VirtualBrownianTree(_Stored):
             tol = (t1 - t0) * 2.0**-20
         if not tol > 0:
             raise ValueError(f"tol must be positive, got {tol}")
-        if levy_area_approximation not in LEVY_AREA_APPROXIMATIONS:
-            raise ValueError(
-                f"`levy_area_approximation` must be one of {LEVY_AREA_APPROXIMATIONS}, but got "
-                f"'{levy_area_approximation}'."
-            )
+        self._keep_levy_area_approximation(levy_area_approximation)
         self._t0, self._t1, self._tol = t0, t1, float(tol)
         self._size = torch.Size(size)
         self._dtype = torch.get_default_dtype() if dtype is None else dtype
         self._device = torch.device("cpu" if device is None else device)
         self._entropy = random.randrange(2**31 - 1) if entropy is None else int(entropy)
-        self._levy_area_approximation = levy_area_approximation
-        self._have_H = levy_area_approximation != LEVY_AREA_APPROXIMATIONS.none
-        self._have_A = levy_area_approximation in (
-            LEVY_AREA_APPROXIMATIONS.davie,
-            LEVY_AREA_APPROXIMATIONS.foster,
-        )
         self._levels = min(_MAX_LEVELS, max(0, math.ceil(math.log2((t1 - t0) / tol))))
         batch = self._size[0] if len(self._size) else 1
         self._row_ids = torch.arange(batch, dtype=torch.long, device=self._device)

@@ -1,46 +1,26 @@
 """The one generic implicit Runge-Kutta stepper; each method only supplies a tableau.
 
-The stage increments Z_i = Y_i - y0 solve Z = h (A kron I) F(y0 + Z) (plus h a_i1 f(t0, y0)
-for an explicit first stage). They are found by simplified Newton iterations with the
-Jacobian at (t0, y0) from autograd (started, for collocation methods, from the previous
-step's collocation polynomial extrapolated to the new nodes), per sample of a batch
-(block-diagonal Jacobian, see ``batch_size``), the Newton matrix I - h (A kron J)
-factorised once per step, or applied by Jacobian-vector products inside GMRES
-(``linear_solver="krylov"``, for large states).
-
-Gradients: the iterations run without a graph. With gradients enabled, the converged stages
-are re-attached by the implicit function theorem: one more evaluation of the stages with a
-graph, and a backward hook that solves with the transposed Newton matrix at the stages' own
-Jacobians. The gradient is that of the exact discrete step, whatever the number of
-iterations, and costs no graph over the iterations.
+A step solves the stage equations (``_implicit_stages``: simplified Newton iterations, the
+Jacobian at (t0, y0) from autograd, started, for collocation methods, from the previous
+step's collocation polynomial extrapolated to the new nodes) and assembles the step from
+the stages; the stages' derivative is the implicit function theorem's
+(``_implicit_gradient``), so the gradient is that of the exact discrete step, whatever the
+number of iterations, and costs no graph over the iterations.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from .._errors import SolverError
-from .._host import forward_mode, plain_factories
+from .._host import forward_mode
 from .._term import ODETerm
-from ._newton import (
-    BatchLayout,
-    DenseSolve,
-    JacobianVectorProduct,
-    KrylovSolve,
-    SingularMatrixError,
-    batch_layout,
-    block_jacobian,
-    from_blocks,
-    gmres,
-    newton_matrix,
-    to_blocks,
-)
-from .base import Solver, Step, hermite_interpolate
+from ._implicit_stages import ImplicitStages, StageEquations
+from .base import Step, hermite_interpolate
 from .tableau import ImplicitTableau, collocation_weights
 
 LINEAR_SOLVERS = ("direct", "krylov")
@@ -50,25 +30,7 @@ class NewtonError(SolverError):
     """The Newton iteration for the stages of an implicit step did not converge."""
 
 
-@dataclass
-class _Coefficients:
-    a: torch.Tensor  # implicit block of A: (m, m)
-    a_first: torch.Tensor | None  # column of A for the explicit first stage: (m,)
-    inverse: torch.Tensor  # inverse of the implicit block
-    d: torch.Tensor  # y1 = y0 + h b_1 f0 + d . (Z - h a_first f0): (m,)
-    b_first: float
-
-
-@dataclass
-class _Linearisation:
-    """The Jacobian at (t0, y0): blocks (B, n, n), or a Jacobian-vector product."""
-
-    f0: torch.Tensor
-    jacobians: torch.Tensor | None
-    jvp: JacobianVectorProduct | None
-
-
-class ImplicitRK(Solver):
+class ImplicitRK(ImplicitStages):
     """Implicit Runge-Kutta method defined by the class attribute ``tableau``.
 
     A Newton iteration that does not converge raises ``NewtonError`` on fixed steps; under
@@ -130,9 +92,9 @@ class ImplicitRK(Solver):
         self.krylov_tol = krylov_tol
         self.krylov_dim = krylov_dim
         self.counters: Counter[str] = Counter()
-        self._tolerances: tuple[float, float] | None = None
-        self._cache: dict[tuple[torch.dtype, torch.device], _Coefficients] = {}
-        self._layouts: dict[tuple[int, torch.device], BatchLayout] = {}
+        self._tolerances = None
+        self._cache = {}
+        self._layouts = {}
 
     @property
     def order(self) -> int:  # type: ignore[override]
@@ -147,12 +109,6 @@ class ImplicitRK(Solver):
         """Order of the dense output: the collocation polynomial's (s), else Hermite's (3)."""
         return self.tableau.stages if self.tableau.collocation else 3
 
-    @property
-    def _iteration_cap(self) -> int:
-        if self.max_iters is not None:
-            return self.max_iters
-        return self.default_max_iters if self._tolerances is None else self.adaptive_max_iters
-
     def set_tolerances(self, rtol: float | None, atol: float | None) -> None:
         """Called by ``solve``: the step-size controller's tolerances (``None`` on fixed
         steps), which scale the Newton convergence test and make a failed iteration a
@@ -162,66 +118,6 @@ class ImplicitRK(Solver):
 
     def __repr__(self) -> str:
         return f"{self.name}(linear_solver={self.linear_solver!r}, batch_size={self.batch_size})"
-
-    # ------------------------------------------------------------------------------------
-    # Set-up
-
-    def _coefficients(self, like: torch.Tensor) -> _Coefficients:
-        key = (like.dtype, like.device)
-        co = self._cache.get(key)
-        if co is None:
-            with plain_factories():  # (cached: never a transform's tensor)
-                co = self._cache[key] = self._build(like)
-        return co
-
-    def _build(self, like: torch.Tensor) -> _Coefficients:
-        tab = self.tableau
-        first = 1 if tab.explicit_first_stage else 0
-        a_full = np.array(tab.a, dtype=np.float64)
-        a = a_full[first:, first:]
-        inverse = np.linalg.inv(a)
-        b = np.array(tab.b[first:])
-        d = inverse.T @ b
-        if tab.stiffly_accurate:  # exactly the last stage, without rounding from the inverse
-            d = np.eye(len(b))[-1]
-
-        def t(x: Any) -> torch.Tensor:
-            return torch.tensor(x, dtype=torch.float64).to(dtype=like.dtype, device=like.device)
-
-        return _Coefficients(
-            a=t(a),
-            a_first=t(a_full[first:, 0]) if first else None,
-            inverse=t(inverse),
-            d=t(d),
-            b_first=float(tab.b[0]) if first else 0.0,
-        )
-
-    def _layout(self, term: ODETerm) -> BatchLayout:
-        key = (id(term.spec), term.device)
-        layout = self._layouts.get(key)
-        if layout is None or layout.index.numel() != term.spec.numel:
-            layout = batch_layout(term.spec, self.batch_size, term.device)
-            self._layouts = {key: layout}
-        return layout
-
-    def _linearise(
-        self, term: ODETerm, t: float, y: torch.Tensor, perturb: float, layout: BatchLayout
-    ) -> _Linearisation:
-        self.counters["jacobians"] += 1
-        if self.linear_solver == "krylov":
-            jvp = JacobianVectorProduct(term, t, y, perturb)
-            return _Linearisation(jvp.f, None, jvp)
-        jacobians, f0 = block_jacobian(term, t, y, perturb, layout)
-        return _Linearisation(f0, jacobians, None)
-
-    def _linear_solve(
-        self, h: float, a: torch.Tensor, lin: _Linearisation, layout: BatchLayout
-    ) -> Any:
-        """A solver for (I - h (a kron J)) x = r, r given as (m, N)."""
-        if lin.jacobians is not None:
-            self.counters["factorisations"] += 1
-            return DenseSolve(h, a, lin.jacobians, layout)
-        return KrylovSolve(h, a, lin.jvp, self.krylov_tol, self.krylov_dim)
 
     # ------------------------------------------------------------------------------------
     # The step
@@ -249,21 +145,22 @@ class ImplicitRK(Solver):
             (t1, p1) if c == 1 else (t0 + c * h, p0 if c == 0 else 0.0) for c in tab.c[first:]
         ]
         layout = self._layout(term)
+        eq = StageEquations(term, h, co, stage_times, layout)
         y0d = y0.detach()
         with torch.no_grad():
             lin = self._linearise(term, t0, y0d, p0, layout)
             k_first = lin.f0 if first else None
             nodes = tab.c[first:]
             start = self._predictor(state, t0, h, y0d, nodes)
-            z, failure = self._newton(term, y0d, h, co, stage_times, start, k_first, lin, layout)
+            z, failure = self._newton(eq, y0d, start, k_first, lin)
         if z is None:
             return self._failed_step(t0, t1, y0, failure)
         grad = torch.is_grad_enabled()
         if grad:
             if first:
                 k_first = term(t0, y0, p0)
-            z = self._attach_gradient(term, y0, h, co, stage_times, k_first, z, layout)
-        w = z if k_first is None else z - h * co.a_first[:, None] * k_first
+            z = self._attach_gradient(eq, y0, k_first, z)
+        w = z if k_first is None else z - eq.explicit_part(k_first)
         ks = (co.inverse @ w) / h
         y1 = y0 + co.d @ w
         if first:
@@ -311,154 +208,6 @@ class ImplicitRK(Solver):
             )
         nan = torch.full_like(y0, float("nan"))  # never accepted silently
         return Step(t0, t1, y0, nan, torch.full_like(y0, float("inf")), [], None, {})
-
-    def _scale(self, y0: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Per-component scale of the Newton updates and the tolerance on them."""
-        eps = torch.finfo(y0.real.dtype if y0.is_complex() else y0.dtype).eps
-        if self._tolerances is None:  # fixed steps: to rounding, relative to 1 + |y0|
-            return 1 + y0.abs(), 4 * eps if self.newton_tol is None else self.newton_tol
-        rtol, atol = self._tolerances
-        tol = self.newton_tol
-        if tol is None:
-            tol = max(10 * eps / max(rtol, 1e-300), min(0.03, rtol**0.5))
-        return atol + rtol * y0.abs(), tol
-
-    def _stage_values(
-        self,
-        term: ODETerm,
-        y0: torch.Tensor,
-        z: torch.Tensor,
-        stage_times: list[tuple[float, float]],
-    ) -> torch.Tensor:
-        return torch.stack([term(t, y0 + z[i], p) for i, (t, p) in enumerate(stage_times)])
-
-    def _newton(
-        self,
-        term: ODETerm,
-        y0: torch.Tensor,
-        h: float,
-        co: _Coefficients,
-        stage_times: list[tuple[float, float]],
-        start: torch.Tensor | None,
-        k_first: torch.Tensor | None,
-        lin: _Linearisation,
-        layout: BatchLayout,
-    ) -> tuple[torch.Tensor | None, str]:
-        """Simplified Newton from ``start`` (else Z = 0: an explicit predictor is far off
-        on stiff components); (Z, "") when converged, else (None, why)."""
-        try:
-            solve = self._linear_solve(h, co.a, lin, layout)
-        except SingularMatrixError:
-            return None, "singular Newton matrix I - h (A kron J)"
-        z = y0.new_zeros((len(stage_times), y0.numel())) if start is None else start.clone()
-        base = 0.0 if k_first is None else h * co.a_first[:, None] * k_first
-        scale, tol = self._scale(y0)
-        eps = torch.finfo(scale.dtype).eps
-        cap = self._iteration_cap
-        previous = None
-        for iteration in range(cap):
-            self.counters["newton_iterations"] += 1
-            residual = base + h * (co.a @ self._stage_values(term, y0, z, stage_times)) - z
-            if not bool(torch.isfinite(residual).all()):
-                return None, f"non-finite f at the stages after {iteration} iterations"
-            dz = solve(residual)
-            z = z + dz
-            size = float(torch.linalg.vector_norm(dz / scale) / dz.numel() ** 0.5)
-            if not size == size or size == float("inf"):
-                return None, "non-finite Newton update"
-            if size <= 16 * eps * float(((y0.abs() + z.abs()) / scale).max()):
-                return z, ""  # at rounding level
-            if previous is not None:
-                rate = size / previous
-                if rate >= 1:
-                    return None, f"diverging, contraction rate {rate:.3g}"
-                if rate / (1 - rate) * size <= tol:
-                    return z, ""
-                left = cap - iteration - 1
-                adaptive = self._tolerances is not None  # else no smaller step to retry with
-                if adaptive and left and rate**left / (1 - rate) * size > tol:
-                    return None, f"too slow, contraction rate {rate:.3g}"
-            previous = size
-        return None, f"not converged in max_iters={cap} iterations"
-
-    def _attach_gradient(
-        self,
-        term: ODETerm,
-        y0: torch.Tensor,
-        h: float,
-        co: _Coefficients,
-        stage_times: list[tuple[float, float]],
-        k_first: torch.Tensor | None,
-        z: torch.Tensor,
-        layout: BatchLayout,
-    ) -> torch.Tensor:
-        """Z in value, with the implicit function theorem's derivative (see the module)."""
-        values = self._stage_values(term, y0, z, stage_times)
-        z_graph = h * (co.a @ values)
-        if k_first is not None:
-            z_graph = z_graph + h * co.a_first[:, None] * k_first
-        if not z_graph.requires_grad:
-            return z
-        stages = y0.detach() + z
-
-        def adjoint_solve(grad: torch.Tensor | None) -> torch.Tensor | None:
-            if grad is None:
-                return None
-            solved = self._transposed_solve(term, h, co.a, stages, stage_times, layout, grad)
-            if torch.is_grad_enabled():  # create_graph=True (torch.func.grad, hessian)
-                # first derivatives are exact; differentiating them again would treat the
-                # solve's result as a constant: an error when (and only when) that happens
-                return _FirstDerivativeOnly.apply(solved, values, self.name)
-            return solved
-
-        z_graph.register_hook(adjoint_solve)
-        return z + (z_graph - z_graph.detach())
-
-    def _transposed_solve(
-        self,
-        term: ODETerm,
-        h: float,
-        a: torch.Tensor,
-        stages: torch.Tensor,
-        stage_times: list[tuple[float, float]],
-        layout: BatchLayout,
-        grad: torch.Tensor,
-    ) -> torch.Tensor:
-        """u with (I - h (A kron J(Y)))^H u = grad, J at each stage."""
-        m = len(stage_times)
-        if self.linear_solver == "krylov":
-            vjps = []
-            with torch.enable_grad():
-                for i, (t, p) in enumerate(stage_times):
-                    yi = stages[i].detach().requires_grad_(True)
-                    out = term(t, yi, p)
-                    vjps.append((out, yi))
-            if all(out.requires_grad for out, _ in vjps):
-
-                def matvec(u: torch.Tensor) -> torch.Tensor:
-                    w = a.T.to(u.dtype) @ u
-                    rows = []
-                    with torch.enable_grad():
-                        for (out, yi), wi in zip(vjps, w):
-                            (g,) = torch.autograd.grad(
-                                out, yi, wi, retain_graph=True, allow_unused=True
-                            )
-                            rows.append(torch.zeros_like(wi) if g is None else g)
-                    return u - h * torch.stack(rows)
-
-                with torch.no_grad():
-                    return gmres(matvec, grad, self.krylov_tol, self.krylov_dim)
-        with torch.no_grad():
-            jacobians = torch.stack(
-                [
-                    block_jacobian(term, t, stages[i], p, layout)[0]
-                    for i, (t, p) in enumerate(stage_times)
-                ],
-                1,
-            )
-            matrix = newton_matrix(h, a, jacobians)
-            out = torch.linalg.solve(matrix.mH, to_blocks(grad, layout)[..., None])[..., 0]
-            return from_blocks(out, layout, m)
 
     # ------------------------------------------------------------------------------------
     # After the step
@@ -528,29 +277,3 @@ def _starts_after_jump(state: Any) -> bool:
     if isinstance(state, torch.Tensor):
         return True
     return isinstance(state, dict) and state.get("after_jump", False)
-
-
-class _FirstDerivativeOnly(torch.autograd.Function):
-    """The implicit function theorem's stage adjoint as it is, tied to the stage values
-    (``anchor``, which depend on y0 and the parameters), with a backward that refuses: a
-    second derivative through an implicit Runge-Kutta step is not supported."""
-
-    generate_vmap_rule = True  # (the forward is a copy)
-
-    @staticmethod
-    def forward(solved: torch.Tensor, anchor: torch.Tensor, name: str) -> torch.Tensor:
-        return solved.clone()
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        ctx.name = inputs[2]
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None]:
-        raise RuntimeError(
-            f"{ctx.name}: second derivatives (reverse over reverse: a gradient of a gradient, "
-            "torch.func.hessian, jacrev of grad) through an implicit Runge-Kutta method are "
-            "not supported: its stages' derivative is the implicit function theorem's, "
-            "solved without a graph. Use an explicit or multistep method for higher "
-            "derivatives"
-        )

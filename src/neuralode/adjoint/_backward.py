@@ -1,0 +1,158 @@
+"""The backward solves of ``Backsolve``: the adjoint system integrated from the last output
+time back to the first, one segment between two output times at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .._callbacks import Callbacks
+from .._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
+from .._execution import Execution
+from .._loop import LoopConfig, integrate
+from .._solution import SolveStats
+from .._term import ODETerm
+from .._tree import TreeSpec
+from ..controllers.fixed import FixedGrid
+from ._dynamics import _AdjointDynamics
+from .base import Problem
+
+if TYPE_CHECKING:
+    from .backsolve import Backsolve
+
+
+def adjoint_backward(
+    strategy: Backsolve,
+    problem: Problem,
+    params: tuple[torch.Tensor, ...],
+    ys: torch.Tensor,
+    grad_ys: torch.Tensor,
+    want_t: bool,
+    segment_field: Callable[[int], Callable] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+    """Integrate the adjoint system from the last output time back to the first.
+
+    Returns the gradients with respect to ``y0``, ``ts`` (``None`` unless ``want_t``) and
+    ``params``. ``segment_field(i)``, if given, is the vector field to use between
+    ``times[i]`` and ``times[i + 1]`` (a reparametrised time, one per segment) instead of
+    ``problem.func``.
+    """
+    times, n = problem.times, problem.y0.numel()
+    numels = (n, n, *(p.numel() for p in params))
+    state_spec = TreeSpec(None, (torch.Size([sum(numels)]),), (sum(numels),))
+    dynamics = _AdjointDynamics(problem, params)
+    aug_term = ODETerm(dynamics, state_spec, ys[0])
+    config = _backward_config(strategy, problem, dynamics, numels, state_spec, segment_field)
+    f_term = problem.term
+    f_nfe_before = f_term.nfe
+    time_grads = torch.zeros(len(times), dtype=torch.float64, device=ys.device)
+    adjoint = grad_ys[-1]
+    param_grads = ys.new_zeros(sum(numels[2:]))
+    stats = problem.stats
+    for i in range(len(times) - 1, 0, -1):
+        if want_t:
+            time_grads[i] = _dot(grad_ys[i], f_term(times[i], ys[i]))
+        if segment_field is not None:
+            dynamics.func = segment_field(i - 1)
+        state = torch.cat([ys[i], adjoint, param_grads])
+        state = _solve_segment(aug_term, state, [times[i], times[i - 1]], config, stats)
+        adjoint = state[n : 2 * n] + grad_ys[i - 1]
+        param_grads = state[2 * n :]
+    if want_t:
+        # y(t0) = y0 whatever t0 is: the gradient arriving at output 0 does not count.
+        time_grads[0] = -_dot(adjoint - grad_ys[0], f_term(times[0], ys[0]))
+    stats.nfe_backward += aug_term.nfe + f_term.nfe - f_nfe_before
+    out_params = []
+    offset = 0
+    for p in params:
+        g = param_grads[offset : offset + p.numel()].view(p.shape)
+        out_params.append((g.real if not p.is_complex() else g).to(p.dtype))
+        offset += p.numel()
+    grad_ts = time_grads.to(problem.ts.dtype) if want_t else None
+    return adjoint, grad_ts, out_params
+
+
+def _backward_config(
+    strategy: Backsolve,
+    problem: Problem,
+    dynamics: _AdjointDynamics,
+    numels: tuple[int, ...],
+    state_spec: TreeSpec,
+    segment_field: Any,
+) -> LoopConfig:
+    """The loop configuration of the backward solves: the strategy's settings, else the
+    forward solve's, and how they run.
+
+    Segments with their own fields (per-sample events' knots) run eagerly; after a forward
+    solve compiled whole (``compile=True``), the backward solves are too where torch.func can
+    trace the vector-Jacobian products (``func`` a module owning the parameters) and the
+    whole-solve graph takes the configuration, else each step is compiled
+    (``compile_step``) or eager.
+    """
+    forward = problem.config
+    compiled = strategy.compile_step and segment_field is None
+    whole = (
+        forward.execution.compile == "solve"
+        and dynamics.param_names is not None
+        and segment_field is None
+    )
+    config = LoopConfig(
+        solver=strategy.solver or forward.solver,
+        controller=strategy.backward_controller(forward.controller),
+        norm=strategy.backward_norm(numels, forward.norm),
+        max_steps=strategy.max_steps or forward.max_steps,
+        step_t=forward.step_t if strategy.step_t is None else strategy.step_t,
+        jump_t=forward.jump_t if strategy.jump_t is None else strategy.jump_t,
+        perturb=forward.perturb if strategy.perturb is None else bool(strategy.perturb),
+        callbacks=None if strategy.callbacks is None else Callbacks(strategy.callbacks, state_spec),
+        execution=Execution(compile="solve" if whole else "step" if compiled else None),
+    )
+    if whole:
+        from .._whole_solve import unsupported  # (import cycle)
+
+        if unsupported(config, state_spec) is not None:  # e.g. a backward solver of its own
+            config = replace(config, execution=Execution(compile="step" if compiled else None))
+    return config
+
+
+def _solve_segment(
+    term: ODETerm, state: torch.Tensor, segment: list[float], config: LoopConfig, stats: Any
+) -> torch.Tensor:
+    """The backward state [y, a, g] at ``segment[1]`` from ``state`` at ``segment[0]``; a
+    failure is explained in terms of the adjoint."""
+    segment_stats = SolveStats()
+    try:
+        states = integrate(term, state, segment, _segment_config(config, segment), segment_stats)
+    except NonFiniteError as error:
+        raise NonFiniteError(
+            f"the adjoint's backward solve from t={segment[0]:.6g} to t={segment[1]:.6g} "
+            f"failed (the forward solve was finite): {error}. The backward state is [y, "
+            "adjoint, parameter gradients]: f, or its vector-Jacobian product, is "
+            "non-finite along the backward solve, or the adjoint system blows up"
+        ) from error
+    except (MaxStepsError, StepSizeUnderflowError) as error:
+        raise type(error)(
+            f"the adjoint's backward solve from t={segment[0]:.6g} to "
+            f"t={segment[1]:.6g} failed: {error} Backsolve re-integrates the state "
+            "backwards in time, which is exponentially unstable for stiff (strongly "
+            "damped) dynamics; for those use Checkpointed (exact gradients, memory "
+            "O(steps x state)) or Direct."
+        ) from error
+    stats.n_steps_backward += segment_stats.n_steps
+    return states[-1]
+
+
+def _segment_config(config: LoopConfig, segment: list[float]) -> LoopConfig:
+    """A user-given step grid is cut to the segment between two output times."""
+    controller = config.controller
+    if isinstance(controller, FixedGrid) and controller.grid is not None:
+        return replace(config, controller=controller.restricted(segment[0], segment[1]))
+    return config
+
+
+def _dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Real inner product <u, v> as PyTorch's gradient convention needs it."""
+    return (u.conj() * v).real.sum() if u.is_complex() else (u * v).sum()

@@ -1,0 +1,329 @@
+"""Brownian motion as an interval tree with fixed entropy (``BrownianInterval``).
+
+A ``BrownianInterval`` over ``[t0, t1]`` is a binary tree of intervals (``_interval_tree``).
+The root holds the increment ``W`` (and the space-time Lévy area ``H``) over the whole
+interval; splitting an interval at a point draws its two halves from the Brownian bridge
+conditioned on the parent's ``(W, H)`` (``_bridge.bridge``), with noise from seeds that depend
+only on the interval's place in the tree (its key and depth) and the entropy. Values are
+recomputed from the nearest cached ancestor when they have left the LRU cache, so memory
+stays bounded however many steps a solve takes, and the same queries always give the same
+answers. With ``halfway_tree=True`` intervals are split only at dyadic midpoints, so the path
+no longer depends on which points were queried (at resolution ``tol``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from collections import OrderedDict
+
+import torch
+
+from ._bridge import _LEFT_HALF, _MASK, _RIGHT_HALF, _mix, bridge, concatenate, levy_area
+from ._brownian import _Stored
+from ._interval_tree import _LEFT, _Tree
+from .settings import LEVY_AREA_APPROXIMATIONS
+
+
+def _is_scalar(x) -> bool:
+    return isinstance(x, (int, float)) or (isinstance(x, torch.Tensor) and x.numel() == 1)
+
+
+class BrownianInterval(_Stored):
+    """Brownian motion on ``[t0, t1]`` with fixed entropy, queried by intervals.
+
+    Example:
+        ```python
+        bm = BrownianInterval(t0=0.0, t1=1.0, size=(4, 1), entropy=0)
+        dW = bm(0.0, 0.5)  # the increment over [0, 0.5], shape (4, 1)
+        ```
+
+    Arguments:
+        t0: the initial time.
+        t1: the terminal time.
+        size: the shape of each sample, e.g. ``(batch, channels)``; the last dimension holds the
+            channels of one multidimensional Brownian motion, the others are batch dimensions.
+        dtype: the floating dtype of the samples (default: torch's default dtype).
+        device: the device of the samples (default: cpu).
+        entropy: the seed; ``None`` draws one at random.
+        dt: the expected step size; with it the dependency tree is built at once (otherwise it
+            is sized from the first queries).
+        tol: the time resolution: query times are rounded to it (0 keeps them exact).
+        pool_size: accepted for torchsde compatibility; the seeds come from a 64-bit hash.
+        cache_size: how many intervals' values to keep (``None``: all, memory grows with the
+            number of queries; 0: none).
+        halfway_tree: split intervals only at dyadic midpoints (needs ``tol > 0``), making the
+            path independent of the query points.
+        levy_area_approximation: ``"none"``, ``"space-time"``, ``"davie"`` or ``"foster"``.
+        W: the increment over ``[t0, t1]`` (drawn if not given).
+        H: the space-time Lévy area over ``[t0, t1]`` (drawn if not given).
+
+    Raises:
+        ValueError: for times that are not scalars or decrease, a negative ``tol``, an unknown
+            Lévy area approximation, or ``W``/``H`` that are not floating tensors.
+    """
+
+    def __init__(
+        self,
+        t0: float | torch.Tensor = 0.0,
+        t1: float | torch.Tensor = 1.0,
+        size: tuple[int, ...] | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        entropy: int | None = None,
+        dt: float | None = None,
+        tol: float = 0.0,
+        pool_size: int = 8,
+        cache_size: int | None = 45,
+        halfway_tree: bool = False,
+        levy_area_approximation: str = LEVY_AREA_APPROXIMATIONS.none,
+        W: torch.Tensor | None = None,  # noqa: N803
+        H: torch.Tensor | None = None,  # noqa: N803
+    ):
+        if not _is_scalar(t0):
+            raise ValueError("Initial time t0 should be a float or 0-d torch.Tensor.")
+        if not _is_scalar(t1):
+            raise ValueError("Terminal time t1 should be a float or 0-d torch.Tensor.")
+        if dt is not None and not _is_scalar(dt):
+            raise ValueError("Expected average time step dt should be a float or 0-d torch.Tensor.")
+        t0, t1 = float(t0), float(t1)
+        if t0 > t1:
+            raise ValueError(f"Initial time {t0} should be less than terminal time {t1}.")
+        if halfway_tree:
+            if not tol > 0:
+                raise ValueError("`tol` should be positive when `halfway_tree=True`.")
+            if dt is not None:
+                raise ValueError(
+                    "`dt` is not used and should be set to `None` if `halfway_tree` is True."
+                )
+        elif tol < 0:
+            raise ValueError("`tol` should be non-negative.")
+        self._keep_levy_area_approximation(levy_area_approximation)
+        for name, tensor in (("W", W), ("H", H)):
+            if tensor is not None and not (torch.is_tensor(tensor) and tensor.is_floating_point()):
+                raise ValueError(f"{name}={tensor} should be a floating point Tensor.")
+        given = [x for x in (W, H) if x is not None]
+        if size is None:
+            size = tuple(given[0].shape) if given else ()
+        if dtype is None:
+            dtype = given[0].dtype if given else torch.get_default_dtype()
+        if device is None:
+            device = given[0].device if given else torch.device("cpu")
+        for x in given:
+            if (
+                tuple(x.shape) != tuple(size)
+                or x.dtype != dtype
+                or x.device != torch.device(device)
+            ):
+                raise ValueError(
+                    f"W and H must match size={tuple(size)}, dtype={dtype} and device={device}"
+                )
+        if entropy is None:
+            entropy = random.randrange(2**31 - 1)
+        self._size = torch.Size(size)
+        self._dtype = dtype
+        self._device = torch.device(device)
+        self._entropy = int(entropy)
+        self._dt = None if dt is None else float(dt)
+        self._tol = float(tol)
+        self._pool_size = pool_size
+        self._cache_size = cache_size
+        self._halfway_tree = halfway_tree
+        self._digits = None if tol == 0 else -int(math.log10(tol))
+        self._generator = torch.Generator(self._device)
+        self._root_seed = _mix(self._entropy)
+        self._tree = _Tree(self._round(t0), self._round(t1), _mix(self._root_seed ^ _LEFT))
+        self._last = 0  # the interval of the last query: the next one usually starts near it
+        self._cache: OrderedDict = OrderedDict()
+        h = t1 - t0
+        if W is None:
+            W = self._randn(_mix(self._root_seed + 1)) * math.sqrt(h)  # noqa: N806
+        if H is None:
+            H = self._randn(_mix(self._root_seed + 2)) * math.sqrt(h / 12)  # noqa: N806
+        self._root_values = (W, H if self._have_H else None)
+        self._queries = 0
+        self._mean_dt = 0.0
+        self._tree_dt = h
+        if not halfway_tree and dt is not None:
+            self._build_dependency_tree(self._dt)
+
+    # ----------------------------------------------------------------------------------------
+    # seeds and noise
+
+    def _round(self, t: float) -> float:
+        return t if self._digits is None else round(t, self._digits)
+
+    def _seed(self, node: int, which: int) -> int:
+        """The seed of an interval's split noise (``which`` 0: W, 1: H) or its Lévy area (2)."""
+        return _mix((self._tree.hash[node] + which) & _MASK)
+
+    def _randn(self, seed: int, size: torch.Size | None = None) -> torch.Tensor:
+        self._generator.manual_seed(seed)
+        return torch.randn(
+            self._size if size is None else size,
+            generator=self._generator,
+            dtype=self._dtype,
+            device=self._device,
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # the tree
+
+    def _build_dependency_tree(self, dt: float) -> None:
+        """Splits dyadically down to pieces of about ``0.8 dt cache_size``: a sequence of small
+        steps then forms chains no longer than the cache inside each piece, so queries in
+        reverse order (the adjoint's) recompute O(1) intervals each, not the whole chain."""
+        cache = 100 if self._cache_size is None else min(self._cache_size, 100)
+        self._tree_dt = min(self._tree_dt, dt)
+        self._tree.split_coarser_than(self._tree_dt * max(cache, 1) * 0.8, self._round)
+
+    # ----------------------------------------------------------------------------------------
+    # values
+
+    def _values(self, node: int):
+        """``(W, H)`` of one interval, from its nearest ancestor whose values are known."""
+        if node == 0:
+            return self._root_values
+        cache = self._cache
+        found = cache.get(node)
+        if found is not None:
+            cache.move_to_end(node)
+            return found
+        parents = self._tree.parent
+        path = [node]
+        parent = parents[node]
+        while parent != 0 and parent not in cache:
+            path.append(parent)
+            parent = parents[parent]
+        values = self._values(parent)
+        for child in reversed(path):
+            values = self._child_values(child, values)
+            if self._cache_size is None or self._cache_size > 0:
+                cache[child] = values
+                if self._cache_size is not None and len(cache) > self._cache_size:
+                    cache.popitem(last=False)
+        return values
+
+    def _child_values(self, child: int, parent_values):
+        """The bridge law of a half given its parent's increment (and space-time Lévy area)."""
+        tree = self._tree
+        parent = tree.parent[child]
+        W, H = parent_values  # noqa: N806
+        start, mid, end = tree.start[parent], tree.mid[parent], tree.end[parent]
+        noise_w = self._randn(self._seed(parent, 0))
+        noise_h = self._randn(self._seed(parent, 1)) if self._have_H else None
+        side = _LEFT_HALF if child & 1 else _RIGHT_HALF
+        return bridge(W, H, mid - start, end - mid, end - start, noise_w, noise_h, side)
+
+    def _levy_area(self, node: int, W, H):  # noqa: N803
+        """Davie's (or Foster's) approximation of the Lévy area from ``W`` and ``H``."""
+        if len(self._size) < 2:
+            return torch.zeros_like(W)
+        h = self._tree.end[node] - self._tree.start[node]
+        noise = self._randn(self._seed(node, 2), (*self._size, self._size[-1]))
+        return levy_area(W, H, h, noise, self._levy_area_approximation)
+
+    # ----------------------------------------------------------------------------------------
+    # queries
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: N803
+        """The increment over ``[ta, tb]`` (``tb=None``: over ``[t0, ta]``), plus ``U`` and/or
+        ``A`` when asked; ``ta`` and ``tb`` outside ``[t0, t1]`` are clamped with a warning."""
+        start, end = self._tree.start[0], self._tree.end[0]
+        if tb is None:
+            warnings.warn(
+                f"{type(self).__name__} is optimised for interval-based queries, not point "
+                "evaluation.",
+                stacklevel=2,
+            )
+            ta, tb = start, ta
+        ta, tb = float(ta), float(tb)
+        if ta < start or tb < start or ta > end or tb > end:
+            warnings.warn(
+                f"Query [{ta}, {tb}] lies outside [t0, t1] = [{start}, {end}]; clamped to it.",
+                stacklevel=2,
+            )
+            ta, tb = min(max(ta, start), end), min(max(tb, start), end)
+        if ta > tb:
+            raise RuntimeError(f"Query times ta={ta:.3f} and tb={tb:.3f} must respect ta <= tb.")
+        ta, tb = self._round(ta), self._round(tb)
+        if ta == tb:
+            W = torch.zeros(self._size, dtype=self._dtype, device=self._device)  # noqa: N806
+            H = torch.zeros_like(W) if self._have_H else None  # noqa: N806
+            A = (  # noqa: N806
+                torch.zeros((*self._size, self._size[-1]), dtype=self._dtype, device=self._device)
+                if self._have_A and len(self._size) >= 1
+                else None
+            )
+        else:
+            if self._dt is None and not self._halfway_tree:
+                self._observe(tb - ta)
+            halfway = self._round if self._halfway_tree else None
+            nodes = self._tree.locate(self._last, ta, tb, halfway)
+            self._last = nodes[-1]
+            W, H = self._values(nodes[0])  # noqa: N806
+            A = self._levy_area(nodes[0], W, H) if self._have_A else None  # noqa: N806
+            for node in nodes[1:]:
+                Wi, Hi = self._values(node)  # noqa: N806
+                Ai = self._levy_area(node, Wi, Hi) if self._have_A else None  # noqa: N806
+                u, t = self._tree.start[node], self._tree.end[node]
+                W, H, A = concatenate(W, H, A, Wi, Hi, Ai, ta, u, t)  # noqa: N806
+        out = [W]
+        if return_U:
+            if not self._have_H:
+                raise ValueError(
+                    "return_U=True needs the space-time Lévy area: create the Brownian motion "
+                    "with levy_area_approximation='space-time' (or 'davie' / 'foster')"
+                )
+            out.append((tb - ta) * (0.5 * W + H))
+        if return_A:
+            if not self._have_A:
+                raise ValueError(
+                    "return_A=True needs a Lévy area approximation: create the Brownian motion "
+                    "with levy_area_approximation='davie' or 'foster'"
+                )
+            out.append(A)
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def _observe(self, dt: float) -> None:
+        """Sizes the dependency tree from the mean query length after a warm-up of 100."""
+        self._queries += 1
+        if self._queries > 100:
+            n = self._queries - 100
+            self._mean_dt += (dt - self._mean_dt) / n
+            if self._mean_dt < 0.5 * self._tree_dt:
+                self._build_dependency_tree(dt)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(t0={self._tree.start[0]:.3f}, t1={self._tree.end[0]:.3f}, "
+            f"size={tuple(self._size)}, dtype={self._dtype}, device={repr(self._device)}, "
+            f"entropy={self._entropy}, dt={self._dt}, tol={self._tol}, "
+            f"pool_size={self._pool_size}, cache_size={self._cache_size}, "
+            f"levy_area_approximation={repr(self._levy_area_approximation)})"
+        )
+
+    @property
+    def dt(self) -> float | None:
+        return self._dt
+
+    @property
+    def pool_size(self) -> int:
+        return self._pool_size
+
+    @property
+    def cache_size(self) -> int | None:
+        return self._cache_size
+
+    @property
+    def halfway_tree(self) -> bool:
+        return self._halfway_tree
+
+    @property
+    def t0(self) -> float:
+        return self._tree.start[0]
+
+    @property
+    def t1(self) -> float:
+        return self._tree.end[0]

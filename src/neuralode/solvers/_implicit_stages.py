@@ -1,0 +1,232 @@
+"""The stage equations of an implicit Runge-Kutta step and their solution (``ImplicitRK``'s
+base).
+
+The stage increments Z_i = Y_i - y0 solve Z = h (A kron I) F(y0 + Z) (plus h a_i1 f(t0, y0)
+for an explicit first stage). They are found by simplified Newton iterations with the
+Jacobian at (t0, y0) from autograd, per sample of a batch (block-diagonal Jacobian, see
+``batch_size``), the Newton matrix I - h (A kron J) factorised once per step, or applied by
+Jacobian-vector products inside GMRES (``linear_solver="krylov"``, for large states). The
+converged stages get their derivative from the implicit function theorem
+(``_implicit_gradient``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+import torch
+
+from .._host import plain_factories
+from .._term import ODETerm
+from ._implicit_gradient import tie_adjoint, transposed_solve
+from ._newton import (
+    BatchLayout,
+    DenseSolve,
+    JacobianVectorProduct,
+    KrylovSolve,
+    SingularMatrixError,
+    batch_layout,
+    block_jacobian,
+)
+from .base import Solver
+from .tableau import ImplicitTableau
+
+
+@dataclass
+class _Coefficients:
+    a: torch.Tensor  # implicit block of A: (m, m)
+    a_first: torch.Tensor | None  # column of A for the explicit first stage: (m,)
+    inverse: torch.Tensor  # inverse of the implicit block
+    d: torch.Tensor  # y1 = y0 + h b_1 f0 + d . (Z - h a_first f0): (m,)
+    b_first: float
+
+
+@dataclass
+class _Linearisation:
+    """The Jacobian at (t0, y0): blocks (B, n, n), or a Jacobian-vector product."""
+
+    f0: torch.Tensor
+    jacobians: torch.Tensor | None
+    jvp: JacobianVectorProduct | None
+
+
+class StageEquations(NamedTuple):
+    """The stage equations of one step, Z = h (A kron I) F(y0 + Z) + h a_first f(t0, y0):
+    f, the step size, the coefficients, each implicit stage's (time, perturbation) and the
+    batch layout of the state."""
+
+    term: ODETerm
+    h: float
+    co: _Coefficients
+    times: list[tuple[float, float]]
+    layout: BatchLayout
+
+    def values(self, y0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """F(y0 + Z): f at every implicit stage, (m, n)."""
+        return torch.stack([self.term(t, y0 + z[i], p) for i, (t, p) in enumerate(self.times)])
+
+    def explicit_part(self, k_first: torch.Tensor) -> torch.Tensor:
+        """h a_first f(t0, y0): the explicit first stage's part of Z."""
+        return self.h * self.co.a_first[:, None] * k_first
+
+
+class ImplicitStages(Solver):
+    """Solves the stage equations of ``ImplicitRK`` (its base), with the options and
+    bookkeeping ``ImplicitRK.__init__`` sets: ``newton_tol``, ``linear_solver``,
+    ``krylov_tol``, ``krylov_dim``, ``counters``, the controller's tolerances (``None`` on
+    fixed steps) and the caches of coefficients and batch layouts."""
+
+    tableau: ClassVar[ImplicitTableau]
+    default_max_iters: ClassVar[int]
+    adaptive_max_iters: ClassVar[int]
+    max_iters: int | None
+    newton_tol: float | None
+    linear_solver: str
+    krylov_tol: float
+    krylov_dim: int
+    counters: Counter[str]
+    _tolerances: tuple[float, float] | None
+    _cache: dict[tuple[torch.dtype, torch.device], _Coefficients]
+    _layouts: dict[tuple[int, torch.device], BatchLayout]
+
+    @property
+    def _iteration_cap(self) -> int:
+        if self.max_iters is not None:
+            return self.max_iters
+        return self.default_max_iters if self._tolerances is None else self.adaptive_max_iters
+
+    def _coefficients(self, like: torch.Tensor) -> _Coefficients:
+        key = (like.dtype, like.device)
+        co = self._cache.get(key)
+        if co is None:
+            with plain_factories():  # (cached: never a transform's tensor)
+                co = self._cache[key] = self._build(like)
+        return co
+
+    def _build(self, like: torch.Tensor) -> _Coefficients:
+        tab = self.tableau
+        first = 1 if tab.explicit_first_stage else 0
+        a_full = np.array(tab.a, dtype=np.float64)
+        a = a_full[first:, first:]
+        inverse = np.linalg.inv(a)
+        b = np.array(tab.b[first:])
+        d = inverse.T @ b
+        if tab.stiffly_accurate:  # exactly the last stage, without rounding from the inverse
+            d = np.eye(len(b))[-1]
+
+        def t(x: Any) -> torch.Tensor:
+            return torch.tensor(x, dtype=torch.float64).to(dtype=like.dtype, device=like.device)
+
+        return _Coefficients(
+            a=t(a),
+            a_first=t(a_full[first:, 0]) if first else None,
+            inverse=t(inverse),
+            d=t(d),
+            b_first=float(tab.b[0]) if first else 0.0,
+        )
+
+    def _layout(self, term: ODETerm) -> BatchLayout:
+        key = (id(term.spec), term.device)
+        layout = self._layouts.get(key)
+        if layout is None or layout.index.numel() != term.spec.numel:
+            layout = batch_layout(term.spec, self.batch_size, term.device)
+            self._layouts = {key: layout}
+        return layout
+
+    def _linearise(
+        self, term: ODETerm, t: float, y: torch.Tensor, perturb: float, layout: BatchLayout
+    ) -> _Linearisation:
+        self.counters["jacobians"] += 1
+        if self.linear_solver == "krylov":
+            jvp = JacobianVectorProduct(term, t, y, perturb)
+            return _Linearisation(jvp.f, None, jvp)
+        jacobians, f0 = block_jacobian(term, t, y, perturb, layout)
+        return _Linearisation(f0, jacobians, None)
+
+    def _linear_solve(
+        self, h: float, a: torch.Tensor, lin: _Linearisation, layout: BatchLayout
+    ) -> Any:
+        """A solver for (I - h (a kron J)) x = r, r given as (m, N)."""
+        if lin.jacobians is not None:
+            self.counters["factorisations"] += 1
+            return DenseSolve(h, a, lin.jacobians, layout)
+        return KrylovSolve(h, a, lin.jvp, self.krylov_tol, self.krylov_dim)
+
+    def _scale(self, y0: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Per-component scale of the Newton updates and the tolerance on them."""
+        eps = torch.finfo(y0.real.dtype if y0.is_complex() else y0.dtype).eps
+        if self._tolerances is None:  # fixed steps: to rounding, relative to 1 + |y0|
+            return 1 + y0.abs(), 4 * eps if self.newton_tol is None else self.newton_tol
+        rtol, atol = self._tolerances
+        tol = self.newton_tol
+        if tol is None:
+            tol = max(10 * eps / max(rtol, 1e-300), min(0.03, rtol**0.5))
+        return atol + rtol * y0.abs(), tol
+
+    def _newton(
+        self,
+        eq: StageEquations,
+        y0: torch.Tensor,
+        start: torch.Tensor | None,
+        k_first: torch.Tensor | None,
+        lin: _Linearisation,
+    ) -> tuple[torch.Tensor | None, str]:
+        """Simplified Newton from ``start`` (else Z = 0: an explicit predictor is far off
+        on stiff components); (Z, "") when converged, else (None, why)."""
+        try:
+            solve = self._linear_solve(eq.h, eq.co.a, lin, eq.layout)
+        except SingularMatrixError:
+            return None, "singular Newton matrix I - h (A kron J)"
+        z = y0.new_zeros((len(eq.times), y0.numel())) if start is None else start.clone()
+        base = 0.0 if k_first is None else eq.explicit_part(k_first)
+        scale, tol = self._scale(y0)
+        eps = torch.finfo(scale.dtype).eps
+        cap = self._iteration_cap
+        previous = None
+        for iteration in range(cap):
+            self.counters["newton_iterations"] += 1
+            residual = base + eq.h * (eq.co.a @ eq.values(y0, z)) - z
+            if not bool(torch.isfinite(residual).all()):
+                return None, f"non-finite f at the stages after {iteration} iterations"
+            dz = solve(residual)
+            z = z + dz
+            size = float(torch.linalg.vector_norm(dz / scale) / dz.numel() ** 0.5)
+            if not size == size or size == float("inf"):
+                return None, "non-finite Newton update"
+            if size <= 16 * eps * float(((y0.abs() + z.abs()) / scale).max()):
+                return z, ""  # at rounding level
+            if previous is not None:
+                rate = size / previous
+                if rate >= 1:
+                    return None, f"diverging, contraction rate {rate:.3g}"
+                if rate / (1 - rate) * size <= tol:
+                    return z, ""
+                left = cap - iteration - 1
+                adaptive = self._tolerances is not None  # else no smaller step to retry with
+                if adaptive and left and rate**left / (1 - rate) * size > tol:
+                    return None, f"too slow, contraction rate {rate:.3g}"
+            previous = size
+        return None, f"not converged in max_iters={cap} iterations"
+
+    def _attach_gradient(
+        self, eq: StageEquations, y0: torch.Tensor, k_first: torch.Tensor | None, z: torch.Tensor
+    ) -> torch.Tensor:
+        """Z in value, with the implicit function theorem's derivative (``_implicit_gradient``)."""
+        values = eq.values(y0, z)
+        z_graph = eq.h * (eq.co.a @ values)
+        if k_first is not None:
+            z_graph = z_graph + eq.explicit_part(k_first)
+        if not z_graph.requires_grad:
+            return z
+        stages = y0.detach() + z
+        krylov = (self.krylov_tol, self.krylov_dim) if self.linear_solver == "krylov" else None
+
+        def solve(grad: torch.Tensor) -> torch.Tensor:
+            return transposed_solve(
+                eq.term, eq.h, eq.co.a, stages, eq.times, eq.layout, grad, krylov
+            )
+
+        return tie_adjoint(z, z_graph, values, solve, self.name)

@@ -22,7 +22,7 @@ from ._errors import (
 from ._execution import Execution
 from ._norms import Norm
 from ._solution import SolveStats
-from ._status import code_of
+from ._status import code_of, success
 from ._term import ODETerm
 from .controllers.base import StepSizeController
 from .controllers.pi import PIController
@@ -131,7 +131,7 @@ def integrate(
         term.release_buffers()
     if stats.status is None:  # one problem, or the compiled whole solve (it throws)
         shape = term.spec.shapes[0][:1] if config.per_sample else ()
-        stats.status = torch.zeros(shape, dtype=torch.long, device=y0.device)
+        stats.status = success(shape, y0)
     return ys
 
 

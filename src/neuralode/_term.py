@@ -56,12 +56,14 @@ class ODETerm:
         self.counting = True  # False inside ``call_uncounted``
         self._checked = False
         # a tuple of ints, not a torch.Size: y.view(tuple) parses ~1.5 us faster per call
-        self._leaf_shape = tuple(int(n) for n in spec.shapes[0]) if spec.is_leaf else None
+        self._leaf_shape = tuple(map(int, spec.shapes[0])) if spec.is_leaf else None
         # f's view of the flat state: y.view(*ints) parses ~0.6 us faster than y.view(tuple)
         # (a 0-dim state has no ints to unpack: its view takes the empty tuple)
         self._view_args = (self._leaf_shape or ((),)) if spec.is_leaf else None
+        # (read once: ``device.type`` costs ~0.3 us)
+        self._cpu = self.device.type == "cpu"
         # the stage times by one NumPy conversion on CPU (~2.5 us faster than torch.tensor)
-        self._numpy_time = _NUMPY_TIME.get(self.time_dtype) if self.device.type == "cpu" else None
+        self._numpy_time = _NUMPY_TIME.get(self.time_dtype) if self._cpu else None
         self._buffers: dict[tuple[int, int], Any] = {}
 
     def time(self, t: float | torch.Tensor, perturb: float = 0.0) -> torch.Tensor:
@@ -78,7 +80,7 @@ class ODETerm:
     def times(self, values: list[float]) -> tuple[torch.Tensor, ...] | None:
         """Several times as 0-dim tensors made by one conversion, on CPU; ``None`` elsewhere
         (a host-to-device copy would cost more than filling each on the device)."""
-        if self.device.type != "cpu" or torch.compiler.is_compiling():
+        if not self._cpu or torch.compiler.is_compiling():
             return None
         if self._numpy_time is not None:
             return torch.from_numpy(np.array(values, dtype=self._numpy_time)).unbind()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import cmath
+import math
+import operator
 import warnings
 from typing import Any
 
@@ -144,11 +146,12 @@ def check_times(ts: Any, device: torch.device, open_end: bool = False) -> list[f
         raise ValueError(f"t is on {ts.device} but y0 is on {device}; put both on one device")
     times = ts.tolist()  # exact: every float dtype converts to Python floats without rounding
     finite = times[:-1] if open_end else times
-    if not all(x == x and abs(x) != float("inf") for x in finite) or times[-1] != times[-1]:
+    if not all(map(math.isfinite, finite)) or times[-1] != times[-1]:
         raise ValueError(f"t contains NaN or inf: {times}")
     if len(times) > 1:
-        diffs = [b - a for a, b in zip(times, times[1:])]
-        if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
+        later = times[1:]
+        if not (all(map(operator.lt, times, later)) or all(map(operator.gt, times, later))):
+            diffs = [b - a for a, b in zip(times, later)]
             i = next(i for i, d in enumerate(diffs) if d == 0 or (d > 0) != (diffs[0] > 0))
             raise ValueError(
                 "t must be strictly increasing or strictly decreasing; "

@@ -314,9 +314,10 @@ class ExplicitRK(Solver):
     def _theta_weights(co: _Coefficients, theta: torch.Tensor, derivative: bool) -> torch.Tensor:
         """B_i(theta) (with ``derivative``: B_i'(theta)) of the own extension, (stages, m)."""
         powers = torch.arange(1, co.dense.shape[1] + 1, dtype=torch.float64, device=theta.device)
-        theta_powers = theta[None, :] ** (powers[:, None] - int(derivative))  # (P, m)
         if derivative:  # d/dtheta theta^p = p theta^(p-1)
-            theta_powers = theta_powers * powers[:, None]
+            theta_powers = theta[None, :] ** (powers[:, None] - 1) * powers[:, None]
+        else:
+            theta_powers = theta[None, :] ** powers[:, None]  # (P, m)
         return co.dense @ theta_powers.to(dtype=co.dense.dtype, device=co.dense.device)
 
     def hermite_f0(self, term: ODETerm, step: Step) -> torch.Tensor:

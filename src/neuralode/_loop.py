@@ -74,6 +74,8 @@ class LoopConfig:
 def _landings(ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, ...]):
     """Times steps must end on, in the direction of integration: (time, is_jump) pairs."""
     t0, t_end = ts[0], ts[-1]
+    if not step_t and not jump_t:  # (the common case)
+        return [(t_end, False)]
     sign = 1.0 if t_end >= t0 else -1.0
     inside = {}
     for t in step_t:

@@ -17,12 +17,14 @@ _NUMPY_TIME = {torch.float64: np.float64, torch.float32: np.float32}
 class StageBuffer(NamedTuple):
     """Scratch space of graph-free Runge-Kutta steps: ``stacked`` (stages, n), its ``rows``,
     ``columns[i]`` the transposed view of the first i rows (for one ``addmv`` per stage), and
-    ``user_rows`` the rows viewed in the shape of a one-tensor state (``None`` for trees)."""
+    ``user_rows`` the rows viewed in the shape of a one-tensor state, or for a nested state
+    each row's pieces viewed in the shapes of its tensors (f's output is copied into them
+    without concatenating it first)."""
 
     stacked: torch.Tensor
     rows: tuple[torch.Tensor, ...]
     columns: list[torch.Tensor]
-    user_rows: tuple[torch.Tensor, ...] | None
+    user_rows: tuple[torch.Tensor, ...] | tuple[tuple[torch.Tensor, ...], ...]
 
 
 # Stage buffers of finished solves, kept for the next solves of the same shape: making a
@@ -99,16 +101,19 @@ class ODETerm:
     def _new_buffer(self, stages: int, like: torch.Tensor) -> StageBuffer:
         stacked = like.new_empty(stages, like.numel())
         rows = stacked.unbind(0)
-        shape = self._leaf_shape
-        return StageBuffer(
-            stacked,
-            rows,
-            [stacked[:i].T for i in range(stages + 1)],
-            None if shape is None else tuple(row.view(shape) for row in rows),
-        )
+        shape, spec = self._leaf_shape, self.spec
+        if shape is not None:
+            user_rows: tuple = tuple(row.view(shape) for row in rows)
+        else:
+            user_rows = tuple(
+                tuple(p.view(s) for p, s in zip(row.split(spec.numels), spec.shapes))
+                for row in rows
+            )
+        return StageBuffer(stacked, rows, [stacked[:i].T for i in range(stages + 1)], user_rows)
 
     def _pool_key(self, key: tuple[int, int]) -> tuple:
-        return (*key, self.dtype, self.device, self._leaf_shape)
+        # (the state's structure: the buffer's views are made in its shapes)
+        return (*key, self.dtype, self.device, self.spec.is_leaf, self.spec.shapes)
 
     def release_buffers(self) -> None:
         """End of a solve: small stage buffers go back to a pool for later solves (nothing of
@@ -129,12 +134,13 @@ class ODETerm:
         Graph-free steps only: f's output is copied into the row through a view in its own
         shape, which saves the reshape of ``at`` and a temporary per evaluation."""
         out = self._evaluate(t, y)
-        if buffer.user_rows is not None:
+        if self._leaf_shape is not None:
             if out.shape != buffer.user_rows[i].shape:  # copy_ would broadcast
                 self.spec.flatten(out, "func's output")  # raises the shape error
             buffer.user_rows[i].copy_(out)
-        else:
-            buffer.rows[i].copy_(self.spec.flatten(out, "func's output"))
+        else:  # each tensor into its piece of the row (its shape checked: no broadcasting)
+            for piece, leaf in zip(buffer.user_rows[i], self.spec.leaves(out, "func's output")):
+                piece.copy_(leaf)
         return buffer.rows[i]
 
     def call_uncounted(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -44,6 +44,14 @@ class TreeSpec:
 
         Dicts are read in the state's key order, whatever order ``tree``'s keys are in.
         """
+        leaves = self.leaves(tree, what)
+        if len(leaves) == 1:
+            return leaves[0].reshape(-1)
+        return torch.cat([leaf.reshape(-1) for leaf in leaves])
+
+    def leaves(self, tree: Any, what: str = "value") -> list[torch.Tensor]:
+        """The tensors of a structure matching this spec, in the state's order, checked as
+        ``flatten`` checks them: the structure, every shape, one dtype."""
         leaves = _leaves(tree, what) if self.is_leaf else _leaves_as(self.structure, tree, what)
         if len(leaves) != len(self.shapes):
             raise ValueError(
@@ -56,15 +64,13 @@ class TreeSpec:
                     f"{what} has shape {tuple(leaf.shape)}{where}; expected {tuple(shape)}, "
                     "the shape of the state"
                 )
-        if len(leaves) == 1:
-            return leaves[0].reshape(-1)
-        for i, leaf in enumerate(leaves):
+        for i, leaf in enumerate(leaves[1:], 1):
             if leaf.dtype != leaves[0].dtype:
                 raise TypeError(
                     f"{what} mixes dtypes: tensor {i} is {leaf.dtype}, tensor 0 is "
                     f"{leaves[0].dtype}"
                 )
-        return torch.cat([leaf.reshape(-1) for leaf in leaves])
+        return leaves
 
 
 # The specs of bare-tensor states by shape: immutable, made once (a frozen dataclass costs

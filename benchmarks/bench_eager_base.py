@@ -2,11 +2,13 @@
 
 The issue-21 goal "eager: never slower than before": Van der Pol (batch 256, float64, as one
 system and per sample) and the MLP 2-64-64-2 at batch 16 (``bench_engine.py``'s problems,
-dopri5 rtol 1e-6 atol 1e-8, ``torch.no_grad()``), and a two-step solve of a trivial f
-(dy/dt = -y on two elements, rk4 with step 0.5), each timed ``--repeats`` times alternating
-with the older version. Times are the thread's CPU time (``time.thread_time``): on a shared
-core they leave out the time other processes hold it, which wall-clock times do not; the
-ratios are this version's over the older one's (best, and median).
+dopri5 rtol 1e-6 atol 1e-8, ``torch.no_grad()``), a two-step solve of a trivial f (dy/dt = -y
+on two elements, rk4 with step 0.5: mostly the per-solve work) and a long solve of the same f
+(float64, dopri5 rtol 1e-9 atol 1e-12 from t=0 to 40, 193 steps: mostly the host loop's
+per-step work), each timed ``--repeats`` times alternating with the older version. Times are
+the thread's CPU time (``time.thread_time``): on a shared core they leave out the time other
+processes hold it, which wall-clock times do not; the ratios are this version's over the
+older one's (best, and median).
 
 Run: ``flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_eager_base.py
 DIR`` with DIR a directory holding the older ``src/neuralode`` copied as ``neuralode_base``.
@@ -41,6 +43,16 @@ def _trivial(lib) -> float:
         return time.thread_time() - start
 
 
+def _long(lib) -> float:
+    y0 = torch.ones(2, dtype=torch.float64)
+    ts = torch.tensor([0.0, 40.0], dtype=torch.float64)
+    controller = lib.PIController(rtol=1e-9, atol=1e-12)
+    with torch.no_grad():
+        start = time.thread_time()
+        lib.solve(lambda t, y: -y, y0, ts, controller=controller)
+        return time.thread_time() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("base", help="directory holding the older copy as neuralode_base")
@@ -56,6 +68,7 @@ def main() -> None:
         ("Van der Pol 256, per sample", lambda lib: _solve(lib, *van_der_pol, True), 1),
         ("MLP batch 16", lambda lib: _solve(lib, *net, False), 8),
         ("trivial f, two rk4 steps", _trivial, 16),
+        ("trivial f, 193 dopri5 steps", _long, 1),
     ]
     print(f"neuralode from {no.__file__}, before from {base.__file__}")
     print("| problem | before: best (median) | this: best (median) | best ratio | median ratio |")

@@ -234,3 +234,43 @@ def test_stage_buffers_are_reused_across_solves_and_not_shared_by_nested_ones(mo
         ys = no.solve(inner, y0, ts, controller=controller).ys
     torch.testing.assert_close(ys[-1], y0 * math.exp(-math.exp(-1)), rtol=1e-8, atol=0)
     assert len(made) == 2
+
+
+def nested_field(t, y):  # a rotation across two tensors, and a decaying scalar
+    x, rest = y["x"], y["rest"]
+    return {"x": torch.stack([x[1], -x[0]]) - 0.3 * x - rest, "rest": x[:1] - rest, "s": -y["s"]}
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_graph_free_nested_state_matches_autograd_and_its_buffers_keep_their_structure(method):
+    # f's output goes into the stage buffer tensor by tensor; a buffer made for one structure
+    # must not serve another one of the same size from the pool
+    ts = torch.linspace(0, 2, 5, dtype=torch.float64)
+    solver = no.METHODS[method]()
+    controller = no.PIController(1e-8, 1e-10) if solver.adaptive else no.FixedGrid(0.05)
+    y0 = {
+        "x": torch.tensor([1.0, 0.5], dtype=torch.float64),
+        "rest": torch.tensor([0.0], dtype=torch.float64),
+        "s": torch.tensor(2.0, dtype=torch.float64),
+    }
+    kwargs = dict(func=nested_field, y0=y0, ts=ts, solver=solver, controller=controller)
+    graph, free = both(**kwargs)
+    assert graph.stats == free.stats
+    for key in y0:
+        torch.testing.assert_close(free.ys[key], graph.ys[key], rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(free.ys["s"], 2.0 * torch.exp(-ts), rtol=1e-6, atol=1e-8)
+    with torch.no_grad():  # the same four numbers as one tensor, then as another structure
+        flat = no.solve(lambda t, y: -y, torch.ones(4, dtype=torch.float64), ts, solver=solver,
+                        controller=controller).ys  # fmt: skip
+        pair = no.solve(lambda t, y: (-y[0], -2 * y[1]), (y0["x"].new_ones(3), y0["s"]), ts,
+                        solver=solver, controller=controller).ys  # fmt: skip
+    exact = torch.tensor([math.exp(-2), math.exp(-4)], dtype=torch.float64)
+    torch.testing.assert_close(flat[-1], exact[0].expand(4), rtol=1e-6, atol=0)
+    torch.testing.assert_close(pair[0][-1], exact[0].expand(3), rtol=1e-6, atol=0)
+    torch.testing.assert_close(pair[1][-1], 2 * exact[1], rtol=1e-5, atol=0)
+
+
+def test_graph_free_nested_output_of_the_wrong_shape_is_refused():
+    y0 = (torch.ones(3), torch.ones(2))
+    with torch.no_grad(), pytest.raises(ValueError, match=r"tensor 1 of the state.*expected"):
+        no.solve(lambda t, y: (-y[0], -y[1][:1]), y0, torch.tensor([0.0, 1.0]))

@@ -66,6 +66,8 @@ class Execution:
             TypeError: an unknown alias.
             ValueError: a value or a combination that no mode runs.
         """
+        if per_sample is False and compile is False and not aliases:
+            return EAGER  # the default
         try:  # the same arguments make the same (immutable) execution: validated once
             key = (
                 tuple(sorted((name, type(v), v) for name, v in aliases.items())) if aliases else ()
@@ -187,6 +189,9 @@ class Execution:
                 "per_sample=True needs y0 with a batch dimension first (shape (batch, ...)), "
                 f"got shape {tuple(shape)}"
             )
+
+
+EAGER = Execution()  # one problem, the host loop, nothing compiled: the default
 
 
 @functools.lru_cache(maxsize=64)

@@ -46,6 +46,11 @@ def forward_mode(x: torch.Tensor) -> bool:
 _PEELED: ContextVar[frozenset[int]] = ContextVar("neuralode_peeled_vmap", default=frozenset())
 
 
+def transform_active() -> bool:
+    """Whether any ``torch.func`` transform (vmap, grad, jvp, ...) is active."""
+    return functorch.maybe_current_level() is not None
+
+
 def vmap_active() -> bool:
     """Whether a ``torch.func.vmap`` is among the active transforms (besides the levels
     ``peeled`` marks)."""

@@ -22,7 +22,7 @@ from ._errors import (
 from ._execution import Execution
 from ._norms import Norm
 from ._solution import SolveStats
-from ._status import code_of
+from ._status import code_of, success
 from ._term import ODETerm
 from .controllers.base import StepSizeController
 from .controllers.pi import PIController
@@ -74,6 +74,8 @@ class LoopConfig:
 def _landings(ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, ...]):
     """Times steps must end on, in the direction of integration: (time, is_jump) pairs."""
     t0, t_end = ts[0], ts[-1]
+    if not step_t and not jump_t:  # (the common case)
+        return [(t_end, False)]
     sign = 1.0 if t_end >= t0 else -1.0
     inside = {}
     for t in step_t:
@@ -131,7 +133,7 @@ def integrate(
         term.release_buffers()
     if stats.status is None:  # one problem, or the compiled whole solve (it throws)
         shape = term.spec.shapes[0][:1] if config.per_sample else ()
-        stats.status = torch.zeros(shape, dtype=torch.long, device=y0.device)
+        stats.status = success(shape, y0)
     return ys
 
 

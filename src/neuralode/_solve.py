@@ -14,7 +14,7 @@ from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from ._event_tracker import OneProblemEvents
 from ._events import Event
 from ._execution import Execution
-from ._host import vmap_active
+from ._host import transform_active, vmap_active
 from ._loop import LoopConfig
 from ._norms import Norm, mixed_norm, rms_norm
 from ._recorder import Recorder
@@ -38,7 +38,7 @@ from .adjoint.direct import Direct
 from .controllers.base import StepSizeController
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
-from .sde._engine import SDETerm
+from .sde._engine import SDESolver, SDETerm
 from .sde._rows import check_sde_solve
 from .solvers.base import Solver
 from .solvers.dopri5 import Dopri5
@@ -174,17 +174,18 @@ def solve(
     """
     solver, controller, gradient, norm = coerce_strategies(solver, controller, gradient, norm)
     solver = Dopri5() if solver is None else solver
-    level = vmap_level(y0, ts)
-    if level is not None:  # under torch.func.vmap: each problem its own steps
-        options = dict(locals())
-        for name in ("func", "y0", "ts", "level", "aliases"):
-            options.pop(name)
-        return solve_vmapped(solve, func, y0, ts, level, {**options, **aliases})
-    if vmap_active():  # a transform inside vmap, or a vmap over func's captured tensors
-        options = dict(locals())
-        for name in ("func", "y0", "ts", "level", "aliases"):
-            options.pop(name)
-        return solve_inside_vmap(solve, func, y0, ts, {**options, **aliases})
+    if transform_active():  # (one query when no torch.func transform runs: the common case)
+        level = vmap_level(y0, ts)
+        if level is not None:  # under torch.func.vmap: each problem its own steps
+            options = dict(locals())
+            for name in ("func", "y0", "ts", "level", "aliases"):
+                options.pop(name)
+            return solve_vmapped(solve, func, y0, ts, level, {**options, **aliases})
+        if vmap_active():  # a transform inside vmap, or a vmap over func's captured tensors
+            options = dict(locals())
+            for name in ("func", "y0", "ts", "level", "aliases"):
+                options.pop(name)
+            return solve_inside_vmap(solve, func, y0, ts, {**options, **aliases})
     spec, y0_flat = check_state(y0)
     execution = Execution.of(per_sample, compile, **aliases)
     if isinstance(ts, torch.Tensor) and ts.ndim == 2 and execution.per_sample:
@@ -216,17 +217,21 @@ def solve(
                 f"steps, more than max_steps={max_steps:,}; use a larger step_size or raise "
                 "max_steps (options max_num_steps)"
             )
-    check_sde_solve(func, ts, solver, gradient, event, execution)
-    saveat = check_saveat(saveat, dense, execution, solver, gradient, event, ts.shape[-1])
-    options = {"norm": norm, "step_t": step_t, "jump_t": jump_t, "perturb": perturb}
-    options.update(callbacks=callbacks, gradient=gradient)  # (cheaper than locals())
-    execution.check(spec, solver, controller, options)
+    sde = isinstance(func, SDETerm)
+    if sde or isinstance(solver, SDESolver):
+        check_sde_solve(func, ts, solver, gradient, event, execution)
+    if saveat is not None or dense is not False:  # (else: the states at ts)
+        saveat = check_saveat(saveat, dense, execution, solver, gradient, event, ts.shape[-1])
+    if execution.compile or execution.device:  # (the eager host loop runs every option)
+        options = {"norm": norm, "step_t": step_t, "jump_t": jump_t, "perturb": perturb}
+        options.update(callbacks=callbacks, gradient=gradient)  # (cheaper than locals())
+        execution.check(spec, solver, controller, options)
     if not throw and torch.is_grad_enabled() and not isinstance(gradient, (Direct, type(None))):
         raise ValueError(
             f"throw=False needs gradient=Direct() (or no autograd graph): a failed solve's NaN "
             f"outputs have no {type(gradient).__name__} gradient"
         )
-    if execution.per_sample and not isinstance(func, SDETerm):
+    if execution.per_sample and not sde:
         func = BatchTime(func, int(spec.shapes[0][0]))
     if norm is None:
         norm = rms_norm if spec.is_leaf else mixed_norm(spec.numels)
@@ -243,7 +248,7 @@ def solve(
         throw=bool(throw),
         save=Recorder() if saveat is not None and saveat.records else None,
     )
-    term = func.bind(spec, y0_flat) if isinstance(func, SDETerm) else ODETerm(func, spec, y0_flat)
+    term = func.bind(spec, y0_flat) if sde else ODETerm(func, spec, y0_flat)
     stats = SolveStats()
     if y0_flat.numel() == 0:  # nothing to integrate
         ys = y0_flat.expand(ts.shape[-1], 0)

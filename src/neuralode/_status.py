@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._errors import (
@@ -57,6 +58,14 @@ _WORDS = {
     Status.STEP_SIZE_UNDERFLOW: "step size underflow",
     Status.NON_FINITE: "non-finite",
 }
+
+
+def success(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """``Status.SUCCESS`` codes of ``shape`` (``()``: one problem; ``(batch,)``) on ``like``'s
+    device; on CPU through NumPy (~0.8 us instead of ~1.7 for ``torch.zeros``)."""
+    if like.is_cpu:
+        return torch.from_numpy(np.zeros(shape, dtype=np.int64))
+    return torch.zeros(shape, dtype=torch.long, device=like.device)
 
 
 def code_of(error: Exception) -> Status:

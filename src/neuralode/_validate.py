@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import cmath
+import math
+import operator
 import warnings
 from typing import Any
 
 import torch
 
 from ._errors import NonFiniteError
-from ._host import across, plain
+from ._host import across, plain, wrapped
 from ._norms import LOW_PRECISION, l2_norm, max_norm, rms_norm
-from ._tree import TreeSpec, tree_spec
+from ._tree import TreeSpec, leaf_spec, tree_spec
 from .adjoint import GRADIENTS
 from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy
@@ -69,25 +71,35 @@ def _instance(name: str, value: Any, base: type, expected: str) -> Any:
 
 
 def check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:
-    spec, leaves = tree_spec(y0, "y0")
-    if not leaves:
-        raise ValueError("y0 contains no tensors")
-    first = leaves[0]
-    for i, leaf in enumerate(leaves):
-        where = "y0" if spec.is_leaf else f"y0 (tensor {i})"
-        if not (leaf.is_floating_point() or leaf.is_complex()):
-            raise TypeError(
-                f"{where} must be a floating point or complex tensor, got dtype {leaf.dtype}"
-            )
-        if leaf.dtype != first.dtype:
-            raise TypeError(f"{where} has dtype {leaf.dtype}; tensor 0 has {first.dtype}")
-        if leaf.device != first.device:
-            raise ValueError(f"{where} is on {leaf.device}; tensor 0 is on {first.device}")
-    # (a bare tensor matches the spec just made from it: no shape check to repeat)
-    flat = first.reshape(-1) if spec.is_leaf else spec.flatten(y0, "y0")
+    """The spec of the initial state and the state as one flat tensor, checking that its
+    tensors are floating point or complex, of one dtype, on one device, and finite."""
+    if isinstance(y0, torch.Tensor):  # a bare tensor: one leaf, its spec made once per shape
+        spec = leaf_spec(y0.shape)
+        _check_dtype("y0", y0)
+        flat = y0.reshape(-1)  # (it matches the spec made from it: no shape check to repeat)
+    else:
+        spec, leaves = tree_spec(y0, "y0")
+        if not leaves:
+            raise ValueError("y0 contains no tensors")
+        first = leaves[0]
+        for i, leaf in enumerate(leaves):
+            where = f"y0 (tensor {i})"
+            _check_dtype(where, leaf)
+            if leaf.dtype != first.dtype:
+                raise TypeError(f"{where} has dtype {leaf.dtype}; tensor 0 has {first.dtype}")
+            if leaf.device != first.device:
+                raise ValueError(f"{where} is on {leaf.device}; tensor 0 is on {first.device}")
+        flat = spec.flatten(y0, "y0")
     if not all_finite(flat):
         raise NonFiniteError("y0 contains NaN or inf")
     return spec, flat
+
+
+def _check_dtype(where: str, leaf: torch.Tensor) -> None:
+    if not (leaf.is_floating_point() or leaf.is_complex()):
+        raise TypeError(
+            f"{where} must be a floating point or complex tensor, got dtype {leaf.dtype}"
+        )
 
 
 def check_tolerances(controller: Any, y0: torch.Tensor) -> None:
@@ -134,11 +146,12 @@ def check_times(ts: Any, device: torch.device, open_end: bool = False) -> list[f
         raise ValueError(f"t is on {ts.device} but y0 is on {device}; put both on one device")
     times = ts.tolist()  # exact: every float dtype converts to Python floats without rounding
     finite = times[:-1] if open_end else times
-    if not all(x == x and abs(x) != float("inf") for x in finite) or times[-1] != times[-1]:
+    if not all(map(math.isfinite, finite)) or times[-1] != times[-1]:
         raise ValueError(f"t contains NaN or inf: {times}")
     if len(times) > 1:
-        diffs = [b - a for a, b in zip(times, times[1:])]
-        if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
+        later = times[1:]
+        if not (all(map(operator.lt, times, later)) or all(map(operator.gt, times, later))):
+            diffs = [b - a for a, b in zip(times, later)]
             i = next(i for i, d in enumerate(diffs) if d == 0 or (d > 0) != (diffs[0] > 0))
             raise ValueError(
                 "t must be strictly increasing or strictly decreasing; "
@@ -162,7 +175,10 @@ def all_finite(x: torch.Tensor) -> bool:
     """Whether every entry is finite, with one reduction in the common case: a NaN or inf
     entry makes the sum non-finite (a finite sum proves all entries finite; an overflowing
     sum of finite entries falls back to the exact elementwise test)."""
-    if cmath.isfinite(across(x.sum(), torch.sum).item()):  # every vmapped problem's
+    total = x.sum()
+    if wrapped(total):  # every vmapped problem's
+        total = plain(total).sum()
+    if cmath.isfinite(total.item()):
         return True
     return bool(across(torch.isfinite(x).all(), torch.all))
 

@@ -1,5 +1,9 @@
 """Arithmetic on Python floats or tensors alike, so that a controller formula is written once
-for the host loop (floats) and the device loop (one tensor element per sample)."""
+for the host loop (floats) and the device loop (one tensor element per sample).
+
+Each function tests ``type(x) is not float`` before ``isinstance(x, torch.Tensor)``: the host
+loop calls them with floats every step, and that test costs a third of the ``isinstance``.
+"""
 
 from __future__ import annotations
 
@@ -11,36 +15,40 @@ import torch
 
 def power(x: Any, p: float) -> Any:
     """``x ** p`` for a float (0 to a negative power: inf) or a tensor."""
-    if isinstance(x, torch.Tensor):
+    if type(x) is not float and isinstance(x, torch.Tensor):
         return x.pow(p)
     return math.inf if x == 0 and p < 0 else x**p
 
 
 def clip(x: Any, lo: float, hi: float) -> Any:
-    if isinstance(x, torch.Tensor):
+    if type(x) is not float and isinstance(x, torch.Tensor):
         return torch.clamp(x, min=lo, max=hi)
     return min(max(x, lo), hi)
 
 
 def nan_to(x: Any, value: float) -> Any:
-    if isinstance(x, torch.Tensor):
+    if type(x) is not float and isinstance(x, torch.Tensor):
         return x.nan_to_num(nan=value)
     return value if x != x else x
 
 
 def where(condition: Any, a: Any, b: Any) -> Any:
-    if isinstance(condition, torch.Tensor):
+    if type(condition) is not bool and isinstance(condition, torch.Tensor):
         return torch.where(condition, a, b)
     return a if condition else b
 
 
 def minimum(a: Any, b: Any) -> Any:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+    if (type(a) is not float or type(b) is not float) and (
+        isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor)
+    ):
         return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
     return min(a, b)
 
 
 def maximum(a: Any, b: Any) -> Any:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+    if (type(a) is not float or type(b) is not float) and (
+        isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor)
+    ):
         return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
     return max(a, b)

@@ -14,7 +14,6 @@ from .._term import ODETerm
 from ._ops import clip, maximum, minimum, power, where
 
 
-@torch.no_grad()
 def select_initial_step(
     term: ODETerm,
     t0: float,
@@ -44,6 +43,11 @@ def select_initial_step(
     Returns:
         The step size (positive).
     """
+    if torch.is_grad_enabled():  # (entering no_grad costs ~1.5 us: not when it is off)
+        with torch.no_grad():
+            return select_initial_step(
+                term, t0, y0, f0, direction, error_exponent, rtol, atol, norm
+            )
     scale = _scale(y0, rtol, atol)
     if norm is rms_norm:  # both norms by one reduction and one transfer to the host
         both = torch.linalg.vector_norm(torch.stack((y0, f0)) / scale, dim=1)

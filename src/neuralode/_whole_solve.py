@@ -30,6 +30,7 @@ from ._norms import cached_tolerance, row_norm
 from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
 from ._term import ODETerm
+from ._whole_backend import whole_solve_backend
 from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
@@ -91,7 +92,10 @@ def integrate_whole(
         max_steps=config.max_steps,
         exponent=1.0 / (solver.error_order + 1),
     )
-    run = compiled(_solve_graph, ("whole", type(solver)), dynamic=False, fullgraph=True)
+    run = compiled(
+        _solve_graph, ("whole", type(solver)), dynamic=False, fullgraph=True,
+        backend=whole_solve_backend,
+    )  # fmt: skip
     ts_tensor = _times(ts, y.device)
     rtol, atol = cached_tolerance(ctrl.rtol, y), cached_tolerance(ctrl.atol, y)
     norm = row_norm(config.norm)

@@ -1,0 +1,132 @@
+"""The torch.compile backend of the compiled whole solve (``compile=True``).
+
+Inductor with its C++ wrapper (the loop's kernels called from C++), and, on the CPU, two
+of its ATen operations lowered differently inside these graphs only (never globally, never
+in the user's own compiled code):
+
+- **float32 tanh** (``tanh_float32``). Inductor (torch 2.13) compiles ``torch.tanh`` to
+  SLEEF's vectorised ``tanhf`` (0.5 ulp), which costs about as much as the (1024, 64) x
+  (64, 64) matrix product of a tanh MLP. ``tanh_float32`` computes it from operations
+  inductor fuses into one vectorised loop: for ``|x| < 0.6`` the Taylor series to x^21 (11
+  terms, Horner in x^2; the first omitted term is below 2^-27 of the result there); above,
+  ``1 - 2 / (exp(2|x|) + 1)`` (the result is at least 0.53: no cancellation) with ``|x|``
+  clamped at 20 (tanh rounds to 1 there); the sign copied from x (``tanh(-0.0) = -0.0``,
+  NaN stays NaN, +-inf gives +-1). Largest error over every 61st float32 in [-20, 20]: 1.35
+  ulp (torch's: 0.51 ulp); a compiled (1024, 64) tanh takes about 0.7 of the time
+  (BENCHMARKS.md). float64 and the other dtypes keep torch's lowering. With inductor's own
+  approximation switched on (``torch._inductor.config.cpp.use_decompose_tanh``,
+  ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=1``: faster still, but a relative error of up to
+  1e7 ulp near 0) that one is used instead.
+- **small matrix products** (``small_addmm``, ``small_mm``). Inductor calls ATen's
+  ``addmm`` for every matrix product (an allocation and a library call each, inside every
+  loop iteration). With at most ``SMALL_ROWS`` rows and ``SMALL_SIZE`` multiplications
+  (e.g. an MLP layer of width 64 at batch 16) the product becomes a fused reduction of
+  products instead, which inductor merges with the bias, the activation and the stage
+  arithmetic around it: a batch-1 MLP solve's loop runs in about half the time. The
+  sums are the same up to their order (round-off).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any
+
+import torch
+
+THRESHOLD = 0.6  # tanh: below it the series, above it the exponential form
+CLAMP = 20.0  # tanh(20) rounds to 1 in float32 and float64
+SMALL_ROWS = 16  # matrix products with at most this many rows are fused...
+SMALL_SIZE = 16 * 64 * 64  # ...and at most this many multiplications
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+def _series() -> tuple[float, ...]:
+    """The Taylor coefficients of tanh at 0, of x, x^3, ..., x^21:
+    2^2n (2^2n - 1) B_2n / (2n)! with the Bernoulli numbers B_2n."""
+    bernoulli = [Fraction(1, 6), Fraction(-1, 30), Fraction(1, 42), Fraction(-1, 30),
+                 Fraction(5, 66), Fraction(-691, 2730), Fraction(7, 6), Fraction(-3617, 510),
+                 Fraction(43867, 798), Fraction(-174611, 330), Fraction(854513, 138)]  # fmt: skip
+    return tuple(
+        float(4**n * (4**n - 1) * b / math.factorial(2 * n))
+        for n, b in enumerate(bernoulli, start=1)
+    )
+
+
+SERIES = _series()
+
+
+def tanh_float32(x: torch.Tensor) -> Any:
+    """tanh of a float32 CPU tensor as fused arithmetic (see the module); ``NotImplemented``
+    (torch's own lowering) for other dtypes and devices."""
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        return NotImplemented
+    size = torch.abs(x)
+    e = torch.exp(2.0 * torch.clamp(size, max=CLAMP))
+    large = 1.0 - 2.0 / (e + 1.0)
+    square = size * size
+    series = torch.full_like(square, SERIES[-1])
+    for c in SERIES[-2::-1]:
+        series = series * square + c
+    return torch.copysign(torch.where(size < THRESHOLD, series * size, large), x)
+
+
+def _small(mat1: torch.Tensor, mat2: torch.Tensor) -> bool:
+    rows, inner = mat1.shape
+    return (
+        mat1.device.type == "cpu"
+        and mat1.dtype in _FUSED_DTYPES
+        and mat2.dtype == mat1.dtype
+        and rows <= SMALL_ROWS
+        and rows * inner * mat2.shape[1] <= SMALL_SIZE
+    )
+
+
+def small_mm(mat1: torch.Tensor, mat2: torch.Tensor) -> Any:
+    """``mat1 @ mat2`` as a reduction of products when small (see the module); else
+    inductor's own decomposition."""
+    if not _small(mat1, mat2):
+        return _default(torch.ops.aten.mm.default)(mat1, mat2)
+    return (mat1[:, :, None] * mat2[None]).sum(1)
+
+
+def small_addmm(
+    bias: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, beta: Any = 1, alpha: Any = 1
+) -> Any:
+    """``beta * bias + alpha * mat1 @ mat2`` (``torch.addmm``) as a reduction of products
+    when small (see the module); else inductor's own decomposition."""
+    if not _small(mat1, mat2) or bias.dtype != mat1.dtype:
+        return _default(torch.ops.aten.addmm.default)(bias, mat1, mat2, beta=beta, alpha=alpha)
+    product = (mat1[:, :, None] * mat2[None]).sum(1)
+    if alpha != 1:
+        product = alpha * product
+    if beta == 0:  # (as torch.addmm: the bias is ignored, NaN included)
+        return product
+    return product + (bias if beta == 1 else beta * bias)
+
+
+def _default(op: Any) -> Any:
+    """Inductor's decomposition of ``op`` (which returns ``NotImplemented`` to keep it)."""
+    from torch._inductor.decomposition import select_decomp_table
+
+    return select_decomp_table()[op]
+
+
+def whole_solve_backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+    """torch.compile's inductor backend with its C++ wrapper and the lowerings of the module
+    (the backend of the compiled whole solve)."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.decomposition import select_decomp_table
+
+    aten = torch.ops.aten
+    table = {**select_decomp_table(), aten.mm.default: small_mm, aten.addmm.default: small_addmm}
+    if not inductor_config.cpp.use_decompose_tanh:  # (else the user's choice: inductor's)
+        table[aten.tanh.default] = tanh_float32
+    # AOTAutograd's cache key leaves the decompositions out: off for these graphs, so a
+    # graph lowered otherwise is never reused for them (inductor's own cache keys the
+    # decomposed graph and stays on)
+    with torch._functorch.config.patch(enable_autograd_cache=False):
+        return compile_fx(
+            gm, example_inputs, config_patches={"cpp_wrapper": True}, decompositions=table
+        )

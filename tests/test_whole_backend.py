@@ -1,0 +1,135 @@
+"""The compiled whole solve's backend: its float32 tanh and its fused small matrix products
+equal torch's to round-off, and a tanh MLP solved with them equals the eager solve."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import neuralode as no
+from neuralode._whole_backend import (
+    SERIES,
+    small_addmm,
+    small_mm,
+    tanh_float32,
+    whole_solve_backend,
+)
+
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
+    reason="torch.compile's CPU backend needs a C++ compiler",
+)
+
+
+def float32_grid() -> torch.Tensor:
+    """Every 97th float32 in [-20, 20] (by bit pattern) and the special values."""
+    bits = np.arange(0, 0x41A00000, 97, dtype=np.uint32)
+    x = torch.from_numpy(bits.view(np.float32).copy())
+    specials = torch.tensor([0.0, -0.0, 1e-30, -1e-45, 0.6, -0.6, 20.0, 100.0, -3e38])
+    return torch.cat([x, -x, specials])
+
+
+def ulps(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """|y - tanh(x)| in units of the float32 spacing at tanh(x) (exact tanh: float64)."""
+    exact = torch.tanh(x.double())
+    spacing = np.spacing(exact.abs().float().numpy()).astype(np.float64)
+    return (y.double() - exact).abs() / torch.from_numpy(spacing).clamp_min(2.0**-149)
+
+
+def test_tanh_series_is_the_taylor_series():
+    # 1, -1/3, 2/15, -17/315, 62/2835, ...
+    assert SERIES[:5] == pytest.approx([1, -1 / 3, 2 / 15, -17 / 315, 62 / 2835], rel=1e-15)
+    assert len(SERIES) == 11
+
+
+def test_tanh_float32_is_within_two_ulp_and_keeps_the_special_values():
+    x = float32_grid()
+    y = tanh_float32(x)  # the same arithmetic as in the graph, run eagerly
+    assert y.dtype == torch.float32
+    assert ulps(y, x).max() <= 2.0
+    special = tanh_float32(torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan")]))
+    assert special[:4].tolist() == [0.0, 0.0, 1.0, -1.0] and torch.isnan(special[4])
+    assert not torch.signbit(special[0]) and torch.signbit(special[1])  # tanh(-0) = -0
+
+
+def test_tanh_float32_leaves_other_dtypes_to_torch():
+    assert tanh_float32(torch.ones(3, dtype=torch.float64)) is NotImplemented
+    assert tanh_float32(torch.ones(3, dtype=torch.bfloat16)) is NotImplemented
+
+
+@needs_compiler
+def test_compiled_tanh_is_the_fused_one_in_float32_and_torchs_in_float64():
+    x = float32_grid()
+    compiled = torch.compile(torch.tanh, backend=whole_solve_backend, dynamic=False)
+    y = compiled(x)
+    assert ulps(y, x).max() <= 2.0
+    torch.testing.assert_close(y, tanh_float32(x), rtol=2.5e-7, atol=0)
+    assert torch.signbit(y[x.shape[0] - 8])  # tanh(-0.0) = -0.0
+    x64 = torch.linspace(-20, 20, 100001, dtype=torch.float64)
+    torch.testing.assert_close(compiled(x64), torch.tanh(x64), rtol=1e-15, atol=1e-300)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_matrix_products_equal_torchs_to_round_off(rows, dtype):
+    gen = torch.Generator().manual_seed(rows)
+    a = torch.randn(rows, 64, generator=gen, dtype=dtype)
+    b = torch.randn(64, 48, generator=gen, dtype=dtype)
+    bias = torch.randn(48, generator=gen, dtype=dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(small_mm(a, b), a @ b, **tol)
+    torch.testing.assert_close(small_addmm(bias, a, b), torch.addmm(bias, a, b), **tol)
+    torch.testing.assert_close(
+        small_addmm(bias, a, b, beta=0.5, alpha=-2.0),
+        torch.addmm(bias, a, b, beta=0.5, alpha=-2.0),
+        **tol,
+    )
+    nan_bias = torch.full_like(bias, torch.nan)  # beta = 0 ignores the bias, as addmm does
+    torch.testing.assert_close(small_addmm(nan_bias, a, b, beta=0), a @ b, **tol)
+
+
+def test_large_or_other_matrix_products_keep_inductors_lowering():
+    a, b, bias = torch.ones(17, 8), torch.ones(8, 8), torch.ones(8)
+    assert small_mm(a, b) is NotImplemented  # more rows than SMALL_ROWS
+    assert small_addmm(bias, a, b) is NotImplemented
+    assert small_mm(torch.ones(1, 512), torch.ones(512, 512)) is NotImplemented  # too many
+    assert small_mm(torch.ones(2, 3, dtype=torch.int64), torch.ones(3, 2, dtype=torch.int64)) is (
+        NotImplemented
+    )
+
+
+@needs_compiler
+@pytest.mark.parametrize("batch", [1, pytest.param(32, marks=pytest.mark.slow)])
+def test_compiled_tanh_mlp_solve_equals_the_eager_solve_and_reuses_its_graph(batch):
+    """float32 tanh MLP (fused products at batch 1, ATen's at 32; the fused tanh in both):
+    compile=True takes the eager steps and gives its outputs to round-off; a new y0 and new
+    weights of the same shapes reuse the graph."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
+        torch.nn.Linear(64, 2),
+    )  # fmt: skip
+    y0 = torch.randn(batch, 2)
+    ts = torch.linspace(0.0, 1.0, 3)
+    kwargs = dict(controller=no.PIController(1e-6, 1e-8))
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return net(y)
+
+    with torch.no_grad():
+        eager = no.solve(f, y0, ts, **kwargs)
+        compiled = no.solve(f, y0, ts, compile=True, **kwargs)
+        graphs = counters["stats"]["unique_graphs"]
+        net[2].weight.mul_(0.9)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            again = no.solve(f, -y0, ts, compile=True, **kwargs)
+        reference = no.solve(f, -y0, ts, **kwargs)
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert compiled.stats.n_steps == eager.stats.n_steps
+    torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(again.ys, reference.ys, rtol=1e-5, atol=1e-6)

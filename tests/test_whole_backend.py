@@ -11,7 +11,6 @@ import torch
 
 import neuralode as no
 from neuralode._whole_backend import (
-    SERIES,
     small_addmm,
     small_mm,
     tanh_float32,
@@ -28,7 +27,7 @@ def float32_grid() -> torch.Tensor:
     """Every 97th float32 in [-20, 20] (by bit pattern) and the special values."""
     bits = np.arange(0, 0x41A00000, 97, dtype=np.uint32)
     x = torch.from_numpy(bits.view(np.float32).copy())
-    specials = torch.tensor([0.0, -0.0, 1e-30, -1e-45, 0.6, -0.6, 20.0, 100.0, -3e38])
+    specials = torch.tensor([0.0, -0.0, 1e-30, -1e-45, 0.625, -0.625, 20.0, 100.0, -3e38])
     return torch.cat([x, -x, specials])
 
 
@@ -37,12 +36,6 @@ def ulps(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     exact = torch.tanh(x.double())
     spacing = np.spacing(exact.abs().float().numpy()).astype(np.float64)
     return (y.double() - exact).abs() / torch.from_numpy(spacing).clamp_min(2.0**-149)
-
-
-def test_tanh_series_is_the_taylor_series():
-    # 1, -1/3, 2/15, -17/315, 62/2835, ...
-    assert SERIES[:5] == pytest.approx([1, -1 / 3, 2 / 15, -17 / 315, 62 / 2835], rel=1e-15)
-    assert len(SERIES) == 11
 
 
 def test_tanh_float32_is_within_two_ulp_and_keeps_the_special_values():

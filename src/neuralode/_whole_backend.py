@@ -7,12 +7,12 @@ in the user's own compiled code):
 - **float32 tanh** (``tanh_float32``). Inductor (torch 2.13) compiles ``torch.tanh`` to
   SLEEF's vectorised ``tanhf`` (0.5 ulp), which costs about as much as the (1024, 64) x
   (64, 64) matrix product of a tanh MLP. ``tanh_float32`` computes it from operations
-  inductor fuses into one vectorised loop: for ``|x| < 0.6`` the Taylor series to x^21 (11
-  terms, Horner in x^2; the first omitted term is below 2^-27 of the result there); above,
-  ``1 - 2 / (exp(2|x|) + 1)`` (the result is at least 0.53: no cancellation) with ``|x|``
+  inductor fuses into one vectorised loop, as Cephes' ``tanhf`` does: for ``|x| < 0.625``
+  ``x + x^3 P(x^2)`` with Moshier's minimax polynomial P of degree 4; above,
+  ``1 - 2 / (exp(2|x|) + 1)`` (the result is at least 0.55: no cancellation) with ``|x|``
   clamped at 20 (tanh rounds to 1 there); the sign copied from x (``tanh(-0.0) = -0.0``,
-  NaN stays NaN, +-inf gives +-1). Largest error over every 61st float32 in [-20, 20]: 1.35
-  ulp (torch's: 0.51 ulp); a compiled (1024, 64) tanh takes about 0.7 of the time
+  NaN stays NaN, +-inf gives +-1). Largest error over every 61st float32 in [-20, 20]: 1.3
+  ulp (torch's: 0.51 ulp); a compiled (1024, 64) tanh takes about 0.6 of the time
   (BENCHMARKS.md). float64 and the other dtypes keep torch's lowering. With inductor's own
   approximation switched on (``torch._inductor.config.cpp.use_decompose_tanh``,
   ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=1``: faster still, but a relative error of up to
@@ -28,32 +28,26 @@ in the user's own compiled code):
 
 from __future__ import annotations
 
-import math
-from fractions import Fraction
 from typing import Any
 
 import torch
 
-THRESHOLD = 0.6  # tanh: below it the series, above it the exponential form
+THRESHOLD = 0.625  # tanh: below it the polynomial, above it the exponential form
 CLAMP = 20.0  # tanh(20) rounds to 1 in float32 and float64
 SMALL_ROWS = 16  # matrix products with at most this many rows are fused...
 SMALL_SIZE = 16 * 64 * 64  # ...and at most this many multiplications
 _FUSED_DTYPES = (torch.float32, torch.float64)
 
 
-def _series() -> tuple[float, ...]:
-    """The Taylor coefficients of tanh at 0, of x, x^3, ..., x^21:
-    2^2n (2^2n - 1) B_2n / (2n)! with the Bernoulli numbers B_2n."""
-    bernoulli = [Fraction(1, 6), Fraction(-1, 30), Fraction(1, 42), Fraction(-1, 30),
-                 Fraction(5, 66), Fraction(-691, 2730), Fraction(7, 6), Fraction(-3617, 510),
-                 Fraction(43867, 798), Fraction(-174611, 330), Fraction(854513, 138)]  # fmt: skip
-    return tuple(
-        float(4**n * (4**n - 1) * b / math.factorial(2 * n))
-        for n, b in enumerate(bernoulli, start=1)
-    )
-
-
-SERIES = _series()
+# Moshier's minimax polynomial for tanh on |x| < 0.625 (Cephes ``tanhf``):
+# tanh(x) = x + x^3 P(x^2), P's coefficients from the highest power down
+SMALL_POLYNOMIAL = (
+    -5.70498872745e-3,
+    2.06390887954e-2,
+    -5.37397155531e-2,
+    1.33314422036e-1,
+    -3.33332819422e-1,
+)
 
 
 def tanh_float32(x: torch.Tensor) -> Any:
@@ -65,10 +59,11 @@ def tanh_float32(x: torch.Tensor) -> Any:
     e = torch.exp(2.0 * torch.clamp(size, max=CLAMP))
     large = 1.0 - 2.0 / (e + 1.0)
     square = size * size
-    series = torch.full_like(square, SERIES[-1])
-    for c in SERIES[-2::-1]:
-        series = series * square + c
-    return torch.copysign(torch.where(size < THRESHOLD, series * size, large), x)
+    p = torch.full_like(square, SMALL_POLYNOMIAL[0])
+    for c in SMALL_POLYNOMIAL[1:]:
+        p = p * square + c
+    small = p * square * size + size
+    return torch.copysign(torch.where(size < THRESHOLD, small, large), x)
 
 
 def _small(mat1: torch.Tensor, mat2: torch.Tensor) -> bool:

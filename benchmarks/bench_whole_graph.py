@@ -10,7 +10,9 @@ products) and ``plain`` (the same graph through plain inductor with its C++ wrap
 ``--diffrax PYTHON`` diffrax runs the same problems in its own process afterwards
 (``bench_engine_diffrax.py``). ``--tanh``: a (batch, 64) float32 tanh compiled by plain
 inductor, by the whole-solve backend and with inductor's decomposed tanh, and each one's
-largest error in ulp over every 61st float32 in [-20, 20].
+largest error in ulp over every 61st float32 in [-20, 20]. ``--products``: the prototype
+compiled by the whole-solve backend with and without its fused small matrix products,
+alternately in one process, at batches 1, 4, 16 and 64.
 
 Run: ``flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_whole_graph.py
 --diffrax /work/venv-jax/bin/python``.
@@ -185,17 +187,53 @@ def tanh_table(batches: list[int]) -> None:
     print("| max error (ulp) | " + " | ".join(f"{errors[n]:.2f}" for n in fns) + " |")
 
 
+def products_table(repeats: int) -> None:
+    import neuralode._whole_backend as backend
+
+    torch.set_num_threads(1)
+    print("| MLP batch | prototype, fused products (ms) | prototype, ATen's addmm (ms) |")
+    print("|---:|---:|---:|")
+    for batch in (1, 4, 16, 64):
+        f, y0, _ = mlp(batch)
+        t1, dt0 = torch.tensor(1.0), torch.tensor(0.1)
+        runs = {}
+        for rows in (backend.SMALL_ROWS, 0):  # compiled at the first call: rows read then
+            solve = prototype(f)
+            copy = types.FunctionType(solve.__code__.replace(), solve.__globals__, "solve",
+                                      None, solve.__closure__)  # fmt: skip
+            run = torch.compile(copy, fullgraph=True, backend=backend.whole_solve_backend)
+            default, backend.SMALL_ROWS = backend.SMALL_ROWS, rows
+            try:
+                with torch.no_grad():
+                    run(y0, t1, dt0)
+            finally:
+                backend.SMALL_ROWS = default
+            runs[rows] = run
+        best = dict.fromkeys(runs, float("inf"))
+        with torch.no_grad():
+            for _ in range(repeats):
+                for rows, run in runs.items():
+                    start = time.perf_counter()
+                    run(y0, t1, dt0)
+                    best[rows] = min(best[rows], time.perf_counter() - start)
+        fused, aten = (1e3 * best[r] for r in runs)
+        print(f"| {batch} | {fused:.3f} | {aten:.3f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     parser.add_argument("--diffrax", default="", help="a Python with jax and diffrax")
     parser.add_argument("--tanh", action="store_true", help="the tanh table only")
+    parser.add_argument("--products", action="store_true", help="the products table only")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     if args.tanh:
         return tanh_table(batches)
+    if args.products:
+        return products_table(2 * args.repeats)
     if args.child:
         return child(args.child, args.repeats, batches)
     results = {}

@@ -126,3 +126,33 @@ def test_compiled_tanh_mlp_solve_equals_the_eager_solve_and_reuses_its_graph(bat
     assert compiled.stats.n_steps == eager.stats.n_steps
     torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(again.ys, reference.ys, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_backsolve_of_a_compiled_tanh_mlp_equals_the_eager_backsolve():
+    """compile=True with Backsolve(): the forward and backward solves run as graphs of the
+    whole-solve backend (its tanh inside the vector-Jacobian products too) and give the
+    eager Backsolve gradients to round-off."""
+
+    class Field(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)
+            )
+
+        def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.net(y)
+
+    torch.manual_seed(0)
+    field = Field()
+    y0 = torch.randn(4, 2)
+    ts = torch.linspace(0.0, 1.0, 3)
+    grads = []
+    for options in ({}, {"compile": True}):
+        sol = no.solve(field, y0, ts, controller=no.PIController(1e-6, 1e-8),
+                       gradient=no.Backsolve(), **options)  # fmt: skip
+        grads.append(torch.autograd.grad(sol.ys.square().sum(), list(field.parameters())))
+    for eager, compiled in zip(*grads):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)

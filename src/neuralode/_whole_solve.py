@@ -3,7 +3,9 @@
 The device loop's step attempt (``ExplicitRK.propose``, the per-row error ratio and
 ``PIController.decide``), the first step size (``initial_step``), the outputs at the
 output times (``ExplicitRK.dense``) and the per-sample statistics run inside one
-``torch._higher_order_ops.while_loop``, compiled with ``torch.compile(fullgraph=True)``:
+``torch._higher_order_ops.while_loop``, compiled with ``torch.compile(fullgraph=True)``
+through ``whole_solve_backend`` (inductor with its C++ wrapper; on the CPU float32 tanh and
+small matrix products fused into the loop's kernels, ``_whole_backend``):
 no host synchronisation from the first evaluation of f to the end of the solve. One
 problem is a batch of one (its error norm over the whole state); per-sample mode gives each
 row its own time, step size and decisions, as the eager device loop does, and takes the

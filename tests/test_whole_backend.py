@@ -156,3 +156,37 @@ def test_backsolve_of_a_compiled_tanh_mlp_equals_the_eager_backsolve():
         grads.append(torch.autograd.grad(sol.ys.square().sum(), list(field.parameters())))
     for eager, compiled in zip(*grads):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_backend_names_its_lowerings_in_the_cache_key(monkeypatch):
+    """The decompositions are not part of torch's cache keys: the backend tags them (one tag
+    per lowering settings, the user's own tag kept), and leaves tanh to inductor's
+    approximation when the user switched it on."""
+    import torch._inductor.compile_fx as compile_fx
+    import torch._inductor.config as inductor_config
+
+    import neuralode._whole_backend as backend
+
+    seen = []
+
+    def record(gm, inputs, config_patches, decompositions):
+        seen.append((torch.compiler.config.cache_key_tag, decompositions, config_patches))
+        return gm
+
+    monkeypatch.setattr(compile_fx, "compile_fx", record)
+    gm = torch.fx.symbolic_trace(torch.nn.Tanh())
+    aten = torch.ops.aten
+    with torch.compiler.config.patch(cache_key_tag="mine"):
+        whole_solve_backend(gm, [])
+        monkeypatch.setattr(backend, "SMALL_ROWS", 0)
+        whole_solve_backend(gm, [])
+        with inductor_config.patch({"cpp.use_decompose_tanh": True}):
+            whole_solve_backend(gm, [])
+    tags = [tag for tag, _, _ in seen]
+    assert all(tag.startswith("mine|neuralode-whole-solve-") for tag in tags)
+    assert len(set(tags)) == 3
+    assert seen[0][1][aten.tanh.default] is tanh_float32
+    assert seen[0][1][aten.addmm.default] is small_addmm
+    assert aten.tanh.default not in seen[2][1] or seen[2][1][aten.tanh.default] is not tanh_float32
+    assert seen[0][2] == {"cpp_wrapper": True}
+    assert torch.compiler.config.cache_key_tag == ""

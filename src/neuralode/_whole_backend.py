@@ -28,6 +28,8 @@ in the user's own compiled code):
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -116,12 +118,20 @@ def whole_solve_backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> 
 
     aten = torch.ops.aten
     table = {**select_decomp_table(), aten.mm.default: small_mm, aten.addmm.default: small_addmm}
-    if not inductor_config.cpp.use_decompose_tanh:  # (else the user's choice: inductor's)
+    own_tanh = not inductor_config.cpp.use_decompose_tanh  # (else the user's: inductor's)
+    if own_tanh:
         table[aten.tanh.default] = tanh_float32
-    # AOTAutograd's cache key leaves the decompositions out: off for these graphs, so a
-    # graph lowered otherwise is never reused for them (inductor's own cache keys the
-    # decomposed graph and stays on)
-    with torch._functorch.config.patch(enable_autograd_cache=False):
+    # AOTAutograd's cache key leaves the decompositions out (torch 2.13 caches no while_loop
+    # graph, but other graphs may come here): the key's tag names these lowerings (this
+    # module's source and settings), so a graph lowered otherwise, by plain inductor or
+    # another version of this module, is never reused for them
+    settings = f"{_SOURCE}:{own_tanh}:{THRESHOLD}:{CLAMP}:{SMALL_ROWS}:{SMALL_SIZE}"
+    tag = hashlib.sha256(settings.encode()).hexdigest()[:16]
+    user_tag = torch.compiler.config.cache_key_tag
+    with torch.compiler.config.patch(cache_key_tag=f"{user_tag}|neuralode-whole-solve-{tag}"):
         return compile_fx(
             gm, example_inputs, config_patches={"cpp_wrapper": True}, decompositions=table
         )
+
+
+_SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()

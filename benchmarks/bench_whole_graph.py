@@ -8,11 +8,12 @@ as in the issue) alternately, the minimum of ``--repeats`` calls after two warm-
 children: ``fused`` (neuralode's whole-solve backend: fused float32 tanh and small matrix
 products) and ``plain`` (the same graph through plain inductor with its C++ wrapper); with
 ``--diffrax PYTHON`` diffrax runs the same problems in its own process afterwards
-(``bench_engine_diffrax.py``). ``--tanh``: a (batch, 64) float32 tanh compiled by plain
-inductor, by the whole-solve backend and with inductor's decomposed tanh, and each one's
-largest error in ulp over every 61st float32 in [-20, 20]. ``--products``: the prototype
-compiled by the whole-solve backend with and without its fused small matrix products,
-alternately in one process, at batches 1, 4, 16 and 64.
+(``bench_engine_diffrax.py``). ``--child fused`` or ``--child plain`` runs one child and
+prints, per batch and solver, [best ms, steps, first call s] as JSON. ``--tanh``: a
+(batch, 64) float32 tanh compiled by plain inductor, by the whole-solve backend and with
+inductor's decomposed tanh, and each one's largest error in ulp over every 61st float32 in
+[-20, 20]. ``--products``: the prototype compiled by the whole-solve backend with and
+without its fused small matrix products, alternately in one process, at batches 1, 4, 16 and 64.
 
 Run: ``flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_whole_graph.py
 --diffrax /work/venv-jax/bin/python``.

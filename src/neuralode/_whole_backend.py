@@ -16,7 +16,7 @@ in the user's own compiled code):
   (BENCHMARKS.md). float64 and the other dtypes keep torch's lowering. With inductor's own
   approximation switched on (``torch._inductor.config.cpp.use_decompose_tanh``,
   ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=1``: faster still, but a relative error of up to
-  1e7 ulp near 0) that one is used instead.
+  2e7 ulp near 0) that one is used instead.
 - **small matrix products** (``small_addmm``, ``small_mm``). Inductor calls ATen's
   ``addmm`` for every matrix product (an allocation and a library call each, inside every
   loop iteration). With at most ``SMALL_ROWS`` rows and ``SMALL_SIZE`` multiplications

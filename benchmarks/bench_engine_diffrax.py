@@ -3,8 +3,9 @@
 Run by ``bench_engine.py --diffrax PYTHON``, or in an environment with jax and diffrax (not
 neuralode's), after ``python benchmarks/bench_engine.py --dump DIR`` wrote the MLP weights to
 DIR: ``flock /tmp/neuralode-timing.lock taskset -c 1 python bench_engine_diffrax.py DIR``
-(``BATCHES=1,16`` for some batches only). Single-threaded XLA, jitted; the compile time
-(first call) is reported apart. Times in the state's dtype, as neuralode's ``ts``.
+(``BATCHES=1,16`` for some batches only; ``MLP_ONLY=1``: the forward MLP rows only).
+Single-threaded XLA, jitted; the compile time (first call) is reported apart. Times in the
+state's dtype, as neuralode's ``ts``.
 """
 
 import os
@@ -109,6 +110,8 @@ for b in map(int, os.environ.get("BATCHES", "1,16,256,1024").split(",")):
     d = np.load(os.path.join(DIR, f"mlp_{b}.npz"))
     r = timeit(jax.jit(solve_fn(mlp_field(d), 1.0)), jnp.asarray(d[f"y0_{b}"]))
     row(f"MLP batch {b}", r, int(r[3]))
+if os.environ.get("MLP_ONLY"):  # (bench_whole_graph.py: the forward MLP rows only)
+    sys.exit()
 d = np.load(os.path.join(DIR, "mlp_16.npz"))
 fn, weights = mlp_gradient(d, jnp.asarray(d["y0_16"]))
 r = timeit(fn, weights)

@@ -3,7 +3,9 @@
 The device loop's step attempt (``ExplicitRK.propose``, the per-row error ratio and
 ``PIController.decide``), the first step size (``initial_step``), the outputs at the
 output times (``ExplicitRK.dense``) and the per-sample statistics run inside one
-``torch._higher_order_ops.while_loop``, compiled with ``torch.compile(fullgraph=True)``:
+``torch._higher_order_ops.while_loop``, compiled with ``torch.compile(fullgraph=True)``
+through ``whole_solve_backend`` (inductor with its C++ wrapper; on the CPU float32 tanh and
+small matrix products fused into the loop's kernels, ``_whole_backend``):
 no host synchronisation from the first evaluation of f to the end of the solve. One
 problem is a batch of one (its error norm over the whole state); per-sample mode gives each
 row its own time, step size and decisions, as the eager device loop does, and takes the
@@ -30,6 +32,7 @@ from ._norms import cached_tolerance, row_norm
 from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
 from ._term import ODETerm
+from ._whole_backend import whole_solve_backend
 from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
@@ -98,7 +101,8 @@ def integrate_whole(
         max_steps=config.max_steps,
         exponent=1.0 / (solver.error_order + 1),
     )
-    run = compiled(_solve_graph, ("whole", type(solver)), dynamic=False, fullgraph=True)
+    key = ("whole", type(solver))
+    run = compiled(_solve_graph, key, dynamic=False, fullgraph=True, backend=whole_solve_backend)
     ts_tensor = _times(ts, y.device)
     rtol, atol = cached_tolerance(ctrl.rtol, y), cached_tolerance(ctrl.atol, y)
     norm = row_norm(config.norm)

@@ -1,0 +1,137 @@
+"""The torch.compile backend of the compiled whole solve (``compile=True``).
+
+Inductor with its C++ wrapper (the loop's kernels called from C++), and, on the CPU, two
+of its ATen operations lowered differently inside these graphs only (never globally, never
+in the user's own compiled code):
+
+- **float32 tanh** (``tanh_float32``). Inductor (torch 2.13) compiles ``torch.tanh`` to
+  SLEEF's vectorised ``tanhf`` (0.5 ulp), which costs about as much as the (1024, 64) x
+  (64, 64) matrix product of a tanh MLP. ``tanh_float32`` computes it from operations
+  inductor fuses into one vectorised loop, as Cephes' ``tanhf`` does: for ``|x| < 0.625``
+  ``x + x^3 P(x^2)`` with Moshier's minimax polynomial P of degree 4; above,
+  ``1 - 2 / (exp(2|x|) + 1)`` (the result is at least 0.55: no cancellation) with ``|x|``
+  clamped at 20 (tanh rounds to 1 there); the sign copied from x (``tanh(-0.0) = -0.0``,
+  NaN stays NaN, +-inf gives +-1). Largest error over every 61st float32 in [-20, 20]: 1.3
+  ulp (torch's: 0.51 ulp); a compiled (1024, 64) tanh takes about 0.6 of the time
+  (BENCHMARKS.md). float64 and the other dtypes keep torch's lowering. With inductor's own
+  approximation switched on (``torch._inductor.config.cpp.use_decompose_tanh``,
+  ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=1``: faster still, but a relative error of up to
+  2e7 ulp near 0) that one is used instead.
+- **small matrix products** (``small_addmm``, ``small_mm``). Inductor calls ATen's
+  ``addmm`` for every matrix product (an allocation and a library call each, inside every
+  loop iteration). With at most ``SMALL_ROWS`` rows and ``SMALL_SIZE`` multiplications
+  (e.g. an MLP layer of width 64 at batch 16) the product becomes a fused reduction of
+  products instead, which inductor merges with the bias, the activation and the stage
+  arithmetic around it: a batch-1 MLP solve's loop runs in about half the time. The
+  sums are the same up to their order (round-off).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+THRESHOLD = 0.625  # tanh: below it the polynomial, above it the exponential form
+CLAMP = 20.0  # tanh(20) rounds to 1 in float32 and float64
+SMALL_ROWS = 16  # matrix products with at most this many rows are fused...
+SMALL_SIZE = 16 * 64 * 64  # ...and at most this many multiplications
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+# Moshier's minimax polynomial for tanh on |x| < 0.625 (Cephes ``tanhf``):
+# tanh(x) = x + x^3 P(x^2), P's coefficients from the highest power down
+SMALL_POLYNOMIAL = (
+    -5.70498872745e-3,
+    2.06390887954e-2,
+    -5.37397155531e-2,
+    1.33314422036e-1,
+    -3.33332819422e-1,
+)
+
+
+def tanh_float32(x: torch.Tensor) -> Any:
+    """tanh of a float32 CPU tensor as fused arithmetic (see the module); ``NotImplemented``
+    (torch's own lowering) for other dtypes and devices."""
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        return NotImplemented
+    size = torch.abs(x)
+    e = torch.exp(2.0 * torch.clamp(size, max=CLAMP))
+    large = 1.0 - 2.0 / (e + 1.0)
+    square = size * size
+    p = torch.full_like(square, SMALL_POLYNOMIAL[0])
+    for c in SMALL_POLYNOMIAL[1:]:
+        p = p * square + c
+    small = p * square * size + size
+    return torch.copysign(torch.where(size < THRESHOLD, small, large), x)
+
+
+def _small(mat1: torch.Tensor, mat2: torch.Tensor) -> bool:
+    rows, inner = mat1.shape
+    return (
+        mat1.device.type == "cpu"
+        and mat1.dtype in _FUSED_DTYPES
+        and mat2.dtype == mat1.dtype
+        and rows <= SMALL_ROWS
+        and rows * inner * mat2.shape[1] <= SMALL_SIZE
+    )
+
+
+def small_mm(mat1: torch.Tensor, mat2: torch.Tensor) -> Any:
+    """``mat1 @ mat2`` as a reduction of products when small (see the module); else
+    inductor's own decomposition."""
+    if not _small(mat1, mat2):
+        return _default(torch.ops.aten.mm.default)(mat1, mat2)
+    return (mat1[:, :, None] * mat2[None]).sum(1)
+
+
+def small_addmm(
+    bias: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, beta: Any = 1, alpha: Any = 1
+) -> Any:
+    """``beta * bias + alpha * mat1 @ mat2`` (``torch.addmm``) as a reduction of products
+    when small (see the module); else inductor's own decomposition."""
+    if not _small(mat1, mat2) or bias.dtype != mat1.dtype:
+        return _default(torch.ops.aten.addmm.default)(bias, mat1, mat2, beta=beta, alpha=alpha)
+    product = (mat1[:, :, None] * mat2[None]).sum(1)
+    if alpha != 1:
+        product = alpha * product
+    if beta == 0:  # (as torch.addmm: the bias is ignored, NaN included)
+        return product
+    return product + (bias if beta == 1 else beta * bias)
+
+
+def _default(op: Any) -> Any:
+    """Inductor's decomposition of ``op`` (which returns ``NotImplemented`` to keep it)."""
+    from torch._inductor.decomposition import select_decomp_table
+
+    return select_decomp_table()[op]
+
+
+def whole_solve_backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+    """torch.compile's inductor backend with its C++ wrapper and the lowerings of the module
+    (the backend of the compiled whole solve)."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.decomposition import select_decomp_table
+
+    aten = torch.ops.aten
+    table = {**select_decomp_table(), aten.mm.default: small_mm, aten.addmm.default: small_addmm}
+    own_tanh = not inductor_config.cpp.use_decompose_tanh  # (else the user's: inductor's)
+    if own_tanh:
+        table[aten.tanh.default] = tanh_float32
+    # AOTAutograd's cache key leaves the decompositions out (torch 2.13 caches no while_loop
+    # graph, but other graphs may come here): the key's tag names these lowerings (this
+    # module's source and settings), so a graph lowered otherwise, by plain inductor or
+    # another version of this module, is never reused for them
+    settings = f"{_SOURCE}:{own_tanh}:{THRESHOLD}:{CLAMP}:{SMALL_ROWS}:{SMALL_SIZE}"
+    tag = hashlib.sha256(settings.encode()).hexdigest()[:16]
+    user_tag = torch.compiler.config.cache_key_tag
+    with torch.compiler.config.patch(cache_key_tag=f"{user_tag}|neuralode-whole-solve-{tag}"):
+        return compile_fx(
+            gm, example_inputs, config_patches={"cpp_wrapper": True}, decompositions=table
+        )
+
+
+_SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()

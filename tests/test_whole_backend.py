@@ -1,0 +1,192 @@
+"""The compiled whole solve's backend: its float32 tanh and its fused small matrix products
+equal torch's to round-off, and a tanh MLP solved with them equals the eager solve."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import neuralode as no
+from neuralode._whole_backend import (
+    small_addmm,
+    small_mm,
+    tanh_float32,
+    whole_solve_backend,
+)
+
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
+    reason="torch.compile's CPU backend needs a C++ compiler",
+)
+
+
+def float32_grid() -> torch.Tensor:
+    """Every 97th float32 in [-20, 20] (by bit pattern) and the special values."""
+    bits = np.arange(0, 0x41A00000, 97, dtype=np.uint32)
+    x = torch.from_numpy(bits.view(np.float32).copy())
+    specials = torch.tensor([0.0, -0.0, 1e-30, -1e-45, 0.625, -0.625, 20.0, 100.0, -3e38])
+    return torch.cat([x, -x, specials])
+
+
+def ulps(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """|y - tanh(x)| in units of the float32 spacing at tanh(x) (exact tanh: float64)."""
+    exact = torch.tanh(x.double())
+    spacing = np.spacing(exact.abs().float().numpy()).astype(np.float64)
+    return (y.double() - exact).abs() / torch.from_numpy(spacing).clamp_min(2.0**-149)
+
+
+def test_tanh_float32_is_within_two_ulp_and_keeps_the_special_values():
+    x = float32_grid()
+    y = tanh_float32(x)  # the same arithmetic as in the graph, run eagerly
+    assert y.dtype == torch.float32
+    assert ulps(y, x).max() <= 2.0
+    special = tanh_float32(torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan")]))
+    assert special[:4].tolist() == [0.0, 0.0, 1.0, -1.0] and torch.isnan(special[4])
+    assert not torch.signbit(special[0]) and torch.signbit(special[1])  # tanh(-0) = -0
+
+
+def test_tanh_float32_leaves_other_dtypes_to_torch():
+    assert tanh_float32(torch.ones(3, dtype=torch.float64)) is NotImplemented
+    assert tanh_float32(torch.ones(3, dtype=torch.bfloat16)) is NotImplemented
+
+
+@needs_compiler
+def test_compiled_tanh_is_the_fused_one_in_float32_and_torchs_in_float64():
+    x = float32_grid()
+    compiled = torch.compile(torch.tanh, backend=whole_solve_backend, dynamic=False)
+    y = compiled(x)
+    assert ulps(y, x).max() <= 2.0
+    torch.testing.assert_close(y, tanh_float32(x), rtol=2.5e-7, atol=0)
+    assert torch.signbit(y[x.shape[0] - 8])  # tanh(-0.0) = -0.0
+    x64 = torch.linspace(-20, 20, 100001, dtype=torch.float64)
+    torch.testing.assert_close(compiled(x64), torch.tanh(x64), rtol=1e-15, atol=1e-300)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_matrix_products_equal_torchs_to_round_off(rows, dtype):
+    gen = torch.Generator().manual_seed(rows)
+    a = torch.randn(rows, 64, generator=gen, dtype=dtype)
+    b = torch.randn(64, 48, generator=gen, dtype=dtype)
+    bias = torch.randn(48, generator=gen, dtype=dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(small_mm(a, b), a @ b, **tol)
+    torch.testing.assert_close(small_addmm(bias, a, b), torch.addmm(bias, a, b), **tol)
+    torch.testing.assert_close(
+        small_addmm(bias, a, b, beta=0.5, alpha=-2.0),
+        torch.addmm(bias, a, b, beta=0.5, alpha=-2.0),
+        **tol,
+    )
+    nan_bias = torch.full_like(bias, torch.nan)  # beta = 0 ignores the bias, as addmm does
+    torch.testing.assert_close(small_addmm(nan_bias, a, b, beta=0), a @ b, **tol)
+
+
+def test_large_or_other_matrix_products_keep_inductors_lowering():
+    a, b, bias = torch.ones(17, 8), torch.ones(8, 8), torch.ones(8)
+    assert small_mm(a, b) is NotImplemented  # more rows than SMALL_ROWS
+    assert small_addmm(bias, a, b) is NotImplemented
+    assert small_mm(torch.ones(1, 512), torch.ones(512, 512)) is NotImplemented  # too many
+    assert small_mm(torch.ones(2, 3, dtype=torch.int64), torch.ones(3, 2, dtype=torch.int64)) is (
+        NotImplemented
+    )
+
+
+@needs_compiler
+@pytest.mark.parametrize("batch", [1, pytest.param(32, marks=pytest.mark.slow)])
+def test_compiled_tanh_mlp_solve_equals_the_eager_solve_and_reuses_its_graph(batch):
+    """float32 tanh MLP (fused products at batch 1, ATen's at 32; the fused tanh in both):
+    compile=True takes the eager steps and gives its outputs to round-off; a new y0 and new
+    weights of the same shapes reuse the graph."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
+        torch.nn.Linear(64, 2),
+    )  # fmt: skip
+    y0 = torch.randn(batch, 2)
+    ts = torch.linspace(0.0, 1.0, 3)
+    kwargs = dict(controller=no.PIController(1e-6, 1e-8))
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return net(y)
+
+    with torch.no_grad():
+        eager = no.solve(f, y0, ts, **kwargs)
+        compiled = no.solve(f, y0, ts, compile=True, **kwargs)
+        graphs = counters["stats"]["unique_graphs"]
+        net[2].weight.mul_(0.9)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            again = no.solve(f, -y0, ts, compile=True, **kwargs)
+        reference = no.solve(f, -y0, ts, **kwargs)
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert compiled.stats.n_steps == eager.stats.n_steps
+    torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(again.ys, reference.ys, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_backsolve_of_a_compiled_tanh_mlp_equals_the_eager_backsolve():
+    """compile=True with Backsolve(): the forward and backward solves run as graphs of the
+    whole-solve backend (its tanh inside the vector-Jacobian products too) and give the
+    eager Backsolve gradients to round-off."""
+
+    class Field(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)
+            )
+
+        def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.net(y)
+
+    torch.manual_seed(0)
+    field = Field()
+    y0 = torch.randn(4, 2)
+    ts = torch.linspace(0.0, 1.0, 3)
+    grads = []
+    for options in ({}, {"compile": True}):
+        sol = no.solve(field, y0, ts, controller=no.PIController(1e-6, 1e-8),
+                       gradient=no.Backsolve(), **options)  # fmt: skip
+        grads.append(torch.autograd.grad(sol.ys.square().sum(), list(field.parameters())))
+    for eager, compiled in zip(*grads):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_backend_names_its_lowerings_in_the_cache_key(monkeypatch):
+    """The decompositions are not part of torch's cache keys: the backend tags them (one tag
+    per lowering settings, the user's own tag kept), and leaves tanh to inductor's
+    approximation when the user switched it on."""
+    import torch._inductor.compile_fx as compile_fx
+    import torch._inductor.config as inductor_config
+
+    import neuralode._whole_backend as backend
+
+    seen = []
+
+    def record(gm, inputs, config_patches, decompositions):
+        seen.append((torch.compiler.config.cache_key_tag, decompositions, config_patches))
+        return gm
+
+    monkeypatch.setattr(compile_fx, "compile_fx", record)
+    gm = torch.fx.symbolic_trace(torch.nn.Tanh())
+    aten = torch.ops.aten
+    with torch.compiler.config.patch(cache_key_tag="mine"):
+        whole_solve_backend(gm, [])
+        monkeypatch.setattr(backend, "SMALL_ROWS", 0)
+        whole_solve_backend(gm, [])
+        with inductor_config.patch({"cpp.use_decompose_tanh": True}):
+            whole_solve_backend(gm, [])
+    tags = [tag for tag, _, _ in seen]
+    assert all(tag.startswith("mine|neuralode-whole-solve-") for tag in tags)
+    assert len(set(tags)) == 3
+    assert seen[0][1][aten.tanh.default] is tanh_float32
+    assert seen[0][1][aten.addmm.default] is small_addmm
+    assert aten.tanh.default not in seen[2][1] or seen[2][1][aten.tanh.default] is not tanh_float32
+    assert seen[0][2] == {"cpp_wrapper": True}
+    assert torch.compiler.config.cache_key_tag == ""

@@ -42,9 +42,11 @@ class PIController(StepSizeController):
     ``k`` one more than the order of the error estimate, clipped to ``[dfactor, ifactor]``.
     An accepted step may be followed by a smaller one (as in Hairer's DOPRI5 and SciPy; torchdiffeq
     never shrinks after an accepted step, which costs rejections where the dynamics stiffen:
-    on the Van der Pol benchmark 16 % more NFE for the same error). ``pcoeff=0`` (the
-    default) is the integral controller; ``icoeff=0.3, pcoeff=0.4`` is Gustafsson's PI
-    controller.
+    on the Van der Pol benchmark 16 % more NFE for the same error); ``shrink_after_accept=False``
+    is their rule (an accepted step's factor is at least 1). ``pcoeff=0`` (the default) is
+    the integral controller; ``icoeff=0.3, pcoeff=0.4`` is Gustafsson's PI controller. The
+    defaults with ``first_step=0.01, shrink_after_accept=False`` take diffrax 0.7's steps
+    (``PIDController`` with ``dt0=None``, which starts every ODE at 0.01).
 
     Arguments:
         rtol: the relative tolerance (a number or a tensor broadcasting against the state).
@@ -58,6 +60,9 @@ class PIController(StepSizeController):
         pcoeff: the proportional coefficient.
         min_step: the smallest step size (steps are clipped to it).
         max_step: the largest step size.
+        shrink_after_accept: whether an accepted step may be followed by a smaller one
+            (``False``: torchdiffeq's and diffrax's rule, the factor after an accepted step
+            clipped to ``[1, ifactor]``).
 
     Raises:
         ValueError: negative tolerances, both tolerances zero, or a coefficient out of range.
@@ -78,6 +83,7 @@ class PIController(StepSizeController):
         pcoeff: float = 0.0,
         min_step: float = 0.0,
         max_step: float = math.inf,
+        shrink_after_accept: bool = True,
     ):
         for name, value in (("rtol", rtol), ("atol", atol)):
             if isinstance(value, torch.Tensor):
@@ -110,6 +116,7 @@ class PIController(StepSizeController):
         self.pcoeff = pcoeff
         self.min_step = min_step
         self.max_step = max_step
+        self.shrink_after_accept = shrink_after_accept
 
     def error_ratio(
         self, y0: torch.Tensor, y1: torch.Tensor, error: torch.Tensor, state: _PIState
@@ -211,7 +218,8 @@ class PIController(StepSizeController):
         ``ratio`` and ``size`` (Python floats for one problem on the host, or tensors, one
         per sample), whether it is accepted, the size of the next step and the new previous
         ratio (the PI memory). A NaN ratio rejects and shrinks by ``dfactor``; a ratio of 0
-        grows by ``ifactor``. A step at ``min_step`` is accepted whatever its error (the
+        grows by ``ifactor``; with ``shrink_after_accept=False`` an accepted step's factor is
+        at least 1. A step at ``min_step`` is accepted whatever its error (the
         user asked for no smaller steps). ``running`` (per sample, a mask): only these
         samples may accept; the others keep their memory."""
         accept = ratio <= 1
@@ -223,7 +231,12 @@ class PIController(StepSizeController):
         if self.pcoeff:
             factor = factor * _power(previous_ratio, self.pcoeff * exponent)
             previous_ratio = _where(accept, _clip(ratio, 1e-10, math.inf), previous_ratio)
-        factor = _clip(_nan_to(factor, self.dfactor), self.dfactor, self.ifactor)
+        factor = _nan_to(factor, self.dfactor)
+        if self.shrink_after_accept:
+            factor = _clip(factor, self.dfactor, self.ifactor)
+        else:  # an accepted step's factor at least 1
+            high = _clip(factor, 1.0, self.ifactor)
+            factor = _where(accept, high, _clip(factor, self.dfactor, self.ifactor))
         return accept, _clip(size * factor, self.min_step, self.max_step), previous_ratio
 
     def __repr__(self) -> str:

@@ -1,0 +1,128 @@
+"""The first step (Hairer's rule) and the PI controller's rule after an accepted step,
+against the formula and against a step sequence recorded from diffrax."""
+
+import math
+
+import pytest
+import torch
+
+import neuralode as no
+from neuralode._norms import rms_norm
+from neuralode._term import ODETerm
+from neuralode._tree import tree_spec
+from neuralode.bench import core
+from neuralode.controllers.initial_step import initial_step, select_initial_step
+
+
+def _field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.stack([y[:, 1], 3.0 * (1 - y[:, 0] ** 2) * y[:, 1] - y[:, 0]], -1) + t
+
+
+def _hairer(y0: torch.Tensor, rtol: float, atol: float, exponent: float) -> float:
+    """Hairer, Norsett & Wanner, Solving ODEs I, II.4, steps (a)-(f), written out in float64
+    with the RMS norm."""
+    t0 = 0.5
+    scale = atol + rtol * y0.abs()
+    rms = lambda x: math.sqrt(float((x / scale).pow(2).mean()))  # noqa: E731
+    f0 = _field(torch.tensor(t0, dtype=torch.float64), y0)
+    d0, d1 = rms(y0), rms(f0)
+    h0 = 1e-6 if min(d0, d1) < 1e-5 else 0.01 * d0 / d1
+    d2 = rms(_field(torch.tensor(t0 + h0, dtype=torch.float64), y0 + h0 * f0) - f0) / h0
+    big = max(d1, d2)
+    h1 = max(1e-6, h0 * 1e-3) if big <= 1e-15 else (0.01 / big) ** exponent
+    return min(100 * h0, h1)
+
+
+@pytest.mark.parametrize("y0", [[[2.0, 0.0], [0.5, -1.0]], [[1e-3, 2e-3], [0.0, 1e-3]]])
+def test_initial_step_is_hairers_rule(y0: list) -> None:
+    y0 = torch.tensor(y0, dtype=torch.float64)
+    rtol, atol, exponent = 1e-6, 1e-8, 1 / 5  # dopri5: error estimate of order 4
+    expected = _hairer(y0, rtol, atol, exponent)
+    spec, _ = tree_spec(y0)
+    term, flat = ODETerm(_field, spec, y0), y0.reshape(-1)  # the engine's flat state
+    f0 = term(0.5, flat)
+    host = select_initial_step(term, 0.5, flat, f0, 1.0, exponent, rtol, atol, rms_norm)
+    assert host == pytest.approx(expected, rel=1e-12)
+    t0 = torch.tensor(0.5, dtype=torch.float64)
+    f0 = _field(t0, y0)
+    device, _ = initial_step(_field, t0, y0, f0, 1.0, exponent, rtol, atol, rms_norm)
+    assert float(device) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_no_shrink_after_accept(as_tensor: bool) -> None:
+    """``shrink_after_accept=False``: an accepted step's factor is at least 1 (0.9 * r**-0.2
+    is below 1 for r > 0.59); a rejected step's is unchanged."""
+    ratios, size, exponent = [0.99, 0.7, 1e-4, 2.0], 0.1, 0.2
+    expected = [0.1, 0.1, 0.1 * min(10.0, 0.9 * 1e-4**-0.2), 0.1 * 0.9 * 2.0**-0.2]
+    default = [0.1 * min(10.0, 0.9 * r**-0.2) for r in ratios]
+    for shrink, want in ((False, expected), (True, default)):
+        control = no.PIController(1e-6, 1e-8, shrink_after_accept=shrink)
+        if as_tensor:
+            ratio = torch.tensor(ratios, dtype=torch.float64)
+            accept, new, _ = control.decide(ratio, torch.full_like(ratio, size), 1.0, exponent)
+            assert accept.tolist() == [True, True, True, False]
+            assert new.tolist() == pytest.approx(want, rel=1e-14)
+        else:
+            got = [control.decide(r, size, 1.0, exponent) for r in ratios]
+            assert [g[0] for g in got] == [True, True, True, False]
+            assert [g[1] for g in got] == pytest.approx(want, rel=1e-14)
+
+
+# diffrax 0.7.2 (jax 0.10.2, CPU, float64), PIDController(rtol=1e-6, atol=1e-8), dt0=None, on
+# Van der Pol mu 1..25, batch 256, one system, t in [0, 10], recorded with
+#   PYTHONPATH=src python benchmarks/bench_steps_diffrax.py \
+#       --diffrax-python /work/venv-jax/bin/python
+# (its "vdp 256" case): 419 accepted / 72 rejected; the first attempts' sizes and the first
+# rejected attempts' indices (0-based).
+DIFFRAX_VDP_COUNTS = (419, 72)
+DIFFRAX_VDP_SIZES = [0.01, 0.004229096799911, 0.004229096799911, 0.004548470494354,
+                     0.004980999966035, 0.005413878962451, 0.005873637650794,
+                     0.006373689297085, 0.006928810283465, 0.007555308251034]  # fmt: skip
+DIFFRAX_VDP_REJECTED = [0, 26, 31, 36, 41, 46, 51, 57, 62, 67, 72, 77, 83, 88, 93, 98, 104,
+                        109, 117, 121]  # fmt: skip
+
+
+def test_diffrax_settings_take_diffraxs_steps() -> None:
+    """With diffrax's first step (0.01: 0.7's ``dt0=None`` for every ODE) and its rule of
+    no shrinking after an accepted step, the defaults take diffrax's step sequence."""
+    problem = core.vdp_problem(256)
+    sizes, accepted = [], []
+
+    class Logged(no.PIController):
+        def decide(self, ratio, size, previous_ratio, exponent, running=None):  # noqa: ANN001
+            out = super().decide(ratio, size, previous_ratio, exponent, running)
+            sizes.append(size)
+            accepted.append(out[0])
+            return out
+
+    control = Logged(core.RTOL, core.ATOL, first_step=0.01, shrink_after_accept=False)
+    ts = torch.tensor([0.0, 10.0], dtype=torch.float64)
+    with torch.no_grad():
+        sol = no.solve(problem.f, problem.y0, ts, solver=no.Dopri5(), controller=control)
+    assert (sol.stats.n_accepted, sol.stats.n_rejected) == DIFFRAX_VDP_COUNTS
+    assert sizes[: len(DIFFRAX_VDP_SIZES)] == pytest.approx(DIFFRAX_VDP_SIZES, rel=1e-9)
+    rejected = [i for i, a in enumerate(accepted) if not a]
+    assert rejected[: len(DIFFRAX_VDP_REJECTED)] == DIFFRAX_VDP_REJECTED
+
+
+def test_no_shrink_per_sample_equals_alone() -> None:
+    """The option in the per-sample loop (tensor decisions): each sample takes the steps it
+    takes when solved alone."""
+    problem = core.vdp_problem(4)
+    ts = torch.tensor([0.0, 3.0], dtype=torch.float64)
+    control = no.PIController(core.RTOL, core.ATOL, shrink_after_accept=False)
+    with torch.no_grad():
+        both = no.solve(problem.f, problem.y0, ts, solver=no.Dopri5(), controller=control,
+                        per_sample=True)  # fmt: skip
+        mu = core.vdp_mu(4)
+        for i in range(4):
+            alone = no.solve(
+                lambda t, y, m=mu[i]: torch.stack(
+                    [y[:, 1], m * (1 - y[:, 0] ** 2) * y[:, 1] - y[:, 0]], -1
+                ),
+                problem.y0[i : i + 1], ts, solver=no.Dopri5(), controller=control,
+            )  # fmt: skip
+            assert int(both.stats.sample_accepted[i]) == alone.stats.n_accepted
+            assert int(both.stats.sample_rejected[i]) == alone.stats.n_rejected
+            torch.testing.assert_close(both.ys[-1, i], alone.ys[-1, 0], rtol=1e-9, atol=1e-12)

@@ -87,11 +87,16 @@ def planned(
 def _func_key(func: Any) -> Any:
     """f in the plan's key: a per-sample solve's ``BatchTime`` (made anew by each ``solve``)
     as the f it wraps and its batch."""
-    from ._dispatch import BatchTime  # (it imports the loop, which imports this module)
+    if _BATCH_TIME[0] is None:
+        from ._dispatch import BatchTime  # (it imports the loop, which imports this module)
 
-    if type(func) is BatchTime:
-        return BatchTime, func._func, func.batch
+        _BATCH_TIME[0] = BatchTime
+    if type(func) is _BATCH_TIME[0]:
+        return _BATCH_TIME[0], func._func, func.batch
     return func
+
+
+_BATCH_TIME: list[Any] = [None]
 
 
 _PLAIN = (float, int, bool, str, type(None))

@@ -99,19 +99,25 @@ def _func_key(func: Any) -> Any:
 _BATCH_TIME: list[Any] = [None]
 
 
-_PLAIN = (float, int, bool, str, type(None))
+_PLAIN = frozenset((float, int, bool, str, type(None)))
 
 
 def _settings(obj: Any) -> Any:
     """What identifies a solver or controller in the plan's key: its type and attributes
-    when every attribute is a plain value (a default ``Dopri5()`` or ``PIController()``
-    made anew by each ``solve``; a solver's coefficient cache is no setting), else the
-    object itself."""
+    (names, values and their types) when every attribute is a plain value (a default
+    ``Dopri5()`` or ``PIController()`` made anew by each ``solve``; a solver's coefficient
+    cache is no setting), else the object itself."""
     if _has_slots(type(obj)):  # (attributes outside __dict__)
         return obj
-    values = tuple((k, type(v), v) for k, v in vars(obj).items() if k != "_cache")
-    if all(t in _PLAIN for _, t, _ in values):
-        return type(obj), values
+    attributes = vars(obj)
+    if "_cache" in attributes:
+        if len(attributes) == 1:  # (an explicit Runge-Kutta method: its tableau's class)
+            return (type(obj),)
+        attributes = {k: v for k, v in attributes.items() if k != "_cache"}
+    values = tuple(attributes.values())
+    types = tuple(map(type, values))
+    if _PLAIN.issuperset(types):
+        return type(obj), tuple(attributes), values, types
     return obj
 
 

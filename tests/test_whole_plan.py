@@ -89,3 +89,27 @@ def test_a_changed_or_different_f_and_a_changed_controller_are_not_served_stale_
             no.solve(g, y0, TS, controller=fresh),
         )
     assert changed.stats.n_steps != no.solve(g, y0, TS, controller=fresh).stats.n_steps
+
+
+def test_a_controller_with_tensor_tolerances_gets_a_plan_of_its_own_solve():
+    """Tensor tolerances (no plain settings to key on): no cached plan, the eager result,
+    also after the tolerance tensor is changed in place."""
+
+    def g(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -2.0 * y + torch.sin(t)
+
+    y0 = torch.tensor([[0.5, -0.3]], dtype=torch.float64)
+    rtol = torch.tensor(1e-7, dtype=torch.float64)
+    controller = no.PIController(rtol=rtol, atol=1e-9)
+    with torch.no_grad():
+        plans = dict(_whole_plan._PLANS)
+        kwargs = dict(controller=controller)
+        same(no.solve(g, y0, TS, compile=True, **kwargs), no.solve(g, y0, TS, **kwargs))
+        rtol.fill_(1e-4)
+        loose = no.solve(g, y0, TS, compile=True, **kwargs)
+        same(loose, no.solve(g, y0, TS, **kwargs))
+    assert _whole_plan._PLANS == plans
+    assert (
+        loose.stats.n_steps
+        < no.solve(g, y0, TS, controller=no.PIController(1e-7, 1e-9)).stats.n_steps
+    )

@@ -7,7 +7,8 @@ match all of them: per call, a tuple lookup instead of the plan, its constants a
 tolerance tensors. A solver or controller whose attributes are plain values (a default
 ``Dopri5()`` or ``PIController()``, made anew by each ``solve``) is keyed by its type and
 settings and copied into the plan, so that a later change to the caller's object cannot
-reach a plan another solve finds; any other one is keyed as itself. f is keyed as itself:
+reach a plan another solve finds; with any other one (tensor tolerances, say) the plan is
+made for the solve alone. f is keyed as itself:
 the graph's guards check what it reads of f (its code, closure, modules and parameters) on
 every call, so a changed f compiles another graph.
 """
@@ -38,25 +39,25 @@ def planned(
     """The plan of the graph, the solver's coefficients and the compiled graph: made once
     per f, solver and controller settings, shape, dtype, device and setting, and reused by
     the solves that match all of them (the graph's guards still check what it reads of f
-    on every call). Not cached with tensor tolerances."""
+    on every call). Not cached for a solver or controller with other than plain
+    attributes (tensor tolerances, say)."""
     solver: ExplicitRK = config.solver
     ctrl: PIController = config.controller
     rtol, atol = ctrl.rtol, ctrl.atol
+    solver_key, ctrl_key = _settings(solver), _settings(ctrl)
     key = None
-    if not isinstance(rtol, torch.Tensor) and not isinstance(atol, torch.Tensor):
+    if solver_key is not None and ctrl_key is not None:  # (else made for this solve only)
         key = (
-            _func_key(term.func), _settings(solver), _settings(ctrl), term.spec.shapes[0], y.dtype,
+            _func_key(term.func), solver_key, ctrl_key, term.spec.shapes[0], y.dtype,
             y.device, config.per_sample, term.time_dtype, sign, len(ts), config.max_steps,
             config.norm,
         )  # fmt: skip
         entry = _PLANS.get(key)
         if entry is not None:
             return entry
-        # a solver or controller keyed by its settings is copied: a later change to the
-        # caller's object cannot reach a plan that another solve with equal settings finds
-        # (one keyed as itself stays itself: the graph's guards read its attributes)
-        solver = solver if key[1] is solver else copy.copy(solver)
-        ctrl = ctrl if key[2] is ctrl else copy.copy(ctrl)
+        # the plan keeps copies: a later change to the caller's solver or controller cannot
+        # reach a plan that another solve with equal settings finds
+        solver, ctrl = copy.copy(solver), copy.copy(ctrl)
     co = solver._coefficients(y)  # made before tracing: constants of the graph
     plan = Plan(
         func=term.func,
@@ -106,9 +107,9 @@ def _settings(obj: Any) -> Any:
     """What identifies a solver or controller in the plan's key: its type and attributes
     (names, values and their types) when every attribute is a plain value (a default
     ``Dopri5()`` or ``PIController()`` made anew by each ``solve``; a solver's coefficient
-    cache is no setting), else the object itself."""
+    cache is no setting); ``None`` (no cached plan) for any other."""
     if _has_slots(type(obj)):  # (attributes outside __dict__)
-        return obj
+        return None
     attributes = vars(obj)
     if "_cache" in attributes:
         if len(attributes) == 1:  # (an explicit Runge-Kutta method: its tableau's class)
@@ -118,7 +119,7 @@ def _settings(obj: Any) -> Any:
     types = tuple(map(type, values))
     if _PLAIN.issuperset(types):
         return type(obj), tuple(attributes), values, types
-    return obj
+    return None
 
 
 @functools.cache

@@ -25,14 +25,13 @@ import numpy as np
 import torch
 from torch._higher_order_ops import while_loop
 
-from ._attempt import Constants, attempt
-from ._compile import compiled
+from ._attempt import attempt
 from ._errors import NonFiniteError
-from ._norms import cached_tolerance, row_norm
+from ._norms import row_norm
 from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
 from ._term import ODETerm
-from ._whole_backend import whole_solve_backend
+from ._whole_plan import Plan, planned
 from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
@@ -81,32 +80,15 @@ def integrate_whole(
     term: ODETerm, y0_flat: torch.Tensor, ts: list[float], config: Any, stats: SolveStats
 ) -> torch.Tensor:
     """Solve as one compiled graph; return (len(ts), n) flat states (see the module)."""
-    solver: ExplicitRK = config.solver
     ctrl: PIController = config.controller
     per_sample = config.per_sample
     batch = int(term.spec.shapes[0][0]) if per_sample else 1
     if len(ts) == 1:
         return y0_flat[None]
     y = y0_flat.reshape(batch, -1)
-    co = solver._coefficients(y)  # made before tracing: constants of the graph
-    plan = _Plan(
-        func=term.func,
-        solver=solver,
-        controller=ctrl,
-        shape=tuple(int(n) for n in term.spec.shapes[0]),
-        per_sample=per_sample,
-        time_dtype=term.time_dtype,
-        sign=1.0 if ts[-1] > ts[0] else -1.0,
-        n_out=len(ts),
-        max_steps=config.max_steps,
-        exponent=1.0 / (solver.error_order + 1),
-    )
-    key = ("whole", type(solver))
-    run = compiled(_solve_graph, key, dynamic=False, fullgraph=True, backend=whole_solve_backend)
+    sign = 1.0 if ts[-1] > ts[0] else -1.0
+    plan, co, run = planned(_solve_graph, term, y, ts, config, sign)
     ts_tensor = _times(ts, y.device)
-    rtol, atol = cached_tolerance(ctrl.rtol, y), cached_tolerance(ctrl.atol, y)
-    norm = row_norm(config.norm)
-    plan.constants = Constants(solver, ctrl, rtol, atol, plan.sign, plan.exponent, norm)
     try:
         result = run(plan, y, ts_tensor)
     except torch._dynamo.exc.TorchDynamoException as error:
@@ -140,22 +122,7 @@ def integrate_whole(
     return outputs.reshape(len(ts), -1)
 
 
-class _Plan:
-    """The solve's fixed facts: constants of the compiled graph (guarded on by
-    torch.compile: another f, solver, controller or setting compiles another graph)."""
-
-    def __init__(self, **facts: Any):
-        self.__dict__.update(facts)
-
-    def call(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """f on the (batch, n) rows at the (batch,) times, as the user's f takes them."""
-        batch = y.shape[0]
-        time = t.to(self.time_dtype)
-        out = self.func(time if self.per_sample else time.reshape(()), y.reshape(self.shape))
-        return out.reshape(batch, -1)
-
-
-def _solve_graph(plan: _Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The whole solve (traced by torch.compile into one graph; also correct eagerly)."""
     solver, ctrl, sign = plan.solver, plan.controller, plan.sign
     batch = y0.shape[0]
@@ -254,7 +221,17 @@ def _solve_graph(plan: _Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch
 
 def _times(ts: list[float], device: torch.device) -> torch.Tensor:
     """The output times as a float64 tensor (on CPU through NumPy: cheaper than
-    ``torch.tensor``)."""
+    ``torch.tensor``), the last solve's again for the same times and device (the graph
+    never writes to its inputs)."""
+    key = (tuple(ts), device)
+    if _LAST_TIMES[0] == key:
+        return _LAST_TIMES[1]
     if device.type == "cpu":
-        return torch.from_numpy(np.array(ts, dtype=np.float64))
-    return torch.tensor(ts, dtype=torch.float64, device=device)
+        tensor = torch.from_numpy(np.array(ts, dtype=np.float64))
+    else:
+        tensor = torch.tensor(ts, dtype=torch.float64, device=device)
+    _LAST_TIMES[:] = key, tensor
+    return tensor
+
+
+_LAST_TIMES: list[Any] = [None, None]

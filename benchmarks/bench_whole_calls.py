@@ -1,0 +1,121 @@
+"""The per-call cost of a warm ``no.solve(..., compile=True)`` on ``bench_engine.py``'s MLP
+(2-64-64-2 tanh, float32, seed 0, t in [0, 1], dopri5 rtol 1e-6 atol 1e-8) under
+``torch.no_grad()``, one thread.
+
+Per batch (``--batches``, default ``1,16``): the first call (compilation, s) and the minimum
+over 7 rounds of the mean of 200 warm calls (us), printed as JSON. With ``--parts`` (batch 1):
+thread time per call of the whole solve, of the compiled graph's call (dynamo's frame and
+guards, AOTAutograd's and inductor's wrappers, the C++ loop), of its guard check alone
+(``guard_manager.check`` on the call's inputs), of ``integrate_whole`` around the graph (the
+plan, the output times, the one read after the graph) and of ``solve`` around
+``integrate_whole`` (validation, dispatch, the output check, the ``Solution``). Compare two
+versions by running it with each one's ``src`` first on ``PYTHONPATH``, alternately (the
+breakdown needs ``_whole_plan``). Run: ``flock /tmp/neuralode-timing.lock taskset -c 1 env
+OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_whole_calls.py [--parts]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_engine import ATOL, RTOL, mlp  # noqa: E402
+
+import neuralode as no  # noqa: E402
+
+
+def calls(batches: list[int]) -> dict[int, list[float]]:
+    out = {}
+    for batch in batches:
+        f, y0, ts = mlp(batch)
+        controller = no.PIController(rtol=RTOL, atol=ATOL)
+        with torch.no_grad():
+            start = time.perf_counter()
+            no.solve(f, y0, ts, controller=controller, compile=True)
+            first = time.perf_counter() - start
+            for _ in range(100):
+                no.solve(f, y0, ts, controller=controller, compile=True)
+            best = float("inf")
+            for _ in range(7):
+                start = time.perf_counter_ns()
+                for _ in range(200):
+                    no.solve(f, y0, ts, controller=controller, compile=True)
+                best = min(best, (time.perf_counter_ns() - start) / 200 / 1e3)
+        out[batch] = [round(best, 1), round(first, 1)]
+    return out
+
+
+def parts(n: int = 3000) -> str:
+    from neuralode import _compile, _whole_solve
+
+    f, y0, ts = mlp(1)
+    controller = no.PIController(rtol=RTOL, atol=ATOL)
+    clock = time.thread_time_ns
+    spent = {"integrate_whole": 0, "graph": 0}
+    inputs: dict = {}
+    integrate_whole, planned = _whole_solve.integrate_whole, _whole_solve.planned
+
+    def timed_integrate(*args):
+        start = clock()
+        result = integrate_whole(*args)
+        spent["integrate_whole"] += clock() - start
+        return result
+
+    def timed_planned(*args):
+        plan, co, run = planned(*args)
+
+        def timed_run(plan, y, times):
+            inputs.update(plan=plan, y0=y, ts=times)
+            start = clock()
+            result = run(plan, y, times)
+            spent["graph"] += clock() - start
+            return result
+
+        return plan, co, timed_run
+
+    _whole_solve.integrate_whole, _whole_solve.planned = timed_integrate, timed_planned
+    with torch.no_grad():
+        for _ in range(100):
+            no.solve(f, y0, ts, controller=controller, compile=True)
+        spent.update(integrate_whole=0, graph=0)
+        start = clock()
+        for _ in range(n):
+            no.solve(f, y0, ts, controller=controller, compile=True)
+        total = (clock() - start) / n / 1e3
+        # (inside no_grad: the guards check the grad mode)
+        entry = next(v for (_, key), v in _compile._COMPILED.items() if key[0] == "whole")
+        code = entry._torchdynamo_orig_callable.__code__
+        guards = torch._dynamo.eval_frame._debug_get_cache_entry_list(code)[0].guard_manager
+        assert guards.check(inputs)
+        start = time.perf_counter_ns()
+        for _ in range(20000):
+            guards.check(inputs)
+        check = (time.perf_counter_ns() - start) / 20000 / 1e3
+    whole, graph = spent["integrate_whole"] / n / 1e3, spent["graph"] / n / 1e3
+    return (
+        f"solve {total:.1f} us: graph call {graph:.1f} (guard check {check:.1f}), "
+        f"integrate_whole around it {whole - graph:.1f}, solve around integrate_whole "
+        f"{total - whole:.1f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--parts", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.parts:
+        print(parts())
+    else:
+        print(json.dumps(calls([int(b) for b in args.batches.split(",")])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The compiled whole solve's plan (``_whole_solve``): the solve's fixed facts, which the
+graph reads as constants, and their cache.
+
+A solve's plan, the solver's coefficients and the compiled graph are made once per f, solver
+and controller settings, shape, dtype, device and setting, and reused by the solves that
+match all of them: per call, a tuple lookup instead of the plan, its constants and their
+tolerance tensors. A solver or controller whose attributes are plain values (a default
+``Dopri5()`` or ``PIController()``, made anew by each ``solve``) is keyed by its type and
+settings and copied into the plan, so that a later change to the caller's object cannot
+reach a plan another solve finds; with any other one (tensor tolerances, say) the plan is
+made for the solve alone. f is keyed as itself:
+the graph's guards check what it reads of f (its code, closure, modules and parameters) on
+every call, so a changed f compiles another graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+import torch
+
+from ._attempt import Constants
+from ._compile import compiled
+from ._norms import cached_tolerance, row_norm
+from ._term import ODETerm
+from ._whole_backend import whole_solve_backend
+from .controllers.pi import PIController
+from .solvers.explicit_rk import ExplicitRK
+
+_PLANS: dict[tuple, tuple[Any, Any, Any]] = {}  # the last few solves' (plan, co, run)
+_MOST_PLANS = 8
+
+
+def planned(
+    graph: Any, term: ODETerm, y: torch.Tensor, ts: list[float], config: Any, sign: float
+) -> Any:
+    """The plan of the graph, the solver's coefficients and the compiled graph: made once
+    per f, solver and controller settings, shape, dtype, device and setting, and reused by
+    the solves that match all of them (the graph's guards still check what it reads of f
+    on every call). Not cached for a solver or controller with other than plain
+    attributes (tensor tolerances, say)."""
+    solver: ExplicitRK = config.solver
+    ctrl: PIController = config.controller
+    rtol, atol = ctrl.rtol, ctrl.atol
+    solver_key, ctrl_key = _settings(solver), _settings(ctrl)
+    key = None
+    if solver_key is not None and ctrl_key is not None:  # (else made for this solve only)
+        key = (
+            _func_key(term.func), solver_key, ctrl_key, term.spec.shapes[0], y.dtype,
+            y.device, config.per_sample, term.time_dtype, sign, len(ts), config.max_steps,
+            config.norm,
+        )  # fmt: skip
+        entry = _PLANS.get(key)
+        if entry is not None:
+            return entry
+        # the plan keeps copies: a later change to the caller's solver or controller cannot
+        # reach a plan that another solve with equal settings finds
+        solver, ctrl = copy.copy(solver), copy.copy(ctrl)
+    co = solver._coefficients(y)  # made before tracing: constants of the graph
+    plan = Plan(
+        func=term.func,
+        solver=solver,
+        controller=ctrl,
+        shape=tuple(int(n) for n in term.spec.shapes[0]),
+        per_sample=config.per_sample,
+        time_dtype=term.time_dtype,
+        sign=sign,
+        n_out=len(ts),
+        max_steps=config.max_steps,
+        exponent=1.0 / (solver.error_order + 1),
+    )
+    run = compiled(
+        graph, ("whole", type(solver)), dynamic=False, fullgraph=True,
+        backend=whole_solve_backend,
+    )  # fmt: skip
+    norm = row_norm(config.norm)
+    rtol, atol = cached_tolerance(rtol, y), cached_tolerance(atol, y)
+    plan.constants = Constants(solver, ctrl, rtol, atol, sign, plan.exponent, norm)
+    if key is not None:
+        if len(_PLANS) >= _MOST_PLANS:
+            _PLANS.pop(next(iter(_PLANS)))
+        _PLANS[key] = plan, co, run
+    return plan, co, run
+
+
+def _func_key(func: Any) -> Any:
+    """f in the plan's key: a per-sample solve's ``BatchTime`` (made anew by each ``solve``)
+    as the f it wraps and its batch."""
+    if _BATCH_TIME[0] is None:
+        from ._dispatch import BatchTime  # (it imports the loop, which imports this module)
+
+        _BATCH_TIME[0] = BatchTime
+    if type(func) is _BATCH_TIME[0]:
+        return _BATCH_TIME[0], func._func, func.batch
+    return func
+
+
+_BATCH_TIME: list[Any] = [None]
+
+
+_PLAIN = frozenset((float, int, bool, str, type(None)))
+
+
+def _settings(obj: Any) -> Any:
+    """What identifies a solver or controller in the plan's key: its type and attributes
+    (names, values and their types) when every attribute is a plain value (a default
+    ``Dopri5()`` or ``PIController()`` made anew by each ``solve``; a solver's coefficient
+    cache is no setting); ``None`` (no cached plan) for any other."""
+    if _has_slots(type(obj)):  # (attributes outside __dict__)
+        return None
+    attributes = vars(obj)
+    if "_cache" in attributes:
+        if len(attributes) == 1:  # (an explicit Runge-Kutta method: its tableau's class)
+            return (type(obj),)
+        attributes = {k: v for k, v in attributes.items() if k != "_cache"}
+    values = tuple(attributes.values())
+    types = tuple(map(type, values))
+    if _PLAIN.issuperset(types):
+        return type(obj), tuple(attributes), values, types
+    return None
+
+
+@functools.cache
+def _has_slots(cls: type) -> bool:
+    return any(getattr(c, "__slots__", ()) for c in cls.__mro__) or "__dict__" not in dir(cls)
+
+
+class Plan:
+    """The solve's fixed facts: constants of the compiled graph (guarded on by
+    torch.compile: another f, solver, controller or setting compiles another graph)."""
+
+    def __init__(self, **facts: Any):
+        self.__dict__.update(facts)
+
+    def call(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """f on the (batch, n) rows at the (batch,) times, as the user's f takes them."""
+        batch = y.shape[0]
+        time = t.to(self.time_dtype)
+        out = self.func(time if self.per_sample else time.reshape(()), y.reshape(self.shape))
+        return out.reshape(batch, -1)

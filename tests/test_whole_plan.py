@@ -1,0 +1,124 @@
+"""The compiled whole solve's cached plans (``_whole_plan.planned``): a solve with the same
+f, settings and shapes reuses the plan and the graph without recompiling; a changed f, a
+different f, or a controller changed after an earlier solve is never served a stale plan or
+graph (each solve equals the eager one)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import neuralode as no
+from neuralode import _whole_plan
+
+pytestmark = pytest.mark.skipif(
+    not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
+    reason="torch.compile's CPU backend needs a C++ compiler",
+)
+
+
+@pytest.fixture(autouse=True)
+def room_for_graphs():
+    """These tests compile several graphs of one code object; other tests in the process
+    may have compiled up to torch's recompile_limit of it already."""
+    with torch._dynamo.config.patch(recompile_limit=64):
+        yield
+
+
+TS = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+
+
+def same(compiled: no.Solution, eager: no.Solution) -> None:
+    assert compiled.stats.n_steps == eager.stats.n_steps
+    torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-9, atol=1e-10)
+
+
+def test_new_y0_weights_and_default_objects_reuse_the_plan_and_the_graph():
+    """Default ``Dopri5()`` and ``PIController()`` made anew by each solve, a new y0 and new
+    weights of the same shapes: one plan, no recompilation, the eager results."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    net = net.double()
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return net(y)
+
+    y0 = torch.tensor([[0.5, -0.3]], dtype=torch.float64)
+    with torch.no_grad():
+        same(no.solve(f, y0, TS, compile=True), no.solve(f, y0, TS))
+        plans = dict(_whole_plan._PLANS)
+        net[0].weight.mul_(1.1)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            again = no.solve(f, -y0, TS, compile=True)
+        same(again, no.solve(f, -y0, TS))
+    assert _whole_plan._PLANS == plans
+
+
+def test_a_changed_or_different_f_and_a_changed_controller_are_not_served_stale_graphs():
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    net = net.double()
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return net(y)
+
+    y0 = torch.tensor([[0.5, -0.3]], dtype=torch.float64)
+    first = no.PIController(rtol=1e-7, atol=1e-9)
+    with torch.no_grad():
+        same(
+            no.solve(f, y0, TS, controller=first, compile=True),
+            no.solve(f, y0, TS, controller=first),
+        )
+        # the model changed in place: another hidden layer of another width
+        net[2] = torch.nn.Sequential(torch.nn.Linear(8, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+        net.double()
+        same(
+            no.solve(f, y0, TS, controller=first, compile=True),
+            no.solve(f, y0, TS, controller=first),
+        )
+
+        # a different f of the same shapes
+        def g(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return -2.0 * y + torch.sin(t)
+
+        same(
+            no.solve(g, y0, TS, controller=first, compile=True),
+            no.solve(g, y0, TS, controller=first),
+        )
+        # the caller's controller changed after its solve: a new controller with the
+        # earlier settings gets them, the changed one its own
+        first.safety = 0.5
+        fresh = no.PIController(rtol=1e-7, atol=1e-9)
+        changed = no.solve(g, y0, TS, controller=first, compile=True)
+        same(changed, no.solve(g, y0, TS, controller=first))
+        same(
+            no.solve(g, y0, TS, controller=fresh, compile=True),
+            no.solve(g, y0, TS, controller=fresh),
+        )
+    assert changed.stats.n_steps != no.solve(g, y0, TS, controller=fresh).stats.n_steps
+
+
+def test_a_controller_with_tensor_tolerances_gets_a_plan_of_its_own_solve():
+    """Tensor tolerances (no plain settings to key on): no cached plan, the eager result,
+    also after the tolerance tensor is changed in place."""
+
+    def g(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -2.0 * y + torch.sin(t)
+
+    y0 = torch.tensor([[0.5, -0.3]], dtype=torch.float64)
+    rtol = torch.tensor(1e-7, dtype=torch.float64)
+    controller = no.PIController(rtol=rtol, atol=1e-9)
+    with torch.no_grad():
+        plans = dict(_whole_plan._PLANS)
+        kwargs = dict(controller=controller)
+        same(no.solve(g, y0, TS, compile=True, **kwargs), no.solve(g, y0, TS, **kwargs))
+        rtol.fill_(1e-4)
+        loose = no.solve(g, y0, TS, compile=True, **kwargs)
+        same(loose, no.solve(g, y0, TS, **kwargs))
+    assert _whole_plan._PLANS == plans
+    assert (
+        loose.stats.n_steps
+        < no.solve(g, y0, TS, controller=no.PIController(1e-7, 1e-9)).stats.n_steps
+    )

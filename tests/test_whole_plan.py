@@ -122,3 +122,34 @@ def test_a_controller_with_tensor_tolerances_gets_a_plan_of_its_own_solve():
         loose.stats.n_steps
         < no.solve(g, y0, TS, controller=no.PIController(1e-7, 1e-9)).stats.n_steps
     )
+
+
+def test_past_torchs_recompile_limit_each_step_is_compiled_instead():
+    """More whole-solve graphs of one solver than torch's ``recompile_limit``: the solve
+    warns, naming the limit, and compiles each step instead (the eager results), rather
+    than raising torch's FailOnRecompileLimitHit."""
+    y0 = torch.tensor([[1.0, -0.5]], dtype=torch.float64)
+    fields = [lambda t, y, k=k: -k * y for k in (1.0, 2.0, 3.0)]
+    with torch._dynamo.config.patch(recompile_limit=1), pytest.warns(UserWarning) as caught:
+        with torch.no_grad():
+            for f in fields:
+                compiled = no.solve(f, y0, TS, compile=True)
+                same(compiled, no.solve(f, y0, TS))
+    assert any("recompile_limit" in str(w.message) for w in caught)
+
+
+def test_an_unhashable_f_gets_a_plan_of_its_own_solve():
+    """f as a dataclass with ``eq=True`` (unhashable) cannot key a cached plan: the solve
+    makes its own and equals the eager one."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Decay:
+        rate: float
+
+        def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return -self.rate * y
+
+    y0 = torch.tensor([[1.0, -0.5]], dtype=torch.float64)
+    with torch.no_grad():
+        same(no.solve(Decay(1.5), y0, TS, compile=True), no.solve(Decay(1.5), y0, TS))

@@ -52,9 +52,13 @@ def planned(
             y.device, config.per_sample, term.time_dtype, sign, len(ts), config.max_steps,
             config.norm,
         )  # fmt: skip
-        entry = _PLANS.get(key)
+        try:
+            entry = _PLANS.get(key)
+        except TypeError:  # an unhashable f (a dataclass with eq=True, say): no cached plan
+            key = entry = None
         if entry is not None:
             return entry
+    if key is not None:
         # the plan keeps copies: a later change to the caller's solver or controller cannot
         # reach a plan that another solve with equal settings finds
         solver, ctrl = copy.copy(solver), copy.copy(ctrl)

@@ -91,6 +91,14 @@ def integrate_whole(
     ts_tensor = _times(ts, y.device)
     try:
         result = run(plan, y, ts_tensor)
+    except torch._dynamo.exc.FailOnRecompileLimitHit as error:
+        limit = torch._dynamo.config.recompile_limit
+        raise WholeSolveUnavailable(
+            f"torch.compile compiled the whole solve of {type(plan.solver).__name__} "
+            f"{limit} times in this process (torch._dynamo.config.recompile_limit = {limit}, "
+            "one graph per f, shape and setting); each step is compiled instead (raise the "
+            "limit to keep more whole-solve graphs)"
+        ) from error
     except torch._dynamo.exc.TorchDynamoException as error:
         raise WholeSolveUnavailable(
             f"torch.compile (torch {torch.__version__}) could not capture the whole solve as "

@@ -37,6 +37,18 @@ CASES = {"mlp 1": 1.0, "mlp 16": 1.0, "vdp 256": 10.0}  # case: t1
 XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
+def _diffrax_worker():
+    """``neuralode/bench/diffrax_worker.py`` loaded by its path (it imports numpy only, so
+    the jax interpreter, without torch, runs it)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "src/neuralode/bench/diffrax_worker.py"
+    spec = importlib.util.spec_from_file_location("diffrax_worker", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def diffrax_side(problems: str) -> dict[str, list]:
     """Each case's diffrax attempts: ``[h0, [t, h, ratio, accepted], ...]``."""
     import diffrax
@@ -63,21 +75,11 @@ def diffrax_side(problems: str) -> dict[str, list]:
             )  # fmt: skip
             return out
 
-    with np.load(problems) as archive:
-        arrays = {name: archive[name] for name in archive.files}
-    weights = [(jnp.asarray(arrays[f"w{i}"]), jnp.asarray(arrays[f"b{i}"])) for i in range(3)]
+    worker = _diffrax_worker()  # the fields and problems of ``neuralode bench``'s worker
+    arrays = worker.load_problems(problems)
+    weights = [(jnp.asarray(w), jnp.asarray(b)) for w, b in worker.mlp_weights(arrays)]
     mu = jnp.asarray(arrays["vdp_mu"])
-
-    def mlp(t, y, args):
-        for i, (w, b) in enumerate(weights):
-            y = y @ w.T + b
-            if i < len(weights) - 1:
-                y = jnp.tanh(y)
-        return y
-
-    def vdp(t, y, args):
-        x, v = y[..., 0], y[..., 1]
-        return jnp.stack([v, mu * (1 - x * x) * v - x], -1)
+    mlp, vdp = worker.jax_fields()
 
     out = {}
     for case, t1 in CASES.items():
@@ -91,6 +93,7 @@ def diffrax_side(problems: str) -> dict[str, list]:
             jnp.asarray(t1, y0.dtype),  # times in the state's dtype, as neuralode's ts
             None,
             y0,
+            args=weights if name == "mlp" else mu,
             stepsize_controller=Logged(rtol=RTOL, atol=ATOL),
             max_steps=100_000,
         )

@@ -43,6 +43,25 @@ def mlp_numpy(weights: list[tuple[np.ndarray, np.ndarray]], y: np.ndarray) -> np
     return y
 
 
+def jax_fields() -> tuple[Callable, Callable]:
+    """The MLP and Van der Pol fields in jax, as diffrax takes them (``(t, y, args)``; the
+    MLP's ``args`` its ``[(w, b), ...]``, Van der Pol's its mu)."""
+    import jax.numpy as jnp
+
+    def mlp(t, y, params):
+        for i, (w, b) in enumerate(params):
+            y = y @ w.T + b
+            if i < len(params) - 1:
+                y = jnp.tanh(y)
+        return y
+
+    def vdp(t, y, mu):
+        x, v = y[..., 0], y[..., 1]
+        return jnp.stack([v, mu * (1 - x * x) * v - x], -1)
+
+    return mlp, vdp
+
+
 def block_size(call: Callable[[], object], block_seconds: float) -> int:
     """Calls of ``call`` (after one to time it) that take about ``block_seconds``, at least
     one: calls of tens of microseconds are timed over many calls."""
@@ -69,16 +88,7 @@ def _cases(arrays: dict[str, np.ndarray], spec: dict) -> dict[str, Callable[[], 
     rtol, atol = spec["rtol"], spec["atol"]
     weights = [(jnp.asarray(w), jnp.asarray(b)) for w, b in mlp_weights(arrays)]
 
-    def mlp(t, y, params):
-        for i, (w, b) in enumerate(params):
-            y = y @ w.T + b
-            if i < len(params) - 1:
-                y = jnp.tanh(y)
-        return y
-
-    def vdp(t, y, mu):
-        x, v = y[..., 0], y[..., 1]
-        return jnp.stack([v, mu * (1 - x * x) * v - x], -1)
+    mlp, vdp = jax_fields()
 
     def solve(field, y0, args, t1, adjoint=None):
         zero, t1 = jnp.zeros((), y0.dtype), jnp.asarray(t1, y0.dtype)  # times in y0's dtype

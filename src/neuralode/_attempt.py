@@ -162,7 +162,7 @@ class Attempts:
     ):
         self.term, self.f, self.solver, self.sign = term, f, k.solver, k.sign
         self.brownian = facts.brownian
-        self.calls = facts.stages - 1  # f's evaluations inside an explicit RK attempt
+        self.calls = k.solver.evaluations_per_attempt()  # (SDE rows: measured, below)
         self.count_outside = config.compile_step or config.cuda_graph or self.brownian
         buffer = None
         if config.compile_step:
@@ -196,11 +196,12 @@ class Attempts:
             return step
         solver, term = self.solver, self.term
         noise = solver.noise_rows(t, step_end(self.sign, carried[0], carried[1]))
-        if solver.calls is None:
+        if self.calls is None:  # the first attempt: eager and counted
             before = term.nfe
             step = self.counted(t, y, f0, *carried, noise)
-            solver.calls, term.nfe = term.nfe - before, before
+            self.calls = solver.calls = term.nfe - before
+            term.nfe = before
         else:
             step = term.call_uncounted(self.run, t, y, f0, *carried, noise)
-        self.f.count(solver.calls)
+        self.f.count(self.calls)
         return step

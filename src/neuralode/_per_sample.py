@@ -49,14 +49,8 @@ from ._batch_term import BatchTerm
 from ._errors import NonFiniteError
 from ._host import across, plain, wrapped
 from ._norms import row_rms, tolerance_tensor
-from ._pending import (
-    _ends,
-    _locate_events,
-    _Reached,
-    _read_progress,
-    _stack,
-    _write_outputs,
-)
+from ._pending import _ends, _Reached, _read_progress, _stack
+from ._pending_dense import _locate_events, _write_outputs
 from ._solution import SolveStats
 from ._spans import loop_times
 from ._status import Status, sample_failures, samples_failed

@@ -3,10 +3,10 @@ times (``solve(..., per_sample=True)``).
 
 The per-sample loop already gives every sample its own time and end (``t``, ``t_stop``);
 with spans it starts each at its row's first time, ends it at its row's last and writes
-each sample's outputs at its own row (``_pending._ends``, ``_write_outputs``), so every
-sample takes the steps it would take alone. ``Backsolve`` differentiates the outputs with
-the adjoint on per-sample clocks (``_per_sample_events.backsolve_on_clocks``): sample i's
-time is piecewise linear in a common time s whose knots are the mean output times.
+each sample's outputs at its own row (``_pending._ends``, ``_pending_dense._write_outputs``),
+so every sample takes the steps it would take alone. ``Backsolve`` differentiates the outputs
+with the adjoint on per-sample clocks (``_per_sample_events.backsolve_on_clocks``): sample
+i's time is piecewise linear in a common time s whose knots are the mean output times.
 """
 
 from __future__ import annotations
@@ -65,9 +65,10 @@ def sample_times(ts: torch.Tensor, batch: int, device: torch.device) -> torch.Te
 
 def loop_times(ts: list[float] | torch.Tensor, batch: int, device: torch.device):
     """The per-sample loop's output times: (outputs,) shared or (batch, outputs) per sample
-    (as indexed by ``_pending._ends`` and ``_write_outputs``), the same times times the
-    direction of integration, the direction, and each sample's start and end, (batch,)
-    (its end: the last output time, or the time of its terminal event once located)."""
+    (as indexed by ``_pending._ends`` and ``_pending_dense._write_outputs``), the same times
+    times the direction of integration, the direction, and each sample's start and end,
+    (batch,) (its end: the last output time, or the time of its terminal event once
+    located)."""
     if isinstance(ts, torch.Tensor):  # rows in one direction (``sample_times``)
         times = ts
         sign = 1.0 if ts.shape[1] < 2 or float(ts[0, -1] - ts[0, 0]) > 0 else -1.0

@@ -162,7 +162,7 @@ class ExplicitRK(ExplicitDenseOutput):
         return y1, error, ks, stacked
 
     # ----------------------------------------------------------------------------------------
-    # the device loop's interface (``_per_sample``, ``_attempt``, ``_pending``)
+    # the device loop's interface (``_per_sample``, ``_attempt``, ``_pending_dense``)
 
     def for_rows(self, term: ODETerm, like: torch.Tensor) -> ExplicitRK:
         """The method as the device loop runs it: itself (its coefficients made now, before

@@ -573,7 +573,7 @@ def test_adjoint_backward_holds_no_tensor_per_step(monkeypatch, steps):
     def counting(self, *args, **kwargs):
         if len(cached) % 32 == 2:  # (a scan of the heap each time would be slow)
             counts.append(_live_tensors())
-        cached.append(len(bm._cache))
+        cached.append(len(bm._values.cache))
         return query(self, *args, **kwargs)
 
     ys = nsde.sdeint_adjoint(sde, y0, TS, bm=bm, method="euler", dt=1 / steps)
@@ -596,7 +596,7 @@ def test_brownian_tree_costs_40_bytes_per_interval():
         tree = bm._tree
         assert tree.nbytes == 40 * len(tree)
         assert len(tree) <= 2 * steps + 2 * 64  # two per query point, plus the dependency tree
-        assert len(bm._cache) <= bm.cache_size
+        assert len(bm._values.cache) <= bm.cache_size
 
 
 def test_adjoint_records_the_forward_grid_in_8_bytes_a_step(monkeypatch):

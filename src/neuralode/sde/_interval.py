@@ -5,10 +5,11 @@ The root holds the increment ``W`` (and the space-time Lévy area ``H``) over th
 interval; splitting an interval at a point draws its two halves from the Brownian bridge
 conditioned on the parent's ``(W, H)`` (``_bridge.bridge``), with noise from seeds that depend
 only on the interval's place in the tree (its key and depth) and the entropy. Values are
-recomputed from the nearest cached ancestor when they have left the LRU cache, so memory
-stays bounded however many steps a solve takes, and the same queries always give the same
-answers. With ``halfway_tree=True`` intervals are split only at dyadic midpoints, so the path
-no longer depends on which points were queried (at resolution ``tol``).
+recomputed from the nearest cached ancestor when they have left the LRU cache
+(``_interval_values``), so memory stays bounded however many steps a solve takes, and the
+same queries always give the same answers. With ``halfway_tree=True`` intervals are split
+only at dyadic midpoints, so the path no longer depends on which points were queried (at
+resolution ``tol``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from __future__ import annotations
 import math
 import random
 import warnings
-from collections import OrderedDict
 
 import torch
 
-from ._bridge import _LEFT_HALF, _MASK, _RIGHT_HALF, _mix, bridge, concatenate, levy_area
+from ._bridge import _mix, concatenate
 from ._brownian import _Stored
 from ._interval_tree import _LEFT, _Tree
+from ._interval_values import _Values
 from .settings import LEVY_AREA_APPROXIMATIONS
 
 
@@ -131,17 +132,23 @@ class BrownianInterval(_Stored):
         self._cache_size = cache_size
         self._halfway_tree = halfway_tree
         self._digits = None if tol == 0 else -int(math.log10(tol))
-        self._generator = torch.Generator(self._device)
-        self._root_seed = _mix(self._entropy)
-        self._tree = _Tree(self._round(t0), self._round(t1), _mix(self._root_seed ^ _LEFT))
+        root_seed = _mix(self._entropy)
+        self._tree = _Tree(self._round(t0), self._round(t1), _mix(root_seed ^ _LEFT))
         self._last = 0  # the interval of the last query: the next one usually starts near it
-        self._cache: OrderedDict = OrderedDict()
         h = t1 - t0
-        if W is None:
-            W = self._randn(_mix(self._root_seed + 1)) * math.sqrt(h)  # noqa: N806
-        if H is None:
-            H = self._randn(_mix(self._root_seed + 2)) * math.sqrt(h / 12)  # noqa: N806
-        self._root_values = (W, H if self._have_H else None)
+        self._values = _Values(
+            self._tree,
+            self._size,
+            self._dtype,
+            self._device,
+            cache_size,
+            self._have_H,
+            self._levy_area_approximation,
+            root_seed,
+            h,
+            W,
+            H,
+        )
         self._queries = 0
         self._mean_dt = 0.0
         self._tree_dt = h
@@ -149,26 +156,10 @@ class BrownianInterval(_Stored):
             self._build_dependency_tree(self._dt)
 
     # ----------------------------------------------------------------------------------------
-    # seeds and noise
+    # the tree
 
     def _round(self, t: float) -> float:
         return t if self._digits is None else round(t, self._digits)
-
-    def _seed(self, node: int, which: int) -> int:
-        """The seed of an interval's split noise (``which`` 0: W, 1: H) or its Lévy area (2)."""
-        return _mix((self._tree.hash[node] + which) & _MASK)
-
-    def _randn(self, seed: int, size: torch.Size | None = None) -> torch.Tensor:
-        self._generator.manual_seed(seed)
-        return torch.randn(
-            self._size if size is None else size,
-            generator=self._generator,
-            dtype=self._dtype,
-            device=self._device,
-        )
-
-    # ----------------------------------------------------------------------------------------
-    # the tree
 
     def _build_dependency_tree(self, dt: float) -> None:
         """Splits dyadically down to pieces of about ``0.8 dt cache_size``: a sequence of small
@@ -177,52 +168,6 @@ class BrownianInterval(_Stored):
         cache = 100 if self._cache_size is None else min(self._cache_size, 100)
         self._tree_dt = min(self._tree_dt, dt)
         self._tree.split_coarser_than(self._tree_dt * max(cache, 1) * 0.8, self._round)
-
-    # ----------------------------------------------------------------------------------------
-    # values
-
-    def _values(self, node: int):
-        """``(W, H)`` of one interval, from its nearest ancestor whose values are known."""
-        if node == 0:
-            return self._root_values
-        cache = self._cache
-        found = cache.get(node)
-        if found is not None:
-            cache.move_to_end(node)
-            return found
-        parents = self._tree.parent
-        path = [node]
-        parent = parents[node]
-        while parent != 0 and parent not in cache:
-            path.append(parent)
-            parent = parents[parent]
-        values = self._values(parent)
-        for child in reversed(path):
-            values = self._child_values(child, values)
-            if self._cache_size is None or self._cache_size > 0:
-                cache[child] = values
-                if self._cache_size is not None and len(cache) > self._cache_size:
-                    cache.popitem(last=False)
-        return values
-
-    def _child_values(self, child: int, parent_values):
-        """The bridge law of a half given its parent's increment (and space-time Lévy area)."""
-        tree = self._tree
-        parent = tree.parent[child]
-        W, H = parent_values  # noqa: N806
-        start, mid, end = tree.start[parent], tree.mid[parent], tree.end[parent]
-        noise_w = self._randn(self._seed(parent, 0))
-        noise_h = self._randn(self._seed(parent, 1)) if self._have_H else None
-        side = _LEFT_HALF if child & 1 else _RIGHT_HALF
-        return bridge(W, H, mid - start, end - mid, end - start, noise_w, noise_h, side)
-
-    def _levy_area(self, node: int, W, H):  # noqa: N803
-        """Davie's (or Foster's) approximation of the Lévy area from ``W`` and ``H``."""
-        if len(self._size) < 2:
-            return torch.zeros_like(W)
-        h = self._tree.end[node] - self._tree.start[node]
-        noise = self._randn(self._seed(node, 2), (*self._size, self._size[-1]))
-        return levy_area(W, H, h, noise, self._levy_area_approximation)
 
     # ----------------------------------------------------------------------------------------
     # queries
@@ -262,11 +207,12 @@ class BrownianInterval(_Stored):
             halfway = self._round if self._halfway_tree else None
             nodes = self._tree.locate(self._last, ta, tb, halfway)
             self._last = nodes[-1]
-            W, H = self._values(nodes[0])  # noqa: N806
-            A = self._levy_area(nodes[0], W, H) if self._have_A else None  # noqa: N806
+            values = self._values
+            W, H = values.get(nodes[0])  # noqa: N806
+            A = values.levy_area(nodes[0], W, H) if self._have_A else None  # noqa: N806
             for node in nodes[1:]:
-                Wi, Hi = self._values(node)  # noqa: N806
-                Ai = self._levy_area(node, Wi, Hi) if self._have_A else None  # noqa: N806
+                Wi, Hi = values.get(node)  # noqa: N806
+                Ai = values.levy_area(node, Wi, Hi) if self._have_A else None  # noqa: N806
                 u, t = self._tree.start[node], self._tree.end[node]
                 W, H, A = concatenate(W, H, A, Wi, Hi, Ai, ta, u, t)  # noqa: N806
         out = [W]

@@ -5,6 +5,13 @@ inductor generates code), alternated ``--rounds`` times; per batch the minimum o
 after 3 warm-ups, under ``torch.no_grad()``, one thread.
 
 Run: ``flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_tanh.py``.
+
+``--fit`` derives the coefficients of the whole-solve backend's rational tanh
+(``neuralode._whole_backend.tanh_rational``): P of degree 6 and Q of degree 3 (constant
+term 1) in ``s = x^2`` with ``tanh(x) / x ~ P(s) / Q(s)`` on [0, 9], by Lawson's iteration
+(least squares of the linearised relative error, reweighted by the error until the largest
+one stops falling), and prints them with their largest relative error and their float32
+error in ulp over every 7th float32 in [0, 20].
 """
 
 from __future__ import annotations
@@ -42,11 +49,59 @@ def child() -> None:
         print(batch, best * 1e3)
 
 
+def fit(degree_p: int = 6, degree_q: int = 3, clamp: float = 9.0) -> tuple:
+    """P and Q (lowest power first), the largest relative error of P / Q against
+    tanh(x) / x on [0, clamp] (see the module)."""
+    import numpy as np
+
+    x = np.concatenate([np.linspace(1e-4, 1, 6000), np.linspace(1, clamp, 12000)])
+    s = x * x
+    target = np.tanh(x) / x
+    scaled = s / s.max()  # (conditioning: powers of a number in [0, 1])
+    vp = np.vander(scaled, degree_p + 1, increasing=True)
+    vq = np.vander(scaled, degree_q + 1, increasing=True)
+    weight, q_values, best = np.full_like(s, 1 / len(s)), np.ones_like(s), None
+    for _ in range(300):
+        # P - target Q = 0 (Q's constant term 1), divided by target Q: the relative error
+        rows = np.hstack([vp, -target[:, None] * vq[:, 1:]]) / (target * q_values)[:, None]
+        root = np.sqrt(weight)
+        solution = np.linalg.lstsq(rows * root[:, None], root / q_values, rcond=None)[0]
+        p, q = solution[: degree_p + 1], np.concatenate([[1.0], solution[degree_p + 1 :]])
+        q_values = vq @ q
+        error = np.abs((vp @ p) / q_values / target - 1)
+        if best is None or error.max() < best[2]:
+            best = p.copy(), q.copy(), error.max()
+        weight = weight * error / (weight * error).sum()
+    p, q, error = best
+    return p / s.max() ** np.arange(degree_p + 1), q / s.max() ** np.arange(degree_q + 1), error
+
+
+def show_fit() -> None:
+    import numpy as np
+    import torch
+
+    from neuralode import _whole_backend
+
+    p, q, error = fit()
+    print("RATIONAL_P =", tuple(float(c) for c in p[::-1]))
+    print("RATIONAL_Q =", tuple(float(c) for c in q[::-1]))
+    print(f"largest relative error {error:.2e}")
+    x = torch.from_numpy(np.arange(0, 0x41A00000, 7, dtype=np.uint32).view(np.float32).copy())
+    exact = torch.tanh(x.double())
+    spacing = np.spacing(exact.float().numpy()).astype(np.float64)
+    y = _whole_backend.tanh_rational(x)
+    ulps = (y.double() - exact).abs() / torch.from_numpy(spacing).clamp_min(2.0**-149)
+    print(f"the backend's: largest error {ulps.max():.2f} ulp, mean {ulps.mean():.3f} ulp")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fit", action="store_true", help="derive the rational tanh")
     args = parser.parse_args()
+    if args.fit:
+        return show_fit()
     if args.child:
         return child()
     best: dict[tuple[str, int], float] = {}

@@ -7,16 +7,30 @@ in the user's own compiled code):
 - **float32 tanh** (``tanh_float32``). Inductor (torch 2.13) compiles ``torch.tanh`` to
   SLEEF's vectorised ``tanhf`` (0.5 ulp), which costs about as much as the (1024, 64) x
   (64, 64) matrix product of a tanh MLP. ``tanh_float32`` computes it from operations
-  inductor fuses into one vectorised loop, as Cephes' ``tanhf`` does: for ``|x| < 0.625``
-  ``x + x^3 P(x^2)`` with Moshier's minimax polynomial P of degree 4; above,
-  ``1 - 2 / (exp(2|x|) + 1)`` (the result is at least 0.55: no cancellation) with ``|x|``
-  clamped at 20 (tanh rounds to 1 there); the sign copied from x (``tanh(-0.0) = -0.0``,
-  NaN stays NaN, +-inf gives +-1). Largest error over every 61st float32 in [-20, 20]: 1.3
-  ulp (torch's: 0.51 ulp); a compiled (1024, 64) tanh takes about 0.6 of the time
-  (BENCHMARKS.md). float64 and the other dtypes keep torch's lowering. With inductor's own
-  approximation switched on (``torch._inductor.config.cpp.use_decompose_tanh``,
-  ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=1``: faster still, but a relative error of up to
-  2e7 ulp near 0) that one is used instead.
+  inductor fuses into one vectorised loop, in one of two forms:
+
+  - ``tanh_rational``, a rational function without ``exp``, as Eigen's and so XLA's CPU
+    tanh: ``x P(x^2) / Q(x^2)`` with x clamped at 9 (tanh rounds to 1 there) and the result
+    at +-1, P of degree 6 and Q of degree 3 fitted to the minimax relative error of
+    ``tanh(x) / x`` on [0, 9] (6.6e-9 in exact arithmetic; ``benchmarks/bench_tanh.py
+    --fit`` derives them). Largest error over every float32: 6.5 ulp (at 6.08), mean 0.08
+    ulp. It takes the place of tanh wherever its input has more than ``SMALL_ROWS``
+    rows.
+  - ``tanh_cephes``, as Cephes' ``tanhf``: for ``|x| < 0.625`` ``x + x^3 P(x^2)`` with
+    Moshier's minimax polynomial P of degree 4; above, ``1 - 2 / (exp(2|x|) + 1)`` (the
+    result is at least 0.55: no cancellation) with ``|x|`` clamped at 20; the sign copied
+    from x. Largest error: 1.3 ulp (torch's: 0.51 ulp). It takes the place of tanh on at
+    most ``SMALL_ROWS`` rows, whose values feed the fused small matrix products below:
+    inductor inlines a short pointwise expression such as the rational form into the
+    product's reduction and computes it again for every output column (2.3 times the
+    whole batch-16 solve), while this longer one it computes once.
+
+  Both give ``tanh(-0.0) = -0.0``, NaN for NaN and +-1 for +-inf. A compiled (1024, 64)
+  tanh takes about 0.37 of torch's time with the rational form and 0.54 with Cephes' (the
+  compiled call's own cost left out; BENCHMARKS.md). float64 and the other dtypes keep torch's lowering. With inductor's
+  own approximation switched on (``torch._inductor.config.cpp.use_decompose_tanh``,
+  ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=1``: a relative error of up to 2e7 ulp near 0)
+  that one is used instead.
 - **small matrix products** (``small_addmm``, ``small_mm``). Inductor calls ATen's
   ``addmm`` for every matrix product (an allocation and a library call each, inside every
   loop iteration). With at most ``SMALL_ROWS`` rows and ``SMALL_SIZE`` multiplications
@@ -40,6 +54,25 @@ SMALL_ROWS = 16  # matrix products with at most this many rows are fused...
 SMALL_SIZE = 16 * 64 * 64  # ...and at most this many multiplications
 _FUSED_DTYPES = (torch.float32, torch.float64)
 
+# the rational tanh: x clamped at RATIONAL_CLAMP, tanh(x) = x P(x^2) / Q(x^2), the
+# coefficients from the highest power down (Q's constant term is 1)
+RATIONAL_CLAMP = 9.0
+RATIONAL_P = (
+    -8.488543872551399e-14,
+    5.277892078870118e-11,
+    -2.022512647931901e-08,
+    1.1154287440001566e-05,
+    0.003103954432123622,
+    0.13084008562555768,
+    0.9999999933860687,
+)
+RATIONAL_Q = (
+    0.0002546142502054178,
+    0.024495171484604818,
+    0.4641733566444177,
+    1.0,
+)
+
 
 # Moshier's minimax polynomial for tanh on |x| < 0.625 (Cephes ``tanhf``):
 # tanh(x) = x + x^3 P(x^2), P's coefficients from the highest power down
@@ -53,10 +86,31 @@ SMALL_POLYNOMIAL = (
 
 
 def tanh_float32(x: torch.Tensor) -> Any:
-    """tanh of a float32 CPU tensor as fused arithmetic (see the module); ``NotImplemented``
+    """tanh of a float32 CPU tensor as fused arithmetic: ``tanh_rational`` on more than
+    ``SMALL_ROWS`` rows, ``tanh_cephes`` on fewer (see the module); ``NotImplemented``
     (torch's own lowering) for other dtypes and devices."""
     if x.dtype != torch.float32 or x.device.type != "cpu":
         return NotImplemented
+    if x.dim() and x.shape[0] > SMALL_ROWS:
+        return tanh_rational(x)
+    return tanh_cephes(x)
+
+
+def tanh_rational(x: torch.Tensor) -> torch.Tensor:
+    """tanh as ``x P(x^2) / Q(x^2)`` (see the module): 6.5 ulp in float32, no ``exp``."""
+    clamped = torch.clamp(x, -RATIONAL_CLAMP, RATIONAL_CLAMP)
+    square = clamped * clamped
+    p = square * RATIONAL_P[0] + RATIONAL_P[1]
+    for c in RATIONAL_P[2:]:
+        p = p * square + c
+    q = square * RATIONAL_Q[0] + RATIONAL_Q[1]
+    for c in RATIONAL_Q[2:]:
+        q = q * square + c
+    return torch.clamp(clamped * p / q, -1.0, 1.0)
+
+
+def tanh_cephes(x: torch.Tensor) -> torch.Tensor:
+    """tanh as Cephes' ``tanhf`` (see the module): 1.3 ulp in float32."""
     size = torch.abs(x)
     e = torch.exp(2.0 * torch.clamp(size, max=CLAMP))
     large = 1.0 - 2.0 / (e + 1.0)
@@ -125,7 +179,7 @@ def whole_solve_backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> 
     # graph, but other graphs may come here): the key's tag names these lowerings (this
     # module's source and settings), so a graph lowered otherwise, by plain inductor or
     # another version of this module, is never reused for them
-    settings = f"{_SOURCE}:{own_tanh}:{THRESHOLD}:{CLAMP}:{SMALL_ROWS}:{SMALL_SIZE}"
+    settings = f"{_SOURCE}:{own_tanh}:{SMALL_ROWS}:{SMALL_SIZE}"
     tag = hashlib.sha256(settings.encode()).hexdigest()[:16]
     user_tag = torch.compiler.config.cache_key_tag
     with torch.compiler.config.patch(cache_key_tag=f"{user_tag}|neuralode-whole-solve-{tag}"):

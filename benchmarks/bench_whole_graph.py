@@ -91,13 +91,13 @@ def prototype(f):
 
 def child(mode: str, repeats: int, batches: list[int]) -> None:
     import neuralode as no
-    import neuralode._whole_solve as whole
+    import neuralode._whole_plan as whole_plan
 
     torch.set_num_threads(1)
     if mode == "plain":  # the same graph through plain inductor with its C++ wrapper
         from torch._inductor.compile_fx import compile_fx
 
-        whole.whole_solve_backend = lambda gm, inputs: compile_fx(
+        whole_plan.whole_solve_backend = lambda gm, inputs: compile_fx(
             gm, inputs, config_patches={"cpp_wrapper": True}
         )
     controller = no.PIController(rtol=RTOL, atol=ATOL)

@@ -1,4 +1,4 @@
-"""compile=True on bench_engine.py's MLP with torch's tanh and with inductor's decomposed tanh.
+"""compile=True on bench_engine.py's MLP with the backend's tanh and with inductor's decomposed one.
 
 Each setting runs in its own process (``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH`` is read when
 inductor generates code), alternated ``--rounds`` times; per batch the minimum of 21 solves

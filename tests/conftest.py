@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from neuralode.solvers import METHODS, NewtonError, Solver
@@ -17,6 +18,15 @@ from neuralode.solvers import METHODS, NewtonError, Solver
 ALL_METHODS = sorted(METHODS)
 ADAPTIVE_METHODS = [name for name in ALL_METHODS if METHODS[name]().adaptive]
 FIXED_METHODS = [name for name in ALL_METHODS if not METHODS[name]().adaptive]
+
+
+@pytest.fixture(autouse=True)
+def room_for_graphs():
+    """A test's result never depends on the tests before it in its process: those may have
+    compiled a code object (the whole solve's, a step's) up to torch's recompile_limit, past
+    which a solve compiles each step instead. Tests of that fallback lower the limit."""
+    with torch._dynamo.config.patch(recompile_limit=64):
+        yield
 
 
 def make_solver(name: str) -> Solver:

@@ -19,14 +19,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def room_for_graphs():
-    """These tests compile several graphs of one code object; other tests in the process
-    may have compiled up to torch's recompile_limit of it already."""
-    with torch._dynamo.config.patch(recompile_limit=64):
-        yield
-
-
 TS = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
 
 

@@ -150,39 +150,38 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
     size = size.clamp(min=ctrl.min_step, max=ctrl.max_step)
     inner = ts[1:-1].clone()  # the outputs interpolated inside the steps that cross them
     n_inner = inner.shape[0]
+    # the carried values packed by dtype (each carried tensor costs an allocation and a
+    # copy per iteration): loop = [iterations, a running sample stalled]; times = [t,
+    # proposal, previous ratio (PI memory)]; counts = [steps, accepted, evaluations of f,
+    # running] per sample
+    running = torch.isfinite(d1) & (t0 != t_end)
     zeros = torch.zeros(batch, dtype=torch.long, device=y0.device)
     carry = (
-        torch.zeros((), dtype=torch.long, device=y0.device),  # iterations
-        t0,
+        torch.zeros(2, dtype=torch.long, device=y0.device),
+        torch.stack([t0, t0 + sign * size, torch.ones_like(t0)]),
         y0,
         f0,
-        t0 + sign * size,  # proposal
-        torch.ones_like(t0),  # previous ratio (PI memory)
-        zeros,  # steps
-        zeros.clone(),  # accepted
-        zeros + nfe0,  # evaluations of f per sample
+        torch.stack([zeros, zeros, zeros + nfe0, running.long()]),
         y0.expand(n_inner, *y0.shape).clone(),  # inner outputs
-        torch.isfinite(d1) & (t0 != t_end),  # running
-        torch.zeros((), dtype=torch.bool, device=y0.device),  # a running sample stalled
     )
 
-    def cond(it, t, y, f0, proposal, prev, steps, accepted, nfe, outs, still, stalled):
-        return still.any() & ~stalled & (it < plan.max_steps)
+    def cond(loop, times, y, f0, counts, outs):
+        return (counts[3] != 0).any() & (loop[1] == 0) & (loop[0] < plan.max_steps)
 
-    def body(it, t, y, f0, proposal, prev, steps, accepted, nfe, outs, still, stalled):
+    def body(loop, times, y, f0, counts, outs):
+        t, prev, still = times[0], times[2], counts[3] != 0
         step = attempt(
-            plan.call, plan.constants, None, t, y, f0, proposal, t_stop, still, prev, steps,
-            accepted,
+            plan.call, plan.constants, None, t, y, f0, times[1], t_stop, still, prev,
+            counts[0], counts[1],
         )  # fmt: skip
         t1, h, y1, accept, t_next = step.t1, step.h, step.y1, step.accept, step.t_next
-        # (an input returned as it is would alias: while_loop refuses that)
-        new_prev = step.previous_ratio if ctrl.pcoeff else prev.clone()
+        new_prev = step.previous_ratio if ctrl.pcoeff else prev
         stacked, h_y = step.k_all, h.to(y.real.dtype)[:, None]
         f1 = step.k_last if fsal else plan.call(t1, y1)
         still_next = step.still
         wrote = torch.zeros_like(still)
         if not n_inner:
-            outs = outs.clone()
+            outs = outs.clone()  # (an input returned as it is would alias: while_loop refuses)
         else:
             lo = sign * (inner[:, None] - t[None]) > 0
             crossed = accept[None] & lo & (sign * (inner[:, None] - t1[None]) <= 0)
@@ -199,27 +198,23 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
             value = torch.where((inner[:, None] == t1[None])[..., None], y1[None], value)
             outs = torch.where(crossed[..., None], value, outs)
             wrote = crossed.any(0)
-        nfe = nfe + (len(c) - 1) * still
+        nfe = counts[2] + (len(c) - 1) * still
         if not fsal:  # f(t1, y1): the next f0, or the interpolant of the last step's outputs
             nfe = nfe + (accept & (still_next | wrote))
         proposal = step.proposal
         stalled = _stalled(still_next, t_next, proposal, t_stop, sign).any()
         return (
-            it + 1,
-            t_next,
+            torch.stack([loop[0] + 1, stalled.long()]),
+            torch.stack([t_next, proposal, new_prev]),
             step.y_accepted,
             torch.where(accept[:, None], f1, f0),
-            proposal,
-            new_prev,
-            step.n_steps,
-            step.n_accepted,
-            nfe,
+            torch.stack([step.n_steps, step.n_accepted, nfe, still_next.long()]),
             outs,
-            still_next,
-            stalled,
         )
 
-    it, t, y, _, proposal, _, steps, accepted, nfe, outs, still, _ = while_loop(cond, body, carry)
+    loop, times, y, _, counts, outs = while_loop(cond, body, carry)
+    it, t, proposal, still = loop[0], times[0], times[1], counts[3] != 0
+    steps, accepted, nfe = counts[0], counts[1], counts[2]
     outputs = torch.cat([y0[None], outs, y[None]])
     report = torch.stack(
         [(~torch.isfinite(d1)).any().long(), still.any().long(), it, steps.sum(), accepted.sum()]

@@ -77,17 +77,31 @@ def unsupported(config: Any, spec: Any) -> str | None:
 
 
 def integrate_whole(
-    term: ODETerm, y0_flat: torch.Tensor, ts: list[float], config: Any, stats: SolveStats
+    term: ODETerm,
+    y0_flat: torch.Tensor,
+    ts: list[float],
+    config: Any,
+    stats: SolveStats,
+    plans: dict[float, Any] | None = None,
 ) -> torch.Tensor:
-    """Solve as one compiled graph; return (len(ts), n) flat states (see the module)."""
-    ctrl: PIController = config.controller
+    """Solve as one compiled graph; return (len(ts), n) flat states (see the module).
+    ``plans``: ``planned``'s (plan, coefficients, graph) by direction of time, for solves
+    whose f, settings, shapes, dtype and device are those of the solve that filled it
+    (``_warm``): looked up there first, and filled."""
     per_sample = config.per_sample
-    batch = int(term.spec.shapes[0][0]) if per_sample else 1
+    batch = term.spec.shapes[0][0] if per_sample else 1
     if len(ts) == 1:
         return y0_flat[None]
     y = y0_flat.reshape(batch, -1)
     sign = 1.0 if ts[-1] > ts[0] else -1.0
-    plan, co, run = planned(_solve_graph, term, y, ts, config, sign)
+    entry = None if plans is None else plans.get(sign)
+    if entry is None:
+        entry = planned(_solve_graph, term, y, ts, config, sign)
+        if plans is not None:
+            plans[sign] = entry
+    plan, co, run = entry
+    # (the plan's controller: its settings are config.controller's, and no caller changes it)
+    ctrl: PIController = plan.controller
     ts_tensor = _times(ts, y.device)
     try:
         result = run(plan, y, ts_tensor)

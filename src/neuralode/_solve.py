@@ -33,7 +33,8 @@ from ._validate import (
 )
 from ._vmap import solve_vmapped, vmap_level
 from ._vmap_inside import solve_inside_vmap
-from ._warm import lookup, remember, solve_warm, warm_key
+from ._warm import _ENTRIES as _WARM
+from ._warm import remember, solve_warm, warm_key
 from .adjoint.base import GradientStrategy, Problem
 from .adjoint.direct import Direct
 from .controllers.base import StepSizeController
@@ -191,7 +192,10 @@ def solve(
         and not jump_t
     ):
         key = warm_key(func, y0, ts, solver, controller, per_sample, max_steps)
-        warm = None if key is None else lookup(key)
+        try:
+            warm = None if key is None else _WARM.get(key)
+        except TypeError:  # an unhashable f
+            warm = None
         if warm is not None:
             solution = solve_warm(key, warm, y0, ts)
             if solution is not None:
@@ -285,7 +289,7 @@ def solve(
     if event is None:
         ys = run_gradient(gradient, problem)
         if key is not None:
-            remember(key, spec, func, y0_flat, config, cleared)
+            remember(key, spec, func, y0_flat, config, cleared, len(times))
         stats.nfe = term.nfe
         if throw:
             check_finite(ys, times)

@@ -7,8 +7,10 @@ conditions, the state's dtype and shape) and the objects they make (the state's 
 loop's settings, the plan of the graph). A call whose other arguments keep their defaults
 and that runs under ``torch.no_grad()`` with no ``torch.func`` transform is keyed by f (as
 itself), the solver and controller by type and settings (``_whole_plan._settings``: plain
-attributes only, else no key), ``per_sample``, ``compile`` and ``max_steps`` by type and
-value, and the shapes, dtypes and devices of y0 and ts. After a key's first solve ran as
+attributes only, else no key; read anew on each call, so that a controller changed in place
+is another key), ``per_sample`` (a bool) and ``max_steps`` (an int or ``None``), and the
+shapes, dtypes and devices of y0 and ts (``compile`` is ``True`` or ``"solve"``, one
+execution). After a key's first solve ran as
 one graph (``solve``'s full path), a later call with an equal key checks only what depends
 on its values (y0 finite, the times and the outputs) and runs the remembered plan (another
 direction of time: its own plan, kept alongside). A key is kept only where the tolerances
@@ -83,16 +85,14 @@ def warm_key(
     )  # fmt: skip
 
 
-def lookup(key: tuple) -> Warm | None:
-    """The key's ``Warm``, if its first solve ran as one graph."""
-    try:
-        return _ENTRIES.get(key)
-    except TypeError:  # an unhashable f
-        return None
-
-
 def remember(
-    key: tuple, spec: Any, func: Any, y0_flat: torch.Tensor, config: Any, cleared: bool
+    key: tuple,
+    spec: Any,
+    func: Any,
+    y0_flat: torch.Tensor,
+    config: Any,
+    cleared: bool,
+    n_out: int,
 ) -> None:
     """Keep what the key's solve made, if it ran as one graph (``config.whole_plans``
     filled) and ``check_tolerances`` passes whatever y0's values (``cleared``)."""
@@ -104,7 +104,7 @@ def remember(
         return
     if len(_ENTRIES) >= _MOST_ENTRIES:
         _ENTRIES.pop(next(iter(_ENTRIES)))
-    _ENTRIES[key] = Warm(spec, func, y0_flat, config, key[8][0])
+    _ENTRIES[key] = Warm(spec, func, y0_flat, config, n_out)
 
 
 _transform_level = torch._C._functorch.maybe_current_level  # (None: no transform active)
@@ -122,11 +122,14 @@ def solve_warm(key: tuple, warm: Warm, y0: torch.Tensor, ts: torch.Tensor) -> So
     stats = SolveStats()
     term = warm.term.fresh()
     try:
-        ys = _whole_solve.integrate_whole(term, flat, times, warm.config, stats, warm.plans)
+        ys = _whole_solve.integrate_whole(
+            term, flat, times, warm.config, stats, warm.plans, warm.out_shape
+        )
     except _whole_solve.WholeSolveUnavailable:  # the full path warns and compiles steps
         _ENTRIES.pop(key, None)
         return None
     stats.status = success(warm.shape, flat)
     stats.nfe = term.nfe
-    check_finite(ys, times)
-    return Solution(ts=ts, ys=ys.reshape(warm.out_shape), stats=stats, status=stats.status)
+    if not all_finite(ys):  # (ys in the state's shape: check_finite reads them flat)
+        check_finite(ys.reshape(len(times), -1), times)
+    return Solution(ts=ts, ys=ys, stats=stats, status=stats.status)

@@ -83,11 +83,12 @@ def integrate_whole(
     config: Any,
     stats: SolveStats,
     plans: dict[float, Any] | None = None,
+    shape: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
-    """Solve as one compiled graph; return (len(ts), n) flat states (see the module).
-    ``plans``: ``planned``'s (plan, coefficients, graph) by direction of time, for solves
-    whose f, settings, shapes, dtype and device are those of the solve that filled it
-    (``_warm``): looked up there first, and filled."""
+    """Solve as one compiled graph; return (len(ts), n) flat states, or the states in
+    ``shape`` (see the module). ``plans``: ``planned``'s (plan, coefficients, graph) by
+    direction of time, for solves whose f, settings, shapes, dtype and device are those of
+    the solve that filled it (``_warm``): looked up there first, and filled."""
     per_sample = config.per_sample
     batch = term.spec.shapes[0][0] if per_sample else 1
     if len(ts) == 1:
@@ -141,7 +142,7 @@ def integrate_whole(
         stats.sample_steps = n_steps
         stats.sample_accepted = n_accepted
         stats.sample_rejected = n_steps - n_accepted
-    return outputs.reshape(len(ts), -1)
+    return outputs.reshape(len(ts), -1) if shape is None else outputs.reshape(shape)
 
 
 def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cmath
+import itertools
 import math
 import operator
 import warnings
@@ -201,7 +202,7 @@ def all_finite(x: torch.Tensor) -> bool:
     sum of finite entries falls back to the exact elementwise test). A few entries on the CPU
     are summed in Python (one read instead of a reduction and a read)."""
     if x.numel() <= _FEW and x.is_cpu and not wrapped(x):
-        if cmath.isfinite(sum((x if x.dim() == 1 else x.reshape(-1)).tolist())):
+        if cmath.isfinite(_python_sum(x)):
             return True
         return bool(torch.isfinite(x).all())
     total = x.sum()
@@ -213,6 +214,19 @@ def all_finite(x: torch.Tensor) -> bool:
 
 
 _FEW = 64  # (summing more entries in Python costs more than a reduction)
+
+
+def _python_sum(x: torch.Tensor) -> Any:
+    """The sum of a CPU tensor's entries as a Python number, from one ``tolist``."""
+    dims = x.dim()
+    if dims == 0:
+        return x.item()
+    values = x.tolist()
+    if dims == 1:
+        return sum(values)
+    for _ in range(dims - 2):  # (rows of rows: one level of lists each)
+        values = itertools.chain.from_iterable(values)
+    return sum(map(sum, values))
 
 
 def check_finite(ys: torch.Tensor, times: list[float] | torch.Tensor) -> None:

@@ -40,7 +40,7 @@ class Warm:
     settings (with the plan's copies of the solver and controller), the plans by
     direction of time, the shape of the status and that of the outputs."""
 
-    __slots__ = ("term", "config", "plans", "shape", "out_shape")
+    __slots__ = ("term", "config", "plans", "shape", "out_shape", "rows", "as_rows")
 
     def __init__(self, spec: Any, func: Any, y0_flat: torch.Tensor, config: Any, n_out: int):
         plan = next(iter(config.whole_plans.values()))[0]
@@ -56,6 +56,10 @@ class Warm:
             whole_plans=self.plans,
         )
         self.shape = spec.shapes[0][:1] if config.per_sample else ()
+        # the graph's (batch, n) rows of y0; y0 itself where it has that shape
+        batch = spec.shapes[0][0] if config.per_sample else 1
+        self.rows = (batch, spec.numels[0] // batch)
+        self.as_rows = tuple(spec.shapes[0]) == self.rows
 
 
 def warm_key(
@@ -114,8 +118,12 @@ def solve_warm(key: tuple, warm: Warm, y0: torch.Tensor, ts: torch.Tensor) -> So
     """The solve of a keyed call after its key's first: the checks of its values, the
     remembered plan's graph, the output check. ``None``: the full path must run (it raises
     or warns what it finds)."""
-    flat = y0.reshape(-1)
-    if not all_finite(flat):
+    # (y0 itself if contiguous and outside autograd: as its view, it matches the guards)
+    if warm.as_rows and not y0.requires_grad and y0.is_contiguous():
+        rows = y0
+    else:
+        rows = y0.reshape(warm.rows)
+    if not all_finite(rows):
         return None
     # (ts's shape, dtype and device are the key's first call's, which check_times passed)
     times = check_time_values(ts.tolist())
@@ -123,12 +131,12 @@ def solve_warm(key: tuple, warm: Warm, y0: torch.Tensor, ts: torch.Tensor) -> So
     term = warm.term.fresh()
     try:
         ys = _whole_solve.integrate_whole(
-            term, flat, times, warm.config, stats, warm.plans, warm.out_shape
+            term, rows, times, warm.config, stats, warm.plans, warm.out_shape
         )
     except _whole_solve.WholeSolveUnavailable:  # the full path warns and compiles steps
         _ENTRIES.pop(key, None)
         return None
-    stats.status = success(warm.shape, flat)
+    stats.status = success(warm.shape, rows)
     stats.nfe = term.nfe
     if not all_finite(ys):  # (ys in the state's shape: check_finite reads them flat)
         check_finite(ys.reshape(len(times), -1), times)

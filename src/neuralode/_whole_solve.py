@@ -85,15 +85,16 @@ def integrate_whole(
     plans: dict[float, Any] | None = None,
     shape: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
-    """Solve as one compiled graph; return (len(ts), n) flat states, or the states in
-    ``shape`` (see the module). ``plans``: ``planned``'s (plan, coefficients, graph) by
+    """Solve as one compiled graph from ``y0_flat`` (the flat state, or its (batch, n)
+    rows); return (len(ts), n) flat states, or the states in ``shape`` (see the module).
+    ``plans``: ``planned``'s (plan, coefficients, graph) by
     direction of time, for solves whose f, settings, shapes, dtype and device are those of
     the solve that filled it (``_warm``): looked up there first, and filled."""
     per_sample = config.per_sample
     batch = term.spec.shapes[0][0] if per_sample else 1
     if len(ts) == 1:
         return y0_flat[None]
-    y = y0_flat.reshape(batch, -1)
+    y = y0_flat if y0_flat.dim() == 2 else y0_flat.reshape(batch, -1)
     sign = 1.0 if ts[-1] > ts[0] else -1.0
     entry = None if plans is None else plans.get(sign)
     if entry is None:

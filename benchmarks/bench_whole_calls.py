@@ -8,7 +8,8 @@ thread time per call of the whole solve, of the compiled graph's call (dynamo's 
 guards, AOTAutograd's and inductor's wrappers, the C++ loop), of its guard check alone
 (``guard_manager.check`` on the call's inputs), of ``integrate_whole`` around the graph (the
 plan, the output times, the one read after the graph) and of ``solve`` around
-``integrate_whole`` (validation, dispatch, the output check, the ``Solution``). Compare two
+``integrate_whole`` (a warm call's key and the checks of its values, ``_warm``; the output
+check, the ``Solution``). Compare two
 versions by running it with each one's ``src`` first on ``PYTHONPATH``, alternately (the
 breakdown needs ``_whole_plan``). Run: ``flock /tmp/neuralode-timing.lock taskset -c 1 env
 OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_whole_calls.py [--parts]``.

@@ -199,3 +199,19 @@ def test_a_fresh_term_counts_and_checks_anew():
     assert (term.nfe, term._checked) == (1, True)
     assert (fresh.nfe, fresh._checked, fresh._buffers) == (0, False, {})
     assert fresh._buffers is not term._buffers and fresh.func is term.func
+
+
+def test_a_graph_that_cannot_run_keeps_no_key():
+    """Past torch's recompile limit the whole solve warns and compiles each step: no key
+    is kept for it, so each later call warns again and returns the eager result."""
+    fields = [lambda t, y, k=k: -k * y for k in (4.0, 5.0)]
+    with torch._dynamo.config.patch(recompile_limit=1), torch.no_grad():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for f in fields:  # (the first may compile: one graph is within the limit)
+                no.solve(f, Y0, TS, compile=True)
+            before = len(caught)
+            for _ in range(2):
+                same(no.solve(fields[1], Y0, TS, compile=True), no.solve(fields[1], Y0, TS))
+    assert [str(w.message).count("recompile_limit") > 0 for w in caught[before:]] == [True] * 2
+    assert not any(key[0] is fields[1] for key in _warm._ENTRIES)

@@ -177,19 +177,12 @@ def solve(
     key = None  # a warm call's key (``_warm``): its other arguments keep their defaults
     if (
         (compile is True or compile == "solve")
-        and norm is None
-        and gradient is None
-        and event is None
-        and saveat is None
-        and dense is False
+        and norm is gradient is event is saveat is callbacks is None  # (each of them None)
+        and dense is perturb is False
         and throw is True
-        and perturb is False
-        and callbacks is None
         and not aliases
-        and type(step_t) is tuple
-        and not step_t
-        and type(jump_t) is tuple
-        and not jump_t
+        and type(step_t) is type(jump_t) is tuple
+        and not (step_t or jump_t)
     ):
         key = warm_key(func, y0, ts, solver, controller, per_sample, max_steps)
         try:

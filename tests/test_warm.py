@@ -72,7 +72,8 @@ def test_a_warm_call_equals_the_full_path_with_new_objects_and_values(warm_calls
         assert not warm_calls  # (the first call of a key goes the full way)
         ts = torch.tensor([0.0, 0.3, 2.0], dtype=torch.float64)
         controller = no.PIController(1e-7, 1e-9)
-        warm = no.solve(decay, -2 * Y0, ts, controller=controller, compile=True)
+        with torch._dynamo.config.patch(error_on_recompile=True):  # (y0 itself: no new graph)
+            warm = no.solve(decay, -2 * Y0, ts, controller=controller, compile=True)
         assert len(warm_calls) == 1 and warm_calls[0] is warm
         same(warm, no.solve(decay, -2 * Y0, ts, controller=controller))
         again = no.solve(decay, Y0, TS, controller=controller, compile=True)

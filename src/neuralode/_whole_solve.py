@@ -144,7 +144,9 @@ def integrate_whole(
         stats.sample_steps = n_steps
         stats.sample_accepted = n_accepted
         stats.sample_rejected = n_steps - n_accepted
-    return outputs.reshape(len(ts), -1) if shape is None else outputs.reshape(shape)
+    if shape is None:
+        return outputs.reshape(len(ts), -1)
+    return outputs if outputs.shape == shape else outputs.reshape(shape)
 
 
 def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, ...]:

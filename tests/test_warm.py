@@ -77,6 +77,12 @@ def test_a_warm_call_equals_the_full_path_with_new_objects_and_values(warm_calls
         assert len(warm_calls) == 1 and warm_calls[0] is warm
         same(warm, no.solve(decay, -2 * Y0, ts, controller=controller))
         again = no.solve(decay, Y0, TS, controller=controller, compile=True)
+        # the rows' shape, contiguous with other strides (a transposed column): no new graph
+        column = torch.tensor([[0.5], [-0.3]], dtype=torch.float64).T
+        assert column.is_contiguous() and column.stride() != (2, 1)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            transposed = no.solve(decay, column, TS, controller=controller, compile=True)
+        same(transposed, no.solve(decay, column, TS, controller=controller))
     counts = [{k: v for k, v in s.stats.as_dict().items() if k != "status"} for s in (again, first)]
     assert counts[0] == counts[1] and counts[0]["nfe"] > 0 and again.status is not first.status
     assert torch.equal(again.ys, first.ys) and again.ys.shape == (3, 1, 2)

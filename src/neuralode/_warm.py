@@ -40,7 +40,7 @@ class Warm:
     settings (with the plan's copies of the solver and controller), the plans by
     direction of time, the shape of the status and that of the outputs."""
 
-    __slots__ = ("term", "config", "plans", "shape", "out_shape", "rows", "as_rows")
+    __slots__ = ("term", "config", "plans", "shape", "out_shape", "rows", "as_rows", "graph_shape")
 
     def __init__(self, spec: Any, func: Any, y0_flat: torch.Tensor, config: Any, n_out: int):
         plan = next(iter(config.whole_plans.values()))[0]
@@ -60,6 +60,7 @@ class Warm:
         batch = spec.shapes[0][0] if config.per_sample else 1
         self.rows = (batch, spec.numels[0] // batch)
         self.as_rows = tuple(spec.shapes[0]) == self.rows
+        self.graph_shape = (n_out, *self.rows)  # (the graph's outputs: (len(ts), batch, n))
 
 
 def warm_key(
@@ -130,14 +131,15 @@ def solve_warm(key: tuple, warm: Warm, y0: torch.Tensor, ts: torch.Tensor) -> So
     stats = SolveStats()
     term = warm.term.fresh()
     try:
-        ys = _whole_solve.integrate_whole(
-            term, rows, times, warm.config, stats, warm.plans, warm.out_shape
+        outputs = _whole_solve.integrate_whole(
+            term, rows, times, warm.config, stats, warm.plans, warm.graph_shape
         )
     except _whole_solve.WholeSolveUnavailable:  # the full path warns and compiles steps
         _ENTRIES.pop(key, None)
         return None
     stats.status = success(warm.shape, rows)
     stats.nfe = term.nfe
-    if not all_finite(ys):  # (ys in the state's shape: check_finite reads them flat)
-        check_finite(ys.reshape(len(times), -1), times)
+    if not all_finite(outputs):  # (check_finite reads them flat)
+        check_finite(outputs.reshape(len(times), -1), times)
+    ys = outputs if warm.as_rows else outputs.reshape(warm.out_shape)
     return Solution(ts=ts, ys=ys, stats=stats, status=stats.status)

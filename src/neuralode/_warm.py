@@ -10,12 +10,13 @@ itself), the solver and controller by type and settings (``_whole_plan._settings
 attributes only, else no key; read anew on each call, so that a controller changed in place
 is another key), ``per_sample`` (a bool) and ``max_steps`` (an int or ``None``), and the
 shapes, dtypes and devices of y0 and ts (``compile`` is ``True`` or ``"solve"``, one
-execution). After a key's first solve ran as
-one graph (``solve``'s full path), a later call with an equal key checks only what depends
-on its values (y0 finite, the times and the outputs) and runs the remembered plan (another
-direction of time: its own plan, kept alongside). A key is kept only where the tolerances
-pass for every y0 of the dtype (``check_tolerances``), and a non-finite y0 or a graph that
-cannot run goes the full way, which raises or warns as always.
+execution). After a key's first solve ran as one graph (``solve``'s full path), a later
+call with an equal key checks only what depends on its values (y0 finite, the times and the
+outputs) and runs the remembered plan (another direction of time: its own plan, kept
+alongside). A key is kept only where the tolerances pass for every y0 of the dtype
+(``check_tolerances``), and a non-finite y0 or a graph that cannot run goes the full way,
+which raises or warns as always. Nothing is keyed by ``id()``: f and the settings are held
+by the key itself (the last 8 keys, which keep their f alive as the plans do).
 """
 
 from __future__ import annotations

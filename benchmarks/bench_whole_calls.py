@@ -3,14 +3,15 @@
 ``torch.no_grad()``, one thread.
 
 Per batch (``--batches``, default ``1,16``): the first call (compilation, s) and the minimum
-over 7 rounds of the mean of 200 warm calls (us), printed as JSON. With ``--parts`` (batch 1):
-thread time per call of the whole solve, of the compiled graph's call (dynamo's frame and
-guards, AOTAutograd's and inductor's wrappers, the C++ loop), of its guard check alone
-(``guard_manager.check`` on the call's inputs), of ``integrate_whole`` around the graph (the
-plan, the output times, the one read after the graph) and of ``solve`` around
-``integrate_whole`` (validation, dispatch, the output check, the ``Solution``). Compare two
-versions by running it with each one's ``src`` first on ``PYTHONPATH``, alternately (the
-breakdown needs ``_whole_plan``). Run: ``flock /tmp/neuralode-timing.lock taskset -c 1 env
+over 7 rounds of the mean of 200 warm calls (us), printed as JSON. With ``--parts`` (at the
+first of ``--batches``): thread time per call of the whole solve, of the compiled graph's
+call (dynamo's frame and guards, AOTAutograd's and inductor's wrappers, the C++ loop), of
+its guard check alone (``guard_manager.check`` on the call's inputs), of
+``integrate_whole`` around the graph (the plan, the output times, the one read after the
+graph) and of ``solve`` around ``integrate_whole`` (a warm call's key and the checks of its
+values, ``_warm``; the output check, the ``Solution``). Compare two versions by running it
+with each one's ``src`` first on ``PYTHONPATH``, alternately (the breakdown needs
+``_whole_plan``). Run: ``flock /tmp/neuralode-timing.lock taskset -c 1 env
 OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_whole_calls.py [--parts]``.
 """
 
@@ -51,10 +52,10 @@ def calls(batches: list[int]) -> dict[int, list[float]]:
     return out
 
 
-def parts(n: int = 3000) -> str:
+def parts(batch: int = 1, n: int = 3000) -> str:
     from neuralode import _compile, _whole_solve
 
-    f, y0, ts = mlp(1)
+    f, y0, ts = mlp(batch)
     controller = no.PIController(rtol=RTOL, atol=ATOL)
     clock = time.thread_time_ns
     spent = {"integrate_whole": 0, "graph": 0}
@@ -112,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.parts:
-        print(parts())
+        print(parts(int(args.batches.split(",")[0])))
     else:
         print(json.dumps(calls([int(b) for b in args.batches.split(",")])))
 

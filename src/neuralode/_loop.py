@@ -48,6 +48,8 @@ class LoopConfig:
     # False: a failure stops the solve (or its sample) with a ``Status`` instead of raising
     throw: bool = True
     save: Any = None  # ``_recorder.Recorder``: keeps the steps (dense output, SaveAt(steps))
+    # the compiled whole solve's plans by direction of time, kept for warm calls (``_warm``)
+    whole_plans: dict[float, Any] | None = None
 
     @property
     def per_sample(self) -> bool:
@@ -151,7 +153,7 @@ def _integrate(
     if config.execution.compile == "solve" and whole:
         if _whole_solve.unsupported(config, term.spec) is None:  # else: each step compiled
             try:
-                return _whole_solve.integrate_whole(term, y0, ts, config, stats)
+                return _whole_solve.integrate_whole(term, y0, ts, config, stats, config.whole_plans)
             except _whole_solve.WholeSolveUnavailable as error:
                 warnings.warn(str(error), stacklevel=4)
     if config.per_sample or config.device_loop:

@@ -33,6 +33,8 @@ from ._validate import (
 )
 from ._vmap import solve_vmapped, vmap_level
 from ._vmap_inside import solve_inside_vmap
+from ._warm import _ENTRIES as _WARM
+from ._warm import remember, solve_warm, warm_key
 from .adjoint.base import GradientStrategy, Problem
 from .adjoint.direct import Direct
 from .controllers.base import StepSizeController
@@ -172,19 +174,38 @@ def solve(
         StepSizeUnderflowError: the step size became too small to make progress in time.
         NonFiniteError: NaN or infinity appeared in the state.
     """
+    key = None  # a warm call's key (``_warm``): its other arguments keep their defaults
+    if (
+        (compile is True or compile == "solve")
+        and norm is gradient is event is saveat is callbacks is None  # (each of them None)
+        and dense is perturb is False
+        and throw is True
+        and not aliases
+        and type(step_t) is type(jump_t) is tuple
+        and not (step_t or jump_t)
+    ):
+        key = warm_key(func, y0, ts, solver, controller, per_sample, max_steps)
+        try:
+            warm = None if key is None else _WARM.get(key)
+        except TypeError:  # an unhashable f
+            warm = None
+        if warm is not None:
+            solution = solve_warm(key, warm, y0, ts)
+            if solution is not None:
+                return solution
     solver, controller, gradient, norm = coerce_strategies(solver, controller, gradient, norm)
     solver = Dopri5() if solver is None else solver
     if transform_active():  # (one query when no torch.func transform runs: the common case)
         level = vmap_level(y0, ts)
         if level is not None:  # under torch.func.vmap: each problem its own steps
             options = dict(locals())
-            for name in ("func", "y0", "ts", "level", "aliases"):
-                options.pop(name)
+            for name in ("func", "y0", "ts", "level", "aliases", "key", "warm"):
+                options.pop(name, None)
             return solve_vmapped(solve, func, y0, ts, level, {**options, **aliases})
         if vmap_active():  # a transform inside vmap, or a vmap over func's captured tensors
             options = dict(locals())
-            for name in ("func", "y0", "ts", "level", "aliases"):
-                options.pop(name)
+            for name in ("func", "y0", "ts", "level", "aliases", "key", "warm"):
+                options.pop(name, None)
             return solve_inside_vmap(solve, func, y0, ts, {**options, **aliases})
     spec, y0_flat = check_state(y0)
     execution = Execution.of(per_sample, compile, **aliases)
@@ -195,7 +216,7 @@ def solve(
     if controller is None:
         controller = PIController() if solver.adaptive else FixedGrid()
     solver.set_tolerances(getattr(controller, "rtol", None), getattr(controller, "atol", None))
-    check_tolerances(controller, y0_flat)
+    cleared = check_tolerances(controller, y0_flat)
     if max_steps is None:
         max_steps = NO_STEP_LIMIT
     if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps <= 0:
@@ -247,6 +268,7 @@ def solve(
         execution=execution,
         throw=bool(throw),
         save=Recorder() if saveat is not None and saveat.records else None,
+        whole_plans=None if key is None else {},
     )
     term = func.bind(spec, y0_flat) if sde else ODETerm(func, spec, y0_flat)
     stats = SolveStats()
@@ -259,6 +281,8 @@ def solve(
     gradient = Direct() if gradient is None else gradient
     if event is None:
         ys = run_gradient(gradient, problem)
+        if key is not None:
+            remember(key, spec, func, y0_flat, config, cleared, len(times))
         stats.nfe = term.nfe
         if throw:
             check_finite(ys, times)

@@ -67,6 +67,15 @@ class ODETerm:
         self._numpy_time = _NUMPY_TIME.get(self.time_dtype) if self._cpu else None
         self._buffers: dict[tuple[int, int], Any] = {}
 
+    def fresh(self) -> ODETerm:
+        """A term of the same f, state structure, dtype and device as ``ODETerm`` makes it
+        (nothing counted, f's output not checked yet, no buffers), without deriving its
+        facts from the state again."""
+        term = object.__new__(ODETerm)
+        term.__dict__.update(self.__dict__)
+        term.nfe, term.counting, term._checked, term._buffers = 0, True, False, {}
+        return term
+
     def time(self, t: float | torch.Tensor, perturb: float = 0.0) -> torch.Tensor:
         """``t`` (a number or a 0-dim tensor) as a 0-dim tensor of the time dtype;
         ``perturb`` != 0 moves it one ulp towards ``t + perturb``."""

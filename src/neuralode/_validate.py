@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cmath
+import itertools
 import math
 import operator
 import warnings
@@ -102,26 +103,28 @@ def _check_dtype(where: str, leaf: torch.Tensor) -> None:
         )
 
 
-def check_tolerances(controller: Any, y0: torch.Tensor) -> None:
+def check_tolerances(controller: Any, y0: torch.Tensor) -> bool:
     """Refuse tolerances below a tenth of a 16-bit state's resolution (eps), and warn about
     those below a hundredth of a wider one's: the error cannot be measured that finely, so
     the solve would stall or return values far less accurate than asked. An ``atol`` above
-    that level at y0's scale (1 for a zero y0) makes the tolerance reachable."""
+    that level at y0's scale (1 for a zero y0) makes the tolerance reachable.
+
+    Returns:
+        Whether the tolerances pass for every state of y0's dtype (``rtol`` alone clears the
+        level, or the controller has none): no later solve of that dtype needs the check.
+    """
     rtol, atol = getattr(controller, "rtol", None), getattr(controller, "atol", None)
     if rtol is None or atol is None:
-        return
-    real = y0.real.dtype
-    eps = torch.finfo(real).eps
-    low_precision = real in LOW_PRECISION
-    floor = eps / 10 if low_precision else eps / 100
+        return True
+    real, eps, low_precision, floor = _resolution(y0.dtype)
     rtol_min = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
     if rtol_min >= floor:
-        return
+        return True
     atol_min = float(atol.min()) if isinstance(atol, torch.Tensor) else float(atol)
     # the state's magnitude, 1 for a zero y0 (whose solution leaves zero at some scale)
     scale = (float(y0.detach().abs().max()) if y0.numel() else 0.0) or 1.0
     if atol_min >= floor * scale:
-        return
+        return False
     message = (
         f"rtol={rtol_min:g} (with atol={atol_min:g}) is below the resolution of y0's dtype "
         f"{real} (eps {eps:.3g}): the error cannot be controlled that finely. Use "
@@ -130,6 +133,23 @@ def check_tolerances(controller: Any, y0: torch.Tensor) -> None:
     if low_precision:
         raise ValueError(message + " or a wider dtype (float32, float64) for the state")
     warnings.warn(message + " or float64 for the state", stacklevel=3)
+    return False
+
+
+def _resolution(dtype: torch.dtype) -> tuple[torch.dtype, float, bool, float]:
+    """A state dtype's real dtype, its eps, whether it is 16-bit, and the lowest rtol
+    ``check_tolerances`` lets pass alone (made once per dtype)."""
+    found = _RESOLUTIONS.get(dtype)
+    if found is None:
+        real = dtype.to_real() if dtype.is_complex else dtype
+        eps = torch.finfo(real).eps
+        low_precision = real in LOW_PRECISION
+        floor = eps / 10 if low_precision else eps / 100
+        found = _RESOLUTIONS[dtype] = (real, eps, low_precision, floor)
+    return found
+
+
+_RESOLUTIONS: dict[torch.dtype, tuple[torch.dtype, float, bool, float]] = {}
 
 
 def check_times(ts: Any, device: torch.device, open_end: bool = False) -> list[float]:
@@ -144,7 +164,12 @@ def check_times(ts: Any, device: torch.device, open_end: bool = False) -> list[f
         raise TypeError(f"t must be a floating point tensor, got dtype {ts.dtype}")
     if ts.device != device:
         raise ValueError(f"t is on {ts.device} but y0 is on {device}; put both on one device")
-    times = ts.tolist()  # exact: every float dtype converts to Python floats without rounding
+    return check_time_values(ts.tolist(), open_end)
+
+
+def check_time_values(times: list[float], open_end: bool = False) -> list[float]:
+    """``check_times``'s checks of the values (``ts.tolist()``: exact, every float dtype
+    converts to Python floats without rounding): finite, strictly monotonic; ``times``."""
     finite = times[:-1] if open_end else times
     if not all(map(math.isfinite, finite)) or times[-1] != times[-1]:
         raise ValueError(f"t contains NaN or inf: {times}")
@@ -174,13 +199,34 @@ def check_grid_times(name: str, values: Any) -> tuple[float, ...]:
 def all_finite(x: torch.Tensor) -> bool:
     """Whether every entry is finite, with one reduction in the common case: a NaN or inf
     entry makes the sum non-finite (a finite sum proves all entries finite; an overflowing
-    sum of finite entries falls back to the exact elementwise test)."""
+    sum of finite entries falls back to the exact elementwise test). A few entries on the CPU
+    are summed in Python (one read instead of a reduction and a read)."""
+    if x.numel() <= _FEW and x.is_cpu and not wrapped(x):
+        if cmath.isfinite(_python_sum(x)):
+            return True
+        return bool(torch.isfinite(x).all())
     total = x.sum()
     if wrapped(total):  # every vmapped problem's
         total = plain(total).sum()
     if cmath.isfinite(total.item()):
         return True
     return bool(across(torch.isfinite(x).all(), torch.all))
+
+
+_FEW = 64  # (summing more entries in Python costs more than a reduction)
+
+
+def _python_sum(x: torch.Tensor) -> Any:
+    """The sum of a CPU tensor's entries as a Python number, from one ``tolist``."""
+    dims = x.dim()
+    if dims == 0:
+        return x.item()
+    values = x.tolist()
+    if dims == 1:
+        return sum(values)
+    for _ in range(dims - 2):  # (rows of rows: one level of lists each)
+        values = itertools.chain.from_iterable(values)
+    return sum(map(sum, values))
 
 
 def check_finite(ys: torch.Tensor, times: list[float] | torch.Tensor) -> None:

@@ -77,17 +77,32 @@ def unsupported(config: Any, spec: Any) -> str | None:
 
 
 def integrate_whole(
-    term: ODETerm, y0_flat: torch.Tensor, ts: list[float], config: Any, stats: SolveStats
+    term: ODETerm,
+    y0_flat: torch.Tensor,
+    ts: list[float],
+    config: Any,
+    stats: SolveStats,
+    plans: dict[float, Any] | None = None,
+    shape: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
-    """Solve as one compiled graph; return (len(ts), n) flat states (see the module)."""
-    ctrl: PIController = config.controller
+    """Solve as one compiled graph from ``y0_flat`` (the flat state, or its (batch, n)
+    rows); return (len(ts), n) flat states, or the states in ``shape`` (see the module).
+    ``plans``: ``planned``'s (plan, coefficients, graph) by direction of time, for solves
+    whose f, settings, shapes, dtype and device are those of the solve that filled it
+    (``_warm``): looked up there first, and filled once the graph has run."""
     per_sample = config.per_sample
-    batch = int(term.spec.shapes[0][0]) if per_sample else 1
+    batch = term.spec.shapes[0][0] if per_sample else 1
     if len(ts) == 1:
         return y0_flat[None]
-    y = y0_flat.reshape(batch, -1)
+    y = y0_flat if y0_flat.dim() == 2 else y0_flat.reshape(batch, -1)
     sign = 1.0 if ts[-1] > ts[0] else -1.0
-    plan, co, run = planned(_solve_graph, term, y, ts, config, sign)
+    entry = None if plans is None else plans.get(sign)
+    planned_now = entry is None
+    if planned_now:
+        entry = planned(_solve_graph, term, y, ts, config, sign)
+    plan, co, run = entry
+    # (the plan's controller: its settings are config.controller's, and no caller changes it)
+    ctrl: PIController = plan.controller
     ts_tensor = _times(ts, y.device)
     try:
         result = run(plan, y, ts_tensor)
@@ -105,6 +120,8 @@ def integrate_whole(
             f"one while_loop graph ({type(error).__name__}: {str(error).splitlines()[0]}); "
             "each step is compiled instead"
         ) from error
+    if planned_now and plans is not None:  # (a plan whose graph runs)
+        plans[sign] = entry
     outputs, t, proposal, still, n_steps, n_accepted, nfe, d1, report = result
     # every count and check in one read: the solve's only host synchronisation
     bad_f0, running, iterations, steps, accepted = report.tolist()
@@ -127,7 +144,9 @@ def integrate_whole(
         stats.sample_steps = n_steps
         stats.sample_accepted = n_accepted
         stats.sample_rejected = n_steps - n_accepted
-    return outputs.reshape(len(ts), -1)
+    if shape is None:
+        return outputs.reshape(len(ts), -1)
+    return outputs if outputs.shape == shape else outputs.reshape(shape)
 
 
 def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, ...]:

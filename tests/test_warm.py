@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
 import warnings
 
 import pytest
@@ -45,15 +44,14 @@ def decay(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def warm_calls(monkeypatch):
     """The solutions the remembered path returned (``None``: it sent the call the full way)."""
     returned = []
-    solve_module = sys.modules["neuralode._solve"]
-    original = solve_module.solve_warm
+    original = _warm._solve
 
     def spy(*args):
         solution = original(*args)
         returned.append(solution)
         return solution
 
-    monkeypatch.setattr(solve_module, "solve_warm", spy)
+    monkeypatch.setattr(_warm, "_solve", spy)
     return returned
 
 

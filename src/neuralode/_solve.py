@@ -33,8 +33,7 @@ from ._validate import (
 )
 from ._vmap import solve_vmapped, vmap_level
 from ._vmap_inside import solve_inside_vmap
-from ._warm import _ENTRIES as _WARM
-from ._warm import remember, solve_warm, warm_key
+from ._warm import defaults, remember, solve_warm
 from .adjoint.base import GradientStrategy, Problem
 from .adjoint.direct import Direct
 from .controllers.base import StepSizeController
@@ -175,38 +174,24 @@ def solve(
         NonFiniteError: NaN or infinity appeared in the state.
     """
     key = None  # a warm call's key (``_warm``): its other arguments keep their defaults
-    if (
-        (compile is True or compile == "solve")
-        and norm is gradient is event is saveat is callbacks is None  # (each of them None)
-        and dense is perturb is False
-        and throw is True
-        and not aliases
-        and type(step_t) is type(jump_t) is tuple
-        and not (step_t or jump_t)
+    if (compile is True or compile == "solve") and defaults(
+        norm, gradient, event, saveat, callbacks, dense, perturb, throw, step_t, jump_t, aliases
     ):
-        key = warm_key(func, y0, ts, solver, controller, per_sample, max_steps)
-        try:
-            warm = None if key is None else _WARM.get(key)
-        except TypeError:  # an unhashable f
-            warm = None
-        if warm is not None:
-            solution = solve_warm(key, warm, y0, ts)
-            if solution is not None:
-                return solution
+        key, solution = solve_warm(func, y0, ts, solver, controller, per_sample, max_steps)
+        if solution is not None:
+            return solution
     solver, controller, gradient, norm = coerce_strategies(solver, controller, gradient, norm)
     solver = Dopri5() if solver is None else solver
-    if transform_active():  # (one query when no torch.func transform runs: the common case)
-        level = vmap_level(y0, ts)
-        if level is not None:  # under torch.func.vmap: each problem its own steps
-            options = dict(locals())
-            for name in ("func", "y0", "ts", "level", "aliases", "key", "warm"):
-                options.pop(name, None)
+    # under torch.func.vmap: each problem its own steps; inside vmap: a transform inside it,
+    # or a vmap over func's captured tensors (one query when no transform runs)
+    level = vmap_level(y0, ts) if transform_active() else None
+    if level is not None or (transform_active() and vmap_active()):
+        options = dict(locals())
+        for name in ("func", "y0", "ts", "level", "aliases", "key", "solution"):
+            options.pop(name, None)
+        if level is not None:
             return solve_vmapped(solve, func, y0, ts, level, {**options, **aliases})
-        if vmap_active():  # a transform inside vmap, or a vmap over func's captured tensors
-            options = dict(locals())
-            for name in ("func", "y0", "ts", "level", "aliases", "key", "warm"):
-                options.pop(name, None)
-            return solve_inside_vmap(solve, func, y0, ts, {**options, **aliases})
+        return solve_inside_vmap(solve, func, y0, ts, {**options, **aliases})
     spec, y0_flat = check_state(y0)
     execution = Execution.of(per_sample, compile, **aliases)
     if isinstance(ts, torch.Tensor) and ts.ndim == 2 and execution.per_sample:

@@ -64,6 +64,23 @@ class Warm:
         self.graph_shape = (n_out, *self.rows)  # (the graph's outputs: (len(ts), batch, n))
 
 
+def defaults(*options: Any) -> bool:
+    """Whether a call's other arguments keep their defaults and it passes no option
+    aliases (a keyed call's condition besides ``compile`` asking for the whole solve):
+    ``options`` are ``solve``'s norm, gradient, event, saveat, callbacks, dense, perturb,
+    throw, step_t, jump_t and aliases, in this order."""
+    norm, gradient, event, saveat, callbacks, dense, perturb, throw, step_t, jump_t, aliases = (
+        options
+    )
+    return (
+        norm is gradient is event is saveat is callbacks is None  # (each of them None)
+        and dense is perturb is False
+        and throw is True
+        and type(step_t) is type(jump_t) is tuple
+        and not (step_t or jump_t or aliases)
+    )  # fmt: skip
+
+
 def warm_key(
     func: Any, y0: Any, ts: Any, solver: Any, controller: Any, per_sample: Any, max_steps: Any
 ) -> tuple | None:
@@ -116,7 +133,23 @@ def remember(
 _transform_level = torch._C._functorch.maybe_current_level  # (None: no transform active)
 
 
-def solve_warm(key: tuple, warm: Warm, y0: torch.Tensor, ts: torch.Tensor) -> Solution | None:
+def solve_warm(
+    func: Any, y0: Any, ts: Any, solver: Any, controller: Any, per_sample: Any, max_steps: Any
+) -> tuple[tuple | None, Solution | None]:
+    """A call's key (``None``: not keyed, ``warm_key``) and, when its key's first solve ran
+    as one graph, its solution (``None``: the full path must run, and raises or warns what
+    it finds)."""
+    key = warm_key(func, y0, ts, solver, controller, per_sample, max_steps)
+    try:
+        warm = None if key is None else _ENTRIES.get(key)
+    except TypeError:  # an unhashable f
+        return None, None
+    if warm is None:
+        return key, None
+    return key, _solve(key, warm, y0, ts)
+
+
+def _solve(key: tuple, warm: Warm, y0: torch.Tensor, ts: torch.Tensor) -> Solution | None:
     """The solve of a keyed call after its key's first: the checks of its values, the
     remembered plan's graph, the output check. ``None``: the full path must run (it raises
     or warns what it finds)."""

@@ -27,8 +27,9 @@ in the user's own compiled code):
 
   Both give ``tanh(-0.0) = -0.0``, NaN for NaN and +-1 for +-inf. A compiled (1024, 64)
   tanh takes about 0.37 of torch's time with the rational form and 0.54 with Cephes' (the
-  compiled call's own cost left out; BENCHMARKS.md). float64 and the other dtypes keep torch's lowering. With inductor's
-  own approximation switched on (``torch._inductor.config.cpp.use_decompose_tanh``,
+  compiled call's own cost left out; BENCHMARKS.md). float64 and the other dtypes keep
+  torch's lowering. With inductor's own approximation switched on
+  (``torch._inductor.config.cpp.use_decompose_tanh``,
   ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=1``: a relative error of up to 2e7 ulp near 0)
   that one is used instead.
 - **small matrix products** (``small_addmm``, ``small_mm``). Inductor calls ATen's

@@ -69,17 +69,27 @@ def test_tanh_float32_leaves_other_dtypes_to_torch():
 
 
 @needs_compiler
-def test_compiled_tanh_is_the_fused_one_in_float32_and_torchs_in_float64():
+@pytest.mark.parametrize("contract", ["off", "fast"])
+def test_compiled_tanh_is_the_fused_one_in_float32_and_torchs_in_float64(contract, monkeypatch):
+    """Compiled with separate multiplies and adds, the float32 tanh is the eager form to
+    round-off; with fused multiply-adds (the backend's default) it rounds differently
+    and keeps the forms' error bounds."""
+    import neuralode._whole_backend as backend
+
+    monkeypatch.setattr(backend, "FLOATING_POINT_CONTRACT", contract)
+    torch._dynamo.reset()
     x = float32_grid()  # (one long row of values: the rational form)
     compiled = torch.compile(torch.tanh, backend=whole_solve_backend, dynamic=False)
     y = compiled(x)
     assert ulps(y, x).max() <= 6.5
-    torch.testing.assert_close(y, tanh_rational(x), rtol=2.5e-7, atol=0)
+    if contract == "off":
+        torch.testing.assert_close(y, tanh_rational(x), rtol=2.5e-7, atol=0)
     assert torch.signbit(y[x.shape[0] - 8])  # tanh(-0.0) = -0.0
     rows = x[: len(x) // SMALL_ROWS * SMALL_ROWS].reshape(SMALL_ROWS, -1)  # (Cephes' form)
     y = compiled(rows)
     assert ulps(y, rows).max() <= 1.35
-    torch.testing.assert_close(y, tanh_cephes(rows), rtol=2.5e-7, atol=0)
+    if contract == "off":
+        torch.testing.assert_close(y, tanh_cephes(rows), rtol=2.5e-7, atol=0)
     x64 = torch.linspace(-20, 20, 100001, dtype=torch.float64)
     torch.testing.assert_close(compiled(x64), torch.tanh(x64), rtol=1e-15, atol=1e-300)
 
@@ -207,5 +217,25 @@ def test_backend_names_its_lowerings_in_the_cache_key(monkeypatch):
     assert seen[0][1][aten.tanh.default] is tanh_float32
     assert seen[0][1][aten.addmm.default] is small_addmm
     assert aten.tanh.default not in seen[2][1] or seen[2][1][aten.tanh.default] is not tanh_float32
-    assert seen[0][2] == {"cpp_wrapper": True}
+    assert seen[0][2] == {"cpp_wrapper": True, "cpp.enable_floating_point_contract_flag": "fast"}
     assert torch.compiler.config.cache_key_tag == ""
+
+
+@needs_compiler
+def test_backend_fuses_products_into_sums():
+    """a * b + c with a = b = 1 + 2^-13 and c = -(1 + 2^-12) is 2^-26 exactly; rounding the
+    product first (separate multiply and add) gives 0. The backend's kernels use fused
+    multiply-adds wherever the CPU has them (inductor's vectorised kernels need AVX2 or
+    AVX-512 on x86, which have them)."""
+    from torch._inductor import cpu_vec_isa
+
+    if not cpu_vec_isa.pick_vec_isa():
+        pytest.skip("inductor compiles scalar kernels here: no fused multiply-add")
+    a = torch.full((64,), 1 + 2**-13)
+    c = torch.full((64,), -(1 + 2**-12))
+    assert torch.equal(a * a + c, torch.zeros(64))  # eager: two roundings
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda a, b, c: a * b + c, backend=whole_solve_backend, fullgraph=True, dynamic=False
+    )
+    assert torch.equal(compiled(a, a, c), torch.full((64,), 2.0**-26))

@@ -12,6 +12,13 @@ term 1) in ``s = x^2`` with ``tanh(x) / x ~ P(s) / Q(s)`` on [0, 9], by Lawson's
 (least squares of the linearised relative error, reweighted by the error until the largest
 one stops falling), and prints them with their largest relative error and their float32
 error in ulp over every 7th float32 in [0, 20].
+
+``--ulps`` checks the rational form over every float32 in [0, 20] (the form is odd: so are
+its values), evaluated eagerly (separate multiplies and adds) and compiled by the whole-solve
+backend (fused multiply-adds): its largest error in ulp against float64 tanh, the mean, and
+its largest value (at most 1: the form is not clamped to 1); and, for the form without its
+clamp of x, its first value above 1 and the smallest float32 above 7.9 where it is exactly 1
+in both evaluations (``RATIONAL_CLAMP``).
 """
 
 from __future__ import annotations
@@ -94,14 +101,65 @@ def show_fit() -> None:
     print(f"the backend's: largest error {ulps.max():.2f} ulp, mean {ulps.mean():.3f} ulp")
 
 
+def ulps_of_every_float32() -> None:
+    import numpy as np
+    import torch
+
+    from neuralode import _whole_backend as backend
+
+    torch.set_num_threads(1)
+    compiled = torch.compile(
+        backend.tanh_rational, backend=backend.whole_solve_backend, dynamic=False
+    )  # (rows > SMALL_ROWS: the rational form)
+    forms = {"eager": backend.tanh_rational, "compiled": lambda x: compiled(x.reshape(-1, 64))}
+    chunk = 1 << 24
+    for name, form in forms.items():
+        worst, worst_x, total, count, largest = 0.0, 0.0, 0.0, 0, 0.0
+        for start in range(0, 0x41A00000, chunk):
+            x = torch.from_numpy(np.arange(start, start + chunk, dtype=np.uint32).view(np.float32))
+            y = form(x).reshape(-1)
+            exact = torch.tanh(x.double())
+            spacing = np.spacing(exact.float().numpy()).astype(np.float64)
+            ulps = (y.double() - exact).abs() / torch.from_numpy(spacing)
+            i = int(ulps.argmax())
+            if ulps[i] > worst:
+                worst, worst_x = float(ulps[i]), float(x[i])
+            total, count = total + float(ulps.sum()), count + len(x)
+            largest = max(largest, float(y.max()))
+        print(
+            f"{name}: largest error {worst:.2f} ulp (at x = {worst_x:.6g}), mean "
+            f"{total / count:.3f} ulp, largest value {largest!r}"
+        )
+    # the form without its clamp of x, on [7.9, 9]
+    clamp = backend.RATIONAL_CLAMP
+    try:
+        backend.RATIONAL_CLAMP = 1e30
+        torch._dynamo.reset()
+        low, high = np.float32(7.9).view(np.uint32), np.float32(9.0).view(np.uint32)
+        x = torch.from_numpy(
+            np.arange(low, high - (high - low) % 64, dtype=np.uint32).view(np.float32)
+        )
+        eager, fused = backend.tanh_rational(x), compiled(x.reshape(-1, 64)).reshape(-1)
+    finally:
+        backend.RATIONAL_CLAMP = clamp
+        torch._dynamo.reset()
+    for name, y in (("eager", eager), ("compiled", fused)):
+        print(f"unclamped {name}: first value above 1 at x = {float(x[y > 1][0]):.6g}")
+    one = x[(eager == 1) & (fused == 1)]
+    print(f"smallest float32 above 7.9 where both are 1: {float(one[0])!r}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fit", action="store_true", help="derive the rational tanh")
+    parser.add_argument("--ulps", action="store_true", help="its error over every float32")
     args = parser.parse_args()
     if args.fit:
         return show_fit()
+    if args.ulps:
+        return ulps_of_every_float32()
     if args.child:
         return child()
     best: dict[tuple[str, int], float] = {}

@@ -5,7 +5,8 @@
 Per batch (``--batches``, default ``1,16``): the first call (compilation, s) and the minimum
 over 7 rounds of the mean of 200 warm calls (us), printed as JSON. With ``--parts`` (at the
 first of ``--batches``): thread time per call of the whole solve, of the compiled graph's
-call (dynamo's frame and guards, AOTAutograd's and inductor's wrappers, the C++ loop), of
+call (``_compile.Direct``'s guard check, AOTAutograd's and inductor's wrappers, the C++
+loop), of
 its guard check alone (``guard_manager.check`` on the call's inputs), of
 ``integrate_whole`` around the graph (the plan, the output times, the one read after the
 graph) and of ``solve`` around ``integrate_whole`` (a warm call's key and the checks of its
@@ -91,7 +92,7 @@ def parts(batch: int = 1, n: int = 3000) -> str:
         total = (clock() - start) / n / 1e3
         # (inside no_grad: the guards check the grad mode)
         entry = next(v for (_, key), v in _compile._COMPILED.items() if key[0] == "whole")
-        code = entry._torchdynamo_orig_callable.__code__
+        code = entry.code  # (the whole solve's ``_compile.Direct``)
         guards = torch._dynamo.eval_frame._debug_get_cache_entry_list(code)[0].guard_manager
         assert guards.check(inputs)
         start = time.perf_counter_ns()

@@ -239,3 +239,22 @@ def test_backend_fuses_products_into_sums():
         lambda a, b, c: a * b + c, backend=whole_solve_backend, fullgraph=True, dynamic=False
     )
     assert torch.equal(compiled(a, a, c), torch.full((64,), 2.0**-26))
+
+
+@needs_compiler
+def test_rational_tanh_never_exceeds_one_and_is_one_from_its_clamp_on():
+    """The rational form has no clamp of its result: every float32 in [4, RATIONAL_CLAMP]
+    gives at most 1, eagerly and compiled with fused multiply-adds, and x at or beyond the
+    clamp gives exactly 1 (so does -x: -1)."""
+    from neuralode._whole_backend import RATIONAL_CLAMP
+
+    low, high = np.float32(4.0).view(np.uint32), np.float32(RATIONAL_CLAMP).view(np.uint32)
+    bits = np.arange(low, high + 1, dtype=np.uint32)
+    x = torch.from_numpy(bits[: len(bits) // 64 * 64].view(np.float32).copy())
+    x = torch.cat([x, torch.tensor([RATIONAL_CLAMP, 8.5, 20.0, float("inf")] * 16)])
+    torch._dynamo.reset()
+    compiled = torch.compile(tanh_rational, backend=whole_solve_backend, dynamic=False)
+    for y in (tanh_rational(x), compiled(x.reshape(-1, 64)).reshape(-1)):
+        assert y.max() <= 1.0
+        assert torch.equal(y[-64:], torch.ones(64))
+        assert torch.equal(tanh_rational(-x[-64:]), -torch.ones(64))

@@ -10,20 +10,26 @@ in the user's own compiled code):
   inductor fuses into one vectorised loop, in one of two forms:
 
   - ``tanh_rational``, a rational function without ``exp``, as Eigen's and so XLA's CPU
-    tanh: ``x P(x^2) / Q(x^2)`` with x clamped at 9 (tanh rounds to 1 there) and the result
-    at +-1, P of degree 6 and Q of degree 3 fitted to the minimax relative error of
-    ``tanh(x) / x`` on [0, 9] (6.6e-9 in exact arithmetic; ``benchmarks/bench_tanh.py
-    --fit`` derives them). Largest error over every float32: 6.5 ulp (at 6.08), mean 0.08
-    ulp. It takes the place of tanh wherever its input has more than ``SMALL_ROWS``
-    rows.
+    tanh: ``x P(x^2) / Q(x^2)``, P of degree 6 and Q of degree 3 fitted to the minimax
+    relative error of ``tanh(x) / x`` on [0, 9] (6.6e-9 in exact arithmetic;
+    ``benchmarks/bench_tanh.py --fit`` derives them), with x clamped at
+    ``RATIONAL_CLAMP`` (7.965): the smallest float32 above 7.9 at which the form rounds to
+    exactly 1 in float32, with fused multiply-adds and without. Below it the form never
+    exceeds 1 (its first value above 1 is at 8.0198 without fused multiply-adds, 8.1143
+    with them), so the result needs no clamp, which costs about a quarter of the form's
+    time; tanh(7.965) is 1 - 2.4e-7, within 4.1 ulp of 1. Largest error over every
+    float32: 6.46 ulp (at 6.08) without fused multiply-adds and 5.93 ulp with them, mean
+    0.08 ulp (``bench_tanh.py --ulps``). It takes the place of tanh wherever its input has
+    more than ``SMALL_ROWS`` rows.
   - ``tanh_cephes``, as Cephes' ``tanhf``: for ``|x| < 0.625`` ``x + x^3 P(x^2)`` with
     Moshier's minimax polynomial P of degree 4; above, ``1 - 2 / (exp(2|x|) + 1)`` (the
     result is at least 0.55: no cancellation) with ``|x|`` clamped at 20; the sign copied
     from x. Largest error: 1.3 ulp (torch's: 0.51 ulp). It takes the place of tanh on at
     most ``SMALL_ROWS`` rows, whose values feed the fused small matrix products below:
-    inductor inlines a short pointwise expression such as the rational form into the
-    product's reduction and computes it again for every output column (2.3 times the
-    whole batch-16 solve), while this longer one it computes once.
+    inductor inlines a pointwise expression without ``exp`` such as the rational form into
+    the product's reduction and computes it again for every output column (2.3 times the
+    whole batch-16 solve), while one with ``exp`` it computes once (its CPU heuristic for
+    reused expressions with heavy operations).
 
   Both give ``tanh(-0.0) = -0.0``, NaN for NaN and +-1 for +-inf. A compiled (1024, 64)
   tanh takes about 0.37 of torch's time with the rational form and 0.54 with Cephes' (the
@@ -65,8 +71,11 @@ _FUSED_DTYPES = (torch.float32, torch.float64)
 FLOATING_POINT_CONTRACT = "fast"  # the C++ compiler's -ffp-contract: products fused into sums
 
 # the rational tanh: x clamped at RATIONAL_CLAMP, tanh(x) = x P(x^2) / Q(x^2), the
-# coefficients from the highest power down (Q's constant term is 1)
-RATIONAL_CLAMP = 9.0
+# coefficients from the highest power down (Q's constant term is 1); RATIONAL_CLAMP is the
+# smallest float32 above 7.9 where the form is exactly 1 with and without fused
+# multiply-adds (``bench_tanh.py --ulps`` finds it and checks that no float32 below it
+# gives more than 1)
+RATIONAL_CLAMP = 7.964992046356201
 RATIONAL_P = (
     -8.488543872551399e-14,
     5.277892078870118e-11,
@@ -116,7 +125,7 @@ def tanh_rational(x: torch.Tensor) -> torch.Tensor:
     q = square * RATIONAL_Q[0] + RATIONAL_Q[1]
     for c in RATIONAL_Q[2:]:
         q = q * square + c
-    return torch.clamp(clamped * p / q, -1.0, 1.0)
+    return clamped * p / q
 
 
 def tanh_cephes(x: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ term 1) in ``s = x^2`` with ``tanh(x) / x ~ P(s) / Q(s)`` on [0, 9], by Lawson's
 one stops falling), and prints them with their largest relative error and their float32
 error in ulp over every 7th float32 in [0, 20].
 
-``--ulps`` checks the rational form over every float32 in [0, 20] (the form is odd: so are
-its values), evaluated eagerly (separate multiplies and adds) and compiled by the whole-solve
+``--ulps`` checks the rational form over every float32 in [0, 20] (it is odd: -x gives the
+negated value), evaluated eagerly (separate multiplies and adds) and compiled by the whole-solve
 backend (fused multiply-adds): its largest error in ulp against float64 tanh, the mean, and
 its largest value (at most 1: the form is not clamped to 1); and, for the form without its
 clamp of x, its first value above 1 and the smallest float32 above 7.9 where it is exactly 1
@@ -110,7 +110,7 @@ def ulps_of_every_float32() -> None:
     torch.set_num_threads(1)
     compiled = torch.compile(
         backend.tanh_rational, backend=backend.whole_solve_backend, dynamic=False
-    )  # (rows > SMALL_ROWS: the rational form)
+    )
     forms = {"eager": backend.tanh_rational, "compiled": lambda x: compiled(x.reshape(-1, 64))}
     chunk = 1 << 24
     for name, form in forms.items():

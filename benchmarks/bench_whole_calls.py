@@ -2,12 +2,13 @@
 (2-64-64-2 tanh, float32, seed 0, t in [0, 1], dopri5 rtol 1e-6 atol 1e-8) under
 ``torch.no_grad()``, one thread.
 
-Per batch (``--batches``, default ``1,16``): the first call (compilation, s) and the minimum
-over 7 rounds of the mean of 200 warm calls (us), printed as JSON. With ``--parts`` (at the
+Per batch (``--batches``, default ``1,16``): the minimum over 7 rounds of the mean of 200
+warm calls (us), the first call (compilation, s) and the steps, printed as JSON. With
+``--as-diffrax`` the controller takes diffrax's steps (``PIController(first_step=0.01,
+shrink_after_accept=False)``: 4 at batch 1 and 16, as diffrax). With ``--parts`` (at the
 first of ``--batches``): thread time per call of the whole solve, of the compiled graph's
 call (``_compile.Direct``'s guard check, AOTAutograd's and inductor's wrappers, the C++
-loop), of
-its guard check alone (``guard_manager.check`` on the call's inputs), of
+loop), of its guard check alone (``guard_manager.check`` on the call's inputs), of
 ``integrate_whole`` around the graph (the plan, the output times, the one read after the
 graph) and of ``solve`` around ``integrate_whole`` (a warm call's key and the checks of its
 values, ``_warm``; the output check, the ``Solution``). Compare two versions by running it
@@ -32,14 +33,19 @@ from bench_engine import ATOL, RTOL, mlp  # noqa: E402
 import neuralode as no  # noqa: E402
 
 
-def calls(batches: list[int]) -> dict[int, list[float]]:
+def calls(batches: list[int], as_diffrax: bool = False) -> dict[int, list[float]]:
     out = {}
     for batch in batches:
         f, y0, ts = mlp(batch)
-        controller = no.PIController(rtol=RTOL, atol=ATOL)
+        if as_diffrax:  # diffrax's steps (BENCHMARKS.md, "Steps against diffrax")
+            controller = no.PIController(
+                rtol=RTOL, atol=ATOL, first_step=0.01, shrink_after_accept=False
+            )
+        else:
+            controller = no.PIController(rtol=RTOL, atol=ATOL)
         with torch.no_grad():
             start = time.perf_counter()
-            no.solve(f, y0, ts, controller=controller, compile=True)
+            steps = no.solve(f, y0, ts, controller=controller, compile=True).stats.n_steps
             first = time.perf_counter() - start
             for _ in range(100):
                 no.solve(f, y0, ts, controller=controller, compile=True)
@@ -49,7 +55,7 @@ def calls(batches: list[int]) -> dict[int, list[float]]:
                 for _ in range(200):
                     no.solve(f, y0, ts, controller=controller, compile=True)
                 best = min(best, (time.perf_counter_ns() - start) / 200 / 1e3)
-        out[batch] = [round(best, 1), round(first, 1)]
+        out[batch] = [round(best, 1), round(first, 1), steps]
     return out
 
 
@@ -111,12 +117,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--parts", action="store_true")
+    parser.add_argument("--as-diffrax", action="store_true", help="diffrax's step rule")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.parts:
         print(parts(int(args.batches.split(",")[0])))
     else:
-        print(json.dumps(calls([int(b) for b in args.batches.split(",")])))
+        print(json.dumps(calls([int(b) for b in args.batches.split(",")], args.as_diffrax)))
 
 
 if __name__ == "__main__":

@@ -94,13 +94,16 @@ def test_compiled_tanh_is_the_fused_one_in_float32_and_torchs_in_float64(contrac
     torch.testing.assert_close(compiled(x64), torch.tanh(x64), rtol=1e-15, atol=1e-300)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize(
+    "rows, inner, columns", [(1, 64, 48), (3, 64, 48), (16, 64, 48), (300, 2, 64), (300, 64, 3)]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_small_matrix_products_equal_torchs_to_round_off(rows, dtype):
+def test_small_and_thin_matrix_products_equal_torchs_to_round_off(rows, inner, columns, dtype):
     gen = torch.Generator().manual_seed(rows)
-    a = torch.randn(rows, 64, generator=gen, dtype=dtype)
-    b = torch.randn(64, 48, generator=gen, dtype=dtype)
-    bias = torch.randn(48, generator=gen, dtype=dtype)
+    a = torch.randn(rows, inner, generator=gen, dtype=dtype)
+    b = torch.randn(inner, columns, generator=gen, dtype=dtype)
+    bias = torch.randn(columns, generator=gen, dtype=dtype)
+    assert small_mm(a, b) is not NotImplemented
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(small_mm(a, b), a @ b, **tol)
     torch.testing.assert_close(small_addmm(bias, a, b), torch.addmm(bias, a, b), **tol)
@@ -115,7 +118,7 @@ def test_small_matrix_products_equal_torchs_to_round_off(rows, dtype):
 
 def test_large_or_other_matrix_products_keep_inductors_lowering():
     a, b, bias = torch.ones(17, 8), torch.ones(8, 8), torch.ones(8)
-    assert small_mm(a, b) is NotImplemented  # more rows than SMALL_ROWS
+    assert small_mm(a, b) is NotImplemented  # more rows than SMALL_ROWS, not thin
     assert small_addmm(bias, a, b) is NotImplemented
     assert small_mm(torch.ones(1, 512), torch.ones(512, 512)) is NotImplemented  # too many
     assert small_mm(torch.ones(2, 3, dtype=torch.int64), torch.ones(3, 2, dtype=torch.int64)) is (
@@ -258,3 +261,21 @@ def test_rational_tanh_never_exceeds_one_and_is_one_from_its_clamp_on():
         assert y.max() <= 1.0
         assert torch.equal(y[-64:], torch.ones(64))
         assert torch.equal(tanh_rational(-x[-64:]), -torch.ones(64))
+
+
+@needs_compiler
+def test_compiled_thin_products_equal_the_eager_mlp():
+    """An MLP 2-64-64-2 at 300 rows through the backend: the thin first and last layers
+    (their inputs materialized) and ATen's middle one give the eager values to round-off."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
+        torch.nn.Linear(64, 2),
+    )  # fmt: skip
+    x = torch.randn(300, 2)
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda x: net(x * 0.5 + 0.1), backend=whole_solve_backend, fullgraph=True, dynamic=False
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), net(x * 0.5 + 0.1), rtol=1e-5, atol=1e-6)

@@ -54,7 +54,7 @@ in the user's own compiled code):
   ``mat1`` is first ``materialize``d (an identity that inductor computes into a buffer of
   its own) so that the expression which computes it (a stage of the Runge-Kutta step, a
   tanh) is not computed again for every output column. A batch-256 MLP solve takes about
-  0.92 of its time, a batch-1024 one 0.96.
+  0.87 of its time, a batch-1024 one 0.93 (BENCHMARKS.md).
 
 Every kernel of these graphs is compiled with ``-ffp-contract=fast``
 (``FLOATING_POINT_CONTRACT``): the C++ compiler fuses a product and the sum that uses it into

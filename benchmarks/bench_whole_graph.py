@@ -139,7 +139,7 @@ def tanh_table(batches: list[int]) -> None:
     import torch._inductor.config as inductor_config
     from torch._inductor.compile_fx import compile_fx
 
-    from neuralode._whole_backend import SMALL_ROWS, whole_solve_backend
+    from neuralode._whole_backend import whole_solve_backend
 
     torch.set_num_threads(1)
 
@@ -173,11 +173,6 @@ def tanh_table(batches: list[int]) -> None:
         return f"{float(ulps.max()):.2f}"
 
     errors = {name: error(fn(grid)) for name, fn in fns.items()}
-    # the backend's two forms: the rational one (one long row), Cephes' (SMALL_ROWS rows)
-    rows = grid[: len(grid) // SMALL_ROWS * SMALL_ROWS].reshape(SMALL_ROWS, -1)
-    exact, spacing = exact[: rows.numel()], spacing[: rows.numel()]
-    backend = fns["whole-solve backend"]
-    errors["whole-solve backend"] += f" (rational), {error(backend(rows))} (Cephes)"
     print("| (batch, 64) float32 tanh | " + " | ".join(f"{n} (us)" for n in fns) + " |")
     print("|---:|" + "---:|" * len(fns))
     for batch in batches:

@@ -6,35 +6,21 @@ in the user's own compiled code):
 
 - **float32 tanh** (``tanh_float32``). Inductor (torch 2.13) compiles ``torch.tanh`` to
   SLEEF's vectorised ``tanhf`` (0.5 ulp), which costs about as much as the (1024, 64) x
-  (64, 64) matrix product of a tanh MLP. ``tanh_float32`` computes it from operations
-  inductor fuses into one vectorised loop, in one of two forms:
-
-  - ``tanh_rational``, a rational function without ``exp``, as Eigen's and so XLA's CPU
-    tanh: ``x P(x^2) / Q(x^2)``, P of degree 6 and Q of degree 3 fitted to the minimax
-    relative error of ``tanh(x) / x`` on [0, 9] (6.6e-9 in exact arithmetic;
-    ``benchmarks/bench_tanh.py --fit`` derives them), with x clamped at
-    ``RATIONAL_CLAMP`` (7.965): the smallest float32 above 7.9 at which the form rounds to
-    exactly 1 in float32, with fused multiply-adds and without. Below it the form never
-    exceeds 1 (its first value above 1 is at 8.0198 without fused multiply-adds, 8.1143
-    with them), so the result needs no clamp, which costs about a quarter of the form's
-    time; tanh(7.965) is 1 - 2.4e-7, within 4.1 ulp of 1. Largest error over every
-    float32: 6.46 ulp (at 6.08) without fused multiply-adds and 5.93 ulp with them, mean
-    0.08 ulp (``bench_tanh.py --ulps``). It takes the place of tanh wherever its input has
-    more than ``SMALL_ROWS`` rows.
-  - ``tanh_cephes``, as Cephes' ``tanhf``: for ``|x| < 0.625`` ``x + x^3 P(x^2)`` with
-    Moshier's minimax polynomial P of degree 4; above, ``1 - 2 / (exp(2|x|) + 1)`` (the
-    result is at least 0.55: no cancellation) with ``|x|`` clamped at 20; the sign copied
-    from x. Largest error: 1.3 ulp (torch's: 0.51 ulp). It takes the place of tanh on at
-    most ``SMALL_ROWS`` rows, whose values feed the fused small matrix products below:
-    inductor inlines a pointwise expression without ``exp`` such as the rational form into
-    the product's reduction and computes it again for every output column (2.3 times the
-    whole batch-16 solve), while one with ``exp`` it computes once (its CPU heuristic for
-    reused expressions with heavy operations).
-
-  Both give ``tanh(-0.0) = -0.0``, NaN for NaN and +-1 for +-inf. A compiled (1024, 64)
-  tanh takes about 0.22 of torch's time with the rational form (the compiled call's own
-  cost left out; BENCHMARKS.md). float64 and the other dtypes keep
-  torch's lowering. With inductor's own approximation switched on
+  (64, 64) matrix product of a tanh MLP. ``tanh_float32`` computes it as ``tanh_rational``
+  from operations inductor fuses into one vectorised loop: a rational function without
+  ``exp``, as Eigen's and so XLA's CPU tanh, ``x P(x^2) / Q(x^2)``, P of degree 6 and Q of
+  degree 3 fitted to the minimax relative error of ``tanh(x) / x`` on [0, 9] (6.6e-9 in
+  exact arithmetic; ``benchmarks/bench_tanh.py --fit`` derives them), with x clamped at
+  ``RATIONAL_CLAMP`` (7.965): the smallest float32 above 7.9 at which the form rounds to
+  exactly 1 in float32, with fused multiply-adds and without. Below it the form never
+  exceeds 1 (its first value above 1 is at 8.0198 without fused multiply-adds, 8.1143 with
+  them), so the result needs no clamp, which costs about a quarter of the form's time;
+  tanh(7.965) is 1 - 2.4e-7, within 4.1 ulp of 1. Largest error over every float32: 6.46
+  ulp (at 6.08) without fused multiply-adds and 5.93 ulp with them, mean 0.08 ulp
+  (``bench_tanh.py --ulps``). It gives ``tanh(-0.0) = -0.0``, NaN for NaN and +-1 for
+  +-inf. A compiled (1024, 64) tanh takes about 0.22 of torch's time (the compiled call's
+  own cost left out; BENCHMARKS.md). float64 and the other dtypes keep torch's lowering.
+  With inductor's own approximation switched on
   (``torch._inductor.config.cpp.use_decompose_tanh``,
   ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=1``: a relative error of up to 2e7 ulp near 0)
   that one is used instead.
@@ -44,7 +30,10 @@ in the user's own compiled code):
   (e.g. an MLP layer of width 64 at batch 16) the product becomes a fused reduction of
   products instead, which inductor merges with the bias, the activation and the stage
   arithmetic around it: a batch-1 MLP solve's loop runs in about half the time. The
-  sums are the same up to their order (round-off).
+  sums are the same up to their order (round-off). A ``mat1`` with more than ``THIN``
+  columns is ``materialize``d first (below): inductor would otherwise inline the expression
+  computing it (an activation such as the tanh) into the product's reduction and compute
+  it again for every output column (2.3 times the whole batch-16 solve).
 - **thin matrix products** (the same two functions). With more rows but at most ``THIN``
   columns in ``mat1`` (an MLP's first layer on a 2-dimensional state) the product is a
   sum of ``THIN`` or fewer broadcast products, which inductor fuses with the bias and the
@@ -73,8 +62,6 @@ from typing import Any
 
 import torch
 
-THRESHOLD = 0.625  # tanh: below it the polynomial, above it the exponential form
-CLAMP = 20.0  # tanh(20) rounds to 1 in float32 and float64
 SMALL_ROWS = 16  # matrix products with at most this many rows are fused...
 SMALL_SIZE = 16 * 64 * 64  # ...and at most this many multiplications
 THIN = 4  # larger products with at most this many columns in mat1 or mat2 are fused too
@@ -104,26 +91,12 @@ RATIONAL_Q = (
 )
 
 
-# Moshier's minimax polynomial for tanh on |x| < 0.625 (Cephes ``tanhf``):
-# tanh(x) = x + x^3 P(x^2), P's coefficients from the highest power down
-SMALL_POLYNOMIAL = (
-    -5.70498872745e-3,
-    2.06390887954e-2,
-    -5.37397155531e-2,
-    1.33314422036e-1,
-    -3.33332819422e-1,
-)
-
-
 def tanh_float32(x: torch.Tensor) -> Any:
-    """tanh of a float32 CPU tensor as fused arithmetic: ``tanh_rational`` on more than
-    ``SMALL_ROWS`` rows, ``tanh_cephes`` on fewer (see the module); ``NotImplemented``
-    (torch's own lowering) for other dtypes and devices."""
+    """tanh of a float32 CPU tensor as fused arithmetic (``tanh_rational``, see the module);
+    ``NotImplemented`` (torch's own lowering) for other dtypes and devices."""
     if x.dtype != torch.float32 or x.device.type != "cpu":
         return NotImplemented
-    if x.dim() and x.shape[0] > SMALL_ROWS:
-        return tanh_rational(x)
-    return tanh_cephes(x)
+    return tanh_rational(x)
 
 
 def tanh_rational(x: torch.Tensor) -> torch.Tensor:
@@ -139,19 +112,6 @@ def tanh_rational(x: torch.Tensor) -> torch.Tensor:
     return clamped * p / q
 
 
-def tanh_cephes(x: torch.Tensor) -> torch.Tensor:
-    """tanh as Cephes' ``tanhf`` (see the module): 1.3 ulp in float32."""
-    size = torch.abs(x)
-    e = torch.exp(2.0 * torch.clamp(size, max=CLAMP))
-    large = 1.0 - 2.0 / (e + 1.0)
-    square = size * size
-    p = torch.full_like(square, SMALL_POLYNOMIAL[0])
-    for c in SMALL_POLYNOMIAL[1:]:
-        p = p * square + c
-    small = p * square * size + size
-    return torch.copysign(torch.where(size < THRESHOLD, small, large), x)
-
-
 def _fused(mat1: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor | None:
     """``mat1 @ mat2`` as fused arithmetic where small or thin (see the module); ``None``
     for inductor's own decomposition."""
@@ -160,6 +120,8 @@ def _fused(mat1: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor | None:
     rows, inner = mat1.shape
     columns = mat2.shape[1]
     if rows <= SMALL_ROWS and rows * inner * columns <= SMALL_SIZE:
+        if inner > THIN:
+            mat1 = materialize(mat1)
         return (mat1[:, :, None] * mat2[None]).sum(1)
     if inner <= THIN:
         mat1 = materialize(mat1)

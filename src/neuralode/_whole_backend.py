@@ -35,15 +35,16 @@ in the user's own compiled code):
   computing it (an activation such as the tanh) into the product's reduction and compute
   it again for every output column (2.3 times the whole batch-16 solve).
 - **thin matrix products** (the same two functions). With more rows but at most ``THIN``
-  columns in ``mat1`` (an MLP's first layer on a 2-dimensional state) the product is a
-  sum of ``THIN`` or fewer broadcast products, which inductor fuses with the bias and the
-  activation after it; with at most ``THIN`` columns in ``mat2`` (its last layer) a
-  reduction of products over each row. ``addmm`` handles these shapes badly (at (1024,
-  64) x (64, 2) about as slowly as a tenth of the (1024, 64) x (64, 64) product). Their
-  ``mat1`` is first ``materialize``d (an identity that inductor computes into a buffer of
-  its own) so that the expression which computes it (a stage of the Runge-Kutta step, a
-  tanh) is not computed again for every output column. A batch-256 MLP solve takes about
-  0.87 of its time, a batch-1024 one 0.93 (BENCHMARKS.md).
+  columns in ``mat2`` (an MLP's last layer on a 2-dimensional state) the product is a
+  reduction of products over each row of ``mat1``, ``materialize``d first (an identity
+  that inductor computes into a buffer of its own) so that the expression which computes
+  it (the activation) is not computed again for every output column. ``addmm`` handles
+  this shape badly: (1024, 64) x (64, 2) takes about a fifth of the (1024, 64) x (64, 64)
+  product's time for a thirty-second of its arithmetic. A batch-256 MLP solve takes about
+  0.92 of its time, a batch-1024 one 0.90 (BENCHMARKS.md). (The first layer's thin
+  ``mat1``, 2 columns, as a sum of broadcast products gained nothing with the tanh and made
+  a solve with other activations slower: inductor writes that loop as scalar code when it
+  cannot vectorise the activation's form there.)
 
 Every kernel of these graphs is compiled with ``-ffp-contract=fast``
 (``FLOATING_POINT_CONTRACT``): the C++ compiler fuses a product and the sum that uses it into
@@ -64,7 +65,7 @@ import torch
 
 SMALL_ROWS = 16  # matrix products with at most this many rows are fused...
 SMALL_SIZE = 16 * 64 * 64  # ...and at most this many multiplications
-THIN = 4  # larger products with at most this many columns in mat1 or mat2 are fused too
+THIN = 4  # larger products with at most this many columns (in mat2) are fused too
 _FUSED_DTYPES = (torch.float32, torch.float64)
 FLOATING_POINT_CONTRACT = "fast"  # the C++ compiler's -ffp-contract: products fused into sums
 
@@ -123,12 +124,6 @@ def _fused(mat1: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor | None:
         if inner > THIN:
             mat1 = materialize(mat1)
         return (mat1[:, :, None] * mat2[None]).sum(1)
-    if inner <= THIN:
-        mat1 = materialize(mat1)
-        product = mat1[:, :1] * mat2[0]
-        for k in range(1, inner):
-            product = product + mat1[:, k : k + 1] * mat2[k]
-        return product
     if columns <= THIN:
         return (materialize(mat1)[:, None, :] * mat2.t()[None]).sum(2)
     return None

@@ -12,6 +12,7 @@ import torch
 import neuralode as no
 from neuralode._whole_backend import (
     SMALL_ROWS,
+    materialize,
     small_addmm,
     small_mm,
     tanh_float32,
@@ -269,3 +270,12 @@ def test_compiled_thin_products_equal_the_eager_mlp():
     )
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), net(x * 0.5 + 0.1), rtol=1e-5, atol=1e-6)
+
+
+def test_materialize_is_an_identity_with_the_identity_gradient():
+    """Eagerly a copy (the operator may not alias its input), differentiable as x."""
+    x = torch.randn(5, 3, requires_grad=True)
+    y = materialize(x)
+    assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()
+    (y * torch.arange(3.0)).sum().backward()
+    assert torch.equal(x.grad, torch.arange(3.0).expand(5, 3))

@@ -85,7 +85,8 @@ def test_compiled_tanh_is_the_fused_one_in_float32_and_torchs_in_float64(contrac
 
 
 @pytest.mark.parametrize(
-    "rows, inner, columns", [(1, 64, 48), (3, 64, 48), (16, 64, 48), (300, 64, 3)]
+    "rows, inner, columns",
+    [(1, 64, 48), (3, 64, 48), (16, 64, 48), (300, 64, 3), (300, 2, 64), (300, 3, 5)],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_small_and_thin_matrix_products_equal_torchs_to_round_off(rows, inner, columns, dtype):
@@ -109,12 +110,34 @@ def test_small_and_thin_matrix_products_equal_torchs_to_round_off(rows, inner, c
 def test_large_or_other_matrix_products_keep_inductors_lowering():
     a, b, bias = torch.ones(17, 8), torch.ones(8, 8), torch.ones(8)
     assert small_mm(a, b) is NotImplemented  # more rows than SMALL_ROWS, not thin
-    assert small_mm(torch.ones(300, 2), torch.ones(2, 64)) is NotImplemented  # (thin mat1)
-    assert small_addmm(bias, a, b) is NotImplemented
     assert small_mm(torch.ones(1, 512), torch.ones(512, 512)) is NotImplemented  # too many
-    assert small_mm(torch.ones(2, 3, dtype=torch.int64), torch.ones(3, 2, dtype=torch.int64)) is (
-        NotImplemented
+    ints = torch.ones(2, 3, dtype=torch.int64), torch.ones(3, 2, dtype=torch.int64)
+    assert small_mm(*ints) is NotImplemented
+    assert small_addmm(torch.ones(2, dtype=torch.int64), *ints) is NotImplemented
+    assert small_addmm(bias.double(), a, b) is NotImplemented  # (mixed dtypes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_addmm_is_mm_and_the_bias_exactly(dtype):
+    """A large product with a bias: ATen's mm, and the bias subtracted with its sign
+    changed, which is the addition exactly (signed zeros, infinities and NaN included)."""
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(40, 24, generator=gen, dtype=dtype)
+    b = torch.randn(24, 8, generator=gen, dtype=dtype)
+    bias = torch.tensor([0.0, -0.0, 1.5, -2.0, float("inf"), -float("inf"), 3.0, 1e-30])
+    bias = bias.to(dtype)
+    assert torch.equal(small_addmm(bias, a, b), a @ b + bias)
+    zeros, signed = torch.zeros(24, 8, dtype=dtype), bias.clone()
+    signed[2:] = 0.0
+    product = a @ zeros  # (+0 everywhere)
+    assert torch.equal(small_addmm(signed, a, zeros).signbit(), (product + signed).signbit())
+    nan = torch.full((8,), torch.nan, dtype=dtype)
+    assert small_addmm(nan, a, b).isnan().all()
+    torch.testing.assert_close(
+        small_addmm(bias, a, b, beta=0.5, alpha=-2.0),
+        torch.addmm(bias, a, b, beta=0.5, alpha=-2.0),
     )
+    torch.testing.assert_close(small_addmm(nan, a, b, beta=0), a @ b)
 
 
 @needs_compiler
@@ -256,8 +279,11 @@ def test_rational_tanh_never_exceeds_one_and_is_one_from_its_clamp_on():
 
 @needs_compiler
 def test_compiled_thin_products_equal_the_eager_mlp():
-    """An MLP 2-64-64-2 at 300 rows through the backend: the thin last layer (its input
-    materialized) and ATen's other two give the eager values to round-off."""
+    """An MLP 2-64-64-2 at 300 rows through the backend: the thin first and last layers
+    (their inputs materialized) and ATen's mm with the bias fused after it give the eager
+    values to round-off; the code calls mm, never addmm, and copies no bias."""
+    from torch._inductor.utils import run_and_get_code
+
     torch.manual_seed(3)
     net = torch.nn.Sequential(
         torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
@@ -269,13 +295,30 @@ def test_compiled_thin_products_equal_the_eager_mlp():
         lambda x: net(x * 0.5 + 0.1), backend=whole_solve_backend, fullgraph=True, dynamic=False
     )
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), net(x * 0.5 + 0.1), rtol=1e-5, atol=1e-6)
+        result, (code, *_) = run_and_get_code(compiled, x)
+        torch.testing.assert_close(result, net(x * 0.5 + 0.1), rtol=1e-5, atol=1e-6)
+    assert code.count("aoti_torch_cpu_mm_out(") == 1
+    assert "addmm_out(" not in code and "copy_" not in code
 
 
 def test_materialize_is_an_identity_with_the_identity_gradient():
-    """Eagerly a copy (the operator may not alias its input), differentiable as x."""
+    """Eagerly a contiguous copy (the operator may not alias its input), differentiable as
+    x; compiled, a contiguous buffer of a transposed input."""
     x = torch.randn(5, 3, requires_grad=True)
     y = materialize(x)
     assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()
     (y * torch.arange(3.0)).sum().backward()
     assert torch.equal(x.grad, torch.arange(3.0).expand(5, 3))
+    transposed = materialize(x.detach().t())
+    assert transposed.is_contiguous() and torch.equal(transposed, x.detach().t())
+
+
+@needs_compiler
+def test_compiled_materialize_of_a_transposed_input_is_contiguous():
+    x = torch.randn(6, 40)
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda x: materialize(x.t()), backend=whole_solve_backend, fullgraph=True, dynamic=False
+    )
+    y = compiled(x)
+    assert y.is_contiguous() and torch.equal(y, x.t())

@@ -40,11 +40,21 @@ in the user's own compiled code):
   that inductor computes into a buffer of its own) so that the expression which computes
   it (the activation) is not computed again for every output column. ``addmm`` handles
   this shape badly: (1024, 64) x (64, 2) takes about a fifth of the (1024, 64) x (64, 64)
-  product's time for a thirty-second of its arithmetic. A batch-256 MLP solve takes about
-  0.92 of its time, a batch-1024 one 0.90 (BENCHMARKS.md). (The first layer's thin
-  ``mat1``, 2 columns, as a sum of broadcast products gained nothing with the tanh and made
-  a solve with other activations slower: inductor writes that loop as scalar code when it
-  cannot vectorise the activation's form there.)
+  product's time for a thirty-second of its arithmetic. With at most ``THIN`` columns in
+  ``mat1`` (an MLP's first layer) the product is a sum of that many broadcast products of
+  a column of the ``materialize``d ``mat1`` (a Runge-Kutta stage, computed once) and a
+  row of the ``materialize``d ``mat2`` (a contiguous copy of the transposed weight: a
+  vector load per row instead of a gather), which inductor fuses with the bias and the
+  activation after it.
+- **larger matrix products** (the same two functions) stay ATen's (MKL's) ``mm``; with a
+  bias, ``addmm`` becomes ``mm`` and the bias subtracted with its sign changed, which
+  inductor fuses into the loop that reads the product (the activation) instead of copying
+  the bias into the output before the product. (``x - (-b)`` is ``x + b`` exactly; an
+  addition would be turned back into ``addmm`` by inductor's post-grad patterns.)
+
+The thin last layer makes a batch-256 MLP solve take about 0.92 of its time, a batch-1024
+one 0.90; the thin first layer and ``mm`` without its bias copy then 0.92 and 0.94 of what
+remains (BENCHMARKS.md).
 
 Every kernel of these graphs is compiled with ``-ffp-contract=fast``
 (``FLOATING_POINT_CONTRACT``): the C++ compiler fuses a product and the sum that uses it into
@@ -126,6 +136,12 @@ def _fused(mat1: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor | None:
         return (mat1[:, :, None] * mat2[None]).sum(1)
     if columns <= THIN:
         return (materialize(mat1)[:, None, :] * mat2.t()[None]).sum(2)
+    if inner <= THIN:
+        mat1, mat2 = materialize(mat1), materialize(mat2)
+        product = mat1[:, :1] * mat2[0]
+        for k in range(1, inner):
+            product = product + mat1[:, k : k + 1] * mat2[k]
+        return product
     return None
 
 
@@ -143,20 +159,26 @@ def small_addmm(
 ) -> Any:
     """``beta * bias + alpha * mat1 @ mat2`` (``torch.addmm``) as fused arithmetic when
     small or thin (see the module); else inductor's own decomposition."""
-    product = None if bias.dtype != mat1.dtype else _fused(mat1, mat2)
-    if product is None:
+    if bias.dtype != mat1.dtype or mat1.device.type != "cpu" or mat1.dtype not in _FUSED_DTYPES:
         return _default(torch.ops.aten.addmm.default)(bias, mat1, mat2, beta=beta, alpha=alpha)
+    product = _fused(mat1, mat2)
+    unfused = product is None
+    if unfused:
+        product = torch.mm(mat1, mat2)  # (through small_mm: ATen's mm)
     if alpha != 1:
         product = alpha * product
     if beta == 0:  # (as torch.addmm: the bias is ignored, NaN included)
         return product
-    return product + (bias if beta == 1 else beta * bias)
+    bias = bias if beta == 1 else beta * bias
+    return product - (-bias) if unfused else product + bias
 
 
 def materialize(x: torch.Tensor) -> torch.Tensor:
     """``x`` (``neuralode::materialize``, an identity): inside a graph compiled by inductor
-    it is computed into a buffer of its own, where inductor would otherwise inline the
-    expression computing it into each of its consumers' loops. Eagerly a copy."""
+    it is computed into a contiguous buffer of its own, where inductor would otherwise
+    inline the expression computing it into each of its consumers' loops (a contiguous
+    graph input or an already computed contiguous buffer is used as it is). Eagerly a
+    contiguous copy."""
     if not _MATERIALIZE:
         _define_materialize()
     return torch.ops.neuralode.materialize(x)
@@ -166,17 +188,25 @@ _MATERIALIZE: list[Any] = []  # (the operator's library, once defined)
 
 
 def _define_materialize() -> None:
+    from torch._inductor import ir
     from torch._inductor.lowering import register_lowering
 
     library = torch.library.Library("neuralode", "DEF")
     library.define("materialize(Tensor x) -> Tensor")
-    library.impl("materialize", lambda x: x.clone(), "CompositeExplicitAutograd")
-    torch.library.register_fake("neuralode::materialize", lambda x: torch.empty_like(x))
+    library.impl(
+        "materialize",
+        lambda x: x.clone(memory_format=torch.contiguous_format),
+        "CompositeExplicitAutograd",
+    )
+    torch.library.register_fake(
+        "neuralode::materialize",
+        lambda x: torch.empty_like(x, memory_format=torch.contiguous_format),
+    )
     torch.library.register_autograd("neuralode::materialize", lambda ctx, grad: grad)
 
     def realized(x: Any) -> Any:
-        x.realize()
-        return x
+        x.realize()  # (a buffer of its own, shared by every consumer)...
+        return ir.ExternKernel.require_contiguous(x)  # ...with contiguous strides
 
     register_lowering(torch.ops.neuralode.materialize.default)(realized)
     _MATERIALIZE.append(library)

@@ -115,10 +115,46 @@ def test_every_warm_call_checks_its_values(warm_calls):
             no.solve(
                 decay, Y0, torch.tensor([0.0, 0.5, math.inf], dtype=torch.float64), compile=True
             )
+        with pytest.raises(no.NonFiniteError, match="y0 contains NaN or inf"):
+            no.solve(decay, torch.full_like(Y0, -math.inf), TS, compile=True)
         backwards = no.solve(decay, Y0, TS.flip(0), compile=True)
         same(backwards, no.solve(decay, Y0, TS.flip(0)))
         assert warm_calls[-1] is backwards
         same(no.solve(decay, Y0, TS.flip(0), compile=True), backwards)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_the_graph_checks_y0_and_the_outputs_on_warm_calls(warm_calls, per_sample):
+    """The graph's own finiteness checks (no host check before or after it): a y0 with
+    inf where f is finite (tanh), and a solution that overflows to inf where f does not
+    (its error estimates are 0 against an infinite scale: the steps go on to the end),
+    raise the full path's errors. An f returning y itself runs as one graph."""
+
+    def squashed(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(y)
+
+    def growth(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+    def huge(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(y, 1e38)
+
+    y0 = torch.tensor([[0.5, -0.3], [2.0, 1.0]], dtype=torch.float32)
+    ts = torch.tensor([0.0, 1.0])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*whole solve")  # (no fallback to compiled steps)
+        for f, start in ((squashed, y0), (growth, y0), (huge, y0 * 1e38)):
+            assert no.solve(f, start, ts, per_sample=per_sample, compile=True).ys.isfinite().all()
+        assert len(warm_calls) == 0
+        with pytest.raises(no.NonFiniteError, match="y0 contains NaN or inf"):
+            no.solve(squashed, y0 + math.inf, ts, per_sample=per_sample, compile=True)
+        with pytest.raises(no.NonFiniteError, match="overflows torch.float32 to inf") as full:
+            no.solve(huge, (y0 + 1) * 1e38, ts, per_sample=per_sample)
+        with pytest.raises(no.NonFiniteError) as warm:
+            no.solve(huge, (y0 + 1) * 1e38, ts, per_sample=per_sample, compile=True)
+        assert str(warm.value) == str(full.value)
+        assert no.solve(growth, -y0, ts, per_sample=per_sample, compile=True).succeeded
+    assert len(warm_calls) == 1
 
 
 def test_per_sample_warm_calls_equal_the_full_path(warm_calls):

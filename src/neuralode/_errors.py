@@ -23,6 +23,9 @@ class NonFiniteError(SolverError):
     """NaN or infinity appeared in the state."""
 
 
+Y0_NOT_FINITE = "y0 contains NaN or inf"  # (checked on the host, or in the whole-solve graph)
+
+
 def raise_stalled(
     t: float,
     dt: float,

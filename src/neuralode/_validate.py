@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ._errors import NonFiniteError
+from ._errors import Y0_NOT_FINITE, NonFiniteError
 from ._host import across, plain, wrapped
 from ._norms import LOW_PRECISION, l2_norm, max_norm, rms_norm
 from ._tree import TreeSpec, leaf_spec, tree_spec
@@ -92,7 +92,7 @@ def check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:
                 raise ValueError(f"{where} is on {leaf.device}; tensor 0 is on {first.device}")
         flat = spec.flatten(y0, "y0")
     if not all_finite(flat):
-        raise NonFiniteError("y0 contains NaN or inf")
+        raise NonFiniteError(Y0_NOT_FINITE)
     return spec, flat
 
 

@@ -29,7 +29,7 @@ from . import _whole_solve
 from ._solution import Solution, SolveStats
 from ._status import success
 from ._term import ODETerm
-from ._validate import all_finite, check_finite, check_time_values
+from ._validate import check_time_values
 from ._whole_plan import _settings
 
 _ENTRIES: dict[tuple, Warm] = {}
@@ -150,16 +150,14 @@ def solve_warm(
 
 
 def _solve(key: tuple, warm: Warm, y0: torch.Tensor, ts: torch.Tensor) -> Solution | None:
-    """The solve of a keyed call after its key's first: the checks of its values, the
-    remembered plan's graph, the output check. ``None``: the full path must run (it raises
-    or warns what it finds)."""
+    """The solve of a keyed call after its key's first: the check of its times, the
+    remembered plan's graph (which checks y0 and the outputs, ``integrate_whole``).
+    ``None``: the full path must run (it warns what it finds)."""
     # (y0 itself if contiguous and outside autograd: as its view, it matches the guards)
     if warm.as_rows and not y0.requires_grad and y0.is_contiguous():
         rows = y0
     else:
         rows = y0.reshape(warm.rows)
-    if not all_finite(rows):
-        return None
     # (ts's shape, dtype and device are the key's first call's, which check_times passed)
     times = check_time_values(ts.tolist())
     stats = SolveStats()
@@ -173,7 +171,5 @@ def _solve(key: tuple, warm: Warm, y0: torch.Tensor, ts: torch.Tensor) -> Soluti
         return None
     stats.status = success(warm.shape, rows)
     stats.nfe = term.nfe
-    if not all_finite(outputs):  # (check_finite reads them flat)
-        check_finite(outputs.reshape(len(times), -1), times)
     ys = outputs if warm.as_rows else outputs.reshape(warm.out_shape)
     return Solution(ts=ts, ys=ys, stats=stats, status=stats.status)

@@ -143,4 +143,6 @@ class Plan:
         batch = y.shape[0]
         time = t.to(self.time_dtype)
         out = self.func(time if self.per_sample else time.reshape(()), y.reshape(self.shape))
-        return out.reshape(batch, -1)
+        # (a copy: an f returning y or a view of it would alias the loop's carried values,
+        # which while_loop refuses; inductor fuses the copy into the loop that uses it)
+        return out.reshape(batch, -1).clone()

@@ -9,8 +9,10 @@ small matrix products fused into the loop's kernels, ``_whole_backend``):
 no host synchronisation from the first evaluation of f to the end of the solve. One
 problem is a batch of one (its error norm over the whole state); per-sample mode gives each
 row its own time, step size and decisions, as the eager device loop does, and takes the
-same steps. After the graph one read says whether every sample reached its end; if not,
-the device loop's errors are raised (a stalled sample, ``max_steps``, a non-finite f0).
+same steps. After the graph one read says whether every sample reached its end and
+whether y0 and the outputs are finite; if not, the errors of the device loop and of the
+checks of y0 and the outputs are raised (a stalled sample, ``max_steps``, a non-finite y0,
+f0 or output).
 
 A new y0, new output times or new parameters of f with the same shapes, dtypes and
 structure reuse the graph (static shapes: one graph per shape). What the graph cannot run
@@ -26,7 +28,7 @@ import torch
 from torch._higher_order_ops import while_loop
 
 from ._attempt import attempt
-from ._errors import NonFiniteError
+from ._errors import Y0_NOT_FINITE, NonFiniteError
 from ._norms import row_norm
 from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
@@ -124,7 +126,9 @@ def integrate_whole(
         plans[sign] = entry
     outputs, t, proposal, still, n_steps, n_accepted, nfe, d1, report = result
     # every count and check in one read: the solve's only host synchronisation
-    bad_f0, running, iterations, steps, accepted = report.tolist()
+    bad_y0, bad_f0, running, iterations, steps, accepted, bad_outputs = report.tolist()
+    if bad_y0:
+        raise NonFiniteError(Y0_NOT_FINITE)
     if bad_f0:
         i = int((~torch.isfinite(d1)).nonzero()[0])
         where = f" for sample {i}" if per_sample else f" at t0={ts[0]:.6g}"
@@ -133,6 +137,10 @@ def integrate_whole(
         t_stop = torch.full((batch,), ts[-1], dtype=torch.float64, device=y.device)
         iteration = config.max_steps if iterations >= config.max_steps else 0
         _raise_stalled(iteration, still, t, proposal, t_stop, plan.sign, outputs[-1], config)
+    if bad_outputs:  # (raises, naming the first non-finite output)
+        from ._validate import check_finite  # (import cycle)
+
+        check_finite(outputs.reshape(len(ts), -1), ts)
     term.nfe += iterations * (co.stages - 1 + (not co.fsal)) + 1
     term.nfe += ctrl.first_step is None
     stats.n_steps += steps
@@ -236,7 +244,11 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
     steps, accepted, nfe = counts[0], counts[1], counts[2]
     outputs = torch.cat([y0[None], outs, y[None]])
     report = torch.stack(
-        [(~torch.isfinite(d1)).any().long(), still.any().long(), it, steps.sum(), accepted.sum()]
+        [
+            (~torch.isfinite(y0)).any().long(), (~torch.isfinite(d1)).any().long(),
+            still.any().long(), it, steps.sum(), accepted.sum(),
+            (~torch.isfinite(outputs)).any().long(),
+        ]
     )  # fmt: skip
     return outputs, t, proposal, still, steps, accepted, nfe, d1, report
 

@@ -145,3 +145,58 @@ def test_an_unhashable_f_gets_a_plan_of_its_own_solve():
     y0 = torch.tensor([[1.0, -0.5]], dtype=torch.float64)
     with torch.no_grad():
         same(no.solve(Decay(1.5), y0, TS, compile=True), no.solve(Decay(1.5), y0, TS))
+
+
+def test_plans_of_other_settings_never_share_a_compiled_copy_whose_guards_skip_them():
+    """Kept plans' compiled copies check f's guards, not the plan's: the plans given to a
+    copy differ only in f and the tolerances. Other tolerances, a new closure of the same
+    code, another direction of time, another max_steps or safety factor, one after the
+    other and back: each solve is the eager one; new tolerances and a new f of the same
+    code and an equal closure compile nothing."""
+    from torch._dynamo.utils import counters
+
+    def rate(k: float):
+        return lambda t, y: -k * y + torch.sin(t)
+
+    y0 = torch.tensor([[0.5, -0.3]], dtype=torch.float64)
+    decay = rate(1.5)
+    with torch.no_grad():
+        same(no.solve(decay, y0, TS, compile=True), no.solve(decay, y0, TS))
+        graphs = counters["stats"]["unique_graphs"]
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for rtol in (1e-3, 1e-9, 1e-6):
+                ctrl = no.PIController(rtol=rtol, atol=1e-9)
+                same(
+                    no.solve(decay, y0, TS, controller=ctrl, compile=True),
+                    no.solve(decay, y0, TS, controller=ctrl),
+                )
+            again = rate(1.5)  # (another f: the same code, an equal closure)
+            same(no.solve(again, y0, TS, compile=True), no.solve(again, y0, TS))
+        assert counters["stats"]["unique_graphs"] == graphs
+        cases = [
+            (rate(0.5), TS, {}),
+            (decay, TS.flip(0), {}),
+            (decay, TS, {"max_steps": 3}),
+            (decay, TS, {"controller": no.PIController(safety=0.5)}),
+            (decay, TS, {}),
+        ]
+        for f, ts, kwargs in cases + cases:
+            if "max_steps" in kwargs:
+                with pytest.raises(no.MaxStepsError):
+                    no.solve(f, y0, ts, compile=True, **kwargs)
+                continue
+            same(no.solve(f, y0, ts, compile=True, **kwargs), no.solve(f, y0, ts, **kwargs))
+
+
+def test_the_copies_keep_fs_guards_and_drop_the_plans():
+    ours = _whole_plan._ours
+    for name in ("plan", "plan.solver._cache", "dict(type(plan).__dict__)", "L['plan'].sign"):
+        assert ours(name), name
+    assert ours("G['attempt']") and ours("G['__import_neuralode_dot__attempt'].torch")
+    for name in (
+        "plan.func", "plan.func.__closure__[0].cell_contents._forward_hooks",
+        "dict(type(plan.func).__dict__)", "L['plan'].func", "planet", "y0", "ts", "",
+        "G['__import_userf'].SCALE", "G['torch']",
+        "G['__import_torch_dot_nn_dot_modules_dot_module']._global_forward_hooks",
+    ):  # fmt: skip
+        assert not ours(name), name

@@ -18,6 +18,7 @@ def compiled(
     dynamic: bool | None = None,
     fullgraph: bool = False,
     backend: Callable | None = None,
+    guard_filter: Callable | None = None,
 ) -> Any:
     """``fn`` under torch.compile, made once per (``fn``, ``key``) and process; ``dynamic``
     as torch.compile's (``None``: static shapes until a second shape is seen); ``backend``
@@ -29,22 +30,27 @@ def compiled(
     gets its own copy of ``fn``'s code object, and with it its own budget of torch's
     ``recompile_limit`` (counted per code object): one solver's graphs (per f, shape, dtype
     and grad mode) do not push another's out to eager execution. With ``fullgraph=True``
-    the function is wrapped in ``Direct``.
+    the function is wrapped in ``Direct``. ``key=None``: a copy of its own, not kept here
+    (its caller keeps it). ``guard_filter``: torch.compile's ``guard_filter_fn`` (which of
+    the guards its compiled code keeps).
     """
-    entry = _COMPILED.get((fn, key))
+    entry = None if key is None else _COMPILED.get((fn, key))
     if entry is None:
         copy = types.FunctionType(
             fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
         )
+        options: dict[str, Any] = {} if guard_filter is None else {"guard_filter_fn": guard_filter}
         if backend is None:
-            entry = torch.compile(
-                copy, dynamic=dynamic, fullgraph=fullgraph, options={"cpp_wrapper": True}
-            )
+            options["cpp_wrapper"] = True
+            entry = torch.compile(copy, dynamic=dynamic, fullgraph=fullgraph, options=options)
         else:
-            entry = torch.compile(copy, dynamic=dynamic, fullgraph=fullgraph, backend=backend)
+            entry = torch.compile(
+                copy, dynamic=dynamic, fullgraph=fullgraph, backend=backend, options=options
+            )
         if fullgraph:
             entry = Direct(entry, copy)
-        _COMPILED[(fn, key)] = entry
+        if key is not None:
+            _COMPILED[(fn, key)] = entry
     return entry
 
 

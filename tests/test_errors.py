@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 
 import pytest
 import torch
@@ -216,6 +217,28 @@ def test_non_finite_field_mid_solve() -> None:
 def test_non_finite_field_at_the_start() -> None:
     with _raises(no.NonFiniteError, "f(t0, y0) contains NaN or inf at t0=0"):
         no.solve(lambda t, y: y * float("nan"), T(1.0), T(0.0, 2.0))
+
+
+@pytest.mark.parametrize("mode", ["eager", "per_sample", "compile"])
+def test_a_finite_field_too_large_for_the_tolerances_is_named_so(mode: str) -> None:
+    """f(t0, y0) finite but so large that the first step's scaled norm overflows float32:
+    the error says so (and not only that f0 is non-finite), in every mode; with a given
+    first step the solve runs."""
+
+    def huge(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(y, 1e36)
+
+    y0 = torch.tensor([[0.5, -0.3], [2.0, 1.0]])
+    kwargs = {"per_sample": mode == "per_sample", "compile": mode == "compile"}
+    if mode == "compile" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        pytest.skip("torch.compile's CPU backend needs a C++ compiler")
+    with torch.no_grad():
+        with pytest.raises(no.NonFiniteError) as info:
+            no.solve(huge, y0, T(0.0, 1.0), **kwargs)
+        assert "overflow the state's dtype" in str(info.value)
+        assert "f(t0, y0) contains NaN or inf" in str(info.value)
+        first = no.PIController(first_step=1e-3)
+        assert no.solve(huge, y0, T(0.0, 1.0), controller=first, **kwargs).succeeded
 
 
 def test_max_steps_exceeded() -> None:

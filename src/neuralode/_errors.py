@@ -26,6 +26,18 @@ class NonFiniteError(SolverError):
 Y0_NOT_FINITE = "y0 contains NaN or inf"  # (checked on the host, or in the whole-solve graph)
 
 
+def f0_not_finite(where: str, end: str = "") -> NonFiniteError:
+    """The error of a first step whose rule finds the scaled norm of f(t0, y0) non-finite
+    (``where``: " at t0=..." or " for sample i"; ``end``: the message's last character): f0
+    has NaN or inf, or finite values too large for the tolerances (divided by atol + rtol
+    |y0| they overflow the dtype)."""
+    return NonFiniteError(
+        f"f(t0, y0) contains NaN or inf{where}, or values so large that divided by atol + "
+        "rtol * |y0| they overflow the state's dtype: check f at t0, rescale the problem or "
+        f"raise atol, or give the first step (PIController(first_step=...)){end}"
+    )
+
+
 def raise_stalled(
     t: float,
     dt: float,

@@ -46,7 +46,7 @@ import torch
 
 from ._attempt import Attempts, Constants
 from ._batch_term import BatchTerm
-from ._errors import NonFiniteError
+from ._errors import f0_not_finite
 from ._host import across, plain, wrapped
 from ._norms import row_rms, tolerance_tensor
 from ._pending import _ends, _Reached, _read_progress, _stack
@@ -117,7 +117,7 @@ def integrate_per_sample(
             status = torch.where(bad, int(Status.NON_FINITE), status)  # they never start
             if config.throw:
                 i = int(plain(bad).reshape(-1, batch).any(0).nonzero()[0])
-                error = NonFiniteError(f"f(t0, y0) contains NaN or inf for sample {i}.")
+                error = f0_not_finite(f" for sample {i}", end=".")
                 raise error if wrapped(status) else samples_failed(status, error)
             active = ~bad
     else:

@@ -28,7 +28,7 @@ import torch
 from torch._higher_order_ops import while_loop
 
 from ._attempt import attempt
-from ._errors import Y0_NOT_FINITE, NonFiniteError
+from ._errors import Y0_NOT_FINITE, NonFiniteError, f0_not_finite
 from ._norms import row_norm
 from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
@@ -132,7 +132,7 @@ def integrate_whole(
     if bad_f0:
         i = int((~torch.isfinite(d1)).nonzero()[0])
         where = f" for sample {i}" if per_sample else f" at t0={ts[0]:.6g}"
-        raise NonFiniteError(f"f(t0, y0) contains NaN or inf{where}")
+        raise f0_not_finite(where)
     if running:  # the device loop's errors
         t_stop = torch.full((batch,), ts[-1], dtype=torch.float64, device=y.device)
         iteration = config.max_steps if iterations >= config.max_steps else 0

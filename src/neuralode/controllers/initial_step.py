@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .._errors import NonFiniteError
+from .._errors import f0_not_finite
 from .._norms import Norm, norm_value, rms_norm
 from .._term import ODETerm
 from ._ops import clip, maximum, minimum, power, where
@@ -64,7 +64,7 @@ def select_initial_step(
 def check_f0_norm(d1: float, t0: float) -> None:
     """The scaled norm of f(t0, y0) must be finite."""
     if not math.isfinite(d1):
-        raise NonFiniteError(f"f(t0, y0) contains NaN or inf at t0={t0:.6g}")
+        raise f0_not_finite(f" at t0={t0:.6g}")
 
 
 def first_evaluations(

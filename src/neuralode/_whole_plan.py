@@ -97,9 +97,12 @@ def _copy_for(graph: Any, key: tuple) -> Any:
     """The compiled copy of the graph that a kept plan's solves run: one per plan key
     without f and the tolerances (``_COPIES``), whose guards check f and not the plan
     (``_guards_of_f_and_state``); the last ``_MOST_COPIES`` kept."""
-    solver_key, (ctrl_type, names, values, types) = key[1], key[2]
-    settings = [(n, v, t) for n, v, t in zip(names, values, types) if n not in _TOLERANCES]
-    copy_key = (solver_key, ctrl_type, tuple(settings), *key[3:])
+    ctrl_key = key[2]
+    if len(ctrl_key) == 4:  # (type, names, values, types: _settings) without the tolerances
+        ctrl_type, names, values, types = ctrl_key
+        kept = [(n, v, t) for n, v, t in zip(names, values, types) if n not in _TOLERANCES]
+        ctrl_key = (ctrl_type, tuple(kept))
+    copy_key = (key[1], ctrl_key, *key[3:])
     run = _COPIES.pop(copy_key, None)
     if run is None:
         if len(_COPIES) >= _MOST_COPIES:
@@ -130,7 +133,8 @@ def _guards_of_f_and_state(entries: list[Any]) -> list[bool]:
 
 
 def _ours(name: str) -> bool:
-    """Whether a guard's source is the plan's own or this package's (``_guards_of_f...``)."""
+    """Whether a guard's source is the plan's own or this package's
+    (``_guards_of_f_and_state``)."""
     if "plan.func" in name or "plan'].func" in name:
         return False
     return _PLAN_SOURCE.match(name) is not None or name.startswith(_OWN_GLOBALS)

@@ -46,11 +46,20 @@ in the user's own compiled code):
   row of the ``materialize``d ``mat2`` (a contiguous copy of the transposed weight: a
   vector load per row instead of a gather), which inductor fuses with the bias and the
   activation after it.
-- **larger matrix products** (the same two functions) stay ATen's (MKL's) ``mm``; with a
-  bias, ``addmm`` becomes ``mm`` and the bias subtracted with its sign changed, which
-  inductor fuses into the loop that reads the product (the activation) instead of copying
-  the bias into the output before the product. (``x - (-b)`` is ``x + b`` exactly; an
-  addition would be turned back into ``addmm`` by inductor's post-grad patterns.)
+- **larger matrix products** (the same two functions) of float32 on an x86 CPU with AVX2 or
+  AVX-512 become ``neuralode::linear`` (``_whole_linear``): a C++ kernel generated into the
+  graph that accumulates blocks of outputs in vector registers, the bias included; the
+  post-grad pass ``fuse_linear_activations`` folds a tanh that reads only the product into
+  the kernel, computed on the registers before they are stored. Other products stay
+  ATen's (MKL's) ``mm``; with a bias, ``addmm`` becomes ``mm`` and the bias subtracted with
+  its sign changed, which inductor fuses into the loop that reads the product (the
+  activation) instead of copying the bias into the output before the product. (``x - (-b)``
+  is ``x + b`` exactly; an addition would be turned back into ``addmm`` by inductor's
+  post-grad patterns.)
+
+The float32 tanh reaches inductor's graph as the operator ``neuralode::tanh``; the
+post-grad pass folds it into the linear layer before it or writes it out as
+``tanh_rational``'s ATen arithmetic.
 
 The thin last layer makes a batch-256 MLP solve take about 0.92 of its time, a batch-1024
 one 0.90; the thin first layer and ``mm`` without its bias copy then 0.92 and 0.94 of what
@@ -67,11 +76,14 @@ as fused kernels' do anyway; inductor's default is ``off``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from . import _whole_linear
 
 SMALL_ROWS = 16  # matrix products with at most this many rows are fused...
 SMALL_SIZE = 16 * 64 * 64  # ...and at most this many multiplications
@@ -103,16 +115,18 @@ RATIONAL_Q = (
 
 
 def tanh_float32(x: torch.Tensor) -> Any:
-    """tanh of a float32 CPU tensor as fused arithmetic (``tanh_rational``, see the module);
-    ``NotImplemented`` (torch's own lowering) for other dtypes and devices."""
+    """tanh of a float32 CPU tensor as fused arithmetic (``tanh_rational`` through the
+    operator ``neuralode::tanh``, see the module); ``NotImplemented`` (torch's own
+    lowering) for other dtypes and devices."""
     if x.dtype != torch.float32 or x.device.type != "cpu":
         return NotImplemented
-    return tanh_rational(x)
+    define_operators()
+    return torch.ops.neuralode.tanh(x)
 
 
 def tanh_rational(x: torch.Tensor) -> torch.Tensor:
     """tanh as ``x P(x^2) / Q(x^2)`` (see the module): 6.5 ulp in float32, no ``exp``."""
-    clamped = torch.clamp(x, -RATIONAL_CLAMP, RATIONAL_CLAMP)
+    clamped = x.clamp(-RATIONAL_CLAMP, RATIONAL_CLAMP)
     square = clamped * clamped
     p = square * RATIONAL_P[0] + RATIONAL_P[1]
     for c in RATIONAL_P[2:]:
@@ -149,9 +163,11 @@ def small_mm(mat1: torch.Tensor, mat2: torch.Tensor) -> Any:
     """``mat1 @ mat2`` as fused arithmetic when small or thin (see the module); else
     inductor's own decomposition."""
     product = _fused(mat1, mat2)
-    if product is None:
-        return _default(torch.ops.aten.mm.default)(mat1, mat2)
-    return product
+    if product is not None:
+        return product
+    if _whole_linear.eligible(mat1, mat2):
+        return _whole_linear.linear(mat1, mat2.t(), None)
+    return _default(torch.ops.aten.mm.default)(mat1, mat2)
 
 
 def small_addmm(
@@ -163,6 +179,9 @@ def small_addmm(
         return _default(torch.ops.aten.addmm.default)(bias, mat1, mat2, beta=beta, alpha=alpha)
     product = _fused(mat1, mat2)
     unfused = product is None
+    if unfused and alpha == 1 and beta == 1 and bias.shape == mat2.shape[1:]:
+        if _whole_linear.eligible(mat1, mat2):
+            return _whole_linear.linear(mat1, mat2.t(), bias)
     if unfused:
         product = torch.mm(mat1, mat2)  # (through small_mm: ATen's mm)
     if alpha != 1:
@@ -179,15 +198,23 @@ def materialize(x: torch.Tensor) -> torch.Tensor:
     inline the expression computing it into each of its consumers' loops (a contiguous
     graph input or an already computed contiguous buffer is used as it is). Eagerly a
     contiguous copy."""
-    if not _MATERIALIZE:
-        _define_materialize()
+    define_operators()
     return torch.ops.neuralode.materialize(x)
 
 
-_MATERIALIZE: list[Any] = []  # (the operator's library, once defined)
+_LIBRARY: list[Any] = []  # (the operators' library, once defined)
 
 
-def _define_materialize() -> None:
+def define_operators() -> None:
+    """Defines ``neuralode::materialize``, ``neuralode::tanh`` (``tanh_rational`` until the
+    post-grad pass) and ``neuralode::linear`` (``_whole_linear``) with their lowerings,
+    once."""
+    if not _LIBRARY:
+        _define_library()
+    _whole_linear.define()
+
+
+def _define_library() -> None:
     from torch._inductor import ir
     from torch._inductor.lowering import register_lowering
 
@@ -209,7 +236,13 @@ def _define_materialize() -> None:
         return ir.ExternKernel.require_contiguous(x)  # ...with contiguous strides
 
     register_lowering(torch.ops.neuralode.materialize.default)(realized)
-    _MATERIALIZE.append(library)
+
+    # tanh_rational as an operator of its own until the post-grad pass
+    # (fuse_linear_activations) computes it in a linear layer or writes it out
+    library.define("tanh(Tensor x) -> Tensor")
+    library.impl("tanh", tanh_rational, "CompositeExplicitAutograd")
+    torch.library.register_fake("neuralode::tanh", torch.empty_like)
+    _LIBRARY.append(library)
 
 
 def _default(op: Any) -> Any:
@@ -226,6 +259,7 @@ def whole_solve_backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> 
     from torch._inductor.compile_fx import compile_fx
     from torch._inductor.decomposition import select_decomp_table
 
+    define_operators()
     aten = torch.ops.aten
     table = {**select_decomp_table(), aten.mm.default: small_mm, aten.addmm.default: small_addmm}
     own_tanh = not inductor_config.cpp.use_decompose_tanh  # (else the user's: inductor's)
@@ -242,8 +276,77 @@ def whole_solve_backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> 
         config_patches = {
             "cpp_wrapper": True,
             "cpp.enable_floating_point_contract_flag": FLOATING_POINT_CONTRACT,
+            "post_grad_custom_post_pass": _fuse_pass(),
         }
         return compile_fx(gm, example_inputs, config_patches=config_patches, decompositions=table)
 
 
-_SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+def fuse_linear_activations(graph: torch.fx.Graph) -> None:
+    """The post-grad pass of these graphs: a ``neuralode::tanh`` whose argument is a
+    ``neuralode::linear`` without activation, used by nothing else, becomes the linear
+    layer with ``activation="tanh"`` (computed on the registers, ``_whole_linear``); every
+    other ``neuralode::tanh`` becomes ``tanh_rational``'s arithmetic."""
+    linear = torch.ops.neuralode.linear.default
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.neuralode.tanh.default:
+            continue
+        producer = node.args[0]
+        fusable = isinstance(producer, torch.fx.Node) and producer.target is linear
+        if fusable and producer.args[3] == "none" and len(producer.users) == 1:
+            with graph.inserting_before(node):
+                fused = graph.call_function(linear, (*producer.args[:3], "tanh"))
+            fused.meta.update(node.meta)
+            node.replace_all_uses_with(fused)
+            graph.erase_node(node)
+            graph.erase_node(producer)
+            continue
+        with graph.inserting_before(node):
+            value = tanh_rational(_GraphArithmetic(graph, producer, node.meta))  # type: ignore[arg-type]
+        node.replace_all_uses_with(value.node)
+        graph.erase_node(node)
+
+
+class _GraphArithmetic:
+    """Elementwise arithmetic written into an FX graph as ATen calls (``tanh_rational``
+    as nodes); every node gets ``meta`` (the value's shape, dtype and strides)."""
+
+    def __init__(self, graph: torch.fx.Graph, node: Any, meta: dict[str, Any]) -> None:
+        self.graph, self.node, self.meta = graph, node, meta
+
+    def _call(self, op: Any, *args: Any) -> _GraphArithmetic:
+        values = tuple(a.node if isinstance(a, _GraphArithmetic) else a for a in args)
+        node = self.graph.call_function(op, values)
+        node.meta.update(self.meta)
+        return _GraphArithmetic(self.graph, node, self.meta)
+
+    def __mul__(self, other: Any) -> _GraphArithmetic:
+        return self._call(torch.ops.aten.mul.Tensor, self, other)
+
+    def __add__(self, other: Any) -> _GraphArithmetic:
+        return self._call(torch.ops.aten.add.Tensor, self, other)
+
+    def __truediv__(self, other: Any) -> _GraphArithmetic:
+        return self._call(torch.ops.aten.div.Tensor, self, other)
+
+    def clamp(self, low: float, high: float) -> _GraphArithmetic:
+        low_clamped = self._call(torch.ops.aten.clamp_min.default, self, low)
+        return self._call(torch.ops.aten.clamp_max.default, low_clamped, high)
+
+
+@functools.cache
+def _fuse_pass() -> Any:
+    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+    class FuseLinearActivations(CustomGraphPass):
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            fuse_linear_activations(graph)
+
+        def uuid(self) -> Any:
+            return get_hash_for_files((__file__, _whole_linear.__file__))
+
+    return FuseLinearActivations()
+
+
+_SOURCE = hashlib.sha256(
+    Path(__file__).read_bytes() + Path(_whole_linear.__file__).read_bytes()
+).hexdigest()

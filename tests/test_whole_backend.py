@@ -108,7 +108,8 @@ def test_small_and_thin_matrix_products_equal_torchs_to_round_off(rows, inner, c
     torch.testing.assert_close(small_addmm(nan_bias, a, b, beta=0), a @ b, **tol)
 
 
-def test_large_or_other_matrix_products_keep_inductors_lowering():
+def test_large_or_other_matrix_products_keep_inductors_lowering(monkeypatch):
+    monkeypatch.setattr(_whole_linear, "vector_width", lambda: 0)  # (no linear kernel)
     a, b, bias = torch.ones(17, 8), torch.ones(8, 8), torch.ones(8)
     assert small_mm(a, b) is NotImplemented  # more rows than SMALL_ROWS, not thin
     assert small_mm(torch.ones(1, 512), torch.ones(512, 512)) is NotImplemented  # too many
@@ -119,9 +120,11 @@ def test_large_or_other_matrix_products_keep_inductors_lowering():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_large_addmm_is_mm_and_the_bias_exactly(dtype):
-    """A large product with a bias: ATen's mm, and the bias subtracted with its sign
-    changed, which is the addition exactly (signed zeros, infinities and NaN included)."""
+def test_large_addmm_is_mm_and_the_bias_exactly(dtype, monkeypatch):
+    """A large product with a bias where the linear kernel does not serve: ATen's mm, and
+    the bias subtracted with its sign changed, which is the addition exactly (signed zeros,
+    infinities and NaN included)."""
+    monkeypatch.setattr(_whole_linear, "vector_width", lambda: 0)
     gen = torch.Generator().manual_seed(5)
     a = torch.randn(40, 24, generator=gen, dtype=dtype)
     b = torch.randn(24, 8, generator=gen, dtype=dtype)
@@ -283,10 +286,11 @@ def test_rational_tanh_never_exceeds_one_and_is_one_from_its_clamp_on():
 
 @needs_compiler
 def test_compiled_thin_products_equal_the_eager_mlp():
-    """An MLP 2-64-64-2 at 300 rows through the backend: the thin first and last layers
-    (their inputs materialized) and the middle layer (``neuralode::linear`` with its tanh
-    where the CPU has AVX2 or AVX-512, else ATen's mm with the bias fused after it) give
-    the eager values to round-off; the code never calls addmm and copies no bias."""
+    """An MLP 2-64-64-2 at 300 rows through the backend give the eager values to round-off;
+    the code never calls addmm and copies no bias. The last layer is a thin product (its
+    input materialized); where the CPU has AVX2 or AVX-512 the first two layers are
+    ``neuralode::linear`` with their tanh, else a thin product and ATen's mm with the bias
+    fused after it."""
     from torch._inductor.utils import run_and_get_code
 
     torch.manual_seed(3)
@@ -304,7 +308,7 @@ def test_compiled_thin_products_equal_the_eager_mlp():
         torch.testing.assert_close(result, net(x * 0.5 + 0.1), rtol=1e-5, atol=1e-6)
     if _whole_linear.vector_width():
         assert "aoti_torch_cpu_mm_out(" not in code
-        assert code.count("float packed[K * N]") == 1  # (the linear kernel, once)
+        assert code.count("float packed[K * N]") == 2  # (the linear kernel, twice)
         assert "at::vec::clamp(" in code  # (its tanh on the registers)
     else:
         assert code.count("aoti_torch_cpu_mm_out(") == 1

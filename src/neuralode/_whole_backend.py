@@ -41,13 +41,14 @@ in the user's own compiled code):
   it (the activation) is not computed again for every output column. ``addmm`` handles
   this shape badly: (1024, 64) x (64, 2) takes about a fifth of the (1024, 64) x (64, 64)
   product's time for a thirty-second of its arithmetic. With at most ``THIN`` columns in
-  ``mat1`` (an MLP's first layer) the product is a sum of that many broadcast products of
+  ``mat1`` (an MLP's first layer) where the linear kernel below does not serve it (its
+  tanh costs less there) the product is a sum of that many broadcast products of
   a column of the ``materialize``d ``mat1`` (a Runge-Kutta stage, computed once) and a
   row of the ``materialize``d ``mat2`` (a contiguous copy of the transposed weight: a
   vector load per row instead of a gather), which inductor fuses with the bias and the
   activation after it.
-- **larger matrix products** (the same two functions) of float32 on an x86 CPU with AVX2 or
-  AVX-512 become ``neuralode::linear`` (``_whole_linear``): a C++ kernel generated into the
+- **larger matrix products** (the same two functions, and a thin ``mat1``) of float32 on
+  an x86 CPU with AVX2 or AVX-512 become ``neuralode::linear`` (``_whole_linear``): a C++ kernel generated into the
   graph that accumulates blocks of outputs in vector registers, the bias included; the
   post-grad pass ``fuse_linear_activations`` folds a tanh that reads only the product into
   the kernel, computed on the registers before they are stored. Other products stay
@@ -137,9 +138,9 @@ def tanh_rational(x: torch.Tensor) -> torch.Tensor:
     return clamped * p / q
 
 
-def _fused(mat1: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor | None:
-    """``mat1 @ mat2`` as fused arithmetic where small or thin (see the module); ``None``
-    for inductor's own decomposition."""
+def _fused(mat1: torch.Tensor, mat2: torch.Tensor, thin_first: bool = True) -> Any:
+    """``mat1 @ mat2`` as fused arithmetic where small or thin (see the module; a thin
+    ``mat1`` only with ``thin_first``); ``None`` for another lowering."""
     if mat1.device.type != "cpu" or mat1.dtype not in _FUSED_DTYPES or mat2.dtype != mat1.dtype:
         return None
     rows, inner = mat1.shape
@@ -150,7 +151,7 @@ def _fused(mat1: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor | None:
         return (mat1[:, :, None] * mat2[None]).sum(1)
     if columns <= THIN:
         return (materialize(mat1)[:, None, :] * mat2.t()[None]).sum(2)
-    if inner <= THIN:
+    if inner <= THIN and thin_first:
         mat1, mat2 = materialize(mat1), materialize(mat2)
         product = mat1[:, :1] * mat2[0]
         for k in range(1, inner):
@@ -162,10 +163,11 @@ def _fused(mat1: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor | None:
 def small_mm(mat1: torch.Tensor, mat2: torch.Tensor) -> Any:
     """``mat1 @ mat2`` as fused arithmetic when small or thin (see the module); else
     inductor's own decomposition."""
-    product = _fused(mat1, mat2)
+    linear = _whole_linear.eligible(mat1, mat2)
+    product = _fused(mat1, mat2, thin_first=not linear)
     if product is not None:
         return product
-    if _whole_linear.eligible(mat1, mat2):
+    if linear:
         return _whole_linear.linear(mat1, mat2.t(), None)
     return _default(torch.ops.aten.mm.default)(mat1, mat2)
 
@@ -177,11 +179,12 @@ def small_addmm(
     small or thin (see the module); else inductor's own decomposition."""
     if bias.dtype != mat1.dtype or mat1.device.type != "cpu" or mat1.dtype not in _FUSED_DTYPES:
         return _default(torch.ops.aten.addmm.default)(bias, mat1, mat2, beta=beta, alpha=alpha)
-    product = _fused(mat1, mat2)
+    linear = alpha == 1 and beta == 1 and bias.shape == mat2.shape[1:]
+    linear = linear and _whole_linear.eligible(mat1, mat2)
+    product = _fused(mat1, mat2, thin_first=not linear)
     unfused = product is None
-    if unfused and alpha == 1 and beta == 1 and bias.shape == mat2.shape[1:]:
-        if _whole_linear.eligible(mat1, mat2):
-            return _whole_linear.linear(mat1, mat2.t(), bias)
+    if unfused and linear:
+        return _whole_linear.linear(mat1, mat2.t(), bias)
     if unfused:
         product = torch.mm(mat1, mat2)  # (through small_mm: ATen's mm)
     if alpha != 1:

@@ -78,10 +78,11 @@ def main() -> None:
             variants = {}
             for variant, vector_width in (("kernel", width), ("aten", lambda: 0)):
                 _whole_linear.vector_width = vector_width  # (read when the graph is lowered)
-                torch._dynamo.reset()
-                compiled = torch.compile(
-                    chain, backend=_whole_backend.whole_solve_backend, fullgraph=True
-                )
+
+                def backend(gm, inputs):  # (one per variant: dynamo keeps a graph per backend)
+                    return _whole_backend.whole_solve_backend(gm, inputs)
+
+                compiled = torch.compile(chain, backend=backend, fullgraph=True)
                 with torch.no_grad():
                     compiled(h)
                 variants[variant] = compiled

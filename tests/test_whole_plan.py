@@ -188,6 +188,39 @@ def test_plans_of_other_settings_never_share_a_compiled_copy_whose_guards_skip_t
             same(no.solve(f, y0, ts, compile=True, **kwargs), no.solve(f, y0, ts, **kwargs))
 
 
+def test_backsolves_compiled_backward_compiles_once():
+    """Each backward solve of ``Backsolve`` has new adjoint dynamics and a new seminorm
+    (equal to the last): the second forward and backward compile nothing and give the
+    eager gradients."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    field = Field(net.double())
+    y0 = torch.tensor([[0.5, -0.3], [0.1, 0.2]], dtype=torch.float64)
+
+    def gradients(**options):
+        sol = no.solve(field, y0, TS, gradient=no.Backsolve(), **options)
+        return torch.autograd.grad(sol.ys[-1].sum(), list(field.parameters()))
+
+    gradients(compile=True)
+    graphs = counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = gradients(compile=True)
+    assert counters["stats"]["unique_graphs"] == graphs
+    for c, e in zip(compiled, gradients()):
+        torch.testing.assert_close(c, e, rtol=1e-7, atol=1e-9)
+
+
+class Field(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+
 def test_the_copies_keep_fs_guards_and_drop_the_plans():
     ours = _whole_plan._ours
     for name in ("plan", "plan.solver._cache", "dict(type(plan).__dict__)", "L['plan'].sign"):

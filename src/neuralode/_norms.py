@@ -167,6 +167,14 @@ class Seminorm:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._inner(x[: self.size])
 
+    # equal seminorms are one setting: the compiled whole solve's copies and plans are keyed
+    # by the norm, and the adjoint makes a new one for each backward solve
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.measured == self.measured  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.measured))
+
 
 def seminorm(numels: Sequence[int], n_measured: int) -> Norm:
     """Mixed norm over the first ``n_measured`` leaves only; the others are left out.

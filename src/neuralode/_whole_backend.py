@@ -48,15 +48,15 @@ in the user's own compiled code):
   vector load per row instead of a gather), which inductor fuses with the bias and the
   activation after it.
 - **larger matrix products** (the same two functions, and a thin ``mat1``) of float32 on
-  an x86 CPU with AVX2 or AVX-512 become ``neuralode::linear`` (``_whole_linear``): a C++ kernel generated into the
-  graph that accumulates blocks of outputs in vector registers, the bias included; the
-  post-grad pass ``fuse_linear_activations`` folds a tanh that reads only the product into
-  the kernel, computed on the registers before they are stored. Other products stay
-  ATen's (MKL's) ``mm``; with a bias, ``addmm`` becomes ``mm`` and the bias subtracted with
-  its sign changed, which inductor fuses into the loop that reads the product (the
-  activation) instead of copying the bias into the output before the product. (``x - (-b)``
-  is ``x + b`` exactly; an addition would be turned back into ``addmm`` by inductor's
-  post-grad patterns.)
+  an x86 CPU with AVX2 or AVX-512 become ``neuralode::linear`` (``_whole_linear``): a C++
+  kernel generated into the graph that accumulates blocks of outputs in vector registers,
+  the bias included; the post-grad pass ``fuse_linear_activations`` folds a tanh that
+  reads only the product into the kernel, computed on the registers before they are
+  stored. Other products stay ATen's (MKL's) ``mm``; with a bias, ``addmm`` becomes
+  ``mm`` and the bias subtracted with its sign changed, which inductor fuses into the loop
+  that reads the product (the activation) instead of copying the bias into the output
+  before the product. (``x - (-b)`` is ``x + b`` exactly; an addition would be turned
+  back into ``addmm`` by inductor's post-grad patterns.)
 
 The float32 tanh reaches inductor's graph as the operator ``neuralode::tanh``; the
 post-grad pass folds it into the linear layer before it or writes it out as

@@ -50,6 +50,8 @@ def test_the_operator_eagerly_is_the_expression_it_names():
     assert torch.equal(_whole_linear.linear(x, weight, bias), linear)
     assert torch.equal(_whole_linear.linear(x, weight, bias, "tanh"), torch.tanh(linear))
     assert torch.equal(_whole_linear.linear(x, weight, None), x @ weight.t())
+    with pytest.raises(ValueError, match="activation must be one of"):
+        _whole_linear.linear(x, weight, bias, "relu")
 
 
 def test_eligibility_names_the_shapes_the_kernel_takes(monkeypatch):

@@ -40,7 +40,13 @@ _DEFINED: list[Any] = []  # (the operator's library, once defined)
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none"
 ) -> torch.Tensor:
-    """``activation(x @ weight.t() + bias)`` as one operator (``neuralode::linear``)."""
+    """``activation(x @ weight.t() + bias)`` as one operator (``neuralode::linear``).
+
+    Raises:
+        ValueError: for an activation other than ``ACTIVATIONS``.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
     define()
     return torch.ops.neuralode.linear(x, weight, bias, activation)
 

@@ -12,6 +12,7 @@ import torch
 
 import neuralode as no
 from neuralode import _whole_plan
+from neuralode.models import MLPDynamics
 
 pytestmark = pytest.mark.skipif(
     not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
@@ -195,8 +196,7 @@ def test_backsolves_compiled_backward_compiles_once():
     from torch._dynamo.utils import counters
 
     torch.manual_seed(4)
-    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
-    field = Field(net.double())
+    field = MLPDynamics(2, hidden=8, layers=1, autonomous=True).double()
     y0 = torch.tensor([[0.5, -0.3], [0.1, 0.2]], dtype=torch.float64)
 
     def gradients(**options):
@@ -210,15 +210,6 @@ def test_backsolves_compiled_backward_compiles_once():
     assert counters["stats"]["unique_graphs"] == graphs
     for c, e in zip(compiled, gradients()):
         torch.testing.assert_close(c, e, rtol=1e-7, atol=1e-9)
-
-
-class Field(torch.nn.Module):
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.net(y)
 
 
 def test_the_copies_keep_fs_guards_and_drop_the_plans():

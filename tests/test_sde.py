@@ -493,6 +493,38 @@ def test_stochastic_adjoint_converges_to_backprop(sde_type, noise_type, method, 
     assert errors[1] < 0.02 and errors[1] < errors[0]
 
 
+class _ConstantDiffusionOU(torch.nn.Module):
+    """dY = -theta Y dt + 0.3 dW with diagonal noise: g depends on neither y nor theta."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.tensor(0.7, dtype=F64))
+
+    def f(self, t, y):
+        return -self.theta * y
+
+    def g(self, t, y):
+        return torch.full_like(y, 0.3)
+
+
+@pytest.mark.parametrize("adjoint_method", [None, "euler", "milstein"])
+def test_adjoint_of_a_diffusion_constant_in_y_and_the_parameters(adjoint_method):
+    """y0 without gradient, the parameters only in the drift: the adjoint's products with
+    g's derivatives are zero (not an autograd error), its gradient backprop's."""
+    y0, ts = torch.ones(16, 1, dtype=F64), torch.linspace(0, 1, 5, dtype=F64)
+    bm = nsde.BrownianInterval(0, 1, size=(16, 1), dtype=F64, entropy=1)
+    grads = []
+    for solve in (nsde.sdeint, nsde.sdeint_adjoint):
+        sde = _ConstantDiffusionOU()
+        extra = {"adjoint_method": adjoint_method} if solve is nsde.sdeint_adjoint else {}
+        ys = solve(sde, y0, ts, bm=bm, dt=2**-8, method="euler", **extra)
+        ys[-1].mean().backward()
+        grads.append(sde.theta.grad)
+    assert abs(float(grads[1] - grads[0])) < 0.01 * abs(float(grads[0]))
+
+
 @pytest.mark.parametrize("noise_type", ["diagonal", "general", "additive"])
 def test_reversible_heun_adjoint_equals_backprop(noise_type):
     sde = Tanh("stratonovich", noise_type)

@@ -144,9 +144,15 @@ def batch_mvp(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def vjp(outputs, inputs, grad_outputs, **kwargs):
     """``torch.autograd.grad`` with unused inputs given zero gradients, not ``None``, by
     ``_autograd.grad`` (which leaves nothing behind per call: the adjoint calls it every step).
-    ``outputs`` and ``grad_outputs`` are sequences or one tensor each."""
+    ``outputs`` and ``grad_outputs`` are sequences or one tensor each; an output that does
+    not depend on anything that requires grad (a diffusion constant in y and the parameters,
+    say) contributes nothing."""
     if isinstance(outputs, torch.Tensor):
         outputs, grad_outputs = [outputs], [grad_outputs]
+    tracked = [(out, cot) for out, cot in zip(outputs, grad_outputs) if out.requires_grad]
+    if not tracked:
+        return [torch.zeros_like(x) for x in inputs]
+    outputs, grad_outputs = (list(part) for part in zip(*tracked))
     grads = grad(outputs, inputs, grad_outputs, **kwargs)
     return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
 

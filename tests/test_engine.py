@@ -499,6 +499,9 @@ def test_execution_is_one_validated_choice():
         device_loop=True, cuda_graph=True
     )
     assert Execution.of(compile="cuda_graph", per_sample=True).cuda_graph
+    # one problem with CUDA graphs runs in the device loop (a batch of one)
+    assert Execution.of(compile="cuda_graph") == Execution(device_loop=True, cuda_graph=True)
+    assert Execution.of(cuda_graph=True) == Execution(device_loop=True, cuda_graph=True)
     with pytest.raises(ValueError, match="compile must be False, True"):
         Execution.of(compile="fast")
     with pytest.raises(ValueError, match="per_sample must be False, True or 'skip_finished'"):

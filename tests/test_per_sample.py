@@ -781,6 +781,12 @@ def test_cuda_graph_replays_reuse_its_tensors_and_change_nothing(solver_cls, mon
                 assert 0 < int(graphed.event_mask.sum()) < len(y0)  # some samples stop early
             else:
                 assert graphed.ys.shape[0] < len(ts)  # the outputs end at the event
+        # one problem with compile="cuda_graph" alone: the device loop (a batch of one)
+        captures = _Replayer.captures
+        graphed = solve(StateVanDerPol(), y0, ts, compile="cuda_graph", **kwargs)
+        eager = solve(StateVanDerPol(), y0, ts, device_loop=True, **kwargs)
+        torch.testing.assert_close(graphed.ys, eager.ys, rtol=0, atol=0)
+        assert _Replayer.captures == captures + 1
         options = dict(per_sample=True, cuda_graph=True)  # the torchdiffeq-style option
         captures = _Replayer.captures
         ys = odeint(StateVanDerPol(), y0, ts, rtol=RTOL, atol=ATOL, options=options)
@@ -828,8 +834,6 @@ def test_cuda_graph_replays_a_compiled_step(monkeypatch):
 
 def test_cuda_graph_errors_are_named():
     y0, ts = _stiffening_batch(4), torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="needs per_sample=True or device_loop=True"):
-        solve(StateVanDerPol(), y0, ts, cuda_graph=True)
     with pytest.raises(ValueError, match="does not support skip_finished"):
         solve(StateVanDerPol(), y0, ts, cuda_graph=True, per_sample=True, skip_finished=True)
     with pytest.raises(ValueError, match="records no autograd graph"):

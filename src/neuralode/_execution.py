@@ -35,7 +35,8 @@ class Execution:
         compile: ``None`` (eager), ``"step"`` (each step attempt, f included, one
             torch.compile graph) or ``"solve"`` (the whole adaptive solve one compiled
             ``while_loop`` graph, falling back to ``"step"`` where it cannot run).
-        cuda_graph: each step attempt of the device loop captured as a CUDA graph.
+        cuda_graph: each step attempt of the device loop captured as a CUDA graph (one
+            problem: in the device loop, as ``device_loop``).
         asked: the compile argument as the user gave it (for error messages).
     """
 
@@ -110,7 +111,7 @@ class Execution:
         execution = cls(
             per_sample=per_sample,
             skip_finished=flags["skip_finished"],
-            device_loop=flags["device_loop"] and not per_sample,
+            device_loop=(flags["device_loop"] or flags["cuda_graph"]) and not per_sample,
             compile=mode,
             cuda_graph=flags["cuda_graph"],
             asked=asked,
@@ -136,8 +137,6 @@ class Execution:
                 "compile=True runs the whole solve as one compiled graph and cuda_graph "
                 "captures each step attempt: choose one"
             )
-        if self.cuda_graph and not self.device:
-            raise ValueError("cuda_graph=True needs per_sample=True or device_loop=True")
         if self.cuda_graph and self.skip_finished:
             raise ValueError(
                 "cuda_graph=True does not support skip_finished (the number of rows f sees "

@@ -93,3 +93,28 @@ def test_diffrax_solves_the_same_problems():
         for library in ("neuralode", "diffrax"):  # against diffrax's discrete gradient
             assert by[(case, library)].error < 1e-5
     assert "| vdp per sample | diffrax |" in diffrax_peer.table(rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_a_device_without_cuda_is_refused_before_anything_runs(tmp_path, capsys):
+    for device, message in (("cuda", "torch sees no CUDA devices here"), ("tpu", "not a device")):
+        argv = ["bench", "--parts", "diffrax", "--device", device, "--out", str(tmp_path)]
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bench.md").exists()
+    with pytest.raises(ValueError, match="torch sees no CUDA device"):
+        diffrax_peer.run(sys.executable, (1,), device="cuda")
+
+
+def test_the_gpu_rows_are_the_cpu_rows_and_cuda_graphs():
+    """On a GPU a third neuralode row replays each step as a CUDA graph: every forward case
+    and Backsolve's gradient (its forward solve records no graph), not Direct's."""
+    assert diffrax_peer.GPU_VARIANTS == {
+        **diffrax_peer.VARIANTS,
+        "neuralode cuda_graph": "cuda_graph",
+    }
+    assert diffrax_peer._ours("mlp gradient recursive checkpoint", "cuda_graph") is None
+    for case in ("mlp forward 1", "vdp one system", "vdp per sample", "mlp gradient backsolve"):
+        assert callable(diffrax_peer._ours(case, "cuda_graph"))
+    value, steps = diffrax_peer._ours("mlp forward 1", "eager", "cpu")()
+    np.testing.assert_allclose(value.numpy(), core.reference(core.mlp_problem(1)), atol=1e-5)

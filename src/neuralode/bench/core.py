@@ -94,12 +94,14 @@ def mlp_net() -> torch.nn.Sequential:
     ).to(torch.float32)
 
 
-def mlp_problem(batch: int) -> Problem:
+def mlp_problem(batch: int, device: torch.device | str = "cpu") -> Problem:
+    """Problem (a) at ``batch``: the seeded MLP field and initial states on ``device``."""
     net = mlp_net()
     for p in net.parameters():
         p.requires_grad_(False)
     y0 = torch.randn(batch, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
     weights = [(m.weight.double().numpy(), m.bias.double().numpy()) for m in net[::2]]
+    net, y0 = net.to(device), y0.to(device)
 
     def f_numpy(y: np.ndarray) -> np.ndarray:
         (w1, b1), (w2, b2), (w3, b3) = weights
@@ -115,10 +117,12 @@ def vdp_mu(batch: int) -> torch.Tensor:
     return torch.linspace(1.0, 25.0, batch, dtype=torch.float64)
 
 
-def vdp_problem(batch: int = 256) -> Problem:
+def vdp_problem(batch: int = 256, device: torch.device | str = "cpu") -> Problem:
+    """Problem (b): Van der Pol with mu from 1 to 25 across the batch, float64, on ``device``."""
     mu = vdp_mu(batch)
     mu_numpy = mu.numpy()
-    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64).repeat(batch, 1)
+    mu = mu.to(device)
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64, device=device).repeat(batch, 1)
 
     def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, v = y[:, 0], y[:, 1]

@@ -22,6 +22,13 @@ Problems (dopri5, rtol 1e-6, atol 1e-8, outputs at t0 and t1; diffrax with
 neuralode runs eagerly and compiled (``compile=True`` where ``solve`` has it, else
 ``compile_step=True``), the compile cache reset before each case; a compiled row's compile
 time is its first call (inductor's on-disk cache, when warm, shortens it).
+
+On a GPU (``device="cuda"``, ``neuralode bench --parts diffrax --device cuda``) both run
+there: jax on the GPU (``JAX_PLATFORMS=cuda``, without preallocating its memory, so that
+torch has the rest), neuralode's tensors on the same device, its timed blocks ending with
+``torch.cuda.synchronize()`` as diffrax's end with ``block_until_ready``, and one more
+neuralode row: each step attempt replayed as a CUDA graph (``compile="cuda_graph"``; for
+the gradient only Backsolve, whose forward solve records no graph).
 """
 
 from __future__ import annotations
@@ -116,7 +123,7 @@ class Worker:
     """The diffrax process: started with the exported problems, one-threaded XLA and this
     process's CPU affinity; ``ask`` sends one request and returns the answer."""
 
-    def __init__(self, python: str, mlp_batches: tuple[int, ...]):
+    def __init__(self, python: str, mlp_batches: tuple[int, ...], device: str = "cpu"):
         spec = {
             "rtol": core.RTOL,
             "atol": core.ATOL,
@@ -129,7 +136,10 @@ class Worker:
         problems, spec_path = Path(self._tmp.name) / "p.npz", Path(self._tmp.name) / "s.json"
         export_problems(problems, mlp_batches)
         spec_path.write_text(json.dumps(spec))
-        env = {**os.environ, "XLA_FLAGS": XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
+        if device == "cpu":
+            env = {**os.environ, "XLA_FLAGS": XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
+        else:  # jax allocates as it goes: by default it takes 75% of the GPU's memory
+            env = {**os.environ, "JAX_PLATFORMS": "cuda", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
         args = [python, "-I", str(WORKER), str(problems), str(spec_path)]
         self._process = subprocess.Popen(
             args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -197,15 +207,29 @@ class _Field(torch.nn.Module):
         return self.net(y)
 
 
-def _ours(case: str, compiled: bool) -> Callable[[], tuple[torch.Tensor, str]]:
-    """A call that solves ``case`` with neuralode and returns (y(t1) or the flat gradient,
-    steps)."""
-    options = _compile_option(neuralode.solve) if compiled else {}
+VARIANTS = {"neuralode": "eager", "neuralode compiled": "compiled"}
+GPU_VARIANTS = {**VARIANTS, "neuralode cuda_graph": "cuda_graph"}
+
+
+def _ours(
+    case: str, variant: str, device: str = "cpu"
+) -> Callable[[], tuple[torch.Tensor, str]] | None:
+    """A call that solves ``case`` with neuralode on ``device`` and returns (y(t1) or the
+    flat gradient, steps); ``variant``: ``"eager"``, ``"compiled"`` or ``"cuda_graph"``
+    (``None``: the case has no such run, Direct's gradient under a CUDA graph)."""
+    options = {
+        "eager": {},
+        "compiled": _compile_option(neuralode.solve),
+        "cuda_graph": {"compile": "cuda_graph"},
+    }[variant]
     if case.startswith("mlp gradient"):
-        net = _Field(core.mlp_net())
-        y0 = core.mlp_problem(GRAD_BATCH).y0
-        ts = torch.tensor([0.0, 1.0])
+        if variant == "cuda_graph" and not case.endswith("backsolve"):
+            return None
+        net = _Field(core.mlp_net()).to(device)
+        y0 = core.mlp_problem(GRAD_BATCH, device).y0
+        ts = torch.tensor([0.0, 1.0], device=device)
         if case.endswith("backsolve"):
+            compiled = variant == "compiled"
             kwargs = _compile_option(neuralode.Backsolve) if compiled else {}
             gradient = neuralode.Backsolve(**kwargs)
         else:
@@ -220,13 +244,13 @@ def _ours(case: str, compiled: bool) -> Callable[[], tuple[torch.Tensor, str]]:
 
         return grad
     if case == "vdp per sample":
-        f, y0 = per_sample.vdp(VDP_BATCH)
-        ts = torch.tensor([0.0, per_sample.T1], dtype=torch.float64)
+        f, y0 = per_sample.vdp(VDP_BATCH, device)
+        ts = torch.tensor([0.0, per_sample.T1], dtype=torch.float64, device=device)
         per_sample_options = {"per_sample": True, **options}
     else:
-        problem = _problem(case)
+        problem = _problem(case, device)
         f, y0 = problem.f, problem.y0
-        ts = torch.tensor([problem.t0, problem.t1], dtype=y0.dtype)
+        ts = torch.tensor([problem.t0, problem.t1], dtype=y0.dtype, device=device)
         per_sample_options = options
 
     def forward() -> tuple[torch.Tensor, str]:
@@ -239,12 +263,26 @@ def _ours(case: str, compiled: bool) -> Callable[[], tuple[torch.Tensor, str]]:
     return forward
 
 
-def _problem(case: str) -> core.Problem:
+def _problem(case: str, device: str = "cpu") -> core.Problem:
     """The forward case's problem: Van der Pol (one system or per sample: the same ODEs) or
     the MLP at the batch size that ends the case's name."""
     if case.startswith("vdp"):
-        return core.vdp_problem(VDP_BATCH)
-    return core.mlp_problem(int(case.rsplit(" ", 1)[1]))
+        return core.vdp_problem(VDP_BATCH, device)
+    return core.mlp_problem(int(case.rsplit(" ", 1)[1]), device)
+
+
+def _synchronized(call: Callable[[], tuple], device: str) -> Callable[[], tuple]:
+    """``call``, ending when the device has finished its work (timed as diffrax's blocks,
+    which wait for their results)."""
+    if device == "cpu":
+        return call
+
+    def synchronized() -> tuple:
+        result = call()
+        torch.cuda.synchronize(device)
+        return result
+
+    return synchronized
 
 
 def _flat(grads: list) -> np.ndarray:
@@ -257,6 +295,7 @@ def run(
     repeats: int = 5,
     block_seconds: float = 0.05,
     compiled: bool = True,
+    device: str = "cpu",
 ) -> tuple[list[Row], dict]:
     """diffrax in its worker, then neuralode eager (and compiled) on the same cases, with one
     torch thread.
@@ -266,7 +305,8 @@ def run(
         mlp_batches: the MLP's batch sizes (the gradient cases use batch 16).
         repeats: timed blocks per case and library.
         block_seconds: about how long one block of consecutive solves runs.
-        compiled: also time neuralode compiled.
+        compiled: also time neuralode compiled (on a GPU, also with CUDA graphs).
+        device: ``"cpu"``, or a CUDA device (both libraries run there).
 
     Returns:
         The rows (per case: neuralode, neuralode compiled, diffrax) and the worker's results
@@ -274,8 +314,14 @@ def run(
 
     Raises:
         RuntimeError: the worker ended early (its error output goes to this stderr).
+        ValueError: ``device`` is not the CPU or an available CUDA device.
     """
-    worker = Worker(python, mlp_batches)
+    if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
+        raise ValueError(
+            f"the diffrax part runs on 'cpu' or an available CUDA device, got {device!r}"
+            + ("" if torch.cuda.is_available() else " (torch sees no CUDA device here)")
+        )
+    worker = Worker(python, mlp_batches, device)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread, as XLA's
     try:
@@ -283,7 +329,7 @@ def run(
         theirs = {"versions": listing["versions"]}
         for case in listing["cases"]:
             theirs[case] = worker.ask("prepare", case=case, block_seconds=block_seconds)
-        rows = _interleaved(worker, theirs, repeats, block_seconds, compiled)
+        rows = _interleaved(worker, theirs, repeats, block_seconds, compiled, device)
     finally:
         torch.set_num_threads(threads)
         worker.close()
@@ -291,7 +337,12 @@ def run(
 
 
 def _interleaved(
-    worker: Worker, theirs: dict, repeats: int, block_seconds: float, compiled: bool
+    worker: Worker,
+    theirs: dict,
+    repeats: int,
+    block_seconds: float,
+    compiled: bool,
+    device: str = "cpu",
 ) -> list[Row]:
     """Per case: neuralode's runs prepared (the compiled one's first call compiles), then
     ``repeats`` rounds of one timed block per library, the order rotated each round."""
@@ -310,17 +361,21 @@ def _interleaved(
 
         label = case.replace("recursive checkpoint", "direct / recursive checkpoint")
         ours = {}
-        for name, variant in (("neuralode", False), ("neuralode compiled", True)):
-            if variant and not compiled:
+        for name, variant in (VARIANTS if device == "cpu" else GPU_VARIANTS).items():
+            if variant != "eager" and not compiled:
                 continue
-            if variant:
+            if variant == "compiled":
                 torch._dynamo.reset()  # each case compiles afresh, as a user's first solve
-            call = _ours(case, variant)
+            call = _ours(case, variant, device)
+            if call is None:
+                continue
+            call = _synchronized(call, device)
             start = time.perf_counter()
             value, steps = call()
             first = time.perf_counter() - start
-            ours[name] = (call, block_size(call, block_seconds), first if variant else None)
-            ours[name] += (steps, error(value.detach().numpy()))
+            compile_seconds = first if variant != "eager" else None
+            ours[name] = (call, block_size(call, block_seconds), compile_seconds)
+            ours[name] += (steps, error(value.detach().cpu().numpy()))
         times: dict[str, list[float]] = {name: [] for name in (*ours, "diffrax")}
         names = list(times)
         for r in range(repeats):
@@ -336,7 +391,7 @@ def _interleaved(
         rows.append(Row(label, "diffrax", min(times["diffrax"]),
                         statistics.median(times["diffrax"]), record["compile_seconds"],
                         _diffrax_steps(record), error(value)))  # fmt: skip
-        print(f"  diffrax and neuralode: {case} done", flush=True)
+        print(table([r for r in rows if r.case == label]).split("\n", 2)[2], flush=True)
     return rows
 
 
@@ -362,6 +417,7 @@ def section(
     mlp_batches: tuple[int, ...],
     repeats: int,
     block_seconds: float = 0.05,
+    device: str = "cpu",
 ) -> str:
     """The bench report's diffrax section: the table, or the note why there is none.
 
@@ -371,19 +427,31 @@ def section(
         mlp_batches: the MLP's batch sizes.
         repeats: timed blocks per case and library.
         block_seconds: about how long one block of consecutive solves runs.
+        device: ``"cpu"``, or a CUDA device (``run``).
 
     Returns:
         Markdown: a title, how it was measured and the table.
+
+    Raises:
+        ValueError: ``device`` is not the CPU or an available CUDA device.
     """
     title = "### neuralode vs diffrax: same weights, problems and tolerances, dopri5"
     if python is None:
         return f"{title}\n\n{note}"
-    rows, _ = run(python, mlp_batches, repeats, block_seconds)
+    rows, _ = run(python, mlp_batches, repeats, block_seconds, device=device)
     cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    if device == "cpu":
+        where = f"own process on cores {cores} (as this one), XLA_FLAGS={XLA_FLAGS!r}"
+    else:
+        where = (
+            f"own process, both on {torch.cuda.get_device_name(device)} (jax with "
+            "JAX_PLATFORMS=cuda, no preallocation; neuralode's blocks end with "
+            "torch.cuda.synchronize(), cuda_graph: compile='cuda_graph')"
+        )
     return (
-        f"{title}\n\n{note} under {python}, own process on cores {cores} (as this one), "
-        f"XLA_FLAGS={XLA_FLAGS!r}, jitted; neuralode with one torch thread. Times per solve from "
-        "blocks of consecutive calls (min and median over the blocks), the blocks of the three "
+        f"{title}\n\n{note} under {python}, {where}, "
+        f"jitted; neuralode with one torch thread. Times per solve from "
+        "blocks of consecutive calls (min and median over the blocks), the blocks of the rows "
         "interleaved across the two processes; vs diffrax: min over diffrax's min. Error: "
         "forward, max |y(t1) - SciPy DOP853 at rtol 1e-12|; gradient, max |grad - diffrax "
         "RecursiveCheckpointAdjoint's| / max |that|. Per sample: accepted steps of the "

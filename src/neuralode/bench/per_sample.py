@@ -42,16 +42,16 @@ import neuralode
 RTOL, ATOL, T1 = 1e-6, 1e-8, 10.0  # Van der Pol; the MLP field: 1e-5, 1e-6, t in [0, 1]
 
 
-def vdp(batch: int):
-    mu = torch.full((1,), 25.0, dtype=torch.float64)
+def vdp(batch: int, device: torch.device | str = "cpu"):
+    mu = torch.full((1,), 25.0, dtype=torch.float64, device=device)
     if batch > 1:
-        mu = torch.linspace(1.0, 25.0, batch, dtype=torch.float64)
+        mu = torch.linspace(1.0, 25.0, batch, dtype=torch.float64, device=device)
 
     def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, v = y[:, 0], y[:, 1]
         return torch.stack([v, mu * (1 - x * x) * v - x], 1)
 
-    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64).repeat(batch, 1)
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64, device=device).repeat(batch, 1)
     return f, y0
 
 

@@ -50,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "$NEURALODE_DIFFRAX_PYTHON, else this one if it has them, else the part is skipped "
         "with a note)",
     )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="where the gpu and diffrax parts run: cpu or cuda[:N] (default: the gpu part on "
+        "CUDA when there is one, the diffrax part on the CPU; with cuda both libraries of the "
+        "diffrax part run on the GPU)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument(
@@ -67,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         )
     from . import environment
 
+    device = _device(args.device)
     if "diffrax" in args.parts:  # a named interpreter that lacks diffrax fails here, at once
         from . import diffrax_peer
 
@@ -126,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     if "diffrax" in args.parts:
         batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
         block = 0.2 if args.full else 0.05  # seconds of consecutive solves timed together
-        sections.append(diffrax_peer.section(python, note, batches, repeats, block))
+        where = "cpu" if device is None else str(device)
+        sections.append(diffrax_peer.section(python, note, batches, repeats, block, where))
     if "compiled" in args.parts:
         from . import core, per_sample
 
@@ -145,11 +154,11 @@ def run(args: argparse.Namespace) -> int:
     if "gpu" in args.parts:
         from . import gpu
 
-        device = gpu.default_device()
-        batches = (16, 256, 1024) if args.full or device.type == "cuda" else (16, 256)
-        gpu_rows = gpu.run(device, batches, repeats)
+        on = device or gpu.default_device()
+        batches = (16, 256, 1024) if args.full or on.type == "cuda" else (16, 256)
+        gpu_rows = gpu.run(on, batches, repeats)
         sections.append(
-            f"### Time per step on {gpu.device_name(device)}: MLP 2-64-64-2 tanh, float32, "
+            f"### Time per step on {gpu.device_name(on)}: MLP 2-64-64-2 tanh, float32, "
             "dopri5, with and without CUDA graphs\n\n" + gpu.table(gpu_rows)
         )
     if "sde" in args.parts:
@@ -182,3 +191,24 @@ def run(args: argparse.Namespace) -> int:
     print(report)
     print(f"wrote {out / 'bench.md'} in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
+
+
+def _device(name: str | None) -> torch.device | None:
+    """``--device``, checked before anything runs: ``None`` (each part's default), the CPU or
+    an available CUDA device (else a ``ValueError`` that names the fix)."""
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; give cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise ValueError(
+                f"--device {name}: torch sees {count or 'no'} CUDA device{'s' * (count != 1)} "
+                "here; give --device cpu or run on a machine with one"
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: the benchmarks run on cpu or cuda[:N]")
+    return device

@@ -179,6 +179,21 @@ def test_forward_mode_jacobian_matches_autograd(activation: str) -> None:
     torch.testing.assert_close(jac, _jacobians(net, t, z))
 
 
+def test_forward_mode_jacobian_per_sample_times_and_softplus_threshold() -> None:
+    """One time per sample (per-sample mode's t), and a Softplus that turns linear early
+    (threshold 1: slope 1 where beta * x > 1, not sigmoid(beta * x))."""
+    torch.manual_seed(0)
+    net = ConcatSquashMLP(3, (16, 16), "softplus").double()
+    for act in net.acts:
+        act.beta, act.threshold = 3.0, 1.0
+    t = torch.linspace(0.0, 1.0, 5, dtype=F64)
+    z = torch.randn(5, 3, dtype=F64)
+    f, jac = net.forward_with_jacobian(t, z)
+    torch.testing.assert_close(f, net(t, z))
+    for i in range(5):
+        torch.testing.assert_close(jac[i : i + 1], _jacobians(net, t[i], z[i : i + 1]))
+
+
 class _Opaque(nn.Module):
     """The same field without ``forward_with_jacobian``: the CNF falls back to autograd."""
 

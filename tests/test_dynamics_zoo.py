@@ -5,7 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuralode.models import KineticEnergy, ODEBlock, TransformerDynamics, UNetDynamics
+import neuralode
+from neuralode.models import (
+    ConcatSquashConvNet,
+    ConcatSquashMLP,
+    ConvDynamics,
+    GatedPlanarDynamics,
+    KineticEnergy,
+    MLPDynamics,
+    ODEBlock,
+    TransformerDynamics,
+    UNetDynamics,
+)
+from neuralode.models.dynamics import group_norm
 
 
 @pytest.fixture(autouse=True)
@@ -89,3 +101,42 @@ def test_zoo_errors() -> None:
         UNetDynamics(1, depth=-1)
     with pytest.raises(ValueError, match="H, W"):
         UNetDynamics(1, width=4)(torch.tensor(0.0), torch.randn(2, 1, 6))
+
+
+_TIMED_FIELDS = {  # every time-dependent vector field of the zoo, with a state it takes
+    "mlp": (lambda: MLPDynamics(3, hidden=8), (4, 3)),
+    "concat_squash_mlp": (lambda: ConcatSquashMLP(3, hidden=(8, 8)), (4, 3)),
+    "gated_planar": (lambda: GatedPlanarDynamics(3, width=5), (4, 3)),
+    "concat_squash_conv": (lambda: ConcatSquashConvNet(2, hidden=(4,)), (4, 2, 5, 5)),
+    "conv": (lambda: ConvDynamics(4), (4, 4, 5, 5)),
+    "unet": (lambda: UNetDynamics(2, width=4, depth=1), (4, 2, 6, 6)),
+    "transformer": (lambda: TransformerDynamics(8, heads=2, hidden=16), (4, 3, 8)),
+}
+
+
+@pytest.mark.parametrize("name", list(_TIMED_FIELDS))
+def test_fields_take_one_time_per_sample(name: str) -> None:
+    """Per-sample mode calls f with t of shape (batch,): each row is f at its own time, and
+    the per-sample solve of the batch equals that of each sample alone."""
+    torch.manual_seed(0)
+    make, shape = _TIMED_FIELDS[name]
+    field = make().double()
+    y = torch.randn(*shape, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.3, 0.7, 1.0], dtype=torch.float64)
+    rows = field(t, y)
+    for i in range(len(t)):
+        torch.testing.assert_close(rows[i : i + 1], field(t[i], y[i : i + 1]))
+    ts = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    controller = neuralode.PIController(1e-8, 1e-10)
+    with torch.no_grad():
+        batch = neuralode.solve(field, y, ts, controller=controller, per_sample=True).ys[-1]
+        alone = neuralode.solve(field, y[1:2], ts, controller=controller, per_sample=True)
+    torch.testing.assert_close(batch[1:2], alone.ys[-1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("channels", "groups"), [(1, 1), (16, 16), (24, 24), (40, 20), (64, 32),
+                                                  (65, 13), (96, 32), (97, 1)])  # fmt: skip
+def test_group_norm_takes_the_most_groups_up_to_32_that_divide_the_channels(
+    channels: int, groups: int
+) -> None:
+    assert group_norm(channels).num_groups == groups

@@ -29,7 +29,7 @@ from .._solve import solve
 from ..adjoint import GRADIENTS, GradientStrategy
 from ..controllers import FixedGrid, PIController
 from ..solvers import METHODS
-from .dynamics import activation_layer
+from .dynamics import activation_layer, batch_time
 
 TRACE_MODES = ("exact", "hutchinson")
 NOISE_KINDS = ("rademacher", "gaussian")
@@ -63,7 +63,7 @@ class ConcatSquashLinear(nn.Module):
         self.time_bias = nn.Linear(1, dim_out, bias=False)
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        tt = t.to(x.dtype).reshape(1, 1)
+        tt = batch_time(t, x)  # (1, ..., 1) or per sample (batch, 1, ..., 1)
         return self.linear(x) * torch.sigmoid(self.gate(tt)) + self.time_bias(tt)
 
 
@@ -101,10 +101,11 @@ class ConcatSquashMLP(nn.Module):
         dim = z.shape[1]
         jac_t = None  # transposed Jacobian of the current activations: (batch, dim, width)
         for index, layer in enumerate(self.layers):
-            tt = t.to(z.dtype).reshape(1, 1)
-            gate = torch.sigmoid(layer.gate(tt))  # (1, width)
+            tt = batch_time(t, z)
+            gate = torch.sigmoid(layer.gate(tt))  # (1, width), or (batch, width) per sample
             pre = layer.linear(z) * gate + layer.time_bias(tt)
-            weight_t = layer.linear.weight.t() * gate  # d pre / d z, transposed: (in, width)
+            # d pre / d z, transposed: (1 or batch, in, width)
+            weight_t = layer.linear.weight.t() * gate.unsqueeze(1)
             if jac_t is None:
                 jac_t = weight_t.expand(z.shape[0], dim, -1)
             else:
@@ -120,8 +121,9 @@ def _activation_derivative(act: nn.Module, pre: torch.Tensor, out: torch.Tensor)
     """The derivative of an elementwise activation at ``pre`` (``out`` = act(pre))."""
     if isinstance(act, nn.Tanh):
         return 1 - out.pow(2)
-    if isinstance(act, nn.Softplus):
-        return torch.sigmoid(pre * act.beta)
+    if isinstance(act, nn.Softplus):  # linear (slope 1) where beta * x > threshold
+        scaled = pre * act.beta
+        return torch.where(scaled > act.threshold, torch.ones_like(pre), torch.sigmoid(scaled))
     if isinstance(act, nn.SiLU):
         sig = torch.sigmoid(pre)
         return sig * (1 + pre * (1 - sig))
@@ -150,9 +152,9 @@ class ConcatSquashConv2d(nn.Module):
         self.time_bias = nn.Linear(1, channels_out, bias=False)
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        tt = t.to(x.dtype).reshape(1, 1)
-        gate = torch.sigmoid(self.gate(tt)).reshape(1, -1, 1, 1)
-        return self.conv(x) * gate + self.time_bias(tt).reshape(1, -1, 1, 1)
+        tt = batch_time(t, x).reshape(-1, 1)  # (1, 1), or per sample (batch, 1)
+        gate = torch.sigmoid(self.gate(tt)).reshape(tt.shape[0], -1, 1, 1)
+        return self.conv(x) * gate + self.time_bias(tt).reshape(tt.shape[0], -1, 1, 1)
 
 
 class ConcatSquashConvNet(nn.Module):
@@ -195,8 +197,8 @@ class GatedPlanarDynamics(nn.Module):
         self.gate_c = nn.Parameter(torch.zeros(width))
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        gate = torch.sigmoid(self.gate_a * t.to(z.dtype) + self.gate_c)
-        return torch.tanh(z @ self.w.T + self.b) @ (gate[:, None] * self.u)
+        gate = torch.sigmoid(self.gate_a * batch_time(t, z) + self.gate_c)  # (1 or batch, M)
+        return (torch.tanh(z @ self.w.T + self.b) * gate) @ self.u
 
 
 def exact_trace(

@@ -54,8 +54,24 @@ class MLPDynamics(nn.Module):
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.autonomous:
             return self.net(y)
-        time = t.expand(*y.shape[:-1], 1).to(y.dtype)
+        time = batch_time(t, y).expand(*y.shape[:-1], 1)
         return self.net(torch.cat([y, time], dim=-1))
+
+
+def batch_time(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``like``'s dtype with ``like``'s number of dimensions, to broadcast against it:
+    a scalar time as (1, ..., 1), one time per sample (per-sample mode's ``(batch,)``) as
+    (batch, 1, ..., 1).
+
+    Arguments:
+        t: the time, a scalar or one per sample (dimension 0 of ``like``).
+        like: the state (or a tensor with its batch dimension first).
+
+    Returns:
+        The reshaped time.
+    """
+    t = t.to(like.dtype)
+    return t.reshape(-1 if t.ndim == 1 else 1, *([1] * (like.ndim - 1)))
 
 
 class ConcatConv2d(nn.Module):
@@ -83,12 +99,15 @@ class ConcatConv2d(nn.Module):
         )
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        time = t.to(x.dtype).expand(x.shape[0], 1, *x.shape[2:])
+        time = batch_time(t, x).expand(x.shape[0], 1, *x.shape[2:])
         return self.conv(torch.cat([time, x], dim=1))
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, channels), channels)
+    """GroupNorm with the most groups, up to 32, that divide ``channels`` (32 for 64 channels,
+    13 for 65: an augmented state's channels need not be a multiple of 32)."""
+    groups = max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
 
 
 class ConvDynamics(nn.Module):

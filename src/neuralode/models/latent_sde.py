@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..sde import sdeint, sdeint_adjoint
+from .dynamics import batch_time
 
 _SDE_PARTS = ("f_net", "h_net", "g_net")
 
@@ -86,11 +87,11 @@ class LatentSDE(nn.Module):
 
     def f(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         i = min(bisect.bisect_right(self._times, float(t)), len(self._times) - 1)
-        time = t.expand(z.shape[0], 1).to(z.dtype)
+        time = batch_time(t, z).expand(z.shape[0], 1)
         return self.f_net(torch.cat([z, self._context[i], time], dim=-1))
 
     def h(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.h_net(torch.cat([z, t.expand(z.shape[0], 1).to(z.dtype)], dim=-1))
+        return self.h_net(torch.cat([z, batch_time(t, z).expand(z.shape[0], 1)], dim=-1))
 
     def g(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.diffusion_scale * self.g_net(z)

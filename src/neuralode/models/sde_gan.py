@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..sde import BaseBrownian, sdeint, sdeint_adjoint
+from .dynamics import batch_time
 
 
 class LipSwish(nn.Module):
@@ -101,10 +102,10 @@ class _Field(nn.Module):
         self.diffusion = _mlp(1 + hidden, hidden * channels, width, layers, tanh=True)
 
     def f(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.drift(torch.cat([t.expand(x.shape[0], 1).to(x.dtype), x], 1))
+        return self.drift(torch.cat([batch_time(t, x).expand(x.shape[0], 1), x], 1))
 
     def g(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        tx = torch.cat([t.expand(x.shape[0], 1).to(x.dtype), x], 1)
+        tx = torch.cat([batch_time(t, x).expand(x.shape[0], 1), x], 1)
         return self.diffusion(tx).view(x.shape[0], self.hidden, self.channels)
 
 

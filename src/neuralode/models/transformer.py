@@ -32,8 +32,9 @@ class TimeEmbedding(nn.Module):
         self.linear = nn.Linear(features, dim)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        angles = t.reshape(1) * self.frequencies.to(t.dtype)
-        return self.linear(torch.cat([angles.sin(), angles.cos()]).to(self.linear.weight.dtype))
+        angles = t.reshape(*t.shape, 1) * self.frequencies.to(t.dtype)
+        features = torch.cat([angles.sin(), angles.cos()], dim=-1)
+        return self.linear(features.to(self.linear.weight.dtype))
 
 
 class TransformerDynamics(nn.Module):
@@ -82,7 +83,8 @@ class TransformerDynamics(nn.Module):
             raise ValueError(
                 f"TransformerDynamics needs states (batch, tokens, dim), got {tuple(y.shape)}"
             )
-        h = y + self.time(t)
+        embedding = self.time(t)  # (dim,), or per sample (batch, dim)
+        h = y + (embedding.unsqueeze(1) if embedding.ndim == 2 else embedding)
         x = self.norm1(h)
         a = self.attention(x, x, x, need_weights=False)[0]
         m = self.mlp(self.norm2(h + a))

@@ -217,7 +217,9 @@ class DEQ(nn.Module):
         z = self.f(z_star, x)  # one evaluation with autograd: the path to x and the parameters
         if torch.is_grad_enabled() and z.requires_grad:
             x_star = x.detach()
-            z.register_hook(lambda grad: self._adjoint(z_star, x_star, grad))
+            # the dropout masks of this solve: the backward pass may come after another call
+            masks = [(m, m._mask) for m in self.f.modules() if isinstance(m, VariationalDropout)]
+            z.register_hook(lambda grad: self._adjoint(z_star, x_star, grad, masks))
             self._regularise(z_star, x)
         else:
             self.regularisation, self.regularisation_terms = torch.zeros(()), {}
@@ -241,18 +243,30 @@ class DEQ(nn.Module):
             self.regularisation = self.regularisation + regulariser.weight * rate
 
     def _adjoint(
-        self, z_star: torch.Tensor, x: torch.Tensor, grad: torch.Tensor | None
+        self,
+        z_star: torch.Tensor,
+        x: torch.Tensor,
+        grad: torch.Tensor | None,
+        masks: list[tuple[VariationalDropout, torch.Tensor | None]],
     ) -> torch.Tensor | None:
         """Solve g = (df/dz)^T g + grad at z* (the hook on the layer's output).
 
         f is evaluated at (z*, x) here, in the backward pass, so the forward pass keeps the
-        graph of one evaluation only.
+        graph of one evaluation only; with the dropout masks of the forward solve (``masks``),
+        not those of a later call of the layer.
         """
         if grad is None:  # an undefined gradient stays undefined
             return None
+        current = [(module, module._mask) for module, _ in masks]
         with torch.enable_grad():
             z_star = z_star.detach().requires_grad_(True)
-            f_star = self.f(z_star, x)
+            try:
+                for module, mask in masks:
+                    module._mask = mask
+                f_star = self.f(z_star, x)
+            finally:
+                for module, mask in current:
+                    module._mask = mask
 
         def vjp(g: torch.Tensor) -> torch.Tensor:
             (out,) = torch.autograd.grad(f_star, z_star, g, retain_graph=True)

@@ -48,6 +48,21 @@ def test_every_method_solves_a_linear_contraction(method: str) -> None:
     assert int(result.sample_iterations.min()) >= 1
 
 
+@pytest.mark.parametrize("method", list(FIXED_POINT_METHODS))
+def test_every_method_solves_a_complex_contraction(method: str) -> None:
+    """z = A z + b with complex A (spectral radius 0.8) and b: Anderson's least squares
+    over complex residuals uses their Hermitian Gram matrix."""
+    generator = torch.Generator().manual_seed(1)
+    q = torch.linalg.qr(torch.randn(6, 6, dtype=torch.complex128, generator=generator))[0]
+    phases = torch.exp(1j * torch.linspace(0.0, 3.0, 6, dtype=torch.float64))
+    a = q @ torch.diag(0.8 * phases) @ q.conj().T
+    b = torch.randn(2, 6, dtype=torch.complex128, generator=generator)
+    exact = torch.linalg.solve(torch.eye(6, dtype=torch.complex128) - a, b.T).T
+    result = fixed_point(lambda z: z @ a.T + b, torch.zeros_like(b), method, 1e-11, 2000)
+    assert result.converged
+    torch.testing.assert_close(result.z, exact, atol=1e-9, rtol=0)
+
+
 def test_anderson_and_broyden_need_far_fewer_iterations_than_plain_iteration() -> None:
     f, exact = linear_problem(torch.linspace(-0.95, 0.95, 20))
     iterations = {

@@ -122,9 +122,10 @@ class Anderson(FixedPointMethod):
         iterates, values = torch.stack(self._iterates, 1), torch.stack(self._values, 1)
         residuals = values - iterates  # (batch, k, n)
         k = residuals.shape[1]
-        gram = residuals @ residuals.transpose(1, 2)
+        # G_ij = <r_i, r_j> (Hermitian for complex states: conjugated on the left)
+        gram = residuals.conj() @ residuals.transpose(1, 2)
         # Scale the regularisation with the residuals, so it does not dominate near convergence.
-        scale = gram.diagonal(dim1=1, dim2=2).amax(1).clamp_min(_TINY)[:, None, None]
+        scale = gram.diagonal(dim1=1, dim2=2).real.amax(1).clamp_min(_TINY)[:, None, None]
         eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
         regularisation = self.regularisation
         if regularisation is None:

@@ -214,7 +214,8 @@ def test_learned_noise_and_shapes_of_every_model() -> None:
     assert learned(ts, values, mask, query).shape == (3, 5, 2)
     assert learned(ts, values, mask, query, n_samples=4).shape == (4, 3, 5, 2)
     assert learned.sample_prior(6, query).shape == (6, 5, 2)
-    vae = RNNVAE(2, encoder="odernn")
+    vae = RNNVAE(2, encoder="odernn", encoder_options={"rtol": 1e-5, "atol": 1e-6})
+    assert vae.encoder.ode.rtol == 1e-5
     assert vae(ts, values, mask, query).shape == (3, 5, 2)
     assert vae.elbo(ts, values, mask, n_samples=2, iwae=True).elbo.shape == (3,)
     assert RNNBaseline(2)(ts, values, mask).shape == (3, 7, 2)

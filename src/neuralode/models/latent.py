@@ -4,9 +4,11 @@ et al. 2019), with the RNN and RNN-VAE baselines.
 A batch of series observed at different times is one tensor on the sorted union of their
 times: ``ts`` (T,), ``values`` (B, T, D) and ``mask`` (B, T, D), 1 where a value was observed
 (a series observed at a subset of the times, features missing independently). Build it with
-``collate_irregular``. Every model runs over the union once and uses the masks, so that a
-series gets the same hidden states, reconstruction and ELBO in a batch as alone (up to the
-solver's tolerance).
+``collate_irregular``. Every model runs over the union once and uses the masks; the encoders
+(``ODERNN``, ``GapRNN``) and ``LatentODE`` give a series the same hidden states,
+reconstruction and ELBO in a batch as alone (up to the solver's tolerance). The discrete-time
+baselines do not: ``RNNBaseline`` and ``RNNVAE``'s latent GRU step through every union time,
+so a series' results there depend on the other series' times, as for the baselines they are.
 """
 
 from __future__ import annotations
@@ -630,6 +632,7 @@ class RNNVAE(_LatentVAE):
         obs_std: the observation noise (``None``: learned per feature).
         t0: the time of z0.
         decoder: as for ``LatentODE``.
+        encoder_options: go to the ``ODERNN`` encoder.
     """
 
     def __init__(
@@ -643,6 +646,7 @@ class RNNVAE(_LatentVAE):
         obs_std: float | None = 0.3,
         t0: float = 0.0,
         decoder: str = "mlp",
+        encoder_options: dict | None = None,
     ):
         super().__init__(
             obs_dim,
@@ -652,6 +656,7 @@ class RNNVAE(_LatentVAE):
             decoder_hidden,
             obs_std,
             t0,
+            encoder_options=encoder_options,
             decoder=decoder,
         )
         self.init = nn.Linear(latent_dim, rnn_hidden)

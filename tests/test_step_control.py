@@ -126,3 +126,30 @@ def test_no_shrink_per_sample_equals_alone() -> None:
             assert int(both.stats.sample_accepted[i]) == alone.stats.n_accepted
             assert int(both.stats.sample_rejected[i]) == alone.stats.n_rejected
             torch.testing.assert_close(both.ys[-1, i], alone.ys[-1, 0], rtol=1e-9, atol=1e-12)
+
+
+def test_per_element_tolerances_in_every_mode() -> None:
+    """A tensor rtol broadcasting against the state (one per column of a (3, 2) state) is
+    laid out as the flat state in every mode: the host loop, per sample and the compiled
+    whole solve take the same steps, a looser column changes them, and a tolerance that
+    does not broadcast is refused."""
+    rates = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    y0, ts = torch.ones(3, 2, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64)
+
+    def decay(t, y):
+        return -rates * y
+
+    steps = {}
+    for rtol in ((1e-8, 1e-3), (1e-3, 1e-3)):
+        controller = no.PIController(torch.tensor(rtol, dtype=torch.float64), 1e-12)
+        with torch.no_grad():
+            host = no.solve(decay, y0, ts, controller=controller)
+            per_sample = no.solve(decay, y0, ts, controller=controller, per_sample=True)
+            whole = no.solve(decay, y0, ts, controller=controller, compile=True)
+        assert whole.stats.n_steps == host.stats.n_steps
+        assert per_sample.stats.sample_steps.tolist() == [host.stats.n_steps] * 3
+        torch.testing.assert_close(whole.ys, host.ys)
+        steps[rtol] = host.stats.n_steps
+    assert steps[(1e-8, 1e-3)] > steps[(1e-3, 1e-3)]
+    with pytest.raises(ValueError, match=r"rtol of shape \(3,\) does not broadcast"):
+        no.solve(decay, y0, ts, controller=no.PIController(torch.ones(3) * 1e-6))

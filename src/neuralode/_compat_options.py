@@ -77,10 +77,7 @@ def _parse(
         raise ValueError(
             f"unknown option(s) {unknown} for method {method!r}; valid options: {sorted(allowed)}"
         )
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        value = float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else value
-        if not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    rtol, atol = _tolerance("rtol", rtol, y0, spec), _tolerance("atol", atol, y0, spec)
     most = options.get("max_num_steps", DEFAULT_MAX_STEPS)
     extra: dict[str, Any] = {"max_steps": None if most is None else int(most)}
     if "throw" in options:  # False: failed samples' outputs NaN instead of an error
@@ -95,7 +92,7 @@ def _parse(
         kwargs = {k: float(options[k]) for k in _CONTROLLER_OPTIONS if k in options}
         kwargs["min_step"] = float(options.get("min_step", 0.0))
         kwargs["max_step"] = float(options.get("max_step", math.inf))
-        controller = PIController(float(rtol), float(atol), **kwargs)
+        controller = PIController(rtol, atol, **kwargs)
         for key in ("step_t", "jump_t"):
             if options.get(key) is not None:
                 extra[key] = options[key]
@@ -213,3 +210,34 @@ def _linear_interpolate(self: Solver, term: Any, step: Step, thetas: torch.Tenso
 def _cubic_interpolate(self: Solver, term: Any, step: Step, thetas: torch.Tensor) -> torch.Tensor:
     f0 = step.stages[0] if isinstance(self, ExplicitRK) else term(step.t0, step.y0)
     return hermite_interpolate(term, step, thetas, f0)
+
+
+def _tolerance(name: str, value: Any, y0: Any, spec: Any) -> float | torch.Tensor:
+    """torchdiffeq's ``rtol``/``atol``: a number; a tensor (per element, broadcasting against
+    a tensor state); or, for a tuple state, one number or tensor per tensor of the state (a
+    sequence, or a tensor with one entry per tensor), laid out as the flat state."""
+    if isinstance(value, torch.Tensor) and value.requires_grad:
+        raise ValueError(f"{name} cannot require gradient; pass {name}.detach()")
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = float(value)
+    nested = isinstance(y0, (tuple, list))
+    if nested and (isinstance(value, (tuple, list)) or isinstance(value, torch.Tensor)):
+        leaves = list(y0)
+        if len(value) != len(leaves):
+            raise ValueError(
+                f"{name} has {len(value)} entries but y0 has {len(leaves)} tensors: give one "
+                "tolerance per tensor of y0, or a number"
+            )
+        parts = [torch.as_tensor(tol, dtype=torch.float64).expand(leaf.shape).reshape(-1)
+                 for tol, leaf in zip(value, leaves)]  # fmt: skip
+        value = torch.cat(parts)
+    if isinstance(value, torch.Tensor):
+        if not bool((value >= 0).all()):
+            raise ValueError(f"{name} must be non-negative, got {value}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(
+            f"{name} must be a non-negative number, a tensor of them, or (for a tuple y0) one "
+            f"per tensor of y0; got {value!r}"
+        )
+    return float(value)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ._host import plain_factories
+
+if TYPE_CHECKING:
+    from ._tree import TreeSpec
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
@@ -35,7 +40,54 @@ def tolerance_tensor(tol: float | torch.Tensor, like: torch.Tensor) -> torch.Ten
     tensor = torch.as_tensor(tol, dtype=dtype, device=like.device)
     if dtype != like.real.dtype and tensor.ndim == 0:
         tensor = tensor.reshape(1)
+    elif 1 < tensor.numel() == like.numel() and tensor.shape != like.shape:
+        tensor = tensor.reshape(like.shape)  # per element, flat: the rows of per-sample mode
     return tensor
+
+
+def lay_out_tolerances(controller: Any, spec: TreeSpec) -> Any:
+    """The controller with per-element tolerances in the flat state's layout
+    (``flat_tolerance``); scalar tolerances leave it as it is.
+
+    Raises:
+        ValueError: a tolerance that neither broadcasts against the state nor has its size.
+    """
+    tolerances = {}
+    for name in ("rtol", "atol"):
+        tol = getattr(controller, name, None)
+        if isinstance(tol, torch.Tensor) and tol.numel() > 1:
+            tolerances[name] = flat_tolerance(name, tol, spec)
+    if not tolerances:
+        return controller
+    laid_out = copy.copy(controller)
+    for name, tol in tolerances.items():
+        setattr(laid_out, name, tol)
+    return laid_out
+
+
+def flat_tolerance(name: str, tol: torch.Tensor, spec: TreeSpec) -> torch.Tensor:
+    """A per-element tolerance as a 1-D tensor that lines up with the flat state in every
+    mode: broadcast against the state (a bare tensor), or already of the flat state's size
+    (``spec.numel``: a nested state's leaves flattened and concatenated in order).
+
+    Raises:
+        ValueError: ``tol`` neither broadcasts against the state nor has its size.
+    """
+    if spec.is_leaf and tol.numel() != spec.numel:
+        try:
+            tol = torch.broadcast_to(tol, spec.shapes[0])
+        except RuntimeError:
+            raise ValueError(
+                f"{name} of shape {tuple(tol.shape)} does not broadcast against the state of "
+                f"shape {tuple(spec.shapes[0])}; give a number or a tensor that does"
+            ) from None
+    if tol.numel() != spec.numel:
+        raise ValueError(
+            f"{name} has {tol.numel()} entries but the state has {spec.numel}: for a nested "
+            "state give a number or one entry per element of the flattened state (its "
+            "tensors flattened and concatenated in order)"
+        )
+    return tol.reshape(-1)
 
 
 # Scalar tolerances as tensors, made once per (value, dtype, device): a solve needs them for

@@ -16,7 +16,7 @@ from ._events import Event
 from ._execution import Execution
 from ._host import transform_active, vmap_active
 from ._loop import LoopConfig
-from ._norms import Norm, mixed_norm, rms_norm
+from ._norms import Norm, lay_out_tolerances, mixed_norm, rms_norm
 from ._recorder import Recorder
 from ._saveat import SaveAt, check_saveat, saved
 from ._solution import Solution, SolveStats
@@ -200,6 +200,7 @@ def solve(
         times = check_times(ts, y0_flat.device, open_end=event is not None)
     if controller is None:
         controller = PIController() if solver.adaptive else FixedGrid()
+    controller = lay_out_tolerances(controller, spec)
     solver.set_tolerances(getattr(controller, "rtol", None), getattr(controller, "atol", None))
     cleared = check_tolerances(controller, y0_flat)
     if max_steps is None:

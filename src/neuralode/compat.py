@@ -29,8 +29,8 @@ def odeint(
     y0: Any,
     t: torch.Tensor,
     *,
-    rtol: float = 1e-7,
-    atol: float = 1e-9,
+    rtol: float | torch.Tensor | Sequence[float] = 1e-7,
+    atol: float | torch.Tensor | Sequence[float] = 1e-9,
     method: str | None = None,
     options: dict[str, Any] | None = None,
     event_fn: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
@@ -49,8 +49,10 @@ def odeint(
         t: the output times, 1-D and strictly monotonic; ``t[0]`` is the initial time. With
             ``options=dict(per_sample=True)`` also (batch, n): each sample's own output times
             (see [`solve`][neuralode.solve]'s ``ts``); the result is then (n, batch, ...).
-        rtol: the relative tolerance of adaptive methods.
-        atol: the absolute tolerance of adaptive methods.
+        rtol: the relative tolerance of adaptive methods: a number, a tensor (per element,
+            broadcasting against a tensor ``y0``) or, for a tuple ``y0``, one number or
+            tensor per tensor of it (a tuple, a list or a tensor), as in torchdiffeq.
+        atol: the absolute tolerance of adaptive methods, as ``rtol``.
         method: a name from [`METHODS`][neuralode.solvers.METHODS] (default ``"dopri5"``;
             ``"fixed_adams"`` is ``"implicit_adams"``) or ``"scipy_solver"``.
         options: torchdiffeq's method options (``step_size``, ``first_step``, ``max_num_steps``
@@ -86,8 +88,8 @@ def odeint_adjoint(
     y0: Any,
     t: torch.Tensor,
     *,
-    rtol: float = 1e-7,
-    atol: float = 1e-9,
+    rtol: float | torch.Tensor | Sequence[float] = 1e-7,
+    atol: float | torch.Tensor | Sequence[float] = 1e-9,
     method: str | None = None,
     options: dict[str, Any] | None = None,
     event_fn: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
@@ -107,8 +109,8 @@ def odeint_adjoint(
             called during the backward solve.
         y0: the initial state, a tensor or a tuple of tensors.
         t: the output times, 1-D and strictly monotonic.
-        rtol: the relative tolerance of the forward solve.
-        atol: the absolute tolerance of the forward solve.
+        rtol: the relative tolerance of the forward solve (as for ``odeint``).
+        atol: the absolute tolerance of the forward solve (as for ``odeint``).
         method: the forward method's name (default ``"dopri5"``).
         options: the forward method's options (as for ``odeint``).
         event_fn: an event function, as for ``odeint``.

@@ -101,7 +101,7 @@ def _backward_config(
     )
     config = LoopConfig(
         solver=strategy.solver or forward.solver,
-        controller=strategy.backward_controller(forward.controller),
+        controller=strategy.backward_controller(forward.controller, problem.spec, sum(numels[2:])),
         norm=strategy.backward_norm(numels, forward.norm),
         max_steps=strategy.max_steps or forward.max_steps,
         step_t=forward.step_t if strategy.step_t is None else strategy.step_t,

@@ -16,7 +16,8 @@ from torch.autograd.function import once_differentiable
 
 from .._execution import check_compiled_step
 from .._loop import integrate
-from .._norms import Norm, Seminorm, mixed_norm, seminorm
+from .._norms import Norm, Seminorm, flat_tolerance, mixed_norm, seminorm
+from .._tree import TreeSpec
 from ..controllers.base import StepSizeController
 from ..controllers.pi import PIController
 from ..solvers.base import Solver
@@ -121,19 +122,38 @@ class Backsolve(GradientStrategy):
             "Backsolve(compile_step=True)'s backward solve",
         )
 
-    def backward_controller(self, forward: StepSizeController) -> StepSizeController:
-        """The controller of the backward solves: given, or derived from the forward one."""
+    def backward_controller(
+        self, forward: StepSizeController, spec: TreeSpec | None = None, gradient_numel: int = 0
+    ) -> StepSizeController:
+        """The controller of the backward solves: given, or derived from the forward one.
+
+        With the forward state's ``spec`` (and the parameter gradients' size), per-element
+        tolerances for y (``neuralode._norms.flat_tolerance``) apply to y and to the adjoint
+        a in the backward state [y, a, g], and g takes their smallest.
+        """
         if self.controller is not None:
-            return self.controller
-        if isinstance(forward, PIController):
+            controller = self.controller
+        elif isinstance(forward, PIController):
             controller = copy.copy(forward)
             controller.first_step = None
             if self.rtol is not None:
                 controller.rtol = self.rtol
             if self.atol is not None:
                 controller.atol = self.atol
+        else:
+            return forward
+        if spec is None:
             return controller
-        return forward
+        backward_numel = 2 * spec.numel + gradient_numel
+        for name in ("rtol", "atol"):
+            tol = getattr(controller, name, None)
+            if not isinstance(tol, torch.Tensor) or tol.numel() in (1, backward_numel):
+                continue
+            tol = flat_tolerance(name, tol, spec)
+            if controller is self.controller or controller is forward:
+                controller = copy.copy(controller)
+            setattr(controller, name, torch.cat([tol, tol, tol.min().expand(gradient_numel)]))
+        return controller
 
     def backward_norm(self, numels: Sequence[int], forward_norm: Norm | None = None) -> Norm:
         """The error norm of the backward state [y, a, g] (``numels`` of each part).

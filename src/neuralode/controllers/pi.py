@@ -49,8 +49,10 @@ class PIController(StepSizeController):
     (``PIDController`` with ``dt0=None``, which starts every ODE at 0.01).
 
     Arguments:
-        rtol: the relative tolerance (a number or a tensor broadcasting against the state).
-        atol: the absolute tolerance (a number or a tensor).
+        rtol: the relative tolerance: a number, or one per element (a tensor broadcasting
+            against a tensor state, or one entry per element of a nested state's tensors
+            flattened and concatenated in order).
+        atol: the absolute tolerance, as ``rtol``.
         first_step: the first step size (default: chosen from the problem,
             [`select_initial_step`][neuralode.controllers.select_initial_step]).
         safety: the safety factor.

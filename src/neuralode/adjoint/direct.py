@@ -10,7 +10,10 @@ from .base import GradientStrategy, Problem
 
 class Direct(GradientStrategy):
     """Differentiate the discrete solve by backpropagation: exact gradients of what was
-    computed, memory growing with the number of steps. Supports double backward."""
+    computed with respect to y0 and the parameters, memory growing with the number of steps.
+    Supports double backward. With respect to the output times the gradients are the exact
+    flow's, as for every strategy (dL/dt_i = dL/dy_i . f(t_i, y_i)), not the discrete
+    map's."""
 
     def run(self, problem: Problem) -> torch.Tensor:
         return integrate(problem.term, problem.y0, problem.times, problem.config, problem.stats)

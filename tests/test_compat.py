@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -200,6 +201,32 @@ def test_odeint_adjoint_matches_torchdiffeq(adjoint_options) -> None:
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("adjoint_options", [None, {"norm": "seminorm"}])
+def test_a_forward_norm_also_measures_the_backward_solve(adjoint_options) -> None:
+    """torchdiffeq: without a norm in adjoint_options, the forward options' norm measures y
+    and the adjoint backwards (with the parameter gradients' RMS unless "seminorm"): the
+    same backward calls of it, the same gradients."""
+    results = []
+    for library in (no, torchdiffeq):
+        calls = [0]
+
+        def first_only(state, calls=calls):  # measures the first component only
+            calls[0] += 1
+            return state[..., 0].abs().max()
+
+        field, y0 = Field(), Y0.clone().requires_grad_()
+        ys = library.odeint_adjoint(field, y0, T, rtol=1e-6, atol=1e-8,
+                                    options={"norm": first_only},
+                                    adjoint_options=adjoint_options)  # fmt: skip
+        forward_calls = calls[0]
+        ys[-1].sum().backward()
+        results.append((calls[0] - forward_calls, y0.grad, field.net[0].weight.grad))
+    (ours, *our_grads), (theirs, *their_grads) = results
+    assert ours > 0 and abs(ours - theirs) <= 0.25 * theirs
+    for a, b in zip(our_grads, their_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_odeint_adjoint_needs_params_for_plain_functions_and_rejects_scipy() -> None:
     y0 = Y0.clone().requires_grad_(True)
     with pytest.raises(ValueError, match="adjoint_params"):
@@ -253,6 +280,23 @@ def test_odeint_event_matches_torchdiffeq(interface: str) -> None:
     torch.testing.assert_close(s_ours, s_theirs, rtol=1e-7, atol=1e-8)
     for ours, theirs in zip(g_ours, g_theirs):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+
+
+def test_none_options_take_their_defaults_and_t0_may_require_grad() -> None:
+    """An option set to None is its default (as torchdiffeq; ``max_num_steps=None`` stays
+    "no limit"), and a t0 that requires grad (for d event_t / d t0) raises no warning."""
+    default = no.odeint(linear, Y0, T)
+    given = no.odeint(linear, Y0, T, options={"first_step": None, "max_num_steps": None})
+    torch.testing.assert_close(given, default, rtol=0, atol=0)
+    fixed = no.odeint(linear, Y0, T, method="implicit_adams",
+                      options={"step_size": 0.1, "max_iters": None})  # fmt: skip
+    torch.testing.assert_close(fixed, EXACT, rtol=0, atol=1e-5)
+    t0 = torch.tensor(0.0, dtype=F64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        event_t, _ = no.odeint_event(linear, Y0, t0, event_fn=lambda t, y: y[0] - 0.5)
+    (grad,) = torch.autograd.grad(event_t, t0)
+    assert float(grad) == pytest.approx(1.0, abs=1e-6)  # autonomous: the event moves with t0
 
 
 def test_odeint_with_event_fn_returns_time_and_solution() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ._norms import mixed_norm
 from ._solve import DEFAULT_MAX_STEPS
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
@@ -56,14 +57,16 @@ _CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 def _parse(
     method: str,
     options: dict[str, Any],
-    rtol: float,
-    atol: float,
+    rtol: Any,
+    atol: Any,
     func: Callable,
     y0: Any,
     t: torch.Tensor,
     spec: Any,
 ):
     """(solver, controller, extra keyword arguments of ``solve``) from torchdiffeq's terms."""
+    given = options  # an option set to None takes its default, as in torchdiffeq
+    options = {k: v for k, v in options.items() if v is not None or k == "max_num_steps"}
     method = _ALIASES.get(method, method)
     if method not in METHODS:
         available = ", ".join([*METHODS, *_ALIASES, "scipy_solver"])
@@ -72,7 +75,7 @@ def _parse(
     solver_args = [p for p in inspect.signature(solver_cls).parameters if p != "self"]
     probe = solver_cls(**{k: options[k] for k in solver_args if k in options})
     allowed = (_ADAPTIVE_OPTIONS if probe.adaptive else _FIXED_OPTIONS) | set(solver_args)
-    unknown = sorted(set(options) - allowed)
+    unknown = sorted(set(given) - allowed)
     if unknown:
         raise ValueError(
             f"unknown option(s) {unknown} for method {method!r}; valid options: {sorted(allowed)}"
@@ -178,6 +181,25 @@ def _adjoint_norm(norm: Callable, spec: Any, params: Sequence[torch.Tensor]) -> 
         as_tuple = (lambda v: (v,)) if spec.is_leaf else tuple
         t = x.new_zeros(()).real  # torchdiffeq's time-gradient channel; not integrated here
         return norm((t, *as_tuple(y), *as_tuple(a), *grads))
+
+    return flat_norm
+
+
+def _backward_norm_of(
+    forward_norm: Callable, spec: Any, params: Sequence[torch.Tensor]
+) -> Callable:
+    """torchdiffeq's backward norm where ``options`` give a forward norm and
+    ``adjoint_options`` none: the largest of the forward norm of y, the forward norm of the
+    adjoint and (without ``"seminorm"``, ``params`` not empty) the parameter gradients' mixed
+    RMS norm, as a norm of the flat backward state ``[y, a, g]``."""
+    n = sum(spec.numels)
+    gradients = mixed_norm([p.numel() for p in params]) if params else None
+
+    def flat_norm(x: torch.Tensor) -> torch.Tensor:
+        parts = [forward_norm(spec.unflatten(x[:n])), forward_norm(spec.unflatten(x[n : 2 * n]))]
+        if gradients is not None:
+            parts.append(gradients(x[2 * n :]))
+        return torch.stack([torch.as_tensor(p, dtype=x.real.dtype) for p in parts]).max()
 
     return flat_norm
 

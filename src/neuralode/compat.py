@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
-from ._compat_options import _ALIASES, _LOOP_FLAGS, _adjoint_norm, _callbacks, _parse
+from ._compat_options import (
+    _ALIASES,
+    _LOOP_FLAGS,
+    _adjoint_norm,
+    _backward_norm_of,
+    _callbacks,
+    _parse,
+)
 from ._events import Event
 from ._solve import solve
 from ._tree import tree_spec
@@ -167,9 +174,12 @@ def odeint_adjoint(
     solver, controller, extra = _parse(
         adjoint_method, adjoint_options, adjoint_rtol, adjoint_atol, func, y0, t, spec
     )
+    forward_norm = None if options is None else options.get("norm")
     if callable(norm):
-        params = resolve_params(func, adjoint_params)
-        norm = _adjoint_norm(norm, spec, params)
+        norm = _adjoint_norm(norm, spec, resolve_params(func, adjoint_params))
+    elif callable(forward_norm):  # torchdiffeq: the forward norm measures y and the adjoint
+        params = () if norm == "seminorm" else resolve_params(func, adjoint_params)
+        norm = _backward_norm_of(forward_norm, spec, params)
     gradient = Backsolve(
         params=adjoint_params,
         rtol=adjoint_rtol,
@@ -259,7 +269,7 @@ def _odeint(
             raise ValueError(
                 "with event_fn, t must be a 1-D tensor [t0, t1] (t1 gives the direction)"
             )
-        direction = 1.0 if float(t[1]) > float(t[0]) else -1.0
+        direction = 1.0 if float(t[1].detach()) > float(t[0].detach()) else -1.0
         t = torch.cat(
             [t[:1], torch.full((1,), direction * math.inf, dtype=t.dtype, device=t.device)]
         )

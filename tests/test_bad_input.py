@@ -454,13 +454,17 @@ def test_min_step_is_honoured_by_dopri5() -> None:
 
     for min_step in (0.0, 0.5):
         nfe.clear()
-        odeint(
-            counted,
-            T(1.0, 0.0),
-            T(0.0, 10.0),
-            rtol=1e-10,
-            atol=1e-10,
-            options=dict(min_step=min_step),
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            odeint(
+                counted,
+                T(1.0, 0.0),
+                T(0.0, 10.0),
+                rtol=1e-10,
+                atol=1e-10,
+                options=dict(min_step=min_step),
+            )
         counts[min_step] = len(nfe)
+        hit = [w for w in caught if "hitting the minimum step size" in str(w.message)]
+        assert bool(hit) == (min_step > 0)  # steps at min_step are accepted with a warning
     assert counts[0.5] <= 6 * 10 / 0.5 + 10 < counts[0.0]

@@ -525,14 +525,19 @@ def test_adjoint_of_a_diffusion_constant_in_y_and_the_parameters(adjoint_method)
     assert abs(float(grads[1] - grads[0])) < 0.01 * abs(float(grads[0]))
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("noise_type", ["diagonal", "general", "additive"])
-def test_reversible_heun_adjoint_equals_backprop(noise_type):
+def test_reversible_heun_adjoint_equals_backprop(noise_type, adaptive):
+    """Exact to round-off, also after adaptive steps (whose accepted steps are two half
+    steps each: the backward pass walks the halves)."""
     sde = Tanh("stratonovich", noise_type)
     y0 = torch.tensor([[0.3, -0.2], [0.1, 0.5]], dtype=F64, requires_grad=True)
     ts = torch.tensor([0.0, 0.25, 0.33, 1.0], dtype=F64)  # 0.33 is off the grid: interpolated
     m = 2
     bm = nsde.BrownianInterval(0, 1, size=(2, m), dtype=F64, entropy=3)
     kwargs = dict(bm=bm, method="reversible_heun", dt=2**-6)
+    if adaptive:
+        kwargs.update(adaptive=True, rtol=1e-3, atol=1e-4)
     exact = _grads(lambda: nsde.sdeint(sde, y0, ts, **kwargs), sde, y0)
     adjoint = _grads(lambda: nsde.sdeint_adjoint(sde, y0, ts, **kwargs), sde, y0)
     assert torch.allclose(adjoint, exact, rtol=1e-10, atol=1e-12)
@@ -788,3 +793,44 @@ def test_no_grad_solve_of_a_state_that_requires_grad(method):
             bm = bm_for(2, 2, levy, entropy=9)
             outs.append(nsde.sdeint(sde, y, TS, bm=bm, method=method, dt=2**-4))
     assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize(
+    "ts, dt",
+    [([0.0, 1e-8, 2e-8], 1e-10), ([1e6, 1e6 + 0.5, 1e6 + 1.0], 1e-3), ([0.0, 0.3, 1.0], 0.1)],
+)
+def test_the_dt_grid_lands_on_the_outputs_at_any_time_scale(ts, dt):
+    """Grid points within round-off of an output time move onto it, and no others: tiny
+    steps and large times keep a strictly increasing grid of steps dt."""
+    from neuralode.sde._engine import fixed_grid
+
+    grid = list(fixed_grid(ts, dt))
+    steps = [b - a for a, b in zip(grid, grid[1:])]
+    assert min(steps) > 0.5 * dt and max(steps) < 1.5 * dt
+    assert set(ts) <= set(grid)
+    y = nsde.sdeint(_ConstantDiffusionOU(), torch.ones(4, 1, dtype=F64),
+                    torch.tensor(ts, dtype=F64), dt=dt, method="euler")  # fmt: skip
+    assert y.shape == (3, 4, 1) and bool(torch.isfinite(y).all())
+
+
+@pytest.mark.parametrize("dt", [0.0, -0.1, math.nan, math.inf])
+def test_a_dt_that_is_not_positive_and_finite_is_refused(dt):
+    with pytest.raises(ValueError, match="dt must be a positive finite number"):
+        nsde.sdeint(_ConstantDiffusionOU(), torch.ones(2, 1, dtype=F64),
+                    torch.tensor([0.0, 1.0], dtype=F64), dt=dt, method="euler")  # fmt: skip
+
+
+def test_without_entropy_numpy_seeds_the_brownian_motion():
+    """As torchsde: a Brownian motion made without entropy draws its seed from NumPy's global
+    generator, so np.random.seed makes the solve reproducible."""
+    np = pytest.importorskip("numpy")
+    ys, y0, ts = [], torch.ones(3, 1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+    for _ in range(2):
+        np.random.seed(0)
+        ys.append(nsde.sdeint(_ConstantDiffusionOU(), y0, ts, dt=0.1, method="euler"))
+    assert torch.equal(ys[0], ys[1])
+    np.random.seed(1)
+    assert (
+        nsde.BrownianInterval(0.0, 1.0, size=(3, 1)).entropy
+        != nsde.BrownianInterval(0.0, 1.0, size=(3, 1)).entropy
+    )

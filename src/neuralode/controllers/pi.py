@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,11 +223,20 @@ class PIController(StepSizeController):
         ratio (the PI memory). A NaN ratio rejects and shrinks by ``dfactor``; a ratio of 0
         grows by ``ifactor``; with ``shrink_after_accept=False`` an accepted step's factor is
         at least 1. A step at ``min_step`` is accepted whatever its error (the
-        user asked for no smaller steps). ``running`` (per sample, a mask): only these
-        samples may accept; the others keep their memory."""
+        user asked for no smaller steps); on the host that warns, as torchsde does.
+        ``running`` (per sample, a mask): only these samples may accept; the others keep
+        their memory."""
         accept = ratio <= 1
         if self.min_step > 0:  # (a non-finite ratio is never accepted)
-            accept = accept | ((size <= self.min_step * (1 + 1e-12)) & (ratio < math.inf))
+            forced = (size <= self.min_step * (1 + 1e-12)) & (ratio < math.inf)
+            if forced is True and accept is False:  # (floats: one problem on the host)
+                warnings.warn(  # (one message per min_step: shown once, not every step)
+                    f"hitting the minimum step size: steps at min_step={self.min_step:g} are "
+                    "accepted with errors above the tolerance; lower min_step (dt_min) for "
+                    "the accuracy rtol/atol ask",
+                    stacklevel=2,
+                )
+            accept = accept | forced
         if running is not None:
             accept = accept & running
         factor = self.safety * _power(ratio, -(self.icoeff + self.pcoeff) * exponent)

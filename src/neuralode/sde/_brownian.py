@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import abc
 
+import numpy as np
 import torch
 
 from .settings import LEVY_AREA_APPROXIMATIONS
+
+
+def default_entropy() -> int:
+    """The seed of a Brownian motion made without ``entropy``: drawn from NumPy's global
+    generator, as torchsde's, so that ``np.random.seed`` makes such solves reproducible."""
+    return int(np.random.randint(0, 2**31 - 1))
 
 
 class BaseBrownian(metaclass=abc.ABCMeta):

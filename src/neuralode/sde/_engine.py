@@ -19,6 +19,7 @@ passed in, and the SDE's evaluations are counted outside the graph (``_term``).
 from __future__ import annotations
 
 import math
+import sys
 from array import array
 from typing import TYPE_CHECKING, Any
 
@@ -230,17 +231,25 @@ def midpoint(t0: Any, t1: Any) -> Any:
 def fixed_grid(ts: list[float], dt: float) -> array:
     """The step ends from ``ts[0]`` to ``ts[-1]`` in steps of ``dt`` (the last one shorter),
     with points within round-off of an output time moved onto it (so outputs on the grid are
-    exact, as torchsde's); an array of doubles, 8 bytes a step."""
+    exact, as torchsde's) where that keeps the grid strictly monotonic; an array of doubles,
+    8 bytes a step.
+
+    Raises:
+        ValueError: ``dt`` is not a positive finite number.
+    """
+    if not (isinstance(dt, (int, float)) and 0 < dt < math.inf):
+        raise ValueError(f"dt must be a positive finite number, got {dt!r}")
     t0, t_end = ts[0], ts[-1]
     n = max(1, math.ceil((t_end - t0) / dt - 1e-9))
     grid = array("d", (t0 + k * dt for k in range(n)))
     grid.append(t_end)
+    # the round-off of t0 + k dt: relative to the times' magnitude, never near a step
+    scale = min(64 * sys.float_info.epsilon * max(abs(t0), abs(t_end), dt), 1e-3 * dt)
     j = 1
-    scale = 1e-9 * max(1.0, abs(t_end), abs(t0))
     for k in range(1, n):
         while j < len(ts) - 1 and ts[j] < grid[k] - scale:
             j += 1
-        if abs(grid[k] - ts[j]) <= scale:
+        if abs(grid[k] - ts[j]) <= scale and grid[k - 1] < ts[j] < grid[k + 1]:
             grid[k] = ts[j]
     return grid
 

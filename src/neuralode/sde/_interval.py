@@ -15,13 +15,12 @@ resolution ``tol``).
 from __future__ import annotations
 
 import math
-import random
 import warnings
 
 import torch
 
 from ._bridge import _mix, concatenate
-from ._brownian import _Stored
+from ._brownian import _Stored, default_entropy
 from ._interval_tree import _LEFT, _Tree
 from ._interval_values import _Values
 from .settings import LEVY_AREA_APPROXIMATIONS
@@ -47,7 +46,7 @@ class BrownianInterval(_Stored):
             channels of one multidimensional Brownian motion, the others are batch dimensions.
         dtype: the floating dtype of the samples (default: torch's default dtype).
         device: the device of the samples (default: cpu).
-        entropy: the seed; ``None`` draws one at random.
+        entropy: the seed; ``None`` draws one from NumPy's global generator (as torchsde).
         dt: the expected step size; with it the dependency tree is built at once (otherwise it
             is sized from the first queries).
         tol: the time resolution: query times are rounded to it (0 keeps them exact).
@@ -121,7 +120,7 @@ class BrownianInterval(_Stored):
                     f"W and H must match size={tuple(size)}, dtype={dtype} and device={device}"
                 )
         if entropy is None:
-            entropy = random.randrange(2**31 - 1)
+            entropy = default_entropy()
         self._size = torch.Size(size)
         self._dtype = dtype
         self._device = torch.device(device)

@@ -60,7 +60,7 @@ class BrownianTree(_Wrapped):
         w0: the initial value; its shape, dtype and device are the samples'.
         t1: the terminal time (default ``t0 + 1``).
         w1: the value at ``t1`` (drawn if not given).
-        entropy: the seed (``None``: random).
+        entropy: the seed (``None``: drawn from NumPy's global generator, as torchsde).
         tol: the resolution of the dyadic search.
         pool_size: accepted for torchsde compatibility.
         cache_depth: unused (kept for torchsde compatibility).

@@ -8,20 +8,28 @@ import bisect
 import torch
 
 from ._base import vjp
+from ._engine import midpoint
 from .settings import NOISE_TYPES
 
 
 def _reversible_backward(config, ys, extra_out, params, grad_ys, grad_extra):
     """Walks the forward grid backwards, reconstructing each step's input from its output
     exactly (up to round-off) and backpropagating through that one step: the gradient equals
-    backprop's through the whole solve."""
+    backprop's through the whole solve. After adaptive steps (step doubling: each accepted
+    step is two half steps meeting at ``midpoint``) it walks the half steps."""
     problem = config.problem
     sde, bm = problem.sde, problem.bm
 
     def time(t: float) -> torch.Tensor:
         return torch.tensor(t, dtype=problem.ts.dtype, device=problem.ts.device)
 
-    grid = config.grid
+    accepted = config.grid
+    stride = 2 if config.adaptive else 1  # index k of ``accepted`` is ``stride * k`` here
+    grid = list(accepted)
+    if config.adaptive:
+        grid = [accepted[0]]
+        for t0, t1 in zip(accepted[:-1], accepted[1:]):
+            grid += [midpoint(t0, t1), t1]
     ts = problem.ts_list
     diagonal = sde.noise_type == NOISE_TYPES.diagonal
 
@@ -31,13 +39,13 @@ def _reversible_backward(config, ys, extra_out, params, grad_ys, grad_extra):
     # each output's cotangent goes to the grid points it was interpolated from
     at_point: dict[int, list[tuple[float, int]]] = {}
     for j, t in enumerate(ts):
-        k = bisect.bisect_left(grid, t)
-        if grid[k] == t:
-            at_point.setdefault(k, []).append((1.0, j))
+        k = bisect.bisect_left(accepted, t)
+        if accepted[k] == t:
+            at_point.setdefault(stride * k, []).append((1.0, j))
         else:
-            w = (t - grid[k - 1]) / (grid[k] - grid[k - 1])
-            at_point.setdefault(k, []).append((w, j))
-            at_point.setdefault(k - 1, []).append((1.0 - w, j))
+            w = (t - accepted[k - 1]) / (accepted[k] - accepted[k - 1])
+            at_point.setdefault(stride * k, []).append((w, j))
+            at_point.setdefault(stride * (k - 1), []).append((1.0 - w, j))
 
     def add_outputs(k, cot):
         for w, j in at_point.get(k, ()):

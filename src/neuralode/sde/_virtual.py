@@ -16,14 +16,13 @@ SDE solve, each sample on its own steps, needs.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 
 import torch
 
 from ._bisection import _MAX_LEVELS, _SALT_AREA, _signed, _Splits, mix, normal_pair
 from ._bridge import _LEFT_HALF, _mix, bridge, levy_area
-from ._brownian import _Stored
+from ._brownian import _Stored, default_entropy
 from .settings import LEVY_AREA_APPROXIMATIONS
 
 
@@ -54,7 +53,7 @@ class VirtualBrownianTree(_Stored):
             may have their own query times; ``shape`` is accepted as its alias.
         tol: the time resolution of the bisection (default ``(t1 - t0) * 2**-20``); below it
             the path is the bridge of its last interval with one noise.
-        entropy: the seed (``None``: random).
+        entropy: the seed (``None``: drawn from NumPy's global generator, as torchsde).
         levy_area_approximation: ``"none"``, ``"space-time"`` (``return_U``), ``"davie"`` or
             ``"foster"`` (also ``return_A``).
         dtype: the dtype of the returned values (default: torch's default dtype).
@@ -94,7 +93,7 @@ class VirtualBrownianTree(_Stored):
         self._size = torch.Size(size)
         self._dtype = torch.get_default_dtype() if dtype is None else dtype
         self._device = torch.device("cpu" if device is None else device)
-        self._entropy = random.randrange(2**31 - 1) if entropy is None else int(entropy)
+        self._entropy = default_entropy() if entropy is None else int(entropy)
         self._levels = min(_MAX_LEVELS, max(0, math.ceil(math.log2((t1 - t0) / tol))))
         batch = self._size[0] if len(self._size) else 1
         self._row_ids = torch.arange(batch, dtype=torch.long, device=self._device)

@@ -158,6 +158,21 @@ def test_an_output_exactly_at_a_terminal_event_is_kept(gradient: str) -> None:
     assert float(y0.grad) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("gradient", ["direct", "backsolve", "checkpointed"])
+def test_time_gradients_when_a_terminal_event_ends_the_outputs(gradient: str) -> None:
+    """ts requiring grad and an event before ts[-1] (x = cos(sqrt(2) t), zero at 1.11):
+    d/dts of x(ts[1]) + event_t, the later times not reached, for every strategy."""
+    w = math.sqrt(2.0)
+    ts = torch.tensor([0.0, 0.5, 5.0], dtype=F64, requires_grad=True)
+    sol = no.solve(lambda t, y: torch.stack([y[1], -2.0 * y[0]]),
+                   torch.tensor([1.0, 0.0], dtype=F64), ts, event=no.Event(lambda t, y: y[0]),
+                   gradient=gradient, controller=no.PIController(1e-10, 1e-12))  # fmt: skip
+    assert sol.ys.shape[0] == 2  # the outputs end at the event
+    (grad,) = torch.autograd.grad(sol.ys[1, 0] + sol.event_t, ts)
+    expected = [w * math.sin(w * 0.5) + 1.0, -w * math.sin(w * 0.5), 0.0]
+    torch.testing.assert_close(grad, torch.tensor(expected, dtype=F64), rtol=1e-7, atol=1e-8)
+
+
 def test_no_event_before_the_end() -> None:
     sol = no.solve(
         lambda t, y: -y,

@@ -115,4 +115,4 @@ def run_with_time_gradients(gradient: GradientStrategy, problem: Problem) -> tor
     problem.y0 = problem.y0 - shift[0] * f0
     ys = run_spans(gradient, problem) if spans else gradient.run(problem)
     fs = torch.stack([f0] + [term(t, y) for t, y in zip(times[1:], ys[1:])])
-    return ys + shift * fs
+    return ys + shift[: len(fs)] * fs  # (a terminal event ends the outputs early)

@@ -14,7 +14,7 @@ from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from ._event_tracker import OneProblemEvents
 from ._events import Event
 from ._execution import Execution
-from ._host import transform_active, vmap_active
+from ._host import dispatched, transform_active, vmap_active
 from ._loop import LoopConfig
 from ._norms import Norm, lay_out_tolerances, mixed_norm, rms_norm
 from ._recorder import Recorder
@@ -32,7 +32,7 @@ from ._validate import (
     coerce_strategies,
 )
 from ._vmap import solve_vmapped, vmap_level
-from ._vmap_inside import solve_inside_vmap
+from ._vmap_inside import refuse_under_transforms, solve_inside_vmap
 from ._warm import defaults, remember, solve_warm
 from .adjoint.base import GradientStrategy, Problem
 from .adjoint.direct import Direct
@@ -174,8 +174,13 @@ def solve(
         NonFiniteError: NaN or infinity appeared in the state.
     """
     key = None  # a warm call's key (``_warm``): its other arguments keep their defaults
-    if (compile is True or compile == "solve") and defaults(
-        norm, gradient, event, saveat, callbacks, dense, perturb, throw, step_t, jump_t, aliases
+    transforms = transform_active()
+    if (
+        not transforms
+        and (compile is True or compile == "solve")
+        and defaults(
+            norm, gradient, event, saveat, callbacks, dense, perturb, throw, step_t, jump_t, aliases
+        )
     ):
         key, solution = solve_warm(func, y0, ts, solver, controller, per_sample, max_steps)
         if solution is not None:
@@ -184,10 +189,15 @@ def solve(
     solver = Dopri5() if solver is None else solver
     # under torch.func.vmap: each problem its own steps; inside vmap: a transform inside it,
     # or a vmap over func's captured tensors (one query when no transform runs)
-    level = vmap_level(y0, ts) if transform_active() else None
-    if level is not None or (transform_active() and vmap_active()):
+    level = vmap_level(y0, ts) if transforms else None
+    if transforms:
+        refuse_under_transforms(
+            dict(gradient=gradient, event=event, dense=dense, compile=compile, **aliases),
+            level is not None or vmap_active() or bool(dispatched()),  # (under a vmap)
+        )
+    if level is not None or (transforms and vmap_active()):
         options = dict(locals())
-        for name in ("func", "y0", "ts", "level", "aliases", "key", "solution"):
+        for name in ("func", "y0", "ts", "level", "aliases", "key", "solution", "transforms"):
             options.pop(name, None)
         if level is not None:
             return solve_vmapped(solve, func, y0, ts, level, {**options, **aliases})

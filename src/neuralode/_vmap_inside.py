@@ -18,9 +18,9 @@ captures alone. Each problem is solved with its own steps, as alone, in one of t
   (``_Index``). Fixed explicit steps on shared times run the host loop as one problem
   (every problem the same grid).
 
-What reads a vmapped value on the host regardless (``Backsolve()`` and ``Checkpointed()``,
-whose gradients are autograd.Functions without a vmap rule; events, dense output) is
-refused with the fix.
+What reads a vmapped value on the host regardless (events, dense output) is refused with
+the fix, as ``refuse_under_transforms`` refuses ``Backsolve()`` and ``Checkpointed()``
+(autograd.Functions without a functorch rule) under any transform.
 """
 
 from __future__ import annotations
@@ -60,6 +60,37 @@ _CAPTURED = (
 )
 
 
+def refuse_under_transforms(options: dict, vmapped: bool) -> None:
+    """Under a ``torch.func`` transform (``transform_active``), refuse what it cannot
+    differentiate or trace, naming the fix: a gradient other than ``Direct()`` (an
+    autograd.Function without a functorch rule) under any transform, and without a vmap
+    (``grad``, ``jacrev``, ``jvp``, ``hessian`` over the solve) also events and dense output
+    (their gradients are such Functions too) and ``compile`` (which cannot trace functorch's
+    wrapped tensors). Under vmap the vmap paths refuse the rest with their own reasons.
+
+    Raises:
+        ValueError: naming the option and the fix.
+    """
+    gradient = options["gradient"]
+    if gradient is not None and not isinstance(gradient, Direct):
+        raise ValueError(
+            f"gradient={type(gradient).__name__}() is not supported under torch.func "
+            "transforms (vmap, grad, jacrev, jvp): its gradient is a torch.autograd.Function "
+            "without a functorch rule. Use gradient=Direct() (the default; odeint instead of "
+            "odeint_adjoint) under them, or the adjoint with torch.autograd.grad outside them"
+        )
+    if vmapped:
+        return
+    given = [name for name in ("event", "dense", "compile") if options.get(name)]
+    given += [name for name in _ALIASES if options.get(name) and name != "device_loop"]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} is not supported under torch.func's grad, jacrev, jvp or "
+            "hessian: leave it out there, or differentiate with torch.autograd.grad outside "
+            "torch.func"
+        )
+
+
 def solve_inside_vmap(
     solve: Callable[..., Any], func: Callable, y0: Any, ts: torch.Tensor, kwargs: dict
 ) -> Any:
@@ -89,13 +120,7 @@ def _route(ts: torch.Tensor, options: dict) -> tuple[dict, bool, str | None]:
     (``device_loop`` for the adaptive explicit Runge-Kutta methods on a ``PIController``),
     whether the problems are solved one by one, and why the solve cannot run where its loop
     reads a vmapped value on the host (``None``: nothing it runs reads one)."""
-    solver, controller, gradient = options["solver"], options["controller"], options["gradient"]
-    if gradient is not None and not isinstance(gradient, Direct):
-        return {}, False, (
-            f"gradient={type(gradient).__name__}() is not supported {_INSIDE}: its gradient "
-            f"is a torch.autograd.Function without a vmap rule. Use gradient=Direct() "
-            f"(the default; odeint instead of odeint_adjoint), {_FIX}"
-        )  # fmt: skip
+    solver, controller = options["solver"], options["controller"]  # (Direct: checked before)
     given = [name for name in ("event", "dense", "saveat", "compile") if options.get(name)]
     given += [name for name in _ALIASES if options.get(name) and name != "device_loop"]
     if given:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .._host import forward_mode
 from .._loop import LoopConfig
 from .._solution import SolveStats
 from .._term import ODETerm
@@ -62,5 +63,9 @@ class GradientStrategy(abc.ABC):
 
 
 def time_derivative_inputs(problem: Problem) -> bool:
-    """Whether gradients with respect to the output times are wanted."""
-    return torch.is_grad_enabled() and problem.ts.requires_grad
+    """Whether derivatives with respect to the output times are wanted: by backpropagation,
+    or forward mode (``torch.func.jvp``, ``jacfwd``, a dual tensor of ``forward_ad``)."""
+    ts = problem.ts
+    if not isinstance(ts, torch.Tensor):
+        return False
+    return (torch.is_grad_enabled() and ts.requires_grad) or forward_mode(ts)

@@ -158,8 +158,8 @@ def test_an_output_exactly_at_a_terminal_event_is_kept(gradient: str) -> None:
     assert float(y0.grad) == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("gradient", ["direct", "backsolve", "checkpointed"])
-def test_time_gradients_when_a_terminal_event_ends_the_outputs(gradient: str) -> None:
+@pytest.mark.parametrize("gradient", [no.Direct(), no.Backsolve(()), no.Checkpointed(())])
+def test_time_gradients_when_a_terminal_event_ends_the_outputs(gradient) -> None:
     """ts requiring grad and an event before ts[-1] (x = cos(sqrt(2) t), zero at 1.11):
     d/dts of x(ts[1]) + event_t, the later times not reached, for every strategy."""
     w = math.sqrt(2.0)

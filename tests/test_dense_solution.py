@@ -291,3 +291,16 @@ def test_bad_input() -> None:
         per_sample.evaluate(torch.tensor([0.5, 0.6]))
     with pytest.raises(ValueError, match=r"sample 1"):
         per_sample.evaluate(torch.tensor([0.5, -0.1, 0.2]))
+
+
+def test_saved_steps_carry_the_derivatives_with_respect_to_the_times():
+    """SaveAt(steps=True): the last saved state is y(ts[-1]) and carries d/dts[-1] (and the
+    first, through y0, d/dts[0]), as the outputs at ts do: y' = -y from 1."""
+    grads = []
+    for saveat in (None, no.SaveAt(steps=True)):
+        ts = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, requires_grad=True)
+        sol = no.solve(lambda t, y: -y, torch.ones(2, dtype=torch.float64), ts, saveat=saveat)
+        grads.append(torch.autograd.grad(sol.ys[-1].sum(), ts)[0])
+    expected = torch.tensor([2 * math.exp(-1), 0.0, -2 * math.exp(-1)], dtype=torch.float64)
+    for grad in grads:
+        torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-8)

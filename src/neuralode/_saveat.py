@@ -114,8 +114,16 @@ def saved(saveat: SaveAt, recorder: Recorder | None, problem: Any, ys: torch.Ten
 
     spec, ts = problem.spec, problem.ts
     if saveat.steps:
-        times, ys = recorder.step_times(problem.config.execution.per_sample)
-        ts = times.to(ts.dtype)
+        per_sample = problem.config.execution.per_sample
+        outputs = ys
+        times, ys = recorder.step_times(per_sample)
+        times = times.to(ts.dtype)
+        if not per_sample and ts.ndim == 1 and float(times[-1]) == float(ts[-1]):
+            # the last step ends at ts[-1]: its state is the output there, which carries
+            # the derivatives with respect to the times (``run_with_time_gradients``)
+            ys = torch.cat([ys[:-1], outputs[-1:]])
+            times = torch.cat([ts[:1], times[1:-1], ts[-1:]]) if len(times) > 1 else ts[:1]
+        ts = times
     elif saveat.t1:  # per-sample output times (batch, n): each sample's last
         ts, ys = ts[..., -1:], ys[-1:]
     if saveat.fn is None:

@@ -468,3 +468,19 @@ def test_min_step_is_honoured_by_dopri5() -> None:
         hit = [w for w in caught if "hitting the minimum step size" in str(w.message)]
         assert bool(hit) == (min_step > 0)  # steps at min_step are accepted with a warning
     assert counts[0.5] <= 6 * 10 / 0.5 + 10 < counts[0.0]
+
+
+def test_an_event_function_an_empty_evaluate_and_one_problems_max_steps() -> None:
+    """A bare function as event is a TypeError naming the fix; evaluate at no times is the
+    empty result of their shape; one problem's max_steps error in the compiled or device
+    loop names no sample (as the host loop's)."""
+    y0, ts = T(1.0, 0.0), T(0.0, 1.0)
+    with pytest.raises(TypeError, match=r"event must be a neuralode.Event.*no.Event\(fn\)"):
+        no.solve(rotation, y0, ts, event=lambda t, y: y[0] - 0.5)
+    sol = no.solve(rotation, y0, ts, dense=True)
+    assert sol.evaluate(torch.zeros(0, dtype=F64)).shape == (0, 2)
+    assert sol.evaluate(torch.zeros(4, 0, dtype=F64)).shape == (4, 0, 2)
+    with torch.no_grad():
+        for options in (dict(device_loop=True), dict()):
+            with pytest.raises(no.MaxStepsError, match=r"^reached max_steps=2 at t="):
+                no.solve(rotation, y0, T(0.0, 10.0), max_steps=2, **options)

@@ -58,6 +58,10 @@ class DenseSolution:
                     f"per-sample evaluate needs t of shape ({batch},) or ({batch}, n): one "
                     f"time or a row of times per sample, got shape {tuple(t.shape)}"
                 )
+        if t.numel() == 0:  # no times: the empty result of their shape
+            if self.per_sample:
+                return self.rows.new_zeros(*t.shape, *self.spec.shapes[0][1:])
+            return self.spec.unflatten(self.rows.new_zeros(*t.shape, self.rows.shape[-1]))
         queries = t.reshape(batch, -1)
         self._check_span(queries)
         # the step of each time: the first whose end reaches it (rejected attempts: -inf)

@@ -24,6 +24,7 @@ from ._spans import sample_times
 from ._status import Status, mark_non_finite
 from ._term import ODETerm
 from ._validate import (
+    check_event,
     check_finite,
     check_grid_times,
     check_state,
@@ -186,6 +187,7 @@ def solve(
         if solution is not None:
             return solution
     solver, controller, gradient, norm = coerce_strategies(solver, controller, gradient, norm)
+    check_event(event)
     solver = Dopri5() if solver is None else solver
     # under torch.func.vmap: each problem its own steps; inside vmap: a transform inside it,
     # or a vmap over func's captured tensors (one query when no transform runs)

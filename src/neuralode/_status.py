@@ -135,13 +135,19 @@ def sample_failures(
         y = plain(y + anchor[:, None]).reshape(t.shape[0], -1)
         codes = plain(codes).reshape(-1).clone()
     i = int(codes.nonzero()[0])
+    several = config.per_sample or codes.shape[0] > 1  # (else one problem: a batch of one)
+    sample = i if several else None
     try:
         if iteration >= config.max_steps:
-            counts = "per-sample mode counts each sample's steps"
-            raise max_steps_error(config.max_steps, float(t[i]), float(t_stop[i]), counts, i)
+            counts = (
+                "per-sample mode counts each sample's steps"
+                if several
+                else (f"{iteration} step attempts")
+            )
+            raise max_steps_error(config.max_steps, float(t[i]), float(t_stop[i]), counts, sample)
         if bool(torch.isfinite(y[i]).all()):
             check_overflow(float(t[i]), y[i])
-        raise_stalled(float(t[i]), float(land[i] - t[i]), y[i], sample=i)
+        raise_stalled(float(t[i]), float(land[i] - t[i]), y[i], sample=sample)
     except SolverError as error:
         codes[i] = code_of(error)
         if int((codes != 0).sum()) == 1 and codes.shape[0] == 1:

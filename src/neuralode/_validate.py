@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ._errors import Y0_NOT_FINITE, NonFiniteError
+from ._events import Event
 from ._host import across, plain, wrapped
 from ._norms import LOW_PRECISION, l2_norm, max_norm, rms_norm
 from ._tree import TreeSpec, leaf_spec, tree_spec
@@ -59,6 +60,20 @@ def coerce_strategies(solver: Any, controller: Any, gradient: Any, norm: Any) ->
             f"{type(norm).__name__}"
         )
     return solver, controller, gradient, norm
+
+
+def check_event(event: Any) -> None:
+    """``event`` is ``None`` or an ``Event`` (a bare function is the common slip).
+
+    Raises:
+        TypeError: naming the argument and the fix.
+    """
+    if event is not None and not isinstance(event, Event):
+        raise TypeError(
+            f"event must be a neuralode.Event, got {type(event).__name__}: wrap the function, "
+            "event=no.Event(fn) (terminal=True by default; direction=1 or -1 for one "
+            "direction of crossing)"
+        )
 
 
 def _instance(name: str, value: Any, base: type, expected: str) -> Any:

@@ -83,6 +83,7 @@ class Picard(FixedPointMethod):
         """Plain iteration keeps no history."""
 
     def propose(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
+        """The next iterate from the current one ``z`` and ``fz = f(z)``, per sample."""
         if self.damping == 1:
             return fz
         return torch.lerp(z, fz, self.damping)
@@ -113,10 +114,12 @@ class Anderson(FixedPointMethod):
         self.reset()
 
     def reset(self) -> None:
+        """Forget the state of the last solve (called before each solve)."""
         self._iterates: list[torch.Tensor] = []
         self._values: list[torch.Tensor] = []
 
     def propose(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
+        """The next iterate from the current one ``z`` and ``fz = f(z)``, per sample."""
         self._iterates = (self._iterates + [z])[-self.memory :]
         self._values = (self._values + [fz])[-self.memory :]
         iterates, values = torch.stack(self._iterates, 1), torch.stack(self._values, 1)
@@ -159,6 +162,7 @@ class Broyden(FixedPointMethod):
         self.reset()
 
     def reset(self) -> None:
+        """Forget the state of the last solve (called before each solve)."""
         self._previous: tuple[torch.Tensor, torch.Tensor] | None = None
         self._us: list[torch.Tensor] = []  # H = -I + sum_i u_i v_i^T
         self._vs: list[torch.Tensor] = []
@@ -178,6 +182,7 @@ class Broyden(FixedPointMethod):
         return out
 
     def propose(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
+        """The next iterate from the current one ``z`` and ``fz = f(z)``, per sample."""
         g = fz - z
         if self._previous is not None:
             dz, dg = z - self._previous[0], g - self._previous[1]

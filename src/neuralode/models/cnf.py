@@ -424,6 +424,7 @@ class CNF(FlowDensity):
 
     @property
     def T(self) -> torch.Tensor:
+        """The integration time of the flow (learned when ``train_T``)."""
         return self.sqrt_T.pow(2)
 
     def _strategy(self) -> GradientStrategy:
@@ -490,10 +491,12 @@ class CNF(FlowDensity):
 
     @property
     def nfe_forward(self) -> int:
+        """Evaluations of the vector field by the last forward solve."""
         return self.last_stats.nfe
 
     @property
     def nfe_backward(self) -> int:
+        """Evaluations by the last backward pass (the adjoint's, or 0 for backpropagation)."""
         return self.last_stats.nfe_backward
 
 
@@ -522,6 +525,7 @@ class SequentialFlow(FlowDensity):
         return x, logdet
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base to data through every block in reverse: ``(x, log|det dx/dz|)``."""
         logdet = z.new_zeros(z.shape[0])
         for block in reversed(self.blocks):
             z, ld = block.inverse(z)
@@ -538,14 +542,17 @@ class SequentialFlow(FlowDensity):
 
     @property
     def regularization(self) -> torch.Tensor:
+        """The blocks' regularisation terms of the last forward pass, summed."""
         return sum(getattr(b, "regularization", torch.zeros(())) for b in self.blocks)
 
     @property
     def nfe_forward(self) -> int:
+        """Evaluations of the vector fields by the blocks' last forward solves, summed."""
         return sum(getattr(b, "nfe_forward", 0) for b in self.blocks)
 
     @property
     def nfe_backward(self) -> int:
+        """Evaluations by the blocks' last backward passes, summed."""
         return sum(getattr(b, "nfe_backward", 0) for b in self.blocks)
 
 

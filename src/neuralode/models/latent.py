@@ -423,6 +423,7 @@ class _LatentVAE(nn.Module):
         return self.log_obs_std.exp()
 
     def latent_trajectory(self, z0: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        """The latent states at ``ts`` from ``z0``, ``(len(ts), *z0.shape)``."""
         raise NotImplementedError
 
     def encode(
@@ -609,6 +610,7 @@ class LatentODE(_LatentVAE):
         )
 
     def latent_trajectory(self, z0: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        """The latent states at ``ts`` from ``z0``, ``(len(ts), *z0.shape)``."""
         return self.ode(z0, ts.to(z0.dtype))
 
     @property
@@ -664,6 +666,7 @@ class RNNVAE(_LatentVAE):
         self.readout = nn.Linear(rnn_hidden, latent_dim)
 
     def latent_trajectory(self, z0: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        """The latent states at ``ts`` from ``z0``: the GRU fed the gaps between the times."""
         h = torch.tanh(self.init(z0))
         dts = torch.diff(ts, prepend=ts[:1]).to(z0.dtype)
         states = []

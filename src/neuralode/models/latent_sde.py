@@ -86,14 +86,17 @@ class LatentSDE(nn.Module):
         self._times: list[float] = []
 
     def f(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The posterior drift at ``(t, z)``, conditioned on the encoded context."""
         i = min(bisect.bisect_right(self._times, float(t)), len(self._times) - 1)
         time = batch_time(t, z).expand(z.shape[0], 1)
         return self.f_net(torch.cat([z, self._context[i], time], dim=-1))
 
     def h(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The prior drift at ``(t, z)``."""
         return self.h_net(torch.cat([z, batch_time(t, z).expand(z.shape[0], 1)], dim=-1))
 
     def g(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The diagonal diffusion at ``(t, z)``, shared by prior and posterior."""
         return self.diffusion_scale * self.g_net(z)
 
     def encode(self, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:

@@ -140,8 +140,10 @@ class ODEBlock(nn.Module):
 
     @property
     def nfe_forward(self) -> int:
+        """Evaluations of the vector field by the last forward solve."""
         return self.last_stats.nfe
 
     @property
     def nfe_backward(self) -> int:
+        """Evaluations by the last backward pass (the adjoint's, or 0 for backpropagation)."""
         return self.last_stats.nfe_backward

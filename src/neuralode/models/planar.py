@@ -96,6 +96,7 @@ class PlanarFlow(FlowDensity):
         self.event_shape = (dim,)
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base to data: ``(x, log|det dx/dz|)``, the layers in order."""
         logdet = z.new_zeros(z.shape[0])
         for layer in self.layers:
             z, ld = layer.transform(z)

@@ -83,6 +83,7 @@ class KineticEnergy(Regulariser):
     name = "kinetic"
 
     def rate(self, point: Point, noise: torch.Tensor | None) -> torch.Tensor:
+        """||f(t, y)||^2 per sample (the kinetic energy's integrand)."""
         return _per_sample_sum_of_squares(point.f)
 
 
@@ -113,11 +114,13 @@ class JacobianFrobenius(Regulariser):
         self.noise = noise
 
     def draw_noise(self, y0: torch.Tensor) -> torch.Tensor:
+        """Hutchinson's probe vectors, drawn once per solve (Gaussian or Rademacher)."""
         if self.noise == "gaussian":
             return torch.randn_like(y0)
         return torch.randint_like(y0, 0, 2) * 2 - 1
 
     def rate(self, point: Point, noise: torch.Tensor | None) -> torch.Tensor:
+        """||eps^T df/dy||^2 per sample: Hutchinson's estimate of ||df/dy||_F^2."""
         assert noise is not None
         (eps_jacobian,) = torch.autograd.grad(
             point.f,
@@ -160,6 +163,7 @@ class DerivativePenalty(Regulariser):
         self.name = f"derivative{order}"
 
     def rate(self, point: Point, noise: torch.Tensor | None) -> torch.Tensor:
+        """||d^K y / dt^K||^2 per sample, the K-th total time derivative along the flow."""
         return _per_sample_sum_of_squares(time_derivative(point, self.order))
 
     def __repr__(self) -> str:

@@ -72,14 +72,17 @@ class PathIncrements(BaseBrownian):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the increments."""
         return self.ys.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the increments."""
         return self.ys.device
 
     @property
     def shape(self) -> torch.Size:
+        """The shape of one increment, (batch, channels)."""
         return torch.Size((self.ys.shape[0], self.ys.shape[2]))
 
     @property

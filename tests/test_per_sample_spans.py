@@ -121,7 +121,9 @@ def test_skip_finished_and_odeint_give_the_same_results() -> None:
         full = no.solve(field, y0, TS, per_sample=True, controller=controller)
         skip = no.solve(field, y0, TS, per_sample="skip_finished", controller=controller)
         ys = no.odeint(field, y0, TS, options=dict(per_sample=True), **CONTROLLER)
-    assert skip.ys.equal(full.ys)
+    # f on fewer rows: a matrix product may round a row differently for another batch size
+    torch.testing.assert_close(skip.ys, full.ys, rtol=1e-13, atol=1e-15)
+    assert torch.equal(skip.stats.sample_steps, full.stats.sample_steps)
     assert skip.stats.rows_evaluated < full.stats.rows_evaluated  # finished samples skipped
     assert ys.equal(full.ys)
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..models.latent_sde import LatentSDE
@@ -100,7 +100,7 @@ def _train(args: argparse.Namespace, run: Run) -> int:
     """Trains in ``run`` (checkpointed, resumable with ``--resume``), then evaluates, plots
     and writes metrics.json and checkpoint.pt."""
     torch.manual_seed(args.seed)
-    random.seed(args.seed)  # the Brownian intervals' entropy (torchsde's default: python's RNG)
+    np.random.seed(args.seed)  # the Brownian intervals' entropy (as torchsde: NumPy's RNG)
     out = Path(args.out)
     ts, clean, xs = make_data(args.series, args.times, args.noise, args.seed)
     model = LatentSDE(obs_dim=1, latent_dim=args.latent, hidden=args.hidden)

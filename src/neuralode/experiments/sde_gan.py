@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..models.sde_gan import CDEDiscriminator, SDEGenerator, with_time
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, run: Run) -> int:
     torch.manual_seed(args.seed)
-    random.seed(args.seed)  # the Brownian intervals' entropy (torchsde's default: python's RNG)
+    np.random.seed(args.seed)  # the Brownian intervals' entropy (as torchsde: NumPy's RNG)
     out = Path(args.out)
     ts, ys = make_data(args.series + 2048, args.times, args.seed)
     train, held_out = ys[: args.series], ys[args.series :]

@@ -370,3 +370,28 @@ def test_radau_starts_newton_from_the_previous_collocation_polynomial() -> None:
     assert solver.counters["newton_failures"] == 0
     assert sol.stats.n_steps <= 90
     assert solver.counters["newton_iterations"] <= 2.5 * sol.stats.n_steps
+
+
+def test_auto_linear_solver_takes_gmres_where_direct_newton_matrices_are_too_big(monkeypatch):
+    """linear_solver="auto" (the default) solves directly while the Newton matrices fit the
+    budget and by GMRES beyond it, taking krylov's steps there; an explicit "direct" over
+    the budget is refused with the fixes instead of allocating them."""
+    from neuralode.solvers import _implicit_stages, _newton
+
+    y0 = torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
+    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    controller = no.PIController(1e-6, 1e-8)
+
+    def solve(**options):
+        solver = no.solvers.METHODS["radau"](**options)
+        rates = torch.arange(1.0, 7.0, dtype=torch.float64)
+        return no.solve(lambda t, y: -y * rates, y0, ts, solver=solver, controller=controller)
+
+    direct, krylov = solve(linear_solver="direct"), solve(linear_solver="krylov")
+    assert solve().ys.equal(direct.ys)  # small: direct
+    budget = 8 * 18 * 18 - 1  # radau's three stages of 6 entries, float64: one byte short
+    monkeypatch.setattr(_newton, "NEWTON_BYTES", budget)
+    monkeypatch.setattr(_implicit_stages, "NEWTON_BYTES", budget)
+    assert solve().ys.equal(krylov.ys)
+    with pytest.raises(ValueError, match=r"linear_solver='direct' would build Newton matrices"):
+        solve(linear_solver="direct")

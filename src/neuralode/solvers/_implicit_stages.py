@@ -23,6 +23,7 @@ from .._host import plain_factories
 from .._term import ODETerm
 from ._implicit_gradient import tie_adjoint, transposed_solve
 from ._newton import (
+    NEWTON_BYTES,
     BatchLayout,
     DenseSolve,
     JacobianVectorProduct,
@@ -30,6 +31,8 @@ from ._newton import (
     SingularMatrixError,
     batch_layout,
     block_jacobian,
+    check_newton_size,
+    newton_bytes,
 )
 from .base import Solver
 from .tableau import ImplicitTableau
@@ -140,17 +143,26 @@ class ImplicitStages(Solver):
         self, term: ODETerm, t: float, y: torch.Tensor, perturb: float, layout: BatchLayout
     ) -> _Linearisation:
         self.counters["jacobians"] += 1
-        if self.linear_solver == "krylov":
+        if self._krylov(layout, y.dtype):
             jvp = JacobianVectorProduct(term, t, y, perturb)
             return _Linearisation(jvp.f, None, jvp)
+        check_newton_size(self.name, 1, layout, y.dtype)  # the Jacobians themselves
         jacobians, f0 = block_jacobian(term, t, y, perturb, layout)
         return _Linearisation(f0, jacobians, None)
+
+    def _krylov(self, layout: BatchLayout, dtype: torch.dtype) -> bool:
+        """Whether the linear systems are solved by GMRES: ``linear_solver="krylov"``, or
+        ``"auto"`` where the direct solve's Newton matrices would exceed ``NEWTON_BYTES``."""
+        if self.linear_solver != "auto":
+            return self.linear_solver == "krylov"
+        return newton_bytes(len(self.tableau.a), layout, dtype) > NEWTON_BYTES
 
     def _linear_solve(
         self, h: float, a: torch.Tensor, lin: _Linearisation, layout: BatchLayout
     ) -> Any:
         """A solver for (I - h (a kron J)) x = r, r given as (m, N)."""
         if lin.jacobians is not None:
+            check_newton_size(self.name, a.shape[0], layout, lin.jacobians.dtype)
             self.counters["factorisations"] += 1
             return DenseSolve(h, a, lin.jacobians, layout)
         return KrylovSolve(h, a, lin.jvp, self.krylov_tol, self.krylov_dim)
@@ -222,7 +234,8 @@ class ImplicitStages(Solver):
         if not z_graph.requires_grad:
             return z
         stages = y0.detach() + z
-        krylov = (self.krylov_tol, self.krylov_dim) if self.linear_solver == "krylov" else None
+        use_krylov = self._krylov(eq.layout, stages.dtype)
+        krylov = (self.krylov_tol, self.krylov_dim) if use_krylov else None
 
         def solve(grad: torch.Tensor) -> torch.Tensor:
             return transposed_solve(

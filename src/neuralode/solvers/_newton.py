@@ -61,6 +61,37 @@ def batch_layout(spec: TreeSpec, batch_size: int | None, device: torch.device) -
     return BatchLayout(torch.arange(total, device=device)[None])
 
 
+# the largest Newton matrices a direct linear solve builds (per solve, all samples)
+NEWTON_BYTES = 2**31
+
+
+def check_newton_size(name: str, stages: int, layout: BatchLayout, dtype: torch.dtype) -> None:
+    """Refuse a direct linear solve whose Newton matrices, (B, s n, s n) for B samples of n
+    entries and s stages solved together (1: the Jacobians), would exceed ``NEWTON_BYTES``:
+    a clear error, naming the
+    fixes, instead of gigabytes of memory and hours of factorising (an image ODE-Net's state
+    as one problem is tens of thousands of entries).
+
+    Raises:
+        ValueError: the size, and the fixes.
+    """
+    need = newton_bytes(stages, layout, dtype)
+    if need > NEWTON_BYTES:
+        size = stages * layout.n
+        raise ValueError(
+            f"{name} with linear_solver='direct' would build Newton matrices of "
+            f"{need / 2**30:.3g} GiB ({layout.batch} x {size} x {size}: {stages} stage(s) of "
+            f"{layout.n} entries per problem). Use linear_solver='krylov' (matrix-free GMRES), "
+            "batch_size=B when dimension 0 indexes independent samples, or an explicit method"
+        )
+
+
+def newton_bytes(stages: int, layout: BatchLayout, dtype: torch.dtype) -> int:
+    """The bytes of the Newton matrices (B, s n, s n) of a direct linear solve."""
+    size = stages * layout.n
+    return layout.batch * size * size * torch.empty((), dtype=dtype).element_size()
+
+
 def block_jacobian(
     term: ODETerm, t: float, y: torch.Tensor, perturb: float, layout: BatchLayout
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ from ._implicit_stages import ImplicitStages, StageEquations
 from .base import Step, hermite_interpolate
 from .tableau import ImplicitTableau, collocation_weights
 
-LINEAR_SOLVERS = ("direct", "krylov")
+LINEAR_SOLVERS = ("auto", "direct", "krylov")
 
 
 class NewtonError(SolverError):
@@ -47,8 +47,10 @@ class ImplicitRK(ImplicitStages):
         batch_size: the first dimension of every tensor of the state indexes that many
             independent samples (f of one sample does not read another), so the Newton matrices
             are per sample, (batch, s n, s n), rather than one for the whole state.
-        linear_solver: ``"direct"`` (LU per sample) or ``"krylov"`` (GMRES with
-            Jacobian-vector products).
+        linear_solver: ``"direct"`` (LU per sample), ``"krylov"`` (GMRES with
+            Jacobian-vector products) or ``"auto"`` (the default: direct unless its Newton
+            matrices would take more than 2 GiB, as an image ODE-Net's state as one problem
+            would, then GMRES).
         krylov_tol: GMRES's relative tolerance.
         krylov_dim: the most Krylov vectors GMRES builds.
 
@@ -67,7 +69,7 @@ class ImplicitRK(ImplicitStages):
         max_iters: int | None = None,
         newton_tol: float | None = None,
         batch_size: int | None = None,
-        linear_solver: str = "direct",
+        linear_solver: str = "auto",
         krylov_tol: float = 1e-10,
         krylov_dim: int = 50,
     ):

@@ -1,4 +1,5 @@
-"""The command line: the demo writes its table, JSON and plots; bad usage errors."""
+"""The command line: the demo writes its table, JSON and plots under the run-directory rules;
+bad usage errors."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 from neuralode.cli import main
+from neuralode.training.rundir import RunLock
 
 
 def test_demo_quick_writes_results_and_plots(tmp_path, capsys) -> None:
@@ -22,6 +24,38 @@ def test_demo_quick_writes_results_and_plots(tmp_path, capsys) -> None:
     assert min(r["error"] for r in kepler) < 1e-5  # at rtol=1e-8 over one orbit
     for name in ("trajectories.png", "work_precision.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_refuses_a_run_a_locked_directory_or_a_file_unless_overwrite(tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "train-run"  # a neuralode train run
+    run.mkdir()
+    for name in ("config.json", "metrics.jsonl", "trajectories.png"):
+        (run / name).write_text("the train run")
+    (run / "notes.txt").write_text("mine")
+
+    def refused(out, *fragments: str) -> None:
+        assert main(["demo", "--quick", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("neuralode demo: error:"), err
+        for fragment in fragments:
+            assert fragment in err, err
+
+    refused(run, "holds an earlier run", "--overwrite")
+    assert (run / "trajectories.png").read_text() == "the train run"
+    lock = RunLock(run).acquire()  # a run in progress
+    try:
+        refused(run, "in use by another")
+    finally:
+        lock.release()
+    (tmp_path / "afile").write_text("keep me")
+    refused(tmp_path / "afile", "is a file, not a directory")
+    assert (tmp_path / "afile").read_text() == "keep me"
+    assert main(["demo", "--quick", "--out", str(run), "--overwrite"]) == 0
+    assert sorted(p.name for p in run.iterdir()) == [
+        "demo.json", "notes.txt", "trajectories.png", "work_precision.png"
+    ]  # fmt: skip
+    refused(run, "holds an earlier run (demo.json)")  # the demo's own run too
 
 
 def test_module_help_and_unknown_command() -> None:

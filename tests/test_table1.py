@@ -46,3 +46,38 @@ def test_table1_tiny_budget_writes_the_table(tmp_path, capsys) -> None:
     assert lines["resnet"]["regularisation"] is None
     assert lines["odenet"]["regularisation"]["kinetic"] > 0
     assert lines["rknet"]["regularisation"]["kinetic"] > 0
+
+
+def test_table1_runs_in_one_out_merge_their_rows(tmp_path, capsys) -> None:
+    out = tmp_path / "t"
+    argv = ["experiment", "table1", "--data", "digits", "--train-subset", "32", "--test-subset"]
+    argv += ["16", "--epochs", "1", "--channels", "8", "--batch-size", "16", "--threads", "1"]
+    argv += ["--no-plots", "--memory-batch", "4", "--memory-step-sizes", "0.5", "--out", str(out)]
+
+    def models() -> list[str]:
+        return [r["model"] for r in json.loads((out / "table1.json").read_text())["rows"]]
+
+    assert main([*argv, "--models", "resnet"]) == 0
+    assert main([*argv, "--models", "rknet"]) == 0
+    assert models() == ["resnet", "rknet"]
+    table = (out / "table1.md").read_text()
+    assert "| ResNet |" in table and "| RK-Net |" in table
+    assert "ResNet: from an earlier run in this directory with the same options" in table
+    resnet = json.loads((out / "table1.json").read_text())["rows"][0]
+    # other options are refused before any training; --overwrite then starts a new table
+    assert main([*argv, "--models", "odenet", "--seed", "1"]) == 2
+    assert "made with other options (--seed was 0, now 1)" in capsys.readouterr().err
+    assert not (out / "odenet").exists()
+    # rerunning a model replaces its row only
+    assert main([*argv, "--models", "rknet", "--overwrite"]) == 0
+    saved = json.loads((out / "table1.json").read_text())
+    assert models() == ["resnet", "rknet"] and saved["rows"][0] == resnet
+    assert [r["model"] for r in saved["memory"]] == ["rknet"]
+    assert main([*argv, "--models", "rknet", "--overwrite", "--seed", "1"]) == 0
+    assert models() == ["rknet"]
+    # a file as --out: one line, exit status 2
+    capsys.readouterr()
+    (tmp_path / "afile").write_text("keep me")
+    assert main([*argv[:-2], "--models", "resnet", "--out", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a file, not a directory" in err

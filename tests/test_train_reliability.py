@@ -360,3 +360,51 @@ def test_a_malformed_command_line_is_one_line(capsys) -> None:
         assert info.value.code == 2
         lines = capsys.readouterr().err.splitlines()
         assert len(lines) == 1 and fragment in lines[0] and "--help)" in lines[0], lines
+
+
+@row("T18")
+def test_overwrite_removes_the_earlier_runs_outputs_and_keeps_other_files(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    train(TrainConfig(model="odenet", epochs=1, out=str(out), **TINY))
+    # what an ODE-Net run with plots and --tensorboard, or an experiment, leaves besides
+    earlier = ["nfe.png", "tolerance.png", "tolerance.json", "trajectories.png", "table.md"]
+    earlier += ["metrics.json", "tensorboard/events.out.tfevents.1", "checkpoints/job.pt"]
+    for name in earlier:
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_text("earlier run")
+    (out / "notes.txt").write_text("mine")
+    (out / "mine").mkdir()
+    (out / "mine" / "plot.png").write_text("mine")
+    assert main(["train", "resnet", *ARGV, "--out", str(out), "--overwrite"]) == 0
+    for name in earlier:
+        assert not (out / name).exists(), name
+    assert not (out / "tensorboard").exists() and not (out / "checkpoints").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "mine" / "plot.png").read_text() == "mine"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["config"]["model"] == "resnet"
+    # an experiment's --overwrite goes through the same function
+    (out / "samples.png").write_text("earlier run")
+    rundir.open_run_directory(out, resume=False, overwrite=True).release()
+    assert sorted(p.name for p in out.iterdir()) == ["mine", "notes.txt"]
+
+
+@row("T19")
+def test_a_run_failing_before_its_first_checkpoint_leaves_nothing_that_blocks_a_rerun(
+    tmp_path, capsys
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    # more fixed steps than max_steps: the first batch fails
+    argv = ["train", "odenet", *ARGV, "--method", "rk4", "--out", str(out)]
+    assert main([*argv, "--step-size", "1e-9", "--tensorboard"]) == 2
+    line = _one_line_error(capsys, "the ODE solve failed", "use a larger --step-size (now 1e-09)")
+    assert "diverged" not in line
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main(argv) == 0  # a plain rerun, neither --resume nor --overwrite
+    assert (out / "checkpoint.pt").exists() and (out / "notes.txt").read_text() == "mine"
+    # a diverging first epoch: removed too, and the message does not ask for --overwrite
+    diverging = ["train", "resnet", *ARGV, "--optimizer", "sgd", "--lr", "1e30"]
+    assert main([*diverging, "--out", str(tmp_path / "b")]) == 2
+    line = _one_line_error(capsys, "the training diverged", "try a lower --lr")
+    assert "--overwrite" not in line and list((tmp_path / "b").iterdir()) == []

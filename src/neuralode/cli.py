@@ -26,10 +26,15 @@ EXPERIMENTS: dict[str, str] = {
 
 def _demo(args: argparse.Namespace) -> int:
     from .experiments.demo import format_table, run_demo
+    from .training.rundir import open_run_directory
 
     out = Path(args.out)
-    print(f"neuralode demo: solving 3 problems with 6 methods, writing to {out}/")
-    rows = run_demo(out, quick=args.quick)
+    lock = open_run_directory(out, resume=False, overwrite=args.overwrite, resumable=False)
+    try:
+        print(f"neuralode demo: solving 3 problems with 6 methods, writing to {out}/")
+        rows = run_demo(out, quick=args.quick)
+    finally:
+        lock.release()
     print()
     print(format_table(rows))
     print(f"\nwrote {out / 'demo.json'}, {out / 'trajectories.png'}, {out / 'work_precision.png'}")
@@ -57,11 +62,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         result = train(TrainConfig.from_namespace(args))
     except SolverError as error:
-        _error(
-            "train",
-            f"the ODE solve failed ({error}); the training may have diverged: try a lower "
-            "--lr, or looser --rtol/--atol",
-        )
+        _error("train", f"the ODE solve failed ({error}); {_solve_advice(error, args)}")
         return 2
     if result.status == 0 and result.history and result.is_main:
         last = result.history[-1]
@@ -74,6 +75,21 @@ def _train(args: argparse.Namespace) -> int:
             "{metrics.jsonl,checkpoint.pt,*.png}"
         )
     return result.status
+
+
+def _solve_advice(error: Exception, args: argparse.Namespace) -> str:
+    """What to change after the ODE solve of a training step failed: a fixed grid with more
+    steps than the solver allows needs a larger --step-size; any other failure most likely
+    comes from diverging weights."""
+    from . import METHODS
+    from ._errors import MaxStepsError
+
+    fixed = args.model == "rknet" or (
+        args.method in METHODS and not METHODS[args.method]().adaptive
+    )
+    if isinstance(error, MaxStepsError) and fixed:
+        return f"use a larger --step-size (now {args.step_size:g})"
+    return "the training may have diverged: try a lower --lr, or looser --rtol/--atol"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
     demo.add_argument("--quick", action="store_true", help="fewer tolerances, for a smoke run")
+    demo.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run in --out (without it, such an --out is refused)",
+    )
     demo.set_defaults(run=_demo)
     bench = commands.add_parser(
         "bench", help="benchmarks vs torchdiffeq, torchode and SciPy: tables and a plot"

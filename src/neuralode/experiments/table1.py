@@ -1,4 +1,11 @@
-"""The Neural ODE paper's Table 1: ODE-Net vs ResNet vs RK-Net on MNIST, same budget."""
+"""The Neural ODE paper's Table 1: ODE-Net vs ResNet vs RK-Net on MNIST, same budget.
+
+Each model trains in ``OUT/<model>`` (the rules of ``neuralode train``). ``OUT/table1.md``
+and ``OUT/table1.json`` hold a row for every model run in ``OUT``: a later run with other
+``--models`` adds their rows, and rerunning a model (``--overwrite`` or ``--resume``) replaces
+only its row. All rows share the options (those that change what is computed or timed): a run
+with others is refused, unless ``--overwrite``, which then starts a new table.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from torch.nn.functional import cross_entropy
 from ..data import ImageDataset, load_dataset
 from ..training import TrainConfig, add_train_arguments, autograd_memory_mb, train
 from ..training.loop import solver_block
+from ..training.rundir import RunDirectoryError, RunLock, ensure_directory
 from ..training.runtime import machine
 
 # Chen et al. (2018), Table 1 (full MNIST): test error, parameters, memory, time.
@@ -26,6 +34,12 @@ PAPER = {
     "odenet": ("0.42%", "0.22M", "O(1)", "O(L~)"),
 }
 NAMES = {"resnet": "ResNet", "rknet": "RK-Net", "odenet": "ODE-Net"}
+# options that change neither the numbers of a row nor its timing: the rows of one table may
+# differ in these
+UNSHARED = (
+    "model", "out", "resume", "overwrite", "device", "data_dir", "download", "cache_dir",
+    "plots", "tensorboard", "sweep_tolerances", "sweep_images", "test_batch_size",
+)  # fmt: skip
 
 
 # The recipe of the 10-minute budget on 2 CPU cores (BENCHMARKS.md, Table 1): short one-cycle
@@ -43,7 +57,9 @@ RECIPE = dict(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser, model_positional=False)
     parser.set_defaults(**RECIPE)
-    parser.add_argument("--models", nargs="+", choices=tuple(NAMES), default=list(NAMES))
+    parser.add_argument("--models", nargs="+", choices=tuple(NAMES), default=list(NAMES),
+                        help="models to train into OUT/MODEL; the table keeps the rows of "
+                        "models run earlier in OUT with the same options")  # fmt: skip
     parser.add_argument("--memory-batch", type=int, default=32,
                         help="batch of the one-step memory measurement")  # fmt: skip
     parser.add_argument("--memory-tolerances", type=float, nargs="+",
@@ -261,16 +277,101 @@ def train_side_by_side(
     return Trained(rows, trained, data, x, y)
 
 
+def table_settings(base: TrainConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """The options every row of one table shares: the recipe and the memory study's.
+
+    Arguments:
+        base: the training configuration of the run.
+        args: the parsed options (``memory_batch``, ``memory_tolerances``,
+            ``memory_step_sizes``).
+
+    Returns:
+        The options as JSON values.
+    """
+    settings = {k: v for k, v in base.as_dict().items() if k not in UNSHARED}
+    settings["memory_batch"] = args.memory_batch
+    settings["memory_tolerances"] = list(args.memory_tolerances)
+    settings["memory_step_sizes"] = list(args.memory_step_sizes)
+    return json.loads(json.dumps(settings))
+
+
+def earlier_table(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, Any]:
+    """The rows and memory study of the table already in ``out`` that this run adds to.
+
+    Arguments:
+        out: the run directory.
+        settings: this run's ``table_settings``.
+        overwrite: whether a table of other options (or an unreadable one) is dropped.
+
+    Returns:
+        ``{"rows": [...], "memory": [...]}``, empty without an earlier table (or when it is
+        dropped).
+
+    Raises:
+        RunDirectoryError: the earlier table has other options or cannot be read, without
+            ``overwrite``.
+    """
+    path = out / "table1.json"
+    if not path.is_file():
+        return {"rows": [], "memory": []}
+    replace_it = "start a new table with --overwrite, or choose another --out"
+    try:
+        saved = json.loads(path.read_text())
+        rows, study = list(saved["rows"]), list(saved["memory"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        if overwrite:
+            return {"rows": [], "memory": []}
+        raise RunDirectoryError(f"{path} cannot be read ({error}); {replace_it}") from error
+    before = saved.get("settings", settings)  # (tables written without them: not checked)
+    different = [
+        f"--{key.replace('_', '-')} was {before.get(key)!r}, now {value!r}"
+        for key, value in settings.items()
+        if before.get(key) != value
+    ]
+    if different and not overwrite:
+        raise RunDirectoryError(
+            f"--out {out} holds a Table 1 made with other options ({'; '.join(different)}); "
+            f"use the same options to add or rerun models, {replace_it}"
+        )
+    return {"rows": [], "memory": []} if different else {"rows": rows, "memory": study}
+
+
 @keeps_threads
 def run(args: argparse.Namespace) -> int:
+    """Trains ``args.models`` into ``OUT/<model>`` and writes the table of every model run in
+    ``OUT`` (see the module's docstring); ``OUT`` is locked meanwhile.
+
+    Arguments:
+        args: the parsed options of ``neuralode experiment table1``.
+
+    Returns:
+        The exit status (that of the first failing training, else 0).
+
+    Raises:
+        RunDirectoryError: ``--out`` is a file, is in use, or holds a table of other options.
+    """
     out = Path(args.out or "out/table1")
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_directory(out)
+    lock = RunLock(out).acquire()
+    try:
+        return _run(args, out)
+    finally:
+        lock.release()
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
     base = TrainConfig.from_namespace(argparse.Namespace(**{**vars(args), "out": str(out)}))
+    settings = table_settings(base, args)
+    earlier = earlier_table(out, settings, bool(args.overwrite))
     runs = train_side_by_side(base, args.models, out, args.memory_batch, NAMES)
     if isinstance(runs, int):
         return runs
-    rows = runs.rows
+    order = list(NAMES)
+    kept = [r for r in earlier["rows"] if r["model"] not in args.models]
+    rows = sorted(kept + runs.rows, key=lambda r: order.index(r["model"]))
     study = memory_study(runs.models, runs.x, runs.y, args)
+    study = [r for r in earlier["memory"] if r["model"] not in args.models] + study
+    study.sort(key=lambda r: r["model"] != "odenet")  # ODE-Net's first, each in its order
     header = (
         f"`{' '.join(sys.argv[1:]) or 'neuralode experiment table1'}`: {base.data}, "
         f"{base.epochs} epochs, batch {base.batch_size}, {base.optimizer} lr {base.lr} "
@@ -278,9 +379,13 @@ def run(args: argparse.Namespace) -> int:
         f"({base.gradient}), RK-Net rk4 step {base.step_size}{regularisation(base)}"
         f"{averaging(base)}; {machine(base.threads)}, {base.pool} pooling."
     )
+    if kept:
+        names = ", ".join(NAMES[r["model"]] for r in kept)
+        header += f" {names}: from an earlier run in this directory with the same options."
     text = format_table(rows, study, header)
     (out / "table1.md").write_text(text)
-    (out / "table1.json").write_text(json.dumps({"rows": rows, "memory": study}, indent=2) + "\n")
+    table = {"settings": settings, "rows": rows, "memory": study}
+    (out / "table1.json").write_text(json.dumps(table, indent=2) + "\n")
     if base.plots and study:
         curves = {
             NAMES[model] + (" (adjoint)" if model == "odenet" else ""): [

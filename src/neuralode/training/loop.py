@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -25,11 +26,12 @@ from .ema import WeightAverage
 from .metrics import MetricsLog, open_tensorboard
 from .progress import progress_bar
 from .rundir import (
-    RUN_FILES,
     RunDirectoryError,
     RunLock,
     open_run_directory,
     reconcile_metrics,
+    remove_run_outputs,
+    run_outputs,
 )
 from .runtime import Runtime, StopRequest, peak_memory_mb, reset_peak_memory, start, stop
 from .state import (
@@ -166,6 +168,8 @@ class Trainer:
         self.on_batch = on_batch
         self.out = Path(config.out)
         self._lock: RunLock | None = None
+        # a fresh run's outputs already in --out when it starts (None: nothing to clean up)
+        self._found: set[Path] | None = None
 
     def run(self) -> TrainResult:
         config = self.config
@@ -173,6 +177,9 @@ class Trainer:
         threads = torch.get_num_threads()
         try:
             return self._run(config, runtime)
+        except BaseException:
+            self._remove_unfinished_run()
+            raise
         finally:
             if self._lock is not None:
                 self._lock.release()
@@ -246,8 +253,7 @@ class Trainer:
                         file=sys.stderr,
                     )
             else:
-                for name in RUN_FILES:  # an earlier run's, with --overwrite
-                    (self.out / name).unlink(missing_ok=True)
+                self._found = set(run_outputs(self.out))  # (--overwrite removed the old run)
             _write(self.out / "config.json", json.dumps(config.as_dict(), indent=2) + "\n")
             if not config.resume:
                 _write(self.out / "metrics.jsonl", "")
@@ -312,10 +318,12 @@ class Trainer:
                     logits = network(x)
                     loss = cross_entropy(logits, y, label_smoothing=config.label_smoothing)
                     if not math.isfinite(loss.item()):
+                        # before the first checkpoint the run's files are removed
+                        kept = checkpoint_path.exists()
                         raise TrainingDiverged(
                             f"the training diverged: the loss is {loss.item()} at epoch "
-                            f"{epoch + 1}, batch {b + 1}; try a lower --lr (now {config.lr:g}), "
-                            "with --overwrite to replace this run"
+                            f"{epoch + 1}, batch {b + 1}; try a lower --lr (now {config.lr:g})"
+                            + (", with --overwrite to replace this run" if kept else "")
                         )
                     penalty = block.regularisation if terms else None
                     nfe_forward = block.nfe_forward if block is not None else 0
@@ -416,6 +424,15 @@ class Trainer:
                 raise RunDirectoryError(f"rank 0 refused --out {self.out} (see its message)")
         if refusal is not None:
             raise refusal
+
+    def _remove_unfinished_run(self) -> None:
+        """A fresh run that fails before its first checkpoint removes the files it wrote
+        (config.json, metrics.jsonl, tensorboard/ ...), so that a plain rerun is not refused;
+        the directory stays."""
+        if self._found is None or (self.out / "checkpoint.pt").exists():
+            return
+        with contextlib.suppress(OSError, RunDirectoryError):  # the failure is what matters
+            remove_run_outputs(self.out, keep=self._found)
 
     @staticmethod
     def _should_stop(stop_request: StopRequest, runtime: Runtime) -> bool:

@@ -6,14 +6,31 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from .state import CheckpointError, load_checkpoint, write_failure
 
-RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json")
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "demo.json")
 LOCK_NAME = ".neuralode-train.lock"
+# Everything a run of ``neuralode train``, ``demo`` or an experiment writes at the top of its
+# --out (names or glob patterns; a directory goes with its contents). ``--overwrite`` removes
+# these and nothing else, so a user's own files there survive; a new output is listed here.
+RUN_OUTPUTS = (
+    # neuralode train (and the .tmp of its atomic writes)
+    "checkpoint.pt", "checkpoint.pt.tmp", "metrics.jsonl", "metrics.jsonl.tmp", "config.json",
+    "config.json.tmp", "tensorboard", "curves.png", "nfe.png", "trajectories.png",
+    "tolerance.png", "tolerance.json", "residuals.png", "residuals.json",
+    # the experiments
+    "checkpoints", ".metrics.lock", "metrics.json", "results.json", "table.md", "table1.md",
+    "table1.json", "table2.md", "memory.png", "model.pt", "samples.png", "densities.png",
+    "posterior.png", "prior.png", "spacetime.png", "fields.png", "marginals.png", "toy2d.png",
+    "nll_curve.png", "latent_ode_*.pt", "rnn_*.pt", "spirals_*.png",
+    # neuralode demo
+    "demo.json", "work_precision.png",
+)  # fmt: skip
 
 
 class RunDirectoryError(ValueError):
@@ -96,35 +113,95 @@ class RunLock:
             self._fd = None
 
 
-def open_run_directory(
-    out: Path, resume: bool, overwrite: bool, run_files: tuple[str, ...] = RUN_FILES
-) -> RunLock:
-    """Creates ``out`` if needed, locks it, and checks that this run may write there.
+def run_outputs(out: Path) -> list[Path]:
+    """The files and directories in ``out`` that a run writes (``RUN_OUTPUTS``).
+
+    Arguments:
+        out: a run directory.
+
+    Returns:
+        The existing paths, sorted.
+    """
+    return sorted({path for pattern in RUN_OUTPUTS for path in out.glob(pattern)})
+
+
+def remove_run_outputs(out: Path, keep: set[Path] | frozenset[Path] = frozenset()) -> None:
+    """Removes what runs write in ``out`` (``RUN_OUTPUTS``), leaving every other file.
+
+    Arguments:
+        out: a run directory, locked by this process.
+        keep: paths to leave in place (those that were there before this run).
+
+    Raises:
+        RunDirectoryError: a file could not be removed.
+    """
+    for path in run_outputs(out):
+        if path in keep:
+            continue
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as error:
+            raise RunDirectoryError(
+                f"--out {out}: cannot remove the earlier run's {path.name} "
+                f"({error.strerror}); remove it yourself or choose another --out"
+            ) from error
+
+
+def ensure_directory(out: Path) -> None:
+    """Creates ``out`` (and its parents) unless it exists as a directory.
 
     Arguments:
         out: the run directory (``--out``).
-        resume: whether the run continues the checkpoint there (``--resume``).
-        overwrite: whether an earlier run's files there may be replaced (``--overwrite``).
-        run_files: the names whose presence marks an earlier run.
-
-    Returns:
-        The held lock; release it when the run ends.
 
     Raises:
-        CheckpointError: ``resume`` is set and ``out`` does not exist.
-        RunDirectoryError: ``out`` is a file or not writable, another run holds it, or it
-            holds an earlier run and neither ``resume`` nor ``overwrite`` is set.
+        RunDirectoryError: ``out`` is a file, or the directory cannot be created.
     """
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"--out {out} is a file, not a directory; choose a directory")
-    if resume and not out.exists():
-        load_checkpoint(out / "checkpoint.pt")  # raises "no checkpoint at ...", creates nothing
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunDirectoryError(
             f"--out {out}: cannot create the directory ({error.strerror}); use a writable location"
         ) from error
+
+
+def open_run_directory(
+    out: Path,
+    resume: bool,
+    overwrite: bool,
+    run_files: tuple[str, ...] = RUN_FILES,
+    resumable: bool = True,
+) -> RunLock:
+    """Creates ``out`` if needed, locks it, and checks that this run may write there.
+
+    With ``overwrite`` the earlier run is removed: every file and directory of
+    ``RUN_OUTPUTS`` (the user's own files stay).
+
+    Arguments:
+        out: the run directory (``--out``).
+        resume: whether the run continues the checkpoint there (``--resume``).
+        overwrite: whether an earlier run there is replaced (``--overwrite``).
+        run_files: the names whose presence marks an earlier run.
+        resumable: whether the command has ``--resume`` (the refusal then suggests it).
+
+    Returns:
+        The held lock; release it when the run ends.
+
+    Raises:
+        CheckpointError: ``resume`` is set and ``out`` does not exist.
+        RunDirectoryError: ``out`` is a file or not writable, another run holds it, it
+            holds an earlier run and neither ``resume`` nor ``overwrite`` is set, or the
+            earlier run's files cannot be removed.
+    """
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"--out {out} is a file, not a directory; choose a directory")
+    if resume and not out.exists():
+        load_checkpoint(out / "checkpoint.pt")  # raises "no checkpoint at ...", creates nothing
+    ensure_directory(out)
     lock = RunLock(out).acquire()
     if resume and overwrite:
         lock.release()
@@ -132,10 +209,17 @@ def open_run_directory(
     existing = [name for name in run_files if (out / name).exists()]
     if existing and not (resume or overwrite):
         lock.release()
+        resume_it = "continue it with --resume, " if resumable else ""
         raise RunDirectoryError(
-            f"--out {out} holds an earlier run ({', '.join(existing)}); continue it with "
-            "--resume, replace it with --overwrite, or choose another --out"
+            f"--out {out} holds an earlier run ({', '.join(existing)}); {resume_it}replace "
+            "it with --overwrite, or choose another --out"
         )
+    if overwrite:
+        try:
+            remove_run_outputs(out)
+        except RunDirectoryError:
+            lock.release()
+            raise
     return lock
 
 

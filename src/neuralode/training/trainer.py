@@ -97,8 +97,9 @@ def open_experiment(
 ) -> Iterator[Run]:
     """Claims ``args.out`` for an experiment run and yields its ``Run``.
 
-    A fresh run (or ``--overwrite``) removes an earlier run's ``metrics.jsonl``,
-    ``config.json`` and checkpoints and writes ``config.json``; ``--resume`` refuses a
+    ``--overwrite`` removes the earlier run (everything runs write there, ``RUN_OUTPUTS``:
+    metrics, checkpoints, tables, plots, TensorBoard logs; other files stay); a fresh run
+    writes ``config.json`` and an empty ``metrics.jsonl``; ``--resume`` refuses a
     config that differs in an option that changes what is computed (all but ``RUN_OPTIONS``).
     The directory is locked until the block ends.
 
@@ -138,11 +139,7 @@ def open_experiment(
             saved = json.loads(path.read_text())
             keys = tuple(sorted((set(saved) | set(config)) - set(RUN_OPTIONS)))
             check_compatible(saved, config, keys)
-        else:
-            for name in RUN_FILES:
-                (out / name).unlink(missing_ok=True)
-            for old in (out / CHECKPOINTS).glob("*.pt"):
-                old.unlink()
+        else:  # (with --overwrite, open_run_directory removed the earlier run)
             (out / "metrics.jsonl").write_text("")
         write_text_atomically(path, json.dumps(config, indent=2) + "\n")
         (out / CHECKPOINTS).mkdir(exist_ok=True)

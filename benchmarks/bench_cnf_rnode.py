@@ -21,6 +21,7 @@ import torch
 
 from neuralode.data.toy2d import sample_toy
 from neuralode.experiments import toy2d
+from neuralode.training.trainer import fill_defaults
 
 
 def run_case(args: argparse.Namespace, weight: float, all_channels: bool = False) -> dict:
@@ -32,6 +33,7 @@ def run_case(args: argparse.Namespace, weight: float, all_channels: bool = False
          "--kinetic", str(weight), "--jacobian", str(weight), "--lr", str(args.lr)]
         + (["--fixed-T", "--T", str(args.fixed_T)] if args.fixed_T else [])
     )  # fmt: skip
+    fill_defaults(config, toy2d.DEFAULTS)
     torch.manual_seed(0)
     model = toy2d.build_model(config)
     nfes = []

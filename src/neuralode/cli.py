@@ -6,7 +6,8 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,9 +26,13 @@ EXPERIMENTS: dict[str, str] = {
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import torch
+
     from .experiments.demo import format_table, run_demo
     from .training.rundir import open_run_directory
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     lock = open_run_directory(out, resume=False, overwrite=args.overwrite, resumable=False)
     try:
@@ -108,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
     demo.add_argument("--quick", action="store_true", help="fewer tolerances, for a smoke run")
     demo.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads, 0 = torch default (default %(default)s)",
+    )
+    demo.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an earlier run in --out (without it, such an --out is refused)",
@@ -144,9 +155,32 @@ def _error(command: str, message: str) -> None:
     print(f"neuralode {command}: error: {line}", file=sys.stderr)
 
 
+def _warning_printer(command: str) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints each warning as one line on stderr:
+    ``neuralode COMMAND: warning: MESSAGE``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        try:
+            print(f"neuralode {command}: warning: {text}", file=file or sys.stderr)
+        except OSError:  # stderr closed: the warning is lost, as with Python's own
+            pass
+
+    return show
+
+
+def _run(args: argparse.Namespace, command: str) -> int:
+    """Runs the command with its warnings printed as one line each (the previous
+    ``warnings.showwarning`` is restored afterwards)."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_printer(command)
+        return args.run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; errors print one line (set NEURALODE_TRACEBACK=1 to see the
-    traceback of an unexpected one) and return a non-zero status.
+    traceback of an unexpected one) and return a non-zero status; warnings print one line
+    each.
 
     Arguments:
         argv: the arguments (default ``sys.argv[1:]``).
@@ -161,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command if args.command != "experiment" else f"experiment {args.experiment}"
     try:
-        return args.run(args)
+        return _run(args, command)
     except (DatasetNotFoundError, CheckpointError, ValueError, TrainingDiverged) as error:
         # bad input or a refused run directory (RunDirectoryError is a ValueError), from any
         # command that trains: the message says what to do

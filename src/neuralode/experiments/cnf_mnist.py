@@ -22,7 +22,7 @@ import torch
 
 from ..data import load_mnist, load_mnist5k
 from ..models.cnf import CNF, ConcatSquashConvNet, SequentialFlow
-from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
+from ..training.trainer import Run, Trainer, add_run_arguments, fill_defaults, open_experiment
 
 ALPHA = 1e-6
 
@@ -43,26 +43,79 @@ def bits_per_dim(log_p_s: torch.Tensor, log_jac: torch.Tensor, dims: int) -> tor
     return -(log_p_s + log_jac) / (dims * math.log(2))
 
 
+# The defaults of the options that --quick shrinks: (full run, --quick); an option given
+# explicitly keeps its value.
+DEFAULTS = {
+    "batch": (200, 4),
+    "blocks": (2, 1),
+    "hidden": ("64,64,64", "4"),
+    "tol": (1e-5, 1e-2),
+    "device": ("cuda" if torch.cuda.is_available() else "cpu", "cpu"),
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="mnist5k", choices=["mnist5k", "mnist"])
+    parser.add_argument(
+        "--data",
+        default="mnist5k",
+        choices=["mnist5k", "mnist"],
+        help="data set (default %(default)s)",
+    )
     parser.add_argument("--data-dir", default=None, help="IDX files for --data mnist")
-    parser.add_argument("--out", default="out/cnf-mnist", help="output directory")
-    parser.add_argument("--epochs", type=float, default=10.0)
-    parser.add_argument("--batch", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--blocks", type=int, default=2, help="CNF blocks")
-    parser.add_argument("--hidden", default="64,64,64", help="conv channels of f")
-    parser.add_argument("--tol", type=float, default=1e-5, help="rtol = atol")
-    parser.add_argument("--gradient", default="adjoint", choices=["direct", "adjoint"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out", default="out/cnf-mnist", help="output directory (default %(default)s)"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=float,
+        default=10.0,
+        help="passes over the training images (default %(default)s)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="images per step (default 200; 4 with --quick)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="Adam learning rate (default %(default)s)"
+    )
+    parser.add_argument(
+        "--blocks", type=int, default=None, help="CNF blocks (default 2; 1 with --quick)"
+    )
+    parser.add_argument(
+        "--hidden", default=None, help="conv channels of f (default 64,64,64; 4 with --quick)"
+    )
+    parser.add_argument(
+        "--tol", type=float, default=None, help="rtol = atol (default 1e-5; 1e-2 with --quick)"
+    )
+    parser.add_argument(
+        "--gradient",
+        default="adjoint",
+        choices=["direct", "adjoint"],
+        help="backpropagation through the solver or the adjoint (default %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device (default cuda where available, else cpu; cpu with --quick)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads, 0 = torch default (default %(default)s)",
+    )
     parser.add_argument(
         "--steps",
         type=int,
         default=None,
         help="optimiser steps (default: --epochs passes over the training images; 1 with --quick)",
     )
-    parser.add_argument("--quick", action="store_true", help="a few tiny CPU steps")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few tiny CPU steps: the small defaults marked 'with --quick' (options given "
+        "are kept)",
+    )
     add_run_arguments(parser)
 
 
@@ -113,11 +166,11 @@ def evaluate(flow: SequentialFlow, images: np.ndarray, args: argparse.Namespace)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.quick:
-        args.epochs, args.batch, args.hidden, args.blocks, args.tol = 0.0, 4, "4", 1, 1e-2
-        args.device = "cpu"
+    fill_defaults(args, DEFAULTS)
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     train_images, test_images = _split(args)
     if args.quick:

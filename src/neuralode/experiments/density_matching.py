@@ -19,7 +19,7 @@ import torch
 
 from ..models.cnf import CNF, FlowDensity, GatedPlanarDynamics
 from ..models.planar import PlanarFlow
-from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
+from ..training.trainer import Run, Trainer, add_run_arguments, fill_defaults, open_experiment
 
 EXTENT = (-4.0, 4.0, -4.0, 4.0)
 
@@ -75,18 +75,57 @@ def log_normaliser(energy: Callable[[torch.Tensor], torch.Tensor], points: int =
     return float(torch.logsumexp(-energy(grid), 0) + 2 * math.log(h))
 
 
+# The defaults of the options that --quick shrinks: (full run, --quick); an option given
+# explicitly keeps its value.
+DEFAULTS = {
+    "targets": ("U1,U2,U3,U4", "U1"),
+    "sizes": ("1,8,32", "1,2"),
+    "iters": (400, 3),
+    "batch": (256, 32),
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="out/density-matching", help="output directory")
-    parser.add_argument("--targets", default="U1,U2,U3,U4", help="comma-separated energies")
-    parser.add_argument("--sizes", default="1,8,32", help="K planar layers = M CNF units")
-    parser.add_argument("--iters", type=int, default=400, help="Adam steps per model")
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--T", type=float, default=1.0, help="CNF integration time")
-    parser.add_argument("--tol", type=float, default=1e-3, help="CNF training rtol = atol")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: default)")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument(
+        "--out", default="out/density-matching", help="output directory (default %(default)s)"
+    )
+    parser.add_argument(
+        "--targets",
+        default=None,
+        help="comma-separated energies (default U1,U2,U3,U4; U1 with --quick)",
+    )
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help="K planar layers = M CNF units, comma-separated (default 1,8,32; 1,2 with --quick)",
+    )
+    parser.add_argument(
+        "--iters", type=int, default=None, help="Adam steps per model (default 400; 3 with --quick)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="samples per step (default 256; 32 with --quick)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=1e-2, help="Adam learning rate, cosine (default %(default)s)"
+    )
+    parser.add_argument(
+        "--T", type=float, default=1.0, help="CNF integration time (default %(default)s)"
+    )
+    parser.add_argument(
+        "--tol", type=float, default=1e-3, help="CNF training rtol = atol (default %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, 0 = torch default (default %(default)s)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: the small defaults marked 'with --quick' (options given are kept)",
+    )
     add_run_arguments(parser)
 
 
@@ -150,8 +189,7 @@ def model_density(model: FlowDensity, points: int) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.quick:
-        args.targets, args.sizes, args.iters, args.batch = "U1", "1,2", 3, 32
+    fill_defaults(args, DEFAULTS)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

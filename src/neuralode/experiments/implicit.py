@@ -29,21 +29,27 @@ NAMES = {"deq": "DEQ", "odenet": "ODE-Net", "resnet": "ResNet"}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser, model_positional=False)
-    parser.set_defaults(**RECIPE, blocks=1, deq_dropout=0.1)
-    parser.add_argument("--models", nargs="+", choices=tuple(NAMES), default=list(NAMES))
+    parser.set_defaults(**RECIPE, blocks=1, deq_dropout=0.1, out="out/implicit")
+    parser.add_argument("--models", nargs="+", choices=tuple(NAMES), default=list(NAMES),
+                        help="models to train (default " + " ".join(NAMES) + ")")  # fmt: skip
     parser.add_argument("--deq-epochs", type=int, default=24,
                         help="epochs of the DEQ (default %(default)s: its epochs are cheaper "
                         "than the ODE-Net's, and 24 stay within 10 CPU minutes)")  # fmt: skip
     parser.add_argument("--memory-batch", type=int, default=32,
-                        help="batch of the one-step memory measurements")  # fmt: skip
+                        help="batch of the one-step memory measurements "
+                        "(default %(default)s)")  # fmt: skip
     parser.add_argument("--memory-iterations", type=int, nargs="+", default=[5, 10, 20, 40],
-                        help="DEQ iterations of the memory-vs-iterations study")  # fmt: skip
+                        help="DEQ iterations of the memory-vs-iterations study "
+                        "(default 5 10 20 40)")  # fmt: skip
     parser.add_argument("--residual-iterations", type=int, default=100,
-                        help="most iterations of the residual-vs-iteration study")  # fmt: skip
+                        help="most iterations of the residual-vs-iteration study "
+                        "(default %(default)s)")  # fmt: skip
     parser.add_argument("--residual-targets", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4],
-                        help="residuals of the iterations-to-residual table")  # fmt: skip
+                        help="residuals of the iterations-to-residual table "
+                        "(default 0.01 0.001 0.0001)")  # fmt: skip
     parser.add_argument("--residual-images", type=int, default=250,
-                        help="test images of the residual-vs-iteration study")  # fmt: skip
+                        help="test images of the residual-vs-iteration study "
+                        "(default %(default)s)")  # fmt: skip
 
 
 def memory_study(

@@ -64,21 +64,44 @@ def make_data(series: int, times: int, noise: float, seed: int):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="out/latent-sde", help="output directory")
-    parser.add_argument("--series", type=int, default=256, help="training series")
-    parser.add_argument("--times", type=int, default=21, help="observation times on [0, 1]")
-    parser.add_argument("--noise", type=float, default=0.05, help="observation noise std")
-    parser.add_argument("--iterations", type=int, default=1000, help="optimiser steps")
-    parser.add_argument("--batch", type=int, default=64, help="series per step")
-    parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--dt", type=float, default=0.02, help="SDE solver step")
-    parser.add_argument("--latent", type=int, default=4, help="latent state size")
-    parser.add_argument("--hidden", type=int, default=64, help="hidden width")
+    parser.add_argument(
+        "--out", default="out/latent-sde", help="output directory (default %(default)s)"
+    )
+    parser.add_argument(
+        "--series", type=int, default=256, help="training series (default %(default)s)"
+    )
+    parser.add_argument(
+        "--times", type=int, default=21, help="observation times on [0, 1] (default %(default)s)"
+    )
+    parser.add_argument(
+        "--noise", type=float, default=0.05, help="observation noise std (default %(default)s)"
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=1000, help="optimiser steps (default %(default)s)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=64, help="series per step (default %(default)s)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=5e-3, help="Adam learning rate (default %(default)s)"
+    )
+    parser.add_argument(
+        "--dt", type=float, default=0.02, help="SDE solver step (default %(default)s)"
+    )
+    parser.add_argument(
+        "--latent", type=int, default=4, help="latent state size (default %(default)s)"
+    )
+    parser.add_argument("--hidden", type=int, default=64, help="hidden width (default %(default)s)")
     parser.add_argument(
         "--adjoint", action="store_true", help="gradients by the stochastic adjoint (O(1) memory)"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, 0 = torch default (default %(default)s)",
+    )
     add_run_arguments(parser)
 
 

@@ -73,38 +73,92 @@ class Setting:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--equation", choices=EQUATIONS, default="burgers")
+    parser.add_argument(
+        "--equation", choices=EQUATIONS, default="burgers", help="the PDE (default %(default)s)"
+    )
     parser.add_argument("--out", default=None, help="output directory (default out/pde-EQUATION)")
-    parser.add_argument("--grid", type=int, default=None, help="nodes per axis (64 / 16)")
     parser.add_argument(
-        "--refine", type=int, default=4, help="reference grid: this many times finer"
+        "--grid",
+        type=int,
+        default=None,
+        help="nodes per axis (default 64 for burgers, 16 for reaction-diffusion)",
     )
     parser.add_argument(
-        "--horizon", type=float, default=None, help="training horizon T (1.0 / 2.0)"
+        "--refine",
+        type=int,
+        default=4,
+        help="reference grid: this many times finer (default %(default)s)",
     )
     parser.add_argument(
-        "--dt", type=float, default=None, help="time between saved states (0.05 / 0.1)"
-    )
-    parser.add_argument("--viscosity", type=float, default=0.1, help="Burgers' nu")
-    parser.add_argument(
-        "--train-ics", type=int, default=None, help="training initial conditions (12 / 6)"
-    )
-    parser.add_argument("--test-ics", type=int, default=4, help="held-out initial conditions")
-    parser.add_argument("--window", type=int, default=4, help="saved steps per training window")
-    parser.add_argument(
-        "--window-stride", type=int, default=2, help="saved steps between window starts"
+        "--horizon",
+        type=float,
+        default=None,
+        help="training horizon T (default 1.0 for burgers, 2.0 for reaction-diffusion)",
     )
     parser.add_argument(
-        "--substeps", type=int, default=2, help="RK4 steps per saved step in training"
+        "--dt",
+        type=float,
+        default=None,
+        help="time between saved states (default 0.05 for burgers, 0.1 for reaction-diffusion)",
     )
     parser.add_argument(
-        "--iterations", type=int, default=None, help="optimiser steps, each model (800 / 300)"
+        "--viscosity", type=float, default=0.1, help="Burgers' nu (default %(default)s)"
     )
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--hidden", type=int, default=24, help="hidden width of the pointwise MLP")
-    parser.add_argument("--rtol", type=float, default=1e-6, help="tolerance of the forecast solves")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
+    parser.add_argument(
+        "--train-ics",
+        type=int,
+        default=None,
+        help="training initial conditions (default 12 for burgers, 6 for reaction-diffusion)",
+    )
+    parser.add_argument(
+        "--test-ics", type=int, default=4, help="held-out initial conditions (default %(default)s)"
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=4,
+        help="saved steps per training window (default %(default)s)",
+    )
+    parser.add_argument(
+        "--window-stride",
+        type=int,
+        default=2,
+        help="saved steps between window starts (default %(default)s)",
+    )
+    parser.add_argument(
+        "--substeps",
+        type=int,
+        default=2,
+        help="RK4 steps per saved step in training (default %(default)s)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="optimiser steps, each model (default 800 for burgers, 300 for reaction-diffusion)",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=1e-2, help="Adam learning rate (default %(default)s)"
+    )
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=24,
+        help="hidden width of the pointwise MLP (default %(default)s)",
+    )
+    parser.add_argument(
+        "--rtol",
+        type=float,
+        default=1e-6,
+        help="tolerance of the forecast solves (default %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, 0 = torch default (default %(default)s)",
+    )
     add_run_arguments(parser)
 
 

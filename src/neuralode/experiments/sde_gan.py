@@ -1,14 +1,13 @@
-"""A neural SDE trained as a time-series GAN (Kidger et al. 2021) on a time-dependent
-Ornstein-Uhlenbeck process.
+"""A neural SDE trained as a time-series GAN (Kidger et al. 2021) on an Ornstein-Uhlenbeck process.
 
-Data: ``--series`` paths of dY = (mu t - theta Y) dt + sigma dW (mu = 0.02, theta = 0.1,
-sigma = 0.4, Y_0 uniform on [-1, 1]) at ``--times`` integer times 0, 1, ..., normalised by the
-initial values' mean and standard deviation. The generator (``SDEGenerator``: a Stratonovich
-neural SDE, reversible Heun with its exact adjoint) and the discriminator
-(``CDEDiscriminator``: a neural CDE driven by the series) are trained as a Wasserstein GAN
-with Adadelta, the discriminator's weights clipped; the generator that is evaluated and saved
-is the average of its weights over the second half of training (stochastic weight
-averaging).
+Data: ``--series`` paths of the time-dependent process dY = (mu t - theta Y) dt + sigma dW
+(mu = 0.02, theta = 0.1, sigma = 0.4, Y_0 uniform on [-1, 1]) at ``--times`` integer times 0,
+1, ..., normalised by the initial values' mean and standard deviation. The generator
+(``SDEGenerator``: a Stratonovich neural SDE, reversible Heun with its exact adjoint) and the
+discriminator (``CDEDiscriminator``: a neural CDE driven by the series) are trained as a
+Wasserstein GAN with Adadelta, the discriminator's weights clipped; the generator that is
+evaluated and saved is the average of its weights over the second half of training
+(stochastic weight averaging).
 
 How well the generator fits is measured on held-out series, against the untrained generator
 and against a second held-out sample of real series (the sampling noise floor): the 1-D
@@ -64,18 +63,47 @@ def make_data(series: int, times: int, seed: int) -> tuple[torch.Tensor, torch.T
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="out/sde-gan", help="output directory")
-    parser.add_argument("--series", type=int, default=4096, help="training series")
-    parser.add_argument("--times", type=int, default=32, help="observation times 0, 1, ...")
-    parser.add_argument("--iterations", type=int, default=3000, help="optimiser steps")
-    parser.add_argument("--batch", type=int, default=128, help="series per step")
-    parser.add_argument("--generator-lr", type=float, default=2e-4)
-    parser.add_argument("--discriminator-lr", type=float, default=1e-3)
-    parser.add_argument("--hidden", type=int, default=16, help="SDE and CDE state size")
-    parser.add_argument("--width", type=int, default=16, help="MLP width")
-    parser.add_argument("--lag", type=int, default=4, help="lag of the increments measured")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
+    parser.add_argument(
+        "--out", default="out/sde-gan", help="output directory (default %(default)s)"
+    )
+    parser.add_argument(
+        "--series", type=int, default=4096, help="training series (default %(default)s)"
+    )
+    parser.add_argument(
+        "--times", type=int, default=32, help="observation times 0, 1, ... (default %(default)s)"
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=3000, help="optimiser steps (default %(default)s)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=128, help="series per step (default %(default)s)"
+    )
+    parser.add_argument(
+        "--generator-lr",
+        type=float,
+        default=2e-4,
+        help="Adadelta learning rate of the generator (default %(default)s)",
+    )
+    parser.add_argument(
+        "--discriminator-lr",
+        type=float,
+        default=1e-3,
+        help="Adadelta learning rate of the discriminator (default %(default)s)",
+    )
+    parser.add_argument(
+        "--hidden", type=int, default=16, help="SDE and CDE state size (default %(default)s)"
+    )
+    parser.add_argument("--width", type=int, default=16, help="MLP width (default %(default)s)")
+    parser.add_argument(
+        "--lag", type=int, default=4, help="lag of the increments measured (default %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, 0 = torch default (default %(default)s)",
+    )
     add_run_arguments(parser)
 
 

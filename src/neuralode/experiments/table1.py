@@ -56,18 +56,21 @@ RECIPE = dict(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser, model_positional=False)
-    parser.set_defaults(**RECIPE)
+    parser.set_defaults(**RECIPE, out="out/table1")
     parser.add_argument("--models", nargs="+", choices=tuple(NAMES), default=list(NAMES),
                         help="models to train into OUT/MODEL; the table keeps the rows of "
                         "models run earlier in OUT with the same options")  # fmt: skip
     parser.add_argument("--memory-batch", type=int, default=32,
-                        help="batch of the one-step memory measurement")  # fmt: skip
+                        help="batch of the one-step memory measurement "
+                        "(default %(default)s)")  # fmt: skip
     parser.add_argument("--memory-tolerances", type=float, nargs="+",
                         default=[1e-1, 1e-2, 1e-3, 1e-4],
-                        help="ODE-Net tolerances of the memory-vs-NFE study")  # fmt: skip
+                        help="ODE-Net tolerances of the memory-vs-NFE study "
+                        "(default 0.1 0.01 0.001 0.0001)")  # fmt: skip
     parser.add_argument("--memory-step-sizes", type=float, nargs="+",
                         default=[0.5, 0.25, 0.125, 0.0625],
-                        help="RK-Net step sizes of the memory-vs-NFE study")  # fmt: skip
+                        help="RK-Net step sizes of the memory-vs-NFE study "
+                        "(default 0.5 0.25 0.125 0.0625)")  # fmt: skip
 
 
 def result_row(name: str, result: Any) -> dict[str, Any]:

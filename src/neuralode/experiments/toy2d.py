@@ -26,37 +26,106 @@ import torch
 
 from ..data.toy2d import TOY_DENSITIES, entropy_8gaussians, log_density_8gaussians, sample_toy
 from ..models.cnf import SequentialFlow, ffjord_2d
-from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
+from ..training.trainer import Run, Trainer, add_run_arguments, fill_defaults, open_experiment
 
 EXTENT = (-4.0, 4.0, -4.0, 4.0)
 
 
+# The defaults of the options that --quick shrinks: (full run, --quick); an option given
+# explicitly keeps its value.
+DEFAULTS = {
+    "iters": (1500, 5),
+    "batch": (512, 64),
+    "hidden": ("64,64,64", "16,16"),
+    "n_test": (20000, 500),
+    "tol": (1e-4, 1e-3),
+    "eval_tol": (1e-6, 1e-4),
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="8gaussians", choices=sorted(TOY_DENSITIES))
-    parser.add_argument("--out", default="out/toy2d", help="output directory")
-    parser.add_argument("--iters", type=int, default=1500, help="training steps")
-    parser.add_argument("--batch", type=int, default=512, help="samples per step")
-    parser.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (cosine)")
-    parser.add_argument("--hidden", default="64,64,64", help="hidden widths of f")
-    parser.add_argument("--blocks", type=int, default=1, help="CNF blocks in the stack")
-    parser.add_argument("--T", type=float, default=0.5, help="initial integration time")
+    parser.add_argument(
+        "--data",
+        default="8gaussians",
+        choices=sorted(TOY_DENSITIES),
+        help="the density (default %(default)s)",
+    )
+    parser.add_argument("--out", default="out/toy2d", help="output directory (default %(default)s)")
+    parser.add_argument(
+        "--iters", type=int, default=None, help="training steps (default 1500; 5 with --quick)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="samples per step (default 512; 64 with --quick)"
+    )
+    parser.add_argument(
+        "--hidden", default=None, help="hidden widths of f (default 64,64,64; 16,16 with --quick)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=5e-3, help="Adam learning rate, cosine (default %(default)s)"
+    )
+    parser.add_argument(
+        "--blocks", type=int, default=1, help="CNF blocks in the stack (default %(default)s)"
+    )
+    parser.add_argument(
+        "--T", type=float, default=0.5, help="initial integration time (default %(default)s)"
+    )
     parser.add_argument("--fixed-T", action="store_true", help="do not learn T")
-    parser.add_argument("--trace", default="exact", choices=["exact", "hutchinson"])
-    parser.add_argument("--gradient", default="direct", choices=["direct", "adjoint"])
-    parser.add_argument("--method", default="rk4", help="training solver")
-    parser.add_argument("--steps", type=int, default=4, help="fixed steps (rk4 etc.)")
-    parser.add_argument("--tol", type=float, default=1e-4, help="training rtol = atol")
-    parser.add_argument("--eval-tol", type=float, default=1e-6, help="evaluation rtol = atol")
-    parser.add_argument("--kinetic", type=float, default=0.01, help="RNODE kinetic weight")
-    parser.add_argument("--jacobian", type=float, default=0.01, help="RNODE Frobenius weight")
-    parser.add_argument("--n-test", type=int, default=20000, help="held-out samples")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
+    parser.add_argument(
+        "--trace",
+        default="exact",
+        choices=["exact", "hutchinson"],
+        help="divergence of f: exact or Hutchinson's estimator (default %(default)s)",
+    )
+    parser.add_argument(
+        "--gradient",
+        default="direct",
+        choices=["direct", "adjoint"],
+        help="backpropagation through the solver or the adjoint (default %(default)s)",
+    )
+    parser.add_argument("--method", default="rk4", help="training solver (default %(default)s)")
+    parser.add_argument(
+        "--steps", type=int, default=4, help="fixed steps, rk4 etc. (default %(default)s)"
+    )
+    parser.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="training rtol = atol (default 1e-4; 1e-3 with --quick)",
+    )
+    parser.add_argument(
+        "--eval-tol",
+        type=float,
+        default=None,
+        help="evaluation rtol = atol (default 1e-6; 1e-4 with --quick)",
+    )
+    parser.add_argument(
+        "--kinetic", type=float, default=0.01, help="RNODE kinetic weight (default %(default)s)"
+    )
+    parser.add_argument(
+        "--jacobian", type=float, default=0.01, help="RNODE Frobenius weight (default %(default)s)"
+    )
+    parser.add_argument(
+        "--n-test",
+        type=int,
+        default=None,
+        help="held-out samples (default 20000; 500 with --quick)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, 0 = torch default (default %(default)s)",
+    )
     parser.add_argument(
         "--no-curve", dest="curve", action="store_false",
         help="skip the held-out NLL at each logging point (and nll_curve.png)",
     )  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="a few steps, small: smoke run")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: the small defaults marked 'with --quick' (options given are kept)",
+    )
     add_run_arguments(parser)
 
 
@@ -193,9 +262,7 @@ def grid_density(model: SequentialFlow, points: int) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.quick:
-        args.iters, args.batch, args.hidden, args.n_test = 5, 64, "16,16", 500
-        args.tol, args.eval_tol = 1e-3, 1e-4
+    fill_defaults(args, DEFAULTS)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

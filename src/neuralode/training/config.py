@@ -204,12 +204,15 @@ def build_model(config: TrainConfig, in_channels: int = 1, classes: int = 10) ->
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool = True) -> None:
-    """The command-line options of ``neuralode train`` (defaults from ``TrainConfig``)."""
+    """The command-line options of ``neuralode train`` (defaults from ``TrainConfig``); an
+    experiment that reuses them (``model_positional=False``) sets its own ``--out`` default."""
     d = TrainConfig()
     if model_positional:
         parser.add_argument("model", choices=MODELS, help="classifier to train")
     g = parser.add_argument_group("data")
-    g.add_argument("--data", default=d.data, choices=DATASETS, help="data set (default mnist5k)")
+    g.add_argument(
+        "--data", default=d.data, choices=DATASETS, help="data set (default %(default)s)"
+    )
     g.add_argument("--data-dir", help="directory with the MNIST IDX files (--data mnist)")
     g.add_argument("--download", action="store_true", help="download MNIST (checksummed)")
     g.add_argument("--cache-dir", help="download cache (default ~/.cache/neuralode)")
@@ -219,60 +222,103 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         default=d.crop_padding,
         help="random-crop padding, 0 = off (default %(default)s: -1 = 4 for 28x28, 1 for 8x8)",
     )
-    g.add_argument("--train-subset", type=int, default=0, help="use the first N training images")
-    g.add_argument("--test-subset", type=int, default=0, help="use the first N test images")
+    g.add_argument(
+        "--train-subset",
+        type=int,
+        default=0,
+        help="use the first N training images (default %(default)s: all)",
+    )
+    g.add_argument(
+        "--test-subset",
+        type=int,
+        default=0,
+        help="use the first N test images (default %(default)s: all)",
+    )
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
+    g.add_argument(
+        "--epochs", type=int, default=d.epochs, help="training epochs (default %(default)s)"
+    )
     g.add_argument(
         "--batch-size", type=int, default=d.batch_size, help="per process (default %(default)s)"
     )
-    g.add_argument("--test-batch-size", type=int, default=d.test_batch_size)
-    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
+    g.add_argument(
+        "--test-batch-size",
+        type=int,
+        default=d.test_batch_size,
+        help="batch of the evaluations (default %(default)s)",
+    )
+    g.add_argument(
+        "--optimizer",
+        default=d.optimizer,
+        choices=OPTIMIZERS,
+        help="optimiser (default %(default)s)",
+    )
     g.add_argument(
         "--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)"
     )
-    g.add_argument("--momentum", type=float, default=d.momentum, help="for sgd")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument(
+        "--momentum", type=float, default=d.momentum, help="for sgd (default %(default)s)"
+    )
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        default=d.weight_decay,
+        help="weight decay (default %(default)s)",
+    )
     g.add_argument(
         "--schedule",
         default=d.schedule,
         choices=SCHEDULES,
-        help="per-step cosine decay, x0.1 steps at 1/2 and 3/4, or constant",
+        help="per-step cosine decay, x0.1 steps at 1/2 and 3/4, or constant (default %(default)s)",
     )
     g.add_argument(
-        "--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up length"
+        "--warmup-epochs",
+        type=float,
+        default=d.warmup_epochs,
+        help="linear warm-up length (default %(default)s)",
     )
     g.add_argument(
         "--label-smoothing",
         type=float,
         default=d.label_smoothing,
-        help="label smoothing of the training loss (0 = off; the test loss is never smoothed)",
+        help="label smoothing of the training loss (0 = off; the test loss is never smoothed; "
+        "default %(default)s)",
     )
     g.add_argument(
         "--ema",
         type=float,
         default=d.ema,
         help="evaluate an exponential moving average of the weights with this decay, "
-        "e.g. 0.99 (0 = off, evaluate the trained weights)",
+        "e.g. 0.99 (0 = off, evaluate the trained weights; default %(default)s)",
     )
     g = parser.add_argument_group("model and solver")
-    g.add_argument("--channels", type=int, default=d.channels)
     g.add_argument(
-        "--blocks", type=int, default=d.blocks, help="residual blocks of resnet (default 6)"
+        "--channels",
+        type=int,
+        default=d.channels,
+        help="feature channels of the models (default %(default)s)",
+    )
+    g.add_argument(
+        "--blocks",
+        type=int,
+        default=d.blocks,
+        help="residual blocks of resnet (default %(default)s)",
     )
     g.add_argument(
         "--augment",
         type=int,
         default=d.augment,
-        help="extra zero channels of the ODE state (augmented neural ODE)",
+        help="extra zero channels of the ODE state (augmented neural ODE; default %(default)s)",
     )
     g.add_argument(
         "--pool",
         default=d.pool,
         choices=("max", "avg"),
-        help="global pooling of the head (paper: avg; max learns faster)",
+        help="global pooling of the head (paper: avg; max learns faster; default %(default)s)",
     )
-    g.add_argument("--method", default=d.method, help="solver of the ODE block (default dopri5)")
+    g.add_argument(
+        "--method", default=d.method, help="solver of the ODE block (default %(default)s)"
+    )
     g.add_argument("--rtol", type=float, default=d.rtol, help="default %(default)s")
     g.add_argument("--atol", type=float, default=d.atol, help="default %(default)s")
     g.add_argument(
@@ -326,25 +372,27 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         "--kinetic",
         type=float,
         default=d.kinetic,
-        help="weight of the kinetic energy int ||f||^2 dt (Finlay et al. 2020; 0 = off)",
+        help="weight of the kinetic energy int ||f||^2 dt (Finlay et al. 2020; 0 = off; "
+        "default %(default)s)",
     )
     g.add_argument(
         "--jacobian",
         type=float,
         default=d.jacobian,
-        help="weight of the Jacobian Frobenius norm int ||df/dy||_F^2 dt (Hutchinson; 0 = off)",
+        help="weight of the Jacobian Frobenius norm int ||df/dy||_F^2 dt (Hutchinson; 0 = off; "
+        "default %(default)s)",
     )
     g.add_argument(
         "--jacobian-noise",
         default=d.jacobian_noise,
         choices=NOISES,
-        help="Hutchinson noise of --jacobian",
+        help="Hutchinson noise of --jacobian (default %(default)s)",
     )
     g.add_argument(
         "--derivative",
         type=float,
         default=d.derivative,
-        help="weight of int ||d^K y/dt^K||^2 dt (Kelly et al. 2020; 0 = off)",
+        help="weight of int ||d^K y/dt^K||^2 dt (Kelly et al. 2020; 0 = off; default %(default)s)",
     )
     g.add_argument(
         "--derivative-order",
@@ -353,15 +401,19 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         help="K of --derivative (default %(default)s)",
     )
     g = parser.add_argument_group("run")
-    g.add_argument("--out", default=None, help="output directory (default out/train-MODEL)")
+    # neuralode train writes to out/train-MODEL; an experiment sets its own default
+    out = "out/train-MODEL" if model_positional else "%(default)s"
+    g.add_argument("--out", default=None, help=f"output directory (default {out})")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     g.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an earlier run's files in OUT (without it, such an OUT is refused)",
     )
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
+    g.add_argument(
+        "--device", default=d.device, help="auto, cpu, cuda, cuda:1, ... (default %(default)s)"
+    )
     g.add_argument(
         "--threads",
         type=int,
@@ -379,11 +431,13 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         type=float,
         nargs="+",
         default=d.sweep_tolerances,
-        help="test-time tolerances of the error-vs-NFE plot",
+        help="test-time tolerances of the error-vs-NFE plot (default "
+        + " ".join(map(str, d.sweep_tolerances))
+        + ")",
     )
     g.add_argument(
         "--sweep-images",
         type=int,
         default=d.sweep_images,
-        help="test images used by the tolerance sweep",
+        help="test images used by the tolerance sweep (default %(default)s)",
     )

@@ -74,6 +74,19 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def fill_defaults(args: argparse.Namespace, defaults: dict[str, tuple[Any, Any]]) -> None:
+    """Gives each option left unset (``None``) its default: the full run's, or the smoke
+    run's with ``--quick``; an option given explicitly keeps its value.
+
+    Arguments:
+        args: the parsed options, with ``quick``.
+        defaults: option name -> (full run's default, ``--quick``'s default).
+    """
+    for name, (full, quick) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+
+
 @dataclass(frozen=True)
 class Run:
     """Where an experiment's jobs write, picklable for worker processes.
@@ -136,7 +149,13 @@ def open_experiment(
                     f"--resume: no experiment run in {out} (no config.json); start without "
                     "--resume or point --out at the run to continue"
                 )
-            saved = json.loads(path.read_text())
+            saved = _saved_config(path)
+            kind, saved_kind = _run_kind(config), _run_kind(saved)
+            if None not in (kind, saved_kind) and saved_kind != kind:
+                raise CheckpointError(
+                    f"--resume: {out} holds {saved_kind}, not {kind}; point --out at a run "
+                    "of this command, or start a new one with another --out"
+                )
             keys = tuple(sorted((set(saved) | set(config)) - set(RUN_OPTIONS)))
             check_compatible(saved, config, keys)
         else:  # (with --overwrite, open_run_directory removed the earlier run)
@@ -147,6 +166,32 @@ def open_experiment(
             yield Run(out, resume, tensorboard, bool(getattr(args, "progress", True)))
     finally:
         lock.release()
+
+
+def _saved_config(path: Path) -> dict[str, Any]:
+    """The options of the run in ``path`` (its config.json), or a ``CheckpointError``."""
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(
+            f"--resume: {path} is not valid JSON ({error}); start the run again with --overwrite"
+        ) from error
+    if not isinstance(saved, dict):
+        raise CheckpointError(
+            f"--resume: {path} holds no run's options (a JSON {type(saved).__name__}, not an "
+            "object); start the run again with --overwrite"
+        )
+    return saved
+
+
+def _run_kind(config: dict[str, Any]) -> str | None:
+    """The command that wrote a run's options, e.g. "a `neuralode experiment toy2d` run" or
+    "a `neuralode train` run" (None when they do not say)."""
+    if config.get("command") == "experiment":
+        return f"a `neuralode experiment {config.get('experiment')}` run"
+    if config.get("command") == "train" or ("model" in config and "command" not in config):
+        return "a `neuralode train` run"  # train's config.json: TrainConfig's fields
+    return None
 
 
 def _generator_state(generator: Any) -> Any:

@@ -63,7 +63,9 @@ DATA_NOTE = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="out/spirals", help="output directory")
+    parser.add_argument(
+        "--out", default="out/spirals", help="output directory (default %(default)s)"
+    )
     parser.add_argument(
         "--obs",
         type=int,
@@ -84,12 +86,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="spirals generated: 20%% test, 8%% validation, 72%% train (default 1000)",
     )
     parser.add_argument("--batch", type=int, default=50, help="spirals per step (default 50)")
-    parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
+    parser.add_argument(
+        "--lr", type=float, default=0.01, help="Adam learning rate (default %(default)s)"
+    )
     parser.add_argument(
         "--encoder",
         choices=["rnn", "odernn"],
         default="rnn",
-        help="latent ODE encoder: GRU with time gaps (paper) or ODE-RNN",
+        help="latent ODE encoder: GRU with time gaps (paper; default) or ODE-RNN",
     )
     parser.add_argument("--latent", type=int, default=10, help="latent dimension (default 10)")
     parser.add_argument(
@@ -133,7 +137,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["best", "last"],
         default="best",
         help="report each model's weights with the lowest extrapolation RMSE on the "
-        "validation spirals (best, evaluated every --eval-every steps) or its last weights",
+        "validation spirals (best, evaluated every --eval-every steps) or its last weights "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--eval-every",
@@ -145,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--protocol",
         choices=["paper", "extrapolation"],
         default="paper",
-        help="train on the observed window only (paper), or also on the points after it",
+        help="train on the observed window only (paper; default), or also on the points after it",
     )
     parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     parser.add_argument(
@@ -162,7 +167,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="settings (observations x seed) trained at once in separate processes; with "
         "--threads 1, up to one per core (default 1)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's default)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     add_run_arguments(parser)
 

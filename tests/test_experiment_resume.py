@@ -142,6 +142,47 @@ def test_spirals_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
     assert len(_metric_lines(full)) == 8  # two jobs, an evaluation at each of 4 steps
 
 
+def test_spirals_workers_stop_when_only_the_main_process_is_signalled(
+    tmp_path, monkeypatch, capfd
+) -> None:
+    """SIGTERM to the main process alone (``kill PID``, ``docker stop``) while worker
+    processes train: they save their checkpoints, the run ends with 130, and --resume ends
+    with the weights and results of an uninterrupted run."""
+    from neuralode.experiments import spirals
+
+    argv = ["experiment", "spirals", "--quick", "--spirals", "10", "--batch", "8"]
+    argv += ["--steps", "4", "--obs", "10", "12", "--threads", "1", "--workers", "2"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    threads = torch.get_num_threads()
+    try:
+        assert main([*argv, "--out", str(full)]) == 0
+        real = spirals.as_completed
+
+        def signalled(futures):  # the jobs are submitted: the workers start them
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real(futures)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(spirals, "as_completed", signalled)
+            assert main([*argv, "--out", str(split)]) == 130
+        err = capfd.readouterr().err
+        assert "stop requested" in err and "interrupted: checkpoint saved to" in err
+        assert not (split / "metrics.json").exists()
+        assert main([*argv, "--out", str(split), "--resume"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    a = json.loads((full / "metrics.json").read_text())["runs"]
+    b = json.loads((split / "metrics.json").read_text())["runs"]
+    for n_obs in ("10", "12"):
+        for model in ("latent_ode", "rnn"):
+            name = f"{model}_obs{n_obs}_seed0.pt"
+            _same_weights(full / name, split / name)
+            ra, rb = a[n_obs]["0"][model], b[n_obs]["0"][model]
+            assert ra["rmse_extrapolation"] == rb["rmse_extrapolation"]
+            assert ra["history"] == rb["history"]
+    assert sorted(_metric_lines(full, "loss")) == sorted(_metric_lines(split, "loss"))
+
+
 def test_tensorboard_logs_beside_metrics_jsonl(tmp_path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

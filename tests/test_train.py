@@ -107,6 +107,22 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path) -> None:
     assert signal.getsignal(signal.SIGINT) is handler  # restored after training
 
 
+def test_a_second_sigterm_stops_at_once_as_a_second_ctrl_c(tmp_path) -> None:
+    """``timeout`` or ``kill`` sending SIGTERM twice interrupts a batch that never ends."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+
+        def twice(epoch: int, batch: int, signum: int = signum) -> None:
+            if (epoch, batch) == (0, 1):
+                os.kill(os.getpid(), signum)
+                os.kill(os.getpid(), signum)
+
+        config = TrainConfig(model="resnet", epochs=1, out=str(tmp_path / signum.name), **TINY)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, on_batch=twice)
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # restored
+
+
 def test_resume_errors_are_clear(tmp_path, capsys) -> None:
     with pytest.raises(CheckpointError, match="no checkpoint at .*checkpoint.pt"):
         train(TrainConfig(model="resnet", epochs=1, out=str(tmp_path), resume=True, **TINY))

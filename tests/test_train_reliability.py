@@ -348,6 +348,27 @@ def test_a_file_system_without_locks_runs_unprotected_with_a_warning(
     assert not (tmp_path / LOCK_NAME).exists()
 
 
+def test_ctrl_c_while_the_command_line_loads_is_one_line(capsys, monkeypatch) -> None:
+    """Ctrl-C before the command runs (imports, building the parser, parsing)."""
+    import neuralode.cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(neuralode.cli, "build_parser", interrupted)
+    for argv, command in [
+        (["experiment", "spirals", "--out", "o"], "neuralode experiment spirals"),
+        (["train", "odenet", "--lr", "0.1"], "neuralode train"),
+        (["--help"], "neuralode"),
+    ]:
+        try:
+            status = main(argv)
+        except KeyboardInterrupt:  # escaping, it would end the test session
+            pytest.fail(f"Ctrl-C escaped main({argv})")
+        assert status == 130
+        assert capsys.readouterr().err == f"{command}: error: interrupted\n"
+
+
 @row("T17")
 def test_a_malformed_command_line_is_one_line(capsys) -> None:
     for argv, fragment in [

@@ -150,9 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(command: str, message: str) -> None:
-    """Prints ``message`` as one line on stderr."""
+    """Prints ``message`` as one line on stderr (``command`` may be empty)."""
     line = " ".join(message.split())
-    print(f"neuralode {command}: error: {line}", file=sys.stderr)
+    prefix = f"neuralode {command}" if command else "neuralode"
+    print(f"{prefix}: error: {line}", file=sys.stderr)
 
 
 def _warning_printer(command: str) -> Callable[..., None]:
@@ -177,6 +178,13 @@ def _run(args: argparse.Namespace, command: str) -> int:
         return args.run(args)
 
 
+def _command_named(argv: Sequence[str]) -> str:
+    """The command that unparsed arguments name, as in error messages: ``train`` or
+    ``experiment spirals`` (empty when they name none)."""
+    words = [word for word in argv if not word.startswith("-")][:2]
+    return " ".join(words if words[:1] == ["experiment"] else words[:1])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; errors print one line (set NEURALODE_TRACEBACK=1 to see the
     traceback of an unexpected one) and return a non-zero status; warnings print one line
@@ -189,11 +197,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 on success, 1 for an unexpected error, 2 for bad input, 130
         when interrupted.
     """
-    from .data import DatasetNotFoundError
-    from .training import INTERRUPTED, CheckpointError, TrainingDiverged, TrainingInterrupted
+    try:  # Ctrl-C while the modules load or the arguments parse
+        from .data import DatasetNotFoundError
+        from .training import INTERRUPTED, CheckpointError, TrainingDiverged, TrainingInterrupted
 
-    args = build_parser().parse_args(argv)
-    command = args.command if args.command != "experiment" else f"experiment {args.experiment}"
+        args = build_parser().parse_args(argv)
+        command = args.command if args.command != "experiment" else f"experiment {args.experiment}"
+    except KeyboardInterrupt:
+        _error(_command_named(sys.argv[1:] if argv is None else argv), "interrupted")
+        return 130
     try:
         return _run(args, command)
     except (DatasetNotFoundError, CheckpointError, ValueError, TrainingDiverged) as error:

@@ -37,7 +37,7 @@ import torch
 
 from ..data.spirals import SpiralData, make_spirals
 from ..models.latent import DECODERS, DYNAMICS, LatentODE, RNNBaseline
-from ..training.runtime import machine
+from ..training.runtime import follow_stop, machine, shared_stop
 from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
 
 # The Neural ODE paper (Chen et al. 2018), Table 2: predictive RMSE on the test set.
@@ -502,12 +502,28 @@ def _run_all(args: argparse.Namespace, run: Run) -> int:
             cores = os.cpu_count() or 1
             args = argparse.Namespace(**{**vars(args), "threads": max(1, cores // args.workers)})
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(args.workers, len(jobs)), mp_context=context) as pool:
+        with (
+            shared_stop(context) as stop,  # a stop of this process alone stops the workers
+            ProcessPoolExecutor(
+                min(args.workers, len(jobs)),
+                mp_context=context,
+                initializer=follow_stop,
+                initargs=(stop,),
+            ) as pool,
+        ):
             quiet = dataclasses.replace(run, progress=False)  # bars of parallel jobs collide
             futures = {pool.submit(_run_setting, args, *job, quiet): job for job in jobs}
-            for future in as_completed(futures):
-                n_obs, seed = futures[future]
-                runs[n_obs][seed] = future.result()
+            try:
+                for future in as_completed(futures):
+                    n_obs, seed = futures[future]
+                    runs[n_obs][seed] = future.result()
+            except KeyboardInterrupt:  # stopped at once: the workers (its only children) too
+                for process in multiprocessing.active_children():
+                    process.kill()
+                raise
+            except BaseException:  # a job stopped or failed: the jobs not started stay so
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     else:
         for n_obs, seed in jobs:
             runs[n_obs][seed] = _run_setting(args, n_obs, seed, run)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing.context import BaseContext
 from typing import Any
 
 import torch
@@ -129,18 +132,68 @@ def autograd_memory_mb(loss_fn: Any) -> float:
     return sum(seen.values()) / 2**20
 
 
+# The stop flag of a run whose jobs train in worker processes (see ``shared_stop``): set by
+# the main process's StopRequest, read by the workers' StopRequests.
+_shared_flag: Any = None
+
+
+@contextlib.contextmanager
+def shared_stop(context: BaseContext) -> Iterator[Any]:
+    """Passes this process's stop requests on to worker processes while the block runs: a
+    SIGINT or SIGTERM that only this process receives (``kill PID``, ``docker stop``) then
+    stops the workers' jobs too, after their current step.
+
+    Arguments:
+        context: the multiprocessing context the workers start in.
+
+    Yields:
+        The flag to give each worker's ``follow_stop`` (for example
+        ``ProcessPoolExecutor(..., initializer=follow_stop, initargs=(flag,))``).
+    """
+    global _shared_flag
+    previous, _shared_flag = _shared_flag, context.RawValue("b", 0)
+    try:
+        yield _shared_flag
+    finally:
+        _shared_flag = previous
+
+
+def follow_stop(flag: Any) -> None:
+    """In a worker process: its ``StopRequest`` also reports the stops of the process that
+    made ``flag`` with ``shared_stop``.
+
+    Arguments:
+        flag: what ``shared_stop`` yielded.
+    """
+    global _shared_flag
+    _shared_flag = flag
+
+
 class StopRequest:
     """SIGINT/SIGTERM set a flag that the loop checks between batches (so the checkpoint is
-    consistent); a second Ctrl-C interrupts at once."""
+    consistent); a second SIGINT or SIGTERM interrupts at once (``KeyboardInterrupt``).
+
+    Within ``shared_stop`` a request also sets the flag that worker processes follow, and in
+    a worker (``follow_stop``) ``requested`` is also true once that flag is set.
+    """
 
     def __init__(self) -> None:
-        self.requested = False
+        self._requested = False
         self._previous: dict[int, Any] = {}
 
+    @property
+    def requested(self) -> bool:
+        """Whether this process, or the one that started it as a worker, was asked to stop."""
+        return self._requested or (_shared_flag is not None and bool(_shared_flag.value))
+
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
+        # asked twice: this process's own signals count, not the flag it follows (a Ctrl-C
+        # reaches a worker and the process that sets that flag at once)
+        if self._requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self._requested = True
+        if _shared_flag is not None:
+            _shared_flag.value = 1
         print("\nstop requested: saving a checkpoint after this batch", file=sys.stderr)
 
     def __enter__(self) -> StopRequest:

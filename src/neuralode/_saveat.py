@@ -118,7 +118,7 @@ def saved(saveat: SaveAt, recorder: Recorder | None, problem: Any, ys: torch.Ten
         outputs = ys
         times, ys = recorder.step_times(per_sample)
         times = times.to(ts.dtype)
-        if not per_sample and ts.ndim == 1 and float(times[-1]) == float(ts[-1]):
+        if not per_sample and ts.ndim == 1 and float(times[-1]) == float(ts[-1].detach()):
             # the last step ends at ts[-1]: its state is the output there, which carries
             # the derivatives with respect to the times (``run_with_time_gradients``)
             ys = torch.cat([ys[:-1], outputs[-1:]])

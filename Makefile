@@ -11,6 +11,7 @@ OUT ?= out/demo
 DEMO_ARGS ?= --epochs 3 --lr 6e-3 --warmup-epochs 0.25 --weight-decay 5e-4 --crop-padding 2 \
 	--pool max --rtol 1e-2 --atol 1e-2 --threads 1
 TABLE1_ARGS ?=
+SOLVER_DEMO_ARGS ?=
 
 .PHONY: demo solver-demo table1 test docs bench clean
 
@@ -34,7 +35,7 @@ demo: $(VENV)/.installed-test
 	$(BIN)/neuralode train odenet --data mnist5k $(DEMO_ARGS) --out $(OUT)
 
 solver-demo: $(VENV)/.installed-test
-	$(BIN)/neuralode demo --out out/solver-demo
+	$(BIN)/neuralode demo --out out/solver-demo $(SOLVER_DEMO_ARGS)
 
 table1: $(VENV)/.installed-test
 	$(BIN)/neuralode experiment table1 --data mnist5k $(TABLE1_ARGS) --out out/table1

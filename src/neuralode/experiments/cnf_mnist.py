@@ -22,7 +22,14 @@ import torch
 
 from ..data import load_mnist, load_mnist5k
 from ..models.cnf import CNF, ConcatSquashConvNet, SequentialFlow
-from ..training.trainer import Run, Trainer, add_run_arguments, fill_defaults, open_experiment
+from ..training.trainer import (
+    Run,
+    Trainer,
+    add_run_arguments,
+    fill_defaults,
+    open_experiment,
+    quick_help,
+)
 
 ALPHA = 1e-6
 
@@ -72,19 +79,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="passes over the training images (default %(default)s)",
     )
     parser.add_argument(
-        "--batch", type=int, default=None, help="images per step (default 200; 4 with --quick)"
+        "--batch", type=int, default=None, help=quick_help("images per step", DEFAULTS["batch"])
     )
     parser.add_argument(
         "--lr", type=float, default=1e-3, help="Adam learning rate (default %(default)s)"
     )
     parser.add_argument(
-        "--blocks", type=int, default=None, help="CNF blocks (default 2; 1 with --quick)"
+        "--blocks", type=int, default=None, help=quick_help("CNF blocks", DEFAULTS["blocks"])
     )
     parser.add_argument(
-        "--hidden", default=None, help="conv channels of f (default 64,64,64; 4 with --quick)"
+        "--hidden", default=None, help=quick_help("conv channels of f", DEFAULTS["hidden"])
     )
     parser.add_argument(
-        "--tol", type=float, default=None, help="rtol = atol (default 1e-5; 1e-2 with --quick)"
+        "--tol", type=float, default=None, help=quick_help("rtol = atol", DEFAULTS["tol"])
     )
     parser.add_argument(
         "--gradient",

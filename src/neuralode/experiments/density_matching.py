@@ -19,7 +19,14 @@ import torch
 
 from ..models.cnf import CNF, FlowDensity, GatedPlanarDynamics
 from ..models.planar import PlanarFlow
-from ..training.trainer import Run, Trainer, add_run_arguments, fill_defaults, open_experiment
+from ..training.trainer import (
+    Run,
+    Trainer,
+    add_run_arguments,
+    fill_defaults,
+    open_experiment,
+    quick_help,
+)
 
 EXTENT = (-4.0, 4.0, -4.0, 4.0)
 
@@ -92,18 +99,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--targets",
         default=None,
-        help="comma-separated energies (default U1,U2,U3,U4; U1 with --quick)",
+        help=quick_help("comma-separated energies", DEFAULTS["targets"]),
     )
     parser.add_argument(
         "--sizes",
         default=None,
-        help="K planar layers = M CNF units, comma-separated (default 1,8,32; 1,2 with --quick)",
+        help=quick_help("K planar layers = M CNF units, comma-separated", DEFAULTS["sizes"]),
     )
     parser.add_argument(
-        "--iters", type=int, default=None, help="Adam steps per model (default 400; 3 with --quick)"
+        "--iters",
+        type=int,
+        default=None,
+        help=quick_help("Adam steps per model", DEFAULTS["iters"]),
     )
     parser.add_argument(
-        "--batch", type=int, default=None, help="samples per step (default 256; 32 with --quick)"
+        "--batch", type=int, default=None, help=quick_help("samples per step", DEFAULTS["batch"])
     )
     parser.add_argument(
         "--lr", type=float, default=1e-2, help="Adam learning rate, cosine (default %(default)s)"

@@ -26,7 +26,14 @@ import torch
 
 from ..data.toy2d import TOY_DENSITIES, entropy_8gaussians, log_density_8gaussians, sample_toy
 from ..models.cnf import SequentialFlow, ffjord_2d
-from ..training.trainer import Run, Trainer, add_run_arguments, fill_defaults, open_experiment
+from ..training.trainer import (
+    Run,
+    Trainer,
+    add_run_arguments,
+    fill_defaults,
+    open_experiment,
+    quick_help,
+)
 
 EXTENT = (-4.0, 4.0, -4.0, 4.0)
 
@@ -52,13 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="out/toy2d", help="output directory (default %(default)s)")
     parser.add_argument(
-        "--iters", type=int, default=None, help="training steps (default 1500; 5 with --quick)"
+        "--iters", type=int, default=None, help=quick_help("training steps", DEFAULTS["iters"])
     )
     parser.add_argument(
-        "--batch", type=int, default=None, help="samples per step (default 512; 64 with --quick)"
+        "--batch", type=int, default=None, help=quick_help("samples per step", DEFAULTS["batch"])
     )
     parser.add_argument(
-        "--hidden", default=None, help="hidden widths of f (default 64,64,64; 16,16 with --quick)"
+        "--hidden", default=None, help=quick_help("hidden widths of f", DEFAULTS["hidden"])
     )
     parser.add_argument(
         "--lr", type=float, default=5e-3, help="Adam learning rate, cosine (default %(default)s)"
@@ -90,13 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tol",
         type=float,
         default=None,
-        help="training rtol = atol (default 1e-4; 1e-3 with --quick)",
+        help=quick_help("training rtol = atol", DEFAULTS["tol"]),
     )
     parser.add_argument(
         "--eval-tol",
         type=float,
         default=None,
-        help="evaluation rtol = atol (default 1e-6; 1e-4 with --quick)",
+        help=quick_help("evaluation rtol = atol", DEFAULTS["eval_tol"]),
     )
     parser.add_argument(
         "--kinetic", type=float, default=0.01, help="RNODE kinetic weight (default %(default)s)"
@@ -108,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-test",
         type=int,
         default=None,
-        help="held-out samples (default 20000; 500 with --quick)",
+        help=quick_help("held-out samples", DEFAULTS["n_test"]),
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     parser.add_argument(

@@ -87,6 +87,21 @@ def fill_defaults(args: argparse.Namespace, defaults: dict[str, tuple[Any, Any]]
             setattr(args, name, quick if args.quick else full)
 
 
+def quick_help(text: str, defaults: tuple[Any, Any]) -> str:
+    """The help of an option that ``--quick`` shrinks: ``text`` and both its defaults, from
+    the experiment's ``DEFAULTS`` entry (so the help cannot drift from ``fill_defaults``).
+
+    Arguments:
+        text: what the option is.
+        defaults: (full run's default, ``--quick``'s default).
+
+    Returns:
+        ``"TEXT (default FULL; QUICK with --quick)"``.
+    """
+    full, quick = defaults
+    return f"{text} (default {full}; {quick} with --quick)"
+
+
 @dataclass(frozen=True)
 class Run:
     """Where an experiment's jobs write, picklable for worker processes.

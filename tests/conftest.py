@@ -29,6 +29,34 @@ def room_for_graphs():
         yield
 
 
+@pytest.fixture(autouse=True)
+def run_outputs_are_listed(monkeypatch):
+    """Every file or directory a command writes at the top of its ``--out`` is one of
+    ``RUN_OUTPUTS`` (what ``--overwrite`` removes): any test that runs a command checks it.
+    The entries new since the run locked its directory are compared when it unlocks."""
+    from neuralode.training import rundir
+
+    acquire, release = rundir.RunLock.acquire, rundir.RunLock.release
+    found: dict[Any, set] = {}
+    unlisted: list = []
+
+    def acquire_and_list(lock):
+        held = acquire(lock)
+        found[lock.path] = set(lock.path.parent.iterdir())
+        return held
+
+    def list_and_release(lock):
+        if lock._fd is not None and lock.path in found and lock.path.parent.is_dir():
+            new = set(lock.path.parent.iterdir()) - found.pop(lock.path) - {lock.path}
+            unlisted.extend(sorted(new - set(rundir.run_outputs(lock.path.parent))))
+        release(lock)
+
+    monkeypatch.setattr(rundir.RunLock, "acquire", acquire_and_list)
+    monkeypatch.setattr(rundir.RunLock, "release", list_and_release)
+    yield
+    assert not unlisted, f"outputs missing from RUN_OUTPUTS (training/rundir.py): {unlisted}"
+
+
 def make_solver(name: str) -> Solver:
     """A fresh solver with default options."""
     return METHODS[name]()

@@ -85,3 +85,30 @@ def test_implicit_experiment_refuses_an_earlier_run_in_one_line(tmp_path, capsys
     )
     assert "--overwrite" in err
     assert main([*argv, "--overwrite"]) == 0
+
+
+def test_implicit_experiment_runs_in_one_out_merge_their_rows(tmp_path, capsys) -> None:
+    argv = ["experiment", "implicit", *TINY, "--no-plots", "--memory-batch", "4"]
+    argv += ["--out", str(tmp_path)]
+    assert main([*argv, "--models", "resnet"]) == 0
+    assert main([*argv, "--models", "odenet"]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| ResNet |" in table and "| ODE-Net |" in table
+    assert "ResNet: from an earlier run in this directory with the same options." in table
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"resnet", "odenet"} <= set(metrics) and "deq" not in metrics
+    capsys.readouterr()
+    # a table of other options is not mixed with this one
+    assert main([*argv, "--models", "deq", "--deq-epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds an implicit-layers table made with other options" in err
+    assert "--deq-epochs was 24, now 1" in err
+
+
+def test_implicit_experiment_refuses_a_file_as_out(tmp_path, capsys) -> None:
+    path = tmp_path / "file"
+    path.write_text("mine")
+    assert main(["experiment", "implicit", *TINY, "--out", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a directory; choose a directory" in err
+    assert path.read_text() == "mine"

@@ -22,9 +22,23 @@ from torch.nn.functional import cross_entropy
 from ..training import TrainConfig, add_train_arguments, autograd_memory_mb
 from ..training.runtime import machine
 from ..viz.implicit import iterations_to_residuals, residual_histories, save_residual_plot
-from .table1 import RECIPE, averaging, keeps_threads, save_memory_plot, train_side_by_side
+from ..training.rundir import RunLock, ensure_directory
+from .table1 import (
+    RECIPE,
+    UNSHARED,
+    averaging,
+    earlier_results,
+    keeps_threads,
+    save_memory_plot,
+    train_side_by_side,
+)
 
 NAMES = {"deq": "DEQ", "odenet": "ODE-Net", "resnet": "ResNet"}
+# the options of the studies and the DEQ's budget, shared by every row of one table
+STUDY_OPTIONS = (
+    "deq_epochs", "memory_batch", "memory_iterations", "residual_iterations",
+    "residual_targets", "residual_images",
+)  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -168,16 +182,60 @@ def format_table(
     return "\n".join(lines) + "\n"
 
 
+def implicit_settings(base: TrainConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """The options every row of one table shares: the recipe, the DEQ's epochs and the
+    studies' options.
+
+    Arguments:
+        base: the training configuration of the run.
+        args: the parsed options of ``neuralode experiment implicit``.
+
+    Returns:
+        The options as JSON values.
+    """
+    settings = {k: v for k, v in base.as_dict().items() if k not in UNSHARED}
+    for key in STUDY_OPTIONS:
+        settings[key] = getattr(args, key)
+    return json.loads(json.dumps(settings))
+
+
 @keeps_threads
 def run(args: argparse.Namespace) -> int:
+    """Trains ``args.models`` into ``OUT/<model>``, runs the DEQ's studies when the DEQ is
+    among them, and writes the table of every model run in ``OUT`` with these options (rows
+    and studies of an earlier run of other models are kept); ``OUT`` is locked meanwhile.
+
+    Arguments:
+        args: the parsed options of ``neuralode experiment implicit``.
+
+    Returns:
+        The exit status (that of the first failing training, else 0).
+
+    Raises:
+        RunDirectoryError: ``--out`` is a file, is in use, or holds a table of other options.
+    """
     out = Path(args.out or "out/implicit")
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_directory(out)
+    lock = RunLock(out).acquire()
+    try:
+        return _run(args, out)
+    finally:
+        lock.release()
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
     base = TrainConfig.from_namespace(argparse.Namespace(**{**vars(args), "out": str(out)}))
+    settings = implicit_settings(base, args)
+    earlier = earlier_results(
+        out / "metrics.json", settings, bool(args.overwrite), "an implicit-layers table"
+    )
     overrides = {"deq": {"epochs": args.deq_epochs}}
     runs = train_side_by_side(base, args.models, out, args.memory_batch, NAMES, overrides)
     if isinstance(runs, int):
         return runs
-    rows, study, residuals = runs.rows, [], None
+    kept = [earlier[name] for name in NAMES if name in earlier and name not in args.models]
+    rows = sorted(kept + runs.rows, key=lambda row: list(NAMES).index(row["model"]))
+    study, residuals = earlier.get("memory_study", []), earlier.get("residual_study")
     if "deq" in runs.models:
         print("\n== memory and residual studies of the DEQ ==", file=sys.stderr)
         study = memory_study(runs.models["deq"], runs.x, runs.y, args.memory_iterations)
@@ -196,9 +254,12 @@ def run(args: argparse.Namespace) -> int:
         f"{base.atol} ({base.gradient}); ResNet with {base.blocks} block(s); "
         f"{machine(base.threads)}."
     )
+    if kept:
+        names = ", ".join(NAMES[row["model"]] for row in kept)
+        header += f" {names}: from an earlier run in this directory with the same options."
     text = format_table(rows, study, residuals, header)
     (out / "table.md").write_text(text)
-    metrics: dict[str, Any] = {row["model"]: row for row in rows}
+    metrics: dict[str, Any] = {"settings": settings, **{row["model"]: row for row in rows}}
     metrics["memory_study"] = study
     if residuals is not None:
         metrics["residual_study"] = residuals

@@ -298,8 +298,54 @@ def table_settings(base: TrainConfig, args: argparse.Namespace) -> dict[str, Any
     return json.loads(json.dumps(settings))
 
 
+def earlier_results(
+    path: Path, settings: dict[str, Any], overwrite: bool, what: str
+) -> dict[str, Any]:
+    """The results an earlier run left in ``path`` (``table1.json``, ``metrics.json``) that
+    this run adds to: a run of other models with the same options keeps their rows.
+
+    Arguments:
+        path: the earlier run's results file, a JSON object with its options under
+            ``"settings"``.
+        settings: this run's options that every row shares.
+        overwrite: whether results of other options (or unreadable ones) are dropped.
+        what: what the results are, for messages (e.g. "a Table 1").
+
+    Returns:
+        The earlier results, empty without them (or when they are dropped).
+
+    Raises:
+        RunDirectoryError: the earlier results have other options or cannot be read,
+            without ``overwrite``.
+    """
+    if not path.is_file():
+        return {}
+    replace_it = "start a new table with --overwrite, or choose another --out"
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise TypeError(f"a JSON {type(saved).__name__}, not an object")
+    except (OSError, ValueError, TypeError) as error:
+        if overwrite:
+            return {}
+        raise RunDirectoryError(f"{path} cannot be read ({error}); {replace_it}") from error
+    before = saved.get("settings", settings)  # (results written without them: not checked)
+    different = [
+        f"--{key.replace('_', '-')} was {before.get(key)!r}, now {value!r}"
+        for key, value in settings.items()
+        if before.get(key) != value
+    ]
+    if different and not overwrite:
+        raise RunDirectoryError(
+            f"--out {path.parent} holds {what} made with other options "
+            f"({'; '.join(different)}); use the same options to add or rerun models, "
+            f"{replace_it}"
+        )
+    return {} if different else saved
+
+
 def earlier_table(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, Any]:
-    """The rows and memory study of the table already in ``out`` that this run adds to.
+    """The rows and memory study of the Table 1 already in ``out`` that this run adds to.
 
     Arguments:
         out: the run directory.
@@ -314,29 +360,8 @@ def earlier_table(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[
         RunDirectoryError: the earlier table has other options or cannot be read, without
             ``overwrite``.
     """
-    path = out / "table1.json"
-    if not path.is_file():
-        return {"rows": [], "memory": []}
-    replace_it = "start a new table with --overwrite, or choose another --out"
-    try:
-        saved = json.loads(path.read_text())
-        rows, study = list(saved["rows"]), list(saved["memory"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        if overwrite:
-            return {"rows": [], "memory": []}
-        raise RunDirectoryError(f"{path} cannot be read ({error}); {replace_it}") from error
-    before = saved.get("settings", settings)  # (tables written without them: not checked)
-    different = [
-        f"--{key.replace('_', '-')} was {before.get(key)!r}, now {value!r}"
-        for key, value in settings.items()
-        if before.get(key) != value
-    ]
-    if different and not overwrite:
-        raise RunDirectoryError(
-            f"--out {out} holds a Table 1 made with other options ({'; '.join(different)}); "
-            f"use the same options to add or rerun models, {replace_it}"
-        )
-    return {"rows": [], "memory": []} if different else {"rows": rows, "memory": study}
+    saved = earlier_results(out / "table1.json", settings, overwrite, "a Table 1")
+    return {"rows": list(saved.get("rows", [])), "memory": list(saved.get("memory", []))}
 
 
 @keeps_threads

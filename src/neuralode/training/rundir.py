@@ -17,7 +17,8 @@ RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "demo.json")
 LOCK_NAME = ".neuralode-train.lock"
 # Everything a run of ``neuralode train``, ``demo`` or an experiment writes at the top of its
 # --out (names or glob patterns; a directory goes with its contents). ``--overwrite`` removes
-# these and nothing else, so a user's own files there survive; a new output is listed here.
+# these and nothing else, so a user's own files there survive; a new output is listed here
+# (every test that runs a command checks that what it wrote is: tests/conftest.py).
 RUN_OUTPUTS = (
     # neuralode train (and the .tmp of its atomic writes)
     "checkpoint.pt", "checkpoint.pt.tmp", "metrics.jsonl", "metrics.jsonl.tmp", "config.json",
@@ -28,6 +29,8 @@ RUN_OUTPUTS = (
     "table1.json", "table2.md", "memory.png", "model.pt", "samples.png", "densities.png",
     "posterior.png", "prior.png", "spacetime.png", "fields.png", "marginals.png", "toy2d.png",
     "nll_curve.png", "latent_ode_*.pt", "rnn_*.pt", "spirals_*.png",
+    # the per-model training runs of table1 and implicit
+    "resnet", "rknet", "odenet", "deq",
     # neuralode demo
     "demo.json", "work_precision.png",
 )  # fmt: skip

@@ -20,9 +20,9 @@ import torch
 from torch.nn.functional import cross_entropy
 
 from ..training import TrainConfig, add_train_arguments, autograd_memory_mb
+from ..training.rundir import RunLock, ensure_directory
 from ..training.runtime import machine
 from ..viz.implicit import iterations_to_residuals, residual_histories, save_residual_plot
-from ..training.rundir import RunLock, ensure_directory
 from .table1 import (
     RECIPE,
     UNSHARED,

@@ -262,3 +262,15 @@ def test_pde_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
     assert metrics[0]["forecast_rel_l2"] == metrics[1]["forecast_rel_l2"]
     assert _metric_lines(full, "loss") == _metric_lines(split, "loss")
     assert len(_metric_lines(full)) == 8  # two jobs, a line at each of 4 steps
+
+
+def test_a_run_failing_before_its_first_checkpoint_leaves_no_run(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    argv = ["experiment", "toy2d", "--quick", "--no-curve", "--out", str(out)]
+    assert main([*argv, "--method", "nosuch"]) == 2  # fails inside the run, after config.json
+    assert "unknown method 'nosuch'" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main(argv) == 0  # the corrected rerun needs no --overwrite
+    assert (out / "notes.txt").read_text() == "mine"

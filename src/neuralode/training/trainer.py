@@ -30,7 +30,14 @@ import torch
 
 from .metrics import MetricsLog, open_tensorboard
 from .progress import progress_bar
-from .rundir import RUN_FILES, open_run_directory, write_text_atomically
+from .rundir import (
+    RUN_FILES,
+    RunDirectoryError,
+    open_run_directory,
+    remove_run_outputs,
+    run_outputs,
+    write_text_atomically,
+)
 from .runtime import StopRequest
 from .state import (
     CheckpointError,
@@ -129,7 +136,8 @@ def open_experiment(
     metrics, checkpoints, tables, plots, TensorBoard logs; other files stay); a fresh run
     writes ``config.json`` and an empty ``metrics.jsonl``; ``--resume`` refuses a
     config that differs in an option that changes what is computed (all but ``RUN_OPTIONS``).
-    The directory is locked until the block ends.
+    The directory is locked until the block ends. A fresh run that fails before its first
+    checkpoint removes what it wrote (a plain rerun is then not refused).
 
     Arguments:
         args: the parsed options (``out``, ``resume``, ``overwrite``, ``tensorboard``,
@@ -156,6 +164,7 @@ def open_experiment(
     lock = open_run_directory(
         out, resume, bool(args.overwrite), run_files=RUN_FILES + (CHECKPOINTS,)
     )
+    found: set[Path] = set()
     try:
         path = out / "config.json"
         if resume:
@@ -174,11 +183,19 @@ def open_experiment(
             keys = tuple(sorted((set(saved) | set(config)) - set(RUN_OPTIONS)))
             check_compatible(saved, config, keys)
         else:  # (with --overwrite, open_run_directory removed the earlier run)
+            found = set(run_outputs(out))
             (out / "metrics.jsonl").write_text("")
         write_text_atomically(path, json.dumps(config, indent=2) + "\n")
         (out / CHECKPOINTS).mkdir(exist_ok=True)
         with StopRequest():  # Ctrl-C while worker processes train: wait for their checkpoints
             yield Run(out, resume, tensorboard, bool(getattr(args, "progress", True)))
+    except BaseException:
+        # A fresh run that fails before its first checkpoint removes what it wrote, so that
+        # a plain rerun (after fixing the cause) is not refused.
+        if not resume and not any((out / CHECKPOINTS).glob("*")):
+            with contextlib.suppress(OSError, RunDirectoryError):
+                remove_run_outputs(out, keep=found)
+        raise
     finally:
         lock.release()
 

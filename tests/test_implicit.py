@@ -355,3 +355,94 @@ def test_deqnet_has_the_odenet_parameter_count_and_trains() -> None:
             losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert model.deq.nfe_forward > 0 and model.deq.nfe_backward > 0
+
+
+def test_implicit_gradients_use_the_parameters_of_the_forward_pass() -> None:
+    """torch.func.functional_call swaps f's parameters for the call only; the backward pass
+    comes after it, and the adjoint's vector-Jacobian products must still be those of the
+    parameters the fixed point was solved with."""
+    cell = Cell(n=3, seed=4)
+    implicit = DEQ(cell, tol=1e-13, max_iter=200)
+    unrolled = DEQ(cell, method="picard", tol=0.0, max_iter=400, gradient="unrolled",
+                   on_failure="ignore")  # fmt: skip
+    values = {name: (0.5 * p.detach()).requires_grad_(True) for name, p in cell.named_parameters()}
+    x = torch.randn(2, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(5))
+
+    def grad_w(layer: DEQ) -> torch.Tensor:
+        out = torch.func.functional_call(layer, {f"f.{k}": v for k, v in values.items()}, (x,))
+        return torch.autograd.grad(out.square().sum(), values["w"])[0]
+
+    torch.testing.assert_close(grad_w(implicit), grad_w(unrolled), atol=1e-9, rtol=1e-9)
+
+
+def test_the_gradient_with_respect_to_the_output_is_the_losss() -> None:
+    """The adjoint solve acts behind the output: d loss / d output is the loss's own gradient
+    (autograd.grad and retain_grad see it), and in-place operations on the output work."""
+    cell = Cell()
+    layer = DEQ(cell, tol=1e-12, max_iter=200)
+    x = torch.randn(3, 4, dtype=DTYPE, requires_grad=True)
+    z = layer(x)
+    (dz,) = torch.autograd.grad((3 * z).sum(), z, retain_graph=True)
+    torch.testing.assert_close(dz, torch.full_like(z, 3.0), atol=0, rtol=0)
+    z.retain_grad()
+    z.square().sum().backward(retain_graph=True)
+    torch.testing.assert_close(z.grad, 2 * z.detach(), atol=0, rtol=0)
+    # a second backward pass over the retained graph solves the adjoint again, the same way
+    first = x.grad.clone()
+    x.grad = None
+    z.square().sum().backward()
+    torch.testing.assert_close(x.grad, first, atol=1e-12, rtol=0)
+
+    class Linear(nn.Module):  # nothing saves f's output for its backward pass
+        def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return 0.5 * z + x
+
+    x = torch.randn(3, 4, dtype=DTYPE, requires_grad=True)
+    out = DEQ(Linear(), tol=1e-12)(x)
+    out.mul_(2.0)  # d out / d x = 2 (I - 0.5 I)^-1 = 4
+    (dx,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(dx, torch.full_like(x, 4.0))
+
+
+def test_a_second_derivative_through_the_implicit_gradient_is_refused() -> None:
+    """The adjoint is solved without a graph: a gradient of the gradient would miss its
+    dependence on x and the parameters, so it raises, and the unrolled layer has one."""
+    cell = Cell()
+    x = torch.randn(3, 4, dtype=DTYPE, requires_grad=True)
+    layer = DEQ(cell, tol=1e-12, max_iter=200)
+    (g,) = torch.autograd.grad(layer(x).pow(3).sum(), x, create_graph=True)
+    unrolled = DEQ(cell, method="picard", tol=0.0, max_iter=300, gradient="unrolled",
+                   on_failure="ignore")  # fmt: skip
+    (g_unrolled,) = torch.autograd.grad(unrolled(x).pow(3).sum(), x, create_graph=True)
+    torch.testing.assert_close(g, g_unrolled, atol=1e-10, rtol=1e-10)  # first order: exact
+    with pytest.raises(RuntimeError, match='second derivatives.*gradient="unrolled"'):
+        torch.autograd.grad(g.square().sum(), x)
+    assert torch.autograd.grad(g_unrolled.square().sum(), x)[0].abs().sum() > 0
+
+
+def test_torch_func_transforms_of_the_implicit_gradient_are_refused_by_name() -> None:
+    layer = DEQ(Cell(), tol=1e-12, max_iter=200)
+    x = torch.randn(3, 4, dtype=DTYPE)
+    with pytest.raises(RuntimeError, match="DEQ: .*torch.func transforms"):
+        torch.func.grad(lambda x: layer(x).square().sum())(x)
+    params = {name: p.detach() for name, p in layer.named_parameters()}
+    with pytest.raises(RuntimeError, match="DEQ: .*torch.func transforms"):
+        torch.func.grad(lambda p: torch.func.functional_call(layer, p, (x,)).sum())(params)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"tol": -1.0}, r"tol must be a finite non-negative number"),
+        ({"tol": float("nan")}, r"tol must be a finite non-negative number"),
+        ({"backward_tol": -1e-3}, r"backward_tol must be a finite non-negative"),
+        ({"max_iter": 0}, r"max_iter must be an integer >= 1, got 0"),
+        ({"max_iter": 2.5}, r"max_iter must be an integer >= 1, got 2.5"),
+        ({"backward_max_iter": 0}, r"backward_max_iter must be an integer >= 1"),
+        ({"method_options": {"memroy": 3}}, r"method_options .*'memroy'.*its options: memory"),
+        ({"method": "picard", "method_options": {"damping": 2}}, r"method_options .*damping"),
+    ],
+)
+def test_deq_options_are_checked_when_the_layer_is_built(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DEQ(Cell(), **options)

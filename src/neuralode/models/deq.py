@@ -1,23 +1,28 @@
 """The deep equilibrium layer z* = f(z*, x), differentiated by the implicit function theorem,
 and a classifier built on it.
 
-Forward, a fixed-point solver finds z* without recording a graph. The layer then returns
-z = f(z*, x) evaluated once with autograd on, and registers a hook on z: the gradient a that
-reaches z is replaced by the solution g of the adjoint equation
+Forward, a fixed-point solver finds z* without recording a graph. The layer then evaluates
+z = f(z*, x) once with autograd on (z* a leaf of that graph) and returns it through an
+identity whose backward replaces the gradient a of the output by the solution g of the
+adjoint equation
 
     g = (df/dz)^T g + a        (i.e. (I - df/dz)^T g = a, at z*),
 
 so that backpropagating g through that one evaluation of f gives the implicit function
 theorem's gradients with respect to x and f's parameters (Bai et al. 2019; the implicit-layers
-tutorial of Kolter, Duvenaud and Johnson). The adjoint equation is itself a fixed point, solved
-by the same methods, or a linear system solved by GMRES (the implementation the implicit ODE
-solvers use). Memory does not grow with the number of iterations: only the last evaluation of f
-is recorded.
+tutorial of Kolter, Duvenaud and Johnson). The vector-Jacobian products (df/dz)^T g are taken
+on the graph of the same evaluation, so they see the parameters, input and dropout masks of
+the forward pass. The adjoint equation is itself a fixed point, solved by the same methods, or
+a linear system solved by GMRES (the implementation the implicit ODE solvers use). Memory does
+not grow with the number of iterations: only the last evaluation of f is recorded. The
+gradient is a first derivative: differentiating it again raises an error.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,7 +87,8 @@ class DEQ(nn.Module):
             ``"gmres"``; default: the forward method.
         backward_tol: its tolerance on the relative residual, per sample for the fixed-point
             methods, of the whole batch's linear system for GMRES; default ``tol``.
-        backward_max_iter: the most vector-Jacobian products backward; default ``max_iter``.
+        backward_max_iter: the most iterations backward, one vector-Jacobian product each
+            (GMRES takes one more, to measure its final residual); default ``max_iter``.
         gradient: ``"implicit"`` (implicit function theorem, memory independent of the
             iterations) or ``"unrolled"`` (backpropagation through every iteration of the
             forward solver; memory grows with the iterations: for comparison).
@@ -99,8 +105,13 @@ class DEQ(nn.Module):
     iterations and residuals (``SolveReport``); ``nfe_forward`` counts the evaluations of f
     forward and ``nfe_backward`` the vector-Jacobian products backward.
 
+    The implicit gradient is a first derivative: a second derivative through it (a gradient
+    of a gradient) raises ``RuntimeError``; ``gradient="unrolled"`` has higher derivatives.
+
     Raises:
-        ValueError: an unknown method, gradient or ``on_failure``; a regulariser other than
+        ValueError: an unknown method, gradient or ``on_failure``; a negative or non-finite
+            ``tol`` or ``backward_tol``; a ``max_iter`` or ``backward_max_iter`` below 1;
+            ``method_options`` the method does not take; a regulariser other than
             ``JacobianFrobenius``.
     """
 
@@ -128,6 +139,27 @@ class DEQ(nn.Module):
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        for name, value in (("tol", tol), ("backward_tol", backward_tol)):
+            if value is not None and not (
+                isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0
+            ):
+                raise ValueError(
+                    f"{name} must be a finite non-negative number (a relative residual, e.g. "
+                    f"1e-4; 0 runs every iteration), got {value!r}"
+                )
+        for name, value in (("max_iter", max_iter), ("backward_max_iter", backward_max_iter)):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        try:
+            FIXED_POINT_METHODS[method](**(method_options or {}))
+        except (TypeError, ValueError) as error:
+            accepted = ", ".join(inspect.signature(FIXED_POINT_METHODS[method]).parameters)
+            raise ValueError(
+                f"method_options {method_options!r} do not fit method {method!r} ({error}); "
+                f"its options: {accepted or 'none'}"
+            ) from error
         for r in regularisers:
             if not isinstance(r, JacobianFrobenius):
                 raise ValueError(
@@ -155,7 +187,8 @@ class DEQ(nn.Module):
 
     @property
     def nfe_backward(self) -> int:
-        """Vector-Jacobian products of the last backward solve."""
+        """Vector-Jacobian products of the last backward solve (GMRES: with the one that
+        measures its final residual)."""
         return self.backward_report.iterations
 
     def _solve(
@@ -214,22 +247,31 @@ class DEQ(nn.Module):
         self.forward_report = SolveReport.of(result)
         self._check(self.forward_report, "forward", self.method, self.tol)
         z_star = result.z.detach()
-        z = self.f(z_star, x)  # one evaluation with autograd: the path to x and the parameters
-        if torch.is_grad_enabled() and z.requires_grad:
-            x_star = x.detach()
-            # the dropout masks of this solve: the backward pass may come after another call
-            masks = [(m, m._mask) for m in self.f.modules() if isinstance(m, VariationalDropout)]
-            z.register_hook(lambda grad: self._adjoint(z_star, x_star, grad, masks))
-            self._regularise(z_star, x)
-        else:
-            self.regularisation, self.regularisation_terms = torch.zeros(()), {}
-        return z
+        if not torch.is_grad_enabled():
+            self.regularisation, self.regularisation_terms = z_star.new_zeros(()), {}
+            return self.f(z_star, x)
+        # One evaluation with autograd: the path to x and the parameters, and (z* a leaf of
+        # it) the adjoint's vector-Jacobian products in z.
+        try:
+            z_leaf = z_star.requires_grad_(True)
+        except RuntimeError as error:  # inside a torch.func transform
+            raise RuntimeError(
+                "DEQ: the implicit gradient runs on torch.autograd (z* is a leaf of autograd's "
+                "graph) and does not support torch.func transforms (grad, vjp, jacrev, "
+                "hessian); differentiate with torch.autograd.grad or loss.backward(), or use "
+                'gradient="unrolled"'
+            ) from error
+        z = self.f(z_leaf, x)
+        self._regularise(z_star, x)
+        if not z.requires_grad:
+            return z
+        return _ImplicitGradient.apply(z, lambda grad: self._adjoint(z_leaf, z, grad))
 
     def _regularise(self, z: torch.Tensor, x: torch.Tensor) -> None:
         """``regularisation``: the weighted Jacobian penalties at z, averaged over the batch.
 
         f is evaluated once more for them: the backward pass frees the graph of this
-        evaluation while differentiating the penalty, and the adjoint hook needs its own.
+        evaluation while differentiating the penalty, and the adjoint needs its own.
         """
         self.regularisation, self.regularisation_terms = z.new_zeros(()), {}
         if not self.regularisers or not self.training or not torch.is_grad_enabled():
@@ -242,35 +284,17 @@ class DEQ(nn.Module):
             self.regularisation_terms[regulariser.name] = rate.detach()
             self.regularisation = self.regularisation + regulariser.weight * rate
 
-    def _adjoint(
-        self,
-        z_star: torch.Tensor,
-        x: torch.Tensor,
-        grad: torch.Tensor | None,
-        masks: list[tuple[VariationalDropout, torch.Tensor | None]],
-    ) -> torch.Tensor | None:
-        """Solve g = (df/dz)^T g + grad at z* (the hook on the layer's output).
+    def _adjoint(self, z_leaf: torch.Tensor, z: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """Solve g = (df/dz)^T g + grad at z* (the backward of the layer's output).
 
-        f is evaluated at (z*, x) here, in the backward pass, so the forward pass keeps the
-        graph of one evaluation only; with the dropout masks of the forward solve (``masks``),
-        not those of a later call of the layer.
+        ``z`` = f(``z_leaf``, x) is the forward pass's evaluation with its graph; the
+        vector-Jacobian products run on that graph (kept for the backward pass through it
+        that follows).
         """
-        if grad is None:  # an undefined gradient stays undefined
-            return None
-        current = [(module, module._mask) for module, _ in masks]
-        with torch.enable_grad():
-            z_star = z_star.detach().requires_grad_(True)
-            try:
-                for module, mask in masks:
-                    module._mask = mask
-                f_star = self.f(z_star, x)
-            finally:
-                for module, mask in current:
-                    module._mask = mask
 
         def vjp(g: torch.Tensor) -> torch.Tensor:
-            (out,) = torch.autograd.grad(f_star, z_star, g, retain_graph=True)
-            return out
+            (out,) = torch.autograd.grad(z, z_leaf, g, retain_graph=True, allow_unused=True)
+            return torch.zeros_like(g) if out is None else out  # None: f ignores z
 
         method, tol = self.backward_method, self.backward_tol
         if method == "gmres":
@@ -292,6 +316,53 @@ class DEQ(nn.Module):
         self.backward_report = report
         self._check(report, "backward", method, tol)
         return g
+
+
+class _ImplicitGradient(torch.autograd.Function):
+    """The identity on z = f(z*, x), whose backward replaces the output's gradient a by the
+    adjoint equation's solution g (``solve``). The output's own gradient stays a (what
+    ``torch.autograd.grad`` with respect to the layer's output returns)."""
+
+    @staticmethod
+    def forward(z: torch.Tensor, solve: Any) -> torch.Tensor:
+        # an alias of z, not a view of it: in-place operations on the output stay allowed
+        return z.detach()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        # attributes, not saved tensors: the alias's in-place updates are autograd's to judge
+        ctx.z, ctx.solve = inputs
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        with torch.no_grad():
+            g = ctx.solve(grad.detach())
+        if torch.is_grad_enabled():  # create_graph=True: the solve's result is a constant
+            g = _FirstDerivativeOnly.apply(g, ctx.z)
+        return g, None
+
+
+class _FirstDerivativeOnly(torch.autograd.Function):
+    """The adjoint solution g as it is, tied to f(z*, x) (``anchor``, which depends on x and
+    the parameters), with a backward that refuses: g is solved without a graph, so a second
+    derivative through it would silently miss its dependence on x and the parameters."""
+
+    @staticmethod
+    def forward(g: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        return g.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None]:
+        raise RuntimeError(
+            "DEQ: second derivatives (a gradient of a gradient, torch.autograd.grad with "
+            "create_graph=True then differentiated, gradgradcheck) through the implicit "
+            "gradient are not supported: the adjoint equation is solved without a graph. Use "
+            'gradient="unrolled" for higher derivatives'
+        )
 
 
 class VariationalDropout(nn.Module):

@@ -17,7 +17,16 @@ class ChecksumError(ValueError):
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
-    """Hex digest of a file, read in chunks."""
+    """Hex digest of a file, read in chunks.
+
+    Arguments:
+        path: the file.
+        algorithm: a `hashlib` algorithm name (``"sha256"``, ``"md5"``, ...).
+        chunk: bytes read at a time.
+
+    Returns:
+        The lower-case hexadecimal digest.
+    """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"checksum algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     digest = hashlib.new(algorithm)
@@ -28,7 +37,16 @@ def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 2
 
 
 def verify_checksum(path: str | Path, expected: str) -> None:
-    """Raises ``ChecksumError`` unless ``path`` has the digest ``expected`` ("algo:hex")."""
+    """Checks that a file has the expected digest.
+
+    Arguments:
+        path: the file.
+        expected: ``"ALGORITHM:HEX"``, e.g. ``"sha256:..."`` or ``"md5:..."``.
+
+    Raises:
+        ValueError: ``expected`` is not of the form ``"ALGORITHM:HEX"``.
+        ChecksumError: the file's digest differs.
+    """
     algorithm, sep, value = expected.partition(":")
     if not sep or not value:
         raise ValueError(f"checksum must look like 'sha256:HEX' or 'md5:HEX', got {expected!r}")
@@ -47,6 +65,18 @@ def download(
 
     A file already at ``destination`` with the right checksum is kept. The download goes to
     a temporary name and is renamed only once verified, so a cache never holds a bad file.
+
+    Arguments:
+        urls: mirrors of the file, tried in order.
+        destination: where the file goes.
+        checksum: its expected digest, ``"ALGORITHM:HEX"`` (see `verify_checksum`).
+        timeout: seconds to wait for each mirror.
+
+    Returns:
+        ``destination``, as a `Path`.
+
+    Raises:
+        RuntimeError: no mirror gave a file with the right checksum (each failure listed).
     """
     destination = Path(destination)
     if destination.exists():

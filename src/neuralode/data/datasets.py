@@ -171,7 +171,18 @@ def default_cache_dir() -> Path:
 
 
 def download_mnist(cache_dir: str | Path | None = None) -> Path:
-    """Downloads the four MNIST files into ``cache_dir/mnist``, verifying their checksums."""
+    """Downloads the four MNIST files into ``cache_dir/mnist``, verifying their checksums.
+
+    Arguments:
+        cache_dir: the download cache; ``None``: ``$NEURALODE_DATA``, else
+            ``$XDG_CACHE_HOME/neuralode``, else ``~/.cache/neuralode``.
+
+    Returns:
+        The directory holding the four files.
+
+    Raises:
+        RuntimeError: a file could not be downloaded from any mirror.
+    """
     directory = Path(cache_dir or default_cache_dir()) / "mnist"
     for name, checksum in MNIST_FILES.values():
         download([mirror + name for mirror in MNIST_MIRRORS], directory / name, checksum)
@@ -185,6 +196,21 @@ def load_mnist(
 
     Looks in ``data_dir`` (also ``raw/`` and ``MNIST/raw/`` below it) or, with ``download``,
     fetches the files into the cache first.
+
+    Arguments:
+        data_dir: the directory with the four IDX files (``train-images-idx3-ubyte`` etc.,
+            raw or ``.gz``).
+        download: fetch the files (checksummed) into ``cache_dir`` and read them from there.
+        cache_dir: the download cache; ``None``: ``$NEURALODE_DATA``, else
+            ``$XDG_CACHE_HOME/neuralode``, else ``~/.cache/neuralode``.
+
+    Returns:
+        The `ImageDataset`: images (N, 1, 28, 28) in [0, 1], labels 0-9.
+
+    Raises:
+        DatasetNotFoundError: neither ``data_dir`` nor ``download``, or files missing.
+        ValueError: the images and labels do not match, or a label is not a class 0-9.
+        IDXError: a file is not a valid IDX file.
     """
     if download:
         data_dir = download_mnist(cache_dir)
@@ -226,7 +252,21 @@ def load_dataset(
     download: bool = False,
     cache_dir: str | Path | None = None,
 ) -> ImageDataset:
-    """One of ``DATASETS`` by name; ``data_dir``/``download``/``cache_dir`` are for mnist."""
+    """One of ``DATASETS`` by name.
+
+    Arguments:
+        name: ``"mnist5k"``, ``"digits"`` or ``"mnist"``.
+        data_dir: for ``"mnist"``: the directory with the IDX files (see `load_mnist`).
+        download: for ``"mnist"``: download the files (checksummed).
+        cache_dir: for ``"mnist"``: the download cache.
+
+    Returns:
+        The `ImageDataset`.
+
+    Raises:
+        ValueError: an unknown ``name``.
+        DatasetNotFoundError: ``"mnist"`` without its files (see `load_mnist`).
+    """
     if name == "mnist5k":
         return load_mnist5k()
     if name == "digits":
@@ -240,7 +280,19 @@ def random_crop(
     images: torch.Tensor, padding: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Zero-pads by ``padding`` and crops each image back to its size at a random offset
-    (the paper's code: ``RandomCrop(28, padding=4)``)."""
+    (the paper's code: ``RandomCrop(28, padding=4)``).
+
+    Arguments:
+        images: a batch (N, C, H, W).
+        padding: pixels of zeros on each side; 0 returns ``images`` unchanged.
+        generator: the random generator of the offsets (default: torch's global one).
+
+    Returns:
+        The cropped batch, of the shape of ``images``, each image at its own offset.
+
+    Raises:
+        ValueError: a negative ``padding``.
+    """
     if padding < 0:
         raise ValueError(f"padding must be non-negative, got {padding}")
     if padding == 0:

@@ -37,7 +37,18 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """The array stored in IDX bytes: magic 0x0000 TT NN, NN big-endian uint32 sizes, data."""
+    """The array stored in IDX bytes: magic 0x0000 TT NN, NN big-endian uint32 sizes, data.
+
+    Arguments:
+        data: the bytes of an uncompressed IDX file.
+        name: what the errors call the data (a file name).
+
+    Returns:
+        The array, in native byte order, of the shape and dtype the header gives.
+
+    Raises:
+        IDXError: the magic bytes, type code, header or data length are wrong.
+    """
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise IDXError(f"{name}: not an IDX file (magic bytes {data[:4].hex() or 'missing'})")
     type_code, ndim = data[2], data[3]
@@ -59,13 +70,36 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Reads an IDX file, gzip-compressed or not (detected from its first bytes)."""
+    """Reads an IDX file, gzip-compressed or not (detected from its first bytes).
+
+    Arguments:
+        path: the file.
+
+    Returns:
+        The array stored in the file (see `parse_idx`).
+
+    Raises:
+        IDXError: the file is not a valid IDX file.
+    """
     path = Path(path)
     return parse_idx(_read_bytes(path), str(path))
 
 
 def write_idx(path: str | Path, array: np.ndarray, compress: bool | None = None) -> Path:
-    """Writes ``array`` as IDX (gzip if ``compress``, default: when the name ends in .gz)."""
+    """Writes ``array`` as an IDX file.
+
+    Arguments:
+        path: the file to write.
+        array: the array; its dtype must be one IDX stores (uint8, int8, int16, int32,
+            float32, float64).
+        compress: gzip the file; ``None`` (default): when ``path`` ends in ``.gz``.
+
+    Returns:
+        ``path``, as a `Path`.
+
+    Raises:
+        ValueError: IDX cannot store the array's dtype.
+    """
     path = Path(path)
     array = np.asarray(array)
     codes = {np.dtype(v).newbyteorder("="): k for k, v in IDX_DTYPES.items()}

@@ -564,5 +564,22 @@ def _summary(record: dict[str, Any]) -> str:
 
 
 def train(config: TrainConfig, on_batch: Callable[[int, int], None] | None = None) -> TrainResult:
-    """Trains ``config.model`` as configured; see ``Trainer``."""
+    """Trains ``config.model`` as configured: the function behind ``neuralode train``.
+
+    Arguments:
+        config: the run's settings (`TrainConfig`; the command-line options).
+        on_batch: called as ``on_batch(epoch, batch)`` after every optimiser step.
+
+    Returns:
+        A `TrainResult`: the model, one metrics dict per epoch (the lines of
+            ``metrics.jsonl``) and the exit status (0, or `INTERRUPTED` after Ctrl-C, with
+            the checkpoint saved).
+
+    Raises:
+        RunDirectoryError: ``config.out`` holds an earlier run (without ``resume`` or
+            ``overwrite``), is in use by another run, or cannot be written.
+        CheckpointError: a checkpoint cannot be read, does not fit the model or the
+            settings, or cannot be written.
+        TrainingDiverged: the loss became NaN or infinite.
+    """
     return Trainer(config, on_batch).run()

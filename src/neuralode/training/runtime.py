@@ -117,7 +117,15 @@ def autograd_memory_mb(loss_fn: Any) -> float:
     """Megabytes of distinct tensors autograd saves for the backward pass while ``loss_fn()``
     runs (parameters excluded): the activation memory of a training step, which grows with
     the number of solver steps when backpropagating through the solver and does not with the
-    adjoint. Deterministic, so usable on a shared CPU where process RSS is not."""
+    adjoint. Deterministic, so usable on a shared CPU where process RSS is not.
+
+    Arguments:
+        loss_fn: a function of no arguments returning a scalar loss; it is called once and
+            ``backward()`` is run on its result (gradients accumulate as in a training step).
+
+    Returns:
+        The megabytes (2**20 bytes) of the distinct storages saved for backward.
+    """
     seen: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:

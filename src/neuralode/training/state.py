@@ -87,6 +87,19 @@ def write_failure(path: Path, error: BaseException) -> str:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Reads a checkpoint of ``neuralode train`` (``torch.load`` with ``weights_only=True``).
+
+    Arguments:
+        path: the checkpoint file (``OUT/checkpoint.pt``).
+
+    Returns:
+        The checkpoint's dict: model, optimiser, schedule, RNG states, position in the epoch
+            and the run's settings.
+
+    Raises:
+        CheckpointError: no file there, a file torch cannot read, or not a checkpoint of
+            this format.
+    """
     if not path.is_file():
         raise CheckpointError(
             f"--resume: no checkpoint at {path}; start without --resume or point --out at the "

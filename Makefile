@@ -8,8 +8,10 @@ TORCH_VERSION ?= 2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
-DEMO_ARGS ?= --epochs 3 --lr 6e-3 --warmup-epochs 0.25 --weight-decay 5e-4 --crop-padding 2 \
+# the demo's recipe; DEMO_ARGS come after it, so an option given there replaces its value
+DEMO_RECIPE := --epochs 3 --lr 6e-3 --warmup-epochs 0.25 --weight-decay 5e-4 --crop-padding 2 \
 	--pool max --rtol 1e-2 --atol 1e-2 --threads 1
+DEMO_ARGS ?=
 TABLE1_ARGS ?=
 SOLVER_DEMO_ARGS ?=
 
@@ -32,7 +34,7 @@ $(VENV)/.installed-bench: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
 	touch $@
 
 demo: $(VENV)/.installed-test
-	$(BIN)/neuralode train odenet --data mnist5k $(DEMO_ARGS) --out $(OUT)
+	$(BIN)/neuralode train odenet --data mnist5k $(DEMO_RECIPE) $(DEMO_ARGS) --out $(OUT)
 
 solver-demo: $(VENV)/.installed-test
 	$(BIN)/neuralode demo --out out/solver-demo $(SOLVER_DEMO_ARGS)

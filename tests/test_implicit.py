@@ -446,3 +446,25 @@ def test_torch_func_transforms_of_the_implicit_gradient_are_refused_by_name() ->
 def test_deq_options_are_checked_when_the_layer_is_built(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DEQ(Cell(), **options)
+
+
+def test_an_empty_batch_and_integer_memories() -> None:
+    result = fixed_point(lambda z: 0.5 * z, torch.zeros(0, 3, dtype=DTYPE), "anderson")
+    assert result.z.shape == (0, 3) and result.converged and result.iterations == 0
+    assert result.residual.shape == (0,) and result.sample_iterations.shape == (0,)
+    for method in (Anderson, Broyden):
+        with pytest.raises(ValueError, match="memory must be an integer >= 1, got 2.5"):
+            method(memory=2.5)
+
+
+@pytest.mark.parametrize("method", list(FIXED_POINT_METHODS))
+def test_float32_solves_reach_a_relative_residual_of_1e_6(method: str) -> None:
+    """The tutorial's claim: in float32 the relative residual goes down to round-off (~1e-7)."""
+    generator = torch.Generator().manual_seed(1)
+    w = torch.randn(16, 16, generator=generator)
+    w = 0.9 * w / torch.linalg.matrix_norm(w, 2)
+    x = torch.randn(8, 16, generator=generator)
+    result = fixed_point(lambda z: torch.tanh(z @ w.T + x), torch.zeros_like(x), method, 1e-6, 500)
+    assert result.converged and result.z.dtype == torch.float32
+    fz = torch.tanh(result.z @ w.T + x)
+    assert float(((fz - result.z).norm(dim=1) / fz.norm(dim=1)).max()) <= 1e-6

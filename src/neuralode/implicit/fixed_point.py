@@ -70,6 +70,9 @@ class Picard(FixedPointMethod):
 
     Arguments:
         damping: the step fraction in (0, 1] (1: z <- f(z)).
+
+    Raises:
+        ValueError: ``damping`` outside (0, 1].
     """
 
     name = "picard"
@@ -99,13 +102,17 @@ class Anderson(FixedPointMethod):
             largest diagonal entry (conditioning); default: 1e-8, or ten times the dtype's
             machine epsilon where that is larger (1.2e-6 in float32).
         damping: beta; 1 mixes the values of f only, less mixes in the iterates too.
+
+    Raises:
+        ValueError: ``memory`` not an integer >= 1, a negative ``regularisation`` or
+            ``damping`` outside (0, 1].
     """
 
     name = "anderson"
 
     def __init__(self, memory: int = 5, regularisation: float | None = None, damping: float = 1.0):
-        if memory < 1:
-            raise ValueError(f"memory must be at least 1, got {memory!r}")
+        if not isinstance(memory, int) or isinstance(memory, bool) or memory < 1:
+            raise ValueError(f"memory must be an integer >= 1, got {memory!r}")
         if regularisation is not None and not regularisation >= 0:
             raise ValueError(f"regularisation must be non-negative, got {regularisation!r}")
         if not 0 < damping <= 1:
@@ -151,13 +158,16 @@ class Broyden(FixedPointMethod):
 
     Arguments:
         memory: the number of rank-one updates kept.
+
+    Raises:
+        ValueError: ``memory`` not an integer >= 1.
     """
 
     name = "broyden"
 
     def __init__(self, memory: int = 30):
-        if memory < 1:
-            raise ValueError(f"memory must be at least 1, got {memory!r}")
+        if not isinstance(memory, int) or isinstance(memory, bool) or memory < 1:
+            raise ValueError(f"memory must be an integer >= 1, got {memory!r}")
         self.memory = memory
         self.reset()
 
@@ -259,7 +269,9 @@ def fixed_point(
         ``converged`` says it, and callers decide.
 
     Raises:
-        ValueError: a negative ``tol``, ``max_iter`` below 1, or f changing the shape.
+        ValueError: a negative ``tol``, ``max_iter`` below 1, an unknown method name, or f
+            changing the shape.
+        TypeError: a ``method`` that is neither a name nor a ``FixedPointMethod``.
     """
     if not tol >= 0 or not math.isfinite(tol):
         raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
@@ -274,9 +286,12 @@ def fixed_point(
         out = f(z.reshape(shape))
         if out.shape != shape:
             raise ValueError(f"f must return the shape of z {tuple(shape)}, got {tuple(out.shape)}")
-        return out.reshape(batch, -1)
+        return out.reshape(z.shape)
 
-    z = z0.reshape(batch, -1)
+    z = z0.reshape(batch, math.prod(shape[1:]) if z0.ndim else 1)
+    if batch == 0:  # no problems: nothing to evaluate
+        empty = torch.zeros(0, dtype=_real(z).dtype, device=z.device)
+        return FixedPointResult(z0, 0, empty, [], True, empty.long())
     fz = evaluate(z)
     best, best_residual = z, torch.full((batch,), math.inf, dtype=_real(z).dtype, device=z.device)
     history: list[float] = []

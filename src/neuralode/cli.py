@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from ._cli_types import non_negative_int
+
 # `neuralode experiment NAME`: each module exposes `add_arguments(parser)` and `run(args) -> int`.
 EXPERIMENTS: dict[str, str] = {
     "table1": "neuralode.experiments.table1",
@@ -114,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer tolerances, for a smoke run")
     demo.add_argument(
         "--threads",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="torch CPU threads, 0 = torch default (default %(default)s)",
     )

@@ -42,6 +42,7 @@ import torch
 
 import neuralode
 
+from .._cli_types import positive_int
 from . import environment
 
 RTOL, ATOL = 1e-6, 1e-8
@@ -463,7 +464,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller batches")
     parser.add_argument("--out", help="write the markdown report to this file")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument(
+        "--threads", type=positive_int, default=os.cpu_count(), help="torch threads"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)

@@ -41,6 +41,7 @@ import torch
 
 import neuralode
 
+from .._cli_types import positive_float, positive_int
 from . import environment
 
 RTOL, ATOL = 1e-6, 1e-8
@@ -202,11 +203,11 @@ def default_device() -> torch.device:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=str(default_device()))
-    parser.add_argument("--batches", type=int, nargs="+", default=[16, 256, 1024])
-    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--batches", type=positive_int, nargs="+", default=[16, 256, 1024])
+    parser.add_argument("--repeats", type=positive_int, default=11)
     parser.add_argument("--quick", action="store_true", help="3 repeats")
     parser.add_argument("--compile", action="store_true", help="add compile_step rows")
-    parser.add_argument("--t1", type=float, default=1.0, help="the end time")
+    parser.add_argument("--t1", type=positive_float, default=1.0, help="the end time")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.device(args.device)

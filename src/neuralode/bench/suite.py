@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .._cli_types import non_negative_int, positive_float, positive_int
+
 PARTS = ("core", "per-sample", "work-precision", "diffrax", "compiled", "gpu", "sde")
 # "compiled" compiles for minutes; "gpu" is for a machine with one (it runs on the CPU too)
 DEFAULT_PARTS = ("core", "per-sample", "work-precision", "diffrax")
@@ -57,10 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "CUDA when there is one, the diffrax part on the CPU; with cuda both libraries of the "
         "diffrax part run on the GPU)",
     )
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--repeats", type=positive_int, default=None, help="timed repeats per case")
+    parser.add_argument("--threads", type=non_negative_int, default=None, help="torch threads")
     parser.add_argument(
-        "--rtols", type=float, nargs="+", default=None, help="work-precision tolerance sweep"
+        "--rtols",
+        type=positive_float,
+        nargs="+",
+        default=None,
+        help="work-precision tolerance sweep",
     )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._cli_types import non_negative_int, positive_float, positive_int, random_seed, widths
 from ..data import load_mnist, load_mnist5k
 from ..models.cnf import CNF, ConcatSquashConvNet, SequentialFlow
 from ..training.trainer import (
@@ -74,24 +75,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--epochs",
-        type=float,
+        type=positive_float,
         default=10.0,
         help="passes over the training images (default %(default)s)",
     )
     parser.add_argument(
-        "--batch", type=int, default=None, help=quick_help("images per step", DEFAULTS["batch"])
+        "--batch",
+        type=positive_int,
+        default=None,
+        help=quick_help("images per step", DEFAULTS["batch"]),
     )
     parser.add_argument(
-        "--lr", type=float, default=1e-3, help="Adam learning rate (default %(default)s)"
+        "--lr", type=positive_float, default=1e-3, help="Adam learning rate (default %(default)s)"
     )
     parser.add_argument(
-        "--blocks", type=int, default=None, help=quick_help("CNF blocks", DEFAULTS["blocks"])
+        "--blocks",
+        type=positive_int,
+        default=None,
+        help=quick_help("CNF blocks", DEFAULTS["blocks"]),
     )
     parser.add_argument(
-        "--hidden", default=None, help=quick_help("conv channels of f", DEFAULTS["hidden"])
+        "--hidden",
+        type=widths,
+        default=None,
+        help=quick_help("conv channels of f", DEFAULTS["hidden"]),
     )
     parser.add_argument(
-        "--tol", type=float, default=None, help=quick_help("rtol = atol", DEFAULTS["tol"])
+        "--tol", type=positive_float, default=None, help=quick_help("rtol = atol", DEFAULTS["tol"])
     )
     parser.add_argument(
         "--gradient",
@@ -104,16 +114,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch device (default cuda where available, else cpu; cpu with --quick)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--seed", type=random_seed, default=0, help="random seed (default %(default)s)"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="torch threads, 0 = torch default (default %(default)s)",
     )
     parser.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=None,
         help="optimiser steps (default: --epochs passes over the training images; 1 with --quick)",
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .._cli_types import non_negative_int, positive_float, positive_int, random_seed, widths
 from ..models.cnf import CNF, FlowDensity, GatedPlanarDynamics
 from ..models.planar import PlanarFlow
 from ..training.trainer import (
@@ -103,31 +104,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sizes",
+        type=widths,
         default=None,
         help=quick_help("K planar layers = M CNF units, comma-separated", DEFAULTS["sizes"]),
     )
     parser.add_argument(
         "--iters",
-        type=int,
+        type=positive_int,
         default=None,
         help=quick_help("Adam steps per model", DEFAULTS["iters"]),
     )
     parser.add_argument(
-        "--batch", type=int, default=None, help=quick_help("samples per step", DEFAULTS["batch"])
+        "--batch",
+        type=positive_int,
+        default=None,
+        help=quick_help("samples per step", DEFAULTS["batch"]),
     )
     parser.add_argument(
-        "--lr", type=float, default=1e-2, help="Adam learning rate, cosine (default %(default)s)"
+        "--lr",
+        type=positive_float,
+        default=1e-2,
+        help="Adam learning rate, cosine (default %(default)s)",
     )
     parser.add_argument(
-        "--T", type=float, default=1.0, help="CNF integration time (default %(default)s)"
+        "--T", type=positive_float, default=1.0, help="CNF integration time (default %(default)s)"
     )
     parser.add_argument(
-        "--tol", type=float, default=1e-3, help="CNF training rtol = atol (default %(default)s)"
+        "--tol",
+        type=positive_float,
+        default=1e-3,
+        help="CNF training rtol = atol (default %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--seed", type=random_seed, default=0, help="random seed (default %(default)s)"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=non_negative_int,
         default=1,
         help="torch threads, 0 = torch default (default %(default)s)",
     )

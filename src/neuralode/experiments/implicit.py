@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.nn.functional import cross_entropy
 
+from .._cli_types import positive_float, positive_int
 from ..training import TrainConfig, add_train_arguments, autograd_memory_mb
 from ..training.rundir import RunLock, ensure_directory
 from ..training.runtime import machine
@@ -46,22 +47,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(**RECIPE, blocks=1, deq_dropout=0.1, out="out/implicit")
     parser.add_argument("--models", nargs="+", choices=tuple(NAMES), default=list(NAMES),
                         help="models to train (default " + " ".join(NAMES) + ")")  # fmt: skip
-    parser.add_argument("--deq-epochs", type=int, default=24,
+    parser.add_argument("--deq-epochs", type=positive_int, default=24,
                         help="epochs of the DEQ (default %(default)s: its epochs are cheaper "
                         "than the ODE-Net's, and 24 stay within 10 CPU minutes)")  # fmt: skip
-    parser.add_argument("--memory-batch", type=int, default=32,
+    parser.add_argument("--memory-batch", type=positive_int, default=32,
                         help="batch of the one-step memory measurements "
                         "(default %(default)s)")  # fmt: skip
-    parser.add_argument("--memory-iterations", type=int, nargs="+", default=[5, 10, 20, 40],
+    parser.add_argument("--memory-iterations", type=positive_int, nargs="+",
+                        default=[5, 10, 20, 40],
                         help="DEQ iterations of the memory-vs-iterations study "
                         "(default 5 10 20 40)")  # fmt: skip
-    parser.add_argument("--residual-iterations", type=int, default=100,
+    parser.add_argument("--residual-iterations", type=positive_int, default=100,
                         help="most iterations of the residual-vs-iteration study "
                         "(default %(default)s)")  # fmt: skip
-    parser.add_argument("--residual-targets", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4],
+    parser.add_argument("--residual-targets", type=positive_float, nargs="+",
+                        default=[1e-2, 1e-3, 1e-4],
                         help="residuals of the iterations-to-residual table "
                         "(default 0.01 0.001 0.0001)")  # fmt: skip
-    parser.add_argument("--residual-images", type=int, default=250,
+    parser.add_argument("--residual-images", type=positive_int, default=250,
                         help="test images of the residual-vs-iteration study "
                         "(default %(default)s)")  # fmt: skip
 

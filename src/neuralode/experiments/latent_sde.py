@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._cli_types import int_at_least, non_negative_int, positive_float, positive_int, random_seed
 from ..models.latent_sde import LatentSDE
 from ..sde import BrownianInterval, sdeint
 from ..training.runtime import machine
@@ -68,37 +69,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default="out/latent-sde", help="output directory (default %(default)s)"
     )
     parser.add_argument(
-        "--series", type=int, default=256, help="training series (default %(default)s)"
+        "--series", type=positive_int, default=256, help="training series (default %(default)s)"
     )
     parser.add_argument(
-        "--times", type=int, default=21, help="observation times on [0, 1] (default %(default)s)"
+        "--times",
+        type=int_at_least(2),
+        default=21,
+        help="observation times on [0, 1] (default %(default)s)",
     )
     parser.add_argument(
-        "--noise", type=float, default=0.05, help="observation noise std (default %(default)s)"
+        "--noise",
+        type=positive_float,
+        default=0.05,
+        help="observation noise std (default %(default)s)",
     )
     parser.add_argument(
-        "--iterations", type=int, default=1000, help="optimiser steps (default %(default)s)"
+        "--iterations",
+        type=positive_int,
+        default=1000,
+        help="optimiser steps (default %(default)s)",
     )
     parser.add_argument(
-        "--batch", type=int, default=64, help="series per step (default %(default)s)"
+        "--batch", type=positive_int, default=64, help="series per step (default %(default)s)"
     )
     parser.add_argument(
-        "--lr", type=float, default=5e-3, help="Adam learning rate (default %(default)s)"
+        "--lr", type=positive_float, default=5e-3, help="Adam learning rate (default %(default)s)"
     )
     parser.add_argument(
-        "--dt", type=float, default=0.02, help="SDE solver step (default %(default)s)"
+        "--dt", type=positive_float, default=0.02, help="SDE solver step (default %(default)s)"
     )
     parser.add_argument(
-        "--latent", type=int, default=4, help="latent state size (default %(default)s)"
+        "--latent", type=positive_int, default=4, help="latent state size (default %(default)s)"
     )
-    parser.add_argument("--hidden", type=int, default=64, help="hidden width (default %(default)s)")
+    parser.add_argument(
+        "--hidden", type=positive_int, default=64, help="hidden width (default %(default)s)"
+    )
     parser.add_argument(
         "--adjoint", action="store_true", help="gradients by the stochastic adjoint (O(1) memory)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--seed", type=random_seed, default=0, help="random seed (default %(default)s)"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=non_negative_int,
         default=1,
         help="torch threads, 0 = torch default (default %(default)s)",
     )

@@ -36,6 +36,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._cli_types import (
+    int_at_least,
+    non_negative_float,
+    non_negative_int,
+    open_unit,
+    positive_float,
+    positive_int,
+    random_seed,
+)
 from .._solve import solve
 from ..controllers.fixed import FixedGrid
 from ..controllers.pi import PIController
@@ -79,83 +88,91 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output directory (default out/pde-EQUATION)")
     parser.add_argument(
         "--grid",
-        type=int,
+        type=int_at_least(5),
         default=None,
         help="nodes per axis (default 64 for burgers, 16 for reaction-diffusion)",
     )
     parser.add_argument(
         "--refine",
-        type=int,
+        type=positive_int,
         default=4,
         help="reference grid: this many times finer (default %(default)s)",
     )
     parser.add_argument(
         "--horizon",
-        type=float,
+        type=positive_float,
         default=None,
         help="training horizon T (default 1.0 for burgers, 2.0 for reaction-diffusion)",
     )
     parser.add_argument(
         "--dt",
-        type=float,
+        type=positive_float,
         default=None,
         help="time between saved states (default 0.05 for burgers, 0.1 for reaction-diffusion)",
     )
     parser.add_argument(
-        "--viscosity", type=float, default=0.1, help="Burgers' nu (default %(default)s)"
+        "--viscosity",
+        type=non_negative_float,
+        default=0.1,
+        help="Burgers' nu (default %(default)s)",
     )
     parser.add_argument(
         "--train-ics",
-        type=int,
+        type=positive_int,
         default=None,
         help="training initial conditions (default 12 for burgers, 6 for reaction-diffusion)",
     )
     parser.add_argument(
-        "--test-ics", type=int, default=4, help="held-out initial conditions (default %(default)s)"
+        "--test-ics",
+        type=positive_int,
+        default=4,
+        help="held-out initial conditions (default %(default)s)",
     )
     parser.add_argument(
         "--window",
-        type=int,
+        type=positive_int,
         default=4,
         help="saved steps per training window (default %(default)s)",
     )
     parser.add_argument(
         "--window-stride",
-        type=int,
+        type=positive_int,
         default=2,
         help="saved steps between window starts (default %(default)s)",
     )
     parser.add_argument(
         "--substeps",
-        type=int,
+        type=positive_int,
         default=2,
         help="RK4 steps per saved step in training (default %(default)s)",
     )
     parser.add_argument(
         "--iterations",
-        type=int,
+        type=positive_int,
         default=None,
         help="optimiser steps, each model (default 800 for burgers, 300 for reaction-diffusion)",
     )
     parser.add_argument(
-        "--lr", type=float, default=1e-2, help="Adam learning rate (default %(default)s)"
+        "--lr", type=positive_float, default=1e-2, help="Adam learning rate (default %(default)s)"
     )
     parser.add_argument(
         "--hidden",
-        type=int,
+        type=positive_int,
         default=24,
         help="hidden width of the pointwise MLP (default %(default)s)",
     )
     parser.add_argument(
         "--rtol",
-        type=float,
+        type=open_unit,
         default=1e-6,
         help="tolerance of the forecast solves (default %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--seed", type=random_seed, default=0, help="random seed (default %(default)s)"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=non_negative_int,
         default=1,
         help="torch threads, 0 = torch default (default %(default)s)",
     )

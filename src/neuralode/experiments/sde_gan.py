@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._cli_types import int_at_least, non_negative_int, positive_float, positive_int, random_seed
 from ..models.sde_gan import CDEDiscriminator, SDEGenerator, with_time
 from ..sde import BrownianInterval, sdeint
 from ..training.runtime import machine
@@ -67,40 +68,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default="out/sde-gan", help="output directory (default %(default)s)"
     )
     parser.add_argument(
-        "--series", type=int, default=4096, help="training series (default %(default)s)"
+        "--series", type=positive_int, default=4096, help="training series (default %(default)s)"
     )
     parser.add_argument(
-        "--times", type=int, default=32, help="observation times 0, 1, ... (default %(default)s)"
+        "--times",
+        type=int_at_least(3),
+        default=32,
+        help="observation times 0, 1, ... (default %(default)s)",
     )
     parser.add_argument(
-        "--iterations", type=int, default=3000, help="optimiser steps (default %(default)s)"
+        "--iterations",
+        type=positive_int,
+        default=3000,
+        help="optimiser steps (default %(default)s)",
     )
     parser.add_argument(
-        "--batch", type=int, default=128, help="series per step (default %(default)s)"
+        "--batch", type=positive_int, default=128, help="series per step (default %(default)s)"
     )
     parser.add_argument(
         "--generator-lr",
-        type=float,
+        type=positive_float,
         default=2e-4,
         help="Adadelta learning rate of the generator (default %(default)s)",
     )
     parser.add_argument(
         "--discriminator-lr",
-        type=float,
+        type=positive_float,
         default=1e-3,
         help="Adadelta learning rate of the discriminator (default %(default)s)",
     )
     parser.add_argument(
-        "--hidden", type=int, default=16, help="SDE and CDE state size (default %(default)s)"
+        "--hidden",
+        type=positive_int,
+        default=16,
+        help="SDE and CDE state size (default %(default)s)",
     )
-    parser.add_argument("--width", type=int, default=16, help="MLP width (default %(default)s)")
     parser.add_argument(
-        "--lag", type=int, default=4, help="lag of the increments measured (default %(default)s)"
+        "--width", type=positive_int, default=16, help="MLP width (default %(default)s)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--lag",
+        type=positive_int,
+        default=4,
+        help="lag of the increments measured (default %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=random_seed, default=0, help="random seed (default %(default)s)"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=non_negative_int,
         default=1,
         help="torch threads, 0 = torch default (default %(default)s)",
     )

@@ -35,6 +35,15 @@ from pathlib import Path
 
 import torch
 
+from .._cli_types import (
+    fraction,
+    int_at_least,
+    int_in_range,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    random_seed,
+)
 from ..data.spirals import SpiralData, make_spirals
 from ..models.latent import DECODERS, DYNAMICS, LatentODE, RNNBaseline
 from ..training.runtime import follow_stop, machine, shared_stop
@@ -68,26 +77,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--obs",
-        type=int,
+        type=int_in_range(1, 100),
         nargs="+",
         default=[30, 50, 100],
         help="observations per spiral, one run each (default 30 50 100)",
     )
     parser.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=None,
         help="optimiser steps per model, the same for both (default 2000; 20 with --quick)",
     )
     parser.add_argument(
         "--spirals",
-        type=int,
+        type=int_at_least(3),
         default=None,
         help="spirals generated: 20%% test, 8%% validation, 72%% train (default 1000)",
     )
-    parser.add_argument("--batch", type=int, default=50, help="spirals per step (default 50)")
     parser.add_argument(
-        "--lr", type=float, default=0.01, help="Adam learning rate (default %(default)s)"
+        "--batch", type=positive_int, default=50, help="spirals per step (default 50)"
+    )
+    parser.add_argument(
+        "--lr", type=positive_float, default=0.01, help="Adam learning rate (default %(default)s)"
     )
     parser.add_argument(
         "--encoder",
@@ -95,10 +106,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="rnn",
         help="latent ODE encoder: GRU with time gaps (paper; default) or ODE-RNN",
     )
-    parser.add_argument("--latent", type=int, default=10, help="latent dimension (default 10)")
+    parser.add_argument(
+        "--latent", type=positive_int, default=10, help="latent dimension (default 10)"
+    )
     parser.add_argument(
         "--samples",
-        type=int,
+        type=positive_int,
         default=3,
         help="posterior samples per spiral in the latent ODE's training bound at each step "
         "(default 3)",
@@ -125,7 +138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rnn-hide",
-        type=float,
+        type=fraction,
         default=None,
         help="fraction of the observed inputs hidden from the RNN at each training step "
         "(it then runs on its own predictions there, as when extrapolating; the loss still "
@@ -142,7 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--eval-every",
-        type=int,
+        type=positive_int,
         default=None,
         help="steps between validation evaluations (default steps / 20)",
     )
@@ -152,23 +165,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="paper",
         help="train on the observed window only (paper; default), or also on the points after it",
     )
-    parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--seed", type=random_seed, default=0, help="first seed (default 0)")
     parser.add_argument(
         "--seeds",
-        type=int,
+        type=positive_int,
         default=1,
         help="seeds per setting, --seed, --seed + 1, ...: each a new draw of the spirals, "
         "initialisations and batches; the table gives means and spreads (default 1)",
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=1,
         help="settings (observations x seed) trained at once in separate processes; with "
         "--threads 1, up to one per core (default 1)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's default)"
+        "--threads",
+        type=non_negative_int,
+        default=None,
+        help="torch threads (default: torch's default)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     add_run_arguments(parser)

@@ -24,6 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._cli_types import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    random_seed,
+    widths,
+)
 from ..data.toy2d import TOY_DENSITIES, entropy_8gaussians, log_density_8gaussians, sample_toy
 from ..models.cnf import SequentialFlow, ffjord_2d
 from ..training.trainer import (
@@ -59,22 +67,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="out/toy2d", help="output directory (default %(default)s)")
     parser.add_argument(
-        "--iters", type=int, default=None, help=quick_help("training steps", DEFAULTS["iters"])
+        "--iters",
+        type=positive_int,
+        default=None,
+        help=quick_help("training steps", DEFAULTS["iters"]),
     )
     parser.add_argument(
-        "--batch", type=int, default=None, help=quick_help("samples per step", DEFAULTS["batch"])
+        "--batch",
+        type=positive_int,
+        default=None,
+        help=quick_help("samples per step", DEFAULTS["batch"]),
     )
     parser.add_argument(
-        "--hidden", default=None, help=quick_help("hidden widths of f", DEFAULTS["hidden"])
+        "--hidden",
+        type=widths,
+        default=None,
+        help=quick_help("hidden widths of f", DEFAULTS["hidden"]),
     )
     parser.add_argument(
-        "--lr", type=float, default=5e-3, help="Adam learning rate, cosine (default %(default)s)"
+        "--lr",
+        type=positive_float,
+        default=5e-3,
+        help="Adam learning rate, cosine (default %(default)s)",
     )
     parser.add_argument(
-        "--blocks", type=int, default=1, help="CNF blocks in the stack (default %(default)s)"
+        "--blocks",
+        type=positive_int,
+        default=1,
+        help="CNF blocks in the stack (default %(default)s)",
     )
     parser.add_argument(
-        "--T", type=float, default=0.5, help="initial integration time (default %(default)s)"
+        "--T",
+        type=positive_float,
+        default=0.5,
+        help="initial integration time (default %(default)s)",
     )
     parser.add_argument("--fixed-T", action="store_true", help="do not learn T")
     parser.add_argument(
@@ -91,36 +117,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--method", default="rk4", help="training solver (default %(default)s)")
     parser.add_argument(
-        "--steps", type=int, default=4, help="fixed steps, rk4 etc. (default %(default)s)"
+        "--steps", type=positive_int, default=4, help="fixed steps, rk4 etc. (default %(default)s)"
     )
     parser.add_argument(
         "--tol",
-        type=float,
+        type=positive_float,
         default=None,
         help=quick_help("training rtol = atol", DEFAULTS["tol"]),
     )
     parser.add_argument(
         "--eval-tol",
-        type=float,
+        type=positive_float,
         default=None,
         help=quick_help("evaluation rtol = atol", DEFAULTS["eval_tol"]),
     )
     parser.add_argument(
-        "--kinetic", type=float, default=0.01, help="RNODE kinetic weight (default %(default)s)"
+        "--kinetic",
+        type=non_negative_float,
+        default=0.01,
+        help="RNODE kinetic weight (default %(default)s)",
     )
     parser.add_argument(
-        "--jacobian", type=float, default=0.01, help="RNODE Frobenius weight (default %(default)s)"
+        "--jacobian",
+        type=non_negative_float,
+        default=0.01,
+        help="RNODE Frobenius weight (default %(default)s)",
     )
     parser.add_argument(
         "--n-test",
-        type=int,
+        type=positive_int,
         default=None,
         help=quick_help("held-out samples", DEFAULTS["n_test"]),
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--seed", type=random_seed, default=0, help="random seed (default %(default)s)"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=non_negative_int,
         default=1,
         help="torch threads, 0 = torch default (default %(default)s)",
     )

@@ -7,6 +7,15 @@ from dataclasses import asdict, dataclass, field, fields
 
 from torch import nn
 
+from .._cli_types import (
+    fraction,
+    int_at_least,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    random_seed,
+)
 from ..data import DATASETS
 from ..implicit import FIXED_POINT_METHODS
 from ..models import (
@@ -218,32 +227,38 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     g.add_argument("--cache-dir", help="download cache (default ~/.cache/neuralode)")
     g.add_argument(
         "--crop-padding",
-        type=int,
+        type=int_at_least(-1),
         default=d.crop_padding,
         help="random-crop padding, 0 = off (default %(default)s: -1 = 4 for 28x28, 1 for 8x8)",
     )
     g.add_argument(
         "--train-subset",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="use the first N training images (default %(default)s: all)",
     )
     g.add_argument(
         "--test-subset",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="use the first N test images (default %(default)s: all)",
     )
     g = parser.add_argument_group("optimisation")
     g.add_argument(
-        "--epochs", type=int, default=d.epochs, help="training epochs (default %(default)s)"
+        "--epochs",
+        type=positive_int,
+        default=d.epochs,
+        help="training epochs (default %(default)s)",
     )
     g.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help="per process (default %(default)s)"
+        "--batch-size",
+        type=positive_int,
+        default=d.batch_size,
+        help="per process (default %(default)s)",
     )
     g.add_argument(
         "--test-batch-size",
-        type=int,
+        type=positive_int,
         default=d.test_batch_size,
         help="batch of the evaluations (default %(default)s)",
     )
@@ -254,14 +269,17 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         help="optimiser (default %(default)s)",
     )
     g.add_argument(
-        "--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)"
+        "--lr", type=positive_float, default=d.lr, help="peak learning rate (default %(default)s)"
     )
     g.add_argument(
-        "--momentum", type=float, default=d.momentum, help="for sgd (default %(default)s)"
+        "--momentum",
+        type=non_negative_float,
+        default=d.momentum,
+        help="for sgd (default %(default)s)",
     )
     g.add_argument(
         "--weight-decay",
-        type=float,
+        type=non_negative_float,
         default=d.weight_decay,
         help="weight decay (default %(default)s)",
     )
@@ -273,20 +291,20 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     )
     g.add_argument(
         "--warmup-epochs",
-        type=float,
+        type=non_negative_float,
         default=d.warmup_epochs,
         help="linear warm-up length (default %(default)s)",
     )
     g.add_argument(
         "--label-smoothing",
-        type=float,
+        type=fraction,
         default=d.label_smoothing,
         help="label smoothing of the training loss (0 = off; the test loss is never smoothed; "
         "default %(default)s)",
     )
     g.add_argument(
         "--ema",
-        type=float,
+        type=fraction,
         default=d.ema,
         help="evaluate an exponential moving average of the weights with this decay, "
         "e.g. 0.99 (0 = off, evaluate the trained weights; default %(default)s)",
@@ -294,19 +312,19 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     g = parser.add_argument_group("model and solver")
     g.add_argument(
         "--channels",
-        type=int,
+        type=positive_int,
         default=d.channels,
         help="feature channels of the models (default %(default)s)",
     )
     g.add_argument(
         "--blocks",
-        type=int,
+        type=positive_int,
         default=d.blocks,
         help="residual blocks of resnet (default %(default)s)",
     )
     g.add_argument(
         "--augment",
-        type=int,
+        type=non_negative_int,
         default=d.augment,
         help="extra zero channels of the ODE state (augmented neural ODE; default %(default)s)",
     )
@@ -319,11 +337,11 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     g.add_argument(
         "--method", default=d.method, help="solver of the ODE block (default %(default)s)"
     )
-    g.add_argument("--rtol", type=float, default=d.rtol, help="default %(default)s")
-    g.add_argument("--atol", type=float, default=d.atol, help="default %(default)s")
+    g.add_argument("--rtol", type=positive_float, default=d.rtol, help="default %(default)s")
+    g.add_argument("--atol", type=positive_float, default=d.atol, help="default %(default)s")
     g.add_argument(
         "--step-size",
-        type=float,
+        type=positive_float,
         default=d.step_size,
         help="fixed-step methods and rknet (default %(default)s)",
     )
@@ -348,19 +366,19 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     )
     g.add_argument(
         "--deq-tol",
-        type=float,
+        type=positive_float,
         default=d.deq_tol,
         help="relative residual of both solves (default %(default)s)",
     )
     g.add_argument(
         "--deq-max-iter",
-        type=int,
+        type=positive_int,
         default=d.deq_max_iter,
         help="most iterations of each solve (default %(default)s)",
     )
     g.add_argument(
         "--deq-dropout",
-        type=float,
+        type=fraction,
         default=d.deq_dropout,
         help="variational dropout in the equilibrium cell: one mask per solve "
         "(default %(default)s)",
@@ -370,14 +388,14 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     )
     g.add_argument(
         "--kinetic",
-        type=float,
+        type=non_negative_float,
         default=d.kinetic,
         help="weight of the kinetic energy int ||f||^2 dt (Finlay et al. 2020; 0 = off; "
         "default %(default)s)",
     )
     g.add_argument(
         "--jacobian",
-        type=float,
+        type=non_negative_float,
         default=d.jacobian,
         help="weight of the Jacobian Frobenius norm int ||df/dy||_F^2 dt (Hutchinson; 0 = off; "
         "default %(default)s)",
@@ -390,13 +408,13 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     )
     g.add_argument(
         "--derivative",
-        type=float,
+        type=non_negative_float,
         default=d.derivative,
         help="weight of int ||d^K y/dt^K||^2 dt (Kelly et al. 2020; 0 = off; default %(default)s)",
     )
     g.add_argument(
         "--derivative-order",
-        type=int,
+        type=int_at_least(2),
         default=d.derivative_order,
         help="K of --derivative (default %(default)s)",
     )
@@ -410,13 +428,15 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         action="store_true",
         help="replace an earlier run's files in OUT (without it, such an OUT is refused)",
     )
-    g.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
+    g.add_argument(
+        "--seed", type=random_seed, default=d.seed, help="random seed (default %(default)s)"
+    )
     g.add_argument(
         "--device", default=d.device, help="auto, cpu, cuda, cuda:1, ... (default %(default)s)"
     )
     g.add_argument(
         "--threads",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="torch CPU threads, 0 = torch default (default %(default)s)",
     )
@@ -428,7 +448,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     )
     g.add_argument(
         "--sweep-tolerances",
-        type=float,
+        type=positive_float,
         nargs="+",
         default=d.sweep_tolerances,
         help="test-time tolerances of the error-vs-NFE plot (default "
@@ -437,7 +457,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     )
     g.add_argument(
         "--sweep-images",
-        type=int,
+        type=positive_int,
         default=d.sweep_images,
         help="test images used by the tolerance sweep (default %(default)s)",
     )

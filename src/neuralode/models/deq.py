@@ -59,7 +59,7 @@ class SolveReport:
         iterations: the iterations taken.
         residual: the final relative residual (the largest over the batch).
         converged: whether every sample reached the tolerance.
-        history: the relative residual after each iteration.
+        history: the relative residual after each iteration (GMRES: the final one only).
     """
 
     iterations: int = 0
@@ -230,6 +230,7 @@ class DEQ(nn.Module):
 
         Raises:
             ConvergenceError: a solve did not converge and ``on_failure="raise"``.
+            RuntimeError: called inside a ``torch.func`` transform with the implicit gradient.
         """
         z0 = torch.zeros_like(x) if z0 is None else z0
         for module in self.f.modules():

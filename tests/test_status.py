@@ -215,6 +215,29 @@ def test_a_failing_sample_beside_terminal_events() -> None:
     assert torch.isfinite(sol.ys[:4, 1]).all() and torch.isnan(sol.ys[5:, 1]).all()
 
 
+def test_one_problem_with_an_event_returns_what_it_reached() -> None:
+    """With an event that has not fired, one problem's failure shows in the status (host
+    loop and device loop, terminal or not) as it does without an event; a terminal event's
+    EVENT code is in ``stats.status`` too."""
+    y0 = torch.tensor([1.0], dtype=F64)
+    for kwargs in ({}, dict(device_loop=True)):
+        alone = no.solve(riccati, y0, TS, throw=False, **kwargs)
+        for terminal in (True, False):
+            event = no.Event(lambda t, y: t - 10.0, terminal=terminal)  # never fires
+            sol = no.solve(riccati, y0, TS, throw=False, event=event, **kwargs)
+            assert sol.status == alone.status and sol.stats.status == alone.status
+            assert not sol.succeeded and sol.event_t is None
+            torch.testing.assert_close(sol.ys, alone.ys, rtol=0, atol=0, equal_nan=True)
+        recorded = no.Event(lambda t, y: t - 0.2, terminal=False)  # fires, then the failure
+        sol = no.solve(riccati, y0, TS, throw=False, event=recorded, **kwargs)
+        assert sol.status == alone.status and sol.event_ts.tolist() == [pytest.approx(0.2)]
+        stop = no.Event(lambda t, y: t - 0.2)
+        sol = no.solve(riccati, y0, TS, throw=False, event=stop, **kwargs)
+        assert sol.status == Status.EVENT and sol.stats.status == Status.EVENT
+    with pytest.raises(no.StepSizeUnderflowError):
+        no.solve(riccati, y0, TS, event=no.Event(lambda t, y: t - 10.0))
+
+
 def test_vmap_one_by_one_gives_each_problem_its_status() -> None:
     """A method per-sample mode cannot run (radau) solves the problems one by one."""
 

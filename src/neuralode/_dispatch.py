@@ -14,6 +14,7 @@ from ._event_tracker import OneProblemEvents
 from ._loop import integrate
 from ._solution import Solution
 from ._spans import run_spans
+from ._status import mark_non_finite
 from ._validate import check_finite
 from .adjoint.base import GradientStrategy, Problem, time_derivative_inputs
 from .adjoint.direct import Direct
@@ -85,7 +86,10 @@ def solve_with_event(
         if hit is not None:
             ys, event_y = (ys if at_output else ys[:-1]), ys[-1]
     stats.nfe = problem.term.nfe
-    check_finite(ys, problem.times)
+    if config.throw:
+        check_finite(ys, problem.times)
+    else:  # a failed solve shows in the status, its later outputs NaN (as without an event)
+        stats.status = mark_non_finite(stats.status, ys, None)
     solution = Solution(ts=ts[: ys.shape[0]], ys=problem.spec.unflatten(ys), stats=stats)
     solution.event_ts = torch.tensor(tracker.times(), dtype=ts.dtype, device=ts.device)
     if hit is not None:

@@ -301,7 +301,8 @@ def solve(
             solution = solve_with_event(gradient, problem, OneProblemEvents(event, spec, term))
         solution.status = stats.status
         if not execution.per_sample and solution.event_t is not None and solution.succeeded:
-            solution.status = torch.full_like(stats.status, int(Status.EVENT))
+            stats.status = torch.full_like(stats.status, int(Status.EVENT))
+            solution.status = stats.status
         return solution
     except (MaxStepsError, StepSizeUnderflowError, NonFiniteError) as error:
         if isinstance(times, torch.Tensor) or math.isfinite(times[-1]):

@@ -279,6 +279,13 @@ def test_bad_input() -> None:
         no.solve(f, y0, ts, dense=True, gradient=no.Backsolve())
     with pytest.raises(ValueError, match="does not support events"):
         no.solve(f, y0, ts, dense=True, event=no.Event(lambda t, y: y - 0.5))
+    # t1 and fn with an event: refused rather than ignored (ys would be the states at ts)
+    for saveat, fix in ((no.SaveAt(t1=True), "event_y"), (no.SaveAt(fn=torch.sin), "apply fn")):
+        with pytest.raises(ValueError, match=f"does not support events.*{fix}"):
+            no.solve(f, y0, ts, saveat=saveat, event=no.Event(lambda t, y: y[0] - 0.5))
+        with pytest.raises(ValueError, match="does not support events"):
+            no.solve(f, y0[None], ts, saveat=saveat, per_sample=True,
+                     event=no.Event(lambda t, y: y[:, 0] - 0.5))  # fmt: skip
     with pytest.raises(ValueError, match="needs a span"):
         no.solve(f, y0, ts[:1], dense=True)
     with pytest.raises(ValueError, match="dense is not supported under torch.func.vmap"):

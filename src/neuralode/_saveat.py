@@ -44,6 +44,9 @@ class SaveAt:
     Raises:
         ValueError: ``t1`` and ``steps`` together.
         TypeError: ``fn`` that is not callable.
+
+    [`solve`][neuralode.solve] refuses any ``SaveAt`` but the default with an ``event``
+    (a ``ValueError`` naming the alternative).
     """
 
     t1: bool = False
@@ -83,6 +86,16 @@ def check_saveat(
         saveat = replace(saveat or SaveAt(), dense=True)
     if saveat is None or saveat == SaveAt():
         return None
+    if event is not None and not saveat.records:  # (the kept steps' refusal is below)
+        what, fix = (
+            ("SaveAt(t1=True)", "the state where a terminal event stops is Solution.event_y")
+            if saveat.t1
+            else ("SaveAt(fn=...)", "apply fn to Solution.ys and Solution.event_y")
+        )
+        raise ValueError(
+            f"{what} does not support events: a solve with an event saves the states at ts "
+            f"(the default SaveAt()); {fix}"
+        )
     if not saveat.records:
         return saveat
     what = "dense=True" if saveat.dense else "SaveAt(steps=True)"

@@ -189,3 +189,33 @@ def test_event_argument_errors() -> None:
         no.Event(lambda t, y: y, direction=2)
     with pytest.raises(ValueError, match="NaN or inf"):
         no.solve(lambda t, y: y, torch.ones(1), torch.tensor([0.0, math.inf]))
+
+
+def test_event_options_are_validated() -> None:
+    """A NaN ``tol`` stopped the location at once (t = the step's end, far from the event)
+    and a string ``terminal`` counted as True: both are refused where the Event is made."""
+    for tol in (math.nan, math.inf, 0.0, -1e-3):
+        with pytest.raises(ValueError, match="tol must be a positive finite"):
+            no.Event(_ground, tol=tol)
+    for tol in ("1e-3", True):
+        with pytest.raises(TypeError, match="tol must be a number"):
+            no.Event(_ground, tol=tol)
+    for terminal in ("False", None, 0):
+        with pytest.raises(TypeError, match="terminal must be True or False"):
+            no.Event(_ground, terminal=terminal)
+    sol = no.solve(  # a valid tol: the time to within it
+        lambda t, y: -y,
+        torch.ones(1, dtype=F64),
+        torch.tensor([0.0, 2.0], dtype=F64),
+        event=no.Event(lambda t, y: y[0] - 0.5, tol=1e-3),
+    )
+    assert abs(float(sol.event_t) - math.log(2)) <= 1e-3
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_complex_event_values_are_a_type_error(per_sample: bool) -> None:
+    y0 = torch.ones(1, 1, dtype=F64) if per_sample else torch.ones(1, dtype=F64)
+    event = no.Event(lambda t, y: (y[..., 0] - 0.5).to(torch.complex128))
+    with pytest.raises(TypeError, match="must return real values"):
+        no.solve(lambda t, y: -y, y0, torch.tensor([0.0, 2.0], dtype=F64), event=event,
+                 per_sample=per_sample)  # fmt: skip

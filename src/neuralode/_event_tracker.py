@@ -58,8 +58,6 @@ class Events:
                 "with per_sample=True the event function must return one row of values per "
                 f"sample, shape ({self.batch},) or ({self.batch}, k); got shape {tuple(g.shape)}"
             )
-        if g.is_complex():
-            raise TypeError("the event function must return real values, got a complex tensor")
         return g.reshape(self.batch, -1)
 
     def start(self, t: torch.Tensor, y: torch.Tensor) -> None:

@@ -10,6 +10,8 @@ dense output (``_crossing.refine``: the ITP method). One implicit-function gradi
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +32,13 @@ class Event:
             ones, 0 both.
         terminal: a terminal event ends the solve; a non-terminal one is recorded (in
             ``Solution.event_ts``) and the solve goes on.
-        tol: the time tolerance of the location (default: the resolution of float64).
+        tol: the time tolerance of the location, a positive finite number (default: the
+            resolution of float64).
 
     Raises:
-        ValueError: ``direction`` is not -1, 0 or 1.
-        TypeError: ``fn`` is not callable.
+        ValueError: ``direction`` is not -1, 0 or 1, or ``tol`` is not positive and finite.
+        TypeError: ``fn`` is not callable, ``terminal`` is not a bool or ``tol`` not a
+            number.
     """
 
     fn: Callable[[torch.Tensor, Any], torch.Tensor]
@@ -47,6 +51,16 @@ class Event:
             raise ValueError(f"event direction must be -1, 0 or 1, got {self.direction!r}")
         if not callable(self.fn):
             raise TypeError(f"the event function must be callable, got {type(self.fn).__name__}")
+        if not isinstance(self.terminal, bool):
+            raise TypeError(f"event terminal must be True or False, got {self.terminal!r}")
+        if self.tol is not None:
+            if not isinstance(self.tol, numbers.Real) or isinstance(self.tol, bool):
+                raise TypeError(f"event tol must be a number or None, got {self.tol!r}")
+            if not (math.isfinite(self.tol) and self.tol > 0):  # a NaN tol stops at once
+                raise ValueError(
+                    f"event tol must be a positive finite time tolerance, got {self.tol!r}; "
+                    "use None for the resolution of float64"
+                )
 
     def values(self, t: torch.Tensor, y: Any) -> torch.Tensor:
         """``fn(t, y)`` without a graph (for locating events), checked to be a tensor."""
@@ -54,6 +68,8 @@ class Event:
             g = self.fn(t, y)
         if not isinstance(g, torch.Tensor):
             raise TypeError(f"the event function must return a tensor, got {type(g).__name__}")
+        if g.is_complex():
+            raise TypeError("the event function must return real values, got a complex tensor")
         if g.dtype == torch.bool:
             raise TypeError(
                 "the event function returned a bool tensor, which has no zero crossing to "

@@ -140,6 +140,52 @@ def test_method_of_lines_converges_to_the_heat_equations_solution(order: int) ->
     assert all(abs(p - order) < 0.2 for p in observed_orders(errors)), errors
 
 
+def _burgers_steady(x: torch.Tensor, nu: float, a: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The steady viscous Burgers profile u = -a tanh(a x / (2 nu)) and its slope."""
+    u = -a * torch.tanh(a * x / (2 * nu))
+    return u, -(a**2) / (2 * nu) / torch.cosh(a * x / (2 * nu)) ** 2
+
+
+@pytest.mark.parametrize("kind", ["dirichlet", "neumann"])
+@pytest.mark.parametrize("order", [2, 4])
+def test_burgers_flux_uses_the_boundary_data_of_u(kind: str, order: int) -> None:
+    # -(u^2/2)_x = -u u_x converges at 2nd order up to the ends of [-1, 1]: the ghost points
+    # carry the flux of u's boundary data (g^2/2 at a Dirichlet end), not the data itself
+    nu, a = 0.5, 1.5
+    ends = torch.tensor([-1.0, 1.0], dtype=F64)
+    values, slopes = _burgers_steady(ends, nu, a)
+    data = values if kind == "dirichlet" else slopes
+    boundary = (Dirichlet if kind == "dirichlet" else Neumann)(float(data[0]), float(data[1]))
+    errors = []
+    for size in (32, 64, 128):
+        grid = Grid((size,), lengths=(2.0,), origin=(-1.0,), boundary=boundary)
+        u, u_x = _burgers_steady(grid.coordinates()[0], nu, a)
+        advection = pde.Burgers(grid, nu, order).advection(u[None, None])[0, 0]
+        errors.append(float((advection + u * u_x).abs().max()))
+    assert all(abs(p - 2) < 0.2 for p in observed_orders(errors)), errors
+
+
+def test_burgers_steady_shock_with_dirichlet_ends_by_an_implicit_solve() -> None:
+    # from a straight line between the boundary values to the steady profile -a tanh(a x/2nu)
+    nu, a = 0.5, 1.5
+    values, _ = _burgers_steady(torch.tensor([-1.0, 1.0], dtype=F64), nu, a)
+    boundary = Dirichlet(float(values[0]), float(values[1]))
+    errors = []
+    for size in (15, 31, 63):
+        grid = Grid((size,), lengths=(2.0,), origin=(-1.0,), boundary=boundary)
+        (x,) = grid.coordinates()
+        u0 = (values[0] + (values[1] - values[0]) * (x + 1) / 2)[None, None]
+        sol = no.solve(
+            pde.Burgers(grid, nu),
+            u0,
+            torch.tensor([0.0, 20.0], dtype=F64),
+            solver=no.solvers.Radau(),
+            controller=no.PIController(rtol=1e-7, atol=1e-9),
+        )
+        errors.append(float((sol.ys[-1, 0, 0] - _burgers_steady(x, nu, a)[0]).abs().max()))
+    assert all(abs(p - 2) < 0.25 for p in observed_orders(errors)), errors
+
+
 def test_spectral_heat_equation_is_exact_to_the_solver_tolerance() -> None:
     grid = Grid((16,), lengths=(2 * math.pi,))
     (x,) = grid.coordinates()
@@ -193,6 +239,8 @@ def test_operators_gradcheck(boundary, order: int) -> None:
     assert torch.autograd.gradcheck(lambda u: pde.laplacian(u, grid, order), (u,))
     assert torch.autograd.gradcheck(lambda u: pde.gradient(u, grid, order), (u,))
     assert torch.autograd.gradcheck(lambda v: pde.divergence(v, grid, order), (v,))
+    flux = pde.Burgers(grid, 0.1, order).advection
+    assert torch.autograd.gradcheck(flux, (v,))
 
 
 def test_spectral_gradcheck() -> None:

@@ -30,6 +30,9 @@ class Heat(Diffusion):
 class Burgers(nn.Module):
     """Viscous Burgers on a 1-D grid: du/dt = nu u_xx - (u^2 / 2)_x (conservative form).
 
+    On a bounded axis the grid's Dirichlet or Neumann data are u's, and the flux u^2 / 2 is
+    taken of u's ghost points (``derivative(..., flux=...)``).
+
     Arguments:
         grid: a 1-D grid.
         viscosity: nu.
@@ -49,13 +52,16 @@ class Burgers(nn.Module):
 
     def advection(self, u: torch.Tensor) -> torch.Tensor:
         """-(u^2 / 2)_x, the nonlinear term."""
-        flux = 0.5 * u * u
         if self.spectral:
-            return -spectral_derivative(flux, self.grid, 0, 1)
-        return -derivative(flux, self.grid, 0, 1, self.order)
+            return -spectral_derivative(0.5 * u * u, self.grid, 0, 1)
+        return -derivative(u, self.grid, 0, 1, self.order, flux=_burgers_flux)
 
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return self.diffusion(t, u) + self.advection(u)
+
+
+def _burgers_flux(u: torch.Tensor) -> torch.Tensor:
+    return 0.5 * u * u
 
 
 class FitzHughNagumo(nn.Module):

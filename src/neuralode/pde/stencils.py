@@ -21,6 +21,8 @@ D u_xx makes u_xxx = 0 at the boundary).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -38,9 +40,20 @@ _WEIGHTS: dict[tuple[int, int], tuple[float, ...]] = {
 
 
 def derivative(
-    u: torch.Tensor, grid: Grid, axis: int = 0, n: int = 1, order: int = 2
+    u: torch.Tensor,
+    grid: Grid,
+    axis: int = 0,
+    n: int = 1,
+    order: int = 2,
+    flux: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The ``n``-th derivative (1 or 2) of ``u`` along grid axis ``axis`` by finite differences.
+    """The ``n``-th derivative (1 or 2) of ``u`` along grid axis ``axis`` by finite differences,
+    or of ``flux(u)`` when a pointwise ``flux`` is given.
+
+    With ``flux``, the ghost points of ``u`` come from the grid's boundary conditions (which
+    are ``u``'s) and go through ``flux`` with the nodes, so a conservation law's flux
+    derivative, e.g. ``(u^2 / 2)_x``, sees the flux of the boundary data: ``g^2 / 2`` at a
+    Dirichlet end, and the slope ``u g`` at a Neumann end.
 
     Arguments:
         u: a field of shape ``(..., *grid.shape)``.
@@ -48,6 +61,8 @@ def derivative(
         axis: the grid axis (0 or, on a 2-D grid, 1).
         n: the derivative's order, 1 or 2.
         order: the stencil's order of accuracy, 2 or 4.
+        flux: a pointwise function of the field (elementwise, shape-preserving), or ``None``
+            to differentiate ``u`` itself.
 
     Returns:
         A tensor of ``u``'s shape.
@@ -68,12 +83,12 @@ def derivative(
     boundary = grid.boundaries[axis]
     dx = grid.spacing[axis]
     if order == 4 and (isinstance(boundary, Periodic) or size >= 5):
-        out = _apply(moved, boundary, dx, n, 4)
+        out = _apply(moved, boundary, dx, n, 4, flux)
         if not isinstance(boundary, Periodic):  # the rows next to the boundary: 2nd order
-            edge = _apply(moved, boundary, dx, n, 2)
+            edge = _apply(moved, boundary, dx, n, 2, flux)
             out = torch.cat([edge[..., :2], out[..., 2:-2], edge[..., -2:]], -1)
     else:
-        out = _apply(moved, boundary, dx, n, 2)
+        out = _apply(moved, boundary, dx, n, 2, flux)
     return out.movedim(-1, dim)
 
 
@@ -182,11 +197,18 @@ def _dirichlet_ghost(u: torch.Tensor, k: int, mirror: int, value: float) -> torc
 
 
 def _apply(
-    u: torch.Tensor, boundary: Periodic | Dirichlet | Neumann, dx: float, n: int, order: int
+    u: torch.Tensor,
+    boundary: Periodic | Dirichlet | Neumann,
+    dx: float,
+    n: int,
+    order: int,
+    flux: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     weights = _WEIGHTS[(n, order)]
     width = len(weights) // 2
     padded = pad(u, boundary, dx, width)
+    if flux is not None:  # the flux of the ghost points too: the boundary data are u's
+        padded = flux(padded)
     lead = padded.shape[:-1]
     kernel = torch.tensor(weights, dtype=torch.float64).to(dtype=u.dtype, device=u.device)
     kernel = kernel.reshape(1, 1, -1) / dx**n

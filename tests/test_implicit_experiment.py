@@ -35,7 +35,7 @@ def test_deq_refuses_the_ode_regularisers(tmp_path, capsys) -> None:
     assert main(["train", "deq", *TINY, "--kinetic", "0.1", "--out", str(tmp_path)]) == 2
     assert "a deq is regularised by --jacobian" in capsys.readouterr().err
     assert main(["train", "deq", *TINY, "--deq-dropout", "1", "--out", str(tmp_path)]) == 2
-    assert "deq_dropout must be in [0, 1), got 1.0" in capsys.readouterr().err
+    assert "argument --deq-dropout: must be a number in [0, 1), got 1" in capsys.readouterr().err
 
 
 def test_implicit_experiment_tiny_budget(tmp_path, capsys) -> None:

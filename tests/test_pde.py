@@ -107,6 +107,16 @@ def test_spectral_needs_a_periodic_axis() -> None:
         pde.spectral_derivative(torch.zeros(8), grid)
 
 
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_spectral_axis_outside_the_grid_is_an_error(axis: int) -> None:
+    # axis -1 of a 1-D grid would otherwise differentiate along the batch dimension
+    grid = Grid((8,))
+    with pytest.raises(ValueError, match=r"axis must be in \[0, 1\) for a 1-D grid"):
+        pde.spectral_derivative(torch.randn(8, 8), grid, axis)
+    with pytest.raises(ValueError, match="axis must be in"):
+        pde.wavenumbers(grid, axis, torch.zeros(8))
+
+
 @pytest.mark.parametrize("order", [2, 4])
 def test_method_of_lines_converges_to_the_heat_equations_solution(order: int) -> None:
     # u_t = D u_xx on [0, 1], u = 0 at both ends: u = exp(-D pi^2 t) sin(pi x) + a mode-3 part.

@@ -21,8 +21,10 @@ def wavenumbers(grid: Grid, axis: int, like: torch.Tensor) -> torch.Tensor:
         A 1-D tensor of ``grid.shape[axis]`` wavenumbers in ``torch.fft.fftfreq`` order.
 
     Raises:
-        ValueError: a non-periodic axis.
+        ValueError: an axis that is not one of the grid's, or a non-periodic one.
     """
+    if isinstance(axis, bool) or not isinstance(axis, int) or not 0 <= axis < grid.ndim:
+        raise ValueError(f"axis must be in [0, {grid.ndim}) for a {grid.ndim}-D grid, got {axis!r}")
     if not isinstance(grid.boundaries[axis], Periodic):
         raise ValueError(
             f"spectral derivatives need a periodic axis; axis {axis} has "
@@ -50,13 +52,14 @@ def spectral_derivative(u: torch.Tensor, grid: Grid, axis: int = 0, n: int = 1) 
         A tensor of ``u``'s shape and dtype.
 
     Raises:
-        ValueError: a non-periodic axis, a field that does not fit, or a bad ``n``.
+        ValueError: an axis that is not one of the grid's or not periodic, a field that does
+            not fit, or a bad ``n``.
     """
     grid.check_field(u)
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    dim = u.ndim - grid.ndim + axis
     k = wavenumbers(grid, axis, u)
+    dim = u.ndim - grid.ndim + axis
     size = k.shape[0]
     factor = (1j * k) ** n
     if n % 2 == 1 and size % 2 == 0:

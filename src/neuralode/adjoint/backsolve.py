@@ -104,6 +104,20 @@ class Backsolve(GradientStrategy):
         self.callbacks = callbacks
 
     def run(self, problem: Problem) -> torch.Tensor:
+        """Solve ``problem`` forwards; its backward pass solves the adjoint system backwards.
+
+        Arguments:
+            problem: the validated problem.
+
+        Returns:
+            The flat outputs, (len(ts), n), differentiable with respect to ``y0``, ``ts``
+            and ``params``.
+
+        Raises:
+            ValueError: ``compile_step=True`` with a ``func`` that is not an ``nn.Module``
+                holding every one of ``params``, or a solver or controller the compiled
+                backward step does not support.
+        """
         params = resolve_params(problem.func, self.params)
         if self.compile_step:
             self._check_compilable(problem, params)
@@ -130,6 +144,16 @@ class Backsolve(GradientStrategy):
         With the forward state's ``spec`` (and the parameter gradients' size), per-element
         tolerances for y (``neuralode._norms.flat_tolerance``) apply to y and to the adjoint
         a in the backward state [y, a, g], and g takes their smallest.
+
+        Arguments:
+            forward: the forward solve's controller.
+            spec: the structure of the forward state; ``None`` leaves the tolerances as
+                they are.
+            gradient_numel: the number of elements of the parameter gradients g.
+
+        Returns:
+            ``controller`` when given; else a copy of a forward ``PIController`` (its
+            ``first_step`` reset, ``rtol``/``atol`` replaced when given); else ``forward``.
         """
         if self.controller is not None:
             controller = self.controller
@@ -161,6 +185,15 @@ class Backsolve(GradientStrategy):
         When the forward solve measured only the leading part of its state (a ``Seminorm``,
         e.g. ``ODEBlock``'s regulariser channels left out), the same part of ``y`` and ``a``
         is measured backwards.
+
+        Arguments:
+            numels: the number of elements of each part of the backward state: y, a, then
+                the parameter gradients.
+            forward_norm: the forward solve's norm.
+
+        Returns:
+            ``norm`` when given; else a seminorm over y and a (``seminorm=True``) or the
+            mixed norm over every part.
         """
         if self.norm is not None:
             return self.norm

@@ -30,6 +30,18 @@ class Checkpointed(GradientStrategy):
         self.params = params
 
     def run(self, problem: Problem) -> torch.Tensor:
+        """Solve ``problem`` keeping each step's start; the backward pass recomputes the steps.
+
+        Arguments:
+            problem: the validated problem.
+
+        Returns:
+            The flat outputs, (len(ts), n), differentiable with respect to ``y0`` and
+            ``params``.
+
+        Raises:
+            ValueError: the solver is a multistep method.
+        """
         if problem.config.solver.multistep:
             raise ValueError(
                 f"Checkpointed gradients need a one-step method; {problem.config.solver.name} "

@@ -16,4 +16,12 @@ class Direct(GradientStrategy):
     map's."""
 
     def run(self, problem: Problem) -> torch.Tensor:
+        """Solve ``problem`` on autograd's graph of every operation.
+
+        Arguments:
+            problem: the validated problem.
+
+        Returns:
+            The flat outputs, (len(ts), n), differentiable by ordinary backpropagation.
+        """
         return integrate(problem.term, problem.y0, problem.times, problem.config, problem.stats)

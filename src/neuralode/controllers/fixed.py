@@ -78,8 +78,15 @@ class FixedGrid(StepSizeController):
         return _UniformGrid(t0, t_end, self.step_size)
 
     def n_steps(self, ts: list[float]) -> float:
-        """The number of steps from ``ts[0]`` to ``ts[-1]`` (inf towards an infinite end),
-        known without building the grid."""
+        """The number of steps from ``ts[0]`` to ``ts[-1]``, known without building the grid.
+
+        Arguments:
+            ts: the output times as Python floats.
+
+        Returns:
+            The number of steps: ``inf`` for a uniform grid towards an infinite end, 1 for a
+            ``constructor``'s grid (not known before it is built).
+        """
         if self.grid is not None:
             return max(torch.as_tensor(self.grid).numel() - 1, 1)
         if self.constructor is not None:
@@ -89,7 +96,16 @@ class FixedGrid(StepSizeController):
         return _UniformGrid(ts[0], ts[-1], self.step_size).n
 
     def restricted(self, t_start: float, t_end: float) -> FixedGrid:
-        """The part of a user-given grid between two of its times (either direction)."""
+        """The part of a user-given ``grid`` between two of its times (either direction).
+
+        Arguments:
+            t_start: the first point of the restricted grid.
+            t_end: the last point of the restricted grid.
+
+        Returns:
+            A ``FixedGrid`` on ``t_start``, the grid points strictly between the two (ordered
+            from ``t_start`` to ``t_end``) and ``t_end``, as float64.
+        """
         assert self.grid is not None
         points = torch.as_tensor(self.grid).detach().to(torch.float64).reshape(-1).tolist()
         lo, hi = min(t_start, t_end), max(t_start, t_end)
@@ -106,6 +122,23 @@ class FixedGrid(StepSizeController):
         f0: torch.Tensor | None,
         norm: Norm,
     ) -> tuple[float, Any]:
+        """Build the grid for ``ts`` and propose its first point after ``ts[0]``.
+
+        Arguments:
+            term: the vector field (unused).
+            solver: the solver (unused).
+            ts: the output times as Python floats.
+            y0: the initial state (unused).
+            f0: unused.
+            norm: unused.
+
+        Returns:
+            ``(t1, grid)``: the end of the first step and the grid, the controller's state.
+
+        Raises:
+            ValueError: a given or constructed grid that does not start at ``ts[0]``, end at
+                ``ts[-1]`` or is not strictly monotonic in the direction of integration.
+        """
         grid = self._grid(ts)
         return grid.after(ts[0]), grid
 
@@ -119,6 +152,21 @@ class FixedGrid(StepSizeController):
         state: Any,
         ratio: float | None = None,
     ) -> tuple[bool, float, Any]:
+        """Accept every step and propose the next grid point after ``t1``.
+
+        Arguments:
+            t0: the start time of the step (unused).
+            t1: the end time of the step.
+            y0: unused.
+            y1: unused.
+            error: unused.
+            state: the grid from ``init``.
+            ratio: unused.
+
+        Returns:
+            ``(True, t_next, state)``: ``t_next`` the first grid point past ``t1`` (the last
+            point when there is none).
+        """
         return True, state.after(t1), state
 
     def __repr__(self) -> str:

@@ -124,10 +124,21 @@ class PIController(StepSizeController):
     def error_ratio(
         self, y0: torch.Tensor, y1: torch.Tensor, error: torch.Tensor, state: _PIState
     ) -> torch.Tensor:
-        """The scaled error of a step as a 0-dim tensor (at most 1: the step meets the
-        tolerances), with the solve's tolerances and norm from ``state``. Pure tensor code,
-        for a step compiled together with its error (``compile_step``): pass its value to
-        ``adapt`` as ``ratio``."""
+        """The scaled error of a step, with the solve's tolerances and norm from ``state``.
+
+        Pure tensor code, for a step compiled together with its error (``compile_step``):
+        pass its value to ``adapt`` as ``ratio``.
+
+        Arguments:
+            y0: the state at the start of the step.
+            y1: the proposed state at its end.
+            error: the solver's error estimate of ``y1``, shaped like ``y1``.
+            state: the controller's state from ``init``.
+
+        Returns:
+            ``norm(error / (atol + rtol * max(|y0|, |y1|)))`` as a 0-dim tensor; at most 1
+            when the step meets the tolerances.
+        """
         scaled = _scaled_error(y0.abs(), y1.abs(), error, state.rtol, state.atol)
         return state.norm(scaled)
 
@@ -140,6 +151,23 @@ class PIController(StepSizeController):
         f0: torch.Tensor | None,
         norm: Norm,
     ) -> tuple[float, Any]:
+        """Start a solve: the first step from ``first_step`` or ``select_initial_step``.
+
+        Arguments:
+            term: the vector field being solved.
+            solver: the solver taking the steps; it must be adaptive.
+            ts: the output times as Python floats; ``ts[0]`` is the initial time.
+            y0: the initial state.
+            f0: ``term(ts[0], y0)``; needed when ``first_step`` is ``None``.
+            norm: the norm measuring a step's scaled error.
+
+        Returns:
+            ``(t1, state)``: the end of the first step (its size clipped to
+            ``[min_step, max_step]``) and the controller's state.
+
+        Raises:
+            ValueError: the solver has no error estimate.
+        """
         exponent, direction, rtol, atol = self._setup(solver, ts, y0)
         if self.first_step is None:
             assert f0 is not None
@@ -151,9 +179,25 @@ class PIController(StepSizeController):
     def init_compiled(
         self, term: ODETerm, solver: Solver, ts: list[float], y0: torch.Tensor, norm: Norm
     ) -> tuple[torch.Tensor, float, Any]:
-        """``init`` for ``compile_step``: f(t0, y0) and the first step size come from one
-        compiled graph (two evaluations of f, one read-back) instead of ~10 eager
-        operations and two reads; returns f0 too."""
+        """``init`` for ``compile_step``, which also evaluates ``f0 = term(ts[0], y0)``.
+
+        f0 and the first step size come from one compiled graph (two evaluations of f, one
+        read-back) instead of ~10 eager operations and two reads.
+
+        Arguments:
+            term: the vector field being solved.
+            solver: the solver taking the steps; it must be adaptive.
+            ts: the output times as Python floats; ``ts[0]`` is the initial time.
+            y0: the initial state.
+            norm: the norm measuring a step's scaled error.
+
+        Returns:
+            ``(f0, t1, state)``: f(ts[0], y0), the end of the first step and the controller's
+            state.
+
+        Raises:
+            ValueError: the solver has no error estimate.
+        """
         exponent, direction, rtol, atol = self._setup(solver, ts, y0)
         if self.first_step is not None:
             f0, dt = term(ts[0], y0), self.first_step
@@ -195,7 +239,26 @@ class PIController(StepSizeController):
         state: _PIState,
         ratio: float | None = None,
     ) -> tuple[bool, float, _PIState]:
-        """Judge a step by its error, or by its ``ratio`` when already computed."""
+        """Judge a step by its error, or by its ``ratio`` when already computed.
+
+        Arguments:
+            t0: the start time of the step.
+            t1: the end time of the step.
+            y0: the state at ``t0``.
+            y1: the proposed state at ``t1``.
+            error: the solver's error estimate of ``y1``.
+            state: the controller's state; its PI memory is updated on acceptance.
+            ratio: the step's scaled error (``error_ratio``) when already computed.
+
+        Returns:
+            ``(accepted, t_next, state)``: whether the step is accepted (scaled error at
+            most 1, or a step at ``min_step``), the end of the next step (from ``t1`` if
+            accepted, else from ``t0``) and the state.
+
+        Raises:
+            NonFiniteError: the step failed with non-finite values while ``y0`` is within
+                a factor 1024 of its dtype's largest value (the solution overflows).
+        """
         dt = t1 - t0
         if ratio is None and torch.is_grad_enabled():
             with torch.no_grad():
@@ -217,15 +280,26 @@ class PIController(StepSizeController):
     def decide(
         self, ratio: Any, size: Any, previous_ratio: Any, exponent: float, running: Any = None
     ) -> tuple:
-        """The controller's formula, once for every mode: from a step's scaled error
-        ``ratio`` and ``size`` (Python floats for one problem on the host, or tensors, one
-        per sample), whether it is accepted, the size of the next step and the new previous
-        ratio (the PI memory). A NaN ratio rejects and shrinks by ``dfactor``; a ratio of 0
-        grows by ``ifactor``; with ``shrink_after_accept=False`` an accepted step's factor is
-        at least 1. A step at ``min_step`` is accepted whatever its error (the
-        user asked for no smaller steps); on the host that warns, as torchsde does.
-        ``running`` (per sample, a mask): only these samples may accept; the others keep
-        their memory."""
+        """The controller's formula, once for every mode (host floats or per-sample tensors).
+
+        A NaN ratio rejects and shrinks by ``dfactor``; a ratio of 0 grows by ``ifactor``;
+        with ``shrink_after_accept=False`` an accepted step's factor is at least 1. A step at
+        ``min_step`` is accepted whatever its error (the user asked for no smaller steps); on
+        the host that warns, as torchsde does.
+
+        Arguments:
+            ratio: the step's scaled error: a Python float for one problem on the host, or
+                a (batch,) tensor, one per sample.
+            size: the step's size (positive), as ``ratio``.
+            previous_ratio: the PI memory, the scaled error of the last accepted step.
+            exponent: ``1 / k``, ``k`` one more than the order of the error estimate.
+            running: per sample, a boolean mask: only these samples may accept, the others
+                keep their memory; ``None`` for all.
+
+        Returns:
+            ``(accept, new_size, previous_ratio)``: whether the step is accepted, the size
+            of the next step (clipped to ``[min_step, max_step]``) and the new PI memory.
+        """
         accept = ratio <= 1
         if self.min_step > 0:  # (a non-finite ratio is never accepted)
             forced = (size <= self.min_step * (1 + 1e-12)) & (ratio < math.inf)

@@ -34,7 +34,9 @@ def test_train_deq_reports_iterations_and_plots_residuals(tmp_path) -> None:
 def test_deq_refuses_the_ode_regularisers(tmp_path, capsys) -> None:
     assert main(["train", "deq", *TINY, "--kinetic", "0.1", "--out", str(tmp_path)]) == 2
     assert "a deq is regularised by --jacobian" in capsys.readouterr().err
-    assert main(["train", "deq", *TINY, "--deq-dropout", "1", "--out", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as stopped:  # refused by the option's type, as it parses
+        main(["train", "deq", *TINY, "--deq-dropout", "1", "--out", str(tmp_path)])
+    assert stopped.value.code == 2
     assert "argument --deq-dropout: must be a number in [0, 1), got 1" in capsys.readouterr().err
 
 

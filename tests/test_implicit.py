@@ -468,3 +468,28 @@ def test_float32_solves_reach_a_relative_residual_of_1e_6(method: str) -> None:
     assert result.converged and result.z.dtype == torch.float32
     fz = torch.tanh(result.z @ w.T + x)
     assert float(((fz - result.z).norm(dim=1) / fz.norm(dim=1)).max()) <= 1e-6
+
+
+def test_a_frozen_layer_runs_no_adjoint_and_a_tensor_f_reaches_keeps_its_gradient() -> None:
+    """Without anything that needs a gradient the output needs none: a trainable head after
+    a frozen DEQ backpropagates without an adjoint solve. A tensor f uses that is neither x
+    nor a parameter still gets the implicit gradient."""
+    cell = Cell().requires_grad_(False)
+    layer = DEQ(cell, tol=1e-12, max_iter=200)
+    x = torch.randn(3, 4, dtype=DTYPE)
+    z = layer(x)
+    assert not z.requires_grad
+    head = nn.Linear(4, 1, dtype=DTYPE)
+    head(z).sum().backward()
+    assert layer.nfe_backward == 0
+    assert head.weight.grad is not None
+
+    scale = torch.tensor(0.5, dtype=DTYPE, requires_grad=True)
+
+    class Scaled(nn.Module):  # z* = x / (1 - scale): dz*/dscale = x / (1 - scale)^2
+        def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return scale * z + x
+
+    out = DEQ(Scaled(), tol=1e-13, max_iter=200)(x)
+    (d_scale,) = torch.autograd.grad(out.sum(), scale)
+    torch.testing.assert_close(d_scale, x.sum() / 0.25, atol=1e-9, rtol=1e-9)

@@ -251,6 +251,13 @@ class DEQ(nn.Module):
         if not torch.is_grad_enabled():
             self.regularisation, self.regularisation_terms = z_star.new_zeros(()), {}
             return self.f(z_star, x)
+        if not (x.requires_grad or any(p.requires_grad for p in self.f.parameters())):
+            # a frozen layer: its output needs no gradient (no adjoint solve in a backward
+            # pass through it) unless f reaches other tensors that require one
+            z = self.f(z_star, x)
+            if not z.requires_grad:
+                self.regularisation, self.regularisation_terms = z_star.new_zeros(()), {}
+                return z
         # One evaluation with autograd: the path to x and the parameters, and (z* a leaf of
         # it) the adjoint's vector-Jacobian products in z.
         try:

@@ -47,13 +47,29 @@ class ExplicitDenseOutput(Solver):
         theta: torch.Tensor,
         derivative: bool = False,
     ) -> torch.Tensor:
-        """The dense output of every mode from a step's start ``y0``, end ``y1``, size ``h``
-        and stages ``stacked`` (with the extra stage f(t1, y1) = ``f1`` where the
-        interpolant needs it), at the step fractions ``theta`` (float64): for one step,
-        ``theta`` (m,) against (stages, n) stages gives (m, n); per row (a sample, or a step
-        of a dense solution), ``theta`` (rows,) against (stages, rows, n) stages and ``h``
-        (rows, 1) gives (rows, n). With ``derivative``: dy/dt there, sum_i B_i'(theta) k_i
-        (the same polynomials differentiated in theta)."""
+        """The dense output of every mode at the step fractions ``theta``.
+
+        For one step, ``theta`` (m,) against (stages, n) stages gives (m, n); per row (a
+        sample, or a step of a dense solution), ``theta`` (rows,) against
+        (stages, rows, n) stages and ``h`` (rows, 1) gives (rows, n).
+
+        Arguments:
+            y0: the step's start state.
+            y1: the step's end state (needed by the cubic Hermite fallback only).
+            h: the step size: a float, or (rows, 1) per row.
+            stacked: the stages, with the dense output's extra stages (``dense_stages``).
+            f1: f(t1, y1) where the interpolant needs it and ``stacked`` lacks it, else
+                ``None``.
+            theta: the step fractions, float64.
+            derivative: return dy/dt, sum_i B_i'(theta) k_i (the same polynomials
+                differentiated in theta), instead of y.
+
+        Returns:
+            The states (or their time derivatives): (m, n) for one step, (rows, n) per row.
+
+        Raises:
+            ValueError: a method without its own dense output (cubic Hermite) and no ``f1``.
+        """
         co = self._coefficients(y0)
         per_row = stacked.ndim == 3
         if self.tableau.dense is None:  # cubic Hermite through (y0, f0), (y1, f1)
@@ -120,10 +136,19 @@ class ExplicitDenseOutput(Solver):
         f1: Callable[[], torch.Tensor],
         evaluate: Callable[[float, torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
-        """The step's stages ``ks`` followed by its dense output's extra stages, stacked
-        (stages, *y0.shape), for every mode: an extra stage at the step's end is
-        f(t1, y1) = ``f1()``; any other is ``evaluate(c, y0 + h * sum_j a_j k_j)`` (f at the
-        step fraction ``c``). ``h`` is a float (one problem) or (batch, 1) (per sample)."""
+        """The step's stages followed by its dense output's extra stages, for every mode.
+
+        Arguments:
+            y0: the step's start state.
+            h: the step size: a float (one problem) or (batch, 1) (per sample).
+            ks: the step's stages.
+            f1: returns f(t1, y1), the extra stage at the step's end.
+            evaluate: ``evaluate(c, y)`` returns f at the step fraction ``c``; an extra
+                stage there is ``evaluate(c, y0 + h * sum_j a_j k_j)``.
+
+        Returns:
+            All stages stacked, (stages, *y0.shape).
+        """
         co = self._coefficients(y0)
         ks = list(ks)
         for c, row, is_f1 in zip(self.tableau.dense.extra_c, co.extra_a, co.extra_is_f1):

@@ -108,6 +108,22 @@ class ExplicitAdams(_Adams):
     def step(
         self, term: ODETerm, t0: float, t1: float, y0: torch.Tensor, state: Any, perturb: bool
     ) -> Step:
+        """One Adams-Bashforth step; a Dopri8 step while the history has fewer than
+        ``max_order`` past derivatives.
+
+        Arguments:
+            term: the vector field.
+            t0: the start time.
+            t1: the end time.
+            y0: the flat state at ``t0``.
+            state: the history of past ``(t, f(t, y))``, most recent first (``None`` at the
+                start: f(t0, y0) is evaluated).
+            perturb: move the evaluations at the ends of the step one ulp inside it.
+
+        Returns:
+            The [`Step`][neuralode.solvers.Step] (no error estimate), with ``f1`` and the
+            new history.
+        """
         history = self._history(term, t0, t1, y0, state, perturb)
         if len(history) < self.max_order:
             return self._start_up(term, t0, t1, y0, history, perturb)
@@ -141,6 +157,25 @@ class ImplicitAdams(_Adams):
     def step(
         self, term: ODETerm, t0: float, t1: float, y0: torch.Tensor, state: Any, perturb: bool
     ) -> Step:
+        """One predictor-corrector step; a Dopri8 step while the history has fewer than
+        ``max_order - 1`` past derivatives.
+
+        Arguments:
+            term: the vector field.
+            t0: the start time.
+            t1: the end time.
+            y0: the flat state at ``t0``.
+            state: the history of past ``(t, f(t, y))``, most recent first (``None`` at the
+                start: f(t0, y0) is evaluated).
+            perturb: move the evaluations at the ends of the step one ulp inside it.
+
+        Returns:
+            The [`Step`][neuralode.solvers.Step] (no error estimate), with ``f1`` and the
+            new history.
+
+        Raises:
+            SolverError: NaN in the corrector.
+        """
         history = self._history(term, t0, t1, y0, state, perturb)
         if len(history) < self.max_order - 1:
             return self._start_up(term, t0, t1, y0, history, perturb)

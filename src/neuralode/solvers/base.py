@@ -39,6 +39,7 @@ class Step:
 
     @property
     def dt(self) -> float:
+        """The signed step size ``t1 - t0``."""
         return self.t1 - self.t0
 
 
@@ -77,69 +78,184 @@ class Solver(abc.ABC):
 
     @property
     def adaptive(self) -> bool:
+        """Whether the method has an embedded error estimate (``error_order`` is set)."""
         return self.error_order is not None
 
     @property
     def name(self) -> str:
+        """The method's name in messages and ``repr``: its class name."""
         return type(self).__name__
 
     def set_tolerances(self, rtol: Any, atol: Any) -> None:
-        """The step-size controller's tolerances (``None`` on fixed steps), given by ``solve``
-        before a solve; solvers with an inner iteration (implicit methods) scale it by them."""
+        """Take the step-size controller's tolerances, given by ``solve`` before a solve.
+
+        Solvers with an inner iteration (implicit methods) scale it by them; the others
+        ignore them.
+
+        Arguments:
+            rtol: the relative tolerance (``None`` on fixed steps).
+            atol: the absolute tolerance (``None`` on fixed steps).
+        """
         return None
 
     def init(self, term: ODETerm, t0: float, y0: torch.Tensor, f0: torch.Tensor | None) -> Any:
-        """State carried between steps (e.g. the FSAL derivative); ``f0`` may be given."""
+        """The state carried between steps (e.g. the FSAL derivative) at the start of a solve.
+
+        Arguments:
+            term: the vector field.
+            t0: the initial time.
+            y0: the flat initial state.
+            f0: ``term(t0, y0)`` when already known, else ``None``.
+
+        Returns:
+            The state to pass to the first ``step``; by default ``f0``.
+        """
         return f0
 
     @abc.abstractmethod
     def step(
         self, term: ODETerm, t0: float, t1: float, y0: torch.Tensor, state: Any, perturb: bool
     ) -> Step:
-        """Advance from ``(t0, y0)`` to ``t1``. With ``perturb``, evaluations at the ends of
-        the step are moved one ulp inside it (for discontinuities at step boundaries)."""
+        """Attempt one step from ``(t0, y0)`` to ``t1``.
+
+        Arguments:
+            term: the vector field.
+            t0: the start time.
+            t1: the end time.
+            y0: the flat state at ``t0``.
+            state: the state from ``init``, ``accept`` or ``reject``.
+            perturb: move the evaluations at the ends of the step one ulp inside it (for
+                discontinuities at step boundaries).
+
+        Returns:
+            The attempted [`Step`][neuralode.solvers.Step]: the proposed ``y1``, its error
+            estimate and what dense output needs.
+        """
 
     def compiles(self, term: ODETerm) -> bool:
-        """Whether the host loop's next step may run compiled (``compile='step'``); if not,
-        it runs eagerly."""
+        """Whether the host loop's next step may run compiled (``compile='step'``).
+
+        Arguments:
+            term: the vector field.
+
+        Returns:
+            ``True`` (the default) to compile the step; ``False`` to run it eagerly.
+        """
         return True
 
     def compiled_state(self, term: ODETerm, t0: float, t1: float, state: Any) -> Any:
-        """The state a compiled step from ``t0`` to ``t1`` takes: ``state``, with what the
-        step draws outside the graph (an SDE method's Brownian motion)."""
+        """The state a compiled step from ``t0`` to ``t1`` takes.
+
+        Arguments:
+            term: the vector field.
+            t0: the start time of the step.
+            t1: the end time of the step.
+            state: the solver's state.
+
+        Returns:
+            ``state``, with what the step draws outside the graph (an SDE method's Brownian
+            motion); by default ``state`` itself.
+        """
         return state
 
     def compiled_evaluations(self, term: ODETerm, step: Step, state: Any) -> int:
-        """The evaluations of f in a compiled step from ``state`` (counted outside the
-        graph: a count changed inside one would be guarded on): its stages, less f0 when
-        ``state`` carries it."""
+        """The evaluations of f in a compiled step, counted outside the graph.
+
+        A count changed inside the graph would be guarded on.
+
+        Arguments:
+            term: the vector field.
+            step: the step the compiled graph returned.
+            state: the state the step started from.
+
+        Returns:
+            The number of evaluations: the step's stages, less f0 when ``state`` carries it.
+        """
         return len(step.stages) - (state is not None)
 
     def accept(self, term: ODETerm, step: Step, perturb: bool) -> Any:
-        """State for the next step once ``step`` is accepted (f(t1, y1) when it is reusable)."""
+        """The state for the next step once ``step`` is accepted.
+
+        Arguments:
+            term: the vector field.
+            step: the accepted step.
+            perturb: whether evaluations at the step's ends were perturbed (f(t1, y1) is then
+                not reusable).
+
+        Returns:
+            By default ``step.f1`` (``None`` with ``perturb``).
+        """
         return None if perturb else step.f1
 
     def reject(self, step: Step, state: Any) -> Any:
-        """State for retrying from the same point after ``step`` was rejected."""
+        """The state for retrying from the same point after ``step`` was rejected.
+
+        Arguments:
+            step: the rejected step.
+            state: the state the step started from.
+
+        Returns:
+            By default ``state``.
+        """
         return state
 
     def replay_state(self, step: Step, after_jump: bool) -> Any:
-        """State that makes ``step`` repeat exactly when recomputed (checkpointed gradients),
-        beyond its start point; ``None``: the start point and f there are enough."""
+        """What makes ``step`` repeat exactly when recomputed (checkpointed gradients).
+
+        Arguments:
+            step: an accepted step.
+            after_jump: whether the step starts at a ``jump_t`` time (f re-evaluated there).
+
+        Returns:
+            The state beyond the step's start point; ``None`` (the default) when the start
+            point and f there are enough.
+        """
         return None
 
     @abc.abstractmethod
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
-        """States at ``t0 + theta * dt`` for the float64 CPU tensor ``thetas``: (m, numel)."""
+        """The dense output of an accepted step.
+
+        Arguments:
+            term: the vector field.
+            step: the accepted step.
+            thetas: the step fractions, a float64 CPU tensor (m,).
+
+        Returns:
+            The states at ``t0 + theta * dt``, (m, numel).
+        """
 
     def hermite_f0(self, term: ODETerm, step: Step) -> torch.Tensor:
-        """f(t0, y0) of an accepted step, for its cubic Hermite dense output."""
+        """f(t0, y0) of an accepted step, for its cubic Hermite dense output.
+
+        Arguments:
+            term: the vector field.
+            step: the accepted step.
+
+        Returns:
+            f(t0, y0), shaped like ``step.y0``.
+
+        Raises:
+            ValueError: the method has no dense output (the default).
+        """
         raise ValueError(f"{self!r} has no dense output: use an explicit Runge-Kutta method")
 
     def dense_record(self, term: ODETerm, step: Step) -> torch.Tensor:
-        """What the dense output of an accepted ``step`` needs besides its ends, stacked
-        (K, numel), kept by a dense solution (``dense_formula`` evaluates it): by default
-        (f0, f1) of the cubic Hermite interpolant (f1 evaluated if unknown)."""
+        """What the dense output of an accepted ``step`` needs besides its ends.
+
+        A dense solution keeps it (``dense_formula`` evaluates it).
+
+        Arguments:
+            term: the vector field.
+            step: the accepted step; its ``f1`` is evaluated if unknown.
+
+        Returns:
+            The rows X, stacked (K, numel): by default (f0, f1) of the cubic Hermite
+            interpolant.
+
+        Raises:
+            ValueError: the method has no dense output.
+        """
         if step.f1 is None:
             step.f1 = term(step.t1, step.y1, step.end_perturb)
         return torch.stack([self.hermite_f0(term, step), step.f1])
@@ -147,10 +263,20 @@ class Solver(abc.ABC):
     def dense_weights(
         self, theta: torch.Tensor, h: torch.Tensor, like: torch.Tensor, derivative: bool = False
     ) -> torch.Tensor:
-        """The dense output as weights, one row per point: y(t0 + theta h) = W[:, 0] y0 +
-        W[:, 1] y1 + sum_k W[:, 2 + k] X_k with X = ``dense_record``'s rows, for the step
-        fractions ``theta`` and step sizes ``h`` (m,) float64; (m, 2 + K) in ``like``'s
-        dtype. With ``derivative``: the weights of dy/dt. By default cubic Hermite."""
+        """The dense output as weights, one row per point (by default cubic Hermite).
+
+        y(t0 + theta h) = W[:, 0] y0 + W[:, 1] y1 + sum_k W[:, 2 + k] X_k with X the rows of
+        ``dense_record``.
+
+        Arguments:
+            theta: the step fractions, (m,) float64.
+            h: the step sizes, (m,) float64.
+            like: a tensor of the dtype the weights take.
+            derivative: the weights of dy/dt instead of y.
+
+        Returns:
+            The weights W, (m, 2 + K) in ``like``'s dtype.
+        """
         th, size = theta[:, None], h[:, None]
         h00, h01, h10, h11 = hermite_basis(th, size, derivative)
         return torch.cat([h00, h01, h10 * size, h11 * size], 1).to(like.dtype)

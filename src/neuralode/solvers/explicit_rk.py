@@ -33,14 +33,17 @@ class ExplicitRK(ExplicitDenseOutput):
 
     @property
     def order(self) -> int:  # type: ignore[override]
+        """The order of the solution, the tableau's ``order``."""
         return self.tableau.order
 
     @property
     def error_order(self) -> int | None:  # type: ignore[override]
+        """The order of the embedded error estimate (``None``: fixed steps only)."""
         return self.tableau.error_order
 
     @property
     def name(self) -> str:
+        """The tableau's name (torchdiffeq's, e.g. ``"dopri5"``)."""
         return self.tableau.name
 
     def _coefficients(self, like: torch.Tensor) -> Coefficients:
@@ -51,6 +54,17 @@ class ExplicitRK(ExplicitDenseOutput):
         return co
 
     def init(self, term: ODETerm, t0: float, y0: torch.Tensor, f0: torch.Tensor | None) -> Any:
+        """Make the tableau's coefficients for ``y0``'s dtype and device; the state is ``f0``.
+
+        Arguments:
+            term: the vector field.
+            t0: the initial time.
+            y0: the flat initial state.
+            f0: ``term(t0, y0)`` when already known, else ``None``.
+
+        Returns:
+            ``f0``, the first step's f(t0, y0) (``None``: the step evaluates it).
+        """
         # the coefficients are looked up before the loop: a compiled step (``compile_step``)
         # then always finds them, instead of compiling once more for the first step
         self._coefficients(y0)
@@ -59,6 +73,20 @@ class ExplicitRK(ExplicitDenseOutput):
     def step(
         self, term: ODETerm, t0: float, t1: float, y0: torch.Tensor, state: Any, perturb: bool
     ) -> Step:
+        """Attempt one Runge-Kutta step from ``(t0, y0)`` to ``t1``.
+
+        Arguments:
+            term: the vector field.
+            t0: the start time (a float, or a 0-dim float64 tensor in a compiled step).
+            t1: the end time, as ``t0``.
+            y0: the flat state at ``t0``.
+            state: f(t0, y0) when known (FSAL, or kept after a rejection), else ``None``.
+            perturb: move the evaluations at the ends of the step one ulp inside it.
+
+        Returns:
+            The [`Step`][neuralode.solvers.Step]: ``y1``, the error estimate, the stages
+            and, for an FSAL method, ``f1``.
+        """
         co = self._coefficients(y0)
         c = co.c
         dt = t1 - t0
@@ -106,20 +134,29 @@ class ExplicitRK(ExplicitDenseOutput):
         co: Coefficients | None = None,
         compiling: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor], torch.Tensor]:
-        """The side-effect-free step of every solve mode: from ``y0`` with the step size
-        ``h`` and f(t0, y0) = ``f0``, the proposal ``y1``, the error estimate (``None``
-        without an embedded method), the stages ``ks`` and the stages stacked (stages,
-        *y0.shape), the dense output's coefficients (``dense``).
+        """The side-effect-free step of every solve mode.
 
-        ``h`` is a Python float (one problem), a 0-dim tensor (a compiled step), or a
-        tensor broadcasting against ``y0`` ((batch, 1): one step size per sample).
-        ``evaluate(i, y_stage)`` returns stage ``i``'s derivative (the caller knows the
-        stage's time). With ``buffer`` (a ``StageBuffer`` of graph-free solves) the stages
-        are written into its rows, each combination one matrix-vector product on its
-        columns; otherwise they are stacked (autograd), or, under torch.compile, combined
-        pointwise with the tableau's numbers as constants (fused by the compiler). ``co``
-        and ``compiling``: the coefficients for ``y0`` and whether torch.compile traces, when
-        the caller has them already.
+        With ``buffer`` the stages are written into its rows, each combination one
+        matrix-vector product on its columns; otherwise they are stacked (autograd), or,
+        under torch.compile, combined pointwise with the tableau's numbers as constants
+        (fused by the compiler).
+
+        Arguments:
+            y0: the state at the start of the step.
+            h: the step size: a Python float (one problem), a 0-dim tensor (a compiled
+                step), or a tensor broadcasting against ``y0`` ((batch, 1): one step size
+                per sample).
+            f0: f(t0, y0), shaped like ``y0``.
+            evaluate: ``evaluate(i, y_stage)`` returns stage ``i``'s derivative (the caller
+                knows the stage's time).
+            buffer: the ``StageBuffer`` of a graph-free solve, or ``None``.
+            co: the coefficients for ``y0`` when the caller has them already.
+            compiling: whether torch.compile traces, when the caller knows it already.
+
+        Returns:
+            ``(y1, error, ks, stacked)``: the proposal, the error estimate (``None``
+            without an embedded method), the stages as a list and stacked
+            (stages, *y0.shape), the dense output's coefficients (``dense``).
         """
         if co is None:
             co = self._coefficients(y0)
@@ -165,13 +202,28 @@ class ExplicitRK(ExplicitDenseOutput):
     # the device loop's interface (``_per_sample``, ``_attempt``, ``_pending_dense``)
 
     def for_rows(self, term: ODETerm, like: torch.Tensor) -> ExplicitRK:
-        """The method as the device loop runs it: itself (its coefficients made now, before
-        a compiled step runs)."""
+        """The method as the device loop runs it.
+
+        Arguments:
+            term: the vector field (unused).
+            like: a tensor of the state's dtype and device.
+
+        Returns:
+            The method itself, its coefficients made now (before a compiled step runs).
+        """
         self._coefficients(like)
         return self
 
     def row_facts(self, like: torch.Tensor) -> RowFacts:
-        """What the device loop keeps and evaluates around each attempt."""
+        """What the device loop keeps and evaluates around each attempt.
+
+        Arguments:
+            like: a tensor of the state's dtype and device.
+
+        Returns:
+            A ``RowFacts``: the number of stages, FSAL, f0 needed, and whether the
+            interpolant needs f(t1, y1).
+        """
         co = self._coefficients(like)
         dense = self.tableau.dense
         needs_f1 = dense is None or len(dense.extra_c) > 0
@@ -189,7 +241,11 @@ class ExplicitRK(ExplicitDenseOutput):
         return 0 if dense is None else sum(c != 1 for c in dense.extra_c)
 
     def evaluations_per_attempt(self) -> int:
-        """Evaluations of f in one attempt, besides f0."""
+        """Evaluations of f in one attempt, besides f0.
+
+        Returns:
+            The tableau's number of stages less one.
+        """
         return self.tableau.stages - 1
 
     def propose_rows(
@@ -202,9 +258,23 @@ class ExplicitRK(ExplicitDenseOutput):
         f0: torch.Tensor,
         buffer: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """``propose`` for every row from its own time ``t`` to ``t1`` (``h = t1 - t``, all
-        (batch,) float64), f evaluated by ``call(times, states)``: ``(y1, error, the last
-        stage, the stages stacked (stages, batch, n))``."""
+        """``propose`` for every row (sample) from its own time ``t`` to ``t1``.
+
+        Arguments:
+            call: evaluates f as ``call(times, states)``, times (batch,) and states
+                (batch, n).
+            t: the rows' start times, (batch,) float64.
+            t1: the rows' end times, (batch,) float64.
+            h: ``t1 - t``, (batch,) float64.
+            y: the rows' states, (batch, n).
+            f0: f at ``(t, y)``, (batch, n).
+            buffer: the ``StageBuffer`` of a graph-free solve, or ``None``.
+
+        Returns:
+            ``(y1, error, k_last, stacked)``: the proposals (batch, n), the error estimates
+            (``None`` without an embedded method), the last stage and the stages stacked
+            (stages, batch, n).
+        """
         h_y = h.to(y.real.dtype)[:, None]
         c = self.tableau.c
 
@@ -215,5 +285,14 @@ class ExplicitRK(ExplicitDenseOutput):
         return y1, error, ks[-1], k_all
 
     def reject(self, step: Step, state: Any) -> Any:
+        """The state for retrying from the same point after ``step`` was rejected.
+
+        Arguments:
+            step: the rejected step.
+            state: the state the step started from.
+
+        Returns:
+            f(t0, y0), the step's first stage, when reusable (not perturbed), else ``state``.
+        """
         # f(t0, y0) does not depend on the step size: keep it for the retry.
         return step.stages[0] if step.extra["f0_reusable"] else state

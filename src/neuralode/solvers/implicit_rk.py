@@ -100,10 +100,12 @@ class ImplicitRK(ImplicitStages):
 
     @property
     def order(self) -> int:  # type: ignore[override]
+        """The order of the solution, the tableau's ``order``."""
         return self.tableau.order
 
     @property
     def name(self) -> str:
+        """The tableau's name (e.g. ``"radau_iia5"``)."""
         return self.tableau.name
 
     @property
@@ -112,9 +114,16 @@ class ImplicitRK(ImplicitStages):
         return self.tableau.stages if self.tableau.collocation else 3
 
     def set_tolerances(self, rtol: float | None, atol: float | None) -> None:
-        """Called by ``solve``: the step-size controller's tolerances (``None`` on fixed
-        steps), which scale the Newton convergence test and make a failed iteration a
-        rejected step rather than an error."""
+        """Take the step-size controller's tolerances, given by ``solve`` before a solve.
+
+        Scalar tolerances scale the Newton convergence test and make a failed iteration a
+        rejected step rather than an error; ``None`` (fixed steps) or tensor tolerances
+        leave the fixed-step test and its error.
+
+        Arguments:
+            rtol: the relative tolerance, or ``None`` on fixed steps.
+            atol: the absolute tolerance, or ``None`` on fixed steps.
+        """
         scalar = all(isinstance(x, (int, float)) for x in (rtol, atol))
         self._tolerances = (float(rtol), float(atol)) if scalar else None
 
@@ -127,6 +136,28 @@ class ImplicitRK(ImplicitStages):
     def step(
         self, term: ODETerm, t0: float, t1: float, y0: torch.Tensor, state: Any, perturb: bool
     ) -> Step:
+        """Attempt one step: solve the stage equations by Newton's method, then assemble y1.
+
+        The stages' derivative is the implicit function theorem's, so the gradient is that
+        of the exact discrete step.
+
+        Arguments:
+            term: the vector field.
+            t0: the start time.
+            t1: the end time.
+            y0: the flat state at ``t0``.
+            state: the solver's state (``init``, ``accept``, ``reject`` or
+                ``replay_state``).
+            perturb: move the evaluations at the ends of the step one ulp inside it.
+
+        Returns:
+            The [`Step`][neuralode.solvers.Step]; under error control a Newton failure
+            gives a step with a NaN ``y1`` and an infinite error (rejected).
+
+        Raises:
+            ValueError: forward-mode differentiation through the step.
+            NewtonError: the Newton iteration did not converge on fixed steps.
+        """
         if forward_mode(y0):
             raise ValueError(
                 f"{self.name}: forward-mode differentiation (torch.func.jvp, jacfwd, hessian, "
@@ -215,27 +246,77 @@ class ImplicitRK(ImplicitStages):
     # After the step
 
     def init(self, term: ODETerm, t0: float, y0: torch.Tensor, f0: torch.Tensor | None) -> Any:
+        """The state at the start of a solve, or after a jump.
+
+        Arguments:
+            term: the vector field (unused).
+            t0: the initial time (unused).
+            y0: the initial state (unused).
+            f0: given at the start of a solve under error control and after a jump; then
+                evaluations at ``t0`` are moved one ulp into the step.
+
+        Returns:
+            The state dict: no retry, and whether the first step starts after a jump.
+        """
         # f0 is given at the start of a solve under error control and after a jump: then
         # evaluations at t0 are moved one ulp into the step.
         return {"retry": False, "after_jump": f0 is not None}
 
     def accept(self, term: ODETerm, step: Step, perturb: bool) -> Any:
+        """The state for the next step: this step's stages, for the next Newton start.
+
+        Arguments:
+            term: the vector field (unused).
+            step: the accepted step.
+            perturb: unused.
+
+        Returns:
+            The state dict holding ``(t0, dt, y0, stages)`` of ``step``, detached.
+        """
         ks = step.extra["ks"].detach()
         return {"retry": False, "previous": (step.t0, step.dt, step.y0.detach(), ks)}
 
     def reject(self, step: Step, state: Any) -> Any:
+        """The state for retrying from the same point with a smaller step.
+
+        Arguments:
+            step: the rejected step (unused).
+            state: the state the step started from.
+
+        Returns:
+            The state dict marked as a retry, keeping the previous step's stages and
+            whether the step starts after a jump.
+        """
         previous = state.get("previous") if isinstance(state, dict) else None
         return {"retry": True, "after_jump": _starts_after_jump(state), "previous": previous}
 
     def replay_state(self, step: Step, after_jump: bool) -> Any:
-        """What a recomputation of this accepted step needs to repeat it exactly: the
-        Newton start (3 states per step for radau; kept by checkpointed gradients)."""
+        """What a recomputation of this accepted step needs to repeat it exactly.
+
+        Arguments:
+            step: an accepted step.
+            after_jump: whether the step starts at a ``jump_t`` time.
+
+        Returns:
+            The state dict with the step's Newton start (3 states per step for radau; kept
+            by checkpointed gradients), or ``None`` when the iteration started from 0.
+        """
         start = step.extra.get("newton_start")
         if start is None:
             return None
         return {"retry": False, "after_jump": after_jump, "newton_start": start}
 
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
+        """The dense output: the collocation polynomial, else cubic Hermite.
+
+        Arguments:
+            term: the vector field (evaluates f(t1, y1) for Hermite if unknown).
+            step: the accepted step.
+            thetas: the step fractions, a float64 CPU tensor (m,).
+
+        Returns:
+            The states at ``t0 + theta * dt``, (m, numel).
+        """
         tab = self.tableau
         ks = step.extra["ks"]
         if tab.collocation:
@@ -245,6 +326,16 @@ class ImplicitRK(ImplicitStages):
         return hermite_interpolate(term, step, thetas, self.hermite_f0(term, step))
 
     def hermite_f0(self, term: ODETerm, step: Step) -> torch.Tensor:
+        """f(t0, y0) of an accepted step, for its cubic Hermite dense output.
+
+        Arguments:
+            term: the vector field (re-evaluated at t0 when recording gradients).
+            step: the accepted step.
+
+        Returns:
+            The explicit first stage, or f(t0, y0) (with a graph when gradients are
+            recorded), shaped like ``step.y0``.
+        """
         tab = self.tableau
         if tab.explicit_first_stage:
             return step.extra["ks"][0]
@@ -253,6 +344,16 @@ class ImplicitRK(ImplicitStages):
         return step.extra["f0"]
 
     def dense_record(self, term: ODETerm, step: Step) -> torch.Tensor:
+        """What the dense output of an accepted ``step`` needs besides its ends.
+
+        Arguments:
+            term: the vector field.
+            step: the accepted step.
+
+        Returns:
+            The stages (s, numel) for a collocation method, else (f0, f1) stacked (2, numel)
+            for cubic Hermite.
+        """
         if self.tableau.collocation:
             return step.extra["ks"]
         return super().dense_record(term, step)
@@ -260,8 +361,20 @@ class ImplicitRK(ImplicitStages):
     def dense_weights(
         self, theta: torch.Tensor, h: torch.Tensor, like: torch.Tensor, derivative: bool = False
     ) -> torch.Tensor:
-        """The collocation polynomial's weights where the method is a collocation method
-        (y0 + h sum_j w_j(theta) k_j), else cubic Hermite's."""
+        """The dense output as weights, one row per point.
+
+        The collocation polynomial's (y0 + h sum_j w_j(theta) k_j) where the method is a
+        collocation method, else cubic Hermite's.
+
+        Arguments:
+            theta: the step fractions, (m,) float64.
+            h: the step sizes, (m,) float64.
+            like: a tensor of the dtype and device the weights take.
+            derivative: the weights of dy/dt instead of y.
+
+        Returns:
+            The weights, (m, 2 + K): of y0, y1 and the K rows of ``dense_record``.
+        """
         if not self.tableau.collocation:
             return super().dense_weights(theta, h, like, derivative)
         w = collocation_weights(self.tableau.c, theta.detach().cpu().numpy(), derivative)

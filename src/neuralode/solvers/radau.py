@@ -30,6 +30,19 @@ class Radau(ImplicitRK):
     products), three evaluations per Newton iteration, and one more after a rejection.
     Newton takes at most ``max_iters`` = 6 iterations under error control (a failure
     shrinks the step), 30 on fixed steps. Use with ``PIController`` (``solve``'s default).
+
+    Arguments:
+        max_iters: Newton iterations per step (default 6 under error control, 30 on fixed steps).
+        newton_tol: the Newton convergence tolerance, as for
+            [`ImplicitRK`][neuralode.solvers.ImplicitRK].
+        batch_size: the first dimension of the state indexes that many independent samples
+            (Newton matrices per sample).
+        linear_solver: ``"direct"`` (LU), ``"krylov"`` (GMRES) or ``"auto"``.
+        krylov_tol: GMRES's relative tolerance.
+        krylov_dim: the most Krylov vectors GMRES builds.
+
+    Raises:
+        ValueError: an option out of its range (the message names it).
     """
 
     tableau = RADAU_IIA5_TABLEAU
@@ -38,6 +51,7 @@ class Radau(ImplicitRK):
 
     @property
     def name(self) -> str:
+        """``"radau"``, the adaptive method's name (``radau_iia5`` is the fixed-step one)."""
         return "radau"
 
     def _error(

@@ -21,6 +21,20 @@ RADAU_IIA5_TABLEAU = ImplicitTableau(
 
 
 class RadauIIA5(ImplicitRK):
-    """Three-stage Radau IIA collocation method, fixed step (``radau`` is the adaptive one)."""
+    """Three-stage Radau IIA collocation method, fixed step (``radau`` is the adaptive one).
+
+    Arguments:
+        max_iters: Newton iterations per step (default 30).
+        newton_tol: the Newton convergence tolerance, as for
+            [`ImplicitRK`][neuralode.solvers.ImplicitRK].
+        batch_size: the first dimension of the state indexes that many independent samples
+            (Newton matrices per sample).
+        linear_solver: ``"direct"`` (LU), ``"krylov"`` (GMRES) or ``"auto"``.
+        krylov_tol: GMRES's relative tolerance.
+        krylov_dim: the most Krylov vectors GMRES builds.
+
+    Raises:
+        ValueError: an option out of its range (the message names it).
+    """
 
     tableau = RADAU_IIA5_TABLEAU

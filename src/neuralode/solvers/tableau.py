@@ -112,6 +112,7 @@ class ButcherTableau:
 
     @property
     def stages(self) -> int:
+        """The number of stages, ``len(c)``."""
         return len(self.c)
 
     @property
@@ -179,6 +180,7 @@ class ImplicitTableau:
 
     @property
     def stages(self) -> int:
+        """The number of stages, ``len(c)``."""
         return len(self.c)
 
     @property

@@ -20,6 +20,20 @@ TRBDF2_TABLEAU = ImplicitTableau(
 
 
 class TRBDF2(ImplicitRK):
-    """Explicit first stage, two implicit stages with the same diagonal; fixed step."""
+    """Explicit first stage, two implicit stages with the same diagonal; fixed step.
+
+    Arguments:
+        max_iters: Newton iterations per step (default 30).
+        newton_tol: the Newton convergence tolerance, as for
+            [`ImplicitRK`][neuralode.solvers.ImplicitRK].
+        batch_size: the first dimension of the state indexes that many independent samples
+            (Newton matrices per sample).
+        linear_solver: ``"direct"`` (LU), ``"krylov"`` (GMRES) or ``"auto"``.
+        krylov_tol: GMRES's relative tolerance.
+        krylov_dim: the most Krylov vectors GMRES builds.
+
+    Raises:
+        ValueError: an option out of its range (the message names it).
+    """
 
     tableau = TRBDF2_TABLEAU

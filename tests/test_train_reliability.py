@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -234,15 +235,36 @@ def test_divergence_is_one_line_that_suggests_a_lower_learning_rate(tmp_path, ca
     "extra, fragment",
     [
         (["--device", "banana"], "--device 'banana' is not a device"),
-        (["--train-subset", "-1"], "train_subset must be non-negative"),
-        (["--test-subset", "-5"], "test_subset must be non-negative"),
-        (["--crop-padding", "-2"], "crop_padding must be -1"),
-        (["--warmup-epochs", "-1"], "warmup_epochs must be non-negative"),
+        (["--train-subset", "-1"], "argument --train-subset: must be a non-negative integer"),
+        (["--test-subset", "-5"], "argument --test-subset: must be a non-negative integer"),
+        (["--crop-padding", "-2"], "argument --crop-padding: must be an integer >= -1, got -2"),
+        (["--warmup-epochs", "-1"], "argument --warmup-epochs: must be a non-negative number"),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, fragment) -> None:
-    assert main(["train", "resnet", *ARGV, "--out", str(tmp_path / "o"), *extra]) == 2
+    argv = ["train", "resnet", *ARGV, "--out", str(tmp_path / "o"), *extra]
+    try:  # a value out of an option's range stops the parse: argparse exits
+        status = main(argv)
+    except SystemExit as stop:
+        status = stop.code
+    assert status == 2
     _one_line_error(capsys, fragment)
+    assert not (tmp_path / "o").exists()
+
+
+@row("T15")
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (dict(train_subset=-1), "train_subset must be non-negative, got -1"),
+        (dict(test_subset=-5), "test_subset must be non-negative, got -5"),
+        (dict(crop_padding=-2), "crop_padding must be -1 (automatic), 0 (off) or positive"),
+        (dict(warmup_epochs=-1.0), "warmup_epochs must be non-negative, got -1.0"),
+    ],
+)
+def test_bad_options_of_a_train_config_are_refused(tmp_path, option, message) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(out=str(tmp_path / "o"), **option)
     assert not (tmp_path / "o").exists()
 
 
@@ -372,7 +394,7 @@ def test_ctrl_c_while_the_command_line_loads_is_one_line(capsys, monkeypatch) ->
 @row("T17")
 def test_a_malformed_command_line_is_one_line(capsys) -> None:
     for argv, fragment in [
-        (["train", "odenet", "--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
+        (["train", "odenet", "--lr", "abc"], "argument --lr: must be a positive number, got 'abc'"),
         (["train", "odenet", "--bogus"], "unrecognized arguments: --bogus"),
         (["fly"], "invalid choice: 'fly'"),
     ]:

@@ -362,6 +362,34 @@ def test_bad_input_errors() -> None:
         pde.divergence(torch.zeros(2, 8), Grid((2, 8)))
 
 
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: Grid(64), r"tuple of whole node counts, one per axis, e\.g\. \(64,\)"),
+        (lambda: Grid((6.5,)), "tuple of whole node counts"),
+        (lambda: Grid((8,), lengths=2.0), r"lengths needs one entry per axis \(1\), got 2\.0"),
+        (lambda: Grid((8,), lengths=(math.inf,)), "lengths must be a finite real constant"),
+        (lambda: Grid((8,), origin=(math.nan,)), "origin must be a finite real constant"),
+        (lambda: Dirichlet(math.nan), "Dirichlet left must be a finite real constant"),
+        (lambda: Neumann(0.0, "1"), "Neumann right must be a finite real constant"),
+        (
+            lambda: Dirichlet(torch.tensor(1.0, requires_grad=True)),
+            "Dirichlet left must be a finite real constant",
+        ),
+    ],
+)
+def test_grid_and_boundary_values_are_validated(make, match: str) -> None:
+    # a truncated node count, an infinite spacing or NaN boundary data would give NaN fields
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_grid_accepts_lists_arrays_and_numpy_numbers() -> None:
+    grid = Grid([8, 4], lengths=torch.tensor([2.0, 1.0]), boundary=[Periodic(), Neumann(0, 1)])
+    assert grid.shape == (8, 4) and grid.lengths == (2.0, 1.0)
+    assert grid.boundaries == (Periodic(), Neumann(0.0, 1.0))
+
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

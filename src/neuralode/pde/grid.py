@@ -13,9 +13,24 @@ unknowns only and the boundary enters through ghost points:
 
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+
+def _finite(owner: str, name: str, value: Any) -> float:
+    """``value`` as a float, or a ``ValueError`` naming ``owner.name`` unless finite and real."""
+    learnable = isinstance(value, torch.Tensor) and value.requires_grad
+    try:
+        number = math.nan if learnable else float(value)
+    except (TypeError, ValueError, RuntimeError):
+        number = math.nan
+    if isinstance(value, (bool, complex, str, bytes)) or not math.isfinite(number):
+        raise ValueError(f"{owner} {name} must be a finite real constant, got {value!r}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -30,10 +45,17 @@ class Dirichlet:
     Attributes:
         left: the value at ``x0``.
         right: the value at ``x0 + L``.
+
+    Raises:
+        ValueError: a value that is not a finite real number.
     """
 
     left: float = 0.0
     right: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "left", _finite("Dirichlet", "left", self.left))
+        object.__setattr__(self, "right", _finite("Dirichlet", "right", self.right))
 
 
 @dataclass(frozen=True)
@@ -43,10 +65,17 @@ class Neumann:
     Attributes:
         left: du/dx at ``x0``.
         right: du/dx at ``x0 + L``.
+
+    Raises:
+        ValueError: a slope that is not a finite real number.
     """
 
     left: float = 0.0
     right: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "left", _finite("Neumann", "left", self.left))
+        object.__setattr__(self, "right", _finite("Neumann", "right", self.right))
 
 
 Boundary = Periodic | Dirichlet | Neumann
@@ -66,7 +95,9 @@ class Grid:
         origin: the coordinate x0 of each axis' start (default 0).
 
     Raises:
-        ValueError: a shape, length or boundary that does not fit the number of axes.
+        ValueError: a shape that is not a tuple of whole node counts, lengths or origins that
+            are not finite numbers, or a shape, length or boundary that does not fit the
+            number of axes.
     """
 
     shape: tuple[int, ...]
@@ -75,18 +106,23 @@ class Grid:
     origin: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        shape = tuple(int(n) for n in self.shape)
+        shape = _node_counts(self.shape)
         if len(shape) not in (1, 2):
             raise ValueError(f"Grid supports 1 or 2 axes, got shape {self.shape!r}")
-        lengths = (1.0,) * len(shape) if self.lengths is None else tuple(self.lengths)
-        origin = (0.0,) * len(shape) if self.origin is None else tuple(self.origin)
+        ndim = len(shape)
+        lengths = _entries((1.0,) * ndim if self.lengths is None else self.lengths)
+        origin = _entries((0.0,) * ndim if self.origin is None else self.origin)
         boundary = self.boundary
-        boundaries = boundary if isinstance(boundary, tuple) else (boundary,) * len(shape)
+        boundaries = tuple(boundary) if isinstance(boundary, (tuple, list)) else (boundary,) * ndim
         for name, value in (("lengths", lengths), ("origin", origin), ("boundary", boundaries)):
-            if len(value) != len(shape):
+            if value is None or len(value) != ndim:
+                given = getattr(self, name)
+                hint = f" (write ({given!r},))" if value is None and ndim == 1 else ""
                 raise ValueError(
-                    f"Grid {name} needs one entry per axis ({len(shape)}), got {value!r}"
+                    f"Grid {name} needs one entry per axis ({ndim}), got {given!r}{hint}"
                 )
+        lengths = tuple(_finite("Grid", "lengths", x) for x in lengths)
+        origin = tuple(_finite("Grid", "origin", x) for x in origin)
         for b in boundaries:
             if not isinstance(b, (Periodic, Dirichlet, Neumann)):
                 raise ValueError(
@@ -99,8 +135,8 @@ class Grid:
         if any(not length > 0 for length in lengths):
             raise ValueError(f"Grid lengths must be positive, got {lengths!r}")
         object.__setattr__(self, "shape", shape)
-        object.__setattr__(self, "lengths", tuple(float(x) for x in lengths))
-        object.__setattr__(self, "origin", tuple(float(x) for x in origin))
+        object.__setattr__(self, "lengths", lengths)
+        object.__setattr__(self, "origin", origin)
         object.__setattr__(self, "boundary", boundaries)
 
     @property
@@ -151,6 +187,33 @@ class Grid:
                 f"a field on this grid has shape (..., {', '.join(map(str, self.shape))}), "
                 f"got {got}"
             )
+
+
+def _entries(value: Any) -> tuple[Any, ...] | None:
+    """The entries of a sequence (tuple, list, 1-D array), or ``None`` for anything else."""
+    if isinstance(value, (str, bytes)):
+        return None
+    try:
+        return tuple(value)
+    except TypeError:  # a scalar, or a 0-d array
+        return None
+
+
+def _node_counts(shape: Any) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints, or a ``ValueError`` that shows the expected form."""
+    counts = []
+    entries = _entries(shape)
+    for n in (None,) if entries is None else entries:
+        try:
+            if isinstance(n, bool):
+                raise TypeError
+            counts.append(operator.index(n))
+        except TypeError:
+            raise ValueError(
+                f"Grid shape must be a tuple of whole node counts, one per axis, e.g. (64,) or "
+                f"(32, 32); got {shape!r}"
+            ) from None
+    return tuple(counts)
 
 
 def _spacing(n: int, length: float, boundary: Boundary) -> float:

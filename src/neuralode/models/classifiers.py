@@ -29,6 +29,15 @@ class Augment(nn.Module):
         self.extra = extra
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Append the zero channels.
+
+        Arguments:
+            x: a tensor (batch, channels, ...).
+
+        Returns:
+            (batch, channels + extra, ...): ``x`` followed by zeros along dim 1 (``x``
+            itself when ``extra`` is 0).
+        """
         if self.extra == 0:
             return x
         zeros = x.new_zeros(x.shape[0], self.extra, *x.shape[2:])
@@ -85,6 +94,14 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One residual step.
+
+        Arguments:
+            x: features (batch, channels, height, width).
+
+        Returns:
+            ``x`` plus the residual, of the shape of ``x``.
+        """
         return x + self.body(x)
 
 
@@ -134,6 +151,14 @@ class ODENet(nn.Module):
         self.head = head(width, classes, pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify images.
+
+        Arguments:
+            x: images (batch, 1, 28, 28).
+
+        Returns:
+            The logits, (batch, classes).
+        """
         return self.head(self.ode(self.features(x)))
 
 
@@ -184,4 +209,12 @@ class ResNet(nn.Module):
         self.head = head(channels, classes, pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify images.
+
+        Arguments:
+            x: images (batch, 1, 28, 28).
+
+        Returns:
+            The logits, (batch, classes).
+        """
         return self.head(self.blocks(self.features(x)))

@@ -63,6 +63,15 @@ class ConcatSquashLinear(nn.Module):
         self.time_bias = nn.Linear(1, dim_out, bias=False)
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer at time ``t``.
+
+        Arguments:
+            t: the time, a scalar or one per sample (batch,).
+            x: the input, (..., dim_in).
+
+        Returns:
+            (..., dim_out).
+        """
         tt = batch_time(t, x)  # (1, ..., 1) or per sample (batch, 1, ..., 1)
         return self.linear(x) * torch.sigmoid(self.gate(tt)) + self.time_bias(tt)
 
@@ -83,6 +92,15 @@ class ConcatSquashMLP(nn.Module):
         self.acts = nn.ModuleList(activation_layer(activation) for _ in hidden)
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Evaluate the vector field.
+
+        Arguments:
+            t: the time, a scalar or one per sample (batch,).
+            z: the state, (batch, dim).
+
+        Returns:
+            dz/dt, (batch, dim).
+        """
         for layer, act in zip(self.layers, self.acts):
             z = act(layer(t, z))
         return self.layers[-1](t, z)
@@ -97,6 +115,13 @@ class ConcatSquashMLP(nn.Module):
         keeps the graph first-order (no double backward). The CNF's exact trace uses it when
         the field has it: 10-15% cheaper per training step on the 2-D toy model than ``dim``
         vector-Jacobian products with ``create_graph``.
+
+        Arguments:
+            t: the time, a scalar or one per sample (batch,).
+            z: the state, (batch, dim).
+
+        Returns:
+            ``(f, jacobian)``: f(t, z) (batch, dim) and df/dz (batch, dim, dim).
         """
         dim = z.shape[1]
         jac_t = None  # transposed Jacobian of the current activations: (batch, dim, width)
@@ -152,6 +177,15 @@ class ConcatSquashConv2d(nn.Module):
         self.time_bias = nn.Linear(1, channels_out, bias=False)
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer at time ``t``.
+
+        Arguments:
+            t: the time, a scalar or one per sample (batch,).
+            x: images, (batch, channels_in, H, W).
+
+        Returns:
+            (batch, channels_out, H, W).
+        """
         tt = batch_time(t, x).reshape(-1, 1)  # (1, 1), or per sample (batch, 1)
         gate = torch.sigmoid(self.gate(tt)).reshape(tt.shape[0], -1, 1, 1)
         return self.conv(x) * gate + self.time_bias(tt).reshape(tt.shape[0], -1, 1, 1)
@@ -172,6 +206,15 @@ class ConcatSquashConvNet(nn.Module):
         self.act = nn.Softplus()
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Evaluate the vector field.
+
+        Arguments:
+            t: the time, a scalar or one per sample (batch,).
+            z: images, (batch, channels, H, W).
+
+        Returns:
+            dz/dt, of the shape of ``z``.
+        """
         for layer in self.layers[:-1]:
             z = self.act(layer(t, z))
         return self.layers[-1](t, z)
@@ -197,6 +240,15 @@ class GatedPlanarDynamics(nn.Module):
         self.gate_c = nn.Parameter(torch.zeros(width))
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Evaluate the vector field.
+
+        Arguments:
+            t: the time, a scalar or one per sample (batch,).
+            z: the state, (batch, dim).
+
+        Returns:
+            dz/dt, (batch, dim).
+        """
         gate = torch.sigmoid(self.gate_a * batch_time(t, z) + self.gate_c)  # (1 or batch, M)
         return (torch.tanh(z @ self.w.T + self.b) * gate) @ self.u
 
@@ -279,6 +331,18 @@ class CNFDynamics(nn.Module):
         self.direction = direction
 
     def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
+        """Evaluate the augmented vector field.
+
+        Arguments:
+            t: the time, a scalar or one per sample (batch,).
+            state: ``(z, logdet)`` or ``(z, logdet, kinetic, jacobian)``, z (batch, *shape)
+                and the others (batch,).
+
+        Returns:
+            ``(dz/dt, tr(df/dz))``, with the signed penalty integrands ||f||^2 / dim and
+            ||df/dz||_F^2 / dim appended for a four-part state; the trace exact or
+            Hutchinson's estimate.
+        """
         z = state[0]
         differentiable = torch.is_grad_enabled()
         if self.noise is None and hasattr(self.net, "forward_with_jacobian"):
@@ -466,6 +530,12 @@ class CNF(FlowDensity):
         The RNODE channels (kinetic energy, Jacobian norm) are penalties, not part of the
         density: measuring them too made the adaptive solver take the steps *they* needed
         (the Frobenius integrand varies faster than the state), 30-40% more on the toy model.
+
+        Arguments:
+            y: the flat state z of the solve, (batch, ...); sets the parts' sizes.
+
+        Returns:
+            A seminorm over the first two parts of the state, z and log p.
         """
         batch = y.shape[0]
         return seminorm([y.numel(), batch, batch, batch], 2)
@@ -475,17 +545,39 @@ class CNF(FlowDensity):
         return ts.flip(0) if reverse else ts
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data -> base: (z, log|det dz/dx|) per sample."""
+        """Data -> base: solve from T back to 0.
+
+        Arguments:
+            x: data, (batch, *shape).
+
+        Returns:
+            ``(z, logdet)``: z of the shape of ``x`` and log|det dz/dx| per sample, (batch,).
+        """
         ys = self._solve(x, self._times(x, reverse=True))
         return ys[0][-1], ys[1][-1]
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Base -> data: (x, log|det dx/dz|) per sample."""
+        """Base -> data: solve from 0 to T.
+
+        Arguments:
+            z: base samples, (batch, *shape).
+
+        Returns:
+            ``(x, logdet)``: x of the shape of ``z`` and log|det dx/dz| per sample, (batch,).
+        """
         ys = self._solve(z, self._times(z, reverse=False))
         return ys[0][-1], ys[1][-1]
 
     def trajectory(self, z: torch.Tensor, n_times: int = 11) -> torch.Tensor:
-        """Base -> data at ``n_times`` equally spaced times: (n_times, batch, *shape)."""
+        """Base -> data at ``n_times`` equally spaced times from 0 to T.
+
+        Arguments:
+            z: base samples, (batch, *shape).
+            n_times: the number of times, both ends included.
+
+        Returns:
+            The states, (n_times, batch, *shape).
+        """
         ts = torch.linspace(0.0, 1.0, n_times, dtype=z.dtype, device=z.device) * self.T.to(z)
         return self._solve(z, ts)[0]
 
@@ -518,6 +610,14 @@ class SequentialFlow(FlowDensity):
         self.event_shape = getattr(blocks[0], "event_shape", None)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data to base through every block in order.
+
+        Arguments:
+            x: data, (batch, *shape).
+
+        Returns:
+            ``(z, logdet)``: the base point and the blocks' log|det dz/dx| summed, (batch,).
+        """
         logdet = x.new_zeros(x.shape[0])
         for block in self.blocks:
             x, ld = block(x)
@@ -525,7 +625,14 @@ class SequentialFlow(FlowDensity):
         return x, logdet
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Base to data through every block in reverse: ``(x, log|det dx/dz|)``."""
+        """Base to data through every block in reverse.
+
+        Arguments:
+            z: base samples, (batch, *shape).
+
+        Returns:
+            ``(x, logdet)``: the data point and the blocks' log|det dx/dz| summed, (batch,).
+        """
         logdet = z.new_zeros(z.shape[0])
         for block in reversed(self.blocks):
             z, ld = block.inverse(z)
@@ -533,7 +640,15 @@ class SequentialFlow(FlowDensity):
         return z, logdet
 
     def trajectory(self, z: torch.Tensor, n_times: int = 11) -> torch.Tensor:
-        """Base -> data through every block: (blocks * (n_times - 1) + 1, batch, *shape)."""
+        """Base -> data through every block, each block's ``trajectory`` joined.
+
+        Arguments:
+            z: base samples, (batch, *shape).
+            n_times: the number of times of each block's trajectory, both ends included.
+
+        Returns:
+            The states, (blocks * (n_times - 1) + 1, batch, *shape).
+        """
         pieces = [z[None]]
         for block in reversed(self.blocks):
             path = block.trajectory(pieces[-1][-1], n_times)

@@ -52,6 +52,15 @@ class MLPDynamics(nn.Module):
         self.net = nn.Sequential(*blocks)
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Evaluate the vector field.
+
+        Arguments:
+            t: the time, a scalar or one per sample (batch,) (ignored when ``autonomous``).
+            y: the state, (..., dim).
+
+        Returns:
+            dy/dt, of the shape of ``y``.
+        """
         if self.autonomous:
             return self.net(y)
         time = batch_time(t, y).expand(*y.shape[:-1], 1)
@@ -99,6 +108,15 @@ class ConcatConv2d(nn.Module):
         )
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Convolve ``x`` with the time as a constant first channel.
+
+        Arguments:
+            t: the time, a scalar or one per sample (batch,).
+            x: features (batch, channels_in, height, width).
+
+        Returns:
+            (batch, channels_out, height', width'), as ``nn.Conv2d`` gives.
+        """
         time = batch_time(t, x).expand(x.shape[0], 1, *x.shape[2:])
         return self.conv(torch.cat([time, x], dim=1))
 
@@ -128,6 +146,15 @@ class ConvDynamics(nn.Module):
         self.norm3 = group_norm(channels)
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Evaluate the vector field.
+
+        Arguments:
+            t: the time, a scalar or one per sample (batch,).
+            x: features (batch, channels, height, width).
+
+        Returns:
+            dx/dt, of the shape of ``x``.
+        """
         out = self.conv1(t, self.act(self.norm1(x)))
         out = self.conv2(t, self.act(self.norm2(out)))
         return self.norm3(out)

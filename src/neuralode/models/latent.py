@@ -138,12 +138,36 @@ class ODERNN(nn.Module):
         )
 
     def evolve(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
-        """The hidden state ``h`` at ``t_from`` carried by the ODE to ``t_to``."""
+        """The hidden state ``h`` at ``t_from`` carried by the ODE to ``t_to``.
+
+        Arguments:
+            h: the hidden states, (B, H).
+            t_from: the start time, a 0-dim tensor.
+            t_to: the end time, a 0-dim tensor.
+
+        Returns:
+            The hidden states at ``t_to``, (B, H).
+        """
         return self.ode(h, torch.stack([t_from, t_to]).to(h.dtype))[-1]
 
     def forward(
         self, ts: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run over the observations, updating at each and evolving between them.
+
+        Arguments:
+            ts: the union of the batch's observation times, (T,), strictly increasing.
+            values: the observations, (B, T, D).
+            mask: 1 where a feature was observed, else 0, (B, T, D).
+
+        Returns:
+            ``(before, after)``, each (B, T, H): the state at each time before and after the
+            update there.
+
+        Raises:
+            ValueError: ``ts`` not 1-D, finite and strictly increasing, or ``values`` and
+                ``mask`` not of shape (B, len(ts), D).
+        """
         _check_batch(ts, values, mask)
         batch, steps, _ = values.shape
         h = values.new_zeros(batch, self.hidden_dim)
@@ -186,6 +210,20 @@ class GapRNN(nn.Module):
         self.gru = nn.GRUCell(2 * input_dim + 1, hidden_dim)
 
     def forward(self, ts: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Run the GRU over each series' observations.
+
+        Arguments:
+            ts: the union of the batch's observation times, (T,), strictly increasing.
+            values: the observations, (B, T, D).
+            mask: 1 where a feature was observed, else 0, (B, T, D).
+
+        Returns:
+            The state after each time, (B, T, H) (unchanged where nothing was observed).
+
+        Raises:
+            ValueError: ``ts`` not 1-D, finite and strictly increasing, or ``values`` and
+                ``mask`` not of shape (B, len(ts), D).
+        """
         _check_batch(ts, values, mask)
         batch, steps, _ = values.shape
         h = values.new_zeros(batch, self.hidden_dim)
@@ -238,7 +276,20 @@ class RNNBaseline(nn.Module):
         )
 
     def forward(self, ts: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Predictions (B, T, D) of the values at every time from what came before it."""
+        """Predict the values at every time from what came before it.
+
+        Arguments:
+            ts: the union of the batch's observation times, (T,), strictly increasing.
+            values: the observations, (B, T, D).
+            mask: 1 where a feature was observed, else 0, (B, T, D).
+
+        Returns:
+            The predictions, (B, T, D).
+
+        Raises:
+            ValueError: ``ts`` not 1-D, finite and strictly increasing, or ``values`` and
+                ``mask`` not of shape (B, len(ts), D).
+        """
         _check_batch(ts, values, mask)
         batch, steps, dim = values.shape
         h = values.new_zeros(batch, self.hidden_dim)
@@ -275,7 +326,11 @@ class ELBO:
     n_observed: torch.Tensor  # (B,) observed target entries
 
     def loss(self) -> torch.Tensor:
-        """-ELBO per observed entry, averaged over the batch: a scale-free training loss."""
+        """-ELBO per observed entry, averaged over the batch: a scale-free training loss.
+
+        Returns:
+            ``-sum(elbo) / max(sum(n_observed), 1)``, a 0-dim tensor.
+        """
         return -self.elbo.sum() / self.n_observed.sum().clamp(min=1)
 
 
@@ -339,6 +394,14 @@ class LinearPlusMLP(nn.Module):
             self.mlp[-1].bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the map.
+
+        Arguments:
+            x: the input, (..., dim_in).
+
+        Returns:
+            W x (+ b) + MLP(x), (..., dim_out).
+        """
         return self.linear(x) + self.mlp(x)
 
 
@@ -610,7 +673,15 @@ class LatentODE(_LatentVAE):
         )
 
     def latent_trajectory(self, z0: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
-        """The latent states at ``ts`` from ``z0``, ``(len(ts), *z0.shape)``."""
+        """The latent states at ``ts``, solved from ``z0``.
+
+        Arguments:
+            z0: the latent states at ``ts[0]``, (N, L).
+            ts: the times, (T,), strictly increasing.
+
+        Returns:
+            The latent states, (T, N, L).
+        """
         return self.ode(z0, ts.to(z0.dtype))
 
     @property
@@ -666,7 +737,15 @@ class RNNVAE(_LatentVAE):
         self.readout = nn.Linear(rnn_hidden, latent_dim)
 
     def latent_trajectory(self, z0: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
-        """The latent states at ``ts`` from ``z0``: the GRU fed the gaps between the times."""
+        """The latent states at ``ts`` from ``z0``: the GRU fed the gaps between the times.
+
+        Arguments:
+            z0: the latent states at ``ts[0]``, (N, L).
+            ts: the times, (T,).
+
+        Returns:
+            The latent states read out of the GRU, (T, N, L).
+        """
         h = torch.tanh(self.init(z0))
         dts = torch.diff(ts, prepend=ts[:1]).to(z0.dtype)
         states = []

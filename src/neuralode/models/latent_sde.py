@@ -86,22 +86,56 @@ class LatentSDE(nn.Module):
         self._times: list[float] = []
 
     def f(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The posterior drift at ``(t, z)``, conditioned on the encoded context."""
+        """The posterior drift at ``(t, z)``, conditioned on the encoded context.
+
+        The context is the one ``elbo`` encoded last, at the first observation after ``t``
+        (the last one past the end).
+
+        Arguments:
+            t: the time, a scalar or one per sample (batch,).
+            z: the latent states, (batch, latent_dim).
+
+        Returns:
+            The drift, (batch, latent_dim).
+        """
         i = min(bisect.bisect_right(self._times, float(t)), len(self._times) - 1)
         time = batch_time(t, z).expand(z.shape[0], 1)
         return self.f_net(torch.cat([z, self._context[i], time], dim=-1))
 
     def h(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The prior drift at ``(t, z)``."""
+        """The prior drift at ``(t, z)``.
+
+        Arguments:
+            t: the time, a scalar or one per sample (batch,).
+            z: the latent states, (batch, latent_dim).
+
+        Returns:
+            The drift, (batch, latent_dim).
+        """
         return self.h_net(torch.cat([z, batch_time(t, z).expand(z.shape[0], 1)], dim=-1))
 
     def g(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The diagonal diffusion at ``(t, z)``, shared by prior and posterior."""
+        """The diagonal diffusion at ``(t, z)``, shared by prior and posterior.
+
+        Arguments:
+            t: the time (unused: the diffusion depends on ``z`` only).
+            z: the latent states, (batch, latent_dim).
+
+        Returns:
+            The diffusion, (batch, latent_dim), each entry in (0, diffusion_scale).
+        """
         return self.diffusion_scale * self.g_net(z)
 
     def encode(self, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
-        """The context at each observation time (T, batch, context_dim), from the GRU run from
-        the last observation back."""
+        """The context at each observation time, from the GRU run from the last observation back.
+
+        Arguments:
+            xs: observations (T, batch, obs_dim).
+            ts: their times (T,).
+
+        Returns:
+            The context, (T, batch, context_dim).
+        """
         times = ts[:, None, None].expand(-1, xs.shape[1], 1).to(xs.dtype)
         out, _ = self.encoder(torch.cat([xs, times], dim=-1).flip(0))
         return self.to_context(out).flip(0)
@@ -152,12 +186,31 @@ class LatentSDE(nn.Module):
     def sample_posterior(
         self, xs: torch.Tensor, ts: torch.Tensor, dt: float, n: int
     ) -> torch.Tensor:
-        """``n`` posterior sample paths per series, decoded: (n, T, batch, obs_dim)."""
+        """``n`` posterior sample paths per series, decoded (without gradients).
+
+        Arguments:
+            xs: observations (T, batch, obs_dim).
+            ts: their times (T,).
+            dt: the solver's step.
+            n: the number of sample paths per series.
+
+        Returns:
+            The decoded means of the paths, (n, T, batch, obs_dim).
+        """
         return torch.stack([self.elbo(xs, ts, 1.0, dt)[3] for _ in range(n)])
 
     @torch.no_grad()
     def sample_prior(self, ts: torch.Tensor, batch: int, dt: float) -> torch.Tensor:
-        """Decoded sample paths of the prior SDE (drift ``h``): (T, batch, obs_dim)."""
+        """Decoded sample paths of the prior SDE (drift ``h``), without gradients.
+
+        Arguments:
+            ts: the times (T,); the paths start at ``ts[0]``.
+            batch: the number of paths.
+            dt: the solver's step.
+
+        Returns:
+            The decoded means of the paths, (T, batch, obs_dim).
+        """
         z0 = self.pz0_mean + self.pz0_logstd.exp() * torch.randn(batch, self.pz0_mean.numel())
         zs = sdeint(self, z0, ts, dt=dt, method="euler", names={"drift": "h"})
         return self.decoder(zs)

@@ -88,6 +88,20 @@ class ODEBlock(nn.Module):
         return self.gradient
 
     def forward(self, x: torch.Tensor, ts: torch.Tensor | None = None) -> torch.Tensor:
+        """Solve from ``x`` and record the solve's statistics and regularisation.
+
+        Arguments:
+            x: the initial state y(t0), (batch, ...) when there are regularisers.
+            ts: output times (``ts[0]`` the initial time), or ``None`` for ``[t0, t1]``.
+
+        Returns:
+            y(t1), of the shape of ``x``; with ``ts``, the states at ``ts`` stacked on a new
+            dimension 0, (len(ts), *x.shape).
+
+        Raises:
+            ValueError: regularisers in training mode and a state without a non-empty batch
+                dimension.
+        """
         times = ts if ts is not None else torch.tensor([self.t0, self.t1], device=x.device)
         solver = METHODS[self.method]()
         if solver.adaptive:

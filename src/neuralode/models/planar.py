@@ -38,12 +38,23 @@ class PlanarLayer(nn.Module):
         self.b = nn.Parameter(torch.zeros(()))
 
     def u_hat(self) -> torch.Tensor:
-        """u projected so that w . u_hat = -1 + softplus(w . u) > -1 (invertibility)."""
+        """u projected so that w . u_hat = -1 + softplus(w . u) > -1 (invertibility).
+
+        Returns:
+            u_hat, (dim,).
+        """
         wu = self.w @ self.u
         return self.u + (softplus(wu) - 1 - wu) * self.w / (self.w @ self.w).clamp_min(1e-12)
 
     def transform(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z -> (f(z), log|det df/dz|)."""
+        """Apply the layer, f(z) = z + u_hat tanh(w . z + b).
+
+        Arguments:
+            z: the states, (batch, dim).
+
+        Returns:
+            ``(f(z), logdet)``: (batch, dim) and log|det df/dz| per sample, (batch,).
+        """
         u = self.u_hat()
         pre = z @ self.w + self.b
         h = torch.tanh(pre)
@@ -52,11 +63,21 @@ class PlanarLayer(nn.Module):
         return z + h[:, None] * u, logdet
 
     def invert(self, x: torch.Tensor, iterations: int = 80) -> torch.Tensor:
-        """The z with f(z) = x: alpha = w . z solves F(alpha) = alpha + (w . u_hat)
-        tanh(alpha + b) - w . x = 0, monotone in alpha, bracketed by w . x -+ |w . u_hat|;
-        bisection to round-off without a graph, then one Newton step alpha - F(alpha) / F'(alpha)
-        with one, which changes nothing at the root but carries the implicit function
-        theorem's derivative d alpha = -dF / F' with respect to x and the parameters."""
+        """The z with f(z) = x.
+
+        alpha = w . z solves F(alpha) = alpha + (w . u_hat) tanh(alpha + b) - w . x = 0,
+        monotone in alpha, bracketed by w . x -+ |w . u_hat|; bisection to round-off without
+        a graph, then one Newton step alpha - F(alpha) / F'(alpha) with one, which changes
+        nothing at the root but carries the implicit function theorem's derivative
+        d alpha = -dF / F' with respect to x and the parameters.
+
+        Arguments:
+            x: the layer's outputs, (batch, dim).
+            iterations: the bisection steps.
+
+        Returns:
+            z, (batch, dim), differentiable in ``x`` and the parameters.
+        """
         u = self.u_hat()
         wu = self.w @ u
         target = x @ self.w
@@ -96,7 +117,14 @@ class PlanarFlow(FlowDensity):
         self.event_shape = (dim,)
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Base to data: ``(x, log|det dx/dz|)``, the layers in order."""
+        """Base to data: the layers in order.
+
+        Arguments:
+            z: base samples, (batch, dim).
+
+        Returns:
+            ``(x, logdet)``: (batch, dim) and log|det dx/dz| per sample, (batch,).
+        """
         logdet = z.new_zeros(z.shape[0])
         for layer in self.layers:
             z, ld = layer.transform(z)
@@ -104,6 +132,14 @@ class PlanarFlow(FlowDensity):
         return z, logdet
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data to base: the layers inverted in reverse order (by bisection).
+
+        Arguments:
+            x: data, (batch, dim).
+
+        Returns:
+            ``(z, logdet)``: (batch, dim) and log|det dz/dx| per sample, (batch,).
+        """
         logdet = x.new_zeros(x.shape[0])
         for layer in reversed(self.layers):
             x = layer.invert(x)

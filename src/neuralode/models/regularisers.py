@@ -62,12 +62,28 @@ class Regulariser(abc.ABC):
         self.weight = weight
 
     def draw_noise(self, y0: torch.Tensor) -> torch.Tensor | None:
-        """Random vectors used by a stochastic estimator, drawn once per solve."""
+        """Random vectors used by a stochastic estimator, drawn once per solve.
+
+        Arguments:
+            y0: the initial state, (batch, ...).
+
+        Returns:
+            The noise, shaped like ``y0``; by default ``None`` (no estimator).
+        """
         return None
 
     @abc.abstractmethod
     def rate(self, point: Point, noise: torch.Tensor | None) -> torch.Tensor:
-        """The integrand at ``point``, one value per sample: shape (batch,)."""
+        """The integrand at ``point``.
+
+        Arguments:
+            point: where the integrand is evaluated: ``t``, ``y`` (batch, ...), ``f(t, y)``
+                and whether the result must be differentiable (``create_graph``).
+            noise: the draw of ``draw_noise`` for this solve, or ``None``.
+
+        Returns:
+            One value per sample, (batch,).
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(weight={self.weight})"
@@ -78,12 +94,28 @@ def _per_sample_sum_of_squares(x: torch.Tensor) -> torch.Tensor:
 
 
 class KineticEnergy(Regulariser):
-    """||f(t, y)||^2 per sample: straight trajectories at constant speed."""
+    """||f(t, y)||^2 per sample: straight trajectories at constant speed.
+
+    Arguments:
+        weight: multiplies the integral in the loss.
+
+    Raises:
+        ValueError: a negative or non-finite weight.
+    """
 
     name = "kinetic"
 
     def rate(self, point: Point, noise: torch.Tensor | None) -> torch.Tensor:
-        """||f(t, y)||^2 per sample (the kinetic energy's integrand)."""
+        """||f(t, y)||^2 per sample (the kinetic energy's integrand).
+
+        Arguments:
+            point: where the integrand is evaluated: ``t``, ``y`` (batch, ...), ``f(t, y)``
+                and whether the result must be differentiable (``create_graph``).
+            noise: unused.
+
+        Returns:
+            ||f||^2 summed over every dimension but the first, (batch,).
+        """
         return _per_sample_sum_of_squares(point.f)
 
 
@@ -114,13 +146,29 @@ class JacobianFrobenius(Regulariser):
         self.noise = noise
 
     def draw_noise(self, y0: torch.Tensor) -> torch.Tensor:
-        """Hutchinson's probe vectors, drawn once per solve (Gaussian or Rademacher)."""
+        """Hutchinson's probe vectors, drawn once per solve (Gaussian or Rademacher).
+
+        Arguments:
+            y0: the initial state, (batch, ...).
+
+        Returns:
+            eps, shaped like ``y0``: standard normal, or +-1 with equal probability.
+        """
         if self.noise == "gaussian":
             return torch.randn_like(y0)
         return torch.randint_like(y0, 0, 2) * 2 - 1
 
     def rate(self, point: Point, noise: torch.Tensor | None) -> torch.Tensor:
-        """||eps^T df/dy||^2 per sample: Hutchinson's estimate of ||df/dy||_F^2."""
+        """||eps^T df/dy||^2 per sample: Hutchinson's estimate of ||df/dy||_F^2.
+
+        Arguments:
+            point: where the integrand is evaluated: ``t``, ``y`` (batch, ...), ``f(t, y)``
+                and whether the result must be differentiable (``create_graph``).
+            noise: eps from ``draw_noise``, shaped like ``y``.
+
+        Returns:
+            The estimate, (batch,); zeros when f does not depend on y.
+        """
         assert noise is not None
         (eps_jacobian,) = torch.autograd.grad(
             point.f,
@@ -163,7 +211,16 @@ class DerivativePenalty(Regulariser):
         self.name = f"derivative{order}"
 
     def rate(self, point: Point, noise: torch.Tensor | None) -> torch.Tensor:
-        """||d^K y / dt^K||^2 per sample, the K-th total time derivative along the flow."""
+        """||d^K y / dt^K||^2 per sample, the K-th total time derivative along the flow.
+
+        Arguments:
+            point: where the integrand is evaluated: ``t``, ``y`` (batch, ...), ``f(t, y)``
+                and whether the result must be differentiable (``create_graph``).
+            noise: unused.
+
+        Returns:
+            The squared norm summed over every dimension but the first, (batch,).
+        """
         return _per_sample_sum_of_squares(time_derivative(point, self.order))
 
     def __repr__(self) -> str:

@@ -87,6 +87,7 @@ class PathIncrements(BaseBrownian):
 
     @property
     def levy_area_approximation(self) -> str:
+        """``"none"``: a series as driving path has no Lévy area."""
         return "none"
 
 

@@ -32,6 +32,15 @@ class TimeEmbedding(nn.Module):
         self.linear = nn.Linear(features, dim)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """Embed times.
+
+        Arguments:
+            t: the time: a scalar, or one per sample (batch,).
+
+        Returns:
+            The embedding, (*t.shape, dim): sines and cosines of ``t`` times the
+            frequencies, mapped linearly.
+        """
         angles = t.reshape(*t.shape, 1) * self.frequencies.to(t.dtype)
         features = torch.cat([angles.sin(), angles.cos()], dim=-1)
         return self.linear(features.to(self.linear.weight.dtype))
@@ -79,6 +88,18 @@ class TransformerDynamics(nn.Module):
         )
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Evaluate the vector field.
+
+        Arguments:
+            t: the time, a scalar or one per sample (batch,).
+            y: the state, (batch, tokens, dim).
+
+        Returns:
+            dy/dt, (batch, tokens, dim).
+
+        Raises:
+            ValueError: ``y`` is not 3-D.
+        """
         if y.ndim != 3:
             raise ValueError(
                 f"TransformerDynamics needs states (batch, tokens, dim), got {tuple(y.shape)}"

@@ -68,6 +68,18 @@ class UNetDynamics(nn.Module):
         self.outlet = _Block(width, channels, activation)
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Evaluate the vector field.
+
+        Arguments:
+            t: the time, a scalar or one per sample (batch,).
+            y: the state, images (batch, channels, H, W).
+
+        Returns:
+            dy/dt, of the shape of ``y``.
+
+        Raises:
+            ValueError: ``y`` is not 4-D.
+        """
         if y.ndim != 4:
             raise ValueError(
                 f"UNetDynamics needs states (batch, channels, H, W), got {tuple(y.shape)}"

@@ -41,24 +41,33 @@ class BaseBrownian(metaclass=abc.ABCMeta):
     @property
     @abc.abstractmethod
     def dtype(self) -> torch.dtype:
+        """The dtype of the increments."""
         raise NotImplementedError
 
     @property
     @abc.abstractmethod
     def device(self) -> torch.device:
+        """The device of the increments."""
         raise NotImplementedError
 
     @property
     @abc.abstractmethod
     def shape(self) -> torch.Size:
+        """The shape of one increment, e.g. (batch, noise channels)."""
         raise NotImplementedError
 
     @property
     @abc.abstractmethod
     def levy_area_approximation(self) -> str:
+        """The Lévy area approximation: ``"none"``, ``"space-time"``, ``"davie"``, ``"foster"``."""
         raise NotImplementedError
 
     def size(self) -> torch.Size:
+        """The shape of one increment, as ``shape``.
+
+        Returns:
+            ``shape``.
+        """
         return self.shape
 
 

@@ -88,11 +88,25 @@ class SDESolver(Solver):
 
     @property
     def name(self) -> str:
+        """``SDESolver('<method>')``, for messages."""
         return f"SDESolver({self.method!r})"
 
     def init(self, term: ODETerm, t0: float, y0: torch.Tensor, f0: torch.Tensor | None) -> Any:
-        """Binds the method to the term's SDE and Brownian motion; the state is ``(method,
-        the method's extra state)``."""
+        """Bind the method to the term's SDE and Brownian motion.
+
+        Arguments:
+            term: the bound ``SDETerm``.
+            t0: the initial time.
+            y0: the flat initial state.
+            f0: unused.
+
+        Returns:
+            The state ``(method, extra)``: the bound method and its extra state (the
+            term's initial one, else the method's own for ``(t0, y0)``).
+
+        Raises:
+            TypeError: ``term`` is not an ``SDETerm``.
+        """
         if not isinstance(term, BoundSDETerm):
             raise TypeError(
                 f"{self.name} solves SDEs: pass the SDE as no.solve(SDETerm(sde, bm), ...)"
@@ -114,12 +128,24 @@ class SDESolver(Solver):
         extra: Any,
         noise: tuple | None = None,
     ) -> tuple:
-        """The method's step from ``t0`` to ``t1`` (floats, 0-dim tensors, or (batch,)
-        tensors: each row its own step) on the (batch, channels) state: ``(y1, error,
-        extra1)``; with step doubling ``y1`` is two half steps (meeting at the midpoint) and
-        ``error`` their difference from one full step (else ``None``). ``noise``: the
-        Brownian motion over each step taken, drawn already (``noise``); by default each
-        step asks the Brownian motion."""
+        """The method's step from ``t0`` to ``t1`` on the (batch, channels) state.
+
+        With step doubling ``y1`` is two half steps (meeting at the midpoint) and ``error``
+        their difference from one full step.
+
+        Arguments:
+            stepper: the bound method (the state's first entry).
+            t0: the start time: a float, a 0-dim tensor, or (batch,) (each row its own step).
+            t1: the end time, as ``t0``.
+            y: the state, (batch, channels).
+            extra: the method's extra state.
+            noise: the Brownian motion over each step taken, drawn already (``noise``);
+                ``None``: each step asks the Brownian motion.
+
+        Returns:
+            ``(y1, error, extra1)``: the new state, the error estimate (``None`` without
+            step doubling) and the method's new extra state.
+        """
         drawn = (None, None, None) if noise is None else noise
         if not self.step_doubling:
             y1, extra1 = stepper.step(t0, t1, y, extra, drawn[0])
@@ -131,10 +157,20 @@ class SDESolver(Solver):
         return y1, y_full - y1, extra1
 
     def noise(self, stepper: Any, t0: Any, t1: Any) -> tuple:
-        """The Brownian motion over the steps ``advance`` takes from ``t0`` to ``t1`` (the
-        step, or with step doubling the full step and its halves), as the method uses it:
-        drawn before the step (outside a compiled graph), with one bisection for the three
-        times where the Brownian motion offers ``points`` (a ``VirtualBrownianTree``)."""
+        """The Brownian motion over the steps ``advance`` takes from ``t0`` to ``t1``.
+
+        Drawn before the step (outside a compiled graph), with one bisection for the three
+        times where the Brownian motion offers ``points`` (a ``VirtualBrownianTree``).
+
+        Arguments:
+            stepper: the bound method.
+            t0: the start time.
+            t1: the end time.
+
+        Returns:
+            The increments as the method uses them: one tuple entry for the step, or with
+            step doubling three (the full step and its two halves).
+        """
         if not self.step_doubling:
             return (stepper.brownian(t0, t1),)
         t_mid = midpoint(t0, t1)
@@ -149,6 +185,19 @@ class SDESolver(Solver):
     def step(
         self, term: ODETerm, t0: float, t1: float, y0: torch.Tensor, state: Any, perturb: bool
     ) -> Step:
+        """One step of the SDE method (two half steps and a full one with step doubling).
+
+        Arguments:
+            term: the bound ``SDETerm``.
+            t0: the start time.
+            t1: the end time.
+            y0: the flat state at ``t0``.
+            state: ``(method, extra)``, with the drawn noise in a compiled step.
+            perturb: unused.
+
+        Returns:
+            The [`Step`][neuralode.solvers.Step], its new state in ``extra["state"]``.
+        """
         stepper, extra, *drawn = state  # (the compiled step's noise: ``compiled_state``)
         y = y0.view(term.shape)
         if drawn:
@@ -161,18 +210,55 @@ class SDESolver(Solver):
         return Step(t0, t1, y0, y1.reshape(-1), error, [], extra={"state": (stepper, extra1)})
 
     def compiles(self, term: ODETerm) -> bool:
-        """After the first step, eager: it measures the SDE's evaluations per step."""
+        """Whether the next step may run compiled.
+
+        Arguments:
+            term: the bound ``SDETerm``.
+
+        Returns:
+            ``False`` until an eager first step has measured the SDE's evaluations per step.
+        """
         return term.calls_per_step is not None
 
     def compiled_state(self, term: ODETerm, t0: float, t1: float, state: Any) -> Any:
-        """``(method, extra state, the step's Brownian motion)``: the noise drawn here, by the
-        loop's float times, as the eager step draws it."""
+        """The state of a compiled step, with its Brownian motion drawn here.
+
+        Arguments:
+            term: the bound ``SDETerm``.
+            t0: the start time of the step.
+            t1: the end time of the step.
+            state: ``(method, extra)``.
+
+        Returns:
+            ``(method, extra, noise)``: the noise drawn by the loop's float times, as the
+            eager step draws it.
+        """
         return (*state, self.noise(state[0], t0, t1))
 
     def compiled_evaluations(self, term: ODETerm, step: Step, state: Any) -> int:
+        """The SDE's evaluations in a compiled step.
+
+        Arguments:
+            term: the bound ``SDETerm``.
+            step: the compiled step (unused).
+            state: its state (unused).
+
+        Returns:
+            The evaluations per step the first, eager step measured.
+        """
         return term.calls_per_step
 
     def accept(self, term: ODETerm, step: Step, perturb: bool) -> Any:
+        """Keep the method's extra state of an accepted step (and record its end time).
+
+        Arguments:
+            term: the bound ``SDETerm``; its ``extra`` is updated.
+            step: the accepted step.
+            perturb: unused.
+
+        Returns:
+            The state for the next step, ``(method, extra)``.
+        """
         state = step.extra["state"]
         term.extra = state[1]
         if term.record is not None:
@@ -180,7 +266,16 @@ class SDESolver(Solver):
         return state
 
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
-        """Linear between the step's ends (torchsde's outputs between steps)."""
+        """Linear between the step's ends (torchsde's outputs between steps).
+
+        Arguments:
+            term: the bound ``SDETerm`` (unused).
+            step: the accepted step.
+            thetas: the step fractions, float64 (m,).
+
+        Returns:
+            The states, (m, numel).
+        """
         return self.dense(step.y0[None], step.y1[None], None, None, None, thetas)
 
     def dense(
@@ -192,16 +287,34 @@ class SDESolver(Solver):
         f1: Any,
         theta: torch.Tensor,
     ) -> torch.Tensor:
-        """The states at the step fractions ``theta`` (float64), linear between the ends
-        ``y0`` and ``y1``: ``theta`` (m,) against one step's (1, n) ends gives (m, n), or
-        (batch,) against per-sample (batch, n) ends gives (batch, n)."""
+        """The states at the step fractions ``theta``, linear between the ends.
+
+        Arguments:
+            y0: the start states: one step's (1, n), or per sample (batch, n).
+            y1: the end states, as ``y0``.
+            h: unused.
+            stacked: unused.
+            f1: unused.
+            theta: the step fractions, float64: (m,) for one step, (batch,) per sample.
+
+        Returns:
+            (m, n) for one step, (batch, n) per sample.
+        """
         th = theta.to(device=y0.device, dtype=y0.dtype)[:, None]
         return torch.lerp(y0, y1, th)
 
     def for_rows(self, term: ODETerm, like: torch.Tensor) -> SDERows:
-        """The method as the device loop runs it (``per_sample=True``): ``_rows.SDERows``.
+        """The method as the device loop runs it (``per_sample=True``).
+
+        Arguments:
+            term: the bound ``SDETerm``.
+            like: a tensor of the state's dtype and device (unused).
+
+        Returns:
+            An ``SDERows``, the per-row interface of the method.
 
         Raises:
+            TypeError: ``term`` is not an ``SDETerm``.
             ValueError: a Brownian motion whose batch is not the state's.
         """
         if not isinstance(term, BoundSDETerm):

@@ -251,24 +251,30 @@ class BrownianInterval(_Stored):
 
     @property
     def dt(self) -> float | None:
+        """The expected step size given at construction, or ``None``."""
         return self._dt
 
     @property
     def pool_size(self) -> int:
+        """As given (torchsde compatibility; the seeds come from a 64-bit hash)."""
         return self._pool_size
 
     @property
     def cache_size(self) -> int | None:
+        """How many intervals' values are kept (``None``: all; 0: none)."""
         return self._cache_size
 
     @property
     def halfway_tree(self) -> bool:
+        """Whether intervals are split only at dyadic midpoints (independent of the queries)."""
         return self._halfway_tree
 
     @property
     def t0(self) -> float:
+        """The start of the interval the Brownian motion covers."""
         return self._tree.start[0]
 
     @property
     def t1(self) -> float:
+        """The end of the interval the Brownian motion covers."""
         return self._tree.end[0]

@@ -71,6 +71,13 @@ class SDETerm:
     def bind(self, spec: TreeSpec, like: torch.Tensor) -> BoundSDETerm:
         """The term on the loop's flat state (``no.solve`` calls it).
 
+        Arguments:
+            spec: the structure of the user's ``y0``.
+            like: a tensor of the flat state's dtype and device.
+
+        Returns:
+            The bound term, called by ``SDESolver`` on the flat state.
+
         Raises:
             ValueError: ``y0`` is not one tensor of shape (batch, channels).
         """

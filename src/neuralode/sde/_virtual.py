@@ -219,13 +219,37 @@ class VirtualBrownianTree(_Stored):
         return self.between(ta, tb, (w[0], i[0]), (w[1], i[1]), return_U, return_A)
 
     def points(self, times: Sequence[torch.Tensor]) -> list[tuple]:
-        """The path at several (batch,) times in one bisection, for ``between``: what a
-        per-sample step doubling asks for (three times, three intervals between them)."""
+        """The path at several times in one bisection, for ``between``.
+
+        What a per-sample step doubling asks for (three times, three intervals between them).
+
+        Arguments:
+            times: the times, each a (batch,) tensor, one time per row.
+
+        Returns:
+            One ``(W, I)`` per time: the path there and its time integral (``None`` without
+            a Lévy area approximation), to pass to ``between``.
+        """
         w, i = self._points(torch.stack([self._times(t) for t in times]))
         return [(w[k], None if i is None else i[k]) for k in range(len(times))]
 
     def between(self, ta, tb, a: tuple, b: tuple, return_U=False, return_A=False):  # noqa: N803
-        """``bm(ta, tb, ...)`` from the path at ``ta`` and ``tb`` (``points``)."""
+        """``bm(ta, tb, ...)`` from the path at ``ta`` and ``tb`` (``points``).
+
+        Arguments:
+            ta: the start times, (batch,).
+            tb: the end times, (batch,).
+            a: the path at ``ta``, from ``points``.
+            b: the path at ``tb``, from ``points``.
+            return_U: also return the space-time Lévy area's integral
+                int_ta^tb (W_s - W_ta) ds.
+            return_A: also return the Lévy area.
+
+        Returns:
+            The increment W(tb) - W(ta) of shape ``shape`` (exactly zero where ``ta == tb``);
+            with ``return_U`` or ``return_A`` (and a Lévy area approximation) a tuple with
+            those appended.
+        """
         (wa, ia), (wb, ib) = a, b
         empty = (ta == tb)[:, None]  # exactly zero (the sums over the levels may round apart)
         W = torch.where(empty, 0.0, wb - wa)  # noqa: N806
@@ -271,8 +295,10 @@ class VirtualBrownianTree(_Stored):
 
     @property
     def t0(self) -> float:
+        """The start of the interval the Brownian motion covers."""
         return self._t0
 
     @property
     def t1(self) -> float:
+        """The end of the interval the Brownian motion covers."""
         return self._t1

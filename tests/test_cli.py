@@ -66,3 +66,18 @@ def test_module_help_and_unknown_command() -> None:
     assert "experiment" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "neuralode", "fly"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_worker_processes_print_warnings_as_one_line(capsys) -> None:
+    """A worker started with ``follow_stop(flag, command)`` (spirals --workers) prints its
+    warnings as the command line does, not in Python's two-line format."""
+    import warnings
+
+    from neuralode.training.runtime import follow_stop
+
+    with warnings.catch_warnings():  # restores showwarning
+        warnings.simplefilter("always")
+        follow_stop(None, "experiment spirals")
+        warnings.warn("the step size\n fell", UserWarning, stacklevel=1)
+    err = capsys.readouterr().err
+    assert err == "neuralode experiment spirals: warning: the step size fell\n"

@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -158,25 +158,13 @@ def _error(command: str, message: str) -> None:
     print(f"{prefix}: error: {line}", file=sys.stderr)
 
 
-def _warning_printer(command: str) -> Callable[..., None]:
-    """A ``warnings.showwarning`` that prints each warning as one line on stderr:
-    ``neuralode COMMAND: warning: MESSAGE``."""
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        text = " ".join(str(message).split())
-        try:
-            print(f"neuralode {command}: warning: {text}", file=file or sys.stderr)
-        except OSError:  # stderr closed: the warning is lost, as with Python's own
-            pass
-
-    return show
-
-
 def _run(args: argparse.Namespace, command: str) -> int:
     """Runs the command with its warnings printed as one line each (the previous
     ``warnings.showwarning`` is restored afterwards)."""
+    from .training.runtime import one_line_warnings
+
     with warnings.catch_warnings():
-        warnings.showwarning = _warning_printer(command)
+        warnings.showwarning = one_line_warnings(command)
         return args.run(args)
 
 

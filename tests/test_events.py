@@ -192,8 +192,9 @@ def test_event_argument_errors() -> None:
 
 
 def test_event_options_are_validated() -> None:
-    """A NaN ``tol`` stopped the location at once (t = the step's end, far from the event)
-    and a string ``terminal`` counted as True: both are refused where the Event is made."""
+    """A NaN ``tol`` would stop the location at once (t = the step's end, far from the
+    event) and a string ``terminal`` would count as True: both are refused where the Event
+    is made."""
     for tol in (math.nan, math.inf, 0.0, -1e-3):
         with pytest.raises(ValueError, match="tol must be a positive finite"):
             no.Event(_ground, tol=tol)
@@ -219,3 +220,26 @@ def test_complex_event_values_are_a_type_error(per_sample: bool) -> None:
     with pytest.raises(TypeError, match="must return real values"):
         no.solve(lambda t, y: -y, y0, torch.tensor([0.0, 2.0], dtype=F64), event=event,
                  per_sample=per_sample)  # fmt: skip
+
+
+def test_an_event_function_that_stays_zero_fires_where_it_reaches_zero() -> None:
+    """relu(height) falls to 0 at the landing and stays 0: the event is the landing, not the
+    end of the step that crossed (0.67 s later), in every loop."""
+    landing = math.sqrt(2 / G)
+    event = no.Event(lambda t, s: torch.relu(s[0]), direction=-1)
+    span = torch.tensor([0.0, 5.0], dtype=F64)
+    start = (torch.tensor(1.0, dtype=F64), torch.tensor(0.0, dtype=F64))
+    sol = no.solve(_ball, start, span, event=event)
+    assert abs(float(sol.event_t) - landing) < 1e-12
+    flat = torch.tensor([1.0, 0.0], dtype=F64)
+
+    def ball(t, s):  # one tensor state (height, velocity), or a batch of them
+        return torch.stack([s[..., 1], torch.full_like(s[..., 1], -G)], -1)
+
+    device = no.solve(ball, flat, span, event=event, device_loop=True)
+    assert abs(float(device.event_t) - landing) < 1e-12
+    heights = torch.tensor([1.0, 2.0], dtype=F64)
+    y0 = torch.stack([heights, torch.zeros(2, dtype=F64)], 1)
+    rows = no.Event(lambda t, s: torch.relu(s[:, 0]), direction=-1)
+    per = no.solve(ball, y0, span, event=rows, per_sample=True)
+    torch.testing.assert_close(per.event_t, torch.sqrt(2 * heights / G), rtol=0, atol=1e-12)

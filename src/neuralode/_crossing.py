@@ -6,8 +6,10 @@ by the ITP method (Oliveira & Takahashi 2020: Interpolate, Truncate, Project): a
 point (the earliest of the crossing elements' secant roots), moved towards the midpoint by a
 little and projected into a radius around it that shrinks like bisection's. For a smooth g it
 converges superlinearly, and it never needs more than one evaluation more than bisection's
-~52 to reach the float64 resolution of the time (or ``tol``). Every ``_CHECK_EVERY`` steps one
-host sync asks whether any row is still short of it.
+~52 to reach the float64 resolution of the time (or ``tol``), plus one to confirm an exact
+zero. The crossing is the first time g reaches the other side or 0, also where g stays 0 on
+an interval. Every ``_CHECK_EVERY`` steps one host sync asks whether any row is still short
+of it.
 """
 
 from __future__ import annotations
@@ -58,13 +60,17 @@ def refine(
         resolution = resolution.clamp(min=tol)
     epsilon = (resolution / dt.abs()).clamp(max=0.5)
     most = torch.ceil(torch.log2(0.5 / epsilon)) + _SLACK  # bisection's steps + n0
+    # an exact zero at hi ends a row's search only once g just below hi (by epsilon) shows
+    # no crossing yet (``settled``): g may be 0 on an interval, as relu(h) is once h < 0,
+    # and the crossing is where that interval starts, which bisection finds (``plateau``)
+    settled, plateau = torch.zeros_like(todo), torch.zeros_like(todo)
     for j in range(_MAX_STEPS):
         width = hi - lo
         mid = lo + 0.5 * width
         t_mid = t0 + mid * dt
         cross = crossed(g_lo, g_hi, direction)
         done = (t_mid == t0 + lo * dt) | (t_mid == t0 + hi * dt)
-        done = done | ~(cross & (g_hi != 0)).any(1)  # hi is a root of every crossing
+        done = done | settled | ~cross.any(1)
         if tol is not None:
             done = done | (width * dt.abs() <= tol)
         active = todo & ~done
@@ -81,8 +87,14 @@ def refine(
         radius = (epsilon * torch.exp2(most - j) - 0.5 * width).clamp(min=0)
         near = (truncated - mid).abs() <= radius
         theta = torch.where(near, truncated, mid - towards * radius)
+        # hi a root of every crossing element: is it the first? (a plateau: bisect)
+        probe = ~(cross & (g_hi != 0)).any(1) & ~plateau
+        theta = torch.where(probe, torch.maximum(lo, hi - epsilon), theta)
+        theta = torch.where(plateau, mid, theta)
         g = g_at(theta)
         left = crossed(g_lo, g, direction).any(1)  # the crossing is in (lo, theta]
+        settled = settled | (active & probe & ~left)
+        plateau = plateau | (active & probe & left)
         move_hi, move_lo = active & left, active & ~left
         hi = torch.where(move_hi, theta, hi)
         g_hi = torch.where(move_hi[:, None], g, g_hi)

@@ -243,3 +243,36 @@ def test_an_event_function_that_stays_zero_fires_where_it_reaches_zero() -> None
     rows = no.Event(lambda t, s: torch.relu(s[:, 0]), direction=-1)
     per = no.solve(ball, y0, span, event=rows, per_sample=True)
     torch.testing.assert_close(per.event_t, torch.sqrt(2 * heights / G), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri8", "adaptive_heun", "heun3"])
+def test_direct_gradients_through_a_step_with_an_event(method: str) -> None:
+    """Methods whose dense output evaluates f(t1, y1) or extra stages lazily: the location
+    (without a graph) must not leave those without their derivatives, which the event state,
+    the outputs in that step and every later step (f1 starts the next step) reuse. For the
+    linear y' = -0.7 y the computed y(T) is y0 times a constant, so dy(T)/dy0 = y(T)/y0."""
+    controller = no.FixedGrid(step_size=0.1) if method in ("rk4", "heun3") else None
+    y0 = torch.tensor([1.0], dtype=F64, requires_grad=True)
+    ts = torch.tensor([0.0, 1.0, 2.0], dtype=F64)
+    event = no.Event(lambda t, y: y[0] - 0.8, terminal=False)
+    sol = no.solve(lambda t, y: -0.7 * y, y0, ts, solver=method, controller=controller,
+                   event=event)  # fmt: skip
+    assert sol.event_ts.numel() == 1
+    (grad,) = torch.autograd.grad(sol.ys[-1, 0], y0)
+    torch.testing.assert_close(grad[0], sol.ys[-1, 0].detach(), rtol=1e-14, atol=0)
+    # a terminal event: d t*/d v0 of the falling ball is 1 / g, and the output before it
+    # in the same step has d h(0.3)/d v0 = 0.3
+    start = torch.tensor([1.0, 0.0], dtype=F64, requires_grad=True)
+    sol = no.solve(
+        lambda t, s: torch.stack([s[1], torch.full_like(s[1], -G)]),
+        start,
+        torch.tensor([0.0, 0.3, 5.0], dtype=F64),
+        solver=method,
+        controller=controller,
+        event=no.Event(lambda t, s: s[0], direction=-1),
+    )
+    (grad_t,) = torch.autograd.grad(sol.event_t, start, retain_graph=True)
+    (grad_h,) = torch.autograd.grad(sol.ys[1, 0], start)
+    exact_t = torch.tensor([1 / math.sqrt(2 * G), 1 / G], dtype=F64)
+    torch.testing.assert_close(grad_t, exact_t, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grad_h, torch.tensor([1.0, 0.3], dtype=F64), rtol=1e-12, atol=1e-14)

@@ -179,6 +179,11 @@ class OneProblemEvents(Events):
         if not bool(hit[0]):
             return None
         t0, h = torch.full((1,), step.t0, **f64), torch.full((1,), step.dt, **f64)
+        if torch.is_grad_enabled():
+            # the dense output's lazily evaluated f(t1, y1) and extra stages are kept in the
+            # step, reused by the event state, the outputs and the next step: evaluated here
+            # in the graph, not inside the location's no_grad
+            solver.interpolate(term, step, torch.ones(1, dtype=torch.float64))
 
         def dense(offset: torch.Tensor) -> torch.Tensor:
             return solver.interpolate(term, step, (offset / h).cpu())

@@ -81,3 +81,16 @@ def test_worker_processes_print_warnings_as_one_line(capsys) -> None:
         warnings.warn("the step size\n fell", UserWarning, stacklevel=1)
     err = capsys.readouterr().err
     assert err == "neuralode experiment spirals: warning: the step size fell\n"
+
+
+def test_version(capsys) -> None:
+    import torch
+
+    import neuralode
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"neuralode {neuralode.__version__} (torch {torch.__version__}")
+    assert neuralode.__version__ != "0+unknown"  # the tests run on the installed package

@@ -1,5 +1,7 @@
 """neuralode: neural differential equations in PyTorch."""
 
+from importlib import metadata as _metadata
+
 from ._errors import MaxStepsError, NonFiniteError, SolverError, StepSizeUnderflowError
 from ._events import Event
 from ._execution import Execution
@@ -27,6 +29,11 @@ from .solvers import (
     Midpoint,
     Tsit5,
 )
+
+try:
+    __version__ = _metadata.version("neuralode")
+except _metadata.PackageNotFoundError:  # run from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Event",

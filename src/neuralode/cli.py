@@ -106,8 +106,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _version() -> str:
+    """What ``neuralode --version`` prints: this package's version and torch's."""
+    import torch
+
+    from . import __version__
+
+    return f"neuralode {__version__} (torch {torch.__version__}, Python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="neuralode", description="Neural differential equations in PyTorch.")
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="solve problems with known solutions: error, NFE, time and plots"
@@ -127,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=_demo)
     bench = commands.add_parser(
-        "bench", help="benchmarks vs torchdiffeq, torchode and SciPy: tables and a plot"
+        "bench",
+        help="benchmarks vs torchdiffeq, torchode, torchsde, SciPy and diffrax: tables, plots",
     )
     _add_bench_arguments(bench)
     bench.set_defaults(run=_bench)
@@ -136,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
-        help="train ODE-Net, ResNet or RK-Net on mnist5k/digits/MNIST (works under torchrun)",
+        help="train ODE-Net, ResNet, RK-Net or DEQ on mnist5k/digits/MNIST (works under torchrun)",
     )
     add_train_arguments(train)
     train.set_defaults(run=_train)

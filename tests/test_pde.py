@@ -401,6 +401,42 @@ def test_grid_and_boundary_values_are_validated(make, match: str) -> None:
         make()
 
 
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        # one diffusivity per channel: a 1-channel state was broadcast to 2 channels
+        (
+            lambda: pde.Diffusion(Grid((8,)), (0.1, 0.2))(None, torch.zeros(3, 1, 8)),
+            r"Diffusion takes states of shape \(\.\.\., 2, 8\)",
+        ),
+        (lambda: pde.Diffusion(Grid((8,)), math.nan), "finite and non-negative"),
+        (lambda: pde.Diffusion(Grid((8,)), 1.0, order=3), "order must be 2 or 4"),
+        (lambda: pde.Burgers(Grid((8,)), 0.1, order=6), "order must be 2 or 4"),
+        (lambda: pde.Advection(Grid((8,)), 1.0), r"one component per axis \(1\), e\.g\."),
+        (
+            lambda: pde.FitzHughNagumo(Grid((4, 4)))(None, torch.zeros(2, 1, 4, 4)),
+            r"FitzHughNagumo takes states of shape \(batch, 2, 4, 4\)",
+        ),
+        (
+            lambda: pde.PointwiseMLP(Grid((8,)), 2)(None, torch.zeros(2, 1, 8)),
+            r"PointwiseMLP takes states of shape \(batch, 2, 8\)",
+        ),
+        (
+            lambda: pde.PointwiseMLP(Grid((8,)), 1)(None, torch.zeros(1, 8)),
+            r"PointwiseMLP takes states of shape \(batch, 1, 8\)",
+        ),
+        (
+            lambda: pde.ConvNet(Grid((8,)), 2)(None, torch.zeros(3, 1, 8)),
+            r"ConvNet takes states of shape \(\.\.\., 2, 8\)",
+        ),
+        (lambda: pde.laplacian(torch.arange(8), Grid((8,))), "floating point or complex"),
+    ],
+)
+def test_models_name_the_state_shape_they_take(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
 def test_grid_accepts_lists_arrays_and_numpy_numbers() -> None:
     grid = Grid([8, 4], lengths=torch.tensor([2.0, 1.0]), boundary=[Periodic(), Neumann(0, 1)])
     assert grid.shape == (8, 4) and grid.lengths == (2.0, 1.0)

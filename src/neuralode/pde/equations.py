@@ -18,7 +18,7 @@ from torch import nn
 from .._solve import solve
 from ..controllers.pi import PIController
 from .grid import Grid, Periodic
-from .models import Diffusion
+from .models import Diffusion, _check_state
 from .spectral import spectral_derivative
 from .stencils import derivative
 
@@ -40,7 +40,7 @@ class Burgers(nn.Module):
         spectral: FFT derivatives (periodic grid), for reference solves.
 
     Raises:
-        ValueError: a grid that is not 1-D.
+        ValueError: a grid that is not 1-D, or see ``Diffusion``.
     """
 
     def __init__(self, grid: Grid, viscosity: float, order: int = 2, spectral: bool = False):
@@ -79,6 +79,10 @@ class FitzHughNagumo(nn.Module):
         k: the constant forcing.
         order: the stencils' order of accuracy, when not spectral.
         spectral: FFT Laplacians (periodic grid) instead of stencils.
+
+    Raises:
+        ValueError: see ``Diffusion``; when called, a state that is not
+            ``(batch, 2, *grid.shape)``.
     """
 
     def __init__(
@@ -97,11 +101,13 @@ class FitzHughNagumo(nn.Module):
 
     def reaction(self, state: torch.Tensor) -> torch.Tensor:
         """The pointwise reaction term of both channels."""
+        _check_state("FitzHughNagumo", state, self.diffusion.grid, 2, batched=True)
         u, v = state[:, 0], state[:, 1]
         return torch.stack([u - u**3 - v + self.k, (u - v) / self.tau], 1)
 
     def forward(self, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        return self.diffusion(t, state) + self.reaction(state)
+        reaction = self.reaction(state)  # first: it checks the state's shape
+        return self.diffusion(t, state) + reaction
 
 
 def random_fourier_field(

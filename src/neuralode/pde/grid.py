@@ -180,12 +180,18 @@ class Grid:
         return tuple(torch.meshgrid(*axes, indexing="ij"))
 
     def check_field(self, u: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless the last dimensions of ``u`` are the grid's."""
+        """Raise ``ValueError`` unless ``u`` is a floating-point or complex tensor whose last
+        dimensions are the grid's."""
         if not isinstance(u, torch.Tensor) or tuple(u.shape[u.ndim - self.ndim :]) != self.shape:
             got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
             raise ValueError(
                 f"a field on this grid has shape (..., {', '.join(map(str, self.shape))}), "
                 f"got {got}"
+            )
+        if not (u.is_floating_point() or u.is_complex()):
+            raise ValueError(
+                f"a field on a grid is floating point or complex, got {u.dtype} "
+                "(convert it, e.g. u.double())"
             )
 
 

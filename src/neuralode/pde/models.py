@@ -10,6 +10,7 @@ right-hand side.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -17,9 +18,27 @@ from torch import nn
 
 from .grid import Grid, Periodic
 from .spectral import spectral_laplacian
-from .stencils import gradient, laplacian
+from .stencils import ORDERS, gradient, laplacian
 
 FEATURES = ("u", "gradient", "laplacian")
+
+
+def _check_order(order: int) -> None:
+    if order not in ORDERS:
+        raise ValueError(f"order must be 2 or 4 (the stencils' order of accuracy), got {order!r}")
+
+
+def _check_state(owner: str, u: torch.Tensor, grid: Grid, channels: int, batched: bool) -> None:
+    """A ``ValueError`` unless ``u`` is ``(batch, channels, *grid.shape)`` (with ``batched``)
+    or has ``channels`` before the grid dimensions."""
+    grid.check_field(u)
+    dim = u.ndim - grid.ndim - 1
+    if (batched and u.ndim != grid.ndim + 2) or dim < 0 or u.shape[dim] != channels:
+        lead = "batch, " if batched else "..., "
+        raise ValueError(
+            f"{owner} takes states of shape ({lead}{channels}, "
+            f"{', '.join(map(str, grid.shape))}) ({channels} channel(s)), got {tuple(u.shape)}"
+        )
 
 
 def _per_channel(value: float | Sequence[float], like: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -39,7 +58,9 @@ class Diffusion(nn.Module):
         spectral: use the FFT Laplacian (periodic grids only) instead of the stencil.
 
     Raises:
-        ValueError: a negative diffusivity, or ``spectral=True`` on a non-periodic grid.
+        ValueError: a negative or non-finite diffusivity, an order not 2 or 4, or
+            ``spectral=True`` on a non-periodic grid; when called, a state without one channel
+            per diffusivity (given one per channel).
     """
 
     def __init__(
@@ -50,9 +71,12 @@ class Diffusion(nn.Module):
         spectral: bool = False,
     ):
         super().__init__()
-        values = [diffusivity] if isinstance(diffusivity, (int, float)) else list(diffusivity)
-        if any(v < 0 for v in values):
-            raise ValueError(f"diffusivity must be non-negative, got {diffusivity!r}")
+        scalar = isinstance(diffusivity, (int, float))
+        values = [diffusivity] if scalar else list(diffusivity)
+        if not values or any(not 0 <= v < math.inf for v in values):
+            raise ValueError(f"diffusivity must be finite and non-negative, got {diffusivity!r}")
+        _check_order(order)
+        self.channels = None if scalar else len(values)
         if spectral and not all(isinstance(b, Periodic) for b in grid.boundaries):
             raise ValueError(
                 "spectral=True needs a periodic grid; use the stencils (spectral=False)"
@@ -60,6 +84,8 @@ class Diffusion(nn.Module):
         self.grid, self.diffusivity, self.order, self.spectral = grid, diffusivity, order, spectral
 
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        if self.channels is not None:
+            _check_state("Diffusion", u, self.grid, self.channels, batched=False)
         d = _per_channel(self.diffusivity, u, self.grid.ndim)
         lap = (
             spectral_laplacian(u, self.grid)
@@ -78,14 +104,24 @@ class Advection(nn.Module):
         order: the stencils' order of accuracy (2 or 4).
 
     Raises:
-        ValueError: a velocity without one component per axis.
+        ValueError: a velocity without one finite component per axis, or an order not 2 or 4.
     """
 
     def __init__(self, grid: Grid, velocity: Sequence[float], order: int = 2):
         super().__init__()
-        if len(velocity) != grid.ndim:
-            raise ValueError(f"velocity needs {grid.ndim} components, got {velocity!r}")
-        self.grid, self.velocity, self.order = grid, tuple(float(v) for v in velocity), order
+        try:
+            components = tuple(float(v) for v in velocity)
+        except (TypeError, ValueError):
+            components = ()
+        if len(components) != grid.ndim:
+            raise ValueError(
+                f"velocity needs one component per axis ({grid.ndim}), e.g. "
+                f"{(1.0,) * grid.ndim!r}; got {velocity!r}"
+            )
+        if any(not math.isfinite(v) for v in components):
+            raise ValueError(f"velocity must be finite, got {velocity!r}")
+        _check_order(order)
+        self.grid, self.velocity, self.order = grid, components, order
 
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         grads = gradient(u, self.grid, self.order).unbind(u.ndim - self.grid.ndim)
@@ -107,7 +143,8 @@ class PointwiseMLP(nn.Module):
         order: the stencils' order of accuracy (2 or 4).
 
     Raises:
-        ValueError: an unknown feature.
+        ValueError: an unknown feature or an order not 2 or 4; when called, a state that is
+            not ``(batch, channels, *grid.shape)``.
     """
 
     def __init__(
@@ -123,7 +160,9 @@ class PointwiseMLP(nn.Module):
         unknown = [f for f in features if f not in FEATURES]
         if unknown or not features:
             raise ValueError(f"features must be a non-empty subset of {FEATURES}, got {features!r}")
+        _check_order(order)
         self.grid, self.features, self.order = grid, tuple(features), order
+        self.channels = channels
         sizes = {"u": channels, "gradient": channels * grid.ndim, "laplacian": channels}
         width = sum(sizes[f] for f in self.features)
         modules: list[nn.Module] = []
@@ -134,6 +173,7 @@ class PointwiseMLP(nn.Module):
         self.net = nn.Sequential(*modules)
 
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        _check_state("PointwiseMLP", u, self.grid, self.channels, batched=True)
         parts = []
         if "u" in self.features:
             parts.append(u)
@@ -158,7 +198,8 @@ class ConvNet(nn.Module):
         kernel_size: an odd kernel size.
 
     Raises:
-        ValueError: an even kernel size.
+        ValueError: an even kernel size; when called, a state without ``channels`` channels
+            before the grid dimensions.
     """
 
     def __init__(
@@ -167,6 +208,7 @@ class ConvNet(nn.Module):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (shape-preserving), got {kernel_size}")
+        self.grid, self.channels = grid, channels
         conv = nn.Conv1d if grid.ndim == 1 else nn.Conv2d
         mode = "circular" if all(isinstance(b, Periodic) for b in grid.boundaries) else "replicate"
         modules: list[nn.Module] = []
@@ -181,6 +223,7 @@ class ConvNet(nn.Module):
         self.net = nn.Sequential(*modules)
 
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        _check_state("ConvNet", u, self.grid, self.channels, batched=False)
         return self.net(u)
 
 

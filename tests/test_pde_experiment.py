@@ -58,8 +58,14 @@ def test_experiment_bad_arguments_are_one_line_errors(tmp_path, capsys) -> None:
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--horizon must be a multiple of --dt" in err
-    assert main(["experiment", "pde", "--out", str(tmp_path), "--grid", "3"]) == 2
-    assert "--grid must be at least 5" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:  # refused by the option's type, as it parses
+        main(["experiment", "pde", "--out", str(tmp_path), "--grid", "3"])
+    assert stopped.value.code == 2
+    assert "argument --grid: must be an integer >= 5, got 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["experiment", "pde", "--out", str(tmp_path), "--viscosity", "nan"])
+    assert stopped.value.code == 2
+    assert "argument --viscosity" in capsys.readouterr().err
 
 
 def test_tutorial_script_runs_at_small_size() -> None:

@@ -276,3 +276,36 @@ def test_direct_gradients_through_a_step_with_an_event(method: str) -> None:
     exact_t = torch.tensor([1 / math.sqrt(2 * G), 1 / G], dtype=F64)
     torch.testing.assert_close(grad_t, exact_t, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(grad_h, torch.tensor([1.0, 0.3], dtype=F64), rtol=1e-12, atol=1e-14)
+
+
+class _Decay(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rate = torch.nn.Parameter(torch.tensor(0.5, dtype=F64))
+
+    def forward(self, t, y):
+        return -self.rate * y
+
+
+@pytest.mark.parametrize("mode", ["direct", "backsolve", "checkpointed", "device_loop"])
+def test_gradients_with_respect_to_the_event_functions_parameters(mode: str) -> None:
+    """y = e^(-k t) reaches a learned threshold c at t* = ln(1 / c) / k: dt*/dc = -1 / (c k),
+    dt*/dk = -t* / k; the event state is c (d/dc = 1, d/dk = 0). Each strategy agrees, and
+    torch.autograd.gradcheck confirms d t*/d c."""
+    func = _Decay()
+    strategies = dict(backsolve=no.Backsolve(func), checkpointed=no.Checkpointed(func))
+    options = dict(gradient=strategies.get(mode), device_loop=mode == "device_loop")
+    options.update(controller=no.PIController(rtol=1e-12, atol=1e-12))
+    span = torch.tensor([0.0, 10.0], dtype=F64)
+
+    def solve(c):
+        event = no.Event(lambda t, y: y[0] - c)
+        return no.solve(func, torch.ones(1, dtype=F64), span, event=event, **options)
+
+    c = torch.tensor(0.4, dtype=F64, requires_grad=True)
+    sol = solve(c)
+    t_star = math.log(1 / 0.4) / 0.5
+    grads = torch.autograd.grad(sol.event_t + 3 * sol.event_y[0], (c, func.rate))
+    torch.testing.assert_close(grads[0], torch.tensor(-1 / 0.2 + 3, dtype=F64), rtol=1e-9, atol=0)
+    torch.testing.assert_close(grads[1], torch.tensor(-t_star / 0.5, dtype=F64), rtol=1e-9, atol=0)
+    assert torch.autograd.gradcheck(lambda c: solve(c).event_t, (c,), atol=1e-6)

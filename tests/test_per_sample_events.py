@@ -381,3 +381,24 @@ def test_float32_sample_shapes_and_several_event_values() -> None:
     first = torch.minimum(y0[:, 0, 0], y0[:, 1, 1])
     assert sol.event_t.dtype == torch.float32 and sol.event_y.shape == (2, 2, 2)
     torch.testing.assert_close(sol.event_t, torch.log(first / 0.5) / rates, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["direct", "backsolve"])
+def test_gradients_with_respect_to_the_event_functions_parameters(strategy: str) -> None:
+    """A learned landing height per sample (``floor``, used only by the event function):
+    h0 + v0 t* - g t*^2 / 2 = floor gives dt*/d floor = 1 / (v0 - g t*) = -1 / |v(t*)|; the
+    event state's height is floor itself and its velocity v0 - g t*, as are the outputs
+    held after the event."""
+    ball = Ball()
+    floor = torch.tensor([0.2, -0.5, 0.0, 1.0, -0.1], dtype=F64, requires_grad=True)
+    gradient = no.Direct() if strategy == "direct" else no.Backsolve(ball)
+    span = torch.tensor([0.0, 5.0], dtype=F64)
+    sol = no.solve(ball, balls(), span, event=no.Event(lambda t, y: y[:, 0] - floor), **TIGHT,
+                   gradient=gradient, per_sample=True)  # fmt: skip
+    t_star = impact(HEIGHTS - floor.detach(), VELOCITIES)
+    torch.testing.assert_close(sol.event_t, t_star, rtol=1e-10, atol=0)
+    speed = G * t_star - VELOCITIES
+    (grad,) = torch.autograd.grad(sol.event_t.sum(), floor, retain_graph=True)
+    torch.testing.assert_close(grad, -1 / speed, rtol=1e-8, atol=0)
+    (grad,) = torch.autograd.grad(sol.event_y[:, 0].sum() + sol.ys[-1, :, 1].sum(), floor)
+    torch.testing.assert_close(grad, 1 + G / speed, rtol=1e-8, atol=0)

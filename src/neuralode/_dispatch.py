@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ._event_gradient import EventGradient
+from ._event_gradient import EventGradient, with_event_parameters
 from ._event_tracker import OneProblemEvents
 from ._loop import integrate
 from ._solution import Solution
@@ -95,6 +95,7 @@ def solve_with_event(
     if hit is not None:
         t_event = torch.tensor(hit.t, dtype=torch.float64, device=ts.device)
         event_t, event_y = EventGradient.apply(tracker, problem.func, t_event[None], event_y[None])
+        event_t, event_y = with_event_parameters(tracker, problem.func, event_t, event_y)
         solution.event_t = event_t[0].to(ts.dtype)
         solution.event_y = problem.spec.unflatten(event_y[0])
     return solution

@@ -57,6 +57,42 @@ class EventGradient(torch.autograd.Function):
         return None, None, None, grad_y - coefficient.to(y.real.dtype)[:, None] * dg_dy
 
 
+def with_event_parameters(
+    events: Events, func: Callable, t_event: torch.Tensor, y_event: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``EventGradient``'s outputs, (rows,) and (rows, n), made differentiable also with
+    respect to the tensors the event function uses besides t and y (its parameters, a
+    learned threshold): for g(t*, y(t*); p) = 0, dt*/dp = -(dg/dp) / (dg/dt + dg/dy . f) and
+    dy(t*)/dp = f dt*/dp. They enter as a term that is zero in value (g - g.detach()), so
+    nothing is added where ``fn`` uses no tensor that requires grad (one evaluation of ``fn``
+    finds out)."""
+    if not torch.is_grad_enabled():
+        return t_event, y_event
+    mask = events.mask
+    time_dtype = events.term.time_dtype
+    t = torch.where(mask, t_event.detach(), 0.0)
+    y = y_event.detach()
+    with torch.enable_grad():
+        _, g = events.fields(None, t.to(time_dtype), y)
+    if not g.requires_grad:
+        return t_event, y_event
+    with torch.enable_grad():
+        t_in, y_in = t.requires_grad_(True), y.clone().requires_grad_(True)
+        f, g = events.fields(func, t_in.to(time_dtype), y_in)
+        g = g.gather(1, events.index[:, None])[:, 0]
+        dg_dt, dg_dy = torch.autograd.grad(
+            g.sum(), (t_in, y_in), retain_graph=True, allow_unused=True
+        )
+    f = f.detach()
+    dg_dt = torch.zeros_like(t) if dg_dt is None else dg_dt
+    dg_dy = torch.zeros_like(y) if dg_dy is None else dg_dy
+    slope = dg_dt + _dot(dg_dy, f)
+    usable = mask & (slope != 0)  # (a tangential crossing: EventGradient's backward says so)
+    shift = -(g - g.detach()).to(torch.float64) / torch.where(usable, slope, 1.0)
+    shift = torch.where(usable, shift, 0.0)
+    return t_event + shift.to(t_event.dtype), y_event + shift.to(y.real.dtype)[:, None] * f
+
+
 def _dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Row-wise real inner products, in float64."""
     prod = (u.conj() * v).real if u.is_complex() else u * v

@@ -65,12 +65,13 @@ class Events:
         self.event.check_start(self.previous, float(t.reshape(-1)[0]))
 
     def fields(
-        self, func: Callable, t: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, func: Callable | None, t: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """f and the event values at the rows' times ``t`` (batch,) and flat states ``y``
-        (batch, n), differentiably: (batch, n) and (batch, k) (for ``EventGradient``)."""
+        (batch, n), differentiably: (batch, n) and (batch, k) (for ``EventGradient``); f is
+        ``None`` without ``func``."""
         y_user = y.reshape(self.shape)
-        f = func(t, y_user).reshape(self.batch, -1)
+        f = None if func is None else func(t, y_user).reshape(self.batch, -1)
         return f, self.event.fn(t, y_user).reshape(self.batch, -1)
 
     def label(self, i: int) -> str:
@@ -152,10 +153,11 @@ class OneProblemEvents(Events):
         return self.event.values(time, self.spec.unflatten(y[0])).reshape(1, -1)
 
     def fields(
-        self, func: Callable, t: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, func: Callable | None, t: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         time, user = t.reshape(()), self.spec.unflatten(y[0])
-        f = self.spec.flatten(func(time, user), "func's output").reshape(1, -1)
+        f = None if func is None else func(time, user)
+        f = None if f is None else self.spec.flatten(f, "func's output").reshape(1, -1)
         return f, self.event.fn(time, user).reshape(1, -1)
 
     def label(self, i: int) -> str:

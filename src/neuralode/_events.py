@@ -27,7 +27,9 @@ class Event:
 
     Arguments:
         fn: the event function, ``fn(t, y)`` returning a real tensor whose sign changes at
-            the event.
+            the event (or that reaches 0 there). It may use tensors that require grad (a
+            learned threshold): the event time and state are differentiable with respect to
+            them.
         direction: 1 counts only rising crossings (negative to non-negative), -1 only falling
             ones, 0 both.
         terminal: a terminal event ends the solve; a non-terminal one is recorded (in

@@ -105,7 +105,8 @@ def solve(
             respect to ``y0``, the parameters of ``func`` and ``ts`` are available with each.
         event: an [`Event`][neuralode.Event] watching ``event.fn(t, y)``: a terminal event ends
             the solve where an element crosses zero; ``Solution.event_t`` and
-            ``Solution.event_y`` are then differentiable (implicit-function gradient) and
+            ``Solution.event_y`` are then differentiable (implicit-function gradient: with
+            respect to ``y0``, the parameters of ``func`` and tensors ``event.fn`` uses) and
             ``ys``/``ts`` hold only the outputs before it. With ``per_sample=True``,
             ``event.fn`` receives the per-sample times (batch,) and the batched state and
             returns (batch,) or (batch, k) values; each sample stops at its own terminal

@@ -59,8 +59,9 @@ class Solution:
     """What [`solve`][neuralode.solve] returns.
 
     Attributes:
-        ts: the output times (with a terminal event: only those before it); per-sample output
-            times: the (batch, n) tensor given.
+        ts: the output times (one problem with a terminal event: only those up to it, an
+            output exactly at the event included); per-sample output times: the (batch, n)
+            tensor given.
         ys: the states at ``ts``: the structure of ``y0`` with a leading dimension over ``ts``
             (per-sample output times: (n, batch, ...), ``ys[j, i]`` sample i at ``ts[i, j]``).
         stats: the work done, a [`SolveStats`][neuralode.SolveStats].

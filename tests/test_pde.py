@@ -467,6 +467,28 @@ def test_operators_and_models_keep_dtype_and_device(device: str, dtype: torch.dt
     assert torch.allclose(outputs[0].double(), exact, rtol=1e-4, atol=1e-3)
 
 
+def test_convnet_wraps_periodic_axes_and_replicates_bounded_ones() -> None:
+    # shifting u along the periodic axis shifts du/dt (circular padding on that axis alone);
+    # the bounded axis does not wrap: two 3-wide layers see 2 nodes each way, so the first
+    # column depends on the last row (wrapped) but not on the last column (5 columns away)
+    grid = Grid((6, 5), boundary=(Periodic(), Dirichlet()))
+    torch.manual_seed(0)
+    net = pde.ConvNet(grid, 2, hidden=3, layers=2, kernel_size=3).double()
+    u = torch.randn(2, 2, 6, 5, dtype=F64)
+    shifted = net(None, u.roll(2, 2))
+    assert torch.allclose(shifted, net(None, u).roll(2, 2), atol=1e-12)
+    last_column, last_row = u.clone(), u.clone()
+    last_column[..., -1] += 1.0
+    last_row[..., -1, :] += 1.0
+    assert torch.equal(net(None, last_column)[..., 0], net(None, u)[..., 0])
+    assert not torch.allclose(net(None, last_row)[..., 0, :], net(None, u)[..., 0, :])
+    flipped = Grid((5, 6), boundary=(Dirichlet(), Periodic()))
+    net_t = pde.ConvNet(flipped, 2, hidden=3, layers=2, kernel_size=3).double()
+    net_t.load_state_dict(net.state_dict())  # the same parameter names for every grid
+    v = u.transpose(2, 3)
+    assert torch.allclose(net_t(None, v.roll(1, 3)), net_t(None, v).roll(1, 3), atol=1e-12)
+
+
 def test_fully_learned_convnet_right_hand_side_trains_through_the_solver() -> None:
     grid = Grid((6, 5), boundary=(Periodic(), Dirichlet()))
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .grid import Grid, Periodic
@@ -185,10 +186,26 @@ class PointwiseMLP(nn.Module):
         return self.net(x).movedim(-1, 1)
 
 
+class _AxisPaddedConv2d(nn.Conv2d):
+    """A Conv2d that pads each grid axis in its own mode before a valid convolution: circular
+    on a periodic axis, replicate on a bounded one (its parameters are ``nn.Conv2d``'s)."""
+
+    def __init__(self, modes: tuple[str, str], width: int, out: int, kernel_size: int):
+        super().__init__(width, out, kernel_size)
+        self.modes = modes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = self.kernel_size[0] // 2
+        x = F.pad(x, (0, 0, half, half), mode=self.modes[0])
+        x = F.pad(x, (half, half, 0, 0), mode=self.modes[1])
+        return super().forward(x)
+
+
 class ConvNet(nn.Module):
     """A small convolutional network u -> du/dt: ``layers`` hidden convolutions of
-    ``kernel_size`` with tanh, then a 1x1 convolution; circular padding on a periodic grid,
-    replicate padding otherwise (shape-preserving).
+    ``kernel_size`` with tanh, then a 1x1 convolution; each grid axis padded circularly if
+    periodic and by replication otherwise (shape-preserving, and equivariant to shifts along
+    the periodic axes).
 
     Arguments:
         grid: the grid (its dimension picks Conv1d or Conv2d).
@@ -210,14 +227,17 @@ class ConvNet(nn.Module):
             raise ValueError(f"kernel_size must be odd (shape-preserving), got {kernel_size}")
         self.grid, self.channels = grid, channels
         conv = nn.Conv1d if grid.ndim == 1 else nn.Conv2d
-        mode = "circular" if all(isinstance(b, Periodic) for b in grid.boundaries) else "replicate"
+        modes = tuple("circular" if isinstance(b, Periodic) else "replicate" for b in grid.boundary)
         modules: list[nn.Module] = []
         width = channels
         for _ in range(layers):
-            modules += [
-                conv(width, hidden, kernel_size, padding=kernel_size // 2, padding_mode=mode),
-                nn.Tanh(),
-            ]
+            if len(set(modes)) == 1:  # one mode for every axis: the convolution pads
+                hidden_conv = conv(
+                    width, hidden, kernel_size, padding=kernel_size // 2, padding_mode=modes[0]
+                )
+            else:
+                hidden_conv = _AxisPaddedConv2d(modes, width, hidden, kernel_size)  # type: ignore[arg-type]
+            modules += [hidden_conv, nn.Tanh()]
             width = hidden
         modules.append(conv(width, channels, 1))
         self.net = nn.Sequential(*modules)

@@ -111,7 +111,7 @@ class Backsolve(GradientStrategy):
 
         Returns:
             The flat outputs, (len(ts), n), differentiable with respect to ``y0``, ``ts``
-            and ``params``.
+                and ``params``.
 
         Raises:
             ValueError: ``compile_step=True`` with a ``func`` that is not an ``nn.Module``
@@ -153,7 +153,7 @@ class Backsolve(GradientStrategy):
 
         Returns:
             ``controller`` when given; else a copy of a forward ``PIController`` (its
-            ``first_step`` reset, ``rtol``/``atol`` replaced when given); else ``forward``.
+                ``first_step`` reset, ``rtol``/``atol`` replaced when given); else ``forward``.
         """
         if self.controller is not None:
             controller = self.controller
@@ -193,7 +193,7 @@ class Backsolve(GradientStrategy):
 
         Returns:
             ``norm`` when given; else a seminorm over y and a (``seminorm=True``) or the
-            mixed norm over every part.
+                mixed norm over every part.
         """
         if self.norm is not None:
             return self.norm

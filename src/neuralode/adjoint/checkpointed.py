@@ -37,7 +37,7 @@ class Checkpointed(GradientStrategy):
 
         Returns:
             The flat outputs, (len(ts), n), differentiable with respect to ``y0`` and
-            ``params``.
+                ``params``.
 
         Raises:
             ValueError: the solver is a multistep method.

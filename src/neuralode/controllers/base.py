@@ -43,7 +43,7 @@ class StepSizeController(abc.ABC):
 
         Returns:
             ``(t1, state)``: the proposed end time of the first step and the state to pass to
-            ``adapt``.
+                ``adapt``.
         """
 
     @abc.abstractmethod
@@ -71,6 +71,6 @@ class StepSizeController(abc.ABC):
 
         Returns:
             ``(accepted, t_next, state)``: whether the step is accepted, the proposed end of
-            the next step (which starts at ``t1`` if accepted, else at ``t0``) and the new
-            state.
+                the next step (which starts at ``t1`` if accepted, else at ``t0``) and the new
+                state.
         """

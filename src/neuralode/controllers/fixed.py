@@ -85,7 +85,7 @@ class FixedGrid(StepSizeController):
 
         Returns:
             The number of steps: ``inf`` for a uniform grid towards an infinite end, 1 for a
-            ``constructor``'s grid (not known before it is built).
+                ``constructor``'s grid (not known before it is built).
         """
         if self.grid is not None:
             return max(torch.as_tensor(self.grid).numel() - 1, 1)
@@ -104,7 +104,7 @@ class FixedGrid(StepSizeController):
 
         Returns:
             A ``FixedGrid`` on ``t_start``, the grid points strictly between the two (ordered
-            from ``t_start`` to ``t_end``) and ``t_end``, as float64.
+                from ``t_start`` to ``t_end``) and ``t_end``, as float64.
         """
         assert self.grid is not None
         points = torch.as_tensor(self.grid).detach().to(torch.float64).reshape(-1).tolist()
@@ -165,7 +165,7 @@ class FixedGrid(StepSizeController):
 
         Returns:
             ``(True, t_next, state)``: ``t_next`` the first grid point past ``t1`` (the last
-            point when there is none).
+                point when there is none).
         """
         return True, state.after(t1), state
 

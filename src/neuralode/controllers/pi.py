@@ -137,7 +137,7 @@ class PIController(StepSizeController):
 
         Returns:
             ``norm(error / (atol + rtol * max(|y0|, |y1|)))`` as a 0-dim tensor; at most 1
-            when the step meets the tolerances.
+                when the step meets the tolerances.
         """
         scaled = _scaled_error(y0.abs(), y1.abs(), error, state.rtol, state.atol)
         return state.norm(scaled)
@@ -163,7 +163,7 @@ class PIController(StepSizeController):
 
         Returns:
             ``(t1, state)``: the end of the first step (its size clipped to
-            ``[min_step, max_step]``) and the controller's state.
+                ``[min_step, max_step]``) and the controller's state.
 
         Raises:
             ValueError: the solver has no error estimate.
@@ -193,7 +193,7 @@ class PIController(StepSizeController):
 
         Returns:
             ``(f0, t1, state)``: f(ts[0], y0), the end of the first step and the controller's
-            state.
+                state.
 
         Raises:
             ValueError: the solver has no error estimate.
@@ -252,8 +252,8 @@ class PIController(StepSizeController):
 
         Returns:
             ``(accepted, t_next, state)``: whether the step is accepted (scaled error at
-            most 1, or a step at ``min_step``), the end of the next step (from ``t1`` if
-            accepted, else from ``t0``) and the state.
+                most 1, or a step at ``min_step``), the end of the next step (from ``t1`` if
+                accepted, else from ``t0``) and the state.
 
         Raises:
             NonFiniteError: the step failed with non-finite values while ``y0`` is within
@@ -298,7 +298,7 @@ class PIController(StepSizeController):
 
         Returns:
             ``(accept, new_size, previous_ratio)``: whether the step is accepted, the size
-            of the next step (clipped to ``[min_step, max_step]``) and the new PI memory.
+                of the next step (clipped to ``[min_step, max_step]``) and the new PI memory.
         """
         accept = ratio <= 1
         if self.min_step > 0:  # (a non-finite ratio is never accepted)

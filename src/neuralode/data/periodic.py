@@ -58,7 +58,7 @@ def make_periodic(
 
     Returns:
         The [`PeriodicData`][neuralode.data.PeriodicData]; the phase is uniform in
-        [0, 2 pi).
+            [0, 2 pi).
 
     Raises:
         ValueError: ``n < 1``, ``n_times < 2``, ``t_max <= 0`` or ``n_obs`` out of

@@ -140,7 +140,7 @@ def load_physionet(
 
     Returns:
         The records, with the mean and std they were normalised by (``None`` without
-        ``normalize``).
+            ``normalize``).
 
     Raises:
         FileNotFoundError: the directory does not exist or holds no ``.txt`` records.

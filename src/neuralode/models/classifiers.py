@@ -36,7 +36,7 @@ class Augment(nn.Module):
 
         Returns:
             (batch, channels + extra, ...): ``x`` followed by zeros along dim 1 (``x``
-            itself when ``extra`` is 0).
+                itself when ``extra`` is 0).
         """
         if self.extra == 0:
             return x

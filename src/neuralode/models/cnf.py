@@ -340,8 +340,8 @@ class CNFDynamics(nn.Module):
 
         Returns:
             ``(dz/dt, tr(df/dz))``, with the signed penalty integrands ||f||^2 / dim and
-            ||df/dz||_F^2 / dim appended for a four-part state; the trace exact or
-            Hutchinson's estimate.
+                ||df/dz||_F^2 / dim appended for a four-part state; the trace exact or
+                Hutchinson's estimate.
         """
         z = state[0]
         differentiable = torch.is_grad_enabled()

@@ -162,7 +162,7 @@ class ODERNN(nn.Module):
 
         Returns:
             ``(before, after)``, each (B, T, H): the state at each time before and after the
-            update there.
+                update there.
 
         Raises:
             ValueError: ``ts`` not 1-D, finite and strictly increasing, or ``values`` and

@@ -96,7 +96,7 @@ class ODEBlock(nn.Module):
 
         Returns:
             y(t1), of the shape of ``x``; with ``ts``, the states at ``ts`` stacked on a new
-            dimension 0, (len(ts), *x.shape).
+                dimension 0, (len(ts), *x.shape).
 
         Raises:
             ValueError: regularisers in training mode and a state without a non-empty batch

@@ -39,7 +39,7 @@ class TimeEmbedding(nn.Module):
 
         Returns:
             The embedding, (*t.shape, dim): sines and cosines of ``t`` times the
-            frequencies, mapped linearly.
+                frequencies, mapped linearly.
         """
         angles = t.reshape(*t.shape, 1) * self.frequencies.to(t.dtype)
         features = torch.cat([angles.sin(), angles.cos()], dim=-1)

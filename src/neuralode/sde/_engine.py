@@ -102,7 +102,7 @@ class SDESolver(Solver):
 
         Returns:
             The state ``(method, extra)``: the bound method and its extra state (the
-            term's initial one, else the method's own for ``(t0, y0)``).
+                term's initial one, else the method's own for ``(t0, y0)``).
 
         Raises:
             TypeError: ``term`` is not an ``SDETerm``.
@@ -144,7 +144,7 @@ class SDESolver(Solver):
 
         Returns:
             ``(y1, error, extra1)``: the new state, the error estimate (``None`` without
-            step doubling) and the method's new extra state.
+                step doubling) and the method's new extra state.
         """
         drawn = (None, None, None) if noise is None else noise
         if not self.step_doubling:
@@ -169,7 +169,7 @@ class SDESolver(Solver):
 
         Returns:
             The increments as the method uses them: one tuple entry for the step, or with
-            step doubling three (the full step and its two halves).
+                step doubling three (the full step and its two halves).
         """
         if not self.step_doubling:
             return (stepper.brownian(t0, t1),)
@@ -231,7 +231,7 @@ class SDESolver(Solver):
 
         Returns:
             ``(method, extra, noise)``: the noise drawn by the loop's float times, as the
-            eager step draws it.
+                eager step draws it.
         """
         return (*state, self.noise(state[0], t0, t1))
 

@@ -228,7 +228,7 @@ class VirtualBrownianTree(_Stored):
 
         Returns:
             One ``(W, I)`` per time: the path there and its time integral (``None`` without
-            a Lévy area approximation), to pass to ``between``.
+                a Lévy area approximation), to pass to ``between``.
         """
         w, i = self._points(torch.stack([self._times(t) for t in times]))
         return [(w[k], None if i is None else i[k]) for k in range(len(times))]
@@ -237,18 +237,18 @@ class VirtualBrownianTree(_Stored):
         """``bm(ta, tb, ...)`` from the path at ``ta`` and ``tb`` (``points``).
 
         Arguments:
-            ta: the start times, (batch,).
-            tb: the end times, (batch,).
+            ta (torch.Tensor): the start times, (batch,).
+            tb (torch.Tensor): the end times, (batch,).
             a: the path at ``ta``, from ``points``.
             b: the path at ``tb``, from ``points``.
-            return_U: also return the space-time Lévy area's integral
+            return_U (bool): also return the space-time Lévy area's integral
                 int_ta^tb (W_s - W_ta) ds.
-            return_A: also return the Lévy area.
+            return_A (bool): also return the Lévy area.
 
         Returns:
-            The increment W(tb) - W(ta) of shape ``shape`` (exactly zero where ``ta == tb``);
-            with ``return_U`` or ``return_A`` (and a Lévy area approximation) a tuple with
-            those appended.
+            (torch.Tensor | tuple): The increment W(tb) - W(ta) of shape ``shape`` (exactly
+                zero where ``ta == tb``); with ``return_U`` or ``return_A`` (and a Lévy area
+                approximation) a tuple with those appended.
         """
         (wa, ia), (wb, ib) = a, b
         empty = (ta == tb)[:, None]  # exactly zero (the sums over the levels may round apart)

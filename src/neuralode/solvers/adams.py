@@ -122,7 +122,7 @@ class ExplicitAdams(_Adams):
 
         Returns:
             The [`Step`][neuralode.solvers.Step] (no error estimate), with ``f1`` and the
-            new history.
+                new history.
         """
         history = self._history(term, t0, t1, y0, state, perturb)
         if len(history) < self.max_order:
@@ -171,7 +171,7 @@ class ImplicitAdams(_Adams):
 
         Returns:
             The [`Step`][neuralode.solvers.Step] (no error estimate), with ``f1`` and the
-            new history.
+                new history.
 
         Raises:
             SolverError: NaN in the corrector.

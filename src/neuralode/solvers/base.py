@@ -129,7 +129,7 @@ class Solver(abc.ABC):
 
         Returns:
             The attempted [`Step`][neuralode.solvers.Step]: the proposed ``y1``, its error
-            estimate and what dense output needs.
+                estimate and what dense output needs.
         """
 
     def compiles(self, term: ODETerm) -> bool:
@@ -154,7 +154,7 @@ class Solver(abc.ABC):
 
         Returns:
             ``state``, with what the step draws outside the graph (an SDE method's Brownian
-            motion); by default ``state`` itself.
+                motion); by default ``state`` itself.
         """
         return state
 
@@ -208,7 +208,7 @@ class Solver(abc.ABC):
 
         Returns:
             The state beyond the step's start point; ``None`` (the default) when the start
-            point and f there are enough.
+                point and f there are enough.
         """
         return None
 
@@ -251,7 +251,7 @@ class Solver(abc.ABC):
 
         Returns:
             The rows X, stacked (K, numel): by default (f0, f1) of the cubic Hermite
-            interpolant.
+                interpolant.
 
         Raises:
             ValueError: the method has no dense output.

@@ -85,7 +85,7 @@ class ExplicitRK(ExplicitDenseOutput):
 
         Returns:
             The [`Step`][neuralode.solvers.Step]: ``y1``, the error estimate, the stages
-            and, for an FSAL method, ``f1``.
+                and, for an FSAL method, ``f1``.
         """
         co = self._coefficients(y0)
         c = co.c
@@ -155,8 +155,8 @@ class ExplicitRK(ExplicitDenseOutput):
 
         Returns:
             ``(y1, error, ks, stacked)``: the proposal, the error estimate (``None``
-            without an embedded method), the stages as a list and stacked
-            (stages, *y0.shape), the dense output's coefficients (``dense``).
+                without an embedded method), the stages as a list and stacked
+                (stages, *y0.shape), the dense output's coefficients (``dense``).
         """
         if co is None:
             co = self._coefficients(y0)
@@ -222,7 +222,7 @@ class ExplicitRK(ExplicitDenseOutput):
 
         Returns:
             A ``RowFacts``: the number of stages, FSAL, f0 needed, and whether the
-            interpolant needs f(t1, y1).
+                interpolant needs f(t1, y1).
         """
         co = self._coefficients(like)
         dense = self.tableau.dense
@@ -272,8 +272,8 @@ class ExplicitRK(ExplicitDenseOutput):
 
         Returns:
             ``(y1, error, k_last, stacked)``: the proposals (batch, n), the error estimates
-            (``None`` without an embedded method), the last stage and the stages stacked
-            (stages, batch, n).
+                (``None`` without an embedded method), the last stage and the stages stacked
+                (stages, batch, n).
         """
         h_y = h.to(y.real.dtype)[:, None]
         c = self.tableau.c

@@ -152,7 +152,7 @@ class ImplicitRK(ImplicitStages):
 
         Returns:
             The [`Step`][neuralode.solvers.Step]; under error control a Newton failure
-            gives a step with a NaN ``y1`` and an infinite error (rejected).
+                gives a step with a NaN ``y1`` and an infinite error (rejected).
 
         Raises:
             ValueError: forward-mode differentiation through the step.
@@ -285,7 +285,7 @@ class ImplicitRK(ImplicitStages):
 
         Returns:
             The state dict marked as a retry, keeping the previous step's stages and
-            whether the step starts after a jump.
+                whether the step starts after a jump.
         """
         previous = state.get("previous") if isinstance(state, dict) else None
         return {"retry": True, "after_jump": _starts_after_jump(state), "previous": previous}
@@ -299,7 +299,7 @@ class ImplicitRK(ImplicitStages):
 
         Returns:
             The state dict with the step's Newton start (3 states per step for radau; kept
-            by checkpointed gradients), or ``None`` when the iteration started from 0.
+                by checkpointed gradients), or ``None`` when the iteration started from 0.
         """
         start = step.extra.get("newton_start")
         if start is None:
@@ -334,7 +334,7 @@ class ImplicitRK(ImplicitStages):
 
         Returns:
             The explicit first stage, or f(t0, y0) (with a graph when gradients are
-            recorded), shaped like ``step.y0``.
+                recorded), shaped like ``step.y0``.
         """
         tab = self.tableau
         if tab.explicit_first_stage:
@@ -352,7 +352,7 @@ class ImplicitRK(ImplicitStages):
 
         Returns:
             The stages (s, numel) for a collocation method, else (f0, f1) stacked (2, numel)
-            for cubic Hermite.
+                for cubic Hermite.
         """
         if self.tableau.collocation:
             return step.extra["ks"]

@@ -152,8 +152,8 @@ def evaluate(
 
     Returns:
         ``{"loss", "accuracy", "nfe"}``: the mean cross-entropy and accuracy over the
-        examples, and the solver block's forward evaluations per batch (``None`` without a
-        block, e.g. a ResNet).
+            examples, and the solver block's forward evaluations per batch (``None`` without a
+            block, e.g. a ResNet).
     """
     model.eval()
     block = solver_block(model)

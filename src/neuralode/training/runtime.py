@@ -105,8 +105,16 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    """(megabytes, what was measured): CUDA max allocated since the last reset, else the
-    process's peak resident set size (over the whole process lifetime)."""
+    """The peak memory: CUDA max allocated since the last reset, else the process's peak
+    resident set size (over the whole process lifetime).
+
+    Arguments:
+        device: the device the run uses.
+
+    Returns:
+        ``(megabytes, what)``: the peak in MiB (2**20 bytes) and ``"cuda_max_allocated"``
+            or ``"process_peak_rss"``.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

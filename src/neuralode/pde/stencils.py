@@ -13,10 +13,11 @@ with a central-difference stencil along that axis (``torch.nn.functional.conv1d`
 The 4th-order stencils reach 4th order on periodic axes; next to a Dirichlet or Neumann
 boundary the two outermost rows use the 2nd-order stencil (reflected ghost points are
 accurate to O(dx^2) only), so the error there is O(dx^2) and 4th order holds in the
-interior. A Neumann ghost point's error is O(dx^3) times the third derivative at the
-boundary, so the Laplacian's boundary row is first order where that derivative does not
-vanish, and second order where it does (as in pure diffusion with a constant slope: u_t =
-D u_xx makes u_xxx = 0 at the boundary).
+interior; a bounded axis of fewer than 5 nodes uses the 2nd-order stencil throughout. A
+Neumann ghost point's error is O(dx^3) times the third derivative at the boundary, so the
+Laplacian's boundary row is first order where that derivative does not vanish, and second
+order where it does (as in pure diffusion with a constant slope: u_t = D u_xx makes
+u_xxx = 0 at the boundary).
 """
 
 from __future__ import annotations

@@ -239,3 +239,39 @@ def test_rnode_channels_are_left_out_of_the_error_norm() -> None:
     with torch.no_grad():
         flow.log_prob(x)
     assert block.last_stats.nfe > runs[0.0][1]
+
+
+def test_bad_numbers_and_shapes_are_named() -> None:
+    """Non-finite T and penalty weights, fractional steps, inputs without a batch dimension
+    or of another shape than the samples, and sample counts below 1: each a ValueError
+    naming the problem (NaN compared False with every bound; the shapes failed deep in the
+    vector field)."""
+    for T in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="T must be positive and finite"):
+            CNF(_Linear(0.1), T=T)
+    with pytest.raises(ValueError, match="kinetic must be a finite number >= 0, got nan"):
+        CNF(_Linear(0.1), kinetic=float("nan"))
+    with pytest.raises(ValueError, match="jacobian must be a finite number >= 0"):
+        CNF(_Linear(0.1), jacobian=-1.0)
+    with pytest.raises(ValueError, match="steps must be a positive integer.*got 2.5"):
+        CNF(_Linear(0.1), method="rk4", steps=2.5)
+    flow = _small_flow()
+    with pytest.raises(ValueError, match=r"\(batch, \*event_shape\), got \(2,\); add the batch"):
+        flow(torch.zeros(2, dtype=F64))
+    with pytest.raises(ValueError, match=r"event_shape=\(2,\), got a batch of shape \(4, 3\)"):
+        flow.inverse(torch.zeros(4, 3, dtype=F64))
+    for n in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="n must be a positive integer"):
+            flow.sample(n)
+    assert flow.sample(2).shape == (2, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_seeded_sampling_with_a_cpu_generator_works_on_cuda() -> None:
+    """A CPU generator seeds the base draws of a flow on CUDA (torch.randn refuses a CPU
+    generator for a CUDA tensor), and gives the samples it gives on the CPU."""
+    flow = _small_flow()
+    on_cpu = flow.sample(8, generator=torch.Generator().manual_seed(0))
+    on_cuda = flow.to("cuda").sample(8, generator=torch.Generator().manual_seed(0))
+    assert on_cuda.device.type == "cuda"
+    torch.testing.assert_close(on_cuda.cpu(), on_cpu, atol=1e-6, rtol=0)

@@ -18,6 +18,7 @@ apply, which is the integral of tr(df/dz) over the solve's time interval.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -393,14 +394,32 @@ class FlowDensity(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """n samples x (of ``shape``, default ``event_shape``) and log p(x) = log N(z) -
-        log|det dx/dz|, both by one solve from the base."""
+        log|det dx/dz|, both by one solve from the base.
+
+        Arguments:
+            n: the number of samples, a positive integer.
+            shape: the shape of one sample (default: ``event_shape``).
+            generator: the random generator of the base draws (default: torch's global one);
+                the draws are made on its device and moved to the flow's.
+
+        Returns:
+            ``(x, log_p)``: the samples (n, *shape) and their log-densities (n,).
+
+        Raises:
+            ValueError: ``n`` not a positive integer, or no ``shape`` and no ``event_shape``.
+        """
+        n = _positive_count(n)
         shape = self.event_shape if shape is None else tuple(shape)
         if shape is None:
             raise ValueError("sample needs the shape of one sample: pass shape=(dim,)")
         param = next(self.parameters())
-        z = torch.randn((n, *shape), generator=generator, device=param.device)
-        x, logdet = self.inverse(z.to(param.dtype))
-        return x, self.base_log_prob(z.to(param.dtype)) - logdet
+        # drawn on the generator's device (a CPU generator cannot fill a CUDA tensor), so a
+        # seeded generator gives the same samples on every device
+        where = param.device if generator is None else generator.device
+        z = torch.randn((n, *shape), generator=generator, device=where)
+        z = z.to(device=param.device, dtype=param.dtype)
+        x, logdet = self.inverse(z)
+        return x, self.base_log_prob(z) - logdet
 
     def sample(
         self,
@@ -408,8 +427,31 @@ class FlowDensity(nn.Module):
         shape: tuple[int, ...] | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """n samples from the flow (base -> data)."""
+        """n samples from the flow (base -> data).
+
+        Arguments:
+            n: the number of samples, a positive integer.
+            shape: the shape of one sample (default: ``event_shape``).
+            generator: the random generator of the base draws (default: torch's global one).
+
+        Returns:
+            The samples, (n, *shape).
+
+        Raises:
+            ValueError: ``n`` not a positive integer, or no ``shape`` and no ``event_shape``.
+        """
         return self.sample_with_log_prob(n, shape, generator)[0]
+
+
+def _positive_count(n: Any) -> int:
+    """``n`` as an int, or a ValueError unless it is a positive integer (not a bool)."""
+    try:
+        count = operator.index(n)
+    except TypeError:
+        count = None
+    if count is None or isinstance(n, bool) or count < 1:
+        raise ValueError(f"the number of samples n must be a positive integer, got {n!r}")
+    return count
 
 
 class CNF(FlowDensity):
@@ -428,7 +470,8 @@ class CNF(FlowDensity):
         rtol: the relative tolerance of adaptive methods.
         atol: the absolute tolerance of adaptive methods.
         step_size: the step of fixed-step methods.
-        steps: that many equal fixed steps over [0, T], whatever T is.
+        steps: that many equal steps over [0, T], whatever T is, for fixed-step methods
+            (adaptive methods choose their own steps and ignore it).
         gradient: ``"direct"``, ``"adjoint"`` (continuous adjoint with the seminorm) or
             ``"checkpointed"``, or a strategy.
         kinetic: the weight of RNODE's kinetic-energy penalty (0: off).
@@ -436,7 +479,9 @@ class CNF(FlowDensity):
         event_shape: the shape of one sample (for ``sample``).
 
     Raises:
-        ValueError: an unknown trace, noise, method or gradient, or a non-positive ``T``.
+        ValueError: an unknown trace, noise, method or gradient, a ``T`` not positive and
+            finite, a negative or non-finite penalty weight, or ``steps`` not a positive
+            integer (or given with ``step_size``).
     """
 
     def __init__(
@@ -465,10 +510,11 @@ class CNF(FlowDensity):
             raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
         if isinstance(gradient, str) and gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {sorted(GRADIENTS)}, got {gradient!r}")
-        if T <= 0:
-            raise ValueError(f"T must be positive, got {T!r}")
-        if kinetic < 0 or jacobian < 0:
-            raise ValueError(f"kinetic and jacobian must be >= 0, got {kinetic!r}, {jacobian!r}")
+        if not (math.isfinite(float(T)) and float(T) > 0):
+            raise ValueError(f"T must be positive and finite, got {T!r}")
+        for name, weight in (("kinetic", kinetic), ("jacobian", jacobian)):
+            if not (math.isfinite(float(weight)) and float(weight) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {weight!r}")
         self.net = net
         self.event_shape = None if event_shape is None else tuple(event_shape)
         sqrt_t = torch.tensor(math.sqrt(T))
@@ -477,8 +523,16 @@ class CNF(FlowDensity):
         else:
             self.register_buffer("sqrt_T", sqrt_t)
         self.trace, self.noise = trace, noise
-        if steps is not None and (step_size is not None or steps < 1):
-            raise ValueError(f"steps must be a positive integer without step_size, got {steps!r}")
+        if steps is not None:
+            try:
+                count = operator.index(steps)
+            except TypeError:
+                count = 0
+            if isinstance(steps, bool) or count < 1 or step_size is not None:
+                raise ValueError(
+                    f"steps must be a positive integer without step_size, got {steps!r}"
+                )
+            steps = count
         self.method, self.rtol, self.atol, self.step_size = method, rtol, atol, step_size
         self.steps = steps
         self.gradient = gradient
@@ -498,6 +552,7 @@ class CNF(FlowDensity):
 
     def _solve(self, y: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Integrate the augmented state from ts[0] through ts; returns the tuple at all ts."""
+        self._check_input(y)
         regularize = self.kinetic > 0 or self.jacobian > 0
         zeros = y.new_zeros(y.shape[0])
         state = (y, zeros, zeros, zeros) if regularize else (y, zeros)
@@ -523,6 +578,20 @@ class CNF(FlowDensity):
         else:
             self.regularization = y.new_zeros(y.shape[0])
         return sol.ys
+
+    def _check_input(self, y: torch.Tensor) -> None:
+        """A ValueError naming the shape unless ``y`` is (batch, *event_shape)."""
+        if not isinstance(y, torch.Tensor) or y.ndim < 2:
+            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(
+                f"a CNF maps batches of shape (batch, *event_shape), got {shape}; "
+                "add the batch dimension (x[None] for one sample)"
+            )
+        if self.event_shape is not None and tuple(y.shape[1:]) != self.event_shape:
+            raise ValueError(
+                f"the CNF's samples have shape event_shape={self.event_shape}, "
+                f"got a batch of shape {tuple(y.shape)}"
+            )
 
     def error_norm(self, y: torch.Tensor) -> Norm:
         """The step-size controller's error norm: z and log p only.
@@ -552,6 +621,9 @@ class CNF(FlowDensity):
 
         Returns:
             ``(z, logdet)``: z of the shape of ``x`` and log|det dz/dx| per sample, (batch,).
+
+        Raises:
+            ValueError: ``x`` without a batch dimension, or not (batch, *event_shape).
         """
         ys = self._solve(x, self._times(x, reverse=True))
         return ys[0][-1], ys[1][-1]
@@ -564,6 +636,9 @@ class CNF(FlowDensity):
 
         Returns:
             ``(x, logdet)``: x of the shape of ``z`` and log|det dx/dz| per sample, (batch,).
+
+        Raises:
+            ValueError: ``z`` without a batch dimension, or not (batch, *event_shape).
         """
         ys = self._solve(z, self._times(z, reverse=False))
         return ys[0][-1], ys[1][-1]

@@ -358,3 +358,53 @@ def test_linear_plus_mlp_options_shapes_and_errors() -> None:
     linear = LatentODE(2, latent_dim=6, decoder="linear", dynamics="linear+mlp")
     assert isinstance(linear.decoder, torch.nn.Linear)  # x = W z + b, nothing else
     assert linear(ts, values, mask.float(), query).shape == (3, 5, 2)
+
+
+@pytest.mark.parametrize("marker", [float("nan"), float("inf")])
+def test_unobserved_nan_or_inf_change_nothing(marker: float) -> None:
+    """NaN (or inf) is a common marker of a missing value: where the mask is 0 it must not
+    reach the collated values, the encoders, the ELBO or its gradients (NaN * 0 is NaN)."""
+    series = _series()
+    ts_1, values_1, mask_1 = series[1]
+    marked = torch.where(mask_1 > 0, values_1, torch.full_like(values_1, marker))
+    ts, values, mask = collate_irregular(series)
+    ts_m, values_m, mask_m = collate_irregular([series[0], (ts_1, marked, mask_1), series[2]])
+    assert torch.equal(values_m, values) and torch.equal(mask_m, mask)
+    garbage = torch.where(mask > 0, values, torch.full_like(values, marker))
+    noise = torch.randn(2, 3, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+    for encoder in ("rnn", "odernn"):
+        torch.manual_seed(0)
+        model = LatentODE(2, encoder=encoder, obs_std=None).to(F64)
+        results = []
+        for data in (values, garbage):
+            model.zero_grad()
+            out = model.elbo(ts, data, mask, n_samples=2, noise=noise, iwae=True)
+            out.loss().backward()
+            results.append((out.elbo.detach(), [p.grad.clone() for p in model.parameters()]))
+        (clean, clean_grads), (dirty, dirty_grads) = results
+        torch.testing.assert_close(dirty, clean)
+        for a, b in zip(dirty_grads, clean_grads):
+            torch.testing.assert_close(a, b)
+    torch.manual_seed(0)
+    for net in (ODERNN(2, 5, **TIGHT).to(F64), GapRNN(2, 5).to(F64)):
+        torch.testing.assert_close(net(ts, garbage, mask), net(ts, values, mask))
+
+
+def test_collate_names_mismatched_masks_and_features() -> None:
+    ts = torch.tensor([0.0, 1.0], dtype=F64)
+    values = torch.zeros(2, 2, dtype=F64)
+    with pytest.raises(ValueError, match=r"series 0: the mask must have the shape of its values"):
+        collate_irregular([(ts, values, torch.ones(2, 1, dtype=F64))])
+    with pytest.raises(ValueError, match="series 1 has 3 features, series 0 has 2"):
+        collate_irregular([(ts, values), (ts, torch.zeros(2, 3, dtype=F64))])
+
+
+def test_forward_names_a_negative_sample_count_and_an_empty_mask() -> None:
+    torch.manual_seed(0)
+    model = LatentODE(2).to(F64)
+    ts, values, mask = collate_irregular(_series())
+    query = torch.linspace(0.0, 1.0, 3, dtype=F64)
+    with pytest.raises(ValueError, match="n_samples must be an integer >= 0, got -1"):
+        model(ts, values, mask, query, n_samples=-1)
+    with pytest.raises(ValueError, match="mask selects no observations"):
+        model(ts, values, torch.zeros_like(mask), query)

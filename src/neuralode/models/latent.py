@@ -42,6 +42,12 @@ def check_times(ts: torch.Tensor, name: str = "ts") -> None:
         )
 
 
+def _observed(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values`` where ``mask`` is 1 and 0 elsewhere, whatever the values hold there (an
+    unobserved NaN or inf stays out of the result and out of its gradient)."""
+    return torch.where(mask > 0, values, torch.zeros_like(values))
+
+
 def _check_batch(ts: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> None:
     check_times(ts)
     if values.ndim != 3 or values.shape[1] != ts.shape[0]:
@@ -63,10 +69,16 @@ def collate_irregular(
             ``mask_i`` (n_i, D) (default: all observed).
 
     Returns:
-        ``ts`` (T,), ``values`` (B, T, D) with zeros where not observed, and ``mask`` (B, T, D).
+        ``ts`` (T,), ``values`` (B, T, D) with zeros where not observed (whatever the
+            series held there, NaN included), and ``mask`` (B, T, D).
+
+    Raises:
+        ValueError: no series, times not 1-D, finite and strictly increasing, values not
+            (n_i, D) with the same D for every series, or a mask not shaped like its values.
     """
     if not series:
         raise ValueError("collate_irregular needs at least one series")
+    dim = series[0][1].shape[-1] if series[0][1].ndim else None
     for i, item in enumerate(series):
         check_times(item[0], f"the times of series {i}")
         if item[1].ndim != 2 or item[1].shape[0] != item[0].shape[0]:
@@ -74,14 +86,24 @@ def collate_irregular(
                 f"series {i}: values must have shape ({item[0].shape[0]}, features), "
                 f"got {tuple(item[1].shape)}"
             )
+        if item[1].shape[1] != dim:
+            raise ValueError(
+                f"series {i} has {item[1].shape[1]} features, series 0 has {dim}: "
+                "every series needs the same features"
+            )
+        if len(item) > 2 and item[2].shape != item[1].shape:
+            raise ValueError(
+                f"series {i}: the mask must have the shape of its values "
+                f"{tuple(item[1].shape)}, got {tuple(item[2].shape)}"
+            )
     ts = torch.unique(torch.cat([item[0] for item in series]))  # sorted
-    dim = series[0][1].shape[1]
     values = ts.new_zeros(len(series), ts.shape[0], dim, dtype=series[0][1].dtype)
     mask = torch.zeros_like(values)
     for i, item in enumerate(series):
         where = torch.searchsorted(ts, item[0])
         m = item[2].to(values.dtype) if len(item) > 2 else torch.ones_like(item[1])
-        values[i, where] = item[1] * m
+        # where, not a product: an unobserved entry may hold NaN (a common "missing" marker)
+        values[i, where] = torch.where(m > 0, item[1], torch.zeros_like(item[1]))
         mask[i, where] = m
     return ts, values, mask
 
@@ -182,7 +204,9 @@ class ODERNN(nn.Module):
             before[i] = h
             observed = mask[:, i].bool().any(-1, keepdim=True)
             if bool(observed.any()):
-                update = self.gru(torch.cat([values[:, i] * mask[:, i], mask[:, i]], -1), h)
+                update = self.gru(
+                    torch.cat([_observed(values[:, i], mask[:, i]), mask[:, i]], -1), h
+                )
                 h = torch.where(observed, update, h)
                 started = started | observed
             after[i] = h
@@ -236,7 +260,7 @@ class GapRNN(nn.Module):
             if bool(observed.any()):
                 t = ts[i].to(values.dtype).expand(batch, 1)
                 gap = torch.where(seen, (t - last_t).abs(), torch.zeros_like(t))
-                inputs = torch.cat([values[:, i] * mask[:, i], mask[:, i], gap], -1)
+                inputs = torch.cat([_observed(values[:, i], mask[:, i]), mask[:, i], gap], -1)
                 h = torch.where(observed, self.gru(inputs, h), h)
                 last_t = torch.where(observed, t, last_t)
                 seen = seen | observed
@@ -337,7 +361,21 @@ class ELBO:
 def gaussian_log_likelihood(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
-    """sum over times and features of log N(x | mean, std^2) where mask is 1: (..., B)."""
+    """sum over times and features of log N(x | mean, std^2) where mask is 1: (..., B).
+
+    Arguments:
+        x: the observations, (..., B, T, D); entries where ``mask`` is 0 are ignored, NaN
+            included.
+        mean: the predicted means, broadcastable against ``x``.
+        std: the observation noise's standard deviations, broadcastable against ``x``.
+        mask: 1 where ``x`` was observed, else 0, broadcastable against ``x``.
+
+    Returns:
+        The log-likelihood of the observed entries per series, (..., B).
+    """
+    # unobserved entries are replaced before the arithmetic: a NaN there would reach the
+    # result (NaN * 0) and the gradient of ``mean`` even through a mask
+    x = torch.where(mask > 0, x, torch.zeros_like(x))
     log_p = -0.5 * ((x - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
     return (log_p * mask).sum((-1, -2))
 
@@ -579,9 +617,28 @@ class _LatentVAE(nn.Module):
         n_samples: int = 0,
     ) -> torch.Tensor:
         """Decoder means at ``query_ts`` from the observations: (B, Q, D) at the posterior
-        mean (``n_samples=0``) or (K, B, Q, D) for K posterior samples."""
+        mean (``n_samples=0``) or (K, B, Q, D) for K posterior samples.
+
+        Arguments:
+            ts: the union of the batch's observation times, (T,), strictly increasing.
+            values: the observations, (B, T, D).
+            mask: 1 where a feature was observed, else 0, (B, T, D).
+            query_ts: the times to decode at, (Q,), strictly increasing, from ``t0`` on.
+            n_samples: 0 for the posterior mean, else that many posterior samples.
+
+        Returns:
+            The decoder means, (B, Q, D), or (K, B, Q, D) with ``n_samples=K``.
+
+        Raises:
+            ValueError: a malformed batch or ``query_ts``, a mask that selects nothing, or a
+                negative ``n_samples``.
+        """
         _check_batch(ts, values, mask)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 0:
+            raise ValueError(f"n_samples must be an integer >= 0, got {n_samples!r}")
         observed = mask.bool().flatten(2).any(-1).any(0)
+        if not bool(observed.any()):
+            raise ValueError("mask selects no observations for the encoder")
         mean, std = self.encode(ts[observed], values[:, observed], mask[:, observed])
         if n_samples == 0:
             return self.decode(mean, query_ts)

@@ -142,6 +142,24 @@ def test_newton_failure_under_error_control_rejects_the_step() -> None:
     assert _tolerance_units(sol.ys, problem.reference(4), rtol, atol) < 10
 
 
+def test_per_element_tolerances_drive_newton_as_numbers_do() -> None:
+    """Tolerances given per element (tensors) scale the Newton test and make a failed
+    iteration a rejected step exactly as the same numbers do: the same steps, the same
+    solution."""
+    problem, _, rtol, atol = STIFF_CASES["robertson"]
+    y0, ts = problem.y0_tensor(), problem.ts_tensor(4)
+    solutions = []
+    per_element = (torch.full((3,), rtol, dtype=y0.dtype), torch.full((3,), atol, dtype=y0.dtype))
+    for tolerances in ((rtol, atol), per_element):
+        solver = Radau()
+        controller = no.PIController(*tolerances, first_step=100.0)
+        solutions.append(no.solve(problem.f, y0, ts, solver=solver, controller=controller))
+        assert solver.counters["newton_failures"] >= 1
+    numbers, tensors = solutions
+    assert tensors.stats.n_steps == numbers.stats.n_steps
+    torch.testing.assert_close(tensors.ys, numbers.ys, rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Batches: one Newton matrix per sample
 

@@ -91,7 +91,7 @@ class ImplicitStages(Solver):
     krylov_tol: float
     krylov_dim: int
     counters: Counter[str]
-    _tolerances: tuple[float, float] | None
+    _tolerances: tuple[float | torch.Tensor, float | torch.Tensor] | None
     _cache: dict[tuple[torch.dtype, torch.device], _Coefficients]
     _layouts: dict[tuple[int, torch.device], BatchLayout]
 
@@ -175,8 +175,19 @@ class ImplicitStages(Solver):
         rtol, atol = self._tolerances
         tol = self.newton_tol
         if tol is None:
-            tol = max(10 * eps / max(rtol, 1e-300), min(0.03, rtol**0.5))
-        return atol + rtol * y0.abs(), tol
+            # Hairer and Wanner's bound for the tightest rtol asked: Newton's error a small
+            # fraction of the tolerance (min(0.03, sqrt(rtol))), not below rounding
+            # (10 eps / rtol); an rtol under 100 eps (0: a pure atol) counts as 100 eps, so
+            # the bound is never looser than 0.1
+            smallest = float(rtol.min()) if isinstance(rtol, torch.Tensor) else rtol
+            relative = max(smallest, 100 * eps)
+            tol = max(10 * eps / relative, min(0.03, relative**0.5))
+        magnitude = y0.abs()
+        if isinstance(rtol, torch.Tensor):
+            rtol = rtol.to(device=magnitude.device, dtype=magnitude.dtype)
+        if isinstance(atol, torch.Tensor):
+            atol = atol.to(device=magnitude.device, dtype=magnitude.dtype)
+        return atol + rtol * magnitude, tol
 
     def _newton(
         self,

@@ -113,19 +113,26 @@ class ImplicitRK(ImplicitStages):
         """Order of the dense output: the collocation polynomial's (s), else Hermite's (3)."""
         return self.tableau.stages if self.tableau.collocation else 3
 
-    def set_tolerances(self, rtol: float | None, atol: float | None) -> None:
+    def set_tolerances(
+        self, rtol: float | torch.Tensor | None, atol: float | torch.Tensor | None
+    ) -> None:
         """Take the step-size controller's tolerances, given by ``solve`` before a solve.
 
-        Scalar tolerances scale the Newton convergence test and make a failed iteration a
-        rejected step rather than an error; ``None`` (fixed steps) or tensor tolerances
-        leave the fixed-step test and its error.
+        Tolerances (numbers, or per-element tensors laid out as the flat state) scale the
+        Newton convergence test and make a failed iteration a rejected step, which the
+        controller retries shorter; ``None`` (fixed steps) leaves the fixed-step test, to
+        rounding, whose failure is a ``NewtonError``.
 
         Arguments:
             rtol: the relative tolerance, or ``None`` on fixed steps.
             atol: the absolute tolerance, or ``None`` on fixed steps.
         """
-        scalar = all(isinstance(x, (int, float)) for x in (rtol, atol))
-        self._tolerances = (float(rtol), float(atol)) if scalar else None
+        if rtol is None or atol is None:
+            self._tolerances = None
+            return
+        self._tolerances = tuple(
+            x.detach() if isinstance(x, torch.Tensor) else float(x) for x in (rtol, atol)
+        )
 
     def __repr__(self) -> str:
         return f"{self.name}(linear_solver={self.linear_solver!r}, batch_size={self.batch_size})"

@@ -170,3 +170,15 @@ def test_deq_on_cuda_matches_the_cpu():
     cpu, cuda = _on_both(run)
     for on_cuda, on_cpu in zip(cuda, cpu):
         torch.testing.assert_close(on_cuda, on_cpu, rtol=1e-7, atol=1e-9)
+
+
+def test_latent_models_sample_their_priors_on_cuda():
+    """The generative models' prior samples are drawn where the model lives."""
+    from neuralode.models import LatentODE, LatentSDE
+
+    for device in ("cpu", "cuda"):
+        ts = torch.linspace(0.0, 1.0, 5, device=device)
+        paths = LatentSDE(obs_dim=2).to(device).sample_prior(ts, 6, 0.1)
+        assert paths.shape == (5, 6, 2) and paths.device.type == device
+        means = LatentODE(obs_dim=2).to(device).sample_prior(3, ts)
+        assert means.shape == (3, 5, 2) and means.device.type == device

@@ -211,6 +211,8 @@ class LatentSDE(nn.Module):
         Returns:
             The decoded means of the paths, (T, batch, obs_dim).
         """
-        z0 = self.pz0_mean + self.pz0_logstd.exp() * torch.randn(batch, self.pz0_mean.numel())
+        like = self.pz0_mean
+        noise = torch.randn(batch, like.numel(), dtype=like.dtype, device=like.device)
+        z0 = like + self.pz0_logstd.exp() * noise
         zs = sdeint(self, z0, ts, dt=dt, method="euler", names={"drift": "h"})
         return self.decoder(zs)

@@ -251,3 +251,31 @@ def test_spirals_training_bound_uses_the_posterior_samples(monkeypatch, bound) -
     assert seen == [(5, (5, 4, 3), bound == "iwae")] * 3
     assert [row["loss"] for row in result["history"]] == pytest.approx(losses)  # one per step
     assert math.isfinite(result["rmse_extrapolation"])
+
+
+def test_physionet_options_are_checked_before_reading(tmp_path: Path) -> None:
+    """A mean without a std was silently replaced by these records' statistics, a limit of 0
+    or below read no (or all but the last) files, quantization=0 kept the raw times."""
+    _write_record(tmp_path / "1.txt", 1, ["00:07,HR,70", "01:07,HR,80"])
+    _write_record(tmp_path / "2.txt", 2, ["00:10,HR,90"])
+    mean, std = torch.full((37,), 75.0), torch.full((37,), 5.0)
+    with pytest.raises(ValueError, match="mean was given without std: pass both"):
+        load_physionet(tmp_path, mean=mean)
+    with pytest.raises(ValueError, match="std was given without mean"):
+        load_physionet(tmp_path, std=std)
+    with pytest.raises(ValueError, match=r"mean must have shape \(37,\).*got \(36,\)"):
+        load_physionet(tmp_path, mean=mean[:36], std=std)
+    with pytest.raises(ValueError, match="std must be positive and finite"):
+        load_physionet(tmp_path, mean=mean, std=torch.zeros(37))
+    for limit in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="limit must be a positive integer or None"):
+            load_physionet(tmp_path, limit=limit)
+    for quantization in (0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="quantization must be a positive number of hours"):
+            load_physionet(tmp_path, quantization=quantization)
+    hr = PHYSIONET_VARIABLES.index("HR")
+    given = load_physionet(tmp_path, mean=mean, std=std, dtype=torch.float64)
+    assert given.records[0].values[:, hr].tolist() == [-1.0, 1.0]
+    assert torch.equal(given.mean, mean.double()) and len(given.records) == 2
+    raw = load_physionet(tmp_path, normalize=False, mean=mean, std=std, limit=1)
+    assert raw.mean is None and raw.std is None and len(raw.records) == 1

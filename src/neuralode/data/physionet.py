@@ -115,6 +115,38 @@ def read_record(path: Path, quantization: float | None = None) -> PhysioNetRecor
     return PhysioNetRecord(record_id, ts, values, mask, torch.tensor(static, dtype=torch.float64))
 
 
+def _check_options(
+    mean: torch.Tensor | None,
+    std: torch.Tensor | None,
+    quantization: float | None,
+    limit: int | None,
+) -> None:
+    """A ValueError naming the first bad option of ``load_physionet``."""
+    if (mean is None) != (std is None):
+        given, missing = ("mean", "std") if std is None else ("std", "mean")
+        raise ValueError(
+            f"{given} was given without {missing}: pass both (e.g. a training set's "
+            "PhysioNetData.mean and .std) or neither (computed from these records)"
+        )
+    dim = len(PHYSIONET_VARIABLES)
+    for name, stat in (("mean", mean), ("std", std)):
+        if stat is not None and tuple(torch.as_tensor(stat).shape) != (dim,):
+            shape = tuple(torch.as_tensor(stat).shape)
+            raise ValueError(f"{name} must have shape ({dim},), one per variable, got {shape}")
+    if std is not None:
+        std = torch.as_tensor(std)
+        if not bool((torch.isfinite(std) & (std > 0)).all()):
+            raise ValueError(f"std must be positive and finite, got {std.tolist()}")
+    if quantization is not None and not (
+        isinstance(quantization, int | float) and math.isfinite(quantization) and quantization > 0
+    ):
+        raise ValueError(
+            f"quantization must be a positive number of hours or None, got {quantization!r}"
+        )
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+
+
 def load_physionet(
     directory: str | Path,
     normalize: bool = True,
@@ -130,9 +162,9 @@ def load_physionet(
         directory: the folder of the ``.txt`` records (set-a of the PhysioNet/CinC
             Challenge 2012), or its parent holding ``set-a``.
         normalize: scale each variable to zero mean and unit std over the observed values.
-        mean: the per-variable means to normalise with (37,), e.g. a training set's; used
-            only together with ``std``, else both are computed from these records.
-        std: the per-variable standard deviations, as ``mean``.
+        mean: the per-variable means to normalise with (37,), e.g. a training set's; give
+            it with ``std`` (without both, both are computed from these records).
+        std: the per-variable standard deviations (37,), positive, as ``mean``.
         quantization: round times to multiples of that many hours (e.g. 1/60 or 0.1);
             ``None`` keeps them.
         limit: read only the first ``limit`` files (sorted by name); ``None``: all.
@@ -144,7 +176,11 @@ def load_physionet(
 
     Raises:
         FileNotFoundError: the directory does not exist or holds no ``.txt`` records.
+        ValueError: only one of ``mean`` and ``std``, either not of shape (37,), ``std`` not
+            positive and finite, ``limit`` not a positive integer, ``quantization`` not a
+            positive finite number, or a malformed record.
     """
+    _check_options(mean, std, quantization, limit)
     root = Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(
@@ -166,8 +202,13 @@ def load_physionet(
             mean = (values * mask).sum(0) / count
             var = (((values - mean) * mask) ** 2).sum(0) / count
             std = torch.where(var > 0, var.sqrt(), torch.ones_like(var))
+        else:
+            mean = torch.as_tensor(mean, dtype=torch.float64)
+            std = torch.as_tensor(std, dtype=torch.float64)
         for r in records:
             r.values = (r.values - mean) / std * r.mask
+    else:  # nothing was normalised: no statistics to report
+        mean = std = None
     for r in records:
         r.ts, r.values, r.mask = r.ts.to(dtype), r.values.to(dtype), r.mask.to(dtype)
         r.static = r.static.to(dtype)

@@ -49,9 +49,12 @@ def test_experiment_writes_metrics_checkpoint_and_plots(tmp_path, capsys):
 
 
 def test_experiment_bad_input_is_a_one_line_error(tmp_path, capsys):
-    code = main(["experiment", "latent-sde", "--out", str(tmp_path), "--times", "1"])
-    assert code == 2
-    assert "--times" in capsys.readouterr().err
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:  # refused by the option's type, as it parses
+        main(["experiment", "latent-sde", "--out", str(out), "--times", "1"])
+    assert stopped.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "argument --times: must be an integer >= 2, got 1" in err
 
 
 @pytest.mark.slow

@@ -279,3 +279,21 @@ def test_physionet_options_are_checked_before_reading(tmp_path: Path) -> None:
     assert torch.equal(given.mean, mean.double()) and len(given.records) == 2
     raw = load_physionet(tmp_path, normalize=False, mean=mean, std=std, limit=1)
     assert raw.mean is None and raw.std is None and len(raw.records) == 1
+
+
+def test_generators_name_non_finite_parameters() -> None:
+    """NaN compared False with every bound: a NaN noise or t_max gave NaN data silently."""
+    with pytest.raises(ValueError, match="finite noise_std >= 0, got n=4, noise_std=nan"):
+        make_spirals(n=4, noise_std=float("nan"))
+    with pytest.raises(ValueError, match="needs finite a and b"):
+        make_spirals(n=4, b=float("inf"))
+    for t_max in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="a finite t_max > 0"):
+            make_periodic(n=4, t_max=t_max)
+    for noise_std in (float("nan"), -0.1):
+        with pytest.raises(ValueError, match="noise_std must be finite and >= 0"):
+            make_periodic(n=4, noise_std=noise_std)
+    with pytest.raises(ValueError, match=r"frequency must be a finite range.*\(1.0, 0.2\)"):
+        make_periodic(n=4, frequency=(1.0, 0.2))
+    with pytest.raises(ValueError, match="amplitude must be a finite range"):
+        make_periodic(n=4, amplitude=(0.5, float("nan")))

@@ -61,11 +61,19 @@ def make_periodic(
             [0, 2 pi).
 
     Raises:
-        ValueError: ``n < 1``, ``n_times < 2``, ``t_max <= 0`` or ``n_obs`` out of
-            [1, n_times].
+        ValueError: ``n < 1``, ``n_times < 2``, ``t_max`` not positive and finite,
+            ``n_obs`` out of [1, n_times], ``noise_std`` negative or not finite, or a
+            ``frequency`` or ``amplitude`` range not finite with low <= high.
     """
-    if n < 1 or n_times < 2 or t_max <= 0:
-        raise ValueError(f"need n >= 1, n_times >= 2, t_max > 0; got {n}, {n_times}, {t_max}")
+    if n < 1 or n_times < 2 or not (math.isfinite(t_max) and t_max > 0):
+        raise ValueError(
+            f"need n >= 1, n_times >= 2, a finite t_max > 0; got {n}, {n_times}, {t_max}"
+        )
+    if not (math.isfinite(noise_std) and noise_std >= 0):
+        raise ValueError(f"noise_std must be finite and >= 0, got {noise_std}")
+    for name, (low, high) in (("frequency", frequency), ("amplitude", amplitude)):
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise ValueError(f"{name} must be a finite range (low, high), got {(low, high)}")
     if n_obs is not None and not 1 <= n_obs <= n_times:
         raise ValueError(f"n_obs must be in [1, n_times={n_times}] or None, got {n_obs}")
     gen = torch.Generator().manual_seed(seed)

@@ -97,16 +97,20 @@ def make_spirals(
         The [`SpiralData`][neuralode.data.SpiralData].
 
     Raises:
-        ValueError: ``n_obs`` out of [1, n_window], ``ntotal`` too short, ``n < 1`` or a
-            negative ``noise_std``.
+        ValueError: ``n_obs`` out of [1, n_window], ``ntotal`` too short, ``n < 1``, a
+            negative or non-finite ``noise_std``, or a non-finite ``a`` or ``b``.
     """
     length = n_window + n_extrap
     if not 1 <= n_obs <= n_window:
         raise ValueError(f"n_obs must be in [1, n_window={n_window}], got {n_obs}")
     if ntotal < length + 2 * n_window:
         raise ValueError(f"ntotal={ntotal} is too short for windows of {length} points")
-    if n < 1 or noise_std < 0:
-        raise ValueError(f"need n >= 1 and noise_std >= 0, got n={n}, noise_std={noise_std}")
+    if n < 1 or not (math.isfinite(noise_std) and noise_std >= 0):
+        raise ValueError(
+            f"need n >= 1 and a finite noise_std >= 0, got n={n}, noise_std={noise_std}"
+        )
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise ValueError(f"the radius a + b theta needs finite a and b, got a={a}, b={b}")
     gen = torch.Generator().manual_seed(seed)
     theta = torch.linspace(0, 6 * math.pi, ntotal, dtype=torch.float64)
     radius = a + b * theta

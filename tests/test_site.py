@@ -84,16 +84,6 @@ EXEMPT = frozenset(
         "neuralode.Event.check_start",
         "neuralode.Event.values",
         "neuralode.SaveAt",
-        # implicit/fixed_point.py
-        "neuralode.implicit.Anderson.propose",
-        "neuralode.implicit.Broyden.propose",
-        "neuralode.implicit.FixedPointMethod.propose",
-        "neuralode.implicit.Picard.propose",
-        # models/deq.py
-        "neuralode.models.DEQNet.forward",
-        "neuralode.models.EquilibriumCell.forward",
-        "neuralode.models.SolveReport.of",
-        "neuralode.models.VariationalDropout.forward",
         # pde/
         "neuralode.pde.Advection.forward",
         "neuralode.pde.Burgers.advection",

@@ -61,7 +61,18 @@ class FixedPointMethod(abc.ABC):
 
     @abc.abstractmethod
     def propose(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
-        """The next iterate, (batch, n)."""
+        """The next iterate from the current one, each sample on its own.
+
+        ``fixed_point`` calls it once per iteration, after ``reset``; a method with a history
+        (Anderson, Broyden) records ``z`` and ``fz`` in it.
+
+        Arguments:
+            z: the current iterate, flattened to (batch, n).
+            fz: ``f(z)``, (batch, n).
+
+        Returns:
+            The next iterate, (batch, n), of the dtype and device of ``z``.
+        """
 
 
 class Picard(FixedPointMethod):
@@ -86,7 +97,15 @@ class Picard(FixedPointMethod):
         """Plain iteration keeps no history."""
 
     def propose(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
-        """The next iterate from the current one ``z`` and ``fz = f(z)``, per sample."""
+        """The next iterate, (1 - damping) z + damping f(z), per sample.
+
+        Arguments:
+            z: the current iterate, flattened to (batch, n).
+            fz: ``f(z)``, (batch, n).
+
+        Returns:
+            The next iterate, (batch, n): ``fz`` itself when ``damping`` is 1.
+        """
         if self.damping == 1:
             return fz
         return torch.lerp(z, fz, self.damping)
@@ -126,7 +145,22 @@ class Anderson(FixedPointMethod):
         self._values: list[torch.Tensor] = []
 
     def propose(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
-        """The next iterate from the current one ``z`` and ``fz = f(z)``, per sample."""
+        """The next iterate: the mix of the last ``memory`` values of f (this one included)
+        whose weights (summing to 1) minimise the mixed residual, per sample.
+
+        Appends ``z`` and ``fz`` to the history (the oldest pair leaves once ``memory`` are
+        kept). The weights solve the regularised Gram system of the residuals f(z_i) - z_i;
+        on the first call (one pair) the result is ``fz``, as with plain iteration. With
+        ``damping`` below 1 the result is (1 - damping) times the same mix of the iterates
+        plus ``damping`` times the mix of the values.
+
+        Arguments:
+            z: the current iterate, flattened to (batch, n).
+            fz: ``f(z)``, (batch, n).
+
+        Returns:
+            The next iterate, (batch, n).
+        """
         self._iterates = (self._iterates + [z])[-self.memory :]
         self._values = (self._values + [fz])[-self.memory :]
         iterates, values = torch.stack(self._iterates, 1), torch.stack(self._values, 1)
@@ -192,7 +226,22 @@ class Broyden(FixedPointMethod):
         return out
 
     def propose(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
-        """The next iterate from the current one ``z`` and ``fz = f(z)``, per sample."""
+        """The quasi-Newton step z - H g(z), with g(z) = f(z) - z and H the inverse-Jacobian
+        estimate, per sample.
+
+        From the second call on, H first takes the rank-one ("good" Broyden) update that
+        maps the change of g since the last call onto the change of ``z``; a sample whose
+        update is degenerate (it has stopped moving) keeps its estimate. When ``memory``
+        updates are held, H restarts from -I before the update. On the first call H = -I, so
+        the result is ``fz``, as with plain iteration.
+
+        Arguments:
+            z: the current iterate, flattened to (batch, n).
+            fz: ``f(z)``, (batch, n).
+
+        Returns:
+            The next iterate, (batch, n).
+        """
         g = fz - z
         if self._previous is not None:
             dz, dg = z - self._previous[0], g - self._previous[1]

@@ -69,6 +69,15 @@ class SolveReport:
 
     @classmethod
     def of(cls, result: FixedPointResult) -> SolveReport:
+        """The report of a ``fixed_point`` solve.
+
+        Arguments:
+            result: the solve's outcome.
+
+        Returns:
+            Its ``iterations``, its largest per-sample residual (0.0 for an empty batch),
+                ``converged`` and its residual history as a tuple.
+        """
         return cls(result.iterations, result.max_residual, result.converged, tuple(result.history))
 
 
@@ -403,6 +412,18 @@ class VariationalDropout(nn.Module):
         self._mask = None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Apply the mask of the current solve.
+
+        In training mode with ``p > 0``, a mask of ``h``'s shape is drawn when there is none
+        (after ``new_solve``) or the held one has another shape, and kept for later calls.
+
+        Arguments:
+            h: the activation, any shape.
+
+        Returns:
+            ``h`` times the mask (entries 0 or 1 / (1 - p)), of ``h``'s shape; ``h`` itself
+                in evaluation mode or with ``p = 0``.
+        """
         if not self.training or self.p == 0:
             return h
         if self._mask is None or self._mask.shape != h.shape:
@@ -435,6 +456,15 @@ class EquilibriumCell(nn.Module):
             nn.init.normal_(conv.weight, 0.0, init_std)
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """One application of the cell, f(z, x).
+
+        Arguments:
+            z: the current state, (batch, channels, height, width).
+            x: the input injected at every application, the shape of ``z``.
+
+        Returns:
+            f(z, x), the shape of ``z``.
+        """
         inner = self.drop(self.norm1(relu(self.conv1(z))))
         return self.norm3(relu(z + self.norm2(x + self.conv2(inner))))
 
@@ -486,4 +516,16 @@ class DEQNet(nn.Module):
         self.head = head(channels, classes, pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify a batch of images: downsample, solve for the equilibrium, apply the head.
+
+        Arguments:
+            x: single-channel images, (batch, 1, height, width) (28 x 28 for MNIST).
+
+        Returns:
+            The logits, (batch, classes).
+
+        Warns:
+            ConvergenceWarning: a solve of ``deq`` (forward, or backward later) did not reach
+                its tolerance (the ``DEQ`` is built with ``on_failure="warn"``).
+        """
         return self.head(self.deq(self.features(x)))

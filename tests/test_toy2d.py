@@ -27,8 +27,11 @@ def test_samplers_are_seeded_with_the_right_shape(name: str) -> None:
 def test_unknown_density_and_bad_sizes_are_named() -> None:
     with pytest.raises(ValueError, match="unknown toy density 'blobs'"):
         sample_toy("blobs", 10)
-    with pytest.raises(ValueError, match="n must be a positive integer"):
-        sample_toy("moons", 0)
+    for n in (0, 2.5, True):
+        with pytest.raises(ValueError, match="n must be a positive integer"):
+            sample_toy("moons", n)
+    # a NumPy integer (a size read from an array) is an integer
+    np.testing.assert_array_equal(sample_toy("moons", np.int64(7)), sample_toy("moons", 7))
 
 
 def test_8gaussians_density_and_entropy() -> None:

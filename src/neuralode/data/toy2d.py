@@ -10,6 +10,7 @@ accuracy (``entropy_8gaussians``), the floor of any model's expected held-out NL
 from __future__ import annotations
 
 import math
+import operator
 from functools import lru_cache
 
 import numpy as np
@@ -119,10 +120,14 @@ def sample_toy(name: str, n: int, seed: int | np.random.Generator = 0) -> np.nda
     """n samples (float32, shape (n, 2)) of the toy density ``name``; same seed, same data."""
     if name not in TOY_DENSITIES:
         raise ValueError(f"unknown toy density {name!r}; available: {', '.join(TOY_DENSITIES)}")
-    if not isinstance(n, int) or n < 1:
+    try:  # any integer type: Python's, NumPy's (a size read from an array), a 0-dim tensor
+        count = operator.index(n)
+    except TypeError:
+        count = 0
+    if isinstance(n, bool) or count < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    return TOY_DENSITIES[name](rng, n).astype(np.float32)
+    return TOY_DENSITIES[name](rng, count).astype(np.float32)
 
 
 def log_density_8gaussians(x: np.ndarray) -> np.ndarray:

@@ -24,7 +24,19 @@ from .stencils import derivative
 
 
 class Heat(Diffusion):
-    """The heat equation du/dt = D Laplacian(u) (``Diffusion`` under the equation's name)."""
+    """The heat equation du/dt = D Laplacian(u) (``Diffusion`` under the equation's name).
+
+    Arguments:
+        grid: the grid.
+        diffusivity: D, a float or a sequence with one value per channel.
+        order: the stencil's order of accuracy (2 or 4).
+        spectral: use the FFT Laplacian (periodic grids only) instead of the stencil.
+
+    Raises:
+        ValueError: a negative or non-finite diffusivity, an order not 2 or 4, or
+            ``spectral=True`` on a non-periodic grid; when called, a state without one channel
+            per diffusivity (given one per channel).
+    """
 
 
 class Burgers(nn.Module):
@@ -51,12 +63,36 @@ class Burgers(nn.Module):
         self.diffusion = Diffusion(grid, viscosity, order, spectral)
 
     def advection(self, u: torch.Tensor) -> torch.Tensor:
-        """-(u^2 / 2)_x, the nonlinear term."""
+        """-(u^2 / 2)_x, the nonlinear term: the flux u^2 / 2 differentiated by the stencil of
+        ``order`` (the ghost points' flux from the grid's boundary data) or, with
+        ``spectral``, by FFT.
+
+        Arguments:
+            u: the state, ``(..., n)`` on the grid's ``n`` nodes.
+
+        Returns:
+            -(u^2 / 2)_x, of ``u``'s shape.
+
+        Raises:
+            ValueError: a state that does not fit the grid.
+        """
         if self.spectral:
             return -spectral_derivative(0.5 * u * u, self.grid, 0, 1)
         return -derivative(u, self.grid, 0, 1, self.order, flux=_burgers_flux)
 
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """du/dt = nu u_xx - (u^2 / 2)_x.
+
+        Arguments:
+            t: the time (unused: the equation does not depend on it).
+            u: the state, ``(..., n)`` on the grid's ``n`` nodes.
+
+        Returns:
+            du/dt, of ``u``'s shape.
+
+        Raises:
+            ValueError: a state that does not fit the grid.
+        """
         return self.diffusion(t, u) + self.advection(u)
 
 
@@ -100,12 +136,35 @@ class FitzHughNagumo(nn.Module):
         self.diffusion = Diffusion(grid, (a, b), order, spectral)
 
     def reaction(self, state: torch.Tensor) -> torch.Tensor:
-        """The pointwise reaction term of both channels."""
+        """The pointwise reaction term of both channels: (u - u^3 - v + k, (u - v) / tau).
+
+        Arguments:
+            state: the state, ``(batch, 2, *grid.shape)``: channel 0 is u, channel 1 is v.
+
+        Returns:
+            The reaction terms, ``(batch, 2, *grid.shape)``.
+
+        Raises:
+            ValueError: a state that is not ``(batch, 2, *grid.shape)``.
+        """
         _check_state("FitzHughNagumo", state, self.diffusion.grid, 2, batched=True)
         u, v = state[:, 0], state[:, 1]
         return torch.stack([u - u**3 - v + self.k, (u - v) / self.tau], 1)
 
     def forward(self, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """d(u, v)/dt: the diffusion of each channel (diffusivities ``a`` and ``b``) plus
+        the reaction term.
+
+        Arguments:
+            t: the time (unused: the system does not depend on it).
+            state: the state, ``(batch, 2, *grid.shape)``: channel 0 is u, channel 1 is v.
+
+        Returns:
+            d(u, v)/dt, ``(batch, 2, *grid.shape)``.
+
+        Raises:
+            ValueError: a state that is not ``(batch, 2, *grid.shape)``.
+        """
         reaction = self.reaction(state)  # first: it checks the state's shape
         return self.diffusion(t, state) + reaction
 

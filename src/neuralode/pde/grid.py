@@ -88,11 +88,18 @@ class Grid:
     A field on the grid is a tensor of shape ``(..., *shape)``: any leading dimensions
     (batch, channels) are carried along by every operator, in any dtype and on any device.
 
-    Arguments:
-        shape: number of nodes per axis (the unknowns, see the module docstring).
-        lengths: length L of the domain per axis (default 1 per axis).
-        boundary: one boundary condition for every axis, or one per axis.
-        origin: the coordinate x0 of each axis' start (default 0).
+    The constructor takes the fields below and stores them normalised: one entry per axis,
+    ints and floats.
+
+    Attributes:
+        shape: number of nodes per axis (the unknowns, see the module docstring): a tuple of
+            1 or 2 whole numbers, at least 1 per axis (2 on a ``Neumann`` axis).
+        lengths: length L of the domain per axis, positive and finite (given ``None``:
+            1 per axis).
+        boundary: the boundary condition of each axis (``Periodic()``, ``Dirichlet(...)`` or
+            ``Neumann(...)``); given one for every axis, or one per axis (default
+            ``Periodic()``).
+        origin: the coordinate x0 of each axis' start, finite (given ``None``: 0 per axis).
 
     Raises:
         ValueError: a shape that is not a tuple of whole node counts, lengths or origins that
@@ -160,7 +167,20 @@ class Grid:
     def axis_points(
         self, axis: int, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
     ) -> torch.Tensor:
-        """The node coordinates of one axis, a 1-D tensor of ``shape[axis]`` values."""
+        """The node coordinates of one axis (placed by its boundary condition, see the module
+        docstring), computed in float64.
+
+        Arguments:
+            axis: the grid axis, an index into ``shape`` (-1: the last).
+            dtype: the dtype of the result.
+            device: the device of the result.
+
+        Returns:
+            A 1-D tensor of ``shape[axis]`` increasing coordinates.
+
+        Raises:
+            IndexError: an axis that is not one of the grid's.
+        """
         n, b, dx, x0 = (
             self.shape[axis],
             self.boundaries[axis],
@@ -174,14 +194,30 @@ class Grid:
     def coordinates(
         self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, ...]:
-        """One tensor of shape ``shape`` per axis with the nodes' coordinates (``ij``
-        indexing: axis 0 varies along the first grid dimension)."""
+        """The coordinates of every node, one tensor per axis (``ij`` indexing: axis 0 varies
+        along the first grid dimension).
+
+        Arguments:
+            dtype: the dtype of the result.
+            device: the device of the result.
+
+        Returns:
+            ``ndim`` tensors of shape ``shape``, the a-th holding each node's coordinate along
+                axis a (``axis_points(a)`` broadcast over the other axis).
+        """
         axes = [self.axis_points(a, dtype, device) for a in range(self.ndim)]
         return tuple(torch.meshgrid(*axes, indexing="ij"))
 
     def check_field(self, u: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``u`` is a floating-point or complex tensor whose last
-        dimensions are the grid's."""
+        """Check that ``u`` is a field on this grid.
+
+        Arguments:
+            u: the candidate field: any leading dimensions, then the grid's.
+
+        Raises:
+            ValueError: ``u`` is not a tensor whose last dimensions are ``shape``, or is not
+                floating point or complex.
+        """
         if not isinstance(u, torch.Tensor) or tuple(u.shape[u.ndim - self.ndim :]) != self.shape:
             got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
             raise ValueError(

@@ -85,6 +85,21 @@ class Diffusion(nn.Module):
         self.grid, self.diffusivity, self.order, self.spectral = grid, diffusivity, order, spectral
 
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """du/dt = D Laplacian(u), the Laplacian by the stencils of ``order`` (the grid's
+        boundary conditions give the ghost points) or by FFT with ``spectral``.
+
+        Arguments:
+            t: the time (unused: the operator does not depend on it).
+            u: the state, ``(..., *grid.shape)``; with one diffusivity per channel,
+                ``(..., channels, *grid.shape)``. Real or complex floating point.
+
+        Returns:
+            D Laplacian(u), of ``u``'s shape.
+
+        Raises:
+            ValueError: a state that does not fit the grid, or without one channel per
+                diffusivity (given one per channel).
+        """
         if self.channels is not None:
             _check_state("Diffusion", u, self.grid, self.channels, batched=False)
         d = _per_channel(self.diffusivity, u, self.grid.ndim)
@@ -125,6 +140,19 @@ class Advection(nn.Module):
         self.grid, self.velocity, self.order = grid, components, order
 
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """du/dt = -sum_a v_a du/dx_a, the derivatives by the central stencils of ``order``
+        (the grid's boundary conditions give the ghost points).
+
+        Arguments:
+            t: the time (unused: the operator does not depend on it).
+            u: the state, ``(..., *grid.shape)``; every leading entry is advected alike.
+
+        Returns:
+            -v . grad(u), of ``u``'s shape.
+
+        Raises:
+            ValueError: a state that does not fit the grid.
+        """
         grads = gradient(u, self.grid, self.order).unbind(u.ndim - self.grid.ndim)
         return -sum(v * g for v, g in zip(self.velocity, grads))  # type: ignore[return-value]
 
@@ -174,6 +202,18 @@ class PointwiseMLP(nn.Module):
         self.net = nn.Sequential(*modules)
 
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The MLP of the chosen features at every node.
+
+        Arguments:
+            t: the time (unused: the MLP does not see it).
+            u: the state, ``(batch, channels, *grid.shape)``.
+
+        Returns:
+            The MLP's output at every node, ``(batch, channels, *grid.shape)``.
+
+        Raises:
+            ValueError: a state that is not ``(batch, channels, *grid.shape)``.
+        """
         _check_state("PointwiseMLP", u, self.grid, self.channels, batched=True)
         parts = []
         if "u" in self.features:
@@ -243,6 +283,20 @@ class ConvNet(nn.Module):
         self.net = nn.Sequential(*modules)
 
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The network's output for the state ``u``.
+
+        Arguments:
+            t: the time (unused: the network does not see it).
+            u: the state, ``(batch, channels, *grid.shape)`` or unbatched
+                ``(channels, *grid.shape)``.
+
+        Returns:
+            du/dt, of ``u``'s shape.
+
+        Raises:
+            ValueError: a state that does not fit the grid or has not ``channels`` channels
+                before the grid dimensions.
+        """
         _check_state("ConvNet", u, self.grid, self.channels, batched=False)
         return self.net(u)
 
@@ -266,6 +320,16 @@ class NeuralPDE(nn.Module):
         self.known, self.learned = known, learned
 
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The sum of the parts that are given, each called as ``part(t, u)``.
+
+        Arguments:
+            t: the time, passed to both parts.
+            u: the state, passed to both parts (``(batch, channels, *grid.shape)`` for the
+                modules of this package).
+
+        Returns:
+            ``known(t, u) + learned(t, u)``, or the one part that is not ``None``.
+        """
         out = self.known(t, u) if self.known is not None else 0
         if self.learned is not None:
             out = out + self.learned(t, u)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -196,20 +197,33 @@ def test_spirals_experiment_reports_the_weights_it_selects(tmp_path: Path, selec
     assert f"--select {select}" in metrics["meta"]["command"]
 
 
-def test_spirals_experiment_rejects_a_bad_rnn_hide_before_training(tmp_path: Path) -> None:
+def test_spirals_experiment_rejects_a_bad_rnn_hide_before_training(tmp_path: Path, capsys) -> None:
+    """Out-of-range options stop the parse (argparse's exit status 2, naming the option);
+    ``run`` checks them again for a namespace built in code, before training or writing."""
     import argparse
 
     from neuralode.experiments import spirals
 
     parser = argparse.ArgumentParser()
     spirals.add_arguments(parser)
-    args = parser.parse_args(["--out", str(tmp_path / "out"), "--rnn-hide", "1.5"])
+    out = ["--out", str(tmp_path / "out")]
+    bad = {"--rnn-hide": ("1.5", r"--rnn-hide: must be a number in \[0, 1\), got 1.5")}
+    bad |= {name: ("0", f"{name}: must be a positive integer, got 0") for name in
+            ("--workers", "--seeds", "--samples")}  # fmt: skip
+    for name, (value, message) in bad.items():
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args([*out, name, value])
+        assert stop.value.code == 2
+        assert re.search(message, capsys.readouterr().err)
+    args = parser.parse_args(out)
+    args.rnn_hide = 1.5
     with pytest.raises(ValueError, match=r"--rnn-hide must be in \[0, 1\), got 1.5"):
         spirals.run(args)
     assert not (tmp_path / "out").exists()  # nothing trained or written
-    for name in ("--workers", "--seeds", "--samples"):
-        args = parser.parse_args(["--out", str(tmp_path / "out"), name, "0"])
-        with pytest.raises(ValueError, match=f"{name} must be at least 1, got 0"):
+    for name in ("workers", "seeds", "samples"):
+        args = parser.parse_args(out)
+        setattr(args, name, 0)
+        with pytest.raises(ValueError, match=f"--{name} must be at least 1, got 0"):
             spirals.run(args)
     assert not (tmp_path / "out").exists()
 

@@ -72,15 +72,23 @@ def bridge(W, H, left, right, h, noise_w, noise_h, side=_BOTH_HALVES):  # noqa: 
 def levy_area(W, H, h, noise, approximation: str):  # noqa: N803
     """Davie's (or Foster's) approximation of the Lévy area over an interval of length ``h``
     (a float, or a tensor broadcasting against (..., m, m)) from its ``W`` and ``H``, shape
-    (..., m), and standard normal ``noise`` of shape (..., m, m)."""
+    (..., m), and standard normal ``noise`` of shape (..., m, m).
+
+    The Lévy area ``A_ij = 1/2 int (W_i dW_j - W_j dW_i)`` has variance ``h^2 / 4``; given
+    ``W`` and ``H`` its mean is ``H_i W_j - W_i H_j`` (variance ``h^2 / 6``) and its variance
+    ``h^2 / 20 + h (H_i^2 + H_j^2) / 5`` (Foster 2020), whose mean over ``H`` is ``h^2 / 12``.
+    Davie's approximation adds to the mean a normal of variance ``h^2 / 12``, Foster's one of
+    the conditional variance: both match the Lévy area's variance. (torchsde's add twice
+    Davie's variance, and ``h^2 / 50`` for Foster's ``h^2 / 20``.)"""
     A = H.unsqueeze(-1) * W.unsqueeze(-2) - W.unsqueeze(-1) * H.unsqueeze(-2)  # noqa: N806
     noise = noise - noise.transpose(-1, -2)  # skew-symmetric, variance 2
     if approximation == LEVY_AREA_APPROXIMATIONS.foster:
         tenth = 0.1 * abs(h)  # (a row's interval may run backwards in time: h < 0)
         squared = H**2
-        std = (tenth * (tenth + squared.unsqueeze(-1) + squared.unsqueeze(-2))).sqrt()
+        # variance 2 std^2 = h^2 / 20 + h (H_i^2 + H_j^2) / 5
+        std = (tenth * (2.5 * tenth + squared.unsqueeze(-1) + squared.unsqueeze(-2))).sqrt()
     else:
-        std = _sqrt(h**2 / 12)
+        std = _sqrt(h**2 / 24)  # variance 2 std^2 = h^2 / 12
     return A + std * noise
 
 

@@ -84,15 +84,6 @@ EXEMPT = frozenset(
         "neuralode.Event.check_start",
         "neuralode.Event.values",
         "neuralode.SaveAt",
-        "neuralode.pde.Grid.axis_points",
-        "neuralode.pde.Grid.check_field",
-        # training/config.py
-        "neuralode.training.TrainConfig",
-        "neuralode.training.TrainConfig.as_dict",
-        "neuralode.training.TrainConfig.from_namespace",
-        "neuralode.training.TrainConfig.regularisers",
-        "neuralode.training.add_train_arguments",
-        "neuralode.training.build_model",
     }
 )
 

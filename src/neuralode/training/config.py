@@ -47,7 +47,96 @@ NOISES = ("gaussian", "rademacher")
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (plain types, stored in the checkpoint)."""
+    """Everything that defines a training run (plain types, stored in the checkpoint).
+
+    Each field is the command-line option of ``neuralode train`` with dashes for the
+    underscores (``batch_size``: ``--batch-size``; ``plots``: ``--no-plots`` turns it off).
+    The options named in ``RESUME_KEYS`` (those that shape the model, the data or their
+    order) must equal the checkpoint's when resuming.
+
+    Attributes:
+        model: the classifier: ``"odenet"`` (convolutional ODE-Net), ``"resnet"``,
+            ``"rknet"`` (an ODE-Net with fixed RK4 steps) or ``"deq"`` (deep equilibrium).
+        data: the data set, one of ``DATASETS``: ``"mnist5k"``, ``"digits"`` or ``"mnist"``.
+        out: the output directory (checkpoint, config.json, metrics.jsonl, plots);
+            ``neuralode train`` makes it ``out/train-MODEL``.
+        epochs: training epochs, at least 1.
+        batch_size: training images per optimiser step, per process (under torchrun), at
+            least 1.
+        test_batch_size: images per batch of the evaluations, at least 1.
+        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+        lr: the peak learning rate (reached after the warm-up), positive.
+        momentum: the momentum of ``"sgd"`` (unused by the others), non-negative.
+        weight_decay: the optimiser's weight decay, non-negative.
+        schedule: the learning-rate schedule after the warm-up, per optimiser step:
+            ``"cosine"`` (decay to zero over the run), ``"step"`` (times 0.1 at 1/2 and
+            again at 3/4 of the steps) or ``"constant"``.
+        warmup_epochs: the length of the linear warm-up from ``lr / warm-up steps`` to
+            ``lr``, in epochs (a fraction of one allowed; rounded to optimiser steps; 0:
+            none), non-negative.
+        label_smoothing: the label smoothing of the training loss, in [0, 1) (0: off; the
+            test loss is never smoothed).
+        ema: the decay of an exponential moving average of the weights that is evaluated
+            (and plotted) instead of the trained weights, in [0, 1), e.g. 0.99 (0: off).
+        method: the solver of the ODE block (a name of ``neuralode.METHODS``; odenet).
+        rtol: the relative tolerance of an adaptive ``method``, positive.
+        atol: the absolute tolerance of an adaptive ``method``, positive.
+        step_size: the step of a fixed-step ``method`` and of rknet's RK4 over [0, 1],
+            positive.
+        gradient: how odenet's ODE block is differentiated: ``"adjoint"`` (O(1) memory),
+            ``"direct"`` (backpropagation through the solver) or ``"checkpointed"``.
+        deq_method: the fixed-point solver of the deq's forward pass: ``"anderson"``,
+            ``"broyden"`` or ``"picard"``.
+        deq_backward: the solver of the deq's adjoint equation (one of the fixed-point
+            methods or ``"gmres"``); ``None``: ``deq_method``.
+        deq_tol: the relative residual at which both deq solves stop, positive.
+        deq_max_iter: the most iterations of each deq solve, at least 1.
+        deq_dropout: the probability of the variational dropout in the equilibrium cell
+            (one mask per solve), in [0, 1) (0: none).
+        channels: the feature channels of the models, at least 1.
+        blocks: the residual blocks of resnet, at least 1.
+        augment: extra zero channels of the ODE state (augmented neural ODE; odenet),
+            non-negative.
+        pool: the global pooling of the head, ``"max"`` or ``"avg"`` (the paper's).
+        kinetic: the weight of the kinetic-energy penalty int ||f||^2 dt (Finlay et al.
+            2020; odenet, rknet), non-negative (0: off).
+        jacobian: the weight of the Jacobian Frobenius penalty int ||df/dy||_F^2 dt
+            (Hutchinson's estimate; for a deq, ||df/dz||_F^2 at the fixed point),
+            non-negative (0: off).
+        jacobian_noise: the Hutchinson noise of ``jacobian``: ``"gaussian"`` or
+            ``"rademacher"``.
+        derivative: the weight of the penalty int ||d^K y/dt^K||^2 dt (Kelly et al. 2020;
+            odenet, rknet), non-negative (0: off).
+        derivative_order: K of ``derivative``, at least 2.
+        crop_padding: the padding of the random-crop augmentation in pixels; 0: no
+            cropping; -1: automatic (4 for images of 28 pixels or more, else the image size
+            // 7, at least 1: 1 for 8x8 digits).
+        seed: the random seed, an integer in [0, 2**32 - 1] (model initialisation, data
+            order and crops).
+        device: ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"``,
+            ``"cuda:1"``, ...
+        threads: torch's CPU threads for the run; 0: torch's default.
+        resume: continue from ``out/checkpoint.pt``.
+        overwrite: replace an earlier run's files in ``out`` (without it, or ``resume``,
+            such an ``out`` is refused).
+        data_dir: the directory with the MNIST IDX files (``data="mnist"``).
+        download: download MNIST (checksummed; ``data="mnist"``).
+        cache_dir: the download cache; ``None``: ``~/.cache/neuralode``.
+        train_subset: train on the first N training images (0: all), non-negative.
+        test_subset: evaluate on the first N test images (0: all), non-negative.
+        plots: write the PNG plots (learning curves each epoch; trajectories and the
+            tolerance sweep, or the deq's residuals, at the end).
+        tensorboard: also log each epoch's metrics to ``out/tensorboard`` (needs the
+            tensorboard extra).
+        sweep_tolerances: the test-time tolerances (rtol = atol) of the error-vs-NFE plot of
+            an adaptive ODE block, each positive.
+        sweep_images: the test images of the tolerance sweep and of the deq's residual
+            plot, at least 1.
+
+    Raises:
+        ValueError: an option outside its choices or range, or a regulariser the model does
+            not take (any on resnet; ``kinetic`` or ``derivative`` on a deq).
+    """
 
     model: str = "odenet"
     data: str = "mnist5k"
@@ -153,7 +242,15 @@ class TrainConfig:
             )
 
     def regularisers(self) -> list[Regulariser]:
-        """The ODE block's regularisers: those with a positive weight."""
+        """The regularisers of the model's ODE block (or equilibrium layer): those with a
+        positive weight.
+
+        Returns:
+            In this order, a ``KineticEnergy(kinetic)``, a
+                ``JacobianFrobenius(jacobian, noise=jacobian_noise)`` and a
+                ``DerivativePenalty(derivative_order, derivative)``, each where its weight is
+                positive; empty when none is.
+        """
         chosen: list[Regulariser] = []
         if self.kinetic > 0:
             chosen.append(KineticEnergy(self.kinetic))
@@ -164,16 +261,51 @@ class TrainConfig:
         return chosen
 
     def as_dict(self) -> dict:
+        """The options as plain values (what config.json and the checkpoint store).
+
+        Returns:
+            A dict of every field's name and value (``sweep_tolerances`` a copy).
+        """
         return asdict(self)
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> TrainConfig:
+        """The configuration of parsed command-line options (``add_train_arguments``).
+
+        Arguments:
+            args: the parsed options; attributes that are not fields are ignored, and so are
+                those that are ``None`` (the field keeps its default: e.g. ``out`` when
+                ``--out`` is not given).
+
+        Returns:
+            The ``TrainConfig``.
+
+        Raises:
+            ValueError: an option outside its choices or range (see ``TrainConfig``).
+        """
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in vars(args).items() if k in names and v is not None})
 
 
 def build_model(config: TrainConfig, in_channels: int = 1, classes: int = 10) -> nn.Module:
-    """The classifier named by ``config.model`` with the paper's shapes."""
+    """The classifier named by ``config.model`` with the paper's shapes.
+
+    Arguments:
+        config: the options: ``model``, ``channels``, ``pool`` and the regularisers, with
+            ``blocks`` (resnet), the ``deq_*`` options and ``deq_dropout`` (deq),
+            ``step_size`` (rknet), or ``augment``, ``method``, ``rtol``, ``atol``,
+            ``step_size`` and ``gradient`` (odenet).
+        in_channels: the images' channels; only 1 is supported.
+        classes: the number of classes (the logits' size).
+
+    Returns:
+        A ``ResNet``, ``DEQNet``, ``RKNet`` or ``ODENet`` that maps images
+            (batch, 1, height, width) to logits (batch, classes).
+
+    Raises:
+        ValueError: ``in_channels`` other than 1, or an option the model refuses (e.g. an
+            unknown ``method``).
+    """
     if in_channels != 1:
         raise ValueError(f"the classifiers take one input channel, got {in_channels}")
     if config.model == "resnet":
@@ -213,8 +345,18 @@ def build_model(config: TrainConfig, in_channels: int = 1, classes: int = 10) ->
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool = True) -> None:
-    """The command-line options of ``neuralode train`` (defaults from ``TrainConfig``); an
-    experiment that reuses them (``model_positional=False``) sets its own ``--out`` default."""
+    """Add the command-line options of ``neuralode train`` to ``parser`` (defaults from
+    ``TrainConfig``; ``TrainConfig.from_namespace`` reads the parsed result).
+
+    The options come in the groups data, optimisation, model and solver, equilibrium layer
+    (deq), regularisation and run; ``--out`` and ``--deq-backward`` default to ``None``.
+
+    Arguments:
+        parser: the parser (or subcommand parser) to add them to.
+        model_positional: add the positional ``model`` argument (one of ``MODELS``); an
+            experiment that reuses the options passes ``False`` and sets its own ``--out``
+            default.
+    """
     d = TrainConfig()
     if model_positional:
         parser.add_argument("model", choices=MODELS, help="classifier to train")

@@ -412,6 +412,52 @@ def test_bad_input_has_torchsdes_meaning():
         nsde.sdeint(gbm, y0, ts, dt=0.5, rtl=1e-3)
 
 
+@pytest.mark.parametrize("solve", [nsde.sdeint, nsde.sdeint_adjoint])
+def test_input_that_would_give_a_wrong_answer_is_refused(solve):
+    """torchsde solves these: with float32 noise in a float64 solve, with no noise outside the
+    Brownian motion's interval (a warning per step), or fails inside the loop (NaN, inf)."""
+    gbm, y0 = GBM(), torch.ones(3, 2, dtype=F64)
+
+    def interval(t0=0.0, t1=1.0, **kwargs):
+        return nsde.BrownianInterval(t0, t1, size=(3, 2), **({"dtype": F64} | kwargs))
+
+    class OnAnotherDevice(nsde.BaseBrownian):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: N803
+            return self.inner(ta, tb, return_U=return_U, return_A=return_A)
+
+        def __repr__(self):
+            return "OnAnotherDevice"
+
+        dtype, device, shape = F64, torch.device("meta"), torch.Size((3, 2))
+        levy_area_approximation = "none"
+
+    cases = [
+        (dict(bm=interval(dtype=torch.float32)), "dtype torch.float32 is not y0's"),
+        (dict(bm=OnAnotherDevice(interval())), "device meta is not y0's"),
+        (dict(ts=torch.tensor([0.0, 2.0], dtype=F64)), r"covers \[0.0, 1.0\] but `ts` spans"),
+        (dict(bm=interval(0.5, 1.0)), r"covers \[0.5, 1.0\]"),
+        (dict(bm=nsde.BrownianPath(0.0, y0), ts=[0.0, 1.5]), r"covers \[0.0, 1.0\]"),
+        (dict(ts=torch.tensor([0.0, math.nan, 1.0], dtype=F64)), "finite"),
+        (dict(ts=torch.tensor([0.0, math.inf], dtype=F64)), "finite"),
+        (dict(y0=torch.ones(3, 2, dtype=torch.long), bm=None), "floating point"),
+    ]
+    for kwargs, message in cases:
+        args = dict(sde=gbm, y0=y0, ts=TS, bm=interval(), dt=0.1, method="euler") | kwargs
+        with pytest.raises(ValueError, match=message):
+            solve(**args)
+    # output times in float32 may pass the Brownian motion's end by their round-off (the
+    # query is clamped by that round-off, with the Brownian motion's warning)
+    ts32 = torch.linspace(0, 0.3, 4)
+    assert float(ts32[-1]) > 0.3
+    bm32 = nsde.BrownianInterval(0.0, 0.3, size=(3, 2))
+    with pytest.warns(UserWarning, match="clamped"):
+        ys = solve(GBM().float(), y0.float(), ts32, bm=bm32, dt=0.1, method="euler")
+    assert ys.shape == (4, 3, 2)
+
+
 def test_adaptive_stepping_meets_the_tolerance_on_gbm():
     sde, batch = GBM(), 64
     bm = bm_for(batch, 2, "space-time")

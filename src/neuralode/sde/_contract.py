@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,42 @@ class _Problem:
     options: dict
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def _check_brownian_fits(bm, y0: torch.Tensor, ts: list[float]) -> None:
+    """Refuse a Brownian motion whose increments would not be ``y0``'s dtype and device, or
+    that does not cover the output times (its queries outside ``[t0, t1]`` are clamped: the
+    solve would run without noise there).
+
+    Raises:
+        ValueError: naming the Brownian motion's dtype, device or interval and the fix.
+    """
+    dtype, device = getattr(bm, "dtype", None), getattr(bm, "device", None)
+    if isinstance(dtype, torch.dtype) and dtype != y0.dtype:
+        raise ValueError(
+            f"The Brownian motion's dtype {dtype} is not y0's {y0.dtype}: make it with "
+            "dtype=y0.dtype (e.g. BrownianInterval(..., dtype=y0.dtype, device=y0.device))."
+        )
+    if device is not None and not _same_device(torch.device(device), y0.device):
+        raise ValueError(
+            f"The Brownian motion's device {device} is not y0's {y0.device}: make it with "
+            "device=y0.device (e.g. BrownianInterval(..., dtype=y0.dtype, device=y0.device))."
+        )
+    t0, t1 = getattr(bm, "t0", None), getattr(bm, "t1", None)
+    if not (isinstance(t0, (int, float)) and isinstance(t1, (int, float))):
+        return
+    # the round-off of output times in a lower precision than the Brownian motion's floats
+    slack = 16 * torch.finfo(torch.float32).eps * max(abs(ts[0]), abs(ts[-1]), ts[-1] - ts[0])
+    if ts[0] < t0 - slack or ts[-1] > t1 + slack:
+        raise ValueError(
+            f"The Brownian motion covers [{t0}, {t1}] but `ts` spans [{ts[0]}, {ts[-1]}]: "
+            "outside its interval its increments are zero. Make it with t0=ts[0] and "
+            "t1=ts[-1] (e.g. BrownianInterval(t0=ts[0], t1=ts[-1], ...))."
+        )
+
+
 def default_method(sde) -> str:
     if sde.sde_type == SDE_TYPES.stratonovich:
         return METHODS.midpoint
@@ -48,8 +85,10 @@ def check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp) -> 
 
     Raises:
         ValueError: for a missing or unknown noise/SDE type or method, a ``y0`` that is not a
-            2-D tensor, ``ts`` that are not strictly increasing, inconsistent batch, state or
-            noise sizes, or an SDE that lacks a drift or a diffusion.
+            2-D floating point tensor, ``ts`` that are not finite and strictly increasing,
+            inconsistent batch, state or noise sizes, an SDE that lacks a drift or a
+            diffusion, or a Brownian motion of another dtype or device than ``y0`` or whose
+            interval does not cover ``ts``.
     """
     if names:
         unknown = set(names) - {
@@ -79,6 +118,8 @@ def check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp) -> 
         raise ValueError("`y0` must be a torch.Tensor.")
     if y0.dim() != 2:
         raise ValueError("`y0` must be a 2-dimensional tensor of shape (batch, channels).")
+    if not y0.is_floating_point():
+        raise ValueError(f"`y0` must be a floating point tensor, got dtype {y0.dtype}.")
     if logqp:
         sde = _Logqp(sde)
         y0 = torch.cat((y0, y0.new_zeros(size=(y0.size(0), 1))), dim=1)
@@ -93,6 +134,8 @@ def check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp) -> 
     if ts.dim() != 1 or ts.numel() < 1:
         raise ValueError("Evaluation times `ts` must be a 1-D Tensor or list/tuple of floats.")
     ts_list = [float(t) for t in ts.detach().cpu()]
+    if not all(math.isfinite(t) for t in ts_list):
+        raise ValueError(f"Evaluation times `ts` must be finite, got {ts_list}.")
     if any(b <= a for a, b in zip(ts_list, ts_list[1:])):
         raise ValueError("Evaluation times `ts` must be strictly increasing.")
 
@@ -186,6 +229,8 @@ def check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp) -> 
         )
     elif not callable(bm):
         raise ValueError("`bm` must be a Brownian motion: callable as bm(ta, tb).")
+    else:
+        _check_brownian_fits(bm, y0, ts_list)
     options = {} if options is None else dict(options)
     if adaptive and method == METHODS.euler and sde.noise_type != NOISE_TYPES.additive:
         warnings.warn(

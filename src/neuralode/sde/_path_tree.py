@@ -33,6 +33,16 @@ class _Wrapped(_Delegating):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(interval={self._inner})"
 
+    @property
+    def t0(self) -> float:
+        """The start of the interval the Brownian motion covers."""
+        return self._inner.t0
+
+    @property
+    def t1(self) -> float:
+        """The end of the interval the Brownian motion covers."""
+        return self._inner.t1
+
 
 class BrownianPath(_Wrapped):
     """A Brownian path that keeps every computed value (fast; memory grows with the queries).

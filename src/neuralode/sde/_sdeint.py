@@ -94,7 +94,8 @@ def sdeint(
         ts: the output times, strictly increasing (tensor or list of floats); ``y0`` is the
             state at ``ts[0]``.
         bm: the Brownian motion (``BrownianInterval``, ``BrownianPath``, ``BrownianTree`` or
-            any ``bm(ta, tb)`` with ``shape`` and ``levy_area_approximation``); default a fresh
+            any ``bm(ta, tb)`` with ``shape`` and ``levy_area_approximation``) of ``y0``'s
+            dtype and device, covering ``[ts[0], ts[-1]]``; default a fresh
             ``BrownianInterval`` over ``[ts[0], ts[-1]]``.
         method: one of ``settings.METHODS``; default srk for Itô diagonal/additive/scalar
             noise, euler for Itô general noise, midpoint for Stratonovich.

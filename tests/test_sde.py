@@ -574,6 +574,31 @@ def test_stochastic_adjoint_converges_to_backprop(sde_type, noise_type, method, 
     assert errors[1] < 0.02 and errors[1] < errors[0]
 
 
+@pytest.mark.parametrize(
+    "sde, adjoint_method, message",
+    [
+        (ScalarGBM(), "milstein", "ito SDE with scalar noise.*use adjoint_method='euler'"),
+        (OU(), "milstein", "ito SDE with additive noise.*use adjoint_method='euler'"),
+        (
+            OU("stratonovich"),
+            "milstein",
+            "stratonovich SDE with additive noise.*use adjoint_method='midpoint'",
+        ),
+        (GBM(), "srk", "'srk' cannot be used for adjoint SDEs"),  # not: "set the Lévy area"
+    ],
+)
+def test_an_adjoint_method_that_cannot_solve_the_adjoint_sde_is_refused_before_the_solve(
+    sde, adjoint_method, message
+):
+    """Refused when sdeint_adjoint is called (scalar noise with Milstein failed in backward()),
+    naming the user's noise type (the augmented SDE of additive noise has general noise) and
+    an adjoint method that fits."""
+    y0 = torch.ones(3, 2, dtype=F64)
+    method = "euler" if sde.sde_type == "ito" else "midpoint"
+    with pytest.raises(ValueError, match=message):
+        nsde.sdeint_adjoint(sde, y0, TS, method=method, adjoint_method=adjoint_method, dt=0.1)
+
+
 class _ConstantDiffusionOU(torch.nn.Module):
     """dY = -theta Y dt + 0.3 dW with diagonal noise: g depends on neither y nor theta."""
 

@@ -246,14 +246,25 @@ def sdeint_adjoint(
         method, problem.sde, problem.bm, problem.ts.dtype, problem.ts.device, problem.options
     )
     if not reversible:
-        make_solver(
-            adjoint_method,
-            _AdjointSDE(problem.sde, list(params), problem.y0.shape),
-            ReverseBrownian(problem.bm),
-            problem.ts.dtype,
-            problem.ts.device,
-            dict(adjoint_options or {}),
-        )
+        try:
+            make_solver(
+                adjoint_method,
+                _AdjointSDE(problem.sde, list(params), problem.y0.shape),
+                ReverseBrownian(problem.bm),
+                problem.ts.dtype,
+                problem.ts.device,
+                dict(adjoint_options or {}),
+            )
+        except ValueError as error:
+            # the message of the augmented SDE's check names its noise type (general for an
+            # additive SDE), not the user's: say which SDE it is and what solves it
+            sde = problem.sde
+            fits = _default_adjoint_method(sde, METHODS.euler, None)
+            raise ValueError(
+                f"adjoint_method={adjoint_method!r} cannot solve the adjoint SDE of this "
+                f"{sde.sde_type} SDE with {sde.noise_type} noise ({error}); use "
+                f"adjoint_method={fits!r}."
+            ) from error
     extra_in = tuple(extra_solver_state) if extra_solver_state is not None else ()
     if reversible and not extra_in:
         extra_shapes = 3

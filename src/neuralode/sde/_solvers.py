@@ -33,6 +33,12 @@ class _Milstein(Solver):
 
     def __init__(self, sde, *args, **kwargs):
         super().__init__(sde, *args, **kwargs)
+        if sde.is_adjoint and sde.noise_type != NOISE_TYPES.diagonal:
+            # the adjoint SDE's Milstein term is written for diagonal noise only
+            raise ValueError(
+                f"Milstein solves the adjoint SDE of diagonal noise only, not of "
+                f"{sde.noise_type} noise."
+            )
         grad_free = bool(self.options.get(METHOD_OPTIONS.grad_free, False))
         if sde.noise_type == NOISE_TYPES.additive:
             grad_free = False  # dg = 0: the derivative term vanishes either way
@@ -190,6 +196,12 @@ def make_solver(method: str, sde, bm, time_dtype, time_device, options: dict) ->
             f"SDE has noise type {sde.noise_type} but solver '{method}' only supports noise "
             f"types {cls.noise_types}"
         )
+    if sde.is_adjoint and not cls.adjoint_ok:
+        raise ValueError(
+            f"'{method}' cannot be used for adjoint SDEs, because it requires direct access to "
+            "the diffusion, whilst adjoint SDEs rely on a more efficient diffusion-vector "
+            "product. Use a different adjoint_method instead."
+        )
     if bm.levy_area_approximation not in cls.levy_area_approximations:
         raise ValueError(
             f"SDE solver '{method}' requires one of {cls.levy_area_approximations} set as the "
@@ -197,10 +209,4 @@ def make_solver(method: str, sde, bm, time_dtype, time_device, options: dict) ->
         )
     if sde.noise_type == NOISE_TYPES.scalar and torch.Size(bm.shape[1:]).numel() != 1:
         raise ValueError("The Brownian motion for scalar SDEs must of dimension 1.")
-    if sde.is_adjoint and not cls.adjoint_ok:
-        raise ValueError(
-            f"'{method}' cannot be used for adjoint SDEs, because it requires direct access to "
-            "the diffusion, whilst adjoint SDEs rely on a more efficient diffusion-vector "
-            "product. Use a different adjoint_method instead."
-        )
     return cls(sde, bm, time_dtype, time_device, options)

@@ -45,7 +45,8 @@ class Augment(nn.Module):
 
 
 def downsampling(channels: int = 64, in_channels: int = 1) -> nn.Sequential:
-    """28x28 images to ``channels`` x 7 x 7 features, as in the paper's code."""
+    """28x28 images to ``channels`` x 6 x 6 features (26, 13, then 6 pixels a side), as in
+    the paper's code."""
     return nn.Sequential(
         nn.Conv2d(in_channels, channels, 3, 1),
         group_norm(channels),
@@ -109,7 +110,7 @@ class ODENet(nn.Module):
     """The paper's MNIST model: down-sampling, one ODE block, GroupNorm, pooling, a linear layer.
 
     Arguments:
-        channels: the feature channels of the ODE block (28x28 images become channels x 7 x 7).
+        channels: the feature channels of the ODE block (28x28 images become channels x 6 x 6).
         classes: the number of classes.
         augment: extra zero channels appended before the ODE block (an augmented ODE-Net).
         method: the ODE block's solver (a name of ``neuralode.METHODS``).

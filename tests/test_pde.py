@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -487,6 +488,31 @@ def test_convnet_wraps_periodic_axes_and_replicates_bounded_ones() -> None:
     net_t.load_state_dict(net.state_dict())  # the same parameter names for every grid
     v = u.transpose(2, 3)
     assert torch.allclose(net_t(None, v.roll(1, 3)), net_t(None, v).roll(1, 3), atol=1e-12)
+
+
+def test_convnet_takes_any_leading_batch_dimensions() -> None:
+    grid = Grid((8,))
+    torch.manual_seed(0)
+    net = pde.ConvNet(grid, 2, hidden=3, layers=2, kernel_size=3).double()
+    u = torch.randn(3, 4, 2, 8, dtype=F64)
+    out = net(None, u)
+    assert out.shape == u.shape
+    torch.testing.assert_close(out[1], net(None, u[1]), rtol=0, atol=1e-14)
+    torch.testing.assert_close(out[1, 2], net(None, u[1, 2]), rtol=0, atol=1e-14)  # one field
+
+
+def test_diffusivities_as_numpy_numbers_and_tensors() -> None:
+    grid = Grid((8,))
+    u = torch.randn(2, 8, dtype=F64)
+    expected = pde.Diffusion(grid, 0.1)(None, u)
+    for diffusivity in (torch.tensor(0.1), np.float64(0.1)):
+        torch.testing.assert_close(pde.Diffusion(grid, diffusivity)(None, u), expected)
+    per_channel = torch.randn(2, 2, 8, dtype=F64)
+    expected = pde.Diffusion(grid, [0.1, 0.2])(None, per_channel)
+    for diffusivity in (torch.tensor([0.1, 0.2]), np.array([0.1, 0.2])):
+        torch.testing.assert_close(pde.Diffusion(grid, diffusivity)(None, per_channel), expected)
+    with pytest.raises(ValueError, match="one number per channel"):
+        pde.Diffusion(grid, [[0.1]])
 
 
 def test_fully_learned_convnet_right_hand_side_trains_through_the_solver() -> None:

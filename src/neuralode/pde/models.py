@@ -72,12 +72,20 @@ class Diffusion(nn.Module):
         spectral: bool = False,
     ):
         super().__init__()
-        scalar = isinstance(diffusivity, (int, float))
-        values = [diffusivity] if scalar else list(diffusivity)
-        if not values or any(not 0 <= v < math.inf for v in values):
+        try:  # a number (Python, NumPy or a 0-dim tensor) or one per channel
+            values = torch.as_tensor(diffusivity, dtype=torch.float64).detach()
+        except (TypeError, ValueError, RuntimeError):
+            values = None
+        if values is None or values.ndim > 1:
+            raise ValueError(
+                "diffusivity must be a number or a sequence with one number per channel, got "
+                f"{diffusivity!r}"
+            )
+        scalar = values.ndim == 0
+        if not values.numel() or not bool(((values >= 0) & (values < math.inf)).all()):
             raise ValueError(f"diffusivity must be finite and non-negative, got {diffusivity!r}")
         _check_order(order)
-        self.channels = None if scalar else len(values)
+        self.channels = None if scalar else values.numel()
         if spectral and not all(isinstance(b, Periodic) for b in grid.boundaries):
             raise ValueError(
                 "spectral=True needs a periodic grid; use the stencils (spectral=False)"
@@ -287,8 +295,8 @@ class ConvNet(nn.Module):
 
         Arguments:
             t: the time (unused: the network does not see it).
-            u: the state, ``(batch, channels, *grid.shape)`` or unbatched
-                ``(channels, *grid.shape)``.
+            u: the state, ``(..., channels, *grid.shape)``: any leading dimensions (none
+                for one field, a batch, a batch of batches) are batch dimensions.
 
         Returns:
             du/dt, of ``u``'s shape.
@@ -298,7 +306,8 @@ class ConvNet(nn.Module):
                 before the grid dimensions.
         """
         _check_state("ConvNet", u, self.grid, self.channels, batched=False)
-        return self.net(u)
+        fields = u.reshape(-1, self.channels, *self.grid.shape)  # one batch dimension
+        return self.net(fields).reshape(u.shape)
 
 
 class NeuralPDE(nn.Module):

@@ -75,18 +75,6 @@ def test_site_builds_strict_and_every_public_symbol_has_an_anchor(site: Path) ->
 # unless a page names some, ``merge_init_into_class`` puts ``__init__``'s parameters on the class).
 _DIRECTIVE = re.compile(r"^::: ([\w.]+)\n((?:[ \t]+.*\n)*)", re.M)
 
-# Public API whose docstrings are completed by the owners of the files that define it (each
-# entry is checked to still be incomplete: complete ones must leave the list).
-EXEMPT = frozenset(
-    {
-        # _events.py, _saveat.py
-        "neuralode.Event",
-        "neuralode.Event.check_start",
-        "neuralode.Event.values",
-        "neuralode.SaveAt",
-    }
-)
-
 
 def _rendered() -> list[tuple[str, list[str]]]:
     found = []
@@ -204,11 +192,5 @@ def test_public_api_docstrings_are_structured() -> None:
     """Every function, class and public method (defined in the package) of what the API pages
     render documents exactly its parameters (Arguments), says what it returns (Returns or
     Yields), and every dataclass names its fields (Attributes); properties have docstrings."""
-    problems = [p for p in _problems() if p.split(":")[0] not in EXEMPT]
+    problems = _problems()
     assert not problems, f"{len(problems)} docstrings incomplete:\n" + "\n".join(problems)
-
-
-def test_exemptions_are_still_needed() -> None:
-    """The exemption list names only public API that is still incomplete."""
-    stale = EXEMPT - {p.split(":")[0] for p in _problems()}
-    assert not stale, f"exempt but complete (remove from EXEMPT): {sorted(stale)}"

@@ -25,7 +25,7 @@ class Event:
 
     The time is located on the solver's dense output (the ITP method) to ``tol``.
 
-    Arguments:
+    Attributes:
         fn: the event function, ``fn(t, y)`` returning a real tensor whose sign changes at
             the event (or that reaches 0 there). It may use tensors that require grad (a
             learned threshold): the event time and state are differentiable with respect to
@@ -65,7 +65,18 @@ class Event:
                 )
 
     def values(self, t: torch.Tensor, y: Any) -> torch.Tensor:
-        """``fn(t, y)`` without a graph (for locating events), checked to be a tensor."""
+        """``fn(t, y)`` without a graph (for locating events), checked to be a tensor.
+
+        Arguments:
+            t: the time, a 0-dim tensor (per sample: one time per sample).
+            y: the state there, in ``y0``'s structure.
+
+        Returns:
+            The event values, a real tensor.
+
+        Raises:
+            TypeError: ``fn`` returns no tensor, a complex one or a bool one.
+        """
         with torch.no_grad():
             g = self.fn(t, y)
         if not isinstance(g, torch.Tensor):
@@ -82,7 +93,15 @@ class Event:
 
     def check_start(self, g: torch.Tensor, t0: float) -> None:
         """Raise a clear error when the event values ``g`` at the start contain NaN (a NaN
-        never changes sign, so the event could never fire)."""
+        never changes sign, so the event could never fire).
+
+        Arguments:
+            g: the event values at the start of the solve.
+            t0: the start time, for the message.
+
+        Raises:
+            ValueError: ``g`` holds a NaN.
+        """
         if bool(torch.isnan(g).any()):
             raise ValueError(
                 f"the event function returns NaN at t0={t0:.6g}, so no crossing can be "

@@ -25,7 +25,7 @@ class SaveAt:
     By default the states at every time of ``ts``. ``ts`` stays the span in every case:
     ``ts[0]`` is the start and ``ts[-1]`` the end.
 
-    Arguments:
+    Attributes:
         t1: save only the end of the span: ``Solution.ts`` is ``ts[-1:]`` and ``ys`` has one
             entry.
         steps: save the start and the end of every accepted step instead of ``ts``:

@@ -662,7 +662,10 @@ class LatentODE(_LatentVAE):
     Arguments:
         obs_dim: the observations' dimension.
         latent_dim: the latent state's dimension.
-        encoder: ``"rnn"`` (a GRU fed the time gaps) or ``"odernn"``.
+        encoder: ``"rnn"`` (a GRU fed the time gaps between observations: q(z0) does not
+            see how long after t0 a series' first observation comes) or ``"odernn"`` (its
+            state carried back to t0 by its ODE: for series that start at different times
+            whose values do not tell when).
         encoder_hidden: the encoder's hidden units.
         dynamics_hidden: the hidden units of the dynamics' MLP.
         decoder_hidden: the hidden units of the decoder's MLP.

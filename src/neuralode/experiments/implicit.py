@@ -21,7 +21,6 @@ from torch.nn.functional import cross_entropy
 
 from .._cli_types import positive_float, positive_int
 from ..training import TrainConfig, add_train_arguments, autograd_memory_mb
-from ..training.rundir import RunLock, ensure_directory
 from ..training.runtime import machine
 from ..viz.implicit import iterations_to_residuals, residual_histories, save_residual_plot
 from .table1 import (
@@ -30,6 +29,7 @@ from .table1 import (
     averaging,
     earlier_results,
     keeps_threads,
+    run_locked,
     save_memory_plot,
     train_side_by_side,
 )
@@ -217,13 +217,7 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         RunDirectoryError: ``--out`` is a file, is in use, or holds a table of other options.
     """
-    out = Path(args.out or "out/implicit")
-    ensure_directory(out)
-    lock = RunLock(out).acquire()
-    try:
-        return _run(args, out)
-    finally:
-        lock.release()
+    return run_locked(Path(args.out or "out/implicit"), lambda out: _run(args, out))
 
 
 def _run(args: argparse.Namespace, out: Path) -> int:

@@ -379,11 +379,26 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         RunDirectoryError: ``--out`` is a file, is in use, or holds a table of other options.
     """
-    out = Path(args.out or "out/table1")
+    return run_locked(Path(args.out or "out/table1"), lambda out: _run(args, out))
+
+
+def run_locked(out: Path, body: Callable[[Path], int]) -> int:
+    """``body(out)`` with ``out`` created and locked (``RunLock``) while it runs.
+
+    Arguments:
+        out: the run directory.
+        body: the run, given ``out``; returns the exit status.
+
+    Returns:
+        ``body``'s exit status.
+
+    Raises:
+        RunDirectoryError: ``out`` is a file, cannot be created, or another run holds it.
+    """
     ensure_directory(out)
     lock = RunLock(out).acquire()
     try:
-        return _run(args, out)
+        return body(out)
     finally:
         lock.release()
 

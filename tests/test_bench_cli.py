@@ -93,3 +93,27 @@ def test_standard_loop_compiled_benchmark_compares_with_eager_and_torchdiffeq():
     assert rows["neuralode compile_step"].diff < 1e-5 and rows["neuralode"].diff == 0
     assert min(rows["neuralode"].f_eager) > 0 and min(rows["neuralode"].f_compiled) > 0
     assert "| 3 | neuralode compile_step |" in core.compiled_table(list(rows.values()))
+
+
+def test_sde_benchmark_alternates_the_libraries_and_compares_the_gradients(monkeypatch):
+    pytest.importorskip("torchsde")
+    from neuralode.bench import sde
+
+    monkeypatch.setattr(sde, "BATCH", 4)  # the comparison, not the speed: a small batch
+    first = []
+    run = sde._run
+
+    def recording(library, *args):
+        first.append(library is sde.nsde)
+        return run(library, *args)
+
+    monkeypatch.setattr(sde, "_run", recording)
+    rows = sde.run(repeats=2, methods=("euler",))
+    forward, backward = rows
+    # per round (a warm-up and two timed) each library once, the first one alternating
+    assert first[0:6:2] == [first[0], not first[0], first[0]]
+    assert len(forward.ours) == len(backward.theirs) == 2
+    assert forward.grad_diff is None and backward.grad_diff is not None
+    assert backward.diff < 1e-4 and backward.grad_diff < 1e-5
+    table = sde.table(rows)
+    assert "max abs diff of the gradients" in table and "| euler | forward |" in table

@@ -5,7 +5,8 @@ adjoint's peak memory at 100 against 1000 steps.
 
 "Same Brownian motion": each solve gets a fresh ``BrownianInterval`` of one library (torchsde's
 by default, ours with ``brownian="ours"``) with the same entropy, so both libraries integrate
-the same sample path; the outputs agree to round-off of the query times (``max abs diff``).
+the same sample path; the outputs agree to round-off of the query times (``max abs diff``),
+and so do the gradients of the backward rows (with respect to the weights and y0).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class Row:
     mode: str
     ours: list[float] = field(default_factory=list)
     theirs: list[float] = field(default_factory=list)
-    diff: float = 0.0
+    diff: float = 0.0  # max abs difference of the outputs
+    grad_diff: float | None = None  # of the gradients (backward rows only)
 
     @property
     def speedup(self) -> float:
@@ -84,8 +86,28 @@ def _run(library, sde, y0, ts, bm, method: str, backward: bool):
         return library.sdeint(sde, y0, ts, bm=bm, method=method, dt=DT)
 
 
-def run(repeats: int = 5, brownian: str = "theirs", methods=("euler", "milstein", "srk")):
-    """Times both libraries, alternating them; returns one row per method and mode."""
+def _gradient(sde: nn.Module, y0: torch.Tensor) -> torch.Tensor:
+    """The gradient the last backward left on the weights and on y0, flat."""
+    leaves = [*sde.parameters(), y0]
+    return torch.cat([leaf.grad.reshape(-1) for leaf in leaves])
+
+
+def run(
+    repeats: int = 5,
+    brownian: str = "theirs",
+    methods: tuple[str, ...] = ("euler", "milstein", "srk"),
+) -> list[Row]:
+    """Times both libraries, the first to run alternating from round to round, after one
+    warm-up round; compares their outputs and (backward rows) their gradients.
+
+    Arguments:
+        repeats: timed rounds per method and mode.
+        brownian: whose ``BrownianInterval`` both libraries get, ``"theirs"`` or ``"ours"``.
+        methods: the solvers.
+
+    Returns:
+        One row per method and mode (forward, then forward + adjoint backward).
+    """
     import torchsde
 
     torch.manual_seed(0)
@@ -97,30 +119,40 @@ def run(repeats: int = 5, brownian: str = "theirs", methods=("euler", "milstein"
         for method in methods:
             levy = "space-time" if method == "srk" else "none"
             row = Row(method, "forward + adjoint backward" if backward else "forward")
+            pair = ((nsde, row.ours), (torchsde, row.theirs))
             for r in range(repeats + 1):
-                outs = []
-                for library, times in ((nsde, row.ours), (torchsde, row.theirs)):
+                outs, grads = {}, {}
+                for library, times in pair if r % 2 else pair[::-1]:
                     source = nsde if brownian == "ours" else torchsde
                     bm = _brownian(source, 1234 + r, levy)
                     sde.zero_grad()
+                    y0.grad = None
                     start = time.perf_counter()
-                    outs.append(_run(library, sde, y0, ts, bm, method, backward))
+                    outs[library] = _run(library, sde, y0, ts, bm, method, backward)
                     if r:  # the first round warms up
                         times.append(time.perf_counter() - start)
-                row.diff = max(row.diff, (outs[0] - outs[1]).abs().max().item())
+                    if backward:
+                        grads[library] = _gradient(sde, y0)
+                row.diff = max(row.diff, (outs[nsde] - outs[torchsde]).abs().max().item())
+                if backward:
+                    diff = (grads[nsde] - grads[torchsde]).abs().max().item()
+                    row.grad_diff = max(row.grad_diff or 0.0, diff)
             rows.append(row)
     return rows
 
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| method | pass | neuralode (ms) | torchsde (ms) | speed-up | max abs diff |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| method | pass | neuralode (ms) | torchsde (ms) | speed-up | max abs diff "
+        "| max abs diff of the gradients |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
+        grad_diff = "-" if r.grad_diff is None else f"{r.grad_diff:.1e}"
         lines.append(
             f"| {r.method} | {r.mode} | {1e3 * statistics.median(r.ours):.1f} | "
-            f"{1e3 * statistics.median(r.theirs):.1f} | {r.speedup:.2f}x | {r.diff:.1e} |"
+            f"{1e3 * statistics.median(r.theirs):.1f} | {r.speedup:.2f}x | {r.diff:.1e} "
+            f"| {grad_diff} |"
         )
     return "\n".join(lines)
 

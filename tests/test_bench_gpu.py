@@ -34,6 +34,15 @@ def test_one_system_loops_take_the_same_steps_and_the_table_compares_per_step():
     assert "| 8 | torchdiffeq |" in text and "| 1.00x |" in text
 
 
+def test_every_row_is_compared_with_torchdiffeqs_answer():
+    rows = bench_gpu.run(torch.device("cpu"), batches=(4,), repeats=2, t1=2.0)
+    by_name = {row.name: row for row in rows}
+    assert by_name["torchdiffeq"].diff == 0.0
+    # one system or per sample, every loop solves the same problem to the tolerance
+    assert all(row.diff < 1e-4 for row in rows) and by_name["neuralode"].diff > 0
+    assert "| max diff of y(t1) |" in bench_gpu.table(rows)
+
+
 def test_bench_gpu_part_needs_no_torchode_and_writes_its_table(tmp_path, monkeypatch):
     """``neuralode bench --parts gpu`` imports only what that part needs (a GPU machine may
     lack torchode), and writes the table into bench.md."""

@@ -18,7 +18,9 @@ under ``torch.no_grad()``, one CPU thread. Each row solves the same batch:
 
 Reported: the minimum and median time of a solve over interleaved repeats (after warm-up,
 each timed between two ``torch.cuda.synchronize``), the steps (batched step attempts: what
-the batch costs), the time per step, and torchdiffeq's time per step over the row's. The
+the batch costs), the time per step, torchdiffeq's time per step over the row's, and the max
+abs difference of the row's y(t1) from torchdiffeq's (from neuralode's standard loop where
+torchdiffeq is not installed): a faster row must solve the same problem alike. The
 libraries that are not installed are left out; without CUDA the CUDA-graph rows are.
 Run by ``python benchmarks/bench_gpu.py`` and ``neuralode bench --parts gpu``.
 
@@ -67,23 +69,28 @@ class Field(torch.nn.Module):
         return self.net(y)
 
 
-def _neuralode(**options) -> Callable[[Field, torch.Tensor, torch.Tensor], int]:
-    def run(field: Field, y0: torch.Tensor, ts: torch.Tensor) -> int:
+# a row's solve: run(field, y0, ts) -> (steps taken, y(t1))
+Runner = Callable[[Field, torch.Tensor, torch.Tensor], tuple[int, torch.Tensor]]
+
+
+def _neuralode(**options) -> Runner:
+    def run(field: Field, y0: torch.Tensor, ts: torch.Tensor) -> tuple[int, torch.Tensor]:
         sol = neuralode.solve(
             field, y0, ts, controller=neuralode.PIController(RTOL, ATOL), **options
         )
         stats = sol.stats
-        return int(stats.sample_steps.max()) if options.get("per_sample") else stats.n_steps
+        steps = int(stats.sample_steps.max()) if options.get("per_sample") else stats.n_steps
+        return steps, sol.ys[-1]
 
     return run
 
 
-def _torchdiffeq(field: Field, y0: torch.Tensor, ts: torch.Tensor) -> int:
+def _torchdiffeq(field: Field, y0: torch.Tensor, ts: torch.Tensor) -> tuple[int, torch.Tensor]:
     import torchdiffeq
 
     field.calls = 0
-    torchdiffeq.odeint(field, y0, ts, rtol=RTOL, atol=ATOL, method="dopri5")
-    return (field.calls - 2) // 6  # f0 and the initial-step probe, then 6 calls per step
+    ys = torchdiffeq.odeint(field, y0, ts, rtol=RTOL, atol=ATOL, method="dopri5")
+    return (field.calls - 2) // 6, ys[-1]  # f0 and the initial-step probe, then 6 per step
 
 
 class _Torchode:
@@ -92,7 +99,9 @@ class _Torchode:
     def __init__(self) -> None:
         self.solvers: dict[int, object] = {}
 
-    def __call__(self, field: Field, y0: torch.Tensor, ts: torch.Tensor) -> int:
+    def __call__(
+        self, field: Field, y0: torch.Tensor, ts: torch.Tensor
+    ) -> tuple[int, torch.Tensor]:
         import torchode
 
         solver = self.solvers.get(id(field))
@@ -103,12 +112,12 @@ class _Torchode:
             self.solvers[id(field)] = solver
         t_eval = ts.repeat(y0.shape[0], 1)
         sol = solver.solve(torchode.InitialValueProblem(y0=y0, t_eval=t_eval))
-        return int(sol.stats["n_steps"].max())
+        return int(sol.stats["n_steps"].max()), sol.ys[:, -1]
 
 
-def runners(device: torch.device, compile_step: bool) -> dict[str, Callable]:
-    """The rows: name -> run(field, y0, ts) returning the steps taken."""
-    rows: dict[str, Callable] = {}
+def runners(device: torch.device, compile_step: bool) -> dict[str, Runner]:
+    """The rows: name -> run(field, y0, ts) returning the steps taken and y(t1)."""
+    rows: dict[str, Runner] = {}
     if importlib.util.find_spec("torchdiffeq"):
         rows["torchdiffeq"] = _torchdiffeq
     graphs = device.type == "cuda"
@@ -132,6 +141,7 @@ class Row:
     name: str
     times: list[float]
     steps: int
+    diff: float = 0.0  # max abs difference of y(t1) from the reference row's
 
     @property
     def per_step(self) -> float:
@@ -145,7 +155,19 @@ def run(
     compile_step: bool = False,
     t1: float = 1.0,
 ) -> list[Row]:
-    """Every row at every batch size, repeats interleaved across the rows."""
+    """Every row at every batch size, repeats interleaved across the rows (the order rotated
+    from repeat to repeat, so that no row always follows the same one), after a warm-up.
+
+    Arguments:
+        device: where the solves run.
+        batches: the batch sizes.
+        repeats: timed solves per row and batch size.
+        compile_step: also the ``compile_step=True`` rows.
+        t1: the end time.
+
+    Returns:
+        One row per runner and batch size, with its y(t1)'s difference from the reference's.
+    """
     results = []
     for batch in batches:
         field = Field(device)
@@ -153,17 +175,23 @@ def run(
         ts = torch.tensor([0.0, t1], device=device)
         rows = runners(device, compile_step)
         timed = {name: Row(batch, name, [], 0) for name in rows}
+        outputs = {}
         with torch.no_grad():
             for solve in rows.values():  # warm-up (and compilation)
                 solve(field, y0, ts)
-            for _ in range(repeats):
-                for name, solve in rows.items():
+            names = list(rows)
+            for r in range(repeats):
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    solve = rows[name]
                     _synchronize(device)
                     start = time.perf_counter()
-                    steps = solve(field, y0, ts)
+                    steps, outputs[name] = solve(field, y0, ts)
                     _synchronize(device)
                     timed[name].times.append(time.perf_counter() - start)
                     timed[name].steps = steps
+        reference = outputs["torchdiffeq" if "torchdiffeq" in outputs else "neuralode"]
+        for name, row in timed.items():
+            row.diff = float((outputs[name] - reference).abs().max())
         results += timed.values()
     return results
 
@@ -176,8 +204,8 @@ def _synchronize(device: torch.device) -> None:
 def table(rows: list[Row]) -> str:
     lines = [
         "| batch | solver | time, min / median (ms) | steps | per step (us) | "
-        "torchdiffeq per step / this |",
-        "|---:|---|---:|---:|---:|---:|",
+        "torchdiffeq per step / this | max diff of y(t1) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     reference = {r.batch: r.per_step for r in rows if r.name == "torchdiffeq"}
     for r in rows:
@@ -185,7 +213,7 @@ def table(rows: list[Row]) -> str:
         lines.append(
             f"| {r.batch} | {r.name} | {min(r.times) * 1e3:.2f} / "
             f"{statistics.median(r.times) * 1e3:.2f} | {r.steps} | "
-            f"{r.per_step * 1e6:.1f} | {ratio} |"
+            f"{r.per_step * 1e6:.1f} | {ratio} | {r.diff:.1e} |"
         )
     return "\n".join(lines)
 

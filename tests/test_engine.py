@@ -393,6 +393,29 @@ def test_forward_mode_inside_vmap_with_a_multistep_method_and_refused_for_implic
         torch.func.jvp(radau, (y0s[0],), (y0s[0],))
 
 
+def test_forward_mode_inside_vmap_with_a_tangent_shared_by_every_problem():
+    """vmap(jvp) whose tangent is not batched by the vmap (one direction for every problem)
+    through a method solved one by one: each problem's tangent equals its jvp alone, and
+    an implicit Runge-Kutta method gives its forward-mode refusal."""
+    y0s = starts(2)
+    options = ONE_BY_ONE["explicit_adams"]
+    tangent = torch.tensor([0.3, -0.7], dtype=F64)
+
+    def end(y: torch.Tensor) -> torch.Tensor:
+        return no.solve(decay, y, TS[:3], **options).ys[-1]
+
+    _, derivative = torch.func.vmap(lambda y: torch.func.jvp(end, (y,), (tangent,)))(y0s)
+    alone = torch.stack([torch.func.jvp(end, (y,), (tangent,))[1] for y in y0s])
+    torch.testing.assert_close(derivative, alone, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(alone[0], alone[1])
+
+    def radau(y: torch.Tensor) -> torch.Tensor:
+        return no.solve(decay, y, TS[:3], solver="radau").ys[-1]
+
+    with pytest.raises(ValueError, match="forward-mode differentiation .* is not supported"):
+        torch.func.vmap(lambda y: torch.func.jvp(radau, (y,), (tangent,)))(y0s)
+
+
 def test_second_derivatives_through_implicit_rk_are_refused():
     """Reverse over reverse through an implicit Runge-Kutta step would differentiate the
     stage hook's result as a constant (a wrong Hessian): refused; the first derivative and

@@ -203,6 +203,8 @@ class _Select(torch.autograd.Function):
     def vmap(info: Any, in_dims: tuple, x: torch.Tensor, mask: torch.Tensor, i: int, level: int):
         if _rule_level() != level:  # another vmap's rule: select beneath it
             return _Select.apply(x, mask, i, level), in_dims[0]
+        if in_dims[0] is None:  # the same for every problem (e.g. a tangent jvp shares)
+            return x, None
         return x.select(in_dims[0], i), None
 
     @staticmethod

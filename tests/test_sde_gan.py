@@ -95,3 +95,65 @@ def test_sde_gan_experiment_writes_its_results(tmp_path):
     assert len(metrics["history"]) == 4
     for name in ("checkpoint.pt", "samples.png", "marginals.png"):
         assert (out / name).is_file(), name
+
+
+def test_generator_draws_in_the_models_dtype_whatever_the_times_dtype():
+    """The initial noise and the solve follow the parameters: a float64 generator on float32
+    times gives float64 series, a float32 one on float64 times float32 series."""
+    torch.manual_seed(0)
+    ts = torch.arange(5, dtype=torch.float32)
+    fake = SDEGenerator(hidden_size=4, width=8).double()(ts, 3)
+    assert fake.dtype == torch.float64 and fake.shape == (3, 5, 2)
+    torch.testing.assert_close(fake[:, :, 0], ts.double().expand(3, 5))
+    assert SDEGenerator(hidden_size=4, width=8)(ts.double(), 3).dtype == torch.float32
+
+
+def test_generator_gradients_by_reversible_heun_adjoint_equal_backprop():
+    """On one Brownian path in float64, reversible Heun's adjoint gives the gradients of
+    backpropagation through the solver to rounding (it is exact, not an approximation)."""
+    from neuralode.sde import BrownianInterval, sdeint_adjoint
+
+    torch.manual_seed(0)
+    field = SDEGenerator(hidden_size=4, width=8).double().field
+    ts = torch.arange(6, dtype=torch.float64)
+    x0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for solve, options in (
+        (sdeint, {}),
+        (sdeint_adjoint, {"adjoint_method": "adjoint_reversible_heun"}),
+    ):
+        bm = BrownianInterval(0.0, 5.0, size=(3, 3), dtype=torch.float64, entropy=7)
+        xs = solve(field, x0, ts, bm=bm, method="reversible_heun", dt=0.5, **options)
+        grads.append(torch.autograd.grad((xs**2).sum(), [x0, *field.parameters()]))
+    for backprop, adjoint in zip(*grads):
+        torch.testing.assert_close(adjoint, backprop, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("ys", "message"),
+    [
+        (torch.randn(3, 5), r"ys must be \(batch, T, 2\)"),
+        (torch.randn(3, 1, 2), r"ys must be \(batch, T, 2\).*T at least 2"),
+        (torch.randn(3, 5, 3), r"ys must be \(batch, T, 2\)"),
+        (
+            torch.cat([torch.arange(6.0).view(2, 3, 1), torch.zeros(2, 3, 1)], 2),
+            "time channels .* differ across the batch",
+        ),
+        (with_time(torch.tensor([0.0, 2.0, 1.0]), torch.zeros(2, 3, 1)), "strictly increasing"),
+    ],
+)
+def test_discriminator_refuses_series_of_the_wrong_shape_or_times(ys, message):
+    with pytest.raises(ValueError, match=message):
+        CDEDiscriminator(width=8)(ys)
+
+
+def test_path_increments_and_generator_refuse_bad_times():
+    ts, ys = _series()
+    with pytest.raises(ValueError, match="T = 9 times"):
+        PathIncrements(ts, ys[:, :5])
+    with pytest.raises(ValueError, match="at least two times"):
+        PathIncrements(ts[:1], ys[:, :1])
+    with pytest.raises(ValueError, match="at least two times"):
+        SDEGenerator()(torch.zeros(1), 3)
+    with pytest.raises(ValueError, match="batch must be at least 1"):
+        SDEGenerator()(torch.arange(3.0), 0)

@@ -45,13 +45,26 @@ class PathIncrements(BaseBrownian):
     series.
 
     Arguments:
-        ts: the times of the series (T,), increasing.
+        ts: the times of the series (T,), strictly increasing, at least two.
         ys: the series (batch, T, channels).
+
+    Raises:
+        ValueError: for ``ts`` that are not 1-D, not strictly increasing or fewer than two,
+            or ``ys`` that is not (batch, T, channels) with T the number of times.
     """
 
     def __init__(self, ts: torch.Tensor, ys: torch.Tensor):
+        if ts.dim() != 1 or len(ts) < 2:
+            raise ValueError(f"ts must be 1-D with at least two times, got shape {tuple(ts.shape)}")
+        if ys.dim() != 3 or ys.shape[1] != len(ts):
+            raise ValueError(
+                f"ys must be (batch, T, channels) with T = {len(ts)} times, got shape "
+                f"{tuple(ys.shape)}"
+            )
         self.ts, self.ys = ts, ys
         self._times = ts.tolist()
+        if any(b <= a for a, b in zip(self._times, self._times[1:])):
+            raise ValueError(f"ts must be strictly increasing, got {self._times}")
 
     def _at(self, t: torch.Tensor | float) -> torch.Tensor:
         t = min(max(float(t), self._times[0]), self._times[-1])
@@ -152,10 +165,26 @@ class SDEGenerator(nn.Module):
             dt: the solver's step (default: the spacing of ``ts``).
 
         Returns:
-            The series with the time channel first, (batch, T, 1 + data_size), as the
-            discriminator reads them.
+            The series with the time channel first, (batch, T, 1 + data_size), in the model's
+            dtype and on its device, as the discriminator reads them.
+
+        Raises:
+            ValueError: for ``ts`` that are not 1-D with at least two times (one time when
+                ``dt`` is given), a ``batch`` below 1 or a ``dt`` that is not positive.
         """
-        noise = torch.randn(batch, self.initial_noise_size, dtype=ts.dtype, device=ts.device)
+        if ts.dim() != 1 or len(ts) < (1 if dt is not None else 2):
+            raise ValueError(
+                "ts must be a 1-D tensor of at least two times (one when dt is given), got "
+                f"shape {tuple(ts.shape)}"
+            )
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        if dt is not None and not dt > 0:
+            raise ValueError(f"dt must be positive, got {dt}")
+        # the draws and the solve follow the parameters, whatever the dtype or device of ts
+        like = self.readout.weight
+        ts = ts.to(like.device, like.dtype)
+        noise = torch.randn(batch, self.initial_noise_size, dtype=like.dtype, device=like.device)
         x0 = self.initial(noise)
         step = float(ts[1] - ts[0]) if dt is None else dt
         xs = sdeint_adjoint(
@@ -195,8 +224,20 @@ class CDEDiscriminator(nn.Module):
 
         Returns:
             The mean of the scores over the batch (0-dim).
+
+        Raises:
+            ValueError: for ``ys`` that is not (batch, T, 1 + data_size) with T at least 2,
+                or whose time channel is not one strictly increasing grid shared by the batch.
         """
+        channels = self.initial[0].in_features
+        if ys.dim() != 3 or ys.shape[0] < 1 or ys.shape[1] < 2 or ys.shape[2] != channels:
+            raise ValueError(
+                f"ys must be (batch, T, {channels}) (time first, then the data's channels) with "
+                f"T at least 2, got shape {tuple(ys.shape)}"
+            )
         ts = ys[0, :, 0].detach()
+        if not torch.equal(ys[:, :, 0].detach(), ts.expand(ys.shape[0], -1)):
+            raise ValueError("the series' time channels (ys[..., 0]) differ across the batch")
         h0 = self.initial(ys[:, 0])
         step = float(ts[1] - ts[0])
         path = PathIncrements(ts, ys)

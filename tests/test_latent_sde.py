@@ -81,3 +81,54 @@ def test_adjoint_memory_is_flat_in_the_number_of_steps():
     # tensors: flat; the Brownian tree adds 80 bytes a step and the forward grid 8 (0.1 MiB)
     assert ours1000 <= 1.1 * ours100, (ours100, ours1000)  # 1-5% more in BENCHMARKS.md
     assert backprop1000 > 3 * backprop100  # backprop's memory grows with the steps
+
+
+def test_elbo_kl_is_the_initial_kl_plus_half_the_integral_of_u_squared():
+    """With constant drifts f = a, h = b and a constant diffusion g the path KL is exactly
+    0.5 |(a - b) / g|^2 (t1 - t0) per series; the initial state's KL is the closed form of two
+    Gaussians; ``elbo`` returns their sum, averaged over the batch."""
+    torch.manual_seed(0)
+    model = LatentSDE(obs_dim=1, latent_dim=2, context_dim=3, hidden=8).double()
+    a, b = torch.tensor([0.3, -0.2]), torch.tensor([-0.1, 0.4])
+    with torch.no_grad():
+        for net, bias in ((model.f_net, a), (model.h_net, b)):
+            net[-1].weight.zero_()
+            net[-1].bias.copy_(bias)
+        model.g_net.w2.zero_()
+        model.g_net.b2.copy_(torch.tensor([0.5, -1.0]))
+        model.pz0_mean.copy_(torch.tensor([0.2, -0.3]))
+        model.pz0_logstd.copy_(torch.tensor([0.1, -0.4]))
+    g = model.diffusion_scale * torch.sigmoid(torch.tensor([0.5, -1.0], dtype=torch.float64))
+    ts = torch.linspace(0.0, 1.5, 4, dtype=torch.float64)
+    xs = torch.randn(4, 5, 1, dtype=torch.float64)
+    log_lik, kl, _, _ = model.elbo(xs, ts, 0.1, 0.05)
+    mean, logstd = model.qz0(model.encode(xs, ts)[0]).chunk(2, dim=-1)
+    var_q, var_p = (2 * logstd).exp(), (2 * model.pz0_logstd).exp()
+    kl0 = 0.5 * (
+        var_q / var_p + (mean - model.pz0_mean) ** 2 / var_p - 1 + var_p.log() - var_q.log()
+    )
+    path = 0.5 * (((a - b).double() / g) ** 2).sum() * 1.5
+    torch.testing.assert_close(kl, kl0.sum(-1).mean() + path)
+
+
+@pytest.mark.parametrize(
+    ("xs", "ts", "message"),
+    [
+        (torch.randn(5, 4), torch.linspace(0, 1, 5), r"xs must be \(T, batch, 1\)"),
+        (torch.randn(5, 4, 2), torch.linspace(0, 1, 5), r"xs must be \(T, batch, 1\)"),
+        (torch.randn(5, 4, 1), torch.linspace(0, 1, 4), "ts must be the 5 observation times"),
+    ],
+)
+def test_elbo_refuses_series_that_do_not_fit_the_model(xs, ts, message):
+    model = LatentSDE(hidden=8)
+    with pytest.raises(ValueError, match=message):
+        model.elbo(xs, ts, 0.1, 0.1)
+    with pytest.raises(ValueError, match=message):
+        model.sample_posterior(xs, ts, 0.1, 2)
+
+
+def test_elbo_refuses_a_noise_or_step_that_is_not_positive():
+    xs, ts = torch.randn(5, 4, 1), torch.linspace(0, 1, 5)
+    for noise_std, dt in ((0.0, 0.1), (0.1, -0.1)):
+        with pytest.raises(ValueError, match="noise_std and dt must be positive"):
+            LatentSDE(hidden=8).elbo(xs, ts, noise_std, dt)

@@ -92,7 +92,7 @@ class LatentSDE(nn.Module):
         (the last one past the end).
 
         Arguments:
-            t: the time, a scalar or one per sample (batch,).
+            t: the time, a scalar (the context changes at observation times the batch shares).
             z: the latent states, (batch, latent_dim).
 
         Returns:
@@ -126,6 +126,20 @@ class LatentSDE(nn.Module):
         """
         return self.diffusion_scale * self.g_net(z)
 
+    def _check_series(self, xs: torch.Tensor, ts: torch.Tensor) -> None:
+        """Refuses observations that are not (T, batch, obs_dim) at T times ``ts`` (T,)."""
+        obs_dim = self.decoder.out_features
+        if xs.dim() != 3 or xs.shape[0] < 1 or xs.shape[1] < 1 or xs.shape[2] != obs_dim:
+            raise ValueError(
+                f"xs must be (T, batch, {obs_dim}) (time first, then series, then channels), "
+                f"got shape {tuple(xs.shape)}"
+            )
+        if ts.dim() != 1 or len(ts) != xs.shape[0]:
+            raise ValueError(
+                f"ts must be the {xs.shape[0]} observation times of xs (1-D), got shape "
+                f"{tuple(ts.shape)}"
+            )
+
     def encode(self, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         """The context at each observation time, from the GRU run from the last observation back.
 
@@ -157,7 +171,14 @@ class LatentSDE(nn.Module):
         Returns:
             The batch means of the log-likelihood and of the KL, the posterior latent paths and
             the decoded means.
+
+        Raises:
+            ValueError: for ``xs`` that is not (T, batch, obs_dim), ``ts`` that are not T
+                times, or a ``noise_std`` or ``dt`` that is not positive.
         """
+        self._check_series(xs, ts)
+        if not (noise_std > 0 and dt > 0):
+            raise ValueError(f"noise_std and dt must be positive, got {noise_std} and {dt}")
         context = self.encode(xs, ts)
         self._context = context
         self._times = [float(t) for t in ts]

@@ -117,3 +117,50 @@ def test_sde_benchmark_alternates_the_libraries_and_compares_the_gradients(monke
     assert backward.diff < 1e-4 and backward.grad_diff < 1e-5
     table = sde.table(rows)
     assert "max abs diff of the gradients" in table and "| euler | forward |" in table
+
+
+def test_work_precision_warms_up_every_method_before_timing(monkeypatch):
+    pytest.importorskip("torchdiffeq")
+    import numpy as np
+
+    from neuralode.bench import work_precision
+
+    calls = []
+
+    def runner(key):
+        def run(rtol):
+            calls.append((key, rtol))
+            return np.zeros((work_precision.BATCH, 2)), 1
+
+        return run
+
+    keys = [("a", "m"), ("b", "m")]
+    monkeypatch.setattr(work_precision, "_runners", lambda: {k: runner(k) for k in keys})
+    monkeypatch.setattr(work_precision, "reference", lambda: np.zeros((work_precision.BATCH, 2)))
+    points = work_precision.run((1e-3, 1e-4), repeats=1)
+    assert calls[:2] == [(keys[0], 1e-3), (keys[1], 1e-3)]  # one untimed call each, first
+    assert len(calls) == 2 + 2 * 2 and len(points) == 4
+
+
+def test_pde_benchmark_warms_up_each_solver_and_needs_a_repeat(monkeypatch):
+    from types import SimpleNamespace
+
+    from neuralode.bench import pde
+
+    problem = pde.heat1d()
+    solved = []
+
+    def fake_solve(func, y0, ts, solver, controller):
+        solved.append((type(solver).__name__, controller.rtol))
+        stats = SimpleNamespace(n_accepted=1, n_rejected=0, nfe=6)
+        return SimpleNamespace(ys=problem.reference[None], stats=stats)
+
+    monkeypatch.setattr(pde, "solve", fake_solve)
+    rows = pde.run_problem(problem, 1)
+    cases = pde.configs(problem)
+    solvers = dict.fromkeys(case.solver for case in cases)
+    # a warm-up solve per solver at its loosest tolerance, then one timed round
+    assert len(solved) == len(solvers) + len(cases) and len(rows) == len(cases)
+    assert solved[0] == ("Dopri5", max(pde.EXPLICIT_RTOLS))
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        pde.run_problem(problem, 0)

@@ -132,3 +132,11 @@ def test_elbo_refuses_a_noise_or_step_that_is_not_positive():
     for noise_std, dt in ((0.0, 0.1), (0.1, -0.1)):
         with pytest.raises(ValueError, match="noise_std and dt must be positive"):
             LatentSDE(hidden=8).elbo(xs, ts, noise_std, dt)
+
+
+def test_sampling_refuses_no_samples():
+    model, ts = LatentSDE(hidden=8), torch.linspace(0, 1, 5)
+    with pytest.raises(ValueError, match="n must be at least 1, got 0"):
+        model.sample_posterior(torch.randn(5, 2, 1), ts, 0.1, 0)
+    with pytest.raises(ValueError, match="batch must be at least 1, got 0"):
+        model.sample_prior(ts, 0, 0.1)

@@ -217,7 +217,12 @@ class LatentSDE(nn.Module):
 
         Returns:
             The decoded means of the paths, (n, T, batch, obs_dim).
+
+        Raises:
+            ValueError: for ``n`` below 1, or as ``elbo`` for series that do not fit the model.
         """
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
         return torch.stack([self.elbo(xs, ts, 1.0, dt)[3] for _ in range(n)])
 
     @torch.no_grad()
@@ -231,7 +236,12 @@ class LatentSDE(nn.Module):
 
         Returns:
             The decoded means of the paths, (T, batch, obs_dim).
+
+        Raises:
+            ValueError: for ``batch`` below 1.
         """
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
         like = self.pz0_mean
         noise = torch.randn(batch, like.numel(), dtype=like.dtype, device=like.device)
         z0 = like + self.pz0_logstd.exp() * noise

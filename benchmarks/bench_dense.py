@@ -25,6 +25,7 @@ import time
 import torch
 
 import neuralode as no
+from neuralode._cli_types import positive_int
 
 
 def _field(seed: int = 0) -> torch.nn.Module:
@@ -63,8 +64,8 @@ def _time(fn, repeats: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=positive_int, default=15)
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     field = _field()

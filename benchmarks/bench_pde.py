@@ -13,13 +13,14 @@ import platform
 
 import torch
 
+from neuralode._cli_types import positive_int
 from neuralode.bench import pde
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repeat, heat1d only")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds")
     parser.add_argument(
         "--problems", nargs="+", choices=sorted(pde.PROBLEMS), default=sorted(pde.PROBLEMS)
     )

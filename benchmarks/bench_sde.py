@@ -13,12 +13,13 @@ import argparse
 
 import torch
 
+from neuralode._cli_types import positive_int
 from neuralode.bench import environment, sde
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per case")
     parser.add_argument(
         "--brownian",
         choices=("theirs", "ours"),
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("--only-memory", action="store_true", help="only the memory study")
     parser.add_argument(
         "--memory-steps",
-        type=int,
+        type=positive_int,
         nargs="+",
         default=[100, 1000],
         help="the numbers of steps of the memory study",

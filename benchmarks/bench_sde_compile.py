@@ -23,6 +23,7 @@ import torch
 from bench_sde_per_sample import OU
 
 import neuralode as no
+from neuralode._cli_types import positive_int
 from neuralode.bench.sde import BATCH, DT, STATE, NeuralSDE
 from neuralode.sde import BrownianInterval, SDESolver, SDETerm, VirtualBrownianTree
 
@@ -84,7 +85,7 @@ def per_sample(batch: int, repeats: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per case")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, threads 1\n")

@@ -21,6 +21,7 @@ import time
 import torch
 
 import neuralode as no
+from neuralode._cli_types import positive_int
 from neuralode.sde import BrownianInterval, SDESolver, SDETerm, VirtualBrownianTree
 
 F64 = torch.float64
@@ -99,8 +100,8 @@ def query_cost(batch: int, n: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case")
-    parser.add_argument("--batch", type=int, default=64, help="rows of the OU batch")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per case")
+    parser.add_argument("--batch", type=positive_int, default=64, help="rows of the OU batch")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, threads 1")

@@ -164,3 +164,29 @@ def test_pde_benchmark_warms_up_each_solver_and_needs_a_repeat(monkeypatch):
     assert solved[0] == ("Dopri5", max(pde.EXPLICIT_RTOLS))
     with pytest.raises(ValueError, match="repeats must be at least 1"):
         pde.run_problem(problem, 0)
+
+
+@pytest.mark.parametrize(
+    "script, option",
+    [
+        ("bench_sde.py", "--repeats"),
+        ("bench_sde.py", "--memory-steps"),
+        ("bench_pde.py", "--repeats"),
+        ("bench_dense.py", "--repeats"),
+    ],
+)
+def test_benchmark_scripts_refuse_a_count_below_one(script, option):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    done = subprocess.run(
+        [sys.executable, str(benchmarks / script), option, "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=benchmarks,
+    )
+    assert done.returncode == 2, done.stderr[-500:]
+    assert f"argument {option}: must be a positive integer, got 0" in done.stderr

@@ -190,3 +190,22 @@ def test_benchmark_scripts_refuse_a_count_below_one(script, option):
     )
     assert done.returncode == 2, done.stderr[-500:]
     assert f"argument {option}: must be a positive integer, got 0" in done.stderr
+
+
+def test_bench_skips_a_part_whose_peer_is_missing_with_a_note(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+
+    def without_torchode(name, *args):
+        return None if name == "torchode" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_torchode)
+    argv = ["bench", "--parts", "per-sample", "gpu", "--repeats", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0  # gpu runs without torchode, per-sample is skipped
+    assert "skipping per-sample: needs torchode" in capsys.readouterr().out
+    report = (tmp_path / "bench.md").read_text()
+    assert "### per-sample: not run" in report and "pip install 'neuralode[bench]'" in report
+    assert "### Time per step on CPU" in report and "Per-sample mode vs torchode" not in report
+    argv = ["bench", "--parts", "per-sample", "--out", str(tmp_path / "none")]
+    assert main(argv) == 1 and not (tmp_path / "none").exists()  # nothing could run

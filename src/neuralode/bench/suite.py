@@ -1,5 +1,6 @@
 """``neuralode bench``: run the benchmark suite and write BENCHMARKS.md-ready tables and a
-work-precision PNG into ``--out``."""
+work-precision PNG into ``--out``. A part whose reference libraries (``NEEDS``) are not
+installed is skipped with a note in the report; the other parts run."""
 
 from __future__ import annotations
 
@@ -70,18 +71,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def missing_peers(parts: list[str]) -> dict[str, list[str]]:
+    """The parts that cannot run here, each with the libraries it needs that are not installed.
+
+    Arguments:
+        parts: the ``--parts`` asked for.
+
+    Returns:
+        ``{part: [missing library, ...]}`` for every part that lacks one (empty: all can run).
+    """
+    missing = {
+        part: [name for name in NEEDS[part] if importlib.util.find_spec(name) is None]
+        for part in parts
+    }
+    return {part: names for part, names in missing.items() if names}
+
+
+def skip_note(part: str, names: list[str]) -> str:
+    """The report's section for a part that was skipped: what it needs and how to install it."""
+    return (
+        f"### {part}: not run\n\nThe {part} part needs {', '.join(names)}, not installed "
+        "here; install them with: pip install 'neuralode[bench]'"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    needed = sorted({name for part in args.parts for name in NEEDS[part]})
-    missing = [name for name in needed if importlib.util.find_spec(name) is None]
-    if missing:
-        raise SystemExit(
-            f"neuralode bench --parts {' '.join(args.parts)} needs {', '.join(needed)} "
-            f"(missing: {', '.join(missing)}); install them with: pip install 'neuralode[bench]'"
-        )
+    """Run the ``--parts`` and write ``bench.md`` (and the work-precision PNG) into ``--out``.
+
+    A part whose reference libraries are not installed is skipped, with a note in the report
+    and on the terminal; the others run.
+
+    Arguments:
+        args: the parsed ``neuralode bench`` options (``add_arguments``).
+
+    Returns:
+        0, or 1 when no part could run.
+
+    Raises:
+        ValueError: ``--device`` or ``--diffrax-python`` names nothing usable.
+    """
+    skipped = missing_peers(args.parts)
+    for part, names in skipped.items():
+        print(f"neuralode bench: skipping {part}: needs {', '.join(names)} (not installed); "
+              "pip install 'neuralode[bench]'", flush=True)  # fmt: skip
+    parts = [part for part in args.parts if part not in skipped]
+    if not parts:
+        return 1
     from . import environment
 
     device = _device(args.device)
-    if "diffrax" in args.parts:  # a named interpreter that lacks diffrax fails here, at once
+    if "diffrax" in parts:  # a named interpreter that lacks diffrax fails here, at once
         from . import diffrax_peer
 
         python, note = diffrax_peer.find_python(args.diffrax_python)
@@ -93,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
     load = os.getloadavg()[0]
     start = time.perf_counter()
     sections = [f"Environment: {environment()}; 1-min load average {load:.2f} at start"]
+    sections += [skip_note(part, names) for part, names in skipped.items()]
     print(f"neuralode bench ({'full' if args.full else 'quick'}), writing to {out}/", flush=True)
-    if "core" in args.parts:
+    if "core" in parts:
         from . import core
 
         batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
@@ -111,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             "### Core: Van der Pol batch 256 as one system, float64\n\n" + core.table(vdp),
             core.verdict(mlp + vdp),
         ]
-    if "per-sample" in args.parts:
+    if "per-sample" in parts:
         from . import per_sample
 
         batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
@@ -137,12 +177,12 @@ def run(args: argparse.Namespace) -> int:
             "### Finished samples skipped (`skip_finished`): MLP field 32-256-32 with a time "
             "scale in [1, 25] per sample, dopri5, float32\n\n" + per_sample.table(skip_rows)
         )
-    if "diffrax" in args.parts:
+    if "diffrax" in parts:
         batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
         block = 0.2 if args.full else 0.05  # seconds of consecutive solves timed together
         where = "cpu" if device is None else str(device)
         sections.append(diffrax_peer.section(python, note, batches, repeats, block, where))
-    if "compiled" in args.parts:
+    if "compiled" in parts:
         from . import core, per_sample
 
         batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
@@ -157,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
             "### The standard loop compiled (`compile_step=True`) vs eager and torchdiffeq: "
             "MLP 2-64-64-2 tanh, float32, dopri5\n\n" + core.compiled_table(standard_rows)
         )
-    if "gpu" in args.parts:
+    if "gpu" in parts:
         from . import gpu
 
         on = device or gpu.default_device()
@@ -167,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
             f"### Time per step on {gpu.device_name(on)}: MLP 2-64-64-2 tanh, float32, "
             "dopri5, with and without CUDA graphs\n\n" + gpu.table(gpu_rows)
         )
-    if "sde" in args.parts:
+    if "sde" in parts:
         from . import sde
 
         sde_rows = sde.run(repeats)
@@ -179,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
             "### SDE adjoint memory: extra peak RSS of forward + backward, euler forward, "
             "batch 512, state 8\n\n" + sde.memory_table(sde.memory((100, 1000)))
         )
-    if "work-precision" in args.parts:
+    if "work-precision" in parts:
         from . import work_precision
 
         rtols = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9) if args.full else (1e-4, 1e-6, 1e-8)

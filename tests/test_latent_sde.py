@@ -140,3 +140,15 @@ def test_sampling_refuses_no_samples():
         model.sample_posterior(torch.randn(5, 2, 1), ts, 0.1, 0)
     with pytest.raises(ValueError, match="batch must be at least 1, got 0"):
         model.sample_prior(ts, 0, 0.1)
+
+
+def test_posterior_drift_without_a_context_for_the_batch_is_a_clear_error():
+    from neuralode.sde import sdeint
+
+    model, ts = LatentSDE(hidden=8), torch.linspace(0, 1, 5)
+    z0 = torch.zeros(3, 4)
+    with pytest.raises(RuntimeError, match="call elbo .* first .*context for None series"):
+        sdeint(model, z0, ts, dt=0.1, method="euler")
+    model.elbo(torch.randn(5, 2, 1), ts, 0.1, 0.1)
+    with pytest.raises(RuntimeError, match="context for 2 series, state of 3"):
+        sdeint(model, z0, ts, dt=0.1, method="euler")

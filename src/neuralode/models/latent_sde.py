@@ -97,7 +97,18 @@ class LatentSDE(nn.Module):
 
         Returns:
             The drift, (batch, latent_dim).
+
+        Raises:
+            RuntimeError: when no context was encoded for this batch (``f`` called before
+                ``elbo``, or with another number of series).
         """
+        if self._context is None or self._context.shape[1] != z.shape[0]:
+            encoded = None if self._context is None else self._context.shape[1]
+            raise RuntimeError(
+                "the posterior drift f reads the context that elbo encodes from the "
+                f"observations: call elbo (or sample_posterior) on these series first "
+                f"(context for {encoded} series, state of {z.shape[0]})"
+            )
         i = min(bisect.bisect_right(self._times, float(t)), len(self._times) - 1)
         time = batch_time(t, z).expand(z.shape[0], 1)
         return self.f_net(torch.cat([z, self._context[i], time], dim=-1))

@@ -209,3 +209,18 @@ def test_bench_skips_a_part_whose_peer_is_missing_with_a_note(tmp_path, monkeypa
     assert "### Time per step on CPU" in report and "Per-sample mode vs torchode" not in report
     argv = ["bench", "--parts", "per-sample", "--out", str(tmp_path / "none")]
     assert main(argv) == 1 and not (tmp_path / "none").exists()  # nothing could run
+
+
+def test_a_run_of_one_part_keeps_the_other_parts_sections(tmp_path):
+    pytest.importorskip("torchdiffeq")
+    pytest.importorskip("matplotlib")
+    out = ["--out", str(tmp_path), "--repeats", "1"]
+    assert main(["bench", "--parts", "work-precision", "--rtols", "1e-3", *out]) == 0
+    assert main(["bench", "--parts", "gpu", *out]) == 0
+    assert main(["bench", "--parts", "gpu", *out]) == 0  # replaces its own section
+    report = (tmp_path / "bench.md").read_text()
+    assert report.count("### Work-precision") == 1 and report.count("### Time per step") == 1
+    assert report.count("Environment:") == 2  # each part with the machine it ran on
+    assert report.index("### Work-precision") < report.index("### Time per step")  # PARTS order
+    gpu_part = (tmp_path / "bench-gpu.md").read_text()
+    assert gpu_part.startswith("Environment:") and "Work-precision" not in gpu_part

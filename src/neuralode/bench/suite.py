@@ -1,6 +1,8 @@
 """``neuralode bench``: run the benchmark suite and write BENCHMARKS.md-ready tables and a
 work-precision PNG into ``--out``. A part whose reference libraries (``NEEDS``) are not
-installed is skipped with a note in the report; the other parts run."""
+installed is skipped with a note in the report; the other parts run. Each part's report is
+also written to ``bench-PART.md``, and ``bench.md`` joins the latest of every part in the
+directory, so that a run of some parts does not drop the sections of the others."""
 
 from __future__ import annotations
 
@@ -133,8 +135,16 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     sections = [f"Environment: {environment()}; 1-min load average {load:.2f} at start"]
     sections += [skip_note(part, names) for part, names in skipped.items()]
+    starts: list[tuple[str, int]] = []  # (part, index of its first section)
+
+    def begins(part: str) -> bool:
+        """Whether ``part`` runs; if so, the sections appended from now on are its own."""
+        if part in parts:
+            starts.append((part, len(sections)))
+        return part in parts
+
     print(f"neuralode bench ({'full' if args.full else 'quick'}), writing to {out}/", flush=True)
-    if "core" in parts:
+    if begins("core"):
         from . import core
 
         batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
@@ -151,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             "### Core: Van der Pol batch 256 as one system, float64\n\n" + core.table(vdp),
             core.verdict(mlp + vdp),
         ]
-    if "per-sample" in parts:
+    if begins("per-sample"):
         from . import per_sample
 
         batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
@@ -177,12 +187,12 @@ def run(args: argparse.Namespace) -> int:
             "### Finished samples skipped (`skip_finished`): MLP field 32-256-32 with a time "
             "scale in [1, 25] per sample, dopri5, float32\n\n" + per_sample.table(skip_rows)
         )
-    if "diffrax" in parts:
+    if begins("diffrax"):
         batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
         block = 0.2 if args.full else 0.05  # seconds of consecutive solves timed together
         where = "cpu" if device is None else str(device)
         sections.append(diffrax_peer.section(python, note, batches, repeats, block, where))
-    if "compiled" in parts:
+    if begins("compiled"):
         from . import core, per_sample
 
         batches = (1, 16, 256, 1024) if args.full else (1, 16, 256)
@@ -197,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
             "### The standard loop compiled (`compile_step=True`) vs eager and torchdiffeq: "
             "MLP 2-64-64-2 tanh, float32, dopri5\n\n" + core.compiled_table(standard_rows)
         )
-    if "gpu" in parts:
+    if begins("gpu"):
         from . import gpu
 
         on = device or gpu.default_device()
@@ -207,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
             f"### Time per step on {gpu.device_name(on)}: MLP 2-64-64-2 tanh, float32, "
             "dopri5, with and without CUDA graphs\n\n" + gpu.table(gpu_rows)
         )
-    if "sde" in parts:
+    if begins("sde"):
         from . import sde
 
         sde_rows = sde.run(repeats)
@@ -219,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
             "### SDE adjoint memory: extra peak RSS of forward + backward, euler forward, "
             "batch 512, state 8\n\n" + sde.memory_table(sde.memory((100, 1000)))
         )
-    if "work-precision" in parts:
+    if begins("work-precision"):
         from . import work_precision
 
         rtols = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9) if args.full else (1e-4, 1e-6, 1e-8)
@@ -231,12 +241,34 @@ def run(args: argparse.Namespace) -> int:
             + work_precision.table(points)
             + "\n\n![work-precision](work_precision.png)"
         )
+    ends = [index for _, index in starts[1:]] + [len(sections)]
+    for (part, first), end in zip(starts, ends):  # each part's file, with its environment
+        (out / f"bench-{part}.md").write_text("\n\n".join([sections[0], *sections[first:end]]))
     report = "\n\n".join(sections) + "\n"
-    (out / "bench.md").write_text(report)
+    (out / "bench.md").write_text(merged_report(out, skipped))
     print()
     print(report)
     print(f"wrote {out / 'bench.md'} in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
+
+
+def merged_report(out: Path, skipped: dict[str, list[str]] | None = None) -> str:
+    """``bench.md``: every part's latest report in ``out`` (``bench-PART.md``, each with the
+    environment it was measured in), in the order of ``PARTS``, so that running some parts
+    replaces their sections and keeps the others'; the notes of this run's skipped parts
+    first.
+
+    Arguments:
+        out: the ``--out`` directory.
+        skipped: the parts this run skipped, with the libraries each lacks.
+
+    Returns:
+        The markdown.
+    """
+    notes = [skip_note(part, names) for part, names in (skipped or {}).items()]
+    files = [out / f"bench-{part}.md" for part in PARTS]
+    reports = [path.read_text().strip() for path in files if path.exists()]
+    return "\n\n".join(notes + reports) + "\n"
 
 
 def _device(name: str | None) -> torch.device | None:

@@ -606,6 +606,27 @@ def test_falling_back_from_the_whole_solve_compiles_each_step(monkeypatch):
     torch.testing.assert_close(sol.ys, eager.ys, rtol=1e-12, atol=1e-12)
 
 
+def test_checkpointed_with_compile_true_records_its_steps(monkeypatch):
+    """Checkpointed()'s forward solve runs without an autograd graph but recomputes the steps
+    it records, which the whole solve as one graph keeps none of: compile=True compiles each
+    step there, and the gradients equal the eager Checkpointed()'s."""
+    import neuralode._loop as loop
+    import neuralode._whole_plan as plan
+    import neuralode.controllers.pi as pi
+
+    for module in (loop, pi, plan):  # run the compiled functions eagerly (no compiling)
+        monkeypatch.setattr(module, "compiled", lambda fn, key, **kw: fn)
+    field = torch.nn.Linear(2, 2).double()
+    y0 = torch.tensor([2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    grads = []
+    for options in ({}, {"compile": True}):
+        sol = no.solve(lambda t, y: field(y), y0, TS[:3], controller=no.PIController(**TOL),
+                       gradient=no.Checkpointed(list(field.parameters())), **options)  # fmt: skip
+        grads.append(torch.autograd.grad(sol.ys[-1].sum(), [y0, *field.parameters()]))
+    for eager, compiled in zip(*grads):
+        torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+
+
 @needs_compiler
 def test_whole_solve_compiled_takes_the_eager_steps_and_reuses_its_graph():
     """compile=True, per sample: the same outputs, steps and evaluations as the eager device

@@ -149,7 +149,9 @@ def _integrate(
     outputs: list[torch.Tensor],
 ) -> torch.Tensor:
     """``integrate``; the host loop appends its outputs to ``outputs`` as it goes."""
-    whole = config.throw and not isinstance(ts, torch.Tensor)  # one shared span, raising
+    # one shared span, raising, and no step records (Checkpointed() recomputes the steps
+    # it records; the whole solve as one graph keeps none): else each step is compiled
+    whole = config.throw and not isinstance(ts, torch.Tensor) and record is None
     if config.execution.compile == "solve" and whole:
         if _whole_solve.unsupported(config, term.spec) is None:  # else: each step compiled
             try:

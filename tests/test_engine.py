@@ -305,6 +305,30 @@ def test_nested_vmaps_solve_each_problem_alone():
                 torch.testing.assert_close(out[i, j], alone, rtol=1e-12, atol=1e-13)
 
 
+def test_vmap_of_a_nested_state_on_adaptive_steps_equals_each_problem_alone():
+    """A nested state's error is the max of its tensors' RMS norms, not the RMS of the
+    concatenated row: vmap and vmap(grad) over a (position, velocity) tuple take each
+    problem's own steps as alone (solved one by one) and equal it."""
+
+    def split(t: torch.Tensor, y: tuple) -> tuple:
+        return y[1], -(1 + y[0] ** 2) * y[0]
+
+    y0s = starts(3)
+    out = torch.func.vmap(lambda p, v: no.odeint(split, (p, v), TS))(y0s[:, 0], y0s[:, 1])
+    for i, (p, v) in enumerate(y0s):
+        for got, alone in zip(out, no.odeint(split, (p, v), TS)):
+            torch.testing.assert_close(got[i], alone, rtol=1e-14, atol=1e-14)
+
+    def end(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return no.odeint(split, (p, v), TS)[0][-1]
+
+    grads = torch.func.vmap(torch.func.grad(end))(y0s[:, 0], y0s[:, 1])
+    for i, (p, v) in enumerate(y0s):
+        p = p.clone().requires_grad_()
+        expected = torch.autograd.grad(end(p, v), p)[0]
+        torch.testing.assert_close(grads[i], expected, rtol=1e-12, atol=1e-14)
+
+
 def test_failures_inside_vmap_raise_or_give_each_problem_its_status():
     """A problem that fails under vmap(grad) raises the engine's error naming it; with
     throw=False each problem gets its own status, the others their values."""

@@ -11,8 +11,9 @@ that are batched by the same vmap (a per-problem parameter) pair with their own 
 rows. Fixed-step solvers on shared times take the same steps for every problem, so there
 the batch is solved as one system. Where per-sample mode cannot run the solve (implicit
 methods, whose Newton iterations a batch would share, multistep methods, other
-controllers, ``norm``, ``step_t``/``jump_t``, ``perturb``, callbacks, ``Checkpointed()``,
-fixed steps on each problem's own times, spans in both directions), the problems are
+controllers, ``norm``, a nested state on adaptive steps, ``step_t``/``jump_t``,
+``perturb``, callbacks, ``Checkpointed()``, fixed steps on each problem's own times, spans
+in both directions), the problems are
 solved one after the other. Transforms applied outside ``vmap`` (``torch.func.grad``,
 ``jacrev``, ``jvp``) see ordinary differentiable operations.
 
@@ -76,12 +77,15 @@ def solve_vmapped(
 
     solver = kwargs["solver"]  # an instance: ``solve`` resolves it before vmap
     # the rows as one per-sample solve (one system on fixed steps): explicit Runge-Kutta
-    # only (a batch would share Newton or multistep iterations), and with each problem's
-    # own times only adaptive, all in one direction
+    # only (a batch would share Newton or multistep iterations), with each problem's own
+    # times only adaptive, all in one direction, and adaptive only on a one-tensor state
+    # (a row's error is the RMS of the row; a nested state's alone, the max of its
+    # tensors' RMS norms)
     directions = set((times[:, -1] > times[:, 0]).tolist()) if own_times else set()
     as_rows = isinstance(solver, ExplicitRK) and (
         not own_times or (solver.adaptive and len(directions) == 1)
     )
+    as_rows = as_rows and (spec.is_leaf or not solver.adaptive)
     sol = None
     with peeled(level):  # the solves below see this level's problems as rows
         if as_rows:

@@ -9,14 +9,14 @@ captures alone. Each problem is solved with its own steps, as alone, in one of t
   (``device_loop``) on the transforms' tensors: every decision is a tensor merged with
   masks, so the transforms see ordinary operations, and each host read reduces over every
   vmapped problem (``_host``);
-- the others (implicit and multistep methods, other controllers, the options the device
-  loop lacks, a vmap over ``t``) solve the problems one after the other: ``_Select`` takes
-  problem i out of the vmap level (an autograd.Function whose vmap rule selects the row,
-  whose backward puts the cotangent back in that row and whose jvp selects the tangent),
-  so the problem's solve runs on tensors no longer batched there and its host reads are
-  its own; the outputs go back into the level by masks of each problem's index
-  (``_Index``). Fixed explicit steps on shared times run the host loop as one problem
-  (every problem the same grid).
+- the others (implicit and multistep methods, other controllers, nested states and the
+  options the device loop lacks, a vmap over ``t``) solve the problems one after the
+  other: ``_Select`` takes problem i out of the vmap level (an autograd.Function whose
+  vmap rule selects the row, whose backward puts the cotangent back in that row and whose
+  jvp selects the tangent), so the problem's solve runs on tensors no longer batched
+  there and its host reads are its own; the outputs go back into the level by masks of
+  each problem's index (``_Index``). Fixed explicit steps on shared times run the host
+  loop as one problem (every problem the same grid).
 
 What reads a vmapped value on the host regardless (events, dense output) is refused with
 the fix, as ``refuse_under_transforms`` refuses ``Backsolve()`` and ``Checkpointed()``
@@ -100,7 +100,7 @@ def solve_inside_vmap(
     Raises:
         ValueError: what cannot run there, naming the fix.
     """
-    extra, one_by_one, refusal = _route(ts, kwargs)
+    extra, one_by_one, refusal = _route(ts, kwargs, nested=not tree_spec(y0, "y0")[0].is_leaf)
     if one_by_one:
         level = _lowest_level(y0, ts)
         if level is not None:
@@ -115,11 +115,12 @@ def solve_inside_vmap(
         raise ValueError(refusal) from error
 
 
-def _route(ts: torch.Tensor, options: dict) -> tuple[dict, bool, str | None]:
+def _route(ts: torch.Tensor, options: dict, nested: bool) -> tuple[dict, bool, str | None]:
     """How ``solve_inside_vmap`` runs the solve: the options that choose the device loop
-    (``device_loop`` for the adaptive explicit Runge-Kutta methods on a ``PIController``),
-    whether the problems are solved one by one, and why the solve cannot run where its loop
-    reads a vmapped value on the host (``None``: nothing it runs reads one)."""
+    (``device_loop`` for the adaptive explicit Runge-Kutta methods on a ``PIController``
+    and a one-tensor state, ``nested`` False), whether the problems are solved one by one,
+    and why the solve cannot run where its loop reads a vmapped value on the host
+    (``None``: nothing it runs reads one)."""
     solver, controller = options["solver"], options["controller"]  # (Direct: checked before)
     given = [name for name in ("event", "dense", "saveat", "compile") if options.get(name)]
     given += [name for name in _ALIASES if options.get(name) and name != "device_loop"]
@@ -137,6 +138,7 @@ def _route(ts: torch.Tensor, options: dict) -> tuple[dict, bool, str | None]:
         return {}, False, None
     used = (
         not isinstance(controller, PIController)
+        or nested  # (the device loop takes one tensor; a nested state's norm is mixed)
         or options.get("norm") is not None
         or options.get("callbacks") is not None
         or len(options.get("step_t", ())) > 0

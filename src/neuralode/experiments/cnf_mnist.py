@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._cli_types import non_negative_int, positive_float, positive_int, random_seed, widths
+from .._cli_types import positive_float, positive_int, widths
 from ..data import load_mnist, load_mnist5k
 from ..models.cnf import CNF, ConcatSquashConvNet, SequentialFlow
 from ..training.trainer import (
     Run,
     Trainer,
     add_run_arguments,
+    add_seed_and_threads,
     fill_defaults,
     open_experiment,
     quick_help,
@@ -114,15 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch device (default cuda where available, else cpu; cpu with --quick)",
     )
-    parser.add_argument(
-        "--seed", type=random_seed, default=0, help="random seed (default %(default)s)"
-    )
-    parser.add_argument(
-        "--threads",
-        type=non_negative_int,
-        default=0,
-        help="torch threads, 0 = torch default (default %(default)s)",
-    )
+    add_seed_and_threads(parser, threads=0)
     parser.add_argument(
         "--steps",
         type=positive_int,

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
-from .._cli_types import non_negative_int, positive_float, positive_int, random_seed, widths
+from .._cli_types import positive_float, positive_int, widths
 from ..models.cnf import CNF, FlowDensity, GatedPlanarDynamics
 from ..models.planar import PlanarFlow
 from ..training.trainer import (
     Run,
     Trainer,
     add_run_arguments,
+    add_seed_and_threads,
     fill_defaults,
     open_experiment,
     quick_help,
@@ -135,15 +136,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1e-3,
         help="CNF training rtol = atol (default %(default)s)",
     )
-    parser.add_argument(
-        "--seed", type=random_seed, default=0, help="random seed (default %(default)s)"
-    )
-    parser.add_argument(
-        "--threads",
-        type=non_negative_int,
-        default=1,
-        help="torch threads, 0 = torch default (default %(default)s)",
-    )
+    add_seed_and_threads(parser)
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -39,11 +39,9 @@ from torch import nn
 from .._cli_types import (
     int_at_least,
     non_negative_float,
-    non_negative_int,
     open_unit,
     positive_float,
     positive_int,
-    random_seed,
 )
 from .._solve import solve
 from ..controllers.fixed import FixedGrid
@@ -63,7 +61,13 @@ from ..solvers.dopri5 import Dopri5
 from ..solvers.radau import Radau
 from ..solvers.rk4 import RK4
 from ..training.runtime import machine
-from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
+from ..training.trainer import (
+    Run,
+    Trainer,
+    add_run_arguments,
+    add_seed_and_threads,
+    open_experiment,
+)
 
 EQUATIONS = ("burgers", "reaction-diffusion")
 
@@ -167,15 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1e-6,
         help="tolerance of the forecast solves (default %(default)s)",
     )
-    parser.add_argument(
-        "--seed", type=random_seed, default=0, help="random seed (default %(default)s)"
-    )
-    parser.add_argument(
-        "--threads",
-        type=non_negative_int,
-        default=1,
-        help="torch threads, 0 = torch default (default %(default)s)",
-    )
+    add_seed_and_threads(parser)
     add_run_arguments(parser)
 
 

@@ -28,11 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._cli_types import int_at_least, non_negative_int, positive_float, positive_int, random_seed
+from .._cli_types import int_at_least, positive_float, positive_int
 from ..models.sde_gan import CDEDiscriminator, SDEGenerator, with_time
 from ..sde import BrownianInterval, sdeint
 from ..training.runtime import machine
-from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
+from ..training.trainer import (
+    Run,
+    Trainer,
+    add_run_arguments,
+    add_seed_and_threads,
+    open_experiment,
+)
 
 
 class _TimeDependentOU(torch.nn.Module):
@@ -112,15 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=4,
         help="lag of the increments measured (default %(default)s)",
     )
-    parser.add_argument(
-        "--seed", type=random_seed, default=0, help="random seed (default %(default)s)"
-    )
-    parser.add_argument(
-        "--threads",
-        type=non_negative_int,
-        default=1,
-        help="torch threads, 0 = torch default (default %(default)s)",
-    )
+    add_seed_and_threads(parser)
     add_run_arguments(parser)
 
 

@@ -26,10 +26,8 @@ import torch
 
 from .._cli_types import (
     non_negative_float,
-    non_negative_int,
     positive_float,
     positive_int,
-    random_seed,
     widths,
 )
 from ..data.toy2d import TOY_DENSITIES, entropy_8gaussians, log_density_8gaussians, sample_toy
@@ -38,6 +36,7 @@ from ..training.trainer import (
     Run,
     Trainer,
     add_run_arguments,
+    add_seed_and_threads,
     fill_defaults,
     open_experiment,
     quick_help,
@@ -149,15 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=quick_help("held-out samples", DEFAULTS["n_test"]),
     )
-    parser.add_argument(
-        "--seed", type=random_seed, default=0, help="random seed (default %(default)s)"
-    )
-    parser.add_argument(
-        "--threads",
-        type=non_negative_int,
-        default=1,
-        help="torch threads, 0 = torch default (default %(default)s)",
-    )
+    add_seed_and_threads(parser)
     parser.add_argument(
         "--no-curve", dest="curve", action="store_false",
         help="skip the held-out NLL at each logging point (and nll_curve.png)",

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._cli_types import non_negative_int, random_seed
 from .metrics import MetricsLog, open_tensorboard
 from .progress import progress_bar
 from .rundir import (
@@ -55,6 +56,25 @@ RUN_OPTIONS = ("out", "resume", "overwrite", "tensorboard", "progress", "threads
 
 class TrainingInterrupted(Exception):
     """Ctrl-C (or SIGTERM) stopped a run after saving its checkpoints; ``--resume`` goes on."""
+
+
+def add_seed_and_threads(parser: argparse.ArgumentParser, threads: int = 1) -> None:
+    """Adds ``--seed`` (the random seed) and ``--threads`` (torch's CPU threads, 0 = torch's
+    default), as the experiments that train one setting take them.
+
+    Arguments:
+        parser: an experiment's argument parser.
+        threads: the default of ``--threads``.
+    """
+    parser.add_argument(
+        "--seed", type=random_seed, default=0, help="random seed (default %(default)s)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=non_negative_int,
+        default=threads,
+        help="torch threads, 0 = torch default (default %(default)s)",
+    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

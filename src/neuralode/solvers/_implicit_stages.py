@@ -92,6 +92,7 @@ class ImplicitStages(Solver):
     krylov_dim: int
     counters: Counter[str]
     _tolerances: tuple[float | torch.Tensor, float | torch.Tensor] | None
+    _smallest_rtol: float
     _cache: dict[tuple[torch.dtype, torch.device], _Coefficients]
     _layouts: dict[tuple[int, torch.device], BatchLayout]
 
@@ -179,8 +180,7 @@ class ImplicitStages(Solver):
             # fraction of the tolerance (min(0.03, sqrt(rtol))), not below rounding
             # (10 eps / rtol); an rtol under 100 eps (0: a pure atol) counts as 100 eps, so
             # the bound is never looser than 0.1
-            smallest = float(rtol.min()) if isinstance(rtol, torch.Tensor) else rtol
-            relative = max(smallest, 100 * eps)
+            relative = max(self._smallest_rtol, 100 * eps)
             tol = max(10 * eps / relative, min(0.03, relative**0.5))
         magnitude = y0.abs()
         if isinstance(rtol, torch.Tensor):

@@ -95,6 +95,7 @@ class ImplicitRK(ImplicitStages):
         self.krylov_dim = krylov_dim
         self.counters: Counter[str] = Counter()
         self._tolerances = None
+        self._smallest_rtol = 0.0
         self._cache = {}
         self._layouts = {}
 
@@ -133,6 +134,8 @@ class ImplicitRK(ImplicitStages):
         self._tolerances = tuple(
             x.detach() if isinstance(x, torch.Tensor) else float(x) for x in (rtol, atol)
         )
+        # the tightest rtol asked, for the Newton bound: read once here, not every step
+        self._smallest_rtol = float(rtol.min()) if isinstance(rtol, torch.Tensor) else rtol
 
     def __repr__(self) -> str:
         return f"{self.name}(linear_solver={self.linear_solver!r}, batch_size={self.batch_size})"

@@ -254,6 +254,37 @@ def test_adjoint_callbacks_are_called_in_the_backward_pass() -> None:
     assert counts["backward"] > 0
 
 
+class _PairField(Field):
+    """A tuple state: ``(y, s)`` with ``s' = -s``."""
+
+    def forward(self, t, y):
+        return self.net(y[0]), -y[1]
+
+
+@pytest.mark.parametrize("tuple_state", [False, True])
+def test_adjoint_callbacks_get_torchdiffeqs_augmented_state(tuple_state: bool) -> None:
+    """``callback_step_adjoint`` is given ``(t, y, adj_y, *adj_params)`` as torchdiffeq gives
+    it: y in y0's shape for a tensor y0, the flat concatenation for a tuple y0."""
+    first = {}
+    for lib in (no, torchdiffeq):
+
+        class Recorded(_PairField if tuple_state else Field):
+            def callback_step_adjoint(self, t0, y0, dt, lib=lib):
+                first.setdefault(lib.__name__, (t0.detach(), [v.detach() for v in y0]))
+
+        y0 = Y0.clone().requires_grad_(True)
+        if tuple_state:
+            y0 = (y0, torch.ones(3, dtype=F64, requires_grad=True))
+        out = lib.odeint_adjoint(Recorded(), y0, T, rtol=1e-9, atol=1e-10)
+        loss = sum(o[-1].sum() for o in out) if tuple_state else out[-1].sum()
+        loss.backward()
+    (t_ours, ours), (t_theirs, theirs) = first["neuralode"], first["torchdiffeq"]
+    assert float(t_ours) == pytest.approx(float(t_theirs))
+    assert [v.shape for v in ours] == [v.shape for v in theirs]
+    for mine, reference in zip(ours, theirs):
+        torch.testing.assert_close(mine, reference, rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint"])
 def test_odeint_event_matches_torchdiffeq(interface: str) -> None:
     field = Field()

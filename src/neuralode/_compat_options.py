@@ -15,6 +15,7 @@ import torch
 
 from ._norms import mixed_norm
 from ._solve import DEFAULT_MAX_STEPS
+from .adjoint.params import resolve_params
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers import METHODS
@@ -125,18 +126,38 @@ def _parse(
 
 
 class _FuncCallbacks:
-    """The core's callbacks object calling torchdiffeq-style ``callback_*`` on ``func``."""
+    """The core's callbacks object calling torchdiffeq-style ``callback_*`` on ``func``, with
+    the state passed through ``view`` first (the identity for a forward solve)."""
 
-    def __init__(self, func: Any, suffix: str, names: Sequence[str]):
+    def __init__(
+        self, func: Any, suffix: str, names: Sequence[str], view: Callable[[Any], Any] | None
+    ):
         hooks = ("on_step", "on_accept", "on_reject")
         for hook, target in zip(hooks, _CALLBACKS):
             if target in names:
-                setattr(self, hook, getattr(func, target + suffix))
+                method = getattr(func, target + suffix)
+                if view is not None:
+                    method = _viewed(method, view)
+                setattr(self, hook, method)
 
 
-def _callbacks(func: Any, suffix: str, method: str, solver: Any) -> _FuncCallbacks | None:
+def _viewed(method: Callable, view: Callable[[Any], Any]) -> Callable:
+    def call(t: torch.Tensor, y: Any, dt: torch.Tensor) -> Any:
+        return method(t, view(y), dt)
+
+    return call
+
+
+def _callbacks(
+    func: Any,
+    suffix: str,
+    method: str,
+    solver: Any,
+    view: Callable[[Any], Any] | None = None,
+) -> _FuncCallbacks | None:
     """The callbacks ``func`` defines that ``method`` calls (as torchdiffeq: fixed-grid
-    methods call only ``callback_step``, ``scipy_solver`` none); a warning names the others."""
+    methods call only ``callback_step``, ``scipy_solver`` none); a warning names the others.
+    ``view`` maps the solve's state to what the callbacks are given."""
     defined = [name for name in _CALLBACKS if callable(getattr(func, name + suffix, None))]
     if method == "scipy_solver":
         called: tuple[str, ...] = ()
@@ -152,7 +173,7 @@ def _callbacks(func: Any, suffix: str, method: str, solver: Any) -> _FuncCallbac
             stacklevel=4,
         )
     used = [name for name in defined if name in called]
-    return _FuncCallbacks(func, suffix, used) if used else None
+    return _FuncCallbacks(func, suffix, used, view) if used else None
 
 
 def _grid_constructor(
@@ -168,21 +189,48 @@ def _grid_constructor(
     return build
 
 
+def _backward_parts(
+    x: torch.Tensor, spec: Any, params: Sequence[torch.Tensor], split_y: bool
+) -> tuple[torch.Tensor, ...]:
+    """The flat backward state ``[y, a, g]`` as torchdiffeq's augmented state ``(t, y,
+    adj_y, *adj_params)``: ``t`` a zero (the time gradient is not integrated here), the
+    parameter gradients in the parameters' shapes, and ``y`` and ``adj_y`` in y0's shape for
+    a tensor y0. For a tuple y0, ``split_y`` gives each of its tensors in turn (as
+    torchdiffeq's adjoint norms see them), otherwise the flat concatenation (as torchdiffeq's
+    adjoint callbacks see it)."""
+    n = sum(spec.numels)
+    grads = torch.split(x[2 * n :], [p.numel() for p in params])
+    grads = tuple(g.view(p.shape) for g, p in zip(grads, params))
+    t = x.new_zeros(()).real
+    if spec.is_leaf:
+        return (t, spec.unflatten(x[:n]), spec.unflatten(x[n : 2 * n]), *grads)
+    if split_y:
+        return (t, *spec.unflatten(x[:n]), *spec.unflatten(x[n : 2 * n]), *grads)
+    return (t, x[:n], x[n : 2 * n], *grads)
+
+
 def _adjoint_norm(norm: Callable, spec: Any, params: Sequence[torch.Tensor]) -> Callable:
     """A torchdiffeq adjoint norm, called with ``(t, *y, *adj_y, *adj_params)`` (a tuple state
     flattened into its tensors), as a norm of the flat backward state ``[y, a, g]``."""
-    n = sum(spec.numels)
-    sizes = [p.numel() for p in params]
-    shapes = [p.shape for p in params]
 
     def flat_norm(x: torch.Tensor) -> torch.Tensor:
-        y, a = spec.unflatten(x[:n]), spec.unflatten(x[n : 2 * n])
-        grads = [g.view(shape) for g, shape in zip(torch.split(x[2 * n :], sizes), shapes)]
-        as_tuple = (lambda v: (v,)) if spec.is_leaf else tuple
-        t = x.new_zeros(()).real  # torchdiffeq's time-gradient channel; not integrated here
-        return norm((t, *as_tuple(y), *as_tuple(a), *grads))
+        return norm(_backward_parts(x, spec, params, split_y=True))
 
     return flat_norm
+
+
+def _adjoint_callback_view(spec: Any, func: Any, adjoint_params: Any) -> Callable:
+    """The state torchdiffeq's ``callback_*_adjoint`` are given: the tuple ``(t, y, adj_y,
+    *adj_params)`` of the flat backward state ``[y, a, g]``. The parameters are resolved as
+    the backward solve resolves them, at its first step."""
+    params: list[tuple[torch.Tensor, ...]] = []
+
+    def view(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not params:
+            params.append(resolve_params(func, adjoint_params))
+        return _backward_parts(x, spec, params[0], split_y=False)
+
+    return view
 
 
 def _backward_norm_of(

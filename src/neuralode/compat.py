@@ -17,6 +17,7 @@ import torch
 from ._compat_options import (
     _ALIASES,
     _LOOP_FLAGS,
+    _adjoint_callback_view,
     _adjoint_norm,
     _backward_norm_of,
     _callbacks,
@@ -113,7 +114,8 @@ def odeint_adjoint(
 
     Arguments:
         func: the vector field ``func(t, y)``; ``callback_*_adjoint`` methods of ``func`` are
-            called during the backward solve.
+            called during the backward solve with torchdiffeq's augmented state ``(t, y,
+            adj_y, *adj_params)`` (``t`` a zero; y and adj_y flat for a tuple y0).
         y0: the initial state, a tensor or a tuple of tensors.
         t: the output times, 1-D and strictly monotonic.
         rtol: the relative tolerance of the forward solve (as for ``odeint``).
@@ -188,7 +190,13 @@ def odeint_adjoint(
         controller=controller,
         seminorm=norm == "seminorm",
         max_steps=extra.get("max_steps"),
-        callbacks=_callbacks(func, "_adjoint", adjoint_method, solver),
+        callbacks=_callbacks(
+            func,
+            "_adjoint",
+            adjoint_method,
+            solver,
+            _adjoint_callback_view(spec, func, adjoint_params),
+        ),
         compile_step=bool(extra.get("compile_step") or extra.get("compile")),
         step_t=extra.get("step_t"),
         jump_t=extra.get("jump_t"),

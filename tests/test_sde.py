@@ -412,6 +412,22 @@ def test_bad_input_has_torchsdes_meaning():
         nsde.sdeint(gbm, y0, ts, dt=0.5, rtl=1e-3)
 
 
+class _Meta(nsde.BaseBrownian):
+    """A Brownian motion that says its increments are on the meta device."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: N803
+        return self.inner(ta, tb, return_U=return_U, return_A=return_A)
+
+    def __repr__(self):
+        return "_Meta"
+
+    dtype, device, shape = F64, torch.device("meta"), torch.Size((3, 2))
+    levy_area_approximation = "none"
+
+
 @pytest.mark.parametrize("solve", [nsde.sdeint, nsde.sdeint_adjoint])
 def test_input_that_would_give_a_wrong_answer_is_refused(solve):
     """torchsde solves these: with float32 noise in a float64 solve, with no noise outside the
@@ -421,22 +437,9 @@ def test_input_that_would_give_a_wrong_answer_is_refused(solve):
     def interval(t0=0.0, t1=1.0, **kwargs):
         return nsde.BrownianInterval(t0, t1, size=(3, 2), **({"dtype": F64} | kwargs))
 
-    class OnAnotherDevice(nsde.BaseBrownian):
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: N803
-            return self.inner(ta, tb, return_U=return_U, return_A=return_A)
-
-        def __repr__(self):
-            return "OnAnotherDevice"
-
-        dtype, device, shape = F64, torch.device("meta"), torch.Size((3, 2))
-        levy_area_approximation = "none"
-
     cases = [
         (dict(bm=interval(dtype=torch.float32)), "dtype torch.float32 is not y0's"),
-        (dict(bm=OnAnotherDevice(interval())), "device meta is not y0's"),
+        (dict(bm=_Meta(interval())), "device meta is not y0's"),
         (dict(ts=torch.tensor([0.0, 2.0], dtype=F64)), r"covers \[0.0, 1.0\] but `ts` spans"),
         (dict(bm=interval(0.5, 1.0)), r"covers \[0.5, 1.0\]"),
         (dict(bm=nsde.BrownianPath(0.0, y0), ts=[0.0, 1.5]), r"covers \[0.0, 1.0\]"),
@@ -818,7 +821,8 @@ def test_solve_with_an_sde_term_counts_each_evaluation():
 
     y0 = torch.ones(4, 2, dtype=F64)
     sol = _core(Counted(), y0, TS, bm_for(4, 2), "euler")
-    assert sol.stats.nfe == len(calls) == 64  # f and g once per Euler step
+    # f and g once per Euler step; the input checks evaluate each once more, uncounted
+    assert sol.stats.nfe == len(calls) - 2 == 64
 
 
 def test_solve_with_an_sde_term_adapts_with_the_pi_controller():
@@ -866,6 +870,49 @@ def test_solve_with_an_sde_term_refuses_what_it_cannot_do():
         nsde.SDESolver("rk4")
     with pytest.raises(ValueError, match="noise_type"):
         nsde.SDETerm(object(), bm_for(4, 2))
+
+
+def _flat_diffusion(sde):
+    sde.g = lambda t, y: torch.ones_like(y)  # (batch, d): not general noise's (batch, d, m)
+    return sde
+
+
+def _wide_scalar(sde):
+    sde.g = lambda t, y: torch.ones(*y.shape, 2, dtype=F64)
+    return sde
+
+
+@pytest.mark.parametrize(
+    "make_sde, bm, ts, message",
+    [
+        (GBM, dict(dtype=torch.float32), TS, "dtype torch.float32 is not y0's"),
+        (GBM, "meta", TS, "device meta is not y0's"),
+        (GBM, dict(t0=0.5), TS, r"covers \[0.5, 1.0\] but `ts` spans \[0.0, 1.0\]"),
+        (GBM, dict(size=(4, 2)), TS, r"Batch sizes not consistent: \[3, 4, 3, 3\]"),
+        (GBM, {}, TS.flip(0), "strictly increasing"),
+        (lambda: _flat_diffusion(GeneralLinear(m=2)), {}, TS, "noise_channels"),
+        (lambda: _wide_scalar(ScalarGBM()), dict(size=(3, 2)), TS, "Scalar noise"),
+    ],
+)
+def test_solve_with_an_sde_term_refuses_what_sdeint_refuses(make_sde, bm, ts, message):
+    """``no.solve(SDETerm(...))`` runs ``sdeint``'s input checks (one function for both):
+    each input ``sdeint`` refuses is refused by the solve with the same message, before the
+    solve would run on the wrong noise or fail inside the loop."""
+    import neuralode as no
+
+    y0 = torch.ones(3, 2, dtype=F64)
+    if bm == "meta":
+        bm = _Meta(nsde.BrownianInterval(0.0, 1.0, size=(3, 2), dtype=F64))
+    else:
+        kwargs = dict(t0=0.0, t1=1.0, size=(3, 2), dtype=F64) | bm
+        bm = nsde.BrownianInterval(**kwargs)
+    with pytest.raises(ValueError, match=message) as by_sdeint:
+        nsde.sdeint(make_sde(), y0, ts, bm=bm, dt=0.1, method="euler")
+    with pytest.raises(ValueError, match=message) as by_solve:
+        controller = no.FixedGrid(step_size=0.1)
+        no.solve(nsde.SDETerm(make_sde(), bm), y0, ts, solver=nsde.SDESolver("euler"),
+                 controller=controller)  # fmt: skip
+    assert str(by_solve.value) == str(by_sdeint.value)
 
 
 def test_fixed_grid_takes_an_array_of_doubles_as_it_is():

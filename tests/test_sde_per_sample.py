@@ -202,6 +202,8 @@ def test_what_per_sample_sdes_refuse():
         )  # fmt: skip
     with pytest.raises(ValueError, match="no dense output"):
         no.solve(SDETerm(GBM(), vbt), y0, TS, solver=adaptive, per_sample=True, dense=True)
-    with pytest.raises(ValueError, match="3 rows but y0 has 2"):
+    with pytest.raises(
+        ValueError, match=r"Batch sizes not consistent: \[2, 3, 2, 2\] \(y0 2, bm 3"
+    ):
         bm3 = VirtualBrownianTree(0.0, 1.0, size=(3, 1), dtype=F64)
         no.solve(SDETerm(GBM(), bm3), y0, TS, solver=adaptive, per_sample=True)

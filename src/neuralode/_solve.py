@@ -269,7 +269,10 @@ def solve(
         save=Recorder() if saveat is not None and saveat.records else None,
         whole_plans=None if key is None else {},
     )
-    term = func.bind(spec, y0_flat) if sde else ODETerm(func, spec, y0_flat)
+    if sde:
+        term = func.bind(spec, y0_flat, times, execution.per_sample)
+    else:
+        term = ODETerm(func, spec, y0_flat)
     stats = SolveStats()
     if y0_flat.numel() == 0:  # nothing to integrate
         ys = y0_flat.expand(ts.shape[-1], 0)

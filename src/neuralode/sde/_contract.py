@@ -74,6 +74,182 @@ def _check_brownian_fits(bm, y0: torch.Tensor, ts: list[float]) -> None:
         )
 
 
+def check_sde_types(sde: Any) -> None:
+    """Refuse an SDE without a known ``noise_type`` and ``sde_type`` (torchsde's messages).
+
+    Raises:
+        ValueError: naming the missing or unknown attribute and the known values.
+    """
+    if not hasattr(sde, "noise_type"):
+        raise ValueError(
+            f"sde does not have the attribute noise_type: give it one of {NOISE_TYPES}."
+        )
+    if sde.noise_type not in NOISE_TYPES:
+        raise ValueError(f"Expected noise type in {NOISE_TYPES}, but found {sde.noise_type}.")
+    if not hasattr(sde, "sde_type"):
+        raise ValueError(f"sde does not have the attribute sde_type: give it one of {SDE_TYPES}.")
+    if sde.sde_type not in SDE_TYPES:
+        raise ValueError(f"Expected sde type in {SDE_TYPES}, but found {sde.sde_type}.")
+
+
+def check_brownian(bm: Any) -> None:
+    """Refuse a ``bm`` that is not a Brownian motion (callable, with a ``shape``).
+
+    Raises:
+        ValueError: naming what a Brownian motion needs.
+    """
+    if not callable(bm) or not hasattr(bm, "shape"):
+        raise ValueError(
+            "`bm` must be a Brownian motion: callable as bm(ta, tb), with a shape (e.g. "
+            "neuralode.sde.BrownianInterval)."
+        )
+
+
+def check_y0(y0: Any) -> None:
+    """Refuse an initial state that is not a 2-D floating point tensor.
+
+    Raises:
+        ValueError: naming the problem.
+    """
+    if not torch.is_tensor(y0):
+        raise ValueError("`y0` must be a torch.Tensor.")
+    if y0.dim() != 2:
+        raise ValueError(
+            "`y0` must be a 2-dimensional tensor of shape (batch, channels), got shape "
+            f"{tuple(y0.shape)}."
+        )
+    if not y0.is_floating_point():
+        raise ValueError(f"`y0` must be a floating point tensor, got dtype {y0.dtype}.")
+
+
+def check_output_times(ts: list[float]) -> None:
+    """Refuse output times that are not finite and strictly increasing.
+
+    Raises:
+        ValueError: naming the problem.
+    """
+    if not all(math.isfinite(t) for t in ts):
+        raise ValueError(f"Evaluation times `ts` must be finite, got {ts}.")
+    if any(b <= a for a, b in zip(ts, ts[1:])):
+        raise ValueError("Evaluation times `ts` must be strictly increasing.")
+
+
+def check_sde_fits(
+    sde: Any, y0: torch.Tensor, t0: torch.Tensor, ts: list[float], bm: Any
+) -> tuple[int, int]:
+    """Evaluates the SDE's functions once at ``(t0, y0)`` (without gradients) and refuses,
+    as torchsde does, outputs whose shapes do not fit the noise type, ``y0`` or the
+    Brownian motion, and a Brownian motion that does not fit ``y0`` or the output times
+    (``_check_brownian_fits``). ``sdeint``, ``sdeint_adjoint`` and ``no.solve`` with an
+    ``SDETerm`` run these checks.
+
+    Arguments:
+        sde: the SDE, with a known ``noise_type`` and ``sde_type`` (``check_sde_types``).
+        y0: the initial state, (batch, channels) (``check_y0``).
+        t0: the time the functions are evaluated at, as the solve passes it.
+        ts: the output times (their first and last are read), increasing.
+        bm: the Brownian motion, or ``None`` (the caller makes one).
+
+    Returns:
+        ``(batch, noise channels)``, the shape of the Brownian motion the SDE needs.
+
+    Raises:
+        ValueError: an SDE that lacks a drift or a diffusion, inconsistent batch, state or
+            noise sizes, more than one noise channel for scalar noise, or a Brownian motion
+            that is not one, of another dtype or device than ``y0`` or whose interval does
+            not cover ``ts``.
+    """
+    # each size with where it comes from, for the message
+    sizes: dict[str, list[tuple[str, int]]] = {
+        "Batch": [("y0", y0.size(0))],
+        "State": [("y0", y0.size(1))],
+        "Noise": [],
+    }
+    if bm is not None:
+        check_brownian(bm)
+        if len(bm.shape) != 2:
+            raise ValueError("`bm` must be of shape (batch, noise_channels).")
+        sizes["Batch"].append(("bm", bm.shape[0]))
+        sizes["Noise"].append(("bm", bm.shape[1]))
+
+    def check_2d(name, shape):
+        if len(shape) != 2:
+            raise ValueError(f"{name} must be of shape (batch, state_channels), but got {shape}.")
+        sizes["Batch"].append((name, shape[0]))
+        sizes["State"].append((name, shape[1]))
+
+    def check_2d_or_3d(name, shape):
+        if sde.noise_type == NOISE_TYPES.diagonal:
+            check_2d(name, shape)
+            sizes["Noise"].append((name, shape[1]))
+        else:
+            if len(shape) != 3:
+                raise ValueError(
+                    f"{name} must be of shape (batch, state_channels, noise_channels), but got "
+                    f"{shape}."
+                )
+            sizes["Batch"].append((name, shape[0]))
+            sizes["State"].append((name, shape[1]))
+            sizes["Noise"].append((name, shape[2]))
+
+    has_f = has_g = False
+    with torch.no_grad():
+        if hasattr(sde, "f"):
+            has_f = True
+            check_2d("Drift", tuple(sde.f(t0, y0).size()))
+        if hasattr(sde, "g"):
+            has_g = True
+            check_2d_or_3d("Diffusion", tuple(sde.g(t0, y0).size()))
+        if hasattr(sde, "f_and_g"):
+            has_f = has_g = True
+            f, g = sde.f_and_g(t0, y0)
+            check_2d("Drift", tuple(f.size()))
+            check_2d_or_3d("Diffusion", tuple(g.size()))
+        for name in ("g_prod", "f_and_g_prod"):
+            if hasattr(sde, name):
+                has_g = True
+                has_f = has_f or name == "f_and_g_prod"
+                if not sizes["Noise"]:
+                    raise ValueError(
+                        "Cannot infer noise size (i.e. number of Brownian motion channels). "
+                        "Either pass `bm` explicitly, or specify one of the `g`, `f_and_g` "
+                        "functions."
+                    )
+                m = sizes["Noise"][0][1]
+                v = torch.randn(y0.size(0), m, dtype=y0.dtype, device=y0.device)
+                out = getattr(sde, name)(t0, y0, v)
+                if name == "f_and_g_prod":
+                    check_2d("Drift", tuple(out[0].size()))
+                    out = out[1]
+                check_2d("Diffusion-vector product", tuple(out.size()))
+    if not has_f:
+        raise ValueError(
+            "sde must define at least one of `f`, `f_and_g`, or `f_and_g_prod`. (Or possibly "
+            "more depending on the method chosen.)"
+        )
+    if not has_g:
+        raise ValueError(
+            "sde must define at least one of `g`, `f_and_g`, `g_prod` or `f_and_g_prod`. (Or "
+            "possibly more depending on the method chosen.)"
+        )
+    for what, found in sizes.items():
+        if any(size != found[0][1] for _, size in found[1:]):
+            sources = ", ".join(f"{source} {size}" for source, size in found)
+            raise ValueError(
+                f"{what} sizes not consistent: {[size for _, size in found]} ({sources}): make "
+                "y0, the Brownian motion (size=(batch, noise channels)) and the SDE's outputs "
+                "agree."
+            )
+    noise = sizes["Noise"][0][1]
+    if sde.noise_type == NOISE_TYPES.scalar and noise != 1:
+        raise ValueError(
+            f"Scalar noise must have only one channel; the diffusion has {noise} noise channels."
+        )
+    if bm is not None:
+        _check_brownian_fits(bm, y0, ts)
+    return y0.size(0), noise
+
+
 def default_method(sde) -> str:
     if sde.sde_type == SDE_TYPES.stratonovich:
         return METHODS.midpoint
@@ -106,20 +282,8 @@ def check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp) -> 
                 "'drift_and_diffusion_prod'."
             )
         sde = _Renamed(sde, names)
-    if not hasattr(sde, "noise_type"):
-        raise ValueError("sde does not have the attribute noise_type.")
-    if sde.noise_type not in NOISE_TYPES:
-        raise ValueError(f"Expected noise type in {NOISE_TYPES}, but found {sde.noise_type}.")
-    if not hasattr(sde, "sde_type"):
-        raise ValueError("sde does not have the attribute sde_type.")
-    if sde.sde_type not in SDE_TYPES:
-        raise ValueError(f"Expected sde type in {SDE_TYPES}, but found {sde.sde_type}.")
-    if not torch.is_tensor(y0):
-        raise ValueError("`y0` must be a torch.Tensor.")
-    if y0.dim() != 2:
-        raise ValueError("`y0` must be a 2-dimensional tensor of shape (batch, channels).")
-    if not y0.is_floating_point():
-        raise ValueError(f"`y0` must be a floating point tensor, got dtype {y0.dtype}.")
+    check_sde_types(sde)
+    check_y0(y0)
     if logqp:
         sde = _Logqp(sde)
         y0 = torch.cat((y0, y0.new_zeros(size=(y0.size(0), 1))), dim=1)
@@ -134,86 +298,8 @@ def check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp) -> 
     if ts.dim() != 1 or ts.numel() < 1:
         raise ValueError("Evaluation times `ts` must be a 1-D Tensor or list/tuple of floats.")
     ts_list = [float(t) for t in ts.detach().cpu()]
-    if not all(math.isfinite(t) for t in ts_list):
-        raise ValueError(f"Evaluation times `ts` must be finite, got {ts_list}.")
-    if any(b <= a for a, b in zip(ts_list, ts_list[1:])):
-        raise ValueError("Evaluation times `ts` must be strictly increasing.")
-
-    batch_sizes, state_sizes, noise_sizes = [y0.size(0)], [y0.size(1)], []
-    if bm is not None:
-        if len(bm.shape) != 2:
-            raise ValueError("`bm` must be of shape (batch, noise_channels).")
-        batch_sizes.append(bm.shape[0])
-        noise_sizes.append(bm.shape[1])
-
-    def check_2d(name, shape):
-        if len(shape) != 2:
-            raise ValueError(f"{name} must be of shape (batch, state_channels), but got {shape}.")
-        batch_sizes.append(shape[0])
-        state_sizes.append(shape[1])
-
-    def check_2d_or_3d(name, shape):
-        if sde.noise_type == NOISE_TYPES.diagonal:
-            check_2d(name, shape)
-            noise_sizes.append(shape[1])
-        else:
-            if len(shape) != 3:
-                raise ValueError(
-                    f"{name} must be of shape (batch, state_channels, noise_channels), but got "
-                    f"{shape}."
-                )
-            batch_sizes.append(shape[0])
-            state_sizes.append(shape[1])
-            noise_sizes.append(shape[2])
-
-    has_f = has_g = False
-    t0 = ts[0]
-    with torch.no_grad():
-        if hasattr(sde, "f"):
-            has_f = True
-            check_2d("Drift", tuple(sde.f(t0, y0).size()))
-        if hasattr(sde, "g"):
-            has_g = True
-            check_2d_or_3d("Diffusion", tuple(sde.g(t0, y0).size()))
-        if hasattr(sde, "f_and_g"):
-            has_f = has_g = True
-            f, g = sde.f_and_g(t0, y0)
-            check_2d("Drift", tuple(f.size()))
-            check_2d_or_3d("Diffusion", tuple(g.size()))
-        for name in ("g_prod", "f_and_g_prod"):
-            if hasattr(sde, name):
-                has_g = True
-                has_f = has_f or name == "f_and_g_prod"
-                if not noise_sizes:
-                    raise ValueError(
-                        "Cannot infer noise size (i.e. number of Brownian motion channels). "
-                        "Either pass `bm` explicitly, or specify one of the `g`, `f_and_g` "
-                        "functions."
-                    )
-                v = torch.randn(batch_sizes[0], noise_sizes[0], dtype=y0.dtype, device=y0.device)
-                out = getattr(sde, name)(t0, y0, v)
-                if name == "f_and_g_prod":
-                    check_2d("Drift", tuple(out[0].size()))
-                    out = out[1]
-                check_2d("Diffusion-vector product", tuple(out.size()))
-    if not has_f:
-        raise ValueError(
-            "sde must define at least one of `f`, `f_and_g`, or `f_and_g_prod`. (Or possibly "
-            "more depending on the method chosen.)"
-        )
-    if not has_g:
-        raise ValueError(
-            "sde must define at least one of `g`, `f_and_g`, `g_prod` or `f_and_g_prod`. (Or "
-            "possibly more depending on the method chosen.)"
-        )
-    for what, sizes in (("Batch", batch_sizes), ("State", state_sizes), ("Noise", noise_sizes)):
-        if any(s != sizes[0] for s in sizes[1:]):
-            raise ValueError(f"{what} sizes not consistent: {sizes}.")
-    if sde.noise_type == NOISE_TYPES.scalar and noise_sizes[0] != 1:
-        raise ValueError(
-            f"Scalar noise must have only one channel; the diffusion has {noise_sizes[0]} noise "
-            "channels."
-        )
+    check_output_times(ts_list)
+    batch, noise = check_sde_fits(sde, y0, ts[0], ts_list, bm)
     if bm is None:
         levy = {
             METHODS.srk: LEVY_AREA_APPROXIMATIONS.space_time,
@@ -222,15 +308,11 @@ def check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp) -> 
         bm = BrownianInterval(
             t0=ts_list[0],
             t1=ts_list[-1],
-            size=(batch_sizes[0], noise_sizes[0]),
+            size=(batch, noise),
             dtype=y0.dtype,
             device=y0.device,
             levy_area_approximation=levy,
         )
-    elif not callable(bm):
-        raise ValueError("`bm` must be a Brownian motion: callable as bm(ta, tb).")
-    else:
-        _check_brownian_fits(bm, y0, ts_list)
     options = {} if options is None else dict(options)
     if adaptive and method == METHODS.euler and sde.noise_type != NOISE_TYPES.additive:
         warnings.warn(

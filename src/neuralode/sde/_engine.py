@@ -315,18 +315,10 @@ class SDESolver(Solver):
 
         Raises:
             TypeError: ``term`` is not an ``SDETerm``.
-            ValueError: a Brownian motion whose batch is not the state's.
         """
         if not isinstance(term, BoundSDETerm):
             raise TypeError(
                 f"{self.name} solves SDEs: pass the SDE as no.solve(SDETerm(sde, bm), ...)"
-            )
-        bm_rows = tuple(term.bm.shape[:1])
-        if bm_rows != term.shape[:1]:
-            raise ValueError(
-                f"per_sample=True: the Brownian motion has {bm_rows[0] if bm_rows else 1} "
-                f"rows but y0 has {term.shape[0]} samples; make it with size=(batch, noise "
-                "channels)"
             )
         from ._rows import SDERows  # (it builds on this module)
 

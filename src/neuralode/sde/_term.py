@@ -13,7 +13,7 @@ import torch
 from .._term import ODETerm
 from .._tree import TreeSpec
 from ._base import _Forward
-from .settings import NOISE_TYPES, SDE_TYPES
+from ._contract import check_brownian, check_output_times, check_sde_fits, check_sde_types, check_y0
 
 _FUNCTIONS = ("f", "g", "f_and_g", "g_prod", "f_and_g_prod")
 
@@ -47,46 +47,67 @@ class SDETerm:
 
     Raises:
         ValueError: an SDE without a known ``noise_type`` or ``sde_type``, or a ``bm`` that
-            is not a Brownian motion.
+            is not a Brownian motion. ``no.solve`` refuses, as ``sdeint`` does, a ``y0``,
+            output times, SDE functions and Brownian motion that do not fit
+            (``SDETerm.bind``).
     """
 
     def __init__(self, sde: Any, bm: Any):
-        if getattr(sde, "noise_type", None) not in NOISE_TYPES:
-            raise ValueError(
-                f"sde must have a noise_type in {NOISE_TYPES}, got "
-                f"{getattr(sde, 'noise_type', None)!r}"
-            )
-        if getattr(sde, "sde_type", None) not in SDE_TYPES:
-            raise ValueError(
-                f"sde must have an sde_type in {SDE_TYPES}, got {getattr(sde, 'sde_type', None)!r}"
-            )
-        if not callable(bm) or not hasattr(bm, "shape"):
-            raise ValueError(
-                "bm must be a Brownian motion: callable as bm(ta, tb), with a shape (e.g. "
-                "neuralode.sde.BrownianInterval)"
-            )
+        check_sde_types(sde)
+        check_brownian(bm)
         self.sde = sde
         self.bm = bm
 
-    def bind(self, spec: TreeSpec, like: torch.Tensor) -> BoundSDETerm:
-        """The term on the loop's flat state (``no.solve`` calls it).
+    def bind(
+        self,
+        spec: TreeSpec,
+        like: torch.Tensor,
+        times: list[float] | torch.Tensor,
+        per_sample: bool = False,
+    ) -> BoundSDETerm:
+        """The term on the loop's flat state, after ``sdeint``'s input checks (``no.solve``
+        calls it): ``f`` and ``g`` are evaluated once at the first output time and their
+        shapes, ``y0`` and the Brownian motion checked against each other. These
+        evaluations are not counted in ``nfe``, which counts the solver's (as ``sdeint``'s
+        checks are outside its solve).
 
         Arguments:
             spec: the structure of the user's ``y0``.
-            like: a tensor of the flat state's dtype and device.
+            like: the flat initial state (its dtype and device are the state's).
+            times: the output times as floats, or per sample a (batch, outputs) tensor.
+            per_sample: whether each row has its own times (``f`` and ``g`` receive (batch,)
+                times).
 
         Returns:
             The bound term, called by ``SDESolver`` on the flat state.
 
         Raises:
-            ValueError: ``y0`` is not one tensor of shape (batch, channels).
+            ValueError: ``y0`` is not one floating point tensor of shape (batch, channels),
+                the output times do not increase, or the SDE's functions, ``y0`` and the
+                Brownian motion do not fit (``check_sde_fits``).
         """
-        if not spec.is_leaf or len(spec.shapes[0]) != 2:
+        if not spec.is_leaf:
             raise ValueError(
-                "an SDE's y0 must be one tensor of shape (batch, channels), got "
-                f"{'a tree' if not spec.is_leaf else tuple(spec.shapes[0])}"
+                "an SDE's y0 must be one tensor of shape (batch, channels), got a tree"
             )
-        return BoundSDETerm(self, spec, like)
+        y0 = like.view(spec.shapes[0])
+        check_y0(y0)
+        bound = BoundSDETerm(self, spec, like)
+        if isinstance(times, torch.Tensor):  # per sample: (batch, outputs)
+            rows = times.tolist()
+            for row in rows:
+                check_output_times(row)
+            span = [min(row[0] for row in rows), max(row[-1] for row in rows)]
+            t0 = times[:, 0]
+        else:
+            check_output_times(times)
+            span = [times[0], times[-1]]
+            t0 = torch.full((), times[0], dtype=torch.float64)
+            if per_sample:
+                t0 = t0.expand(y0.shape[0])
+        t0 = t0.to(dtype=bound.sde_time_dtype, device=bound.device)
+        check_sde_fits(self.sde, y0, t0, span, self.bm)
+        return bound
 
     def __repr__(self) -> str:
         return f"SDETerm(sde={type(self.sde).__name__}, bm={self.bm!r})"

@@ -311,3 +311,17 @@ def test_saved_steps_carry_the_derivatives_with_respect_to_the_times():
     expected = torch.tensor([2 * math.exp(-1), 0.0, -2 * math.exp(-1)], dtype=torch.float64)
     for grad in grads:
         torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-8)
+
+
+def test_complex_or_bool_times_are_refused() -> None:
+    """A complex t's imaginary part would be dropped and a bool t read as 0 and 1: both are
+    refused, by evaluate and derivative, naming the dtype."""
+    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    sol = no.solve(lambda t, y: -y, torch.ones(1, dtype=torch.float64), ts, dense=True)
+    for t in (torch.tensor([0.5 + 0.25j]), 0.5 + 0.25j, torch.tensor([True])):
+        with pytest.raises(TypeError, match="Solution.evaluate needs real times, got a torch"):
+            sol.evaluate(t)
+        with pytest.raises(TypeError, match="Solution.derivative needs real times"):
+            sol.derivative(t)
+    expected = torch.tensor([math.exp(-0.5)], dtype=torch.float64)
+    torch.testing.assert_close(sol.evaluate(0.5), expected, rtol=1e-5, atol=1e-7)

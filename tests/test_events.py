@@ -309,3 +309,70 @@ def test_gradients_with_respect_to_the_event_functions_parameters(mode: str) -> 
     torch.testing.assert_close(grads[0], torch.tensor(-1 / 0.2 + 3, dtype=F64), rtol=1e-9, atol=0)
     torch.testing.assert_close(grads[1], torch.tensor(-t_star / 0.5, dtype=F64), rtol=1e-9, atol=0)
     assert torch.autograd.gradcheck(lambda c: solve(c).event_t, (c,), atol=1e-6)
+
+
+def _nan_after(t0: float, window: float = math.inf):
+    """y[..., 0] - 0.5, NaN for t in (t0, t0 + window) (whatever t's shape)."""
+
+    def fn(t, y):
+        t = torch.as_tensor(t, dtype=F64)
+        return torch.where((t > t0) & (t < t0 + window), math.nan, y[..., 0] - 0.5)
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    "mode", [{}, {"device_loop": True}, {"compile": True}, {"per_sample": True}]
+)
+def test_an_event_function_turning_nan_mid_solve_is_named(mode: dict) -> None:
+    """A NaN never changes sign, so an event function that turns NaN could never fire (and
+    the solve ended at ts[-1] without a word): every loop raises, naming the time of the
+    first NaN value (a step's end, the first past 0.3)."""
+    y0 = torch.ones(2, 1, dtype=F64) if mode.get("per_sample") else torch.ones(1, dtype=F64)
+    span = torch.tensor([0.0, 2.0], dtype=F64)
+    label = "of sample 0 " if mode.get("per_sample") else ""
+    with pytest.raises(ValueError, match=f"event function {label}returns NaN at t=0\\.3"):
+        no.solve(lambda t, y: -y, y0, span, event=no.Event(_nan_after(0.3)), **mode)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_an_event_function_nan_only_where_the_crossing_is_located_is_named(
+    per_sample: bool,
+) -> None:
+    """NaN only within 1e-6 of the crossing at ln 2 (between the steps' ends): the
+    location's own evaluations find it, and the solve raises rather than return a time
+    located on NaN values."""
+    y0 = torch.ones(1, 1, dtype=F64) if per_sample else torch.ones(1, dtype=F64)
+    event = no.Event(_nan_after(math.log(2) - 1e-6, 2e-6))
+    with pytest.raises(ValueError, match="returns NaN at t=0\\.693"):
+        no.solve(lambda t, y: -y, y0, torch.tensor([0.0, 2.0], dtype=F64), event=event,
+                 per_sample=per_sample)  # fmt: skip
+
+
+def test_a_nan_state_is_the_solvers_failure_not_the_event_functions() -> None:
+    """A fixed step that makes the state NaN makes the event values NaN too: the solve
+    reports the non-finite state, as without an event."""
+    field = lambda t, y: torch.where(torch.as_tensor(t) > 0.5, y * math.nan, -y)  # noqa: E731
+    with pytest.raises(no.NonFiniteError, match="the solution contains NaN"):
+        no.solve(field, torch.ones(1, dtype=F64), torch.tensor([0.0, 2.0], dtype=F64),
+                 solver=no.RK4(), controller=no.FixedGrid(0.1),
+                 event=no.Event(lambda t, y: y[0] - 0.1))  # fmt: skip
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_an_empty_event_function_is_refused(per_sample: bool) -> None:
+    """No element can cross zero: refused at the first evaluation rather than never fired
+    (per sample, a (batch, 0) result passes the per-row shape check)."""
+    y0 = torch.ones(2, 1, dtype=F64) if per_sample else torch.ones(1, dtype=F64)
+    event = no.Event(lambda t, y: y[..., :0])
+    with pytest.raises(ValueError, match=r"returned an empty tensor \(shape \((0,|2, 0)\)\)"):
+        no.solve(lambda t, y: -y, y0, torch.tensor([0.0, 2.0], dtype=F64), event=event,
+                 per_sample=per_sample)  # fmt: skip
+
+
+def test_event_direction_must_be_an_int() -> None:
+    """1.0 and True compare equal to 1, but a direction is one of the ints -1, 0, 1."""
+    for direction in (1.0, -1.0, 0.0, True, False, "1"):
+        with pytest.raises(TypeError, match="direction must be the int -1, 0 or 1"):
+            no.Event(_ground, direction=direction)
+    assert no.Event(_ground, direction=-1).direction == -1

@@ -50,7 +50,13 @@ class DenseSolution:
     def __call__(self, t: Any, derivative: bool = False) -> Any:
         """y(t) (dy/dt with ``derivative``) for ``t`` of any shape (per sample: (batch,) or
         (batch, n)): ``t.shape`` followed by a sample's shape, in ``y0``'s structure."""
-        t = torch.as_tensor(t).detach().to(dtype=torch.float64, device=self.t0.device)
+        t = torch.as_tensor(t).detach()
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(
+                f"Solution.{'derivative' if derivative else 'evaluate'} needs real times, got "
+                f"a {t.dtype} t; pass t.real if the times are real numbers stored as complex"
+            )
+        t = t.to(dtype=torch.float64, device=self.t0.device)
         batch = self.reach.shape[0]
         if self.per_sample:
             if t.ndim not in (1, 2) or t.shape[0] != batch:

@@ -3,7 +3,9 @@
 ``Events`` watches ``event.fn(t, y)`` per row (a sample of a per-sample solve);
 ``OneProblemEvents`` is the one problem of the host loop or the device loop, a batch of one.
 The rows with a crossing locate it together on their own dense output (``_crossing.refine``:
-the ITP method).
+the ITP method). An event function that returns NaN (which never changes sign, so the
+event could not fire) raises ``ValueError`` naming the time: at the start at once, later at
+the loop's next read of the device (``check_nan``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class Events:
         self.index = torch.zeros(batch, dtype=torch.long, device=device)
         self.mask = torch.zeros(batch, dtype=torch.bool, device=device)
         self._rows: list[torch.Tensor] = []  # event times of each step with a crossing
+        #: where each sample's event function first returned NaN (at a finite state)
+        self.nan_seen = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.nan_t = torch.zeros(batch, dtype=torch.float64, device=device)
 
     def values(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The event values (batch, k) at per-sample times ``t`` and flat states (batch, n)."""
@@ -60,9 +65,37 @@ class Events:
             )
         return g.reshape(self.batch, -1)
 
+    def watch_nan(
+        self, g: torch.Tensor, t: torch.Tensor, y: torch.Tensor, rows: torch.Tensor
+    ) -> None:
+        """Note the ``rows`` (batch,) whose event values ``g`` (batch, k) at the times ``t``
+        (batch,) hold a NaN, where their states ``y`` (batch, n) are finite (a non-finite
+        state is the solver's failure, reported as such); no host synchronisation."""
+        new = rows & torch.isnan(g).any(1) & torch.isfinite(y).all(1) & ~self.nan_seen
+        self.nan_t = torch.where(new, t.to(self.nan_t.dtype), self.nan_t)
+        self.nan_seen = self.nan_seen | new
+
+    def check_nan(self, at_start: bool = False) -> None:
+        """Raise where an event function returned NaN (one host sync).
+
+        Raises:
+            ValueError: a sample's event function returned NaN, named with its time.
+        """
+        if not bool(self.nan_seen.any()):
+            return
+        i = int(self.nan_seen.nonzero()[0])
+        when = f"t0={float(self.nan_t[i]):.6g}" if at_start else f"t={float(self.nan_t[i]):.6g}"
+        raise ValueError(
+            f"the event function{self.label(i)} returns NaN at {when}, so no crossing can be "
+            "found (a NaN never changes sign); it must return finite real values whose sign "
+            "changes at the event"
+        )
+
     def start(self, t: torch.Tensor, y: torch.Tensor) -> None:
         self.previous = self.values(t, y)
-        self.event.check_start(self.previous, float(t.reshape(-1)[0]))
+        every = torch.ones(self.batch, dtype=torch.bool, device=self.nan_seen.device)
+        self.watch_nan(self.previous, t.reshape(-1).expand(self.batch), y, every)
+        self.check_nan(at_start=True)
 
     def fields(
         self, func: Callable | None, t: torch.Tensor, y: torch.Tensor
@@ -81,6 +114,7 @@ class Events:
     def check(self, t1: torch.Tensor, y1: torch.Tensor, accept: torch.Tensor) -> torch.Tensor:
         """Which samples' accepted steps crossed: (batch,) bool (no host synchronisation)."""
         self.after = self.values(t1, y1)
+        self.watch_nan(self.after, t1, y1, accept)
         return accept & crossed(self.previous, self.after, self.event.direction).any(1)
 
     def advance(self, accept: torch.Tensor) -> None:
@@ -108,7 +142,10 @@ class Events:
         """
 
         def g_at(theta: torch.Tensor) -> torch.Tensor:
-            return self.values(t + theta * h, interpolate(theta * h))
+            t_at, y_at = t + theta * h, interpolate(theta * h)
+            g = self.values(t_at, y_at)
+            self.watch_nan(g, t_at, y_at, hit)
+            return g
 
         with torch.no_grad():
             direction = self.event.direction
@@ -178,7 +215,10 @@ class OneProblemEvents(Events):
         hit = self.check(t1, step.y1[None], accept)
         previous, after = self.previous, self.after
         self.advance(accept)
-        if not bool(hit[0]):
+        crossing, nan = torch.cat((hit, self.nan_seen)).tolist()  # one host sync
+        if nan:
+            self.check_nan()
+        if not crossing:
             return None
         t0, h = torch.full((1,), step.t0, **f64), torch.full((1,), step.dt, **f64)
         if torch.is_grad_enabled():
@@ -191,6 +231,7 @@ class OneProblemEvents(Events):
             return solver.interpolate(term, step, (offset / h).cpu())
 
         t_event, y_event = self.locate(hit, t0, h, t1, step.y1[None], dense, previous, after)
+        self.check_nan()  # the location's own evaluations
         index = int(crossed(previous, after, self.event.direction)[0].nonzero()[0])
         if self.event.terminal:
             index = int(self.index[0])

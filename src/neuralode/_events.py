@@ -29,9 +29,10 @@ class Event:
         fn: the event function, ``fn(t, y)`` returning a real tensor whose sign changes at
             the event (or that reaches 0 there). It may use tensors that require grad (a
             learned threshold): the event time and state are differentiable with respect to
-            them.
-        direction: 1 counts only rising crossings (negative to non-negative), -1 only falling
-            ones, 0 both.
+            them. A NaN value (which never changes sign) makes the solve raise
+            ``ValueError`` naming its time; an empty result is refused at once.
+        direction: the int 1 counts only rising crossings (negative to non-negative), -1 only
+            falling ones, 0 both.
         terminal: a terminal event ends the solve; a non-terminal one is recorded (in
             ``Solution.event_ts``) and the solve goes on.
         tol: the time tolerance of the location, a positive finite number (default: the
@@ -39,8 +40,8 @@ class Event:
 
     Raises:
         ValueError: ``direction`` is not -1, 0 or 1, or ``tol`` is not positive and finite.
-        TypeError: ``fn`` is not callable, ``terminal`` is not a bool or ``tol`` not a
-            number.
+        TypeError: ``direction`` is not an int (a float or a bool), ``fn`` is not callable,
+            ``terminal`` is not a bool or ``tol`` not a number.
     """
 
     fn: Callable[[torch.Tensor, Any], torch.Tensor]
@@ -49,6 +50,11 @@ class Event:
     tol: float | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.direction, numbers.Integral) or isinstance(self.direction, bool):
+            raise TypeError(
+                f"event direction must be the int -1, 0 or 1, got {self.direction!r} "
+                f"({type(self.direction).__name__})"
+            )
         if self.direction not in (-1, 0, 1):
             raise ValueError(f"event direction must be -1, 0 or 1, got {self.direction!r}")
         if not callable(self.fn):
@@ -76,6 +82,7 @@ class Event:
 
         Raises:
             TypeError: ``fn`` returns no tensor, a complex one or a bool one.
+            ValueError: ``fn`` returns an empty tensor.
         """
         with torch.no_grad():
             g = self.fn(t, y)
@@ -89,21 +96,9 @@ class Event:
                 "locate; return a real value whose sign changes at the event (e.g. y[0] - 1 "
                 "rather than y[0] > 1)"
             )
-        return g
-
-    def check_start(self, g: torch.Tensor, t0: float) -> None:
-        """Raise a clear error when the event values ``g`` at the start contain NaN (a NaN
-        never changes sign, so the event could never fire).
-
-        Arguments:
-            g: the event values at the start of the solve.
-            t0: the start time, for the message.
-
-        Raises:
-            ValueError: ``g`` holds a NaN.
-        """
-        if bool(torch.isnan(g).any()):
+        if g.numel() == 0:
             raise ValueError(
-                f"the event function returns NaN at t0={t0:.6g}, so no crossing can be "
-                "found; it must return finite real values whose sign changes at the event"
+                f"the event function returned an empty tensor (shape {tuple(g.shape)}), which "
+                "can never cross zero; return at least one value whose sign changes at the event"
             )
+        return g

@@ -29,6 +29,7 @@ class _Progress(NamedTuple):
     hi: int
     rounds: int  # the most event crossings of one sample in the pending steps
     stalled: bool  # a running sample can no longer advance (``_stalled``)
+    nan: bool  # an event function returned NaN (``Events.watch_nan``)
 
 
 def _read_progress(
@@ -40,9 +41,11 @@ def _read_progress(
     ends: torch.Tensor | None,
     next_out: torch.Tensor,
     hits: torch.Tensor | None,
+    nan: torch.Tensor | None = None,
 ) -> _Progress:
     """A termination check, with one host sync (``_Progress``); ``left`` is 0 when no
-    sample runs, ``hits`` the pending steps' crossings, (steps, batch)."""
+    sample runs, ``hits`` the pending steps' crossings, (steps, batch), ``nan`` the samples
+    whose event function returned NaN, (batch,)."""
     # each a reduction over every problem under torch.func.vmap (``_host``)
     size = (proposal - t).abs()
     left = across(torch.where(still & (size > 0), (t_stop - t).abs() / size, 0.0).max(), torch.amax)
@@ -51,14 +54,17 @@ def _read_progress(
     values = [n_still.to(left.dtype), left.clamp(max=1e6), stalled.to(left.dtype)]
     if hits is not None:
         values.append(across(hits.sum(0).max(), torch.amax).to(left.dtype))
+    if nan is not None:
+        values.append(across(nan.any(), torch.any).to(left.dtype))
     if ends is not None:
         lo, hi = _output_range(ends, next_out)
         values += [across(lo, torch.amin).to(left.dtype), across(hi, torch.amax).to(left.dtype)]
     n_still, left, stalled, *rest = torch.stack(values).tolist()
     rounds = int(rest.pop(0)) if hits is not None else 0
+    nan_seen = bool(rest.pop(0)) if nan is not None else False
     lo, hi = (int(rest[0]), int(rest[1])) if rest else (0, 0)
     left = left if left == left else 1.0  # NaN size: check next step
-    return _Progress(int(n_still), left, lo, hi, rounds, bool(stalled))
+    return _Progress(int(n_still), left, lo, hi, rounds, bool(stalled), nan_seen)
 
 
 def _stalled(

@@ -176,9 +176,12 @@ def integrate_per_sample(
             with torch.no_grad():
                 ends = _ends(pending, ts_signed, sign) if write_outputs else None
                 hits = _stack([r.hit for r in pending]) if events is not None else None
-                n_still, left, lo, hi, rounds, stalled = _read_progress(
-                    still, t, proposal, t_stop, sign, ends, next_out, hits
+                nan = None if events is None else events.nan_seen
+                n_still, left, lo, hi, rounds, stalled, nan_seen = _read_progress(
+                    still, t, proposal, t_stop, sign, ends, next_out, hits, nan
                 )
+                if nan_seen:
+                    events.check_nan()
                 next_check = iteration + max(1, min(most_unchecked, int(left) // 4))
             to_write = write_outputs and min(hi, n_out - 1) > lo  # the last one: the final y
             if (rounds or to_write) and needs_f1 and pending[-1].f1 is None:
@@ -188,6 +191,7 @@ def integrate_per_sample(
                     events, pending, hits, rounds, solver, needs_f1, f
                 )
                 nfe = nfe + extra
+                events.check_nan()  # the location's own evaluations
                 if terminal:  # found samples end at their event
                     t_stop = torch.where(found, t_event, t_stop)
                     t = torch.where(found, t_event, t)

@@ -115,6 +115,7 @@ class Solution:
         Raises:
             ValueError: the solve did not keep its steps (``dense=True``), ``t`` outside the
                 span, or of the wrong shape.
+            TypeError: ``t`` is complex or bool (times are real).
         """
         return self._dense("evaluate")(t)
 
@@ -130,6 +131,7 @@ class Solution:
 
         Raises:
             ValueError: as ``evaluate``.
+            TypeError: as ``evaluate``.
         """
         return self._dense("derivative")(t, derivative=True)
 

@@ -3,6 +3,7 @@ equation's analytic solution, gradients against finite differences, boundary con
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -229,6 +230,22 @@ def test_implicit_krylov_solve_matches_dopri5_on_a_stiff_2d_reaction_diffusion()
         explicit = no.solve(model, u0, ts, controller=no.PIController(rtol=1e-3, atol=1e-5))
     # dopri5's steps are bounded by stability on the stiff diffusion, Radau's are not
     assert 3 * sol.stats.n_accepted < explicit.stats.n_accepted
+
+
+def test_reference_solve_of_a_float32_model_runs_in_float64_and_returns_float32() -> None:
+    grid = Grid((16,), lengths=(2 * math.pi,))
+    torch.manual_seed(0)
+    learned = pde.PointwiseMLP(grid, 1, hidden=4, layers=1, features=("u", "gradient"))
+    model = pde.NeuralPDE(pde.Diffusion(grid, 0.1), learned)  # float32 parameters
+    u0, _ = pde.random_fourier_field(grid, 2, generator=torch.Generator().manual_seed(0))
+    ts = torch.tensor([0.0, 0.5], dtype=torch.float32)
+    ys = pde.reference_solve(model, u0.float(), ts)
+    assert ys.dtype == torch.float32
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is unchanged
+    # the float64 solve of the same model (and initial state), rounded once to float32
+    double = pde.reference_solve(copy.deepcopy(model).double(), u0.float().double(), ts)
+    assert double.dtype == F64
+    assert torch.equal(ys, double.float())
 
 
 def _hybrid(grid: Grid) -> pde.NeuralPDE:

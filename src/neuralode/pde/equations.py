@@ -9,6 +9,8 @@ nodes of a coarse one).
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 from collections.abc import Callable
 
@@ -238,23 +240,38 @@ def reference_solve(
     func: nn.Module, u0: torch.Tensor, ts: torch.Tensor, rtol: float = 1e-8, atol: float = 1e-10
 ) -> torch.Tensor:
     """Integrate ``func`` from ``u0`` to every time in ``ts`` with dopri5 at tight tolerances
-    (float64, no gradients): the "truth" the experiments train and test against.
+    (no gradients): the "truth" the experiments train and test against.
+
+    The solve runs in double precision whatever the inputs' dtypes, since float32 cannot
+    reach the default ``rtol`` of 1e-8: ``u0`` and ``ts`` are cast to float64 (complex128 for
+    a complex ``u0``), and a module ``func`` with parameters or buffers of another floating
+    dtype (e.g. a float32 model) is integrated as a float64 copy, leaving ``func`` itself
+    unchanged.
 
     Arguments:
         func: the right-hand side.
-        u0: the initial state.
+        u0: the initial state, of any floating or complex dtype.
         ts: output times.
         rtol: the relative tolerance.
         atol: the absolute tolerance.
 
     Returns:
-        The states at ``ts``, (len(ts), *u0.shape), float64.
+        The states at ``ts``, (len(ts), *u0.shape), in ``u0``'s dtype (float64 for an
+        integer ``u0``): computed in double precision, then rounded once.
     """
+    complex_state = u0.is_complex()
+    precision = torch.complex128 if complex_state else torch.float64
+    out_dtype = u0.dtype if complex_state or u0.is_floating_point() else torch.float64
+    if isinstance(func, nn.Module) and any(
+        t.is_floating_point() and t.dtype != torch.float64
+        for t in itertools.chain(func.parameters(), func.buffers())
+    ):
+        func = copy.deepcopy(func).double()
     with torch.no_grad():
         sol = solve(
             func,
-            u0.to(torch.float64),
+            u0.to(precision),
             ts.to(torch.float64),
             controller=PIController(rtol=rtol, atol=atol),
         )
-    return sol.ys
+    return sol.ys.to(out_dtype)

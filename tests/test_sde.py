@@ -473,6 +473,36 @@ def test_adaptive_stepping_meets_the_tolerance_on_gbm():
     assert (tight[-1] - exact).abs().max() < 1e-2
 
 
+def _at_dt_min_by_sdeint(sde, y0, bm):
+    return nsde.sdeint(sde, y0, TS, bm=bm, method="srk", adaptive=True, rtol=1e-9, atol=1e-9,
+                       dt=0.01, dt_min=0.01)  # fmt: skip
+
+
+def _at_dt_min_by_solve(sde, y0, bm):
+    import neuralode as no
+
+    controller = no.PIController(1e-9, 1e-9, first_step=0.01, min_step=0.01)
+    solver = nsde.SDESolver("srk", step_doubling=True)
+    return no.solve(nsde.SDETerm(sde, bm), y0, TS, solver=solver, controller=controller).ys
+
+
+@pytest.mark.parametrize("solve", [_at_dt_min_by_sdeint, _at_dt_min_by_solve])
+def test_steps_at_dt_min_warn_once_per_solve(solve):
+    """Tolerances no step of dt_min meets: every step is accepted at dt_min, with one warning
+    for the solve (not one per step, which torchsde gives), and one again for the next solve."""
+    import warnings
+
+    y0 = torch.ones(4, 2, dtype=F64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            with torch.no_grad():
+                ys = solve(GBM(), y0, bm_for(4, 2, "space-time"))
+    assert torch.isfinite(ys).all()
+    hits = [w for w in caught if "hitting the minimum step size" in str(w.message)]
+    assert len(hits) == 2, [str(w.message) for w in caught]
+
+
 # ---------------------------------------------------------------------------------------------
 # gradients
 

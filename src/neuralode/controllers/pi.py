@@ -32,6 +32,8 @@ class _PIState:
     # (y, |y|) at both ends of the last judged graph-free step: the next step starts from
     # one of them (y1 after an accept, y0 after a reject), so its |y0| is known
     last: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    # whether this solve has warned of a step accepted at min_step (once per solve)
+    warned_min_step: bool = False
 
 
 class PIController(StepSizeController):
@@ -271,6 +273,14 @@ class PIController(StepSizeController):
         accept, new_size, previous = self.decide(
             ratio, abs(dt), state.previous_ratio, state.exponent
         )
+        if accept and not ratio <= 1 and not state.warned_min_step:  # (forced: at min_step)
+            state.warned_min_step = True
+            warnings.warn(
+                f"hitting the minimum step size: steps at min_step={self.min_step:g} are "
+                "accepted with errors above the tolerance; lower min_step (dt_min) for the "
+                "accuracy rtol/atol ask (warned once per solve)",
+                stacklevel=2,
+            )
         new_dt = math.copysign(new_size, dt)
         if accept:
             state.previous_ratio = previous
@@ -285,7 +295,7 @@ class PIController(StepSizeController):
         A NaN ratio rejects and shrinks by ``dfactor``; a ratio of 0 grows by ``ifactor``;
         with ``shrink_after_accept=False`` an accepted step's factor is at least 1. A step at
         ``min_step`` is accepted whatever its error (the user asked for no smaller steps); on
-        the host that warns, as torchsde does.
+        the host ``adapt`` warns of it once per solve (torchsde warns at every such step).
 
         Arguments:
             ratio: the step's scaled error: a Python float for one problem on the host, or
@@ -303,13 +313,6 @@ class PIController(StepSizeController):
         accept = ratio <= 1
         if self.min_step > 0:  # (a non-finite ratio is never accepted)
             forced = (size <= self.min_step * (1 + 1e-12)) & (ratio < math.inf)
-            if forced is True and accept is False:  # (floats: one problem on the host)
-                warnings.warn(  # (one message per min_step: shown once, not every step)
-                    f"hitting the minimum step size: steps at min_step={self.min_step:g} are "
-                    "accepted with errors above the tolerance; lower min_step (dt_min) for "
-                    "the accuracy rtol/atol ask",
-                    stacklevel=2,
-                )
             accept = accept | forced
         if running is not None:
             accept = accept & running

@@ -3,6 +3,7 @@ through the unrolled iteration and finite differences."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -493,3 +494,31 @@ def test_a_frozen_layer_runs_no_adjoint_and_a_tensor_f_reaches_keeps_its_gradien
     out = DEQ(Scaled(), tol=1e-13, max_iter=200)(x)
     (d_scale,) = torch.autograd.grad(out.sum(), scale)
     torch.testing.assert_close(d_scale, x.sum() / 0.25, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("method", list(FIXED_POINT_METHODS))
+def test_a_fixed_point_at_zero_converges(method: str) -> None:
+    """f(z) = z / 2 from a nonzero start: ||f(z) - z|| / ||f(z)|| is 1 at every iterate, so
+    a purely relative test never stops; below ``norm_floor`` the test is absolute and the
+    solve converges to 0 (for the DEQ too: no false ConvergenceWarning)."""
+    for dtype in (torch.float64, torch.float32):
+        result = fixed_point(lambda z: 0.5 * z, torch.ones(2, 3, dtype=dtype), method)
+        assert result.converged and result.max_residual <= 1e-4, result.history
+        assert float(result.z.abs().max()) <= 2e-4 * 1e-6
+    strict = fixed_point(lambda z: 0.5 * z, torch.ones(2, 3, dtype=DTYPE), method,
+                         max_iter=200, norm_floor=1e-9)  # fmt: skip
+    assert strict.converged and float(strict.z.abs().max()) <= 2e-4 * 1e-9
+
+    class Halve(nn.Module):
+        def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return 0.5 * z
+
+    layer = DEQ(Halve(), method=method, on_failure="raise")
+    z = layer(torch.zeros(2, 3), z0=torch.ones(2, 3))
+    assert layer.forward_report.converged and float(z.abs().max()) <= 2e-10
+
+
+def test_norm_floor_must_be_positive_and_finite() -> None:
+    for norm_floor in (0.0, -1e-6, math.inf, math.nan, "1e-6"):
+        with pytest.raises(ValueError, match="norm_floor must be a positive finite number"):
+            fixed_point(lambda z: 0.5 * z, torch.ones(2, 2), norm_floor=norm_floor)

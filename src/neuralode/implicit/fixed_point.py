@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import abc
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-_TINY = 1e-12  # keeps relative residuals finite where f(z) = 0
+_TINY = 1e-12  # keeps Anderson's and Broyden's denominators away from 0
+# the smallest ||f(z)|| a residual is relative to: near a fixed point at 0 the relative test
+# ||f(z) - z|| / ||f(z)|| stays near 1 however close z gets, so below it the test is absolute
+NORM_FLOOR = 1e-6
 
 
 @dataclass
@@ -29,7 +33,8 @@ class FixedPointResult:
     Attributes:
         z: each sample's iterate with the smallest residual, shape of ``z0``.
         iterations: evaluations of f.
-        residual: relative residual ||f(z) - z|| / ||f(z)|| of ``z`` per sample, (batch,).
+        residual: relative residual ||f(z) - z|| / max(||f(z)||, norm_floor) of ``z`` per
+            sample, (batch,) (``relative_residual``).
         history: the largest relative residual over the batch after each evaluation.
         converged: whether every sample reached the tolerance.
         sample_iterations: per sample, the evaluations of f after which its residual first
@@ -289,9 +294,24 @@ def fixed_point_method(method: str | FixedPointMethod, **options: float) -> Fixe
     raise TypeError(f"method must be a name or a FixedPointMethod, got {method!r}")
 
 
-def relative_residual(z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
-    """||f(z) - z|| / ||f(z)|| per sample, for flattened (batch, n) tensors."""
-    return (fz - z).norm(dim=1) / fz.norm(dim=1).clamp_min(_TINY)
+def relative_residual(
+    z: torch.Tensor, fz: torch.Tensor, norm_floor: float = NORM_FLOOR
+) -> torch.Tensor:
+    """The relative residual ||f(z) - z|| / max(||f(z)||, norm_floor) per sample.
+
+    Relative to ||f(z)|| where it is at least ``norm_floor``, relative to ``norm_floor``
+    below it: a fixed point at 0 (or of a norm below the floor) is then reached once
+    ||f(z) - z|| is ``tol * norm_floor``, where ||f(z) - z|| / ||f(z)|| would stay near 1.
+
+    Arguments:
+        z: the iterates, flattened to (batch, n).
+        fz: ``f(z)``, (batch, n).
+        norm_floor: the smallest norm the residual is relative to, positive.
+
+    Returns:
+        The residuals, (batch,), real.
+    """
+    return (fz - z).norm(dim=1) / fz.norm(dim=1).clamp_min(norm_floor)
 
 
 def fixed_point(
@@ -300,6 +320,7 @@ def fixed_point(
     method: str | FixedPointMethod = "anderson",
     tol: float = 1e-4,
     max_iter: int = 50,
+    norm_floor: float = NORM_FLOOR,
 ) -> FixedPointResult:
     """Solve z = f(z) for a batch of independent problems.
 
@@ -308,9 +329,12 @@ def fixed_point(
             sample on its own.
         z0: the initial guess, (batch, ...).
         method: ``"anderson"``, ``"broyden"``, ``"picard"`` or a ``FixedPointMethod``.
-        tol: stop when every sample's relative residual ||f(z) - z|| / ||f(z)|| is at most
-            this (0: run all ``max_iter`` evaluations).
+        tol: stop when every sample's relative residual ||f(z) - z|| / max(||f(z)||,
+            norm_floor) is at most this (0: run all ``max_iter`` evaluations); that is,
+            ||f(z) - z|| <= tol * ||f(z)||, or tol * norm_floor where ||f(z)|| is below
+            ``norm_floor`` (a fixed point at 0).
         max_iter: the most evaluations of f.
+        norm_floor: the smallest norm the residual is relative to, positive (default 1e-6).
 
     Returns:
         A ``FixedPointResult``: each sample's best iterate, its residual, the number of
@@ -318,14 +342,19 @@ def fixed_point(
         ``converged`` says it, and callers decide.
 
     Raises:
-        ValueError: a negative ``tol``, ``max_iter`` below 1, an unknown method name, or f
-            changing the shape.
+        ValueError: a negative ``tol``, ``max_iter`` below 1, a ``norm_floor`` not positive
+            and finite, an unknown method name, or f changing the shape.
         TypeError: a ``method`` that is neither a name nor a ``FixedPointMethod``.
     """
     if not tol >= 0 or not math.isfinite(tol):
         raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
     if not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if not (isinstance(norm_floor, numbers.Real) and math.isfinite(norm_floor) and norm_floor > 0):
+        raise ValueError(
+            f"norm_floor must be a positive finite number (the smallest ||f(z)|| a residual "
+            f"is relative to, e.g. 1e-6), got {norm_floor!r}"
+        )
     solver = fixed_point_method(method)
     solver.reset()
     shape = z0.shape
@@ -347,7 +376,7 @@ def fixed_point(
     sample_iterations = torch.full((batch,), -1, dtype=torch.long, device=z.device)
     iterations = 1
     while True:
-        residual = relative_residual(z.detach(), fz.detach())
+        residual = relative_residual(z.detach(), fz.detach(), norm_floor)
         first = (sample_iterations < 0) & (residual <= tol)
         sample_iterations = torch.where(first, iterations, sample_iterations)
         improved = residual < best_residual  # NaN is never an improvement

@@ -90,7 +90,8 @@ class DEQ(nn.Module):
         method: the forward solver, ``"anderson"`` (default), ``"broyden"`` or ``"picard"``
             (plain iteration).
         tol: the forward solver's tolerance on each sample's relative residual
-            ||f(z) - z|| / ||f(z)||.
+            ||f(z) - z|| / ||f(z)|| (relative to ``fixed_point``'s ``norm_floor``, 1e-6,
+            where ||f(z)|| is below it: a fixed point at 0 converges too).
         max_iter: the most evaluations of f forward.
         backward_method: the solver of the adjoint equation: one of the forward methods or
             ``"gmres"``; default: the forward method.

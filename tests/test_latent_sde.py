@@ -32,6 +32,16 @@ def test_latent_sde_elbo_and_samples_have_the_right_shapes():
     assert all(p.grad is not None for p in model.h_net.parameters())
 
 
+def test_encode_moves_the_times_to_the_observations_device_and_dtype():
+    """Times on the CPU and observations elsewhere (the meta device stands for a GPU): the
+    encoder reads the times on the observations' device, in their dtype."""
+    model = LatentSDE(obs_dim=2, latent_dim=3, hidden=8).to("meta")
+    xs = torch.empty(5, 4, 2, device="meta", dtype=torch.float32)
+    context = model.encode(xs, torch.linspace(0, 1, 5, dtype=torch.float64))
+    assert context.device.type == "meta" and context.dtype == torch.float32
+    assert context.shape == (5, 4, 16)
+
+
 def test_experiment_writes_metrics_checkpoint_and_plots(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     argv = ["experiment", "latent-sde", "--out", str(tmp_path), "--series", "8", "--times", "5"]

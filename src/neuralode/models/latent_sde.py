@@ -156,12 +156,12 @@ class LatentSDE(nn.Module):
 
         Arguments:
             xs: observations (T, batch, obs_dim).
-            ts: their times (T,).
+            ts: their times (T,), on any device (read in ``xs``'s dtype, on its device).
 
         Returns:
             The context, (T, batch, context_dim).
         """
-        times = ts[:, None, None].expand(-1, xs.shape[1], 1).to(xs.dtype)
+        times = ts[:, None, None].expand(-1, xs.shape[1], 1).to(device=xs.device, dtype=xs.dtype)
         out, _ = self.encoder(torch.cat([xs, times], dim=-1).flip(0))
         return self.to_context(out).flip(0)
 

@@ -97,6 +97,39 @@ def test_sde_gan_experiment_writes_its_results(tmp_path):
         assert (out / name).is_file(), name
 
 
+def test_sde_gan_baseline_is_the_trained_generator_at_its_initial_weights(tmp_path, monkeypatch):
+    """``untrained`` in metrics.json is the generator that is trained, measured before its
+    first step (not another random generator): one generator is made, and the baseline's
+    fit sees its initial weights."""
+    from neuralode.experiments import sde_gan
+
+    made, fitted = [], []
+
+    class Recorded(SDEGenerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append({k: v.clone() for k, v in self.state_dict().items()})
+
+    fit = sde_gan._fit
+
+    def recorded_fit(generator, *args):
+        fitted.append({k: v.clone() for k, v in generator.state_dict().items()})
+        return fit(generator, *args)
+
+    monkeypatch.setattr(sde_gan, "SDEGenerator", Recorded)
+    monkeypatch.setattr(sde_gan, "_fit", recorded_fit)
+    out = tmp_path / "gan"
+    args = ["experiment", "sde-gan", "--out", str(out), "--iterations", "2", "--series", "32"]
+    assert main([*args, "--times", "6", "--batch", "8", "--no-progress"]) == 0
+    assert len(made) == 1 and len(fitted) == 2  # the baseline's fit, then the trained one's
+    initial, (baseline, trained) = made[0], fitted
+    assert baseline.keys() == initial.keys()
+    assert all(torch.equal(baseline[k], initial[k]) for k in initial)
+    assert not all(torch.equal(trained[k], initial[k]) for k in initial)  # it has trained
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["untrained"] != metrics["trained"]
+
+
 def test_generator_draws_in_the_models_dtype_whatever_the_times_dtype():
     """The initial noise and the solve follow the parameters: a float64 generator on float32
     times gives float64 series, a float32 one on float64 times float32 series."""

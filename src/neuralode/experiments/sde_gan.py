@@ -9,10 +9,11 @@ Wasserstein GAN with Adadelta, the discriminator's weights clipped; the generato
 evaluated and saved is the average of its weights over the second half of training
 (stochastic weight averaging).
 
-How well the generator fits is measured on held-out series, against the untrained generator
-and against a second held-out sample of real series (the sampling noise floor): the 1-D
-Wasserstein distance between generated and real marginals at every time, averaged over the
-times, and the same for the increments Y(t + lag) - Y(t) (the temporal structure). Writes
+How well the generator fits is measured on held-out series, against the same generator
+before training (its initial weights, ``untrained`` in ``metrics.json``) and against a
+second held-out sample of real series (the sampling noise floor): the 1-D Wasserstein
+distance between generated and real marginals at every time, averaged over the times, and
+the same for the increments Y(t + lag) - Y(t) (the temporal structure). Writes
 ``metrics.json`` (with the per-step losses), ``checkpoint.pt``, ``samples.png`` (generated
 against real paths) and ``marginals.png`` (mean and quantiles over time).
 """
@@ -143,7 +144,9 @@ def _train(args: argparse.Namespace, run: Run) -> int:
     generator = SDEGenerator(hidden_size=args.hidden, width=args.width)
     discriminator = CDEDiscriminator(hidden_size=args.hidden, width=args.width)
     averaged = torch.optim.swa_utils.AveragedModel(generator)
-    untrained = _fit(SDEGenerator(hidden_size=args.hidden, width=args.width), ts, held_out, args)
+    # the baseline: the generator that is trained, at its initial weights (on a resumed run
+    # the same ones: the seed makes them, before the checkpoint is loaded)
+    untrained = _fit(generator, ts, held_out, args)
     gen_opt = torch.optim.Adadelta(generator.parameters(), lr=args.generator_lr, weight_decay=0.01)
     disc_opt = torch.optim.Adadelta(
         discriminator.parameters(), lr=args.discriminator_lr, weight_decay=0.01

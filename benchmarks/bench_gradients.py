@@ -53,6 +53,8 @@ import torch
 import torchdiffeq
 
 import neuralode
+from neuralode._cli_types import positive_float, positive_int
+from neuralode.bench import add_report_arguments, check_report_arguments, write_report
 from neuralode.bench import core as bench_core
 
 PARTS = ("memory", "seminorm", "torchdiffeq")
@@ -700,13 +702,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small version of every part")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    parser.add_argument("--out", help="write the markdown report to this file")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
-    parser.add_argument("--batch", type=int, help="batch of the memory study (default 128)")
-    parser.add_argument("--steps", type=int, nargs="+", help="step counts of the memory study")
+    add_report_arguments(parser)
+    parser.add_argument(
+        "--threads", type=positive_int, default=os.cpu_count(), help="torch threads"
+    )
+    parser.add_argument(
+        "--batch", type=positive_int, help="batch of the memory study (default 128)"
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, nargs="+", help="step counts of the memory study"
+    )
     parser.add_argument(
         "--case-seconds",
-        type=float,
+        type=positive_float,
         default=420.0,
         help="memory cases extrapolated to take longer than this are not run",
     )
@@ -717,14 +725,21 @@ def main(argv: list[str] | None = None) -> None:
         help="run one memory case in this process and print it as JSON",
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    check_report_arguments(parser, args)
 
     if args.memory_case:
         strategy, steps = args.memory_case
         if strategy not in STRATEGIES:
             parser.error(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+        try:
+            steps = positive_int(steps)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"--memory-case STEPS: {error}")
+    torch.set_num_threads(args.threads)
+
+    if args.memory_case:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        print(json.dumps(memory_case(strategy, int(steps), args.batch or 128, device)))
+        print(json.dumps(memory_case(strategy, steps, args.batch or 128, device)))
         return
 
     quick = args.quick
@@ -761,9 +776,7 @@ def main(argv: list[str] | None = None) -> None:
     report = "\n\n".join(sections)
     print()
     print(report)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(report + "\n")
+    write_report(args, report)
 
 
 if __name__ == "__main__":

@@ -224,3 +224,41 @@ def test_a_run_of_one_part_keeps_the_other_parts_sections(tmp_path):
     assert report.index("### Work-precision") < report.index("### Time per step")  # PARTS order
     gpu_part = (tmp_path / "bench-gpu.md").read_text()
     assert gpu_part.startswith("Environment:") and "Work-precision" not in gpu_part
+
+
+def test_bench_core_refuses_an_existing_out_file_before_timing_anything(tmp_path, capsys):
+    pytest.importorskip("torchdiffeq")
+    from neuralode.bench import core
+
+    report = tmp_path / "BENCH.md"
+    report.write_text("an earlier report\n")
+    with pytest.raises(SystemExit) as exit_info:
+        core.main(["--quick", "--out", str(report)])
+    assert exit_info.value.code == 2
+    assert "replace it with --overwrite, or choose another --out" in capsys.readouterr().err
+    assert report.read_text() == "an earlier report\n"
+    with pytest.raises(SystemExit, match="2"):
+        core.main(["--quick", "--out", str(tmp_path)])  # a directory
+    assert "is a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        core.main(["--quick", "--out", str(tmp_path / "missing" / "BENCH.md")])
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_report_out_is_written_when_new_or_with_overwrite(tmp_path):
+    import argparse
+
+    from neuralode.bench import add_report_arguments, check_report_arguments, write_report
+
+    parser = argparse.ArgumentParser()
+    add_report_arguments(parser)
+    report = tmp_path / "BENCH.md"
+    for argv in (["--out", str(report)], ["--out", str(report), "--overwrite"]):
+        args = parser.parse_args(argv)
+        check_report_arguments(parser, args)  # a new file, then an existing one with --overwrite
+        write_report(args, f"report {len(argv)}")
+        assert report.read_text() == f"report {len(argv)}\n"
+    args = parser.parse_args([])
+    check_report_arguments(parser, args)
+    write_report(args, "printed only")  # no --out: nothing written
+    assert [path.name for path in tmp_path.iterdir()] == ["BENCH.md"]

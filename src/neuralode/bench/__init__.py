@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import os
 import platform
+from pathlib import Path
 
 import torch
 
@@ -37,3 +39,50 @@ def _version(name: str) -> str:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--out FILE`` and ``--overwrite``: where a benchmark script writes its markdown report.
+
+    An existing ``FILE`` is refused unless ``--overwrite``, as the CLI's ``--out`` directories
+    are (``check_report_arguments`` checks it right after the parse, before anything is timed).
+
+    Arguments:
+        parser: the script's parser.
+    """
+    parser.add_argument(
+        "--out",
+        help="write the markdown report to this file (an existing one is refused unless "
+        "--overwrite)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
+def check_report_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Stop the parse with a one-line error unless ``args.out`` (if given) can take the report:
+    not a directory, in a directory that exists, and new unless ``args.overwrite``.
+
+    Arguments:
+        parser: the parser that read ``args`` (its ``error`` exits with status 2).
+        args: the parsed options of ``add_report_arguments``.
+    """
+    if args.out is None:
+        return
+    out = Path(args.out)
+    if out.is_dir():
+        parser.error(f"--out {out} is a directory; give a file name for the report")
+    if out.exists() and not args.overwrite:
+        parser.error(f"--out {out} exists; replace it with --overwrite, or choose another --out")
+    if not out.parent.is_dir():
+        parser.error(f"--out {out}: the directory {out.parent} does not exist; create it first")
+
+
+def write_report(args: argparse.Namespace, report: str) -> None:
+    """Write ``report`` to ``args.out`` (checked by ``check_report_arguments``), if given.
+
+    Arguments:
+        args: the parsed options of ``add_report_arguments``.
+        report: the markdown.
+    """
+    if args.out is not None:
+        Path(args.out).write_text(report + "\n")

@@ -43,7 +43,7 @@ import torch
 import neuralode
 
 from .._cli_types import positive_int
-from . import environment
+from . import add_report_arguments, check_report_arguments, environment, write_report
 
 RTOL, ATOL = 1e-6, 1e-8
 REFERENCE_RTOL, REFERENCE_ATOL = 1e-12, 1e-14
@@ -463,11 +463,12 @@ def verdict(results: list[Result]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller batches")
-    parser.add_argument("--out", help="write the markdown report to this file")
+    add_report_arguments(parser)
     parser.add_argument(
         "--threads", type=positive_int, default=os.cpu_count(), help="torch threads"
     )
     args = parser.parse_args(argv)
+    check_report_arguments(parser, args)
 
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
@@ -530,9 +531,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print()
     print(report)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(report + "\n")
+    write_report(args, report)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from neuralode._cli_types import non_negative_float, positive_float, positive_int
 from neuralode.data.toy2d import sample_toy
 from neuralode.experiments import toy2d
 from neuralode.training.trainer import fill_defaults
@@ -65,19 +66,21 @@ def run_case(args: argparse.Namespace, weight: float, all_channels: bool = False
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=200)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--tol", type=float, default=1e-5)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--weight", type=float, default=0.01, help="lambda_K = lambda_J")
+    parser.add_argument("--iters", type=positive_int, default=200)
+    parser.add_argument("--batch", type=positive_int, default=256)
+    parser.add_argument("--tol", type=positive_float, default=1e-5)
+    parser.add_argument("--lr", type=positive_float, default=3e-3)
+    parser.add_argument(
+        "--weight", type=non_negative_float, default=0.01, help="lambda_K = lambda_J"
+    )
     parser.add_argument(
         "--all-channels", action="store_true",
         help="add a regularised run whose error norm also measures the penalty channels",
     )  # fmt: skip
-    parser.add_argument("--fixed-T", type=float, default=None, help="fix T (RNODE: 1.0)")
-    args = parser.parse_args()
+    parser.add_argument("--fixed-T", type=positive_float, default=None, help="fix T (RNODE: 1.0)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = [run_case(args, 0.0), run_case(args, args.weight)]
     if args.all_channels:

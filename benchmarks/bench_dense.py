@@ -62,11 +62,11 @@ def _time(fn, repeats: int) -> list[float]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=positive_int, default=15)
     parser.add_argument("--threads", type=positive_int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     field = _field()
     torch.manual_seed(1)

@@ -25,6 +25,7 @@ import torch
 from bench_engine import ATOL, RTOL, mlp, vdp
 
 import neuralode as no
+from neuralode._cli_types import positive_int
 
 
 def _solve(lib, f, y0, ts, per_sample: bool) -> float:
@@ -53,11 +54,11 @@ def _long(lib) -> float:
         return time.thread_time() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("base", help="directory holding the older copy as neuralode_base")
-    parser.add_argument("--repeats", type=int, default=25)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=positive_int, default=25)
+    args = parser.parse_args(argv)
     sys.path.insert(0, args.base)
     import neuralode_base as base
 

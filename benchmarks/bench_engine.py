@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 import neuralode as no
+from neuralode._cli_types import positive_int, widths
 
 RTOL, ATOL = 1e-6, 1e-8
 
@@ -147,16 +148,18 @@ def measure(runs: dict, f, y0, ts, per_sample, repeats):
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=11)
-    parser.add_argument("--batches", default="1,16,256,1024")
+    parser.add_argument("--repeats", type=positive_int, default=11)
+    parser.add_argument(
+        "--batches", type=widths, default="1,16,256,1024", help="comma-separated batch sizes"
+    )
     parser.add_argument("--base", default="", help="directory with neuralode_base (older)")
     parser.add_argument("--dump", default="", help="write the MLP problems for diffrax here")
     parser.add_argument(
         "--diffrax", default="", help="a Python with jax and diffrax: run them afterwards"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.dump:
         dump(args.dump, map(int, args.batches.split(",")))
         return

@@ -21,6 +21,8 @@ import os
 import subprocess
 import time
 
+from neuralode._cli_types import positive_int, widths
+
 LAYERS = 20
 
 JAX_SCRIPT = """
@@ -46,12 +48,12 @@ print(json.dumps(out))
 """
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", default="256,1024")
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rows", type=widths, default="256,1024", help="comma-separated rows")
+    parser.add_argument("--rounds", type=positive_int, default=15)
     parser.add_argument("--jax", default=None, help="a Python with jax, for XLA's column")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows_list = [int(r) for r in args.rows.split(",")]
     # (the two variants have the same cache keys: compile both)
     os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"

@@ -17,14 +17,14 @@ from neuralode._cli_types import positive_int
 from neuralode.bench import pde
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repeat, heat1d only")
     parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds")
     parser.add_argument(
         "--problems", nargs="+", choices=sorted(pde.PROBLEMS), default=sorted(pde.PROBLEMS)
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     repeats = 1 if args.quick else args.repeats
     names = ["heat1d"] if args.quick else args.problems

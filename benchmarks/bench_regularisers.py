@@ -16,6 +16,7 @@ import time
 import torch
 from torch import nn
 
+from neuralode._cli_types import non_negative_float, positive_float, positive_int, random_seed
 from neuralode.models import (
     DerivativePenalty,
     JacobianFrobenius,
@@ -125,17 +126,21 @@ def train(name: str, args, data) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=["digits", "rings"], default="digits")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--tol", type=float, default=1e-5, help="rtol = atol of the solves")
-    parser.add_argument("--weight", type=float, default=0.01, help="weight of each regulariser")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=positive_int, default=10)
+    parser.add_argument("--batch", type=positive_int, default=128)
+    parser.add_argument("--lr", type=positive_float, default=3e-3)
+    parser.add_argument(
+        "--tol", type=positive_float, default=1e-5, help="rtol = atol of the solves"
+    )
+    parser.add_argument(
+        "--weight", type=non_negative_float, default=0.01, help="weight of each regulariser"
+    )
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--only", nargs="*", choices=list(CONFIGS), default=list(CONFIGS))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = load(args.data, args.seed)
     rows = [train(name, args, data) for name in args.only]

@@ -17,7 +17,7 @@ from neuralode._cli_types import positive_int
 from neuralode.bench import environment, sde
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per case")
     parser.add_argument(
@@ -35,7 +35,7 @@ def main() -> None:
         default=[100, 1000],
         help="the numbers of steps of the memory study",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(environment())
     if not args.only_memory:

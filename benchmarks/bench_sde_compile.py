@@ -83,10 +83,10 @@ def per_sample(batch: int, repeats: int) -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per case")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, threads 1\n")
     print("| problem | eager (ms) | compile='step' (ms) | speed-up | steps (eager / compiled) "

@@ -98,11 +98,11 @@ def query_cost(batch: int, n: int, repeats: int) -> dict:
     return {name: statistics.median(values) for name, values in out.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per case")
     parser.add_argument("--batch", type=positive_int, default=64, help="rows of the OU batch")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, threads 1")
     r = mixed_stiffness(args.batch, args.repeats)

@@ -37,16 +37,22 @@ CASES = {"mlp 1": 1.0, "mlp 16": 1.0, "vdp 256": 10.0}  # case: t1
 XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
-def _diffrax_worker():
-    """``neuralode/bench/diffrax_worker.py`` loaded by its path (it imports numpy only, so
-    the jax interpreter, without torch, runs it)."""
+def _by_path(name: str):
+    """``src/neuralode/NAME.py`` loaded by its path, without the ``neuralode`` package (the
+    jax interpreter, without torch and neuralode, runs this file and these modules: the
+    diffrax worker imports numpy only, the argument types the standard library only)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "src/neuralode/bench/diffrax_worker.py"
-    spec = importlib.util.spec_from_file_location("diffrax_worker", path)
+    path = Path(__file__).resolve().parents[1] / "src/neuralode" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(Path(name).name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _diffrax_worker():
+    """``neuralode/bench/diffrax_worker.py``, loaded by its path."""
+    return _by_path("bench/diffrax_worker")
 
 
 def diffrax_side(problems: str) -> dict[str, list]:
@@ -180,12 +186,17 @@ def _cell(attempt: list | None) -> str:
     return f"{t:10.6f} {h:10.3e} {ratio:10.3e} {'acc' if accepted else 'REJ':>4}    "
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--diffrax-python", default=os.environ.get("NEURALODE_DIFFRAX_PYTHON"))
-    parser.add_argument("--rows", type=int, default=12, help="attempts shown per case")
+    parser.add_argument(
+        "--rows",
+        type=_by_path("_cli_types").positive_int,
+        default=12,
+        help="attempts shown per case",
+    )
     parser.add_argument("--diffrax-side", metavar="PROBLEMS", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.diffrax_side:
         print(json.dumps(diffrax_side(args.diffrax_side)))
         return

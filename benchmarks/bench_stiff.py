@@ -33,6 +33,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 import neuralode as no
+from neuralode._cli_types import positive_int
 
 MU = 1000.0
 
@@ -244,11 +245,11 @@ def table(problem: Problem, rtol: float, rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repeat, rtol 1e-6 only")
-    parser.add_argument("--max-steps", type=int, default=5000, help="dopri5's step budget")
-    args = parser.parse_args()
+    parser.add_argument("--max-steps", type=positive_int, default=5000, help="dopri5's step budget")
+    args = parser.parse_args(argv)
     repeats = 1 if args.quick else 3
     rtols = (1e-6,) if args.quick else (1e-4, 1e-6)
     torch.set_num_threads(1)

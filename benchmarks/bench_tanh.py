@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from neuralode._cli_types import positive_int
+
 BATCHES = (1, 16, 256, 1024)
 
 
@@ -149,13 +151,13 @@ def ulps_of_every_float32() -> None:
     print(f"smallest float32 above 7.9 where both are 1: {float(one[0])!r}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=2)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fit", action="store_true", help="derive the rational tanh")
     parser.add_argument("--ulps", action="store_true", help="its error over every float32")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.fit:
         return show_fit()
     if args.ulps:

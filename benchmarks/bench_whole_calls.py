@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_engine import ATOL, RTOL, mlp  # noqa: E402
 
 import neuralode as no  # noqa: E402
+from neuralode._cli_types import widths  # noqa: E402
 
 
 def calls(batches: list[int], as_diffrax: bool = False) -> dict[int, list[float]]:
@@ -114,12 +115,14 @@ def parts(batch: int = 1, n: int = 3000) -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batches", default="1,16")
+    parser.add_argument(
+        "--batches", type=widths, default="1,16", help="comma-separated batch sizes"
+    )
     parser.add_argument("--parts", action="store_true")
     parser.add_argument("--as-diffrax", action="store_true", help="diffrax's step rule")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.parts:
         print(parts(int(args.batches.split(",")[0])))

@@ -38,6 +38,8 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from bench_engine import ATOL, RTOL, dump, mlp  # noqa: E402
 
+from neuralode._cli_types import positive_int, widths  # noqa: E402
+
 BATCHES = (1, 16, 256, 1024)
 # dopri5's tableau, for the prototype
 A = [[], [1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
@@ -223,15 +225,20 @@ def products_table(repeats: int) -> None:
         print(f"| {batch} | {fused:.3f} | {aten:.3f} |", flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=21)
-    parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    parser.add_argument("--repeats", type=positive_int, default=21)
+    parser.add_argument(
+        "--batches",
+        type=widths,
+        default=",".join(map(str, BATCHES)),
+        help="comma-separated batch sizes",
+    )
     parser.add_argument("--diffrax", default="", help="a Python with jax and diffrax")
     parser.add_argument("--tanh", action="store_true", help="the tanh table only")
     parser.add_argument("--products", action="store_true", help="the products table only")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     if args.tanh:
         return tanh_table(batches)

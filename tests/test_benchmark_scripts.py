@@ -1,0 +1,82 @@
+"""The scripts in ``benchmarks/``: a count out of range (0, a negative number, a bad list)
+stops the parse with argparse's one-line error, before anything is timed or imported."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+# (script, argv, the error's text): each script's count options, one bad value each
+BAD_COUNTS = [
+    ("bench_cnf_rnode", ["--iters", "0"], "--iters: must be a positive integer, got 0"),
+    ("bench_cnf_rnode", ["--batch", "-1"], "--batch: must be a positive integer, got -1"),
+    ("bench_cnf_rnode", ["--tol", "0"], "--tol: must be a positive number, got 0"),
+    ("bench_core", ["--threads", "0"], "--threads: must be a positive integer, got 0"),
+    ("bench_dense", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+    ("bench_eager_base", ["base", "--repeats", "0"], "--repeats: must be a positive integer"),
+    ("bench_engine", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+    ("bench_engine", ["--batches", "1,0"], "--batches: must be comma-separated positive"),
+    ("bench_gpu", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+    ("bench_gradients", ["--threads", "0"], "--threads: must be a positive integer, got 0"),
+    ("bench_gradients", ["--steps", "10", "0"], "--steps: must be a positive integer, got 0"),
+    ("bench_gradients", ["--memory-case", "backsolve", "0"], "STEPS: must be a positive integer"),
+    ("bench_linear", ["--rounds", "0"], "--rounds: must be a positive integer, got 0"),
+    ("bench_linear", ["--rows", "256,-1"], "--rows: must be comma-separated positive integers"),
+    ("bench_pde", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+    ("bench_regularisers", ["--epochs", "0"], "--epochs: must be a positive integer, got 0"),
+    ("bench_regularisers", ["--batch", "0"], "--batch: must be a positive integer, got 0"),
+    ("bench_regularisers", ["--seed", "-1"], "--seed: must be an integer in [0, 2**32 - 1]"),
+    ("bench_sde", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+    ("bench_sde_compile", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+    ("bench_sde_per_sample", ["--batch", "0"], "--batch: must be a positive integer, got 0"),
+    ("bench_steps_diffrax", ["--rows", "0"], "--rows: must be a positive integer, got 0"),
+    ("bench_stiff", ["--max-steps", "0"], "--max-steps: must be a positive integer, got 0"),
+    ("bench_tanh", ["--rounds", "-2"], "--rounds: must be a positive integer, got -2"),
+    ("bench_whole_calls", ["--batches", "0"], "--batches: must be comma-separated positive"),
+    ("bench_whole_graph", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+    ("bench_whole_graph", ["--batches", "1,x"], "--batches: must be comma-separated positive"),
+]
+
+
+def _load(name: str, monkeypatch: pytest.MonkeyPatch):
+    """``benchmarks/NAME.py`` as a module (its ``__main__`` block does not run); a script
+    whose reference library is not installed is skipped."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import each other
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    except ModuleNotFoundError as error:
+        pytest.skip(f"{name} needs {error.name}")
+    return module
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "message"),
+    BAD_COUNTS,
+    ids=[f"{n}{next(o for o in a if o[:2] == '--')}" for n, a, _ in BAD_COUNTS],
+)
+def test_a_bad_count_stops_the_parse_with_a_one_line_error(
+    name: str, argv: list[str], message: str, monkeypatch, capsys
+) -> None:
+    script = _load(name, monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_every_script_with_options_is_checked() -> None:
+    with_options = {
+        path.stem
+        for path in BENCHMARKS.glob("*.py")
+        if "ArgumentParser" in path.read_text() or "import main" in path.read_text()
+    }
+    assert with_options == {name for name, _, _ in BAD_COUNTS}

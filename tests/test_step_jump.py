@@ -211,3 +211,68 @@ def test_jump_t_on_a_fixed_grid_lands_on_the_jump() -> None:
     exact = step_exact(1.0)
     assert abs(float(sol.ys[-1, 0]) - exact) < 1e-4
     assert abs(float(sol.ys[-1, 0]) - exact) < abs(float(plain.ys[-1, 0]) - exact) / 10
+
+
+ONE_STEP_METHODS = [name for name in ALL_METHODS if not make_solver(name).multistep]
+
+
+@pytest.mark.parametrize("name", ONE_STEP_METHODS)
+def test_checkpointed_gradients_across_a_jump_equal_direct(name: str) -> None:
+    """Checkpointed recomputes the step after the jump from the solver's own start state
+    there (for radau a state dict, f from the far side of the jump), so its gradients are
+    Direct's, the gradient of the same discrete solve."""
+    ts = torch.tensor([1.0, 0.0], dtype=torch.float64)  # backward: the jump in both loops
+
+    def gradients(checkpointed: bool) -> list[torch.Tensor]:
+        rate = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+        y0 = torch.ones(1, dtype=torch.float64, requires_grad=True)
+
+        def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return -rate * y + (t >= JUMP).to(y.dtype)
+
+        sol = no.solve(
+            field,
+            y0,
+            ts,
+            solver=make_solver(name),
+            controller=_controller(name, step_size=0.06),
+            gradient=no.Checkpointed([rate]) if checkpointed else no.Direct(),
+            jump_t=[JUMP],
+        )
+        return list(torch.autograd.grad(sol.ys[-1].sum(), [y0, rate]))
+
+    for direct, checkpointed in zip(gradients(False), gradients(True)):
+        torch.testing.assert_close(checkpointed, direct, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("kind", ["step_t", "jump_t"])
+@pytest.mark.parametrize(
+    ("start", "end", "step", "point"),
+    [(0.1, 1.0, 0.1, 0.3), (0.1, 1.0, 0.1, 0.7), (0.0, 1.2, 0.3, 0.9)],
+    ids=["past-0.3", "past-0.7", "short-of-0.9"],
+)
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+def test_landing_within_round_off_of_a_grid_point(
+    kind: str, start: float, end: float, step: float, point: float, backward: bool
+) -> None:
+    """A landing time a few ulps from a point of the uniform grid is one time with it: no
+    step between them (one that could not change t, a StepSizeUnderflowError). From 0.1 the
+    grid has 0.1 + 2 * 0.1 = 0.30000000000000004 just past 0.3 (and 0.7000000000000001),
+    from 0 the grid of 0.3 has 0.8999999999999999 just short of 0.9. The adjoint's backward
+    solve builds its grid from the other end, so it meets the landing from the other side."""
+    ts = torch.tensor([end, start] if backward else [start, end], dtype=torch.float64)
+    y0 = torch.ones(1, dtype=torch.float64, requires_grad=True)
+    sol = no.solve(
+        lambda t, y: -y,
+        y0,
+        ts,
+        solver=no.RK4(),
+        controller=no.FixedGrid(step_size=step),
+        gradient=no.Backsolve(()),
+        **{kind: [point]},
+    )
+    (grad,) = torch.autograd.grad(sol.ys[-1].sum(), [y0])
+    exact = math.exp((end - start) * (1.0 if backward else -1.0))
+    assert sol.stats.n_steps == round((end - start) / step)
+    assert abs(float(sol.ys[-1, 0]) - exact) < 1e-3 * exact
+    assert abs(float(grad[0]) - exact) < 1e-3 * exact

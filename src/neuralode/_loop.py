@@ -24,11 +24,10 @@ from ._norms import Norm
 from ._solution import SolveStats
 from ._status import code_of, success
 from ._term import ODETerm
+from .controllers._ops import indistinct
 from .controllers.base import StepSizeController
 from .controllers.pi import PIController
 from .solvers.base import Solver
-
-_EPS = 2.0**-52
 
 
 @dataclass
@@ -188,9 +187,11 @@ def _integrate(
             counts = f"{stats.n_accepted} accepted, {stats.n_rejected} rejected steps"
             raise max_steps_error(config.max_steps, t, ts[-1], counts)
         land_t, land_is_jump = landings[landing]
-        landed = sign * (proposal - land_t) >= 0
+        # a proposal within round-off short of a landing point lands on it: a step from
+        # there to the landing could not change t
+        landed = sign * (proposal - land_t) >= 0 or indistinct(proposal, land_t)
         t1 = land_t if landed else proposal
-        if abs(t1 - t) <= 4 * _EPS * max(abs(t), abs(t1)) or not math.isfinite(t1):
+        if indistinct(t, t1) or not math.isfinite(t1):
             raise_stalled(t, t1 - t, y, last_y1)
         at_jump = landed and land_is_jump
         if callbacks is not None:

@@ -16,8 +16,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ._host import across
-
-_EPS = 2.0**-52
+from .controllers._ops import indistinct
 
 
 class _Progress(NamedTuple):
@@ -73,8 +72,7 @@ def _stalled(
     """The running samples whose next step underflows (too small to change t) or is not
     finite, (batch,)."""
     land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
-    tiny = (land - t).abs() <= 4 * _EPS * torch.maximum(t.abs(), land.abs())
-    return still & (tiny | ~torch.isfinite(land))
+    return still & (indistinct(t, land) | ~torch.isfinite(land))
 
 
 @dataclass

@@ -78,7 +78,8 @@ class _CheckpointedSolve(torch.autograd.Function):
                 y0 = rec.y0.detach().requires_grad_(True)
                 sign = 1.0 if rec.t1 > rec.t0 else -1.0
                 f0 = term(rec.t0, y0, sign) if rec.after_jump else None
-                state = f0 if rec.replay is None else rec.replay
+                # the solver's own start state, as the loop made it (after a jump: from f0)
+                state = solver.init(term, rec.t0, y0, f0) if rec.replay is None else rec.replay
                 step = solver.step(term, rec.t0, rec.t1, y0, state, rec.perturb)
                 outputs, grads = [step.y1], [adjoint]
                 if inner:

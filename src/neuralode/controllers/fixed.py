@@ -14,6 +14,7 @@ import torch
 from .._norms import Norm
 from .._term import ODETerm
 from ..solvers.base import Solver
+from ._ops import indistinct
 from .base import StepSizeController
 
 GridConstructor = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -174,8 +175,8 @@ class FixedGrid(StepSizeController):
 
 
 class _Grid:
-    """Explicit grid points; ``after(t)`` is the first point past ``t`` (the last point
-    when none is)."""
+    """Explicit grid points; ``after(t)`` is the first point past ``t`` by more than
+    round-off (the last point when none is)."""
 
     def __init__(self, points: list[float]):
         self.points = points
@@ -185,6 +186,8 @@ class _Grid:
 
     def after(self, t: float) -> float:
         i = bisect.bisect_right(self.keys, self.sign * t)
+        while i < len(self.points) - 1 and indistinct(t, self.points[i]):
+            i += 1  # a point within round-off of t (a landing point beside it) is reached
         return self.points[min(i, len(self.points) - 1)]
 
 
@@ -208,6 +211,6 @@ class _UniformGrid:
         i = max(int(math.floor((t - self.t0) / self.step)), 0) if math.isfinite(t) else 0
         while i > 0 and sign * (self.point(i) - t) > 0:  # round-off in the division
             i -= 1
-        while i < self.n and sign * (self.point(i) - t) <= 0:
-            i += 1
+        while i < self.n and (sign * (self.point(i) - t) <= 0 or indistinct(t, self.point(i))):
+            i += 1  # points up to t, or within round-off past it, are reached
         return self.point(i)

@@ -397,8 +397,5 @@ class ImplicitRK(ImplicitStages):
 
 
 def _starts_after_jump(state: Any) -> bool:
-    """Whether the step starts where f jumps (the loop's state after a jump, or a bare f0 as
-    the checkpointed gradient passes it)."""
-    if isinstance(state, torch.Tensor):
-        return True
+    """Whether the step starts where f jumps (the state ``init`` made after a jump)."""
     return isinstance(state, dict) and state.get("after_jump", False)

@@ -325,6 +325,31 @@ def test_direct_and_backsolve_agree(batch_size: int | None) -> None:
         torch.testing.assert_close(adjoint, direct, rtol=1e-5, atol=1e-7)
 
 
+def test_backsolve_gives_radau_the_backward_solves_tolerances() -> None:
+    """Per-element tolerances laid out for the forward state (2 x 2 here) are laid out for
+    the backward state [y, adjoint, parameter gradients] (10 elements) by the backward
+    controller, and the solver's Newton iteration takes those (the forward ones do not
+    broadcast against the backward state)."""
+    y0, params, ts = _stiff_inputs()
+    grads = []
+    for gradient in (no.Direct(), no.Backsolve(params=(params,))):
+        controller = no.PIController(
+            rtol=torch.tensor([1e-9, 1e-10], dtype=torch.float64),
+            atol=torch.tensor([1e-11, 1e-12], dtype=torch.float64),
+        )
+        sol = no.solve(
+            _stiff_linear(params, stiffness=10.0),
+            y0,
+            ts,
+            solver=Radau(),
+            controller=controller,
+            gradient=gradient,
+        )
+        grads.append(torch.autograd.grad((sol.ys**2).sum(), (y0, params)))
+    for direct, adjoint in zip(*grads):
+        torch.testing.assert_close(adjoint, direct, rtol=1e-5, atol=1e-7)
+
+
 def test_backsolve_on_a_stiff_problem_fails_with_advice() -> None:
     """Backwards in time the stiff mode grows like exp(1300 t): the backward solve cannot
     keep up, and the error says so and names the strategies that work."""

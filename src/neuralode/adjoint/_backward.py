@@ -110,6 +110,11 @@ def _backward_config(
         callbacks=None if strategy.callbacks is None else Callbacks(strategy.callbacks, state_spec),
         execution=Execution(compile="solve" if whole else "step" if compiled else None),
     )
+    # an implicit method scales its Newton iteration by the backward solves' tolerances,
+    # laid out for [y, a, g], not by the forward solve's (or none, for a solver of its own)
+    config.solver.set_tolerances(
+        getattr(config.controller, "rtol", None), getattr(config.controller, "atol", None)
+    )
     if whole:
         from .._whole_solve import unsupported  # (import cycle)
 

@@ -18,10 +18,13 @@ _EPS = 2.0**-52
 def indistinct(a: Any, b: Any) -> Any:
     """Whether the times ``a`` and ``b`` (floats, or tensors per sample) lie within 4 ulps
     of the larger: a step from one to the other cannot change t, so a loop treats them as
-    one time (a stalled step, a landing point reached, a grid point passed)."""
+    one time (a stalled step, a landing point reached, a grid point passed). An infinite
+    time (an event search's end) is distinct from every finite one."""
     if type(a) is not float and isinstance(a, torch.Tensor):
-        return (b - a).abs() <= 4 * _EPS * torch.maximum(a.abs(), b.abs())
-    return abs(b - a) <= 4 * _EPS * max(abs(a), abs(b))
+        gap = (b - a).abs()
+        return (gap <= 4 * _EPS * torch.maximum(a.abs(), b.abs())) & gap.isfinite()
+    gap = abs(b - a)
+    return gap <= 4 * _EPS * max(abs(a), abs(b)) and gap != math.inf
 
 
 def power(x: Any, p: float) -> Any:

@@ -313,6 +313,48 @@ def test_odeint_event_matches_torchdiffeq(interface: str) -> None:
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize(
+    "method, options, kwargs",
+    [
+        ("rk4", {"step_size": 0.01, "interp": "linear"}, {}),
+        ("euler", {"step_size": 0.01, "interp": "cubic"}, {}),
+        ("dopri5", None, {"rtol": 1e-3, "atol": 1e-4}),
+    ],
+)
+def test_odeint_adjoint_event_state_is_odeints(method: str, options, kwargs) -> None:
+    """The event state of odeint_adjoint (and of Checkpointed()) is the dense output of the
+    step that holds the located event, as odeint's and torchdiffeq's: event_fn is zero there,
+    not off by the error of a step shortened to end at the event."""
+
+    def fall(t, y):
+        return torch.stack([y[1], -9.81 * torch.sin(y[0] + 1.0)])
+
+    def results(lib, interface):
+        y0 = torch.tensor([1.0, 0.0], dtype=F64)
+        extra = {"adjoint_params": ()} if interface == "odeint_adjoint" else {}
+        return lib.odeint_event(
+            fall, y0, torch.tensor(0.0, dtype=F64), event_fn=lambda t, y: y[0],
+            odeint_interface=getattr(lib, interface), method=method, options=options,
+            **kwargs, **extra,
+        )  # fmt: skip
+
+    t_direct, s_direct = results(no, "odeint")
+    t_adjoint, s_adjoint = results(no, "odeint_adjoint")
+    assert float(t_adjoint) == float(t_direct)
+    torch.testing.assert_close(s_adjoint, s_direct, rtol=0, atol=1e-12)
+    assert abs(float(s_adjoint[-1, 0])) < 1e-12
+    _, s_theirs = results(torchdiffeq, "odeint_adjoint")
+    if method != "dopri5":  # the same fixed steps and interpolation as torchdiffeq's
+        torch.testing.assert_close(s_adjoint, s_theirs, rtol=0, atol=1e-8)
+    sols = [
+        no.solve(fall, torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 5.0], dtype=F64),
+                 solver="dopri5", controller=no.PIController(1e-3, 1e-4), gradient=gradient,
+                 event=no.Event(lambda t, y: y[0]))
+        for gradient in (no.Direct(), no.Checkpointed(params=()))
+    ]  # fmt: skip
+    torch.testing.assert_close(sols[1].event_y, sols[0].event_y, rtol=0, atol=1e-12)
+
+
 def test_none_options_take_their_defaults_and_t0_may_require_grad() -> None:
     """An option set to None is its default (as torchdiffeq; ``max_num_steps=None`` stays
     "no limit"), and a t0 that requires grad (for d event_t / d t0) raises no warning."""

@@ -78,13 +78,18 @@ def solve_with_event(
         if hit is not None:
             before = sum(1 for t in problem.times if sign * (hit.t - t) > 0)
             at_output = before < len(problem.times) and problem.times[before] == hit.t
-            t_event = torch.full((1,), hit.t, dtype=ts.dtype, device=ts.device)
-            problem.ts = torch.cat([ts[:before], t_event])
-            problem.times = problem.times[:before] + [hit.t]
+            # the solve runs on to the end of the step that holds the event: its steps are
+            # the search's, and the event state is that step's dense output at the event
+            # time, as located (a solve ending at the event would shorten the last step)
+            tail = [hit.t] if hit.step_end == hit.t else [hit.t, hit.step_end]
+            t_tail = torch.tensor(tail, dtype=ts.dtype, device=ts.device)
+            problem.ts = torch.cat([ts[:before], t_tail])
+            problem.times = problem.times[:before] + tail
         ys = run_gradient(gradient, problem)
         event_y = None
         if hit is not None:
-            ys, event_y = (ys if at_output else ys[:-1]), ys[-1]
+            event_y = ys[before]
+            ys = ys[: before + 1] if at_output else ys[:before]
     stats.nfe = problem.term.nfe
     if config.throw:
         check_finite(ys, problem.times)

@@ -26,11 +26,13 @@ from .solvers.base import Solver, Step
 
 @dataclass
 class EventHit:
-    """One located event: its time, the index of the element that crossed, the state there."""
+    """One located event: its time, the index of the element that crossed, the state there
+    and the end of the accepted step whose dense output holds it."""
 
     t: float
     index: int
     y: torch.Tensor
+    step_end: float
 
 
 class Events:
@@ -45,9 +47,11 @@ class Events:
         self.previous: torch.Tensor | None = None
         self.after: torch.Tensor | None = None
         device = term.device
-        #: terminal events: each sample's event time (NaN without one), the element of the
-        #: event function that crossed, and whether the sample had its event
+        #: terminal events: each sample's event time (NaN without one), the end of the step
+        #: it lies in, the element of the event function that crossed, and whether the
+        #: sample had its event
         self.event_t = torch.full((batch,), math.nan, dtype=torch.float64, device=device)
+        self.step_end = torch.full((batch,), math.nan, dtype=torch.float64, device=device)
         self.index = torch.zeros(batch, dtype=torch.long, device=device)
         self.mask = torch.zeros(batch, dtype=torch.bool, device=device)
         self._rows: list[torch.Tensor] = []  # event times of each step with a crossing
@@ -157,6 +161,7 @@ class Events:
         y_event = torch.where(at_end[:, None], y1, interpolate(hi * h))
         if self.event.terminal:
             self.event_t = torch.where(hit, t_event, self.event_t)
+            self.step_end = torch.where(hit, t1, self.step_end)
             self.index = torch.where(hit, index, self.index)
             self.mask = self.mask | hit
         self._rows.append(torch.where(hit, t_event, math.nan))
@@ -235,7 +240,7 @@ class OneProblemEvents(Events):
         index = int(crossed(previous, after, self.event.direction)[0].nonzero()[0])
         if self.event.terminal:
             index = int(self.index[0])
-        return EventHit(float(t_event[0]), index, y_event[0])
+        return EventHit(float(t_event[0]), index, y_event[0], step.t1)
 
     def locate(self, hit: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
         t_event, y_event = super().locate(hit, *args)
@@ -247,7 +252,8 @@ class OneProblemEvents(Events):
         """The event that ended the solve, if it was terminal."""
         if not self.event.terminal or not bool(self.mask[0]):
             return None
-        return EventHit(float(self.event_t[0]), int(self.index[0]), self.event_y[0])
+        t_event, step_end = self.event_t[0], self.step_end[0]
+        return EventHit(float(t_event), int(self.index[0]), self.event_y[0], float(step_end))
 
     def times(self) -> list[float]:
         """The times of every located event, in order."""

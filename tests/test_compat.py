@@ -80,6 +80,9 @@ def test_per_component_tolerances_as_torchdiffeq() -> None:
     rtol = torch.tensor([1e-10, 1e-3], dtype=F64)
     ours = no.odeint(linear, Y0, T, rtol=rtol, atol=1e-12)
     torch.testing.assert_close(ours, torchdiffeq.odeint(linear, Y0, T, rtol=rtol, atol=1e-12))
+    # a list or tuple for a tensor state is a tensor of per-element tolerances (torchdiffeq)
+    ours = no.odeint(linear, Y0, T, rtol=[1e-10, 1e-3], atol=(1e-12, 1e-12))
+    torch.testing.assert_close(ours, torchdiffeq.odeint(linear, Y0, T, rtol=rtol, atol=1e-12))
     # the adjoint's backward solve takes the forward tolerances for y and the adjoint
     field, start = Field(), Y0.clone().requires_grad_()
     no.odeint_adjoint(field, start, T, rtol=rtol, atol=1e-12)[-1].sum().backward()

@@ -283,11 +283,20 @@ def _cubic_interpolate(self: Solver, term: Any, step: Step, thetas: torch.Tensor
 
 
 def _tolerance(name: str, value: Any, y0: Any, spec: Any) -> float | torch.Tensor:
-    """torchdiffeq's ``rtol``/``atol``: a number; a tensor (per element, broadcasting against
-    a tensor state); or, for a tuple state, one number or tensor per tensor of the state (a
-    sequence, or a tensor with one entry per tensor), laid out as the flat state."""
+    """torchdiffeq's ``rtol``/``atol``: a number; a tensor or a sequence of numbers (per
+    element, broadcasting against a tensor state); or, for a tuple state, one number or
+    tensor per tensor of the state (a sequence, or a tensor with one entry per tensor), laid
+    out as the flat state."""
     if isinstance(value, torch.Tensor) and value.requires_grad:
         raise ValueError(f"{name} cannot require gradient; pass {name}.detach()")
+    if isinstance(y0, torch.Tensor) and isinstance(value, (tuple, list)):
+        try:  # torchdiffeq makes it a tensor
+            value = torch.as_tensor(value, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(
+                f"{name} must be a non-negative number or a tensor (or sequence) of them "
+                f"broadcasting against y0; got {value!r} ({error})"
+            ) from None
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = float(value)
     nested = isinstance(y0, (tuple, list))

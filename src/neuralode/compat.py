@@ -57,9 +57,10 @@ def odeint(
         t: the output times, 1-D and strictly monotonic; ``t[0]`` is the initial time. With
             ``options=dict(per_sample=True)`` also (batch, n): each sample's own output times
             (see [`solve`][neuralode.solve]'s ``ts``); the result is then (n, batch, ...).
-        rtol: the relative tolerance of adaptive methods: a number, a tensor (per element,
-            broadcasting against a tensor ``y0``) or, for a tuple ``y0``, one number or
-            tensor per tensor of it (a tuple, a list or a tensor), as in torchdiffeq.
+        rtol: the relative tolerance of adaptive methods: a number, a tensor or a list of
+            numbers (per element, broadcasting against a tensor ``y0``) or, for a tuple
+            ``y0``, one number or tensor per tensor of it (a tuple, a list or a tensor), as
+            in torchdiffeq.
         atol: the absolute tolerance of adaptive methods, as ``rtol``.
         method: a name from [`METHODS`][neuralode.solvers.METHODS] (default ``"dopri5"``;
             ``"fixed_adams"`` is ``"implicit_adams"``) or ``"scipy_solver"``.

@@ -860,3 +860,45 @@ def test_cuda_graph_on_a_gpu_matches_the_eager_loop():
         grads.append((start.grad, field.scale.grad))
     for graphed_grad, eager_grad in zip(grads[1], grads[0]):
         torch.testing.assert_close(graphed_grad, eager_grad, rtol=1e-10, atol=1e-12)
+
+
+class _Decay(torch.nn.Module):
+    """y' = -k y written as -k sqrt(y) sqrt(y): NaN (and NaN derivatives) where y < 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor(3.0, dtype=torch.float64))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -self.k * torch.sqrt(y) * torch.sqrt(y)
+
+
+@pytest.mark.parametrize(
+    "execution",
+    [dict(per_sample=True), dict(per_sample="skip_finished"), dict(device_loop=True)],
+    ids=["per_sample", "skip_finished", "device_loop"],
+)
+def test_rejected_attempts_outside_fs_domain_leave_gradients_exact(execution):
+    """A first step of 1 overshoots below y = 0, where f is NaN: the attempts are rejected,
+    and backpropagation through the loop's masks multiplies their zero gradient by f's NaN
+    derivatives there unless their rows are kept out of the graph. The gradients equal the
+    standard loop's, which drops rejected steps (each sample solved alone)."""
+    y0 = torch.tensor([[1.0], [2.0], [0.5]], dtype=torch.float64)
+    ts = torch.tensor([0.0, 4.0], dtype=torch.float64)
+    controller = PIController(1e-6, 1e-8, first_step=1.0)
+    field = _Decay()
+    start = y0.clone().requires_grad_(True)
+    sol = solve(field, start, ts, controller=controller, **execution)
+    assert sol.stats.n_rejected > 0
+    got = torch.autograd.grad(sol.ys[-1].sum(), (start, field.k))
+    # device_loop: the whole state is one problem; else each sample is one
+    parts = [slice(None)] if "device_loop" in execution else [slice(i, i + 1) for i in range(3)]
+    expected_y0, expected_k = torch.zeros_like(y0), 0.0
+    for part in parts:
+        start_part = y0[part].clone().requires_grad_(True)
+        ref = solve(field, start_part, ts, controller=controller)
+        g_y0, g_k = torch.autograd.grad(ref.ys[-1].sum(), (start_part, field.k))
+        expected_y0[part] = g_y0
+        expected_k = expected_k + g_k
+    torch.testing.assert_close(got[0], expected_y0, rtol=1e-9, atol=0)
+    torch.testing.assert_close(got[1], expected_k, rtol=1e-9, atol=0)

@@ -156,6 +156,48 @@ def test_gradients_are_the_samples_own():
         assert torch.isfinite(a) and (a - b).abs() < 1e-10
 
 
+class _SqrtDecay(torch.nn.Module):
+    """dY = -k sqrt(Y) sqrt(Y) dt + 0.01 dW: NaN (and NaN derivatives) where Y < 0."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self):
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor(3.0, dtype=F64))
+
+    def f(self, t, y):
+        return -self.k * torch.sqrt(y) * torch.sqrt(y)
+
+    def g(self, t, y):
+        return torch.full_like(y, 0.01)
+
+
+def test_rejected_attempts_outside_the_sdes_domain_leave_gradients_exact():
+    """A first step of 1 overshoots below Y = 0, where f is NaN: the rejected attempts'
+    rows are kept out of the graph (f's backward would multiply their zero gradient by its
+    NaN derivatives), so the batch's gradients are the sum of the samples' alone."""
+    batch = 3
+    bm = VirtualBrownianTree(0.0, 1.0, size=(batch, 1), dtype=F64, entropy=2)
+    y0 = torch.tensor([[1.0], [2.0], [0.5]], dtype=F64)
+    sde = _SqrtDecay()
+    solver = SDESolver("euler", step_doubling=True)
+    controller = no.PIController(rtol=1e-3, atol=1e-4, first_step=1.0)
+
+    def run(rows, start):
+        term = SDETerm(sde, bm.rows(rows))
+        sol = no.solve(term, start, TS, solver=solver, controller=controller, per_sample=True)
+        return sol, torch.autograd.grad(sol.ys[-1].sum(), (start, sde.k))
+
+    start = y0.clone().requires_grad_(True)
+    sol, (g_y0, g_k) = run(list(range(batch)), start)
+    assert int(sol.stats.sample_rejected.min()) > 0
+    for i in range(batch):
+        _, (a_y0, a_k) = run([i], y0[i : i + 1].clone().requires_grad_(True))
+        torch.testing.assert_close(g_y0[i], a_y0[0], rtol=1e-10, atol=0)
+        g_k = g_k - a_k
+    assert abs(float(g_k)) < 1e-10
+
+
 def test_per_sample_output_times():
     batch = 3
     bm = VirtualBrownianTree(0.0, 2.0, size=(batch, 2), dtype=F64, entropy=5)

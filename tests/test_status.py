@@ -129,6 +129,32 @@ def test_other_samples_gradients_are_intact() -> None:
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
+@pytest.mark.parametrize("first_step", [None, 0.5])
+def test_a_non_finite_sample_leaves_shared_parameter_gradients_exact(first_step) -> None:
+    """Sample 1 blows up (y' = w y^3 from 30: its attempts reach inf) and sample 3 starts
+    outside f's domain (sqrt of a negative y0; with the automatic first step it never
+    starts, f(t0, y0) being NaN): their attempts and f(t0, y0) hold non-finite values, and
+    f's backward there multiplies a zero gradient by them unless their rows are kept out of
+    the graph. The gradients of the loss over the others, w included, are those of solving
+    the others alone."""
+    scale = torch.tensor(1.0, dtype=F64, requires_grad=True)
+
+    def field(t, y):
+        return scale * torch.sqrt(y) ** 6  # y^3 where y >= 0, NaN below
+
+    y0 = torch.tensor([[0.1], [30.0], [0.2], [-1.0]], dtype=F64, requires_grad=True)
+    ts = torch.tensor([0.0, 1.0], dtype=F64)
+    controller = no.PIController(rtol=1e-3, atol=1e-6, first_step=first_step)
+    sol = no.solve(field, y0, ts, controller=controller, per_sample=True, throw=False)
+    ok = sol.status == Status.SUCCESS
+    assert ok.tolist() == [True, False, True, False]
+    assert first_step or sol.status[3] == Status.NON_FINITE
+    got = torch.autograd.grad(sol.ys[-1, ok].sum(), (scale, y0))
+    alone = no.solve(field, y0[ok], ts, controller=controller, per_sample=True)
+    expected = torch.autograd.grad(alone.ys[-1].sum(), (scale, y0))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
 def test_one_problem_returns_what_it_reached() -> None:
     y0 = torch.tensor([1.0], dtype=F64)
     sol = no.solve(riccati, y0, TS, throw=False)

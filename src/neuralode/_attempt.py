@@ -19,6 +19,7 @@ from torch._C._functorch import is_functorch_wrapped_tensor
 
 from ._compile import compiled
 from ._cuda_graph import GraphedStep
+from ._finite_graph import finite_step
 from ._host import wrapped
 from ._norms import row_rms
 from .controllers.pi import PIController
@@ -147,6 +148,9 @@ class Attempts:
     functions and the method's arithmetic and sees the Brownian values the eager one sees;
     their first attempt runs eagerly and counted, which measures the SDE's evaluations per
     attempt (``evaluations_per_attempt``), and every later one runs uncounted and adds them.
+
+    An attempt recorded for autograd is read once for non-finite rows, which are then kept
+    out of its graph (``_finite_graph``).
     """
 
     def __init__(
@@ -176,6 +180,8 @@ class Attempts:
                 buffer = term.stage_buffer(facts.stages, y0_flat)  # stages reused by every step
         call = f.uncounted if self.count_outside else f
         self.run = functools.partial(step_fn, call, k, buffer)
+        # an attempt recorded for autograd is checked for non-finite rows (``finite_step``)
+        self.guard, self.call, self.constants = torch.is_grad_enabled(), call, k
         self.counted = functools.partial(attempt, f, k, None)  # (SDE rows' first attempt)
         if config.cuda_graph:
             if torch.is_grad_enabled():
@@ -191,6 +197,8 @@ class Attempts:
         """The attempt from ``t`` (``carried``: ``attempt``'s arguments after ``f0``)."""
         if not self.brownian:
             step = self.run(t, y, f0, *carried)
+            if self.guard and step.y1.requires_grad:
+                step = self._without_non_finite(step, t, y, f0, carried)
             if self.count_outside:
                 self.f.count(self.calls)
             return step
@@ -203,5 +211,27 @@ class Attempts:
             term.nfe = before
         else:
             step = term.call_uncounted(self.run, t, y, f0, *carried, noise)
+        if self.guard and step.y1.requires_grad:
+            step = self._without_non_finite(step, t, y, f0, carried, noise)
         self.f.count(self.calls)
         return step
+
+    def _without_non_finite(
+        self,
+        step: Step,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        f0: Any,
+        carried: tuple,
+        noise: Any = None,
+    ) -> Step:
+        """``step`` with an autograd graph free of its non-finite rows (``finite_step``)."""
+
+        def again(stand_in: Any, f0_safe: torch.Tensor) -> Step:
+            args = (self.constants, None, t, y, f0_safe, *carried)
+            if noise is None:
+                return attempt(stand_in(self.call), *args)
+            with self.solver.standing_in(stand_in):  # the SDE's functions, called by the method
+                return attempt(self.call, *args, noise)
+
+        return finite_step(step, t, y, f0, again, self.f)

@@ -16,6 +16,8 @@ may stop early and the batch's steps until the next check are wasted), so a solv
 steps makes a few times log(N) checks and rarely steps past the last sample's end; the
 checks also ask whether a sample has stalled (its step underflows) or run out of steps
 (``_status.sample_failures``: raise, or with ``throw=False`` stop it with its status).
+Recording an autograd graph, every attempt and every evaluation of f outside one is read
+once more, for non-finite rows to keep out of the graph (``_finite_graph``).
 Until the next check the steps attempted wait in a list (``_Reached``; at most
 ``_PENDING_BYTES`` of them); the check writes the output times they crossed, each sample's
 from the step that reached it, all in one batch (``_write_outputs``). With events, a sample
@@ -47,6 +49,7 @@ import torch
 from ._attempt import Attempts, Constants
 from ._batch_term import BatchTerm
 from ._errors import f0_not_finite
+from ._finite_graph import FiniteGraph
 from ._host import across, plain, wrapped
 from ._norms import row_rms, tolerance_tensor
 from ._pending import _ends, _Reached, _read_progress, _stack
@@ -106,7 +109,9 @@ def integrate_per_sample(
     )
     active = torch.ones(batch, dtype=torch.bool, device=device)
 
-    f0 = f(t, y)
+    # f outside the attempts; recording a graph, without non-finite rows in it
+    evaluate = FiniteGraph(f) if torch.is_grad_enabled() else f
+    f0 = evaluate(t, y)
     nfe = nfe + 1
     # the first step size, per sample (``initial_step``: Hairer, Norsett & Wanner II.4)
     if ctrl.first_step is None:
@@ -185,10 +190,11 @@ def integrate_per_sample(
                 next_check = iteration + max(1, min(most_unchecked, int(left) // 4))
             to_write = write_outputs and min(hi, n_out - 1) > lo  # the last one: the final y
             if (rounds or to_write) and needs_f1 and pending[-1].f1 is None:
-                f1 = pending[-1].f1 = f(step.t1, y1)  # for the interpolant; the next f0 below
+                # for the interpolant; the next f0 below
+                f1 = pending[-1].f1 = evaluate(step.t1, y1)
             if rounds:
                 found, t_event, y_event, extra = _locate_events(
-                    events, pending, hits, rounds, solver, needs_f1, f
+                    events, pending, hits, rounds, solver, needs_f1, evaluate
                 )
                 nfe = nfe + extra
                 events.check_nan()  # the location's own evaluations
@@ -200,7 +206,7 @@ def integrate_per_sample(
                         ends = _ends(pending, ts_signed, sign)
             if to_write:
                 outputs, next_out, used, extra = _write_outputs(
-                    solver, pending, ends, outputs, next_out, ts_tensor, lo, hi, needs_f1, f
+                    solver, pending, ends, outputs, next_out, ts_tensor, lo, hi, needs_f1, evaluate
                 )
                 nfe = nfe + extra
                 if needs_f1 and not fsal:  # f(t1, y1) of samples' last steps, for outputs
@@ -221,14 +227,14 @@ def integrate_per_sample(
         if fsal:
             f0 = step.f0_accepted
         elif facts.needs_f0:  # f(t1, y1) starts the next step of the accepted samples
-            f_next = f(t, y) if f1 is None else f1
+            f_next = evaluate(t, y) if f1 is None else f1
             f0 = torch.where(accept[:, None], f_next, f0)
             if pending:  # the waiting step's f(t1, y1), where accepted
                 pending[-1].f1 = f0
             if config.save is not None:
                 config.save.set_f1(f0)
     if config.save is not None:  # f(t1, y1) and extra stages the dense output needs
-        nfe = nfe + config.save.finish_batch(solver, f, t)
+        nfe = nfe + config.save.finish_batch(solver, evaluate, t)
     later = torch.arange(n_out, device=device)[:, None] >= next_out
     if events is not None and events.event.terminal:  # later outputs hold the event state
         later = later & (events.mask | (status > 0))

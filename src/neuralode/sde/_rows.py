@@ -9,6 +9,8 @@ the reason and the fix, what a solve with an SDE cannot do.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -38,12 +40,24 @@ class SDERows:
         self.stepper = make_solver(
             solver.method, term.forward, term.bm, dtype, device, solver.options
         )
+        self.functions = term.functions  # (per-sample solves are not of an adjoint SDE)
         # the SDE's evaluations in one attempt (the same for every attempt), measured on the
         # first one by the device loop (``_attempt.Attempts``)
         self.calls: int | None = None
 
     def row_facts(self, like: torch.Tensor) -> RowFacts:
         return RowFacts(stages=0, fsal=False, needs_f0=False, needs_f1=False, brownian=True)
+
+    @contextlib.contextmanager
+    def standing_in(self, wrap: Any) -> Iterator[None]:
+        """Within: the method calls each of the SDE's functions ``fn`` as ``wrap(fn)``."""
+        stepper = self.stepper
+        original = stepper.sde
+        stepper.sde = self.functions.wrapped(wrap)
+        try:
+            yield
+        finally:
+            stepper.sde = original
 
     def evaluations_per_attempt(self) -> int | None:
         return self.calls

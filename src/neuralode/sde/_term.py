@@ -5,6 +5,7 @@ the loop outside the graph)."""
 
 from __future__ import annotations
 
+import copy
 from array import array
 from typing import Any
 
@@ -124,6 +125,14 @@ class _Counted:
             if fn is not None:
                 setattr(self, name, self._counting(fn, term))
 
+    def wrapped(self, wrap: Any) -> Any:
+        """The SDE as the methods see it with each function ``fn`` called as ``wrap(fn)``."""
+        functions = copy.copy(self)
+        for name in _FUNCTIONS:
+            if hasattr(self, name):
+                setattr(functions, name, wrap(getattr(self, name)))
+        return _Forward(functions)
+
     @staticmethod
     def _counting(fn: Any, term: BoundSDETerm) -> Any:
         def counted(*args: Any) -> Any:
@@ -144,10 +153,13 @@ class BoundSDETerm(ODETerm):
     array that receives the accepted steps' ends."""
 
     def __init__(self, term: SDETerm, spec: TreeSpec, like: torch.Tensor):
+        # the user's functions, counted (``None`` for the adjoint SDE, its own already)
+        self.functions: _Counted | None = None
         if getattr(term.sde, "is_adjoint", False):
             forward = term.sde
         else:
-            forward = _Forward(_Counted(term.sde, self))
+            self.functions = _Counted(term.sde, self)
+            forward = _Forward(self.functions)
         super().__init__(forward.f, spec, like)
         self.counting = False  # the methods' evaluations are counted by ``_Counted``
         self.sde_counting = True  # False inside ``call_uncounted``

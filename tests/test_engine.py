@@ -280,6 +280,26 @@ def test_grad_inside_vmap_with_respect_to_captured_parameters():
                 torch.testing.assert_close(grads[name][i], e, rtol=1e-10, atol=1e-12)
 
 
+def test_grad_inside_vmap_through_rejected_attempts_outside_fs_domain():
+    """A first step of 1 overshoots below y = 0, where f = -k sqrt(y) sqrt(y) is NaN: the
+    rejected attempts' rows are kept out of the graph under vmap(grad) too, and each
+    problem's gradients are those of the standard loop solving it alone."""
+    ts = torch.tensor([0.0, 4.0], dtype=F64)
+    controller = no.PIController(rtol=1e-6, atol=1e-8, first_step=1.0)
+
+    def loss(y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        field = lambda t, z: -k * torch.sqrt(z) * torch.sqrt(z)  # noqa: E731
+        return no.solve(field, y, ts, controller=controller).ys[-1].sum()
+
+    y0s, k = torch.tensor([[1.0], [2.0], [0.5]], dtype=F64), torch.tensor(3.0, dtype=F64)
+    got = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)), in_dims=(0, None))(y0s, k)
+    for i in range(3):
+        y, k_i = y0s[i].clone().requires_grad_(), k.clone().requires_grad_()
+        expected = torch.autograd.grad(loss(y, k_i), (y, k_i))
+        torch.testing.assert_close(got[0][i], expected[0], rtol=1e-9, atol=0)
+        torch.testing.assert_close(got[1][i], expected[1], rtol=1e-9, atol=0)
+
+
 def test_grad_inside_vmap_over_odeint():
     """The torchdiffeq façade: vmap(grad) over odeint, adaptive and fixed-step."""
     y0s = starts(3)

@@ -1017,3 +1017,29 @@ def test_without_entropy_numpy_seeds_the_brownian_motion():
         nsde.BrownianInterval(0.0, 1.0, size=(3, 1)).entropy
         != nsde.BrownianInterval(0.0, 1.0, size=(3, 1)).entropy
     )
+
+
+def test_adaptive_euler_with_non_additive_noise_warns_in_sdeint_and_solve():
+    """torchsde's warning that adaptive Euler-Maruyama need not converge with non-additive
+    noise, from sdeint and from no.solve with a step-doubling Euler, pointing at the caller;
+    additive noise does not warn."""
+    import warnings
+
+    import neuralode as no
+
+    y0, ts = torch.ones(2, 1, dtype=torch.float64), torch.tensor([0.0, 0.5], dtype=torch.float64)
+    controller = no.PIController(rtol=1e-2, atol=1e-3, first_step=0.1)
+    solver = nsde.SDESolver("euler", step_doubling=True)
+    for sde, warns in ((GBM(), True), (OU(), False)):
+        for entry in ("sdeint", "solve"):
+            bm = nsde.BrownianInterval(0.0, 0.5, size=(2, 1), dtype=torch.float64, entropy=0)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if entry == "sdeint":
+                    nsde.sdeint(sde, y0, ts, bm=bm, method="euler", adaptive=True, dt=0.1)
+                else:
+                    term = nsde.SDETerm(sde, bm)
+                    no.solve(term, y0, ts, solver=solver, controller=controller)
+            found = [w for w in caught if "not guaranteed to converge" in str(w.message)]
+            assert len(found) == int(warns), entry
+            assert all(w.filename == __file__ for w in found), entry

@@ -256,6 +256,17 @@ def default_method(sde) -> str:
     return METHODS.euler if sde.noise_type == NOISE_TYPES.general else METHODS.srk
 
 
+def warn_adaptive_euler(method: str, noise_type: str) -> None:
+    """Warn, as torchsde does, that adaptive Euler-Maruyama steps need not converge with
+    non-additive noise (the warning points at the caller of ``sdeint`` or ``solve``)."""
+    if method == METHODS.euler and noise_type != NOISE_TYPES.additive:
+        warnings.warn(
+            "Numerical solution is not guaranteed to converge to the correct solution when using "
+            "adaptive time-stepping with the Euler--Maruyama method with non-additive noise.",
+            stacklevel=4,
+        )
+
+
 def check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp) -> _Problem:
     """Validates the inputs as torchsde does (same error meanings) and wraps the SDE.
 
@@ -314,10 +325,6 @@ def check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp) -> 
             levy_area_approximation=levy,
         )
     options = {} if options is None else dict(options)
-    if adaptive and method == METHODS.euler and sde.noise_type != NOISE_TYPES.additive:
-        warnings.warn(
-            "Numerical solution is not guaranteed to converge to the correct solution when using "
-            "adaptive time-stepping with the Euler--Maruyama method with non-additive noise.",
-            stacklevel=3,
-        )
+    if adaptive:
+        warn_adaptive_euler(method, sde.noise_type)
     return _Problem(_Forward(sde), sde, y0, ts, ts_list, bm, method, options)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..solvers.base import RowFacts
+from ._contract import warn_adaptive_euler
 from ._engine import BoundSDETerm, SDESolver, SDETerm
 from ._solvers import make_solver
 from .settings import METHODS
@@ -130,6 +131,8 @@ def check_sde_solve(
             "cuda_graph is not supported for SDEs (the Brownian motion is drawn between step "
             "attempts): use compile='step'"
         )
+    if solver.step_doubling:  # adaptive steps
+        warn_adaptive_euler(solver.method, func.sde.noise_type)
     if execution.per_sample:
         _check_per_sample(func, solver, execution)
 

@@ -522,3 +522,23 @@ def test_norm_floor_must_be_positive_and_finite() -> None:
     for norm_floor in (0.0, -1e-6, math.inf, math.nan, "1e-6"):
         with pytest.raises(ValueError, match="norm_floor must be a positive finite number"):
             fixed_point(lambda z: 0.5 * z, torch.ones(2, 2), norm_floor=norm_floor)
+
+
+@pytest.mark.parametrize("backward_method", list(FIXED_POINT_METHODS))
+def test_implicit_gradients_scale_with_the_loss(backward_method: str) -> None:
+    """The adjoint equation is linear in the output's gradient: a loss scaled by 1e-12
+    (per-sample gradients far below fixed_point's norm_floor) gets the gradient scaled by
+    1e-12, to the backward tolerance, and a sample with gradient 0 gets 0."""
+    cell = Cell(contraction=0.9)
+    x = torch.randn(3, 4, dtype=DTYPE, generator=torch.Generator().manual_seed(2))
+    weights = torch.randn(3, 4, dtype=DTYPE, generator=torch.Generator().manual_seed(3))
+    weights[1] = 0.0
+    layer = DEQ(cell, tol=1e-12, max_iter=300, backward_method=backward_method,
+                backward_tol=1e-8)  # fmt: skip
+    expected = gradients(layer, x, weights)
+    for scale in (1e-6, 1e-12):
+        got = gradients(layer, x, scale * weights)
+        assert layer.backward_report.converged
+        for g, want in zip(got, expected):
+            torch.testing.assert_close(g / scale, want, atol=0, rtol=1e-6)
+        assert bool((got[0][1] == 0).all())

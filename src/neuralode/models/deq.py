@@ -329,8 +329,18 @@ class DEQ(nn.Module):
             )
             report = SolveReport(count[0], worst, worst <= tol, (worst,))
         else:
-            result = self._solve(lambda g: vjp(g) + grad, grad, method, tol, self.backward_max_iter)
-            g, report = result.z, SolveReport.of(result)
+            # The adjoint equation is linear in grad: each sample's right-hand side is scaled
+            # to unit norm for the solve and its solution scaled back, so the residual test is
+            # relative at every scale of the loss (fixed_point's norm_floor, meant for fixed
+            # points at 0, would make it absolute for per-sample gradients below 1e-6 and stop
+            # short of the tolerance). A sample whose gradient is 0 keeps the solution 0.
+            batch = grad.shape[0] if grad.ndim else 1
+            norms = torch.linalg.vector_norm(grad.reshape(batch, -1), dim=1)
+            scale = norms.clamp_min(torch.finfo(norms.dtype).tiny)
+            scale = scale.reshape(-1, *(1,) * (grad.ndim - 1)) if grad.ndim else scale[0]
+            unit = grad / scale
+            result = self._solve(lambda g: vjp(g) + unit, unit, method, tol, self.backward_max_iter)
+            g, report = result.z * scale, SolveReport.of(result)
         self.backward_report = report
         self._check(report, "backward", method, tol)
         return g

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..implicit import fixed_point
+from ..implicit.fixed_point import NORM_FLOOR
 from .plots import _pyplot
 
 
@@ -78,7 +79,8 @@ def save_residual_plot(out: Path, histories: dict[str, Sequence[float]], tol: fl
         ax.semilogy(range(1, len(history) + 1), history, label=label)
     ax.axhline(tol, color="grey", ls="--", lw=1, label=f"training tol {tol:g}")
     ax.set_xlabel("iteration (evaluations of f)")
-    ax.set_ylabel("largest relative residual ||f(z) - z|| / ||f(z)||")
+    # the solvers' criterion (``implicit.fixed_point.relative_residual``)
+    ax.set_ylabel(f"largest relative residual ||f(z) - z|| / max(||f(z)||, {NORM_FLOOR:g})")
     ax.set_title("fixed-point solvers on the trained equilibrium layer")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

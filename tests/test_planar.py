@@ -64,6 +64,16 @@ def test_gradients_reach_every_parameter_and_bad_sizes_fail() -> None:
         PlanarFlow(2, 0)
 
 
+def test_points_of_the_wrong_shape_or_dtype_are_named() -> None:
+    flow = PlanarFlow(3, 2)
+    with pytest.raises(ValueError, match=r"batches of shape \(batch, 3\), got x of shape \(4, 2\)"):
+        flow.log_prob(torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"got z of shape \(3,\); add the batch dimension"):
+        flow.inverse(torch.randn(3))
+    with pytest.raises(ValueError, match="floating-point points, got x of dtype torch.int64"):
+        flow(torch.ones(2, 3, dtype=torch.long))
+
+
 def test_log_prob_of_data_is_differentiable_and_apply_is_nn_modules() -> None:
     """log_prob(x) of given points carries the implicit function theorem's gradients with
     respect to x and every parameter (maximum likelihood on data), equal to finite

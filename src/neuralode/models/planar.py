@@ -124,7 +124,11 @@ class PlanarFlow(FlowDensity):
 
         Returns:
             ``(x, logdet)``: (batch, dim) and log|det dx/dz| per sample, (batch,).
+
+        Raises:
+            ValueError: ``z`` not a floating-point tensor of shape (batch, dim).
         """
+        self._check_input(z, "z")
         logdet = z.new_zeros(z.shape[0])
         for layer in self.layers:
             z, ld = layer.transform(z)
@@ -139,9 +143,34 @@ class PlanarFlow(FlowDensity):
 
         Returns:
             ``(z, logdet)``: (batch, dim) and log|det dz/dx| per sample, (batch,).
+
+        Raises:
+            ValueError: ``x`` not a floating-point tensor of shape (batch, dim).
         """
+        self._check_input(x, "x")
         logdet = x.new_zeros(x.shape[0])
         for layer in reversed(self.layers):
             x = layer.invert(x)
             logdet = logdet - layer.transform(x)[1]
         return x, logdet
+
+    def _check_input(self, y: torch.Tensor, name: str) -> None:
+        """A ValueError naming the shape or dtype unless ``y`` is floating point (batch, dim):
+        the layers' products with w would otherwise fail with a bare size mismatch."""
+        dim = self.event_shape[0]
+        if not isinstance(y, torch.Tensor) or y.ndim != 2 or y.shape[1] != dim:
+            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            hint = (
+                "; add the batch dimension (x[None] for one sample)"
+                if (isinstance(y, torch.Tensor) and y.ndim == 1 and y.shape[0] == dim)
+                else ""
+            )
+            raise ValueError(
+                f"a PlanarFlow of dimension {dim} maps batches of shape (batch, {dim}), "
+                f"got {name} of shape {shape}{hint}"
+            )
+        if not y.is_floating_point():
+            raise ValueError(
+                f"a PlanarFlow maps floating-point points, got {name} of dtype {y.dtype} "
+                "(convert it, e.g. x.float())"
+            )

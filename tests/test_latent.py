@@ -90,6 +90,23 @@ def test_shape_errors_name_the_shapes() -> None:
         LatentODE(2, encoder="lstm")
 
 
+def test_a_wrong_number_of_features_is_named() -> None:
+    """Values with another number of features than the model's fail with the shape named,
+    not with a GRU's size error."""
+    ts = torch.linspace(0, 1, 4)
+    values, mask = torch.zeros(2, 4, 3), torch.ones(2, 4, 3)
+    for call in (
+        lambda: ODERNN(2, 4)(ts, values, mask),
+        lambda: GapRNN(2, 4)(ts, values, mask),
+        lambda: RNNBaseline(2, 4)(ts, values, mask),
+        lambda: LatentODE(2).elbo(ts, values, mask),
+        lambda: LatentODE(2)(ts, values, mask, ts),
+        lambda: RNNVAE(2).elbo(ts, values, mask),
+    ):
+        with pytest.raises(ValueError, match=r"takes 2 feature\(s\) per time.*\(2, 4, 3\)"):
+            call()
+
+
 @pytest.mark.parametrize("backwards", [False, True])
 def test_odernn_in_a_batch_equals_each_series_alone(backwards: bool) -> None:
     torch.manual_seed(0)

@@ -48,12 +48,22 @@ def _observed(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask > 0, values, torch.zeros_like(values))
 
 
-def _check_batch(ts: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> None:
+def _check_batch(
+    ts: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, features: int | None = None
+) -> None:
+    """A ValueError naming the problem unless ``ts`` are valid times, ``values`` is
+    (batch, len(ts), features) (``features``: the model's, when given) and ``mask`` is shaped
+    like ``values``."""
     check_times(ts)
     if values.ndim != 3 or values.shape[1] != ts.shape[0]:
         raise ValueError(
             f"values must have shape (batch, len(ts)={ts.shape[0]}, features), "
             f"got {tuple(values.shape)}"
+        )
+    if features is not None and values.shape[2] != features:
+        raise ValueError(
+            f"the model takes {features} feature(s) per time (its input_dim/obs_dim), got "
+            f"values of shape {tuple(values.shape)}"
         )
     if mask.shape != values.shape:
         raise ValueError(f"mask has shape {tuple(mask.shape)}; values {tuple(values.shape)}")
@@ -190,7 +200,7 @@ class ODERNN(nn.Module):
             ValueError: ``ts`` not 1-D, finite and strictly increasing, or ``values`` and
                 ``mask`` not of shape (B, len(ts), D).
         """
-        _check_batch(ts, values, mask)
+        _check_batch(ts, values, mask, self.gru.input_size // 2)
         batch, steps, _ = values.shape
         h = values.new_zeros(batch, self.hidden_dim)
         started = torch.zeros(batch, 1, dtype=torch.bool, device=values.device)
@@ -248,7 +258,7 @@ class GapRNN(nn.Module):
             ValueError: ``ts`` not 1-D, finite and strictly increasing, or ``values`` and
                 ``mask`` not of shape (B, len(ts), D).
         """
-        _check_batch(ts, values, mask)
+        _check_batch(ts, values, mask, (self.gru.input_size - 1) // 2)
         batch, steps, _ = values.shape
         h = values.new_zeros(batch, self.hidden_dim)
         last_t = values.new_zeros(batch, 1)  # time of each series' previous observation
@@ -314,7 +324,7 @@ class RNNBaseline(nn.Module):
             ValueError: ``ts`` not 1-D, finite and strictly increasing, or ``values`` and
                 ``mask`` not of shape (B, len(ts), D).
         """
-        _check_batch(ts, values, mask)
+        _check_batch(ts, values, mask, (self.gru.input_size - 1) // 2)
         batch, steps, dim = values.shape
         h = values.new_zeros(batch, self.hidden_dim)
         x_prev = values.new_zeros(batch, 2 * dim)
@@ -573,7 +583,7 @@ class _LatentVAE(nn.Module):
         the importance-weighted bound (``iwae=True``, Burda et al. 2016). ``noise`` (K, B, L)
         fixes the standard normal draws of the reparameterisation (default: fresh draws).
         """
-        _check_batch(ts, values, mask)
+        _check_batch(ts, values, mask, self.obs_dim)
         target_mask = mask if target_mask is None else target_mask
         if target_mask.shape != values.shape:
             raise ValueError(
@@ -633,7 +643,7 @@ class _LatentVAE(nn.Module):
             ValueError: a malformed batch or ``query_ts``, a mask that selects nothing, or a
                 negative ``n_samples``.
         """
-        _check_batch(ts, values, mask)
+        _check_batch(ts, values, mask, self.obs_dim)
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 0:
             raise ValueError(f"n_samples must be an integer >= 0, got {n_samples!r}")
         observed = mask.bool().flatten(2).any(-1).any(0)

@@ -537,6 +537,22 @@ def test_what_cannot_run_beneath_vmap_is_refused_with_the_fix(options, message):
         assert "torch.func.jacrev(torch.func.vmap(f))" in str(error.value)
 
 
+def test_skip_finished_beneath_vmap_is_refused_with_the_fix():
+    """per_sample='skip_finished' beneath vmap (vmap(grad)) would call f on the running rows
+    only, a dynamic shape vmap cannot batch: refused naming per_sample=True, which runs."""
+
+    def rows(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([y[:, 1], -4.0 * y[:, 0]], 1)
+
+    def loss(y: torch.Tensor, per_sample: bool | str) -> torch.Tensor:
+        return no.solve(rows, y, TS, per_sample=per_sample).ys[-1].sum()
+
+    y0s = torch.randn(3, 4, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="per_sample='skip_finished'.*per_sample=True runs"):
+        torch.func.vmap(torch.func.grad(lambda y: loss(y, "skip_finished")))(y0s)
+    torch.func.vmap(torch.func.grad(lambda y: loss(y, True)))(y0s)
+
+
 @pytest.mark.parametrize(
     ("transform", "options", "message"),
     [

@@ -124,6 +124,8 @@ def _route(ts: torch.Tensor, options: dict, nested: bool) -> tuple[dict, bool, s
     solver, controller = options["solver"], options["controller"]  # (Direct: checked before)
     given = [name for name in ("event", "dense", "saveat", "compile") if options.get(name)]
     given += [name for name in _ALIASES if options.get(name) and name != "device_loop"]
+    if options.get("per_sample") == "skip_finished":  # (rows f sees: a dynamic shape)
+        given.append("per_sample='skip_finished' (per_sample=True runs there)")
     if given:
         return {}, False, f"{', '.join(given)} is not supported {_INSIDE}: leave it out, {_FIX}"
     if options.get("per_sample") or options.get("device_loop"):  # the device loop already

@@ -556,3 +556,14 @@ def test_fully_learned_convnet_right_hand_side_trains_through_the_solver() -> No
         return no.solve(f, u0, ts, solver=no.RK4(), controller=no.FixedGrid(step_size=0.1)).ys
 
     assert torch.autograd.gradcheck(forecast, (weight.detach().clone().requires_grad_(True),))
+
+
+def test_random_fourier_fields_include_the_constant_mode() -> None:
+    """The wave vectors run over -modes..modes per axis, k = 0 included (as documented): the
+    fields have random means, and with one mode a field is c + a cos x + b sin x exactly."""
+    grid = pde.Grid((32,), lengths=(2 * math.pi,))
+    u0, _ = pde.random_fourier_field(grid, 8, modes=1, generator=torch.Generator().manual_seed(0))
+    means = u0.mean(-1).flatten()
+    assert float(means.abs().max()) > 0.1
+    spectrum = torch.fft.rfft(u0, dim=-1).abs()
+    assert float(spectrum[..., 2:].max()) < 1e-12

@@ -193,8 +193,10 @@ def random_fourier_field(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> tuple[torch.Tensor, Callable[[Grid], torch.Tensor]]:
-    """Smooth random periodic fields: sums of sines and cosines of wavenumbers 1..``modes``
-    per axis with coefficients ~ N(0, 1) / (1 + |k|^2), scaled to peak ``amplitude``.
+    """Smooth random periodic fields: sums of sines and cosines of the wave vectors k with
+    integer components -``modes``..``modes`` per axis, coefficients ~ N(0, 1) / (1 + |k|^2),
+    scaled to peak ``amplitude``. k = 0 is among them: each field has a random mean (and in
+    2-D, modes constant along one axis), besides ``offset``.
 
     Arguments:
         grid: a periodic grid (the coefficients are drawn once for it).

@@ -134,6 +134,12 @@ def test_bad_input_is_named() -> None:
         fixed_point(lambda z: z, torch.zeros(2, 2), tol=-1.0)
     with pytest.raises(ValueError, match="shape"):
         fixed_point(lambda z: z[:, :1], torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="tol must be a finite non-negative number, got '1e-3'"):
+        fixed_point(lambda z: z, torch.zeros(2, 2), tol="1e-3")
+    with pytest.raises(TypeError, match=r"z0 must be a tensor \(batch, ...\), got list"):
+        fixed_point(lambda z: z, [1.0, 2.0])
+    with pytest.raises(ValueError, match="z0 must be floating point or complex, got torch.int64"):
+        fixed_point(lambda z: z, torch.zeros(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="damping"):
         Picard(damping=0.0)
     with pytest.raises(ValueError, match="method must be one of"):

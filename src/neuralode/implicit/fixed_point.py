@@ -342,11 +342,24 @@ def fixed_point(
         ``converged`` says it, and callers decide.
 
     Raises:
-        ValueError: a negative ``tol``, ``max_iter`` below 1, a ``norm_floor`` not positive
-            and finite, an unknown method name, or f changing the shape.
-        TypeError: a ``method`` that is neither a name nor a ``FixedPointMethod``.
+        ValueError: a ``tol`` that is not a finite non-negative number, ``max_iter`` below
+            1, a ``norm_floor`` not positive and finite, an unknown method name, a ``z0``
+            that is not floating point or complex, or f changing the shape.
+        TypeError: a ``z0`` that is not a tensor, or a ``method`` that is neither a name nor
+            a ``FixedPointMethod``.
     """
-    if not tol >= 0 or not math.isfinite(tol):
+    if not isinstance(z0, torch.Tensor):
+        raise TypeError(
+            f"z0 must be a tensor (batch, ...), got {type(z0).__name__}; "
+            "convert it, e.g. torch.as_tensor(z0)"
+        )
+    if not z0.is_floating_point() and not z0.is_complex():
+        raise ValueError(
+            f"z0 must be floating point or complex, got {z0.dtype} (convert it, e.g. z0.double())"
+        )
+    if not (isinstance(tol, numbers.Real) and not isinstance(tol, bool)) or not (
+        tol >= 0 and math.isfinite(tol)
+    ):
         raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
     if not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")

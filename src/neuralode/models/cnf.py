@@ -469,7 +469,8 @@ class CNF(FlowDensity):
         method: the solver's name (as for ``ODEBlock``).
         rtol: the relative tolerance of adaptive methods.
         atol: the absolute tolerance of adaptive methods.
-        step_size: the step of fixed-step methods.
+        step_size: the step of fixed-step methods (with neither it nor ``steps``: a single
+            step over [0, T], as ``ODEBlock``'s default).
         steps: that many equal steps over [0, T], whatever T is, for fixed-step methods
             (adaptive methods choose their own steps and ignore it).
         gradient: ``"direct"``, ``"adjoint"`` (continuous adjoint with the seminorm) or

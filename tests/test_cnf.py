@@ -246,14 +246,19 @@ def test_bad_numbers_and_shapes_are_named() -> None:
     or of another shape than the samples, and sample counts below 1: each a ValueError
     naming the problem (NaN compared False with every bound; the shapes failed deep in the
     vector field)."""
-    for T in (float("nan"), float("inf"), -1.0):
+    for T in (float("nan"), float("inf"), -1.0, "a", None):
         with pytest.raises(ValueError, match="T must be positive and finite"):
             CNF(_Linear(0.1), T=T)
-    with pytest.raises(ValueError, match="kinetic must be a finite number >= 0, got nan"):
-        CNF(_Linear(0.1), kinetic=float("nan"))
+    for weight in (float("nan"), "a"):
+        with pytest.raises(
+            ValueError, match=f"kinetic must be a finite number >= 0, got {weight!r}"
+        ):
+            CNF(_Linear(0.1), kinetic=weight)
+    with pytest.raises(ValueError, match="give steps or step_size, not both"):
+        CNF(_Linear(0.1), method="rk4", steps=2, step_size=0.1)
     with pytest.raises(ValueError, match="jacobian must be a finite number >= 0"):
         CNF(_Linear(0.1), jacobian=-1.0)
-    with pytest.raises(ValueError, match="steps must be a positive integer.*got 2.5"):
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 2.5"):
         CNF(_Linear(0.1), method="rk4", steps=2.5)
     flow = _small_flow()
     with pytest.raises(ValueError, match=r"\(batch, \*event_shape\), got \(2,\); add the batch"):
@@ -261,7 +266,7 @@ def test_bad_numbers_and_shapes_are_named() -> None:
     with pytest.raises(ValueError, match=r"event_shape=\(2,\), got a batch of shape \(4, 3\)"):
         flow.inverse(torch.zeros(4, 3, dtype=F64))
     for n in (0, -2, 1.5, True):
-        with pytest.raises(ValueError, match="n must be a positive integer"):
+        with pytest.raises(ValueError, match="n must be an integer >= 1"):
             flow.sample(n)
     assert flow.sample(2).shape == (2, 2)
 

@@ -146,6 +146,10 @@ def test_bad_input_is_named() -> None:
         DEQ(Cell(), method="newton")
     with pytest.raises(ValueError, match="JacobianFrobenius"):
         DEQ(Cell(), regularisers=[KineticEnergy(1.0)])
+    with pytest.raises(TypeError, match=r"f must be a torch.nn.Module called as f\(z, x\)"):
+        DEQ("abc")
+    with pytest.raises(ValueError, match="weight must be a finite non-negative number, got 'a'"):
+        KineticEnergy("a")
 
 
 class Cell(nn.Module):

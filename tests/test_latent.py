@@ -107,6 +107,20 @@ def test_a_wrong_number_of_features_is_named() -> None:
             call()
 
 
+def test_sizes_that_are_not_positive_integers_are_named() -> None:
+    for kwargs, message in (
+        (dict(latent_dim=0), "latent_dim must be an integer >= 1, got 0"),
+        (dict(encoder_hidden=2.5), "encoder_hidden must be an integer >= 1, got 2.5"),
+        (dict(dynamics_hidden=-1), "dynamics_hidden must be an integer >= 1, got -1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            LatentODE(2, **kwargs)
+    with pytest.raises(ValueError, match="obs_dim must be an integer >= 1, got '2'"):
+        RNNVAE("2")
+    with pytest.raises(ValueError, match="rnn_hidden must be an integer >= 1, got 0"):
+        RNNVAE(2, rnn_hidden=0)
+
+
 @pytest.mark.parametrize("backwards", [False, True])
 def test_odernn_in_a_batch_equals_each_series_alone(backwards: bool) -> None:
     torch.manual_seed(0)

@@ -60,7 +60,7 @@ def test_gradients_reach_every_parameter_and_bad_sizes_fail() -> None:
     x, log_q = flow.sample_with_log_prob(16)
     (log_q.mean() + x.pow(2).mean()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in flow.parameters())
-    with pytest.raises(ValueError, match="layers must be >= 1"):
+    with pytest.raises(ValueError, match="layers must be an integer >= 1"):
         PlanarFlow(2, 0)
 
 
@@ -72,6 +72,10 @@ def test_points_of_the_wrong_shape_or_dtype_are_named() -> None:
         flow.inverse(torch.randn(3))
     with pytest.raises(ValueError, match="floating-point points, got x of dtype torch.int64"):
         flow(torch.ones(2, 3, dtype=torch.long))
+    for dim, layers, message in (("3", 2, "dim must be an integer >= 1, got '3'"),
+                                 (3, 0, "layers must be an integer >= 1, got 0")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            PlanarFlow(dim, layers)
 
 
 def test_log_prob_of_data_is_differentiable_and_apply_is_nn_modules() -> None:

@@ -18,7 +18,6 @@ apply, which is the integral of tr(df/dz) over the solve's time interval.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
 import torch
@@ -30,6 +29,7 @@ from .._solve import solve
 from ..adjoint import GRADIENTS, GradientStrategy
 from ..controllers import FixedGrid, PIController
 from ..solvers import METHODS
+from ._args import count, real
 from .dynamics import activation_layer, batch_time
 
 TRACE_MODES = ("exact", "hutchinson")
@@ -445,13 +445,7 @@ class FlowDensity(nn.Module):
 
 def _positive_count(n: Any) -> int:
     """``n`` as an int, or a ValueError unless it is a positive integer (not a bool)."""
-    try:
-        count = operator.index(n)
-    except TypeError:
-        count = None
-    if count is None or isinstance(n, bool) or count < 1:
-        raise ValueError(f"the number of samples n must be a positive integer, got {n!r}")
-    return count
+    return count("the number of samples n", n)
 
 
 class CNF(FlowDensity):
@@ -511,11 +505,9 @@ class CNF(FlowDensity):
             raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
         if isinstance(gradient, str) and gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {sorted(GRADIENTS)}, got {gradient!r}")
-        if not (math.isfinite(float(T)) and float(T) > 0):
-            raise ValueError(f"T must be positive and finite, got {T!r}")
+        T = real("T", T, "positive and finite", lambda x: 0 < x < math.inf)
         for name, weight in (("kinetic", kinetic), ("jacobian", jacobian)):
-            if not (math.isfinite(float(weight)) and float(weight) >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {weight!r}")
+            real(name, weight, "a finite number >= 0", lambda x: 0 <= x < math.inf)
         self.net = net
         self.event_shape = None if event_shape is None else tuple(event_shape)
         sqrt_t = torch.tensor(math.sqrt(T))
@@ -525,15 +517,11 @@ class CNF(FlowDensity):
             self.register_buffer("sqrt_T", sqrt_t)
         self.trace, self.noise = trace, noise
         if steps is not None:
-            try:
-                count = operator.index(steps)
-            except TypeError:
-                count = 0
-            if isinstance(steps, bool) or count < 1 or step_size is not None:
+            if step_size is not None:
                 raise ValueError(
-                    f"steps must be a positive integer without step_size, got {steps!r}"
+                    f"give steps or step_size, not both (got {steps!r}, {step_size!r})"
                 )
-            steps = count
+            steps = count("steps", steps)
         self.method, self.rtol, self.atol, self.step_size = method, rtol, atol, step_size
         self.steps = steps
         self.gradient = gradient

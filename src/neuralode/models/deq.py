@@ -119,6 +119,7 @@ class DEQ(nn.Module):
     of a gradient) raises ``RuntimeError``; ``gradient="unrolled"`` has higher derivatives.
 
     Raises:
+        TypeError: ``f`` not a ``torch.nn.Module``.
         ValueError: an unknown method, gradient or ``on_failure``; a negative or non-finite
             ``tol`` or ``backward_tol``; a ``max_iter`` or ``backward_max_iter`` below 1;
             ``method_options`` the method does not take; a regulariser other than
@@ -140,6 +141,11 @@ class DEQ(nn.Module):
         method_options: dict[str, Any] | None = None,
     ):
         super().__init__()
+        if not isinstance(f, nn.Module):
+            raise TypeError(
+                f"f must be a torch.nn.Module called as f(z, x) (the implicit gradient goes to "
+                f"its parameters), got {type(f).__name__}: wrap a function in a Module"
+            )
         backward_method = method if backward_method is None else backward_method
         for name, value, allowed in (
             ("method", method, tuple(FIXED_POINT_METHODS)),

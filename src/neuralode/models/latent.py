@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..adjoint import GradientStrategy
+from ._args import count
 from .dynamics import MLPDynamics, activation_layer
 from .ode_block import ODEBlock
 
@@ -494,6 +495,11 @@ class _LatentVAE(nn.Module):
     ):
         super().__init__()
         _check_part("decoder", decoder, DECODERS)
+        for name, size in (
+            ("obs_dim", obs_dim), ("latent_dim", latent_dim),
+            ("encoder_hidden", encoder_hidden), ("decoder_hidden", decoder_hidden),
+        ):  # fmt: skip
+            count(name, size)
         if encoder not in ("rnn", "odernn"):
             raise ValueError(f"encoder must be 'rnn' or 'odernn', got {encoder!r}")
         if obs_std is not None and obs_std <= 0:
@@ -644,8 +650,7 @@ class _LatentVAE(nn.Module):
                 negative ``n_samples``.
         """
         _check_batch(ts, values, mask, self.obs_dim)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 0:
-            raise ValueError(f"n_samples must be an integer >= 0, got {n_samples!r}")
+        n_samples = count("n_samples", n_samples, minimum=0)
         observed = mask.bool().flatten(2).any(-1).any(0)
         if not bool(observed.any()):
             raise ValueError("mask selects no observations for the encoder")
@@ -718,6 +723,7 @@ class LatentODE(_LatentVAE):
         decoder: str = "mlp",
     ):
         _check_part("dynamics", dynamics, DYNAMICS)
+        count("dynamics_hidden", dynamics_hidden)
         super().__init__(
             obs_dim,
             latent_dim,
@@ -802,6 +808,7 @@ class RNNVAE(_LatentVAE):
             encoder_options=encoder_options,
             decoder=decoder,
         )
+        count("rnn_hidden", rnn_hidden)
         self.init = nn.Linear(latent_dim, rnn_hidden)
         self.gru = nn.GRUCell(1, rnn_hidden)
         self.readout = nn.Linear(rnn_hidden, latent_dim)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
+from ._args import count
 from .cnf import FlowDensity
 
 
@@ -26,13 +27,12 @@ class PlanarLayer(nn.Module):
         init_scale: the standard deviation of the initial ``w`` and ``u``.
 
     Raises:
-        ValueError: ``dim`` below 1.
+        ValueError: ``dim`` not an integer of at least 1.
     """
 
     def __init__(self, dim: int, init_scale: float = 0.1):
         super().__init__()
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim!r}")
+        dim = count("dim", dim)
         self.w = nn.Parameter(torch.randn(dim) * init_scale)
         self.u = nn.Parameter(torch.randn(dim) * init_scale)
         self.b = nn.Parameter(torch.zeros(()))
@@ -106,13 +106,12 @@ class PlanarFlow(FlowDensity):
         layers: the number of planar layers K.
 
     Raises:
-        ValueError: ``layers`` below 1.
+        ValueError: ``dim`` or ``layers`` not an integer of at least 1.
     """
 
     def __init__(self, dim: int, layers: int):
         super().__init__()
-        if layers < 1:
-            raise ValueError(f"layers must be >= 1, got {layers!r}")
+        dim, layers = count("dim", dim), count("layers", layers)
         self.layers = nn.ModuleList(PlanarLayer(dim) for _ in range(layers))
         self.event_shape = (dim,)
 

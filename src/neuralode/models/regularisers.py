@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ._args import count, real
+
 
 @dataclass
 class Point:
@@ -56,10 +58,8 @@ class Regulariser(abc.ABC):
     needs_derivatives: bool = False
 
     def __init__(self, weight: float = 1.0):
-        weight = float(weight)
-        if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"weight must be a finite non-negative number, got {weight!r}")
-        self.weight = weight
+        rule = "a finite non-negative number"
+        self.weight = real("weight", weight, rule, lambda x: 0 <= x < math.inf)
 
     def draw_noise(self, y0: torch.Tensor) -> torch.Tensor | None:
         """Random vectors used by a stochastic estimator, drawn once per solve.
@@ -205,9 +205,7 @@ class DerivativePenalty(Regulariser):
 
     def __init__(self, order: int = 2, weight: float = 1.0):
         super().__init__(weight)
-        if not isinstance(order, int) or order < 2:
-            raise ValueError(f"order must be an integer >= 2, got {order!r}")
-        self.order = order
+        self.order = count("order", order, minimum=2)
         self.name = f"derivative{order}"
 
     def rate(self, point: Point, noise: torch.Tensor | None) -> torch.Tensor:

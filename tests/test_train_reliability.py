@@ -395,7 +395,15 @@ def test_ctrl_c_while_the_command_line_loads_is_one_line(capsys, monkeypatch) ->
 def test_a_malformed_command_line_is_one_line(capsys) -> None:
     for argv, fragment in [
         (["train", "odenet", "--lr", "abc"], "argument --lr: must be a positive number, got 'abc'"),
-        (["train", "odenet", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train", "odenet", "--lr", "abc"], "neuralode train: error: "),
+        (
+            ["train", "odenet", "--bogus"],
+            "neuralode train: error: unrecognized arguments: --bogus (see neuralode train --help)",
+        ),
+        (
+            ["experiment", "toy2d", "--bogus", "1"],
+            "neuralode experiment toy2d: error: unrecognized arguments: --bogus 1",
+        ),
         (["fly"], "invalid choice: 'fly'"),
     ]:
         with pytest.raises(SystemExit) as info:

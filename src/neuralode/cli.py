@@ -202,8 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .data import DatasetNotFoundError
         from .training import INTERRUPTED, CheckpointError, TrainingDiverged, TrainingInterrupted
 
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
         command = args.command if args.command != "experiment" else f"experiment {args.experiment}"
+        if unknown:  # named by the command they were given to, as its other errors are
+            _Parser(prog=f"neuralode {command}").error(
+                f"unrecognized arguments: {' '.join(unknown)}"
+            )
     except KeyboardInterrupt:
         _error(_command_named(sys.argv[1:] if argv is None else argv), "interrupted")
         return 130

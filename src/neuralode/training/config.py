@@ -564,7 +564,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     # neuralode train writes to out/train-MODEL; an experiment sets its own default
     out = "out/train-MODEL" if model_positional else "%(default)s"
     g.add_argument("--out", default=None, help=f"output directory (default {out})")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    # neuralode train checkpoints into OUT; an experiment of several models into OUT/MODEL
+    where = "OUT/checkpoint.pt" if model_positional else "each model's OUT/MODEL/checkpoint.pt"
+    g.add_argument("--resume", action="store_true", help=f"continue from {where}")
     g.add_argument(
         "--overwrite",
         action="store_true",

@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="solve problems with known solutions: error, NFE, time and plots"
     )
-    demo.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
+    demo.add_argument(
+        "--out", default="out/solver-demo", help="output directory (default out/solver-demo)"
+    )
     demo.add_argument("--quick", action="store_true", help="fewer tolerances, for a smoke run")
     demo.add_argument(
         "--threads",

@@ -371,6 +371,25 @@ def test_failures_inside_vmap_raise_or_give_each_problem_its_status():
     torch.testing.assert_close(grads[0, 0], torch.tensor(expected, dtype=F64), rtol=1e-3, atol=0)
 
 
+def test_fixed_steps_under_vmap_give_each_problem_its_status():
+    """vmap with fixed explicit steps solves the batch as one system: with throw=False each
+    problem still gets the status it gets alone (NON_FINITE only for the one that blows
+    up), and max_steps, reached on the shared grid, stops every problem."""
+
+    def blowup(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y**2
+
+    y0s = torch.tensor([[0.5], [1.0], [0.2]], dtype=F64)  # the second blows up at t = 1
+    ts = torch.linspace(0.0, 1.5, 4, dtype=F64)
+    fixed = dict(solver=no.RK4(), controller=no.FixedGrid(step_size=0.01), throw=False)
+    expected = {None: [0, int(no.Status.NON_FINITE), 0], 50: [int(no.Status.MAX_STEPS)] * 3}
+    for max_steps, codes in expected.items():
+        kw = dict(fixed, max_steps=max_steps)
+        status = torch.func.vmap(lambda y, kw=kw: no.solve(blowup, y, ts, **kw).status)(y0s)
+        assert status.tolist() == codes
+        assert [int(no.solve(blowup, y, ts, **kw).status) for y in y0s] == codes
+
+
 ONE_BY_ONE = {
     "radau": dict(solver="radau", controller=no.PIController(rtol=1e-5, atol=1e-7)),
     "trbdf2": dict(solver="trbdf2", controller=no.FixedGrid(step_size=0.1)),

@@ -31,6 +31,7 @@ from torch._C import _functorch as functorch
 
 from ._host import peeled
 from ._solution import Solution, SolveStats
+from ._status import Status, mark_non_finite
 from ._tree import TreeSpec, tree_spec
 from .solvers.explicit_rk import ExplicitRK
 
@@ -99,6 +100,12 @@ def solve_vmapped(
     ys = sol.ys  # (len(ts), batch, n): each problem's outputs, wrapped back per problem
     sol.ys = spec.unflatten(functorch._add_batch_dim(ys, 1, level))
     sol.ts = ts
+    if sol.status is not None and sol.status.ndim == 0 and not kwargs.get("throw", True):
+        # one system on fixed steps: its status is the batch's (NON_FINITE when any problem's
+        # outputs are); each problem's own comes from its outputs, as solved alone (the grid,
+        # and so MAX_STEPS, is every problem's)
+        base = torch.where(sol.status == Status.NON_FINITE, int(Status.SUCCESS), sol.status)
+        sol.status = mark_non_finite(base.expand(batch), ys.reshape(ys.shape[0], -1), batch)
     if sol.status is not None and sol.status.ndim == 1:  # each problem's own status
         sol.status = functorch._add_batch_dim(sol.status, 0, level)
     return sol

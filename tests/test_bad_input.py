@@ -94,6 +94,15 @@ def test_float32_with_a_tolerance_below_its_resolution_warns() -> None:
         warnings.simplefilter("error")
         odeint(decay, y0, T(0.0, 1.0), rtol=1e-8)  # above a hundredth of float32's eps
         odeint(decay, y0, T(0.0, 1.0), rtol=1e-12, atol=1e-3)  # atol is above it
+    # the backward solves of Backsolve (odeint_adjoint's adjoint_rtol/atol) too: without the
+    # warning a float32 backward at rtol 1e-12 takes thousands of steps unexplained
+    start = y0.clone().requires_grad_(True)
+    backsolve = no.Backsolve(params=(), rtol=1e-12, atol=1e-12)
+    with pytest.warns(UserWarning, match=r"Backsolve's backward rtol=1e-12 .* torch.float32"):
+        no.solve(decay, start, T(0.0, 1.0), gradient=backsolve)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        no.solve(decay, start, T(0.0, 1.0), gradient=no.Backsolve(params=(), rtol=1e-6))
 
 
 @row("S4")

@@ -118,11 +118,15 @@ def _check_dtype(where: str, leaf: torch.Tensor) -> None:
         )
 
 
-def check_tolerances(controller: Any, y0: torch.Tensor) -> bool:
+def check_tolerances(
+    controller: Any, y0: torch.Tensor, whose: str = "", stacklevel: int = 3
+) -> bool:
     """Refuse tolerances below a tenth of a 16-bit state's resolution (eps), and warn about
     those below a hundredth of a wider one's: the error cannot be measured that finely, so
     the solve would stall or return values far less accurate than asked. An ``atol`` above
-    that level at y0's scale (1 for a zero y0) makes the tolerance reachable.
+    that level at y0's scale (1 for a zero y0) makes the tolerance reachable. ``whose``
+    names the solve the tolerances are for (the forward solve's: unnamed); ``stacklevel``
+    points the warning at the user's call.
 
     Returns:
         Whether the tolerances pass for every state of y0's dtype (``rtol`` alone clears the
@@ -141,13 +145,13 @@ def check_tolerances(controller: Any, y0: torch.Tensor) -> bool:
     if atol_min >= floor * scale:
         return False
     message = (
-        f"rtol={rtol_min:g} (with atol={atol_min:g}) is below the resolution of y0's dtype "
+        f"{whose}rtol={rtol_min:g} (with atol={atol_min:g}) is below the resolution of y0's dtype "
         f"{real} (eps {eps:.3g}): the error cannot be controlled that finely. Use "
         f"rtol >= {floor:.2g}"
     )
     if low_precision:
         raise ValueError(message + " or a wider dtype (float32, float64) for the state")
-    warnings.warn(message + " or float64 for the state", stacklevel=3)
+    warnings.warn(message + " or float64 for the state", stacklevel=stacklevel)
     return False
 
 

@@ -121,6 +121,12 @@ class Backsolve(GradientStrategy):
         params = resolve_params(problem.func, self.params)
         if self.compile_step:
             self._check_compilable(problem, params)
+        backward = self.backward_controller(problem.config.controller)
+        if backward is not problem.config.controller:  # (the forward ones are checked)
+            from .._validate import check_tolerances  # (_validate imports this package)
+
+            # the warning points at solve's caller: run_gradient, then solve
+            check_tolerances(backward, problem.y0, "Backsolve's backward ", stacklevel=5)
         return _BacksolveSolve.apply(self, problem, problem.y0, problem.ts, *params)
 
     def _check_compilable(self, problem: Problem, params: tuple[torch.Tensor, ...]) -> None:

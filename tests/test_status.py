@@ -272,3 +272,21 @@ def test_vmap_one_by_one_gives_each_problem_its_status() -> None:
 
     status = torch.func.vmap(one)(torch.tensor([[0.5], [1.0]], dtype=F64))
     assert status[0] == Status.SUCCESS and status[1] != Status.SUCCESS
+
+
+def test_dense_output_of_a_failed_sample_is_nan_after_its_stop() -> None:
+    """As its outputs: evaluate and derivative give NaN between where a failed sample
+    stopped and the end asked for, its values before; the others are unchanged; times
+    outside the span asked for stay an error."""
+    y0 = torch.tensor([[0.5], [1.0]], dtype=F64)
+    sol = no.solve(riccati, y0, TS, per_sample=True, throw=False, dense=True)
+    assert sol.status.tolist()[0] == 0 and sol.status[1] != 0
+    t = torch.tensor([[0.5, 1.2, 1.5], [0.5, 1.2, 1.5]], dtype=F64)
+    values = sol.evaluate(t)[..., 0]
+    torch.testing.assert_close(values[0], 0.5 / (1 - 0.5 * t[0]), rtol=1e-5, atol=0)
+    assert abs(float(values[1, 0]) - 2.0) < 1e-4 and torch.isnan(values[1, 1:]).all()
+    assert torch.isnan(sol.derivative(torch.tensor([1.2, 1.2], dtype=F64))[1]).all()
+    with pytest.raises(ValueError, match="outside the solution's span from 0.0 to 1.5"):
+        sol.evaluate(torch.tensor([1.2, 1.6], dtype=F64))
+    one = no.solve(riccati, y0[1], TS, throw=False, dense=True)
+    assert torch.isnan(one.evaluate(torch.tensor(1.2, dtype=F64))).all()

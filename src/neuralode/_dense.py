@@ -46,6 +46,17 @@ class DenseSolution:
         self.sign = 1.0 if bool((t_end >= t_start).all()) else -1.0
         ends = torch.where(accept, self.sign * t1, -torch.inf)
         self.reach = ends.cummax(0).values.T.contiguous()  # (batch, steps), sorted rows
+        # samples that failed with ``throw=False`` (``stopped``): NaN between where they
+        # stopped and the end asked for, as their outputs there
+        self.stopped: torch.Tensor | None = None
+        self.t_asked: torch.Tensor | None = None
+
+    def stop(self, failed: torch.Tensor, t_asked: torch.Tensor) -> None:
+        """Mark the samples ``failed`` ((batch,) bool) as stopped before their end asked for,
+        ``t_asked`` ((batch,) float64): ``evaluate`` gives NaN for them after where they
+        stopped, up to ``t_asked``."""
+        if bool(failed.any()):
+            self.stopped, self.t_asked = failed, t_asked
 
     def __call__(self, t: Any, derivative: bool = False) -> Any:
         """y(t) (dy/dt with ``derivative``) for ``t`` of any shape (per sample: (batch,) or
@@ -77,6 +88,9 @@ class DenseSolution:
         h = self.h[index, sample]
         theta = (queries.reshape(-1) - self.t0[index, sample]) / h
         out = self._combine(index * batch + sample, theta, h, derivative)
+        if self.stopped is not None:  # NaN after where a failed sample stopped
+            after = self.stopped[:, None] & (self.sign * queries > self.sign * self.t_end[:, None])
+            out = torch.where(after.reshape(-1, 1), torch.nan, out)
         if self.per_sample:
             return out.reshape(*t.shape, *self.spec.shapes[0][1:])
         return self.spec.unflatten(out.reshape(*t.shape, -1))
@@ -107,13 +121,16 @@ class DenseSolution:
 
     def _check_span(self, queries: torch.Tensor) -> None:
         signed = self.sign * queries
-        lo, hi = self.sign * self.t_start[:, None], self.sign * self.t_end[:, None]
+        t_end = self.t_end
+        if self.stopped is not None:  # up to the end asked for
+            t_end = torch.where(self.stopped, self.t_asked, t_end)
+        lo, hi = self.sign * self.t_start[:, None], self.sign * t_end[:, None]
         outside = ~((signed >= lo) & (signed <= hi))
         if bool(outside.any()):
             sample, column = (int(i) for i in outside.nonzero()[0])
             which = f" (sample {sample})" if self.per_sample else ""
             raise ValueError(
                 f"evaluate: t={float(queries[sample, column])!r} is outside the solution's "
-                f"span from {float(self.t_start[sample])!r} to {float(self.t_end[sample])!r}"
+                f"span from {float(self.t_start[sample])!r} to {float(t_end[sample])!r}"
                 f"{which}; dense output exists only inside the solved span"
             )

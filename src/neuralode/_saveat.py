@@ -15,6 +15,7 @@ import torch
 from torch.utils import _pytree
 
 from ._recorder import Recorder
+from ._status import Status
 from .solvers.base import Solver
 
 
@@ -148,4 +149,9 @@ def saved(saveat: SaveAt, recorder: Recorder | None, problem: Any, ys: torch.Ten
     if saveat.dense:
         per_sample = problem.config.execution.per_sample
         solution.interpolation = recorder.solution(problem.config.solver, spec, per_sample)
+        status = problem.stats.status
+        if status is not None:  # throw=False: a failed sample's values after its stop are NaN
+            failed = ((status > 0) & (status != Status.EVENT)).reshape(-1)
+            t_asked = problem.ts[..., -1].detach().to(torch.float64).expand(failed.shape)
+            solution.interpolation.stop(failed, t_asked)
     return solution

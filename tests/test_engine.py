@@ -300,6 +300,17 @@ def test_grad_inside_vmap_through_rejected_attempts_outside_fs_domain():
         torch.testing.assert_close(got[1][i], expected[1], rtol=1e-9, atol=0)
 
 
+def test_compile_under_vmap_warns_that_the_eager_loop_runs():
+    """torch cannot batch a compiled solve: under vmap the problems run the eager per-sample
+    loop, which the warning says, with the same results as without compile."""
+    y0s = starts(3)
+    eager = torch.func.vmap(lambda y: no.solve(decay, y, TS).ys)(y0s)
+    for compile in (True, "step"):
+        with pytest.warns(UserWarning, match="does not apply under torch.func.vmap"):
+            out = torch.func.vmap(lambda y, c=compile: no.solve(decay, y, TS, compile=c).ys)(y0s)
+        assert torch.equal(out, eager)
+
+
 def test_grad_inside_vmap_over_odeint():
     """The torchdiffeq façade: vmap(grad) over odeint, adaptive and fixed-step."""
     y0s = starts(3)

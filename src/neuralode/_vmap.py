@@ -23,6 +23,7 @@ own level: ``_vmap_inside`` solves those.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +63,16 @@ def solve_vmapped(
                 f"{name} is not supported under torch.func.vmap: vmap already solves each "
                 "problem on its own; call solve with per_sample=True on the batch instead"
             )
+    compiled = [
+        name for name in ("compile", "compile_step", "cuda_graph") if kwargs.pop(name, None)
+    ]
+    if compiled:
+        warnings.warn(
+            f"{', '.join(compiled)} does not apply under torch.func.vmap (torch cannot batch a "
+            "compiled solve): the vmapped problems run the eager per-sample loop. For the "
+            "compiled solve, call solve(..., per_sample=True, compile=True) on the batch",
+            stacklevel=3,
+        )
     spec, leaves = tree_spec(y0, "y0")
     unwrapped = [_unwrap(x, level) for x in leaves]
     times, own_times = _unwrap(ts, level)  # own_times: (batch, n), each problem its times

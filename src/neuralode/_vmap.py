@@ -61,7 +61,8 @@ def solve_vmapped(
         if kwargs.pop(name, None):
             raise ValueError(
                 f"{name} is not supported under torch.func.vmap: vmap already solves each "
-                "problem on its own; call solve with per_sample=True on the batch instead"
+                "problem on its own; solve the batch with per_sample=True instead (odeint and "
+                "odeint_event: options=dict(per_sample=True))"
             )
     compiled = [
         name for name in ("compile", "compile_step", "cuda_graph") if kwargs.pop(name, None)

@@ -103,6 +103,27 @@ def test_gradients_match_the_cpu(gradient):
         torch.testing.assert_close(on_cuda, on_cpu, rtol=1e-5, atol=1e-7)
 
 
+def test_per_sample_gradients_through_non_finite_rejected_attempts_match_the_cpu():
+    """A first step of 1 overshoots below y = 0, where f = -k sqrt(y) sqrt(y) is NaN: the
+    per-sample loop keeps those rows out of the graph (``_finite_graph``) on CUDA as on the
+    CPU, so the gradients are finite and equal."""
+
+    def run(device):
+        k = torch.tensor(3.0, dtype=torch.float64, device=device, requires_grad=True)
+        start = torch.tensor([[1.0], [2.0], [0.5]], dtype=torch.float64, device=device)
+        start.requires_grad_()
+        ts = torch.tensor([0.0, 4.0], dtype=torch.float64, device=device)
+        controller = no.PIController(1e-6, 1e-8, first_step=1.0)
+        field = lambda t, y: -k * torch.sqrt(y) * torch.sqrt(y)  # noqa: E731
+        sol = no.solve(field, start, ts, controller=controller, per_sample=True)
+        return torch.autograd.grad(sol.ys[-1].sum(), (start, k))
+
+    cpu, cuda = _on_both(run)
+    for on_cuda, on_cpu in zip(cuda, cpu):
+        assert torch.isfinite(on_cuda).all()
+        torch.testing.assert_close(on_cuda, on_cpu, rtol=1e-9, atol=0)
+
+
 def test_the_torchdiffeq_facade_with_the_adjoint():
     def run(device):
         y0, ts = _problem()

@@ -8,6 +8,8 @@ tested with every other method (the central ``METHODS`` list); tableaux in test_
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from problems import HIRES, ROBERTSON, VDP_STIFF, StiffProblem
@@ -388,13 +390,58 @@ def test_odeint_with_implicit_methods_and_options() -> None:
     [
         ({"linear_solver": "lu"}, "linear_solver must be one of"),
         ({"batch_size": 0}, "batch_size must be a positive integer"),
-        ({"max_iters": 0}, "max_iters must be a positive integer"),
-        ({"newton_tol": -1.0}, "newton_tol must be positive"),
+        ({"max_iters": 0}, "max_iters must be an integer of at least 2"),
+        # one iteration gives no contraction rate: the test could never pass
+        ({"max_iters": 1}, "max_iters must be an integer of at least 2"),
+        ({"max_iters": True}, "max_iters must be an integer"),
+        ({"newton_tol": -1.0}, "newton_tol must be a positive finite number"),
+        ({"newton_tol": math.inf}, "newton_tol must be a positive finite number"),
+        ({"newton_tol": "1e-3"}, "newton_tol must be a positive finite number"),
+        ({"krylov_tol": "1e-3"}, "krylov_tol must be a number in"),
+        ({"krylov_dim": 2.0}, "krylov_dim must be a positive integer"),
+        ({"linear_solver": ["direct"]}, "linear_solver must be one of"),
     ],
 )
 def test_bad_options(kwargs: dict, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         Radau(**kwargs)
+
+
+def _robertson(t: float, y: torch.Tensor) -> torch.Tensor:
+    fast, slow = 1e4 * y[1] * y[2], 3e7 * y[1] ** 2
+    return torch.stack([-0.04 * y[0] + fast, 0.04 * y[0] - fast - slow, slow])
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        # batch_size=3 on Robertson's (3,) state splits its coupled entries: every Newton
+        # matrix is wrong and nearly every step fails (70 steps without it)
+        ({"batch_size": 3}, "check that batch_size=3 splits the state"),
+        # one Krylov vector: the linear solves are far off, Newton does not converge
+        ({"linear_solver": "krylov", "krylov_dim": 1}, "raise krylov_dim (now 1)"),
+    ],
+)
+def test_max_steps_after_newton_failures_names_the_newton_options(
+    options: dict, fragment: str
+) -> None:
+    """A radau solve whose steps keep failing in Newton's iteration runs out of steps: the
+    message counts those failures and names the options that govern them, instead of
+    advising a stiff method (radau is one)."""
+    solver = Radau(**options)
+    with pytest.raises(no.MaxStepsError, match="failed in the Newton iteration") as caught:
+        no.solve(
+            _robertson,
+            torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64),
+            torch.tensor([0.0, 40.0], dtype=torch.float64),
+            solver=solver,
+            controller=no.PIController(rtol=1e-6, atol=1e-10),
+            max_steps=300,
+        )
+    message = str(caught.value)
+    assert fragment in message
+    assert "raise max_iters (now 6)" in message
+    assert "use a stiff method" not in message
 
 
 def test_radau_starts_newton_from_the_previous_collocation_polynomial() -> None:

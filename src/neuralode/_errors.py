@@ -44,11 +44,14 @@ def raise_stalled(
     y: torch.Tensor,
     last_y1: torch.Tensor | None = None,
     sample: int | None = None,
+    hint: str = "",
 ) -> None:
     """The error of a solve (or of one ``sample`` of a per-sample solve) whose next step
     from ``(t, y)``, of size ``dt``, cannot make progress: a non-finite state, steps that
     only produce non-finite values (the last one ``last_y1``), a non-finite step size, or a
-    step too small to change t. One message for every mode.
+    step too small to change t. One message for every mode; ``hint`` (the solver's
+    ``failure_hint``, e.g. Newton failures of an implicit method) ends the messages of
+    failing steps.
 
     Raises:
         NonFiniteError: the state or the steps are non-finite.
@@ -62,7 +65,7 @@ def raise_stalled(
         raise NonFiniteError(
             f"NaN or inf in the state{of}: every step from t={t:.6g} produced non-finite "
             f"values, down to dt={dt:.3g}. f(t, y) is probably non-finite there or the "
-            "solution blows up."
+            f"solution blows up.{_sentence(hint)}"
         )
     if not math.isfinite(dt):
         raise NonFiniteError(f"non-finite step size proposed{inside} at t={t:.6g}")
@@ -70,18 +73,34 @@ def raise_stalled(
         f"step size underflow{inside} at t={t:.10g}: the next step (dt={dt:.3g}) is too "
         "small to change t. The solution may blow up, f may be non-finite or discontinuous "
         "near this time (declare discontinuities with jump_t), or the problem may be stiff."
+        f"{_sentence(hint)}"
     )
 
 
 def max_steps_error(
-    max_steps: int, t: float, t_end: float, counts: str, sample: int | None = None
+    max_steps: int,
+    t: float,
+    t_end: float,
+    counts: str,
+    sample: int | None = None,
+    hint: str = "",
 ) -> MaxStepsError:
     """The error of a solve that used up ``max_steps`` at ``t`` before ``t_end``; ``counts``
     says whose steps (e.g. "3 accepted, 1 rejected steps" or "sample 2's steps"). One
-    message for every mode."""
+    message for every mode. ``hint``, the solver's ``failure_hint`` (an implicit method's
+    Newton failures), replaces the advice to use a stiff method, which that solver is."""
     who = "" if sample is None else f"sample {sample} "
+    advice = (
+        " or loosen the tolerances." + _sentence(hint)
+        if hint
+        else ", loosen the tolerances, or, if the problem is stiff, use a stiff method (radau)."
+    )
     return MaxStepsError(
         f"{who}reached max_steps={max_steps} at t={t:.6g} before t={t_end:.6g} ({counts}). Raise "
-        "max_steps (options max_num_steps), loosen the tolerances, or, if the problem is "
-        "stiff, use a stiff method (radau)."
+        f"max_steps (options max_num_steps){advice}"
     )
+
+
+def _sentence(hint: str) -> str:
+    """``hint``, a sentence, to append to a message ("" stays "")."""
+    return f" {hint}" if hint else ""

@@ -185,14 +185,15 @@ def _integrate(
     while next_out < n_out:
         if stats.n_steps >= config.max_steps:
             counts = f"{stats.n_accepted} accepted, {stats.n_rejected} rejected steps"
-            raise max_steps_error(config.max_steps, t, ts[-1], counts)
+            hint = solver.failure_hint()
+            raise max_steps_error(config.max_steps, t, ts[-1], counts, hint=hint)
         land_t, land_is_jump = landings[landing]
         # a proposal within round-off short of a landing point lands on it: a step from
         # there to the landing could not change t
         landed = sign * (proposal - land_t) >= 0 or indistinct(proposal, land_t)
         t1 = land_t if landed else proposal
         if indistinct(t, t1) or not math.isfinite(t1):
-            raise_stalled(t, t1 - t, y, last_y1)
+            raise_stalled(t, t1 - t, y, last_y1, hint=solver.failure_hint())
         at_jump = landed and land_is_jump
         if callbacks is not None:
             callbacks.step(t, y, t1 - t)

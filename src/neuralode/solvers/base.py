@@ -98,6 +98,16 @@ class Solver(abc.ABC):
         """
         return None
 
+    def failure_hint(self) -> str:
+        """Why this solver's own steps failed in the current solve, for the message of a
+        solve that runs out of steps or whose step size underflows; ``""`` when it has
+        nothing to add (the default), so the message's generic advice stands.
+
+        Returns:
+            A sentence, or ``""``.
+        """
+        return ""
+
     def init(self, term: ODETerm, t0: float, y0: torch.Tensor, f0: torch.Tensor | None) -> Any:
         """The state carried between steps (e.g. the FSAL derivative) at the start of a solve.
 

@@ -10,6 +10,8 @@ number of iterations, and costs no graph over the iterations.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections import Counter
 from typing import Any, ClassVar
 
@@ -38,7 +40,8 @@ class ImplicitRK(ImplicitStages):
     ``counters`` accumulates Jacobian evaluations, factorisations and Newton iterations.
 
     Arguments:
-        max_iters: Newton iterations per step (default 30; 6 for ``radau`` under error control).
+        max_iters: Newton iterations per step, at least 2 (default 30; 6 for ``radau`` under
+            error control).
         newton_tol: the convergence tolerance of the iteration (its estimated remaining error,
             in RMS norm, relative to ``1 + |y0|`` on fixed steps, where it defaults to 4 eps:
             converged to rounding; relative to ``atol + rtol |y0|`` of the step-size controller
@@ -73,19 +76,24 @@ class ImplicitRK(ImplicitStages):
         krylov_tol: float = 1e-10,
         krylov_dim: int = 50,
     ):
-        if max_iters is not None and (not isinstance(max_iters, int) or max_iters < 1):
-            raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
-        if newton_tol is not None and not newton_tol > 0:
-            raise ValueError(f"newton_tol must be positive, got {newton_tol!r}")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        # the convergence test compares two successive Newton updates (their contraction
+        # rate), so one iteration can never converge: at least 2
+        if max_iters is not None and not (_is_int(max_iters) and max_iters >= 2):
+            raise ValueError(
+                f"max_iters must be an integer of at least 2 (Newton's convergence test "
+                f"compares two successive updates), got {max_iters!r}"
+            )
+        if newton_tol is not None and not (_is_real(newton_tol) and 0 < newton_tol < math.inf):
+            raise ValueError(f"newton_tol must be a positive finite number, got {newton_tol!r}")
+        if batch_size is not None and not (_is_int(batch_size) and batch_size >= 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if linear_solver not in LINEAR_SOLVERS:
+        if not isinstance(linear_solver, str) or linear_solver not in LINEAR_SOLVERS:
             raise ValueError(
                 f"linear_solver must be one of {LINEAR_SOLVERS}, got {linear_solver!r}"
             )
-        if not 0 < krylov_tol < 1:
-            raise ValueError(f"krylov_tol must be in (0, 1), got {krylov_tol!r}")
-        if not isinstance(krylov_dim, int) or krylov_dim < 1:
+        if not (_is_real(krylov_tol) and 0 < krylov_tol < 1):
+            raise ValueError(f"krylov_tol must be a number in (0, 1), got {krylov_tol!r}")
+        if not (_is_int(krylov_dim) and krylov_dim >= 1):
             raise ValueError(f"krylov_dim must be a positive integer, got {krylov_dim!r}")
         self.max_iters = max_iters
         self.newton_tol = newton_tol
@@ -96,6 +104,9 @@ class ImplicitRK(ImplicitStages):
         self.counters: Counter[str] = Counter()
         self._tolerances = None
         self._smallest_rtol = 0.0
+        self._failures_before = 0  # newton_failures when the current solve began
+        self._last_failure = ""
+        self._failed_with_gmres = False
         self._cache = {}
         self._layouts = {}
 
@@ -128,6 +139,8 @@ class ImplicitRK(ImplicitStages):
             rtol: the relative tolerance, or ``None`` on fixed steps.
             atol: the absolute tolerance, or ``None`` on fixed steps.
         """
+        self._failures_before = self.counters["newton_failures"]
+        self._last_failure = ""
         if rtol is None or atol is None:
             self._tolerances = None
             return
@@ -197,7 +210,7 @@ class ImplicitRK(ImplicitStages):
             start = self._predictor(state, t0, h, y0d, nodes)
             z, failure = self._newton(eq, y0d, start, k_first, lin)
         if z is None:
-            return self._failed_step(t0, t1, y0, failure)
+            return self._failed_step(t0, t1, y0, failure, gmres=lin.jvp is not None)
         grad = torch.is_grad_enabled()
         if grad:
             if first:
@@ -240,8 +253,43 @@ class ImplicitRK(ImplicitStages):
         """The local error estimate of an adaptive method (``None``: fixed-step only)."""
         return None
 
-    def _failed_step(self, t0: float, t1: float, y0: torch.Tensor, failure: str) -> Step:
+    def failure_hint(self) -> str:
+        """The Newton failures of the current solve, for its step-size underflow or
+        ``MaxStepsError``: under error control each failure is a rejected step, so a solve
+        stalled by them (too few ``max_iters``, a tight ``newton_tol``, a ``batch_size``
+        that splits coupled entries, inexact GMRES) would otherwise read as a stiff problem.
+
+        Returns:
+            How many steps failed in the Newton iteration, the last failure and the options
+                that govern it, or ``""`` when none failed.
+        """
+        failures = self.counters["newton_failures"] - self._failures_before
+        if failures <= 0:
+            return ""
+        options = [f"raise max_iters (now {self._iteration_cap})"]
+        if self.newton_tol is not None:
+            options.append(f"loosen newton_tol (now {self.newton_tol:g})")
+        if self.batch_size is not None and self.batch_size > 1:
+            options.append(
+                f"check that batch_size={self.batch_size} splits the state into independent "
+                "samples (f of one sample must not read another's entries)"
+            )
+        if self._failed_with_gmres:
+            options.append(
+                f"with GMRES (linear_solver={self.linear_solver!r}) tighten krylov_tol (now "
+                f"{self.krylov_tol:g}) or raise krylov_dim (now {self.krylov_dim})"
+            )
+        return (
+            f"{failures} step(s) of {self.name} failed in the Newton iteration (the last "
+            f"{self._last_failure}): {', '.join(options)}."
+        )
+
+    def _failed_step(
+        self, t0: float, t1: float, y0: torch.Tensor, failure: str, gmres: bool = False
+    ) -> Step:
         self.counters["newton_failures"] += 1
+        self._last_failure = f"from t={t0:.6g} to t={t1:.6g}: {failure}"
+        self._failed_with_gmres = gmres  # (the linear solves were GMRES's: name its options)
         if self._tolerances is None:
             raise NewtonError(
                 f"{self.name}: the Newton iteration did not converge on the step from "
@@ -394,6 +442,17 @@ class ImplicitRK(ImplicitStages):
             return torch.cat([ends, weights], 1)
         ends[:, 0] = 1
         return torch.cat([ends, h.to(like.dtype)[:, None] * weights], 1)
+
+
+def _is_int(value: Any) -> bool:
+    """An integer option's value: an integer (NumPy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    """A real-number option's value: a real number (NumPy's too), not a bool (NaN fails
+    the range checks that follow)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _starts_after_jump(state: Any) -> bool:

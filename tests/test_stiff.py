@@ -15,6 +15,7 @@ import torch
 from problems import HIRES, ROBERTSON, VDP_STIFF, StiffProblem
 
 import neuralode as no
+from neuralode._term import ODETerm
 from neuralode._tree import tree_spec
 from neuralode.solvers import (
     GL4,
@@ -485,3 +486,23 @@ def test_auto_linear_solver_takes_gmres_where_direct_newton_matrices_are_too_big
     assert solve().ys.equal(krylov.ys)
     with pytest.raises(ValueError, match=r"linear_solver='direct' would build Newton matrices"):
         solve(linear_solver="direct")
+
+
+def test_newton_gives_up_early_only_when_max_iters_cannot_converge() -> None:
+    """Under error control the iteration stops early ("too slow") when the contraction rate
+    predicts no convergence within max_iters. The update after k more iterations is about
+    rate**k times this one, and the test of the last one passes when rate / (1 - rate)
+    times it is within newton_tol: the prediction is rate**(k + 1) / (1 - rate) * size,
+    SciPy Radau's. f = -y with autograd seeing -3 y (an off Jacobian, as a frozen one is)
+    contracts at exactly 0.5 on a step of 1: updates 0.25, 0.125, 0.0625, 0.03125, so with
+    max_iters=4 and newton_tol=0.04 the fourth iteration converges (rate**k alone, one
+    factor short, gave up after the second)."""
+    y0 = torch.ones(1, dtype=torch.float64)
+    spec, _ = tree_spec(y0)
+    term = ODETerm(lambda t, y: -3 * y + 2 * y.detach(), spec, y0)
+    solver = ImplicitEuler(max_iters=4, newton_tol=0.04)
+    solver.set_tolerances(0.0, 1.0)  # error control: Newton's scale is atol = 1
+    step = solver.step(term, 0.0, 1.0, y0, solver.init(term, 0.0, y0, None), False)
+    assert solver.counters["newton_failures"] == 0
+    assert solver.counters["newton_iterations"] == 4
+    torch.testing.assert_close(step.y1, torch.tensor([0.5 + 0.5**5], dtype=torch.float64))

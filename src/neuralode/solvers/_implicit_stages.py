@@ -229,7 +229,9 @@ class ImplicitStages(Solver):
                     return z, ""
                 left = cap - iteration - 1
                 adaptive = self._tolerances is not None  # else no smaller step to retry with
-                if adaptive and left and rate**left / (1 - rate) * size > tol:
+                # the last update is about rate**left times this one and passes the test
+                # above when rate / (1 - rate) times it is within tol (SciPy Radau's rule)
+                if adaptive and left and rate ** (left + 1) / (1 - rate) * size > tol:
                     return None, f"too slow, contraction rate {rate:.3g}"
             previous = size
         return None, f"not converged in max_iters={cap} iterations"

@@ -506,3 +506,47 @@ def test_newton_gives_up_early_only_when_max_iters_cannot_converge() -> None:
     assert solver.counters["newton_failures"] == 0
     assert solver.counters["newton_iterations"] == 4
     torch.testing.assert_close(step.y1, torch.tensor([0.5 + 0.5**5], dtype=torch.float64))
+
+
+def test_a_newton_failure_under_error_control_is_a_finite_rejected_step() -> None:
+    """A step whose Newton iteration fails (here: too slow for max_iters=3 at rate 0.5 and
+    newton_tol=1e-6) ends where it starts with an infinite error: rejected, and finite, so
+    a solve stalled by such steps is a step-size underflow rather than "every step produced
+    non-finite values"."""
+    y0 = torch.ones(1, dtype=torch.float64)
+    spec, _ = tree_spec(y0)
+    term = ODETerm(lambda t, y: -3 * y + 2 * y.detach(), spec, y0)
+    solver = ImplicitEuler(max_iters=3, newton_tol=1e-6)
+    solver.set_tolerances(0.0, 1.0)
+    step = solver.step(term, 0.0, 1.0, y0, solver.init(term, 0.0, y0, None), False)
+    assert solver.counters["newton_failures"] == 1
+    assert torch.equal(step.y1, y0)
+    assert bool(torch.isinf(step.error).all())
+    assert "1 step(s) of implicit_euler failed in the Newton iteration" in solver.failure_hint()
+
+
+@pytest.mark.slow  # ~60 s: the backward solve shrinks its steps to underflow
+def test_a_solve_stalled_by_newton_failures_is_a_step_size_underflow() -> None:
+    """Backsolve's backward solve of a strongly stiff problem (k = 1e4) stalls on steps whose
+    Newton iteration fails at every size. A failed step ends where it starts, so this is a
+    step-size underflow that counts the Newton failures and carries Backsolve's advice
+    (failed steps with NaN states read as "f(t, y) is probably non-finite")."""
+    k = torch.tensor(1e4, dtype=torch.float64, requires_grad=True)
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([-k * (y[0] - torch.cos(0.7 * t)) - y[1] * y[0], 0.7 * y[0] - y[1] ** 2])
+
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
+    ys = no.solve(
+        f,
+        y0,
+        torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64),
+        solver=Radau(),
+        controller=no.PIController(rtol=1e-8, atol=1e-10),
+        gradient=no.Backsolve([k]),
+    ).ys
+    with pytest.raises(no.StepSizeUnderflowError) as caught:
+        ys.sum().backward()
+    message = str(caught.value)
+    assert "failed in the Newton iteration" in message
+    assert "use Checkpointed" in message

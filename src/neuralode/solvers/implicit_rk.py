@@ -175,7 +175,8 @@ class ImplicitRK(ImplicitStages):
 
         Returns:
             The [`Step`][neuralode.solvers.Step]; under error control a Newton failure
-                gives a step with a NaN ``y1`` and an infinite error (rejected).
+                gives a step that ends where it starts (``y1`` is ``y0``) with an infinite
+                error: always rejected.
 
         Raises:
             ValueError: forward-mode differentiation through the step.
@@ -297,8 +298,11 @@ class ImplicitRK(ImplicitStages):
                 "more iterations (max_iters) or a looser newton_tol, or an adaptive stiff "
                 "method (radau)."
             )
-        nan = torch.full_like(y0, float("nan"))  # never accepted silently
-        return Step(t0, t1, y0, nan, torch.full_like(y0, float("inf")), [], None, {})
+        # The infinite error rejects the step whatever its y1 (min_step does not force an
+        # infinite error either). y1 stays finite: a solve stalled by Newton failures is a
+        # step-size underflow, not steps producing NaN (which would blame f).
+        stay = y0.detach()
+        return Step(t0, t1, y0, stay, torch.full_like(y0, float("inf")), [], None, {})
 
     # ------------------------------------------------------------------------------------
     # After the step

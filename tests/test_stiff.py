@@ -550,3 +550,20 @@ def test_a_solve_stalled_by_newton_failures_is_a_step_size_underflow() -> None:
     message = str(caught.value)
     assert "failed in the Newton iteration" in message
     assert "use Checkpointed" in message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"tol": -1.0}, "tol must be a finite non-negative number"),
+        ({"tol": math.nan}, "tol must be a finite non-negative number"),
+        ({"tol": "1e-6"}, "tol must be a finite non-negative number"),
+        ({"max_iters": True}, "max_iters must be a positive integer"),
+    ],
+)
+def test_implicit_adams_bad_options(kwargs: dict, fragment: str) -> None:
+    """The corrector's options are checked where they are given (a string tol failed at
+    the first step with a TypeError naming no option; a negative or NaN one never let the
+    corrector converge)."""
+    with pytest.raises(ValueError, match=fragment):
+        no.solvers.ImplicitAdams(**kwargs)

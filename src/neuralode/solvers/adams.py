@@ -8,6 +8,8 @@ start-up does not limit the global order (up to 8).
 
 from __future__ import annotations
 
+import math
+import numbers
 from functools import lru_cache
 from typing import Any
 
@@ -149,8 +151,12 @@ class ImplicitAdams(_Adams):
 
     def __init__(self, max_order: int = 4, max_iters: int = 4, tol: float = 1e-12):
         super().__init__(max_order)
-        if not isinstance(max_iters, int) or max_iters < 1:
+        if not isinstance(max_iters, int) or isinstance(max_iters, bool) or max_iters < 1:
             raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
+        # the corrector's convergence test; 0 always takes max_iters iterations
+        real = isinstance(tol, numbers.Real) and not isinstance(tol, bool)
+        if not (real and 0 <= tol < math.inf):
+            raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
         self.max_iters = max_iters
         self.tol = tol
 

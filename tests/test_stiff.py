@@ -567,3 +567,16 @@ def test_implicit_adams_bad_options(kwargs: dict, fragment: str) -> None:
     corrector converge)."""
     with pytest.raises(ValueError, match=fragment):
         no.solvers.ImplicitAdams(**kwargs)
+
+
+def test_newton_error_of_radau_on_fixed_steps_advises_error_control() -> None:
+    """radau on a fixed grid whose Newton iteration fails is told to use its own error
+    control, not to use "an adaptive stiff method (radau)", which it is."""
+    with pytest.raises(NewtonError, match="radau with an error-controlled PIController"):
+        no.solve(
+            lambda t, y: 100 * y**2,
+            torch.ones(1, dtype=torch.float64),
+            torch.tensor([0.0, 1.0], dtype=torch.float64),
+            solver=Radau(),
+            controller=no.FixedGrid(step_size=0.5),
+        )

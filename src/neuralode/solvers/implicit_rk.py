@@ -292,11 +292,16 @@ class ImplicitRK(ImplicitStages):
         self._last_failure = f"from t={t0:.6g} to t={t1:.6g}: {failure}"
         self._failed_with_gmres = gmres  # (the linear solves were GMRES's: name its options)
         if self._tolerances is None:
+            # radau itself on fixed steps: the remedy is its error control, not itself
+            adaptive = (
+                "radau with an error-controlled PIController"
+                if self.name == "radau"
+                else "an adaptive stiff method (radau)"
+            )
             raise NewtonError(
                 f"{self.name}: the Newton iteration did not converge on the step from "
                 f"t={t0:.6g} to t={t1:.6g} ({failure}). Use smaller steps (step_size), "
-                "more iterations (max_iters) or a looser newton_tol, or an adaptive stiff "
-                "method (radau)."
+                f"more iterations (max_iters) or a looser newton_tol, or {adaptive}."
             )
         # The infinite error rejects the step whatever its y1 (min_step does not force an
         # infinite error either). y1 stays finite: a solve stalled by Newton failures is a

@@ -580,3 +580,22 @@ def test_newton_error_of_radau_on_fixed_steps_advises_error_control() -> None:
             solver=Radau(),
             controller=no.FixedGrid(step_size=0.5),
         )
+
+
+def test_a_failed_step_at_min_step_is_not_retried_unchanged() -> None:
+    """y' = y^2 blows up at t = 1: near it radau's Newton iteration fails on a step held at
+    min_step. Retrying that same step could only fail again (99,907 identical failures and
+    90 s to max_steps); the solve stops at the first repeat, naming min_step and the
+    Newton failure."""
+    solver = Radau()
+    with pytest.raises(no.StepSizeUnderflowError, match="min_step") as caught:
+        no.solve(
+            lambda t, y: y**2,
+            torch.ones(1, dtype=torch.float64),
+            torch.tensor([0.0, 2.0], dtype=torch.float64),
+            solver=solver,
+            controller=no.PIController(rtol=1e-6, atol=1e-8, min_step=1e-3),
+            max_steps=2000,
+        )
+    assert "failed in the Newton iteration" in str(caught.value)
+    assert solver.counters["newton_failures"] == 1

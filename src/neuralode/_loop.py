@@ -17,6 +17,7 @@ from ._errors import (
     NonFiniteError,
     StepSizeUnderflowError,
     max_steps_error,
+    raise_repeated,
     raise_stalled,
 )
 from ._execution import Execution
@@ -178,6 +179,7 @@ def _integrate(
         proposal, control = controller.init(term, solver, ts, y, f0, config.norm)
     next_out, n_out, landing = 1, len(ts), 0
     last_y1 = None
+    rejected_t1 = None  # the end of the step just rejected from t
     after_jump = False
     events = config.events
     if events is not None:
@@ -194,6 +196,10 @@ def _integrate(
         t1 = land_t if landed else proposal
         if indistinct(t, t1) or not math.isfinite(t1):
             raise_stalled(t, t1 - t, y, last_y1, hint=solver.failure_hint())
+        if t1 == rejected_t1:
+            # the rejected step again (its size held at min_step, or at a landing point):
+            # steps are deterministic, so it would fail again until max_steps
+            raise_repeated(t, t1, solver.failure_hint())
         at_jump = landed and land_is_jump
         if callbacks is not None:
             callbacks.step(t, y, t1 - t)
@@ -215,6 +221,7 @@ def _integrate(
         accepted, proposal, control = controller.adapt(
             t, t1, y, step.y1, step.error, control, ratio
         )
+        rejected_t1 = None if accepted else t1
         if not accepted:
             state = solver.reject(step, state)
             stats.n_rejected += 1

@@ -203,6 +203,27 @@ def test_nan_only_in_the_backward_pass_names_the_adjoint() -> None:
         ys.sum().backward()
 
 
+def test_a_backward_failure_quotes_the_inner_message_as_one_sentence(monkeypatch) -> None:
+    """The backward solve's error goes on after the inner one's message, whether that ends
+    with a period or not: one period between them."""
+    import neuralode.adjoint._backward as backward
+
+    y0 = torch.ones(2, dtype=F64, requires_grad=True)
+    for error, inner in ((no.NonFiniteError, "inner, with a period."),
+                         (no.StepSizeUnderflowError, "inner, without one")):  # fmt: skip
+        ys = no.solve(decay, y0, T(0.0, 1.0), gradient=no.Backsolve(params=())).ys
+
+        def fail(*args, error=error, inner=inner, **kwargs):
+            raise error(inner)
+
+        monkeypatch.setattr(backward, "integrate", fail)
+        with pytest.raises(error) as info:
+            ys.sum().backward()
+        monkeypatch.undo()
+        assert f"{inner.rstrip('.')}. " in str(info.value)
+        assert ".." not in str(info.value) and "one Backsolve" not in str(info.value)
+
+
 # --- argument forms --------------------------------------------------------------------------
 
 

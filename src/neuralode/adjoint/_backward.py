@@ -134,20 +134,25 @@ def _solve_segment(
     except NonFiniteError as error:
         raise NonFiniteError(
             f"the adjoint's backward solve from t={segment[0]:.6g} to t={segment[1]:.6g} "
-            f"failed (the forward solve was finite): {error}. The backward state is [y, "
+            f"failed (the forward solve was finite): {_clause(error)}. The backward state is [y, "
             "adjoint, parameter gradients]: f, or its vector-Jacobian product, is "
             "non-finite along the backward solve, or the adjoint system blows up"
         ) from error
     except (MaxStepsError, StepSizeUnderflowError) as error:
         raise type(error)(
             f"the adjoint's backward solve from t={segment[0]:.6g} to "
-            f"t={segment[1]:.6g} failed: {error} Backsolve re-integrates the state "
+            f"t={segment[1]:.6g} failed: {_clause(error)}. Backsolve re-integrates the state "
             "backwards in time, which is exponentially unstable for stiff (strongly "
             "damped) dynamics; for those use Checkpointed (exact gradients, memory "
             "O(steps x state)) or Direct."
         ) from error
     stats.n_steps_backward += segment_stats.n_steps
     return states[-1]
+
+
+def _clause(error: Exception) -> str:
+    """An error's message without its final period, to go on in a longer sentence."""
+    return str(error).rstrip().rstrip(".")
 
 
 def _segment_config(config: LoopConfig, segment: list[float]) -> LoopConfig:

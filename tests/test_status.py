@@ -290,3 +290,23 @@ def test_dense_output_of_a_failed_sample_is_nan_after_its_stop() -> None:
         sol.evaluate(torch.tensor([1.2, 1.6], dtype=F64))
     one = no.solve(riccati, y0[1], TS, throw=False, dense=True)
     assert torch.isnan(one.evaluate(torch.tensor(1.2, dtype=F64))).all()
+
+
+def test_a_failing_step_held_at_min_step_stops_its_sample_at_the_next_check() -> None:
+    """Sample 0's f is NaN past t = 1: its step there fails, shrinks to min_step and would
+    be retried unchanged until max_steps. It stops with STEP_SIZE_UNDERFLOW at the next
+    check, as the host loop raises at the first repeat; sample 1 is intact."""
+    walls = torch.tensor([1.0, 5.0], dtype=F64)
+
+    def field(t, y):
+        return 1 / torch.sqrt(walls - t)[:, None] + 0 * y
+
+    ts = torch.tensor([0.0, 2.0], dtype=F64)
+    kwargs = dict(controller=no.PIController(1e-6, 1e-8, min_step=0.05), max_steps=2000)
+    y0 = torch.zeros(2, 1, dtype=F64)
+    sol = no.solve(field, y0, ts, per_sample=True, throw=False, **kwargs)
+    assert sol.status.tolist() == [Status.STEP_SIZE_UNDERFLOW, Status.SUCCESS]
+    assert int(sol.stats.sample_steps[0]) < 100  # not max_steps' 2000
+    assert abs(float(sol.ys[-1, 1, 0]) - 2 * (5**0.5 - 3**0.5)) < 1e-3
+    with pytest.raises(no.StepSizeUnderflowError, match="step of sample 0 from t=.* min_step"):
+        no.solve(field, y0, ts, per_sample=True, **kwargs)

@@ -77,17 +77,18 @@ def raise_stalled(
     )
 
 
-def raise_repeated(t: float, t1: float, hint: str = "") -> None:
-    """The error of a solve whose rejected step from ``t`` to ``t1`` would be retried
-    unchanged: its error was non-finite (a step at ``min_step`` with any finite error is
-    accepted) and the step size cannot shrink below ``min_step``. ``hint``: the solver's
-    ``failure_hint``.
+def raise_repeated(t: float, t1: float, hint: str = "", sample: int | None = None) -> None:
+    """The error of a solve (or of one ``sample`` of a per-sample solve) whose rejected step
+    from ``t`` to ``t1`` would be retried unchanged: its error was non-finite (a step at
+    ``min_step`` with any finite error is accepted) and the step size cannot shrink below
+    ``min_step``. ``hint``: the solver's ``failure_hint``.
 
     Raises:
         StepSizeUnderflowError: the step, and the fixes.
     """
+    of = "" if sample is None else f" of sample {sample}"
     raise StepSizeUnderflowError(
-        f"the step from t={t:.10g} to t={t1:.10g} failed (a non-finite error estimate: NaN or "
+        f"the step{of} from t={t:.10g} to t={t1:.10g} failed (a non-finite error estimate: NaN or "
         "inf in the step, or a failed implicit solve) and cannot be retried shorter: its "
         "size is held at the controller's min_step. Lower min_step (dt_min), or check f "
         f"near this time.{_sentence(hint)}"

@@ -41,14 +41,16 @@ def _read_progress(
     next_out: torch.Tensor,
     hits: torch.Tensor | None,
     nan: torch.Tensor | None = None,
+    repeated: torch.Tensor | None = None,
 ) -> _Progress:
     """A termination check, with one host sync (``_Progress``); ``left`` is 0 when no
     sample runs, ``hits`` the pending steps' crossings, (steps, batch), ``nan`` the samples
-    whose event function returned NaN, (batch,)."""
+    whose event function returned NaN, (batch,), ``repeated`` those whose rejected step
+    would be retried unchanged (``_stalled``)."""
     # each a reduction over every problem under torch.func.vmap (``_host``)
     size = (proposal - t).abs()
     left = across(torch.where(still & (size > 0), (t_stop - t).abs() / size, 0.0).max(), torch.amax)
-    stalled = across(_stalled(still, t, proposal, t_stop, sign).any(), torch.any)
+    stalled = across(_stalled(still, t, proposal, t_stop, sign, repeated).any(), torch.any)
     n_still = across(still.sum(), torch.sum)
     values = [n_still.to(left.dtype), left.clamp(max=1e6), stalled.to(left.dtype)]
     if hits is not None:
@@ -67,12 +69,18 @@ def _read_progress(
 
 
 def _stalled(
-    still: torch.Tensor, t: torch.Tensor, proposal: torch.Tensor, t_stop: torch.Tensor, sign: float
+    still: torch.Tensor,
+    t: torch.Tensor,
+    proposal: torch.Tensor,
+    t_stop: torch.Tensor,
+    sign: float,
+    repeated: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The running samples whose next step underflows (too small to change t) or is not
-    finite, (batch,)."""
+    finite, or (``repeated``) is the rejected step again, (batch,)."""
     land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
-    return still & (indistinct(t, land) | ~torch.isfinite(land))
+    stuck = indistinct(t, land) | ~torch.isfinite(land)
+    return still & (stuck if repeated is None else stuck | repeated)
 
 
 @dataclass

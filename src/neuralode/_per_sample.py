@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from ._attempt import Attempts, Constants
+from ._attempt import Attempts, Constants, step_end
 from ._batch_term import BatchTerm
 from ._errors import f0_not_finite
 from ._finite_graph import FiniteGraph
@@ -154,6 +154,9 @@ def integrate_per_sample(
         events.start(t, y)
     needs_f1 = facts.needs_f1
     iteration, next_check, n_still, stalled = 0, 1, -1, False  # known at the checks
+    # a rejected step is retried unchanged only when its size is held at min_step: the
+    # samples where that happened (it would fail again until max_steps) stop at the check
+    repeats, repeated = ctrl.min_step > 0, None
     while True:
         iteration += 1
         carried = (proposal, t_stop, active, previous_ratio, n_steps, n_accepted)
@@ -167,6 +170,9 @@ def integrate_per_sample(
         if config.save is not None:  # dense output: every attempt, with its accept mask
             config.save.add_batch(t, step.t1, y, y1, step.k_all, accept, f1)
         t, y, still = step.t_next, step.y_accepted, step.still
+        if repeats:
+            again = still & ~accept & (step_end(sign, proposal, t_stop) == step.t1)
+            repeated = again if repeated is None else repeated | again
         if events is not None:
             reached.hit = events.check(step.t1, y1, accept)
             reached.g_lo, reached.g_hi = events.previous, events.after
@@ -183,7 +189,7 @@ def integrate_per_sample(
                 hits = _stack([r.hit for r in pending]) if events is not None else None
                 nan = None if events is None else events.nan_seen
                 n_still, left, lo, hi, rounds, stalled, nan_seen = _read_progress(
-                    still, t, proposal, t_stop, sign, ends, next_out, hits, nan
+                    still, t, proposal, t_stop, sign, ends, next_out, hits, nan, repeated
                 )
                 if nan_seen:
                     events.check_nan()
@@ -213,7 +219,9 @@ def integrate_per_sample(
                     nfe = nfe + (used & ~torch.stack([r.still for r in pending])).sum(0)
             pending = []
             if stalled or iteration >= config.max_steps:  # raises with config.throw
-                codes = sample_failures(iteration, still, t, proposal, t_stop, sign, y, config)
+                codes = sample_failures(
+                    iteration, still, t, proposal, t_stop, sign, y, config, repeated
+                )
                 status = torch.maximum(status, codes)  # the failing samples stop here
                 still = still & (codes == 0)
                 n_still = int(across(still.sum(), torch.sum))

@@ -20,6 +20,7 @@ from ._errors import (
     SolverError,
     StepSizeUnderflowError,
     max_steps_error,
+    raise_repeated,
     raise_stalled,
 )
 from ._host import plain, wrapped
@@ -113,12 +114,13 @@ def sample_failures(
     sign: float,
     y: torch.Tensor,
     config: Any,
+    repeated: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """A check of the per-sample loop found running samples that can no longer advance, or
-    the solve used up max_steps (each running sample's own count: they have all made
-    ``iteration`` attempts): each sample's ``Status`` code, (batch,), 0 for the others. With
-    ``config.throw`` raise the engine's error of the first failing sample, naming every
-    failing one."""
+    """A check of the per-sample loop found running samples that can no longer advance (or,
+    ``repeated``, whose rejected step would be retried unchanged), or the solve used up
+    max_steps (each running sample's own count: they have all made ``iteration`` attempts):
+    each sample's ``Status`` code, (batch,), 0 for the others. With ``config.throw`` raise
+    the engine's error of the first failing sample, naming every failing one."""
     land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
     if iteration >= config.max_steps:
         codes = torch.where(still, int(Status.MAX_STEPS), 0)
@@ -126,13 +128,15 @@ def sample_failures(
         largest = torch.finfo(y.real.dtype).max
         bad = ~torch.isfinite(y).all(1) | ~torch.isfinite(land) | (y.abs().amax(1) > largest / 1024)
         code = torch.where(bad, int(Status.NON_FINITE), int(Status.STEP_SIZE_UNDERFLOW))
-        codes = torch.where(stalled(still, t, proposal, t_stop, sign), code, 0)
+        codes = torch.where(stalled(still, t, proposal, t_stop, sign, repeated), code, 0)
     if not config.throw:
         return codes
     if wrapped(codes):  # under torch.func.vmap: every problem's rows (``_host``), as samples
         anchor = codes * 0  # batched like codes, which depends on all of them
         t, land, t_stop = (plain(x + anchor).reshape(-1) for x in (t, land, t_stop))
         y = plain(y + anchor[:, None]).reshape(t.shape[0], -1)
+        if repeated is not None:
+            repeated = plain(repeated | (anchor != 0)).reshape(-1)
         codes = plain(codes).reshape(-1).clone()
     i = int(codes.nonzero()[0])
     several = config.per_sample or codes.shape[0] > 1  # (else one problem: a batch of one)
@@ -147,6 +151,8 @@ def sample_failures(
             raise max_steps_error(config.max_steps, float(t[i]), float(t_stop[i]), counts, sample)
         if bool(torch.isfinite(y[i]).all()):
             check_overflow(float(t[i]), y[i])
+        if repeated is not None and bool(repeated[i]):
+            raise_repeated(float(t[i]), float(land[i]), sample=sample)
         raise_stalled(float(t[i]), float(land[i] - t[i]), y[i], sample=sample)
     except SolverError as error:
         codes[i] = code_of(error)

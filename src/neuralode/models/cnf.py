@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._args import count, real
 from .._norms import Norm, seminorm
 from .._solution import SolveStats
 from .._solve import solve
 from ..adjoint import GRADIENTS, GradientStrategy
 from ..controllers import FixedGrid, PIController
 from ..solvers import METHODS
-from ._args import count, real
 from .dynamics import activation_layer, batch_time
 
 TRACE_MODES = ("exact", "hutchinson")

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._args import count
 from ..adjoint import GradientStrategy
-from ._args import count
 from .dynamics import MLPDynamics, activation_layer
 from .ode_block import ODEBlock
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from ._args import count
+from .._args import count
 from .cnf import FlowDensity
 
 

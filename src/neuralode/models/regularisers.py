@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._args import count, real
+from .._args import count, real
 
 
 @dataclass

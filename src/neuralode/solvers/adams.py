@@ -9,13 +9,13 @@ start-up does not limit the global order (up to 8).
 from __future__ import annotations
 
 import math
-import numbers
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._args import is_real
 from .._errors import SolverError
 from .._term import ODETerm
 from .base import Solver, Step, hermite_interpolate
@@ -154,8 +154,7 @@ class ImplicitAdams(_Adams):
         if not isinstance(max_iters, int) or isinstance(max_iters, bool) or max_iters < 1:
             raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
         # the corrector's convergence test; 0 always takes max_iters iterations
-        real = isinstance(tol, numbers.Real) and not isinstance(tol, bool)
-        if not (real and 0 <= tol < math.inf):
+        if not (is_real(tol) and 0 <= tol < math.inf):
             raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
         self.max_iters = max_iters
         self.tol = tol

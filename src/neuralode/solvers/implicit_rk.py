@@ -11,13 +11,13 @@ number of iterations, and costs no graph over the iterations.
 from __future__ import annotations
 
 import math
-import numbers
 from collections import Counter
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from .._args import is_int, is_real
 from .._errors import SolverError
 from .._host import forward_mode
 from .._term import ODETerm
@@ -78,22 +78,22 @@ class ImplicitRK(ImplicitStages):
     ):
         # the convergence test compares two successive Newton updates (their contraction
         # rate), so one iteration can never converge: at least 2
-        if max_iters is not None and not (_is_int(max_iters) and max_iters >= 2):
+        if max_iters is not None and not (is_int(max_iters) and max_iters >= 2):
             raise ValueError(
                 f"max_iters must be an integer of at least 2 (Newton's convergence test "
                 f"compares two successive updates), got {max_iters!r}"
             )
-        if newton_tol is not None and not (_is_real(newton_tol) and 0 < newton_tol < math.inf):
+        if newton_tol is not None and not (is_real(newton_tol) and 0 < newton_tol < math.inf):
             raise ValueError(f"newton_tol must be a positive finite number, got {newton_tol!r}")
-        if batch_size is not None and not (_is_int(batch_size) and batch_size >= 1):
+        if batch_size is not None and not (is_int(batch_size) and batch_size >= 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not isinstance(linear_solver, str) or linear_solver not in LINEAR_SOLVERS:
             raise ValueError(
                 f"linear_solver must be one of {LINEAR_SOLVERS}, got {linear_solver!r}"
             )
-        if not (_is_real(krylov_tol) and 0 < krylov_tol < 1):
+        if not (is_real(krylov_tol) and 0 < krylov_tol < 1):
             raise ValueError(f"krylov_tol must be a number in (0, 1), got {krylov_tol!r}")
-        if not (_is_int(krylov_dim) and krylov_dim >= 1):
+        if not (is_int(krylov_dim) and krylov_dim >= 1):
             raise ValueError(f"krylov_dim must be a positive integer, got {krylov_dim!r}")
         self.max_iters = max_iters
         self.newton_tol = newton_tol
@@ -451,17 +451,6 @@ class ImplicitRK(ImplicitStages):
             return torch.cat([ends, weights], 1)
         ends[:, 0] = 1
         return torch.cat([ends, h.to(like.dtype)[:, None] * weights], 1)
-
-
-def _is_int(value: Any) -> bool:
-    """An integer option's value: an integer (NumPy's too), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    """A real-number option's value: a real number (NumPy's too), not a bool (NaN fails
-    the range checks that follow)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _starts_after_jump(state: Any) -> bool:

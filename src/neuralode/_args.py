@@ -1,11 +1,23 @@
-"""Checks of the models' numeric arguments, each failure a ``ValueError`` naming the
-argument, what it must be and what it got."""
+"""Checks of numeric arguments of constructors (models, solvers): predicates, and checks
+whose failure is a ``ValueError`` naming the argument, what it must be and what it got."""
 
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import Any
+
+
+def is_int(value: Any) -> bool:
+    """An integer argument's value: an integer (NumPy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """A real-number argument's value: a real number (NumPy's too), not a bool (NaN fails
+    the range checks that follow)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def count(name: str, value: Any, minimum: int = 1) -> int:

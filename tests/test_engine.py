@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -768,6 +770,42 @@ def test_whole_solve_compiled_as_one_problem_matches_the_host_loop():
         with pytest.raises(no.MaxStepsError, match="reached max_steps=2"):
             no.solve(lambda t, y: net(y), y0, ts, controller=controller, max_steps=2, compile=True)
     torch.testing.assert_close(compiled, eager.ys, rtol=1e-5, atol=1e-6)
+
+
+@needs_compiler
+def test_whole_solve_compiled_stops_at_a_failing_step_held_at_min_step():
+    """f is NaN past t = 1 (sample 0's, per sample): the step there fails, shrinks to
+    min_step and would be attempted again unchanged until max_steps. The compiled whole
+    solve stops there with the StepSizeUnderflowError that the host loop raises (one
+    problem) and the eager device loop (per sample), naming the same step. (With
+    throw=False compile=True compiles each step, whose loops stop the same way.)"""
+    walls = torch.tensor([1.0, 5.0], dtype=torch.float64)
+
+    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 1 / torch.sqrt(walls - t)[:, None] + 0 * y
+
+    def one(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 1 / torch.sqrt(1.0 - t) + 0 * y
+
+    ts = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    kwargs = dict(controller=no.PIController(1e-6, 1e-8, min_step=0.05), max_steps=2000)
+    rows, y0 = torch.zeros(2, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+
+    def step_of(f, y, **options) -> list[float]:
+        """The failing step the solve's StepSizeUnderflowError names: [t, t1]."""
+        with pytest.raises(no.StepSizeUnderflowError) as error:
+            no.solve(f, y, ts, **kwargs, **options)
+        message = str(error.value)
+        assert "min_step" in message and ("of sample 0 " in message) == ("per_sample" in options)
+        return [float(x) for x in re.search(r"from t=(\S+) to t=(\S+) failed", message).groups()]
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the host loop's warning of steps at min_step)
+        host = step_of(one, y0)
+        assert math.isclose(host[1] - host[0], 0.05, rel_tol=1e-8)
+        assert step_of(one, y0, compile=True) == pytest.approx(host, rel=1e-9)
+        assert step_of(field, rows, per_sample=True) == pytest.approx(host, rel=1e-9)
+        assert step_of(field, rows, per_sample=True, compile=True) == pytest.approx(host, rel=1e-9)
 
 
 @needs_compiler

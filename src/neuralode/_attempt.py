@@ -128,6 +128,14 @@ def step_end(sign: float, proposal: torch.Tensor, t_stop: torch.Tensor) -> torch
     return torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
 
 
+def retried_unchanged(step: Step, sign: float, t_stop: torch.Tensor) -> torch.Tensor:
+    """The running samples whose rejected attempt ``step`` would be attempted again
+    unchanged, (batch,): its size is held at the controller's min_step (or it ends at the
+    sample's end), so, steps being deterministic, it would fail until max_steps. Only a
+    controller with min_step > 0 can hold a rejected step's size."""
+    return step.still & ~step.accept & (step_end(sign, step.proposal, t_stop) == step.t1)
+
+
 def _plain(x: torch.Tensor) -> torch.Tensor:
     """``x`` without the tangents of a torch.func transform (forward-mode AD ignores
     ``no_grad``, and the step-size decisions must not be differentiated)."""

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from ._attempt import Attempts, Constants, step_end
+from ._attempt import Attempts, Constants, retried_unchanged
 from ._batch_term import BatchTerm
 from ._errors import f0_not_finite
 from ._finite_graph import FiniteGraph
@@ -171,7 +171,7 @@ def integrate_per_sample(
             config.save.add_batch(t, step.t1, y, y1, step.k_all, accept, f1)
         t, y, still = step.t_next, step.y_accepted, step.still
         if repeats:
-            again = still & ~accept & (step_end(sign, proposal, t_stop) == step.t1)
+            again = retried_unchanged(step, sign, t_stop)
             repeated = again if repeated is None else repeated | again
         if events is not None:
             reached.hit = events.check(step.t1, y1, accept)

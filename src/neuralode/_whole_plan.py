@@ -146,7 +146,8 @@ _PLAN_SOURCE = re.compile(r"(?:dict\(type\()*(?:plan|L\['plan'\])(?![\w'])")
 # the whole solve's module globals that are this package's functions, its modules, and the
 # pytree registry and modules that while_loop flattens the loop's carried values with
 _OWN_GLOBALS = (
-    "G['attempt']", "G['initial_step']", "G['_stalled']", "G['while_loop']",
+    "G['attempt']", "G['initial_step']", "G['_stalled']", "G['retried_unchanged']",
+    "G['while_loop']",
     "G['__import_neuralode", "G['__import_torch_dot_utils_dot__pytree']",
     "G['__import_torch_dot__higher_order_ops", "__import__('torch').utils._pytree",
 )  # fmt: skip

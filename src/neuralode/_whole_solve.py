@@ -11,8 +11,8 @@ problem is a batch of one (its error norm over the whole state); per-sample mode
 row its own time, step size and decisions, as the eager device loop does, and takes the
 same steps. After the graph one read says whether every sample reached its end and
 whether y0 and the outputs are finite; if not, the errors of the device loop and of the
-checks of y0 and the outputs are raised (a stalled sample, ``max_steps``, a non-finite y0,
-f0 or output).
+checks of y0 and the outputs are raised (a stalled sample, a failing step held at the
+controller's min_step, ``max_steps``, a non-finite y0, f0 or output).
 
 A new y0, new output times or new parameters of f with the same shapes, dtypes and
 structure reuse the graph (static shapes: one graph per shape). What the graph cannot run
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch._higher_order_ops import while_loop
 
-from ._attempt import attempt
+from ._attempt import attempt, retried_unchanged
 from ._errors import Y0_NOT_FINITE, NonFiniteError, f0_not_finite
 from ._norms import row_norm
 from ._pending import _raise_stalled, _stalled
@@ -44,6 +44,10 @@ SDE_WHOLE_SOLVE = (
     "BrownianInterval's tree of queried intervals lives in Python), so its steps are compiled "
     "one attempt at a time"
 )
+
+
+# a sample's running count when its rejected step would be attempted again unchanged
+_REPEATED = 2
 
 
 class WholeSolveUnavailable(RuntimeError):
@@ -124,7 +128,7 @@ def integrate_whole(
         ) from error
     if planned_now and plans is not None:  # (a plan whose graph runs)
         plans[sign] = entry
-    outputs, t, proposal, still, n_steps, n_accepted, nfe, d1, report = result
+    outputs, t, proposal, runs, n_steps, n_accepted, nfe, d1, report = result
     # every count and check in one read: the solve's only host synchronisation
     bad_y0, bad_f0, running, iterations, steps, accepted, bad_outputs = report.tolist()
     if bad_y0:
@@ -136,7 +140,10 @@ def integrate_whole(
     if running:  # the device loop's errors
         t_stop = torch.full((batch,), ts[-1], dtype=torch.float64, device=y.device)
         iteration = config.max_steps if iterations >= config.max_steps else 0
-        _raise_stalled(iteration, still, t, proposal, t_stop, plan.sign, outputs[-1], config)
+        still, repeated = runs != 0, runs == _REPEATED
+        _raise_stalled(
+            iteration, still, t, proposal, t_stop, plan.sign, outputs[-1], config, repeated
+        )
     if bad_outputs:  # (raises, naming the first non-finite output)
         from ._validate import check_finite  # (import cycle)
 
@@ -163,6 +170,7 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
     batch = y0.shape[0]
     fsal = solver.tableau.fsal
     c = solver.tableau.c
+    repeats = ctrl.min_step > 0
     t0 = ts[0].expand(batch).clone()
     t_end = ts[-1].clone()  # (views of one input would alias: while_loop refuses that)
     t_stop = t_end.expand(batch).clone()
@@ -180,7 +188,8 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
     # the carried values packed by dtype (each carried tensor costs an allocation and a
     # copy per iteration): loop = [iterations, a running sample stalled]; times = [t,
     # proposal, previous ratio (PI memory)]; counts = [steps, accepted, evaluations of f,
-    # running] per sample
+    # running] per sample, running 0 (finished), 1 or ``_REPEATED`` (its rejected step would
+    # be attempted again unchanged: with min_step > 0 only, it ends the loop as a stall)
     running = torch.isfinite(d1) & (t0 != t_end)
     zeros = torch.zeros(batch, dtype=torch.long, device=y0.device)
     carry = (
@@ -229,13 +238,17 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
         if not fsal:  # f(t1, y1): the next f0, or the interpolant of the last step's outputs
             nfe = nfe + (accept & (still_next | wrote))
         proposal = step.proposal
-        stalled = _stalled(still_next, t_next, proposal, t_stop, sign).any()
+        runs, repeated = still_next.long(), None
+        if repeats:  # (a rejected step's size can be held only at min_step > 0)
+            repeated = retried_unchanged(step, sign, t_stop)
+            runs = runs + repeated
+        stalled = _stalled(still_next, t_next, proposal, t_stop, sign, repeated).any()
         return (
             torch.stack([loop[0] + 1, stalled.long()]),
             torch.stack([t_next, proposal, new_prev]),
             step.y_accepted,
             torch.where(accept[:, None], f1, f0),
-            torch.stack([step.n_steps, step.n_accepted, nfe, still_next.long()]),
+            torch.stack([step.n_steps, step.n_accepted, nfe, runs]),
             outs,
         )
 
@@ -250,7 +263,7 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
             (~torch.isfinite(outputs)).any().long(),
         ]
     )  # fmt: skip
-    return outputs, t, proposal, still, steps, accepted, nfe, d1, report
+    return outputs, t, proposal, counts[3], steps, accepted, nfe, d1, report
 
 
 def _times(ts: list[float], device: torch.device) -> torch.Tensor:

@@ -25,7 +25,7 @@ from neuralode.solvers import (
     NewtonError,
     Radau,
     RadauIIA5,
-    _newton,
+    _dense_solve,
 )
 from neuralode.solvers._newton import batch_layout
 
@@ -61,7 +61,9 @@ def test_radau_matches_scipy_references(case: str) -> None:
     error = _tolerance_units(sol.ys, problem.reference(upto), rtol, atol)
     assert error < 10, f"{case}: {error:.3g} tolerance units"
     assert sol.stats.n_steps < 2000
-    assert solver.counters["jacobians"] == sol.stats.n_steps
+    # a Jacobian serves the steps after it while Newton converges fast with it (SciPy: 41
+    # Jacobians for 188 steps on Robertson, 273 for 1,187 on van der Pol)
+    assert solver.counters["jacobians"] < sol.stats.n_steps / 2
 
 
 @pytest.mark.slow
@@ -188,14 +190,13 @@ def test_batch_layout_of_nested_states() -> None:
 
 def test_batched_newton_uses_per_sample_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     shapes = []
-    original = _newton.newton_matrix
+    original = _dense_solve.DenseSolve._factorise
 
-    def recording(h, a, jacobians):
-        out = original(h, a, jacobians)
-        shapes.append(tuple(out.shape))
-        return out
+    def recording(self, matrix):
+        shapes.append(tuple(matrix.shape))
+        return original(self, matrix)
 
-    monkeypatch.setattr(_newton, "newton_matrix", recording)
+    monkeypatch.setattr(_dense_solve.DenseSolve, "_factorise", recording)
     scales = torch.tensor([1.0, 0.5, 2.0, 0.1], dtype=torch.float64)
     y0 = ROBERTSON.y0_tensor().expand(4, 3).clone()
     ts = ROBERTSON.ts_tensor(4)

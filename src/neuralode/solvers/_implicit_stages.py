@@ -2,10 +2,12 @@
 base).
 
 The stage increments Z_i = Y_i - y0 solve Z = h (A kron I) F(y0 + Z) (plus h a_i1 f(t0, y0)
-for an explicit first stage). They are found by simplified Newton iterations with the
-Jacobian at (t0, y0) from autograd, per sample of a batch (block-diagonal Jacobian, see
-``batch_size``), the Newton matrix I - h (A kron J) factorised once per step, or applied by
-Jacobian-vector products inside GMRES (``linear_solver="krylov"``, for large states). The
+for an explicit first stage). They are found by simplified Newton iterations with a
+Jacobian from autograd (at (t0, y0), or an earlier step's under error control, see
+``ImplicitRK._stages``), per sample of a batch (block-diagonal Jacobian, see
+``batch_size``), the Newton matrix I - h (A kron J) factorised once per step
+(``_dense_solve``), or applied by Jacobian-vector products inside GMRES
+(``linear_solver="krylov"``, for large states). The
 converged stages get their derivative from the implicit function theorem
 (``_implicit_gradient``).
 """
@@ -21,14 +23,13 @@ import torch
 
 from .._host import plain_factories
 from .._term import ODETerm
+from ._dense_solve import DenseSolve, Eigenbasis, eigenbasis
 from ._implicit_gradient import tie_adjoint, transposed_solve
 from ._newton import (
     NEWTON_BYTES,
     BatchLayout,
-    DenseSolve,
     JacobianVectorProduct,
     KrylovSolve,
-    SingularMatrixError,
     batch_layout,
     block_jacobian,
     check_newton_size,
@@ -36,6 +37,9 @@ from ._newton import (
 )
 from .base import Solver
 from .tableau import ImplicitTableau
+
+# batch x n^2 from which the direct solves go through the eigenbasis of A (measured on CPU)
+_EIGEN_FROM = 1024
 
 
 @dataclass
@@ -45,6 +49,7 @@ class _Coefficients:
     inverse: torch.Tensor  # inverse of the implicit block
     d: torch.Tensor  # y1 = y0 + h b_1 f0 + d . (Z - h a_first f0): (m,)
     b_first: float
+    eigen: Eigenbasis | None  # of the implicit block, for the direct linear solves
 
 
 @dataclass
@@ -130,6 +135,7 @@ class ImplicitStages(Solver):
             inverse=t(inverse),
             d=t(d),
             b_first=float(tab.b[0]) if first else 0.0,
+            eigen=eigenbasis(a),
         )
 
     def _layout(self, term: ODETerm) -> BatchLayout:
@@ -159,14 +165,22 @@ class ImplicitStages(Solver):
         return newton_bytes(len(self.tableau.a), layout, dtype) > NEWTON_BYTES
 
     def _linear_solve(
-        self, h: float, a: torch.Tensor, lin: _Linearisation, layout: BatchLayout
-    ) -> Any:
-        """A solver for (I - h (a kron J)) x = r, r given as (m, N)."""
+        self, h: float, co: _Coefficients, lin: _Linearisation, layout: BatchLayout
+    ) -> DenseSolve | KrylovSolve:
+        """A solver for (I - h (A kron J)) x = r, r given as (m, N), and for
+        (I - h d J) x = r (its ``shifted``).
+
+        Raises:
+            SingularMatrixError: a Newton matrix is singular (direct solves).
+        """
         if lin.jacobians is not None:
-            check_newton_size(self.name, a.shape[0], layout, lin.jacobians.dtype)
-            self.counters["factorisations"] += 1
-            return DenseSolve(h, a, lin.jacobians, layout)
-        return KrylovSolve(h, a, lin.jvp, self.krylov_tol, self.krylov_dim)
+            # the m systems of n entries beat one of m n from about n = 32 on one problem (or
+            # 16 samples of 8): below that, their extra operations cost more than they save
+            small = layout.batch * layout.n**2 < _EIGEN_FROM
+            eigen = None if small else co.eigen
+            check_newton_size(self.name, 1 if eigen else co.a.shape[0], layout, lin.jacobians.dtype)
+            return DenseSolve(h, co.a, lin.jacobians, layout, eigen)
+        return KrylovSolve(h, co.a, lin.jvp, self.krylov_tol, self.krylov_dim)
 
     def _scale(self, y0: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Per-component scale of the Newton updates and the tolerance on them."""
@@ -195,14 +209,12 @@ class ImplicitStages(Solver):
         y0: torch.Tensor,
         start: torch.Tensor | None,
         k_first: torch.Tensor | None,
-        lin: _Linearisation,
-    ) -> tuple[torch.Tensor | None, str]:
+        solve: DenseSolve | KrylovSolve,
+    ) -> tuple[torch.Tensor | None, str, bool]:
         """Simplified Newton from ``start`` (else Z = 0: an explicit predictor is far off
-        on stiff components); (Z, "") when converged, else (None, why)."""
-        try:
-            solve = self._linear_solve(eq.h, eq.co.a, lin, eq.layout)
-        except SingularMatrixError:
-            return None, "singular Newton matrix I - h (A kron J)"
+        on stiff components); (Z, "", slow) when converged, else (None, why, True). ``slow``:
+        more than two iterations at a contraction rate above 1e-3, when SciPy's Radau
+        evaluates the Jacobian afresh for the next step."""
         z = y0.new_zeros((len(eq.times), y0.numel())) if start is None else start.clone()
         base = 0.0 if k_first is None else eq.explicit_part(k_first)
         scale, tol = self._scale(y0)
@@ -213,28 +225,28 @@ class ImplicitStages(Solver):
             self.counters["newton_iterations"] += 1
             residual = base + eq.h * (eq.co.a @ eq.values(y0, z)) - z
             if not bool(torch.isfinite(residual).all()):
-                return None, f"non-finite f at the stages after {iteration} iterations"
+                return None, f"non-finite f at the stages after {iteration} iterations", True
             dz = solve(residual)
             z = z + dz
             size = float(torch.linalg.vector_norm(dz / scale) / dz.numel() ** 0.5)
             if not size == size or size == float("inf"):
-                return None, "non-finite Newton update"
+                return None, "non-finite Newton update", True
             if size <= 16 * eps * float(((y0.abs() + z.abs()) / scale).max()):
-                return z, ""  # at rounding level
+                return z, "", False  # at rounding level
             if previous is not None:
                 rate = size / previous
                 if rate >= 1:
-                    return None, f"diverging, contraction rate {rate:.3g}"
+                    return None, f"diverging, contraction rate {rate:.3g}", True
                 if rate / (1 - rate) * size <= tol:
-                    return z, ""
+                    return z, "", iteration >= 2 and rate > 1e-3
                 left = cap - iteration - 1
                 adaptive = self._tolerances is not None  # else no smaller step to retry with
                 # the last update is about rate**left times this one and passes the test
                 # above when rate / (1 - rate) times it is within tol (SciPy Radau's rule)
                 if adaptive and left and rate ** (left + 1) / (1 - rate) * size > tol:
-                    return None, f"too slow, contraction rate {rate:.3g}"
+                    return None, f"too slow, contraction rate {rate:.3g}", True
             previous = size
-        return None, f"not converged in max_iters={cap} iterations"
+        return None, f"not converged in max_iters={cap} iterations", True
 
     def _attach_gradient(
         self, eq: StageEquations, y0: torch.Tensor, k_first: torch.Tensor | None, z: torch.Tensor

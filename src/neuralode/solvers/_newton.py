@@ -203,22 +203,6 @@ class SingularMatrixError(RuntimeError):
     """A Newton matrix is singular (the step is too long for the iteration)."""
 
 
-class DenseSolve:
-    """Solves with I - h (a kron J), LU-factorised once per sample."""
-
-    def __init__(self, h: float, a: torch.Tensor, jacobians: torch.Tensor, layout: BatchLayout):
-        self.layout = layout
-        self.m = a.shape[0]
-        self.lu, self.pivots, info = torch.linalg.lu_factor_ex(newton_matrix(h, a, jacobians))
-        if bool((info != 0).any()):
-            raise SingularMatrixError("singular Newton matrix")
-
-    def __call__(self, rhs: torch.Tensor) -> torch.Tensor:
-        blocks = to_blocks(rhs, self.layout)[..., None]
-        out = torch.linalg.lu_solve(self.lu, self.pivots, blocks)[..., 0]
-        return from_blocks(out, self.layout, self.m)
-
-
 class JacobianVectorProduct:
     """v -> J v at one point, from one evaluation of f: by double backward through the
     vector-Jacobian product where f is differentiable, else by a forward difference."""
@@ -264,6 +248,14 @@ class KrylovSolve:
 
     def __call__(self, rhs: torch.Tensor) -> torch.Tensor:
         return gmres(self.matvec, rhs, self.tol, self.dim)
+
+    def shifted(self, d: float, rhs: torch.Tensor) -> torch.Tensor:
+        """(I - h d J)^-1 r for r given as (k, N), row by row."""
+
+        def matvec(x: torch.Tensor) -> torch.Tensor:
+            return x - (self.h * d) * self.jvp(x)
+
+        return torch.stack([gmres(matvec, row, self.tol, self.dim) for row in rhs])
 
 
 def gmres(

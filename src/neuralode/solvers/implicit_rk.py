@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -21,7 +21,9 @@ from .._args import is_int, is_real
 from .._errors import SolverError
 from .._host import forward_mode
 from .._term import ODETerm
-from ._implicit_stages import ImplicitStages, StageEquations
+from ._dense_solve import DenseSolve
+from ._implicit_stages import ImplicitStages, StageEquations, _Linearisation
+from ._newton import KrylovSolve, SingularMatrixError
 from .base import Step, hermite_interpolate
 from .tableau import ImplicitTableau, collocation_weights
 
@@ -30,6 +32,19 @@ LINEAR_SOLVERS = ("auto", "direct", "krylov")
 
 class NewtonError(SolverError):
     """The Newton iteration for the stages of an implicit step did not converge."""
+
+
+class _Stages(NamedTuple):
+    """The outcome of a step's Newton iteration: the stage increments (``None`` when it
+    failed, and why), whether it converged slowly, the linearisation it used (``here``:
+    evaluated at this step's start) and its linear solver (``None`` for a replayed step)."""
+
+    z: torch.Tensor | None
+    failure: str
+    slow: bool
+    lin: _Linearisation
+    here: bool
+    solve: DenseSolve | KrylovSolve | None
 
 
 class ImplicitRK(ImplicitStages):
@@ -205,15 +220,18 @@ class ImplicitRK(ImplicitStages):
         eq = StageEquations(term, h, co, stage_times, layout)
         y0d = y0.detach()
         with torch.no_grad():
-            lin = self._linearise(term, t0, y0d, p0, layout)
-            k_first = lin.f0 if first else None
-            nodes = tab.c[first:]
-            start = self._predictor(state, t0, h, y0d, nodes)
-            z, failure = self._newton(eq, y0d, start, k_first, lin)
+            start = self._predictor(state, t0, h, y0d, tab.c[first:])
+            stages = self._stages(eq, t0, y0d, p0, state, start)
+        z, lin = stages.z, stages.lin
+        extra = {
+            "linearisation": lin,
+            "jacobian_at": p0 if stages.here else None,
+            "newton_slow": stages.slow,
+        }
         if z is None:
-            return self._failed_step(t0, t1, y0, failure, gmres=lin.jvp is not None)
-        grad = torch.is_grad_enabled()
-        if grad:
+            return self._failed_step(t0, t1, y0, stages.failure, extra, gmres=lin.jvp is not None)
+        k_first = lin.f0 if first else None
+        if torch.is_grad_enabled():
             if first:
                 k_first = term(t0, y0, p0)
             z = self._attach_gradient(eq, y0, k_first, z)
@@ -223,24 +241,65 @@ class ImplicitRK(ImplicitStages):
         if first:
             y1 = y1 + (h * co.b_first) * k_first
             ks = torch.cat([k_first[None], ks])
-        with torch.no_grad():
-            error = self._error(term, t0, y0d, h, z.detach(), lin, layout, state, p0)
+        error = None
+        if stages.solve is not None:  # (a replayed step needs no error estimate)
+            with torch.no_grad():
+                error = self._error(term, t0, y0d, h, z.detach(), lin, stages.solve, state, p0)
+            self.counters["factorisations"] += getattr(stages.solve, "factorisations", 0)
         f1 = ks[-1] if tab.stiffly_accurate and tab.c[-1] == 1 else None
-        extra = {"ks": ks, "f0": lin.f0, "p0": p0, "newton_start": start}
+        extra.update(ks=ks, f0=lin.f0, p0=p0, stages=z.detach())
         return Step(t0, t1, y0, y1, error, list(ks), f1, extra, p1)
+
+    def _stages(
+        self,
+        eq: StageEquations,
+        t0: float,
+        y0: torch.Tensor,
+        p0: float,
+        state: Any,
+        start: torch.Tensor | None,
+    ) -> _Stages:
+        """Newton's solution of the stage equations.
+
+        Under error control the Jacobian of an earlier step is used again where ``state``
+        keeps one (``accept`` keeps it after a fast Newton convergence, ``reject`` after any
+        rejection); a failure with such a Jacobian is retried once with a fresh one before
+        the step is given up (SciPy's Radau). A replayed step (``replay_state``) takes the
+        stages it converged to."""
+        state = state if isinstance(state, dict) else {}
+        if "stages" in state:
+            lin = _Linearisation(eq.term(t0, y0, p0), None, None)
+            return _Stages(state["stages"], "", False, lin, True, None)
+        # the kept linearisation, and the perturbation of t0 it was evaluated with where it
+        # is this step's own (a rejected attempt's, from the same point), else None
+        kept, at = state.get("jacobian", (None, None))
+        here = at is not None
+        while True:
+            if kept is None:
+                lin, here = self._linearise(eq.term, t0, y0, p0, eq.layout), True
+            elif at == p0:
+                lin = kept
+            else:
+                lin = _Linearisation(eq.term(t0, y0, p0), kept.jacobians, kept.jvp)
+            k_first = lin.f0 if self.tableau.explicit_first_stage else None
+            try:
+                solve = self._linear_solve(eq.h, eq.co, lin, eq.layout)
+            except SingularMatrixError:
+                z, failure, slow = None, "singular Newton matrix I - h (A kron J)", True
+                solve = None
+            else:
+                z, failure, slow = self._newton(eq, y0, start, k_first, solve)
+            if z is not None or here:
+                return _Stages(z, failure, slow, lin, here, solve)
+            kept = None
 
     def _predictor(
         self, state: Any, t0: float, h: float, y0: torch.Tensor, nodes: tuple[float, ...]
     ) -> torch.Tensor | None:
         """The Newton start Z0: the previous step's collocation polynomial extrapolated to
-        this step's nodes, minus y0 (as RADAU5 and SciPy do), or ``None`` (start from 0).
-
-        A recomputed step (checkpointed gradients) gets the start it had in the forward
-        pass, so it repeats the same iterations exactly."""
+        this step's nodes, minus y0 (as RADAU5 and SciPy do), or ``None`` (start from 0)."""
         if not isinstance(state, dict):
             return None
-        if "newton_start" in state:
-            return state["newton_start"]
         previous = state.get("previous")
         if previous is None or not self.tableau.collocation:
             return None
@@ -250,7 +309,7 @@ class ImplicitRK(ImplicitStages):
         w = torch.from_numpy(weights).to(dtype=p_ks.dtype, device=p_ks.device)
         return p_y0[None] + p_dt * (w @ p_ks) - y0[None]
 
-    def _error(self, term, t0, y0, h, z, lin, layout, state, p0) -> torch.Tensor | None:
+    def _error(self, term, t0, y0, h, z, lin, solve, state, p0) -> torch.Tensor | None:
         """The local error estimate of an adaptive method (``None``: fixed-step only)."""
         return None
 
@@ -286,7 +345,13 @@ class ImplicitRK(ImplicitStages):
         )
 
     def _failed_step(
-        self, t0: float, t1: float, y0: torch.Tensor, failure: str, gmres: bool = False
+        self,
+        t0: float,
+        t1: float,
+        y0: torch.Tensor,
+        failure: str,
+        extra: dict[str, Any],
+        gmres: bool = False,
     ) -> Step:
         self.counters["newton_failures"] += 1
         self._last_failure = f"from t={t0:.6g} to t={t1:.6g}: {failure}"
@@ -307,7 +372,7 @@ class ImplicitRK(ImplicitStages):
         # infinite error either). y1 stays finite: a solve stalled by Newton failures is a
         # step-size underflow, not steps producing NaN (which would blame f).
         stay = y0.detach()
-        return Step(t0, t1, y0, stay, torch.full_like(y0, float("inf")), [], None, {})
+        return Step(t0, t1, y0, stay, torch.full_like(y0, float("inf")), [], None, extra)
 
     # ------------------------------------------------------------------------------------
     # After the step
@@ -338,10 +403,14 @@ class ImplicitRK(ImplicitStages):
             perturb: unused.
 
         Returns:
-            The state dict holding ``(t0, dt, y0, stages)`` of ``step``, detached.
+            The state dict holding ``(t0, dt, y0, stages)`` of ``step``, detached, and under
+                error control the step's Jacobian where Newton converged fast with it.
         """
         ks = step.extra["ks"].detach()
-        return {"retry": False, "previous": (step.t0, step.dt, step.y0.detach(), ks)}
+        state = {"retry": False, "previous": (step.t0, step.dt, step.y0.detach(), ks)}
+        if self._tolerances is not None and not step.extra["newton_slow"]:
+            state["jacobian"] = (step.extra["linearisation"], None)
+        return state
 
     def reject(self, step: Step, state: Any) -> Any:
         """The state for retrying from the same point with a smaller step.
@@ -351,11 +420,14 @@ class ImplicitRK(ImplicitStages):
             state: the state the step started from.
 
         Returns:
-            The state dict marked as a retry, keeping the previous step's stages and
-                whether the step starts after a jump.
+            The state dict marked as a retry, keeping the previous step's stages, whether
+                the step starts after a jump and the Jacobian the step used.
         """
         previous = state.get("previous") if isinstance(state, dict) else None
-        return {"retry": True, "after_jump": _starts_after_jump(state), "previous": previous}
+        retry = {"retry": True, "after_jump": _starts_after_jump(state), "previous": previous}
+        if "linearisation" in step.extra:
+            retry["jacobian"] = (step.extra["linearisation"], step.extra["jacobian_at"])
+        return retry
 
     def replay_state(self, step: Step, after_jump: bool) -> Any:
         """What a recomputation of this accepted step needs to repeat it exactly.
@@ -365,13 +437,11 @@ class ImplicitRK(ImplicitStages):
             after_jump: whether the step starts at a ``jump_t`` time.
 
         Returns:
-            The state dict with the step's Newton start (3 states per step for radau; kept
-                by checkpointed gradients), or ``None`` when the iteration started from 0.
+            The state dict with the stages the step converged to (one state per implicit
+                stage; kept by checkpointed gradients, whose recomputation then solves no
+                Newton iteration).
         """
-        start = step.extra.get("newton_start")
-        if start is None:
-            return None
-        return {"retry": False, "after_jump": after_jump, "newton_start": start}
+        return {"retry": False, "after_jump": after_jump, "stages": step.extra["stages"]}
 
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
         """The dense output: the collocation polynomial, else cubic Hermite.

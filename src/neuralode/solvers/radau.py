@@ -26,8 +26,12 @@ _MU_REAL = 3 + 3 ** (2 / 3) - 3 ** (1 / 3)  # the real eigenvalue of A^-1
 class Radau(ImplicitRK):
     """Radau IIA 5 with step-size control (error estimate of order 3).
 
-    Per attempted step: one Jacobian at (t0, y0) (one evaluation of f, n vector-Jacobian
-    products), three evaluations per Newton iteration, and one more after a rejection.
+    Per attempted step: one evaluation of f at (t0, y0), three per Newton iteration, and one
+    more after a rejection; a Jacobian (one evaluation of f, n vector-Jacobian products) at
+    the first step, after a step whose Newton iteration converged slowly (more than two
+    iterations at a contraction rate above 1e-3), and where Newton fails with an earlier
+    step's Jacobian (then the step is tried once more with the fresh one), as in SciPy's
+    Radau; a rejected step's retry keeps its Jacobian.
     Newton takes at most ``max_iters`` = 6 iterations under error control (a failure
     shrinks the step), 30 on fixed steps. Use with ``PIController`` (``solve``'s default).
 
@@ -62,17 +66,16 @@ class Radau(ImplicitRK):
         h: float,
         z: torch.Tensor,
         lin: Any,
-        layout: Any,
+        solve: Any,
         state: Any,
         p0: float,
     ) -> torch.Tensor:
         gamma = 1 / _MU_REAL
         e = torch.tensor(_E, dtype=torch.float64).to(dtype=z.dtype, device=z.device)
         ze = (e @ z) / h
-        a = torch.full((1, 1), gamma, dtype=torch.float64).to(dtype=z.dtype, device=z.device)
-        solve = self._linear_solve(h, a, lin, layout)
-        error = (h * gamma) * solve((lin.f0 + ze)[None])[0]
+        # (I - h gamma J) is the Newton matrix of the real eigenvalue gamma of A
+        error = (h * gamma) * solve.shifted(gamma, (lin.f0 + ze)[None])[0]
         if state is not None and state.get("retry"):
             refined = term(t0, y0 + error, p0) + ze
-            error = (h * gamma) * solve(refined[None])[0]
+            error = (h * gamma) * solve.shifted(gamma, refined[None])[0]
         return error

@@ -1,0 +1,151 @@
+"""The linear algebra of the implicit solvers' Newton iterations and the Jacobians they keep:
+the eigenbasis solves against the whole Newton matrix, Jacobians kept across radau's steps
+(SciPy's Radau rule), and checkpointed replays that take the forward pass's stages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import neuralode as no
+from neuralode._term import ODETerm
+from neuralode._tree import tree_spec
+from neuralode.solvers import METHODS, ImplicitRK, Radau, _dense_solve, _implicit_stages
+from neuralode.solvers._newton import BatchLayout
+
+IMPLICIT = [name for name, cls in METHODS.items() if issubclass(cls, ImplicitRK)]
+
+
+def _implicit_block(name: str) -> np.ndarray:
+    tab = METHODS[name].tableau
+    first = 1 if tab.explicit_first_stage else 0
+    return np.array([row[first:] for row in tab.a[first:]], dtype=np.float64)
+
+
+@pytest.mark.parametrize("name", IMPLICIT)
+def test_eigenbasis_diagonalises_the_implicit_block(name: str) -> None:
+    """A = T diag(d) T^-1 with conjugate pairs' vectors conjugate; SDIRK blocks (one
+    repeated eigenvalue) have none and keep the whole Newton matrix."""
+    a = _implicit_block(name)
+    eigen = _dense_solve.eigenbasis(a)
+    if name in ("sdirk2", "trbdf2"):
+        assert eigen is None
+        return
+    assert eigen is not None
+    rebuilt = eigen.t @ np.diag(eigen.values) @ eigen.t_inv
+    np.testing.assert_allclose(rebuilt, a, atol=1e-13)
+    for j, i in enumerate(eigen.partner):
+        if i is not None:
+            assert eigen.values[j] == eigen.values[i].conjugate()
+            np.testing.assert_array_equal(eigen.t[:, j], eigen.t[:, i].conj())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128, torch.float32])
+@pytest.mark.parametrize("name", ["radau", "gl6", "radauIIA3", "gl4", "implicit_euler"])
+def test_eigenbasis_solves_equal_the_whole_newton_matrix(name: str, dtype: torch.dtype) -> None:
+    """(I - h (A kron J)) x = r per sample, through the eigenvalues and with the whole matrix,
+    and the shifted solve of the real eigenvalue, agree to rounding, for real and complex
+    states; the solution solves the system."""
+    generator = torch.Generator().manual_seed(0)
+    batch, n = 3, 5
+    a = torch.tensor(_implicit_block(name), dtype=torch.float64)
+    jacobians = torch.randn(batch, n, n, dtype=torch.float64, generator=generator)
+    rhs = torch.randn(len(a), batch * n, dtype=torch.float64, generator=generator)
+    if dtype.is_complex:
+        jacobians = jacobians + 1j * torch.randn(batch, n, n, dtype=torch.float64)
+        rhs = rhs + 1j * torch.randn(len(a), batch * n, dtype=torch.float64)
+    jacobians, rhs, a = jacobians.to(dtype), rhs.to(dtype), a.to(dtype)
+    layout = BatchLayout(torch.arange(batch * n).reshape(batch, n))
+    eigen = _dense_solve.eigenbasis(a.real.double().numpy())
+    h = 0.7
+    through_eigen = _dense_solve.DenseSolve(h, a, jacobians, layout, eigen)
+    whole = _dense_solve.DenseSolve(h, a, jacobians, layout, None)
+    x = through_eigen(rhs)
+    tol = 1e-4 if dtype == torch.float32 else 1e-11
+    assert x.dtype == dtype
+    torch.testing.assert_close(x, whole(rhs), rtol=tol, atol=tol)
+    # the system itself: x - h (A kron J) x = r, per sample
+    blocks = x.reshape(len(a), batch, n)
+    jx = torch.einsum("bpq,ibq->ibp", jacobians, blocks)
+    residual = blocks - h * torch.einsum("ij,jbp->ibp", a, jx) - rhs.reshape(len(a), batch, n)
+    assert float(residual.abs().max()) < tol
+    real = [d for d in eigen.values if d.imag == 0]
+    if real:  # a real eigenvalue's own factorisation, as radau's error estimate uses it
+        d = real[0].real
+        shifted = through_eigen.shifted(d, rhs[:1])
+        expected = torch.linalg.solve(
+            torch.eye(n, dtype=dtype) - h * d * jacobians, rhs[0].reshape(batch, n)
+        )
+        torch.testing.assert_close(shifted, expected.reshape(1, -1), rtol=tol, atol=tol)
+        assert through_eigen.factorisations == len(through_eigen._solved)  # none added
+
+
+def _stiff(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A stiff nonlinear system of 40 entries (the eigenbasis path): rates 1 .. 1e4."""
+    rates = torch.logspace(0, 4, y.shape[-1], dtype=y.dtype)
+    return -rates * (y - torch.cos(t)) - 0.5 * y**3
+
+
+def test_radau_through_the_eigenbasis_equals_the_whole_matrix(monkeypatch) -> None:
+    """radau's solve with the eigenbasis (40 entries, above the size where it is used) and
+    with the whole matrix take the same steps to the same states, to rounding."""
+    y0 = torch.linspace(-1, 1, 40, dtype=torch.float64)
+    ts = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)
+    controller = no.PIController(rtol=1e-7, atol=1e-9)
+    eigen_solver = Radau()
+    eigen = no.solve(_stiff, y0, ts, solver=eigen_solver, controller=controller)
+    monkeypatch.setattr(_implicit_stages, "_EIGEN_FROM", 10**9)
+    whole_solver = Radau()
+    whole = no.solve(_stiff, y0, ts, solver=whole_solver, controller=controller)
+    assert eigen.stats.n_steps == whole.stats.n_steps
+    torch.testing.assert_close(eigen.ys, whole.ys, rtol=1e-10, atol=1e-12)
+    # two factorisations per step (a real and a complex n x n) against the stages' 3n x 3n
+    # and the error estimate's n x n
+    steps = eigen.stats.n_steps
+    assert eigen_solver.counters["factorisations"] == 2 * steps
+    assert whole_solver.counters["factorisations"] == 2 * steps
+
+
+def test_a_newton_failure_with_a_kept_jacobian_retries_with_a_fresh_one() -> None:
+    """A step started with a Jacobian that is far off (kept from an earlier step) whose
+    Newton iteration diverges is tried again with the Jacobian at its start before it is
+    given up: it converges, and the fresh Jacobian is what a retry would keep."""
+    solver = Radau()
+    solver.set_tolerances(1e-6, 1e-8)
+    y0 = torch.linspace(-1, 1, 4, dtype=torch.float64)
+    term = ODETerm(_stiff, tree_spec(y0)[0], y0)
+    state = solver.init(term, 0.0, y0, None)
+    first = solver.step(term, 0.0, 1e-3, y0, state, False)
+    assert solver.counters["jacobians"] == 1
+    wrong = first.extra["linearisation"]
+    wrong = type(wrong)(wrong.f0, -wrong.jacobians, None)  # the opposite Jacobian
+    state = solver.accept(term, first, False)
+    state["jacobian"] = (wrong, None)
+    retried = solver.step(term, first.t1, first.t1 + 1e-2, first.y1, state, False)
+    assert solver.counters["jacobians"] == 2  # the fresh one
+    assert solver.counters["newton_failures"] == 0
+    assert bool(torch.isfinite(retried.error).all())
+    assert retried.extra["jacobian_at"] == 0.0  # evaluated at the step's start
+    at_start = torch.func.jacrev(lambda y: _stiff(torch.tensor(first.t1), y))(first.y1)
+    torch.testing.assert_close(retried.extra["linearisation"].jacobians, at_start[None])
+
+
+def test_checkpointed_replays_take_the_forward_stages() -> None:
+    """Checkpointed gradients recompute each radau step from the stages it converged to:
+    no Jacobian and no Newton iteration in the backward pass, and the gradient equals
+    Direct's exactly."""
+    y0 = torch.linspace(-1, 1, 6, dtype=torch.float64, requires_grad=True)
+    ts = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)
+    grads = []
+    for gradient in (no.Direct(), no.Checkpointed(params=())):
+        solver = Radau()
+        sol = no.solve(
+            _stiff, y0, ts, solver=solver, controller=no.PIController(1e-7, 1e-9), gradient=gradient
+        )
+        before = dict(solver.counters)
+        (grad,) = torch.autograd.grad(sol.ys.square().sum(), y0)
+        assert solver.counters["jacobians"] == before["jacobians"]
+        assert solver.counters["newton_iterations"] == before["newton_iterations"]
+        grads.append(grad)
+    assert torch.equal(grads[0], grads[1])

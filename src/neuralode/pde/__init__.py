@@ -4,12 +4,14 @@ spectral derivatives, known and learned right-hand sides, and reference equation
 A discretised PDE is an ordinary ``f(t, u)`` on a tensor ``(batch, channels, *grid.shape)``,
 so every solver and gradient strategy of ``neuralode.solve`` applies to it; on fine grids
 the implicit solvers with ``linear_solver="krylov"`` (Jacobian-free Newton-Krylov) keep
-diffusion-dominated problems from being step-limited.
+diffusion-dominated problems from being step-limited, and ``DiffusionPreconditioner``
+(``model.preconditioner()``) inverts the diffusion exactly for their GMRES.
 """
 
 from .equations import Burgers, FitzHughNagumo, Heat, random_fourier_field, reference_solve
 from .grid import Boundary, Dirichlet, Grid, Neumann, Periodic
 from .models import Advection, ConvNet, Diffusion, NeuralPDE, PointwiseMLP
+from .preconditioner import DiffusionPreconditioner
 from .spectral import spectral_derivative, spectral_laplacian, wavenumbers
 from .stencils import derivative, divergence, gradient, laplacian, pad
 
@@ -19,6 +21,7 @@ __all__ = [
     "Burgers",
     "ConvNet",
     "Diffusion",
+    "DiffusionPreconditioner",
     "Dirichlet",
     "FitzHughNagumo",
     "Grid",

@@ -21,6 +21,7 @@ from .._solve import solve
 from ..controllers.pi import PIController
 from .grid import Grid, Periodic
 from .models import Diffusion, _check_state
+from .preconditioner import DiffusionPreconditioner
 from .spectral import spectral_derivative
 from .stencils import derivative
 
@@ -109,6 +110,15 @@ class Burgers(nn.Module):
         """
         return self.diffusion(t, u) + self.advection(u)
 
+    def preconditioner(self) -> DiffusionPreconditioner:
+        """The exact inverse of I - c nu u_xx (the viscous term's Jacobian), for the implicit
+        solvers' ``preconditioner=`` option; GMRES resolves the advection.
+
+        Returns:
+            The ``DiffusionPreconditioner`` of the viscous term.
+        """
+        return self.diffusion.preconditioner()
+
 
 def _burgers_flux(u: torch.Tensor) -> torch.Tensor:
     return 0.5 * u * u
@@ -181,6 +191,17 @@ class FitzHughNagumo(nn.Module):
         """
         reaction = self.reaction(state)  # first: it checks the state's shape
         return self.diffusion(t, state) + reaction
+
+    def preconditioner(self) -> DiffusionPreconditioner:
+        """The exact inverse of I - c diag(a, b) Laplacian_h (the diffusion's Jacobian, one
+        diffusivity per channel), for the implicit solvers' ``preconditioner=`` option
+        (``Radau(linear_solver="krylov", preconditioner=model.preconditioner())``); GMRES
+        resolves the reaction.
+
+        Returns:
+            The ``DiffusionPreconditioner`` of the diffusion term.
+        """
+        return self.diffusion.preconditioner()
 
 
 def random_fourier_field(

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .grid import Grid, Periodic
+from .preconditioner import DiffusionPreconditioner, _diffusivity_values
 from .spectral import spectral_laplacian
 from .stencils import ORDERS, gradient, laplacian
 
@@ -72,20 +73,9 @@ class Diffusion(nn.Module):
         spectral: bool = False,
     ):
         super().__init__()
-        try:  # a number (Python, NumPy or a 0-dim tensor) or one per channel
-            values = torch.as_tensor(diffusivity, dtype=torch.float64).detach()
-        except (TypeError, ValueError, RuntimeError):
-            values = None
-        if values is None or values.ndim > 1:
-            raise ValueError(
-                "diffusivity must be a number or a sequence with one number per channel, got "
-                f"{diffusivity!r}"
-            )
-        scalar = values.ndim == 0
-        if not values.numel() or not bool(((values >= 0) & (values < math.inf)).all()):
-            raise ValueError(f"diffusivity must be finite and non-negative, got {diffusivity!r}")
+        values = _diffusivity_values(diffusivity)
         _check_order(order)
-        self.channels = None if scalar else values.numel()
+        self.channels = None if values.ndim == 0 else values.numel()
         if spectral and not all(isinstance(b, Periodic) for b in grid.boundaries):
             raise ValueError(
                 "spectral=True needs a periodic grid; use the stencils (spectral=False)"
@@ -117,6 +107,21 @@ class Diffusion(nn.Module):
             else laplacian(u, self.grid, self.order)
         )
         return d * lap
+
+    def preconditioner(self) -> DiffusionPreconditioner:
+        """The exact inverse of I - c D Laplacian_h for this term, for the implicit solvers'
+        ``preconditioner=`` option (``Radau(linear_solver="krylov",
+        preconditioner=model.preconditioner())``).
+
+        Returns:
+            A ``DiffusionPreconditioner`` on this grid with this diffusivity, order and
+            Laplacian (stencil or spectral); it reads the diffusivity now, so ask for a new
+            one after changing it.
+
+        Raises:
+            ValueError: a diffusivity that is no longer finite and non-negative.
+        """
+        return DiffusionPreconditioner(self.grid, self.diffusivity, self.order, self.spectral)
 
 
 class Advection(nn.Module):
@@ -343,3 +348,26 @@ class NeuralPDE(nn.Module):
         if self.learned is not None:
             out = out + self.learned(t, u)
         return out  # type: ignore[return-value]
+
+    def preconditioner(self) -> DiffusionPreconditioner:
+        """The known part's preconditioner (``known.preconditioner()``), for the implicit
+        solvers' ``preconditioner=`` option: it inverts the known diffusion exactly and
+        leaves the learned part to GMRES.
+
+        Returns:
+            The ``DiffusionPreconditioner`` of the known part.
+
+        Raises:
+            ValueError: no known part, or one without a ``preconditioner()`` method (e.g. a
+                plain callable or ``Advection``).
+        """
+        method = getattr(self.known, "preconditioner", None)
+        if not callable(method):
+            known = "no known part" if self.known is None else type(self.known).__name__
+            raise ValueError(
+                f"NeuralPDE.preconditioner needs a known part with a preconditioner() method "
+                f"(Diffusion, Heat, Burgers, FitzHughNagumo), got {known}; build one for the "
+                "diffusion directly: pde.DiffusionPreconditioner(grid, diffusivity, order, "
+                "spectral)"
+            )
+        return method()

@@ -12,6 +12,7 @@ one repeated eigenvalue), the whole m n x m n matrix is factorised.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,10 +63,41 @@ def eigenbasis(a: np.ndarray) -> Eigenbasis | None:
     return Eigenbasis(tuple(complex(v) for v in values), vectors, inverse, tuple(partner))
 
 
-def _complex(dtype: torch.dtype) -> torch.dtype:
+def complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype of a real dtype's precision (a complex dtype itself)."""
     if dtype.is_complex:
         return dtype
     return torch.complex64 if dtype == torch.float32 else torch.complex128
+
+
+class EigenSplit:
+    """The stage system through A's eigenbasis: w = T^-1 r, one system (I - h d_i J) per
+    eigenvalue d_i, x = T w; for a real state a conjugate partner's solution is the conjugate
+    of its partner's, and a real eigenvalue's system is real."""
+
+    def __init__(self, eigen: Eigenbasis, dtype: torch.dtype, device: torch.device):
+        self.eigen = eigen
+        cdtype = complex_dtype(dtype)
+        self.t = torch.from_numpy(eigen.t).to(dtype=cdtype, device=device)
+        self.t_inv = torch.from_numpy(eigen.t_inv).to(dtype=cdtype, device=device)
+        real = not dtype.is_complex
+        self.solved = [i for i, p in enumerate(eigen.partner) if not (real and p is not None)]
+
+    def __call__(
+        self, rhs: torch.Tensor, solve_one: Callable[[complex, torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """x for r given as (m, N); ``solve_one(d, w)`` solves (I - h d J) x = w, (N,)."""
+        real = not rhs.is_complex()
+        w = self.t_inv @ rhs.to(self.t.dtype)
+        x = torch.empty_like(w)
+        for i in self.solved:
+            d = self.eigen.values[i]
+            x[i] = solve_one(d, w[i].real if real and d.imag == 0 else w[i])
+        for j, i in enumerate(self.eigen.partner):
+            if j not in self.solved:
+                x[j] = x[i].conj()
+        out = self.t @ x
+        return out.real if real else out
 
 
 class DenseSolve:
@@ -94,13 +126,8 @@ class DenseSolve:
         if eigen is None:
             self._whole = self._factorise(newton_matrix(h, a, jacobians))
             return
-        real = not jacobians.is_complex()
-        cdtype = _complex(jacobians.dtype)
-        self.t = torch.from_numpy(eigen.t).to(dtype=cdtype, device=jacobians.device)
-        self.t_inv = torch.from_numpy(eigen.t_inv).to(dtype=cdtype, device=jacobians.device)
-        # a real state's conjugate partners are the conjugates of their partners' solutions
-        self._solved = [i for i in range(self.m) if not (real and eigen.partner[i] is not None)]
-        for i in self._solved:
+        self._split = EigenSplit(eigen, jacobians.dtype, jacobians.device)
+        for i in self._split.solved:
             self._shift(eigen.values[i])
 
     def _factorise(self, matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +146,7 @@ class DenseSolve:
             jacobians = self.jacobians
             coefficient = self.h * (d.real if d.imag == 0 else d)
             if d.imag != 0:
-                jacobians = jacobians.to(_complex(jacobians.dtype))
+                jacobians = jacobians.to(complex_dtype(jacobians.dtype))
             eye = torch.eye(jacobians.shape[-1], dtype=jacobians.dtype, device=jacobians.device)
             factors = self._shifted[d] = self._factorise(eye - coefficient * jacobians)
         return factors
@@ -130,15 +157,10 @@ class DenseSolve:
             blocks = to_blocks(rhs, self.layout)[..., None]
             out = torch.linalg.lu_solve(lu, pivots, blocks)[..., 0]
             return from_blocks(out, self.layout, self.m)
-        w = self.layout.gather(self.t_inv @ rhs.to(self.t.dtype))  # (m, B, n)
-        x = torch.empty_like(w)
-        for i in self._solved:
-            x[i] = self._solve_shifted(self.eigen.values[i], w[i])
-        for j, i in enumerate(self.eigen.partner):
-            if j not in self._solved:
-                x[j] = x[i].conj()
-        out = self.t @ self.layout.scatter(x)
-        return out if rhs.is_complex() else out.real
+        layout = self.layout
+        return self._split(
+            rhs, lambda d, w: layout.scatter(self._solve_shifted(d, layout.gather(w)))
+        )
 
     def _solve_shifted(self, d: complex, blocks: torch.Tensor) -> torch.Tensor:
         """(I - h d J)^-1 per sample, on (B, n) blocks."""

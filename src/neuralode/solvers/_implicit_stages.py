@@ -25,11 +25,11 @@ from .._host import plain_factories
 from .._term import ODETerm
 from ._dense_solve import DenseSolve, Eigenbasis, eigenbasis
 from ._implicit_gradient import tie_adjoint, transposed_solve
+from ._krylov_solve import KrylovSolve, Preconditioner
 from ._newton import (
     NEWTON_BYTES,
     BatchLayout,
     JacobianVectorProduct,
-    KrylovSolve,
     batch_layout,
     block_jacobian,
     check_newton_size,
@@ -95,6 +95,7 @@ class ImplicitStages(Solver):
     linear_solver: str
     krylov_tol: float
     krylov_dim: int
+    preconditioner: Preconditioner | None
     counters: Counter[str]
     _tolerances: tuple[float | torch.Tensor, float | torch.Tensor] | None
     _smallest_rtol: float
@@ -165,13 +166,14 @@ class ImplicitStages(Solver):
         return newton_bytes(len(self.tableau.a), layout, dtype) > NEWTON_BYTES
 
     def _linear_solve(
-        self, h: float, co: _Coefficients, lin: _Linearisation, layout: BatchLayout
+        self, term: ODETerm, h: float, co: _Coefficients, lin: _Linearisation, layout: BatchLayout
     ) -> DenseSolve | KrylovSolve:
         """A solver for (I - h (A kron J)) x = r, r given as (m, N), and for
         (I - h d J) x = r (its ``shifted``).
 
         Raises:
             SingularMatrixError: a Newton matrix is singular (direct solves).
+            ValueError: a preconditioner with a nested state.
         """
         if lin.jacobians is not None:
             # the m systems of n entries beat one of m n from about n = 32 on one problem (or
@@ -180,7 +182,18 @@ class ImplicitStages(Solver):
             eigen = None if small else co.eigen
             check_newton_size(self.name, 1 if eigen else co.a.shape[0], layout, lin.jacobians.dtype)
             return DenseSolve(h, co.a, lin.jacobians, layout, eigen)
-        return KrylovSolve(h, co.a, lin.jvp, self.krylov_tol, self.krylov_dim)
+        tol, dim = self.krylov_tol, self.krylov_dim
+        preconditioner = self.preconditioner
+        if preconditioner is None:
+            return KrylovSolve(h, co.a, lin.jvp, tol, dim, co.eigen)
+        if not term.spec.is_leaf:
+            raise ValueError(
+                f"{self.name}: a preconditioner takes the state as one tensor, but this state "
+                f"is nested ({term.spec.structure!r}); solve with a single-tensor state or "
+                "without preconditioner"
+            )
+        shape = tuple(term.spec.shapes[0])
+        return KrylovSolve(h, co.a, lin.jvp, tol, dim, co.eigen, preconditioner, shape)
 
     def _scale(self, y0: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Per-component scale of the Newton updates and the tolerance on them."""

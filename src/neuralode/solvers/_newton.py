@@ -235,29 +235,6 @@ class JacobianVectorProduct:
         return (self.term(self.t, self.y + delta * v, self.perturb) - self.f) / delta
 
 
-class KrylovSolve:
-    """Solves with I - h (a kron J) by GMRES, J applied by Jacobian-vector products (no
-    matrix is formed: for large states, e.g. neural network vector fields)."""
-
-    def __init__(self, h: float, a: torch.Tensor, jvp: JacobianVectorProduct, tol: float, dim: int):
-        self.h, self.a, self.jvp, self.tol, self.dim = h, a, jvp, tol, dim
-
-    def matvec(self, x: torch.Tensor) -> torch.Tensor:
-        jx = torch.stack([self.jvp(row) for row in x])
-        return x - self.h * (self.a.to(x.dtype) @ jx)
-
-    def __call__(self, rhs: torch.Tensor) -> torch.Tensor:
-        return gmres(self.matvec, rhs, self.tol, self.dim)
-
-    def shifted(self, d: float, rhs: torch.Tensor) -> torch.Tensor:
-        """(I - h d J)^-1 r for r given as (k, N), row by row."""
-
-        def matvec(x: torch.Tensor) -> torch.Tensor:
-            return x - (self.h * d) * self.jvp(x)
-
-        return torch.stack([gmres(matvec, row, self.tol, self.dim) for row in rhs])
-
-
 def gmres(
     matvec: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, tol: float, dim: int
 ) -> torch.Tensor:

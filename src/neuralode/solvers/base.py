@@ -209,6 +209,15 @@ class Solver(abc.ABC):
         """
         return state
 
+    def for_adjoint_system(self) -> Solver:
+        """The solver for ``Backsolve``'s backward solves of the adjoint system, whose state
+        is [y, adjoint, parameter gradients] rather than the forward solve's.
+
+        Returns:
+            By default the solver itself.
+        """
+        return self
+
     def replay_state(self, step: Step, after_jump: bool) -> Any:
         """What makes ``step`` repeat exactly when recomputed (checkpointed gradients).
 

@@ -32,6 +32,8 @@ class GL6(ImplicitRK):
         linear_solver: ``"direct"`` (LU), ``"krylov"`` (GMRES) or ``"auto"``.
         krylov_tol: GMRES's relative tolerance.
         krylov_dim: the most Krylov vectors GMRES builds.
+        preconditioner: ``preconditioner(c, r)`` ≈ (I - c J)^-1 r for GMRES, as for
+            [`ImplicitRK`][neuralode.solvers.ImplicitRK].
 
     Raises:
         ValueError: an option out of its range (the message names it).

@@ -10,6 +10,7 @@ number of iterations, and costs no graph over the iterations.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 from typing import Any, ClassVar, NamedTuple
@@ -23,7 +24,8 @@ from .._host import forward_mode
 from .._term import ODETerm
 from ._dense_solve import DenseSolve
 from ._implicit_stages import ImplicitStages, StageEquations, _Linearisation
-from ._newton import KrylovSolve, SingularMatrixError
+from ._krylov_solve import KrylovSolve, Preconditioner
+from ._newton import SingularMatrixError
 from .base import Step, hermite_interpolate
 from .tableau import ImplicitTableau, collocation_weights
 
@@ -71,6 +73,13 @@ class ImplicitRK(ImplicitStages):
             would, then GMRES).
         krylov_tol: GMRES's relative tolerance.
         krylov_dim: the most Krylov vectors GMRES builds.
+        preconditioner: ``preconditioner(c, r)`` ≈ (I - c J)^-1 r for GMRES (applied on the
+            right, so it changes the iterations, not the accuracy): c a float or complex
+            (the step size times an eigenvalue of the method's matrix), r a tensor shaped like
+            the state (one tensor), real or complex, x of r's shape and dtype; e.g. a PDE's
+            diffusion part inverted (``neuralode.pde``). Used where the linear solves are
+            GMRES's (``linear_solver="krylov"``, or ``"auto"`` choosing it), not by
+            ``Backsolve``'s backward solves (their state is the adjoint system's).
 
     Raises:
         ValueError: an option out of its range (the message names it).
@@ -90,6 +99,7 @@ class ImplicitRK(ImplicitStages):
         linear_solver: str = "auto",
         krylov_tol: float = 1e-10,
         krylov_dim: int = 50,
+        preconditioner: Preconditioner | None = None,
     ):
         # the convergence test compares two successive Newton updates (their contraction
         # rate), so one iteration can never converge: at least 2
@@ -110,12 +120,23 @@ class ImplicitRK(ImplicitStages):
             raise ValueError(f"krylov_tol must be a number in (0, 1), got {krylov_tol!r}")
         if not (is_int(krylov_dim) and krylov_dim >= 1):
             raise ValueError(f"krylov_dim must be a positive integer, got {krylov_dim!r}")
+        if preconditioner is not None and not callable(preconditioner):
+            raise ValueError(
+                "preconditioner must be callable as preconditioner(c, r) -> (I - c J)^-1 r, "
+                f"got {type(preconditioner).__name__}"
+            )
+        if preconditioner is not None and linear_solver == "direct":
+            raise ValueError(
+                "a preconditioner serves GMRES: use linear_solver='krylov' (or 'auto'), or "
+                "drop the preconditioner for direct LU solves"
+            )
         self.max_iters = max_iters
         self.newton_tol = newton_tol
         self.batch_size = batch_size
         self.linear_solver = linear_solver
         self.krylov_tol = krylov_tol
         self.krylov_dim = krylov_dim
+        self.preconditioner = preconditioner
         self.counters: Counter[str] = Counter()
         self._tolerances = None
         self._smallest_rtol = 0.0
@@ -283,7 +304,7 @@ class ImplicitRK(ImplicitStages):
                 lin = _Linearisation(eq.term(t0, y0, p0), kept.jacobians, kept.jvp)
             k_first = lin.f0 if self.tableau.explicit_first_stage else None
             try:
-                solve = self._linear_solve(eq.h, eq.co, lin, eq.layout)
+                solve = self._linear_solve(eq.term, eq.h, eq.co, lin, eq.layout)
             except SingularMatrixError:
                 z, failure, slow = None, "singular Newton matrix I - h (A kron J)", True
                 solve = None
@@ -428,6 +449,19 @@ class ImplicitRK(ImplicitStages):
         if "linearisation" in step.extra:
             retry["jacobian"] = (step.extra["linearisation"], step.extra["jacobian_at"])
         return retry
+
+    def for_adjoint_system(self) -> ImplicitRK:
+        """The solver for ``Backsolve``'s backward solves: this one without its
+        preconditioner (made for the forward state), sharing its counters.
+
+        Returns:
+            The solver itself where it has no preconditioner, else a copy without it.
+        """
+        if self.preconditioner is None:
+            return self
+        plain = copy.copy(self)
+        plain.preconditioner = None
+        return plain
 
     def replay_state(self, step: Step, after_jump: bool) -> Any:
         """What a recomputation of this accepted step needs to repeat it exactly.

@@ -1,0 +1,103 @@
+"""Matrix-free solves with the Newton matrix I - h (A kron J): GMRES with Jacobian-vector
+products (for large states, e.g. neural network vector fields or fine PDE grids).
+
+Where the implicit block A diagonalises (``_dense_solve.Eigenbasis``), the stage system falls
+apart into one system (I - h d_i J) w_i = (T^-1 r)_i of the state's size per eigenvalue (a
+complex pair once, in complex arithmetic: J v costs two products for a complex v), each solved
+by its own GMRES. A ``preconditioner(c, r)`` ≈ (I - c J)^-1 r (e.g. a PDE's diffusion part
+inverted, ``neuralode.pde``) is applied on the right, so the residual GMRES controls is the
+true one: a rough preconditioner costs iterations, not accuracy. Without the eigenbasis (SDIRK
+methods) one GMRES solves all stages, preconditioned stage by stage with A's diagonal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ._dense_solve import Eigenbasis, EigenSplit
+from ._newton import JacobianVectorProduct, gmres
+
+#: preconditioner(c, r) ≈ (I - c J)^-1 r, r shaped like the state
+Preconditioner = Callable[[complex, torch.Tensor], torch.Tensor]
+
+
+class KrylovSolve:
+    """Solves (I - h (a kron J)) x = r, r given as (m, N), by GMRES; ``shifted`` solves
+    (I - h d J) x = r for one coefficient d (an error estimate's). ``preconditioner`` takes
+    and returns tensors of ``shape`` (the state's)."""
+
+    def __init__(
+        self,
+        h: float,
+        a: torch.Tensor,
+        jvp: JacobianVectorProduct,
+        tol: float,
+        dim: int,
+        eigen: Eigenbasis | None = None,
+        preconditioner: Preconditioner | None = None,
+        shape: tuple[int, ...] | None = None,
+    ):
+        self.h, self.a, self.jvp, self.tol, self.dim = h, a, jvp, tol, dim
+        self.preconditioner, self.shape = preconditioner, shape
+        self.products = 0  # Jacobian-vector products
+        self._split = None if eigen is None else EigenSplit(eigen, jvp.y.dtype, jvp.y.device)
+
+    def _jv(self, v: torch.Tensor) -> torch.Tensor:
+        """J v; for a complex v of a real state, J v.real + i J v.imag."""
+        if v.is_complex() and not self.jvp.y.is_complex():
+            self.products += 2
+            return torch.complex(self.jvp(v.real.contiguous()), self.jvp(v.imag.contiguous()))
+        self.products += 1
+        return self.jvp(v)
+
+    def _precondition(self, c: complex) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        user = self.preconditioner
+        if user is None:
+            return None
+
+        def apply(v: torch.Tensor) -> torch.Tensor:
+            return user(c, v.reshape(self.shape)).reshape(v.shape)
+
+        return apply
+
+    def _solve_shift(self, c: complex, r: torch.Tensor) -> torch.Tensor:
+        """(I - c J)^-1 r, right-preconditioned."""
+
+        def matvec(x: torch.Tensor) -> torch.Tensor:
+            return x - c * self._jv(x)
+
+        precondition = self._precondition(c)
+        if precondition is None:
+            return gmres(matvec, r, self.tol, self.dim)
+        return precondition(gmres(lambda v: matvec(precondition(v)), r, self.tol, self.dim))
+
+    def __call__(self, rhs: torch.Tensor) -> torch.Tensor:
+        if self._split is None:
+            return self._whole(rhs)
+        # (w real: d is real, and so is its system)
+        return self._split(
+            rhs, lambda d, w: self._solve_shift(self.h * (d if w.is_complex() else d.real), w)
+        )
+
+    def _whole(self, rhs: torch.Tensor) -> torch.Tensor:
+        """One GMRES for all stages, preconditioned stage by stage with h a_ii."""
+        a = self.a.to(rhs.dtype)
+
+        def matvec(x: torch.Tensor) -> torch.Tensor:
+            jx = torch.stack([self._jv(row) for row in x])
+            return x - self.h * (a @ jx)
+
+        if self.preconditioner is None:
+            return gmres(matvec, rhs, self.tol, self.dim)
+        blocks = [self._precondition(self.h * float(a[i, i].real)) for i in range(len(a))]
+
+        def precondition(v: torch.Tensor) -> torch.Tensor:
+            return torch.stack([block(row) for block, row in zip(blocks, v)])
+
+        return precondition(gmres(lambda v: matvec(precondition(v)), rhs, self.tol, self.dim))
+
+    def shifted(self, d: float, rhs: torch.Tensor) -> torch.Tensor:
+        """(I - h d J)^-1 r for r given as (k, N), row by row."""
+        return torch.stack([self._solve_shift(self.h * d, row) for row in rhs])

@@ -109,13 +109,23 @@ IMPLICIT_RTOLS = (1e-2, 1e-3, 1e-5, 1e-7)
 
 def configs(problem: Problem) -> list[Config]:
     """dopri5 at ``EXPLICIT_RTOLS`` (its error hardly depends on them: its steps are bounded
-    by stability), Radau with LU (small states only) and with Jacobian-free Newton-Krylov
-    at ``IMPLICIT_RTOLS``."""
+    by stability), Radau with LU (small states only) and with Jacobian-free Newton-Krylov,
+    unpreconditioned and preconditioned by the problem's diffusion part
+    (``preconditioner()``), at ``IMPLICIT_RTOLS``."""
     out = [Config("dopri5", r, Dopri5) for r in EXPLICIT_RTOLS]
     if problem.y0.numel() <= 512:  # dense Jacobians and LU of 3n x 3n: small states only
         out += [Config("radau (LU)", r, Radau) for r in IMPLICIT_RTOLS]
     out += [
         Config("radau (Newton-Krylov)", r, lambda: Radau(linear_solver="krylov", krylov_tol=1e-2))
+        for r in IMPLICIT_RTOLS
+    ]
+    preconditioner = problem.func.preconditioner()  # the diffusion part, inverted exactly
+    out += [
+        Config(
+            "radau (Newton-Krylov, preconditioned)",
+            r,
+            lambda: Radau(linear_solver="krylov", krylov_tol=1e-2, preconditioner=preconditioner),
+        )
         for r in IMPLICIT_RTOLS
     ]
     return out

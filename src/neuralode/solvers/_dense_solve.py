@@ -6,8 +6,10 @@ system of m stages of n entries each falls apart into m systems of n entries,
 SciPy's Radau solve it): m LU factorisations of n x n instead of one of m n x m n, about
 m^2 / 2 times fewer operations for radau's real and complex pair. A complex eigenvalue's
 system is solved in complex arithmetic; for a real state its conjugate partner's solution is
-the conjugate, so a pair costs one solve. Where A does not diagonalise well (SDIRK methods:
-one repeated eigenvalue), the whole m n x m n matrix is factorised.
+the conjugate, so a pair costs one solve. Where A is lower triangular (SDIRK and ESDIRK
+methods, whose one repeated eigenvalue does not diagonalise), the stages are solved one after
+another, x_i = (I - h a_ii J)^-1 (r_i + h J sum_{j<i} a_ij x_j): one n x n LU per distinct
+diagonal entry (one for an SDIRK method). Otherwise the whole m n x m n matrix is factorised.
 """
 
 from __future__ import annotations
@@ -63,6 +65,48 @@ def eigenbasis(a: np.ndarray) -> Eigenbasis | None:
     return Eigenbasis(tuple(complex(v) for v in values), vectors, inverse, tuple(partner))
 
 
+@dataclass(frozen=True)
+class Triangular:
+    """A lower-triangular implicit block: the stages are solved one after another."""
+
+    a: np.ndarray  # (m, m) float64
+
+
+def stage_structure(a: np.ndarray) -> Eigenbasis | Triangular | None:
+    """How the stage systems of the implicit block ``a`` split: lower triangular (one stage
+    after another, real arithmetic), else through its eigenbasis, else not at all."""
+    a = np.asarray(a, dtype=np.float64)
+    if not np.triu(a, 1).any():
+        return Triangular(a)
+    return eigenbasis(a)
+
+
+class TriangularSplit:
+    """The stage system of a lower-triangular A, forward substitution:
+    x_i = (I - h a_ii J)^-1 (r_i + h J sum_{j<i} a_ij x_j), one product with J per stage."""
+
+    def __init__(self, structure: Triangular, h: float):
+        self.a, self.h = structure.a, h
+        self.diagonal = sorted({float(d) for d in np.diag(structure.a)})
+
+    def __call__(
+        self,
+        rhs: torch.Tensor,
+        solve_one: Callable[[complex, torch.Tensor], torch.Tensor],
+        jv: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """x for r given as (m, N); ``solve_one(d, w)`` solves (I - h d J) x = w and
+        ``jv(v)`` is J v, on (N,)."""
+        xs: list[torch.Tensor] = []
+        for i, row in enumerate(self.a):
+            r = rhs[i]
+            coupled = [(float(row[j]), xs[j]) for j in range(i) if row[j] != 0]
+            if coupled:
+                r = r + self.h * jv(sum(coefficient * x for coefficient, x in coupled))
+            xs.append(solve_one(complex(row[i]), r))
+        return torch.stack(xs)
+
+
 def complex_dtype(dtype: torch.dtype) -> torch.dtype:
     """The complex dtype of a real dtype's precision (a complex dtype itself)."""
     if dtype.is_complex:
@@ -84,9 +128,13 @@ class EigenSplit:
         self.solved = [i for i, p in enumerate(eigen.partner) if not (real and p is not None)]
 
     def __call__(
-        self, rhs: torch.Tensor, solve_one: Callable[[complex, torch.Tensor], torch.Tensor]
+        self,
+        rhs: torch.Tensor,
+        solve_one: Callable[[complex, torch.Tensor], torch.Tensor],
+        jv: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x for r given as (m, N); ``solve_one(d, w)`` solves (I - h d J) x = w, (N,)."""
+        """x for r given as (m, N); ``solve_one(d, w)`` solves (I - h d J) x = w, (N,)
+        (``jv``, J v, is not needed: the systems are uncoupled)."""
         real = not rhs.is_complex()
         w = self.t_inv @ rhs.to(self.t.dtype)
         x = torch.empty_like(w)
@@ -101,10 +149,11 @@ class EigenSplit:
 
 
 class DenseSolve:
-    """Solves (I - h (a kron J)) x = r per sample, r given as (m, N): through ``eigen`` when
-    given (one n x n LU per eigenvalue, conjugate pairs once), else with the whole matrix.
-    ``shifted`` solves (I - h d J) x = r for one coefficient d (an error estimate's), with an
-    eigenvalue's factorisation where d is one.
+    """Solves (I - h (a kron J)) x = r per sample, r given as (m, N): split as ``structure``
+    says (``stage_structure``: stage after stage, or through the eigenbasis, one n x n LU
+    per distinct coefficient), else with the whole matrix. ``shifted`` solves (I - h d J) x = r
+    for one coefficient d (an error estimate's), with the stages' factorisation where d is
+    one of their coefficients.
 
     Raises:
         SingularMatrixError: a Newton matrix is singular.
@@ -116,19 +165,23 @@ class DenseSolve:
         a: torch.Tensor,
         jacobians: torch.Tensor,
         layout: BatchLayout,
-        eigen: Eigenbasis | None,
+        structure: Eigenbasis | Triangular | None,
     ):
         self.h, self.a, self.jacobians, self.layout = h, a, jacobians, layout
         self.m = a.shape[0]
-        self.eigen = eigen
         self.factorisations = 0
         self._shifted: dict[complex, tuple[torch.Tensor, torch.Tensor]] = {}
-        if eigen is None:
+        self._split: EigenSplit | TriangularSplit | None = None
+        if structure is None:
             self._whole = self._factorise(newton_matrix(h, a, jacobians))
-            return
-        self._split = EigenSplit(eigen, jacobians.dtype, jacobians.device)
-        for i in self._split.solved:
-            self._shift(eigen.values[i])
+        elif isinstance(structure, Triangular):
+            self._split = TriangularSplit(structure, h)
+            for d in self._split.diagonal:
+                self._shift(complex(d))
+        else:
+            self._split = EigenSplit(structure, jacobians.dtype, jacobians.device)
+            for i in self._split.solved:
+                self._shift(structure.values[i])
 
     def _factorise(self, matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.factorisations += 1
@@ -152,15 +205,21 @@ class DenseSolve:
         return factors
 
     def __call__(self, rhs: torch.Tensor) -> torch.Tensor:
-        if self.eigen is None:
-            lu, pivots = self._whole
-            blocks = to_blocks(rhs, self.layout)[..., None]
-            out = torch.linalg.lu_solve(lu, pivots, blocks)[..., 0]
-            return from_blocks(out, self.layout, self.m)
         layout = self.layout
-        return self._split(
-            rhs, lambda d, w: layout.scatter(self._solve_shifted(d, layout.gather(w)))
-        )
+        if self._split is None:
+            lu, pivots = self._whole
+            blocks = to_blocks(rhs, layout)[..., None]
+            out = torch.linalg.lu_solve(lu, pivots, blocks)[..., 0]
+            return from_blocks(out, layout, self.m)
+
+        def solve_one(d: complex, w: torch.Tensor) -> torch.Tensor:
+            return layout.scatter(self._solve_shifted(d, layout.gather(w)))
+
+        def jv(v: torch.Tensor) -> torch.Tensor:
+            blocks = layout.gather(v.to(self.jacobians.dtype))
+            return layout.scatter((self.jacobians @ blocks[..., None])[..., 0]).to(v.dtype)
+
+        return self._split(rhs, solve_one, jv)
 
     def _solve_shifted(self, d: complex, blocks: torch.Tensor) -> torch.Tensor:
         """(I - h d J)^-1 per sample, on (B, n) blocks."""

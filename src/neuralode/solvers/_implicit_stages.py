@@ -23,7 +23,7 @@ import torch
 
 from .._host import plain_factories
 from .._term import ODETerm
-from ._dense_solve import DenseSolve, Eigenbasis, eigenbasis
+from ._dense_solve import DenseSolve, Eigenbasis, Triangular, stage_structure
 from ._implicit_gradient import tie_adjoint, transposed_solve
 from ._krylov_solve import KrylovSolve, Preconditioner
 from ._newton import (
@@ -38,8 +38,8 @@ from ._newton import (
 from .base import Solver
 from .tableau import ImplicitTableau
 
-# batch x n^2 from which the direct solves go through the eigenbasis of A (measured on CPU)
-_EIGEN_FROM = 1024
+# batch x n^2 from which the direct solves split the stage systems (measured on CPU)
+_SPLIT_FROM = 1024
 
 
 @dataclass
@@ -49,7 +49,7 @@ class _Coefficients:
     inverse: torch.Tensor  # inverse of the implicit block
     d: torch.Tensor  # y1 = y0 + h b_1 f0 + d . (Z - h a_first f0): (m,)
     b_first: float
-    eigen: Eigenbasis | None  # of the implicit block, for the direct linear solves
+    structure: Eigenbasis | Triangular | None  # how the implicit block's stage systems split
 
 
 @dataclass
@@ -136,7 +136,7 @@ class ImplicitStages(Solver):
             inverse=t(inverse),
             d=t(d),
             b_first=float(tab.b[0]) if first else 0.0,
-            eigen=eigenbasis(a),
+            structure=stage_structure(a),
         )
 
     def _layout(self, term: ODETerm) -> BatchLayout:
@@ -178,14 +178,15 @@ class ImplicitStages(Solver):
         if lin.jacobians is not None:
             # the m systems of n entries beat one of m n from about n = 32 on one problem (or
             # 16 samples of 8): below that, their extra operations cost more than they save
-            small = layout.batch * layout.n**2 < _EIGEN_FROM
-            eigen = None if small else co.eigen
-            check_newton_size(self.name, 1 if eigen else co.a.shape[0], layout, lin.jacobians.dtype)
-            return DenseSolve(h, co.a, lin.jacobians, layout, eigen)
+            small = layout.batch * layout.n**2 < _SPLIT_FROM
+            structure = None if small else co.structure
+            stages = 1 if structure is not None else co.a.shape[0]
+            check_newton_size(self.name, stages, layout, lin.jacobians.dtype)
+            return DenseSolve(h, co.a, lin.jacobians, layout, structure)
         tol, dim = self.krylov_tol, self.krylov_dim
         preconditioner = self.preconditioner
         if preconditioner is None:
-            return KrylovSolve(h, co.a, lin.jvp, tol, dim, co.eigen)
+            return KrylovSolve(h, co.a, lin.jvp, tol, dim, co.structure)
         if not term.spec.is_leaf:
             raise ValueError(
                 f"{self.name}: a preconditioner takes the state as one tensor, but this state "
@@ -193,7 +194,7 @@ class ImplicitStages(Solver):
                 "without preconditioner"
             )
         shape = tuple(term.spec.shapes[0])
-        return KrylovSolve(h, co.a, lin.jvp, tol, dim, co.eigen, preconditioner, shape)
+        return KrylovSolve(h, co.a, lin.jvp, tol, dim, co.structure, preconditioner, shape)
 
     def _scale(self, y0: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Per-component scale of the Newton updates and the tolerance on them."""

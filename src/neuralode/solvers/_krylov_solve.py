@@ -6,8 +6,10 @@ apart into one system (I - h d_i J) w_i = (T^-1 r)_i of the state's size per eig
 complex pair once, in complex arithmetic: J v costs two products for a complex v), each solved
 by its own GMRES. A ``preconditioner(c, r)`` ≈ (I - c J)^-1 r (e.g. a PDE's diffusion part
 inverted, ``neuralode.pde``) is applied on the right, so the residual GMRES controls is the
-true one: a rough preconditioner costs iterations, not accuracy. Without the eigenbasis (SDIRK
-methods) one GMRES solves all stages, preconditioned stage by stage with A's diagonal.
+true one: a rough preconditioner costs iterations, not accuracy. Where A is lower triangular
+(SDIRK and ESDIRK methods) the stages are solved one after another, one GMRES each; with
+neither structure one GMRES solves all stages, preconditioned stage by stage with A's
+diagonal.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._dense_solve import Eigenbasis, EigenSplit
+from ._dense_solve import Eigenbasis, EigenSplit, Triangular, TriangularSplit
 from ._newton import JacobianVectorProduct, gmres
 
 #: preconditioner(c, r) ≈ (I - c J)^-1 r, r shaped like the state
@@ -35,14 +37,18 @@ class KrylovSolve:
         jvp: JacobianVectorProduct,
         tol: float,
         dim: int,
-        eigen: Eigenbasis | None = None,
+        structure: Eigenbasis | Triangular | None = None,
         preconditioner: Preconditioner | None = None,
         shape: tuple[int, ...] | None = None,
     ):
         self.h, self.a, self.jvp, self.tol, self.dim = h, a, jvp, tol, dim
         self.preconditioner, self.shape = preconditioner, shape
         self.products = 0  # Jacobian-vector products
-        self._split = None if eigen is None else EigenSplit(eigen, jvp.y.dtype, jvp.y.device)
+        self._split: EigenSplit | TriangularSplit | None = None
+        if isinstance(structure, Triangular):
+            self._split = TriangularSplit(structure, h)
+        elif structure is not None:
+            self._split = EigenSplit(structure, jvp.y.dtype, jvp.y.device)
 
     def _jv(self, v: torch.Tensor) -> torch.Tensor:
         """J v; for a complex v of a real state, J v.real + i J v.imag."""
@@ -78,7 +84,9 @@ class KrylovSolve:
             return self._whole(rhs)
         # (w real: d is real, and so is its system)
         return self._split(
-            rhs, lambda d, w: self._solve_shift(self.h * (d if w.is_complex() else d.real), w)
+            rhs,
+            lambda d, w: self._solve_shift(self.h * (d if w.is_complex() else d.real), w),
+            self._jv,
         )
 
     def _whole(self, rhs: torch.Tensor) -> torch.Tensor:

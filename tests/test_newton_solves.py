@@ -11,8 +11,16 @@ import torch
 import neuralode as no
 from neuralode._term import ODETerm
 from neuralode._tree import tree_spec
-from neuralode.solvers import METHODS, ImplicitRK, Radau, _dense_solve, _implicit_stages
-from neuralode.solvers._newton import BatchLayout
+from neuralode.solvers import (
+    GL4,
+    METHODS,
+    ImplicitRK,
+    NewtonError,
+    Radau,
+    _dense_solve,
+    _implicit_stages,
+)
+from neuralode.solvers._newton import BatchLayout, gmres
 
 IMPLICIT = [name for name, cls in METHODS.items() if issubclass(cls, ImplicitRK)]
 
@@ -296,3 +304,84 @@ def test_backsolve_solves_the_adjoint_system_without_the_preconditioner() -> Non
         assert len(preconditioner.calls) == calls  # not in the backward pass
     for direct, backsolve in zip(*grads):
         torch.testing.assert_close(backsolve, direct, rtol=1e-6, atol=1e-9)
+
+
+def _heat_problem(n: int = 16):
+    """u_t = u_xx - u^3 / 2 on n interior nodes, two samples, and its exact preconditioner."""
+    matrix = _heat_matrix(n)
+    y0 = torch.linspace(0, 1, n + 2, dtype=torch.float64)[1:-1].sin()[None].repeat(2, 1)
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y @ matrix.T - 0.5 * y**3
+
+    return f, y0, _Exact(matrix)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "match"),
+    [
+        (lambda x: x[0], r"must return x of r's shape and dtype \(\(2, 16\)"),
+        (lambda x: x.reshape(-1), "got a tensor of shape \\(32,\\)"),
+        (lambda x: x.real if x.is_complex() else x + 0j, "dtype"),
+        (lambda x: x.to(torch.complex64 if x.is_complex() else torch.float32), "dtype"),
+        (lambda x: torch.full_like(x, float("nan")), "returned non-finite values"),
+        (lambda x: None, "got NoneType"),
+    ],
+)
+def test_a_preconditioner_returning_a_wrong_x_is_named(wrong, match: str) -> None:
+    """x of another shape or dtype, a NaN, or no tensor: a ValueError naming the
+    preconditioner (a real x for radau's complex pair only made Newton fail, blamed on
+    GMRES; a NaN reached LAPACK's least squares as an internal error; a shape as a reshape
+    error)."""
+    f, y0, exact = _heat_problem()
+    solver = Radau(linear_solver="krylov", preconditioner=lambda c, r: wrong(exact(c, r)))
+    with pytest.raises(ValueError, match=match):
+        no.solve(f, y0, torch.tensor([0.0, 0.05], dtype=torch.float64), solver=solver)
+
+
+@pytest.mark.parametrize("method", ["gl4", "sdirk2", "radau"])
+def test_a_singular_preconditioner_fails_the_step(method: str) -> None:
+    """A preconditioner returning zeros leaves GMRES's residual where it was and its update
+    0, which passed Newton's convergence test: the stages stayed at their start (radau: an
+    error of 0.45 at rtol 1e-6, gl4 a step of y' = 0). Now its Krylov space closing with the
+    residual unreduced fails the step, naming the preconditioner."""
+    f, y0, _ = _heat_problem()
+    solver = METHODS[method](linear_solver="krylov", preconditioner=lambda c, r: 0 * r)
+    ts = torch.tensor([0.0, 0.05], dtype=torch.float64)
+    if method == "radau":  # rejected until the step underflows
+        with pytest.raises(RuntimeError, match="preconditioner.* is singular"):
+            no.solve(f, y0, ts, solver=solver, controller=no.PIController(1e-6, 1e-9))
+        return
+    with pytest.raises(NewtonError, match="GMRES stalled with the preconditioner"):
+        no.solve(f, y0, ts, solver=solver, controller=no.FixedGrid(step_size=0.01))
+
+
+def test_gmres_with_a_non_finite_product_gives_a_failed_newton_step() -> None:
+    """J v infinite (f = -sqrt|y| at y = 0): GMRES returns NaN, and Newton reports a
+    non-finite update, as the direct solve does (LAPACK's least squares raised an internal
+    error)."""
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -torch.sqrt(y.abs()) - y
+
+    y0 = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(NewtonError, match="non-finite Newton update"):
+        no.solve(
+            f, y0, torch.tensor([0.0, 0.1], dtype=torch.float64), solver=GL4(linear_solver="krylov")
+        )
+    x = gmres(lambda v: v * float("inf"), torch.ones(4, dtype=torch.float64), 1e-10, 10)
+    assert bool(x.isnan().all())
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.float64])
+def test_gmres_solves_complex_systems(dtype: torch.dtype) -> None:
+    """GMRES (Arnoldi with vdot) equals torch.linalg.solve on a complex shifted system
+    I - c J, c complex, as radau's complex eigenvalue pair gives it."""
+    generator = torch.Generator().manual_seed(3)
+    n = 30
+    jacobian = torch.randn(n, n, dtype=torch.float64, generator=generator) - 20 * torch.eye(n)
+    c = 0.05 * complex(0.16, 0.18) if dtype.is_complex else 0.05
+    matrix = torch.eye(n, dtype=dtype) - c * jacobian.to(dtype)
+    rhs = torch.randn(n, dtype=dtype, generator=generator)
+    x = gmres(lambda v: matrix @ v, rhs, 1e-12, 50)
+    torch.testing.assert_close(x, torch.linalg.solve(matrix, rhs), rtol=1e-10, atol=1e-12)

@@ -30,6 +30,7 @@ from ._newton import (
     NEWTON_BYTES,
     BatchLayout,
     JacobianVectorProduct,
+    SingularMatrixError,
     batch_layout,
     block_jacobian,
     check_newton_size,
@@ -240,7 +241,10 @@ class ImplicitStages(Solver):
             residual = base + eq.h * (eq.co.a @ eq.values(y0, z)) - z
             if not bool(torch.isfinite(residual).all()):
                 return None, f"non-finite f at the stages after {iteration} iterations", True
-            dz = solve(residual)
+            try:
+                dz = solve(residual)
+            except SingularMatrixError as error:  # (GMRES with a singular preconditioner)
+                return None, str(error), True
             z = z + dz
             size = float(torch.linalg.vector_norm(dz / scale) / dz.numel() ** 0.5)
             if not size == size or size == float("inf"):

@@ -6,10 +6,11 @@ apart into one system (I - h d_i J) w_i = (T^-1 r)_i of the state's size per eig
 complex pair once, in complex arithmetic: J v costs two products for a complex v), each solved
 by its own GMRES. A ``preconditioner(c, r)`` ≈ (I - c J)^-1 r (e.g. a PDE's diffusion part
 inverted, ``neuralode.pde``) is applied on the right, so the residual GMRES controls is the
-true one: a rough preconditioner costs iterations, not accuracy. Where A is lower triangular
-(SDIRK and ESDIRK methods) the stages are solved one after another, one GMRES each; with
-neither structure one GMRES solves all stages, preconditioned stage by stage with A's
-diagonal.
+true one: a rough preconditioner costs iterations, not accuracy (a singular one, whose
+GMRES stalls, fails the step; an x not of r's shape and dtype, or non-finite, is a
+ValueError). Where A is lower triangular (SDIRK and ESDIRK methods) the stages are solved
+one after another, one GMRES each; with neither structure one GMRES solves all stages,
+preconditioned stage by stage with A's diagonal.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from ._newton import JacobianVectorProduct, gmres
 
 #: preconditioner(c, r) ≈ (I - c J)^-1 r, r shaped like the state
 Preconditioner = Callable[[complex, torch.Tensor], torch.Tensor]
+
+_SINGULAR = (
+    "GMRES stalled with the preconditioner: (I - c J) preconditioner(c, .) is singular, "
+    "e.g. a preconditioner returning zeros (it must approximate (I - c J)^-1, invertibly)"
+)
 
 
 class KrylovSolve:
@@ -64,9 +70,42 @@ class KrylovSolve:
             return None
 
         def apply(v: torch.Tensor) -> torch.Tensor:
-            return user(c, v.reshape(self.shape)).reshape(v.shape)
+            r = v.reshape(self.shape)
+            x = user(c, r)
+            # a wrong x would otherwise surface as a reshape error, a real x for a complex r
+            # as Newton failures blamed on GMRES, a NaN as LAPACK's error
+            if not isinstance(x, torch.Tensor) or x.shape != r.shape or x.dtype != r.dtype:
+                got = (
+                    f"a tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+                    if isinstance(x, torch.Tensor)
+                    else type(x).__name__
+                )
+                raise ValueError(
+                    f"preconditioner(c, r) must return x of r's shape and dtype "
+                    f"({tuple(r.shape)}, {r.dtype}), got {got} (c={c!r})"
+                )
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(
+                    f"preconditioner(c, r) returned non-finite values for a finite r (c={c!r})"
+                )
+            return x.reshape(v.shape)
 
         return apply
+
+    def _gmres(
+        self,
+        matvec: Callable[[torch.Tensor], torch.Tensor],
+        rhs: torch.Tensor,
+        precondition: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """GMRES for matvec(x) = rhs, right-preconditioned by ``precondition`` when given."""
+        if precondition is None:
+            return gmres(matvec, rhs, self.tol, self.dim)
+        # a singular preconditioner (e.g. one returning zeros) leaves part of the residual
+        # out of GMRES's reach, and a Newton update without that part would pass the
+        # convergence test: the step fails instead
+        x = gmres(lambda v: matvec(precondition(v)), rhs, self.tol, self.dim, singular=_SINGULAR)
+        return precondition(x)
 
     def _solve_shift(self, c: complex, r: torch.Tensor) -> torch.Tensor:
         """(I - c J)^-1 r, right-preconditioned."""
@@ -74,10 +113,7 @@ class KrylovSolve:
         def matvec(x: torch.Tensor) -> torch.Tensor:
             return x - c * self._jv(x)
 
-        precondition = self._precondition(c)
-        if precondition is None:
-            return gmres(matvec, r, self.tol, self.dim)
-        return precondition(gmres(lambda v: matvec(precondition(v)), r, self.tol, self.dim))
+        return self._gmres(matvec, r, self._precondition(c))
 
     def __call__(self, rhs: torch.Tensor) -> torch.Tensor:
         if self._split is None:
@@ -98,13 +134,13 @@ class KrylovSolve:
             return x - self.h * (a @ jx)
 
         if self.preconditioner is None:
-            return gmres(matvec, rhs, self.tol, self.dim)
+            return self._gmres(matvec, rhs, None)
         blocks = [self._precondition(self.h * float(a[i, i].real)) for i in range(len(a))]
 
         def precondition(v: torch.Tensor) -> torch.Tensor:
             return torch.stack([block(row) for block, row in zip(blocks, v)])
 
-        return precondition(gmres(lambda v: matvec(precondition(v)), rhs, self.tol, self.dim))
+        return self._gmres(matvec, rhs, precondition)
 
     def shifted(self, d: float, rhs: torch.Tensor) -> torch.Tensor:
         """(I - h d J)^-1 r for r given as (k, N), row by row."""

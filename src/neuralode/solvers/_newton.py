@@ -236,10 +236,22 @@ class JacobianVectorProduct:
 
 
 def gmres(
-    matvec: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, tol: float, dim: int
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    tol: float,
+    dim: int,
+    *,
+    singular: str | None = None,
 ) -> torch.Tensor:
     """Solve matvec(x) = rhs from x = 0 by GMRES (Arnoldi with modified Gram-Schmidt) until
-    the residual is below ``tol`` times |rhs| or ``dim`` Krylov vectors; no restart."""
+    the residual is below ``tol`` times |rhs| or ``dim`` Krylov vectors; no restart.
+
+    A non-finite matvec (e.g. f not differentiable at the point: J v infinite) gives a NaN
+    x, for the caller's finiteness checks (a Newton iteration rejects the step), instead of
+    a least-squares solve that LAPACK refuses. With ``singular`` (a message), a Krylov space
+    that closes with the residual above max(tol, sqrt(eps)) times |rhs| (the operator is
+    singular on it: x = 0 for an operator that is 0) raises ``SingularMatrixError(singular)``.
+    """
     shape = rhs.shape
     b = rhs.reshape(-1)
     beta = torch.linalg.vector_norm(b)
@@ -248,13 +260,16 @@ def gmres(
     basis = [b / beta]
     # The Krylov space is exhausted (to round-off) when the new direction is this short.
     real = b.real if b.is_complex() else b
-    breakdown = 50 * torch.finfo(real.dtype).eps * float(beta)
+    eps = torch.finfo(real.dtype).eps
+    breakdown = 50 * eps * float(beta)
     hessenberg = torch.zeros(dim + 1, dim, dtype=b.dtype, device=b.device)
     e1 = torch.zeros(dim + 1, dtype=b.dtype, device=b.device)
     e1[0] = beta
     y = None
     for k in range(dim):
         w = matvec(basis[k].reshape(shape)).reshape(-1)
+        if not bool(torch.isfinite(w).all()):
+            return torch.full_like(rhs, float("nan"))
         for i, v in enumerate(basis):
             hessenberg[i, k] = torch.vdot(v, w)
             w = w - hessenberg[i, k] * v
@@ -262,7 +277,11 @@ def gmres(
         sub = hessenberg[: k + 2, : k + 1]
         y = torch.linalg.lstsq(sub, e1[: k + 2, None]).solution[:, 0]
         residual = float(torch.linalg.vector_norm(sub @ y - e1[: k + 2]))
-        if residual <= tol * float(beta) or float(hessenberg[k + 1, k]) <= breakdown:
+        if residual <= tol * float(beta):
+            break
+        if float(hessenberg[k + 1, k].real) <= breakdown:
+            if singular is not None and residual > max(tol, eps**0.5) * float(beta):
+                raise SingularMatrixError(singular)
             break
         basis.append(w / hessenberg[k + 1, k])
     x = torch.stack(basis[: y.shape[0]], 1) @ y

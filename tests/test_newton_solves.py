@@ -385,3 +385,17 @@ def test_gmres_solves_complex_systems(dtype: torch.dtype) -> None:
     rhs = torch.randn(n, dtype=dtype, generator=generator)
     x = gmres(lambda v: matrix @ v, rhs, 1e-12, 50)
     torch.testing.assert_close(x, torch.linalg.solve(matrix, rhs), rtol=1e-10, atol=1e-12)
+
+
+def test_a_singular_preconditioner_in_radaus_error_estimate_fails_the_step() -> None:
+    """A preconditioner singular for the real coefficient only (radau's error estimate
+    solves with it) fails the step like a Newton failure: the solve stalls with a step-size
+    underflow naming the preconditioner, not a bare SingularMatrixError from the estimate."""
+
+    def singular_when_real(c: complex, r: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(r) if isinstance(c, float) else r.clone()
+
+    y0 = torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
+    solver = Radau(linear_solver="krylov", preconditioner=singular_when_real)
+    with pytest.raises(no.StepSizeUnderflowError, match="GMRES stalled with the preconditioner"):
+        no.solve(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), solver=solver)

@@ -264,9 +264,13 @@ class ImplicitRK(ImplicitStages):
             ks = torch.cat([k_first[None], ks])
         error = None
         if stages.solve is not None:  # (a replayed step needs no error estimate)
-            with torch.no_grad():
-                error = self._error(term, t0, y0d, h, z.detach(), lin, stages.solve, state, p0)
-            self.counters["factorisations"] += getattr(stages.solve, "factorisations", 0)
+            try:
+                with torch.no_grad():
+                    error = self._error(term, t0, y0d, h, z.detach(), lin, stages.solve, state, p0)
+            except SingularMatrixError as failure:  # (GMRES with a singular preconditioner)
+                return self._failed_step(t0, t1, y0, str(failure), extra, gmres=True)
+            finally:
+                self.counters["factorisations"] += getattr(stages.solve, "factorisations", 0)
         f1 = ks[-1] if tab.stiffly_accurate and tab.c[-1] == 1 else None
         extra.update(ks=ks, f0=lin.f0, p0=p0, stages=z.detach())
         return Step(t0, t1, y0, y1, error, list(ks), f1, extra, p1)

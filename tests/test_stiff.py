@@ -477,14 +477,22 @@ def test_auto_linear_solver_takes_gmres_where_direct_newton_matrices_are_too_big
     def solve(**options):
         solver = no.solvers.METHODS["radau"](**options)
         rates = torch.arange(1.0, 7.0, dtype=torch.float64)
-        return no.solve(lambda t, y: -y * rates, y0, ts, solver=solver, controller=controller)
+        sol = no.solve(lambda t, y: -y * rates, y0, ts, solver=solver, controller=controller)
+        return sol.ys, solver.counters["factorisations"]
 
+    # (GMRES's complex products can round differently from one run to the next with the
+    # buffers' alignment: the paths are told apart by their LU counts)
     direct, krylov = solve(linear_solver="direct"), solve(linear_solver="krylov")
-    assert solve().ys.equal(direct.ys)  # small: direct
+    assert direct[1] > 0 and krylov[1] == 0
+    auto = solve()  # small: direct
+    assert auto[1] == direct[1]
+    torch.testing.assert_close(auto[0], direct[0], rtol=1e-13, atol=1e-15)
     budget = 8 * 18 * 18 - 1  # radau's three stages of 6 entries, float64: one byte short
     monkeypatch.setattr(_newton, "NEWTON_BYTES", budget)
     monkeypatch.setattr(_implicit_stages, "NEWTON_BYTES", budget)
-    assert solve().ys.equal(krylov.ys)
+    auto = solve()
+    assert auto[1] == 0
+    torch.testing.assert_close(auto[0], krylov[0], rtol=1e-13, atol=1e-15)
     with pytest.raises(ValueError, match=r"linear_solver='direct' would build Newton matrices"):
         solve(linear_solver="direct")
 

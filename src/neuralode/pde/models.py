@@ -18,16 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .grid import Grid, Periodic
-from .preconditioner import DiffusionPreconditioner, _diffusivity_values
+from .preconditioner import DiffusionPreconditioner, check_order, diffusion_arguments
 from .spectral import spectral_laplacian
-from .stencils import ORDERS, gradient, laplacian
+from .stencils import gradient, laplacian
 
 FEATURES = ("u", "gradient", "laplacian")
-
-
-def _check_order(order: int) -> None:
-    if order not in ORDERS:
-        raise ValueError(f"order must be 2 or 4 (the stencils' order of accuracy), got {order!r}")
 
 
 def _check_state(owner: str, u: torch.Tensor, grid: Grid, channels: int, batched: bool) -> None:
@@ -73,13 +68,8 @@ class Diffusion(nn.Module):
         spectral: bool = False,
     ):
         super().__init__()
-        values = _diffusivity_values(diffusivity)
-        _check_order(order)
+        values = diffusion_arguments(grid, diffusivity, order, spectral)
         self.channels = None if values.ndim == 0 else values.numel()
-        if spectral and not all(isinstance(b, Periodic) for b in grid.boundaries):
-            raise ValueError(
-                "spectral=True needs a periodic grid; use the stencils (spectral=False)"
-            )
         self.grid, self.diffusivity, self.order, self.spectral = grid, diffusivity, order, spectral
 
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -149,7 +139,7 @@ class Advection(nn.Module):
             )
         if any(not math.isfinite(v) for v in components):
             raise ValueError(f"velocity must be finite, got {velocity!r}")
-        _check_order(order)
+        check_order(order)
         self.grid, self.velocity, self.order = grid, components, order
 
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -202,7 +192,7 @@ class PointwiseMLP(nn.Module):
         unknown = [f for f in features if f not in FEATURES]
         if unknown or not features:
             raise ValueError(f"features must be a non-empty subset of {FEATURES}, got {features!r}")
-        _check_order(order)
+        check_order(order)
         self.grid, self.features, self.order = grid, tuple(features), order
         self.channels = channels
         sizes = {"u": channels, "gradient": channels * grid.ndim, "laplacian": channels}

@@ -36,9 +36,19 @@ _COMPLEX = {
 }
 
 
-def _diffusivity_values(diffusivity: float | Sequence[float]) -> torch.Tensor:
-    """``diffusivity`` as a detached float64 tensor: 0-dim for a number, 1-D for one value
-    per channel; a ``ValueError`` unless every value is finite and non-negative."""
+def check_order(order: int) -> None:
+    """A ``ValueError`` unless ``order`` is a stencil's order of accuracy (2 or 4)."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be 2 or 4 (the stencils' order of accuracy), got {order!r}")
+
+
+def diffusion_arguments(
+    grid: Grid, diffusivity: float | Sequence[float], order: int, spectral: bool
+) -> torch.Tensor:
+    """The checks of a diffusion term's arguments (``Diffusion``, ``DiffusionPreconditioner``):
+    ``diffusivity`` as a detached float64 tensor, 0-dim for a number, 1-D for one value per
+    channel; a ``ValueError`` unless every value is finite and non-negative, ``order`` is 2 or
+    4 and ``spectral`` has a periodic grid."""
     try:  # a number (Python, NumPy or a 0-dim tensor) or one per channel
         values = torch.as_tensor(diffusivity, dtype=torch.float64).detach()
     except (TypeError, ValueError, RuntimeError):
@@ -50,6 +60,9 @@ def _diffusivity_values(diffusivity: float | Sequence[float]) -> torch.Tensor:
         )
     if not values.numel() or not bool(((values >= 0) & (values < math.inf)).all()):
         raise ValueError(f"diffusivity must be finite and non-negative, got {diffusivity!r}")
+    check_order(order)
+    if spectral and not all(isinstance(b, Periodic) for b in grid.boundaries):
+        raise ValueError("spectral=True needs a periodic grid; use the stencils (spectral=False)")
     return values
 
 
@@ -149,15 +162,7 @@ class DiffusionPreconditioner:
     ):
         if not isinstance(grid, Grid):
             raise ValueError(f"grid must be a pde.Grid, got {type(grid).__name__}")
-        values = _diffusivity_values(diffusivity)
-        if order not in ORDERS:
-            raise ValueError(
-                f"order must be 2 or 4 (the stencils' order of accuracy), got {order!r}"
-            )
-        if spectral and not all(isinstance(b, Periodic) for b in grid.boundaries):
-            raise ValueError(
-                "spectral=True needs a periodic grid; use the stencils (spectral=False)"
-            )
+        values = diffusion_arguments(grid, diffusivity, order, spectral)
         self.grid, self.order, self.spectral = grid, order, bool(spectral)
         self.channels = None if values.ndim == 0 else values.numel()
         self._diffusivity = values

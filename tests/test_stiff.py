@@ -15,6 +15,7 @@ import torch
 from problems import HIRES, ROBERTSON, VDP_STIFF, StiffProblem
 
 import neuralode as no
+from neuralode._norms import rms_norm
 from neuralode._term import ODETerm
 from neuralode._tree import tree_spec
 from neuralode.solvers import (
@@ -608,3 +609,47 @@ def test_a_failed_step_at_min_step_is_not_retried_unchanged() -> None:
         )
     assert "failed in the Newton iteration" in str(caught.value)
     assert solver.counters["newton_failures"] == 1
+
+
+def test_radau_does_not_grow_the_step_right_after_a_rejection(monkeypatch) -> None:
+    """Hairer's rule (RADAU5): the step after a rejected one may not grow. Without it a
+    Newton failure (a rejection) shrinks the step by dfactor and the next accepted step grows
+    straight back into the failure: van der Pol, mu = 1000, at rtol 1e-4 takes 348
+    rejections (231 Newton failures) instead of 193 (85), and 27% more evaluations."""
+    controller = no.PIController(rtol=1e-4, atol=1e-8)
+    ts = VDP_STIFF.ts_tensor(None)
+    runs = {}
+    for hold in (True, False):
+        monkeypatch.setattr(Radau, "hold_after_reject", hold)
+        solver = Radau()
+        sol = no.solve(VDP_STIFF.f, VDP_STIFF.y0_tensor(), ts, solver=solver, controller=controller)
+        error = _tolerance_units(sol.ys, VDP_STIFF.reference(None), 1e-4, 1e-8)
+        runs[hold] = (
+            sol.stats.nfe,
+            sol.stats.n_rejected,
+            solver.counters["newton_failures"],
+            error,
+        )
+    (held_nfe, held_rejected, held_failures, held_error) = runs[True]
+    (free_nfe, free_rejected, free_failures, _) = runs[False]
+    assert held_error < 1
+    assert held_rejected < 0.7 * free_rejected and held_failures < 0.5 * free_failures
+    assert held_nfe < 0.85 * free_nfe
+
+
+def test_the_hold_after_a_rejection_caps_the_next_step() -> None:
+    """The controller's host loop: after a rejection, an accepted step is followed by one of
+    its own size at most where the solver asks for it; a rejection still shrinks; explicit
+    methods keep growing (their steps as torchdiffeq's and diffrax's)."""
+    control = no.PIController(rtol=1e-6, atol=1e-9, first_step=0.1)
+    y0 = torch.ones(3, dtype=torch.float64)
+    small = torch.full_like(y0, 1e-12)
+    for solver, held in ((Radau(), True), (no.solvers.Dopri5(), False)):
+        f0 = -y0
+        _, state = control.init(None, solver, [0.0, 1.0], y0, f0, rms_norm)
+        accepted, t_next, state = control.adapt(0.0, 0.1, y0, y0, small, state)
+        assert accepted and t_next > 0.2  # grows after an accepted step
+        rejected, t_retry, state = control.adapt(0.1, 0.5, y0, y0, 1e3 * y0, state)
+        assert not rejected and t_retry < 0.5  # shrinks
+        accepted, t_next, state = control.adapt(0.1, 0.2, y0, y0, small, state)
+        assert accepted and (t_next == pytest.approx(0.3) if held else t_next > 0.3)

@@ -34,6 +34,9 @@ class _PIState:
     last: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     # whether this solve has warned of a step accepted at min_step (once per solve)
     warned_min_step: bool = False
+    # the solver's ``hold_after_reject`` and whether the last attempt was rejected
+    hold: bool = False
+    rejected: bool = False
 
 
 class PIController(StepSizeController):
@@ -176,7 +179,8 @@ class PIController(StepSizeController):
             dt = select_initial_step(term, ts[0], y0, f0, direction, exponent, rtol, atol, norm)
         else:
             dt = self.first_step
-        return self._first_proposal(ts, direction, dt), _PIState(norm, exponent, 1.0, rtol, atol)
+        state = _PIState(norm, exponent, 1.0, rtol, atol, hold=solver.hold_after_reject)
+        return self._first_proposal(ts, direction, dt), state
 
     def init_compiled(
         self, term: ODETerm, solver: Solver, ts: list[float], y0: torch.Tensor, norm: Norm
@@ -212,7 +216,7 @@ class PIController(StepSizeController):
             term.nfe += 2
             dt, d1 = pair.tolist()
             check_f0_norm(d1, ts[0])
-        state = _PIState(norm, exponent, 1.0, rtol, atol)
+        state = _PIState(norm, exponent, 1.0, rtol, atol, hold=solver.hold_after_reject)
         return f0, self._first_proposal(ts, direction, dt), state
 
     def _setup(
@@ -242,6 +246,10 @@ class PIController(StepSizeController):
         ratio: float | None = None,
     ) -> tuple[bool, float, _PIState]:
         """Judge a step by its error, or by its ``ratio`` when already computed.
+
+        After a rejected attempt, an accepted step is not followed by a larger one where the
+        solver asks for it (``Solver.hold_after_reject``: the implicit methods, which run on
+        this host loop only; Hairer's rule in RADAU5).
 
         Arguments:
             t0: the start time of the step.
@@ -273,6 +281,9 @@ class PIController(StepSizeController):
         accept, new_size, previous = self.decide(
             ratio, abs(dt), state.previous_ratio, state.exponent
         )
+        if accept and state.hold and state.rejected:  # (the solver's hold_after_reject)
+            new_size = min(new_size, abs(dt))
+        state.rejected = not accept
         if accept and not ratio <= 1 and not state.warned_min_step:  # (forced: at min_step)
             state.warned_min_step = True
             warnings.warn(

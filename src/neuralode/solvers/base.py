@@ -75,6 +75,9 @@ class Solver(abc.ABC):
     error_order: int | None = None
     #: a multistep method carries past values in its state (checkpointing needs one-step)
     multistep: bool = False
+    #: the step after a rejected one may not grow (Hairer's rule in RADAU5: a rejection,
+    #: e.g. a Newton failure, would otherwise be followed by growing straight back)
+    hold_after_reject: bool = False
 
     @property
     def adaptive(self) -> bool:

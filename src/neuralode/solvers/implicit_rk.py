@@ -86,6 +86,7 @@ class ImplicitRK(ImplicitStages):
     """
 
     tableau: ClassVar[ImplicitTableau]
+    hold_after_reject = True
     #: iteration caps without and with error control (where a failure only shrinks the step)
     default_max_iters: ClassVar[int] = 30
     adaptive_max_iters: ClassVar[int] = 30

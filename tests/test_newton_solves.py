@@ -399,3 +399,34 @@ def test_a_singular_preconditioner_in_radaus_error_estimate_fails_the_step() -> 
     solver = Radau(linear_solver="krylov", preconditioner=singular_when_real)
     with pytest.raises(no.StepSizeUnderflowError, match="GMRES stalled with the preconditioner"):
         no.solve(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), solver=solver)
+
+
+def test_krylov_newton_under_torch_func_transforms() -> None:
+    """Newton-Krylov inside vmap (the Jacobian-vector products by torch.func, where
+    requires_grad_ is refused) equals solving each problem alone, and its gradients under
+    grad(vmap(...)) and vmap(grad(...)) (the transposed solve by torch.func's
+    vector-Jacobian products, or by the dense solve where the gradient is batched) equal
+    the direct linear solver's."""
+    y0s = torch.linspace(0.2, 1.4, 12, dtype=torch.float64).reshape(3, 4)
+    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    rates = torch.arange(1.0, 5.0, dtype=torch.float64)
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -rates * y - y**3
+
+    def last(y: torch.Tensor, linear_solver: str) -> torch.Tensor:
+        solver = Radau(linear_solver=linear_solver, krylov_tol=1e-12)
+        return no.solve(f, y, ts, solver=solver).ys[-1]
+
+    vmapped = torch.func.vmap(lambda y: last(y, "krylov"))(y0s)
+    alone = torch.stack([last(y, "krylov") for y in y0s])
+    torch.testing.assert_close(vmapped, alone, rtol=1e-12, atol=1e-14)
+
+    def total(ys: torch.Tensor, linear_solver: str) -> torch.Tensor:
+        return torch.func.vmap(lambda y: last(y, linear_solver))(ys).sum()
+
+    direct = torch.func.grad(lambda ys: total(ys, "direct"))(y0s)
+    outside = torch.func.grad(lambda ys: total(ys, "krylov"))(y0s)
+    inside = torch.func.vmap(torch.func.grad(lambda y: last(y, "krylov").sum()))(y0s)
+    torch.testing.assert_close(outside, direct, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(inside, direct, rtol=1e-9, atol=1e-12)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .._host import vmap_active
 from .._term import ODETerm
 from ._newton import BatchLayout, block_jacobian, from_blocks, gmres, newton_matrix, to_blocks
 
@@ -55,9 +56,26 @@ def transposed_solve(
     krylov: tuple[float, int] | None,
 ) -> torch.Tensor:
     """u with (I - h (A kron J(Y)))^H u = grad, J at each stage: by GMRES on
-    vector-Jacobian products with ``krylov`` (its tolerance and dimension), else by
-    factorising the block Jacobians."""
+    vector-Jacobian products with ``krylov`` (its tolerance and dimension), else (and under
+    vmap, whose batched residuals GMRES cannot read on the host) by factorising the block
+    Jacobians."""
     m = len(stage_times)
+    if krylov is not None and vmap_active():
+        krylov = None  # GMRES reads its residuals on the host, which a vmapped gradient cannot
+    if krylov is not None and torch._C._functorch.maybe_current_level() is not None:
+        # inside a torch.func transform (grad over solve), where requires_grad_ is refused:
+        # the stages' vector-Jacobian products by torch.func
+        pullbacks = [
+            torch.func.vjp(lambda y, t=t, p=p: term(t, y, p), stages[i])[1]
+            for i, (t, p) in enumerate(stage_times)
+        ]
+
+        def pulled(u: torch.Tensor) -> torch.Tensor:
+            w = a.T.to(u.dtype) @ u
+            return u - h * torch.stack([pull(wi)[0] for pull, wi in zip(pullbacks, w)])
+
+        with torch.no_grad():
+            return gmres(pulled, grad, *krylov)
     if krylov is not None:
         vjps = []
         with torch.enable_grad():

@@ -210,11 +210,18 @@ class JacobianVectorProduct:
     def __init__(self, term: ODETerm, t: float, y: torch.Tensor, perturb: float):
         self.term, self.t, self.perturb = term, t, perturb
         self.y = y.detach()
+        self._u = self._functorch_jvp = None
+        if torch._C._functorch.maybe_current_level() is not None:
+            # inside a torch.func transform (vmap over solve), where requires_grad_ is
+            # refused: the same double vector-Jacobian product, by torch.func
+            out, vjp = torch.func.vjp(lambda v: term(t, v, perturb), self.y)
+            self.f = out.detach()
+            _, self._functorch_jvp = torch.func.vjp(lambda u: vjp(u)[0], torch.zeros_like(out))
+            return
         with torch.enable_grad():
             yv = self.y.clone().requires_grad_(True)
             out = term(t, yv, perturb)
             self.f = out.detach()
-            self._u = None
             if out.requires_grad:
                 u = torch.zeros_like(out, requires_grad=True)
                 (vjp,) = torch.autograd.grad(out, yv, u, create_graph=True)
@@ -222,6 +229,8 @@ class JacobianVectorProduct:
                     self._u, self._vjp = u, vjp
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if self._functorch_jvp is not None:
+            return self._functorch_jvp(v)[0]
         if self._u is not None:
             with torch.enable_grad():
                 (jv,) = torch.autograd.grad(self._vjp, self._u, v, retain_graph=True)

@@ -87,7 +87,8 @@ class TriangularSplit:
 
     def __init__(self, structure: Triangular, h: float):
         self.a, self.h = structure.a, h
-        self.diagonal = sorted({float(d) for d in np.diag(structure.a)})
+        # the coefficients d of the systems (I - h d J) solved: the distinct diagonal entries
+        self.coefficients = [complex(d) for d in sorted({float(d) for d in np.diag(structure.a)})]
 
     def __call__(
         self,
@@ -126,6 +127,8 @@ class EigenSplit:
         self.t_inv = torch.from_numpy(eigen.t_inv).to(dtype=cdtype, device=device)
         real = not dtype.is_complex
         self.solved = [i for i, p in enumerate(eigen.partner) if not (real and p is not None)]
+        # the coefficients d of the systems (I - h d J) solved
+        self.coefficients = [eigen.values[i] for i in self.solved]
 
     def __call__(
         self,
@@ -146,6 +149,18 @@ class EigenSplit:
                 x[j] = x[i].conj()
         out = self.t @ x
         return out.real if real else out
+
+
+def stage_split(
+    structure: Eigenbasis | Triangular | None, h: float, dtype: torch.dtype, device: torch.device
+) -> EigenSplit | TriangularSplit | None:
+    """The split of the stage systems that ``structure`` (``stage_structure``) allows, for a
+    state of ``dtype`` on ``device``, or ``None`` (the whole matrix)."""
+    if structure is None:
+        return None
+    if isinstance(structure, Triangular):
+        return TriangularSplit(structure, h)
+    return EigenSplit(structure, dtype, device)
 
 
 class DenseSolve:
@@ -171,17 +186,12 @@ class DenseSolve:
         self.m = a.shape[0]
         self.factorisations = 0
         self._shifted: dict[complex, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._split: EigenSplit | TriangularSplit | None = None
-        if structure is None:
+        self._split = stage_split(structure, h, jacobians.dtype, jacobians.device)
+        if self._split is None:
             self._whole = self._factorise(newton_matrix(h, a, jacobians))
-        elif isinstance(structure, Triangular):
-            self._split = TriangularSplit(structure, h)
-            for d in self._split.diagonal:
-                self._shift(complex(d))
         else:
-            self._split = EigenSplit(structure, jacobians.dtype, jacobians.device)
-            for i in self._split.solved:
-                self._shift(structure.values[i])
+            for d in self._split.coefficients:
+                self._shift(d)
 
     def _factorise(self, matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.factorisations += 1

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._dense_solve import Eigenbasis, EigenSplit, Triangular, TriangularSplit
+from ._dense_solve import Eigenbasis, Triangular, stage_split
 from ._newton import JacobianVectorProduct, gmres
 
 #: preconditioner(c, r) ≈ (I - c J)^-1 r, r shaped like the state
@@ -49,19 +49,12 @@ class KrylovSolve:
     ):
         self.h, self.a, self.jvp, self.tol, self.dim = h, a, jvp, tol, dim
         self.preconditioner, self.shape = preconditioner, shape
-        self.products = 0  # Jacobian-vector products
-        self._split: EigenSplit | TriangularSplit | None = None
-        if isinstance(structure, Triangular):
-            self._split = TriangularSplit(structure, h)
-        elif structure is not None:
-            self._split = EigenSplit(structure, jvp.y.dtype, jvp.y.device)
+        self._split = stage_split(structure, h, jvp.y.dtype, jvp.y.device)
 
     def _jv(self, v: torch.Tensor) -> torch.Tensor:
         """J v; for a complex v of a real state, J v.real + i J v.imag."""
         if v.is_complex() and not self.jvp.y.is_complex():
-            self.products += 2
             return torch.complex(self.jvp(v.real.contiguous()), self.jvp(v.imag.contiguous()))
-        self.products += 1
         return self.jvp(v)
 
     def _precondition(self, c: complex) -> Callable[[torch.Tensor], torch.Tensor] | None:

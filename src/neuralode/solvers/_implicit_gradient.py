@@ -62,42 +62,15 @@ def transposed_solve(
     m = len(stage_times)
     if krylov is not None and vmap_active():
         krylov = None  # GMRES reads its residuals on the host, which a vmapped gradient cannot
-    if krylov is not None and torch._C._functorch.maybe_current_level() is not None:
-        # inside a torch.func transform (grad over solve), where requires_grad_ is refused:
-        # the stages' vector-Jacobian products by torch.func
-        pullbacks = [
-            torch.func.vjp(lambda y, t=t, p=p: term(t, y, p), stages[i])[1]
-            for i, (t, p) in enumerate(stage_times)
-        ]
+    pullbacks = None if krylov is None else _stage_pullbacks(term, stages, stage_times)
+    if pullbacks is not None:
 
-        def pulled(u: torch.Tensor) -> torch.Tensor:
+        def matvec(u: torch.Tensor) -> torch.Tensor:
             w = a.T.to(u.dtype) @ u
-            return u - h * torch.stack([pull(wi)[0] for pull, wi in zip(pullbacks, w)])
+            return u - h * torch.stack([pull(wi) for pull, wi in zip(pullbacks, w)])
 
         with torch.no_grad():
-            return gmres(pulled, grad, *krylov)
-    if krylov is not None:
-        vjps = []
-        with torch.enable_grad():
-            for i, (t, p) in enumerate(stage_times):
-                yi = stages[i].detach().requires_grad_(True)
-                out = term(t, yi, p)
-                vjps.append((out, yi))
-        if all(out.requires_grad for out, _ in vjps):
-
-            def matvec(u: torch.Tensor) -> torch.Tensor:
-                w = a.T.to(u.dtype) @ u
-                rows = []
-                with torch.enable_grad():
-                    for (out, yi), wi in zip(vjps, w):
-                        (g,) = torch.autograd.grad(
-                            out, yi, wi, retain_graph=True, allow_unused=True
-                        )
-                        rows.append(torch.zeros_like(wi) if g is None else g)
-                return u - h * torch.stack(rows)
-
-            with torch.no_grad():
-                return gmres(matvec, grad, *krylov)
+            return gmres(matvec, grad, *krylov)
     with torch.no_grad():
         jacobians = torch.stack(
             [
@@ -109,6 +82,37 @@ def transposed_solve(
         matrix = newton_matrix(h, a, jacobians)
         out = torch.linalg.solve(matrix.mH, to_blocks(grad, layout)[..., None])[..., 0]
         return from_blocks(out, layout, m)
+
+
+def _stage_pullbacks(
+    term: ODETerm, stages: torch.Tensor, stage_times: list[tuple[float, float]]
+) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
+    """w -> J(Y_i)^H w at each stage, by one evaluation of f per stage: by torch.func inside
+    a transform (where requires_grad_ is refused), else by autograd; ``None`` where f's
+    output does not depend on y through autograd (f detaches)."""
+    if torch._C._functorch.maybe_current_level() is not None:
+        vjps = [
+            torch.func.vjp(lambda y, t=t, p=p: term(t, y, p), stages[i])[1]
+            for i, (t, p) in enumerate(stage_times)
+        ]
+        return [lambda w, vjp=vjp: vjp(w)[0] for vjp in vjps]
+    graphs = []
+    with torch.enable_grad():
+        for i, (t, p) in enumerate(stage_times):
+            yi = stages[i].detach().requires_grad_(True)
+            graphs.append((term(t, yi, p), yi))
+    if not all(out.requires_grad for out, _ in graphs):
+        return None
+
+    def pullback(out: torch.Tensor, yi: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        def pull(w: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(out, yi, w, retain_graph=True, allow_unused=True)
+            return torch.zeros_like(w) if g is None else g
+
+        return pull
+
+    return [pullback(out, yi) for out, yi in graphs]
 
 
 class _FirstDerivativeOnly(torch.autograd.Function):

@@ -232,6 +232,31 @@ class DiffusionPreconditioner:
             ValueError: a ``c`` that is not a finite number, an ``r`` that does not fit the
                 grid, or without one channel per diffusivity (given one per channel).
         """
+        return self._solve(c, r, adjoint=False)
+
+    def transposed(self, c: float | complex, r: torch.Tensor) -> torch.Tensor:
+        """x = (I - c D Laplacian_h)^-H r = (I - conj(c) D Laplacian_h^H)^-1 r: the adjoint
+        of ``self(c, .)`` for the same ``c`` (the transpose for a real ``c``), exact also
+        where the Laplacian is not symmetric (Neumann boundaries). The implicit solvers use
+        it to precondition their gradients' transposed GMRES solves.
+
+        Arguments:
+            c: the shift, as for ``__call__``.
+            r: the right-hand side, as for ``__call__``.
+
+        Returns:
+            x, of ``r``'s shape and dtype; for a complex ``c`` and a real ``r``, of ``r``'s
+            complex dtype.
+
+        Raises:
+            ValueError: as ``__call__``.
+        """
+        return self._solve(c, r, adjoint=True)
+
+    def _solve(self, c: float | complex, r: torch.Tensor, adjoint: bool) -> torch.Tensor:
+        """(I - c D Laplacian_h)^-1 r, or with ``adjoint`` its adjoint applied to r: with
+        Laplacian_h = V diag(lambda) V^-1 (V the Kronecker product of the axes'), the
+        adjoint of V diag(s) V^-1 is V^-H diag(conj(s)) V^H."""
         if isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Number):
             raise ValueError(f"c must be a real or complex number (a float or complex), got {c!r}")
         if not math.isfinite(abs(complex(c))):  # type: ignore[arg-type]
@@ -250,12 +275,17 @@ class DiffusionPreconditioner:
         shift: float | complex = float(complex(c).real) if real_c else complex(c)  # type: ignore[arg-type]
         work_dtype = r.dtype if r.is_complex() or real_c else _complex(r.dtype)
         scaled, *matrices = self._factors(work_dtype, r.device)
+        vectors, inverses = matrices[0::2], matrices[1::2]
+        into, back, denominator = inverses, vectors, 1 - shift * scaled
+        if adjoint:
+            into, back = [v.mH for v in vectors], [w.mH for w in inverses]
+            denominator = denominator.conj()
         x = r.to(work_dtype)
-        for axis in range(ndim):  # into the eigenbasis: (V_0^-1 (x) V_1^-1) r
-            x = _along(x, matrices[2 * axis + 1], axis - ndim)
-        x = x / (1 - shift * scaled)
-        for axis in range(ndim):  # back: (V_0 (x) V_1) x
-            x = _along(x, matrices[2 * axis], axis - ndim)
+        for axis in range(ndim):  # into the eigenbasis: (V_0^-1 (x) V_1^-1) r, or V^H r
+            x = _along(x, into[axis], axis - ndim)
+        x = x / denominator
+        for axis in range(ndim):  # back: (V_0 (x) V_1) x, or V^-H x
+            x = _along(x, back[axis], axis - ndim)
         # a complex eigenbasis of a real problem: the solution is real up to rounding
         return x.real if x.is_complex() and not work_dtype.is_complex else x
 

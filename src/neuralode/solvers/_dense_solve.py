@@ -35,6 +35,11 @@ class Eigenbasis:
     t_inv: np.ndarray  # (m, m) complex
     partner: tuple[int | None, ...]
 
+    def transposed(self) -> Eigenbasis:
+        """The eigenbasis of A^T = T^-T diag(values) T^T: the same eigenvalues and partners
+        (the rows of T^-1 of conjugate eigenvalues are conjugate, as T's columns are)."""
+        return Eigenbasis(self.values, self.t_inv.T.copy(), self.t.T.copy(), self.partner)
+
 
 def eigenbasis(a: np.ndarray) -> Eigenbasis | None:
     """The eigenbasis of the implicit block ``a``, or ``None`` where its eigenvalues are not

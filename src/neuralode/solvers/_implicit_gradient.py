@@ -16,7 +16,8 @@ import torch
 
 from .._host import vmap_active
 from .._term import ODETerm
-from ._newton import BatchLayout, block_jacobian, from_blocks, gmres, newton_matrix, to_blocks
+from ._krylov_solve import preconditioned_gmres
+from ._newton import BatchLayout, block_jacobian, from_blocks, newton_matrix, to_blocks
 
 
 def tie_adjoint(
@@ -54,11 +55,17 @@ def transposed_solve(
     layout: BatchLayout,
     grad: torch.Tensor,
     krylov: tuple[float, int] | None,
+    precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """u with (I - h (A kron J(Y)))^H u = grad, J at each stage: by GMRES on
-    vector-Jacobian products with ``krylov`` (its tolerance and dimension), else (and under
-    vmap, whose batched residuals GMRES cannot read on the host) by factorising the block
-    Jacobians."""
+    vector-Jacobian products with ``krylov`` (its tolerance and dimension), preconditioned
+    on the right by ``precondition`` where given (v -> ≈ (I - h (A^T kron J^H))^-1 v on
+    (m, N), see ``_krylov_solve.transposed_preconditioner``), else (and under vmap, whose
+    batched residuals GMRES cannot read on the host) by factorising the block Jacobians.
+
+    Raises:
+        SingularMatrixError: GMRES stalls with ``precondition`` (a singular one).
+    """
     m = len(stage_times)
     if krylov is not None and vmap_active():
         krylov = None  # GMRES reads its residuals on the host, which a vmapped gradient cannot
@@ -70,7 +77,7 @@ def transposed_solve(
             return u - h * torch.stack([pull(wi) for pull, wi in zip(pullbacks, w)])
 
         with torch.no_grad():
-            return gmres(matvec, grad, *krylov)
+            return preconditioned_gmres(matvec, grad, *krylov, precondition)
     with torch.no_grad():
         jacobians = torch.stack(
             [

@@ -25,7 +25,7 @@ from .._host import plain_factories
 from .._term import ODETerm
 from ._dense_solve import DenseSolve, Eigenbasis, Triangular, stage_structure
 from ._implicit_gradient import tie_adjoint, transposed_solve
-from ._krylov_solve import KrylovSolve, Preconditioner
+from ._krylov_solve import KrylovSolve, Preconditioner, transposed_preconditioner
 from ._newton import (
     NEWTON_BYTES,
     BatchLayout,
@@ -281,8 +281,14 @@ class ImplicitStages(Solver):
         krylov = (self.krylov_tol, self.krylov_dim) if use_krylov else None
 
         def solve(grad: torch.Tensor) -> torch.Tensor:
+            precondition = None
+            if krylov is not None and eq.term.spec.is_leaf:  # (a preconditioner's state)
+                shape = tuple(eq.term.spec.shapes[0])
+                precondition = transposed_preconditioner(
+                    self.preconditioner, eq.h, eq.co.a, eq.co.structure, shape
+                )
             return transposed_solve(
-                eq.term, eq.h, eq.co.a, stages, eq.times, eq.layout, grad, krylov
+                eq.term, eq.h, eq.co.a, stages, eq.times, eq.layout, grad, krylov, precondition
             )
 
         return tie_adjoint(z, z_graph, values, solve, self.name)

@@ -11,6 +11,15 @@ GMRES stalls, fails the step; an x not of r's shape and dtype, or non-finite, is
 ValueError). Where A is lower triangular (SDIRK and ESDIRK methods) the stages are solved
 one after another, one GMRES each; with neither structure one GMRES solves all stages,
 preconditioned stage by stage with A's diagonal.
+
+The gradient of a step solves the transposed system (I - h (A kron J(Y_i)))^H u = g over all
+stages at once (``_implicit_gradient.transposed_solve``). A preconditioner with a method
+``transposed(c, r)`` ≈ (I - c J)^-H r = (I - conj(c) J^H)^-1 r, the adjoint of
+``preconditioner(c, .)`` for the same c, preconditions it on the right too
+(``transposed_preconditioner``): through A^T's eigenbasis (A's eigenvalues), else stage by
+stage with A's diagonal, with one J standing for every stage's J(Y_i), so it is approximate
+there and changes the iterations only. A preconditioner without ``transposed`` leaves that
+GMRES unpreconditioned.
 """
 
 from __future__ import annotations
@@ -22,7 +31,8 @@ import torch
 from ._dense_solve import Eigenbasis, Triangular, stage_split
 from ._newton import JacobianVectorProduct, gmres
 
-#: preconditioner(c, r) ≈ (I - c J)^-1 r, r shaped like the state
+#: preconditioner(c, r) ≈ (I - c J)^-1 r, r shaped like the state; optionally with a method
+#: transposed(c, r) ≈ (I - c J)^-H r for the gradient's transposed solves (module docstring)
 Preconditioner = Callable[[complex, torch.Tensor], torch.Tensor]
 
 _SINGULAR = (
@@ -58,47 +68,9 @@ class KrylovSolve:
         return self.jvp(v)
 
     def _precondition(self, c: complex) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        user = self.preconditioner
-        if user is None:
+        if self.preconditioner is None:
             return None
-
-        def apply(v: torch.Tensor) -> torch.Tensor:
-            r = v.reshape(self.shape)
-            x = user(c, r)
-            # a wrong x would otherwise surface as a reshape error, a real x for a complex r
-            # as Newton failures blamed on GMRES, a NaN as LAPACK's error
-            if not isinstance(x, torch.Tensor) or x.shape != r.shape or x.dtype != r.dtype:
-                got = (
-                    f"a tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
-                    if isinstance(x, torch.Tensor)
-                    else type(x).__name__
-                )
-                raise ValueError(
-                    f"preconditioner(c, r) must return x of r's shape and dtype "
-                    f"({tuple(r.shape)}, {r.dtype}), got {got} (c={c!r})"
-                )
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError(
-                    f"preconditioner(c, r) returned non-finite values for a finite r (c={c!r})"
-                )
-            return x.reshape(v.shape)
-
-        return apply
-
-    def _gmres(
-        self,
-        matvec: Callable[[torch.Tensor], torch.Tensor],
-        rhs: torch.Tensor,
-        precondition: Callable[[torch.Tensor], torch.Tensor] | None,
-    ) -> torch.Tensor:
-        """GMRES for matvec(x) = rhs, right-preconditioned by ``precondition`` when given."""
-        if precondition is None:
-            return gmres(matvec, rhs, self.tol, self.dim)
-        # a singular preconditioner (e.g. one returning zeros) leaves part of the residual
-        # out of GMRES's reach, and a Newton update without that part would pass the
-        # convergence test: the step fails instead
-        x = gmres(lambda v: matvec(precondition(v)), rhs, self.tol, self.dim, singular=_SINGULAR)
-        return precondition(x)
+        return _checked(self.preconditioner, c, self.shape, "preconditioner")
 
     def _solve_shift(self, c: complex, r: torch.Tensor) -> torch.Tensor:
         """(I - c J)^-1 r, right-preconditioned."""
@@ -106,7 +78,7 @@ class KrylovSolve:
         def matvec(x: torch.Tensor) -> torch.Tensor:
             return x - c * self._jv(x)
 
-        return self._gmres(matvec, r, self._precondition(c))
+        return preconditioned_gmres(matvec, r, self.tol, self.dim, self._precondition(c))
 
     def __call__(self, rhs: torch.Tensor) -> torch.Tensor:
         if self._split is None:
@@ -127,14 +99,102 @@ class KrylovSolve:
             return x - self.h * (a @ jx)
 
         if self.preconditioner is None:
-            return self._gmres(matvec, rhs, None)
+            return preconditioned_gmres(matvec, rhs, self.tol, self.dim, None)
         blocks = [self._precondition(self.h * float(a[i, i].real)) for i in range(len(a))]
 
         def precondition(v: torch.Tensor) -> torch.Tensor:
             return torch.stack([block(row) for block, row in zip(blocks, v)])
 
-        return self._gmres(matvec, rhs, precondition)
+        return preconditioned_gmres(matvec, rhs, self.tol, self.dim, precondition)
 
     def shifted(self, d: float, rhs: torch.Tensor) -> torch.Tensor:
         """(I - h d J)^-1 r for r given as (k, N), row by row."""
         return torch.stack([self._solve_shift(self.h * d, row) for row in rhs])
+
+
+def preconditioned_gmres(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    tol: float,
+    dim: int,
+    precondition: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor:
+    """GMRES for matvec(x) = rhs, right-preconditioned by ``precondition`` when given.
+
+    Raises:
+        SingularMatrixError: GMRES stalls on the preconditioned operator (a singular
+            preconditioner).
+    """
+    if precondition is None:
+        return gmres(matvec, rhs, tol, dim)
+    # a singular preconditioner (e.g. one returning zeros) leaves part of the residual out
+    # of GMRES's reach, and a Newton update without that part would pass the convergence
+    # test: the solve fails instead
+    x = gmres(lambda v: matvec(precondition(v)), rhs, tol, dim, singular=_SINGULAR)
+    return precondition(x)
+
+
+def transposed_preconditioner(
+    preconditioner: Preconditioner | None,
+    h: float,
+    a: torch.Tensor,
+    structure: Eigenbasis | Triangular | None,
+    shape: tuple[int, ...],
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """v -> ≈ (I - h (A^T kron J^H))^-1 v for v given as (m, N), from
+    ``preconditioner.transposed`` (``None`` without one): the right preconditioner of the
+    gradient's transposed solve. Through A^T's eigenbasis where A diagonalises, the
+    system (I - h d J^H) of an eigenvalue d being ``transposed(conj(h d), .)``; else stage
+    by stage with A's diagonal. ``a``: A, in the state's dtype, on its device."""
+    transposed = getattr(preconditioner, "transposed", None)
+    if transposed is None:
+        return None
+    eigen = structure.transposed() if isinstance(structure, Eigenbasis) else None
+    split = stage_split(eigen, h, a.dtype, a.device)
+    if split is not None:
+
+        def solve_one(d: complex, w: torch.Tensor) -> torch.Tensor:
+            c = h * (d if w.is_complex() else d.real)
+            return _checked(transposed, c.conjugate(), shape, "preconditioner.transposed")(w)
+
+        return lambda v: split(v, solve_one)
+    blocks = [
+        _checked(transposed, h * float(a[i, i].real), shape, "preconditioner.transposed")
+        for i in range(len(a))
+    ]
+    return lambda v: torch.stack([block(row) for block, row in zip(blocks, v)])
+
+
+def _checked(
+    user: Callable[[complex, torch.Tensor], torch.Tensor],
+    c: complex,
+    shape: tuple[int, ...] | None,
+    name: str,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """v -> user(c, v) on v reshaped to ``shape``, checked: x of r's shape and dtype, and
+    finite (``name`` names ``user`` in the errors).
+
+    Raises:
+        ValueError: an x not of r's shape and dtype, or non-finite.
+    """
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        r = v.reshape(shape)
+        x = user(c, r)
+        # a wrong x would otherwise surface as a reshape error, a real x for a complex r as
+        # Newton failures blamed on GMRES, a NaN as LAPACK's error
+        if not isinstance(x, torch.Tensor) or x.shape != r.shape or x.dtype != r.dtype:
+            got = (
+                f"a tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+                if isinstance(x, torch.Tensor)
+                else type(x).__name__
+            )
+            raise ValueError(
+                f"{name}(c, r) must return x of r's shape and dtype "
+                f"({tuple(r.shape)}, {r.dtype}), got {got} (c={c!r})"
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name}(c, r) returned non-finite values for a finite r (c={c!r})")
+        return x.reshape(v.shape)
+
+    return apply

@@ -214,6 +214,120 @@ def test_non_finite_field_mid_solve() -> None:
     assert "from t=1 produced non-finite values" in str(info.value)
 
 
+def _failing_after(t0: float):
+    """A field finite at ``t0`` only (one problem, or per sample): every step from t0 fails
+    with NaN, whatever its size."""
+
+    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        at_t0 = t == t0 if t.ndim == 0 else (t == t0)[:, None]
+        return torch.where(at_t0, -y, y * float("nan"))
+
+    return field
+
+
+def _message_dt(message: str) -> float:
+    """The step size an error message reports (``dt=...``)."""
+    return float(re.search(r"dt=(-?[\d.]+(?:e[-+]\d+)?)", message).group(1))
+
+
+# (t0, t1): from t = 0 the old test, "the step cannot change t", let the step shrink to
+# subnormals (about 460 attempts); from t = 5 it stopped as the floor now does
+FAILING_SPANS = [(0.0, 1.0), (0.0, -1.0), (5.0, 6.0)]
+
+
+def _floor_attempts(t0: float, t1: float) -> tuple[float, int]:
+    """The step floor of a solve from ``t0`` to ``t1`` (4 ulps of max(|t|, |t1 - t0|):
+    8.9e-16 from 0 and 4.4e-15 from 5 here) and the attempts from first_step 0.01,
+    shrinking 5x per failure, until the retried step is below it: 19 and 18."""
+    floor = 4 * 2.0**-52 * max(abs(t0), abs(t1 - t0))
+    return floor, math.floor(math.log(0.01 / floor, 5)) + 1
+
+
+@pytest.mark.parametrize("method", ["dopri5", "radau"])
+@pytest.mark.parametrize("span", FAILING_SPANS, ids=["from-0", "from-0-backward", "from-5"])
+def test_steps_failing_from_the_start_stop_at_the_step_floor(
+    method: str, span: tuple[float, float]
+) -> None:
+    """Every step from t0 fails (NaN in f; for radau, a failed Newton iteration): the solve
+    gives up once the retried step is below the floor relative to the time span, after a
+    few tens of attempts wherever t0 lies, and the message names the floor."""
+    t0, t1 = span
+    floor, attempts = _floor_attempts(t0, t1)
+    controller = no.PIController(first_step=0.01)
+    solver = make_solver(method)
+    field = _failing_after(t0)
+    sol = no.solve(field, Y0, T(t0, t1), solver=solver, controller=controller, throw=False)
+    assert not sol.succeeded
+    assert sol.stats.n_rejected == sol.stats.n_steps == attempts
+    with pytest.raises(no.SolverError) as info:
+        no.solve(field, Y0, T(t0, t1), solver=make_solver(method), controller=controller)
+    dt = _message_dt(str(info.value))
+    assert 0.2 * floor < abs(dt) < floor
+    if method == "radau":  # (dopri5's steps are non-finite: NonFiniteError)
+        assert f"smallest step the solve resolves there, {floor:.3g}" in str(info.value)
+
+
+@pytest.mark.parametrize("span", FAILING_SPANS, ids=["from-0", "from-0-backward", "from-5"])
+def test_per_sample_steps_failing_from_the_start_stop_at_the_step_floor(
+    span: tuple[float, float],
+) -> None:
+    """Per sample: each sample's step falls below the floor after as many attempts; the
+    loop finds the stall at its next check, at most 64 attempts later."""
+    t0, t1 = span
+    attempts = _floor_attempts(t0, t1)[1]
+    controller = no.PIController(first_step=0.01)
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    ts = T(t0, t1)
+    sol = no.solve(_failing_after(t0), y0, ts, controller=controller, per_sample=True, throw=False)
+    assert (sol.status == no.Status.STEP_SIZE_UNDERFLOW).all()
+    assert int(sol.stats.sample_steps.max()) <= attempts + 64
+    with _raises(no.StepSizeUnderflowError, "below the smallest step the solve resolves"):
+        no.solve(_failing_after(t0), y0, ts, controller=controller, per_sample=True)
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["one", "per-sample"])
+def test_compiled_steps_failing_from_the_start_stop_at_the_step_floor(per_sample: bool) -> None:
+    """The compiled whole solve stops at the same floor: its last step is above a fifth of
+    it (before: a step shrunk to 0)."""
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        pytest.skip("torch.compile's CPU backend needs a C++ compiler")
+    y0 = torch.ones(3, 2, dtype=torch.float64) if per_sample else Y0
+    controller = no.PIController(first_step=0.01)
+    with torch.no_grad(), pytest.raises(no.StepSizeUnderflowError) as info:
+        no.solve(
+            _failing_after(0.0), y0, TS, controller=controller, per_sample=per_sample,
+            compile=True,
+        )  # fmt: skip
+    floor = 4 * 2.0**-52
+    dt = _message_dt(str(info.value))
+    assert 0.2 * floor < dt < floor
+    assert f"the solve resolves there, {floor:.3g}" in str(info.value)
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["one", "per-sample"])
+def test_a_tiny_time_span_resolves_steps_as_much_shorter(per_sample: bool) -> None:
+    """The step floor scales with the span: y' = -1e12 y over [0, 1e-12] takes its many
+    steps of about 1e-14 and reaches exp(-1)."""
+    y0 = torch.ones(2, 1, dtype=torch.float64) if per_sample else T(1.0)
+    controller = no.PIController(rtol=1e-10, atol=1e-12)
+    sol = no.solve(
+        lambda t, y: -1e12 * y, y0, T(0.0, 1e-12), controller=controller, per_sample=per_sample
+    )
+    assert sol.succeeded
+    assert sol.stats.n_accepted >= 10 * (2 if per_sample else 1)
+    torch.testing.assert_close(sol.ys[-1], torch.full_like(y0, math.exp(-1)), rtol=1e-8, atol=0)
+
+
+@pytest.mark.parametrize("option", ["step_t", "jump_t"])
+def test_steps_below_the_floor_after_a_landing_point_go_on(option: str) -> None:
+    """A landing point 1e-20 after t0 (far below the floor of a span of 1) cuts a step that
+    short, and the steps after it grow from there: accepted steps below the floor go on;
+    only failing ones stop there."""
+    sol = no.solve(decay, T(1.0), TS, **{option: [1e-20, 2e-20]})
+    assert sol.succeeded
+    torch.testing.assert_close(sol.ys[-1], T(math.exp(-1)), rtol=1e-6, atol=0)
+
+
 def test_non_finite_field_at_the_start() -> None:
     with _raises(no.NonFiniteError, "f(t0, y0) contains NaN or inf at t0=0"):
         no.solve(lambda t, y: y * float("nan"), T(1.0), T(0.0, 2.0))

@@ -42,6 +42,7 @@ def raise_stalled(
     t: float,
     dt: float,
     y: torch.Tensor,
+    floor: float,
     last_y1: torch.Tensor | None = None,
     sample: int | None = None,
     hint: str = "",
@@ -49,7 +50,8 @@ def raise_stalled(
     """The error of a solve (or of one ``sample`` of a per-sample solve) whose next step
     from ``(t, y)``, of size ``dt``, cannot make progress: a non-finite state, steps that
     only produce non-finite values (the last one ``last_y1``), a non-finite step size, or a
-    step too small to change t. One message for every mode; ``hint`` (the solver's
+    step below ``floor``, the smallest step the solve resolves at t
+    (``controllers._ops.step_floor``). One message for every mode; ``hint`` (the solver's
     ``failure_hint``, e.g. Newton failures of an implicit method) ends the messages of
     failing steps.
 
@@ -70,10 +72,11 @@ def raise_stalled(
     if not math.isfinite(dt):
         raise NonFiniteError(f"non-finite step size proposed{inside} at t={t:.6g}")
     raise StepSizeUnderflowError(
-        f"step size underflow{inside} at t={t:.10g}: the next step (dt={dt:.3g}) is too "
-        "small to change t. The solution may blow up, f may be non-finite or discontinuous "
-        "near this time (declare discontinuities with jump_t), or the problem may be stiff."
-        f"{_sentence(hint)}"
+        f"step size underflow{inside} at t={t:.10g}: the next step (dt={dt:.3g}) is below "
+        f"the smallest step the solve resolves there, {floor:.3g} (4 float64 ulps of the "
+        "larger of |t| and the length of the time span). The solution may blow up, f may be "
+        "non-finite or discontinuous near this time (declare discontinuities with jump_t), "
+        f"or the problem may be stiff.{_sentence(hint)}"
     )
 
 

@@ -25,7 +25,7 @@ from ._norms import Norm
 from ._solution import SolveStats
 from ._status import code_of, success
 from ._term import ODETerm
-from .controllers._ops import indistinct
+from .controllers._ops import indistinct, solve_span, step_floor, stuck
 from .controllers.base import StepSizeController
 from .controllers.pi import PIController
 from .solvers.base import Solver
@@ -168,6 +168,7 @@ def _integrate(
     solver, controller, callbacks = config.solver, config.controller, config.callbacks
     sign = 1.0 if ts[-1] > ts[0] else -1.0
     landings = _landings(ts, config.step_t, config.jump_t)
+    span = solve_span(ts[0], ts[-1])  # the scale of the smallest step (``step_floor``)
     t, y = ts[0], y0
     attempt = compiled(_attempt, type(solver)) if config.compile_step else None
     if attempt is not None and isinstance(controller, PIController):
@@ -194,8 +195,9 @@ def _integrate(
         # there to the landing could not change t
         landed = sign * (proposal - land_t) >= 0 or indistinct(proposal, land_t)
         t1 = land_t if landed else proposal
-        if indistinct(t, t1) or not math.isfinite(t1):
-            raise_stalled(t, t1 - t, y, last_y1, hint=solver.failure_hint())
+        if stuck(t, t1, span, rejected_t1 is not None) or not math.isfinite(t1):
+            floor = step_floor(t, span)
+            raise_stalled(t, t1 - t, y, floor, last_y1, hint=solver.failure_hint())
         if t1 == rejected_t1:
             # the rejected step again (its size held at min_step, or at a landing point):
             # steps are deterministic, so it would fail again until max_steps

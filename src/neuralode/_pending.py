@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ._host import across
-from .controllers._ops import indistinct
+from .controllers._ops import stuck
 
 
 class _Progress(NamedTuple):
@@ -36,6 +36,8 @@ def _read_progress(
     t: torch.Tensor,
     proposal: torch.Tensor,
     t_stop: torch.Tensor,
+    span: torch.Tensor,
+    rejected: torch.Tensor,
     sign: float,
     ends: torch.Tensor | None,
     next_out: torch.Tensor,
@@ -45,12 +47,14 @@ def _read_progress(
 ) -> _Progress:
     """A termination check, with one host sync (``_Progress``); ``left`` is 0 when no
     sample runs, ``hits`` the pending steps' crossings, (steps, batch), ``nan`` the samples
-    whose event function returned NaN, (batch,), ``repeated`` those whose rejected step
-    would be retried unchanged (``_stalled``)."""
+    whose event function returned NaN, (batch,), ``span`` the length of each sample's time
+    span, ``rejected`` the samples whose last attempt was rejected and ``repeated`` those
+    whose rejected step would be retried unchanged (``_stalled``)."""
     # each a reduction over every problem under torch.func.vmap (``_host``)
     size = (proposal - t).abs()
     left = across(torch.where(still & (size > 0), (t_stop - t).abs() / size, 0.0).max(), torch.amax)
-    stalled = across(_stalled(still, t, proposal, t_stop, sign, repeated).any(), torch.any)
+    stalled = _stalled(still, t, proposal, t_stop, span, rejected, sign, repeated)
+    stalled = across(stalled.any(), torch.any)
     n_still = across(still.sum(), torch.sum)
     values = [n_still.to(left.dtype), left.clamp(max=1e6), stalled.to(left.dtype)]
     if hits is not None:
@@ -73,14 +77,18 @@ def _stalled(
     t: torch.Tensor,
     proposal: torch.Tensor,
     t_stop: torch.Tensor,
+    span: torch.Tensor,
+    rejected: torch.Tensor,
     sign: float,
     repeated: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The running samples whose next step underflows (too small to change t) or is not
-    finite, or (``repeated``) is the rejected step again, (batch,)."""
+    """The running samples whose next step underflows (``controllers._ops.stuck``, with
+    ``span`` the length of each sample's time span and ``rejected`` the samples whose last
+    attempt was rejected) or is not finite, or (``repeated``) is the rejected step again,
+    (batch,)."""
     land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
-    stuck = indistinct(t, land) | ~torch.isfinite(land)
-    return still & (stuck if repeated is None else stuck | repeated)
+    halted = stuck(t, land, span, rejected) | ~torch.isfinite(land)
+    return still & (halted if repeated is None else halted | repeated)
 
 
 @dataclass

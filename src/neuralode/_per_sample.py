@@ -58,6 +58,7 @@ from ._solution import SolveStats
 from ._spans import loop_times
 from ._status import Status, sample_failures, samples_failed
 from ._term import ODETerm
+from .controllers._ops import solve_span
 from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
@@ -92,6 +93,7 @@ def integrate_per_sample(
     device = y.device
     f64 = dict(dtype=torch.float64, device=device)
     ts_tensor, ts_signed, sign, t, t_stop = loop_times(ts, batch, device)
+    span = solve_span(t, t_stop)  # the scale of the smallest step (``step_floor``)
     n_out = ts_tensor.shape[-1]
     status = torch.zeros(batch, dtype=torch.long, device=device)
     stats.status = status if config.per_sample else status[0]
@@ -189,8 +191,9 @@ def integrate_per_sample(
                 hits = _stack([r.hit for r in pending]) if events is not None else None
                 nan = None if events is None else events.nan_seen
                 n_still, left, lo, hi, rounds, stalled, nan_seen = _read_progress(
-                    still, t, proposal, t_stop, sign, ends, next_out, hits, nan, repeated
-                )
+                    still, t, proposal, t_stop, span, ~accept, sign, ends, next_out, hits, nan,
+                    repeated,
+                )  # fmt: skip
                 if nan_seen:
                     events.check_nan()
                 next_check = iteration + max(1, min(most_unchecked, int(left) // 4))
@@ -220,8 +223,9 @@ def integrate_per_sample(
             pending = []
             if stalled or iteration >= config.max_steps:  # raises with config.throw
                 codes = sample_failures(
-                    iteration, still, t, proposal, t_stop, sign, y, config, repeated
-                )
+                    iteration, still, t, proposal, t_stop, span, ~accept, sign, y, config,
+                    repeated,
+                )  # fmt: skip
                 status = torch.maximum(status, codes)  # the failing samples stop here
                 still = still & (codes == 0)
                 n_still = int(across(still.sum(), torch.sum))

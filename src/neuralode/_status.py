@@ -25,6 +25,7 @@ from ._errors import (
 )
 from ._host import plain, wrapped
 from ._pending import _stalled as stalled
+from .controllers._ops import step_floor
 from .controllers.pi import check_overflow
 
 
@@ -35,7 +36,8 @@ class Status(enum.IntEnum):
     Attributes:
         SUCCESS: reached the last output time.
         MAX_STEPS: stopped after ``max_steps`` step attempts (``MaxStepsError``).
-        STEP_SIZE_UNDERFLOW: the step size became too small to change t
+        STEP_SIZE_UNDERFLOW: the step size fell below the smallest step the solve
+            resolves, 4 float64 ulps of the larger of |t| and the length of the time span
             (``StepSizeUnderflowError``: a blow-up, a discontinuity or stiffness).
         NON_FINITE: NaN or inf in the state or the step size (``NonFiniteError``).
         EVENT: stopped at its terminal event (a success).
@@ -111,6 +113,8 @@ def sample_failures(
     t: torch.Tensor,
     proposal: torch.Tensor,
     t_stop: torch.Tensor,
+    span: torch.Tensor,
+    rejected: torch.Tensor,
     sign: float,
     y: torch.Tensor,
     config: Any,
@@ -119,8 +123,10 @@ def sample_failures(
     """A check of the per-sample loop found running samples that can no longer advance (or,
     ``repeated``, whose rejected step would be retried unchanged), or the solve used up
     max_steps (each running sample's own count: they have all made ``iteration`` attempts):
-    each sample's ``Status`` code, (batch,), 0 for the others. With ``config.throw`` raise
-    the engine's error of the first failing sample, naming every failing one."""
+    each sample's ``Status`` code, (batch,), 0 for the others (``span``: the length of each
+    sample's time span, the scale of its smallest step; ``rejected``: the samples whose last
+    attempt was rejected). With ``config.throw`` raise the engine's error of the first
+    failing sample, naming every failing one."""
     land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
     if iteration >= config.max_steps:
         codes = torch.where(still, int(Status.MAX_STEPS), 0)
@@ -128,12 +134,13 @@ def sample_failures(
         largest = torch.finfo(y.real.dtype).max
         bad = ~torch.isfinite(y).all(1) | ~torch.isfinite(land) | (y.abs().amax(1) > largest / 1024)
         code = torch.where(bad, int(Status.NON_FINITE), int(Status.STEP_SIZE_UNDERFLOW))
-        codes = torch.where(stalled(still, t, proposal, t_stop, sign, repeated), code, 0)
+        halted = stalled(still, t, proposal, t_stop, span, rejected, sign, repeated)
+        codes = torch.where(halted, code, 0)
     if not config.throw:
         return codes
     if wrapped(codes):  # under torch.func.vmap: every problem's rows (``_host``), as samples
         anchor = codes * 0  # batched like codes, which depends on all of them
-        t, land, t_stop = (plain(x + anchor).reshape(-1) for x in (t, land, t_stop))
+        t, land, t_stop, span = (plain(x + anchor).reshape(-1) for x in (t, land, t_stop, span))
         y = plain(y + anchor[:, None]).reshape(t.shape[0], -1)
         if repeated is not None:
             repeated = plain(repeated | (anchor != 0)).reshape(-1)
@@ -153,7 +160,8 @@ def sample_failures(
             check_overflow(float(t[i]), y[i])
         if repeated is not None and bool(repeated[i]):
             raise_repeated(float(t[i]), float(land[i]), sample=sample)
-        raise_stalled(float(t[i]), float(land[i] - t[i]), y[i], sample=sample)
+        floor = step_floor(float(t[i]), float(span[i]))
+        raise_stalled(float(t[i]), float(land[i] - t[i]), y[i], floor, sample=sample)
     except SolverError as error:
         codes[i] = code_of(error)
         if int((codes != 0).sum()) == 1 and codes.shape[0] == 1:

@@ -147,6 +147,7 @@ _PLAN_SOURCE = re.compile(r"(?:dict\(type\()*(?:plan|L\['plan'\])(?![\w'])")
 # pytree registry and modules that while_loop flattens the loop's carried values with
 _OWN_GLOBALS = (
     "G['attempt']", "G['initial_step']", "G['_stalled']", "G['retried_unchanged']",
+    "G['solve_span']",
     "G['while_loop']",
     "G['__import_neuralode", "G['__import_torch_dot_utils_dot__pytree']",
     "G['__import_torch_dot__higher_order_ops", "__import__('torch').utils._pytree",

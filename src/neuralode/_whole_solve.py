@@ -34,6 +34,7 @@ from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
 from ._term import ODETerm
 from ._whole_plan import Plan, planned
+from .controllers._ops import solve_span
 from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
@@ -128,7 +129,7 @@ def integrate_whole(
         ) from error
     if planned_now and plans is not None:  # (a plan whose graph runs)
         plans[sign] = entry
-    outputs, t, proposal, runs, n_steps, n_accepted, nfe, d1, report = result
+    outputs, t, proposal, runs, rejected, n_steps, n_accepted, nfe, d1, report = result
     # every count and check in one read: the solve's only host synchronisation
     bad_y0, bad_f0, running, iterations, steps, accepted, bad_outputs = report.tolist()
     if bad_y0:
@@ -139,11 +140,13 @@ def integrate_whole(
         raise f0_not_finite(where)
     if running:  # the device loop's errors
         t_stop = torch.full((batch,), ts[-1], dtype=torch.float64, device=y.device)
+        span = torch.full_like(t_stop, solve_span(ts[0], ts[-1]))
         iteration = config.max_steps if iterations >= config.max_steps else 0
         still, repeated = runs != 0, runs == _REPEATED
         _raise_stalled(
-            iteration, still, t, proposal, t_stop, plan.sign, outputs[-1], config, repeated
-        )
+            iteration, still, t, proposal, t_stop, span, rejected != 0, plan.sign, outputs[-1],
+            config, repeated,
+        )  # fmt: skip
     if bad_outputs:  # (raises, naming the first non-finite output)
         from ._validate import check_finite  # (import cycle)
 
@@ -174,6 +177,7 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
     t0 = ts[0].expand(batch).clone()
     t_end = ts[-1].clone()  # (views of one input would alias: while_loop refuses that)
     t_stop = t_end.expand(batch).clone()
+    span = solve_span(t0, t_stop)  # the scale of the smallest step (``step_floor``)
     f0 = plan.call(t0, y0)
     if ctrl.first_step is None:
         k = plan.constants
@@ -188,8 +192,9 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
     # the carried values packed by dtype (each carried tensor costs an allocation and a
     # copy per iteration): loop = [iterations, a running sample stalled]; times = [t,
     # proposal, previous ratio (PI memory)]; counts = [steps, accepted, evaluations of f,
-    # running] per sample, running 0 (finished), 1 or ``_REPEATED`` (its rejected step would
-    # be attempted again unchanged: with min_step > 0 only, it ends the loop as a stall)
+    # running, last attempt rejected] per sample, running 0 (finished), 1 or ``_REPEATED``
+    # (its rejected step would be attempted again unchanged: with min_step > 0 only, it ends
+    # the loop as a stall)
     running = torch.isfinite(d1) & (t0 != t_end)
     zeros = torch.zeros(batch, dtype=torch.long, device=y0.device)
     carry = (
@@ -197,7 +202,7 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
         torch.stack([t0, t0 + sign * size, torch.ones_like(t0)]),
         y0,
         f0,
-        torch.stack([zeros, zeros, zeros + nfe0, running.long()]),
+        torch.stack([zeros, zeros, zeros + nfe0, running.long(), zeros]),
         y0.expand(n_inner, *y0.shape).clone(),  # inner outputs
     )
 
@@ -242,13 +247,14 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
         if repeats:  # (a rejected step's size can be held only at min_step > 0)
             repeated = retried_unchanged(step, sign, t_stop)
             runs = runs + repeated
-        stalled = _stalled(still_next, t_next, proposal, t_stop, sign, repeated).any()
+        rejected = still & ~accept
+        stalled = _stalled(still_next, t_next, proposal, t_stop, span, rejected, sign, repeated)
         return (
-            torch.stack([loop[0] + 1, stalled.long()]),
+            torch.stack([loop[0] + 1, stalled.any().long()]),
             torch.stack([t_next, proposal, new_prev]),
             step.y_accepted,
             torch.where(accept[:, None], f1, f0),
-            torch.stack([step.n_steps, step.n_accepted, nfe, runs]),
+            torch.stack([step.n_steps, step.n_accepted, nfe, runs, rejected.long()]),
             outs,
         )
 
@@ -263,7 +269,7 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
             (~torch.isfinite(outputs)).any().long(),
         ]
     )  # fmt: skip
-    return outputs, t, proposal, counts[3], steps, accepted, nfe, d1, report
+    return outputs, t, proposal, counts[3], counts[4], steps, accepted, nfe, d1, report
 
 
 def _times(ts: list[float], device: torch.device) -> torch.Tensor:

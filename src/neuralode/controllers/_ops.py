@@ -27,6 +27,44 @@ def indistinct(a: Any, b: Any) -> Any:
     return gap <= 4 * _EPS * max(abs(a), abs(b)) and gap != math.inf
 
 
+def solve_span(t0: Any, t_end: Any) -> Any:
+    """The length of a solve's time span, from ``t0`` to ``t_end`` (floats, or tensors per
+    sample), the scale of ``step_floor``; 0 for an infinite end (an event search), whose
+    floor is then that of t alone."""
+    if type(t0) is not float and isinstance(t0, torch.Tensor):
+        length = (t_end - t0).abs()
+        return torch.where(length.isfinite(), length, 0.0)
+    length = abs(t_end - t0)
+    return length if length != math.inf else 0.0
+
+
+def step_floor(t: Any, span: Any) -> Any:
+    """The smallest step size a solve resolves at time ``t``: 4 ulps (of float64, the
+    engine's times whatever the state's dtype) of the larger of ``|t|`` and ``span``, the
+    length of the solve's time span (``solve_span``). Relative to t alone, as ``indistinct``,
+    a step near t = 0 could shrink to the smallest subnormal, hundreds of failed attempts
+    below any scale of the problem; relative to the span, the floor does not depend on where
+    the time origin lies (a solve over [0, 1] stops where one over [1, 2] does), and a
+    solve over a short span (say 1e-12 long) resolves steps as much shorter."""
+    if type(t) is not float and isinstance(t, torch.Tensor):
+        return 4 * _EPS * torch.maximum(t.abs(), torch.as_tensor(span, dtype=t.dtype))
+    return 4 * _EPS * max(abs(t), span)
+
+
+def stuck(t: Any, t1: Any, span: Any, rejected: Any) -> Any:
+    """Whether the next step, from ``t`` to ``t1`` (floats, or tensors per sample), cannot
+    make progress: ``t1`` is t to round-off (``indistinct``: the step cannot change t), or
+    it retries a ``rejected`` step from t and is shorter than ``step_floor(t, span)``:
+    failures shrank it below the smallest step the solve resolves. Accepted steps below the
+    floor go on (a step cut short by a landing point just after t, and the steps that grow
+    from it). The engine's one step-size underflow rule (host loop, per-sample loop,
+    compiled whole solve); a non-finite ``t1`` is checked apart."""
+    if type(t) is not float and isinstance(t, torch.Tensor):
+        small = (t1 - t).abs() < step_floor(t, span)
+        return indistinct(t, t1) | (small & rejected)
+    return indistinct(t, t1) or (rejected and abs(t1 - t) < step_floor(t, span))
+
+
 def power(x: Any, p: float) -> Any:
     """``x ** p`` for a float (0 to a negative power: inf) or a tensor."""
     if type(x) is not float and isinstance(x, torch.Tensor):

@@ -1,4 +1,5 @@
-"""Stiff benchmark: neuralode's adaptive ``radau`` vs SciPy's Radau and BDF, and vs dopri5.
+"""Stiff benchmark: neuralode's adaptive ``radau`` and ``kvaerno3`` vs SciPy's Radau and BDF,
+and vs dopri5.
 
 Two classic stiff problems (Hairer & Wanner, Solving ODEs II), float64, one state:
 
@@ -142,12 +143,12 @@ def timed(run: Callable[[], object], repeats: int) -> tuple[object, float]:
     return out, statistics.median(times)
 
 
-def run_radau(problem: Problem, rtol: float, ref: np.ndarray, repeats: int) -> Row:
+def run_implicit(problem: Problem, method: str, rtol: float, ref: np.ndarray, repeats: int) -> Row:
     ts = torch.tensor(problem.ts, dtype=torch.float64)
     y0 = torch.tensor(problem.y0, dtype=torch.float64)
 
     def run():
-        solver = no.solvers.Radau()
+        solver = no.solvers.METHODS[method]()
         controller = no.PIController(rtol=rtol, atol=problem.atol)
         with torch.no_grad():
             sol = no.solve(problem.f_torch, y0, ts, solver=solver, controller=controller)
@@ -156,7 +157,7 @@ def run_radau(problem: Problem, rtol: float, ref: np.ndarray, repeats: int) -> R
     (sol, solver), seconds = timed(run, repeats)
     stats = sol.stats
     return Row(
-        "neuralode radau",
+        f"neuralode {method}",
         f"{stats.n_accepted} + {stats.n_rejected}",
         stats.nfe,
         solver.counters["jacobians"],
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     for problem in PROBLEMS:
         ref = reference(problem)
         for rtol in rtols:
-            rows = [run_radau(problem, rtol, ref, repeats)]
+            rows = [run_implicit(problem, m, rtol, ref, repeats) for m in ("radau", "kvaerno3")]
             rows += [run_scipy(problem, m, rtol, ref, repeats) for m in ("Radau", "BDF")]
             if rtol == rtols[-1]:
                 rows.append(run_dopri5(problem, rtol, args.max_steps))

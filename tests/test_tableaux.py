@@ -160,6 +160,18 @@ def test_implicit_tableau_has_its_declared_order_exactly(name: str) -> None:
     assert max(residuals(a, b, tab.order + 1)) > 1e-6, f"{name} is of higher order"
 
 
+@pytest.mark.parametrize(
+    "name", [n for n, t in IMPLICIT_TABLEAUX.items() if t.b_error is not None]
+)
+def test_implicit_embedded_solution_has_its_declared_order_exactly(name: str) -> None:
+    tab = IMPLICIT_TABLEAUX[name]
+    a = np.array(tab.a)
+    b_hat = np.array(tab.b) - np.array(tab.b_error)
+    for order in range(1, tab.error_order + 1):
+        assert max(residuals(a, b_hat, order)) < TOL, f"{name} embedded fails at {order}"
+    assert max(residuals(a, b_hat, tab.error_order + 1)) > 1e-6
+
+
 # Stiff accuracy (y1 is the last stage) and collocation (dense output is the collocation
 # polynomial) as the literature gives them; L-stability where |R(infinity)| = 0.
 IMPLICIT_PROPERTIES = {
@@ -174,6 +186,7 @@ IMPLICIT_PROPERTIES = {
     "sdirk2": (True, False, True),
     "trbdf2": (True, False, True),
     "radau": (True, True, True),
+    "kvaerno3": (True, False, True),
 }
 
 
@@ -205,3 +218,9 @@ def test_invalid_implicit_tableaux_are_rejected_with_the_reason() -> None:
         ImplicitTableau("bad", c=(0.5, 1.0), a=((0.5, 0.0), (0.5, 0.4)), b=(0.5, 0.5), order=1)
     with pytest.raises(ValueError, match="singular"):
         ImplicitTableau("bad", c=(0.0, 0.0), a=((0.0, 0.0), (0.0, 0.0)), b=(0.5, 0.5), order=1)
+    with pytest.raises(ValueError, match="b_error sums to"):
+        ImplicitTableau(
+            "bad", c=(1.0,), a=((1.0,),), b=(1.0,), order=1, b_error=(0.5,), error_order=1
+        )
+    with pytest.raises(ValueError, match="b_error and error_order go together"):
+        ImplicitTableau("bad", c=(1.0,), a=((1.0,),), b=(1.0,), order=1, b_error=(0.0,))

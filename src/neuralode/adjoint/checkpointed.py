@@ -70,6 +70,8 @@ class _CheckpointedSolve(torch.autograd.Function):
         nfe_before = term.nfe
         adjoint = torch.zeros_like(grad_ys[0])
         param_grads = [torch.zeros_like(p) for p in params]
+        # the gradient with respect to what the later step read of this one (``carried``)
+        carried_grad: torch.Tensor | None = None
         for rec in reversed(ctx.records):
             if rec.outputs and rec.thetas[-1] == 1.0:
                 adjoint = adjoint + grad_ys[rec.outputs[-1]]
@@ -80,14 +82,25 @@ class _CheckpointedSolve(torch.autograd.Function):
                 f0 = term(rec.t0, y0, sign) if rec.after_jump else None
                 # the solver's own start state, as the loop made it (after a jump: from f0)
                 state = solver.init(term, rec.t0, y0, f0) if rec.replay is None else rec.replay
+                state, carried_in = solver.read_carried(state)
                 step = solver.step(term, rec.t0, rec.t1, y0, state, rec.perturb)
                 outputs, grads = [step.y1], [adjoint]
+                if carried_grad is not None:
+                    outputs.append(solver.carried(step))
+                    grads.append(carried_grad)
                 if inner:
                     thetas = torch.tensor([th for _, th in inner], dtype=torch.float64)
                     outputs.append(solver.interpolate(term, step, thetas))
                     grads.append(grad_ys[[i for i, _ in inner]])
-                vjps = torch.autograd.grad(outputs, (y0, *params), grads, allow_unused=True)
+                inputs = (y0, *params) if carried_in is None else (y0, *params, carried_in)
+                vjps = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
             adjoint = vjps[0]
+            carried_grad = None
+            if carried_in is not None:
+                *vjps, carried_grad = vjps
+                carried_grad = (
+                    torch.zeros_like(carried_in) if carried_grad is None else carried_grad
+                )
             for k, g in enumerate(vjps[1:]):
                 if g is not None:
                     param_grads[k] = param_grads[k] + g

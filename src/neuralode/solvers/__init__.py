@@ -16,6 +16,7 @@ from .heun3 import Heun3
 from .implicit_euler import ImplicitEuler
 from .implicit_midpoint import ImplicitMidpoint
 from .implicit_rk import ImplicitRK, NewtonError
+from .kvaerno3 import Kvaerno3
 from .midpoint import Midpoint
 from .radau import Radau
 from .radau_iia3 import RadauIIA3
@@ -53,6 +54,7 @@ METHODS: dict[str, type[Solver]] = {
     "sdirk2": SDIRK2,
     "trbdf2": TRBDF2,
     "radau": Radau,
+    "kvaerno3": Kvaerno3,
 }
 
 __all__ = [
@@ -74,6 +76,7 @@ __all__ = [
     "ImplicitMidpoint",
     "ImplicitRK",
     "ImplicitTableau",
+    "Kvaerno3",
     "NewtonError",
     "Radau",
     "RadauIIA3",

@@ -51,6 +51,9 @@ class _Coefficients:
     d: torch.Tensor  # y1 = y0 + h b_1 f0 + d . (Z - h a_first f0): (m,)
     b_first: float
     structure: Eigenbasis | Triangular | None  # how the implicit block's stage systems split
+    # the embedded error h b_error . K = error_z . Z + h error_first f0 (``None``: no weights)
+    error_z: torch.Tensor | None
+    error_first: float
 
 
 @dataclass
@@ -127,6 +130,13 @@ class ImplicitStages(Solver):
         d = inverse.T @ b
         if tab.stiffly_accurate:  # exactly the last stage, without rounding from the inverse
             d = np.eye(len(b))[-1]
+        error_z, error_first = None, 0.0
+        if tab.b_error is not None:
+            # in stage increments, where the stages' own rounding cancels (h K = A^-1 Z)
+            b_error = np.array(tab.b_error, dtype=np.float64)
+            error_z = inverse.T @ b_error[first:]
+            if first:
+                error_first = float(b_error[0] - error_z @ a_full[first:, 0])
 
         def t(x: Any) -> torch.Tensor:
             return torch.tensor(x, dtype=torch.float64).to(dtype=like.dtype, device=like.device)
@@ -138,6 +148,8 @@ class ImplicitStages(Solver):
             d=t(d),
             b_first=float(tab.b[0]) if first else 0.0,
             structure=stage_structure(a),
+            error_z=None if error_z is None else t(error_z),
+            error_first=error_first,
         )
 
     def _layout(self, term: ODETerm) -> BatchLayout:

@@ -234,6 +234,30 @@ class Solver(abc.ABC):
         """
         return None
 
+    def carried(self, step: Step) -> torch.Tensor | None:
+        """The tensor of an accepted step that the next step reads from its state with a
+        derivative (checkpointed gradients carry its derivative from step to step).
+
+        Arguments:
+            step: an accepted step.
+
+        Returns:
+            ``None`` (the default): the next step reads nothing of this one but its end.
+        """
+        return None
+
+    def read_carried(self, replay: Any) -> tuple[Any, torch.Tensor | None]:
+        """The replay state with what it carries from the previous step (``carried``) made
+        a leaf that records gradients, and that leaf.
+
+        Arguments:
+            replay: a state from ``replay_state``.
+
+        Returns:
+            ``(replay, None)`` by default: nothing is carried.
+        """
+        return replay, None
+
     @abc.abstractmethod
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
         """The dense output of an accepted step.

@@ -79,7 +79,11 @@ class ImplicitRK(ImplicitStages):
             the state (one tensor), real or complex, x of r's shape and dtype; e.g. a PDE's
             diffusion part inverted (``neuralode.pde``). Used where the linear solves are
             GMRES's (``linear_solver="krylov"``, or ``"auto"`` choosing it), not by
-            ``Backsolve``'s backward solves (their state is the adjoint system's).
+            ``Backsolve``'s backward solves (their state is the adjoint system's). A
+            preconditioner with a method ``transposed(c, r)`` ≈ (I - c J)^-H r =
+            (I - conj(c) J^H)^-1 r (the adjoint of ``preconditioner(c, .)``, e.g.
+            ``DiffusionPreconditioner``'s) also preconditions the transposed GMRES solves of
+            the gradient; without it those run unpreconditioned.
 
     Raises:
         ValueError: an option out of its range (the message names it).
@@ -156,6 +160,12 @@ class ImplicitRK(ImplicitStages):
     def name(self) -> str:
         """The tableau's name (e.g. ``"radau_iia5"``)."""
         return self.tableau.name
+
+    @property
+    def error_order(self) -> int | None:  # type: ignore[override]
+        """The order of the embedded error estimate, the tableau's (``None``: fixed steps
+        only, unless the method brings its own estimate, as ``radau`` does)."""
+        return self.tableau.error_order
 
     @property
     def dense_order(self) -> int:
@@ -264,7 +274,12 @@ class ImplicitRK(ImplicitStages):
             y1 = y1 + (h * co.b_first) * k_first
             ks = torch.cat([k_first[None], ks])
         error = None
-        if stages.solve is not None:  # (a replayed step needs no error estimate)
+        if stages.solve is not None and co.error_z is not None:  # embedded error weights
+            error = co.error_z @ z.detach()
+            if first:
+                error = error + (h * co.error_first) * lin.f0
+            self.counters["factorisations"] += getattr(stages.solve, "factorisations", 0)
+        elif stages.solve is not None:  # (a replayed step needs no error estimate)
             try:
                 with torch.no_grad():
                     error = self._error(term, t0, y0d, h, z.detach(), lin, stages.solve, state, p0)
@@ -273,7 +288,8 @@ class ImplicitRK(ImplicitStages):
             finally:
                 self.counters["factorisations"] += getattr(stages.solve, "factorisations", 0)
         f1 = ks[-1] if tab.stiffly_accurate and tab.c[-1] == 1 else None
-        extra.update(ks=ks, f0=lin.f0, p0=p0, stages=z.detach())
+        previous_f1 = state.get("previous_f1") if isinstance(state, dict) else None
+        extra.update(ks=ks, f0=lin.f0, p0=p0, stages=z.detach(), previous_f1=previous_f1)
         return Step(t0, t1, y0, y1, error, list(ks), f1, extra, p1)
 
     def _stages(
@@ -429,14 +445,54 @@ class ImplicitRK(ImplicitStages):
             perturb: unused.
 
         Returns:
-            The state dict holding ``(t0, dt, y0, stages)`` of ``step``, detached, and under
-                error control the step's Jacobian where Newton converged fast with it.
+            The state dict holding ``(t0, dt, y0, stages)`` of ``step``, detached; the
+                step's end derivative (``carried``), the next step's Hermite start
+                derivative; and under error control the step's Jacobian where Newton
+                converged fast with it.
         """
         ks = step.extra["ks"].detach()
         state = {"retry": False, "previous": (step.t0, step.dt, step.y0.detach(), ks)}
+        if not perturb:  # (a perturbed end may lie across a jump in f from the next start)
+            state["previous_f1"] = self.carried(step)
         if self._tolerances is not None and not step.extra["newton_slow"]:
             state["jacobian"] = (step.extra["linearisation"], None)
         return state
+
+    def carried(self, step: Step) -> torch.Tensor | None:
+        """The end derivative of an accepted step that the next step's cubic Hermite dense
+        output starts from (first same as last), where the method is stiffly accurate.
+
+        It is the last stage's derivative as the stage equation gives it, ``(Z_s - h sum_j
+        a_sj K_j) / (h a_ss)``. f(t0, y0) itself would multiply the Newton iteration's
+        remaining error on stiff components by h |J|, which the dense output then shows;
+        the stage derivative divides it by h a_ss instead. Checkpointed gradients carry
+        its derivative from the step to the next.
+
+        Arguments:
+            step: an accepted step.
+
+        Returns:
+            The derivative (with a graph where the step has one), or ``None`` for
+                collocation methods (their dense output is their own polynomial) and
+                methods that are not stiffly accurate (f(t1, y1) is then evaluated).
+        """
+        return None if self.tableau.collocation else step.f1
+
+    def read_carried(self, replay: Any) -> tuple[Any, torch.Tensor | None]:
+        """The replay state with the previous step's end derivative (``carried``) made a
+        leaf that records gradients, and that leaf (``None`` where the step read none).
+
+        Arguments:
+            replay: a state from ``replay_state``.
+
+        Returns:
+            The state to replay the step with, and the leaf.
+        """
+        previous = replay.get("previous_f1") if isinstance(replay, dict) else None
+        if previous is None:
+            return replay, None
+        leaf = previous.detach().requires_grad_(True)
+        return {**replay, "previous_f1": leaf}, leaf
 
     def reject(self, step: Step, state: Any) -> Any:
         """The state for retrying from the same point with a smaller step.
@@ -451,6 +507,8 @@ class ImplicitRK(ImplicitStages):
         """
         previous = state.get("previous") if isinstance(state, dict) else None
         retry = {"retry": True, "after_jump": _starts_after_jump(state), "previous": previous}
+        if isinstance(state, dict) and state.get("previous_f1") is not None:
+            retry["previous_f1"] = state["previous_f1"]
         if "linearisation" in step.extra:
             retry["jacobian"] = (step.extra["linearisation"], step.extra["jacobian_at"])
         return retry
@@ -478,9 +536,12 @@ class ImplicitRK(ImplicitStages):
         Returns:
             The state dict with the stages the step converged to (one state per implicit
                 stage; kept by checkpointed gradients, whose recomputation then solves no
-                Newton iteration).
+                Newton iteration) and the previous step's end derivative it read.
         """
-        return {"retry": False, "after_jump": after_jump, "stages": step.extra["stages"]}
+        replay = {"retry": False, "after_jump": after_jump, "stages": step.extra["stages"]}
+        if step.extra["previous_f1"] is not None:
+            replay["previous_f1"] = step.extra["previous_f1"].detach()
+        return replay
 
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
         """The dense output: the collocation polynomial, else cubic Hermite.
@@ -502,17 +563,20 @@ class ImplicitRK(ImplicitStages):
         return hermite_interpolate(term, step, thetas, self.hermite_f0(term, step))
 
     def hermite_f0(self, term: ODETerm, step: Step) -> torch.Tensor:
-        """f(t0, y0) of an accepted step, for its cubic Hermite dense output.
+        """The start derivative of an accepted step's cubic Hermite dense output.
 
         Arguments:
             term: the vector field (re-evaluated at t0 when recording gradients).
             step: the accepted step.
 
         Returns:
-            The explicit first stage, or f(t0, y0) (with a graph when gradients are
+            The previous step's end derivative where it carries one (``carried``), else
+                the explicit first stage, else f(t0, y0) (with a graph when gradients are
                 recorded), shaped like ``step.y0``.
         """
         tab = self.tableau
+        if step.extra.get("previous_f1") is not None:
+            return step.extra["previous_f1"]
         if tab.explicit_first_stage:
             return step.extra["ks"][0]
         if torch.is_grad_enabled():

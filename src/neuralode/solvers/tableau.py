@@ -76,13 +76,7 @@ class ButcherTableau:
                 problems.append(f"row {i} of a sums to {sum(row)!r}, not c[{i}] = {self.c[i]!r}")
         if abs(sum(self.b) - 1) > _TOL:
             problems.append(f"b sums to {sum(self.b)!r}, not 1")
-        if (self.b_error is None) != (self.error_order is None):
-            problems.append("b_error and error_order go together")
-        if self.b_error is not None:
-            if len(self.b_error) != s:
-                problems.append(f"b_error has {len(self.b_error)} entries for {s} stages")
-            elif abs(sum(self.b_error)) > _TOL:
-                problems.append(f"b_error sums to {sum(self.b_error)!r}, not 0")
+        problems.extend(_error_weight_problems(self.b_error, self.error_order, s))
         if self.dense is not None:
             problems.extend(self._dense_problems())
         if problems:
@@ -131,9 +125,10 @@ class ImplicitTableau:
     """An implicit Runge-Kutta method.
 
     A first stage at ``c = 0`` with a zero row of ``a`` is explicit (f(t0, y0): trapezoid,
-    TR-BDF2, ESDIRK methods); the remaining block of ``a`` must be invertible. Adaptive implicit
-    methods bring their own error estimate, and dense output is the collocation polynomial
-    (collocation methods) or cubic Hermite (see ``ImplicitRK``).
+    TR-BDF2, ESDIRK methods); the remaining block of ``a`` must be invertible. An adaptive
+    implicit method has embedded error weights ``b_error`` or brings its own estimate
+    (``radau``); dense output is the collocation polynomial (collocation methods) or cubic
+    Hermite (see ``ImplicitRK``).
 
     Attributes:
         name: the method's name.
@@ -141,12 +136,14 @@ class ImplicitTableau:
         a: a full s x s matrix, rows as tuples.
         b: the solution's weights.
         order: the solution's order.
-        b_error: always ``None``.
-        error_order: always ``None``.
+        b_error: b - b_hat, the weights of the embedded error estimate (``None`` for
+            fixed-step methods and for methods with their own estimate).
+        error_order: the order of the error estimate (with ``b_error``).
         dense: always ``None``.
 
     Raises:
-        ValueError: inconsistent shapes or a singular implicit block.
+        ValueError: inconsistent shapes, a singular implicit block, or error weights that
+            do not sum to 0.
     """
 
     name: str
@@ -154,8 +151,8 @@ class ImplicitTableau:
     a: tuple[tuple[float, ...], ...]
     b: tuple[float, ...]
     order: int
-    b_error: None = None
-    error_order: None = None
+    b_error: tuple[float, ...] | None = None
+    error_order: int | None = None
     dense: None = None
 
     def __post_init__(self) -> None:
@@ -170,6 +167,7 @@ class ImplicitTableau:
                 problems.append(f"row {i} of a sums to {sum(row)!r}, not c[{i}] = {self.c[i]!r}")
         if abs(sum(self.b) - 1) > _TOL:
             problems.append(f"b sums to {sum(self.b)!r}, not 1")
+        problems.extend(_error_weight_problems(self.b_error, self.error_order, s))
         if not problems:
             first = 1 if self.explicit_first_stage else 0
             block = np.array([row[first:] for row in self.a[first:]], dtype=np.float64)
@@ -205,6 +203,21 @@ class ImplicitTableau:
             np.allclose(a_col, np.array(self.a), atol=1e-12, rtol=0)
             and np.allclose(b_col[0], np.array(self.b), atol=1e-12, rtol=0)
         )
+
+
+def _error_weight_problems(
+    b_error: tuple[float, ...] | None, error_order: int | None, stages: int
+) -> list[str]:
+    """What is wrong with a tableau's embedded error weights (none: an empty list)."""
+    if (b_error is None) != (error_order is None):
+        return ["b_error and error_order go together"]
+    if b_error is None:
+        return []
+    if len(b_error) != stages:
+        return [f"b_error has {len(b_error)} entries for {stages} stages"]
+    if abs(sum(b_error)) > _TOL:
+        return [f"b_error sums to {sum(b_error)!r}, not 0"]
+    return []
 
 
 def collocation_weights(

@@ -15,6 +15,11 @@ sum is also shown), LU factorisations, and the median wall time of a few repeats
 SciPy gets the vector field as NumPy code (its natural use); neuralode the torch one.
 dopri5 runs with ``max_steps`` (it cannot finish: the table says how far it got).
 
+With ``--diffrax-python PATH`` (an interpreter with jax and diffrax; also found as in
+``neuralode bench``) each table gets a row for diffrax's ``Kvaerno3``, the method of
+neuralode's ``kvaerno3``: run in its own process (``stiff_diffrax_worker.py``) on the same
+core with one-threaded XLA, jitted, its compile time reported apart.
+
     python benchmarks/bench_stiff.py            # full run
     python benchmarks/bench_stiff.py --quick    # one repeat, one tolerance
 """
@@ -22,11 +27,16 @@ dopri5 runs with ``max_steps`` (it cannot finish: the table says how far it got)
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy
@@ -35,6 +45,9 @@ from scipy.integrate import solve_ivp
 
 import neuralode as no
 from neuralode._cli_types import positive_int
+from neuralode.bench import diffrax_peer
+
+WORKER = Path(__file__).with_name("stiff_diffrax_worker.py")
 
 MU = 1000.0
 
@@ -109,8 +122,8 @@ class Row:
     solver: str
     steps: str
     nfe: int | str
-    jacobians: int
-    lu: int
+    jacobians: int | str
+    lu: int | str
     seconds: float
     error: float | str
 
@@ -229,6 +242,47 @@ def run_dopri5(problem: Problem, rtol: float, max_steps: int) -> Row:
     return Row("neuralode dopri5", f"{max_steps} (max)", calls[0], 0, 0, seconds, outcome)
 
 
+def run_diffrax(
+    python: str, cases: list[tuple[Problem, float]], refs: dict[str, np.ndarray], repeats: int
+) -> dict[tuple[str, float], Row]:
+    """diffrax's Kvaerno3 on every (problem, rtol), in one process of its own under
+    ``python`` (this process's cores, one-threaded XLA), keyed by (problem name, rtol)."""
+    spec = {
+        "repeats": repeats,
+        "cases": [
+            {"problem": p.name, "rtol": rtol, "atol": p.atol, "y0": p.y0, "ts": p.ts}
+            for p, rtol in cases
+        ],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        env = {**os.environ, "XLA_FLAGS": diffrax_peer.XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
+        done = subprocess.run(
+            [python, "-I", str(WORKER), str(spec_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise SystemExit(f"the diffrax worker failed:\n{done.stderr[-2000:]}")
+    rows = {}
+    for (problem, rtol), line in zip(cases, done.stdout.strip().splitlines(), strict=True):
+        answer = json.loads(line)
+        ys = np.array(answer["ys"])
+        rows[problem.name, rtol] = Row(
+            f"diffrax Kvaerno3 (jitted; compile {answer['compile_seconds']:.1f} s apart)",
+            f"{answer['accepted']} + {answer['rejected']}",
+            "-",
+            "-",
+            "-",
+            answer["seconds"],
+            tolerance_units(ys, refs[problem.name], rtol, problem.atol),
+        )
+    return rows
+
+
 def table(problem: Problem, rtol: float, rows: list[Row]) -> str:
     lines = [
         f"### {problem.name}, rtol={rtol:g}, atol={problem.atol:g}",
@@ -241,7 +295,7 @@ def table(problem: Problem, rtol: float, rows: list[Row]) -> str:
         error = r.error if isinstance(r.error, str) else f"{r.error:.2g}"
         lines.append(
             f"| {r.solver} | {r.steps} | {r.nfe} | {r.jacobians} | {r.lu} | "
-            f"{r.seconds:.2f} | {error} |"
+            f"{r.seconds:.3f} | {error} |"
         )
     return "\n".join(lines)
 
@@ -250,7 +304,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repeat, rtol 1e-6 only")
     parser.add_argument("--max-steps", type=positive_int, default=5000, help="dopri5's step budget")
+    parser.add_argument(
+        "--diffrax-python",
+        default=None,
+        help="an interpreter with jax and diffrax: adds diffrax's Kvaerno3 to each table",
+    )
     args = parser.parse_args(argv)
+    python = None
+    if args.diffrax_python is not None:
+        try:
+            python, versions = diffrax_peer.find_python(args.diffrax_python)
+        except ValueError as error:
+            parser.error(str(error))
     repeats = 1 if args.quick else 3
     rtols = (1e-6,) if args.quick else (1e-4, 1e-6)
     torch.set_num_threads(1)
@@ -258,10 +323,17 @@ def main(argv: list[str] | None = None) -> None:
         f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"scipy {scipy.__version__}, one thread\n"
     )
+    refs = {problem.name: reference(problem) for problem in PROBLEMS}
+    peer: dict[tuple[str, float], Row] = {}
+    if python is not None:
+        print(f"diffrax: {versions}\n")
+        peer = run_diffrax(python, [(p, r) for p in PROBLEMS for r in rtols], refs, repeats)
     for problem in PROBLEMS:
-        ref = reference(problem)
+        ref = refs[problem.name]
         for rtol in rtols:
             rows = [run_implicit(problem, m, rtol, ref, repeats) for m in ("radau", "kvaerno3")]
+            if (problem.name, rtol) in peer:
+                rows.append(peer[problem.name, rtol])
             rows += [run_scipy(problem, m, rtol, ref, repeats) for m in ("Radau", "BDF")]
             if rtol == rtols[-1]:
                 rows.append(run_dopri5(problem, rtol, args.max_steps))

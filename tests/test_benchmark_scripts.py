@@ -36,6 +36,7 @@ BAD_COUNTS = [
     ("bench_sde_per_sample", ["--batch", "0"], "--batch: must be a positive integer, got 0"),
     ("bench_steps_diffrax", ["--rows", "0"], "--rows: must be a positive integer, got 0"),
     ("bench_stiff", ["--max-steps", "0"], "--max-steps: must be a positive integer, got 0"),
+    ("bench_stiff", ["--diffrax-python", "/nonexistent/python"], "cannot be run"),
     ("bench_tanh", ["--rounds", "-2"], "--rounds: must be a positive integer, got -2"),
     ("bench_whole_calls", ["--batches", "0"], "--batches: must be comma-separated positive"),
     ("bench_whole_graph", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),

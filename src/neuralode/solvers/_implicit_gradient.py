@@ -14,10 +14,16 @@ from typing import Any
 
 import torch
 
+from .._errors import SolverError
 from .._host import vmap_active
 from .._term import ODETerm
-from ._krylov_solve import preconditioned_gmres
+from ._krylov_solve import restarted_preconditioned_gmres
 from ._newton import BatchLayout, block_jacobian, from_blocks, newton_matrix, to_blocks
+
+
+class TransposedSolveError(SolverError):
+    """The gradient's transposed GMRES solve did not reach ``krylov_tol``: the gradient
+    would be wrong."""
 
 
 def tie_adjoint(
@@ -35,7 +41,10 @@ def tie_adjoint(
     def adjoint_solve(grad: torch.Tensor | None) -> torch.Tensor | None:
         if grad is None:
             return None
-        solved = solve_transposed(grad)
+        try:
+            solved = solve_transposed(grad)
+        except TransposedSolveError as error:
+            raise TransposedSolveError(f"{name}: {error}") from None
         if torch.is_grad_enabled():  # create_graph=True (torch.func.grad, hessian)
             # first derivatives are exact; differentiating them again would treat the
             # solve's result as a constant: an error when (and only when) that happens
@@ -62,9 +71,15 @@ def transposed_solve(
     on the right by ``precondition`` where given (v -> ≈ (I - h (A^T kron J^H))^-1 v on
     (m, N), see ``_krylov_solve.transposed_preconditioner``), else (and under vmap, whose
     batched residuals GMRES cannot read on the host) by factorising the block Jacobians.
+    GMRES restarts every ``dim`` vectors from its iterate (``_newton.restarted_gmres``, at
+    most 20 cycles), as no Newton iteration follows to absorb an inexact solve. A residual
+    left above tol times |grad| is an error, but for one that stagnates below sqrt(eps)
+    times |grad| (rounding's floor, e.g. in float32); a NaN one (a non-finite
+    vector-Jacobian product) gives a NaN u, as the factorisation would.
 
     Raises:
         SingularMatrixError: GMRES stalls with ``precondition`` (a singular one).
+        TransposedSolveError: GMRES stops above that residual.
     """
     m = len(stage_times)
     if krylov is not None and vmap_active():
@@ -76,8 +91,15 @@ def transposed_solve(
             w = a.T.to(u.dtype) @ u
             return u - h * torch.stack([pull(wi) for pull, wi in zip(pullbacks, w)])
 
+        tol, dim = krylov
         with torch.no_grad():
-            return preconditioned_gmres(matvec, grad, *krylov, precondition)
+            result = restarted_preconditioned_gmres(matvec, grad, tol, dim, precondition)
+        # a residual that stagnates below sqrt(eps) is rounding's (float32's floor)
+        real = grad.real if grad.is_complex() else grad
+        floor = torch.finfo(real.dtype).eps ** 0.5 if result.stagnated else 0.0
+        if result.residual > max(tol, floor):  # (a NaN passes: a NaN u)
+            raise _unconverged(h, tol, dim, result.residual, result.matvecs, precondition)
+        return result.x
     with torch.no_grad():
         jacobians = torch.stack(
             [
@@ -89,6 +111,32 @@ def transposed_solve(
         matrix = newton_matrix(h, a, jacobians)
         out = torch.linalg.solve(matrix.mH, to_blocks(grad, layout)[..., None])[..., 0]
         return from_blocks(out, layout, m)
+
+
+def _unconverged(
+    h: float,
+    tol: float,
+    dim: int,
+    residual: float,
+    matvecs: int,
+    precondition: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> TransposedSolveError:
+    """The error of a transposed GMRES solve stopped at relative ``residual`` after
+    ``matvecs`` products with the transposed Newton matrix, with its fixes."""
+    if precondition is None:
+        fix = (
+            "precondition it with a preconditioner that has a transposed(c, r) method "
+            "returning ≈ (I - c J)^-H r (as pde.DiffusionPreconditioner has), "
+        )
+    else:
+        fix = "improve the preconditioner's transposed(c, r), "
+    return TransposedSolveError(
+        "the gradient's transposed GMRES solve (I - h (A kron J))^H u = g of a step of "
+        f"h={h:.6g} did not converge: relative residual {residual:.3g} after {matvecs} "
+        f"matrix-vector products (krylov_tol={tol:g}, restarted every krylov_dim={dim} "
+        "vectors until it stagnated or ran out of restarts), so the gradient would be "
+        f'wrong. Raise krylov_dim, loosen krylov_tol, {fix}or use linear_solver="direct"'
+    )
 
 
 def _stage_pullbacks(

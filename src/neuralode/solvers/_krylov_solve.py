@@ -13,7 +13,9 @@ one after another, one GMRES each; with neither structure one GMRES solves all s
 preconditioned stage by stage with A's diagonal.
 
 The gradient of a step solves the transposed system (I - h (A kron J(Y_i)))^H u = g over all
-stages at once (``_implicit_gradient.transposed_solve``). A preconditioner with a method
+stages at once (``_implicit_gradient.transposed_solve``), by GMRES restarted until it meets
+the tolerance (a gradient has no Newton iteration to absorb an inexact solve), else an
+error. A preconditioner with a method
 ``transposed(c, r)`` ≈ (I - c J)^-H r = (I - conj(c) J^H)^-1 r, the adjoint of
 ``preconditioner(c, .)`` for the same c, preconditions it on the right too
 (``transposed_preconditioner``): through A^T's eigenbasis (A's eigenvalues), else stage by
@@ -29,7 +31,7 @@ from collections.abc import Callable
 import torch
 
 from ._dense_solve import Eigenbasis, Triangular, stage_split
-from ._newton import JacobianVectorProduct, gmres
+from ._newton import GMRESResult, JacobianVectorProduct, gmres, restarted_gmres
 
 #: preconditioner(c, r) ≈ (I - c J)^-1 r, r shaped like the state; optionally with a method
 #: transposed(c, r) ≈ (I - c J)^-H r for the gradient's transposed solves (module docstring)
@@ -132,6 +134,27 @@ def preconditioned_gmres(
     # test: the solve fails instead
     x = gmres(lambda v: matvec(precondition(v)), rhs, tol, dim, singular=_SINGULAR)
     return precondition(x)
+
+
+def restarted_preconditioned_gmres(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    tol: float,
+    dim: int,
+    precondition: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> GMRESResult:
+    """``preconditioned_gmres`` restarted (``_newton.restarted_gmres``): its x is the
+    solution (the preconditioner applied), its residual the true one, which the caller
+    judges.
+
+    Raises:
+        SingularMatrixError: GMRES stalls on the preconditioned operator (a singular
+            preconditioner).
+    """
+    if precondition is None:
+        return restarted_gmres(matvec, rhs, tol, dim)
+    result = restarted_gmres(lambda v: matvec(precondition(v)), rhs, tol, dim, singular=_SINGULAR)
+    return GMRESResult(precondition(result.x), result.residual, result.matvecs, result.stagnated)
 
 
 def transposed_preconditioner(

@@ -7,6 +7,7 @@ Jacobians are ``(batch, n, n)`` and every Newton matrix is factorised per sample
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -253,7 +254,8 @@ def gmres(
     singular: str | None = None,
 ) -> torch.Tensor:
     """Solve matvec(x) = rhs from x = 0 by GMRES (Arnoldi with modified Gram-Schmidt) until
-    the residual is below ``tol`` times |rhs| or ``dim`` Krylov vectors; no restart.
+    the residual is below ``tol`` times |rhs| or ``dim`` Krylov vectors; no restart
+    (``restarted_gmres`` restarts).
 
     A non-finite matvec (e.g. f not differentiable at the point: J v infinite) gives a NaN
     x, for the caller's finiteness checks (a Newton iteration rejects the step), instead of
@@ -261,11 +263,80 @@ def gmres(
     that closes with the residual above max(tol, sqrt(eps)) times |rhs| (the operator is
     singular on it: x = 0 for an operator that is 0) raises ``SingularMatrixError(singular)``.
     """
+    return _gmres_cycle(matvec, rhs, tol, dim, singular)[0]
+
+
+@dataclass(frozen=True)
+class GMRESResult:
+    """``restarted_gmres``'s x, its residual |rhs - matvec(x)| relative to |rhs| (GMRES's
+    own estimate where the first cycle converges, else measured by one matvec), the matvecs
+    it took, and whether it stopped because a cycle stagnated."""
+
+    x: torch.Tensor
+    residual: float
+    matvecs: int
+    stagnated: bool = False
+
+
+def restarted_gmres(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    tol: float,
+    dim: int,
+    *,
+    cycles: int = 20,
+    stagnation: float = 0.9,
+    singular: str | None = None,
+) -> GMRESResult:
+    """Solve matvec(x) = rhs by restarted GMRES(``dim``): cycles of ``gmres`` on the true
+    residual r = rhs - matvec(x) (one matvec each), x += d for matvec(d) ≈ r, until the
+    residual is below ``tol`` times |rhs|, after at most ``cycles`` cycles, or once a cycle
+    reduces the residual by less than the factor ``stagnation`` (restarted GMRES that
+    stagnates does not recover). A first cycle that converges costs what ``gmres`` costs.
+    The caller judges the residual it returns (a non-finite matvec gives a NaN x and
+    residual, as ``gmres``).
+
+    Raises:
+        SingularMatrixError: with ``singular``, as ``gmres``.
+    """
+    count = [0]
+
+    def counted(v: torch.Tensor) -> torch.Tensor:
+        count[0] += 1
+        return matvec(v)
+
+    beta = float(torch.linalg.vector_norm(rhs))
+    x, residual, norm = torch.zeros_like(rhs), rhs, beta
+    for cycle in range(cycles):
+        if not norm > tol * beta:  # (converged; also rhs = 0)
+            break
+        d, estimate = _gmres_cycle(counted, residual, min(tol * beta / norm, 1.0), dim, singular)
+        if not math.isfinite(estimate):
+            return GMRESResult(d, math.nan, count[0])
+        x = x + d
+        if cycle == 0 and estimate <= tol * beta:  # (GMRES's estimate: no extra matvec)
+            return GMRESResult(x, estimate / beta, count[0])
+        residual = rhs - counted(x)
+        previous, norm = norm, float(torch.linalg.vector_norm(residual))
+        if norm > tol * beta and norm > stagnation * previous:
+            return GMRESResult(x, norm / beta, count[0], stagnated=True)
+    return GMRESResult(x, norm / beta if beta else 0.0, count[0])
+
+
+def _gmres_cycle(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    tol: float,
+    dim: int,
+    singular: str | None,
+) -> tuple[torch.Tensor, float]:
+    """``gmres``'s x and its least-squares residual |rhs - matvec(x)| (exact but for
+    rounding; inf for a NaN x)."""
     shape = rhs.shape
     b = rhs.reshape(-1)
     beta = torch.linalg.vector_norm(b)
     if float(beta) == 0:
-        return torch.zeros_like(rhs)
+        return torch.zeros_like(rhs), 0.0
     basis = [b / beta]
     # The Krylov space is exhausted (to round-off) when the new direction is this short.
     real = b.real if b.is_complex() else b
@@ -275,10 +346,11 @@ def gmres(
     e1 = torch.zeros(dim + 1, dtype=b.dtype, device=b.device)
     e1[0] = beta
     y = None
+    residual = float(beta)
     for k in range(dim):
         w = matvec(basis[k].reshape(shape)).reshape(-1)
         if not bool(torch.isfinite(w).all()):
-            return torch.full_like(rhs, float("nan"))
+            return torch.full_like(rhs, float("nan")), float("inf")
         for i, v in enumerate(basis):
             hessenberg[i, k] = torch.vdot(v, w)
             w = w - hessenberg[i, k] * v
@@ -294,4 +366,4 @@ def gmres(
             break
         basis.append(w / hessenberg[k + 1, k])
     x = torch.stack(basis[: y.shape[0]], 1) @ y
-    return x.reshape(shape)
+    return x.reshape(shape), residual

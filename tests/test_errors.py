@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 from conftest import ALL_METHODS, make_solver
+from problems import ROBERTSON
 
 import neuralode as no
 
@@ -236,10 +237,10 @@ FAILING_SPANS = [(0.0, 1.0), (0.0, -1.0), (5.0, 6.0)]
 
 
 def _floor_attempts(t0: float, t1: float) -> tuple[float, int]:
-    """The step floor of a solve from ``t0`` to ``t1`` (4 ulps of max(|t|, |t1 - t0|):
-    8.9e-16 from 0 and 4.4e-15 from 5 here) and the attempts from first_step 0.01,
-    shrinking 5x per failure, until the retried step is below it: 19 and 18."""
-    floor = 4 * 2.0**-52 * max(abs(t0), abs(t1 - t0))
+    """The step floor of a solve from ``t0`` to ``t1`` (4 ulps of max(|t|, 2^-52 |t1 -
+    t0|): 2.0e-31 from 0 and 4.4e-15 from 5 here) and the attempts from first_step 0.01,
+    shrinking 5x per failure, until the retried step is below it: 42 and 18."""
+    floor = 4 * 2.0**-52 * max(abs(t0), 2.0**-52 * abs(t1 - t0))
     return floor, math.floor(math.log(0.01 / floor, 5)) + 1
 
 
@@ -298,7 +299,7 @@ def test_compiled_steps_failing_from_the_start_stop_at_the_step_floor(per_sample
             _failing_after(0.0), y0, TS, controller=controller, per_sample=per_sample,
             compile=True,
         )  # fmt: skip
-    floor = 4 * 2.0**-52
+    floor = 4 * 2.0**-104
     dt = _message_dt(str(info.value))
     assert 0.2 * floor < dt < floor
     assert f"the solve resolves there, {floor:.3g}" in str(info.value)
@@ -316,6 +317,38 @@ def test_a_tiny_time_span_resolves_steps_as_much_shorter(per_sample: bool) -> No
     assert sol.succeeded
     assert sol.stats.n_accepted >= 10 * (2 if per_sample else 1)
     torch.testing.assert_close(sol.ys[-1], torch.full_like(y0, math.exp(-1)), rtol=1e-8, atol=0)
+
+
+@pytest.mark.parametrize("method", ["radau", "kvaerno3"])
+def test_a_stiff_transient_at_the_start_of_a_long_span_is_resolved(method: str) -> None:
+    """Robertson's kinetics to t = 1e13: the first steps are about 1e-4 long, and Newton
+    failures reject some of them, steps far below 4 ulps of the span (0.009): the floor's
+    span part lies 16 decades below the span, so the solve goes on to y3 = 1."""
+    controller = no.PIController(rtol=1e-4, atol=1e-8)
+    sol = no.solve(
+        ROBERTSON.f, ROBERTSON.y0_tensor(), T(0.0, 1e13), solver=make_solver(method),
+        controller=controller,
+    )  # fmt: skip
+    assert sol.succeeded
+    assert abs(float(sol.ys[-1, 2]) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["one", "per-sample"])
+def test_rejected_short_steps_at_the_start_of_a_long_span_go_on(per_sample: bool) -> None:
+    """y' = -1e3 e^-t y over [0, 1e14] with dopri5 from first_step 0.1: rejected for
+    stability, the retried steps (about 0.02) lie below 4 ulps of the span (0.09) but far
+    above the floor, and the solve reaches exp(-1000) = 0 to atol."""
+
+    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        rate = torch.exp(-t)[:, None] if t.ndim else torch.exp(-t)
+        return -1e3 * rate * y
+
+    y0 = torch.ones(2, 1, dtype=torch.float64) if per_sample else T(1.0)
+    controller = no.PIController(rtol=1e-6, atol=1e-9, first_step=0.1)
+    sol = no.solve(field, y0, T(0.0, 1e14), controller=controller, per_sample=per_sample)
+    assert sol.succeeded
+    assert int(sol.stats.n_rejected) > 0
+    assert float(sol.ys[-1].abs().max()) < 1e-9
 
 
 @pytest.mark.parametrize("option", ["step_t", "jump_t"])

@@ -74,9 +74,9 @@ def raise_stalled(
     raise StepSizeUnderflowError(
         f"step size underflow{inside} at t={t:.10g}: the next step (dt={dt:.3g}) is below "
         f"the smallest step the solve resolves there, {floor:.3g} (4 float64 ulps of the "
-        "larger of |t| and the length of the time span). The solution may blow up, f may be "
-        "non-finite or discontinuous near this time (declare discontinuities with jump_t), "
-        f"or the problem may be stiff.{_sentence(hint)}"
+        "larger of |t| and 2^-52 times the length of the time span). The solution may blow "
+        "up, f may be non-finite or discontinuous near this time (declare discontinuities "
+        f"with jump_t), or the problem may be stiff.{_sentence(hint)}"
     )
 
 

@@ -37,8 +37,8 @@ class Status(enum.IntEnum):
         SUCCESS: reached the last output time.
         MAX_STEPS: stopped after ``max_steps`` step attempts (``MaxStepsError``).
         STEP_SIZE_UNDERFLOW: the step size fell below the smallest step the solve
-            resolves, 4 float64 ulps of the larger of |t| and the length of the time span
-            (``StepSizeUnderflowError``: a blow-up, a discontinuity or stiffness).
+            resolves, 4 float64 ulps of the larger of |t| and 2^-52 times the length of the
+            time span (``StepSizeUnderflowError``: a blow-up, a discontinuity or stiffness).
         NON_FINITE: NaN or inf in the state or the step size (``NonFiniteError``).
         EVENT: stopped at its terminal event (a success).
     """

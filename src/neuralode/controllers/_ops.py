@@ -40,15 +40,17 @@ def solve_span(t0: Any, t_end: Any) -> Any:
 
 def step_floor(t: Any, span: Any) -> Any:
     """The smallest step size a solve resolves at time ``t``: 4 ulps (of float64, the
-    engine's times whatever the state's dtype) of the larger of ``|t|`` and ``span``, the
-    length of the solve's time span (``solve_span``). Relative to t alone, as ``indistinct``,
-    a step near t = 0 could shrink to the smallest subnormal, hundreds of failed attempts
-    below any scale of the problem; relative to the span, the floor does not depend on where
-    the time origin lies (a solve over [0, 1] stops where one over [1, 2] does), and a
-    solve over a short span (say 1e-12 long) resolves steps as much shorter."""
+    engine's times whatever the state's dtype) of the larger of ``|t|`` and ``2^-52 span``,
+    ``span`` the length of the solve's time span (``solve_span``). Relative to t alone, as
+    ``indistinct``, a step near t = 0 could shrink to the smallest subnormal, hundreds of
+    failed attempts below any scale of the problem. The span's part lies 16 decades below
+    the span: a stiff transient at the start of a long span (Robertson's kinetics to
+    t = 1e13, whose first steps are 1e-6 long) needs steps far shorter than 4 ulps of the
+    span, and a solve over a short span (say 1e-12 long) resolves steps as much shorter."""
     if type(t) is not float and isinstance(t, torch.Tensor):
-        return 4 * _EPS * torch.maximum(t.abs(), torch.as_tensor(span, dtype=t.dtype))
-    return 4 * _EPS * max(abs(t), span)
+        scale = torch.as_tensor(_EPS * span, dtype=t.dtype)
+        return 4 * _EPS * torch.maximum(t.abs(), scale)
+    return 4 * _EPS * max(abs(t), _EPS * span)
 
 
 def stuck(t: Any, t1: Any, span: Any, rejected: Any) -> Any:

@@ -16,7 +16,7 @@ from scipy.integrate import solve_ivp
 import neuralode as no
 from neuralode._term import ODETerm
 from neuralode._tree import tree_spec
-from neuralode.solvers import SDIRK2, TRBDF2, Kvaerno3
+from neuralode.solvers import SDIRK2, TRBDF2, ImplicitRK, ImplicitTableau, Kvaerno3
 
 
 def _units(ys: torch.Tensor, ref: np.ndarray, rtol: float, atol: float) -> np.ndarray:
@@ -131,3 +131,38 @@ def test_gradcheck_through_interpolated_outputs(strategy: str) -> None:
     y0 = torch.tensor([1.0, 0.2], dtype=torch.float64, requires_grad=True)
     params = torch.tensor([0.7, 1.3], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(run, (y0, params), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+_CROUZEIX_GAMMA = 0.5 + 3**0.5 / 6
+
+
+class _Crouzeix(ImplicitRK):
+    """Crouzeix's two-stage SDIRK of order 3: neither collocation nor stiffly accurate."""
+
+    tableau = ImplicitTableau(
+        name="crouzeix3",
+        c=(_CROUZEIX_GAMMA, 1 - _CROUZEIX_GAMMA),
+        a=((_CROUZEIX_GAMMA, 0.0), (1 - 2 * _CROUZEIX_GAMMA, _CROUZEIX_GAMMA)),
+        b=(0.5, 0.5),
+        order=3,
+    )
+
+
+def test_a_method_without_a_last_stage_derivative_carries_nothing() -> None:
+    """A method that is not stiffly accurate has no last-stage derivative to carry: its
+    Hermite output starts from f(t0, y0) whether or not the previous step interpolated
+    (which evaluates f(t1, y1) there), and Checkpointed's gradient equals Direct's."""
+    ts = torch.tensor([0.0, 0.05, 0.3, 0.33, 1.0], dtype=torch.float64)
+
+    def gradient(strategy) -> torch.Tensor:
+        y0 = torch.tensor([1.0, 0.2], dtype=torch.float64, requires_grad=True)
+        params = torch.tensor([0.7, 1.3], dtype=torch.float64)
+        ys = no.solve(
+            _decay(params), y0, ts, solver=_Crouzeix(), controller=no.FixedGrid(step_size=0.1),
+            gradient=strategy,
+        ).ys  # fmt: skip
+        return torch.autograd.grad(ys.sum(), y0)[0]
+
+    torch.testing.assert_close(
+        gradient(no.Checkpointed(params=())), gradient(no.Direct()), rtol=1e-12, atol=1e-12
+    )

@@ -476,7 +476,11 @@ class ImplicitRK(ImplicitStages):
                 collocation methods (their dense output is their own polynomial) and
                 methods that are not stiffly accurate (f(t1, y1) is then evaluated).
         """
-        return None if self.tableau.collocation else step.f1
+        tab = self.tableau
+        # (``step.f1`` of other methods is f(t1, y1), set only where an output was
+        # interpolated in the step: not a derivative the next step can rely on)
+        last_stage = tab.stiffly_accurate and tab.c[-1] == 1
+        return step.f1 if last_stage and not tab.collocation else None
 
     def read_carried(self, replay: Any) -> tuple[Any, torch.Tensor | None]:
         """The replay state with the previous step's end derivative (``carried``) made a

@@ -1,5 +1,5 @@
-"""PDE benchmark: implicit Radau (LU and Jacobian-free Newton-Krylov) vs dopri5 on
-diffusion-dominated problems by the method of lines (see ``neuralode.bench.pde``).
+"""PDE benchmark: implicit Radau (LU and Jacobian-free Newton-Krylov) and IMEX KenCarp4 vs
+dopri5 on diffusion-dominated problems by the method of lines (see ``neuralode.bench.pde``).
 
     python benchmarks/bench_pde.py              # both problems, 3 interleaved repeats
     python benchmarks/bench_pde.py --quick      # one repeat, heat1d only

@@ -1,4 +1,5 @@
-"""Diffusion-dominated PDEs by the method of lines: implicit (Radau) against explicit (dopri5).
+"""Diffusion-dominated PDEs by the method of lines: implicit (Radau) and IMEX (KenCarp4, the
+diffusion implicit) against explicit (dopri5).
 
 Two problems, float64, one state each:
 
@@ -12,7 +13,7 @@ Two problems, float64, one state each:
 Each solver runs at a sweep of tolerances (atol = rtol / 1000), the runs interleaved over
 the repeats (one round runs every configuration once), and reports steps, NFE, median time
 and the relative L2 error at the final time. "At equal accuracy" compares each dopri5 run
-with the cheapest implicit run that is at least as accurate.
+with the cheapest implicit (or IMEX) run that is at least as accurate.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..controllers.pi import PIController
 from ..pde import FitzHughNagumo, Grid, Heat, random_fourier_field, reference_solve
 from ..pde.grid import Dirichlet
 from ..solvers.dopri5 import Dopri5
+from ..solvers.kencarp4 import KenCarp4
 from ..solvers.radau import Radau
 
 
@@ -111,7 +113,8 @@ def configs(problem: Problem) -> list[Config]:
     """dopri5 at ``EXPLICIT_RTOLS`` (its error hardly depends on them: its steps are bounded
     by stability), Radau with LU (small states only) and with Jacobian-free Newton-Krylov,
     unpreconditioned and preconditioned by the problem's diffusion part
-    (``preconditioner()``), at ``IMPLICIT_RTOLS``."""
+    (``preconditioner()``), and the IMEX KenCarp4 with the diffusion as its implicit linear
+    part (``linear_part()``), at ``IMPLICIT_RTOLS``."""
     out = [Config("dopri5", r, Dopri5) for r in EXPLICIT_RTOLS]
     if problem.y0.numel() <= 512:  # dense Jacobians and LU of 3n x 3n: small states only
         out += [Config("radau (LU)", r, Radau) for r in IMPLICIT_RTOLS]
@@ -128,6 +131,8 @@ def configs(problem: Problem) -> list[Config]:
         )
         for r in IMPLICIT_RTOLS
     ]
+    linear = problem.func.linear_part()  # the diffusion, solved exactly in every stage
+    out += [Config("kencarp4 (IMEX)", r, lambda: KenCarp4(linear=linear)) for r in IMPLICIT_RTOLS]
     return out
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from .._solve import solve
 from ..controllers.pi import PIController
+from ..solvers.imex_rk import LinearPart
 from .grid import Grid, Periodic
 from .models import Diffusion, _check_state
 from .preconditioner import DiffusionPreconditioner
@@ -119,6 +120,18 @@ class Burgers(nn.Module):
         """
         return self.diffusion.preconditioner()
 
+    def linear_part(self) -> LinearPart:
+        """The diffusion as the stiff linear part of an IMEX method:
+        ``KenCarp4(linear=model.linear_part())`` solves it implicitly, exactly, and the rest
+        of f explicitly.
+
+        Returns:
+            A [`LinearPart`][neuralode.solvers.LinearPart]: L y = D Laplacian_h y (without
+                the boundary data, which stay in the explicit part) and (I - c L)^-1 r by
+                the diffusion term's ``DiffusionPreconditioner``.
+        """
+        return self.diffusion.linear_part()
+
 
 def _burgers_flux(u: torch.Tensor) -> torch.Tensor:
     return 0.5 * u * u
@@ -202,6 +215,18 @@ class FitzHughNagumo(nn.Module):
             The ``DiffusionPreconditioner`` of the diffusion term.
         """
         return self.diffusion.preconditioner()
+
+    def linear_part(self) -> LinearPart:
+        """The diffusion as the stiff linear part of an IMEX method:
+        ``KenCarp4(linear=model.linear_part())`` solves it implicitly, exactly, and the rest
+        of f explicitly.
+
+        Returns:
+            A [`LinearPart`][neuralode.solvers.LinearPart]: L y = D Laplacian_h y (without
+                the boundary data, which stay in the explicit part) and (I - c L)^-1 r by
+                the diffusion term's ``DiffusionPreconditioner``.
+        """
+        return self.diffusion.linear_part()
 
 
 def random_fourier_field(

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..solvers.imex_rk import LinearPart
 from .grid import Grid, Periodic
 from .preconditioner import DiffusionPreconditioner, check_order, diffusion_arguments
 from .spectral import spectral_laplacian
@@ -112,6 +113,18 @@ class Diffusion(nn.Module):
             ValueError: a diffusivity that is no longer finite and non-negative.
         """
         return DiffusionPreconditioner(self.grid, self.diffusivity, self.order, self.spectral)
+
+    def linear_part(self) -> LinearPart:
+        """The diffusion as the stiff linear part of an IMEX method:
+        ``KenCarp4(linear=model.linear_part())`` solves it implicitly, exactly, and the rest
+        of f explicitly.
+
+        Returns:
+            A [`LinearPart`][neuralode.solvers.LinearPart]: L y = D Laplacian_h y (without
+                the boundary data, which stay in the explicit part) and (I - c L)^-1 r by
+                this term's ``DiffusionPreconditioner``.
+        """
+        return self.preconditioner().linear_part()
 
 
 class Advection(nn.Module):
@@ -361,3 +374,18 @@ class NeuralPDE(nn.Module):
                 "spectral)"
             )
         return method()
+
+    def linear_part(self) -> LinearPart:
+        """The known part's diffusion as the stiff linear part of an IMEX method:
+        ``KenCarp4(linear=model.linear_part())`` solves it implicitly, exactly, and the rest
+        of f explicitly (the learned part among it).
+
+        Returns:
+            A [`LinearPart`][neuralode.solvers.LinearPart]: L y = D Laplacian_h y (without
+                the boundary data, which stay in the explicit part) and (I - c L)^-1 r by
+                the known part's ``DiffusionPreconditioner``.
+
+        Raises:
+            ValueError: as ``preconditioner()``: no known part with a diffusion.
+        """
+        return self.preconditioner().linear_part()

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..solvers.imex_rk import LinearPart
 from .grid import Boundary, Dirichlet, Grid, Neumann, Periodic
 from .spectral import spectral_derivative
 from .stencils import ORDERS, derivative
@@ -253,6 +254,31 @@ class DiffusionPreconditioner:
         """
         return self._solve(c, r, adjoint=True)
 
+    def apply(self, r: torch.Tensor) -> torch.Tensor:
+        """D Laplacian_h r: the operator this preconditioner inverts the shifted form of, the
+        linear part of the diffusion term without its boundary data, through the same
+        eigendecomposition (so ``self(c, r)`` inverts I - c times it exactly, to rounding).
+
+        Arguments:
+            r: a field, as for ``__call__``.
+
+        Returns:
+            D Laplacian_h r, of ``r``'s shape and dtype.
+
+        Raises:
+            ValueError: an ``r`` that does not fit the grid or the channels.
+        """
+        return self._eigenbasis(r, None, adjoint=False)
+
+    def linear_part(self) -> LinearPart:
+        """The diffusion as the stiff linear part of an IMEX method
+        (``KenCarp4(linear=...)``): L y = ``apply(y)``, (I - c L)^-1 r = ``self(c, r)``.
+
+        Returns:
+            A [`LinearPart`][neuralode.solvers.LinearPart].
+        """
+        return LinearPart(self.apply, self.__call__)
+
     def _solve(self, c: float | complex, r: torch.Tensor, adjoint: bool) -> torch.Tensor:
         """(I - c D Laplacian_h)^-1 r, or with ``adjoint`` its adjoint applied to r: with
         Laplacian_h = V diag(lambda) V^-1 (V the Kronecker product of the axes'), the
@@ -261,6 +287,16 @@ class DiffusionPreconditioner:
             raise ValueError(f"c must be a real or complex number (a float or complex), got {c!r}")
         if not math.isfinite(abs(complex(c))):  # type: ignore[arg-type]
             raise ValueError(f"c must be finite, got {c!r}")
+        real_c = isinstance(c, numbers.Real) or complex(c).imag == 0  # type: ignore[arg-type]
+        shift: float | complex = float(complex(c).real) if real_c else complex(c)  # type: ignore[arg-type]
+        return self._eigenbasis(r, shift, adjoint)
+
+    def _eigenbasis(
+        self, r: torch.Tensor, shift: float | complex | None, adjoint: bool
+    ) -> torch.Tensor:
+        """r divided by 1 - shift D lambda in the Laplacian's eigenbasis, (I - shift D
+        Laplacian_h)^-1 r (or its adjoint applied to r); with ``shift=None`` multiplied by D
+        lambda instead, D Laplacian_h r."""
         self.grid.check_field(r)
         ndim = self.grid.ndim
         if self.channels is not None:
@@ -271,19 +307,21 @@ class DiffusionPreconditioner:
                     f"{', '.join(map(str, self.grid.shape))}) (one channel per diffusivity), "
                     f"got {tuple(r.shape)}"
                 )
-        real_c = isinstance(c, numbers.Real) or complex(c).imag == 0  # type: ignore[arg-type]
-        shift: float | complex = float(complex(c).real) if real_c else complex(c)  # type: ignore[arg-type]
+        real_c = shift is None or isinstance(shift, float)
         work_dtype = r.dtype if r.is_complex() or real_c else _complex(r.dtype)
         scaled, *matrices = self._factors(work_dtype, r.device)
         vectors, inverses = matrices[0::2], matrices[1::2]
-        into, back, denominator = inverses, vectors, 1 - shift * scaled
+        into, back = inverses, vectors
         if adjoint:
             into, back = [v.mH for v in vectors], [w.mH for w in inverses]
-            denominator = denominator.conj()
         x = r.to(work_dtype)
         for axis in range(ndim):  # into the eigenbasis: (V_0^-1 (x) V_1^-1) r, or V^H r
             x = _along(x, into[axis], axis - ndim)
-        x = x / denominator
+        if shift is None:
+            x = x * scaled
+        else:
+            denominator = 1 - shift * scaled
+            x = x / (denominator.conj() if adjoint else denominator)
         for axis in range(ndim):  # back: (V_0 (x) V_1) x, or V^-H x
             x = _along(x, back[axis], axis - ndim)
         # a complex eigenbasis of a real problem: the solution is real up to rounding

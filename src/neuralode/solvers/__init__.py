@@ -13,9 +13,13 @@ from .gl4 import GL4
 from .gl6 import GL6
 from .heun2 import Heun2
 from .heun3 import Heun3
+from .imex_rk import IMEXRK, LinearPart
 from .implicit_euler import ImplicitEuler
 from .implicit_midpoint import ImplicitMidpoint
 from .implicit_rk import ImplicitRK, NewtonError
+from .kencarp3 import KenCarp3
+from .kencarp4 import KenCarp4
+from .kencarp5 import KenCarp5
 from .kvaerno3 import Kvaerno3
 from .midpoint import Midpoint
 from .radau import Radau
@@ -23,7 +27,7 @@ from .radau_iia3 import RadauIIA3
 from .radau_iia5 import RadauIIA5
 from .rk4 import RK4
 from .sdirk2 import SDIRK2
-from .tableau import ButcherTableau, DenseOutput, ImplicitTableau
+from .tableau import AdditiveTableau, ButcherTableau, DenseOutput, ImplicitTableau
 from .trapezoid import Trapezoid
 from .trbdf2 import TRBDF2
 from .tsit5 import Tsit5
@@ -55,12 +59,16 @@ METHODS: dict[str, type[Solver]] = {
     "trbdf2": TRBDF2,
     "radau": Radau,
     "kvaerno3": Kvaerno3,
+    "kencarp3": KenCarp3,
+    "kencarp4": KenCarp4,
+    "kencarp5": KenCarp5,
 }
 
 __all__ = [
     "METHODS",
     "RK4",
     "AdaptiveHeun",
+    "AdditiveTableau",
     "Bosh3",
     "ButcherTableau",
     "DenseOutput",
@@ -74,9 +82,14 @@ __all__ = [
     "GL6",
     "ImplicitEuler",
     "ImplicitMidpoint",
+    "IMEXRK",
     "ImplicitRK",
     "ImplicitTableau",
+    "KenCarp3",
+    "KenCarp4",
+    "KenCarp5",
     "Kvaerno3",
+    "LinearPart",
     "NewtonError",
     "Radau",
     "RadauIIA3",

@@ -205,6 +205,47 @@ class ImplicitTableau:
         )
 
 
+@dataclass(frozen=True)
+class AdditiveTableau:
+    """An additive (IMEX) Runge-Kutta method: an explicit tableau for the non-stiff part of
+    f and a diagonally implicit one (ESDIRK: explicit first stage, one diagonal gamma) for
+    its stiff linear part, sharing the stages' times, the weights and the error weights.
+
+    Attributes:
+        explicit: the explicit method.
+        implicit: the implicit method.
+
+    Raises:
+        ValueError: tableaux that differ in ``c``, ``b``, ``b_error`` or their orders, or an
+            implicit tableau that is not ESDIRK.
+    """
+
+    explicit: ButcherTableau
+    implicit: ImplicitTableau
+
+    def __post_init__(self) -> None:
+        ex, im = self.explicit, self.implicit
+        problems = []
+        for what in ("c", "b", "b_error", "order", "error_order"):
+            if getattr(ex, what) != getattr(im, what):
+                problems.append(f"the explicit and implicit {what} differ")
+        s = im.stages
+        upper = any(im.a[i][j] != 0 for i in range(s) for j in range(i + 1, s))
+        diagonal = {im.a[i][i] for i in range(1, s)}
+        if upper or not im.explicit_first_stage or len(diagonal) != 1 or 0 in diagonal:
+            problems.append(
+                "the implicit tableau must be ESDIRK: lower triangular, an explicit first "
+                "stage and one nonzero diagonal entry"
+            )
+        if problems:
+            raise ValueError(f"invalid additive tableau {ex.name!r}: " + "; ".join(problems))
+
+    @property
+    def gamma(self) -> float:
+        """The implicit tableau's diagonal entry."""
+        return self.implicit.a[-1][-1]
+
+
 def _error_weight_problems(
     b_error: tuple[float, ...] | None, error_order: int | None, stages: int
 ) -> list[str]:

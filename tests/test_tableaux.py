@@ -160,9 +160,7 @@ def test_implicit_tableau_has_its_declared_order_exactly(name: str) -> None:
     assert max(residuals(a, b, tab.order + 1)) > 1e-6, f"{name} is of higher order"
 
 
-@pytest.mark.parametrize(
-    "name", [n for n, t in IMPLICIT_TABLEAUX.items() if t.b_error is not None]
-)
+@pytest.mark.parametrize("name", [n for n, t in IMPLICIT_TABLEAUX.items() if t.b_error is not None])
 def test_implicit_embedded_solution_has_its_declared_order_exactly(name: str) -> None:
     tab = IMPLICIT_TABLEAUX[name]
     a = np.array(tab.a)

@@ -29,8 +29,9 @@ class LinearPart:
 
     Arguments:
         apply: ``apply(y)`` = L y, ``y`` shaped like the state (one tensor).
-        solve: ``solve(c, r)`` = (I - c L)^-1 r exactly, ``c`` a positive float (a step size
-            times the method's diagonal gamma), ``r`` shaped like the state.
+        solve: ``solve(c, r)`` = (I - c L)^-1 r exactly, ``c`` a float (the step size
+            times the method's diagonal gamma: negative when integrating backward in time),
+            ``r`` shaped like the state.
 
     Raises:
         ValueError: ``apply`` or ``solve`` not callable.

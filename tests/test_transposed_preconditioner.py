@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_pde_preconditioner import case_id, dense_jacobian, diffusion
 
 import neuralode as no
 from neuralode import pde
@@ -32,24 +33,6 @@ CASES = [
     (Grid((5, 6), lengths=(0.5, 1.0), boundary=(Dirichlet(2.0, 0.0), Neumann(1.0, 0.0))), 4),
     (Grid((6, 7), boundary=(Neumann(1.0, 2.0), Periodic())), 4),
 ]
-
-
-def case_id(case: tuple[Grid, int | str]) -> str:
-    grid, order = case
-    kinds = "-".join(type(b).__name__ for b in grid.boundaries)
-    return f"{'x'.join(map(str, grid.shape))}-{kinds}-{order}"
-
-
-def diffusion(grid: Grid, diffusivity: float | tuple[float, ...], order: int | str):
-    if order == "spectral":
-        return pde.Diffusion(grid, diffusivity, spectral=True)
-    return pde.Diffusion(grid, diffusivity, order=order)
-
-
-def dense_jacobian(func, u: torch.Tensor) -> torch.Tensor:
-    """The Jacobian of ``func(0, u)`` as an (N, N) matrix, N = u.numel()."""
-    jac = torch.func.jacrev(lambda v: func(torch.zeros((), dtype=F64), v))(u)
-    return jac.reshape(u.numel(), u.numel())
 
 
 def random_rhs(shape: tuple[int, ...], complex_: bool, seed: int) -> torch.Tensor:

@@ -314,17 +314,34 @@ def test_checkpointed_equals_direct_adaptive() -> None:
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_backsolve_with_linear_part_is_refused() -> None:
+def test_backsolve_with_linear_part_is_refused_before_the_solve() -> None:
+    """L acts on the forward state, not on the adjoint system's: refused up front (f never
+    evaluated), by ``solve`` and by ``odeint_adjoint``, whose backward solve would take the
+    forward options."""
     func, u0, ts = _gradient_problem()
+    calls = []
+
+    def counted(t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        calls.append(t)
+        return func(t, u)
+
     with pytest.raises(ValueError, match="Direct or Checkpointed"):
-        sol = no.solve(
-            func,
+        no.solve(
+            counted,
             u0.clone().requires_grad_(True),
             ts,
             solver=KenCarp4(linear=func.diffusion.linear_part()),
             gradient=no.Backsolve(params=tuple(func.parameters())),
         )
-        sol.ys.sum().backward()
+    with pytest.raises(ValueError, match="adjoint_options"):
+        no.odeint_adjoint(
+            func,
+            u0.clone().requires_grad_(True),
+            ts,
+            method="kencarp4",
+            options=dict(linear=func.diffusion.linear_part()),
+        )
+    assert not calls
 
 
 # ---------------------------------------------------------------------------------------------

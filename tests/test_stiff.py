@@ -330,6 +330,30 @@ def test_direct_and_backsolve_agree(batch_size: int | None) -> None:
         torch.testing.assert_close(adjoint, direct, rtol=1e-5, atol=1e-7)
 
 
+def test_odeint_adjoint_backward_solve_drops_the_forward_preconditioner() -> None:
+    """odeint_adjoint's backward solve takes the forward options; a preconditioner among
+    them is made for the forward state and is left out of the adjoint system's solves (it
+    raised a shape error in the backward pass), so the gradient is Direct's."""
+    heat = no.pde.Heat(no.pde.Grid((15,), boundary=no.pde.Dirichlet()), 0.01)
+    (x,) = heat.grid.coordinates()
+    u0 = torch.sin(math.pi * x)[None, None]
+    ts = torch.tensor([0.0, 0.05, 0.1], dtype=torch.float64)
+    scale = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+
+    def field(t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return scale * heat(t, u)
+
+    options = dict(linear_solver="krylov", preconditioner=heat.preconditioner())
+    adjoint = no.odeint_adjoint(
+        field, u0, ts, method="radau", options=options, rtol=1e-8, atol=1e-10,
+        adjoint_params=(scale,),
+    )  # fmt: skip
+    direct = no.odeint(field, u0, ts, method="radau", options=options, rtol=1e-8, atol=1e-10)
+    (by_adjoint,) = torch.autograd.grad(adjoint.sum(), scale)
+    (by_direct,) = torch.autograd.grad(direct.sum(), scale)
+    torch.testing.assert_close(by_adjoint, by_direct, rtol=1e-6, atol=0)
+
+
 def test_backsolve_gives_radau_the_backward_solves_tolerances() -> None:
     """Per-element tolerances laid out for the forward state (2 x 2 here) are laid out for
     the backward state [y, adjoint, parameter gradients] (10 elements) by the backward

@@ -100,7 +100,9 @@ def _backward_config(
         and segment_field is None
     )
     config = LoopConfig(
-        solver=strategy.solver or forward.solver.for_adjoint_system(),
+        # (a given backward solver too: a preconditioner or linear part made for the forward
+        # state does not apply to the adjoint system's)
+        solver=(strategy.solver or forward.solver).for_adjoint_system(),
         controller=strategy.backward_controller(forward.controller, problem.spec, sum(numels[2:])),
         norm=strategy.backward_norm(numels, forward.norm),
         max_steps=strategy.max_steps or forward.max_steps,

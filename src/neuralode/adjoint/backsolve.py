@@ -115,9 +115,12 @@ class Backsolve(GradientStrategy):
 
         Raises:
             ValueError: ``compile_step=True`` with a ``func`` that is not an ``nn.Module``
-                holding every one of ``params``, or a solver or controller the compiled
-                backward step does not support.
+                holding every one of ``params``, a solver or controller the compiled
+                backward step does not support, or a backward solver that cannot solve the
+                adjoint system (``Solver.for_adjoint_system``; refused before the forward
+                solve, not in the backward pass).
         """
+        (self.solver or problem.config.solver).for_adjoint_system()
         params = resolve_params(problem.func, self.params)
         if self.compile_step:
             self._check_compilable(problem, params)

@@ -153,7 +153,8 @@ class IMEXRK(Solver):
             raise ValueError(
                 f"{self.name} with a linear part cannot solve Backsolve's adjoint system (its "
                 "state is not the forward state L acts on): use Direct or Checkpointed "
-                "gradients, or give Backsolve a backward solver"
+                "gradients, or a backward solver without it (Backsolve(solver=...), or "
+                "odeint_adjoint's adjoint_method and adjoint_options)"
             )
         return self
 

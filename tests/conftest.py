@@ -20,6 +20,14 @@ ADAPTIVE_METHODS = [name for name in ALL_METHODS if METHODS[name]().adaptive]
 FIXED_METHODS = [name for name in ALL_METHODS if not METHODS[name]().adaptive]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n 2`` on two cores) each worker computes with one intra-op
+    thread: the OpenMP threads of two processes spinning on the same cores made small
+    operations (GMRES on a PDE grid) tens of times slower."""
+    if hasattr(config, "workerinput"):
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def room_for_graphs():
     """A test's result never depends on the tests before it in its process: those may have

@@ -168,7 +168,11 @@ def _heat1d(n: int = 127):
     return model, y0.to(F64), torch.tensor([0.0, 0.05], dtype=F64)
 
 
-@pytest.mark.parametrize("problem", [_heat1d, _fitzhugh_nagumo], ids=["heat1d", "fhn"])
+def _heat1d_small():
+    return _heat1d(47)
+
+
+@pytest.mark.parametrize("problem", [_heat1d_small, _fitzhugh_nagumo], ids=["heat1d", "fhn"])
 @pytest.mark.parametrize("method", ["radau", "sdirk2"])
 def test_transposed_preconditioning_cuts_the_backward_products(problem, method: str) -> None:
     """The same gradients, with and without ``transposed``, the transposed GMRES taking
@@ -200,7 +204,9 @@ def test_gradcheck_through_the_preconditioned_transposed_solve() -> None:
     y0 = torch.rand(1, 2, 5, dtype=F64, generator=torch.Generator().manual_seed(3))
     before = _PULLBACKS[0]
     # (repeated backward passes agree to rounding, not bitwise, with or without preconditioner)
-    assert torch.autograd.gradcheck(final, (y0.requires_grad_(True),), nondet_tol=1e-12)
+    assert torch.autograd.gradcheck(
+        final, (y0.requires_grad_(True),), nondet_tol=1e-12, fast_mode=True
+    )
     assert _PULLBACKS[0] > before  # the backward went through the transposed GMRES
 
 

@@ -30,7 +30,8 @@ KVAERNO3_TABLEAU = ImplicitTableau(
 
 
 class Kvaerno3(ImplicitRK):
-    """ESDIRK 3(2) with step-size control, for stiff problems at loose tolerances.
+    """ESDIRK 3(2) with step-size control, for stiff problems at loose tolerances (from
+    rtol 1e-3 on ``radau`` is faster).
 
     Per attempted step: one evaluation of f at (t0, y0) and three per Newton iteration; a
     Jacobian where ``radau`` takes one (kept across steps while Newton converges fast).

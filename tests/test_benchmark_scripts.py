@@ -16,6 +16,7 @@ BAD_COUNTS = [
     ("bench_cnf_rnode", ["--iters", "0"], "--iters: must be a positive integer, got 0"),
     ("bench_cnf_rnode", ["--batch", "-1"], "--batch: must be a positive integer, got -1"),
     ("bench_cnf_rnode", ["--tol", "0"], "--tol: must be a positive number, got 0"),
+    ("bench_cde", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
     ("bench_core", ["--threads", "0"], "--threads: must be a positive integer, got 0"),
     ("bench_dense", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
     ("bench_eager_base", ["base", "--repeats", "0"], "--repeats: must be a positive integer"),

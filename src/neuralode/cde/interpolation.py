@@ -50,6 +50,7 @@ import warnings
 
 import torch
 
+from ._base import InterpolationBase
 from ._missing import linear_fill, natural_pieces_with_missing, rectilinear_path
 from ._spline import natural_pieces
 
@@ -291,7 +292,7 @@ def _check_coeffs(coeffs: object, name: str) -> torch.Tensor:
     return coeffs
 
 
-class _Interpolation(torch.nn.Module):
+class _Interpolation(InterpolationBase):
     """The shared interface: knots ``_t``, ``grid_points``, ``interval``, and the lookup of
     the piece holding a time (the left piece at a knot, clamped beyond the ends)."""
 

@@ -24,6 +24,11 @@ def linear(t, y):
     return A @ y
 
 
+def linear_of(dtype: torch.dtype):
+    matrix = A.to(dtype)
+    return lambda t, y: matrix @ y
+
+
 class Field(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -175,8 +180,36 @@ def test_unknown_method_and_option_errors_name_them() -> None:
         no.odeint(linear, Y0, T, options={"step_size": 0.1})
     with pytest.raises(ValueError, match="rtol must be a non-negative"):
         no.odeint(linear, Y0, T, rtol=-1.0)
-    with pytest.raises(ValueError, match="float64"):
-        no.odeint(linear, Y0, T, options={"dtype": torch.float32})
+    with pytest.raises(ValueError, match="dtype must be a floating-point"):
+        no.odeint(linear, Y0, T, options={"dtype": torch.int32})
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, F64])
+def test_time_dtype_option_is_accepted_as_in_torchdiffeq(state_dtype: torch.dtype) -> None:
+    # torchdiffeq's options=dict(dtype=torch.float32) (its time dtype, e.g. for devices
+    # without float64) solves as with float64 time, to the tolerance
+    y0, t = Y0.to(state_dtype), T.to(state_dtype)
+    f, options = linear_of(state_dtype), {"dtype": torch.float32}
+    ours = no.odeint(f, y0, t, rtol=1e-6, atol=1e-8, options=options)
+    theirs = torchdiffeq.odeint(f, y0, t, rtol=1e-6, atol=1e-8, options=options)
+    assert ours.dtype == theirs.dtype == state_dtype
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    field = Field().to(state_dtype)
+    start = y0.clone().requires_grad_(True)
+    ys = no.odeint_adjoint(field, start, t, rtol=1e-6, atol=1e-8, options=options)
+    (grad,) = torch.autograd.grad(ys[-1].sum(), start)
+    start = y0.clone().requires_grad_(True)
+    ys = torchdiffeq.odeint_adjoint(field, start, t, rtol=1e-6, atol=1e-8, options=options)
+    (expected,) = torch.autograd.grad(ys[-1].sum(), start)
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_explicit_adams_takes_max_iters_as_torchdiffeq() -> None:
+    # torchdiffeq's explicit Adams inherits the corrector's max_iters and ignores it
+    grid = torch.linspace(0, 3, 31, dtype=F64)
+    plain = no.odeint(linear, Y0, grid, method="explicit_adams")
+    ours = no.odeint(linear, Y0, grid, method="explicit_adams", options={"max_iters": 2})
+    torch.testing.assert_close(ours, plain, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("method", ["rk4", "dopri5"])

@@ -51,6 +51,9 @@ _FIXED_OPTIONS = {
 _INTERPOLATIONS = ("linear", "cubic")
 # torchdiffeq's other names for our methods
 _ALIASES = {"fixed_adams": "implicit_adams"}
+# options torchdiffeq's method takes and does nothing with (its explicit Adams inherits the
+# corrector's ``max_iters``): accepted, so that options shared between methods still work
+_NO_EFFECT = {"explicit_adams": {"max_iters"}}
 _CONTROLLER_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "icoeff", "pcoeff")
 _CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 
@@ -76,6 +79,7 @@ def _parse(
     solver_args = [p for p in inspect.signature(solver_cls).parameters if p != "self"]
     probe = solver_cls(**{k: options[k] for k in solver_args if k in options})
     allowed = (_ADAPTIVE_OPTIONS if probe.adaptive else _FIXED_OPTIONS) | set(solver_args)
+    allowed |= _NO_EFFECT.get(method, set())
     unknown = sorted(set(given) - allowed)
     if unknown:
         raise ValueError(
@@ -88,10 +92,13 @@ def _parse(
         extra["throw"] = bool(options["throw"])
     if probe.adaptive:
         dtype = options.get("dtype", torch.float64)
-        if dtype != torch.float64:
+        # torchdiffeq's time dtype (e.g. float32 where a device lacks float64): the step-size
+        # arithmetic here is always float64 on the host, and func is given t in the state's
+        # dtype, as torchdiffeq gives it for dtype=float32 and a float32 state
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(
-                f"option dtype={dtype}: neuralode always keeps time in float64 (Python floats), "
-                "so only torch.float64 is accepted"
+                f"option dtype must be a floating-point torch.dtype (torchdiffeq's time dtype, "
+                f"e.g. torch.float32), got {dtype!r}"
             )
         kwargs = {k: float(options[k]) for k in _CONTROLLER_OPTIONS if k in options}
         kwargs["min_step"] = float(options.get("min_step", 0.0))

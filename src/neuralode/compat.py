@@ -82,7 +82,9 @@ def odeint(
     Returns:
         The states at ``t``, stacked on a new dimension 0. With ``event_fn``: ``(event_t,
             solution)``, where ``solution`` holds the states at ``t[0]`` and at the event
-            (``event_t`` of shape (batch,) in per-sample mode).
+            (``event_t`` of shape (batch,) in per-sample mode). Gradients of both include the
+            event time's dependence on ``y0`` and the parameters, as ``odeint_event``'s
+            (torchdiffeq's ``odeint`` with ``event_fn`` holds the event time fixed).
 
     Raises:
         ValueError: an unknown method or option, or an option the method does not take; the

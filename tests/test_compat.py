@@ -263,6 +263,33 @@ def test_a_forward_norm_also_measures_the_backward_solve(adjoint_options) -> Non
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def _data_parallel_replica(network: torch.nn.Module) -> torch.nn.Module:
+    """The replica ``nn.parallel.replicate`` builds for one device, on the CPU: its parameters
+    are differentiable copies held as plain attributes, and its ``parameters()`` is empty."""
+    modules = list(network.modules())
+    copies = [m._replicate_for_data_parallel() for m in modules]
+    index = {m: i for i, m in enumerate(modules)}
+    for module, replica in zip(modules, copies):
+        for key, child in module._modules.items():
+            setattr(replica, key, copies[index[child]])
+        for key, param in module._parameters.items():
+            setattr(replica, key, param * 1)
+    return copies[0]
+
+
+def test_odeint_adjoint_finds_the_parameters_of_a_data_parallel_replica() -> None:
+    # as torchdiffeq's find_parameters: under nn.DataParallel, func is a replica whose
+    # parameters() is empty
+    field = Field()
+    (expected,) = torch.autograd.grad(no.odeint(field, Y0, T).pow(2).sum(), field.net[0].weight)
+    replica = _data_parallel_replica(field)
+    assert not list(replica.parameters())
+    for odeint_adjoint in (no.odeint_adjoint, torchdiffeq.odeint_adjoint):
+        ys = odeint_adjoint(_data_parallel_replica(field), Y0, T)
+        (grad,) = torch.autograd.grad(ys.pow(2).sum(), field.net[0].weight)
+        torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_odeint_adjoint_needs_params_for_plain_functions_and_rejects_scipy() -> None:
     y0 = Y0.clone().requires_grad_(True)
     with pytest.raises(ValueError, match="adjoint_params"):

@@ -136,7 +136,8 @@ def odeint_adjoint(
             error norm; a callable norm is given ``(t, *y, *adj_y, *adj_params)`` as in
             torchdiffeq (``t`` a zero: the time gradient is not integrated).
         adjoint_params: the tensors to differentiate with respect to (default
-            ``tuple(func.parameters())``; ``func`` must then be an ``nn.Module``).
+            ``tuple(func.parameters())``, or an ``nn.DataParallel`` replica's parameter
+            copies, as in torchdiffeq; ``func`` must then be an ``nn.Module``).
 
     Returns:
         As [`odeint`][neuralode.odeint].

@@ -38,7 +38,8 @@ class Backsolve(GradientStrategy):
 
     Arguments:
         params: the tensors to differentiate with respect to; defaults to ``func.parameters()``
-            for an ``nn.Module``.
+            for an ``nn.Module`` (for an ``nn.DataParallel`` replica, the parameter copies it
+            holds).
         rtol: the backward solves' relative tolerance (default: the forward solve's).
         atol: the backward solves' absolute tolerance (default: the forward solve's).
         solver: the backward solves' method (default: the forward one).

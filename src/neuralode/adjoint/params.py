@@ -20,9 +20,9 @@ def resolve_params(
                 "cannot be found: pass them explicitly (params=... in the core API, "
                 "adjoint_params=... in odeint_adjoint); pass () if there are none"
             )
-        params = tuple(func.parameters())
+        params = module_parameters(func)
     if isinstance(params, torch.nn.Module):  # a module stands for its parameters
-        params = tuple(params.parameters())
+        params = module_parameters(params)
     elif isinstance(params, torch.Tensor):
         params = (params,)
     try:
@@ -35,3 +35,24 @@ def resolve_params(
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"parameter {i} is a {type(p).__name__}, not a tensor")
     return tuple(p for p in params if p.requires_grad)
+
+
+def module_parameters(module: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    """``module.parameters()``, or, for a replica that ``nn.DataParallel`` runs on a device
+    (whose ``parameters()`` is empty), the differentiable copies of the parameters it holds as
+    plain tensor attributes, as torchdiffeq's ``find_parameters`` finds them.
+
+    Arguments:
+        module: the module whose parameters an adjoint differentiates.
+
+    Returns:
+        The parameters (or their replicas' copies), each once, in the modules' order.
+    """
+    if not getattr(module, "_is_replica", False):
+        return tuple(module.parameters())
+    found: dict[int, torch.Tensor] = {}
+    for sub in module.modules():
+        for value in vars(sub).values():
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                found.setdefault(id(value), value)
+    return tuple(found.values())

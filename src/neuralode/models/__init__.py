@@ -1,5 +1,6 @@
 """Models built on the core API, as ordinary ``torch.nn.Module``s."""
 
+from .cde import CDEField, NeuralCDE
 from .classifiers import Augment, ODENet, ResBlock, ResNet, RKNet
 from .cnf import (
     CNF,
@@ -46,6 +47,7 @@ from .unet import UNetDynamics
 
 __all__ = [
     "CDEDiscriminator",
+    "CDEField",
     "CNF",
     "CNFDynamics",
     "ConcatSquashConv2d",
@@ -81,6 +83,7 @@ __all__ = [
     "LatentSDE",
     "LinearPlusMLP",
     "MLPDynamics",
+    "NeuralCDE",
     "ODEBlock",
     "ODENet",
     "ODERNN",

@@ -1,0 +1,229 @@
+"""The neural controlled differential equation (Kidger et al. 2020) for time series.
+
+The hidden state z is driven by a continuous path X that interpolates the observations:
+dz = f_theta(z) dX, z(t0) = zeta_theta(X(t0)), and a linear map of z(t1) (or of z at every
+observation) is the output. Irregular sampling and missing values (NaNs) are handled by the
+interpolation, before the model: a series is its spline's coefficients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import cde
+from ..solvers import METHODS
+
+INTERPOLATIONS = ("cubic", "hermite", "linear")
+
+
+class CDEField(nn.Module):
+    """The vector field f(z) of a neural CDE: an MLP hidden -> width -> hidden x input, with
+    a softplus hidden layer (smooth: the adjoint's backward solve differentiates f, and a
+    ReLU's jumping derivative costs its accuracy) and a tanh output (bounded, so that the
+    solution cannot blow up over a bounded control), reshaped to (..., hidden_channels,
+    input_channels).
+
+    ``calls`` counts its evaluations (the NFE of the solves that use it).
+
+    Arguments:
+        input_channels: the control's channels.
+        hidden_channels: the state's size.
+        width: the MLP's hidden width.
+    """
+
+    def __init__(self, input_channels: int, hidden_channels: int, width: int = 64):
+        super().__init__()
+        self.input_channels, self.hidden_channels = input_channels, hidden_channels
+        self.net = nn.Sequential(
+            nn.Linear(hidden_channels, width),
+            nn.Softplus(),
+            nn.Linear(width, hidden_channels * input_channels),
+            nn.Tanh(),
+        )
+        self.calls = 0
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """f(z), counted in ``calls``.
+
+        Arguments:
+            t: the time (unused: the control carries time, as a channel if wanted).
+            z: the state, (..., hidden_channels).
+
+        Returns:
+            (..., hidden_channels, input_channels).
+        """
+        self.calls += 1
+        return self.net(z).unflatten(-1, (self.hidden_channels, self.input_channels))
+
+
+class NeuralCDE(nn.Module):
+    """A neural CDE: dz = f(z) dX over the interpolation X of a time series, z(t0) a linear
+    map of X(t0), and a linear readout of z at the end (or at every observation).
+
+    A series goes in as the coefficients of its interpolation
+    (``coeffs = model.coefficients(x)``, computed once per data set: they solve a linear
+    system over the whole series when values are missing), so the model never sees the
+    sampling times or the NaNs; give the times as a channel of ``x`` (their first channel,
+    conventionally), so that the model knows how the series is sampled. The time of the
+    CDE is the observation index (``0, 1, ..., length - 1``) unless ``t`` is given.
+
+    ``nfe_forward`` / ``nfe_backward`` report the vector field's evaluations in the last
+    forward pass and in the backward passes since it.
+
+    Example:
+        ```python
+        import torch
+        from neuralode.models import NeuralCDE
+
+        x = torch.randn(32, 50, 3)                       # (batch, length, channels)
+        x[:, 10:20, 1] = float("nan")                    # missing values
+        model = NeuralCDE(input_channels=3, hidden_channels=16, output_channels=1)
+        logits = model(model.coefficients(x))            # (32, 1)
+        ```
+
+    Arguments:
+        input_channels: the series' channels (time included, if it is a channel).
+        hidden_channels: the CDE's state size.
+        output_channels: the readout's size (e.g. classes, or 1 for a binary logit).
+        width: the vector field MLP's hidden width.
+        interpolation: ``"cubic"`` (natural cubic spline: smooth, but each point depends on
+            the whole series), ``"hermite"`` (Hermite cubic with backward differences:
+            causal, for online prediction) or ``"linear"`` (causal; an adaptive solve
+            restarts at every observation, ``jump_t``).
+        sequence: read out z at every observation, (..., length, output_channels), instead
+            of at the end only, (..., output_channels).
+        adjoint: gradients by the continuous adjoint (O(1) memory in the length of the
+            solve) instead of backpropagation through the solver's steps.
+        method: the ODE method, a name of [`METHODS`][neuralode.solvers.METHODS].
+        rtol: the relative tolerance of adaptive methods.
+        atol: the absolute tolerance of adaptive methods.
+        options: options of the method (as ``odeint``'s, e.g. ``step_size`` for a
+            fixed-step method); with ``"linear"`` and an adaptive method, ``jump_t`` defaults
+            to the observation times.
+
+    Raises:
+        ValueError: an unknown interpolation or method, or sizes below 1.
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        hidden_channels: int,
+        output_channels: int,
+        width: int = 64,
+        interpolation: str = "cubic",
+        sequence: bool = False,
+        adjoint: bool = True,
+        method: str = "dopri5",
+        rtol: float = 1e-4,
+        atol: float = 1e-6,
+        options: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}"
+            )
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+        sizes = {"input_channels": input_channels, "hidden_channels": hidden_channels}
+        sizes |= {"output_channels": output_channels, "width": width}
+        for name, size in sizes.items():
+            if int(size) < 1:
+                raise ValueError(f"{name} must be at least 1, got {size}")
+        self.interpolation, self.sequence, self.adjoint = interpolation, sequence, adjoint
+        self.method, self.rtol, self.atol = method, rtol, atol
+        self.options = dict(options or {})
+        self.initial = nn.Linear(input_channels, hidden_channels)
+        self.field = CDEField(input_channels, hidden_channels, width)
+        self.readout = nn.Linear(hidden_channels, output_channels)
+        self._calls_at_forward = 0
+        self._calls_after_forward = 0
+
+    def coefficients(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """The coefficients of this model's interpolation of ``x``.
+
+        Arguments:
+            x: the series, (..., length, input_channels), NaN where a value is missing
+                (the first and last observation of a channel may be missing too: the
+                nearest observed value fills them).
+            t: the times of the interpolation (1-D, increasing; default
+                ``0, 1, ..., length - 1``); pass the same ``t`` to ``forward``.
+
+        Returns:
+            The coefficients, (..., length - 1, k * input_channels) (k = 4 for the cubics,
+            1 for linear: then (..., length, input_channels)).
+
+        Raises:
+            ValueError: from the interpolation, for a series of the wrong shape.
+        """
+        if self.interpolation == "cubic":
+            return cde.natural_cubic_coeffs(x, t)
+        if self.interpolation == "hermite":
+            return cde.hermite_cubic_coefficients_with_backward_differences(x, t)
+        return cde.linear_interpolation_coeffs(x, t)
+
+    def control(self, coeffs: torch.Tensor, t: torch.Tensor | None = None) -> Any:
+        """The continuous path X of ``coeffs``: a ``CubicSpline`` or ``LinearInterpolation``.
+
+        Arguments:
+            coeffs: from ``coefficients``.
+            t: the times given to ``coefficients`` (default ``0, 1, ...``).
+
+        Returns:
+            The control, with ``evaluate``, ``derivative``, ``interval`` and ``grid_points``.
+        """
+        if self.interpolation == "linear":
+            return cde.LinearInterpolation(coeffs, t)
+        return cde.CubicSpline(coeffs, t)
+
+    def forward(self, coeffs: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """The readout of the CDE's solution over the series of ``coeffs``.
+
+        Arguments:
+            coeffs: the interpolation's coefficients of a batch of series (from
+                ``coefficients``).
+            t: the times given to ``coefficients`` (default ``0, 1, ...``).
+
+        Returns:
+            (..., output_channels): the readout of z at the last time; with
+            ``sequence=True``, (..., length, output_channels), at every observation.
+
+        Raises:
+            ValueError: coefficients whose channels do not fit ``input_channels``.
+            SolverError: the solve failed (e.g. its step count ran out).
+        """
+        X = self.control(coeffs, t)
+        x0 = X.evaluate(X.interval[0])
+        if x0.size(-1) != self.field.input_channels:
+            raise ValueError(
+                f"the coefficients interpolate {x0.size(-1)} channels, but the model has "
+                f"input_channels={self.field.input_channels}; compute them with "
+                "model.coefficients(x) from x of shape (..., length, input_channels)"
+            )
+        z0 = self.initial(x0)
+        times = X.grid_points if self.sequence else X.interval
+        options = dict(self.options)
+        if self.interpolation == "linear" and METHODS[self.method]().adaptive:
+            options.setdefault("jump_t", X.grid_points)
+        kwargs: dict[str, Any] = {"method": self.method, "rtol": self.rtol, "atol": self.atol}
+        if options:
+            kwargs["options"] = options
+        self._calls_at_forward = self.field.calls
+        z = cde.cdeint(X, self.field, z0, times, adjoint=self.adjoint, **kwargs)
+        self._calls_after_forward = self.field.calls
+        return self.readout(z if self.sequence else z[..., -1, :])
+
+    @property
+    def nfe_forward(self) -> int:
+        """Evaluations of the vector field by the last forward pass."""
+        return self._calls_after_forward - self._calls_at_forward
+
+    @property
+    def nfe_backward(self) -> int:
+        """Evaluations of the vector field since the last forward pass: the adjoint's
+        backward solve (0 for backpropagation through the steps)."""
+        return self.field.calls - self._calls_after_forward

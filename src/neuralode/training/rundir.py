@@ -28,7 +28,7 @@ RUN_OUTPUTS = (
     "checkpoints", ".metrics.lock", "metrics.json", "results.json", "table.md", "table1.md",
     "table1.json", "table2.md", "memory.png", "model.pt", "samples.png", "densities.png",
     "posterior.png", "prior.png", "spacetime.png", "fields.png", "marginals.png", "toy2d.png",
-    "nll_curve.png", "latent_ode_*.pt", "rnn_*.pt", "spirals_*.png",
+    "nll_curve.png", "latent_ode_*.pt", "rnn_*.pt", "spirals_*.png", "cde_spirals.png",
     # the per-model training runs of table1 and implicit
     "resnet", "rknet", "odenet", "deq",
     # neuralode demo

@@ -274,3 +274,33 @@ def test_a_run_failing_before_its_first_checkpoint_leaves_no_run(tmp_path, capsy
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert main(argv) == 0  # the corrected rerun needs no --overwrite
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_cde_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
+    """Two interpolations; Ctrl-C in the second job's second step (the first job's 4 steps,
+    2 evaluations and final evaluation are NeuralCDE's calls 1-7): the first job's result
+    comes back from its checkpoint, the second continues; both end as uninterrupted."""
+    from neuralode.models.cde import NeuralCDE
+
+    argv = ["experiment", "cde", "--interpolation", "cubic", "linear", "--train", "16"]
+    argv += ["--test", "8", "--length", "6", "--iterations", "4", "--batch", "8"]
+    argv += ["--eval-every", "2", "--hidden", "4", "--width", "8", "--no-progress"]
+    argv += ["--threads", "1"]
+    full, split = _interrupted_then_resumed(
+        tmp_path, monkeypatch, capsys, argv, NeuralCDE, "forward", 9
+    )
+    a = torch.load(full / "model.pt", weights_only=True)
+    b = torch.load(split / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() == {"cubic", "linear"}
+    for name in a:
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name])
+    results = [
+        json.loads((out / "metrics.json").read_text())["interpolations"] for out in (full, split)
+    ]
+    for name in ("cubic", "linear"):
+        for key in ("loss_history", "evaluations", "test_accuracy", "test_loss"):
+            assert results[0][name][key] == results[1][name][key]
+    assert _metric_lines(full, "loss", "test_accuracy") == _metric_lines(
+        split, "loss", "test_accuracy"
+    )
+    assert len(_metric_lines(full)) == 4  # two jobs, evaluations at steps 2 and 4

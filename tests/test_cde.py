@@ -1,0 +1,352 @@
+"""Neural CDEs: ``cdeint`` against exact solutions of linear CDEs, gradients (gradcheck, the
+adjoint with the data's coefficients), tuple states, the torchsde backend, shape errors,
+the ``NeuralCDE`` model, the ``cde`` experiment, and torchcde as the reference."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from neuralode import cde
+from neuralode.cli import main
+from neuralode.models import NeuralCDE
+
+TIGHT = {"rtol": 1e-10, "atol": 1e-12}
+
+
+class Linear(torch.nn.Module):
+    """f(z) = [A_1 z, ..., A_c z]: dz = sum_j A_j z dX^j, a linear CDE (hidden, channels)."""
+
+    def __init__(self, matrices: torch.Tensor):
+        super().__init__()
+        self.matrices = torch.nn.Parameter(matrices)  # (channels, hidden, hidden)
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("cij,...j->...ic", self.matrices, z)
+
+
+class MLPField(torch.nn.Module):
+    def __init__(self, hidden: int, channels: int, width: int = 8):
+        super().__init__()
+        self.hidden, self.channels = hidden, channels
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(hidden, width),
+            torch.nn.Tanh(),
+            torch.nn.Linear(width, hidden * channels),
+            torch.nn.Tanh(),
+        )
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).unflatten(-1, (self.hidden, self.channels))
+
+
+def _irregular_times(length: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.zeros(1), torch.rand(length - 1, generator=gen) + 0.1]).cumsum(0)
+
+
+@pytest.mark.parametrize("jump", [True, False])
+def test_scalar_linear_cde_is_an_exponential_of_the_path_increment(jump: bool) -> None:
+    """dz = a z dX with z scalar: z_T = z0 exp(a (X_T - X_0)) for every path X, so for a
+    piecewise linear one (its kinks at irregular times, a batch of paths)."""
+    torch.manual_seed(0)
+    t = _irregular_times(9).double()
+    x = torch.randn(3, 9, 1, dtype=torch.float64)
+    X = cde.LinearInterpolation(cde.linear_interpolation_coeffs(x, t), t)
+    a = torch.tensor(0.7, dtype=torch.float64)
+    z0 = torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64)
+    options = {"jump_t": X.grid_points} if jump else None
+    tight = TIGHT if jump else {"rtol": 1e-11, "atol": 1e-13}
+    z = cde.cdeint(
+        X, lambda t, z: a * z.unsqueeze(-1), z0, X.grid_points, adjoint=False,
+        options=options, **tight,
+    )  # fmt: skip
+    assert z.shape == (3, 9, 1)
+    exact = z0[:, None] * torch.exp(a * (x - x[:, :1]))
+    torch.testing.assert_close(z, exact, rtol=1e-8, atol=1e-9)
+
+
+def test_vector_linear_cde_on_a_path_moving_one_channel_at_a_time_is_matrix_exponentials():
+    """dz = A z dX^1 + B z dX^2 with A, B not commuting, on a piecewise linear path whose
+    segments move only X^1 or only X^2: each segment multiplies z by expm(A dX^1) or
+    expm(B dX^2), in order."""
+    torch.manual_seed(1)
+    hidden = 3
+    A, B = torch.randn(2, hidden, hidden, dtype=torch.float64) * 0.5
+    assert (A @ B - B @ A).abs().max() > 0.1
+    increments = torch.randn(6, dtype=torch.float64)
+    points = [torch.zeros(2, dtype=torch.float64)]
+    for k, step in enumerate(increments):  # segment k moves channel k % 2
+        point = points[-1].clone()
+        point[k % 2] += step
+        points.append(point)
+    x = torch.stack(points)[None]  # (1, 7, 2)
+    t = _irregular_times(7, seed=2).double()
+    X = cde.LinearInterpolation(cde.linear_interpolation_coeffs(x, t), t)
+    z0 = torch.randn(1, hidden, dtype=torch.float64)
+    field = Linear(torch.stack([A, B]))
+    z = cde.cdeint(X, field, z0, X.interval, adjoint=False, options={"jump_t": t}, **TIGHT)
+    exact = z0[0]
+    for k, step in enumerate(increments):
+        exact = torch.linalg.matrix_exp((A if k % 2 == 0 else B) * step) @ exact
+    torch.testing.assert_close(z[0, -1], exact, rtol=1e-8, atol=1e-9)
+    # the matrices do not commute: the other order gives another answer
+    swapped = torch.linalg.matrix_exp(B * increments[1::2].sum()) @ torch.linalg.matrix_exp(
+        A * increments[0::2].sum()
+    )
+    assert (z[0, -1] - swapped @ z0[0]).abs().max() > 1e-3
+
+
+class Functional(torch.nn.Module):
+    """The MLP field of given weight tensors (gradcheck's inputs, not parameters)."""
+
+    def __init__(self, w1: torch.Tensor, w2: torch.Tensor, channels: int):
+        super().__init__()
+        self.w1, self.w2, self.channels = w1, w2, channels
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        out = torch.tanh(torch.tanh(z @ self.w1.T) @ self.w2.T)
+        return out.unflatten(-1, (z.size(-1), self.channels))
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_gradcheck_in_z0_the_field_and_the_data(adjoint: bool) -> None:
+    """cdeint's gradients w.r.t. z0, the vector field's weights and the data x (through
+    the natural cubic spline's coefficients: with the adjoint, as ``adjoint_params``)."""
+    torch.manual_seed(3)
+    t = torch.tensor([0.0, 0.3, 0.5, 1.0], dtype=torch.float64)
+    x = torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True)
+    z0 = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    w1 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(2 * 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def solve(z0, w1, w2, x):
+        coeffs = cde.natural_cubic_coeffs(x, t)
+        X = cde.CubicSpline(coeffs, t)
+        # the coefficients' gradient integrand jumps at the knots: no step straddles one
+        kwargs = dict(rtol=1e-12, atol=1e-14, options={"jump_t": t})
+        if adjoint:
+            kwargs["adjoint_params"] = (w1, w2, coeffs)
+        return cde.cdeint(X, Functional(w1, w2, 2), z0, t[[0, -1]], adjoint=adjoint, **kwargs)
+
+    assert torch.autograd.gradcheck(solve, (z0, w1, w2, x), atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+def test_adjoint_and_backpropagation_gradients_agree_for_the_data_coefficients() -> None:
+    torch.manual_seed(4)
+    x = torch.randn(4, 8, 3, dtype=torch.float64)
+    field = MLPField(5, 3).double()
+    z0 = torch.randn(4, 5, dtype=torch.float64)
+    grads = []
+    for adjoint in (False, True):
+        coeffs = cde.hermite_cubic_coefficients_with_backward_differences(x).requires_grad_()
+        X = cde.CubicSpline(coeffs)
+        # the coefficients' gradient integrand jumps at the knots: no step straddles one
+        kwargs = dict(TIGHT, options={"jump_t": X.grid_points})
+        if adjoint:
+            kwargs["adjoint_params"] = (*field.parameters(), coeffs)
+        z = cde.cdeint(X, field, z0, X.interval, adjoint=adjoint, **kwargs)
+        params = (coeffs, *field.parameters())
+        grads.append(torch.autograd.grad(z[:, -1].square().sum(), params))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_adjoint_without_the_coefficients_in_adjoint_params_warns() -> None:
+    x = torch.randn(2, 5, 2)
+    coeffs = cde.natural_cubic_coeffs(x).requires_grad_()
+    with pytest.warns(UserWarning, match="adjoint_params"):
+        cde.cdeint(
+            cde.CubicSpline(coeffs), MLPField(3, 2), torch.zeros(2, 3), torch.tensor([0.0, 4.0])
+        )
+
+
+def test_tuple_state_is_the_concatenated_state_with_a_block_field() -> None:
+    """z = (za, zb) driven by TupleControl(Xa, Xb), each block by its own control, coupled
+    through the field: the same as one state [za, zb] driven by [Xa, Xb] with the
+    block-diagonal field."""
+    torch.manual_seed(5)
+    xa, xb = torch.randn(3, 6, 2, dtype=torch.float64), torch.randn(3, 6, 1, dtype=torch.float64)
+    Xa = cde.CubicSpline(cde.natural_cubic_coeffs(xa))
+    Xb = cde.CubicSpline(cde.natural_cubic_coeffs(xb))
+    fa, fb = MLPField(4, 2).double(), MLPField(2, 1).double()
+    fa.net[0] = torch.nn.Linear(6, 8).double()  # each block sees the whole state
+    fb.net[0] = torch.nn.Linear(6, 8).double()
+
+    def tuple_field(t, z):
+        whole = torch.cat(z, -1)
+        return fa(t, whole), fb(t, whole)
+
+    za, zb = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    control = cde.TupleControl(Xa, Xb)
+    out = cde.cdeint(control, tuple_field, (za, zb), control.interval, adjoint=False, **TIGHT)
+    assert isinstance(out, tuple) and out[0].shape == (3, 2, 4) and out[1].shape == (3, 2, 2)
+
+    X = cde.CubicSpline(cde.natural_cubic_coeffs(torch.cat([xa, xb], -1)))
+
+    def block_field(t, z):
+        field = z.new_zeros(*z.shape[:-1], 6, 3)
+        field[..., :4, :2] = fa(t, z)
+        field[..., 4:, 2:] = fb(t, z)
+        return field
+
+    whole = cde.cdeint(X, block_field, torch.cat([za, zb], -1), X.interval, adjoint=False, **TIGHT)
+    torch.testing.assert_close(torch.cat(out, -1), whole, rtol=1e-6, atol=1e-8)
+
+
+def test_torchsde_backend_equals_the_torchdiffeq_backend() -> None:
+    torch.manual_seed(6)
+    x = torch.randn(4, 10, 3)
+    X = cde.CubicSpline(cde.natural_cubic_coeffs(x))
+    field = MLPField(5, 3)
+    z0 = torch.randn(4, 5)
+    ode = cde.cdeint(X, field, z0, X.grid_points, adjoint=False, rtol=1e-7, atol=1e-9)
+    sde = cde.cdeint(
+        X, field, z0, X.grid_points, adjoint=False, backend="torchsde", method="midpoint", dt=0.01
+    )
+    assert sde.shape == ode.shape == (4, 10, 5)
+    torch.testing.assert_close(sde, ode, rtol=1e-3, atol=1e-4)
+
+
+def test_cdeint_refuses_shapes_that_do_not_fit() -> None:
+    x = torch.randn(2, 5, 3)
+    X = cde.CubicSpline(cde.natural_cubic_coeffs(x))
+    z0 = torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="5 hidden channels, but z0 has 4"):
+        cde.cdeint(X, lambda t, z: z.new_zeros(2, 5, 3), z0, X.interval)
+    with pytest.raises(ValueError, match="2 input channels, but X.derivative"):
+        cde.cdeint(X, MLPField(4, 2), z0, X.interval)
+    with pytest.raises(ValueError, match="batch dimensions must be z0's"):
+        cde.cdeint(X, lambda t, z: z.new_zeros(3, 4, 3), torch.zeros(3, 4), X.interval)
+    with pytest.raises(ValueError, match="'derivative' method"):
+        cde.cdeint(x, MLPField(4, 3), z0, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        cde.cdeint(X, MLPField(4, 3), z0, X.interval, backend="jax")
+    with pytest.raises(ValueError, match="1-D tensor"):
+        cde.cdeint(X, MLPField(4, 3), z0, X.interval[None])
+    with pytest.raises(ValueError, match="func must return"):
+        cde.cdeint(X, lambda t, z: z, z0, X.interval)
+
+
+@pytest.mark.parametrize("interpolation", ["cubic", "hermite", "linear"])
+@pytest.mark.parametrize("sequence", [False, True])
+def test_neural_cde_output_shapes(interpolation: str, sequence: bool) -> None:
+    x = torch.randn(2, 3, 7, 4)  # two batch dimensions
+    x[0, 1, 2:4, 1] = float("nan")
+    model = NeuralCDE(4, 6, 5, width=8, interpolation=interpolation, sequence=sequence)
+    out = model(model.coefficients(x))
+    assert out.shape == ((2, 3, 7, 5) if sequence else (2, 3, 5))
+    assert torch.isfinite(out).all()
+    assert model.nfe_forward > 0 and model.nfe_backward == 0
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+@pytest.mark.parametrize("interpolation", ["cubic", "linear"])
+def test_neural_cde_gradients_reach_every_parameter(adjoint: bool, interpolation: str) -> None:
+    torch.manual_seed(7)
+    x = torch.randn(5, 8, 3)
+    model = NeuralCDE(3, 4, 2, width=8, interpolation=interpolation, adjoint=adjoint)
+    model(model.coefficients(x)).square().sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert (model.nfe_backward > 0) == adjoint
+
+
+def test_neural_cde_adjoint_gradients_equal_backpropagation() -> None:
+    torch.manual_seed(8)
+    x = torch.randn(3, 6, 2, dtype=torch.float64)
+    grads = []
+    for adjoint in (False, True):
+        torch.manual_seed(9)
+        model = NeuralCDE(2, 3, 1, width=8, adjoint=adjoint, rtol=1e-9, atol=1e-11).double()
+        model(model.coefficients(x)).sum().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_neural_cde_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        NeuralCDE(2, 3, 1, interpolation="quintic")
+    with pytest.raises(ValueError, match="unknown method"):
+        NeuralCDE(2, 3, 1, method="nosuch")
+    with pytest.raises(ValueError, match="hidden_channels must be at least 1"):
+        NeuralCDE(2, 0, 1)
+    model = NeuralCDE(2, 3, 1)
+    with pytest.raises(ValueError, match="input_channels=2"):
+        model(model.coefficients(torch.randn(4, 5, 3)))
+
+
+def test_experiment_writes_metrics_and_plot(tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    argv = ["experiment", "cde", "--out", str(tmp_path), "--train", "16", "--test", "8"]
+    argv += ["--length", "6", "--iterations", "3", "--batch", "8", "--eval-every", "2"]
+    argv += ["--hidden", "4", "--width", "8", "--no-progress", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "test accuracy" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["interpolations"]) == {"cubic", "hermite", "linear"}
+    for result in metrics["interpolations"].values():
+        assert 0 <= result["test_accuracy"] <= 1 and math.isfinite(result["train_loss"])
+        assert result["nfe_forward"] > 0 and result["nfe_backward"] == 0
+        assert result["train_time_s"] > 0 and len(result["loss_history"]) == 3
+        assert [e["step"] for e in result["evaluations"]] == [2, 3]
+    assert 0.5 < metrics["observed_fraction"] < 0.9  # 30 % of x, y missing
+    assert (tmp_path / "cde_spirals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 6  # three jobs, two evaluations each
+    assert main(argv) == 2  # the run is there: refused without --resume / --overwrite
+    assert "holds an earlier run" in capsys.readouterr().err
+
+
+def test_experiment_data_are_irregular_spirals_with_missing_values() -> None:
+    from neuralode.experiments.cde import make_data
+
+    x, labels = make_data(64, 20, 0.3, 0.0, torch.Generator().manual_seed(0))
+    assert x.shape == (64, 20, 3) and set(labels.tolist()) == {0.0, 1.0}
+    times = x[..., 0]
+    assert not times.isnan().any() and (times.diff(dim=1) >= 0).all()
+    assert not torch.equal(times[0], times[1])  # each series its own times
+    missing = x[..., 1:].isnan().float().mean()
+    assert 0.2 < missing < 0.4
+    # without noise, the turning direction is the sign of the cross product of successive
+    # points less than half a turn apart (a time channel of 1 is two turns)
+    x, labels = make_data(64, 20, 0.0, 0.0, torch.Generator().manual_seed(1))
+    times, xy = x[..., 0], x[..., 1:]
+    cross = xy[:, :-1, 0] * xy[:, 1:, 1] - xy[:, :-1, 1] * xy[:, 1:, 0]
+    turning = (cross * (times.diff(dim=1) < 0.2)).sum(1)
+    assert torch.equal((turning > 0).float(), labels)
+
+
+def test_matches_torchcde() -> None:
+    """The same X and func through torchcde.cdeint (its torchdiffeq solve) and ours."""
+    torchcde = pytest.importorskip("torchcde")
+    torch.manual_seed(10)
+    x = torch.randn(3, 9, 2, dtype=torch.float64)
+    x[0, 3, 1] = float("nan")
+    field = MLPField(4, 2).double()
+    z0 = torch.randn(3, 4, dtype=torch.float64)
+    for ours_coeffs, theirs_coeffs, kind in (
+        (cde.natural_cubic_coeffs, torchcde.natural_cubic_coeffs, "cubic"),
+        (cde.linear_interpolation_coeffs, torchcde.linear_interpolation_coeffs, "linear"),
+    ):
+        if kind == "cubic":
+            ours_X, theirs_X = (
+                cde.CubicSpline(ours_coeffs(x)),
+                torchcde.CubicSpline(theirs_coeffs(x)),
+            )
+        else:
+            ours_X = cde.LinearInterpolation(ours_coeffs(x))
+            theirs_X = torchcde.LinearInterpolation(theirs_coeffs(x))
+        kwargs = dict(TIGHT, options={"jump_t": ours_X.grid_points})
+        ours = cde.cdeint(ours_X, field, z0, ours_X.grid_points, adjoint=False, **kwargs)
+        kwargs = dict(TIGHT, options={"jump_t": theirs_X.grid_points})
+        theirs = torchcde.cdeint(theirs_X, field, z0, theirs_X.grid_points, adjoint=False, **kwargs)
+        torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-9)

@@ -24,8 +24,8 @@ def linear(t, y):
     return A @ y
 
 
-def linear_of(dtype: torch.dtype):
-    matrix = A.to(dtype)
+def linear_of(dtype: torch.dtype, device: str = "cpu"):
+    matrix = A.to(dtype=dtype, device=device)
     return lambda t, y: matrix @ y
 
 
@@ -202,6 +202,31 @@ def test_time_dtype_option_is_accepted_as_in_torchdiffeq(state_dtype: torch.dtyp
     ys = torchdiffeq.odeint_adjoint(field, start, t, rtol=1e-6, atol=1e-8, options=options)
     (expected,) = torch.autograd.grad(ys[-1].sum(), start)
     torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_times_on_another_device_are_moved_with_torchdiffeqs_warning() -> None:
+    # y0 on meta and t on the CPU: both libraries warn and move t, and the solve then fails
+    # alike on meta's missing values (instead of a device error before it)
+    for interface in (no, torchdiffeq):
+        for adjoint in ({}, {"adjoint_params": ()}):
+            odeint = interface.odeint_adjoint if adjoint else interface.odeint
+            with (
+                pytest.warns(UserWarning, match="t is not on the same device as y0"),
+                pytest.raises(RuntimeError, match="meta tensors"),
+            ):
+                odeint(lambda t, y: -y, Y0.to("meta"), T, **adjoint)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_times_for_a_cuda_state_as_torchdiffeq() -> None:
+    y0, t = Y0.cuda(), T.clone().requires_grad_(True)
+    for interface in (no, torchdiffeq):
+        with pytest.warns(UserWarning, match="t is not on the same device as y0"):
+            ys = interface.odeint_adjoint(linear_of(F64, "cuda"), y0, t, adjoint_params=())
+        assert ys.device == y0.device
+        torch.testing.assert_close(ys.cpu(), EXACT, rtol=1e-6, atol=1e-8)
+        (grad,) = torch.autograd.grad(ys[-1].sum(), t)
+        assert grad.device == t.device and grad[-1] == pytest.approx(float((A @ EXACT[-1]).sum()))
 
 
 def test_explicit_adams_takes_max_iters_as_torchdiffeq() -> None:

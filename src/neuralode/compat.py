@@ -9,6 +9,7 @@ solver, a controller and a gradient strategy). Unknown methods or options raise
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,7 +55,8 @@ def odeint(
             named in a warning).
         y0: the initial state, a tensor or a tuple of tensors (the result has the same
             structure).
-        t: the output times, 1-D and strictly monotonic; ``t[0]`` is the initial time. With
+        t: the output times, 1-D and strictly monotonic; ``t[0]`` is the initial time (on
+            another device than ``y0``, moved to y0's with a warning, as in torchdiffeq). With
             ``options=dict(per_sample=True)`` also (batch, n): each sample's own output times
             (see [`solve`][neuralode.solve]'s ``ts``); the result is then (n, batch, ...).
         rtol: the relative tolerance of adaptive methods: a number, a tensor or a list of
@@ -174,6 +176,7 @@ def odeint_adjoint(
             f"adjoint_options['norm'] must be 'seminorm', a callable or absent, got {norm!r}; "
             "the default is the max over the state, adjoint and parameter-gradient RMS norms"
         )
+    t = _on_state_device(t, y0)
     adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
     adjoint_atol = atol if adjoint_atol is None else adjoint_atol
     spec, _ = tree_spec(y0, "y0")
@@ -264,6 +267,7 @@ def _odeint(
 ) -> Any:
     method = "dopri5" if method is None else _ALIASES.get(method, method)
     options = {} if options is None else dict(options)
+    t = _on_state_device(t, y0)
     if method == "scipy_solver":
         _callbacks(func, "", method, None)  # warns: SciPy calls none
         return _scipy(func, y0, t, rtol, atol, options, event_fn)
@@ -301,6 +305,19 @@ def _odeint(
         return sol.ys
     assert sol.event_t is not None  # the solve runs towards infinity until an event
     return sol.event_t, _stack_pair(y0, sol.event_y)
+
+
+def _on_state_device(t: Any, y0: Any) -> Any:
+    """``t`` on y0's device, with torchdiffeq's warning if it was elsewhere (torchdiffeq
+    accepts times on another device, e.g. the CPU for a CUDA state, and moves them; the move
+    is differentiable, so gradients still reach the given ``t``)."""
+    first = y0 if isinstance(y0, torch.Tensor) else next(iter(y0), None)
+    if not (isinstance(t, torch.Tensor) and isinstance(first, torch.Tensor)):
+        return t  # solve's validation names what is wrong
+    if t.device == first.device:
+        return t
+    warnings.warn("t is not on the same device as y0. Coercing to y0.device.", stacklevel=4)
+    return t.to(first.device)
 
 
 def _stack_pair(y0: Any, y_event: Any) -> Any:

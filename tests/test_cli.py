@@ -94,3 +94,27 @@ def test_version(capsys) -> None:
     out = capsys.readouterr().out
     assert out.startswith(f"neuralode {neuralode.__version__} (torch {torch.__version__}")
     assert neuralode.__version__ != "0+unknown"  # the tests run on the installed package
+
+
+def test_demo_and_plotting_experiments_refuse_a_missing_matplotlib_before_any_work(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib: ImportError
+    for command in (["demo", "--quick"], ["experiment", "toy2d", "--quick"]):
+        out = tmp_path / command[-2]
+        assert main([*command, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert "the plots need matplotlib" in err and "pip install 'neuralode[plots]'" in err
+        assert not out.exists()
+
+
+def test_bench_refuses_an_out_that_is_a_file_as_bad_input(tmp_path, capsys) -> None:
+    target = tmp_path / "report"
+    target.write_text("keep me")
+    assert main(["bench", "--parts", "gpu", "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [
+        f"neuralode bench: error: --out {target} is a file, not a directory; choose a directory"
+    ]
+    assert target.read_text() == "keep me"

@@ -459,3 +459,64 @@ def test_a_run_failing_before_its_first_checkpoint_leaves_nothing_that_blocks_a_
     assert main([*diverging, "--out", str(tmp_path / "b")]) == 2
     line = _one_line_error(capsys, "the training diverged", "try a lower --lr")
     assert "--overwrite" not in line and list((tmp_path / "b").iterdir()) == []
+
+
+@row("T20")
+def test_missing_matplotlib_is_refused_before_any_work_unless_no_plots(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib: ImportError
+    argv = [arg for arg in ARGV if arg != "--no-plots"]
+    assert main(["train", "resnet", *argv, "--out", str(tmp_path / "a")]) == 2
+    _one_line_error(capsys, "the plots need matplotlib", "pip install 'neuralode[plots]'")
+    assert not (tmp_path / "a").exists()  # refused before the data, the model or --out
+    assert main(["train", "resnet", *argv, "--no-plots", "--out", str(tmp_path / "b")]) == 0
+
+
+@row("T21")
+def test_resume_with_fewer_epochs_than_the_run_has_begun_is_refused(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "resnet", *ARGV, "--epochs", "2", "--out", str(out)]) == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main(["train", "resnet", *ARGV, "--epochs", "1", "--out", str(out), "--resume"]) == 2
+    _one_line_error(capsys, "--resume --epochs 1", "finished epoch 2", "--epochs 2 or more")
+    assert _snapshot(out) == before
+    # interrupted inside epoch 2: epoch 2 has begun, --epochs 1 would drop its steps
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    checkpoint.update(epoch=1, batch=1, history=checkpoint["history"][:1])
+    torch.save(checkpoint, out / "checkpoint.pt")
+    assert main(["train", "resnet", *ARGV, "--epochs", "1", "--out", str(out), "--resume"]) == 2
+    _one_line_error(capsys, "has already begun epoch 2", "--epochs 2 or more")
+
+
+def test_resume_names_the_solver_settings_it_changes(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "odenet", *ARGV, "--out", str(out)]
+    assert main([*argv, "--method", "rk4"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2", "--resume", "--method", "euler", "--rtol", "0.1"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming with --method 'euler' (was 'rk4'), --rtol 0.1 (was 0.001)" in err
+    assert json.loads((out / "config.json").read_text())["method"] == "euler"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["config"]["method"] == "euler"
+    # a model without an ODE solver names none of them
+    assert main(["train", "resnet", *ARGV, "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    again = ["train", "resnet", *ARGV, "--out", str(tmp_path / "r"), "--resume", "--epochs", "2"]
+    assert main([*again, "--method", "euler"]) == 0
+    assert "--method" not in capsys.readouterr().err
+
+
+@row("T22")
+@pytest.mark.parametrize(
+    "command",
+    [["train", "resnet", *ARGV], ["demo"], ["experiment", "toy2d", "--quick"], ["bench"]],
+)
+def test_an_empty_out_is_a_usage_error_that_writes_nothing(tmp_path, capsys, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)  # Path("") is the current directory
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--out", ""])
+    assert stop.value.code == 2
+    _one_line_error(capsys, "argument --out: must name a directory, got ''")
+    assert list(tmp_path.iterdir()) == []

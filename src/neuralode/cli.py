@@ -33,7 +33,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     from .experiments.demo import format_table, run_demo
     from .training.rundir import open_run_directory
+    from .viz.plots import require_matplotlib
 
+    require_matplotlib()  # the plots are part of the demo's result: refuse before any work
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -211,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:  # named by the command they were given to, as its other errors are
             _Parser(prog=f"neuralode {command}").error(
                 f"unrecognized arguments: {' '.join(unknown)}"
+            )
+        if getattr(args, "out", None) == "":  # Path("") is the current directory
+            _Parser(prog=f"neuralode {command}").error(
+                "argument --out: must name a directory, got '' (an unset shell variable?)"
             )
     except KeyboardInterrupt:
         _error(_command_named(sys.argv[1:] if argv is None else argv), "interrupted")

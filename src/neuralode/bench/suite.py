@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .._cli_types import non_negative_int, positive_float, positive_int
+from ..training.rundir import ensure_directory
 
 PARTS = ("core", "per-sample", "work-precision", "diffrax", "compiled", "gpu", "sde")
 # "compiled" compiles for minutes; "gpu" is for a machine with one (it runs on the CPU too)
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
         python, note = diffrax_peer.find_python(args.diffrax_python)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_directory(out)  # a file or an unwritable place: one line, exit status 2
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (11 if args.full else 3)

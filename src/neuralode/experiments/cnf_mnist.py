@@ -32,6 +32,7 @@ from ..training.trainer import (
     open_experiment,
     quick_help,
 )
+from ..viz.plots import require_matplotlib
 
 ALPHA = 1e-6
 
@@ -187,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     train_images, test_images = _split(args)
     if args.quick:
         train_images, test_images = train_images[:8], test_images[:4]
+    require_matplotlib()  # the plots come last: fail before the work
     with open_experiment(args) as run:
         torch.manual_seed(args.seed)
         flow = build_flow(args).to(args.device)

@@ -29,6 +29,7 @@ from ..training.trainer import (
     open_experiment,
     quick_help,
 )
+from ..viz.plots import require_matplotlib
 
 EXTENT = (-4.0, 4.0, -4.0, 4.0)
 
@@ -214,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown targets {unknown}; available: {', '.join(ENERGIES)}")
     sizes = [int(s) for s in args.sizes.split(",")]
+    require_matplotlib()  # the plots come last: fail before the work
     with open_experiment(args) as run:
         n_eval = 200 if args.quick else 5000
         points = 40 if args.quick else 100

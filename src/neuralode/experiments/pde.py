@@ -71,6 +71,7 @@ from ..training.trainer import (
     add_seed_and_threads,
     open_experiment,
 )
+from ..viz.plots import require_matplotlib
 
 EQUATIONS = ("burgers", "reaction-diffusion")
 
@@ -350,6 +351,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"neuralode experiment pde: error: {problem}", file=sys.stderr)
         return 2
     args.out = args.out or f"out/pde-{args.equation}"
+    require_matplotlib()  # the plots come last: fail before the work
     with open_experiment(args) as run:
         return _run(args, run)
 

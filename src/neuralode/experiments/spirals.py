@@ -48,6 +48,7 @@ from ..data.spirals import SpiralData, make_spirals
 from ..models.latent import DECODERS, DYNAMICS, LatentODE, RNNBaseline
 from ..training.runtime import follow_stop, machine, shared_stop
 from ..training.trainer import Run, Trainer, add_run_arguments, open_experiment
+from ..viz.plots import require_matplotlib
 
 # The Neural ODE paper (Chen et al. 2018), Table 2: predictive RMSE on the test set.
 PAPER_RMSE = {
@@ -494,6 +495,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("workers", "seeds", "samples"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    require_matplotlib()  # the plots come last: fail before the work
     with open_experiment(args) as run:
         return _run_all(args, run)
 

@@ -41,6 +41,7 @@ from ..training.trainer import (
     open_experiment,
     quick_help,
 )
+from ..viz.plots import require_matplotlib
 
 EXTENT = (-4.0, 4.0, -4.0, 4.0)
 
@@ -298,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    require_matplotlib()  # the plots come last: fail before the work
     with open_experiment(args) as run:
         torch.manual_seed(args.seed)
         model = build_model(args)

@@ -21,6 +21,7 @@ from torch.nn.functional import cross_entropy
 from torch.utils.data import DistributedSampler
 
 from ..data import ImageDataset, load_dataset, random_crop
+from ..viz.plots import require_matplotlib
 from .config import RESUME_KEYS, TrainConfig, build_model
 from .ema import WeightAverage
 from .metrics import MetricsLog, open_tensorboard
@@ -49,6 +50,13 @@ SUMS = 9  # per-epoch sums before the per-regulariser ones (see the training loo
 # Optimiser settings a resumed run may change: applied from the next step, recorded in
 # config.json and the checkpoint.
 OPTIMISER_KEYS = ("lr", "momentum", "weight_decay", "warmup_epochs", "label_smoothing")
+# Solver settings a resumed run may change, per model (those its model uses): announced like
+# the optimiser's, as they change the steps from the next one.
+SOLVER_KEYS = {
+    "odenet": ("method", "rtol", "atol", "step_size", "gradient"),
+    "rknet": ("step_size",),
+    "deq": ("deq_method", "deq_backward", "deq_tol", "deq_max_iter", "deq_dropout"),
+}
 
 
 class TrainingDiverged(RuntimeError):
@@ -216,6 +224,8 @@ class Trainer:
             torch.set_num_threads(config.threads)
         if config.tensorboard:
             open_tensorboard(None)  # a clear error before any work when it is missing
+        if config.plots:  # the same for matplotlib, which the first epoch's plot needs
+            require_matplotlib("pass --no-plots")
         data = load_data(config)
         padding = crop_padding(config, data)
         torch.manual_seed(config.seed)
@@ -239,6 +249,13 @@ class Trainer:
             # options added since the checkpoint was written take their defaults
             saved_config = {**TrainConfig().as_dict(), **saved["config"]}
             check_compatible(saved_config, config.as_dict(), RESUME_KEYS)
+            started = saved["epoch"] + (saved["batch"] > 0)  # epochs finished or begun
+            if config.epochs < started:
+                raise CheckpointError(
+                    f"--resume --epochs {config.epochs}: the run in {self.out} has already "
+                    f"{'begun' if saved['batch'] > 0 else 'finished'} epoch {started}; give "
+                    f"--epochs {started} or more to continue it, or --overwrite to start again"
+                )
             if saved["config"]["epochs"] != config.epochs and runtime.is_main:
                 print(
                     f"resuming with --epochs {config.epochs} (was {saved['config']['epochs']}): "
@@ -521,7 +538,8 @@ def apply_optimiser_settings(
     scheduler: torch.optim.lr_scheduler.LambdaLR,
 ) -> str:
     """Puts the resumed run's optimiser settings (``OPTIMISER_KEYS``) into the restored
-    optimiser and schedule.
+    optimiser and schedule, and names them and the changed solver settings of its model
+    (``SOLVER_KEYS``, which the model built from ``config`` already uses).
 
     Arguments:
         saved: the checkpoint's configuration.
@@ -531,11 +549,11 @@ def apply_optimiser_settings(
             factor function is this run's (``lr_factor(config, ...)``).
 
     Returns:
-        The changes as "--lr X (was Y), ..." ("" if none).
+        The changes as "--lr X (was Y), --method 'rk4' (was 'dopri5'), ..." ("" if none).
     """
     changed = [
         f"--{key.replace('_', '-')} {getattr(config, key)!r} (was {saved.get(key)!r})"
-        for key in OPTIMISER_KEYS
+        for key in OPTIMISER_KEYS + SOLVER_KEYS.get(config.model, ())
         if saved.get(key) != getattr(config, key)
         and not (key == "momentum" and config.optimizer != "sgd")
     ]

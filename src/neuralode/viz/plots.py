@@ -7,6 +7,26 @@ from pathlib import Path
 from typing import Any
 
 
+def require_matplotlib(alternative: str = "") -> None:
+    """Checks that matplotlib is installed, before a command that writes plots does any work.
+
+    Arguments:
+        alternative: what else the user may do (such as ``"pass --no-plots"``), appended to
+            the install command in the message.
+
+    Raises:
+        ValueError: matplotlib is not installed (the message names the install command).
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        other = f", or {alternative}" if alternative else ""
+        raise ValueError(
+            "the plots need matplotlib, which is not installed: pip install "
+            f"'neuralode[plots]' (or pip install matplotlib){other}"
+        ) from error
+
+
 def _pyplot() -> Any:
     try:
         import matplotlib

@@ -255,6 +255,21 @@ def test_neural_cde_gradients_reach_every_parameter(adjoint: bool, interpolation
     assert (model.nfe_backward > 0) == adjoint
 
 
+@pytest.mark.parametrize("interpolation", ["cubic", "hermite", "linear"])
+def test_neural_cde_ends_adaptive_steps_at_the_knots(interpolation: str) -> None:
+    """The path's derivatives jump at the knots: the default solve ends a step at each (as
+    ``jump_t=X.grid_points`` does), which halves the Hermite path's evaluations."""
+    torch.manual_seed(11)
+    x = torch.randn(16, 12, 3)
+    model = NeuralCDE(3, 4, 1, width=16, interpolation=interpolation, adjoint=False)
+    coeffs = model.coefficients(x)
+    with torch.no_grad():
+        default, nfe = model(coeffs), model.nfe_forward
+        model.options = {"jump_t": torch.arange(12.0)}
+        torch.testing.assert_close(model(coeffs), default, rtol=0, atol=0)
+    assert model.nfe_forward == nfe
+
+
 def test_neural_cde_adjoint_gradients_equal_backpropagation() -> None:
     torch.manual_seed(8)
     x = torch.randn(3, 6, 2, dtype=torch.float64)

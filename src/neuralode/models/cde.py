@@ -91,8 +91,7 @@ class NeuralCDE(nn.Module):
         width: the vector field MLP's hidden width.
         interpolation: ``"cubic"`` (natural cubic spline: smooth, but each point depends on
             the whole series), ``"hermite"`` (Hermite cubic with backward differences:
-            causal, for online prediction) or ``"linear"`` (causal; an adaptive solve
-            restarts at every observation, ``jump_t``).
+            causal, for online prediction) or ``"linear"`` (causal).
         sequence: read out z at every observation, (..., length, output_channels), instead
             of at the end only, (..., output_channels).
         adjoint: gradients by the continuous adjoint (O(1) memory in the length of the
@@ -101,8 +100,8 @@ class NeuralCDE(nn.Module):
         rtol: the relative tolerance of adaptive methods.
         atol: the absolute tolerance of adaptive methods.
         options: options of the method (as ``odeint``'s, e.g. ``step_size`` for a
-            fixed-step method); with ``"linear"`` and an adaptive method, ``jump_t`` defaults
-            to the observation times.
+            fixed-step method); with an adaptive method, ``jump_t`` defaults to the knots
+            of the interpolation (``X.grid_points``), where its derivatives jump.
 
     Raises:
         ValueError: an unknown interpolation or method, or sizes below 1.
@@ -207,7 +206,10 @@ class NeuralCDE(nn.Module):
         z0 = self.initial(x0)
         times = X.grid_points if self.sequence else X.interval
         options = dict(self.options)
-        if self.interpolation == "linear" and METHODS[self.method]().adaptive:
+        if METHODS[self.method]().adaptive:
+            # dX/dt jumps at the knots (linear), or its derivative does (Hermite) or its
+            # second (cubic): a step that straddles a knot is rejected and shrunk; ending
+            # the steps there halves the Hermite path's evaluations
             options.setdefault("jump_t", X.grid_points)
         kwargs: dict[str, Any] = {"method": self.method, "rtol": self.rtol, "atol": self.atol}
         if options:

@@ -118,3 +118,24 @@ def test_bench_refuses_an_out_that_is_a_file_as_bad_input(tmp_path, capsys) -> N
         f"neuralode bench: error: --out {target} is a file, not a directory; choose a directory"
     ]
     assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "device, fragment",
+    [
+        ("banana", "--device 'banana' is not a device; use auto, cpu, cuda or cuda:N"),
+        ("cuda", "--device cuda: CUDA is not available on this machine; use --device cpu"),
+    ],
+)
+def test_cnf_mnist_refuses_a_device_it_cannot_use_as_bad_input(
+    tmp_path, capsys, monkeypatch, device, fragment
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "run"
+    argv = ["experiment", "cnf-mnist", "--quick", "--device", device, "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"neuralode experiment cnf-mnist: error: {fragment}"]
+    assert not out.exists()

@@ -23,6 +23,7 @@ import torch
 from .._cli_types import positive_float, positive_int, widths
 from ..data import load_mnist, load_mnist5k
 from ..models.cnf import CNF, ConcatSquashConvNet, SequentialFlow
+from ..training.runtime import pick_device
 from ..training.trainer import (
     Run,
     Trainer,
@@ -184,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = pick_device(args.device)  # a clear error for a missing device, before any work
+    if args.device == "auto":  # as for neuralode train: CUDA when there is one
+        args.device = str(device)
     out = Path(args.out)
     train_images, test_images = _split(args)
     if args.quick:

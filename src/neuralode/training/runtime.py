@@ -73,12 +73,15 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", local_rank % count)
         elif device.index >= count:
-            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s)")
+            raise ValueError(
+                f"--device {name}: this machine has {count} CUDA device(s); use cuda:0 to "
+                f"cuda:{count - 1}"
+            )
         torch.cuda.set_device(device)
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name}: MPS is not available on this machine")
+        raise ValueError(f"--device {name}: MPS is not available on this machine; use --device cpu")
     elif device.type not in ("cpu", "mps"):
-        raise ValueError(f"--device {name}: neuralode train runs on cpu, cuda or mps")
+        raise ValueError(f"--device {name}: training runs on cpu, cuda or mps; use one of them")
     return device
 
 

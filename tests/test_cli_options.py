@@ -170,3 +170,15 @@ def test_resume_with_a_corrupt_config_names_the_file(tmp_path, capsys, text) -> 
     assert str(out / "config.json") in err and "--overwrite" in err
     if text == "{":
         assert "is not valid JSON" in err
+
+
+def test_resume_where_no_directory_exists_names_the_experiments_run(tmp_path, capsys) -> None:
+    out = tmp_path / "missing"
+    assert main(["experiment", "toy2d", "--quick", "--resume", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"neuralode experiment toy2d: error: --resume: no experiment run in {out} (the "
+        "directory does not exist); start without --resume or point --out at the run to "
+        "continue\n"
+    )
+    assert not out.exists()

@@ -181,6 +181,11 @@ def open_experiment(
     if config is None:
         config = {k: v for k, v in vars(args).items() if not callable(v)}
     config = json.loads(json.dumps(config, default=str))
+    if resume and not out.exists():  # (an experiment's run has no checkpoint.pt to name)
+        raise CheckpointError(
+            f"--resume: no experiment run in {out} (the directory does not exist); start "
+            "without --resume or point --out at the run to continue"
+        )
     lock = open_run_directory(
         out, resume, bool(args.overwrite), run_files=RUN_FILES + (CHECKPOINTS,)
     )

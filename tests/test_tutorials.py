@@ -38,6 +38,10 @@ EXPECTED = {
         ["giant ODE:", "per sample:", "skip_finished", "16/16 samples", "vmap: max difference"],
         ["batching.png"],
     ),
+    "cde.py": (
+        ["linear CDE dz = a z dX", "hermite 0.0e+00, linear 0.0e+00", "hermite  test accuracy"],
+        ["cde_interpolations.png", "cde_training.png"],
+    ),
 }
 
 

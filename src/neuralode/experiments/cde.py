@@ -327,7 +327,7 @@ def _plot(data: dict[str, torch.Tensor], results: dict[str, Any], out: Path) -> 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     ax = axes[0]
     colours = ("tab:orange", "tab:blue")  # clockwise, anticlockwise
-    for i in range(min(12, len(x))):
+    for i in range(min(6, len(x))):
         observed = ~x[i, :, 1:].isnan().any(-1)
         points = x[i, observed, 1:]
         colour = colours[int(predicted[i])]

@@ -520,3 +520,20 @@ def test_an_empty_out_is_a_usage_error_that_writes_nothing(tmp_path, capsys, mon
     assert stop.value.code == 2
     _one_line_error(capsys, "argument --out: must name a directory, got ''")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a zip", "another dict"])
+def test_a_damaged_checkpoint_is_one_short_line_naming_the_fix(tmp_path, capsys, damage) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "resnet", *ARGV, "--out", str(out)]) == 0
+    path = out / "checkpoint.pt"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif damage == "not a zip":
+        path.write_text("garbage")
+    else:
+        torch.save({"a": 1}, path)
+    capsys.readouterr()
+    assert main(["train", "resnet", *ARGV, "--epochs", "2", "--out", str(out), "--resume"]) == 2
+    line = _one_line_error(capsys, str(path), "start the run again with --overwrite")
+    assert len(line) < 400, line  # torch's paragraphs cut to their first sentence

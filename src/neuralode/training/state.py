@@ -108,13 +108,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors have many types
+        # torch's messages run to paragraphs: their first sentence names the fault
+        detail = " ".join(str(error).split()).split(". ")[0][:200]
         raise CheckpointError(
-            f"{path} cannot be read as a neuralode checkpoint ({type(error).__name__}: {error}); "
-            "delete it or use another --out"
+            f"{path} cannot be read as a neuralode checkpoint ({type(error).__name__}: "
+            f"{detail}); start the run again with --overwrite, or use another --out"
         ) from error
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
-            f"{path} is not a neuralode training checkpoint of format {CHECKPOINT_FORMAT}"
+            f"{path} is not a neuralode training checkpoint of format {CHECKPOINT_FORMAT}; "
+            "start the run again with --overwrite, or use another --out"
         )
     return state
 

@@ -28,6 +28,7 @@ PACKAGES = [
     "neuralode.implicit",
     "neuralode.pde",
     "neuralode.sde",
+    "neuralode.cde",
     "neuralode.training",
     "neuralode.data",
 ]

@@ -139,3 +139,15 @@ def test_cnf_mnist_refuses_a_device_it_cannot_use_as_bad_input(
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [f"neuralode experiment cnf-mnist: error: {fragment}"]
     assert not out.exists()
+
+
+def test_train_names_the_files_it_wrote(tmp_path, capsys) -> None:
+    pytest.importorskip("sklearn")
+    argv = ["train", "resnet", "--data", "digits", "--train-subset", "16", "--test-subset", "8"]
+    argv += ["--channels", "4", "--batch-size", "16", "--epochs", "1", "--threads", "1"]
+    assert main([*argv, "--no-plots", "--out", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().out.strip().endswith("/{metrics.jsonl,checkpoint.pt}")
+    assert not list((tmp_path / "a").glob("*.png"))
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().out.strip().endswith("/{metrics.jsonl,checkpoint.pt,*.png}")
+    assert list((tmp_path / "b").glob("*.png"))

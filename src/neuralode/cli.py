@@ -79,10 +79,11 @@ def _train(args: argparse.Namespace) -> int:
         nfe = ""
         if last["nfe_forward"] is not None:
             nfe = f", NFE forward {last['nfe_forward']:.1f} backward {last['nfe_backward']:.1f}"
+        plots = ",*.png" if args.plots else ""
         print(
             f"{args.model} on {args.data}: test accuracy {100 * last['test_accuracy']:.2f}% "
             f"(error {100 * last['test_error']:.2f}%){nfe}; wrote {result.out}/"
-            "{metrics.jsonl,checkpoint.pt,*.png}"
+            f"{{metrics.jsonl,checkpoint.pt{plots}}}"
         )
     return result.status
 

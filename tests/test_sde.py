@@ -406,6 +406,11 @@ def test_bad_input_has_torchsdes_meaning():
         nsde.sdeint(gbm, y0, TS.clone().requires_grad_())
     with pytest.raises(ValueError, match="adjoint"):
         nsde.sdeint_adjoint(gbm, y0, ts, adjoint_method="srk")
+    # torchsde's message: the adjoint of reversible Heun is no forward method
+    stratonovich = GBM("stratonovich")
+    for solve in (nsde.sdeint, nsde.sdeint_adjoint):
+        with pytest.raises(ValueError, match="can only be used for adjoint_method"):
+            solve(stratonovich, y0, ts, method="adjoint_reversible_heun")
     with pytest.raises(ValueError, match="nn.Module"):
         nsde.sdeint_adjoint(Named().__class__.__dict__, y0, ts)
     with pytest.warns(UserWarning, match="Unexpected arguments"):

@@ -302,6 +302,13 @@ def check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp) -> 
         method = default_method(sde)
     if method not in METHODS:
         raise ValueError(f"Expected method in {METHODS}, but found {method}.")
+    if method == METHODS.adjoint_reversible_heun:
+        # torchsde's meaning: the backward pass of reversible Heun, not a method of its own
+        raise ValueError(
+            f"{METHODS.adjoint_reversible_heun} can only be used for adjoint_method: solve "
+            f"with method={METHODS.reversible_heun!r} (sdeint_adjoint then uses "
+            f"adjoint_method={METHODS.adjoint_reversible_heun!r} by default)."
+        )
     if not torch.is_tensor(ts):
         if not isinstance(ts, (tuple, list)) or not all(isinstance(t, (float, int)) for t in ts):
             raise ValueError("Evaluation times `ts` must be a 1-D Tensor or list/tuple of floats.")

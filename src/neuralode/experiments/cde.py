@@ -12,8 +12,8 @@ readout of its final state is the logit of the class (binary cross-entropy, Adam
 
 Writes ``metrics.json`` (per interpolation: the training loss, test accuracy and loss, the
 mean NFE of the forward and backward passes, training time, and the histories),
-``model.pt`` (the weights, by interpolation) and ``cde_spirals.png`` (test series coloured by
-the predicted class, the misclassified marked, and the loss and accuracy curves) to
+``model.pt`` (the weights, by interpolation) and ``cde_spirals.png`` (a test series of each
+class with the cubic spline the model reads, and the loss and accuracy curves) to
 ``--out``; a stopped run continues with ``--resume``.
 
 Defaults: 256 training and 256 test series of 24 observations, 30 % missing, noise 0.3,
@@ -42,6 +42,7 @@ from .._cli_types import (
     positive_float,
     positive_int,
 )
+from ..cde import CubicSpline, natural_cubic_coeffs
 from ..models.cde import INTERPOLATIONS, NeuralCDE
 from ..solvers import METHODS
 from ..training.runtime import machine
@@ -327,17 +328,20 @@ def _plot(data: dict[str, torch.Tensor], results: dict[str, Any], out: Path) -> 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     ax = axes[0]
     colours = ("tab:orange", "tab:blue")  # clockwise, anticlockwise
-    for i in range(min(6, len(x))):
+    # one test series of each class: its observations and the natural cubic spline the
+    # model reads, drawn densely in the CDE's time (the observation index)
+    shown = [int(i) for c in (1.0, 0.0) for i in (labels == c).nonzero()[:1, 0]]
+    for i in shown:
         observed = ~x[i, :, 1:].isnan().any(-1)
-        points = x[i, observed, 1:]
-        colour = colours[int(predicted[i])]
-        ax.plot(points[:, 0], points[:, 1], color=colour, alpha=0.5, lw=0.8)
-        ax.scatter(points[:, 0], points[:, 1], color=colour, s=6)
-        if predicted[i] != float(labels[i]):
-            ax.scatter(points[:1, 0], points[:1, 1], marker="x", color="k", s=60, zorder=3)
-    ax.plot([], [], color=colours[1], label="predicted anticlockwise")
-    ax.plot([], [], color=colours[0], label="predicted clockwise")
-    ax.set_title(f"test spirals ({first}; x: misclassified)")
+        spline = CubicSpline(natural_cubic_coeffs(x[i]))
+        path = spline.evaluate(torch.linspace(0, x.shape[1] - 1, 400))[:, 1:]
+        colour = colours[int(labels[i])]
+        kind = "anticlockwise" if labels[i] else "clockwise"
+        verdict = "right" if predicted[i] == float(labels[i]) else "wrong"
+        ax.plot(path[:, 0], path[:, 1], color=colour, lw=1, label=f"{kind} (predicted {verdict})")
+        ax.scatter(x[i, observed, 1], x[i, observed, 2], color=colour, s=10)
+        ax.scatter(x[i, :1, 1], x[i, :1, 2], marker="o", facecolor="none", edgecolor="k", s=50)
+    ax.set_title("a test series of each class, its cubic spline (o: start)")
     ax.set_aspect("equal")
     ax.legend(fontsize=7, loc="upper right")
     for name, r in results.items():

@@ -151,3 +151,33 @@ def test_train_names_the_files_it_wrote(tmp_path, capsys) -> None:
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     assert capsys.readouterr().out.strip().endswith("/{metrics.jsonl,checkpoint.pt,*.png}")
     assert list((tmp_path / "b").glob("*.png"))
+
+
+def test_train_warns_once_about_options_its_model_never_reads(tmp_path, capsys) -> None:
+    pytest.importorskip("sklearn")
+    from neuralode.training import TrainConfig
+    from neuralode.training.config import ignored_options
+
+    argv = ["train", "resnet", "--data", "digits", "--train-subset", "16", "--test-subset", "8"]
+    argv += ["--channels", "4", "--batch-size", "16", "--epochs", "1", "--threads", "1"]
+    argv += ["--no-plots", "--method", "rk4", "--deq-tol", "0.1", "--out", str(tmp_path / "a")]
+    assert main(argv) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warned == [
+        "neuralode train: warning: resnet on digits ignores --method (read only by odenet), "
+        "--deq-tol (read only by deq)"
+    ]
+    assert ignored_options(TrainConfig(model="odenet", blocks=2, step_size=0.1, momentum=0.5)) == [
+        "--blocks (read only by resnet)",
+        "--step-size (the adaptive dopri5 chooses its steps)",
+        "--momentum (read only by --optimizer sgd, not adamw)",
+    ]
+    assert ignored_options(TrainConfig(model="resnet", step_size=0.1, data_dir="d")) == [
+        "--step-size (read only by rknet and odenet)",
+        "--data-dir (read only with --data mnist)",
+    ]
+    # the options a run reads, and defaults given again, are not named
+    used = dict(method="rk4", step_size=0.1, optimizer="sgd", momentum=0.5, data="mnist")
+    assert ignored_options(TrainConfig(model="odenet", data_dir="d", **used)) == []
+    assert ignored_options(TrainConfig(model="rknet", step_size=0.1)) == []
+    assert ignored_options(TrainConfig(model="deq", blocks=6, deq_tol=0.1)) == []

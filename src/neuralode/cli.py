@@ -66,11 +66,16 @@ def _bench(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from ._errors import SolverError
     from .training import TrainConfig, train
+    from .training.config import ignored_options
 
     if args.out is None:
         args.out = f"out/train-{args.model}"
+    config = TrainConfig.from_namespace(args)
+    ignored = ignored_options(config)
+    if ignored and os.environ.get("RANK", "0") == "0":  # (under torchrun: once)
+        warnings.warn(f"{args.model} on {args.data} ignores {', '.join(ignored)}", stacklevel=1)
     try:
-        result = train(TrainConfig.from_namespace(args))
+        result = train(config)
     except SolverError as error:
         _error("train", f"the ODE solve failed ({error}); {_solve_advice(error, args)}")
         return 2

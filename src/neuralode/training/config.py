@@ -287,6 +287,53 @@ class TrainConfig:
         return cls(**{k: v for k, v in vars(args).items() if k in names and v is not None})
 
 
+# The options each model reads (``build_model``); the others of ``MODEL_OPTIONS`` have no
+# effect on it.
+MODEL_OPTIONS = {
+    "resnet": ("blocks",),
+    "rknet": ("step_size",),
+    "odenet": ("augment", "method", "rtol", "atol", "step_size", "gradient"),
+    "deq": ("deq_method", "deq_backward", "deq_tol", "deq_max_iter", "deq_dropout"),
+}  # fmt: skip
+
+
+def ignored_options(config: TrainConfig) -> list[str]:
+    """The options given a value other than their default that this run never reads: another
+    model's (``--blocks`` for an ODE-Net, ``--method`` for a ResNet), ``--step-size`` with an
+    adaptive method, ``--momentum`` without SGD, and the MNIST file options with another data
+    set.
+
+    Arguments:
+        config: the run's options.
+
+    Returns:
+        Each ignored option with the reason, such as ``"--blocks (read only by resnet)"``.
+    """
+    from .. import METHODS
+
+    default = TrainConfig()
+    readers = {key: model for model, keys in MODEL_OPTIONS.items() for key in keys}
+    ignored = []
+
+    def given(key: str) -> bool:
+        return getattr(config, key) != getattr(default, key)
+
+    for key, model in readers.items():
+        if model != config.model and given(key) and key not in MODEL_OPTIONS[config.model]:
+            users = [m for m, keys in MODEL_OPTIONS.items() if key in keys]
+            ignored.append(f"--{key.replace('_', '-')} (read only by {' and '.join(users)})")
+    method = METHODS.get(config.method)
+    if config.model == "odenet" and given("step_size") and method and method().adaptive:
+        ignored.append(f"--step-size (the adaptive {config.method} chooses its steps)")
+    if config.optimizer != "sgd" and given("momentum"):
+        ignored.append(f"--momentum (read only by --optimizer sgd, not {config.optimizer})")
+    if config.data != "mnist":
+        for key in ("data_dir", "download", "cache_dir"):
+            if given(key):
+                ignored.append(f"--{key.replace('_', '-')} (read only with --data mnist)")
+    return ignored
+
+
 def build_model(config: TrainConfig, in_channels: int = 1, classes: int = 10) -> nn.Module:
     """The classifier named by ``config.model`` with the paper's shapes.
 

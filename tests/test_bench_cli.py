@@ -119,6 +119,30 @@ def test_sde_benchmark_alternates_the_libraries_and_compares_the_gradients(monke
     assert "max abs diff of the gradients" in table and "| euler | forward |" in table
 
 
+def test_cde_benchmark_alternates_the_libraries_on_the_same_model(monkeypatch):
+    torchcde = pytest.importorskip("torchcde")
+    from neuralode.bench import cde
+
+    monkeypatch.setattr(cde, "CASES", ((4, 6, 3, 8),))  # the comparison, not the speed
+    monkeypatch.setattr(cde, "MODES", (cde.MODES[0], cde.MODES[3]))
+    libraries = []
+    timed = cde.timed
+
+    def recording(run, library, *args):
+        libraries.append(library)
+        return timed(run, library, *args)
+
+    monkeypatch.setattr(cde, "timed", recording)
+    error, forward, adjoint = cde.run(repeats=2)
+    # each timed round runs neuralode's cdeint, then torchcde's
+    assert libraries == [cde.cde, torchcde] * 4
+    assert error.error and 0 < error.ours < 1e-2 and 0 < error.theirs < 1e-2
+    assert forward.mode == "forward" and adjoint.mode.endswith("(adjoint, seminorm)")
+    assert min(forward.ours, forward.theirs, adjoint.ours, adjoint.theirs) > 0
+    table = cde.table([error, forward, adjoint])
+    assert "| 4 x 6, hidden 3 | forward |" in table and "z_T's error" in table
+
+
 def test_work_precision_warms_up_every_method_before_timing(monkeypatch):
     pytest.importorskip("torchdiffeq")
     import numpy as np

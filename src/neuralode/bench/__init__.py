@@ -25,7 +25,7 @@ def environment() -> str:
     gpu = f"GPU: {torch.cuda.get_device_name()}; " if torch.cuda.is_available() else ""
     versions = ", ".join(
         f"{name} {_version(name)}"
-        for name in ("neuralode", "torchdiffeq", "torchode", "torchsde", "scipy")
+        for name in ("neuralode", "torchdiffeq", "torchode", "torchsde", "torchcde", "scipy")
     )
     return (
         f"{gpu}CPU: {cpu}, {os.cpu_count()} logical cores, torch threads "

@@ -17,7 +17,7 @@ import torch
 from .._cli_types import non_negative_int, positive_float, positive_int
 from ..training.rundir import ensure_directory
 
-PARTS = ("core", "per-sample", "work-precision", "diffrax", "compiled", "gpu", "sde")
+PARTS = ("core", "per-sample", "work-precision", "diffrax", "compiled", "gpu", "sde", "cde")
 # "compiled" compiles for minutes; "gpu" is for a machine with one (it runs on the CPU too)
 DEFAULT_PARTS = ("core", "per-sample", "work-precision", "diffrax")
 # diffrax runs only where an interpreter with jax and diffrax is found (else a note says so)
@@ -30,6 +30,7 @@ NEEDS = {
     "compiled": ("torchdiffeq", "torchode"),
     "gpu": (),
     "sde": ("torchsde",),
+    "cde": ("torchcde",),
 }
 
 
@@ -229,6 +230,13 @@ def run(args: argparse.Namespace) -> int:
         sections.append(
             "### SDE adjoint memory: extra peak RSS of forward + backward, euler forward, "
             "batch 512, state 8\n\n" + sde.memory_table(sde.memory((100, 1000)))
+        )
+    if begins("cde"):
+        from . import cde
+
+        sections.append(
+            "### Neural CDE vs torchcde: natural cubic spline of irregular spirals, dopri5 "
+            "at rtol 1e-4, atol 1e-6, float32 (median times)\n\n" + cde.table(cde.run(repeats))
         )
     if begins("work-precision"):
         from . import work_precision

@@ -1,0 +1,166 @@
+"""Neural CDE benchmark against torchcde (over torchdiffeq): the same model, weights and data,
+solved by ``neuralode.cde.cdeint`` and ``torchcde.cdeint``; forward, and forward + backward by
+backpropagation and by the adjoint (also with the seminorm), timed alternately in one process.
+
+The model is the standard neural CDE classifier's solve (a vector field MLP hidden -> width ->
+hidden x channels with a tanh output, a linear map of X(t0) to z0) on irregularly sampled
+spirals, each library's natural cubic spline of each series (bitwise equal coefficients);
+dopri5 at torchcde's default tolerances (rtol 1e-4, atol 1e-6). z_T's error is measured
+against the same model and data in float64 at rtol 1e-10.
+
+Run by ``python benchmarks/bench_cde.py`` and ``neuralode bench --parts cde``; torchcde is a
+reference library of the ``bench`` extra, never a dependency.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import cde
+
+# (batch, length, hidden, width) of the two cases
+CASES = ((32, 50, 16, 64), (128, 100, 32, 128))
+MODES = (
+    ("forward", False, False),
+    ("forward + backward (backprop)", False, True),
+    ("forward + backward (adjoint)", True, True),
+    ("forward + backward (adjoint, seminorm)", "seminorm", True),
+)
+
+
+@dataclass
+class Row:
+    """One table row: a case and mode, both libraries' median times (s), or z_T's errors."""
+
+    case: str
+    mode: str
+    ours: float
+    theirs: float
+    error: bool = False
+
+
+class VectorField(torch.nn.Module):
+    """f(t, z): hidden -> width -> hidden x channels, tanh output."""
+
+    def __init__(self, channels: int, hidden: int, width: int):
+        super().__init__()
+        self.channels, self.hidden = channels, hidden
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(hidden, width),
+            torch.nn.ReLU(),
+            torch.nn.Linear(width, hidden * channels),
+            torch.nn.Tanh(),
+        )
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(*z.shape[:-1], self.hidden, self.channels)
+
+
+def spirals(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    """(batch, length, 3) series: time, and a spiral's x and y, half of them clockwise, at
+    sorted random times in [0, 4 pi]."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.sort(torch.rand(batch, length, generator=g) * 4 * math.pi, dim=1).values
+    sign = torch.where(torch.arange(batch) % 2 == 0, 1.0, -1.0)[:, None]
+    radius = 1 + 0.1 * t
+    x = radius * torch.cos(sign * t) + 0.05 * torch.randn(batch, length, generator=g)
+    y = radius * torch.sin(sign * t) + 0.05 * torch.randn(batch, length, generator=g)
+    return torch.stack([t, x, y], dim=-1)
+
+
+def timed(run: Callable[..., object], *args: object) -> float:
+    """Seconds of one call of ``run(*args)``."""
+    start = time.perf_counter()
+    run(*args)
+    return time.perf_counter() - start
+
+
+def case(
+    torchcde: Any, batch: int, length: int, hidden: int, width: int, repeats: int
+) -> list[Row]:
+    """The rows of one case: z_T's errors, then each mode's median times."""
+    torch.manual_seed(0)
+    x = spirals(batch, length)
+    func = VectorField(3, hidden, width)
+    initial = torch.nn.Linear(3, hidden)
+    ours_X = cde.CubicSpline(cde.natural_cubic_coeffs(x))
+    theirs_X = torchcde.CubicSpline(torchcde.natural_cubic_coeffs(x))
+    params = (*func.parameters(), *initial.parameters())
+
+    def solve(library: Any, X: Any, adjoint: Any, backward: bool) -> torch.Tensor:
+        z0 = initial(X.evaluate(X.interval[0]))
+        kwargs = dict(method="dopri5", adjoint=bool(adjoint))
+        if adjoint:
+            kwargs["adjoint_params"] = tuple(func.parameters())
+        if adjoint == "seminorm":
+            kwargs["adjoint_options"] = dict(norm="seminorm")
+        zT = library.cdeint(X, func, z0, X.interval, **kwargs)[:, -1]
+        if backward:
+            torch.autograd.grad(zT.square().sum(), params)
+        return zT.detach()
+
+    with torch.no_grad():  # the reference: float64 copies at rtol 1e-10
+        func64, initial64 = copy.deepcopy(func).double(), copy.deepcopy(initial).double()
+        X64 = cde.CubicSpline(cde.natural_cubic_coeffs(x.double()))
+        z0 = initial64(X64.evaluate(X64.interval[0]))
+        exact = cde.cdeint(X64, func64, z0, X64.interval, adjoint=False, rtol=1e-10, atol=1e-12)
+        exact = exact[:, -1].float()
+        scale = float(exact.abs().max())
+        error_ours = float((solve(cde, ours_X, False, False) - exact).abs().max()) / scale
+        error_theirs = float((solve(torchcde, theirs_X, False, False) - exact).abs().max()) / scale
+    label = f"{batch} x {length}, hidden {hidden}"
+    rows = [Row(label, "z_T's error", error_ours, error_theirs, error=True)]
+    for mode, adjoint, backward in MODES:
+        with torch.enable_grad() if backward else torch.no_grad():
+            ours, theirs = [], []
+            for _ in range(repeats):  # alternating, so that both see the same machine state
+                ours.append(timed(solve, cde, ours_X, adjoint, backward))
+                theirs.append(timed(solve, torchcde, theirs_X, adjoint, backward))
+        rows.append(Row(label, mode, statistics.median(ours), statistics.median(theirs)))
+    return rows
+
+
+def run(repeats: int) -> list[Row]:
+    """Every case and mode (``CASES``, ``MODES``).
+
+    Arguments:
+        repeats: timed runs per cell (their median is reported).
+
+    Returns:
+        The table's rows.
+
+    Raises:
+        ImportError: torchcde is not installed.
+    """
+    import torchcde
+
+    return [row for shape in CASES for row in case(torchcde, *shape, repeats)]
+
+
+def table(rows: list[Row]) -> str:
+    """The rows as a markdown table (times in ms, the speed-up torchcde / neuralode)."""
+    lines = [
+        "| batch x length | mode | neuralode (ms) | torchcde (ms) | speed-up |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.error:
+            lines.append(f"| {r.case} | {r.mode} | {r.ours:.1e} | {r.theirs:.1e} | |")
+        else:
+            lines.append(
+                f"| {r.case} | {r.mode} | {r.ours * 1e3:.1f} | {r.theirs * 1e3:.1f} | "
+                f"{r.theirs / r.ours:.2f}x |"
+            )
+    lines.append(
+        "\nz_T's error: max |z_T - reference| / max |z_T| of the forward solve at the default "
+        "tolerances; the reference: the same model and data in float64 at rtol 1e-10, atol 1e-12"
+    )
+    return "\n".join(lines)

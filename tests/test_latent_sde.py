@@ -162,3 +162,28 @@ def test_posterior_drift_without_a_context_for_the_batch_is_a_clear_error():
     model.elbo(torch.randn(5, 2, 1), ts, 0.1, 0.1)
     with pytest.raises(RuntimeError, match="context for 2 series, state of 3"):
         sdeint(model, z0, ts, dt=0.1, method="euler")
+
+
+def test_a_trained_model_deep_copies_and_pickles_without_its_last_batch():
+    """After ``elbo`` the model holds the batch's encoded context, an intermediate of the
+    graph: ``copy.deepcopy`` (an EMA copy, a snapshot of the best weights) must still work,
+    and the copy computes what the original does."""
+    import copy
+    import pickle
+
+    import numpy
+
+    torch.manual_seed(0)
+    model, ts = LatentSDE(obs_dim=1, latent_dim=2, hidden=8), torch.linspace(0, 1, 5)
+    xs = torch.randn(5, 3, 1)
+    log_lik, kl, _, _ = model.elbo(xs, ts, 0.1, 0.1)
+    (kl - log_lik).backward()
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone._context is None and model._context is not None
+        results = []
+        for m in (model, clone):
+            # z0's draw comes from torch, the Brownian motion's seed from NumPy
+            torch.manual_seed(1)
+            numpy.random.seed(1)
+            results.append(m.elbo(xs, ts, 0.1, 0.1)[0])
+        assert torch.equal(*results)

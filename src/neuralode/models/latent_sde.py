@@ -40,6 +40,11 @@ class LatentSDE(nn.Module):
     ``p(z0)`` and drift ``h(t, z)``; both share the diffusion ``g(z)`` (diagonal, Itô); a linear
     decoder maps ``z`` to the observation mean.
 
+    The draws of ``z0`` come from torch's generator and the Brownian motions' seeds from
+    NumPy's (as ``sdeint``'s without ``entropy``): seed both for repeatable results. After
+    ``elbo`` the model holds that batch's encoded context for its posterior drift; copies
+    (``copy.deepcopy``, pickling) leave it out.
+
     Arguments:
         obs_dim: observation channels.
         latent_dim: latent state size.
@@ -84,6 +89,15 @@ class LatentSDE(nn.Module):
         self.diffusion_scale = diffusion_scale
         self._context: torch.Tensor | None = None  # (T, batch, context_dim)
         self._times: list[float] = []
+
+    def __getstate__(self) -> dict:
+        """The module's state for ``copy.deepcopy`` and pickling, without the last batch's
+        encoded context: that is an intermediate of ``elbo``'s graph (which deepcopy refuses
+        to copy) and belongs to that batch only. A copy's posterior drift reads a context
+        again after its own ``elbo``."""
+        state = dict(super().__getstate__())
+        state["_context"], state["_times"] = None, []
+        return state
 
     def f(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The posterior drift at ``(t, z)``, conditioned on the encoded context.

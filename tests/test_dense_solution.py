@@ -325,3 +325,28 @@ def test_complex_or_bool_times_are_refused() -> None:
             sol.derivative(t)
     expected = torch.tensor([math.exp(-0.5)], dtype=torch.float64)
     torch.testing.assert_close(sol.evaluate(0.5), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_16_bit_states_evaluate_in_their_dtype(dtype: torch.dtype, per_sample: bool) -> None:
+    """A float16/bfloat16 state (guide S2) has a dense solution too: evaluate and derivative
+    return its dtype, within its resolution of exp(-t), and differentiate to y0."""
+    y0 = torch.ones(3, 2, dtype=dtype, requires_grad=True)
+    sol = no.solve(
+        lambda t, y: -y,
+        y0,
+        torch.tensor([0.0, 1.0]),
+        controller=no.PIController(rtol=1e-2, atol=1e-3),
+        dense=True,
+        per_sample=per_sample,
+    )
+    t = torch.full((3,), 0.5) if per_sample else torch.tensor([0.25, 0.5, 1.0])
+    value, slope = sol.evaluate(t), sol.derivative(t)
+    assert value.dtype == slope.dtype == dtype
+    expected = torch.exp(-t).reshape(*t.shape, *[1] * (value.ndim - t.ndim)).expand(value.shape)
+    tol = 4 * torch.finfo(dtype).eps
+    torch.testing.assert_close(value.float(), expected, rtol=tol, atol=tol)
+    torch.testing.assert_close(slope.float(), -expected, rtol=tol, atol=tol)
+    value.float().sum().backward()
+    assert y0.grad is not None and y0.grad.dtype == dtype

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ._norms import LOW_PRECISION
 from ._tree import TreeSpec
 from .solvers.base import Solver
 
@@ -102,7 +103,10 @@ class DenseSolution:
         indices), (m, n): the method's weights (``Solver.dense_weights``) applied to each
         step's rows as one sparse (m, rows) x (rows, n) product, nothing gathered."""
         width, m = self.width, len(theta)
-        weights = self.solver.dense_weights(theta, h, self.rows, derivative)
+        rows = self.rows
+        if rows.dtype in LOW_PRECISION:  # (sparse products have no 16-bit CPU kernels)
+            rows = rows.float()
+        weights = self.solver.dense_weights(theta, h, rows, derivative)
         columns = (step * width)[:, None] + torch.arange(width, device=step.device)
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore")
@@ -110,10 +114,10 @@ class DenseSolution:
                 torch.arange(0, m * width + 1, width, device=step.device),
                 columns.reshape(-1),
                 weights.reshape(-1),
-                size=(m, self.rows.shape[0]),
+                size=(m, rows.shape[0]),
                 check_invariants=False,
             )
-        out = matrix @ self.rows
+        out = (matrix @ rows).to(self.rows.dtype)
         if not derivative:  # a step's end: its end state y1 exactly
             ends = (theta == 1).nonzero().squeeze(1)
             out = out.index_copy(0, ends, self.rows.index_select(0, step[ends] * width + 1))

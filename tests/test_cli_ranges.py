@@ -214,3 +214,19 @@ def test_the_seed_range_is_numpys() -> None:
         np.random.seed(types.SEED_LIMIT + 1)
     with pytest.raises(ValueError):
         np.random.seed(-1)
+
+
+@pytest.mark.parametrize("command", [["train", "odenet"], ["experiment", "toy2d", "--quick"]])
+def test_an_unknown_method_stops_the_parse_and_an_overwrite_keeps_the_earlier_run(
+    tmp_path, capsys, command
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # an earlier run, which --overwrite would remove
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--method", "rk45", "--overwrite", "--out", str(out)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "argument --method: unknown method 'rk45'; available:" in err
+    assert "dopri5" in err and (out / "config.json").read_text() == "{}"
+    assert types.method_name("tsit5") == "tsit5"

@@ -264,13 +264,23 @@ def test_pde_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
     assert len(_metric_lines(full)) == 8  # two jobs, a line at each of 4 steps
 
 
-def test_a_run_failing_before_its_first_checkpoint_leaves_no_run(tmp_path, capsys) -> None:
+def test_a_run_failing_before_its_first_checkpoint_leaves_no_run(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    from neuralode.experiments import toy2d
+
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     argv = ["experiment", "toy2d", "--quick", "--no-curve", "--out", str(out)]
-    assert main([*argv, "--method", "nosuch"]) == 2  # fails inside the run, after config.json
-    assert "unknown method 'nosuch'" in capsys.readouterr().err
+
+    def refuse(args):
+        raise ValueError("a model this run cannot build")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(toy2d, "build_model", refuse)
+        assert main(argv) == 2  # fails inside the run, after config.json
+    assert "a model this run cannot build" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert main(argv) == 0  # the corrected rerun needs no --overwrite
     assert (out / "notes.txt").read_text() == "mine"

@@ -178,6 +178,28 @@ def open_unit(text: str) -> float:
     return _number(text, lambda value: 0 < value < 1, "a number in (0, 1)")
 
 
+def method_name(text: str) -> str:
+    """The name of a solver in ``neuralode.METHODS`` (checked before ``--out`` is touched, so
+    that a misspelt ``--method`` with ``--overwrite`` leaves the earlier run in place).
+
+    Arguments:
+        text: the option's text.
+
+    Returns:
+        The name.
+
+    Raises:
+        argparse.ArgumentTypeError: no solver has that name (the message lists them).
+    """
+    from . import METHODS
+
+    if text not in METHODS:
+        raise argparse.ArgumentTypeError(
+            f"unknown method {text!r}; available: {', '.join(METHODS)}"
+        )
+    return text
+
+
 def widths(text: str) -> str:
     """Comma-separated positive integers, such as the hidden widths ``64,64,64``.
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .._cli_types import (
+    method_name,
     non_negative_float,
     positive_float,
     positive_int,
@@ -115,7 +116,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["direct", "adjoint"],
         help="backpropagation through the solver or the adjoint (default %(default)s)",
     )
-    parser.add_argument("--method", default="rk4", help="training solver (default %(default)s)")
+    parser.add_argument(
+        "--method", type=method_name, default="rk4", help="training solver (default %(default)s)"
+    )
     parser.add_argument(
         "--steps", type=positive_int, default=4, help="fixed steps, rk4 etc. (default %(default)s)"
     )

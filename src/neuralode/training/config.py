@@ -10,6 +10,7 @@ from torch import nn
 from .._cli_types import (
     fraction,
     int_at_least,
+    method_name,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -524,7 +525,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         help="global pooling of the head (paper: avg; max learns faster; default %(default)s)",
     )
     g.add_argument(
-        "--method", default=d.method, help="solver of the ODE block (default %(default)s)"
+        "--method",
+        type=method_name,
+        default=d.method,
+        help="solver of the ODE block (default %(default)s)",
     )
     g.add_argument("--rtol", type=positive_float, default=d.rtol, help="default %(default)s")
     g.add_argument("--atol", type=positive_float, default=d.atol, help="default %(default)s")

@@ -181,3 +181,24 @@ def test_train_warns_once_about_options_its_model_never_reads(tmp_path, capsys) 
     assert ignored_options(TrainConfig(model="odenet", data_dir="d", **used)) == []
     assert ignored_options(TrainConfig(model="rknet", step_size=0.1)) == []
     assert ignored_options(TrainConfig(model="deq", blocks=6, deq_tol=0.1)) == []
+
+
+def test_cnf_mnist_downloads_mnist_as_its_error_advises(tmp_path, capsys, monkeypatch) -> None:
+    from neuralode.data import datasets
+
+    out = tmp_path / "run"
+    argv = ["experiment", "cnf-mnist", "--quick", "--data", "mnist", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--data mnist needs --data-dir DIR with the MNIST IDX files, or --download" in err
+    asked = []
+
+    def download(cache_dir):
+        asked.append(cache_dir)
+        raise RuntimeError("no mirror reachable")
+
+    monkeypatch.setattr(datasets, "download_mnist", download)
+    cache = str(tmp_path / "cache")
+    assert main([*argv, "--download", "--cache-dir", cache]) == 1
+    assert "no mirror reachable" in capsys.readouterr().err and asked == [cache]
+    assert not out.exists()

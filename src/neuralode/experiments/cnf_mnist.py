@@ -74,6 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-dir", default=None, help="IDX files for --data mnist")
     parser.add_argument(
+        "--download", action="store_true", help="download MNIST for --data mnist (checksummed)"
+    )
+    parser.add_argument("--cache-dir", help="download cache (default ~/.cache/neuralode)")
+    parser.add_argument(
         "--out", default="out/cnf-mnist", help="output directory (default %(default)s)"
     )
     parser.add_argument(
@@ -156,10 +160,12 @@ def _split(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     """Train and test images as uint8 (N, 28, 28), from the shared loaders."""
     if args.data == "mnist5k":
         data = load_mnist5k()
-    elif args.data_dir is None:
-        raise ValueError("--data mnist needs --data-dir with the MNIST IDX files")
+    elif args.data_dir is None and not args.download:
+        raise ValueError(
+            "--data mnist needs --data-dir DIR with the MNIST IDX files, or --download"
+        )
     else:
-        data = load_mnist(args.data_dir)
+        data = load_mnist(args.data_dir, download=args.download, cache_dir=args.cache_dir)
 
     def as_uint8(x: torch.Tensor) -> np.ndarray:
         return (x * 255).round().to(torch.uint8).squeeze(1).numpy()

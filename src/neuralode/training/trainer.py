@@ -50,8 +50,12 @@ from .state import (
 )
 
 CHECKPOINTS = "checkpoints"
-# options that do not change what a run computes: they may differ on --resume
-RUN_OPTIONS = ("out", "resume", "overwrite", "tensorboard", "progress", "threads", "workers")
+# options that do not change what a run computes: they may differ on --resume (where the
+# MNIST files come from included: they are checksummed)
+RUN_OPTIONS = (
+    "out", "resume", "overwrite", "tensorboard", "progress", "threads", "workers", "download",
+    "cache_dir",
+)  # fmt: skip
 
 
 class TrainingInterrupted(Exception):

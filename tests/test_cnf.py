@@ -280,3 +280,19 @@ def test_seeded_sampling_with_a_cpu_generator_works_on_cuda() -> None:
     on_cuda = flow.to("cuda").sample(8, generator=torch.Generator().manual_seed(0))
     assert on_cuda.device.type == "cuda"
     torch.testing.assert_close(on_cuda.cpu(), on_cpu, atol=1e-6, rtol=0)
+
+
+def test_a_regularised_flow_deep_copies_after_a_training_step():
+    """``regularization`` after a pass is part of its graph; the model still deep-copies and
+    pickles (a best-weights snapshot, an EMA copy), the copy holding the values detached."""
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    flow = ffjord_2d(hidden=(8,), method="rk4", steps=2, kinetic=0.1, jacobian=0.1)
+    loss = -flow.log_prob(torch.randn(5, 2)).mean() + flow.regularization.mean()
+    for clone in (copy.deepcopy(flow), pickle.loads(pickle.dumps(flow))):
+        assert torch.equal(clone.regularization, flow.regularization.detach())
+    loss.backward()
+    x = torch.randn(3, 2)
+    assert torch.equal(copy.deepcopy(flow).log_prob(x), flow.log_prob(x))

@@ -552,3 +552,22 @@ def test_implicit_gradients_scale_with_the_loss(backward_method: str) -> None:
         for g, want in zip(got, expected):
             torch.testing.assert_close(g / scale, want, atol=0, rtol=1e-6)
         assert bool((got[0][1] == 0).all())
+
+
+def test_a_regularised_deq_deep_copies_after_a_training_step():
+    """``regularisation`` after a training pass is part of its graph; the layer still
+    deep-copies and pickles, the copy holding the value detached and computing the same."""
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    layer = DEQ(Cell(), tol=1e-10, regularisers=[JacobianFrobenius(0.1)])
+    x = torch.randn(3, 4, dtype=DTYPE)
+    z = layer(x)
+    assert layer.regularisation.requires_grad
+    clones = copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))
+    for clone in clones:
+        assert torch.equal(clone.regularisation, layer.regularisation.detach())
+    (z.sum() + layer.regularisation).backward()
+    for clone in clones:
+        assert torch.equal(clone(x), z)

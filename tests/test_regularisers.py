@@ -286,3 +286,29 @@ def test_the_adjoint_leaves_the_regulariser_channels_out_of_its_error_norm() -> 
             assert norm(base).item() == pytest.approx(base[10:].pow(2).mean().sqrt().item())
     # without a forward seminorm: the whole state and adjoint are measured
     assert Backsolve().backward_norm(numels)(noisy) > 1e5
+
+
+def test_a_regularised_block_deep_copies_and_pickles_after_a_training_step() -> None:
+    """The regularisation of the last forward pass is part of its graph; a copy of the model
+    after a training step (a best-weights snapshot, an EMA copy) keeps its values detached."""
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    net = ODENet(channels=4, method="rk4", step_size=0.5, regularisers=[KineticEnergy(0.1)])
+    block = ODEBlock(
+        MLPDynamics(2, 8),
+        regularisers=[KineticEnergy(0.1), JacobianFrobenius(0.1), DerivativePenalty(2, 0.1)],
+    )
+    x = torch.randn(4, 2)
+    loss = block(x).square().sum() + block.regularisation
+    net(torch.randn(2, 1, 28, 28))
+    for clone in (copy.deepcopy(block), pickle.loads(pickle.dumps(block))):
+        assert torch.equal(clone.regularisation, block.regularisation.detach())
+        assert not clone.regularisation.requires_grad
+        assert clone.regularisation_terms.keys() == block.regularisation_terms.keys()
+        t = torch.tensor(0.5)
+        assert torch.equal(clone.dynamics(t, x), block.dynamics(t, x))
+    loss.backward()  # the original's graph is untouched
+    copy.deepcopy(block)
+    assert copy.deepcopy(net).ode.regularisation == net.ode.regularisation

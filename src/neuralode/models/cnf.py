@@ -31,6 +31,7 @@ from ..adjoint import GRADIENTS, GradientStrategy
 from ..controllers import FixedGrid, PIController
 from ..solvers import METHODS
 from .dynamics import activation_layer, batch_time
+from .regularisers import detached_state
 
 TRACE_MODES = ("exact", "hutchinson")
 NOISE_KINDS = ("rademacher", "gaussian")
@@ -528,6 +529,11 @@ class CNF(FlowDensity):
         self.kinetic, self.jacobian = float(kinetic), float(jacobian)
         self.regularization = torch.zeros(())
         self.last_stats = SolveStats()
+
+    def __getstate__(self) -> dict:
+        """The state for ``copy.deepcopy`` and pickling: the last ``regularization`` detached
+        from its graph (a copy after a training step keeps the values, not the graph)."""
+        return detached_state(self, ("regularization",))
 
     @property
     def T(self) -> torch.Tensor:

@@ -36,7 +36,7 @@ from ..implicit.fixed_point import FIXED_POINT_METHODS, FixedPointResult, fixed_
 from ..solvers._newton import gmres
 from .classifiers import downsampling, head
 from .dynamics import group_norm
-from .regularisers import JacobianFrobenius, Point, Regulariser
+from .regularisers import JacobianFrobenius, Point, Regulariser, detached_state
 
 GRADIENTS = ("implicit", "unrolled")
 BACKWARD_METHODS = (*FIXED_POINT_METHODS, "gmres")
@@ -195,6 +195,11 @@ class DEQ(nn.Module):
         self.backward_report = SolveReport()
         self.regularisation = torch.zeros(())
         self.regularisation_terms: dict[str, torch.Tensor] = {}
+
+    def __getstate__(self) -> dict:
+        """The state for ``copy.deepcopy`` and pickling: the last regularisation detached from
+        its graph (a copy after a training step keeps the values, not the graph)."""
+        return detached_state(self, ("regularisation", "regularisation_terms"))
 
     @property
     def nfe_forward(self) -> int:

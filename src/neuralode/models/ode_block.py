@@ -13,7 +13,7 @@ from .._solve import solve
 from ..adjoint import GRADIENTS, GradientStrategy
 from ..controllers import FixedGrid, PIController
 from ..solvers import METHODS
-from .regularisers import DerivativePenalty, RegularisedDynamics, Regulariser
+from .regularisers import DerivativePenalty, RegularisedDynamics, Regulariser, detached_state
 
 
 class ODEBlock(nn.Module):
@@ -81,6 +81,11 @@ class ODEBlock(nn.Module):
                 )
         self.regularisation = torch.zeros(())
         self.regularisation_terms: dict[str, torch.Tensor] = {}
+
+    def __getstate__(self) -> dict:
+        """The state for ``copy.deepcopy`` and pickling: the last regularisation detached from
+        its graph (a copy after a training step keeps the values, not the graph)."""
+        return detached_state(self, ("regularisation", "regularisation_terms"))
 
     def _strategy(self) -> GradientStrategy:
         if isinstance(self.gradient, str):

@@ -89,6 +89,27 @@ class Regulariser(abc.ABC):
         return f"{type(self).__name__}(weight={self.weight})"
 
 
+def detached_state(module: torch.nn.Module, names: tuple[str, ...]) -> dict:
+    """``module``'s ``__dict__`` for ``copy.deepcopy`` and pickling, with the tensors held in
+    the attributes ``names`` (a tensor, or a dict of tensors) detached from their graph.
+
+    A forward pass in training mode leaves the regularisation there as part of its graph, and
+    ``copy.deepcopy`` refuses tensors that are not graph leaves: without this a model could not
+    be copied after a training step (a snapshot of the best weights, an EMA copy). The copy
+    holds the same values, without the graph.
+    """
+    state = torch.nn.Module.__getstate__(module)  # a copy of __dict__, as torch's
+    for name in names:
+        value = state.get(name)
+        if isinstance(value, torch.Tensor):
+            state[name] = value.detach()
+        elif isinstance(value, dict):
+            state[name] = {
+                k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in value.items()
+            }
+    return state
+
+
 def _per_sample_sum_of_squares(x: torch.Tensor) -> torch.Tensor:
     return x.pow(2).reshape(x.shape[0], -1).sum(1)
 

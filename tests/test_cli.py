@@ -202,3 +202,25 @@ def test_cnf_mnist_downloads_mnist_as_its_error_advises(tmp_path, capsys, monkey
     assert main([*argv, "--download", "--cache-dir", cache]) == 1
     assert "no mirror reachable" in capsys.readouterr().err and asked == [cache]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("fault", [KeyboardInterrupt, RuntimeError])
+def test_an_unfinished_demo_leaves_nothing_that_refuses_a_rerun(
+    tmp_path, capsys, monkeypatch, fault
+) -> None:
+    from neuralode.experiments import demo
+    from neuralode.training.rundir import open_run_directory
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+
+    def stopped(directory, quick=False):
+        (directory / "demo.json").write_text("[]")  # the table, then Ctrl-C before the plots
+        raise fault("stopped")
+
+    monkeypatch.setattr(demo, "run_demo", stopped)
+    status = 130 if fault is KeyboardInterrupt else 1
+    assert main(["demo", "--quick", "--out", str(out)]) == status
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    open_run_directory(out, resume=False, overwrite=False, resumable=False).release()  # a rerun

@@ -32,7 +32,7 @@ def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from .experiments.demo import format_table, run_demo
-    from .training.rundir import open_run_directory
+    from .training.rundir import open_run_directory, remove_run_outputs, run_outputs
     from .viz.plots import require_matplotlib
 
     require_matplotlib()  # the plots are part of the demo's result: refuse before any work
@@ -40,9 +40,14 @@ def _demo(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     lock = open_run_directory(out, resume=False, overwrite=args.overwrite, resumable=False)
+    found = set(run_outputs(out))  # (--overwrite removed an earlier run's)
     try:
         print(f"neuralode demo: solving 3 problems with 6 methods, writing to {out}/")
         rows = run_demo(out, quick=args.quick)
+    except BaseException:
+        # an unfinished demo (Ctrl-C, an error) leaves nothing that refuses a plain rerun
+        remove_run_outputs(out, keep=found)
+        raise
     finally:
         lock.release()
     print()

@@ -115,6 +115,42 @@ def test_zero_tolerances_are_refused_by_name() -> None:
     assert abs(float(ys[-1, 0]) - math.exp(-1)) < 1e-9
 
 
+@row("S17")
+def test_nan_negative_or_non_numeric_tolerances_are_refused_by_name() -> None:
+    """A NaN tolerance (also one entry of a per-element tensor) or a negative one is refused
+    where it is given, PIController's and Backsolve's alike, rather than surfacing as a
+    non-finite f or a negative backward tolerance; a non-number is a TypeError."""
+    for bad in (math.nan, -1e-3, torch.tensor([1e-3, math.nan]), torch.tensor([-1.0, 1e-3])):
+        with pytest.raises(ValueError, match="rtol must be a non-negative number"):
+            no.PIController(rtol=bad)
+        with pytest.raises(ValueError, match="atol must be a non-negative number"):
+            no.PIController(atol=bad)
+        with pytest.raises(ValueError, match="Backsolve rtol must be a non-negative number"):
+            no.Backsolve(params=(), rtol=bad)
+    for bad in ("1e-3", None, torch.tensor([1, 2])):
+        with pytest.raises(TypeError, match="rtol must be a number or a"):
+            no.PIController(rtol=bad)
+    with pytest.raises(TypeError, match="Backsolve atol must be a number or a"):
+        no.Backsolve(params=(), atol="1e-9")
+
+
+def test_backsolve_takes_its_solver_and_controller_as_solve_does() -> None:
+    """``Backsolve(solver=...)`` accepts a method name or class as ``solve(solver=...)`` does
+    (a name reached the backward pass as a string), and refuses other types at once."""
+    y0 = T(1.0, 0.5).requires_grad_()
+    grads = []
+    for solver in ("bosh3", no.Bosh3, no.Bosh3()):
+        gradient = no.Backsolve(params=(), solver=solver, controller=no.PIController)
+        ys = no.solve(decay, y0, T(0.0, 1.0), gradient=gradient).ys
+        grads.append(torch.autograd.grad(ys[-1].sum(), y0)[0])
+    torch.testing.assert_close(grads[0], torch.full((2,), math.exp(-1), dtype=F64))
+    assert all(torch.equal(grad, grads[0]) for grad in grads)
+    with pytest.raises(ValueError, match="unknown solver 'rk45'; available: euler"):
+        no.Backsolve(params=(), solver="rk45")
+    with pytest.raises(TypeError, match="solver must be a Solver such as no.Dopri5"):
+        no.Backsolve(params=(), solver=3)
+
+
 # --- step counts, events, overflow -----------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from .._loop import integrate
 from .._norms import Norm, Seminorm, flat_tolerance, mixed_norm, seminorm
 from .._tree import TreeSpec
 from ..controllers.base import StepSizeController
-from ..controllers.pi import PIController
+from ..controllers.pi import PIController, check_tolerance
 from ..solvers.base import Solver
 from ._backward import adjoint_backward
 from ._dynamics import _parameter_names
@@ -42,8 +42,9 @@ class Backsolve(GradientStrategy):
             holds).
         rtol: the backward solves' relative tolerance (default: the forward solve's).
         atol: the backward solves' absolute tolerance (default: the forward solve's).
-        solver: the backward solves' method (default: the forward one).
-        controller: the backward solves' controller (default: the forward one).
+        solver: the backward solves' method, as ``solve`` takes it (a ``Solver``, its class
+            or a name from ``no.METHODS``; default: the forward one).
+        controller: the backward solves' controller, or its class (default: the forward one).
         seminorm: leave the parameter-gradient channels out of the error norm (Kidger et al.
             2021), which usually saves backward steps at no cost in gradient accuracy.
         max_steps: the most steps of each backward solve (default: the forward solve's).
@@ -63,8 +64,10 @@ class Backsolve(GradientStrategy):
             error norm of the backward solves (and ``seminorm``).
 
     Raises:
-        TypeError: ``norm`` is not callable.
-        ValueError: ``step_t`` or ``jump_t`` are not finite 1-D times.
+        TypeError: ``norm`` is not callable; ``rtol``/``atol`` are not numbers or tensors;
+            ``solver`` or ``controller`` is of the wrong type.
+        ValueError: ``step_t`` or ``jump_t`` are not finite 1-D times; a negative or NaN
+            ``rtol``/``atol``; an unknown solver name.
     """
 
     handles_time_gradients = True
@@ -88,7 +91,13 @@ class Backsolve(GradientStrategy):
     ):
         if norm is not None and not callable(norm):
             raise TypeError(f"norm must be callable, got {type(norm).__name__}")
-        from .._validate import check_grid_times  # the core's conversion (import cycle)
+        from .._validate import check_grid_times, coerce_strategies  # (an import cycle)
+
+        for name, value in (("rtol", rtol), ("atol", atol)):
+            if value is not None:
+                check_tolerance(f"Backsolve {name}", value)
+        # a method name or class, a controller class: as solve takes them
+        solver, controller, _, _ = coerce_strategies(solver, controller, None, None)
 
         self.step_t = None if step_t is None else check_grid_times("step_t", step_t)
         self.jump_t = None if jump_t is None else check_grid_times("jump_t", jump_t)

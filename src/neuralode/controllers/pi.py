@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +74,9 @@ class PIController(StepSizeController):
             clipped to ``[1, ifactor]``).
 
     Raises:
-        ValueError: negative tolerances, both tolerances zero, or a coefficient out of range.
+        TypeError: a tolerance that is not a real number or a floating point tensor.
+        ValueError: negative or NaN tolerances, both tolerances zero, or a coefficient out of
+            range.
     """
 
     needs_f0 = True
@@ -93,12 +96,8 @@ class PIController(StepSizeController):
         max_step: float = math.inf,
         shrink_after_accept: bool = True,
     ):
-        for name, value in (("rtol", rtol), ("atol", atol)):
-            if isinstance(value, torch.Tensor):
-                if (value < 0).any():
-                    raise ValueError(f"{name} must be non-negative, got {value}")
-            elif not value >= 0:
-                raise ValueError(f"{name} must be non-negative, got {value!r}")
+        check_tolerance("rtol", rtol)
+        check_tolerance("atol", atol)
         if _all_zero(rtol) and _all_zero(atol):
             raise ValueError(
                 "rtol=0 and atol=0 ask for an error of exactly zero, which no step can meet; "
@@ -364,6 +363,34 @@ def check_overflow(t0: float, y0: torch.Tensor) -> None:
             f"near the largest {y0.real.dtype} value {largest:.3g}, and larger steps give inf. "
             f"The solution grows without bound here; {wider}a shorter time span"
         )
+
+
+def check_tolerance(name: str, value: Any) -> None:
+    """Refuse a tolerance that is not a non-negative number or a tensor of them.
+
+    Arguments:
+        name: the argument's name, for the message (``rtol``, ``atol``).
+        value: a real number or a real tensor (one tolerance per element).
+
+    Raises:
+        TypeError: ``value`` is neither a real number nor a real floating point tensor.
+        ValueError: ``value`` is NaN or negative (or holds such an entry).
+    """
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():
+            raise TypeError(
+                f"{name} must be a number or a floating point tensor, got a {value.dtype} tensor"
+            )
+        if bool((value.isnan() | (value < 0)).any()):
+            raise ValueError(f"{name} must be a non-negative number in every entry, got {value}")
+        return
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(
+            f"{name} must be a number or a tensor of per-element tolerances, got "
+            f"{type(value).__name__} {value!r}"
+        )
+    if not value >= 0:  # (NaN too)
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
 
 
 def _all_zero(tol: float | torch.Tensor) -> bool:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import warnings
 
 import pytest
 import torch
@@ -365,3 +367,26 @@ def test_matches_torchcde() -> None:
         kwargs = dict(TIGHT, options={"jump_t": theirs_X.grid_points})
         theirs = torchcde.cdeint(theirs_X, field, z0, theirs_X.grid_points, adjoint=False, **kwargs)
         torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
+    reason="torch.compile's CPU backend needs a C++ compiler",
+)
+def test_cdeint_runs_as_one_compiled_graph_and_equals_the_eager_solve() -> None:
+    """options=dict(compile=True): the CDE's whole solve is one graph (the spline's lookups
+    trace as tensor indexing, its blocks do not alias), with the eager solve's result."""
+    torch.manual_seed(6)
+    x = torch.randn(3, 6, 2, dtype=torch.float64)
+    X = cde.CubicSpline(cde.natural_cubic_coeffs(x))
+    field = MLPField(3, 2).double()
+    z0 = torch.randn(3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        eager = cde.cdeint(X, field, z0, X.grid_points, adjoint=False, **TIGHT)
+        with warnings.catch_warnings():
+            # (the fallback to compiled steps warns that the whole solve was not captured)
+            warnings.filterwarnings("error", message=".*whole solve")
+            whole = cde.cdeint(
+                X, field, z0, X.grid_points, adjoint=False, options=dict(compile=True), **TIGHT
+            )
+    torch.testing.assert_close(whole, eager, rtol=1e-8, atol=1e-9)

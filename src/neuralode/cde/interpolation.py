@@ -292,6 +292,14 @@ def _check_coeffs(coeffs: object, name: str) -> torch.Tensor:
     return coeffs
 
 
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[..., index, :]`` by ``index_select``, which torch.compile traces with the
+    index a tensor (plain indexing by a 0-dim tensor asks for its value as an int: a graph
+    break, and no whole-solve graph)."""
+    taken = torch.index_select(values, -2, index.reshape(-1))
+    return taken.reshape(*values.shape[:-2], *index.shape, values.shape[-1])
+
+
 class _Interpolation(InterpolationBase):
     """The shared interface: knots ``_t``, ``grid_points``, ``interval``, and the lookup of
     the piece holding a time (the left piece at a knot, clamped beyond the ends)."""
@@ -315,7 +323,7 @@ class _Interpolation(InterpolationBase):
         last_piece = self._t.size(0) - 2
         # Times outside [t_first, t_last] extrapolate the first or last piece.
         index = torch.bucketize(t.detach(), self._t.detach()).sub(1).clamp(0, last_piece)
-        return t - self._t[index], index
+        return t - _take(self._t[:, None], index)[..., 0], index
 
 
 class CubicSpline(_Interpolation):
@@ -361,11 +369,14 @@ class CubicSpline(_Interpolation):
             t = _check_times(t, pieces + 1, f"coeffs (shape {tuple(coeffs.shape)}, plus one)")
         channels = coeffs.size(-1) // 4
         self.register_buffer("_t", t)
-        self.register_buffer("_a", coeffs[..., :channels])
-        self.register_buffer("_b", coeffs[..., channels : 2 * channels])
-        # Derivatives use 2c and 3d, so those multiples are the ones stored.
-        self.register_buffer("_two_c", coeffs[..., 2 * channels : 3 * channels])
-        self.register_buffer("_three_d", coeffs[..., 3 * channels :])
+        # the four blocks as tensors of their own (copies, differentiable to coeffs): views of
+        # one tensor would alias each other inside compile=True's while_loop, which refuses it
+        a, b, two_c, three_d = (block.clone() for block in coeffs.split(channels, dim=-1))
+        self.register_buffer("_a", a)
+        self.register_buffer("_b", b)
+        # (kept as 2c and 3d, the multiples the derivative uses)
+        self.register_buffer("_two_c", two_c)
+        self.register_buffer("_three_d", three_d)
 
     def evaluate(self, t: TimeLike) -> torch.Tensor:
         """The spline X(t).
@@ -381,9 +392,9 @@ class CubicSpline(_Interpolation):
         """
         fractional, index = self._interpret_t(t, self._b)
         fractional = fractional.unsqueeze(-1)
-        inner = 0.5 * self._two_c[..., index, :] + self._three_d[..., index, :] * fractional / 3
-        inner = self._b[..., index, :] + inner * fractional
-        return self._a[..., index, :] + inner * fractional
+        inner = 0.5 * _take(self._two_c, index) + _take(self._three_d, index) * fractional / 3
+        inner = _take(self._b, index) + inner * fractional
+        return _take(self._a, index) + inner * fractional
 
     def derivative(self, t: TimeLike) -> torch.Tensor:
         """The spline's derivative dX/dt(t).
@@ -399,8 +410,8 @@ class CubicSpline(_Interpolation):
         """
         fractional, index = self._interpret_t(t, self._b)
         fractional = fractional.unsqueeze(-1)
-        inner = self._two_c[..., index, :] + self._three_d[..., index, :] * fractional
-        return self._b[..., index, :] + inner * fractional
+        inner = _take(self._two_c, index) + _take(self._three_d, index) * fractional
+        return _take(self._b, index) + inner * fractional
 
 
 class NaturalCubicSpline(CubicSpline):
@@ -463,9 +474,9 @@ class LinearInterpolation(_Interpolation):
         """
         fractional, index = self._interpret_t(t, self._derivs)
         fractional = fractional.unsqueeze(-1)
-        prev_coeff = self._coeffs[..., index, :]
-        next_coeff = self._coeffs[..., index + 1, :]
-        diff_t = (self._t[index + 1] - self._t[index]).unsqueeze(-1)
+        prev_coeff = _take(self._coeffs, index)
+        next_coeff = _take(self._coeffs, index + 1)
+        diff_t = _take(self._t[:, None], index + 1) - _take(self._t[:, None], index)
         return prev_coeff + fractional * (next_coeff - prev_coeff) / diff_t
 
     def derivative(self, t: TimeLike) -> torch.Tensor:
@@ -481,4 +492,4 @@ class LinearInterpolation(_Interpolation):
             with ``...`` the coefficients' batch dimensions.
         """
         _, index = self._interpret_t(t, self._derivs)
-        return self._derivs[..., index, :]
+        return _take(self._derivs, index)

@@ -100,8 +100,14 @@ def test_demo_and_plotting_experiments_refuse_a_missing_matplotlib_before_any_wo
     tmp_path, capsys, monkeypatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib: ImportError
-    for command in (["demo", "--quick"], ["experiment", "toy2d", "--quick"]):
-        out = tmp_path / command[-2]
+    for command in (
+        ["demo", "--quick"],
+        ["experiment", "toy2d", "--quick"],
+        ["experiment", "cde"],
+        ["experiment", "latent-sde"],
+        ["experiment", "sde-gan"],
+    ):
+        out = tmp_path / "-".join(command)
         assert main([*command, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1, err

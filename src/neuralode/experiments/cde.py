@@ -53,6 +53,7 @@ from ..training.trainer import (
     add_seed_and_threads,
     open_experiment,
 )
+from ..viz.plots import require_matplotlib
 
 SPAN = 4 * math.pi  # the spirals' time span: two turns
 
@@ -172,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
     args.interpolation = list(dict.fromkeys(args.interpolation))  # each once, in order
     if args.threads:
         torch.set_num_threads(args.threads)
+    require_matplotlib()  # the plots come last: fail before the work
     with open_experiment(args) as run:
         return _run(args, run)
 
@@ -314,14 +316,11 @@ def _run(args: argparse.Namespace, run: Run) -> int:
 
 
 def _plot(data: dict[str, torch.Tensor], results: dict[str, Any], out: Path) -> None:
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plots written")
-        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     first = next(iter(results))
     predicted = results[first]["test_predicted"]
     x, labels = data["test_x"], data["test_y"]

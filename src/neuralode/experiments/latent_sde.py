@@ -40,6 +40,7 @@ from ..training.trainer import (
     add_seed_and_threads,
     open_experiment,
 )
+from ..viz.plots import require_matplotlib
 
 
 class _GBM(torch.nn.Module):
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--noise and --dt must be positive")
     if args.threads:
         torch.set_num_threads(args.threads)
+    require_matplotlib()  # the plots come last: fail before the work
     with open_experiment(args) as run:
         return _train(args, run)
 
@@ -219,14 +221,11 @@ def evaluate(model: LatentSDE, ts, xs, args) -> dict[str, float]:
 
 
 def plot(model: LatentSDE, ts, clean, xs, args, out: Path) -> None:
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plots written")
-        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     torch.manual_seed(args.seed + 2)
     shown = min(4, args.series)
     samples = model.sample_posterior(xs[:, :shown], ts, args.dt, 20)

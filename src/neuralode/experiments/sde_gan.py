@@ -40,6 +40,7 @@ from ..training.trainer import (
     add_seed_and_threads,
     open_experiment,
 )
+from ..viz.plots import require_matplotlib
 
 
 class _TimeDependentOU(torch.nn.Module):
@@ -131,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--times must be at least 3 and above --lag, got {args.times}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    require_matplotlib()  # the plots come last: fail before the work
     with open_experiment(args) as run:
         return _train(args, run)
 
@@ -253,14 +255,11 @@ def _fit(generator: SDEGenerator, ts, held_out, args) -> dict[str, float]:
 
 @torch.no_grad()
 def plot(generator: SDEGenerator, ts, real, out: Path) -> None:
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plots written")
-        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     torch.manual_seed(2)
     fake = generator(ts, len(real))[:, :, 1]
     real = real[:, :, 0]

@@ -276,3 +276,18 @@ def test_landing_within_round_off_of_a_grid_point(
     assert sol.stats.n_steps == round((end - start) / step)
     assert abs(float(sol.ys[-1, 0].detach()) - exact) < 1e-3 * exact
     assert abs(float(grad[0]) - exact) < 1e-3 * exact
+
+
+def test_one_landing_time_may_be_a_number_and_other_forms_are_named() -> None:
+    """``jump_t=0.5`` is the one point 0.5, as ``[0.5]``, a tensor or an iterator; a string,
+    None, a complex or a bool time is a TypeError naming the argument and the form it takes."""
+    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    y0 = torch.ones(1, dtype=torch.float64)
+    reference = no.solve(step_field, y0, ts, jump_t=[JUMP]).ys
+    for given in (JUMP, torch.tensor(JUMP), torch.tensor([[JUMP]]), iter([JUMP])):
+        assert torch.equal(no.solve(step_field, y0, ts, jump_t=given).ys, reference)
+    assert torch.equal(no.solve(step_field, y0, ts, step_t=JUMP, jump_t=[JUMP]).ys, reference)
+    for bad in (str(JUMP), None, [None], [0.5j], True, torch.tensor([1j])):
+        with pytest.raises(TypeError, match="jump_t must (be a sequence of times|hold real)"):
+            no.solve(step_field, y0, ts, jump_t=bad)
+    assert no.Backsolve(params=(), jump_t=JUMP).jump_t == (JUMP,)

@@ -59,8 +59,8 @@ def solve(
     controller: StepSizeController | None = None,
     norm: Norm | None = None,
     max_steps: int | None = DEFAULT_MAX_STEPS,
-    step_t: Sequence[float] | torch.Tensor = (),
-    jump_t: Sequence[float] | torch.Tensor = (),
+    step_t: Sequence[float] | torch.Tensor | float = (),
+    jump_t: Sequence[float] | torch.Tensor | float = (),
     perturb: bool = False,
     callbacks: Any = None,
     gradient: GradientStrategy | None = None,
@@ -92,9 +92,9 @@ def solve(
             per-tensor RMS norms for nested states).
         max_steps: the most steps the solve may take before raising ``MaxStepsError``;
             ``None`` for no limit. In per-sample mode each sample's own step attempts count.
-        step_t: times the steps must land on.
+        step_t: times the steps must land on (a sequence of numbers, a tensor, or one number).
         jump_t: times where ``func`` is discontinuous: steps land there and ``func`` is
-            re-evaluated on the far side.
+            re-evaluated on the far side (as ``step_t``).
         perturb: evaluate ``func`` just after/before the step's end points (torchdiffeq's
             ``perturb``), for vector fields with discontinuities at step boundaries.
         callbacks: an object that may define ``on_step``, ``on_accept`` and ``on_reject``, each

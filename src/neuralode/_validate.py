@@ -5,6 +5,7 @@ from __future__ import annotations
 import cmath
 import itertools
 import math
+import numbers
 import operator
 import warnings
 from typing import Any
@@ -205,14 +206,41 @@ def check_time_values(times: list[float], open_end: bool = False) -> list[float]
 
 
 def check_grid_times(name: str, values: Any) -> tuple[float, ...]:
+    """``step_t``/``jump_t`` as a tuple of floats: a sequence of real numbers, a tensor of
+    any shape, or one number (a single landing point).
+
+    Raises:
+        TypeError: ``values`` holds something that is not a real number.
+        ValueError: ``values`` contains NaN.
+    """
     if isinstance(values, tuple) and not values:  # the default: none
         return ()
     if isinstance(values, torch.Tensor):
+        if values.is_complex() or values.dtype == torch.bool:
+            raise TypeError(f"{name} must hold real times, got a {values.dtype} tensor")
         values = values.detach().to(torch.float64).reshape(-1).tolist()
+    elif isinstance(values, numbers.Real) and not isinstance(values, bool):
+        values = (values,)
+    elif not isinstance(values, str):
+        try:
+            values = list(values)
+        except TypeError:  # (not iterable: refused below)
+            pass
+    if not isinstance(values, (list, tuple)) or not all(map(_real, values)):
+        raise TypeError(
+            f"{name} must be a sequence of times or a tensor, such as {name}=[0.5], got {values!r}"
+        )
     out = tuple(float(v) for v in values)
     if any(v != v for v in out):
         raise ValueError(f"{name} contains NaN")
     return out
+
+
+def _real(value: Any) -> bool:
+    """Whether ``value`` is a real number (a 0-dim real tensor too), not a bool."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not (value.is_complex() or value.dtype == torch.bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def all_finite(x: torch.Tensor) -> bool:

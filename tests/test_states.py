@@ -282,3 +282,16 @@ def test_empty_batch_state() -> None:
     y0 = torch.zeros(0, 3, dtype=torch.float64)
     sol = no.solve(lambda t, y: -y, y0, TS)
     assert sol.ys.shape == (len(TS), 0, 3)
+
+
+def test_an_empty_per_sample_batch_or_a_meta_state_is_refused_by_name() -> None:
+    """per_sample=True with no samples names the empty batch (the batch dimension is there);
+    a y0 on the meta device (no values) is named rather than failing inside the solve."""
+    with pytest.raises(ValueError, match="needs at least one sample, got an empty batch"):
+        no.solve(lambda t, y: -y, torch.zeros(0, 3, dtype=torch.float64), TS, per_sample=True)
+    with pytest.raises(ValueError, match="per_sample=True needs y0 with a batch dimension"):
+        no.solve(lambda t, y: -y, torch.tensor(1.0, dtype=torch.float64), TS, per_sample=True)
+    meta = torch.ones(3, device="meta")
+    for y0 in (meta, (meta, meta)):
+        with pytest.raises(ValueError, match="y0 is on the meta device"):
+            no.solve(lambda t, y: y, y0, torch.tensor([0.0, 1.0], device="meta"))

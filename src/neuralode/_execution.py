@@ -183,10 +183,16 @@ class Execution:
                 f"{what} supports the gradients Direct() and Backsolve(), got {gradient!r}"
             )
         shape = spec.shapes[0]
-        if self.per_sample and (len(shape) == 0 or shape[0] == 0):
+        if self.per_sample and len(shape) == 0:
             raise ValueError(
                 "per_sample=True needs y0 with a batch dimension first (shape (batch, ...)), "
                 f"got shape {tuple(shape)}"
+            )
+        if self.per_sample and shape[0] == 0:
+            raise ValueError(
+                f"per_sample=True needs at least one sample, got an empty batch (y0 of shape "
+                f"{tuple(shape)}); skip the solve for an empty batch, or solve it with "
+                "per_sample=False, which returns its empty outputs"
             )
 
 

@@ -107,6 +107,12 @@ def check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:
             if leaf.device != first.device:
                 raise ValueError(f"{where} is on {leaf.device}; tensor 0 is on {first.device}")
         flat = spec.flatten(y0, "y0")
+    if flat.is_meta:
+        raise ValueError(
+            "y0 is on the meta device, which holds shapes but no values: there is nothing to "
+            "integrate. Create y0 (and func's parameters: module.to_empty(device=...), then "
+            "initialise them) on a real device such as cpu or cuda"
+        )
     if not all_finite(flat):
         raise NonFiniteError(Y0_NOT_FINITE)
     return spec, flat

@@ -76,7 +76,8 @@ def solve(
 
     Arguments:
         func: the vector field, called as ``func(t, y)`` with ``y`` of the structure of ``y0``
-            and returning dy/dt of the same structure.
+            and returning dy/dt of the same structure. It must not modify ``y`` in place:
+            ``y`` may be ``y0`` itself or a state the solver keeps.
         y0: the initial state: a tensor or a nested tuple/list/dict of tensors (one dtype, one
             device; real or complex floating point).
         ts: the output times, a 1-D strictly increasing or decreasing tensor; ``ts[0]`` is the

@@ -189,6 +189,11 @@ def test_event_argument_errors() -> None:
         no.Event(lambda t, y: y, direction=2)
     with pytest.raises(ValueError, match="NaN or inf"):
         no.solve(lambda t, y: y, torch.ones(1), torch.tensor([0.0, math.inf]))
+    # an event lets the last time be infinite, never the initial one (ts of one time)
+    event = no.Event(lambda t, y: y - 0.5)
+    for ts in (torch.tensor([math.inf]), torch.tensor([-math.inf, 0.0])):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            no.solve(lambda t, y: -y, torch.ones(1), ts, event=event)
 
 
 def test_event_options_are_validated() -> None:

@@ -196,7 +196,7 @@ def check_times(ts: Any, device: torch.device, open_end: bool = False) -> list[f
 def check_time_values(times: list[float], open_end: bool = False) -> list[float]:
     """``check_times``'s checks of the values (``ts.tolist()``: exact, every float dtype
     converts to Python floats without rounding): finite, strictly monotonic; ``times``."""
-    finite = times[:-1] if open_end else times
+    finite = times[:-1] if open_end and len(times) > 1 else times  # (t0 is finite)
     if not all(map(math.isfinite, finite)) or times[-1] != times[-1]:
         raise ValueError(f"t contains NaN or inf: {times}")
     if len(times) > 1:

@@ -125,6 +125,19 @@ def test_stats_totals_and_finished_samples_stop():
     assert finished_calls and all(float(t[first]) == 4.0 for t in finished_calls)
 
 
+def test_one_output_time_has_zero_per_sample_stats():
+    """ts of one time integrates nothing, and the per-sample statistics (documented to be
+    there in per-sample mode) are zeros of shape (batch,), not None."""
+    y0 = torch.ones(B, 2, dtype=torch.float64)
+    for mode in (True, "skip_finished"):
+        sol = solve(lambda t, y: -y, y0, torch.tensor([0.0], dtype=torch.float64), per_sample=mode)
+        assert torch.equal(sol.ys[0], y0)
+        s = sol.stats
+        for counts in (s.sample_nfe, s.sample_steps, s.sample_accepted, s.sample_rejected):
+            assert torch.equal(counts, torch.zeros(B, dtype=torch.long))
+        assert s.nfe == s.n_steps == s.rows_evaluated == 0
+
+
 def test_odeint_option_matches_core():
     mu, y0, ts = problem()
     with torch.no_grad():

@@ -97,7 +97,12 @@ def integrate_per_sample(
     n_out = ts_tensor.shape[-1]
     status = torch.zeros(batch, dtype=torch.long, device=device)
     stats.status = status if config.per_sample else status[0]
-    if n_out == 1:
+    if n_out == 1:  # nothing to integrate: every per-sample count is 0
+        if config.per_sample:
+            zeros = torch.zeros(batch, dtype=torch.long, device=device)
+            stats.sample_nfe, stats.sample_steps = zeros, zeros.clone()
+            stats.sample_accepted, stats.sample_rejected = zeros.clone(), zeros.clone()
+            stats.rows_evaluated = 0
         return y0_flat[None]
     facts = solver.row_facts(y0_flat)
     exponent = 1.0 / (solver.error_order + 1)

@@ -312,3 +312,16 @@ def test_a_regularised_block_deep_copies_and_pickles_after_a_training_step() -> 
     loss.backward()  # the original's graph is untouched
     copy.deepcopy(block)
     assert copy.deepcopy(net).ode.regularisation == net.ode.regularisation
+
+
+def test_a_single_regulariser_outside_a_list_is_a_clear_error() -> None:
+    from neuralode.models import DEQ
+
+    with pytest.raises(TypeError, match=r"put a single one in a list: regularisers=\[Kinetic"):
+        ODEBlock(MLPDynamics(2), regularisers=KineticEnergy(0.1))
+    with pytest.raises(TypeError, match=r"regularisers=\[JacobianFrobenius"):
+        DEQ(torch.nn.Linear(2, 2), regularisers=JacobianFrobenius(0.1))
+    with pytest.raises(TypeError, match="sequence of Regulariser instances"):
+        ODENet(channels=4, regularisers=DerivativePenalty(2, 0.1))
+    block = ODEBlock(MLPDynamics(2), regularisers=(KineticEnergy(0.1),))  # any sequence
+    assert [r.name for r in block.regularisers] == ["kinetic"]

@@ -36,7 +36,13 @@ from ..implicit.fixed_point import FIXED_POINT_METHODS, FixedPointResult, fixed_
 from ..solvers._newton import gmres
 from .classifiers import downsampling, head
 from .dynamics import group_norm
-from .regularisers import JacobianFrobenius, Point, Regulariser, detached_state
+from .regularisers import (
+    JacobianFrobenius,
+    Point,
+    Regulariser,
+    detached_state,
+    regulariser_list,
+)
 
 GRADIENTS = ("implicit", "unrolled")
 BACKWARD_METHODS = (*FIXED_POINT_METHODS, "gmres")
@@ -119,7 +125,8 @@ class DEQ(nn.Module):
     of a gradient) raises ``RuntimeError``; ``gradient="unrolled"`` has higher derivatives.
 
     Raises:
-        TypeError: ``f`` not a ``torch.nn.Module``.
+        TypeError: ``f`` not a ``torch.nn.Module``, or ``regularisers`` not a sequence (one
+            regulariser goes in a list).
         ValueError: an unknown method, gradient or ``on_failure``; a negative or non-finite
             ``tol`` or ``backward_tol``; a ``max_iter`` or ``backward_max_iter`` below 1;
             ``method_options`` the method does not take; a regulariser other than
@@ -176,6 +183,7 @@ class DEQ(nn.Module):
                 f"method_options {method_options!r} do not fit method {method!r} ({error}); "
                 f"its options: {accepted or 'none'}"
             ) from error
+        regularisers = regulariser_list(regularisers)
         for r in regularisers:
             if not isinstance(r, JacobianFrobenius):
                 raise ValueError(

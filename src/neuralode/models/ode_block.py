@@ -13,7 +13,13 @@ from .._solve import solve
 from ..adjoint import GRADIENTS, GradientStrategy
 from ..controllers import FixedGrid, PIController
 from ..solvers import METHODS
-from .regularisers import DerivativePenalty, RegularisedDynamics, Regulariser, detached_state
+from .regularisers import (
+    DerivativePenalty,
+    RegularisedDynamics,
+    Regulariser,
+    detached_state,
+    regulariser_list,
+)
 
 
 class ODEBlock(nn.Module):
@@ -41,6 +47,12 @@ class ODEBlock(nn.Module):
             integrated alongside the state (batch, ...) over the solve, in training mode only.
         compile_step: run each solver step (the dynamics included) as one torch.compile graph
             (``solve(..., compile_step=True)``; explicit Runge-Kutta methods).
+
+    Raises:
+        ValueError: an unknown method or gradient, or ``DerivativePenalty`` with
+            ``compile_step``.
+        TypeError: ``regularisers`` not a sequence of ``Regulariser`` instances (one
+            regulariser goes in a list).
     """
 
     def __init__(
@@ -69,7 +81,7 @@ class ODEBlock(nn.Module):
         self.gradient = gradient
         self.last_stats = SolveStats()
         self.compile_step = compile_step
-        self.regularisers = list(regularisers)
+        self.regularisers = regulariser_list(regularisers)
         for r in self.regularisers:
             if not isinstance(r, Regulariser):
                 raise TypeError(f"regularisers must be Regulariser instances, got {r!r}")

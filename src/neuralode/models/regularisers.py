@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +88,29 @@ class Regulariser(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(weight={self.weight})"
+
+
+def regulariser_list(regularisers: object) -> list:
+    """``regularisers`` as a list, or a TypeError naming the fix when it is one regulariser
+    (or anything else that is not a sequence) rather than a sequence of them.
+
+    Arguments:
+        regularisers: the ``regularisers`` argument of a model.
+
+    Returns:
+        Its items, a new list (their types are the caller's to check).
+
+    Raises:
+        TypeError: ``regularisers`` is not a list, tuple or other sequence.
+    """
+    if isinstance(regularisers, (Regulariser, str, bytes)) or not isinstance(
+        regularisers, Sequence
+    ):
+        raise TypeError(
+            f"regularisers must be a sequence of Regulariser instances, got {regularisers!r}; "
+            f"put a single one in a list: regularisers=[{regularisers!r}]"
+        )
+    return list(regularisers)
 
 
 def detached_state(module: torch.nn.Module, names: tuple[str, ...]) -> dict:

@@ -119,7 +119,9 @@ class DEQ(nn.Module):
 
     After a forward (and backward) pass, ``forward_report`` and ``backward_report`` hold the
     iterations and residuals (``SolveReport``); ``nfe_forward`` counts the evaluations of f
-    forward and ``nfe_backward`` the vector-Jacobian products backward.
+    by the forward solve (the layer evaluates f once more with autograd for its output, and
+    once more for a Jacobian penalty) and ``nfe_backward`` the vector-Jacobian products
+    backward.
 
     The implicit gradient is a first derivative: a second derivative through it (a gradient
     of a gradient) raises ``RuntimeError``; ``gradient="unrolled"`` has higher derivatives.
@@ -502,7 +504,8 @@ class EquilibriumCell(nn.Module):
 class DEQNet(nn.Module):
     """Downsampling, a ``DEQ`` of an ``EquilibriumCell`` on ``channels`` channels, the head.
 
-    The same parameter count as the ODE-Net (0.208M at 64 channels); ``deq`` is the layer
+    Nearly the ODE-Net's parameter count (0.207M against its 0.208M at 64 channels: the
+    cell's convolutions take no time channel); ``deq`` is the layer
     (its ``nfe_forward`` / ``nfe_backward``, reports and ``regularisation``).
 
     Arguments:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -165,6 +166,29 @@ def test_double_backward_through_direct() -> None:
         return sol.ys
 
     assert torch.autograd.gradgradcheck(run, (y0, weight), eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("strategy", ["backsolve", "checkpointed"])
+def test_create_graph_through_a_first_order_strategy_warns(strategy: str) -> None:
+    """Backsolve's and Checkpointed's gradients carry no graph: a backward pass with
+    create_graph=True (a Hessian, a gradient penalty) warns, naming Direct(), rather than the
+    second derivatives going missing without a word. A first-order backward does not warn."""
+    y0 = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    gradient = {"backsolve": no.Backsolve(()), "checkpointed": no.Checkpointed(())}[strategy]
+    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sol = no.solve(lambda t, y: -0.7 * y**2, y0, ts, gradient=gradient)
+        torch.autograd.grad(sol.ys[-1].sum(), y0)
+    sol = no.solve(lambda t, y: -0.7 * y**2, y0, ts, gradient=gradient)
+    with pytest.warns(UserWarning, match=r"is first-order only.*use gradient=Direct\(\)"):
+        (first,) = torch.autograd.grad(sol.ys[-1].sum(), y0, create_graph=True)
+    assert not first.requires_grad
+    # Direct: y(1) = y0 / (1 + 0.7 y0), d2y/dy0^2 = -1.4 / 1.7^3
+    sol = no.solve(lambda t, y: -0.7 * y**2, y0, ts, controller=no.PIController(1e-10, 1e-12))
+    (first,) = torch.autograd.grad(sol.ys[-1].sum(), y0, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), y0)
+    assert float(second) == pytest.approx(-1.4 / 1.7**3, rel=1e-7)
 
 
 def test_checkpointed_refuses_multistep_methods() -> None:

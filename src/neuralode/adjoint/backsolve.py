@@ -23,7 +23,7 @@ from ..controllers.pi import PIController, check_tolerance
 from ..solvers.base import Solver
 from ._backward import adjoint_backward
 from ._dynamics import _parameter_names
-from .base import GradientStrategy, Problem
+from .base import GradientStrategy, Problem, first_order
 from .params import resolve_params
 
 
@@ -34,7 +34,9 @@ class Backsolve(GradientStrategy):
     ``dg/dt = -a df/dtheta`` from each output time to the previous one, adding each output's
     incoming gradient to ``a`` and restarting ``y`` from the stored forward output. Memory
     does not grow with the number of steps. Gradients with respect to the output times are
-    ``dL/dt_i = grad_i . f(t_i, y_i)`` and ``dL/dt_0 = -a(t_0) . f(t_0, y_0)``.
+    ``dL/dt_i = grad_i . f(t_i, y_i)`` and ``dL/dt_0 = -a(t_0) . f(t_0, y_0)``. First-order:
+    the gradients carry no graph (a backward pass with ``create_graph=True`` warns);
+    ``Direct`` gives higher derivatives.
 
     Arguments:
         params: the tensors to differentiate with respect to; defaults to ``func.parameters()``
@@ -244,6 +246,7 @@ class _BacksolveSolve(torch.autograd.Function):
         return ys
 
     @staticmethod
+    @first_order("Backsolve")
     @once_differentiable
     def backward(ctx: Any, grad_ys: torch.Tensor):
         (ys,) = ctx.saved_tensors

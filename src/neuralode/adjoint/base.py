@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,3 +71,27 @@ def time_derivative_inputs(problem: Problem) -> bool:
     if not isinstance(ts, torch.Tensor):
         return False
     return (torch.is_grad_enabled() and ts.requires_grad) or forward_mode(ts)
+
+
+def first_order(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark an ``autograd.Function.backward`` (under ``once_differentiable``) as first-order
+    only: a backward pass with ``create_graph=True`` (grad mode on inside it) warns that the
+    gradients through this solve carry no graph, instead of the higher derivatives going
+    missing without a word."""
+
+    def wrap(backward: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(backward)
+        def checked(ctx: Any, *grads: Any) -> Any:
+            if torch.is_grad_enabled():  # (backward's grad mode is create_graph)
+                warnings.warn(
+                    f"gradient={name}() is first-order only: with create_graph=True (a "
+                    "Hessian, a gradient penalty) its gradients carry no graph, so higher "
+                    "derivatives through this solve are missing; use gradient=Direct() for "
+                    "them",
+                    stacklevel=2,
+                )
+            return backward(ctx, *grads)
+
+        return checked
+
+    return wrap

@@ -9,7 +9,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._loop import StepRecord, integrate
-from .base import GradientStrategy, Problem
+from .base import GradientStrategy, Problem, first_order
 from .params import resolve_params
 
 
@@ -19,7 +19,8 @@ class Checkpointed(GradientStrategy):
 
     The forward pass runs without a graph and keeps only each accepted step's start state.
     The backward pass walks the steps in reverse, recomputing one step at a time with
-    autograd. One-step methods only.
+    autograd. One-step methods only. First-order: its gradients carry no graph (a backward
+    pass with ``create_graph=True`` warns); ``Direct`` gives higher derivatives.
 
     Arguments:
         params: the tensors to differentiate with respect to; defaults to ``func.parameters()``
@@ -62,6 +63,7 @@ class _CheckpointedSolve(torch.autograd.Function):
         return ys
 
     @staticmethod
+    @first_order("Checkpointed")
     @once_differentiable
     def backward(ctx: Any, grad_ys: torch.Tensor):
         problem: Problem = ctx.problem

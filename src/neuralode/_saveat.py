@@ -38,7 +38,8 @@ class SaveAt:
             the method's own continuous extension. Costs the memory of the steps (and, for
             dopri8, the four extra evaluations of f per step of its extension).
         fn: a function ``fn(t, y)`` applied to the state before saving it: ``ys`` holds
-            ``fn(t, y)`` at each saved time (``t`` a 0-dim tensor, ``y`` the state there, in
+            ``fn(t, y)`` at each saved time (``t`` a 0-dim tensor, or with per-sample output
+            times (batch, n) every sample's time there, (batch,); ``y`` the state there, in
             ``y0``'s structure: per sample, the batch), stacked on a new dimension 0 of every
             tensor it returns. Dense output is not affected.
 

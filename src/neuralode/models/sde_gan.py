@@ -129,6 +129,9 @@ class _Field(nn.Module):
 class SDEGenerator(nn.Module):
     """The neural SDE that generates series.
 
+    The initial noise ``V`` comes from torch's generator and the Brownian motion's seed from
+    NumPy's (as ``sdeint``'s without ``entropy``): seed both for repeatable series.
+
     Arguments:
         data_size: channels of the series (without time).
         initial_noise_size: size of the noise ``V`` that draws ``X_0``.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -66,6 +68,21 @@ def test_gradient_strategies_agree_in_an_ode_net() -> None:
     torch.testing.assert_close(grads["direct"], grads["checkpointed"], rtol=1e-10, atol=1e-14)
     difference = (grads["direct"] - grads["adjoint"]).norm() / grads["direct"].norm()
     assert difference < 1e-5
+
+
+def test_a_float64_block_integrates_over_its_exact_interval() -> None:
+    """dy/dt = y from 0 to t1 = 0.1 in float64 reaches exp(0.1) to the tolerance: the
+    interval is not rounded through float32 on the way (float32(0.1) is 1.5e-9 off)."""
+
+    class Growth(torch.nn.Module):
+        def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return y
+
+    for t0, t1 in ((0.0, 0.1), (0.1, 1.0 / 3.0)):
+        block = ODEBlock(Growth(), t0=t0, t1=t1, rtol=1e-12, atol=1e-12, gradient="direct")
+        y = block(torch.ones(2, 1, dtype=torch.float64))
+        torch.testing.assert_close(y, torch.full_like(y, math.exp(t1 - t0)), rtol=1e-11, atol=0)
+    assert ODEBlock(Growth())(torch.ones(2, 1)).dtype == torch.float32
 
 
 def test_augment_adds_zero_channels() -> None:

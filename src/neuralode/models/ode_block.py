@@ -119,7 +119,12 @@ class ODEBlock(nn.Module):
             ValueError: regularisers in training mode and a state without a non-empty batch
                 dimension.
         """
-        times = ts if ts is not None else torch.tensor([self.t0, self.t1], device=x.device)
+        times = ts
+        if times is None:
+            # rounded from the float64 interval to x's dtype (a float32 tensor in between
+            # would move a float64 solve's end to float32(t1), 1e-9 off for t1 = 0.1)
+            interval = torch.tensor([self.t0, self.t1], dtype=torch.float64)
+            times = interval.to(x.dtype).to(x.device)
         solver = METHODS[self.method]()
         if solver.adaptive:
             controller = PIController(self.rtol, self.atol)

@@ -143,3 +143,22 @@ def test_ode_block_compile_step_rejects_the_derivative_penalty():
 
     with pytest.raises(ValueError, match="does not work with DerivativePenalty"):
         ODEBlock(MLPDynamics(2, 4), regularisers=[DerivativePenalty(2, 0.1)], compile_step=True)
+
+
+def test_repr_shows_the_solver_settings() -> None:
+    """``print(model)`` shows how each differential-equation layer solves, not only its
+    submodules (the settings live in plain attributes, which ``nn.Module``'s repr omits)."""
+    from neuralode.models import CNF, DEQ, ConcatSquashMLP, KineticEnergy, NeuralCDE
+
+    text = repr(ODENet(channels=4, rtol=1e-4, gradient="checkpointed"))
+    assert "method='dopri5', rtol=0.0001, atol=0.001, gradient='checkpointed'" in text
+    assert "step_size=0.25" in repr(RKNet(channels=4))
+    block = ODEBlock(MLPDynamics(2), regularisers=[KineticEnergy(0.1)])
+    assert "regularisers=[KineticEnergy(weight=0.1)]" in repr(block)
+    flow = CNF(ConcatSquashMLP(2, (4,)), T=0.5, train_T=True, method="rk4", steps=4)
+    assert "T=0.5 (trained), trace='exact', method='rk4', steps=4" in repr(flow)
+    assert "T=?" in repr(flow.to("meta"))
+    layer = DEQ(torch.nn.Linear(2, 2), method="broyden", tol=1e-5, backward_method="gmres")
+    assert "method='broyden', tol=1e-05" in repr(layer)
+    assert "backward_method='gmres'" in repr(layer)
+    assert "interpolation='hermite'" in repr(NeuralCDE(3, 4, 1, interpolation="hermite"))

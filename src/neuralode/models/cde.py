@@ -143,6 +143,14 @@ class NeuralCDE(nn.Module):
         self._calls_at_forward = 0
         self._calls_after_forward = 0
 
+    def extra_repr(self) -> str:
+        """The solve's settings, shown by ``repr`` and ``print`` beside the layers."""
+        options = f", options={self.options!r}" if self.options else ""
+        return (
+            f"interpolation={self.interpolation!r}, method={self.method!r}, rtol={self.rtol}, "
+            f"atol={self.atol}, adjoint={self.adjoint}, sequence={self.sequence}{options}"
+        )
+
     def coefficients(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """The coefficients of this model's interpolation of ``x``.
 

@@ -535,6 +535,25 @@ class CNF(FlowDensity):
         from its graph (a copy after a training step keeps the values, not the graph)."""
         return detached_state(self, ("regularization",))
 
+    def extra_repr(self) -> str:
+        """The flow's settings, shown by ``repr`` and ``print`` beside the vector field."""
+        trained = " (trained)" if isinstance(self.sqrt_T, nn.Parameter) else ""
+        T = "?" if self.sqrt_T.is_meta else f"{float(self.T.detach()):g}"  # meta: no value
+        parts = [f"T={T}{trained}, trace={self.trace!r}"]
+        if self.trace == "hutchinson":
+            parts.append(f"noise={self.noise!r}")
+        parts.append(f"method={self.method!r}")
+        if METHODS[self.method]().adaptive:
+            parts.append(f"rtol={self.rtol}, atol={self.atol}")
+        elif self.steps is not None:
+            parts.append(f"steps={self.steps}")
+        else:
+            parts.append(f"step_size={self.step_size}")
+        parts.append(f"gradient={self.gradient!r}")
+        if self.kinetic or self.jacobian:
+            parts.append(f"kinetic={self.kinetic}, jacobian={self.jacobian}")
+        return ", ".join(parts)
+
     @property
     def T(self) -> torch.Tensor:
         """The integration time of the flow (learned when ``train_T``)."""

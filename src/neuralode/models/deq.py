@@ -211,6 +211,19 @@ class DEQ(nn.Module):
         its graph (a copy after a training step keeps the values, not the graph)."""
         return detached_state(self, ("regularisation", "regularisation_terms"))
 
+    def extra_repr(self) -> str:
+        """The solves' settings, shown by ``repr`` and ``print`` beside f."""
+        parts = [f"method={self.method!r}, tol={self.tol}, max_iter={self.max_iter}"]
+        if self.method_options:
+            parts.append(f"method_options={self.method_options!r}")
+        parts.append(
+            f"backward_method={self.backward_method!r}, backward_tol={self.backward_tol}, "
+            f"backward_max_iter={self.backward_max_iter}, gradient={self.gradient!r}"
+        )
+        if self.regularisers:
+            parts.append(f"regularisers={self.regularisers!r}")
+        return ", ".join(parts)
+
     @property
     def nfe_forward(self) -> int:
         """Evaluations of f by the last forward solve."""

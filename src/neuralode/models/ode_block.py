@@ -99,6 +99,20 @@ class ODEBlock(nn.Module):
         its graph (a copy after a training step keeps the values, not the graph)."""
         return detached_state(self, ("regularisation", "regularisation_terms"))
 
+    def extra_repr(self) -> str:
+        """The solve's settings, shown by ``repr`` and ``print`` beside the dynamics."""
+        parts = [f"t0={self.t0}, t1={self.t1}, method={self.method!r}"]
+        if METHODS[self.method]().adaptive:
+            parts.append(f"rtol={self.rtol}, atol={self.atol}")
+        else:
+            parts.append(f"step_size={self.step_size}")
+        parts.append(f"gradient={self.gradient!r}")
+        if self.regularisers:
+            parts.append(f"regularisers={self.regularisers!r}")
+        if self.compile_step:
+            parts.append("compile_step=True")
+        return ", ".join(parts)
+
     def _strategy(self) -> GradientStrategy:
         if isinstance(self.gradient, str):
             return GRADIENTS[self.gradient]()

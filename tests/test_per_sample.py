@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -136,6 +137,18 @@ def test_one_output_time_has_zero_per_sample_stats():
         for counts in (s.sample_nfe, s.sample_steps, s.sample_accepted, s.sample_rejected):
             assert torch.equal(counts, torch.zeros(B, dtype=torch.long))
         assert s.nfe == s.n_steps == s.rows_evaluated == 0
+
+
+def test_a_field_broadcasting_the_per_sample_times_wrongly_is_told_how():
+    """Per sample, f receives t of shape (batch,): y * t on a (batch, 1) state broadcasts
+    to (batch, batch); the shape error says what t is and how to broadcast it."""
+    y0 = torch.ones(B, 1, dtype=torch.float64)
+    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    for mode in (True, "skip_finished"):
+        with pytest.raises(ValueError, match=r"shape \(5, 5\); expected \(5, 1\).*t\[:, None\]"):
+            solve(lambda t, y: -y * t, y0, ts, per_sample=mode)
+    sol = solve(lambda t, y: -y * t[:, None], y0, ts, per_sample=True)
+    torch.testing.assert_close(sol.ys[-1], torch.full_like(y0, math.exp(-0.5)))
 
 
 def test_odeint_option_matches_core():

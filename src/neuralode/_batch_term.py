@@ -33,9 +33,10 @@ class BatchTerm:
         rows = self.rows
         if rows is None:
             self.rows_evaluated += self.batch
-            out = term.func(self._time(t), y.reshape(*self._reshape_args))
+            time = self._time(t)
+            out = term.func(time, y.reshape(*self._reshape_args))
             if not term._checked:
-                term._check(out)
+                term._check(out, time)
             return out.reshape(self.batch, -1)
         n = rows.shape[0]
         self.rows_evaluated += n

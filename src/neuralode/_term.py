@@ -179,14 +179,22 @@ class ODETerm:
         args = self._view_args
         out = self.func(t, y.view(*args) if args is not None else self.spec.unflatten(y))
         if not self._checked:
-            self._check(out)
+            self._check(out, t)
         return out
 
-    def _check(self, out: Any) -> None:
+    def _check(self, out: Any, t: torch.Tensor) -> None:
         what = "func(t, y)"
         if self.spec.is_leaf and not isinstance(out, torch.Tensor):
             raise TypeError(f"{what} must return a tensor like y0, got {type(out).__name__}")
-        flat = self.spec.flatten(out, f"{what} output")
+        try:
+            flat = self.spec.flatten(out, f"{what} output")
+        except ValueError as error:
+            if isinstance(t, torch.Tensor) and t.ndim == 1:  # per sample: the common slip
+                raise ValueError(
+                    f"{error}. Per sample, t holds one time per sample, shape {tuple(t.shape)}: "
+                    "broadcast it against y as t[:, None] (or t.view(-1, *[1] * (y.ndim - 1)))"
+                ) from None
+            raise
         if flat.dtype != self.dtype:
             raise TypeError(f"{what} returned dtype {flat.dtype}; the state has dtype {self.dtype}")
         if flat.device != self.device:

@@ -189,10 +189,11 @@ def test_plans_of_other_settings_never_share_a_compiled_copy_whose_guards_skip_t
             same(no.solve(f, y0, ts, compile=True, **kwargs), no.solve(f, y0, ts, **kwargs))
 
 
-def test_backsolves_compiled_backward_compiles_once():
-    """Each backward solve of ``Backsolve`` has new adjoint dynamics and a new seminorm
-    (equal to the last): the second forward and backward compile nothing and give the
-    eager gradients."""
+@pytest.mark.parametrize("seminorm", [True, False])
+def test_backsolves_compiled_backward_compiles_once(seminorm):
+    """Each backward solve of ``Backsolve`` has new adjoint dynamics and a new seminorm or
+    mixed norm (equal to the last; the mixed norm is odeint_adjoint's default): the second
+    forward and backward compile nothing and give the eager gradients."""
     from torch._dynamo.utils import counters
 
     torch.manual_seed(4)
@@ -200,7 +201,7 @@ def test_backsolves_compiled_backward_compiles_once():
     y0 = torch.tensor([[0.5, -0.3], [0.1, 0.2]], dtype=torch.float64)
 
     def gradients(**options):
-        sol = no.solve(field, y0, TS, gradient=no.Backsolve(), **options)
+        sol = no.solve(field, y0, TS, gradient=no.Backsolve(seminorm=seminorm), **options)
         return torch.autograd.grad(sol.ys[-1].sum(), list(field.parameters()))
 
     gradients(compile=True)

@@ -879,3 +879,43 @@ def test_constants_cached_under_a_transform_are_plain_tensors(monkeypatch):
         eager = no.solve(decay, y0, TS[:3], solver=solver).ys
         whole = no.solve(decay, y0, TS[:3], solver=solver, compile=True).ys
     torch.testing.assert_close(whole, eager, rtol=1e-12, atol=1e-12)
+
+
+def test_constants_cached_under_inference_mode_serve_later_solves_with_autograd(monkeypatch):
+    """An evaluation under torch.inference_mode() that first makes the cached coefficients,
+    tolerances and pooled stage buffers must not leave inference tensors there: a later
+    solve with autograd (the next training step) saves them for backward, and a later
+    graph-free solve writes into the buffers, both of which autograd refuses for inference
+    tensors outside inference mode."""
+    from neuralode import _norms
+    from neuralode.solvers import _rk_coefficients
+
+    monkeypatch.setattr(_rk_coefficients, "_SHARED", {})
+    monkeypatch.setattr(_norms, "_TOLERANCES", {})
+    solvers = no.solvers.Tsit5(), no.solvers.RadauIIA5()
+    y0 = starts(1)[0]
+    with torch.inference_mode():
+        for solver in solvers:
+            no.solve(decay, y0, TS[:3], solver=solver)
+    cached = [
+        *(v for co in _rk_coefficients._SHARED.values() for v in (co.b, co.b_error, *co.a)),
+        *_norms._TOLERANCES.values(),
+        *(v for co in solvers[1]._cache.values() for v in (co.a, co.inverse, co.d)),
+    ]
+    assert cached and not any(v.is_inference() for v in cached)
+
+    def gradients(solvers) -> list[torch.Tensor]:
+        y = y0.clone().requires_grad_(True)
+        ends = [no.solve(decay, y, TS[:3], solver=s).ys[-1].sum() for s in solvers]
+        return [torch.autograd.grad(end, y)[0] for end in ends]
+
+    after_inference = gradients(solvers)
+    with torch.no_grad():  # graph-free: into a pooled stage buffer made under inference mode
+        eager = no.solve(decay, y0, TS[:3], solver=solvers[0]).ys
+    with torch.inference_mode():
+        torch.testing.assert_close(no.solve(decay, y0, TS[:3], solver=solvers[0]).ys, eager)
+    monkeypatch.setattr(_rk_coefficients, "_SHARED", {})  # made afresh, with autograd on
+    monkeypatch.setattr(_norms, "_TOLERANCES", {})
+    fresh = gradients((no.solvers.Tsit5(), no.solvers.RadauIIA5()))
+    for got, expected in zip(after_inference, fresh):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any
 
 import torch
 import torch.autograd.forward_ad as forward_ad
@@ -97,9 +96,18 @@ def across(x: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor]) -> t
     return reduce(plain(x)) if wrapped(x) else x
 
 
-def plain_factories() -> Any:
+@contextlib.contextmanager
+def plain_factories() -> Iterator[None]:
     """Within: tensor factories make plain tensors even under a ``torch.func`` transform
-    (which otherwise wraps them at its level). For constants cached across solves
-    (coefficients, tolerances): a wrapped one would outlive its transform and break every
-    later solve that reads it (a compiled graph cannot read its data)."""
-    return torch._C._DisableFuncTorch()
+    (which otherwise wraps them at its level) or ``torch.inference_mode()`` (which makes
+    inference tensors). For constants cached across solves (coefficients, tolerances): a
+    wrapped one would outlive its transform and break every later solve that reads it (a
+    compiled graph cannot read its data), and an inference tensor every later solve with
+    autograd (autograd cannot save it for backward: training after an evaluation under
+    inference mode)."""
+    with torch._C._DisableFuncTorch():
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                yield
+        else:
+            yield

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from ._host import plain_factories
 from ._tree import TreeSpec
 
 # The time dtypes NumPy converts to exactly as torch does (round to nearest from a double).
@@ -108,17 +109,22 @@ class ODETerm:
         return buffer
 
     def _new_buffer(self, stages: int, like: torch.Tensor) -> StageBuffer:
-        stacked = like.new_empty(stages, like.numel())
-        rows = stacked.unbind(0)
-        shape, spec = self._leaf_shape, self.spec
-        if shape is not None:
-            user_rows: tuple = tuple(row.view(shape) for row in rows)
-        else:
-            user_rows = tuple(
-                tuple(p.view(s) for p, s in zip(row.split(spec.numels), spec.shapes))
-                for row in rows
-            )
-        return StageBuffer(stacked, rows, [stacked[:i].T for i in range(stages + 1)], user_rows)
+        # plain tensors and views also under torch.inference_mode(): the pool hands them to
+        # later solves, whose in-place writes outside inference mode an inference tensor (or
+        # a view made in inference mode) refuses
+        with plain_factories():
+            stacked = like.new_empty(stages, like.numel())
+            rows = stacked.unbind(0)
+            shape, spec = self._leaf_shape, self.spec
+            if shape is not None:
+                user_rows: tuple = tuple(row.view(shape) for row in rows)
+            else:
+                user_rows = tuple(
+                    tuple(p.view(s) for p, s in zip(row.split(spec.numels), spec.shapes))
+                    for row in rows
+                )
+            columns = [stacked[:i].T for i in range(stages + 1)]
+        return StageBuffer(stacked, rows, columns, user_rows)
 
     def _pool_key(self, key: tuple[int, int]) -> tuple:
         # (the state's structure: the buffer's views are made in its shapes)

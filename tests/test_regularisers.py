@@ -325,3 +325,20 @@ def test_a_single_regulariser_outside_a_list_is_a_clear_error() -> None:
         ODENet(channels=4, regularisers=DerivativePenalty(2, 0.1))
     block = ODEBlock(MLPDynamics(2), regularisers=(KineticEnergy(0.1),))  # any sequence
     assert [r.name for r in block.regularisers] == ["kinetic"]
+
+
+def test_regularisers_under_inference_mode_match_no_grad() -> None:
+    """A block in training mode evaluated under torch.inference_mode() integrates the same
+    regularisers as under no_grad (their derivatives of f run out of inference mode)."""
+    torch.manual_seed(0)
+    block = ODEBlock(
+        MLPDynamics(2, 8), regularisers=[JacobianFrobenius(0.1), DerivativePenalty(2, 0.1)]
+    )
+    x = torch.randn(4, 2)
+    results = []
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            torch.manual_seed(1)
+            results.append((block(x), block.regularisation))
+    for got, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)

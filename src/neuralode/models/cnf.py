@@ -31,7 +31,7 @@ from ..adjoint import GRADIENTS, GradientStrategy
 from ..controllers import FixedGrid, PIController
 from ..solvers import METHODS
 from .dynamics import activation_layer, batch_time
-from .regularisers import detached_state
+from .regularisers import derivatives_enabled, detached_state, outside_inference
 
 TRACE_MODES = ("exact", "hutchinson")
 NOISE_KINDS = ("rademacher", "gaussian")
@@ -352,14 +352,16 @@ class CNFDynamics(nn.Module):
             trace = jacobian.diagonal(dim1=1, dim2=2).sum(1)
             frobenius = jacobian.pow(2).sum((1, 2))
             return self._with_regularisers(f, trace, frobenius, len(state))
-        with torch.enable_grad():
+        with derivatives_enabled() as inference:  # also under torch.inference_mode()
+            t = outside_inference(t) if inference else t
             if not (differentiable and z.requires_grad):  # a leaf to differentiate f by
-                z = z.detach().requires_grad_(True)
+                z = outside_inference(z).detach().requires_grad_(True)
             f = self.net(t, z)
             if self.noise is None:
                 trace, frobenius = exact_trace(f, z, differentiable)
             else:
-                trace, frobenius = hutchinson_trace(f, z, self.noise, differentiable)
+                noise = outside_inference(self.noise)
+                trace, frobenius = hutchinson_trace(f, z, noise, differentiable)
         if not differentiable:
             f = f.detach()
         return self._with_regularisers(f, trace, frobenius, len(state))

@@ -19,8 +19,9 @@ dynamics must treat samples independently (no BatchNorm across the batch), so th
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -88,6 +89,32 @@ class Regulariser(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(weight={self.weight})"
+
+
+@contextlib.contextmanager
+def derivatives_enabled() -> Iterator[bool]:
+    """Autograd on for derivatives of f taken inside a solve, under ``torch.no_grad()`` and
+    ``torch.inference_mode()`` alike (``enable_grad`` alone does not leave inference mode).
+
+    Yields:
+        Whether inference mode was on: then the tensors made under it (the state, the time,
+        the noise) must be cloned before they enter the graph (``outside_inference``), since
+        autograd cannot save inference tensors for backward.
+    """
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False), torch.enable_grad():
+            yield True
+    else:
+        with torch.enable_grad():
+            yield False
+
+
+def outside_inference(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """A copy of an inference tensor usable by autograd (inside ``derivatives_enabled``'s
+    block, out of inference mode), or ``tensor`` itself when it is none (or ``None``)."""
+    if tensor is not None and tensor.is_inference():
+        return tensor.clone()
+    return tensor
 
 
 def regulariser_list(regularisers: object) -> list:
@@ -324,15 +351,16 @@ class RegularisedDynamics(torch.nn.Module):
             f = self.dynamics(t, y)
             point = Point(t, y, f, create_graph)
             return (f, *(r.rate(point, None) for r in self.regularisers))
-        with torch.enable_grad():
-            t = t.detach().requires_grad_(True)
+        with derivatives_enabled():
+            t = outside_inference(t).detach().requires_grad_(True)
             if not (create_graph and y.requires_grad):
                 # a fresh leaf: also needed for views taken under no_grad, which claim to
                 # require grad but are not connected to f's graph
-                y = y.detach().requires_grad_(True)
+                y = outside_inference(y).detach().requires_grad_(True)
             f = self.dynamics(t, y)
             point = Point(t, y, f, create_graph)
-            rates = [r.rate(point, e) for r, e in zip(self.regularisers, self.noises)]
+            noises = [outside_inference(e) for e in self.noises]
+            rates = [r.rate(point, e) for r, e in zip(self.regularisers, noises)]
         if not create_graph:
             return (f.detach(), *(r.detach() for r in rates))
         return (f, *rates)

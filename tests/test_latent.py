@@ -159,6 +159,34 @@ def test_odernn_hidden_state_follows_the_ode_between_observations() -> None:
     torch.testing.assert_close(before[0, 1], after[0, 0] * math.exp(-0.7), rtol=1e-8, atol=0)
 
 
+@pytest.mark.parametrize("gradient", ["direct", "adjoint"])
+def test_odernn_nfe_counts_every_interval_of_a_pass(gradient: str) -> None:
+    """nfe_forward / nfe_backward sum over the pass's intervals: the calls of the field."""
+
+    class Counted(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(-torch.ones(3, dtype=F64))
+            self.calls = 0
+
+        def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.weight * h
+
+    field = Counted()
+    model = ODERNN(1, 3, dynamics=field, gradient=gradient, **TIGHT).to(F64)
+    ts = torch.tensor([0.0, 0.7, 2.0, 2.5], dtype=F64)
+    values = torch.ones(1, 4, 1, dtype=F64)
+    model(ts, values, torch.ones_like(values))  # a pass before: not counted in the next
+    field.calls = 0
+    before, after = model(ts, values, torch.ones_like(values))
+    forward_calls = field.calls
+    assert model.nfe_forward == forward_calls > model.ode.nfe_forward > 0
+    after.sum().backward()
+    backward_calls = field.calls - forward_calls
+    assert model.nfe_backward == (backward_calls if gradient == "adjoint" else 0)
+
+
 def test_gap_rnn_in_a_batch_equals_each_series_alone() -> None:
     torch.manual_seed(0)
     model = GapRNN(2, 5, backwards=True).to(F64)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .._args import count
+from .._solution import SolveStats
 from ..adjoint import GradientStrategy
 from .dynamics import MLPDynamics, activation_layer
 from .ode_block import ODEBlock
@@ -129,7 +130,10 @@ class ODERNN(nn.Module):
     sees ``[values * mask, mask]``: features missing at an observation time are marked.
     Returns ``(before, after)``, each (B, T, H): the state at each time before and after the
     update there (equal where nothing was observed; zero before a series' first observation).
-    ``evolve(h, t_from, t_to)`` continues a state through the ODE alone.
+    ``evolve(h, t_from, t_to)`` continues a state through the ODE alone. ``nfe_forward`` /
+    ``nfe_backward`` count the vector field's evaluations summed over every interval solved
+    since the last ``forward`` began (its solves and any ``evolve`` after it), forward and
+    backward (the adjoint's; 0 for backpropagation).
 
     Arguments:
         input_dim: the features per time (values and mask).
@@ -169,6 +173,17 @@ class ODERNN(nn.Module):
             step_size=step_size,
             gradient=gradient,
         )
+        self._stats: list[SolveStats] = []  # one per interval solved since forward began
+
+    @property
+    def nfe_forward(self) -> int:
+        """Evaluations of the vector field by the solves since the last ``forward`` began."""
+        return sum(s.nfe for s in self._stats)
+
+    @property
+    def nfe_backward(self) -> int:
+        """Evaluations by the backward passes of those solves (0 for backpropagation)."""
+        return sum(s.nfe_backward for s in self._stats)
 
     def evolve(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
         """The hidden state ``h`` at ``t_from`` carried by the ODE to ``t_to``.
@@ -181,7 +196,9 @@ class ODERNN(nn.Module):
         Returns:
             The hidden states at ``t_to``, (B, H).
         """
-        return self.ode(h, torch.stack([t_from, t_to]).to(h.dtype))[-1]
+        out = self.ode(h, torch.stack([t_from, t_to]).to(h.dtype))[-1]
+        self._stats.append(self.ode.last_stats)
+        return out
 
     def forward(
         self, ts: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
@@ -202,6 +219,7 @@ class ODERNN(nn.Module):
                 ``mask`` not of shape (B, len(ts), D).
         """
         _check_batch(ts, values, mask, self.gru.input_size // 2)
+        self._stats = []
         batch, steps, _ = values.shape
         h = values.new_zeros(batch, self.hidden_dim)
         started = torch.zeros(batch, 1, dtype=torch.bool, device=values.device)

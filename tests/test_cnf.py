@@ -18,7 +18,7 @@ from neuralode.models import (
     hutchinson_trace,
     standard_normal_log_prob,
 )
-from neuralode.models.cnf import draw_noise
+from neuralode.models.cnf import FlowDensity, draw_noise
 
 F64 = torch.float64
 
@@ -269,6 +269,26 @@ def test_bad_numbers_and_shapes_are_named() -> None:
         with pytest.raises(ValueError, match="n must be an integer >= 1"):
             flow.sample(n)
     assert flow.sample(2).shape == (2, 2)
+
+
+def test_base_draws_are_made_in_the_flows_dtype() -> None:
+    """A float64 flow's base noise is drawn in float64, not drawn in float32 and cast up
+    (which leaves every draw on float32's coarser grid)."""
+
+    class _Identity(FlowDensity):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones((), dtype=F64))
+
+        def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return z, z.new_zeros(z.shape[0])
+
+    flow = _Identity()
+    for generator in (None, torch.Generator().manual_seed(0)):
+        z, log_p = flow.sample_with_log_prob(256, (2,), generator=generator)
+        assert z.dtype == F64 and log_p.dtype == F64
+        assert not torch.equal(z.float().double(), z)
+        torch.testing.assert_close(log_p, standard_normal_log_prob(z), rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

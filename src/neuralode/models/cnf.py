@@ -403,7 +403,8 @@ class FlowDensity(nn.Module):
             n: the number of samples, a positive integer.
             shape: the shape of one sample (default: ``event_shape``).
             generator: the random generator of the base draws (default: torch's global one);
-                the draws are made on its device and moved to the flow's.
+                the draws are made on its device in the dtype of the flow's parameters and
+                moved to the flow's device.
 
         Returns:
             ``(x, log_p)``: the samples (n, *shape) and their log-densities (n,).
@@ -417,10 +418,11 @@ class FlowDensity(nn.Module):
             raise ValueError("sample needs the shape of one sample: pass shape=(dim,)")
         param = next(self.parameters())
         # drawn on the generator's device (a CPU generator cannot fill a CUDA tensor), so a
-        # seeded generator gives the same samples on every device
+        # seeded generator gives the same samples on every device; drawn in the parameters'
+        # dtype, so a float64 flow gets float64 noise, not float32 noise cast up
         where = param.device if generator is None else generator.device
-        z = torch.randn((n, *shape), generator=generator, device=where)
-        z = z.to(device=param.device, dtype=param.dtype)
+        z = torch.randn((n, *shape), generator=generator, device=where, dtype=param.dtype)
+        z = z.to(device=param.device)
         x, logdet = self.inverse(z)
         return x, self.base_log_prob(z) - logdet
 

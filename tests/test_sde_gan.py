@@ -173,11 +173,26 @@ def test_generator_gradients_by_reversible_heun_adjoint_equal_backprop():
             "time channels .* differ across the batch",
         ),
         (with_time(torch.tensor([0.0, 2.0, 1.0]), torch.zeros(2, 3, 1)), "strictly increasing"),
+        (
+            with_time(torch.tensor([0.0, 1.0, 3.0]), torch.zeros(2, 3, 1)),
+            r"needs equally spaced times .*spacings from 1\.0 to 2\.0",
+        ),
+        (
+            with_time(torch.tensor([0.0, 0.5, 1.0, 2.0]), torch.zeros(2, 4, 1)),
+            "needs equally spaced times",
+        ),
     ],
 )
 def test_discriminator_refuses_series_of_the_wrong_shape_or_times(ys, message):
     with pytest.raises(ValueError, match=message):
         CDEDiscriminator(width=8)(ys)
+
+
+def test_discriminator_takes_equally_spaced_times_up_to_rounding():
+    """float32 grids from linspace are equal up to rounding: scored, not refused."""
+    for ts in (torch.linspace(0.0, 1.0, 301), torch.linspace(1000.0, 1001.0, 17)):
+        score = CDEDiscriminator(width=8)(with_time(ts, torch.randn(2, len(ts), 1)))
+        assert score.shape == () and bool(torch.isfinite(score))
 
 
 def test_path_increments_and_generator_refuse_bad_times():

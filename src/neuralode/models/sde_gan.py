@@ -205,6 +205,10 @@ class SDEGenerator(nn.Module):
 class CDEDiscriminator(nn.Module):
     """The neural CDE that scores series.
 
+    The CDE is solved by reversible Heun with a fixed step, the spacing of the series' times,
+    so each step runs from one observation to the next: the times must be equally spaced
+    (resample a series observed at unequal times onto an equally spaced grid first).
+
     Arguments:
         data_size: channels of the series (without time).
         hidden_size: the CDE's state size.
@@ -222,15 +226,16 @@ class CDEDiscriminator(nn.Module):
         """The mean score of a batch of series.
 
         Arguments:
-            ys: series with the time channel first, (batch, T, 1 + data_size), on one time
-                grid shared by the batch.
+            ys: series with the time channel first, (batch, T, 1 + data_size), on one
+                equally spaced time grid shared by the batch.
 
         Returns:
             The mean of the scores over the batch (0-dim).
 
         Raises:
             ValueError: for ``ys`` that is not (batch, T, 1 + data_size) with T at least 2,
-                or whose time channel is not one strictly increasing grid shared by the batch.
+                or whose time channel is not one strictly increasing, equally spaced grid
+                shared by the batch.
         """
         channels = self.initial[0].in_features
         if ys.dim() != 3 or ys.shape[0] < 1 or ys.shape[1] < 2 or ys.shape[2] != channels:
@@ -243,7 +248,17 @@ class CDEDiscriminator(nn.Module):
             raise ValueError("the series' time channels (ys[..., 0]) differ across the batch")
         h0 = self.initial(ys[:, 0])
         step = float(ts[1] - ts[0])
-        path = PathIncrements(ts, ys)
+        path = PathIncrements(ts, ys)  # checks that ts increase strictly
+        # the solver's fixed steps of ts[1] - ts[0] land on every time only on an equally
+        # spaced grid (up to the rounding of the times)
+        grid = ts[0].double() + step * torch.arange(len(ts), dtype=torch.float64, device=ts.device)
+        if float((ts.double() - grid).abs().max()) > 1e-3 * step:
+            spacings = ts[1:] - ts[:-1]
+            raise ValueError(
+                "CDEDiscriminator needs equally spaced times (its solver steps by "
+                f"ts[1] - ts[0] = {step!r}); got spacings from {float(spacings.min())!r} to "
+                f"{float(spacings.max())!r}: resample the series onto an equally spaced grid"
+            )
         span = ts[[0, -1]]
         hs = sdeint(self.field, h0, span, bm=path, method="reversible_heun", dt=step)
         return self.readout(hs[-1]).mean()

@@ -94,6 +94,22 @@ def test_augment_adds_zero_channels() -> None:
         Augment(-1)
 
 
+def test_classifier_sizes_that_are_not_positive_integers_are_named() -> None:
+    for make, kwargs, message in (
+        (ODENet, dict(channels=0), "channels must be an integer >= 1, got 0"),
+        (ODENet, dict(channels=-4), "channels must be an integer >= 1, got -4"),
+        (ODENet, dict(channels=8.0), "channels must be an integer >= 1, got 8.0"),
+        (ODENet, dict(classes=0), "classes must be an integer >= 1, got 0"),
+        (ODENet, dict(augment=-1), "augment must be an integer >= 0, got -1"),
+        (RKNet, dict(channels=0), "channels must be an integer >= 1, got 0"),
+        (ResNet, dict(channels=0), "channels must be an integer >= 1, got 0"),
+        (ResNet, dict(classes=-1), "classes must be an integer >= 1, got -1"),
+        (ResNet, dict(blocks=0), "blocks must be an integer >= 1, got 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            make(**kwargs)
+
+
 def test_tiny_training_run_reduces_the_loss() -> None:
     """Separate two concentric rings with an augmented MLP neural ODE."""
     torch.manual_seed(0)

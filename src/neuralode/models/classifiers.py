@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._args import count
 from .dynamics import ConvDynamics, group_norm
 from .ode_block import ODEBlock
 from .regularisers import Regulariser
@@ -121,6 +122,10 @@ class ODENet(nn.Module):
         activation: the dynamics' activation.
         regularisers: go to the ODE block: add ``model.ode.regularisation`` to the loss.
         pool: ``"avg"`` or ``"max"`` pooling in the head.
+
+    Raises:
+        ValueError: ``channels`` or ``classes`` not an integer >= 1, ``augment`` not an
+            integer >= 0, or a bad option of the ODE block or the head.
     """
 
     def __init__(
@@ -138,6 +143,8 @@ class ODENet(nn.Module):
         pool: str = "avg",
     ):
         super().__init__()
+        channels, classes = count("channels", channels), count("classes", classes)
+        augment = count("augment", augment, 0)
         width = channels + augment
         self.features = nn.Sequential(downsampling(channels), Augment(augment))
         self.ode = ODEBlock(
@@ -172,6 +179,9 @@ class RKNet(ODENet):
         step_size: the RK4 step over [0, 1].
         pool: ``"avg"`` or ``"max"`` pooling in the head.
         regularisers: as for ``ODENet``.
+
+    Raises:
+        ValueError: as for ``ODENet``.
     """
 
     def __init__(
@@ -201,10 +211,16 @@ class ResNet(nn.Module):
         classes: the number of classes.
         blocks: the number of residual blocks (the paper: 6).
         pool: ``"avg"`` or ``"max"`` pooling in the head.
+
+    Raises:
+        ValueError: ``channels``, ``classes`` or ``blocks`` not an integer >= 1, or an unknown
+            ``pool``.
     """
 
     def __init__(self, channels: int = 64, classes: int = 10, blocks: int = 6, pool: str = "avg"):
         super().__init__()
+        channels, classes = count("channels", channels), count("classes", classes)
+        blocks = count("blocks", blocks)
         self.features = downsampling(channels)
         self.blocks = nn.Sequential(*(ResBlock(channels) for _ in range(blocks)))
         self.head = head(channels, classes, pool)

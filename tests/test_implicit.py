@@ -130,6 +130,9 @@ def test_bad_input_is_named() -> None:
         fixed_point(lambda z: z, torch.zeros(2, 2), "newton")
     with pytest.raises(ValueError, match="max_iter"):
         fixed_point(lambda z: z, torch.zeros(2, 2), max_iter=0)
+    for max_iter in (True, False, 10.0, "10"):
+        with pytest.raises(ValueError, match=f"max_iter must be an integer >= 1, got {max_iter!r}"):
+            fixed_point(lambda z: z, torch.zeros(2, 2), max_iter=max_iter)
     with pytest.raises(ValueError, match="tol"):
         fixed_point(lambda z: z, torch.zeros(2, 2), tol=-1.0)
     with pytest.raises(ValueError, match="shape"):

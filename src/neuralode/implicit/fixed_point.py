@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .._args import count
+
 _TINY = 1e-12  # keeps Anderson's and Broyden's denominators away from 0
 # the smallest ||f(z)|| a residual is relative to: near a fixed point at 0 the relative test
 # ||f(z) - z|| / ||f(z)|| stays near 1 however close z gets, so below it the test is absolute
@@ -342,9 +344,10 @@ def fixed_point(
         ``converged`` says it, and callers decide.
 
     Raises:
-        ValueError: a ``tol`` that is not a finite non-negative number, ``max_iter`` below
-            1, a ``norm_floor`` not positive and finite, an unknown method name, a ``z0``
-            that is not floating point or complex, or f changing the shape.
+        ValueError: a ``tol`` that is not a finite non-negative number, ``max_iter`` not an
+            integer >= 1 (a bool is not one), a ``norm_floor`` not positive and finite, an
+            unknown method name, a ``z0`` that is not floating point or complex, or f
+            changing the shape.
         TypeError: a ``z0`` that is not a tensor, or a ``method`` that is neither a name nor
             a ``FixedPointMethod``.
     """
@@ -361,8 +364,7 @@ def fixed_point(
         tol >= 0 and math.isfinite(tol)
     ):
         raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
-    if not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    max_iter = count("max_iter", max_iter)  # an integer, not a bool
     if not (isinstance(norm_floor, numbers.Real) and math.isfinite(norm_floor) and norm_floor > 0):
         raise ValueError(
             f"norm_floor must be a positive finite number (the smallest ||f(z)|| a residual "

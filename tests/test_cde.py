@@ -390,3 +390,9 @@ def test_cdeint_runs_as_one_compiled_graph_and_equals_the_eager_solve() -> None:
                 X, field, z0, X.grid_points, adjoint=False, options=dict(compile=True), **TIGHT
             )
     torch.testing.assert_close(whole, eager, rtol=1e-8, atol=1e-9)
+
+
+def test_cdeint_refuses_per_sample_solves() -> None:
+    X = cde.CubicSpline(cde.natural_cubic_coeffs(torch.randn(2, 5, 2)))
+    with pytest.raises(ValueError, match="per_sample=True.*not supported"):
+        cde.cdeint(X, MLPField(3, 2), torch.zeros(2, 3), X.interval, options={"per_sample": True})

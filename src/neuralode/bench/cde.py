@@ -1,6 +1,8 @@
 """Neural CDE benchmark against torchcde (over torchdiffeq): the same model, weights and data,
 solved by ``neuralode.cde.cdeint`` and ``torchcde.cdeint``; forward, and forward + backward by
-backpropagation and by the adjoint (also with the seminorm), timed alternately in one process.
+backpropagation and by the adjoint (also with the seminorm), timed alternately in one process;
+and neuralode's forward and adjoint with the whole solve compiled (``compile=True``) against
+torchcde's eager ones, the compile timed apart.
 
 The model is the standard neural CDE classifier's solve (a vector field MLP hidden -> width ->
 hidden x channels with a tanh output, a linear map of X(t0) to z0) on irregularly sampled
@@ -28,11 +30,16 @@ from .. import cde
 
 # (batch, length, hidden, width) of the two cases
 CASES = ((32, 50, 16, 64), (128, 100, 32, 128))
+# (label, adjoint, backward, neuralode's options): torchcde runs each mode eagerly; the last
+# two compile neuralode's whole solve (``compile=True``; torchcde has no such mode), the
+# compile timed apart
 MODES = (
-    ("forward", False, False),
-    ("forward + backward (backprop)", False, True),
-    ("forward + backward (adjoint)", True, True),
-    ("forward + backward (adjoint, seminorm)", "seminorm", True),
+    ("forward", False, False, {}),
+    ("forward + backward (backprop)", False, True, {}),
+    ("forward + backward (adjoint)", True, True, {}),
+    ("forward + backward (adjoint, seminorm)", "seminorm", True, {}),
+    ("forward, neuralode compile=True", False, False, {"compile": True}),
+    ("forward + backward (adjoint), neuralode compile=True", True, True, {"compile": True}),
 )
 
 
@@ -45,6 +52,7 @@ class Row:
     ours: float
     theirs: float
     error: bool = False
+    compile_s: float | None = None  # neuralode's first (compiling) call, when compiled
 
 
 class VectorField(torch.nn.Module):
@@ -95,9 +103,11 @@ def case(
     theirs_X = torchcde.CubicSpline(torchcde.natural_cubic_coeffs(x))
     params = (*func.parameters(), *initial.parameters())
 
-    def solve(library: Any, X: Any, adjoint: Any, backward: bool) -> torch.Tensor:
+    def solve(library: Any, X: Any, adjoint: Any, backward: bool, options: dict) -> torch.Tensor:
         z0 = initial(X.evaluate(X.interval[0]))
-        kwargs = dict(method="dopri5", adjoint=bool(adjoint))
+        kwargs: dict[str, Any] = dict(method="dopri5", adjoint=bool(adjoint))
+        if options:
+            kwargs["options"] = options
         if adjoint:
             kwargs["adjoint_params"] = tuple(func.parameters())
         if adjoint == "seminorm":
@@ -114,17 +124,20 @@ def case(
         exact = cde.cdeint(X64, func64, z0, X64.interval, adjoint=False, rtol=1e-10, atol=1e-12)
         exact = exact[:, -1].float()
         scale = float(exact.abs().max())
-        error_ours = float((solve(cde, ours_X, False, False) - exact).abs().max()) / scale
-        error_theirs = float((solve(torchcde, theirs_X, False, False) - exact).abs().max()) / scale
+        error_ours = float((solve(cde, ours_X, False, False, {}) - exact).abs().max()) / scale
+        error_theirs = float((solve(torchcde, theirs_X, False, False, {}) - exact).abs().max())
+        error_theirs /= scale
     label = f"{batch} x {length}, hidden {hidden}"
     rows = [Row(label, "z_T's error", error_ours, error_theirs, error=True)]
-    for mode, adjoint, backward in MODES:
+    for mode, adjoint, backward, options in MODES:
         with torch.enable_grad() if backward else torch.no_grad():
+            compile_s = timed(solve, cde, ours_X, adjoint, backward, options) if options else None
             ours, theirs = [], []
             for _ in range(repeats):  # alternating, so that both see the same machine state
-                ours.append(timed(solve, cde, ours_X, adjoint, backward))
-                theirs.append(timed(solve, torchcde, theirs_X, adjoint, backward))
-        rows.append(Row(label, mode, statistics.median(ours), statistics.median(theirs)))
+                ours.append(timed(solve, cde, ours_X, adjoint, backward, options))
+                theirs.append(timed(solve, torchcde, theirs_X, adjoint, backward, {}))
+        median = statistics.median
+        rows.append(Row(label, mode, median(ours), median(theirs), compile_s=compile_s))
     return rows
 
 
@@ -155,8 +168,11 @@ def table(rows: list[Row]) -> str:
         if r.error:
             lines.append(f"| {r.case} | {r.mode} | {r.ours:.1e} | {r.theirs:.1e} | |")
         else:
+            mode = (
+                r.mode if r.compile_s is None else f"{r.mode} (compile {r.compile_s:.0f} s apart)"
+            )
             lines.append(
-                f"| {r.case} | {r.mode} | {r.ours * 1e3:.1f} | {r.theirs * 1e3:.1f} | "
+                f"| {r.case} | {mode} | {r.ours * 1e3:.1f} | {r.theirs * 1e3:.1f} | "
                 f"{r.theirs / r.ours:.2f}x |"
             )
     lines.append(

@@ -177,14 +177,17 @@ def cdeint(
         **kwargs: passed to ``odeint`` / ``odeint_adjoint`` (``rtol``, ``atol``, ``method``,
             ``options``, ``adjoint_params``, ...) or ``sdeint``. ``rtol`` and ``atol`` default
             to 1e-4 and 1e-6 (and the adjoint's to them), as in torchcde.
+            ``options=dict(compile=True)`` runs the whole solve as one compiled graph under
+            ``torch.no_grad()``, and with ``adjoint=True`` the forward and backward solves.
 
     Returns:
         z at every time of ``t``: (..., len(t), hidden_channels), the time dimension
             second-to-last (unlike ``odeint``'s first); a tuple for a tuple ``z0``.
 
     Raises:
-        ValueError: X has no ``derivative``, an unknown ``backend``, or shapes of X's
-            derivative, func's output and z0 that do not fit (the message names them).
+        ValueError: X has no ``derivative``, an unknown ``backend``, ``per_sample`` in
+            ``options``, or shapes of X's derivative, func's output and z0 that do not fit
+            (the message names them).
         SolverError: the solve failed (as ``odeint``'s).
     """
     if backend not in _BACKENDS:
@@ -194,6 +197,13 @@ def cdeint(
     if adjoint and backend == "torchdiffeq":
         kwargs.setdefault("adjoint_atol", kwargs["atol"])
         kwargs.setdefault("adjoint_rtol", kwargs["rtol"])
+    options = kwargs.get("options") or {}
+    if options.get("per_sample"):
+        raise ValueError(
+            "cdeint solves the batch as one system: X.derivative(t) takes one time for every "
+            "series, so options=dict(per_sample=True) (a time per series) is not supported; "
+            "leave it out"
+        )
     is_tensor, is_prod = _check(X, func, z0, t)
     if adjoint and "adjoint_params" not in kwargs and isinstance(X, torch.nn.Module):
         if any(buffer.requires_grad for buffer in X.buffers()):

@@ -396,3 +396,30 @@ def test_cdeint_refuses_per_sample_solves() -> None:
     X = cde.CubicSpline(cde.natural_cubic_coeffs(torch.randn(2, 5, 2)))
     with pytest.raises(ValueError, match="per_sample=True.*not supported"):
         cde.cdeint(X, MLPField(3, 2), torch.zeros(2, 3), X.interval, options={"per_sample": True})
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
+    reason="torch.compile's CPU backend needs a C++ compiler",
+)
+def test_neural_cde_trains_compiled_with_the_solvers_nfe() -> None:
+    """NeuralCDE(adjoint=True, options=dict(compile=True)): forward and backward solves
+    compiled once (a repeated step compiles nothing: the field's call count is no guard),
+    the eager model's gradients, and the NFE counted by the solver inside the graph."""
+    torch.manual_seed(7)
+    x = torch.randn(4, 6, 2, dtype=torch.float64)
+    models, grads = [], []
+    for options in ({}, {"compile": True}):
+        torch.manual_seed(8)
+        model = NeuralCDE(2, 3, 1, width=8, rtol=1e-9, atol=1e-11, options=options).double()
+        coeffs = model.coefficients(x)
+        for step in range(2):
+            patch = torch._dynamo.config.patch(error_on_recompile=step > 0 and bool(options))
+            with patch:
+                loss = model(coeffs).square().sum()
+                grads.append(torch.autograd.grad(loss, list(model.parameters())))
+        models.append(model)
+    for eager, compiled in zip(grads[0], grads[2]):
+        torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-9)
+    assert models[1].nfe_forward > 0 and models[1].nfe_backward > 0
+    assert abs(models[1].nfe_forward - models[0].nfe_forward) <= 0.1 * models[0].nfe_forward

@@ -8,6 +8,7 @@ solver, a controller and a gradient strategy). Unknown methods or options raise
 
 from __future__ import annotations
 
+import contextvars
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from ._compat_options import (
     _parse,
 )
 from ._events import Event
+from ._solution import SolveStats
 from ._solve import solve
 from ._tree import tree_spec
 from .adjoint.backsolve import Backsolve
@@ -301,10 +303,25 @@ def _odeint(
         callbacks=_callbacks(func, "", method, solver),
         **extra,
     )
+    _LAST_STATS.set(sol.stats)
     if event is None:
         return sol.ys
     assert sol.event_t is not None  # the solve runs towards infinity until an event
     return sol.event_t, _stack_pair(y0, sol.event_y)
+
+
+# the statistics of this context's last solve by ``odeint`` / ``odeint_adjoint``, whose
+# torchdiffeq signature returns only the states: for the models built on the façade
+# (``NeuralCDE``), including compiled solves, where counting f's calls cannot work
+_LAST_STATS: contextvars.ContextVar[SolveStats | None] = contextvars.ContextVar(
+    "neuralode_last_stats", default=None
+)
+
+
+def last_stats() -> SolveStats | None:
+    """The ``SolveStats`` of this context's last ``odeint`` / ``odeint_adjoint`` solve
+    (``nfe_backward`` filled in by its adjoint's backward pass), or ``None``."""
+    return _LAST_STATS.get()
 
 
 def _on_state_device(t: Any, y0: Any) -> Any:

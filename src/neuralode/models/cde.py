@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from .. import cde
+from .._solution import SolveStats
+from ..compat import last_stats
 from ..solvers import METHODS
 
 INTERPOLATIONS = ("cubic", "hermite", "linear")
@@ -26,7 +28,8 @@ class CDEField(nn.Module):
     solution cannot blow up over a bounded control), reshaped to (..., hidden_channels,
     input_channels).
 
-    ``calls`` counts its evaluations (the NFE of the solves that use it).
+    ``calls`` counts its evaluations outside compiled code (the NFE of the eager solves
+    that use it; the model reads its NFE from the solver instead).
 
     Arguments:
         input_channels: the control's channels.
@@ -55,7 +58,8 @@ class CDEField(nn.Module):
         Returns:
             (..., hidden_channels, input_channels).
         """
-        self.calls += 1
+        if not torch.compiler.is_compiling():  # (a compiled solve would guard on the count)
+            self.calls += 1
         return self.net(z).unflatten(-1, (self.hidden_channels, self.input_channels))
 
 
@@ -140,8 +144,7 @@ class NeuralCDE(nn.Module):
         self.initial = nn.Linear(input_channels, hidden_channels)
         self.field = CDEField(input_channels, hidden_channels, width)
         self.readout = nn.Linear(hidden_channels, output_channels)
-        self._calls_at_forward = 0
-        self._calls_after_forward = 0
+        self._stats: SolveStats | None = None  # the last forward pass's solve
 
     def extra_repr(self) -> str:
         """The solve's settings, shown by ``repr`` and ``print`` beside the layers."""
@@ -225,18 +228,18 @@ class NeuralCDE(nn.Module):
         kwargs: dict[str, Any] = {"method": self.method, "rtol": self.rtol, "atol": self.atol}
         if options:
             kwargs["options"] = options
-        self._calls_at_forward = self.field.calls
         z = cde.cdeint(X, self.field, z0, times, adjoint=self.adjoint, **kwargs)
-        self._calls_after_forward = self.field.calls
+        self._stats = last_stats()  # (its nfe_backward is filled in by the adjoint's backward)
         return self.readout(z if self.sequence else z[..., -1, :])
 
     @property
     def nfe_forward(self) -> int:
-        """Evaluations of the vector field by the last forward pass."""
-        return self._calls_after_forward - self._calls_at_forward
+        """Evaluations of the vector field by the last forward pass's solve (counted by the
+        solver, so also inside a compiled solve)."""
+        return 0 if self._stats is None else self._stats.nfe
 
     @property
     def nfe_backward(self) -> int:
-        """Evaluations of the vector field since the last forward pass: the adjoint's
-        backward solve (0 for backpropagation through the steps)."""
-        return self.field.calls - self._calls_after_forward
+        """Evaluations of the vector field by the adjoint's backward solve of the last
+        forward pass (0 for backpropagation through the steps)."""
+        return 0 if self._stats is None else self._stats.nfe_backward

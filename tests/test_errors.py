@@ -444,14 +444,14 @@ def test_max_steps_none_is_no_limit(per_sample: bool) -> None:
 
 @pytest.mark.parametrize("option", ["rtol", "atol"])
 def test_negative_tolerances(option: str) -> None:
-    with _raises(ValueError, f"{option} must be non-negative, got -0.001"):
+    with _raises(ValueError, f"{option} must be a non-negative number, got -0.001"):
         no.PIController(**{option: -1e-3})
-    with _raises(ValueError, f"{option} must be non-negative, got nan"):
+    with _raises(ValueError, f"{option} must be a non-negative number, got nan"):
         no.PIController(**{option: float("nan")})
 
 
 def test_negative_tolerance_tensor() -> None:
-    with _raises(ValueError, "rtol must be non-negative"):
+    with _raises(ValueError, "rtol must be a non-negative number in every entry"):
         no.PIController(rtol=torch.tensor([1e-6, -1e-6]))
 
 

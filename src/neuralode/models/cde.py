@@ -147,7 +147,11 @@ class NeuralCDE(nn.Module):
         self._stats: SolveStats | None = None  # the last forward pass's solve
 
     def extra_repr(self) -> str:
-        """The solve's settings, shown by ``repr`` and ``print`` beside the layers."""
+        """The solve's settings, shown by ``repr`` and ``print`` beside the layers.
+
+        Returns:
+            The settings as ``name=value`` pairs.
+        """
         options = f", options={self.options!r}" if self.options else ""
         return (
             f"interpolation={self.interpolation!r}, method={self.method!r}, rtol={self.rtol}, "

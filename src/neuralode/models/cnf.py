@@ -540,7 +540,11 @@ class CNF(FlowDensity):
         return detached_state(self, ("regularization",))
 
     def extra_repr(self) -> str:
-        """The flow's settings, shown by ``repr`` and ``print`` beside the vector field."""
+        """The flow's settings, shown by ``repr`` and ``print`` beside the vector field.
+
+        Returns:
+            The settings as ``name=value`` pairs.
+        """
         trained = " (trained)" if isinstance(self.sqrt_T, nn.Parameter) else ""
         T = "?" if self.sqrt_T.is_meta else f"{float(self.T.detach()):g}"  # meta: no value
         parts = [f"T={T}{trained}, trace={self.trace!r}"]

@@ -212,7 +212,11 @@ class DEQ(nn.Module):
         return detached_state(self, ("regularisation", "regularisation_terms"))
 
     def extra_repr(self) -> str:
-        """The solves' settings, shown by ``repr`` and ``print`` beside f."""
+        """The solves' settings, shown by ``repr`` and ``print`` beside f.
+
+        Returns:
+            The settings as ``name=value`` pairs.
+        """
         parts = [f"method={self.method!r}, tol={self.tol}, max_iter={self.max_iter}"]
         if self.method_options:
             parts.append(f"method_options={self.method_options!r}")

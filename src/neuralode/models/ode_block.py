@@ -100,7 +100,11 @@ class ODEBlock(nn.Module):
         return detached_state(self, ("regularisation", "regularisation_terms"))
 
     def extra_repr(self) -> str:
-        """The solve's settings, shown by ``repr`` and ``print`` beside the dynamics."""
+        """The solve's settings, shown by ``repr`` and ``print`` beside the dynamics.
+
+        Returns:
+            The settings as ``name=value`` pairs.
+        """
         parts = [f"t0={self.t0}, t1={self.t1}, method={self.method!r}"]
         if METHODS[self.method]().adaptive:
             parts.append(f"rtol={self.rtol}, atol={self.atol}")

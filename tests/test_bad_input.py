@@ -134,6 +134,19 @@ def test_nan_negative_or_non_numeric_tolerances_are_refused_by_name() -> None:
         no.Backsolve(params=(), atol="1e-9")
 
 
+def test_pi_coefficients_out_of_range_are_refused_by_name() -> None:
+    """``icoeff`` must be a finite number > 0 and ``pcoeff`` a finite number >= 0: a
+    negative icoeff grows rejected steps until the step size underflows."""
+    for bad in (-1.0, 0.0, math.nan, math.inf, "0.3"):
+        with pytest.raises(ValueError, match=r"icoeff must be a finite number > 0, got"):
+            no.PIController(icoeff=bad)
+    for bad in (-0.1, math.nan, math.inf, None):
+        with pytest.raises(ValueError, match=r"pcoeff must be a finite number >= 0, got"):
+            no.PIController(pcoeff=bad)
+    no.PIController(icoeff=0.3, pcoeff=0.4)  # Gustafsson's PI controller
+    no.PIController(icoeff=1, pcoeff=0)
+
+
 def test_backsolve_takes_its_solver_and_controller_as_solve_does() -> None:
     """``Backsolve(solver=...)`` accepts a method name or class as ``solve(solver=...)`` does
     (a name reached the backward pass as a string), and refuses other types at once."""

@@ -65,8 +65,8 @@ class PIController(StepSizeController):
         safety: the safety factor.
         ifactor: the largest factor a step may grow by.
         dfactor: the smallest factor a step may shrink by.
-        icoeff: the integral coefficient.
-        pcoeff: the proportional coefficient.
+        icoeff: the integral coefficient, a finite number > 0.
+        pcoeff: the proportional coefficient, a finite number >= 0.
         min_step: the smallest step size (steps are clipped to it).
         max_step: the largest step size.
         shrink_after_accept: whether an accepted step may be followed by a smaller one
@@ -111,6 +111,13 @@ class PIController(StepSizeController):
             raise ValueError(f"ifactor must be >= 1, got {ifactor!r}")
         if not 0 < dfactor <= 1:
             raise ValueError(f"dfactor must be in (0, 1], got {dfactor!r}")
+        # icoeff > 0: the factor falls as the error ratio grows (icoeff <= 0 grows rejected
+        # steps, or keeps their size, until the step size underflows); pcoeff >= 0 weighs in
+        # the last accepted step's ratio
+        if not (isinstance(icoeff, numbers.Real) and 0 < icoeff < math.inf):
+            raise ValueError(f"icoeff must be a finite number > 0, got {icoeff!r}")
+        if not (isinstance(pcoeff, numbers.Real) and 0 <= pcoeff < math.inf):
+            raise ValueError(f"pcoeff must be a finite number >= 0, got {pcoeff!r}")
         if not 0 <= min_step <= max_step:
             raise ValueError(f"need 0 <= min_step <= max_step, got {min_step!r}, {max_step!r}")
         self.rtol = rtol

@@ -8,6 +8,7 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -331,6 +332,27 @@ def test_wrong_argument_types_name_the_expected_type() -> None:
         no.solve(decay, y0, ts, norm=2)
     with pytest.raises(TypeError, match="params must be a sequence of tensors or an nn.Module"):
         no.solve(decay, y0.requires_grad_(), ts, gradient=no.Backsolve(params=3))
+
+
+def test_flags_that_are_not_bools_are_refused_by_name() -> None:
+    """``throw``, ``perturb`` and ``Backsolve(seminorm=...)`` take a bool (NumPy's too): a
+    truthy string such as ``"no"`` is a TypeError rather than switching the option on; the
+    torchdiffeq facade keeps torchdiffeq's truthy ``perturb`` option."""
+    y0, ts = T(1.0), T(0.0, 1.0)
+    for name in ("throw", "perturb"):
+        for bad in ("no", 1, None):
+            with pytest.raises(TypeError, match=f"{name} must be True or False, got {bad!r}"):
+                no.solve(decay, y0, ts, **{name: bad})
+    for bad in ("no", 0):
+        with pytest.raises(TypeError, match=f"seminorm must be True or False, got {bad!r}"):
+            no.Backsolve(params=(), seminorm=bad)
+    reference = no.solve(decay, y0, ts, perturb=True).ys
+    given = no.solve(decay, y0, ts, perturb=np.bool_(True), throw=np.True_).ys
+    assert torch.equal(given, reference)
+    assert no.Backsolve(params=(), seminorm=np.bool_(False)).seminorm is False
+    rk4 = {"step_size": 0.25, "perturb": 1, "throw": "yes"}  # (torchdiffeq's truthy options)
+    ys = odeint(decay, y0, ts, method="rk4", options=rk4)
+    torch.testing.assert_close(ys[-1], y0 * math.exp(-1), rtol=1e-3, atol=0)
 
 
 # --- torchdiffeq's contract ------------------------------------------------------------------

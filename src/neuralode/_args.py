@@ -1,5 +1,6 @@
 """Checks of numeric arguments of constructors (models, solvers): predicates, and checks
-whose failure is a ``ValueError`` naming the argument, what it must be and what it got."""
+whose failure is a ``ValueError`` naming the argument, what it must be and what it got; and
+of flags, whose failure is a ``TypeError``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import math
 import numbers
 import operator
 from typing import Any
+
+import numpy as np
 
 
 def is_int(value: Any) -> bool:
@@ -42,3 +45,11 @@ def real(name: str, value: Any, rule: str, valid: Any) -> float:
     if number is None or math.isnan(number) or not valid(number):
         raise ValueError(f"{name} must be {rule}, got {value!r}")
     return number
+
+
+def flag(name: str, value: Any) -> bool:
+    """``value`` as a bool, or a ``TypeError`` naming ``name`` unless it is a bool (NumPy's
+    too): a truthy string such as ``"no"`` would otherwise switch the option on."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ._args import flag
 from ._callbacks import Callbacks
 from ._dispatch import BatchTime, run_gradient, solve_with_event
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
@@ -171,7 +172,7 @@ def solve(
             devices, an option the chosen solver or mode does not support); the message names
             the problem and the fix.
         TypeError: ``func`` or an event function returns something of the wrong type or
-            structure.
+            structure; ``perturb`` or ``throw`` is not a bool.
         MaxStepsError: more than ``max_steps`` steps were needed.
         StepSizeUnderflowError: the step size became too small to make progress in time.
         NonFiniteError: NaN or infinity appeared in the state.
@@ -190,6 +191,7 @@ def solve(
             return solution
     solver, controller, gradient, norm = coerce_strategies(solver, controller, gradient, norm)
     check_event(event)
+    perturb, throw = flag("perturb", perturb), flag("throw", throw)
     solver = Dopri5() if solver is None else solver
     # under torch.func.vmap: each problem its own steps; inside vmap: a transform inside it,
     # or a vmap over func's captured tensors (one query when no transform runs)
@@ -263,10 +265,10 @@ def solve(
         max_steps=max_steps,
         step_t=check_grid_times("step_t", step_t),
         jump_t=check_grid_times("jump_t", jump_t),
-        perturb=bool(perturb),
+        perturb=perturb,
         callbacks=None if callbacks is None else Callbacks(callbacks, spec),
         execution=execution,
-        throw=bool(throw),
+        throw=throw,
         save=Recorder() if saveat is not None and saveat.records else None,
         whole_plans=None if key is None else {},
     )

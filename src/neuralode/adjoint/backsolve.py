@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._args import flag
 from .._execution import check_compiled_step
 from .._loop import integrate
 from .._norms import Norm, Seminorm, flat_tolerance, mixed_norm, seminorm
@@ -67,7 +68,7 @@ class Backsolve(GradientStrategy):
 
     Raises:
         TypeError: ``norm`` is not callable; ``rtol``/``atol`` are not numbers or tensors;
-            ``solver`` or ``controller`` is of the wrong type.
+            ``solver`` or ``controller`` is of the wrong type; ``seminorm`` is not a bool.
         ValueError: ``step_t`` or ``jump_t`` are not finite 1-D times; a negative or NaN
             ``rtol``/``atol``; an unknown solver name.
     """
@@ -111,7 +112,7 @@ class Backsolve(GradientStrategy):
         self.atol = atol
         self.solver = solver
         self.controller = controller
-        self.seminorm = seminorm
+        self.seminorm = flag("seminorm", seminorm)
         self.max_steps = max_steps
         self.callbacks = callbacks
 

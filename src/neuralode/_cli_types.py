@@ -133,6 +133,23 @@ def positive_float(text: str) -> float:
     return _number(text, lambda value: value > 0, "a positive number")
 
 
+def positive_float_at_most(high: float) -> Callable[[str], float]:
+    """The argument type of the numbers in ``(0, high]`` (a step within a fixed time span).
+
+    Arguments:
+        high: the largest valid value.
+
+    Returns:
+        A function of the option's text that returns its float and raises
+        ``argparse.ArgumentTypeError`` for a number outside the range or a non-number.
+    """
+
+    def positive_float_at_most(text: str) -> float:
+        return _number(text, lambda value: 0 < value <= high, f"a number in (0, {high:g}]")
+
+    return positive_float_at_most
+
+
 def non_negative_float(text: str) -> float:
     """A finite number >= 0 (a weight that 0 turns off).
 

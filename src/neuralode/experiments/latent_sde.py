@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._cli_types import int_at_least, positive_float, positive_int
+from .._cli_types import int_at_least, positive_float, positive_float_at_most, positive_int
 from ..models.latent_sde import LatentSDE
 from ..sde import BrownianInterval, sdeint
 from ..training.runtime import machine
@@ -57,10 +57,14 @@ class _GBM(torch.nn.Module):
         return self.sigma * y
 
 
+# the series' time span [0, SPAN]: the SDE steps (--dt) fit within it
+SPAN = 1.0
+
+
 def make_data(series: int, times: int, noise: float, seed: int):
     """GBM paths observed with noise: ``(ts, clean, observed)``, paths of shape (T, series, 1)."""
     gen = torch.Generator().manual_seed(seed)
-    ts = torch.linspace(0, 1, times)
+    ts = torch.linspace(0, SPAN, times)
     x0 = 0.8 + 0.4 * torch.rand(series, 1, generator=gen)
     bm = BrownianInterval(
         0.0, 1.0, size=(series, 1), entropy=seed, levy_area_approximation="space-time"
@@ -103,7 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lr", type=positive_float, default=5e-3, help="Adam learning rate (default %(default)s)"
     )
     parser.add_argument(
-        "--dt", type=positive_float, default=0.02, help="SDE solver step (default %(default)s)"
+        "--dt",
+        type=positive_float_at_most(SPAN),
+        default=0.02,
+        help=f"SDE solver step, at most the series' span {SPAN:g} (default %(default)s)",
     )
     parser.add_argument(
         "--latent", type=positive_int, default=4, help="latent state size (default %(default)s)"
@@ -126,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
             )
     if not (args.noise > 0 and args.dt > 0):
         raise ValueError("--noise and --dt must be positive")
+    if not args.dt <= SPAN:
+        raise ValueError(f"--dt must be at most the series' span {SPAN:g}, got {args.dt}")
     if args.threads:
         torch.set_num_threads(args.threads)
     require_matplotlib()  # the plots come last: fail before the work

@@ -4,8 +4,9 @@ backpropagation and by the adjoint (also with the seminorm), timed alternately i
 and neuralode's forward and adjoint with the whole solve compiled (``compile=True``) against
 torchcde's eager ones, the compile timed apart.
 
-The model is the standard neural CDE classifier's solve (a vector field MLP hidden -> width ->
-hidden x channels with a tanh output, a linear map of X(t0) to z0) on irregularly sampled
+The model is the standard neural CDE classifier's solve (``NeuralCDE``'s vector field
+``CDEField``, an MLP hidden -> width -> hidden x channels with a softplus hidden layer and a tanh
+output; a linear map of X(t0) to z0) on irregularly sampled
 spirals, each library's natural cubic spline of each series (bitwise equal coefficients);
 dopri5 at torchcde's default tolerances (rtol 1e-4, atol 1e-6). z_T's error is measured
 against the same model and data in float64 at rtol 1e-10.
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from .. import cde
+from ..models.cde import CDEField
 
 # (batch, length, hidden, width) of the two cases
 CASES = ((32, 50, 16, 64), (128, 100, 32, 128))
@@ -55,23 +57,6 @@ class Row:
     compile_s: float | None = None  # neuralode's first (compiling) call, when compiled
 
 
-class VectorField(torch.nn.Module):
-    """f(t, z): hidden -> width -> hidden x channels, tanh output."""
-
-    def __init__(self, channels: int, hidden: int, width: int):
-        super().__init__()
-        self.channels, self.hidden = channels, hidden
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(hidden, width),
-            torch.nn.ReLU(),
-            torch.nn.Linear(width, hidden * channels),
-            torch.nn.Tanh(),
-        )
-
-    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(*z.shape[:-1], self.hidden, self.channels)
-
-
 def spirals(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     """(batch, length, 3) series: time, and a spiral's x and y, half of them clockwise, at
     sorted random times in [0, 4 pi]."""
@@ -97,7 +82,7 @@ def case(
     """The rows of one case: z_T's errors, then each mode's median times."""
     torch.manual_seed(0)
     x = spirals(batch, length)
-    func = VectorField(3, hidden, width)
+    func = CDEField(3, hidden, width)  # the library's neural CDE field (softplus, tanh out)
     initial = torch.nn.Linear(3, hidden)
     ours_X = cde.CubicSpline(cde.natural_cubic_coeffs(x))
     theirs_X = torchcde.CubicSpline(torchcde.natural_cubic_coeffs(x))

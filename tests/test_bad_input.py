@@ -335,9 +335,10 @@ def test_wrong_argument_types_name_the_expected_type() -> None:
 
 
 def test_flags_that_are_not_bools_are_refused_by_name() -> None:
-    """``throw``, ``perturb`` and ``Backsolve(seminorm=...)`` take a bool (NumPy's too): a
-    truthy string such as ``"no"`` is a TypeError rather than switching the option on; the
-    torchdiffeq facade keeps torchdiffeq's truthy ``perturb`` option."""
+    """``throw``, ``perturb`` and ``Backsolve``'s ``seminorm``, ``perturb`` (or ``None``) and
+    ``compile_step`` take a bool (NumPy's too): a truthy string such as ``"no"`` is a
+    TypeError rather than switching the option on; the torchdiffeq facade keeps
+    torchdiffeq's truthy ``perturb`` option."""
     y0, ts = T(1.0), T(0.0, 1.0)
     for name in ("throw", "perturb"):
         for bad in ("no", 1, None):
@@ -350,6 +351,13 @@ def test_flags_that_are_not_bools_are_refused_by_name() -> None:
     given = no.solve(decay, y0, ts, perturb=np.bool_(True), throw=np.True_).ys
     assert torch.equal(given, reference)
     assert no.Backsolve(params=(), seminorm=np.bool_(False)).seminorm is False
+    for name in ("perturb", "compile_step"):
+        for bad in ("no", 1, torch.tensor(True)):
+            with pytest.raises(TypeError, match=f"{name} must be True or False"):
+                no.Backsolve(params=(), **{name: bad})
+    strategy = no.Backsolve(params=(), perturb=np.True_, compile_step=np.False_)
+    assert strategy.perturb is True and strategy.compile_step is False
+    assert no.Backsolve(params=()).perturb is None  # (the forward solve's)
     rk4 = {"step_size": 0.25, "perturb": 1, "throw": "yes"}  # (torchdiffeq's truthy options)
     ys = odeint(decay, y0, ts, method="rk4", options=rk4)
     torch.testing.assert_close(ys[-1], y0 * math.exp(-1), rtol=1e-3, atol=0)

@@ -68,7 +68,8 @@ class Backsolve(GradientStrategy):
 
     Raises:
         TypeError: ``norm`` is not callable; ``rtol``/``atol`` are not numbers or tensors;
-            ``solver`` or ``controller`` is of the wrong type; ``seminorm`` is not a bool.
+            ``solver`` or ``controller`` is of the wrong type; ``seminorm`` or
+            ``compile_step`` is not a bool, or ``perturb`` neither a bool nor ``None``.
         ValueError: ``step_t`` or ``jump_t`` are not finite 1-D times; a negative or NaN
             ``rtol``/``atol``; an unknown solver name.
     """
@@ -104,10 +105,10 @@ class Backsolve(GradientStrategy):
 
         self.step_t = None if step_t is None else check_grid_times("step_t", step_t)
         self.jump_t = None if jump_t is None else check_grid_times("jump_t", jump_t)
-        self.perturb = perturb
+        self.perturb = None if perturb is None else flag("perturb", perturb)
         self.norm = norm
         self.params = params
-        self.compile_step = compile_step
+        self.compile_step = flag("compile_step", compile_step)
         self.rtol = rtol
         self.atol = atol
         self.solver = solver

@@ -4,8 +4,10 @@ through the unrolled iteration and finite differences."""
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -469,6 +471,33 @@ def test_an_empty_batch_and_integer_memories() -> None:
     for method in (Anderson, Broyden):
         with pytest.raises(ValueError, match="memory must be an integer >= 1, got 2.5"):
             method(memory=2.5)
+
+
+def test_numpy_integers_are_integers_and_bools_and_floats_are_not() -> None:
+    """``memory``, ``max_iter`` and ``backward_max_iter`` take any integer (NumPy's too, as a
+    count read from a config array would be) and store it as an int; a bool or a float is a
+    ValueError naming the argument."""
+    for method in (Anderson, Broyden):
+        solver = method(memory=np.int64(3))
+        assert solver.memory == 3 and type(solver.memory) is int
+        for bad in (True, 3.0, np.float64(3.0)):
+            message = re.escape(f"memory must be an integer >= 1, got {bad!r}")
+            with pytest.raises(ValueError, match=message):
+                method(memory=bad)
+    layer = DEQ(
+        Cell(), max_iter=np.int64(20), backward_max_iter=np.int32(7),
+        method_options={"memory": np.int64(3)},
+    )  # fmt: skip
+    assert (layer.max_iter, layer.backward_max_iter) == (20, 7)
+    assert type(layer.max_iter) is int and type(layer.backward_max_iter) is int
+    for name in ("max_iter", "backward_max_iter"):
+        for bad in (True, 20.0, np.float32(20)):
+            with pytest.raises(ValueError, match=f"{name} must be an integer >= 1, got"):
+                DEQ(Cell(), **{name: bad})
+    x = torch.randn(3, 4, dtype=DTYPE)
+    layer.train()  # forward and backward with the NumPy counts
+    layer(x.requires_grad_()).sum().backward()
+    assert layer.backward_report.iterations <= 7
 
 
 @pytest.mark.parametrize("method", list(FIXED_POINT_METHODS))

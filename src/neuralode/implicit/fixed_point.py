@@ -137,8 +137,7 @@ class Anderson(FixedPointMethod):
     name = "anderson"
 
     def __init__(self, memory: int = 5, regularisation: float | None = None, damping: float = 1.0):
-        if not isinstance(memory, int) or isinstance(memory, bool) or memory < 1:
-            raise ValueError(f"memory must be an integer >= 1, got {memory!r}")
+        memory = count("memory", memory)  # any integer (NumPy's too), not a bool or a float
         if regularisation is not None and not regularisation >= 0:
             raise ValueError(f"regularisation must be non-negative, got {regularisation!r}")
         if not 0 < damping <= 1:
@@ -207,8 +206,7 @@ class Broyden(FixedPointMethod):
     name = "broyden"
 
     def __init__(self, memory: int = 30):
-        if not isinstance(memory, int) or isinstance(memory, bool) or memory < 1:
-            raise ValueError(f"memory must be an integer >= 1, got {memory!r}")
+        memory = count("memory", memory)  # any integer (NumPy's too), not a bool or a float
         self.memory = memory
         self.reset()
 

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn.functional import relu
 
+from .._args import count
 from ..implicit.fixed_point import FIXED_POINT_METHODS, FixedPointResult, fixed_point
 from ..solvers._newton import gmres
 from .classifiers import downsampling, head
@@ -130,7 +131,8 @@ class DEQ(nn.Module):
         TypeError: ``f`` not a ``torch.nn.Module``, or ``regularisers`` not a sequence (one
             regulariser goes in a list).
         ValueError: an unknown method, gradient or ``on_failure``; a negative or non-finite
-            ``tol`` or ``backward_tol``; a ``max_iter`` or ``backward_max_iter`` below 1;
+            ``tol`` or ``backward_tol``; a ``max_iter`` or ``backward_max_iter`` that is
+            not an integer >= 1 (NumPy's integers are; bools and floats are not);
             ``method_options`` the method does not take; a regulariser other than
             ``JacobianFrobenius``.
     """
@@ -172,11 +174,10 @@ class DEQ(nn.Module):
                     f"{name} must be a finite non-negative number (a relative residual, e.g. "
                     f"1e-4; 0 runs every iteration), got {value!r}"
                 )
-        for name, value in (("max_iter", max_iter), ("backward_max_iter", backward_max_iter)):
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value < 1
-            ):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        # any integer (NumPy's too), not a bool or a float
+        max_iter = count("max_iter", max_iter)
+        if backward_max_iter is not None:
+            backward_max_iter = count("backward_max_iter", backward_max_iter)
         try:
             FIXED_POINT_METHODS[method](**(method_options or {}))
         except (TypeError, ValueError) as error:

@@ -214,6 +214,53 @@ def test_trajectory_output_and_duplicate_names() -> None:
     torch.testing.assert_close(block.regularisation, 3 * terms["kinetic"])
 
 
+class Decay(torch.nn.Module):
+    """dy/dt = -y, for a state of any shape (it never sees the batch)."""
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -y
+
+
+@pytest.mark.parametrize("gradient", ["direct", "checkpointed", "adjoint"])
+def test_a_one_dimensional_state_is_one_sample(gradient: str) -> None:
+    """A 1-D state (n,) is one sample, as nn.Linear reads it: its regularisers are integrals
+    of the whole state. For dy/dt = -y on [0, 1]: ∫ ||f||^2 dt = ∫ ||y||^2 dt
+    = ||y0||^2 (1 - e^-2) / 2 (kinetic energy and the second derivative alike), and with
+    Rademacher noise ||eps^T df/dy||^2 = ||eps||^2 = n exactly (not their means over the n
+    entries, as for a batch of n scalars)."""
+    x = torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64, requires_grad=True)
+    block = ODEBlock(
+        Decay(),
+        gradient=gradient,
+        regularisers=[
+            KineticEnergy(1.0),
+            JacobianFrobenius(0.5, noise="rademacher"),
+            DerivativePenalty(2, 0.25),
+        ],
+        **TIGHT,
+    )
+    y1 = block(x)
+    assert y1.shape == (3,)
+    torch.testing.assert_close(y1, x * math.exp(-1))
+    integral = 9.0 * (1.0 - math.exp(-2.0)) / 2.0
+    terms = block.regularisation_terms
+    assert terms["kinetic"].item() == pytest.approx(integral, rel=1e-8)
+    assert terms["derivative2"].item() == pytest.approx(integral, rel=1e-8)
+    assert terms["jacobian"].item() == pytest.approx(3.0, rel=1e-10)
+    total = 1.25 * integral + 0.5 * 3.0
+    assert block.regularisation.item() == pytest.approx(total, rel=1e-8)
+    # d/dx of 1.25 ||x||^2 (1 - e^-2) / 2: the regularisation's gradient is 1.25 (1 - e^-2) x
+    (gradient_x,) = torch.autograd.grad(block.regularisation, x)
+    torch.testing.assert_close(gradient_x, 1.25 * (1.0 - math.exp(-2.0)) * x.detach())
+    # a dynamics that mixes the entries: the same as the batch of one x[None]
+    a, _ = _linear_problem(seed=2)
+    one = ODEBlock(Linear(a), gradient=gradient, regularisers=[KineticEnergy()], **TIGHT)
+    one(x)
+    batched = ODEBlock(Linear(a), gradient=gradient, regularisers=[KineticEnergy()], **TIGHT)
+    batched(x[None])
+    torch.testing.assert_close(one.regularisation, batched.regularisation)
+
+
 def test_regulariser_errors() -> None:
     with pytest.raises(ValueError, match="weight"):
         KineticEnergy(-1.0)

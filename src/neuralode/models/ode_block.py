@@ -44,7 +44,8 @@ class ODEBlock(nn.Module):
         gradient: ``"direct"`` (backpropagation), ``"adjoint"`` (O(1) memory) or
             ``"checkpointed"``, or a [`GradientStrategy`][neuralode.adjoint.GradientStrategy].
         regularisers: ``KineticEnergy``, ``JacobianFrobenius``, ``DerivativePenalty``:
-            integrated alongside the state (batch, ...) over the solve, in training mode only.
+            integrated alongside the state (batch, ...) over the solve, in training mode only;
+            a 1-D state (n,) is one sample, its regularisation the integral over all of it.
         compile_step: run each solver step (the dynamics included) as one torch.compile graph
             (``solve(..., compile_step=True)``; explicit Runge-Kutta methods).
 
@@ -126,7 +127,8 @@ class ODEBlock(nn.Module):
         """Solve from ``x`` and record the solve's statistics and regularisation.
 
         Arguments:
-            x: the initial state y(t0), (batch, ...) when there are regularisers.
+            x: the initial state y(t0): (batch, ...), or (n,) for one sample, when there are
+                regularisers.
             ts: output times (``ts[0]`` the initial time), or ``None`` for ``[t0, t1]``.
 
         Returns:
@@ -134,8 +136,7 @@ class ODEBlock(nn.Module):
                 dimension 0, (len(ts), *x.shape).
 
         Raises:
-            ValueError: regularisers in training mode and a state without a non-empty batch
-                dimension.
+            ValueError: regularisers in training mode and a 0-dim state or an empty batch.
         """
         times = ts
         if times is None:
@@ -153,12 +154,16 @@ class ODEBlock(nn.Module):
         if regularisers:
             if x.ndim < 1 or x.shape[0] == 0:
                 raise ValueError(
-                    f"regularisers need states of shape (batch, ...), got {tuple(x.shape)}"
+                    "regularisers need states of shape (batch, ...) or (n,) (one sample), got "
+                    f"{tuple(x.shape)}"
                 )
-            noises = [r.draw_noise(x) for r in regularisers]
+            # a 1-D state is one sample (as nn.Linear reads it): one integral, of all of it
+            samples = x[None] if x.ndim == 1 else x
+            noises = [r.draw_noise(samples) for r in regularisers]
             func = RegularisedDynamics(self.dynamics, regularisers, noises)
-            y0 = (x, *(x.new_zeros(x.shape[0]) for _ in regularisers))
-            norm = seminorm([x.numel()] + [x.shape[0]] * len(regularisers), 1)
+            batch = samples.shape[0]
+            y0 = (x, *(x.new_zeros(batch) for _ in regularisers))
+            norm = seminorm([x.numel()] + [batch] * len(regularisers), 1)
         sol = solve(
             func,
             y0,

@@ -11,7 +11,8 @@ strategy (including the O(1)-memory adjoint) and every solver.
 - ``DerivativePenalty``: ||d^K y/dt^K||^2 (Kelly et al. 2020, "Learning differential equations
   that are easy to solve"), computed exactly by nested Jacobian-vector products.
 
-States are ``(batch, ...)``: the integrands sum over every dimension but the first and the
+States are ``(batch, ...)`` (``ODEBlock`` hands a 1-D state, one sample, to the integrands
+as a batch of one): the integrands sum over every dimension but the first and the
 dynamics must treat samples independently (no BatchNorm across the batch), so that
 ``df/dy`` is block diagonal and one vector-Jacobian product gives every sample's estimate.
 """
@@ -329,7 +330,9 @@ class RegularisedDynamics(torch.nn.Module):
     """f of the augmented state ``(y, r_1, ..., r_k)``: ``(f(t, y), rate_1, ..., rate_k)``.
 
     An ``nn.Module`` holding the user's dynamics, so gradient strategies find its parameters.
-    ``noises`` are the per-solve random vectors of each regulariser (or None).
+    ``noises`` are the per-solve random vectors of each regulariser (or None), shaped like the
+    integrands' ``y``: (batch, ...), or (1, n) for a 1-D state ``y`` (one sample), whose
+    rates are then (1,).
     """
 
     def __init__(
@@ -346,10 +349,13 @@ class RegularisedDynamics(torch.nn.Module):
 
     def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple:
         y = state[0]
+        # a 1-D state is one sample: the integrands see it as a batch of one, (1, n), while
+        # the dynamics see the state as it is
+        one = y.ndim == 1
         create_graph = torch.is_grad_enabled()
         if not self.needs_derivatives:
             f = self.dynamics(t, y)
-            point = Point(t, y, f, create_graph)
+            point = Point(t, y[None] if one else y, f[None] if one else f, create_graph)
             return (f, *(r.rate(point, None) for r in self.regularisers))
         with derivatives_enabled():
             t = outside_inference(t).detach().requires_grad_(True)
@@ -357,8 +363,13 @@ class RegularisedDynamics(torch.nn.Module):
                 # a fresh leaf: also needed for views taken under no_grad, which claim to
                 # require grad but are not connected to f's graph
                 y = outside_inference(y).detach().requires_grad_(True)
-            f = self.dynamics(t, y)
-            point = Point(t, y, f, create_graph)
+            if one:  # f of the batch of one, so that derivatives of f are taken in it
+                batch = y[None]
+                f = self.dynamics(t, batch[0])
+                point = Point(t, batch, f[None], create_graph)
+            else:
+                f = self.dynamics(t, y)
+                point = Point(t, y, f, create_graph)
             noises = [outside_inference(e) for e in self.noises]
             rates = [r.rate(point, e) for r, e in zip(self.regularisers, noises)]
         if not create_graph:

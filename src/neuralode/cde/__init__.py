@@ -20,6 +20,14 @@ from .interpolation import (
     natural_cubic_coeffs,
     natural_cubic_spline_coeffs,
 )
+from .log_ode import (
+    logsig_windows,
+    logsignature,
+    logsignature_channels,
+    logsignature_windows,
+    lyndon_words,
+    signature,
+)
 
 __all__ = [
     "CubicSpline",
@@ -30,6 +38,12 @@ __all__ = [
     "cdeint",
     "hermite_cubic_coefficients_with_backward_differences",
     "linear_interpolation_coeffs",
+    "logsig_windows",
+    "logsignature",
+    "logsignature_channels",
+    "logsignature_windows",
+    "lyndon_words",
     "natural_cubic_coeffs",
     "natural_cubic_spline_coeffs",
+    "signature",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -139,6 +140,30 @@ def test_generator_draws_in_the_models_dtype_whatever_the_times_dtype():
     assert fake.dtype == torch.float64 and fake.shape == (3, 5, 2)
     torch.testing.assert_close(fake[:, :, 0], ts.double().expand(3, 5))
     assert SDEGenerator(hidden_size=4, width=8)(ts.double(), 3).dtype == torch.float32
+
+
+def test_generator_default_step_is_the_smallest_spacing_of_unequal_times():
+    """On unequal times the default step is the smallest spacing: a step of ts[1] - ts[0] =
+    0.5 would span [0.5, 0.6] and [0.6, 1] in one step, the output at 0.6 then the linear
+    interpolation 0.8 y(0.5) + 0.2 y(1) of that step. The same seeds give the series of
+    dt = 0.6 - 0.5; an equally spaced grid keeps its spacing ts[1] - ts[0]."""
+    generator = SDEGenerator(hidden_size=4, width=8).double()
+    ts = torch.tensor([0.0, 0.5, 0.6, 1.0], dtype=torch.float64)
+
+    def draw(times: torch.Tensor, dt: float | None = None) -> torch.Tensor:
+        torch.manual_seed(0)
+        np.random.seed(0)
+        with torch.no_grad():
+            return generator(times, 16, dt)[:, :, 1]
+
+    default, smallest = draw(ts), draw(ts, float(ts[2] - ts[1]))
+    torch.testing.assert_close(default, smallest, rtol=0, atol=0)
+    one_step = draw(ts, 0.5)  # (what the first spacing gave)
+    interpolated = 0.8 * one_step[:, 1] + 0.2 * one_step[:, 3]
+    torch.testing.assert_close(one_step[:, 2], interpolated)
+    assert float((default[:, 2] - (0.8 * default[:, 1] + 0.2 * default[:, 3])).abs().max()) > 1e-3
+    equal = torch.linspace(0.0, 1.0, 6, dtype=torch.float32)
+    torch.testing.assert_close(draw(equal), draw(equal, float(equal[1] - equal[0])), rtol=0, atol=0)
 
 
 def test_generator_gradients_by_reversible_heun_adjoint_equal_backprop():

@@ -165,7 +165,8 @@ class SDEGenerator(nn.Module):
         Arguments:
             ts: the times (T,), increasing.
             batch: how many series.
-            dt: the solver's step (default: the spacing of ``ts``).
+            dt: the solver's step (default: the smallest spacing of ``ts``, so that no step
+                spans a whole output interval; outputs between steps are interpolated).
 
         Returns:
             The series with the time channel first, (batch, T, 1 + data_size), in the model's
@@ -189,7 +190,7 @@ class SDEGenerator(nn.Module):
         ts = ts.to(like.device, like.dtype)
         noise = torch.randn(batch, self.initial_noise_size, dtype=like.dtype, device=like.device)
         x0 = self.initial(noise)
-        step = float(ts[1] - ts[0]) if dt is None else dt
+        step = _default_step(ts) if dt is None else dt
         xs = sdeint_adjoint(
             self.field,
             x0,
@@ -200,6 +201,19 @@ class SDEGenerator(nn.Module):
         )
         ys = self.readout(xs).transpose(0, 1)  # (batch, T, data)
         return with_time(ts, ys)
+
+
+def _default_step(ts: torch.Tensor) -> float:
+    """The generator's default step: the smallest spacing of ``ts`` (a larger one would step
+    over the shorter output intervals, whose outputs would then be linear interpolations of
+    one step), or ``ts[1] - ts[0]`` on an equally spaced grid up to the rounding of the times
+    (as ``CDEDiscriminator`` reads one), whose steps then land on every time. Times that do
+    not increase strictly are left to the solver's error."""
+    spacings = (ts[1:] - ts[:-1]).detach()
+    first, smallest, largest = float(spacings[0]), float(spacings.min()), float(spacings.max())
+    if smallest > 0 and largest - smallest <= 1e-3 * first:
+        return first
+    return smallest if smallest > 0 else first
 
 
 class CDEDiscriminator(nn.Module):

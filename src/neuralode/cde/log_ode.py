@@ -99,6 +99,9 @@ def _signature_levels(path: torch.Tensor, depth: int) -> ta.Levels:
 def signature(path: torch.Tensor, depth: int) -> torch.Tensor:
     """Depth-``depth`` signature of piecewise-linear paths, by Chen's identity.
 
+    The tensor exponentials of all increments are multiplied pairwise in vectorised rounds,
+    so memory grows as length * (channels + ... + channels^depth) per path.
+
     Arguments:
         path: (..., length, channels) floating point: the paths through ``length`` points,
             linear in between (time is not a channel unless you add it).

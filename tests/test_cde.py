@@ -14,6 +14,7 @@ import torch
 
 from neuralode import cde
 from neuralode.cli import main
+from neuralode.compat import last_stats
 from neuralode.models import NeuralCDE
 
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}
@@ -392,10 +393,112 @@ def test_cdeint_runs_as_one_compiled_graph_and_equals_the_eager_solve() -> None:
     torch.testing.assert_close(whole, eager, rtol=1e-8, atol=1e-9)
 
 
-def test_cdeint_refuses_per_sample_solves() -> None:
+def _series_of_different_difficulty() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three series on irregular times, the last one fast and large: one system would step
+    all of them at its pace."""
+    torch.manual_seed(12)
+    t = _irregular_times(8, seed=3).double()
+    x = (
+        torch.randn(3, 8, 2, dtype=torch.float64)
+        * torch.tensor([0.2, 1.0, 4.0]).double()[:, None, None]
+    )
+    return x, t
+
+
+@pytest.mark.parametrize("interpolation", ["natural", "hermite", "linear"])
+def test_per_sample_cdeint_solves_each_series_on_its_own_steps(interpolation: str) -> None:
+    """options=dict(per_sample=True): func sees each series' own time, every series takes
+    its own steps (the easy one fewer than the hard one, whose steps one system would impose
+    on all), and each series' solution is its solve alone, to the tolerance: the kinks of
+    the interpolation's derivatives at the knots reject steps there, so round-off in the
+    batched evaluations moves the steps and the solutions differ by more than round-off."""
+    x, t = _series_of_different_difficulty()
+    make, cls = {
+        "natural": (cde.natural_cubic_coeffs, cde.CubicSpline),
+        "hermite": (cde.hermite_cubic_coefficients_with_backward_differences, cde.CubicSpline),
+        "linear": (cde.linear_interpolation_coeffs, cde.LinearInterpolation),
+    }[interpolation]
+    coeffs = make(x, t)
+    field = MLPField(3, 2).double()
+    times_seen = []
+
+    def func(time, z):
+        times_seen.append(time.shape)
+        return field(time, z)
+
+    z0 = torch.randn(3, 3, dtype=torch.float64)
+    X = cls(coeffs, t)
+    together = cde.cdeint(X, func, z0, t, adjoint=False, options={"per_sample": True}, **TIGHT)
+    steps = last_stats().sample_steps
+    assert set(times_seen) == {(3,)}
+    cde.cdeint(X, field, z0, t, adjoint=False, **TIGHT)
+    assert steps[0] < steps[2] and steps[0] < last_stats().n_steps
+    for i in range(3):
+        alone = cde.cdeint(
+            cls(coeffs[i : i + 1], t), field, z0[i : i + 1], t, adjoint=False, **TIGHT
+        )
+        torch.testing.assert_close(together[i : i + 1], alone, rtol=1e-6, atol=1e-8)
+
+
+def test_per_sample_cdeint_gradients() -> None:
+    """Per sample, the adjoint's gradients (z0, the field's parameters, the data's
+    coefficients) and backpropagation's (z0, the parameters) are the accurate reference's:
+    one system, backpropagated with steps ending on the knots (jump_t). Backpropagation's
+    gradient with respect to the coefficients is not compared: without jump_t (which
+    per-sample solves lack), a step across a knot differentiates the coefficients to O(h)."""
+    x, t = _series_of_different_difficulty()
+    coeffs = cde.natural_cubic_coeffs(x, t).requires_grad_()
+    field = MLPField(3, 2).double()
+    z0 = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    inputs = [z0, coeffs, *field.parameters()]
+
+    def gradients(adjoint: bool, options: dict) -> tuple[torch.Tensor, ...]:
+        X = cde.CubicSpline(coeffs, t)
+        extra = {"adjoint_params": (*field.parameters(), coeffs)} if adjoint else {}
+        zT = cde.cdeint(X, field, z0, t, adjoint=adjoint, options=options, **TIGHT, **extra)
+        return torch.autograd.grad(zT[:, -1].square().sum(), inputs)
+
+    reference = gradients(False, {"jump_t": t})
+    by_adjoint = gradients(True, {"per_sample": True})
+    by_backprop = gradients(False, {"per_sample": True})
+    for i, want in enumerate(reference):
+        scale = float(want.abs().max())
+        torch.testing.assert_close(by_adjoint[i], want, rtol=0, atol=1e-6 * scale)
+        if i != 1:  # (the coefficients: see above)
+            torch.testing.assert_close(by_backprop[i], want, rtol=0, atol=1e-6 * scale)
+
+
+class _NoRows(cde.InterpolationBase):
+    """A control without ``derivative_rows``."""
+
+    def __init__(self, X):
+        super().__init__()
+        self.X = X
+
+    grid_points = property(lambda self: self.X.grid_points)
+    interval = property(lambda self: self.X.interval)
+
+    def evaluate(self, t):
+        return self.X.evaluate(t)
+
+    def derivative(self, t):
+        return self.X.derivative(t)
+
+
+def test_cdeint_refuses_per_sample_solves_it_cannot_do() -> None:
     X = cde.CubicSpline(cde.natural_cubic_coeffs(torch.randn(2, 5, 2)))
-    with pytest.raises(ValueError, match="per_sample=True.*not supported"):
-        cde.cdeint(X, MLPField(3, 2), torch.zeros(2, 3), X.interval, options={"per_sample": True})
+    field, z0 = MLPField(3, 2), torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="'skip_finished'.*cannot tell which"):
+        cde.cdeint(X, field, z0, X.interval, options={"per_sample": "skip_finished"})
+    with pytest.raises(ValueError, match="backend='torchdiffeq' only"):
+        cde.cdeint(
+            X, field, z0, X.interval, backend="torchsde", options={"per_sample": True}, dt=0.1
+        )
+    with pytest.raises(ValueError, match="_NoRows has none"):
+        cde.cdeint(_NoRows(X), field, z0, X.interval, options={"per_sample": True})
+    for z0_bad in (torch.zeros(3), (torch.zeros(2, 3),)):
+        with pytest.raises(ValueError, match=r"z0 must be one tensor \(batch, hidden_channels\)"):
+            cde.cdeint(X, field, z0_bad, X.interval, options={"per_sample": True})
 
 
 @pytest.mark.skipif(

@@ -297,6 +297,41 @@ def test_scalar_zero_dim_and_batched_times_agree() -> None:
             assert method(s.reshape(2, 2)).shape == (2, 2, 2, 3)
 
 
+@pytest.mark.parametrize("kind", ["natural", "hermite", "linear"])
+@pytest.mark.parametrize("extra", [(), (2,)])
+def test_rows_read_each_series_at_its_own_time(kind: str, extra: tuple[int, ...]) -> None:
+    """evaluate_rows(t)[i] and derivative_rows(t)[i] are evaluate(t[i])[i] and
+    derivative(t[i])[i], bitwise, with times inside, at knots and beyond both ends, and with
+    a further batch dimension after the series'."""
+    t = _times(6, seed=11)
+    x = _data(5, *extra, 6, 3, seed=12)
+    if kind == "linear":
+        X = LinearInterpolation(linear_interpolation_coeffs(x, t), t)
+    else:
+        make = {
+            "natural": natural_cubic_coeffs,
+            "hermite": hermite_cubic_coefficients_with_backward_differences,
+        }[kind]
+        X = CubicSpline(make(x, t), t)
+    times = torch.stack([t[0] - 0.3, t[2], (t[3] + t[4]) / 2, t[-1], t[-1] + 0.5])
+    for rows, broadcast in ((X.evaluate_rows, X.evaluate), (X.derivative_rows, X.derivative)):
+        got = rows(times)
+        assert got.shape == (5, *extra, 3)
+        for i in range(5):
+            assert torch.equal(got[i], broadcast(times[i])[i])
+
+
+def test_rows_refuse_a_time_per_series_of_the_wrong_shape() -> None:
+    X = CubicSpline(natural_cubic_coeffs(torch.randn(4, 5, 2)))
+    with pytest.raises(ValueError, match=r"one time per series: shape \(4,\)"):
+        X.derivative_rows(torch.zeros(3))
+    with pytest.raises(ValueError, match="one time per series"):
+        X.evaluate_rows(torch.zeros(4, 1))
+    unbatched = LinearInterpolation(linear_interpolation_coeffs(torch.randn(5, 2)))
+    with pytest.raises(ValueError, match="one time per series"):
+        unbatched.derivative_rows(torch.zeros(5))
+
+
 def test_modules_hold_coefficients_as_buffers() -> None:
     coeffs = natural_cubic_coeffs(_data(2, 5, 3))
     spline = CubicSpline(coeffs)

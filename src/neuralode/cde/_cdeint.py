@@ -57,9 +57,15 @@ def _check_prod(product: torch.Tensor, derivative: torch.Tensor, z0: torch.Tenso
         )
 
 
-def _check(X: Any, func: Any, z0: Any, t: torch.Tensor) -> tuple[bool, bool]:
+def _derivative(X: Any, t: torch.Tensor, per_sample: bool) -> Any:
+    """dX/dt at t: one time for every series, or (per sample) series i at t[i]."""
+    return X.derivative_rows(t) if per_sample else X.derivative(t)
+
+
+def _check(X: Any, func: Any, z0: Any, t: torch.Tensor, per_sample: bool) -> tuple[bool, bool]:
     """Check the shapes of X's derivative and func's output against z0 at t[0] (torchcde's
-    checks); return (z0 is one tensor, func has ``prod``)."""
+    checks; per sample, at t[0] for every series); return (z0 is one tensor, func has
+    ``prod``)."""
     if not hasattr(X, "derivative"):
         raise ValueError(
             "X must have a 'derivative' method (e.g. neuralode.cde.CubicSpline(coeffs) or "
@@ -67,9 +73,25 @@ def _check(X: Any, func: Any, z0: Any, t: torch.Tensor) -> tuple[bool, bool]:
         )
     if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.numel() < 1:
         raise ValueError(f"t must be a 1-D tensor of output times, got {t!r}")
-    derivative = X.derivative(t[0].detach())
+    t0 = t[0]
+    if per_sample:
+        if not hasattr(X, "derivative_rows"):
+            raise ValueError(
+                "options=dict(per_sample=True) reads series i of X at its own time t[i], "
+                "which needs X.derivative_rows(t) (neuralode.cde's interpolations have it); "
+                f"{type(X).__name__} has none: add it, or solve the "
+                "batch as one system (leave per_sample out)"
+            )
+        if not isinstance(z0, torch.Tensor) or z0.dim() < 2:
+            raise ValueError(
+                "options=dict(per_sample=True) solves each series of the batch on its own: "
+                "z0 must be one tensor (batch, hidden_channels), with the series along the "
+                "first dimension (concatenate a tuple state, and its controls' data)"
+            )
+        t0 = t0.expand(z0.size(0))
+    derivative = _derivative(X, t0.detach(), per_sample)
     is_prod = hasattr(func, "prod")
-    out = func.prod(t[0], z0, derivative) if is_prod else func(t[0], z0)
+    out = func.prod(t0, z0, derivative) if is_prod else func(t0, z0)
     what = "func.prod" if is_prod else "func"
     if isinstance(z0, torch.Tensor):
         if not isinstance(derivative, torch.Tensor):
@@ -96,18 +118,19 @@ class _VectorField(torch.nn.Module):
     """dz/dt = f(t, z) dX/dt(t); X and func are submodules, so that ``parameters()`` are
     func's (the adjoint's default ``adjoint_params``), and X's buffers move with it."""
 
-    def __init__(self, X: Any, func: Callable, is_tensor: bool, is_prod: bool):
+    def __init__(self, X: Any, func: Callable, is_tensor: bool, is_prod: bool, per_sample: bool):
         super().__init__()
         self.X = X
         self.func = func
         self.is_tensor = is_tensor
         self.is_prod = is_prod
+        self.per_sample = per_sample
         # the torchsde backend's SDE: this drift, a zero diffusion (``g``)
         self.sde_type = getattr(func, "sde_type", "stratonovich")
         self.noise_type = getattr(func, "noise_type", "additive")
 
     def forward(self, t: torch.Tensor, z: Any) -> Any:
-        derivative = self.X.derivative(t)
+        derivative = _derivative(self.X, t, self.per_sample)
         if self.is_prod:
             return self.func.prod(t, z, derivative)
         field = self.func(t, z)
@@ -179,15 +202,19 @@ def cdeint(
             to 1e-4 and 1e-6 (and the adjoint's to them), as in torchcde.
             ``options=dict(compile=True)`` runs the whole solve as one compiled graph under
             ``torch.no_grad()``, and with ``adjoint=True`` the forward and backward solves.
+            ``options=dict(per_sample=True)`` gives every series (z0's first dimension, and
+            X's) its own steps: func then receives t of shape (batch,), series i at time
+            t[i], and X is read by ``X.derivative_rows(t)``.
 
     Returns:
         z at every time of ``t``: (..., len(t), hidden_channels), the time dimension
             second-to-last (unlike ``odeint``'s first); a tuple for a tuple ``z0``.
 
     Raises:
-        ValueError: X has no ``derivative``, an unknown ``backend``, ``per_sample`` in
-            ``options``, or shapes of X's derivative, func's output and z0 that do not fit
-            (the message names them).
+        ValueError: X has no ``derivative``, an unknown ``backend``, ``per_sample`` other
+            than True (``"skip_finished"``, or with ``backend="torchsde"``) or with a control
+            without ``derivative_rows``, or shapes of X's derivative, func's output and z0
+            that do not fit (the message names them).
         SolverError: the solve failed (as ``odeint``'s).
     """
     if backend not in _BACKENDS:
@@ -198,13 +225,15 @@ def cdeint(
         kwargs.setdefault("adjoint_atol", kwargs["atol"])
         kwargs.setdefault("adjoint_rtol", kwargs["rtol"])
     options = kwargs.get("options") or {}
-    if options.get("per_sample"):
+    per_sample = options.get("per_sample", False)
+    if per_sample == "skip_finished" or (per_sample and backend != "torchdiffeq"):
         raise ValueError(
-            "cdeint solves the batch as one system: X.derivative(t) takes one time for every "
-            "series, so options=dict(per_sample=True) (a time per series) is not supported; "
-            "leave it out"
+            f"cdeint supports options=dict(per_sample=True) with backend='torchdiffeq' only, "
+            f"got per_sample={per_sample!r} with backend={backend!r}: with 'skip_finished' "
+            "func sees only the series still running, and the control cannot tell which; "
+            "use per_sample=True"
         )
-    is_tensor, is_prod = _check(X, func, z0, t)
+    is_tensor, is_prod = _check(X, func, z0, t, bool(per_sample))
     if adjoint and "adjoint_params" not in kwargs and isinstance(X, torch.nn.Module):
         if any(buffer.requires_grad for buffer in X.buffers()):
             warnings.warn(
@@ -214,7 +243,7 @@ def cdeint(
                 "use adjoint=False",
                 stacklevel=2,
             )
-    field = _VectorField(X, func, is_tensor, is_prod)
+    field = _VectorField(X, func, is_tensor, is_prod, bool(per_sample))
     if backend == "torchdiffeq":
         out = (odeint_adjoint if adjoint else odeint)(field, z0, t, **kwargs)
     else:

@@ -47,6 +47,7 @@ modules keep torchcde's buffer names, so coefficients and state dicts move betwe
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -300,9 +301,22 @@ def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return taken.reshape(*values.shape[:-2], *index.shape, values.shape[-1])
 
 
+def _take_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[i, ..., index[i], :]`` for every row i of the first dimension: one piece per
+    series (a per-sample solve's own times) by ``gather``, (rows, ..., channels)."""
+    expanded = index.reshape(-1, *(1,) * (values.dim() - 1))
+    expanded = expanded.expand(*values.shape[:-2], 1, values.shape[-1])
+    return torch.gather(values, -2, expanded).squeeze(-2)
+
+
 class _Interpolation(InterpolationBase):
     """The shared interface: knots ``_t``, ``grid_points``, ``interval``, and the lookup of
-    the piece holding a time (the left piece at a knot, clamped beyond the ends)."""
+    the piece holding a time (the left piece at a knot, clamped beyond the ends).
+
+    ``_locate`` serves both readings of a tensor of times: ``evaluate``/``derivative``
+    broadcast every time over every series (torchcde's), while ``evaluate_rows`` and
+    ``derivative_rows`` read series i at time t[i] (a per-sample solve's times).
+    """
 
     _t: torch.Tensor
 
@@ -322,8 +336,106 @@ class _Interpolation(InterpolationBase):
         t = torch.as_tensor(t, dtype=reference.dtype, device=reference.device)
         last_piece = self._t.size(0) - 2
         # Times outside [t_first, t_last] extrapolate the first or last piece.
-        index = torch.bucketize(t.detach(), self._t.detach()).sub(1).clamp(0, last_piece)
+        index = (
+            torch.bucketize(t.detach().contiguous(), self._t.detach()).sub(1).clamp(0, last_piece)
+        )
         return t - _take(self._t[:, None], index)[..., 0], index
+
+    def _locate(
+        self, t: TimeLike, reference: torch.Tensor, rows: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """(time since the piece's left knot, the piece's index, a lookup of a per-piece
+        buffer), the first two shaped to broadcast against the lookup's result."""
+        if not rows:
+            fractional, index = self._interpret_t(t, reference)
+            return fractional.unsqueeze(-1), index.unsqueeze(-1), lambda v: _take(v, index)
+        t = torch.as_tensor(t, dtype=reference.dtype, device=reference.device)
+        if t.dim() != 1 or t.size(0) != reference.size(0) or reference.dim() < 3:
+            raise ValueError(
+                f"per-series times t must be one time per series: shape ({reference.size(0)},) "
+                f"for coefficients of shape {tuple(reference.shape)} (series along the first "
+                f"dimension), got shape {tuple(t.shape)}"
+            )
+        fractional, index = self._interpret_t(t, reference)
+        shape = (-1, *(1,) * (reference.dim() - 2))
+        return (
+            fractional.reshape(shape),
+            index.reshape(shape),
+            lambda v: _take_rows(v, index),
+        )
+
+    def evaluate_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """X of each series at its own time: series i (the coefficients' first dimension) at
+        t[i], as a per-sample solve asks (``cdeint(..., options=dict(per_sample=True))``).
+
+        Arguments:
+            t: (series,), one time per series. Differentiable.
+
+        Returns:
+            (series, ..., channels): ``evaluate(t[i])[i]`` for every i.
+
+        Raises:
+            ValueError: t is not one time per series, or the coefficients have no batch
+                dimension.
+        """
+        return self._evaluate(*self._locate(t, self._reference(), rows=True))
+
+    def derivative_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """dX/dt of each series at its own time: ``derivative(t[i])[i]`` for every i.
+
+        Arguments:
+            t: (series,), one time per series. Differentiable.
+
+        Returns:
+            (series, ..., channels).
+
+        Raises:
+            ValueError: t is not one time per series, or the coefficients have no batch
+                dimension.
+        """
+        return self._derivative(*self._locate(t, self._reference(), rows=True))
+
+    def evaluate(self, t: TimeLike) -> torch.Tensor:
+        """X(t).
+
+        Arguments:
+            t: a time (float or 0-dim tensor), or a tensor of times of any shape S; outside
+                the interval the first or last piece extends, and at a knot the piece
+                to its left is used. Differentiable.
+
+        Returns:
+            (..., channels) for a single time, (..., *S, channels) for times of shape S,
+            with ``...`` the coefficients' batch dimensions.
+        """
+        return self._evaluate(*self._locate(t, self._reference(), rows=False))
+
+    def derivative(self, t: TimeLike) -> torch.Tensor:
+        """The derivative dX/dt(t).
+
+        Arguments:
+            t: a time (float or 0-dim tensor), or a tensor of times of any shape S; outside
+                the interval the first or last piece extends, and at a knot the piece
+                to its left is used. Differentiable.
+
+        Returns:
+            (..., channels) for a single time, (..., *S, channels) for times of shape S,
+            with ``...`` the coefficients' batch dimensions.
+        """
+        return self._derivative(*self._locate(t, self._reference(), rows=False))
+
+    def _reference(self) -> torch.Tensor:
+        """A per-piece buffer (..., pieces, channels): the dtype, device and batch shape."""
+        raise NotImplementedError
+
+    def _evaluate(
+        self, fractional: torch.Tensor, index: torch.Tensor, take: Callable
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _derivative(
+        self, fractional: torch.Tensor, index: torch.Tensor, take: Callable
+    ) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class CubicSpline(_Interpolation):
@@ -378,40 +490,21 @@ class CubicSpline(_Interpolation):
         self.register_buffer("_two_c", two_c)
         self.register_buffer("_three_d", three_d)
 
-    def evaluate(self, t: TimeLike) -> torch.Tensor:
-        """The spline X(t).
+    def _reference(self) -> torch.Tensor:
+        return self._b
 
-        Arguments:
-            t: a time (float or 0-dim tensor), or a tensor of times of any shape S; outside
-                the interval the first or last piece extends, and at a knot the piece
-                to its left is used. Differentiable.
+    def _evaluate(
+        self, fractional: torch.Tensor, index: torch.Tensor, take: Callable
+    ) -> torch.Tensor:
+        inner = 0.5 * take(self._two_c) + take(self._three_d) * fractional / 3
+        inner = take(self._b) + inner * fractional
+        return take(self._a) + inner * fractional
 
-        Returns:
-            (..., channels) for a single time, (..., *S, channels) for times of shape S,
-            with ``...`` the coefficients' batch dimensions.
-        """
-        fractional, index = self._interpret_t(t, self._b)
-        fractional = fractional.unsqueeze(-1)
-        inner = 0.5 * _take(self._two_c, index) + _take(self._three_d, index) * fractional / 3
-        inner = _take(self._b, index) + inner * fractional
-        return _take(self._a, index) + inner * fractional
-
-    def derivative(self, t: TimeLike) -> torch.Tensor:
-        """The spline's derivative dX/dt(t).
-
-        Arguments:
-            t: a time (float or 0-dim tensor), or a tensor of times of any shape S; outside
-                the interval the first or last piece extends, and at a knot the piece
-                to its left is used. Differentiable.
-
-        Returns:
-            (..., channels) for a single time, (..., *S, channels) for times of shape S,
-            with ``...`` the coefficients' batch dimensions.
-        """
-        fractional, index = self._interpret_t(t, self._b)
-        fractional = fractional.unsqueeze(-1)
-        inner = _take(self._two_c, index) + _take(self._three_d, index) * fractional
-        return _take(self._b, index) + inner * fractional
+    def _derivative(
+        self, fractional: torch.Tensor, index: torch.Tensor, take: Callable
+    ) -> torch.Tensor:
+        inner = take(self._two_c) + take(self._three_d) * fractional
+        return take(self._b) + inner * fractional
 
 
 class NaturalCubicSpline(CubicSpline):
@@ -460,36 +553,18 @@ class LinearInterpolation(_Interpolation):
         self.register_buffer("_coeffs", coeffs)
         self.register_buffer("_derivs", derivs)
 
-    def evaluate(self, t: TimeLike) -> torch.Tensor:
-        """The interpolation X(t).
+    def _reference(self) -> torch.Tensor:
+        return self._derivs
 
-        Arguments:
-            t: a time (float or 0-dim tensor), or a tensor of times of any shape S; outside
-                the interval the first or last piece extends, and at a knot the piece
-                to its left is used. Differentiable.
-
-        Returns:
-            (..., channels) for a single time, (..., *S, channels) for times of shape S,
-            with ``...`` the coefficients' batch dimensions.
-        """
-        fractional, index = self._interpret_t(t, self._derivs)
-        fractional = fractional.unsqueeze(-1)
-        prev_coeff = _take(self._coeffs, index)
-        next_coeff = _take(self._coeffs, index + 1)
-        diff_t = _take(self._t[:, None], index + 1) - _take(self._t[:, None], index)
+    def _evaluate(
+        self, fractional: torch.Tensor, index: torch.Tensor, take: Callable
+    ) -> torch.Tensor:
+        prev_coeff = take(self._coeffs)
+        next_coeff = take(self._coeffs[..., 1:, :])  # the knot after the piece's
+        diff_t = torch.take(self._t, index + 1) - torch.take(self._t, index)
         return prev_coeff + fractional * (next_coeff - prev_coeff) / diff_t
 
-    def derivative(self, t: TimeLike) -> torch.Tensor:
-        """The derivative dX/dt(t): the slope of the piece holding t.
-
-        Arguments:
-            t: a time (float or 0-dim tensor), or a tensor of times of any shape S; outside
-                the interval the first or last piece extends, and at a knot the piece
-                to its left is used. Differentiable.
-
-        Returns:
-            (..., channels) for a single time, (..., *S, channels) for times of shape S,
-            with ``...`` the coefficients' batch dimensions.
-        """
-        _, index = self._interpret_t(t, self._derivs)
-        return _take(self._derivs, index)
+    def _derivative(
+        self, fractional: torch.Tensor, index: torch.Tensor, take: Callable
+    ) -> torch.Tensor:
+        return take(self._derivs)

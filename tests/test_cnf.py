@@ -271,6 +271,34 @@ def test_bad_numbers_and_shapes_are_named() -> None:
     assert flow.sample(2).shape == (2, 2)
 
 
+def test_a_float64_flows_end_time_is_exact_to_float64() -> None:
+    """sqrt(T) is held in the flow's dtype, whether the field is float64 when the flow is
+    built or the flow is cast afterwards: T = 0.8 to float64 (float32's sqrt(0.8) squared is
+    1e-8 off). The log-determinant of f = c z, d log|det| / dt = 2c (dim 2), is integrated
+    exactly by any Runge-Kutta method: 2 c T to float64 round-off."""
+    c, T = 0.375, 0.8  # (c exact in float32 too)
+    tight = 4 * torch.finfo(F64).eps
+    for build in (
+        lambda: CNF(_Linear(c), T=T),
+        lambda: CNF(_Linear(c).float(), T=T).double(),
+        lambda: CNF(_Linear(c), T=T, train_T=True),
+        lambda: CNF(_Linear(c).float(), T=T, train_T=True).to(F64),
+    ):
+        cnf = build()
+        assert cnf.sqrt_T.dtype == F64
+        assert abs(cnf.T.item() - T) <= tight * T
+        _, logdet = cnf.inverse(torch.randn(3, 2, dtype=F64))
+        torch.testing.assert_close(
+            logdet, torch.full((3,), 2 * c * T, dtype=F64), rtol=tight, atol=0
+        )
+    # a float32 flow holds it in float32; a changed (trained, loaded) sqrt_T is cast as it is
+    assert CNF(_Linear(c).float(), T=T).sqrt_T.dtype == torch.float32
+    trained = CNF(_Linear(c).float(), T=T, train_T=True)
+    with torch.no_grad():
+        trained.sqrt_T.fill_(1.3)
+    assert trained.double().sqrt_T.item() == float(torch.tensor(1.3, dtype=torch.float32))
+
+
 def test_base_draws_are_made_in_the_flows_dtype() -> None:
     """A float64 flow's base noise is drawn in float64, not drawn in float32 and cast up
     (which leaves every draw on float32's coarser grid)."""

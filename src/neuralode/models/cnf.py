@@ -448,6 +448,15 @@ class FlowDensity(nn.Module):
         return self.sample_with_log_prob(n, shape, generator)[0]
 
 
+def _floating_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of ``module``'s first floating-point parameter or buffer, or torch's default
+    dtype when it has none."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.get_default_dtype()
+
+
 def _positive_count(n: Any) -> int:
     """``n`` as an int, or a ValueError unless it is a positive integer (not a bool)."""
     return count("the number of samples n", n)
@@ -461,7 +470,8 @@ class CNF(FlowDensity):
 
     Arguments:
         net: the vector field ``net(t, z)`` on states (batch, *shape).
-        T: the integration time.
+        T: the integration time, held as sqrt(T) in the dtype of ``net``'s parameters (and
+            cast with the flow: ``.double()`` gives T to float64 precision).
         train_T: learn ``T``.
         trace: ``"exact"`` or ``"hutchinson"`` (an unbiased estimate, one noise draw per solve).
         noise: Hutchinson's noise, ``"rademacher"`` or ``"gaussian"``.
@@ -515,7 +525,10 @@ class CNF(FlowDensity):
             real(name, weight, "a finite number >= 0", lambda x: 0 <= x < math.inf)
         self.net = net
         self.event_shape = None if event_shape is None else tuple(event_shape)
-        sqrt_t = torch.tensor(math.sqrt(T))
+        # T = sqrt_T^2 in the dtype of net's parameters (the default dtype without any), so a
+        # float64 flow's T is exact to float64; a cast of the flow keeps it so (``_apply``)
+        self._sqrt_T_value = math.sqrt(T)
+        sqrt_t = torch.tensor(self._sqrt_T_value, dtype=_floating_dtype(net))
         if train_T:
             self.sqrt_T = nn.Parameter(sqrt_t)
         else:
@@ -566,6 +579,26 @@ class CNF(FlowDensity):
     def T(self) -> torch.Tensor:
         """The integration time of the flow (learned when ``train_T``)."""
         return self.sqrt_T.pow(2)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> CNF:
+        """``nn.Module``'s conversion (``.double()``, ``.to(dtype)``, ...), with a ``sqrt_T``
+        still at the constructor's value (neither trained nor loaded) set to sqrt(T) rounded
+        to its new dtype, not to the rounding of the old dtype's value (float32's sqrt(2) is
+        2e-8 off)."""
+        exact = getattr(self, "_sqrt_T_value", None)  # (None: unpickled from before it)
+        old = self.sqrt_T
+        dtype = old.dtype
+        untouched = (
+            exact is not None
+            and not old.is_meta
+            and float(old.detach()) == float(torch.tensor(exact, dtype=dtype))
+        )
+        module = super()._apply(fn, recurse)
+        new = self.sqrt_T
+        if untouched and new.dtype != dtype and new.dtype.is_floating_point and not new.is_meta:
+            with torch.no_grad():
+                new.fill_(exact)
+        return module
 
     def _strategy(self) -> GradientStrategy:
         if isinstance(self.gradient, str):

@@ -592,7 +592,7 @@ def test_a_solve_stalled_by_newton_failures_is_a_step_size_underflow() -> None:
         ({"tol": -1.0}, "tol must be a finite non-negative number"),
         ({"tol": math.nan}, "tol must be a finite non-negative number"),
         ({"tol": "1e-6"}, "tol must be a finite non-negative number"),
-        ({"max_iters": True}, "max_iters must be a positive integer"),
+        ({"max_iters": True}, "max_iters must be an integer >= 1"),
     ],
 )
 def test_implicit_adams_bad_options(kwargs: dict, fragment: str) -> None:

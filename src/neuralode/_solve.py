@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ._args import flag
+from ._args import count, flag
 from ._callbacks import Callbacks
 from ._dispatch import BatchTime, run_gradient, solve_with_event
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
@@ -221,8 +221,11 @@ def solve(
     cleared = check_tolerances(controller, y0_flat)
     if max_steps is None:
         max_steps = NO_STEP_LIMIT
-    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps <= 0:
-        raise ValueError(f"max_steps must be a positive integer or None, got {max_steps!r}")
+    try:  # a plain int: NumPy integers pass, bools and floats do not
+        max_steps = count("max_steps", max_steps)
+    except ValueError:
+        message = f"max_steps must be a positive integer or None, got {max_steps!r}"
+        raise ValueError(message) from None
     # (per-sample times run in the device loop, on a PIController)
     fixed = isinstance(controller, FixedGrid) and not isinstance(times, torch.Tensor)
     if fixed and not math.isfinite(times[-1]):

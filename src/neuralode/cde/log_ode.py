@@ -22,22 +22,26 @@ import math
 
 import torch
 
+from .._args import count as _count
 from . import _tensor_algebra as ta
 from .interpolation import _check_path, linear_interpolation_coeffs
 
 
 def _check_depth(depth: object) -> int:
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+    # a plain int: NumPy integers pass, bools and floats do not
+    try:
+        return _count("depth", depth)
+    except ValueError:
         raise ValueError(
             f"depth must be an int of at least 1 (1 keeps only the increments), got {depth!r}"
-        )
-    return depth
+        ) from None
 
 
 def _check_channels(channels: object) -> int:
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"channels must be an int of at least 1, got {channels!r}")
-    return channels
+    try:
+        return _count("channels", channels)
+    except ValueError:
+        raise ValueError(f"channels must be an int of at least 1, got {channels!r}") from None
 
 
 def lyndon_words(channels: int, depth: int) -> list[tuple[int, ...]]:
@@ -78,7 +82,7 @@ def logsignature_channels(channels: int, depth: int) -> int:
 
 
 def _check_stream(path: object, depth: object, what: str) -> int:
-    _check_depth(depth)
+    depth = _check_depth(depth)
     if not isinstance(path, torch.Tensor) or not path.is_floating_point():
         raise ValueError(
             f"{what} must be a floating-point torch.Tensor (..., length, channels), "

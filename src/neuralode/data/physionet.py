@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .._args import count
+
 PHYSIONET_VARIABLES: tuple[str, ...] = (
     "Albumin", "ALP", "ALT", "AST", "Bilirubin", "BUN", "Cholesterol", "Creatinine",
     "DiasABP", "FiO2", "GCS", "Glucose", "HCO3", "HCT", "HR", "K", "Lactate", "Mg", "MAP",
@@ -143,8 +145,11 @@ def _check_options(
         raise ValueError(
             f"quantization must be a positive number of hours or None, got {quantization!r}"
         )
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    if limit is not None:
+        try:
+            count("limit", limit)
+        except ValueError:
+            raise ValueError(f"limit must be a positive integer or None, got {limit!r}") from None
 
 
 def load_physionet(

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from .._args import count
 from .grid import Grid, Periodic
 
 
@@ -56,8 +57,7 @@ def spectral_derivative(u: torch.Tensor, grid: Grid, axis: int = 0, n: int = 1) 
             not fit, or a bad ``n``.
     """
     grid.check_field(u)
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = count("n", n)
     k = wavenumbers(grid, axis, u)
     dim = u.ndim - grid.ndim + axis
     size = k.shape[0]

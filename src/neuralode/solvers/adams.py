@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._args import is_real
+from .._args import count, is_real
 from .._errors import SolverError
 from .._term import ODETerm
 from .base import Solver, Step, hermite_interpolate
@@ -47,9 +47,10 @@ class _Adams(Solver):
     multistep = True
 
     def __init__(self, max_order: int):
-        if not isinstance(max_order, int) or not 1 <= max_order <= 8:
+        order = count("max_order", max_order)
+        if order > 8:
             raise ValueError(f"max_order must be an integer in [1, 8], got {max_order!r}")
-        self.max_order = max_order
+        self.max_order = order
         self._starter = Dopri8()
 
     @property
@@ -151,8 +152,7 @@ class ImplicitAdams(_Adams):
 
     def __init__(self, max_order: int = 4, max_iters: int = 4, tol: float = 1e-12):
         super().__init__(max_order)
-        if not isinstance(max_iters, int) or isinstance(max_iters, bool) or max_iters < 1:
-            raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
+        max_iters = count("max_iters", max_iters)
         # the corrector's convergence test; 0 always takes max_iters iterations
         if not (is_real(tol) and 0 <= tol < math.inf):
             raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")

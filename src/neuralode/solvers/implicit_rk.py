@@ -135,12 +135,13 @@ class ImplicitRK(ImplicitStages):
                 "a preconditioner serves GMRES: use linear_solver='krylov' (or 'auto'), or "
                 "drop the preconditioner for direct LU solves"
             )
-        self.max_iters = max_iters
+        # plain ints: NumPy integers pass the checks above
+        self.max_iters = None if max_iters is None else int(max_iters)
         self.newton_tol = newton_tol
-        self.batch_size = batch_size
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.linear_solver = linear_solver
         self.krylov_tol = krylov_tol
-        self.krylov_dim = krylov_dim
+        self.krylov_dim = int(krylov_dim)
         self.preconditioner = preconditioner
         self.counters: Counter[str] = Counter()
         self._tolerances = None

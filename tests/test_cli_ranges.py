@@ -19,17 +19,20 @@ FRACTION = "must be a number in [0, 1)"
 WIDTHS = "must be comma-separated positive integers (e.g. 64,64,64)"
 SEED = "must be an integer in [0, 2**32 - 1]"
 OBSERVATIONS = "must be an integer in [1, 100]"
+TOLERANCE = "must be a number in (0, 1)"
 
 # (command, option, its values, the expected error after "argument OPTION: ")
 CASES = [
     (["demo", "--quick"], "--threads", ["-1"], f"{NON_NEGATIVE_INT}, got -1"),
     (["bench"], "--repeats", ["0"], f"{POSITIVE_INT}, got 0"),
     (["bench"], "--threads", ["-2"], f"{NON_NEGATIVE_INT}, got -2"),
-    (["bench"], "--rtols", ["1e-4", "0"], f"{POSITIVE}, got 0"),
+    (["bench"], "--rtols", ["1e-4", "0"], f"{TOLERANCE}, got 0"),
+    (["bench"], "--rtols", ["1e-4", "2"], f"{TOLERANCE}, got 2"),
     (["train", "odenet"], "--epochs", ["0"], f"{POSITIVE_INT}, got 0"),
     (["train", "odenet"], "--batch-size", ["8.5"], f"{POSITIVE_INT}, got '8.5'"),
     (["train", "odenet"], "--lr", ["-0.001"], f"{POSITIVE}, got -0.001"),
-    (["train", "odenet"], "--rtol", ["0"], f"{POSITIVE}, got 0"),
+    (["train", "odenet"], "--rtol", ["0"], f"{TOLERANCE}, got 0"),
+    (["train", "odenet"], "--rtol", ["1"], f"{TOLERANCE}, got 1"),
     (["train", "odenet"], "--atol", ["nan"], f"{POSITIVE}, got nan"),
     (["train", "odenet"], "--kinetic", ["-1"], f"{NON_NEGATIVE}, got -1"),
     (["train", "odenet"], "--ema", ["1"], f"{FRACTION}, got 1"),
@@ -38,9 +41,12 @@ CASES = [
     (["train", "odenet"], "--crop-padding", ["-2"], "must be an integer >= -1, got -2"),
     (["train", "odenet"], "--derivative-order", ["1"], "must be an integer >= 2, got 1"),
     (["train", "odenet"], "--train-subset", ["-5"], f"{NON_NEGATIVE_INT}, got -5"),
-    (["train", "odenet"], "--sweep-tolerances", ["0.1", "-0.01"], f"{POSITIVE}, got -0.01"),
+    (["train", "odenet"], "--sweep-tolerances", ["0.1", "-0.01"], f"{TOLERANCE}, got -0.01"),
+    (["train", "odenet"], "--sweep-tolerances", ["0.1", "2"], f"{TOLERANCE}, got 2"),
+    (["train", "deq"], "--deq-tol", ["1.5"], f"{TOLERANCE}, got 1.5"),
     (["train", "deq"], "--deq-max-iter", ["0"], f"{POSITIVE_INT}, got 0"),
     (["experiment", "table1"], "--memory-batch", ["0"], f"{POSITIVE_INT}, got 0"),
+    (["experiment", "table1"], "--memory-tolerances", ["0.1", "1"], f"{TOLERANCE}, got 1"),
     (["experiment", "table1"], "--memory-step-sizes", ["0.5", "-0.25"], f"{POSITIVE}, got -0.25"),
     (["experiment", "table1"], "--epochs", ["-3"], f"{POSITIVE_INT}, got -3"),
     (["experiment", "implicit"], "--deq-dropout", ["1.5"], f"{FRACTION}, got 1.5"),
@@ -52,10 +58,12 @@ CASES = [
     (["experiment", "toy2d", "--quick"], "--hidden", ["a,b"], f"{WIDTHS}, got 'a,b'"),
     (["experiment", "toy2d", "--quick"], "--hidden", ["16,,16"], f"{WIDTHS}, got '16,,16'"),
     (["experiment", "toy2d", "--quick"], "--T", ["0"], f"{POSITIVE}, got 0"),
-    (["experiment", "toy2d", "--quick"], "--eval-tol", ["inf"], f"{POSITIVE}, got inf"),
+    (["experiment", "toy2d", "--quick"], "--eval-tol", ["inf"], f"{TOLERANCE}, got inf"),
+    (["experiment", "toy2d", "--quick"], "--tol", ["2"], f"{TOLERANCE}, got 2"),
     (["experiment", "toy2d", "--quick"], "--jacobian", ["-0.01"], f"{NON_NEGATIVE}, got -0.01"),
     (["experiment", "density-matching", "--quick"], "--iters", ["0"], f"{POSITIVE_INT}, got 0"),
     (["experiment", "density-matching"], "--sizes", ["1,0"], f"{WIDTHS}, got '1,0'"),
+    (["experiment", "density-matching"], "--tol", ["1"], f"{TOLERANCE}, got 1"),
     (["experiment", "spirals", "--quick"], "--obs", ["30", "101"], f"{OBSERVATIONS}, got 101"),
     (["experiment", "spirals", "--quick"], "--spirals", ["2"], "must be an integer >= 3, got 2"),
     (["experiment", "spirals", "--quick"], "--rnn-hide", ["1"], f"{FRACTION}, got 1"),
@@ -63,8 +71,9 @@ CASES = [
     (["experiment", "cnf-mnist", "--quick"], "--epochs", ["0"], f"{POSITIVE}, got 0"),
     (["experiment", "cnf-mnist", "--quick"], "--hidden", ["4,-4"], f"{WIDTHS}, got '4,-4'"),
     (["experiment", "cnf-mnist", "--quick"], "--steps", ["0"], f"{POSITIVE_INT}, got 0"),
+    (["experiment", "cnf-mnist", "--quick"], "--tol", ["3"], f"{TOLERANCE}, got 3"),
     (["experiment", "pde"], "--grid", ["4"], "must be an integer >= 5, got 4"),
-    (["experiment", "pde"], "--rtol", ["1"], "must be a number in (0, 1), got 1"),
+    (["experiment", "pde"], "--rtol", ["1"], f"{TOLERANCE}, got 1"),
     (["experiment", "pde"], "--viscosity", ["-0.1"], f"{NON_NEGATIVE}, got -0.1"),
     (["experiment", "pde"], "--window-stride", ["0"], f"{POSITIVE_INT}, got 0"),
     (["experiment", "latent-sde"], "--times", ["1"], "must be an integer >= 2, got 1"),
@@ -131,6 +140,29 @@ def _numeric_options(parser: argparse.ArgumentParser, command: str) -> list[tupl
 
 def test_no_numeric_option_goes_unchecked() -> None:
     assert _numeric_options(build_parser(), "neuralode") == []
+
+
+def _tolerance_options(parser: argparse.ArgumentParser, command: str) -> list[tuple]:
+    """(command, option, its type) of every tolerance option of ``parser`` and its
+    subcommands: those whose name holds "tol"."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _tolerance_options(sub, f"{command} {name}")
+        elif any("tol" in option for option in action.option_strings):
+            found.append((command, action.option_strings[0], action.type))
+    return found
+
+
+def test_every_relative_tolerance_is_checked_by_one_type() -> None:
+    # a relative tolerance of 1 or more accepts any error; an absolute one (--atol) is on the
+    # state's scale, so any positive number is meaningful
+    options = _tolerance_options(build_parser(), "neuralode")
+    assert len(options) >= 12, options
+    for command, option, convert in options:
+        expected = types.positive_float if option == "--atol" else types.open_unit
+        assert convert is expected, (command, option, convert)
 
 
 def test_the_benchmark_scripts_check_their_options(capsys) -> None:
@@ -234,3 +266,13 @@ def test_an_unknown_method_stops_the_parse_and_an_overwrite_keeps_the_earlier_ru
     assert err.count("\n") == 1 and "argument --method: unknown method 'rk45'; available:" in err
     assert "dopri5" in err and (out / "config.json").read_text() == "{}"
     assert types.method_name("tsit5") == "tsit5"
+
+
+@pytest.mark.parametrize(
+    "field, value", [("rtol", 1.0), ("deq_tol", 2.0), ("sweep_tolerances", [0.1, 1.5])]
+)
+def test_train_config_refuses_a_relative_tolerance_of_one_or_more(field, value) -> None:
+    from neuralode.training import TrainConfig
+
+    with pytest.raises(ValueError, match=rf"{field} .*in \(0, 1\), got"):
+        TrainConfig(**{field: value})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .._cli_types import non_negative_int, positive_float, positive_int
+from .._cli_types import non_negative_int, open_unit, positive_int
 from ..training.rundir import ensure_directory
 
 PARTS = ("core", "per-sample", "work-precision", "diffrax", "compiled", "gpu", "sde", "cde")
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=non_negative_int, default=None, help="torch threads")
     parser.add_argument(
         "--rtols",
-        type=positive_float,
+        type=open_unit,
         nargs="+",
         default=None,
         help="work-precision tolerance sweep",

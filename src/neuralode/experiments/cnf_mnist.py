@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._cli_types import positive_float, positive_int, widths
+from .._cli_types import open_unit, positive_float, positive_int, widths
 from ..data import load_mnist, load_mnist5k
 from ..models.cnf import CNF, ConcatSquashConvNet, SequentialFlow
 from ..training.runtime import pick_device
@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=quick_help("conv channels of f", DEFAULTS["hidden"]),
     )
     parser.add_argument(
-        "--tol", type=positive_float, default=None, help=quick_help("rtol = atol", DEFAULTS["tol"])
+        "--tol", type=open_unit, default=None, help=quick_help("rtol = atol", DEFAULTS["tol"])
     )
     parser.add_argument(
         "--gradient",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .._cli_types import positive_float, positive_int, widths
+from .._cli_types import open_unit, positive_float, positive_int, widths
 from ..models.cnf import CNF, FlowDensity, GatedPlanarDynamics
 from ..models.planar import PlanarFlow
 from ..training.trainer import (
@@ -133,7 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tol",
-        type=positive_float,
+        type=open_unit,
         default=1e-3,
         help="CNF training rtol = atol (default %(default)s)",
     )

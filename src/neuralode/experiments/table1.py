@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.nn.functional import cross_entropy
 
-from .._cli_types import positive_float, positive_int
+from .._cli_types import open_unit, positive_float, positive_int
 from ..data import ImageDataset, load_dataset
 from ..training import TrainConfig, add_train_arguments, autograd_memory_mb, train
 from ..training.loop import solver_block
@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-batch", type=positive_int, default=32,
                         help="batch of the one-step memory measurement "
                         "(default %(default)s)")  # fmt: skip
-    parser.add_argument("--memory-tolerances", type=positive_float, nargs="+",
+    parser.add_argument("--memory-tolerances", type=open_unit, nargs="+",
                         default=[1e-1, 1e-2, 1e-3, 1e-4],
                         help="ODE-Net tolerances of the memory-vs-NFE study "
                         "(default 0.1 0.01 0.001 0.0001)")  # fmt: skip

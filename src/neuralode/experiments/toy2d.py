@@ -27,6 +27,7 @@ import torch
 from .._cli_types import (
     method_name,
     non_negative_float,
+    open_unit,
     positive_float,
     positive_int,
     widths,
@@ -124,13 +125,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tol",
-        type=positive_float,
+        type=open_unit,
         default=None,
         help=quick_help("training rtol = atol", DEFAULTS["tol"]),
     )
     parser.add_argument(
         "--eval-tol",
-        type=positive_float,
+        type=open_unit,
         default=None,
         help=quick_help("evaluation rtol = atol", DEFAULTS["eval_tol"]),
     )

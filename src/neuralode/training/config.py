@@ -13,6 +13,7 @@ from .._cli_types import (
     method_name,
     non_negative_float,
     non_negative_int,
+    open_unit,
     positive_float,
     positive_int,
     random_seed,
@@ -80,7 +81,7 @@ class TrainConfig:
         ema: the decay of an exponential moving average of the weights that is evaluated
             (and plotted) instead of the trained weights, in [0, 1), e.g. 0.99 (0: off).
         method: the solver of the ODE block (a name of ``neuralode.METHODS``; odenet).
-        rtol: the relative tolerance of an adaptive ``method``, positive.
+        rtol: the relative tolerance of an adaptive ``method``, in (0, 1).
         atol: the absolute tolerance of an adaptive ``method``, positive.
         step_size: the step of a fixed-step ``method`` and of rknet's RK4 over [0, 1],
             positive.
@@ -90,7 +91,7 @@ class TrainConfig:
             ``"broyden"`` or ``"picard"``.
         deq_backward: the solver of the deq's adjoint equation (one of the fixed-point
             methods or ``"gmres"``); ``None``: ``deq_method``.
-        deq_tol: the relative residual at which both deq solves stop, positive.
+        deq_tol: the relative residual at which both deq solves stop, in (0, 1).
         deq_max_iter: the most iterations of each deq solve, at least 1.
         deq_dropout: the probability of the variational dropout in the equilibrium cell
             (one mask per solve), in [0, 1) (0: none).
@@ -130,7 +131,7 @@ class TrainConfig:
         tensorboard: also log each epoch's metrics to ``out/tensorboard`` (needs the
             tensorboard extra).
         sweep_tolerances: the test-time tolerances (rtol = atol) of the error-vs-NFE plot of
-            an adaptive ODE block, each positive.
+            an adaptive ODE block, each in (0, 1).
         sweep_images: the test images of the tolerance sweep and of the deq's residual
             plot, at least 1.
 
@@ -208,9 +209,12 @@ class TrainConfig:
             raise ValueError(f"deq_max_iter must be at least 1, got {self.deq_max_iter}")
         if not 0 <= self.deq_dropout < 1:
             raise ValueError(f"deq_dropout must be in [0, 1), got {self.deq_dropout}")
-        for name in ("lr", "rtol", "atol", "step_size", "deq_tol"):
+        for name in ("lr", "atol", "step_size"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("rtol", "deq_tol"):  # relative: 1 or more accepts any error
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
         for name in (
             "kinetic", "jacobian", "derivative", "train_subset", "test_subset", "warmup_epochs",
             "momentum", "weight_decay", "threads",
@@ -224,9 +228,9 @@ class TrainConfig:
             raise ValueError(
                 f"crop_padding must be -1 (automatic), 0 (off) or positive, got {self.crop_padding}"
             )
-        if self.sweep_images < 1 or not all(tol > 0 for tol in self.sweep_tolerances):
+        if self.sweep_images < 1 or not all(0 < tol < 1 for tol in self.sweep_tolerances):
             raise ValueError(
-                "sweep_images must be at least 1 and sweep_tolerances positive, got "
+                "sweep_images must be at least 1 and sweep_tolerances in (0, 1), got "
                 f"{self.sweep_images} and {self.sweep_tolerances}"
             )
         if self.derivative_order < 2:
@@ -530,7 +534,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         default=d.method,
         help="solver of the ODE block (default %(default)s)",
     )
-    g.add_argument("--rtol", type=positive_float, default=d.rtol, help="default %(default)s")
+    g.add_argument("--rtol", type=open_unit, default=d.rtol, help="default %(default)s")
     g.add_argument("--atol", type=positive_float, default=d.atol, help="default %(default)s")
     g.add_argument(
         "--step-size",
@@ -559,7 +563,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     )
     g.add_argument(
         "--deq-tol",
-        type=positive_float,
+        type=open_unit,
         default=d.deq_tol,
         help="relative residual of both solves (default %(default)s)",
     )
@@ -643,7 +647,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     )
     g.add_argument(
         "--sweep-tolerances",
-        type=positive_float,
+        type=open_unit,
         nargs="+",
         default=d.sweep_tolerances,
         help="test-time tolerances of the error-vs-NFE plot (default "

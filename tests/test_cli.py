@@ -4,8 +4,10 @@ bad usage errors."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -230,3 +232,53 @@ def test_an_unfinished_demo_leaves_nothing_that_refuses_a_rerun(
     assert main(["demo", "--quick", "--out", str(out)]) == status
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     open_run_directory(out, resume=False, overwrite=False, resumable=False).release()  # a rerun
+
+
+# What pip writes as the console script of an entry ``module:function``, run with an import
+# hook that raises KeyboardInterrupt when torch is first imported: a Ctrl-C as neuralode loads.
+CONSOLE_SCRIPT = """
+import sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, CtrlC())
+from {module} import {function}
+sys.exit({function}())
+"""
+
+
+def _console_entry() -> tuple[str, str]:
+    """The module and function of the ``neuralode`` console script in pyproject.toml."""
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    # (tomllib is Python 3.11's; the [project.scripts] line is found as text)
+    entry = re.search(r'^neuralode = "([^"]+)"$', pyproject.read_text(), re.MULTILINE)
+    assert entry is not None, "no neuralode console script in pyproject.toml"
+    module, function = entry.group(1).split(":")
+    return module, function
+
+
+@pytest.mark.parametrize(
+    "argv, command", [(["train", "--help"], "train"), (["experiment", "toy2d"], "experiment toy2d")]
+)
+def test_ctrl_c_while_the_console_script_imports_prints_one_line(argv, command) -> None:
+    module, function = _console_entry()
+    script = CONSOLE_SCRIPT.format(module=module, function=function)
+    done = subprocess.run(
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == f"neuralode {command}: error: interrupted\n"
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["--version"], ["train", "odenet"], ["experiment", "--quick", "toy2d", "-h"]]
+)
+def test_the_console_script_names_the_command_as_the_cli_does(argv) -> None:
+    import _neuralode_cli
+    from neuralode.cli import _command_named
+
+    assert _neuralode_cli._command_named(argv) == _command_named(argv)

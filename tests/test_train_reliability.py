@@ -220,6 +220,31 @@ def test_resume_applies_and_records_changed_optimiser_settings(tmp_path, capsys)
     assert again.history == resumed.history  # nothing left to train, nothing changed
 
 
+@row("T23")
+def test_resuming_a_complete_run_changes_no_file_and_says_how_to_continue(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "resnet", *ARGV, "--out", str(out)]
+    assert main(argv) == 0
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--lr", "0.5"]) == 0
+    captured = capsys.readouterr()
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    assert f"the run in {out} is already complete (1 epoch(s))" in captured.err
+    assert "give --epochs 2 or more with --resume" in captured.err
+    assert "--lr" not in captured.err  # no change is applied or recorded
+    assert f"the finished run in {out}/" in captured.out and "wrote" not in captured.out
+    # its result is the checkpoint's
+    common = dict(model="resnet", epochs=1, out=str(out), resume=True, **TINY)
+    first = train(TrainConfig(**common))
+    assert not first.trained and first.history == json.loads(
+        "[" + ",".join((out / "metrics.jsonl").read_text().splitlines()) + "]"
+    )
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(tensor, saved["model"][name]), name
+
+
 @row("T14")
 def test_divergence_is_one_line_that_suggests_a_lower_learning_rate(tmp_path, capsys) -> None:
     config = dict(TINY, optimizer="sgd", lr=1e6)

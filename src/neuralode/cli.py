@@ -90,10 +90,12 @@ def _train(args: argparse.Namespace) -> int:
         if last["nfe_forward"] is not None:
             nfe = f", NFE forward {last['nfe_forward']:.1f} backward {last['nfe_backward']:.1f}"
         plots = ",*.png" if args.plots else ""
+        wrote = f"wrote {result.out}/{{metrics.jsonl,checkpoint.pt{plots}}}"
+        if not result.trained:  # --resume of a complete run
+            wrote = f"the finished run in {result.out}/"
         print(
             f"{args.model} on {args.data}: test accuracy {100 * last['test_accuracy']:.2f}% "
-            f"(error {100 * last['test_error']:.2f}%){nfe}; wrote {result.out}/"
-            f"{{metrics.jsonl,checkpoint.pt{plots}}}"
+            f"(error {100 * last['test_error']:.2f}%){nfe}; {wrote}"
         )
     return result.status
 

@@ -74,6 +74,8 @@ class TrainResult:
         out: the run's output directory.
         is_main: whether this process is rank 0 (the one that prints and writes).
         average: the weight average of ``--ema``, the model evaluated (``None`` without).
+        trained: whether the run trained: ``False`` when ``--resume`` found it complete
+            (its model, average and history are then the checkpoint's and no file changed).
     """
 
     model: nn.Module
@@ -82,6 +84,7 @@ class TrainResult:
     out: Path = Path(".")
     is_main: bool = True  # rank 0 (the process that prints and writes)
     average: nn.Module | None = None
+    trained: bool = True
 
     @property
     def evaluated(self) -> nn.Module:
@@ -274,6 +277,8 @@ class Trainer:
                     f"{checkpoint_path} does not fit this model ({type(error).__name__}: "
                     f"{detail}); resume with the options of that run or use another --out"
                 ) from error
+            if saved["epoch"] == config.epochs and saved["batch"] == 0:
+                return self._complete(config, runtime, model, averaged, saved["history"])
             changed = apply_optimiser_settings(saved_config, config, optimizer, scheduler)
             if changed and runtime.is_main:
                 print(
@@ -444,6 +449,35 @@ class Trainer:
             self.out,
             runtime.is_main,
             averaged,
+        )
+
+    def _complete(
+        self,
+        config: TrainConfig,
+        runtime: Runtime,
+        model: nn.Module,
+        averaged: nn.Module | None,
+        history: list[dict[str, Any]],
+    ) -> TrainResult:
+        """The result of ``--resume`` on a run that has finished its ``--epochs``: the
+        checkpoint's, with no file written (metrics.jsonl only repaired where it disagrees
+        with the checkpoint) and one line that says how to continue."""
+        if runtime.is_main:
+            dropped = reconcile_metrics(self.out / "metrics.jsonl", history)
+            if dropped:
+                print(
+                    f"metrics.jsonl: dropped {dropped} line(s) past the checkpoint "
+                    f"(epoch {len(history)})",
+                    file=sys.stderr,
+                )
+            print(
+                f"the run in {self.out} is already complete ({config.epochs} epoch(s)); its "
+                f"files are left as they are: give --epochs {config.epochs + 1} or more with "
+                "--resume to train it further",
+                file=sys.stderr,
+            )
+        return TrainResult(
+            model, list(history), 0, self.out, runtime.is_main, averaged, trained=False
         )
 
     def _claim_run_directory(self, config: TrainConfig, runtime: Runtime) -> None:

@@ -27,9 +27,10 @@ class Event:
 
     Attributes:
         fn: the event function, ``fn(t, y)`` returning a real tensor whose sign changes at
-            the event (or that reaches 0 there). It may use tensors that require grad (a
-            learned threshold): the event time and state are differentiable with respect to
-            them. A NaN value (which never changes sign) makes the solve raise
+            the event (or that reaches 0 there). An element that is exactly 0 at the start
+            is no event there; it fires when it returns to 0. It may use tensors that
+            require grad (a learned threshold): the event time and state are differentiable
+            with respect to them. A NaN value (which never changes sign) makes the solve raise
             ``ValueError`` naming its time; an empty result is refused at once.
         direction: the int 1 counts only rising crossings (negative to non-negative), -1 only
             falling ones, 0 both.

@@ -235,7 +235,9 @@ def odeint_event(
         y0: the initial state, a tensor or a tuple of tensors.
         t0: the initial time (a scalar tensor).
         event_fn: the event function ``event_fn(t, y)``; the solve ends where an element
-            crosses zero.
+            crosses zero. As in torchdiffeq, an adaptive method ends at ``t0`` (both states
+            ``y0``) where an element is exactly 0 at ``t0``; a fixed-grid one reports that
+            element's next crossing (torchdiffeq's never sees it cross).
         reverse_time: search backwards in time.
         odeint_interface: [`odeint`][neuralode.odeint] or
             [`odeint_adjoint`][neuralode.odeint_adjoint].
@@ -292,6 +294,18 @@ def _odeint(
             [t[:1], torch.full((1,), direction * math.inf, dtype=t.dtype, device=t.device)]
         )
         event = Event(event_fn)
+    start = None
+    if event_fn is not None and solver.adaptive:
+        # torchdiffeq's adaptive solvers end at t0 where an element of event_fn(t0, y0) is
+        # exactly 0 (its fixed-grid ones never see that element cross); neuralode.Event
+        # counts no event at t0, so the façade adds it
+        per_sample = bool(extra.get("per_sample", False))
+        start = _zero_at_start(event_fn, t[0], y0, int(spec.shapes[0][0]) if per_sample else 0)
+        if bool(start.all()):
+            _LAST_STATS.set(SolveStats())
+            return t[0].expand(start.shape), _stack_pair(y0, y0)
+        if bool(start.any()):  # some samples: they end just after t0, set back to t0 below
+            event = Event(_ending_at_start(event_fn, start, t[0], float(t[1] > t[0]) * 2 - 1))
     sol = solve(
         func,
         y0,
@@ -307,7 +321,51 @@ def _odeint(
     if event is None:
         return sol.ys
     assert sol.event_t is not None  # the solve runs towards infinity until an event
-    return sol.event_t, _stack_pair(y0, sol.event_y)
+    event_t, event_y = sol.event_t, sol.event_y
+    if start is not None and bool(start.any()):
+        event_t = torch.where(start, t[0].to(event_t.dtype), event_t)
+        event_y = _rows_from(y0, event_y, start)
+    return event_t, _stack_pair(y0, event_y)
+
+
+def _zero_at_start(event_fn: Callable, t0: torch.Tensor, y0: Any, batch: int) -> torch.Tensor:
+    """Whether an element of ``event_fn(t0, y0)`` is exactly 0: a 0-dim bool, or per sample
+    (``batch`` > 0, ``event_fn`` given the (batch,) times) a (batch,) one."""
+    with torch.no_grad():
+        t = t0.detach().expand(batch) if batch else t0.detach()
+        values = torch.as_tensor(event_fn(t, y0))
+    zero = values == 0
+    if not batch:
+        return zero.any()
+    return zero.reshape(batch, -1).any(1)
+
+
+def _ending_at_start(
+    event_fn: Callable, start: torch.Tensor, t0: torch.Tensor, sign: float
+) -> Callable:
+    """``event_fn`` whose rows ``start`` are replaced by a ramp that crosses 0 just after
+    ``t0`` (in the direction ``sign`` of the solve), so that those samples end there."""
+    t0 = t0.detach()
+    offset = float(max(abs(float(t0)), 1.0)) * 2.0**-20
+
+    def fn(t: torch.Tensor, y: Any) -> torch.Tensor:
+        values = event_fn(t, y)
+        ramp = (sign * (t0 - t) + offset).to(values.dtype)
+        ramp = ramp.reshape(-1, *[1] * (values.ndim - 1)).expand_as(values)
+        return torch.where(start.reshape(-1, *[1] * (values.ndim - 1)), ramp, values)
+
+    return fn
+
+
+def _rows_from(y0: Any, y_event: Any, start: torch.Tensor) -> Any:
+    """``y_event`` with the rows ``start`` taken from ``y0``."""
+
+    def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(start.reshape(-1, *[1] * (a.ndim - 1)), a, b)
+
+    if isinstance(y0, torch.Tensor):
+        return pick(y0, y_event)
+    return type(y_event)(pick(a, b) for a, b in zip(y0, y_event))
 
 
 # the statistics of this context's last solve by ``odeint`` / ``odeint_adjoint``, whose

@@ -21,6 +21,7 @@ from ._errors import (
     raise_stalled,
 )
 from ._execution import Execution
+from ._landing import landings
 from ._norms import Norm
 from ._solution import SolveStats
 from ._status import code_of, success
@@ -71,23 +72,6 @@ class LoopConfig:
     @property
     def cuda_graph(self) -> bool:
         return self.execution.cuda_graph
-
-
-def _landings(ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, ...]):
-    """Times steps must end on, in the direction of integration: (time, is_jump) pairs."""
-    t0, t_end = ts[0], ts[-1]
-    if not step_t and not jump_t:  # (the common case)
-        return [(t_end, False)]
-    sign = 1.0 if t_end >= t0 else -1.0
-    inside = {}
-    for t in step_t:
-        if sign * (t - t0) > 0 and sign * (t_end - t) > 0:
-            inside.setdefault(t, False)
-    for t in jump_t:
-        if sign * (t - t0) > 0 and sign * (t_end - t) > 0:
-            inside[t] = True
-    ordered = sorted(inside.items(), key=lambda item: sign * item[0])
-    return ordered + [(t_end, False)]
 
 
 @dataclass
@@ -167,7 +151,7 @@ def _integrate(
         return y0[None]
     solver, controller, callbacks = config.solver, config.controller, config.callbacks
     sign = 1.0 if ts[-1] > ts[0] else -1.0
-    landings = _landings(ts, config.step_t, config.jump_t)
+    landing_points = landings(ts, config.step_t, config.jump_t)
     span = solve_span(ts[0], ts[-1])  # the scale of the smallest step (``step_floor``)
     t, y = ts[0], y0
     attempt = compiled(_attempt, type(solver)) if config.compile_step else None
@@ -190,7 +174,7 @@ def _integrate(
             counts = f"{stats.n_accepted} accepted, {stats.n_rejected} rejected steps"
             hint = solver.failure_hint()
             raise max_steps_error(config.max_steps, t, ts[-1], counts, hint=hint)
-        land_t, land_is_jump = landings[landing]
+        land_t, land_is_jump = landing_points[landing]
         # a proposal within round-off short of a landing point lands on it: a step from
         # there to the landing could not change t
         landed = sign * (proposal - land_t) >= 0 or indistinct(proposal, land_t)

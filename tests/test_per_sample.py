@@ -239,8 +239,6 @@ def test_errors_are_named():
         solve(field, y0, ts, solver=neuralode.RK4(), per_sample=True)
     with pytest.raises(ValueError, match="PIController"):
         solve(field, y0, ts, controller=neuralode.FixedGrid(step_size=0.1), per_sample=True)
-    with pytest.raises(ValueError, match="does not support jump_t"):
-        solve(field, y0, ts, jump_t=[1.0], per_sample=True)
     with pytest.raises(ValueError, match="Direct.. and Backsolve"):
         solve(field, y0, ts, gradient=Checkpointed(), per_sample=True)
     with pytest.raises(MaxStepsError, match="sample 1 reached max_steps=20"):
@@ -739,8 +737,8 @@ def test_device_loop_rejects_what_it_does_not_support():
     field = _one_system_vdp
     with pytest.raises(ValueError, match="device_loop=True needs y0 to be one tensor"):
         solve(lambda t, y: y, (y0, y0), ts, device_loop=True)
-    with pytest.raises(ValueError, match="device_loop=True does not support norm, jump_t"):
-        solve(field, y0, ts, device_loop=True, norm=lambda x: x.abs().max(), jump_t=[0.5])
+    with pytest.raises(ValueError, match="device_loop=True does not support norm, perturb"):
+        solve(field, y0, ts, device_loop=True, norm=lambda x: x.abs().max(), perturb=True)
     with pytest.raises(ValueError, match="device_loop=True supports the gradients"):
         solve(field, y0, ts, device_loop=True, gradient=Checkpointed())
     with pytest.raises(ValueError, match="device_loop=True supports the adaptive explicit"):

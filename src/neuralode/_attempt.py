@@ -21,6 +21,7 @@ from ._compile import compiled
 from ._cuda_graph import GraphedStep
 from ._finite_graph import finite_step
 from ._host import wrapped
+from ._landing import land
 from ._norms import row_rms
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
@@ -63,6 +64,10 @@ class Step(NamedTuple):
     still: torch.Tensor
     y_accepted: torch.Tensor
     f0_accepted: torch.Tensor | None
+    # with landing points: where f(t1, y1) is evaluated (one ulp inside the step where it
+    # ends on a jump) and the accepted steps ending on a jump (``_landing``)
+    t1_inner: torch.Tensor | None = None
+    jumped: torch.Tensor | None = None
 
 
 def attempt(
@@ -79,17 +84,23 @@ def attempt(
     n_steps: torch.Tensor,
     n_accepted: torch.Tensor,
     noise: Any = None,
+    landing: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Step:
     """One step attempt of every sample: the solver's step (``propose_rows``), the
     error ratio of each sample, and the controller's decision and next proposal
     (``PIController.decide`` on tensors). Finished samples sit at their end, so their steps
     have size zero and change nothing. ``buffer``: graph-free eager mode (f writes the
     stages into one reused buffer). ``noise``: an SDE method's Brownian motion over the
-    attempt (``noise_rows``), drawn before it. No host synchronisation."""
-    t1 = step_end(k.sign, proposal, t_stop)
+    attempt (``noise_rows``), drawn before it. ``landing``: each sample's next landing
+    point and whether f jumps there (``_landing.next_landing``). No host synchronisation."""
+    t1_inner = at_jump = None
+    if landing is None:
+        t1 = step_end(k.sign, proposal, t_stop)
+    else:
+        t1, t1_inner, at_jump = land(k.sign, proposal, t, *landing)
     h = t1 - t
     if noise is None:
-        y1, error, k_last, k_all = k.solver.propose_rows(call, t, t1, h, y, f0, buffer)
+        y1, error, k_last, k_all = k.solver.propose_rows(call, t, t1, h, y, f0, buffer, t1_inner)
     else:
         y1, error, k_last, k_all = k.solver.propose_rows(call, t, t1, h, y, f0, buffer, noise)
     with torch.no_grad():
@@ -119,6 +130,8 @@ def attempt(
         still=(t_next != t_stop) & active,
         y_accepted=torch.where(accept_col, y1, y),
         f0_accepted=torch.where(accept_col, k_last, f0) if fsal else None,
+        t1_inner=t1 if t1_inner is None else t1_inner,
+        jumped=None if at_jump is None else at_jump & accept,
     )
 
 
@@ -128,12 +141,21 @@ def step_end(sign: float, proposal: torch.Tensor, t_stop: torch.Tensor) -> torch
     return torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
 
 
-def retried_unchanged(step: Step, sign: float, t_stop: torch.Tensor) -> torch.Tensor:
+def retried_unchanged(
+    step: Step,
+    sign: float,
+    t_stop: torch.Tensor,
+    landing: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """The running samples whose rejected attempt ``step`` would be attempted again
     unchanged, (batch,): its size is held at the controller's min_step (or it ends at the
-    sample's end), so, steps being deterministic, it would fail until max_steps. Only a
-    controller with min_step > 0 can hold a rejected step's size."""
-    return step.still & ~step.accept & (step_end(sign, step.proposal, t_stop) == step.t1)
+    sample's end or landing point), so, steps being deterministic, it would fail until
+    max_steps. Only a controller with min_step > 0 can hold a rejected step's size."""
+    if landing is None:
+        again = step_end(sign, step.proposal, t_stop)
+    else:
+        again = land(sign, step.proposal, step.t_next, *landing)[0]
+    return step.still & ~step.accept & (again == step.t1)
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
@@ -201,12 +223,23 @@ class Attempts:
         # steps that wait keep their stages, copied out of the reused buffer
         self.copy_stages = buffer is not None and keep_steps and most_pending > 1
 
-    def __call__(self, t: torch.Tensor, y: torch.Tensor, f0: Any, *carried: Any) -> Step:
-        """The attempt from ``t`` (``carried``: ``attempt``'s arguments after ``f0``)."""
+    def __call__(
+        self,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        f0: Any,
+        *carried: Any,
+        landing: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> Step:
+        """The attempt from ``t`` (``carried``: ``attempt``'s arguments after ``f0``;
+        ``landing``: its landing points, an ODE's only)."""
         if not self.brownian:
-            step = self.run(t, y, f0, *carried)
+            if landing is None:
+                step = self.run(t, y, f0, *carried)
+            else:
+                step = self.run(t, y, f0, *carried, None, landing)
             if self.guard and step.y1.requires_grad:
-                step = self._without_non_finite(step, t, y, f0, carried)
+                step = self._without_non_finite(step, t, y, f0, carried, landing=landing)
             if self.count_outside:
                 self.f.count(self.calls)
             return step
@@ -232,13 +265,14 @@ class Attempts:
         f0: Any,
         carried: tuple,
         noise: Any = None,
+        landing: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Step:
         """``step`` with an autograd graph free of its non-finite rows (``finite_step``)."""
 
         def again(stand_in: Any, f0_safe: torch.Tensor) -> Step:
             args = (self.constants, None, t, y, f0_safe, *carried)
             if noise is None:
-                return attempt(stand_in(self.call), *args)
+                return attempt(stand_in(self.call), *args, landing=landing)
             with self.solver.standing_in(stand_in):  # the SDE's functions, called by the method
                 return attempt(self.call, *args, noise)
 

@@ -167,10 +167,17 @@ class Execution:
         if not spec.is_leaf:
             raise ValueError(f"{what} needs y0 to be one tensor")
         check_device_loop(solver, controller, what)
+        from .sde._engine import SDESolver  # (sde imports the engine)
+
+        # landing points act inside an ODE method's attempt; a CUDA graph replays fixed inputs
+        no_landings = self.cuda_graph or isinstance(solver, SDESolver)
+        landings = len(options["step_t"]) > 0, len(options["jump_t"]) > 0
+        if no_landings and any(landings):
+            what = "cuda_graph=True" if self.cuda_graph else f"{what} with an SDE method"
         unsupported = {
             "norm": options["norm"] is not None,
-            "step_t": len(options["step_t"]) > 0,
-            "jump_t": len(options["jump_t"]) > 0,
+            "step_t": landings[0] and no_landings,
+            "jump_t": landings[1] and no_landings,
             "perturb": bool(options["perturb"]),
             "callbacks": options["callbacks"] is not None,
         }

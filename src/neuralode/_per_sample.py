@@ -51,6 +51,7 @@ from ._batch_term import BatchTerm
 from ._errors import f0_not_finite
 from ._finite_graph import FiniteGraph
 from ._host import across, plain, wrapped
+from ._landing import landing_times, next_landing, past_jump
 from ._norms import row_rms, tolerance_tensor
 from ._pending import _ends, _Reached, _read_progress, _stack
 from ._pending_dense import _locate_events, _write_outputs
@@ -160,6 +161,8 @@ def integrate_per_sample(
     if events is not None:
         events.start(t, y)
     needs_f1 = facts.needs_f1
+    points = landing_times(sign, config.step_t, config.jump_t, device)  # (None: none)
+    landing, on_jump = None, torch.zeros(batch, dtype=torch.bool, device=device)
     iteration, next_check, n_still, stalled = 0, 1, -1, False  # known at the checks
     # a rejected step is retried unchanged only when its size is held at min_step: the
     # samples where that happened (it would fail again until max_steps) stop at the check
@@ -167,7 +170,9 @@ def integrate_per_sample(
     while True:
         iteration += 1
         carried = (proposal, t_stop, active, previous_ratio, n_steps, n_accepted)
-        step = attempt(t, y, f0, *carried)
+        if points is not None:
+            landing = next_landing(points, sign, t, t_stop)
+        step = attempt(t, y, f0, *carried, landing=landing)
         h, y1, accept = step.h, step.y1, step.accept
         proposal = step.proposal
         previous_ratio, n_steps, n_accepted = step.previous_ratio, step.n_steps, step.n_accepted
@@ -178,7 +183,7 @@ def integrate_per_sample(
             config.save.add_batch(t, step.t1, y, y1, step.k_all, accept, f1)
         t, y, still = step.t_next, step.y_accepted, step.still
         if repeats:
-            again = retried_unchanged(step, sign, t_stop)
+            again = retried_unchanged(step, sign, t_stop, landing)
             repeated = again if repeated is None else repeated | again
         if events is not None:
             reached.hit = events.check(step.t1, y1, accept)
@@ -205,7 +210,7 @@ def integrate_per_sample(
             to_write = write_outputs and min(hi, n_out - 1) > lo  # the last one: the final y
             if (rounds or to_write) and needs_f1 and pending[-1].f1 is None:
                 # for the interpolant; the next f0 below
-                f1 = pending[-1].f1 = evaluate(step.t1, y1)
+                f1 = pending[-1].f1 = evaluate(step.t1_inner, y1)
             if rounds:
                 found, t_event, y_event, extra = _locate_events(
                     events, pending, hits, rounds, solver, needs_f1, evaluate
@@ -244,12 +249,21 @@ def integrate_per_sample(
         if fsal:
             f0 = step.f0_accepted
         elif facts.needs_f0:  # f(t1, y1) starts the next step of the accepted samples
-            f_next = evaluate(t, y) if f1 is None else f1
+            at = t  # (a rejected sample on a jump: f just past it, its value unused)
+            if config.jump_t:
+                at = torch.where(accept, step.t1_inner, torch.where(on_jump, past_jump(sign, t), t))
+            f_next = evaluate(at, y) if f1 is None else f1
             f0 = torch.where(accept[:, None], f_next, f0)
             if pending:  # the waiting step's f(t1, y1), where accepted
                 pending[-1].f1 = f0
             if config.save is not None:
                 config.save.set_f1(f0)
+        if config.jump_t:  # a step from a jump starts from f just past it
+            on_jump = torch.where(accept, step.jumped, on_jump)
+            jumped = step.jumped & still
+            if bool(jumped.any()):  # (one read per step, with jump_t only)
+                f0 = torch.where(jumped[:, None], evaluate(past_jump(sign, t), y), f0)
+                nfe = nfe + jumped
     if config.save is not None:  # f(t1, y1) and extra stages the dense output needs
         nfe = nfe + config.save.finish_batch(solver, evaluate, t)
     later = torch.arange(n_out, device=device)[:, None] >= next_out

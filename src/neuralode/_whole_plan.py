@@ -35,7 +35,13 @@ _MOST_PLANS = 8
 
 
 def planned(
-    graph: Any, term: ODETerm, y: torch.Tensor, ts: list[float], config: Any, sign: float
+    graph: Any,
+    term: ODETerm,
+    y: torch.Tensor,
+    ts: list[float],
+    config: Any,
+    sign: float,
+    points: Any = None,
 ) -> Any:
     """The plan of the graph, the solver's coefficients and the compiled graph: made once
     per f, solver and controller settings, shape, dtype, device and setting, and reused by
@@ -51,7 +57,7 @@ def planned(
         key = (
             _func_key(term.func), solver_key, ctrl_key, term.spec.shapes[0], y.dtype,
             y.device, config.per_sample, term.time_dtype, sign, len(ts), config.max_steps,
-            config.norm,
+            config.norm, None if points is None else points.times.shape[0], bool(config.jump_t),
         )  # fmt: skip
         try:
             entry = _PLANS.get(key)
@@ -74,6 +80,7 @@ def planned(
         sign=sign,
         n_out=len(ts),
         max_steps=config.max_steps,
+        jumps=bool(config.jump_t),  # f is evaluated again past each jump
         exponent=1.0 / (solver.error_order + 1),
     )
     if key is None:  # (plans made for one solve share the solver's compiled copy)

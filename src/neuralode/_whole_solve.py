@@ -29,6 +29,7 @@ from torch._higher_order_ops import while_loop
 
 from ._attempt import attempt, retried_unchanged
 from ._errors import Y0_NOT_FINITE, NonFiniteError, f0_not_finite
+from ._landing import LandingTimes, landing_times, next_landing, past_jump
 from ._norms import row_norm
 from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
@@ -69,8 +70,8 @@ def unsupported(config: Any, spec: Any) -> str | None:
         return "only the PIController runs inside the graph"
     if not spec.is_leaf or row_norm(config.norm) is None:
         return "the graph measures errors on one tensor by RMS, a mixed norm or a seminorm"
-    if config.step_t or config.jump_t or config.perturb or config.callbacks is not None:
-        return "step_t, jump_t, perturb and callbacks act between steps on the host"
+    if config.perturb or config.callbacks is not None:
+        return "perturb and callbacks act between steps on the host"
     if config.events is not None:
         return "events are located between steps on the host"
     if config.save is not None:
@@ -105,14 +106,15 @@ def integrate_whole(
     sign = 1.0 if ts[-1] > ts[0] else -1.0
     entry = None if plans is None else plans.get(sign)
     planned_now = entry is None
+    points = landing_times(sign, config.step_t, config.jump_t, y.device)
     if planned_now:
-        entry = planned(_solve_graph, term, y, ts, config, sign)
+        entry = planned(_solve_graph, term, y, ts, config, sign, points)
     plan, co, run = entry
     # (the plan's controller: its settings are config.controller's, and no caller changes it)
     ctrl: PIController = plan.controller
     ts_tensor = _times(ts, y.device)
     try:
-        result = run(plan, y, ts_tensor)
+        result = run(plan, y, ts_tensor, points)
     except torch._dynamo.exc.FailOnRecompileLimitHit as error:
         limit = torch._dynamo.config.recompile_limit
         raise WholeSolveUnavailable(
@@ -131,7 +133,7 @@ def integrate_whole(
         plans[sign] = entry
     outputs, t, proposal, runs, rejected, n_steps, n_accepted, nfe, d1, report = result
     # every count and check in one read: the solve's only host synchronisation
-    bad_y0, bad_f0, running, iterations, steps, accepted, bad_outputs = report.tolist()
+    bad_y0, bad_f0, running, iterations, steps, accepted, bad_outputs, past_jumps = report.tolist()
     if bad_y0:
         raise NonFiniteError(Y0_NOT_FINITE)
     if bad_f0:
@@ -151,7 +153,7 @@ def integrate_whole(
         from ._validate import check_finite  # (import cycle)
 
         check_finite(outputs.reshape(len(ts), -1), ts)
-    term.nfe += iterations * (co.stages - 1 + (not co.fsal)) + 1
+    term.nfe += iterations * (co.stages - 1 + (not co.fsal)) + past_jumps + 1
     term.nfe += ctrl.first_step is None
     stats.n_steps += steps
     stats.n_accepted += accepted
@@ -167,8 +169,11 @@ def integrate_whole(
     return outputs if outputs.shape == shape else outputs.reshape(shape)
 
 
-def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The whole solve (traced by torch.compile into one graph; also correct eagerly)."""
+def _solve_graph(
+    plan: Plan, y0: torch.Tensor, ts: torch.Tensor, points: LandingTimes | None
+) -> tuple[torch.Tensor, ...]:
+    """The whole solve (traced by torch.compile into one graph; also correct eagerly).
+    ``points``: the landing points (``step_t``, ``jump_t``), or ``None``."""
     solver, ctrl, sign = plan.solver, plan.controller, plan.sign
     batch = y0.shape[0]
     fsal = solver.tableau.fsal
@@ -190,7 +195,8 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
     inner = ts[1:-1].clone()  # the outputs interpolated inside the steps that cross them
     n_inner = inner.shape[0]
     # the carried values packed by dtype (each carried tensor costs an allocation and a
-    # copy per iteration): loop = [iterations, a running sample stalled]; times = [t,
+    # copy per iteration): loop = [iterations, a running sample stalled, evaluations of f
+    # past jumps (of the batch)]; times = [t,
     # proposal, previous ratio (PI memory)]; counts = [steps, accepted, evaluations of f,
     # running, last attempt rejected] per sample, running 0 (finished), 1 or ``_REPEATED``
     # (its rejected step would be attempted again unchanged: with min_step > 0 only, it ends
@@ -198,7 +204,7 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
     running = torch.isfinite(d1) & (t0 != t_end)
     zeros = torch.zeros(batch, dtype=torch.long, device=y0.device)
     carry = (
-        torch.zeros(2, dtype=torch.long, device=y0.device),
+        torch.zeros(3, dtype=torch.long, device=y0.device),
         torch.stack([t0, t0 + sign * size, torch.ones_like(t0)]),
         y0,
         f0,
@@ -211,14 +217,30 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
 
     def body(loop, times, y, f0, counts, outs):
         t, prev, still = times[0], times[2], counts[3] != 0
+        landing = None if points is None else next_landing(points, sign, t, t_stop)
         step = attempt(
             plan.call, plan.constants, None, t, y, f0, times[1], t_stop, still, prev,
-            counts[0], counts[1],
+            counts[0], counts[1], None, landing,
         )  # fmt: skip
         t1, h, y1, accept, t_next = step.t1, step.h, step.y1, step.accept, step.t_next
         new_prev = step.previous_ratio if ctrl.pcoeff else prev
         stacked, h_y = step.k_all, h.to(y.real.dtype)[:, None]
-        f1 = step.k_last if fsal else plan.call(t1, y1)
+        f1 = step.k_last if fsal else plan.call(step.t1_inner, y1)
+        f0_next = torch.where(accept[:, None], f1, f0)
+        past_jumps = loop[2]
+        if plan.jumps:  # a step from a jump starts from f just past it
+            jumped = step.jumped & step.still
+            past_jumps = past_jumps + jumped.any()
+            y_next = step.y_accepted
+
+            def past(f0_next, t_next, y_next, jumped):
+                f_past = plan.call(past_jump(sign, t_next), y_next)
+                return torch.where(jumped[:, None], f_past, f0_next)
+
+            def unchanged(f0_next, t_next, y_next, jumped):
+                return f0_next.clone()
+
+            f0_next = torch.cond(jumped.any(), past, unchanged, (f0_next, t_next, y_next, jumped))
         still_next = step.still
         wrote = torch.zeros_like(still)
         if not n_inner:
@@ -242,18 +264,20 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
         nfe = counts[2] + (len(c) - 1) * still
         if not fsal:  # f(t1, y1): the next f0, or the interpolant of the last step's outputs
             nfe = nfe + (accept & (still_next | wrote))
+        if plan.jumps:
+            nfe = nfe + jumped
         proposal = step.proposal
         runs, repeated = still_next.long(), None
         if repeats:  # (a rejected step's size can be held only at min_step > 0)
-            repeated = retried_unchanged(step, sign, t_stop)
+            repeated = retried_unchanged(step, sign, t_stop, landing)
             runs = runs + repeated
         rejected = still & ~accept
         stalled = _stalled(still_next, t_next, proposal, t_stop, span, rejected, sign, repeated)
         return (
-            torch.stack([loop[0] + 1, stalled.any().long()]),
+            torch.stack([loop[0] + 1, stalled.any().long(), past_jumps]),
             torch.stack([t_next, proposal, new_prev]),
             step.y_accepted,
-            torch.where(accept[:, None], f1, f0),
+            f0_next,
             torch.stack([step.n_steps, step.n_accepted, nfe, runs, rejected.long()]),
             outs,
         )
@@ -266,7 +290,7 @@ def _solve_graph(plan: Plan, y0: torch.Tensor, ts: torch.Tensor) -> tuple[torch.
         [
             (~torch.isfinite(y0)).any().long(), (~torch.isfinite(d1)).any().long(),
             still.any().long(), it, steps.sum(), accepted.sum(),
-            (~torch.isfinite(outputs)).any().long(),
+            (~torch.isfinite(outputs)).any().long(), loop[2],
         ]
     )  # fmt: skip
     return outputs, t, proposal, counts[3], counts[4], steps, accepted, nfe, d1, report

@@ -257,6 +257,7 @@ class ExplicitRK(ExplicitDenseOutput):
         y: torch.Tensor,
         f0: torch.Tensor,
         buffer: Any,
+        t1_inner: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """``propose`` for every row (sample) from its own time ``t`` to ``t1``.
 
@@ -269,6 +270,9 @@ class ExplicitRK(ExplicitDenseOutput):
             y: the rows' states, (batch, n).
             f0: f at ``(t, y)``, (batch, n).
             buffer: the ``StageBuffer`` of a graph-free solve, or ``None``.
+            t1_inner: where the stages at the step's end evaluate f, (batch,) float64:
+                ``t1``, or one ulp inside the step where it ends on a jump of f (default
+                ``t1``).
 
         Returns:
             ``(y1, error, k_last, stacked)``: the proposals (batch, n), the error estimates
@@ -277,9 +281,10 @@ class ExplicitRK(ExplicitDenseOutput):
         """
         h_y = h.to(y.real.dtype)[:, None]
         c = self.tableau.c
+        end = t1 if t1_inner is None else t1_inner
 
         def evaluate(i: int, y_stage: torch.Tensor) -> torch.Tensor:
-            return call(t1 if c[i] == 1 else torch.add(t, h, alpha=c[i]), y_stage)
+            return call(end if c[i] == 1 else torch.add(t, h, alpha=c[i]), y_stage)
 
         y1, error, ks, k_all = self.propose(y, h_y, f0, evaluate, buffer)
         return y1, error, ks[-1], k_all

@@ -441,11 +441,11 @@ def test_per_sample_cdeint_solves_each_series_on_its_own_steps(interpolation: st
 
 
 def test_per_sample_cdeint_gradients() -> None:
-    """Per sample, the adjoint's gradients (z0, the field's parameters, the data's
-    coefficients) and backpropagation's (z0, the parameters) are the accurate reference's:
-    one system, backpropagated with steps ending on the knots (jump_t). Backpropagation's
-    gradient with respect to the coefficients is not compared: without jump_t (which
-    per-sample solves lack), a step across a knot differentiates the coefficients to O(h)."""
+    """Per sample, the gradients (z0, the field's parameters, the data's coefficients) of
+    the adjoint and of backpropagation with steps ending on the knots (jump_t) are the
+    accurate reference's: one system, backpropagated with jump_t. Without jump_t,
+    backpropagation's gradient with respect to the coefficients is O(h) off (a step across
+    a knot differentiates them to O(h)): only its other gradients are compared."""
     x, t = _series_of_different_difficulty()
     coeffs = cde.natural_cubic_coeffs(x, t).requires_grad_()
     field = MLPField(3, 2).double()
@@ -460,12 +460,15 @@ def test_per_sample_cdeint_gradients() -> None:
 
     reference = gradients(False, {"jump_t": t})
     by_adjoint = gradients(True, {"per_sample": True})
-    by_backprop = gradients(False, {"per_sample": True})
+    by_backprop = gradients(False, {"per_sample": True, "jump_t": t})
+    without_jumps = gradients(False, {"per_sample": True})
     for i, want in enumerate(reference):
         scale = float(want.abs().max())
         torch.testing.assert_close(by_adjoint[i], want, rtol=0, atol=1e-6 * scale)
+        torch.testing.assert_close(by_backprop[i], want, rtol=0, atol=1e-8 * scale)
         if i != 1:  # (the coefficients: see above)
-            torch.testing.assert_close(by_backprop[i], want, rtol=0, atol=1e-6 * scale)
+            torch.testing.assert_close(without_jumps[i], want, rtol=0, atol=1e-6 * scale)
+    assert not torch.allclose(without_jumps[1], reference[1], rtol=0, atol=1e-5)
 
 
 class _NoRows(cde.InterpolationBase):

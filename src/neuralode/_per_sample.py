@@ -7,7 +7,10 @@ stiff sample no longer shrinks the steps of the others. All samples are evaluate
 batched call of f per stage; a sample that has reached the end keeps its state and takes
 steps of size zero (its results and statistics no longer change). With ``skip_finished``
 f sees only the rows of the samples still running (gathered, and scattered back), so
-finished samples stop costing evaluations of f; the bookkeeping stays batched.
+finished samples stop costing evaluations of f; the bookkeeping stays batched. Every sample's
+steps land on the landing points (``step_t``, ``jump_t``) inside its span (``_landing``);
+a sample's step from a jump starts from f just past it, evaluated in the steps where a
+sample landed on one (one read per step says whether any did).
 
 Host synchronisation: the loop reads nothing from the device between termination checks;
 each check is scheduled a quarter of the way to the end of the slowest running sample at

@@ -1,7 +1,8 @@
 """The whole adaptive solve as one compiled graph (``compile=True``).
 
 The device loop's step attempt (``ExplicitRK.propose``, the per-row error ratio and
-``PIController.decide``), the first step size (``initial_step``), the outputs at the
+``PIController.decide``), the first step size (``initial_step``), the steps onto the
+landing points (``step_t``, ``jump_t``: ``_landing``), the outputs at the
 output times (``ExplicitRK.dense``) and the per-sample statistics run inside one
 ``torch._higher_order_ops.while_loop``, compiled with ``torch.compile(fullgraph=True)``
 through ``whole_solve_backend`` (inductor with its C++ wrapper; on the CPU float32 tanh and

@@ -73,7 +73,23 @@ def _runs(tmp_path, monkeypatch, capsys, argv, module, name, at):
     assert main([*argv, "--out", str(split)]) == 2
     assert "holds an earlier run" in capsys.readouterr().err
     assert main([*argv, "--out", str(split), "--resume"]) == 0
+    # the finished run: --resume leaves every file as it is (bytes and times) and says so
+    before = _files(full)
+    capsys.readouterr()
+    assert main([*argv, "--out", str(full), "--resume"]) == 0
+    assert _files(full) == before
+    err = capsys.readouterr().err
+    assert f"the run in {full} is already complete; its files are left as they are" in err
     return full, split
+
+
+def _files(out: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``out``: its bytes and modification time."""
+    return {
+        str(path.relative_to(out)): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(out.rglob("*"))
+        if path.is_file()
+    }
 
 
 def test_toy2d_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:

@@ -218,7 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:  # Ctrl-C while the modules load or the arguments parse
         from .data import DatasetNotFoundError
-        from .training import INTERRUPTED, CheckpointError, TrainingDiverged, TrainingInterrupted
+        from .training import (
+            INTERRUPTED,
+            CheckpointError,
+            RunComplete,
+            TrainingDiverged,
+            TrainingInterrupted,
+        )
 
         parser = build_parser()
         args, unknown = parser.parse_known_args(argv)
@@ -243,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except TrainingInterrupted:  # the checkpoints are saved and the message printed
         return INTERRUPTED
+    except RunComplete as complete:  # --resume of a finished experiment: nothing to do
+        print(f"neuralode {command}: {' '.join(str(complete).split())}", file=sys.stderr)
+        return 0
     except KeyboardInterrupt:
         _error(command, "interrupted")
         return 130

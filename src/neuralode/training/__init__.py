@@ -6,7 +6,14 @@ from .metrics import MetricsLog, open_tensorboard
 from .progress import progress_bar
 from .runtime import autograd_memory_mb, peak_memory_mb
 from .state import CheckpointError, load_checkpoint
-from .trainer import Run, Trainer, TrainingInterrupted, add_run_arguments, open_experiment
+from .trainer import (
+    Run,
+    RunComplete,
+    Trainer,
+    TrainingInterrupted,
+    add_run_arguments,
+    open_experiment,
+)
 
 __all__ = [
     "INTERRUPTED",
@@ -14,6 +21,7 @@ __all__ = [
     "CheckpointError",
     "MetricsLog",
     "Run",
+    "RunComplete",
     "Trainer",
     "TrainingInterrupted",
     "TrainConfig",

@@ -50,6 +50,9 @@ from .state import (
 )
 
 CHECKPOINTS = "checkpoints"
+# written in OUT/checkpoints/ when an experiment's run has finished (its outputs written):
+# --resume then leaves the run as it is
+COMPLETE = "complete.txt"
 # options that do not change what a run computes: they may differ on --resume (where the
 # MNIST files come from included: they are checksummed)
 RUN_OPTIONS = (
@@ -60,6 +63,11 @@ RUN_OPTIONS = (
 
 class TrainingInterrupted(Exception):
     """Ctrl-C (or SIGTERM) stopped a run after saving its checkpoints; ``--resume`` goes on."""
+
+
+class RunComplete(Exception):
+    """``--resume`` found the experiment's run finished: nothing was done and no file
+    changed (the message says so and how to train further)."""
 
 
 def add_seed_and_threads(parser: argparse.ArgumentParser, threads: int = 1) -> None:
@@ -161,7 +169,9 @@ def open_experiment(
     writes ``config.json`` and an empty ``metrics.jsonl``; ``--resume`` refuses a
     config that differs in an option that changes what is computed (all but ``RUN_OPTIONS``).
     The directory is locked until the block ends. A fresh run that fails before its first
-    checkpoint removes what it wrote (a plain rerun is then not refused).
+    checkpoint removes what it wrote (a plain rerun is then not refused). A block that ends
+    without an exception marks the run complete (``OUT/checkpoints/complete.txt``): a
+    ``--resume`` of it then raises ``RunComplete`` before writing anything.
 
     Arguments:
         args: the parsed options (``out``, ``resume``, ``overwrite``, ``tensorboard``,
@@ -176,6 +186,7 @@ def open_experiment(
         RunDirectoryError: ``--out`` holds an earlier run without ``--resume`` or
             ``--overwrite``, or another run holds it.
         CheckpointError: ``--resume`` with no run there, or with different options.
+        RunComplete: ``--resume`` of a run that has finished (no file is changed).
         ValueError: ``--tensorboard`` without the tensorboard package.
     """
     out = Path(args.out)
@@ -211,6 +222,12 @@ def open_experiment(
                 )
             keys = tuple(sorted((set(saved) | set(config)) - set(RUN_OPTIONS)))
             check_compatible(saved, config, keys)
+            if (out / CHECKPOINTS / COMPLETE).is_file():
+                raise RunComplete(
+                    f"the run in {out} is already complete; its files are left as they are "
+                    "(its options cannot change on --resume: to train further, start a new "
+                    "run with another --out, or replace this one with --overwrite)"
+                )
         else:  # (with --overwrite, open_run_directory removed the earlier run)
             found = set(run_outputs(out))
             (out / "metrics.jsonl").write_text("")
@@ -218,6 +235,10 @@ def open_experiment(
         (out / CHECKPOINTS).mkdir(exist_ok=True)
         with StopRequest():  # Ctrl-C while worker processes train: wait for their checkpoints
             yield Run(out, resume, tensorboard, bool(getattr(args, "progress", True)))
+        write_text_atomically(
+            out / CHECKPOINTS / COMPLETE,
+            "this run has finished: neuralode's --resume leaves it as it is\n",
+        )
     except BaseException:
         # A fresh run that fails before its first checkpoint removes what it wrote, so that
         # a plain rerun (after fixing the cause) is not refused.

@@ -1,6 +1,7 @@
 """Neural CDE against torchcde (see ``neuralode.bench.cde``): the same model, weights and data,
 forward, and forward + backward by backpropagation and by the adjoint (also with the
-seminorm), the libraries alternated.
+seminorm), the libraries alternated; the smaller case also on the Hermite cubic with backward
+differences, both libraries' steps ending at its knots (jump_t).
 
     flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_cde.py
     python benchmarks/bench_cde.py --repeats 1      # a smoke run

@@ -143,6 +143,45 @@ def test_cde_benchmark_alternates_the_libraries_on_the_same_model(monkeypatch):
     assert "| 4 x 6, hidden 3 | forward |" in table and "z_T's error" in table
 
 
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_cde_benchmark_runs_the_hermite_rows_with_jump_t(monkeypatch, compiled):
+    torchcde = pytest.importorskip("torchcde")
+    from neuralode.bench import cde
+
+    shape = (4, 6, 3, 8)  # the rows, not the speed
+    monkeypatch.setattr(cde, "CASES", (shape, (5, 6, 3, 8)))
+    monkeypatch.setattr(cde, "HERMITE_CASES", (shape,))
+    monkeypatch.setattr(cde, "MODES", cde.MODES[:1])
+    if not compiled:  # the rows' plumbing without the compiles (a minute and a half)
+        modes = [(*mode[:3], {"compile": False} if mode[3] else {}) for mode in cde.HERMITE_MODES]
+        monkeypatch.setattr(cde, "HERMITE_MODES", tuple(modes))
+    solves = []
+    cdeint = torchcde.cdeint
+
+    def recording(X, *args, **kwargs):
+        solves.append(kwargs.get("options"))
+        return cdeint(X, *args, **kwargs)
+
+    monkeypatch.setattr(torchcde, "cdeint", recording)
+    rows = cde.run(repeats=1)
+    # each case's natural cubic rows, then the Hermite case's rows, every Hermite mode
+    labels = ["4 x 6, hidden 3"] * 2 + ["5 x 6, hidden 3"] * 2 + ["4 x 6, hidden 3, Hermite"] * 6
+    assert [row.case for row in rows] == labels
+    hermite = rows[4:]
+    assert [row.mode for row in hermite] == ["z_T's error"] + [m[0] for m in cde.HERMITE_MODES]
+    assert 'forward, neuralode compile="step"' in [row.mode for row in hermite]
+    assert hermite[0].error and 0 < hermite[0].ours < 1e-2 and 0 < hermite[0].theirs < 1e-2
+    assert all(row.ours > 0 and row.theirs > 0 for row in hermite)
+    assert [row.compile_s is not None for row in hermite[1:]] == [False, False, True, True, True]
+    # torchcde's Hermite solves end steps at the knots, its natural cubic ones take no options
+    assert solves[:4] == [None] * 4
+    assert len(solves) == 4 + 1 + len(cde.HERMITE_MODES)
+    assert all(set(options) == {"jump_t"} for options in solves[4:])
+    table = cde.table(rows)
+    assert '| 4 x 6, hidden 3, Hermite | forward, neuralode compile="step" (compile' in table
+    assert "| 4 x 6, hidden 3, Hermite | forward + backward (adjoint) |" in table
+
+
 def test_work_precision_warms_up_every_method_before_timing(monkeypatch):
     pytest.importorskip("torchdiffeq")
     import numpy as np

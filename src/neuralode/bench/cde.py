@@ -2,12 +2,18 @@
 solved by ``neuralode.cde.cdeint`` and ``torchcde.cdeint``; forward, and forward + backward by
 backpropagation and by the adjoint (also with the seminorm), timed alternately in one process;
 and neuralode's forward and adjoint with the whole solve compiled (``compile=True``) against
-torchcde's eager ones, the compile timed apart.
+torchcde's eager ones, the compile timed apart. The smaller case also runs on each library's
+Hermite cubic with backward differences (torchcde's choice for online use), whose second
+derivative jumps at every knot, so both libraries' dopri5 end steps at the knots
+(``options=dict(jump_t=X.grid_points)``): forward, forward + backward by the adjoint, and
+neuralode's forward compiled step by step (``compile="step"``) and as one graph
+(``compile=True``), and its adjoint compiled.
 
 The model is the standard neural CDE classifier's solve (``NeuralCDE``'s vector field
 ``CDEField``, an MLP hidden -> width -> hidden x channels with a softplus hidden layer and a tanh
 output; a linear map of X(t0) to z0) on irregularly sampled
-spirals, each library's natural cubic spline of each series (bitwise equal coefficients);
+spirals, each library's natural cubic spline of each series (bitwise equal coefficients; the
+Hermite coefficients also);
 dopri5 at torchcde's default tolerances (rtol 1e-4, atol 1e-6). z_T's error is measured
 against the same model and data in float64 at rtol 1e-10.
 
@@ -40,6 +46,16 @@ MODES = (
     ("forward + backward (backprop)", False, True, {}),
     ("forward + backward (adjoint)", True, True, {}),
     ("forward + backward (adjoint, seminorm)", "seminorm", True, {}),
+    ("forward, neuralode compile=True", False, False, {"compile": True}),
+    ("forward + backward (adjoint), neuralode compile=True", True, True, {"compile": True}),
+)
+# the cases of CASES that also run on the Hermite cubic with backward differences, after every
+# case's natural cubic rows, in HERMITE_MODES (both libraries with jump_t at the knots)
+HERMITE_CASES = CASES[:1]
+HERMITE_MODES = (
+    ("forward", False, False, {}),
+    ("forward + backward (adjoint)", True, True, {}),
+    ('forward, neuralode compile="step"', False, False, {"compile": "step"}),
     ("forward, neuralode compile=True", False, False, {"compile": True}),
     ("forward + backward (adjoint), neuralode compile=True", True, True, {"compile": True}),
 )
@@ -77,20 +93,44 @@ def timed(run: Callable[..., object], *args: object) -> float:
 
 
 def case(
-    torchcde: Any, batch: int, length: int, hidden: int, width: int, repeats: int
+    torchcde: Any,
+    batch: int,
+    length: int,
+    hidden: int,
+    width: int,
+    repeats: int,
+    hermite: bool = False,
 ) -> list[Row]:
-    """The rows of one case: z_T's errors, then each mode's median times."""
+    """The rows of one case: z_T's errors, then each mode's median times.
+
+    Arguments:
+        torchcde: the torchcde module.
+        batch, length, hidden, width: the case (``CASES``).
+        repeats: timed runs per cell.
+        hermite: the Hermite cubic with backward differences and ``HERMITE_MODES``, both
+            libraries' solves with ``jump_t=X.grid_points``; else the natural cubic and ``MODES``.
+
+    Returns:
+        The case's rows.
+    """
     torch.manual_seed(0)
     x = spirals(batch, length)
     func = CDEField(3, hidden, width)  # the library's neural CDE field (softplus, tanh out)
     initial = torch.nn.Linear(3, hidden)
-    ours_X = cde.CubicSpline(cde.natural_cubic_coeffs(x))
-    theirs_X = torchcde.CubicSpline(torchcde.natural_cubic_coeffs(x))
+    if hermite:
+        coeffs = "hermite_cubic_coefficients_with_backward_differences"
+        modes = HERMITE_MODES
+    else:
+        coeffs, modes = "natural_cubic_coeffs", MODES
+    ours_X = cde.CubicSpline(getattr(cde, coeffs)(x))
+    theirs_X = torchcde.CubicSpline(getattr(torchcde, coeffs)(x))
     params = (*func.parameters(), *initial.parameters())
 
     def solve(library: Any, X: Any, adjoint: Any, backward: bool, options: dict) -> torch.Tensor:
         z0 = initial(X.evaluate(X.interval[0]))
         kwargs: dict[str, Any] = dict(method="dopri5", adjoint=bool(adjoint))
+        if hermite:  # both libraries' steps end at the knots, where X'' jumps
+            options = dict(options, jump_t=X.grid_points)
         if options:
             kwargs["options"] = options
         if adjoint:
@@ -104,17 +144,20 @@ def case(
 
     with torch.no_grad():  # the reference: float64 copies at rtol 1e-10
         func64, initial64 = copy.deepcopy(func).double(), copy.deepcopy(initial).double()
-        X64 = cde.CubicSpline(cde.natural_cubic_coeffs(x.double()))
+        X64 = cde.CubicSpline(getattr(cde, coeffs)(x.double()))
         z0 = initial64(X64.evaluate(X64.interval[0]))
-        exact = cde.cdeint(X64, func64, z0, X64.interval, adjoint=False, rtol=1e-10, atol=1e-12)
+        options = dict(jump_t=X64.grid_points) if hermite else None
+        exact = cde.cdeint(
+            X64, func64, z0, X64.interval, adjoint=False, rtol=1e-10, atol=1e-12, options=options
+        )
         exact = exact[:, -1].float()
         scale = float(exact.abs().max())
         error_ours = float((solve(cde, ours_X, False, False, {}) - exact).abs().max()) / scale
         error_theirs = float((solve(torchcde, theirs_X, False, False, {}) - exact).abs().max())
         error_theirs /= scale
-    label = f"{batch} x {length}, hidden {hidden}"
+    label = f"{batch} x {length}, hidden {hidden}" + (", Hermite" if hermite else "")
     rows = [Row(label, "z_T's error", error_ours, error_theirs, error=True)]
-    for mode, adjoint, backward, options in MODES:
+    for mode, adjoint, backward, options in modes:
         with torch.enable_grad() if backward else torch.no_grad():
             compile_s = timed(solve, cde, ours_X, adjoint, backward, options) if options else None
             ours, theirs = [], []
@@ -127,7 +170,8 @@ def case(
 
 
 def run(repeats: int) -> list[Row]:
-    """Every case and mode (``CASES``, ``MODES``).
+    """Every case and mode (``CASES``, ``MODES``), then the Hermite cases (``HERMITE_CASES``
+    that are in ``CASES``, ``HERMITE_MODES``).
 
     Arguments:
         repeats: timed runs per cell (their median is reported).
@@ -140,7 +184,10 @@ def run(repeats: int) -> list[Row]:
     """
     import torchcde
 
-    return [row for shape in CASES for row in case(torchcde, *shape, repeats)]
+    rows = [row for shape in CASES for row in case(torchcde, *shape, repeats)]
+    for shape in (shape for shape in CASES if shape in HERMITE_CASES):
+        rows += case(torchcde, *shape, repeats, hermite=True)
+    return rows
 
 
 def table(rows: list[Row]) -> str:
@@ -162,6 +209,8 @@ def table(rows: list[Row]) -> str:
             )
     lines.append(
         "\nz_T's error: max |z_T - reference| / max |z_T| of the forward solve at the default "
-        "tolerances; the reference: the same model and data in float64 at rtol 1e-10, atol 1e-12"
+        "tolerances; the reference: the same model and data in float64 at rtol 1e-10, atol 1e-12. "
+        "Hermite: the Hermite cubic with backward differences, both libraries' steps ending at "
+        "the knots (jump_t=X.grid_points), the reference's too"
     )
     return "\n".join(lines)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +25,7 @@ def resolve_params(
                 "adjoint_params=... in odeint_adjoint); pass () if there are none"
             )
         params = module_parameters(func)
+        _warn_unreached(func, params)
     if isinstance(params, torch.nn.Module):  # a module stands for its parameters
         params = module_parameters(params)
     elif isinstance(params, torch.Tensor):
@@ -35,6 +40,44 @@ def resolve_params(
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"parameter {i} is a {type(p).__name__}, not a tensor")
     return tuple(p for p in params if p.requires_grad)
+
+
+def _warn_unreached(module: torch.nn.Module, params: tuple[torch.Tensor, ...]) -> None:
+    """Warn, once per module, of the tensors it holds that require gradients but are not
+    among ``params`` (plain tensor attributes, buffers): the adjoint would leave their
+    gradients silently unset."""
+    if getattr(module, "_is_replica", False) or module in _CHECKED:
+        return
+    _CHECKED.add(module)
+    found = {id(p) for p in params}
+    names = []
+    for prefix, sub in module.named_modules():
+        for name, value in [*vars(sub).items(), *sub._buffers.items()]:
+            if isinstance(value, torch.Tensor) and value.requires_grad and id(value) not in found:
+                found.add(id(value))
+                names.append(f"{prefix}.{name}" if prefix else name)
+    if names:
+        warnings.warn(
+            f"func holds tensors that require gradients but are not parameters "
+            f"({', '.join(names)}): the adjoint (Backsolve, Checkpointed, odeint_adjoint) gives "
+            "them no gradient. Pass them with the parameters (params=(*func.parameters(), "
+            "tensor) in the core API, adjoint_params=... in odeint_adjoint), or make them "
+            "nn.Parameters",
+            stacklevel=_outside_package(),
+        )
+
+
+def _outside_package() -> int:
+    """The ``stacklevel`` of a warning raised here that points at the first caller outside
+    neuralode (the user's line), however deep the call into the package."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+_CHECKED: weakref.WeakSet = weakref.WeakSet()  # the modules ``_warn_unreached`` has read
 
 
 def module_parameters(module: torch.nn.Module) -> tuple[torch.Tensor, ...]:

@@ -244,6 +244,9 @@ def cdeint(
                 stacklevel=2,
             )
     field = _VectorField(X, func, is_tensor, is_prod, bool(per_sample))
+    if adjoint and "adjoint_params" not in kwargs:
+        # the default, given: warned above about X's tensors, not again by the adjoint's check
+        kwargs["adjoint_params"] = tuple(field.parameters())
     if backend == "torchdiffeq":
         out = (odeint_adjoint if adjoint else odeint)(field, z0, t, **kwargs)
     else:

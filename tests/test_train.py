@@ -145,6 +145,12 @@ def test_missing_mnist_directory_is_a_clear_cli_error(tmp_path, capsys) -> None:
     argv = ["train", "odenet", "--data", "mnist", "--data-dir", str(tmp_path / "none")]
     assert main(argv + ["--out", str(tmp_path / "o")]) == 2
     assert "missing train-images-idx3-ubyte.gz" in capsys.readouterr().err
+    (tmp_path / "file").write_text("not a directory")
+    argv = ["train", "odenet", "--data", "mnist", "--data-dir", str(tmp_path / "file")]
+    assert main(argv + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"--data-dir {tmp_path / 'file'} is a file, not a directory" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
 def _free_port() -> int:

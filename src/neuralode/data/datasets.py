@@ -243,7 +243,8 @@ def load_mnist(
         The `ImageDataset`: images (N, 1, 28, 28) in [0, 1], labels 0-9.
 
     Raises:
-        DatasetNotFoundError: neither ``data_dir`` nor ``download``, or files missing.
+        DatasetNotFoundError: neither ``data_dir`` nor ``download``, ``data_dir`` is a file,
+            or files missing.
         ValueError: the images and labels do not match, or a label is not a class 0-9.
         IDXError: a file is not a valid IDX file.
     """
@@ -255,6 +256,11 @@ def load_mnist(
             "train-images-idx3-ubyte[.gz] and the three other files) or --download"
         )
     directory = Path(data_dir)
+    if directory.exists() and not directory.is_dir():
+        raise DatasetNotFoundError(
+            f"--data-dir {directory} is a file, not a directory; point it at the directory "
+            "with the MNIST IDX files, or use --download"
+        )
     paths = {key: _find_mnist_file(directory, name) for key, (name, _) in MNIST_FILES.items()}
     missing = [MNIST_FILES[key][0] for key, path in paths.items() if path is None]
     if missing:

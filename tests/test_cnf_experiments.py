@@ -44,3 +44,19 @@ def test_cnf_mnist_quick_reports_bits_per_dim(tmp_path) -> None:
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 < metrics["test_bits_per_dim"] < 40  # untrained, in logit space
     assert (tmp_path / "samples.png").read_bytes()[:8] == PNG
+
+
+def test_cnf_mnist_names_the_mnist_options_that_mnist5k_ignores(tmp_path) -> None:
+    import argparse
+    import warnings
+
+    from neuralode.experiments import cnf_mnist
+
+    args = argparse.Namespace(data="mnist5k", data_dir=str(tmp_path), download=True)
+    args.cache_dir = None
+    with pytest.warns(UserWarning, match=r"ignores --data-dir, --download \(read only with"):
+        cnf_mnist._split(args)
+    args.data_dir, args.download = None, False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cnf_mnist._split(args)

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,17 @@ def build_flow(args: argparse.Namespace) -> SequentialFlow:
 def _split(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     """Train and test images as uint8 (N, 28, 28), from the shared loaders."""
     if args.data == "mnist5k":
+        # the MNIST file options: read only with --data mnist, named when given with mnist5k
+        ignored = [
+            f"--{key.replace('_', '-')}"
+            for key in ("data_dir", "download", "cache_dir")
+            if getattr(args, key) not in (None, False)
+        ]
+        if ignored:
+            warnings.warn(
+                f"cnf-mnist on mnist5k ignores {', '.join(ignored)} (read only with --data mnist)",
+                stacklevel=2,
+            )
         data = load_mnist5k()
     elif args.data_dir is None and not args.download:
         raise ValueError(

@@ -1,5 +1,6 @@
 """The compiled whole solve's plan (``_whole_solve``): the solve's fixed facts, which the
-graph reads as constants, and their cache.
+graph reads as constants, and their cache; and the output times as the graph's input
+(``output_times``).
 
 A solve's plan, the solver's coefficients and the compiled graph are made once per f, solver
 and controller settings, shape, dtype, device and setting, and reused by the solves that
@@ -20,6 +21,7 @@ import functools
 import re
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._attempt import Constants
@@ -218,3 +220,21 @@ class Plan:
         # (a copy: an f returning y or a view of it would alias the loop's carried values,
         # which while_loop refuses; inductor fuses the copy into the loop that uses it)
         return out.reshape(batch, -1).clone()
+
+
+def output_times(ts: list[float], device: torch.device) -> torch.Tensor:
+    """The output times as a float64 tensor (on CPU through NumPy: cheaper than
+    ``torch.tensor``), the last solve's again for the same times and device (the graph
+    never writes to its inputs)."""
+    key = (tuple(ts), device)
+    if _LAST_TIMES[0] == key:
+        return _LAST_TIMES[1]
+    if device.type == "cpu":
+        tensor = torch.from_numpy(np.array(ts, dtype=np.float64))
+    else:
+        tensor = torch.tensor(ts, dtype=torch.float64, device=device)
+    _LAST_TIMES[:] = key, tensor
+    return tensor
+
+
+_LAST_TIMES: list[Any] = [None, None]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch._higher_order_ops import while_loop
 
@@ -35,7 +34,7 @@ from ._norms import row_norm
 from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
 from ._term import ODETerm
-from ._whole_plan import Plan, planned
+from ._whole_plan import Plan, output_times, planned
 from .controllers._ops import solve_span
 from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
@@ -113,7 +112,7 @@ def integrate_whole(
     plan, co, run = entry
     # (the plan's controller: its settings are config.controller's, and no caller changes it)
     ctrl: PIController = plan.controller
-    ts_tensor = _times(ts, y.device)
+    ts_tensor = output_times(ts, y.device)
     try:
         result = run(plan, y, ts_tensor, points)
     except torch._dynamo.exc.FailOnRecompileLimitHit as error:
@@ -295,21 +294,3 @@ def _solve_graph(
         ]
     )  # fmt: skip
     return outputs, t, proposal, counts[3], counts[4], steps, accepted, nfe, d1, report
-
-
-def _times(ts: list[float], device: torch.device) -> torch.Tensor:
-    """The output times as a float64 tensor (on CPU through NumPy: cheaper than
-    ``torch.tensor``), the last solve's again for the same times and device (the graph
-    never writes to its inputs)."""
-    key = (tuple(ts), device)
-    if _LAST_TIMES[0] == key:
-        return _LAST_TIMES[1]
-    if device.type == "cpu":
-        tensor = torch.from_numpy(np.array(ts, dtype=np.float64))
-    else:
-        tensor = torch.tensor(ts, dtype=torch.float64, device=device)
-    _LAST_TIMES[:] = key, tensor
-    return tensor
-
-
-_LAST_TIMES: list[Any] = [None, None]

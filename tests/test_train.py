@@ -153,6 +153,23 @@ def test_missing_mnist_directory_is_a_clear_cli_error(tmp_path, capsys) -> None:
     assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
+def test_a_download_cache_that_cannot_be_created_is_a_clear_cli_error(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    from neuralode.data import datasets
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("nothing is downloaded")
+
+    monkeypatch.setattr(datasets, "download", no_network)
+    (tmp_path / "file").write_text("not a directory")
+    argv = ["train", "odenet", "--data", "mnist", "--download", "--cache-dir"]
+    assert main([*argv, str(tmp_path / "file"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot create {tmp_path / 'file' / 'mnist'} (Not a directory)" in err
+    assert "pass --cache-dir a writable directory" in err and len(err.splitlines()) == 1
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

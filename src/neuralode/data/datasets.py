@@ -216,9 +216,18 @@ def download_mnist(cache_dir: str | Path | None = None) -> Path:
         The directory holding the four files.
 
     Raises:
+        DatasetNotFoundError: the cache directory cannot be created (a file is in the way,
+            no permission).
         RuntimeError: a file could not be downloaded from any mirror.
     """
     directory = Path(cache_dir or default_cache_dir()) / "mnist"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DatasetNotFoundError(
+            f"the download cache {directory.parent}: cannot create {directory} "
+            f"({error.strerror or error}); pass --cache-dir a writable directory"
+        ) from error
     for name, checksum in MNIST_FILES.values():
         download([mirror + name for mirror in MNIST_MIRRORS], directory / name, checksum)
     return directory

@@ -409,7 +409,7 @@ ONE_BY_ONE = {
     "implicit_adams": dict(solver="implicit_adams", controller=no.FixedGrid(step_size=0.1)),
     "explicit_adams": dict(solver="explicit_adams", controller=no.FixedGrid(step_size=0.05)),
     "dopri5 with norm": dict(solver="dopri5", norm="max"),
-    "dopri5 with step_t": dict(solver="dopri5", step_t=[0.7]),
+    "dopri5 with perturb": dict(solver="dopri5", perturb=True),
 }
 
 

@@ -69,10 +69,16 @@ def next_landing(
     index = torch.searchsorted(points.signed, (sign * t).contiguous(), right=True)
     inside = index < points.times.shape[0]
     index = index.clamp(max=points.times.shape[0] - 1)
-    t_land = torch.where(inside, torch.take(points.times, index), t_stop)
+    t_land = torch.where(inside, _take(points.times, index), t_stop)
     before_end = sign * (t_stop - t_land) > 0
     t_land = torch.where(before_end, t_land, t_stop)
-    return t_land, inside & before_end & torch.take(points.jumps, index)
+    return t_land, inside & before_end & _take(points.jumps, index)
+
+
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[index]`` by ``index_select``, which torch.compile traces and torch.func.vmap
+    batches."""
+    return torch.index_select(values, 0, index.reshape(-1)).reshape(index.shape)
 
 
 def land(

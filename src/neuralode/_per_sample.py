@@ -264,7 +264,7 @@ def integrate_per_sample(
         if config.jump_t:  # a step from a jump starts from f just past it
             on_jump = torch.where(accept, step.jumped, on_jump)
             jumped = step.jumped & still
-            if bool(jumped.any()):  # (one read per step, with jump_t only)
+            if bool(across(jumped.any(), torch.any)):  # (one read per step, jump_t only)
                 f0 = torch.where(jumped[:, None], evaluate(past_jump(sign, t), y), f0)
                 nfe = nfe + jumped
     if config.save is not None:  # f(t1, y1) and extra stages the dense output needs

@@ -11,7 +11,7 @@ that are batched by the same vmap (a per-problem parameter) pair with their own 
 rows. Fixed-step solvers on shared times take the same steps for every problem, so there
 the batch is solved as one system. Where per-sample mode cannot run the solve (implicit
 methods, whose Newton iterations a batch would share, multistep methods, other
-controllers, ``norm``, a nested state on adaptive steps, ``step_t``/``jump_t``,
+controllers, ``norm``, a nested state on adaptive steps,
 ``perturb``, callbacks, ``Checkpointed()``, fixed steps on each problem's own times, spans
 in both directions), the problems are
 solved one after the other. Transforms applied outside ``vmap`` (``torch.func.grad``,

@@ -143,8 +143,6 @@ def _route(ts: torch.Tensor, options: dict, nested: bool) -> tuple[dict, bool, s
         or nested  # (the device loop takes one tensor; a nested state's norm is mixed)
         or options.get("norm") is not None
         or options.get("callbacks") is not None
-        or len(options.get("step_t", ())) > 0
-        or len(options.get("jump_t", ())) > 0
         or bool(options.get("perturb"))
     )
     if used:  # what the device loop cannot run: one by one

@@ -87,6 +87,14 @@ def test_implicit_experiment_refuses_an_earlier_run_in_one_line(tmp_path, capsys
     )
     assert "--overwrite" in err
     assert main([*argv, "--overwrite"]) == 0
+    # --resume of the complete run: every file is left as it is, the table printed again
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*.*")}
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*.*")} == before
+    captured = capsys.readouterr()
+    assert captured.out == (tmp_path / "table.md").read_text()
+    assert "already complete; its files are left as they are" in captured.err
 
 
 def test_implicit_experiment_runs_in_one_out_merge_their_rows(tmp_path, capsys) -> None:

@@ -81,3 +81,27 @@ def test_table1_runs_in_one_out_merge_their_rows(tmp_path, capsys) -> None:
     assert main([*argv[:-2], "--models", "resnet", "--out", str(tmp_path / "afile")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is a file, not a directory" in err
+
+
+def test_table1_resume_of_a_complete_run_changes_no_file(tmp_path, capsys) -> None:
+    out = tmp_path / "t"
+    argv = ["experiment", "table1", "--data", "digits", "--train-subset", "32", "--test-subset"]
+    argv += ["16", "--epochs", "1", "--channels", "8", "--batch-size", "16", "--threads", "1"]
+    argv += ["--no-plots", "--memory-batch", "4", "--memory-step-sizes", "0.5", "--out", str(out)]
+    argv += ["--models", "resnet"]
+
+    def files() -> dict[str, tuple[bytes, int]]:
+        return {
+            str(path.relative_to(out)): (path.read_bytes(), path.stat().st_mtime_ns)
+            for path in sorted(out.rglob("*"))
+            if path.is_file()
+        }
+
+    assert main(argv) == 0
+    before = files()
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert files() == before
+    captured = capsys.readouterr()
+    assert captured.out == (out / "table1.md").read_text()
+    assert f"the run in {out} is already complete; its files are left as they are" in captured.err

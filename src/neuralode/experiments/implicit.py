@@ -26,6 +26,7 @@ from ..viz.implicit import iterations_to_residuals, residual_histories, save_res
 from .table1 import (
     RECIPE,
     UNSHARED,
+    already_complete,
     averaging,
     earlier_results,
     keeps_threads,
@@ -230,6 +231,8 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     runs = train_side_by_side(base, args.models, out, args.memory_batch, NAMES, overrides)
     if isinstance(runs, int):
         return runs
+    if already_complete(runs, set(earlier) & set(NAMES), args.models, out / "table.md"):
+        return 0
     kept = [earlier[name] for name in NAMES if name in earlier and name not in args.models]
     rows = sorted(kept + runs.rows, key=lambda row: list(NAMES).index(row["model"]))
     study, residuals = earlier.get("memory_study", []), earlier.get("residual_study")

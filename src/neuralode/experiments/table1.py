@@ -239,13 +239,15 @@ def regularisation_overrides(model: str) -> dict[str, float]:
 @dataclass
 class Trained:
     """Models trained side by side, their table rows (with the memory of one training step)
-    and the test batch that memory was measured on."""
+    and the test batch that memory was measured on; ``complete``: every model's run was
+    already complete (``--resume`` of a finished run trained nothing)."""
 
     rows: list[dict[str, Any]]
     models: dict[str, torch.nn.Module]
     data: ImageDataset
     x: torch.Tensor
     y: torch.Tensor
+    complete: bool = False
 
 
 def train_side_by_side(
@@ -264,7 +266,7 @@ def train_side_by_side(
     """
     if base.threads > 0:
         torch.set_num_threads(base.threads)  # also for the studies after training
-    rows, trained = [], {}
+    rows, trained, complete = [], {}, True
     for name in names:
         print(f"\n== {labels[name]} ==", file=sys.stderr)
         options = {**regularisation_overrides(name), **(overrides or {}).get(name, {})}
@@ -272,13 +274,38 @@ def train_side_by_side(
         if result.status != 0:
             return result.status
         trained[name] = result.model
+        complete = complete and not result.trained
         rows.append(result_row(name, result))
     data = load_dataset(base.data, base.data_dir, base.download, base.cache_dir)
     device = next(next(iter(trained.values())).parameters()).device
     x, y = data.test_x[:memory_batch].to(device), data.test_y[:memory_batch].to(device)
     for row in rows:
         row["memory_mb"] = step_memory(trained[row["model"]], x, y)["memory_mb"]
-    return Trained(rows, trained, data, x, y)
+    return Trained(rows, trained, data, x, y, complete)
+
+
+def already_complete(runs: Trained, earlier: set[str], names: Sequence[str], table: Path) -> bool:
+    """Whether a ``--resume`` found the whole run complete: every model of ``names`` had
+    nothing left to train and ``table`` already holds its row (``earlier``: the models of
+    the table there). The run's files are then left as they are and ``table`` is printed.
+
+    Arguments:
+        runs: the models of this run.
+        earlier: the models with a row in the table already written.
+        names: the models of this run.
+        table: the table written by the run (its Markdown file).
+
+    Returns:
+        Whether nothing is left to do (the table was printed, with a line on stderr).
+    """
+    if not (runs.complete and set(names) <= earlier and table.is_file()):
+        return False
+    print(table.read_text(), end="")
+    print(
+        f"the run in {table.parent} is already complete; its files are left as they are",
+        file=sys.stderr,
+    )
+    return True
 
 
 def table_settings(base: TrainConfig, args: argparse.Namespace) -> dict[str, Any]:
@@ -410,6 +437,9 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     runs = train_side_by_side(base, args.models, out, args.memory_batch, NAMES)
     if isinstance(runs, int):
         return runs
+    done = {row["model"] for row in earlier["rows"]}
+    if already_complete(runs, done, args.models, out / "table1.md"):
+        return 0
     order = list(NAMES)
     kept = [r for r in earlier["rows"] if r["model"] not in args.models]
     rows = sorted(kept + runs.rows, key=lambda r: order.index(r["model"]))

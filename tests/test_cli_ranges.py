@@ -276,3 +276,21 @@ def test_train_config_refuses_a_relative_tolerance_of_one_or_more(field, value) 
 
     with pytest.raises(ValueError, match=rf"{field} .*in \(0, 1\), got"):
         TrainConfig(**{field: value})
+
+
+def test_a_leading_tilde_of_a_path_option_is_the_home_directory(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    # "--data-dir=~/x" reaches the program unexpanded (the shell expands ~ only at a word's
+    # start); a directory named "~" in the current one is never what was meant
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    argv = ["train", "odenet", "--data", "mnist", "--data-dir=~/nodata", "--out=~/run"]
+    assert main(argv) == 2
+    assert f"{home / 'nodata'}: missing train-images" in capsys.readouterr().err
+    assert list(cwd.iterdir()) == []
+    args = build_parser().parse_args(["bench", "--out", "~/b", "--diffrax-python", "~/py"])
+    assert (args.out, args.diffrax_python) == ("~/b", "~/py")  # main expands them

@@ -27,6 +27,9 @@ EXPERIMENTS: dict[str, str] = {
     "cde": "neuralode.experiments.cde",
 }
 
+# the options that name a file or directory: a leading ~ is the home directory, as in a shell
+PATH_OPTIONS = ("out", "data_dir", "cache_dir", "diffrax_python")
+
 
 def _demo(args: argparse.Namespace) -> int:
     import torch
@@ -237,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _Parser(prog=f"neuralode {command}").error(
                 "argument --out: must name a directory, got '' (an unset shell variable?)"
             )
+        for name in PATH_OPTIONS:  # "--out=~/runs" reaches us unexpanded (so do quoted ~)
+            value = getattr(args, name, None)
+            if isinstance(value, str) and value.startswith("~"):
+                setattr(args, name, os.path.expanduser(value))
     except KeyboardInterrupt:
         _error(_command_named(sys.argv[1:] if argv is None else argv), "interrupted")
         return 130

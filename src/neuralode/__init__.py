@@ -12,7 +12,7 @@ from ._solve import solve
 from ._status import Status
 from .adjoint import Backsolve, Checkpointed, Direct, GradientStrategy
 from .compat import odeint, odeint_adjoint, odeint_event
-from .controllers import FixedGrid, PIController
+from .controllers import FixedGrid, PIController, PIDController
 from .solvers import (
     METHODS,
     RK4,
@@ -61,6 +61,7 @@ __all__ = [
     "MaxStepsError",
     "NonFiniteError",
     "PIController",
+    "PIDController",
     "Solution",
     "SolveStats",
     "SolverError",

@@ -34,6 +34,7 @@ _ADAPTIVE_OPTIONS = {
     "dfactor",
     "icoeff",
     "pcoeff",
+    "dcoeff",
     "min_step",
     "max_step",
     "max_num_steps",
@@ -54,7 +55,9 @@ _ALIASES = {"fixed_adams": "implicit_adams"}
 # options torchdiffeq's method takes and does nothing with (its explicit Adams inherits the
 # corrector's ``max_iters``): accepted, so that options shared between methods still work
 _NO_EFFECT = {"explicit_adams": {"max_iters"}}
-_CONTROLLER_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "icoeff", "pcoeff")
+_CONTROLLER_OPTIONS = (
+    "first_step", "safety", "ifactor", "dfactor", "icoeff", "pcoeff", "dcoeff",
+)  # fmt: skip
 _CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 
 

@@ -140,7 +140,7 @@ def integrate_per_sample(
         size = torch.full((batch,), ctrl.first_step, **f64)
     size = torch.clamp(size, min=ctrl.min_step, max=ctrl.max_step)
     proposal = t + sign * size
-    previous_ratio = torch.ones(batch, **f64)
+    previous_ratio = ctrl.initial_memory(torch.ones(batch, **f64))
 
     outputs = y.expand(n_out, *y.shape)  # (outputs, batch, n): written at the checks
     next_out = torch.ones(batch, dtype=torch.long, device=device)

@@ -196,16 +196,17 @@ def _solve_graph(
     n_inner = inner.shape[0]
     # the carried values packed by dtype (each carried tensor costs an allocation and a
     # copy per iteration): loop = [iterations, a running sample stalled, evaluations of f
-    # past jumps (of the batch)]; times = [t,
-    # proposal, previous ratio (PI memory)]; counts = [steps, accepted, evaluations of f,
-    # running, last attempt rejected] per sample, running 0 (finished), 1 or ``_REPEATED``
-    # (its rejected step would be attempted again unchanged: with min_step > 0 only, it ends
-    # the loop as a stall)
+    # past jumps (of the batch)]; times = [t, proposal, the controller's memory (one or two
+    # rows)]; counts = [steps, accepted, evaluations of f, running, last attempt rejected]
+    # per sample, running 0 (finished), 1 or ``_REPEATED`` (its rejected step would be
+    # attempted again unchanged: with min_step > 0 only, it ends the loop as a stall)
     running = torch.isfinite(d1) & (t0 != t_end)
+    memory = ctrl.initial_memory(torch.ones_like(t0))  # (the PI(D) memory: a row or two)
+    memory_shape = memory.shape
     zeros = torch.zeros(batch, dtype=torch.long, device=y0.device)
     carry = (
         torch.zeros(3, dtype=torch.long, device=y0.device),
-        torch.stack([t0, t0 + sign * size, torch.ones_like(t0)]),
+        torch.cat([torch.stack([t0, t0 + sign * size]), memory.reshape(-1, batch)]),
         y0,
         f0,
         torch.stack([zeros, zeros, zeros + nfe0, running.long(), zeros]),
@@ -216,14 +217,15 @@ def _solve_graph(
         return (counts[3] != 0).any() & (loop[1] == 0) & (loop[0] < plan.max_steps)
 
     def body(loop, times, y, f0, counts, outs):
-        t, prev, still = times[0], times[2], counts[3] != 0
+        t, still = times[0], counts[3] != 0
+        prev = times[2:].reshape(memory_shape)
         landing = None if points is None else next_landing(points, sign, t, t_stop)
         step = attempt(
             plan.call, plan.constants, None, t, y, f0, times[1], t_stop, still, prev,
             counts[0], counts[1], None, landing,
         )  # fmt: skip
         t1, h, y1, accept, t_next = step.t1, step.h, step.y1, step.accept, step.t_next
-        new_prev = step.previous_ratio if ctrl.pcoeff else prev
+        new_prev = step.previous_ratio if ctrl.memory_size else prev
         stacked, h_y = step.k_all, h.to(y.real.dtype)[:, None]
         f1 = step.k_last if fsal else plan.call(step.t1_inner, y1)
         f0_next = torch.where(accept[:, None], f1, f0)
@@ -275,7 +277,7 @@ def _solve_graph(
         stalled = _stalled(still_next, t_next, proposal, t_stop, span, rejected, sign, repeated)
         return (
             torch.stack([loop[0] + 1, stalled.any().long(), past_jumps]),
-            torch.stack([t_next, proposal, new_prev]),
+            torch.cat([torch.stack([t_next, proposal]), new_prev.reshape(-1, batch)]),
             step.y_accepted,
             f0_next,
             torch.stack([step.n_steps, step.n_accepted, nfe, runs, rejected.long()]),

@@ -3,6 +3,12 @@
 from .base import StepSizeController
 from .fixed import FixedGrid
 from .initial_step import select_initial_step
-from .pi import PIController
+from .pi import PIController, PIDController
 
-__all__ = ["FixedGrid", "PIController", "StepSizeController", "select_initial_step"]
+__all__ = [
+    "FixedGrid",
+    "PIController",
+    "PIDController",
+    "StepSizeController",
+    "select_initial_step",
+]

@@ -27,7 +27,7 @@ from .initial_step import check_f0_norm, first_evaluations, select_initial_step
 class _PIState:
     norm: Norm
     exponent: float
-    previous_ratio: float
+    previous_ratio: Any  # the memory: a float, or (last, the one before) with dcoeff
     rtol: torch.Tensor  # the tolerances as tensors like the state, made once per solve
     atol: torch.Tensor  # so that each step's scale is one addcmul
     # (y, |y|) at both ends of the last judged graph-free step: the next step starts from
@@ -41,17 +41,22 @@ class _PIState:
 
 
 class PIController(StepSizeController):
-    """Proportional-integral step-size control on the scaled error ratio.
+    """Proportional-integral(-derivative) step-size control on the scaled error ratio.
 
     The error ratio is ``norm(error / (atol + rtol * max(|y0|, |y1|)))``; a step is accepted
     when it is at most 1. The next step is ``dt * factor`` with
-    ``factor = safety * ratio**(-(icoeff + pcoeff) / k) * previous_ratio**(pcoeff / k)``,
-    ``k`` one more than the order of the error estimate, clipped to ``[dfactor, ifactor]``.
+    ``factor = safety * ratio**(-(icoeff + pcoeff + dcoeff) / k) * r1**((pcoeff + 2 dcoeff) / k)
+    * r2**(-dcoeff / k)``, ``r1`` and ``r2`` the ratios of the last two accepted steps and
+    ``k`` one more than the order of the error estimate, clipped to ``[dfactor, ifactor]``
+    (Söderlind's three-term controller; diffrax's ``PIDController``, also importable under
+    that name).
     An accepted step may be followed by a smaller one (as in Hairer's DOPRI5 and SciPy; torchdiffeq
     never shrinks after an accepted step, which costs rejections where the dynamics stiffen:
     on the Van der Pol benchmark 16 % more NFE for the same error); ``shrink_after_accept=False``
     is their rule (an accepted step's factor is at least 1). ``pcoeff=0`` (the default) is
-    the integral controller; ``icoeff=0.3, pcoeff=0.4`` is Gustafsson's PI controller. The
+    the integral controller; ``icoeff=0.3, pcoeff=0.4`` is Gustafsson's PI controller, and
+    ``dcoeff > 0`` adds the derivative term (e.g. diffrax's suggested ``pcoeff=0.3,
+    icoeff=0.3, dcoeff=0`` for the PI, or H211b-like choices with ``dcoeff``). The
     defaults with ``first_step=0.01, shrink_after_accept=False`` take diffrax 0.7's steps
     (``PIDController`` with ``dt0=None``, which starts every ODE at 0.01).
 
@@ -67,6 +72,7 @@ class PIController(StepSizeController):
         dfactor: the smallest factor a step may shrink by.
         icoeff: the integral coefficient, a finite number > 0.
         pcoeff: the proportional coefficient, a finite number >= 0.
+        dcoeff: the derivative coefficient, a finite number >= 0 (0: a PI controller).
         min_step: the smallest step size (steps are clipped to it).
         max_step: the largest step size.
         shrink_after_accept: whether an accepted step may be followed by a smaller one
@@ -92,6 +98,7 @@ class PIController(StepSizeController):
         dfactor: float = 0.2,
         icoeff: float = 1.0,
         pcoeff: float = 0.0,
+        dcoeff: float = 0.0,
         min_step: float = 0.0,
         max_step: float = math.inf,
         shrink_after_accept: bool = True,
@@ -118,6 +125,8 @@ class PIController(StepSizeController):
             raise ValueError(f"icoeff must be a finite number > 0, got {icoeff!r}")
         if not (isinstance(pcoeff, numbers.Real) and 0 <= pcoeff < math.inf):
             raise ValueError(f"pcoeff must be a finite number >= 0, got {pcoeff!r}")
+        if not (isinstance(dcoeff, numbers.Real) and 0 <= dcoeff < math.inf):
+            raise ValueError(f"dcoeff must be a finite number >= 0, got {dcoeff!r}")
         if not 0 <= min_step <= max_step:
             raise ValueError(f"need 0 <= min_step <= max_step, got {min_step!r}, {max_step!r}")
         self.rtol = rtol
@@ -128,6 +137,7 @@ class PIController(StepSizeController):
         self.dfactor = dfactor
         self.icoeff = icoeff
         self.pcoeff = pcoeff
+        self.dcoeff = dcoeff
         self.min_step = min_step
         self.max_step = max_step
         self.shrink_after_accept = shrink_after_accept
@@ -185,7 +195,8 @@ class PIController(StepSizeController):
             dt = select_initial_step(term, ts[0], y0, f0, direction, exponent, rtol, atol, norm)
         else:
             dt = self.first_step
-        state = _PIState(norm, exponent, 1.0, rtol, atol, hold=solver.hold_after_reject)
+        memory = self.initial_memory()
+        state = _PIState(norm, exponent, memory, rtol, atol, hold=solver.hold_after_reject)
         return self._first_proposal(ts, direction, dt), state
 
     def init_compiled(
@@ -222,8 +233,23 @@ class PIController(StepSizeController):
             term.nfe += 2
             dt, d1 = pair.tolist()
             check_f0_norm(d1, ts[0])
-        state = _PIState(norm, exponent, 1.0, rtol, atol, hold=solver.hold_after_reject)
+        memory = self.initial_memory()
+        state = _PIState(norm, exponent, memory, rtol, atol, hold=solver.hold_after_reject)
         return f0, self._first_proposal(ts, direction, dt), state
+
+    @property
+    def memory_size(self) -> int:
+        """How many past error ratios the formula reads: 0 (integral), 1 (PI), 2 (PID)."""
+        return 2 if self.dcoeff else 1 if self.pcoeff else 0
+
+    def initial_memory(self, like: torch.Tensor | None = None) -> Any:
+        """The memory before the first accepted step (ratios of 1): a float, or a pair of
+        floats with ``dcoeff``; per sample (``like``, (batch,) float64) a (batch,) tensor
+        or a (2, batch) one."""
+        if like is None:
+            return (1.0, 1.0) if self.dcoeff else 1.0
+        ones = torch.ones_like(like)
+        return torch.stack([ones, ones]) if self.dcoeff else ones
 
     def _setup(
         self, solver: Solver, ts: list[float], y0: torch.Tensor
@@ -318,14 +344,16 @@ class PIController(StepSizeController):
             ratio: the step's scaled error: a Python float for one problem on the host, or
                 a (batch,) tensor, one per sample.
             size: the step's size (positive), as ``ratio``.
-            previous_ratio: the PI memory, the scaled error of the last accepted step.
+            previous_ratio: the memory (``initial_memory``): the scaled error of the last
+                accepted step, and with ``dcoeff`` the one before it (a pair, or a (2, batch)
+                tensor).
             exponent: ``1 / k``, ``k`` one more than the order of the error estimate.
             running: per sample, a boolean mask: only these samples may accept, the others
                 keep their memory; ``None`` for all.
 
         Returns:
             ``(accept, new_size, previous_ratio)``: whether the step is accepted, the size
-                of the next step (clipped to ``[min_step, max_step]``) and the new PI memory.
+                of the next step (clipped to ``[min_step, max_step]``) and the new memory.
         """
         accept = ratio <= 1
         if self.min_step > 0:  # (a non-finite ratio is never accepted)
@@ -333,9 +361,16 @@ class PIController(StepSizeController):
             accept = accept | forced
         if running is not None:
             accept = accept & running
-        factor = self.safety * _power(ratio, -(self.icoeff + self.pcoeff) * exponent)
-        if self.pcoeff:
-            factor = factor * _power(previous_ratio, self.pcoeff * exponent)
+        p, i, d = self.pcoeff, self.icoeff, self.dcoeff
+        factor = self.safety * _power(ratio, -(i + p + d) * exponent)
+        if d:  # the last two accepted steps' ratios
+            last, before = previous_ratio[0], previous_ratio[1]
+            factor = factor * _power(last, (p + 2 * d) * exponent)
+            factor = factor * _power(before, -d * exponent)
+            kept = _where(accept, _clip(ratio, 1e-10, math.inf), last), _where(accept, last, before)
+            previous_ratio = torch.stack(kept) if isinstance(last, torch.Tensor) else kept
+        elif p:
+            factor = factor * _power(previous_ratio, p * exponent)
             previous_ratio = _where(accept, _clip(ratio, 1e-10, math.inf), previous_ratio)
         factor = _nan_to(factor, self.dfactor)
         if self.shrink_after_accept:
@@ -347,6 +382,9 @@ class PIController(StepSizeController):
 
     def __repr__(self) -> str:
         return f"PIController(rtol={self.rtol}, atol={self.atol})"
+
+
+PIDController = PIController  # diffrax's name: the D term is ``dcoeff``
 
 
 def check_overflow(t0: float, y0: torch.Tensor) -> None:

@@ -529,3 +529,110 @@ def test_neural_cde_trains_compiled_with_the_solvers_nfe() -> None:
         torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-9)
     assert models[1].nfe_forward > 0 and models[1].nfe_backward > 0
     assert abs(models[1].nfe_forward - models[0].nfe_forward) <= 0.1 * models[0].nfe_forward
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_log_ode_neural_cde_output_shapes(sequence: bool, depth: int) -> None:
+    x = torch.randn(2, 3, 41, 4)  # two batch dimensions
+    x[0, 1, 5:9, 1] = float("nan")
+    model = NeuralCDE(4, 6, 5, width=8, sequence=sequence, log_ode=(depth, 10))
+    assert model.interpolation == "linear"
+    coeffs = model.coefficients(x)
+    width = cde.logsignature_channels(4, depth)
+    assert coeffs.shape == (2, 3, 5, width)  # the start and 4 windows of 10
+    assert model.field.input_channels == width and model.initial.in_features == 4
+    out = model(coeffs)
+    assert out.shape == ((2, 3, 5, 5) if sequence else (2, 3, 5))
+    assert torch.isfinite(out).all() and model.nfe_forward > 0
+
+
+def test_log_ode_depth_1_is_the_linear_model_at_the_windows_ends() -> None:
+    """At depth 1 a window's log-signature is its increment, so the log-ODE path is the
+    cumulative sum of the increments: the linear interpolation of the values at the windows'
+    ends (up to the sum's rounding). With windows of one sampling step it is the linear
+    model on the same data (the same weights give the same output); with windows of two
+    steps, the linear model on every other observation."""
+    torch.manual_seed(12)
+    x = torch.randn(4, 9, 3, dtype=torch.float64)
+    x[1, 2:4, 1] = float("nan")
+    linear = NeuralCDE(3, 5, 2, width=8, interpolation="linear", rtol=1e-9, atol=1e-11)
+    linear = linear.double()
+    log_ode = NeuralCDE(3, 5, 2, width=8, rtol=1e-9, atol=1e-11, log_ode=(1, 1.0)).double()
+    log_ode.load_state_dict(linear.state_dict())  # the same shapes at depth 1
+    coeffs = linear.coefficients(x)
+    torch.testing.assert_close(log_ode.coefficients(x), coeffs, rtol=0, atol=1e-14)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            log_ode(log_ode.coefficients(x)), linear(coeffs), rtol=1e-12, atol=1e-12
+        )
+    # observations at times 0, 0.5, ..., 4: windows of 0.5 are one sampling step, and the
+    # CDE over the window index is the linear model's CDE over t reparametrised
+    t = torch.linspace(0, 4, 9, dtype=torch.float64)
+    log_ode.log_ode = (1, 0.5)
+    torch.testing.assert_close(log_ode.coefficients(x, t), coeffs, rtol=0, atol=1e-14)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            log_ode(log_ode.coefficients(x, t)),
+            linear(linear.coefficients(x, t), t),
+            rtol=1e-7,
+            atol=1e-8,
+        )
+    log_ode.log_ode = (1, 2.0)
+    filled = cde.linear_interpolation_coeffs(x)  # NaNs filled as the windows fill them
+    torch.testing.assert_close(log_ode.coefficients(x), filled[:, ::2], rtol=0, atol=1e-14)
+
+
+def test_log_ode_depth_2_adds_the_windows_levy_areas() -> None:
+    """Depth 2 keeps the depth-1 path in its first channels and adds, per window, the Lévy
+    area of each pair of channels: the turning direction of the spirals in (x, y)."""
+    torch.manual_seed(13)
+    angle = torch.linspace(0, 2 * math.pi, 21, dtype=torch.float64)
+    x = torch.stack([angle.cos(), angle.sin()], -1)[None]  # one anticlockwise circle
+    coeffs = NeuralCDE(2, 3, 1, log_ode=(2, 5)).coefficients(x)
+    depth1 = NeuralCDE(2, 3, 1, log_ode=(1, 5)).coefficients(x)
+    assert coeffs.shape == (1, 5, 3)
+    torch.testing.assert_close(coeffs[..., :2], depth1)
+    areas = coeffs[0, 1:, 2] - coeffs[0, :-1, 2]
+    # a window's Lévy area is the area between its chord and the polygon, chord-sign
+    # convention 0.5 * (int x dy - int y dx) > 0 for anticlockwise motion
+    assert (areas > 0).all()
+    turn = 2 * math.pi / 20
+    segment_area = 0.5 * math.sin(turn)  # triangle (0, p_i, p_i+1)
+    chord_area = 0.5 * math.sin(5 * turn)  # triangle (0, p_0, p_5)
+    torch.testing.assert_close(areas, torch.full_like(areas, 5 * segment_area - chord_area))
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_log_ode_neural_cde_gradients_reach_every_parameter(adjoint: bool) -> None:
+    torch.manual_seed(14)
+    x = torch.randn(5, 30, 3)
+    x[2, 4:7, 2] = float("nan")
+    model = NeuralCDE(3, 4, 2, width=8, adjoint=adjoint, log_ode=(2, 6.0))
+    model(model.coefficients(x)).square().sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert (model.nfe_backward > 0) == adjoint
+
+
+def test_log_ode_neural_cde_refuses_bad_arguments() -> None:
+    for bad in (2, (2,), (2, 5, 1), "2,5"):
+        with pytest.raises(ValueError, match=r"pair \(depth, window_length\)"):
+            NeuralCDE(2, 3, 1, log_ode=bad)
+    for depth in (0, 1.5, True):
+        with pytest.raises(ValueError, match="log_ode's depth must be an integer >= 1"):
+            NeuralCDE(2, 3, 1, log_ode=(depth, 5))
+    for window in (0, -1.0, float("inf"), float("nan"), "5", None):
+        with pytest.raises(ValueError, match="log_ode's window_length must be a positive"):
+            NeuralCDE(2, 3, 1, log_ode=(2, window))
+    for interpolation in ("cubic", "hermite"):
+        with pytest.raises(ValueError, match="interpolates the log-signature path linearly"):
+            NeuralCDE(2, 3, 1, interpolation=interpolation, log_ode=(2, 5))
+    model = NeuralCDE(2, 3, 1, log_ode=(2, 5))
+    x = torch.randn(4, 11, 2)
+    with pytest.raises(ValueError, match="give the observation times to coefficients"):
+        model(model.coefficients(x), torch.arange(3.0))
+    with pytest.raises(ValueError, match="log-signature path has 3 channels"):
+        model(NeuralCDE(2, 3, 1, log_ode=(3, 5)).coefficients(x))
+    assert "log_ode=(2, 5.0)" in repr(model)
+    assert NeuralCDE(2, 3, 1).interpolation == "cubic"

@@ -8,17 +8,39 @@ interpolation, before the model: a series is its spline's coefficients.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from .. import cde
+from .._args import count, real
 from .._solution import SolveStats
 from ..compat import last_stats
 from ..solvers import METHODS
 
 INTERPOLATIONS = ("cubic", "hermite", "linear")
+
+
+def _check_log_ode(log_ode: object) -> tuple[int, float] | None:
+    """``log_ode`` as ``(depth, window_length)``, or a ``ValueError`` naming what is wrong."""
+    if log_ode is None:
+        return None
+    if not isinstance(log_ode, (tuple, list)) or len(log_ode) != 2:
+        raise ValueError(
+            "log_ode must be None or a pair (depth, window_length), e.g. (2, 10.0), "
+            f"got {log_ode!r:.80}"
+        )
+    depth, window = log_ode
+    depth = count("log_ode's depth", depth)
+    window = real(
+        "log_ode's window_length",
+        window,
+        "a positive finite number (a time interval, in the units of the series' times)",
+        lambda w: 0 < w < math.inf,
+    )
+    return depth, window
 
 
 class CDEField(nn.Module):
@@ -67,6 +89,21 @@ class NeuralCDE(nn.Module):
     """A neural CDE: dz = f(z) dX over the interpolation X of a time series, z(t0) a linear
     map of X(t0), and a linear readout of z at the end (or at every observation).
 
+    With ``log_ode=(depth, window_length)`` the model is a neural rough differential
+    equation (the log-ODE method, Morrill et al. 2021, "Neural rough differential equations
+    for long time series"): ``coefficients(x, t)`` cuts the series into windows of
+    ``window_length`` (in the units of ``t``, observations by default) and replaces it by
+    the cumulative sum of the windows' depth-``depth`` log-signatures
+    ([`logsig_windows`][neuralode.cde.logsig_windows]), interpolated linearly, as torchcde's
+    recipe does (``linear_interpolation_coeffs(logsig_windows(x, depth, window_length))``).
+    The vector field then reads ``logsignature_channels(input_channels, depth)`` channels
+    and the CDE runs over the window index ``0, 1, ..., num_windows``: one window is one
+    unit of time, so an adaptive solver takes about as many steps per window as the
+    ordinary model takes per observation, and a long series costs far fewer. At depth 1 a
+    window's log-signature is its increment, so the path is the linear interpolation of the
+    values at the windows' ends (what happens inside a window is lost); depth 2 adds each
+    window's Lévy areas, depth 3 the next iterated integrals.
+
     A series goes in as the coefficients of its interpolation
     (``coeffs = model.coefficients(x)``, computed once per data set: they solve a linear
     system over the whole series when values are missing), so the model never sees the
@@ -97,7 +134,8 @@ class NeuralCDE(nn.Module):
             the whole series), ``"hermite"`` (Hermite cubic with backward differences:
             causal, for online prediction) or ``"linear"`` (causal).
         sequence: read out z at every observation, (..., length, output_channels), instead
-            of at the end only, (..., output_channels).
+            of at the end only, (..., output_channels). With ``log_ode``: at the start and
+            at every window's end, (..., num_windows + 1, output_channels).
         adjoint: gradients by the continuous adjoint (O(1) memory in the length of the
             solve) instead of backpropagation through the solver's steps.
         method: the ODE method, a name of [`METHODS`][neuralode.solvers.METHODS].
@@ -107,9 +145,14 @@ class NeuralCDE(nn.Module):
             fixed-step method); with an adaptive method and the Hermite or linear
             interpolation, ``jump_t`` defaults to the knots (``X.grid_points``), where the
             path's derivative or its second derivative jumps.
+        log_ode: ``None`` (the series' own interpolation) or ``(depth, window_length)``:
+            the log-ODE method, as above; depth an int of at least 1, window_length a
+            positive time interval. The path is then linear: ``interpolation`` must be left
+            out or be ``"linear"``.
 
     Raises:
-        ValueError: an unknown interpolation or method, or sizes below 1.
+        ValueError: an unknown interpolation or method, sizes below 1, a bad ``log_ode``,
+            or ``log_ode`` with a cubic interpolation.
     """
 
     def __init__(
@@ -118,15 +161,24 @@ class NeuralCDE(nn.Module):
         hidden_channels: int,
         output_channels: int,
         width: int = 64,
-        interpolation: str = "cubic",
+        interpolation: str | None = None,
         sequence: bool = False,
         adjoint: bool = True,
         method: str = "dopri5",
         rtol: float = 1e-4,
         atol: float = 1e-6,
         options: dict[str, Any] | None = None,
+        log_ode: tuple[int, float] | None = None,
     ):
         super().__init__()
+        self.log_ode = _check_log_ode(log_ode)
+        if self.log_ode is not None and interpolation not in (None, "linear"):
+            raise ValueError(
+                f"log_ode interpolates the log-signature path linearly; leave interpolation "
+                f"out or pass interpolation='linear', got {interpolation!r}"
+            )
+        if interpolation is None:
+            interpolation = "linear" if self.log_ode is not None else "cubic"
         if interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}"
@@ -141,8 +193,13 @@ class NeuralCDE(nn.Module):
         self.interpolation, self.sequence, self.adjoint = interpolation, sequence, adjoint
         self.method, self.rtol, self.atol = method, rtol, atol
         self.options = dict(options or {})
+        # z0 reads x's first value; the log-signature path's first row is that value
+        # followed by zeros, which the initial map does not read.
         self.initial = nn.Linear(input_channels, hidden_channels)
-        self.field = CDEField(input_channels, hidden_channels, width)
+        path_channels = input_channels
+        if self.log_ode is not None:
+            path_channels = cde.logsignature_channels(input_channels, self.log_ode[0])
+        self.field = CDEField(path_channels, hidden_channels, width)
         self.readout = nn.Linear(hidden_channels, output_channels)
         self._stats: SolveStats | None = None  # the last forward pass's solve
 
@@ -153,6 +210,8 @@ class NeuralCDE(nn.Module):
             The settings as ``name=value`` pairs.
         """
         options = f", options={self.options!r}" if self.options else ""
+        if self.log_ode is not None:
+            options += f", log_ode={self.log_ode!r}"
         return (
             f"interpolation={self.interpolation!r}, method={self.method!r}, rtol={self.rtol}, "
             f"atol={self.atol}, adjoint={self.adjoint}, sequence={self.sequence}{options}"
@@ -166,15 +225,23 @@ class NeuralCDE(nn.Module):
                 (the first and last observation of a channel may be missing too: the
                 nearest observed value fills them).
             t: the times of the interpolation (1-D, increasing; default
-                ``0, 1, ..., length - 1``); pass the same ``t`` to ``forward``.
+                ``0, 1, ..., length - 1``); pass the same ``t`` to ``forward``. With
+                ``log_ode``, the observations' times, in whose units ``window_length`` is;
+                ``forward`` then takes no ``t`` (its time is the window index).
 
         Returns:
             The coefficients, (..., length - 1, k * input_channels) (k = 4 for the cubics,
-            1 for linear: then (..., length, input_channels)).
+            1 for linear: then (..., length, input_channels)). With ``log_ode``, the linear
+            interpolation's coefficients of the log-signature path,
+            (..., num_windows + 1, logsignature_channels(input_channels, depth)).
 
         Raises:
-            ValueError: from the interpolation, for a series of the wrong shape.
+            ValueError: from the interpolation or ``logsig_windows``, for a series of the
+                wrong shape.
         """
+        if self.log_ode is not None:
+            depth, window_length = self.log_ode
+            return cde.linear_interpolation_coeffs(cde.logsig_windows(x, depth, window_length, t))
         if self.interpolation == "cubic":
             return cde.natural_cubic_coeffs(x, t)
         if self.interpolation == "hermite":
@@ -186,11 +253,20 @@ class NeuralCDE(nn.Module):
 
         Arguments:
             coeffs: from ``coefficients``.
-            t: the times given to ``coefficients`` (default ``0, 1, ...``).
+            t: the times given to ``coefficients`` (default ``0, 1, ...``); ``None`` with
+                ``log_ode`` (the path's time is the window index).
 
         Returns:
             The control, with ``evaluate``, ``derivative``, ``interval`` and ``grid_points``.
+
+        Raises:
+            ValueError: ``t`` given with ``log_ode``.
         """
+        if self.log_ode is not None and t is not None:
+            raise ValueError(
+                "with log_ode the path's time is the window index 0, 1, ..., num_windows: "
+                "give the observation times to coefficients(x, t) only, not to the model"
+            )
         if self.interpolation == "linear":
             return cde.LinearInterpolation(coeffs, t)
         return cde.CubicSpline(coeffs, t)
@@ -201,25 +277,35 @@ class NeuralCDE(nn.Module):
         Arguments:
             coeffs: the interpolation's coefficients of a batch of series (from
                 ``coefficients``).
-            t: the times given to ``coefficients`` (default ``0, 1, ...``).
+            t: the times given to ``coefficients`` (default ``0, 1, ...``); ``None`` with
+                ``log_ode``.
 
         Returns:
             (..., output_channels): the readout of z at the last time; with
-            ``sequence=True``, (..., length, output_channels), at every observation.
+            ``sequence=True``, (..., length, output_channels), at every observation (with
+            ``log_ode``, (..., num_windows + 1, output_channels), at the start and every
+            window's end).
 
         Raises:
-            ValueError: coefficients whose channels do not fit ``input_channels``.
+            ValueError: coefficients whose channels do not fit ``input_channels`` (or the
+                log-signature's channels, with ``log_ode``); ``t`` given with ``log_ode``.
             SolverError: the solve failed (e.g. its step count ran out).
         """
         X = self.control(coeffs, t)
         x0 = X.evaluate(X.interval[0])
         if x0.size(-1) != self.field.input_channels:
+            expected = f"input_channels={self.initial.in_features}"
+            if self.log_ode is not None:
+                expected += (
+                    f" and log_ode depth {self.log_ode[0]}, whose log-signature path has "
+                    f"{self.field.input_channels} channels"
+                )
             raise ValueError(
                 f"the coefficients interpolate {x0.size(-1)} channels, but the model has "
-                f"input_channels={self.field.input_channels}; compute them with "
+                f"{expected}; compute them with "
                 "model.coefficients(x) from x of shape (..., length, input_channels)"
             )
-        z0 = self.initial(x0)
+        z0 = self.initial(x0[..., : self.initial.in_features])
         times = X.grid_points if self.sequence else X.interval
         options = dict(self.options)
         if self.interpolation != "cubic" and METHODS[self.method]().adaptive:

@@ -115,3 +115,33 @@ def test_torchdiffeq_facade_takes_dcoeff() -> None:
     out = no.odeint(vdp, Y0, TS, rtol=1e-7, atol=1e-9, options=options)
     core = no.solve(vdp, Y0, TS, controller=no.PIDController(**PID))
     torch.testing.assert_close(out, core.ys, rtol=0, atol=0)
+
+
+# diffrax 0.7.2, float64: diffeqsolve(ODETerm(van der Pol, mu 3), Dopri5(), 0.0, 4.0, None,
+# [2.0, 0.0], stepsize_controller=PIDController(rtol=1e-7, atol=1e-9, pcoeff, icoeff,
+# dcoeff)): (pcoeff, icoeff, dcoeff) -> accepted, rejected, y(4)
+DIFFRAX_PID = {
+    (0.0, 1.0, 0.0): (70, 10, (-1.6903711887103898, -3.083799824399018)),
+    (0.2, 0.4, 0.15): (78, 7, (-1.6903711976139013, -3.0837998484517395)),
+    (0.3, 0.3, 0.1): (82, 6, (-1.690371207804995, -3.083799792198263)),
+}
+
+
+@pytest.mark.parametrize("coefficients", list(DIFFRAX_PID))
+def test_pid_takes_diffraxs_steps(coefficients: tuple[float, float, float]) -> None:
+    """With diffrax's first step and accept rule, diffrax's PIDController's steps."""
+    p, i, d = coefficients
+    controller = no.PIDController(
+        rtol=1e-7, atol=1e-9, pcoeff=p, icoeff=i, dcoeff=d, first_step=0.01,
+        shrink_after_accept=False,
+    )  # fmt: skip
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    sol = no.solve(
+        lambda t, y: torch.stack([y[1], 3.0 * (1 - y[0] ** 2) * y[1] - y[0]]),
+        y0, torch.tensor([0.0, 4.0], dtype=torch.float64), controller=controller,
+    )  # fmt: skip
+    accepted, rejected, end = DIFFRAX_PID[coefficients]
+    assert (sol.stats.n_accepted, sol.stats.n_rejected) == (accepted, rejected)
+    torch.testing.assert_close(
+        sol.ys[-1], torch.tensor(end, dtype=torch.float64), rtol=0, atol=1e-12
+    )

@@ -636,3 +636,43 @@ def test_log_ode_neural_cde_refuses_bad_arguments() -> None:
         model(NeuralCDE(2, 3, 1, log_ode=(3, 5)).coefficients(x))
     assert "log_ode=(2, 5.0)" in repr(model)
     assert NeuralCDE(2, 3, 1).interpolation == "cubic"
+
+
+def test_experiment_adds_log_ode_models(tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    argv = ["experiment", "cde", "--out", str(tmp_path), "--train", "16", "--test", "8"]
+    argv += ["--length", "31", "--iterations", "2", "--batch", "8", "--eval-every", "2"]
+    argv += ["--hidden", "4", "--width", "8", "--no-progress", "--threads", "1"]
+    argv += ["--interpolation", "linear", "--log-ode", "2", "10", "--log-ode", "3", "7.5"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "log-ode-d3-w7.5: test accuracy" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    results = metrics["interpolations"]
+    assert list(results) == ["linear", "log-ode-d2-w10", "log-ode-d3-w7.5"]
+    assert results["log-ode-d2-w10"]["log_ode"] == [2, 10.0] and "log_ode" not in results["linear"]
+    for result in results.values():
+        assert 0 <= result["test_accuracy"] <= 1 and result["nfe_forward"] > 0
+    # the field's output layer grows with the log-signature: 3, 6 and 14 channels
+    sizes = {name: r["parameters"] for name, r in results.items()}
+    assert sizes["linear"] < sizes["log-ode-d2-w10"] < sizes["log-ode-d3-w7.5"]
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert weights["log-ode-d3-w7.5"]["field.net.2.weight"].shape == (4 * 14, 8)
+    # 31 observations at index times 0..30: 3 windows of 10 instead of 30 knots
+    assert results["log-ode-d2-w10"]["nfe_forward"] < results["linear"]["nfe_forward"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [(["0", "5"], "DEPTH must be a positive integer"), (["2", "-1"], "WINDOW must be")],
+)
+def test_experiment_refuses_bad_log_ode(tmp_path, capsys, values, message) -> None:
+    argv = ["experiment", "cde", "--out", str(tmp_path / "run"), "--log-ode", *values]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

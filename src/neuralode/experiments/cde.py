@@ -9,10 +9,15 @@ observation index. A ``NeuralCDE`` (``neuralode.models.NeuralCDE``) reads the in
 of each series (``--interpolation``: natural cubic spline, Hermite cubic with backward
 differences, linear; several are trained one after the other and compared) and a linear
 readout of its final state is the logit of the class (binary cross-entropy, Adam).
+``--log-ode DEPTH WINDOW`` (repeatable) adds a model of the log-ODE method (Morrill et al.
+2021): the series' depth-DEPTH log-signatures over windows of WINDOW observations,
+interpolated linearly (``NeuralCDE(log_ode=(DEPTH, WINDOW))``), one CDE time unit per
+window; with a large ``--length`` it takes far fewer solver steps than the models above.
 
-Writes ``metrics.json`` (per interpolation: the training loss, test accuracy and loss, the
+Writes ``metrics.json`` (per model, named by its interpolation or ``log-ode-dDEPTH-wWINDOW``:
+the training loss, test accuracy and loss, the
 mean NFE of the forward and backward passes, training time, and the histories),
-``model.pt`` (the weights, by interpolation) and ``cde_spirals.png`` (a test series of each
+``model.pt`` (the weights, by model) and ``cde_spirals.png`` (a test series of each
 class with the cubic spline the model reads, and the loss and accuracy curves) to
 ``--out``; a stopped run continues with ``--resume``.
 
@@ -58,6 +63,27 @@ from ..viz.plots import require_matplotlib
 SPAN = 4 * math.pi  # the spirals' time span: two turns
 
 
+class _LogOde(argparse.Action):
+    """``--log-ode DEPTH WINDOW``, repeatable: appends ``(depth, window)`` to the list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        try:
+            depth = positive_int(values[0])
+        except argparse.ArgumentTypeError as error:
+            raise argparse.ArgumentError(self, f"DEPTH {error}") from None
+        try:
+            window = positive_float(values[1])
+        except argparse.ArgumentTypeError as error:
+            raise argparse.ArgumentError(self, f"WINDOW {error}") from None
+        chosen = list(getattr(namespace, self.dest) or [])
+        setattr(namespace, self.dest, [*chosen, (depth, window)])
+
+
+def log_ode_name(depth: int, window: float) -> str:
+    """The name of a log-ODE model in the results: ``log-ode-d2-w20``."""
+    return f"log-ode-d{depth}-w{window:g}"
+
+
 def make_data(
     series: int, length: int, missing: float, noise: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +124,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=INTERPOLATIONS,
         default=list(INTERPOLATIONS),
         help="the interpolations to train and compare, one model each (default: all three)",
+    )
+    parser.add_argument(
+        "--log-ode",
+        nargs=2,
+        action=_LogOde,
+        metavar=("DEPTH", "WINDOW"),
+        help="also train a log-ODE model: depth-DEPTH log-signatures over windows of WINDOW "
+        "observations, interpolated linearly; repeat for several (default: none)",
     )
     parser.add_argument(
         "--train", type=positive_int, default=256, help="training series (default %(default)s)"
@@ -171,6 +205,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     args.interpolation = list(dict.fromkeys(args.interpolation))  # each once, in order
+    if args.log_ode:  # (None without the option: the config of a run from before it)
+        args.log_ode = list(dict.fromkeys(args.log_ode))
     if args.threads:
         torch.set_num_threads(args.threads)
     require_matplotlib()  # the plots come last: fail before the work
@@ -196,9 +232,13 @@ def train_one(
     data: dict[str, torch.Tensor],
     args: argparse.Namespace,
     run: Run | None = None,
+    log_ode: tuple[int, float] | None = None,
 ) -> tuple[NeuralCDE, dict[str, Any]]:
-    """Trains a neural CDE with ``interpolation`` as a job of ``run`` (checkpointed,
-    resumable); returns the model and its results (losses, accuracy, NFE, time)."""
+    """Trains a neural CDE with ``interpolation`` (or, with ``log_ode=(depth, window)``, the
+    log-ODE method's linear path; ``interpolation`` must then be ``"linear"``) as a job of
+    ``run`` (checkpointed, resumable); returns the model and its results (losses, accuracy,
+    NFE, time)."""
+    name = interpolation if log_ode is None else log_ode_name(*log_ode)
     torch.manual_seed(args.seed)
     model = NeuralCDE(
         input_channels=data["train_x"].size(-1),
@@ -210,6 +250,7 @@ def train_one(
         method=args.method,
         rtol=args.rtol,
         atol=args.atol,
+        log_ode=log_ode,
     )
     start = time.perf_counter()
     train_coeffs = model.coefficients(data["train_x"])
@@ -222,7 +263,7 @@ def train_one(
     state |= {"nfe_forward": 0, "nfe_backward": 0}
     generator = torch.Generator().manual_seed(args.seed + 1)
     trainer = Trainer(
-        f"cde {interpolation}", args.iterations, objects, {"batches": generator}, state, run=run
+        f"cde {name}", args.iterations, objects, {"batches": generator}, state, run=run
     )
     if trainer.done:
         return model, trainer.result
@@ -276,11 +317,15 @@ def _run(args: argparse.Namespace, run: Run) -> int:
         f"cde: {args.train} + {args.test} spirals of {args.length} irregular observations, "
         f"{100 * args.missing:.0f}% missing -> {out}/"
     )
-    results, weights = {}, {}
-    for interpolation in args.interpolation:
-        model, result = train_one(interpolation, data, args, run)
-        weights[interpolation] = model.state_dict()
-        results[interpolation] = result
+    results, weights, parameters = {}, {}, {}
+    jobs = [(name, None) for name in args.interpolation]
+    jobs += [(log_ode_name(*log_ode), log_ode) for log_ode in args.log_ode or []]
+    for name, log_ode in jobs:
+        interpolation = name if log_ode is None else "linear"
+        model, result = train_one(interpolation, data, args, run, log_ode)
+        weights[name] = model.state_dict()
+        parameters[name] = sum(p.numel() for p in model.parameters())
+        results[name] = result
     torch.save(weights, out / "model.pt")
     metrics = {
         "experiment": "cde",
@@ -297,7 +342,9 @@ def _run(args: argparse.Namespace, run: Run) -> int:
         "parameters": sum(p.numel() for p in model.parameters()),
         "interpolations": {
             name: {k: v for k, v in r.items() if k != "test_predicted"}
-            for name, r in results.items()
+            | {"parameters": parameters[name]}
+            | ({"log_ode": list(log_ode)} if log_ode else {})
+            for (name, log_ode), r in zip(jobs, results.values())
         },
         "config": {k: v for k, v in vars(args).items() if not callable(v)},
         "torch_threads": torch.get_num_threads(),

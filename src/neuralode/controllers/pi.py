@@ -243,9 +243,16 @@ class PIController(StepSizeController):
         return 2 if self.dcoeff else 1 if self.pcoeff else 0
 
     def initial_memory(self, like: torch.Tensor | None = None) -> Any:
-        """The memory before the first accepted step (ratios of 1): a float, or a pair of
-        floats with ``dcoeff``; per sample (``like``, (batch,) float64) a (batch,) tensor
-        or a (2, batch) one."""
+        """The memory ``decide`` reads before the first accepted step: ratios of 1.
+
+        Arguments:
+            like: per sample, a (batch,) float64 tensor to shape the memory like; ``None``
+                for one problem on the host.
+
+        Returns:
+            A float, or with ``dcoeff`` a pair of floats; per sample a (batch,) tensor, or
+                with ``dcoeff`` a (2, batch) one.
+        """
         if like is None:
             return (1.0, 1.0) if self.dcoeff else 1.0
         ones = torch.ones_like(like)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .._args import flag
 from .._compile import compiled
 from .._errors import NonFiniteError
 from .._norms import Norm, cached_tolerance, norm_value
@@ -73,6 +74,11 @@ class PIController(StepSizeController):
         icoeff: the integral coefficient, a finite number > 0.
         pcoeff: the proportional coefficient, a finite number >= 0.
         dcoeff: the derivative coefficient, a finite number >= 0 (0: a PI controller).
+        predictive: Gustafsson's predictive controller (Hairer's RADAU5, SciPy's Radau):
+            the integral factor times min(1, (h / h_last) (r_last / r)^(1 / k)), h_last and
+            r_last the last accepted step's size and ratio, so that a step does not grow
+            past the trend of the last two (with ``pcoeff = dcoeff = 0``). It saves
+            rejections where the error's growth is steady, as with the stiff methods.
         min_step: the smallest step size (steps are clipped to it).
         max_step: the largest step size.
         shrink_after_accept: whether an accepted step may be followed by a smaller one
@@ -80,9 +86,10 @@ class PIController(StepSizeController):
             clipped to ``[1, ifactor]``).
 
     Raises:
-        TypeError: a tolerance that is not a real number or a floating point tensor.
-        ValueError: negative or NaN tolerances, both tolerances zero, or a coefficient out of
-            range.
+        TypeError: a tolerance that is not a real number or a floating point tensor, or a
+            ``predictive`` that is not a bool.
+        ValueError: negative or NaN tolerances, both tolerances zero, a coefficient out of
+            range, or ``predictive`` with ``pcoeff`` or ``dcoeff``.
     """
 
     needs_f0 = True
@@ -99,6 +106,7 @@ class PIController(StepSizeController):
         icoeff: float = 1.0,
         pcoeff: float = 0.0,
         dcoeff: float = 0.0,
+        predictive: bool = False,
         min_step: float = 0.0,
         max_step: float = math.inf,
         shrink_after_accept: bool = True,
@@ -127,6 +135,13 @@ class PIController(StepSizeController):
             raise ValueError(f"pcoeff must be a finite number >= 0, got {pcoeff!r}")
         if not (isinstance(dcoeff, numbers.Real) and 0 <= dcoeff < math.inf):
             raise ValueError(f"dcoeff must be a finite number >= 0, got {dcoeff!r}")
+        predictive = flag("predictive", predictive)
+        if predictive and (pcoeff or dcoeff):
+            raise ValueError(
+                "predictive=True is Gustafsson's predictive integral controller: it takes no "
+                f"pcoeff or dcoeff (got pcoeff={pcoeff!r}, dcoeff={dcoeff!r}); leave them 0, "
+                "or use predictive=False"
+            )
         if not 0 <= min_step <= max_step:
             raise ValueError(f"need 0 <= min_step <= max_step, got {min_step!r}, {max_step!r}")
         self.rtol = rtol
@@ -138,6 +153,7 @@ class PIController(StepSizeController):
         self.icoeff = icoeff
         self.pcoeff = pcoeff
         self.dcoeff = dcoeff
+        self.predictive = predictive
         self.min_step = min_step
         self.max_step = max_step
         self.shrink_after_accept = shrink_after_accept
@@ -240,7 +256,7 @@ class PIController(StepSizeController):
     @property
     def memory_size(self) -> int:
         """How many past error ratios the formula reads: 0 (integral), 1 (PI), 2 (PID)."""
-        return 2 if self.dcoeff else 1 if self.pcoeff else 0
+        return 2 if self.dcoeff or self.predictive else 1 if self.pcoeff else 0
 
     def initial_memory(self, like: torch.Tensor | None = None) -> Any:
         """The memory ``decide`` reads before the first accepted step: ratios of 1.
@@ -253,6 +269,10 @@ class PIController(StepSizeController):
             A float, or with ``dcoeff`` a pair of floats; per sample a (batch,) tensor, or
                 with ``dcoeff`` a (2, batch) one.
         """
+        if self.predictive:  # (the last accepted ratio and size: none yet, size 0)
+            if like is None:
+                return (1.0, 0.0)
+            return torch.stack([torch.ones_like(like), torch.zeros_like(like)])
         if like is None:
             return (1.0, 1.0) if self.dcoeff else 1.0
         ones = torch.ones_like(like)
@@ -379,6 +399,14 @@ class PIController(StepSizeController):
         elif p:
             factor = factor * _power(previous_ratio, p * exponent)
             previous_ratio = _where(accept, _clip(ratio, 1e-10, math.inf), previous_ratio)
+        if self.predictive:  # Gustafsson's: never beyond the last accepted step's trend
+            last, last_size = previous_ratio[0], previous_ratio[1]
+            factor = factor * _predicted(ratio, size, last, last_size, exponent)
+            kept = (
+                _where(accept, _clip(ratio, 1e-10, math.inf), last),
+                _where(accept, size, last_size),
+            )
+            previous_ratio = torch.stack(kept) if isinstance(last, torch.Tensor) else kept
         factor = _nan_to(factor, self.dfactor)
         if self.shrink_after_accept:
             factor = _clip(factor, self.dfactor, self.ifactor)
@@ -392,6 +420,20 @@ class PIController(StepSizeController):
 
 
 PIDController = PIController  # diffrax's name: the D term is ``dcoeff``
+
+
+def _predicted(ratio: Any, size: Any, last: Any, last_size: Any, exponent: float) -> Any:
+    """Gustafsson's predictive factor min(1, (h / h_last) (r_last / r)^exponent), h_last
+    and r_last the last accepted step's size and ratio (1 before the first accepted step,
+    ``last_size`` 0); on floats or per-sample tensors."""
+    if isinstance(size, torch.Tensor):
+        seen = last_size > 0
+        trend = size / torch.where(seen, last_size, 1.0)
+        trend = trend * (last / ratio.clamp(min=1e-10)).pow(exponent)
+        return torch.where(seen, trend.clamp(max=1.0).nan_to_num(nan=1.0), 1.0)
+    if not last_size > 0 or ratio != ratio:
+        return 1.0
+    return min(1.0, size / last_size * (last / max(ratio, 1e-10)) ** exponent)
 
 
 def check_overflow(t0: float, y0: torch.Tensor) -> None:

@@ -291,13 +291,7 @@ class Trainer:
             history = list(saved["history"])
         if runtime.is_main:
             if config.resume:
-                dropped = reconcile_metrics(self.out / "metrics.jsonl", history)
-                if dropped:
-                    print(
-                        f"metrics.jsonl: dropped {dropped} line(s) past the checkpoint "
-                        f"(epoch {len(history)})",
-                        file=sys.stderr,
-                    )
+                self._repair_metrics(history)
             else:
                 self._found = set(run_outputs(self.out))  # (--overwrite removed the old run)
             _write(self.out / "config.json", json.dumps(config.as_dict(), indent=2) + "\n")
@@ -451,6 +445,17 @@ class Trainer:
             averaged,
         )
 
+    def _repair_metrics(self, history: list[dict[str, Any]]) -> None:
+        """Drop the lines of metrics.jsonl past the checkpoint's history (a run stopped
+        between writing them and its checkpoint), saying so."""
+        dropped = reconcile_metrics(self.out / "metrics.jsonl", history)
+        if dropped:
+            print(
+                f"metrics.jsonl: dropped {dropped} line(s) past the checkpoint "
+                f"(epoch {len(history)})",
+                file=sys.stderr,
+            )
+
     def _complete(
         self,
         config: TrainConfig,
@@ -463,13 +468,7 @@ class Trainer:
         checkpoint's, with no file written (metrics.jsonl only repaired where it disagrees
         with the checkpoint) and one line that says how to continue."""
         if runtime.is_main:
-            dropped = reconcile_metrics(self.out / "metrics.jsonl", history)
-            if dropped:
-                print(
-                    f"metrics.jsonl: dropped {dropped} line(s) past the checkpoint "
-                    f"(epoch {len(history)})",
-                    file=sys.stderr,
-                )
+            self._repair_metrics(history)
             print(
                 f"the run in {self.out} is already complete ({config.epochs} epoch(s)); its "
                 f"files are left as they are: give --epochs {config.epochs + 1} or more with "

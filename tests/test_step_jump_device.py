@@ -202,3 +202,39 @@ def test_vmap_lands_each_problem_like_its_solve_alone() -> None:
     for i in range(3):
         torch.testing.assert_close(mapped[i], solve(y0[i]), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(grads, torch.full_like(y0, math.exp(0.125)), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("mode", ["per_sample", "device_loop"])
+def test_float32_states_evaluate_f_one_float32_ulp_from_a_jump(mode: str, backward: bool) -> None:
+    """A float32 state's f receives float32 times: the evaluations one ulp either side of a
+    jump are one float32 ulp away (a float64 ulp rounds back onto the jump, where f takes
+    its far side's value and the error estimate rejects step after step), so every row
+    takes the host loop's steps and evaluations of f."""
+    ts = _times(backward).float()
+    y0 = torch.tensor([[1.0, -2.0], [0.3, 4.0], [-5.0, 0.02]])
+    logged = Logged()
+    options = dict(controller=no.PIController(rtol=1e-5, atol=1e-7), jump_t=JUMPS)
+    rows = y0 if mode == "per_sample" else y0[:1]
+    together = no.solve(logged, rows, ts, **{mode: True}, **options)
+    assert not set(JUMPS) & set(logged.times)
+    for i in range(rows.shape[0]):
+        alone = no.solve(field, y0[i : i + 1], ts, **options)
+        steps = together.stats.sample_steps[i] if mode == "per_sample" else together.stats.n_steps
+        assert int(steps) == alone.stats.n_steps
+        torch.testing.assert_close(together.ys[:, i], alone.ys[:, 0], rtol=1e-6, atol=1e-6)
+
+
+@needs_compiler
+def test_whole_solve_float32_lands_like_the_host_loop() -> None:
+    """compile=True on a float32 state: the host loop's steps across the jumps (f one
+    float32 ulp from each)."""
+    ts = _times(False).float()
+    y0 = torch.tensor([[1.0, -2.0]])
+    options = dict(controller=no.PIController(rtol=1e-5, atol=1e-7), jump_t=JUMPS)
+    host = no.solve(field, y0, ts, **options)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*whole solve")
+        whole = no.solve(field, y0, ts, compile=True, **options)
+    assert whole.stats.n_steps == host.stats.n_steps
+    torch.testing.assert_close(whole.ys, host.ys, rtol=1e-6, atol=1e-6)

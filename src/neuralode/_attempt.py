@@ -38,6 +38,8 @@ class Constants:
     sign: float
     exponent: float  # of the error ratio: 1 / (error order + 1)
     norm: Any = row_rms  # the error norm of each row ((batch, n) -> (batch,) float64)
+    # the dtype f receives its times in: a step onto a jump evaluates f one ulp of it inside
+    time_dtype: torch.dtype = torch.float64
     # the solver's first-same-as-last property, read once (a tableau recomputes it)
     fsal: bool = field(init=False)
 
@@ -97,7 +99,7 @@ def attempt(
     if landing is None:
         t1 = step_end(k.sign, proposal, t_stop)
     else:
-        t1, t1_inner, at_jump = land(k.sign, proposal, t, *landing)
+        t1, t1_inner, at_jump = land(k.sign, proposal, t, *landing, k.time_dtype)
     h = t1 - t
     if noise is None:
         y1, error, k_last, k_all = k.solver.propose_rows(call, t, t1, h, y, f0, buffer, t1_inner)
@@ -154,7 +156,7 @@ def retried_unchanged(
     if landing is None:
         again = step_end(sign, step.proposal, t_stop)
     else:
-        again = land(sign, step.proposal, step.t_next, *landing)[0]
+        again = land(sign, step.proposal, step.t_next, *landing, torch.float64)[0]  # (the end)
     return step.still & ~step.accept & (again == step.t1)
 
 

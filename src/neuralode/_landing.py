@@ -82,18 +82,33 @@ def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def land(
-    sign: float, proposal: torch.Tensor, t: torch.Tensor, t_land: torch.Tensor, jump: torch.Tensor
+    sign: float,
+    proposal: torch.Tensor,
+    t: torch.Tensor,
+    t_land: torch.Tensor,
+    jump: torch.Tensor,
+    time_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each row's step end: its proposal, or its landing point when the proposal reaches it
-    or ends within round-off short of it; the time f is evaluated at the end (one ulp
-    inside the step at a jump), and whether the step ends on a jump, (batch,) each."""
+    or ends within round-off short of it; the time f is evaluated at the end (one ulp of
+    ``time_dtype``, the dtype f receives its times in, inside the step at a jump), and
+    whether the step ends on a jump, (batch,) each."""
     landed = (sign * (proposal - t_land) >= 0) | indistinct(proposal, t_land)
     t1 = torch.where(landed, t_land, proposal)
     at_jump = landed & jump
-    return t1, torch.where(at_jump, torch.nextafter(t1, t), t1), at_jump
+    return t1, torch.where(at_jump, _ulp_towards(t1, t, time_dtype), t1), at_jump
 
 
-def past_jump(sign: float, t: torch.Tensor) -> torch.Tensor:
-    """``t`` moved one ulp on, in the direction of integration: where a step that starts on
-    a jump evaluates f (the right limit)."""
-    return torch.nextafter(t, t + sign)
+def past_jump(sign: float, t: torch.Tensor, time_dtype: torch.dtype) -> torch.Tensor:
+    """``t`` moved one ulp of ``time_dtype`` on, in the direction of integration: where a
+    step that starts on a jump evaluates f (the right limit)."""
+    return _ulp_towards(t, t + sign, time_dtype)
+
+
+def _ulp_towards(t: torch.Tensor, towards: torch.Tensor, time_dtype: torch.dtype) -> torch.Tensor:
+    """``t`` moved one ulp of ``time_dtype`` towards ``towards``, as a float64 tensor. The
+    step is taken in the dtype f receives its times in (the host loop's ``ODETerm.time``):
+    a float64 ulp would round back onto the jump when f's times are float32."""
+    if time_dtype == t.dtype:
+        return torch.nextafter(t, towards)
+    return torch.nextafter(t.to(time_dtype), towards.to(time_dtype)).to(t.dtype)

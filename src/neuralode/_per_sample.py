@@ -145,7 +145,7 @@ def integrate_per_sample(
     outputs = y.expand(n_out, *y.shape)  # (outputs, batch, n): written at the checks
     next_out = torch.ones(batch, dtype=torch.long, device=device)
     stages, fsal = facts.stages, facts.fsal
-    constants = Constants(solver, ctrl, rtol, atol, sign, exponent)
+    constants = Constants(solver, ctrl, rtol, atol, sign, exponent, time_dtype=term.time_dtype)
     events = config.events  # a SampleEvents, or None
     terminal = events is not None and events.event.terminal
     # read nothing from the device between scheduled termination checks; until then the
@@ -254,7 +254,11 @@ def integrate_per_sample(
         elif facts.needs_f0:  # f(t1, y1) starts the next step of the accepted samples
             at = t  # (a rejected sample on a jump: f just past it, its value unused)
             if config.jump_t:
-                at = torch.where(accept, step.t1_inner, torch.where(on_jump, past_jump(sign, t), t))
+                at = torch.where(
+                    accept,
+                    step.t1_inner,
+                    torch.where(on_jump, past_jump(sign, t, term.time_dtype), t),
+                )
             f_next = evaluate(at, y) if f1 is None else f1
             f0 = torch.where(accept[:, None], f_next, f0)
             if pending:  # the waiting step's f(t1, y1), where accepted
@@ -265,7 +269,9 @@ def integrate_per_sample(
             on_jump = torch.where(accept, step.jumped, on_jump)
             jumped = step.jumped & still
             if bool(across(jumped.any(), torch.any)):  # (one read per step, jump_t only)
-                f0 = torch.where(jumped[:, None], evaluate(past_jump(sign, t), y), f0)
+                f0 = torch.where(
+                    jumped[:, None], evaluate(past_jump(sign, t, term.time_dtype), y), f0
+                )
                 nfe = nfe + jumped
     if config.save is not None:  # f(t1, y1) and extra stages the dense output needs
         nfe = nfe + config.save.finish_batch(solver, evaluate, t)

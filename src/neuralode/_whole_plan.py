@@ -94,7 +94,9 @@ def planned(
         run = _copy_for(graph, key)
     norm = row_norm(config.norm)
     rtol, atol = cached_tolerance(rtol, y), cached_tolerance(atol, y)
-    plan.constants = Constants(solver, ctrl, rtol, atol, sign, plan.exponent, norm)
+    plan.constants = Constants(
+        solver, ctrl, rtol, atol, sign, plan.exponent, norm, time_dtype=term.time_dtype
+    )
     if key is not None:
         if len(_PLANS) >= _MOST_PLANS:
             _PLANS.pop(next(iter(_PLANS)))

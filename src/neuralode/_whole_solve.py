@@ -236,7 +236,7 @@ def _solve_graph(
             y_next = step.y_accepted
 
             def past(f0_next, t_next, y_next, jumped):
-                f_past = plan.call(past_jump(sign, t_next), y_next)
+                f_past = plan.call(past_jump(sign, t_next, plan.time_dtype), y_next)
                 return torch.where(jumped[:, None], f_past, f0_next)
 
             def unchanged(f0_next, t_next, y_next, jumped):

@@ -39,8 +39,13 @@ EXPECTED = {
         ["batching.png"],
     ),
     "cde.py": (
-        ["linear CDE dz = a z dX", "hermite 0.0e+00, linear 0.0e+00", "hermite  test accuracy"],
-        ["cde_interpolations.png", "cde_training.png"],
+        [
+            "linear CDE dz = a z dX",
+            "hermite 0.0e+00, linear 0.0e+00",
+            "hermite  test accuracy",
+            "log-ode depth 3, window 20",
+        ],
+        ["cde_interpolations.png", "cde_training.png", "cde_long_series.png"],
     ),
 }
 

@@ -238,3 +238,63 @@ def test_whole_solve_float32_lands_like_the_host_loop() -> None:
         whole = no.solve(field, y0, ts, compile=True, **options)
     assert whole.stats.n_steps == host.stats.n_steps
     torch.testing.assert_close(whole.ys, host.ys, rtol=1e-6, atol=1e-6)
+
+
+class _Rated(torch.nn.Module):
+    """y' = a(t) y with a's three values a parameter, logging the times f sees, per row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+        self.times: list[torch.Tensor] = []
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.times.append(t.detach().clone())
+        a, b, c = self.values
+        t = t.reshape(-1, 1)
+        return torch.where(t < 0.5, a, torch.where(t < 0.75, b, c)) * y
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("case", ["spans", "events"])
+def test_backsolve_on_per_sample_clocks_lands_on_the_jumps(case: str, backward: bool) -> None:
+    """Per-sample time spans, and per-sample terminal events, differentiate by one adjoint
+    solve on per-sample clocks (each sample's t a linear function of a common s): its steps
+    land on every sample's s of each jump, so each sample's f is seen just either side of
+    the jumps in its span and never at them, and the gradients are backpropagation's to
+    the tolerance, as Backsolve's of one sample."""
+    y0 = torch.tensor([[1.0, -2.0], [0.3, 4.0], [-5.0, 0.02]], dtype=torch.float64)
+    if case == "spans":
+        ts = torch.tensor([[0.0, 0.3, 1.0], [0.2, 0.6, 0.9], [0.6, 0.7, 0.8]], dtype=torch.float64)
+        ts, event = (ts.flip(1) if backward else ts), None
+        spans = ts[:, [0, -1]]
+    else:  # the samples stop at 0.6, 0.7 and 0.8: their clocks slower, or still, on [0, 1]
+        ts = torch.tensor([1.0, 0.0] if backward else [0.0, 1.0], dtype=torch.float64)
+        stops = torch.tensor([0.6, 0.7, 0.8], dtype=torch.float64)
+        event = no.Event(lambda t, y: t - stops + 0 * y[..., 0], terminal=True)
+        spans = ts.expand(3, 2)
+    grads = []
+    for gradient in ("backsolve", "direct"):
+        module = _Rated()
+        y = y0.clone().requires_grad_()
+        sol = no.solve(
+            module, y, ts, controller=no.PIController(rtol=1e-10, atol=1e-12), jump_t=JUMPS,
+            per_sample=True, event=event,
+            gradient=no.Backsolve(module.parameters()) if gradient == "backsolve" else None,
+        )  # fmt: skip
+        forward_calls = len(module.times)
+        grads.append(torch.autograd.grad(sol.ys.pow(2).sum(), (y, module.values)))
+        if gradient == "direct":
+            continue
+        seen = torch.stack(module.times[forward_calls:], 1)  # (batch, calls)
+        assert not bool(torch.isin(seen, torch.tensor(JUMPS, dtype=seen.dtype)).any())
+        if event is not None:
+            assert bool(sol.event_mask.all())
+            spans = torch.stack([spans[:, 0], sol.event_t.detach()], 1)
+        for i in range(3):
+            low, high = sorted(spans[i].tolist())
+            for jump in (jump for jump in JUMPS if low < jump < high):
+                assert bool(((seen[i] < jump) & (seen[i] > jump - 1e-14)).any())
+                assert bool(((seen[i] > jump) & (seen[i] < jump + 1e-14)).any())
+    for backsolve, direct in zip(*grads):
+        torch.testing.assert_close(backsolve, direct, rtol=1e-8, atol=2e-8)

@@ -15,6 +15,7 @@ sample so that every sample ends at a common time).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -33,6 +34,7 @@ from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy, Problem
 from .adjoint.direct import Direct
 from .adjoint.params import resolve_params
+from .controllers._ops import indistinct
 
 
 def solve_with_sample_events(
@@ -120,6 +122,11 @@ def backsolve_on_clocks(
     ((n, batch) float64, monotonic per sample), so every sample's outputs sit at the common
     knots. On each segment dy_i/ds = t_i'(s) f(t_i(s), y_i); a sample whose clock stands
     still (past its event) has t_i' = 0.
+
+    The backward solve's landing points (``step_t``, ``jump_t``: Backsolve's, else the
+    forward solve's) are times t of every sample: the solve lands on each sample's s of
+    them (``_clock_landings``), and f is evaluated on the side of a jump that s is on (one
+    ulp of f's time dtype from it where the clock's round-off would put t on or across it).
     """
     f64 = dict(dtype=torch.float64, device=problem.y0.device)
     knots = knots_t.mean(1).tolist() if knots is None else knots
@@ -128,13 +135,24 @@ def backsolve_on_clocks(
     func = problem.func
     shape = (-1,) + (1,) * (len(problem.spec.shapes[0]) - 1)
     time_dtype = problem.term.time_dtype
+    config = problem.config
+    step_t = config.step_t if gradient.step_t is None else gradient.step_t
+    jump_t = config.jump_t if gradient.jump_t is None else gradient.jump_t
+    clock_steps, clock_jumps = _clock_landings(step_t, jump_t, knots_t, knots_s)
+    if step_t or jump_t:  # the backward solve lands on the landing points' s
+        gradient = copy.copy(gradient)
+        gradient.step_t, gradient.jump_t = _landing_s(clock_steps), _landing_s(clock_jumps)
 
     def segment_field(j: int) -> Callable:
         start_t, rate, start_s = knots_t[j], rates[j], knots[j]
         scale = rate.to(problem.y0.real.dtype).reshape(shape)
+        jumps = None if clock_jumps is None else (clock_jumps[0], clock_jumps[1][j])
 
         def field(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            t = start_t + (s.to(torch.float64) - start_s) * rate
+            s = s.to(torch.float64)
+            t = start_t + (s - start_s) * rate
+            if jumps is not None:
+                t = _jump_side(t, s, rate, *jumps, time_dtype)
             return scale * func(t.to(time_dtype), y)
 
         return field
@@ -142,6 +160,82 @@ def backsolve_on_clocks(
     knot_problem = replace(problem, times=knots, ts=knots_s.to(problem.ts.dtype))
     params = resolve_params(problem.func, gradient.params)
     return _KnotBacksolve.apply(gradient, knot_problem, segment_field, values, problem.y0, *params)
+
+
+def _clock_landings(
+    step_t: tuple[float, ...],
+    jump_t: tuple[float, ...],
+    knots_t: torch.Tensor,
+    knots_s: torch.Tensor,
+) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, ...]:
+    """The landing points ``step_t`` and ``jump_t`` (times t) on the per-sample clocks: for
+    each, the times (m,) and, per segment, each sample's s of each, (segments, batch, m),
+    NaN where the sample's segment does not hold it strictly inside (``None``: no times).
+    The s of different samples within round-off of each other (``indistinct``) are made
+    one: the loop could not step from one to the other."""
+    found = []
+    for times in (step_t, jump_t):
+        if not times:
+            found.append(None)
+            continue
+        points = torch.tensor(times, dtype=torch.float64, device=knots_t.device)
+        start, end = knots_t[:-1, :, None], knots_t[1:, :, None]  # (segments, batch, 1)
+        inside = (points - start) * (end - points) > 0  # (a standing clock holds none)
+        s0, s1 = knots_s[:-1, None, None], knots_s[1:, None, None]
+        s = s0 + (points - start) / (end - start).where(inside, 1.0) * (s1 - s0)
+        found.append((points, torch.where(inside, s, torch.nan)))
+    if found == [None, None]:
+        return None, None
+    every = torch.cat([f[1].reshape(-1) for f in found if f is not None])
+    ordered = every[~torch.isnan(every)].unique()  # (sorted)
+    if ordered.numel() < 2:
+        return tuple(found)
+    first = torch.cat(
+        [ordered.new_ones(1, dtype=torch.bool), ~indistinct(ordered[1:], ordered[:-1])]
+    )
+    merged = ordered[first][torch.cumsum(first, 0) - 1]  # each s's group's first s
+    for k, f in enumerate(found):
+        if f is not None:
+            s = f[1]
+            index = torch.searchsorted(ordered, s.nan_to_num(0.0).contiguous()).clamp(
+                max=ordered.numel() - 1
+            )
+            found[k] = (f[0], torch.where(torch.isnan(s), s, merged[index]))
+    return tuple(found)
+
+
+def _landing_s(landings: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[float, ...]:
+    """The distinct s of ``_clock_landings``' points, for the backward solve's loop."""
+    if landings is None:
+        return ()
+    s = landings[1]
+    return tuple(sorted(set(s[~torch.isnan(s)].tolist())))
+
+
+def _jump_side(
+    t: torch.Tensor,
+    s: torch.Tensor,
+    rate: torch.Tensor,
+    jumps: torch.Tensor,
+    jump_s: torch.Tensor,
+    time_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Each sample's time t (batch,) at s on the side of its jumps that s is on: exactly the
+    jump at the jump's s, else one ulp of ``time_dtype`` from the jump where the clock's
+    round-off puts t on it or across it (f's left and right limits at the backward solve's
+    landings). ``jumps``: (m,); ``jump_s``: (batch, m), their s in this segment (NaN: not
+    in it)."""
+    side = torch.sign(s - jump_s) * torch.sign(rate)[:, None]  # (batch, m): where t must be
+    points = jumps.expand_as(jump_s)
+    wrong = ~torch.isnan(jump_s) & (torch.sign(t[:, None] - points) != side)
+    if not bool(wrong.any()):
+        return t
+    column = wrong.to(torch.int8).argmax(1, keepdim=True)
+    point = points.gather(1, column)[:, 0]
+    direction = side.gather(1, column)[:, 0]
+    cast = point.to(time_dtype)
+    moved = torch.nextafter(cast, cast + direction.to(time_dtype)).to(torch.float64)
+    return torch.where(wrong.any(1), torch.where(direction == 0, point, moved), t)
 
 
 class _KnotBacksolve(torch.autograd.Function):

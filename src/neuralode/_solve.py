@@ -130,7 +130,8 @@ def solve(
             ``torch.compile``'d ``while_loop`` graph without host synchronisation (adaptive
             explicit Runge-Kutta, ``PIController``, one tensor state, no autograd graph:
             under ``torch.no_grad()`` or ``Backsolve()``'s forward solve, no events,
-            ``step_t``/``jump_t``/``perturb``/callbacks), elsewhere it compiles each step;
+            ``perturb`` or callbacks; ``step_t``/``jump_t`` land inside the graph),
+            elsewhere it compiles each step;
             ``"step"`` compiles each step attempt, ``func`` included; ``"cuda_graph"``
             (per-sample mode or the device loop, a CUDA state, no autograd graph) captures
             the step attempt as a CUDA graph and replays it. The first solve of each shape

@@ -226,16 +226,16 @@ def _jump_side(
     landings). ``jumps``: (m,); ``jump_s``: (batch, m), their s in this segment (NaN: not
     in it)."""
     side = torch.sign(s - jump_s) * torch.sign(rate)[:, None]  # (batch, m): where t must be
-    points = jumps.expand_as(jump_s)
-    wrong = ~torch.isnan(jump_s) & (torch.sign(t[:, None] - points) != side)
+    points = jumps.to(time_dtype).expand_as(jump_s)  # (compared as f receives them)
+    seen = t.to(time_dtype)[:, None]
+    wrong = ~torch.isnan(jump_s) & (torch.sign(seen - points) != side.to(time_dtype))
     if not bool(wrong.any()):
         return t
     column = wrong.to(torch.int8).argmax(1, keepdim=True)
     point = points.gather(1, column)[:, 0]
-    direction = side.gather(1, column)[:, 0]
-    cast = point.to(time_dtype)
-    moved = torch.nextafter(cast, cast + direction.to(time_dtype)).to(torch.float64)
-    return torch.where(wrong.any(1), torch.where(direction == 0, point, moved), t)
+    direction = side.gather(1, column)[:, 0].to(time_dtype)
+    moved = torch.where(direction == 0, point, torch.nextafter(point, point + direction))
+    return torch.where(wrong.any(1), moved.to(t.dtype), t)
 
 
 class _KnotBacksolve(torch.autograd.Function):

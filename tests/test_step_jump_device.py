@@ -307,3 +307,30 @@ def test_backsolve_on_per_sample_clocks_lands_on_the_jumps(
             torch.testing.assert_close(backsolve, direct, rtol=1e-8, atol=2e-8)
         else:
             torch.testing.assert_close(backsolve, direct, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("mode", ["host", "per_sample", "device_loop", "compile"])
+def test_a_span_between_two_jumps_is_the_smooth_piece(mode: str, backward: bool) -> None:
+    """A span from one jump to the next (solving piece by piece): f is evaluated just inside
+    the span at both ends, never on a jump, so the solve is that of the smooth piece y' = -2 y
+    (the same steps, the same values)."""
+    if mode == "compile" and not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")):
+        pytest.skip("torch.compile's CPU backend needs a C++ compiler")
+    ts = torch.tensor([0.5, 0.6, 0.75], dtype=torch.float64)
+    ts = ts.flip(0) if backward else ts
+    y0 = torch.tensor([[1.0, -2.0], [0.3, 4.0]], dtype=torch.float64)
+    options = {
+        "host": {}, "per_sample": dict(per_sample=True), "device_loop": dict(device_loop=True),
+        "compile": dict(compile=True),
+    }[mode]  # fmt: skip
+    logged = Logged()
+    f = field if mode == "compile" else logged
+    with torch.no_grad():
+        sol = no.solve(f, y0, ts, controller=no.PIController(**TOLERANCES), jump_t=JUMPS, **options)
+        smooth = no.solve(
+            lambda t, y: -2 * y, y0, ts, controller=no.PIController(**TOLERANCES), **options
+        )
+    assert not set(JUMPS) & set(logged.times)
+    assert sol.stats.n_steps == smooth.stats.n_steps
+    torch.testing.assert_close(sol.ys, smooth.ys, rtol=1e-13, atol=1e-15)

@@ -21,7 +21,8 @@ def landings(
     ts: list[float], step_t: tuple[float, ...], jump_t: tuple[float, ...]
 ) -> list[tuple[float, bool]]:
     """Times steps must end on, in the direction of integration: (time, is_jump) pairs,
-    those strictly inside the span and then its end (not a jump)."""
+    those strictly inside the span and then its end (a jump when f jumps there: the last
+    step evaluates f one ulp inside it)."""
     t0, t_end = ts[0], ts[-1]
     if not step_t and not jump_t:  # (the common case)
         return [(t_end, False)]
@@ -34,7 +35,7 @@ def landings(
         if sign * (t - t0) > 0 and sign * (t_end - t) > 0:
             inside[t] = True
     ordered = sorted(inside.items(), key=lambda item: sign * item[0])
-    return ordered + [(t_end, False)]
+    return ordered + [(t_end, t_end in jump_t)]
 
 
 class LandingTimes(NamedTuple):
@@ -65,14 +66,24 @@ def next_landing(
     points: LandingTimes, sign: float, t: torch.Tensor, t_stop: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's next landing point after ``t`` (its end ``t_stop`` when none comes
-    first), and whether f jumps there, (batch,) each."""
+    first), and whether f jumps there (at its end too), (batch,) each."""
     index = torch.searchsorted(points.signed, (sign * t).contiguous(), right=True)
     inside = index < points.times.shape[0]
     index = index.clamp(max=points.times.shape[0] - 1)
     t_land = torch.where(inside, _take(points.times, index), t_stop)
-    before_end = sign * (t_stop - t_land) > 0
-    t_land = torch.where(before_end, t_land, t_stop)
-    return t_land, inside & before_end & _take(points.jumps, index)
+    up_to_end = sign * (t_stop - t_land) >= 0
+    t_land = torch.where(up_to_end, t_land, t_stop)
+    return t_land, inside & up_to_end & _take(points.jumps, index)
+
+
+def start_times(
+    points: LandingTimes | None, sign: float, t: torch.Tensor, time_dtype: torch.dtype
+) -> torch.Tensor:
+    """Where each row evaluates f at its start ``t``: one ulp past it where f jumps there."""
+    if points is None:
+        return t
+    on_jump = ((t[:, None] == points.times[None]) & points.jumps[None]).any(-1)
+    return torch.where(on_jump, past_jump(sign, t, time_dtype), t)
 
 
 def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

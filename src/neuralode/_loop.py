@@ -154,18 +154,19 @@ def _integrate(
     landing_points = landings(ts, config.step_t, config.jump_t)
     span = solve_span(ts[0], ts[-1])  # the scale of the smallest step (``step_floor``)
     t, y = ts[0], y0
+    start_jump = t in config.jump_t  # f jumps at t0: the solve starts from f just past it
     attempt = compiled(_attempt, type(solver)) if config.compile_step else None
-    if attempt is not None and isinstance(controller, PIController):
+    if attempt is not None and isinstance(controller, PIController) and not start_jump:
         f0, proposal, control = controller.init_compiled(term, solver, ts, y, config.norm)
         state = solver.init(term, t, y, f0)
     else:
-        f0 = term(t, y) if controller.needs_f0 else None
+        f0 = term(t, y, sign) if start_jump else term(t, y) if controller.needs_f0 else None
         state = solver.init(term, t, y, f0)
         proposal, control = controller.init(term, solver, ts, y, f0, config.norm)
     next_out, n_out, landing = 1, len(ts), 0
     last_y1 = None
     rejected_t1 = None  # the end of the step just rejected from t
-    after_jump = False
+    after_jump = start_jump
     events = config.events
     if events is not None:
         events.start(t, y)
@@ -242,7 +243,7 @@ def _integrate(
         if stop:
             break
         state = solver.accept(term, step, perturbed)
-        if at_jump:
+        if at_jump and landing < len(landing_points) - 1:  # (not past the span's end)
             state = solver.init(term, t1, step.y1, term(t1, step.y1, sign))
         after_jump = at_jump
         if landed:

@@ -54,7 +54,7 @@ from ._batch_term import BatchTerm
 from ._errors import f0_not_finite
 from ._finite_graph import FiniteGraph
 from ._host import across, plain, wrapped
-from ._landing import landing_times, next_landing, past_jump
+from ._landing import landing_times, next_landing, past_jump, start_times
 from ._norms import row_rms, tolerance_tensor
 from ._pending import _ends, _Reached, _read_progress, _stack
 from ._pending_dense import _locate_events, _write_outputs
@@ -122,7 +122,10 @@ def integrate_per_sample(
 
     # f outside the attempts; recording a graph, without non-finite rows in it
     evaluate = FiniteGraph(f) if torch.is_grad_enabled() else f
-    f0 = evaluate(t, y)
+    points = landing_times(sign, config.step_t, config.jump_t, device)  # (None: none)
+    # a sample starting on a jump evaluates f just past it
+    t_first = start_times(points if config.jump_t else None, sign, t, term.time_dtype)
+    f0 = evaluate(t_first, y)
     nfe = nfe + 1
     # the first step size, per sample (``initial_step``: Hairer, Norsett & Wanner II.4)
     if ctrl.first_step is None:
@@ -164,8 +167,7 @@ def integrate_per_sample(
     if events is not None:
         events.start(t, y)
     needs_f1 = facts.needs_f1
-    points = landing_times(sign, config.step_t, config.jump_t, device)  # (None: none)
-    landing, on_jump = None, torch.zeros(batch, dtype=torch.bool, device=device)
+    landing, on_jump = None, t_first != t
     iteration, next_check, n_still, stalled = 0, 1, -1, False  # known at the checks
     # a rejected step is retried unchanged only when its size is held at min_step: the
     # samples where that happened (it would fail again until max_steps) stop at the check

@@ -29,7 +29,7 @@ from torch._higher_order_ops import while_loop
 
 from ._attempt import attempt, retried_unchanged
 from ._errors import Y0_NOT_FINITE, NonFiniteError, f0_not_finite
-from ._landing import LandingTimes, landing_times, next_landing, past_jump
+from ._landing import LandingTimes, landing_times, next_landing, past_jump, start_times
 from ._norms import row_norm
 from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
@@ -183,7 +183,8 @@ def _solve_graph(
     t_end = ts[-1].clone()  # (views of one input would alias: while_loop refuses that)
     t_stop = t_end.expand(batch).clone()
     span = solve_span(t0, t_stop)  # the scale of the smallest step (``step_floor``)
-    f0 = plan.call(t0, y0)
+    # (a sample starting on a jump evaluates f just past it)
+    f0 = plan.call(start_times(points if plan.jumps else None, sign, t0, plan.time_dtype), y0)
     if ctrl.first_step is None:
         k = plan.constants
         size, d1 = initial_step(plan.call, t0, y0, f0, sign, k.exponent, k.rtol, k.atol, k.norm)

@@ -256,11 +256,8 @@ def integrate_per_sample(
         elif facts.needs_f0:  # f(t1, y1) starts the next step of the accepted samples
             at = t  # (a rejected sample on a jump: f just past it, its value unused)
             if config.jump_t:
-                at = torch.where(
-                    accept,
-                    step.t1_inner,
-                    torch.where(on_jump, past_jump(sign, t, term.time_dtype), t),
-                )
+                start = torch.where(on_jump, past_jump(sign, t, term.time_dtype), t)
+                at = torch.where(accept, step.t1_inner, start)
             f_next = evaluate(at, y) if f1 is None else f1
             f0 = torch.where(accept[:, None], f_next, f0)
             if pending:  # the waiting step's f(t1, y1), where accepted
@@ -271,10 +268,8 @@ def integrate_per_sample(
             on_jump = torch.where(accept, step.jumped, on_jump)
             jumped = step.jumped & still
             if bool(across(jumped.any(), torch.any)):  # (one read per step, jump_t only)
-                f0 = torch.where(
-                    jumped[:, None], evaluate(past_jump(sign, t, term.time_dtype), y), f0
-                )
-                nfe = nfe + jumped
+                f_past = evaluate(past_jump(sign, t, term.time_dtype), y)
+                f0, nfe = torch.where(jumped[:, None], f_past, f0), nfe + jumped
     if config.save is not None:  # f(t1, y1) and extra stages the dense output needs
         nfe = nfe + config.save.finish_batch(solver, evaluate, t)
     later = torch.arange(n_out, device=device)[:, None] >= next_out

@@ -372,8 +372,8 @@ class PIController(StepSizeController):
                 a (batch,) tensor, one per sample.
             size: the step's size (positive), as ``ratio``.
             previous_ratio: the memory (``initial_memory``): the scaled error of the last
-                accepted step, and with ``dcoeff`` the one before it (a pair, or a (2, batch)
-                tensor).
+                accepted step, and with ``dcoeff`` the one before it, with ``predictive``
+                that step's size (a pair, or a (2, batch) tensor).
             exponent: ``1 / k``, ``k`` one more than the order of the error estimate.
             running: per sample, a boolean mask: only these samples may accept, the others
                 keep their memory; ``None`` for all.

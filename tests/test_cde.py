@@ -298,16 +298,23 @@ def test_neural_cde_refuses_bad_arguments() -> None:
         model(model.coefficients(torch.randn(4, 5, 3)))
 
 
-def test_experiment_writes_metrics_and_plot(tmp_path, capsys) -> None:
-    pytest.importorskip("matplotlib")
-    argv = ["experiment", "cde", "--out", str(tmp_path), "--train", "16", "--test", "8"]
-    argv += ["--length", "6", "--iterations", "3", "--batch", "8", "--eval-every", "2"]
-    argv += ["--hidden", "4", "--width", "8", "--no-progress", "--threads", "1"]
+def run_experiment(out, *options: str) -> list[str]:
+    """``neuralode experiment cde`` at a tiny size into ``out`` with ``options`` added,
+    restoring torch's thread count; returns its command line."""
+    argv = ["experiment", "cde", "--out", str(out), "--train", "16", "--test", "8"]
+    argv += ["--batch", "8", "--eval-every", "2", "--hidden", "4", "--width", "8"]
+    argv += ["--no-progress", "--threads", "1", *options]
     threads = torch.get_num_threads()
     try:
         assert main(argv) == 0
     finally:
         torch.set_num_threads(threads)
+    return argv
+
+
+def test_experiment_writes_metrics_and_plot(tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    argv = run_experiment(tmp_path, "--length", "6", "--iterations", "3")
     assert "test accuracy" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["interpolations"]) == {"cubic", "hermite", "linear"}
@@ -640,15 +647,10 @@ def test_log_ode_neural_cde_refuses_bad_arguments() -> None:
 
 def test_experiment_adds_log_ode_models(tmp_path, capsys) -> None:
     pytest.importorskip("matplotlib")
-    argv = ["experiment", "cde", "--out", str(tmp_path), "--train", "16", "--test", "8"]
-    argv += ["--length", "31", "--iterations", "2", "--batch", "8", "--eval-every", "2"]
-    argv += ["--hidden", "4", "--width", "8", "--no-progress", "--threads", "1"]
-    argv += ["--interpolation", "linear", "--log-ode", "2", "10", "--log-ode", "3", "7.5"]
-    threads = torch.get_num_threads()
-    try:
-        assert main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
+    run_experiment(
+        tmp_path, "--length", "31", "--iterations", "2", "--interpolation", "linear",
+        "--log-ode", "2", "10", "--log-ode", "3", "7.5",
+    )  # fmt: skip
     assert "log-ode-d3-w7.5: test accuracy" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     results = metrics["interpolations"]

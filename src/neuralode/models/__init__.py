@@ -26,6 +26,7 @@ from .deq import (
     VariationalDropout,
 )
 from .dynamics import ConcatConv2d, ConvDynamics, MLPDynamics
+from .hamiltonian import EnergyMLP, HamiltonianDynamics, SeparableHamiltonian
 from .latent import (
     ELBO,
     ODERNN,
@@ -78,7 +79,9 @@ __all__ = [
     "JacobianFrobenius",
     "KineticEnergy",
     "ELBO",
+    "EnergyMLP",
     "GapRNN",
+    "HamiltonianDynamics",
     "LatentODE",
     "LatentSDE",
     "LinearPlusMLP",
@@ -90,6 +93,7 @@ __all__ = [
     "RNNBaseline",
     "RNNVAE",
     "RKNet",
+    "SeparableHamiltonian",
     "Regulariser",
     "ResBlock",
     "ResNet",

@@ -1,0 +1,250 @@
+"""Hamiltonian neural networks (Greydanus, Dzamba & Yosinski, 2019): a network learns a
+scalar energy H(q, p) and the vector field is its symplectic gradient, dq/dt = dH/dp,
+dp/dt = -dH/dq, so the exact flow conserves the learned H."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .dynamics import activation_layer
+
+
+class EnergyMLP(nn.Module):
+    """A scalar function of its inputs, E(x_1, ..., x_k) = MLP([x_1, ..., x_k]): one energy
+    per sample. ``EnergyMLP(2 * d, ...)(q, p)`` is a Hamiltonian for ``HamiltonianDynamics``;
+    ``EnergyMLP(d, ...)(p)`` a kinetic and ``EnergyMLP(d, ...)(q)`` a potential energy for
+    ``SeparableHamiltonian``.
+
+    Arguments:
+        in_features: the inputs' last dimensions, added up (2 d for (q, p) of d each).
+        hidden: the hidden width.
+        layers: the number of hidden layers.
+        activation: the activation's name (a smooth one: the vector field is its gradient).
+    """
+
+    def __init__(
+        self, in_features: int, hidden: int = 64, layers: int = 2, activation: str = "tanh"
+    ):
+        super().__init__()
+        sizes = [in_features] + [hidden] * layers
+        blocks: list[nn.Module] = []
+        for n_in, n_out in zip(sizes, sizes[1:]):
+            blocks += [nn.Linear(n_in, n_out), activation_layer(activation)]
+        blocks.append(nn.Linear(sizes[-1], 1))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, *parts: torch.Tensor) -> torch.Tensor:
+        """Evaluate the energy.
+
+        Arguments:
+            *parts: tensors of shape (..., d_i), concatenated on the last dimension
+                (the d_i add up to ``in_features``).
+
+        Returns:
+            The energy per sample, of shape (...).
+        """
+        return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
+
+
+def _gradients(
+    energy: Any, inputs: tuple[torch.Tensor, ...], create_graph: bool
+) -> tuple[torch.Tensor, ...]:
+    """The gradients of ``energy(*inputs)`` summed over the batch with respect to ``inputs``
+    (zeros where it does not depend on one): autograd is switched on here, so this also works
+    under ``torch.no_grad()``; ``create_graph`` keeps the graph for backpropagation through
+    the gradients (training)."""
+    with torch.enable_grad():
+        leaves = tuple(x if x.requires_grad else x.detach().requires_grad_() for x in inputs)
+        value = _per_sample(energy(*leaves), leaves[0])
+        grads = torch.autograd.grad(
+            value.sum(), leaves, create_graph=create_graph, allow_unused=True
+        )
+    return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))
+
+
+def _per_sample(value: Any, like: torch.Tensor) -> torch.Tensor:
+    """``value`` as one energy per sample of the state ``like`` (batch, d): shape (batch,)."""
+    batch = like.shape[:-1]
+    if not isinstance(value, torch.Tensor) or value.numel() != batch.numel():
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(
+            f"an energy must return one value per sample ({batch.numel()} for states of shape "
+            f"{tuple(like.shape)}), got {shape}; return shape (batch,) or (batch, 1)"
+        )
+    return value.reshape(batch)
+
+
+class HamiltonianDynamics(nn.Module):
+    """The vector field of a learned Hamiltonian H(q, p): f(t, (q, p)) = (dH/dp, -dH/dq).
+
+    The derivatives come from autograd of H summed over the batch (the samples must be
+    independent: no batch statistics in H). With grad mode on, their graph is kept
+    (``create_graph``) so that a loss on f, or on a solve of f, backpropagates to H's
+    parameters; under ``torch.no_grad()`` grad mode is switched on inside for dH only and
+    the result carries no graph. ``torch.inference_mode()`` cannot be used: autograd cannot
+    differentiate inference tensors.
+
+    The state is a tuple ``(q, p)`` of two tensors of shape (batch, d), or one tensor
+    (batch, 2 d) holding q then p on its last dimension; f returns the same form. The time
+    is ignored (H does not depend on it).
+
+    Arguments:
+        hamiltonian: a module called as ``hamiltonian(q, p)`` returning the energy per sample,
+            shape (batch,) or (batch, 1), e.g. ``EnergyMLP(2 * d, hidden)``.
+    """
+
+    def __init__(self, hamiltonian: nn.Module):
+        super().__init__()
+        self.hamiltonian = hamiltonian
+
+    def energy(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """The learned energy H(q, p) per sample.
+
+        Arguments:
+            q: the positions, (batch, d).
+            p: the momenta, (batch, d).
+
+        Returns:
+            H, of shape (batch,).
+
+        Raises:
+            ValueError: ``hamiltonian`` returns other than one value per sample.
+        """
+        return _per_sample(self.hamiltonian(q, p), q)
+
+    def field(self, q: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The symplectic gradient of H at (q, p).
+
+        Arguments:
+            q: the positions, (batch, d).
+            p: the momenta, (batch, d).
+
+        Returns:
+            ``(dq/dt, dp/dt) = (dH/dp, -dH/dq)``, each of the shape of ``q``.
+        """
+        dh_dq, dh_dp = _gradients(self.energy, (q, p), torch.is_grad_enabled())
+        return dh_dp, -dh_dq
+
+    def forward(self, t: torch.Tensor, y: Any) -> Any:
+        """Evaluate the vector field.
+
+        Arguments:
+            t: the time (ignored).
+            y: the state: a tuple ``(q, p)`` of tensors (batch, d), or a tensor (batch, 2 d)
+                with q then p on the last dimension.
+
+        Returns:
+            dy/dt in the form of ``y``: ``(dq/dt, dp/dt)`` or their concatenation.
+
+        Raises:
+            ValueError: ``y`` is neither form (a tuple of other than two tensors of one
+                shape, a tensor with an odd last dimension or fewer than two dimensions).
+        """
+        if isinstance(y, torch.Tensor):
+            if y.ndim < 2 or y.shape[-1] % 2:
+                raise ValueError(
+                    f"a flat Hamiltonian state must be (batch, 2 d) with q then p on the last "
+                    f"dimension, got shape {tuple(y.shape)}; pass (q, p) as a tuple or give "
+                    "the state an even last dimension"
+                )
+            q, p = y.chunk(2, dim=-1)
+            return torch.cat(self.field(q, p), dim=-1)
+        if not (
+            isinstance(y, (tuple, list))
+            and len(y) == 2
+            and all(isinstance(x, torch.Tensor) for x in y)
+            and y[0].shape == y[1].shape
+            and y[0].ndim >= 2
+        ):
+            raise ValueError(
+                "a Hamiltonian state must be a tuple (q, p) of two tensors of one shape "
+                f"(batch, d), or one tensor (batch, 2 d); got {_describe(y)}"
+            )
+        dq, dp = self.field(y[0], y[1])
+        return type(y)((dq, dp))
+
+
+def _describe(y: Any) -> str:
+    if isinstance(y, (tuple, list)):
+        parts = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in y]
+        return f"a {type(y).__name__} of {len(y)}: {parts}"
+    return type(y).__name__
+
+
+class _SeparableEnergy(nn.Module):
+    """H(q, p) = T(p) + V(q)."""
+
+    def __init__(self, kinetic: nn.Module, potential: nn.Module):
+        super().__init__()
+        self.kinetic, self.potential = kinetic, potential
+
+    def forward(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return _per_sample(self.kinetic(p), p) + _per_sample(self.potential(q), q)
+
+
+class SeparableHamiltonian(HamiltonianDynamics):
+    """A separable Hamiltonian H(q, p) = T(p) + V(q): dq/dt = dT/dp depends on p only and
+    dp/dt = -dV/dq on q only, each computed from its own network. This is the structure the
+    explicit symplectic methods (Stormer-Verlet/leapfrog and its compositions) need; they
+    may call ``velocity`` and ``force`` for one half of the field.
+
+    States, grad mode and time as for ``HamiltonianDynamics``.
+
+    Arguments:
+        kinetic: a module called as ``kinetic(p)`` returning T per sample, (batch,) or
+            (batch, 1).
+        potential: a module called as ``potential(q)`` returning V per sample, (batch,) or
+            (batch, 1).
+    """
+
+    def __init__(self, kinetic: nn.Module, potential: nn.Module):
+        super().__init__(_SeparableEnergy(kinetic, potential))
+
+    @property
+    def kinetic(self) -> nn.Module:
+        """The kinetic energy T(p)."""
+        return self.hamiltonian.kinetic
+
+    @property
+    def potential(self) -> nn.Module:
+        """The potential energy V(q)."""
+        return self.hamiltonian.potential
+
+    def velocity(self, p: torch.Tensor) -> torch.Tensor:
+        """dq/dt = dT/dp.
+
+        Arguments:
+            p: the momenta, (batch, d).
+
+        Returns:
+            dT/dp, of the shape of ``p``.
+        """
+        (dt_dp,) = _gradients(self.kinetic, (p,), torch.is_grad_enabled())
+        return dt_dp
+
+    def force(self, q: torch.Tensor) -> torch.Tensor:
+        """dp/dt = -dV/dq.
+
+        Arguments:
+            q: the positions, (batch, d).
+
+        Returns:
+            -dV/dq, of the shape of ``q``.
+        """
+        (dv_dq,) = _gradients(self.potential, (q,), torch.is_grad_enabled())
+        return -dv_dq
+
+    def field(self, q: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The symplectic gradient of T(p) + V(q) at (q, p).
+
+        Arguments:
+            q: the positions, (batch, d).
+            p: the momenta, (batch, d).
+
+        Returns:
+            ``(dT/dp, -dV/dq)``, each of the shape of ``q``.
+        """
+        return self.velocity(p), self.force(q)

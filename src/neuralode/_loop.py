@@ -76,11 +76,16 @@ class LoopConfig:
 
 @dataclass
 class StepRecord:
-    """An accepted step, as the checkpointed gradient needs to recompute it."""
+    """An accepted step, as the checkpointed and reversible gradients need to recompute it.
+
+    ``y0`` is ``None`` (and so is ``replay``) when the solve records without states
+    (``integrate(record_states=False)``): the reversible gradient reconstructs each step's
+    start from its end, so its records hold floats and flags alone, O(1) memory a step.
+    """
 
     t0: float
     t1: float
-    y0: torch.Tensor
+    y0: torch.Tensor | None
     perturb: bool  # evaluations at the step's ends were perturbed
     after_jump: bool  # f(t0, y0) was evaluated just past a jump
     outputs: list[int]  # indices of the output times inside (t0, t1]
@@ -95,11 +100,14 @@ def integrate(
     config: LoopConfig,
     stats: SolveStats,
     record: list[StepRecord] | None = None,
+    record_states: bool = True,
 ) -> torch.Tensor:
     """Solve from ``ts[0]`` and return the flat states at every time in ``ts``: (len(ts), n).
 
-    With ``record``, every accepted step is appended to it as a ``StepRecord``. A terminal
-    event in ``config.events`` ends the solve early: only the outputs up to it are returned.
+    With ``record``, every accepted step is appended to it as a ``StepRecord``; with
+    ``record_states`` False the records keep no tensors (no start state, no replay state).
+    A terminal event in ``config.events`` ends the solve early: only the outputs up to it
+    are returned.
     ``stats.status`` receives the ``Status``; with ``config.throw`` False a failure returns
     the outputs reached and NaN for the others instead of raising. Per-sample mode takes
     each sample's own output times as a (batch, outputs) float64 tensor ``ts``.
@@ -107,7 +115,7 @@ def integrate(
     stats.status = None
     outputs: list[torch.Tensor] = []
     try:
-        ys = _integrate(term, y0, ts, config, stats, record, outputs)
+        ys = _integrate(term, y0, ts, config, stats, record, outputs, record_states)
     except (MaxStepsError, StepSizeUnderflowError, NonFiniteError) as error:
         if config.throw or stats.status is not None:  # per sample: raised to throw
             raise
@@ -131,6 +139,7 @@ def _integrate(
     stats: SolveStats,
     record: list[StepRecord] | None,
     outputs: list[torch.Tensor],
+    record_states: bool = True,
 ) -> torch.Tensor:
     """``integrate``; the host loop appends its outputs to ``outputs`` as it goes."""
     # one shared span, raising, and no step records (Checkpointed() recomputes the steps
@@ -229,8 +238,11 @@ def _integrate(
         if record is not None:
             indices = list(range(next_out, end))
             thetas = [1.0 if ts[i] == t1 else (ts[i] - t) / (t1 - t) for i in indices]
-            replay = solver.replay_state(step, after_jump)
-            record.append(StepRecord(t, t1, y, perturbed, after_jump, indices, thetas, replay))
+            if record_states:
+                replay = solver.replay_state(step, after_jump)
+                record.append(StepRecord(t, t1, y, perturbed, after_jump, indices, thetas, replay))
+            else:
+                record.append(StepRecord(t, t1, None, perturbed, after_jump, indices, thetas))
         if end > next_out:
             exact = ts[end - 1] == t1
             inner = ts[next_out : end - 1] if exact else ts[next_out:end]

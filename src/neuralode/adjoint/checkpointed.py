@@ -9,6 +9,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._loop import StepRecord, integrate
+from ._recompute import accumulate, step_vjp
 from .base import GradientStrategy, Problem, first_order
 from .params import resolve_params
 
@@ -78,34 +79,17 @@ class _CheckpointedSolve(torch.autograd.Function):
             if rec.outputs and rec.thetas[-1] == 1.0:
                 adjoint = adjoint + grad_ys[rec.outputs[-1]]
             inner = [(i, th) for i, th in zip(rec.outputs, rec.thetas) if th != 1.0]
-            with torch.enable_grad():
-                y0 = rec.y0.detach().requires_grad_(True)
-                sign = 1.0 if rec.t1 > rec.t0 else -1.0
-                f0 = term(rec.t0, y0, sign) if rec.after_jump else None
-                # the solver's own start state, as the loop made it (after a jump: from f0)
-                state = solver.init(term, rec.t0, y0, f0) if rec.replay is None else rec.replay
-                state, carried_in = solver.read_carried(state)
-                step = solver.step(term, rec.t0, rec.t1, y0, state, rec.perturb)
-                outputs, grads = [step.y1], [adjoint]
-                if carried_grad is not None:
-                    outputs.append(solver.carried(step))
-                    grads.append(carried_grad)
-                if inner:
-                    thetas = torch.tensor([th for _, th in inner], dtype=torch.float64)
-                    outputs.append(solver.interpolate(term, step, thetas))
-                    grads.append(grad_ys[[i for i, _ in inner]])
-                inputs = (y0, *params) if carried_in is None else (y0, *params, carried_in)
-                vjps = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
-            adjoint = vjps[0]
-            carried_grad = None
-            if carried_in is not None:
-                *vjps, carried_grad = vjps
-                carried_grad = (
-                    torch.zeros_like(carried_in) if carried_grad is None else carried_grad
-                )
-            for k, g in enumerate(vjps[1:]):
-                if g is not None:
-                    param_grads[k] = param_grads[k] + g
+            dense = None
+            if inner:
+                thetas = torch.tensor([th for _, th in inner], dtype=torch.float64)
+                dense = (thetas, grad_ys[[i for i, _ in inner]])
+            vjp = step_vjp(
+                solver, term, rec.t0, rec.t1, rec.y0, rec.perturb, adjoint, params,
+                after_jump=rec.after_jump, replay=rec.replay, grad_carried=carried_grad,
+                inner=dense,
+            )  # fmt: skip
+            adjoint, carried_grad = vjp.grad_y0, vjp.grad_carried
+            param_grads = accumulate(param_grads, vjp.grad_params)
         adjoint = adjoint + grad_ys[0]
         problem.stats.nfe_backward += term.nfe - nfe_before
         problem.stats.n_steps_backward += len(ctx.records)

@@ -15,6 +15,7 @@ from .compat import odeint, odeint_adjoint, odeint_event
 from .controllers import FixedGrid, PIController, PIDController
 from .solvers import (
     METHODS,
+    PARTITIONED_METHODS,
     RK4,
     AdaptiveHeun,
     Bosh3,
@@ -26,8 +27,11 @@ from .solvers import (
     Heun2,
     Heun3,
     ImplicitAdams,
+    Leapfrog,
     Midpoint,
+    SemiImplicitEuler,
     Tsit5,
+    Yoshida4,
 )
 
 try:
@@ -45,6 +49,10 @@ __all__ = [
     "Direct",
     "GradientStrategy",
     "METHODS",
+    "PARTITIONED_METHODS",
+    "Leapfrog",
+    "SemiImplicitEuler",
+    "Yoshida4",
     "RK4",
     "SaveAt",
     "AdaptiveHeun",

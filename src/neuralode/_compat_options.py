@@ -18,7 +18,7 @@ from ._solve import DEFAULT_MAX_STEPS
 from .adjoint.params import resolve_params
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
-from .solvers import METHODS
+from .solvers import method_class, method_names
 from .solvers.base import Solver, Step, hermite_interpolate
 from .solvers.explicit_rk import ExplicitRK
 
@@ -75,10 +75,10 @@ def _parse(
     given = options  # an option set to None takes its default, as in torchdiffeq
     options = {k: v for k, v in options.items() if v is not None or k == "max_num_steps"}
     method = _ALIASES.get(method, method)
-    if method not in METHODS:
-        available = ", ".join([*METHODS, *_ALIASES, "scipy_solver"])
+    solver_cls = method_class(method)
+    if solver_cls is None:
+        available = ", ".join([*method_names(), *_ALIASES, "scipy_solver"])
         raise ValueError(f"unknown method {method!r}; available methods: {available}")
-    solver_cls = METHODS[method]
     solver_args = [p for p in inspect.signature(solver_cls).parameters if p != "self"]
     probe = solver_cls(**{k: options[k] for k in solver_args if k in options})
     allowed = (_ADAPTIVE_OPTIONS if probe.adaptive else _FIXED_OPTIONS) | set(solver_args)

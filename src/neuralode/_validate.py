@@ -21,7 +21,7 @@ from .adjoint import GRADIENTS
 from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy
 from .controllers.base import StepSizeController
-from .solvers import METHODS
+from .solvers import method_class, method_names
 from .solvers.base import Solver
 
 _GRADIENTS: dict[str, type[GradientStrategy]] = {**GRADIENTS, "backsolve": Backsolve}
@@ -33,9 +33,10 @@ def coerce_strategies(solver: Any, controller: Any, gradient: Any, norm: Any) ->
     for ``solver``, a class for ``controller`` and ``gradient``, a name for ``gradient``
     and ``norm``; anything else of a wrong type is a ``TypeError`` naming what is expected."""
     if isinstance(solver, str):
-        if solver not in METHODS:
-            raise ValueError(f"unknown solver {solver!r}; available: {', '.join(METHODS)}")
-        solver = METHODS[solver]()
+        solver_cls = method_class(solver)
+        if solver_cls is None:
+            raise ValueError(f"unknown solver {solver!r}; available: {', '.join(method_names())}")
+        solver = solver_cls()
     solver = _instance("solver", solver, Solver, "a Solver such as no.Dopri5() or a name")
     controller = _instance(
         "controller", controller, StepSizeController, "a StepSizeController such as "

@@ -21,16 +21,20 @@ from .kencarp3 import KenCarp3
 from .kencarp4 import KenCarp4
 from .kencarp5 import KenCarp5
 from .kvaerno3 import Kvaerno3
+from .leapfrog import Leapfrog
 from .midpoint import Midpoint
+from .partitioned import PartitionedSolver, Splitting
 from .radau import Radau
 from .radau_iia3 import RadauIIA3
 from .radau_iia5 import RadauIIA5
 from .rk4 import RK4
 from .sdirk2 import SDIRK2
+from .semi_implicit_euler import SemiImplicitEuler
 from .tableau import AdditiveTableau, ButcherTableau, DenseOutput, ImplicitTableau
 from .trapezoid import Trapezoid
 from .trbdf2 import TRBDF2
 from .tsit5 import Tsit5
+from .yoshida4 import Yoshida4
 
 # The central list of methods, by their torchdiffeq names. Tests iterate over it, so a new
 # method is tested by adding it here.
@@ -64,8 +68,40 @@ METHODS: dict[str, type[Solver]] = {
     "kencarp5": KenCarp5,
 }
 
+# The central list of the partitioned (symplectic) methods, whose state is a pair (q, p) with
+# a separable f: they cannot run METHODS' tests on general states, so their tests iterate over
+# this list. Method names resolve in both lists (``method_class``).
+PARTITIONED_METHODS: dict[str, type[PartitionedSolver]] = {
+    "semi_implicit_euler": SemiImplicitEuler,
+    "leapfrog": Leapfrog,
+    "yoshida4": Yoshida4,
+}
+
+
+def method_class(name: str) -> type[Solver] | None:
+    """The solver class of a method name, from ``METHODS`` or ``PARTITIONED_METHODS``.
+
+    Arguments:
+        name: a method name, such as ``"dopri5"`` or ``"leapfrog"``.
+
+    Returns:
+        The class, or ``None`` for an unknown name.
+    """
+    return METHODS.get(name) or PARTITIONED_METHODS.get(name)
+
+
+def method_names() -> list[str]:
+    """Every method name ``method_class`` resolves, ``METHODS``' first.
+
+    Returns:
+        The names, in the lists' order.
+    """
+    return [*METHODS, *PARTITIONED_METHODS]
+
+
 __all__ = [
     "METHODS",
+    "PARTITIONED_METHODS",
     "RK4",
     "AdaptiveHeun",
     "AdditiveTableau",
@@ -89,6 +125,7 @@ __all__ = [
     "KenCarp4",
     "KenCarp5",
     "Kvaerno3",
+    "Leapfrog",
     "LinearPart",
     "NewtonError",
     "Radau",
@@ -101,7 +138,11 @@ __all__ = [
     "Heun2",
     "Heun3",
     "Midpoint",
+    "PartitionedSolver",
+    "SemiImplicitEuler",
+    "Splitting",
     "Solver",
     "Step",
     "Tsit5",
+    "Yoshida4",
 ]

@@ -1,0 +1,285 @@
+"""Explicit symplectic (partitioned) methods for separable systems: a splitting of each step
+into kicks and drifts, given as data; each method only supplies its ``Splitting``.
+
+The state is a pair ``(q, p)`` of tensors and ``f(t, (q, p)) = (dq/dt, dp/dt)`` with dq/dt a
+function of ``(t, p)`` only and dp/dt of ``(t, q)`` only: a separable Hamiltonian
+H = T(p) + V(q), or a second-order system q'' = a(t, q) written as ``(q, v)``. A kick moves
+``p`` by a fraction of the step along dp/dt at the current ``q``; a drift moves ``q`` along
+dq/dt at the current ``p``. Each is the exact flow of one half of the system, so every
+composition of them is symplectic. Time moves with the drifts for the kicks (a kick sees the
+time the drifts before it reached) and with the kicks for the drifts, which keeps a symmetric
+splitting symmetric for time-dependent f.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from .._term import ODETerm
+from .._tree import TreeSpec
+from .base import Solver, Step, hermite_interpolate
+from .explicit_rk import ExplicitRK
+
+_TOL = 1e-12
+_KINDS = ("kick", "drift")
+
+
+@dataclass(frozen=True)
+class Splitting:
+    """A partitioned method as data: the kicks and drifts of one step, in order.
+
+    Attributes:
+        name: the method's name (in error messages).
+        operations: ``(kind, fraction)`` pairs, ``kind`` ``"kick"`` (``p += fraction * dt *
+            dp/dt(q)``) or ``"drift"`` (``q += fraction * dt * dq/dt(p)``), in the order
+            they apply.
+        order: the order of the solution on separable systems.
+
+    Raises:
+        ValueError: an unknown kind, two operations of one kind in a row, or kick or drift
+            fractions that do not sum to 1.
+    """
+
+    name: str
+    operations: tuple[tuple[str, float], ...]
+    order: int
+
+    def __post_init__(self) -> None:
+        problems = []
+        kinds = [kind for kind, _ in self.operations]
+        if any(kind not in _KINDS for kind in kinds):
+            problems.append(f"every operation must be one of {_KINDS}, got {kinds}")
+        if any(a == b for a, b in zip(kinds, kinds[1:])):
+            problems.append("two operations of one kind in a row: merge them")
+        for kind in _KINDS:
+            total = sum(x for k, x in self.operations if k == kind)
+            if abs(total - 1) > _TOL:
+                problems.append(f"the {kind} fractions sum to {total!r}, not 1")
+        if problems:
+            raise ValueError(f"invalid splitting {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def fsal(self) -> bool:
+        """The step starts and ends with a kick: the last kick's dp/dt, at (t1, q1), is the
+        next step's first (first same as last)."""
+        return self.operations[0][0] == "kick" and self.operations[-1][0] == "kick"
+
+    def evaluations(self, carried: bool) -> int:
+        """Evaluations of f in one step.
+
+        Arguments:
+            carried: the step starts from the previous step's last dp/dt.
+
+        Returns:
+            One per operation, less the first kick's where it is carried in.
+        """
+        return len(self.operations) - (carried and self.fsal)
+
+
+def pair_split(spec: TreeSpec, name: str) -> int:
+    """The number of elements of ``q`` in a flat ``(q, p)`` state.
+
+    Arguments:
+        spec: the state's structure.
+        name: the method's name, for the message.
+
+    Returns:
+        ``spec.numels[0]``: the flat state is ``q`` then ``p``.
+
+    Raises:
+        ValueError: the state is not a pair of two tensors.
+    """
+    structure = spec.structure
+    if not isinstance(structure, (tuple, list)) or structure != type(structure)((None, None)):
+        got = "one tensor" if structure is None else f"a {type(structure).__name__}"
+        if isinstance(structure, (tuple, list)):
+            got += f" of {len(spec.shapes)} tensors"
+            if len(structure) == 2:
+                got = "a pair whose parts are not both tensors"
+        raise ValueError(
+            f"{name} needs the state as a pair (q, p) of two tensors, got {got}: pass y0 as a "
+            "tuple (q0, p0), with func(t, (q, p)) returning (dq/dt, dp/dt), dq/dt depending "
+            "on (t, p) and dp/dt on (t, q) only"
+        )
+    return spec.numels[0]
+
+
+class PartitionedSolver(Solver):
+    """An explicit symplectic method defined by the class attribute ``splitting``.
+
+    The state must be a pair ``(q, p)`` of tensors (any shapes, one dtype) and ``f`` separable:
+    dq/dt depends on ``(t, p)`` only and dp/dt on ``(t, q)`` only. There the method is
+    symplectic (it conserves a modified energy: no drift of the energy error over long times)
+    and of order ``splitting.order``. On a non-separable f it is still consistent (order 1)
+    but neither symplectic nor of that order.
+
+    Fixed steps only (``FixedGrid``: ``step_size``, a grid, or the output times); there is no
+    error estimate. Each kick and each drift evaluates f once (f returns both halves, of which
+    a kick reads dp/dt and a drift dq/dt), except that a splitting which starts and ends with a
+    kick reuses the last kick's dp/dt at the next step's start. Dense output between steps is
+    cubic Hermite through the states and f at the step's ends (f at both ends evaluated for
+    steps with outputs inside).
+    """
+
+    splitting: ClassVar[Splitting]
+    #: the explicit Runge-Kutta method of the same order that solves ``Backsolve``'s adjoint
+    #: system (its state is [y, adjoint, parameter gradients], not a pair)
+    adjoint_method: ClassVar[type[ExplicitRK]]
+
+    @property
+    def order(self) -> int:  # type: ignore[override]
+        """The order on separable systems, the splitting's ``order``."""
+        return self.splitting.order
+
+    @property
+    def name(self) -> str:
+        """The splitting's name (e.g. ``"leapfrog"``)."""
+        return self.splitting.name
+
+    def init(self, term: ODETerm, t0: float, y0: torch.Tensor, f0: torch.Tensor | None) -> Any:
+        """Check that the state is a pair ``(q, p)``; the state carried is dp/dt at ``t0``.
+
+        Arguments:
+            term: the vector field.
+            t0: the initial time.
+            y0: the flat initial state.
+            f0: ``term(t0, y0)`` when already known, else ``None``.
+
+        Returns:
+            dp/dt at ``(t0, q0)`` (``f0``'s second part) for a splitting that starts with a
+                kick, else ``None``.
+
+        Raises:
+            ValueError: the state is not a pair of two tensors.
+        """
+        n_q = pair_split(term.spec, self.name)
+        if f0 is None or self.splitting.operations[0][0] != "kick":
+            return None
+        return f0[n_q:]
+
+    def step(
+        self, term: ODETerm, t0: float, t1: float, y0: torch.Tensor, state: Any, perturb: bool
+    ) -> Step:
+        """One step of kicks and drifts from ``(t0, y0)`` to ``t1``.
+
+        Arguments:
+            term: the vector field.
+            t0: the start time (a float, or a 0-dim float64 tensor in a compiled step).
+            t1: the end time, as ``t0``.
+            y0: the flat state ``(q, p)`` at ``t0``.
+            state: dp/dt at ``(t0, q0)`` when carried in, else ``None``.
+            perturb: move the evaluations at the ends of the step one ulp inside it.
+
+        Returns:
+            The [`Step`][neuralode.solvers.Step]: ``y1``, no error estimate, the evaluations
+                of f made (``stages``) and, in ``extra``, the last kick's dp/dt and f(t0, y0)
+                where a kick evaluated it.
+        """
+        n_q = pair_split(term.spec, self.name)
+        dt = t1 - t0
+        inward = (1.0 if dt > 0 else -1.0) if perturb else 0.0
+        q, p = y0[:n_q], y0[n_q:]
+        dpdt = state
+        kicked = drifted = 0.0  # the fractions of the step the kicks and drifts have moved
+        evaluations: list[torch.Tensor] = []
+        f0 = None
+        for kind, fraction in self.splitting.operations:
+            if kind == "kick":
+                if dpdt is None:
+                    f = self._evaluate(term, t0, t1, dt, drifted, torch.cat([q, p]), inward)
+                    evaluations.append(f)
+                    if drifted == 0 and kicked == 0:
+                        f0 = f  # f(t0, y0): the dense output's start derivative
+                    dpdt = f[n_q:]
+                p = p + (fraction * dt) * dpdt
+                kicked += fraction
+                last_kick, dpdt = dpdt, None
+            else:
+                f = self._evaluate(term, t0, t1, dt, kicked, torch.cat([q, p]), inward)
+                evaluations.append(f)
+                if drifted == 0 and kicked == 0:
+                    f0 = f
+                q = q + (fraction * dt) * f[:n_q]
+                drifted += fraction
+        y1 = torch.cat([q, p])
+        carry = last_kick if self.splitting.fsal else None
+        extra = {"carry": carry, "f0": f0}
+        return Step(t0, t1, y0, y1, None, evaluations, None, extra, -inward)
+
+    @staticmethod
+    def _evaluate(
+        term: ODETerm, t0: Any, t1: Any, dt: Any, fraction: float, y: torch.Tensor, inward: float
+    ) -> torch.Tensor:
+        """f at the step fraction ``fraction`` (the step's ends exactly, moved ``inward``)."""
+        if fraction == 0:
+            return term(t0, y, inward)
+        if abs(fraction - 1) <= _TOL:
+            return term(t1, y, -inward)
+        return term(t0 + fraction * dt, y)
+
+    def accept(self, term: ODETerm, step: Step, perturb: bool) -> Any:
+        """The state for the next step: the last kick's dp/dt at ``(t1, q1)``.
+
+        Arguments:
+            term: the vector field.
+            step: the accepted step.
+            perturb: whether the step's end evaluations were moved inside it (dp/dt there is
+                then not the next step's).
+
+        Returns:
+            dp/dt at the step's end for a splitting that ends with a kick, else ``None``.
+        """
+        return None if perturb else step.extra["carry"]
+
+    def compiled_evaluations(self, term: ODETerm, step: Step, state: Any) -> int:
+        """The evaluations of f in a compiled step: the step's ``stages``.
+
+        Arguments:
+            term: the vector field.
+            step: the step the compiled graph returned.
+            state: the state the step started from.
+
+        Returns:
+            ``len(step.stages)``, every evaluation the step made.
+        """
+        return len(step.stages)
+
+    def hermite_f0(self, term: ODETerm, step: Step) -> torch.Tensor:
+        """f(t0, y0) of an accepted step, for its cubic Hermite dense output.
+
+        Arguments:
+            term: the vector field.
+            step: the accepted step.
+
+        Returns:
+            f(t0, y0): the step's first evaluation where it was one, else evaluated now.
+        """
+        f0 = step.extra.get("f0")
+        if f0 is None:
+            f0 = step.extra["f0"] = term(step.t0, step.y0, -step.end_perturb)
+        return f0
+
+    def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
+        """Cubic Hermite through the step's ends and f there.
+
+        Arguments:
+            term: the vector field.
+            step: the accepted step.
+            thetas: the step fractions, a float64 CPU tensor (m,).
+
+        Returns:
+            The states at ``t0 + theta * dt``, (m, numel).
+        """
+        return hermite_interpolate(term, step, thetas, self.hermite_f0(term, step))
+
+    def for_adjoint_system(self) -> Solver:
+        """The solver for ``Backsolve``'s backward solves: the explicit Runge-Kutta method of
+        the same order (``adjoint_method``), since the adjoint system's state is not a pair.
+
+        Returns:
+            A new ``adjoint_method`` instance.
+        """
+        return self.adjoint_method()

@@ -1,0 +1,227 @@
+"""The partitioned (symplectic) methods of ``PARTITIONED_METHODS`` against mathematics: their
+orders on the harmonic oscillator and the pendulum, the symplecticity of one step's map, the
+bounded energy error over long times, their gradients, evaluation counts and refusals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import neuralode as no
+from neuralode import odeint
+from neuralode.solvers import PARTITIONED_METHODS, Splitting
+
+METHODS = sorted(PARTITIONED_METHODS)
+F64 = torch.float64
+
+
+def oscillator(t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]) -> tuple:
+    """q' = p, p' = -q: H = (p^2 + q^2) / 2."""
+    q, p = y
+    return p, -q
+
+
+def pendulum(t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]) -> tuple:
+    """q' = p, p' = -sin q: H = p^2 / 2 - cos q."""
+    q, p = y
+    return p, -torch.sin(q)
+
+
+def coupled(t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]) -> tuple:
+    """Two pendulums joined by a spring: V = sum(1 - cos q) + (q0 - q1)^2 / 2, T = |p|^2 / 2."""
+    q, p = y
+    spring = q[0] - q[1]
+    return p, -torch.sin(q) - torch.stack([spring, -spring])
+
+
+def pair(*values: float) -> tuple[torch.Tensor, torch.Tensor]:
+    half = len(values) // 2
+    return torch.tensor(values[:half], dtype=F64), torch.tensor(values[half:], dtype=F64)
+
+
+def solve_fixed(method: str, func, y0, ts: torch.Tensor, h: float | None = None, **kwargs):
+    controller = no.FixedGrid() if h is None else no.FixedGrid(step_size=h)
+    return no.solve(func, y0, ts, solver=method, controller=controller, **kwargs)
+
+
+def energy(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    return p.pow(2).sum(-1) / 2 - torch.cos(q).sum(-1)
+
+
+# ------------------------------------------------------------------------------------------
+# orders
+
+
+def observed_order(errors: list[float], ratio: float = 2.0) -> float:
+    return math.log(errors[0] / errors[1]) / math.log(ratio)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_order_on_the_harmonic_oscillator(method):
+    order = PARTITIONED_METHODS[method]().order
+    ts = torch.tensor([0.0, 2.0], dtype=F64)
+    exact = torch.tensor([math.cos(2.0), -math.sin(2.0)], dtype=F64)
+    errors = []
+    for h in (0.05, 0.025):
+        q, p = solve_fixed(method, oscillator, pair(1.0, 0.0), ts, h).ys
+        errors.append(float((torch.cat([q[-1], p[-1]]) - exact).abs().max()))
+    assert observed_order(errors) == pytest.approx(order, abs=0.15)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_order_on_the_pendulum(method):
+    order = PARTITIONED_METHODS[method]().order
+    ts = torch.tensor([0.0, 3.0], dtype=F64)
+    y0 = pair(1.2, 0.3)
+    ref = no.solve(pendulum, y0, ts, solver="dopri8", controller=no.PIController(1e-12, 1e-14))
+    exact = torch.cat([ref.ys[0][-1], ref.ys[1][-1]])
+    errors = []
+    for h in (0.06, 0.03):
+        q, p = solve_fixed(method, pendulum, y0, ts, h).ys
+        errors.append(float((torch.cat([q[-1], p[-1]]) - exact).abs().max()))
+    assert observed_order(errors) == pytest.approx(order, abs=0.2)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_dense_output_off_the_grid(method):
+    """Outputs between steps come from cubic Hermite through the steps' ends (order 3 in the
+    step: at h = 0.01 about h^4 max|y^(4)| / 384 = 3e-11), within h^order of the solution."""
+    ts = torch.tensor([0.0, 0.123, 0.5, 0.777], dtype=F64)
+    q, p = solve_fixed(method, oscillator, pair(1.0, 0.0), ts, 0.01).ys
+    expected = torch.cos(ts)
+    tolerance = 0.01 ** PARTITIONED_METHODS[method]().order
+    assert torch.allclose(q[:, 0], expected, atol=tolerance, rtol=0)
+    assert torch.allclose(p[:, 0], -torch.sin(ts), atol=tolerance, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------
+# symplecticity and energy
+
+
+def step_jacobian(method: str, x: torch.Tensor, h: float) -> torch.Tensor:
+    """The Jacobian of one step's map (q, p) -> (q1, p1) of the coupled pendulums."""
+    ts = torch.tensor([0.0, h], dtype=F64)
+
+    def one_step(x: torch.Tensor) -> torch.Tensor:
+        q, p = no.solve(coupled, (x[:2], x[2:]), ts, solver=method).ys
+        return torch.cat([q[-1], p[-1]])
+
+    return torch.autograd.functional.jacobian(one_step, x)
+
+
+J = torch.tensor(
+    [[0, 0, 1, 0], [0, 0, 0, 1], [-1, 0, 0, 0], [0, -1, 0, 0]], dtype=F64
+)  # fmt: skip
+X0 = torch.tensor([1.0, -0.4, 0.3, 0.8], dtype=F64)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_step_is_symplectic(method):
+    M = step_jacobian(method, X0, 0.3)
+    assert torch.allclose(M.T @ J @ M, J, atol=1e-12, rtol=0)
+
+
+def test_rk4_step_is_not_symplectic():
+    """The same check fails for rk4: it measures symplecticity."""
+    M = step_jacobian("rk4", X0, 0.3)
+    assert (M.T @ J @ M - J).abs().max() > 1e-5
+
+
+def energy_errors(method: str, h: float, steps: int) -> torch.Tensor:
+    ts = torch.arange(steps + 1, dtype=F64) * h
+    q, p = no.solve(pendulum, pair(1.5, 0.0), ts, solver=method, max_steps=None).ys
+    e = energy(q, p)
+    return (e - e[0]).abs()
+
+
+def test_leapfrog_energy_error_stays_bounded_where_rk4_drifts():
+    """Over 10^4 steps the leapfrog energy error oscillates (its largest value in the second
+    half is no larger than in the first) while rk4's grows with time."""
+    steps, h = 10_000, 0.2
+    half = steps // 2
+    leap = energy_errors("leapfrog", h, steps)
+    assert float(leap[half:].max()) <= 1.05 * float(leap[:half].max())
+    assert float(leap.max()) < 0.05  # O(h^2), bounded
+    rk4 = energy_errors("rk4", h, steps)
+    assert float(rk4[half:].max()) > 1.5 * float(rk4[:half].max())
+
+
+# ------------------------------------------------------------------------------------------
+# evaluations
+
+
+@pytest.mark.parametrize(
+    "method, first, per_step",
+    [("semi_implicit_euler", 2, 2), ("leapfrog", 3, 2), ("yoshida4", 7, 6)],
+)
+def test_evaluations_per_step(method, first, per_step):
+    """Each kick and drift evaluates f once; a splitting that starts and ends with a kick
+    (leapfrog, yoshida4) reuses the last kick's dp/dt at the next step's start."""
+    splitting = PARTITIONED_METHODS[method].splitting
+    assert splitting.evaluations(carried=False) == first
+    assert splitting.evaluations(carried=True) == per_step
+    steps = 10
+    sol = solve_fixed(method, oscillator, pair(1.0, 0.0), torch.tensor([0.0, 1.0]), 0.1)
+    assert sol.stats.n_steps == steps
+    assert sol.stats.nfe == first + per_step * (steps - 1)
+
+
+def test_splitting_is_validated():
+    with pytest.raises(ValueError, match="drift fractions sum to 0.5"):
+        Splitting("bad", (("kick", 1.0), ("drift", 0.5)), 1)
+    with pytest.raises(ValueError, match="in a row"):
+        Splitting("bad", (("kick", 0.5), ("kick", 0.5), ("drift", 1.0)), 1)
+    with pytest.raises(ValueError, match="one of"):
+        Splitting("bad", (("push", 1.0), ("drift", 1.0), ("kick", 1.0)), 1)
+
+
+# ------------------------------------------------------------------------------------------
+# the façade and names
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_odeint_facade(method):
+    t = torch.linspace(0, 1, 5, dtype=F64)
+    qs, ps = odeint(oscillator, pair(1.0, 0.0), t, method=method, options=dict(step_size=0.01))
+    assert qs.shape == ps.shape == (5, 1)
+    order = PARTITIONED_METHODS[method]().order
+    assert torch.allclose(qs[:, 0], torch.cos(t), atol=10 * 0.01**order, rtol=0)
+    # the output times as the grid (torchdiffeq's fixed methods without step_size)
+    qs, ps = odeint(oscillator, pair(1.0, 0.0), torch.linspace(0, 1, 201, dtype=F64), method=method)
+    assert float((qs[-1, 0] - math.cos(1)).abs()) < 10 * 0.005**order
+
+
+def test_names_resolve():
+    assert isinstance(no.solve(oscillator, pair(1.0, 0.0), torch.tensor([0.0, 0.1]),
+                               solver="leapfrog").ys, tuple)  # fmt: skip
+    assert no.PARTITIONED_METHODS["leapfrog"] is no.Leapfrog
+    with pytest.raises(ValueError, match="yoshida4"):  # the list of names includes them
+        odeint(oscillator, pair(1.0, 0.0), torch.tensor([0.0, 0.1]), method="leapfrogg")
+
+
+# ------------------------------------------------------------------------------------------
+# refusals
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_state_that_is_not_a_pair_is_refused(method):
+    ts = torch.tensor([0.0, 0.1])
+    with pytest.raises(ValueError, match=r"pair \(q, p\) of two tensors, got one tensor.*tuple"):
+        no.solve(lambda t, y: -y, torch.ones(2), ts, solver=method)
+    three = (torch.ones(1), torch.ones(1), torch.ones(1))
+    with pytest.raises(ValueError, match="got a tuple of 3 tensors"):
+        no.solve(lambda t, y: y, three, ts, solver=method)
+    with pytest.raises(ValueError, match="not both tensors"):
+        no.solve(lambda t, y: y, (torch.ones(1), (torch.ones(1), torch.ones(1))), ts, solver=method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_adaptive_steps_are_refused(method):
+    with pytest.raises(ValueError, match="no error estimate.*FixedGrid / options step_size"):
+        no.solve(oscillator, pair(1.0, 0.0), torch.tensor([0.0, 1.0]), solver=method,
+                 controller=no.PIController(1e-6, 1e-8))  # fmt: skip
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['first_step'\]"):
+        odeint(oscillator, pair(1.0, 0.0), torch.tensor([0.0, 1.0]), method=method,
+               options=dict(first_step=0.1))  # fmt: skip

@@ -225,3 +225,127 @@ def test_adaptive_steps_are_refused(method):
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['first_step'\]"):
         odeint(oscillator, pair(1.0, 0.0), torch.tensor([0.0, 1.0]), method=method,
                options=dict(first_step=0.1))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# gradients
+
+
+class Spring(torch.nn.Module):
+    """q' = p / m, p' = -k sin q (a separable field with parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor(1.3, dtype=F64))
+        self.m = torch.nn.Parameter(torch.tensor(0.8, dtype=F64))
+
+    def forward(self, t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]) -> tuple:
+        q, p = y
+        return p / self.m, -self.k * torch.sin(q)
+
+
+TS = torch.tensor([0.0, 0.35, 0.8], dtype=F64)  # 0.35: an output between steps of 0.1
+
+
+def outputs(method: str, gradient, field: Spring, q0, p0) -> torch.Tensor:
+    sol = no.solve(field, (q0, p0), TS, solver=method, gradient=gradient,
+                   controller=no.FixedGrid(step_size=0.1))  # fmt: skip
+    q, p = sol.ys
+    return torch.cat([q.flatten(), p.flatten()])
+
+
+def start() -> tuple[torch.Tensor, torch.Tensor]:
+    q0 = torch.tensor([0.7, -0.2], dtype=F64, requires_grad=True)
+    p0 = torch.tensor([0.1, 0.4], dtype=F64, requires_grad=True)
+    return q0, p0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradcheck_direct(method):
+    field = Spring()
+
+    def run(q0, p0, k, m):
+        field.k, field.m = k, m  # (plain tensors: gradcheck perturbs them)
+        return outputs(method, no.Direct(), field, q0, p0)
+
+    k = field.k.detach().clone().requires_grad_(True)
+    m = field.m.detach().clone().requires_grad_(True)
+    del field.k, field.m
+    assert torch.autograd.gradcheck(run, (*start(), k, m))
+
+
+def gradients(method: str, gradient) -> list[torch.Tensor]:
+    field = Spring()
+    q0, p0 = start()
+    loss = outputs(method, gradient, field, q0, p0).pow(2).sum()
+    return list(torch.autograd.grad(loss, [q0, p0, field.k, field.m]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_checkpointed_equals_direct(method):
+    for a, b in zip(gradients(method, no.Checkpointed()), gradients(method, no.Direct())):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_backsolve_approximates_direct(method):
+    """Backsolve's continuous adjoint, solved backwards on the same grid by the explicit
+    Runge-Kutta method of the same order (the adjoint system's state is not a pair), agrees
+    with the discrete gradient to the methods' accuracy: within 2 h^order of its size."""
+    order = PARTITIONED_METHODS[method]().order
+    for a, b in zip(gradients(method, no.Backsolve()), gradients(method, no.Direct())):
+        assert float((a - b).abs().max()) <= 2 * 0.1**order * float(b.abs().max())
+
+
+def test_odeint_adjoint_facade():
+    from neuralode import odeint_adjoint
+
+    field = Spring()
+    q0, p0 = start()
+    opts = dict(step_size=0.05)
+    qs, ps = odeint_adjoint(field, (q0, p0), TS, method="yoshida4", options=opts)
+    loss = qs.pow(2).sum() + ps.pow(2).sum()
+    grads = torch.autograd.grad(loss, [q0, p0, field.k, field.m])
+    reference = gradients("yoshida4", no.Direct())  # (step 0.1: within the solves' errors)
+    for a, b in zip(grads, reference):
+        assert torch.allclose(a, b, atol=1e-3, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------
+# execution modes
+
+
+@pytest.mark.parametrize("mode", [dict(per_sample=True), dict(device_loop=True)])
+def test_device_loop_is_refused(mode):
+    y0 = (torch.ones(3, 1, dtype=F64), torch.zeros(3, 1, dtype=F64))
+    with pytest.raises(ValueError, match="does not run the symplectic method leapfrog.*vmap"):
+        no.solve(oscillator, y0, torch.tensor([0.0, 1.0], dtype=F64), solver="leapfrog", **mode)
+
+
+def test_compiled_step_equals_eager():
+    """compile='step' (and compile=True, which falls back to it on fixed steps) runs each
+    step as one graph: the same states and evaluations as the eager loop."""
+    field = Spring()
+    y0 = tuple(x.detach() for x in start())
+    ts = torch.tensor([0.0, 0.35, 1.0], dtype=F64)
+    grid = no.FixedGrid(step_size=0.1)
+    eager = no.solve(field, y0, ts, solver="leapfrog", controller=grid)
+    with torch.no_grad():
+        compiled = no.solve(field, y0, ts, solver="leapfrog", controller=grid, compile="step")
+    for a, b in zip(compiled.ys, eager.ys):
+        assert torch.allclose(a, b, atol=1e-14, rtol=0)
+    # 10 steps, and f at both ends of the step holding t = 0.35 for its dense output
+    assert compiled.stats.nfe == eager.stats.nfe == 3 + 2 * 9 + 2
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_vmap_equals_solving_each_alone(method):
+    q0s = torch.tensor([[0.5], [1.0], [1.5]], dtype=F64)
+
+    def final(q0: torch.Tensor) -> torch.Tensor:
+        q, p = solve_fixed(method, pendulum, (q0, torch.zeros_like(q0)), TS, 0.1).ys
+        return torch.cat([q[-1], p[-1]])
+
+    batched = torch.func.vmap(final)(q0s)
+    for row, q0 in zip(batched, q0s):
+        assert torch.allclose(row, final(q0), atol=1e-14, rtol=0)

@@ -17,6 +17,7 @@ from ._tree import TreeSpec
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
+from .solvers.partitioned import PartitionedSolver
 
 _ALIASES = ("skip_finished", "compile_step", "device_loop", "cuda_graph")
 _COMPILE = {False: None, None: None, True: "solve", "solve": "solve", "step": "step"}
@@ -164,6 +165,14 @@ class Execution:
         from .adjoint.direct import Direct
 
         what = "per_sample=True" if self.per_sample else "device_loop=True"
+        if isinstance(solver, PartitionedSolver):
+            # (before the state's check: a pair (q, p) is what these methods need)
+            raise ValueError(
+                f"{what} does not run the symplectic method {solver.name}: the device loop "
+                f"takes adaptive steps on one tensor, {solver.name} fixed steps on a pair "
+                "(q, p). Solve the batch as one problem (per_sample=False: on a fixed grid "
+                "each sample takes the steps it would take alone), or torch.func.vmap the solve"
+            )
         if not spec.is_leaf:
             raise ValueError(f"{what} needs y0 to be one tensor")
         check_device_loop(solver, controller, what)
@@ -232,10 +241,10 @@ def check_compiled_step(solver: Any, controller: Any, what: str) -> None:
     cannot run this solver or controller."""
     from .sde._engine import SDESolver  # (sde imports the engine)
 
-    if not isinstance(solver, (ExplicitRK, SDESolver)):
+    if not isinstance(solver, (ExplicitRK, PartitionedSolver, SDESolver)):
         raise ValueError(
-            f"{what} supports the explicit Runge-Kutta methods (dopri5, tsit5, rk4, ...) "
-            f"and the SDE solvers, got {solver!r}"
+            f"{what} supports the explicit Runge-Kutta methods (dopri5, tsit5, rk4, ...), "
+            f"the symplectic methods (leapfrog, ...) and the SDE solvers, got {solver!r}"
         )
     if not isinstance(controller, (PIController, FixedGrid)):
         raise ValueError(f"{what} needs a PIController or FixedGrid, got {controller!r}")

@@ -10,7 +10,7 @@ from ._saveat import SaveAt
 from ._solution import Solution, SolveStats
 from ._solve import solve
 from ._status import Status
-from .adjoint import Backsolve, Checkpointed, Direct, GradientStrategy
+from .adjoint import Backsolve, Checkpointed, Direct, GradientStrategy, Reversible
 from .compat import odeint, odeint_adjoint, odeint_event
 from .controllers import FixedGrid, PIController, PIDController
 from .solvers import (
@@ -47,6 +47,7 @@ __all__ = [
     "Backsolve",
     "Checkpointed",
     "Direct",
+    "Reversible",
     "GradientStrategy",
     "METHODS",
     "PARTITIONED_METHODS",

@@ -253,6 +253,13 @@ def solve(
         options = {"norm": norm, "step_t": step_t, "jump_t": jump_t, "perturb": perturb}
         options.update(callbacks=callbacks, gradient=gradient)  # (cheaper than locals())
         execution.check(spec, solver, controller, options)
+    if event is not None and gradient is not None and not gradient.supports_events:
+        raise ValueError(
+            f"gradient={gradient!r} does not support events: its solve is a different method "
+            "from the one that locates the event, so the event time and state would not be "
+            "its own. Use gradient=Checkpointed() (exact, memory O(steps x state)), Direct() "
+            "or Backsolve() with an event, or solve up to a fixed end time"
+        )
     if not throw and torch.is_grad_enabled() and not isinstance(gradient, (Direct, type(None))):
         raise ValueError(
             f"throw=False needs gradient=Direct() (or no autograd graph): a failed solve's NaN "

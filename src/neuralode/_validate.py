@@ -47,8 +47,9 @@ def coerce_strategies(solver: Any, controller: Any, gradient: Any, norm: Any) ->
             raise ValueError(f"unknown gradient {gradient!r}; available: {', '.join(_GRADIENTS)}")
         gradient = _GRADIENTS[gradient.lower()]()
     gradient = _instance(
-        "gradient", gradient, GradientStrategy, "Direct(), Backsolve(), Checkpointed() or a name"
-    )
+        "gradient", gradient, GradientStrategy,
+        "Direct(), Backsolve(), Checkpointed(), Reversible() or a name",
+    )  # fmt: skip
     if isinstance(norm, str):
         if norm not in _NORMS:
             raise ValueError(

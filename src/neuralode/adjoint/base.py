@@ -48,6 +48,9 @@ class GradientStrategy(abc.ABC):
 
     #: whether the strategy computes gradients with respect to ``ts`` itself
     handles_time_gradients: bool = False
+    #: whether ``solve`` may run the strategy with an event (located in a graph-free solve
+    #: of the same method, then solved up to with the strategy)
+    supports_events: bool = True
 
     @abc.abstractmethod
     def run(self, problem: Problem) -> torch.Tensor:

@@ -118,7 +118,7 @@ class ODENet(nn.Module):
         rtol: the relative tolerance of adaptive methods.
         atol: the absolute tolerance of adaptive methods.
         step_size: the step of fixed-step methods.
-        gradient: ``"adjoint"``, ``"direct"`` or ``"checkpointed"``.
+        gradient: ``"adjoint"``, ``"direct"``, ``"checkpointed"`` or ``"reversible"``.
         activation: the dynamics' activation.
         regularisers: go to the ODE block: add ``model.ode.regularisation`` to the loss.
         pool: ``"avg"`` or ``"max"`` pooling in the head.

@@ -482,8 +482,8 @@ class CNF(FlowDensity):
             step over [0, T], as ``ODEBlock``'s default).
         steps: that many equal steps over [0, T], whatever T is, for fixed-step methods
             (adaptive methods choose their own steps and ignore it).
-        gradient: ``"direct"``, ``"adjoint"`` (continuous adjoint with the seminorm) or
-            ``"checkpointed"``, or a strategy.
+        gradient: ``"direct"``, ``"adjoint"`` (continuous adjoint with the seminorm),
+            ``"checkpointed"`` or ``"reversible"``, or a strategy.
         kinetic: the weight of RNODE's kinetic-energy penalty (0: off).
         jacobian: the weight of RNODE's Jacobian Frobenius penalty (0: off).
         event_shape: the shape of one sample (for ``sample``).

@@ -41,8 +41,9 @@ class ODEBlock(nn.Module):
         rtol: the relative tolerance of adaptive methods.
         atol: the absolute tolerance of adaptive methods.
         step_size: the step of fixed-step methods (default: a single step from t0 to t1).
-        gradient: ``"direct"`` (backpropagation), ``"adjoint"`` (O(1) memory) or
-            ``"checkpointed"``, or a [`GradientStrategy`][neuralode.adjoint.GradientStrategy].
+        gradient: ``"direct"`` (backpropagation), ``"adjoint"`` (O(1) memory),
+            ``"checkpointed"`` or ``"reversible"`` (exact, O(1) memory; explicit Runge-Kutta
+            methods), or a [`GradientStrategy`][neuralode.adjoint.GradientStrategy].
         regularisers: ``KineticEnergy``, ``JacobianFrobenius``, ``DerivativePenalty``:
             integrated alongside the state (batch, ...) over the solve, in training mode only;
             a 1-D state (n,) is one sample, its regularisation the integral over all of it.

@@ -35,7 +35,7 @@ from ..models.deq import BACKWARD_METHODS as DEQ_BACKWARD_METHODS
 MODELS = ("odenet", "resnet", "rknet", "deq")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
-GRADIENTS = ("adjoint", "direct", "checkpointed")
+GRADIENTS = ("adjoint", "direct", "checkpointed", "reversible")
 
 # Options that shape the model, the data or their order: resuming with others is refused.
 RESUME_KEYS = (
@@ -86,7 +86,8 @@ class TrainConfig:
         step_size: the step of a fixed-step ``method`` and of rknet's RK4 over [0, 1],
             positive.
         gradient: how odenet's ODE block is differentiated: ``"adjoint"`` (O(1) memory),
-            ``"direct"`` (backpropagation through the solver) or ``"checkpointed"``.
+            ``"direct"`` (backpropagation through the solver), ``"checkpointed"`` or
+            ``"reversible"`` (exact, O(1) memory; an explicit Runge-Kutta ``method``).
         deq_method: the fixed-point solver of the deq's forward pass: ``"anderson"``,
             ``"broyden"`` or ``"picard"``.
         deq_backward: the solver of the deq's adjoint equation (one of the fixed-point
@@ -546,7 +547,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         "--gradient",
         default=d.gradient,
         choices=GRADIENTS,
-        help="adjoint (O(1) memory), direct backprop, or checkpointed (default %(default)s)",
+        help="adjoint (O(1) memory), direct backprop, checkpointed, or reversible (exact, O(1) "
+        "memory; explicit Runge-Kutta methods) (default %(default)s)",
     )
     g = parser.add_argument_group("equilibrium layer (deq)")
     g.add_argument(

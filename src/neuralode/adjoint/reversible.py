@@ -1,0 +1,463 @@
+"""Reversible gradients: any explicit Runge-Kutta method made algebraically reversible
+(McCallum & Foster 2024, "Efficient, accurate and stable gradients for neural ODEs",
+arXiv:2410.11648), so that the backward pass reconstructs each step's start from its end.
+
+With F(x) the base method's step from t_n to t_{n+1}, B(x) its step back from t_{n+1} to
+t_n, and the coupling lambda in (0, 1], the method carries a pair (y, z), z_0 = y_0:
+
+    y_{n+1} = lambda y_n + (1 - lambda) z_n + (F(z_n) - z_n)
+    z_{n+1} = z_n + (y_{n+1} - B(y_{n+1}))
+
+and inverts exactly (up to round-off) as
+
+    z_n = z_{n+1} - (y_{n+1} - B(y_{n+1}))
+    y_n = (y_{n+1} - (1 - lambda) z_n - (F(z_n) - z_n)) / lambda
+
+(z moves by the increment y_{n+1} - B(y_{n+1}), about y_{n+1} - y_n, so z follows y.)
+
+The forward solve is the host loop's ``integrate`` on the flat pair [y; z] with the method
+``ReversibleRK``, its steps landing on the output times, recording each step's times and
+flags but no state. The backward pass walks the records in reverse from (y_N, z_N).
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .._loop import LoopConfig, StepRecord, integrate
+from .._norms import Norm, flat_tolerance
+from .._term import ODETerm
+from .._tree import TreeSpec, leaf_spec
+from ..solvers.base import Solver, Step
+from ..solvers.explicit_rk import ExplicitRK
+from ._recompute import accumulate, step_vjp
+from .base import GradientStrategy, Problem, first_order
+from .params import resolve_params
+
+
+class Reversible(GradientStrategy):
+    """Exactly the gradient of the discrete forward solve, in memory independent of the
+    number of steps: the base explicit Runge-Kutta method made algebraically reversible
+    (McCallum & Foster 2024, arXiv:2410.11648).
+
+    The solve carries a pair (y, z), z_0 = y_0; each step takes the base method's step
+    forwards from z and its step backwards from the new y::
+
+        y_{n+1} = c y_n + (1 - c) z_n + (F(z_n) - z_n)
+        z_{n+1} = z_n + (y_{n+1} - B(y_{n+1}))
+
+    with ``c`` the coupling. The outputs are the y half, of the base method's order. Each
+    step costs two base steps, forwards and backwards alike; the steps land on the output
+    times (no interpolation), and an adaptive step's error estimate is both base steps'
+    embedded estimates, one for each half of the pair, each half measured by the solve's
+    norm and the larger taken. The forward pass keeps each accepted step's times and flags
+    but no state; the backward pass reconstructs (y_n, z_n) from (y_{n+1}, z_{n+1}) by
+    inverting the step, recomputing the two base steps with autograd as it goes, so the
+    gradients equal backpropagation's through the same reversible solve up to round-off.
+    A coupling below 1 damps the difference between y and z, which ``c = 1`` leaves
+    undamped (the method is then only weakly stable); the inverse divides by ``c``, so the
+    reconstruction's round-off grows by about ``1 / c`` a step and a coupling close to 1
+    keeps it small.
+
+    Explicit Runge-Kutta methods only, on the host loop (not per sample, the device loop,
+    compiled or CUDA graphs), without events. First-order: its gradients carry no graph (a
+    backward pass with ``create_graph=True`` warns); ``Direct`` gives higher derivatives.
+
+    Arguments:
+        coupling: the coupling ``c`` in (0, 1].
+        params: the tensors to differentiate with respect to; defaults to ``func.parameters()``
+            when ``func`` is an ``nn.Module``.
+
+    Raises:
+        TypeError: ``coupling`` is not a real number (a bool, a string).
+        ValueError: ``coupling`` is outside (0, 1] or NaN.
+    """
+
+    supports_events = False
+
+    def __init__(self, coupling: float = 0.999, params: Sequence[torch.Tensor] | None = None):
+        if isinstance(coupling, torch.Tensor) and coupling.numel() == 1:
+            coupling = coupling.item()
+        if isinstance(coupling, bool) or not isinstance(coupling, numbers.Real):
+            raise TypeError(
+                f"Reversible coupling must be a real number in (0, 1], got {coupling!r}; the "
+                "default 0.999 suits most problems"
+            )
+        value = float(coupling)
+        if not (0.0 < value <= 1.0):  # (NaN fails too)
+            raise ValueError(
+                f"Reversible coupling must be in (0, 1], got {coupling!r}: 0 makes the step "
+                "irreversible (its inverse divides by the coupling); use a value close to "
+                "1, such as the default 0.999"
+            )
+        self.coupling = value
+        self.params = params
+
+    def __repr__(self) -> str:
+        return f"Reversible(coupling={self.coupling!r})"
+
+    def run(self, problem: Problem) -> torch.Tensor:
+        """Solve ``problem`` with the reversible method; the backward pass reconstructs the
+        steps from the last state.
+
+        Arguments:
+            problem: the validated problem.
+
+        Returns:
+            The flat outputs, (len(ts), n): the y half of the pair, differentiable with
+                respect to ``y0`` and ``params``.
+
+        Raises:
+            ValueError: the solver is not an explicit Runge-Kutta method, or the solve is
+                compiled, per sample, in the device loop or on CUDA graphs.
+        """
+        check_reversible(problem.config)
+        params = resolve_params(problem.func, self.params)
+        return _ReversibleSolve.apply(self, problem, problem.y0, *params)
+
+
+def check_reversible(config: LoopConfig) -> None:
+    """Refuse what the reversible method cannot run, naming the fix.
+
+    Raises:
+        ValueError: a solver that is not an explicit Runge-Kutta method; a compiled,
+            per-sample, device-loop or CUDA-graph solve.
+    """
+    solver = config.solver
+    if not isinstance(solver, ExplicitRK):
+        kind = "a multistep method" if solver.multistep else "not an explicit Runge-Kutta method"
+        raise ValueError(
+            f"gradient=Reversible() needs an explicit Runge-Kutta method (dopri5, tsit5, "
+            f"bosh3, rk4, midpoint, ...); {solver.name} is {kind}. Use such a method, or "
+            "gradient=Checkpointed() (exact, memory O(steps x state)) or Backsolve() with "
+            "this one"
+        )
+    execution = config.execution
+    modes = {
+        "per_sample=True": execution.per_sample,
+        "device_loop=True": execution.device_loop,
+        "cuda_graph=True": execution.cuda_graph,
+        "compile": execution.compile is not None,
+    }
+    given = [name for name, on in modes.items() if on]
+    if given:
+        raise ValueError(
+            f"gradient=Reversible() runs on the eager host loop and does not support "
+            f"{', '.join(given)}: leave it out, or use gradient=Direct() or Backsolve() there"
+        )
+
+
+class ReversibleRK(Solver):
+    """The reversible pair method of an explicit Runge-Kutta method, on the flat pair
+    state [y; z] (``Reversible``'s forward solve).
+
+    Each step calls the base method's ``step`` twice, each from a fresh start state; its
+    error estimate is [F's estimate; B's estimate], for a norm such as ``pair_norm``. It
+    has no dense output: the solve's steps land on the output times.
+
+    Arguments:
+        base: the explicit Runge-Kutta method.
+        term: the vector field on one half (the user's, counting evaluations).
+        coupling: the coupling in (0, 1].
+        jumps: the times where f jumps; a step starting at one evaluates f just past it.
+    """
+
+    def __init__(
+        self, base: ExplicitRK, term: ODETerm, coupling: float, jumps: Sequence[float] = ()
+    ):
+        self.base = base
+        self.term = term
+        self.coupling = coupling
+        self.jumps = frozenset(jumps)
+        self.n = term.spec.numel
+        self.hold_after_reject = base.hold_after_reject
+
+    @property
+    def order(self) -> int:  # type: ignore[override]
+        """The base method's order (McCallum & Foster's theorem)."""
+        return self.base.order
+
+    @property
+    def error_order(self) -> int | None:  # type: ignore[override]
+        """The base method's embedded error order (``None``: fixed steps only)."""
+        return self.base.error_order
+
+    @property
+    def name(self) -> str:
+        """``Reversible(<base>)``."""
+        return f"Reversible({self.base.name})"
+
+    def failure_hint(self) -> str:
+        """The base method's hint.
+
+        Returns:
+            A sentence, or ``""``.
+        """
+        return self.base.failure_hint()
+
+    def init(self, term: ODETerm, t0: float, y0: torch.Tensor, f0: torch.Tensor | None) -> Any:
+        """No state: each base step starts from its own fresh start state.
+
+        Arguments:
+            term: the pair's vector field (unused).
+            t0: the initial time.
+            y0: the flat pair state.
+            f0: unused.
+
+        Returns:
+            ``None``.
+        """
+        return None
+
+    def compiles(self, term: ODETerm) -> bool:
+        """Never compiled (``Reversible`` refuses compiled solves).
+
+        Arguments:
+            term: the pair's vector field.
+
+        Returns:
+            ``False``.
+        """
+        return False
+
+    def base_step(
+        self, t0: float, t1: float, x: torch.Tensor, perturb: bool
+    ) -> Step:  # (the backward pass recomputes exactly these)
+        """The base method's step from ``(t0, x)`` to ``t1`` from a fresh start state.
+
+        Arguments:
+            t0: the start time.
+            t1: the end time (before ``t0`` for the backward step B).
+            x: one half of the pair.
+            perturb: the evaluations at the ends are moved inside the step.
+
+        Returns:
+            The base method's ``Step``.
+        """
+        state = self.base.init(self.term, t0, x, None)
+        return self.base.step(self.term, t0, t1, x, state, perturb)
+
+    def perturbed(self, t0: float, perturb: bool) -> bool:
+        """Whether a step from ``t0`` perturbs its base steps' end evaluations: the loop
+        asks it (a step ending on a jump), or the step starts on a jump (f there is its
+        limit from inside the step).
+
+        Arguments:
+            t0: the step's start time.
+            perturb: the loop's flag for the step.
+
+        Returns:
+            The flag for both base steps.
+        """
+        return perturb or t0 in self.jumps
+
+    def step(
+        self, term: ODETerm, t0: float, t1: float, y0: torch.Tensor, state: Any, perturb: bool
+    ) -> Step:
+        """One reversible step of the pair [y; z] from ``t0`` to ``t1``.
+
+        Arguments:
+            term: the pair's vector field (unused: the base steps evaluate the user's f).
+            t0: the start time.
+            t1: the end time.
+            y0: the flat pair [y_n; z_n].
+            state: unused.
+            perturb: move the evaluations at the ends of both base steps inside the step.
+
+        Returns:
+            The ``Step``: ``y1`` the pair [y_{n+1}; z_{n+1}], ``error`` the two base steps'
+                estimates [F's; B's] (``None`` without an embedded method).
+        """
+        n, c = self.n, self.coupling
+        y, z = y0[:n], y0[n:]
+        perturb = self.perturbed(t0, perturb)
+        forward = self.base_step(t0, t1, z, perturb)
+        y1 = c * y + (1.0 - c) * z + (forward.y1 - z) if c != 1.0 else y + (forward.y1 - z)
+        backward = self.base_step(t1, t0, y1, perturb)
+        z1 = z + (y1 - backward.y1)
+        error = None
+        if forward.error is not None and backward.error is not None:
+            error = torch.cat([forward.error, backward.error])
+        return Step(t0, t1, y0, torch.cat([y1, z1]), error, [])
+
+    def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
+        """Never needed: the reversible solve's steps land on the output times.
+
+        Arguments:
+            term: the pair's vector field.
+            step: an accepted step.
+            thetas: step fractions.
+
+        Raises:
+            RuntimeError: always.
+        """
+        raise RuntimeError(
+            "the reversible method has no dense output: its steps land on the output times"
+        )
+
+
+class _Halves:
+    """f on the pair [y; z]: [f(y); f(z)], by the user's term (which counts each
+    evaluation); once when the halves are equal (at the start, z_0 = y_0). The controller's
+    first-step estimate and the loop's evaluation after a jump call it."""
+
+    def __init__(self, term: ODETerm):
+        self.term = term
+        self.n = term.spec.numel
+
+    def __call__(self, t: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+        y, z = pair[: self.n], pair[self.n :]
+        fy = self.term.at(t, y)
+        return torch.cat([fy, fy if torch.equal(y, z) else self.term.at(t, z)])
+
+
+class _YCallbacks:
+    """The user's callbacks called with the y half of the pair."""
+
+    def __init__(self, callbacks: Any, n: int):
+        self.callbacks = callbacks
+        self.n = n
+
+    def step(self, t: float, y: torch.Tensor, dt: float) -> None:
+        self.callbacks.step(t, y[: self.n], dt)
+
+    def accept(self, t: float, y: torch.Tensor, dt: float) -> None:
+        self.callbacks.accept(t, y[: self.n], dt)
+
+    def reject(self, t: float, y: torch.Tensor, dt: float) -> None:
+        self.callbacks.reject(t, y[: self.n], dt)
+
+
+def pair_norm(norm: Norm, n: int) -> Norm:
+    """The error norm of the pair [y; z]: the solve's ``norm`` of each half, the larger.
+
+    Arguments:
+        norm: the solve's norm on one half.
+        n: the size of one half.
+
+    Returns:
+        The norm on the flat pair.
+    """
+
+    def measure(x: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(norm(x[:n]), norm(x[n:]))
+
+    return measure
+
+
+def _pair_controller(controller: Any, spec: TreeSpec) -> Any:
+    """The controller with per-element tolerances laid out for both halves of the pair."""
+    doubled = {}
+    for name in ("rtol", "atol"):
+        tol = getattr(controller, name, None)
+        if isinstance(tol, torch.Tensor) and tol.numel() > 1:
+            flat = flat_tolerance(name, tol, spec)
+            doubled[name] = torch.cat([flat, flat])
+    if not doubled:
+        return controller
+    paired = copy.copy(controller)
+    for name, tol in doubled.items():
+        setattr(paired, name, tol)
+    return paired
+
+
+class PairSolve:
+    """The reversible solve of a problem: the pair's term, initial state and loop settings.
+
+    Arguments:
+        problem: the validated problem.
+        coupling: the coupling in (0, 1].
+    """
+
+    def __init__(self, problem: Problem, coupling: float):
+        config, term = problem.config, problem.term
+        self.n = problem.y0.numel()
+        self.solver = ReversibleRK(config.solver, term, coupling, config.jump_t)
+        like = problem.y0.new_empty(2 * self.n)
+        self.term = ODETerm(_Halves(term), leaf_spec(torch.Size([2 * self.n])), like)
+        inside = tuple(problem.times[1:-1])  # the outputs are step ends
+        self.config = replace(
+            config,
+            solver=self.solver,
+            controller=_pair_controller(config.controller, problem.spec),
+            norm=pair_norm(config.norm, self.n),
+            step_t=config.step_t + inside,
+            callbacks=None if config.callbacks is None else _YCallbacks(config.callbacks, self.n),
+        )
+
+    def run(
+        self,
+        y0: torch.Tensor,
+        times: list[float],
+        stats: Any,
+        records: list[StepRecord] | None = None,
+    ) -> torch.Tensor:
+        """The pair's states at ``times`` from y_0 = z_0 = ``y0``: (len(times), 2n).
+
+        Arguments:
+            y0: the flat initial state.
+            times: the output times.
+            stats: the statistics the solve fills in.
+            records: receives each accepted step's record, without states.
+
+        Returns:
+            The flat pairs [y; z] at ``times``.
+        """
+        pair = torch.cat([y0, y0])
+        return integrate(self.term, pair, times, self.config, stats, records, record_states=False)
+
+
+class _ReversibleSolve(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, strategy: Reversible, problem: Problem, y0: torch.Tensor, *params: torch.Tensor
+    ):
+        solve = PairSolve(problem, strategy.coupling)
+        records: list[StepRecord] = []
+        pairs = solve.run(y0, problem.times, problem.stats, records)
+        ctx.problem, ctx.solver, ctx.records, ctx.params = problem, solve.solver, records, params
+        ctx.last = pairs[-1].clone()  # (y_N, z_N): where the backward pass starts
+        return pairs[:, : solve.n].clone()
+
+    @staticmethod
+    @first_order("Reversible")
+    @once_differentiable
+    def backward(ctx: Any, grad_ys: torch.Tensor):
+        problem: Problem = ctx.problem
+        solver: ReversibleRK = ctx.solver
+        params: tuple[torch.Tensor, ...] = ctx.params
+        base, term, c, n = solver.base, solver.term, solver.coupling, solver.n
+        nfe_before = term.nfe
+        y, z = ctx.last[:n], ctx.last[n:]
+        grad_y, grad_z = torch.zeros_like(grad_ys[0]), torch.zeros_like(grad_ys[0])
+        param_grads = [torch.zeros_like(p) for p in params]
+        for rec in reversed(ctx.records):
+            if rec.outputs:  # (the steps land on the output times: one, at the step's end)
+                grad_y = grad_y + grad_ys[rec.outputs[-1]]
+            perturb = solver.perturbed(rec.t0, rec.perturb)
+            # z_{n+1} = z_n + y_{n+1} - B(y_{n+1}): B recomputed at y_{n+1} gives z_n and
+            # the gradient reaching y_{n+1} (and the parameters) through it
+            back = step_vjp(base, term, rec.t1, rec.t0, y, perturb, -grad_z, params)
+            grad_y1 = grad_y + grad_z + back.grad_y0
+            z_start = z - (y - back.y1)
+            # y_{n+1} = c y_n + (1 - c) z_n + F(z_n) - z_n: F recomputed at z_n gives y_n
+            fwd = step_vjp(base, term, rec.t0, rec.t1, z_start, perturb, grad_y1, params)
+            y_start = y - (1.0 - c) * z_start - (fwd.y1 - z_start)
+            y = y_start / c if c != 1.0 else y_start
+            z = z_start
+            grad_z = grad_z + (1.0 - c) * grad_y1 + fwd.grad_y0 - grad_y1
+            grad_y = c * grad_y1
+            param_grads = accumulate(param_grads, back.grad_params)
+            param_grads = accumulate(param_grads, fwd.grad_params)
+        ctx.reconstructed = (y, z)  # (y_0, z_0), for checks of the inverse
+        grad_y = grad_y + grad_ys[0]
+        problem.stats.nfe_backward += term.nfe - nfe_before
+        problem.stats.n_steps_backward += len(ctx.records)
+        return (None, None, grad_y + grad_z, *param_grads)

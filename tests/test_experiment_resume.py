@@ -330,3 +330,28 @@ def test_cde_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
         split, "loss", "test_accuracy"
     )
     assert len(_metric_lines(full)) == 4  # two jobs, evaluations at steps 2 and 4
+
+
+def test_hnn_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
+    """Ctrl-C in the baseline's third training step: it continues from its checkpoint, then
+    the two Hamiltonian models train; all three end as in an uninterrupted run."""
+    from neuralode.experiments import hnn
+
+    argv = ["experiment", "hnn", "--steps", "4", "--hidden", "8", "--train", "3", "--test", "2"]
+    argv += ["--points", "10", "--horizon", "2", "--rollouts", "2", "--no-progress"]
+    argv += ["--threads", "1"]
+    full, split = _interrupted_then_resumed(
+        tmp_path, monkeypatch, capsys, argv, hnn, "derivative_loss", 3
+    )
+    a = torch.load(full / "model.pt", weights_only=True)
+    b = torch.load(split / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() == {"baseline", "hnn", "separable"}
+    for name in a:
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name])
+    results = [json.loads((out / "metrics.json").read_text())["models"] for out in (full, split)]
+    for name in a:
+        assert results[0][name]["train"]["loss_last"] == results[1][name]["train"]["loss_last"]
+        for key in ("derivative_test_mse", "trajectory_mse", "energy_drift_final"):
+            assert results[0][name][key] == results[1][name][key]
+    assert _metric_lines(full, "loss") == _metric_lines(split, "loss")
+    assert len(_metric_lines(full)) == 12  # three jobs, a line at each of 4 steps

@@ -25,6 +25,7 @@ EXPERIMENTS: dict[str, str] = {
     "latent-sde": "neuralode.experiments.latent_sde",
     "sde-gan": "neuralode.experiments.sde_gan",
     "cde": "neuralode.experiments.cde",
+    "hnn": "neuralode.experiments.hnn",
 }
 
 # the options that name a file or directory: a leading ~ is the home directory, as in a shell

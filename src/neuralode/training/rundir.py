@@ -29,6 +29,7 @@ RUN_OUTPUTS = (
     "table1.json", "table2.md", "memory.png", "model.pt", "samples.png", "densities.png",
     "posterior.png", "prior.png", "spacetime.png", "fields.png", "marginals.png", "toy2d.png",
     "nll_curve.png", "latent_ode_*.pt", "rnn_*.pt", "spirals_*.png", "cde_spirals.png",
+    "hnn_phase.png", "hnn_energy.png",
     # the per-model training runs of table1 and implicit
     "resnet", "rknet", "odenet", "deq",
     # neuralode demo

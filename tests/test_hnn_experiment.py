@@ -1,0 +1,61 @@
+"""The Hamiltonian neural network experiment through the CLI at tiny size."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from neuralode.cli import main
+
+TINY = ["--steps", "20", "--hidden", "16", "--train", "4", "--test", "3", "--points", "20"]
+TINY += ["--horizon", "10", "--rollouts", "2", "--no-progress", "--threads", "1"]
+
+
+def test_experiment_writes_metrics_and_plots(tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    assert main(["experiment", "hnn", "--out", str(tmp_path), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "hnn: derivative test MSE" in printed and "energy drift at t=10" in printed
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    models = metrics["models"]
+    assert set(models) == {"baseline", "hnn", "separable"}
+    for result in models.values():
+        for key in ("derivative_test_mse", "trajectory_mse", "energy_drift_final"):
+            assert math.isfinite(result[key]) and result[key] > 0
+        assert result["energy_drift_max"] >= result["energy_drift_mean"]
+        assert result["rollout_nfe"] == 4 * 200  # rk4, 10 time units in steps of 0.05
+    # whatever H the Hamiltonian models learned, their rollouts conserve it: rk4's error
+    # on a smooth field and float32 rounding, far below the energies (about 2 to 5)
+    assert "learned_energy_drift_max" not in models["baseline"]
+    for name in ("hnn", "separable"):
+        assert models[name]["learned_energy_drift_max"] < 1e-3
+    assert len(metrics["rollout"]["initial_energy"]) == 2
+    for png in ("hnn_phase.png", "hnn_energy.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert {json.loads(line)["job"] for line in lines} == {
+        "train baseline",
+        "train hnn",
+        "train separable",
+    }
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    code = main(["experiment", "hnn", "--out", str(out), "--horizon", "1", "--save-every", "2"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--save-every (2) is longer than --horizon (1)" in err
+    assert not out.exists()
+    for option, value, message in (
+        ("--method", "leapfrogg", "unknown method 'leapfrogg'"),
+        ("--noise", "-0.1", "argument --noise"),
+        ("--hidden", "0", "argument --hidden"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            main(["experiment", "hnn", "--out", str(out), option, value])
+        assert stopped.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()

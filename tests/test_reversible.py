@@ -372,3 +372,31 @@ def test_training_with_reversible_gradients_runs_an_epoch(tmp_path) -> None:
     assert main([*argv, "--out", str(tmp_path)]) == 0
     record = (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
     assert '"nfe_backward"' in record and '"nfe_backward": 0' not in record
+
+
+def _decay(rate: float):
+    lam = torch.tensor(-rate, dtype=F64, requires_grad=True)
+    return (lambda t, y: lam * y), lam
+
+
+def test_a_pair_parted_by_fast_decay_warns() -> None:
+    # y' = -10 y: the pair's parasitic mode grows like exp(10 t) for a coupling near 1
+    f, lam = _decay(10.0)
+    ts = torch.tensor([0.0, 3.0], dtype=F64)
+    controller = no.PIController(rtol=1e-6, atol=1e-9)
+    with pytest.warns(UserWarning, match="parted by"):
+        sol = no.solve(f, torch.ones(1, dtype=F64), ts, controller=controller,
+                       gradient=Reversible(params=(lam,)))  # fmt: skip
+    assert sol.ys[-1].abs().item() > 1.0  # (the exact solution: 1e-13)
+
+
+def test_a_reconstruction_that_misses_y0_warns() -> None:
+    # a small coupling: round-off in the reconstruction grows like 2^steps
+    f, lam = _decay(10.0)
+    ts = torch.tensor([0.0, 10.0], dtype=F64)
+    controller = no.PIController(rtol=1e-6, atol=1e-9)
+    with pytest.warns(UserWarning, match="parted by"):  # (the pair is unstable too)
+        sol = no.solve(f, torch.ones(1, dtype=F64, requires_grad=True), ts,
+                       controller=controller, gradient=Reversible(0.5, params=(lam,)))  # fmt: skip
+    with pytest.warns(UserWarning, match="reconstructed the initial state"):
+        sol.ys[-1].sum().backward()

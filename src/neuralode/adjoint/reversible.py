@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -64,7 +65,11 @@ class Reversible(GradientStrategy):
     A coupling below 1 damps the difference between y and z, which ``c = 1`` leaves
     undamped (the method is then only weakly stable); the inverse divides by ``c``, so the
     reconstruction's round-off grows by about ``1 / c`` a step and a coupling close to 1
-    keeps it small.
+    keeps it small. Where the dynamics decay by more than about ``1 - c`` a step (stiff or
+    strongly dissipative f) the difference grows instead, like the flow backwards in time:
+    a solve whose halves part by more than a tenth of their size warns, and so does a
+    backward pass whose reconstruction of ``y0`` misses it by more than the square root of
+    the dtype's eps; ``Checkpointed`` suits such problems.
 
     Explicit Runge-Kutta methods only, on the host loop (not per sample, the device loop,
     compiled or CUDA graphs), without events. First-order: its gradients carry no graph (a
@@ -414,6 +419,69 @@ class PairSolve:
         return integrate(self.term, pair, times, self.config, stats, records, record_states=False)
 
 
+def check_split(pair: torch.Tensor, n: int, controller: Any, coupling: float) -> None:
+    """Warn when the halves y and z of the last state have parted by more than a tenth of
+    their size (plus ``atol``): the pair's parasitic mode has grown, and the outputs and
+    gradients are not the ODE's.
+
+    The pair method damps the difference between y and z only where the dynamics' damping
+    over a step is below about ``1 - coupling``; faster decay (stiff or strongly dissipative
+    dynamics) makes it grow like the backward-in-time flow.
+
+    Arguments:
+        pair: the last state [y_N; z_N].
+        n: the size of one half.
+        controller: the solve's controller (its ``atol``, if any).
+        coupling: the coupling.
+    """
+    atol = getattr(controller, "atol", 0.0)
+    atol = float(atol.max()) if isinstance(atol, torch.Tensor) else float(atol or 0.0)
+    y, z = pair[:n], pair[n:]
+    scale = float(torch.maximum(y.abs(), z.abs()).max()) if n else 0.0
+    split = float((y - z).abs().max()) if n else 0.0
+    if not split <= 0.1 * scale + atol:  # (NaN too)
+        warnings.warn(
+            f"Reversible(coupling={coupling:g}): the solve's two halves y and z parted by "
+            f"{split:.3g} at the end (the state's size: {scale:.3g}), so its outputs and "
+            "gradients are not to be trusted. The reversible method is unstable where the "
+            "dynamics decay fast (stiff or strongly dissipative f). Use gradient="
+            "Checkpointed() (exact, memory O(steps x state)) or Direct() for this problem",
+            stacklevel=2,
+        )
+
+
+def check_reconstruction(
+    y0: torch.Tensor, y: torch.Tensor, z: torch.Tensor, coupling: float, steps: int
+) -> None:
+    """Warn when the backward walk's reconstruction of the start (y_0, z_0) misses ``y0`` by
+    more than the square root of its dtype's eps (relative to its size, at least 1): the
+    inverse divides by the coupling each step, so round-off grows like
+    ``coupling ** -steps`` (and faster where the pair was unstable), and the gradients
+    were computed at states that far from the forward solve's.
+
+    Arguments:
+        y0: the initial state.
+        y: the reconstructed y_0.
+        z: the reconstructed z_0.
+        coupling: the coupling.
+        steps: the number of steps walked.
+    """
+    if y0.numel() == 0:
+        return
+    miss = float(torch.maximum((y - y0).abs().max(), (z - y0).abs().max()))
+    real = y0.real.dtype if y0.is_complex() else y0.dtype
+    bound = torch.finfo(real).eps ** 0.5 * max(float(y0.abs().max()), 1.0)
+    if not miss <= bound:  # (NaN too)
+        warnings.warn(
+            f"Reversible(coupling={coupling:g}): the backward pass reconstructed the initial "
+            f"state {miss:.3g} away from y0 after {steps} steps, so the gradients lost that "
+            "much accuracy (round-off grows like coupling^-steps, faster where the dynamics "
+            "decay fast). Use a coupling closer to 1, or gradient=Checkpointed() (exact, "
+            "memory O(steps x state)) for this problem",
+            stacklevel=2,
+        )
+
+
 class _ReversibleSolve(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -423,7 +491,9 @@ class _ReversibleSolve(torch.autograd.Function):
         records: list[StepRecord] = []
         pairs = solve.run(y0, problem.times, problem.stats, records)
         ctx.problem, ctx.solver, ctx.records, ctx.params = problem, solve.solver, records, params
+        ctx.y0 = y0  # (the input itself: the backward pass checks its reconstruction)
         ctx.last = pairs[-1].clone()  # (y_N, z_N): where the backward pass starts
+        check_split(ctx.last, solve.n, problem.config.controller, strategy.coupling)
         return pairs[:, : solve.n].clone()
 
     @staticmethod
@@ -457,6 +527,7 @@ class _ReversibleSolve(torch.autograd.Function):
             param_grads = accumulate(param_grads, back.grad_params)
             param_grads = accumulate(param_grads, fwd.grad_params)
         ctx.reconstructed = (y, z)  # (y_0, z_0), for checks of the inverse
+        check_reconstruction(ctx.y0, y, z, c, len(ctx.records))
         grad_y = grad_y + grad_ys[0]
         problem.stats.nfe_backward += term.nfe - nfe_before
         problem.stats.n_steps_backward += len(ctx.records)

@@ -93,7 +93,8 @@ class Reversible(GradientStrategy):
         if isinstance(coupling, bool) or not isinstance(coupling, numbers.Real):
             raise TypeError(
                 f"Reversible coupling must be a real number in (0, 1], got {coupling!r}; the "
-                "default 0.999 suits most problems"
+                "default 0.999 suits most problems (the parameters go by name: "
+                "Reversible(params=...))"
             )
         value = float(coupling)
         if not (0.0 < value <= 1.0):  # (NaN fails too)

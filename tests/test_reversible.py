@@ -11,8 +11,8 @@ import torch
 
 import neuralode as no
 from neuralode.adjoint import GRADIENTS, Checkpointed, Reversible
+from neuralode.adjoint._reversible_pair import PairSolve
 from neuralode.adjoint.base import GradientStrategy, Problem
-from neuralode.adjoint.reversible import PairSolve
 
 F64 = torch.float64
 

@@ -348,10 +348,13 @@ def test_hnn_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
     assert a.keys() == b.keys() == {"baseline", "hnn", "separable"}
     for name in a:
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name])
-    results = [json.loads((out / "metrics.json").read_text())["models"] for out in (full, split)]
-    for name in a:
-        assert results[0][name]["train"]["loss_last"] == results[1][name]["train"]["loss_last"]
-        for key in ("derivative_test_mse", "trajectory_mse", "energy_drift_final"):
-            assert results[0][name][key] == results[1][name][key]
+    metrics = [json.loads((out / "metrics.json").read_text()) for out in (full, split)]
+    for name, result in metrics[0]["models"].items():
+        other = metrics[1]["models"][name]
+        assert result["derivative_test_mse"] == other["derivative_test_mse"]
+        assert result["train"]["loss_last"] == other["train"]["loss_last"]
+    for label, result in metrics[0]["rollouts"].items():
+        for key in ("trajectory_mse", "energy_drift_final", "energy_drift_max"):
+            assert result[key] == metrics[1]["rollouts"][label][key]
     assert _metric_lines(full, "loss") == _metric_lines(split, "loss")
     assert len(_metric_lines(full)) == 12  # three jobs, a line at each of 4 steps

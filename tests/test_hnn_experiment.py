@@ -19,19 +19,24 @@ def test_experiment_writes_metrics_and_plots(tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "hnn: derivative test MSE" in printed and "energy drift at t=10" in printed
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    models = metrics["models"]
+    models, rollouts = metrics["models"], metrics["rollouts"]
     assert set(models) == {"baseline", "hnn", "separable"}
-    for result in models.values():
-        for key in ("derivative_test_mse", "trajectory_mse", "energy_drift_final"):
+    assert all(math.isfinite(m["derivative_test_mse"]) for m in models.values())
+    assert set(rollouts) == {"baseline rk4", "hnn rk4", "separable rk4", "separable leapfrog"}
+    for result in rollouts.values():
+        for key in ("trajectory_mse", "energy_drift_final"):
             assert math.isfinite(result[key]) and result[key] > 0
         assert result["energy_drift_max"] >= result["energy_drift_mean"]
-        assert result["rollout_nfe"] == 4 * 200  # rk4, 10 time units in steps of 0.05
-    # whatever H the Hamiltonian models learned, their rollouts conserve it: rk4's error
-    # on a smooth field and float32 rounding, far below the energies (about 2 to 5)
-    assert "learned_energy_drift_max" not in models["baseline"]
-    for name in ("hnn", "separable"):
-        assert models[name]["learned_energy_drift_max"] < 1e-3
-    assert len(metrics["rollout"]["initial_energy"]) == 2
+    # 10 time units in steps of 0.05: rk4 evaluates 4 times a step, leapfrog twice (the
+    # drift and the closing kick, whose dp/dt opens the next step) and once at the start
+    assert rollouts["hnn rk4"]["nfe"] == 4 * 200
+    assert rollouts["separable leapfrog"]["nfe"] == 2 * 200 + 1
+    # whatever H the Hamiltonian models learned, their rollouts conserve it to the solver's
+    # error on a smooth field and float32 rounding, far below the energies (about 2 to 5)
+    assert "learned_energy_drift_max" not in rollouts["baseline rk4"]
+    for name in ("hnn rk4", "separable rk4", "separable leapfrog"):
+        assert rollouts[name]["learned_energy_drift_max"] < 1e-3, name
+    assert len(metrics["rollout_setting"]["initial_energy"]) == 2
     for png in ("hnn_phase.png", "hnn_energy.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()

@@ -47,6 +47,10 @@ EXPECTED = {
         ],
         ["cde_interpolations.png", "cde_training.png", "cde_long_series.png"],
     ),
+    "hamiltonian.py": (
+        ["true pendulum from q = 2", "separable, leapfrog", "hnn       train MSE"],
+        ["hamiltonian_solvers.png", "hamiltonian_rollouts.png"],
+    ),
 }
 
 

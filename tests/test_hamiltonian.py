@@ -171,3 +171,9 @@ def lambda_module_2(fn) -> nn.Module:
             return fn(q, p)
 
     return Wrapped()
+
+
+def test_inference_mode_is_refused_with_the_fix() -> None:
+    f = HamiltonianDynamics(Pendulum())
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="under torch.no_grad"):
+        f(None, _states())

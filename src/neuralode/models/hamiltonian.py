@@ -56,6 +56,11 @@ def _gradients(
     (zeros where it does not depend on one): autograd is switched on here, so this also works
     under ``torch.no_grad()``; ``create_graph`` keeps the graph for backpropagation through
     the gradients (training)."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "a Hamiltonian field needs autograd for dH, which torch.inference_mode() switches "
+            "off; roll out under torch.no_grad() instead"
+        )
     with torch.enable_grad():
         leaves = tuple(x if x.requires_grad else x.detach().requires_grad_() for x in inputs)
         value = _per_sample(energy(*leaves), leaves[0])
@@ -84,8 +89,8 @@ class HamiltonianDynamics(nn.Module):
     independent: no batch statistics in H). With grad mode on, their graph is kept
     (``create_graph``) so that a loss on f, or on a solve of f, backpropagates to H's
     parameters; under ``torch.no_grad()`` grad mode is switched on inside for dH only and
-    the result carries no graph. ``torch.inference_mode()`` cannot be used: autograd cannot
-    differentiate inference tensors.
+    the result carries no graph. Under ``torch.inference_mode()``, which switches autograd off
+    for good, it raises: use ``torch.no_grad()``.
 
     The state is a tuple ``(q, p)`` of two tensors of shape (batch, d), or one tensor
     (batch, 2 d) holding q then p on its last dimension; f returns the same form. The time
@@ -142,6 +147,7 @@ class HamiltonianDynamics(nn.Module):
         Raises:
             ValueError: ``y`` is neither form (a tuple of other than two tensors of one
                 shape, a tensor with an odd last dimension or fewer than two dimensions).
+            RuntimeError: called under ``torch.inference_mode()``.
         """
         if isinstance(y, torch.Tensor):
             if y.ndim < 2 or y.shape[-1] % 2:

@@ -177,3 +177,38 @@ def test_inference_mode_is_refused_with_the_fix() -> None:
     f = HamiltonianDynamics(Pendulum())
     with torch.inference_mode(), pytest.raises(RuntimeError, match="under torch.no_grad"):
         f(None, _states())
+
+
+def test_the_field_is_exact_whatever_the_state_s_autograd_history() -> None:
+    # H = (q^2 + p^2) / 2 + q p: f = (dH/dp, -dH/dq) = (p + q, -(q + p))
+    def exact(q: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return p + q, -(q + p)
+
+    f = HamiltonianDynamics(lambda_module_2(lambda q, p: ((q**2 + p**2) / 2 + q * p).sum(-1)))
+    y = torch.cat(_states(d=2), -1).requires_grad_()
+    with torch.no_grad():  # (views taken here of a tensor that requires grad)
+        q, p = y.chunk(2, -1)
+        flat = f(None, y)
+        pair = f(None, (q, p))
+    for got in (flat.chunk(2, -1), pair):
+        for a, b in zip(got, exact(q.detach(), p.detach())):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+    # p computed from q, and q itself as p: dH/dq is the partial derivative all the same
+    q = y[:, :2]
+    for p in (2 * q, q):
+        for a, b in zip(f(None, (q, p)), exact(q.detach(), p.detach())):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("gradient", ["checkpointed", "adjoint"])
+def test_strategies_that_solve_without_a_graph_take_direct_s_steps(gradient) -> None:
+    # their forward pass sees y0 (which requires grad) under no_grad: f(t0, y0) is the field
+    torch.manual_seed(0)
+    f = HamiltonianDynamics(EnergyMLP(4, 16)).double()
+    y0 = torch.cat(_states(batch=4, d=2), -1).requires_grad_()
+    ts = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    controller = no.PIController(rtol=1e-8, atol=1e-10)
+    ref = no.solve(f, y0, ts, controller=controller)
+    sol = no.solve(f, y0, ts, controller=controller, gradient=gradient)
+    assert sol.stats.n_steps == ref.stats.n_steps
+    torch.testing.assert_close(sol.ys, ref.ys, rtol=0, atol=1e-14)

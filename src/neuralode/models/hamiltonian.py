@@ -62,7 +62,13 @@ def _gradients(
             "off; roll out under torch.no_grad() instead"
         )
     with torch.enable_grad():
-        leaves = tuple(x if x.requires_grad else x.detach().requires_grad_() for x in inputs)
+        # each input gets a node of its own, so dH/dq never flows through p (p computed from
+        # q, or q itself); without a graph to keep, a detached copy, since a view taken under
+        # no_grad of a tensor that requires grad is not in the graph of what it feeds
+        leaves = tuple(
+            x.view_as(x) if create_graph and x.requires_grad else x.detach().requires_grad_()
+            for x in inputs
+        )
         value = _per_sample(energy(*leaves), leaves[0])
         grads = torch.autograd.grad(
             value.sum(), leaves, create_graph=create_graph, allow_unused=True

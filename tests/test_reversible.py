@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -400,3 +401,14 @@ def test_a_reconstruction_that_misses_y0_warns() -> None:
                        controller=controller, gradient=Reversible(0.5, params=(lam,)))  # fmt: skip
     with pytest.warns(UserWarning, match="reconstructed the initial state"):
         sol.ys[-1].sum().backward()
+
+
+def test_a_failed_solve_without_throw_reports_its_status_without_the_split_warning() -> None:
+    func = _Field()
+    y0 = torch.tensor([0.3, -0.8, 1.1], dtype=F64)
+    ts = torch.tensor([0.0, 100.0], dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (the halves' NaN end is the failure, not a split)
+        with torch.no_grad():
+            sol = no.solve(func, y0, ts, gradient=Reversible(), throw=False, max_steps=5)
+    assert int(sol.status) == int(no.Status.MAX_STEPS) and sol.ys[-1].isnan().all()

@@ -229,7 +229,8 @@ class _ReversibleSolve(torch.autograd.Function):
         ctx.problem, ctx.solver, ctx.records, ctx.params = problem, solve.solver, records, params
         ctx.y0 = y0  # (the input itself: the backward pass checks its reconstruction)
         ctx.last = pairs[-1].clone()  # (y_N, z_N): where the backward pass starts
-        check_split(ctx.last, solve.n, problem.config.controller, strategy.coupling)
+        if not bool(problem.stats.status):  # (a failed solve, throw=False: its status says so)
+            check_split(ctx.last, solve.n, problem.config.controller, strategy.coupling)
         return pairs[:, : solve.n].clone()
 
     @staticmethod

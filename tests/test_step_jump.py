@@ -9,6 +9,8 @@ import torch
 from conftest import (
     ADAPTIVE_METHODS,
     ALL_METHODS,
+    JUMP_METHODS,
+    STAGES_PAST_THE_STEP,
     accuracy_factor,
     adaptive_tolerances,
     make_solver,
@@ -107,7 +109,7 @@ def step_exact(t: float) -> float:
     return 1 + (math.exp(-JUMP) - 1) * math.exp(-(t - JUMP))
 
 
-@pytest.mark.parametrize("name", ADAPTIVE_METHODS)
+@pytest.mark.parametrize("name", [name for name in ADAPTIVE_METHODS if name in JUMP_METHODS])
 def test_jump_t_is_accurate_and_cheaper(name: str) -> None:
     """At a hundredth of the usual tolerances, so that every method without ``jump_t`` must
     reject steps at the discontinuity (at rtol=1e-3 fehlberg2 steps over it unawares).
@@ -133,7 +135,7 @@ def test_jump_t_is_accurate_and_cheaper(name: str) -> None:
 
 def _jump_side_cases() -> list:
     cases = []
-    for name in ALL_METHODS:
+    for name in JUMP_METHODS:
         for backward in (False, True):
             case_id = f"{name}-{'backward' if backward else 'forward'}"
             cases.append(pytest.param(name, backward, id=case_id))
@@ -174,7 +176,7 @@ def test_f_is_never_evaluated_across_the_jump(name: str, backward: bool) -> None
     assert touching >= 2
 
 
-THIRD_ORDER_AND_UP = [name for name in ALL_METHODS if make_solver(name).order >= 3]
+THIRD_ORDER_AND_UP = [name for name in JUMP_METHODS if make_solver(name).order >= 3]
 
 
 @pytest.mark.parametrize("name", THIRD_ORDER_AND_UP)
@@ -213,7 +215,7 @@ def test_jump_t_on_a_fixed_grid_lands_on_the_jump() -> None:
     assert abs(float(sol.ys[-1, 0]) - exact) < abs(float(plain.ys[-1, 0]) - exact) / 10
 
 
-ONE_STEP_METHODS = [name for name in ALL_METHODS if not make_solver(name).multistep]
+ONE_STEP_METHODS = [name for name in JUMP_METHODS if not make_solver(name).multistep]
 
 
 @pytest.mark.parametrize("name", ONE_STEP_METHODS)
@@ -243,6 +245,54 @@ def test_checkpointed_gradients_across_a_jump_equal_direct(name: str) -> None:
 
     for direct, checkpointed in zip(gradients(False), gradients(True)):
         torch.testing.assert_close(checkpointed, direct, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("name", STAGES_PAST_THE_STEP)
+def test_stages_past_the_step_refuse_jump_t_and_perturb(name: str) -> None:
+    """kvaerno4 and kvaerno5 evaluate f past a step's end (diffrax's tableaux: stage times
+    1.146 and 1.230 steps), so a step landing on a jump would sample f on its far side:
+    ``jump_t`` and ``perturb`` are refused before any evaluation of f, naming the fix, in
+    the forward solve, in Backsolve's backward solves and through ``odeint``'s options."""
+    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    y0 = torch.ones(1, dtype=torch.float64)
+    log = StepLog(step_field)
+    fix = "Use kvaerno3 or radau"
+    for options in (dict(jump_t=[JUMP]), dict(jump_t=[2.0]), dict(perturb=True)):
+        with pytest.raises(ValueError, match=f"{name} evaluates f up to 1.[12]. steps.*{fix}"):
+            no.solve(log.field, y0, ts, solver=make_solver(name), **options)
+    with pytest.raises(ValueError, match=f"{name} .*jump_t.*{fix}"):
+        no.odeint(log.field, y0, ts, method=name, options=dict(jump_t=[JUMP]))
+    grad_y0 = y0.clone().requires_grad_(True)
+    backward = [
+        dict(solver=make_solver(name), jump_t=[JUMP]),  # the backward solve's own method
+        dict(gradient=no.Backsolve((), solver=make_solver(name)), jump_t=[JUMP]),
+        dict(solver=make_solver(name), gradient=no.Backsolve((), jump_t=[JUMP])),
+        dict(gradient=no.Backsolve((), solver=make_solver(name), perturb=True)),
+    ]
+    for options in backward:
+        options.setdefault("gradient", no.Backsolve(()))
+        with pytest.raises(ValueError, match=f"{name} evaluates f.*{fix}"):
+            no.solve(log.field, grad_y0, ts, **options)
+    assert not log.events  # (refused before f is evaluated)
+    # step_t (steps land there, f smooth) runs, with f evaluated past the step's end
+    sol = no.solve(log.field, y0, ts, solver=make_solver(name), step_t=[0.25], callbacks=log)
+    assert 0.25 in log.accepted_starts and sol.stats.n_accepted > 1
+
+
+def test_stage_times_past_the_step_are_the_tableaus() -> None:
+    """A kvaerno5 step from 0 to 0.1 evaluates f at 0.1 * c for its stage times c, the third
+    of them 0.123, past the step's end (as diffrax's Kvaerno5 does)."""
+    log = StepLog(lambda t, y: -y)
+    solver = no.solvers.Kvaerno5()
+    no.solve(log.field, torch.ones(1, dtype=torch.float64),
+             torch.tensor([0.0, 0.1], dtype=torch.float64), solver=solver,
+             controller=no.FixedGrid(step_size=0.1))  # fmt: skip
+    times = sorted({round(event[1], 12) for event in log.events if event[0] == "f"})
+    expected = sorted({round(0.1 * c, 12) for c in solver.tableau.c})
+    assert times == expected and max(times) == pytest.approx(0.1230333209967908)
+    assert solver.stage_reach == pytest.approx(1.230333209967908)
+    assert no.solvers.Kvaerno4().stage_reach == pytest.approx(1.145632125)
+    assert no.solvers.Kvaerno3().stage_reach == 1.0
 
 
 @pytest.mark.parametrize("kind", ["step_t", "jump_t"])

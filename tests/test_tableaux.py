@@ -185,6 +185,8 @@ IMPLICIT_PROPERTIES = {
     "trbdf2": (True, False, True),
     "radau": (True, True, True),
     "kvaerno3": (True, False, True),
+    "kvaerno4": (True, False, True),
+    "kvaerno5": (True, False, True),
 }
 
 

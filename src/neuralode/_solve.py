@@ -28,6 +28,7 @@ from ._validate import (
     check_event,
     check_finite,
     check_grid_times,
+    check_stage_reach,
     check_state,
     check_times,
     check_tolerances,
@@ -194,6 +195,8 @@ def solve(
     check_event(event)
     perturb, throw = flag("perturb", perturb), flag("throw", throw)
     solver = Dopri5() if solver is None else solver
+    jumps = check_grid_times("jump_t", jump_t)
+    check_stage_reach(solver, jumps, perturb)
     # under torch.func.vmap: each problem its own steps; inside vmap: a transform inside it,
     # or a vmap over func's captured tensors (one query when no transform runs)
     level = vmap_level(y0, ts) if transforms else None
@@ -204,7 +207,8 @@ def solve(
         )
     if level is not None or (transforms and vmap_active()):
         options = dict(locals())
-        for name in ("func", "y0", "ts", "level", "aliases", "key", "solution", "transforms"):
+        dropped = ("func", "y0", "ts", "level", "aliases", "key", "solution", "transforms", "jumps")
+        for name in dropped:
             options.pop(name, None)
         if level is not None:
             return solve_vmapped(solve, func, y0, ts, level, {**options, **aliases})
@@ -275,7 +279,7 @@ def solve(
         norm=norm,
         max_steps=max_steps,
         step_t=check_grid_times("step_t", step_t),
-        jump_t=check_grid_times("jump_t", jump_t),
+        jump_t=jumps,
         perturb=perturb,
         callbacks=None if callbacks is None else Callbacks(callbacks, spec),
         execution=execution,

@@ -244,6 +244,34 @@ def check_grid_times(name: str, values: Any) -> tuple[float, ...]:
     return out
 
 
+def check_stage_reach(
+    solver: Solver, jump_t: tuple[float, ...], perturb: bool, where: str = ""
+) -> None:
+    """Refuse ``jump_t`` and ``perturb`` with a method whose stages sample f past a step's
+    end (``Solver.stage_reach`` above 1: ``kvaerno4``, ``kvaerno5``): a step landing on a
+    jump would evaluate f on its far side, and the step would be of order 1 there.
+
+    Arguments:
+        solver: the method.
+        jump_t: the discontinuities of f (checked by ``check_grid_times``).
+        perturb: whether f is discontinuous at the steps' ends.
+        where: the solve this is, for the message (e.g. ``"Backsolve's backward solve: "``).
+
+    Raises:
+        ValueError: naming the method, how far its stages reach and the fix.
+    """
+    reach = solver.stage_reach
+    if reach <= 1 or not (jump_t or perturb):
+        return
+    given = "jump_t" if jump_t else "perturb=True"
+    raise ValueError(
+        f"{where}{solver.name} evaluates f up to {reach:.3g} steps from a step's start, past "
+        f"its end, so with {given} it would sample f on the far side of the discontinuity "
+        f"the step lands on. Use kvaerno3 or radau (no.solvers.Kvaerno3(), Radau()), whose "
+        f"stages stay inside the step, or drop {given} where f is smooth"
+    )
+
+
 def _real(value: Any) -> bool:
     """Whether ``value`` is a real number (a 0-dim real tensor too), not a bool."""
     if isinstance(value, torch.Tensor):

@@ -131,10 +131,21 @@ class Backsolve(GradientStrategy):
             ValueError: ``compile_step=True`` with a ``func`` that is not an ``nn.Module``
                 holding every one of ``params``, a solver or controller the compiled
                 backward step does not support, or a backward solver that cannot solve the
-                adjoint system (``Solver.for_adjoint_system``; refused before the forward
-                solve, not in the backward pass).
+                adjoint system (``Solver.for_adjoint_system``), or one whose stages pass a
+                step's end with the backward solves' ``jump_t`` or ``perturb``
+                (``kvaerno4``, ``kvaerno5``): refused before the forward solve, not in the
+                backward pass.
         """
-        (self.solver or problem.config.solver).for_adjoint_system()
+        from .._validate import check_stage_reach  # (_validate imports this package)
+
+        backward_solver = (self.solver or problem.config.solver).for_adjoint_system()
+        forward = problem.config
+        check_stage_reach(
+            backward_solver,
+            forward.jump_t if self.jump_t is None else self.jump_t,
+            forward.perturb if self.perturb is None else bool(self.perturb),
+            "Backsolve's backward solve: ",
+        )
         params = resolve_params(problem.func, self.params)
         if self.compile_step:
             self._check_compilable(problem, params)

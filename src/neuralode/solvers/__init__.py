@@ -21,6 +21,8 @@ from .kencarp3 import KenCarp3
 from .kencarp4 import KenCarp4
 from .kencarp5 import KenCarp5
 from .kvaerno3 import Kvaerno3
+from .kvaerno4 import Kvaerno4
+from .kvaerno5 import Kvaerno5
 from .leapfrog import Leapfrog
 from .midpoint import Midpoint
 from .partitioned import PartitionedSolver, Splitting
@@ -63,6 +65,8 @@ METHODS: dict[str, type[Solver]] = {
     "trbdf2": TRBDF2,
     "radau": Radau,
     "kvaerno3": Kvaerno3,
+    "kvaerno4": Kvaerno4,
+    "kvaerno5": Kvaerno5,
     "kencarp3": KenCarp3,
     "kencarp4": KenCarp4,
     "kencarp5": KenCarp5,
@@ -125,6 +129,8 @@ __all__ = [
     "KenCarp4",
     "KenCarp5",
     "Kvaerno3",
+    "Kvaerno4",
+    "Kvaerno5",
     "Leapfrog",
     "LinearPart",
     "NewtonError",

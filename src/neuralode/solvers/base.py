@@ -89,6 +89,18 @@ class Solver(abc.ABC):
         """The method's name in messages and ``repr``: its class name."""
         return type(self).__name__
 
+    @property
+    def stage_reach(self) -> float:
+        """How far f is evaluated from a step's start, in steps: its latest stage time
+        (1.0 where no stage lies past the step's end, as for every method but ``kvaerno4``
+        and ``kvaerno5``). Past 1, f is sampled beyond the step, so ``solve`` refuses
+        ``jump_t`` and ``perturb`` with the method.
+
+        Returns:
+            The largest stage time over the step size, at least 1.0.
+        """
+        return 1.0
+
     def set_tolerances(self, rtol: Any, atol: Any) -> None:
         """Take the step-size controller's tolerances, given by ``solve`` before a solve.
 

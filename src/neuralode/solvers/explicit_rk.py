@@ -46,6 +46,15 @@ class ExplicitRK(ExplicitDenseOutput):
         """The tableau's name (torchdiffeq's, e.g. ``"dopri5"``)."""
         return self.tableau.name
 
+    @property
+    def stage_reach(self) -> float:
+        """The latest stage time of the tableau, in steps (at least 1.0).
+
+        Returns:
+            ``max(1.0, *tableau.c)``.
+        """
+        return max(1.0, *self.tableau.c)
+
     def _coefficients(self, like: torch.Tensor) -> Coefficients:
         key = (like.dtype, like.device)
         co = self._cache.get(key)

@@ -169,6 +169,16 @@ class ImplicitRK(ImplicitStages):
         return self.tableau.error_order
 
     @property
+    def stage_reach(self) -> float:
+        """The latest stage time of the tableau, in steps (at least 1.0): 1.146 for
+        ``kvaerno4`` and 1.230 for ``kvaerno5``, whose stages sample f past the step's end.
+
+        Returns:
+            ``max(1.0, *tableau.c)``.
+        """
+        return max(1.0, *self.tableau.c)
+
+    @property
     def dense_order(self) -> int:
         """Order of the dense output: the collocation polynomial's (s), else Hermite's (3)."""
         return self.tableau.stages if self.tableau.collocation else 3

@@ -62,6 +62,7 @@ STRATEGIES: dict[str, Callable[[], neuralode.GradientStrategy]] = {
     "direct": neuralode.Direct,
     "backsolve": neuralode.Backsolve,
     "checkpointed": neuralode.Checkpointed,
+    "reversible": neuralode.Reversible,
 }
 MIB = 2.0**20
 

@@ -72,6 +72,38 @@ def test_scalar_linear_cde_is_an_exponential_of_the_path_increment(jump: bool) -
     torch.testing.assert_close(z, exact, rtol=1e-8, atol=1e-9)
 
 
+def test_stages_past_the_step_read_the_path_extrapolated_past_its_last_knot() -> None:
+    """kvaerno5's stages reach 1.23 steps from a step's start, so its last steps read X past
+    the last knot, where the path's last piece extends (no error: a polynomial, smooth); the
+    solution on the path's interval is exact all the same (dz = a z dX: z0 exp(a (X_T -
+    X_0)) for every path). ``jump_t=X.grid_points`` is refused with the fix, and
+    ``NeuralCDE`` with kvaerno5 does not default ``jump_t`` to the knots."""
+    torch.manual_seed(0)
+    t = _irregular_times(7).double()
+    x = torch.randn(2, 7, 1, dtype=torch.float64)
+    X = cde.CubicSpline(cde.natural_cubic_coeffs(x, t), t)
+    last = float(t[-1])
+    beyond = X.derivative(torch.tensor(last + 0.3, dtype=torch.float64))
+    a = torch.tensor(0.7, dtype=torch.float64)
+    seen: list[float] = []
+
+    def field(s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        seen.append(float(s))
+        return a * z.unsqueeze(-1)
+
+    z0 = torch.tensor([[1.0], [-2.0]], dtype=torch.float64)
+    z = cde.cdeint(X, field, z0, X.interval, adjoint=False, method="kvaerno5", **TIGHT)
+    assert max(seen) > last and torch.isfinite(beyond).all()
+    exact = z0 * torch.exp(a * (X.evaluate(t[-1]) - X.evaluate(t[0])))
+    torch.testing.assert_close(z[:, -1], exact, rtol=1e-8, atol=1e-9)
+    with pytest.raises(ValueError, match="kvaerno5 evaluates f up to 1.23 steps.*kvaerno3"):
+        cde.cdeint(X, field, z0, X.interval, adjoint=False, method="kvaerno5",
+                   options={"jump_t": X.grid_points})  # fmt: skip
+    model = NeuralCDE(1, 3, 1, width=8, interpolation="hermite", adjoint=False, method="kvaerno5")
+    with torch.no_grad():
+        assert torch.isfinite(model(model.coefficients(x.float()))).all()
+
+
 def test_vector_linear_cde_on_a_path_moving_one_channel_at_a_time_is_matrix_exponentials():
     """dz = A z dX^1 + B z dX^2 with A, B not commuting, on a piecewise linear path whose
     segments move only X^1 or only X^2: each segment multiplies z by expm(A dX^1) or

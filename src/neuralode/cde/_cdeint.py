@@ -185,7 +185,9 @@ def cdeint(
             knots, so a step straddling one differentiates it to O(h), not to the tolerance
             (a Hermite path at rtol 1e-10: 3.6e-4 off on a gradient of 6.3 without jump_t,
             6e-10 with it; the adjoint, whose backward solve controls the gradient's error
-            too, 7e-8 and 4e-10).
+            too, 7e-8 and 4e-10). ``kvaerno4`` and ``kvaerno5`` refuse ``jump_t`` (their
+            stages pass a step's end), and their last steps read X past its last knot, where
+            the interpolation extends its last piece.
         func: the vector field ``func(t, z)`` returning (..., hidden_channels,
             input_channels); with ``adjoint=True`` and no ``adjoint_params`` an
             ``nn.Module`` (its parameters are differentiated). If it has a method ``prod``,

@@ -144,7 +144,8 @@ class NeuralCDE(nn.Module):
         options: options of the method (as ``odeint``'s, e.g. ``step_size`` for a
             fixed-step method); with an adaptive method and the Hermite or linear
             interpolation, ``jump_t`` defaults to the knots (``X.grid_points``), where the
-            path's derivative or its second derivative jumps.
+            path's derivative or its second derivative jumps (not with ``kvaerno4`` and
+            ``kvaerno5``, whose stages pass a step's end and which refuse ``jump_t``).
         log_ode: ``None`` (the series' own interpolation) or ``(depth, window_length)``:
             the log-ODE method, as above; depth an int of at least 1, window_length a
             positive time interval. The path is then linear: ``interpolation`` must be left
@@ -308,12 +309,14 @@ class NeuralCDE(nn.Module):
         z0 = self.initial(x0[..., : self.initial.in_features])
         times = X.grid_points if self.sequence else X.interval
         options = dict(self.options)
-        if self.interpolation != "cubic" and METHODS[self.method]().adaptive:
+        method = METHODS[self.method]()
+        if self.interpolation != "cubic" and method.adaptive and method.stage_reach == 1:
             # dX/dt jumps at the knots (linear), or its derivative does (Hermite): steps
             # that straddle a knot are rejected and shrunk, so they end there instead (on
             # the experiment's spirals, a third fewer evaluations for Hermite). The natural
             # cubic spline is twice differentiable: restarting at each knot costs more
-            # evaluations than it saves.
+            # evaluations than it saves. kvaerno4/5 sample f past a step's end, so they
+            # refuse jump_t: their steps straddle the knots.
             options.setdefault("jump_t", X.grid_points)
         kwargs: dict[str, Any] = {"method": self.method, "rtol": self.rtol, "atol": self.atol}
         if options:

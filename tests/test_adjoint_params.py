@@ -78,3 +78,20 @@ def test_a_module_of_parameters_only_does_not_warn() -> None:
                           adjoint_params=tuple(f.parameters()))  # fmt: skip
         no.solve(_Wrap(f),
                  torch.ones(2, dtype=torch.float64), TS, gradient=no.Backsolve())  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "gradient", [no.Backsolve, no.Checkpointed, no.Reversible], ids=lambda g: g.__name__
+)
+def test_a_tensor_listed_twice_gets_its_gradient_once(gradient) -> None:
+    # y' = W y: y(1) = expm(W) y0, and Direct's gradient of sum(y(1)) with respect to W
+    weight = torch.tensor([[-0.3, 1.0], [-1.0, -0.2]], dtype=torch.float64, requires_grad=True)
+    linear = torch.nn.Linear(2, 2, bias=False).double()
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    controller = no.PIController(rtol=1e-10, atol=1e-12)
+    grads = []
+    for strategy in (no.Direct(), gradient(params=(weight, weight, *linear.parameters()))):
+        sol = no.solve(lambda t, y: y @ weight.T + linear(y), y0, TS, controller=controller,
+                       gradient=strategy)  # fmt: skip
+        grads.append(torch.autograd.grad(sol.ys[-1].sum(), weight)[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=0)

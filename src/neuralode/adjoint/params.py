@@ -16,7 +16,8 @@ def resolve_params(
     func: Callable[..., Any], params: Sequence[torch.Tensor] | None
 ) -> tuple[torch.Tensor, ...]:
     """``params`` if given, else ``func.parameters()`` for an ``nn.Module``; only tensors
-    that require grad are kept."""
+    that require grad are kept, each once (a tensor listed twice, say by two overlapping
+    modules' parameters, would otherwise receive its gradient twice)."""
     if params is None:
         if not isinstance(func, torch.nn.Module):
             raise ValueError(
@@ -39,7 +40,11 @@ def resolve_params(
     for i, p in enumerate(params):
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"parameter {i} is a {type(p).__name__}, not a tensor")
-    return tuple(p for p in params if p.requires_grad)
+    unique: dict[int, torch.Tensor] = {}
+    for p in params:
+        if p.requires_grad:
+            unique.setdefault(id(p), p)
+    return tuple(unique.values())
 
 
 def _warn_unreached(module: torch.nn.Module, params: tuple[torch.Tensor, ...]) -> None:

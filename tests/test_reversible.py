@@ -412,3 +412,15 @@ def test_a_failed_solve_without_throw_reports_its_status_without_the_split_warni
         with torch.no_grad():
             sol = no.solve(func, y0, ts, gradient=Reversible(), throw=False, max_steps=5)
     assert int(sol.status) == int(no.Status.MAX_STEPS) and sol.ys[-1].isnan().all()
+
+
+@pytest.mark.parametrize("method", ["radau", "explicit_adams"])
+def test_training_refuses_a_method_it_cannot_reverse_before_any_work(tmp_path, capsys, method):
+    from neuralode.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "odenet", "--data", "digits", "--gradient", "reversible"]
+    assert main([*argv, "--method", method, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--gradient reversible needs an explicit Runge-Kutta" in err
+    assert not out.exists()

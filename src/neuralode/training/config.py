@@ -137,8 +137,9 @@ class TrainConfig:
             plot, at least 1.
 
     Raises:
-        ValueError: an option outside its choices or range, or a regulariser the model does
-            not take (any on resnet; ``kinetic`` or ``derivative`` on a deq).
+        ValueError: an option outside its choices or range, a regulariser the model does
+            not take (any on resnet; ``kinetic`` or ``derivative`` on a deq), or the
+            ``"reversible"`` gradient with a method that is not explicit Runge-Kutta.
     """
 
     model: str = "odenet"
@@ -241,6 +242,17 @@ class TrainConfig:
                 "--kinetic, --jacobian and --derivative regularise an ODE block; "
                 "resnet has none (use odenet or rknet)"
             )
+        if self.model == "odenet" and self.gradient == "reversible":
+            from ..solvers import METHODS
+            from ..solvers.explicit_rk import ExplicitRK
+
+            method = METHODS.get(self.method)
+            if method is not None and not issubclass(method, ExplicitRK):
+                raise ValueError(
+                    f"--gradient reversible needs an explicit Runge-Kutta --method (dopri5, "
+                    f"tsit5, bosh3, rk4, ...), got {self.method}; use such a method, or "
+                    "--gradient checkpointed or adjoint with this one"
+                )
         if self.model == "deq" and (self.kinetic > 0 or self.derivative > 0):
             raise ValueError(
                 "--kinetic and --derivative regularise an ODE block; a deq is regularised by "

@@ -212,3 +212,35 @@ def test_strategies_that_solve_without_a_graph_take_direct_s_steps(gradient) -> 
     sol = no.solve(f, y0, ts, controller=controller, gradient=gradient)
     assert sol.stats.n_steps == ref.stats.n_steps
     torch.testing.assert_close(sol.ys, ref.ys, rtol=0, atol=1e-14)
+
+
+def test_the_field_runs_under_torch_func_transforms() -> None:
+    # jacrev of the pendulum's field: d(dp/dt)/dq = -cos q, d(dq/dt)/dp = 1
+    f = HamiltonianDynamics(Pendulum())
+    q, p = _states(batch=1, d=1)
+    jac_q, jac_p = torch.func.jacrev(lambda q, p: f(None, (q, p))[1], argnums=(0, 1))(q, p)
+    torch.testing.assert_close(jac_q.flatten(), -torch.cos(q).flatten(), rtol=0, atol=1e-15)
+    assert jac_p.abs().max() == 0
+    # a solve vmapped over initial states: the batched solve's outputs, and the same
+    # parameter gradients by autograd outside the transform
+    torch.manual_seed(0)
+    learned = SeparableHamiltonian(EnergyMLP(1, 8), EnergyMLP(1, 8)).double()
+    q, p = _states(batch=3, d=1)
+    ts = torch.tensor([0.0, 0.5], dtype=F64)
+
+    def end(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        sol = no.solve(
+            learned, (q, p), ts, solver="leapfrog", controller=no.FixedGrid(step_size=0.1)
+        )
+        return sol.ys[0][-1]
+
+    mapped = torch.func.vmap(end)(q[:, None], p[:, None])[:, 0]
+    batched = end(q, p)
+    torch.testing.assert_close(mapped, batched, rtol=0, atol=1e-14)
+    grads = [torch.autograd.grad(x.sum(), list(learned.parameters()), allow_unused=True)
+             for x in (mapped, batched)]  # fmt: skip
+    for a, b in zip(*grads):
+        if b is None:
+            assert a is None or a.abs().max() == 0
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

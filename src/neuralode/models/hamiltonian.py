@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._host import transform_active
 from .dynamics import activation_layer
 
 
@@ -55,12 +56,17 @@ def _gradients(
     """The gradients of ``energy(*inputs)`` summed over the batch with respect to ``inputs``
     (zeros where it does not depend on one): autograd is switched on here, so this also works
     under ``torch.no_grad()``; ``create_graph`` keeps the graph for backpropagation through
-    the gradients (training)."""
+    the gradients (training). Inside ``torch.func`` transforms (``vmap``, ``jacrev``, ...)
+    ``torch.func.grad`` computes them, differentiable by the transforms and by autograd
+    outside them."""
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
             "a Hamiltonian field needs autograd for dH, which torch.inference_mode() switches "
             "off; roll out under torch.no_grad() instead"
         )
+    if transform_active():  # (autograd.grad is refused inside torch.func transforms)
+        argnums = tuple(range(len(inputs)))
+        return torch.func.grad(lambda *xs: _per_sample(energy(*xs), xs[0]).sum(), argnums)(*inputs)
     with torch.enable_grad():
         # each input gets a node of its own, so dH/dq never flows through p (p computed from
         # q, or q itself); without a graph to keep, a detached copy, since a view taken under
@@ -95,8 +101,9 @@ class HamiltonianDynamics(nn.Module):
     independent: no batch statistics in H). With grad mode on, their graph is kept
     (``create_graph``) so that a loss on f, or on a solve of f, backpropagates to H's
     parameters; under ``torch.no_grad()`` grad mode is switched on inside for dH only and
-    the result carries no graph. Under ``torch.inference_mode()``, which switches autograd off
-    for good, it raises: use ``torch.no_grad()``.
+    the result carries no graph. Inside ``torch.func`` transforms (``vmap`` of a solve,
+    ``jacrev``) ``torch.func.grad`` takes them. Under ``torch.inference_mode()``, which
+    switches autograd off for good, it raises: use ``torch.no_grad()``.
 
     The state is a tuple ``(q, p)`` of two tensors of shape (batch, d), or one tensor
     (batch, 2 d) holding q then p on its last dimension; f returns the same form. The time

@@ -127,6 +127,9 @@ class Reversible(GradientStrategy):
 def check_reversible(config: LoopConfig) -> None:
     """Refuse what the reversible method cannot run, naming the fix.
 
+    Arguments:
+        config: the loop's settings (solver and execution mode).
+
     Raises:
         ValueError: a solver that is not an explicit Runge-Kutta method; a compiled,
             per-sample, device-loop or CUDA-graph solve.

@@ -24,6 +24,9 @@ class EnergyMLP(nn.Module):
         hidden: the hidden width.
         layers: the number of hidden layers.
         activation: the activation's name (a smooth one: the vector field is its gradient).
+
+    Raises:
+        ValueError: an unknown activation.
     """
 
     def __init__(

@@ -95,3 +95,21 @@ def test_a_tensor_listed_twice_gets_its_gradient_once(gradient) -> None:
                        gradient=strategy)  # fmt: skip
         grads.append(torch.autograd.grad(sol.ys[-1].sum(), weight)[0])
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    "gradient", [no.Backsolve, no.Checkpointed, no.Reversible], ids=lambda g: g.__name__
+)
+def test_a_strategy_given_parameters_as_an_iterator_differentiates_them_in_every_solve(
+    gradient,
+) -> None:
+    # params=module.parameters() (a generator), one strategy for two solves (a training loop)
+    linear = torch.nn.Linear(2, 2).double()
+    strategy = gradient(params=linear.parameters())
+    grads = []
+    for _ in range(2):
+        y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+        sol = no.solve(lambda t, y: torch.tanh(linear(y)), y0, TS, gradient=strategy)
+        grads.append(torch.autograd.grad(sol.ys.sum(), [y0, linear.weight], allow_unused=True))
+    assert grads[1][1] is not None
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=0, atol=0)

@@ -25,7 +25,7 @@ from ..solvers.base import Solver
 from ._backward import adjoint_backward
 from ._dynamics import _parameter_names
 from .base import GradientStrategy, Problem, first_order
-from .params import resolve_params
+from .params import keep_params, resolve_params
 
 
 class Backsolve(GradientStrategy):
@@ -107,7 +107,7 @@ class Backsolve(GradientStrategy):
         self.jump_t = None if jump_t is None else check_grid_times("jump_t", jump_t)
         self.perturb = None if perturb is None else flag("perturb", perturb)
         self.norm = norm
-        self.params = params
+        self.params = keep_params(params)
         self.compile_step = flag("compile_step", compile_step)
         self.rtol = rtol
         self.atol = atol

@@ -11,7 +11,7 @@ from torch.autograd.function import once_differentiable
 from .._loop import StepRecord, integrate
 from ._recompute import accumulate, step_vjp
 from .base import GradientStrategy, Problem, first_order
-from .params import resolve_params
+from .params import keep_params, resolve_params
 
 
 class Checkpointed(GradientStrategy):
@@ -29,7 +29,7 @@ class Checkpointed(GradientStrategy):
     """
 
     def __init__(self, params: Sequence[torch.Tensor] | None = None):
-        self.params = params
+        self.params = keep_params(params)
 
     def run(self, problem: Problem) -> torch.Tensor:
         """Solve ``problem`` keeping each step's start; the backward pass recomputes the steps.

@@ -12,6 +12,25 @@ from typing import Any
 import torch
 
 
+def keep_params(params: Any) -> Any:
+    """The ``params`` a strategy was given, kept for every solve it runs: an iterator (such as
+    ``module.parameters()``) is read into a tuple once, where keeping it would leave every
+    solve after the first without parameters, and so without their gradients.
+
+    Arguments:
+        params: ``None``, an ``nn.Module``, a tensor, or an iterable of tensors.
+
+    Returns:
+        ``params``, an iterable read into a tuple (checked by ``resolve_params`` at a solve).
+    """
+    if params is None or isinstance(params, (torch.nn.Module, torch.Tensor)):
+        return params
+    try:
+        return tuple(params)
+    except TypeError:  # (resolve_params names the problem at the solve)
+        return params
+
+
 def resolve_params(
     func: Callable[..., Any], params: Sequence[torch.Tensor] | None
 ) -> tuple[torch.Tensor, ...]:

@@ -35,7 +35,7 @@ from ..solvers.explicit_rk import ExplicitRK
 from ._recompute import accumulate, step_vjp
 from ._reversible_pair import PairSolve, ReversibleRK
 from .base import GradientStrategy, Problem, first_order
-from .params import resolve_params
+from .params import keep_params, resolve_params
 
 
 class Reversible(GradientStrategy):
@@ -99,7 +99,7 @@ class Reversible(GradientStrategy):
                 "1, such as the default 0.999"
             )
         self.coupling = value
-        self.params = params
+        self.params = keep_params(params)
 
     def __repr__(self) -> str:
         return f"Reversible(coupling={self.coupling!r})"

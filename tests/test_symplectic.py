@@ -366,3 +366,21 @@ def test_non_separable_field_is_first_order(method):
         q, p = solve_fixed(method, field, y0, ts, h).ys
         errors.append(float(torch.cat([q[-1] - ref[0][-1], p[-1] - ref[1][-1]]).abs().max()))
     assert observed_order(errors) == pytest.approx(1, abs=0.1)
+
+
+def test_evaluation_times_outside_the_step_refuse_jump_t_and_perturb():
+    """yoshida4's kicks evaluate f at 1.35 and -0.35 steps (its drifts' fractions w1 and
+    w1 + w0), outside the step: with ``jump_t`` or ``perturb`` a step landing on a jump would
+    sample f on its far side (the method drops to order 2 there), so both are refused,
+    naming leapfrog; leapfrog's and semi-implicit Euler's evaluations stay in the step."""
+    w1 = 1 / (2 - 2 ** (1 / 3))
+    times = PARTITIONED_METHODS["yoshida4"].splitting.times
+    assert max(times) == pytest.approx(w1) and min(times) == pytest.approx(1 - w1)
+    assert no.Yoshida4().stage_reach == pytest.approx(w1)
+    for method in ("leapfrog", "semi_implicit_euler"):
+        assert PARTITIONED_METHODS[method]().stage_reach == 1.0
+    ts, y0 = torch.tensor([0.0, 1.0], dtype=F64), pair(1.0, 0.0)
+    for options in (dict(jump_t=[0.55]), dict(perturb=True)):
+        with pytest.raises(ValueError, match="yoshida4 evaluates f outside its steps.*leapfrog"):
+            solve_fixed("yoshida4", oscillator, y0, ts, 0.1, **options)
+        solve_fixed("leapfrog", oscillator, y0, ts, 0.1, **options)

@@ -247,9 +247,10 @@ def check_grid_times(name: str, values: Any) -> tuple[float, ...]:
 def check_stage_reach(
     solver: Solver, jump_t: tuple[float, ...], perturb: bool, where: str = ""
 ) -> None:
-    """Refuse ``jump_t`` and ``perturb`` with a method whose stages sample f past a step's
-    end (``Solver.stage_reach`` above 1: ``kvaerno4``, ``kvaerno5``): a step landing on a
-    jump would evaluate f on its far side, and the step would be of order 1 there.
+    """Refuse ``jump_t`` and ``perturb`` with a method whose stages sample f outside a step
+    (``Solver.stage_reach`` above 1: ``kvaerno4``, ``kvaerno5``, ``yoshida4``): a step
+    landing on a jump would evaluate f on its far side, and the step would be of order 1
+    there.
 
     Arguments:
         solver: the method.
@@ -265,10 +266,11 @@ def check_stage_reach(
         return
     given = "jump_t" if jump_t else "perturb=True"
     raise ValueError(
-        f"{where}{solver.name} evaluates f up to {reach:.3g} steps from a step's start, past "
-        f"its end, so with {given} it would sample f on the far side of the discontinuity "
-        f"the step lands on. Use kvaerno3 or radau (no.solvers.Kvaerno3(), Radau()), whose "
-        f"stages stay inside the step, or drop {given} where f is smooth"
+        f"{where}{solver.name} evaluates f outside its steps, up to {reach - 1:.3g} of a step "
+        f"beyond their ends, so with {given} it would sample f on the far side of the "
+        f"discontinuity a step lands on. Use a method whose stages stay inside the step "
+        f"(kvaerno3 or radau in place of kvaerno4/5, leapfrog in place of yoshida4), or drop "
+        f"{given} where f is smooth"
     )
 
 

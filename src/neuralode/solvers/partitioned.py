@@ -67,6 +67,17 @@ class Splitting:
         next step's first (first same as last)."""
         return self.operations[0][0] == "kick" and self.operations[-1][0] == "kick"
 
+    @property
+    def times(self) -> tuple[float, ...]:
+        """The step fractions at which the operations evaluate f: a kick at the fraction
+        the drifts before it reached, a drift at the fraction the kicks reached."""
+        moved = {"kick": 0.0, "drift": 0.0}
+        times = []
+        for kind, fraction in self.operations:
+            times.append(moved["drift" if kind == "kick" else "kick"])
+            moved[kind] += fraction
+        return tuple(times)
+
     def evaluations(self, carried: bool) -> int:
         """Evaluations of f in one step.
 
@@ -208,6 +219,19 @@ class PartitionedSolver(Solver):
         carry = last_kick if self.splitting.fsal else None
         extra = {"carry": carry, "f0": f0}
         return Step(t0, t1, y0, y1, None, evaluations, None, extra, -inward)
+
+    @property
+    def stage_reach(self) -> float:
+        """How far f is evaluated outside the step, in steps: the latest evaluation time,
+        or one plus how far the earliest lies before the start (``yoshida4``'s kicks at
+        1.35 and -0.35 steps reach 1.35), at least 1.0; past 1, ``solve`` refuses ``jump_t``
+        and ``perturb`` with the method.
+
+        Returns:
+            ``max(1.0, max(times), 1 - min(times))`` over the splitting's ``times``.
+        """
+        times = self.splitting.times
+        return max(1.0, max(times), 1.0 - min(times))
 
     @staticmethod
     def _evaluate(

@@ -4,7 +4,6 @@ formulas are in ``reversible``'s docstring)."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 
 from .._loop import StepRecord, integrate
-from .._norms import Norm, flat_tolerance
+from .._norms import Norm, lay_out_tolerances
 from .._term import ODETerm
 from .._tree import TreeSpec, leaf_spec
 from ..solvers.base import Solver, Step
@@ -220,18 +219,13 @@ def pair_norm(norm: Norm, n: int) -> Norm:
 
 def _pair_controller(controller: Any, spec: TreeSpec) -> Any:
     """The controller with per-element tolerances laid out for both halves of the pair."""
-    doubled = {}
-    for name in ("rtol", "atol"):
-        tol = getattr(controller, name, None)
-        if isinstance(tol, torch.Tensor) and tol.numel() > 1:
-            flat = flat_tolerance(name, tol, spec)
-            doubled[name] = torch.cat([flat, flat])
-    if not doubled:
-        return controller
-    paired = copy.copy(controller)
-    for name, tol in doubled.items():
-        setattr(paired, name, tol)
-    return paired
+    laid_out = lay_out_tolerances(controller, spec)
+    if laid_out is not controller:  # (a copy, with per-element tolerances)
+        for name in ("rtol", "atol"):
+            tol = getattr(laid_out, name)
+            if isinstance(tol, torch.Tensor) and tol.numel() > 1:
+                setattr(laid_out, name, torch.cat([tol, tol]))
+    return laid_out
 
 
 class PairSolve:

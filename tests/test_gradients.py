@@ -284,3 +284,89 @@ def test_backsolve_when_f_depends_on_time_only() -> None:
     torch.testing.assert_close(g_y0, torch.ones(2, dtype=torch.float64))
     expected_ts = torch.tensor([-2.0, 0.0, 2 * math.cos(1.5)], dtype=torch.float64)
     torch.testing.assert_close(g_ts, expected_ts)
+
+
+FIRST_ORDER = {
+    "backsolve": lambda params: no.Backsolve(params=params),
+    "checkpointed": lambda params: no.Checkpointed(params=params),
+    "reversible": lambda params: no.Reversible(params=params),
+}
+FORWARD_MODE_REFUSAL = r"does not support forward-mode differentiation.*gradient=Direct\(\)"
+
+
+def _counted_field(weight: torch.Tensor, calls: list[int]):
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return torch.tanh(y @ weight.T)
+
+    return f
+
+
+@pytest.mark.parametrize("strategy", FIRST_ORDER)
+@pytest.mark.parametrize("dual", ["y0", "ts", "captured", "captured-event"])
+def test_forward_mode_ad_through_a_first_order_strategy_is_refused(
+    strategy: str, dual: str
+) -> None:
+    """A torch.autograd.forward_ad dual tensor reaching a strategy whose derivatives come from
+    a backward pass only is refused before any step, naming Direct(): through y0 or ts (f
+    never called), or captured by f (its output's tangent, seen in one evaluation; without
+    the refusal the tangent was silently dropped). Direct() carries the same tangent."""
+    if strategy == "reversible" and dual == "captured-event":
+        pytest.skip("Reversible refuses events before any forward mode is looked for")
+    y0, weight, _, ts = (x.detach() for x in _inputs(1.0))
+    fa = torch.autograd.forward_ad
+    calls = [0]
+    event = no.Event(lambda t, y: y[0, 0] - 100.0) if dual == "captured-event" else None
+    with fa.dual_level():
+        direction = torch.ones_like({"y0": y0, "ts": ts}.get(dual, weight))
+        y0_in = fa.make_dual(y0, direction) if dual == "y0" else y0
+        ts_in = fa.make_dual(ts, direction) if dual == "ts" else ts
+        w_in = fa.make_dual(weight, direction) if dual.startswith("captured") else weight
+        gradient = FIRST_ORDER[strategy](())
+        with pytest.raises(ValueError, match=FORWARD_MODE_REFUSAL):
+            no.solve(_counted_field(w_in, calls), y0_in, ts_in, gradient=gradient, event=event)
+        assert calls[0] == (0 if dual in ("y0", "ts") else 1)
+        direct = no.solve(_field(w_in, weight[0] * 0), y0_in, ts_in).ys
+        assert fa.unpack_dual(direct).tangent is not None
+
+
+@pytest.mark.parametrize("strategy", FIRST_ORDER)
+def test_a_dual_level_without_duals_leaves_first_order_strategies_alone(strategy: str) -> None:
+    """Inside a dual level, a solve that no dual tensor reaches runs and backpropagates."""
+    y0, weight, bias, _ = _inputs(1.0)
+    ts = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    with torch.autograd.forward_ad.dual_level():
+        sol = no.solve(_field(weight, bias), y0, ts, gradient=FIRST_ORDER[strategy](()))
+        (grad,) = torch.autograd.grad(sol.ys[-1].sum(), y0)
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("strategy", FIRST_ORDER)
+@pytest.mark.parametrize("transform", ["jvp", "jacfwd"])
+def test_torch_func_forward_mode_through_a_first_order_strategy_is_refused(
+    strategy: str, transform: str
+) -> None:
+    """torch.func.jvp and jacfwd over the solve are refused with the torch.func transforms,
+    naming Direct()."""
+    y0, weight, bias, ts = (x.detach() for x in _inputs(1.0))
+
+    def last(y: torch.Tensor) -> torch.Tensor:
+        gradient = FIRST_ORDER[strategy](())
+        return no.solve(_field(weight, bias), y, ts, gradient=gradient).ys[-1]
+
+    with pytest.raises(ValueError, match=r"not supported under torch.func.*gradient=Direct\(\)"):
+        if transform == "jvp":
+            torch.func.jvp(last, (y0,), (torch.ones_like(y0),))
+        else:
+            torch.func.jacfwd(last)(y0)
+
+
+def test_forward_mode_ad_through_odeint_adjoint_is_refused() -> None:
+    """The torchdiffeq façade's odeint_adjoint (Backsolve) refuses a dual y0, naming odeint."""
+    y0, weight, bias, ts = (x.detach() for x in _inputs(1.0))
+    fa = torch.autograd.forward_ad
+    with fa.dual_level():
+        dual = fa.make_dual(y0, torch.ones_like(y0))
+        with pytest.raises(ValueError, match=FORWARD_MODE_REFUSAL + r".*odeint instead"):
+            no.odeint_adjoint(_field(weight, bias), dual, ts, adjoint_params=())
+        assert fa.unpack_dual(no.odeint(_field(weight, bias), dual, ts)).tangent is not None

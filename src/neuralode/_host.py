@@ -29,10 +29,16 @@ def wrapped(x: torch.Tensor) -> bool:
     return functorch.is_functorch_wrapped_tensor(x)
 
 
+def forward_level_active() -> bool:
+    """Whether a dual level of ``torch.autograd.forward_ad`` (or a ``torch.func`` forward
+    transform's) is entered: dual tensors may exist."""
+    return forward_ad._current_level >= 0
+
+
 def forward_mode(x: torch.Tensor) -> bool:
     """Whether forward-mode differentiation is active (``torch.func.jvp``, ``jacfwd``,
     ``hessian``, or ``x`` a dual tensor of ``torch.autograd.forward_ad``)."""
-    if forward_ad._current_level < 0:  # no dual level entered
+    if not forward_level_active():  # no dual level entered
         return False
     jvp = functorch.TransformType.Jvp
     return forward_ad.unpack_dual(x).tangent is not None or any(

@@ -37,7 +37,7 @@ from ._validate import (
 from ._vmap import solve_vmapped, vmap_level
 from ._vmap_inside import refuse_under_transforms, solve_inside_vmap
 from ._warm import defaults, remember, solve_warm
-from .adjoint.base import GradientStrategy, Problem
+from .adjoint.base import GradientStrategy, Problem, check_forward_mode
 from .adjoint.direct import Direct
 from .controllers.base import StepSizeController
 from .controllers.fixed import FixedGrid
@@ -299,6 +299,7 @@ def solve(
         return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats, status=stats.status)
     problem = Problem(func, term, spec, y0_flat, ts, times, config, stats)
     gradient = Direct() if gradient is None else gradient
+    check_forward_mode(gradient, problem)  # (before any step, the event search's included)
     if event is None:
         ys = run_gradient(gradient, problem)
         if key is not None:

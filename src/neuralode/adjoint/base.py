@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .._host import forward_mode
+from .._host import forward_level_active, forward_mode
 from .._loop import LoopConfig
 from .._solution import SolveStats
 from .._term import ODETerm
@@ -51,6 +51,9 @@ class GradientStrategy(abc.ABC):
     #: whether ``solve`` may run the strategy with an event (located in a graph-free solve
     #: of the same method, then solved up to with the strategy)
     supports_events: bool = True
+    #: whether the strategy propagates forward-mode tangents (``torch.autograd.forward_ad``
+    #: dual tensors) through the solve; ``solve`` refuses them for the others
+    supports_forward_mode: bool = False
 
     @abc.abstractmethod
     def run(self, problem: Problem) -> torch.Tensor:
@@ -74,6 +77,48 @@ def time_derivative_inputs(problem: Problem) -> bool:
     if not isinstance(ts, torch.Tensor):
         return False
     return (torch.is_grad_enabled() and ts.requires_grad) or forward_mode(ts)
+
+
+def check_forward_mode(gradient: GradientStrategy, problem: Problem) -> None:
+    """Refuse forward-mode differentiation through a strategy that cannot propagate it,
+    before any step: its outputs come from an ``autograd.Function`` with a backward pass
+    only, so a ``torch.autograd.forward_ad`` dual tensor reaching the solve would fail in
+    torch ("must implement the jvp function") or, captured by f, lose its tangent.
+
+    Inside a dual level the tangents are looked for in ``y0``, ``ts`` and, by one uncounted
+    evaluation of f at the first output time, whatever f reads (its parameters, captured
+    tensors). ``torch.func.jvp`` and ``jacfwd`` are refused earlier, with every
+    ``torch.func`` transform. Outside a dual level this costs one check.
+
+    Arguments:
+        gradient: the strategy.
+        problem: the validated problem.
+
+    Raises:
+        ValueError: a dual tensor reaches the solve of a strategy without forward mode.
+    """
+    if gradient.supports_forward_mode or not forward_level_active():
+        return
+    if forward_mode(problem.y0):
+        where = "y0"
+    elif isinstance(problem.ts, torch.Tensor) and forward_mode(problem.ts):
+        where = "ts"
+    else:
+        ts, term = problem.ts, problem.term
+        t0 = ts.detach().reshape(-1)[0] if isinstance(ts, torch.Tensor) else problem.times[0]
+        with torch.no_grad():
+            f0 = term.call_uncounted(term, t0, problem.y0.detach())
+        if not forward_mode(f0):
+            return
+        where = "func's output (its parameters or the tensors it captures)"
+    name = type(gradient).__name__
+    raise ValueError(
+        f"gradient={name}() does not support forward-mode differentiation: a dual tensor of "
+        f"torch.autograd.forward_ad reaches the solve through {where}, and {name}'s "
+        "derivatives come from a backward pass only. Use gradient=Direct() (odeint instead "
+        "of odeint_adjoint), which carries the tangents through the solver's operations, or "
+        f"keep {name}() and differentiate in reverse mode (backward(), torch.autograd.grad)"
+    )
 
 
 def first_order(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

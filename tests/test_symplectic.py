@@ -384,3 +384,234 @@ def test_evaluation_times_outside_the_step_refuse_jump_t_and_perturb():
         with pytest.raises(ValueError, match="yoshida4 evaluates f outside its steps.*leapfrog"):
             solve_fixed("yoshida4", oscillator, y0, ts, 0.1, **options)
         solve_fixed("leapfrog", oscillator, y0, ts, 0.1, **options)
+
+
+# ------------------------------------------------------------------------------------------
+# separable fields that offer their halves: each kick evaluates dp_dt(t, q) alone, each drift
+# dq_dt(t, p) alone
+
+
+class SplitSpring(Spring):
+    """``Spring`` (q' = p / m, p' = -k sin q) offering its halves, counting the calls of the
+    whole field and of each half; the halves see the user's (unflattened) q and p."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = {"whole": 0, "dq_dt": 0, "dp_dt": 0}
+        self.shapes: set[tuple[int, ...]] = set()
+
+    def forward(self, t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]) -> tuple:
+        self.calls["whole"] += 1
+        return super().forward(t, y)
+
+    def dq_dt(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        self.calls["dq_dt"] += 1
+        self.shapes.add(tuple(p.shape))
+        return p / self.m
+
+    def dp_dt(self, t: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        self.calls["dp_dt"] += 1
+        self.shapes.add(tuple(q.shape))
+        return -self.k * torch.sin(q)
+
+
+class TimedSplit(torch.nn.Module):
+    """A time-dependent separable field, q' = p (1 + t / 2), p' = -q cos(t), on states of
+    shape (2, 3) given as a list [q, p], offering its halves."""
+
+    def forward(self, t: torch.Tensor, y: list[torch.Tensor]) -> list[torch.Tensor]:
+        q, p = y
+        return [self.dq_dt(t, p), self.dp_dt(t, q)]
+
+    def dq_dt(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        assert p.shape == (2, 3)
+        return p * (1 + t / 2)
+
+    def dp_dt(self, t: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        assert q.shape == (2, 3)
+        return -q * torch.cos(t)
+
+
+def whole(field: torch.nn.Module):
+    """``field`` without its halves: the symplectic methods call it whole."""
+    return lambda t, y: field(t, y)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_halves_give_the_whole_fields_results(method):
+    """The same states (at the steps and between them, t = 0.35) from the halves as from the
+    whole field, to round-off, with only the halves called."""
+    field = SplitSpring()
+    y0 = tuple(x.detach() for x in start())
+    grid = no.FixedGrid(step_size=0.1)
+    halves = no.solve(field, y0, TS, solver=method, controller=grid)
+    assert field.calls["whole"] == 0 and field.calls["dq_dt"] and field.calls["dp_dt"]
+    assert field.shapes == {(2,)}  # the user's tensors, not the flat state
+    reference = no.solve(whole(field), y0, TS, solver=method, controller=grid)
+    for a, b in zip(halves.ys, reference.ys):
+        assert torch.allclose(a, b, atol=1e-15, rtol=0)
+    # a time-dependent field on a list of (2, 3) tensors
+    timed = TimedSplit()
+    y0 = [torch.linspace(-1, 1, 6, dtype=F64).view(2, 3), torch.ones(2, 3, dtype=F64)]
+    ts = torch.tensor([0.0, 0.37, 1.0], dtype=F64)
+    halves = no.solve(timed, y0, ts, solver=method, controller=grid)
+    reference = no.solve(whole(timed), y0, ts, solver=method, controller=grid)
+    assert isinstance(halves.ys, list)
+    for a, b in zip(halves.ys, reference.ys):
+        assert torch.allclose(a, b, atol=1e-15, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "method, first, per_step",
+    [
+        ("semi_implicit_euler", (1, 1), (1, 1)),
+        ("leapfrog", (1, 2), (1, 1)),
+        ("yoshida4", (3, 4), (3, 3)),
+    ],
+)
+def test_halves_are_counted_as_evaluations(method, first, per_step):
+    """Each kick calls dp_dt once and each drift dq_dt once ((dq_dt, dp_dt) calls in the
+    first step and in each later one: leapfrog one of each after the first step, whose
+    opening kick carries no dp/dt in); ``stats.nfe`` counts each call of a half as one."""
+    field, steps = SplitSpring(), 10
+    y0 = tuple(x.detach() for x in start())
+    sol = solve_fixed(method, field, y0, torch.tensor([0.0, 1.0], dtype=F64), 0.1)
+    expected = [a + (steps - 1) * b for a, b in zip(first, per_step)]
+    assert [field.calls["dq_dt"], field.calls["dp_dt"], field.calls["whole"]] == [*expected, 0]
+    assert (
+        sol.stats.nfe
+        == sum(expected)
+        == PARTITIONED_METHODS[method].splitting.evaluations(False)
+        + (steps - 1) * PARTITIONED_METHODS[method].splitting.evaluations(True)
+    )
+
+
+def test_halves_at_the_ends_of_a_step_with_outputs():
+    """A step with outputs inside needs f at both its ends: from halves, each half the step's
+    kicks and drifts evaluated there is reused (leapfrog's first kick at (t0, q0), its last at
+    (t1, q1)), so only dq/dt is evaluated at each end: 2 halves more, as the whole field's 2."""
+    field = SplitSpring()
+    y0 = tuple(x.detach() for x in start())
+    ts = torch.tensor([0.0, 0.35, 1.0], dtype=F64)
+    sol = solve_fixed("leapfrog", field, y0, ts, 0.1)
+    assert field.calls == {"whole": 0, "dq_dt": 10 + 2, "dp_dt": 11}
+    assert sol.stats.nfe == 3 + 2 * 9 + 2
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradcheck_direct_through_the_halves(method):
+    field = SplitSpring()
+
+    def run(q0, p0, k, m):
+        field.k, field.m = k, m
+        return outputs(method, no.Direct(), field, q0, p0)
+
+    k = field.k.detach().clone().requires_grad_(True)
+    m = field.m.detach().clone().requires_grad_(True)
+    del field.k, field.m
+    assert torch.autograd.gradcheck(run, (*start(), k, m))
+    assert field.calls["whole"] == 0
+
+
+def split_gradients(method: str, gradient, field: Spring) -> list[torch.Tensor]:
+    q0, p0 = start()
+    loss = outputs(method, gradient, field, q0, p0).pow(2).sum()
+    return list(torch.autograd.grad(loss, [q0, p0, field.k, field.m]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradients_through_the_halves(method):
+    """Checkpointed equals Direct through the halves (its recomputed steps call them too),
+    both equal the whole field's; Backsolve's forward solve calls the halves and its adjoint
+    system (a state that is not a pair, solved by a Runge-Kutta method) the whole field."""
+    direct = split_gradients(method, no.Direct(), SplitSpring())
+    field = SplitSpring()
+    checkpointed = split_gradients(method, no.Checkpointed(), field)
+    assert field.calls["whole"] == 0
+    for a, b, c in zip(checkpointed, direct, gradients(method, no.Direct())):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-12)
+        assert torch.allclose(b, c, atol=1e-14, rtol=1e-14)
+    field = SplitSpring()
+    backsolve = split_gradients(method, no.Backsolve(), field)
+    assert field.calls["whole"] > 0 and field.calls["dq_dt"] > 0
+    for a, b in zip(backsolve, gradients(method, no.Backsolve())):
+        assert torch.allclose(a, b, atol=1e-14, rtol=1e-14)
+
+
+def test_compiled_step_through_the_halves():
+    field = SplitSpring()
+    y0 = tuple(x.detach() for x in start())
+    ts = torch.tensor([0.0, 0.35, 1.0], dtype=F64)
+    grid = no.FixedGrid(step_size=0.1)
+    eager = no.solve(field, y0, ts, solver="leapfrog", controller=grid)
+    with torch.no_grad():
+        compiled = no.solve(field, y0, ts, solver="leapfrog", controller=grid, compile="step")
+    for a, b in zip(compiled.ys, eager.ys):
+        assert torch.allclose(a, b, atol=1e-14, rtol=0)
+    assert compiled.stats.nfe == eager.stats.nfe == 3 + 2 * 9 + 2
+    assert field.calls["whole"] == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_vmap_through_the_halves(method):
+    field = SplitSpring()
+    q0s = torch.tensor([[0.5], [1.0], [1.5]], dtype=F64)
+
+    def final(q0: torch.Tensor) -> torch.Tensor:
+        q, p = solve_fixed(method, field, (q0, torch.zeros_like(q0)), TS, 0.1).ys
+        return torch.cat([q[-1], p[-1]])
+
+    with torch.no_grad():
+        batched = torch.func.vmap(final)(q0s)
+        assert field.calls["whole"] == 0 and field.calls["dp_dt"] > 0
+        for row, q0 in zip(batched, q0s):
+            assert torch.allclose(row, final(q0), atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_odeint_facade_through_the_halves(method):
+    field = SplitSpring()
+    y0 = tuple(x.detach() for x in start())
+    with torch.no_grad():
+        qs, ps = odeint(field, y0, TS, method=method, options=dict(step_size=0.1))
+        assert field.calls["whole"] == 0
+        reference = odeint(whole(field), y0, TS, method=method, options=dict(step_size=0.1))
+    assert torch.allclose(qs, reference[0], atol=1e-15, rtol=0)
+    assert torch.allclose(ps, reference[1], atol=1e-15, rtol=0)
+
+
+def test_one_half_alone_is_not_used():
+    """A field with only dq_dt (or a state that is not a pair) is called whole."""
+
+    class OneHalf(Spring):
+        def dq_dt(self, t, p):
+            raise AssertionError("called")
+
+    solve_fixed("leapfrog", OneHalf(), tuple(x.detach() for x in start()), TS, 0.1)
+
+
+def test_halves_returning_the_wrong_shape_or_dtype_are_refused():
+    y0 = pair(1.0, 0.0)
+
+    class Wrong(torch.nn.Module):
+        def __init__(self, dq, dp):
+            super().__init__()
+            self.dq, self.dp = dq, dp
+
+        def forward(self, t, y):
+            return y[1], -y[0]
+
+        def dq_dt(self, t, p):
+            return self.dq(p)
+
+        def dp_dt(self, t, q):
+            return self.dp(q)
+
+    flip = Wrong(lambda p: p, lambda q: -q.expand(2, 1))
+    with pytest.raises(
+        ValueError, match=r"dp_dt\(t, q\) returned shape \(2, 1\).*p's shape \(1,\)"
+    ):
+        solve_fixed("leapfrog", flip, y0, TS, 0.1)
+    flip = Wrong(lambda p: p.float(), lambda q: -q)
+    with pytest.raises(TypeError, match=r"dq_dt\(t, p\) returned dtype torch.float32"):
+        solve_fixed("leapfrog", flip, y0, TS, 0.1)

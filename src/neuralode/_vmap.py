@@ -33,6 +33,7 @@ from torch._C import _functorch as functorch
 from ._host import peeled
 from ._solution import Solution, SolveStats
 from ._status import Status, mark_non_finite
+from ._term import separable_halves
 from ._tree import TreeSpec, tree_spec
 from .solvers.explicit_rk import ExplicitRK
 
@@ -137,8 +138,7 @@ def _solve_one_by_one(
     ``ts`` if ``own_times``; ``ys`` is the flat (len(ts), batch, n) of the solutions, the
     statistics summed with per-sample rows."""
 
-    def one(t: torch.Tensor, y: Any) -> Any:
-        out = func(t, y)
+    def unbatched(out: Any) -> Any:
         _, leaves = tree_spec(out, "func's output")
         if any(_batched_at(x, level) for x in leaves):
             raise ValueError(
@@ -148,6 +148,15 @@ def _solve_one_by_one(
                 "or use an adaptive explicit Runge-Kutta method"
             )
         return out
+
+    def one(t: torch.Tensor, y: Any) -> Any:
+        return unbatched(func(t, y))
+
+    halves = separable_halves(func)
+    if halves is not None:  # (the symplectic methods call them: ``ODETerm.separable``)
+        dq_dt, dp_dt = halves
+        one.dq_dt = lambda t, p: unbatched(dq_dt(t, p))  # type: ignore[attr-defined]
+        one.dp_dt = lambda t, q: unbatched(dp_dt(t, q))  # type: ignore[attr-defined]
 
     times = ts if own_times else ts.expand(len(flat), *ts.shape)
     solutions = [solve(one, spec.unflatten(y), t, **kwargs) for y, t in zip(flat, times)]

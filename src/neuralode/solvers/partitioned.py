@@ -8,7 +8,8 @@ H = T(p) + V(q), or a second-order system q'' = a(t, q) written as ``(q, v)``. A
 dq/dt at the current ``p``. Each is the exact flow of one half of the system, so every
 composition of them is symplectic. Time moves with the drifts for the kicks (a kick sees the
 time the drifts before it reached) and with the kicks for the drifts, which keeps a symmetric
-splitting symmetric for time-dependent f.
+splitting symmetric for time-dependent f. A field that offers its halves (``dq_dt(t, p)``,
+``dp_dt(t, q)``: ``ODETerm.separable``) has each kick and drift evaluate only the half it needs.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Splitting:
         return tuple(times)
 
     def evaluations(self, carried: bool) -> int:
-        """Evaluations of f in one step.
+        """Evaluations of f (or of one of its halves) in one step.
 
         Arguments:
             carried: the step starts from the previous step's last dp/dt.
@@ -128,11 +129,17 @@ class PartitionedSolver(Solver):
     but neither symplectic nor of that order.
 
     Fixed steps only (``FixedGrid``: ``step_size``, a grid, or the output times); there is no
-    error estimate. Each kick and each drift evaluates f once (f returns both halves, of which
-    a kick reads dp/dt and a drift dq/dt), except that a splitting which starts and ends with a
-    kick reuses the last kick's dp/dt at the next step's start. Dense output between steps is
-    cubic Hermite through the states and f at the step's ends (f at both ends evaluated for
-    steps with outputs inside).
+    error estimate. Each kick and each drift evaluates f once, except that a splitting which
+    starts and ends with a kick reuses the last kick's dp/dt at the next step's start. Where
+    f offers its halves, methods ``dq_dt(t, p)`` (returning dq/dt, shaped like ``q``) and
+    ``dp_dt(t, q)`` (dp/dt, shaped like ``p``) equal to the parts of ``f(t, (q, p))``, a kick
+    calls only ``dp_dt`` and a drift only ``dq_dt``, on the user's tensors; otherwise f is
+    called whole and a kick reads its dp/dt, a drift its dq/dt. ``stats.nfe`` counts each
+    call of f or of one of its halves as one evaluation. The results are the same either way.
+
+    Dense output between steps is cubic Hermite through the states and f at the step's ends,
+    for steps with outputs inside: f at both ends, evaluated (whole, or each half not already
+    evaluated there by a kick or drift of the step).
     """
 
     splitting: ClassVar[Splitting]
@@ -186,13 +193,16 @@ class PartitionedSolver(Solver):
 
         Returns:
             The [`Step`][neuralode.solvers.Step]: ``y1``, no error estimate, the evaluations
-                of f made (``stages``) and, in ``extra``, the last kick's dp/dt and f(t0, y0)
-                where a kick evaluated it.
+                made (``stages``: of f, or of its halves on a separable term) and, in
+                ``extra``, the last kick's dp/dt and f(t0, y0) where a kick evaluated it
+                (with halves: the halves evaluated at the step's ends).
         """
         n_q = pair_split(term.spec, self.name)
         dt = t1 - t0
         inward = (1.0 if dt > 0 else -1.0) if perturb else 0.0
         q, p = y0[:n_q], y0[n_q:]
+        if term.separable:
+            return self._step_halves(term, t0, t1, y0, q, p, state, inward)
         dpdt = state
         kicked = drifted = 0.0  # the fractions of the step the kicks and drifts have moved
         evaluations: list[torch.Tensor] = []
@@ -233,16 +243,84 @@ class PartitionedSolver(Solver):
         times = self.splitting.times
         return max(1.0, max(times), 1.0 - min(times))
 
+    def _step_halves(
+        self,
+        term: ODETerm,
+        t0: Any,
+        t1: Any,
+        y0: torch.Tensor,
+        q: torch.Tensor,
+        p: torch.Tensor,
+        state: Any,
+        inward: float,
+    ) -> Step:
+        """``step`` on a separable term (``ODETerm.separable``): each kick evaluates only
+        dp/dt(t, q) and each drift only dq/dt(t, p), with the same times and states as the
+        whole f's step. The halves met at the step's ends (a kick before any drift or after
+        the last, a drift before any kick or after the last) are kept in ``extra["ends"]``
+        for the dense output's f(t0, y0) and f(t1, y1)."""
+        dt = t1 - t0
+        operations = self.splitting.operations
+        total = {kind: sum(k == kind for k, _ in operations) for kind in _KINDS}
+        done = dict.fromkeys(_KINDS, 0)  # the kicks and drifts applied so far
+        moved = dict.fromkeys(_KINDS, 0.0)  # the fractions of the step they moved
+        # the halves at (t0, y0) and (t1, y1): "dq0", "dp0", "dq1", "dp1"
+        ends: dict[str, torch.Tensor] = {}
+        if state is not None and not inward:  # (dp/dt at t0 itself, not one ulp inside)
+            ends["dp0"] = state
+        dpdt = state
+        evaluations: list[torch.Tensor] = []
+        for kind, fraction in operations:
+            if kind == "kick":
+                if dpdt is None:
+                    t, perturb = self._time(t0, t1, dt, moved["drift"], inward)
+                    dpdt = term.dp_dt(t, q, perturb)
+                    evaluations.append(dpdt)
+                    if not done["drift"]:  # at (t0, q0)
+                        ends["dp0"] = dpdt
+                if done["drift"] == total["drift"]:  # at (t1, q1)
+                    ends["dp1"] = dpdt
+                p = p + (fraction * dt) * dpdt
+                last_kick, dpdt = dpdt, None
+            else:
+                t, perturb = self._time(t0, t1, dt, moved["kick"], inward)
+                dqdt = term.dq_dt(t, p, perturb)
+                evaluations.append(dqdt)
+                if not done["kick"]:  # at (t0, p0)
+                    ends["dq0"] = dqdt
+                if done["kick"] == total["kick"]:  # at (t1, p1)
+                    ends["dq1"] = dqdt
+                q = q + (fraction * dt) * dqdt
+            done[kind] += 1
+            moved[kind] += fraction
+        carry = last_kick if self.splitting.fsal else None
+        extra = {"carry": carry, "ends": ends}
+        return Step(t0, t1, y0, torch.cat([q, p]), None, evaluations, None, extra, -inward)
+
     @staticmethod
+    def _time(t0: Any, t1: Any, dt: Any, fraction: float, inward: float) -> tuple[Any, float]:
+        """The time of an evaluation at the step fraction ``fraction`` and how it is
+        perturbed: the step's ends exactly, moved ``inward``, else ``t0 + fraction * dt``."""
+        if fraction == 0:
+            return t0, inward
+        if abs(fraction - 1) <= _TOL:
+            return t1, -inward
+        return t0 + fraction * dt, 0.0
+
+    @classmethod
     def _evaluate(
-        term: ODETerm, t0: Any, t1: Any, dt: Any, fraction: float, y: torch.Tensor, inward: float
+        cls,
+        term: ODETerm,
+        t0: Any,
+        t1: Any,
+        dt: Any,
+        fraction: float,
+        y: torch.Tensor,
+        inward: float,
     ) -> torch.Tensor:
         """f at the step fraction ``fraction`` (the step's ends exactly, moved ``inward``)."""
-        if fraction == 0:
-            return term(t0, y, inward)
-        if abs(fraction - 1) <= _TOL:
-            return term(t1, y, -inward)
-        return term(t0 + fraction * dt, y)
+        t, perturb = cls._time(t0, t1, dt, fraction, inward)
+        return term(t, y, perturb)
 
     def accept(self, term: ODETerm, step: Step, perturb: bool) -> Any:
         """The state for the next step: the last kick's dp/dt at ``(t1, q1)``.
@@ -259,7 +337,7 @@ class PartitionedSolver(Solver):
         return None if perturb else step.extra["carry"]
 
     def compiled_evaluations(self, term: ODETerm, step: Step, state: Any) -> int:
-        """The evaluations of f in a compiled step: the step's ``stages``.
+        """The evaluations of f (or of its halves) in a compiled step: the step's ``stages``.
 
         Arguments:
             term: the vector field.
@@ -283,8 +361,43 @@ class PartitionedSolver(Solver):
         """
         f0 = step.extra.get("f0")
         if f0 is None:
-            f0 = step.extra["f0"] = term(step.t0, step.y0, -step.end_perturb)
+            f0 = step.extra["f0"] = self._end_derivative(term, step, 0)
         return f0
+
+    def hermite_f1(self, term: ODETerm, step: Step) -> torch.Tensor:
+        """f(t1, y1) of an accepted step, for its cubic Hermite dense output (``step.f1``).
+
+        Arguments:
+            term: the vector field.
+            step: the accepted step.
+
+        Returns:
+            f(t1, y1): ``step.f1`` where known, else evaluated now and kept there.
+        """
+        if step.f1 is None:
+            step.f1 = self._end_derivative(term, step, 1)
+        return step.f1
+
+    @staticmethod
+    def _end_derivative(term: ODETerm, step: Step, end: int) -> torch.Tensor:
+        """f at the step's start (``end`` 0) or end (1), moved inside the step as its
+        evaluations there were: whole, or on a separable term from its two halves, each
+        taken from the step where a kick or drift evaluated it there, else evaluated."""
+        if end == 0:
+            t, y, perturb = step.t0, step.y0, -step.end_perturb
+        else:
+            t, y, perturb = step.t1, step.y1, step.end_perturb
+        ends = step.extra.get("ends")
+        if ends is None:  # (the whole f's step)
+            return term(t, y, perturb)
+        n_q = term.spec.numels[0]
+        dqdt = ends.get(f"dq{end}")
+        if dqdt is None:
+            dqdt = term.dq_dt(t, y[n_q:], perturb)
+        dpdt = ends.get(f"dp{end}")
+        if dpdt is None:
+            dpdt = term.dp_dt(t, y[:n_q], perturb)
+        return torch.cat([dqdt, dpdt])
 
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
         """Cubic Hermite through the step's ends and f there.
@@ -297,7 +410,20 @@ class PartitionedSolver(Solver):
         Returns:
             The states at ``t0 + theta * dt``, (m, numel).
         """
+        self.hermite_f1(term, step)
         return hermite_interpolate(term, step, thetas, self.hermite_f0(term, step))
+
+    def dense_record(self, term: ODETerm, step: Step) -> torch.Tensor:
+        """The rows (f0, f1) of an accepted step's cubic Hermite dense output.
+
+        Arguments:
+            term: the vector field.
+            step: the accepted step; its ``f1`` is evaluated if unknown.
+
+        Returns:
+            ``hermite_f0`` and ``hermite_f1``, stacked (2, numel).
+        """
+        return torch.stack([self.hermite_f0(term, step), self.hermite_f1(term, step)])
 
     def for_adjoint_system(self) -> Solver:
         """The solver for ``Backsolve``'s backward solves: the explicit Runge-Kutta method of

@@ -27,7 +27,12 @@ EXPECTED = {
         ["flows_change_of_variables.png", "flows_densities.png"],
     ),
     "adjoint.py": (
-        ["library, Backsolve (adjoint)  relative difference", "gradient descent: g from"],
+        [
+            "library, Backsolve (adjoint)  relative difference",
+            "library, Reversible           relative difference",
+            "gradient descent: g from",
+            "1e-02   reversible",
+        ],
         ["adjoint.png"],
     ),
     "paper.py": (

@@ -43,6 +43,7 @@ from .ode_block import ODEBlock
 from .planar import PlanarFlow, PlanarLayer
 from .regularisers import DerivativePenalty, JacobianFrobenius, KineticEnergy, Regulariser
 from .sde_gan import CDEDiscriminator, PathIncrements, SDEGenerator
+from .second_order import AccelerationMLP, SecondOrderDynamics
 from .transformer import TimeEmbedding, TransformerDynamics
 from .unet import UNetDynamics
 
@@ -65,6 +66,7 @@ __all__ = [
     "ffjord_2d",
     "hutchinson_trace",
     "standard_normal_log_prob",
+    "AccelerationMLP",
     "Augment",
     "ConcatConv2d",
     "ConvDynamics",
@@ -93,6 +95,7 @@ __all__ = [
     "RNNBaseline",
     "RNNVAE",
     "RKNet",
+    "SecondOrderDynamics",
     "SeparableHamiltonian",
     "Regulariser",
     "ResBlock",

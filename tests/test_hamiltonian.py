@@ -244,3 +244,49 @@ def test_the_field_runs_under_torch_func_transforms() -> None:
             assert a is None or a.abs().max() == 0
         else:
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_separable_field_gives_the_symplectic_methods_its_halves() -> None:
+    """leapfrog on SeparableHamiltonian's pair state computes one kinetic gradient a drift and
+    one potential gradient a kick (``dq_dt(t, p)``, ``dp_dt(t, q)``), not both networks per
+    evaluation: 20 steps run T 20 times and V 21 times (the first step's opening kick), where
+    the whole field runs each 41 times, with the same states and parameter gradients."""
+    torch.manual_seed(0)
+    f = SeparableHamiltonian(EnergyMLP(2, 8), EnergyMLP(2, 8)).double()
+    runs = {"kinetic": 0, "potential": 0}
+
+    def counter(name: str):
+        def hook(*_) -> None:
+            runs[name] += 1
+
+        return hook
+
+    for name in runs:
+        getattr(f, name).register_forward_hook(counter(name))
+    q, p = _states(d=2)
+    ts = torch.tensor([0.0, 1.0], dtype=F64)
+    grid = no.FixedGrid(step_size=0.05)
+    results = []
+    for field in (f, lambda t, y: f(t, y)):  # the halves, then f whole
+        runs.update(kinetic=0, potential=0)
+        sol = no.solve(field, (q, p), ts, solver="leapfrog", controller=grid)
+        loss = sum(x[-1].pow(2).sum() for x in sol.ys)
+        grads = torch.autograd.grad(loss, list(f.parameters()), allow_unused=True)
+        grads = [torch.zeros(()) if g is None else g for g in grads]  # (the last biases)
+        results.append((sol, dict(runs), grads))
+    (halves, halves_runs, halves_grads), (whole, whole_runs, whole_grads) = results
+    assert halves_runs == {"kinetic": 20, "potential": 21} and halves.stats.nfe == 41
+    assert whole_runs == {"kinetic": 41, "potential": 41} and whole.stats.nfe == 41
+    for a, b in zip((*halves.ys, *halves_grads), (*whole.ys, *whole_grads)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+
+
+def test_separable_halves_are_the_fields_parts() -> None:
+    torch.manual_seed(0)
+    f = SeparableHamiltonian(EnergyMLP(2, 8), EnergyMLP(2, 8)).double()
+    q, p = _states(d=2)
+    dq, dp = f(None, (q, p))
+    torch.testing.assert_close(f.dq_dt(None, p), dq, rtol=0, atol=0)
+    torch.testing.assert_close(f.dp_dt(None, q), dp, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"q must be \(batch, d\).*got shape \(2,\).*q\[None\]"):
+        f.dp_dt(None, q[0])

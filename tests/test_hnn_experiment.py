@@ -64,3 +64,25 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys) -> None:
         assert stopped.value.code == 2
         assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_symplectic_rollouts_evaluate_one_half_of_a_separable_field_per_kick_or_drift() -> None:
+    """The rollout hands the model itself to the solver: leapfrog calls the separable HNN's
+    dq_dt for each drift and dp_dt for each kick (the kinetic network once a step, the
+    potential once a step and once at the start), each counted as one evaluation."""
+    import argparse
+
+    import torch
+
+    from neuralode.experiments.hnn import rollout
+    from neuralode.models import EnergyMLP, SeparableHamiltonian
+
+    torch.manual_seed(0)
+    model = SeparableHamiltonian(EnergyMLP(1, 8), EnergyMLP(1, 8))
+    runs = {"kinetic": 0, "potential": 0}
+    model.kinetic.register_forward_hook(lambda *_: runs.update(kinetic=runs["kinetic"] + 1))
+    model.potential.register_forward_hook(lambda *_: runs.update(potential=runs["potential"] + 1))
+    ts = torch.arange(3, dtype=torch.float64) * 0.5  # 20 steps of 0.05
+    args = argparse.Namespace(step_size=0.05, rtol=1e-6)
+    result = rollout(model, "leapfrog", torch.randn(2, 2), ts, args)
+    assert runs == {"kinetic": 20, "potential": 21} and result["nfe"] == 41

@@ -210,8 +210,11 @@ class _SeparableEnergy(nn.Module):
 class SeparableHamiltonian(HamiltonianDynamics):
     """A separable Hamiltonian H(q, p) = T(p) + V(q): dq/dt = dT/dp depends on p only and
     dp/dt = -dV/dq on q only, each computed from its own network. This is the structure the
-    explicit symplectic methods (Stormer-Verlet/leapfrog and its compositions) need; they
-    may call ``velocity`` and ``force`` for one half of the field.
+    explicit symplectic methods (Stormer-Verlet/leapfrog and its compositions) need. The
+    field offers its two halves as ``dq_dt(t, p)`` and ``dp_dt(t, q)``, the protocol of a
+    separable field (the guide's "Symplectic methods for Hamiltonian systems"): on a state
+    ``(q, p)`` those methods call only the half a kick or drift needs, one network's
+    gradient instead of both.
 
     States, grad mode and time as for ``HamiltonianDynamics``.
 
@@ -235,32 +238,48 @@ class SeparableHamiltonian(HamiltonianDynamics):
         """The potential energy V(q)."""
         return self.hamiltonian.potential
 
-    def velocity(self, p: torch.Tensor) -> torch.Tensor:
-        """dq/dt = dT/dp.
+    def dq_dt(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """The half of the field that depends on p: dq/dt = dT/dp.
 
         Arguments:
+            t: the time (ignored).
             p: the momenta, (batch, d).
 
         Returns:
             dT/dp, of the shape of ``p``.
-        """
-        (dt_dp,) = _gradients(self.kinetic, (p,), torch.is_grad_enabled())
-        return dt_dp
 
-    def force(self, q: torch.Tensor) -> torch.Tensor:
-        """dp/dt = -dV/dq.
+        Raises:
+            ValueError: ``p`` has fewer than two dimensions.
+            RuntimeError: called under ``torch.inference_mode()``.
+        """
+        return self._dq_dt(_half_state(p, "p"))
+
+    def dp_dt(self, t: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """The half of the field that depends on q: dp/dt = -dV/dq.
 
         Arguments:
+            t: the time (ignored).
             q: the positions, (batch, d).
 
         Returns:
             -dV/dq, of the shape of ``q``.
+
+        Raises:
+            ValueError: ``q`` has fewer than two dimensions.
+            RuntimeError: called under ``torch.inference_mode()``.
         """
+        return self._dp_dt(_half_state(q, "q"))
+
+    def _dq_dt(self, p: torch.Tensor) -> torch.Tensor:
+        (dt_dp,) = _gradients(self.kinetic, (p,), torch.is_grad_enabled())
+        return dt_dp
+
+    def _dp_dt(self, q: torch.Tensor) -> torch.Tensor:
         (dv_dq,) = _gradients(self.potential, (q,), torch.is_grad_enabled())
         return -dv_dq
 
     def field(self, q: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The symplectic gradient of T(p) + V(q) at (q, p).
+        """The symplectic gradient of T(p) + V(q) at (q, p): its two halves.
 
         Arguments:
             q: the positions, (batch, d).
@@ -269,4 +288,14 @@ class SeparableHamiltonian(HamiltonianDynamics):
         Returns:
             ``(dT/dp, -dV/dq)``, each of the shape of ``q``.
         """
-        return self.velocity(p), self.force(q)
+        return self._dq_dt(p), self._dp_dt(q)
+
+
+def _half_state(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``x`` (q or p) checked as a half of a state (q, p): (batch, d)."""
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name} must be (batch, d), as in a Hamiltonian state (q, p), got shape "
+            f"{tuple(x.shape)}; give it a batch dimension (e.g. {name}[None])"
+        )
+    return x

@@ -79,6 +79,18 @@ class Forced(nn.Module):
         return -x + torch.cos(2 * torch.as_tensor(t, dtype=x.dtype))
 
 
+class Counted(Forced):
+    """``Forced`` counting its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().forward(t, x)
+
+
 @pytest.mark.parametrize(("method", "order"), [("leapfrog", 2), ("yoshida4", 4)])
 def test_separable_acceleration_runs_symplectic_methods_at_their_order(
     method: str, order: int
@@ -103,6 +115,12 @@ def test_separable_acceleration_runs_symplectic_methods_at_their_order(
     halves = no.odeint(f, (x, v), ts, method=method, options={"step_size": 0.1})
     for a, b in zip(whole, halves):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+    # the methods call the acceleration only for the kicks (dp_dt): leapfrog once a step
+    # (its closing kick's dv/dt opens the next step) and once more for the first
+    counted = Counted()
+    g = SecondOrderDynamics(counted, separable=True)
+    solution = no.solve(g, (x, v), ts, solver="leapfrog", controller=no.FixedGrid(step_size=0.1))
+    assert (counted.calls, solution.stats.nfe) == (21, 41)  # 20 steps: 21 kicks, 20 drifts
     # a field that is not separable has no halves: it is evaluated whole
     assert not hasattr(SecondOrderDynamics(Damped()), "dq_dt")
     assert not hasattr(SecondOrderDynamics(Damped()), "dp_dt")

@@ -27,8 +27,9 @@ class Yoshida4(PartitionedSolver):
     """Yoshida's (Forest-Ruth) fourth-order symplectic method, fixed step: three leapfrog
     steps of sizes ``w1 dt``, ``w0 dt``, ``w1 dt`` with ``w1 = 1 / (2 - 2^(1/3))`` and
     ``w0 = -2^(1/3) w1`` (the middle one backwards), their touching kicks merged. Six
-    evaluations of f per step (seven for the first). The state is a pair ``(q, p)`` with f
-    separable (see [`PartitionedSolver`][neuralode.solvers.PartitionedSolver])."""
+    evaluations of f per step (seven for the first), each of one half of f where it offers
+    them. The state is a pair ``(q, p)`` with f separable (see
+    [`PartitionedSolver`][neuralode.solvers.PartitionedSolver])."""
 
     splitting = YOSHIDA4
     adjoint_method = RK4

@@ -56,6 +56,10 @@ EXPECTED = {
         ["true pendulum from q = 2", "separable, leapfrog", "hnn       train MSE"],
         ["hamiltonian_solvers.png", "hamiltonian_rollouts.png"],
     ),
+    "second_order.py": (
+        ["turning back: sin(t)   first-order", "crossing: +-cos(t)     SONODE"],
+        ["second_order_fits.png"],
+    ),
 }
 
 

@@ -342,6 +342,30 @@ def test_a_dual_level_without_duals_leaves_first_order_strategies_alone(strategy
 
 
 @pytest.mark.parametrize("strategy", FIRST_ORDER)
+def test_a_dual_level_leaves_the_random_draws_of_f_alone(strategy: str) -> None:
+    """The evaluation of f that looks for tangents inside a dual level restores the random
+    number generator: an f that draws from it (dropout, noise) solves with the same draws,
+    and so the same states, as outside a dual level."""
+    y0, weight, bias, ts = (x.detach() for x in _inputs(1.0))
+    smooth = _field(weight, bias)
+
+    def noisy(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return smooth(t, y) + 0.01 * torch.rand_like(y)
+
+    def run() -> torch.Tensor:
+        torch.manual_seed(5)
+        gradient = FIRST_ORDER[strategy](())
+        solver = no.solvers.method_class("rk4")()
+        controller = no.controllers.FixedGrid(step_size=0.1)
+        return no.solve(noisy, y0, ts, solver=solver, controller=controller, gradient=gradient).ys
+
+    outside = run()
+    with torch.autograd.forward_ad.dual_level():
+        inside = run()
+    assert torch.equal(inside, outside)
+
+
+@pytest.mark.parametrize("strategy", FIRST_ORDER)
 @pytest.mark.parametrize("transform", ["jvp", "jacfwd"])
 def test_torch_func_forward_mode_through_a_first_order_strategy_is_refused(
     strategy: str, transform: str

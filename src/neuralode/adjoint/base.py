@@ -87,8 +87,10 @@ def check_forward_mode(gradient: GradientStrategy, problem: Problem) -> None:
 
     Inside a dual level the tangents are looked for in ``y0``, ``ts`` and, by one uncounted
     evaluation of f at the first output time, whatever f reads (its parameters, captured
-    tensors). ``torch.func.jvp`` and ``jacfwd`` are refused earlier, with every
-    ``torch.func`` transform. Outside a dual level this costs one check.
+    tensors); the random number generators (CPU, and the state's CUDA device) are restored
+    after that evaluation, so an f that draws from them solves as outside a dual level.
+    ``torch.func.jvp`` and ``jacfwd`` are refused earlier, with every ``torch.func``
+    transform. Outside a dual level this costs one check.
 
     Arguments:
         gradient: the strategy.
@@ -106,7 +108,10 @@ def check_forward_mode(gradient: GradientStrategy, problem: Problem) -> None:
     else:
         ts, term = problem.ts, problem.term
         t0 = ts.detach().reshape(-1)[0] if isinstance(ts, torch.Tensor) else problem.times[0]
-        with torch.no_grad():
+        # the random number generators are restored after it, so a solve of an f that
+        # draws from them (dropout, noise) inside a dual level equals the solve outside one
+        devices = [] if problem.y0.device.type != "cuda" else [problem.y0.device]
+        with torch.no_grad(), torch.random.fork_rng(devices):
             f0 = term.call_uncounted(term, t0, problem.y0.detach())
         if not forward_mode(f0):
             return

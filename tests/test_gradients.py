@@ -365,6 +365,38 @@ def test_a_dual_level_leaves_the_random_draws_of_f_alone(strategy: str) -> None:
     assert torch.equal(inside, outside)
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_forward_mode_ad_through_a_terminal_event_is_refused_naming_the_event(
+    per_sample: bool,
+) -> None:
+    """A forward_ad dual y0 reaching a terminal event that fires is refused by name (torch
+    raised 'must implement the jvp function' from the event time's autograd.Function, also
+    through odeint_event, the way out that the first-order strategies' refusal names); an
+    event that does not fire leaves Direct()'s tangent, that of the cosine's exact flow."""
+    fa = torch.autograd.forward_ad
+    ts = torch.linspace(0.0, 3.0, 4, dtype=torch.float64)
+    y0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+
+    def spring(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([y[:, 1], -y[:, 0]], 1)
+
+    def crossing(level: float) -> no.Event:
+        return no.Event(lambda t, y: y[:, 0] - level)
+
+    with fa.dual_level():
+        dual = fa.make_dual(y0, torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+        refusal = r"event's time does not support forward-mode.*without the event"
+        with pytest.raises(ValueError, match=refusal):
+            no.solve(spring, dual, ts, event=crossing(0.5), per_sample=per_sample)
+        if not per_sample:
+            with pytest.raises(ValueError, match=refusal):
+                no.odeint_event(spring, dual, ts[0], event_fn=lambda t, y: y[0, 0] - 0.5)
+            ys = no.solve(spring, dual, ts, event=crossing(5.0)).ys
+            tangent = fa.unpack_dual(ys[-1]).tangent
+            exact = torch.tensor([[math.cos(3.0), -math.sin(3.0)]], dtype=torch.float64)
+            torch.testing.assert_close(tangent, exact, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("strategy", FIRST_ORDER)
 @pytest.mark.parametrize("transform", ["jvp", "jacfwd"])
 def test_torch_func_forward_mode_through_a_first_order_strategy_is_refused(

@@ -8,6 +8,29 @@ from typing import Any
 import torch
 
 from ._event_tracker import Events
+from ._host import forward_mode
+
+
+def refuse_forward_mode(y_event: torch.Tensor) -> None:
+    """Refuse a forward-mode tangent (a ``torch.autograd.forward_ad`` dual tensor: of y0, ts
+    or what f reads) in the state at an event, before ``EventGradient`` meets it: the event
+    time's derivative comes from its backward pass only, and torch's own error ("must
+    implement the jvp function") names neither the event nor a way out.
+
+    Arguments:
+        y_event: the states at the events, as the solve computed them.
+
+    Raises:
+        ValueError: ``y_event`` carries a tangent.
+    """
+    if forward_mode(y_event):
+        raise ValueError(
+            "an event's time does not support forward-mode differentiation: a dual tensor of "
+            "torch.autograd.forward_ad (in y0, ts or what func reads) reaches the state at the "
+            "event, and the event time's derivative comes from a backward pass only. "
+            "Differentiate in reverse mode (backward(), torch.autograd.grad), or for forward "
+            "mode solve to fixed output times, without the event"
+        )
 
 
 class EventGradient(torch.autograd.Function):

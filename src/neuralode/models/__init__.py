@@ -27,6 +27,7 @@ from .deq import (
 )
 from .dynamics import ConcatConv2d, ConvDynamics, MLPDynamics
 from .hamiltonian import EnergyMLP, HamiltonianDynamics, SeparableHamiltonian
+from .lagrangian import LagrangianAcceleration
 from .latent import (
     ELBO,
     ODERNN,
@@ -84,6 +85,7 @@ __all__ = [
     "EnergyMLP",
     "GapRNN",
     "HamiltonianDynamics",
+    "LagrangianAcceleration",
     "LatentODE",
     "LatentSDE",
     "LinearPlusMLP",

@@ -62,27 +62,38 @@ def _gradients(
     the gradients (training). Inside ``torch.func`` transforms (``vmap``, ``jacrev``, ...)
     ``torch.func.grad`` computes them, differentiable by the transforms and by autograd
     outside them."""
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            "a Hamiltonian field needs autograd for dH, which torch.inference_mode() switches "
-            "off; roll out under torch.no_grad() instead"
-        )
+    _require_autograd("a Hamiltonian field needs autograd for dH")
     if transform_active():  # (autograd.grad is refused inside torch.func transforms)
         argnums = tuple(range(len(inputs)))
         return torch.func.grad(lambda *xs: _per_sample(energy(*xs), xs[0]).sum(), argnums)(*inputs)
     with torch.enable_grad():
-        # each input gets a node of its own, so dH/dq never flows through p (p computed from
-        # q, or q itself); without a graph to keep, a detached copy, since a view taken under
-        # no_grad of a tensor that requires grad is not in the graph of what it feeds
-        leaves = tuple(
-            x.view_as(x) if create_graph and x.requires_grad else x.detach().requires_grad_()
-            for x in inputs
-        )
+        leaves = _leaves(inputs, create_graph)
         value = _per_sample(energy(*leaves), leaves[0])
         grads = torch.autograd.grad(
             value.sum(), leaves, create_graph=create_graph, allow_unused=True
         )
     return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))
+
+
+def _require_autograd(need: str) -> None:
+    """Refuse ``torch.inference_mode()``, which switches autograd off for good; ``need``
+    says what the caller differentiates."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{need}, which torch.inference_mode() switches off; roll out under "
+            "torch.no_grad() instead"
+        )
+
+
+def _leaves(inputs: tuple[torch.Tensor, ...], create_graph: bool) -> tuple[torch.Tensor, ...]:
+    """The ``inputs`` to differentiate an energy at, for use under ``torch.enable_grad()``:
+    each gets a node of its own, so dH/dq never flows through p (p computed from q, or q
+    itself); without a graph to keep, a detached copy, since a view taken under no_grad of a
+    tensor that requires grad is not in the graph of what it feeds."""
+    return tuple(
+        x.view_as(x) if create_graph and x.requires_grad else x.detach().requires_grad_()
+        for x in inputs
+    )
 
 
 def _per_sample(value: Any, like: torch.Tensor) -> torch.Tensor:

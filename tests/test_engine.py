@@ -597,7 +597,8 @@ def test_skip_finished_beneath_vmap_is_refused_with_the_fix():
 )
 def test_what_torch_func_cannot_transform_is_refused_with_the_fix(transform, options, message):
     """A gradient other than Direct() under any transform, and events, dense output and
-    compile under grad (jacrev, jvp) are refused before they reach torch's internals."""
+    compile under grad (jacrev; dense output and compile under jvp too) are refused before
+    they reach torch's internals."""
 
     def last(y: torch.Tensor) -> torch.Tensor:
         return no.solve(decay, y, TS, **options).ys[-1].sum()

@@ -365,36 +365,145 @@ def test_a_dual_level_leaves_the_random_draws_of_f_alone(strategy: str) -> None:
     assert torch.equal(inside, outside)
 
 
+FA = torch.autograd.forward_ad
+TIGHT = dict(controller=no.PIController(rtol=1e-11, atol=1e-12))
+
+
+def _decay(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return -y
+
+
 @pytest.mark.parametrize("per_sample", [False, True])
-def test_forward_mode_ad_through_a_terminal_event_is_refused_naming_the_event(
+def test_forward_mode_event_time_and_state_of_a_decay_equal_the_closed_form(
     per_sample: bool,
 ) -> None:
-    """A forward_ad dual y0 reaching a terminal event that fires is refused by name (torch
-    raised 'must implement the jvp function' from the event time's autograd.Function, also
-    through odeint_event, the way out that the first-order strategies' refusal names); an
-    event that does not fire leaves Direct()'s tangent, that of the cosine's exact flow."""
-    fa = torch.autograd.forward_ad
+    """y' = -y from y0 until y = c: t* = log(y0 / c) and y* = c, so dt*/dy0 = 1 / y0,
+    dt*/dc = -1 / c, dy*/dy0 = 0 and dy*/dc = 1, by forward_ad duals of y0 and of the event
+    function's threshold c (per sample: each sample's own, also in the outputs after
+    the event), through odeint_event too."""
+    y0 = torch.tensor([[2.0], [3.0]] if per_sample else [[2.0]], dtype=torch.float64)
+    ts = torch.tensor([0.0, 5.0], dtype=torch.float64)
+    c = torch.tensor(0.5, dtype=torch.float64)
+    with FA.dual_level():
+        dual = FA.make_dual(y0, torch.ones_like(y0))
+        event = no.Event(lambda t, y: y[:, 0] - c)
+        solution = no.solve(_decay, dual, ts, event=event, per_sample=per_sample, **TIGHT)
+        t_dot = FA.unpack_dual(solution.event_t).tangent
+        y_dot = FA.unpack_dual(solution.event_y).tangent
+        # per sample the outputs after the event hold its state (one problem's end there)
+        held = FA.unpack_dual(solution.ys[-1]).tangent if per_sample else torch.zeros_like(y0)
+        dual_c = FA.make_dual(c, torch.ones_like(c))
+        event = no.Event(lambda t, y: y[:, 0] - dual_c)
+        by_c = no.solve(_decay, y0, ts, event=event, per_sample=per_sample, **TIGHT)
+        tc_dot = FA.unpack_dual(by_c.event_t).tangent
+        yc_dot = FA.unpack_dual(by_c.event_y).tangent
+        if not per_sample:
+            t_compat, _ = no.odeint_event(
+                _decay, dual, ts[0], event_fn=lambda t, y: y[0, 0] - c, rtol=1e-11, atol=1e-12
+            )
+            torch.testing.assert_close(FA.unpack_dual(t_compat).tangent, 1 / y0[0, 0])
+    torch.testing.assert_close(t_dot, (1 / y0[:, 0]).reshape(t_dot.shape))
+    torch.testing.assert_close(y_dot, torch.zeros_like(y0), atol=1e-9, rtol=0)
+    torch.testing.assert_close(held, torch.zeros_like(y0), atol=1e-9, rtol=0)
+    torch.testing.assert_close(tc_dot, torch.full_like(tc_dot, -1 / float(c)))
+    torch.testing.assert_close(yc_dot, torch.ones_like(y0))
+
+
+def _ball(
+    h0: torch.Tensor, v0: torch.Tensor, per_sample: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ball from height h0 with velocity v0 under gravity 9.81 until it hits the ground:
+    its event time and state, (samples,) and (samples, 2)."""
+
+    def gravity(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([y[:, 1], torch.full_like(y[:, 1], -9.81)], 1)
+
+    y0 = torch.stack([h0, v0], 1)
+    ts = torch.tensor([0.0, 10.0], dtype=torch.float64)
+    event = no.Event(lambda t, y: y[:, 0], direction=-1)
+    solution = no.solve(gravity, y0, ts, event=event, per_sample=per_sample, **TIGHT)
+    return solution.event_t.reshape(-1), solution.event_y.reshape(-1, 2)
+
+
+def _ball_exact(h0: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:
+    return (v0 + torch.sqrt(v0**2 + 2 * 9.81 * h0)) / 9.81
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_forward_mode_ball_hitting_the_ground_by_jvp_jacfwd_and_finite_differences(
+    per_sample: bool,
+) -> None:
+    """A falling ball's event time t* = (v0 + sqrt(v0^2 + 2 g h0)) / g and state (0, v0 - g t*):
+    their tangents in (h0, v0) by torch.func.jvp and jacfwd equal the closed form's
+    derivative and central finite differences (float64)."""
+    h0 = torch.tensor([2.0, 1.0] if per_sample else [2.0], dtype=torch.float64)
+    v0 = torch.tensor([1.0, -0.5] if per_sample else [1.0], dtype=torch.float64)
+    dh, dv = torch.full_like(h0, 0.3), torch.full_like(v0, -0.7)
+    (t_star, y_star), (t_dot, y_dot) = torch.func.jvp(
+        lambda h, v: _ball(h, v, per_sample), (h0, v0), (dh, dv)
+    )
+    exact_t, exact_dot = torch.func.jvp(_ball_exact, (h0, v0), (dh, dv))
+    torch.testing.assert_close(t_star, exact_t)
+    torch.testing.assert_close(t_dot, exact_dot)
+    exact_y_dot = torch.stack([torch.zeros_like(h0), dv - 9.81 * exact_dot], 1)
+    torch.testing.assert_close(y_dot, exact_y_dot, atol=1e-8, rtol=1e-8)
+    eps = 1e-6
+    plus = _ball(h0 + eps * dh, v0 + eps * dv, per_sample)
+    minus = _ball(h0 - eps * dh, v0 - eps * dv, per_sample)
+    torch.testing.assert_close(t_dot, (plus[0] - minus[0]) / (2 * eps), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(y_dot, (plus[1] - minus[1]) / (2 * eps), atol=1e-5, rtol=1e-6)
+    jacobian = torch.func.jacfwd(lambda h: _ball(h, v0, per_sample)[0])(h0)
+    exact_jacobian = torch.func.jacfwd(lambda h: _ball_exact(h, v0))(h0)
+    torch.testing.assert_close(jacobian, exact_jacobian)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_forward_mode_event_derivatives_agree_with_reverse_mode(per_sample: bool) -> None:
+    """<vjp(u), v> = <u, jvp(v)> for the event time and state of a nonlinear field, with
+    tangents in y0, f's weight and the event function's threshold at once (float64)."""
+    gen = torch.Generator().manual_seed(3)
+    batch = 3 if per_sample else 1
+    y0 = torch.tensor([[1.0, 0.2]], dtype=torch.float64).repeat(batch, 1)
+    y0 = y0 + 0.1 * torch.rand(batch, 2, generator=gen, dtype=torch.float64)
+    weight = torch.tensor([[0.1, 1.0], [-1.0, -0.2]], dtype=torch.float64)
+    level = torch.tensor(0.3, dtype=torch.float64)
+    ts = torch.tensor([0.0, 10.0], dtype=torch.float64)
+
+    def run(y0: torch.Tensor, weight: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(y @ weight.T)
+
+        event = no.Event(lambda t, y: y[:, 0] - level)
+        solution = no.solve(field, y0, ts, event=event, per_sample=per_sample, **TIGHT)
+        return torch.cat([solution.event_t.reshape(-1, 1), solution.event_y.reshape(batch, -1)], 1)
+
+    inputs = (y0, weight, level)
+    tangents = tuple(torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in inputs)
+    with FA.dual_level():
+        out = run(*(FA.make_dual(x, v) for x, v in zip(inputs, tangents, strict=True)))
+        primal, jvp = FA.unpack_dual(out)
+    assert bool((primal[:, 0] > 0).all()) and bool((primal[:, 0] < 10).all())  # it fired
+    leaves = tuple(x.clone().requires_grad_(True) for x in inputs)
+    u = torch.randn(primal.shape, generator=gen, dtype=torch.float64)
+    vjp = torch.autograd.grad(run(*leaves), leaves, u)
+    left = sum((g * v).sum() for g, v in zip(vjp, tangents, strict=True))
+    torch.testing.assert_close(left, (u * jvp).sum(), atol=1e-10, rtol=1e-10)
+
+
+def test_forward_mode_through_an_event_that_does_not_fire_keeps_direct_tangents() -> None:
+    """An event that does not fire leaves Direct()'s tangent, that of the cosine's exact flow."""
     ts = torch.linspace(0.0, 3.0, 4, dtype=torch.float64)
     y0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
 
     def spring(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.stack([y[:, 1], -y[:, 0]], 1)
 
-    def crossing(level: float) -> no.Event:
-        return no.Event(lambda t, y: y[:, 0] - level)
-
-    with fa.dual_level():
-        dual = fa.make_dual(y0, torch.tensor([[1.0, 0.0]], dtype=torch.float64))
-        refusal = r"event's time does not support forward-mode.*without the event"
-        with pytest.raises(ValueError, match=refusal):
-            no.solve(spring, dual, ts, event=crossing(0.5), per_sample=per_sample)
-        if not per_sample:
-            with pytest.raises(ValueError, match=refusal):
-                no.odeint_event(spring, dual, ts[0], event_fn=lambda t, y: y[0, 0] - 0.5)
-            ys = no.solve(spring, dual, ts, event=crossing(5.0)).ys
-            tangent = fa.unpack_dual(ys[-1]).tangent
-            exact = torch.tensor([[math.cos(3.0), -math.sin(3.0)]], dtype=torch.float64)
-            torch.testing.assert_close(tangent, exact, atol=1e-5, rtol=0)
+    with FA.dual_level():
+        dual = FA.make_dual(y0, torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+        ys = no.solve(spring, dual, ts, event=no.Event(lambda t, y: y[:, 0] - 5.0)).ys
+        tangent = FA.unpack_dual(ys[-1]).tangent
+    exact = torch.tensor([[math.cos(3.0), -math.sin(3.0)]], dtype=torch.float64)
+    torch.testing.assert_close(tangent, exact, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("strategy", FIRST_ORDER)

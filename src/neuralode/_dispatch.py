@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ._event_gradient import EventGradient, refuse_forward_mode, with_event_parameters
+from ._event_gradient import EventGradient, with_event_parameters
 from ._event_tracker import OneProblemEvents
 from ._loop import integrate
 from ._solution import Solution
@@ -99,7 +99,6 @@ def solve_with_event(
     solution.event_ts = torch.tensor(tracker.times(), dtype=ts.dtype, device=ts.device)
     if hit is not None:
         t_event = torch.tensor(hit.t, dtype=torch.float64, device=ts.device)
-        refuse_forward_mode(event_y)
         event_t, event_y = EventGradient.apply(tracker, problem.func, t_event[None], event_y[None])
         event_t, event_y = with_event_parameters(tracker, problem.func, event_t, event_y)
         solution.event_t = event_t[0].to(ts.dtype)

@@ -1,4 +1,13 @@
-"""The implicit-function gradient of event times, one for every mode and gradient strategy."""
+"""The implicit-function derivative of event times, one for every mode and gradient strategy.
+
+For a row with event function g, its event time t* solves g(t*, y(t*); p) = 0. With the
+slope s = dg/dt + dg/dy . f(t*, y*) (the rate of g along the solution) the event time's
+tangent is dt* = -(dg/dy . ydot(t*) + dg/dp . pdot) / s, where ydot(t*) is the state's
+tangent at the fixed time t*, and the event state's is ydot(t*) + f(t*, y*) dt*. Forward
+mode (``EventGradient.jvp``, ``with_event_parameters``) applies this map, reverse mode
+(``EventGradient.backward``) its transpose; both take the partials from ``_partials`` and
+divide by the slope in ``_along``.
+"""
 
 from __future__ import annotations
 
@@ -8,76 +17,57 @@ from typing import Any
 import torch
 
 from ._event_tracker import Events
-from ._host import forward_mode
-
-
-def refuse_forward_mode(y_event: torch.Tensor) -> None:
-    """Refuse a forward-mode tangent (a ``torch.autograd.forward_ad`` dual tensor: of y0, ts
-    or what f reads) in the state at an event, before ``EventGradient`` meets it: the event
-    time's derivative comes from its backward pass only, and torch's own error ("must
-    implement the jvp function") names neither the event nor a way out.
-
-    Arguments:
-        y_event: the states at the events, as the solve computed them.
-
-    Raises:
-        ValueError: ``y_event`` carries a tangent.
-    """
-    if forward_mode(y_event):
-        raise ValueError(
-            "an event's time does not support forward-mode differentiation: a dual tensor of "
-            "torch.autograd.forward_ad (in y0, ts or what func reads) reaches the state at the "
-            "event, and the event time's derivative comes from a backward pass only. "
-            "Differentiate in reverse mode (backward(), torch.autograd.grad), or for forward "
-            "mode solve to fixed output times, without the event"
-        )
+from ._host import forward_level_active, forward_mode, transform_active
 
 
 class EventGradient(torch.autograd.Function):
-    """The implicit-function gradient of every row's event time (a sample's, or the one
+    """The implicit-function derivative of every row's event time (a sample's, or the one
     problem's: a batch of one), rerouted through its state at the event; the one event
-    gradient of every mode and gradient strategy.
+    derivative of every mode and gradient strategy.
 
-    For sample i with g_i(t*_i, y_i(t*_i)) = 0 the incoming gradients of t*_i and y_i(t*_i)
-    become one gradient of y_i(t*_i): grad_y - (grad_t + grad_y . f) / (dg/dt + dg/dy . f)
-    dg/dy. Samples without an event pass ``grad_y`` through. The event function must treat
-    samples independently (row i of its values depends on sample i only).
+    For sample i with g_i(t*_i, y_i(t*_i)) = 0, in forward mode the tangent ydot_i of the
+    state at t*_i gives dt*_i = -(dg/dy . ydot_i) / s_i and the event state's tangent
+    ydot_i + f dt*_i; in reverse mode the incoming gradients of t*_i and y_i(t*_i) become
+    one gradient of y_i(t*_i): grad_y - (grad_t + grad_y . f) / s_i dg/dy (the transpose),
+    with s_i = dg/dt + dg/dy . f. Samples without an event pass the state's derivative
+    through (and the time's is zero). The event function must treat samples independently
+    (row i of its values depends on sample i only).
     """
 
+    generate_vmap_rule = True  # (torch.func.jacfwd: its vmap over the tangents)
+
     @staticmethod
-    def forward(ctx: Any, events: Events, func: Callable, t_event, y_event):
+    def forward(events: Events, func: Callable, t_event, y_event):
+        return t_event.detach().clone(), y_event.detach().clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        events, func, t_event, y_event = inputs
         ctx.events = events
         ctx.func = func
         ctx.save_for_backward(t_event, y_event)
-        return t_event.detach().clone(), y_event.detach().clone()
+        ctx.save_for_forward(t_event, y_event)
 
     @staticmethod
     def backward(ctx: Any, grad_t: torch.Tensor, grad_y: torch.Tensor):
         events: Events = ctx.events
         t_event, y_event = ctx.saved_tensors
-        mask = events.mask
-        time_dtype = events.term.time_dtype
-        with torch.enable_grad():
-            t = torch.where(mask, t_event, 0.0).detach().requires_grad_(True)
-            y = y_event.detach().requires_grad_(True)
-            f, g = events.fields(ctx.func, t.to(time_dtype), y)
-            f = f.detach()
-            g = g.gather(1, events.index[:, None])[:, 0]
-            dg_dt, dg_dy = torch.autograd.grad(g.sum(), (t, y), allow_unused=True)
-        dg_dt = torch.zeros_like(t) if dg_dt is None else dg_dt
-        dg_dy = torch.zeros_like(y) if dg_dy is None else dg_dy
-        slope = dg_dt + _dot(dg_dy, f)
-        flat = mask & (slope == 0)
-        if bool(flat.any()):
-            i = int(flat.nonzero()[0])
-            raise ValueError(
-                f"the event function{events.label(i)} crosses zero tangentially (dg/dt = 0 along "
-                "the solution), so its event time has no derivative"
-            )
-        grad_t = torch.where(mask, grad_t.to(torch.float64), 0.0)
-        total_t = grad_t + _dot(grad_y, f)
-        coefficient = torch.where(mask, total_t / torch.where(mask, slope, 1.0), 0.0)
-        return None, None, None, grad_y - coefficient.to(y.real.dtype)[:, None] * dg_dy
+        _, f, dg_dy, slope = _partials(events, ctx.func, t_event, y_event, refuse_flat=True)
+        grad_t = torch.where(events.mask, grad_t.to(torch.float64), 0.0)
+        coefficient = _along(events.mask, grad_t + _dot(grad_y, f), slope)
+        return None, None, None, grad_y + coefficient.to(y_event.real.dtype)[:, None] * dg_dy
+
+    @staticmethod
+    def jvp(ctx: Any, _events: None, _func: None, _t_dot: Any, y_dot: Any):
+        # the event time is an output of the location, not an input: its own tangent (none
+        # from the solve) does not enter; the time's tangent comes from the state's
+        events: Events = ctx.events
+        t_event, y_event = ctx.saved_tensors
+        if y_dot is None:
+            y_dot = torch.zeros_like(y_event)
+        _, f, dg_dy, slope = _partials(events, ctx.func, t_event, y_event, refuse_flat=True)
+        t_dot = _along(events.mask, _dot(dg_dy, y_dot), slope)
+        return t_dot.to(t_event.dtype), y_dot + t_dot.to(y_event.real.dtype)[:, None] * f
 
 
 def with_event_parameters(
@@ -85,35 +75,74 @@ def with_event_parameters(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``EventGradient``'s outputs, (rows,) and (rows, n), made differentiable also with
     respect to the tensors the event function uses besides t and y (its parameters, a
-    learned threshold): for g(t*, y(t*); p) = 0, dt*/dp = -(dg/dp) / (dg/dt + dg/dy . f) and
-    dy(t*)/dp = f dt*/dp. They enter as a term that is zero in value (g - g.detach()), so
-    nothing is added where ``fn`` uses no tensor that requires grad (one evaluation of ``fn``
-    finds out)."""
-    if not torch.is_grad_enabled():
+    learned threshold), in reverse and forward mode: for g(t*, y(t*); p) = 0,
+    dt*/dp = -(dg/dp) / (dg/dt + dg/dy . f) and dy(t*)/dp = f dt*/dp. They enter as a term
+    that is zero in value (g - g.detach()), so nothing is added where ``fn`` uses no tensor
+    that requires grad or carries a tangent (one evaluation of ``fn`` finds out)."""
+    if not (torch.is_grad_enabled() or forward_level_active()):
         return t_event, y_event
     mask = events.mask
-    time_dtype = events.term.time_dtype
     t = torch.where(mask, t_event.detach(), 0.0)
     y = y_event.detach()
     with torch.enable_grad():
-        _, g = events.fields(None, t.to(time_dtype), y)
-    if not g.requires_grad:
+        _, g = events.fields(None, t.to(events.term.time_dtype), y)
+    if not (g.requires_grad or forward_mode(g)):
         return t_event, y_event
-    with torch.enable_grad():
-        t_in, y_in = t.requires_grad_(True), y.clone().requires_grad_(True)
-        f, g = events.fields(func, t_in.to(time_dtype), y_in)
-        g = g.gather(1, events.index[:, None])[:, 0]
-        dg_dt, dg_dy = torch.autograd.grad(
-            g.sum(), (t_in, y_in), retain_graph=True, allow_unused=True
-        )
-    f = f.detach()
-    dg_dt = torch.zeros_like(t) if dg_dt is None else dg_dt
-    dg_dy = torch.zeros_like(y) if dg_dy is None else dg_dy
-    slope = dg_dt + _dot(dg_dy, f)
-    usable = mask & (slope != 0)  # (a tangential crossing: EventGradient's backward says so)
-    shift = -(g - g.detach()).to(torch.float64) / torch.where(usable, slope, 1.0)
-    shift = torch.where(usable, shift, 0.0)
+    g, f, _, slope = _partials(events, func, t, y, refuse_flat=False)
+    # (a tangential crossing adds nothing here: EventGradient's derivative refuses it)
+    shift = _along(mask & (slope != 0), (g - g.detach()).to(torch.float64), slope)
     return t_event + shift.to(t_event.dtype), y_event + shift.to(y.real.dtype)[:, None] * f
+
+
+def _partials(
+    events: Events, func: Callable, t_event: torch.Tensor, y_event: torch.Tensor, refuse_flat: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """At every row's event (time (rows,) float64, where ``events.mask``; state (rows, n)):
+    the firing event function's value g (in the graph of what ``fn`` reads besides t and
+    y), f (detached), dg/dy and the slope dg/dt + dg/dy . f (float64).
+
+    Raises:
+        ValueError: ``refuse_flat`` and a row's slope is zero (a tangential crossing).
+    """
+    mask, time_dtype = events.mask, events.term.time_dtype
+    t = torch.where(mask, t_event, 0.0).detach()
+    y = y_event.detach()
+    if transform_active():  # (torch.func.jvp, jacfwd: autograd.grad cannot run there)
+
+        def fired(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return events.fields(None, t.to(time_dtype), y)[1].gather(1, events.index[:, None])[
+                :, 0
+            ]
+
+        g, pullback = torch.func.vjp(fired, t, y)
+        dg_dt, dg_dy = pullback(torch.ones_like(g))
+        f = events.fields(func, t.to(time_dtype), y)[0]
+    else:
+        with torch.enable_grad():
+            t, y = t.requires_grad_(True), y.clone().requires_grad_(True)
+            f, g = events.fields(func, t.to(time_dtype), y)
+            g = g.gather(1, events.index[:, None])[:, 0]
+            dg_dt, dg_dy = torch.autograd.grad(
+                g.sum(), (t, y), retain_graph=g.requires_grad, allow_unused=True
+            )
+    dg_dt = torch.zeros_like(t) if dg_dt is None else dg_dt.detach()
+    dg_dy = torch.zeros_like(y) if dg_dy is None else dg_dy.detach()
+    f = f.detach()
+    slope = dg_dt + _dot(dg_dy, f)
+    flat = mask & (slope == 0)
+    if refuse_flat and bool(flat.any()):
+        i = int(flat.nonzero()[0])
+        raise ValueError(
+            f"the event function{events.label(i)} crosses zero tangentially (dg/dt = 0 along "
+            "the solution), so its event time has no derivative"
+        )
+    return g, f, dg_dy, slope
+
+
+def _along(mask: torch.Tensor, rate: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    """-rate / slope (float64) on the rows of ``mask``, 0 elsewhere: the event time's shift
+    for a change ``rate`` of the event function at the fixed event time."""
+    return torch.where(mask, -rate / torch.where(mask, slope, 1.0), 0.0)
 
 
 def _dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -142,7 +142,8 @@ class Events:
         time and state.
 
         The state is interpolated once more outside ``no_grad`` so that, with ``Direct()``,
-        it is in the graph (at a fixed event time). Rows of samples not hit are meaningless.
+        it is in the graph and carries forward-mode tangents, at a fixed event time. Rows of
+        samples not hit are meaningless.
         """
 
         def g_at(theta: torch.Tensor) -> torch.Tensor:
@@ -158,7 +159,14 @@ class Events:
             t_event = torch.where(at_end, t1, t + hi * h)
             # the element that crossed (the first one, if several crossed in the bracket)
             index = crossed(g_lo, g_hi, direction).to(torch.uint8).argmax(1)
-        y_event = torch.where(at_end[:, None], y1, interpolate(hi * h))
+        # forward mode runs through no_grad: the root finder's iterates would carry
+        # tangents, which are not the event time's (``EventGradient`` gives that)
+        hi, t_event = hi.detach(), t_event.detach()
+        # the state at the fixed event time: where the device loop's step start t and size h
+        # carry derivatives (of the step-size control), the offset from t carries -dt (a
+        # term zero in value), as the outputs' t_out - t does
+        offset = hi * h.detach() - (t - t.detach())
+        y_event = torch.where(at_end[:, None], y1, interpolate(offset))
         if self.event.terminal:
             self.event_t = torch.where(hit, t_event, self.event_t)
             self.step_end = torch.where(hit, t1, self.step_end)

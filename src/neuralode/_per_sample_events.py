@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ._event_gradient import EventGradient, refuse_forward_mode, with_event_parameters
+from ._event_gradient import EventGradient, with_event_parameters
 from ._event_tracker import Events
 from ._events import Event
 from ._loop import integrate
@@ -59,7 +59,6 @@ def solve_with_sample_events(
     times, sign = _columns(problem.times, ts.device)
     ys = ys.reshape(times.shape[0], batch, -1)
     mask = events.mask
-    refuse_forward_mode(ys[-1])
     t_event, y_event = EventGradient.apply(events, problem.func, events.event_t, ys[-1])
     t_event, y_event = with_event_parameters(events, problem.func, t_event, y_event)
     # outputs after a sample's terminal event hold its state there (with the event's gradient)

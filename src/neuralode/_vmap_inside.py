@@ -64,9 +64,11 @@ def refuse_under_transforms(options: dict, vmapped: bool) -> None:
     """Under a ``torch.func`` transform (``transform_active``), refuse what it cannot
     differentiate or trace, naming the fix: a gradient other than ``Direct()`` (an
     autograd.Function without a functorch rule) under any transform, and without a vmap
-    (``grad``, ``jacrev``, ``jvp``, ``hessian`` over the solve) also events and dense output
-    (their gradients are such Functions too) and ``compile`` (which cannot trace functorch's
-    wrapped tensors). Under vmap the vmap paths refuse the rest with their own reasons.
+    (``grad``, ``jacrev``, ``jvp``, ``hessian`` over the solve) also dense output (its
+    gradient is such a Function too), events under a reverse transform (grad, jacrev,
+    hessian; ``jvp`` and ``jacfwd`` take their derivative) and ``compile`` (which cannot
+    trace functorch's wrapped tensors). Under vmap the vmap paths refuse the rest with
+    their own reasons.
 
     Raises:
         ValueError: naming the option and the fix.
@@ -81,14 +83,23 @@ def refuse_under_transforms(options: dict, vmapped: bool) -> None:
         )
     if vmapped:
         return
-    given = [name for name in ("event", "dense", "compile") if options.get(name)]
+    # an event's derivative (EventGradient) has a functorch jvp rule: forward transforms
+    # (jvp; jacfwd's vmap runs above) take it, reverse ones (grad, jacrev, hessian) not
+    names = ("dense", "compile") if _forward_only() else ("event", "dense", "compile")
+    given = [name for name in names if options.get(name)]
     given += [name for name in _ALIASES if options.get(name) and name != "device_loop"]
     if given:
         raise ValueError(
             f"{', '.join(given)} is not supported under torch.func's grad, jacrev, jvp or "
-            "hessian: leave it out there, or differentiate with torch.autograd.grad outside "
-            "torch.func"
+            "hessian (an event under jvp and jacfwd only): leave it out there, or "
+            "differentiate with torch.autograd.grad outside torch.func"
         )
+
+
+def _forward_only() -> bool:
+    """Whether every active ``torch.func`` transform is a jvp or a vmap (no grad, vjp)."""
+    kinds = (functorch.TransformType.Jvp, functorch.TransformType.Vmap)
+    return all(i.key() in kinds for i in retrieve_all_functorch_interpreters())
 
 
 def solve_inside_vmap(

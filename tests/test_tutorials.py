@@ -53,7 +53,7 @@ EXPECTED = {
         ["cde_interpolations.png", "cde_training.png", "cde_long_series.png"],
     ),
     "hamiltonian.py": (
-        ["true pendulum from q = 2", "separable, leapfrog", "hnn       train MSE"],
+        ["true pendulum from q = 2", "separable, leapfrog", "hnn       train MSE", "lnn, rk4"],
         ["hamiltonian_solvers.png", "hamiltonian_rollouts.png"],
     ),
     "second_order.py": (

@@ -4,9 +4,11 @@ Part 1 solves the true pendulum for a long time with a symplectic solver (leapfr
 rk4 and dopri5, and measures how far each lets the energy drift. Part 2 learns the pendulum
 from noisy samples of its states and time derivatives (Greydanus et al. 2019): an MLP vector
 field, a Hamiltonian neural network (an MLP energy H(q, p) whose symplectic gradient is the
-field) and a separable one (T(p) + V(q)); then rolls each out from held-out states.
+field), a separable one (T(p) + V(q)) and a Lagrangian neural network (Cranmer et al. 2020: an
+MLP L(q, qdot) whose Euler-Lagrange equation gives the acceleration; with mass 1, p = qdot, so
+it learns from the same data); then rolls each out from held-out states.
 
-Run ``python docs/tutorials/hamiltonian.py`` (about 80 s on one CPU thread); ``--small``
+Run ``python docs/tutorials/hamiltonian.py`` (about 2 min on one CPU thread); ``--small``
 runs in seconds. Figures go to docs/tutorials/figures/ (or ``--out``).
 """
 
@@ -20,7 +22,14 @@ import torch
 from torch import nn
 
 import neuralode as no
-from neuralode.models import EnergyMLP, HamiltonianDynamics, MLPDynamics, SeparableHamiltonian
+from neuralode.models import (
+    EnergyMLP,
+    HamiltonianDynamics,
+    LagrangianAcceleration,
+    MLPDynamics,
+    SecondOrderDynamics,
+    SeparableHamiltonian,
+)
 from neuralode.solvers import PARTITIONED_METHODS, method_class
 
 G = 3.0  # the pendulum H = 3 (1 - cos q) + p^2 / 2 (mass 1, length 1, g = 3), as the paper
@@ -34,6 +43,19 @@ class Kinetic(nn.Module):
 class Potential(nn.Module):
     def forward(self, q: torch.Tensor) -> torch.Tensor:
         return (G * (1 - torch.cos(q))).sum(-1)
+
+
+class KineticPrior(nn.Module):
+    """L(q, qdot) = qdot^2 / 2 + MLP(q, qdot): a learned Lagrangian whose mass matrix
+    d2L/dqdot2 starts at 1 (the MLP learns the rest), so that it does not pass through 0,
+    where the Euler-Lagrange acceleration is undefined, as a bare MLP's does in training."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.net = EnergyMLP(2, hidden, layers=2)
+
+    def forward(self, q: torch.Tensor, qdot: torch.Tensor) -> torch.Tensor:
+        return (qdot**2 / 2).sum(-1) + self.net(q, qdot)
 
 
 def energy(y: torch.Tensor) -> torch.Tensor:
@@ -105,11 +127,14 @@ def main() -> None:
     x, dx = noisy[0].reshape(-1, 2).float(), derivative[0].reshape(-1, 2).float()
     x_test, dx_test = noisy[1].reshape(-1, 2).float(), derivative[1].reshape(-1, 2).float()
 
-    # 3. Three models of one width, trained on the derivatives (full batch, Adam).
+    # 3. Four models of one width, trained on the derivatives (full batch, Adam). The LNN's
+    # state is (q, qdot), which is (q, p) for the pendulum's mass 1: its field (qdot, qddot)
+    # regresses the same targets.
     models = {
         "baseline": MLPDynamics(2, hidden, layers=2, autonomous=True),
         "hnn": HamiltonianDynamics(EnergyMLP(2, hidden, layers=2)),
         "separable": SeparableHamiltonian(EnergyMLP(1, hidden, 2), EnergyMLP(1, hidden, 2)),
+        "lnn": SecondOrderDynamics(LagrangianAcceleration(KineticPrior(hidden))),
     }
     print(f"\ntraining on {x.shape[0]} noisy samples, {steps} Adam steps, width {hidden}:")
     for name, model in models.items():
@@ -133,7 +158,13 @@ def main() -> None:
     y0 = initial_states(4, generator)
     with torch.no_grad():
         exact = no.solve(truth, y0, ts, controller=no.PIController(rtol=1e-10, atol=1e-12)).ys
-    plans = [("baseline", "rk4"), ("hnn", "rk4"), ("separable", "rk4"), ("separable", "leapfrog")]
+    plans = [
+        ("baseline", "rk4"),
+        ("hnn", "rk4"),
+        ("separable", "rk4"),
+        ("separable", "leapfrog"),
+        ("lnn", "rk4"),
+    ]
     print(f"\nrollouts of 4 held-out states to t = {horizon:g}, steps of 0.05:")
     print("model, solver         NFE   trajectory MSE   mean |H(x(t)) - H(x(0))|")
     paths = {}

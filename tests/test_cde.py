@@ -544,6 +544,7 @@ def test_cdeint_refuses_per_sample_solves_it_cannot_do() -> None:
             cde.cdeint(X, field, z0_bad, X.interval, options={"per_sample": True})
 
 
+@pytest.mark.slow  # (20 s: test_cdeint_runs_as_one_compiled_graph_... covers the graph)
 @pytest.mark.skipif(
     not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
     reason="torch.compile's CPU backend needs a C++ compiler",

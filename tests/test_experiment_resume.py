@@ -158,6 +158,7 @@ def test_spirals_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
     assert len(_metric_lines(full)) == 8  # two jobs, an evaluation at each of 4 steps
 
 
+@pytest.mark.slow  # (25 s: two worker processes trained until the signal)
 def test_spirals_workers_stop_when_only_the_main_process_is_signalled(
     tmp_path, monkeypatch, capfd
 ) -> None:

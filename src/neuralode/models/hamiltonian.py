@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .._host import transform_active
+from ._pair_state import on_pair_state
 from .dynamics import activation_layer
 
 
@@ -176,35 +177,7 @@ class HamiltonianDynamics(nn.Module):
                 shape, a tensor with an odd last dimension or fewer than two dimensions).
             RuntimeError: called under ``torch.inference_mode()``.
         """
-        if isinstance(y, torch.Tensor):
-            if y.ndim < 2 or y.shape[-1] % 2:
-                raise ValueError(
-                    f"a flat Hamiltonian state must be (batch, 2 d) with q then p on the last "
-                    f"dimension, got shape {tuple(y.shape)}; pass (q, p) as a tuple or give "
-                    "the state an even last dimension"
-                )
-            q, p = y.chunk(2, dim=-1)
-            return torch.cat(self.field(q, p), dim=-1)
-        if not (
-            isinstance(y, (tuple, list))
-            and len(y) == 2
-            and all(isinstance(x, torch.Tensor) for x in y)
-            and y[0].shape == y[1].shape
-            and y[0].ndim >= 2
-        ):
-            raise ValueError(
-                "a Hamiltonian state must be a tuple (q, p) of two tensors of one shape "
-                f"(batch, d), or one tensor (batch, 2 d); got {_describe(y)}"
-            )
-        dq, dp = self.field(y[0], y[1])
-        return type(y)((dq, dp))
-
-
-def _describe(y: Any) -> str:
-    if isinstance(y, (tuple, list)):
-        parts = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in y]
-        return f"a {type(y).__name__} of {len(y)}: {parts}"
-    return type(y).__name__
+        return on_pair_state(y, self.field, "Hamiltonian", ("q", "p"), "(batch, d)", 2)
 
 
 class _SeparableEnergy(nn.Module):

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._pair_state import on_pair_state
 from .dynamics import activation_layer, batch_time
 
 
@@ -223,32 +224,6 @@ class SecondOrderDynamics(nn.Module):
                 shape, a tensor with an odd last dimension or fewer than two dimensions),
                 or the acceleration's shape is not the position's.
         """
-        if isinstance(y, torch.Tensor):
-            if y.ndim < 2 or y.shape[-1] % 2:
-                raise ValueError(
-                    "a flat second-order state must be (batch, 2 d) with x then v on the last "
-                    f"dimension, got shape {tuple(y.shape)}; pass (x, v) as a tuple or give "
-                    "the state an even last dimension"
-                )
-            x, v = y.chunk(2, dim=-1)
-            return torch.cat(self.field(t, x, v), dim=-1)
-        if not (
-            isinstance(y, (tuple, list))
-            and len(y) == 2
-            and all(isinstance(part, torch.Tensor) for part in y)
-            and y[0].shape == y[1].shape
-            and y[0].ndim >= 1
-        ):
-            raise ValueError(
-                "a second-order state must be a tuple (x, v) of two tensors of one shape "
-                f"(batch, ..., d), or one tensor (batch, 2 d); got {_describe(y)}"
-            )
-        dx, dv = self.field(t, y[0], y[1])
-        return type(y)((dx, dv))
-
-
-def _describe(y: Any) -> str:
-    if isinstance(y, (tuple, list)):
-        parts = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in y]
-        return f"a {type(y).__name__} of {len(y)}: {parts}"
-    return type(y).__name__
+        return on_pair_state(
+            y, lambda x, v: self.field(t, x, v), "second-order", ("x", "v"), "(batch, ..., d)", 1
+        )

@@ -22,6 +22,18 @@ def activation_layer(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+def mlp(n_in: int, hidden: int, layers: int, activation: str, n_out: int) -> nn.Sequential:
+    """``layers`` hidden layers of width ``hidden``, each a linear map and the activation
+    ``activation``, then a linear map to ``n_out`` outputs (the vector fields' and energies'
+    networks)."""
+    sizes = [n_in] + [hidden] * layers
+    blocks: list[nn.Module] = []
+    for a, b in zip(sizes, sizes[1:]):
+        blocks += [nn.Linear(a, b), activation_layer(activation)]
+    blocks.append(nn.Linear(sizes[-1], n_out))
+    return nn.Sequential(*blocks)
+
+
 class MLPDynamics(nn.Module):
     """f(t, y) = MLP([y, t]) for states of shape (..., dim); MLP(y) when ``autonomous``
     (time-invariant dynamics, which extrapolate beyond the training times).
@@ -44,12 +56,7 @@ class MLPDynamics(nn.Module):
     ):
         super().__init__()
         self.autonomous = autonomous
-        sizes = [dim + (0 if autonomous else 1)] + [hidden] * layers
-        blocks: list[nn.Module] = []
-        for n_in, n_out in zip(sizes, sizes[1:]):
-            blocks += [nn.Linear(n_in, n_out), activation_layer(activation)]
-        blocks.append(nn.Linear(sizes[-1], dim))
-        self.net = nn.Sequential(*blocks)
+        self.net = mlp(dim + (0 if autonomous else 1), hidden, layers, activation, dim)
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Evaluate the vector field.

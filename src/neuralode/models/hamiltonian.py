@@ -11,7 +11,7 @@ from torch import nn
 
 from .._host import transform_active
 from ._pair_state import on_pair_state
-from .dynamics import activation_layer
+from .dynamics import mlp
 
 
 class EnergyMLP(nn.Module):
@@ -34,12 +34,7 @@ class EnergyMLP(nn.Module):
         self, in_features: int, hidden: int = 64, layers: int = 2, activation: str = "tanh"
     ):
         super().__init__()
-        sizes = [in_features] + [hidden] * layers
-        blocks: list[nn.Module] = []
-        for n_in, n_out in zip(sizes, sizes[1:]):
-            blocks += [nn.Linear(n_in, n_out), activation_layer(activation)]
-        blocks.append(nn.Linear(sizes[-1], 1))
-        self.net = nn.Sequential(*blocks)
+        self.net = mlp(in_features, hidden, layers, activation, 1)
 
     def forward(self, *parts: torch.Tensor) -> torch.Tensor:
         """Evaluate the energy.

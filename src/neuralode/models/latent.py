@@ -23,7 +23,7 @@ from torch import nn
 from .._args import count
 from .._solution import SolveStats
 from ..adjoint import GradientStrategy
-from .dynamics import MLPDynamics, activation_layer
+from .dynamics import MLPDynamics, mlp
 from .ode_block import ODEBlock
 
 
@@ -451,11 +451,7 @@ class LinearPlusMLP(nn.Module):
             nn.init.zeros_(self.linear.weight)
             if bias:
                 nn.init.zeros_(self.linear.bias)
-        sizes = [dim_in] + [hidden] * layers
-        blocks: list[nn.Module] = []
-        for n_in, n_out in zip(sizes, sizes[1:]):
-            blocks += [nn.Linear(n_in, n_out), activation_layer(activation)]
-        self.mlp = nn.Sequential(*blocks, nn.Linear(sizes[-1], dim_out))
+        self.mlp = mlp(dim_in, hidden, layers, activation, dim_out)
         with torch.no_grad():
             self.mlp[-1].weight.mul_(mlp_init_scale)
             self.mlp[-1].bias.zero_()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ._pair_state import on_pair_state
-from .dynamics import activation_layer, batch_time
+from .dynamics import batch_time, mlp
 
 
 class AccelerationMLP(nn.Module):
@@ -43,12 +43,8 @@ class AccelerationMLP(nn.Module):
     ):
         super().__init__()
         self.autonomous, self.velocity = autonomous, velocity
-        sizes = [dim * (2 if velocity else 1) + (0 if autonomous else 1)] + [hidden] * layers
-        blocks: list[nn.Module] = []
-        for n_in, n_out in zip(sizes, sizes[1:]):
-            blocks += [nn.Linear(n_in, n_out), activation_layer(activation)]
-        blocks.append(nn.Linear(sizes[-1], dim))
-        self.net = nn.Sequential(*blocks)
+        n_in = dim * (2 if velocity else 1) + (0 if autonomous else 1)
+        self.net = mlp(n_in, hidden, layers, activation, dim)
 
     def forward(self, t: torch.Tensor, x: torch.Tensor, v: torch.Tensor | None = None) -> Any:
         """Evaluate the acceleration.

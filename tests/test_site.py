@@ -29,6 +29,7 @@ PACKAGES = [
     "neuralode.pde",
     "neuralode.sde",
     "neuralode.cde",
+    "neuralode.shooting",
     "neuralode.training",
     "neuralode.data",
 ]

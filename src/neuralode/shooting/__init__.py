@@ -1,4 +1,18 @@
 """Multiple shooting: the time interval cut into segments that are solved side by side, as one
 batch of independent problems, then matched at their boundaries."""
 
-__all__: list[str] = []
+from .segments import (
+    MultipleShooting,
+    ShootingLoss,
+    multiple_shooting_loss,
+    shooting_groups,
+    single_shooting,
+)
+
+__all__ = [
+    "MultipleShooting",
+    "ShootingLoss",
+    "multiple_shooting_loss",
+    "shooting_groups",
+    "single_shooting",
+]

@@ -590,20 +590,21 @@ def test_skip_finished_beneath_vmap_is_refused_with_the_fix():
     [
         ("vmap", dict(gradient=no.Backsolve(())), "gradient=Backsolve.*Use gradient=Direct"),
         ("grad", dict(gradient="checkpointed"), "gradient=Checkpointed.*Use gradient=Direct"),
-        ("grad", dict(event=no.Event(lambda t, y: y[0] - 5.0)), "event is not supported"),
+        ("hessian", dict(event=no.Event(lambda t, y: y[0] - 5.0)), "second derivatives"),
         ("grad", dict(dense=True), "dense is not supported"),
         ("grad", dict(compile=True), "compile is not supported"),
     ],
 )
 def test_what_torch_func_cannot_transform_is_refused_with_the_fix(transform, options, message):
-    """A gradient other than Direct() under any transform, and events, dense output and
-    compile under grad (jacrev; dense output and compile under jvp too) are refused before
+    """A gradient other than Direct() under any transform, dense output and compile under
+    grad (jacrev, jvp too) and events under second derivatives (hessian) are refused before
     they reach torch's internals."""
 
     def last(y: torch.Tensor) -> torch.Tensor:
         return no.solve(decay, y, TS, **options).ys[-1].sum()
 
-    transformed = torch.func.vmap(last) if transform == "vmap" else torch.func.grad(last)
+    transforms = dict(vmap=torch.func.vmap, grad=torch.func.grad, hessian=torch.func.hessian)
+    transformed = transforms[transform](last)
     with pytest.raises(ValueError, match=message):
         transformed(starts(2) if transform == "vmap" else starts(1)[0])
 

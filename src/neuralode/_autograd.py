@@ -10,11 +10,17 @@ tuples behind (none of 10 items), 48 to 128 bytes each, until 2000 calls have fi
 0.3 KB a step of the stochastic adjoint's backward (BENCHMARKS.md). ``grad`` calls autograd's
 engine as ``torch.autograd.grad`` does, on tuples made from lists at their final size, which
 come from and go back to the same free list.
+
+``FirstDerivativeOnly`` ties a derivative computed without a graph (an adjoint solve, the
+implicit function theorem with constant partials) to what it depends on, so that a second
+derivative through it raises instead of silently missing that dependence; ``FirstOrder``
+marks a term of a graph whose derivative is right to first order only in the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.overrides import has_torch_function
@@ -86,3 +92,53 @@ def grad(
         True,  # allow_unused
         accumulate_grad=False,
     )
+
+
+class FirstDerivativeOnly(torch.autograd.Function):
+    """``value`` as it is (a first derivative computed without a graph), tied to ``anchor``
+    (a tensor that depends on what the derivative depends on: y0, the parameters), with a
+    backward that raises ``RuntimeError(message)``: a second derivative through ``value``
+    would treat it as a constant. Apply it where ``torch.is_grad_enabled()`` in a backward
+    pass (``create_graph=True``, ``torch.func``'s nested transforms)."""
+
+    generate_vmap_rule = True  # (the forward is a copy)
+
+    @staticmethod
+    def forward(value: torch.Tensor, anchor: torch.Tensor, message: str) -> torch.Tensor:
+        return value.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        ctx.message = inputs[2]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None]:
+        raise RuntimeError(ctx.message)
+
+
+class FirstOrder(torch.autograd.Function):
+    """``x`` as it is, with its first derivatives (reverse and forward mode) passed through
+    and a second derivative through it raising ``RuntimeError(message)``
+    (``FirstDerivativeOnly`` on its backward's result): for a term whose derivative is
+    right only to first order."""
+
+    generate_vmap_rule = True  # (the forward is a copy)
+
+    @staticmethod
+    def forward(x: torch.Tensor, message: str) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        ctx.message = inputs[1]
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if torch.is_grad_enabled():  # create_graph=True: tie the result to x
+            grad = FirstDerivativeOnly.apply(grad, ctx.saved_tensors[0], ctx.message)
+        return grad, None
+
+    @staticmethod
+    def jvp(ctx: Any, x_dot: torch.Tensor, _: None) -> torch.Tensor:
+        return x_dot

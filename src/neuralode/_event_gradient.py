@@ -6,7 +6,8 @@ tangent is dt* = -(dg/dy . ydot(t*) + dg/dp . pdot) / s, where ydot(t*) is the s
 tangent at the fixed time t*, and the event state's is ydot(t*) + f(t*, y*) dt*. Forward
 mode (``EventGradient.jvp``, ``with_event_parameters``) applies this map, reverse mode
 (``EventGradient.backward``) its transpose; both take the partials from ``_partials`` and
-divide by the slope in ``_along``.
+divide by the slope in ``_along``. The rules are first derivatives: they take the partials as
+constants of the located event, so a derivative of them raises (``SECOND_DERIVATIVES``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,21 @@ from typing import Any
 
 import torch
 
+from ._autograd import FirstDerivativeOnly, FirstOrder
 from ._event_tracker import Events
 from ._host import forward_level_active, forward_mode, transform_active
+
+# why a derivative of the event's derivative is refused (a backward through
+# ``EventGradient.backward``; ``refuse_under_transforms`` under nested torch.func transforms)
+SECOND_DERIVATIVES = (
+    "second derivatives through an event (torch.func.hessian, jacrev(jacrev), "
+    "jacfwd(jacrev), jacfwd(jacfwd), torch.autograd.grad with create_graph=True then "
+    "differentiated) are not supported: the event time's derivative "
+    "-(dg/dy . ydot + dg/dp . pdot) / (dg/dt + dg/dy . f) takes dg/dy, f(t*, y*) and the "
+    "slope as constants of the located event, so a derivative of it would miss how they "
+    "move with the event. Take first derivatives there (torch.func.grad, jacrev, vjp, jvp, "
+    "jacfwd, torch.autograd.grad), and second ones by finite differences of them"
+)
 
 
 class EventGradient(torch.autograd.Function):
@@ -31,10 +45,12 @@ class EventGradient(torch.autograd.Function):
     one gradient of y_i(t*_i): grad_y - (grad_t + grad_y . f) / s_i dg/dy (the transpose),
     with s_i = dg/dt + dg/dy . f. Samples without an event pass the state's derivative
     through (and the time's is zero). The event function must treat samples independently
-    (row i of its values depends on sample i only).
+    (row i of its values depends on sample i only). Both rules run under ``torch.func``
+    (grad, vjp, jacrev, jvp, jacfwd: ``_partials`` takes its vector-Jacobian product by
+    ``torch.func.vjp`` there); a derivative of the backward's result raises.
     """
 
-    generate_vmap_rule = True  # (torch.func.jacfwd: its vmap over the tangents)
+    generate_vmap_rule = True  # (jacfwd's vmap over the tangents, jacrev's over cotangents)
 
     @staticmethod
     def forward(events: Events, func: Callable, t_event, y_event):
@@ -55,7 +71,10 @@ class EventGradient(torch.autograd.Function):
         _, f, dg_dy, slope = _partials(events, ctx.func, t_event, y_event, refuse_flat=True)
         grad_t = torch.where(events.mask, grad_t.to(torch.float64), 0.0)
         coefficient = _along(events.mask, grad_t + _dot(grad_y, f), slope)
-        return None, None, None, grad_y + coefficient.to(y_event.real.dtype)[:, None] * dg_dy
+        grad_y = grad_y + coefficient.to(y_event.real.dtype)[:, None] * dg_dy
+        if torch.is_grad_enabled():  # create_graph=True (torch.func.grad): first-order only
+            grad_y = FirstDerivativeOnly.apply(grad_y, y_event, SECOND_DERIVATIVES)
+        return None, None, None, grad_y
 
     @staticmethod
     def jvp(ctx: Any, _events: None, _func: None, _t_dot: Any, y_dot: Any):
@@ -90,7 +109,9 @@ def with_event_parameters(
         return t_event, y_event
     g, f, _, slope = _partials(events, func, t, y, refuse_flat=False)
     # (a tangential crossing adds nothing here: EventGradient's derivative refuses it)
-    shift = _along(mask & (slope != 0), (g - g.detach()).to(torch.float64), slope)
+    # (the slope is a constant here: a second derivative through the shift raises)
+    rate = FirstOrder.apply((g - g.detach()).to(torch.float64), SECOND_DERIVATIVES)
+    shift = _along(mask & (slope != 0), rate, slope)
     return t_event + shift.to(t_event.dtype), y_event + shift.to(y.real.dtype)[:, None] * f
 
 

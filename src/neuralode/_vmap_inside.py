@@ -32,6 +32,7 @@ import torch
 from torch._C import _functorch as functorch
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
+from ._event_gradient import SECOND_DERIVATIVES
 from ._execution import _ALIASES
 from ._host import dispatched, peeled
 from ._solution import Solution, SolveStats
@@ -63,12 +64,13 @@ _CAPTURED = (
 def refuse_under_transforms(options: dict, vmapped: bool) -> None:
     """Under a ``torch.func`` transform (``transform_active``), refuse what it cannot
     differentiate or trace, naming the fix: a gradient other than ``Direct()`` (an
-    autograd.Function without a functorch rule) under any transform, and without a vmap
-    (``grad``, ``jacrev``, ``jvp``, ``hessian`` over the solve) also dense output (its
-    gradient is such a Function too), events under a reverse transform (grad, jacrev,
-    hessian; ``jvp`` and ``jacfwd`` take their derivative) and ``compile`` (which cannot
-    trace functorch's wrapped tensors). Under vmap the vmap paths refuse the rest with
-    their own reasons.
+    autograd.Function without a functorch rule) and an event under nested derivatives
+    (``hessian``, ``jacrev(jacrev)``: ``EventGradient``'s rules are first derivatives,
+    which one ``grad``, ``vjp``, ``jacrev``, ``jvp`` or ``jacfwd`` takes) under any
+    transform, and without a vmap (``grad``, ``jacrev``, ``jvp``, ``hessian`` over the
+    solve) also dense output (its gradient is an autograd.Function without a functorch
+    rule too) and ``compile`` (which cannot trace functorch's wrapped tensors). Under vmap
+    the vmap paths refuse the rest with their own reasons.
 
     Raises:
         ValueError: naming the option and the fix.
@@ -81,25 +83,25 @@ def refuse_under_transforms(options: dict, vmapped: bool) -> None:
             "without a functorch rule. Use gradient=Direct() (the default; odeint instead of "
             "odeint_adjoint) under them, or the adjoint with torch.autograd.grad outside them"
         )
+    if options.get("event") and _derivative_levels() > 1:  # (hessian: jacfwd's vmap above)
+        raise ValueError(SECOND_DERIVATIVES)
     if vmapped:
         return
-    # an event's derivative (EventGradient) has a functorch jvp rule: forward transforms
-    # (jvp; jacfwd's vmap runs above) take it, reverse ones (grad, jacrev, hessian) not
-    names = ("dense", "compile") if _forward_only() else ("event", "dense", "compile")
-    given = [name for name in names if options.get(name)]
+    given = [name for name in ("dense", "compile") if options.get(name)]
     given += [name for name in _ALIASES if options.get(name) and name != "device_loop"]
     if given:
         raise ValueError(
             f"{', '.join(given)} is not supported under torch.func's grad, jacrev, jvp or "
-            "hessian (an event under jvp and jacfwd only): leave it out there, or "
-            "differentiate with torch.autograd.grad outside torch.func"
+            "hessian: leave it out there, or differentiate with torch.autograd.grad outside "
+            "torch.func"
         )
 
 
-def _forward_only() -> bool:
-    """Whether every active ``torch.func`` transform is a jvp or a vmap (no grad, vjp)."""
-    kinds = (functorch.TransformType.Jvp, functorch.TransformType.Vmap)
-    return all(i.key() in kinds for i in retrieve_all_functorch_interpreters())
+def _derivative_levels() -> int:
+    """How many active ``torch.func`` transforms differentiate (grad, vjp, jvp; a vmap,
+    jacrev's and jacfwd's too, does not)."""
+    kinds = (functorch.TransformType.Grad, functorch.TransformType.Jvp)
+    return sum(i.key() in kinds for i in retrieve_all_functorch_interpreters())
 
 
 def solve_inside_vmap(

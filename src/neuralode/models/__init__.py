@@ -16,6 +16,7 @@ from .cnf import (
     hutchinson_trace,
     standard_normal_log_prob,
 )
+from .data_control import DataControlled, DataControlledMLP
 from .deq import (
     DEQ,
     ConvergenceError,
@@ -26,6 +27,16 @@ from .deq import (
     VariationalDropout,
 )
 from .dynamics import ConcatConv2d, ConvDynamics, MLPDynamics
+from .galerkin import (
+    Basis,
+    FourierBasis,
+    GalerkinConv2d,
+    GalerkinLinear,
+    GalerkinMLPDynamics,
+    PiecewiseConstantBasis,
+    PolynomialBasis,
+    make_basis,
+)
 from .hamiltonian import EnergyMLP, HamiltonianDynamics, SeparableHamiltonian
 from .lagrangian import LagrangianAcceleration
 from .latent import (
@@ -69,6 +80,16 @@ __all__ = [
     "standard_normal_log_prob",
     "AccelerationMLP",
     "Augment",
+    "Basis",
+    "DataControlled",
+    "DataControlledMLP",
+    "FourierBasis",
+    "GalerkinConv2d",
+    "GalerkinLinear",
+    "GalerkinMLPDynamics",
+    "PiecewiseConstantBasis",
+    "PolynomialBasis",
+    "make_basis",
     "ConcatConv2d",
     "ConvDynamics",
     "ConvergenceError",

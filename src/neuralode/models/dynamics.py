@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -22,15 +24,22 @@ def activation_layer(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def mlp(n_in: int, hidden: int, layers: int, activation: str, n_out: int) -> nn.Sequential:
+def mlp(
+    n_in: int,
+    hidden: int,
+    layers: int,
+    activation: str,
+    n_out: int,
+    linear: Callable[[int, int], nn.Module] = nn.Linear,
+) -> nn.Sequential:
     """``layers`` hidden layers of width ``hidden``, each a linear map and the activation
     ``activation``, then a linear map to ``n_out`` outputs (the vector fields' and energies'
-    networks)."""
+    networks); ``linear(n_in, n_out)`` builds each linear map."""
     sizes = [n_in] + [hidden] * layers
     blocks: list[nn.Module] = []
     for a, b in zip(sizes, sizes[1:]):
-        blocks += [nn.Linear(a, b), activation_layer(activation)]
-    blocks.append(nn.Linear(sizes[-1], n_out))
+        blocks += [linear(a, b), activation_layer(activation)]
+    blocks.append(linear(sizes[-1], n_out))
     return nn.Sequential(*blocks)
 
 

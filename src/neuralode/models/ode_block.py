@@ -13,6 +13,7 @@ from .._solve import solve
 from ..adjoint import GRADIENTS, GradientStrategy
 from ..controllers import FixedGrid, PIController
 from ..solvers import METHODS
+from .data_control import DataControlled
 from .regularisers import (
     DerivativePenalty,
     RegularisedDynamics,
@@ -31,7 +32,10 @@ class ODEBlock(nn.Module):
     integrals averaged over the batch (a differentiable scalar to add to the loss; zero without
     regularisers or in eval mode) and ``regularisation_terms`` maps each one's name to its
     unweighted batch mean. The regulariser channels are left out of the step-size error norm:
-    steps are chosen for ``x`` alone, as without regularisers.
+    steps are chosen for ``x`` alone, as without regularisers. With a
+    [`DataControlled`][neuralode.models.DataControlled] field the solve starts at
+    ``dynamics.initial_state(x)`` = (x, x), the field sees x throughout, and the block returns
+    y alone.
 
     Arguments:
         dynamics: the vector field, a module called as ``dynamics(t, y)``.
@@ -51,8 +55,8 @@ class ODEBlock(nn.Module):
             (``solve(..., compile_step=True)``; explicit Runge-Kutta methods).
 
     Raises:
-        ValueError: an unknown method or gradient, or ``DerivativePenalty`` with
-            ``compile_step``.
+        ValueError: an unknown method or gradient, ``DerivativePenalty`` with
+            ``compile_step``, or regularisers with a ``DataControlled`` field.
         TypeError: ``regularisers`` not a sequence of ``Regulariser`` instances (one
             regulariser goes in a list).
     """
@@ -84,6 +88,11 @@ class ODEBlock(nn.Module):
         self.last_stats = SolveStats()
         self.compile_step = compile_step
         self.regularisers = regulariser_list(regularisers)
+        if self.regularisers and isinstance(dynamics, DataControlled):
+            raise ValueError(
+                "regularisers do not take a DataControlled field (its state is the pair "
+                "(y, x)): leave them out of this block"
+            )
         for r in self.regularisers:
             if not isinstance(r, Regulariser):
                 raise TypeError(f"regularisers must be Regulariser instances, got {r!r}")
@@ -152,6 +161,9 @@ class ODEBlock(nn.Module):
             controller = FixedGrid(step_size=self.step_size)
         regularisers = self.regularisers if self.training else []
         func, y0, norm = self.dynamics, x, None
+        controlled = isinstance(self.dynamics, DataControlled)
+        if controlled:
+            y0 = self.dynamics.initial_state(x)
         if regularisers:
             if x.ndim < 1 or x.shape[0] == 0:
                 raise ValueError(
@@ -178,7 +190,7 @@ class ODEBlock(nn.Module):
         self.last_stats = sol.stats
         ys = sol.ys
         self._record_regularisation(regularisers, ys, times, x)
-        if regularisers:
+        if regularisers or controlled:
             ys = ys[0]
         return ys if ts is not None else ys[-1]
 

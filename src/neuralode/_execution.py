@@ -17,6 +17,7 @@ from ._tree import TreeSpec
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
+from .solvers.hyper import HyperSolver
 from .solvers.partitioned import PartitionedSolver
 
 _ALIASES = ("skip_finished", "compile_step", "device_loop", "cuda_graph")
@@ -241,10 +242,11 @@ def check_compiled_step(solver: Any, controller: Any, what: str) -> None:
     cannot run this solver or controller."""
     from .sde._engine import SDESolver  # (sde imports the engine)
 
-    if not isinstance(solver, (ExplicitRK, PartitionedSolver, SDESolver)):
+    if not isinstance(solver, (ExplicitRK, HyperSolver, PartitionedSolver, SDESolver)):
         raise ValueError(
             f"{what} supports the explicit Runge-Kutta methods (dopri5, tsit5, rk4, ...), "
-            f"the symplectic methods (leapfrog, ...) and the SDE solvers, got {solver!r}"
+            f"the hypersolvers, the symplectic methods (leapfrog, ...) and the SDE solvers, "
+            f"got {solver!r}"
         )
     if not isinstance(controller, (PIController, FixedGrid)):
         raise ValueError(f"{what} needs a PIController or FixedGrid, got {controller!r}")

@@ -134,9 +134,21 @@ class Backsolve(GradientStrategy):
                 adjoint system (``Solver.for_adjoint_system``), or one whose stages pass a
                 step's end with the backward solves' ``jump_t`` or ``perturb``
                 (``kvaerno4``, ``kvaerno5``): refused before the forward solve, not in the
-                backward pass.
+                backward pass; a forward solver with tensors of its own that require grad
+                (``Solver.parameters()``: a hypersolver's correction), which the continuous
+                adjoint cannot differentiate.
         """
         from .._validate import check_stage_reach  # (_validate imports this package)
+
+        solver = problem.config.solver
+        if any(p.requires_grad for p in solver.parameters()):
+            raise ValueError(
+                f"gradient=Backsolve() cannot differentiate {solver.name}: its steps use "
+                "trainable tensors of their own (a hypersolver's correction), which the "
+                "continuous adjoint of dy/dt = f(t, y) does not see, so they would get no "
+                "gradient. Use gradient=Direct() or Checkpointed(), or freeze them "
+                "(requires_grad_(False)) to differentiate the ODE's flow alone"
+            )
 
         backward_solver = (self.solver or problem.config.solver).for_adjoint_system()
         forward = problem.config

@@ -25,7 +25,8 @@ class Checkpointed(GradientStrategy):
 
     Arguments:
         params: the tensors to differentiate with respect to; defaults to ``func.parameters()``
-            when ``func`` is an ``nn.Module``.
+            when ``func`` is an ``nn.Module``. The solver's own (``Solver.parameters()``: a
+            hypersolver's correction) are differentiated too.
     """
 
     def __init__(self, params: Sequence[torch.Tensor] | None = None):
@@ -50,6 +51,9 @@ class Checkpointed(GradientStrategy):
                 "is a multistep method. Use Direct() or Backsolve()."
             )
         params = resolve_params(problem.func, self.params)
+        own = problem.config.solver.parameters()
+        if own:  # the solver's own tensors (a hypersolver's correction), each once
+            params = resolve_params(problem.func, (*params, *own))
         return _CheckpointedSolve.apply(problem, problem.y0, *params)
 
 

@@ -13,6 +13,7 @@ from .gl4 import GL4
 from .gl6 import GL6
 from .heun2 import Heun2
 from .heun3 import Heun3
+from .hyper import HyperEuler, HyperHeun, HyperMidpoint, HyperSolver
 from .imex_rk import IMEXRK, LinearPart
 from .implicit_euler import ImplicitEuler
 from .implicit_midpoint import ImplicitMidpoint
@@ -143,6 +144,10 @@ __all__ = [
     "Fehlberg2",
     "Heun2",
     "Heun3",
+    "HyperEuler",
+    "HyperHeun",
+    "HyperMidpoint",
+    "HyperSolver",
     "Midpoint",
     "PartitionedSolver",
     "SemiImplicitEuler",

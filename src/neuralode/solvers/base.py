@@ -101,6 +101,17 @@ class Solver(abc.ABC):
         """
         return 1.0
 
+    def parameters(self) -> tuple[torch.Tensor, ...]:
+        """The tensors of the solver's own that its steps compute with, whose gradients a
+        solve must reach (a hypersolver's correction network): ``Checkpointed()``
+        differentiates them with func's parameters, and ``Backsolve()``, whose continuous
+        adjoint cannot, refuses a solver with any that require grad.
+
+        Returns:
+            ``()`` (the default): the steps use f alone.
+        """
+        return ()
+
     def set_tolerances(self, rtol: Any, atol: Any) -> None:
         """Take the step-size controller's tolerances, given by ``solve`` before a solve.
 

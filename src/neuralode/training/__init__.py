@@ -1,6 +1,7 @@
 """``neuralode train``: the training product (config, loop, checkpoints, DDP, plots)."""
 
 from .config import MODELS, TrainConfig, add_train_arguments, build_model
+from .hypersolver import fit_hypersolver
 from .loop import INTERRUPTED, TrainingDiverged, TrainResult, evaluate, train
 from .metrics import MetricsLog, open_tensorboard
 from .progress import progress_bar
@@ -32,6 +33,7 @@ __all__ = [
     "autograd_memory_mb",
     "build_model",
     "evaluate",
+    "fit_hypersolver",
     "load_checkpoint",
     "open_experiment",
     "open_tensorboard",

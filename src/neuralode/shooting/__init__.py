@@ -1,6 +1,7 @@
 """Multiple shooting: the time interval cut into segments that are solved side by side, as one
 batch of independent problems, then matched at their boundaries."""
 
+from .parareal import PararealBlock, PararealSolution, Propagator, parareal
 from .segments import (
     MultipleShooting,
     ShootingLoss,
@@ -10,6 +11,10 @@ from .segments import (
 )
 
 __all__ = [
+    "PararealBlock",
+    "PararealSolution",
+    "Propagator",
+    "parareal",
     "MultipleShooting",
     "ShootingLoss",
     "multiple_shooting_loss",

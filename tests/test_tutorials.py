@@ -60,6 +60,10 @@ EXPECTED = {
         ["turning back: sin(t)   first-order", "crossing: +-cos(t)     SONODE"],
         ["second_order_fits.png"],
     ),
+    "multiple_shooting.py": (
+        ["whole-trajectory MSE", "single shooting   ", "multiple shooting  "],
+        ["multiple_shooting.png"],
+    ),
 }
 
 

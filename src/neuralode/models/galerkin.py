@@ -98,6 +98,11 @@ class FourierBasis(Basis):
         return torch.cat([torch.ones_like(t)[..., None], waves], dim=-1)
 
     def constant(self) -> torch.Tensor:
+        """The coefficients of the constant function 1: the first term is 1.
+
+        Returns:
+            ``(n_terms,)``, one at index 0 and zeros elsewhere.
+        """
         return F.one_hot(torch.tensor(0), self.n_terms).float()
 
 
@@ -145,6 +150,11 @@ class PolynomialBasis(Basis):
         return torch.stack(terms, dim=-1)
 
     def constant(self) -> torch.Tensor:
+        """The coefficients of the constant function 1: the first term is 1.
+
+        Returns:
+            ``(n_terms,)``, one at index 0 and zeros elsewhere.
+        """
         return F.one_hot(torch.tensor(0), self.n_terms).float()
 
 
@@ -189,10 +199,18 @@ class PiecewiseConstantBasis(Basis):
         return F.one_hot(index, self.n_terms).to(t.dtype)
 
     def constant(self) -> torch.Tensor:
+        """The coefficients of the constant function 1: one per bin, since the bins cover
+        [t0, t1].
+
+        Returns:
+            ``(n_terms,)`` ones.
+        """
         return torch.ones(self.n_terms)
 
     @property
     def jump_t(self) -> tuple[float, ...]:
+        """The inner bin edges, where the functions jump: pass them as
+        ``solve(..., jump_t=basis.jump_t)`` so that adaptive steps land on them."""
         width = (self.t1 - self.t0) / self.n_terms
         return tuple(self.t0 + k * width for k in range(1, self.n_terms))
 
@@ -293,6 +311,11 @@ class GalerkinLinear(nn.Module):
         self.bias = nn.Parameter(c[:, None] * init.bias.detach()) if bias else None
 
     def extra_repr(self) -> str:
+        """The layer's sizes and basis, shown by ``repr`` and ``print``.
+
+        Returns:
+            The description.
+        """
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"basis={self.basis!r}, bias={self.bias is not None}"
@@ -371,6 +394,11 @@ class GalerkinConv2d(nn.Module):
         self.bias = nn.Parameter(c[:, None] * init.bias.detach())
 
     def extra_repr(self) -> str:
+        """The layer's kernel, padding, stride and basis, shown by ``repr`` and ``print``.
+
+        Returns:
+            The description.
+        """
         shape = tuple(self.weight.shape[1:])
         return f"kernel={shape}, padding={self.padding}, stride={self.stride}, basis={self.basis!r}"
 

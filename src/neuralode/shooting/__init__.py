@@ -1,7 +1,7 @@
 """Multiple shooting: the time interval cut into segments that are solved side by side, as one
 batch of independent problems, then matched at their boundaries."""
 
-from .parareal import PararealBlock, PararealSolution, Propagator, parareal
+from ._parareal import PararealBlock, PararealSolution, Propagator, parareal
 from .segments import (
     MultipleShooting,
     ShootingLoss,

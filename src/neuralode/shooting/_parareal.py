@@ -108,7 +108,7 @@ COARSE = Propagator("rk4", steps=2)
 
 @dataclass
 class PararealSolution:
-    """What [`parareal`][neuralode.shooting.parareal.parareal] returns.
+    """What [`parareal`][neuralode.shooting.parareal] returns.
 
     Attributes:
         ts: the output times given.
@@ -500,7 +500,7 @@ def _initial(initial: Any, spec: TreeSpec, y0: list[torch.Tensor], count: int) -
 
 
 class PararealBlock(nn.Module):
-    """An ODE block solved by [`parareal`][neuralode.shooting.parareal.parareal]: maps x to y(t1)
+    """An ODE block solved by [`parareal`][neuralode.shooting.parareal]: maps x to y(t1)
     where dy/dt = dynamics(t, y), y(t0) = x, the fine solves of all segments running at once.
 
     In training mode the block keeps the last call's boundary states (detached) and starts
@@ -529,7 +529,7 @@ class PararealBlock(nn.Module):
             batch).
 
     Raises:
-        ValueError: as [`parareal`][neuralode.shooting.parareal.parareal], at the first call.
+        ValueError: as [`parareal`][neuralode.shooting.parareal], at the first call.
     """
 
     def __init__(

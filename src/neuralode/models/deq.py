@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.functional import relu
 
 from .._args import count
+from .._autograd import FirstDerivativeOnly
 from ..implicit.fixed_point import FIXED_POINT_METHODS, FixedPointResult, fixed_point
 from ..solvers._newton import gmres
 from .classifiers import downsampling, head
@@ -405,31 +406,18 @@ class _ImplicitGradient(torch.autograd.Function):
         with torch.no_grad():
             g = ctx.solve(grad.detach())
         if torch.is_grad_enabled():  # create_graph=True: the solve's result is a constant
-            g = _FirstDerivativeOnly.apply(g, ctx.z)
+            g = FirstDerivativeOnly.apply(g, ctx.z, _SECOND_DERIVATIVES)
         return g, None
 
 
-class _FirstDerivativeOnly(torch.autograd.Function):
-    """The adjoint solution g as it is, tied to f(z*, x) (``anchor``, which depends on x and
-    the parameters), with a backward that refuses: g is solved without a graph, so a second
-    derivative through it would silently miss its dependence on x and the parameters."""
-
-    @staticmethod
-    def forward(g: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-        return g.clone()
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None]:
-        raise RuntimeError(
-            "DEQ: second derivatives (a gradient of a gradient, torch.autograd.grad with "
-            "create_graph=True then differentiated, gradgradcheck) through the implicit "
-            "gradient are not supported: the adjoint equation is solved without a graph. Use "
-            'gradient="unrolled" for higher derivatives'
-        )
+# a second derivative through the implicit gradient raises with this: g is solved without a
+# graph, so it would silently miss g's dependence on x and the parameters
+_SECOND_DERIVATIVES = (
+    "DEQ: second derivatives (a gradient of a gradient, torch.autograd.grad with "
+    "create_graph=True then differentiated, gradgradcheck) through the implicit "
+    "gradient are not supported: the adjoint equation is solved without a graph. Use "
+    'gradient="unrolled" for higher derivatives'
+)
 
 
 class VariationalDropout(nn.Module):

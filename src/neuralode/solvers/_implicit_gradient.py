@@ -10,10 +10,10 @@ no graph over the iterations.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
+from .._autograd import FirstDerivativeOnly
 from .._errors import SolverError
 from .._host import vmap_active
 from .._term import ODETerm
@@ -48,7 +48,7 @@ def tie_adjoint(
         if torch.is_grad_enabled():  # create_graph=True (torch.func.grad, hessian)
             # first derivatives are exact; differentiating them again would treat the
             # solve's result as a constant: an error when (and only when) that happens
-            return _FirstDerivativeOnly.apply(solved, values, name)
+            return FirstDerivativeOnly.apply(solved, values, _second_derivatives_refused(name))
         return solved
 
     z_graph.register_hook(adjoint_solve)
@@ -170,27 +170,12 @@ def _stage_pullbacks(
     return [pullback(out, yi) for out, yi in graphs]
 
 
-class _FirstDerivativeOnly(torch.autograd.Function):
-    """The implicit function theorem's stage adjoint as it is, tied to the stage values
-    (``anchor``, which depend on y0 and the parameters), with a backward that refuses: a
-    second derivative through an implicit Runge-Kutta step is not supported."""
-
-    generate_vmap_rule = True  # (the forward is a copy)
-
-    @staticmethod
-    def forward(solved: torch.Tensor, anchor: torch.Tensor, name: str) -> torch.Tensor:
-        return solved.clone()
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        ctx.name = inputs[2]
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None]:
-        raise RuntimeError(
-            f"{ctx.name}: second derivatives (reverse over reverse: a gradient of a gradient, "
-            "torch.func.hessian, jacrev of grad) through an implicit Runge-Kutta method are "
-            "not supported: its stages' derivative is the implicit function theorem's, "
-            "solved without a graph. Use an explicit or multistep method for higher "
-            "derivatives"
-        )
+def _second_derivatives_refused(name: str) -> str:
+    """Why a second derivative through an implicit Runge-Kutta step raises."""
+    return (
+        f"{name}: second derivatives (reverse over reverse: a gradient of a gradient, "
+        "torch.func.hessian, jacrev of grad) through an implicit Runge-Kutta method are "
+        "not supported: its stages' derivative is the implicit function theorem's, "
+        "solved without a graph. Use an explicit or multistep method for higher "
+        "derivatives"
+    )

@@ -244,6 +244,10 @@ def test_refusals_name_the_problem():
         no.solve(linear, y0, ts, solver=hyper, per_sample=True)
     with pytest.raises(ValueError, match="Reversible.*hyper_euler is not an explicit"):
         no.solve(linear, y0, ts, solver=hyper, controller=grid, gradient=no.Reversible())
+    # a trainable correction: Backsolve refuses it too, so it is not offered
+    trainable = HyperEuler(Correction())
+    with pytest.raises(ValueError, match=r"Checkpointed\(\) \(exact, .*\) with this one$"):
+        no.solve(linear, y0, ts, solver=trainable, controller=grid, gradient=no.Reversible())
 
 
 def test_fit_refusals():

@@ -140,8 +140,8 @@ def check_reversible(config: LoopConfig) -> None:
         raise ValueError(
             f"gradient=Reversible() needs an explicit Runge-Kutta method (dopri5, tsit5, "
             f"bosh3, rk4, midpoint, ...); {solver.name} is {kind}. Use such a method, or "
-            "gradient=Checkpointed() (exact, memory O(steps x state)) or Backsolve() with "
-            "this one"
+            "gradient=Checkpointed() (exact, memory O(steps x state)) with this one"
+            + ("" if any(p.requires_grad for p in solver.parameters()) else " or Backsolve()")
         )
     execution = config.execution
     modes = {

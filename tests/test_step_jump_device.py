@@ -309,8 +309,21 @@ def test_backsolve_on_per_sample_clocks_lands_on_the_jumps(
             torch.testing.assert_close(backsolve, direct, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
-@pytest.mark.parametrize("mode", ["host", "per_sample", "device_loop", "compile"])
+# the compiled backward case compiles a whole solve of its own (20 s): slow, its landing
+# covered by the compiled forward case and the eager backward ones
+@pytest.mark.parametrize(
+    "mode, backward",
+    [
+        pytest.param(
+            mode,
+            backward,
+            id=f"{mode}-{'backward' if backward else 'forward'}",
+            marks=[pytest.mark.slow] if mode == "compile" and backward else [],
+        )
+        for backward in (False, True)
+        for mode in ("host", "per_sample", "device_loop", "compile")
+    ],
+)
 def test_a_span_between_two_jumps_is_the_smooth_piece(mode: str, backward: bool) -> None:
     """A span from one jump to the next (solving piece by piece): f is evaluated just inside
     the span at both ends, never on a jump, so the solve is that of the smooth piece y' = -2 y

@@ -185,6 +185,20 @@ def test_a_fixed_grid_longer_than_max_steps_is_refused_before_it_is_built() -> N
     torch.testing.assert_close(ys[:, 0], T(*expected), rtol=1e-14, atol=0)
 
 
+@row("S18")
+def test_per_sample_fixed_steps_refuse_an_adaptive_controller_and_one_problem_grids() -> None:
+    y0 = torch.ones(2, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"rk4 has no error estimate.*FixedGrid\(step_size"):
+        no.solve(
+            decay, y0, T(0.0, 1.0), solver="rk4", controller=no.PIController(), per_sample=True
+        )
+    per_sample = no.FixedGrid(step_size=T(0.1, 0.2))
+    with pytest.raises(ValueError, match=r"step_size per sample .* needs per_sample=True"):
+        no.solve(decay, y0, T(0.0, 1.0), solver="rk4", controller=per_sample)
+    ys = no.solve(decay, y0, T(0.0, 1.0), solver="rk4", controller=per_sample, per_sample=True).ys
+    torch.testing.assert_close(ys[-1, :, 0], torch.exp(-T(1.0, 1.0)), rtol=1e-4, atol=0)
+
+
 @row("S6", "S16")
 @pytest.mark.parametrize("method", ["dopri5", "rk4"])
 def test_an_event_that_never_fires_says_so(method) -> None:

@@ -235,10 +235,10 @@ def test_errors_are_named():
         solve(lambda t, y: -y, torch.tensor(1.0), ts, per_sample=True)
     with pytest.raises(ValueError, match="one tensor"):
         solve(lambda t, y: y, (y0, y0), ts, per_sample=True)
-    with pytest.raises(ValueError, match="adaptive explicit Runge-Kutta"):
-        solve(field, y0, ts, solver=neuralode.RK4(), per_sample=True)
-    with pytest.raises(ValueError, match="PIController"):
-        solve(field, y0, ts, controller=neuralode.FixedGrid(step_size=0.1), per_sample=True)
+    with pytest.raises(ValueError, match="supports the explicit Runge-Kutta methods"):
+        solve(field, y0, ts, solver="implicit_euler", per_sample=True)
+    with pytest.raises(ValueError, match="rk4 has no error estimate.*FixedGrid"):
+        solve(field, y0, ts, solver=neuralode.RK4(), controller=PIController(), per_sample=True)
     with pytest.raises(ValueError, match="Direct.. and Backsolve"):
         solve(field, y0, ts, gradient=Checkpointed(), per_sample=True)
     with pytest.raises(MaxStepsError, match="sample 1 reached max_steps=20"):
@@ -731,6 +731,16 @@ def test_device_loop_events_match_the_standard_loop(gradient, terminal, monkeypa
     torch.testing.assert_close(device_grad, standard_grad, rtol=1e-7, atol=1e-9)
 
 
+class _OtherController(neuralode.controllers.StepSizeController):
+    """A controller neither a PIController nor a FixedGrid (never reached: refused first)."""
+
+    def init(self, *args):
+        raise AssertionError("refused before the solve")
+
+    def adapt(self, *args):
+        raise AssertionError("refused before the solve")
+
+
 def test_device_loop_rejects_what_it_does_not_support():
     y0 = torch.ones(3, 2, dtype=torch.float64)
     ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
@@ -741,10 +751,10 @@ def test_device_loop_rejects_what_it_does_not_support():
         solve(field, y0, ts, device_loop=True, norm=lambda x: x.abs().max(), perturb=True)
     with pytest.raises(ValueError, match="device_loop=True supports the gradients"):
         solve(field, y0, ts, device_loop=True, gradient=Checkpointed())
-    with pytest.raises(ValueError, match="device_loop=True supports the adaptive explicit"):
-        solve(field, y0, ts, device_loop=True, solver=neuralode.RK4())
-    with pytest.raises(ValueError, match="device_loop=True needs a PIController"):
-        solve(field, y0, ts, device_loop=True, controller=neuralode.FixedGrid(step_size=0.1))
+    with pytest.raises(ValueError, match="device_loop=True supports the explicit Runge-Kutta"):
+        solve(field, y0, ts, device_loop=True, solver="implicit_euler")
+    with pytest.raises(ValueError, match="device_loop=True needs a PIController or a FixedGrid"):
+        solve(field, y0, ts, device_loop=True, controller=_OtherController())
     with pytest.raises(ValueError, match="device_loop=True does not support norm"):
         odeint(field, y0, ts, options=dict(device_loop=True, norm=lambda x: x.abs().max()))
 

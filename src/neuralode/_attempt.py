@@ -4,8 +4,9 @@ Every row (a sample of a per-sample solve, or the one problem: a batch of one) h
 time, step size and controller memory; an attempt proposes a step for every row (the
 solver's ``propose_rows``: ``ExplicitRK``'s stages, or an SDE method's step-doubled step),
 measures each row's error (RMS over the row) and lets the
-controller decide (``PIController.decide`` on tensors), merging accepted and rejected
-proposals with masks. No host synchronisation.
+controller decide (``PIController.decide`` on tensors; ``FixedGrid.rows_after`` on fixed
+steps, which accept every attempt), merging accepted and rejected proposals with masks. No
+host synchronisation.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ._finite_graph import finite_step
 from ._host import wrapped
 from ._landing import land
 from ._norms import row_rms
+from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
 
@@ -32,19 +34,22 @@ class Constants:
     """The solver, the controller and the solve's settings a step attempt needs."""
 
     solver: ExplicitRK
-    controller: PIController
-    rtol: torch.Tensor
-    atol: torch.Tensor
+    controller: PIController | FixedGrid
+    rtol: torch.Tensor | None  # (None on fixed steps: no error is measured)
+    atol: torch.Tensor | None
     sign: float
-    exponent: float  # of the error ratio: 1 / (error order + 1)
+    exponent: float | None  # of the error ratio: 1 / (error order + 1)
     norm: Any = row_rms  # the error norm of each row ((batch, n) -> (batch,) float64)
     # the dtype f receives its times in: a step onto a jump evaluates f one ulp of it inside
     time_dtype: torch.dtype = torch.float64
     # the solver's first-same-as-last property, read once (a tableau recomputes it)
     fsal: bool = field(init=False)
+    # fixed steps (``FixedGrid``): every attempt is accepted, the next ends on the grid
+    fixed: bool = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fsal", self.solver.row_fsal)
+        object.__setattr__(self, "fixed", isinstance(self.controller, FixedGrid))
 
 
 class Step(NamedTuple):
@@ -90,11 +95,13 @@ def attempt(
 ) -> Step:
     """One step attempt of every sample: the solver's step (``propose_rows``), the
     error ratio of each sample, and the controller's decision and next proposal
-    (``PIController.decide`` on tensors). Finished samples sit at their end, so their steps
-    have size zero and change nothing. ``buffer``: graph-free eager mode (f writes the
-    stages into one reused buffer). ``noise``: an SDE method's Brownian motion over the
-    attempt (``noise_rows``), drawn before it. ``landing``: each sample's next landing
-    point and whether f jumps there (``_landing.next_landing``). No host synchronisation."""
+    (``PIController.decide`` on tensors; on fixed steps every running sample accepts and
+    its next step ends on its grid, ``FixedGrid.rows_after``). Finished samples sit at
+    their end, so their steps have size zero and change nothing. ``buffer``: graph-free
+    eager mode (f writes the stages into one reused buffer). ``noise``: an SDE method's
+    Brownian motion over the attempt (``noise_rows``), drawn before it. ``landing``: each
+    sample's next landing point and whether f jumps there (``_landing.next_landing``). No
+    host synchronisation."""
     t1_inner = at_jump = None
     if landing is None:
         t1 = step_end(k.sign, proposal, t_stop)
@@ -106,14 +113,19 @@ def attempt(
     else:
         y1, error, k_last, k_all = k.solver.propose_rows(call, t, t1, h, y, f0, buffer, noise)
     with torch.no_grad():
-        y_abs, y1_abs = _plain(y).abs(), _plain(y1).abs()
-        scale = torch.addcmul(k.atol, torch.maximum(y_abs, y1_abs), k.rtol)
-        ratio = k.norm(_plain(error) / scale)
-        accept, new_size, previous_ratio = k.controller.decide(
-            ratio, h.abs(), carried_ratio, k.exponent, active
-        )
-        t_next = torch.where(accept, t1, t)
-        proposal = t_next + k.sign * new_size
+        if k.fixed:  # every running row accepts; its next step ends on its grid
+            accept, previous_ratio = active.clone(), carried_ratio  # (the grids)
+            t_next = torch.where(accept, t1, t)
+            proposal = k.controller.rows_after(carried_ratio, t_next, k.sign)
+        else:
+            y_abs, y1_abs = _plain(y).abs(), _plain(y1).abs()
+            scale = torch.addcmul(k.atol, torch.maximum(y_abs, y1_abs), k.rtol)
+            ratio = k.norm(_plain(error) / scale)
+            accept, new_size, previous_ratio = k.controller.decide(
+                ratio, h.abs(), carried_ratio, k.exponent, active
+            )
+            t_next = torch.where(accept, t1, t)
+            proposal = t_next + k.sign * new_size
     # outside no_grad: y and f0 carry the gradients of Direct()
     accept_col = accept[:, None]
     fsal = k.fsal

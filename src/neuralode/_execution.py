@@ -199,6 +199,17 @@ class Execution:
             raise ValueError(
                 f"{what} supports the gradients Direct() and Backsolve(), got {gradient!r}"
             )
+        only = controller.per_sample_only if isinstance(controller, FixedGrid) else None
+        if only is not None and not self.per_sample:
+            raise ValueError(
+                f"{what} solves one problem: FixedGrid with {only} needs per_sample=True"
+            )
+        if only is not None and isinstance(gradient, Backsolve) and gradient.controller is None:
+            raise ValueError(
+                f"{what} with Backsolve() solves the adjoint backwards as one system, which "
+                f"cannot take FixedGrid with {only}: use gradient=Direct(), or give "
+                "Backsolve(controller=...) a controller for the backward solves"
+            )
         shape = spec.shapes[0]
         if self.per_sample and len(shape) == 0:
             raise ValueError(
@@ -227,14 +238,25 @@ def check_device_loop(solver: Any, controller: Any, what: str) -> None:
     from .sde._engine import SDESolver  # (sde imports the engine)
 
     if isinstance(solver, SDESolver):
-        pass  # per sample only, on its conditions: ``sde._rows.check_sde_solve``
-    elif not isinstance(solver, ExplicitRK) or not solver.adaptive:
+        # per sample only, on its conditions (``sde._rows.check_sde_solve``): adaptive steps
+        if not isinstance(controller, PIController):
+            raise ValueError(f"{what} with an SDE method needs a PIController, got {controller!r}")
+        return
+    if not isinstance(solver, ExplicitRK):
         raise ValueError(
-            f"{what} supports the adaptive explicit Runge-Kutta methods (dopri5, "
-            f"tsit5, bosh3, dopri8, ...) and, per sample, the SDE solvers, got {solver!r}"
+            f"{what} supports the explicit Runge-Kutta methods (adaptive steps: dopri5, "
+            f"tsit5, bosh3, dopri8, ...; fixed steps on a FixedGrid: euler, midpoint, rk4, "
+            f"... or an adaptive one) and, per sample, the SDE solvers, got {solver!r}"
         )
+    if isinstance(controller, FixedGrid):
+        return
     if not isinstance(controller, PIController):
-        raise ValueError(f"{what} needs a PIController, got {controller!r}")
+        raise ValueError(f"{what} needs a PIController or a FixedGrid, got {controller!r}")
+    if not solver.adaptive:
+        raise ValueError(
+            f"{what}: {solver.name} has no error estimate and cannot adapt its step size; "
+            "give controller=FixedGrid(step_size=...) for fixed steps, or an adaptive method"
+        )
 
 
 def check_compiled_step(solver: Any, controller: Any, what: str) -> None:

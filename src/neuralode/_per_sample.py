@@ -1,16 +1,20 @@
 """Per-sample integration: a batch of independent problems, each with its own steps.
 
-Dimension 0 of the state is the batch. Every sample has its own time, step size, accept/reject
-decision, controller memory and statistics, all held as tensors of shape (batch,) and merged
-with masks (``torch.where``), so each sample takes exactly the steps it would take alone: one
-stiff sample no longer shrinks the steps of the others. All samples are evaluated in one
-batched call of f per stage; a sample that has reached the end keeps its state and takes
-steps of size zero (its results and statistics no longer change). With ``skip_finished``
-f sees only the rows of the samples still running (gathered, and scattered back), so
-finished samples stop costing evaluations of f; the bookkeeping stays batched. Every sample's
-steps land on the landing points (``step_t``, ``jump_t``) inside its span (``_landing``);
-a sample's step from a jump starts from f just past it, evaluated in the steps where a
-sample landed on one (one read per step says whether any did).
+Dimension 0 of the state is the batch. Every sample has its own time, step size,
+accept/reject decision, controller memory and statistics, all held as tensors of shape
+(batch,) and merged with masks (``torch.where``), so each sample takes exactly the steps it
+would take alone: one stiff sample no longer shrinks the steps of the others. The controller
+is a ``PIController`` (adaptive steps) or a ``FixedGrid``, whose memory is each sample's
+grid (``FixedGrid.rows_grid``): every attempt is accepted and the next ends on the sample's
+next grid point (``FixedGrid.rows_after``), as the host loop's grid for the sample alone.
+All samples are evaluated in one batched call of f per stage; a sample that has reached the
+end keeps its state and takes steps of size zero (its results and statistics no longer
+change). With ``skip_finished`` f sees only the rows of the samples still running (gathered,
+and scattered back), so finished samples stop costing evaluations of f; the bookkeeping
+stays batched. Every sample's steps land on the landing points (``step_t``, ``jump_t``)
+inside its span (``_landing``); a sample's step from a jump starts from f just past it,
+evaluated in the steps where a sample landed on one (one read per step says whether any
+did).
 
 Host synchronisation: the loop reads nothing from the device between termination checks;
 each check is scheduled a quarter of the way to the end of the slowest running sample at
@@ -45,13 +49,14 @@ on each row's own Brownian interval with linear outputs (``sde._rows.SDERows``).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from ._attempt import Attempts, Constants, retried_unchanged
 from ._batch_term import BatchTerm
-from ._errors import f0_not_finite
+from ._errors import MaxStepsError, f0_not_finite
 from ._finite_graph import FiniteGraph
 from ._host import across, plain, wrapped
 from ._landing import landing_times, next_landing, past_jump, start_times
@@ -63,6 +68,7 @@ from ._spans import loop_times
 from ._status import Status, sample_failures, samples_failed
 from ._term import ODETerm
 from .controllers._ops import solve_span
+from .controllers.fixed import FixedGrid
 from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
@@ -87,7 +93,7 @@ def integrate_per_sample(
     (``device_loop``), the whole state is one problem. ``stats.status`` receives each
     sample's ``Status`` (a 0-dim one for ``device_loop``)."""
     solver: ExplicitRK = config.solver.for_rows(term, y0_flat)
-    ctrl: PIController = config.controller
+    ctrl: PIController | FixedGrid = config.controller
     if config.per_sample:
         batch = int(term.spec.shapes[0][0])
         f = BatchTerm(term, batch)
@@ -109,9 +115,13 @@ def integrate_per_sample(
             stats.rows_evaluated = 0
         return y0_flat[None]
     facts = solver.row_facts(y0_flat)
-    exponent = 1.0 / (solver.error_order + 1)
-    rtol = tolerance_tensor(ctrl.rtol, y)
-    atol = tolerance_tensor(ctrl.atol, y)
+    fixed = isinstance(ctrl, FixedGrid)
+    if fixed:  # no error measured: every attempt is accepted
+        exponent = rtol = atol = None
+    else:
+        exponent = 1.0 / (solver.error_order + 1)
+        rtol = tolerance_tensor(ctrl.rtol, y)
+        atol = tolerance_tensor(ctrl.atol, y)
 
     # statistics and status per sample
     # separate tensors: aliased inputs would make the compiled step compile a second time
@@ -127,8 +137,12 @@ def integrate_per_sample(
     t_first = start_times(points if config.jump_t else None, sign, t, term.time_dtype)
     f0 = evaluate(t_first, y)
     nfe = nfe + 1
+    if fixed:  # each sample's grid (the controller's memory) and its first point
+        previous_ratio = ctrl.rows_grid(t, t_stop, ts_tensor, sign)
+        proposal = ctrl.rows_after(previous_ratio, t, sign)
+        _check_fixed_steps(ctrl, previous_ratio, config)
     # the first step size, per sample (``initial_step``: Hairer, Norsett & Wanner II.4)
-    if ctrl.first_step is None:
+    elif ctrl.first_step is None:
         size, d1 = initial_step(f, t, y, f0, sign, exponent, rtol, atol, row_rms)
         nfe = nfe + 1
         bad = ~torch.isfinite(d1)
@@ -141,9 +155,10 @@ def integrate_per_sample(
             active = ~bad
     else:
         size = torch.full((batch,), ctrl.first_step, **f64)
-    size = torch.clamp(size, min=ctrl.min_step, max=ctrl.max_step)
-    proposal = t + sign * size
-    previous_ratio = ctrl.initial_memory(torch.ones(batch, **f64))
+    if not fixed:
+        size = torch.clamp(size, min=ctrl.min_step, max=ctrl.max_step)
+        proposal = t + sign * size
+        previous_ratio = ctrl.initial_memory(torch.ones(batch, **f64))
 
     outputs = y.expand(n_out, *y.shape)  # (outputs, batch, n): written at the checks
     next_out = torch.ones(batch, dtype=torch.long, device=device)
@@ -171,7 +186,7 @@ def integrate_per_sample(
     iteration, next_check, n_still, stalled = 0, 1, -1, False  # known at the checks
     # a rejected step is retried unchanged only when its size is held at min_step: the
     # samples where that happened (it would fail again until max_steps) stop at the check
-    repeats, repeated = ctrl.min_step > 0, None
+    repeats, repeated = not fixed and ctrl.min_step > 0, None
     while True:
         iteration += 1
         carried = (proposal, t_stop, active, previous_ratio, n_steps, n_accepted)
@@ -295,6 +310,26 @@ def integrate_per_sample(
     stats.sample_accepted = n_accepted
     stats.sample_rejected = n_rejected
     return outputs.reshape(n_out, -1)
+
+
+def _check_fixed_steps(ctrl: FixedGrid, grid: torch.Tensor, config: Any) -> None:
+    """Raise ``MaxStepsError`` before the first step when a sample's uniform grid has more
+    steps than ``max_steps`` (as the host loop does for one problem); with ``throw=False``
+    the loop stops such samples with their status."""
+    if ctrl.step_size is None or not config.throw:
+        return
+    n = grid[2]
+    worst = int(n.argmax())
+    if float(n[worst]) > config.max_steps:  # (inf: an event search, bounded by max_steps)
+        if not math.isfinite(float(n[worst])):
+            return
+        t0, step, _, t_end = grid[:, worst].tolist()
+        raise MaxStepsError(
+            f"sample {worst}'s fixed grid from t={t0:.6g} to t={t_end:.6g} has "
+            f"{int(n[worst]):,} steps of {abs(step):.6g}, more than "
+            f"max_steps={config.max_steps:,}; use a larger step_size or raise max_steps "
+            "(options max_num_steps)"
+        )
 
 
 def _most_pending(stages: int, y: torch.Tensor) -> int:

@@ -122,8 +122,10 @@ def solve(
             with its own time, step size and accept/reject decisions (error norm: RMS over the
             sample), taking the steps it would take alone; ``func`` then receives ``t`` as a
             (batch,) tensor and ``Solution.stats`` gains ``sample_nfe``, ``sample_steps``,
-            ``sample_accepted`` and ``sample_rejected``. Needs an adaptive explicit
-            Runge-Kutta solver and a ``PIController``; gradients by ``Direct()`` or
+            ``sample_accepted`` and ``sample_rejected``. Needs an explicit Runge-Kutta
+            solver: adaptive with a ``PIController``, or on fixed steps with a
+            ``FixedGrid`` (each sample on its own grid from its own t0, as alone; its
+            ``step_size`` may be a (batch,) tensor); gradients by ``Direct()`` or
             ``Backsolve()``. ``"skip_finished"``: per sample, and ``func`` is called with only
             the samples still running (only for a ``func`` that treats rows independently).
         compile: ``False`` (default) eager; ``True`` runs the whole adaptive solve (first

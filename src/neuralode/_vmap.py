@@ -9,11 +9,11 @@ explicit Runge-Kutta methods. ``func`` is called with the rows wrapped back into
 vmapped dimension, so it sees one problem as it would unbatched, and tensors it captures
 that are batched by the same vmap (a per-problem parameter) pair with their own problem's
 rows. Fixed-step solvers on shared times take the same steps for every problem, so there
-the batch is solved as one system. Where per-sample mode cannot run the solve (implicit
+the batch is solved as one system; on each problem's own times they run per sample, each
+problem on its own grid. Where per-sample mode cannot run the solve (implicit
 methods, whose Newton iterations a batch would share, multistep methods, other
 controllers, ``norm``, a nested state on adaptive steps,
-``perturb``, callbacks, ``Checkpointed()``, fixed steps on each problem's own times, spans
-in both directions), the problems are
+``perturb``, callbacks, ``Checkpointed()``, spans in both directions), the problems are
 solved one after the other. Transforms applied outside ``vmap`` (``torch.func.grad``,
 ``jacrev``, ``jvp``) see ordinary differentiable operations.
 
@@ -90,21 +90,20 @@ def solve_vmapped(
         return _rows(out, level, batch)
 
     solver = kwargs["solver"]  # an instance: ``solve`` resolves it before vmap
-    # the rows as one per-sample solve (one system on fixed steps): explicit Runge-Kutta
-    # only (a batch would share Newton or multistep iterations), with each problem's own
-    # times only adaptive, all in one direction, and adaptive only on a one-tensor state
-    # (a row's error is the RMS of the row; a nested state's alone, the max of its
-    # tensors' RMS norms)
+    # the rows as one per-sample solve (one system on fixed steps and shared times, where
+    # every problem takes the same steps): explicit Runge-Kutta only (a batch would share
+    # Newton or multistep iterations), with each problem's own times all in one direction,
+    # and adaptive only on a one-tensor state (a row's error is the RMS of the row; a
+    # nested state's alone, the max of its tensors' RMS norms)
     directions = set((times[:, -1] > times[:, 0]).tolist()) if own_times else set()
-    as_rows = isinstance(solver, ExplicitRK) and (
-        not own_times or (solver.adaptive and len(directions) == 1)
-    )
+    as_rows = isinstance(solver, ExplicitRK) and (not own_times or len(directions) == 1)
     as_rows = as_rows and (spec.is_leaf or not solver.adaptive)
     sol = None
     with peeled(level):  # the solves below see this level's problems as rows
         if as_rows:
+            per_sample = solver.adaptive or own_times
             try:
-                sol = solve(field, flat, times, per_sample=solver.adaptive, **kwargs)
+                sol = solve(field, flat, times, per_sample=per_sample, **kwargs)
             except ValueError as error:  # an option per-sample mode refuses: one by one
                 if not str(error).startswith("per_sample=True"):
                     raise

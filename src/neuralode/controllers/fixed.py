@@ -25,19 +25,28 @@ class FixedGrid(StepSizeController):
 
     With no argument the grid is the output times.
 
+    In per-sample mode (``solve(..., per_sample=True)``) every sample steps on its own grid
+    from its own t0 (``ts`` of shape (batch, n): its row), exactly as it would alone: the
+    grid of ``step_size`` starts at each sample's t0 and its last step is shortened to land
+    on the sample's t1; ``FixedGrid()`` steps between each sample's output times; a 1-D
+    ``grid`` is every sample's (their spans must then be its span), a (batch, m) ``grid``
+    gives each sample its row; ``constructor`` is called with each sample's times.
+
     Arguments:
         step_size: a uniform grid from the first to the last output time (the last step
-            shortened to land on it, as torchdiffeq does).
+            shortened to land on it, as torchdiffeq does). Per sample also a tensor of
+            shape (batch,): each sample its own step size.
         grid: the grid points (a tensor, or an ``array('d')`` used as it is: 8 bytes a
             point, for long grids); they must start and end at the first and last output time
-            and be strictly monotonic in the direction of integration.
+            and be strictly monotonic in the direction of integration. Per sample also
+            (batch, m): row i is sample i's grid.
         constructor: makes the grid points from the times of each solve (a list of floats,
             first to last; an adjoint's backward solves call it again with their reversed
             times).
 
     Raises:
         ValueError: more than one of the arguments, or a step size that is not positive and
-            finite.
+            finite (in every entry of a tensor of step sizes).
         TypeError: ``constructor`` is not callable.
     """
 
@@ -49,15 +58,46 @@ class FixedGrid(StepSizeController):
     ):
         if sum(x is not None for x in (step_size, grid, constructor)) > 1:
             raise ValueError("give FixedGrid one of step_size, grid and constructor")
-        if step_size is not None and not (step_size > 0 and math.isfinite(step_size)):
+        if isinstance(step_size, torch.Tensor):
+            step_size = step_size.detach()
+            if step_size.ndim > 1 or not step_size.is_floating_point():
+                raise ValueError(
+                    "step_size must be a positive finite number or, per sample, a floating "
+                    f"point tensor of shape (batch,), got a {step_size.dtype} tensor of shape "
+                    f"{tuple(step_size.shape)}"
+                )
+            if not bool((torch.isfinite(step_size) & (step_size > 0)).all()):
+                raise ValueError(
+                    f"step_size must be positive and finite in every entry, got {step_size}"
+                )
+            step_size = step_size.to(torch.float64) if step_size.ndim else float(step_size)
+        elif step_size is not None and not (step_size > 0 and math.isfinite(step_size)):
             raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
         if constructor is not None and not callable(constructor):
             raise TypeError(f"constructor must be callable, got {type(constructor).__name__}")
-        self.step_size = None if step_size is None else float(step_size)
+        if step_size is not None and not isinstance(step_size, torch.Tensor):
+            step_size = float(step_size)
+        self.step_size: float | torch.Tensor | None = step_size
         self.grid = grid
         self.constructor = constructor
 
+    @property
+    def per_sample_only(self) -> str | None:
+        """What makes this grid one of per-sample mode alone (``None``: nothing): a tensor of
+        step sizes, or a (batch, m) grid."""
+        if isinstance(self.step_size, torch.Tensor):
+            return "a step_size per sample (a tensor of shape (batch,))"
+        if isinstance(self.grid, torch.Tensor) and self.grid.ndim == 2 and len(self.grid) > 1:
+            return "a grid per sample (a (batch, m) tensor)"
+        return None
+
     def _grid(self, ts: list[float]) -> _Grid:
+        only = self.per_sample_only
+        if only is not None:
+            raise ValueError(
+                f"FixedGrid with {only} needs per_sample=True (each sample of the batch its "
+                "own grid); for one problem give one step_size or a 1-D grid"
+            )
         t0, t_end = ts[0], ts[-1]
         points = self.grid if self.constructor is None else self.constructor(list(ts))
         if isinstance(points, array) and points.typecode == "d":
@@ -65,14 +105,7 @@ class FixedGrid(StepSizeController):
         elif points is not None:
             grid = [float(x) for x in torch.as_tensor(points).detach().reshape(-1).tolist()]
         if points is not None:
-            sign = 1.0 if t_end > t0 else -1.0
-            if len(grid) < 2 or grid[0] != t0 or grid[-1] != t_end:
-                raise ValueError(
-                    f"the step grid must start at t0={t0} and end at t1={t_end}; "
-                    f"got {grid[0] if grid else None} ... {grid[-1] if grid else None}"
-                )
-            if any(sign * (b - a) <= 0 for a, b in zip(grid, islice(grid, 1, None))):
-                raise ValueError("the step grid must be strictly monotonic, in the direction of t")
+            _check_points(grid, t0, t_end)
             return _Grid(grid)
         if self.step_size is None:
             return _Grid(list(ts))
@@ -89,11 +122,13 @@ class FixedGrid(StepSizeController):
                 ``constructor``'s grid (not known before it is built).
         """
         if self.grid is not None:
-            return max(torch.as_tensor(self.grid).numel() - 1, 1)
+            return max(torch.as_tensor(self.grid).shape[-1] - 1, 1)
         if self.constructor is not None:
             return 1  # the user's grid: known once built
         if self.step_size is None:
             return len(ts) - 1
+        if isinstance(self.step_size, torch.Tensor):  # (per sample: the most steps)
+            return _UniformGrid(ts[0], ts[-1], float(self.step_size.min())).n
         return _UniformGrid(ts[0], ts[-1], self.step_size).n
 
     def restricted(self, t_start: float, t_end: float) -> FixedGrid:
@@ -170,8 +205,140 @@ class FixedGrid(StepSizeController):
         """
         return True, state.after(t1), state
 
+    def rows_grid(
+        self, t0: torch.Tensor, t_end: torch.Tensor, ts: torch.Tensor, sign: float
+    ) -> torch.Tensor:
+        """Every row's grid in the device loop (``_per_sample``), the controller's memory
+        there: each row (a sample) steps on its own grid, as ``init`` builds it for the row
+        alone.
+
+        Arguments:
+            t0: each row's start, (batch,) float64.
+            t_end: each row's end, (batch,) float64 (infinite for an event search).
+            ts: the output times, float64: (n,) shared by the rows or (batch, n) each its own.
+            sign: the direction of integration, 1.0 or -1.0.
+
+        Returns:
+            With ``step_size``: (4, batch) float64, each row's t0, signed step, number of
+                steps and end (``_UniformGrid``'s numbers); else the grid points, (batch, m)
+                float64, a row shorter than the longest repeating its end.
+
+        Raises:
+            ValueError: a grid that does not start at a row's t0 and end at its end or is
+                not strictly monotonic in the direction of integration, or a step size or
+                grid per sample whose rows are not one per sample.
+        """
+        batch, device = t0.shape[0], t0.device
+        f64 = dict(dtype=torch.float64, device=device)
+        if self.step_size is not None:
+            h = torch.as_tensor(self.step_size, **f64)
+            if h.ndim and h.shape != (batch,):
+                raise ValueError(
+                    f"a step_size per sample must have shape (batch,) = ({batch},), one step "
+                    f"size per sample of y0, got shape {tuple(h.shape)}"
+                )
+            span = t_end - t0
+            n = torch.ceil(span.abs() / h - 1e-12)  # (as ``_UniformGrid``; inf: unbounded)
+            return torch.stack([t0, torch.copysign(h.expand(batch), span), n, t_end])
+        if self.constructor is not None:
+            rows = ts if ts.ndim == 2 else ts[None]
+            made = []
+            for row in rows.tolist():
+                points = self.constructor(row)
+                grid = [float(x) for x in torch.as_tensor(points).reshape(-1).tolist()]
+                _check_points(grid, row[0], row[-1])
+                made.append(grid)
+            longest = max(len(grid) for grid in made)
+            padded = [grid + grid[-1:] * (longest - len(grid)) for grid in made]
+            return torch.tensor(padded, **f64).expand(batch, -1)
+        if self.grid is None:  # the output times
+            return ts.to(**f64).expand(batch, -1)
+        if isinstance(self.grid, array):
+            points = torch.frombuffer(self.grid, dtype=torch.float64).to(device)
+        else:
+            points = torch.as_tensor(self.grid).detach().to(**f64)
+        if points.ndim == 1:
+            points = points[None]
+        if points.ndim != 2 or points.shape[0] not in (1, batch) or points.shape[1] < 2:
+            raise ValueError(
+                f"per sample the step grid must be 1-D (every sample's) or (batch, m) = "
+                f"({batch}, m) with m >= 2 (row i: sample i's), got shape {tuple(points.shape)}"
+            )
+        points = points.expand(batch, -1)
+        wrong = (points[:, 0] != t0) | (points[:, -1] != t_end)
+        if bool(wrong.any()):
+            i = int(wrong.nonzero()[0])
+            shared = "one grid for every sample" if self.grid.ndim == 1 else f"row {i}"
+            fix = (
+                ": the samples' spans differ, so give a (batch, m) grid (row i: sample i's) "
+                "or a step_size"
+                if self.grid.ndim == 1
+                else ""
+            )
+            raise ValueError(
+                f"the step grid ({shared}) must start at sample {i}'s t0={float(t0[i])} and "
+                f"end at its t1={float(t_end[i])}; got {float(points[i, 0])} ... "
+                f"{float(points[i, -1])}{fix}"
+            )
+        if not bool((sign * points.diff(dim=1) > 0).all()):
+            raise ValueError("the step grid must be strictly monotonic, in the direction of t")
+        return points
+
+    def rows_after(self, grid: torch.Tensor, t: torch.Tensor, sign: float) -> torch.Tensor:
+        """Each row's next grid point after ``t``, (batch,): ``adapt``'s proposal (the first
+        point past t by more than round-off) computed for every row at once, on its grid
+        from ``rows_grid``; a point within round-off short of the row's end is its end (the
+        host loop lands there). A fixed number of corrections stands for ``_UniformGrid``'s
+        and ``_Grid``'s loops, which make at most two on grids whose points are more than
+        4 ulps apart.
+
+        Arguments:
+            grid: the rows' grids (``rows_grid``).
+            t: each row's time, (batch,) float64.
+            sign: the direction of integration.
+
+        Returns:
+            The end of each row's next step, (batch,) float64.
+        """
+        if self.step_size is not None:
+            t0, step, n, t_end = grid.unbind(0)
+
+            def point(i: torch.Tensor) -> torch.Tensor:
+                return torch.where(i >= n, t_end, t0 + i * step)
+
+            i = torch.floor((t - t0) / step).clamp(min=0)
+            for _ in range(2):  # round-off in the division
+                i = torch.where((i > 0) & (sign * (point(i) - t) > 0), i - 1, i)
+            for _ in range(3):  # points up to t, or within round-off past it, are reached
+                p = point(i)
+                i = torch.where((i < n) & ((sign * (p - t) <= 0) | indistinct(t, p)), i + 1, i)
+            p = point(i)
+        else:
+            last = grid.shape[1] - 1
+            t_end = grid[:, last]
+            keys = (sign * grid).contiguous()
+            i = torch.searchsorted(keys, (sign * t)[:, None].contiguous(), right=True)
+            for _ in range(3):  # a point within round-off of t is reached
+                p = grid.gather(1, i.clamp(max=last))
+                i = torch.where((i < last) & indistinct(t[:, None], p), i + 1, i)
+            p = grid.gather(1, i.clamp(max=last))[:, 0]
+        return torch.where(indistinct(p, t_end), t_end, p)
+
     def __repr__(self) -> str:
         return f"FixedGrid(step_size={self.step_size})"
+
+
+def _check_points(grid: Any, t0: float, t_end: float) -> None:
+    """Raise unless the grid points start at ``t0``, end at ``t_end`` and are strictly
+    monotonic from one to the other."""
+    sign = 1.0 if t_end > t0 else -1.0
+    if len(grid) < 2 or grid[0] != t0 or grid[-1] != t_end:
+        raise ValueError(
+            f"the step grid must start at t0={t0} and end at t1={t_end}; "
+            f"got {grid[0] if grid else None} ... {grid[-1] if grid else None}"
+        )
+    if any(sign * (b - a) <= 0 for a, b in zip(grid, islice(grid, 1, None))):
+        raise ValueError("the step grid must be strictly monotonic, in the direction of t")
 
 
 class _Grid:

@@ -203,6 +203,9 @@ def _propagate(
         per_segment = sol.stats.sample_nfe.reshape(groups, -1).amax(1)
         nfe, depth = int(per_segment.sum()), sol.stats.nfe
     else:
+        # n steps of each row's length / n are one grid in the local time s: the rows solve
+        # as ONE problem on it, which (unlike per-sample mode with a step size per row)
+        # takes a nested state, ``norm`` and every gradient strategy
         local = (_LocalTimeModule if isinstance(func, nn.Module) else _LocalTime)(
             func, t_start, length
         )

@@ -202,8 +202,10 @@ def multiple_shooting_loss(
             (L, K, *batch, d); defaults to the mean squared error.
         **solve_options: passed to [`neuralode.solve`][neuralode.solve]: ``solver``,
             ``controller``, ``gradient`` (``Direct()`` or ``Backsolve()``), ``max_steps``,
-            ``per_sample="skip_finished"``, ... The solver must be an adaptive explicit
-            Runge-Kutta method (what per-sample mode supports).
+            ``per_sample="skip_finished"``, ... The solver must be an explicit Runge-Kutta
+            method (what per-sample mode supports): adaptive, or on fixed steps
+            (``solver="rk4", controller=FixedGrid(step_size=h)``: each group steps from its
+            own first time).
 
     Returns:
         A [`ShootingLoss`][neuralode.shooting.ShootingLoss]: the loss, its two terms, the

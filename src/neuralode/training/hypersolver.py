@@ -28,6 +28,7 @@ def fit_hypersolver(
     steps: int = 1000,
     lr: float = 1e-3,
     time_batch: int | None = None,
+    batch_size: int | None = None,
     rtol: float | None = None,
     atol: float | None = None,
     progress: bool = True,
@@ -45,9 +46,11 @@ def fit_hypersolver(
     with ``dt psi`` the base method's step (a one-step solve of it) and p its order. Adam
     then minimises the mean of (correction(t_n, y_n, f(t_n, y_n), dt) - g*_n)^2 over the
     states, ``steps`` times; the states, f and the targets are computed once, so each
-    iteration calls only the correction, once per time t_n it draws (``time_batch``). Fit
-    at the ``dt`` the hypersolver will step with. ``func`` itself is not trained (its
-    parameters receive no gradient).
+    iteration calls only the correction, once per time t_n it draws (``time_batch``), on
+    the whole batch or on ``batch_size`` of its samples (dimension 0 of ``y0``; a
+    mini-batch for a batch too large to regress on at once, e.g. an image classifier's
+    training set). Fit at the ``dt`` the hypersolver will step with. ``func`` itself is not
+    trained (its parameters receive no gradient).
 
     Arguments:
         hypersolver: the hypersolver whose correction (``hypersolver.parameters()``) is
@@ -64,21 +67,25 @@ def fit_hypersolver(
         time_batch: the number of times t_n each iteration draws at random (without
             replacement), each a call of the correction on the states at that time;
             ``None`` (the default) takes every time, the full loss each iteration.
+        batch_size: the number of samples (along dimension 0 of ``y0``) each iteration
+            draws at random (without replacement, the same ones at each time it draws); the
+            correction must then treat the samples independently, as a network on a batch
+            does. ``None`` (the default) takes the whole batch.
         rtol: the reference solve's relative tolerance; by default 1e-9, or 10 times the
             dtype's eps where that is larger (float32: 1.2e-6).
         atol: its absolute tolerance; by default ``rtol``'s default.
         progress: show a tqdm progress bar on stderr with the current loss.
-        generator: the random number generator of the draws of ``time_batch`` (default:
-            torch's global one).
+        generator: the random number generator of the draws of ``time_batch`` and
+            ``batch_size`` (default: torch's global one).
 
     Returns:
         The loss of each iteration, before its update (over the times it drew).
 
     Raises:
         TypeError: ``hypersolver`` is not a ``HyperSolver``, or ``y0`` is not a tensor.
-        ValueError: the correction has no parameters that require grad, ``dt``, ``steps``
-            or ``time_batch`` is not positive, or the span from ``t0`` to ``t1`` is shorter
-            than ``dt``.
+        ValueError: the correction has no parameters that require grad, ``dt``, ``steps``,
+            ``time_batch`` or ``batch_size`` is not positive, ``batch_size`` is given for a
+            0-dim ``y0``, or the span from ``t0`` to ``t1`` is shorter than ``dt``.
     """
     if not isinstance(hypersolver, HyperSolver):
         raise TypeError(
@@ -98,6 +105,14 @@ def fit_hypersolver(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if time_batch is not None and not (isinstance(time_batch, int) and time_batch > 0):
         raise ValueError(f"time_batch must be a positive integer or None, got {time_batch!r}")
+    if batch_size is not None:
+        if not (isinstance(batch_size, int) and batch_size > 0):
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        if y0.ndim == 0:
+            raise ValueError(
+                "batch_size draws samples along dimension 0 of y0, which is 0-dim here: give "
+                "y0 a batch dimension or leave batch_size out"
+            )
     n = math.floor((t1 - t0) / dt * (1 + 1e-12))
     if n < 1:
         raise ValueError(
@@ -139,6 +154,10 @@ def fit_hypersolver(
             if time_batch is not None and time_batch < n:
                 order = torch.randperm(n, generator=generator)[:time_batch].tolist()
                 drawn = [samples[k] for k in order]
+            if batch_size is not None and batch_size < y0.shape[0]:
+                rows = torch.randperm(y0.shape[0], generator=generator)[:batch_size]
+                rows = rows.to(y0.device)
+                drawn = [(t, y[rows], dy[rows], h, target[rows]) for t, y, dy, h, target in drawn]
             loss = sum(
                 (hypersolver.correction(t, y, dy, h) - target).abs().pow(2).mean()
                 for t, y, dy, h, target in drawn

@@ -240,11 +240,8 @@ def test_refusals_name_the_problem():
     hyper = HyperEuler(zero_correction)
     with pytest.raises(ValueError, match="adaptive"):
         no.solve(linear, y0, ts, solver=hyper, controller=no.PIController())
-    with pytest.raises(
-        ValueError,
-        match="per_sample=True supports the explicit Runge-Kutta methods.*got HyperEuler",
-    ):
-        no.solve(linear, y0, ts, solver=hyper, per_sample=True)
+    with pytest.raises(ValueError, match="per_sample=True: hyper_euler takes fixed steps"):
+        no.solve(linear, y0, ts, solver=hyper, controller=no.PIController(), per_sample=True)
     with pytest.raises(ValueError, match="Reversible.*hyper_euler is not an explicit"):
         no.solve(linear, y0, ts, solver=hyper, controller=grid, gradient=no.Reversible())
     # a trainable correction: Backsolve refuses it too, so it is not offered

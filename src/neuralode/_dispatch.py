@@ -15,6 +15,7 @@ from ._loop import integrate
 from ._solution import Solution
 from ._spans import run_spans
 from ._status import mark_non_finite
+from ._term import SEPARABLE_HALVES, separable_halves
 from ._validate import check_finite
 from .adjoint.base import GradientStrategy, Problem, time_derivative_inputs
 from .adjoint.direct import Direct
@@ -22,7 +23,8 @@ from .adjoint.direct import Direct
 
 class BatchTime(torch.nn.Module):
     """``func`` called with one time per sample: a 0-dim ``t`` (from the adjoint's backward
-    solve or the time-gradient terms, which run the batch as one system) is expanded."""
+    solve or the time-gradient terms, which run the batch as one system) is expanded. The
+    halves of a separable field (``SEPARABLE_HALVES``) are offered too, called the same way."""
 
     def __init__(self, func: Callable, batch: int):
         super().__init__()
@@ -34,6 +36,8 @@ class BatchTime(torch.nn.Module):
         # f for ``forward`` as a plain attribute: a submodule is found only through
         # nn.Module.__getattr__, and ``hasattr`` of a missing one raises inside (~1 us a call)
         self.__dict__["_func"] = func
+        for name, half in zip(SEPARABLE_HALVES, separable_halves(func) or ()):
+            self.__dict__[name] = _BatchTimeHalf(half, batch)
 
     def forward(self, t: torch.Tensor, y: Any) -> Any:
         return self._func(t.expand(self.batch) if t.ndim == 0 else t, y)
@@ -45,6 +49,16 @@ class BatchTime(torch.nn.Module):
             "func is not a torch.nn.Module, so its parameters cannot be found: pass them "
             "explicitly (params=... in the core API, adjoint_params=... in odeint_adjoint)"
         )
+
+
+class _BatchTimeHalf:
+    """A half of a separable field called with one time per sample (as ``BatchTime``)."""
+
+    def __init__(self, half: Callable, batch: int):
+        self.half, self.batch = half, batch
+
+    def __call__(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.half(t.expand(self.batch) if t.ndim == 0 else t, x)
 
 
 def run_gradient(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:

@@ -18,7 +18,7 @@ from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
 from .solvers.hyper import HyperSolver
-from .solvers.partitioned import PartitionedSolver
+from .solvers.partitioned import PartitionedSolver, pair_split
 
 _ALIASES = ("skip_finished", "compile_step", "device_loop", "cuda_graph")
 _COMPILE = {False: None, None: None, True: "solve", "solve": "solve", "step": "step"}
@@ -153,7 +153,7 @@ class Execution:
             solver: the solver.
             controller: the step-size controller.
             options: ``solve``'s other arguments by name (``norm``, ``step_t``, ``jump_t``,
-                ``perturb``, ``callbacks``, ``gradient``).
+                ``perturb``, ``callbacks``, ``gradient``; ``event`` where given).
 
         Raises:
             ValueError: naming the mode and what it does not support.
@@ -166,16 +166,26 @@ class Execution:
         from .adjoint.direct import Direct
 
         what = "per_sample=True" if self.per_sample else "device_loop=True"
-        if isinstance(solver, PartitionedSolver):
-            # (before the state's check: a pair (q, p) is what these methods need)
+        if isinstance(solver, (HyperSolver, PartitionedSolver)) and not self.per_sample:
             raise ValueError(
-                f"{what} does not run the symplectic method {solver.name}: the device loop "
-                f"takes adaptive steps on one tensor, {solver.name} fixed steps on a pair "
-                "(q, p). Solve the batch as one problem (per_sample=False: on a fixed grid "
-                "each sample takes the steps it would take alone), or torch.func.vmap the solve"
+                f"device_loop=True does not run {solver.name}: it takes fixed steps, which the "
+                "host loop takes alike for one problem; solve without device_loop, or with "
+                "per_sample=True for a batch of independent problems"
             )
-        if not spec.is_leaf:
-            raise ValueError(f"{what} needs y0 to be one tensor")
+        if isinstance(solver, PartitionedSolver):
+            _check_pair_rows(spec, solver.name)
+            landings = [name for name in ("jump_t", "event") if options.get(name)]
+            if landings:
+                raise ValueError(
+                    f"per_sample=True with {solver.name} does not support "
+                    f"{' or '.join(landings)}: solve each sample alone (per_sample=False), "
+                    "or torch.func.vmap the solve"
+                )
+        elif not spec.is_leaf:
+            raise ValueError(
+                f"{what} needs y0 to be one tensor (or, for the symplectic methods, a pair "
+                "(q, p) of tensors whose first dimension is the batch)"
+            )
         check_device_loop(solver, controller, what)
         from .sde._engine import SDESolver  # (sde imports the engine)
 
@@ -242,11 +252,21 @@ def check_device_loop(solver: Any, controller: Any, what: str) -> None:
         if not isinstance(controller, PIController):
             raise ValueError(f"{what} with an SDE method needs a PIController, got {controller!r}")
         return
+    if isinstance(solver, (HyperSolver, PartitionedSolver)):
+        if not isinstance(controller, FixedGrid):
+            raise ValueError(
+                f"{what}: {solver.name} takes fixed steps (it has no error estimate): give "
+                f"controller=FixedGrid(step_size=...) (a float, or per sample a (batch,) "
+                f"tensor), got {controller!r}"
+            )
+        return
     if not isinstance(solver, ExplicitRK):
         raise ValueError(
             f"{what} supports the explicit Runge-Kutta methods (adaptive steps: dopri5, "
             f"tsit5, bosh3, dopri8, ...; fixed steps on a FixedGrid: euler, midpoint, rk4, "
-            f"... or an adaptive one) and, per sample, the SDE solvers, got {solver!r}"
+            f"... or an adaptive one), per sample on a FixedGrid also the hypersolvers and "
+            f"the symplectic methods (leapfrog, ...), and per sample the SDE solvers, got "
+            f"{solver!r}"
         )
     if isinstance(controller, FixedGrid):
         return
@@ -256,6 +276,18 @@ def check_device_loop(solver: Any, controller: Any, what: str) -> None:
         raise ValueError(
             f"{what}: {solver.name} has no error estimate and cannot adapt its step size; "
             "give controller=FixedGrid(step_size=...) for fixed steps, or an adaptive method"
+        )
+
+
+def _check_pair_rows(spec: TreeSpec, name: str) -> None:
+    """Raise unless the state is a pair (q, p) of tensors with one batch dimension first."""
+    pair_split(spec, name)
+    shapes = [tuple(shape) for shape in spec.shapes]
+    if any(len(shape) == 0 for shape in shapes) or shapes[0][0] != shapes[1][0]:
+        raise ValueError(
+            f"per_sample=True with {name} needs q and p with the batch first, of one size "
+            f"(q of shape (batch, ...), p of shape (batch, ...)), got shapes {shapes[0]} and "
+            f"{shapes[1]}"
         )
 
 

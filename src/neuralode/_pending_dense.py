@@ -80,7 +80,6 @@ def _dense_stages(
     A step's extra stages are evaluated once, on the whole batch (f's rows are the samples),
     when a sample first interpolates in it; each sample is counted the evaluations it would
     make alone, once per step it interpolates in."""
-    co = solver._coefficients(pending[0].y)
     wanted = torch.ones_like(step, dtype=torch.bool) if wanted is None else wanted
     # one read: which steps to evaluate (a boolean index would read once more per step)
     # (of every problem under torch.func.vmap)
@@ -95,7 +94,8 @@ def _dense_stages(
                 r.h.to(r.y.real.dtype)[:, None],
                 r.k_all.unbind(0),
                 lambda r=r: r.f1,
-                lambda c, y, r=r: f(r.t + c * r.h, y),
+                lambda c, y, r=r: f(r.t1 if c == 1 else r.t + c * r.h, y),
+                y1=r.y1,
             )
             r.dense_counted = torch.zeros_like(r.accept)
         hits = (wanted & (step == j)).long()
@@ -104,9 +104,8 @@ def _dense_stages(
         new = new + _extra_stages(solver) * (mine & ~r.dense_counted)
         r.dense_counted = r.dense_counted | mine
     if not steps:  # nothing wanted: any values of the right shape
-        return pending[0].k_all.new_zeros(
-            co.dense.shape[0], len(sample), pending[0].y.shape[1]
-        ), new
+        width = solver.dense_width(pending[0].y)
+        return pending[0].y.new_zeros(width, len(sample), pending[0].y.shape[1]), new
     index = torch.tensor(steps, device=step.device)
     position = torch.searchsorted(index, step).clamp(max=len(steps) - 1)
     stacked = torch.stack([pending[j].dense for j in steps])  # (u, S, batch, n)
@@ -156,13 +155,16 @@ def _write_outputs(
         return _stack([getattr(r, name) for r in pending])[step, sample]
 
     t, t_reach = pick("t"), pick("t_reach")
+    t_out = ts[out] if ts.ndim == 1 else ts[sample, out]
     extra = torch.zeros(batch, dtype=torch.long, device=ends.device)
     if _extra_stages(solver):
-        k_all, extra = _dense_stages(solver, f, pending, step, sample, keep)
+        # an output at the end its step reached is that state: no extra stages for it
+        inner = t_out != t_reach
+        wanted = inner if keep is None else keep & inner
+        k_all, extra = _dense_stages(solver, f, pending, step, sample, wanted)
     else:
         k_all = _stack([r.k_all for r in pending])[step, :, sample].transpose(0, 1)
     f1 = pick("f1") if needs_f1 else None
-    t_out = ts[out] if ts.ndim == 1 else ts[sample, out]
     value = _interpolate(solver, pick("y"), pick("y1"), pick("h"), k_all, f1, t_out - t)
     value = torch.where((t_out == t_reach)[:, None], pick("y_reach"), value)
     written = torch.ones_like(step, dtype=torch.long) if keep is None else keep.long()

@@ -43,8 +43,12 @@ run (``_attempt.Attempts``) eagerly or, with ``compile_step``, as one torch.comp
 included); with ``cuda_graph`` it is captured once as a CUDA graph and replayed
 (``_cuda_graph``). An SDE method's Brownian motion is drawn before each attempt. The solver
 supplies its per-row maths (``for_rows``, ``row_facts``, ``propose_rows``, ``dense``): an
-explicit Runge-Kutta method's stages and dense output, or an SDE method's step-doubled steps
-on each row's own Brownian interval with linear outputs (``sde._rows.SDERows``).
+explicit Runge-Kutta method's stages and dense output, a hypersolver's base step and
+correction (``solvers.hyper.HyperRows``), a symplectic method's kicks and drifts on each row's
+(q, p) (``solvers.partitioned.PartitionedRows``), both with cubic Hermite outputs, or an SDE
+method's step-doubled steps on each row's own Brownian interval with linear outputs
+(``sde._rows.SDERows``). A pair state (q, p) runs as rows, each sample's q then its p
+(``_tree.flat_to_rows``); f sees it in its structure.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ from ._solution import SolveStats
 from ._spans import loop_times
 from ._status import Status, sample_failures, samples_failed
 from ._term import ODETerm
+from ._tree import flat_to_rows, rows_to_flat
 from .controllers._ops import solve_span
 from .controllers.fixed import FixedGrid
 from .controllers.initial_step import initial_step
@@ -99,7 +104,9 @@ def integrate_per_sample(
         f = BatchTerm(term, batch)
     else:
         batch, f = 1, BatchTerm(term, 1, one_problem=True)
-    y = y0_flat.reshape(batch, -1)
+    # a nested state (a pair (q, p)) as rows: each sample's part of every tensor side by side
+    nested = not term.spec.is_leaf
+    y = flat_to_rows(term.spec, y0_flat) if nested else y0_flat.reshape(batch, -1)
     device = y.device
     f64 = dict(dtype=torch.float64, device=device)
     ts_tensor, ts_signed, sign, t, t_stop = loop_times(ts, batch, device)
@@ -304,6 +311,8 @@ def integrate_per_sample(
     stats.n_rejected += int(across(n_rejected.sum(), torch.sum))
     if not config.per_sample:
         return outputs.reshape(n_out, -1)
+    if nested:
+        outputs = rows_to_flat(term.spec, outputs)
     stats.sample_nfe = nfe
     stats.rows_evaluated = f.rows_evaluated
     stats.sample_steps = n_steps

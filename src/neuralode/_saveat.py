@@ -17,6 +17,8 @@ from torch.utils import _pytree
 from ._recorder import Recorder
 from ._status import Status
 from .solvers.base import Solver
+from .solvers.hyper import HyperSolver
+from .solvers.partitioned import PartitionedSolver
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,12 @@ def check_saveat(
         )
     if n < 2:
         raise ValueError(f"{what} needs a span: ts with at least two times")
+    if execution.per_sample and isinstance(solver, (HyperSolver, PartitionedSolver)):
+        raise ValueError(
+            f"{what} per sample keeps the stages of an explicit Runge-Kutta method, "
+            f"which {solver.name} has not: solve at more output times ts instead, or "
+            "solve each sample alone"
+        )
     if execution.skip_finished:
         raise ValueError(
             f"{what} with skip_finished: finished samples are not evaluated, so their last "

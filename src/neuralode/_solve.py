@@ -24,6 +24,7 @@ from ._solution import Solution, SolveStats
 from ._spans import sample_times
 from ._status import Status, mark_non_finite
 from ._term import ODETerm
+from ._tree import flat_to_rows
 from ._validate import (
     check_event,
     check_finite,
@@ -257,7 +258,7 @@ def solve(
         saveat = check_saveat(saveat, dense, execution, solver, gradient, event, ts.shape[-1])
     if execution.compile or execution.device:  # (the eager host loop runs every option)
         options = {"norm": norm, "step_t": step_t, "jump_t": jump_t, "perturb": perturb}
-        options.update(callbacks=callbacks, gradient=gradient)  # (cheaper than locals())
+        options.update(callbacks=callbacks, gradient=gradient, event=event)  # (not locals())
         execution.check(spec, solver, controller, options)
     if event is not None and gradient is not None and not gradient.supports_events:
         raise ValueError(
@@ -311,7 +312,8 @@ def solve(
             check_finite(ys, times)
         else:
             batch = spec.shapes[0][0] if execution.per_sample else None
-            stats.status = mark_non_finite(stats.status, ys, batch)
+            rows = ys if batch is None or spec.is_leaf else flat_to_rows(spec, ys)  # (a pair)
+            stats.status = mark_non_finite(stats.status, rows, batch)
         if saveat is not None:
             solution = saved(saveat, config.save, problem, ys)
             solution.status = stats.status

@@ -146,3 +146,53 @@ def _rebuild(structure: Any, leaves: Any) -> Any:
     if isinstance(structure, list):
         return [_rebuild(x, leaves) for x in structure]
     return {key: _rebuild(value, leaves) for key, value in structure.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# per-sample rows of a nested state: every tensor's dimension 0 is the batch, and row i of the
+# device loop's (batch, r) state holds sample i's part of each tensor, in the state's order
+
+
+def row_widths(spec: TreeSpec) -> list[int]:
+    """The elements of one sample's part of each tensor (the tensor's numel over its batch)."""
+    return [math.prod(shape[1:]) for shape in spec.shapes]
+
+
+def flat_to_rows(spec: TreeSpec, flat: torch.Tensor) -> torch.Tensor:
+    """The flat state(s) (..., numel), tensor after tensor, as per-sample rows
+    (..., batch, r)."""
+    lead, batch = flat.shape[:-1], int(spec.shapes[0][0])
+    pieces = flat.split(list(spec.numels), dim=-1)
+    return torch.cat([piece.reshape(*lead, batch, -1) for piece in pieces], dim=-1)
+
+
+def rows_to_flat(spec: TreeSpec, rows: torch.Tensor) -> torch.Tensor:
+    """Per-sample rows (..., batch, r) as flat state(s) (..., numel): ``flat_to_rows``
+    undone."""
+    lead = rows.shape[:-2]
+    pieces = rows.split(row_widths(spec), dim=-1)
+    return torch.cat([piece.reshape(*lead, -1) for piece in pieces], dim=-1)
+
+
+def rows_tree(spec: TreeSpec, rows: torch.Tensor) -> Any:
+    """m rows (m, r) in the state's structure, each tensor (m, *its shape[1:])."""
+    m = rows.shape[0]
+    pieces = rows.split(row_widths(spec), dim=-1)
+    leaves = iter(p.reshape(m, *s[1:]) for p, s in zip(pieces, spec.shapes))
+    return _rebuild(spec.structure, leaves)
+
+
+def tree_rows(spec: TreeSpec, tree: Any, m: int, what: str) -> torch.Tensor:
+    """A structure like the state's with m rows per tensor as (m, r) rows, its shapes
+    checked (``rows_tree`` undone)."""
+    leaves = _leaves_as(spec.structure, tree, what)
+    if len(leaves) != len(spec.shapes):
+        raise ValueError(f"{what} has {len(leaves)} tensors but the state has {len(spec.shapes)}")
+    for i, (leaf, shape) in enumerate(zip(leaves, spec.shapes)):
+        if not isinstance(leaf, torch.Tensor) or tuple(leaf.shape) != (m, *shape[1:]):
+            got = tuple(leaf.shape) if isinstance(leaf, torch.Tensor) else type(leaf).__name__
+            raise ValueError(
+                f"{what} has shape {got} (tensor {i} of the state); expected "
+                f"{(m, *shape[1:])}, one row per sample it is given"
+            )
+    return torch.cat([leaf.reshape(m, -1) for leaf in leaves], dim=1)

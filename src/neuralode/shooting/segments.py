@@ -205,7 +205,7 @@ def multiple_shooting_loss(
             ``per_sample="skip_finished"``, ... The solver must be an explicit Runge-Kutta
             method (what per-sample mode supports): adaptive, or on fixed steps
             (``solver="rk4", controller=FixedGrid(step_size=h)``: each group steps from its
-            own first time).
+            own first time), where a hypersolver (``HyperEuler(correction)``) runs too.
 
     Returns:
         A [`ShootingLoss`][neuralode.shooting.ShootingLoss]: the loss, its two terms, the

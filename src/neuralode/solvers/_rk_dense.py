@@ -37,6 +37,17 @@ class ExplicitDenseOutput(Solver):
             step.extra["dense_stacked"] = stacked
         return self.dense(step.y0, None, step.dt, stacked, None, thetas)
 
+    def dense_width(self, like: torch.Tensor) -> int:
+        """The rows of ``dense_stages``: the stages and the dense output's extra stages.
+
+        Arguments:
+            like: a tensor of the state's dtype and device.
+
+        Returns:
+            The number of rows.
+        """
+        return self._coefficients(like).dense.shape[0]
+
     def dense(
         self,
         y0: torch.Tensor,
@@ -135,6 +146,7 @@ class ExplicitDenseOutput(Solver):
         ks: Sequence[torch.Tensor],
         f1: Callable[[], torch.Tensor],
         evaluate: Callable[[float, torch.Tensor], torch.Tensor],
+        y1: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The step's stages followed by its dense output's extra stages, for every mode.
 
@@ -145,6 +157,7 @@ class ExplicitDenseOutput(Solver):
             f1: returns f(t1, y1), the extra stage at the step's end.
             evaluate: ``evaluate(c, y)`` returns f at the step fraction ``c``; an extra
                 stage there is ``evaluate(c, y0 + h * sum_j a_j k_j)``.
+            y1: the step's end state (unused: the extra stages are made from the stages).
 
         Returns:
             All stages stacked, (stages, *y0.shape).

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .._term import ODETerm
-from .base import Solver, Step, hermite_interpolate
+from .base import RowFacts, Solver, Step, hermite, hermite_interpolate
 from .explicit_rk import ExplicitRK
 
 #: ``correction(t, y, dy, dt)``: the time and step size as 0-dim tensors of the state's real
@@ -53,7 +53,9 @@ class HyperSolver(Solver):
     [`fit_hypersolver`][neuralode.training.fit_hypersolver] fits a network to it.
 
     Fixed steps only (``FixedGrid``, ``step_size``): there is no error estimate, so a
-    ``PIController`` and ``per_sample=True`` are refused. Gradients: ``Direct()``
+    ``PIController`` is refused. Per sample (``per_sample=True`` on a ``FixedGrid``) each
+    sample takes its lone solve's steps (``HyperRows``); the correction is then called on
+    every sample's rows with ``t`` and ``dt`` of shape (batch,). Gradients: ``Direct()``
     backpropagates through the correction too (its parameters, y0 and func's parameters
     receive the gradients of the discrete solve); ``Checkpointed()`` differentiates the
     correction's parameters (``parameters()``) with func's; ``Backsolve()``'s continuous
@@ -176,6 +178,18 @@ class HyperSolver(Solver):
         out = self.correction(term.time(t0), spec.unflatten(y0), spec.unflatten(f0), term.time(dt))
         return spec.flatten(out, f"the correction of {self.name}")
 
+    def for_rows(self, term: ODETerm, like: torch.Tensor) -> HyperRows:
+        """The hypersolver as the device loop runs it (``per_sample=True``).
+
+        Arguments:
+            term: the vector field.
+            like: a tensor of the state's dtype and device.
+
+        Returns:
+            A ``HyperRows``: the base method's row step plus the correction.
+        """
+        return HyperRows(self, term, like)
+
     def reject(self, step: Step, state: Any) -> Any:
         """The base method's state for retrying a step (never needed on a fixed grid).
 
@@ -226,6 +240,96 @@ class HyperSolver(Solver):
     def __repr__(self) -> str:
         correction = type(self.correction).__name__
         return f"{type(self).__name__}(base={self.base.name!r}, correction={correction})"
+
+
+class HyperRows:
+    """A ``HyperSolver`` on the device loop's rows (``per_sample=True``, on a ``FixedGrid``):
+    each row's step is the base method's row step (``ExplicitRK.propose_rows``) plus
+    dt^(p+1) times the correction, called once per attempt on every row with ``t`` and ``dt``
+    of shape (batch,), each row's own, and ``y``, ``dy`` in ``y0``'s shape. Outputs between
+    a step's ends are cubic Hermite through them, as ``HyperSolver.interpolate``."""
+
+    row_fsal = False  # (the base's f(t1, y1) is at its own y1, not the corrected one)
+    dense_extra_stages = 0
+    error_order = None
+
+    def __init__(self, solver: HyperSolver, term: ODETerm, like: torch.Tensor):
+        self.solver = solver
+        self.base = solver.base.for_rows(term, like)
+        self.shape = tuple(term.spec.shapes[0])
+        self.time_dtype = term.time_dtype
+
+    def row_facts(self, like: torch.Tensor) -> RowFacts:
+        """The base method's stages, f(t0, y0) at each attempt's start and f(t1, y1) for the
+        cubic Hermite outputs.
+
+        Arguments:
+            like: a tensor of the state's dtype and device.
+
+        Returns:
+            The ``RowFacts``.
+        """
+        stages = self.base.row_facts(like).stages
+        return RowFacts(stages, fsal=False, needs_f0=True, needs_f1=True)
+
+    def evaluations_per_attempt(self) -> int:
+        """Evaluations of f in one attempt besides f0: the base method's.
+
+        Returns:
+            The base tableau's stages less one.
+        """
+        return self.base.evaluations_per_attempt()
+
+    def propose_rows(
+        self,
+        call: Any,
+        t: torch.Tensor,
+        t1: torch.Tensor,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        f0: torch.Tensor,
+        buffer: Any,
+        t1_inner: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, None, torch.Tensor, torch.Tensor]:
+        """Every row's corrected step from ``t`` to ``t1`` (``ExplicitRK.propose_rows``'s
+        arguments).
+
+        Returns:
+            ``(y1, None, k_last, stacked)``: the corrected proposals, no error estimate, the
+                base method's last stage and its stages stacked (stages, batch, n).
+        """
+        y1, _, k_last, stacked = self.base.propose_rows(call, t, t1, h, y, f0, buffer, t1_inner)
+        if buffer is not None:  # (the stages live in the reused buffer; f0 is its first row)
+            f0 = stacked[0]
+        batch = y.shape[0]
+        times = t.to(self.time_dtype)
+        steps = h.to(self.time_dtype)
+        g = self.solver.correction(times, y.reshape(self.shape), f0.reshape(self.shape), steps)
+        if not isinstance(g, torch.Tensor) or tuple(g.shape) != self.shape:
+            got = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
+            raise ValueError(
+                f"the correction of {self.solver.name} has shape {got}; expected "
+                f"{self.shape}, the shape of the state"
+            )
+        scale = (h ** (self.solver.order + 1)).to(y.real.dtype)[:, None]
+        return y1 + scale * g.reshape(batch, -1), None, k_last, stacked
+
+    def dense(
+        self,
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        h: torch.Tensor,
+        stacked: torch.Tensor,
+        f1: torch.Tensor,
+        theta: torch.Tensor,
+    ) -> torch.Tensor:
+        """Cubic Hermite through each row's step ends (``stacked[0]`` is f(t0, y0)).
+
+        Returns:
+            The rows' states at their step fractions ``theta``, (rows, n).
+        """
+        th = theta.to(device=y0.device, dtype=y0.real.dtype)[:, None]
+        return hermite(th, y0, y1, stacked[0], f1, h)
 
 
 class HyperEuler(HyperSolver):

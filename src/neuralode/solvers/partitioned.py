@@ -14,6 +14,7 @@ splitting symmetric for time-dependent f. A field that offers its halves (``dq_d
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,7 +22,7 @@ import torch
 
 from .._term import ODETerm
 from .._tree import TreeSpec
-from .base import Solver, Step, hermite_interpolate
+from .base import RowFacts, Solver, Step, hermite, hermite_interpolate
 from .explicit_rk import ExplicitRK
 
 _TOL = 1e-12
@@ -140,6 +141,9 @@ class PartitionedSolver(Solver):
     Dense output between steps is cubic Hermite through the states and f at the step's ends,
     for steps with outputs inside: f at both ends, evaluated (whole, or each half not already
     evaluated there by a kick or drift of the step).
+
+    Per sample (``per_sample=True`` on a ``FixedGrid``; ``q`` and ``p`` of shape
+    (batch, ...)) each sample takes its lone solve's kicks and drifts (``PartitionedRows``).
     """
 
     splitting: ClassVar[Splitting]
@@ -203,32 +207,66 @@ class PartitionedSolver(Solver):
         q, p = y0[:n_q], y0[n_q:]
         if term.separable:
             return self._step_halves(term, t0, t1, y0, q, p, state, inward)
-        dpdt = state
-        kicked = drifted = 0.0  # the fractions of the step the kicks and drifts have moved
         evaluations: list[torch.Tensor] = []
         f0 = None
-        for kind, fraction in self.splitting.operations:
-            if kind == "kick":
-                if dpdt is None:
-                    f = self._evaluate(term, t0, t1, dt, drifted, torch.cat([q, p]), inward)
-                    evaluations.append(f)
-                    if drifted == 0 and kicked == 0:
-                        f0 = f  # f(t0, y0): the dense output's start derivative
-                    dpdt = f[n_q:]
-                p = p + (fraction * dt) * dpdt
-                kicked += fraction
-                last_kick, dpdt = dpdt, None
-            else:
-                f = self._evaluate(term, t0, t1, dt, kicked, torch.cat([q, p]), inward)
-                evaluations.append(f)
-                if drifted == 0 and kicked == 0:
-                    f0 = f
-                q = q + (fraction * dt) * f[:n_q]
-                drifted += fraction
+
+        def evaluate(kind: str, fraction: float, q: torch.Tensor, p: torch.Tensor) -> Any:
+            nonlocal f0
+            f = self._evaluate(term, t0, t1, dt, fraction, torch.cat([q, p]), inward)
+            evaluations.append(f)
+            if fraction == 0:  # at (t0, y0): the dense output's start derivative
+                f0 = f
+            return f[n_q:] if kind == "kick" else f[:n_q]
+
+        q, p, last_kick = self.kicks_and_drifts(q, p, dt, evaluate, state)
         y1 = torch.cat([q, p])
         carry = last_kick if self.splitting.fsal else None
         extra = {"carry": carry, "f0": f0}
         return Step(t0, t1, y0, y1, None, evaluations, None, extra, -inward)
+
+    def kicks_and_drifts(
+        self,
+        q: torch.Tensor,
+        p: torch.Tensor,
+        dt: Any,
+        evaluate: Any,
+        dpdt: torch.Tensor | None = None,
+        dqdt: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The splitting's kicks and drifts from ``(q, p)``: the step of every mode.
+
+        A kick at the step fraction the drifts before it reached, a drift at the fraction
+        the kicks reached; the first operation's fraction is 0, at ``(t0, y0)`` (no other
+        one is: two operations of one kind are never adjacent).
+
+        Arguments:
+            q: the positions at the step's start (flat, or (batch, k) rows).
+            p: the momenta, as ``q``.
+            dt: the step size (a float, a 0-dim tensor, or (batch, 1) per row).
+            evaluate: ``evaluate(kind, fraction, q, p)`` returns dp/dt for a ``"kick"``
+                and dq/dt for a ``"drift"`` at the step fraction ``fraction`` and the
+                current ``(q, p)``.
+            dpdt: the first kick's dp/dt when known (carried in), else ``None``.
+            dqdt: the first operation's dq/dt when it is a drift and known, else ``None``.
+
+        Returns:
+            ``(q1, p1, last_kick)``: the state at the step's end and the last kick's dp/dt.
+        """
+        moved = dict.fromkeys(_KINDS, 0.0)  # the fractions of the step each kind moved
+        last_kick = None
+        for kind, fraction in self.splitting.operations:
+            if kind == "kick":
+                if dpdt is None:
+                    dpdt = evaluate(kind, moved["drift"], q, p)
+                p = p + (fraction * dt) * dpdt
+                last_kick, dpdt = dpdt, None
+            else:
+                if dqdt is None:
+                    dqdt = evaluate(kind, moved["kick"], q, p)
+                q = q + (fraction * dt) * dqdt
+                dqdt = None
+            moved[kind] += fraction
+        return q, p, last_kick
 
     @property
     def stage_reach(self) -> float:
@@ -260,39 +298,28 @@ class PartitionedSolver(Solver):
         the last, a drift before any kick or after the last) are kept in ``extra["ends"]``
         for the dense output's f(t0, y0) and f(t1, y1)."""
         dt = t1 - t0
-        operations = self.splitting.operations
-        total = {kind: sum(k == kind for k, _ in operations) for kind in _KINDS}
-        done = dict.fromkeys(_KINDS, 0)  # the kicks and drifts applied so far
-        moved = dict.fromkeys(_KINDS, 0.0)  # the fractions of the step they moved
         # the halves at (t0, y0) and (t1, y1): "dq0", "dp0", "dq1", "dp1"
         ends: dict[str, torch.Tensor] = {}
         if state is not None and not inward:  # (dp/dt at t0 itself, not one ulp inside)
             ends["dp0"] = state
-        dpdt = state
         evaluations: list[torch.Tensor] = []
-        for kind, fraction in operations:
+
+        def evaluate(kind: str, fraction: float, q: torch.Tensor, p: torch.Tensor) -> Any:
+            t, perturb = self._time(t0, t1, dt, fraction, inward)
             if kind == "kick":
-                if dpdt is None:
-                    t, perturb = self._time(t0, t1, dt, moved["drift"], inward)
-                    dpdt = term.dp_dt(t, q, perturb)
-                    evaluations.append(dpdt)
-                    if not done["drift"]:  # at (t0, q0)
-                        ends["dp0"] = dpdt
-                if done["drift"] == total["drift"]:  # at (t1, q1)
-                    ends["dp1"] = dpdt
-                p = p + (fraction * dt) * dpdt
-                last_kick, dpdt = dpdt, None
+                value, name = term.dp_dt(t, q, perturb), "dp"
             else:
-                t, perturb = self._time(t0, t1, dt, moved["kick"], inward)
-                dqdt = term.dq_dt(t, p, perturb)
-                evaluations.append(dqdt)
-                if not done["kick"]:  # at (t0, p0)
-                    ends["dq0"] = dqdt
-                if done["kick"] == total["kick"]:  # at (t1, p1)
-                    ends["dq1"] = dqdt
-                q = q + (fraction * dt) * dqdt
-            done[kind] += 1
-            moved[kind] += fraction
+                value, name = term.dq_dt(t, p, perturb), "dq"
+            evaluations.append(value)
+            # a kick before any drift is at (t0, q0), after the last at (t1, q1); a drift
+            # before any kick at (t0, p0), after the last at (t1, p1)
+            if fraction == 0:
+                ends[f"{name}0"] = value
+            elif abs(fraction - 1) <= _TOL:
+                ends[f"{name}1"] = value
+            return value
+
+        q, p, last_kick = self.kicks_and_drifts(q, p, dt, evaluate, state)
         carry = last_kick if self.splitting.fsal else None
         extra = {"carry": carry, "ends": ends}
         return Step(t0, t1, y0, torch.cat([q, p]), None, evaluations, None, extra, -inward)
@@ -425,6 +452,19 @@ class PartitionedSolver(Solver):
         """
         return torch.stack([self.hermite_f0(term, step), self.hermite_f1(term, step)])
 
+    def for_rows(self, term: ODETerm, like: torch.Tensor) -> PartitionedRows:
+        """The method as the device loop runs it (``per_sample=True``, on a ``FixedGrid``).
+
+        Arguments:
+            term: the vector field; its state a pair (q, p) whose tensors have the batch
+                first.
+            like: a tensor of the state's dtype and device.
+
+        Returns:
+            A ``PartitionedRows``.
+        """
+        return PartitionedRows(self, term)
+
     def for_adjoint_system(self) -> Solver:
         """The solver for ``Backsolve``'s backward solves: the explicit Runge-Kutta method of
         the same order (``adjoint_method``), since the adjoint system's state is not a pair.
@@ -433,3 +473,146 @@ class PartitionedSolver(Solver):
             A new ``adjoint_method`` instance.
         """
         return self.adjoint_method()
+
+
+class PartitionedRows:
+    """A ``PartitionedSolver`` on the device loop's rows (``per_sample=True``, on a
+    ``FixedGrid``): each row is one sample's (q, p), every row steps from its own ``t`` by
+    its own ``dt`` with the splitting's kicks and drifts (``kicks_and_drifts``), at the same
+    times and on the same states as the sample alone.
+
+    The first operation of a step is at (t0, y0), so it takes its half of the attempt's
+    f0: a splitting that starts and ends with a kick (``leapfrog``, ``yoshida4``) is FSAL
+    here, its last kick's dp/dt the next attempt's (the row's ``k_last`` holds it, beside
+    zeros where dq/dt would be); the others (``semi_implicit_euler``) take f(t1, y1)
+    evaluated after the step. A step evaluates f as often as alone. Where f offers its
+    halves (``ODETerm.separable``) every kick and drift evaluates one half on the rows; the
+    attempt's f0 is f whole (one evaluation, as the first half alone), as are all the
+    evaluations of a compiled attempt (``compile="step"``), which are counted alike.
+
+    Outputs between a step's ends are cubic Hermite through f at both ends, evaluated
+    whole once per step that has outputs (f0 and f(t1, y1), ``dense_stages``; for a
+    splitting that is not FSAL f0 is the attempt's and f(t1, y1) the next one's).
+    """
+
+    error_order = None
+
+    def __init__(self, solver: PartitionedSolver, term: ODETerm):
+        self.solver = solver
+        self.n_q = math.prod(term.spec.shapes[0][1:])  # a row's q: q's elements per sample
+        self.row_fsal = solver.splitting.fsal
+        self.dense_extra_stages = 2 if self.row_fsal else 0
+
+    def row_facts(self, like: torch.Tensor) -> RowFacts:
+        """FSAL splittings keep no stages (their outputs evaluate f at the step's ends);
+        the others keep f0 and use f(t1, y1).
+
+        Arguments:
+            like: a tensor of the state's dtype and device.
+
+        Returns:
+            The ``RowFacts``.
+        """
+        if self.row_fsal:
+            return RowFacts(0, fsal=True, needs_f0=True, needs_f1=False)
+        return RowFacts(1, fsal=False, needs_f0=True, needs_f1=True)
+
+    def evaluations_per_attempt(self) -> int:
+        """Evaluations of f (or of its halves) in one attempt besides f0.
+
+        Returns:
+            One per kick and drift, less the first (f0's).
+        """
+        return len(self.solver.splitting.operations) - 1
+
+    def propose_rows(
+        self,
+        call: Any,
+        t: torch.Tensor,
+        t1: torch.Tensor,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        f0: torch.Tensor,
+        buffer: Any,
+        t1_inner: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, None, torch.Tensor, torch.Tensor]:
+        """Every row's step from ``t`` to ``t1`` (``ExplicitRK.propose_rows``'s arguments;
+        ``buffer`` unused).
+
+        Returns:
+            ``(y1, None, k_last, stacked)``: the proposals, no error estimate, the next
+                attempt's f0 for an FSAL splitting (else f0), and the stages kept: none,
+                or f0 (1, batch, n).
+        """
+        n_q, end = self.n_q, t1 if t1_inner is None else t1_inner
+        halves = getattr(call, "halves", None)  # (the eager loop's ``BatchTerm``)
+
+        def evaluate(kind: str, fraction: float, q: torch.Tensor, p: torch.Tensor) -> Any:
+            at = end if abs(fraction - 1) <= _TOL else t + fraction * h
+            if halves is not None:
+                return halves.dp_dt(at, q) if kind == "kick" else halves.dq_dt(at, p)
+            f = call(at, torch.cat([q, p], 1))
+            return f[:, n_q:] if kind == "kick" else f[:, :n_q]
+
+        q, p = y[:, :n_q], y[:, n_q:]
+        kick_first = self.solver.splitting.operations[0][0] == "kick"
+        first = (f0[:, n_q:], None) if kick_first else (None, f0[:, :n_q])
+        dt = h.to(y.real.dtype)[:, None]
+        q, p, last_kick = self.solver.kicks_and_drifts(q, p, dt, evaluate, *first)
+        y1 = torch.cat([q, p], 1)
+        if self.row_fsal:
+            k_last = torch.cat([torch.zeros_like(q), last_kick], 1)
+            return y1, None, k_last, y.new_zeros((0, *y.shape))
+        return y1, None, f0, f0[None]
+
+    def dense_stages(
+        self,
+        y0: torch.Tensor,
+        h: Any,
+        ks: Any,
+        f1: Any,
+        evaluate: Any,
+        y1: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """f whole at both ends of the step, for its cubic Hermite outputs (FSAL splittings).
+
+        Arguments:
+            y0: the rows' states at the step's start.
+            h: the step sizes (unused).
+            ks: the stages kept (none).
+            f1: unused (an FSAL row's ``k_last`` is not f(t1, y1)).
+            evaluate: ``evaluate(c, y)``, f at the step fraction ``c``.
+            y1: the rows' states at the step's end.
+
+        Returns:
+            f(t0, y0) and f(t1, y1) stacked, (2, batch, n).
+        """
+        return torch.stack([evaluate(0.0, y0), evaluate(1.0, y1)])
+
+    def dense_width(self, like: torch.Tensor) -> int:
+        """The rows of ``dense_stages``: f at the step's two ends.
+
+        Arguments:
+            like: a tensor of the state's dtype and device.
+
+        Returns:
+            2.
+        """
+        return 2
+
+    def dense(
+        self,
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        h: torch.Tensor,
+        stacked: torch.Tensor,
+        f1: torch.Tensor | None,
+        theta: torch.Tensor,
+    ) -> torch.Tensor:
+        """Cubic Hermite through each row's step ends.
+
+        Returns:
+            The rows' states at their step fractions ``theta``, (rows, n).
+        """
+        th = theta.to(device=y0.device, dtype=y0.real.dtype)[:, None]
+        return hermite(th, y0, y1, stacked[0], stacked[1] if f1 is None else f1, h)

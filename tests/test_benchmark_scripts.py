@@ -4,10 +4,12 @@ stops the parse with argparse's one-line error, before anything is timed or impo
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -42,6 +44,8 @@ BAD_COUNTS = [
     ("bench_whole_calls", ["--batches", "0"], "--batches: must be comma-separated positive"),
     ("bench_whole_graph", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
     ("bench_whole_graph", ["--batches", "1,x"], "--batches: must be comma-separated positive"),
+    ("hypersolver_odenet", ["--fit-steps", "0"], "--fit-steps: must be a positive integer, got 0"),
+    ("hypersolver_odenet", ["--hyper-steps", "1", "0"], "--hyper-steps: must be a positive"),
 ]
 
 
@@ -82,3 +86,33 @@ def test_every_script_with_options_is_checked() -> None:
         if "ArgumentParser" in path.read_text() or "import main" in path.read_text()
     }
     assert with_options == {name for name, _, _ in BAD_COUNTS}
+
+
+def test_hypersolver_odenet_small_run_writes_its_table_and_plot(monkeypatch, tmp_path) -> None:
+    # trains a tiny ODE-Net, fits HyperEuler at 1, 2 and 4 steps, and measures every solver
+    pytest.importorskip("matplotlib")
+    script = _load("hypersolver_odenet", monkeypatch)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # (leave pytest's as it is)
+    script.main(["--small", "--out", str(tmp_path)])
+    assert (tmp_path / "train" / "checkpoint.pt").is_file()
+    assert (tmp_path / "accuracy_vs_nfe.png").stat().st_size > 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {(r["method"], r["steps"]): r for r in results["rows"]}
+    expected = {("dopri5", None)} | {("hyper_euler", n) for n in (1, 2, 4)}
+    expected |= {(m, n) for m in ("euler", "midpoint", "rk4") for n in (1, 2, 4, 8)}
+    assert set(rows) == expected
+    stages = {"euler": 1, "midpoint": 2, "rk4": 4, "hyper_euler": 1}
+    for (method, steps), row in rows.items():
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["agreement"] <= 1
+        if steps is not None:  # a fixed grid: the stages times the steps, one g call a step
+            assert row["nfe"] == stages[method] * steps
+            assert row["correction_calls"] == (steps if method == "hyper_euler" else 0)
+    assert rows[("dopri5", None)]["agreement"] == 1
+    # more steps of rk4 converge to the trained (dopri5) model's predictions
+    assert rows[("rk4", 8)]["agreement"] >= 0.95
+    table = (tmp_path / "results.md").read_text()
+    assert "| HyperEuler | 4 | 4 | 4 |" in table and "| dopri5 | adaptive |" in table
+    # a second run loads the trained checkpoint instead of training again
+    stamp = (tmp_path / "train" / "checkpoint.pt").stat().st_mtime_ns
+    script.main(["--small", "--out", str(tmp_path), "--hyper-steps", "1", "--base-steps", "1"])
+    assert (tmp_path / "train" / "checkpoint.pt").stat().st_mtime_ns == stamp

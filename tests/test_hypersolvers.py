@@ -194,6 +194,32 @@ def test_checkpointed_gradients_reach_the_correction_and_equal_direct():
         torch.testing.assert_close(checkpointed, direct, rtol=1e-12, atol=1e-14)
 
 
+def test_ode_block_takes_a_hypersolver_and_owns_its_correction():
+    """ODEBlock(method=HyperEuler(g)): the block solves as solve(solver=...) does, g's
+    parameters are the block's (state_dict, optimisers, .to) and receive gradients."""
+    from neuralode.models import ODEBlock
+
+    torch.manual_seed(3)
+    func, correction = Field(), Correction(hidden=8).double()
+    hyper = HyperEuler(correction)
+    block = ODEBlock(func, method=hyper, step_size=0.25, gradient="direct")
+    names = {name for name, _ in block.named_parameters()}
+    assert {f"solver_modules.0.{name}" for name, _ in correction.named_parameters()} <= names
+    assert any(key.startswith("solver_modules.0.") for key in block.state_dict())
+    x = torch.randn(4, 2, dtype=F64)
+    ts = torch.tensor([0.0, 1.0], dtype=F64)
+    alone = no.solve(func, x, ts, solver=hyper, controller=no.FixedGrid(step_size=0.25))
+    out = block(x)
+    assert torch.equal(out, alone.ys[-1])
+    out.pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in correction.parameters())
+    assert "method=HyperEuler" in repr(block) and "step_size=0.25" in repr(block)
+    with pytest.raises(ValueError, match="Backsolve.*cannot differentiate hyper_euler"):
+        ODEBlock(func, method=hyper, step_size=0.25)(x)  # (the default gradient, the adjoint)
+    with pytest.raises(ValueError, match="unknown method 'eular'.*or a Solver"):
+        ODEBlock(func, method="eular")
+
+
 def test_backsolve_refuses_a_trainable_correction_and_solves_a_frozen_one():
     func, correction = Field(), Correction(hidden=8).double()
     y0 = torch.randn(4, 2, dtype=F64, requires_grad=True)

@@ -12,7 +12,7 @@ from .._solution import SolveStats
 from .._solve import solve
 from ..adjoint import GRADIENTS, GradientStrategy
 from ..controllers import FixedGrid, PIController
-from ..solvers import METHODS
+from ..solvers import METHODS, Solver
 from .data_control import DataControlled
 from .regularisers import (
     DerivativePenalty,
@@ -41,7 +41,10 @@ class ODEBlock(nn.Module):
         dynamics: the vector field, a module called as ``dynamics(t, y)``.
         t0: the start of the integration interval.
         t1: its end.
-        method: a method name of [`METHODS`][neuralode.solvers.METHODS].
+        method: a method name of [`METHODS`][neuralode.solvers.METHODS], or a
+            [`Solver`][neuralode.solvers.Solver] (a hypersolver: ``HyperEuler(correction)``),
+            whose modules (the correction network) become the block's submodules, so that
+            its parameters train, save and move with the block's.
         rtol: the relative tolerance of adaptive methods.
         atol: the absolute tolerance of adaptive methods.
         step_size: the step of fixed-step methods (default: a single step from t0 to t1).
@@ -66,7 +69,7 @@ class ODEBlock(nn.Module):
         dynamics: nn.Module,
         t0: float = 0.0,
         t1: float = 1.0,
-        method: str = "dopri5",
+        method: str | Solver = "dopri5",
         rtol: float = 1e-3,
         atol: float = 1e-3,
         step_size: float | None = None,
@@ -75,8 +78,14 @@ class ODEBlock(nn.Module):
         compile_step: bool = False,
     ):
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+        if isinstance(method, Solver):
+            # the solver's own networks (a hypersolver's correction) as submodules
+            own = [m for m in vars(method).values() if isinstance(m, nn.Module)]
+            self.solver_modules = nn.ModuleList(own)
+        elif method not in METHODS:
+            raise ValueError(
+                f"unknown method {method!r}; available: {', '.join(METHODS)}, or a Solver"
+            )
         if isinstance(gradient, str) and gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {sorted(GRADIENTS)}, got {gradient!r}")
         self.dynamics = dynamics
@@ -117,7 +126,7 @@ class ODEBlock(nn.Module):
             The settings as ``name=value`` pairs.
         """
         parts = [f"t0={self.t0}, t1={self.t1}, method={self.method!r}"]
-        if METHODS[self.method]().adaptive:
+        if self._solver().adaptive:
             parts.append(f"rtol={self.rtol}, atol={self.atol}")
         else:
             parts.append(f"step_size={self.step_size}")
@@ -127,6 +136,9 @@ class ODEBlock(nn.Module):
         if self.compile_step:
             parts.append("compile_step=True")
         return ", ".join(parts)
+
+    def _solver(self) -> Solver:
+        return self.method if isinstance(self.method, Solver) else METHODS[self.method]()
 
     def _strategy(self) -> GradientStrategy:
         if isinstance(self.gradient, str):
@@ -154,7 +166,7 @@ class ODEBlock(nn.Module):
             # would move a float64 solve's end to float32(t1), 1e-9 off for t1 = 0.1)
             interval = torch.tensor([self.t0, self.t1], dtype=torch.float64)
             times = interval.to(x.dtype).to(x.device)
-        solver = METHODS[self.method]()
+        solver = self._solver()
         if solver.adaptive:
             controller = PIController(self.rtol, self.atol)
         else:

@@ -21,7 +21,7 @@ grid.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -611,15 +611,5 @@ class PararealBlock(nn.Module):
         boundary = sol.boundary_ys.detach()
         if warm:
             self._warm = (x.detach().clone(), times.detach().clone(), boundary)
-        self.last = PararealSolution(
-            ts=sol.ts,
-            ys=sol.ys.detach(),
-            boundary_ts=sol.boundary_ts,
-            boundary_ys=boundary,
-            iterations=sol.iterations,
-            converged=sol.converged,
-            changes=sol.changes,
-            nfe=sol.nfe,
-            nfe_sequential=sol.nfe_sequential,
-        )
+        self.last = replace(sol, ys=sol.ys.detach(), boundary_ys=boundary)
         return sol.ys if ts is not None else sol.ys[-1]

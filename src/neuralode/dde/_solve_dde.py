@@ -1,0 +1,486 @@
+"""Delay differential equations by the method of steps on ``neuralode.solve``.
+
+The span [t0, t1] is cut at t0 + k tau_min (k = 1, 2, ...) and at t0 + tau_j for every
+delay: on each interval every delayed time t - tau_j lies on one side of t0 for the whole
+interval (the history before t0, the solution after it), and is no later than the
+interval's start, where the solution is already known. Each interval is one ordinary
+``neuralode.solve(..., dense=True)``; the delayed states come from the dense solutions of the
+intervals before it (``Solution.evaluate``) or from the history. No integration loop here.
+
+Derivative discontinuities: a jump of y or of y' at t0 propagates to t0 + sum_j n_j tau_j,
+one derivative smoother per generation. The points of up to ``solver.order + 1``
+generations inside an interval are its ``step_t``: f is continuous there (only its
+derivatives jump), so the steps must land on them but f need not be re-evaluated, which is
+all ``jump_t`` would add. f itself jumps only at t0 + tau_j when y0 differs from the
+history at t0, and those points are interval ends, where one solve stops and the next
+starts from f just past the jump.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .._errors import MaxStepsError
+from .._solution import Solution, SolveStats
+from .._solve import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, solve
+from .._validate import coerce_strategies
+from ..adjoint.direct import Direct
+from ..controllers.base import StepSizeController
+from ..controllers.fixed import FixedGrid
+from ..controllers.pi import PIController
+from ..solvers.base import Solver
+from ..solvers.dopri5 import Dopri5
+
+History = Callable[[torch.Tensor], torch.Tensor] | torch.Tensor
+
+
+def solve_dde(
+    func: Callable[[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]], torch.Tensor],
+    history: History,
+    ts: torch.Tensor,
+    delays: float | torch.Tensor | Sequence[float | torch.Tensor],
+    *,
+    y0: torch.Tensor | None = None,
+    solver: Solver | str | None = None,
+    controller: StepSizeController | None = None,
+    norm: Any = None,
+    gradient: Any = None,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
+    dense: bool = False,
+) -> Solution:
+    """Solve the delay differential equation dy/dt = func(t, y(t), (y(t - tau_1), ...,
+    y(t - tau_k))) for t in [ts[0], ts[-1]], with y(t) = history(t) for t < ts[0].
+
+    The method of steps on [`solve`][neuralode.solve]: the span is cut into intervals no
+    longer than the smallest delay (at t0 + k tau_min and at t0 + tau_j), each solved by one
+    dense ``solve`` whose delayed states come from the dense solutions of the intervals
+    before it or from ``history``. The points where derivative discontinuities propagate
+    (t0 + sum_j n_j tau_j, up to the method's order + 1 generations) are steps' ends
+    (``step_t``), so every method keeps its order with several delays.
+
+    Arguments:
+        func: the vector field, called as ``func(t, y, y_delayed)`` with ``t`` a 0-dim tensor,
+            ``y`` of ``y0``'s shape and ``y_delayed`` a tuple of one tensor of ``y0``'s shape
+            per delay, in the order of ``delays`` (a tuple also for one delay); returns dy/dt
+            of ``y0``'s shape. It must not modify its arguments in place.
+        history: y(t) for t <= ts[0]: a callable ``history(t)`` (``t`` a 0-dim tensor of
+            ``ts``'s dtype; it may hold learnable parameters) returning a tensor of ``y0``'s
+            shape and dtype, or a tensor (a constant history).
+        ts: the output times, a 1-D strictly increasing tensor; ``ts[0]`` is t0.
+        delays: the constant delays tau_j > 0: a number, a 0-dim tensor, a 1-D tensor or a
+            sequence of numbers and 0-dim tensors. A tensor that requires grad gets the
+            gradient d/dtau y(t - tau) = -y'(t - tau).
+        y0: the state at t0; defaults to ``history(t0)``. A different value is a jump at t0
+            (handled exactly: f's discontinuities at t0 + tau_j are interval ends). A batch
+            (batch, ...) shares the delays and the steps, as in ``solve``.
+        solver: the method (a [`Solver`][neuralode.solvers.Solver] or a name); defaults to
+            ``Dopri5()``. It needs dense output (every method of ``solve(..., dense=True)``).
+        controller: the step-size controller of every interval, as in ``solve``
+            (``FixedGrid(step_size=h)``: each interval's grid starts at the interval's start;
+            a ``PIController`` without ``first_step`` starts each interval after the first
+            from the size of the last steps before it).
+        norm: the error norm, as in ``solve``.
+        gradient: ``Direct()`` (or ``None``): backpropagation through every interval's solve
+            and the dense look-ups; other strategies are refused.
+        max_steps: the most steps of all intervals together; ``None`` for no limit.
+        dense: keep the dense solution: ``Solution.evaluate(t)`` and
+            ``Solution.derivative(t)`` then work anywhere in [ts[0], ts[-1]].
+
+    Returns:
+        A [`Solution`][neuralode.Solution]: ``ys`` (the states at ``ts``), ``ts``, ``stats``
+            (function evaluations and steps summed over the intervals) and, with
+            ``dense=True``, ``evaluate``/``derivative`` over the whole span.
+
+    Raises:
+        ValueError: bad input: a delay that is not positive and finite, no delays, ``ts`` not
+            1-D or not strictly increasing, a history of another shape or dtype than ``y0``,
+            a gradient strategy other than ``Direct()``, a ``FixedGrid(grid=...)``.
+        TypeError: ``history``, ``y0``, ``ts`` or a delay of the wrong type.
+        MaxStepsError: more than ``max_steps`` steps were needed.
+    """
+    solver, controller, gradient, norm = coerce_strategies(solver, controller, gradient, norm)
+    solver = Dopri5() if solver is None else solver
+    if controller is None and solver.adaptive:
+        controller = PIController()
+    _check_gradient(gradient)
+    _check_controller(controller)
+    times = _check_ts(ts)
+    taus, delay_tensors = _check_delays(delays)
+    t0, t1 = times[0], times[-1]
+    constant, y0, jump = _initial_state(history, y0, ts, t0)
+    if max_steps is None:
+        max_steps = NO_STEP_LIMIT
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer or None, got {max_steps!r}")
+
+    eps = torch.finfo(ts.dtype).eps
+    tol = 16 * eps * max(abs(t0), abs(t1), min(taus), 1.0)
+    kinks = _discontinuities(t0, t1, taus, solver.order + 1, tol)
+    second = [t for t, generation in kinks if generation == 2] if jump else []
+    bounds = _interval_ends(t0, t1, taus, times, tol, second)
+    past = _Piecewise(t0, tol)
+    stats = SolveStats()
+    pieces, n_out, next_out = [y0[None]], len(times), 1
+    y_start, solution = y0, None
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        inner = []
+        while next_out < n_out and times[next_out] < b:
+            inner.append(times[next_out])
+            next_out += 1
+        at_end = next_out < n_out and times[next_out] == b
+        # each delay's side for the whole interval: the history, or the solution so far
+        sides = [b - tau <= t0 + tol for tau in taus]
+        field = _Field(func, history, constant, taus, delay_tensors, sides, past, t0, (a, b), ts)
+        if jump and torch.is_grad_enabled():
+            y_start = _jump_motion(field, y_start, a, taus, delay_tensors, tol, ts, stats)
+        remaining = max_steps - stats.n_steps
+        if remaining < 1:
+            raise MaxStepsError(
+                f"solve_dde took max_steps={max_steps:,} steps before t={a:.6g}, short of "
+                f"t1={t1:.6g}; raise max_steps, or loosen the tolerances"
+            )
+        solution = solve(
+            field,
+            y_start,
+            torch.tensor([a, *inner, b], dtype=ts.dtype, device=ts.device),
+            solver=solver,
+            controller=_continued(controller, solution),
+            norm=norm,
+            max_steps=remaining,
+            step_t=[t for t, _ in kinks if a + tol < t < b - tol],
+            gradient=Direct(),
+            dense=True,
+        )
+        for name in ("nfe", "n_steps", "n_accepted", "n_rejected"):
+            setattr(stats, name, getattr(stats, name) + getattr(solution.stats, name))
+        pieces.append(solution.ys[1 : len(inner) + 1])
+        if at_end:
+            pieces.append(solution.ys[-1:])
+            next_out += 1
+        past.add(solution, b)
+        y_start = solution.ys[-1]
+    stats.status = torch.zeros((), dtype=torch.long, device=ts.device)
+    return Solution(
+        ts=ts,
+        ys=torch.cat(pieces),
+        stats=stats,
+        status=stats.status,
+        interpolation=past if dense and len(times) > 1 else None,
+    )
+
+
+def _continued(
+    controller: StepSizeController | None, before: Solution | None
+) -> StepSizeController | None:
+    """The controller of the next interval: a ``PIController`` without a ``first_step``
+    starts from the size of the last steps of the interval ``before`` (the solve goes on),
+    not from a fresh initial-step estimate."""
+    if not isinstance(controller, PIController) or controller.first_step is not None:
+        return controller
+    if before is None:
+        return controller
+    sizes = before.interpolation.h.abs()[-2:]  # (the last step is cut short at the end)
+    continued = copy.copy(controller)
+    continued.first_step = float(sizes.max())
+    return continued
+
+
+class _Field:
+    """f(t, y) of one interval: ``func(t, y, y_delayed)`` with each delayed state from the
+    history (``sides[j]``) or from the dense solution of the intervals before (``past``)."""
+
+    def __init__(
+        self,
+        func: Callable[..., torch.Tensor],
+        history: History,
+        constant: torch.Tensor | None,
+        taus: list[float],
+        delay_tensors: list[torch.Tensor | None],
+        sides: list[bool],
+        past: _Piecewise,
+        t0: float,
+        interval: tuple[float, float],
+        ts: torch.Tensor,
+    ):
+        self.func, self.history, self.constant = func, history, constant
+        self.taus, self.delay_tensors, self.sides = taus, delay_tensors, sides
+        self.past, self.t0, self.ts = past, t0, ts
+        self.start, self.end = interval
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.func(t, y, self.delayed(float(t)))
+
+    def delayed(self, t: float, left: int | None = None) -> tuple[torch.Tensor, ...]:
+        """The delayed states at ``t``; ``left``: delay ``left`` from the history (its
+        value just before a jump at t0)."""
+        return tuple(self.look_up(j, t, self.sides[j] or j == left) for j in range(len(self.taus)))
+
+    def look_up(self, j: int, t: float, from_history: bool) -> torch.Tensor:
+        """y(t - tau_j), differentiable with respect to a delay that requires grad."""
+        delay = self.delay_tensors[j]
+        tracked = delay is not None and delay.requires_grad and torch.is_grad_enabled()
+        if from_history:
+            if self.constant is not None:
+                return self.constant
+            # (clamped to t0: t - tau_j rounds to just past t0 at an interval's end)
+            s = torch.tensor(min(t - self.taus[j], self.t0), dtype=self.ts.dtype)
+            s = s.to(self.ts.device)
+            if tracked:  # ds/dtau = -1, the value unchanged
+                s = s + (delay.detach() - delay).to(s.dtype)
+            return self.history(s)
+        s = min(max(t - self.taus[j], self.t0), self.start)  # (rounding at the ends)
+        # on a past interval's end, the side this interval's delayed times lie on
+        toward = (self.start + self.end) / 2 - self.taus[j]
+        value = self.past.at(s, toward)
+        if tracked:  # d/dtau y(s) = -y'(s): the interpolant's derivative there
+            slope = self.past.at(s, toward, derivative=True)
+            value = value + (delay.detach() - delay).to(value.dtype) * slope
+        return value
+
+
+def _jump_motion(
+    field: _Field,
+    y: torch.Tensor,
+    a: float,
+    taus: list[float],
+    delay_tensors: list[torch.Tensor | None],
+    tol: float,
+    ts: torch.Tensor,
+    stats: SolveStats,
+) -> torch.Tensor:
+    """The state at the interval start ``a`` with the gradient of where f's jump lies.
+
+    When y0 differs from the history at t0, f jumps at p = t0 + tau_j (where y(t - tau_j)
+    passes t0), an interval end. Moving tau_j moves the jump: on [p, p + dtau] f takes
+    its value from before the jump, so y after p changes by dtau (f(p-) - f(p+)). The
+    returned state equals ``y`` and carries that derivative."""
+    for j, tau in enumerate(taus):
+        delay = delay_tensors[j]
+        if delay is None or not delay.requires_grad or abs(a - (field.t0 + tau)) > tol:
+            continue
+        t = torch.tensor(a, dtype=ts.dtype, device=ts.device)
+        before = field.func(t, y, field.delayed(a, left=j))
+        after = field.func(t, y, field.delayed(a))
+        stats.nfe += 2
+        y = y + (delay - delay.detach()).to(y.dtype) * (before - after)
+    return y
+
+
+class _Piecewise:
+    """The dense solutions of consecutive intervals, evaluated as one over [t0, their end]:
+    ``Solution.interpolation`` of the DDE's solution."""
+
+    def __init__(self, t0: float, tol: float):
+        self.t0, self.tol = t0, tol
+        self.ends: list[float] = []
+        self.parts: list[Any] = []
+
+    def add(self, solution: Solution, end: float) -> None:
+        self.parts.append(solution.interpolation)
+        self.ends.append(end)
+
+    def at(self, s: float, toward: float, derivative: bool = False) -> torch.Tensor:
+        """y(s) (y'(s)) at one time inside the intervals so far: on the interval holding
+        ``s``; at an interval end, on the one on the side of ``toward`` (y' may jump there)."""
+        i = bisect.bisect_left(self.ends, s - self.tol)
+        if i < len(self.ends) - 1 and s >= self.ends[i] - self.tol and toward > s:
+            i += 1
+        i = min(i, len(self.ends) - 1)
+        s = min(max(s, self.ends[i - 1] if i else self.t0), self.ends[i])  # (within tol)
+        return self.parts[i](torch.tensor(s, dtype=torch.float64), derivative)
+
+    def __call__(self, t: Any, derivative: bool = False) -> torch.Tensor:
+        t = torch.as_tensor(t).detach()
+        name = "derivative" if derivative else "evaluate"
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"Solution.{name} needs real times, got a {t.dtype} t")
+        flat = t.reshape(-1).to(torch.float64)
+        outside = (flat < self.t0) | (flat > self.ends[-1])
+        if bool(outside.any()):
+            bad = float(flat[outside][0])
+            raise ValueError(
+                f"{name}: t={bad!r} is outside the solution's span from {self.t0!r} to "
+                f"{self.ends[-1]!r}; dense output exists only inside the solved span"
+            )
+        if flat.numel() == 0:
+            like = self.parts[0](torch.tensor(self.t0, dtype=torch.float64))
+            return like.new_zeros(*t.shape, *like.shape)
+        ends = torch.tensor(self.ends, dtype=torch.float64, device=flat.device)
+        index = torch.searchsorted(ends, flat).clamp(max=len(self.ends) - 1)
+        values, positions = [], []
+        for i in index.unique().tolist():
+            where = (index == i).nonzero().squeeze(1)
+            values.append(self.parts[i](flat[where], derivative))
+            positions.append(where)
+        out = torch.cat(values)[torch.argsort(torch.cat(positions))]
+        return out.reshape(*t.shape, *out.shape[1:])
+
+
+def _interval_ends(
+    t0: float, t1: float, taus: list[float], times: list[float], tol: float, more: list[float]
+) -> list[float]:
+    """t0, the cuts inside (t0, t1), and t1, increasing; a cut within ``tol`` of an output
+    time is moved onto it. The cuts: t0 + k tau_min (each interval's delayed times lie
+    before its start), t0 + tau_j (each delayed time on one side of t0 for a whole
+    interval) and ``more``: with a jump at t0, the points t0 + tau_i + tau_j, since y'
+    jumps at t0 + tau_i, and a step whose stages look up y'(t - tau_j) there (the gradient
+    with respect to tau_j) must take it from the side the step lies on, which an interval
+    end tells."""
+    tau_min = min(taus)
+    cuts = [t0 + k * tau_min for k in range(1, math.ceil((t1 - t0) / tau_min) + 1)]
+    cuts += [t0 + tau for tau in taus] + list(more)
+    ends = [t0]
+    for cut in sorted(c for c in cuts if t0 + tol < c < t1 - tol):
+        near = min(times, key=lambda t: abs(t - cut))
+        cut = near if abs(near - cut) <= tol else cut
+        if cut - ends[-1] > tol:
+            ends.append(cut)
+    return ends + [t1]
+
+
+def _discontinuities(
+    t0: float, t1: float, taus: list[float], generations: int, tol: float
+) -> list[tuple[float, int]]:
+    """(t0 + sum_j n_j tau_j, its generation: the least sum_j n_j reaching it) for
+    1 <= sum_j n_j <= ``generations``, inside (t0, t1), by time."""
+    found: dict[int, tuple[float, int]] = {}
+    level = {0: 0.0}
+    for generation in range(1, generations + 1):
+        level = {
+            round((s + tau) / tol): s + tau
+            for s in level.values()
+            for tau in taus
+            if t0 + s + tau < t1 - tol
+        }
+        if not level:
+            break
+        for key, s in level.items():
+            found.setdefault(key, (t0 + s, generation))
+    return sorted(found.values())
+
+
+def _check_gradient(gradient: Any) -> None:
+    if gradient is not None and not isinstance(gradient, Direct):
+        raise ValueError(
+            f"solve_dde supports gradient=Direct() only, got {gradient!r}: the adjoint of a "
+            "delay equation has advanced terms (the adjoint at t receives contributions from "
+            "t + tau_j), which no ODE adjoint strategy of solve computes. Use Direct() "
+            "(backpropagation through the intervals' solves)"
+        )
+
+
+def _check_controller(controller: StepSizeController | None) -> None:
+    if isinstance(controller, FixedGrid):
+        if controller.grid is not None:
+            raise ValueError(
+                "solve_dde cuts the span into intervals, so a FixedGrid(grid=...) over the "
+                "whole span does not apply; use FixedGrid(step_size=h) (each interval's grid "
+                "starts at its start) or an adaptive PIController"
+            )
+        if isinstance(controller.step_size, torch.Tensor):
+            raise ValueError(
+                "solve_dde solves one problem (a batch shares the steps): give FixedGrid a "
+                "number step_size, not a per-sample tensor"
+            )
+
+
+def _check_ts(ts: Any) -> list[float]:
+    if not isinstance(ts, torch.Tensor):
+        raise TypeError(f"ts must be a 1-D tensor of times, got {type(ts).__name__}")
+    if ts.ndim != 1 or ts.numel() == 0:
+        raise ValueError(f"ts must be a non-empty 1-D tensor, got shape {tuple(ts.shape)}")
+    if not ts.is_floating_point():
+        raise TypeError(f"ts must be a floating point tensor, got dtype {ts.dtype}")
+    times = ts.detach().tolist()
+    if not all(map(math.isfinite, times)):
+        raise ValueError(f"ts contains NaN or inf: {times}")
+    for i in range(len(times) - 1):
+        if not times[i] < times[i + 1]:
+            raise ValueError(
+                f"ts must be strictly increasing (solve_dde integrates forward in time, the "
+                f"history lying before ts[0]); ts[{i}]={times[i]!r}, "
+                f"ts[{i + 1}]={times[i + 1]!r}"
+            )
+    return times
+
+
+def _check_delays(delays: Any) -> tuple[list[float], list[torch.Tensor | None]]:
+    """The delays as floats, and as the tensors given (``None`` for numbers)."""
+    if isinstance(delays, torch.Tensor):
+        if delays.ndim > 1:
+            raise ValueError(
+                f"delays must be a number, a 0-dim or 1-D tensor or a sequence, got a tensor "
+                f"of shape {tuple(delays.shape)}"
+            )
+        items: list[Any] = list(delays.unbind()) if delays.ndim == 1 else [delays]
+    elif isinstance(delays, Sequence) and not isinstance(delays, str):
+        items = list(delays)
+    else:
+        items = [delays]
+    if not items:
+        raise ValueError("solve_dde needs at least one delay; without delays use neuralode.solve")
+    taus: list[float] = []
+    tensors: list[torch.Tensor | None] = []
+    for j, delay in enumerate(items):
+        if isinstance(delay, torch.Tensor):
+            if delay.numel() != 1 or delay.is_complex() or not delay.is_floating_point():
+                raise TypeError(
+                    f"delay {j} must be a real floating point number or 0-dim tensor, got a "
+                    f"{delay.dtype} tensor of shape {tuple(delay.shape)}"
+                )
+            tensors.append(delay.reshape(()))
+            value = float(delay.detach())
+        elif isinstance(delay, (int, float)) and not isinstance(delay, bool):
+            tensors.append(None)
+            value = float(delay)
+        else:
+            raise TypeError(f"delay {j} must be a number or a 0-dim tensor, got {delay!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"delays must be positive and finite, got delay {j} = {value!r}; an equation "
+                "without delay is an ODE (neuralode.solve)"
+            )
+        taus.append(value)
+    return taus, tensors
+
+
+def _initial_state(
+    history: Any, y0: Any, ts: torch.Tensor, t0: float
+) -> tuple[torch.Tensor | None, torch.Tensor, bool]:
+    """(the constant history or ``None``, y0, whether y0 was given: a possible jump)."""
+    if isinstance(history, torch.Tensor):
+        constant, at_t0 = history, history
+    elif callable(history):
+        constant = None
+        at_t0 = history(torch.tensor(t0, dtype=ts.dtype, device=ts.device))
+        if not isinstance(at_t0, torch.Tensor):
+            raise TypeError(
+                f"history(t) must return a tensor (the state at t <= t0), got "
+                f"{type(at_t0).__name__}"
+            )
+    else:
+        raise TypeError(
+            f"history must be a callable history(t) or a tensor (a constant history), got "
+            f"{type(history).__name__}"
+        )
+    given = y0 is not None
+    if y0 is None:
+        y0 = at_t0
+    if not isinstance(y0, torch.Tensor) or not y0.is_floating_point():
+        raise TypeError(
+            f"y0 must be a real floating point tensor, got "
+            f"{y0.dtype if isinstance(y0, torch.Tensor) else type(y0).__name__}"
+        )
+    if at_t0.shape != y0.shape or at_t0.dtype != y0.dtype:
+        raise ValueError(
+            f"the history gives states of shape {tuple(at_t0.shape)} and dtype {at_t0.dtype} "
+            f"but y0 has shape {tuple(y0.shape)} and dtype {y0.dtype}; the history must "
+            "return (or be) a state like y0, a batch included"
+        )
+    return constant, y0, given

@@ -1,0 +1,357 @@
+"""Delay differential equations (``neuralode.dde.solve_dde``) against exact solutions:
+piecewise polynomials by the method of steps, exponential solutions of linear DDEs,
+convergence orders with and without the discontinuity tracking, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from numpy.polynomial import Polynomial
+
+import neuralode as no
+from neuralode.dde import _solve_dde, solve_dde
+
+F64 = torch.float64
+
+
+def piecewise_exact(
+    coefficients: list[float], taus: list[float], phi: float, y0: float, t1: float
+) -> tuple[list[float], list[Polynomial]]:
+    """The exact solution of y' = sum_j c_j y(t - tau_j), y = phi (constant) before 0,
+    y(0) = y0, on [0, t1]: a polynomial between consecutive points of B = {sums of delays}
+    (B is closed under +tau_j, so each y(t - tau_j) is one polynomial there)."""
+    points = {0.0}
+    frontier = {0.0}
+    while frontier:
+        frontier = {round(p + tau, 12) for p in frontier for tau in taus if p + tau < t1}
+        points |= frontier
+    breaks = sorted(points) + [t1]
+    pieces: list[Polynomial] = []
+
+    def value_poly(s_start: float, shift: float) -> Polynomial:
+        """y(t - shift) as a polynomial in t, for t - shift in the piece holding s_start."""
+        if s_start < 0:
+            return Polynomial([phi])
+        i = max(k for k in range(len(pieces)) if breaks[k] <= s_start + 1e-12)
+        return pieces[i](Polynomial([-shift, 1.0]))
+
+    start = y0
+    for a, b in zip(breaks[:-1], breaks[1:]):
+        rhs = sum(
+            (c * value_poly(a - tau, tau) for c, tau in zip(coefficients, taus)),
+            Polynomial([0.0]),
+        )
+        antiderivative = rhs.integ()
+        piece = antiderivative - antiderivative(a) + start
+        pieces.append(piece)
+        start = piece(b)
+    return breaks, pieces
+
+
+def evaluate_exact(breaks: list[float], pieces: list[Polynomial], t: np.ndarray) -> np.ndarray:
+    index = np.clip(np.searchsorted(breaks, t, side="right") - 1, 0, len(pieces) - 1)
+    return np.array([pieces[i](x) for i, x in zip(index, t)])
+
+
+def test_constant_history_is_the_piecewise_polynomial() -> None:
+    # y' = -y(t - 1), y = 1 for t <= 0: 1 - t, then + (t - 1)^2 / 2, then - (t - 2)^3 / 6, ...
+    ts = torch.linspace(0, 5, 21, dtype=F64)
+    sol = solve_dde(
+        lambda t, y, d: -d[0],
+        torch.ones(1, dtype=F64),
+        ts,
+        1.0,
+        controller=no.PIController(rtol=1e-10, atol=1e-12),
+        dense=True,
+    )
+    t = ts.numpy()
+    exact = 1 + sum(
+        (-1) ** k * np.clip(t - k + 1, 0, None) ** k / math.factorial(k) for k in (1, 2, 3, 4, 5)
+    )
+    assert np.abs(sol.ys[:, 0].numpy() - exact).max() < 1e-9
+    breaks, pieces = piecewise_exact([-1.0], [1.0], 1.0, 1.0, 5.0)
+    assert np.abs(evaluate_exact(breaks, pieces, t) - exact).max() < 1e-12  # (the helper)
+    inside = torch.linspace(0, 5, 301, dtype=F64)
+    exact_inside = evaluate_exact(breaks, pieces, inside.numpy())
+    assert np.abs(sol.evaluate(inside)[:, 0].numpy() - exact_inside).max() < 1e-9
+    slope = np.array([pieces[min(int(x), 4)].deriv()(x) for x in inside.numpy()])
+    assert np.abs(sol.derivative(inside)[:, 0].numpy() - slope).max() < 1e-7
+
+
+def test_rk4_on_a_polynomial_solution_counts_its_steps() -> None:
+    # on [0, 4] y' = -y(t - 1) is a cubic at most, which rk4 (Simpson's rule here) integrates
+    # exactly; 4 intervals of 4 steps, each interval the work of one solve over [0, 1]
+    sol = solve_dde(
+        lambda t, y, d: -d[0],
+        torch.ones(1, dtype=F64),
+        torch.linspace(0, 4, 9, dtype=F64),
+        1.0,
+        solver=no.RK4(),
+        controller=no.FixedGrid(step_size=0.25),
+    )
+    breaks, pieces = piecewise_exact([-1.0], [1.0], 1.0, 1.0, 4.0)
+    exact = evaluate_exact(breaks, pieces, np.linspace(0, 4, 9))
+    assert np.abs(sol.ys[:, 0].numpy() - exact).max() < 1e-14
+    one = no.solve(
+        lambda t, y: -y,
+        torch.ones(1, dtype=F64),
+        torch.tensor([0.0, 0.5, 1.0], dtype=F64),
+        solver=no.RK4(),
+        controller=no.FixedGrid(step_size=0.25),
+        dense=True,
+    )
+    assert (sol.stats.n_steps, sol.stats.nfe) == (16, 4 * one.stats.nfe)
+
+
+def exponential_rate(a: float, b: float, tau: float) -> float:
+    """The real root lam of lam = a + b exp(-lam tau) (Newton from lam = a + b)."""
+    lam = a + b
+    for _ in range(50):
+        lam -= (lam - a - b * math.exp(-lam * tau)) / (1 + b * tau * math.exp(-lam * tau))
+    return lam
+
+
+def test_exponential_solution_and_rk4_order_4() -> None:
+    # y' = a y(t) + b y(t - tau) with history exp(lam t): y = exp(lam t) for all t
+    a, b, tau = -1.0, 0.5, 0.75
+    lam = exponential_rate(a, b, tau)
+    assert abs(lam - a - b * math.exp(-lam * tau)) < 1e-14
+    ts = torch.linspace(0, 3, 7, dtype=F64)
+    exact = torch.exp(lam * ts)[:, None]
+
+    def run(**options):
+        return solve_dde(
+            lambda t, y, d: a * y + b * d[0],
+            lambda t: torch.exp(lam * t).reshape(1),
+            ts,
+            tau,
+            **options,
+        ).ys
+
+    adaptive = run(controller=no.PIController(rtol=1e-10, atol=1e-12))
+    assert (adaptive - exact).abs().max() < 1e-9
+    errors = [
+        float((run(solver=no.RK4(), controller=no.FixedGrid(step_size=h)) - exact).abs().max())
+        for h in (0.25, 0.125, 0.0625)
+    ]
+    orders = [math.log2(e0 / e1) for e0, e1 in zip(errors, errors[1:])]
+    assert all(3.8 < p < 4.3 for p in orders), (errors, orders)
+
+
+TWO = dict(coefficients=[-1.0, 0.5], taus=[1.0, 1.3], phi=1.0, y0=0.0, t1=6.0)
+
+
+def two_delay_errors(steps: tuple[float, ...]) -> list[float]:
+    """rk4 on a FixedGrid against the exact piecewise polynomial of y' = -y(t - 1) +
+    0.5 y(t - 1.3), y = 1 before 0 and y(0) = 0 (a jump), on [0, 6] (pieces of degree up
+    to 6: rk4 is not exact): the largest error at ts."""
+    breaks, pieces = piecewise_exact(**TWO)
+    ts = torch.linspace(0, 6, 25, dtype=F64)
+    exact = evaluate_exact(breaks, pieces, ts.numpy())
+    errors = []
+    for h in steps:
+        sol = solve_dde(
+            lambda t, y, d: -d[0] + 0.5 * d[1],
+            torch.ones(1, dtype=F64),
+            ts,
+            [1.0, 1.3],
+            y0=torch.zeros(1, dtype=F64),
+            solver=no.RK4(),
+            controller=no.FixedGrid(step_size=h),
+        )
+        errors.append(float(np.abs(sol.ys[:, 0].numpy() - exact).max()))
+    return errors
+
+
+def test_two_delays_with_a_jump_keep_rk4s_order() -> None:
+    errors = two_delay_errors((1 / 8, 1 / 16, 1 / 32))
+    orders = [math.log2(e0 / e1) for e0, e1 in zip(errors, errors[1:])]
+    assert all(p > 3.7 for p in orders), (errors, orders)
+
+
+def test_without_discontinuity_tracking_rk4_drops_to_order_2(monkeypatch) -> None:
+    # the same solve without the points t0 + sum n_j tau_j: steps straddle 2.3, 2.6, 3.3,
+    # ... where y'' jumps
+    monkeypatch.setattr(_solve_dde, "_discontinuities", lambda *args: [])
+    errors = two_delay_errors((1 / 8, 1 / 16, 1 / 32))
+    orders = [math.log2(e0 / e1) for e0, e1 in zip(errors, errors[1:])]
+    assert all(1.5 < p < 2.5 for p in orders), (errors, orders)
+
+
+def test_discontinuity_points_are_the_sums_of_delays() -> None:
+    points = _solve_dde._discontinuities(0.0, 4.0, [1.0, 1.3], 5, 1e-14)
+    expected = sorted(
+        (round(m + 1.3 * n, 12), m + n)
+        for m in range(5)
+        for n in range(5)
+        if 0 < m + n <= 5 and m + 1.3 * n < 4.0
+    )
+    assert [g for _, g in points] == [g for _, g in expected]
+    assert np.allclose([t for t, _ in points], [t for t, _ in expected], atol=1e-13)
+    ends = _solve_dde._interval_ends(0.0, 4.0, [1.0, 1.3], [0.0, 4.0], 1e-14, [2.3])
+    assert ends == [0.0, 1.0, 1.3, 2.0, 2.3, 3.0, 4.0]
+
+
+@pytest.mark.parametrize("jump", [False, True])
+@pytest.mark.parametrize("big_t", [1.3, 2.0])
+def test_delay_gradient_is_exact(jump: bool, big_t: float) -> None:
+    # y' = -y(t - tau), y = 1 before 0, tau = 0.8. y(0) = 1:
+    #   [tau, 2 tau]: y = 1 - t + (t - tau)^2 / 2, dy/dtau = -(t - tau)
+    #   [2 tau, 3 tau]: y = ... - (t - 2 tau)^3 / 6, dy/dtau = -(t - tau) + (t - 2 tau)^2
+    # y(0) = 0 (the jump moves with tau, and with it the kink of y' at tau):
+    #   [tau, 2 tau]: y = -tau + (t - tau)^2 / 2, dy/dtau = -1 - (t - tau)
+    #   [2 tau, 3 tau]: y = -tau + tau^2 / 2 + tau (t - 2 tau) - (t - 2 tau)^3 / 6,
+    #   dy/dtau = -1 + t - 3 tau + (t - 2 tau)^2
+    tau = torch.tensor(0.8, dtype=F64, requires_grad=True)
+    sol = solve_dde(
+        lambda t, y, d: -d[0],
+        torch.ones(1, dtype=F64),
+        torch.tensor([0.0, big_t], dtype=F64),
+        tau,
+        y0=torch.zeros(1, dtype=F64) if jump else None,
+        controller=no.PIController(rtol=1e-10, atol=1e-12),
+    )
+    (grad,) = torch.autograd.grad(sol.ys[-1, 0], tau)
+    t, u = big_t, 0.8
+    late = max(t - 2 * u, 0.0)
+    if jump:
+        value = -u + (t - u) ** 2 / 2 if t <= 2 * u else -u + u**2 / 2 + u * late - late**3 / 6
+        expected = -1 - (t - u) if t <= 2 * u else -1 + t - 3 * u + late**2
+    else:
+        value = 1 - t + (t - u) ** 2 / 2 - late**3 / 6
+        expected = -(t - u) + late**2
+    assert abs(float(sol.ys[-1, 0].detach()) - value) < 1e-10
+    assert abs(float(grad) - expected) < 1e-9
+
+
+def test_gradcheck_y0_field_history_and_delays() -> None:
+    # a nonlinear field with a parameter, a history with a parameter, two delays (one a
+    # tensor), a jump at t0; rk4 on a fine fixed grid: the discrete map's grid moves with
+    # the delay, by the method's error only
+    ts = torch.tensor([0.0, 0.7, 1.6, 1.9], dtype=F64)
+
+    def outputs(y0, weight, level, tau):
+        return solve_dde(
+            lambda t, y, d: torch.tanh(weight * d[0]) - 0.3 * d[1] * y,
+            lambda t: level * torch.stack([torch.cos(t), 1 + t]),
+            ts,
+            [tau, 0.9],
+            y0=y0,
+            solver=no.RK4(),
+            controller=no.FixedGrid(step_size=1 / 32),
+        ).ys
+
+    inputs = (
+        torch.tensor([0.3, -0.2], dtype=F64, requires_grad=True),
+        torch.tensor(1.4, dtype=F64, requires_grad=True),
+        torch.tensor(0.8, dtype=F64, requires_grad=True),
+        torch.tensor(0.6, dtype=F64, requires_grad=True),
+    )
+    assert torch.autograd.gradcheck(outputs, inputs, atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+def test_history_parameters_and_y0_from_history_get_gradients() -> None:
+    # y' = -y(t - 1), y = c for t <= 0 (y0 = c too): y(T) = c (1 - T) on [0, 1]
+    c = torch.tensor(2.0, dtype=F64, requires_grad=True)
+    sol = solve_dde(
+        lambda t, y, d: -d[0],
+        lambda t: c * torch.ones(1, dtype=F64),
+        torch.tensor([0.0, 0.6], dtype=F64),
+        1.0,
+    )
+    (grad,) = torch.autograd.grad(sol.ys[-1, 0], c)
+    assert abs(float(grad) - 0.4) < 1e-12
+
+
+def test_a_batch_equals_each_sample_alone() -> None:
+    torch.manual_seed(0)
+    y0 = torch.randn(3, 2, dtype=F64)
+    shift = torch.randn(3, 2, dtype=F64)
+    matrix = torch.randn(2, 2, dtype=F64)
+    ts = torch.linspace(0, 2.5, 6, dtype=F64)
+
+    def run(y0, shift):
+        return solve_dde(
+            lambda t, y, d: torch.tanh(d[0] @ matrix) - 0.5 * d[1] + 0.1 * y,
+            lambda t: shift * torch.sin(t),
+            ts,
+            (0.6, 1.1),
+            y0=y0,
+            solver=no.RK4(),
+            controller=no.FixedGrid(step_size=0.05),
+        ).ys
+
+    batch = run(y0, shift)
+    alone = torch.stack([run(y0[i], shift[i]) for i in range(3)], 1)
+    assert batch.shape == (6, 3, 2)
+    assert (batch - alone).abs().max() < 1e-13
+
+
+def test_dense_solution_over_the_whole_span() -> None:
+    sol = solve_dde(
+        lambda t, y, d: -d[0],
+        torch.ones(2, dtype=F64),
+        torch.tensor([0.0, 2.5], dtype=F64),
+        1.0,
+        dense=True,
+    )
+    t = torch.tensor([[0.0, 1.0], [2.5, 1.7]], dtype=F64)
+    assert sol.evaluate(t).shape == (2, 2, 2)
+    assert torch.equal(sol.evaluate(torch.tensor(2.5, dtype=F64)), sol.ys[-1])
+    with pytest.raises(ValueError, match="outside the solution's span"):
+        sol.evaluate(torch.tensor([-0.1], dtype=F64))
+    plain = solve_dde(lambda t, y, d: -d[0], torch.ones(2), torch.tensor([0.0, 2.5]), 1.0)
+    with pytest.raises(ValueError, match="dense=True"):
+        plain.evaluate(torch.tensor(1.0))
+
+
+def f_delayed(t, y, d):
+    return -d[0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(delays=0.0), ValueError, "positive and finite"),
+        (dict(delays=[1.0, -0.5]), ValueError, "delay 1 = -0.5"),
+        (dict(delays=float("nan")), ValueError, "positive and finite"),
+        (dict(delays=[]), ValueError, "at least one delay"),
+        (dict(delays="1"), TypeError, "must be a number"),
+        (dict(ts=torch.tensor([0.0, 2.0, 1.0])), ValueError, "strictly increasing"),
+        (dict(ts=torch.tensor([2.0, 0.0])), ValueError, "forward in time"),
+        (dict(history=torch.ones(3)), ValueError, "history gives states of shape"),
+        (dict(history=lambda t: torch.ones(1, 2)), ValueError, "history gives states"),
+        (dict(history=lambda t: 1.0), TypeError, "must return a tensor"),
+        (dict(history=[1.0, 2.0]), TypeError, "callable history"),
+        (dict(gradient=no.Backsolve()), ValueError, "advanced terms"),
+        (dict(controller=no.FixedGrid(grid=torch.linspace(0, 2, 5))), ValueError, "grid"),
+        (dict(max_steps=0), ValueError, "max_steps"),
+    ],
+)
+def test_bad_input_is_refused(kwargs: dict, error: type, match: str) -> None:
+    arguments = dict(
+        func=f_delayed,
+        history=torch.ones(2),
+        ts=torch.tensor([0.0, 2.0]),
+        delays=1.0,
+        y0=torch.zeros(2),
+    )
+    arguments.update(kwargs)
+    with pytest.raises(error, match=match):
+        solve_dde(**arguments)
+
+
+def test_max_steps_counts_every_interval() -> None:
+    with pytest.raises(no.MaxStepsError):
+        solve_dde(
+            f_delayed,
+            torch.ones(1),
+            torch.tensor([0.0, 4.0]),
+            1.0,
+            solver=no.RK4(),
+            controller=no.FixedGrid(step_size=0.25),
+            max_steps=10,
+        )

@@ -355,3 +355,14 @@ def test_max_steps_counts_every_interval() -> None:
             controller=no.FixedGrid(step_size=0.25),
             max_steps=10,
         )
+
+
+def test_float32_interval_ends_are_the_solves_times() -> None:
+    # 0.6 k is not a float32 number: the look-ups stay inside the float32 intervals' spans
+    ts = torch.linspace(0, 5, 21)
+    single = solve_dde(f_delayed, torch.ones(1), ts, 0.6, solver=no.RK4(),
+                       controller=no.FixedGrid(step_size=0.1)).ys  # fmt: skip
+    double = solve_dde(f_delayed, torch.ones(1, dtype=F64), ts.double(), 0.6, solver=no.RK4(),
+                       controller=no.FixedGrid(step_size=0.1)).ys  # fmt: skip
+    assert single.dtype == torch.float32
+    assert (single.double() - double).abs().max() < 1e-5

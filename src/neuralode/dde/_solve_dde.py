@@ -123,7 +123,9 @@ def solve_dde(
     tol = 16 * eps * max(abs(t0), abs(t1), min(taus), 1.0)
     kinks = _discontinuities(t0, t1, taus, solver.order + 1, tol)
     second = [t for t, generation in kinks if generation == 2] if jump else []
-    bounds = _interval_ends(t0, t1, taus, times, tol, second)
+    # (the interval ends as the solves' times hold them: in ts's dtype)
+    ends = _interval_ends(t0, t1, taus, times, tol, second)
+    bounds = sorted(set(torch.tensor(ends, dtype=ts.dtype).tolist()))
     past = _Piecewise(t0, tol)
     stats = SolveStats()
     pieces, n_out, next_out = [y0[None]], len(times), 1

@@ -64,6 +64,10 @@ EXPECTED = {
         ["whole-trajectory MSE", "single shooting   ", "multiple shooting  "],
         ["multiple_shooting.png"],
     ),
+    "delay.py": (
+        ["neural ODE  MSE", "neural DDE  MSE", "learned delay"],
+        ["delay.png"],
+    ),
 }
 
 

@@ -49,6 +49,36 @@ def test_initial_step_is_hairers_rule(y0: list) -> None:
     assert float(device) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.parametrize("t0", [1.0, 100.0, -50.0])
+@pytest.mark.parametrize("mode", ["host", "per_sample", "device_loop"])
+def test_a_round_off_y0_away_from_t0_0_starts_with_a_step_the_loop_resolves(
+    t0: float, mode: str
+) -> None:
+    """y0 of round-off size, not 0, makes Hairer's step 0.01 d0 / d1 about 5e-17 here: at
+    t0 = 1 that is below an ulp of t0, a step that cannot move t. The first step is at least
+    twice the smallest step the solve resolves at t0, so the solve runs (and is exact: f is
+    constant) instead of stopping with a step-size underflow at its first step."""
+    y0 = torch.tensor([[-5.6e-17], [1.0]], dtype=torch.float64)
+    ts = torch.tensor([t0, t0 + 1.0], dtype=torch.float64)
+    options = {"host": {}, "per_sample": {"per_sample": True}, "device_loop": {"device_loop": True}}
+    control = no.PIController(rtol=1e-10, atol=1e-12)
+    for rows in (y0[:1], y0):  # alone, and beside a sample of ordinary size
+        sol = no.solve(
+            lambda t, y: -torch.ones_like(y), rows, ts, controller=control, **options[mode]
+        )
+        assert torch.allclose(sol.ys[-1], rows - 1.0, rtol=0, atol=1e-14)
+    term = ODETerm(lambda t, y: -torch.ones_like(y), tree_spec(y0[0])[0], y0[0])
+    f0 = -torch.ones(1, dtype=torch.float64)
+    step = select_initial_step(term, t0, y0[0], f0, 1.0, 0.2, 1e-10, 1e-12, rms_norm, span=1.0)
+    floor = 4 * 2.0**-52 * abs(t0)
+    assert step == 2 * floor  # the rule's step (~5e-17) raised to twice the floor
+    device, _ = initial_step(
+        lambda t, y: -torch.ones_like(y), torch.tensor(t0, dtype=torch.float64), y0[0], f0,
+        1.0, 0.2, 1e-10, 1e-12, rms_norm, torch.tensor(1.0, dtype=torch.float64),
+    )  # fmt: skip
+    assert float(device) == step
+
+
 @pytest.mark.parametrize("as_tensor", [False, True])
 def test_no_shrink_after_accept(as_tensor: bool) -> None:
     """``shrink_after_accept=False``: an accepted step's factor is at least 1 (0.9 * r**-0.2

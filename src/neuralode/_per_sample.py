@@ -150,7 +150,7 @@ def integrate_per_sample(
         _check_fixed_steps(ctrl, previous_ratio, config)
     # the first step size, per sample (``initial_step``: Hairer, Norsett & Wanner II.4)
     elif ctrl.first_step is None:
-        size, d1 = initial_step(f, t, y, f0, sign, exponent, rtol, atol, row_rms)
+        size, d1 = initial_step(f, t, y, f0, sign, exponent, rtol, atol, row_rms, span)
         nfe = nfe + 1
         bad = ~torch.isfinite(d1)
         if bool(across(bad.any(), torch.any)):  # (of every problem under torch.func.vmap)

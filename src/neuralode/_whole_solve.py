@@ -187,7 +187,9 @@ def _solve_graph(
     f0 = plan.call(start_times(points if plan.jumps else None, sign, t0, plan.time_dtype), y0)
     if ctrl.first_step is None:
         k = plan.constants
-        size, d1 = initial_step(plan.call, t0, y0, f0, sign, k.exponent, k.rtol, k.atol, k.norm)
+        size, d1 = initial_step(
+            plan.call, t0, y0, f0, sign, k.exponent, k.rtol, k.atol, k.norm, span
+        )
         nfe0 = 2
     else:
         size, d1 = torch.full_like(t0, ctrl.first_step), torch.zeros_like(t0)

@@ -19,6 +19,7 @@ from ..solvers.base import Solver
 from ._ops import clip as _clip
 from ._ops import nan_to as _nan_to
 from ._ops import power as _power
+from ._ops import solve_span
 from ._ops import where as _where
 from .base import StepSizeController
 from .initial_step import check_f0_norm, first_evaluations, select_initial_step
@@ -208,7 +209,10 @@ class PIController(StepSizeController):
         exponent, direction, rtol, atol = self._setup(solver, ts, y0)
         if self.first_step is None:
             assert f0 is not None
-            dt = select_initial_step(term, ts[0], y0, f0, direction, exponent, rtol, atol, norm)
+            span = solve_span(ts[0], ts[-1])
+            dt = select_initial_step(
+                term, ts[0], y0, f0, direction, exponent, rtol, atol, norm, span
+            )
         else:
             dt = self.first_step
         memory = self.initial_memory()
@@ -242,9 +246,10 @@ class PIController(StepSizeController):
             f0, dt = term(ts[0], y0), self.first_step
         else:
             t0 = torch.tensor(ts[0], dtype=torch.float64, device=y0.device)
+            span = torch.tensor(solve_span(ts[0], ts[-1]), dtype=torch.float64, device=y0.device)
             start = compiled(first_evaluations, type(solver))
             f0, pair = term.call_uncounted(
-                start, term, t0, y0, direction, exponent, rtol, atol, norm
+                start, term, t0, y0, direction, exponent, rtol, atol, norm, span
             )
             term.nfe += 2
             dt, d1 = pair.tolist()

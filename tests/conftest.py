@@ -42,6 +42,25 @@ def room_for_graphs():
         yield
 
 
+@pytest.fixture
+def whole_solve_traced_only(monkeypatch):
+    """The compiled whole solve's graphs run by dynamo's ``"eager"`` backend instead of
+    inductor: for tests of what dynamo decides (plans, guards, recompiles, the warm path,
+    the graph's own logic: steps, landings, checks), which inductor's minutes of code
+    generation do not change; inductor's code of the whole solve is tested by
+    test_whole_backend and test_engine. The compiled copies, plans and warm keys made
+    meanwhile are dropped afterwards, so no later test runs a graph made here."""
+    from neuralode import _compile, _warm, _whole_plan
+
+    caches = (_compile._COMPILED, _whole_plan._PLANS, _whole_plan._COPIES, _warm._ENTRIES)
+    kept = [dict(cache) for cache in caches]
+    monkeypatch.setattr(_whole_plan, "whole_solve_backend", "eager")
+    yield
+    for cache, entries in zip(caches, kept):
+        cache.clear()
+        cache.update(entries)
+
+
 @pytest.fixture(autouse=True)
 def run_outputs_are_listed(monkeypatch):
     """Every file or directory a command writes at the top of its ``--out`` is one of

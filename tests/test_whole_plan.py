@@ -14,10 +14,15 @@ import neuralode as no
 from neuralode import _whole_plan
 from neuralode.models import MLPDynamics
 
-pytestmark = pytest.mark.skipif(
-    not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
-    reason="torch.compile's CPU backend needs a C++ compiler",
-)
+# plans, guards and recompiles are dynamo's: the whole solve's graphs run uncompiled by
+# inductor (conftest's whole_solve_traced_only); the fallback to compiled steps compiles
+pytestmark = [
+    pytest.mark.skipif(
+        not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
+        reason="torch.compile's CPU backend needs a C++ compiler",
+    ),
+    pytest.mark.usefixtures("whole_solve_traced_only"),
+]
 
 
 TS = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)

@@ -2,7 +2,9 @@
 
     PYTHONPATH=src python benchmarks/bench_regularisers.py [--data digits|rings] [--epochs N]
 
-Same seed, data, model and optimiser for every row; only the regularisers differ. Prints a
+Same seed, data, model and optimiser for every row; only the regularisers differ (the steer
+rows: STEER, each training solve of t in [0, 1] ending at a random time in [1 - b, 1 + b),
+b = --steer; alone, and with the kinetic energy). ``--only`` picks rows. Prints a
 markdown table: final train/test accuracy, forward and backward NFE of one training step at
 the end, forward NFE of evaluation, and training time.
 """
@@ -16,13 +18,20 @@ import time
 import torch
 from torch import nn
 
-from neuralode._cli_types import non_negative_float, positive_float, positive_int, random_seed
+from neuralode._cli_types import (
+    fraction,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    random_seed,
+)
 from neuralode.models import (
     DerivativePenalty,
     JacobianFrobenius,
     KineticEnergy,
     MLPDynamics,
     ODEBlock,
+    RandomEndTime,
 )
 
 CONFIGS = {
@@ -31,7 +40,10 @@ CONFIGS = {
     "jacobian": lambda w: [JacobianFrobenius(w)],
     "kinetic+jacobian": lambda w: [KineticEnergy(w), JacobianFrobenius(w)],
     "derivative2": lambda w: [DerivativePenalty(2, w)],
+    "steer": lambda w: [],
+    "steer+kinetic": lambda w: [KineticEnergy(w)],
 }
+STEER_ROWS = ("steer", "steer+kinetic")  # these rows also draw random end times
 
 
 def rings(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +73,9 @@ def load(name: str, seed: int):
 class Classifier(nn.Module):
     """Linear encoder, an MLP ODE block (tanh), linear head."""
 
-    def __init__(self, features: int, classes: int, width: int, regularisers, tol: float):
+    def __init__(
+        self, features: int, classes: int, width: int, regularisers, tol: float, end_time=None
+    ):
         super().__init__()
         self.encode = nn.Linear(features, width)
         self.ode = ODEBlock(
@@ -70,6 +84,7 @@ class Classifier(nn.Module):
             atol=tol,
             gradient="adjoint",
             regularisers=regularisers,
+            end_time=end_time,
         )
         self.head = nn.Linear(width, classes)
 
@@ -89,7 +104,10 @@ def train(name: str, args, data) -> dict:
     x_train, y_train, x_test, y_test, classes = data
     torch.manual_seed(args.seed)
     width = 3 if args.data == "rings" else 32
-    model = Classifier(x_train.shape[1], classes, width, CONFIGS[name](args.weight), args.tol)
+    end_time = RandomEndTime(args.steer) if name in STEER_ROWS else None
+    model = Classifier(
+        x_train.shape[1], classes, width, CONFIGS[name](args.weight), args.tol, end_time
+    )
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
     start = time.perf_counter()
     for epoch in range(args.epochs):
@@ -138,6 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--weight", type=non_negative_float, default=0.01, help="weight of each regulariser"
     )
+    parser.add_argument(
+        "--steer",
+        type=fraction,
+        default=0.5,
+        help="STEER's spread b of the steer rows (end times in [1 - b, 1 + b)), in [0, 1)",
+    )
     parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--only", nargs="*", choices=list(CONFIGS), default=list(CONFIGS))
     args = parser.parse_args(argv)
@@ -146,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = [train(name, args, data) for name in args.only]
     print(
         f"\n{args.data}, {args.epochs} epochs, batch {args.batch}, dopri5 rtol=atol={args.tol}, "
-        f"adjoint gradients, regulariser weight {args.weight}, seed {args.seed}\n"
+        f"adjoint gradients, regulariser weight {args.weight}, steer b = {args.steer}, "
+        f"seed {args.seed}\n"
     )
     print(
         "| regulariser | train acc | test acc | NFE fwd (train step) | NFE bwd | NFE eval "

@@ -34,6 +34,7 @@ BAD_COUNTS = [
     ("bench_regularisers", ["--epochs", "0"], "--epochs: must be a positive integer, got 0"),
     ("bench_regularisers", ["--batch", "0"], "--batch: must be a positive integer, got 0"),
     ("bench_regularisers", ["--seed", "-1"], "--seed: must be an integer in [0, 2**32 - 1]"),
+    ("bench_regularisers", ["--steer", "1"], "--steer: must be a number in [0, 1), got 1"),
     ("bench_sde", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
     ("bench_sde_compile", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
     ("bench_sde_per_sample", ["--batch", "0"], "--batch: must be a positive integer, got 0"),

@@ -53,7 +53,13 @@ from .latent import (
 from .latent_sde import LatentSDE
 from .ode_block import ODEBlock
 from .planar import PlanarFlow, PlanarLayer
-from .regularisers import DerivativePenalty, JacobianFrobenius, KineticEnergy, Regulariser
+from .regularisers import (
+    DerivativePenalty,
+    JacobianFrobenius,
+    KineticEnergy,
+    RandomEndTime,
+    Regulariser,
+)
 from .sde_gan import CDEDiscriminator, PathIncrements, SDEGenerator
 from .second_order import AccelerationMLP, SecondOrderDynamics
 from .transformer import TimeEmbedding, TransformerDynamics
@@ -120,6 +126,7 @@ __all__ = [
     "RKNet",
     "SecondOrderDynamics",
     "SeparableHamiltonian",
+    "RandomEndTime",
     "Regulariser",
     "ResBlock",
     "ResNet",

@@ -10,7 +10,7 @@ from torch import nn
 from .._args import count
 from .dynamics import ConvDynamics, group_norm
 from .ode_block import ODEBlock
-from .regularisers import Regulariser
+from .regularisers import RandomEndTime, Regulariser
 
 
 class Augment(nn.Module):
@@ -122,6 +122,8 @@ class ODENet(nn.Module):
         activation: the dynamics' activation.
         regularisers: go to the ODE block: add ``model.ode.regularisation`` to the loss.
         pool: ``"avg"`` or ``"max"`` pooling in the head.
+        end_time: STEER's [`RandomEndTime`][neuralode.models.RandomEndTime] of the ODE block
+            (t in [0, 1]), or ``None``.
 
     Raises:
         ValueError: ``channels`` or ``classes`` not an integer >= 1, ``augment`` not an
@@ -141,6 +143,7 @@ class ODENet(nn.Module):
         activation: str = "relu",
         regularisers: Sequence[Regulariser] = (),
         pool: str = "avg",
+        end_time: RandomEndTime | None = None,
     ):
         super().__init__()
         channels, classes = count("channels", channels), count("classes", classes)
@@ -155,6 +158,7 @@ class ODENet(nn.Module):
             step_size=step_size,
             gradient=gradient,
             regularisers=regularisers,
+            end_time=end_time,
         )
         self.head = head(width, classes, pool)
 
@@ -179,6 +183,7 @@ class RKNet(ODENet):
         step_size: the RK4 step over [0, 1].
         pool: ``"avg"`` or ``"max"`` pooling in the head.
         regularisers: as for ``ODENet``.
+        end_time: as for ``ODENet``.
 
     Raises:
         ValueError: as for ``ODENet``.
@@ -191,6 +196,7 @@ class RKNet(ODENet):
         step_size: float = 0.25,
         pool: str = "avg",
         regularisers: Sequence[Regulariser] = (),
+        end_time: RandomEndTime | None = None,
     ):
         super().__init__(
             channels,
@@ -200,6 +206,7 @@ class RKNet(ODENet):
             gradient="direct",
             pool=pool,
             regularisers=regularisers,
+            end_time=end_time,
         )
 
 

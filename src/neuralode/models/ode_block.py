@@ -16,6 +16,7 @@ from ..solvers import METHODS, Solver
 from .data_control import DataControlled
 from .regularisers import (
     DerivativePenalty,
+    RandomEndTime,
     RegularisedDynamics,
     Regulariser,
     detached_state,
@@ -35,7 +36,9 @@ class ODEBlock(nn.Module):
     steps are chosen for ``x`` alone, as without regularisers. With a
     [`DataControlled`][neuralode.models.DataControlled] field the solve starts at
     ``dynamics.initial_state(x)`` = (x, x), the field sees x throughout, and the block returns
-    y alone.
+    y alone. With ``end_time=RandomEndTime(b)`` (STEER) each training-mode ``forward(x)`` ends at
+    a random time in [t1 - b, t1 + b) instead of t1; eval mode and ``forward(x, ts)`` solve
+    to the times given.
 
     Arguments:
         dynamics: the vector field, a module called as ``dynamics(t, y)``.
@@ -56,12 +59,18 @@ class ODEBlock(nn.Module):
             a 1-D state (n,) is one sample, its regularisation the integral over all of it.
         compile_step: run each solver step (the dynamics included) as one torch.compile graph
             (``solve(..., compile_step=True)``; explicit Runge-Kutta methods).
+        end_time: a [`RandomEndTime`][neuralode.models.RandomEndTime] (STEER): in training
+            mode ``forward(x)`` solves to an end time drawn uniformly from [t1 - b, t1 + b)
+            (one per batch, or one per sample); ``None``: always to t1.
 
     Raises:
         ValueError: an unknown method or gradient, ``DerivativePenalty`` with
-            ``compile_step``, or regularisers with a ``DataControlled`` field.
+            ``compile_step``, regularisers with a ``DataControlled`` field, an ``end_time``
+            whose spread is not below |t1 - t0|, or a per-sample ``end_time`` with
+            regularisers, a ``DataControlled`` field or the ``"checkpointed"`` or
+            ``"reversible"`` gradient.
         TypeError: ``regularisers`` not a sequence of ``Regulariser`` instances (one
-            regulariser goes in a list).
+            regulariser goes in a list), or ``end_time`` not a ``RandomEndTime``.
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class ODEBlock(nn.Module):
         gradient: str | GradientStrategy = "adjoint",
         regularisers: Sequence[Regulariser] = (),
         compile_step: bool = False,
+        end_time: RandomEndTime | None = None,
     ):
         super().__init__()
         if isinstance(method, Solver):
@@ -111,8 +121,40 @@ class ODEBlock(nn.Module):
                     "derivatives of f are differentiated again, which torch.compile does not "
                     "support (double backward)"
                 )
+        self.end_time = self._checked_end_time(end_time)
         self.regularisation = torch.zeros(())
         self.regularisation_terms: dict[str, torch.Tensor] = {}
+
+    def _checked_end_time(self, end_time: object) -> RandomEndTime | None:
+        if end_time is None:
+            return None
+        if not isinstance(end_time, RandomEndTime):
+            raise TypeError(
+                f"end_time must be a RandomEndTime or None, got {end_time!r}; for STEER with "
+                f"spread b pass end_time=RandomEndTime(b)"
+            )
+        length = abs(self.t1 - self.t0)
+        if not end_time.spread < length:
+            raise ValueError(
+                f"RandomEndTime's spread must be below |t1 - t0| = {length} (end times in "
+                f"[t1 - spread, t1 + spread) stay on t1's side of t0), got {end_time.spread}; "
+                "use a smaller spread"
+            )
+        if end_time.per_sample:
+            refused = None
+            if self.regularisers:
+                refused = "regularisers (their channels make the state a tuple)"
+            elif isinstance(self.dynamics, DataControlled):
+                refused = "a DataControlled field (its state is the pair (y, x))"
+            elif self.gradient in ("checkpointed", "reversible"):
+                refused = f"gradient={self.gradient!r}"
+            if refused is not None:
+                raise ValueError(
+                    f"RandomEndTime(per_sample=True) solves in per-sample mode, which does not "
+                    f"take {refused}; use per_sample=False (one end time per batch), or "
+                    "gradient='direct' or 'adjoint' without regularisers"
+                )
+        return end_time
 
     def __getstate__(self) -> dict:
         """The state for ``copy.deepcopy`` and pickling: the last regularisation detached from
@@ -135,6 +177,8 @@ class ODEBlock(nn.Module):
             parts.append(f"regularisers={self.regularisers!r}")
         if self.compile_step:
             parts.append("compile_step=True")
+        if self.end_time is not None:
+            parts.append(f"end_time={self.end_time!r}")
         return ", ".join(parts)
 
     def _solver(self) -> Solver:
@@ -151,20 +195,33 @@ class ODEBlock(nn.Module):
         Arguments:
             x: the initial state y(t0): (batch, ...), or (n,) for one sample, when there are
                 regularisers.
-            ts: output times (``ts[0]`` the initial time), or ``None`` for ``[t0, t1]``.
+            ts: output times (``ts[0]`` the initial time), or ``None`` for ``[t0, t1]`` (in
+                training mode with ``end_time``, ``[t0, a random end time]``).
 
         Returns:
             y(t1), of the shape of ``x``; with ``ts``, the states at ``ts`` stacked on a new
                 dimension 0, (len(ts), *x.shape).
 
         Raises:
-            ValueError: regularisers in training mode and a 0-dim state or an empty batch.
+            ValueError: regularisers in training mode and a 0-dim state or an empty batch, or
+                the same for a per-sample ``end_time``.
         """
-        times = ts
+        times, per_sample = ts, False
         if times is None:
+            t1 = torch.tensor(self.t1, dtype=torch.float64)
+            if self.training and self.end_time is not None:
+                per_sample = self.end_time.per_sample
+                if per_sample and (x.ndim < 1 or x.shape[0] == 0):
+                    raise ValueError(
+                        "RandomEndTime(per_sample=True) needs states of shape (batch, ...), "
+                        f"got {tuple(x.shape)}"
+                    )
+                # sampled, not learned: a constant of the solve (no gradient to it)
+                t1 = self.end_time.draw(self.t1, x.shape[0] if per_sample else 1)
             # rounded from the float64 interval to x's dtype (a float32 tensor in between
-            # would move a float64 solve's end to float32(t1), 1e-9 off for t1 = 0.1)
-            interval = torch.tensor([self.t0, self.t1], dtype=torch.float64)
+            # would move a float64 solve's end to float32(t1), 1e-9 off for t1 = 0.1);
+            # per sample: one row [t0, t1_i] per sample
+            interval = torch.stack([torch.full_like(t1, self.t0), t1], dim=-1)
             times = interval.to(x.dtype).to(x.device)
         solver = self._solver()
         if solver.adaptive:
@@ -198,6 +255,7 @@ class ODEBlock(nn.Module):
             norm=norm,
             gradient=self._strategy(),
             compile_step=self.compile_step,
+            per_sample=per_sample,
         )
         self.last_stats = sol.stats
         ys = sol.ys

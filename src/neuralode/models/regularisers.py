@@ -10,6 +10,8 @@ strategy (including the O(1)-memory adjoint) and every solver.
   with one vector-Jacobian product; ``eps`` (Gaussian or Rademacher) is drawn once per solve.
 - ``DerivativePenalty``: ||d^K y/dt^K||^2 (Kelly et al. 2020, "Learning differential equations
   that are easy to solve"), computed exactly by nested Jacobian-vector products.
+- ``RandomEndTime``: STEER (Ghosh et al. 2020, "STEER: Simple temporal regularization for
+  neural ODEs"), no integrand: each training solve ends at a random time near t1.
 
 States are ``(batch, ...)`` (``ODEBlock`` hands a 1-D state, one sample, to the integrands
 as a batch of one): the integrands sum over every dimension but the first and the
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._args import count, real
+from .._args import count, flag, real
 
 
 @dataclass
@@ -324,6 +326,60 @@ def _total_derivative(
         return torch.zeros_like(g)
     (derivative,) = torch.autograd.grad(h, u, create_graph=True, allow_unused=True)
     return torch.zeros_like(g) if derivative is None else derivative
+
+
+class RandomEndTime:
+    """STEER (Ghosh et al. 2020): ``ODEBlock(..., end_time=RandomEndTime(b))`` ends each
+    training solve at a random time drawn uniformly from [t1 - b, t1 + b).
+
+    It adds no term to the loss: training on flows of random lengths alone makes the learned
+    dynamics cheaper to solve. In eval mode the block solves to the nominal t1. The end time is
+    sampled, not learned: no gradient flows to it. The draws come from torch's global CPU
+    random number generator (``torch.rand``, float64, whatever the state's device), so
+    ``torch.manual_seed`` reproduces them and restoring ``torch.get_rng_state()`` (as the
+    trainer's checkpoints do) resumes them.
+
+    Arguments:
+        spread: b, the half-width of the interval of end times; ``ODEBlock`` requires
+            0 <= b < |t1 - t0|, so every end time lies on t1's side of t0. 0 solves to t1.
+        per_sample: ``False`` (the paper's): one end time for the whole batch per forward
+            pass; ``True``: one per sample (dimension 0 of the state), all solved together in
+            per-sample mode (``solve(..., per_sample=True)``: each sample takes the steps it
+            would take alone, and the dynamics receive ``t`` as a (batch,) tensor). Per
+            sample needs an explicit Runge-Kutta method, the ``"direct"`` or ``"adjoint"``
+            gradient, and no regularisers.
+
+    Raises:
+        ValueError: a negative or non-finite ``spread``.
+        TypeError: ``per_sample`` not a bool.
+    """
+
+    def __init__(self, spread: float, per_sample: bool = False):
+        rule = "a finite non-negative number"
+        self.spread = real("spread", spread, rule, lambda x: 0 <= x < math.inf)
+        self.per_sample = flag("per_sample", per_sample)
+
+    def draw(self, t1: float, batch: int = 1) -> torch.Tensor:
+        """End times drawn uniformly from [t1 - spread, t1 + spread).
+
+        Arguments:
+            t1: the nominal end time.
+            batch: the number of samples (used with ``per_sample``).
+
+        Returns:
+            A float64 CPU tensor: one end time, 0-dim, or with ``per_sample`` one per sample,
+                (batch,). With ``spread`` 0 every end time is ``t1`` and nothing is drawn.
+        """
+        shape = (batch,) if self.per_sample else ()
+        if self.spread == 0:
+            return torch.full(shape, t1, dtype=torch.float64)
+        u = torch.rand(shape, dtype=torch.float64)
+        return t1 + self.spread * (2 * u - 1)
+
+    def __repr__(self) -> str:
+        if self.per_sample:
+            return f"RandomEndTime(spread={self.spread}, per_sample=True)"
+        return f"RandomEndTime(spread={self.spread})"
 
 
 class RegularisedDynamics(torch.nn.Module):

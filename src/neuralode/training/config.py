@@ -26,6 +26,7 @@ from ..models import (
     JacobianFrobenius,
     KineticEnergy,
     ODENet,
+    RandomEndTime,
     Regulariser,
     ResNet,
     RKNet,
@@ -42,7 +43,7 @@ RESUME_KEYS = (
     "model", "data", "channels", "augment", "batch_size", "optimizer", "seed",
     "train_subset", "test_subset", "crop_padding", "schedule", "pool",
     "kinetic", "jacobian", "jacobian_noise", "derivative", "derivative_order", "ema",
-    "blocks",
+    "blocks", "steer",
 )  # fmt: skip
 NOISES = ("gaussian", "rademacher")
 
@@ -111,6 +112,9 @@ class TrainConfig:
         derivative: the weight of the penalty int ||d^K y/dt^K||^2 dt (Kelly et al. 2020;
             odenet, rknet), non-negative (0: off).
         derivative_order: K of ``derivative``, at least 2.
+        steer: STEER's spread b (Ghosh et al. 2020; odenet, rknet): each training solve of the
+            ODE block ends at a random time in [1 - b, 1 + b) instead of 1 (evaluation: 1),
+            in [0, 1) (0: off).
         crop_padding: the padding of the random-crop augmentation in pixels; 0: no
             cropping; -1: automatic (4 for images of 28 pixels or more, else the image size
             // 7, at least 1: 1 for 8x8 digits).
@@ -138,7 +142,7 @@ class TrainConfig:
 
     Raises:
         ValueError: an option outside its choices or range, a regulariser the model does
-            not take (any on resnet; ``kinetic`` or ``derivative`` on a deq), or the
+            not take (any on resnet; ``kinetic``, ``derivative`` or ``steer`` on a deq), or the
             ``"reversible"`` gradient with a method that is not explicit Runge-Kutta.
     """
 
@@ -175,6 +179,7 @@ class TrainConfig:
     jacobian_noise: str = "gaussian"
     derivative: float = 0.0
     derivative_order: int = 2
+    steer: float = 0.0
     crop_padding: int = -1
     seed: int = 0
     device: str = "auto"
@@ -235,11 +240,15 @@ class TrainConfig:
                 "sweep_images must be at least 1 and sweep_tolerances in (0, 1), got "
                 f"{self.sweep_images} and {self.sweep_tolerances}"
             )
+        if not 0.0 <= self.steer < 1.0:
+            raise ValueError(
+                f"steer must lie in [0, 1) (the ODE block's t1 - t0 is 1), got {self.steer}"
+            )
         if self.derivative_order < 2:
             raise ValueError(f"derivative_order must be at least 2, got {self.derivative_order}")
-        if self.model == "resnet" and self.regularisers():
+        if self.model == "resnet" and (self.regularisers() or self.steer > 0):
             raise ValueError(
-                "--kinetic, --jacobian and --derivative regularise an ODE block; "
+                "--kinetic, --jacobian, --derivative and --steer regularise an ODE block; "
                 "resnet has none (use odenet or rknet)"
             )
         if self.model == "odenet" and self.gradient == "reversible":
@@ -253,9 +262,10 @@ class TrainConfig:
                     f"tsit5, bosh3, rk4, ...), got {self.method}; use such a method, or "
                     "--gradient checkpointed or adjoint with this one"
                 )
-        if self.model == "deq" and (self.kinetic > 0 or self.derivative > 0):
+        if self.model == "deq" and (self.kinetic > 0 or self.derivative > 0 or self.steer > 0):
             raise ValueError(
-                "--kinetic and --derivative regularise an ODE block; a deq is regularised by "
+                "--kinetic, --derivative and --steer regularise an ODE block; a deq is "
+                "regularised by "
                 "--jacobian (the Jacobian at the fixed point)"
             )
 
@@ -277,6 +287,14 @@ class TrainConfig:
         if self.derivative > 0:
             chosen.append(DerivativePenalty(self.derivative_order, self.derivative))
         return chosen
+
+    def end_time(self) -> RandomEndTime | None:
+        """STEER's random end time of the model's ODE block.
+
+        Returns:
+            ``RandomEndTime(steer)`` when ``steer`` is positive, else ``None``.
+        """
+        return RandomEndTime(self.steer) if self.steer > 0 else None
 
     def as_dict(self) -> dict:
         """The options as plain values (what config.json and the checkpoint store).
@@ -356,8 +374,8 @@ def build_model(config: TrainConfig, in_channels: int = 1, classes: int = 10) ->
     """The classifier named by ``config.model`` with the paper's shapes.
 
     Arguments:
-        config: the options: ``model``, ``channels``, ``pool`` and the regularisers, with
-            ``blocks`` (resnet), the ``deq_*`` options and ``deq_dropout`` (deq),
+        config: the options: ``model``, ``channels``, ``pool``, the regularisers and
+            ``steer``, with ``blocks`` (resnet), the ``deq_*`` options and ``deq_dropout`` (deq),
             ``step_size`` (rknet), or ``augment``, ``method``, ``rtol``, ``atol``,
             ``step_size`` and ``gradient`` (odenet).
         in_channels: the images' channels; only 1 is supported.
@@ -394,6 +412,7 @@ def build_model(config: TrainConfig, in_channels: int = 1, classes: int = 10) ->
             step_size=config.step_size,
             pool=config.pool,
             regularisers=config.regularisers(),
+            end_time=config.end_time(),
         )
     return ODENet(
         config.channels,
@@ -406,6 +425,7 @@ def build_model(config: TrainConfig, in_channels: int = 1, classes: int = 10) ->
         gradient=config.gradient,
         pool=config.pool,
         regularisers=config.regularisers(),
+        end_time=config.end_time(),
     )
 
 
@@ -628,6 +648,15 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         type=int_at_least(2),
         default=d.derivative_order,
         help="K of --derivative (default %(default)s)",
+    )
+    g.add_argument(
+        "--steer",
+        type=fraction,
+        default=d.steer,
+        metavar="B",
+        help="STEER (Ghosh et al. 2020): each training solve ends at a random time in "
+        "[1 - B, 1 + B) instead of 1, evaluation at 1; B in [0, 1) (0 = off; default "
+        "%(default)s)",
     )
     g = parser.add_argument_group("run")
     # neuralode train writes to out/train-MODEL; an experiment sets its own default

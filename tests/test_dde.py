@@ -4,6 +4,7 @@ convergence orders with and without the discontinuity tracking, gradients."""
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -366,3 +367,93 @@ def test_float32_interval_ends_are_the_solves_times() -> None:
                        controller=no.FixedGrid(step_size=0.1)).ys  # fmt: skip
     assert single.dtype == torch.float32
     assert (single.double() - double).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "solver", [no.Dopri5(), no.RK4(), no.solvers.RadauIIA3()], ids=["own", "hermite", "colloc"]
+)
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_one_time_look_up_equals_evaluate(solver, dtype) -> None:
+    # DenseSolution.at (one float time, the DDE's look-ups) against the batched evaluate /
+    # derivative at random times, every step end and the span's ends
+    torch.manual_seed(1)
+    matrix = torch.randn(3, 3, dtype=dtype)
+    sol = no.solve(
+        lambda t, y: torch.tanh(y @ matrix) * torch.cos(t),
+        torch.randn(2, 3, dtype=dtype),
+        torch.tensor([0.2, 1.7], dtype=dtype),
+        solver=solver,
+        controller=no.PIController(rtol=1e-4, atol=1e-6)
+        if solver.adaptive
+        else no.FixedGrid(step_size=0.13),
+        dense=True,
+    )
+    dense = sol.interpolation
+    steps = dense.t0[:, 0].tolist() + [float(dense.t_end[0])]
+    times = torch.rand(40, dtype=F64).mul(1.5).add(0.2).tolist() + steps
+    tol = 4 * torch.finfo(dtype).eps
+    for t in times:
+        for derivative in (False, True):
+            fast = dense.at(t, derivative)
+            batched = dense(torch.tensor(t, dtype=F64), derivative)
+            assert fast.shape == (2, 3)
+            scale = 1 + batched.abs().max()
+            assert (fast - batched).abs().max() <= tol * scale, (t, derivative)
+    end = float(dense.t_end[0])
+    assert torch.equal(dense.at(end), sol.ys[-1])
+    with pytest.raises(ValueError, match="outside the solution's span"):
+        dense.at(1.75)
+
+
+@pytest.mark.parametrize("jump", [False, True])
+def test_fast_look_up_equals_the_batched_evaluate_with_the_delay_gradient(
+    monkeypatch, jump: bool
+) -> None:
+    # the whole DDE (values, the delay's and the field's gradients) with the look-ups by
+    # DenseSolution.at and by the batched evaluate/derivative: equal to round-off; the
+    # output times fall on interval ends (t0 + k tau with tau = 0.75)
+    weight = torch.tensor([[0.7, -0.4], [0.3, 0.9]], dtype=F64, requires_grad=True)
+    tau = torch.tensor(0.75, dtype=F64, requires_grad=True)
+    ts = torch.tensor([0.0, 0.75, 1.5, 2.0, 3.0], dtype=F64)
+
+    def run():
+        sol = solve_dde(
+            lambda t, y, d: torch.tanh(d[0] @ weight) - 0.2 * y * d[1],
+            torch.tensor([1.0, -0.5], dtype=F64),
+            ts,
+            [tau, 1.1],
+            y0=torch.tensor([0.4, 0.1], dtype=F64) if jump else None,
+            controller=no.PIController(rtol=1e-7, atol=1e-9),
+            dense=True,
+        )
+        grads = torch.autograd.grad(sol.ys.square().sum(), (weight, tau))
+        return sol, grads
+
+    fast, fast_grads = run()
+
+    def batched_at(self, s, toward, derivative=False):
+        calls.append(s)
+        i = min(max(bisect.bisect_left(self.ends, s - self.tol), 0), len(self.ends) - 1)
+        if i < len(self.ends) - 1 and s >= self.ends[i] - self.tol and toward > s:
+            i += 1
+        s = min(max(s, self.ends[i - 1] if i else self.t0), self.ends[i])
+        return self.parts[i](torch.tensor(s, dtype=F64), derivative)
+
+    calls: list[float] = []
+    monkeypatch.setattr(_solve_dde._Piecewise, "at", batched_at)
+    slow, slow_grads = run()
+    assert len(calls) > 100
+    assert (fast.ys - slow.ys).abs().max() < 1e-14
+    for a, b in zip(fast_grads, slow_grads):
+        assert (a - b).abs().max() < 1e-13 * (1 + b.abs().max())
+    # the DDE's own dense solution at and between interval ends: the piece on the side of
+    # ``toward`` (y' may jump at an end), by the batched evaluate of that piece
+    past = fast.interpolation
+    for s in [0.75, 1.5, 1.2, 2.999, 3.0]:
+        for toward in (s - 0.5, s + 0.5):
+            k = past.ends.index(s) + (toward > s) if s in past.ends else None
+            k = min(bisect.bisect_left(past.ends, s) if k is None else k, len(past.ends) - 1)
+            for derivative in (False, True):
+                got = past.at(s, toward, derivative)
+                expect = past.parts[k](torch.tensor(s, dtype=F64), derivative)
+                assert (got - expect).abs().max() < 1e-14, (s, toward, derivative)

@@ -10,10 +10,16 @@ no copy of the steps' stages per point. Per sample, every step attempt of the
 batch is kept with its accept mask; a rejected attempt's end is ``-inf`` in the running
 maximum of the step ends, so the search never lands on it. The steps are collected by
 ``_recorder.Recorder``.
+
+``at(t)`` is the same dense output at one Python-float time of one problem, for callers
+that evaluate one time at a time (the delayed states of ``neuralode.dde``): the step by
+``bisect`` on the step ends as floats, the method's weights (``Solver.dense_weights``) times
+that step's rows as one small dense product, whose gradient reaches that step's rows only.
 """
 
 from __future__ import annotations
 
+import bisect
 import warnings
 from typing import Any
 
@@ -51,6 +57,10 @@ class DenseSolution:
         # stopped and the end asked for, as their outputs there
         self.stopped: torch.Tensor | None = None
         self.t_asked: torch.Tensor | None = None
+        # ``at``'s step table (floats) and per-step rows, made at its first call
+        self._table: tuple[list[float], list[float], list[float]] | None = None
+        self._span = (0.0, 0.0)
+        self._steps: tuple[bool, tuple[torch.Tensor, ...]] | None = None
 
     def stop(self, failed: torch.Tensor, t_asked: torch.Tensor) -> None:
         """Mark the samples ``failed`` ((batch,) bool) as stopped before their end asked for,
@@ -95,6 +105,47 @@ class DenseSolution:
         if self.per_sample:
             return out.reshape(*t.shape, *self.spec.shapes[0][1:])
         return self.spec.unflatten(out.reshape(*t.shape, -1))
+
+    def at(self, t: float, derivative: bool = False) -> Any:
+        """y(t) (dy/dt with ``derivative``) at one time ``t``, a Python float inside the span,
+        of a solution of one problem (not per sample): ``evaluate``'s value at a 0-dim ``t``,
+        in ``y0``'s structure, from the same weights, to round-off.
+
+        Raises:
+            ValueError: a per-sample solution, or ``t`` outside the solved span.
+        """
+        if self.per_sample or self.stopped is not None:
+            if self.per_sample:
+                raise ValueError("DenseSolution.at evaluates a solution of one problem only")
+            return self(torch.tensor(t, dtype=torch.float64), derivative)
+        if self._table is None:
+            accepted = self.reach[0].tolist()  # (running maximum: rejected attempts skipped)
+            self._table = (accepted, self.t0[:, 0].tolist(), self.h[:, 0].tolist())
+            self._span = (float(self.t_start[0]), float(self.t_end[0]))
+        reach, starts, sizes = self._table
+        lo, hi = self._span
+        if not (min(lo, hi) <= t <= max(lo, hi)):
+            raise ValueError(
+                f"evaluate: t={t!r} is outside the solution's span from {lo!r} to {hi!r}; "
+                "dense output exists only inside the solved span"
+            )
+        # the step of t: the first whose end reaches it, as ``searchsorted`` in ``__call__``
+        i = min(bisect.bisect_left(reach, self.sign * t), len(reach) - 1)
+        theta = (t - starts[i]) / sizes[i]
+        rows = self._step_rows()[i]
+        if theta == 1 and not derivative:  # a step's end: its end state y1 exactly
+            return self.spec.unflatten(rows[1])
+        like = rows.float() if rows.dtype in LOW_PRECISION else rows
+        weights = self.solver.dense_weights(theta, sizes[i], like, derivative)
+        return self.spec.unflatten((weights[0] @ like).to(rows.dtype))
+
+    def _step_rows(self) -> tuple[torch.Tensor, ...]:
+        """The rows of every step, (2 + K, n) each: views made once per autograd mode, so
+        that ``at``'s gradients reach one step's rows (no full-size gradient per call)."""
+        grad = torch.is_grad_enabled()
+        if self._steps is None or self._steps[0] != grad:
+            self._steps = (grad, self.rows.split(self.width))
+        return self._steps[1]
 
     def _combine(
         self, step: torch.Tensor, theta: torch.Tensor, h: torch.Tensor, derivative: bool

@@ -5,7 +5,8 @@ delay: on each interval every delayed time t - tau_j lies on one side of t0 for 
 interval (the history before t0, the solution after it), and is no later than the
 interval's start, where the solution is already known. Each interval is one ordinary
 ``neuralode.solve(..., dense=True)``; the delayed states come from the dense solutions of the
-intervals before it (``Solution.evaluate``) or from the history. No integration loop here.
+intervals before it (``DenseSolution.at``: the dense output at one float time, the weights
+of ``Solution.evaluate`` on one step's rows) or from the history. No integration loop here.
 
 Derivative discontinuities: a jump of y or of y' at t0 propagates to t0 + sum_j n_j tau_j,
 one derivative smoother per generation. The points of up to ``solver.order + 1``
@@ -295,7 +296,7 @@ class _Piecewise:
             i += 1
         i = min(i, len(self.ends) - 1)
         s = min(max(s, self.ends[i - 1] if i else self.t0), self.ends[i])  # (within tol)
-        return self.parts[i](torch.tensor(s, dtype=torch.float64), derivative)
+        return self.parts[i].at(s, derivative)
 
     def __call__(self, t: Any, derivative: bool = False) -> torch.Tensor:
         t = torch.as_tensor(t).detach()

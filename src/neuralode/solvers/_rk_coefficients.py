@@ -74,7 +74,13 @@ def _build(tab: ButcherTableau, dtype: torch.dtype, device: torch.device) -> Coe
 
 
 def theta_weights(co: Coefficients, theta: torch.Tensor, derivative: bool) -> torch.Tensor:
-    """B_i(theta) (with ``derivative``: B_i'(theta)) of the own extension, (stages, m)."""
+    """B_i(theta) (with ``derivative``: B_i'(theta)) of the own extension, (stages, m); a
+    Python float ``theta`` is one point (m = 1), its powers made as floats."""
+    if isinstance(theta, float):
+        ps = range(1, co.dense.shape[1] + 1)
+        monomials = [p * theta ** (p - 1) for p in ps] if derivative else [theta**p for p in ps]
+        column = torch.tensor(monomials, dtype=co.dense.dtype, device=co.dense.device)
+        return co.dense @ column[:, None]
     powers = torch.arange(1, co.dense.shape[1] + 1, dtype=torch.float64, device=theta.device)
     if derivative:  # d/dtheta theta^p = p theta^(p-1)
         theta_powers = theta[None, :] ** (powers[:, None] - 1) * powers[:, None]

@@ -118,11 +118,12 @@ class ExplicitDenseOutput(Solver):
         if self.tableau.dense is None:
             return super().dense_weights(theta, h, like, derivative)
         weights = theta_weights(self._coefficients(like), theta, derivative).T
-        ends = torch.zeros(len(theta), 2, dtype=weights.dtype, device=weights.device)
+        ends = weights.new_zeros(weights.shape[0], 2)
         if derivative:
             return torch.cat([ends, weights], 1)
         ends[:, 0] = 1  # y0 + h sum_i B_i(theta) k_i
-        return torch.cat([ends, h.to(weights.dtype)[:, None] * weights], 1)
+        size = h if isinstance(h, float) else h.to(weights.dtype)[:, None]
+        return torch.cat([ends, size * weights], 1)
 
     def _extra_stages(self, term: ODETerm, step: Step, co: Coefficients) -> torch.Tensor:
         """Evaluate the dense output's extra stages (once per step) and stack all stages."""

@@ -338,14 +338,20 @@ class Solver(abc.ABC):
         ``dense_record``.
 
         Arguments:
-            theta: the step fractions, (m,) float64.
-            h: the step sizes, (m,) float64.
-            like: a tensor of the dtype the weights take.
+            theta: the step fractions, (m,) float64; or one point's, a Python float (m = 1:
+                the polynomials evaluated on floats, no tensor per term).
+            h: the step sizes, (m,) float64; a Python float with a float ``theta``.
+            like: a tensor of the dtype (and device) the weights take.
             derivative: the weights of dy/dt instead of y.
 
         Returns:
             The weights W, (m, 2 + K) in ``like``'s dtype.
         """
+        if isinstance(theta, float):
+            h00, h01, h10, h11 = hermite_basis(theta, h, derivative)
+            return torch.tensor(
+                [[h00, h01, h10 * h, h11 * h]], dtype=like.dtype, device=like.device
+            )
         th, size = theta[:, None], h[:, None]
         h00, h01, h10, h11 = hermite_basis(th, size, derivative)
         return torch.cat([h00, h01, h10 * size, h11 * size], 1).to(like.dtype)

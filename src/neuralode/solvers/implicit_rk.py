@@ -622,8 +622,8 @@ class ImplicitRK(ImplicitStages):
         collocation method, else cubic Hermite's.
 
         Arguments:
-            theta: the step fractions, (m,) float64.
-            h: the step sizes, (m,) float64.
+            theta: the step fractions, (m,) float64; or one point's, a Python float.
+            h: the step sizes, (m,) float64; a Python float with a float ``theta``.
             like: a tensor of the dtype and device the weights take.
             derivative: the weights of dy/dt instead of y.
 
@@ -632,13 +632,16 @@ class ImplicitRK(ImplicitStages):
         """
         if not self.tableau.collocation:
             return super().dense_weights(theta, h, like, derivative)
-        w = collocation_weights(self.tableau.c, theta.detach().cpu().numpy(), derivative)
+        one = isinstance(theta, float)
+        thetas = np.array([theta]) if one else theta.detach().cpu().numpy()
+        w = collocation_weights(self.tableau.c, thetas, derivative)
         weights = torch.from_numpy(w).to(dtype=like.dtype, device=like.device)
-        ends = torch.zeros(len(theta), 2, dtype=like.dtype, device=like.device)
+        ends = torch.zeros(len(thetas), 2, dtype=like.dtype, device=like.device)
         if derivative:
             return torch.cat([ends, weights], 1)
         ends[:, 0] = 1
-        return torch.cat([ends, h.to(like.dtype)[:, None] * weights], 1)
+        size = h if one else h.to(like.dtype)[:, None]
+        return torch.cat([ends, size * weights], 1)
 
 
 def _starts_after_jump(state: Any) -> bool:

@@ -775,6 +775,7 @@ def test_whole_solve_compiled_as_one_problem_matches_the_host_loop():
 
 
 @needs_compiler
+@pytest.mark.usefixtures("whole_solve_traced_only")  # (the stopping logic)
 def test_whole_solve_compiled_stops_at_a_failing_step_held_at_min_step():
     """f is NaN past t = 1 (sample 0's, per sample): the step there fails, shrinks to
     min_step and would be attempted again unchanged until max_steps. The compiled whole
@@ -811,6 +812,7 @@ def test_whole_solve_compiled_stops_at_a_failing_step_held_at_min_step():
 
 
 @needs_compiler
+@pytest.mark.usefixtures("whole_solve_traced_only")  # (its dispatch)
 def test_backsolve_after_a_whole_solve_compiles_its_backward_solve_whole(monkeypatch):
     """compile=True with Backsolve(): the backward solve of [y, adjoint, parameter gradients]
     runs as one compiled graph too (its seminorm measured per part inside the graph) and

@@ -97,6 +97,7 @@ def test_per_sample_rows_take_their_own_pid_steps() -> None:
     reason="torch.compile's CPU backend needs a C++ compiler",
 )
 @pytest.mark.parametrize("per_sample", [False, True], ids=["one-problem", "per-sample"])
+@pytest.mark.usefixtures("whole_solve_traced_only")  # (the PID logic)
 def test_device_loop_and_whole_graph_take_the_host_loops_pid_steps(per_sample: bool) -> None:
     controller = no.PIDController(**PID)
     with torch.no_grad():

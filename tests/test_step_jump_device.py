@@ -120,6 +120,7 @@ def test_device_loop_with_jump_t_is_accurate_and_the_host_loops(name: str) -> No
 
 @needs_compiler
 @pytest.mark.parametrize("per_sample", [False, True], ids=["one-problem", "per-sample"])
+@pytest.mark.usefixtures("whole_solve_traced_only")  # (the landing logic)
 def test_whole_solve_graph_lands_like_the_eager_loop(per_sample: bool) -> None:
     """compile=True runs jump_t and step_t inside the one graph (no fallback): the eager
     solve's steps, evaluations of f and outputs; other landing times of the same count
@@ -324,6 +325,7 @@ def test_backsolve_on_per_sample_clocks_lands_on_the_jumps(
         for mode in ("host", "per_sample", "device_loop", "compile")
     ],
 )
+@pytest.mark.usefixtures("whole_solve_traced_only")  # (the landing logic)
 def test_a_span_between_two_jumps_is_the_smooth_piece(mode: str, backward: bool) -> None:
     """A span from one jump to the next (solving piece by piece): f is evaluated just inside
     the span at both ends, never on a jump, so the solve is that of the smooth piece y' = -2 y

@@ -635,6 +635,9 @@ def test_a_failed_step_at_min_step_is_not_retried_unchanged() -> None:
     assert solver.counters["newton_failures"] == 1
 
 
+# the rule on Radau's steps: test_the_hold_after_a_rejection_caps_the_next_step (default run);
+# this one measures what it saves on stiff van der Pol (30 s)
+@pytest.mark.slow
 def test_radau_does_not_grow_the_step_right_after_a_rejection(monkeypatch) -> None:
     """Hairer's rule (RADAU5): the step after a rejected one may not grow. Without it a
     Newton failure (a rejection) shrinks the step by dfactor and the next accepted step grows

@@ -6,6 +6,7 @@ from ._errors import MaxStepsError, NonFiniteError, SolverError, StepSizeUnderfl
 from ._events import Event
 from ._execution import Execution
 from ._norms import max_norm, mixed_norm, rms_norm, seminorm
+from ._progress import Progress, ProgressMeter, TqdmProgressMeter
 from ._saveat import SaveAt
 from ._solution import Solution, SolveStats
 from ._solve import solve
@@ -71,11 +72,14 @@ __all__ = [
     "NonFiniteError",
     "PIController",
     "PIDController",
+    "Progress",
+    "ProgressMeter",
     "Solution",
     "SolveStats",
     "SolverError",
     "Status",
     "StepSizeUnderflowError",
+    "TqdmProgressMeter",
     "max_norm",
     "mixed_norm",
     "odeint",

@@ -43,11 +43,12 @@ _ADAPTIVE_OPTIONS = {
     "jump_t",
     "norm",
     "throw",
+    "progress_meter",
     *_LOOP_FLAGS,
 }
 _FIXED_OPTIONS = {
     "step_size", "grid_constructor", "perturb", "interp", "max_num_steps", "compile_step",
-    "compile", "throw",
+    "compile", "throw", "progress_meter",
 }  # fmt: skip
 _INTERPOLATIONS = ("linear", "cubic")
 # torchdiffeq's other names for our methods
@@ -93,6 +94,8 @@ def _parse(
     extra: dict[str, Any] = {"max_steps": None if most is None else int(most)}
     if "throw" in options:  # False: failed samples' outputs NaN instead of an error
         extra["throw"] = bool(options["throw"])
+    if "progress_meter" in options:  # (``solve`` checks it)
+        extra["progress_meter"] = options["progress_meter"]
     if probe.adaptive:
         dtype = options.get("dtype", torch.float64)
         # torchdiffeq's time dtype (e.g. float32 where a device lacks float64): the step-size

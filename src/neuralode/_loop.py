@@ -51,6 +51,7 @@ class LoopConfig:
     save: Any = None  # ``_recorder.Recorder``: keeps the steps (dense output, SaveAt(steps))
     # the compiled whole solve's plans by direction of time, kept for warm calls (``_warm``)
     whole_plans: dict[float, Any] | None = None
+    progress: Any = None  # ``_progress._Tracker``: the solve's progress meter, or None
 
     @property
     def per_sample(self) -> bool:
@@ -159,6 +160,8 @@ def _integrate(
     if len(ts) == 1:
         return y0[None]
     solver, controller, callbacks = config.solver, config.controller, config.callbacks
+    if config.progress is not None:  # (the meter reports through the callback hooks)
+        callbacks = config.progress.hooks(callbacks, ts[0], ts[-1])
     sign = 1.0 if ts[-1] > ts[0] else -1.0
     landing_points = landings(ts, config.step_t, config.jump_t)
     span = solve_span(ts[0], ts[-1])  # the scale of the smallest step (``step_floor``)

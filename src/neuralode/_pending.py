@@ -29,6 +29,7 @@ class _Progress(NamedTuple):
     rounds: int  # the most event crossings of one sample in the pending steps
     stalled: bool  # a running sample can no longer advance (``_stalled``)
     nan: bool  # an event function returned NaN (``Events.watch_nan``)
+    extra: list[float]  # the values given as ``extra``, read in the same sync
 
 
 def _read_progress(
@@ -44,12 +45,14 @@ def _read_progress(
     hits: torch.Tensor | None,
     nan: torch.Tensor | None = None,
     repeated: torch.Tensor | None = None,
+    extra: list[torch.Tensor] | None = None,
 ) -> _Progress:
     """A termination check, with one host sync (``_Progress``); ``left`` is 0 when no
     sample runs, ``hits`` the pending steps' crossings, (steps, batch), ``nan`` the samples
     whose event function returned NaN, (batch,), ``span`` the length of each sample's time
     span, ``rejected`` the samples whose last attempt was rejected and ``repeated`` those
-    whose rejected step would be retried unchanged (``_stalled``)."""
+    whose rejected step would be retried unchanged (``_stalled``); ``extra``: 0-dim tensors
+    read in the same sync (a progress meter's, ``_progress.device_values``)."""
     # each a reduction over every problem under torch.func.vmap (``_host``)
     size = (proposal - t).abs()
     left = across(torch.where(still & (size > 0), (t_stop - t).abs() / size, 0.0).max(), torch.amax)
@@ -64,12 +67,15 @@ def _read_progress(
     if ends is not None:
         lo, hi = _output_range(ends, next_out)
         values += [across(lo, torch.amin).to(left.dtype), across(hi, torch.amax).to(left.dtype)]
+    if extra:
+        values += [value.to(left.dtype) for value in extra]
     n_still, left, stalled, *rest = torch.stack(values).tolist()
+    given = [rest.pop() for _ in range(len(extra or ()))][::-1]
     rounds = int(rest.pop(0)) if hits is not None else 0
     nan_seen = bool(rest.pop(0)) if nan is not None else False
     lo, hi = (int(rest[0]), int(rest[1])) if rest else (0, 0)
     left = left if left == left else 1.0  # NaN size: check next step
-    return _Progress(int(n_still), left, lo, hi, rounds, bool(stalled), nan_seen)
+    return _Progress(int(n_still), left, lo, hi, rounds, bool(stalled), nan_seen, given)
 
 
 def _stalled(

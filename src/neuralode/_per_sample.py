@@ -67,6 +67,7 @@ from ._landing import landing_times, next_landing, past_jump, start_times
 from ._norms import row_rms, tolerance_tensor
 from ._pending import _ends, _Reached, _read_progress, _stack
 from ._pending_dense import _locate_events, _write_outputs
+from ._progress import device_values
 from ._solution import SolveStats
 from ._spans import loop_times
 from ._status import Status, sample_failures, samples_failed
@@ -110,6 +111,8 @@ def integrate_per_sample(
     device = y.device
     f64 = dict(dtype=torch.float64, device=device)
     ts_tensor, ts_signed, sign, t, t_stop = loop_times(ts, batch, device)
+    meter = config.progress  # a progress meter: reported at the checks
+    t_start = None if meter is None else t.clone()
     span = solve_span(t, t_stop)  # the scale of the smallest step (``step_floor``)
     n_out = ts_tensor.shape[-1]
     status = torch.zeros(batch, dtype=torch.long, device=device)
@@ -227,10 +230,15 @@ def integrate_per_sample(
                 ends = _ends(pending, ts_signed, sign) if write_outputs else None
                 hits = _stack([r.hit for r in pending]) if events is not None else None
                 nan = None if events is None else events.nan_seen
-                n_still, left, lo, hi, rounds, stalled, nan_seen = _read_progress(
+                shown = None
+                if meter is not None:
+                    shown = device_values(t, t_start, t_stop, still, n_steps, n_accepted)
+                n_still, left, lo, hi, rounds, stalled, nan_seen, shown = _read_progress(
                     still, t, proposal, t_stop, span, ~accept, sign, ends, next_out, hits, nan,
-                    repeated,
+                    repeated, shown,
                 )  # fmt: skip
+                if meter is not None:
+                    meter.report(*shown)
                 if nan_seen:
                     events.check_nan()
                 next_check = iteration + max(1, min(most_unchecked, int(left) // 4))

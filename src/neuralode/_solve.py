@@ -18,6 +18,7 @@ from ._execution import Execution
 from ._host import dispatched, transform_active, vmap_active
 from ._loop import LoopConfig
 from ._norms import Norm, lay_out_tolerances, mixed_norm, rms_norm
+from ._progress import ProgressMeter, tracker_of
 from ._recorder import Recorder
 from ._saveat import SaveAt, check_saveat, saved
 from ._solution import Solution, SolveStats
@@ -73,6 +74,7 @@ def solve(
     throw: bool = True,
     saveat: SaveAt | None = None,
     dense: bool = False,
+    progress_meter: ProgressMeter | None = None,
     **aliases: bool,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from ``y0`` at ``ts[0]`` and return the states at all ``ts``.
@@ -155,6 +157,14 @@ def solve(
             [`Solution.evaluate`][neuralode.Solution.evaluate] and
             [`Solution.derivative`][neuralode.Solution.derivative] then work anywhere in the
             span. Needs ``gradient=Direct()`` and no event.
+        progress_meter: shows the solve's progress while it runs (a
+            [`ProgressMeter`][neuralode.ProgressMeter], e.g.
+            [`TqdmProgressMeter()`][neuralode.TqdmProgressMeter]): the fraction of the time
+            span done, ``t`` and the accepted and rejected steps, updated after every step
+            attempt (the host loop), at the scheduled checks (per-sample mode and the device
+            loop: no extra host read) or once at the end (``compile=True``'s whole-solve
+            graph); closed at the end, also when the solve raises. The forward solve only
+            (not ``Backsolve()``'s backward solves); not under ``torch.func`` transforms.
         **aliases: the older flags, kept as aliases: ``skip_finished=True``,
             ``compile_step=True`` (``compile="step"``), ``cuda_graph=True`` and
             ``device_loop=True`` (one problem in the per-sample loop, a batch of one:
@@ -177,7 +187,8 @@ def solve(
             devices, an option the chosen solver or mode does not support); the message names
             the problem and the fix.
         TypeError: ``func`` or an event function returns something of the wrong type or
-            structure; ``perturb`` or ``throw`` is not a bool.
+            structure; ``perturb`` or ``throw`` is not a bool; ``progress_meter`` is not a
+            ``ProgressMeter``.
         MaxStepsError: more than ``max_steps`` steps were needed.
         StepSizeUnderflowError: the step size became too small to make progress in time.
         NonFiniteError: NaN or infinity appeared in the state.
@@ -187,6 +198,7 @@ def solve(
     if (
         not transforms
         and (compile is True or compile == "solve")
+        and progress_meter is None
         and defaults(
             norm, gradient, event, saveat, callbacks, dense, perturb, throw, step_t, jump_t, aliases
         )
@@ -203,6 +215,11 @@ def solve(
     # under torch.func.vmap: each problem its own steps; inside vmap: a transform inside it,
     # or a vmap over func's captured tensors (one query when no transform runs)
     level = vmap_level(y0, ts) if transforms else None
+    if transforms and progress_meter is not None:
+        raise ValueError(
+            "progress_meter is not supported under torch.func transforms (vmap, grad, jacrev, "
+            "jvp): leave it out there, or show progress around the transformed function"
+        )
     if transforms:
         refuse_under_transforms(
             dict(gradient=gradient, event=event, dense=dense, compile=compile, **aliases),
@@ -289,6 +306,7 @@ def solve(
         throw=throw,
         save=Recorder() if saveat is not None and saveat.records else None,
         whole_plans=None if key is None else {},
+        progress=tracker_of(progress_meter, times),
     )
     if sde:
         term = func.bind(spec, y0_flat, times, execution.per_sample)
@@ -303,6 +321,26 @@ def solve(
     problem = Problem(func, term, spec, y0_flat, ts, times, config, stats)
     gradient = Direct() if gradient is None else gradient
     check_forward_mode(gradient, problem)  # (before any step, the event search's included)
+    if config.progress is None:
+        return _run(problem, gradient, event, saveat, key, cleared)
+    with config.progress:  # (opens the meter; closes it also when the solve raises)
+        return _run(problem, gradient, event, saveat, key, cleared)
+
+
+def _run(
+    problem: Problem,
+    gradient: GradientStrategy,
+    event: Event | None,
+    saveat: SaveAt | None,
+    key: Any,
+    cleared: Any,
+) -> Solution:
+    """``solve``'s run of a validated problem by ``gradient``: with ``event`` located,
+    what ``saveat`` asks saved, and a warm call's graph kept under ``key``."""
+    spec, func, y0_flat, times = problem.spec, problem.func, problem.y0, problem.times
+    ts = problem.ts
+    config, stats, term = problem.config, problem.stats, problem.term
+    throw, execution = config.throw, config.execution
     if event is None:
         ys = run_gradient(gradient, problem)
         if key is not None:

@@ -158,6 +158,8 @@ def integrate_whole(
     stats.n_steps += steps
     stats.n_accepted += accepted
     stats.n_rejected += steps - accepted
+    if config.progress is not None:  # (the graph has no host step: its end only)
+        config.progress.report(1.0, ts[-1], accepted, steps - accepted)
     if per_sample:
         stats.sample_nfe = nfe
         stats.rows_evaluated = term.nfe * batch

@@ -77,7 +77,9 @@ def odeint(
             ``compile_step``, ``device_loop``, ``cuda_graph``; see
             [`solve`][neuralode.solve]). ``throw=False``: a failed solve or sample returns NaN
             after the last output it reached instead of raising (``solve`` also returns its
-            ``status``).
+            ``status``). ``progress_meter``: a
+            [`ProgressMeter`][neuralode.ProgressMeter] (e.g.
+            ``neuralode.TqdmProgressMeter()``) showing the solve's progress, as ``solve``'s.
         event_fn: stop where an element of ``event_fn(t, y)`` crosses zero (``t[1:]`` only gives
             the direction). With ``options=dict(per_sample=True)`` every sample (dim 0 of
             ``y0``) stops at its own event: ``event_fn`` receives (batch,) times and returns
@@ -134,7 +136,8 @@ def odeint_adjoint(
         adjoint_atol: the backward solve's absolute tolerance (default ``atol``).
         adjoint_method: the backward solve's method (default ``method``).
         adjoint_options: the backward solve's options (default: the forward ones without
-            ``norm``). ``step_t``, ``jump_t`` and ``perturb`` there apply to the backward
+            ``norm`` and ``progress_meter``: the forward solve's meter shows the forward
+            solve only). ``step_t``, ``jump_t`` and ``perturb`` there apply to the backward
             solves, and a ``grid_constructor`` is called again for each with its reversed
             times. ``{"norm": "seminorm"}`` leaves the parameter-gradient channels out of the
             error norm; a callable norm is given ``(t, *y, *adj_y, *adj_params)`` as in
@@ -147,8 +150,9 @@ def odeint_adjoint(
         As [`odeint`][neuralode.odeint].
 
     Raises:
-        ValueError: ``scipy_solver`` as a method, ``per_sample`` in ``adjoint_options``, or an
-            ``adjoint_options["norm"]`` that is neither ``"seminorm"`` nor a callable.
+        ValueError: ``scipy_solver`` as a method, ``per_sample`` or ``progress_meter`` in
+            ``adjoint_options``, or an ``adjoint_options["norm"]`` that is neither
+            ``"seminorm"`` nor a callable.
         SolverError: the forward or the backward solve failed.
     """
     method = "dopri5" if method is None else _ALIASES.get(method, method)
@@ -164,9 +168,14 @@ def odeint_adjoint(
         adjoint_options = {
             k: v
             for k, v in (options or {}).items()
-            if k != "norm" and k not in (*_LOOP_FLAGS, "throw")
+            if k != "norm" and k not in (*_LOOP_FLAGS, "throw", "progress_meter")
         }
     adjoint_options = dict(adjoint_options)
+    if "progress_meter" in adjoint_options:
+        raise ValueError(
+            "adjoint_options cannot set progress_meter: the backward solves show no progress "
+            "(set progress_meter in options for the forward solve)"
+        )
     if "per_sample" in adjoint_options:
         raise ValueError(
             "adjoint_options cannot set per_sample: the backward solve always runs the whole "
@@ -273,6 +282,11 @@ def _odeint(
     options = {} if options is None else dict(options)
     t = _on_state_device(t, y0)
     if method == "scipy_solver":
+        if options.get("progress_meter") is not None:
+            raise ValueError(
+                "method scipy_solver takes no progress_meter (SciPy runs its own loop); use a "
+                "torch method (e.g. dopri5) to show progress"
+            )
         _callbacks(func, "", method, None)  # warns: SciPy calls none
         return _scipy(func, y0, t, rtol, atol, options, event_fn)
     spec, _ = tree_spec(y0, "y0")

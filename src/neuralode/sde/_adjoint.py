@@ -187,7 +187,8 @@ def sdeint_adjoint(
         atol: forward absolute tolerance.
         adjoint_atol: backward absolute tolerance.
         dt_min: the smallest adaptive step.
-        options: forward method options.
+        options: forward method options (``progress_meter`` too, as ``sdeint``'s: the forward
+            solve's progress; the backward solve shows none).
         adjoint_options: backward method options.
         adjoint_params: the tensors to differentiate (default ``sde.parameters()``).
         names: other method names for the SDE's functions (as ``sdeint``).

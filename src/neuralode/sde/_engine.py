@@ -27,6 +27,7 @@ import torch
 
 from .._loop import LoopConfig, integrate
 from .._norms import rms_norm
+from .._progress import tracker_of
 from .._solution import SolveStats
 from .._term import ODETerm
 from .._tree import tree_spec
@@ -370,11 +371,13 @@ def run(
     extra: Any = None,
     record: array | None = None,
     stats: SolveStats | None = None,
+    progress: Any = None,
 ) -> tuple[torch.Tensor, Any]:
     """Solves ``term`` from ``y0`` at ``ts[0]`` in the one loop (``_loop.integrate``) and
     returns the states at ``ts`` stacked, (len(ts), *y0.shape), and the method's final extra
     state: what ``sdeint`` and ``sdeint_adjoint``'s passes run. ``record`` receives
-    ``ts[0]`` and the accepted steps' ends."""
+    ``ts[0]`` and the accepted steps' ends; ``progress`` is a ``ProgressMeter`` (or
+    ``None``) shown while it runs."""
     spec, _ = tree_spec(y0, "y0")
     bound = BoundSDETerm(term, spec, y0)
     if time_dtype is not None:
@@ -383,11 +386,21 @@ def run(
     if record is not None:
         record.append(ts[0])
         bound.record = record
+    tracker = tracker_of(progress, ts)
     config = LoopConfig(
-        solver=solver, controller=controller, norm=rms_norm, max_steps=_NO_STEP_LIMIT
+        solver=solver,
+        controller=controller,
+        norm=rms_norm,
+        max_steps=_NO_STEP_LIMIT,
+        progress=tracker,
     )
     solver.set_tolerances(getattr(controller, "rtol", None), getattr(controller, "atol", None))
-    ys = integrate(bound, y0.reshape(-1), ts, config, SolveStats() if stats is None else stats)
+    stats = SolveStats() if stats is None else stats
+    if tracker is None:
+        ys = integrate(bound, y0.reshape(-1), ts, config, stats)
+    else:
+        with tracker:  # (closes the meter also when the solve raises)
+            ys = integrate(bound, y0.reshape(-1), ts, config, stats)
     if bound.extra is None:  # no step was taken (a single output time)
         bound.extra = () if extra is None else extra
     return ys.view(len(ts), *y0.shape), bound.extra

@@ -40,6 +40,7 @@ def solve(problem: _Problem, dt, adaptive, rtol, atol, dt_min, extra, record=Non
         time_dtype=problem.ts.dtype,
         extra=extra,
         record=record,
+        progress=problem.options.get("progress_meter"),
     )
 
 
@@ -104,7 +105,11 @@ def sdeint(
         rtol: relative tolerance (adaptive).
         atol: absolute tolerance (adaptive).
         dt_min: the smallest adaptive step.
-        options: method options, e.g. ``{"grad_free": True}`` for Milstein.
+        options: method options, e.g. ``{"grad_free": True}`` for Milstein, and
+            ``progress_meter``: a [`ProgressMeter`][neuralode.ProgressMeter] (e.g.
+            ``neuralode.TqdmProgressMeter()``) showing the solve's progress while it runs
+            (the fraction of ``[ts[0], ts[-1]]`` done, ``t``, the accepted and rejected
+            steps).
         names: other method names for the SDE's functions, e.g. ``{"drift": "foo"}``
             (keys: drift, diffusion, prior_drift, diffusion_prod, drift_and_diffusion,
             drift_and_diffusion_prod).
@@ -120,6 +125,7 @@ def sdeint(
     Raises:
         ValueError: for bad input (see ``check_contract``) or a method that does not fit the
             SDE or the Brownian motion.
+        TypeError: ``options["progress_meter"]`` is not a ``ProgressMeter``.
     """
     _check_unused(unused_kwargs, "`sdeint`")
     problem = check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp)

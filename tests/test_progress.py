@@ -159,7 +159,7 @@ def test_per_sample_fraction_is_the_slowest_running_sample():
     original = per_sample.device_values
 
     def spy(t, t_start, t_stop, still, *counts):
-        seen.append(((t - t_start) / (t_stop - t_start), still.clone()))
+        seen.append(((t - t_start) / (t_stop - t_start), t.clone(), still.clone()))
         return original(t, t_start, t_stop, still, *counts)
 
     with pytest.MonkeyPatch.context() as patch, torch.no_grad():
@@ -168,9 +168,12 @@ def test_per_sample_fraction_is_the_slowest_running_sample():
         no.solve(decay, torch.ones(2, 1, dtype=F64), ts, per_sample=True, progress_meter=meter)
     assert meter.calls[0] == ("start", 0.0, 4.0)
     assert len(seen) == len(meter.updates) > 3
-    for (done, still), update in zip(seen, meter.updates):
-        expected = float(done[still].min()) if bool(still.any()) else 1.0
-        assert update.fraction == pytest.approx(expected, abs=1e-15)
+    for (done, t, still), update in zip(seen, meter.updates):
+        if bool(still.any()):  # the slowest running sample
+            i = int(torch.where(still, done, 2.0).argmin())
+            assert (update.fraction, update.t) == (pytest.approx(float(done[i]), abs=1e-15), t[i])
+        else:  # done: the latest time
+            assert (update.fraction, update.t) == (1.0, 4.0)
 
 
 def test_whole_solve_graph_reports_once_at_its_end(whole_solve_traced_only):

@@ -232,7 +232,7 @@ def integrate_per_sample(
                 nan = None if events is None else events.nan_seen
                 shown = None
                 if meter is not None:
-                    shown = device_values(t, t_start, t_stop, still, n_steps, n_accepted)
+                    shown = device_values(t, t_start, t_stop, still, n_steps, n_accepted, sign)
                 n_still, left, lo, hi, rounds, stalled, nan_seen, shown = _read_progress(
                     still, t, proposal, t_stop, span, ~accept, sign, ends, next_out, hits, nan,
                     repeated, shown,

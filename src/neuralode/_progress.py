@@ -239,16 +239,17 @@ def device_values(
     still: torch.Tensor,
     n_steps: torch.Tensor,
     n_accepted: torch.Tensor,
+    sign: float,
 ) -> list[torch.Tensor]:
     """The device loop's progress as 0-dim tensors for its check's one read: the least
-    fraction done over the running samples (1 when none runs), that sample's t, and the
-    accepted and rejected steps of the batch."""
+    fraction done over the running samples and that sample's t (when none runs: 1 and the
+    latest t in the direction ``sign``), and the accepted and rejected steps of the batch."""
     span = t_stop - t_start
     done = torch.where(span != 0, (t - t_start) / torch.where(span != 0, span, 1.0), 1.0)
     key = torch.where(still, done, 2.0)
-    slowest = key.argmin()
+    shown = torch.where(still.any(), key.argmin(), (sign * t).argmax())
     accepted = n_accepted.sum()
-    return [key[slowest].clamp(max=1.0), t[slowest], accepted, n_steps.sum() - accepted]
+    return [key.min().clamp(max=1.0), t[shown], accepted, n_steps.sum() - accepted]
 
 
 def tracker_of(meter: Any, times: list[float] | torch.Tensor) -> _Tracker | None:

@@ -199,10 +199,14 @@ def test_event_search_reports_nan_fraction():
     assert float(sol.event_t) == pytest.approx(math.log(2.0), rel=1e-5)
     assert meter.calls[0] == ("start", 0.0, math.inf)
     assert all(math.isnan(u.fraction) for u in meter.updates) and meter.updates
-    buffer = io.StringIO()
-    bar = no.TqdmProgressMeter(refresh_steps=1, file=buffer, mininterval=0)
-    no.solve(decay, torch.ones(1, dtype=F64), ts, event=event, progress_meter=bar)
-    assert "%" not in buffer.getvalue() and "accepted=" in buffer.getvalue()
+    drawn = []
+    for refresh in (1, 4):
+        buffer = io.StringIO()
+        bar = no.TqdmProgressMeter(refresh_steps=refresh, file=buffer, mininterval=0)
+        no.solve(decay, torch.ones(1, dtype=F64), ts, event=event, progress_meter=bar)
+        assert "%" not in buffer.getvalue() and "accepted=" in buffer.getvalue()
+        drawn.append(buffer.getvalue().count("\r"))
+    assert drawn[1] <= drawn[0] // 4 + 2 < drawn[0], drawn  # refresh_steps holds there too
 
 
 def test_backsolve_meter_shows_the_forward_solve_only():

@@ -160,7 +160,8 @@ class TqdmProgressMeter(ProgressMeter):
     def update(self, progress: Progress) -> None:
         bar = self.bar
         steps = progress.n_accepted + progress.n_rejected
-        if bar is None or (steps - self._drawn < self.refresh_steps and progress.fraction < 1):
+        # (the end always shows; a NaN fraction, towards t = inf, is no end)
+        if bar is None or (steps - self._drawn < self.refresh_steps and not progress.fraction >= 1):
             return
         self._drawn = steps
         counts = f"accepted={progress.n_accepted}, rejected={progress.n_rejected}"

@@ -13,6 +13,7 @@ import torch
 from numpy.polynomial import Polynomial
 
 import neuralode as no
+from neuralode import MaxStepsError
 from neuralode.dde import _solve_dde, solve_dde
 
 F64 = torch.float64
@@ -494,3 +495,48 @@ def test_agrees_with_torchdde(taus, coefficients, t1) -> None:
         delays=torch.tensor(taus, dtype=F64),
     )[0, :, 0]
     assert (ours - theirs).abs().max() < 2e-7  # (measured 4e-8: torchdde's rk4 error)
+
+
+def test_one_progress_meter_over_all_intervals():
+    """solve_dde opens one meter on [t0, t1]: every step attempt of every interval reports
+    the fraction of the whole span and the steps summed over the intervals, then one close
+    (also when the solve raises)."""
+
+    class Recorder(no.ProgressMeter):
+        def __init__(self):
+            self.calls = []
+
+        def start(self, t0, t1):
+            self.calls.append(("start", t0, t1))
+
+        def update(self, progress):
+            self.calls.append(("update", progress))
+
+        def close(self, error):
+            self.calls.append(("close", error))
+
+    meter = Recorder()
+    ts = torch.tensor([0.0, 3.5], dtype=torch.float64)
+    control = no.PIController(rtol=1e-8, atol=1e-10)
+    sol = solve_dde(lambda t, y, d: -d[0], torch.ones(1, dtype=torch.float64), ts, 1.0,
+                    controller=control, progress_meter=meter)  # fmt: skip
+    plain = solve_dde(lambda t, y, d: -d[0], torch.ones(1, dtype=torch.float64), ts, 1.0,
+                      controller=control)  # fmt: skip
+    assert torch.equal(sol.ys, plain.ys)  # the meter changes nothing
+    assert meter.calls[0] == ("start", 0.0, 3.5) and meter.calls[-1] == ("close", None)
+    updates = [call[1] for call in meter.calls[1:-1]]
+    assert len(updates) == sol.stats.n_steps  # every attempt of the 4 intervals
+    assert [u.n_accepted + u.n_rejected for u in updates] == list(range(1, len(updates) + 1))
+    for u in updates:
+        assert u.fraction == pytest.approx(u.t / 3.5, abs=1e-12)
+    assert [u.t for u in updates] == sorted(u.t for u in updates)
+    assert (updates[-1].fraction, updates[-1].n_accepted) == (1.0, sol.stats.n_accepted)
+    meter = Recorder()
+    with pytest.raises(MaxStepsError):
+        solve_dde(lambda t, y, d: -d[0], torch.ones(1, dtype=torch.float64), ts, 1.0,
+                  controller=control, max_steps=5, progress_meter=meter)  # fmt: skip
+    assert meter.calls[-1][0] == "close" and isinstance(meter.calls[-1][1], MaxStepsError)
+    assert [call[0] for call in meter.calls].count("close") == 1
+    with pytest.raises(TypeError, match="progress_meter must be a neuralode.ProgressMeter"):
+        solve_dde(lambda t, y, d: -d[0], torch.ones(1), torch.tensor([0.0, 1.0]), 1.0,
+                  progress_meter=object())  # fmt: skip

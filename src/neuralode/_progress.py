@@ -13,7 +13,8 @@ closes it once, also when the solve raises (``ProgressMeter.close`` with the err
 - ``compile=True``'s whole-solve graph has no host step: it reports once, after the graph's
   one read (0 % until then, 100 % at the end).
 
-Backsolve's backward solves and the solves of ``solve_dde``'s intervals have no meter.
+Backsolve's backward solves have no meter; ``solve_dde`` reports its intervals' solves into
+one meter over its whole span.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ starts from f just past the jump.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from .._errors import MaxStepsError
+from .._progress import Progress, ProgressMeter, _Tracker, tracker_of
 from .._solution import Solution, SolveStats
 from .._solve import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, solve
 from .._validate import coerce_strategies
@@ -54,6 +56,7 @@ def solve_dde(
     gradient: Any = None,
     max_steps: int | None = DEFAULT_MAX_STEPS,
     dense: bool = False,
+    progress_meter: ProgressMeter | None = None,
 ) -> Solution:
     """Solve the delay differential equation dy/dt = func(t, y(t), (y(t - tau_1), ...,
     y(t - tau_k))) for t in [ts[0], ts[-1]], with y(t) = history(t) for t < ts[0].
@@ -92,6 +95,10 @@ def solve_dde(
         max_steps: the most steps of all intervals together; ``None`` for no limit.
         dense: keep the dense solution: ``Solution.evaluate(t)`` and
             ``Solution.derivative(t)`` then work anywhere in [ts[0], ts[-1]].
+        progress_meter: shows the solve's progress while it runs (a
+            [`ProgressMeter`][neuralode.ProgressMeter], e.g.
+            [`TqdmProgressMeter`][neuralode.TqdmProgressMeter]): one meter over the whole
+            span, the steps counted over all the intervals.
 
     Returns:
         A [`Solution`][neuralode.Solution]: ``ys`` (the states at ``ts``), ``ts``, ``stats``
@@ -102,7 +109,8 @@ def solve_dde(
         ValueError: bad input: a delay that is not positive and finite, no delays, ``ts`` not
             1-D or not strictly increasing, a history of another shape or dtype than ``y0``,
             a gradient strategy other than ``Direct()``, a ``FixedGrid(grid=...)``.
-        TypeError: ``history``, ``y0``, ``ts`` or a delay of the wrong type.
+        TypeError: ``history``, ``y0``, ``ts`` or a delay of the wrong type, or
+            ``progress_meter`` not a ``ProgressMeter``.
         MaxStepsError: more than ``max_steps`` steps were needed.
     """
     solver, controller, gradient, norm = coerce_strategies(solver, controller, gradient, norm)
@@ -131,43 +139,48 @@ def solve_dde(
     stats = SolveStats()
     pieces, n_out, next_out = [y0[None]], len(times), 1
     y_start, solution = y0, None
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        inner = []
-        while next_out < n_out and times[next_out] < b:
-            inner.append(times[next_out])
-            next_out += 1
-        at_end = next_out < n_out and times[next_out] == b
-        # each delay's side for the whole interval: the history, or the solution so far
-        sides = [b - tau <= t0 + tol for tau in taus]
-        field = _Field(func, history, constant, taus, delay_tensors, sides, past, t0, (a, b), ts)
-        if jump and torch.is_grad_enabled():
-            y_start = _jump_motion(field, y_start, a, taus, delay_tensors, tol, ts, stats)
-        remaining = max_steps - stats.n_steps
-        if remaining < 1:
-            raise MaxStepsError(
-                f"solve_dde took max_steps={max_steps:,} steps before t={a:.6g}, short of "
-                f"t1={t1:.6g}; raise max_steps, or loosen the tolerances"
+    tracker = tracker_of(progress_meter, times)  # (one meter over all the intervals)
+    with contextlib.nullcontext() if tracker is None else tracker:
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            inner = []
+            while next_out < n_out and times[next_out] < b:
+                inner.append(times[next_out])
+                next_out += 1
+            at_end = next_out < n_out and times[next_out] == b
+            # each delay's side for the whole interval: the history, or the solution so far
+            sides = [b - tau <= t0 + tol for tau in taus]
+            field = _Field(
+                func, history, constant, taus, delay_tensors, sides, past, t0, (a, b), ts
             )
-        solution = solve(
-            field,
-            y_start,
-            torch.tensor([a, *inner, b], dtype=ts.dtype, device=ts.device),
-            solver=solver,
-            controller=_continued(controller, solution),
-            norm=norm,
-            max_steps=remaining,
-            step_t=[t for t, _ in kinks if a + tol < t < b - tol],
-            gradient=Direct(),
-            dense=True,
-        )
-        for name in ("nfe", "n_steps", "n_accepted", "n_rejected"):
-            setattr(stats, name, getattr(stats, name) + getattr(solution.stats, name))
-        pieces.append(solution.ys[1 : len(inner) + 1])
-        if at_end:
-            pieces.append(solution.ys[-1:])
-            next_out += 1
-        past.add(solution, b)
-        y_start = solution.ys[-1]
+            if jump and torch.is_grad_enabled():
+                y_start = _jump_motion(field, y_start, a, taus, delay_tensors, tol, ts, stats)
+            remaining = max_steps - stats.n_steps
+            if remaining < 1:
+                raise MaxStepsError(
+                    f"solve_dde took max_steps={max_steps:,} steps before t={a:.6g}, short of "
+                    f"t1={t1:.6g}; raise max_steps, or loosen the tolerances"
+                )
+            solution = solve(
+                field,
+                y_start,
+                torch.tensor([a, *inner, b], dtype=ts.dtype, device=ts.device),
+                solver=solver,
+                controller=_continued(controller, solution),
+                norm=norm,
+                max_steps=remaining,
+                step_t=[t for t, _ in kinks if a + tol < t < b - tol],
+                gradient=Direct(),
+                dense=True,
+                progress_meter=None if tracker is None else _IntervalMeter(tracker, stats),
+            )
+            for name in ("nfe", "n_steps", "n_accepted", "n_rejected"):
+                setattr(stats, name, getattr(stats, name) + getattr(solution.stats, name))
+            pieces.append(solution.ys[1 : len(inner) + 1])
+            if at_end:
+                pieces.append(solution.ys[-1:])
+                next_out += 1
+            past.add(solution, b)
+            y_start = solution.ys[-1]
     stats.status = torch.zeros((), dtype=torch.long, device=ts.device)
     return Solution(
         ts=ts,
@@ -192,6 +205,21 @@ def _continued(
     continued = copy.copy(controller)
     continued.first_step = float(sizes.max())
     return continued
+
+
+class _IntervalMeter(ProgressMeter):
+    """The meter of one interval's solve: it reports to the DDE's meter (``tracker``), the
+    fraction measured on the whole span and the steps added to those of the intervals
+    before (``stats``, summed after each interval)."""
+
+    def __init__(self, tracker: _Tracker, stats: SolveStats):
+        self.tracker, self.stats = tracker, stats
+
+    def update(self, progress: Progress) -> None:
+        tracker, stats = self.tracker, self.stats
+        fraction = (progress.t - tracker.t0) / (tracker.t1 - tracker.t0)
+        accepted = stats.n_accepted + progress.n_accepted
+        tracker.report(fraction, progress.t, accepted, stats.n_rejected + progress.n_rejected)
 
 
 class _Field:

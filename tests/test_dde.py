@@ -328,7 +328,8 @@ def f_delayed(t, y, d):
         (dict(history=lambda t: torch.ones(1, 2)), ValueError, "history gives states"),
         (dict(history=lambda t: 1.0), TypeError, "must return a tensor"),
         (dict(history=[1.0, 2.0]), TypeError, "callable history"),
-        (dict(gradient=no.Backsolve()), ValueError, "advanced terms"),
+        (dict(gradient=no.Backsolve()), ValueError, "advanced terms.*save memory, Checkpoint"),
+        (dict(gradient=no.Checkpointed(params=())), ValueError, "takes no params"),
         (dict(controller=no.FixedGrid(grid=torch.linspace(0, 2, 5))), ValueError, "grid"),
         (dict(max_steps=0), ValueError, "max_steps"),
     ],
@@ -540,3 +541,175 @@ def test_one_progress_meter_over_all_intervals():
     with pytest.raises(TypeError, match="progress_meter must be a neuralode.ProgressMeter"):
         solve_dde(lambda t, y, d: -d[0], torch.ones(1), torch.tensor([0.0, 1.0]), 1.0,
                   progress_meter=object())  # fmt: skip
+
+
+def _mlp_dde(width: int, gradient, solver, controller, *, d: int = 2, jump: bool = True):
+    """An MLP field of y(t) and two delays (tau learnable), a history with a parameter, a
+    jump at t0; returns (the solution, its ys.square().sum() + ys.sin().sum() loss, the
+    tensors to differentiate)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(3 * d, width), torch.nn.Tanh(), torch.nn.Linear(width, d)
+    ).to(F64)
+    level = torch.tensor(0.8, dtype=F64, requires_grad=True)
+    tau = torch.tensor(0.6, dtype=F64, requires_grad=True)
+    y0 = torch.randn(3, d, dtype=F64, requires_grad=True)
+    sol = solve_dde(
+        lambda t, y, delayed: net(torch.cat([y, *delayed], -1)),
+        lambda t: level * torch.cos(t + torch.arange(d, dtype=F64)).expand(3, d),
+        torch.tensor([0.0, 0.7, 1.6, 2.9], dtype=F64),
+        [tau, 0.9],
+        y0=y0 if jump else None,
+        solver=solver,
+        controller=controller,
+        gradient=gradient,
+        dense=True,
+    )
+    loss = sol.ys.square().sum() + sol.ys.sin().sum()
+    return sol, loss, [y0, level, tau, *net.parameters()]
+
+
+@pytest.mark.parametrize(
+    ("solver", "controller"),
+    [
+        (no.RK4(), no.FixedGrid(step_size=0.1)),
+        (no.Dopri5(), no.PIController(rtol=1e-8, atol=1e-10)),
+    ],
+    ids=["rk4-fixed", "dopri5-adaptive"],
+)
+def test_checkpointed_gradients_equal_direct(solver, controller) -> None:
+    # every interval recomputed in the backward pass: the same steps, so the same ys and
+    # stats, and the gradients with respect to y0, func's parameters, the history's
+    # parameter and a tensor delay (read by the intervals, not passed to them) to round-off
+    direct, loss, inputs = _mlp_dde(16, no.Direct(), solver, controller)
+    expected = torch.autograd.grad(loss, inputs)
+    sol, loss, inputs = _mlp_dde(16, no.Checkpointed(), solver, controller)
+    # the cached per-step views of the look-ups rebuilt in another autograd mode before
+    # the backward pass recomputes the intervals: the same values are saved
+    for part in sol.interpolation.parts:
+        with torch.no_grad():
+            part.at(float(part.t_start[0]) + 0.01)
+    got = torch.autograd.grad(loss, inputs, create_graph=True)
+    assert torch.equal(sol.ys, direct.ys)
+    for name in ("nfe", "n_steps", "n_accepted", "n_rejected"):
+        assert getattr(sol.stats, name) == getattr(direct.stats, name), name
+    assert direct.stats.n_steps > 15
+    assert direct.stats.nfe_backward == 0
+    # the recomputation counted once per backward pass, in the backward fields
+    assert (sol.stats.nfe_backward, sol.stats.n_steps_backward) == (
+        direct.stats.nfe,
+        direct.stats.n_steps,
+    )
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and e.abs().max() > 1e-3
+        assert (g - e).abs().max() <= 1e-12 * (1 + e.abs().max())
+    # a second derivative (the graph of the recomputed intervals): Direct's
+    tau = inputs[2]
+    (second,) = torch.autograd.grad(got[2], tau)
+    _, loss, inputs = _mlp_dde(16, no.Direct(), solver, controller)
+    (first,) = torch.autograd.grad(loss, inputs[2], create_graph=True)
+    (expected_second,) = torch.autograd.grad(first, inputs[2])
+    assert abs(float(second - expected_second)) <= 1e-10 * (1 + abs(float(expected_second)))
+
+
+def test_checkpointed_gradcheck() -> None:
+    # the problem of test_gradcheck_y0_field_history_and_delays, shorter (the jump's
+    # discontinuities at 0.6, 0.9, 1.2 inside the span)
+    ts = torch.tensor([0.0, 0.7, 1.4], dtype=F64)
+
+    def outputs(y0, weight, level, tau):
+        return solve_dde(
+            lambda t, y, d: torch.tanh(weight * d[0]) - 0.3 * d[1] * y,
+            lambda t: level * torch.stack([torch.cos(t), 1 + t]),
+            ts,
+            [tau, 0.9],
+            y0=y0,
+            solver=no.RK4(),
+            controller=no.FixedGrid(step_size=1 / 16),
+            gradient=no.Checkpointed(),
+        ).ys
+
+    inputs = (
+        torch.tensor([0.3, -0.2], dtype=F64, requires_grad=True),
+        torch.tensor(1.4, dtype=F64, requires_grad=True),
+        torch.tensor(0.8, dtype=F64, requires_grad=True),
+        torch.tensor(0.6, dtype=F64, requires_grad=True),
+    )
+    assert torch.autograd.gradcheck(outputs, inputs, atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+def _kept_bytes(gradient, width: int, step: float) -> tuple[int, int]:
+    """(bytes of the tensors autograd saves during the forward pass, those plus the
+    intervals' dense rows), each storage once: what the forward keeps for the backward.
+    An MLP field (2d -> width -> d, d = 4, batch 16), rk4 on a fixed step over [0, 2],
+    tau = 1 learnable."""
+    torch.manual_seed(0)
+    d = 4
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2 * d, width), torch.nn.Tanh(), torch.nn.Linear(width, d)
+    )
+    tau = torch.tensor(1.0, requires_grad=True)
+    saved: dict[int, int] = {}
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        storage = x.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        sol = solve_dde(
+            lambda t, y, delayed: net(torch.cat([y, delayed[0]], -1)),
+            torch.randn(16, d),
+            torch.linspace(0, 2, 5),
+            tau,
+            solver=no.RK4(),
+            controller=no.FixedGrid(step_size=step),
+            gradient=gradient,
+            dense=True,
+        )
+    kept = dict(saved)
+    for part in sol.interpolation.parts:
+        storage = part.rows.untyped_storage()
+        kept[storage.data_ptr()] = storage.nbytes()
+    grads = torch.autograd.grad(sol.ys.square().mean(), [tau, *net.parameters()])
+    assert all(torch.isfinite(g).all() for g in grads)
+    return sum(saved.values()), sum(kept.values())
+
+
+def test_checkpointed_memory_grows_with_steps_times_state_not_width() -> None:
+    direct = {w: _kept_bytes(no.Direct(), w, 0.1)[1] for w in (64, 128)}
+    checkpointed = {
+        (w, h): _kept_bytes(no.Checkpointed(), w, h) for w, h in [(64, 0.1), (128, 0.1), (64, 0.05)]
+    }
+    saved, kept = checkpointed[64, 0.1]
+    assert saved == 0  # f's activations dropped: only the intervals' outputs are kept
+    # 20 steps of 4 rows (y0, y1, f0, f1: rk4's Hermite dense output) of a 16 x 4 state
+    assert kept == 20 * 4 * 16 * 4 * 4
+    assert kept < 0.05 * direct[64]
+    assert direct[128] > 1.7 * direct[64]  # Direct keeps f's activations: x width
+    assert checkpointed[128, 0.1] == (0, kept)  # Checkpointed does not
+    assert checkpointed[64, 0.05] == (0, 2 * kept)  # it grows as steps x state
+
+
+def test_checkpointed_recomputation_reports_no_progress() -> None:
+    class Recorder(no.ProgressMeter):
+        def __init__(self):
+            self.calls = 0
+
+        def update(self, progress):
+            self.calls += 1
+
+    meter = Recorder()
+    tau = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    ones, ts = torch.ones(1, dtype=F64), torch.tensor([0.0, 3.5], dtype=F64)
+    sol = solve_dde(f_delayed, ones, ts, tau, gradient="checkpointed", progress_meter=meter)
+    calls = meter.calls
+    assert calls == sol.stats.n_steps > 0
+    sol.ys[-1].sum().backward()
+    assert meter.calls == calls
+    # recomputed: the intervals whose graph saved tensors, all but the first (which reads
+    # only the constant history: nothing there requires grad)
+    assert 0 < sol.stats.n_steps_backward < sol.stats.n_steps
+    with torch.no_grad():  # no graph: the intervals run once, nothing to recompute
+        plain = solve_dde(f_delayed, ones, ts, tau, gradient=no.Checkpointed())
+    assert torch.equal(plain.ys, sol.ys.detach())

@@ -27,12 +27,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 
 from .._errors import MaxStepsError
 from .._progress import Progress, ProgressMeter, _Tracker, tracker_of
 from .._solution import Solution, SolveStats
 from .._solve import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, solve
 from .._validate import coerce_strategies
+from ..adjoint.checkpointed import Checkpointed
 from ..adjoint.direct import Direct
 from ..controllers.base import StepSizeController
 from ..controllers.fixed import FixedGrid
@@ -91,7 +93,17 @@ def solve_dde(
             from the size of the last steps before it).
         norm: the error norm, as in ``solve``.
         gradient: ``Direct()`` (or ``None``): backpropagation through every interval's solve
-            and the dense look-ups; other strategies are refused.
+            and the dense look-ups, keeping f's activations at every stage of every step.
+            ``Checkpointed()`` (its defaults only): the same gradients, to round-off, with
+            f's activations dropped: each interval runs under
+            ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``, keeping its
+            states and dense rows (O(steps x state) tensors, plus the autograd graph's
+            nodes, whose size does not depend on f's width), and the backward pass
+            recomputes one interval at a time (about one more forward solve; counted in
+            ``stats.nfe_backward`` and ``stats.n_steps_backward``). Gradients reach every
+            tensor the solve reads (y0, func's and history's parameters, tensor delays),
+            higher derivatives included. Other strategies are refused: the adjoint of a
+            delay equation has advanced terms.
         max_steps: the most steps of all intervals together; ``None`` for no limit.
         dense: keep the dense solution: ``Solution.evaluate(t)`` and
             ``Solution.derivative(t)`` then work anywhere in [ts[0], ts[-1]].
@@ -108,7 +120,8 @@ def solve_dde(
     Raises:
         ValueError: bad input: a delay that is not positive and finite, no delays, ``ts`` not
             1-D or not strictly increasing, a history of another shape or dtype than ``y0``,
-            a gradient strategy other than ``Direct()``, a ``FixedGrid(grid=...)``.
+            a gradient strategy other than ``Direct()`` and ``Checkpointed()``,
+            ``Checkpointed(params=...)``, a ``FixedGrid(grid=...)``.
         TypeError: ``history``, ``y0``, ``ts`` or a delay of the wrong type, or
             ``progress_meter`` not a ``ProgressMeter``.
         MaxStepsError: more than ``max_steps`` steps were needed.
@@ -152,29 +165,39 @@ def solve_dde(
             field = _Field(
                 func, history, constant, taus, delay_tensors, sides, past, t0, (a, b), ts
             )
-            if jump and torch.is_grad_enabled():
-                y_start = _jump_motion(field, y_start, a, taus, delay_tensors, tol, ts, stats)
             remaining = max_steps - stats.n_steps
             if remaining < 1:
                 raise MaxStepsError(
                     f"solve_dde took max_steps={max_steps:,} steps before t={a:.6g}, short of "
                     f"t1={t1:.6g}; raise max_steps, or loosen the tolerances"
                 )
-            solution = solve(
+            run = _Interval(
                 field,
                 y_start,
                 torch.tensor([a, *inner, b], dtype=ts.dtype, device=ts.device),
-                solver=solver,
-                controller=_continued(controller, solution),
-                norm=norm,
-                max_steps=remaining,
-                step_t=[t for t, _ in kinks if a + tol < t < b - tol],
-                gradient=Direct(),
-                dense=True,
-                progress_meter=None if tracker is None else _IntervalMeter(tracker, stats),
+                dict(
+                    solver=solver,
+                    controller=_continued(controller, solution),
+                    norm=norm,
+                    max_steps=remaining,
+                    step_t=[t for t, _ in kinks if a + tol < t < b - tol],
+                    gradient=Direct(),
+                    dense=True,
+                ),
+                jump=(jump, a, taus, delay_tensors, tol),
+                stats=stats,
+                meter=None if tracker is None else _IntervalMeter(tracker, stats),
             )
-            for name in ("nfe", "n_steps", "n_accepted", "n_rejected"):
-                setattr(stats, name, getattr(stats, name) + getattr(solution.stats, name))
+            if isinstance(gradient, Checkpointed) and torch.is_grad_enabled():
+                # the interval's outputs (ys, dense rows) are kept, f's activations dropped;
+                # the backward pass reruns ``run`` (the same steps) for them, one interval
+                # at a time. Non-reentrant: the graph keeps its edges to every tensor the
+                # interval reads (parameters, delays, the earlier intervals' rows).
+                solution = torch.utils.checkpoint.checkpoint(
+                    run, use_reentrant=False, early_stop=False
+                )
+            else:
+                solution = run()
             pieces.append(solution.ys[1 : len(inner) + 1])
             if at_end:
                 pieces.append(solution.ys[-1:])
@@ -205,6 +228,57 @@ def _continued(
     continued = copy.copy(controller)
     continued.first_step = float(sizes.max())
     return continued
+
+
+class _Interval:
+    """The solve of one interval, called once for the forward pass and, under
+    ``gradient=Checkpointed()``, once more per backward pass to recompute f's activations.
+
+    Every call takes the same steps (the same inputs: ``y_start``, the earlier intervals'
+    rows, the controller continued from the same step sizes). Only the first call counts
+    its work in ``stats``' forward fields and reports to ``meter``; a recomputation counts
+    into ``nfe_backward`` and ``n_steps_backward``."""
+
+    def __init__(
+        self,
+        field: _Field,
+        y_start: torch.Tensor,
+        times: torch.Tensor,
+        options: dict[str, Any],
+        *,
+        jump: tuple[bool, float, list[float], list[torch.Tensor | None], float],
+        stats: SolveStats,
+        meter: ProgressMeter | None,
+    ):
+        self.field, self.y_start, self.times, self.options = field, y_start, times, options
+        self.jump, self.stats, self.meter = jump, stats, meter
+        self.calls = 0
+
+    def __call__(self) -> Solution:
+        forward = self.calls == 0
+        self.calls += 1
+        work = SolveStats()
+        y = self.y_start
+        jump, a, taus, delay_tensors, tol = self.jump
+        if jump and torch.is_grad_enabled():
+            y = _jump_motion(self.field, y, a, taus, delay_tensors, tol, self.times, work)
+        solution = solve(
+            self.field,
+            y,
+            self.times,
+            progress_meter=self.meter if forward else None,
+            **self.options,
+        )
+        stats, done = self.stats, solution.stats
+        if forward:
+            stats.nfe += work.nfe + done.nfe
+            stats.n_steps += done.n_steps
+            stats.n_accepted += done.n_accepted
+            stats.n_rejected += done.n_rejected
+        else:
+            stats.nfe_backward += work.nfe + done.nfe
+            stats.n_steps_backward += done.n_steps
+        return solution
 
 
 class _IntervalMeter(ProgressMeter):
@@ -397,12 +471,23 @@ def _discontinuities(
 
 
 def _check_gradient(gradient: Any) -> None:
+    if isinstance(gradient, Checkpointed):
+        if gradient.params is not None:
+            raise ValueError(
+                f"solve_dde's Checkpointed() takes no params (got params={gradient.params!r}): "
+                "it backpropagates through the recomputed intervals, so every tensor the solve "
+                "reads that requires grad (y0, func's and history's parameters, tensor "
+                "delays) gets its gradient. Use Checkpointed()"
+            )
+        return
     if gradient is not None and not isinstance(gradient, Direct):
         raise ValueError(
-            f"solve_dde supports gradient=Direct() only, got {gradient!r}: the adjoint of a "
-            "delay equation has advanced terms (the adjoint at t receives contributions from "
-            "t + tau_j), which no ODE adjoint strategy of solve computes. Use Direct() "
-            "(backpropagation through the intervals' solves)"
+            f"solve_dde supports gradient=Direct() and Checkpointed() only, got {gradient!r}: "
+            "the adjoint of a delay equation has advanced terms (the adjoint at t receives "
+            "contributions from t + tau_j), which no ODE adjoint strategy of solve computes. "
+            "Use Direct() (backpropagation through the intervals' solves) or, to save "
+            "memory, Checkpointed() (the same gradients; each interval's f activations "
+            "recomputed in the backward pass instead of kept)"
         )
 
 

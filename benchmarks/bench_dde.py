@@ -18,6 +18,16 @@ calls of the vector field in the forward pass. The forward times build the graph
     flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_dde.py
     python benchmarks/bench_dde.py --repeats 1      # a smoke run
 
+``--gradients``: ours alone on (b), ``gradient=Direct()`` against ``Checkpointed()`` (rk4 and
+dopri5 as above): the bytes of the tensors the forward pass keeps for the backward (those
+autograd saves, counted by ``saved_tensors_hooks``, and the intervals' dense rows, each
+storage once), the heap the forward leaves allocated (glibc ``mallinfo2``: the tensors and
+the autograd graph's nodes), the rise of the peak resident set over a forward + backward
+(``VmHWM``, each case in a fresh process) and the forward + backward time (the two
+alternating in one process).
+
+    flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_dde.py --gradients
+
 Needs ``pip install --no-deps torchdde==0.1.3 jaxtyping`` (``--no-deps``: torchdde would pull
 its own torch).
 """
@@ -26,7 +36,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import functools
+import gc
+import json
+import re
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from fractions import Fraction
@@ -92,14 +109,32 @@ def problem(name: str, dtype: torch.dtype) -> tuple[Field, torch.Tensor, torch.T
     return Field(net, torch.float32), torch.linspace(0, T1, N_OUT), torch.randn(64, d)
 
 
-def ours(field: Field, ts: torch.Tensor, y0: torch.Tensor, solver: str, rtol_atol) -> Any:
+def ours(
+    field: Field,
+    ts: torch.Tensor,
+    y0: torch.Tensor,
+    solver: str,
+    rtol_atol,
+    gradient: Any = None,
+    dense: bool = False,
+) -> Any:
     y0 = y0.to(ts.dtype)
     if solver == "rk4":
         options = dict(solver=no.RK4(), controller=no.FixedGrid(step_size=STEP))
     else:
         rtol, atol = rtol_atol
         options = dict(solver=no.Dopri5(), controller=no.PIController(rtol=rtol, atol=atol))
-    sol = solve_dde(lambda t, y, d: field.field(y, d[0]), y0, ts, field.delays, **options)
+    sol = solve_dde(
+        lambda t, y, d: field.field(y, d[0]),
+        y0,
+        ts,
+        field.delays,
+        gradient=gradient,
+        dense=dense,
+        **options,
+    )
+    if dense:
+        return sol
     return sol.ys.transpose(0, 1)  # (batch, time, d), as torchdde's
 
 
@@ -215,6 +250,109 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _heap_in_use() -> int:
+    """Bytes malloc has handed out and not taken back (glibc ``mallinfo2``)."""
+    libc = ctypes.CDLL("libc.so.6")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks "
+            "keepcost".split()
+        ]
+
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+def _kib(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        return int(re.search(rf"^{key}:\s+(\d+) kB", fh.read(), re.MULTILINE).group(1))
+
+
+def memory_case(solver: str, strategy: str) -> dict:
+    """One forward + backward of (b) (float32) with ``strategy``: kept tensor bytes, heap
+    left by the forward, rise of the peak resident set (run in a fresh process)."""
+    field, ts, y0 = problem("b", torch.float32)
+    gradient = {"Direct": no.Direct(), "Checkpointed": no.Checkpointed()}[strategy]
+    params = list(field.parameters())
+    short = ts[ts <= 2.0]  # warm-up: the kernels and the allocator's first arenas
+    warm = ours(field, short, y0, solver, TOLERANCES["b"], gradient).square().mean()
+    torch.autograd.grad(warm, params)
+    del warm
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # VmHWM := VmRSS
+    rss, heap = _kib("VmRSS"), _heap_in_use()
+    saved: dict[int, int] = {}
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        saved[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        sol = ours(field, ts, y0, solver, TOLERANCES["b"], gradient, dense=True)
+    heap_after = _heap_in_use()
+    kept = dict(saved)
+    for part in sol.interpolation.parts:
+        kept[part.rows.untyped_storage().data_ptr()] = part.rows.untyped_storage().nbytes()
+    torch.autograd.grad(sol.ys.square().mean(), params)
+    return {
+        "saved": sum(saved.values()),
+        "kept": sum(kept.values()),
+        "heap": heap_after - heap,
+        "peak": (_kib("VmHWM") - rss) * 1024,
+        "steps": sol.stats.n_steps,
+        "nfe": sol.stats.nfe,
+        "nfe_backward": sol.stats.nfe_backward,
+    }
+
+
+def gradients(repeats: int) -> str:
+    """The ``--gradients`` table: Direct against Checkpointed on (b)."""
+    lines = [
+        "| solver | gradient | steps | NFE fwd / bwd | kept tensors MB (saved by autograd) "
+        "| heap after forward MB | peak RSS rise fwd + bwd MB | fwd + bwd ms best / median |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    mb = 1 / 2**20
+    notes = []
+    if "torch._dynamo" not in sys.modules:  # (torch.utils.checkpoint imports it at its first call)
+        start = time.perf_counter()
+        import torch._dynamo  # noqa: F401
+
+        notes.append(f"import torch._dynamo: {time.perf_counter() - start:.2f} s")
+    for solver in ("rk4", "dopri5"):
+        field, ts, y0 = problem("b", torch.float32)
+        runs = {
+            name: functools.partial(ours, field, ts, y0, solver, TOLERANCES["b"], gradient)
+            for name, gradient in (("Direct", no.Direct()), ("Checkpointed", no.Checkpointed()))
+        }
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for run in runs.values():  # (warm-up)
+            measure(run, field, True)
+        for _ in range(repeats):
+            for name, run in runs.items():
+                times[name].append(measure(run, field, True))
+        strategies = runs
+        for name in strategies:
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory-case", solver, name],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            m = json.loads(out.stdout.splitlines()[-1])
+            t = times[name]
+            lines.append(
+                f"| {solver} | {name} | {m['steps']} | {m['nfe']} / {m['nfe_backward']} | "
+                f"{m['kept'] * mb:.2f} ({m['saved'] * mb:.2f}) | {m['heap'] * mb:.1f} | "
+                f"{m['peak'] * mb:.1f} | "
+                f"{1e3 * min(t):.1f} / {1e3 * statistics.median(t):.1f} |"
+            )
+    return "\n".join(lines + notes)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=positive_int, default=7, help="timed repeats per case")
@@ -222,9 +360,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--solvers", nargs="+", choices=("rk4", "dopri5"), default=["rk4", "dopri5"]
     )
+    parser.add_argument(
+        "--gradients", action="store_true", help="Direct against Checkpointed on (b) instead"
+    )
+    parser.add_argument("--memory-case", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.memory_case:
+        print(json.dumps(memory_case(*args.memory_case)))
+        return
     print(environment())
+    if args.gradients:
+        print(gradients(args.repeats))
+        return
     rows = []
     for name in args.problems:
         for solver in args.solvers:

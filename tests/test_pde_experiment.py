@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from script_runs import run_script
 
 from neuralode.cli import main
 
@@ -69,14 +68,10 @@ def test_experiment_bad_arguments_are_one_line_errors(tmp_path, capsys) -> None:
     assert "argument --viscosity" in capsys.readouterr().err
 
 
-def test_tutorial_script_runs_at_small_size() -> None:
+def test_tutorial_script_runs_at_small_size(tmp_path) -> None:
     script = ROOT / "docs" / "tutorials" / "pde.py"
-    done = subprocess.run(
-        [sys.executable, str(script), "--iterations", "2", "--grid", "16", "--train-ics", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["--iterations", "2", "--grid", "16", "--train-ics", "1"]
+    done = run_script(script, args, tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "relative L2 forecast error at 2T" in done.stdout
     assert "learned term vs -u u_x" in done.stdout

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from script_runs import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "docs" / "tutorials"
@@ -79,18 +77,32 @@ def test_every_tutorial_script_is_tested() -> None:
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_tutorial_runs_at_small_size(script: str, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    done = subprocess.run(
-        [sys.executable, str(TUTORIALS / script), "--small", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    done = run_script(TUTORIALS / script, ["--small", "--out", str(tmp_path)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     printed, figures = EXPECTED[script]
     for text in printed:
         assert text in done.stdout, (text, done.stdout)
     for name in figures:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_script_runner_reports_what_python_would(tmp_path: Path) -> None:
+    """run_script passes the arguments, returns the output and the exit status of a
+    failing, exiting or hanging script (which it kills), as ``python script.py`` would."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys, time\n"
+        "print('args', sys.argv[1:], __name__)\n"
+        "if sys.argv[1] == 'raise':\n"
+        "    raise ValueError('bad probe')\n"
+        "if sys.argv[1] == 'hang':\n"
+        "    time.sleep(60)\n"
+        "sys.exit(int(sys.argv[1]))\n"
+    )
+    done = run_script(script, ["0"], tmp_path)
+    assert (done.returncode, done.stdout) == (0, "args ['0'] __main__\n")
+    assert run_script(script, ["3"], tmp_path).returncode == 3
+    done = run_script(script, ["raise"], tmp_path)
+    assert done.returncode == 1
+    assert "args ['raise']" in done.stdout and "ValueError: bad probe" in done.stderr
+    assert run_script(script, ["hang"], tmp_path, timeout=0.5).returncode == -9

@@ -108,7 +108,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    seeds, steps, hidden = ((0,), 30, 16) if args.small else ((0, 1, 2), 500, 16)
+    seeds, steps, hidden = ((0,), 6, 16) if args.small else ((0, 1, 2), 500, 16)
 
     fitted = {}
     print(f"rk4 step {STEP}, width {hidden}, {steps} Adam steps (lr 0.01), seeds {seeds}:")

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<29} relative difference {error:.1e}")
 
     # Gradient descent on p with the adjoint gradient
-    steps = 20 if args.small else 150
+    steps = 4 if args.small else 150
     losses, q = [], p.clone()
     for _ in range(steps):
         q_req = q.detach().requires_grad_(True)

@@ -77,8 +77,8 @@ def interpolations(out: Path) -> None:
 
 def classify(small: bool, out: Path) -> None:
     """A neural CDE per interpolation, trained on the same spirals."""
-    n_train, n_test, length = (32, 16, 8) if small else (256, 256, 24)
-    steps, hidden, width = (5, 4, 8) if small else (150, 8, 32)
+    n_train, n_test, length = (16, 8, 8) if small else (256, 256, 24)
+    steps, hidden, width = (2, 4, 8) if small else (150, 8, 32)
     generator = torch.Generator().manual_seed(0)
     train_x, train_y = make_data(n_train, length, 0.3, 0.3, generator)
     test_x, test_y = make_data(n_test, length, 0.3, 0.3, generator)
@@ -152,7 +152,7 @@ def long_series(small: bool, out: Path) -> None:
     """Spirals of many observations: the linear neural CDE (a knot per observation) against
     the log-ODE method, depth 1 (the windows' increments only), 2 and 3, windows of 10 and
     50 observations."""
-    n_train, n_test, length, steps = (32, 16, 61, 3) if small else (256, 256, 1000, 80)
+    n_train, n_test, length, steps = (8, 8, 41, 1) if small else (256, 256, 1000, 80)
     windows = (10, 20) if small else (10, 50)
     generator = torch.Generator().manual_seed(4)
     train_x, train_y = make_data(n_train, length, 0.3, 0.3, generator)

@@ -32,12 +32,12 @@ def odenet(small: bool, runs: Path) -> None:
         batch_size=64,
         lr=6e-3,
         warmup_epochs=0.25,
-        channels=16 if small else 64,
+        channels=8 if small else 64,
         rtol=1e-2,
         atol=1e-2,
         gradient="adjoint",
-        train_subset=128 if small else 0,
-        test_subset=64 if small else 0,
+        train_subset=64 if small else 0,
+        test_subset=32 if small else 0,
         threads=1,
         plots=False,
         out=str(runs / "odenet"),
@@ -57,7 +57,7 @@ def latent_ode(small: bool, runs: Path, figures: Path) -> None:
     argv = ["experiment", "spirals", "--obs", "30", "--out", str(out), "--no-progress"]
     argv += ["--threads", "1"]
     if small:
-        argv += ["--quick", "--steps", "3", "--spirals", "10", "--batch", "8"]
+        argv += ["--quick", "--steps", "2", "--spirals", "5", "--batch", "3"]
     else:
         argv += ["--steps", "300", "--spirals", "300"]
     assert neuralode(argv) == 0
@@ -76,7 +76,7 @@ def ffjord(small: bool, runs: Path, figures: Path) -> None:
     out = runs / "toy2d"
     argv = ["experiment", "toy2d", "--data", "8gaussians", "--out", str(out), "--no-progress"]
     argv += ["--no-curve"]
-    argv += ["--quick"] if small else ["--iters", "400", "--n-test", "5000"]
+    argv += ["--quick", "--iters", "2"] if small else ["--iters", "400", "--n-test", "5000"]
     assert neuralode(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     print(

@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # Trajectories: the ODE-Net's are continuous and never cross; the ResNet's layers jump
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-    shown = x_test[:120]
-    colors = ["C0" if label == 0 else "C3" for label in y_test[:120]]
+    count = 16 if args.small else 120  # trajectories drawn: two lines each per panel
+    shown = x_test[:count]
+    colors = ["C0" if label == 0 else "C3" for label in y_test[:count]]
     keep: list[torch.Tensor] = []
     with torch.no_grad():
         models["ResNet (4 blocks)"](shown, keep)

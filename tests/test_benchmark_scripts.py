@@ -21,6 +21,7 @@ BAD_COUNTS = [
     ("bench_cde", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
     ("bench_core", ["--threads", "0"], "--threads: must be a positive integer, got 0"),
     ("bench_dense", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+    ("bench_dde", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
     ("bench_eager_base", ["base", "--repeats", "0"], "--repeats: must be a positive integer"),
     ("bench_engine", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
     ("bench_engine", ["--batches", "1,0"], "--batches: must be comma-separated positive"),

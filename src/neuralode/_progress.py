@@ -103,6 +103,19 @@ class TqdmProgressMeter(ProgressMeter):
     raises (the bar then stays where the solve stopped). With an infinite end time (an
     event search) the bar shows ``t`` and the steps without a percentage.
 
+    Arguments:
+        desc: the text in front of the bar.
+        refresh_steps: the bar is redrawn at most once per this many step attempts (and at
+            most every ``mininterval`` seconds, tqdm's own limit, 0.1 by default); the end of
+            the span always shows. A positive integer.
+        file: where the bar is written (``None``: stderr); e.g. an ``io.StringIO``.
+        leave: keep the finished bar on screen.
+        **tqdm_kwargs: passed on to ``tqdm.tqdm`` (e.g. ``mininterval``, ``ncols``,
+            ``disable``).
+
+    Raises:
+        ValueError: ``refresh_steps`` is not a positive integer, ``desc`` not a string.
+
     Example:
         ```python
         sol = neuralode.solve(f, y0, ts, progress_meter=neuralode.TqdmProgressMeter())
@@ -119,21 +132,6 @@ class TqdmProgressMeter(ProgressMeter):
         leave: bool = True,
         **tqdm_kwargs: Any,
     ):
-        """A meter drawing a tqdm bar.
-
-        Arguments:
-            desc: the text in front of the bar.
-            refresh_steps: the bar is redrawn at most once per this many step attempts
-                (and at most every ``mininterval`` seconds, tqdm's own limit, 0.1 by
-                default); the end of the span always shows. A positive integer.
-            file: where the bar is written (``None``: stderr); e.g. an ``io.StringIO``.
-            leave: keep the finished bar on screen.
-            **tqdm_kwargs: passed on to ``tqdm.tqdm`` (e.g. ``mininterval``, ``ncols``,
-                ``disable``).
-
-        Raises:
-            ValueError: ``refresh_steps`` is not a positive integer, ``desc`` not a string.
-        """
         if not isinstance(desc, str):
             raise ValueError(f"desc must be a string, got {desc!r}")
         try:
@@ -148,6 +146,13 @@ class TqdmProgressMeter(ProgressMeter):
         self._drawn = 0  # the steps at the last redraw
 
     def start(self, t0: float, t1: float) -> None:
+        """Opens the bar: a percentage over [``t0``, ``t1``], or ``t`` and the steps alone
+        when ``t1`` is infinite.
+
+        Arguments:
+            t0: the initial time.
+            t1: the end time (``inf`` for an event search).
+        """
         from tqdm.auto import tqdm
 
         if math.isfinite(t1):
@@ -159,6 +164,12 @@ class TqdmProgressMeter(ProgressMeter):
         self._drawn = 0
 
     def update(self, progress: Progress) -> None:
+        """Moves the bar to ``progress`` and shows its ``t`` and steps, at most once per
+        ``refresh_steps`` attempts (the end of the span always).
+
+        Arguments:
+            progress: where the solve is ([`Progress`][neuralode.Progress]).
+        """
         bar = self.bar
         steps = progress.n_accepted + progress.n_rejected
         # (the end always shows; a NaN fraction, towards t = inf, is no end)
@@ -173,6 +184,11 @@ class TqdmProgressMeter(ProgressMeter):
             bar.update(progress.fraction - bar.n)
 
     def close(self, error: BaseException | None) -> None:
+        """Closes the bar where the solve stopped.
+
+        Arguments:
+            error: the exception the solve raises, or ``None``.
+        """
         if self.bar is not None:
             self.bar.close()
             self.bar = None

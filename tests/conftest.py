@@ -28,9 +28,14 @@ JUMP_METHODS = [name for name in ALL_METHODS if name not in STAGES_PAST_THE_STEP
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (``-n 2`` on two cores) each worker computes with one intra-op
     thread: the OpenMP threads of two processes spinning on the same cores made small
-    operations (GMRES on a PDE grid) tens of times slower."""
+    operations (GMRES on a PDE grid) tens of times slower. Inductor compiles in the worker
+    itself: a pool of compile processes per worker costs each worker about 9 CPU seconds to
+    start and finds no free core."""
     if hasattr(config, "workerinput"):
+        import torch._inductor.config
+
         torch.set_num_threads(1)
+        torch._inductor.config.compile_threads = 1
 
 
 @pytest.fixture(autouse=True)

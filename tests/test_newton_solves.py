@@ -181,7 +181,7 @@ def test_checkpointed_replays_take_the_forward_stages() -> None:
     for gradient in (no.Direct(), no.Checkpointed(params=())):
         solver = Radau()
         sol = no.solve(
-            _stiff, y0, ts, solver=solver, controller=no.PIController(1e-7, 1e-9), gradient=gradient
+            _stiff, y0, ts, solver=solver, controller=no.PIController(1e-5, 1e-7), gradient=gradient
         )
         before = dict(solver.counters)
         (grad,) = torch.autograd.grad(sol.ys.square().sum(), y0)
@@ -191,7 +191,7 @@ def test_checkpointed_replays_take_the_forward_stages() -> None:
     assert torch.equal(grads[0], grads[1])
 
 
-def _heat_matrix(n: int = 48) -> torch.Tensor:
+def _heat_matrix(n: int) -> torch.Tensor:
     """The second-difference matrix of u_t = u_xx on n interior nodes of [0, 1], Dirichlet."""
     dx = 1 / (n + 1)
     main = torch.full((n,), -2.0, dtype=torch.float64)
@@ -219,22 +219,22 @@ def test_a_preconditioner_saves_gmres_iterations_not_accuracy(method: str) -> No
     """With the exact inverse as preconditioner GMRES converges at once: far fewer
     Jacobian-vector products, the same solution to the tolerances (right preconditioning);
     complex coefficients reach it for the complex eigenvalue pairs, with complex r."""
-    matrix = _heat_matrix()
-    x = torch.linspace(0, 1, 50, dtype=torch.float64)[1:-1]
+    matrix = _heat_matrix(24)
+    x = torch.linspace(0, 1, 26, dtype=torch.float64)[1:-1]
     y0 = torch.stack([torch.sin(torch.pi * x), torch.exp(-50 * (x - 0.3) ** 2)])
-    ts = torch.tensor([0.0, 0.05], dtype=torch.float64)
+    ts = torch.tensor([0.0, 0.02], dtype=torch.float64)
 
     def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return y @ matrix.T
 
-    exact = torch.linalg.matrix_exp(0.05 * matrix) @ y0.T
+    exact = torch.linalg.matrix_exp(0.02 * matrix) @ y0.T
     results = {}
     for name, preconditioner in (("plain", None), ("preconditioned", _Exact(matrix))):
         solver = METHODS[method](linear_solver="krylov", preconditioner=preconditioner)
         if method == "radau":
-            options = {"controller": no.PIController(1e-6, 1e-9)}
+            options = {"controller": no.PIController(1e-5, 1e-8)}
         else:
-            options = {"controller": no.FixedGrid(step_size=0.0025)}
+            options = {"controller": no.FixedGrid(step_size=0.005)}
         before = _jvp_count()
         sol = no.solve(f, y0, ts, solver=solver, **options)
         results[name] = (sol.ys[-1], _jvp_count() - before)
@@ -285,9 +285,9 @@ def test_backsolve_solves_the_adjoint_system_without_the_preconditioner() -> Non
     """The preconditioner serves the forward state; Backsolve's backward solves (state
     [y, adjoint, parameter gradients]) run GMRES without it, and the gradients agree with
     Direct's."""
-    matrix = _heat_matrix(16)
+    matrix = _heat_matrix(8)
     scale = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
-    y0 = torch.linspace(0, 1, 18, dtype=torch.float64)[1:-1].sin()[None].requires_grad_(True)
+    y0 = torch.linspace(0, 1, 10, dtype=torch.float64)[1:-1].sin()[None].requires_grad_(True)
     ts = torch.tensor([0.0, 0.02, 0.05], dtype=torch.float64)
 
     def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -298,7 +298,7 @@ def test_backsolve_solves_the_adjoint_system_without_the_preconditioner() -> Non
         preconditioner = _Exact(0.5 * matrix)
         solver = Radau(linear_solver="krylov", krylov_tol=1e-12, preconditioner=preconditioner)
         sol = no.solve(
-            f, y0, ts, solver=solver, controller=no.PIController(1e-9, 1e-11), gradient=gradient
+            f, y0, ts, solver=solver, controller=no.PIController(1e-6, 1e-8), gradient=gradient
         )
         calls = len(preconditioner.calls)
         grads.append(torch.autograd.grad(sol.ys.square().sum(), (y0, scale)))
@@ -409,15 +409,17 @@ def test_krylov_newton_under_torch_func_transforms() -> None:
     vector-Jacobian products, or by the dense solve where the gradient is batched) equal
     the direct linear solver's."""
     y0s = torch.linspace(0.2, 1.4, 12, dtype=torch.float64).reshape(3, 4)
-    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    ts = torch.tensor([0.0, 0.5], dtype=torch.float64)
     rates = torch.arange(1.0, 5.0, dtype=torch.float64)
 
     def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return -rates * y - y**3
 
     def last(y: torch.Tensor, linear_solver: str) -> torch.Tensor:
+        # a few adaptive steps (7): each runs Newton-Krylov and its transposed solve
         solver = Radau(linear_solver=linear_solver, krylov_tol=1e-12)
-        return no.solve(f, y, ts, solver=solver).ys[-1]
+        controller = no.PIController(1e-4, 1e-6)
+        return no.solve(f, y, ts, solver=solver, controller=controller).ys[-1]
 
     vmapped = torch.func.vmap(lambda y: last(y, "krylov"))(y0s)
     alone = torch.stack([last(y, "krylov") for y in y0s])

@@ -175,9 +175,10 @@ def test_predictive_factor_on_floats_and_tensors() -> None:
 
 
 def test_predictive_radau_rejects_fewer_steps_within_tolerance() -> None:
-    """On van der Pol with mu 1000 (Hairer & Wanner II) radau's predictive control halves
-    the rejected steps (92 against 193 at rtol 1e-4) at the same accuracy; a PI controller
-    refuses it with pcoeff, and it must be a bool."""
+    """On van der Pol with mu 1000 (Hairer & Wanner II) over its first fast transition (at
+    t ~ 800) radau's predictive control halves the rejected steps (31 against 63 at rtol
+    1e-4) at the same accuracy; a PI controller refuses it with pcoeff, and it must be a
+    bool. (The reference, at rtol 1e-8, is within 1e-4 tolerance units of the truth.)"""
     scipy_integrate = pytest.importorskip("scipy.integrate")
     import numpy as np
 
@@ -186,9 +187,9 @@ def test_predictive_radau_rejects_fewer_steps_within_tolerance() -> None:
     def vdp_np(t, y):
         return np.array([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
 
-    ts = np.linspace(0.0, 3000.0, 7)
-    ref = scipy_integrate.solve_ivp(vdp_np, (0, 3000), [2.0, 0.0], method="Radau",
-                                    rtol=1e-10, atol=1e-12, t_eval=ts).y.T  # fmt: skip
+    ts = np.linspace(0.0, 1000.0, 7)
+    ref = scipy_integrate.solve_ivp(vdp_np, (0, 1000), [2.0, 0.0], method="Radau",
+                                    rtol=1e-8, atol=1e-10, t_eval=ts).y.T  # fmt: skip
     runs = {}
     for predictive in (False, True):
         runs[predictive] = no.solve(
@@ -210,6 +211,7 @@ def test_predictive_radau_rejects_fewer_steps_within_tolerance() -> None:
     not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
     reason="torch.compile's CPU backend needs a C++ compiler",
 )
+@pytest.mark.usefixtures("whole_solve_traced_only")  # (the predictive controller's logic)
 def test_predictive_control_takes_the_same_steps_in_every_mode() -> None:
     controller = no.PIController(rtol=1e-7, atol=1e-9, predictive=True)
     with torch.no_grad():

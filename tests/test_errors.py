@@ -287,6 +287,7 @@ def test_per_sample_steps_failing_from_the_start_stop_at_the_step_floor(
 
 
 @pytest.mark.parametrize("per_sample", [False, True], ids=["one", "per-sample"])
+@pytest.mark.usefixtures("whole_solve_traced_only")  # (the graph's own step floor)
 def test_compiled_steps_failing_from_the_start_stop_at_the_step_floor(per_sample: bool) -> None:
     """The compiled whole solve stops at the same floor: its last step is above a fifth of
     it (before: a step shrunk to 0)."""
@@ -367,6 +368,7 @@ def test_non_finite_field_at_the_start() -> None:
 
 
 @pytest.mark.parametrize("mode", ["eager", "per_sample", "compile"])
+@pytest.mark.usefixtures("whole_solve_traced_only")  # (the graph's own check of f0)
 def test_a_finite_field_too_large_for_the_tolerances_is_named_so(mode: str) -> None:
     """f(t0, y0) finite but so large that the first step's scaled norm overflows float32:
     the error says so (and not only that f0 is non-finite), in every mode; with a given

@@ -158,6 +158,7 @@ def test_no_shrink_per_sample_equals_alone() -> None:
             torch.testing.assert_close(both.ys[-1, i], alone.ys[-1, 0], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.usefixtures("whole_solve_traced_only")  # (the graph's layout of the tolerances)
 def test_per_element_tolerances_in_every_mode() -> None:
     """A tensor rtol broadcasting against the state (one per column of a (3, 2) state) is
     laid out as the flat state in every mode: the host loop, per sample and the compiled

@@ -389,6 +389,13 @@ def _count_host_reads(monkeypatch) -> dict[str, int]:
     return reads
 
 
+def _controller(solver_cls) -> PIController:
+    """RTOL, ATOL; ten times looser for a first-order error estimate (adaptive Heun), whose
+    steps grow like 1 / sqrt(rtol): ~1600 on ``_stiffening_batch`` to t = 10 against ~5200
+    at RTOL."""
+    return PIController(1e-4, 1e-6) if solver_cls is AdaptiveHeun else PIController(RTOL, ATOL)
+
+
 def _stiffening_batch(batch: int = 16):
     """Van der Pol with mu from 1 to 25 carried in the state (``StateVanDerPol``)."""
     mu = torch.linspace(1.0, 25.0, batch, dtype=torch.float64)
@@ -417,7 +424,7 @@ def test_solves_read_the_device_only_at_scheduled_checks(solver_cls, monkeypatch
                 y0,
                 ts.to(torch.float64),
                 solver=solver_cls(),
-                controller=PIController(RTOL, ATOL),
+                controller=_controller(solver_cls),
                 per_sample=True,
             )
         runs.append((sol, checks["_read_progress"], host["host"]))
@@ -472,7 +479,7 @@ def test_events_are_located_at_the_checks(solver_cls, terminal, monkeypatch):
                 y0,
                 ts,
                 solver=solver_cls(),
-                controller=PIController(RTOL, ATOL),
+                controller=_controller(solver_cls),
                 per_sample=True,
                 event=event,
             )

@@ -79,11 +79,11 @@ def test_flow_conserves_a_quadratic_hamiltonian_to_solver_accuracy() -> None:
     H decreases by O(h^5) over a fixed span: halving h divides the loss by about 32."""
     f = HamiltonianDynamics(Quadratic(2))
     q, p = _states(d=2)
-    ts = torch.linspace(0, 10, 11, dtype=F64)
+    ts = torch.linspace(0, 1, 3, dtype=F64)  # a short span: q still moves by ~10 in it
     start = f.energy(q, p)
     losses = []
     with torch.no_grad():
-        for step in (0.02, 0.01, 0.005):
+        for step in (0.04, 0.02, 0.01):
             sol = no.solve(f, (q, p), ts, solver=no.RK4(), controller=no.FixedGrid(step_size=step))
             losses.append((start - f.energy(sol.ys[0][-1], sol.ys[1][-1])) / start)
         sol = no.solve(f, (q, p), ts, controller=no.PIController(rtol=1e-10, atol=1e-12))

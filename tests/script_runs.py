@@ -5,7 +5,8 @@ takes about 7 CPU seconds, more than most tutorial scripts' small runs compute. 
 imports them once; each script runs in a child forked from it, as ``__main__``, with its
 stdout and stderr in files. The server forks before any computation, so the children start
 without OpenMP threads to inherit. Where there is no fork server (Windows, macOS without it),
-each script runs in a fresh interpreter instead.
+each script runs in a fresh interpreter instead. ``preloaded_context`` gives tests that start
+worker processes the same server.
 """
 
 from __future__ import annotations
@@ -64,6 +65,17 @@ def _start_server() -> None:
                 del os.environ[name]
             else:
                 os.environ[name] = value
+
+
+def preloaded_context() -> multiprocessing.context.BaseContext:
+    """A start method for worker processes (a run's ``--workers``, DDP ranks) that start
+    without paying the imports: children of the fork server, which has imported them once;
+    ``spawn`` where there is no fork server. Like ``spawn``, its children start without
+    OpenMP threads and get their target and arguments pickled."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    _start_server()
+    return multiprocessing.get_context("forkserver")
 
 
 def run_script(script: Path, args: list[str], scratch: Path, timeout: float = 600) -> Done:

@@ -140,9 +140,19 @@ def _run_spirals(tmp_path: Path, *extra: str) -> dict:
     return json.loads((tmp_path / "metrics.json").read_text())
 
 
-def test_spirals_experiment_smoke_run_writes_everything(tmp_path: Path, capsys) -> None:
+def test_spirals_experiment_smoke_run_writes_everything(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
     """Two observation counts x two seeds in two worker processes: per-seed results, their
     mean and spread, weights and a plot per setting."""
+    from script_runs import preloaded_context
+
+    from neuralode.experiments import spirals
+
+    # the workers: children of the tests' fork server (torch, neuralode, matplotlib imported
+    # once) instead of spawned interpreters that import them for seconds each
+    context = preloaded_context()
+    monkeypatch.setattr(spirals.multiprocessing, "get_context", lambda method: context)
     metrics = _run_spirals(
         tmp_path, "--steps", "2", "--obs", "30", "5", "--seeds", "2", "--workers", "2"
     )

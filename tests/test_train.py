@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from script_runs import preloaded_context
 
 from neuralode.cli import main
 from neuralode.training import INTERRUPTED, CheckpointError, TrainConfig, train
@@ -189,7 +190,10 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_ddp_two_processes_keep_identical_parameters(tmp_path) -> None:
     """Two CPU processes (gloo), different shards and different adaptive NFE, same weights."""
-    torch.multiprocessing.spawn(_ddp_worker, (2, _free_port(), str(tmp_path)), nprocs=2)
+    # the ranks: children of the tests' fork server (torch and neuralode imported once)
+    start = preloaded_context().get_start_method()
+    args = (2, _free_port(), str(tmp_path))
+    torch.multiprocessing.start_processes(_ddp_worker, args, nprocs=2, start_method=start)
     first = torch.load(tmp_path / "rank0.pt", weights_only=True)
     second = torch.load(tmp_path / "rank1.pt", weights_only=True)
     _assert_identical(first, second)

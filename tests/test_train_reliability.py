@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from script_runs import preloaded_context
 
 from neuralode.cli import main
 from neuralode.data import write_idx
@@ -355,7 +356,9 @@ def test_under_ddp_every_rank_stops_when_rank_0_refuses_the_directory(tmp_path) 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_refused_worker, (2, port, str(out)), nprocs=2)
+    start = preloaded_context().get_start_method()  # ranks forked, imports done once
+    args = (2, port, str(out))
+    torch.multiprocessing.start_processes(_ddp_refused_worker, args, nprocs=2, start_method=start)
     assert "holds an earlier run" in (tmp_path / "run.refused0").read_text()
     assert "rank 0 refused --out" in (tmp_path / "run.refused1").read_text()
     assert (out / "metrics.jsonl").read_text() == '{"epoch": 1}\n'

@@ -2,8 +2,8 @@
 algebraically from the tableau where there is one.
 
 The global error at the end of the span is measured for step counts growing by sqrt(2)
-(``conftest.asymptotic_errors``) and the order is the least-squares log-log slope; one-step methods
-sweep a fraction of the span with as much fewer steps (``_sweep_fraction``).
+(``conftest.asymptotic_errors``; one-step methods on a fraction of the span with as many
+times fewer steps, ``sweeps``) and the order is the least-squares log-log slope.
 
 On y' = A y one Runge-Kutta step is the polynomial R(hA), so the error is
 sum_k (R_k - 1/k!) (hA)^k. Its first term sets the observed order, unless its coefficient is
@@ -21,36 +21,19 @@ import torch
 from conftest import (
     ADAPTIVE_METHODS,
     ALL_METHODS,
-    asymptotic_errors,
     effective_linear_order,
     loglog_slope,
     make_solver,
     stability_coefficients,
 )
 from problems import D1, E1, LINEAR, ReferenceProblem
+from sweeps import asymptotic_errors_on_fraction, sweep_fraction
 
 import neuralode as no
 from neuralode._term import ODETerm
 from neuralode._tree import tree_spec
 
 TABLEAU_METHODS = [name for name in ALL_METHODS if hasattr(make_solver(name), "tableau")]
-
-
-def _sweep_fraction(name: str) -> int:
-    """By how much a one-step method's sweep shortens the span and its step counts.
-
-    The sweep takes span / k with at most 256 / k steps: the same step sizes as the whole
-    span's, with errors and round-off floor (``ROUNDOFF_PER_STEP * n``) both k times smaller,
-    so the same counts / k are in the asymptotic range, at a k-th of the cost (a fixed
-    implicit step costs a Jacobian, a factorisation and Newton iterations). k = 8 to order 4;
-    an order-5 method reaches round-off within a few steps of an eighth, so k = 4; higher
-    orders stop after a few steps of the whole span anyway. A multistep method's starting
-    steps would reach round-off on a short span: k = 1.
-    """
-    solver = make_solver(name)
-    if solver.multistep or solver.order > 5:
-        return 1
-    return 8 if solver.order <= 4 else 4
 
 
 def _fixed_step_error(name: str, problem: ReferenceProblem, t1: float, n: int) -> float:
@@ -64,14 +47,12 @@ def _fixed_step_error(name: str, problem: ReferenceProblem, t1: float, n: int) -
 
 
 def _measured_order(name: str, problem: ReferenceProblem, t1: float) -> tuple[float, list]:
-    k = _sweep_fraction(name)
+    solver = make_solver(name)
+    k = sweep_fraction(solver.order, solver.multistep)
     t1 = problem.t0 + (t1 - problem.t0) / k
-
-    def error_with_steps(n: int) -> float:
-        # past 256 / k steps an error of 0 reads as round-off, which ends the sweep
-        return _fixed_step_error(name, problem, t1, n) if n * k <= 256 else 0.0
-
-    counts, errors = asymptotic_errors(error_with_steps)
+    counts, errors = asymptotic_errors_on_fraction(
+        lambda n: _fixed_step_error(name, problem, t1, n), k
+    )
     return loglog_slope([1 / n for n in counts], errors), errors
 
 

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from traced_steps import steps_traced_only  # noqa: F401 (a fixture)
 
 import neuralode as no
 from neuralode import odeint
@@ -524,23 +525,6 @@ def test_gradients_through_the_halves(method):
     assert field.calls["whole"] > 0 and field.calls["dq_dt"] > 0
     for a, b in zip(backsolve, gradients(method, no.Backsolve())):
         assert torch.allclose(a, b, atol=1e-14, rtol=1e-14)
-
-
-@pytest.fixture
-def steps_traced_only(monkeypatch):
-    """compile="step"'s graphs run by dynamo's ``"eager"`` backend instead of inductor: for
-    tests of what dynamo captures (one graph per step, which halves of f it calls), which
-    inductor's code generation does not change. The compiled copies are this test's own."""
-    from neuralode import _compile, _loop
-
-    made = {}
-
-    def traced(fn, key, **options):
-        if (fn, key) not in made:
-            made[fn, key] = _compile.compiled(fn, None, backend="eager", **options)
-        return made[fn, key]
-
-    monkeypatch.setattr(_loop, "compiled", traced)
 
 
 class HalvesOnly(Spring):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import neuralode as no
-from neuralode import _whole_plan
+from neuralode import _compile, _warm, _whole_plan
 from neuralode.models import MLPDynamics
 
 # plans, guards and recompiles are dynamo's: the whole solve's graphs run uncompiled by
@@ -26,6 +26,29 @@ pytestmark = [
 
 
 TS = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def own_compiled_copies(monkeypatch):
+    """The solves here start without kept plans, compiled copies or warm keys (a copy kept
+    by an earlier test in the process, inductor's for the same solver and settings, would
+    otherwise serve them and recompile through inductor for their f), and the fallback's
+    compiled steps run by dynamo's eager backend too."""
+    import neuralode._attempt as attempt
+    import neuralode._loop as loop
+    import neuralode.controllers.pi as pi
+
+    for module, name in (
+        (_compile, "_COMPILED"), (_whole_plan, "_PLANS"), (_whole_plan, "_COPIES"),
+        (_warm, "_ENTRIES"),
+    ):  # fmt: skip
+        monkeypatch.setattr(module, name, {})
+
+    def traced_only(fn, key, **options):
+        return _compile.compiled(fn, key, **{"backend": "eager", **options})
+
+    for module in (attempt, loop, pi):
+        monkeypatch.setattr(module, "compiled", traced_only)
 
 
 def same(compiled: no.Solution, eager: no.Solution) -> None:
@@ -122,10 +145,21 @@ def test_a_controller_with_tensor_tolerances_gets_a_plan_of_its_own_solve():
     )
 
 
-def test_past_torchs_recompile_limit_each_step_is_compiled_instead():
+def test_past_torchs_recompile_limit_each_step_is_compiled_instead(monkeypatch):
     """More whole-solve graphs of one solver than torch's ``recompile_limit``: the solve
     warns, naming the limit, and compiles each step instead (the eager results), rather
     than raising torch's FailOnRecompileLimitHit."""
+    import neuralode._loop as loop
+    import neuralode.controllers.pi as pi
+
+    steps, traced_only = [], loop.compiled  # (own_compiled_copies')
+
+    def recorded(fn, *args, **options):
+        steps.append(fn)
+        return traced_only(fn, *args, **options)
+
+    for module in (loop, pi):
+        monkeypatch.setattr(module, "compiled", recorded)
     y0 = torch.tensor([[1.0, -0.5]], dtype=torch.float64)
     fields = [lambda t, y, k=k: -k * y for k in (1.0, 2.0, 3.0)]
     with torch._dynamo.config.patch(recompile_limit=1), pytest.warns(UserWarning) as caught:
@@ -134,6 +168,7 @@ def test_past_torchs_recompile_limit_each_step_is_compiled_instead():
                 compiled = no.solve(f, y0, TS, compile=True)
                 same(compiled, no.solve(f, y0, TS))
     assert any("recompile_limit" in str(w.message) for w in caught)
+    assert loop._attempt in steps
 
 
 def test_an_unhashable_f_gets_a_plan_of_its_own_solve():

@@ -70,13 +70,27 @@ def tree_field(t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]):
     return field(t, a), -b * (1 + t)
 
 
-@needs_cxx
-def test_compile_step_takes_the_eager_steps_and_reuses_its_graphs():
+def test_compile_step_takes_the_eager_steps_and_reuses_its_graphs(monkeypatch):
     """compile_step=True in the standard loop (each step with its error ratio as one graph,
     f(t0, y0) with the initial step size as another): the eager loop's steps, rejections,
     NFE and outputs, on a tuple state (mixed norm) with several outputs and a jump, with a
     given or a computed first step; a solve with a new y0 and end time compiles nothing new;
-    NaN in f(t0, y0) is reported as in the eager loop."""
+    NaN in f(t0, y0) is reported as in the eager loop. The graphs and their reuse are
+    dynamo's: they run by its eager backend (inductor's code of the steps is tested by
+    test_compile_step_matches_eager_for_every_explicit_method)."""
+    import neuralode._loop as loop
+    import neuralode.controllers.pi as pi
+    from neuralode import _compile
+
+    monkeypatch.setattr(_compile, "_COMPILED", {})  # (copies of their own, not inductor's)
+    steps = []
+
+    def traced_only(fn, key, **options):
+        steps.append(fn)
+        return _compile.compiled(fn, key, **{"backend": "eager", **options})
+
+    for module in (loop, pi):
+        monkeypatch.setattr(module, "compiled", traced_only)
     torch._dynamo.reset()
 
     def run(scale: float, t_end: float, compile_step: bool, first_step=None, f=tree_field):
@@ -97,6 +111,7 @@ def test_compile_step_takes_the_eager_steps_and_reuses_its_graphs():
         for got, want in zip(compiled.ys, eager.ys):
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
+    assert loop._attempt in steps and pi.first_evaluations in steps
     with torch._dynamo.config.patch(error_on_recompile=True):
         again = run(0.8, 2.8, True)
     assert again.stats == run(0.8, 2.8, False).stats

@@ -90,24 +90,34 @@ def test_the_kernel_shares_its_row_blocks_among_threads_only_when_asked():
     assert "clamp" not in plain and "Vec(0.0f)" in plain
 
 
+# every shape in one compiled graph (one C++ module for the five kernels)
+SHAPES = [  # rows, inner, columns, bias, activation
+    (300, 64, 64, True, "tanh"),  # row blocks and a remainder of rows
+    (17, 37, 48, True, "none"),  # an odd inner size, columns in three vectors
+    (40, 5, 32, False, "tanh"),  # columns in two vectors (AVX-512), no bias
+    (23, 64, 16, True, "tanh"),  # one vector of columns
+    (64, 128, 128, False, "none"),  # two blocks of columns
+]
+
+
 @needs_kernel
-@pytest.mark.parametrize(
-    ("rows", "inner", "columns", "bias", "activation"),
-    [
-        (300, 64, 64, True, "tanh"),  # row blocks and a remainder of rows
-        (17, 37, 48, True, "none"),  # an odd inner size, columns in three vectors
-        (40, 5, 32, False, "tanh"),  # columns in two vectors (AVX-512), no bias
-        (23, 64, 16, True, "tanh"),  # one vector of columns
-        (64, 128, 128, False, "none"),  # two blocks of columns
-    ],
-)
-def test_compiled_linear_equals_the_expression(rows, inner, columns, bias, activation):
-    torch.manual_seed(rows + inner + columns)
-    x, weight = torch.randn(rows, inner), torch.randn(columns, inner) / inner**0.5
-    b = torch.randn(columns) if bias else None
+def test_compiled_linear_equals_the_expression():
+    layers, xs = [], []
+    for rows, inner, columns, bias, activation in SHAPES:
+        torch.manual_seed(rows + inner + columns)
+        x, weight = torch.randn(rows, inner), torch.randn(columns, inner) / inner**0.5
+        layers.append((weight, torch.randn(columns) if bias else None, activation))
+        xs.append(x)
+
+    def every_layer(*xs):
+        return [_whole_linear.linear(x, *layer) for x, layer in zip(xs, layers)]
+
     with torch.no_grad():
-        result = compiled(lambda x: _whole_linear.linear(x, weight, b, activation))(x)
-    torch.testing.assert_close(result, expected(x, weight, b, activation), rtol=2e-6, atol=2e-6)
+        results = compiled(every_layer)(*xs)
+    for result, x, layer, shape in zip(results, xs, layers, SHAPES):
+        torch.testing.assert_close(
+            result, expected(x, *layer), rtol=2e-6, atol=2e-6, msg=str(shape)
+        )
 
 
 @needs_kernel
@@ -118,8 +128,12 @@ def test_compiled_linear_gives_non_finite_values_as_torch():
     bias[:4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30])
     weight[5, 3] = float("nan")
     with torch.no_grad():
-        plain = compiled(lambda x: _whole_linear.linear(x, weight, bias))(x)
-        tanh = compiled(lambda x: _whole_linear.linear(x, weight, bias, "tanh"))(x)
+        plain, tanh = compiled(
+            lambda x: (
+                _whole_linear.linear(x, weight, bias),
+                _whole_linear.linear(x, weight, bias, "tanh"),
+            )
+        )(x)
     reference = torch.nn.functional.linear(x, weight, bias)
     torch.testing.assert_close(plain, reference, equal_nan=True)
     assert tanh[:, 0].isnan().all() and tanh[:, 5].isnan().all()

@@ -853,6 +853,7 @@ def test_backsolve_after_a_whole_solve_compiles_its_backward_solve_whole(monkeyp
         torch.autograd.grad(sol.ys.square().sum(), [field.rate, y0])
 
 
+@pytest.mark.usefixtures("whole_solve_traced_only")  # (dynamo reads the constants)
 def test_constants_cached_under_a_transform_are_plain_tensors(monkeypatch):
     """Coefficients and tolerances are cached across solves; made first under
     torch.func.grad they are still plain tensors (a tensor of the transform's level would

@@ -15,6 +15,7 @@ import torch
 from problems import HIRES, ROBERTSON, VDP_STIFF, StiffProblem
 
 import neuralode as no
+from neuralode import pde
 from neuralode._norms import rms_norm
 from neuralode._term import ODETerm
 from neuralode._tree import tree_spec
@@ -200,7 +201,7 @@ def test_batched_newton_uses_per_sample_blocks(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(_dense_solve.DenseSolve, "_factorise", recording)
     scales = torch.tensor([1.0, 0.5, 2.0, 0.1], dtype=torch.float64)
     y0 = ROBERTSON.y0_tensor().expand(4, 3).clone()
-    ts = ROBERTSON.ts_tensor(4)
+    ts = ROBERTSON.ts_tensor(3)
     controller = no.PIController(rtol=1e-6, atol=1e-10)
     batched = no.solve(
         _batched_robertson(scales), y0, ts, solver=Radau(batch_size=4), controller=controller
@@ -239,13 +240,13 @@ def test_batched_fixed_steps_equal_the_whole_state_newton() -> None:
 
 
 def test_krylov_matches_direct_linear_algebra() -> None:
-    ts = HIRES.ts_tensor(3)
-    controller = no.PIController(rtol=1e-6, atol=1e-10)
+    ts = HIRES.ts_tensor(2)  # HIRES's fast transient: t = 0 to 1, 42 steps
+    controller = no.PIController(rtol=1e-5, atol=1e-9)
     direct = no.solve(HIRES.f, HIRES.y0_tensor(), ts, solver=Radau(), controller=controller)
     krylov_solver = Radau(linear_solver="krylov")
     krylov = no.solve(HIRES.f, HIRES.y0_tensor(), ts, solver=krylov_solver, controller=controller)
-    assert _tolerance_units(krylov.ys, HIRES.reference(3), 1e-6, 1e-10) < 10
-    assert _tolerance_units(krylov.ys, direct.ys, 1e-6, 1e-10) < 1
+    assert _tolerance_units(krylov.ys, HIRES.reference(2), 1e-5, 1e-9) < 10
+    assert _tolerance_units(krylov.ys, direct.ys, 1e-5, 1e-9) < 1
     assert krylov_solver.counters["factorisations"] == 0
 
 
@@ -263,13 +264,15 @@ def _stiff_linear(params: torch.Tensor, stiffness: float = 1000.0):
     return f
 
 
+# Steps of 0.25 (h k2 stiffness = 325: the stiff mode far outside explicit stability) and
+# radau's ~40 adaptive steps keep each gradcheck's dozen solves short.
 GRADIENT_SETUPS = {
-    "radauIIA5-fixed": lambda: (RadauIIA5(), no.FixedGrid(step_size=0.1)),
-    "trbdf2-fixed": lambda: (TRBDF2(), no.FixedGrid(step_size=0.1)),
-    "gl4-krylov": lambda: (GL4(linear_solver="krylov"), no.FixedGrid(step_size=0.1)),
+    "radauIIA5-fixed": lambda: (RadauIIA5(), no.FixedGrid(step_size=0.25)),
+    "trbdf2-fixed": lambda: (TRBDF2(), no.FixedGrid(step_size=0.25)),
+    "gl4-krylov": lambda: (GL4(linear_solver="krylov"), no.FixedGrid(step_size=0.25)),
     # Newton converged well below the step tolerance: finite differences then see the
     # implicit function, whose derivative the stages carry
-    "radau": lambda: (Radau(newton_tol=1e-6), no.PIController(rtol=1e-6, atol=1e-8)),
+    "radau": lambda: (Radau(newton_tol=1e-6), no.PIController(rtol=1e-4, atol=1e-6)),
 }
 
 
@@ -296,7 +299,7 @@ def test_gradcheck_on_a_stiff_problem(setup: str, strategy: str) -> None:
 
     # GMRES in the backward pass is reproducible only to its tolerance
     nondet_tol = 1e-9 if "krylov" in setup else 0.0
-    fast_mode = setup == "radau"  # one random projection: ~100 steps, 3 stage Jacobians each
+    fast_mode = setup == "radau"  # one random projection: ~40 steps, 3 stage Jacobians each
     assert torch.autograd.gradcheck(
         run,
         (y0, params),
@@ -321,7 +324,7 @@ def test_direct_and_backsolve_agree(batch_size: int | None) -> None:
             y0,
             ts,
             solver=Radau(batch_size=batch_size),
-            controller=no.PIController(rtol=1e-9, atol=1e-11),
+            controller=no.PIController(rtol=1e-7, atol=1e-9),
             gradient=gradient,
         )
         loss = (sol.ys**2).sum() + sol.ys[1, :, 0].sum()
@@ -334,7 +337,7 @@ def test_odeint_adjoint_backward_solve_drops_the_forward_preconditioner() -> Non
     """odeint_adjoint's backward solve takes the forward options; a preconditioner among
     them is made for the forward state and is left out of the adjoint system's solves (it
     raised a shape error in the backward pass), so the gradient is Direct's."""
-    heat = no.pde.Heat(no.pde.Grid((15,), boundary=no.pde.Dirichlet()), 0.01)
+    heat = pde.Heat(pde.Grid((15,), boundary=pde.Dirichlet()), 0.01)
     (x,) = heat.grid.coordinates()
     u0 = torch.sin(math.pi * x)[None, None]
     ts = torch.tensor([0.0, 0.05, 0.1], dtype=torch.float64)
@@ -363,8 +366,8 @@ def test_backsolve_gives_radau_the_backward_solves_tolerances() -> None:
     grads = []
     for gradient in (no.Direct(), no.Backsolve(params=(params,))):
         controller = no.PIController(
-            rtol=torch.tensor([1e-9, 1e-10], dtype=torch.float64),
-            atol=torch.tensor([1e-11, 1e-12], dtype=torch.float64),
+            rtol=torch.tensor([1e-6, 1e-7], dtype=torch.float64),
+            atol=torch.tensor([1e-8, 1e-9], dtype=torch.float64),
         )
         sol = no.solve(
             _stiff_linear(params, stiffness=10.0),
@@ -388,8 +391,8 @@ def test_backsolve_on_a_stiff_problem_fails_with_advice() -> None:
         y0,
         ts,
         solver=Radau(),
-        controller=no.PIController(rtol=1e-9, atol=1e-11),
-        gradient=no.Backsolve(params=(params,), max_steps=200),
+        controller=no.PIController(rtol=1e-6, atol=1e-8),
+        gradient=no.Backsolve(params=(params,), max_steps=50),
     )
     with pytest.raises(no.MaxStepsError, match="unstable for stiff.*Checkpointed"):
         sol.ys.sum().backward()
@@ -463,7 +466,7 @@ def test_max_steps_after_newton_failures_names_the_newton_options(
             torch.tensor([0.0, 40.0], dtype=torch.float64),
             solver=solver,
             controller=no.PIController(rtol=1e-6, atol=1e-10),
-            max_steps=300,
+            max_steps=100,
         )
     message = str(caught.value)
     assert fragment in message
@@ -496,7 +499,7 @@ def test_auto_linear_solver_takes_gmres_where_direct_newton_matrices_are_too_big
     from neuralode.solvers import _implicit_stages, _newton
 
     y0 = torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
-    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    ts = torch.tensor([0.0, 0.25], dtype=torch.float64)
     controller = no.PIController(1e-6, 1e-8)
 
     def solve(**options):

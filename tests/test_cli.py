@@ -60,14 +60,18 @@ def test_demo_refuses_a_run_a_locked_directory_or_a_file_unless_overwrite(tmp_pa
     refused(run, "holds an earlier run (demo.json)")  # the demo's own run too
 
 
-def test_module_help_and_unknown_command() -> None:
+def test_module_help_and_unknown_command(monkeypatch, capsys) -> None:
     ok = subprocess.run(
         [sys.executable, "-m", "neuralode", "--help"], capture_output=True, text=True
-    )
+    )  # a fresh interpreter: the package's __main__ and imports as a user meets them
     assert ok.returncode == 0 and "demo" in ok.stdout and "train" in ok.stdout
     assert "experiment" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "neuralode", "fly"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    import runpy  # the same __main__ in this process (no second interpreter's imports)
+
+    monkeypatch.setattr(sys, "argv", ["neuralode", "fly"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("neuralode", run_name="__main__", alter_sys=True)
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 def test_worker_processes_print_warnings_as_one_line(capsys) -> None:

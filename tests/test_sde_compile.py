@@ -18,10 +18,10 @@ import shutil
 
 import pytest
 import torch
+from eager_kernels import aot_eager  # noqa: F401 (a fixture)
 from sde_problems import GBM, GeneralLinear, RowsOU
 
 import neuralode as no
-import neuralode._compile as compile_cache
 from neuralode.sde import BrownianInterval, SDESolver, SDETerm, VirtualBrownianTree
 
 F64 = torch.float64
@@ -73,9 +73,12 @@ def test_fixed_grid_compiled_equals_eager(sde, m, method, levy):
     assert eager.stats.n_steps == 20
 
 
+@pytest.mark.usefixtures("aot_eager")
 def test_adaptive_one_system_compiled_equals_eager_with_gradients():
     """Step doubling on a BrownianInterval, gradients through Direct(): compile='step' and
-    compile=True (each step compiled for SDEs, no other graph) take the eager steps."""
+    compile=True (each step compiled for SDEs, no other graph) take the eager steps
+    (dynamo's graphs with the eager kernels: inductor's are tested on fixed steps and per
+    sample)."""
     results = {}
     for mode in (False, "step", True):
         bm = BrownianInterval(0.0, 1.0, size=(4, 2), dtype=F64, entropy=3)
@@ -103,20 +106,8 @@ def _per_sample(sde, y0, compile, method="euler", levy="none"):
                     compile=compile)  # fmt: skip
 
 
-@pytest.fixture
-def aot_eager(monkeypatch):
-    """The library's compiled steps with torch.compile's ``aot_eager`` backend: dynamo's and
-    AOTAutograd's graphs run with the eager kernels (the eager arithmetic)."""
-    compile_fn = torch.compile
-
-    def compile_aot_eager(fn, dynamic=None, fullgraph=False, options=None):
-        return compile_fn(fn, backend="aot_eager", dynamic=dynamic, fullgraph=fullgraph)
-
-    monkeypatch.setattr(compile_cache, "_COMPILED", {})
-    monkeypatch.setattr(torch, "compile", compile_aot_eager)
-
-
-def test_per_sample_compiled_attempt_takes_the_eager_steps(aot_eager):
+@pytest.mark.usefixtures("aot_eager")
+def test_per_sample_compiled_attempt_takes_the_eager_steps():
     """Dynamo's graph of the attempt with eager kernels: the same values bit for bit, every
     sample's statistics, and one graph for a new y0."""
     from torch._dynamo.utils import counters
@@ -146,7 +137,8 @@ def test_per_sample_compiled_attempt_takes_the_eager_steps(aot_eager):
     assert eager.stats.rows_evaluated == 6 * eager.stats.nfe
 
 
-def test_per_sample_compiled_gradients_equal_the_eager_ones(aot_eager):
+@pytest.mark.usefixtures("aot_eager")
+def test_per_sample_compiled_gradients_equal_the_eager_ones():
     """Direct() through the compiled attempts of a per-sample srk solve: the eager steps and
     gradients."""
     grads, steps = [], []

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from eager_kernels import aot_eager  # noqa: F401 (a fixture)
 from problems import C1, E1, ReferenceProblem
 
 import neuralode as no
@@ -242,6 +243,7 @@ def test_device_loop_keeps_the_same_dense_solution() -> None:
 
 
 @pytest.mark.parametrize("compile", ["step", True])
+@pytest.mark.usefixtures("aot_eager")  # (which steps are kept, not inductor's kernels)
 def test_compiled_solves_keep_the_same_dense_solution(compile) -> None:
     """compile="step" keeps the steps; compile=True (the whole solve one graph, which keeps
     none) compiles each step instead."""

@@ -227,6 +227,7 @@ def test_float32_states_evaluate_f_one_float32_ulp_from_a_jump(mode: str, backwa
 
 
 @needs_compiler
+@pytest.mark.usefixtures("whole_solve_traced_only")  # (the landing logic)
 def test_whole_solve_float32_lands_like_the_host_loop() -> None:
     """compile=True on a float32 state: the host loop's steps across the jumps (f one
     float32 ulp from each)."""

@@ -14,6 +14,7 @@ from conftest import (
 from problems import LINEAR, LINEAR_MATRIX
 
 import neuralode as no
+from neuralode.solvers import ImplicitRK
 
 Y0 = LINEAR.y0_tensor()
 TS = torch.tensor([0.0, 0.3, 0.7, 1.0], dtype=torch.float64)
@@ -51,14 +52,27 @@ def tree_field(structure: str):
 
 def _setups(name: str):
     """Fixed steps for every method; adaptive ones also with their controller."""
-    yield no.FixedGrid(step_size=0.05)
+    yield no.FixedGrid(step_size=0.1)
     if make_solver(name).adaptive:
         rtol, atol = adaptive_tolerances(make_solver(name))
         yield no.PIController(rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("structure", STRUCTURES)
-@pytest.mark.parametrize("name", ALL_METHODS)
+def _tree_cases() -> list:
+    """Every method with every structure. A solver sees the flat state whatever its structure,
+    and "nested" holds a dict, a tuple and a list: implicit methods (several times an explicit
+    solve's cost) take "tuple", "list" and "dict" with -m slow."""
+    cases = []
+    for name in ALL_METHODS:
+        implicit = isinstance(make_solver(name), ImplicitRK)
+        for structure in STRUCTURES:
+            slow = implicit and structure in ("tuple", "list", "dict")
+            marks = [pytest.mark.slow] if slow else []
+            cases.append(pytest.param(name, structure, id=f"{name}-{structure}", marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "structure"), _tree_cases())
 def test_tree_state_matches_flat_tensor(name: str, structure: str) -> None:
     """With the same norm (hence the same steps) a nested state gives the flat tensor's
     answer to rounding, and ``ys`` has y0's structure with a leading time dimension. (With
@@ -154,7 +168,7 @@ def rotation_real(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def test_complex_matches_real_pairs(name: str) -> None:
     """A complex state on fixed steps is the real system on (re, im) pairs, to rounding."""
     y0 = torch.tensor([1.0 + 0.5j, -0.2 + 1.0j], dtype=torch.complex128)
-    controller = no.FixedGrid(step_size=0.05)
+    controller = no.FixedGrid(step_size=0.1)
     complex_sol = no.solve(rotation, y0, TS, solver=make_solver(name), controller=controller)
     real_sol = no.solve(
         rotation_real,
@@ -268,7 +282,7 @@ def test_zero_dimensional_state(name: str) -> None:
     """A scalar (0-dim) state, alone or as a leaf, keeps its shape: ys is (len(ts),)."""
     y0 = torch.tensor(1.0, dtype=torch.float64)
     solver = make_solver(name)
-    controller = no.FixedGrid(step_size=0.01)
+    controller = no.FixedGrid(step_size=0.025)
     sol = no.solve(lambda t, y: -y, y0, TS, solver=solver, controller=controller)
     assert sol.ys.shape == (len(TS),)
     torch.testing.assert_close(sol.ys, torch.exp(-TS), rtol=0, atol=0.01)

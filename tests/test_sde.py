@@ -84,13 +84,14 @@ def test_strong_order_on_known_solutions(cls, sde_type, method, options, levy, o
     "method, levy, order", [("euler", "none", 1.0), ("srk", "space-time", 2.0)]
 )
 def test_strong_order_additive_noise(method, levy, order):
-    # Ornstein-Uhlenbeck with a time-dependent forcing; reference: srk at dt = 2^-11. SRA1 on
+    # Ornstein-Uhlenbeck with a time-dependent forcing; reference: srk at dt = 2^-9 (its error
+    # 64 times below the finest step's; the slopes are those against 2^-11 to 0.01). SRA1 on
     # this linear additive-noise SDE converges at order 2 (the 2.0-type behaviour of SRA schemes)
     sde, batch = OU(), 128
     bm = bm_for(batch, 2, "space-time")
     y0 = torch.ones(batch, 2, dtype=F64)
     with torch.no_grad():
-        reference = nsde.sdeint(sde, y0, TS, bm=bm, method="srk", dt=2.0**-11)[-1]
+        reference = nsde.sdeint(sde, y0, TS, bm=bm, method="srk", dt=2.0**-9)[-1]
         dts = [2.0**-k for k in range(2, 7)]
         errors = [
             (nsde.sdeint(sde, y0, TS, bm=bm, method=method, dt=dt)[-1] - reference).abs().mean()
@@ -153,10 +154,10 @@ def test_ito_stratonovich_conversion():
     bm = bm_for(64, 3)
     y0 = torch.linspace(-1, 1, 64 * 3, dtype=F64).reshape(64, 3)
     ts = torch.linspace(0, 1, 5, dtype=F64)
-    with torch.no_grad():
-        ito = nsde.sdeint(Ito(), y0, ts, bm=bm, method="milstein", dt=2**-10)
-        strat = nsde.sdeint(Strat(), y0, ts, bm=bm, method="midpoint", dt=2**-10)
-        plain = nsde.sdeint(Ito(), y0, ts, bm=bm, method="milstein", dt=2**-10)
+    with torch.no_grad():  # steps of 2^-8: 1.5e-3 apart (0.11 without the conversion)
+        ito = nsde.sdeint(Ito(), y0, ts, bm=bm, method="milstein", dt=2**-8)
+        strat = nsde.sdeint(Strat(), y0, ts, bm=bm, method="midpoint", dt=2**-8)
+        plain = nsde.sdeint(Ito(), y0, ts, bm=bm, method="milstein", dt=2**-8)
     assert (ito - strat).abs().max() < 5e-3
     assert (ito - plain).abs().max() == 0  # the same Brownian queries give the same path
 
@@ -596,8 +597,8 @@ def test_stochastic_adjoint_converges_to_backprop(sde_type, noise_type, method, 
     ts = torch.linspace(0, 1, 3, dtype=F64)
     m = {"scalar": 1, "general": 2}.get(noise_type, 2)
     levy = "space-time" if method == "srk" else "none"
-    errors = []
-    for dt in (2**-5, 2**-8):
+    errors = []  # relative errors ~5e-3 at 2^-4 and ~1e-3 at 2^-6 (a wrong adjoint's are O(1))
+    for dt in (2**-4, 2**-6):
         bm = nsde.BrownianInterval(
             0, 1, size=(3, m), dtype=F64, entropy=2, levy_area_approximation=levy
         )
@@ -741,7 +742,7 @@ def _live_tensors() -> int:
     return sum(1 for o in gc.get_objects() if type(o) in kinds)
 
 
-@pytest.mark.parametrize("steps", [64, 512])
+@pytest.mark.parametrize("steps", [64, 256])
 def test_adjoint_backward_holds_no_tensor_per_step(monkeypatch, steps):
     """The backward solve's live tensors and the Brownian cache stay the same from its first
     step to its last, whatever the number of steps."""
@@ -750,7 +751,7 @@ def test_adjoint_backward_holds_no_tensor_per_step(monkeypatch, steps):
     bm = nsde.BrownianInterval(0, 1, size=(3, 2), dtype=F64, entropy=5)
     counts, cached = [], []
     query = nsde.ReverseBrownian.__call__
-    every = steps // 2 if steps < 256 else steps // 4  # (each scan of the heap is slow)
+    every = steps // 2  # two counts (each scan of the heap is slow)
 
     def counting(self, *args, **kwargs):
         if len(cached) % every == 2:

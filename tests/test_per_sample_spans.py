@@ -53,7 +53,8 @@ def _alone(field, y0, ts, **kwargs):
 def test_spans_equal_solving_each_sample_alone(method: str, direction: float) -> None:
     field, y0 = Field(), _y0()
     ts = TS if direction > 0 else TS.flip(1)
-    kwargs = dict(solver=method, controller=no.PIController(**CONTROLLER))
+    # equal to the solves alone at any tolerance: one that keeps bosh3 to a few dozen steps
+    kwargs = dict(solver=method, controller=no.PIController(1e-6, 1e-8))
     with torch.no_grad():
         sol = no.solve(field, y0, ts, per_sample=True, **kwargs)
         alone, steps = _alone(field, y0, ts, **kwargs)
@@ -151,14 +152,17 @@ def test_gradcheck_direct_with_respect_to_y0_and_a_parameter() -> None:
         controller = no.PIController(1e-10, 1e-12)
         return no.solve(field, y0, ts, per_sample=True, controller=controller).ys
 
-    assert torch.autograd.gradcheck(run, (y0, weight), eps=1e-6, atol=1e-6, rtol=1e-4)
+    # random projections of the Jacobian (fast_mode): a difference per input, not per entry
+    assert torch.autograd.gradcheck(
+        run, (y0, weight), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True
+    )
 
 
 @pytest.mark.parametrize("direction", [1.0, -1.0])
 def test_backsolve_matches_direct_and_each_sample_alone(direction: float) -> None:
     field, y0 = Field(), _y0().requires_grad_(True)
     ts = TS if direction > 0 else TS.flip(1)
-    controller = no.PIController(1e-10, 1e-12)
+    controller = no.PIController(1e-9, 1e-11)
     weights = torch.randn(4, 4, 3, dtype=F64, generator=torch.Generator().manual_seed(2))
     grads = []
     for gradient in (no.Direct(), no.Backsolve()):
@@ -180,7 +184,7 @@ def test_backsolve_matches_direct_and_each_sample_alone(direction: float) -> Non
 def test_time_gradients_per_sample_equal_each_sample_alone(gradient) -> None:
     field, y0 = Field(), _y0()
     ts = TS.clone().requires_grad_(True)
-    controller = no.PIController(1e-10, 1e-12)
+    controller = no.PIController(1e-9, 1e-11)
     weights = torch.randn(4, 4, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
     sol = no.solve(field, y0, ts, per_sample=True, controller=controller, gradient=gradient())
     (g,) = torch.autograd.grad((sol.ys * weights).sum(), ts)
@@ -202,7 +206,7 @@ def test_events_with_spans(gradient) -> None:
     field, y0 = Field(), _y0().requires_grad_(True)
     c = torch.tensor([0.7, 5.0, 0.1, 1.5], dtype=F64)
     event = no.Event(lambda t, y: t - c[: len(t)] + 0.01 * y[:, 0])
-    controller = no.PIController(1e-10, 1e-12)
+    controller = no.PIController(1e-9, 1e-11)
     sol = no.solve(
         field, y0, TS, per_sample=True, controller=controller, event=event, gradient=gradient()
     )

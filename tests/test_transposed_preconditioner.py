@@ -131,7 +131,7 @@ def _gradients(model, y0, ts, solver, steps: int) -> tuple[list[torch.Tensor], i
 
 
 def _fitzhugh_nagumo():
-    grid = Grid((24,), lengths=(2.0,), boundary=Neumann(0.0, 0.0))
+    grid = Grid((16,), lengths=(2.0,), boundary=Neumann(0.0, 0.0))
     (x,) = grid.coordinates()
     model = pde.FitzHughNagumo(grid, a=0.05, b=0.5)
     y0 = torch.stack([torch.cos(math.pi * x), 0.3 * torch.sin(2 * math.pi * x)])[None]
@@ -153,9 +153,9 @@ def _neural_heat():
 def test_preconditioned_gradients_equal_the_direct_solvers(problem, method: str) -> None:
     model, y0, ts = problem()
     cls = METHODS[method]
-    direct, _ = _gradients(model, y0, ts, cls(linear_solver="direct"), steps=8)
+    direct, _ = _gradients(model, y0, ts, cls(linear_solver="direct"), steps=4)
     krylov = cls(linear_solver="krylov", krylov_tol=1e-13, preconditioner=model.preconditioner())
-    preconditioned, _ = _gradients(model, y0, ts, krylov, steps=8)
+    preconditioned, _ = _gradients(model, y0, ts, krylov, steps=4)
     for got, want in zip(preconditioned, direct):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 
@@ -183,7 +183,7 @@ def test_transposed_preconditioning_cuts_the_backward_products(problem, method: 
     results = {}
     for name, given in (("plain", _WithoutTranspose(preconditioner)), ("with", preconditioner)):
         solver = cls(linear_solver="krylov", krylov_tol=1e-12, krylov_dim=200, preconditioner=given)
-        results[name] = _gradients(model, y0, ts, solver, steps=5)
+        results[name] = _gradients(model, y0, ts, solver, steps=3)
     (plain, plain_products), (pre, pre_products) = results["plain"], results["with"]
     assert pre_products < plain_products / 2, (pre_products, plain_products)
     torch.testing.assert_close(pre[0], plain[0], rtol=1e-8, atol=1e-10)

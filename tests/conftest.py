@@ -48,22 +48,61 @@ def room_for_graphs():
 
 
 @pytest.fixture
-def whole_solve_traced_only(monkeypatch):
-    """The compiled whole solve's graphs run by dynamo's ``"eager"`` backend instead of
-    inductor: for tests of what dynamo decides (plans, guards, recompiles, the warm path,
-    the graph's own logic: steps, landings, checks), which inductor's minutes of code
-    generation do not change; inductor's code of the whole solve is tested by
-    test_whole_backend and test_engine. The compiled copies, plans and warm keys made
-    meanwhile are dropped afterwards, so no later test runs a graph made here."""
-    from neuralode import _compile, _warm, _whole_plan
+def steps_traced_only(monkeypatch):
+    """The graphs of ``compile="step"`` (the standard loop's attempt, the PI controller's
+    first evaluations, the per-sample attempt; also what ``compile=True`` falls back to)
+    run by dynamo's ``"eager"`` backend instead of inductor: for tests of what dynamo
+    captures and of the loop around it (the graphs made, the calls of f, the checks), which
+    inductor's code generation does not change. The test starts without the kept compiled
+    copies, plans and warm keys (a copy kept by an earlier test in the process, inductor's
+    for the same solver and settings, would serve its solves and recompile through inductor
+    for their f); the process's caches come back afterwards, so no later test runs a graph
+    made here."""
+    from neuralode import _attempt, _compile, _loop, _warm, _whole_plan
+    from neuralode.controllers import pi
 
-    caches = (_compile._COMPILED, _whole_plan._PLANS, _whole_plan._COPIES, _warm._ENTRIES)
-    kept = [dict(cache) for cache in caches]
+    for module, name in (
+        (_compile, "_COMPILED"), (_whole_plan, "_PLANS"), (_whole_plan, "_COPIES"),
+        (_warm, "_ENTRIES"),
+    ):  # fmt: skip
+        monkeypatch.setattr(module, name, {})
+
+    def traced_only(fn: Callable, key: Any, **options: Any) -> Any:
+        return _compile.compiled(fn, key, **{"backend": "eager", **options})
+
+    for module in (_attempt, _loop, pi):
+        monkeypatch.setattr(module, "compiled", traced_only)
+
+
+@pytest.fixture
+def whole_solve_traced_only(monkeypatch, steps_traced_only):
+    """The compiled whole solve's graphs (and the steps it falls back to: ``steps_traced_only``)
+    run by dynamo's ``"eager"`` backend instead of inductor: for tests of what dynamo
+    decides (plans, guards, recompiles, the warm path, the graph's own logic: steps,
+    landings, checks), which inductor's minutes of code generation do not change;
+    inductor's code of the whole solve is tested by test_whole_backend and test_engine."""
+    from neuralode import _whole_plan
+
     monkeypatch.setattr(_whole_plan, "whole_solve_backend", "eager")
-    yield
-    for cache, entries in zip(caches, kept):
-        cache.clear()
-        cache.update(entries)
+
+
+@pytest.fixture
+def aot_eager(monkeypatch):
+    """The library's compiled steps (``compile="step"``, and the steps that ``compile=True``
+    compiles where it keeps no whole graph) by torch.compile's ``aot_eager`` backend:
+    dynamo's and AOTAutograd's graphs with the eager kernels, for tests of what dynamo and
+    AOTAutograd decide (the same steps, graphs, guards and gradients as the eager solve),
+    which inductor's code generation does not change. The test's compiled copies are its
+    own."""
+    from neuralode import _compile
+
+    compile_fn = torch.compile
+
+    def compile_aot_eager(fn, dynamic=None, fullgraph=False, options=None):
+        return compile_fn(fn, backend="aot_eager", dynamic=dynamic, fullgraph=fullgraph)
+
+    monkeypatch.setattr(_compile, "_COMPILED", {})
+    monkeypatch.setattr(torch, "compile", compile_aot_eager)
 
 
 @pytest.fixture(autouse=True)

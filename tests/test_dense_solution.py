@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from eager_kernels import aot_eager  # noqa: F401 (a fixture)
 from problems import C1, E1, ReferenceProblem
 
 import neuralode as no

@@ -722,20 +722,6 @@ def test_checkpointed_with_compile_true_records_its_steps(monkeypatch):
         torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
 
 
-@pytest.fixture
-def own_compiled_copies(monkeypatch):
-    """A traced-only test's solves start without kept plans, compiled copies or warm keys: a
-    copy kept by an earlier test in the process (inductor's, for the same solver and
-    settings) would otherwise serve them and recompile through inductor for their f."""
-    from neuralode import _compile, _warm, _whole_plan
-
-    for module, name in (
-        (_compile, "_COMPILED"), (_whole_plan, "_PLANS"), (_whole_plan, "_COPIES"),
-        (_warm, "_ENTRIES"),
-    ):  # fmt: skip
-        monkeypatch.setattr(module, name, {})
-
-
 @needs_compiler
 def test_whole_solve_compiled_takes_the_eager_steps_and_reuses_its_graph():
     """compile=True, per sample: the same outputs, steps and evaluations as the eager device
@@ -790,7 +776,7 @@ def test_whole_solve_compiled_as_one_problem_matches_the_host_loop():
 
 
 @needs_compiler
-@pytest.mark.usefixtures("whole_solve_traced_only", "own_compiled_copies")  # (the stopping logic)
+@pytest.mark.usefixtures("whole_solve_traced_only")  # (the stopping logic)
 def test_whole_solve_compiled_stops_at_a_failing_step_held_at_min_step():
     """f is NaN past t = 1 (sample 0's, per sample): the step there fails, shrinks to
     min_step and would be attempted again unchanged until max_steps. The compiled whole
@@ -827,7 +813,7 @@ def test_whole_solve_compiled_stops_at_a_failing_step_held_at_min_step():
 
 
 @needs_compiler
-@pytest.mark.usefixtures("whole_solve_traced_only", "own_compiled_copies")  # (its dispatch)
+@pytest.mark.usefixtures("whole_solve_traced_only")  # (its dispatch)
 def test_backsolve_after_a_whole_solve_compiles_its_backward_solve_whole(monkeypatch):
     """compile=True with Backsolve(): the backward solve of [y, adjoint, parameter gradients]
     runs as one compiled graph too (its seminorm measured per part inside the graph) and
@@ -868,7 +854,7 @@ def test_backsolve_after_a_whole_solve_compiles_its_backward_solve_whole(monkeyp
         torch.autograd.grad(sol.ys.square().sum(), [field.rate, y0])
 
 
-@pytest.mark.usefixtures("whole_solve_traced_only", "own_compiled_copies")  # (dynamo reads them)
+@pytest.mark.usefixtures("whole_solve_traced_only")  # (dynamo reads them)
 def test_constants_cached_under_a_transform_are_plain_tensors(monkeypatch):
     """Coefficients and tolerances are cached across solves; made first under
     torch.func.grad they are still plain tensors (a tensor of the transform's level would

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from traced_steps import steps_traced_only  # noqa: F401 (a fixture)
 
 import neuralode as no
 

@@ -18,7 +18,6 @@ import shutil
 
 import pytest
 import torch
-from eager_kernels import aot_eager  # noqa: F401 (a fixture)
 from sde_problems import GBM, GeneralLinear, RowsOU
 
 import neuralode as no

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import neuralode as no
-from neuralode import _compile, _warm, _whole_plan
+from neuralode import _warm
 from neuralode._term import ODETerm
 from neuralode._tree import leaf_spec
 from neuralode._validate import all_finite, check_tolerances
@@ -39,29 +39,6 @@ def room_for_graphs():
     may have compiled up to torch's recompile_limit of it already."""
     with torch._dynamo.config.patch(recompile_limit=64):
         yield
-
-
-@pytest.fixture(autouse=True)
-def own_compiled_copies(monkeypatch):
-    """The solves here start without kept plans, compiled copies or warm keys (a copy kept
-    by an earlier test in the process, inductor's for the same solver and settings, would
-    otherwise serve them and recompile through inductor for their f), and the fallback's
-    compiled steps run by dynamo's eager backend too."""
-    import neuralode._attempt as attempt
-    import neuralode._loop as loop
-    import neuralode.controllers.pi as pi
-
-    for module, name in (
-        (_compile, "_COMPILED"), (_whole_plan, "_PLANS"), (_whole_plan, "_COPIES"),
-        (_warm, "_ENTRIES"),
-    ):  # fmt: skip
-        monkeypatch.setattr(module, name, {})
-
-    def traced_only(fn, key, **options):
-        return _compile.compiled(fn, key, **{"backend": "eager", **options})
-
-    for module in (attempt, loop, pi):
-        monkeypatch.setattr(module, "compiled", traced_only)
 
 
 def decay(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

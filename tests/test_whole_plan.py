@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import neuralode as no
-from neuralode import _compile, _warm, _whole_plan
+from neuralode import _whole_plan
 from neuralode.models import MLPDynamics
 
 # plans, guards and recompiles are dynamo's: the whole solve's graphs run uncompiled by
@@ -26,29 +26,6 @@ pytestmark = [
 
 
 TS = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
-
-
-@pytest.fixture(autouse=True)
-def own_compiled_copies(monkeypatch):
-    """The solves here start without kept plans, compiled copies or warm keys (a copy kept
-    by an earlier test in the process, inductor's for the same solver and settings, would
-    otherwise serve them and recompile through inductor for their f), and the fallback's
-    compiled steps run by dynamo's eager backend too."""
-    import neuralode._attempt as attempt
-    import neuralode._loop as loop
-    import neuralode.controllers.pi as pi
-
-    for module, name in (
-        (_compile, "_COMPILED"), (_whole_plan, "_PLANS"), (_whole_plan, "_COPIES"),
-        (_warm, "_ENTRIES"),
-    ):  # fmt: skip
-        monkeypatch.setattr(module, name, {})
-
-    def traced_only(fn, key, **options):
-        return _compile.compiled(fn, key, **{"backend": "eager", **options})
-
-    for module in (attempt, loop, pi):
-        monkeypatch.setattr(module, "compiled", traced_only)
 
 
 def same(compiled: no.Solution, eager: no.Solution) -> None:
@@ -152,7 +129,7 @@ def test_past_torchs_recompile_limit_each_step_is_compiled_instead(monkeypatch):
     import neuralode._loop as loop
     import neuralode.controllers.pi as pi
 
-    steps, traced_only = [], loop.compiled  # (own_compiled_copies')
+    steps, traced_only = [], loop.compiled  # (steps_traced_only's)
 
     def recorded(fn, *args, **options):
         steps.append(fn)

@@ -1,6 +1,6 @@
 """Neural SDE against torchsde (see ``neuralode.bench.sde``): euler / milstein / srk, forward
-and forward + adjoint backward on the same Brownian motion, and the adjoint's memory at 100 and
-1000 steps.
+and forward + adjoint backward on the same Brownian motion, and the adjoint's memory at 128 and
+1024 steps.
 
     flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_sde.py
     python benchmarks/bench_sde.py --repeats 1      # a smoke run
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         "--memory-steps",
         type=positive_int,
         nargs="+",
-        default=[100, 1000],
+        default=[128, 1024],
         help="the numbers of steps of the memory study",
     )
     args = parser.parse_args(argv)

@@ -224,12 +224,12 @@ def run(args: argparse.Namespace) -> int:
 
         sde_rows = sde.run(repeats)
         sections.append(
-            "### Neural SDE vs torchsde: diagonal noise, batch 512, state 8, dt 1e-2 on [0, 1], "
+            "### Neural SDE vs torchsde: diagonal noise, batch 512, state 8, dt 2^-7 on [0, 1], "
             "float32, the same Brownian motion (median times)\n\n" + sde.table(sde_rows)
         )
         sections.append(
             "### SDE adjoint memory: extra peak RSS of forward + backward, euler forward, "
-            "batch 512, state 8\n\n" + sde.memory_table(sde.memory((100, 1000)))
+            "batch 512, state 8\n\n" + sde.memory_table(sde.memory((128, 1024)))
         )
     if begins("cde"):
         from . import cde

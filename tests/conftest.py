@@ -185,7 +185,7 @@ def accuracy_factor(name: str) -> float:
 
 
 def asymptotic_errors(
-    error_with_steps: Callable[[int], float], points: int = 5
+    error_with_steps: Callable[[int], float], points: int = 5, most_steps: int = STEP_COUNTS[-1]
 ) -> tuple[list[float], list[float]]:
     """(step counts, errors) for the fit of an empirical order on a fixed grid.
 
@@ -193,10 +193,12 @@ def asymptotic_errors(
     ``ROUNDOFF_PER_STEP * n`` of round-off, and the last ``points`` counts with errors below
     ``ERROR_CEILING`` (skipping counts where an implicit method's Newton iteration fails)
     are the ones closest to the asymptotic regime that rounding does not
-    disturb. At least four are required.
+    disturb. At least four are required. ``most_steps``: the sweep's last step count.
     """
     counts, errors = [], []
     for n in STEP_COUNTS:
+        if n > most_steps:
+            break
         try:
             error = error_with_steps(n)
         except NewtonError:  # an implicit method's steps are too long for its iteration

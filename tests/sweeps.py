@@ -30,9 +30,4 @@ def asymptotic_errors_on_fraction(
 ) -> tuple[list[int], list[float]]:
     """``asymptotic_errors`` of ``error_with_steps`` (the error on span / k with n steps),
     at most ``256 / k`` steps."""
-
-    def capped(n: int) -> float:
-        # an error of 0 reads as round-off, which ends the sweep
-        return error_with_steps(n) if n * k <= STEP_COUNTS[-1] else 0.0
-
-    return asymptotic_errors(capped)
+    return asymptotic_errors(error_with_steps, most_steps=STEP_COUNTS[-1] // k)

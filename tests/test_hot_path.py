@@ -70,6 +70,7 @@ def tree_field(t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]):
     return field(t, a), -b * (1 + t)
 
 
+@pytest.mark.usefixtures("steps_traced_only")
 def test_compile_step_takes_the_eager_steps_and_reuses_its_graphs(monkeypatch):
     """compile_step=True in the standard loop (each step with its error ratio as one graph,
     f(t0, y0) with the initial step size as another): the eager loop's steps, rejections,
@@ -80,17 +81,15 @@ def test_compile_step_takes_the_eager_steps_and_reuses_its_graphs(monkeypatch):
     test_compile_step_matches_eager_for_every_explicit_method)."""
     import neuralode._loop as loop
     import neuralode.controllers.pi as pi
-    from neuralode import _compile
 
-    monkeypatch.setattr(_compile, "_COMPILED", {})  # (copies of their own, not inductor's)
-    steps = []
+    steps, traced_only = [], loop.compiled  # (steps_traced_only's)
 
-    def traced_only(fn, key, **options):
+    def recorded(fn, *args, **options):
         steps.append(fn)
-        return _compile.compiled(fn, key, **{"backend": "eager", **options})
+        return traced_only(fn, *args, **options)
 
     for module in (loop, pi):
-        monkeypatch.setattr(module, "compiled", traced_only)
+        monkeypatch.setattr(module, "compiled", recorded)
     torch._dynamo.reset()
 
     def run(scale: float, t_end: float, compile_step: bool, first_step=None, f=tree_field):

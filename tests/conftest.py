@@ -57,7 +57,7 @@ def steps_traced_only(monkeypatch):
     copies, plans and warm keys (a copy kept by an earlier test in the process, inductor's
     for the same solver and settings, would serve its solves and recompile through inductor
     for their f); the process's caches come back afterwards, so no later test runs a graph
-    made here."""
+    made here. Its value: the functions compiled, in order."""
     from neuralode import _attempt, _compile, _loop, _warm, _whole_plan
     from neuralode.controllers import pi
 
@@ -67,11 +67,15 @@ def steps_traced_only(monkeypatch):
     ):  # fmt: skip
         monkeypatch.setattr(module, name, {})
 
+    steps: list[Callable] = []
+
     def traced_only(fn: Callable, key: Any, **options: Any) -> Any:
+        steps.append(fn)
         return _compile.compiled(fn, key, **{"backend": "eager", **options})
 
     for module in (_attempt, _loop, pi):
         monkeypatch.setattr(module, "compiled", traced_only)
+    return steps
 
 
 @pytest.fixture

@@ -70,8 +70,7 @@ def tree_field(t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]):
     return field(t, a), -b * (1 + t)
 
 
-@pytest.mark.usefixtures("steps_traced_only")
-def test_compile_step_takes_the_eager_steps_and_reuses_its_graphs(monkeypatch):
+def test_compile_step_takes_the_eager_steps_and_reuses_its_graphs(steps_traced_only):
     """compile_step=True in the standard loop (each step with its error ratio as one graph,
     f(t0, y0) with the initial step size as another): the eager loop's steps, rejections,
     NFE and outputs, on a tuple state (mixed norm) with several outputs and a jump, with a
@@ -82,14 +81,6 @@ def test_compile_step_takes_the_eager_steps_and_reuses_its_graphs(monkeypatch):
     import neuralode._loop as loop
     import neuralode.controllers.pi as pi
 
-    steps, traced_only = [], loop.compiled  # (steps_traced_only's)
-
-    def recorded(fn, *args, **options):
-        steps.append(fn)
-        return traced_only(fn, *args, **options)
-
-    for module in (loop, pi):
-        monkeypatch.setattr(module, "compiled", recorded)
     torch._dynamo.reset()
 
     def run(scale: float, t_end: float, compile_step: bool, first_step=None, f=tree_field):
@@ -110,7 +101,7 @@ def test_compile_step_takes_the_eager_steps_and_reuses_its_graphs(monkeypatch):
         for got, want in zip(compiled.ys, eager.ys):
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
-    assert loop._attempt in steps and pi.first_evaluations in steps
+    assert loop._attempt in steps_traced_only and pi.first_evaluations in steps_traced_only
     with torch._dynamo.config.patch(error_on_recompile=True):
         again = run(0.8, 2.8, True)
     assert again.stats == run(0.8, 2.8, False).stats

@@ -122,21 +122,12 @@ def test_a_controller_with_tensor_tolerances_gets_a_plan_of_its_own_solve():
     )
 
 
-def test_past_torchs_recompile_limit_each_step_is_compiled_instead(monkeypatch):
+def test_past_torchs_recompile_limit_each_step_is_compiled_instead(steps_traced_only):
     """More whole-solve graphs of one solver than torch's ``recompile_limit``: the solve
     warns, naming the limit, and compiles each step instead (the eager results), rather
     than raising torch's FailOnRecompileLimitHit."""
     import neuralode._loop as loop
-    import neuralode.controllers.pi as pi
 
-    steps, traced_only = [], loop.compiled  # (steps_traced_only's)
-
-    def recorded(fn, *args, **options):
-        steps.append(fn)
-        return traced_only(fn, *args, **options)
-
-    for module in (loop, pi):
-        monkeypatch.setattr(module, "compiled", recorded)
     y0 = torch.tensor([[1.0, -0.5]], dtype=torch.float64)
     fields = [lambda t, y, k=k: -k * y for k in (1.0, 2.0, 3.0)]
     with torch._dynamo.config.patch(recompile_limit=1), pytest.warns(UserWarning) as caught:
@@ -145,7 +136,7 @@ def test_past_torchs_recompile_limit_each_step_is_compiled_instead(monkeypatch):
                 compiled = no.solve(f, y0, TS, compile=True)
                 same(compiled, no.solve(f, y0, TS))
     assert any("recompile_limit" in str(w.message) for w in caught)
-    assert loop._attempt in steps
+    assert loop._attempt in steps_traced_only
 
 
 def test_an_unhashable_f_gets_a_plan_of_its_own_solve():

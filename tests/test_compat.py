@@ -50,6 +50,68 @@ def test_fixed_methods_match_torchdiffeq_on_the_grid(method: str) -> None:
     torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("interp", [None, "linear", "cubic"])
+@pytest.mark.parametrize("method", SHARED_FIXED)
+def test_fixed_methods_match_torchdiffeq_between_grid_points(method: str, interp) -> None:
+    """Output times off the grid of step_size, forwards and backwards in time: the same
+    interpolation as torchdiffeq's (linear by default) and the same evaluations of f, less
+    those torchdiffeq repeats."""
+    options = {"step_size": 0.1} if interp is None else {"step_size": 0.1, "interp": interp}
+    for t in (
+        torch.tensor([0.03, 0.25, 0.5, 1.37], dtype=F64),
+        torch.tensor([1.0, 0.72, 0.05], dtype=F64),
+    ):
+        counts = []
+        for library in (no, torchdiffeq):
+            calls = []
+
+            def f(t, y, calls=calls):
+                calls.append(t)
+                return linear(t, y)
+
+            ys = library.odeint(f, Y0, t, method=method, options=dict(options))
+            counts.append((ys, len(calls)))
+        (ours, ours_calls), (theirs, theirs_calls) = counts
+        torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-13)
+        if interp == "cubic":  # torchdiffeq evaluates f(t1, y1) again for each output
+            assert ours_calls == theirs_calls - (len(t) - 1)
+        else:
+            assert ours_calls == theirs_calls
+
+
+@pytest.mark.parametrize(
+    "method, shape", [("rk4", (3, 2)), ("midpoint", (3, 2)), ("leapfrog", None)]
+)
+@pytest.mark.parametrize("interp", ["linear", "cubic"])
+def test_fixed_methods_per_sample_interpolate_as_each_sample_alone(method, shape, interp) -> None:
+    """options=dict(per_sample=True) on fixed grids: each sample's own output times, written
+    by the same interpolation between its grid points as its solve alone."""
+    ts = torch.tensor([[0.0, 0.25, 1.0], [0.0, 0.33, 0.7], [0.1, 0.5, 2.0]], dtype=F64)
+    options = {"step_size": 0.1, "interp": interp}
+    if shape is None:  # a pendulum as a pair (q, p)
+
+        def f(t, state):
+            q, p = state
+            return p, -torch.sin(q)
+
+        y0 = (torch.tensor([[1.0], [0.5], [0.2]], dtype=F64), torch.zeros(3, 1, dtype=F64))
+    else:
+
+        def f(t, y):
+            return y @ A.T + torch.sin(3 * t).reshape(-1, *[1] * (y.ndim - 1))
+
+        y0 = torch.arange(6, dtype=F64).reshape(shape) / 5
+    ys = no.odeint(f, y0, ts, method=method, options={**options, "per_sample": True})
+    for i in range(3):
+        alone = no.odeint(f, tuple(y[i] for y in y0) if shape is None else y0[i], ts[i],
+                          method=method, options=options)  # fmt: skip
+        if shape is None:
+            for y, y_alone in zip(ys, alone, strict=True):
+                torch.testing.assert_close(y[:, i], y_alone, rtol=1e-14, atol=1e-14)
+        else:
+            torch.testing.assert_close(ys[:, i], alone, rtol=1e-14, atol=1e-14)
+
+
 @pytest.mark.parametrize("method", SHARED_ADAPTIVE)
 def test_adaptive_methods_are_as_accurate_as_torchdiffeq(method: str) -> None:
     ours = no.odeint(linear, Y0, T, method=method, rtol=1e-6, atol=1e-8)

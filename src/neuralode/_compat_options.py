@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import warnings
@@ -19,7 +18,7 @@ from .adjoint.params import resolve_params
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers import method_class, method_names
-from .solvers.base import Solver, Step, hermite_interpolate
+from .solvers.base import RowFacts, Solver, Step, hermite, hermite_interpolate
 from .solvers.explicit_rk import ExplicitRK
 
 # options of the forward solve's execution, passed to ``solve`` (not to the adjoint's):
@@ -48,7 +47,7 @@ _ADAPTIVE_OPTIONS = {
 }
 _FIXED_OPTIONS = {
     "step_size", "grid_constructor", "perturb", "interp", "max_num_steps", "compile_step",
-    "compile", "throw", "progress_meter",
+    "compile", "per_sample", "throw", "progress_meter",
 }  # fmt: skip
 _INTERPOLATIONS = ("linear", "cubic")
 # torchdiffeq's other names for our methods
@@ -126,15 +125,16 @@ def _parse(
         if options.get("grid_constructor") is not None:
             constructor = _grid_constructor(options["grid_constructor"], func, y0, t)
         controller = FixedGrid(step_size=options.get("step_size"), constructor=constructor)
-        interp = options.get("interp")
-        if interp is not None:
-            if interp not in _INTERPOLATIONS:
-                raise ValueError(f"option interp must be one of {_INTERPOLATIONS}, got {interp!r}")
-            probe = _with_interpolation(probe, interp)
+        # torchdiffeq's default: outputs between grid points interpolated linearly
+        interp = options.get("interp", "linear")
+        if interp not in _INTERPOLATIONS:
+            raise ValueError(f"option interp must be one of {_INTERPOLATIONS}, got {interp!r}")
+        probe = _with_interpolation(probe, interp)
         extra["perturb"] = bool(options.get("perturb", False))
         extra["compile_step"] = bool(options.get("compile_step", False))
-        if options.get("compile"):
-            extra["compile"] = options["compile"]
+        for key in ("compile", "per_sample"):
+            if options.get(key):
+                extra[key] = options[key]
     return probe, controller, extra
 
 
@@ -266,33 +266,90 @@ def _backward_norm_of(
 
 
 def _with_interpolation(solver: Solver, kind: str) -> Solver:
-    """``solver`` (a fixed-grid method) with torchdiffeq's ``interp`` between grid points:
-    ``"linear"`` between the ends of a step, or ``"cubic"`` Hermite through their values and
-    derivatives. The copy's class is a subclass of the solver's, so that checks and caches
-    keyed on the class still apply."""
+    """``solver`` (a fixed-grid method) with torchdiffeq's ``interp`` between grid points in
+    every mode (one problem, per sample, the compiled solve, event location): ``"linear"``
+    between the ends of a step, or ``"cubic"`` Hermite through their values and
+    derivatives (the symplectic methods' row solvers are that already). The copy's class
+    is a subclass of the solver's, so that checks and caches keyed on the class still
+    apply."""
     cls = type(solver)
     key = (cls, kind)
     sub = _INTERPOLATED.get(key)
     if sub is None:
-        method = _linear_interpolate if kind == "linear" else _cubic_interpolate
-        sub = type(cls.__name__, (cls,), {"interpolate": method, "__module__": cls.__module__})
+        between = _LinearBetweenGridPoints if kind == "linear" else _CubicBetweenGridPoints
+        sub = type(cls.__name__, (between, cls), {"__module__": cls.__module__})
         _INTERPOLATED[key] = sub
-    interpolated = copy.copy(solver)
-    interpolated.__class__ = sub
+    interpolated = object.__new__(sub)
+    interpolated.__dict__.update(solver.__dict__)
     return interpolated
 
 
 _INTERPOLATED: dict[tuple[type, str], type] = {}
 
 
-def _linear_interpolate(self: Solver, term: Any, step: Step, thetas: torch.Tensor) -> torch.Tensor:
-    th = thetas.to(device=step.y0.device, dtype=term.time_dtype)[:, None]
-    return step.y0 + th * (step.y1 - step.y0)
+class _LinearBetweenGridPoints:
+    """torchdiffeq's ``interp="linear"``: y0 + theta (y1 - y0), which needs no evaluation
+    of f beyond the step's own. Placed before a solver's class (``_with_interpolation``)."""
+
+    dense_extra_stages = 0
+
+    def interpolate(self, term: Any, step: Step, thetas: torch.Tensor) -> torch.Tensor:
+        return self.dense(step.y0, step.y1, step.dt, None, None, thetas)
+
+    def dense(
+        self,
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        h: Any,
+        stacked: torch.Tensor | None,
+        f1: torch.Tensor | None,
+        theta: torch.Tensor,
+        derivative: bool = False,
+    ) -> torch.Tensor:
+        th = theta.to(device=y0.device, dtype=y0.real.dtype)[:, None]
+        if derivative:
+            return torch.zeros_like(th) + (y1 - y0) / h
+        return y0 + th * (y1 - y0)
+
+    def row_facts(self, like: torch.Tensor) -> RowFacts:
+        return super().row_facts(like)._replace(needs_f1=False)  # type: ignore[misc]
+
+    def for_rows(self, term: Any, like: torch.Tensor) -> Any:
+        rows = super().for_rows(term, like)  # type: ignore[misc]
+        if rows is self:
+            return rows
+        # a method's own row solver (the symplectic methods'): linear between its ends too
+        rows = _with_interpolation(rows, "linear")
+        rows.dense_extra_stages = 0
+        return rows
 
 
-def _cubic_interpolate(self: Solver, term: Any, step: Step, thetas: torch.Tensor) -> torch.Tensor:
-    f0 = step.stages[0] if isinstance(self, ExplicitRK) else term(step.t0, step.y0)
-    return hermite_interpolate(term, step, thetas, f0)
+class _CubicBetweenGridPoints:
+    """torchdiffeq's ``interp="cubic"``: cubic Hermite through (y0, f0) and (y1, f1), f0
+    the step's first stage (or f(t0, y0) for a method without stages). Placed before a
+    solver's class (``_with_interpolation``)."""
+
+    dense_extra_stages = 0
+
+    def interpolate(self, term: Any, step: Step, thetas: torch.Tensor) -> torch.Tensor:
+        f0 = step.stages[0] if isinstance(self, ExplicitRK) else term(step.t0, step.y0)
+        return hermite_interpolate(term, step, thetas, f0)
+
+    def dense(
+        self,
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        h: Any,
+        stacked: torch.Tensor | None,
+        f1: torch.Tensor | None,
+        theta: torch.Tensor,
+        derivative: bool = False,
+    ) -> torch.Tensor:
+        th = theta.to(device=y0.device, dtype=y0.real.dtype)[:, None]
+        return hermite(th, y0, y1, stacked[0], f1, h, derivative)
+
+    def row_facts(self, like: torch.Tensor) -> RowFacts:
+        return super().row_facts(like)._replace(needs_f1=True)  # type: ignore[misc]
 
 
 def _tolerance(name: str, value: Any, y0: Any, spec: Any) -> float | torch.Tensor:

@@ -71,7 +71,8 @@ def odeint(
         options: torchdiffeq's method options (``step_size``, ``first_step``, ``max_num_steps``
             (``None``: no limit), ``step_t``, ``jump_t``, ``perturb``, ``norm``,
             ``grid_constructor``, ...; fixed-grid methods take ``interp="linear" | "cubic"``,
-            torchdiffeq's interpolation between grid points, also used to locate events) and
+            torchdiffeq's interpolation between grid points, ``"linear"`` by default, also
+            used to locate events) and
             this library's solve flags
             (``per_sample``, ``compile``, ``throw``, and the older ``skip_finished``,
             ``compile_step``, ``device_loop``, ``cuda_graph``; see

@@ -693,6 +693,10 @@ def test_adjoint_with_logqp_and_adjoint_params():
     sde.h = lambda t, y: -y
     y0 = torch.tensor([[0.3, -0.2]], dtype=F64, requires_grad=True)
     # with logqp, diagonal noise has one more (zero) channel for the log-ratio, as in torchsde
+    short = nsde.BrownianInterval(0, 1, size=(1, 2), dtype=F64)
+    for solve in (nsde.sdeint, nsde.sdeint_adjoint):  # the refusal names the channel
+        with pytest.raises(ValueError, match=r"logqp=True .* size=\(batch, 3\)"):
+            solve(sde, y0, TS, bm=short, dt=2**-6, logqp=True)
     bm = nsde.BrownianInterval(0, 1, size=(1, 3), dtype=F64, entropy=3)
     ys, logqp = nsde.sdeint_adjoint(
         sde, y0, TS, bm=bm, dt=2**-6, logqp=True, adjoint_params=(sde.w,)

@@ -317,7 +317,16 @@ def check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp) -> 
         raise ValueError("Evaluation times `ts` must be a 1-D Tensor or list/tuple of floats.")
     ts_list = [float(t) for t in ts.detach().cpu()]
     check_output_times(ts_list)
-    batch, noise = check_sde_fits(sde, y0, ts[0], ts_list, bm)
+    try:
+        batch, noise = check_sde_fits(sde, y0, ts[0], ts_list, bm)
+    except ValueError as error:
+        if logqp and bm is not None and sde.noise_type == NOISE_TYPES.diagonal:
+            raise ValueError(
+                f"{error} With logqp=True the state carries the log-ratio as one more channel, "
+                "and diagonal noise one more noise channel: give the Brownian motion size=(batch, "
+                f"{y0.size(1)}) (the state's channels plus one), or leave bm out."
+            ) from None
+        raise
     if bm is None:
         levy = {
             METHODS.srk: LEVY_AREA_APPROXIMATIONS.space_time,

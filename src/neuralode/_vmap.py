@@ -53,6 +53,16 @@ def _batched_at(x: torch.Tensor, level: int) -> bool:
     return functorch.is_batchedtensor(x) and functorch.maybe_get_level(x) == level
 
 
+def _batched_within(x: torch.Tensor, level: int) -> bool:
+    """Whether ``x`` is batched at vmap ``level``, also beneath the wrappers of transforms the
+    solve applies inside it (an implicit method's Jacobian by ``torch.func.vjp``)."""
+    while functorch.is_functorch_wrapped_tensor(x):
+        if _batched_at(x, level):
+            return True
+        x = functorch.get_unwrapped(x)
+    return False
+
+
 def solve_vmapped(
     solve: Callable[..., Any], func: Callable, y0: Any, ts: torch.Tensor, level: int, kwargs: dict
 ) -> Any:
@@ -139,12 +149,13 @@ def _solve_one_by_one(
 
     def unbatched(out: Any) -> Any:
         _, leaves = tree_spec(out, "func's output")
-        if any(_batched_at(x, level) for x in leaves):
+        if any(_batched_within(x, level) for x in leaves):
             raise ValueError(
-                "under torch.func.vmap with a method per-sample mode cannot run, func "
-                "captured a tensor batched by the same vmap (e.g. a per-problem parameter): "
-                "carry it in the state instead (as a constant channel with zero derivative), "
-                "or use an adaptive explicit Runge-Kutta method"
+                f"under torch.func.vmap {kwargs['solver']!r} solves the problems one after the "
+                "other (per-sample mode cannot run it, or an option it takes), and func captured "
+                "a tensor batched by the same vmap (e.g. a per-problem parameter), which a lone "
+                "problem cannot take: carry it in the state instead (as a constant channel with "
+                "zero derivative), or use an explicit Runge-Kutta method"
             )
         return out
 

@@ -207,6 +207,63 @@ def test_gradients_direct_backsolve_and_alone_agree():
     assert 0 < backward_steps <= 1.1 * batched.stats.n_steps_backward
 
 
+class _MLPField(torch.nn.Module):
+    """An MLP field with one rate per sample: the samples take different steps."""
+
+    def __init__(self, batch: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2)
+        ).double()
+        self.rates = torch.linspace(0.5, 4.0, batch, dtype=torch.float64)[:, None]
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.rates * self.net(y) * torch.cos(t).reshape(-1, 1)  # (t: per sample or 0-dim)
+
+
+@pytest.mark.parametrize(
+    "case", ["adaptive", "fixed", "own times", "time gradients", "event", "device loop"]
+)
+def test_checkpointed_per_sample_gives_directs_gradients_keeping_no_activations(case):
+    """Checkpointed() per sample: each attempt and each evaluation of f a checkpoint, so the
+    gradients are Direct()'s to the bit, the graph saves none of f's activations, and the
+    backward pass evaluates f again (counted in nfe_backward)."""
+    field = _MLPField(4)
+    y0 = torch.linspace(-1.0, 1.0, 8, dtype=torch.float64).reshape(4, 2).requires_grad_(True)
+    ts = torch.linspace(0.0, 2.0, 4, dtype=torch.float64)
+    kwargs = dict(controller=PIController(1e-7, 1e-9), per_sample=True)
+    if case == "fixed":
+        kwargs.update(solver="rk4", controller=neuralode.FixedGrid(step_size=0.1))
+    if case == "own times":
+        ts = torch.stack([ts, ts / 2, ts + 1, ts.flip(0)[:1].expand(4) * torch.arange(4.0) / 3])
+    if case == "time gradients":
+        ts = ts.clone().requires_grad_(True)
+    if case == "event":
+        kwargs["event"] = neuralode.Event(lambda t, y: y[:, 0] - 0.2)
+    if case == "device loop":
+        kwargs.update(per_sample=False, device_loop=True)
+    inputs = [y0, *field.parameters(), *([ts] if ts.requires_grad else [])]
+    results = {}
+    for gradient in (Direct(), Checkpointed()):
+        saved = []
+
+        def pack(x: torch.Tensor, saved: list = saved) -> torch.Tensor:
+            saved.append(x.numel())  # (those a checkpoint saves are its own)
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            sol = solve(field, y0, ts, gradient=gradient, **kwargs)
+        loss = sol.ys.square().sum() + (0 if sol.event_t is None else sol.event_t.sum())
+        results[type(gradient).__name__] = (torch.autograd.grad(loss, inputs), sum(saved), sol)
+    (direct, saved_direct, _), (grads, saved, sol) = results["Direct"], results["Checkpointed"]
+    for ours, theirs in zip(grads, direct, strict=True):
+        assert torch.equal(ours, theirs)
+    assert saved < saved_direct / 5  # the hidden layer's activations: 64 per row, each stage
+    # every evaluation again but the first step size's (and the time gradients' f at ts)
+    assert 0 <= sol.stats.nfe - sol.stats.nfe_backward <= 2 + ts.shape[-1]
+
+
 def test_odeint_adjoint_per_sample():
     mu, y0, ts = problem(3)
     field = VanDerPol(mu)
@@ -239,8 +296,14 @@ def test_errors_are_named():
         solve(field, y0, ts, solver="implicit_euler", per_sample=True)
     with pytest.raises(ValueError, match="rk4 has no error estimate.*FixedGrid"):
         solve(field, y0, ts, solver=neuralode.RK4(), controller=PIController(), per_sample=True)
-    with pytest.raises(ValueError, match="Direct.. and Backsolve"):
-        solve(field, y0, ts, gradient=Checkpointed(), per_sample=True)
+    with pytest.raises(ValueError, match=r"Direct\(\), Backsolve\(\) and Checkpointed"):
+        solve(field, y0, ts, gradient=neuralode.Reversible(), per_sample=True)
+    with pytest.raises(
+        ValueError, match="Checkpointed.. with per_sample=True checkpoints the eager"
+    ):
+        solve(field, y0, ts, gradient=Checkpointed(), per_sample=True, compile="step")
+    with pytest.raises(ValueError, match="Checkpointed.. with skip_finished=True"):
+        solve(field, y0, ts, gradient=Checkpointed(), per_sample="skip_finished")
     with pytest.raises(MaxStepsError, match="sample 1 reached max_steps=20"):
         solve(field, y0, ts, controller=PIController(RTOL, ATOL), max_steps=20, per_sample=True)
 
@@ -757,7 +820,7 @@ def test_device_loop_rejects_what_it_does_not_support():
     with pytest.raises(ValueError, match="device_loop=True does not support norm, perturb"):
         solve(field, y0, ts, device_loop=True, norm=lambda x: x.abs().max(), perturb=True)
     with pytest.raises(ValueError, match="device_loop=True supports the gradients"):
-        solve(field, y0, ts, device_loop=True, gradient=Checkpointed())
+        solve(field, y0, ts, device_loop=True, gradient=neuralode.Reversible())
     with pytest.raises(ValueError, match="device_loop=True supports the explicit Runge-Kutta"):
         solve(field, y0, ts, device_loop=True, solver="implicit_euler")
     with pytest.raises(ValueError, match="device_loop=True needs a PIController or a FixedGrid"):

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch._C._functorch import is_functorch_wrapped_tensor
 
+from ._checkpoint_rows import Recomputed
 from ._compile import compiled
 from ._cuda_graph import GraphedStep
 from ._finite_graph import finite_step
@@ -194,7 +195,8 @@ class Attempts:
     attempt (``evaluations_per_attempt``), and every later one runs uncounted and adds them.
 
     An attempt recorded for autograd is read once for non-finite rows, which are then kept
-    out of its graph (``_finite_graph``).
+    out of its graph (``_finite_graph``). With ``Checkpointed()`` each eager attempt is a
+    checkpoint (``_checkpoint_rows``), its recomputations counted in ``stats``.
     """
 
     def __init__(
@@ -207,6 +209,7 @@ class Attempts:
         y0_flat: torch.Tensor,
         keep_steps: bool,
         most_pending: int,
+        stats: Any = None,
     ):
         self.term, self.f, self.solver, self.sign = term, f, k.solver, k.sign
         self.brownian = facts.brownian
@@ -224,6 +227,8 @@ class Attempts:
                 buffer = term.stage_buffer(facts.stages, y0_flat)  # stages reused by every step
         call = f.uncounted if self.count_outside else f
         self.run = functools.partial(step_fn, call, k, buffer)
+        if config.checkpoint_attempts:  # (eager attempts: ``Checkpointed`` refuses compile)
+            self.run = Recomputed(self.run, f, stats, attempts=True)
         # an attempt recorded for autograd is checked for non-finite rows (``finite_step``)
         self.guard, self.call, self.constants = torch.is_grad_enabled(), call, k
         self.counted = functools.partial(attempt, f, k, None)  # (SDE rows' first attempt)

@@ -163,6 +163,7 @@ class Execution:
         if not self.device:
             return
         from .adjoint.backsolve import Backsolve
+        from .adjoint.checkpointed import Checkpointed
         from .adjoint.direct import Direct
 
         what = "per_sample=True" if self.per_sample else "device_loop=True"
@@ -205,10 +206,24 @@ class Execution:
         if given:
             raise ValueError(f"{what} does not support {', '.join(given)}")
         gradient = options["gradient"]
-        if gradient is not None and not isinstance(gradient, (Direct, Backsolve)):
+        if gradient is not None and not isinstance(gradient, (Direct, Backsolve, Checkpointed)):
             raise ValueError(
-                f"{what} supports the gradients Direct() and Backsolve(), got {gradient!r}"
+                f"{what} supports the gradients Direct(), Backsolve() and Checkpointed(), got "
+                f"{gradient!r}"
             )
+        if isinstance(gradient, Checkpointed):  # it checkpoints the eager step attempts
+            if self.compile is not None or self.cuda_graph:
+                raise ValueError(
+                    f"Checkpointed() with {what} checkpoints the eager step attempts: solve "
+                    "without compile and cuda_graph, or use gradient=Direct() (compiled "
+                    "attempts) or Backsolve() (the compiled whole solve)"
+                )
+            if self.skip_finished:
+                raise ValueError(
+                    "Checkpointed() with skip_finished=True: a recomputed attempt would see "
+                    "the samples running when the backward pass runs; solve without "
+                    "skip_finished"
+                )
         only = controller.per_sample_only if isinstance(controller, FixedGrid) else None
         if only is not None and not self.per_sample:
             raise ValueError(

@@ -52,6 +52,8 @@ class LoopConfig:
     # the compiled whole solve's plans by direction of time, kept for warm calls (``_warm``)
     whole_plans: dict[float, Any] | None = None
     progress: Any = None  # ``_progress._Tracker``: the solve's progress meter, or None
+    # the device loop's attempts as checkpoints (``Checkpointed()``: ``_checkpoint_rows``)
+    checkpoint_attempts: bool = False
 
     @property
     def per_sample(self) -> bool:

@@ -60,6 +60,7 @@ import torch
 
 from ._attempt import Attempts, Constants, retried_unchanged
 from ._batch_term import BatchTerm
+from ._checkpoint_rows import Recomputed
 from ._errors import MaxStepsError, f0_not_finite
 from ._finite_graph import FiniteGraph
 from ._host import across, plain, wrapped
@@ -142,6 +143,8 @@ def integrate_per_sample(
 
     # f outside the attempts; recording a graph, without non-finite rows in it
     evaluate = FiniteGraph(f) if torch.is_grad_enabled() else f
+    if config.checkpoint_attempts:  # ``Checkpointed()``: kept as checkpoints
+        evaluate = Recomputed(evaluate, f, stats, attempts=False)
     points = landing_times(sign, config.step_t, config.jump_t, device)  # (None: none)
     # a sample starting on a jump evaluates f just past it
     t_first = start_times(points if config.jump_t else None, sign, t, term.time_dtype)
@@ -188,7 +191,7 @@ def integrate_per_sample(
         most_unchecked = _MAX_UNCHECKED
     most_pending = min(most_unchecked, _most_pending(stages, y)) if keep_steps else 1
     pending: list[_Reached] = []
-    attempt = Attempts(term, f, constants, config, facts, y0_flat, keep_steps, most_pending)
+    attempt = Attempts(term, f, constants, config, facts, y0_flat, keep_steps, most_pending, stats)
     if events is not None:
         events.start(t, y)
     needs_f1 = facts.needs_f1

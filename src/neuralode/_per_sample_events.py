@@ -32,6 +32,7 @@ from ._status import Status
 from .adjoint._backward import adjoint_backward
 from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy, Problem
+from .adjoint.checkpointed import Checkpointed
 from .adjoint.direct import Direct
 from .adjoint.params import resolve_params
 from .controllers._ops import indistinct
@@ -40,7 +41,8 @@ from .controllers._ops import indistinct
 def solve_with_sample_events(
     gradient: GradientStrategy, problem: Problem, event: Event
 ) -> Solution:
-    """A per-sample solve with ``event``; ``gradient`` is ``Direct()`` or ``Backsolve()``."""
+    """A per-sample solve with ``event``; ``gradient`` is ``Direct()``, ``Checkpointed()`` or
+    ``Backsolve()``."""
     spec, ts = problem.spec, problem.ts
     if torch.is_grad_enabled() and ts.requires_grad:
         raise ValueError(
@@ -49,7 +51,9 @@ def solve_with_sample_events(
     batch = int(spec.shapes[0][0])
     events = Events(event, problem.term, batch)
     config = replace(problem.config, events=events)
-    if isinstance(gradient, Direct):
+    if isinstance(gradient, (Direct, Checkpointed)):  # (Checkpointed: as checkpoints)
+        if isinstance(gradient, Checkpointed):
+            config = replace(config, checkpoint_attempts=True)
         ys = integrate(problem.term, problem.y0, problem.times, config, problem.stats)
     else:
         with torch.no_grad():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .adjoint.base import GradientStrategy, Problem
+from .adjoint.checkpointed import Checkpointed
 from .adjoint.direct import Direct
 
 
@@ -87,7 +88,7 @@ def run_spans(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:
     from ._loop import integrate
     from ._per_sample_events import backsolve_on_clocks
 
-    if isinstance(gradient, Direct):
+    if isinstance(gradient, (Direct, Checkpointed)):  # (per sample: one recorded solve)
         return gradient.run(problem)
     with torch.no_grad():
         values = integrate(problem.term, problem.y0, problem.times, problem.config, problem.stats)

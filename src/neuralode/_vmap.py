@@ -13,7 +13,7 @@ the batch is solved as one system; on each problem's own times they run per samp
 problem on its own grid. Where per-sample mode cannot run the solve (implicit
 methods, whose Newton iterations a batch would share, multistep methods, other
 controllers, ``norm``, a nested state on adaptive steps,
-``perturb``, callbacks, ``Checkpointed()``, spans in both directions), the problems are
+``perturb``, callbacks, spans in both directions), the problems are
 solved one after the other. Transforms applied outside ``vmap`` (``torch.func.grad``,
 ``jacrev``, ``jvp``) see ordinary differentiable operations.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -22,6 +23,13 @@ class Checkpointed(GradientStrategy):
     The backward pass walks the steps in reverse, recomputing one step at a time with
     autograd. One-step methods only. First-order: its gradients carry no graph (a backward
     pass with ``create_graph=True`` warns); ``Direct`` gives higher derivatives.
+
+    Per sample (``per_sample=True``, and ``device_loop=True``) every step attempt of the
+    batch and every evaluation of f outside one is a checkpoint
+    (``torch.utils.checkpoint``): the graph keeps their inputs (the rows' times, states and
+    f0) instead of f's activations, and the backward pass computes each again; the stages
+    of the steps that write outputs are kept too. It runs the eager step attempts: not with
+    ``compile``, ``cuda_graph`` or ``skip_finished``.
 
     Arguments:
         params: the tensors to differentiate with respect to; defaults to ``func.parameters()``
@@ -45,6 +53,10 @@ class Checkpointed(GradientStrategy):
         Raises:
             ValueError: the solver is a multistep method.
         """
+        config = problem.config
+        if config.execution.device:  # the device loop's attempts as checkpoints
+            config = replace(config, checkpoint_attempts=True)
+            return integrate(problem.term, problem.y0, problem.times, config, problem.stats)
         if problem.config.solver.multistep:
             raise ValueError(
                 f"Checkpointed gradients need a one-step method; {problem.config.solver.name} "

@@ -13,6 +13,7 @@ import neuralode as no
 from neuralode import _whole_linear
 from neuralode._whole_backend import (
     SMALL_ROWS,
+    define_operators,
     materialize,
     small_addmm,
     small_mm,
@@ -332,6 +333,10 @@ def test_materialize_is_an_identity_with_the_identity_gradient():
 def test_compiled_materialize_of_a_transposed_input_is_contiguous():
     x = torch.randn(6, 40)
     torch._dynamo.reset()
+    # the operators exist before a graph calling them is traced, as in a solve (its graphs
+    # call them only from the backend's decompositions, after it defines them): dynamo
+    # cannot trace their definition (``torch.library.Library``)
+    define_operators()
     compiled = torch.compile(
         lambda x: materialize(x.t()), backend=whole_solve_backend, fullgraph=True, dynamic=False
     )

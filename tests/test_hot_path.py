@@ -114,6 +114,30 @@ def test_compile_step_takes_the_eager_steps_and_reuses_its_graphs(steps_traced_o
         run(1.0, 3.0, True, f=nan_field)
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_compile_step_compiles_once_recording_a_graph_from_a_plain_y0(
+    per_sample, steps_traced_only
+):
+    """A training solve (f's parameters record a graph, y0 does not): the steps from y0 run
+    eagerly, so the compiled step sees one requires_grad and compiles once, with Direct()'s
+    gradients and the eager solve's steps and evaluations."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    y0 = torch.randn(3, 2)
+    ts = torch.linspace(0.0, 1.0, 3)
+    results = []
+    for compile in ("step", False):
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            sol = no.solve(lambda t, y: net(y), y0, ts, compile=compile, per_sample=per_sample)
+        results.append((sol, torch.autograd.grad(sol.ys.square().sum(), list(net.parameters()))))
+    (compiled, grads), (eager, eager_grads) = results
+    assert steps_traced_only  # (the steps were compiled)
+    assert compiled.stats.nfe == eager.stats.nfe and compiled.stats.n_steps == eager.stats.n_steps
+    torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-6, atol=1e-6)
+    for got, want in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 @needs_cxx
 @pytest.mark.slow  # one compilation per method: a few minutes in all on a 2-core CPU
 @pytest.mark.parametrize("method", RK_METHODS)

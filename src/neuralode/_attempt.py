@@ -232,6 +232,12 @@ class Attempts:
         # an attempt recorded for autograd is checked for non-finite rows (``finite_step``)
         self.guard, self.call, self.constants = torch.is_grad_enabled(), call, k
         self.counted = functools.partial(attempt, f, k, None)  # (SDE rows' first attempt)
+        # recording a graph from rows that record none, the first attempt runs eagerly: the
+        # compiled attempt then sees one requires_grad (the later rows', from f's parameters)
+        # and compiles once, not once for y0 and again for the rest
+        self.eager_first = (
+            config.compile_step and torch.is_grad_enabled() and not y0_flat.requires_grad
+        )
         if config.cuda_graph:
             if torch.is_grad_enabled():
                 raise ValueError(
@@ -253,13 +259,15 @@ class Attempts:
         """The attempt from ``t`` (``carried``: ``attempt``'s arguments after ``f0``;
         ``landing``: its landing points, an ODE's only)."""
         if not self.brownian:
+            eager, self.eager_first = self.eager_first, False
+            run = self.counted if eager else self.run
             if landing is None:
-                step = self.run(t, y, f0, *carried)
+                step = run(t, y, f0, *carried)
             else:
-                step = self.run(t, y, f0, *carried, None, landing)
+                step = run(t, y, f0, *carried, None, landing)
             if self.guard and step.y1.requires_grad:
                 step = self._without_non_finite(step, t, y, f0, carried, landing=landing)
-            if self.count_outside:
+            if self.count_outside and not eager:
                 self.f.count(self.calls)
             return step
         solver, term = self.solver, self.term

@@ -170,6 +170,10 @@ def _integrate(
     t, y = ts[0], y0
     start_jump = t in config.jump_t  # f jumps at t0: the solve starts from f just past it
     attempt = compiled(_attempt, type(solver)) if config.compile_step else None
+    # recording a graph from a y0 that records none, the steps from y0 run eagerly: the
+    # compiled step then sees one requires_grad (what f's parameters give the later states)
+    # and compiles once, not once for y0 and again for the rest
+    eager_from_y0 = torch.is_grad_enabled() and not y0.requires_grad
     if attempt is not None and isinstance(controller, PIController) and not start_jump:
         f0, proposal, control = controller.init_compiled(term, solver, ts, y, config.norm)
         state = solver.init(term, t, y, f0)
@@ -205,7 +209,7 @@ def _integrate(
         if callbacks is not None:
             callbacks.step(t, y, t1 - t)
         perturbed = config.perturb or at_jump
-        if attempt is None or perturbed or not solver.compiles(term):
+        if attempt is None or perturbed or not solver.compiles(term) or (eager_from_y0 and y is y0):
             step = solver.step(term, t, t1, y, state, perturbed)
             ratio = None
         else:

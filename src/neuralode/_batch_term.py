@@ -5,10 +5,15 @@ every tensor side by side (``_tree.flat_to_rows``), and given to f in its struct
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from ._term import ODETerm
 from ._tree import rows_tree, tree_rows
+
+# torch's messages for operands whose shapes do not broadcast
+_BROADCAST_FAILURE = re.compile(r"must match the size of tensor|broadcast|shape .* is invalid")
 
 
 class BatchTerm:
@@ -41,15 +46,12 @@ class BatchTerm:
         if rows is None:
             self.rows_evaluated += self.batch
             time = self._time(t)
+            if not term._checked:  # the first call: checked, f's own failure explained
+                return self._first(time, y)
             if self.nested:
                 out = term.func(time, rows_tree(term.spec, y))
-                if not term._checked:
-                    term._check(out, time)
                 return tree_rows(term.spec, out, self.batch, "func(t, y)'s output")
-            out = term.func(time, y.reshape(*self._reshape_args))
-            if not term._checked:
-                term._check(out, time)
-            return out.reshape(self.batch, -1)
+            return term.func(time, y.reshape(*self._reshape_args)).reshape(self.batch, -1)
         n = rows.shape[0]
         self.rows_evaluated += n
         t_rows, y_rows = t.index_select(0, rows), y.index_select(0, rows)
@@ -71,6 +73,27 @@ class BatchTerm:
             out = self.term.func(self._time(t), rows_tree(self.term.spec, y))
             return tree_rows(self.term.spec, out, self.batch, "func(t, y)'s output")
         return self.term.func(self._time(t), y.reshape(*self._reshape_args)).reshape(self.batch, -1)
+
+    def _first(self, time: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """f's first call on every sample, its output checked (``ODETerm._check``); where f
+        itself fails to broadcast one time per sample against the state (``t * y`` with t
+        (batch,) and y (batch, d)), the error says how to."""
+        term = self.term
+        state = rows_tree(term.spec, y) if self.nested else y.reshape(*self._reshape_args)
+        try:
+            out = term.func(time, state)
+        except RuntimeError as error:
+            if time.ndim != 1 or not _BROADCAST_FAILURE.search(str(error)):
+                raise
+            raise RuntimeError(
+                f"{error}. func(t, y) failed on the first call with one time per sample: per "
+                f"sample, t has shape {tuple(time.shape)}; broadcast it against y as "
+                "t[:, None] (or t.view(-1, *[1] * (y.ndim - 1)))"
+            ) from error
+        term._check(out, time)
+        if self.nested:
+            return tree_rows(term.spec, out, self.batch, "func(t, y)'s output")
+        return out.reshape(self.batch, -1)
 
     @property
     def halves(self) -> BatchTerm | None:

@@ -19,6 +19,8 @@ BAD_COUNTS = [
     ("bench_cnf_rnode", ["--batch", "-1"], "--batch: must be a positive integer, got -1"),
     ("bench_cnf_rnode", ["--tol", "0"], "--tol: must be a positive number, got 0"),
     ("bench_cde", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+    ("bench_checkpointed_rows", ["--rounds", "0"], "--rounds: must be a positive integer, got 0"),
+    ("bench_checkpointed_rows", ["--batch", "-1"], "--batch: must be a positive integer, got -1"),
     ("bench_core", ["--threads", "0"], "--threads: must be a positive integer, got 0"),
     ("bench_dense", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
     ("bench_dde", ["--repeats", "0"], "--repeats: must be a positive integer, got 0"),

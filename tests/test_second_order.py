@@ -218,7 +218,7 @@ def test_crossing_trajectories_are_fitted_by_sonode_and_anode_not_by_a_first_ord
     ts = torch.linspace(0, math.pi, 10)
     x0 = torch.tensor([[1.0], [-1.0]])
     target = torch.cos(ts)[:, None, None] * x0
-    options = {"method": "rk4", "options": {"step_size": 0.5}}
+    options = {"method": "rk4", "options": {"step_size": 0.5, "interp": "cubic"}}
 
     def first_order(field: nn.Module) -> torch.Tensor:
         return no.odeint(field, x0, ts, **options)

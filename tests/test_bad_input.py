@@ -608,3 +608,17 @@ def test_an_event_function_an_empty_evaluate_and_one_problems_max_steps() -> Non
         for options in (dict(device_loop=True), dict()):
             with pytest.raises(no.MaxStepsError, match=r"^reached max_steps=2 at t="):
                 no.solve(rotation, y0, T(0.0, 10.0), max_steps=2, **options)
+
+
+@row("S19")
+def test_a_field_written_for_one_time_is_told_how_to_take_one_per_sample() -> None:
+    """Per sample f gets t of shape (batch,): -y * t on a (batch, 1) state broadcasts to the
+    wrong shape (refused with the fix), on a (batch, 2) state it fails inside f (torch's
+    error kept, the fix appended), eagerly and with compiled steps."""
+    ts = T(0.0, 1.0)
+    with pytest.raises(ValueError, match=r"shape \(5, 5\); expected \(5, 1\).*t\[:, None\]"):
+        no.solve(lambda t, y: -y * t, torch.ones(5, 1, dtype=torch.float64), ts, per_sample=True)
+    for compile in (False, "step"):
+        with pytest.raises(RuntimeError, match=r"must match.*t has shape \(5,\).*t\[:, None\]"):
+            no.solve(lambda t, y: -y * t, torch.ones(5, 2, dtype=torch.float64), ts,
+                     per_sample=True, compile=compile)  # fmt: skip

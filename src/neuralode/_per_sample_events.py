@@ -51,10 +51,9 @@ def solve_with_sample_events(
     batch = int(spec.shapes[0][0])
     events = Events(event, problem.term, batch)
     config = replace(problem.config, events=events)
-    if isinstance(gradient, (Direct, Checkpointed)):  # (Checkpointed: as checkpoints)
-        if isinstance(gradient, Checkpointed):
-            config = replace(config, checkpoint_attempts=True)
-        ys = integrate(problem.term, problem.y0, problem.times, config, problem.stats)
+    if isinstance(gradient, (Direct, Checkpointed)):  # one solve recording its graph
+        problem.config = config
+        ys = gradient.run(problem)
     else:
         with torch.no_grad():
             values = integrate(problem.term, problem.y0, problem.times, config, problem.stats)

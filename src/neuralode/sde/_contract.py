@@ -320,7 +320,8 @@ def check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp) -> 
     try:
         batch, noise = check_sde_fits(sde, y0, ts[0], ts_list, bm)
     except ValueError as error:
-        if logqp and bm is not None and sde.noise_type == NOISE_TYPES.diagonal:
+        noise_sizes = str(error).startswith("Noise sizes")
+        if logqp and noise_sizes and bm is not None and sde.noise_type == NOISE_TYPES.diagonal:
             raise ValueError(
                 f"{error} With logqp=True the state carries the log-ratio as one more channel, "
                 "and diagonal noise one more noise channel: give the Brownian motion size=(batch, "

@@ -312,6 +312,44 @@ def test_non_convergence_is_reported_with_the_residual() -> None:
         z.sum().backward()
 
 
+class Exploding(nn.Module):
+    """f(z, x) = exp(3 z) + x: the iterates overflow within a few iterations."""
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(3 * z) + x
+
+
+def test_a_solve_that_overflows_is_reported_as_diverged_not_as_too_few_iterations() -> None:
+    layer = DEQ(Exploding(), method="picard", max_iter=50, on_failure="raise")
+    with pytest.raises(ConvergenceError, match=r"diverged: the residual became nan after 3 .*best"):
+        layer(torch.ones(2, 3, dtype=DTYPE))
+    assert math.isnan(layer.forward_report.history[-1])
+    assert math.isfinite(layer.forward_report.residual)
+
+
+class Wider(nn.Module):
+    """z of width 8 read beside an x of width 4 (or returned at width 8 from z of width 4)."""
+
+    def __init__(self, reads_z: bool):
+        super().__init__()
+        self.reads_z = reads_z
+        self.w, self.u = nn.Linear(8, 8, dtype=DTYPE), nn.Linear(4, 8, dtype=DTYPE)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(0.3 * self.w(z) + self.u(x)) if self.reads_z else self.u(x + z)
+
+
+@pytest.mark.parametrize("reads_z", [True, False])
+def test_the_default_guess_shaped_like_x_asks_for_z0_where_z_differs(reads_z: bool) -> None:
+    x = torch.randn(3, 4, dtype=DTYPE)
+    error = RuntimeError if reads_z else ValueError
+    with pytest.raises(error, match=r"zeros shaped like x \(3, 4\); .*pass z0"):
+        DEQ(Wider(reads_z))(x)
+    if reads_z:
+        z = DEQ(Wider(reads_z))(x, z0=torch.zeros(3, 8, dtype=DTYPE))
+        assert z.shape == (3, 8)
+
+
 def test_training_memory_is_flat_in_the_number_of_iterations() -> None:
     cell = Cell(n=64)
     x = torch.randn(32, 64, dtype=DTYPE)

@@ -248,6 +248,29 @@ class DEQ(nn.Module):
         solver = FIXED_POINT_METHODS[method](**options)
         return fixed_point(function, z0, solver, tol, max_iter)
 
+    def _solve_forward(self, x: torch.Tensor, z0: torch.Tensor, guessed: bool) -> FixedPointResult:
+        """The forward solve from z0; where z0 is the default guess (zeros shaped like x) and
+        f fails on it or returns another shape, the error says to pass z0."""
+        first = [guessed]
+
+        def field(z: torch.Tensor) -> torch.Tensor:
+            if not first[0]:
+                return self.f(z, x)
+            first[0] = False
+            hint = (
+                f"DEQ's default initial guess z0 is zeros shaped like x {tuple(x.shape)}; "
+                "where z has another shape, pass z0 (layer(x, z0=torch.zeros(...)))"
+            )
+            try:
+                out = self.f(z, x)
+            except RuntimeError as error:
+                raise RuntimeError(f"{error}. {hint}") from error
+            if out.shape != z.shape:
+                raise ValueError(f"f(z, x) returned shape {tuple(out.shape)}. {hint}")
+            return out
+
+        return self._solve(field, z0, self.method, self.tol, self.max_iter)
+
     def _check(self, report: SolveReport, direction: str, method: str, tol: float) -> None:
         if report.converged or self.on_failure == "ignore":
             return
@@ -257,12 +280,18 @@ class DEQ(nn.Module):
             "max_iter, loosen tol, try another method, or regularise the Jacobian "
             "(JacobianFrobenius)"
         )
-        if not math.isfinite(report.residual):
+        last = report.history[-1] if report.history else report.residual
+        if not math.isfinite(last):  # (the residual is the best iterate's, finite or not)
+            best = (
+                f"; the best iterate (relative residual {report.residual:.3g}) is returned"
+                if math.isfinite(report.residual)
+                else ""
+            )
             message = (
-                f"DEQ {direction} solve ({method}) diverged: the residual is "
-                f"{report.residual} after {report.iterations} iterations; f is not a "
-                "contraction near the iterates (regularise the Jacobian, lower the learning "
-                "rate or change the method)"
+                f"DEQ {direction} solve ({method}) diverged: the residual became {last} "
+                f"after {report.iterations} iterations{best}; f is not a contraction near the "
+                "iterates (regularise the Jacobian, lower the learning rate or change the "
+                "method)"
             )
         if self.on_failure == "raise":
             raise ConvergenceError(message)
@@ -282,19 +311,20 @@ class DEQ(nn.Module):
             ConvergenceError: a solve did not converge and ``on_failure="raise"``.
             RuntimeError: called inside a ``torch.func`` transform with the implicit gradient.
         """
+        guessed = z0 is None
         z0 = torch.zeros_like(x) if z0 is None else z0
         for module in self.f.modules():
             if isinstance(module, VariationalDropout):
                 module.new_solve()
         self.backward_report = SolveReport()
         if self.gradient == "unrolled":
-            result = self._solve(lambda z: self.f(z, x), z0, self.method, self.tol, self.max_iter)
+            result = self._solve_forward(x, z0, guessed)
             self.forward_report = SolveReport.of(result)
             self._check(self.forward_report, "forward", self.method, self.tol)
             self._regularise(result.z, x)
             return result.z
         with torch.no_grad():
-            result = self._solve(lambda z: self.f(z, x), z0, self.method, self.tol, self.max_iter)
+            result = self._solve_forward(x, z0, guessed)
         self.forward_report = SolveReport.of(result)
         self._check(self.forward_report, "forward", self.method, self.tol)
         z_star = result.z.detach()

@@ -762,6 +762,9 @@ def test_device_loop_compiled_step_matches_the_standard_loop():
     torch.testing.assert_close(compiled.ys, standard.ys, rtol=1e-12, atol=1e-12)
 
 
+# (at this tolerance Backsolve's reconstruction of the limit cycle's approach misses, and it
+# says so: the test compares the two loops, not Backsolve with Direct)
+@pytest.mark.filterwarnings("ignore:Backsolve")
 @pytest.mark.parametrize("gradient", [Direct, Backsolve], ids=["direct", "backsolve"])
 @pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "non_terminal"])
 def test_device_loop_events_match_the_standard_loop(gradient, terminal, monkeypatch):

@@ -9,6 +9,8 @@ tested with every other method (the central ``METHODS`` list); tableaux in test_
 from __future__ import annotations
 
 import math
+import re
+import warnings
 
 import pytest
 import torch
@@ -560,6 +562,55 @@ def test_a_newton_failure_under_error_control_is_a_finite_rejected_step() -> Non
     assert torch.equal(step.y1, y0)
     assert bool(torch.isinf(step.error).all())
     assert "1 step(s) of implicit_euler failed in the Newton iteration" in solver.failure_hint()
+
+
+class _Damped(torch.nn.Module):
+    """tanh(W y + b) - k y + sin(t) / 2 with decay rates k: 1, 2, 5 (mild) or 1, 10, 100."""
+
+    def __init__(self, rates: tuple[float, ...]):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(3, 3, dtype=torch.float64)
+        self.rates = torch.tensor(rates, dtype=torch.float64)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.linear(y)) - self.rates * y + 0.5 * torch.sin(t)
+
+
+@pytest.mark.parametrize("rates", [(1.0, 2.0, 5.0), (1.0, 10.0, 100.0)], ids=["mild", "stiff"])
+def test_backsolve_warns_where_its_backward_solve_leaves_the_forward_trajectory(rates) -> None:
+    """An implicit method's backward solve of a moderately stiff problem does not fail: it
+    completes along another trajectory (here 1e10 away), and the gradients are 10% off
+    Direct's. The backward state at each output time is compared with the forward one's,
+    and a miss beyond a tenth of the state's size is a warning; on the mild problem
+    Backsolve's gradients are Direct's to 1e-8, and nothing is said."""
+    field = _Damped(rates)
+    ts = torch.tensor([0.0, 0.3, 0.7, 1.2], dtype=torch.float64)
+    weights = torch.linspace(-1.0, 1.0, 12, dtype=torch.float64).reshape(4, 3)
+    grads = []
+    for gradient in (no.Direct(), no.Backsolve()):
+        y0 = torch.tensor([1.0, -0.5, 0.3], dtype=torch.float64, requires_grad=True)
+        sol = no.solve(
+            field, y0, ts, solver=no.solvers.Kvaerno5(),
+            controller=no.PIController(rtol=1e-8, atol=1e-10), gradient=gradient,
+        )  # fmt: skip
+        loss = (sol.ys * weights).sum()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            grads.append(
+                torch.cat(
+                    [g.flatten() for g in torch.autograd.grad(loss, (y0, field.linear.weight))]
+                )
+            )
+        said = [str(w.message) for w in caught if "Backsolve:" in str(w.message)]
+        if rates[-1] > 5 and isinstance(gradient, no.Backsolve):
+            assert len(said) == 1
+            assert re.search(r"from t=1.2 reached t=0.7 \S+ away from the forward", said[0])
+            assert "use gradient=Checkpointed()" in said[0]
+        else:
+            assert said == []
+    error = float((grads[1] - grads[0]).abs().max() / grads[0].abs().max())
+    assert error > 0.05 if rates[-1] > 5 else error < 1e-8
 
 
 @pytest.mark.slow  # ~60 s: the backward solve shrinks its steps to underflow

@@ -3,6 +3,7 @@ time back to the first, one segment between two output times at a time."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ import torch
 from .._callbacks import Callbacks
 from .._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from .._execution import Execution
+from .._host import transform_active
 from .._loop import LoopConfig, integrate
 from .._solution import SolveStats
 from .._term import ODETerm
@@ -52,6 +54,7 @@ def adjoint_backward(
     adjoint = grad_ys[-1]
     param_grads = ys.new_zeros(sum(numels[2:]))
     stats = problem.stats
+    misses: list[torch.Tensor] = []
     for i in range(len(times) - 1, 0, -1):
         if want_t:
             time_grads[i] = _dot(grad_ys[i], f_term(times[i], ys[i]))
@@ -59,12 +62,14 @@ def adjoint_backward(
             dynamics.func = segment_field(i - 1)
         state = torch.cat([ys[i], adjoint, param_grads])
         state = _solve_segment(aug_term, state, [times[i], times[i - 1]], config, stats)
+        misses.append(_miss(state[:n], ys[i - 1]))
         adjoint = state[n : 2 * n] + grad_ys[i - 1]
         param_grads = state[2 * n :]
     if want_t:
         # y(t0) = y0 whatever t0 is: the gradient arriving at output 0 does not count.
         time_grads[0] = -_dot(adjoint - grad_ys[0], f_term(times[0], ys[0]))
     stats.nfe_backward += aug_term.nfe + f_term.nfe - f_nfe_before
+    _check_reconstruction(misses, times, problem.config.controller)
     out_params = []
     offset = 0
     for p in params:
@@ -150,6 +155,48 @@ def _solve_segment(
         ) from error
     stats.n_steps_backward += segment_stats.n_steps
     return states[-1]
+
+
+def _miss(reconstructed: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
+    """The largest difference between the backward solve's state at an output time and the
+    forward solve's there, and the forward state's size, over its finite entries
+    (a sample failed under ``throw=False`` holds NaN)."""
+    finite = torch.isfinite(forward)
+    difference = torch.where(finite, reconstructed - forward, 0).abs()
+    size = torch.where(finite, forward, 0).abs()
+    return (
+        torch.stack([difference.max(), size.max()])
+        if forward.numel()
+        else forward.new_zeros(2).real
+    )
+
+
+def _check_reconstruction(misses: list[torch.Tensor], times: list, controller: Any) -> None:
+    """Warn when a backward solve's state at the start of its segment missed the forward
+    solve's by more than a tenth of the state's size (plus ``atol``): the adjoint was then
+    integrated along another trajectory, and the gradients are not the solve's. (Re-solving
+    backwards in time is unstable where f damps fast: an explicit method's steps shrink until
+    ``MaxStepsError``, an implicit one's need not, and its solve returns.)"""
+    if not misses or transform_active():  # (a data-dependent check: not under torch.func)
+        return
+    atol = getattr(controller, "atol", 0.0)
+    atol = float(atol.max()) if isinstance(atol, torch.Tensor) else float(atol or 0.0)
+    difference, size = torch.stack(misses).to(torch.float64).cpu().unbind(1)
+    worst = int(torch.argmax(difference / (0.1 * size + atol + 1e-300)))
+    if bool(difference[worst] <= 0.1 * size[worst] + atol):  # (NaN: a miss)
+        return
+    end = len(times) - 1 - worst
+    warnings.warn(
+        f"Backsolve: the backward solve from t={times[end]:.6g} reached t={times[end - 1]:.6g} "
+        f"{float(difference[worst]):.3g} away from the forward solve's state there (its "
+        f"size: {float(size[worst]):.3g}), so the adjoint ran along another trajectory and "
+        "the gradients are not to be trusted. Re-solving the state backwards in time is "
+        "unstable where the dynamics decay fast (stiff or strongly damped f; an implicit "
+        "method's backward solve then completes) or diverge (chaotic f over long spans): "
+        "use gradient=Checkpointed() (exact, memory O(steps x state)) or Direct(), "
+        "or add output times inside the span (each restarts the backward state)",
+        stacklevel=2,
+    )
 
 
 def _clause(error: Exception) -> str:

@@ -734,3 +734,36 @@ def test_the_hold_after_a_rejection_caps_the_next_step() -> None:
         assert not rejected and t_retry < 0.5  # shrinks
         accepted, t_next, state = control.adapt(0.1, 0.2, y0, y0, small, state)
         assert accepted and (t_next == pytest.approx(0.3) if held else t_next > 0.3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    ("method", "linear_solver"),
+    [("radau", "direct"), ("radau", "krylov"), ("kvaerno3", "direct"), ("gl4", "krylov")],
+)
+def test_a_16_bit_state_is_solved_with_its_linear_algebra_in_float32(
+    dtype: torch.dtype, method: str, linear_solver: str
+) -> None:
+    """PyTorch has no LU factorisation or least squares in float16 or bfloat16: the Newton
+    matrices of a 16-bit state are factorised in float32 (GMRES's least squares too, its
+    eigenbasis split in complex64), and the solution, its gradients and the stages stay in
+    the state's dtype, as accurate as the dtype allows."""
+    a = torch.tensor([[-1.0, 0.5, 0.0], [0.0, -20.0, 1.0], [0.3, 0.0, -200.0]])
+    weight = torch.nn.Parameter(a.to(dtype))
+    y0 = torch.tensor([1.0, -0.5, 0.25], dtype=dtype, requires_grad=True)
+    ts = torch.tensor([0.0, 0.5, 1.0])
+    sol = no.solve(
+        lambda t, y: y @ weight.T, y0, ts, solver=no.METHODS[method](linear_solver=linear_solver),
+        controller=no.FixedGrid(step_size=0.01) if method == "gl4"
+        else no.PIController(rtol=1e-2, atol=1e-3),
+    )  # fmt: skip
+    sol.ys.sum().backward()
+    assert sol.ys.dtype == y0.grad.dtype == weight.grad.dtype == dtype
+    y0_64 = y0.detach().double()
+    exact = torch.stack([torch.linalg.matrix_exp(a.double() * t) @ y0_64 for t in ts.double()])
+    eps = torch.finfo(dtype).eps  # (round-off over 100 gl4 steps: a few units of it)
+    assert float((sol.ys.double() - exact).abs().max()) < 5 * eps
+    ones = torch.ones(3, dtype=torch.float64)
+    exact_grad = sum(torch.linalg.matrix_exp(a.double() * t).T @ ones for t in ts.double())
+    relative = float((y0.grad.double() - exact_grad).abs().max() / exact_grad.abs().max())
+    assert relative < 5 * eps

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._newton import BatchLayout, SingularMatrixError, from_blocks, newton_matrix, to_blocks
+from ._newton import (
+    BatchLayout,
+    SingularMatrixError,
+    factor_dtype,
+    from_blocks,
+    newton_matrix,
+    to_blocks,
+)
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,7 @@ def complex_dtype(dtype: torch.dtype) -> torch.dtype:
     """The complex dtype of a real dtype's precision (a complex dtype itself)."""
     if dtype.is_complex:
         return dtype
-    return torch.complex64 if dtype == torch.float32 else torch.complex128
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
 class EigenSplit:
@@ -153,7 +160,7 @@ class EigenSplit:
             if j not in self.solved:
                 x[j] = x[i].conj()
         out = self.t @ x
-        return out.real if real else out
+        return out.real.to(rhs.dtype) if real else out
 
 
 def stage_split(
@@ -187,6 +194,8 @@ class DenseSolve:
         layout: BatchLayout,
         structure: Eigenbasis | Triangular | None,
     ):
+        # (a 16-bit state's matrices are factorised in float32: ``factor_dtype``)
+        jacobians = jacobians.to(factor_dtype(jacobians.dtype))
         self.h, self.a, self.jacobians, self.layout = h, a, jacobians, layout
         self.m = a.shape[0]
         self.factorisations = 0
@@ -220,6 +229,11 @@ class DenseSolve:
         return factors
 
     def __call__(self, rhs: torch.Tensor) -> torch.Tensor:
+        dtype = rhs.dtype
+        rhs = rhs.to(factor_dtype(dtype))
+        return self._solve(rhs).to(dtype)
+
+    def _solve(self, rhs: torch.Tensor) -> torch.Tensor:
         layout = self.layout
         if self._split is None:
             lu, pivots = self._whole
@@ -247,5 +261,6 @@ class DenseSolve:
 
     def shifted(self, d: float, rhs: torch.Tensor) -> torch.Tensor:
         """(I - h d J)^-1 r for r given as (k, N)."""
-        out = self._solve_shifted(complex(d), self.layout.gather(rhs))
-        return self.layout.scatter(out.to(rhs.dtype) if rhs.is_complex() else out)
+        out = self._solve_shifted(complex(d), self.layout.gather(rhs.to(factor_dtype(rhs.dtype))))
+        out = self.layout.scatter(out)
+        return out.to(rhs.dtype) if rhs.is_complex() or not out.is_complex() else out

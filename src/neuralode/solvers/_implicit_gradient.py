@@ -18,7 +18,14 @@ from .._errors import SolverError
 from .._host import vmap_active
 from .._term import ODETerm
 from ._krylov_solve import restarted_preconditioned_gmres
-from ._newton import BatchLayout, block_jacobian, from_blocks, newton_matrix, to_blocks
+from ._newton import (
+    BatchLayout,
+    block_jacobian,
+    factor_dtype,
+    from_blocks,
+    newton_matrix,
+    to_blocks,
+)
 
 
 class TransposedSolveError(SolverError):
@@ -108,8 +115,9 @@ def transposed_solve(
             ],
             1,
         )
-        matrix = newton_matrix(h, a, jacobians)
-        out = torch.linalg.solve(matrix.mH, to_blocks(grad, layout)[..., None])[..., 0]
+        matrix = newton_matrix(h, a, jacobians.to(factor_dtype(jacobians.dtype)))
+        blocks = to_blocks(grad, layout)[..., None].to(matrix.dtype)
+        out = torch.linalg.solve(matrix.mH, blocks)[..., 0].to(grad.dtype)
         return from_blocks(out, layout, m)
 
 

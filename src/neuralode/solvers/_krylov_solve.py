@@ -64,10 +64,15 @@ class KrylovSolve:
         self._split = stage_split(structure, h, jvp.y.dtype, jvp.y.device)
 
     def _jv(self, v: torch.Tensor) -> torch.Tensor:
-        """J v; for a complex v of a real state, J v.real + i J v.imag."""
-        if v.is_complex() and not self.jvp.y.is_complex():
-            return torch.complex(self.jvp(v.real.contiguous()), self.jvp(v.imag.contiguous()))
-        return self.jvp(v)
+        """J v; for a complex v of a real state, J v.real + i J v.imag (a 16-bit state's
+        in its dtype: its eigenbasis split runs in complex64)."""
+        y = self.jvp.y
+        if v.is_complex() and not y.is_complex():
+            real, imaginary = (part.to(y.dtype).contiguous() for part in (v.real, v.imag))
+            return torch.complex(
+                self.jvp(real).to(v.real.dtype), self.jvp(imaginary).to(v.real.dtype)
+            )
+        return self.jvp(v.to(y.dtype)).to(v.dtype)
 
     def _precondition(self, c: complex) -> Callable[[torch.Tensor], torch.Tensor] | None:
         if self.preconditioner is None:

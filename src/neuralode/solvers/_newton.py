@@ -176,6 +176,12 @@ def _difference_jacobian(
     return torch.stack(columns, -1)
 
 
+def factor_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the linear algebra of a state of ``dtype`` runs in: float32 for float16 and
+    bfloat16 (PyTorch has no LU factorisation or least squares for them), else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def newton_matrix(h: float, a: torch.Tensor, jacobians: torch.Tensor) -> torch.Tensor:
     """I - h (a kron J) per sample: (B, m n, m n). ``jacobians`` is (B, n, n), one for all
     stages, or (B, m, n, n), one per stage (column block j uses stage j's)."""
@@ -342,8 +348,8 @@ def _gmres_cycle(
     real = b.real if b.is_complex() else b
     eps = torch.finfo(real.dtype).eps
     breakdown = 50 * eps * float(beta)
-    hessenberg = torch.zeros(dim + 1, dim, dtype=b.dtype, device=b.device)
-    e1 = torch.zeros(dim + 1, dtype=b.dtype, device=b.device)
+    hessenberg = torch.zeros(dim + 1, dim, dtype=factor_dtype(b.dtype), device=b.device)
+    e1 = torch.zeros(dim + 1, dtype=hessenberg.dtype, device=b.device)
     e1[0] = beta
     y = None
     residual = float(beta)
@@ -365,5 +371,5 @@ def _gmres_cycle(
                 raise SingularMatrixError(singular)
             break
         basis.append(w / hessenberg[k + 1, k])
-    x = torch.stack(basis[: y.shape[0]], 1) @ y
+    x = torch.stack(basis[: y.shape[0]], 1) @ y.to(b.dtype)
     return x.reshape(shape), residual

@@ -719,3 +719,33 @@ def test_experiment_refuses_bad_log_ode(tmp_path, capsys, values, message) -> No
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("path", ["linear", "natural"])
+def test_the_adjoint_reaches_a_path_built_from_its_adjoint_params(path: str) -> None:
+    """torchcde's pattern: the coefficients (or the data they are made from, by a spline
+    solve that saves tensors) among ``adjoint_params``. Every evaluation of the adjoint
+    system traverses that one graph, so it is kept across the evaluations (it was freed
+    after the first: "Trying to backward through the graph a second time"); the gradients
+    are backpropagation's."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 2, dtype=torch.float64)
+    field = torch.nn.Sequential(
+        torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Unflatten(-1, (3, 2))
+    ).double()
+    grads = []
+    for adjoint in (False, True):
+        data = x.clone().requires_grad_(True)
+        if path == "linear":
+            X = cde.LinearInterpolation(cde.linear_interpolation_coeffs(data))
+        else:
+            X = cde.CubicSpline(cde.natural_cubic_coeffs(data))
+        z0 = torch.zeros(2, 3, dtype=torch.float64)
+        zs = cde.cdeint(
+            X=X, func=lambda t, z: field(z), z0=z0, t=X.interval, adjoint=adjoint,
+            method="rk4", options=dict(step_size=0.05),
+            **({"adjoint_params": (*field.parameters(), data)} if adjoint else {}),
+        )  # fmt: skip
+        grads.append(torch.autograd.grad(zs.sum(), data)[0])
+    # (the continuous adjoint against the discrete gradient: equal to the steps' error)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-2, atol=1e-3)

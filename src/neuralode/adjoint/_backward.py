@@ -62,7 +62,7 @@ def adjoint_backward(
             dynamics.func = segment_field(i - 1)
         state = torch.cat([ys[i], adjoint, param_grads])
         state = _solve_segment(aug_term, state, [times[i], times[i - 1]], config, stats)
-        misses.append(_miss(state[:n], ys[i - 1]))
+        misses.append(_miss(state[:n], ys[i - 1], ys[i]))
         adjoint = state[n : 2 * n] + grad_ys[i - 1]
         param_grads = state[2 * n :]
     if want_t:
@@ -157,13 +157,13 @@ def _solve_segment(
     return states[-1]
 
 
-def _miss(reconstructed: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
+def _miss(reconstructed: torch.Tensor, forward: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
     """The largest difference between the backward solve's state at an output time and the
-    forward solve's there, and the forward state's size, over its finite entries
-    (a sample failed under ``throw=False`` holds NaN)."""
-    finite = torch.isfinite(forward)
+    forward solve's there, and the forward states' size at the segment's two ends, over their
+    finite entries (a sample failed under ``throw=False`` holds NaN)."""
+    finite = torch.isfinite(forward) & torch.isfinite(start)
     difference = torch.where(finite, reconstructed - forward, 0).abs()
-    size = torch.where(finite, forward, 0).abs()
+    size = torch.where(finite, torch.maximum(forward.abs(), start.abs()), 0)
     return (
         torch.stack([difference.max(), size.max()])
         if forward.numel()
@@ -173,7 +173,8 @@ def _miss(reconstructed: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
 
 def _check_reconstruction(misses: list[torch.Tensor], times: list, controller: Any) -> None:
     """Warn when a backward solve's state at the start of its segment missed the forward
-    solve's by more than a tenth of the state's size (plus ``atol``): the adjoint was then
+    solve's by more than a tenth of the state's size at the segment's ends (plus ``atol``):
+    the adjoint was then
     integrated along another trajectory, and the gradients are not the solve's. (Re-solving
     backwards in time is unstable where f damps fast: an explicit method's steps shrink until
     ``MaxStepsError``, an implicit one's need not, and its solve returns.)"""
@@ -188,8 +189,8 @@ def _check_reconstruction(misses: list[torch.Tensor], times: list, controller: A
     end = len(times) - 1 - worst
     warnings.warn(
         f"Backsolve: the backward solve from t={times[end]:.6g} reached t={times[end - 1]:.6g} "
-        f"{float(difference[worst]):.3g} away from the forward solve's state there (its "
-        f"size: {float(size[worst]):.3g}), so the adjoint ran along another trajectory and "
+        f"{float(difference[worst]):.3g} away from the forward solve's state there (the "
+        f"states' size: {float(size[worst]):.3g}), so the adjoint ran along another trajectory and "
         "the gradients are not to be trusted. Re-solving the state backwards in time is "
         "unstable where the dynamics decay fast (stiff or strongly damped f; an implicit "
         "method's backward solve then completes) or diverge (chaotic f over long spans): "

@@ -37,7 +37,9 @@ class _AdjointDynamics:
                 y = y.detach().requires_grad_(True)
                 fy = self.spec.flatten(self.func(t, self.spec.unflatten(y)), "func's output")
                 if fy.requires_grad:
-                    vjps = grad([fy], (y, *self.params), [-a], retain_graph=False)
+                    # (retain_graph: f may read a graph built once from the parameters, a
+                    # CDE path's coefficients from data, which every evaluation traverses)
+                    vjps = grad([fy], (y, *self.params), [-a], retain_graph=True)
                 else:  # f depends on neither y nor the parameters (e.g. dy/dt = g(t))
                     vjps = (None,) * (1 + len(self.params))
         pieces = [fy.detach(), _or_zeros(vjps[0], y)]

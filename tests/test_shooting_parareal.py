@@ -233,3 +233,23 @@ def test_bad_input_of_the_state_times_and_propagator():
         Propagator("dopri5", steps=2, controller=no.PIController())
     with pytest.raises(ValueError, match="parareal chooses"):
         Propagator(options=dict(per_sample=False))
+
+
+def test_an_entry_that_stays_zero_with_atol_zero_does_not_stop_the_iterations():
+    """With atol = 0 an entry that is 0 and unchanged has a scale of 0: its change counts as
+    none (0 / 0 was NaN, which hid the boundary's other changes and stopped after one
+    iteration, 1e-4 off); the solve iterates as without that entry."""
+    a = torch.tensor([[-0.1, 1.0], [-1.0, -0.1]], dtype=torch.float64)
+
+    def field(t, y):
+        return torch.cat([y[:, :2] @ a.T, torch.zeros_like(y[:, 2:])], -1)
+
+    ts = torch.linspace(0, 10, 5, dtype=torch.float64)
+    runs = []
+    for third in (0.0, 1.0):
+        y0 = torch.tensor([[1.0, 0.0, third]], dtype=torch.float64)
+        fine = Propagator("rk4", steps=20)
+        runs.append(parareal(field, y0, ts, segments=20, fine=fine, rtol=1e-10, atol=0.0))
+    assert runs[0].iterations == runs[1].iterations == 3
+    assert runs[0].changes == runs[1].changes
+    torch.testing.assert_close(runs[0].ys[..., :2], runs[1].ys[..., :2], rtol=0, atol=0)

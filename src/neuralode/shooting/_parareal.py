@@ -20,6 +20,7 @@ grid.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -298,13 +299,16 @@ def _output_grid(
 def _scaled_change(
     new: list[list[torch.Tensor]], old: list[list[torch.Tensor]], rtol: float, atol: float
 ) -> float:
-    """The largest change of a boundary state in units of atol + rtol * |y|."""
+    """The largest change of a boundary state in units of atol + rtol * |y|: an unchanged
+    entry none (also where that scale is 0: y = 0 with atol = 0), a non-finite one inf."""
     worst = 0.0
     for u_new, u_old in zip(new, old):
         for a, b in zip(u_new, u_old):
             a, b = a.detach(), b.detach()
             scale = atol + rtol * torch.maximum(a.abs(), b.abs())
-            worst = max(worst, float(((a - b).abs() / scale).max()))
+            difference = (a - b).abs()
+            ratio = torch.where(difference == 0, 0.0, difference / scale)
+            worst = max(worst, float(torch.nan_to_num(ratio, nan=math.inf, posinf=math.inf).max()))
     return worst
 
 

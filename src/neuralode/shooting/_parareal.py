@@ -510,11 +510,14 @@ class PararealBlock(nn.Module):
     """An ODE block solved by [`parareal`][neuralode.shooting.parareal]: maps x to y(t1)
     where dy/dt = dynamics(t, y), y(t0) = x, the fine solves of all segments running at once.
 
-    In training mode the block keeps the last call's boundary states (detached) and starts
-    the next call from them when its input is the same batch (equal values, the same times):
-    the differentiable multiple shooting layers' warm start (Massaroli et al., 2021), with
-    which one iteration suffices once the parameters change little between steps (full-batch
-    training, a fixed initial condition). A different batch starts from a coarse sweep: the
+    In training mode the block keeps the last call's boundary states (detached) and, where
+    no gradient is recorded (under ``torch.no_grad()``), starts the next call from them when
+    its input is the same batch (equal values, the same times): the differentiable multiple
+    shooting layers' warm start (Massaroli et al., 2021), with which one iteration suffices
+    once the parameters change little. Where a gradient is recorded every call starts cold:
+    the kept states are constants to autograd, so outputs solved from them after one
+    iteration would lose their derivative through them (with respect to x exactly zero at
+    the last segment's outputs). A different batch starts from a coarse sweep: the
     boundary states of other samples would be a worse first guess than the coarse solve. In
     eval mode the block neither uses nor keeps them, so that its outputs depend on the input
     and the parameters alone. ``last`` holds the last call's
@@ -533,7 +536,7 @@ class PararealBlock(nn.Module):
         rtol: the relative tolerance of convergence and of the adaptive fine solves.
         atol: the absolute tolerance, as ``rtol``.
         warm_start: start from the previous call's boundary states (training mode, the same
-            batch).
+            batch, no gradient recorded).
 
     Raises:
         ValueError: as [`parareal`][neuralode.shooting.parareal], at the first call.
@@ -591,7 +594,10 @@ class PararealBlock(nn.Module):
             times = interval.to(dtype=x.dtype, device=x.device)
         initial = None
         warm = self.training and self.warm_start
-        if warm and self._warm is not None:
+        # (the kept states are constants to autograd: outputs solved from them would have no
+        # derivative through them, with respect to x or the parameters; only where no
+        # gradient is recorded do they serve)
+        if warm and self._warm is not None and not torch.is_grad_enabled():
             x_prev, times_prev, boundary = self._warm
             if (
                 x_prev.shape == x.shape

@@ -20,10 +20,15 @@ WIDTHS = "must be comma-separated positive integers (e.g. 64,64,64)"
 SEED = "must be an integer in [0, 2**32 - 1]"
 OBSERVATIONS = "must be an integer in [1, 100]"
 TOLERANCE = "must be a number in (0, 1)"
+THREADS = "must be an integer from 0 to 1024"
+WARMUP = "must be a number of epochs from 0 to 1e6"
 
 # (command, option, its values, the expected error after "argument OPTION: ")
 CASES = [
-    (["demo", "--quick"], "--threads", ["-1"], f"{NON_NEGATIVE_INT}, got -1"),
+    (["demo", "--quick"], "--threads", ["-1"], f"{THREADS}, got -1"),
+    (["train", "odenet"], "--threads", ["100000"], f"{THREADS}, got 100000"),
+    (["experiment", "spirals"], "--threads", ["2000"], f"{THREADS}, got 2000"),
+    (["train", "odenet"], "--warmup-epochs", ["1e308"], f"{WARMUP}, got 1e308"),
     (["bench"], "--repeats", ["0"], f"{POSITIVE_INT}, got 0"),
     (["bench"], "--threads", ["-2"], f"{NON_NEGATIVE_INT}, got -2"),
     (["bench"], "--rtols", ["1e-4", "0"], f"{TOLERANCE}, got 0"),

@@ -85,6 +85,33 @@ def test_existing_out_is_refused_untouched_unless_resume_or_overwrite(tmp_path, 
     assert not (out / LOCK_NAME).exists()  # released
 
 
+def test_a_run_killed_before_its_first_checkpoint_points_resume_at_overwrite(tmp_path, capsys):
+    """A run killed before its first checkpoint leaves config.json and metrics.jsonl: a plain
+    rerun is refused (they mark a run), so --resume names --overwrite rather than sending
+    the user back to the plain rerun."""
+    out = tmp_path / "killed"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "metrics.jsonl").write_text("")
+    assert main(["train", "resnet", *ARGV, "--out", str(out), "--resume"]) == 2
+    _one_line_error(
+        capsys, "no checkpoint at", "stopped before its first checkpoint", "--overwrite"
+    )
+
+
+def test_resume_repairs_a_metrics_file_that_is_not_text(tmp_path, capsys):
+    """metrics.jsonl garbled into bytes that are not UTF-8 is rebuilt from the checkpoint's
+    history on --resume, as a garbled text file is (it stopped the resume with a bare
+    "'utf-8' codec can't decode" naming no file)."""
+    out = tmp_path / "run"
+    assert main(["train", "resnet", *ARGV, "--out", str(out)]) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_bytes(bytes(range(128, 256)) * 4)
+    assert main(["train", "resnet", *ARGV, "--epochs", "2", "--out", str(out), "--resume"]) == 0
+    resumed = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(resumed) == 2 and resumed[0] == lines[0]
+
+
 @row("T3", "T4")
 def test_a_locked_run_directory_is_refused_and_a_killed_owner_does_not_block(
     tmp_path, capsys

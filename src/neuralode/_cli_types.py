@@ -68,6 +68,41 @@ def non_negative_int(text: str) -> int:
     return _integer(text, lambda value: value >= 0, "a non-negative integer")
 
 
+MAX_THREADS = 1024  # (far above any machine's cores; torch.set_num_threads(100000) crashes)
+
+
+def thread_count(text: str) -> int:
+    """A number of torch threads: 0 (torch's default) to ``MAX_THREADS``.
+
+    Arguments:
+        text: the option's text.
+
+    Returns:
+        Its integer.
+
+    Raises:
+        argparse.ArgumentTypeError: it is not an integer from 0 to ``MAX_THREADS``.
+    """
+    return _integer(
+        text, lambda value: 0 <= value <= MAX_THREADS, f"an integer from 0 to {MAX_THREADS}"
+    )
+
+
+def warmup_epochs(text: str) -> float:
+    """A warm-up length in epochs: a non-negative number up to 1e6.
+
+    Arguments:
+        text: the option's text.
+
+    Returns:
+        Its float.
+
+    Raises:
+        argparse.ArgumentTypeError: it is not a number from 0 to 1e6.
+    """
+    return _number(text, lambda value: 0 <= value <= 1e6, "a number of epochs from 0 to 1e6")
+
+
 def random_seed(text: str) -> int:
     """A random seed: an integer in [0, 2**32 - 1], the range numpy's generators take.
 

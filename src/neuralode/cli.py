@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from ._cli_types import non_negative_int
+from ._cli_types import thread_count
 
 # `neuralode experiment NAME`: each module exposes `add_arguments(parser)` and `run(args) -> int`.
 EXPERIMENTS: dict[str, str] = {
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer tolerances, for a smoke run")
     demo.add_argument(
         "--threads",
-        type=non_negative_int,
+        type=thread_count,
         default=0,
         help="torch CPU threads, 0 = torch default (default %(default)s)",
     )
@@ -253,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatasetNotFoundError, CheckpointError, ValueError, TrainingDiverged) as error:
         # bad input or a refused run directory (RunDirectoryError is a ValueError), from any
         # command that trains: the message says what to do
+        if os.environ.get("NEURALODE_TRACEBACK"):
+            raise
         _error(command, str(error))
         return 2
     except TrainingInterrupted:  # the checkpoints are saved and the message printed

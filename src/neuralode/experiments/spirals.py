@@ -39,10 +39,10 @@ from .._cli_types import (
     fraction,
     int_at_least,
     int_in_range,
-    non_negative_int,
     positive_float,
     positive_int,
     random_seed,
+    thread_count,
 )
 from ..data.spirals import SpiralData, make_spirals
 from ..models.latent import DECODERS, DYNAMICS, LatentODE, RNNBaseline
@@ -183,7 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=non_negative_int,
+        type=thread_count,
         default=None,
         help="torch threads (default: torch's default)",
     )

@@ -17,6 +17,8 @@ from .._cli_types import (
     positive_float,
     positive_int,
     random_seed,
+    thread_count,
+    warmup_epochs,
 )
 from ..data import DATASETS
 from ..implicit import FIXED_POINT_METHODS
@@ -518,7 +520,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     )
     g.add_argument(
         "--warmup-epochs",
-        type=non_negative_float,
+        type=warmup_epochs,
         default=d.warmup_epochs,
         help="linear warm-up length (default %(default)s)",
     )
@@ -678,7 +680,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     )
     g.add_argument(
         "--threads",
-        type=non_negative_int,
+        type=thread_count,
         default=0,
         help="torch CPU threads, 0 = torch default (default %(default)s)",
     )

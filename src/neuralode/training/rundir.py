@@ -255,7 +255,7 @@ def reconcile_metrics(path: Path, history: list[dict[str, Any]]) -> int:
     Returns:
         The number of lines dropped.
     """
-    lines = path.read_text().splitlines() if path.is_file() else []
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
     wanted = [json.dumps(record) for record in history]
     if lines != wanted:
         write_text_atomically(path, "".join(line + "\n" for line in wanted))

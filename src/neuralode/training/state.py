@@ -101,6 +101,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             this format.
     """
     if not path.is_file():
+        others = [
+            name for name in ("config.json", "metrics.jsonl") if (path.parent / name).exists()
+        ]
+        if others:  # a run stopped before its first checkpoint (killed): nothing to continue
+            raise CheckpointError(
+                f"--resume: no checkpoint at {path}, though {path.parent} holds "
+                f"{' and '.join(others)}: the run there "
+                "stopped before its first checkpoint (killed?), so there is nothing to "
+                "continue; start it again with --overwrite (which replaces its files), or "
+                "point --out at the directory of the run to continue"
+            )
         raise CheckpointError(
             f"--resume: no checkpoint at {path}; start without --resume or point --out at the "
             "directory of the run to continue"

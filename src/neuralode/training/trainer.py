@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._cli_types import non_negative_int, random_seed
+from .._cli_types import random_seed, thread_count
 from .metrics import MetricsLog, open_tensorboard
 from .progress import progress_bar
 from .rundir import (
@@ -83,7 +83,7 @@ def add_seed_and_threads(parser: argparse.ArgumentParser, threads: int = 1) -> N
     )
     parser.add_argument(
         "--threads",
-        type=non_negative_int,
+        type=thread_count,
         default=threads,
         help="torch threads, 0 = torch default (default %(default)s)",
     )

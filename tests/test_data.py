@@ -167,3 +167,31 @@ def test_random_crop_shifts_each_image_within_the_padding() -> None:
     assert torch.equal(same, crops) and random_crop(images, 0) is images
     with pytest.raises(ValueError, match="padding must be non-negative"):
         random_crop(images, -1)
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (ModuleNotFoundError("No module named 'sklearn'"), "which is not installed"),
+        (ImportError("cannot apply additional memory protection"), "failed to import: cannot"),
+    ],
+)
+def test_digits_says_whether_scikit_learn_is_missing_or_failed_to_import(
+    monkeypatch, error, message
+):
+    """An installed scikit-learn that fails to import (a library it loads could not be
+    mapped) is not reported as missing."""
+    import builtins
+
+    from neuralode.data import datasets
+
+    real_import = builtins.__import__
+
+    def failing(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise error
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing)
+    with pytest.raises(datasets.DatasetNotFoundError, match=message):
+        datasets.load_digits()

@@ -169,14 +169,18 @@ def load_digits() -> ImageDataset:
         The ``"digits"`` data set, images (N, 1, 28, 28) in [0, 1].
 
     Raises:
-        DatasetNotFoundError: scikit-learn is not installed.
+        DatasetNotFoundError: scikit-learn is not installed, or fails to import.
     """
     try:
         from sklearn.datasets import load_digits as sklearn_digits
-    except ImportError as error:
+    except ModuleNotFoundError as error:
         raise DatasetNotFoundError(
             "the digits data set comes with scikit-learn, which is not installed: "
             "pip install 'neuralode[data]' (or pip install scikit-learn)"
+        ) from error
+    except ImportError as error:  # installed, but it (or a library it loads) failed
+        raise DatasetNotFoundError(
+            f"the digits data set comes with scikit-learn, which failed to import: {error}"
         ) from error
     bunch = sklearn_digits()
     data = _seeded_split("digits", bunch.data, bunch.target, 360, 8, 16.0)

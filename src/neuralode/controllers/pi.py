@@ -456,11 +456,13 @@ def check_overflow(t0: float, y0: torch.Tensor) -> None:
     largest = torch.finfo(y0.real.dtype).max
     size = float(y0.detach().abs().max()) if y0.numel() else 0.0
     if math.isfinite(size) and size > largest / 1024:
-        wider = "use float64 for a wider range or " if largest < 1e300 else "use "
+        wider = "use float64 for a wider range, " if largest < 1e300 else ""
         raise NonFiniteError(
             f"the solution overflows {y0.real.dtype}: |y| reached {size:.3g} at t={t0:.6g}, "
-            f"near the largest {y0.real.dtype} value {largest:.3g}, and larger steps give inf. "
-            f"The solution grows without bound here; {wider}a shorter time span"
+            f"near the largest {y0.real.dtype} value {largest:.3g}, and a step from there "
+            "gives inf: the solution grows past the dtype's range, or a step's arithmetic "
+            "on values this large does (its stages add up multiples of f); "
+            f"{wider}rescale the state or take a shorter time span"
         )
 
 

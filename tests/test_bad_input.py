@@ -622,3 +622,26 @@ def test_a_field_written_for_one_time_is_told_how_to_take_one_per_sample() -> No
         with pytest.raises(RuntimeError, match=r"must match.*t has shape \(5,\).*t\[:, None\]"):
             no.solve(lambda t, y: -y * t, torch.ones(5, 2, dtype=torch.float64), ts,
                      per_sample=True, compile=compile)  # fmt: skip
+
+
+@row("S20")
+def test_a_module_in_another_dtype_than_the_state_is_named_with_the_fix() -> None:
+    """A float32 module on a float64 state (torchdiffeq's most common first error) fails in
+    the module with torch's message; the first call keeps it and names the fix. A later
+    failure of the same kind is f's own and passes unchanged."""
+    layer = torch.nn.Linear(2, 2)
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    fix = r"same dtype.*first call with the state in torch.float64.*module.to\(torch.float64\)"
+    with pytest.raises(RuntimeError, match=fix):
+        no.solve(lambda t, y: layer(y), y0, T(0.0, 1.0))
+    with pytest.raises(RuntimeError, match=r"should be the same\. func\(t, y\) failed"):
+        no.odeint(lambda t, y: torch.nn.Conv1d(1, 1, 1)(y), y0[:1, None], T(0.0, 1.0))
+    calls = []
+
+    def later(t, y):
+        calls.append(t)
+        return layer(y) if len(calls) > 1 else -y
+
+    with pytest.raises(RuntimeError) as caught:
+        no.solve(later, y0, T(0.0, 1.0))
+    assert "first call" not in str(caught.value)

@@ -3,6 +3,7 @@ for a separable field on a pair ``(q, p)``, its halves (``SEPARABLE_HALVES``).""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -11,6 +12,9 @@ import torch
 
 from ._host import plain_factories
 from ._tree import TreeSpec
+
+# torch's errors for operands of two dtypes (a float32 module on a float64 state)
+_DTYPE_MISMATCH = re.compile(r"same dtype|type \(\w+\) and \w+ type \(\w+\) should be the same")
 
 #: The methods by which a vector field on a pair ``(q, p)`` offers its two halves:
 #: ``dq_dt(t, p)`` returns dq/dt (shaped like ``q``) from ``p`` alone, ``dp_dt(t, q)`` returns
@@ -194,7 +198,16 @@ class ODETerm:
         if self.counting:
             self.nfe += 1
         args = self._view_args
-        out = self.func(t, y.view(*args) if args is not None else self.spec.unflatten(y))
+        try:
+            out = self.func(t, y.view(*args) if args is not None else self.spec.unflatten(y))
+        except RuntimeError as error:
+            if self._checked or not _DTYPE_MISMATCH.search(str(error)):
+                raise
+            raise RuntimeError(
+                f"{error}. func(t, y) failed on its first call with the state in {y.dtype}: "
+                "its tensors (a module's parameters) are probably in another dtype; convert "
+                f"one to the other (module.to({y.dtype}), or y0 to the parameters' dtype)"
+            ) from error
         if not self._checked:
             self._check(out, t)
         return out

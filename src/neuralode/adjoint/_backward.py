@@ -174,10 +174,10 @@ def _miss(reconstructed: torch.Tensor, forward: torch.Tensor, start: torch.Tenso
 def _check_reconstruction(misses: list[torch.Tensor], times: list, controller: Any) -> None:
     """Warn when a backward solve's state at the start of its segment missed the forward
     solve's by more than a tenth of the state's size at the segment's ends (plus ``atol``):
-    the adjoint was then
-    integrated along another trajectory, and the gradients are not the solve's. (Re-solving
-    backwards in time is unstable where f damps fast: an explicit method's steps shrink until
-    ``MaxStepsError``, an implicit one's need not, and its solve returns.)"""
+    the adjoint was then integrated along another trajectory, and the gradients are not the
+    solve's. (Re-solving backwards in time is unstable where f damps fast: an explicit
+    method's steps shrink until ``MaxStepsError``, an implicit one's need not, and its solve
+    returns.)"""
     if not misses or transform_active():  # (a data-dependent check: not under torch.func)
         return
     atol = getattr(controller, "atol", 0.0)

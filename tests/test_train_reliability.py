@@ -78,6 +78,10 @@ def test_existing_out_is_refused_untouched_unless_resume_or_overwrite(tmp_path, 
     assert main(["train", "resnet", *ARGV, "--out", str(missing), "--resume"]) == 2
     _one_line_error(capsys, "no checkpoint at")
     assert not missing.exists()
+    for command in (["train", "resnet", *ARGV], ["experiment", "spirals"]):
+        assert main([*command, "--out", str(missing), "--resume", "--overwrite"]) == 2
+        _one_line_error(capsys, "contradict")  # (before saying the run is missing)
+        assert not missing.exists()
     assert main(["train", "resnet", *ARGV, "--out", str(out), "--overwrite", "--seed", "1"]) == 0
     saved = torch.load(out / "checkpoint.pt", weights_only=True)
     assert saved["config"]["seed"] == 1 and saved["epoch"] == 1

@@ -201,15 +201,14 @@ def open_run_directory(
             holds an earlier run and neither ``resume`` nor ``overwrite`` is set, or the
             earlier run's files cannot be removed.
     """
+    if resume and overwrite:
+        raise RunDirectoryError("--resume and --overwrite contradict each other; give one")
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"--out {out} is a file, not a directory; choose a directory")
     if resume and not out.exists():
         load_checkpoint(out / "checkpoint.pt")  # raises "no checkpoint at ...", creates nothing
     ensure_directory(out)
     lock = RunLock(out).acquire()
-    if resume and overwrite:
-        lock.release()
-        raise RunDirectoryError("--resume and --overwrite contradict each other; give one")
     existing = [name for name in run_files if (out / name).exists()]
     if existing and not (resume or overwrite):
         lock.release()

@@ -295,7 +295,10 @@ def test_divergence_is_one_line_that_suggests_a_lower_learning_rate(tmp_path, ca
         (["--train-subset", "-1"], "argument --train-subset: must be a non-negative integer"),
         (["--test-subset", "-5"], "argument --test-subset: must be a non-negative integer"),
         (["--crop-padding", "-2"], "argument --crop-padding: must be an integer >= -1, got -2"),
-        (["--warmup-epochs", "-1"], "argument --warmup-epochs: must be a non-negative number"),
+        (
+            ["--warmup-epochs", "-1"],
+            "argument --warmup-epochs: must be a number of epochs from 0 to 1e6",
+        ),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, fragment) -> None:

@@ -69,7 +69,7 @@ def adjoint_backward(
         # y(t0) = y0 whatever t0 is: the gradient arriving at output 0 does not count.
         time_grads[0] = -_dot(adjoint - grad_ys[0], f_term(times[0], ys[0]))
     stats.nfe_backward += aug_term.nfe + f_term.nfe - f_nfe_before
-    _check_reconstruction(misses, times, problem.config.controller)
+    _check_reconstruction(strategy, misses, times, problem.config.controller)
     out_params = []
     offset = 0
     for p in params:
@@ -171,15 +171,17 @@ def _miss(reconstructed: torch.Tensor, forward: torch.Tensor, start: torch.Tenso
     )
 
 
-def _check_reconstruction(misses: list[torch.Tensor], times: list, controller: Any) -> None:
+def _check_reconstruction(
+    strategy: Backsolve, misses: list[torch.Tensor], times: list, controller: Any
+) -> None:
     """Warn when a backward solve's state at the start of its segment missed the forward
     solve's by more than a tenth of the state's size at the segment's ends (plus ``atol``):
     the adjoint was then integrated along another trajectory, and the gradients are not the
     solve's. (Re-solving backwards in time is unstable where f damps fast: an explicit
     method's steps shrink until ``MaxStepsError``, an implicit one's need not, and its solve
-    returns.)"""
-    if not misses or transform_active():  # (a data-dependent check: not under torch.func)
-        return
+    returns.) Said once per strategy object: a training loop's every step would repeat it."""
+    if not misses or transform_active() or getattr(strategy, "_warned_reconstruction", False):
+        return  # (a data-dependent check: not under torch.func)
     atol = getattr(controller, "atol", 0.0)
     atol = float(atol.max()) if isinstance(atol, torch.Tensor) else float(atol or 0.0)
     difference, size = torch.stack(misses).to(torch.float64).cpu().unbind(1)
@@ -187,6 +189,7 @@ def _check_reconstruction(misses: list[torch.Tensor], times: list, controller: A
     if bool(difference[worst] <= 0.1 * size[worst] + atol):  # (NaN: a miss)
         return
     end = len(times) - 1 - worst
+    strategy._warned_reconstruction = True
     warnings.warn(
         f"Backsolve: the backward solve from t={times[end]:.6g} reached t={times[end - 1]:.6g} "
         f"{float(difference[worst]):.3g} away from the forward solve's state there (the "
@@ -195,7 +198,8 @@ def _check_reconstruction(misses: list[torch.Tensor], times: list, controller: A
         "unstable where the dynamics decay fast (stiff or strongly damped f; an implicit "
         "method's backward solve then completes) or diverge (chaotic f over long spans): "
         "use gradient=Checkpointed() (exact, memory O(steps x state)) or Direct(), "
-        "or add output times inside the span (each restarts the backward state)",
+        "or add output times inside the span (each restarts the backward state). Said "
+        "once per Backsolve object",
         stacklevel=2,
     )
 

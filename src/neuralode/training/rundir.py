@@ -173,6 +173,20 @@ def ensure_directory(out: Path) -> None:
         ) from error
 
 
+def refuse_resume_with_overwrite(resume: bool, overwrite: bool) -> None:
+    """Refuse ``--resume`` with ``--overwrite``, before anything else is said of ``--out``.
+
+    Arguments:
+        resume: ``--resume`` was given.
+        overwrite: ``--overwrite`` was given.
+
+    Raises:
+        RunDirectoryError: both were given.
+    """
+    if resume and overwrite:
+        raise RunDirectoryError("--resume and --overwrite contradict each other; give one")
+
+
 def open_run_directory(
     out: Path,
     resume: bool,
@@ -201,8 +215,7 @@ def open_run_directory(
             holds an earlier run and neither ``resume`` nor ``overwrite`` is set, or the
             earlier run's files cannot be removed.
     """
-    if resume and overwrite:
-        raise RunDirectoryError("--resume and --overwrite contradict each other; give one")
+    refuse_resume_with_overwrite(resume, overwrite)
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"--out {out} is a file, not a directory; choose a directory")
     if resume and not out.exists():

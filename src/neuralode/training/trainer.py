@@ -35,6 +35,7 @@ from .rundir import (
     RUN_FILES,
     RunDirectoryError,
     open_run_directory,
+    refuse_resume_with_overwrite,
     remove_run_outputs,
     run_outputs,
     write_text_atomically,
@@ -196,8 +197,7 @@ def open_experiment(
     if config is None:
         config = {k: v for k, v in vars(args).items() if not callable(v)}
     config = json.loads(json.dumps(config, default=str))
-    if resume and args.overwrite:  # (before naming a missing run: the options contradict)
-        raise RunDirectoryError("--resume and --overwrite contradict each other; give one")
+    refuse_resume_with_overwrite(resume, bool(args.overwrite))  # (before a missing run)
     if resume and not out.exists():  # (an experiment's run has no checkpoint.pt to name)
         raise CheckpointError(
             f"--resume: no experiment run in {out} (the directory does not exist); start "

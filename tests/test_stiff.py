@@ -611,6 +611,15 @@ def test_backsolve_warns_where_its_backward_solve_leaves_the_forward_trajectory(
             assert said == []
     error = float((grads[1] - grads[0]).abs().max() / grads[0].abs().max())
     assert error > 0.05 if rates[-1] > 5 else error < 1e-8
+    # said once per model: a training loop's next steps (gradient="adjoint" makes a new
+    # Backsolve each time) do not repeat it
+    y0 = torch.tensor([1.0, -0.5, 0.3], dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        no.solve(
+            field, y0, ts, solver=no.solvers.Kvaerno5(), gradient="adjoint"
+        ).ys.sum().backward()
+    assert not [w for w in caught if "Backsolve:" in str(w.message)]
 
 
 @pytest.mark.slow  # ~60 s: the backward solve shrinks its steps to underflow

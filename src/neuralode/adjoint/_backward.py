@@ -4,6 +4,7 @@ time back to the first, one segment between two output times at a time."""
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -69,7 +70,7 @@ def adjoint_backward(
         # y(t0) = y0 whatever t0 is: the gradient arriving at output 0 does not count.
         time_grads[0] = -_dot(adjoint - grad_ys[0], f_term(times[0], ys[0]))
     stats.nfe_backward += aug_term.nfe + f_term.nfe - f_nfe_before
-    _check_reconstruction(strategy, misses, times, problem.config.controller)
+    _check_reconstruction(params[0] if params else problem.func, misses, times, problem.config)
     out_params = []
     offset = 0
     for p in params:
@@ -171,25 +172,38 @@ def _miss(reconstructed: torch.Tensor, forward: torch.Tensor, start: torch.Tenso
     )
 
 
+# what the reconstruction warning was said for (a model's first parameter, else its field):
+# once for each, since a training loop's every step would repeat it
+# (by id, with a weak reference: a tensor's == is elementwise, so no WeakSet)
+_WARNED: dict[int, weakref.ref] = {}
+
+
 def _check_reconstruction(
-    strategy: Backsolve, misses: list[torch.Tensor], times: list, controller: Any
+    owner: Any, misses: list[torch.Tensor], times: list, config: LoopConfig
 ) -> None:
     """Warn when a backward solve's state at the start of its segment missed the forward
     solve's by more than a tenth of the state's size at the segment's ends (plus ``atol``):
     the adjoint was then integrated along another trajectory, and the gradients are not the
     solve's. (Re-solving backwards in time is unstable where f damps fast: an explicit
     method's steps shrink until ``MaxStepsError``, an implicit one's need not, and its solve
-    returns.) Said once per strategy object: a training loop's every step would repeat it."""
-    if not misses or transform_active() or getattr(strategy, "_warned_reconstruction", False):
-        return  # (a data-dependent check: not under torch.func)
-    atol = getattr(controller, "atol", 0.0)
+    returns.) Said once per ``owner`` (the model's first parameter, else f)."""
+    if not misses or transform_active():  # (a data-dependent check: not under torch.func)
+        return
+    said = _WARNED.get(id(owner))
+    if said is not None and said() is owner:
+        return
+    atol = getattr(config.controller, "atol", 0.0)
     atol = float(atol.max()) if isinstance(atol, torch.Tensor) else float(atol or 0.0)
     difference, size = torch.stack(misses).to(torch.float64).cpu().unbind(1)
     worst = int(torch.argmax(difference / (0.1 * size + atol + 1e-300)))
     if bool(difference[worst] <= 0.1 * size[worst] + atol):  # (NaN: a miss)
         return
     end = len(times) - 1 - worst
-    strategy._warned_reconstruction = True
+    try:
+        key = id(owner)
+        _WARNED[key] = weakref.ref(owner, lambda _, key=key: _WARNED.pop(key, None))
+    except TypeError:  # (not weakly referable: said every time)
+        pass
     warnings.warn(
         f"Backsolve: the backward solve from t={times[end]:.6g} reached t={times[end - 1]:.6g} "
         f"{float(difference[worst]):.3g} away from the forward solve's state there (the "
@@ -199,7 +213,7 @@ def _check_reconstruction(
         "method's backward solve then completes) or diverge (chaotic f over long spans): "
         "use gradient=Checkpointed() (exact, memory O(steps x state)) or Direct(), "
         "or add output times inside the span (each restarts the backward state). Said "
-        "once per Backsolve object",
+        "once per model",
         stacklevel=2,
     )
 

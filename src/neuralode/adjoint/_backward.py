@@ -55,6 +55,8 @@ def adjoint_backward(
     adjoint = grad_ys[-1]
     param_grads = ys.new_zeros(sum(numels[2:]))
     stats = problem.stats
+    owner = params[0] if params else problem.func  # (whom the reconstruction warning names)
+    watch = not _warned(owner) and not transform_active()
     misses: list[torch.Tensor] = []
     for i in range(len(times) - 1, 0, -1):
         if want_t:
@@ -63,14 +65,15 @@ def adjoint_backward(
             dynamics.func = segment_field(i - 1)
         state = torch.cat([ys[i], adjoint, param_grads])
         state = _solve_segment(aug_term, state, [times[i], times[i - 1]], config, stats)
-        misses.append(_miss(state[:n], ys[i - 1], ys[i]))
+        if watch:
+            misses.append(_miss(state[:n], ys[i - 1], ys[i]))
         adjoint = state[n : 2 * n] + grad_ys[i - 1]
         param_grads = state[2 * n :]
     if want_t:
         # y(t0) = y0 whatever t0 is: the gradient arriving at output 0 does not count.
         time_grads[0] = -_dot(adjoint - grad_ys[0], f_term(times[0], ys[0]))
     stats.nfe_backward += aug_term.nfe + f_term.nfe - f_nfe_before
-    _check_reconstruction(params[0] if params else problem.func, misses, times, problem.config)
+    _check_reconstruction(owner, misses, times, problem.config)
     out_params = []
     offset = 0
     for p in params:
@@ -172,10 +175,16 @@ def _miss(reconstructed: torch.Tensor, forward: torch.Tensor, start: torch.Tenso
     )
 
 
-# what the reconstruction warning was said for (a model's first parameter, else its field):
-# once for each, since a training loop's every step would repeat it
-# (by id, with a weak reference: a tensor's == is elementwise, so no WeakSet)
+# what the reconstruction warning was said for (a model's first parameter, else its field),
+# once each, since a training loop's every step would repeat it; by id with a weak
+# reference (a tensor's == is elementwise, so no WeakSet)
 _WARNED: dict[int, weakref.ref] = {}
+
+
+def _warned(owner: Any) -> bool:
+    """Whether the reconstruction warning was said for ``owner``."""
+    said = _WARNED.get(id(owner))
+    return said is not None and said() is owner
 
 
 def _check_reconstruction(
@@ -187,10 +196,7 @@ def _check_reconstruction(
     solve's. (Re-solving backwards in time is unstable where f damps fast: an explicit
     method's steps shrink until ``MaxStepsError``, an implicit one's need not, and its solve
     returns.) Said once per ``owner`` (the model's first parameter, else f)."""
-    if not misses or transform_active():  # (a data-dependent check: not under torch.func)
-        return
-    said = _WARNED.get(id(owner))
-    if said is not None and said() is owner:
+    if not misses:  # (none gathered: said for owner already, or under torch.func)
         return
     atol = getattr(config.controller, "atol", 0.0)
     atol = float(atol.max()) if isinstance(atol, torch.Tensor) else float(atol or 0.0)

@@ -206,6 +206,22 @@ def test_blow_up_on_a_fixed_grid_reports_the_output_time() -> None:
         )
 
 
+def test_overflow_on_a_fixed_grid_names_the_dtype_and_the_size_before() -> None:
+    """y' = y in float32 with rk4: |y| passes 3.4e38 between t = 80 and 90 and the step's
+    sums turn inf into NaN; the message names the overflow and the last finite size."""
+    with pytest.raises(no.NonFiniteError) as info:
+        no.solve(
+            lambda t, y: y,
+            torch.ones(3),
+            torch.linspace(0.0, 100.0, 11),
+            solver=no.RK4(),
+            controller=no.FixedGrid(step_size=0.1),
+        )
+    message = str(info.value)
+    assert "NaN or inf at t=90 (output 9)" in message
+    assert "overflow torch.float32 (|y| was already 5.54e+34 at t=80" in message
+
+
 def test_non_finite_field_mid_solve() -> None:
     def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return -y if t < 1 else y * float("nan")

@@ -331,7 +331,20 @@ def check_finite(ys: torch.Tensor, times: list[float] | torch.Tensor) -> None:
                 f"{i}): its values exceed the largest {ys.real.dtype} value {largest:.3g}. The "
                 "solution grows without bound, or the step size is too large for stability"
             )
+        # an overflow shows as NaN once inf meets inf in a step's sums (inf - inf)
+        grown = ""
+        if i > 0:
+            size = float(ys[i - 1].abs().max())
+            if size > torch.finfo(ys.real.dtype).max ** 0.5:
+                t_before = (
+                    float(times[:, i - 1].min())
+                    if isinstance(times, torch.Tensor)
+                    else times[i - 1]
+                )
+                grown = f"|y| was already {size:.3g} at t={t_before:.6g}; "
         raise NonFiniteError(
             f"the solution contains NaN or inf at t={t:.6g} (output {i}); "
-            "the step size may be too large for this problem, or f is non-finite there"
+            "the step size may be too large for this problem, the solution may overflow "
+            f"{ys.real.dtype} ({grown}use float64, rescale the state or take a shorter time "
+            "span), or f is non-finite there"
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 
 import pytest
 import torch
@@ -208,6 +209,17 @@ def test_bad_arguments():
         bm(torch.zeros(3), torch.ones(3))
     with pytest.raises(ValueError, match="levy_area_approximation='space-time'"):
         bm(0.0, 1.0, return_U=True)
+
+
+def test_query_outside_the_span_is_clamped_with_a_warning_like_brownian_interval():
+    bm = vbt(3)
+    with pytest.warns(UserWarning, match=r"outside \[t0, t1\] = \[0.0, 2.0\]; clamped"):
+        outside = bm(-1.0, 2.5)
+    assert torch.equal(outside, bm(0.0, 2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bm(0.0, 2.0)
+        bm(torch.full((3,), -1.0), torch.full((3,), 2.5))  # tensors: not read back
 
 
 def test_reversible_heun_adjoint_equals_backprop_on_a_virtual_tree():

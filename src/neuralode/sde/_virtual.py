@@ -16,6 +16,7 @@ SDE solve, each sample on its own steps, needs.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -198,7 +199,8 @@ class VirtualBrownianTree(_Stored):
     def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: N803
         """The increment over ``[ta, tb]`` (``tb=None``: ``W(ta) = W(t0, ta)``), each a
         scalar or one time per row, (batch,); plus ``U`` and/or ``A`` when asked. Times
-        outside ``[t0, t1]`` are clamped to it; a row with ``ta > tb`` gets minus the
+        outside ``[t0, t1]`` are clamped to it (with a warning where both are Python
+        numbers; tensors are not read back); a row with ``ta > tb`` gets minus the
         increment over ``[tb, ta]``."""
         if tb is None:
             ta, tb = self._t0, ta
@@ -212,6 +214,14 @@ class VirtualBrownianTree(_Stored):
                 "return_A=True needs a Lévy area approximation: create the Brownian motion "
                 "with levy_area_approximation='davie' or 'foster'"
             )
+        if isinstance(ta, (int, float)) and isinstance(tb, (int, float)):
+            # (times held as tensors are not read back: that would synchronise a device)
+            if min(ta, tb) < self._t0 or max(ta, tb) > self._t1:
+                warnings.warn(
+                    f"Query [{ta}, {tb}] lies outside [t0, t1] = [{self._t0}, {self._t1}]; "
+                    "clamped to it.",
+                    stacklevel=2,
+                )
         ta, tb = self._times(ta), self._times(tb)
         w, i = self._points(torch.stack([ta, tb]))
         if i is None:

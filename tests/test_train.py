@@ -128,7 +128,7 @@ def test_resume_errors_are_clear(tmp_path, capsys) -> None:
     with pytest.raises(CheckpointError, match="no checkpoint at .*checkpoint.pt"):
         train(TrainConfig(model="resnet", epochs=1, out=str(tmp_path), resume=True, **TINY))
     train(TrainConfig(model="resnet", epochs=1, out=str(tmp_path), **TINY))
-    with pytest.raises(CheckpointError, match="--model was 'resnet', now 'rknet'"):
+    with pytest.raises(CheckpointError, match="the model was 'resnet', now 'rknet'"):
         train(TrainConfig(model="rknet", epochs=1, out=str(tmp_path), resume=True, **TINY))
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     argv = ["train", "resnet", "--data", "digits", "--out", str(tmp_path), "--resume"]

@@ -275,6 +275,15 @@ def test_resuming_a_complete_run_changes_no_file_and_says_how_to_continue(tmp_pa
     saved = torch.load(out / "checkpoint.pt", weights_only=True)
     for name, tensor in first.model.state_dict().items():
         assert torch.equal(tensor, saved["model"][name]), name
+    # a garbled metrics.jsonl is rebuilt from the checkpoint, and the message says so
+    good = (out / "metrics.jsonl").read_bytes()
+    (out / "metrics.jsonl").write_bytes(b"\xff\xfe garbled\n")
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "its checkpoint is left as it is (metrics.jsonl rebuilt from it)" in err
+    assert "files are left as they are" not in err
+    assert (out / "metrics.jsonl").read_bytes() == good
 
 
 @row("T14")

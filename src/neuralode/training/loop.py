@@ -445,16 +445,18 @@ class Trainer:
             averaged,
         )
 
-    def _repair_metrics(self, history: list[dict[str, Any]]) -> None:
-        """Drop the lines of metrics.jsonl past the checkpoint's history (a run stopped
-        between writing them and its checkpoint), saying so."""
-        dropped = reconcile_metrics(self.out / "metrics.jsonl", history)
+    def _repair_metrics(self, history: list[dict[str, Any]]) -> bool:
+        """Make metrics.jsonl agree with the checkpoint's history: drop the lines past it (a
+        run stopped between writing them and its checkpoint), saying so, and restore a
+        garbled or missing file. Returns whether the file was rewritten."""
+        dropped, rewritten = reconcile_metrics(self.out / "metrics.jsonl", history)
         if dropped:
             print(
                 f"metrics.jsonl: dropped {dropped} line(s) past the checkpoint "
                 f"(epoch {len(history)})",
                 file=sys.stderr,
             )
+        return rewritten
 
     def _complete(
         self,
@@ -468,11 +470,16 @@ class Trainer:
         checkpoint's, with no file written (metrics.jsonl only repaired where it disagrees
         with the checkpoint) and one line that says how to continue."""
         if runtime.is_main:
-            self._repair_metrics(history)
+            rewritten = self._repair_metrics(history)
+            kept = (
+                "its checkpoint is left as it is (metrics.jsonl rebuilt from it)"
+                if rewritten
+                else "its files are left as they are"
+            )
             print(
-                f"the run in {self.out} is already complete ({config.epochs} epoch(s)); its "
-                f"files are left as they are: give --epochs {config.epochs + 1} or more with "
-                "--resume to train it further",
+                f"the run in {self.out} is already complete ({config.epochs} epoch(s)); "
+                f"{kept}: give --epochs {config.epochs + 1} or more with --resume to train "
+                "it further",
                 file=sys.stderr,
             )
         return TrainResult(

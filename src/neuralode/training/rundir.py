@@ -254,7 +254,7 @@ def write_text_atomically(path: Path, text: str) -> None:
         raise CheckpointError(write_failure(path, error)) from error
 
 
-def reconcile_metrics(path: Path, history: list[dict[str, Any]]) -> int:
+def reconcile_metrics(path: Path, history: list[dict[str, Any]]) -> tuple[int, bool]:
     """Makes metrics.jsonl hold exactly the checkpoint's epochs (one line per record).
 
     Lines past the checkpoint (written before a failed checkpoint save) are dropped and
@@ -265,10 +265,10 @@ def reconcile_metrics(path: Path, history: list[dict[str, Any]]) -> int:
         history: the per-epoch records stored in the checkpoint.
 
     Returns:
-        The number of lines dropped.
+        The number of lines dropped, and whether the file was rewritten.
     """
     lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
     wanted = [json.dumps(record) for record in history]
     if lines != wanted:
         write_text_atomically(path, "".join(line + "\n" for line in wanted))
-    return max(len(lines) - len(wanted), 0)
+    return max(len(lines) - len(wanted), 0), lines != wanted

@@ -133,10 +133,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def _argument(key: str) -> str:
+    """How the command line spells a configuration key: the positional ``model`` as the
+    model, every other key as its option."""
+    return "the model" if key == "model" else f"--{key.replace('_', '-')}"
+
+
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...]) -> None:
     """Refuses to resume when an option that shapes the model or the data order differs."""
     different = [
-        f"--{key.replace('_', '-')} was {saved.get(key)!r}, now {current.get(key)!r}"
+        f"{_argument(key)} was {saved.get(key)!r}, now {current.get(key)!r}"
         for key in keys
         if saved.get(key) != current.get(key)
     ]

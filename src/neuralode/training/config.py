@@ -649,7 +649,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
         "--derivative-order",
         type=int_at_least(2),
         default=d.derivative_order,
-        help="K of --derivative (default %(default)s)",
+        help="K of --derivative; the time grows steeply with K (nested double-backward "
+        "products, and a backward solve of more steps): each order about 5-10x the last on "
+        "a small digits run (default %(default)s)",
     )
     g.add_argument(
         "--steer",

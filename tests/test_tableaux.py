@@ -100,20 +100,39 @@ def test_embedded_solution_has_its_declared_order_exactly(name: str) -> None:
     assert max(residuals(a, b_hat, tab.error_order + 1)) > 1e-6
 
 
-@pytest.mark.parametrize("name", [n for n, t in TABLEAUX.items() if t.dense is not None])
-@pytest.mark.parametrize("theta", [0.1, 0.37, 0.5, 0.83, 1.0])
-def test_dense_output_order_conditions(name: str, theta: float) -> None:
-    """sum_i B_i(theta) Phi_i(tree) = theta^|tree| / gamma(tree) up to the dense order, and
-    not beyond it."""
-    tab = TABLEAUX[name]
+DENSE_TABLEAUX = {
+    name: tab for name, tab in {**TABLEAUX, **IMPLICIT_TABLEAUX}.items() if tab.dense is not None
+}
+
+
+def _dense_matrix(tab: ButcherTableau | ImplicitTableau) -> np.ndarray:
+    """The method's A with the dense output's extra stages appended (explicit methods)."""
+    if isinstance(tab, ImplicitTableau):
+        return np.array(tab.a)
     dense = tab.dense
     s, m = tab.stages, len(dense.extra_c)
     a = np.zeros((s + m, s + m))
     a[:s, :s] = _matrix(tab)
     for k, row in enumerate(dense.extra_a):
         a[s + k, : len(row)] = row
-    powers = theta ** np.arange(1, len(dense.coefficients[0]) + 1)
-    weights = np.array(dense.coefficients) @ powers
+    return a
+
+
+def _dense_weights(tab: ButcherTableau | ImplicitTableau, theta: float) -> np.ndarray:
+    """B_i(theta) of the method's continuous extension."""
+    powers = theta ** np.arange(1, len(tab.dense.coefficients[0]) + 1)
+    return np.array(tab.dense.coefficients) @ powers
+
+
+@pytest.mark.parametrize("name", DENSE_TABLEAUX)
+@pytest.mark.parametrize("theta", [0.1, 0.37, 0.5, 0.83, 1.0])
+def test_dense_output_order_conditions(name: str, theta: float) -> None:
+    """sum_i B_i(theta) Phi_i(tree) = theta^|tree| / gamma(tree) up to the dense order, and
+    not beyond it."""
+    tab = DENSE_TABLEAUX[name]
+    dense = tab.dense
+    a = _dense_matrix(tab)
+    weights = _dense_weights(tab, theta)
     for order in range(1, dense.order + 1):
         for tree in trees(order):
             phi = weights @ stage_weights(a, tree)
@@ -127,6 +146,26 @@ def test_dense_output_order_conditions(name: str, theta: float) -> None:
             for tree in trees(order)
         )
         assert worst > 1e-6, f"{name} dense output is of order {order}"
+
+
+def test_kvaerno5_continuous_extension_is_bounded_on_stiff_components() -> None:
+    """y' = lambda y with z = h lambda <= 0: the extension's R_theta(z) = 1 + z B(theta)^T
+    (I - z A)^-1 1 stays within [-1, 1] for every theta and z (cubic Hermite from f(t0, y0)
+    grows like |z|), and R_theta(-inf) is small past theta = 0.1; its derivative at theta = 1 is the last
+    stage's, f(t1, y1) (continuous across steps); its weights are of size about 1."""
+    tab = IMPLICIT_TABLEAUX["kvaerno5"]
+    a, s = np.array(tab.a), tab.stages
+    for theta in np.linspace(0.0, 1.0, 41):
+        weights = _dense_weights(tab, theta)
+        assert np.abs(weights).sum() <= 1.2
+        for z in -np.logspace(-3, 9, 61):
+            r = 1 + z * weights @ np.linalg.solve(np.eye(s) - z * a, np.ones(s))
+            assert abs(r) <= 1 + 1e-9, f"|R_{theta:.3f}({z:.3g})| = {abs(r):.3g}"
+            if z < -1e8 and theta >= 0.1:  # (R_0 = 1: the start's own value)
+                assert abs(r) <= 0.3
+    coefficients = np.array(tab.dense.coefficients)
+    end_derivative = coefficients @ np.arange(1, coefficients.shape[1] + 1)
+    np.testing.assert_allclose(end_derivative, np.eye(s)[-1], atol=1e-12)
 
 
 def test_invalid_tableaux_are_rejected_with_the_reason() -> None:
@@ -224,3 +263,14 @@ def test_invalid_implicit_tableaux_are_rejected_with_the_reason() -> None:
         )
     with pytest.raises(ValueError, match="b_error and error_order go together"):
         ImplicitTableau("bad", c=(1.0,), a=((1.0,),), b=(1.0,), order=1, b_error=(0.0,))
+    with pytest.raises(ValueError, match="B_0"):
+        ImplicitTableau(
+            "bad", c=(1.0,), a=((1.0,),), b=(1.0,), order=1,
+            dense=DenseOutput(coefficients=((0.5,),), order=1),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="takes no extra stages"):
+        ImplicitTableau(
+            "bad", c=(1.0,), a=((1.0,),), b=(1.0,), order=1,
+            dense=DenseOutput(coefficients=((1.0,), (0.0,)), order=1, extra_c=(0.5,),
+                              extra_a=((0.5,),)),
+        )  # fmt: skip

@@ -180,8 +180,36 @@ class ImplicitRK(ImplicitStages):
 
     @property
     def dense_order(self) -> int:
-        """Order of the dense output: the collocation polynomial's (s), else Hermite's (3)."""
+        """Order of the dense output: the method's own extension's, else the collocation
+        polynomial's (s), else Hermite's (3)."""
+        if self.tableau.dense is not None:
+            return self.tableau.dense.order
         return self.tableau.stages if self.tableau.collocation else 3
+
+    def _stage_weights(self, thetas: np.ndarray, derivative: bool = False) -> np.ndarray | None:
+        """The dense output's weights of the stage derivatives, y(t0 + theta h) = y0 + h sum_j
+        w_j(theta) k_j: the method's own extension, else the collocation polynomial's.
+
+        Arguments:
+            thetas: the step fractions, (m,) float64.
+            derivative: the weights of dy/dt instead (y'(t0 + theta h) = sum_j w_j' k_j).
+
+        Returns:
+            The weights (m, s) in float64, or ``None`` where the dense output is cubic
+                Hermite.
+        """
+        tab = self.tableau
+        if tab.dense is not None:
+            coefficients = np.array(tab.dense.coefficients)  # (s, P): theta^1 .. theta^P
+            powers = np.arange(1, coefficients.shape[1] + 1)
+            if derivative:
+                monomials = powers * thetas[:, None] ** (powers - 1)
+            else:
+                monomials = thetas[:, None] ** powers
+            return monomials @ coefficients.T
+        if tab.collocation:
+            return collocation_weights(tab.c, thetas, derivative)
+        return None
 
     def set_tolerances(
         self, rtol: float | torch.Tensor | None, atol: float | torch.Tensor | None
@@ -483,15 +511,17 @@ class ImplicitRK(ImplicitStages):
             step: an accepted step.
 
         Returns:
-            The derivative (with a graph where the step has one), or ``None`` for
-                collocation methods (their dense output is their own polynomial) and
-                methods that are not stiffly accurate (f(t1, y1) is then evaluated).
+            The derivative (with a graph where the step has one), or ``None`` for methods
+                with their own dense output (a continuous extension or the collocation
+                polynomial) and methods that are not stiffly accurate (f(t1, y1) is then
+                evaluated).
         """
         tab = self.tableau
         # (``step.f1`` of other methods is f(t1, y1), set only where an output was
         # interpolated in the step: not a derivative the next step can rely on)
         last_stage = tab.stiffly_accurate and tab.c[-1] == 1
-        return step.f1 if last_stage and not tab.collocation else None
+        hermite = not tab.collocation and tab.dense is None
+        return step.f1 if last_stage and hermite else None
 
     def read_carried(self, replay: Any) -> tuple[Any, torch.Tensor | None]:
         """The replay state with the previous step's end derivative (``carried``) made a
@@ -559,7 +589,8 @@ class ImplicitRK(ImplicitStages):
         return replay
 
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
-        """The dense output: the collocation polynomial, else cubic Hermite.
+        """The dense output: the method's own extension or the collocation polynomial over
+        the stages (``_stage_weights``), else cubic Hermite.
 
         Arguments:
             term: the vector field (evaluates f(t1, y1) for Hermite if unknown).
@@ -569,10 +600,9 @@ class ImplicitRK(ImplicitStages):
         Returns:
             The states at ``t0 + theta * dt``, (m, numel).
         """
-        tab = self.tableau
         ks = step.extra["ks"]
-        if tab.collocation:
-            weights = collocation_weights(tab.c, np.array(thetas.tolist()))
+        weights = self._stage_weights(np.array(thetas.tolist()))
+        if weights is not None:
             w = torch.from_numpy(weights).to(dtype=ks.dtype, device=ks.device)
             return step.y0[None] + step.dt * (w @ ks)
         return hermite_interpolate(term, step, thetas, self.hermite_f0(term, step))
@@ -606,10 +636,10 @@ class ImplicitRK(ImplicitStages):
             step: the accepted step.
 
         Returns:
-            The stages (s, numel) for a collocation method, else (f0, f1) stacked (2, numel)
-                for cubic Hermite.
+            The stage derivatives (s, numel) where the dense output weighs them
+                (``_stage_weights``), else (f0, f1) stacked (2, numel) for cubic Hermite.
         """
-        if self.tableau.collocation:
+        if self.tableau.collocation or self.tableau.dense is not None:
             return step.extra["ks"]
         return super().dense_record(term, step)
 
@@ -618,8 +648,8 @@ class ImplicitRK(ImplicitStages):
     ) -> torch.Tensor:
         """The dense output as weights, one row per point.
 
-        The collocation polynomial's (y0 + h sum_j w_j(theta) k_j) where the method is a
-        collocation method, else cubic Hermite's.
+        y0 + h sum_j w_j(theta) k_j with the stage weights (``_stage_weights``: the method's
+        own extension or the collocation polynomial), else cubic Hermite's.
 
         Arguments:
             theta: the step fractions, (m,) float64; or one point's, a Python float.
@@ -630,11 +660,11 @@ class ImplicitRK(ImplicitStages):
         Returns:
             The weights, (m, 2 + K): of y0, y1 and the K rows of ``dense_record``.
         """
-        if not self.tableau.collocation:
-            return super().dense_weights(theta, h, like, derivative)
         one = isinstance(theta, float)
         thetas = np.array([theta]) if one else theta.detach().cpu().numpy()
-        w = collocation_weights(self.tableau.c, thetas, derivative)
+        w = self._stage_weights(thetas, derivative)
+        if w is None:
+            return super().dense_weights(theta, h, like, derivative)
         weights = torch.from_numpy(w).to(dtype=like.dtype, device=like.device)
         ends = torch.zeros(len(thetas), 2, dtype=like.dtype, device=like.device)
         if derivative:

@@ -78,31 +78,9 @@ class ButcherTableau:
             problems.append(f"b sums to {sum(self.b)!r}, not 1")
         problems.extend(_error_weight_problems(self.b_error, self.error_order, s))
         if self.dense is not None:
-            problems.extend(self._dense_problems())
+            problems.extend(_dense_problems(self.dense, self.b, extra_stages=True))
         if problems:
             raise ValueError(f"invalid Butcher tableau {self.name!r}: " + "; ".join(problems))
-
-    def _dense_problems(self) -> list[str]:
-        d = self.dense
-        s = len(self.c)
-        n_extra = len(d.extra_c)
-        problems = []
-        if len(d.extra_a) != n_extra:
-            problems.append("dense output: extra_a and extra_c differ in length")
-        for m, row in enumerate(d.extra_a):
-            if len(row) != s + m:
-                problems.append(f"dense output: extra stage {m} needs {s + m} coefficients")
-            elif abs(sum(row) - d.extra_c[m]) > _TOL * len(row):
-                problems.append(f"dense output: extra stage {m} row does not sum to its c")
-        if len(d.coefficients) != s + n_extra:
-            problems.append(f"dense output: {len(d.coefficients)} rows for {s + n_extra} stages")
-        else:
-            # Continuity: B(1) must equal b (extra stages weigh zero at theta = 1).
-            b_full = list(self.b) + [0.0] * n_extra
-            for i, row in enumerate(d.coefficients):
-                if abs(sum(row) - b_full[i]) > 1e-10:
-                    problems.append(f"dense output: B_{i}(1) = {sum(row)!r} != b_{i}")
-        return problems
 
     @property
     def stages(self) -> int:
@@ -127,8 +105,8 @@ class ImplicitTableau:
     A first stage at ``c = 0`` with a zero row of ``a`` is explicit (f(t0, y0): trapezoid,
     TR-BDF2, ESDIRK methods); the remaining block of ``a`` must be invertible. An adaptive
     implicit method has embedded error weights ``b_error`` or brings its own estimate
-    (``radau``); dense output is the collocation polynomial (collocation methods) or cubic
-    Hermite (see ``ImplicitRK``).
+    (``radau``); dense output is the method's own continuous extension (``dense``), else the
+    collocation polynomial (collocation methods), else cubic Hermite (see ``ImplicitRK``).
 
     Attributes:
         name: the method's name.
@@ -139,11 +117,12 @@ class ImplicitTableau:
         b_error: b - b_hat, the weights of the embedded error estimate (``None`` for
             fixed-step methods and for methods with their own estimate).
         error_order: the order of the error estimate (with ``b_error``).
-        dense: always ``None``.
+        dense: the method's own continuous extension over its stages (no extra stages), or
+            ``None``.
 
     Raises:
-        ValueError: inconsistent shapes, a singular implicit block, or error weights that
-            do not sum to 0.
+        ValueError: inconsistent shapes, a singular implicit block, error weights that do
+            not sum to 0, or a continuous extension with extra stages or B(1) != b.
     """
 
     name: str
@@ -153,11 +132,13 @@ class ImplicitTableau:
     order: int
     b_error: tuple[float, ...] | None = None
     error_order: int | None = None
-    dense: None = None
+    dense: DenseOutput | None = None
 
     def __post_init__(self) -> None:
         s = len(self.c)
         problems = []
+        if self.dense is not None:
+            problems.extend(_dense_problems(self.dense, self.b, extra_stages=False))
         if len(self.a) != s or any(len(row) != s for row in self.a):
             problems.append(f"a must be {s} x {s}")
         if len(self.b) != s:
@@ -244,6 +225,32 @@ class AdditiveTableau:
     def gamma(self) -> float:
         """The implicit tableau's diagonal entry."""
         return self.implicit.a[-1][-1]
+
+
+def _dense_problems(dense: DenseOutput, b: tuple[float, ...], extra_stages: bool) -> list[str]:
+    """What is wrong with a continuous extension of a method with weights ``b`` (extra
+    stages only where the method is explicit, ``extra_stages``)."""
+    s = len(b)
+    n_extra = len(dense.extra_c)
+    problems = []
+    if n_extra and not extra_stages:
+        problems.append("dense output: an implicit method's extension takes no extra stages")
+    if len(dense.extra_a) != n_extra:
+        problems.append("dense output: extra_a and extra_c differ in length")
+    for m, row in enumerate(dense.extra_a):
+        if len(row) != s + m:
+            problems.append(f"dense output: extra stage {m} needs {s + m} coefficients")
+        elif abs(sum(row) - dense.extra_c[m]) > _TOL * len(row):
+            problems.append(f"dense output: extra stage {m} row does not sum to its c")
+    if len(dense.coefficients) != s + n_extra:
+        problems.append(f"dense output: {len(dense.coefficients)} rows for {s + n_extra} stages")
+    else:
+        # Continuity: B(1) must equal b (extra stages weigh zero at theta = 1).
+        b_full = list(b) + [0.0] * n_extra
+        for i, row in enumerate(dense.coefficients):
+            if abs(sum(row) - b_full[i]) > 1e-10:
+                problems.append(f"dense output: B_{i}(1) = {sum(row)!r} != b_{i}")
+    return problems
 
 
 def _error_weight_problems(

@@ -151,8 +151,9 @@ def test_dense_output_order_conditions(name: str, theta: float) -> None:
 def test_kvaerno5_continuous_extension_is_bounded_on_stiff_components() -> None:
     """y' = lambda y with z = h lambda <= 0: the extension's R_theta(z) = 1 + z B(theta)^T
     (I - z A)^-1 1 stays within [-1, 1] for every theta and z (cubic Hermite from f(t0, y0)
-    grows like |z|), and R_theta(-inf) is small past theta = 0.1; its derivative at theta = 1 is the last
-    stage's, f(t1, y1) (continuous across steps); its weights are of size about 1."""
+    grows like |z|), and R_theta(-inf) is small past theta = 0.1; its derivative at
+    theta = 1 is the last stage's, f(t1, y1) (continuous across steps); its weights are of
+    size about 1."""
     tab = IMPLICIT_TABLEAUX["kvaerno5"]
     a, s = np.array(tab.a), tab.stages
     for theta in np.linspace(0.0, 1.0, 41):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cache
 
 import numpy as np
@@ -14,9 +15,14 @@ from neuralode.solvers import (
     ExplicitRK,
     ImplicitRK,
     ImplicitTableau,
+    KenCarp3,
+    KenCarp4,
+    KenCarp5,
 )
+from neuralode.solvers.tableau import AdditiveTableau
 
 TABLEAUX = {name: cls.tableau for name, cls in METHODS.items() if issubclass(cls, ExplicitRK)}
+ADDITIVE_TABLEAUX = {cls().name: cls.tableaux for cls in (KenCarp3, KenCarp4, KenCarp5)}
 IMPLICIT_TABLEAUX = {
     name: cls.tableau for name, cls in METHODS.items() if issubclass(cls, ImplicitRK)
 }
@@ -118,7 +124,9 @@ def _dense_matrix(tab: ButcherTableau | ImplicitTableau) -> np.ndarray:
     return a
 
 
-def _dense_weights(tab: ButcherTableau | ImplicitTableau, theta: float) -> np.ndarray:
+def _dense_weights(
+    tab: ButcherTableau | ImplicitTableau | AdditiveTableau, theta: float
+) -> np.ndarray:
     """B_i(theta) of the method's continuous extension."""
     powers = theta ** np.arange(1, len(tab.dense.coefficients[0]) + 1)
     return np.array(tab.dense.coefficients) @ powers
@@ -167,6 +175,78 @@ def test_kvaerno5_continuous_extension_is_bounded_on_stiff_components() -> None:
     coefficients = np.array(tab.dense.coefficients)
     end_derivative = coefficients @ np.arange(1, coefficients.shape[1] + 1)
     np.testing.assert_allclose(end_derivative, np.eye(s)[-1], atol=1e-12)
+
+
+def coloured_stage_weights(matrices: tuple[np.ndarray, ...], tree: tuple) -> list[np.ndarray]:
+    """Phi of ``tree`` for every colouring of its non-root vertices by ``matrices`` (an
+    additive method's explicit and implicit A): each child enters through its colour's A."""
+    out = [np.ones(matrices[0].shape[0])]
+    for child in tree:
+        options = [a @ w for a in matrices for w in coloured_stage_weights(matrices, child)]
+        out = [w * option for w in out for option in options]
+    return out
+
+
+def _additive_matrices(tab: AdditiveTableau) -> tuple[np.ndarray, np.ndarray]:
+    """The explicit and implicit A, each with the extension's extra stage f(t1, y1) (row b)."""
+    s, extra = tab.implicit.stages, len(tab.dense.extra_c)
+    matrices = []
+    for a in (_matrix(tab.explicit), np.array(tab.implicit.a)):
+        full = np.zeros((s + extra, s + extra))
+        full[:s, :s] = a
+        for k, row in enumerate(tab.dense.extra_a):
+            full[s + k, : len(row)] = row
+        matrices.append(full)
+    return matrices[0], matrices[1]
+
+
+@pytest.mark.parametrize("name", [n for n, t in ADDITIVE_TABLEAUX.items() if t.dense is not None])
+@pytest.mark.parametrize("theta", [0.1, 0.37, 0.5, 0.83, 1.0])
+def test_additive_dense_output_order_conditions(name: str, theta: float) -> None:
+    """The additive method's conditions (trees coloured by the explicit and the implicit A,
+    one weight per stage for both) up to the dense order, and not beyond it."""
+    tab = ADDITIVE_TABLEAUX[name]
+    matrices = _additive_matrices(tab)
+    weights = _dense_weights(tab, theta)
+    for order in range(1, tab.dense.order + 2):
+        worst = max(
+            abs(weights @ phi - theta**order / density(tree))
+            for tree in trees(order)
+            for phi in coloured_stage_weights(matrices, tree)
+        )
+        if order <= tab.dense.order:
+            assert worst < 1e-10, f"{name} dense output fails at order {order}: {worst:.2e}"
+        elif theta == 0.37:
+            assert worst > 1e-6, f"{name} dense output is of order {order}"
+
+
+def test_kencarp5_continuous_extension_is_bounded_on_stiff_components() -> None:
+    """The implicit part on y' = lambda y: R_theta(z) stays within 3.5 for every theta and
+    z <= 0 (the O(z) term cancels; cubic Hermite from f(t0, y0) grows like |z|); the extra
+    stage f(t1, y1) weighs 3/2 theta^2 - 4 theta^3 + 5/2 theta^4 and the derivative at
+    theta = 1 is f(t1, y1) (continuous across steps)."""
+    tab = ADDITIVE_TABLEAUX["kencarp5"]
+    implicit = _additive_matrices(tab)[1]
+    rows = implicit.shape[0]
+    for theta in np.linspace(0.0, 1.0, 41):
+        weights = _dense_weights(tab, theta)
+        for z in -np.logspace(-3, 9, 61):
+            r = 1 + z * weights @ np.linalg.solve(np.eye(rows) - z * implicit, np.ones(rows))
+            assert abs(r) <= 3.5, f"|R_{theta:.3f}({z:.3g})| = {abs(r):.3g}"
+    coefficients = np.array(tab.dense.coefficients)
+    assert coefficients[-1].tolist() == [0.0, 1.5, -4.0, 2.5, 0.0]
+    end_derivative = coefficients @ np.arange(1, coefficients.shape[1] + 1)
+    np.testing.assert_allclose(end_derivative, np.eye(rows)[-1], atol=1e-9)
+
+
+def test_an_additive_extension_takes_only_f_at_the_step_end_as_extra_stage() -> None:
+    tab = ADDITIVE_TABLEAUX["kencarp5"]
+    elsewhere = dataclasses.replace(tab.dense, extra_c=(0.5,), extra_a=(tuple(tab.explicit.b),))
+    with pytest.raises(ValueError, match="may only be f\\(t1, y1\\)"):
+        dataclasses.replace(tab, dense=elsewhere)
+    with pytest.raises(ValueError, match="B_0"):
+        rows = ((0.0,) * 5, *tab.dense.coefficients[1:])
+        dataclasses.replace(tab, dense=dataclasses.replace(tab.dense, coefficients=rows))
 
 
 def test_invalid_tableaux_are_rejected_with_the_reason() -> None:

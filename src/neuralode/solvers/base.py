@@ -6,6 +6,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from .._term import ODETerm
@@ -368,6 +369,22 @@ def hermite_interpolate(
         step.f1 = term(step.t1, step.y1, step.end_perturb)
     th = thetas.to(device=step.y0.device, dtype=term.time_dtype)[:, None]
     return hermite(th, step.y0, step.y1, f0, step.f1, step.dt)
+
+
+def stage_dense_weights(
+    w: np.ndarray, h: float | torch.Tensor, like: torch.Tensor, derivative: bool
+) -> torch.Tensor:
+    """``dense_weights`` of an interpolant over stage derivatives, y0 + h sum_j w_j k_j (its
+    time derivative sum_j w_j' k_j with ``derivative``): the columns of y0, y1 and the
+    stages, (m, 2 + K), from the stage weights ``w`` (m, K) in float64; ``h`` (m,) float64,
+    or a Python float for one point."""
+    weights = torch.from_numpy(w).to(dtype=like.dtype, device=like.device)
+    ends = torch.zeros(w.shape[0], 2, dtype=like.dtype, device=like.device)
+    if derivative:
+        return torch.cat([ends, weights], 1)
+    ends[:, 0] = 1
+    size = h if isinstance(h, float) else h.to(like.dtype)[:, None]
+    return torch.cat([ends, size * weights], 1)
 
 
 def hermite(

@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from .._term import ODETerm
-from .base import Solver, Step, hermite_interpolate
-from .tableau import AdditiveTableau
+from .base import Solver, Step, hermite_interpolate, stage_dense_weights
+from .tableau import AdditiveTableau, extension_weights
 
 
 class LinearPart:
@@ -281,8 +282,16 @@ class IMEXRK(Solver):
         """
         return False
 
+    @property
+    def dense_order(self) -> int:
+        """Order of the dense output: the tableaux' continuous extension's, else cubic
+        Hermite's (3)."""
+        dense = self.tableaux.dense
+        return 3 if dense is None else dense.order
+
     def interpolate(self, term: ODETerm, step: Step, thetas: torch.Tensor) -> torch.Tensor:
-        """The dense output: cubic Hermite through (y0, f(t0, y0)) and (y1, f(t1, y1)).
+        """The dense output: the tableaux' continuous extension over the stage derivatives
+        and f(t1, y1), else cubic Hermite through (y0, f(t0, y0)) and (y1, f(t1, y1)).
 
         Arguments:
             term: the vector field (evaluates f(t1, y1) if unknown).
@@ -292,7 +301,58 @@ class IMEXRK(Solver):
         Returns:
             The states at ``t0 + theta * dt``, (m, numel).
         """
-        return hermite_interpolate(term, step, thetas, self.hermite_f0(term, step))
+        dense = self.tableaux.dense
+        if dense is None:
+            return hermite_interpolate(term, step, thetas, self.hermite_f0(term, step))
+        rows = self._extension_rows(term, step)
+        weights = extension_weights(dense, np.array(thetas.tolist()), False)
+        w = torch.from_numpy(weights).to(dtype=rows.dtype, device=rows.device)
+        return step.y0[None] + step.dt * (w @ rows)
+
+    def _extension_rows(self, term: ODETerm, step: Step) -> torch.Tensor:
+        """The stage derivatives with f(t1, y1) (evaluated once, and reused by the next
+        step as its first stage), stacked (stages + 1, numel)."""
+        if step.f1 is None:
+            step.f1 = term(step.t1, step.y1, step.end_perturb)
+        return torch.stack([*step.stages, step.f1])
+
+    def dense_record(self, term: ODETerm, step: Step) -> torch.Tensor:
+        """What the dense output of an accepted ``step`` needs besides its ends.
+
+        Arguments:
+            term: the vector field.
+            step: the accepted step; its ``f1`` is evaluated if unknown.
+
+        Returns:
+            The stage derivatives and f(t1, y1) (stages + 1, numel) for the continuous
+                extension, else (f0, f1) for cubic Hermite.
+        """
+        if self.tableaux.dense is None:
+            return super().dense_record(term, step)
+        return self._extension_rows(term, step)
+
+    def dense_weights(
+        self, theta: torch.Tensor, h: torch.Tensor, like: torch.Tensor, derivative: bool = False
+    ) -> torch.Tensor:
+        """The dense output as weights, one row per point: y0 + h sum_j B_j(theta) X_j over
+        the rows X of ``dense_record`` with the continuous extension, else cubic Hermite's.
+
+        Arguments:
+            theta: the step fractions, (m,) float64; or one point's, a Python float.
+            h: the step sizes, (m,) float64; a Python float with a float ``theta``.
+            like: a tensor of the dtype and device the weights take.
+            derivative: the weights of dy/dt instead of y.
+
+        Returns:
+            The weights, (m, 2 + K): of y0, y1 and the K rows of ``dense_record``.
+        """
+        dense = self.tableaux.dense
+        if dense is None:
+            return super().dense_weights(theta, h, like, derivative)
+        thetas = np.array([theta]) if isinstance(theta, float) else theta.detach().cpu().numpy()
+        return stage_dense_weights(
+            extension_weights(dense, thetas, derivative), h, like, derivative
+        )
 
     def hermite_f0(self, term: ODETerm, step: Step) -> torch.Tensor:
         """f(t0, y0) of an accepted step: its first stage.

@@ -26,8 +26,8 @@ from ._dense_solve import DenseSolve
 from ._implicit_stages import ImplicitStages, StageEquations, _Linearisation
 from ._krylov_solve import KrylovSolve, Preconditioner
 from ._newton import SingularMatrixError
-from .base import Step, hermite_interpolate
-from .tableau import ImplicitTableau, collocation_weights
+from .base import Step, hermite_interpolate, stage_dense_weights
+from .tableau import ImplicitTableau, collocation_weights, extension_weights
 
 LINEAR_SOLVERS = ("auto", "direct", "krylov")
 
@@ -200,13 +200,7 @@ class ImplicitRK(ImplicitStages):
         """
         tab = self.tableau
         if tab.dense is not None:
-            coefficients = np.array(tab.dense.coefficients)  # (s, P): theta^1 .. theta^P
-            powers = np.arange(1, coefficients.shape[1] + 1)
-            if derivative:
-                monomials = powers * thetas[:, None] ** (powers - 1)
-            else:
-                monomials = thetas[:, None] ** powers
-            return monomials @ coefficients.T
+            return extension_weights(tab.dense, thetas, derivative)
         if tab.collocation:
             return collocation_weights(tab.c, thetas, derivative)
         return None
@@ -665,13 +659,7 @@ class ImplicitRK(ImplicitStages):
         w = self._stage_weights(thetas, derivative)
         if w is None:
             return super().dense_weights(theta, h, like, derivative)
-        weights = torch.from_numpy(w).to(dtype=like.dtype, device=like.device)
-        ends = torch.zeros(len(thetas), 2, dtype=like.dtype, device=like.device)
-        if derivative:
-            return torch.cat([ends, weights], 1)
-        ends[:, 0] = 1
-        size = h if one else h.to(like.dtype)[:, None]
-        return torch.cat([ends, size * weights], 1)
+        return stage_dense_weights(w, h, like, derivative)
 
 
 def _starts_after_jump(state: Any) -> bool:

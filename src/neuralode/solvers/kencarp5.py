@@ -4,7 +4,7 @@ explicit tableau for the non-stiff part of f and an L-stable, stiffly accurate E
 (diagonal gamma = 41 / 200) for its stiff linear part."""
 
 from .imex_rk import IMEXRK
-from .tableau import AdditiveTableau, ButcherTableau, ImplicitTableau
+from .tableau import AdditiveTableau, ButcherTableau, DenseOutput, ImplicitTableau
 
 _G = 41 / 200
 _B = (
@@ -38,6 +38,36 @@ _C = (
     1.0,
 )
 _B_ERROR = tuple(x - y for x, y in zip(_B, _B_EMBEDDED))
+
+# A continuous extension of order 4 over the stage derivatives f(Y_i) and f(t1, y1) (one
+# weight per stage for both parts of f), y(t0 + theta h) = y0 + h sum_i B_i(theta) k_i with
+# B_i of degree 5 (row i: the coefficients of theta^1 .. theta^5; the last row f(t1, y1)'s).
+# Kennedy and Carpenter give one of order 3; these solve the additive method's order
+# conditions up to order 4 (the coloured trees, 36), B(1) = b (B_9(1) = 0), and cancel the
+# O(h lambda) term of y' = lambda y in the implicit part as h lambda -> -inf, so that stiff
+# components stay bounded (|R_theta(z)| <= 3.4 for real z <= 0: the interpolant may
+# overshoot a fast transient between steps, not grow with the stiffness); the parameters
+# left minimise the order-5 error terms' squared integral over theta. The optimum has
+# B_2 = B_3 = 0, B_9 = 3/2 theta^2 - 4 theta^3 + 5/2 theta^4 and B'(1) = f(t1, y1)'s
+# (continuous derivative across steps); sum_i |B_i(theta)| <= 5.7. tests/test_tableaux.py
+# checks each property.
+_DENSE = (
+    (1.4775277363741859, -6.943075141121063, 8.971247242153124, -3.501122940315996,
+     -0.10012548384165089),
+    (0.0, 0.0, 0.0, 0.0, 0.0),
+    (0.0, 0.0, 0.0, 0.0, 0.0),
+    (-4.653530501678203, 34.50224230101789, -43.98729563262154, 14.775450388115313,
+     1.7018262489317828),
+    (-0.34534382706168737, 2.4439686605192605, -4.903685378258535, 3.1546813029851273,
+     -0.49005251426664026),
+    (4.401010069359318, -28.103069090917185, 32.89021132483905, -9.428194194322916,
+     -1.8305458169148248),
+    (-0.15809178747519054, -0.14929009927981363, 4.23919643990105, -3.583779197116801,
+     0.41483989099594115),
+    (0.2784283104815774, -3.25077663021909, 6.790326003986848, -3.9170353593447276,
+     0.30405767509539205),
+    (0.0, 1.5, -4.0, 2.5, 0.0),
+)  # fmt: skip
 
 KENCARP5_TABLEAU = AdditiveTableau(
     explicit=ButcherTableau(
@@ -147,13 +177,15 @@ KENCARP5_TABLEAU = AdditiveTableau(
         b_error=_B_ERROR,
         error_order=4,
     ),
+    dense=DenseOutput(coefficients=_DENSE, order=4, extra_c=(1.0,), extra_a=(_B,)),
 )
 
 
 class KenCarp5(IMEXRK):
     """IMEX ARK5(4)8L[2]SA, order 5(4) with 8 stages, for f = L y + N(t, y) with a stiff
     linear L (a PDE's diffusion) and a non-stiff N: 7 exact solves with (I - h gamma L)
-    and 8 evaluations of f per step, no Newton iteration. Dense output is cubic Hermite.
+    and 8 evaluations of f per step, no Newton iteration. Dense output is a continuous
+    extension of order 4 over the stages and f(t1, y1) (the next step's first stage).
 
     Arguments:
         linear: the stiff linear part L (``model.linear_part()`` of a ``neuralode.pde``

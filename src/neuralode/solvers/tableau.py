@@ -195,14 +195,19 @@ class AdditiveTableau:
     Attributes:
         explicit: the explicit method.
         implicit: the implicit method.
+        dense: a continuous extension over the stage derivatives f(Y_i) (the whole f) and
+            f(t1, y1) as its one extra stage (``extra_c = (1.0,)``, ``extra_a = (b,)``), or
+            ``None`` (cubic Hermite).
 
     Raises:
-        ValueError: tableaux that differ in ``c``, ``b``, ``b_error`` or their orders, or an
-            implicit tableau that is not ESDIRK.
+        ValueError: tableaux that differ in ``c``, ``b``, ``b_error`` or their orders, an
+            implicit tableau that is not ESDIRK, or a continuous extension with B(1) != b
+            or other extra stages.
     """
 
     explicit: ButcherTableau
     implicit: ImplicitTableau
+    dense: DenseOutput | None = None
 
     def __post_init__(self) -> None:
         ex, im = self.explicit, self.implicit
@@ -218,6 +223,12 @@ class AdditiveTableau:
                 "the implicit tableau must be ESDIRK: lower triangular, an explicit first "
                 "stage and one nonzero diagonal entry"
             )
+        if self.dense is not None:
+            problems.extend(_dense_problems(self.dense, ex.b, extra_stages=True))
+            if self.dense.extra_c and (
+                self.dense.extra_c != (1.0,) or tuple(self.dense.extra_a) != (tuple(ex.b),)
+            ):
+                problems.append("dense output: the one extra stage may only be f(t1, y1)")
         if problems:
             raise ValueError(f"invalid additive tableau {ex.name!r}: " + "; ".join(problems))
 
@@ -266,6 +277,19 @@ def _error_weight_problems(
     if abs(sum(b_error)) > _TOL:
         return [f"b_error sums to {sum(b_error)!r}, not 0"]
     return []
+
+
+def extension_weights(dense: DenseOutput, thetas: np.ndarray, derivative: bool) -> np.ndarray:
+    """B_i(theta_k) of a continuous extension (with ``derivative``: B_i'(theta_k)), float64
+    (m, rows): one column per stage and extra stage."""
+    coefficients = np.array(dense.coefficients)  # (rows, P): theta^1 .. theta^P
+    powers = np.arange(1, coefficients.shape[1] + 1)
+    thetas = np.asarray(thetas, dtype=np.float64).reshape(-1)
+    if derivative:  # d/dtheta theta^p = p theta^(p-1)
+        monomials = powers * thetas[:, None] ** (powers - 1)
+    else:
+        monomials = thetas[:, None] ** powers
+    return monomials @ coefficients.T
 
 
 def collocation_weights(

@@ -408,6 +408,55 @@ def test_adjoint_callbacks_are_called_in_the_backward_pass() -> None:
     assert counts["backward"] > 0
 
 
+@pytest.mark.parametrize("backwards_in_time", [False, True])
+def test_callbacks_get_torchdiffeqs_positive_step_in_either_direction(
+    backwards_in_time: bool,
+) -> None:
+    """torchdiffeq integrates a reversed span forwards in -t: its callbacks' dt is positive
+    in the forward and in the adjoint's backward solve, and so is ours."""
+    steps = {}
+    times = torch.tensor([1.0, 0.0] if backwards_in_time else [0.0, 1.0], dtype=F64)
+    for lib in (no, torchdiffeq):
+
+        class Logged(Field):
+            def callback_step(self, t0, y0, dt, lib=lib):
+                steps.setdefault((lib.__name__, "forward"), []).append(float(dt))
+
+            def callback_step_adjoint(self, t0, y0, dt, lib=lib):
+                steps.setdefault((lib.__name__, "adjoint"), []).append(float(dt))
+
+        out = lib.odeint_adjoint(
+            Logged(), Y0.clone().requires_grad_(True), times, method="rk4",
+            options=dict(step_size=0.25),
+        )  # fmt: skip
+        out.sum().backward()
+    for solve in ("forward", "adjoint"):
+        assert steps["neuralode", solve] == steps["torchdiffeq", solve] == [0.25] * 4
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"options": {"norm": lambda y: y.abs().max()}},
+        {"adjoint_options": {"norm": lambda x: max(v.abs().max() for v in x)}},
+    ],
+    ids=["plain", "forward norm", "adjoint norm"],
+)
+def test_adjoint_params_may_be_a_generator(extra) -> None:
+    """torchdiffeq takes ``adjoint_params=func.parameters()`` (read once into a tuple)."""
+    grads = []
+    for params in ("generator", "tuple"):
+        torch.manual_seed(0)
+        field = Field()
+        chosen = field.parameters() if params == "generator" else tuple(field.parameters())
+        out = no.odeint_adjoint(field, Y0, T, adjoint_params=chosen, **extra)
+        out.sum().backward()
+        grads.append([p.grad.clone() for p in field.parameters()])
+    for generated, listed in zip(*grads):
+        torch.testing.assert_close(generated, listed, rtol=0, atol=0)
+
+
 class _PairField(Field):
     """A tuple state: ``(y, s)`` with ``s' = -s``."""
 

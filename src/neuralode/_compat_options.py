@@ -140,7 +140,9 @@ def _parse(
 
 class _FuncCallbacks:
     """The core's callbacks object calling torchdiffeq-style ``callback_*`` on ``func``, with
-    the state passed through ``view`` first (the identity for a forward solve)."""
+    the state passed through ``view`` first (the identity for a forward solve) and the step's
+    size as torchdiffeq gives it: positive in either direction of time (torchdiffeq
+    integrates a reversed span forwards in -t)."""
 
     def __init__(
         self, func: Any, suffix: str, names: Sequence[str], view: Callable[[Any], Any] | None
@@ -148,15 +150,12 @@ class _FuncCallbacks:
         hooks = ("on_step", "on_accept", "on_reject")
         for hook, target in zip(hooks, _CALLBACKS):
             if target in names:
-                method = getattr(func, target + suffix)
-                if view is not None:
-                    method = _viewed(method, view)
-                setattr(self, hook, method)
+                setattr(self, hook, _as_torchdiffeq(getattr(func, target + suffix), view))
 
 
-def _viewed(method: Callable, view: Callable[[Any], Any]) -> Callable:
+def _as_torchdiffeq(method: Callable, view: Callable[[Any], Any] | None) -> Callable:
     def call(t: torch.Tensor, y: Any, dt: torch.Tensor) -> Any:
-        return method(t, view(y), dt)
+        return method(t, y if view is None else view(y), abs(dt))
 
     return call
 

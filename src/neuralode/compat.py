@@ -52,7 +52,8 @@ def odeint(
 
     Arguments:
         func: the vector field ``func(t, y)``; its ``callback_step``, ``callback_accept_step``
-            and ``callback_reject_step`` methods, if any, are called as in torchdiffeq (one
+            and ``callback_reject_step`` methods, if any, are called as in torchdiffeq, with
+            ``(t0, y0, dt)`` of the step and ``dt`` positive in either direction of time (one
             the method never calls, e.g. ``callback_accept_step`` of a fixed-grid method, is
             named in a warning).
         y0: the initial state, a tensor or a tuple of tensors (the result has the same
@@ -125,7 +126,9 @@ def odeint_adjoint(
     Arguments:
         func: the vector field ``func(t, y)``; ``callback_*_adjoint`` methods of ``func`` are
             called during the backward solve with torchdiffeq's augmented state ``(t, y,
-            adj_y, *adj_params)`` (``t`` a zero; y and adj_y flat for a tuple y0).
+            adj_y, *adj_params)`` (``t`` a zero; y and adj_y flat for a tuple y0), the
+            step's start time (for a decreasing ``t`` torchdiffeq gives minus it) and a
+            positive ``dt``.
         y0: the initial state, a tensor or a tuple of tensors.
         t: the output times, 1-D and strictly monotonic.
         rtol: the relative tolerance of the forward solve (as for ``odeint``).
@@ -143,7 +146,8 @@ def odeint_adjoint(
             times. ``{"norm": "seminorm"}`` leaves the parameter-gradient channels out of the
             error norm; a callable norm is given ``(t, *y, *adj_y, *adj_params)`` as in
             torchdiffeq (``t`` a zero: the time gradient is not integrated).
-        adjoint_params: the tensors to differentiate with respect to (default
+        adjoint_params: the tensors to differentiate with respect to (any iterable, read
+            once, e.g. ``func.parameters()``; default
             ``tuple(func.parameters())``, or an ``nn.DataParallel`` replica's parameter
             copies, as in torchdiffeq; ``func`` must then be an ``nn.Module``).
 
@@ -156,6 +160,8 @@ def odeint_adjoint(
             ``"seminorm"`` nor a callable.
         SolverError: the forward or the backward solve failed.
     """
+    if adjoint_params is not None:  # (a generator such as func.parameters() is read once)
+        adjoint_params = tuple(adjoint_params)
     method = "dopri5" if method is None else _ALIASES.get(method, method)
     adjoint_method = (
         method if adjoint_method is None else _ALIASES.get(adjoint_method, adjoint_method)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -455,6 +456,41 @@ def test_adjoint_params_may_be_a_generator(extra) -> None:
         grads.append([p.grad.clone() for p in field.parameters()])
     for generated, listed in zip(*grads):
         torch.testing.assert_close(generated, listed, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "rtol",
+    [np.float32(1e-7), np.array(1e-7), np.array([1e-7, 1e-8]), np.int64(0)],
+    ids=["float32", "0-d array", "per element", "int64"],
+)
+@pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint"])
+def test_numpy_tolerances_are_taken_as_torchdiffeq_takes_them(rtol, interface: str) -> None:
+    y0 = Y0.clone().requires_grad_(True)
+    ours = getattr(no, interface)(Field(), y0, T, rtol=rtol, atol=np.float32(1e-9))
+    theirs = torchdiffeq.odeint(Field(), Y0, T, rtol=rtol, atol=np.float32(1e-9))
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    ours.sum().backward()
+    assert y0.grad is not None
+
+
+def test_odeint_adjoint_takes_one_tolerance_per_tensor_of_a_tuple_state_as_odeint() -> None:
+    """Its backward solve lays them out over the flat state, as the forward solve does."""
+    grads = []
+    for interface in (no.odeint, no.odeint_adjoint):
+        y0 = (Y0.clone().requires_grad_(True), torch.ones(3, dtype=F64, requires_grad=True))
+        out = interface(_PairField(), y0, T, rtol=(1e-9, 1e-10), atol=[1e-10, 1e-11])
+        sum(o[-1].sum() for o in out).backward()
+        grads.append([y.grad for y in y0])
+    for adjoint, direct in zip(grads[1], grads[0]):
+        torch.testing.assert_close(adjoint, direct, rtol=1e-6, atol=1e-8)
+
+
+def test_options_inherited_by_another_adjoint_method_are_named_with_the_fix() -> None:
+    with pytest.raises(ValueError, match="adjoint_options was not given.*pass adjoint_options"):
+        no.odeint_adjoint(
+            Field(), Y0.clone().requires_grad_(True), T, method="rk4",
+            options=dict(step_size=0.1), adjoint_method="dopri5",
+        )  # fmt: skip
 
 
 class _PairField(Field):

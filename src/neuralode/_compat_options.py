@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._norms import mixed_norm
@@ -352,12 +353,14 @@ class _CubicBetweenGridPoints:
 
 
 def _tolerance(name: str, value: Any, y0: Any, spec: Any) -> float | torch.Tensor:
-    """torchdiffeq's ``rtol``/``atol``: a number; a tensor or a sequence of numbers (per
-    element, broadcasting against a tensor state); or, for a tuple state, one number or
-    tensor per tensor of the state (a sequence, or a tensor with one entry per tensor), laid
-    out as the flat state."""
+    """torchdiffeq's ``rtol``/``atol``: a number (NumPy's too); a tensor, NumPy array or
+    sequence of numbers (per element, broadcasting against a tensor state); or, for a tuple
+    state, one number or tensor per tensor of the state (a sequence, or a tensor with one
+    entry per tensor), laid out as the flat state."""
     if isinstance(value, torch.Tensor) and value.requires_grad:
         raise ValueError(f"{name} cannot require gradient; pass {name}.detach()")
+    if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "fiu":
+        value = torch.as_tensor(value, dtype=torch.float64)  # (as torchdiffeq takes them)
     if isinstance(y0, torch.Tensor) and isinstance(value, (tuple, list)):
         try:  # torchdiffeq makes it a tensor
             value = torch.as_tensor(value, dtype=torch.float64)

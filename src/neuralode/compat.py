@@ -24,6 +24,7 @@ from ._compat_options import (
     _backward_norm_of,
     _callbacks,
     _parse,
+    _tolerance,
 )
 from ._events import Event
 from ._solution import SolveStats
@@ -171,7 +172,8 @@ def odeint_adjoint(
             "scipy_solver is not differentiable and cannot be used with odeint_adjoint; use a "
             "torch method (e.g. dopri5) for method and adjoint_method"
         )
-    if adjoint_options is None:
+    inherited = adjoint_options is None
+    if inherited:
         adjoint_options = {
             k: v
             for k, v in (options or {}).items()
@@ -198,9 +200,17 @@ def odeint_adjoint(
     adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
     adjoint_atol = atol if adjoint_atol is None else adjoint_atol
     spec, _ = tree_spec(y0, "y0")
-    solver, controller, extra = _parse(
-        adjoint_method, adjoint_options, adjoint_rtol, adjoint_atol, func, y0, t, spec
-    )
+    try:
+        solver, controller, extra = _parse(
+            adjoint_method, adjoint_options, adjoint_rtol, adjoint_atol, func, y0, t, spec
+        )
+    except ValueError as error:
+        if not inherited or not str(error).startswith("unknown option"):
+            raise
+        raise ValueError(
+            f"{error}. adjoint_options was not given, so the backward solve took the options "
+            f"of method {method!r}: pass adjoint_options for adjoint_method {adjoint_method!r}"
+        ) from None
     forward_norm = None if options is None else options.get("norm")
     if callable(norm):
         norm = _adjoint_norm(norm, spec, resolve_params(func, adjoint_params))
@@ -209,8 +219,9 @@ def odeint_adjoint(
         norm = _backward_norm_of(forward_norm, spec, params)
     gradient = Backsolve(
         params=adjoint_params,
-        rtol=adjoint_rtol,
-        atol=adjoint_atol,
+        # (as odeint's: NumPy values, one per tensor of a tuple y0, laid out as the flat state)
+        rtol=_tolerance("adjoint_rtol", adjoint_rtol, y0, spec),
+        atol=_tolerance("adjoint_atol", adjoint_atol, y0, spec),
         solver=solver,
         controller=controller,
         seminorm=norm == "seminorm",

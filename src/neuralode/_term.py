@@ -276,7 +276,10 @@ class ODETerm:
                 ) from None
             raise
         if flat.dtype != self.dtype:
-            raise TypeError(f"{what} returned dtype {flat.dtype}; the state has dtype {self.dtype}")
+            raise TypeError(
+                f"{what} returned dtype {flat.dtype}; the state has dtype {self.dtype}: return "
+                f"it in the state's dtype (e.g. .to(y.dtype)), or give y0 in {flat.dtype}"
+            )
         if flat.device != self.device:
             raise ValueError(
                 f"{what} returned a tensor on {flat.device}; the state is on {self.device}"

@@ -511,6 +511,40 @@ def test_implicit_adams_takes_torchdiffeqs_max_order_12() -> None:
     assert errors[0] <= errors[1], errors
 
 
+def test_odeint_dense_matches_torchdiffeqs() -> None:
+    """The same call; at tight tolerances both are within the tolerance of the exact
+    solution, so they agree; ours takes many times per call and is differentiable."""
+
+    def linear(t, y):
+        return A @ y
+
+    times = torch.tensor([0.3, 1.7, 2.9], dtype=F64)
+    exact = torch.stack([torch.linalg.matrix_exp(A * t) @ Y0 for t in times])
+    y0 = Y0.clone().requires_grad_(True)
+    ours = no.odeint_dense(linear, y0, torch.tensor(0.0, dtype=F64), torch.tensor(3.0, dtype=F64),
+                           rtol=1e-10, atol=1e-12)(times)  # fmt: skip
+    dense = torchdiffeq.odeint_dense(
+        linear, Y0, torch.tensor(0.0, dtype=F64), torch.tensor(3.0, dtype=F64),
+        rtol=1e-10, atol=1e-12,
+    )  # fmt: skip
+    theirs = torch.stack([dense(t) for t in times])  # (it takes one time per call)
+    torch.testing.assert_close(ours, exact, rtol=1e-8, atol=1e-9)
+    torch.testing.assert_close(ours, theirs, rtol=1e-8, atol=1e-9)
+    ours[-1].sum().backward()  # differentiable, like torchdiffeq's
+    expected = (torch.linalg.matrix_exp(A * 2.9)).sum(0)
+    torch.testing.assert_close(y0.grad, expected, rtol=1e-7, atol=1e-8)
+
+
+def test_odeint_dense_takes_tuple_states_and_other_methods() -> None:
+    dense = no.odeint_dense(_PairField(), (Y0, torch.ones(3, dtype=F64)), 0.0, 2.0,
+                            method="tsit5", rtol=1e-9, atol=1e-11)  # fmt: skip
+    y, s = dense(torch.tensor([[0.5, 1.0]], dtype=F64))
+    assert y.shape == (1, 2, 2) and s.shape == (1, 2, 3)
+    torch.testing.assert_close(s[0, :, 0], torch.exp(-torch.tensor([0.5, 1.0], dtype=F64)))
+    with pytest.raises(ValueError, match="scipy_solver keeps no steps"):
+        no.odeint_dense(Field(), Y0, 0.0, 1.0, method="scipy_solver")
+
+
 class _PairField(Field):
     """A tuple state: ``(y, s)`` with ``s' = -s``."""
 

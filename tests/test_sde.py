@@ -304,6 +304,23 @@ def test_settings_hold_torchsdes_values():
         assert getattr(settings, name).all() == getattr(torchsde.settings, name).all()
 
 
+def test_types_and_the_tree_display_are_torchsdes(capsys):
+    torchsde = pytest.importorskip("torchsde")
+    public = {name for name in vars(torchsde.types) if not name.startswith("_")} - {"torch"}
+    assert public <= set(nsde.types.__all__)
+    for name in public:
+        assert getattr(nsde.types, name) == getattr(torchsde.types, name), name
+    printed = []
+    for library in (nsde, torchsde):
+        bm = library.BrownianInterval(0.0, 1.0, size=(2,), entropy=0)
+        bm(0.2, 0.7)
+        bm(0.5, 0.6)
+        bm.display_binary_tree()
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1]
+    assert printed[0].splitlines()[:3] == ["(0.0, 1.0)", " (0.0, 0.2)", " (0.2, 1.0)"]
+
+
 class Named(nsde.BaseSDE):
     def __init__(self, sde_type="ito"):
         super().__init__(noise_type="diagonal", sde_type=sde_type)

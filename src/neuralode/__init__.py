@@ -12,7 +12,7 @@ from ._solution import Solution, SolveStats
 from ._solve import solve
 from ._status import Status
 from .adjoint import Backsolve, Checkpointed, Direct, GradientStrategy, Reversible
-from .compat import odeint, odeint_adjoint, odeint_event
+from .compat import odeint, odeint_adjoint, odeint_dense, odeint_event
 from .controllers import FixedGrid, PIController, PIDController
 from .solvers import (
     METHODS,
@@ -84,6 +84,7 @@ __all__ = [
     "mixed_norm",
     "odeint",
     "odeint_adjoint",
+    "odeint_dense",
     "odeint_event",
     "rms_norm",
     "seminorm",

@@ -242,6 +242,52 @@ def odeint_adjoint(
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, gradient)
 
 
+def odeint_dense(
+    func: Callable[[torch.Tensor, Any], Any],
+    y0: Any,
+    t0: torch.Tensor | float,
+    t1: torch.Tensor | float,
+    *,
+    rtol: float | torch.Tensor | Sequence[float] = 1e-7,
+    atol: float | torch.Tensor | Sequence[float] = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Callable[[torch.Tensor], Any]:
+    """Solve from ``t0`` to ``t1`` keeping every step; return the solution as a function of
+    time (torchdiffeq's ``odeint_dense``).
+
+    torchdiffeq's takes ``dopri5`` and a tensor ``y0`` only; this one takes every method
+    with dense output and tuple states, and evaluates on the method's own interpolant (see
+    the guide's "Dense solutions").
+
+    Arguments:
+        func: the vector field ``func(t, y)``.
+        y0: the initial state, a tensor or a tuple of tensors.
+        t0: the initial time.
+        t1: the final time (before ``t0`` for a solve backward in time).
+        rtol: the relative tolerance (as for ``odeint``).
+        atol: the absolute tolerance (as for ``odeint``).
+        method: the method's name (default ``"dopri5"``).
+        options: the method's options (as for ``odeint``).
+
+    Returns:
+        ``dense_output_fn(t_eval)``: the state at the times ``t_eval`` (a tensor of any
+            shape inside the span; the result has its shape followed by ``y0``'s, in
+            ``y0``'s structure), differentiable with respect to ``y0`` and ``func``'s
+            parameters.
+
+    Raises:
+        ValueError: ``scipy_solver`` as the method; an evaluation outside the span; bad
+            input as for ``odeint``.
+        SolverError: the solve failed.
+    """
+    like = t0 if isinstance(t0, torch.Tensor) else t1
+    dtype = like.dtype if isinstance(like, torch.Tensor) else torch.get_default_dtype()
+    span = torch.stack([torch.as_tensor(t, dtype=dtype).reshape(()) for t in (t0, t1)])
+    solution = _odeint(func, y0, span, rtol, atol, method, options, None, Direct(), dense=True)
+    return solution.evaluate
+
+
 def odeint_event(
     func: Callable[[torch.Tensor, Any], Any],
     y0: Any,
@@ -295,10 +341,17 @@ def _odeint(
     options: dict[str, Any] | None,
     event_fn: Callable | None,
     gradient: GradientStrategy,
+    dense: bool = False,
 ) -> Any:
+    """The solve behind the façade's functions: ``ys``, or with ``event_fn`` ``(event_t,
+    states at t0 and at the event)``, or with ``dense`` the ``Solution`` keeping its steps."""
     method = "dopri5" if method is None else _ALIASES.get(method, method)
     options = {} if options is None else dict(options)
     t = _on_state_device(t, y0)
+    if method == "scipy_solver" and dense:
+        raise ValueError(
+            "odeint_dense needs a torch method (e.g. dopri5): scipy_solver keeps no steps"
+        )
     if method == "scipy_solver":
         if options.get("progress_meter") is not None:
             raise ValueError(
@@ -347,9 +400,12 @@ def _odeint(
         gradient=gradient,
         event=event,
         callbacks=_callbacks(func, "", method, solver),
+        dense=dense,
         **extra,
     )
     _LAST_STATS.set(sol.stats)
+    if dense:
+        return sol
     if event is None:
         return sol.ys
     assert sol.event_t is not None  # the solve runs towards infinity until an event

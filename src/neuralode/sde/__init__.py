@@ -6,12 +6,12 @@
 (Kidger et al. 2021). Brownian motion: ``BrownianInterval`` (and ``BrownianPath``,
 ``BrownianTree``, ``ReverseBrownian``) and ``VirtualBrownianTree`` (a pure function of the
 query times, one time per row: the Brownian motion of per-sample solves). Names of methods
-and types: ``neuralode.sde.settings``.
+and types: ``neuralode.sde.settings``; torchsde's type aliases: ``neuralode.sde.types``.
 In the core API the same methods are solvers of the one loop: ``neuralode.solve(SDETerm(sde,
 bm), y0, ts, solver=SDESolver("euler"), controller=FixedGrid(step_size=dt))``.
 """
 
-from . import settings
+from . import settings, types
 from ._adjoint import sdeint_adjoint
 from ._base import BaseSDE, SDEIto, SDEStratonovich
 from ._brownian import BaseBrownian, ReverseBrownian
@@ -37,4 +37,5 @@ __all__ = [
     "sdeint",
     "sdeint_adjoint",
     "settings",
+    "types",
 ]

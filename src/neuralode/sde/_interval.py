@@ -171,6 +171,18 @@ class BrownianInterval(_Stored):
     # ----------------------------------------------------------------------------------------
     # queries
 
+    def display_binary_tree(self) -> None:
+        """Print the tree of intervals, one ``(start, end)`` per line indented by its depth,
+        depth first, left before right (torchsde's debugging aid)."""
+        tree, stack, lines = self._tree, [(0, 0)], []
+        while stack:
+            node, depth = stack.pop()
+            lines.append(" " * depth + f"({tree.start[node]}, {tree.end[node]})")
+            if tree.left[node] >= 0:
+                stack.append((tree.left[node] + 1, depth + 1))
+                stack.append((tree.left[node], depth + 1))
+        print("\n".join(lines))
+
     def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: N803
         """The increment over ``[ta, tb]`` (``tb=None``: over ``[t0, ta]``), plus ``U`` and/or
         ``A`` when asked; ``ta`` and ``tb`` outside ``[t0, t1]`` are clamped with a warning."""

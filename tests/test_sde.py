@@ -641,6 +641,10 @@ def test_stochastic_adjoint_converges_to_backprop(sde_type, noise_type, method, 
             "stratonovich SDE with additive noise.*use adjoint_method='midpoint'",
         ),
         (GBM(), "srk", "'srk' cannot be used for adjoint SDEs"),  # not: "set the Lévy area"
+        # (torchsde fails in backward())
+        (GBM("stratonovich"), "reversible_heun", "needs the diffusion g itself.*'midpoint'"),
+        # the user's method with other options: the message ends with the options' advice
+        (GBM(), ("milstein", {"grad_free": True}), r"grad_free=False\)`\)\.$"),
     ],
 )
 def test_an_adjoint_method_that_cannot_solve_the_adjoint_sde_is_refused_before_the_solve(
@@ -651,8 +655,12 @@ def test_an_adjoint_method_that_cannot_solve_the_adjoint_sde_is_refused_before_t
     an adjoint method that fits."""
     y0 = torch.ones(3, 2, dtype=F64)
     method = "euler" if sde.sde_type == "ito" else "midpoint"
+    adjoint_method, adjoint_options = (
+        adjoint_method if isinstance(adjoint_method, tuple) else (adjoint_method, None)
+    )
     with pytest.raises(ValueError, match=message):
-        nsde.sdeint_adjoint(sde, y0, TS, method=method, adjoint_method=adjoint_method, dt=0.1)
+        nsde.sdeint_adjoint(sde, y0, TS, method=method, adjoint_method=adjoint_method, dt=0.1,
+                            adjoint_options=adjoint_options)  # fmt: skip
 
 
 class _ConstantDiffusionOU(torch.nn.Module):

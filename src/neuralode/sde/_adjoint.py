@@ -178,7 +178,8 @@ def sdeint_adjoint(
         method: the forward method (as ``sdeint``).
         adjoint_method: the backward method; default: adjoint_reversible_heun after
             reversible_heun, milstein for Itô diagonal noise, euler for other Itô noise,
-            midpoint for Stratonovich. srk and log_ode cannot solve the adjoint SDE.
+            midpoint for Stratonovich. srk, log_ode and reversible_heun cannot solve the
+            adjoint SDE.
         dt: the step size of both passes.
         adaptive: adaptive steps forward.
         adjoint_adaptive: adaptive steps backward.
@@ -261,11 +262,20 @@ def sdeint_adjoint(
             # additive SDE), not the user's: say which SDE it is and what solves it
             sde = problem.sde
             fits = _default_adjoint_method(sde, METHODS.euler, None)
+            # (where the method fits with other options, the inner message names them)
+            advice = "" if fits == adjoint_method else f"; use adjoint_method={fits!r}"
             raise ValueError(
                 f"adjoint_method={adjoint_method!r} cannot solve the adjoint SDE of this "
-                f"{sde.sde_type} SDE with {sde.noise_type} noise ({error}); use "
-                f"adjoint_method={fits!r}."
+                f"{sde.sde_type} SDE with {sde.noise_type} noise ({error}){advice}."
             ) from error
+    if adjoint_method == METHODS.reversible_heun:  # (torchsde fails in backward() there)
+        raise ValueError(
+            f"adjoint_method={adjoint_method!r} needs the diffusion g itself, which the "
+            "adjoint SDE does not give (only diffusion-vector products): for reversible "
+            f"Heun's exact gradients use method={METHODS.reversible_heun!r} (its default "
+            f"adjoint_method is {METHODS.adjoint_reversible_heun!r}), else "
+            f"adjoint_method={_default_adjoint_method(problem.sde, METHODS.euler, None)!r}."
+        )
     extra_in = tuple(extra_solver_state) if extra_solver_state is not None else ()
     if reversible and not extra_in:
         extra_shapes = 3

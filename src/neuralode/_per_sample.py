@@ -244,7 +244,12 @@ def integrate_per_sample(
                     meter.report(*shown)
                 if nan_seen:
                     events.check_nan()
-                next_check = iteration + max(1, min(most_unchecked, int(left) // 4))
+                # the next check after a quarter of the steps left at the current step
+                # sizes, and no later than after as many attempts as the solve has made
+                # (checks at 1, 2, 4, 8, ... attempts at first): steps that grow fast end the
+                # solve far sooner than their size says, and the attempts after the end,
+                # until the check, would call f for nothing
+                next_check = iteration + max(1, min(most_unchecked, int(left) // 4, iteration))
             to_write = write_outputs and min(hi, n_out - 1) > lo  # the last one: the final y
             if (rounds or to_write) and needs_f1 and pending[-1].f1 is None:
                 # for the interpolant; the next f0 below

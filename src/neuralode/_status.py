@@ -138,6 +138,7 @@ def sample_failures(
         codes = torch.where(halted, code, 0)
     if not config.throw:
         return codes
+    found = codes
     if wrapped(codes):  # under torch.func.vmap: every problem's rows (``_host``), as samples
         anchor = codes * 0  # batched like codes, which depends on all of them
         t, land, t_stop, span = (plain(x + anchor).reshape(-1) for x in (t, land, t_stop, span))
@@ -145,7 +146,10 @@ def sample_failures(
         if repeated is not None:
             repeated = plain(repeated | (anchor != 0)).reshape(-1)
         codes = plain(codes).reshape(-1).clone()
-    i = int(codes.nonzero()[0])
+    failing = codes.nonzero()
+    if not failing.numel():  # max_steps reached by the attempt that finished the last sample
+        return found
+    i = int(failing[0])
     several = config.per_sample or codes.shape[0] > 1  # (else one problem: a batch of one)
     sample = i if several else None
     try:

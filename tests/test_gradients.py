@@ -222,11 +222,18 @@ def test_checkpointed_refuses_multistep_methods() -> None:
         )
 
 
-def test_adjoint_strategies_require_params_for_plain_functions() -> None:
-    y0 = torch.ones(2, requires_grad=True)
-    for gradient in (no.Backsolve(), no.Checkpointed()):
-        with pytest.raises(ValueError, match="not a torch.nn.Module"):
-            no.solve(lambda t, y: -y, y0, torch.tensor([0.0, 1.0]), gradient=gradient)
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_adjoint_strategies_require_params_for_plain_functions(per_sample: bool) -> None:
+    """One message in every mode, naming the fix and () for no parameters (per sample,
+    Checkpointed recomputes its segments through f itself, so a closure's tensors get
+    their gradients without being listed)."""
+    y0 = torch.ones(2, 1, requires_grad=True)
+    for gradient in (no.Backsolve(),) if per_sample else (no.Backsolve(), no.Checkpointed()):
+        with pytest.raises(
+            ValueError, match=r"func is a function, not a torch.nn.Module.*pass \(\) if"
+        ):
+            no.solve(lambda t, y: -y, y0, torch.tensor([0.0, 1.0]), gradient=gradient,
+                     per_sample=per_sample)  # fmt: skip
 
 
 def test_empty_params_allowed_and_only_y0_gets_gradient() -> None:

@@ -19,6 +19,7 @@ from ._term import SEPARABLE_HALVES, separable_halves
 from ._validate import check_finite
 from .adjoint.base import GradientStrategy, Problem, time_derivative_inputs
 from .adjoint.direct import Direct
+from .adjoint.params import not_a_module
 
 
 class BatchTime(torch.nn.Module):
@@ -45,10 +46,7 @@ class BatchTime(torch.nn.Module):
     def parameters(self, recurse: bool = True):
         if hasattr(self, "module"):
             return self.module.parameters(recurse)
-        raise ValueError(
-            "func is not a torch.nn.Module, so its parameters cannot be found: pass them "
-            "explicitly (params=... in the core API, adjoint_params=... in odeint_adjoint)"
-        )
+        raise not_a_module(self._func)
 
 
 class _BatchTimeHalf:

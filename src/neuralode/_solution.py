@@ -60,8 +60,8 @@ class Solution:
 
     Attributes:
         ts: the output times (one problem with a terminal event: only those up to it, an
-            output exactly at the event included); per-sample output times: the (batch, n)
-            tensor given.
+            output exactly at the located event time included); per-sample output times:
+            the (batch, n) tensor given.
         ys: the states at ``ts``: the structure of ``y0`` with a leading dimension over ``ts``
             (per-sample output times: (n, batch, ...), ``ys[j, i]`` sample i at ``ts[i, j]``).
         stats: the work done, a [`SolveStats`][neuralode.SolveStats].

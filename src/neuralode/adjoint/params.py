@@ -31,6 +31,15 @@ def keep_params(params: Any) -> Any:
         return params
 
 
+def not_a_module(func: Any) -> ValueError:
+    """The error for parameters looked up on a ``func`` that is not an ``nn.Module``."""
+    return ValueError(
+        f"func is a {type(func).__name__}, not a torch.nn.Module, so its parameters cannot be "
+        "found: pass them explicitly (params=... in the core API, adjoint_params=... in "
+        "odeint_adjoint); pass () if there are none"
+    )
+
+
 def resolve_params(
     func: Callable[..., Any], params: Sequence[torch.Tensor] | None
 ) -> tuple[torch.Tensor, ...]:
@@ -39,11 +48,7 @@ def resolve_params(
     modules' parameters, would otherwise receive its gradient twice)."""
     if params is None:
         if not isinstance(func, torch.nn.Module):
-            raise ValueError(
-                f"func is a {type(func).__name__}, not a torch.nn.Module, so its parameters "
-                "cannot be found: pass them explicitly (params=... in the core API, "
-                "adjoint_params=... in odeint_adjoint); pass () if there are none"
-            )
+            raise not_a_module(func)
         params = module_parameters(func)
         _warn_unreached(func, params)
     if isinstance(params, torch.nn.Module):  # a module stands for its parameters

@@ -42,15 +42,15 @@ _B_ERROR = tuple(x - y for x, y in zip(_B, _B_EMBEDDED))
 # A continuous extension of order 4 over the stage derivatives f(Y_i) and f(t1, y1) (one
 # weight per stage for both parts of f), y(t0 + theta h) = y0 + h sum_i B_i(theta) k_i with
 # B_i of degree 5 (row i: the coefficients of theta^1 .. theta^5; the last row f(t1, y1)'s).
-# Kennedy and Carpenter give one of order 3; these solve the additive method's order
-# conditions up to order 4 (the coloured trees, 36), B(1) = b (B_9(1) = 0), and cancel the
-# O(h lambda) term of y' = lambda y in the implicit part as h lambda -> -inf, so that stiff
-# components stay bounded (|R_theta(z)| <= 3.4 for real z <= 0: the interpolant may
-# overshoot a fast transient between steps, not grow with the stiffness); the parameters
-# left minimise the order-5 error terms' squared integral over theta. The optimum has
-# B_2 = B_3 = 0, B_9 = 3/2 theta^2 - 4 theta^3 + 5/2 theta^4 and B'(1) = f(t1, y1)'s
-# (continuous derivative across steps); sum_i |B_i(theta)| <= 5.7. tests/test_tableaux.py
-# checks each property.
+# The coefficients are found here, not taken from the paper: they solve the additive
+# method's order conditions up to order 4 (the 36 coloured trees), B(1) = b (B_9(1) = 0),
+# and cancel the O(h lambda) term of y' = lambda y in the implicit part as h lambda -> -inf,
+# so that stiff components stay bounded (|R_theta(z)| <= 3.4 for real z <= 0: the
+# interpolant may overshoot a fast transient between steps, not grow with the stiffness);
+# the parameters left minimise the order-5 error terms' squared integral over theta. The
+# optimum has B_2 = B_3 = 0, B_9 = 3/2 theta^2 - 4 theta^3 + 5/2 theta^4 and B'(1) =
+# f(t1, y1)'s (continuous derivative across steps); sum_i |B_i(theta)| <= 5.7.
+# tests/test_tableaux.py checks each property.
 _DENSE = (
     (1.4775277363741859, -6.943075141121063, 8.971247242153124, -3.501122940315996,
      -0.10012548384165089),

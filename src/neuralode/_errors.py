@@ -32,9 +32,10 @@ def f0_not_finite(where: str, end: str = "") -> NonFiniteError:
     has NaN or inf, or finite values too large for the tolerances (divided by atol + rtol
     |y0| they overflow the dtype)."""
     return NonFiniteError(
-        f"f(t0, y0) contains NaN or inf{where}, or values so large that divided by atol + "
-        "rtol * |y0| they overflow the state's dtype: check f at t0, rescale the problem or "
-        f"raise atol, or give the first step (PIController(first_step=...)){end}"
+        f"f(t0, y0) contains NaN or inf{where}, or values so large (or atol + rtol * |y0| so "
+        "small: atol = 0 with a tiny state) that divided by atol + rtol * |y0| they overflow "
+        "the state's dtype: check f at t0, rescale the problem or raise atol, or give the "
+        f"first step (PIController(first_step=...)){end}"
     )
 
 

@@ -289,7 +289,7 @@ def test_what_stays_unsupported_is_refused_with_the_fix() -> None:
         no.solve(field, (q0, p0), ts, solver="leapfrog", controller=grid, per_sample=True,
                  dense=True)  # fmt: skip
     rows, _ = _hyper(Correction())
-    with pytest.raises(ValueError, match="needs y0 to be one tensor.*symplectic"):
+    with pytest.raises(ValueError, match="hyper_euler needs y0 to be one tensor"):
         no.solve(lambda t, y: y, (q0, p0), ts, solver=rows, controller=grid, per_sample=True)
     with pytest.raises(ValueError, match="hyper_euler takes fixed steps.*FixedGrid"):
         no.solve(pendulum, q0, ts, solver=rows, controller=no.PIController(), per_sample=True)
@@ -298,3 +298,99 @@ def test_what_stays_unsupported_is_refused_with_the_fix() -> None:
     wrong = HyperEuler(lambda t, y, dy, dt: y[:, :1])
     with pytest.raises(ValueError, match=r"correction of hyper_euler has shape \(3, 1\)"):
         no.solve(pendulum, q0, ts, solver=wrong, controller=grid, per_sample=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# nested states per sample: each sample's part of every tensor as its row
+
+_W = torch.tensor([[0.3, -0.8, 0.2], [0.9, 0.1, -0.4], [-0.2, 0.5, 0.3]], dtype=F64)
+
+
+def _flat_field(t, y):
+    """A non-autonomous field on (batch, 3) rows, t of shape (batch,)."""
+    return torch.tanh(y @ _W.T) - 0.1 * y * torch.cos(t)[:, None]
+
+
+def _split(y):
+    return (y[:, :1], {"rest": y[:, 1:].reshape(-1, 1, 2)})
+
+
+def _join(state):
+    first, rest = state  # (..., 1) and (..., 1, 2)
+    return torch.cat([first, rest["rest"].reshape(*first.shape[:-1], -1)], -1)
+
+
+def _nested_field(t, state):
+    return _split(_flat_field(t, _join(state)))
+
+
+@pytest.mark.parametrize("event", [None, "terminal", "non_terminal"])
+@pytest.mark.parametrize("gradient", [no.Direct, no.Backsolve, no.Checkpointed])
+def test_a_nested_state_runs_per_sample_as_its_rows_in_one_tensor(gradient, event) -> None:
+    """A tuple (with a dict inside) of (batch, ...) tensors per sample equals the same rows
+    as one (batch, 3) tensor: outputs, event times and states, gradients through both."""
+    y0 = torch.tensor([[0.5, -0.2, 0.1], [0.1, 0.7, -0.3], [-0.4, 0.2, 0.6]], dtype=F64)
+    ts = torch.linspace(0.0, 2.0, 5, dtype=F64)
+    common = dict(controller=no.PIController(rtol=1e-8, atol=1e-10), per_sample=True)
+    results = []
+    for field, first in ((_flat_field, lambda y: y[:, 0]),
+                         (_nested_field, lambda s: s[0][:, 0])):  # fmt: skip
+        leaf = y0.clone().requires_grad_(True)
+        state = leaf if field is _flat_field else _split(leaf)
+        kwargs = dict(common, gradient=gradient() if gradient is no.Direct else gradient(params=()))
+        if event is not None:
+            kwargs["event"] = no.Event(lambda t, y, first=first: first(y),
+                                       terminal=event == "terminal")  # fmt: skip
+        sol = no.solve(field, state, ts, **kwargs)
+        ys = sol.ys if field is _flat_field else _join(sol.ys)
+        loss = ys.pow(2).sum()
+        if event == "terminal":
+            loss = loss + sol.event_t.nan_to_num().sum()
+        (grad,) = torch.autograd.grad(loss, leaf)
+        results.append((ys.detach(), grad, sol))
+    (flat_ys, flat_grad, flat), (nested_ys, nested_grad, nested) = results
+    torch.testing.assert_close(nested_ys, flat_ys, rtol=0, atol=1e-12)
+    torch.testing.assert_close(nested_grad, flat_grad, rtol=1e-10, atol=1e-12)
+    assert torch.equal(nested.stats.sample_steps, flat.stats.sample_steps)
+    if event == "terminal":
+        torch.testing.assert_close(nested.event_t, flat.event_t, equal_nan=True)
+        hit = flat.event_mask
+        assert bool(hit.any())
+        torch.testing.assert_close(_join(nested.event_y)[hit], flat.event_y[hit].detach())
+
+
+def test_a_nested_state_per_sample_keeps_its_structure_in_outputs_and_dense_output() -> None:
+    def oscillator(t, s):
+        return {"x": s["v"], "v": -s["x"]}
+
+    start = {"x": torch.ones(2, 1, dtype=F64), "v": torch.zeros(2, 1, dtype=F64)}
+    ts = torch.tensor([[0.0, 1.0], [0.0, 2.0]], dtype=F64)  # each sample its own span
+    control = no.PIController(rtol=1e-10, atol=1e-12)
+    sol = no.solve(oscillator, start, ts, controller=control, per_sample=True, dense=True)
+    assert sol.ys["x"].shape == (2, 2, 1)
+    torch.testing.assert_close(sol.ys["x"][-1, :, 0], torch.cos(ts[:, -1]))
+    t = torch.tensor([[0.5, 0.7, 0.9], [1.5, 0.2, 1.9]], dtype=F64)
+    values, slopes = sol.evaluate(t), sol.derivative(t)
+    assert values["x"].shape == (2, 3, 1) and slopes["v"].shape == (2, 3, 1)
+    torch.testing.assert_close(values["x"][..., 0], torch.cos(t), rtol=1e-8, atol=1e-9)
+    torch.testing.assert_close(slopes["x"][..., 0], -torch.sin(t), rtol=1e-7, atol=1e-8)
+    energy = no.solve(oscillator, start, ts[0], controller=control, per_sample=True,
+                      saveat=no.SaveAt(fn=lambda t, s: s["x"] ** 2 + s["v"] ** 2))  # fmt: skip
+    torch.testing.assert_close(energy.ys, torch.ones(2, 2, 1, dtype=F64))
+
+
+def test_a_nested_state_per_sample_fails_per_sample_and_is_refused_where_it_cannot_run() -> None:
+    def blowup(t, s):
+        return s[0] ** 2, s[1]
+
+    start = (torch.tensor([[1.0], [-1.0]], dtype=F64), torch.zeros(2, 1, dtype=F64))
+    ts = torch.tensor([0.0, 2.0], dtype=F64)
+    sol = no.solve(blowup, start, ts, per_sample=True, throw=False)
+    assert sol.status.tolist() == [int(no.Status.STEP_SIZE_UNDERFLOW), 0]
+    assert bool(sol.ys[0][-1, 0].isnan().all()) and float(sol.ys[0][-1, 1]) == pytest.approx(-1 / 3)
+    with pytest.raises(
+        ValueError, match=r"every tensor's first dimension to be the batch.*\(3, 1\)"
+    ):
+        no.solve(blowup, (start[0], torch.zeros(3, 1, dtype=F64)), ts, per_sample=True)
+    with pytest.raises(ValueError, match="device_loop=True needs y0 to be one tensor"):
+        no.solve(blowup, (start[0][0], start[1][0]), ts, device_loop=True)

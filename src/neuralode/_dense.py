@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ._norms import LOW_PRECISION
-from ._tree import TreeSpec
+from ._tree import TreeSpec, rows_tree
 from .solvers.base import Solver
 
 
@@ -88,7 +88,7 @@ class DenseSolution:
                 )
         if t.numel() == 0:  # no times: the empty result of their shape
             if self.per_sample:
-                return self.rows.new_zeros(*t.shape, *self.spec.shapes[0][1:])
+                return self._sample_rows(self.rows.new_zeros(0, self.rows.shape[-1]), t.shape)
             return self.spec.unflatten(self.rows.new_zeros(*t.shape, self.rows.shape[-1]))
         queries = t.reshape(batch, -1)
         self._check_span(queries)
@@ -103,8 +103,15 @@ class DenseSolution:
             after = self.stopped[:, None] & (self.sign * queries > self.sign * self.t_end[:, None])
             out = torch.where(after.reshape(-1, 1), torch.nan, out)
         if self.per_sample:
-            return out.reshape(*t.shape, *self.spec.shapes[0][1:])
+            return self._sample_rows(out, t.shape)
         return self.spec.unflatten(out.reshape(*t.shape, -1))
+
+    def _sample_rows(self, out: torch.Tensor, shape: torch.Size) -> Any:
+        """Per-sample results, one row (a sample's part of every tensor) per time (m, r),
+        as ``shape`` followed by a sample's shape, in ``y0``'s structure."""
+        if self.spec.is_leaf:
+            return out.reshape(*shape, *self.spec.shapes[0][1:])
+        return rows_tree(self.spec, out, tuple(shape))
 
     def at(self, t: float, derivative: bool = False) -> Any:
         """y(t) (dy/dt with ``derivative``) at one time ``t``, a Python float inside the span,

@@ -20,7 +20,7 @@ import torch
 from ._crossing import crossed, refine
 from ._events import Event
 from ._term import ODETerm
-from ._tree import TreeSpec
+from ._tree import TreeSpec, rows_tree, tree_rows
 from .solvers.base import Solver, Step
 
 
@@ -59,9 +59,14 @@ class Events:
         self.nan_seen = torch.zeros(batch, dtype=torch.bool, device=device)
         self.nan_t = torch.zeros(batch, dtype=torch.float64, device=device)
 
+    def _user(self, y: torch.Tensor) -> Any:
+        """The rows (batch, n) in the state's structure, as f sees them."""
+        spec = self.term.spec
+        return y.reshape(self.shape) if spec.is_leaf else rows_tree(spec, y)
+
     def values(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The event values (batch, k) at per-sample times ``t`` and flat states (batch, n)."""
-        g = self.event.values(t.to(self.term.time_dtype), y.reshape(self.shape))
+        g = self.event.values(t.to(self.term.time_dtype), self._user(y))
         if g.ndim == 0 or g.shape[0] != self.batch:
             raise ValueError(
                 "with per_sample=True the event function must return one row of values per "
@@ -107,8 +112,10 @@ class Events:
         """f and the event values at the rows' times ``t`` (batch,) and flat states ``y``
         (batch, n), differentiably: (batch, n) and (batch, k) (for ``EventGradient``); f is
         ``None`` without ``func``."""
-        y_user = y.reshape(self.shape)
-        f = None if func is None else func(t, y_user).reshape(self.batch, -1)
+        spec, y_user = self.term.spec, self._user(y)
+        f = None if func is None else func(t, y_user)
+        if f is not None:
+            f = f.reshape(self.batch, -1) if spec.is_leaf else tree_rows(spec, f, self.batch, "f")
         return f, self.event.fn(t, y_user).reshape(self.batch, -1)
 
     def label(self, i: int) -> str:

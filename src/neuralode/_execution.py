@@ -182,11 +182,18 @@ class Execution:
                     f"{' or '.join(landings)}: solve each sample alone (per_sample=False), "
                     "or torch.func.vmap the solve"
                 )
-        elif not spec.is_leaf:
+        elif not spec.is_leaf and not self.per_sample:
             raise ValueError(
-                f"{what} needs y0 to be one tensor (or, for the symplectic methods, a pair "
-                "(q, p) of tensors whose first dimension is the batch)"
+                "device_loop=True needs y0 to be one tensor (a nested state runs per sample, "
+                "each tensor's first dimension the batch: per_sample=True)"
             )
+        elif not spec.is_leaf and isinstance(solver, HyperSolver):
+            raise ValueError(
+                f"per_sample=True with {solver.name} needs y0 to be one tensor (its correction "
+                "takes the state's rows); concatenate a nested state's tensors"
+            )
+        elif not spec.is_leaf:
+            _check_batch_rows(spec)
         check_device_loop(solver, controller, what)
         from .sde._engine import SDESolver  # (sde imports the engine)
 
@@ -303,6 +310,16 @@ def _check_pair_rows(spec: TreeSpec, name: str) -> None:
             f"per_sample=True with {name} needs q and p with the batch first, of one size "
             f"(q of shape (batch, ...), p of shape (batch, ...)), got shapes {shapes[0]} and "
             f"{shapes[1]}"
+        )
+
+
+def _check_batch_rows(spec: TreeSpec) -> None:
+    """Raise unless every tensor of a nested state has the batch as its first dimension."""
+    shapes = [tuple(shape) for shape in spec.shapes]
+    if any(len(shape) == 0 for shape in shapes) or len({shape[0] for shape in shapes}) != 1:
+        raise ValueError(
+            "per_sample=True with a nested y0 needs every tensor's first dimension to be the "
+            f"batch, of one size, got shapes {shapes}"
         )
 
 

@@ -29,6 +29,7 @@ from ._events import Event
 from ._loop import integrate
 from ._solution import Solution
 from ._status import Status
+from ._tree import flat_to_rows, rows_to_flat, rows_tree, tree_rows
 from .adjoint._backward import adjoint_backward
 from .adjoint.backsolve import Backsolve
 from .adjoint.base import GradientStrategy, Problem
@@ -60,7 +61,8 @@ def solve_with_sample_events(
         ys = _backsolve_through_events(gradient, problem, events, values)
     problem.stats.nfe = problem.term.nfe
     times, sign = _columns(problem.times, ts.device)
-    ys = ys.reshape(times.shape[0], batch, -1)
+    nested = not spec.is_leaf  # (each sample's part of every tensor side by side)
+    ys = flat_to_rows(spec, ys) if nested else ys.reshape(times.shape[0], batch, -1)
     mask = events.mask
     t_event, y_event = EventGradient.apply(events, problem.func, events.event_t, ys[-1])
     t_event, y_event = with_event_parameters(events, problem.func, t_event, y_event)
@@ -68,11 +70,13 @@ def solve_with_sample_events(
     held = mask[None, :] & (sign * (times - events.event_t[None, :]) > 0)
     ys = torch.where(held[..., None], y_event[None], ys)
     nan = torch.full_like(y_event, math.nan)
-    solution = Solution(ts=ts, ys=spec.unflatten(ys.reshape(times.shape[0], -1)))
+    flat = rows_to_flat(spec, ys) if nested else ys.reshape(times.shape[0], -1)
+    solution = Solution(ts=ts, ys=spec.unflatten(flat))
     solution.stats = problem.stats
     problem.stats.status = torch.where(mask, int(Status.EVENT), problem.stats.status)
     solution.event_t = t_event.to(ts.dtype)
-    solution.event_y = torch.where(mask[:, None], y_event, nan).reshape(spec.shapes[0])
+    y_event = torch.where(mask[:, None], y_event, nan)
+    solution.event_y = rows_tree(spec, y_event) if nested else y_event.reshape(spec.shapes[0])
     solution.event_mask = mask
     solution.event_ts = events.event_ts().to(ts.dtype)
     return solution
@@ -135,8 +139,9 @@ def backsolve_on_clocks(
     knots = knots_t.mean(1).tolist() if knots is None else knots
     knots_s = torch.tensor(knots, **f64)
     rates = (knots_t[1:] - knots_t[:-1]) / (knots_s[1:] - knots_s[:-1])[:, None]
-    func = problem.func
-    shape = (-1,) + (1,) * (len(problem.spec.shapes[0]) - 1)
+    func, spec = problem.func, problem.spec
+    shape = (-1,) + (1,) * (len(spec.shapes[0]) - 1)
+    batch = int(spec.shapes[0][0])
     time_dtype = problem.term.time_dtype
     config = problem.config
     step_t = config.step_t if gradient.step_t is None else gradient.step_t
@@ -156,7 +161,12 @@ def backsolve_on_clocks(
             t = start_t + (s - start_s) * rate
             if jumps is not None:
                 t = _jump_side(t, s, rate, *jumps, time_dtype)
-            return scale * func(t.to(time_dtype), y)
+            out = func(t.to(time_dtype), y)
+            if spec.is_leaf:
+                return scale * out
+            # a nested state: each sample's rate on its part of every tensor
+            rows = tree_rows(spec, out, batch, "func's output")
+            return rows_tree(spec, rows * scale.reshape(-1, 1))
 
         return field
 

@@ -121,7 +121,8 @@ def solve(
             ``ts`` after a sample's event hold its event state, and ``event_ts`` is
             (batch, most events) with every located crossing, NaN-padded.
         per_sample: how the batch is solved: ``False`` (default) one problem; ``True``
-            dimension 0 of ``y0`` (a tensor) as a batch of independent problems, each sample
+            dimension 0 of ``y0`` (of every tensor of a nested ``y0``) as a batch of
+            independent problems, each sample
             with its own time, step size and accept/reject decisions (error norm: RMS over the
             sample), taking the steps it would take alone; ``func`` then receives ``t`` as a
             (batch,) tensor and ``Solution.stats`` gains ``sample_nfe``, ``sample_steps``,

@@ -174,11 +174,12 @@ def rows_to_flat(spec: TreeSpec, rows: torch.Tensor) -> torch.Tensor:
     return torch.cat([piece.reshape(*lead, -1) for piece in pieces], dim=-1)
 
 
-def rows_tree(spec: TreeSpec, rows: torch.Tensor) -> Any:
-    """m rows (m, r) in the state's structure, each tensor (m, *its shape[1:])."""
-    m = rows.shape[0]
+def rows_tree(spec: TreeSpec, rows: torch.Tensor, lead: tuple[int, ...] | None = None) -> Any:
+    """m rows (m, r) in the state's structure, each tensor (m, *its shape[1:]) (or, given
+    ``lead`` with m entries in all, (*lead, *its shape[1:]))."""
+    lead = (rows.shape[0],) if lead is None else tuple(lead)
     pieces = rows.split(row_widths(spec), dim=-1)
-    leaves = iter(p.reshape(m, *s[1:]) for p, s in zip(pieces, spec.shapes))
+    leaves = iter(p.reshape(*lead, *s[1:]) for p, s in zip(pieces, spec.shapes))
     return _rebuild(spec.structure, leaves)
 
 

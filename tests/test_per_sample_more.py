@@ -307,12 +307,12 @@ _W = torch.tensor([[0.3, -0.8, 0.2], [0.9, 0.1, -0.4], [-0.2, 0.5, 0.3]], dtype=
 
 
 def _flat_field(t, y):
-    """A non-autonomous field on (batch, 3) rows, t of shape (batch,)."""
-    return torch.tanh(y @ _W.T) - 0.1 * y * torch.cos(t)[:, None]
+    """A non-autonomous field on rows (batch, 3) with t (batch,), or on one (3,)."""
+    return torch.tanh(y @ _W.T) - 0.1 * y * torch.cos(t)[..., None]
 
 
 def _split(y):
-    return (y[:, :1], {"rest": y[:, 1:].reshape(-1, 1, 2)})
+    return (y[..., :1], {"rest": y[..., 1:].reshape(*y.shape[:-1], 1, 2)})
 
 
 def _join(state):
@@ -326,37 +326,56 @@ def _nested_field(t, state):
 
 @pytest.mark.parametrize("event", [None, "terminal", "non_terminal"])
 @pytest.mark.parametrize("gradient", [no.Direct, no.Backsolve, no.Checkpointed])
-def test_a_nested_state_runs_per_sample_as_its_rows_in_one_tensor(gradient, event) -> None:
-    """A tuple (with a dict inside) of (batch, ...) tensors per sample equals the same rows
-    as one (batch, 3) tensor: outputs, event times and states, gradients through both."""
+def test_a_nested_state_per_sample_equals_each_sample_solved_alone(gradient, event) -> None:
+    """A tuple (with a dict inside) of (batch, ...) tensors per sample: each sample's
+    outputs, steps, event time and state, and gradients equal its lone solve's."""
     y0 = torch.tensor([[0.5, -0.2, 0.1], [0.1, 0.7, -0.3], [-0.4, 0.2, 0.6]], dtype=F64)
     ts = torch.linspace(0.0, 2.0, 5, dtype=F64)
-    common = dict(controller=no.PIController(rtol=1e-8, atol=1e-10), per_sample=True)
-    results = []
-    for field, first in ((_flat_field, lambda y: y[:, 0]),
-                         (_nested_field, lambda s: s[0][:, 0])):  # fmt: skip
-        leaf = y0.clone().requires_grad_(True)
-        state = leaf if field is _flat_field else _split(leaf)
-        kwargs = dict(common, gradient=gradient() if gradient is no.Direct else gradient(params=()))
-        if event is not None:
-            kwargs["event"] = no.Event(lambda t, y, first=first: first(y),
-                                       terminal=event == "terminal")  # fmt: skip
-        sol = no.solve(field, state, ts, **kwargs)
-        ys = sol.ys if field is _flat_field else _join(sol.ys)
-        loss = ys.pow(2).sum()
-        if event == "terminal":
-            loss = loss + sol.event_t.nan_to_num().sum()
-        (grad,) = torch.autograd.grad(loss, leaf)
-        results.append((ys.detach(), grad, sol))
-    (flat_ys, flat_grad, flat), (nested_ys, nested_grad, nested) = results
-    torch.testing.assert_close(nested_ys, flat_ys, rtol=0, atol=1e-12)
-    torch.testing.assert_close(nested_grad, flat_grad, rtol=1e-10, atol=1e-12)
-    assert torch.equal(nested.stats.sample_steps, flat.stats.sample_steps)
+
+    def run(start, **options):
+        kwargs = dict(controller=no.PIController(rtol=1e-8, atol=1e-10), **options)
+        kwargs["gradient"] = gradient() if gradient is no.Direct else gradient(params=())
+        if event is not None:  # samples 1 and 2 cross, sample 0 does not
+            kwargs["event"] = no.Event(lambda t, s: s[0][..., 0], terminal=event == "terminal")
+        sol = no.solve(_nested_field, start, ts, **kwargs)
+        if event != "terminal":
+            return sol, _join(sol.ys).pow(2).sum()
+        # the event's time and state where there is one, else the final state
+        final = _join(sol.ys)[-1]
+        if sol.event_t is None:  # (alone, without one)
+            return sol, final.pow(2).sum()
+        hit = _join(sol.event_y)
+        if sol.event_mask is None:  # (alone, with one)
+            return sol, sol.event_t + hit.pow(2).sum()
+        at_event = sol.event_t.nan_to_num() + hit.nan_to_num().pow(2).sum(-1)
+        return sol, torch.where(sol.event_mask, at_event, final.pow(2).sum(-1)).sum()
+
+    rows = y0.clone().requires_grad_(True)
+    sol, loss = run(_split(rows), per_sample=True)
+    (grad,) = torch.autograd.grad(loss, rows)
+    for i in range(3):
+        row = y0[i].clone().requires_grad_(True)
+        alone, alone_loss = run(_split(row))
+        (alone_grad,) = torch.autograd.grad(alone_loss, row) if alone_loss.requires_grad else (0,)
+        ys = _join(sol.ys)[:, i].detach()
+        alone_ys = _join(alone.ys).detach()
+        if event == "terminal" and alone.event_t is not None:  # outputs after it hold it
+            hit = float(alone.event_t.detach())
+            assert float(sol.event_t[i].detach()) == pytest.approx(hit, abs=1e-13)
+            torch.testing.assert_close(
+                _join(sol.event_y)[i].detach(), _join(alone.event_y).detach()
+            )
+            ys = ys[: alone_ys.shape[0]]
+        if event is None or gradient is no.Direct:  # (else alone counts two forward solves)
+            assert int(sol.stats.sample_steps[i]) == alone.stats.n_steps
+        torch.testing.assert_close(ys, alone_ys, rtol=0, atol=1e-12)
+        # (Backsolve's backward pass per sample is one solve of the batch as one system)
+        close = (
+            dict(rtol=1e-6, atol=1e-8) if gradient is no.Backsolve else dict(rtol=1e-9, atol=1e-11)
+        )
+        torch.testing.assert_close(grad[i], alone_grad, **close)
     if event == "terminal":
-        torch.testing.assert_close(nested.event_t, flat.event_t, equal_nan=True)
-        hit = flat.event_mask
-        assert bool(hit.any())
-        torch.testing.assert_close(_join(nested.event_y)[hit], flat.event_y[hit].detach())
+        assert sol.event_mask.tolist() == [False, True, True]
 
 
 def test_a_nested_state_per_sample_keeps_its_structure_in_outputs_and_dense_output() -> None:
@@ -394,3 +413,27 @@ def test_a_nested_state_per_sample_fails_per_sample_and_is_refused_where_it_cann
         no.solve(blowup, (start[0], torch.zeros(3, 1, dtype=F64)), ts, per_sample=True)
     with pytest.raises(ValueError, match="device_loop=True needs y0 to be one tensor"):
         no.solve(blowup, (start[0][0], start[1][0]), ts, device_loop=True)
+
+
+def test_each_sample_of_a_nested_state_takes_the_steps_it_takes_alone() -> None:
+    """A sample's error norm is its lone solve's (the max over its tensors' RMS, not the RMS
+    of its whole row), also with per-element tolerances laid out as the flat state."""
+    weights = torch.tensor([[0.9, -1.4, 0.3], [1.2, 0.4, -0.8], [-0.5, 1.1, 0.7]], dtype=F64)
+
+    def field(t, state):
+        d = 3 * torch.tanh(torch.cat(state, -1) @ weights.T)
+        return d[..., :1], d[..., 1:]
+
+    y0 = torch.tensor([[0.5, -0.2, 0.1], [0.1, 0.7, -0.3], [-0.4, 0.2, 0.6]], dtype=F64)
+    ts = torch.linspace(0.0, 3.0, 4, dtype=F64)
+    # atol per element, flat: the first tensor's 3 entries, then the second's 3 x 2
+    atol = torch.cat([torch.full((3,), 1e-9), torch.full((6,), 1e-6)]).to(F64)
+    controller = no.PIController(rtol=1e-6, atol=atol)
+    sol = no.solve(field, (y0[:, :1], y0[:, 1:]), ts, controller=controller, per_sample=True)
+    for i in range(3):
+        alone_atol = torch.cat([atol[i : i + 1], atol[3 + 2 * i : 5 + 2 * i]])
+        alone = no.solve(field, (y0[i, :1], y0[i, 1:]), ts,
+                         controller=no.PIController(rtol=1e-6, atol=alone_atol))  # fmt: skip
+        assert int(sol.stats.sample_steps[i]) == alone.stats.n_steps
+        torch.testing.assert_close(sol.ys[0][:, i], alone.ys[0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(sol.ys[1][:, i], alone.ys[1], rtol=0, atol=1e-12)

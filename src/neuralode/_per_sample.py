@@ -65,7 +65,7 @@ from ._errors import MaxStepsError, f0_not_finite
 from ._finite_graph import FiniteGraph
 from ._host import across, plain, wrapped
 from ._landing import landing_times, next_landing, past_jump, start_times
-from ._norms import row_rms, tolerance_tensor
+from ._norms import RowMixedNorm, row_rms, tolerance_tensor
 from ._pending import _ends, _Reached, _read_progress, _stack
 from ._pending_dense import _locate_events, _write_outputs
 from ._progress import device_values
@@ -73,7 +73,7 @@ from ._solution import SolveStats
 from ._spans import loop_times
 from ._status import Status, sample_failures, samples_failed
 from ._term import ODETerm
-from ._tree import flat_to_rows, rows_to_flat
+from ._tree import flat_to_rows, row_widths, rows_to_flat
 from .controllers._ops import solve_span
 from .controllers.fixed import FixedGrid
 from .controllers.initial_step import initial_step
@@ -131,8 +131,11 @@ def integrate_per_sample(
         exponent = rtol = atol = None
     else:
         exponent = 1.0 / (solver.error_order + 1)
-        rtol = tolerance_tensor(ctrl.rtol, y)
-        atol = tolerance_tensor(ctrl.atol, y)
+        rtol = tolerance_tensor(_as_rows(ctrl.rtol, term.spec, y), y)
+        atol = tolerance_tensor(_as_rows(ctrl.atol, term.spec, y), y)
+    # each row's error norm: its RMS, or a nested state's as alone (the max of the RMS of
+    # its part of each tensor)
+    norm = RowMixedNorm(row_widths(term.spec)) if nested else row_rms
 
     # statistics and status per sample
     # separate tensors: aliased inputs would make the compiled step compile a second time
@@ -156,7 +159,7 @@ def integrate_per_sample(
         _check_fixed_steps(ctrl, previous_ratio, config)
     # the first step size, per sample (``initial_step``: Hairer, Norsett & Wanner II.4)
     elif ctrl.first_step is None:
-        size, d1 = initial_step(f, t, y, f0, sign, exponent, rtol, atol, row_rms, span)
+        size, d1 = initial_step(f, t, y, f0, sign, exponent, rtol, atol, norm, span)
         nfe = nfe + 1
         bad = ~torch.isfinite(d1)
         if bool(across(bad.any(), torch.any)):  # (of every problem under torch.func.vmap)
@@ -176,7 +179,9 @@ def integrate_per_sample(
     outputs = y.expand(n_out, *y.shape)  # (outputs, batch, n): written at the checks
     next_out = torch.ones(batch, dtype=torch.long, device=device)
     stages, fsal = facts.stages, facts.fsal
-    constants = Constants(solver, ctrl, rtol, atol, sign, exponent, time_dtype=term.time_dtype)
+    constants = Constants(
+        solver, ctrl, rtol, atol, sign, exponent, norm, time_dtype=term.time_dtype
+    )
     events = config.events  # a SampleEvents, or None
     terminal = events is not None and events.event.terminal
     # read nothing from the device between scheduled termination checks; until then the
@@ -361,3 +366,11 @@ def _most_pending(stages: int, y: torch.Tensor) -> int:
     """How many steps may wait for their outputs: at most ``_PENDING_BYTES`` of them."""
     per_step = (stages + 4) * y.numel() * y.element_size()
     return max(1, min(_MAX_UNCHECKED, _PENDING_BYTES // per_step))
+
+
+def _as_rows(tol: Any, spec: Any, rows: torch.Tensor) -> Any:
+    """A per-element tolerance laid out as the flat state, as the rows (batch, r) of a
+    nested state (each sample's part of every tensor side by side); others as they are."""
+    if spec.is_leaf or not isinstance(tol, torch.Tensor) or tol.numel() != rows.numel():
+        return tol
+    return flat_to_rows(spec, tol.reshape(-1))

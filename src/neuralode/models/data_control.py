@@ -20,9 +20,9 @@ class DataControlled(nn.Module):
     """The vector field (f(t, [y, x]), 0) on the state ``(y, x)``: ``net`` sees the state y
     and the input x concatenated along ``dim``; x stays constant over the solve. Start a
     solve at ``initial_state(x)``; ``ODEBlock(DataControlled(net))`` does, and returns y.
-    The state may also be one tensor z = cat([y, x], dim) (``initial_state(x, flat=True)``),
-    the form per-sample mode takes; the default error norm then averages over x's channels
-    too, whose error is zero.
+    The state may also be one tensor z = cat([y, x], dim) (``initial_state(x, flat=True)``);
+    the default error norm then averages over x's channels too, whose error is zero (on the
+    pair it is the max of y's and x's RMS, so y's alone).
 
     Arguments:
         net: a module called as ``net(t, z)`` with z = cat([y, x], dim), returning dy/dt of
@@ -41,7 +41,7 @@ class DataControlled(nn.Module):
         self, x: torch.Tensor, y0: torch.Tensor | None = None, flat: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
         """The state to start a solve from: the pair ``(y0, x)``, or with ``flat`` the one
-        tensor cat([y0, x], dim) (per-sample mode takes one tensor).
+        tensor cat([y0, x], dim).
 
         Arguments:
             x: the input.

@@ -562,3 +562,77 @@ def test_forward_mode_ad_through_odeint_adjoint_is_refused() -> None:
         with pytest.raises(ValueError, match=FORWARD_MODE_REFUSAL + r".*odeint instead"):
             no.odeint_adjoint(_field(weight, bias), dual, ts, adjoint_params=())
         assert fa.unpack_dual(no.odeint(_field(weight, bias), dual, ts)).tangent is not None
+
+
+def test_second_derivatives_in_the_output_times_are_the_flows() -> None:
+    """y' = cos(t) y: y(t) = y0 exp(sin t - sin t0). Direct()'s Hessian of a loss in the
+    output times (t0 among them) equals the closed form's, diagonal included (the time
+    terms are exact to second order), in one problem and with per-sample time spans."""
+    f64 = torch.float64
+    controller = no.PIController(rtol=1e-12, atol=1e-12)
+    y0 = torch.tensor([[1.5], [0.7]], dtype=f64)
+
+    def exact(times: torch.Tensor) -> torch.Tensor:
+        times = times.reshape(2, 3)
+        ys = y0 * torch.exp(torch.sin(times[:, 1:]) - torch.sin(times[:, :1]))
+        return ys.pow(2).sum()
+
+    def per_sample(times: torch.Tensor) -> torch.Tensor:
+        sol = no.solve(lambda t, y: torch.cos(t)[:, None] * y, y0, times.reshape(2, 3),
+                       controller=controller, per_sample=True)  # fmt: skip
+        return sol.ys[1:].pow(2).sum()
+
+    def one(times: torch.Tensor) -> torch.Tensor:
+        sol = no.solve(lambda t, y: torch.cos(t) * y, y0[0, 0], times, controller=controller)
+        return sol.ys[1:].pow(2).sum()
+
+    times = torch.tensor([0.1, 0.7, 1.3, 0.0, 0.4, 0.9], dtype=f64)
+    expected = torch.func.hessian(exact)(times)
+    torch.testing.assert_close(
+        torch.func.hessian(per_sample)(times), expected, rtol=1e-8, atol=1e-8
+    )
+    alone = torch.func.hessian(lambda x: exact(torch.cat([x, times[3:]])))(times[:3])
+    torch.testing.assert_close(torch.func.hessian(one)(times[:3]), alone, rtol=1e-8, atol=1e-8)
+    # and by double backward
+    leaf = times[:3].clone().requires_grad_(True)
+    (first,) = torch.autograd.grad(one(leaf), leaf, create_graph=True)
+    (second,) = torch.autograd.grad(first[1], leaf)
+    torch.testing.assert_close(second, alone[1], rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "make, options, message",
+    [
+        (lambda: no.Backsolve(rtol=0, atol=0), {}, "rtol=0, atol=0.*exactly zero"),
+        (lambda: no.Backsolve(max_steps=0), {}, "max_steps must be a positive integer"),
+        (lambda: no.Backsolve(max_steps=2.5), {}, "max_steps must be a positive integer"),
+        (
+            lambda: no.Backsolve(controller=no.PIController(1e-9), rtol=1e-2),
+            {},
+            "rtol/atol or a controller, not both",
+        ),
+        (
+            lambda: no.Backsolve(rtol=1e-2, solver="dopri5", params=()),
+            dict(solver=no.RK4(), controller=no.FixedGrid(step_size=0.1)),
+            "takes the forward solve's FixedGrid",
+        ),
+        (
+            lambda: no.Backsolve(solver="rk4", params=()),
+            {},
+            "rk4 takes fixed steps.*FixedGrid",
+        ),
+    ],
+)
+def test_backsolve_options_that_cannot_work_are_refused_before_the_forward_solve(
+    make, options, message
+) -> None:
+    calls = []
+
+    def field(t, y):
+        calls.append(1)
+        return -y
+
+    with pytest.raises(ValueError, match=message):
+        no.solve(field, torch.ones(2, requires_grad=True), torch.tensor([0.0, 1.0]),
+                 gradient=make(), **options)  # fmt: skip
+    assert not calls  # (no forward solve ran)

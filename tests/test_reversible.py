@@ -291,8 +291,17 @@ def test_a_coupling_outside_the_unit_interval_is_refused(coupling) -> None:
 
 @pytest.mark.parametrize("coupling", [True, "0.9", None, [0.9]])
 def test_a_coupling_that_is_not_a_number_is_refused(coupling) -> None:
-    with pytest.raises(TypeError, match="coupling must be a real number"):
+    with pytest.raises(TypeError, match="first argument is the coupling, a real number"):
         Reversible(coupling)
+
+
+def test_parameters_given_first_are_told_to_go_by_name_in_a_short_message() -> None:
+    """(Backsolve and Checkpointed take the parameters first; the message does not print
+    them)"""
+    module = torch.nn.Linear(30, 30)
+    with pytest.raises(TypeError, match=r"got a list; the parameters go by name") as info:
+        Reversible(list(module.parameters()))
+    assert len(str(info.value)) < 250
 
 
 def _refused(match: str, **kwargs) -> None:

@@ -121,20 +121,33 @@ def solve_with_event(
 def run_with_time_gradients(gradient: GradientStrategy, problem: Problem) -> torch.Tensor:
     """Make the outputs differentiable in ``ts`` by the exact flow's derivatives.
 
-    dy(t_i)/dt_i = f(t_i, y_i) and dy(t_i)/dt_0 = -dy(t_i)/dy0 . f(t_0, y_0). Both enter as
-    terms ``(t - t.detach()) * f`` that are zero in value but carry the derivative. With
+    With s = t - t.detach() (zero in value, carrying the derivative), output i is
+    y_i + s_i g_i(s_i), g_i(s) = f(t_i + s / 2, y_i + (s / 2) f(t_i, y_i)): its first
+    derivative in t_i is f(t_i, y_i) and its second f_t + f_y f, the flow's (the midpoint
+    rule is exact to second order). The start moves to y0 - s_0 f(t_0 + s_0 / 2, y0 -
+    (s_0 / 2) f(t_0, y0)), to second order the state at t0 of the solution through y0 at
+    t0 + s_0. Third and higher derivatives in the times are not the flow's. With
     per-sample times (batch, n) each sample's times shift its own rows of the flat state.
     """
     term, times = problem.term, problem.times
     shift = (problem.ts - problem.ts.detach()).to(term.time_dtype)
     spans = isinstance(times, torch.Tensor)
-    if spans:  # (n, batch x d): sample i's shift on its rows
-        shift = shift.T.repeat_interleave(problem.y0.numel() // shift.shape[0], dim=1)
+    if spans:  # (n, batch x d): sample i's shift on its rows; its time (n, batch)
+        shift_t = shift.T
+        shift = shift_t.repeat_interleave(problem.y0.numel() // shift.shape[0], dim=1)
         times = times.T  # times[j]: every sample's j-th time, (batch,)
     else:
-        shift = shift[:, None]
-    f0 = term(times[0], problem.y0)
-    problem.y0 = problem.y0 - shift[0] * f0
+        shift_t, shift = shift, shift[:, None]
+
+    def slope(i: int, y: torch.Tensor, sign: float) -> torch.Tensor:
+        """f at the midpoint, in time t_i + s_i / 2, of the solution through y at t_i
+        (``sign`` 1) or at t_i + s_i (``sign`` -1): the midpoint rule over the shift."""
+        middle = y + (0.5 * sign * shift[i]) * term(times[i], y)
+        return term(times[i] + 0.5 * shift_t[i], middle)
+
+    moved = shift[0] * slope(0, problem.y0, -1.0)
+    problem.y0 = problem.y0 - moved
     ys = run_spans(gradient, problem) if spans else gradient.run(problem)
-    fs = torch.stack([f0] + [term(t, y) for t, y in zip(times[1:], ys[1:])])
-    return ys + shift[: len(fs)] * fs  # (a terminal event ends the outputs early)
+    # the first output is y0 itself, whatever t0; a terminal event ends the outputs early
+    later = [ys[i] + shift[i] * slope(i, ys[i], 1.0) for i in range(1, len(ys))]
+    return torch.stack([ys[0] + moved, *later])

@@ -24,7 +24,6 @@ from ._compat_options import (
     _backward_norm_of,
     _callbacks,
     _parse,
-    _tolerance,
 )
 from ._events import Event
 from ._solution import SolveStats
@@ -219,10 +218,9 @@ def odeint_adjoint(
         norm = _backward_norm_of(forward_norm, spec, params)
     gradient = Backsolve(
         params=adjoint_params,
-        # (as odeint's: NumPy values, one per tensor of a tuple y0, laid out as the flat state)
-        rtol=_tolerance("adjoint_rtol", adjoint_rtol, y0, spec),
-        atol=_tolerance("adjoint_atol", adjoint_atol, y0, spec),
         solver=solver,
+        # (it holds adjoint_rtol and adjoint_atol as odeint's controller holds its tolerances:
+        # NumPy values, one per tensor of a tuple y0, laid out as the flat state)
         controller=controller,
         seminorm=norm == "seminorm",
         max_steps=extra.get("max_steps"),

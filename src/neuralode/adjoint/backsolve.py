@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._args import flag
+from .._args import count, flag
 from .._execution import check_compiled_step
 from .._loop import integrate
 from .._norms import Norm, Seminorm, flat_tolerance, mixed_norm, seminorm
 from .._tree import TreeSpec
 from ..controllers.base import StepSizeController
-from ..controllers.pi import PIController, check_tolerance
+from ..controllers.pi import PIController, all_zero, check_tolerance
 from ..solvers.base import Solver
 from ._backward import adjoint_backward
 from ._dynamics import _parameter_names
@@ -43,14 +43,18 @@ class Backsolve(GradientStrategy):
         params: the tensors to differentiate with respect to; defaults to ``func.parameters()``
             for an ``nn.Module`` (for an ``nn.DataParallel`` replica, the parameter copies it
             holds).
-        rtol: the backward solves' relative tolerance (default: the forward solve's).
-        atol: the backward solves' absolute tolerance (default: the forward solve's).
+        rtol: the backward solves' relative tolerance (default: the forward solve's), for
+            an adaptive backward solve on the forward solve's ``PIController`` (with a
+            ``controller``, give the tolerances to it).
+        atol: the backward solves' absolute tolerance (default: the forward solve's), as
+            ``rtol``.
         solver: the backward solves' method, as ``solve`` takes it (a ``Solver``, its class
             or a name from ``no.METHODS``; default: the forward one).
         controller: the backward solves' controller, or its class (default: the forward one).
         seminorm: leave the parameter-gradient channels out of the error norm (Kidger et al.
             2021), which usually saves backward steps at no cost in gradient accuracy.
-        max_steps: the most steps of each backward solve (default: the forward solve's).
+        max_steps: the most steps of each backward solve, a positive integer (default: the
+            forward solve's).
         callbacks: receive ``on_step``/``on_accept``/``on_reject`` of the backward solves.
         compile_step: run each step of the backward solves as one torch.compile graph, the
             adjoint's vector-Jacobian products by ``torch.func.vjp``. It needs an explicit
@@ -71,7 +75,8 @@ class Backsolve(GradientStrategy):
             ``solver`` or ``controller`` is of the wrong type; ``seminorm`` or
             ``compile_step`` is not a bool, or ``perturb`` neither a bool nor ``None``.
         ValueError: ``step_t`` or ``jump_t`` are not finite 1-D times; a negative or NaN
-            ``rtol``/``atol``; an unknown solver name.
+            ``rtol``/``atol``, or both 0; ``rtol``/``atol`` with a ``controller``;
+            ``max_steps`` not a positive integer; an unknown solver name.
     """
 
     handles_time_gradients = True
@@ -100,6 +105,24 @@ class Backsolve(GradientStrategy):
         for name, value in (("rtol", rtol), ("atol", atol)):
             if value is not None:
                 check_tolerance(f"Backsolve {name}", value)
+        if rtol is not None and atol is not None and all_zero(rtol) and all_zero(atol):
+            raise ValueError(
+                "Backsolve(rtol=0, atol=0) asks for an error of exactly zero, which no step "
+                "can meet; give a positive rtol or atol (or leave them to the forward solve's)"
+            )
+        if controller is not None and (rtol is not None or atol is not None):
+            raise ValueError(
+                "Backsolve takes rtol/atol or a controller, not both: give the tolerances to "
+                "the controller (Backsolve(controller=PIController(rtol=..., atol=...)))"
+            )
+        if max_steps is not None:
+            try:  # a plain int, as solve's max_steps
+                max_steps = count("max_steps", max_steps)
+            except ValueError:
+                raise ValueError(
+                    f"Backsolve max_steps must be a positive integer or None (the forward "
+                    f"solve's), got {max_steps!r}"
+                ) from None
         # a method name or class, a controller class: as solve takes them
         solver, controller, _, _ = coerce_strategies(solver, controller, None, None)
 
@@ -128,7 +151,9 @@ class Backsolve(GradientStrategy):
                 and ``params``.
 
         Raises:
-            ValueError: ``compile_step=True`` with a ``func`` that is not an ``nn.Module``
+            ValueError: ``rtol``/``atol`` where the backward solve takes the forward
+                solve's ``FixedGrid``; a fixed-step backward solver on a ``PIController``;
+                ``compile_step=True`` with a ``func`` that is not an ``nn.Module``
                 holding every one of ``params``, a solver or controller the compiled
                 backward step does not support, or a backward solver that cannot solve the
                 adjoint system (``Solver.for_adjoint_system``), or one whose stages pass a
@@ -162,6 +187,22 @@ class Backsolve(GradientStrategy):
         if self.compile_step:
             self._check_compilable(problem, params)
         backward = self.backward_controller(problem.config.controller)
+        if (self.rtol is not None or self.atol is not None) and not isinstance(
+            backward, PIController
+        ):
+            raise ValueError(
+                "Backsolve's rtol/atol set the tolerances of an adaptive backward solve, but "
+                f"it takes the forward solve's {type(backward).__name__}: give "
+                "Backsolve(controller=PIController(rtol=..., atol=...)) for adaptive backward "
+                "steps, or leave rtol/atol out"
+            )
+        if not backward_solver.adaptive and isinstance(backward, PIController):
+            raise ValueError(
+                f"Backsolve's backward solver {backward_solver.name} takes fixed steps, but "
+                "its controller is a PIController (without Backsolve(controller=...), the "
+                "forward solve's): give Backsolve(controller=FixedGrid(step_size=...)), or an "
+                "adaptive solver"
+            )
         if backward is not problem.config.controller:  # (the forward ones are checked)
             from .._validate import check_tolerances  # (_validate imports this package)
 

@@ -86,10 +86,11 @@ class Reversible(GradientStrategy):
         if isinstance(coupling, torch.Tensor) and coupling.numel() == 1:
             coupling = coupling.item()
         if isinstance(coupling, bool) or not isinstance(coupling, numbers.Real):
+            # (not the value's repr: a list of parameters given first would print them all)
             raise TypeError(
-                f"Reversible coupling must be a real number in (0, 1], got {coupling!r}; the "
-                "default 0.999 suits most problems (the parameters go by name: "
-                "Reversible(params=...))"
+                "Reversible's first argument is the coupling, a real number in (0, 1], got a "
+                f"{type(coupling).__name__}; the parameters go by name: Reversible(params=...) "
+                "(the default coupling 0.999 suits most problems)"
             )
         value = float(coupling)
         if not (0.0 < value <= 1.0):  # (NaN fails too)

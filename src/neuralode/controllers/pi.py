@@ -114,7 +114,7 @@ class PIController(StepSizeController):
     ):
         check_tolerance("rtol", rtol)
         check_tolerance("atol", atol)
-        if _all_zero(rtol) and _all_zero(atol):
+        if all_zero(rtol) and all_zero(atol):
             raise ValueError(
                 "rtol=0 and atol=0 ask for an error of exactly zero, which no step can meet; "
                 "give a positive rtol or atol (e.g. rtol=1e-6, atol=1e-9)"
@@ -494,7 +494,7 @@ def check_tolerance(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a non-negative number, got {value!r}")
 
 
-def _all_zero(tol: float | torch.Tensor) -> bool:
+def all_zero(tol: float | torch.Tensor) -> bool:
     return bool((tol == 0).all()) if isinstance(tol, torch.Tensor) else tol == 0
 
 

@@ -290,8 +290,8 @@ def test_errors_are_named():
     field = VanDerPol(mu)
     with pytest.raises(ValueError, match="batch dimension"):
         solve(lambda t, y: -y, torch.tensor(1.0), ts, per_sample=True)
-    with pytest.raises(ValueError, match="one tensor"):
-        solve(lambda t, y: y, (y0, y0), ts, per_sample=True)
+    with pytest.raises(ValueError, match="every tensor's first dimension to be the batch"):
+        solve(lambda t, y: y, (y0, y0[:2]), ts, per_sample=True)
     with pytest.raises(ValueError, match="supports the explicit Runge-Kutta methods"):
         solve(field, y0, ts, solver="implicit_euler", per_sample=True)
     with pytest.raises(ValueError, match="rk4 has no error estimate.*FixedGrid"):

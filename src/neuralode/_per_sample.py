@@ -47,8 +47,9 @@ explicit Runge-Kutta method's stages and dense output, a hypersolver's base step
 correction (``solvers.hyper.HyperRows``), a symplectic method's kicks and drifts on each row's
 (q, p) (``solvers.partitioned.PartitionedRows``), both with cubic Hermite outputs, or an SDE
 method's step-doubled steps on each row's own Brownian interval with linear outputs
-(``sde._rows.SDERows``). A pair state (q, p) runs as rows, each sample's q then its p
-(``_tree.flat_to_rows``); f sees it in its structure.
+(``sde._rows.SDERows``). A nested state (a pair (q, p), a tuple or dict of tensors) runs
+as rows, each sample's part of every tensor side by side (``_tree.flat_to_rows``), its error
+norm the max of the RMS of each part (as the sample alone); f sees it in its structure.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def integrate_per_sample(
         f = BatchTerm(term, batch)
     else:
         batch, f = 1, BatchTerm(term, 1, one_problem=True)
-    # a nested state (a pair (q, p)) as rows: each sample's part of every tensor side by side
+    # a nested state as rows: each sample's part of every tensor side by side
     nested = not term.spec.is_leaf
     y = flat_to_rows(term.spec, y0_flat) if nested else y0_flat.reshape(batch, -1)
     device = y.device

@@ -160,7 +160,8 @@ def check_tolerances(
     )
     if low_precision:
         raise ValueError(message + " or a wider dtype (float32, float64) for the state")
-    warnings.warn(message + " or float64 for the state", stacklevel=stacklevel)
+    wider = "" if real == torch.float64 else " or float64 for the state"
+    warnings.warn(message + wider, stacklevel=stacklevel)
     return False
 
 

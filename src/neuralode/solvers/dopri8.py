@@ -24,6 +24,7 @@ DOPRI8_TABLEAU = ButcherTableau(
 
 class Dopri8(ExplicitRK):
     """Dormand-Prince 8(7), 13 evaluations per step, for tight tolerances; a 7th-order
-    continuous extension (5 more evaluations in a step with output times)."""
+    continuous extension (4 more evaluations in a step with output times, and f(t1, y1),
+    which the next step reuses)."""
 
     tableau = DOPRI8_TABLEAU

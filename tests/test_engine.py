@@ -345,17 +345,25 @@ def test_nested_vmaps_solve_each_problem_alone():
 
 def test_vmap_of_a_nested_state_on_adaptive_steps_equals_each_problem_alone():
     """A nested state's error is the max of its tensors' RMS norms, not the RMS of the
-    concatenated row: vmap and vmap(grad) over a (position, velocity) tuple take each
-    problem's own steps as alone (solved one by one) and equal it."""
+    concatenated row: vmap (one nested per-sample solve) and vmap(grad) over a (position,
+    velocity) tuple take each problem's own steps as alone and equal it; f is called once
+    per attempt of the batch, not once per problem."""
+    calls = []
+
+    def counted(t: torch.Tensor, y: tuple) -> tuple:
+        calls.append(1)
+        return split(t, y)
 
     def split(t: torch.Tensor, y: tuple) -> tuple:
         return y[1], -(1 + y[0] ** 2) * y[0]
 
     y0s = starts(3)
-    out = torch.func.vmap(lambda p, v: no.odeint(split, (p, v), TS))(y0s[:, 0], y0s[:, 1])
+    out = torch.func.vmap(lambda p, v: no.odeint(counted, (p, v), TS))(y0s[:, 0], y0s[:, 1])
+    batched, calls[:] = len(calls), []
     for i, (p, v) in enumerate(y0s):
-        for got, alone in zip(out, no.odeint(split, (p, v), TS)):
+        for got, alone in zip(out, no.odeint(counted, (p, v), TS)):
             torch.testing.assert_close(got[i], alone, rtol=1e-14, atol=1e-14)
+    assert batched < len(calls) / 2  # (one call per attempt of the batch)
 
     def end(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return no.odeint(split, (p, v), TS)[0][-1]

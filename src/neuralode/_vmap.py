@@ -12,7 +12,7 @@ rows. Fixed-step solvers on shared times take the same steps for every problem, 
 the batch is solved as one system; on each problem's own times they run per sample, each
 problem on its own grid. Where per-sample mode cannot run the solve (implicit
 methods, whose Newton iterations a batch would share, multistep methods, other
-controllers, ``norm``, a nested state on adaptive steps,
+controllers, ``norm``, a nested state on adaptive steps with per-element tolerances,
 ``perturb``, callbacks, spans in both directions), the problems are
 solved one after the other. Transforms applied outside ``vmap`` (``torch.func.grad``,
 ``jacrev``, ``jvp``) see ordinary differentiable operations.
@@ -34,7 +34,7 @@ from ._host import peeled
 from ._solution import Solution, SolveStats
 from ._status import Status, mark_non_finite
 from ._term import separable_halves
-from ._tree import TreeSpec, tree_spec
+from ._tree import TreeSpec, _rebuild, tree_spec
 from .solvers.explicit_rk import ExplicitRK
 
 
@@ -102,18 +102,26 @@ def solve_vmapped(
     solver = kwargs["solver"]  # an instance: ``solve`` resolves it before vmap
     # the rows as one per-sample solve (one system on fixed steps and shared times, where
     # every problem takes the same steps): explicit Runge-Kutta only (a batch would share
-    # Newton or multistep iterations), with each problem's own times all in one direction,
-    # and adaptive only on a one-tensor state (a row's error is the RMS of the row; a
-    # nested state's alone, the max of its tensors' RMS norms)
+    # Newton or multistep iterations), with each problem's own times all in one direction.
+    # A nested state on adaptive steps runs as a nested per-sample state, whose rows' error
+    # norm is a lone problem's (the max of its tensors' RMS norms): with tolerances that
+    # are numbers (per-element ones are laid out per problem, not per batch)
     directions = set((times[:, -1] > times[:, 0]).tolist()) if own_times else set()
     as_rows = isinstance(solver, ExplicitRK) and (not own_times or len(directions) == 1)
-    as_rows = as_rows and (spec.is_leaf or not solver.adaptive)
+    nested = not spec.is_leaf and solver.adaptive
+    if nested:
+        controller = kwargs.get("controller")
+        tolerances = (getattr(controller, name, None) for name in ("rtol", "atol"))
+        as_rows = as_rows and not any(isinstance(tol, torch.Tensor) for tol in tolerances)
     sol = None
     with peeled(level):  # the solves below see this level's problems as rows
         if as_rows:
             per_sample = solver.adaptive or own_times
             try:
-                sol = solve(field, flat, times, per_sample=per_sample, **kwargs)
+                if nested:
+                    sol = _solve_nested_rows(solve, field, spec, rows, times, kwargs)
+                else:
+                    sol = solve(field, flat, times, per_sample=per_sample, **kwargs)
             except ValueError as error:  # an option per-sample mode refuses: one by one
                 if not str(error).startswith("per_sample=True"):
                     raise
@@ -180,6 +188,32 @@ def _solve_one_by_one(
     ys = torch.stack([_flat_outputs(spec, s.ys) for s in solutions], 1)
     status = torch.stack([s.status for s in solutions])
     return Solution(ts=ts, ys=ys, stats=stats, status=status)
+
+
+def _solve_nested_rows(
+    solve: Callable[..., Any],
+    field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    spec: TreeSpec,
+    rows: list[torch.Tensor],
+    times: torch.Tensor,
+    kwargs: dict,
+) -> Solution:
+    """The problems of a nested state as one per-sample solve of the nested rows (each
+    tensor (batch, *its shape)), ``field`` on their flat (batch, n) form; ``ys`` is the
+    flat (len(ts), batch, n) of the solutions."""
+    batch = rows[0].shape[0]
+    numels = [int(x[0].numel()) for x in rows]
+
+    def nested(t: torch.Tensor, state: Any) -> Any:
+        _, leaves = tree_spec(state, "y")
+        out = field(t, torch.cat([x.reshape(batch, -1) for x in leaves], 1))
+        pieces = out.split(numels, dim=1)
+        return _rebuild(spec.structure, iter(p.reshape(x.shape) for p, x in zip(pieces, rows)))
+
+    sol = solve(nested, _rebuild(spec.structure, iter(rows)), times, per_sample=True, **kwargs)
+    _, leaves = tree_spec(sol.ys, "ys")  # each (len(ts), batch, *its shape)
+    sol.ys = torch.cat([x.reshape(x.shape[0], batch, -1) for x in leaves], 2)
+    return sol
 
 
 def _flat_outputs(spec: TreeSpec, ys: Any) -> torch.Tensor:

@@ -34,7 +34,7 @@ from ._host import peeled
 from ._solution import Solution, SolveStats
 from ._status import Status, mark_non_finite
 from ._term import separable_halves
-from ._tree import TreeSpec, _rebuild, tree_spec
+from ._tree import TreeSpec, _rebuild, rows_tree, tree_rows, tree_spec
 from .solvers.explicit_rk import ExplicitRK
 
 
@@ -202,15 +202,13 @@ def _solve_nested_rows(
     tensor (batch, *its shape)), ``field`` on their flat (batch, n) form; ``ys`` is the
     flat (len(ts), batch, n) of the solutions."""
     batch = rows[0].shape[0]
-    numels = [int(x[0].numel()) for x in rows]
+    start = _rebuild(spec.structure, iter(rows))
+    batched, _ = tree_spec(start, "y0")  # (every tensor's dimension 0 the batch)
 
     def nested(t: torch.Tensor, state: Any) -> Any:
-        _, leaves = tree_spec(state, "y")
-        out = field(t, torch.cat([x.reshape(batch, -1) for x in leaves], 1))
-        pieces = out.split(numels, dim=1)
-        return _rebuild(spec.structure, iter(p.reshape(x.shape) for p, x in zip(pieces, rows)))
+        return rows_tree(batched, field(t, tree_rows(batched, state, batch, "y")))
 
-    sol = solve(nested, _rebuild(spec.structure, iter(rows)), times, per_sample=True, **kwargs)
+    sol = solve(nested, start, times, per_sample=True, **kwargs)
     _, leaves = tree_spec(sol.ys, "ys")  # each (len(ts), batch, *its shape)
     sol.ys = torch.cat([x.reshape(x.shape[0], batch, -1) for x in leaves], 2)
     return sol

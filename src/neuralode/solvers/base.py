@@ -371,13 +371,19 @@ def hermite_interpolate(
     return hermite(th, step.y0, step.y1, f0, step.f1, step.dt)
 
 
+def step_fractions(theta: float | torch.Tensor) -> np.ndarray:
+    """``dense_weights``'s step fractions as a float64 array (m,): one point's Python float
+    or a (m,) tensor."""
+    return np.array([theta]) if isinstance(theta, float) else theta.detach().cpu().numpy()
+
+
 def stage_dense_weights(
     w: np.ndarray, h: float | torch.Tensor, like: torch.Tensor, derivative: bool
 ) -> torch.Tensor:
     """``dense_weights`` of an interpolant over stage derivatives, y0 + h sum_j w_j k_j (its
     time derivative sum_j w_j' k_j with ``derivative``): the columns of y0, y1 and the
-    stages, (m, 2 + K), from the stage weights ``w`` (m, K) in float64; ``h`` (m,) float64,
-    or a Python float for one point."""
+    stages, (m, 2 + K), from the stage weights ``w`` (m, K) in float64 (at the fractions
+    ``step_fractions`` gives); ``h`` (m,) float64, or a Python float for one point."""
     weights = torch.from_numpy(w).to(dtype=like.dtype, device=like.device)
     ends = torch.zeros(w.shape[0], 2, dtype=like.dtype, device=like.device)
     if derivative:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .._term import ODETerm
-from .base import Solver, Step, hermite_interpolate, stage_dense_weights
+from .base import Solver, Step, hermite_interpolate, stage_dense_weights, step_fractions
 from .tableau import AdditiveTableau, extension_weights
 
 
@@ -349,10 +349,8 @@ class IMEXRK(Solver):
         dense = self.tableaux.dense
         if dense is None:
             return super().dense_weights(theta, h, like, derivative)
-        thetas = np.array([theta]) if isinstance(theta, float) else theta.detach().cpu().numpy()
-        return stage_dense_weights(
-            extension_weights(dense, thetas, derivative), h, like, derivative
-        )
+        weights = extension_weights(dense, step_fractions(theta), derivative)
+        return stage_dense_weights(weights, h, like, derivative)
 
     def hermite_f0(self, term: ODETerm, step: Step) -> torch.Tensor:
         """f(t0, y0) of an accepted step: its first stage.

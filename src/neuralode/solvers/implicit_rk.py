@@ -26,7 +26,7 @@ from ._dense_solve import DenseSolve
 from ._implicit_stages import ImplicitStages, StageEquations, _Linearisation
 from ._krylov_solve import KrylovSolve, Preconditioner
 from ._newton import SingularMatrixError
-from .base import Step, hermite_interpolate, stage_dense_weights
+from .base import Step, hermite_interpolate, stage_dense_weights, step_fractions
 from .tableau import ImplicitTableau, collocation_weights, extension_weights
 
 LINEAR_SOLVERS = ("auto", "direct", "krylov")
@@ -654,9 +654,7 @@ class ImplicitRK(ImplicitStages):
         Returns:
             The weights, (m, 2 + K): of y0, y1 and the K rows of ``dense_record``.
         """
-        one = isinstance(theta, float)
-        thetas = np.array([theta]) if one else theta.detach().cpu().numpy()
-        w = self._stage_weights(thetas, derivative)
+        w = self._stage_weights(step_fractions(theta), derivative)
         if w is None:
             return super().dense_weights(theta, h, like, derivative)
         return stage_dense_weights(w, h, like, derivative)

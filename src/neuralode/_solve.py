@@ -15,6 +15,7 @@ from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
 from ._event_tracker import OneProblemEvents
 from ._events import Event
 from ._execution import Execution
+from ._graph_break import outside_dynamo
 from ._host import dispatched, transform_active, vmap_active
 from ._loop import LoopConfig
 from ._norms import Norm, lay_out_tolerances, mixed_norm, rms_norm
@@ -194,6 +195,8 @@ def solve(
         StepSizeUnderflowError: the step size became too small to make progress in time.
         NonFiniteError: NaN or infinity appeared in the state.
     """
+    if torch.compiler.is_compiling():  # inside the user's torch.compile: one graph break
+        return _SOLVE_OUTSIDE_DYNAMO(locals())
     key = None  # a warm call's key (``_warm``): its other arguments keep their defaults
     transforms = transform_active()
     if (
@@ -326,6 +329,9 @@ def solve(
         return _run(problem, gradient, event, saveat, key, cleared)
     with config.progress:  # (opens the meter; closes it also when the solve raises)
         return _run(problem, gradient, event, saveat, key, cleared)
+
+
+_SOLVE_OUTSIDE_DYNAMO = outside_dynamo(solve)
 
 
 def _run(

@@ -26,6 +26,7 @@ from ._compat_options import (
     _parse,
 )
 from ._events import Event
+from ._graph_break import outside_dynamo
 from ._solution import SolveStats
 from ._solve import solve
 from ._tree import tree_spec
@@ -99,7 +100,12 @@ def odeint(
             message names it.
         SolverError: the solve failed (see [`solve`][neuralode.solve]).
     """
+    if torch.compiler.is_compiling():  # inside the user's torch.compile: one graph break
+        return _ODEINT_OUTSIDE_DYNAMO(locals())
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, Direct())
+
+
+_ODEINT_OUTSIDE_DYNAMO = outside_dynamo(odeint)
 
 
 def odeint_adjoint(
@@ -160,6 +166,8 @@ def odeint_adjoint(
             ``"seminorm"`` nor a callable.
         SolverError: the forward or the backward solve failed.
     """
+    if torch.compiler.is_compiling():  # inside the user's torch.compile: one graph break
+        return _ODEINT_ADJOINT_OUTSIDE_DYNAMO(locals())
     if adjoint_params is not None:  # (a generator such as func.parameters() is read once)
         adjoint_params = tuple(adjoint_params)
     method = "dopri5" if method is None else _ALIASES.get(method, method)
@@ -240,6 +248,9 @@ def odeint_adjoint(
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, gradient)
 
 
+_ODEINT_ADJOINT_OUTSIDE_DYNAMO = outside_dynamo(odeint_adjoint)
+
+
 def odeint_dense(
     func: Callable[[torch.Tensor, Any], Any],
     y0: Any,
@@ -279,11 +290,16 @@ def odeint_dense(
             input as for ``odeint``.
         SolverError: the solve failed.
     """
+    if torch.compiler.is_compiling():  # inside the user's torch.compile: one graph break
+        return _ODEINT_DENSE_OUTSIDE_DYNAMO(locals())
     like = t0 if isinstance(t0, torch.Tensor) else t1
     dtype = like.dtype if isinstance(like, torch.Tensor) else torch.get_default_dtype()
     span = torch.stack([torch.as_tensor(t, dtype=dtype).reshape(()) for t in (t0, t1)])
     solution = _odeint(func, y0, span, rtol, atol, method, options, None, Direct(), dense=True)
     return solution.evaluate
+
+
+_ODEINT_DENSE_OUTSIDE_DYNAMO = outside_dynamo(odeint_dense)
 
 
 def odeint_event(
@@ -324,9 +340,14 @@ def odeint_event(
     Raises:
         SolverError: no event was found before the solve failed (e.g. ``MaxStepsError``).
     """
+    if torch.compiler.is_compiling():  # inside the user's torch.compile: one graph break
+        return _ODEINT_EVENT_OUTSIDE_DYNAMO(locals())
     t0 = torch.as_tensor(t0).reshape(-1)[:1]
     t = torch.cat([t0, t0.detach() + (-1.0 if reverse_time else 1.0)])
     return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+
+
+_ODEINT_EVENT_OUTSIDE_DYNAMO = outside_dynamo(odeint_event)
 
 
 def _odeint(

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .._graph_break import outside_dynamo
 from ..compat import odeint, odeint_adjoint
 
 _BACKENDS = ("torchdiffeq", "torchsde")
@@ -219,6 +220,8 @@ def cdeint(
             that do not fit (the message names them).
         SolverError: the solve failed (as ``odeint``'s).
     """
+    if torch.compiler.is_compiling():  # inside the user's torch.compile: one graph break
+        return _CDEINT_OUTSIDE_DYNAMO(locals())
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     kwargs.setdefault("atol", 1e-6)
@@ -258,3 +261,6 @@ def cdeint(
     if is_tensor:
         return out.movedim(0, -2)
     return tuple(x.movedim(0, -2) for x in out)
+
+
+_CDEINT_OUTSIDE_DYNAMO = outside_dynamo(cdeint)

@@ -30,6 +30,7 @@ import torch
 import torch.utils.checkpoint
 
 from .._errors import MaxStepsError
+from .._graph_break import outside_dynamo
 from .._progress import Progress, ProgressMeter, _Tracker, tracker_of
 from .._solution import Solution, SolveStats
 from .._solve import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, solve
@@ -126,6 +127,8 @@ def solve_dde(
             ``progress_meter`` not a ``ProgressMeter``.
         MaxStepsError: more than ``max_steps`` steps were needed.
     """
+    if torch.compiler.is_compiling():  # inside the user's torch.compile: one graph break
+        return _SOLVE_DDE_OUTSIDE_DYNAMO(locals())
     solver, controller, gradient, norm = coerce_strategies(solver, controller, gradient, norm)
     solver = Dopri5() if solver is None else solver
     if controller is None and solver.adaptive:
@@ -212,6 +215,9 @@ def solve_dde(
         status=stats.status,
         interpolation=past if dense and len(times) > 1 else None,
     )
+
+
+_SOLVE_DDE_OUTSIDE_DYNAMO = outside_dynamo(solve_dde)
 
 
 def _continued(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._args import count
+from .._graph_break import outside_dynamo
 
 _TINY = 1e-12  # keeps Anderson's and Broyden's denominators away from 0
 # the smallest ||f(z)|| a residual is relative to: near a fixed point at 0 the relative test
@@ -349,6 +350,8 @@ def fixed_point(
         TypeError: a ``z0`` that is not a tensor, or a ``method`` that is neither a name nor
             a ``FixedPointMethod``.
     """
+    if torch.compiler.is_compiling():  # inside the user's torch.compile: one graph break
+        return _FIXED_POINT_OUTSIDE_DYNAMO(locals())
     if not isinstance(z0, torch.Tensor):
         raise TypeError(
             f"z0 must be a tensor (batch, ...), got {type(z0).__name__}; "
@@ -406,6 +409,9 @@ def fixed_point(
     return FixedPointResult(
         best.reshape(shape), iterations, best_residual, history, converged, sample_iterations
     )
+
+
+_FIXED_POINT_OUTSIDE_DYNAMO = outside_dynamo(fixed_point)
 
 
 def _real(z: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._graph_break import outside_dynamo
 from ..controllers.fixed import FixedGrid
 from ..controllers.pi import PIController
 from ._adjoint_sde import _AdjointSDE
@@ -205,6 +206,8 @@ def sdeint_adjoint(
         ValueError: for bad input (as ``sdeint``), an ``sde`` that is not an ``nn.Module``
             without ``adjoint_params``, or an adjoint method that cannot solve the adjoint SDE.
     """
+    if torch.compiler.is_compiling():  # inside the user's torch.compile: one graph break
+        return _SDEINT_ADJOINT_OUTSIDE_DYNAMO(locals())
     _check_unused(unused_kwargs, "`sdeint_adjoint`")
     if adjoint_params is None and not isinstance(sde, nn.Module):
         raise ValueError(
@@ -300,3 +303,6 @@ def sdeint_adjoint(
     )
     ys, *extra_state = _SdeintAdjoint.apply(config, problem.y0, *extra_in, *params)
     return parse_return(problem.y0, ys, tuple(extra_state), extra, logqp)
+
+
+_SDEINT_ADJOINT_OUTSIDE_DYNAMO = outside_dynamo(sdeint_adjoint)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .._graph_break import outside_dynamo
 from ..controllers.fixed import FixedGrid
 from ..controllers.pi import PIController
 from ._brownian import BaseBrownian
@@ -127,8 +128,13 @@ def sdeint(
             SDE or the Brownian motion.
         TypeError: ``options["progress_meter"]`` is not a ``ProgressMeter``.
     """
+    if torch.compiler.is_compiling():  # inside the user's torch.compile: one graph break
+        return _SDEINT_OUTSIDE_DYNAMO(locals())
     _check_unused(unused_kwargs, "`sdeint`")
     problem = check_contract(sde, y0, ts, bm, method, adaptive, options, names, logqp)
     _assert_no_grad(["ts", "dt", "rtol", "atol", "dt_min"], [problem.ts, dt, rtol, atol, dt_min])
     ys, extra_state = solve(problem, dt, adaptive, rtol, atol, dt_min, extra_solver_state)
     return parse_return(problem.y0, ys, extra_state, extra, logqp)
+
+
+_SDEINT_OUTSIDE_DYNAMO = outside_dynamo(sdeint)

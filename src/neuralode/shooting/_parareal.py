@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._graph_break import outside_dynamo
 from .._solve import solve
 from .._tree import TreeSpec, _rebuild, tree_spec
 from .._validate import check_times, coerce_strategies
@@ -378,6 +379,8 @@ def parareal(
             steps with a nested state, or a bad ``iterations``.
         TypeError: arguments of the wrong type.
     """
+    if torch.compiler.is_compiling():  # inside the user's torch.compile: one graph break
+        return _PARAREAL_OUTSIDE_DYNAMO(locals())
     spec, y0_leaves = tree_spec(y0)
     if any(leaf.ndim == 0 for leaf in y0_leaves) or len({leaf.shape[0] for leaf in y0_leaves}) > 1:
         raise ValueError(
@@ -476,6 +479,9 @@ def parareal(
         nfe=nfe,
         nfe_sequential=depth,
     )
+
+
+_PARAREAL_OUTSIDE_DYNAMO = outside_dynamo(parareal)
 
 
 def _as_propagator(value: Any, default: Propagator, name: str) -> Propagator:

@@ -645,3 +645,16 @@ def test_a_module_in_another_dtype_than_the_state_is_named_with_the_fix() -> Non
     with pytest.raises(RuntimeError) as caught:
         no.solve(later, y0, T(0.0, 1.0))
     assert "first call" not in str(caught.value)
+
+
+@row("S21")
+def test_a_field_under_autocast_is_cast_and_tight_tolerances_warn() -> None:
+    """Under torch.autocast f's linear layers return bfloat16 on a float32 state: the solve
+    casts them (torchdiffeq's sums promote them) instead of refusing the dtype, and warns
+    about tolerances below bfloat16's resolution."""
+    layer = torch.nn.Linear(2, 2)
+    y0 = torch.ones(3, 2)
+    resolution = r"rtol=1e-07 .* below the resolution of torch.bfloat16"
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.warns(UserWarning, match=resolution):
+        ys = odeint(lambda t, y: layer(y), y0, T(0.0, 1.0, dtype=torch.float32))
+    assert ys.dtype == torch.float32

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import torch
 
@@ -126,3 +128,13 @@ def max_steps_error(
 def _sentence(hint: str) -> str:
     """``hint``, a sentence, to append to a message ("" stays "")."""
     return f" {hint}" if hint else ""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` of a warning raised by the caller that points at the first frame
+    outside neuralode (the user's line), however deep the call into the package."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_map
 
 from ._host import plain_factories
 from ._tree import TreeSpec
@@ -62,7 +63,8 @@ class ODETerm:
     ):
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
-        self.func = func
+        lower = autocast_dtype(like)
+        self.func = func if lower is None else AutocastField(func, lower, like.dtype)
         self.spec = spec
         self.dtype = like.dtype
         self.device = like.device
@@ -79,7 +81,7 @@ class ODETerm:
         # the stage times by one NumPy conversion on CPU (~2.5 us faster than torch.tensor)
         self._numpy_time = _NUMPY_TIME.get(self.time_dtype) if self._cpu else None
         self._buffers: dict[tuple[int, int], Any] = {}
-        self._halves = separable_halves(func) if _is_pair(spec) else None
+        self._halves = separable_halves(self.func) if _is_pair(spec) else None
         self._halves_checked = [False, False]
 
     def fresh(self) -> ODETerm:
@@ -285,6 +287,55 @@ class ODETerm:
                 f"{what} returned a tensor on {flat.device}; the state is on {self.device}"
             )
         self._checked = True
+
+
+class AutocastField:
+    """f under ``torch.autocast``: its outputs in the autocast's dtype (a linear layer's, say)
+    cast to the state's, as torchdiffeq's stage sums promote them. The state, the stages, the
+    error estimates and the adjoint stay in the state's dtype; only f computes in the lower
+    precision. Equal for equal f and dtypes (a compiled solve's cache key)."""
+
+    __slots__ = ("func", "lower", "dtype")
+
+    def __init__(self, func: Callable[[torch.Tensor, Any], Any], lower: torch.dtype, dtype):
+        self.func, self.lower, self.dtype = func, lower, dtype
+
+    def __call__(self, t: torch.Tensor, y: Any) -> Any:
+        out = self.func(t, y)
+        if isinstance(out, torch.Tensor):
+            return out.to(self.dtype) if out.dtype == self.lower else out
+        return tree_map(lambda x: x.to(self.dtype) if _lowered(x, self.lower) else x, out)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, AutocastField)
+            and other.func is self.func
+            and (other.lower, other.dtype) == (self.lower, self.dtype)
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.func), self.lower, self.dtype))
+
+
+def _lowered(x: Any, lower: torch.dtype) -> bool:
+    return isinstance(x, torch.Tensor) and x.dtype == lower
+
+
+def autocast_dtype(like: torch.Tensor) -> torch.dtype | None:
+    """The lower precision ``torch.autocast`` computes f in, where it is enabled on the
+    state's device and that dtype is not the state's (a real floating-point state).
+
+    Arguments:
+        like: the state (its dtype and device).
+
+    Returns:
+        The autocast's dtype, or ``None`` where f's outputs keep the state's dtype.
+    """
+    kind = like.device.type
+    if not like.is_floating_point() or not torch.is_autocast_enabled(kind):
+        return None
+    lower = torch.get_autocast_dtype(kind)
+    return None if lower == like.dtype else lower
 
 
 def separable_halves(func: Any) -> tuple[Callable, Callable] | None:

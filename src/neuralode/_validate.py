@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
-from ._errors import Y0_NOT_FINITE, NonFiniteError
+from ._errors import Y0_NOT_FINITE, NonFiniteError, user_stacklevel
 from ._events import Event
 from ._host import across, plain, wrapped
 from ._norms import LOW_PRECISION, l2_norm, max_norm, rms_norm
+from ._term import autocast_dtype
 from ._tree import TreeSpec, leaf_spec, tree_spec
 from .adjoint import GRADIENTS
 from .adjoint.backsolve import Backsolve
@@ -127,15 +128,14 @@ def _check_dtype(where: str, leaf: torch.Tensor) -> None:
         )
 
 
-def check_tolerances(
-    controller: Any, y0: torch.Tensor, whose: str = "", stacklevel: int = 3
-) -> bool:
+def check_tolerances(controller: Any, y0: torch.Tensor, whose: str = "") -> bool:
     """Refuse tolerances below a tenth of a 16-bit state's resolution (eps), and warn about
-    those below a hundredth of a wider one's: the error cannot be measured that finely, so
+    those below a hundredth of a wider one's, or below a tenth of the 16-bit dtype's in
+    which f computes under ``torch.autocast``: the error cannot be measured that finely, so
     the solve would stall or return values far less accurate than asked. An ``atol`` above
     that level at y0's scale (1 for a zero y0) makes the tolerance reachable. ``whose``
-    names the solve the tolerances are for (the forward solve's: unnamed); ``stacklevel``
-    points the warning at the user's call.
+    names the solve the tolerances are for (the forward solve's: unnamed); the warning
+    points at the user's call.
 
     Returns:
         Whether the tolerances pass for every state of y0's dtype (``rtol`` alone clears the
@@ -145,6 +145,10 @@ def check_tolerances(
     if rtol is None or atol is None:
         return True
     real, eps, low_precision, floor = _resolution(y0.dtype)
+    lower = autocast_dtype(y0)  # f computing in 16 bits: its rounding is the floor
+    if lower is not None:
+        real, eps, _, floor = _resolution(lower)
+        low_precision = False
     rtol_min = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
     if rtol_min >= floor:
         return True
@@ -158,10 +162,19 @@ def check_tolerances(
         f"{real} (eps {eps:.3g}): the error cannot be controlled that finely. Use "
         f"rtol >= {floor:.2g}"
     )
+    if lower is not None:
+        message = (
+            f"{whose}rtol={rtol_min:g} (with atol={atol_min:g}) is below the resolution of "
+            f"{real} (eps {eps:.3g}), in which f computes under torch.autocast: its rounding "
+            "limits the error, so the solve takes many more steps without getting more "
+            f"accurate. Use rtol >= {floor:.2g} under autocast, or solve outside it"
+        )
+        warnings.warn(message, stacklevel=user_stacklevel())
+        return False
     if low_precision:
         raise ValueError(message + " or a wider dtype (float32, float64) for the state")
     wider = "" if real == torch.float64 else " or float64 for the state"
-    warnings.warn(message + wider, stacklevel=stacklevel)
+    warnings.warn(message + wider, stacklevel=user_stacklevel())
     return False
 
 

@@ -207,7 +207,7 @@ class Backsolve(GradientStrategy):
             from .._validate import check_tolerances  # (_validate imports this package)
 
             # the warning points at solve's caller: run_gradient, then solve
-            check_tolerances(backward, problem.y0, "Backsolve's backward ", stacklevel=5)
+            check_tolerances(backward, problem.y0, "Backsolve's backward ")
         return _BacksolveSolve.apply(self, problem, problem.y0, problem.ts, *params)
 
     def _check_compilable(self, problem: Problem, params: tuple[torch.Tensor, ...]) -> None:

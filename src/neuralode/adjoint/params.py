@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
+from .._errors import user_stacklevel
 
 
 def keep_params(params: Any) -> Any:
@@ -92,18 +92,8 @@ def _warn_unreached(module: torch.nn.Module, params: tuple[torch.Tensor, ...]) -
             "them no gradient. Pass them with the parameters (params=(*func.parameters(), "
             "tensor) in the core API, adjoint_params=... in odeint_adjoint), or make them "
             "nn.Parameters",
-            stacklevel=_outside_package(),
+            stacklevel=user_stacklevel(),
         )
-
-
-def _outside_package() -> int:
-    """The ``stacklevel`` of a warning raised here that points at the first caller outside
-    neuralode (the user's line), however deep the call into the package."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 _CHECKED: weakref.WeakSet = weakref.WeakSet()  # the modules ``_warn_unreached`` has read

@@ -327,6 +327,38 @@ def test_a_solve_that_overflows_is_reported_as_diverged_not_as_too_few_iteration
     assert math.isfinite(layer.forward_report.residual)
 
 
+@pytest.mark.parametrize("method", FIXED_POINT_METHODS)
+def test_a_sample_gone_non_finite_leaves_the_others_to_converge(method: str) -> None:
+    """Sample 0 overflows after a few iterations; samples 1 and 2 contract to 2, meeting the
+    tolerance after as many evaluations as alone (the loop stopped for all of them at the
+    overflow)."""
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.exp(z[:1]) * 10, 0.5 * z[1:] + 1])
+
+    z0 = torch.zeros(3, 2, dtype=DTYPE)
+    result = fixed_point(f, z0, method, tol=1e-8, max_iter=100)
+    alone = fixed_point(lambda z: 0.5 * z + 1, z0[1:], method, tol=1e-8, max_iter=100)
+    torch.testing.assert_close(result.z[1:], torch.full_like(alone.z, 2.0), rtol=1e-7, atol=0)
+    assert result.sample_iterations[1:].tolist() == alone.sample_iterations.tolist()
+    assert result.sample_iterations[0] == -1 and not result.converged
+    assert torch.isfinite(result.z).all()  # sample 0: its best finite iterate
+
+
+def test_a_nan_input_row_of_a_deq_is_named_and_the_other_rows_are_solved() -> None:
+    class Half(nn.Module):
+        def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return 0.5 * z + x  # z* = 2 x
+
+    x = torch.tensor([[1.0], [math.nan], [3.0]], dtype=DTYPE)
+    layer = DEQ(Half(), tol=1e-8)
+    with pytest.warns(ConvergenceWarning, match=r"sample\(s\) 1 became NaN or infinite"):
+        out = layer(x)
+    torch.testing.assert_close(out[[0, 2]], 2 * x[[0, 2]], rtol=1e-7, atol=0)
+    assert out[1].isnan().all()
+    assert layer.forward_report.non_finite == (1,)
+
+
 class Wider(nn.Module):
     """z of width 8 read beside an x of width 4 (or returned at width 8 from z of width 4)."""
 

@@ -119,6 +119,16 @@ def test_spectral_axis_outside_the_grid_is_an_error(axis: int) -> None:
         pde.wavenumbers(grid, axis, torch.zeros(8))
 
 
+def test_an_axis_may_be_any_integer_but_not_a_bool_or_a_float() -> None:
+    grid = Grid((8, 6), lengths=(2 * math.pi, 2 * math.pi))
+    u = torch.randn(8, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for derivative in (pde.spectral_derivative, pde.derivative):
+        torch.testing.assert_close(derivative(u, grid, np.int64(1)), derivative(u, grid, 1))
+        for bad in (True, 1.0):
+            with pytest.raises(ValueError, match="axis must be in"):
+                derivative(u, grid, bad)
+
+
 @pytest.mark.parametrize("order", [2, 4])
 def test_method_of_lines_converges_to_the_heat_equations_solution(order: int) -> None:
     # u_t = D u_xx on [0, 1], u = 0 at both ends: u = exp(-D pi^2 t) sin(pi x) + a mode-3 part.

@@ -21,6 +21,11 @@ CASES = [
     (Grid((9,), lengths=(2.0,)), 4),
     (Grid((9,), lengths=(2.0,)), "spectral"),
     (Grid((8,), lengths=(2 * math.pi,)), "spectral"),
+    # FFT-built matrices symmetric to ~1e-14 with repeated eigenvalues (+-k) from n ~ 30 on
+    (Grid((32,), lengths=(2 * math.pi,)), "spectral"),
+    (Grid((31,), lengths=(2 * math.pi,)), "spectral"),
+    (Grid((64,), lengths=(7.3,)), "spectral"),
+    (Grid((32, 12), lengths=(1.0, 2.0)), "spectral"),
     (Grid((7,), boundary=Dirichlet(1.0, -2.0)), 2),
     (Grid((7,), boundary=Dirichlet(1.0, -2.0)), 4),
     (Grid((4,), boundary=Dirichlet(0.5, 0.0)), 4),  # short: the 2nd-order stencil throughout

@@ -38,7 +38,8 @@ class FixedPointResult:
         iterations: evaluations of f.
         residual: relative residual ||f(z) - z|| / max(||f(z)||, norm_floor) of ``z`` per
             sample, (batch,) (``relative_residual``).
-        history: the largest relative residual over the batch after each evaluation.
+        history: the largest relative residual over the batch after each evaluation (NaN
+            where a sample's is).
         converged: whether every sample reached the tolerance.
         sample_iterations: per sample, the evaluations of f after which its residual first
             met the tolerance (-1: never), (batch,); a sample's own cost were it solved alone.
@@ -337,6 +338,11 @@ def fixed_point(
         max_iter: the most evaluations of f.
         norm_floor: the smallest norm the residual is relative to, positive (default 1e-6).
 
+    A sample whose residual becomes NaN or infinite (a NaN in its input, f diverging there)
+    does not stop the others: they go on until every finite sample meets ``tol`` (or
+    ``max_iter``), and that sample keeps its best finite iterate (``z0`` if it had none, with
+    residual infinity).
+
     Returns:
         A ``FixedPointResult``: each sample's best iterate, its residual, the number of
         evaluations and the residual history. Not converging is not an error here:
@@ -398,9 +404,12 @@ def fixed_point(
         improved = residual < best_residual  # NaN is never an improvement
         best = torch.where(improved[:, None], z, best)
         best_residual = torch.where(improved, residual, best_residual)
-        worst = float(residual.max())
-        history.append(worst)
-        if worst <= tol or iterations >= max_iter or not math.isfinite(worst):
+        history.append(float(residual.max()))  # (NaN where a sample's is)
+        # a sample gone NaN or infinite stays so and leaves the others to go on: the loop
+        # stops when every finite sample has converged, or no sample is finite
+        finite = torch.isfinite(residual)
+        worst = float(torch.where(finite, residual, 0.0).max())
+        if worst <= tol or iterations >= max_iter or not bool(finite.any()):
             break
         z = solver.propose(z, fz)
         fz = evaluate(z)

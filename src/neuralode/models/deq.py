@@ -68,12 +68,15 @@ class SolveReport:
         residual: the final relative residual (the largest over the batch).
         converged: whether every sample reached the tolerance.
         history: the relative residual after each iteration (GMRES: the final one only).
+        non_finite: the samples whose residual is NaN or infinite (none for GMRES, whose
+            residual is the whole batch's).
     """
 
     iterations: int = 0
     residual: float = 0.0
     converged: bool = True
     history: tuple[float, ...] = ()
+    non_finite: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, result: FixedPointResult) -> SolveReport:
@@ -84,9 +87,17 @@ class SolveReport:
 
         Returns:
             Its ``iterations``, its largest per-sample residual (0.0 for an empty batch),
-                ``converged`` and its residual history as a tuple.
+                ``converged``, its residual history as a tuple and the samples whose
+                residual is not finite.
         """
-        return cls(result.iterations, result.max_residual, result.converged, tuple(result.history))
+        non_finite = torch.nonzero(~torch.isfinite(result.residual)).flatten().tolist()
+        return cls(
+            result.iterations,
+            result.max_residual,
+            result.converged,
+            tuple(result.history),
+            tuple(non_finite),
+        )
 
 
 class DEQ(nn.Module):
@@ -281,7 +292,16 @@ class DEQ(nn.Module):
             "(JacobianFrobenius)"
         )
         last = report.history[-1] if report.history else report.residual
-        if not math.isfinite(last):  # (the residual is the best iterate's, finite or not)
+        if report.non_finite:
+            listed = ", ".join(map(str, report.non_finite[:10]))
+            more = len(report.non_finite) - 10
+            message = (
+                f"DEQ {direction} solve ({method}): the residual of sample(s) {listed}"
+                f"{f' and {more} more' if more > 0 else ''} became NaN or infinite (NaN or "
+                "infinity in their input or gradient, or f diverging there); the other samples "
+                f"are solved as if alone ({report.iterations} iterations)"
+            )
+        elif not math.isfinite(last):  # (the residual is the best iterate's, finite or not)
             best = (
                 f"; the best iterate (relative residual {report.residual:.3g}) is returned"
                 if math.isfinite(report.residual)

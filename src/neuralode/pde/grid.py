@@ -208,6 +208,28 @@ class Grid:
         axes = [self.axis_points(a, dtype, device) for a in range(self.ndim)]
         return tuple(torch.meshgrid(*axes, indexing="ij"))
 
+    def axis_index(self, axis: Any) -> int:
+        """``axis`` as the index of one of this grid's axes.
+
+        Arguments:
+            axis: 0 or, on a 2-D grid, 1: any integer (a NumPy one too), not a bool.
+
+        Returns:
+            The axis as an ``int``.
+
+        Raises:
+            ValueError: anything else.
+        """
+        try:
+            index = operator.index(axis)
+        except TypeError:
+            index = None
+        if isinstance(axis, bool) or index is None or not 0 <= index < self.ndim:
+            raise ValueError(
+                f"axis must be in [0, {self.ndim}) for a {self.ndim}-D grid, got {axis!r}"
+            )
+        return index
+
     def check_field(self, u: torch.Tensor) -> None:
         """Check that ``u`` is a field on this grid.
 

@@ -97,8 +97,7 @@ def _axis_matrix(grid: Grid, axis: int, order: int = 2, spectral: bool = False) 
         ValueError: an axis that is not one of the grid's, an order not 2 or 4, or
             ``spectral`` on a non-periodic axis.
     """
-    if isinstance(axis, bool) or not isinstance(axis, int) or not 0 <= axis < grid.ndim:
-        raise ValueError(f"axis must be in [0, {grid.ndim}) for a {grid.ndim}-D grid, got {axis!r}")
+    axis = grid.axis_index(axis)
     line = Grid(
         (grid.shape[axis],),
         lengths=(grid.lengths[axis],),  # type: ignore[index]
@@ -114,14 +113,22 @@ def _axis_matrix(grid: Grid, axis: int, order: int = 2, spectral: bool = False) 
 
 def _eigen(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(lambda, V, V^-1)`` with ``matrix = V diag(lambda) V^-1``: orthogonal V for a
-    symmetric matrix; real whenever the eigenvalues are (up to rounding)."""
-    if np.array_equal(matrix, matrix.T):
-        values, vectors = np.linalg.eigh(matrix)
+    matrix symmetric up to rounding (a spectral one, built by FFTs, is off by ~1e-14); real
+    wherever the eigenvalues are and real eigenvectors reproduce the matrix. (``eig`` gives
+    complex eigenvectors for a repeated eigenvalue, such as the +-k pairs of a periodic
+    Laplacian; their real parts need not span its eigenspace.)"""
+    scale = max(float(np.abs(matrix).max()), 1.0)
+    if np.abs(matrix - matrix.T).max() <= 1e-12 * scale:
+        values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
         return values, vectors, vectors.T.copy()
     values, vectors = np.linalg.eig(matrix)
-    scale = max(float(np.abs(values).max()), 1.0)
-    if np.abs(values.imag).max() <= 1e-12 * scale:  # a real spectrum (eig may round it off)
-        values, vectors = values.real, vectors.real
+    if np.abs(values.imag).max() <= 1e-12 * max(float(np.abs(values).max()), 1.0):
+        real_values, real_vectors = values.real, vectors.real
+        if np.linalg.cond(real_vectors) < 1e8:
+            inverse = np.linalg.inv(real_vectors)
+            rebuilt = (real_vectors * real_values) @ inverse
+            if np.abs(rebuilt - matrix).max() <= 1e-9 * scale:
+                return real_values, real_vectors, inverse
     return values, vectors, np.linalg.inv(vectors)
 
 

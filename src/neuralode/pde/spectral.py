@@ -24,8 +24,7 @@ def wavenumbers(grid: Grid, axis: int, like: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: an axis that is not one of the grid's, or a non-periodic one.
     """
-    if isinstance(axis, bool) or not isinstance(axis, int) or not 0 <= axis < grid.ndim:
-        raise ValueError(f"axis must be in [0, {grid.ndim}) for a {grid.ndim}-D grid, got {axis!r}")
+    axis = grid.axis_index(axis)
     if not isinstance(grid.boundaries[axis], Periodic):
         raise ValueError(
             f"spectral derivatives need a periodic axis; axis {axis} has "

@@ -76,8 +76,7 @@ def derivative(
         raise ValueError(f"order must be 2 or 4, got {order!r}")
     if n not in (1, 2):
         raise ValueError(f"n must be 1 or 2 (the derivative's order), got {n!r}")
-    if not 0 <= axis < grid.ndim:
-        raise ValueError(f"axis must be in [0, {grid.ndim}) for a {grid.ndim}-D grid, got {axis}")
+    axis = grid.axis_index(axis)
     dim = u.ndim - grid.ndim + axis
     moved = u.movedim(dim, -1)
     size = moved.shape[-1]

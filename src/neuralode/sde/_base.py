@@ -69,16 +69,32 @@ _RENAME_KEYS = {
 }
 
 
+# the methods each combined one stands for: kept under its own name only while none of its
+# parts is renamed (it would compute with the parts the names replace)
+_COMBINED_PARTS = {
+    "g_prod": ("g",),
+    "f_and_g": ("f", "g"),
+    "f_and_g_prod": ("f", "g", "g_prod"),
+}
+
+
 class _Renamed(nn.Module):
-    """The SDE with its methods looked up under other names (``names={"drift": "foo"}``)."""
+    """The SDE with its methods looked up under other names (``names={"drift": "foo"}``).
+
+    A combined method (``f_and_g``, ``g_prod``, ``f_and_g_prod``) that is not renamed itself
+    is left out where one of its parts is (``names={"drift": "h"}`` with an ``f_and_g``
+    that calls ``f``): the solvers then compose it from the renamed parts."""
 
     def __init__(self, sde, names: dict[str, str]):
         super().__init__()
         self.base = sde
         self.noise_type = sde.noise_type
         self.sde_type = sde.sde_type
+        renamed = {attr for key, attr in _RENAME_KEYS.items() if names.get(key, attr) != attr}
         for key, attr in _RENAME_KEYS.items():
             source = names.get(key, attr)
+            if attr not in renamed and renamed.intersection(_COMBINED_PARTS.get(attr, ())):
+                continue
             if hasattr(sde, source):
                 setattr(self, attr, getattr(sde, source))
 

@@ -115,7 +115,7 @@ class SDESolver(Solver):
         dtype, device = term.sde_time_dtype, term.device
         stepper = make_solver(self.method, term.forward, term.bm, dtype, device, self.options)
         extra = term.initial_extra
-        if extra is None:
+        if not extra:  # none given, or () (the extra state of a method that keeps none)
             extra = stepper.init_extra_solver_state(t0, y0.view(term.shape))
         term.extra = extra
         return stepper, extra
@@ -401,6 +401,6 @@ def run(
     else:
         with tracker:  # (closes the meter also when the solve raises)
             ys = integrate(bound, y0.reshape(-1), ts, config, stats)
-    if bound.extra is None:  # no step was taken (a single output time)
-        bound.extra = () if extra is None else extra
+    if bound.extra is None:  # no step was taken (a single output time): the method's own
+        bound.extra = solver.init(bound, ts[0], y0.reshape(-1), None)[1]
     return ys.view(len(ts), *y0.shape), bound.extra

@@ -82,3 +82,15 @@ def test_tolerances_below_the_autocast_resolution_warn_and_others_do_not():
 def test_outside_autocast_a_16_bit_output_is_still_refused():
     with pytest.raises(TypeError, match="returned dtype torch.bfloat16; the state has dtype"):
         no.solve(lambda t, y: y.bfloat16(), Y0, TS)
+
+
+def test_compile_true_under_autocast_compiles_each_step_without_warnings():
+    field = Field()
+    solutions = []
+    for compile in (True, "step"):
+        with torch.no_grad(), autocast(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            solutions.append(no.solve(field, Y0, TS, compile=compile, **TOLERANCES).ys)
+        assert not [w for w in caught if "whole solve" in str(w.message)], compile
+    assert solutions[0].dtype == torch.float32
+    assert torch.equal(*solutions)

@@ -323,7 +323,7 @@ def _lowered(x: Any, lower: torch.dtype) -> bool:
 
 def autocast_dtype(like: torch.Tensor) -> torch.dtype | None:
     """The lower precision ``torch.autocast`` computes f in, where it is enabled on the
-    state's device and that dtype is not the state's (a real floating-point state).
+    state's device and that dtype is narrower than the state's (a real floating-point one).
 
     Arguments:
         like: the state (its dtype and device).
@@ -335,7 +335,7 @@ def autocast_dtype(like: torch.Tensor) -> torch.dtype | None:
     if not like.is_floating_point() or not torch.is_autocast_enabled(kind):
         return None
     lower = torch.get_autocast_dtype(kind)
-    return None if lower == like.dtype else lower
+    return lower if torch.finfo(lower).bits < torch.finfo(like.dtype).bits else None
 
 
 def separable_halves(func: Any) -> tuple[Callable, Callable] | None:

@@ -94,3 +94,53 @@ def test_compile_true_under_autocast_compiles_each_step_without_warnings():
         assert not [w for w in caught if "whole solve" in str(w.message)], compile
     assert solutions[0].dtype == torch.float32
     assert torch.equal(*solutions)
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "dopri8", "kvaerno5", "radau"])
+@pytest.mark.parametrize("gradient", [no.Direct(), no.Backsolve(params=())])
+def test_the_solvers_own_arithmetic_stays_in_the_state_dtype(method, gradient):
+    """f = -A y by a matrix product, which autocast runs in bfloat16, against the same f
+    computing in bfloat16 by itself outside autocast: equal (the implicit methods to f's
+    rounding, at which their Newton iterations stop under autocast), so no interpolation,
+    stage sum, Newton solve or adjoint of the solver ran in 16 bits (tsit5's interpolant did:
+    0.18 off at an output inside a step)."""
+    a = torch.tensor([[1.0, 0.5], [-0.5, 1.0]])
+
+    def under_autocast(t, y):
+        return -(y @ a.T)
+
+    def by_itself(t, y):
+        return -(y.bfloat16() @ a.T.bfloat16()).float()
+
+    results = []
+    for field, context in ((under_autocast, autocast), (by_itself, torch.autocast)):
+        y0 = Y0.clone().requires_grad_(True)
+        enabled = dict(device_type="cpu", enabled=False) if field is by_itself else {}
+        with context(**enabled):
+            sol = no.solve(
+                field,
+                y0,
+                torch.linspace(0.0, 1.0, 4),
+                solver=no.solvers.METHODS[method](),
+                gradient=gradient,
+                **TOLERANCES,
+            )
+            (grad,) = torch.autograd.grad(sol.ys.square().sum(), y0)
+        results.append((sol.ys, grad))
+    if method in ("kvaerno5", "radau"):  # (Newton stops at f's rounding under autocast)
+        torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=2e-3)
+    else:
+        assert torch.equal(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("method", ["implicit_euler", "trapezoid", "gl4", "radauIIA5"])
+def test_newton_converges_to_the_rounding_of_f_under_autocast(method):
+    # (to the state's rounding, 4 eps, Newton on fixed steps did not converge: "diverging,
+    # contraction rate 1" against f's bfloat16 rounding)
+    field, grid = Field(), dict(controller=no.FixedGrid(step_size=0.05))
+    solver = no.solvers.METHODS[method]
+    with autocast():
+        ys = no.solve(field, Y0, TS, solver=solver(), **grid).ys
+    exact = no.solve(field, Y0, TS, solver=solver(), **grid).ys
+    assert (ys - exact).abs().max() < 3e-2

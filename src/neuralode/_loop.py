@@ -149,7 +149,8 @@ def _integrate(
     # it records; the whole solve as one graph keeps none): else each step is compiled
     whole = config.throw and not isinstance(ts, torch.Tensor) and record is None
     if config.execution.compile == "solve" and whole:
-        if _whole_solve.unsupported(config, term.spec) is None:  # else: each step compiled
+        func = getattr(term, "func", None)
+        if _whole_solve.unsupported(config, term.spec, func) is None:  # else: each step compiled
             try:
                 return _whole_solve.integrate_whole(term, y0, ts, config, stats, config.whole_plans)
             except _whole_solve.WholeSolveUnavailable as error:

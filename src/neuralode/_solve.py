@@ -25,7 +25,7 @@ from ._saveat import SaveAt, check_saveat, saved
 from ._solution import Solution, SolveStats
 from ._spans import sample_times
 from ._status import Status, mark_non_finite
-from ._term import ODETerm
+from ._term import AutocastField, ODETerm, autocast_active, full_precision
 from ._tree import flat_to_rows
 from ._validate import (
     check_event,
@@ -203,6 +203,7 @@ def solve(
         not transforms
         and (compile is True or compile == "solve")
         and progress_meter is None
+        and not autocast_active()  # (f under autocast: AutocastField, made per solve)
         and defaults(
             norm, gradient, event, saveat, callbacks, dense, perturb, throw, step_t, jump_t, aliases
         )
@@ -325,9 +326,26 @@ def solve(
     problem = Problem(func, term, spec, y0_flat, ts, times, config, stats)
     gradient = Direct() if gradient is None else gradient
     check_forward_mode(gradient, problem)  # (before any step, the event search's included)
-    if config.progress is None:
+    if isinstance(getattr(term, "func", None), AutocastField):
+        # f computes under the autocast (AutocastField), the solver in the state's dtype
+        with full_precision():
+            return _progress_run(problem, gradient, event, saveat, key, cleared)
+    return _progress_run(problem, gradient, event, saveat, key, cleared)
+
+
+def _progress_run(
+    problem: Problem,
+    gradient: GradientStrategy,
+    event: Event | None,
+    saveat: SaveAt | None,
+    key: Any,
+    cleared: bool,
+) -> Solution:
+    """``_run`` with the solve's progress meter open (when it has one)."""
+    progress = problem.config.progress
+    if progress is None:
         return _run(problem, gradient, event, saveat, key, cleared)
-    with config.progress:  # (opens the meter; closes it also when the solve raises)
+    with progress:  # (opens the meter; closes it also when the solve raises)
         return _run(problem, gradient, event, saveat, key, cleared)
 
 

@@ -3,6 +3,7 @@ for a separable field on a pair ``(q, p)``, its halves (``SEPARABLE_HALVES``).""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -64,7 +65,9 @@ class ODETerm:
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
         lower = autocast_dtype(like)
-        self.func = func if lower is None else AutocastField(func, lower, like.dtype)
+        self.func = (
+            func if lower is None else AutocastField(func, like.device.type, lower, like.dtype)
+        )
         self.spec = spec
         self.dtype = like.dtype
         self.device = like.device
@@ -290,18 +293,21 @@ class ODETerm:
 
 
 class AutocastField:
-    """f under ``torch.autocast``: its outputs in the autocast's dtype (a linear layer's, say)
-    cast to the state's, as torchdiffeq's stage sums promote them. The state, the stages, the
-    error estimates and the adjoint stay in the state's dtype; only f computes in the lower
-    precision. Equal for equal f and dtypes (a compiled solve's cache key)."""
+    """f under ``torch.autocast``: f computes in the autocast's lower precision (its linear
+    layers and convolutions), wherever it is evaluated (the solve, a backward pass that
+    recomputes steps), and its outputs are cast to the state's dtype, as torchdiffeq's stage
+    sums promote them. The solver's own arithmetic (stage combinations, error estimates,
+    interpolation, the adjoint) runs with autocast off (``full_precision``), in the state's
+    dtype. Equal for equal f and settings (a compiled solve's cache key)."""
 
-    __slots__ = ("func", "lower", "dtype")
+    __slots__ = ("func", "kind", "lower", "dtype")
 
-    def __init__(self, func: Callable[[torch.Tensor, Any], Any], lower: torch.dtype, dtype):
-        self.func, self.lower, self.dtype = func, lower, dtype
+    def __init__(self, func: Callable[[torch.Tensor, Any], Any], kind: str, lower, dtype):
+        self.func, self.kind, self.lower, self.dtype = func, kind, lower, dtype
 
     def __call__(self, t: torch.Tensor, y: Any) -> Any:
-        out = self.func(t, y)
+        with torch.autocast(self.kind, dtype=self.lower):
+            out = self.func(t, y)
         if isinstance(out, torch.Tensor):
             return out.to(self.dtype) if out.dtype == self.lower else out
         return tree_map(lambda x: x.to(self.dtype) if _lowered(x, self.lower) else x, out)
@@ -310,11 +316,26 @@ class AutocastField:
         return (
             isinstance(other, AutocastField)
             and other.func is self.func
-            and (other.lower, other.dtype) == (self.lower, self.dtype)
+            and (other.kind, other.lower, other.dtype) == (self.kind, self.lower, self.dtype)
         )
 
     def __hash__(self) -> int:
-        return hash((id(self.func), self.lower, self.dtype))
+        return hash((id(self.func), self.kind, self.lower, self.dtype))
+
+
+def autocast_active() -> bool:
+    """Whether ``torch.autocast`` is on for the CPU or CUDA."""
+    return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+
+
+def full_precision() -> contextlib.ExitStack:
+    """A context with ``torch.autocast`` off on the CPU and CUDA: the solver's arithmetic in
+    its tensors' own dtypes (autocast would run its matrix products in 16 bits)."""
+    stack = contextlib.ExitStack()
+    for kind in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(kind):
+            stack.enter_context(torch.autocast(kind, enabled=False))
+    return stack
 
 
 def _lowered(x: Any, lower: torch.dtype) -> bool:

@@ -33,7 +33,7 @@ from ._landing import LandingTimes, landing_times, next_landing, past_jump, star
 from ._norms import row_norm
 from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
-from ._term import ODETerm
+from ._term import AutocastField, ODETerm
 from ._whole_plan import Plan, output_times, planned
 from .controllers._ops import solve_span
 from .controllers.initial_step import initial_step
@@ -57,9 +57,9 @@ class WholeSolveUnavailable(RuntimeError):
     cannot trace inside ``while_loop``): the caller compiles each step instead."""
 
 
-def unsupported(config: Any, spec: Any) -> str | None:
-    """Why the whole solve cannot be one graph here (``None``: it can). The caller then
-    compiles each step instead (``compile='step'``)."""
+def unsupported(config: Any, spec: Any, func: Any = None) -> str | None:
+    """Why the whole solve of ``func`` (the term's f) cannot be one graph here (``None``: it
+    can). The caller then compiles each step instead (``compile='step'``)."""
     solver, controller = config.solver, config.controller
     if not isinstance(solver, ExplicitRK) or not solver.adaptive:
         return "only the adaptive explicit Runge-Kutta methods run as one graph"
@@ -76,7 +76,7 @@ def unsupported(config: Any, spec: Any) -> str | None:
         return "events are located between steps on the host"
     if config.save is not None:
         return "dense=True and SaveAt(steps=True) keep the steps, which the graph does not"
-    if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+    if isinstance(func, AutocastField):
         # (traced inside while_loop, f's bfloat16 products meet the float32 state: "expected
         # scalar type torch.bfloat16 but found torch.float32", torch 2.13)
         return "torch.autocast does not reach inside torch._higher_order_ops.while_loop"

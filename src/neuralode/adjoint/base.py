@@ -14,7 +14,7 @@ import torch
 from .._host import forward_level_active, forward_mode
 from .._loop import LoopConfig
 from .._solution import SolveStats
-from .._term import ODETerm
+from .._term import ODETerm, full_precision
 from .._tree import TreeSpec
 
 
@@ -143,7 +143,8 @@ def first_order(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
                     "them",
                     stacklevel=2,
                 )
-            return backward(ctx, *grads)
+            with full_precision():  # (the backward solve's arithmetic, as the forward's)
+                return backward(ctx, *grads)
 
         return checked
 

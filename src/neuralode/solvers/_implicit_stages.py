@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .._host import plain_factories
-from .._term import ODETerm
+from .._term import AutocastField, ODETerm
 from ._dense_solve import DenseSolve, Eigenbasis, Triangular, stage_structure
 from ._implicit_gradient import tie_adjoint, transposed_solve
 from ._krylov_solve import KrylovSolve, Preconditioner, transposed_preconditioner
@@ -246,6 +246,10 @@ class ImplicitStages(Solver):
         base = 0.0 if k_first is None else eq.explicit_part(k_first)
         scale, tol = self._scale(y0)
         eps = torch.finfo(scale.dtype).eps
+        # f computing in 16 bits under torch.autocast rounds h f, and so the stage
+        # increments z, at its own eps: updates below that are rounding too
+        field = getattr(eq.term, "func", None)
+        field_eps = torch.finfo(field.lower).eps if isinstance(field, AutocastField) else 0.0
         cap = self._iteration_cap
         previous = None
         for iteration in range(cap):
@@ -261,7 +265,10 @@ class ImplicitStages(Solver):
             size = float(torch.linalg.vector_norm(dz / scale) / dz.numel() ** 0.5)
             if not size == size or size == float("inf"):
                 return None, "non-finite Newton update", True
-            if size <= 16 * eps * float(((y0.abs() + z.abs()) / scale).max()):
+            rounding = 16 * eps * float(((y0.abs() + z.abs()) / scale).max())
+            if field_eps:
+                rounding += 16 * field_eps * float((z.abs() / scale).max())
+            if size <= rounding:
                 return z, "", False  # at rounding level
             if previous is not None:
                 rate = size / previous

@@ -540,7 +540,7 @@ def test_cdeint_refuses_per_sample_solves_it_cannot_do() -> None:
     field, z0 = MLPField(3, 2), torch.zeros(2, 3)
     with pytest.raises(ValueError, match="'skip_finished'.*cannot tell which"):
         cde.cdeint(X, field, z0, X.interval, options={"per_sample": "skip_finished"})
-    with pytest.raises(ValueError, match="backend='torchdiffeq' only"):
+    with pytest.raises(ValueError, match="backend='torchdiffeq' only, got backend='torchsde'"):
         cde.cdeint(
             X, field, z0, X.interval, backend="torchsde", options={"per_sample": True}, dt=0.1
         )

@@ -231,12 +231,16 @@ def cdeint(
         kwargs.setdefault("adjoint_rtol", kwargs["rtol"])
     options = kwargs.get("options") or {}
     per_sample = options.get("per_sample", False)
-    if per_sample == "skip_finished" or (per_sample and backend != "torchdiffeq"):
+    if per_sample and backend != "torchdiffeq":
         raise ValueError(
-            f"cdeint supports options=dict(per_sample=True) with backend='torchdiffeq' only, "
-            f"got per_sample={per_sample!r} with backend={backend!r}: with 'skip_finished' "
-            "func sees only the series still running, and the control cannot tell which; "
-            "use per_sample=True"
+            f"cdeint supports options=dict(per_sample=...) with backend='torchdiffeq' only, "
+            f"got backend={backend!r}: solve per sample with backend='torchdiffeq'"
+        )
+    if per_sample == "skip_finished":
+        raise ValueError(
+            "cdeint does not support options=dict(per_sample='skip_finished'): func would see "
+            "only the series still running, and the control cannot tell which; use "
+            "per_sample=True"
         )
     is_tensor, is_prod = _check(X, func, z0, t, bool(per_sample))
     if adjoint and "adjoint_params" not in kwargs and isinstance(X, torch.nn.Module):

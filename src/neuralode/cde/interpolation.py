@@ -26,8 +26,10 @@ The schemes, and when to use which:
   (x_{k+1} - x_k) / (t_{k+1} - t_k) (the first piece uses its own difference at both ends).
   C1, and causal: the path up to t_{k+1} depends only on x_0, ..., x_{k+1}, so the CDE's
   state at each observation time has seen no later data. torchcde recommends it for online
-  use and as the default; its derivative is continuous, so adaptive solvers need no
-  knowledge of the knots. Missing values are filled by linear interpolation first.
+  use and as the default. Its derivative is continuous, its second derivative jumps at the
+  knots: adaptive solvers stop there (``jump_t=X.grid_points``, as ``cdeint`` explains and
+  ``NeuralCDE`` does) to keep their order. Missing values are filled by linear
+  interpolation first.
 - **Linear** (``linear_interpolation_coeffs``, read by ``LinearInterpolation``): straight
   lines between observations; causal at the observation times, with a derivative that
   jumps at every knot, so give adaptive solvers the knots (``jump_t=X.grid_points``) or use
@@ -508,7 +510,8 @@ class CubicSpline(_Interpolation):
 
 
 class NaturalCubicSpline(CubicSpline):
-    """Deprecated alias of ``CubicSpline`` (torchcde's), which reads any cubic coefficients.
+    """The name of ``CubicSpline`` in torchcde before 0.2 (torchcde 0.2 has only
+    ``CubicSpline``, which reads any cubic coefficients): a deprecated alias.
 
     Arguments:
         coeffs: as for ``CubicSpline``.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,8 +148,8 @@ def test_exponential_solution_and_rk4_order_4() -> None:
 TWO = dict(coefficients=[-1.0, 0.5], taus=[1.0, 1.3], phi=1.0, y0=0.0, t1=6.0)
 
 
-def two_delay_errors(steps: tuple[float, ...]) -> list[float]:
-    """rk4 on a FixedGrid against the exact piecewise polynomial of y' = -y(t - 1) +
+def two_delay_errors(steps: tuple[float, ...], solver: Any = None) -> list[float]:
+    """rk4 (or ``solver``) on a FixedGrid against the exact piecewise polynomial of y' = -y(t - 1) +
     0.5 y(t - 1.3), y = 1 before 0 and y(0) = 0 (a jump), on [0, 6] (pieces of degree up
     to 6: rk4 is not exact): the largest error at ts."""
     breaks, pieces = piecewise_exact(**TWO)
@@ -162,7 +163,7 @@ def two_delay_errors(steps: tuple[float, ...]) -> list[float]:
             ts,
             [1.0, 1.3],
             y0=torch.zeros(1, dtype=F64),
-            solver=no.RK4(),
+            solver=no.RK4() if solver is None else solver,
             controller=no.FixedGrid(step_size=h),
         )
         errors.append(float(np.abs(sol.ys[:, 0].numpy() - exact).max()))
@@ -173,6 +174,29 @@ def test_two_delays_with_a_jump_keep_rk4s_order() -> None:
     errors = two_delay_errors((1 / 8, 1 / 16, 1 / 32))
     orders = [math.log2(e0 / e1) for e0, e1 in zip(errors, errors[1:])]
     assert all(p > 3.7 for p in orders), (errors, orders)
+
+
+def test_the_adams_methods_restart_their_history_at_the_kinks() -> None:
+    # (carried across the points where y'' jumps, the history mixed both sides: errors of
+    # 6.4e-7 and 9.7e-8 at h = 1/32 and 1/64, order 2.7)
+    errors = two_delay_errors((1 / 32, 1 / 64), no.ExplicitAdams())
+    assert errors[1] < 5e-9 and math.log2(errors[0] / errors[1]) > 3.5, errors
+
+
+@pytest.mark.parametrize("method", ["kvaerno4", "kvaerno5"])
+def test_methods_whose_stages_pass_the_steps_end_are_refused(method: str) -> None:
+    with pytest.raises(ValueError, match="its stages pass the step's end"):
+        solve_dde(
+            lambda t, y, d: -d[0], torch.ones(1), torch.tensor([0.0, 2.0]), 1.0, solver=method
+        )
+
+
+def test_more_intervals_than_max_steps_are_refused_before_any_step() -> None:
+    # (1e-9 on [0, 2]: 2e9 interval ends were listed first, filling the memory)
+    with pytest.raises(no.MaxStepsError, match="2,000,000,000 intervals"):
+        solve_dde(
+            lambda t, y, d: -d[0], torch.ones(1), torch.tensor([0.0, 2.0]), 1e-9, max_steps=100
+        )
 
 
 def test_without_discontinuity_tracking_rk4_drops_to_order_2(monkeypatch) -> None:
@@ -594,13 +618,17 @@ def test_checkpointed_gradients_equal_direct(solver, controller) -> None:
     for g, e in zip(got, expected):
         assert g.shape == e.shape and e.abs().max() > 1e-3
         assert (g - e).abs().max() <= 1e-12 * (1 + e.abs().max())
-    # a second derivative (the graph of the recomputed intervals): Direct's
-    tau = inputs[2]
-    (second,) = torch.autograd.grad(got[2], tau)
+    # a second derivative (the graph of the recomputed intervals): Direct's; with respect
+    # to the delay (first order only) it raises
+    level = inputs[1]
+    (second,) = torch.autograd.grad(got[1], level, retain_graph=True)
+    with pytest.raises(RuntimeError, match="second derivatives with respect to a tensor delay"):
+        torch.autograd.grad(got[2], inputs[2])
     _, loss, inputs = _mlp_dde(16, no.Direct(), solver, controller)
-    (first,) = torch.autograd.grad(loss, inputs[2], create_graph=True)
-    (expected_second,) = torch.autograd.grad(first, inputs[2])
+    (first,) = torch.autograd.grad(loss, inputs[1], create_graph=True)
+    (expected_second,) = torch.autograd.grad(first, inputs[1])
     assert abs(float(second - expected_second)) <= 1e-10 * (1 + abs(float(expected_second)))
+    assert abs(float(expected_second)) > 1e-3
 
 
 def _kept_bytes(gradient, width: int, step: float) -> tuple[int, int]:
@@ -678,3 +706,18 @@ def test_checkpointed_recomputation_reports_no_progress() -> None:
     with torch.no_grad():  # no graph: the intervals run once, nothing to recompute
         plain = solve_dde(f_delayed, ones, ts, tau, gradient=no.Checkpointed())
     assert torch.equal(plain.ys, sol.ys.detach())
+
+
+def test_a_history_of_the_wrong_shape_past_t0_a_nested_state_and_dense_at_one_time() -> None:
+    one = torch.ones(1, dtype=F64)
+
+    def drifting(t: torch.Tensor) -> torch.Tensor:  # right at t0 only
+        return one if float(t) == 0 else torch.ones(2, dtype=F64)
+
+    span = torch.tensor([0.0, 2.0], dtype=F64)
+    with pytest.raises(ValueError, match=r"history\(t\) returned \(2,\) at t=-1; .* \(1,\)"):
+        solve_dde(lambda t, y, d: -d[0], drifting, span, 1.0)
+    with pytest.raises(TypeError, match="nested states are not supported"):
+        solve_dde(lambda t, y, d: d[0], (one, one), span, 1.0)
+    with pytest.raises(ValueError, match="dense=True needs a span"):
+        solve_dde(lambda t, y, d: -d[0], one, span[:1], 1.0, dense=True)

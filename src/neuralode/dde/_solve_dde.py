@@ -12,9 +12,9 @@ Derivative discontinuities: a jump of y or of y' at t0 propagates to t0 + sum_j 
 one derivative smoother per generation. The points of up to ``solver.order + 1``
 generations inside an interval are its ``step_t``: f is continuous there (only its
 derivatives jump), so the steps must land on them but f need not be re-evaluated, which is
-all ``jump_t`` would add. f itself jumps only at t0 + tau_j when y0 differs from the
-history at t0, and those points are interval ends, where one solve stops and the next
-starts from f just past the jump.
+all ``jump_t`` would add (but for a multistep method, whose history of f it restarts). f
+itself jumps only at t0 + tau_j when y0 differs from the history at t0, and those points
+are interval ends, where one solve stops and the next starts from f just past the jump.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 
+from .._autograd import FirstOrder
 from .._errors import MaxStepsError
 from .._graph_break import outside_dynamo
 from .._progress import Progress, ProgressMeter, _Tracker, tracker_of
@@ -69,7 +70,9 @@ def solve_dde(
     dense ``solve`` whose delayed states come from the dense solutions of the intervals
     before it or from ``history``. The points where derivative discontinuities propagate
     (t0 + sum_j n_j tau_j, up to the method's order + 1 generations) are steps' ends
-    (``step_t``), so every method keeps its order with several delays.
+    (``step_t``; ``jump_t`` for the Adams methods, which restart their history there), so
+    the methods keep their order with several delays, as far as their dense output has it
+    (the collocation methods' is of order s).
 
     Arguments:
         func: the vector field, called as ``func(t, y, y_delayed)`` with ``t`` a 0-dim tensor,
@@ -103,8 +106,9 @@ def solve_dde(
             recomputes one interval at a time (about one more forward solve; counted in
             ``stats.nfe_backward`` and ``stats.n_steps_backward``). Gradients reach every
             tensor the solve reads (y0, func's and history's parameters, tensor delays),
-            higher derivatives included. Other strategies are refused: the adjoint of a
-            delay equation has advanced terms.
+            higher derivatives included but for the delays' (first derivatives with
+            respect to a tensor delay; a second one raises). Other strategies are refused:
+            the adjoint of a delay equation has advanced terms.
         max_steps: the most steps of all intervals together; ``None`` for no limit.
         dense: keep the dense solution: ``Solution.evaluate(t)`` and
             ``Solution.derivative(t)`` then work anywhere in [ts[0], ts[-1]].
@@ -122,20 +126,31 @@ def solve_dde(
         ValueError: bad input: a delay that is not positive and finite, no delays, ``ts`` not
             1-D or not strictly increasing, a history of another shape or dtype than ``y0``,
             a gradient strategy other than ``Direct()`` and ``Checkpointed()``,
-            ``Checkpointed(params=...)``, a ``FixedGrid(grid=...)``.
+            ``Checkpointed(params=...)``, a ``FixedGrid(grid=...)``, a solver whose stages
+            pass the step's end (``kvaerno4``, ``kvaerno5``).
         TypeError: ``history``, ``y0``, ``ts`` or a delay of the wrong type, or
             ``progress_meter`` not a ``ProgressMeter``.
-        MaxStepsError: more than ``max_steps`` steps were needed.
+        MaxStepsError: more than ``max_steps`` steps were needed (before any step where the
+            span holds more intervals, multiples of the smallest delay, than ``max_steps``).
     """
     if torch.compiler.is_compiling():  # inside the user's torch.compile: one graph break
         return _SOLVE_DDE_OUTSIDE_DYNAMO(locals())
     solver, controller, gradient, norm = coerce_strategies(solver, controller, gradient, norm)
     solver = Dopri5() if solver is None else solver
+    if solver.stage_reach > 1:
+        raise ValueError(
+            f"solve_dde does not support {solver!r}: its stages pass the step's end "
+            f"(up to {solver.stage_reach:.3g} steps), where an interval's last step would read "
+            "delayed states the interval does not hold yet; use kvaerno3, trbdf2 or radau "
+            "for a stiff delay equation"
+        )
     if controller is None and solver.adaptive:
         controller = PIController()
     _check_gradient(gradient)
     _check_controller(controller)
     times = _check_ts(ts)
+    if dense and len(times) == 1:
+        raise ValueError("dense=True needs a span: ts with at least two times")
     taus, delay_tensors = _check_delays(delays)
     t0, t1 = times[0], times[-1]
     constant, y0, jump = _initial_state(history, y0, ts, t0)
@@ -143,6 +158,13 @@ def solve_dde(
         max_steps = NO_STEP_LIMIT
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer or None, got {max_steps!r}")
+    intervals = math.ceil((t1 - t0) / min(taus))  # (at least; each takes a step or more)
+    if intervals > max_steps:
+        raise MaxStepsError(
+            f"solve_dde cuts [{t0:.6g}, {t1:.6g}] at every multiple of the smallest delay "
+            f"{min(taus):.3g}: {intervals:,} intervals, each of at least one step, more than "
+            f"max_steps={max_steps:,}; raise max_steps (or pass None), or check the delays"
+        )
 
     eps = torch.finfo(ts.dtype).eps
     tol = 16 * eps * max(abs(t0), abs(t1), min(taus), 1.0)
@@ -166,7 +188,17 @@ def solve_dde(
             # each delay's side for the whole interval: the history, or the solution so far
             sides = [b - tau <= t0 + tol for tau in taus]
             field = _Field(
-                func, history, constant, taus, delay_tensors, sides, past, t0, (a, b), ts
+                func,
+                history,
+                constant,
+                taus,
+                delay_tensors,
+                sides,
+                past,
+                t0,
+                (a, b),
+                ts,
+                y0.shape,
             )
             remaining = max_steps - stats.n_steps
             if remaining < 1:
@@ -174,6 +206,7 @@ def solve_dde(
                     f"solve_dde took max_steps={max_steps:,} steps before t={a:.6g}, short of "
                     f"t1={t1:.6g}; raise max_steps, or loosen the tolerances"
                 )
+            landing = "jump_t" if solver.multistep else "step_t"
             run = _Interval(
                 field,
                 y_start,
@@ -183,7 +216,8 @@ def solve_dde(
                     controller=_continued(controller, solution),
                     norm=norm,
                     max_steps=remaining,
-                    step_t=[t for t, _ in kinks if a + tol < t < b - tol],
+                    # (a multistep method restarts its history there: f's derivatives jump)
+                    **{landing: [t for t, _ in kinks if a + tol < t < b - tol]},
                     gradient=Direct(),
                     dense=True,
                 ),
@@ -318,11 +352,13 @@ class _Field:
         t0: float,
         interval: tuple[float, float],
         ts: torch.Tensor,
+        shape: torch.Size,
     ):
         self.func, self.history, self.constant = func, history, constant
         self.taus, self.delay_tensors, self.sides = taus, delay_tensors, sides
         self.past, self.t0, self.ts = past, t0, ts
         self.start, self.end = interval
+        self.shape = shape
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.func(t, y, self.delayed(float(t)))
@@ -344,14 +380,21 @@ class _Field:
             s = s.to(self.ts.device)
             if tracked:  # ds/dtau = -1, the value unchanged
                 s = s + (delay.detach() - delay).to(s.dtype)
-            return self.history(s)
+            value = self.history(s)
+            if not isinstance(value, torch.Tensor) or value.shape != self.shape:
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)
+                raise ValueError(
+                    f"history(t) returned {got} at t={float(s):.6g}; it must return a tensor "
+                    f"of y0's shape {tuple(self.shape)} at every t <= t0"
+                )
+            return value
         s = min(max(t - self.taus[j], self.t0), self.start)  # (rounding at the ends)
         # on a past interval's end, the side this interval's delayed times lie on
         toward = (self.start + self.end) / 2 - self.taus[j]
         value = self.past.at(s, toward)
         if tracked:  # d/dtau y(s) = -y'(s): the interpolant's derivative there
             slope = self.past.at(s, toward, derivative=True)
-            value = value + (delay.detach() - delay).to(value.dtype) * slope
+            value = value + _first_order_shift(delay.detach() - delay, value) * slope
         return value
 
 
@@ -379,8 +422,24 @@ def _jump_motion(
         before = field.func(t, y, field.delayed(a, left=j))
         after = field.func(t, y, field.delayed(a))
         stats.nfe += 2
-        y = y + (delay - delay.detach()).to(y.dtype) * (before - after)
+        y = y + _first_order_shift(delay - delay.detach(), y) * (before - after)
     return y
+
+
+# a second derivative involving a delay: the look-ups' and the jump's terms are first order
+DELAY_SECOND_DERIVATIVES = (
+    "second derivatives with respect to a tensor delay of solve_dde are not supported: "
+    "d/dtau y(t - tau) = -y'(t - tau) is taken from the dense solution's derivative at the "
+    "located time, and the jump of f at t0 + tau moves by its first-order term only. Take "
+    "first derivatives with respect to the delays (second derivatives with respect to y0 "
+    "and the parameters are supported), and second ones by finite differences of them"
+)
+
+
+def _first_order_shift(shift: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``shift`` (zero, tracking a delay) in ``like``'s dtype, whose derivative raises
+    ``DELAY_SECOND_DERIVATIVES`` when differentiated again."""
+    return FirstOrder.apply(shift.to(like.dtype), DELAY_SECOND_DERIVATIVES)
 
 
 class _Piecewise:
@@ -587,9 +646,14 @@ def _initial_state(
                 f"{type(at_t0).__name__}"
             )
     else:
+        nested = (
+            " (solve_dde takes one tensor state; nested states are not supported)"
+            if isinstance(history, (tuple, list, dict))
+            else ""
+        )
         raise TypeError(
             f"history must be a callable history(t) or a tensor (a constant history), got "
-            f"{type(history).__name__}"
+            f"{type(history).__name__}{nested}"
         )
     given = y0 is not None
     if y0 is None:

@@ -249,3 +249,12 @@ def test_levy_area_of_rows_running_backwards_is_finite(levy):
     w, a = bm(ta, tb, return_A=True)
     assert torch.isfinite(a).all() and torch.isfinite(w).all()
     assert torch.equal(w, -bm(tb, ta))
+
+
+@pytest.mark.parametrize("size", [(3,), (2, 3)])
+def test_shapes_of_w_u_and_the_levy_area_are_the_intervals(size):
+    # (a one-dimensional size gave a Lévy area of shape (3, 1), BrownianInterval's is (3,))
+    kw = dict(size=size, levy_area_approximation="foster", entropy=0)
+    tree = nsde.VirtualBrownianTree(0.0, 1.0, **kw)(0.1, 0.4, return_U=True, return_A=True)
+    interval = nsde.BrownianInterval(0.0, 1.0, **kw)(0.1, 0.4, return_U=True, return_A=True)
+    assert [x.shape for x in tree] == [x.shape for x in interval]

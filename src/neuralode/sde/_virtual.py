@@ -278,8 +278,8 @@ class VirtualBrownianTree(_Stored):
     def _area(self, ta, tb, W, H):  # noqa: N803
         """The Lévy area over each row's ``[ta, tb]``: Davie's (or Foster's) approximation,
         its noise keyed on the row and the interval's ends."""
-        if len(self._size) < 2:
-            return torch.zeros_like(W)
+        if len(self._size) < 2:  # (no pairs of channels: zeros of W's shape, as torchsde's)
+            return torch.zeros(self._size, dtype=W.dtype, device=W.device)
         m = self._size[-1]
         shape = torch.Size((*self._size, m))
         W, H = W.reshape(self._size), H.reshape(self._size)  # noqa: N806

@@ -277,3 +277,16 @@ def test_a_block_recording_gradients_starts_cold_and_its_gradients_are_the_plain
     for _ in range(2):
         torch.testing.assert_close(gradients(block), plain, rtol=1e-6, atol=1e-7)
         assert block.last.iterations > 1
+
+
+def test_an_adjoint_on_a_function_names_the_users_function_not_a_wrapper() -> None:
+    weight = torch.nn.Parameter(torch.eye(2))
+    fine = Propagator("rk4", steps=20, options=dict(gradient=no.Backsolve()))
+    with pytest.raises(ValueError, match="func is a function, not a torch.nn.Module"):
+        parareal(
+            lambda t, y: y @ weight.T,
+            torch.ones(3, 2),
+            torch.tensor([0.0, 2.0]),
+            segments=4,
+            fine=fine,
+        )

@@ -221,3 +221,8 @@ def test_mismatched_shapes_and_options_are_refused() -> None:
         )
     with pytest.raises(ValueError, match="does not match y0"):
         single_shooting(lotka_volterra, ts.expand(2, 11), torch.ones(3, 2, dtype=F64))
+
+
+def test_single_shooting_refuses_times_that_are_not_a_tensor() -> None:
+    with pytest.raises(TypeError, match="ts must be a tensor of times, got list"):
+        single_shooting(lambda t, y: -y, [0.0, 1.0], torch.ones(2))

@@ -32,7 +32,9 @@ def keep_params(params: Any) -> Any:
 
 
 def not_a_module(func: Any) -> ValueError:
-    """The error for parameters looked up on a ``func`` that is not an ``nn.Module``."""
+    """The error for parameters looked up on a ``func`` that is not an ``nn.Module`` (named
+    as the user gave it: a wrapper of the package's says whose ``user_func`` it wraps)."""
+    func = getattr(func, "user_func", func)
     return ValueError(
         f"func is a {type(func).__name__}, not a torch.nn.Module, so its parameters cannot be "
         "found: pass them explicitly (params=... in the core API, adjoint_params=... in "

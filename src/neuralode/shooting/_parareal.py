@@ -150,6 +150,7 @@ class _LocalTime:
 
     def __init__(self, func: Callable, t_start: torch.Tensor, length: torch.Tensor):
         self.func, self.t_start, self.length = func, t_start, length
+        self.user_func = func  # (what an error about func names)
 
     def __call__(self, s: Any, y: Any) -> Any:
         dy = self.func(self.t_start + s * self.length, y)

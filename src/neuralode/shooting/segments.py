@@ -290,9 +290,12 @@ def single_shooting(
 
     Raises:
         ValueError: if ``y0`` is not (d,) or (batch, d), or ``ts`` does not match it.
-        TypeError: for ``event``, ``saveat`` or ``dense`` among the solve options.
+        TypeError: a ``ts`` that is not a tensor, or ``event``, ``saveat`` or ``dense`` among
+            the solve options.
     """
     options = _check_options(dict(solve_options))
+    if not isinstance(ts, torch.Tensor):
+        raise TypeError(f"ts must be a tensor of times, got {type(ts).__name__}")
     if not isinstance(y0, torch.Tensor) or y0.ndim not in (1, 2):
         shape = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
         raise ValueError(f"y0 must be (d,) or (batch, d), got {shape}")

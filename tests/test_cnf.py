@@ -364,3 +364,35 @@ def test_log_prob_and_sampling_under_inference_mode(trace):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     flow.log_prob(x).mean().backward()
     assert all(p.grad is not None for p in flow.parameters())
+
+
+class Shift(nn.Module):
+    """dz/dt = c: a translation by c over [0, 1] (base to data), whose Jacobian is zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+
+    def forward(self, t, z):
+        return self.c.expand_as(z)
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_a_field_that_does_not_read_z_has_a_zero_trace(trace):
+    # (torch.autograd.grad raised: "One of the differentiated Tensors appears to not have
+    # been used in the graph")
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    cnf = CNF(Shift(), trace=trace)
+    expected = standard_normal_log_prob(x - cnf.net.c.detach())  # (data -> base: back)
+    torch.testing.assert_close(cnf.log_prob(x), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_sampling_a_field_without_parameters_and_scalar_events_refused():
+    class Still(nn.Module):
+        def forward(self, t, z):
+            return -z
+
+    x = CNF(Still(), event_shape=(2,)).sample(3)  # (next(parameters()) raised StopIteration)
+    assert x.shape == (3, 2) and x.dtype == torch.get_default_dtype()
+    with pytest.raises(ValueError, match=r"event_shape=\(\) \(scalar samples\)"):
+        CNF(Still(), event_shape=())

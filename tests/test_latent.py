@@ -467,3 +467,17 @@ def test_forward_names_a_negative_sample_count_and_an_empty_mask() -> None:
         model(ts, values, mask, query, n_samples=-1)
     with pytest.raises(ValueError, match="mask selects no observations"):
         model(ts, values, torch.zeros_like(mask), query)
+
+
+def test_nothing_to_predict_gives_no_likelihood_and_n_samples_is_an_integer():
+    torch.manual_seed(0)
+    ts, values = torch.linspace(0.1, 2, 6), torch.randn(3, 6, 2)
+    mask = torch.ones(3, 6, 2)
+    model = LatentODE(2)
+    encoder_mask, target = extrapolation_masks(ts, mask, t_split=5.0)  # nothing after 5
+    noise = torch.randn(1, 3, model.latent_dim)
+    out = model.elbo(ts, values, encoder_mask, target_mask=target, noise=noise)
+    torch.testing.assert_close(out.elbo, -out.kl)
+    assert model(ts, values, mask, ts[:0]).shape == (3, 0, 2)
+    with pytest.raises(ValueError, match="n_samples must be an integer >= 1, got 2.0"):
+        model.elbo(ts, values, mask, n_samples=2.0)

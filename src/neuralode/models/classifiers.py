@@ -20,14 +20,12 @@ class Augment(nn.Module):
         extra: the number of zero channels.
 
     Raises:
-        ValueError: ``extra`` is negative.
+        ValueError: ``extra`` is not an integer >= 0.
     """
 
     def __init__(self, extra: int):
         super().__init__()
-        if extra < 0:
-            raise ValueError(f"extra must be non-negative, got {extra}")
-        self.extra = extra
+        self.extra = count("extra", extra, minimum=0)  # (an integer: not 1.5, not a bool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Append the zero channels.

@@ -275,8 +275,10 @@ def exact_trace(
     frobenius = flat_f.new_zeros(f.shape[0])
     for i in range(flat_f.shape[1]):
         (row,) = torch.autograd.grad(
-            flat_f[:, i].sum(), z, create_graph=create_graph, retain_graph=True
+            flat_f[:, i].sum(), z, create_graph=create_graph, retain_graph=True, allow_unused=True
         )
+        if row is None:  # (f does not depend on z: a zero Jacobian)
+            row = torch.zeros_like(z)
         row = row.reshape(f.shape[0], -1)
         trace = trace + row[:, i]
         frobenius = frobenius + row.pow(2).sum(1)
@@ -297,7 +299,9 @@ def hutchinson_trace(
     Returns:
         ``(trace, frobenius)`` estimates, each (batch,).
     """
-    (eps_j,) = torch.autograd.grad(f, z, noise, create_graph=create_graph)
+    (eps_j,) = torch.autograd.grad(f, z, noise, create_graph=create_graph, allow_unused=True)
+    if eps_j is None:  # (f does not depend on z: a zero Jacobian)
+        eps_j = torch.zeros_like(z)
     flat_ej = eps_j.reshape(f.shape[0], -1)
     return (flat_ej * noise.reshape(f.shape[0], -1)).sum(1), flat_ej.pow(2).sum(1)
 
@@ -416,13 +420,17 @@ class FlowDensity(nn.Module):
         shape = self.event_shape if shape is None else tuple(shape)
         if shape is None:
             raise ValueError("sample needs the shape of one sample: pass shape=(dim,)")
-        param = next(self.parameters())
+        # the parameters' (or buffers') dtype and device: a field without parameters too
+        tensors = (t for t in (*self.parameters(), *self.buffers()) if t.is_floating_point())
+        like = next(tensors, None)
+        dtype = torch.get_default_dtype() if like is None else like.dtype
+        device = torch.device("cpu") if like is None else like.device
         # drawn on the generator's device (a CPU generator cannot fill a CUDA tensor), so a
         # seeded generator gives the same samples on every device; drawn in the parameters'
         # dtype, so a float64 flow gets float64 noise, not float32 noise cast up
-        where = param.device if generator is None else generator.device
-        z = torch.randn((n, *shape), generator=generator, device=where, dtype=param.dtype)
-        z = z.to(device=param.device)
+        where = device if generator is None else generator.device
+        z = torch.randn((n, *shape), generator=generator, device=where, dtype=dtype)
+        z = z.to(device=device)
         x, logdet = self.inverse(z)
         return x, self.base_log_prob(z) - logdet
 
@@ -525,6 +533,11 @@ class CNF(FlowDensity):
             real(name, weight, "a finite number >= 0", lambda x: 0 <= x < math.inf)
         self.net = net
         self.event_shape = None if event_shape is None else tuple(event_shape)
+        if self.event_shape == ():
+            raise ValueError(
+                "event_shape=() (scalar samples) is not supported: a sample has at least one "
+                "dimension; give event_shape=(1,) and data of shape (batch, 1)"
+            )
         # T = sqrt_T^2 in the dtype of net's parameters (the default dtype without any), so a
         # float64 flow's T is exact to float64; a cast of the flow keeps it so (``_apply``)
         self._sqrt_T_value = math.sqrt(T)

@@ -575,6 +575,8 @@ class _LatentVAE(nn.Module):
     def decode(self, z0: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         """Decoder means at ``ts`` for latent states z0 (..., L) at t0: (..., T, D)."""
         check_times(ts, "query times")
+        if ts.numel() == 0:  # no query times: no means (a target mask selecting nothing)
+            return z0.new_zeros(*z0.shape[:-1], 0, self.obs_dim)
         if float(ts[0]) < self.t0:
             raise ValueError(f"query times start at {float(ts[0])!r}, before t0={self.t0}")
         lead = z0.shape[:-1]
@@ -609,8 +611,7 @@ class _LatentVAE(nn.Module):
             raise ValueError(
                 f"target_mask has shape {tuple(target_mask.shape)}; values {tuple(values.shape)}"
             )
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        n_samples = count("n_samples", n_samples)
         enc_times = mask.bool().flatten(2).any(-1).any(0)
         if not bool(enc_times.any()):
             raise ValueError("mask selects no observations for the encoder")

@@ -365,6 +365,10 @@ def test_out_that_is_a_file_or_read_only_is_a_one_line_error(tmp_path, capsys, m
     assert main(["train", "resnet", *ARGV, "--out", str(readonly)]) == 2
     _one_line_error(capsys, "cannot create files there (Permission denied)")
     assert list(readonly.iterdir()) == []
+    # the benchmark too, before it measures anything (it ran, then failed to write)
+    assert main(["bench", "--parts", "gpu", "--out", str(readonly)]) == 2
+    _one_line_error(capsys, "cannot create files there (Permission denied)")
+    assert list(readonly.iterdir()) == []
 
 
 @row("T13")
@@ -608,3 +612,15 @@ def test_a_damaged_checkpoint_is_one_short_line_naming_the_fix(tmp_path, capsys,
     assert main(["train", "resnet", *ARGV, "--epochs", "2", "--out", str(out), "--resume"]) == 2
     line = _one_line_error(capsys, str(path), "start the run again with --overwrite")
     assert len(line) < 400, line  # torch's paragraphs cut to their first sentence
+
+
+def test_train_resume_on_an_experiments_run_names_it(tmp_path, capsys) -> None:
+    # (it said the checkpoint was not of format 1 and advised --overwrite, which would
+    # delete the experiment's run)
+    out = tmp_path / "experiment"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"command": "experiment", "experiment": "hnn"}))
+    torch.save({"job": "hnn"}, out / "checkpoint.pt")
+    assert main(["train", "resnet", *ARGV, "--resume", "--out", str(out)]) == 2
+    _one_line_error(capsys, "holds a `neuralode experiment hnn` run, not a `neuralode train` run")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json"]

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -155,13 +156,15 @@ def remove_run_outputs(out: Path, keep: set[Path] | frozenset[Path] = frozenset(
 
 
 def ensure_directory(out: Path) -> None:
-    """Creates ``out`` (and its parents) unless it exists as a directory.
+    """Creates ``out`` (and its parents) unless it exists as a directory, and checks that
+    files can be created in it (a probe file, removed at once), before any work.
 
     Arguments:
         out: the run directory (``--out``).
 
     Raises:
-        RunDirectoryError: ``out`` is a file, or the directory cannot be created.
+        RunDirectoryError: ``out`` is a file, or the directory cannot be created, or no file
+            can be created in it (a read-only directory or file system).
     """
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"--out {out} is a file, not a directory; choose a directory")
@@ -170,6 +173,13 @@ def ensure_directory(out: Path) -> None:
     except OSError as error:
         raise RunDirectoryError(
             f"--out {out}: cannot create the directory ({error.strerror}); use a writable location"
+        ) from error
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise RunDirectoryError(
+            f"--out {out}: cannot create files there ({error.strerror}); use a writable directory"
         ) from error
 
 

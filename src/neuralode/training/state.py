@@ -4,6 +4,7 @@ plain types, and the exact position in training (epoch, batch, partial epoch sum
 from __future__ import annotations
 
 import errno
+import json
 import random
 import shutil
 from pathlib import Path
@@ -126,11 +127,29 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{detail}); start the run again with --overwrite, or use another --out"
         ) from error
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        experiment = _experiment_of(path.parent)
+        if experiment is not None:  # (--overwrite would delete that run: not suggested)
+            raise CheckpointError(
+                f"--resume: {path.parent} holds a `neuralode experiment {experiment}` run, not "
+                "a `neuralode train` run; point --out at the train run to continue, or use "
+                "another --out for a new one"
+            )
         raise CheckpointError(
             f"{path} is not a neuralode training checkpoint of format {CHECKPOINT_FORMAT}; "
             "start the run again with --overwrite, or use another --out"
         )
     return state
+
+
+def _experiment_of(out: Path) -> str | None:
+    """The experiment whose run ``out`` holds (its config.json says so), else ``None``."""
+    try:
+        config = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(config, dict) and config.get("command") == "experiment":
+        return str(config.get("experiment"))
+    return None
 
 
 def _argument(key: str) -> str:

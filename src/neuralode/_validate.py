@@ -148,7 +148,6 @@ def check_tolerances(controller: Any, y0: torch.Tensor, whose: str = "") -> bool
     lower = autocast_dtype(y0)  # f computing in 16 bits: its rounding is the floor
     if lower is not None:
         real, eps, _, floor = _resolution(lower)
-        low_precision = False
     rtol_min = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
     if rtol_min >= floor:
         return True
@@ -157,11 +156,6 @@ def check_tolerances(controller: Any, y0: torch.Tensor, whose: str = "") -> bool
     scale = (float(y0.detach().abs().max()) if y0.numel() else 0.0) or 1.0
     if atol_min >= floor * scale:
         return False
-    message = (
-        f"{whose}rtol={rtol_min:g} (with atol={atol_min:g}) is below the resolution of y0's dtype "
-        f"{real} (eps {eps:.3g}): the error cannot be controlled that finely. Use "
-        f"rtol >= {floor:.2g}"
-    )
     if lower is not None:
         message = (
             f"{whose}rtol={rtol_min:g} (with atol={atol_min:g}) is below the resolution of "
@@ -171,6 +165,11 @@ def check_tolerances(controller: Any, y0: torch.Tensor, whose: str = "") -> bool
         )
         warnings.warn(message, stacklevel=user_stacklevel())
         return False
+    message = (
+        f"{whose}rtol={rtol_min:g} (with atol={atol_min:g}) is below the resolution of y0's dtype "
+        f"{real} (eps {eps:.3g}): the error cannot be controlled that finely. Use "
+        f"rtol >= {floor:.2g}"
+    )
     if low_precision:
         raise ValueError(message + " or a wider dtype (float32, float64) for the state")
     wider = "" if real == torch.float64 else " or float64 for the state"

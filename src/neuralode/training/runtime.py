@@ -161,7 +161,9 @@ _shared_flag: Any = None
 def shared_stop(context: BaseContext) -> Iterator[Any]:
     """Passes this process's stop requests on to worker processes while the block runs: a
     SIGINT or SIGTERM that only this process receives (``kill PID``, ``docker stop``) then
-    stops the workers' jobs too, after their current step.
+    stops the workers' jobs too, after their current step. A stop requested while the block
+    runs, which ends without an error (the workers had finished their training), ends it
+    with ``KeyboardInterrupt`` as a stop outside the block does at once.
 
     Arguments:
         context: the multiprocessing context the workers start in.
@@ -169,11 +171,17 @@ def shared_stop(context: BaseContext) -> Iterator[Any]:
     Yields:
         The flag to give each worker's ``follow_stop`` (for example
         ``ProcessPoolExecutor(..., initializer=follow_stop, initargs=(flag,))``).
+
+    Raises:
+        KeyboardInterrupt: a stop was requested while the block ran.
     """
     global _shared_flag
     previous, _shared_flag = _shared_flag, context.RawValue("b", 0)
     try:
-        yield _shared_flag
+        with StopRequest() as stop:  # the workers save their checkpoints before they stop
+            yield _shared_flag
+        if stop.requested:
+            raise KeyboardInterrupt
     finally:
         _shared_flag = previous
 

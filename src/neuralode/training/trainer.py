@@ -235,8 +235,7 @@ def open_experiment(
             (out / "metrics.jsonl").write_text("")
         write_text_atomically(path, json.dumps(config, indent=2) + "\n")
         (out / CHECKPOINTS).mkdir(exist_ok=True)
-        with StopRequest():  # Ctrl-C while worker processes train: wait for their checkpoints
-            yield Run(out, resume, tensorboard, bool(getattr(args, "progress", True)))
+        yield Run(out, resume, tensorboard, bool(getattr(args, "progress", True)))
         write_text_atomically(
             out / CHECKPOINTS / COMPLETE,
             "this run has finished: neuralode's --resume leaves it as it is\n",

@@ -58,6 +58,7 @@ def _one_line_error(capsys, *fragments: str) -> str:
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1, err
+    assert errors[0].startswith("neuralode "), errors[0]  # (not after a progress bar)
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     return errors[0]

@@ -343,73 +343,72 @@ class Trainer:
                     saved_sums = position["sums"]
                     sums[: len(saved_sums)] = saved_sums  # checkpoints before regularisers: 8
                     generator.set_state(position["augment_rng"])
-                bar = progress_bar(
+                with progress_bar(
                     len(batches),
                     f"epoch {epoch + 1}/{config.epochs}",
                     enabled=runtime.is_main,
                     initial=first,
-                )
-                reset_peak_memory(runtime.device)
-                for b in range(first, len(batches)):
-                    tick, cpu_tick = time.perf_counter(), time.process_time()
-                    index = batches[b]
-                    x = random_crop(data.train_x[index], padding, generator).to(runtime.device)
-                    y = data.train_y[index].to(runtime.device)
-                    logits = network(x)
-                    loss = cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-                    if not math.isfinite(loss.item()):
-                        # before the first checkpoint the run's files are removed
-                        kept = checkpoint_path.exists()
-                        raise TrainingDiverged(
-                            f"the training diverged: the loss is {loss.item()} at epoch "
-                            f"{epoch + 1}, batch {b + 1}; try a lower --lr (now {config.lr:g})"
-                            + (", with --overwrite to replace this run" if kept else "")
-                        )
-                    penalty = block.regularisation if terms else None
-                    nfe_forward = block.nfe_forward if block is not None else 0
-                    optimizer.zero_grad(set_to_none=True)
-                    (loss if penalty is None else loss + penalty).backward()
-                    optimizer.step()
-                    scheduler.step()
-                    if average is not None:
-                        average.update(model)
-                    nfe_backward = block.nfe_backward if block is not None else 0
-                    correct = (logits.argmax(1) == y).sum().item()
-                    step = [loss.item() * len(y), correct, len(y), nfe_forward, nfe_backward, 1]
-                    sums[:6] += torch.tensor(step, dtype=torch.float64)
-                    sums[6] += time.perf_counter() - tick
-                    sums[7] += time.process_time() - cpu_tick
-                    shown = {}
-                    if penalty is not None:
-                        sums[8] += penalty.item()
-                        for i, name in enumerate(terms, start=SUMS):
-                            sums[i] += block.regularisation_terms[name].item()
-                        shown["reg"] = f"{sums[8] / sums[5]:.3g}"
-                    bar.set_postfix(
-                        loss=f"{sums[0] / sums[2]:.3f}",
-                        acc=f"{100 * sums[1] / sums[2]:.1f}%",
-                        nfe=f"{nfe_forward}/{nfe_backward}" if block is not None else "-",
-                        **shown,
-                        refresh=False,
-                    )
-                    bar.update(1)
-                    if self.on_batch is not None:
-                        self.on_batch(epoch, b)
-                    if self._should_stop(stop_request, runtime):
-                        bar.close()
-                        if runtime.is_main:
-                            state = snapshot(epoch, b + 1, sums, generator.get_state())
-                            save_checkpoint(checkpoint_path, state)
-                            print(
-                                f"interrupted: checkpoint saved to {checkpoint_path} "
-                                f"(epoch {epoch + 1}, batch {b + 1}); continue with --resume",
-                                file=sys.stderr,
+                ) as bar:  # closed on an error too: the error message starts a new line
+                    reset_peak_memory(runtime.device)
+                    for b in range(first, len(batches)):
+                        tick, cpu_tick = time.perf_counter(), time.process_time()
+                        index = batches[b]
+                        x = random_crop(data.train_x[index], padding, generator).to(runtime.device)
+                        y = data.train_y[index].to(runtime.device)
+                        logits = network(x)
+                        loss = cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                        if not math.isfinite(loss.item()):
+                            # before the first checkpoint the run's files are removed
+                            kept = checkpoint_path.exists()
+                            raise TrainingDiverged(
+                                f"the training diverged: the loss is {loss.item()} at epoch "
+                                f"{epoch + 1}, batch {b + 1}; try a lower --lr (now {config.lr:g})"
+                                + (", with --overwrite to replace this run" if kept else "")
                             )
-                        status = INTERRUPTED
-                        break
+                        penalty = block.regularisation if terms else None
+                        nfe_forward = block.nfe_forward if block is not None else 0
+                        optimizer.zero_grad(set_to_none=True)
+                        (loss if penalty is None else loss + penalty).backward()
+                        optimizer.step()
+                        scheduler.step()
+                        if average is not None:
+                            average.update(model)
+                        nfe_backward = block.nfe_backward if block is not None else 0
+                        correct = (logits.argmax(1) == y).sum().item()
+                        step = [loss.item() * len(y), correct, len(y), nfe_forward, nfe_backward, 1]
+                        sums[:6] += torch.tensor(step, dtype=torch.float64)
+                        sums[6] += time.perf_counter() - tick
+                        sums[7] += time.process_time() - cpu_tick
+                        shown = {}
+                        if penalty is not None:
+                            sums[8] += penalty.item()
+                            for i, name in enumerate(terms, start=SUMS):
+                                sums[i] += block.regularisation_terms[name].item()
+                            shown["reg"] = f"{sums[8] / sums[5]:.3g}"
+                        bar.set_postfix(
+                            loss=f"{sums[0] / sums[2]:.3f}",
+                            acc=f"{100 * sums[1] / sums[2]:.1f}%",
+                            nfe=f"{nfe_forward}/{nfe_backward}" if block is not None else "-",
+                            **shown,
+                            refresh=False,
+                        )
+                        bar.update(1)
+                        if self.on_batch is not None:
+                            self.on_batch(epoch, b)
+                        if self._should_stop(stop_request, runtime):
+                            bar.close()
+                            if runtime.is_main:
+                                state = snapshot(epoch, b + 1, sums, generator.get_state())
+                                save_checkpoint(checkpoint_path, state)
+                                print(
+                                    f"interrupted: checkpoint saved to {checkpoint_path} "
+                                    f"(epoch {epoch + 1}, batch {b + 1}); continue with --resume",
+                                    file=sys.stderr,
+                                )
+                            status = INTERRUPTED
+                            break
                 if status:
                     break
-                bar.close()
                 evaluated = averaged if averaged is not None else network
                 record = self._epoch_record(epoch, sums, evaluated, model, data, runtime, terms)
                 if average is not None and epoch + 1 == config.epochs:

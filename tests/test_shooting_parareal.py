@@ -236,6 +236,18 @@ def test_bad_input_of_the_state_times_and_propagator():
         Propagator(options=dict(per_sample=False))
 
 
+def test_a_1d_y0_that_func_cannot_take_as_a_batch_of_scalars_gets_a_note():
+    """A forgotten batch dimension: the 1-D y0 is a batch of scalars, f fails on it, and the
+    error (f's own) carries a note with the fix."""
+    f = nn.Linear(2, 2).double()
+    with pytest.raises(RuntimeError) as caught:
+        parareal(lambda t, y: f(y), torch.ones(2, dtype=F64), TS, segments=2)
+    assert any("pass y0[None]" in note for note in caught.value.__notes__)
+    with pytest.raises(RuntimeError) as caught:  # a batched y0: no such note
+        parareal(lambda t, y: f(y[..., :1]), torch.ones(3, 2, dtype=F64), TS, segments=2)
+    assert not getattr(caught.value, "__notes__", [])
+
+
 def test_an_entry_that_stays_zero_with_atol_zero_does_not_stop_the_iterations():
     """With atol = 0 an entry that is 0 and unchanged has a scale of 0: its change counts as
     none (0 / 0 was NaN, which hid the boundary's other changes and stopped after one

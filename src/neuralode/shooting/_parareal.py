@@ -437,33 +437,42 @@ def parareal(
         nfe, depth = nfe + run.nfe, depth + run.depth
         return run
 
-    if initial is None:
-        boundary = [y0_leaves]
-        for n in range(count):
-            boundary.append(coarse_step(boundary[n], n))
-        coarse_old = boundary[1:]
-    else:
-        given = _initial(initial, spec, y0_leaves, count)
-        boundary = [y0_leaves, *given[1:]]
-        coarse_old = _split([y[-1] for y in sweep(coarse, boundary[:-1], s_ends).ys], count)
-    changes: list[float] = []
-    converged = False
-    for k in range(1, iterations + 1):
-        run = sweep(fine, boundary[:-1], s_out)
-        fine_end = _split([y[-1] for y in run.ys], count)
-        # segments 0..k-1 started from exact states (the sequential fine solve's: y0, then
-        # by induction), where the correction's two coarse terms cancel: their ends are F's
-        corrected = [y0_leaves, *fine_end[:k]]
-        coarse_new: list[Any] = [None] * k
-        for n in range(k, count):
-            g = coarse_step(corrected[n], n)
-            corrected.append([a + f - b for a, f, b in zip(g, fine_end[n], coarse_old[n])])
-            coarse_new.append(g)
-        changes.append(_scaled_change(corrected[1:], boundary[1:], rtol, atol))
-        boundary, coarse_old = corrected, coarse_new
-        if changes[-1] <= 1.0 or k >= count:
-            converged = True
-            break
+    try:
+        if initial is None:
+            boundary = [y0_leaves]
+            for n in range(count):
+                boundary.append(coarse_step(boundary[n], n))
+            coarse_old = boundary[1:]
+        else:
+            given = _initial(initial, spec, y0_leaves, count)
+            boundary = [y0_leaves, *given[1:]]
+            coarse_old = _split([y[-1] for y in sweep(coarse, boundary[:-1], s_ends).ys], count)
+        changes: list[float] = []
+        converged = False
+        for k in range(1, iterations + 1):
+            run = sweep(fine, boundary[:-1], s_out)
+            fine_end = _split([y[-1] for y in run.ys], count)
+            # segments 0..k-1 started from exact states (the sequential fine solve's: y0, then
+            # by induction), where the correction's two coarse terms cancel: their ends are F's
+            corrected = [y0_leaves, *fine_end[:k]]
+            coarse_new: list[Any] = [None] * k
+            for n in range(k, count):
+                g = coarse_step(corrected[n], n)
+                corrected.append([a + f - b for a, f, b in zip(g, fine_end[n], coarse_old[n])])
+                coarse_new.append(g)
+            changes.append(_scaled_change(corrected[1:], boundary[1:], rtol, atol))
+            boundary, coarse_old = corrected, coarse_new
+            if changes[-1] <= 1.0 or k >= count:
+                converged = True
+                break
+    except Exception as error:  # a forgotten batch dimension shows in func's errors
+        if all(leaf.ndim == 1 for leaf in y0_leaves):
+            error.add_note(
+                f"parareal takes a 1-D y0 (shape {tuple(y0_leaves[0].shape)}) as a batch of "
+                "scalar states, one per row: if func expects one state of that size, pass "
+                "y0[None]"
+            )
+        raise
     # the outputs: row (segment, sample) of the last fine sweep at its column of s
     ys = []
     for y in run.ys:

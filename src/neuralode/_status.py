@@ -25,8 +25,8 @@ from ._errors import (
 )
 from ._host import plain, wrapped
 from ._pending import _stalled as stalled
+from .controllers._checks import check_overflow
 from .controllers._ops import step_floor
-from .controllers.pi import check_overflow
 
 
 class Status(enum.IntEnum):

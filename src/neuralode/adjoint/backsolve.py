@@ -19,8 +19,9 @@ from .._execution import check_compiled_step
 from .._loop import integrate
 from .._norms import Norm, Seminorm, flat_tolerance, mixed_norm, seminorm
 from .._tree import TreeSpec
+from ..controllers._checks import all_zero, check_tolerance
 from ..controllers.base import StepSizeController
-from ..controllers.pi import PIController, all_zero, check_tolerance
+from ..controllers.pi import PIController
 from ..solvers.base import Solver
 from ._backward import adjoint_backward
 from ._dynamics import _parameter_names

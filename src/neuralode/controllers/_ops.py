@@ -106,3 +106,17 @@ def maximum(a: Any, b: Any) -> Any:
     ):
         return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
     return max(a, b)
+
+
+def predicted(ratio: Any, size: Any, last: Any, last_size: Any, exponent: float) -> Any:
+    """Gustafsson's predictive factor min(1, (h / h_last) (r_last / r)^exponent), h_last
+    and r_last the last accepted step's size and ratio (1 before the first accepted step,
+    ``last_size`` 0); on floats or per-sample tensors."""
+    if isinstance(size, torch.Tensor):
+        seen = last_size > 0
+        trend = size / torch.where(seen, last_size, 1.0)
+        trend = trend * (last / ratio.clamp(min=1e-10)).pow(exponent)
+        return torch.where(seen, trend.clamp(max=1.0).nan_to_num(nan=1.0), 1.0)
+    if not last_size > 0 or ratio != ratio:
+        return 1.0
+    return min(1.0, size / last_size * (last / max(ratio, 1e-10)) ** exponent)

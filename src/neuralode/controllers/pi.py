@@ -3,43 +3,25 @@
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .._args import flag
 from .._compile import compiled
-from .._errors import NonFiniteError
-from .._norms import Norm, cached_tolerance, norm_value
+from .._norms import Norm, cached_tolerance
 from .._term import ODETerm
 from ..solvers.base import Solver
+from ._checks import check_overflow, check_settings
 from ._ops import clip as _clip
 from ._ops import nan_to as _nan_to
 from ._ops import power as _power
-from ._ops import solve_span
+from ._ops import predicted, solve_span
 from ._ops import where as _where
+from ._pi_state import PIState, error_ratio, scaled_error
 from .base import StepSizeController
 from .initial_step import check_f0_norm, first_evaluations, select_initial_step
-
-
-@dataclass
-class _PIState:
-    norm: Norm
-    exponent: float
-    previous_ratio: Any  # the memory: a float, or (last, the one before) with dcoeff
-    rtol: torch.Tensor  # the tolerances as tensors like the state, made once per solve
-    atol: torch.Tensor  # so that each step's scale is one addcmul
-    # (y, |y|) at both ends of the last judged graph-free step: the next step starts from
-    # one of them (y1 after an accept, y0 after a reject), so its |y0| is known
-    last: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    # whether this solve has warned of a step accepted at min_step (once per solve)
-    warned_min_step: bool = False
-    # the solver's ``hold_after_reject`` and whether the last attempt was rejected
-    hold: bool = False
-    rejected: bool = False
 
 
 class PIController(StepSizeController):
@@ -112,30 +94,19 @@ class PIController(StepSizeController):
         max_step: float = math.inf,
         shrink_after_accept: bool = True,
     ):
-        check_tolerance("rtol", rtol)
-        check_tolerance("atol", atol)
-        if all_zero(rtol) and all_zero(atol):
-            raise ValueError(
-                "rtol=0 and atol=0 ask for an error of exactly zero, which no step can meet; "
-                "give a positive rtol or atol (e.g. rtol=1e-6, atol=1e-9)"
-            )
-        if first_step is not None and not first_step > 0:
-            raise ValueError(f"first_step must be positive, got {first_step!r}")
-        if not 0 < safety <= 1:
-            raise ValueError(f"safety must be in (0, 1], got {safety!r}")
-        if not ifactor >= 1:
-            raise ValueError(f"ifactor must be >= 1, got {ifactor!r}")
-        if not 0 < dfactor <= 1:
-            raise ValueError(f"dfactor must be in (0, 1], got {dfactor!r}")
-        # icoeff > 0: the factor falls as the error ratio grows (icoeff <= 0 grows rejected
-        # steps, or keeps their size, until the step size underflows); pcoeff >= 0 weighs in
-        # the last accepted step's ratio
-        if not (isinstance(icoeff, numbers.Real) and 0 < icoeff < math.inf):
-            raise ValueError(f"icoeff must be a finite number > 0, got {icoeff!r}")
-        if not (isinstance(pcoeff, numbers.Real) and 0 <= pcoeff < math.inf):
-            raise ValueError(f"pcoeff must be a finite number >= 0, got {pcoeff!r}")
-        if not (isinstance(dcoeff, numbers.Real) and 0 <= dcoeff < math.inf):
-            raise ValueError(f"dcoeff must be a finite number >= 0, got {dcoeff!r}")
+        check_settings(
+            rtol,
+            atol,
+            first_step,
+            safety,
+            ifactor,
+            dfactor,
+            icoeff,
+            pcoeff,
+            dcoeff,
+            min_step,
+            max_step,
+        )
         predictive = flag("predictive", predictive)
         if predictive and (pcoeff or dcoeff):
             raise ValueError(
@@ -143,8 +114,6 @@ class PIController(StepSizeController):
                 f"pcoeff or dcoeff (got pcoeff={pcoeff!r}, dcoeff={dcoeff!r}); leave them 0, "
                 "or use predictive=False"
             )
-        if not 0 <= min_step <= max_step:
-            raise ValueError(f"need 0 <= min_step <= max_step, got {min_step!r}, {max_step!r}")
         self.rtol = rtol
         self.atol = atol
         self.first_step = first_step
@@ -160,7 +129,7 @@ class PIController(StepSizeController):
         self.shrink_after_accept = shrink_after_accept
 
     def error_ratio(
-        self, y0: torch.Tensor, y1: torch.Tensor, error: torch.Tensor, state: _PIState
+        self, y0: torch.Tensor, y1: torch.Tensor, error: torch.Tensor, state: PIState
     ) -> torch.Tensor:
         """The scaled error of a step, with the solve's tolerances and norm from ``state``.
 
@@ -177,7 +146,7 @@ class PIController(StepSizeController):
             ``norm(error / (atol + rtol * max(|y0|, |y1|)))`` as a 0-dim tensor; at most 1
                 when the step meets the tolerances.
         """
-        scaled = _scaled_error(y0.abs(), y1.abs(), error, state.rtol, state.atol)
+        scaled = scaled_error(y0.abs(), y1.abs(), error, state.rtol, state.atol)
         return state.norm(scaled)
 
     def init(
@@ -216,7 +185,7 @@ class PIController(StepSizeController):
         else:
             dt = self.first_step
         memory = self.initial_memory()
-        state = _PIState(norm, exponent, memory, rtol, atol, hold=solver.hold_after_reject)
+        state = PIState(norm, exponent, memory, rtol, atol, hold=solver.hold_after_reject)
         return self._first_proposal(ts, direction, dt), state
 
     def init_compiled(
@@ -255,7 +224,7 @@ class PIController(StepSizeController):
             dt, d1 = pair.tolist()
             check_f0_norm(d1, ts[0])
         memory = self.initial_memory()
-        state = _PIState(norm, exponent, memory, rtol, atol, hold=solver.hold_after_reject)
+        state = PIState(norm, exponent, memory, rtol, atol, hold=solver.hold_after_reject)
         return f0, self._first_proposal(ts, direction, dt), state
 
     @property
@@ -306,9 +275,9 @@ class PIController(StepSizeController):
         y0: torch.Tensor,
         y1: torch.Tensor,
         error: torch.Tensor,
-        state: _PIState,
+        state: PIState,
         ratio: float | None = None,
-    ) -> tuple[bool, float, _PIState]:
+    ) -> tuple[bool, float, PIState]:
         """Judge a step by its error, or by its ``ratio`` when already computed.
 
         After a rejected attempt, an accepted step is not followed by a larger one where the
@@ -336,9 +305,9 @@ class PIController(StepSizeController):
         dt = t1 - t0
         if ratio is None and torch.is_grad_enabled():
             with torch.no_grad():
-                ratio = _error_ratio(y0, y1, error, state)
+                ratio = error_ratio(y0, y1, error, state)
         elif ratio is None:  # entering no_grad costs a tensor operation: not in graph-free loops
-            ratio = _error_ratio(y0, y1, error, state)
+            ratio = error_ratio(y0, y1, error, state)
         if not math.isfinite(ratio):
             # NaN or inf in the step: shrink hard and retry; the loop reports a step underflow.
             check_overflow(t0, y0)
@@ -406,7 +375,7 @@ class PIController(StepSizeController):
             previous_ratio = _where(accept, _clip(ratio, 1e-10, math.inf), previous_ratio)
         if self.predictive:  # Gustafsson's: never beyond the last accepted step's trend
             last, last_size = previous_ratio[0], previous_ratio[1]
-            factor = factor * _predicted(ratio, size, last, last_size, exponent)
+            factor = factor * predicted(ratio, size, last, last_size, exponent)
             kept = (
                 _where(accept, _clip(ratio, 1e-10, math.inf), last),
                 _where(accept, size, last_size),
@@ -425,102 +394,3 @@ class PIController(StepSizeController):
 
 
 PIDController = PIController  # diffrax's name: the D term is ``dcoeff``
-
-
-def _predicted(ratio: Any, size: Any, last: Any, last_size: Any, exponent: float) -> Any:
-    """Gustafsson's predictive factor min(1, (h / h_last) (r_last / r)^exponent), h_last
-    and r_last the last accepted step's size and ratio (1 before the first accepted step,
-    ``last_size`` 0); on floats or per-sample tensors."""
-    if isinstance(size, torch.Tensor):
-        seen = last_size > 0
-        trend = size / torch.where(seen, last_size, 1.0)
-        trend = trend * (last / ratio.clamp(min=1e-10)).pow(exponent)
-        return torch.where(seen, trend.clamp(max=1.0).nan_to_num(nan=1.0), 1.0)
-    if not last_size > 0 or ratio != ratio:
-        return 1.0
-    return min(1.0, size / last_size * (last / max(ratio, 1e-10)) ** exponent)
-
-
-def check_overflow(t0: float, y0: torch.Tensor) -> None:
-    """Raise ``NonFiniteError`` when a step from ``y0`` failed with non-finite values while
-    ``y0`` is within a factor 1024 of its dtype's largest value: the solution overflows, and
-    shrinking the step would only creep towards the limit (one tiny step at a time).
-
-    Arguments:
-        t0: the time of ``y0``.
-        y0: the state the failed step started from.
-
-    Raises:
-        NonFiniteError: ``y0`` is that close to overflowing.
-    """
-    largest = torch.finfo(y0.real.dtype).max
-    size = float(y0.detach().abs().max()) if y0.numel() else 0.0
-    if math.isfinite(size) and size > largest / 1024:
-        wider = "use float64 for a wider range, " if largest < 1e300 else ""
-        raise NonFiniteError(
-            f"the solution overflows {y0.real.dtype}: |y| reached {size:.3g} at t={t0:.6g}, "
-            f"near the largest {y0.real.dtype} value {largest:.3g}, and a step from there "
-            "gives inf: the solution grows past the dtype's range, or a step's arithmetic "
-            "on values this large does (its stages add up multiples of f); "
-            f"{wider}rescale the state or take a shorter time span"
-        )
-
-
-def check_tolerance(name: str, value: Any) -> None:
-    """Refuse a tolerance that is not a non-negative number or a tensor of them.
-
-    Arguments:
-        name: the argument's name, for the message (``rtol``, ``atol``).
-        value: a real number or a real tensor (one tolerance per element).
-
-    Raises:
-        TypeError: ``value`` is neither a real number nor a real floating point tensor.
-        ValueError: ``value`` is NaN or negative (or holds such an entry).
-    """
-    if isinstance(value, torch.Tensor):
-        if not value.is_floating_point():
-            raise TypeError(
-                f"{name} must be a number or a floating point tensor, got a {value.dtype} tensor"
-            )
-        if bool((value.isnan() | (value < 0)).any()):
-            raise ValueError(f"{name} must be a non-negative number in every entry, got {value}")
-        return
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(
-            f"{name} must be a number or a tensor of per-element tolerances, got "
-            f"{type(value).__name__} {value!r}"
-        )
-    if not value >= 0:  # (NaN too)
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-
-
-def all_zero(tol: float | torch.Tensor) -> bool:
-    return bool((tol == 0).all()) if isinstance(tol, torch.Tensor) else tol == 0
-
-
-def _error_ratio(y0: torch.Tensor, y1: torch.Tensor, error: torch.Tensor, state: _PIState) -> float:
-    """The scaled error norm of a step (graph-free); |y0| is reused from the last call when
-    the step starts where the last one started or ended."""
-    last = state.last
-    if last is not None and y0 is last[2]:
-        y0_abs = last[3]
-    elif last is not None and y0 is last[0]:
-        y0_abs = last[1]
-    else:
-        y0_abs = y0.abs()
-    y1_abs = y1.abs()
-    # not kept with a graph: that would hold a rejected step's graph a step longer
-    state.last = None if y1.requires_grad else (y0, y0_abs, y1, y1_abs)
-    scaled = _scaled_error(y0_abs, y1_abs, error, state.rtol, state.atol)
-    return norm_value(scaled, state.norm)
-
-
-def _scaled_error(
-    y0_abs: torch.Tensor,
-    y1_abs: torch.Tensor,
-    error: torch.Tensor,
-    rtol: torch.Tensor,
-    atol: torch.Tensor,
-) -> torch.Tensor:
-    """error / (atol + rtol * max(|y0|, |y1|)), from |y0| and |y1|."""
-    return error / torch.addcmul(atol, torch.maximum(y0_abs, y1_abs), rtol)

@@ -19,7 +19,8 @@ from .adjoint.params import resolve_params
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers import method_class, method_names
-from .solvers.base import RowFacts, Solver, Step, hermite, hermite_interpolate
+from .solvers._hermite import hermite, hermite_interpolate
+from .solvers.base import RowFacts, Solver, Step
 from .solvers.explicit_rk import ExplicitRK
 
 # options of the forward solve's execution, passed to ``solve`` (not to the adjoint's):

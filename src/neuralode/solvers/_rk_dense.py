@@ -11,8 +11,9 @@ from typing import Any, ClassVar
 import torch
 
 from .._term import ODETerm
+from ._hermite import hermite, hermite_interpolate
 from ._rk_coefficients import Coefficients, theta_weights
-from .base import Solver, Step, hermite, hermite_interpolate
+from .base import Solver, Step
 from .tableau import ButcherTableau
 
 

@@ -21,7 +21,8 @@ import torch
 from .._args import count, is_real
 from .._errors import SolverError
 from .._term import ODETerm
-from .base import Solver, Step, hermite_interpolate
+from ._hermite import hermite_interpolate
+from .base import Solver, Step
 from .dopri8 import Dopri8
 
 History = list[tuple[float, torch.Tensor]]  # (t, f(t, y(t))), most recent first

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from .._term import ODETerm
-from .base import RowFacts, Solver, Step, hermite, hermite_interpolate
+from ._hermite import hermite, hermite_interpolate
+from .base import RowFacts, Solver, Step
 from .explicit_rk import ExplicitRK
 
 #: ``correction(t, y, dy, dt)``: the time and step size as 0-dim tensors of the state's real

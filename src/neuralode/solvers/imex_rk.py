@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from .._term import ODETerm
-from .base import Solver, Step, hermite_interpolate, stage_dense_weights, step_fractions
+from ._hermite import hermite_interpolate, stage_dense_weights, step_fractions
+from .base import Solver, Step
 from .tableau import AdditiveTableau, extension_weights
 
 

@@ -23,10 +23,11 @@ from .._errors import SolverError
 from .._host import forward_mode
 from .._term import ODETerm
 from ._dense_solve import DenseSolve
+from ._hermite import hermite_interpolate, stage_dense_weights, step_fractions
 from ._implicit_stages import ImplicitStages, StageEquations, _Linearisation
 from ._krylov_solve import KrylovSolve, Preconditioner
 from ._newton import SingularMatrixError
-from .base import Step, hermite_interpolate, stage_dense_weights, step_fractions
+from .base import Step
 from .tableau import ImplicitTableau, collocation_weights, extension_weights
 
 LINEAR_SOLVERS = ("auto", "direct", "krylov")

@@ -22,7 +22,8 @@ import torch
 
 from .._term import ODETerm
 from .._tree import TreeSpec
-from .base import RowFacts, Solver, Step, hermite, hermite_interpolate
+from ._hermite import hermite, hermite_interpolate
+from .base import RowFacts, Solver, Step
 from .explicit_rk import ExplicitRK
 
 _TOL = 1e-12

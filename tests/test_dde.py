@@ -110,6 +110,24 @@ def test_rk4_on_a_polynomial_solution_counts_its_steps() -> None:
     assert (sol.stats.n_steps, sol.stats.nfe) == (16, 4 * one.stats.nfe)
 
 
+def test_float32_intervals_take_the_steps_of_their_grid_and_no_sliver() -> None:
+    """Interval ends rounded to float32 (0.1, 0.2, ... as float32) are no extra steps: steps
+    of 0.05 over [0, 5] are 100, as in float64, and the results agree to float32."""
+    runs = {}
+    for dtype in (torch.float32, F64):
+        runs[dtype] = solve_dde(
+            lambda t, y, d: -d[0],
+            torch.ones(1, dtype=dtype),
+            torch.linspace(0, 5, 11, dtype=dtype),
+            0.1,
+            solver="rk4",
+            controller=no.FixedGrid(step_size=0.05),
+        )
+        assert runs[dtype].stats.n_steps == 100
+    difference = runs[torch.float32].ys.double() - runs[F64].ys
+    assert float(difference.abs().max()) < 1e-6
+
+
 def exponential_rate(a: float, b: float, tau: float) -> float:
     """The real root lam of lam = a + b exp(-lam tau) (Newton from lam = a + b)."""
     lam = a + b

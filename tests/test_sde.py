@@ -1130,6 +1130,21 @@ def test_the_dt_grid_lands_on_the_outputs_at_any_time_scale(ts, dt):
     assert y.shape == (3, 4, 1) and bool(torch.isfinite(y).all())
 
 
+def test_float32_times_take_the_steps_of_dt_that_cover_them_and_no_sliver():
+    """0.3 in float32 is 0.30000001: dt 0.1 takes 3 steps from 0, as in float64 and as
+    torchsde, not 3 and one of 1e-8."""
+    from neuralode.sde._engine import fixed_grid
+
+    ts32 = torch.tensor([0.0, 0.3], dtype=torch.float32)
+    assert len(fixed_grid(ts32.tolist(), 0.1, torch.finfo(torch.float32).eps)) == 4
+    assert len(fixed_grid([0.0, 0.31], 0.1)) == 5  # (a remainder above round-off: a step)
+    sde, calls = _ConstantDiffusionOU().float(), []
+    drift = sde.f
+    sde.f = lambda t, y: calls.append(t) or drift(t, y)
+    nsde.sdeint(sde, torch.ones(2, 1), ts32, dt=0.1, method="euler")
+    assert sorted({round(float(t), 6) for t in calls}) == [0.0, 0.1, 0.2]  # the steps' starts
+
+
 @pytest.mark.parametrize("dt", [0.0, -0.1, math.nan, math.inf])
 def test_a_dt_that_is_not_positive_and_finite_is_refused(dt):
     with pytest.raises(ValueError, match="dt must be a positive finite number"):

@@ -184,3 +184,27 @@ def test_per_element_tolerances_in_every_mode() -> None:
     assert steps[(1e-8, 1e-3)] > steps[(1e-3, 1e-3)]
     with pytest.raises(ValueError, match=r"rtol of shape \(3,\) does not broadcast"):
         no.solve(decay, y0, ts, controller=no.PIController(torch.ones(3) * 1e-6))
+
+
+@pytest.mark.parametrize("mode", ["host", "per_sample", "compile"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_uniform_grid_over_rounded_times_takes_no_sliver_step(mode: str, dtype) -> None:
+    """0.3 in float32 is 0.30000001: steps of 0.1 from 0 cover it in 3 steps, as in float64
+    (and torchdiffeq), not 3 and one of 1e-8; a remainder above the times' round-off is a
+    step (0.31: 4 steps)."""
+    y0 = torch.ones(2, 1, dtype=dtype)
+    kw = (
+        dict(per_sample=True)
+        if mode == "per_sample"
+        else dict(compile=True)
+        if mode == "compile"
+        else {}
+    )
+    for t1, steps in ((0.3, 3), (0.31, 4), (-0.3, 3)):
+        ts = torch.tensor([0.0, t1], dtype=dtype)
+        grid = no.FixedGrid(step_size=0.1)
+        solution = no.solve(lambda t, y: -y, y0, ts, solver="rk4", controller=grid, **kw)
+        per_solve = 2 if mode == "per_sample" else 1  # (per sample: summed over the rows)
+        assert solution.stats.n_steps == steps * per_solve, (t1, solution.stats.n_steps)
+        exact = torch.exp(-ts[-1].double())
+        assert abs(float(solution.ys[-1, 0, 0]) - float(exact)) < 1e-5

@@ -155,7 +155,8 @@ def integrate_per_sample(
     f0 = evaluate(t_first, y)
     nfe = nfe + 1
     if fixed:  # each sample's grid (the controller's memory) and its first point
-        previous_ratio = ctrl.rows_grid(t, t_stop, ts_tensor, sign)
+        eps = torch.finfo(term.time_dtype).eps
+        previous_ratio = ctrl.rows_grid(t, t_stop, ts_tensor, sign, eps)
         proposal = ctrl.rows_after(previous_ratio, t, sign)
         _check_fixed_steps(ctrl, previous_ratio, config)
     # the first step size, per sample (``initial_step``: Hairer, Norsett & Wanner II.4)

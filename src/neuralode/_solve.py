@@ -266,7 +266,7 @@ def solve(
                 "output times"
             )
     elif fixed and event is None and throw:
-        n_steps = controller.n_steps(times)
+        n_steps = controller.n_steps(times, torch.finfo(y0_flat.real.dtype).eps)
         if n_steps > max_steps:
             raise MaxStepsError(
                 f"the fixed grid from t={times[0]:.6g} to t={times[-1]:.6g} has {n_steps:,} "

@@ -38,6 +38,18 @@ def solve_span(t0: Any, t_end: Any) -> Any:
     return length if length != math.inf else 0.0
 
 
+def uniform_steps(span: Any, step: Any, scale: Any, eps: float = _EPS) -> Any:
+    """How many steps of size ``step`` cover ``span`` (the last one shortened to land on its
+    end), for a uniform grid (floats, or tensors per sample). A remainder within 4 ulps of
+    the times' magnitude ``scale``, in a dtype of resolution ``eps`` (the times' dtype), is
+    round-off of the ends, not a step: float32 times 0 and 0.3 cover 3 steps of 0.1 (0.3 in
+    float32 is 0.30000001), not 3 and a sliver. A remainder above 1e-12 steps is a step."""
+    if type(span) is not float and isinstance(span, torch.Tensor):
+        slack = torch.clamp(4 * eps * scale / step, min=1e-12)
+        return torch.ceil(span.abs() / step - slack)
+    return math.ceil(abs(span) / step - max(1e-12, 4 * eps * scale / step))
+
+
 def step_floor(t: Any, span: Any) -> Any:
     """The smallest step size a solve resolves at time ``t``: 4 ulps (of float64, the
     engine's times whatever the state's dtype) of the larger of ``|t|`` and ``2^-52 span``,

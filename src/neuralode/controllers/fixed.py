@@ -14,7 +14,7 @@ import torch
 from .._norms import Norm
 from .._term import ODETerm
 from ..solvers.base import Solver
-from ._ops import indistinct
+from ._ops import _EPS, indistinct, uniform_steps
 from .base import StepSizeController
 
 GridConstructor = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -34,8 +34,10 @@ class FixedGrid(StepSizeController):
 
     Arguments:
         step_size: a uniform grid from the first to the last output time (the last step
-            shortened to land on it, as torchdiffeq does). Per sample also a tensor of
-            shape (batch,): each sample its own step size.
+            shortened to land on it, as torchdiffeq does; a remainder within the round-off
+            of the state's dtype is no step of its own: float32 times 0 and 0.3 take 3 steps
+            of 0.1). Per sample also a tensor of shape (batch,): each sample its own step
+            size.
         grid: the grid points (a tensor, or an ``array('d')`` used as it is: 8 bytes a
             point, for long grids); they must start and end at the first and last output time
             and be strictly monotonic in the direction of integration. Per sample also
@@ -91,7 +93,7 @@ class FixedGrid(StepSizeController):
             return "a grid per sample (a (batch, m) tensor)"
         return None
 
-    def _grid(self, ts: list[float]) -> _Grid:
+    def _grid(self, ts: list[float], eps: float = _EPS) -> _Grid:
         only = self.per_sample_only
         if only is not None:
             raise ValueError(
@@ -109,13 +111,15 @@ class FixedGrid(StepSizeController):
             return _Grid(grid)
         if self.step_size is None:
             return _Grid(list(ts))
-        return _UniformGrid(t0, t_end, self.step_size)
+        return _UniformGrid(t0, t_end, self.step_size, eps)
 
-    def n_steps(self, ts: list[float]) -> float:
+    def n_steps(self, ts: list[float], eps: float = _EPS) -> float:
         """The number of steps from ``ts[0]`` to ``ts[-1]``, known without building the grid.
 
         Arguments:
             ts: the output times as Python floats.
+            eps: the resolution of the times' dtype (a remainder within its round-off of
+                the ends is no step: ``uniform_steps``).
 
         Returns:
             The number of steps: ``inf`` for a uniform grid towards an infinite end, 1 for a
@@ -128,8 +132,8 @@ class FixedGrid(StepSizeController):
         if self.step_size is None:
             return len(ts) - 1
         if isinstance(self.step_size, torch.Tensor):  # (per sample: the most steps)
-            return _UniformGrid(ts[0], ts[-1], float(self.step_size.min())).n
-        return _UniformGrid(ts[0], ts[-1], self.step_size).n
+            return _UniformGrid(ts[0], ts[-1], float(self.step_size.min()), eps).n
+        return _UniformGrid(ts[0], ts[-1], self.step_size, eps).n
 
     def restricted(self, t_start: float, t_end: float) -> FixedGrid:
         """The part of a user-given ``grid`` between two of its times (either direction).
@@ -161,7 +165,7 @@ class FixedGrid(StepSizeController):
         """Build the grid for ``ts`` and propose its first point after ``ts[0]``.
 
         Arguments:
-            term: the vector field (unused).
+            term: the vector field (its ``time_dtype``: the resolution of the times).
             solver: the solver (unused).
             ts: the output times as Python floats.
             y0: the initial state (unused).
@@ -175,7 +179,7 @@ class FixedGrid(StepSizeController):
             ValueError: a given or constructed grid that does not start at ``ts[0]``, end at
                 ``ts[-1]`` or is not strictly monotonic in the direction of integration.
         """
-        grid = self._grid(ts)
+        grid = self._grid(ts, torch.finfo(term.time_dtype).eps)
         return grid.after(ts[0]), grid
 
     def adapt(
@@ -206,7 +210,12 @@ class FixedGrid(StepSizeController):
         return True, state.after(t1), state
 
     def rows_grid(
-        self, t0: torch.Tensor, t_end: torch.Tensor, ts: torch.Tensor, sign: float
+        self,
+        t0: torch.Tensor,
+        t_end: torch.Tensor,
+        ts: torch.Tensor,
+        sign: float,
+        eps: float = _EPS,
     ) -> torch.Tensor:
         """Every row's grid in the device loop (``_per_sample``), the controller's memory
         there: each row (a sample) steps on its own grid, as ``init`` builds it for the row
@@ -217,6 +226,7 @@ class FixedGrid(StepSizeController):
             t_end: each row's end, (batch,) float64 (infinite for an event search).
             ts: the output times, float64: (n,) shared by the rows or (batch, n) each its own.
             sign: the direction of integration, 1.0 or -1.0.
+            eps: the resolution of the times' dtype (``uniform_steps``).
 
         Returns:
             With ``step_size``: (4, batch) float64, each row's t0, signed step, number of
@@ -237,8 +247,8 @@ class FixedGrid(StepSizeController):
                     f"a step_size per sample must have shape (batch,) = ({batch},), one step "
                     f"size per sample of y0, got shape {tuple(h.shape)}"
                 )
-            span = t_end - t0
-            n = torch.ceil(span.abs() / h - 1e-12)  # (as ``_UniformGrid``; inf: unbounded)
+            span, scale = t_end - t0, torch.maximum(t0.abs(), t_end.abs())
+            n = uniform_steps(span, h, scale, eps)  # (as ``_UniformGrid``; inf: unbounded)
             return torch.stack([t0, torch.copysign(h.expand(batch), span), n, t_end])
         if self.constructor is not None:
             rows = ts if ts.ndim == 2 else ts[None]
@@ -361,14 +371,16 @@ class _Grid:
 class _UniformGrid:
     """The points ``t0 + i * step`` before ``t_end``, then ``t_end`` (as torchdiffeq), made
     one at a time: a tiny step over a long span costs no memory before ``max_steps`` is
-    checked. An infinite ``t_end`` (an event search) gives an unbounded grid."""
+    checked. An infinite ``t_end`` (an event search) gives an unbounded grid. ``eps`` is
+    the resolution of the times' dtype (``uniform_steps``)."""
 
-    def __init__(self, t0: float, t_end: float, step_size: float):
+    def __init__(self, t0: float, t_end: float, step_size: float, eps: float = _EPS):
         span = t_end - t0
         self.t0, self.t_end = t0, t_end
         self.sign = 1.0 if span >= 0 else -1.0
         self.step = math.copysign(step_size, span)
-        self.n = math.ceil(abs(span) / step_size - 1e-12) if math.isfinite(span) else math.inf
+        scale = max(abs(t0), abs(t_end))
+        self.n = uniform_steps(span, step_size, scale, eps) if math.isfinite(span) else math.inf
 
     def point(self, i: int) -> float:
         return self.t_end if i >= self.n else self.t0 + i * self.step

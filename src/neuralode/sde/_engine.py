@@ -31,6 +31,7 @@ from .._progress import tracker_of
 from .._solution import SolveStats
 from .._term import ODETerm
 from .._tree import tree_spec
+from ..controllers._ops import uniform_steps
 from ..controllers.base import StepSizeController
 from ..solvers.base import Solver, Step
 from ._solvers import make_solver
@@ -334,11 +335,12 @@ def midpoint(t0: Any, t1: Any) -> Any:
     return 0.5 * (t0 + t1)
 
 
-def fixed_grid(ts: list[float], dt: float) -> array:
-    """The step ends from ``ts[0]`` to ``ts[-1]`` in steps of ``dt`` (the last one shorter),
-    with points within round-off of an output time moved onto it (so outputs on the grid are
-    exact, as torchsde's) where that keeps the grid strictly monotonic; an array of doubles,
-    8 bytes a step.
+def fixed_grid(ts: list[float], dt: float, eps: float = sys.float_info.epsilon) -> array:
+    """The step ends from ``ts[0]`` to ``ts[-1]`` in steps of ``dt`` (the last one shorter;
+    a remainder within round-off of the ends, in times of resolution ``eps``, is no step:
+    ``uniform_steps``), with points within round-off of an output time moved onto it (so
+    outputs on the grid are exact, as torchsde's) where that keeps the grid strictly
+    monotonic; an array of doubles, 8 bytes a step.
 
     Raises:
         ValueError: ``dt`` is not a positive finite number.
@@ -346,7 +348,7 @@ def fixed_grid(ts: list[float], dt: float) -> array:
     if not (isinstance(dt, (int, float)) and 0 < dt < math.inf):
         raise ValueError(f"dt must be a positive finite number, got {dt!r}")
     t0, t_end = ts[0], ts[-1]
-    n = max(1, math.ceil((t_end - t0) / dt - 1e-9))
+    n = max(1, uniform_steps(t_end - t0, dt, max(abs(t0), abs(t_end)), eps))
     grid = array("d", (t0 + k * dt for k in range(n)))
     grid.append(t_end)
     # the round-off of t0 + k dt: relative to the times' magnitude, never near a step

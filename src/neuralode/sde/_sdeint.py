@@ -30,7 +30,8 @@ def solve(problem: _Problem, dt, adaptive, rtol, atol, dt_min, extra, record=Non
             rtol, atol, first_step=float(dt), min_step=float(dt_min), ifactor=_FAC_MAX
         )
     else:
-        controller = FixedGrid(grid=fixed_grid(problem.ts_list, float(dt)))
+        eps = torch.finfo(problem.ts.dtype).eps
+        controller = FixedGrid(grid=fixed_grid(problem.ts_list, float(dt), eps))
     term = SDETerm(problem.user_sde, problem.bm)
     return run(
         term,

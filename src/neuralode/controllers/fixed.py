@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import bisect
 import math
 from array import array
 from collections.abc import Callable
-from itertools import islice
 from typing import Any
 
 import torch
@@ -14,6 +12,7 @@ import torch
 from .._norms import Norm
 from .._term import ODETerm
 from ..solvers.base import Solver
+from ._grids import Grid, UniformGrid, check_points
 from ._ops import _EPS, indistinct, uniform_steps
 from .base import StepSizeController
 
@@ -93,7 +92,7 @@ class FixedGrid(StepSizeController):
             return "a grid per sample (a (batch, m) tensor)"
         return None
 
-    def _grid(self, ts: list[float], eps: float = _EPS) -> _Grid:
+    def _grid(self, ts: list[float], eps: float = _EPS) -> Grid:
         only = self.per_sample_only
         if only is not None:
             raise ValueError(
@@ -107,11 +106,11 @@ class FixedGrid(StepSizeController):
         elif points is not None:
             grid = [float(x) for x in torch.as_tensor(points).detach().reshape(-1).tolist()]
         if points is not None:
-            _check_points(grid, t0, t_end)
-            return _Grid(grid)
+            check_points(grid, t0, t_end)
+            return Grid(grid)
         if self.step_size is None:
-            return _Grid(list(ts))
-        return _UniformGrid(t0, t_end, self.step_size, eps)
+            return Grid(list(ts))
+        return UniformGrid(t0, t_end, self.step_size, eps)
 
     def n_steps(self, ts: list[float], eps: float = _EPS) -> float:
         """The number of steps from ``ts[0]`` to ``ts[-1]``, known without building the grid.
@@ -132,8 +131,8 @@ class FixedGrid(StepSizeController):
         if self.step_size is None:
             return len(ts) - 1
         if isinstance(self.step_size, torch.Tensor):  # (per sample: the most steps)
-            return _UniformGrid(ts[0], ts[-1], float(self.step_size.min()), eps).n
-        return _UniformGrid(ts[0], ts[-1], self.step_size, eps).n
+            return UniformGrid(ts[0], ts[-1], float(self.step_size.min()), eps).n
+        return UniformGrid(ts[0], ts[-1], self.step_size, eps).n
 
     def restricted(self, t_start: float, t_end: float) -> FixedGrid:
         """The part of a user-given ``grid`` between two of its times (either direction).
@@ -230,7 +229,7 @@ class FixedGrid(StepSizeController):
 
         Returns:
             With ``step_size``: (4, batch) float64, each row's t0, signed step, number of
-                steps and end (``_UniformGrid``'s numbers); else the grid points, (batch, m)
+                steps and end (``UniformGrid``'s numbers); else the grid points, (batch, m)
                 float64, a row shorter than the longest repeating its end.
 
         Raises:
@@ -248,7 +247,7 @@ class FixedGrid(StepSizeController):
                     f"size per sample of y0, got shape {tuple(h.shape)}"
                 )
             span, scale = t_end - t0, torch.maximum(t0.abs(), t_end.abs())
-            n = uniform_steps(span, h, scale, eps)  # (as ``_UniformGrid``; inf: unbounded)
+            n = uniform_steps(span, h, scale, eps)  # (as ``UniformGrid``; inf: unbounded)
             return torch.stack([t0, torch.copysign(h.expand(batch), span), n, t_end])
         if self.constructor is not None:
             rows = ts if ts.ndim == 2 else ts[None]
@@ -256,7 +255,7 @@ class FixedGrid(StepSizeController):
             for row in rows.tolist():
                 points = self.constructor(row)
                 grid = [float(x) for x in torch.as_tensor(points).reshape(-1).tolist()]
-                _check_points(grid, row[0], row[-1])
+                check_points(grid, row[0], row[-1])
                 made.append(grid)
             longest = max(len(grid) for grid in made)
             padded = [grid + grid[-1:] * (longest - len(grid)) for grid in made]
@@ -298,8 +297,8 @@ class FixedGrid(StepSizeController):
         """Each row's next grid point after ``t``, (batch,): ``adapt``'s proposal (the first
         point past t by more than round-off) computed for every row at once, on its grid
         from ``rows_grid``; a point within round-off short of the row's end is its end (the
-        host loop lands there). A fixed number of corrections stands for ``_UniformGrid``'s
-        and ``_Grid``'s loops, which make at most two on grids whose points are more than
+        host loop lands there). A fixed number of corrections stands for ``UniformGrid``'s
+        and ``Grid``'s loops, which make at most two on grids whose points are more than
         4 ulps apart.
 
         Arguments:
@@ -336,60 +335,3 @@ class FixedGrid(StepSizeController):
 
     def __repr__(self) -> str:
         return f"FixedGrid(step_size={self.step_size})"
-
-
-def _check_points(grid: Any, t0: float, t_end: float) -> None:
-    """Raise unless the grid points start at ``t0``, end at ``t_end`` and are strictly
-    monotonic from one to the other."""
-    sign = 1.0 if t_end > t0 else -1.0
-    if len(grid) < 2 or grid[0] != t0 or grid[-1] != t_end:
-        raise ValueError(
-            f"the step grid must start at t0={t0} and end at t1={t_end}; "
-            f"got {grid[0] if grid else None} ... {grid[-1] if grid else None}"
-        )
-    if any(sign * (b - a) <= 0 for a, b in zip(grid, islice(grid, 1, None))):
-        raise ValueError("the step grid must be strictly monotonic, in the direction of t")
-
-
-class _Grid:
-    """Explicit grid points; ``after(t)`` is the first point past ``t`` by more than
-    round-off (the last point when none is)."""
-
-    def __init__(self, points: list[float]):
-        self.points = points
-        self.sign = 1.0 if points[-1] >= points[0] else -1.0
-        # increasing, for bisection
-        self.keys = points if self.sign > 0 else [self.sign * x for x in points]
-
-    def after(self, t: float) -> float:
-        i = bisect.bisect_right(self.keys, self.sign * t)
-        while i < len(self.points) - 1 and indistinct(t, self.points[i]):
-            i += 1  # a point within round-off of t (a landing point beside it) is reached
-        return self.points[min(i, len(self.points) - 1)]
-
-
-class _UniformGrid:
-    """The points ``t0 + i * step`` before ``t_end``, then ``t_end`` (as torchdiffeq), made
-    one at a time: a tiny step over a long span costs no memory before ``max_steps`` is
-    checked. An infinite ``t_end`` (an event search) gives an unbounded grid. ``eps`` is
-    the resolution of the times' dtype (``uniform_steps``)."""
-
-    def __init__(self, t0: float, t_end: float, step_size: float, eps: float = _EPS):
-        span = t_end - t0
-        self.t0, self.t_end = t0, t_end
-        self.sign = 1.0 if span >= 0 else -1.0
-        self.step = math.copysign(step_size, span)
-        scale = max(abs(t0), abs(t_end))
-        self.n = uniform_steps(span, step_size, scale, eps) if math.isfinite(span) else math.inf
-
-    def point(self, i: int) -> float:
-        return self.t_end if i >= self.n else self.t0 + i * self.step
-
-    def after(self, t: float) -> float:
-        sign = self.sign
-        i = max(int(math.floor((t - self.t0) / self.step)), 0) if math.isfinite(t) else 0
-        while i > 0 and sign * (self.point(i) - t) > 0:  # round-off in the division
-            i -= 1
-        while i < self.n and (sign * (self.point(i) - t) <= 0 or indistinct(t, self.point(i))):
-            i += 1  # points up to t, or within round-off past it, are reached
-        return self.point(i)

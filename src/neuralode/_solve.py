@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ._args import count, flag
+from ._autocast import AutocastField, autocast_active, full_precision
 from ._callbacks import Callbacks
 from ._dispatch import BatchTime, run_gradient, solve_with_event
 from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
@@ -25,7 +26,7 @@ from ._saveat import SaveAt, check_saveat, saved
 from ._solution import Solution, SolveStats
 from ._spans import sample_times
 from ._status import Status, mark_non_finite
-from ._term import AutocastField, ODETerm, autocast_active, full_precision
+from ._term import ODETerm
 from ._tree import flat_to_rows
 from ._validate import (
     check_event,

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
+from ._autocast import autocast_dtype
 from ._errors import Y0_NOT_FINITE, NonFiniteError, user_stacklevel
 from ._events import Event
 from ._host import across, plain, wrapped
 from ._norms import LOW_PRECISION, l2_norm, max_norm, rms_norm
-from ._term import autocast_dtype
 from ._tree import TreeSpec, leaf_spec, tree_spec
 from .adjoint import GRADIENTS
 from .adjoint.backsolve import Backsolve

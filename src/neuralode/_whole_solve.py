@@ -28,12 +28,13 @@ import torch
 from torch._higher_order_ops import while_loop
 
 from ._attempt import attempt, retried_unchanged
+from ._autocast import AutocastField
 from ._errors import Y0_NOT_FINITE, NonFiniteError, f0_not_finite
 from ._landing import LandingTimes, landing_times, next_landing, past_jump, start_times
 from ._norms import row_norm
 from ._pending import _raise_stalled, _stalled
 from ._solution import SolveStats
-from ._term import AutocastField, ODETerm
+from ._term import ODETerm
 from ._whole_plan import Plan, output_times, planned
 from .controllers._ops import solve_span
 from .controllers.initial_step import initial_step

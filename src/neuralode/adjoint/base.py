@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 
+from .._autocast import full_precision
 from .._host import forward_level_active, forward_mode
 from .._loop import LoopConfig
 from .._solution import SolveStats
-from .._term import ODETerm, full_precision
+from .._term import ODETerm
 from .._tree import TreeSpec
 
 

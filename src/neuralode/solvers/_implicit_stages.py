@@ -21,8 +21,9 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 import torch
 
+from .._autocast import AutocastField
 from .._host import plain_factories
-from .._term import AutocastField, ODETerm
+from .._term import ODETerm
 from ._dense_solve import DenseSolve, Eigenbasis, Triangular, stage_structure
 from ._implicit_gradient import tie_adjoint, transposed_solve
 from ._krylov_solve import KrylovSolve, Preconditioner, transposed_preconditioner

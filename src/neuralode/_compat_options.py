@@ -13,15 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._compat_interpolation import with_interpolation
 from ._norms import mixed_norm
 from ._solve import DEFAULT_MAX_STEPS
 from .adjoint.params import resolve_params
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController
 from .solvers import method_class, method_names
-from .solvers._hermite import hermite, hermite_interpolate
-from .solvers.base import RowFacts, Solver, Step
-from .solvers.explicit_rk import ExplicitRK
 
 # options of the forward solve's execution, passed to ``solve`` (not to the adjoint's):
 # ``per_sample`` and ``compile`` and the older boolean flags (``_execution.Execution.of``)
@@ -131,7 +129,7 @@ def _parse(
         interp = options.get("interp", "linear")
         if interp not in _INTERPOLATIONS:
             raise ValueError(f"option interp must be one of {_INTERPOLATIONS}, got {interp!r}")
-        probe = _with_interpolation(probe, interp)
+        probe = with_interpolation(probe, interp)
         extra["perturb"] = bool(options.get("perturb", False))
         extra["compile_step"] = bool(options.get("compile_step", False))
         for key in ("compile", "per_sample"):
@@ -264,93 +262,6 @@ def _backward_norm_of(
         return torch.stack([torch.as_tensor(p, dtype=x.real.dtype) for p in parts]).max()
 
     return flat_norm
-
-
-def _with_interpolation(solver: Solver, kind: str) -> Solver:
-    """``solver`` (a fixed-grid method) with torchdiffeq's ``interp`` between grid points in
-    every mode (one problem, per sample, the compiled solve, event location): ``"linear"``
-    between the ends of a step, or ``"cubic"`` Hermite through their values and
-    derivatives (the symplectic methods' row solvers are that already). The copy's class
-    is a subclass of the solver's, so that checks and caches keyed on the class still
-    apply."""
-    cls = type(solver)
-    key = (cls, kind)
-    sub = _INTERPOLATED.get(key)
-    if sub is None:
-        between = _LinearBetweenGridPoints if kind == "linear" else _CubicBetweenGridPoints
-        sub = type(cls.__name__, (between, cls), {"__module__": cls.__module__})
-        _INTERPOLATED[key] = sub
-    interpolated = object.__new__(sub)
-    interpolated.__dict__.update(solver.__dict__)
-    return interpolated
-
-
-_INTERPOLATED: dict[tuple[type, str], type] = {}
-
-
-class _LinearBetweenGridPoints:
-    """torchdiffeq's ``interp="linear"``: y0 + theta (y1 - y0), which needs no evaluation
-    of f beyond the step's own. Placed before a solver's class (``_with_interpolation``)."""
-
-    dense_extra_stages = 0
-
-    def interpolate(self, term: Any, step: Step, thetas: torch.Tensor) -> torch.Tensor:
-        return self.dense(step.y0, step.y1, step.dt, None, None, thetas)
-
-    def dense(
-        self,
-        y0: torch.Tensor,
-        y1: torch.Tensor,
-        h: Any,
-        stacked: torch.Tensor | None,
-        f1: torch.Tensor | None,
-        theta: torch.Tensor,
-        derivative: bool = False,
-    ) -> torch.Tensor:
-        th = theta.to(device=y0.device, dtype=y0.real.dtype)[:, None]
-        if derivative:
-            return torch.zeros_like(th) + (y1 - y0) / h
-        return y0 + th * (y1 - y0)
-
-    def row_facts(self, like: torch.Tensor) -> RowFacts:
-        return super().row_facts(like)._replace(needs_f1=False)  # type: ignore[misc]
-
-    def for_rows(self, term: Any, like: torch.Tensor) -> Any:
-        rows = super().for_rows(term, like)  # type: ignore[misc]
-        if rows is self:
-            return rows
-        # a method's own row solver (the symplectic methods'): linear between its ends too
-        rows = _with_interpolation(rows, "linear")
-        rows.dense_extra_stages = 0
-        return rows
-
-
-class _CubicBetweenGridPoints:
-    """torchdiffeq's ``interp="cubic"``: cubic Hermite through (y0, f0) and (y1, f1), f0
-    the step's first stage (or f(t0, y0) for a method without stages). Placed before a
-    solver's class (``_with_interpolation``)."""
-
-    dense_extra_stages = 0
-
-    def interpolate(self, term: Any, step: Step, thetas: torch.Tensor) -> torch.Tensor:
-        f0 = step.stages[0] if isinstance(self, ExplicitRK) else term(step.t0, step.y0)
-        return hermite_interpolate(term, step, thetas, f0)
-
-    def dense(
-        self,
-        y0: torch.Tensor,
-        y1: torch.Tensor,
-        h: Any,
-        stacked: torch.Tensor | None,
-        f1: torch.Tensor | None,
-        theta: torch.Tensor,
-        derivative: bool = False,
-    ) -> torch.Tensor:
-        th = theta.to(device=y0.device, dtype=y0.real.dtype)[:, None]
-        return hermite(th, y0, y1, stacked[0], f1, h, derivative)
-
-    def row_facts(self, like: torch.Tensor) -> RowFacts:
-        return super().row_facts(like)._replace(needs_f1=True)  # type: ignore[misc]
 
 
 def _tolerance(name: str, value: Any, y0: Any, spec: Any) -> float | torch.Tensor:

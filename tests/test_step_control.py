@@ -208,3 +208,26 @@ def test_a_uniform_grid_over_rounded_times_takes_no_sliver_step(mode: str, dtype
         assert solution.stats.n_steps == steps * per_solve, (t1, solution.stats.n_steps)
         exact = torch.exp(-ts[-1].double())
         assert abs(float(solution.ys[-1, 0, 0]) - float(exact)) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["host", "per_sample", "compile", "fixed", "implicit"])
+@pytest.mark.parametrize(
+    "t0, t1", [(1.0, 1.0 + 4 * 2.0**-52), (1e8, 1e8 + 2.0**-26), (1.0, 1.0 - 2.0**-52)]
+)
+def test_a_span_of_a_few_ulps_is_one_step_onto_its_end(mode: str, t0: float, t1: float) -> None:
+    """Times 1-4 float64 ulps apart (a span the loop cannot resolve into steps) are solved
+    by one step onto the end, y0 + (t1 - t0) f to round-off, as torchdiffeq; they raised a
+    step-size underflow."""
+    kw = {
+        "host": {},
+        "per_sample": dict(per_sample=True),
+        "compile": dict(compile=True),
+        "fixed": dict(solver="rk4", controller=no.FixedGrid(step_size=0.01)),
+        "implicit": dict(solver="kvaerno5"),
+    }[mode]
+    y0 = torch.ones(2, 1, dtype=torch.float64)
+    ts = torch.tensor([t0, t1], dtype=torch.float64)
+    solution = no.solve(lambda t, y: -y, y0, ts, **kw)
+    expected = 1 - (t1 - t0)
+    assert torch.allclose(solution.ys[-1], torch.full_like(y0, expected), rtol=0, atol=1e-15)
+    assert solution.stats.n_steps == (2 if mode == "per_sample" else 1)

@@ -199,7 +199,7 @@ def _integrate(
         # there to the landing could not change t
         landed = sign * (proposal - land_t) >= 0 or indistinct(proposal, land_t)
         t1 = land_t if landed else proposal
-        if stuck(t, t1, span, rejected_t1 is not None) or not math.isfinite(t1):
+        if stuck(t, t1, span, rejected_t1 is not None, landed) or not math.isfinite(t1):
             floor = step_floor(t, span)
             raise_stalled(t, t1 - t, y, floor, last_y1, hint=solver.failure_hint())
         if t1 == rejected_t1:

@@ -93,7 +93,7 @@ def _stalled(
     attempt was rejected) or is not finite, or (``repeated``) is the rejected step again,
     (batch,)."""
     land = torch.minimum(proposal, t_stop) if sign > 0 else torch.maximum(proposal, t_stop)
-    halted = stuck(t, land, span, rejected) | ~torch.isfinite(land)
+    halted = stuck(t, land, span, rejected, land == t_stop) | ~torch.isfinite(land)
     return still & (halted if repeated is None else halted | repeated)
 
 

@@ -65,18 +65,24 @@ def step_floor(t: Any, span: Any) -> Any:
     return 4 * _EPS * max(abs(t), _EPS * span)
 
 
-def stuck(t: Any, t1: Any, span: Any, rejected: Any) -> Any:
+def stuck(t: Any, t1: Any, span: Any, rejected: Any, landing: Any = False) -> Any:
     """Whether the next step, from ``t`` to ``t1`` (floats, or tensors per sample), cannot
     make progress: ``t1`` is t to round-off (``indistinct``: the step cannot change t), or
     it retries a ``rejected`` step from t and is shorter than ``step_floor(t, span)``:
     failures shrank it below the smallest step the solve resolves. Accepted steps below the
     floor go on (a step cut short by a landing point just after t, and the steps that grow
-    from it). The engine's one step-size underflow rule (host loop, per-sample loop,
-    compiled whole solve); a non-finite ``t1`` is checked apart."""
+    from it). A step onto a ``landing`` point (the end of the solve, a ``step_t`` or
+    ``jump_t`` time) that changes t is taken however short (unless it retries a rejected
+    one below the floor): times a few ulps apart (a span of 1 ulp at t = 1e8) are solved
+    by that one step.
+    The engine's one step-size underflow rule (host loop, per-sample loop, compiled whole
+    solve); a non-finite ``t1`` is checked apart."""
     if type(t) is not float and isinstance(t, torch.Tensor):
         small = (t1 - t).abs() < step_floor(t, span)
-        return indistinct(t, t1) | (small & rejected)
-    return indistinct(t, t1) or (rejected and abs(t1 - t) < step_floor(t, span))
+        onto = landing & (t1 != t)
+        return (indistinct(t, t1) & ~onto) | (small & rejected)
+    onto = landing and t1 != t
+    return (indistinct(t, t1) and not onto) or (rejected and abs(t1 - t) < step_floor(t, span))
 
 
 def power(x: Any, p: float) -> Any:

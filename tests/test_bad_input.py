@@ -658,3 +658,22 @@ def test_a_field_under_autocast_is_cast_and_tight_tolerances_warn() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16), pytest.warns(UserWarning, match=resolution):
         ys = odeint(lambda t, y: layer(y), y0, T(0.0, 1.0, dtype=torch.float32))
     assert ys.dtype == torch.float32
+
+
+@row("S22")
+def test_times_the_states_dtype_cannot_hold_are_refused_or_warned() -> None:
+    """f receives t in the state's dtype: float16 past 65504 would be inf, and bfloat16
+    near t = 300 resolves only 300 and 302."""
+    f = lambda t, y: -y * torch.cos(t)  # noqa: E731
+    y16 = torch.ones(1, dtype=torch.float16)
+    with pytest.raises(ValueError, match="beyond the largest torch.float16 value"):
+        odeint(f, y16, T(1e5, 1e5 + 2.0, dtype=torch.float64), rtol=1e-2, atol=1e-3)
+    seen = []
+    bf16 = torch.ones(1, dtype=torch.bfloat16)
+    with pytest.warns(UserWarning, match=r"resolves times near \|t\| = 302 only to 2"):
+        odeint(lambda t, y: seen.append(float(t)) or f(t, y), bf16, T(300.0, 302.0), rtol=1e-2)
+    assert set(seen) <= {300.0, 302.0}
+    with warnings.catch_warnings():  # the same span near 0 is resolved: no warning
+        warnings.simplefilter("error")
+        odeint(f, bf16, T(0.0, 2.0), rtol=1e-2)
+        odeint(f, torch.ones(1), T(300.0, 302.0, dtype=torch.float32))

@@ -34,6 +34,7 @@ from ._validate import (
     check_grid_times,
     check_stage_reach,
     check_state,
+    check_time_resolution,
     check_times,
     check_tolerances,
     coerce_strategies,
@@ -245,6 +246,7 @@ def solve(
         times = sample_times(ts, int(spec.shapes[0][0]), y0_flat.device)
     else:
         times = check_times(ts, y0_flat.device, open_end=event is not None)
+    check_time_resolution(times, y0_flat.dtype)
     if controller is None:
         controller = PIController() if solver.adaptive else FixedGrid()
     controller = lay_out_tolerances(controller, spec)

@@ -177,6 +177,48 @@ def check_tolerances(controller: Any, y0: torch.Tensor, whose: str = "") -> bool
     return False
 
 
+def check_time_resolution(times: list[float] | torch.Tensor, dtype: torch.dtype) -> None:
+    """f receives t in the state's dtype: refuse times beyond that dtype's range (f would
+    see t = inf), and warn where a 16-bit dtype resolves fewer than 64 times across the
+    span (bfloat16 near t = 300 holds only 300 and 302: a time-dependent f sees t rounded
+    to them). float64 states, and float32 states with per-sample times, are not checked.
+
+    Arguments:
+        times: the output times (floats; per sample a (batch, n) tensor).
+        dtype: the state's dtype.
+
+    Raises:
+        ValueError: a time beyond the dtype's largest value.
+    """
+    real = dtype.to_real() if dtype.is_complex else dtype
+    low = real in LOW_PRECISION
+    if real == torch.float64 or (isinstance(times, torch.Tensor) and not low):
+        return
+    if isinstance(times, torch.Tensor):
+        largest = float(times.detach().abs().max())
+        span = float((times[:, -1] - times[:, 0]).abs().min())
+    else:
+        finite = [t for t in times if math.isfinite(t)]
+        largest, span = max(abs(t) for t in finite), abs(finite[-1] - finite[0])
+    info = torch.finfo(real)
+    if largest > info.max:
+        raise ValueError(
+            f"the times reach |t| = {largest:.6g}, beyond the largest {real} value "
+            f"{info.max:.6g}, and f receives t in the state's dtype ({real}): f would see "
+            "t = inf. Shift the times (e.g. ts - ts[0]) or give y0 in a wider dtype"
+        )
+    if low and span > 0 and largest > 0:
+        spacing = 2.0 ** math.floor(math.log2(largest)) * info.eps  # one ulp at |t| max
+        if span / spacing < 64:
+            warnings.warn(
+                f"f receives t in the state's dtype {real}, which resolves times near "
+                f"|t| = {largest:.6g} only to {spacing:.3g}: the span of {span:.3g} holds "
+                f"{int(span / spacing) + 1} such times, so a time-dependent f sees t rounded "
+                "to them. Shift the times to start near 0 (ts - ts[0]) or give y0 in float32",
+                stacklevel=user_stacklevel(),
+            )
+
+
 def _resolution(dtype: torch.dtype) -> tuple[torch.dtype, float, bool, float]:
     """A state dtype's real dtype, its eps, whether it is 16-bit, and the lowest rtol
     ``check_tolerances`` lets pass alone (made once per dtype)."""

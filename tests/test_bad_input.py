@@ -344,6 +344,9 @@ def test_wrong_argument_types_name_the_expected_type() -> None:
         no.solve(decay, y0, ts, norm="l1")
     with pytest.raises(TypeError, match="norm must be a callable"):
         no.solve(decay, y0, ts, norm=2)
+    for bad in (0, -1, 6, 1.0, True):  # leaves, not entries: 6 measured every leaf
+        with pytest.raises(ValueError, match="n_measured counts leading leaves .* from 1 to 2"):
+            no.seminorm([2, 2], bad)
     with pytest.raises(TypeError, match="params must be a sequence of tensors or an nn.Module"):
         no.solve(decay, y0.requires_grad_(), ts, gradient=no.Backsolve(params=3))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -220,7 +221,18 @@ class Seminorm:
     """
 
     def __init__(self, numels: Sequence[int], n_measured: int):
-        self.measured = tuple(numels[:n_measured])
+        numels = tuple(numels)
+        if (
+            isinstance(n_measured, bool)
+            or not isinstance(n_measured, numbers.Integral)
+            or not 1 <= n_measured <= len(numels)
+        ):
+            raise ValueError(
+                f"seminorm's n_measured counts leading leaves of the state (tensors, not "
+                f"entries): an integer from 1 to {len(numels)} for numels {list(numels)}, "
+                f"got {n_measured!r}"
+            )
+        self.measured = numels[:n_measured]
         self.size = sum(self.measured)
         self._inner = mixed_norm(self.measured)
 
@@ -245,9 +257,12 @@ def seminorm(numels: Sequence[int], n_measured: int) -> Norm:
 
     Arguments:
         numels: the number of entries of each leaf, in the flat order.
-        n_measured: how many leading leaves the norm measures.
+        n_measured: how many leading leaves the norm measures, from 1 to ``len(numels)``.
 
     Returns:
         The norm, a callable on the flat scaled error.
+
+    Raises:
+        ValueError: ``n_measured`` is not an integer from 1 to ``len(numels)``.
     """
     return Seminorm(numels, n_measured)

@@ -12,6 +12,7 @@ from conftest import ALL_METHODS, make_solver
 from problems import ROBERTSON
 
 import neuralode as no
+from neuralode.solvers import NewtonError
 
 
 def T(*values: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -499,3 +500,25 @@ def test_bad_grid() -> None:
 def test_nan_in_landing_times(option: str) -> None:
     with _raises(ValueError, f"{option} contains NaN"):
         no.solve(decay, Y0, TS, **{option: [0.5, float("nan")]})
+
+
+def test_a_newton_failure_in_backsolves_backward_solve_is_named_as_the_backward_solves() -> None:
+    """implicit_euler's fixed steps converge forwards on a stiff f but not on the adjoint
+    system backwards: the error says that it is Backsolve's backward solve and what to use."""
+    f64 = torch.float64
+    gen = torch.Generator().manual_seed(0)
+    rates = torch.tensor([[2.0, 0.3, 0.0], [0.1, 20.0, 1.0], [0.0, 0.5, 60.0]], dtype=f64)
+    weight = (torch.randn(3, 3, generator=gen, dtype=f64) * 0.5).requires_grad_()
+    f = lambda t, y: -(y @ rates.T) + torch.sin(y @ weight.T) + 0.1 * torch.cos(t)  # noqa: E731
+    solution = no.solve(
+        f,
+        torch.tensor([1.0, -0.5, 0.3], dtype=f64),
+        torch.tensor([0.0, 0.3, 0.7], dtype=f64),
+        solver="implicit_euler",
+        controller=no.FixedGrid(step_size=0.05),
+        gradient=no.Backsolve(params=(weight,)),
+    )
+    with pytest.raises(
+        NewtonError, match="the adjoint's backward solve from t=0.7 .* Checkpointed"
+    ):
+        solution.ys.sum().backward()

@@ -20,6 +20,7 @@ from .._solution import SolveStats
 from .._term import ODETerm
 from .._tree import TreeSpec
 from ..controllers.fixed import FixedGrid
+from ..solvers.implicit_rk import NewtonError
 from ._dynamics import _AdjointDynamics
 from .base import Problem
 
@@ -149,7 +150,7 @@ def _solve_segment(
             "adjoint, parameter gradients]: f, or its vector-Jacobian product, is "
             "non-finite along the backward solve, or the adjoint system blows up"
         ) from error
-    except (MaxStepsError, StepSizeUnderflowError) as error:
+    except (MaxStepsError, StepSizeUnderflowError, NewtonError) as error:
         raise type(error)(
             f"the adjoint's backward solve from t={segment[0]:.6g} to "
             f"t={segment[1]:.6g} failed: {_clause(error)}. Backsolve re-integrates the state "

@@ -441,8 +441,10 @@ class ImplicitRK(ImplicitStages):
             )
             raise NewtonError(
                 f"{self.name}: the Newton iteration did not converge on the step from "
-                f"t={t0:.6g} to t={t1:.6g} ({failure}). Use smaller steps (step_size), "
-                f"more iterations (max_iters) or a looser newton_tol, or {adaptive}."
+                f"t={t0:.6g} to t={t1:.6g} ({failure}); it uses f's Jacobian at the step's "
+                "start, which a long step can leave far behind. Use smaller steps "
+                f"(step_size), more iterations (max_iters) or a looser newton_tol, or "
+                f"{adaptive}."
             )
         # The infinite error rejects the step whatever its y1 (min_step does not force an
         # infinite error either). y1 stays finite: a solve stalled by Newton failures is a

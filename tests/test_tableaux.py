@@ -239,6 +239,26 @@ def test_kencarp5_continuous_extension_is_bounded_on_stiff_components() -> None:
     np.testing.assert_allclose(end_derivative, np.eye(rows)[-1], atol=1e-9)
 
 
+def test_kencarp5s_embedded_implicit_method_is_of_order_5_on_linear_problems() -> None:
+    """The guide's account of KenCarp5's optimistic estimate on linear stiff dynamics: on
+    y' = lambda y both stability functions match exp(z) to z^5 (halving z divides both
+    errors by 2^6), and the estimate R - R_embedded is about a ninth of the local error."""
+    tab = ADDITIVE_TABLEAUX["kencarp5"]
+    s = tab.implicit.stages
+    implicit = np.array(tab.implicit.a)[:s, :s]
+    ones, b = np.ones(s), np.array(tab.explicit.b)
+    b_error = np.array(tab.explicit.b_error)
+    errors = []
+    for z in (-0.1, -0.05):
+        stages = np.linalg.solve(np.eye(len(ones)) - z * implicit, ones)
+        r = 1 + z * b @ stages
+        errors.append((abs(r - np.exp(z)), abs(r - z * b_error @ stages - np.exp(z))))
+        estimate = abs(z * b_error @ stages)
+        assert 0.09 < estimate / errors[-1][0] < 0.13
+    for at_z, at_half_z in zip(*errors):  # the method's errors, then the embedded one's
+        assert 50 < at_z / at_half_z < 70  # 2^6 = 64: both of order 5 here
+
+
 def test_an_additive_extension_takes_only_f_at_the_step_end_as_extra_stage() -> None:
     tab = ADDITIVE_TABLEAUX["kencarp5"]
     elsewhere = dataclasses.replace(tab.dense, extra_c=(0.5,), extra_a=(tuple(tab.explicit.b),))

@@ -135,10 +135,19 @@ class RowMixedNorm:
 
     def __init__(self, parts: Sequence[int]):
         self.parts = tuple(int(n) for n in parts)
+        self._filled = _filled(self.parts)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         pieces = torch.split(x[:, : sum(self.parts)], self.parts, dim=1)
-        return torch.stack([row_rms(piece) for piece in pieces]).amax(0)
+        if not self._filled:
+            return x.new_zeros(x.shape[0], dtype=torch.float64)
+        return torch.stack([row_rms(pieces[i]) for i in self._filled]).amax(0)
+
+
+def _filled(parts: tuple[int, ...]) -> tuple[int, ...]:
+    """The indices of the parts with entries: an empty tensor of a nested state has no
+    error to measure (its RMS would be 0 / 0)."""
+    return tuple(i for i, n in enumerate(parts) if n)
 
 
 def row_norm(norm: Norm) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -186,9 +195,13 @@ class MixedNorm:
 
     def __init__(self, numels: Sequence[int]):
         self.numels = tuple(int(n) for n in numels)
+        self._filled = _filled(self.numels)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([rms_norm(part) for part in torch.split(x, self.numels)]).max()
+        if not self._filled:
+            return x.new_zeros((), dtype=x.real.dtype)
+        parts = torch.split(x, self.numels)
+        return torch.stack([rms_norm(parts[i]) for i in self._filled]).max()
 
     # equal mixed norms are one setting: the compiled whole solve's copies and plans are keyed
     # by the norm, and the adjoint makes a new one for each backward solve

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 from conftest import (
@@ -312,6 +314,38 @@ def test_a_nested_state_with_an_empty_tensor_solves_the_others(mode: str) -> Non
     alone = no.solve(lambda t, y: -y, y0[0], ts, **kw)
     assert solution.ys[1].shape == (2, 3, 0)
     torch.testing.assert_close(solution.ys[0], alone.ys, rtol=0, atol=1e-15)
+
+
+State = collections.namedtuple("State", "q p")
+
+
+@pytest.mark.parametrize("mode", ["host", "per_sample", "backsolve", "leapfrog", "odeint"])
+def test_a_namedtuple_state_reaches_f_and_the_outputs_as_itself(mode: str) -> None:
+    """f receives the user's namedtuple (it read ``s.q``, and got a plain tuple), the
+    outputs come back as one, and the values are the plain tuple's."""
+    f64 = torch.float64
+    y0 = State(torch.ones(3, 2, dtype=f64), torch.zeros(3, 2, dtype=f64))
+    ts = torch.tensor([0.0, 0.5, 1.0], dtype=f64)
+    seen = set()
+
+    def f(t, s):
+        seen.add(type(s))
+        return State(s.p, -s.q)
+
+    kw = {
+        "host": {},
+        "per_sample": dict(per_sample=True),
+        "backsolve": dict(gradient=no.Backsolve(params=())),
+        "leapfrog": dict(solver="leapfrog", controller=no.FixedGrid(step_size=0.01)),
+    }.get(mode)
+    if kw is None:
+        ys = no.odeint(f, y0, ts)
+    else:
+        ys = no.solve(f, y0, ts, **kw).ys
+    plain = no.solve(lambda t, s: (s[1], -s[0]), tuple(y0), ts, **(kw or {})).ys
+    assert seen == {State} and type(ys) is State
+    torch.testing.assert_close(tuple(ys), tuple(plain), rtol=1e-6 if kw is None else 0, atol=0)
+    assert isinstance(ys.q, torch.Tensor) and ys.q.shape == (3, 3, 2)
 
 
 def test_an_empty_per_sample_batch_or_a_meta_state_is_refused_by_name() -> None:

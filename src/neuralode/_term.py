@@ -310,4 +310,4 @@ def separable_halves(func: Any) -> tuple[Callable, Callable] | None:
 def _is_pair(spec: TreeSpec) -> bool:
     """Whether the state is a tuple or list of two tensors (what the halves split)."""
     structure = spec.structure
-    return isinstance(structure, (tuple, list)) and structure == type(structure)((None, None))
+    return isinstance(structure, (tuple, list)) and list(structure) == [None, None]

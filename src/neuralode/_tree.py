@@ -20,6 +20,9 @@ class TreeSpec:
     structure: Any  # nested tuple/list/dict with None at the leaves, or None for a bare tensor
     shapes: tuple[torch.Size, ...]
     numels: tuple[int, ...]
+    # the namedtuple types in the structure, in order (a namedtuple skeleton equals a plain
+    # tuple's: this tells their specs apart)
+    named: tuple[type, ...] = ()
 
     @property
     def is_leaf(self) -> bool:
@@ -92,8 +95,8 @@ def tree_spec(tree: Any, what: str = "y0") -> tuple[TreeSpec, list[torch.Tensor]
     """Return the spec of ``tree`` and its leaves (tensors) in order."""
     leaves = _leaves(tree, what)
     structure = None if isinstance(tree, torch.Tensor) else _skeleton(tree)
-    spec = TreeSpec(structure, tuple(x.shape for x in leaves), tuple(x.numel() for x in leaves))
-    return spec, leaves
+    shapes, numels = tuple(x.shape for x in leaves), tuple(x.numel() for x in leaves)
+    return TreeSpec(structure, shapes, numels, _named_types(structure)), leaves
 
 
 def _leaves(tree: Any, what: str) -> list[torch.Tensor]:
@@ -132,17 +135,33 @@ def _skeleton(tree: Any) -> Any:
     if isinstance(tree, torch.Tensor):
         return None
     if isinstance(tree, tuple):
-        return tuple(_skeleton(x) for x in tree)
+        children = (_skeleton(x) for x in tree)
+        return type(tree)(*children) if _is_namedtuple(tree) else tuple(children)
     if isinstance(tree, list):
         return [_skeleton(x) for x in tree]
     return {key: _skeleton(value) for key, value in tree.items()}
+
+
+def _is_namedtuple(x: Any) -> bool:
+    """A namedtuple (kept as its type through the solve: f and the outputs see it)."""
+    return isinstance(x, tuple) and hasattr(type(x), "_fields")
+
+
+def _named_types(structure: Any) -> tuple[type, ...]:
+    if isinstance(structure, (tuple, list)):
+        own = (type(structure),) if _is_namedtuple(structure) else ()
+        return own + tuple(t for x in structure for t in _named_types(x))
+    if isinstance(structure, dict):
+        return tuple(t for x in structure.values() for t in _named_types(x))
+    return ()
 
 
 def _rebuild(structure: Any, leaves: Any) -> Any:
     if structure is None:
         return next(leaves)
     if isinstance(structure, tuple):
-        return tuple(_rebuild(x, leaves) for x in structure)
+        children = (_rebuild(x, leaves) for x in structure)
+        return type(structure)(*children) if _is_namedtuple(structure) else tuple(children)
     if isinstance(structure, list):
         return [_rebuild(x, leaves) for x in structure]
     return {key: _rebuild(value, leaves) for key, value in structure.items()}

@@ -107,7 +107,7 @@ def pair_split(spec: TreeSpec, name: str) -> int:
         ValueError: the state is not a pair of two tensors.
     """
     structure = spec.structure
-    if not isinstance(structure, (tuple, list)) or structure != type(structure)((None, None)):
+    if not isinstance(structure, (tuple, list)) or list(structure) != [None, None]:
         got = "one tensor" if structure is None else f"a {type(structure).__name__}"
         if isinstance(structure, (tuple, list)):
             got += f" of {len(spec.shapes)} tensors"

@@ -9,7 +9,7 @@ outputs."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from torch.utils.checkpoint import checkpoint
@@ -28,15 +28,25 @@ class Recomputed:
         return checkpoint(self.fn, *args, use_reentrant=False, context_fn=self._contexts)
 
     def _contexts(self) -> tuple[contextlib.AbstractContextManager, ...]:
-        return contextlib.nullcontext(), self._counted()
+        return contextlib.nullcontext(), _Counted(self)
 
-    @contextlib.contextmanager
-    def _counted(self) -> Iterator[None]:
-        term = self.f.term
-        nfe, rows = term.nfe, self.f.rows_evaluated
-        try:
-            yield
-        finally:
-            self.stats.nfe_backward += term.nfe - nfe
-            self.stats.n_steps_backward += int(self.attempts)
-            term.nfe, self.f.rows_evaluated = nfe, rows
+
+class _Counted:
+    """The recomputation's context: counts its evaluations of f as the backward pass's. A
+    class, not a generator: a graph kept for a second backward pass (``retain_graph``, a
+    Jacobian, ``gradcheck``) enters it again."""
+
+    def __init__(self, owner: Recomputed):
+        self.owner = owner
+        self._saved: list[tuple[int, Any]] = []
+
+    def __enter__(self) -> None:
+        f = self.owner.f
+        self._saved.append((f.term.nfe, f.rows_evaluated))
+
+    def __exit__(self, *exc: Any) -> None:
+        owner = self.owner
+        nfe, rows = self._saved.pop()
+        owner.stats.nfe_backward += owner.f.term.nfe - nfe
+        owner.stats.n_steps_backward += int(owner.attempts)
+        owner.f.term.nfe, owner.f.rows_evaluated = nfe, rows

@@ -359,3 +359,19 @@ def test_an_empty_per_sample_batch_or_a_meta_state_is_refused_by_name() -> None:
     for y0 in (meta, (meta, meta)):
         with pytest.raises(ValueError, match="y0 is on the meta device"):
             no.solve(lambda t, y: y, y0, torch.tensor([0.0, 1.0], device="meta"))
+    for solver in (no.solve, no.odeint):  # (the facade moved t to y0's device: a raw error)
+        with pytest.raises(ValueError, match="t is on meta but y0 is on cpu; put both on one"):
+            solver(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0], device="meta"))
+
+
+@pytest.mark.parametrize("dtype", [torch.complex32, torch.float8_e4m3fn, torch.float8_e5m2])
+def test_floating_dtypes_without_the_solvers_operations_are_refused_by_name(dtype) -> None:
+    """complex32 and float8 pass as floating point or complex but fail deep in the stage
+    sums (addmv for ComplexHalf): refused at the call, naming the dtypes a state takes."""
+    with pytest.raises(TypeError, match=f"y0 has dtype {dtype}.*float16, bfloat16, float32"):
+        no.odeint(lambda t, y: -y, torch.ones(2).to(dtype), TS, rtol=1e-1, atol=1e-1)
+
+
+def test_f_returning_integers_is_not_advised_an_integer_y0() -> None:
+    with pytest.raises(TypeError, match=r"returned dtype torch.int64.*\(e.g. .to\(y.dtype\)\)$"):
+        no.solve(lambda t, y: torch.ones(2, dtype=torch.int64), torch.ones(2), TS.float())

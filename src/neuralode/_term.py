@@ -282,7 +282,8 @@ class ODETerm:
         if flat.dtype != self.dtype:
             raise TypeError(
                 f"{what} returned dtype {flat.dtype}; the state has dtype {self.dtype}: return "
-                f"it in the state's dtype (e.g. .to(y.dtype)), or give y0 in {flat.dtype}"
+                "it in the state's dtype (e.g. .to(y.dtype))"
+                + (f", or give y0 in {flat.dtype}" if flat.is_floating_point() else "")
             )
         if flat.device != self.device:
             raise ValueError(

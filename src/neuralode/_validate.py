@@ -121,10 +121,27 @@ def check_state(y0: Any) -> tuple[TreeSpec, torch.Tensor]:
     return spec, flat
 
 
+#: the dtypes a state may have (complex32 and the float8 types lack the solvers' kernels)
+STATE_DTYPES = (
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.complex64,
+    torch.complex128,
+)
+
+
 def _check_dtype(where: str, leaf: torch.Tensor) -> None:
     if not (leaf.is_floating_point() or leaf.is_complex()):
         raise TypeError(
             f"{where} must be a floating point or complex tensor, got dtype {leaf.dtype}"
+        )
+    if leaf.dtype not in STATE_DTYPES:
+        raise TypeError(
+            f"{where} has dtype {leaf.dtype}, for which PyTorch lacks the solvers' operations: "
+            "a state is float16, bfloat16, float32, float64, complex64 or complex128; "
+            "convert it (e.g. .to(torch.float32), or .to(torch.complex64) for complex32)"
         )
 
 

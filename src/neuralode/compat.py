@@ -496,8 +496,8 @@ def _on_state_device(t: Any, y0: Any) -> Any:
     first = y0 if isinstance(y0, torch.Tensor) else next(iter(y0), None)
     if not (isinstance(t, torch.Tensor) and isinstance(first, torch.Tensor)):
         return t  # solve's validation names what is wrong
-    if t.device == first.device:
-        return t
+    if t.device == first.device or t.is_meta:
+        return t  # (a meta tensor holds no values to move: solve's validation names it)
     warnings.warn("t is not on the same device as y0. Coercing to y0.device.", stacklevel=4)
     return t.to(first.device)
 

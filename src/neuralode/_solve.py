@@ -31,14 +31,12 @@ from ._tree import flat_to_rows
 from ._validate import (
     check_event,
     check_finite,
-    check_grid_times,
     check_stage_reach,
     check_state,
-    check_time_resolution,
-    check_times,
     check_tolerances,
     coerce_strategies,
 )
+from ._validate_times import check_grid_times, check_time_resolution, check_times
 from ._vmap import solve_vmapped, vmap_level
 from ._vmap_inside import refuse_under_transforms, solve_inside_vmap
 from ._warm import defaults, remember, solve_warm

@@ -29,7 +29,7 @@ from . import _whole_solve
 from ._solution import Solution, SolveStats
 from ._status import success
 from ._term import ODETerm
-from ._validate import check_time_values
+from ._validate_times import check_time_values
 from ._whole_plan import _settings
 
 _ENTRIES: dict[tuple, Warm] = {}

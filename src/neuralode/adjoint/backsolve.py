@@ -101,7 +101,8 @@ class Backsolve(GradientStrategy):
     ):
         if norm is not None and not callable(norm):
             raise TypeError(f"norm must be callable, got {type(norm).__name__}")
-        from .._validate import check_grid_times, coerce_strategies  # (an import cycle)
+        from .._validate import coerce_strategies  # (an import cycle)
+        from .._validate_times import check_grid_times
 
         for name, value in (("rtol", rtol), ("atol", atol)):
             if value is not None:

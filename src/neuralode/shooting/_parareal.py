@@ -31,7 +31,8 @@ from torch import nn
 from .._graph_break import outside_dynamo
 from .._solve import solve
 from .._tree import TreeSpec, _rebuild, tree_spec
-from .._validate import check_times, coerce_strategies
+from .._validate import coerce_strategies
+from .._validate_times import check_times
 from ..controllers.fixed import FixedGrid
 from ..controllers.pi import PIController
 from ..solvers.base import Solver

@@ -85,7 +85,8 @@ def solve(
             and returning dy/dt of the same structure. It must not modify ``y`` in place:
             ``y`` may be ``y0`` itself or a state the solver keeps.
         y0: the initial state: a tensor or a nested tuple/list/dict of tensors (one dtype, one
-            device; real or complex floating point).
+            device; float16, bfloat16, float32, float64, complex64 or complex128); f and the
+            outputs see the same structure (namedtuples as themselves).
         ts: the output times, a 1-D strictly increasing or decreasing tensor; ``ts[0]`` is the
             initial time. With an ``event``, ``ts[-1]`` may be infinite (search until the event).
             With ``per_sample=True`` also (batch, n): each sample its own output times (row i:

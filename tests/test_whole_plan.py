@@ -226,10 +226,12 @@ def test_the_copies_keep_fs_guards_and_drop_the_plans():
     for name in ("plan", "plan.solver._cache", "dict(type(plan).__dict__)", "L['plan'].sign"):
         assert ours(name), name
     assert ours("G['attempt']") and ours("G['__import_neuralode_dot__attempt'].torch")
+    assert ours("G['__import_neuralode']._solve")
     for name in (
         "plan.func", "plan.func.__closure__[0].cell_contents._forward_hooks",
         "dict(type(plan.func).__dict__)", "L['plan'].func", "planet", "y0", "ts", "",
         "G['__import_userf'].SCALE", "G['torch']",
+        "G['__import_neuralode_user'].K", "G['__import_neuralodes_dot_fields'].K",
         "G['__import_torch_dot_nn_dot_modules_dot_module']._global_forward_hooks",
     ):  # fmt: skip
         assert not ours(name), name

@@ -160,7 +160,9 @@ _OWN_GLOBALS = (
     "G['attempt']", "G['initial_step']", "G['_stalled']", "G['retried_unchanged']",
     "G['solve_span']",
     "G['while_loop']",
-    "G['__import_neuralode", "G['__import_torch_dot_utils_dot__pytree']",
+    # (this package and its submodules, not a user's module whose name starts alike)
+    "G['__import_neuralode']", "G['__import_neuralode_dot_",
+    "G['__import_torch_dot_utils_dot__pytree']",
     "G['__import_torch_dot__higher_order_ops", "__import__('torch').utils._pytree",
 )  # fmt: skip
 

@@ -99,9 +99,9 @@ def check_time_resolution(times: list[float] | torch.Tensor, dtype: torch.dtype)
     if isinstance(times, torch.Tensor):
         largest = float(times.detach().abs().max())
         span = float((times[:, -1] - times[:, 0]).abs().min())
-    else:
-        finite = [t for t in times if math.isfinite(t)]
-        largest, span = max(abs(t) for t in finite), abs(finite[-1] - finite[0])
+    else:  # (monotonic: the extremes are the ends; only an event search's end is inf)
+        end = times[-1] if math.isfinite(times[-1]) or len(times) == 1 else times[-2]
+        largest, span = max(abs(times[0]), abs(end)), abs(end - times[0])
     info = torch.finfo(real)
     if largest > info.max:
         raise ValueError(

@@ -29,7 +29,7 @@ from . import _whole_solve
 from ._solution import Solution, SolveStats
 from ._status import success
 from ._term import ODETerm
-from ._validate_times import check_time_values
+from ._validate_times import check_time_resolution, check_time_values
 from ._whole_plan import _settings
 
 _ENTRIES: dict[tuple, Warm] = {}
@@ -160,6 +160,7 @@ def _solve(key: tuple, warm: Warm, y0: torch.Tensor, ts: torch.Tensor) -> Soluti
         rows = y0.reshape(warm.rows)
     # (ts's shape, dtype and device are the key's first call's, which check_times passed)
     times = check_time_values(ts.tolist())
+    check_time_resolution(times, y0.dtype)  # (the key's first call checked only its own)
     stats = SolveStats()
     term = warm.term.fresh()
     try:

@@ -11,6 +11,10 @@ from typing import Any
 
 import numpy as np
 
+DEFAULT_MAX_STEPS = 100_000
+# max_steps=None: a bound no solve reaches, kept an int so that every loop compares the same way
+NO_STEP_LIMIT = 2**62
+
 
 def is_int(value: Any) -> bool:
     """An integer argument's value: an integer (NumPy's too), not a bool."""
@@ -33,6 +37,18 @@ def count(name: str, value: Any, minimum: int = 1) -> int:
     if number is None or isinstance(value, bool) or number < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return number
+
+
+def step_limit(max_steps: Any) -> int:
+    """A solve's ``max_steps`` as an int (``None``: no limit), or a ``ValueError`` unless it is
+    a positive integer (NumPy's too; not a bool or a float)."""
+    if max_steps is None:
+        return NO_STEP_LIMIT
+    try:
+        return count("max_steps", max_steps)
+    except ValueError:
+        message = f"max_steps must be a positive integer or None, got {max_steps!r}"
+        raise ValueError(message) from None
 
 
 def real(name: str, value: Any, rule: str, valid: Any) -> float:

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._args import DEFAULT_MAX_STEPS
 from ._compat_interpolation import with_interpolation
 from ._norms import mixed_norm
-from ._solve import DEFAULT_MAX_STEPS
 from .adjoint.params import resolve_params
 from .controllers.fixed import FixedGrid
 from .controllers.pi import PIController

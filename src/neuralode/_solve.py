@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from ._args import count, flag
+from ._args import DEFAULT_MAX_STEPS, flag, step_limit
 from ._autocast import AutocastField, autocast_active, full_precision
 from ._callbacks import Callbacks
-from ._dispatch import BatchTime, run_gradient, solve_with_event
-from ._errors import MaxStepsError, NonFiniteError, StepSizeUnderflowError
-from ._event_tracker import OneProblemEvents
+from ._dispatch import BatchTime
 from ._events import Event
 from ._execution import Execution
 from ._graph_break import outside_dynamo
@@ -22,24 +19,27 @@ from ._loop import LoopConfig
 from ._norms import Norm, lay_out_tolerances, mixed_norm, rms_norm
 from ._progress import ProgressMeter, tracker_of
 from ._recorder import Recorder
-from ._saveat import SaveAt, check_saveat, saved
+from ._saveat import SaveAt, check_saveat
 from ._solution import Solution, SolveStats
+from ._solve_run import progress_run
 from ._spans import sample_times
-from ._status import Status, mark_non_finite
 from ._term import ODETerm
-from ._tree import flat_to_rows
 from ._validate import (
     check_event,
-    check_finite,
     check_stage_reach,
     check_state,
     check_tolerances,
     coerce_strategies,
 )
-from ._validate_times import check_grid_times, check_time_resolution, check_times
+from ._validate_times import (
+    check_fixed_steps,
+    check_grid_times,
+    check_time_resolution,
+    check_times,
+)
 from ._vmap import solve_vmapped, vmap_level
 from ._vmap_inside import refuse_under_transforms, solve_inside_vmap
-from ._warm import defaults, remember, solve_warm
+from ._warm import defaults, solve_warm
 from .adjoint.base import GradientStrategy, Problem, check_forward_mode
 from .adjoint.direct import Direct
 from .controllers.base import StepSizeController
@@ -49,10 +49,6 @@ from .sde._engine import SDESolver, SDETerm
 from .sde._rows import check_sde_solve
 from .solvers.base import Solver
 from .solvers.dopri5 import Dopri5
-
-DEFAULT_MAX_STEPS = 100_000
-# max_steps=None: a bound no solve reaches, kept an int so that every loop compares the same way
-NO_STEP_LIMIT = 2**62
 
 
 def solve(
@@ -251,30 +247,9 @@ def solve(
     controller = lay_out_tolerances(controller, spec)
     solver.set_tolerances(getattr(controller, "rtol", None), getattr(controller, "atol", None))
     cleared = check_tolerances(controller, y0_flat)
-    if max_steps is None:
-        max_steps = NO_STEP_LIMIT
-    try:  # a plain int: NumPy integers pass, bools and floats do not
-        max_steps = count("max_steps", max_steps)
-    except ValueError:
-        message = f"max_steps must be a positive integer or None, got {max_steps!r}"
-        raise ValueError(message) from None
-    # (per-sample times run in the device loop, on a PIController)
-    fixed = isinstance(controller, FixedGrid) and not isinstance(times, torch.Tensor)
-    if fixed and not math.isfinite(times[-1]):
-        if controller.step_size is None:
-            raise ValueError(
-                "an event search towards t=inf on fixed steps needs a step_size "
-                "(FixedGrid(step_size=...), options step_size): the steps cannot be the "
-                "output times"
-            )
-    elif fixed and event is None and throw:
-        n_steps = controller.n_steps(times, torch.finfo(y0_flat.real.dtype).eps)
-        if n_steps > max_steps:
-            raise MaxStepsError(
-                f"the fixed grid from t={times[0]:.6g} to t={times[-1]:.6g} has {n_steps:,} "
-                f"steps, more than max_steps={max_steps:,}; use a larger step_size or raise "
-                "max_steps (options max_num_steps)"
-            )
+    max_steps = step_limit(max_steps)
+    if isinstance(controller, FixedGrid) and not isinstance(times, torch.Tensor):
+        check_fixed_steps(controller, times, max_steps, event is None and throw, y0_flat.dtype)
     sde = isinstance(func, SDETerm)
     if sde or isinstance(solver, SDESolver):
         check_sde_solve(func, ts, solver, gradient, event, execution)
@@ -331,81 +306,8 @@ def solve(
     if isinstance(getattr(term, "func", None), AutocastField):
         # f computes under the autocast (AutocastField), the solver in the state's dtype
         with full_precision():
-            return _progress_run(problem, gradient, event, saveat, key, cleared)
-    return _progress_run(problem, gradient, event, saveat, key, cleared)
-
-
-def _progress_run(
-    problem: Problem,
-    gradient: GradientStrategy,
-    event: Event | None,
-    saveat: SaveAt | None,
-    key: Any,
-    cleared: bool,
-) -> Solution:
-    """``_run`` with the solve's progress meter open (when it has one)."""
-    progress = problem.config.progress
-    if progress is None:
-        return _run(problem, gradient, event, saveat, key, cleared)
-    with progress:  # (opens the meter; closes it also when the solve raises)
-        return _run(problem, gradient, event, saveat, key, cleared)
+            return progress_run(problem, gradient, event, saveat, key, cleared)
+    return progress_run(problem, gradient, event, saveat, key, cleared)
 
 
 _SOLVE_OUTSIDE_DYNAMO = outside_dynamo(solve)
-
-
-def _run(
-    problem: Problem,
-    gradient: GradientStrategy,
-    event: Event | None,
-    saveat: SaveAt | None,
-    key: Any,
-    cleared: Any,
-) -> Solution:
-    """``solve``'s run of a validated problem by ``gradient``: with ``event`` located,
-    what ``saveat`` asks saved, and a warm call's graph kept under ``key``."""
-    spec, func, y0_flat, times = problem.spec, problem.func, problem.y0, problem.times
-    ts = problem.ts
-    config, stats, term = problem.config, problem.stats, problem.term
-    throw, execution = config.throw, config.execution
-    if event is None:
-        ys = run_gradient(gradient, problem)
-        if key is not None:
-            remember(key, spec, func, y0_flat, config, cleared, len(times))
-        stats.nfe = term.nfe
-        if throw:
-            check_finite(ys, times)
-        else:
-            batch = spec.shapes[0][0] if execution.per_sample else None
-            rows = ys if batch is None or spec.is_leaf else flat_to_rows(spec, ys)  # (a pair)
-            stats.status = mark_non_finite(stats.status, rows, batch)
-        if saveat is not None:
-            solution = saved(saveat, config.save, problem, ys)
-            solution.status = stats.status
-            return solution
-        return Solution(ts=ts, ys=spec.unflatten(ys), stats=stats, status=stats.status)
-    try:
-        if execution.per_sample:
-            from ._per_sample_events import solve_with_sample_events
-
-            solution = solve_with_sample_events(gradient, problem, event)
-        else:
-            solution = solve_with_event(gradient, problem, OneProblemEvents(event, spec, term))
-        solution.status = stats.status
-        if not execution.per_sample and solution.event_t is not None and solution.succeeded:
-            stats.status = torch.full_like(stats.status, int(Status.EVENT))
-            solution.status = stats.status
-        return solution
-    except (MaxStepsError, StepSizeUnderflowError, NonFiniteError) as error:
-        if isinstance(times, torch.Tensor) or math.isfinite(times[-1]):
-            raise
-        if isinstance(error, MaxStepsError):  # its advice (stiffness) does not apply
-            reason = f"no sign change ({str(error).split(' (')[0]})"
-        else:
-            reason = f"the search stopped ({error})"
-        raise type(error)(
-            f"the event never fired: searching from t0={times[0]:.6g} towards "
-            f"t={times[-1]}, {reason}. Check that the event function changes sign along the "
-            "solution (a NaN or constant value never does), raise max_steps (options "
-            "max_num_steps) to search further, or give a finite end time."
-        ) from error

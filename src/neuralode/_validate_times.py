@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ._errors import user_stacklevel
+from ._errors import MaxStepsError, user_stacklevel
 from ._norms import LOW_PRECISION
 
 
@@ -118,6 +118,28 @@ def check_time_resolution(times: list[float] | torch.Tensor, dtype: torch.dtype)
                 f"{int(span / spacing) + 1} such times, so a time-dependent f sees t rounded "
                 "to them. Shift the times to start near 0 (ts - ts[0]) or give y0 in float32",
                 stacklevel=user_stacklevel(),
+            )
+
+
+def check_fixed_steps(
+    controller: Any, times: list[float], max_steps: int, counted: bool, dtype: torch.dtype
+) -> None:
+    """Refuse a fixed-step solve that cannot run: a search towards t=inf without a step size,
+    or (``counted``: no event, errors raised) a grid of more than ``max_steps`` steps."""
+    if not math.isfinite(times[-1]):
+        if controller.step_size is None:
+            raise ValueError(
+                "an event search towards t=inf on fixed steps needs a step_size "
+                "(FixedGrid(step_size=...), options step_size): the steps cannot be the "
+                "output times"
+            )
+    elif counted:
+        n_steps = controller.n_steps(times, torch.finfo(dtype.to_real()).eps)
+        if n_steps > max_steps:
+            raise MaxStepsError(
+                f"the fixed grid from t={times[0]:.6g} to t={times[-1]:.6g} has {n_steps:,} "
+                f"steps, more than max_steps={max_steps:,}; use a larger step_size or raise "
+                "max_steps (options max_num_steps)"
             )
 
 

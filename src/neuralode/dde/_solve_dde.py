@@ -29,12 +29,13 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 
+from .._args import DEFAULT_MAX_STEPS, step_limit
 from .._autograd import FirstOrder
 from .._errors import MaxStepsError
 from .._graph_break import outside_dynamo
 from .._progress import Progress, ProgressMeter, _Tracker, tracker_of
 from .._solution import Solution, SolveStats
-from .._solve import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, solve
+from .._solve import solve
 from .._validate import coerce_strategies
 from ..adjoint.checkpointed import Checkpointed
 from ..adjoint.direct import Direct
@@ -154,10 +155,7 @@ def solve_dde(
     taus, delay_tensors = _check_delays(delays)
     t0, t1 = times[0], times[-1]
     constant, y0, jump = _initial_state(history, y0, ts, t0)
-    if max_steps is None:
-        max_steps = NO_STEP_LIMIT
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer or None, got {max_steps!r}")
+    max_steps = step_limit(max_steps)
     intervals = math.ceil((t1 - t0) / min(taus))  # (at least; each takes a step or more)
     if intervals > max_steps:
         raise MaxStepsError(

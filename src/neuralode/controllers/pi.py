@@ -14,17 +14,14 @@ from .._norms import Norm, cached_tolerance
 from .._term import ODETerm
 from ..solvers.base import Solver
 from ._checks import check_overflow, check_settings
-from ._ops import clip as _clip
-from ._ops import nan_to as _nan_to
-from ._ops import power as _power
-from ._ops import predicted, solve_span
-from ._ops import where as _where
+from ._ops import solve_span
+from ._pi_formula import PIFormula
 from ._pi_state import PIState, error_ratio, scaled_error
 from .base import StepSizeController
 from .initial_step import check_f0_norm, first_evaluations, select_initial_step
 
 
-class PIController(StepSizeController):
+class PIController(PIFormula, StepSizeController):
     """Proportional-integral(-derivative) step-size control on the scaled error ratio.
 
     The error ratio is ``norm(error / (atol + rtol * max(|y0|, |y1|)))``; a step is accepted
@@ -227,31 +224,6 @@ class PIController(StepSizeController):
         state = PIState(norm, exponent, memory, rtol, atol, hold=solver.hold_after_reject)
         return f0, self._first_proposal(ts, direction, dt), state
 
-    @property
-    def memory_size(self) -> int:
-        """How many past error ratios the formula reads: 0 (integral), 1 (PI), 2 (PID)."""
-        return 2 if self.dcoeff or self.predictive else 1 if self.pcoeff else 0
-
-    def initial_memory(self, like: torch.Tensor | None = None) -> Any:
-        """The memory ``decide`` reads before the first accepted step: ratios of 1.
-
-        Arguments:
-            like: per sample, a (batch,) float64 tensor to shape the memory like; ``None``
-                for one problem on the host.
-
-        Returns:
-            A float, or with ``dcoeff`` a pair of floats; per sample a (batch,) tensor, or
-                with ``dcoeff`` a (2, batch) one.
-        """
-        if self.predictive:  # (the last accepted ratio and size: none yet, size 0)
-            if like is None:
-                return (1.0, 0.0)
-            return torch.stack([torch.ones_like(like), torch.zeros_like(like)])
-        if like is None:
-            return (1.0, 1.0) if self.dcoeff else 1.0
-        ones = torch.ones_like(like)
-        return torch.stack([ones, ones]) if self.dcoeff else ones
-
     def _setup(
         self, solver: Solver, ts: list[float], y0: torch.Tensor
     ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
@@ -330,64 +302,6 @@ class PIController(StepSizeController):
             state.previous_ratio = previous
             return True, t1 + new_dt, state
         return False, t0 + new_dt, state
-
-    def decide(
-        self, ratio: Any, size: Any, previous_ratio: Any, exponent: float, running: Any = None
-    ) -> tuple:
-        """The controller's formula, once for every mode (host floats or per-sample tensors).
-
-        A NaN ratio rejects and shrinks by ``dfactor``; a ratio of 0 grows by ``ifactor``;
-        with ``shrink_after_accept=False`` an accepted step's factor is at least 1. A step at
-        ``min_step`` is accepted whatever its error (the user asked for no smaller steps); on
-        the host ``adapt`` warns of it once per solve (torchsde warns at every such step).
-
-        Arguments:
-            ratio: the step's scaled error: a Python float for one problem on the host, or
-                a (batch,) tensor, one per sample.
-            size: the step's size (positive), as ``ratio``.
-            previous_ratio: the memory (``initial_memory``): the scaled error of the last
-                accepted step, and with ``dcoeff`` the one before it, with ``predictive``
-                that step's size (a pair, or a (2, batch) tensor).
-            exponent: ``1 / k``, ``k`` one more than the order of the error estimate.
-            running: per sample, a boolean mask: only these samples may accept, the others
-                keep their memory; ``None`` for all.
-
-        Returns:
-            ``(accept, new_size, previous_ratio)``: whether the step is accepted, the size
-                of the next step (clipped to ``[min_step, max_step]``) and the new memory.
-        """
-        accept = ratio <= 1
-        if self.min_step > 0:  # (a non-finite ratio is never accepted)
-            forced = (size <= self.min_step * (1 + 1e-12)) & (ratio < math.inf)
-            accept = accept | forced
-        if running is not None:
-            accept = accept & running
-        p, i, d = self.pcoeff, self.icoeff, self.dcoeff
-        factor = self.safety * _power(ratio, -(i + p + d) * exponent)
-        if d:  # the last two accepted steps' ratios
-            last, before = previous_ratio[0], previous_ratio[1]
-            factor = factor * _power(last, (p + 2 * d) * exponent)
-            factor = factor * _power(before, -d * exponent)
-            kept = _where(accept, _clip(ratio, 1e-10, math.inf), last), _where(accept, last, before)
-            previous_ratio = torch.stack(kept) if isinstance(last, torch.Tensor) else kept
-        elif p:
-            factor = factor * _power(previous_ratio, p * exponent)
-            previous_ratio = _where(accept, _clip(ratio, 1e-10, math.inf), previous_ratio)
-        if self.predictive:  # Gustafsson's: never beyond the last accepted step's trend
-            last, last_size = previous_ratio[0], previous_ratio[1]
-            factor = factor * predicted(ratio, size, last, last_size, exponent)
-            kept = (
-                _where(accept, _clip(ratio, 1e-10, math.inf), last),
-                _where(accept, size, last_size),
-            )
-            previous_ratio = torch.stack(kept) if isinstance(last, torch.Tensor) else kept
-        factor = _nan_to(factor, self.dfactor)
-        if self.shrink_after_accept:
-            factor = _clip(factor, self.dfactor, self.ifactor)
-        else:  # an accepted step's factor at least 1
-            high = _clip(factor, 1.0, self.ifactor)
-            factor = _where(accept, high, _clip(factor, self.dfactor, self.ifactor))
-        return accept, _clip(size * factor, self.min_step, self.max_step), previous_ratio
 
     def __repr__(self) -> str:
         return f"PIController(rtol={self.rtol}, atol={self.atol})"

@@ -7,7 +7,7 @@ after 3 warm-ups, under ``torch.no_grad()``, one thread.
 Run: ``flock /tmp/neuralode-timing.lock taskset -c 1 python benchmarks/bench_tanh.py``.
 
 ``--fit`` derives the coefficients of the whole-solve backend's rational tanh
-(``neuralode._whole_backend.tanh_rational``): P of degree 6 and Q of degree 3 (constant
+(``neuralode._whole_tanh.tanh_rational``): P of degree 6 and Q of degree 3 (constant
 term 1) in ``s = x^2`` with ``tanh(x) / x ~ P(s) / Q(s)`` on [0, 9], by Lawson's iteration
 (least squares of the linearised relative error, reweighted by the error until the largest
 one stops falling), and prints them with their largest relative error and their float32
@@ -89,7 +89,7 @@ def show_fit() -> None:
     import numpy as np
     import torch
 
-    from neuralode import _whole_backend
+    from neuralode import _whole_tanh
 
     p, q, error = fit()
     print("RATIONAL_P =", tuple(float(c) for c in p[::-1]))
@@ -98,7 +98,7 @@ def show_fit() -> None:
     x = torch.from_numpy(np.arange(0, 0x41A00000, 7, dtype=np.uint32).view(np.float32).copy())
     exact = torch.tanh(x.double())
     spacing = np.spacing(exact.float().numpy()).astype(np.float64)
-    y = _whole_backend.tanh_rational(x)
+    y = _whole_tanh.tanh_rational(x)
     ulps = (y.double() - exact).abs() / torch.from_numpy(spacing).clamp_min(2.0**-149)
     print(f"the backend's: largest error {ulps.max():.2f} ulp, mean {ulps.mean():.3f} ulp")
 
@@ -108,12 +108,13 @@ def ulps_of_every_float32() -> None:
     import torch
 
     from neuralode import _whole_backend as backend
+    from neuralode import _whole_tanh
 
     torch.set_num_threads(1)
     compiled = torch.compile(
-        backend.tanh_rational, backend=backend.whole_solve_backend, dynamic=False
+        _whole_tanh.tanh_rational, backend=backend.whole_solve_backend, dynamic=False
     )
-    forms = {"eager": backend.tanh_rational, "compiled": lambda x: compiled(x.reshape(-1, 64))}
+    forms = {"eager": _whole_tanh.tanh_rational, "compiled": lambda x: compiled(x.reshape(-1, 64))}
     chunk = 1 << 24
     for name, form in forms.items():
         worst, worst_x, total, count, largest = 0.0, 0.0, 0.0, 0, 0.0
@@ -133,17 +134,17 @@ def ulps_of_every_float32() -> None:
             f"{total / count:.3f} ulp, largest value {largest!r}"
         )
     # the form without its clamp of x, on [7.9, 9]
-    clamp = backend.RATIONAL_CLAMP
+    clamp = _whole_tanh.RATIONAL_CLAMP
     try:
-        backend.RATIONAL_CLAMP = 1e30
+        _whole_tanh.RATIONAL_CLAMP = 1e30
         torch._dynamo.reset()
         low, high = np.float32(7.9).view(np.uint32), np.float32(9.0).view(np.uint32)
         x = torch.from_numpy(
             np.arange(low, high - (high - low) % 64, dtype=np.uint32).view(np.float32)
         )
-        eager, fused = backend.tanh_rational(x), compiled(x.reshape(-1, 64)).reshape(-1)
+        eager, fused = _whole_tanh.tanh_rational(x), compiled(x.reshape(-1, 64)).reshape(-1)
     finally:
-        backend.RATIONAL_CLAMP = clamp
+        _whole_tanh.RATIONAL_CLAMP = clamp
         torch._dynamo.reset()
     for name, y in (("eager", eager), ("compiled", fused)):
         print(f"unclamped {name}: first value above 1 at x = {float(x[y > 1][0]):.6g}")

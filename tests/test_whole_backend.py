@@ -18,9 +18,9 @@ from neuralode._whole_backend import (
     small_addmm,
     small_mm,
     tanh_float32,
-    tanh_rational,
     whole_solve_backend,
 )
+from neuralode._whole_tanh import tanh_rational
 
 needs_compiler = pytest.mark.skipif(
     not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
@@ -272,7 +272,7 @@ def test_rational_tanh_never_exceeds_one_and_is_one_from_its_clamp_on():
     """The rational form has no clamp of its result: every float32 in [4, RATIONAL_CLAMP]
     gives at most 1, eagerly and compiled with fused multiply-adds, and x at or beyond the
     clamp gives exactly 1 (so does -x: -1)."""
-    from neuralode._whole_backend import RATIONAL_CLAMP
+    from neuralode._whole_tanh import RATIONAL_CLAMP
 
     low, high = np.float32(4.0).view(np.uint32), np.float32(RATIONAL_CLAMP).view(np.uint32)
     bits = np.arange(low, high + 1, dtype=np.uint32)

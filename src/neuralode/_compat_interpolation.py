@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from .solvers._hermite import hermite, hermite_interpolate
-from .solvers.base import RowFacts, Solver, Step
+from .solvers._step import RowFacts, Step
+from .solvers.base import Solver
 from .solvers.explicit_rk import ExplicitRK
 
 

@@ -21,7 +21,8 @@ from ._crossing import crossed, refine
 from ._events import Event
 from ._term import ODETerm
 from ._tree import TreeSpec, rows_tree, tree_rows
-from .solvers.base import Solver, Step
+from .solvers._step import Step
+from .solvers.base import Solver
 
 
 @dataclass

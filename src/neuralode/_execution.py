@@ -13,12 +13,16 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._execution_checks import (
+    check_batch_rows,
+    check_compiled_step,
+    check_device_loop,
+    check_pair_rows,
+)
 from ._tree import TreeSpec
 from .controllers.fixed import FixedGrid
-from .controllers.pi import PIController
-from .solvers.explicit_rk import ExplicitRK
 from .solvers.hyper import HyperSolver
-from .solvers.partitioned import PartitionedSolver, pair_split
+from .solvers.partitioned import PartitionedSolver
 
 _ALIASES = ("skip_finished", "compile_step", "device_loop", "cuda_graph")
 _COMPILE = {False: None, None: None, True: "solve", "solve": "solve", "step": "step"}
@@ -174,7 +178,7 @@ class Execution:
                 "per_sample=True for a batch of independent problems"
             )
         if isinstance(solver, PartitionedSolver):
-            _check_pair_rows(spec, solver.name)
+            check_pair_rows(spec, solver.name)
             landings = [name for name in ("jump_t", "event") if options.get(name)]
             if landings:
                 raise ValueError(
@@ -193,7 +197,7 @@ class Execution:
                 "takes the state's rows); concatenate a nested state's tensors"
             )
         elif not spec.is_leaf:
-            _check_batch_rows(spec)
+            check_batch_rows(spec)
         check_device_loop(solver, controller, what)
         from .sde._engine import SDESolver  # (sde imports the engine)
 
@@ -263,76 +267,3 @@ EAGER = Execution()  # one problem, the host loop, nothing compiled: the default
 def _cached(per_sample: tuple, compile: tuple, aliases: tuple) -> Execution:
     """``Execution.of`` by value (the types in the key: ``1 == True`` is not ``True``)."""
     return Execution._of(per_sample[1], compile[1], **{name: v for name, _, v in aliases})
-
-
-def check_device_loop(solver: Any, controller: Any, what: str) -> None:
-    """Raise a clear error if the solver or controller cannot run in the device loop."""
-    from .sde._engine import SDESolver  # (sde imports the engine)
-
-    if isinstance(solver, SDESolver):
-        # per sample only, on its conditions (``sde._rows.check_sde_solve``): adaptive steps
-        if not isinstance(controller, PIController):
-            raise ValueError(f"{what} with an SDE method needs a PIController, got {controller!r}")
-        return
-    if isinstance(solver, (HyperSolver, PartitionedSolver)):
-        if not isinstance(controller, FixedGrid):
-            raise ValueError(
-                f"{what}: {solver.name} takes fixed steps (it has no error estimate): give "
-                f"controller=FixedGrid(step_size=...) (a float, or per sample a (batch,) "
-                f"tensor), got {controller!r}"
-            )
-        return
-    if not isinstance(solver, ExplicitRK):
-        raise ValueError(
-            f"{what} supports the explicit Runge-Kutta methods (adaptive steps: dopri5, "
-            f"tsit5, bosh3, dopri8, ...; fixed steps on a FixedGrid: euler, midpoint, rk4, "
-            f"... or an adaptive one), per sample on a FixedGrid also the hypersolvers and "
-            f"the symplectic methods (leapfrog, ...), and per sample the SDE solvers, got "
-            f"{solver!r}"
-        )
-    if isinstance(controller, FixedGrid):
-        return
-    if not isinstance(controller, PIController):
-        raise ValueError(f"{what} needs a PIController or a FixedGrid, got {controller!r}")
-    if not solver.adaptive:
-        raise ValueError(
-            f"{what}: {solver.name} has no error estimate and cannot adapt its step size; "
-            "give controller=FixedGrid(step_size=...) for fixed steps, or an adaptive method"
-        )
-
-
-def _check_pair_rows(spec: TreeSpec, name: str) -> None:
-    """Raise unless the state is a pair (q, p) of tensors with one batch dimension first."""
-    pair_split(spec, name)
-    shapes = [tuple(shape) for shape in spec.shapes]
-    if any(len(shape) == 0 for shape in shapes) or shapes[0][0] != shapes[1][0]:
-        raise ValueError(
-            f"per_sample=True with {name} needs q and p with the batch first, of one size "
-            f"(q of shape (batch, ...), p of shape (batch, ...)), got shapes {shapes[0]} and "
-            f"{shapes[1]}"
-        )
-
-
-def _check_batch_rows(spec: TreeSpec) -> None:
-    """Raise unless every tensor of a nested state has the batch as its first dimension."""
-    shapes = [tuple(shape) for shape in spec.shapes]
-    if any(len(shape) == 0 for shape in shapes) or len({shape[0] for shape in shapes}) != 1:
-        raise ValueError(
-            "per_sample=True with a nested y0 needs every tensor's first dimension to be the "
-            f"batch, of one size, got shapes {shapes}"
-        )
-
-
-def check_compiled_step(solver: Any, controller: Any, what: str) -> None:
-    """Raise a clear error, naming ``what`` asked for it, if the host loop's compiled step
-    cannot run this solver or controller."""
-    from .sde._engine import SDESolver  # (sde imports the engine)
-
-    if not isinstance(solver, (ExplicitRK, HyperSolver, PartitionedSolver, SDESolver)):
-        raise ValueError(
-            f"{what} supports the explicit Runge-Kutta methods (dopri5, tsit5, rk4, ...), "
-            f"the hypersolvers, the symplectic methods (leapfrog, ...) and the SDE solvers, "
-            f"got {solver!r}"
-        )
-    if not isinstance(controller, (PIController, FixedGrid)):
-        raise ValueError(f"{what} needs a PIController or FixedGrid, got {controller!r}")

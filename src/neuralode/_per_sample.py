@@ -54,7 +54,6 @@ norm the max of the RMS of each part (as the sample alone); f sees it in its str
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -62,22 +61,20 @@ import torch
 from ._attempt import Attempts, Constants, retried_unchanged
 from ._batch_term import BatchTerm
 from ._checkpoint_rows import Recomputed
-from ._errors import MaxStepsError, f0_not_finite
 from ._finite_graph import FiniteGraph
-from ._host import across, plain, wrapped
+from ._host import across
 from ._landing import landing_times, next_landing, past_jump, start_times
-from ._norms import RowMixedNorm, row_rms, tolerance_tensor
 from ._pending import _ends, _Reached, _read_progress, _stack
 from ._pending_dense import _locate_events, _write_outputs
+from ._per_sample_ends import check_fixed_steps, first_steps, record_counts, row_control
 from ._progress import device_values
 from ._solution import SolveStats
 from ._spans import loop_times
-from ._status import Status, sample_failures, samples_failed
+from ._status import sample_failures
 from ._term import ODETerm
-from ._tree import flat_to_rows, row_widths, rows_to_flat
+from ._tree import flat_to_rows, rows_to_flat
 from .controllers._ops import solve_span
 from .controllers.fixed import FixedGrid
-from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
 from .solvers.explicit_rk import ExplicitRK
 
@@ -111,7 +108,6 @@ def integrate_per_sample(
     nested = not term.spec.is_leaf
     y = flat_to_rows(term.spec, y0_flat) if nested else y0_flat.reshape(batch, -1)
     device = y.device
-    f64 = dict(dtype=torch.float64, device=device)
     ts_tensor, ts_signed, sign, t, t_stop = loop_times(ts, batch, device)
     meter = config.progress  # a progress meter: reported at the checks
     t_start = None if meter is None else t.clone()
@@ -120,23 +116,12 @@ def integrate_per_sample(
     status = torch.zeros(batch, dtype=torch.long, device=device)
     stats.status = status if config.per_sample else status[0]
     if n_out == 1:  # nothing to integrate: every per-sample count is 0
-        if config.per_sample:
-            zeros = torch.zeros(batch, dtype=torch.long, device=device)
-            stats.sample_nfe, stats.sample_steps = zeros, zeros.clone()
-            stats.sample_accepted, stats.sample_rejected = zeros.clone(), zeros.clone()
-            stats.rows_evaluated = 0
+        zeros = torch.zeros(batch, dtype=torch.long, device=device)
+        record_counts(stats, config.per_sample, status, zeros, zeros.clone(), zeros.clone(), 0)
         return y0_flat[None]
     facts = solver.row_facts(y0_flat)
     fixed = isinstance(ctrl, FixedGrid)
-    if fixed:  # no error measured: every attempt is accepted
-        exponent = rtol = atol = None
-    else:
-        exponent = 1.0 / (solver.error_order + 1)
-        rtol = tolerance_tensor(_as_rows(ctrl.rtol, term.spec, y), y)
-        atol = tolerance_tensor(_as_rows(ctrl.atol, term.spec, y), y)
-    # each row's error norm: its RMS, or a nested state's as alone (the max of the RMS of
-    # its part of each tensor)
-    norm = RowMixedNorm(row_widths(term.spec)) if nested else row_rms
+    exponent, rtol, atol, norm = row_control(solver, ctrl, term.spec, y)
 
     # statistics and status per sample
     # separate tensors: aliased inputs would make the compiled step compile a second time
@@ -158,25 +143,13 @@ def integrate_per_sample(
         eps = torch.finfo(term.time_dtype).eps
         previous_ratio = ctrl.rows_grid(t, t_stop, ts_tensor, sign, eps)
         proposal = ctrl.rows_after(previous_ratio, t, sign)
-        _check_fixed_steps(ctrl, previous_ratio, config)
-    # the first step size, per sample (``initial_step``: Hairer, Norsett & Wanner II.4)
-    elif ctrl.first_step is None:
-        size, d1 = initial_step(f, t, y, f0, sign, exponent, rtol, atol, norm, span)
-        nfe = nfe + 1
-        bad = ~torch.isfinite(d1)
-        if bool(across(bad.any(), torch.any)):  # (of every problem under torch.func.vmap)
-            status = torch.where(bad, int(Status.NON_FINITE), status)  # they never start
-            if config.throw:
-                i = int(plain(bad).reshape(-1, batch).any(0).nonzero()[0])
-                error = f0_not_finite(f" for sample {i}", end=".")
-                raise error if wrapped(status) else samples_failed(status, error)
-            active = ~bad
+        check_fixed_steps(ctrl, previous_ratio, config)
     else:
-        size = torch.full((batch,), ctrl.first_step, **f64)
-    if not fixed:
-        size = torch.clamp(size, min=ctrl.min_step, max=ctrl.max_step)
-        proposal = t + sign * size
-        previous_ratio = ctrl.initial_memory(torch.ones(batch, **f64))
+        measures = (exponent, rtol, atol, norm)
+        proposal, previous_ratio, active, status, extra = first_steps(
+            ctrl, f, t, y, f0, sign, span, measures, status, config.throw
+        )
+        nfe = nfe + extra
 
     outputs = y.expand(n_out, *y.shape)  # (outputs, batch, n): written at the checks
     next_out = torch.ones(batch, dtype=torch.long, device=device)
@@ -324,55 +297,14 @@ def integrate_per_sample(
     # a failing sample's outputs after where it stopped are NaN
     fill = y if config.throw else torch.where((status > 0)[:, None], torch.nan, y)
     outputs = torch.where(later[..., None], fill, outputs)
-    stats.status = status if config.per_sample else status[0]
     nfe = nfe + solver.evaluations_per_attempt() * n_steps
-    n_rejected = n_steps - n_accepted
-
-    # (summed over the problems under torch.func.vmap)
-    stats.n_steps += int(across(n_steps.sum(), torch.sum))
-    stats.n_accepted += int(across(n_accepted.sum(), torch.sum))
-    stats.n_rejected += int(across(n_rejected.sum(), torch.sum))
-    if not config.per_sample:
-        return outputs.reshape(n_out, -1)
-    if nested:
+    record_counts(stats, config.per_sample, status, n_steps, n_accepted, nfe, f.rows_evaluated)
+    if nested and config.per_sample:
         outputs = rows_to_flat(term.spec, outputs)
-    stats.sample_nfe = nfe
-    stats.rows_evaluated = f.rows_evaluated
-    stats.sample_steps = n_steps
-    stats.sample_accepted = n_accepted
-    stats.sample_rejected = n_rejected
     return outputs.reshape(n_out, -1)
-
-
-def _check_fixed_steps(ctrl: FixedGrid, grid: torch.Tensor, config: Any) -> None:
-    """Raise ``MaxStepsError`` before the first step when a sample's uniform grid has more
-    steps than ``max_steps`` (as the host loop does for one problem); with ``throw=False``
-    the loop stops such samples with their status."""
-    if ctrl.step_size is None or not config.throw:
-        return
-    n = grid[2]
-    worst = int(n.argmax())
-    if float(n[worst]) > config.max_steps:  # (inf: an event search, bounded by max_steps)
-        if not math.isfinite(float(n[worst])):
-            return
-        t0, step, _, t_end = grid[:, worst].tolist()
-        raise MaxStepsError(
-            f"sample {worst}'s fixed grid from t={t0:.6g} to t={t_end:.6g} has "
-            f"{int(n[worst]):,} steps of {abs(step):.6g}, more than "
-            f"max_steps={config.max_steps:,}; use a larger step_size or raise max_steps "
-            "(options max_num_steps)"
-        )
 
 
 def _most_pending(stages: int, y: torch.Tensor) -> int:
     """How many steps may wait for their outputs: at most ``_PENDING_BYTES`` of them."""
     per_step = (stages + 4) * y.numel() * y.element_size()
     return max(1, min(_MAX_UNCHECKED, _PENDING_BYTES // per_step))
-
-
-def _as_rows(tol: Any, spec: Any, rows: torch.Tensor) -> Any:
-    """A per-element tolerance laid out as the flat state, as the rows (batch, r) of a
-    nested state (each sample's part of every tensor side by side); others as they are."""
-    if spec.is_leaf or not isinstance(tol, torch.Tensor) or tol.numel() != rows.numel():
-        return tol
-    return flat_to_rows(spec, tol.reshape(-1))

@@ -13,7 +13,7 @@ once, bias and activation included (BENCHMARKS.md). With more than one thread
 (``torch.get_num_threads()`` when the graph is compiled) the blocks of rows are shared
 among them once the product has at least ``PARALLEL_WORK`` multiply-adds.
 
-The tanh is ``_whole_backend.tanh_rational``'s form with its clamp computed as one maximum
+The tanh is ``_whole_tanh.tanh_rational``'s form with its clamp computed as one maximum
 and one minimum instruction (``at::vec::clamp``, which returns NaN for NaN); inductor's own
 ``maximum``/``minimum`` check for NaN in each argument, which costs about a fifth of the
 loop. The sums are the same products as ``mm``'s up to their order (round-off).
@@ -171,7 +171,7 @@ def kernel_source(
     """The C++ body of the kernel (see the module): ``sizes`` holds ``rows`` (a C
     expression), ``inner`` and ``columns`` (ints); blocks of rows are shared among
     ``threads`` OpenMP threads when there are enough of them."""
-    from ._whole_backend import RATIONAL_CLAMP, RATIONAL_P, RATIONAL_Q
+    from ._whole_tanh import RATIONAL_CLAMP, RATIONAL_P, RATIONAL_Q
 
     inner, columns = sizes["inner"], sizes["columns"]
     block_rows, vectors = _blocking(columns // width, width)

@@ -14,7 +14,8 @@ from .._loop import StepRecord, integrate
 from .._norms import Norm, lay_out_tolerances
 from .._term import ODETerm
 from .._tree import TreeSpec, leaf_spec
-from ..solvers.base import Solver, Step
+from ..solvers._step import Step
+from ..solvers.base import Solver
 from ..solvers.explicit_rk import ExplicitRK
 from .base import Problem
 

@@ -15,7 +15,6 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._args import count, flag
-from .._execution import check_compiled_step
 from .._loop import integrate
 from .._norms import Norm, Seminorm, flat_tolerance, mixed_norm, seminorm
 from .._tree import TreeSpec
@@ -23,10 +22,10 @@ from ..controllers._checks import all_zero, check_tolerance
 from ..controllers.base import StepSizeController
 from ..controllers.pi import PIController
 from ..solvers.base import Solver
+from ._backsolve_checks import check_backward_solves
 from ._backward import adjoint_backward
-from ._dynamics import _parameter_names
 from .base import GradientStrategy, Problem, first_order
-from .params import keep_params, resolve_params
+from .params import keep_params
 
 
 class Backsolve(GradientStrategy):
@@ -165,65 +164,8 @@ class Backsolve(GradientStrategy):
                 (``Solver.parameters()``: a hypersolver's correction), which the continuous
                 adjoint cannot differentiate.
         """
-        from .._validate import check_stage_reach  # (_validate imports this package)
-
-        solver = problem.config.solver
-        if any(p.requires_grad for p in solver.parameters()):
-            raise ValueError(
-                f"gradient=Backsolve() cannot differentiate {solver.name}: its steps use "
-                "trainable tensors of their own (a hypersolver's correction), which the "
-                "continuous adjoint of dy/dt = f(t, y) does not see, so they would get no "
-                "gradient. Use gradient=Direct() or Checkpointed(), or freeze them "
-                "(requires_grad_(False)) to differentiate the ODE's flow alone"
-            )
-
-        backward_solver = (self.solver or problem.config.solver).for_adjoint_system()
-        forward = problem.config
-        check_stage_reach(
-            backward_solver,
-            forward.jump_t if self.jump_t is None else self.jump_t,
-            forward.perturb if self.perturb is None else bool(self.perturb),
-            "Backsolve's backward solve: ",
-        )
-        params = resolve_params(problem.func, self.params)
-        if self.compile_step:
-            self._check_compilable(problem, params)
-        backward = self.backward_controller(problem.config.controller)
-        if (self.rtol is not None or self.atol is not None) and not isinstance(
-            backward, PIController
-        ):
-            raise ValueError(
-                "Backsolve's rtol/atol set the tolerances of an adaptive backward solve, but "
-                f"it takes the forward solve's {type(backward).__name__}: give "
-                "Backsolve(controller=PIController(rtol=..., atol=...)) for adaptive backward "
-                "steps, or leave rtol/atol out"
-            )
-        if not backward_solver.adaptive and isinstance(backward, PIController):
-            raise ValueError(
-                f"Backsolve's backward solver {backward_solver.name} takes fixed steps, but "
-                "its controller is a PIController (without Backsolve(controller=...), the "
-                "forward solve's): give Backsolve(controller=FixedGrid(step_size=...)), or an "
-                "adaptive solver"
-            )
-        if backward is not problem.config.controller:  # (the forward ones are checked)
-            from .._validate import check_tolerances  # (_validate imports this package)
-
-            # the warning points at solve's caller: run_gradient, then solve
-            check_tolerances(backward, problem.y0, "Backsolve's backward ")
+        params = check_backward_solves(self, problem)
         return _BacksolveSolve.apply(self, problem, problem.y0, problem.ts, *params)
-
-    def _check_compilable(self, problem: Problem, params: tuple[torch.Tensor, ...]) -> None:
-        """Raise a clear error for what ``compile_step`` cannot compile backwards."""
-        if _parameter_names(problem.func, params) is None:
-            raise ValueError(
-                "Backsolve(compile_step=True) needs func to be an nn.Module whose parameters "
-                "include every one of params (torch.func substitutes them by name)"
-            )
-        check_compiled_step(
-            self.solver or problem.config.solver,
-            self.backward_controller(problem.config.controller),
-            "Backsolve(compile_step=True)'s backward solve",
-        )
 
     def backward_controller(
         self, forward: StepSizeController, spec: TreeSpec | None = None, gradient_numel: int = 0

@@ -33,7 +33,8 @@ from .._term import ODETerm
 from .._tree import tree_spec
 from ..controllers._ops import uniform_steps
 from ..controllers.base import StepSizeController
-from ..solvers.base import Solver, Step
+from ..solvers._step import Step
+from ..solvers.base import Solver
 from ._solvers import make_solver
 from ._term import BoundSDETerm, SDETerm
 from .settings import METHODS

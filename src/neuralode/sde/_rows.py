@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..solvers.base import RowFacts
+from ..solvers._step import RowFacts
 from ._contract import warn_adaptive_euler
 from ._engine import BoundSDETerm, SDESolver, SDETerm
 from ._solvers import make_solver

@@ -1,8 +1,9 @@
 """Solvers: the generic explicit Runge-Kutta stepper and one small file per method."""
 
+from ._step import Step
 from .adams import ExplicitAdams, ImplicitAdams
 from .adaptive_heun import AdaptiveHeun
-from .base import Solver, Step
+from .base import Solver
 from .bosh3 import Bosh3
 from .dopri5 import Dopri5
 from .dopri8 import Dopri8

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # (base.py's dense weights import this module)
+if TYPE_CHECKING:  # (annotations only)
     from .._term import ODETerm
-    from .base import Step
+    from ._step import Step
 
 
 def hermite_interpolate(

@@ -13,7 +13,8 @@ import torch
 from .._term import ODETerm
 from ._hermite import hermite, hermite_interpolate
 from ._rk_coefficients import Coefficients, theta_weights
-from .base import Solver, Step
+from ._step import Step
+from .base import Solver
 from .tableau import ButcherTableau
 
 

@@ -22,7 +22,8 @@ from .._args import count, is_real
 from .._errors import SolverError
 from .._term import ODETerm
 from ._hermite import hermite_interpolate
-from .base import Solver, Step
+from ._step import Step
+from .base import Solver
 from .dopri8 import Dopri8
 
 History = list[tuple[float, torch.Tensor]]  # (t, f(t, y(t))), most recent first

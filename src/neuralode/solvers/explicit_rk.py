@@ -15,7 +15,7 @@ from .._host import wrapped
 from .._term import ODETerm
 from ._rk_coefficients import Coefficients, shared_coefficients, stage_sum
 from ._rk_dense import ExplicitDenseOutput
-from .base import RowFacts, Step
+from ._step import RowFacts, Step
 from .tableau import ButcherTableau
 
 

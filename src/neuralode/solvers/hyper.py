@@ -17,7 +17,8 @@ import torch
 
 from .._term import ODETerm
 from ._hermite import hermite, hermite_interpolate
-from .base import RowFacts, Solver, Step
+from ._step import RowFacts, Step
+from .base import Solver
 from .explicit_rk import ExplicitRK
 
 #: ``correction(t, y, dy, dt)``: the time and step size as 0-dim tensors of the state's real

@@ -22,7 +22,8 @@ import torch
 
 from .._term import ODETerm
 from ._hermite import hermite_interpolate, stage_dense_weights, step_fractions
-from .base import Solver, Step
+from ._step import Step
+from .base import Solver
 from .tableau import AdditiveTableau, extension_weights
 
 

@@ -27,7 +27,7 @@ from ._hermite import hermite_interpolate, stage_dense_weights, step_fractions
 from ._implicit_stages import ImplicitStages, StageEquations, _Linearisation
 from ._krylov_solve import KrylovSolve, Preconditioner
 from ._newton import SingularMatrixError
-from .base import Step
+from ._step import Step
 from .tableau import ImplicitTableau, collocation_weights, extension_weights
 
 LINEAR_SOLVERS = ("auto", "direct", "krylov")

@@ -23,7 +23,8 @@ import torch
 from .._term import ODETerm
 from .._tree import TreeSpec
 from ._hermite import hermite, hermite_interpolate
-from .base import RowFacts, Solver, Step
+from ._step import RowFacts, Step
+from .base import Solver
 from .explicit_rk import ExplicitRK
 
 _TOL = 1e-12

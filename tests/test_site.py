@@ -32,6 +32,7 @@ PACKAGES = [
     "neuralode.shooting",
     "neuralode.training",
     "neuralode.data",
+    "neuralode.viz",
 ]
 
 

@@ -44,11 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=PARTS,
         default=list(DEFAULT_PARTS),
-        help="which studies to run (default: all but compiled, the per-sample solves of both "
-        "libraries and our standard loop under torch.compile, which spends minutes compiling, "
-        "gpu, the time per step with and without CUDA graphs on a GPU, and sde, the neural "
-        "SDE against torchsde; diffrax runs "
-        "where an interpreter with jax and diffrax is found, see --diffrax-python)",
+        help="which studies to run (default: core, per-sample, work-precision and diffrax, "
+        "which runs where an interpreter with jax and diffrax is found, see --diffrax-python; "
+        "the others: compiled, the per-sample solves of both libraries and our standard loop "
+        "under torch.compile, which spends minutes compiling, gpu, the time per step with "
+        "and without CUDA graphs on a GPU, sde, the neural SDE against torchsde, and cde, "
+        "the neural CDE against torchcde)",
     )
     parser.add_argument(
         "--diffrax-python",

@@ -10,6 +10,7 @@ import torch
 
 from .._args import flag
 from .._compile import compiled
+from .._errors import user_stacklevel
 from .._norms import Norm, cached_tolerance
 from .._term import ODETerm
 from ..solvers.base import Solver
@@ -295,7 +296,7 @@ class PIController(PIFormula, StepSizeController):
                 f"hitting the minimum step size: steps at min_step={self.min_step:g} are "
                 "accepted with errors above the tolerance; lower min_step (dt_min) for the "
                 "accuracy rtol/atol ask (warned once per solve)",
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         new_dt = math.copysign(new_size, dt)
         if accept:

@@ -39,9 +39,20 @@ def _pyplot() -> Any:
 
 
 def save_phase_portraits(path: Path, panels: Sequence[dict[str, Any]]) -> Path:
-    """One panel per problem: the exact trajectory as a line, each method's outputs as marks.
+    """A PNG of phase portraits, one panel per problem: the exact trajectory as a line,
+    each method's outputs as marks.
 
-    Each panel is ``{"title": str, "exact": (x, y), "methods": {name: (x, y)}}``.
+    Arguments:
+        path: the PNG file to write.
+        panels: one dict per panel: ``{"title": str, "exact": (x, y), "methods": {name:
+            (x, y)}}``, each ``x``, ``y`` a sequence of numbers (a 1-D array or tensor), and
+            optionally ``"xlabel"`` and ``"ylabel"`` (default ``"y[0]"``, ``"y[1]"``).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ImportError: matplotlib is not installed (the message names the install command).
     """
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), squeeze=False)
@@ -60,7 +71,21 @@ def save_phase_portraits(path: Path, panels: Sequence[dict[str, Any]]) -> Path:
 
 
 def save_work_precision(path: Path, rows: Sequence[dict[str, Any]], title: str) -> Path:
-    """Max error against NFE (log-log), one line per method over its tolerances."""
+    """A PNG of work against precision: the error against the function evaluations
+    (log-log), one line per method through its runs (e.g. one per tolerance).
+
+    Arguments:
+        path: the PNG file to write.
+        rows: one dict per run: ``{"method": str, "nfe": int, "error": float}`` (an error
+            of 0 is drawn at 1e-17).
+        title: the plot's title.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ImportError: matplotlib is not installed (the message names the install command).
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for method in dict.fromkeys(r["method"] for r in rows):

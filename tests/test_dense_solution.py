@@ -162,6 +162,39 @@ def test_gradcheck_evaluate_and_derivative_wrt_y0_and_a_parameter(name: str) -> 
     assert torch.autograd.gradcheck(run, (y0, rate))
 
 
+@pytest.mark.parametrize("name", ["dopri5", "dopri8", "rk4", "radauIIA5"])
+def test_evaluate_is_differentiable_with_respect_to_t(name: str) -> None:
+    """gradcheck of evaluate in the query times (its gradient: derivative), also with y0's
+    gradient in one pass and per sample; derivative of such a t and a second derivative
+    in t are refused."""
+    y0 = torch.tensor([0.7, -1.1], dtype=torch.float64, requires_grad=True)
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -0.8 * y * y.abs() + torch.sin(t)[..., None] if t.ndim else -0.8 * y * y.abs()
+
+    ts, grid = torch.tensor([0.0, 1.0], dtype=torch.float64), no.FixedGrid(step_size=0.2)
+    sol = no.solve(f, y0.detach(), ts, solver=name, controller=grid, dense=True)
+    times = torch.tensor([[0.13, 0.5], [0.77, 0.95]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: sol.evaluate(t), (times,))
+    with pytest.raises(ValueError, match="not differentiable with respect to t"):
+        sol.derivative(times)
+    with pytest.raises(RuntimeError, match="differentiable once with respect to t"):
+        torch.autograd.grad(sol.evaluate(times).sum(), times, create_graph=True)
+    sol = no.solve(f, y0, ts, solver=name, controller=grid, dense=True)
+    loss = sol.evaluate(times).square().sum()
+    grad_t, grad_y0 = torch.autograd.grad(loss, [times, y0], retain_graph=True)
+    slope, states = sol.derivative(times.detach()), sol.evaluate(times.detach())
+    torch.testing.assert_close(grad_t, (2 * states * slope).sum(-1), rtol=1e-14, atol=1e-14)
+    (alone,) = torch.autograd.grad(states.square().sum(), y0)
+    torch.testing.assert_close(grad_y0, alone, rtol=1e-14, atol=1e-14)
+    if name == "radauIIA5":  # (per sample: the explicit methods)
+        return
+    rows = y0.detach().expand(3, 2).clone()
+    sample = no.solve(f, rows, ts, solver=name, controller=grid, dense=True, per_sample=True)
+    each = torch.tensor([0.3, 0.6, 0.9], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: sample.evaluate(t), (each,))
+
+
 def test_nested_state_evaluate_returns_the_structure() -> None:
     def f(t: torch.Tensor, y: dict) -> dict:
         return {"x": y["v"], "v": -y["x"]}

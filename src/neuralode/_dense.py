@@ -24,6 +24,7 @@ import warnings
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_map
 
 from ._norms import LOW_PRECISION
 from ._tree import TreeSpec, rows_tree
@@ -71,7 +72,18 @@ class DenseSolution:
 
     def __call__(self, t: Any, derivative: bool = False) -> Any:
         """y(t) (dy/dt with ``derivative``) for ``t`` of any shape (per sample: (batch,) or
-        (batch, n)): ``t.shape`` followed by a sample's shape, in ``y0``'s structure."""
+        (batch, n)): ``t.shape`` followed by a sample's shape, in ``y0``'s structure. A ``t``
+        that records gradients gets dy/dt as the states' derivative with respect to it."""
+        if isinstance(t, torch.Tensor) and t.requires_grad and torch.is_grad_enabled():
+            if derivative:
+                raise ValueError(
+                    "Solution.derivative(t) is not differentiable with respect to t (that "
+                    "would be the interpolant's second derivative): pass t.detach()"
+                )
+            states = self(t.detach())
+            with torch.no_grad():
+                slopes = self(t.detach(), derivative=True)
+            return tree_map(lambda y, dy: y + _AlongTime.apply(t, dy), states, slopes)
         t = torch.as_tensor(t).detach()
         if t.is_complex() or t.dtype == torch.bool:
             raise TypeError(
@@ -196,3 +208,28 @@ class DenseSolution:
                 f"span from {float(self.t_start[sample])!r} to {float(t_end[sample])!r}"
                 f"{which}; dense output exists only inside the solved span"
             )
+
+
+class _AlongTime(torch.autograd.Function):
+    """Zeros shaped as the states, whose gradient with respect to the query times ``t`` is
+    the states' time derivative ``slope`` (t.shape followed by a state's shape): added to
+    the states, it makes ``evaluate`` differentiable with respect to ``t`` (first order)."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(slope)
+        ctx.t_ndim, ctx.t_dtype = t.ndim, t.dtype
+        return torch.zeros_like(slope)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if torch.is_grad_enabled():  # (create_graph: its own derivative in t would be 0)
+            raise RuntimeError(
+                "Solution.evaluate(t) is differentiable once with respect to t (dy/dt; its "
+                "second derivative in t is not kept): a backward pass with create_graph=True "
+                "cannot go through it. Pass t.detach() where t's gradient is not needed"
+            )
+        (slope,) = ctx.saved_tensors
+        dims = tuple(range(ctx.t_ndim, slope.ndim))
+        product = grad * slope
+        return (product.sum(dims) if dims else product).to(ctx.t_dtype), None

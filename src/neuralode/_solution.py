@@ -109,13 +109,15 @@ class Solution:
         Returns:
             The states: ``t.shape`` followed by ``y0``'s shape (per sample: by a sample's
             shape), in ``y0``'s structure; differentiable with respect to ``y0`` and the
-            parameters of ``func`` (not with respect to ``t``: its derivative is
-            [`derivative`][neuralode.Solution.derivative]).
+            parameters of ``func``, and once with respect to a ``t`` that requires grad
+            (its gradient is [`derivative`][neuralode.Solution.derivative]).
 
         Raises:
             ValueError: the solve did not keep its steps (``dense=True``), ``t`` outside the
                 span, or of the wrong shape.
             TypeError: ``t`` is complex or bool (times are real).
+            RuntimeError: in a backward pass with ``create_graph=True`` through the
+                gradient with respect to ``t`` (its second derivative is not kept).
         """
         return self._dense("evaluate")(t)
 
@@ -130,7 +132,8 @@ class Solution:
             The derivatives, shaped as ``evaluate``'s states.
 
         Raises:
-            ValueError: as ``evaluate``.
+            ValueError: as ``evaluate``; or a ``t`` that requires grad (the second
+                derivative is not kept): pass ``t.detach()``.
             TypeError: as ``evaluate``.
         """
         return self._dense("derivative")(t, derivative=True)

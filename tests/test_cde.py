@@ -310,17 +310,27 @@ def test_neural_cde_ends_adaptive_steps_at_the_knots(interpolation: str) -> None
     assert model.nfe_forward == nfe
 
 
-def test_neural_cde_adjoint_gradients_equal_backpropagation() -> None:
+@pytest.mark.parametrize("interpolation", ["cubic", "linear"])
+def test_neural_cde_adjoint_gradients_equal_backpropagation(interpolation: str) -> None:
+    """Also the series' (the coefficients'): the adjoint differentiates them too, and
+    backpropagation lands its steps on the knots, where their gradient jumps."""
     torch.manual_seed(8)
     x = torch.randn(3, 6, 2, dtype=torch.float64)
+    x[..., 0] = torch.arange(6.0)
     grads = []
     for adjoint in (False, True):
         torch.manual_seed(9)
-        model = NeuralCDE(2, 3, 1, width=8, adjoint=adjoint, rtol=1e-9, atol=1e-11).double()
-        model(model.coefficients(x)).sum().backward()
-        grads.append([p.grad for p in model.parameters()])
+        model = NeuralCDE(
+            2, 3, 1, width=8, adjoint=adjoint, rtol=1e-10, atol=1e-12, interpolation=interpolation
+        ).double()
+        coeffs = model.coefficients(x).requires_grad_()
+        model(coeffs).sum().backward()
+        grads.append([coeffs.grad, *(p.grad for p in model.parameters())])
     for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+    times = torch.arange(6.0, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="does not differentiate with respect to the times"):
+        model(model.coefficients(x, times.detach()), times)
 
 
 def test_neural_cde_refuses_bad_arguments() -> None:

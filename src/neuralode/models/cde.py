@@ -292,6 +292,11 @@ class NeuralCDE(nn.Module):
                 log-signature's channels, with ``log_ode``); ``t`` given with ``log_ode``.
             SolverError: the solve failed (e.g. its step count ran out).
         """
+        if self.adjoint and t is not None and t.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                "NeuralCDE(adjoint=True) does not differentiate with respect to the times t: "
+                "pass t.detach(), or use adjoint=False to backpropagate through the solve"
+            )
         X = self.control(coeffs, t)
         x0 = X.evaluate(X.interval[0])
         if x0.size(-1) != self.field.input_channels:
@@ -310,17 +315,27 @@ class NeuralCDE(nn.Module):
         times = X.grid_points if self.sequence else X.interval
         options = dict(self.options)
         method = METHODS[self.method]()
-        if self.interpolation != "cubic" and method.adaptive and method.stage_reach == 1:
+        # the series' gradient through the steps (adjoint=False): each piece's coefficients
+        # act on their piece alone, so it jumps at the knots, and a step across a knot, or
+        # from one (f there reads the left piece), gets it only to first order in the step
+        # (1e-3 off at rtol 1e-10 on a natural cubic spline; the adjoint's error control
+        # sees the jump in its gradient channels)
+        series_gradient = coeffs.requires_grad and torch.is_grad_enabled() and not self.adjoint
+        knots = self.interpolation != "cubic" or series_gradient
+        if knots and method.adaptive and method.stage_reach == 1:
             # dX/dt jumps at the knots (linear), or its derivative does (Hermite): steps
             # that straddle a knot are rejected and shrunk, so they end there instead (on
             # the experiment's spirals, a third fewer evaluations for Hermite). The natural
-            # cubic spline is twice differentiable: restarting at each knot costs more
-            # evaluations than it saves. kvaerno4/5 sample f past a step's end, so they
-            # refuse jump_t: their steps straddle the knots.
+            # cubic spline is twice differentiable: without the series' gradient, restarting
+            # at each knot costs more evaluations than it saves. kvaerno4/5 sample f past a
+            # step's end, so they refuse jump_t: their steps straddle the knots.
             options.setdefault("jump_t", X.grid_points)
         kwargs: dict[str, Any] = {"method": self.method, "rtol": self.rtol, "atol": self.atol}
         if options:
             kwargs["options"] = options
+        if self.adjoint:  # the adjoint differentiates the series too (X's tensors, from coeffs)
+            series = (coeffs,) if coeffs.requires_grad else ()
+            kwargs["adjoint_params"] = (*self.field.parameters(), *series)
         z = cde.cdeint(X, self.field, z0, times, adjoint=self.adjoint, **kwargs)
         self._stats = last_stats()  # (its nfe_backward is filled in by the adjoint's backward)
         return self.readout(z if self.sequence else z[..., -1, :])

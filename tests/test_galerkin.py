@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -307,6 +308,13 @@ def test_data_controlled_forms_and_block_outputs() -> None:
     block = ODEBlock(DataControlledMLP(2, hidden=8))
     assert block(torch.randn(4, 2)).shape == (4, 2)
     assert block(torch.randn(4, 2), torch.linspace(0, 1, 3)).shape == (3, 4, 2)
+
+
+def test_a_numpy_integer_is_a_number_of_terms() -> None:
+    for make in (FourierBasis, PolynomialBasis, PiecewiseConstantBasis):
+        basis = make(np.int64(3))
+        assert basis.n_terms == 3 and type(basis.n_terms) is int
+    assert make_basis("legendre", n_terms=np.int32(2)).n_terms == 2
 
 
 def test_bad_input_names_the_problem() -> None:

@@ -221,7 +221,7 @@ def test_variational_dropout_keeps_one_mask_per_solve() -> None:
     assert not torch.equal(cell(z, x), first)  # a new solve draws a new mask
     cell.eval()
     torch.testing.assert_close(cell(z, x), torch.tanh(z @ cell.w.T + x @ cell.u.T + cell.c))
-    with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"p must be a dropout probability in \[0, 1\)"):
         VariationalDropout(1.0)
 
 

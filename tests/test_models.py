@@ -7,7 +7,34 @@ import math
 import pytest
 import torch
 
-from neuralode.models import Augment, MLPDynamics, ODEBlock, ODENet, ResNet, RKNet
+from neuralode.models import (
+    AccelerationMLP,
+    Augment,
+    CDEDiscriminator,
+    ConvDynamics,
+    DataControlledMLP,
+    DEQNet,
+    EnergyMLP,
+    EquilibriumCell,
+    GalerkinConv2d,
+    GalerkinLinear,
+    GalerkinMLPDynamics,
+    HamiltonianDynamics,
+    LagrangianAcceleration,
+    MLPDynamics,
+    ODEBlock,
+    ODENet,
+    PlanarLayer,
+    ResBlock,
+    ResNet,
+    RKNet,
+    SDEGenerator,
+    SecondOrderDynamics,
+    TimeEmbedding,
+    TransformerDynamics,
+    UNetDynamics,
+    VariationalDropout,
+)
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -108,6 +135,68 @@ def test_classifier_sizes_that_are_not_positive_integers_are_named() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             make(**kwargs)
+
+
+# (the argument's name, the error, the construction): each bad argument is refused when the
+# model is built, by an error that starts with the argument's name
+_BAD_CONSTRUCTIONS = [
+    ("channels", ValueError, lambda: ResBlock(0)),
+    ("channels", ValueError, lambda: ConvDynamics(0)),
+    ("channels", ValueError, lambda: EquilibriumCell(0)),
+    ("channels", ValueError, lambda: DEQNet(channels=0)),
+    ("classes", ValueError, lambda: DEQNet(channels=4, classes=0)),
+    ("dim", ValueError, lambda: MLPDynamics(-2)),
+    ("dim", ValueError, lambda: MLPDynamics(0)),
+    ("hidden", ValueError, lambda: MLPDynamics(2, hidden=0)),
+    ("layers", ValueError, lambda: MLPDynamics(2, layers=-1)),
+    ("layers", ValueError, lambda: MLPDynamics(2, layers=1.5)),
+    ("in_features", ValueError, lambda: EnergyMLP(-2)),
+    ("in_features", ValueError, lambda: EnergyMLP(0)),
+    ("layers", ValueError, lambda: EnergyMLP(2, layers=-1)),
+    ("dim", ValueError, lambda: AccelerationMLP(0)),
+    ("data_dim", ValueError, lambda: DataControlledMLP(2, data_dim=-1)),
+    ("in_features", ValueError, lambda: GalerkinLinear(-1, 5)),
+    ("in_features", ValueError, lambda: GalerkinLinear(0, 5)),
+    ("kernel_size", ValueError, lambda: GalerkinConv2d(2, 3, kernel_size=0)),
+    ("layers", ValueError, lambda: GalerkinMLPDynamics(3, layers=-1)),
+    ("hidden", ValueError, lambda: TransformerDynamics(8, hidden=-1)),
+    ("dropout", ValueError, lambda: TransformerDynamics(8, dropout=1.5)),
+    ("hidden_size", ValueError, lambda: SDEGenerator(hidden_size=-1)),
+    ("layers", ValueError, lambda: SDEGenerator(layers=-1)),
+    ("data_size", ValueError, lambda: SDEGenerator(data_size=0)),
+    ("width", ValueError, lambda: CDEDiscriminator(width=-1)),
+    ("data_size", ValueError, lambda: CDEDiscriminator(data_size=0)),
+    ("depth", ValueError, lambda: UNetDynamics(2, depth=1.5)),
+    ("max_frequency", ValueError, lambda: TimeEmbedding(4, max_frequency=0)),
+    ("max_frequency", ValueError, lambda: TimeEmbedding(4, max_frequency=-1.0)),
+    ("max_frequency", ValueError, lambda: TimeEmbedding(4, max_frequency=math.nan)),
+    ("features", ValueError, lambda: TimeEmbedding(4, features=4.0)),
+    ("init_std", ValueError, lambda: EquilibriumCell(4, init_std=-1.0)),
+    ("init_scale", ValueError, lambda: PlanarLayer(2, init_scale=math.nan)),
+    ("regularisation", ValueError, lambda: LagrangianAcceleration(EnergyMLP(4), "a")),
+    ("p", ValueError, lambda: VariationalDropout("0.5")),
+    ("hamiltonian", TypeError, lambda: HamiltonianDynamics(None)),
+    ("separable", TypeError, lambda: SecondOrderDynamics(AccelerationMLP(2), separable="no")),
+    ("velocity", TypeError, lambda: AccelerationMLP(2, velocity="no")),
+    ("autonomous", TypeError, lambda: MLPDynamics(2, autonomous="no")),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "make"),
+    _BAD_CONSTRUCTIONS,
+    ids=[f"{i}-{row[0]}" for i, row in enumerate(_BAD_CONSTRUCTIONS)],
+)
+def test_bad_model_arguments_are_refused_at_construction_by_name(name, error, make) -> None:
+    with pytest.raises(error, match=rf"^{name} must be "):
+        make()
+
+
+def test_mlp_dynamics_takes_a_python_number_as_the_time() -> None:
+    f, y = MLPDynamics(2, hidden=8), torch.randn(3, 2, dtype=torch.float64)
+    f = f.double()
+    torch.testing.assert_close(f(0.5, y), f(torch.tensor(0.5), y), rtol=0, atol=0)
+    assert f(1, y).dtype == torch.float64
 
 
 def test_tiny_training_run_reduces_the_loss() -> None:

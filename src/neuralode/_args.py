@@ -69,3 +69,13 @@ def flag(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def function(name: str, value: Any, what: str = "an nn.Module or a callable") -> Any:
+    """``value`` itself, or a ``TypeError`` ("{name} must be {what}, got ...") unless it is
+    callable (a module, a function): ``None`` or a tensor would otherwise fail only when the
+    model is first called."""
+    if not callable(value):
+        got = repr(value) if value is None or isinstance(value, (str, numbers.Number)) else None
+        raise TypeError(f"{name} must be {what}, got {got or 'a ' + type(value).__name__}")
+    return value

@@ -66,6 +66,7 @@ def head(channels: int, classes: int, pool: str = "avg") -> nn.Sequential:
     max pooling learns several times faster in short trainings (same parameters)."""
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {sorted(POOLS)}, got {pool!r}")
+    classes = count("classes", classes)
     return nn.Sequential(
         group_norm(channels),
         nn.ReLU(inplace=True),
@@ -80,10 +81,14 @@ class ResBlock(nn.Module):
 
     Arguments:
         channels: the feature channels.
+
+    Raises:
+        ValueError: ``channels`` not an integer >= 1.
     """
 
     def __init__(self, channels: int):
         super().__init__()
+        channels = count("channels", channels)
         self.body = nn.Sequential(
             group_norm(channels),
             nn.ReLU(inplace=True),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._args import count, function
 from .dynamics import mlp
 
 
@@ -30,11 +31,14 @@ class DataControlled(nn.Module):
             to d).
         dim: the dimension to concatenate along (-1 for vectors, 1 for images
             (batch, channels, H, W)).
+
+    Raises:
+        TypeError: ``net`` not an ``nn.Module`` or other callable.
     """
 
     def __init__(self, net: nn.Module, dim: int = -1):
         super().__init__()
-        self.net = net
+        self.net = function("net", net)
         self.dim = dim
 
     def initial_state(
@@ -120,7 +124,8 @@ class DataControlledMLP(DataControlled):
         activation: the activation's name.
 
     Raises:
-        ValueError: an unknown activation.
+        ValueError: ``dim``, ``data_dim`` (given) or ``hidden`` not an integer >= 1,
+            ``layers`` not an integer >= 0, or an unknown activation.
     """
 
     def __init__(
@@ -131,5 +136,6 @@ class DataControlledMLP(DataControlled):
         layers: int = 2,
         activation: str = "tanh",
     ):
-        data_dim = dim if data_dim is None else data_dim
+        dim = count("dim", dim)
+        data_dim = dim if data_dim is None else count("data_dim", data_dim)
         super().__init__(_StateMLP(mlp(dim + data_dim, hidden, layers, activation, dim)))

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn.functional import relu
 
-from .._args import count
+from .._args import count, real
 from .._autograd import FirstDerivativeOnly
 from ..implicit.fixed_point import FIXED_POINT_METHODS, FixedPointResult, fixed_point
 from ..solvers._newton import gmres
@@ -470,6 +470,12 @@ _SECOND_DERIVATIVES = (
 )
 
 
+def _probability(name: str, p: float) -> float:
+    """A dropout probability ``p`` as a float, or a ``ValueError`` naming ``name`` unless it is
+    a number in [0, 1)."""
+    return real(name, p, "a dropout probability in [0, 1)", lambda x: 0 <= x < 1)
+
+
 class VariationalDropout(nn.Module):
     """Dropout with one mask per fixed-point solve (Bai et al. 2019's variational dropout).
 
@@ -485,14 +491,12 @@ class VariationalDropout(nn.Module):
         p: the probability of zeroing an entry, in [0, 1).
 
     Raises:
-        ValueError: ``p`` outside [0, 1).
+        ValueError: ``p`` not a number in [0, 1).
     """
 
     def __init__(self, p: float = 0.0):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p!r}")
-        self.p = p
+        self.p = _probability("p", p)
         self._mask: torch.Tensor | None = None
 
     def new_solve(self) -> None:
@@ -532,10 +536,17 @@ class EquilibriumCell(nn.Module):
         init_std: the standard deviation of the convolutions' initial weights (small: a
             contraction at the start).
         dropout: probability of the ``VariationalDropout`` on the inner activation (0: none).
+
+    Raises:
+        ValueError: ``channels`` not an integer >= 1, ``init_std`` not a finite number
+            >= 0, or ``dropout`` not a number in [0, 1).
     """
 
     def __init__(self, channels: int = 64, init_std: float = 0.01, dropout: float = 0.0):
         super().__init__()
+        channels = count("channels", channels)
+        init_std = real("init_std", init_std, "a finite number >= 0", lambda x: 0 <= x < math.inf)
+        dropout = _probability("dropout", dropout)
         self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
         self.norm1, self.norm2, self.norm3 = (group_norm(channels) for _ in range(3))
@@ -576,6 +587,10 @@ class DEQNet(nn.Module):
         regularisers: go to the ``DEQ`` (e.g. a Jacobian penalty).
         pool: ``"max"`` or ``"avg"`` pooling in the head.
         dropout: the ``EquilibriumCell``'s variational dropout probability.
+
+    Raises:
+        ValueError: ``channels`` or ``classes`` not an integer >= 1, ``dropout`` not a number
+            in [0, 1), or a bad option of the ``DEQ`` or the head.
     """
 
     def __init__(
@@ -592,6 +607,7 @@ class DEQNet(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
+        channels, classes = count("channels", channels), count("classes", classes)
         self.features = downsampling(channels)
         self.deq = DEQ(
             EquilibriumCell(channels, dropout=dropout),

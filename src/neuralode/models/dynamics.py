@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .._args import count, flag
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "elu": nn.ELU,
@@ -34,7 +36,16 @@ def mlp(
 ) -> nn.Sequential:
     """``layers`` hidden layers of width ``hidden``, each a linear map and the activation
     ``activation``, then a linear map to ``n_out`` outputs (the vector fields' and energies'
-    networks); ``linear(n_in, n_out)`` builds each linear map."""
+    networks); ``linear(n_in, n_out)`` builds each linear map.
+
+    ``hidden`` and ``layers`` are checked here under those names, the callers' arguments
+    (each caller checks its own input and output sizes).
+
+    Raises:
+        ValueError: ``hidden`` not an integer >= 1, ``layers`` not an integer >= 0, or an
+            unknown ``activation``.
+    """
+    hidden, layers = count("hidden", hidden), count("layers", layers, minimum=0)
     sizes = [n_in] + [hidden] * layers
     blocks: list[nn.Module] = []
     for a, b in zip(sizes, sizes[1:]):
@@ -53,6 +64,11 @@ class MLPDynamics(nn.Module):
         layers: the number of hidden layers.
         activation: the activation's name.
         autonomous: leave t out of the input.
+
+    Raises:
+        ValueError: ``dim`` or ``hidden`` not an integer >= 1, ``layers`` not an integer
+            >= 0, or an unknown activation.
+        TypeError: ``autonomous`` not a bool.
     """
 
     def __init__(
@@ -64,6 +80,7 @@ class MLPDynamics(nn.Module):
         autonomous: bool = False,
     ):
         super().__init__()
+        dim, autonomous = count("dim", dim), flag("autonomous", autonomous)
         self.autonomous = autonomous
         self.net = mlp(dim + (0 if autonomous else 1), hidden, layers, activation, dim)
 
@@ -71,7 +88,8 @@ class MLPDynamics(nn.Module):
         """Evaluate the vector field.
 
         Arguments:
-            t: the time, a scalar or one per sample (batch,) (ignored when ``autonomous``).
+            t: the time, a scalar (a tensor or a Python number) or one per sample (batch,)
+                (ignored when ``autonomous``).
             y: the state, (..., dim).
 
         Returns:
@@ -89,12 +107,15 @@ def batch_time(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     (batch, 1, ..., 1).
 
     Arguments:
-        t: the time, a scalar or one per sample (dimension 0 of ``like``).
+        t: the time, a scalar (a tensor or a Python number, made a tensor on ``like``'s
+            device) or one per sample (dimension 0 of ``like``).
         like: the state (or a tensor with its batch dimension first).
 
     Returns:
         The reshaped time.
     """
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
     t = t.to(like.dtype)
     return t.reshape(-1 if t.ndim == 1 else 1, *([1] * (like.ndim - 1)))
 
@@ -108,6 +129,10 @@ class ConcatConv2d(nn.Module):
         kernel_size: the kernel size.
         padding: the padding.
         stride: the stride.
+
+    Raises:
+        ValueError: ``channels_in``, ``channels_out``, ``kernel_size`` or ``stride`` not an
+            integer >= 1, or ``padding`` not an integer >= 0.
     """
 
     def __init__(
@@ -119,6 +144,12 @@ class ConcatConv2d(nn.Module):
         stride: int = 1,
     ):
         super().__init__()
+        channels_in, channels_out = (
+            count("channels_in", channels_in),
+            count("channels_out", channels_out),
+        )
+        kernel_size, stride = count("kernel_size", kernel_size), count("stride", stride)
+        padding = count("padding", padding, minimum=0)
         self.conv = nn.Conv2d(
             channels_in + 1, channels_out, kernel_size, stride=stride, padding=padding
         )
@@ -137,9 +168,11 @@ class ConcatConv2d(nn.Module):
         return self.conv(torch.cat([time, x], dim=1))
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int, name: str = "channels") -> nn.GroupNorm:
     """GroupNorm with the most groups, up to 32, that divide ``channels`` (32 for 64 channels,
-    13 for 65: an augmented state's channels need not be a multiple of 32)."""
+    13 for 65: an augmented state's channels need not be a multiple of 32); a ``ValueError``
+    naming ``name`` (the caller's argument) unless ``channels`` is an integer >= 1."""
+    channels = count(name, channels)
     groups = max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
     return nn.GroupNorm(groups, channels)
 
@@ -150,10 +183,14 @@ class ConvDynamics(nn.Module):
     Arguments:
         channels: the feature channels.
         activation: the activation's name.
+
+    Raises:
+        ValueError: ``channels`` not an integer >= 1, or an unknown activation.
     """
 
     def __init__(self, channels: int = 64, activation: str = "relu"):
         super().__init__()
+        channels = count("channels", channels)
         self.act = activation_layer(activation)
         self.norm1 = group_norm(channels)
         self.conv1 = ConcatConv2d(channels, channels)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._args import count, flag, real
 from .._host import plain
 from .dynamics import mlp
 
@@ -55,9 +56,12 @@ class Basis:
 
 
 def _check_terms(n_terms: int) -> int:
-    if isinstance(n_terms, bool) or not isinstance(n_terms, int) or n_terms < 1:
-        raise ValueError(f"n_terms must be a positive integer, got {n_terms!r}")
-    return n_terms
+    """``n_terms`` as an int (NumPy's integers too), or a ``ValueError`` unless it is an
+    integer >= 1 (not a bool or a float)."""
+    try:
+        return count("n_terms", n_terms)
+    except ValueError:
+        raise ValueError(f"n_terms must be a positive integer, got {n_terms!r}") from None
 
 
 def _check_interval(t0: float, t1: float) -> tuple[float, float]:
@@ -83,9 +87,7 @@ class FourierBasis(Basis):
 
     def __init__(self, n_terms: int, period: float = 1.0):
         self.n_terms = _check_terms(n_terms)
-        if not (math.isfinite(period) and period > 0):
-            raise ValueError(f"period must be positive and finite, got {period}")
-        self.period = float(period)
+        self.period = real("period", period, "positive and finite", lambda x: 0 < x < math.inf)
 
     def __repr__(self) -> str:
         return f"FourierBasis(n_terms={self.n_terms}, period={self.period})"
@@ -288,8 +290,9 @@ class GalerkinLinear(nn.Module):
         bias: learn a (depth-variant) bias.
 
     Raises:
-        ValueError: an unknown basis name, ``n_terms`` not a positive integer, or an empty
-            interval.
+        ValueError: ``in_features`` or ``out_features`` not an integer >= 1, an unknown basis
+            name, ``n_terms`` not a positive integer, or an empty interval.
+        TypeError: ``bias`` not a bool, or ``basis`` neither a name nor a ``Basis``.
     """
 
     def __init__(
@@ -303,6 +306,8 @@ class GalerkinLinear(nn.Module):
         bias: bool = True,
     ):
         super().__init__()
+        in_features = count("in_features", in_features)
+        out_features, bias = count("out_features", out_features), flag("bias", bias)
         self.basis = make_basis(basis, n_terms, t0, t1)
         self.in_features, self.out_features = in_features, out_features
         init = nn.Linear(in_features, out_features, bias=bias)
@@ -368,8 +373,10 @@ class GalerkinConv2d(nn.Module):
         t1: its end.
 
     Raises:
-        ValueError: an unknown basis name, ``n_terms`` not a positive integer, or an empty
-            interval.
+        ValueError: ``channels_in``, ``channels_out``, ``kernel_size`` or ``stride`` not an
+            integer >= 1, ``padding`` not an integer >= 0, an unknown basis name, ``n_terms``
+            not a positive integer, or an empty interval.
+        TypeError: ``basis`` neither a name nor a ``Basis``.
     """
 
     def __init__(
@@ -385,6 +392,10 @@ class GalerkinConv2d(nn.Module):
         t1: float = 1.0,
     ):
         super().__init__()
+        channels_in = count("channels_in", channels_in)
+        channels_out = count("channels_out", channels_out)
+        kernel_size, stride = count("kernel_size", kernel_size), count("stride", stride)
+        padding = count("padding", padding, minimum=0)
         self.basis = make_basis(basis, n_terms, t0, t1)
         self.channels_out = channels_out
         self.padding, self.stride = padding, stride
@@ -444,8 +455,10 @@ class GalerkinMLPDynamics(nn.Module):
         t1: its end; the solve's t1.
 
     Raises:
-        ValueError: an unknown basis or activation name, ``n_terms`` not a positive
-            integer, or an empty interval.
+        ValueError: ``dim`` or ``hidden`` not an integer >= 1, ``layers`` not an integer
+            >= 0, an unknown basis or activation name, ``n_terms`` not a positive integer, or
+            an empty interval.
+        TypeError: ``basis`` neither a name nor a ``Basis``.
     """
 
     def __init__(
@@ -460,6 +473,7 @@ class GalerkinMLPDynamics(nn.Module):
         t1: float = 1.0,
     ):
         super().__init__()
+        dim = count("dim", dim)
         self.basis = make_basis(basis, n_terms, t0, t1)
         self.net = mlp(
             dim,

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._args import count, function
 from .._host import transform_active
 from ._pair_state import on_pair_state
 from .dynamics import mlp
@@ -27,13 +28,15 @@ class EnergyMLP(nn.Module):
         activation: the activation's name (a smooth one: the vector field is its gradient).
 
     Raises:
-        ValueError: an unknown activation.
+        ValueError: ``in_features`` or ``hidden`` not an integer >= 1, ``layers`` not an
+            integer >= 0, or an unknown activation.
     """
 
     def __init__(
         self, in_features: int, hidden: int = 64, layers: int = 2, activation: str = "tanh"
     ):
         super().__init__()
+        in_features = count("in_features", in_features)
         self.net = mlp(in_features, hidden, layers, activation, 1)
 
     def forward(self, *parts: torch.Tensor) -> torch.Tensor:
@@ -122,11 +125,14 @@ class HamiltonianDynamics(nn.Module):
     Arguments:
         hamiltonian: a module called as ``hamiltonian(q, p)`` returning the energy per sample,
             shape (batch,) or (batch, 1), e.g. ``EnergyMLP(2 * d, hidden)``.
+
+    Raises:
+        TypeError: ``hamiltonian`` not an ``nn.Module`` or other callable.
     """
 
     def __init__(self, hamiltonian: nn.Module):
         super().__init__()
-        self.hamiltonian = hamiltonian
+        self.hamiltonian = function("hamiltonian", hamiltonian)
 
     def energy(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """The learned energy H(q, p) per sample.
@@ -180,7 +186,8 @@ class _SeparableEnergy(nn.Module):
 
     def __init__(self, kinetic: nn.Module, potential: nn.Module):
         super().__init__()
-        self.kinetic, self.potential = kinetic, potential
+        self.kinetic = function("kinetic", kinetic)
+        self.potential = function("potential", potential)
 
     def forward(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return _per_sample(self.kinetic(p), p) + _per_sample(self.potential(q), q)
@@ -202,6 +209,9 @@ class SeparableHamiltonian(HamiltonianDynamics):
             (batch, 1).
         potential: a module called as ``potential(q)`` returning V per sample, (batch,) or
             (batch, 1).
+
+    Raises:
+        TypeError: ``kinetic`` or ``potential`` not an ``nn.Module`` or other callable.
     """
 
     def __init__(self, kinetic: nn.Module, potential: nn.Module):

@@ -9,11 +9,13 @@ E = qdot . dL/dqdot - L (L's Legendre transform) in whatever coordinates q are."
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._args import function, real
 from .._host import transform_active
 from .hamiltonian import _gradients, _leaves, _per_sample, _require_autograd
 
@@ -49,18 +51,19 @@ class LagrangianAcceleration(nn.Module):
             (0: none).
 
     Raises:
-        ValueError: a negative ``regularisation``.
+        ValueError: ``regularisation`` not a finite number >= 0.
+        TypeError: ``lagrangian`` not an ``nn.Module`` or other callable.
     """
 
     def __init__(self, lagrangian: nn.Module, regularisation: float = 0.0):
         super().__init__()
-        if not regularisation >= 0:
-            raise ValueError(
-                f"regularisation must be >= 0 (a multiple of the identity added to "
-                f"d2L/dqdot2), got {regularisation}; pass 0 for none"
-            )
-        self.lagrangian = lagrangian
-        self.regularisation = float(regularisation)
+        self.lagrangian = function("lagrangian", lagrangian)
+        self.regularisation = real(
+            "regularisation",
+            regularisation,
+            ">= 0 and finite (a multiple of the identity added to d2L/dqdot2; 0 for none)",
+            lambda x: 0 <= x < math.inf,
+        )
 
     def value(self, q: torch.Tensor, qdot: torch.Tensor) -> torch.Tensor:
         """The learned Lagrangian L(q, qdot) per sample.

@@ -430,6 +430,10 @@ class LinearPlusMLP(nn.Module):
         linear_init: ``"zero"`` starts the linear path at 0 (else PyTorch's default).
         layers: the MLP's hidden layers.
         mlp_init_scale: scales the MLP's initial output layer.
+
+    Raises:
+        ValueError: ``dim_in``, ``dim_out`` or ``hidden`` not an integer >= 1, ``layers`` not
+            an integer >= 0, an unknown ``linear_init`` or an unknown activation.
     """
 
     def __init__(
@@ -446,6 +450,7 @@ class LinearPlusMLP(nn.Module):
         super().__init__()
         if linear_init not in ("zero", "default"):
             raise ValueError(f"linear_init must be 'zero' or 'default', got {linear_init!r}")
+        dim_in, dim_out = count("dim_in", dim_in), count("dim_out", dim_out)
         self.linear = nn.Linear(dim_in, dim_out, bias=bias)
         if linear_init == "zero":
             nn.init.zeros_(self.linear.weight)

@@ -11,11 +11,13 @@ maximum likelihood on data.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from .._args import count
+from .._args import count, real
 from .cnf import FlowDensity
 
 
@@ -27,12 +29,15 @@ class PlanarLayer(nn.Module):
         init_scale: the standard deviation of the initial ``w`` and ``u``.
 
     Raises:
-        ValueError: ``dim`` not an integer of at least 1.
+        ValueError: ``dim`` not an integer of at least 1, or ``init_scale`` not a finite
+            number >= 0.
     """
 
     def __init__(self, dim: int, init_scale: float = 0.1):
         super().__init__()
         dim = count("dim", dim)
+        rule = "a finite number >= 0"
+        init_scale = real("init_scale", init_scale, rule, lambda x: 0 <= x < math.inf)
         self.w = nn.Parameter(torch.randn(dim) * init_scale)
         self.u = nn.Parameter(torch.randn(dim) * init_scale)
         self.b = nn.Parameter(torch.zeros(()))

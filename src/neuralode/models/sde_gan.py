@@ -18,6 +18,7 @@ import bisect
 import torch
 from torch import nn
 
+from .._args import count
 from ..sde import BaseBrownian, sdeint, sdeint_adjoint
 from .dynamics import batch_time
 
@@ -27,6 +28,11 @@ class LipSwish(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return 0.909 * nn.functional.silu(x)
+
+
+def _sizes(**sizes: int) -> tuple[int, ...]:
+    """The sizes (and ``layers``) by their argument names, each checked an integer >= 1."""
+    return tuple(count(name, value) for name, value in sizes.items())
 
 
 def _mlp(inputs: int, outputs: int, width: int, layers: int, tanh: bool) -> nn.Sequential:
@@ -139,6 +145,10 @@ class SDEGenerator(nn.Module):
         hidden_size: the SDE's state size.
         width: width of the MLPs.
         layers: hidden layers of the MLPs.
+
+    Raises:
+        ValueError: ``data_size``, ``initial_noise_size``, ``noise_size``, ``hidden_size``,
+            ``width`` or ``layers`` not an integer >= 1.
     """
 
     def __init__(
@@ -151,6 +161,14 @@ class SDEGenerator(nn.Module):
         layers: int = 1,
     ):
         super().__init__()
+        data_size, initial_noise_size, noise_size, hidden_size, width, layers = _sizes(
+            data_size=data_size,
+            initial_noise_size=initial_noise_size,
+            noise_size=noise_size,
+            hidden_size=hidden_size,
+            width=width,
+            layers=layers,
+        )
         self.initial_noise_size = initial_noise_size
         self.initial = _mlp(initial_noise_size, hidden_size, width, layers, tanh=False)
         self.field = _Field(hidden_size, noise_size, width, layers)
@@ -228,10 +246,17 @@ class CDEDiscriminator(nn.Module):
         hidden_size: the CDE's state size.
         width: width of the MLPs.
         layers: hidden layers of the MLPs.
+
+    Raises:
+        ValueError: ``data_size``, ``hidden_size``, ``width`` or ``layers`` not an integer
+            >= 1.
     """
 
     def __init__(self, data_size: int = 1, hidden_size: int = 16, width: int = 16, layers: int = 1):
         super().__init__()
+        data_size, hidden_size, width, layers = _sizes(
+            data_size=data_size, hidden_size=hidden_size, width=width, layers=layers
+        )
         self.initial = _mlp(1 + data_size, hidden_size, width, layers, tanh=False)
         self.field = _Field(hidden_size, 1 + data_size, width, layers)
         self.readout = nn.Linear(hidden_size, 1)

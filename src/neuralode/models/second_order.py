@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._args import count, flag, function
 from ._pair_state import on_pair_state
 from .dynamics import batch_time, mlp
 
@@ -29,7 +30,9 @@ class AccelerationMLP(nn.Module):
             ``SecondOrderDynamics(..., separable=True)``).
 
     Raises:
-        ValueError: an unknown activation.
+        ValueError: ``dim`` or ``hidden`` not an integer >= 1, ``layers`` not an integer
+            >= 0, or an unknown activation.
+        TypeError: ``autonomous`` or ``velocity`` not a bool.
     """
 
     def __init__(
@@ -42,6 +45,8 @@ class AccelerationMLP(nn.Module):
         velocity: bool = True,
     ):
         super().__init__()
+        dim = count("dim", dim)
+        autonomous, velocity = flag("autonomous", autonomous), flag("velocity", velocity)
         self.autonomous, self.velocity = autonomous, velocity
         n_in = dim * (2 if velocity else 1) + (0 if autonomous else 1)
         self.net = mlp(n_in, hidden, layers, activation, dim)
@@ -97,6 +102,10 @@ class SecondOrderDynamics(nn.Module):
         separable: the acceleration depends on (t, x) only.
         initial_velocity: a module mapping x0 to v0 (of the shape of x0), or ``None`` for
             v0 = 0.
+
+    Raises:
+        TypeError: ``acceleration`` (or a given ``initial_velocity``) not an ``nn.Module``
+            or other callable, or ``separable`` not a bool.
     """
 
     def __init__(
@@ -106,8 +115,10 @@ class SecondOrderDynamics(nn.Module):
         initial_velocity: nn.Module | None = None,
     ):
         super().__init__()
-        self.acceleration = acceleration
-        self.separable = separable
+        self.acceleration = function("acceleration", acceleration)
+        self.separable = flag("separable", separable)
+        if initial_velocity is not None:
+            function("initial_velocity", initial_velocity, "an nn.Module, a callable or None")
         self.initial_velocity = initial_velocity
 
     def initial_state(self, x0: torch.Tensor, flat: bool = False) -> Any:

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from .._args import count, is_int, real
 from .dynamics import activation_layer
 
 
@@ -20,13 +21,19 @@ class TimeEmbedding(nn.Module):
         max_frequency: the highest frequency.
 
     Raises:
-        ValueError: ``features`` is odd or below 2.
+        ValueError: ``dim`` not an integer >= 1, ``features`` not an even integer >= 2, or
+            ``max_frequency`` not positive and finite.
     """
 
     def __init__(self, dim: int, features: int = 16, max_frequency: float = 10.0):
         super().__init__()
-        if features < 2 or features % 2:
-            raise ValueError(f"features must be an even integer >= 2, got {features}")
+        dim = count("dim", dim)
+        if not (is_int(features) and features >= 2 and features % 2 == 0):
+            raise ValueError(f"features must be an even integer >= 2, got {features!r}")
+        features = int(features)
+        max_frequency = real(
+            "max_frequency", max_frequency, "positive and finite", lambda x: 0 < x < math.inf
+        )
         frequencies = torch.exp(torch.linspace(0.0, math.log(max_frequency), features // 2))
         self.register_buffer("frequencies", frequencies)
         self.linear = nn.Linear(features, dim)
@@ -35,12 +42,15 @@ class TimeEmbedding(nn.Module):
         """Embed times.
 
         Arguments:
-            t: the time: a scalar, or one per sample (batch,).
+            t: the time: a scalar (a tensor or a Python number), or one per sample (batch,).
 
         Returns:
             The embedding, (*t.shape, dim): sines and cosines of ``t`` times the
                 frequencies, mapped linearly.
         """
+        if not isinstance(t, torch.Tensor):
+            frequencies = self.frequencies
+            t = torch.as_tensor(t, dtype=frequencies.dtype, device=frequencies.device)
         angles = t.reshape(*t.shape, 1) * self.frequencies.to(t.dtype)
         features = torch.cat([angles.sin(), angles.cos()], dim=-1)
         return self.linear(features.to(self.linear.weight.dtype))
@@ -62,7 +72,9 @@ class TransformerDynamics(nn.Module):
         dropout: dropout in attention and MLP (0 keeps f deterministic, as solvers need).
 
     Raises:
-        ValueError: ``dim`` is not a positive multiple of ``heads``.
+        ValueError: ``dim`` or ``heads`` not an integer >= 1, ``dim`` not a multiple of
+            ``heads``, ``hidden`` (given) not an integer >= 1, ``dropout`` not a number in
+            [0, 1), or an unknown activation.
     """
 
     def __init__(
@@ -74,11 +86,13 @@ class TransformerDynamics(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if dim < 1 or heads < 1 or dim % heads:
+        dim, heads = count("dim", dim), count("heads", heads)
+        if dim % heads:
             raise ValueError(
                 f"dim must be a positive multiple of heads, got dim={dim}, heads={heads}"
             )
-        hidden = 4 * dim if hidden is None else hidden
+        hidden = 4 * dim if hidden is None else count("hidden", hidden)
+        dropout = real("dropout", dropout, "a number in [0, 1)", lambda x: 0 <= x < 1)
         self.time = TimeEmbedding(dim)
         self.norm1 = nn.LayerNorm(dim)
         self.attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from .._args import count
 from .dynamics import ConcatConv2d, activation_layer
 
 
@@ -45,16 +46,14 @@ class UNetDynamics(nn.Module):
         activation: the activation's name.
 
     Raises:
-        ValueError: non-positive channels or width, or a negative depth.
+        ValueError: ``channels`` or ``width`` not an integer >= 1, ``depth`` not an integer
+            >= 0, or an unknown activation.
     """
 
     def __init__(self, channels: int, width: int = 32, depth: int = 2, activation: str = "silu"):
         super().__init__()
-        if channels < 1 or width < 1 or depth < 0:
-            raise ValueError(
-                f"channels and width must be positive and depth non-negative, got "
-                f"channels={channels}, width={width}, depth={depth}"
-            )
+        channels, width = count("channels", channels), count("width", width)
+        depth = count("depth", depth, minimum=0)
         widths = [width * 2**i for i in range(depth + 1)]
         self.inlet = ConcatConv2d(channels, width)
         self.down = nn.ModuleList(_Block(w, w, activation) for w in widths[:-1])

@@ -634,3 +634,31 @@ def test_halves_returning_the_wrong_shape_or_dtype_are_refused():
     flip = Wrong(lambda p: p.float(), lambda q: -q)
     with pytest.raises(TypeError, match=r"dq_dt\(t, p\) returned dtype torch.float32"):
         solve_fixed("leapfrog", flip, y0, TS, 0.1)
+
+
+@pytest.mark.parametrize("gradient", ["direct", "adjoint", "checkpointed"])
+def test_ode_block_carries_a_pair_state_for_a_symplectic_method(gradient: str) -> None:
+    """ODEBlock with leapfrog on (q, p): the solve's final pair (and its states at ts), with
+    gradients; what a nested state cannot run with is refused by name."""
+    from neuralode.models import EnergyMLP, ODEBlock, SeparableHamiltonian
+    from neuralode.models.regularisers import KineticEnergy
+
+    torch.manual_seed(0)
+    field = SeparableHamiltonian(EnergyMLP(2, 8), EnergyMLP(2, 8))
+    q, p = torch.randn(3, 2), torch.randn(3, 2)
+    block = ODEBlock(field, method=no.Leapfrog(), step_size=0.1, gradient=gradient)
+    out = block((q, p))
+    alone = no.solve(field, (q, p), torch.tensor([0.0, 1.0]), solver=no.Leapfrog(),
+                     controller=no.FixedGrid(step_size=0.1))  # fmt: skip
+    assert isinstance(out, tuple) and out[0].shape == q.shape
+    torch.testing.assert_close(out, (alone.ys[0][-1], alone.ys[1][-1]), rtol=0, atol=0)
+    (out[0].sum() + out[1].sum()).backward()
+    # (each energy's output bias is a constant of H: no gradient)
+    assert sum(p.grad is not None and bool(p.grad.any()) for p in field.parameters()) >= 6
+    assert block((q, p), torch.linspace(0, 1, 5))[0].shape == (5, 3, 2)
+    regularised = ODEBlock(field, method=no.Leapfrog(), step_size=0.1,
+                           regularisers=[KineticEnergy(0.1)])  # fmt: skip
+    with pytest.raises(ValueError, match="nested state"):
+        regularised((q, p))
+    with pytest.raises(TypeError, match="x must be a tensor or"):
+        block(("q", "p"))

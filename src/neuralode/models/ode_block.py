@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .._norms import seminorm
 from .._solution import SolveStats
@@ -189,24 +191,30 @@ class ODEBlock(nn.Module):
             return GRADIENTS[self.gradient]()
         return self.gradient
 
-    def forward(self, x: torch.Tensor, ts: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: Any, ts: torch.Tensor | None = None) -> Any:
         """Solve from ``x`` and record the solve's statistics and regularisation.
 
         Arguments:
             x: the initial state y(t0): (batch, ...), or (n,) for one sample, when there are
-                regularisers.
+                regularisers; or a nested state, a tuple, list or dict of tensors (such as
+                ``(q, p)`` for the symplectic methods), without regularisers, per-sample
+                ``end_time`` or ``DataControlled`` dynamics.
             ts: output times (``ts[0]`` the initial time), or ``None`` for ``[t0, t1]`` (in
                 training mode with ``end_time``, ``[t0, a random end time]``).
 
         Returns:
-            y(t1), of the shape of ``x``; with ``ts``, the states at ``ts`` stacked on a new
-                dimension 0, (len(ts), *x.shape).
+            y(t1), of the shape (and structure) of ``x``; with ``ts``, the states at ``ts``
+                stacked on a new dimension 0 of every tensor, (len(ts), *x.shape).
 
         Raises:
             ValueError: regularisers in training mode and a 0-dim state or an empty batch, or
-                the same for a per-sample ``end_time``.
+                the same for a per-sample ``end_time``; a nested state with what it does not
+                run with (above).
+            TypeError: ``x`` neither a tensor nor a nested structure of tensors.
         """
         times, per_sample = ts, False
+        nested = not isinstance(x, torch.Tensor)
+        like = self._check_nested(x) if nested else x
         if times is None:
             t1 = torch.tensor(self.t1, dtype=torch.float64)
             if self.training and self.end_time is not None:
@@ -222,7 +230,7 @@ class ODEBlock(nn.Module):
             # would move a float64 solve's end to float32(t1), 1e-9 off for t1 = 0.1);
             # per sample: one row [t0, t1_i] per sample
             interval = torch.stack([torch.full_like(t1, self.t0), t1], dim=-1)
-            times = interval.to(x.dtype).to(x.device)
+            times = interval.to(like.dtype).to(like.device)
         solver = self._solver()
         if solver.adaptive:
             controller = PIController(self.rtol, self.atol)
@@ -249,7 +257,7 @@ class ODEBlock(nn.Module):
         sol = solve(
             func,
             y0,
-            times.to(x.dtype),
+            times.to(like.dtype),
             solver=solver,
             controller=controller,
             norm=norm,
@@ -259,10 +267,32 @@ class ODEBlock(nn.Module):
         )
         self.last_stats = sol.stats
         ys = sol.ys
-        self._record_regularisation(regularisers, ys, times, x)
+        self._record_regularisation(regularisers, ys, times, like)
         if regularisers or controlled:
             ys = ys[0]
-        return ys if ts is not None else ys[-1]
+        if ts is not None:
+            return ys
+        return tree_map(lambda y: y[-1], ys) if nested else ys[-1]
+
+    def _check_nested(self, x: Any) -> torch.Tensor:
+        """A nested state's first tensor (its dtype and device are the solve's), or a clear
+        error for what a nested state cannot run here."""
+        leaves = tree_leaves(x)
+        if not leaves or not all(isinstance(leaf, torch.Tensor) for leaf in leaves):
+            raise TypeError(
+                "x must be a tensor or a tuple, list or dict of tensors (a nested state such "
+                f"as (q, p)), got {type(x).__name__}"
+            )
+        per_sample_end = self.end_time is not None and self.end_time.per_sample
+        if isinstance(self.dynamics, DataControlled) or (
+            self.training and (self.regularisers or per_sample_end)
+        ):
+            raise ValueError(
+                "a nested state (such as (q, p)) runs without regularisers, per-sample "
+                "RandomEndTime and DataControlled dynamics, which take one (batch, ...) "
+                "tensor: concatenate the parts into one tensor for them"
+            )
+        return leaves[0]
 
     def _record_regularisation(
         self, regularisers: list[Regulariser], ys: tuple, times: torch.Tensor, x: torch.Tensor

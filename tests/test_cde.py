@@ -338,8 +338,14 @@ def test_neural_cde_refuses_bad_arguments() -> None:
         NeuralCDE(2, 3, 1, interpolation="quintic")
     with pytest.raises(ValueError, match="unknown method"):
         NeuralCDE(2, 3, 1, method="nosuch")
-    with pytest.raises(ValueError, match="hidden_channels must be at least 1"):
+    with pytest.raises(ValueError, match="hidden_channels must be an integer >= 1"):
         NeuralCDE(2, 0, 1)
+    with pytest.raises(ValueError, match="input_channels must be an integer >= 1, got 2.7"):
+        NeuralCDE(2.7, 3, 1)
+    with pytest.raises(TypeError, match="adjoint must be True or False"):
+        NeuralCDE(2, 3, 1, adjoint="no")
+    with pytest.raises(ValueError, match="rtol must be a non-negative number"):
+        NeuralCDE(2, 3, 1, rtol=float("nan"))
     model = NeuralCDE(2, 3, 1)
     with pytest.raises(ValueError, match="input_channels=2"):
         model(model.coefficients(torch.randn(4, 5, 3)))

@@ -179,6 +179,10 @@ _BAD_CONSTRUCTIONS = [
     ("separable", TypeError, lambda: SecondOrderDynamics(AccelerationMLP(2), separable="no")),
     ("velocity", TypeError, lambda: AccelerationMLP(2, velocity="no")),
     ("autonomous", TypeError, lambda: MLPDynamics(2, autonomous="no")),
+    ("rtol", ValueError, lambda: ODEBlock(MLPDynamics(2), rtol=math.nan)),
+    ("atol", ValueError, lambda: ODEBlock(MLPDynamics(2), atol=-1.0)),
+    ("step_size", ValueError, lambda: ODEBlock(MLPDynamics(2), method="rk4", step_size=-0.1)),
+    ("compile_step", TypeError, lambda: ODEBlock(MLPDynamics(2), compile_step="no")),
 ]
 
 

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from .. import cde
-from .._args import count, real
+from .._args import count, flag, real
 from .._solution import SolveStats
 from ..compat import last_stats
+from ..controllers import PIController
 from ..solvers import METHODS
 
 INTERPOLATIONS = ("cubic", "hermite", "linear")
@@ -152,8 +153,10 @@ class NeuralCDE(nn.Module):
             out or be ``"linear"``.
 
     Raises:
-        ValueError: an unknown interpolation or method, sizes below 1, a bad ``log_ode``,
-            or ``log_ode`` with a cubic interpolation.
+        ValueError: an unknown interpolation or method, sizes that are not integers of at
+            least 1, a bad tolerance (as ``PIController``'s), a bad ``log_ode``, or
+            ``log_ode`` with a cubic interpolation.
+        TypeError: ``sequence`` or ``adjoint`` not a bool.
     """
 
     def __init__(
@@ -186,11 +189,11 @@ class NeuralCDE(nn.Module):
             )
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-        sizes = {"input_channels": input_channels, "hidden_channels": hidden_channels}
-        sizes |= {"output_channels": output_channels, "width": width}
-        for name, size in sizes.items():
-            if int(size) < 1:
-                raise ValueError(f"{name} must be at least 1, got {size}")
+        input_channels = count("input_channels", input_channels)
+        hidden_channels = count("hidden_channels", hidden_channels)
+        output_channels, width = count("output_channels", output_channels), count("width", width)
+        sequence, adjoint = flag("sequence", sequence), flag("adjoint", adjoint)
+        PIController(rtol, atol)  # (refuses bad tolerances now, not at the first forward)
         self.interpolation, self.sequence, self.adjoint = interpolation, sequence, adjoint
         self.method, self.rtol, self.atol = method, rtol, atol
         self.options = dict(options or {})

@@ -9,12 +9,13 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
+from .._args import flag
 from .._norms import seminorm
 from .._solution import SolveStats
 from .._solve import solve
 from ..adjoint import GRADIENTS, GradientStrategy
 from ..controllers import FixedGrid, PIController
-from ..solvers import METHODS, Solver
+from ..solvers import Solver, method_class, method_names
 from .data_control import DataControlled
 from .regularisers import (
     DerivativePenalty,
@@ -46,7 +47,9 @@ class ODEBlock(nn.Module):
         dynamics: the vector field, a module called as ``dynamics(t, y)``.
         t0: the start of the integration interval.
         t1: its end.
-        method: a method name of [`METHODS`][neuralode.solvers.METHODS], or a
+        method: a method name of [`METHODS`][neuralode.solvers.METHODS] or
+            [`PARTITIONED_METHODS`][neuralode.solvers.PARTITIONED_METHODS] (``"leapfrog"``,
+            ..., on a nested state ``(q, p)``), or a
             [`Solver`][neuralode.solvers.Solver] (a hypersolver: ``HyperEuler(correction)``),
             whose modules (the correction network) become the block's submodules, so that
             its parameters train, save and move with the block's.
@@ -66,13 +69,15 @@ class ODEBlock(nn.Module):
             (one per batch, or one per sample); ``None``: always to t1.
 
     Raises:
-        ValueError: an unknown method or gradient, ``DerivativePenalty`` with
+        ValueError: an unknown method or gradient, a bad tolerance or step size (as
+            ``PIController``'s and ``FixedGrid``'s), ``DerivativePenalty`` with
             ``compile_step``, regularisers with a ``DataControlled`` field, an ``end_time``
             whose spread is not below |t1 - t0|, or a per-sample ``end_time`` with
             regularisers, a ``DataControlled`` field or the ``"checkpointed"`` or
             ``"reversible"`` gradient.
         TypeError: ``regularisers`` not a sequence of ``Regulariser`` instances (one
-            regulariser goes in a list), or ``end_time`` not a ``RandomEndTime``.
+            regulariser goes in a list), ``end_time`` not a ``RandomEndTime``, or
+            ``compile_step`` not a bool.
     """
 
     def __init__(
@@ -94,12 +99,16 @@ class ODEBlock(nn.Module):
             # the solver's own networks (a hypersolver's correction) as submodules
             own = [m for m in vars(method).values() if isinstance(m, nn.Module)]
             self.solver_modules = nn.ModuleList(own)
-        elif method not in METHODS:
+        elif not isinstance(method, str) or method_class(method) is None:
             raise ValueError(
-                f"unknown method {method!r}; available: {', '.join(METHODS)}, or a Solver"
+                f"unknown method {method!r}; available: {', '.join(method_names())}, or a Solver"
             )
         if isinstance(gradient, str) and gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {sorted(GRADIENTS)}, got {gradient!r}")
+        PIController(rtol, atol)  # (refuses bad tolerances now, not at the first forward)
+        if step_size is not None:
+            FixedGrid(step_size=step_size)
+        compile_step = flag("compile_step", compile_step)
         self.dynamics = dynamics
         self.t0, self.t1 = float(t0), float(t1)
         self.method = method
@@ -184,7 +193,7 @@ class ODEBlock(nn.Module):
         return ", ".join(parts)
 
     def _solver(self) -> Solver:
-        return self.method if isinstance(self.method, Solver) else METHODS[self.method]()
+        return self.method if isinstance(self.method, Solver) else method_class(self.method)()
 
     def _strategy(self) -> GradientStrategy:
         if isinstance(self.gradient, str):

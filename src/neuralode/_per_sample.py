@@ -66,7 +66,7 @@ from ._host import across
 from ._landing import landing_times, next_landing, past_jump, start_times
 from ._pending import _ends, _Reached, _read_progress, _stack
 from ._pending_dense import _locate_events, _write_outputs
-from ._per_sample_ends import check_fixed_steps, first_steps, record_counts, row_control
+from ._per_sample_ends import check_row_fixed_steps, first_steps, record_counts, row_control
 from ._progress import device_values
 from ._solution import SolveStats
 from ._spans import loop_times
@@ -143,7 +143,7 @@ def integrate_per_sample(
         eps = torch.finfo(term.time_dtype).eps
         previous_ratio = ctrl.rows_grid(t, t_stop, ts_tensor, sign, eps)
         proposal = ctrl.rows_after(previous_ratio, t, sign)
-        check_fixed_steps(ctrl, previous_ratio, config)
+        check_row_fixed_steps(ctrl, previous_ratio, config)
     else:
         measures = (exponent, rtol, atol, norm)
         proposal, previous_ratio, active, status, extra = first_steps(

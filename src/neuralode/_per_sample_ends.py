@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from ._errors import MaxStepsError, f0_not_finite
+from ._errors import f0_not_finite
 from ._host import across, plain, wrapped
 from ._norms import RowMixedNorm, row_rms, tolerance_tensor
 from ._status import Status, samples_failed
 from ._tree import TreeSpec, flat_to_rows, row_widths
+from ._validate_times import too_many_fixed_steps
 from .controllers.fixed import FixedGrid
 from .controllers.initial_step import initial_step
 from .controllers.pi import PIController
@@ -97,7 +98,7 @@ def record_counts(
         stats.sample_rejected = n_rejected
 
 
-def check_fixed_steps(ctrl: FixedGrid, grid: torch.Tensor, config: Any) -> None:
+def check_row_fixed_steps(ctrl: FixedGrid, grid: torch.Tensor, config: Any) -> None:
     """Raise ``MaxStepsError`` before the first step when a sample's uniform grid has more
     steps than ``max_steps`` (as the host loop does for one problem); with ``throw=False``
     the loop stops such samples with their status."""
@@ -108,13 +109,9 @@ def check_fixed_steps(ctrl: FixedGrid, grid: torch.Tensor, config: Any) -> None:
     if float(n[worst]) > config.max_steps:  # (inf: an event search, bounded by max_steps)
         if not math.isfinite(float(n[worst])):
             return
-        t0, step, _, t_end = grid[:, worst].tolist()
-        raise MaxStepsError(
-            f"sample {worst}'s fixed grid from t={t0:.6g} to t={t_end:.6g} has "
-            f"{int(n[worst]):,} steps of {abs(step):.6g}, more than "
-            f"max_steps={config.max_steps:,}; use a larger step_size or raise max_steps "
-            "(options max_num_steps)"
-        )
+        t0, step, n_steps, t_end = grid[:, worst].tolist()
+        size = f" of {abs(step):.6g}"
+        raise too_many_fixed_steps(f"sample {worst}'s", t0, t_end, n_steps, config.max_steps, size)
 
 
 def _as_rows(tol: Any, spec: Any, rows: torch.Tensor) -> Any:

@@ -136,11 +136,19 @@ def check_fixed_steps(
     elif counted:
         n_steps = controller.n_steps(times, torch.finfo(dtype.to_real()).eps)
         if n_steps > max_steps:
-            raise MaxStepsError(
-                f"the fixed grid from t={times[0]:.6g} to t={times[-1]:.6g} has {n_steps:,} "
-                f"steps, more than max_steps={max_steps:,}; use a larger step_size or raise "
-                "max_steps (options max_num_steps)"
-            )
+            raise too_many_fixed_steps("the", times[0], times[-1], n_steps, max_steps)
+
+
+def too_many_fixed_steps(
+    whose: str, t0: float, t_end: float, n_steps: float, max_steps: int, step: str = ""
+) -> MaxStepsError:
+    """The error of a fixed grid with more steps than ``max_steps``, one problem's (``whose``
+    "the") or a sample's ("sample i's", with its ``step`` size written out)."""
+    return MaxStepsError(
+        f"{whose} fixed grid from t={t0:.6g} to t={t_end:.6g} has {int(n_steps):,} steps"
+        f"{step}, more than max_steps={max_steps:,}; use a larger step_size or raise "
+        "max_steps (options max_num_steps)"
+    )
 
 
 def _real(value: Any) -> bool:

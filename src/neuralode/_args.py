@@ -63,6 +63,12 @@ def real(name: str, value: Any, rule: str, valid: Any) -> float:
     return number
 
 
+def probability(name: str, value: Any) -> float:
+    """A dropout probability as a float, or a ``ValueError`` naming ``name`` unless it is a
+    number in [0, 1)."""
+    return real(name, value, "a dropout probability in [0, 1)", lambda x: 0 <= x < 1)
+
+
 def flag(name: str, value: Any) -> bool:
     """``value`` as a bool, or a ``TypeError`` naming ``name`` unless it is a bool (NumPy's
     too): a truthy string such as ``"no"`` would otherwise switch the option on."""

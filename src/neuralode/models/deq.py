@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn.functional import relu
 
-from .._args import count, real
+from .._args import count, probability, real
 from .._autograd import FirstDerivativeOnly
 from ..implicit.fixed_point import FIXED_POINT_METHODS, FixedPointResult, fixed_point
 from ..solvers._newton import gmres
@@ -470,12 +470,6 @@ _SECOND_DERIVATIVES = (
 )
 
 
-def _probability(name: str, p: float) -> float:
-    """A dropout probability ``p`` as a float, or a ``ValueError`` naming ``name`` unless it is
-    a number in [0, 1)."""
-    return real(name, p, "a dropout probability in [0, 1)", lambda x: 0 <= x < 1)
-
-
 class VariationalDropout(nn.Module):
     """Dropout with one mask per fixed-point solve (Bai et al. 2019's variational dropout).
 
@@ -496,7 +490,7 @@ class VariationalDropout(nn.Module):
 
     def __init__(self, p: float = 0.0):
         super().__init__()
-        self.p = _probability("p", p)
+        self.p = probability("p", p)
         self._mask: torch.Tensor | None = None
 
     def new_solve(self) -> None:
@@ -546,7 +540,7 @@ class EquilibriumCell(nn.Module):
         super().__init__()
         channels = count("channels", channels)
         init_std = real("init_std", init_std, "a finite number >= 0", lambda x: 0 <= x < math.inf)
-        dropout = _probability("dropout", dropout)
+        dropout = probability("dropout", dropout)
         self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
         self.norm1, self.norm2, self.norm3 = (group_norm(channels) for _ in range(3))

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .._args import count, is_int, real
+from .._args import count, is_int, probability, real
 from .dynamics import activation_layer
 
 
@@ -92,7 +92,7 @@ class TransformerDynamics(nn.Module):
                 f"dim must be a positive multiple of heads, got dim={dim}, heads={heads}"
             )
         hidden = 4 * dim if hidden is None else count("hidden", hidden)
-        dropout = real("dropout", dropout, "a number in [0, 1)", lambda x: 0 <= x < 1)
+        dropout = probability("dropout", dropout)
         self.time = TimeEmbedding(dim)
         self.norm1 = nn.LayerNorm(dim)
         self.attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from neuralode.cli import build_parser, main
@@ -23,7 +25,7 @@ def test_bench_work_precision_writes_table_and_png(tmp_path):
     for name in ("neuralode | dopri5", "neuralode | tsit5", "neuralode | dopri8", "torchdiffeq"):
         assert name in report
     assert "scipy | DOP853" in report
-    assert (tmp_path / "work_precision.png").stat().st_size > 10_000
+    assert (tmp_path / "bench-work-precision.png").stat().st_size > 10_000
 
 
 def test_nfe_at_error_interpolates_log_log():
@@ -79,7 +81,7 @@ def test_compiled_benchmark_compares_both_libraries_compiled():
     assert rows["torchode compiled"].max_steps == rows["torchode"].max_steps
     assert max(r.diff for r in rows.values()) < 1e-6
     table = per_sample.table(list(rows.values()), reference="torchode compiled")
-    assert "vs torchode compiled (min)" in table and "| 4 | torchode compiled | " in table
+    assert "time / torchode compiled's (min)" in table and "| 4 | torchode compiled | " in table
 
 
 @pytest.mark.slow
@@ -257,15 +259,19 @@ def test_benchmark_scripts_refuse_a_count_below_one(script, option, monkeypatch,
     assert f"argument {option}: must be a positive integer, got 0" in capsys.readouterr().err
 
 
-def test_bench_skips_a_part_whose_peer_is_missing_with_a_note(tmp_path, monkeypatch, capsys):
-    import importlib.util
-
-    find_spec = importlib.util.find_spec
-
-    def without_torchode(name, *args):
-        return None if name == "torchode" else find_spec(name, *args)
-
-    monkeypatch.setattr(importlib.util, "find_spec", without_torchode)
+@pytest.mark.parametrize("torchode", ["missing", "broken"])
+def test_bench_skips_a_part_whose_peer_is_missing_with_a_note(
+    tmp_path, monkeypatch, capsys, torchode
+):
+    if torchode == "missing":
+        monkeypatch.setitem(sys.modules, "torchode", None)  # import torchode: ImportError
+    else:  # installed, but its import fails (a broken or mismatched install)
+        shim = tmp_path / "shim"
+        shim.mkdir()
+        (shim / "torchode.py").write_text("raise RuntimeError('a broken install')\n")
+        monkeypatch.delitem(sys.modules, "torchode", raising=False)
+        monkeypatch.syspath_prepend(str(shim))
+    tmp_path = tmp_path / "out"
     argv = ["bench", "--parts", "per-sample", "gpu", "--repeats", "1", "--out", str(tmp_path)]
     assert main(argv) == 0  # gpu runs without torchode, per-sample is skipped
     assert "skipping per-sample: needs torchode" in capsys.readouterr().out

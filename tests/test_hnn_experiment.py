@@ -53,6 +53,10 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys) -> None:
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--save-every (2) is longer than --horizon (1)" in err
+    code = main(["experiment", "hnn", "--out", str(out), "--step-size", "0.5"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--step-size (0.5) is longer than --save-every (0.1)" in err
     assert not out.exists()
     for option, value, message in (
         ("--method", "leapfrogg", "unknown method 'leapfrogg'"),

@@ -58,6 +58,10 @@ def test_experiment_bad_arguments_are_one_line_errors(tmp_path, capsys) -> None:
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--horizon must be a multiple of --dt" in err
+    code = main(["experiment", "pde", "--out", str(tmp_path), "--window", "21"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--window (21) is longer than the 20 saved steps" in err
     with pytest.raises(SystemExit) as stopped:  # refused by the option's type, as it parses
         main(["experiment", "pde", "--out", str(tmp_path), "--grid", "3"])
     assert stopped.value.code == 2

@@ -230,3 +230,11 @@ def test_path_increments_and_generator_refuse_bad_times():
         SDEGenerator()(torch.zeros(1), 3)
     with pytest.raises(ValueError, match="batch must be at least 1"):
         SDEGenerator()(torch.arange(3.0), 0)
+
+
+def test_sde_gan_experiment_names_the_option_out_of_range(tmp_path, capsys):
+    out = tmp_path / "gan"
+    assert main(["experiment", "sde-gan", "--out", str(out), "--lag", "40"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--lag (40) must be below --times (32)" in err
+    assert not out.exists()

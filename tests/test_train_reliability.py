@@ -515,6 +515,69 @@ def test_overwrite_removes_the_earlier_runs_outputs_and_keeps_other_files(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["mine", "notes.txt"]
 
 
+@row("T24", "T25")
+def test_files_with_the_names_runs_write_are_the_users_until_an_earlier_run(
+    tmp_path, capsys
+) -> None:
+    out = tmp_path / "run"
+    (out / "odenet").mkdir(parents=True)
+    (out / "odenet" / "mywork.txt").write_text("mine")
+    (out / "results.json").write_text("mine")
+    argv = ["train", "resnet", *ARGV, "--out", str(out)]
+    assert main(argv) == 2  # a plain run: refused, nothing written
+    _one_line_error(capsys, "holds files with the names runs write (odenet, results.json)")
+    assert sorted(p.name for p in out.iterdir()) == ["odenet", "results.json"]
+    assert main([*argv, "--overwrite"]) == 0  # nothing removed, the two recorded as the user's
+    capsys.readouterr()
+    assert (out / "odenet" / "mywork.txt").read_text() == "mine"
+    assert (out / "results.json").read_text() == "mine"  # (train writes no results.json)
+    recorded = json.loads((out / rundir.USER_FILES_RECORD).read_text())
+    assert recorded == ["odenet", "results.json"]
+    assert main([*argv, "--overwrite"]) == 0  # the earlier run goes, the user's files stay
+    assert (out / "odenet" / "mywork.txt").read_text() == "mine"
+    assert (out / "results.json").read_text() == "mine"
+    (out / "tolerance.png").write_text("the earlier run's")
+    rundir.open_run_directory(out, resume=False, overwrite=True).release()
+    assert sorted(p.name for p in out.iterdir()) == [
+        rundir.USER_FILES_RECORD, "odenet", "results.json"
+    ]  # fmt: skip
+    rundir.open_run_directory(out, resume=False, overwrite=False).release()  # the user's alone
+
+
+@row("T26", "T27")
+def test_bench_keeps_to_its_own_out_and_refuses_options_it_would_ignore(tmp_path, capsys) -> None:
+    demo_run = tmp_path / "demo"
+    demo_run.mkdir()
+    (demo_run / "work_precision.png").write_text("the demo's")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "bench.md").write_text("mine")
+    for out, fragment in [
+        (demo_run, "holds files that other neuralode commands write (work_precision.png)"),
+        (notes, "holds a bench.md that neuralode bench did not write"),
+    ]:
+        assert main(["bench", "--parts", "gpu", "--out", str(out)]) == 2
+        _one_line_error(capsys, fragment)
+    assert (demo_run / "work_precision.png").read_text() == "the demo's"
+    assert sorted(p.name for p in notes.iterdir()) == ["bench.md"]
+    out = str(tmp_path / "bench")
+    for options, fragment in [
+        (["--rtols", "1e-3"], "--rtols sets the work-precision part's tolerances"),
+        (["--device", "cpu"], "--device places the gpu and diffrax parts"),
+    ]:
+        assert main(["bench", "--parts", "core", *options, "--out", out]) == 2
+        _one_line_error(capsys, fragment)
+    for options, fragment in [
+        (["--rtols", "0.1"], "argument --rtols: must be a number in (0, 0.01], got 0.1"),
+        (["--threads", "100000"], "argument --threads: must be"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(["bench", *options, "--out", out])
+        assert info.value.code == 2
+        _one_line_error(capsys, fragment)
+    assert not (tmp_path / "bench").exists()
+
+
 @row("T19")
 def test_a_run_failing_before_its_first_checkpoint_leaves_nothing_that_blocks_a_rerun(
     tmp_path, capsys

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import os
 import platform
@@ -32,6 +33,22 @@ def environment() -> str:
         f"{torch.get_num_threads()}; Python {platform.python_version()}, torch "
         f"{torch.__version__}, {versions}"
     )
+
+
+def imports(name: str) -> bool:
+    """Whether the library ``name`` imports here: installed, and not broken.
+
+    Arguments:
+        name: a module name.
+
+    Returns:
+        True when ``import name`` succeeds.
+    """
+    try:
+        importlib.import_module(name)
+    except Exception:  # a broken install fails with anything: the caller goes without it
+        return False
+    return True
 
 
 def _version(name: str) -> str:

@@ -392,7 +392,8 @@ def run_compiled(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 41) -> 
 def compiled_table(rows: list[CompiledRow]) -> str:
     lines = [
         "| batch | library | time min (ms) | time median (ms) | NFE | bare f eager / compiled, "
-        "min (us) | overhead / NFE, min / median (us) | vs torchdiffeq (min) | max diff of y(t1) |",
+        "min (us) | overhead / NFE, min / median (us) | speed-up vs torchdiffeq (min) "
+        "| max diff of y(t1) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -414,7 +415,7 @@ def table(results: list[Result]) -> str:
     by_key = {(r.case, r.batch, r.library): r for r in results}
     lines = [
         "| batch | library | time (ms) | NFE | max abs error | overhead / NFE (us) "
-        "| in situ (us) | vs torchdiffeq | notes |",
+        "| in situ (us) | speed-up vs torchdiffeq | notes |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:

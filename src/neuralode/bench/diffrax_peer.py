@@ -397,7 +397,7 @@ def _interleaved(
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| problem | library | time min (ms) | time median (ms) | vs diffrax (min) "
+        "| problem | library | time min (ms) | time median (ms) | time / diffrax's (min) "
         "| compile (s) | steps accepted / rejected | error |",
         "|---|---|---:|---:|---:|---:|---|---:|",
     ]
@@ -452,8 +452,8 @@ def section(
         f"{title}\n\n{note} under {python}, {where}, "
         f"jitted; neuralode with one torch thread. Times per solve from "
         "blocks of consecutive calls (min and median over the blocks), the blocks of the rows "
-        "interleaved across the two processes; vs diffrax: min over diffrax's min. Error: "
-        "forward, max |y(t1) - SciPy DOP853 at rtol 1e-12|; gradient, max |grad - diffrax "
+        "interleaved across the two processes; time / diffrax's: our min over diffrax's min. "
+        "Error: forward, max |y(t1) - SciPy DOP853 at rtol 1e-12|; gradient, max |grad - diffrax "
         "RecursiveCheckpointAdjoint's| / max |that|. Per sample: accepted steps of the "
         "slowest sample and their mean.\n\n" + table(rows)
     )

@@ -32,7 +32,6 @@ Run by ``python benchmarks/bench_gpu.py`` and ``neuralode bench --parts gpu``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import platform
 import statistics
 import time
@@ -44,7 +43,7 @@ import torch
 import neuralode
 
 from .._cli_types import positive_float, positive_int
-from . import environment
+from . import environment, imports
 
 RTOL, ATOL = 1e-6, 1e-8
 
@@ -118,7 +117,7 @@ class _Torchode:
 def runners(device: torch.device, compile_step: bool) -> dict[str, Runner]:
     """The rows: name -> run(field, y0, ts) returning the steps taken and y(t1)."""
     rows: dict[str, Runner] = {}
-    if importlib.util.find_spec("torchdiffeq"):
+    if imports("torchdiffeq"):
         rows["torchdiffeq"] = _torchdiffeq
     graphs = device.type == "cuda"
     for compiled in (False, True) if compile_step else (False,):
@@ -130,7 +129,7 @@ def runners(device: torch.device, compile_step: bool) -> dict[str, Runner]:
             if graphs:
                 graphed = _neuralode(**{mode: True}, cuda_graph=True, **extra)
                 rows[f"neuralode {name} + cuda_graph{suffix}"] = graphed
-    if importlib.util.find_spec("torchode"):
+    if imports("torchode"):
         rows["torchode (per sample)"] = _Torchode()
     return rows
 

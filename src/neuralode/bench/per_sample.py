@@ -228,7 +228,7 @@ def run_compiled(batches: tuple[int, ...] = (1, 16, 256), repeats: int = 5) -> l
 def table(rows: list[Row], reference: str = "torchode") -> str:
     """Markdown rows; times relative to the ``reference`` library's at the same batch."""
     lines = [
-        f"| batch | library | time min (ms) | time median (ms) | vs {reference} (min) "
+        f"| batch | library | time min (ms) | time median (ms) | time / {reference}'s (min) "
         "| steps, slowest sample | vs batch 1 | mean steps / sample | mean NFE / sample "
         "| f rows evaluated / sample | max diff of the outputs from torchode |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

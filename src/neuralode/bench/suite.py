@@ -7,15 +7,14 @@ directory, so that a run of some parts does not drop the sections of the others.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import time
 from pathlib import Path
 
 import torch
 
-from .._cli_types import non_negative_int, open_unit, positive_int
-from ..training.rundir import ensure_directory
+from .._cli_types import positive_float_at_most, positive_int, thread_count
+from ..training.rundir import USER_FILES_RECORD, RunDirectoryError, ensure_directory, run_outputs
 
 PARTS = ("core", "per-sample", "work-precision", "diffrax", "compiled", "gpu", "sde", "cde")
 # "compiled" compiles for minutes; "gpu" is for a machine with one (it runs on the CPU too)
@@ -34,8 +33,18 @@ NEEDS = {
 }
 
 
+PLOT = "bench-work-precision.png"
+# Looser tolerances let the work-precision part's Van der Pol solves blow up and crawl.
+MAX_SWEEP_RTOL = 1e-2
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="out/bench", help="output directory (default out/bench)")
+    parser.add_argument(
+        "--out",
+        default="out/bench",
+        help="output directory (default out/bench); a rerun into it replaces the parts it runs "
+        "and keeps the others'",
+    )
     parser.add_argument(
         "--full", action="store_true", help="all batch sizes, more repeats and tolerances"
     )
@@ -65,19 +74,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "CUDA when there is one, the diffrax part on the CPU; with cuda both libraries of the "
         "diffrax part run on the GPU)",
     )
-    parser.add_argument("--repeats", type=positive_int, default=None, help="timed repeats per case")
-    parser.add_argument("--threads", type=non_negative_int, default=None, help="torch threads")
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=None,
+        help="timed repeats per case (default 3, 11 with --full)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=thread_count,
+        default=0,
+        help="torch CPU threads, 0 = torch default (default %(default)s)",
+    )
     parser.add_argument(
         "--rtols",
-        type=open_unit,
+        type=positive_float_at_most(MAX_SWEEP_RTOL),
         nargs="+",
         default=None,
-        help="work-precision tolerance sweep",
+        help="the work-precision part's relative tolerances, each at most "
+        f"{MAX_SWEEP_RTOL:g} (default 1e-4 1e-6 1e-8; with --full 1e-3 to 1e-9)",
     )
 
 
 def missing_peers(parts: list[str]) -> dict[str, list[str]]:
-    """The parts that cannot run here, each with the libraries it needs that are not installed.
+    """The parts that cannot run here, each with the libraries it needs that do not import
+    (not installed, or broken).
 
     Arguments:
         parts: the ``--parts`` asked for.
@@ -85,25 +106,25 @@ def missing_peers(parts: list[str]) -> dict[str, list[str]]:
     Returns:
         ``{part: [missing library, ...]}`` for every part that lacks one (empty: all can run).
     """
-    missing = {
-        part: [name for name in NEEDS[part] if importlib.util.find_spec(name) is None]
-        for part in parts
-    }
+    from . import imports
+
+    missing = {part: [name for name in NEEDS[part] if not imports(name)] for part in parts}
     return {part: names for part, names in missing.items() if names}
 
 
 def skip_note(part: str, names: list[str]) -> str:
     """The report's section for a part that was skipped: what it needs and how to install it."""
     return (
-        f"### {part}: not run\n\nThe {part} part needs {', '.join(names)}, not installed "
-        "here; install them with: pip install 'neuralode[bench]'"
+        f"### {part}: not run\n\nThe {part} part needs {', '.join(names)}, which do not "
+        "import here (not installed, or broken); install them with: pip install "
+        "'neuralode[bench]'"
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``--parts`` and write ``bench.md`` (and the work-precision PNG) into ``--out``.
 
-    A part whose reference libraries are not installed is skipped, with a note in the report
+    A part whose reference libraries do not import is skipped, with a note in the report
     and on the terminal; the others run.
 
     Arguments:
@@ -115,9 +136,11 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         ValueError: ``--device`` or ``--diffrax-python`` names nothing usable.
     """
+    _refuse_unused_options(args)
     skipped = missing_peers(args.parts)
     for part, names in skipped.items():
-        print(f"neuralode bench: skipping {part}: needs {', '.join(names)} (not installed); "
+        print(f"neuralode bench: skipping {part}: needs {', '.join(names)} (not "
+              "installed, or fails to import); "
               "pip install 'neuralode[bench]'", flush=True)  # fmt: skip
     parts = [part for part in args.parts if part not in skipped]
     if not parts:
@@ -130,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
         python, note = diffrax_peer.find_python(args.diffrax_python)
     out = Path(args.out)
+    _refuse_others_files(out)
     ensure_directory(out)  # a file or an unwritable place: one line, exit status 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -246,11 +270,11 @@ def run(args: argparse.Namespace) -> int:
         rtols = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9) if args.full else (1e-4, 1e-6, 1e-8)
         rtols = tuple(args.rtols) if args.rtols else rtols
         points = work_precision.run(rtols, repeats)
-        work_precision.plot(points, out / "work_precision.png")
+        work_precision.plot(points, out / PLOT)
         sections.append(
             "### Work-precision: Van der Pol batch 16, float64 (min times)\n\n"
             + work_precision.table(points)
-            + "\n\n![work-precision](work_precision.png)"
+            + f"\n\n![work-precision]({PLOT})"
         )
     ends = [index for _, index in starts[1:]] + [len(sections)]
     for (part, first), end in zip(starts, ends):  # each part's file, with its environment
@@ -280,6 +304,39 @@ def merged_report(out: Path, skipped: dict[str, list[str]] | None = None) -> str
     files = [out / f"bench-{part}.md" for part in PARTS]
     reports = [path.read_text().strip() for path in files if path.exists()]
     return "\n\n".join(notes + reports) + "\n"
+
+
+def _refuse_unused_options(args: argparse.Namespace) -> None:
+    """Options of parts that are not run are refused, not ignored."""
+    if args.rtols and "work-precision" not in args.parts:
+        raise ValueError("--rtols sets the work-precision part's tolerances: add work-precision "
+                         "to --parts, or leave --rtols out")  # fmt: skip
+    if args.device and not {"gpu", "diffrax"} & set(args.parts):
+        raise ValueError("--device places the gpu and diffrax parts: add one of them to "
+                         "--parts, or leave --device out")  # fmt: skip
+
+
+def _refuse_others_files(out: Path) -> None:
+    """``--out`` may hold an earlier benchmark (a rerun replaces the parts it runs and keeps
+    the others') but nothing that another command wrote or a ``bench.md`` of the user's.
+
+    Raises:
+        RunDirectoryError: ``out`` holds files of another command, or a ``bench.md`` without
+            the ``bench-PART.md`` files that a benchmark writes beside it.
+    """
+    if not out.is_dir():
+        return
+    others = [path.name for path in run_outputs(out) if path.name != USER_FILES_RECORD]
+    if others:
+        raise RunDirectoryError(
+            f"--out {out} holds files that other neuralode commands write "
+            f"({', '.join(others)}); give the benchmarks a directory of their own"
+        )
+    if (out / "bench.md").exists() and not any(out.glob("bench-*.md")):
+        raise RunDirectoryError(
+            f"--out {out} holds a bench.md that neuralode bench did not write (no "
+            "bench-PART.md beside it); move it, or choose another --out"
+        )
 
 
 def _device(name: str | None) -> torch.device | None:

@@ -271,6 +271,12 @@ def run(args: argparse.Namespace) -> int:
             f"--save-every ({args.save_every:g}) is longer than --horizon ({args.horizon:g}); "
             "choose a --save-every of at most the horizon"
         )
+    if args.step_size > args.save_every:  # (the symplectic rollout takes fixed steps too)
+        raise ValueError(
+            f"--step-size ({args.step_size:g}) is longer than --save-every "
+            f"({args.save_every:g}): the saved states would be interpolated between steps; "
+            "choose a --step-size of at most --save-every"
+        )
     require_matplotlib()  # the plots come last: fail before the work
     with open_experiment(args) as run:
         return _run(args, run)

@@ -466,6 +466,11 @@ def _check(args: argparse.Namespace, horizon: float, dt: float) -> str | None:
     steps = round(horizon / dt)
     if steps < 1 or abs(steps * dt - horizon) > 1e-9 * horizon:
         return f"--horizon must be a multiple of --dt, got {horizon} and {dt}"
+    if args.window > steps:
+        return (
+            f"--window ({args.window}) is longer than the {steps} saved steps of the training "
+            f"horizon (--horizon {horizon:g} / --dt {dt:g}); give --window {steps} or less"
+        )
     if not 0 < args.rtol < 1:
         return f"--rtol must be in (0, 1), got {args.rtol}"
     return None

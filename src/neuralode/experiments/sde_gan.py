@@ -128,8 +128,13 @@ def run(args: argparse.Namespace) -> int:
     for name in ("series", "iterations", "batch", "hidden", "width", "lag"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
-    if args.times < 3 or args.lag >= args.times:
-        raise ValueError(f"--times must be at least 3 and above --lag, got {args.times}")
+    if args.times < 3:
+        raise ValueError(f"--times must be at least 3, got {args.times}")
+    if args.lag >= args.times:
+        raise ValueError(
+            f"--lag ({args.lag}) must be below --times ({args.times}): the increments are "
+            "measured between times --lag apart"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     require_matplotlib()  # the plots come last: fail before the work

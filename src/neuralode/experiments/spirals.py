@@ -93,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--spirals",
         type=int_at_least(3),
         default=None,
-        help="spirals generated: 20%% test, 8%% validation, 72%% train (default 1000)",
+        help="spirals generated: 20%% test, 8%% validation, 72%% train (default 1000, 40 with "
+        "--quick)",
     )
     parser.add_argument(
         "--batch", type=positive_int, default=50, help="spirals per step (default 50)"

@@ -16,6 +16,9 @@ from .state import CheckpointError, load_checkpoint, write_failure
 
 RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "config.json", "demo.json")
 LOCK_NAME = ".neuralode-train.lock"
+# The names of RUN_OUTPUTS that were the user's own files before any run wrote to --out
+# (adopted by an --overwrite into a directory without a run): --overwrite leaves them.
+USER_FILES_RECORD = ".neuralode-user-files.json"
 # Everything a run of ``neuralode train``, ``demo`` or an experiment writes at the top of its
 # --out (names or glob patterns; a directory goes with its contents). ``--overwrite`` removes
 # these and nothing else, so a user's own files there survive; a new output is listed here
@@ -35,6 +38,8 @@ RUN_OUTPUTS = (
     "resnet", "rknet", "odenet", "deq",
     # neuralode demo
     "demo.json", "work_precision.png",
+    # open_run_directory
+    USER_FILES_RECORD,
 )  # fmt: skip
 
 
@@ -206,8 +211,12 @@ def open_run_directory(
 ) -> RunLock:
     """Creates ``out`` if needed, locks it, and checks that this run may write there.
 
-    With ``overwrite`` the earlier run is removed: every file and directory of
-    ``RUN_OUTPUTS`` (the user's own files stay).
+    A run without ``resume`` or ``overwrite`` is refused where ``out`` holds an earlier run
+    (``run_files``) or any file with a name runs write (``RUN_OUTPUTS``): nothing of the
+    user's is written over unasked. With ``overwrite`` the earlier run is removed: every
+    file and directory of ``RUN_OUTPUTS`` (the user's other files stay). Where ``out`` holds
+    no run yet, ``overwrite`` removes nothing: the files found there are recorded as the
+    user's (``USER_FILES_RECORD``), and later ``--overwrite`` runs leave them too.
 
     Arguments:
         out: the run directory (``--out``).
@@ -222,8 +231,8 @@ def open_run_directory(
     Raises:
         CheckpointError: ``resume`` is set and ``out`` does not exist.
         RunDirectoryError: ``out`` is a file or not writable, another run holds it, it
-            holds an earlier run and neither ``resume`` nor ``overwrite`` is set, or the
-            earlier run's files cannot be removed.
+            holds an earlier run or files a run writes and neither ``resume`` nor
+            ``overwrite`` is set, or the earlier run's files cannot be removed.
     """
     refuse_resume_with_overwrite(resume, overwrite)
     if out.exists() and not out.is_dir():
@@ -232,21 +241,56 @@ def open_run_directory(
         load_checkpoint(out / "checkpoint.pt")  # raises "no checkpoint at ...", creates nothing
     ensure_directory(out)
     lock = RunLock(out).acquire()
-    existing = [name for name in run_files if (out / name).exists()]
-    if existing and not (resume or overwrite):
+    try:
+        _claim(out, resume, overwrite, run_files, resumable)
+    except BaseException:
         lock.release()
-        resume_it = "continue it with --resume, " if resumable else ""
-        raise RunDirectoryError(
-            f"--out {out} holds an earlier run ({', '.join(existing)}); {resume_it}replace "
-            "it with --overwrite, or choose another --out"
-        )
-    if overwrite:
-        try:
-            remove_run_outputs(out)
-        except RunDirectoryError:
-            lock.release()
-            raise
+        raise
     return lock
+
+
+def _claim(
+    out: Path, resume: bool, overwrite: bool, run_files: tuple[str, ...], resumable: bool
+) -> None:
+    """``open_run_directory``'s checks and removal, with ``out`` locked."""
+    existing = [name for name in run_files if (out / name).exists()]
+    users = user_files(out)
+    if not (resume or overwrite):
+        if existing:
+            resume_it = "continue it with --resume, " if resumable else ""
+            raise RunDirectoryError(
+                f"--out {out} holds an earlier run ({', '.join(existing)}); {resume_it}replace "
+                "it with --overwrite, or choose another --out"
+            )
+        clashing = [p.name for p in run_outputs(out) if p.name not in users | {USER_FILES_RECORD}]
+        if clashing:
+            raise RunDirectoryError(
+                f"--out {out} holds files with the names runs write ({', '.join(clashing)}); "
+                "move them, choose another --out, or pass --overwrite to let this run write "
+                "over them (it removes nothing there)"
+            )
+    if overwrite:
+        if not existing and not (out / USER_FILES_RECORD).exists():
+            users = {p.name for p in run_outputs(out)}  # no run here yet: the user's own
+            if users:
+                write_text_atomically(out / USER_FILES_RECORD, json.dumps(sorted(users)) + "\n")
+        remove_run_outputs(out, keep={out / name for name in users | {USER_FILES_RECORD}})
+
+
+def user_files(out: Path) -> set[str]:
+    """The names in ``out`` recorded as the user's own (``USER_FILES_RECORD``; empty if none).
+
+    Arguments:
+        out: a run directory.
+
+    Returns:
+        The recorded names (an unreadable record counts as none).
+    """
+    try:
+        names = json.loads((out / USER_FILES_RECORD).read_text())
+    except (OSError, ValueError):
+        return set()
+    return {name for name in names if isinstance(name, str)} if isinstance(names, list) else set()
 
 
 def write_text_atomically(path: Path, text: str) -> None:

@@ -378,6 +378,9 @@ def f_delayed(t, y, d):
         (dict(gradient=no.Checkpointed(params=())), ValueError, "takes no params"),
         (dict(controller=no.FixedGrid(grid=torch.linspace(0, 2, 5))), ValueError, "grid"),
         (dict(max_steps=0), ValueError, "max_steps"),
+        (dict(func=lambda t, y: -y), TypeError, r"called as func\(t, y, y_delayed\).*\(t, y\)"),
+        (dict(func=None), TypeError, "func must be callable as func"),
+        (dict(func=lambda t, y, d: torch.ones(3)), ValueError, r"returned shape \(3,\); .*\(2,\)"),
     ],
 )
 def test_bad_input_is_refused(kwargs: dict, error: type, match: str) -> None:
@@ -394,7 +397,7 @@ def test_bad_input_is_refused(kwargs: dict, error: type, match: str) -> None:
 
 
 def test_max_steps_counts_every_interval() -> None:
-    with pytest.raises(no.MaxStepsError):
+    with pytest.raises(no.MaxStepsError, match=r"max_steps=10 steps before t1=4, the last of"):
         solve_dde(
             f_delayed,
             torch.ones(1),
@@ -404,6 +407,11 @@ def test_max_steps_counts_every_interval() -> None:
             controller=no.FixedGrid(step_size=0.25),
             max_steps=10,
         )
+    # the budget running out inside an interval of an adaptive solve: the user's max_steps
+    ts = torch.tensor([0.0, 10.0], dtype=F64)
+    with pytest.raises(no.MaxStepsError, match=r"max_steps=12 steps before t1=10, .* in \["):
+        solve_dde(f_delayed, torch.ones(1, dtype=F64), ts, 1.0, max_steps=12,
+                  controller=no.PIController(rtol=1e-10, atol=1e-10))  # fmt: skip
 
 
 def test_float32_interval_ends_are_the_solves_times() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import copy
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 
-from .._args import DEFAULT_MAX_STEPS, step_limit
+from .._args import DEFAULT_MAX_STEPS, function, step_limit
 from .._autograd import FirstOrder
 from .._errors import MaxStepsError
 from .._graph_break import outside_dynamo
@@ -129,13 +130,14 @@ def solve_dde(
             a gradient strategy other than ``Direct()`` and ``Checkpointed()``,
             ``Checkpointed(params=...)``, a ``FixedGrid(grid=...)``, a solver whose stages
             pass the step's end (``kvaerno4``, ``kvaerno5``).
-        TypeError: ``history``, ``y0``, ``ts`` or a delay of the wrong type, or
-            ``progress_meter`` not a ``ProgressMeter``.
+        TypeError: ``func`` not callable with three arguments, ``history``, ``y0``, ``ts``
+            or a delay of the wrong type, or ``progress_meter`` not a ``ProgressMeter``.
         MaxStepsError: more than ``max_steps`` steps were needed (before any step where the
             span holds more intervals, multiples of the smallest delay, than ``max_steps``).
     """
     if torch.compiler.is_compiling():  # inside the user's torch.compile: one graph break
         return _SOLVE_DDE_OUTSIDE_DYNAMO(locals())
+    _check_func(func)
     solver, controller, gradient, norm = coerce_strategies(solver, controller, gradient, norm)
     solver = Dopri5() if solver is None else solver
     if solver.stage_reach > 1:
@@ -223,16 +225,23 @@ def solve_dde(
                 stats=stats,
                 meter=None if tracker is None else _IntervalMeter(tracker, stats),
             )
-            if isinstance(gradient, Checkpointed) and torch.is_grad_enabled():
-                # the interval's outputs (ys, dense rows) are kept, f's activations dropped;
-                # the backward pass reruns ``run`` (the same steps) for them, one interval
-                # at a time. Non-reentrant: the graph keeps its edges to every tensor the
-                # interval reads (parameters, delays, the earlier intervals' rows).
-                solution = torch.utils.checkpoint.checkpoint(
-                    run, use_reentrant=False, early_stop=False
-                )
-            else:
-                solution = run()
+            try:
+                if isinstance(gradient, Checkpointed) and torch.is_grad_enabled():
+                    # the interval's outputs (ys, dense rows) are kept, f's activations
+                    # dropped; the backward pass reruns ``run`` (the same steps) for them, one
+                    # interval at a time. Non-reentrant: the graph keeps its edges to every
+                    # tensor the interval reads (parameters, delays, the earlier intervals').
+                    solution = torch.utils.checkpoint.checkpoint(
+                        run, use_reentrant=False, early_stop=False
+                    )
+                else:
+                    solution = run()
+            except MaxStepsError as error:  # (the interval's share of max_steps ran out)
+                raise MaxStepsError(
+                    f"solve_dde took max_steps={max_steps:,} steps before t1={t1:.6g}, the last "
+                    f"of them in [{a:.6g}, {b:.6g}]; raise max_steps (or pass None), or loosen "
+                    "the tolerances"
+                ) from error
             pieces.append(solution.ys[1 : len(inner) + 1])
             if at_end:
                 pieces.append(solution.ys[-1:])
@@ -359,7 +368,14 @@ class _Field:
         self.shape = shape
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.func(t, y, self.delayed(float(t)))
+        out = self.func(t, y, self.delayed(float(t)))
+        if not isinstance(out, torch.Tensor) or out.shape != y.shape:
+            got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else repr(out)
+            raise ValueError(
+                f"func(t, y, y_delayed) returned {got}; it must return dy/dt, a tensor of "
+                f"y0's shape {tuple(y.shape)}"
+            )
+        return out
 
     def delayed(self, t: float, left: int | None = None) -> tuple[torch.Tensor, ...]:
         """The delayed states at ``t``; ``left``: delay ``left`` from the history (its
@@ -531,6 +547,22 @@ def _discontinuities(
         for key, s in level.items():
             found.setdefault(key, (t0 + s, generation))
     return sorted(found.values())
+
+
+def _check_func(func: Any) -> None:
+    """``func`` must be callable with three arguments, (t, y, y_delayed)."""
+    function("func", func, "callable as func(t, y, y_delayed)")
+    try:
+        parameters = inspect.signature(func)
+    except (TypeError, ValueError):  # (a builtin without a signature: its call will tell)
+        return
+    try:
+        parameters.bind(None, None, None)
+    except TypeError:
+        raise TypeError(
+            f"func is called as func(t, y, y_delayed), y_delayed the tuple of the delayed "
+            f"states y(t - tau_j), one per delay; its signature is {parameters}"
+        ) from None
 
 
 def _check_gradient(gradient: Any) -> None:

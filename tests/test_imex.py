@@ -290,11 +290,12 @@ def _gradient_problem():
     return func, u0, ts
 
 
-def test_gradcheck_fixed_steps_direct() -> None:
+@pytest.mark.parametrize("method", IMEX)
+def test_gradcheck_fixed_steps_direct(method: str) -> None:
     """Direct (autograd through the steps and their linear solves) against finite
     differences, for y0 and a parameter of the explicit part."""
     func, u0, ts = _gradient_problem()
-    solver = KenCarp4(linear=func.diffusion.linear_part())
+    solver = IMEX[method](linear=func.diffusion.linear_part())
 
     def run(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         field = lambda t, y: func.diffusion(t, y) + k * y * (1 - y)  # noqa: E731

@@ -188,6 +188,45 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.save(result.history, f"{out}/history{rank}.pt")
 
 
+def _ddp_run(rank: int, world: int, port: int, out: str, stop: bool, resume: bool) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    config = TrainConfig(model="rknet", epochs=2, out=out, device="cpu", resume=resume, **TINY)
+    # Ctrl-C reaches rank 0 alone, inside epoch 2: every rank stops at that batch
+    result = train(config, on_batch=sigint_at(1, 0) if stop and rank == 0 else None)
+    torch.save(_params(result.model), f"{out}/rank{rank}.pt")
+    torch.save(_deterministic(result.history), f"{out}/history{rank}.pt")
+
+
+def test_ddp_ctrl_c_resumes_exactly_with_each_ranks_state(tmp_path) -> None:
+    """Each rank's crops and partial sums are its own: the checkpoint keeps every rank's
+    random states and sums, so the resumed run equals the uninterrupted one."""
+    start = preloaded_context().get_start_method()
+
+    def launch(out, stop=False, resume=False):
+        args = (2, _free_port(), str(out), stop, resume)
+        torch.multiprocessing.start_processes(_ddp_run, args, nprocs=2, start_method=start)
+
+    launch(tmp_path / "a")
+    launch(tmp_path / "b", stop=True)
+    saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert (saved["epoch"], saved["batch"], saved["world_size"]) == (1, 1, 2)
+    assert not torch.equal(saved["ranks"][0]["sums"], saved["ranks"][1]["sums"])
+    with pytest.raises(CheckpointError, match=r"trained with 2 process\(es\), this one has 1"):
+        train(TrainConfig(model="rknet", epochs=2, out=str(tmp_path / "b"), resume=True, **TINY))
+    launch(tmp_path / "b", resume=True)
+    for rank in (0, 1):
+        straight = torch.load(tmp_path / "a" / f"rank{rank}.pt", weights_only=True)
+        _assert_identical(
+            straight, torch.load(tmp_path / "b" / f"rank{rank}.pt", weights_only=True)
+        )
+    history = torch.load(tmp_path / "a" / "history0.pt", weights_only=True)
+    assert history == torch.load(tmp_path / "b" / "history0.pt", weights_only=True)
+    assert all(record["test_nfe"] is not None for record in history)  # (through DDP's wrapper)
+
+
 def test_ddp_two_processes_keep_identical_parameters(tmp_path) -> None:
     """Two CPU processes (gloo), different shards and different adaptive NFE, same weights."""
     # the ranks: children of the tests' fork server (torch and neuralode imported once)

@@ -384,14 +384,14 @@ def test_a_wrong_shaped_checkpoint_is_a_one_line_error(tmp_path, capsys) -> None
     _one_line_error(capsys, "does not fit this model", "size mismatch")
 
 
-def _ddp_refused_worker(rank: int, world: int, port: int, out: str) -> None:
+def _ddp_refused_worker(rank: int, world: int, port: int, out: str, resume: bool) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
         WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
     )  # fmt: skip
     try:
-        train(TrainConfig(model="resnet", epochs=1, out=out, device="cpu", **TINY))
-    except RunDirectoryError as error:
+        train(TrainConfig(model="resnet", epochs=1, out=out, device="cpu", resume=resume, **TINY))
+    except (RunDirectoryError, CheckpointError) as error:
         with open(f"{out}.refused{rank}", "w") as f:
             f.write(str(error))
 
@@ -405,11 +405,19 @@ def test_under_ddp_every_rank_stops_when_rank_0_refuses_the_directory(tmp_path) 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     start = preloaded_context().get_start_method()  # ranks forked, imports done once
-    args = (2, port, str(out))
+    args = (2, port, str(out), False)
     torch.multiprocessing.start_processes(_ddp_refused_worker, args, nprocs=2, start_method=start)
     assert "holds an earlier run" in (tmp_path / "run.refused0").read_text()
     assert "rank 0 refused --out" in (tmp_path / "run.refused1").read_text()
     assert (out / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+    # --resume without a run: rank 0's error, and every rank stops
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = (2, port, str(tmp_path / "none"), True)
+    torch.multiprocessing.start_processes(_ddp_refused_worker, args, nprocs=2, start_method=start)
+    assert "--resume: no checkpoint at" in (tmp_path / "none.refused0").read_text()
+    assert "rank 0 refused --out" in (tmp_path / "none.refused1").read_text()
 
 
 @row("T16")

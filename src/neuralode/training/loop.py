@@ -95,6 +95,8 @@ class TrainResult:
 def solver_block(model: nn.Module) -> Any:
     """The model's ODE block or equilibrium layer (its NFE and regularisation), or None
     (ResNet)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
     block = getattr(model, "ode", None)
     return getattr(model, "deq", None) if block is None else block
 
@@ -252,6 +254,7 @@ class Trainer:
             # options added since the checkpoint was written take their defaults
             saved_config = {**TrainConfig().as_dict(), **saved["config"]}
             check_compatible(saved_config, config.as_dict(), RESUME_KEYS)
+            _check_world_size(saved, runtime, self.out)
             started = saved["epoch"] + (saved["batch"] > 0)  # epochs finished or begun
             if config.epochs < started:
                 raise CheckpointError(
@@ -286,8 +289,10 @@ class Trainer:
                     "config.json",
                     file=sys.stderr,
                 )
-            set_rng_state(saved["rng"])
-            position = {k: saved[k] for k in position}
+            own = saved["ranks"][runtime.rank] if "ranks" in saved else saved
+            set_rng_state(own["rng"])
+            position = {"epoch": saved["epoch"], "batch": saved["batch"]}
+            position |= {"sums": own["sums"], "augment_rng": own["augment_rng"]}
             history = list(saved["history"])
         if runtime.is_main:
             if config.resume:
@@ -312,18 +317,25 @@ class Trainer:
             )
 
         def snapshot(epoch: int, batch: int, sums: Any, generator: Any) -> dict[str, Any]:
+            """The checkpoint (every rank calls it: each rank's random states and partial
+            sums are gathered, as its shard's crops and metrics depend on them)."""
+            own = {"rng": rng_state(), "sums": sums, "augment_rng": generator}
+            ranks = [own]
+            if runtime.distributed:
+                ranks = [None] * runtime.world
+                dist.all_gather_object(ranks, own)
             return {
                 "config": config.as_dict(),
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "ema": average.state_dict() if average is not None else None,
-                "rng": rng_state(),
                 "epoch": epoch,
                 "batch": batch,
-                "sums": sums,
-                "augment_rng": generator,
                 "history": history,
+                "world_size": runtime.world,
+                **ranks[0],  # (rank 0's at the top level, as a one-process run has them)
+                "ranks": ranks,
             }
 
         block = solver_block(model)
@@ -397,8 +409,8 @@ class Trainer:
                             self.on_batch(epoch, b)
                         if self._should_stop(stop_request, runtime):
                             bar.close()
+                            state = snapshot(epoch, b + 1, sums, generator.get_state())
                             if runtime.is_main:
-                                state = snapshot(epoch, b + 1, sums, generator.get_state())
                                 save_checkpoint(checkpoint_path, state)
                                 print(
                                     f"interrupted: checkpoint saved to {checkpoint_path} "
@@ -419,10 +431,11 @@ class Trainer:
                     record["test_error_raw"] = 1 - raw["accuracy"]
                 record["lr"] = scheduler.get_last_lr()[0]
                 history.append(record)
+                state = snapshot(epoch + 1, 0, None, None)
                 if runtime.is_main:
                     # checkpoint first: a failed save leaves no metrics line past the last
                     # checkpoint, and a missing line is restored from it on --resume
-                    save_checkpoint(checkpoint_path, snapshot(epoch + 1, 0, None, None))
+                    save_checkpoint(checkpoint_path, state)
                     metrics.append(record, step=epoch + 1)
                     print(_summary(record), file=sys.stderr)
                     if config.plots:
@@ -492,7 +505,7 @@ class Trainer:
         if runtime.is_main:
             try:
                 self._lock = open_run_directory(self.out, config.resume, config.overwrite)
-            except RunDirectoryError as error:
+            except (RunDirectoryError, CheckpointError) as error:  # (no run to --resume)
                 refusal = error
         if runtime.distributed:
             flag = torch.tensor([float(refusal is not None)], device=runtime.device)
@@ -568,6 +581,21 @@ class Trainer:
             "world_size": runtime.world,
             "regularisation": regularisation,
         }
+
+
+def _check_world_size(saved: dict[str, Any], runtime: Runtime, out: Path) -> None:
+    """A run resumes with the number of processes it ran with: the shards, the data order
+    and the steps per epoch (the learning-rate schedule) depend on it."""
+    world = saved.get("world_size")
+    if world is None and saved["history"]:  # (a checkpoint from before it was recorded)
+        world = saved["history"][-1].get("world_size")
+    if world is not None and world != runtime.world:
+        raise CheckpointError(
+            f"--resume: the run in {out} trained with {world} process(es), this one has "
+            f"{runtime.world}; resume it with {world} (torchrun --nproc_per_node {world}"
+            + (", or without torchrun)" if world == 1 else ")")
+            + ": the data order and the learning-rate schedule depend on the number"
+        )
 
 
 def apply_optimiser_settings(

@@ -197,14 +197,18 @@ def test_blow_up_adaptive_stops_near_the_singularity() -> None:
 
 
 def test_blow_up_on_a_fixed_grid_reports_the_output_time() -> None:
-    with _raises(no.NonFiniteError, "the solution contains NaN or inf at t=2 (output 2)"):
-        no.solve(
-            blow_up,
-            T(1.0),
-            T(0.0, 0.5, 2.0),
-            solver=no.RK4(),
-            controller=no.FixedGrid(step_size=0.1),
-        )
+    for dtype in (torch.float32, torch.float64):
+        with pytest.raises(no.NonFiniteError) as info:
+            no.solve(
+                blow_up,
+                T(1.0).to(dtype),
+                T(0.0, 0.5, 2.0).to(dtype),
+                solver=no.RK4(),
+                controller=no.FixedGrid(step_size=0.1),
+            )
+        message = str(info.value)
+        assert "the solution contains NaN or inf at t=2 (output 2)" in message
+        assert ("use float64" in message) == (dtype == torch.float32), message  # (not in it)
 
 
 def test_overflow_on_a_fixed_grid_names_the_dtype_and_the_size_before() -> None:

@@ -209,6 +209,52 @@ def test_event_search_reports_nan_fraction():
     assert drawn[1] <= drawn[0] // 4 + 2 < drawn[0], drawn  # refresh_steps holds there too
 
 
+@pytest.mark.parametrize(
+    "mode",
+    ["direct", "backsolve", "checkpointed", "per_sample", "device_loop"],
+)
+def test_a_terminal_event_leaves_the_meter_where_it_fired(mode):
+    """Progress never goes back and ends short of 100 % at the event, in every mode: the
+    gradient strategies that locate the event first and then solve up to it show the
+    search once."""
+    y0 = torch.tensor([2.0, 0.0], dtype=F64, requires_grad=True)
+    ts = torch.tensor([0.0, 8.0], dtype=F64)
+    event = no.Event(lambda t, y: y[..., 0] + 1.0, terminal=True)  # x falls through -1
+    options: dict = {"per_sample": True} if mode == "per_sample" else {}
+    options |= {"device_loop": True} if mode == "device_loop" else {}
+    if mode in ("backsolve", "checkpointed"):
+        strategy = {"backsolve": no.Backsolve, "checkpointed": no.Checkpointed}[mode]
+        options["gradient"] = strategy(params=())
+    state = y0[None] if mode == "per_sample" else y0
+    meter = Recorder()
+    sol = no.solve(van_der_pol, state, ts, event=event, progress_meter=meter, **options)
+    fractions = [u.fraction for u in meter.updates]
+    assert fractions == sorted(fractions), fractions
+    event_t = float(sol.event_t.detach().max())
+    assert 0.1 < fractions[-1] < 1.0 and event_t < 8.0
+    assert meter.updates[-1].t >= event_t - 1e-12
+    if mode in ("backsolve", "checkpointed"):
+        alone = Recorder()
+        no.solve(van_der_pol, y0.detach(), ts, event=event, progress_meter=alone)
+        assert [u.t for u in meter.updates] == [u.t for u in alone.updates]
+
+
+def test_tqdm_bar_closes_where_the_solve_stopped():
+    """refresh_steps=8: the bar closed by an error shows the last attempt's t and counts,
+    not its last redraw."""
+    y0 = torch.tensor([2.0, 0.0], dtype=F64)
+    ts = torch.tensor([0.0, 8.0], dtype=F64)
+    meter, buffer = Recorder(), io.StringIO()
+    bar = no.TqdmProgressMeter(refresh_steps=8, file=buffer, mininterval=0)
+    for each in (meter, bar):
+        with torch.no_grad(), pytest.raises(no.MaxStepsError):
+            no.solve(van_der_pol, y0, ts, max_steps=25, progress_meter=each)
+    last = meter.updates[-1]
+    assert last.n_accepted + last.n_rejected == 25
+    counts = f"t={last.t:.6g}, accepted={last.n_accepted}, rejected={last.n_rejected}"
+    assert counts in _last_line(buffer.getvalue())
+
+
 def test_backsolve_meter_shows_the_forward_solve_only():
     meter = Recorder()
     y0 = torch.ones(2, dtype=F64, requires_grad=True)

@@ -3,6 +3,9 @@ solution of linear systems, autograd of the plain solve, and its bad input."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -214,6 +217,7 @@ def test_block_warm_starts_on_the_same_batch_in_training_only():
         (dict(segments=4, fine="rk4"), ValueError, "steps="),
         (dict(segments=4, coarse=3), TypeError, "coarse must be"),
         (dict(segments=4, initial=torch.zeros(4, 2, 2, dtype=F64)), ValueError, "5 boundary"),
+        (dict(segments=4, initial=torch.full((5, 2, 2), math.nan)), ValueError, "initial contains"),
     ],
 )
 def test_bad_input(kwargs, error, match):
@@ -224,8 +228,12 @@ def test_bad_input(kwargs, error, match):
 def test_bad_input_of_the_state_times_and_propagator():
     with pytest.raises(ValueError, match=r"\(batch, \.\.\.\)"):
         parareal(forced, torch.tensor(1.0, dtype=F64), TS, segments=2)
+    with pytest.raises(ValueError, match="batch dimension is empty"):
+        parareal(forced, Y0[:0], TS, segments=2)
     with pytest.raises(ValueError, match="strictly"):
         parareal(forced, Y0, torch.tensor([0.0, 2.0, 1.0], dtype=F64), segments=2)
+    counted = parareal(forced, Y0, TS, segments=np.int64(4), iterations=np.int64(4))
+    assert torch.equal(counted.ys, parareal(forced, Y0, TS, segments=4).ys)
     with pytest.raises(ValueError, match="does not differentiate"):
         parareal(forced, Y0, TS.clone().requires_grad_(), segments=2)
     with pytest.raises(ValueError, match="positive integer"):

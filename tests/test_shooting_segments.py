@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -205,6 +206,17 @@ def test_bad_input_is_refused_naming_the_fix(kwargs: dict, match: str) -> None:
     ts = torch.linspace(0, 1, 11, dtype=F64)
     with pytest.raises(ValueError, match=match):
         multiple_shooting_loss(lotka_volterra, ts, torch.ones(11, 2, dtype=F64), **kwargs)
+
+
+def test_numpy_integers_count_groups() -> None:
+    ts = torch.linspace(0, 1, 11, dtype=F64)
+    ys = torch.ones(11, 2, dtype=F64)
+    for kwargs in (dict(group_size=3), dict(segments=5)):
+        numpy = {key: np.int64(value) for key, value in kwargs.items()}
+        assert torch.equal(
+            multiple_shooting_loss(lotka_volterra, ts, ys, **numpy).predictions,
+            multiple_shooting_loss(lotka_volterra, ts, ys, **kwargs).predictions,
+        )
 
 
 def test_mismatched_shapes_and_options_are_refused() -> None:

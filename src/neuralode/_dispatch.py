@@ -97,6 +97,8 @@ def solve_with_event(
             t_tail = torch.tensor(tail, dtype=ts.dtype, device=ts.device)
             problem.ts = torch.cat([ts[:before], t_tail])
             problem.times = problem.times[:before] + tail
+        # (the solve repeats the search's steps, which the progress meter has shown)
+        problem.config = replace(problem.config, progress=None)
         ys = run_gradient(gradient, problem)
         event_y = None
         if hit is not None:

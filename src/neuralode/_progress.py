@@ -144,6 +144,7 @@ class TqdmProgressMeter(ProgressMeter):
         self.desc, self.file, self.leave, self.tqdm_kwargs = desc, file, leave, tqdm_kwargs
         self.bar: Any = None  # the open bar (``tqdm.tqdm``), between start and close
         self._drawn = 0  # the steps at the last redraw
+        self._last: Progress | None = None  # the last update, drawn or not
 
     def start(self, t0: float, t1: float) -> None:
         """Opens the bar: a percentage over [``t0``, ``t1``], or ``t`` and the steps alone
@@ -161,7 +162,7 @@ class TqdmProgressMeter(ProgressMeter):
             total, form = None, "{desc}: [{elapsed}{postfix}]"
         kwargs = dict(bar_format=form, dynamic_ncols=True, **self.tqdm_kwargs)
         self.bar = tqdm(total=total, desc=self.desc, file=self.file, leave=self.leave, **kwargs)
-        self._drawn = 0
+        self._drawn, self._last = 0, None
 
     def update(self, progress: Progress) -> None:
         """Moves the bar to ``progress`` and shows its ``t`` and steps, at most once per
@@ -170,12 +171,17 @@ class TqdmProgressMeter(ProgressMeter):
         Arguments:
             progress: where the solve is ([`Progress`][neuralode.Progress]).
         """
-        bar = self.bar
+        self._last = progress
         steps = progress.n_accepted + progress.n_rejected
         # (the end always shows; a NaN fraction, towards t = inf, is no end)
-        if bar is None or (steps - self._drawn < self.refresh_steps and not progress.fraction >= 1):
+        if steps - self._drawn >= self.refresh_steps or progress.fraction >= 1:
+            self._draw(progress)
+
+    def _draw(self, progress: Progress) -> None:
+        bar = self.bar
+        if bar is None:
             return
-        self._drawn = steps
+        self._drawn = progress.n_accepted + progress.n_rejected
         counts = f"accepted={progress.n_accepted}, rejected={progress.n_rejected}"
         bar.set_postfix_str(f"t={progress.t:.6g}, {counts}", refresh=False)
         if bar.total is None or progress.fraction != progress.fraction:
@@ -190,6 +196,9 @@ class TqdmProgressMeter(ProgressMeter):
             error: the exception the solve raises, or ``None``.
         """
         if self.bar is not None:
+            last = self._last
+            if last is not None and last.n_accepted + last.n_rejected != self._drawn:
+                self._draw(last)  # where the solve stopped (tqdm's close shows it)
             self.bar.close()
             self.bar = None
 
@@ -260,14 +269,15 @@ def device_values(
     sign: float,
 ) -> list[torch.Tensor]:
     """The device loop's progress as 0-dim tensors for its check's one read: the least
-    fraction done over the running samples and that sample's t (when none runs: 1 and the
-    latest t in the direction ``sign``), and the accepted and rejected steps of the batch."""
+    fraction done over the running samples and that sample's t (when none runs: the sample
+    with the latest t in the direction ``sign``, short of 1 where a terminal event stopped
+    it), and the accepted and rejected steps of the batch."""
     span = t_stop - t_start
     done = torch.where(span != 0, (t - t_start) / torch.where(span != 0, span, 1.0), 1.0)
     key = torch.where(still, done, 2.0)
     shown = torch.where(still.any(), key.argmin(), (sign * t).argmax())
     accepted = n_accepted.sum()
-    return [key.min().clamp(max=1.0), t[shown], accepted, n_steps.sum() - accepted]
+    return [done[shown].clamp(max=1.0), t[shown], accepted, n_steps.sum() - accepted]
 
 
 def tracker_of(meter: Any, times: list[float] | torch.Tensor) -> _Tracker | None:

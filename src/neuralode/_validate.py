@@ -298,9 +298,10 @@ def check_finite(ys: torch.Tensor, times: list[float] | torch.Tensor) -> None:
                     else times[i - 1]
                 )
                 grown = f"|y| was already {size:.3g} at t={t_before:.6g}; "
+        wider = "use float64, " if ys.real.dtype != torch.float64 else ""
         raise NonFiniteError(
             f"the solution contains NaN or inf at t={t:.6g} (output {i}); "
             "the step size may be too large for this problem, the solution may overflow "
-            f"{ys.real.dtype} ({grown}use float64, rescale the state or take a shorter time "
+            f"{ys.real.dtype} ({grown}{wider}rescale the state or take a shorter time "
             "span), or f is non-finite there"
         )

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._args import is_int
 from .._graph_break import outside_dynamo
 from .._solve import solve
 from .._tree import TreeSpec, _rebuild, tree_spec
@@ -70,9 +71,7 @@ class Propagator:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.steps is not None and (
-            isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1
-        ):
+        if self.steps is not None and (not is_int(self.steps) or self.steps < 1):
             raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
         if self.steps is not None and self.controller is not None:
             raise ValueError(
@@ -223,7 +222,8 @@ def _boundaries(segments: Any, ts: torch.Tensor, times: list[float]) -> list[flo
     """The boundary times from ``segments``: a count of equal segments, or the times."""
     if isinstance(segments, bool):
         raise TypeError("segments must be a number of segments or a tensor of boundary times")
-    if isinstance(segments, int):
+    if is_int(segments):
+        segments = int(segments)
         if segments < 1:
             raise ValueError(f"segments must be at least 1, got {segments}")
         t0, t1 = times[0], times[-1]
@@ -390,6 +390,8 @@ def parareal(
             f"got shapes {[tuple(leaf.shape) for leaf in y0_leaves]}: for one problem pass "
             "y0[None]"
         )
+    if y0_leaves[0].shape[0] == 0:
+        raise ValueError("parareal needs at least one sample: y0's batch dimension is empty")
     times = check_times(ts, y0_leaves[0].device)
     if ts.requires_grad:
         raise ValueError(
@@ -402,8 +404,9 @@ def parareal(
     count = len(bounds) - 1
     if iterations is None:
         iterations = count
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+    if not is_int(iterations) or iterations < 1:
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    iterations = int(iterations)
     fine, coarse = _as_propagator(fine, FINE, "fine"), _as_propagator(coarse, COARSE, "coarse")
     for name, prop in (("fine", fine), ("coarse", coarse)):
         prop.method()
@@ -519,6 +522,11 @@ def _initial(initial: Any, spec: TreeSpec, y0: list[torch.Tensor], count: int) -
             f"shapes {[(count + 1, *b.shape) for b in y0]}, got "
             f"{[tuple(a.shape) for a in leaves]} (PararealSolution.boundary_ys of a solve with "
             "the same segments and batch)"
+        )
+    if not all(bool(torch.isfinite(leaf[1:]).all()) for leaf in leaves):
+        raise ValueError(
+            "initial contains NaN or inf: give finite boundary states (PararealSolution."
+            "boundary_ys of a solve that succeeded), or leave initial out for a coarse sweep"
         )
     return [[leaf[n].to(b.dtype) for leaf, b in zip(leaves, y0)] for n in range(count + 1)]
 

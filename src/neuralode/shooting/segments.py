@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._args import is_int
 from .._solution import SolveStats
 from .._solve import solve
 
@@ -71,7 +72,7 @@ def shooting_groups(
     if n < 2:
         raise ValueError(f"multiple shooting needs at least 2 observations, got {n}")
     if group_size is not None:
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        if not is_int(group_size) or group_size < 2:
             raise ValueError(
                 f"group_size must be an integer of at least 2 (a group is solved from its "
                 f"first observation to its last), got {group_size!r}"
@@ -81,10 +82,12 @@ def shooting_groups(
                 f"group_size={group_size} is more than the {n} observations: use at most "
                 f"group_size={n} (one group: single shooting)"
             )
+        group_size = int(group_size)
         length, count = group_size, math.ceil((n - 1) / (group_size - 1))
     else:
-        if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
+        if not is_int(segments) or segments < 1:
             raise ValueError(f"segments must be a positive integer, got {segments!r}")
+        segments = int(segments)
         if segments > n - 1:
             raise ValueError(
                 f"segments={segments} groups need at least {segments + 1} observations (2 "

@@ -122,3 +122,13 @@ def test_implicit_experiment_refuses_a_file_as_out(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "is a file, not a directory; choose a directory" in err
     assert path.read_text() == "mine"
+
+
+def test_data_that_cannot_load_fails_before_any_training(tmp_path, capsys) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    out = tmp_path / "run"
+    argv = ["experiment", "implicit", *TINY, "--data", "mnist", "--data-dir"]
+    assert main([*argv, str(tmp_path / "file"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is a file, not a directory" in err  # no heading first
+    assert not out.exists()

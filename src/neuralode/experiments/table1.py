@@ -10,6 +10,7 @@ with others is refused, unless ``--overwrite``, which then starts a new table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
@@ -266,6 +267,8 @@ def train_side_by_side(
     """
     if base.threads > 0:
         torch.set_num_threads(base.threads)  # also for the studies after training
+    # (first: data that cannot load fails before any heading or training)
+    data = load_dataset(base.data, base.data_dir, base.download, base.cache_dir)
     rows, trained, complete = [], {}, True
     for name in names:
         print(f"\n== {labels[name]} ==", file=sys.stderr)
@@ -276,7 +279,6 @@ def train_side_by_side(
         trained[name] = result.model
         complete = complete and not result.trained
         rows.append(result_row(name, result))
-    data = load_dataset(base.data, base.data_dir, base.download, base.cache_dir)
     device = next(next(iter(trained.values())).parameters()).device
     x, y = data.test_x[:memory_batch].to(device), data.test_y[:memory_batch].to(device)
     for row in rows:
@@ -422,12 +424,16 @@ def run_locked(out: Path, body: Callable[[Path], int]) -> int:
     Raises:
         RunDirectoryError: ``out`` is a file, cannot be created, or another run holds it.
     """
+    created = not out.exists()
     ensure_directory(out)
     lock = RunLock(out).acquire()
     try:
         return body(out)
     finally:
         lock.release()
+        if created:  # a run that wrote nothing (refused at once) leaves no empty --out
+            with contextlib.suppress(OSError):  # (rmdir refuses a directory with files)
+                out.rmdir()
 
 
 def _run(args: argparse.Namespace, out: Path) -> int:

@@ -672,8 +672,8 @@ def study_torchdiffeq(batches: list[int], repeats: int) -> list[TimingRow]:
 
 def torchdiffeq_table(rows: list[TimingRow]) -> str:
     lines = [
-        "| batch | method | time fwd+bwd (ms) | speed-up vs torchdiffeq adjoint (same norm) | NFE fwd "
-        "| NFE bwd | rel. grad error vs float64 ref | rel. diff vs torchdiffeq adjoint |",
+        "| batch | method | time fwd+bwd (ms) | speed-up vs torchdiffeq adjoint (same norm) "
+        "| NFE fwd | NFE bwd | rel. grad error vs float64 ref | rel. diff vs torchdiffeq adjoint |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     by_key = {(r.batch, r.method): r for r in rows}

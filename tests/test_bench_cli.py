@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import pytest
 
+from neuralode.bench import check_report_arguments
 from neuralode.cli import build_parser, main
 
 
@@ -314,6 +316,22 @@ def test_bench_core_refuses_an_existing_out_file_before_timing_anything(tmp_path
     with pytest.raises(SystemExit, match="2"):
         core.main(["--quick", "--out", str(tmp_path / "missing" / "BENCH.md")])
     assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):  # (no file can be created in /proc, even by root)
+        core.main(["--quick", "--out", "/proc/neuralode-report.md"])
+    assert "cannot write there" in capsys.readouterr().err
+    new = tmp_path / "NEW.md"
+    args = argparse.Namespace(out=str(new), overwrite=False)
+    check_report_arguments(argparse.ArgumentParser(), args)
+    assert not new.exists()  # the probe leaves no file behind
+
+
+def test_bench_gpu_script_refuses_a_device_it_cannot_use(capsys):
+    from neuralode.bench import gpu
+
+    for device, fragment in [("cuda:7", "CUDA device"), ("nonsense", "is not a device")]:
+        with pytest.raises(SystemExit, match="2"):
+            gpu.main(["--device", device, "--quick"])
+        assert fragment in capsys.readouterr().err
 
 
 def test_report_out_is_written_when_new_or_with_overwrite(tmp_path):

@@ -58,6 +58,37 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def device_option(name: str | None) -> torch.device | None:
+    """``--device`` of the benchmarks, checked before anything runs.
+
+    Arguments:
+        name: the option's text, or ``None`` (each part's default).
+
+    Returns:
+        The CPU or an available CUDA device, or ``None``.
+
+    Raises:
+        ValueError: ``name`` is not a device, another kind than cpu or cuda, or a CUDA device
+            torch does not see here (the message names the fix).
+    """
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; give cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise ValueError(
+                f"--device {name}: torch sees {count or 'no'} CUDA device{'s' * (count != 1)} "
+                "here; give --device cpu or run on a machine with one"
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: the benchmarks run on cpu or cuda[:N]")
+    return device
+
+
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """``--out FILE`` and ``--overwrite``: where a benchmark script writes its markdown report.
 
@@ -92,6 +123,14 @@ def check_report_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error(f"--out {out} exists; replace it with --overwrite, or choose another --out")
     if not out.parent.is_dir():
         parser.error(f"--out {out}: the directory {out.parent} does not exist; create it first")
+    existed = out.exists()
+    try:  # (a probe: permissions alone do not say it, e.g. for root on a read-only mount)
+        with open(out, "a"):
+            pass
+    except OSError as error:
+        parser.error(f"--out {out}: cannot write there ({error.strerror}); choose another --out")
+    if not existed:
+        out.unlink()
 
 
 def write_report(args: argparse.Namespace, report: str) -> None:

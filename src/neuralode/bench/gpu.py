@@ -43,7 +43,7 @@ import torch
 import neuralode
 
 from .._cli_types import positive_float, positive_int
-from . import environment, imports
+from . import device_option, environment, imports
 
 RTOL, ATOL = 1e-6, 1e-8
 
@@ -236,8 +236,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="add compile_step rows")
     parser.add_argument("--t1", type=positive_float, default=1.0, help="the end time")
     args = parser.parse_args(argv)
+    try:
+        device = device_option(args.device)
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(1)
-    device = torch.device(args.device)
     repeats = 3 if args.quick else args.repeats
     rows = run(device, tuple(args.batches), repeats, args.compile, args.t1)
     print(f"{environment()}\n{device_name(device)}; t in [0, {args.t1:g}], {repeats} repeats\n")

@@ -15,6 +15,7 @@ import torch
 
 from .._cli_types import positive_float_at_most, positive_int, thread_count
 from ..training.rundir import USER_FILES_RECORD, RunDirectoryError, ensure_directory, run_outputs
+from . import device_option
 
 PARTS = ("core", "per-sample", "work-precision", "diffrax", "compiled", "gpu", "sde", "cde")
 # "compiled" compiles for minutes; "gpu" is for a machine with one (it runs on the CPU too)
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     from . import environment
 
-    device = _device(args.device)
+    device = device_option(args.device)
     if "diffrax" in parts:  # a named interpreter that lacks diffrax fails here, at once
         from . import diffrax_peer
 
@@ -337,24 +338,3 @@ def _refuse_others_files(out: Path) -> None:
             f"--out {out} holds a bench.md that neuralode bench did not write (no "
             "bench-PART.md beside it); move it, or choose another --out"
         )
-
-
-def _device(name: str | None) -> torch.device | None:
-    """``--device``, checked before anything runs: ``None`` (each part's default), the CPU or
-    an available CUDA device (else a ``ValueError`` that names the fix)."""
-    if name is None:
-        return None
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; give cpu or cuda[:N]") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count()
-        if (device.index or 0) >= count:
-            raise ValueError(
-                f"--device {name}: torch sees {count or 'no'} CUDA device{'s' * (count != 1)} "
-                "here; give --device cpu or run on a machine with one"
-            )
-    elif device.type != "cpu":
-        raise ValueError(f"--device {name}: the benchmarks run on cpu or cuda[:N]")
-    return device

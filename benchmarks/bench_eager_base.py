@@ -20,6 +20,7 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from bench_engine import ATOL, RTOL, mlp, vdp
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("base", help="directory holding the older copy as neuralode_base")
     parser.add_argument("--repeats", type=positive_int, default=25)
     args = parser.parse_args(argv)
+    if not (Path(args.base) / "neuralode_base" / "__init__.py").is_file():
+        parser.error(f"{args.base} holds no neuralode_base/ (a copy of an older src/neuralode)")
     sys.path.insert(0, args.base)
     import neuralode_base as base
 

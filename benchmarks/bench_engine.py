@@ -160,6 +160,13 @@ def main(argv: list[str] | None = None) -> None:
         "--diffrax", default="", help="a Python with jax and diffrax: run them afterwards"
     )
     args = parser.parse_args(argv)
+    if args.diffrax:  # (a named interpreter that cannot run fails here, at once)
+        from neuralode.bench.diffrax_peer import check_python
+
+        try:
+            check_python(args.diffrax, "--diffrax")
+        except ValueError as error:
+            parser.error(str(error))
     if args.dump:
         dump(args.dump, map(int, args.batches.split(",")))
         return

@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=positive_int, default=15)
     parser.add_argument("--jax", default=None, help="a Python with jax, for XLA's column")
     args = parser.parse_args(argv)
+    if args.jax:  # (a named interpreter that cannot run fails here, at once)
+        from neuralode.bench.diffrax_peer import check_python
+
+        try:
+            check_python(args.jax, "--jax", ("jax",))
+        except ValueError as error:
+            parser.error(str(error))
     rows_list = [int(r) for r in args.rows.split(",")]
     # (the two variants have the same cache keys: compile both)
     os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"

@@ -204,6 +204,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("name the interpreter with jax and diffrax: --diffrax-python PATH")
     from neuralode.bench import diffrax_peer
 
+    try:
+        diffrax_peer.check_python(args.diffrax_python, "--diffrax-python")
+    except ValueError as error:
+        parser.error(str(error))
+
     with tempfile.TemporaryDirectory() as tmp:
         problems = Path(tmp) / "p.npz"
         diffrax_peer.export_problems(problems, (1, 16))

@@ -239,6 +239,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--products", action="store_true", help="the products table only")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.diffrax:  # (a named interpreter that cannot run fails here, at once)
+        from neuralode.bench.diffrax_peer import check_python
+
+        try:
+            check_python(args.diffrax, "--diffrax")
+        except ValueError as error:
+            parser.error(str(error))
     batches = [int(b) for b in args.batches.split(",")]
     if args.tanh:
         return tanh_table(batches)

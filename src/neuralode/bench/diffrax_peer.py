@@ -78,9 +78,9 @@ def find_python(given: str | None = None) -> tuple[str | None, str]:
     """
     for source, path in (("--diffrax-python", given), (ENV_VAR, os.environ.get(ENV_VAR))):
         if path:
-            return path, _probe(path, source)
+            return path, check_python(path, source)
     if all(importlib.util.find_spec(name) for name in ("jax", "diffrax")):
-        return sys.executable, _probe(sys.executable, "this interpreter")
+        return sys.executable, check_python(sys.executable, "this interpreter")
     return None, (
         "diffrax was not run: no interpreter with jax and diffrax (this one lacks them). "
         f"Name one with --diffrax-python PATH or {ENV_VAR}=PATH, e.g. after "
@@ -88,17 +88,34 @@ def find_python(given: str | None = None) -> tuple[str | None, str]:
     )
 
 
-def _probe(path: str, source: str) -> str:
-    code = "import jax, diffrax; print(f'jax {jax.__version__}, diffrax {diffrax.__version__}')"
+def check_python(path: str, source: str, modules: tuple[str, ...] = ("jax", "diffrax")) -> str:
+    """Checks that the interpreter ``path`` runs and imports ``modules``.
+
+    Arguments:
+        path: the interpreter.
+        source: where it was named (an option such as ``--diffrax-python``), for the message.
+        modules: the modules it must import.
+
+    Returns:
+        Their versions, as "jax 0.4.30, diffrax 0.7.2".
+
+    Raises:
+        ValueError: ``path`` cannot be run, or cannot import one of ``modules`` (the message
+            names the pip command that installs them there).
+    """
+    names = ", ".join(modules)
+    versions = ", ".join(f"{m} {{{m}.__version__}}" for m in modules)
+    code = f"import {names}; print(f'{versions}')"
     try:
         done = subprocess.run([path, "-I", "-c", code], capture_output=True, text=True, timeout=300)
     except OSError as error:
         raise ValueError(f"{source} {path!r} cannot be run: {error}") from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        wanted = " and ".join(modules)
         raise ValueError(
-            f"{source} {path!r} cannot import jax and diffrax ({last}); install them there "
-            f"with `{path} -m pip install jax diffrax`"
+            f"{source} {path!r} cannot import {wanted} ({last}); install them there "
+            f"with `{path} -m pip install {' '.join(modules)}`"
         )
     return done.stdout.strip()
 

@@ -15,7 +15,7 @@ import torch
 
 from .._cli_types import positive_float_at_most, positive_int, thread_count
 from ..training.rundir import USER_FILES_RECORD, RunDirectoryError, ensure_directory, run_outputs
-from . import device_option
+from . import device_option, imports
 
 PARTS = ("core", "per-sample", "work-precision", "diffrax", "compiled", "gpu", "sde", "cde")
 # "compiled" compiles for minutes; "gpu" is for a machine with one (it runs on the CPU too)
@@ -107,8 +107,6 @@ def missing_peers(parts: list[str]) -> dict[str, list[str]]:
     Returns:
         ``{part: [missing library, ...]}`` for every part that lacks one (empty: all can run).
     """
-    from . import imports
-
     missing = {part: [name for name in NEEDS[part] if not imports(name)] for part in parts}
     return {part: names for part, names in missing.items() if names}
 

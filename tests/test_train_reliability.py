@@ -572,17 +572,14 @@ def test_bench_keeps_to_its_own_out_and_refuses_options_it_would_ignore(tmp_path
     for options, fragment in [
         (["--rtols", "1e-3"], "--rtols sets the work-precision part's tolerances"),
         (["--device", "cpu"], "--device places the gpu and diffrax parts"),
+        (["--parts", "work-precision", "--rtols", "1e-3", "0.1"], "--rtols 0.1: the work-"),
     ]:
         assert main(["bench", "--parts", "core", *options, "--out", out]) == 2
         _one_line_error(capsys, fragment)
-    for options, fragment in [
-        (["--rtols", "0.1"], "argument --rtols: must be a number in (0, 0.01], got 0.1"),
-        (["--threads", "100000"], "argument --threads: must be"),
-    ]:
-        with pytest.raises(SystemExit) as info:
-            main(["bench", *options, "--out", out])
-        assert info.value.code == 2
-        _one_line_error(capsys, fragment)
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--threads", "100000", "--out", out])
+    assert info.value.code == 2
+    _one_line_error(capsys, "argument --threads: must be an integer from 0 to 1024")
     assert not (tmp_path / "bench").exists()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .._cli_types import positive_float_at_most, positive_int, thread_count
+from .._cli_types import open_unit, positive_int, thread_count
 from ..training.rundir import USER_FILES_RECORD, RunDirectoryError, ensure_directory, run_outputs
 from . import device_option, imports
 
@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rtols",
-        type=positive_float_at_most(MAX_SWEEP_RTOL),
+        type=open_unit,
         nargs="+",
         default=None,
         help="the work-precision part's relative tolerances, each at most "
@@ -306,10 +306,16 @@ def merged_report(out: Path, skipped: dict[str, list[str]] | None = None) -> str
 
 
 def _refuse_unused_options(args: argparse.Namespace) -> None:
-    """Options of parts that are not run are refused, not ignored."""
+    """Options of parts that are not run are refused, not ignored; so are sweep tolerances
+    above ``MAX_SWEEP_RTOL``."""
     if args.rtols and "work-precision" not in args.parts:
         raise ValueError("--rtols sets the work-precision part's tolerances: add work-precision "
                          "to --parts, or leave --rtols out")  # fmt: skip
+    loose = [rtol for rtol in args.rtols or () if rtol > MAX_SWEEP_RTOL]
+    if loose:
+        raise ValueError(f"--rtols {loose[0]:g}: the work-precision sweep takes tolerances up to "
+                         f"{MAX_SWEEP_RTOL:g} (looser ones let its Van der Pol solves blow up "
+                         "and crawl)")  # fmt: skip
     if args.device and not {"gpu", "diffrax"} & set(args.parts):
         raise ValueError("--device places the gpu and diffrax parts: add one of them to "
                          "--parts, or leave --device out")  # fmt: skip

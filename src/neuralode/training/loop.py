@@ -316,14 +316,17 @@ class Trainer:
                 file=sys.stderr,
             )
 
-        def snapshot(epoch: int, batch: int, sums: Any, generator: Any) -> dict[str, Any]:
-            """The checkpoint (every rank calls it: each rank's random states and partial
-            sums are gathered, as its shard's crops and metrics depend on them)."""
+        def snapshot(epoch: int, batch: int, sums: Any, generator: Any) -> dict[str, Any] | None:
+            """The checkpoint, on rank 0 (``None`` on the others). Every rank calls it: each
+            rank's random states and partial sums are gathered, as its shard's crops and
+            metrics depend on them."""
             own = {"rng": rng_state(), "sums": sums, "augment_rng": generator}
-            ranks = [own]
+            ranks: list[Any] = [own]
             if runtime.distributed:
                 ranks = [None] * runtime.world
                 dist.all_gather_object(ranks, own)
+            if not runtime.is_main:
+                return None
             return {
                 "config": config.as_dict(),
                 "model": model.state_dict(),
@@ -334,8 +337,7 @@ class Trainer:
                 "batch": batch,
                 "history": history,
                 "world_size": runtime.world,
-                **ranks[0],  # (rank 0's at the top level, as a one-process run has them)
-                "ranks": ranks,
+                "ranks": ranks,  # (a checkpoint without them holds its one rank's at the top)
             }
 
         block = solver_block(model)

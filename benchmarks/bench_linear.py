@@ -119,10 +119,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         for key, value in json.loads(run.stdout.strip().splitlines()[-1]).items():
             results[key]["xla"] = value
-    print(f"{'rows/activation':>16} {'kernel':>9} {'aten':>9} {'xla':>9}  (us per layer)")
+    print(f"{'rows/activation':>16} {'kernel':>9} {'aten':>9} {'xla':>9}  (us per layer)"
+          f"  {'kernel/aten':>11} {'kernel/xla':>10}")  # fmt: skip
     for key, best in results.items():
         xla = f"{best['xla']:9.1f}" if "xla" in best else f"{'':>9}"
-        print(f"{key:>16} {best['kernel']:9.1f} {best['aten']:9.1f} {xla}")
+        to_xla = f"{best['kernel'] / best['xla']:10.2f}" if "xla" in best else f"{'':>10}"
+        print(f"{key:>16} {best['kernel']:9.1f} {best['aten']:9.1f} {xla}  "
+              f"{best['kernel'] / best['aten']:11.2f} {to_xla}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -166,6 +166,7 @@ def case(
                 theirs.append(timed(solve, torchcde, theirs_X, adjoint, backward, {}))
         median = statistics.median
         rows.append(Row(label, mode, median(ours), median(theirs), compile_s=compile_s))
+        print(f"  cde {label}: {mode} done", flush=True)
     return rows
 
 

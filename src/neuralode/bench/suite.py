@@ -164,9 +164,12 @@ def run(args: argparse.Namespace) -> int:
     starts: list[tuple[str, int]] = []  # (part, index of its first section)
 
     def begins(part: str) -> bool:
-        """Whether ``part`` runs; if so, the sections appended from now on are its own."""
+        """Whether ``part`` runs; if so, the sections appended from now on are its own (and
+        the terminal says which part runs, as each takes minutes)."""
         if part in parts:
             starts.append((part, len(sections)))
+            print(f"[{len(starts)}/{len(parts)}] {part} "
+                  f"({time.perf_counter() - start:.0f} s so far)", flush=True)  # fmt: skip
         return part in parts
 
     print(f"neuralode bench ({'full' if args.full else 'quick'}), writing to {out}/", flush=True)

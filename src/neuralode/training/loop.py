@@ -172,8 +172,7 @@ def evaluate(
     block = solver_block(model)
     shard = slice(runtime.rank, None, runtime.world)
     x, y = x[shard], y[shard]
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, correct, count, nfe * batches
-    batches = 0
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, correct, count, nfe * batches, batches
     for start_index in range(0, len(y), batch_size):
         xb = x[start_index : start_index + batch_size].to(runtime.device)
         yb = y[start_index : start_index + batch_size].to(runtime.device)
@@ -182,17 +181,17 @@ def evaluate(
         sums[1] += (logits.argmax(1) == yb).sum().item()
         sums[2] += len(yb)
         sums[3] += block.nfe_forward if block is not None else 0
-        batches += 1
-    counts = torch.tensor([float(batches)], dtype=torch.float64)
-    if runtime.distributed:
+        sums[4] += 1
+    if runtime.distributed:  # (on the device: nccl reduces only CUDA tensors)
+        sums = sums.to(runtime.device)
         dist.all_reduce(sums)
-        dist.all_reduce(counts)
+        sums = sums.cpu()
     model.train()
     n = max(sums[2].item(), 1.0)
     return {
         "loss": sums[0].item() / n,
         "accuracy": sums[1].item() / n,
-        "nfe": sums[3].item() / max(counts.item(), 1.0) if block is not None else None,
+        "nfe": sums[3].item() / max(sums[4].item(), 1.0) if block is not None else None,
     }
 
 

@@ -38,6 +38,17 @@ def pytest_configure(config: pytest.Config) -> None:
         torch._inductor.config.compile_threads = 1
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip without a CUDA device; ``benchmarks/gpu_session.sh`` runs
+    them on a GPU machine (``pytest -m cuda``)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def room_for_graphs():
     """A test's result never depends on the tests before it in its process: those may have

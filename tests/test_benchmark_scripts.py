@@ -120,3 +120,19 @@ def test_hypersolver_odenet_small_run_writes_its_table_and_plot(monkeypatch, tmp
     stamp = (tmp_path / "train" / "checkpoint.pt").stat().st_mtime_ns
     script.main(["--small", "--out", str(tmp_path), "--hyper-steps", "1", "--base-steps", "1"])
     assert (tmp_path / "train" / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_every_test_that_needs_cuda_is_marked_so_the_gpu_session_runs_it() -> None:
+    """``gpu_session.sh`` runs ``pytest -m cuda``: a test that skips itself without CUDA by
+    another means (``skipif(not torch.cuda.is_available())``, a device list built from it)
+    would never run there."""
+    session = (BENCHMARKS / "gpu_session.sh").read_text()
+    assert "-m cuda" in session
+    unmarked = [
+        f"{path.name}:{number}"
+        for path in sorted(BENCHMARKS.parent.joinpath("tests").glob("test_*.py"))
+        if path.name != Path(__file__).name
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if "not torch.cuda.is_available()" in line or "if torch.cuda.is_available() else" in line
+    ]
+    assert not unmarked, f"mark these tests @pytest.mark.cuda instead: {unmarked}"

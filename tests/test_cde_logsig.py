@@ -138,7 +138,7 @@ def test_float32_matches_float64() -> None:
     torch.testing.assert_close(ours.double(), cde.logsignature(x, 3), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_matches_cpu() -> None:
     x = _path(4, 20, 3, seed=9)
     x[0, 3, 1] = NAN

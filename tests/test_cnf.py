@@ -319,7 +319,7 @@ def test_base_draws_are_made_in_the_flows_dtype() -> None:
         torch.testing.assert_close(log_p, standard_normal_log_prob(z), rtol=0, atol=0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_seeded_sampling_with_a_cpu_generator_works_on_cuda() -> None:
     """A CPU generator seeds the base draws of a flow on CUDA (torch.randn refuses a CPU
     generator for a CUDA tensor), and gives the samples it gives on the CPU."""

@@ -284,7 +284,7 @@ def test_times_on_another_device_are_moved_with_torchdiffeqs_warning() -> None:
                 odeint(lambda t, y: -y, Y0.to("meta"), T, **adjoint)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cpu_times_for_a_cuda_state_as_torchdiffeq() -> None:
     y0, t = Y0.cuda(), T.clone().requires_grad_(True)
     for interface in (no, torchdiffeq):

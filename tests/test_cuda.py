@@ -1,6 +1,7 @@
 """The main paths on a CUDA device, each against the same computation on the CPU: every
 execution mode of ``solve``, the gradients, the torchdiffeq and torchsde façades, the DEQ
-layer. Skipped without CUDA (``benchmarks/gpu_session.sh`` runs them on a GPU machine)."""
+layer. Marked ``cuda``: skipped without CUDA (``benchmarks/gpu_session.sh`` runs them on a GPU
+machine)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import neuralode as no
 from neuralode import sde
 from neuralode.models import DEQ, MLPDynamics
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.cuda
 
 RTOL, ATOL = 1e-7, 1e-9
 

@@ -82,7 +82,7 @@ def test_times_on_another_device() -> None:
         no.solve(decay, Y0, torch.tensor([0.0, 1.0], device="meta"))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_times_on_cuda_state_on_cpu() -> None:
     with _raises(ValueError, "t is on cuda:0 but y0 is on cpu"):
         no.solve(decay, Y0, TS.cuda())

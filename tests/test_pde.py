@@ -471,7 +471,7 @@ def test_grid_accepts_lists_arrays_and_numpy_numbers() -> None:
     assert grid.boundaries == (Periodic(), Neumann(0.0, 1.0))
 
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 @pytest.mark.parametrize("device", DEVICES)

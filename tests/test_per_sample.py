@@ -1002,7 +1002,7 @@ def test_cuda_graph_errors_are_named():
         solve(StateVanDerPol(), y0, ts, cuda_graph=True, per_sample=True)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cuda_graph_on_a_gpu_matches_the_eager_loop():
     """The real capture: per sample with outputs, and Backsolve's forward solve."""
     y0, ts = (x.cuda() for x in skip_problem(64))

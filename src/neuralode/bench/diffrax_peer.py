@@ -463,7 +463,8 @@ def section(
         where = (
             f"own process, both on {torch.cuda.get_device_name(device)} (jax with "
             "JAX_PLATFORMS=cuda, no preallocation; neuralode's blocks end with "
-            "torch.cuda.synchronize(), cuda_graph: compile='cuda_graph')"
+            "torch.cuda.synchronize(); cuda_graph: compile='cuda_graph', whose every solve "
+            "captures its step attempt afresh, that capture included in its time)"
         )
     return (
         f"{title}\n\n{note} under {python}, {where}, "

@@ -10,7 +10,9 @@ under ``torch.no_grad()``, one CPU thread. Each row solves the same batch:
 - torchdiffeq ``odeint`` and neuralode's standard loop: the batch as one system, reading
   the error norm back to the host after every step;
 - neuralode ``device_loop=True``: one system, decisions on the device, reads only at
-  scheduled termination checks; ``+ cuda_graph``: each step attempt replayed as a CUDA graph;
+  scheduled termination checks; ``+ cuda_graph``: each step attempt replayed as a CUDA graph
+  (captured afresh by every solve: the capture, with its warm-up attempts, is in the time,
+  which ``--t1 50`` spreads over more steps);
 - torchode and neuralode ``per_sample=True``: every sample its own step size (so their steps
   are not the one-system rows' steps); neuralode's with and without ``cuda_graph``;
 - with ``--compile``, the neuralode loops with ``compile_step=True`` too (minutes of

@@ -244,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
         gpu_rows = gpu.run(on, batches, repeats)
         sections.append(
             f"### Time per step on {gpu.device_name(on)}: MLP 2-64-64-2 tanh, float32, "
-            "dopri5, with and without CUDA graphs\n\n" + gpu.table(gpu_rows)
+            "dopri5, with and without CUDA graphs (each solve captures its graph afresh: the "
+            "capture is in the time)\n\n" + gpu.table(gpu_rows)
         )
     if begins("sde"):
         from . import sde

@@ -167,12 +167,10 @@ def table(points: list[Point]) -> str:
 
 
 def plot(points: list[Point], path: Path) -> None:
-    import matplotlib
+    from ..viz.plots import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
     styles = {"neuralode": "-", "torchdiffeq": "--", "scipy": ":"}
     keys = sorted({(p.library, p.method) for p in points})
     for library, method in keys:
@@ -194,4 +192,3 @@ def plot(points: list[Point], path: Path) -> None:
     fig.suptitle(f"Work-precision, Van der Pol batch {BATCH} (mu in [1, 5]), float64, CPU")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -363,15 +363,13 @@ def _run(args: argparse.Namespace, run: Run) -> int:
 
 
 def _plot(data: dict[str, torch.Tensor], results: dict[str, Any], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..viz.plots import figure
 
     first = next(iter(results))
     predicted = results[first]["test_predicted"]
     x, labels = data["test_x"], data["test_y"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig = figure(figsize=(14, 4.2))
+    axes = fig.subplots(1, 3)
     ax = axes[0]
     colours = ("tab:orange", "tab:blue")  # clockwise, anticlockwise
     # one test series of each class: its observations and the natural cubic spline the
@@ -404,4 +402,3 @@ def _plot(data: dict[str, torch.Tensor], results: dict[str, Any], out: Path) -> 
     axes[2].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "cde_spirals.png", dpi=100)
-    plt.close(fig)

@@ -284,16 +284,15 @@ def train(
 
 
 def _sample_grid(flow: SequentialFlow, path: Path, side: int, device: str) -> None:
-    from ..viz.plots import _pyplot
+    from ..viz.plots import figure
 
     with torch.no_grad():
         s = flow.sample(side * side, generator=torch.Generator().manual_seed(0)).cpu()
     images = ((torch.sigmoid(s) - ALPHA) / (1 - 2 * ALPHA)).clamp(0, 1)[:, 0]
     grid = images.reshape(side, side, 28, 28).permute(0, 2, 1, 3).reshape(side * 28, side * 28)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = figure(figsize=(4, 4))
+    ax = fig.subplots()
     ax.imshow(grid.numpy(), cmap="gray")
     ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

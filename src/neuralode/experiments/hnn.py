@@ -374,12 +374,10 @@ def _plot(
     """hnn_phase.png: each rollout of the first initial state in the (q, p) plane over the
     truth;
     hnn_energy.png: the true energy along it, and the mean energy drift of all rollouts."""
-    import matplotlib
+    from ..viz.plots import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(first), figsize=(4.2 * len(first), 4), sharex=True, sharey=True)
+    fig = figure(figsize=(4.2 * len(first), 4))
+    axes = fig.subplots(1, len(first), sharex=True, sharey=True)
     for ax, (name, ys) in zip(axes, first.items()):
         ax.plot(truth[:, 0, 0], truth[:, 0, 1], color="k", lw=2, label="truth")
         ax.plot(ys[:, 0], ys[:, 1], lw=0.8, label=name)
@@ -389,8 +387,8 @@ def _plot(
     axes[0].set_ylabel("p")
     fig.tight_layout()
     fig.savefig(out / "hnn_phase.png", dpi=100)
-    plt.close(fig)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     axes[0].plot(ts, h_truth[:, 0], color="k", lw=2, label="truth")
     for name, ys in first.items():
         axes[0].plot(ts, true_energy(*ys.chunk(2, dim=-1)), lw=1, label=name)
@@ -405,4 +403,3 @@ def _plot(
     axes[1].legend()
     fig.tight_layout()
     fig.savefig(out / "hnn_energy.png", dpi=100)
-    plt.close(fig)

@@ -230,15 +230,13 @@ def evaluate(model: LatentSDE, ts, xs, args) -> dict[str, float]:
 
 
 def plot(model: LatentSDE, ts, clean, xs, args, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..viz.plots import figure
 
     torch.manual_seed(args.seed + 2)
     shown = min(4, args.series)
     samples = model.sample_posterior(xs[:, :shown], ts, args.dt, 20)
-    fig, axes = plt.subplots(1, shown, figsize=(3.2 * shown, 3), squeeze=False)
+    fig = figure(figsize=(3.2 * shown, 3))
+    axes = fig.subplots(1, shown, squeeze=False)
     for i, ax in enumerate(axes[0]):
         for s in samples[:, :, i, 0]:
             ax.plot(ts, s, color="tab:blue", alpha=0.25, lw=1)
@@ -249,9 +247,9 @@ def plot(model: LatentSDE, ts, clean, xs, args, out: Path) -> None:
     axes[0][0].legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "posterior.png", dpi=100)
-    plt.close(fig)
     prior = model.sample_prior(ts, 64, args.dt)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for i in range(min(64, args.series)):
         ax.plot(ts, xs[:, i, 0], color="tab:red", alpha=0.3, lw=1)
     for p in prior[:, :, 0].T:
@@ -263,4 +261,3 @@ def plot(model: LatentSDE, ts, clean, xs, args, out: Path) -> None:
     ax.set_title("prior SDE sample paths over the data")
     fig.tight_layout()
     fig.savefig(out / "prior.png", dpi=100)
-    plt.close(fig)

@@ -485,10 +485,7 @@ def _plot(
     horizon: float,
     out: Path,
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..viz.plots import figure
 
     fields = {
         "truth": truth[:, 0, 0],
@@ -498,7 +495,8 @@ def _plot(
     }
     if setting.grid.ndim == 1:
         x = setting.grid.axis_points(0)
-        fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), sharey=True)
+        fig = figure(figsize=(16, 3.6))
+        axes = fig.subplots(1, 4, sharey=True)
         extent = (float(x[0]), float(x[-1]), float(ts[0]), float(ts[-1]))
         for ax, (name, field) in zip(axes, fields.items()):
             limit = float(field.abs().max())  # symmetric colours: white is zero
@@ -518,10 +516,10 @@ def _plot(
         axes[0].set_ylabel("t (dashed: training horizon)")
         fig.tight_layout()
         fig.savefig(out / "spacetime.png", dpi=100)
-        plt.close(fig)
         return
     steps = (len(ts) - 1) // 2
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    fig = figure(figsize=(16, 7))
+    axes = fig.subplots(2, 4)
     for row, k in enumerate((steps, len(ts) - 1)):
         for ax, (name, field) in zip(axes[row], fields.items()):
             limit = float(field[k].abs().max())
@@ -532,4 +530,3 @@ def _plot(
             fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(out / "fields.png", dpi=100)
-    plt.close(fig)

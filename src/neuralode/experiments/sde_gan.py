@@ -260,15 +260,13 @@ def _fit(generator: SDEGenerator, ts, held_out, args) -> dict[str, float]:
 
 @torch.no_grad()
 def plot(generator: SDEGenerator, ts, real, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..viz.plots import figure
 
     torch.manual_seed(2)
     fake = generator(ts, len(real))[:, :, 1]
     real = real[:, :, 0]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    fig = figure(figsize=(9, 3.2))
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, paths, name, colour in (
         (axes[0], real, "real", "tab:red"),
         (axes[1], fake, "generated", "tab:blue"),
@@ -279,8 +277,8 @@ def plot(generator: SDEGenerator, ts, real, out: Path) -> None:
         ax.set_xlabel("t")
     fig.tight_layout()
     fig.savefig(out / "samples.png", dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for paths, name, colour in ((real, "real", "tab:red"), (fake, "generated", "tab:blue")):
         q = torch.quantile(paths, torch.tensor([0.1, 0.5, 0.9]), dim=0)
         ax.plot(ts, q[1], color=colour, label=f"{name}: median, 10-90%")
@@ -290,4 +288,3 @@ def plot(generator: SDEGenerator, ts, real, out: Path) -> None:
     ax.set_title("marginal distributions over time")
     fig.tight_layout()
     fig.savefig(out / "marginals.png", dpi=100)
-    plt.close(fig)

@@ -360,14 +360,12 @@ def _train(
 
 
 def _plot(path: Path, models: dict[str, torch.nn.Module], test: SpiralData, count: int) -> None:
-    from ..viz.plots import _pyplot
+    from ..viz.plots import figure
 
-    plt = _pyplot()
     w = test.n_window
     count = min(count, len(test))
-    fig, axes = plt.subplots(
-        count, len(models), figsize=(4.2 * len(models), 3.8 * count), squeeze=False
-    )
+    fig = figure(figsize=(4.2 * len(models), 3.8 * count))
+    axes = fig.subplots(count, len(models), squeeze=False)
     preds = {name: _predict(model, test.subset(slice(0, count))) for name, model in models.items()}
     for row in range(count):
         for col, (name, pred) in enumerate(preds.items()):
@@ -384,7 +382,6 @@ def _plot(path: Path, models: dict[str, torch.nn.Module], test: SpiralData, coun
                 ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -180,10 +180,10 @@ def save_memory_plot(
 ) -> Path:
     """``memory.png``: one training step's autograd memory (MB) against solver work, one line
     per ``curves`` label of (work, memory) points."""
-    from ..viz.plots import _pyplot
+    from ..viz.plots import figure
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = figure(figsize=(6, 4))
+    ax = fig.subplots()
     for label, points in curves.items():
         ax.plot(*zip(*points), "o-", label=label)
     ax.set_xlabel(xlabel)
@@ -193,7 +193,6 @@ def save_memory_plot(
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "memory.png", dpi=100)
-    plt.close(fig)
     return out / "memory.png"
 
 

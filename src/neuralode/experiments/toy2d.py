@@ -398,11 +398,11 @@ def _plot(
 def _plot_curve(curve: list[dict[str, Any]], entropy: float | None, path: Path, data: str) -> None:
     """Held-out NLL (and the training batches' NLL) against the training CPU time; for
     8gaussians also the paired KL estimate against the goal of 0.02 nats."""
-    from ..viz.plots import _pyplot
+    from ..viz.plots import figure
 
-    plt = _pyplot()
     with_kl = "held_out_kl" in curve[0]
-    fig, axes = plt.subplots(1, 2 if with_kl else 1, figsize=(11 if with_kl else 6, 4))
+    fig = figure(figsize=(11 if with_kl else 6, 4))
+    axes = fig.subplots(1, 2 if with_kl else 1)
     ax = axes[0] if with_kl else axes
     cpu = [p["cpu_s"] for p in curve]
     held_out = [p["held_out_nll"] for p in curve]
@@ -426,4 +426,3 @@ def _plot_curve(curve: list[dict[str, Any]], entropy: float | None, path: Path, 
         kl.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -6,28 +6,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .plots import _pyplot
+from .plots import _panels, _target, figure, numbers
 
 
 def save_flow_panels(path: Path, panels: Sequence[dict[str, Any]], title: str = "") -> Path:
     """One row of square panels. Each panel dict has ``title`` and one of: ``density``
-    (2-D array over ``extent``), ``points`` ((n, 2) array), ``paths`` ((times, n, 2) array)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    (2-D array over ``extent``), ``points`` ((n, 2) array), ``paths`` ((times, n, 2) array);
+    arrays or tensors. The PNG's directory is made."""
+    _panels(panels)
+    fig = figure(figsize=(3.2 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         lim = panel.get("extent", (-4, 4, -4, 4))
         if "density" in panel:
             ax.imshow(
-                np.asarray(panel["density"]).T, origin="lower", extent=lim, cmap="inferno",
+                numbers(panel["density"]).T, origin="lower", extent=lim, cmap="inferno",
                 aspect="equal",
             )  # fmt: skip
         if "points" in panel:
-            pts = np.asarray(panel["points"])
+            pts = numbers(panel["points"])
             ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.4, color=panel.get("color", "C0"))
         if "paths" in panel:
-            paths = np.asarray(panel["paths"])
+            paths = numbers(panel["paths"])
             ax.plot(paths[:, :, 0], paths[:, :, 1], lw=0.5, alpha=0.5, color="0.4")
             ax.scatter(paths[0, :, 0], paths[0, :, 1], s=3, color="C0", label="base")
             ax.scatter(paths[-1, :, 0], paths[-1, :, 1], s=3, color="C3", label="data")
@@ -40,10 +40,8 @@ def save_flow_panels(path: Path, panels: Sequence[dict[str, Any]], title: str = 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _target(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -51,9 +49,10 @@ def save_density_grid(
     path: Path, rows: Sequence[Sequence[dict[str, Any]]], row_labels: Sequence[str] = ()
 ) -> Path:
     """A grid of density images: ``rows`` of panel dicts with ``density``, ``extent``, ``title``."""
-    plt = _pyplot()
+    _panels([panel for row in rows for panel in row])
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, 2.2 * n_rows), squeeze=False)
+    fig = figure(figsize=(2.2 * n_cols, 2.2 * n_rows))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i][j]
@@ -64,15 +63,13 @@ def save_density_grid(
                 continue
             panel = row[j]
             ax.imshow(
-                np.asarray(panel["density"]).T, origin="lower", extent=panel["extent"],
+                numbers(panel["density"]).T, origin="lower", extent=panel["extent"],
                 cmap="inferno", aspect="equal",
             )  # fmt: skip
             ax.set_title(panel.get("title", ""), fontsize=7)
         if i < len(row_labels):
             axes[i][0].set_ylabel(row_labels[i], fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _target(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

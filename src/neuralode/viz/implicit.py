@@ -10,7 +10,7 @@ import torch
 
 from ..implicit import fixed_point
 from ..implicit.fixed_point import NORM_FLOOR
-from .plots import _pyplot
+from .plots import figure
 
 
 @torch.no_grad()
@@ -71,8 +71,8 @@ def iterations_to(history: Sequence[float], residual: float) -> int | None:
 def save_residual_plot(out: Path, histories: dict[str, Sequence[float]], tol: float) -> Path:
     """``residuals.png``: relative residual against iteration for each method, and the
     training tolerance as a line."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = figure(figsize=(6, 4))
+    ax = fig.subplots()
     for method, history in histories.items():
         reached = iterations_to(history, tol)
         label = f"{method} ({reached} to tol)" if reached else f"{method} (never reaches tol)"
@@ -86,5 +86,4 @@ def save_residual_plot(out: Path, histories: dict[str, Sequence[float]], tol: fl
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "residuals.png", dpi=100)
-    plt.close(fig)
     return out / "residuals.png"

@@ -11,14 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .plots import _pyplot
+from .plots import figure
 
 
 def save_curves(out: Path, history: Sequence[dict[str, Any]]) -> list[Path]:
     """``curves.png`` (loss and accuracy, train and test) and, for ODE models, ``nfe.png``."""
-    plt = _pyplot()
     epochs = [r["epoch"] for r in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = figure(figsize=(10, 4))
+    (left, right) = fig.subplots(1, 2)
     left.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     left.plot(epochs, [r["test_loss"] for r in history], "o-", label="test")
     left.set_yscale("log")
@@ -33,9 +33,9 @@ def save_curves(out: Path, history: Sequence[dict[str, Any]]) -> list[Path]:
     fig.tight_layout()
     paths = [out / "curves.png"]
     fig.savefig(paths[0], dpi=100)
-    plt.close(fig)
     if history and history[-1].get("nfe_forward") is not None:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = figure(figsize=(6, 4))
+        ax = fig.subplots()
         ax.plot(epochs, [r["nfe_forward"] for r in history], "o-", label="forward")
         ax.plot(epochs, [r["nfe_backward"] for r in history], "o-", label="backward")
         ax.set_xlabel("epoch")
@@ -46,7 +46,6 @@ def save_curves(out: Path, history: Sequence[dict[str, Any]]) -> list[Path]:
         fig.tight_layout()
         paths.append(out / "nfe.png")
         fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
     return paths
 
 
@@ -73,10 +72,12 @@ def save_trajectories(
     """``trajectories.png``: each test image's ODE-block state from t0 (circle) to t1 (star),
     projected on two principal components (trajectories of an ODE never cross in the full
     state space; crossings in the picture come from the projection)."""
-    plt = _pyplot()
     projected = pca_2d(block_trajectories(model, images)).cpu()
-    fig, ax = plt.subplots(figsize=(6, 5))
-    colours = plt.get_cmap("tab10")
+    fig = figure(figsize=(6, 5))
+    ax = fig.subplots()
+    from matplotlib import colormaps
+
+    colours = colormaps["tab10"]
     for i in range(projected.shape[1]):
         path = projected[:, i]
         colour = colours(int(labels[i]) % 10)
@@ -91,7 +92,6 @@ def save_trajectories(
     ax.set_title("ODE-block state along t (o: t0, *: t1), PCA projection")
     fig.tight_layout()
     fig.savefig(out / "trajectories.png", dpi=100)
-    plt.close(fig)
     return out / "trajectories.png"
 
 
@@ -125,8 +125,8 @@ def tolerance_sweep(
 
 def save_tolerance_sweep(out: Path, rows: Sequence[dict[str, float]], train_tol: float) -> Path:
     """``tolerance.png``: test error against NFE, one point per test-time tolerance."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot([r["nfe"] for r in rows], [100 * r["test_error"] for r in rows], "o-")
     for r in rows:
         ax.annotate(f"tol {r['tol']:.0e}", (r["nfe"], 100 * r["test_error"]), fontsize=7)
@@ -137,7 +137,6 @@ def save_tolerance_sweep(out: Path, rows: Sequence[dict[str, float]], train_tol:
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "tolerance.png", dpi=100)
-    plt.close(fig)
     return out / "tolerance.png"
 
 

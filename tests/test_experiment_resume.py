@@ -384,3 +384,22 @@ def test_hnn_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
             assert result[key] == metrics[1]["rollouts"][label][key]
     assert _metric_lines(full, "loss") == _metric_lines(split, "loss")
     assert len(_metric_lines(full)) == 12  # three jobs, a line at each of 4 steps
+
+
+def test_the_trainer_stops_a_training_whose_weights_or_loss_are_no_longer_finite() -> None:
+    from neuralode.training import TrainingDiverged
+    from neuralode.training.trainer import Trainer
+
+    model = torch.nn.Linear(2, 1)
+    trainer = Trainer("job", 5, {"model": model, "optimizer": torch.optim.SGD(model.parameters())})
+    with pytest.raises(TrainingDiverged, match="the parameters of model became NaN or infinite "
+                       "at step 2/5 of job; try a lower learning rate"):  # fmt: skip
+        for step in trainer:
+            trainer.check_loss(torch.tensor(1.0, requires_grad=True))
+            if step == 2:
+                with torch.no_grad():
+                    model.weight[0, 1] = float("inf")
+    trainer = Trainer("job", 5, {})
+    with pytest.raises(TrainingDiverged, match="the loss is nan at step 1/5 of job"):
+        for _ in trainer:
+            trainer.check_loss(float("nan"))

@@ -137,18 +137,53 @@ def test_elbo_refuses_series_that_do_not_fit_the_model(xs, ts, message):
         model.sample_posterior(xs, ts, 0.1, 2)
 
 
-def test_elbo_refuses_a_noise_or_step_that_is_not_positive():
+@pytest.mark.parametrize(
+    ("noise_std", "dt", "message"),
+    [
+        (0.0, 0.1, "noise_std must be a finite positive number, got 0.0"),
+        (math.inf, 0.1, "noise_std must be a finite positive number, got inf"),
+        (math.nan, 0.1, "noise_std must be a finite positive number, got nan"),
+        (0.1, -0.1, "dt must be positive, got -0.1"),
+        (0.1, math.nan, "dt must be positive, got nan"),
+    ],
+)
+def test_elbo_refuses_a_noise_or_step_that_is_not_positive(noise_std, dt, message):
     xs, ts = torch.randn(5, 4, 1), torch.linspace(0, 1, 5)
-    for noise_std, dt in ((0.0, 0.1), (0.1, -0.1)):
-        with pytest.raises(ValueError, match="noise_std and dt must be positive"):
-            LatentSDE(hidden=8).elbo(xs, ts, noise_std, dt)
+    with pytest.raises(ValueError, match=message):
+        LatentSDE(hidden=8).elbo(xs, ts, noise_std, dt)
+
+
+def test_elbo_refuses_observations_that_are_not_finite():
+    xs, ts = torch.randn(5, 4, 1), torch.linspace(0, 1, 5)
+    xs[2, 1] = math.nan
+    with pytest.raises(ValueError, match="xs contains NaN or infinite observations"):
+        LatentSDE(hidden=8).elbo(xs, ts, 0.1, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"latent_dim": 0}, "latent_dim must be an integer >= 1, got 0"),
+        ({"obs_dim": 0}, "obs_dim must be an integer >= 1, got 0"),
+        ({"hidden": 2.5}, "hidden must be an integer >= 1, got 2.5"),
+        # at 0 the path KL divides by g = 0 (NaN); a negative scale makes g negative
+        ({"diffusion_scale": 0.0}, "diffusion_scale must be a finite positive number, got 0.0"),
+        ({"diffusion_scale": -1.0}, "diffusion_scale must be a finite positive number"),
+        ({"diffusion_scale": math.inf}, "diffusion_scale must be a finite positive number"),
+    ],
+)
+def test_the_model_refuses_sizes_and_scales_it_cannot_use(options, message):
+    with pytest.raises(ValueError, match=message):
+        LatentSDE(**options)
 
 
 def test_sampling_refuses_no_samples():
     model, ts = LatentSDE(hidden=8), torch.linspace(0, 1, 5)
-    with pytest.raises(ValueError, match="n must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
         model.sample_posterior(torch.randn(5, 2, 1), ts, 0.1, 0)
-    with pytest.raises(ValueError, match="batch must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got 2.5"):
+        model.sample_posterior(torch.randn(5, 2, 1), ts, 0.1, 2.5)
+    with pytest.raises(ValueError, match="batch must be an integer >= 1, got 0"):
         model.sample_prior(ts, 0, 0.1)
 
 

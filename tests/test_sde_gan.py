@@ -213,6 +213,18 @@ def test_discriminator_refuses_series_of_the_wrong_shape_or_times(ys, message):
         CDEDiscriminator(width=8)(ys)
 
 
+def test_discriminator_refuses_values_it_cannot_score():
+    ys = with_time(torch.linspace(0.0, 1.0, 4), torch.randn(2, 4, 1))
+    broken = ys.clone()
+    broken[1, 2, 1] = float("nan")
+    with pytest.raises(ValueError, match="ys contains NaN or infinite values"):
+        CDEDiscriminator(width=8)(broken)
+    with pytest.raises(ValueError, match="ys is torch.float64 but the discriminator's weights"):
+        CDEDiscriminator(width=8)(ys.double())
+    with pytest.raises(ValueError, match=r"with_time takes ts \(T,\) and ys .* got shapes"):
+        with_time(torch.linspace(0.0, 1.0, 5), torch.randn(2, 4, 1))
+
+
 def test_discriminator_takes_equally_spaced_times_up_to_rounding():
     """float32 grids from linspace are equal up to rounding: scored, not refused."""
     for ts in (torch.linspace(0.0, 1.0, 301), torch.linspace(1000.0, 1001.0, 17)):

@@ -693,3 +693,18 @@ def test_train_resume_on_an_experiments_run_names_it(tmp_path, capsys) -> None:
     assert main(["train", "resnet", *ARGV, "--resume", "--out", str(out)]) == 2
     _one_line_error(capsys, "holds a `neuralode experiment hnn` run, not a `neuralode train` run")
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json"]
+
+
+@row("T28")
+def test_a_diverging_experiment_stops_with_a_one_line_error(tmp_path, capsys):
+    """A learning rate of 1000 turns the weights to NaN: the run stops at that step with
+    the training's divergence message, not with an error about a distribution's
+    arguments."""
+    out = tmp_path / "run"
+    argv = ["experiment", "latent-sde", "--out", str(out), "--series", "16", "--times", "6",
+            "--iterations", "20", "--batch", "8", "--hidden", "8", "--no-progress",
+            "--lr", "1000"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "the training diverged: the loss is nan at step" in err and "lower learning rate" in err

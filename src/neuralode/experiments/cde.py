@@ -275,6 +275,7 @@ def train_one(
         logits = model(train_coeffs[index]).squeeze(-1)
         loss = F.binary_cross_entropy_with_logits(logits, labels[index])
         optimiser.zero_grad()
+        trainer.check_loss(loss)
         loss.backward()
         optimiser.step()
         schedule.step()

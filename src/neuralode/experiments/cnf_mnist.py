@@ -267,6 +267,7 @@ def train(
         log_p = flow.log_prob(s.to(args.device))
         loss = bits_per_dim(log_p, log_jac.to(args.device), 784).mean()
         optimizer.zero_grad()
+        trainer.check_loss(loss)
         loss.backward()
         optimizer.step()
         state["time_s"] += time.perf_counter() - tick

@@ -178,6 +178,7 @@ def fit(
         x, log_q = model.sample_with_log_prob(args.batch)
         loss = (log_q + energy(x)).mean()
         optimizer.zero_grad()
+        trainer.check_loss(loss)
         loss.backward()
         optimizer.step()
         schedule.step()

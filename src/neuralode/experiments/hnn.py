@@ -142,6 +142,7 @@ def train(
         tick = time.perf_counter()
         optimiser.zero_grad()
         loss = derivative_loss(model, x, dx)
+        trainer.check_loss(loss)
         loss.backward()
         optimiser.step()
         state["losses"].append(float(loss.detach()))

@@ -90,9 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--noise",
-        type=positive_float,
+        type=positive_float_at_most(1e6),  # (float32 data: far larger noise overflows)
         default=0.05,
-        help="observation noise std (default %(default)s)",
+        help="observation noise std, at most 1e6 (default %(default)s)",
     )
     parser.add_argument(
         "--iterations",
@@ -166,6 +166,7 @@ def _train(args: argparse.Namespace, run: Run) -> int:
         kl_weight = min(1.0, (it + 1) / warmup)
         loss = -(log_lik - kl_weight * kl)
         optimiser.zero_grad()
+        trainer.check_loss(loss)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimiser.step()

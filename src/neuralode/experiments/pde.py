@@ -286,6 +286,7 @@ def train(
         tick = time.perf_counter()
         optimiser.zero_grad()
         loss = torch.mean((predict(starts) - targets) ** 2)
+        trainer.check_loss(loss)
         loss.backward()
         optimiser.step()
         schedule.step()

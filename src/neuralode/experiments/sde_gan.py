@@ -176,6 +176,7 @@ def _train(args: argparse.Namespace, run: Run) -> int:
         index = torch.randint(0, args.series, (min(args.batch, args.series),))
         fake = generator(ts, len(index))
         loss = discriminator(fake) - discriminator(real_series[index])
+        trainer.check_loss(loss)
         loss.backward()
         for p in generator.parameters():  # the generator ascends what the critic descends
             p.grad.neg_()

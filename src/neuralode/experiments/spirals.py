@@ -305,6 +305,7 @@ def _train(
             else:
                 pred = model(train.ts, x, m)
             loss = ((pred - values[idx]).pow(2) * tm).sum() / tm.sum()
+        trainer.check_loss(loss)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)

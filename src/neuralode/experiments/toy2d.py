@@ -245,6 +245,7 @@ def train(
         nll = -model.log_prob(x).mean()
         loss = nll + model.regularization.mean()
         optimizer.zero_grad()
+        trainer.check_loss(loss)
         loss.backward()
         optimizer.step()
         schedule.step()

@@ -4,10 +4,13 @@ decoder, trained by the ELBO with the path-space KL term from ``logqp=True``."""
 from __future__ import annotations
 
 import bisect
+import functools
+import math
 
 import torch
 from torch import nn
 
+from .._args import count, real
 from ..sde import sdeint, sdeint_adjoint
 from .dynamics import batch_time
 
@@ -30,6 +33,10 @@ class DiagonalNet(nn.Module):
         return torch.sigmoid((hidden * self.w2).sum(-1) + self.b2)
 
 
+def _finite_positive(x: float) -> bool:
+    return 0 < x < math.inf
+
+
 class LatentSDE(nn.Module):
     """A latent SDE model of time series ``xs`` of shape (T, batch, obs_dim).
 
@@ -50,7 +57,13 @@ class LatentSDE(nn.Module):
         latent_dim: latent state size.
         context_dim: the encoder's context size.
         hidden: hidden width of the drifts and the encoder.
-        diffusion_scale: the largest diffusion (the sigmoid's output is scaled by it).
+        diffusion_scale: the largest diffusion (the sigmoid's output is scaled by it), a
+            finite positive number (at 0 the path KL, the integral of ``|(f - h) / g|^2 / 2``,
+            is undefined).
+
+    Raises:
+        ValueError: a size that is not an integer >= 1, or a ``diffusion_scale`` that is not
+            a finite positive number.
     """
 
     noise_type = "diagonal"
@@ -65,6 +78,10 @@ class LatentSDE(nn.Module):
         diffusion_scale: float = 0.5,
     ):
         super().__init__()
+        sizes = dict(obs_dim=obs_dim, latent_dim=latent_dim, context_dim=context_dim, hidden=hidden)
+        obs_dim, latent_dim, context_dim, hidden = (count(k, v) for k, v in sizes.items())
+        rule = "a finite positive number"
+        diffusion_scale = real("diffusion_scale", diffusion_scale, rule, _finite_positive)
         self.encoder = nn.GRU(obs_dim + 1, hidden)
         self.to_context = nn.Linear(hidden, context_dim)
         self.qz0 = nn.Linear(context_dim, 2 * latent_dim)
@@ -164,6 +181,11 @@ class LatentSDE(nn.Module):
                 f"ts must be the {xs.shape[0]} observation times of xs (1-D), got shape "
                 f"{tuple(ts.shape)}"
             )
+        if not bool(xs.isfinite().all()):
+            raise ValueError(
+                "xs contains NaN or infinite observations: the latent SDE takes series "
+                "observed at every time (fill or drop the missing values)"
+            )
 
     def encode(self, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         """The context at each observation time, from the GRU run from the last observation back.
@@ -198,12 +220,14 @@ class LatentSDE(nn.Module):
             the decoded means.
 
         Raises:
-            ValueError: for ``xs`` that is not (T, batch, obs_dim), ``ts`` that are not T
-                times, or a ``noise_std`` or ``dt`` that is not positive.
+            ValueError: for ``xs`` that is not (T, batch, obs_dim) or holds NaN or infinite
+                values, ``ts`` that are not T times, a ``noise_std`` that is not a finite
+                positive number or a ``dt`` that is not positive.
         """
         self._check_series(xs, ts)
-        if not (noise_std > 0 and dt > 0):
-            raise ValueError(f"noise_std and dt must be positive, got {noise_std} and {dt}")
+        noise_std = real("noise_std", noise_std, "a finite positive number", _finite_positive)
+        if not dt > 0:
+            raise ValueError(f"dt must be positive, got {dt}")
         context = self.encode(xs, ts)
         self._context = context
         self._times = [float(t) for t in ts]
@@ -221,9 +245,12 @@ class LatentSDE(nn.Module):
         else:
             zs, log_ratio = sdeint(self, z0, ts, dt=dt, logqp=True, method="euler")
         xs_mean = self.decoder(zs)
-        log_lik = torch.distributions.Normal(xs_mean, noise_std).log_prob(xs).sum((0, 2)).mean()
-        qz0 = torch.distributions.Normal(mean, logstd.exp())
-        pz0 = torch.distributions.Normal(self.pz0_mean, self.pz0_logstd.exp())
+        # (unvalidated: weights gone NaN make a NaN loss, which a training loop reports, rather
+        # than an error about the distribution's arguments)
+        normal = functools.partial(torch.distributions.Normal, validate_args=False)
+        log_lik = normal(xs_mean, noise_std).log_prob(xs).sum((0, 2)).mean()
+        qz0 = normal(mean, logstd.exp())
+        pz0 = normal(self.pz0_mean, self.pz0_logstd.exp())
         kl0 = torch.distributions.kl_divergence(qz0, pz0).sum(-1)
         kl = (kl0 + log_ratio.sum(0)).mean()
         return log_lik, kl, zs, xs_mean
@@ -244,10 +271,10 @@ class LatentSDE(nn.Module):
             The decoded means of the paths, (n, T, batch, obs_dim).
 
         Raises:
-            ValueError: for ``n`` below 1, or as ``elbo`` for series that do not fit the model.
+            ValueError: for ``n`` that is not an integer >= 1, or as ``elbo`` for series that
+                do not fit the model.
         """
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
+        n = count("n", n)
         return torch.stack([self.elbo(xs, ts, 1.0, dt)[3] for _ in range(n)])
 
     @torch.no_grad()
@@ -263,10 +290,9 @@ class LatentSDE(nn.Module):
             The decoded means of the paths, (T, batch, obs_dim).
 
         Raises:
-            ValueError: for ``batch`` below 1.
+            ValueError: for ``batch`` that is not an integer >= 1.
         """
-        if batch < 1:
-            raise ValueError(f"batch must be at least 1, got {batch}")
+        batch = count("batch", batch)
         like = self.pz0_mean
         noise = torch.randn(batch, like.numel(), dtype=like.dtype, device=like.device)
         z0 = like + self.pz0_logstd.exp() * noise

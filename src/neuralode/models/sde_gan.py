@@ -273,8 +273,9 @@ class CDEDiscriminator(nn.Module):
 
         Raises:
             ValueError: for ``ys`` that is not (batch, T, 1 + data_size) with T at least 2,
-                or whose time channel is not one strictly increasing, equally spaced grid
-                shared by the batch.
+                holds NaN or infinite values, is not of the weights' dtype, or whose time
+                channel is not one strictly increasing, equally spaced grid shared by the
+                batch.
         """
         channels = self.initial[0].in_features
         if ys.dim() != 3 or ys.shape[0] < 1 or ys.shape[1] < 2 or ys.shape[2] != channels:
@@ -282,6 +283,13 @@ class CDEDiscriminator(nn.Module):
                 f"ys must be (batch, T, {channels}) (time first, then the data's channels) with "
                 f"T at least 2, got shape {tuple(ys.shape)}"
             )
+        if not bool(ys.detach().isfinite().all()):
+            raise ValueError("ys contains NaN or infinite values: the discriminator scores "
+                             "series observed at every time")  # fmt: skip
+        dtype = self.initial[0].weight.dtype
+        if ys.dtype != dtype:
+            raise ValueError(f"ys is {ys.dtype} but the discriminator's weights are {dtype}: "
+                             f"pass ys.to({dtype}) or convert the discriminator")  # fmt: skip
         ts = ys[0, :, 0].detach()
         if not torch.equal(ys[:, :, 0].detach(), ts.expand(ys.shape[0], -1)):
             raise ValueError("the series' time channels (ys[..., 0]) differ across the batch")
@@ -321,5 +329,11 @@ def with_time(ts: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
 
     Returns:
         The series with time as channel 0.
+
+    Raises:
+        ValueError: ``ts`` is not 1-D, or ``ys`` is not (batch, len(ts), channels).
     """
+    if ts.dim() != 1 or ys.dim() != 3 or ys.shape[1] != len(ts):
+        raise ValueError(f"with_time takes ts (T,) and ys (batch, T, channels) with the same T, "
+                         f"got shapes {tuple(ts.shape)} and {tuple(ys.shape)}")  # fmt: skip
     return torch.cat([ts[None, :, None].expand(ys.shape[0], -1, 1).to(ys.dtype), ys], 2)

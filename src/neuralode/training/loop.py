@@ -44,6 +44,7 @@ from .state import (
     set_rng_state,
     write_failure,
 )
+from .trainer import TrainingDiverged
 
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (after saving)
 SUMS = 9  # per-epoch sums before the per-regulariser ones (see the training loop)
@@ -57,10 +58,6 @@ SOLVER_KEYS = {
     "rknet": ("step_size",),
     "deq": ("deq_method", "deq_backward", "deq_tol", "deq_max_iter", "deq_dropout"),
 }
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 @dataclass

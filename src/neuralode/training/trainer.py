@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import re
 import sys
 from collections.abc import Iterator
@@ -292,6 +293,10 @@ def _set_generator_state(generator: Any, state: Any) -> None:
         generator.bit_generator.state = json.loads(state)
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss, or the parameters, became NaN or infinite."""
+
+
 class Trainer:
     """The steps of one job, with checkpoints, metrics, progress and Ctrl-C.
 
@@ -300,7 +305,10 @@ class Trainer:
     ``trainer.state`` (checkpointed with it) and calls ``log`` at its logging points:
     the job is checkpointed there, then the record goes to metrics.jsonl. ``finish(result)``
     ends the job; on ``--resume`` a finished job's ``result`` comes back from its checkpoint
-    and its ``objects`` hold their final states.
+    and its ``objects`` hold their final states. After each step the modules among
+    ``objects`` are checked for NaN or infinite parameters (a diverged training stops there,
+    with ``TrainingDiverged``, rather than failing later inside a solve or a distribution
+    with a message that hides the cause).
 
     Arguments:
         name: the job's name (in metrics.jsonl records, the checkpoint's file name and the
@@ -398,6 +406,7 @@ class Trainer:
             with stop:
                 for step in range(self.step + 1, self.steps + 1):
                     yield step
+                    self._check_finite(step)
                     self.step = step
                     self._bar.update(1)
                     if isinstance(stop, StopRequest) and stop.requested:
@@ -411,6 +420,36 @@ class Trainer:
                         raise TrainingInterrupted(f"{self.name} interrupted at step {step}")
         finally:
             self._bar.close()
+
+    def check_loss(self, loss: torch.Tensor | float) -> None:
+        """Stops a training whose loss is NaN or infinite (call it before ``backward``).
+
+        Arguments:
+            loss: the step's loss, a number or a one-element tensor.
+
+        Raises:
+            TrainingDiverged: the loss is NaN or infinite (the message names the step and
+                what to change).
+        """
+        value = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        if not math.isfinite(value):
+            raise self._diverged(f"the loss is {value}", self.step + 1)
+
+    def _check_finite(self, step: int) -> None:
+        """Raises ``TrainingDiverged`` when a module's parameters are no longer finite."""
+        for key, module in self.objects.items():
+            if not isinstance(module, torch.nn.Module):
+                continue
+            params = [p.detach() for p in module.parameters()]
+            if params and not bool(torch.stack([p.isfinite().all() for p in params]).all()):
+                raise self._diverged(f"the parameters of {key} became NaN or infinite", step)
+
+    def _diverged(self, what: str, step: int) -> TrainingDiverged:
+        kept = self.run is not None and self.path.exists()
+        return TrainingDiverged(
+            f"the training diverged: {what} at step {step}/{self.steps} of {self.name}; try "
+            "a lower learning rate" + (" (with --overwrite to replace this run)" if kept else "")
+        )
 
     def show(self, **fields: Any) -> None:
         """Shows ``fields`` beside the progress bar (numbers are formatted to 4 digits).

@@ -4,6 +4,7 @@ stays flat for the adjoint ODE-Net while RK-Net's grows with its number of steps
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -105,3 +106,26 @@ def test_table1_resume_of_a_complete_run_changes_no_file(tmp_path, capsys) -> No
     captured = capsys.readouterr()
     assert captured.out == (out / "table1.md").read_text()
     assert f"the run in {out} is already complete; its files are left as they are" in captured.err
+
+
+def test_table1_resume_starts_the_models_a_stopped_run_had_not_begun(tmp_path, capsys) -> None:
+    """A run stopped while training its first model has no directory (or, killed before its
+    first checkpoint, no checkpoint) for the others: ``--resume`` starts those afresh."""
+    out = tmp_path / "t"
+    argv = ["experiment", "table1", "--data", "digits", "--train-subset", "32", "--test-subset"]
+    argv += ["16", "--epochs", "1", "--channels", "8", "--batch-size", "16", "--threads", "1"]
+    argv += ["--no-plots", "--memory-batch", "4", "--memory-step-sizes", "0.5", "--out", str(out)]
+    argv += ["--models", "resnet", "rknet"]
+    assert main(argv) == 0
+    finished = json.loads((out / "table1.json").read_text())["rows"]
+    for begun in (False, True):
+        config = (out / "rknet" / "config.json").read_text()
+        shutil.rmtree(out / "rknet")
+        if begun:  # killed before its first checkpoint: its config.json and no more
+            (out / "rknet").mkdir()
+            (out / "rknet" / "config.json").write_text(config)
+        assert main([*argv, "--resume"]) == 0, capsys.readouterr().err
+        assert (out / "rknet" / "checkpoint.pt").is_file()
+        rows = json.loads((out / "table1.json").read_text())["rows"]
+        assert [r["model"] for r in rows] == ["resnet", "rknet"]
+        assert rows[1]["test_error"] == finished[1]["test_error"]  # the same seeded training

@@ -260,6 +260,8 @@ def train_side_by_side(
 ) -> Trained | int:
     """Train each model of ``names`` with ``base``'s recipe (plus its ``overrides``) into
     ``out/NAME``, then measure one training step's memory on ``memory_batch`` test images.
+    With ``base.resume`` a model with a checkpoint continues from it, and one without (not
+    begun when the run stopped, or stopped before its first checkpoint) starts afresh.
 
     Returns:
         The trained models and their rows, or the first failing training's exit status.
@@ -272,6 +274,9 @@ def train_side_by_side(
     for name in names:
         print(f"\n== {labels[name]} ==", file=sys.stderr)
         options = {**regularisation_overrides(name), **(overrides or {}).get(name, {})}
+        if base.resume and not (out / name / "checkpoint.pt").is_file():
+            # nothing of it to continue: its directory, if any, holds no more than a start
+            options.update(resume=False, overwrite=(out / name).exists())
         result = train(replace(base, model=name, out=str(out / name), **options))
         if result.status != 0:
             return result.status

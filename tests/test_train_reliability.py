@@ -708,3 +708,36 @@ def test_a_diverging_experiment_stops_with_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "the training diverged: the loss is nan at step" in err and "lower learning rate" in err
+
+
+def test_ctrl_c_during_the_end_of_training_plots_leaves_them_to_resume(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """The final checkpoint marks the end-of-training plots pending until they are drawn: a
+    run stopped while drawing them is complete, and its ``--resume`` draws them (once)."""
+    pytest.importorskip("matplotlib")
+    import neuralode.viz.training
+
+    out = tmp_path / "run"
+    argv = ["train", "odenet", *[a for a in ARGV if a != "--no-plots"], "--out", str(out)]
+    argv += ["--sweep-tolerances", "0.01"]
+    drawn = neuralode.viz.training.save_model_plots
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(neuralode.viz.training, "save_model_plots", interrupted)
+    assert main(argv) == 130
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["plots"] == "pending"
+    assert not (out / "trajectories.png").exists()
+    monkeypatch.setattr(neuralode.viz.training, "save_model_plots", drawn)
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert "its end-of-training plots, which it stopped before, are drawn now" in (
+        capsys.readouterr().err
+    )
+    assert (out / "trajectories.png").exists() and (out / "tolerance.png").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["plots"] == "written"
+    before = _snapshot(out)
+    assert main([*argv, "--resume"]) == 0
+    assert _snapshot(out) == before and "its files are left as they are" in capsys.readouterr().err

@@ -277,7 +277,7 @@ class Trainer:
                     f"{detail}); resume with the options of that run or use another --out"
                 ) from error
             if saved["epoch"] == config.epochs and saved["batch"] == 0:
-                return self._complete(config, runtime, model, averaged, saved["history"])
+                return self._complete(config, runtime, model, averaged, saved, data)
             changed = apply_optimiser_settings(saved_config, config, optimizer, scheduler)
             if changed and runtime.is_main:
                 print(
@@ -431,6 +431,8 @@ class Trainer:
                 history.append(record)
                 state = snapshot(epoch + 1, 0, None, None)
                 if runtime.is_main:
+                    if epoch + 1 == config.epochs and config.plots:
+                        state["plots"] = "pending"  # (the end-of-training plots, below)
                     # checkpoint first: a failed save leaves no metrics line past the last
                     # checkpoint, and a missing line is restored from it on --resume
                     save_checkpoint(checkpoint_path, state)
@@ -441,10 +443,7 @@ class Trainer:
 
                         save_curves(self.out, history)
         if status == 0 and runtime.is_main and config.plots:
-            from ..viz.training import save_model_plots
-
-            shown = averaged if averaged is not None else model
-            save_model_plots(self.out, shown, data, config, runtime.device)
+            self._end_plots(state, model, averaged, data, config, runtime)
         metrics.close()
         return TrainResult(
             model,
@@ -468,17 +467,39 @@ class Trainer:
             )
         return rewritten
 
+    def _end_plots(
+        self,
+        state: dict[str, Any],
+        model: nn.Module,
+        averaged: nn.Module | None,
+        data: ImageDataset,
+        config: TrainConfig,
+        runtime: Runtime,
+    ) -> None:
+        """The end-of-training plots of the model (its weight average where there is one),
+        then the final checkpoint ``state`` marked as having them: a run stopped while they
+        were drawn is complete, and its ``--resume`` draws them."""
+        from ..viz.training import save_model_plots
+
+        shown = averaged if averaged is not None else model
+        save_model_plots(self.out, shown, data, config, runtime.device)
+        state["plots"] = "written"
+        save_checkpoint(self.out / "checkpoint.pt", state)
+
     def _complete(
         self,
         config: TrainConfig,
         runtime: Runtime,
         model: nn.Module,
         averaged: nn.Module | None,
-        history: list[dict[str, Any]],
+        saved: dict[str, Any],
+        data: ImageDataset,
     ) -> TrainResult:
         """The result of ``--resume`` on a run that has finished its ``--epochs``: the
         checkpoint's, with no file written (metrics.jsonl only repaired where it disagrees
-        with the checkpoint) and one line that says how to continue."""
+        with the checkpoint, the end-of-training plots drawn where the run stopped before
+        them) and one line that says how to continue."""
+        history = saved["history"]
         if runtime.is_main:
             rewritten = self._repair_metrics(history)
             kept = (
@@ -486,6 +507,9 @@ class Trainer:
                 if rewritten
                 else "its files are left as they are"
             )
+            if saved.get("plots") == "pending" and config.plots:
+                self._end_plots(saved, model, averaged, data, config, runtime)
+                kept = "its end-of-training plots, which it stopped before, are drawn now"
             print(
                 f"the run in {self.out} is already complete ({config.epochs} epoch(s)); "
                 f"{kept}: give --epochs {config.epochs + 1} or more with --resume to train "

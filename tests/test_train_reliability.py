@@ -683,16 +683,23 @@ def test_a_damaged_checkpoint_is_one_short_line_naming_the_fix(tmp_path, capsys,
     assert len(line) < 400, line  # torch's paragraphs cut to their first sentence
 
 
-def test_train_resume_on_an_experiments_run_names_it(tmp_path, capsys) -> None:
-    # (it said the checkpoint was not of format 1 and advised --overwrite, which would
-    # delete the experiment's run)
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["checkpoint", "no_checkpoint"])
+def test_train_resume_on_an_experiments_run_names_it(tmp_path, capsys, checkpoint) -> None:
+    """The experiment is named, with or without a checkpoint.pt at the top (experiments keep
+    theirs under checkpoints/), and --overwrite, which would delete its run, is not advised."""
     out = tmp_path / "experiment"
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"command": "experiment", "experiment": "hnn"}))
-    torch.save({"job": "hnn"}, out / "checkpoint.pt")
+    (out / "metrics.jsonl").write_text("")
+    if checkpoint:
+        torch.save({"job": "hnn"}, out / "checkpoint.pt")
+    before = sorted(p.name for p in out.iterdir())
     assert main(["train", "resnet", *ARGV, "--resume", "--out", str(out)]) == 2
-    _one_line_error(capsys, "holds a `neuralode experiment hnn` run, not a `neuralode train` run")
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json"]
+    line = _one_line_error(
+        capsys, "holds a `neuralode experiment hnn` run, not a `neuralode train` run"
+    )
+    assert "--overwrite" not in line
+    assert sorted(p.name for p in out.iterdir()) == before
 
 
 @row("T28")

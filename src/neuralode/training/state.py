@@ -101,6 +101,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         CheckpointError: no file there, a file torch cannot read, or not a checkpoint of
             this format.
     """
+    experiment = _experiment_of(path.parent)
+    if experiment is not None and not path.is_file():  # (experiments keep checkpoints/JOB.pt)
+        raise _not_a_train_run(path.parent, experiment)
     if not path.is_file():
         others = [
             name for name in ("config.json", "metrics.jsonl") if (path.parent / name).exists()
@@ -127,18 +130,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{detail}); start the run again with --overwrite, or use another --out"
         ) from error
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        experiment = _experiment_of(path.parent)
-        if experiment is not None:  # (--overwrite would delete that run: not suggested)
-            raise CheckpointError(
-                f"--resume: {path.parent} holds a `neuralode experiment {experiment}` run, not "
-                "a `neuralode train` run; point --out at the train run to continue, or use "
-                "another --out for a new one"
-            )
+        if experiment is not None:
+            raise _not_a_train_run(path.parent, experiment)
         raise CheckpointError(
             f"{path} is not a neuralode training checkpoint of format {CHECKPOINT_FORMAT}; "
             "start the run again with --overwrite, or use another --out"
         )
     return state
+
+
+def _not_a_train_run(out: Path, experiment: str) -> CheckpointError:
+    """The refusal to resume another command's run (``--overwrite`` would delete it: not
+    suggested)."""
+    return CheckpointError(
+        f"--resume: {out} holds a `neuralode experiment {experiment}` run, not a `neuralode "
+        "train` run; point --out at the train run to continue, or use another --out for a new one"
+    )
 
 
 def _experiment_of(out: Path) -> str | None:

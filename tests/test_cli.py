@@ -207,11 +207,11 @@ def test_cnf_mnist_downloads_mnist_as_its_error_advises(tmp_path, capsys, monkey
 
     def download(cache_dir):
         asked.append(cache_dir)
-        raise RuntimeError("no mirror reachable")
+        raise datasets.DatasetNotFoundError("no mirror reachable")
 
     monkeypatch.setattr(datasets, "download_mnist", download)
     cache = str(tmp_path / "cache")
-    assert main([*argv, "--download", "--cache-dir", cache]) == 1
+    assert main([*argv, "--download", "--cache-dir", cache]) == 2
     assert "no mirror reachable" in capsys.readouterr().err and asked == [cache]
     assert not out.exists()
 

@@ -3,13 +3,19 @@ mnist5k and digits sets and their fixed splits, random-crop augmentation, clear 
 
 from __future__ import annotations
 
+import builtins
 import gzip
 import hashlib
+import http.server
+import io
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
+from neuralode.cli import main
 from neuralode.data import (
     ChecksumError,
     DatasetNotFoundError,
@@ -59,6 +65,45 @@ def test_corrupt_idx_files_are_named(tmp_path) -> None:
         read_idx(bad_gz)
 
 
+def test_a_corrupt_deflate_stream_is_an_idx_error_naming_the_file(tmp_path) -> None:
+    """Bytes flipped inside the compressed data raise zlib.error, not OSError."""
+    data = bytearray(
+        write_idx(tmp_path / "z.idx.gz", np.arange(60000, dtype=np.uint8)).read_bytes()
+    )
+    data[30:60] = bytes(b ^ 0xFF for b in data[30:60])
+    (tmp_path / "z.idx.gz").write_bytes(bytes(data))
+    with pytest.raises(IDXError, match=r"z.idx.gz: cannot decompress .*fetch it again"):
+        read_idx(tmp_path / "z.idx.gz")
+
+
+def test_unreadable_paths_are_named_by_the_data_errors(tmp_path, monkeypatch) -> None:
+    """A missing file, a directory or a file without read permission: the module's error
+    naming the path, not a raw OSError."""
+    with pytest.raises(IDXError, match=r"nowhere.idx: cannot read it \(No such file"):
+        read_idx(tmp_path / "nowhere.idx")
+    with pytest.raises(IDXError, match="is a directory, not an IDX file; name the file itself"):
+        read_idx(tmp_path)
+    locked = write_idx(tmp_path / "locked.idx", np.zeros(3, np.uint8))
+
+    def refuse(real):
+        def opener(file, *args, **kwargs):
+            if str(file) == str(locked):
+                raise PermissionError(13, "Permission denied", str(file))
+            return real(file, *args, **kwargs)
+
+        return opener
+
+    with monkeypatch.context() as patch:  # (root reads any file: chmod cannot test this)
+        patch.setattr(builtins, "open", refuse(builtins.open))
+        patch.setattr(io, "open", refuse(io.open))
+        with pytest.raises(IDXError, match=r"locked.idx: cannot read it \(Permission denied\)"):
+            read_idx(locked)
+    with pytest.raises(ChecksumError, match=r"cannot read it to compute its md5 \(Is a directory"):
+        verify_checksum(tmp_path, "md5:" + "0" * 32)
+    with pytest.raises(ValueError, match="is a directory; name the file to download into"):
+        download(["file:///unused"], tmp_path, "md5:" + "0" * 32)
+
+
 def test_checksums(tmp_path) -> None:
     path = tmp_path / "f.bin"
     path.write_bytes(b"neural ode")
@@ -88,9 +133,46 @@ def test_download_keeps_a_verified_file_and_reports_failing_mirrors(tmp_path) ->
     target.write_bytes(b"tampered")
     with pytest.raises(RuntimeError, match="could not download data.bin from any mirror"):
         download([missing], target, checksum)
-    assert not target.exists()  # a bad file never stays in the cache
+    # a file with another checksum stays until a verified download replaces it
+    assert target.read_bytes() == b"tampered"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["data.bin"]  # no .part left
     with pytest.raises(RuntimeError, match="md5 is"):
         download([source.as_uri()], target, "md5:" + "0" * 32)
+    assert target.read_bytes() == b"tampered"
+    assert download([missing, source.as_uri()], target, checksum) == target
+    assert target.read_bytes() == b"payload"
+
+
+def test_download_timeout_bounds_the_whole_transfer(tmp_path) -> None:
+    """A mirror that sends a byte at a time is cut off after ``timeout`` seconds, not
+    only when a single read waits that long."""
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "40")
+            self.end_headers()
+            try:
+                for _ in range(40):  # 8 s in all
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:  # the client gave up
+                pass
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/f"
+        with pytest.raises(RuntimeError, match=r"took longer than the timeout, 0.5 s"):
+            download([url], tmp_path / "f", "md5:" + "0" * 32, timeout=0.5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not (tmp_path / "f.part").exists()
 
 
 def _write_fake_mnist(directory, n_train=6, n_test=4, gz=True) -> None:
@@ -117,6 +199,71 @@ def test_mnist_from_a_directory(tmp_path, layout, gz) -> None:
         data.train_x.dtype == torch.float32 and 0 <= data.train_x.min() <= data.train_x.max() <= 1
     )
     assert data.test_y.tolist() == [0, 1, 2, 3]
+
+
+def test_mnist_refuses_images_that_are_not_28x28(tmp_path) -> None:
+    """Images of another size are refused, not reshaped into a different number of 28x28
+    images."""
+    _write_fake_mnist(tmp_path)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((49, 32, 32), np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(49, dtype=np.uint8) % 10)
+    with pytest.raises(
+        ValueError,
+        match=r"train-images-idx3-ubyte.gz: images of shape \(49, 32, 32\), expected \(N, 28, 28\)",
+    ):
+        load_mnist(tmp_path)
+
+
+def test_mnist_refuses_images_that_are_not_uint8(tmp_path) -> None:
+    """Only uint8 pixels are scaled by 1/255: float images (already in [0, 1], say) are
+    refused."""
+    _write_fake_mnist(tmp_path, gz=False)
+    images = np.random.default_rng(0).random((4, 28, 28)).astype(np.float32)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", images)
+    with pytest.raises(
+        ValueError, match=r"t10k-images-idx3-ubyte: images of dtype float32, expected uint8"
+    ):
+        load_mnist(tmp_path)
+
+
+def test_mnist_data_dir_and_cache_dir_expand_the_home_directory(tmp_path, monkeypatch) -> None:
+    from neuralode.data import datasets
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # an unexpanded "~/cache" would be created here
+    _write_fake_mnist(tmp_path / "mnist")
+    assert load_mnist("~/mnist").train_x.shape == (6, 1, 28, 28)
+    monkeypatch.setattr(datasets, "MNIST_MIRRORS", ((tmp_path / "offline").as_uri() + "/",))
+    with pytest.raises(DatasetNotFoundError, match="could not download"):
+        load_mnist(download=True, cache_dir="~/cache")
+    assert (tmp_path / "cache" / "mnist").is_dir() and not (tmp_path / "cwd" / "~").exists()
+
+
+def test_mnist_download_failure_and_data_dir_with_download_are_data_errors(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """No mirror answers: a DatasetNotFoundError suggesting --data-dir (exit status 2 and one
+    line at the command line, not an unexpected error); --data-dir with --download (which
+    read the download and ignored the directory) is refused."""
+    from neuralode.data import datasets
+
+    monkeypatch.setattr(datasets, "MNIST_MIRRORS", ((tmp_path / "offline").as_uri() + "/",))
+    with pytest.raises(DatasetNotFoundError, match="(?s)could not download .*pass --data-dir DIR"):
+        load_mnist(download=True, cache_dir=tmp_path / "cache")
+    _write_fake_mnist(tmp_path / "mnist")
+    with pytest.raises(ValueError, match="--data-dir .* and --download both given"):
+        load_mnist(tmp_path / "mnist", download=True, cache_dir=tmp_path / "cache")
+    capsys.readouterr()
+    common = ["--epochs", "1", "--no-plots", "--cache-dir", str(tmp_path / "cache")]
+    for extra, message in (
+        (["--download"], "without network access, fetch the four files"),
+        (["--download", "--data-dir", str(tmp_path / "mnist")], "both given"),
+    ):
+        out = str(tmp_path / f"out{len(extra)}")
+        assert main(["train", "odenet", "--data", "mnist", "--out", out, *common, *extra]) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(lines) == 1 and message in lines[0] and lines[0].startswith("neuralode train")
 
 
 def test_missing_mnist_says_what_to_do(tmp_path) -> None:

@@ -14,6 +14,7 @@ import torch
 from neuralode.data import (
     PHYSIONET_STATIC,
     PHYSIONET_VARIABLES,
+    PhysioNetData,
     load_physionet,
     make_periodic,
     make_spirals,
@@ -90,6 +91,7 @@ def test_physionet_reader_on_generated_files(tmp_path: Path) -> None:
     )
     _write_record(folder / "132540.txt", 132540, ["00:00,HR,60", "48:00,Temp,37.5"])
     raw = load_physionet(tmp_path, normalize=False, dtype=torch.float64)
+    assert isinstance(raw, PhysioNetData)  # exported with the function returning it
     first, second = raw.records
     assert first.record_id == "132539" and len(PHYSIONET_VARIABLES) == 37
     assert first.ts.tolist() == pytest.approx([7 / 60, 37 / 60, 97 / 60])
@@ -124,6 +126,36 @@ def test_physionet_errors_name_the_problem(tmp_path: Path) -> None:
         load_physionet(tmp_path)
     _write_record(tmp_path / "1.txt", 1, ["7 min,HR,15"])
     with pytest.raises(ValueError, match="is not HH:MM"):
+        load_physionet(tmp_path)
+
+
+def test_physionet_refuses_what_it_would_read_wrongly(tmp_path: Path, monkeypatch) -> None:
+    """Malformed times (-1:30, 00:75) and non-finite values are refused naming the file and
+    line (a nan would make the variable's mean, std and every normalised value NaN); a file
+    named as the directory, a file that is not UTF-8 and an unreadable record are named as
+    such; ~ is the home directory."""
+    for stamp in ("-1:30", "00:75", "1:5", "01:30:00"):
+        _write_record(tmp_path / "1.txt", 1, [f"{stamp},HR,15"])
+        with pytest.raises(ValueError, match=rf"1.txt:8: time '{stamp}' is not HH:MM"):
+            load_physionet(tmp_path)
+    for value in ("nan", "inf", "-Infinity"):
+        _write_record(tmp_path / "1.txt", 1, ["00:07,HR,70", f"00:09,HR,{value}"])
+        with pytest.raises(ValueError, match=rf"1.txt:9: value '{value}' is not finite"):
+            load_physionet(tmp_path)
+    _write_record(tmp_path / "1.txt", 1, ["00:07,HR,70", "47:59,HR,80"])
+    assert load_physionet(tmp_path, normalize=False).records[0].ts.tolist()[-1] == pytest.approx(
+        47 + 59 / 60
+    )
+    with pytest.raises(FileNotFoundError, match=r"1.txt' is a file, not a directory"):
+        load_physionet(tmp_path / "1.txt")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert len(load_physionet("~", normalize=False).records) == 1
+    (tmp_path / "2.txt").write_bytes("Time,Parameter,Value\n00:07,HR,7\xb0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"2.txt: not a text file of the PhysioNet format"):
+        load_physionet(tmp_path)
+    (tmp_path / "2.txt").unlink()
+    (tmp_path / "3.txt").mkdir()  # unreadable as a record
+    with pytest.raises(ValueError, match=r"3.txt: cannot read it \(Is a directory\)"):
         load_physionet(tmp_path)
 
 
@@ -303,6 +335,26 @@ def test_physionet_options_are_checked_before_reading(tmp_path: Path) -> None:
     assert torch.equal(given.mean, mean.double()) and len(given.records) == 2
     raw = load_physionet(tmp_path, normalize=False, mean=mean, std=std, limit=1)
     assert raw.mean is None and raw.std is None and len(raw.records) == 1
+
+
+def test_spirals_counts_are_checked_and_float64_noise_is_drawn_in_float64() -> None:
+    """Counts that are not integers in range are named; float64 noise is a float64 draw."""
+    for name, value, rule in (
+        ("n", 2.5, ">= 1"),
+        ("n", 0, ">= 1"),
+        ("n_extrap", -3, ">= 0"),
+        ("n_window", True, ">= 1"),
+        ("ntotal", 1000.0, ">= 1"),
+        ("n_obs", "30", ">= 1"),
+    ):
+        with pytest.raises(ValueError, match=rf"{name} must be an integer {rule}, got {value!r}"):
+            make_spirals(**{name: value})
+    assert make_spirals(3, n_extrap=0).trajectories.shape == (3, 100, 2)
+    # a = b = 0: the noise-free y is 0, so the noisy y is exactly the noise
+    noise = make_spirals(50, a=0.0, b=0.0, noise_std=1.0, dtype=torch.float64).noisy[..., 1]
+    assert not torch.equal(noise, noise.float().double())
+    single = make_spirals(50, a=0.0, b=0.0, noise_std=1.0, seed=3).noisy[..., 1]
+    assert single.dtype == torch.float32 and 0.9 < float(single.std()) < 1.1
 
 
 def test_generators_name_non_finite_parameters() -> None:

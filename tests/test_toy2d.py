@@ -24,6 +24,13 @@ def test_samplers_are_seeded_with_the_right_shape(name: str) -> None:
     assert 0.5 < float(np.abs(a).max()) < 8.0  # FFJORD's plotting box is [-4, 4]^2
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 301])
+def test_2spirals_draws_exactly_n_distinct_points(n: int) -> None:
+    """n points for every n, 1 and odd n included, none a copy of another."""
+    x = sample_toy("2spirals", n, seed=0)
+    assert x.shape == (n, 2) and len(np.unique(x, axis=0)) == n
+
+
 def test_unknown_density_and_bad_sizes_are_named() -> None:
     with pytest.raises(ValueError, match="unknown toy density 'blobs'"):
         sample_toy("blobs", 10)

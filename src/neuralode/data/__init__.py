@@ -15,7 +15,13 @@ from .datasets import (
 )
 from .idx import IDXError, parse_idx, read_idx, write_idx
 from .periodic import PeriodicData, make_periodic
-from .physionet import PHYSIONET_STATIC, PHYSIONET_VARIABLES, PhysioNetRecord, load_physionet
+from .physionet import (
+    PHYSIONET_STATIC,
+    PHYSIONET_VARIABLES,
+    PhysioNetData,
+    PhysioNetRecord,
+    load_physionet,
+)
 from .spirals import SpiralData, make_spirals
 
 __all__ = [
@@ -39,6 +45,7 @@ __all__ = [
     "PHYSIONET_STATIC",
     "PHYSIONET_VARIABLES",
     "PeriodicData",
+    "PhysioNetData",
     "PhysioNetRecord",
     "SpiralData",
     "load_physionet",

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import sys
+import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 ALGORITHMS = ("md5", "sha1", "sha256")
+# the longest a download waits for a mirror to connect or to send its next bytes
+STALL_TIMEOUT = 60.0
 
 
 class ChecksumError(ValueError):
-    """A file whose digest differs from the expected one."""
+    """A file whose digest differs from the expected one, or that cannot be read to compute it."""
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
@@ -26,13 +28,23 @@ def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 2
 
     Returns:
         The lower-case hexadecimal digest.
+
+    Raises:
+        ValueError: an algorithm not in ``ALGORITHMS``.
+        ChecksumError: the file is missing, a directory or unreadable.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"checksum algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
+    except OSError as error:  # missing, a directory, no permission
+        raise ChecksumError(
+            f"{path}: cannot read it to compute its {algorithm} ({error.strerror or error}); "
+            "name a readable file"
+        ) from error
     return digest.hexdigest()
 
 
@@ -45,7 +57,7 @@ def verify_checksum(path: str | Path, expected: str) -> None:
 
     Raises:
         ValueError: ``expected`` is not of the form ``"ALGORITHM:HEX"``.
-        ChecksumError: the file's digest differs.
+        ChecksumError: the file's digest differs, or the file cannot be read.
     """
     algorithm, sep, value = expected.partition(":")
     if not sep or not value:
@@ -64,35 +76,52 @@ def download(
     """Fetches the first mirror that answers into ``destination`` and verifies ``checksum``.
 
     A file already at ``destination`` with the right checksum is kept. The download goes to
-    a temporary name and is renamed only once verified, so a cache never holds a bad file.
+    ``destination`` + ``.part`` and is renamed over ``destination`` only once verified, so a
+    cache never gains a bad file, and a file already there with another checksum stays as it
+    is until a verified download replaces it.
 
     Arguments:
         urls: mirrors of the file, tried in order.
         destination: where the file goes.
         checksum: its expected digest, ``"ALGORITHM:HEX"`` (see `verify_checksum`).
-        timeout: seconds to wait for each mirror.
+        timeout: seconds each mirror has to send the whole file, from the request to the last
+            byte (checked as the bytes arrive); a mirror that sends nothing for
+            ``STALL_TIMEOUT`` seconds (or ``timeout`` if shorter) is given up sooner.
 
     Returns:
         ``destination``, as a `Path`.
 
     Raises:
+        ValueError: ``destination`` is a directory.
         RuntimeError: no mirror gave a file with the right checksum (each failure listed).
     """
     destination = Path(destination)
+    if destination.is_dir():
+        raise ValueError(
+            f"{destination} is a directory; name the file to download into (a path inside it)"
+        )
     if destination.exists():
         try:
             verify_checksum(destination, checksum)
             return destination
-        except ChecksumError:
-            destination.unlink()
+        except ChecksumError:  # replaced below only by a verified download
+            pass
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".part")
     failures = []
     for url in urls:
         try:
             print(f"downloading {url}", file=sys.stderr)
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as f:
-                shutil.copyfileobj(response, f)
+            deadline = time.monotonic() + timeout
+            with (
+                urllib.request.urlopen(url, timeout=min(timeout, STALL_TIMEOUT)) as response,
+                open(partial, "wb") as f,
+            ):
+                # read1: what has arrived, so that a mirror sending a byte at a time is cut off
+                while block := response.read1(1 << 20):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the file took longer than the timeout, {timeout:g} s")
+                    f.write(block)
             verify_checksum(partial, checksum)
         except (OSError, ChecksumError) as error:
             failures.append(f"{url}: {error}")

@@ -29,6 +29,8 @@ MNIST_MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
 )
+MNIST_TIMEOUT = 600.0  # seconds each mirror has to send one file (9.9 MB at most)
+MNIST_SHAPE = (28, 28)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -213,18 +215,19 @@ def download_mnist(cache_dir: str | Path | None = None) -> Path:
     """Downloads the four MNIST files into ``cache_dir/mnist``, verifying their checksums.
 
     Arguments:
-        cache_dir: the download cache; ``None``: ``$NEURALODE_DATA``, else
-            ``$XDG_CACHE_HOME/neuralode``, else ``~/.cache/neuralode``.
+        cache_dir: the download cache (a leading ``~`` is the home directory); ``None``:
+            ``$NEURALODE_DATA``, else ``$XDG_CACHE_HOME/neuralode``, else
+            ``~/.cache/neuralode``.
 
     Returns:
         The directory holding the four files.
 
     Raises:
         DatasetNotFoundError: the cache directory cannot be created (a file is in the way,
-            no permission).
-        RuntimeError: a file could not be downloaded from any mirror.
+            no permission), or a file could not be downloaded from any mirror (the message
+            lists each mirror's failure).
     """
-    directory = Path(cache_dir or default_cache_dir()) / "mnist"
+    directory = Path(cache_dir or default_cache_dir()).expanduser() / "mnist"
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -233,7 +236,16 @@ def download_mnist(cache_dir: str | Path | None = None) -> Path:
             f"({error.strerror or error}); pass --cache-dir a writable directory"
         ) from error
     for name, checksum in MNIST_FILES.values():
-        download([mirror + name for mirror in MNIST_MIRRORS], directory / name, checksum)
+        urls = [mirror + name for mirror in MNIST_MIRRORS]
+        try:
+            download(urls, directory / name, checksum, timeout=MNIST_TIMEOUT)
+        except RuntimeError as error:  # no mirror gave the file (each failure listed)
+            names = ", ".join(file for file, _ in MNIST_FILES.values())
+            raise DatasetNotFoundError(
+                f"{error};\nwithout network access, fetch the four files ({names}) on another "
+                "machine and pass --data-dir DIR, the directory holding them, instead of "
+                "--download"
+            ) from error
     return directory
 
 
@@ -243,12 +255,15 @@ def load_mnist(
     """Full MNIST (60,000/10,000) from the original IDX files, raw or gzip-compressed.
 
     Looks in ``data_dir`` (also ``raw/`` and ``MNIST/raw/`` below it) or, with ``download``,
-    fetches the files into the cache first.
+    fetches the files into the cache first. Where both ``X.gz`` and ``X`` are there, the
+    ``.gz`` file is read.
 
     Arguments:
         data_dir: the directory with the four IDX files (``train-images-idx3-ubyte`` etc.,
-            raw or ``.gz``).
-        download: fetch the files (checksummed) into ``cache_dir`` and read them from there.
+            raw or ``.gz``; uint8 images of 28x28 pixels); a leading ``~`` is the home
+            directory.
+        download: fetch the files (checksummed) into ``cache_dir`` and read them from there;
+            not with ``data_dir``.
         cache_dir: the download cache; ``None``: ``$NEURALODE_DATA``, else
             ``$XDG_CACHE_HOME/neuralode``, else ``~/.cache/neuralode``.
 
@@ -257,10 +272,17 @@ def load_mnist(
 
     Raises:
         DatasetNotFoundError: neither ``data_dir`` nor ``download``, ``data_dir`` is a file,
-            or files missing.
-        ValueError: the images and labels do not match, or a label is not a class 0-9.
-        IDXError: a file is not a valid IDX file.
+            files missing, or the download failed (see `download_mnist`).
+        ValueError: both ``data_dir`` and ``download``, images not uint8 of shape
+            (N, 28, 28), the images and labels do not match, or a label is not a class 0-9.
+        IDXError: a file is unreadable or not a valid IDX file.
     """
+    if download and data_dir is not None:
+        raise ValueError(
+            f"--data-dir {data_dir} and --download both given: --download reads the files it "
+            "fetches into the cache (--cache-dir); give --data-dir alone to read the files "
+            "already there, or --download alone"
+        )
     if download:
         data_dir = download_mnist(cache_dir)
     if data_dir is None:
@@ -268,7 +290,7 @@ def load_mnist(
             "mnist needs the original IDX files: pass --data-dir DIR (a directory with "
             "train-images-idx3-ubyte[.gz] and the three other files) or --download"
         )
-    directory = Path(data_dir)
+    directory = Path(data_dir).expanduser()
     if directory.exists() and not directory.is_dir():
         raise DatasetNotFoundError(
             f"--data-dir {directory} is a file, not a directory; point it at the directory "
@@ -284,7 +306,19 @@ def load_mnist(
     arrays = {key: read_idx(path) for key, path in paths.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        images_path = paths[f"{split}_images"]
+        # MNIST's pixels: uint8 0-255, scaled by 1/255 below (other dtypes have other ranges)
+        if images.dtype != np.uint8:
+            raise ValueError(
+                f"{images_path}: images of dtype {images.dtype}, expected uint8 (MNIST's "
+                "pixels 0-255); write the images as uint8"
+            )
+        if images.ndim != 3 or images.shape[1:] != MNIST_SHAPE:
+            raise ValueError(
+                f"{images_path}: images of shape {images.shape}, expected (N, 28, 28) (MNIST's "
+                "28x28 pixels); resize the images to 28x28"
+            )
+        if labels.ndim != 1 or len(images) != len(labels):
             raise ValueError(
                 f"{directory}: {split} images {images.shape} and labels {labels.shape} "
                 "do not match (expected (N, 28, 28) and (N,))"
@@ -293,9 +327,9 @@ def load_mnist(
     labels = {k: torch.from_numpy(v.astype(np.int64)) for k, v in arrays.items() if "labels" in k}
     return ImageDataset(
         "mnist",
-        _images(arrays["train_images"], 28, 255.0),
+        _images(arrays["train_images"], MNIST_SHAPE[0], 255.0),
         labels["train_labels"],
-        _images(arrays["test_images"], 28, 255.0),
+        _images(arrays["test_images"], MNIST_SHAPE[0], 255.0),
         labels["test_labels"],
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,20 @@ class IDXError(ValueError):
 
 
 def _read_bytes(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        head = f.read(2)
-    opener = gzip.open if head == b"\x1f\x8b" else open
     try:
-        with opener(path, "rb") as f:
-            return f.read()
-    except (OSError, EOFError) as error:  # truncated or corrupt gzip stream
+        data = path.read_bytes()
+    except IsADirectoryError as error:
+        raise IDXError(f"{path} is a directory, not an IDX file; name the file itself") from error
+    except OSError as error:  # missing, unreadable (no permission), an I/O error
+        raise IDXError(
+            f"{path}: cannot read it ({error.strerror or error}); check the path and that the "
+            "file is readable"
+        ) from error
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as error:  # truncated or corrupt gzip stream
         raise IDXError(
             f"{path}: cannot decompress ({error}); delete it and fetch it again"
         ) from error
@@ -79,7 +87,8 @@ def read_idx(path: str | Path) -> np.ndarray:
         The array stored in the file (see `parse_idx`).
 
     Raises:
-        IDXError: the file is not a valid IDX file.
+        IDXError: the file is missing, unreadable or a directory, its gzip stream is
+            corrupt, or it is not a valid IDX file.
     """
     path = Path(path)
     return parse_idx(_read_bytes(path), str(path))

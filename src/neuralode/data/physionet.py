@@ -5,13 +5,14 @@ The published text format: one file per stay (``set-a/132539.txt``), a header li
 record descriptors (RecordID, Age, Gender, Height, ICUType and the admission Weight) come
 first at 00:00; -1 there means unknown. The other rows are measurements of 37 time series
 variables (the challenge's 36 plus Weight), taken at irregular times, most missing at any
-given time. Each stay becomes one irregular series with a per-variable mask, as Rubanova et
-al. (2019) use it; ``collate_irregular`` batches them.
+given time (a missing measurement has no row). Each stay becomes one irregular series with a
+per-variable mask, as Rubanova et al. (2019) use it; ``collate_irregular`` batches them.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ PHYSIONET_VARIABLES: tuple[str, ...] = (
 )  # fmt: skip
 PHYSIONET_STATIC: tuple[str, ...] = ("Age", "Gender", "Height", "ICUType", "Weight")
 _INDEX = {name: i for i, name in enumerate(PHYSIONET_VARIABLES)}
+_STAMP = re.compile(r"(\d+):([0-5]\d)")  # HH:MM since admission, minutes 00-59
 
 
 @dataclass
@@ -51,7 +53,15 @@ class PhysioNetRecord:
 
 @dataclass
 class PhysioNetData:
-    """The records, and the per-variable mean and std used to normalise them (None if not)."""
+    """The records of `load_physionet`, and the per-variable mean and std it normalised them
+    with.
+
+    Attributes:
+        records: the stays, sorted by file name.
+        mean: the per-variable means (37,), float64; ``None`` without normalisation.
+        std: the per-variable standard deviations (37,), float64; ``None`` without
+            normalisation.
+    """
 
     records: list[PhysioNetRecord]
     mean: torch.Tensor | None
@@ -59,16 +69,32 @@ class PhysioNetData:
 
 
 def _hours(stamp: str, where: str) -> float:
-    try:
-        hours, minutes = stamp.split(":")
-        return int(hours) + int(minutes) / 60
-    except ValueError:
-        raise ValueError(f"{where}: time {stamp!r} is not HH:MM") from None
+    match = _STAMP.fullmatch(stamp)
+    if match is None:
+        raise ValueError(
+            f"{where}: time {stamp!r} is not HH:MM (hours since admission, minutes 00-59)"
+        )
+    return int(match[1]) + int(match[2]) / 60
 
 
 def read_record(path: Path, quantization: float | None = None) -> PhysioNetRecord:
-    """Parse one file; repeated measurements at one (quantised) time are averaged."""
-    lines = path.read_text().splitlines()
+    """Parse one file; repeated measurements at one (quantised) time are averaged.
+
+    Raises:
+        ValueError: the file is unreadable or not UTF-8 text, or a line is malformed (its
+            time not HH:MM, its value not a finite number, an unknown parameter).
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}: not a text file of the PhysioNet format ({error}); keep only the "
+            "records' .txt files in the directory"
+        ) from None
+    except OSError as error:
+        raise ValueError(
+            f"{path}: cannot read it ({error.strerror or error}); check that it is readable"
+        ) from error
     if not lines or lines[0].strip() != "Time,Parameter,Value":
         raise ValueError(f"{path}: expected the header 'Time,Parameter,Value'")
     static = [math.nan] * len(PHYSIONET_STATIC)
@@ -89,6 +115,11 @@ def read_record(path: Path, quantization: float | None = None) -> PhysioNetRecor
             value = float(text)
         except ValueError:
             raise ValueError(f"{where}: value {text!r} is not a number") from None
+        if not math.isfinite(value):  # a measurement not taken has no row in this format
+            raise ValueError(
+                f"{where}: value {text!r} is not finite; remove the row (a missing measurement "
+                "has no row; an unknown descriptor is -1)"
+            )
         descriptor = name in ("RecordID", "Age", "Gender", "Height", "ICUType")
         descriptor = descriptor or (name == "Weight" and in_descriptors and t == 0)
         if descriptor:
@@ -165,7 +196,8 @@ def load_physionet(
 
     Arguments:
         directory: the folder of the ``.txt`` records (set-a of the PhysioNet/CinC
-            Challenge 2012), or its parent holding ``set-a``.
+            Challenge 2012), or its parent holding ``set-a``; a leading ``~`` is the home
+            directory.
         normalize: scale each variable to zero mean and unit std over the observed values.
         mean: the per-variable means to normalise with (37,), e.g. a training set's; give
             it with ``std`` (without both, both are computed from these records).
@@ -180,13 +212,20 @@ def load_physionet(
             ``normalize``).
 
     Raises:
-        FileNotFoundError: the directory does not exist or holds no ``.txt`` records.
+        FileNotFoundError: the directory does not exist, is a file, or holds no ``.txt``
+            records.
         ValueError: only one of ``mean`` and ``std``, either not of shape (37,), ``std`` not
             positive and finite, ``limit`` not a positive integer, ``quantization`` not a
-            positive finite number, or a malformed record.
+            positive finite number, or a record unreadable, not UTF-8 text or malformed (a
+            time not HH:MM, a value not a finite number, an unknown parameter).
     """
     _check_options(mean, std, quantization, limit)
-    root = Path(directory)
+    root = Path(directory).expanduser()
+    if root.exists() and not root.is_dir():
+        raise FileNotFoundError(
+            f"PhysioNet directory {str(root)!r} is a file, not a directory; name the folder "
+            "holding the records' .txt files (set-a), not a file"
+        )
     if not root.is_dir():
         raise FileNotFoundError(
             f"PhysioNet directory {str(root)!r} does not exist; download set-a of the "

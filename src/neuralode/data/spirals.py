@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .._args import count
+
 
 @dataclass
 class SpiralData:
@@ -97,9 +99,12 @@ def make_spirals(
         The [`SpiralData`][neuralode.data.SpiralData].
 
     Raises:
-        ValueError: ``n_obs`` out of [1, n_window], ``ntotal`` too short, ``n < 1``, a
-            negative or non-finite ``noise_std``, or a non-finite ``a`` or ``b``.
+        ValueError: a count not an integer (``n``, ``n_obs``, ``n_window``, ``ntotal`` at
+            least 1, ``n_extrap`` at least 0), ``n_obs`` above ``n_window``, ``ntotal`` too
+            short, a negative or non-finite ``noise_std``, or a non-finite ``a`` or ``b``.
     """
+    n, n_obs, n_window = count("n", n), count("n_obs", n_obs), count("n_window", n_window)
+    n_extrap, ntotal = count("n_extrap", n_extrap, minimum=0), count("ntotal", ntotal)
     length = n_window + n_extrap
     if not 1 <= n_obs <= n_window:
         raise ValueError(f"n_obs must be in [1, n_window={n_window}], got {n_obs}")
@@ -123,7 +128,7 @@ def make_spirals(
     trajectories = torch.where(
         clockwise[:, None, None], clockwise_spiral[index], counter[index]
     ).to(dtype)
-    noisy = trajectories + noise_std * torch.randn(trajectories.shape, generator=gen).to(dtype)
+    noisy = trajectories + noise_std * torch.randn(trajectories.shape, generator=gen, dtype=dtype)
     observed = torch.zeros(n, length, dtype=torch.bool)
     picks = torch.rand(n, n_window, generator=gen).argsort(-1)[:, :n_obs]
     observed.scatter_(1, picks, True)

@@ -53,14 +53,13 @@ def _pinwheel(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _two_spirals(rng: np.random.Generator, n: int) -> np.ndarray:
-    half = n // 2
-    m = np.sqrt(rng.random((half, 1))) * 540 * (2 * np.pi) / 360
-    d1x = -np.cos(m) * m + rng.random((half, 1)) * 0.5
-    d1y = np.sin(m) * m + rng.random((half, 1)) * 0.5
-    x = np.vstack([np.hstack([d1x, d1y]), np.hstack([-d1x, -d1y])]) / 3
+    first = n - n // 2  # odd n: the first spiral has one point more
+    m = np.sqrt(rng.random((first, 1))) * 540 * (2 * np.pi) / 360
+    d1x = -np.cos(m) * m + rng.random((first, 1)) * 0.5
+    d1y = np.sin(m) * m + rng.random((first, 1)) * 0.5
+    d1 = np.hstack([d1x, d1y])
+    x = np.vstack([d1, -d1[: n // 2]]) / 3  # the second spiral mirrors the first's points
     x = x + rng.standard_normal(x.shape) * 0.1
-    if len(x) < n:  # odd n: one more point from the first spiral
-        x = np.vstack([x, x[:1]])
     return rng.permutation(x)
 
 

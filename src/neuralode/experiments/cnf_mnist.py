@@ -24,6 +24,7 @@ import torch
 from .._cli_types import open_unit, positive_float, positive_int, widths
 from ..data import load_mnist, load_mnist5k
 from ..models.cnf import CNF, ConcatSquashConvNet, SequentialFlow
+from ..training.config import CACHE_DIR_HELP
 from ..training.runtime import pick_device
 from ..training.trainer import (
     Run,
@@ -77,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--download", action="store_true", help="download MNIST for --data mnist (checksummed)"
     )
-    parser.add_argument("--cache-dir", help="download cache (default ~/.cache/neuralode)")
+    parser.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     parser.add_argument(
         "--out", default="out/cnf-mnist", help="output directory (default %(default)s)"
     )

@@ -48,6 +48,10 @@ RESUME_KEYS = (
     "blocks", "steer",
 )  # fmt: skip
 NOISES = ("gaussian", "rademacher")
+CACHE_DIR_HELP = (
+    "download cache (default $NEURALODE_DATA, else $XDG_CACHE_HOME/neuralode, else "
+    "~/.cache/neuralode)"
+)
 
 
 @dataclass
@@ -130,7 +134,8 @@ class TrainConfig:
             such an ``out`` is refused).
         data_dir: the directory with the MNIST IDX files (``data="mnist"``).
         download: download MNIST (checksummed; ``data="mnist"``).
-        cache_dir: the download cache; ``None``: ``~/.cache/neuralode``.
+        cache_dir: the download cache; ``None``: ``$NEURALODE_DATA``, else
+            ``$XDG_CACHE_HOME/neuralode``, else ``~/.cache/neuralode``.
         train_subset: train on the first N training images (0: all), non-negative.
         test_subset: evaluate on the first N test images (0: all), non-negative.
         plots: write the PNG plots (learning curves each epoch; trajectories and the
@@ -453,7 +458,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_positional: bool 
     )
     g.add_argument("--data-dir", help="directory with the MNIST IDX files (--data mnist)")
     g.add_argument("--download", action="store_true", help="download MNIST (checksummed)")
-    g.add_argument("--cache-dir", help="download cache (default ~/.cache/neuralode)")
+    g.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     g.add_argument(
         "--crop-padding",
         type=int_at_least(-1),

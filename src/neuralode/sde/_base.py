@@ -162,7 +162,10 @@ def vjp(outputs, inputs, grad_outputs, **kwargs):
     ``_autograd.grad`` (which leaves nothing behind per call: the adjoint calls it every step).
     ``outputs`` and ``grad_outputs`` are sequences or one tensor each; an output that does
     not depend on anything that requires grad (a diffusion constant in y and the parameters,
-    say) contributes nothing."""
+    say) contributes nothing. The graph is kept (``retain_graph``): the SDE's functions may
+    read a graph built once before the solve from the parameters (a CDE path's coefficients
+    from its data, ``A = 2 * W``), which every step's product traverses again."""
+    kwargs.setdefault("retain_graph", True)
     if isinstance(outputs, torch.Tensor):
         outputs, grad_outputs = [outputs], [grad_outputs]
     tracked = [(out, cot) for out, cot in zip(outputs, grad_outputs) if out.requires_grad]

@@ -187,6 +187,8 @@ def test_step_size_and_grid_constructor() -> None:
 def test_options_reach_the_solver() -> None:
     with pytest.raises(no.MaxStepsError):
         no.odeint(linear, Y0, T, options={"max_num_steps": 3})
+    with pytest.raises(AssertionError):  # as torchdiffeq's, for code that catches that
+        no.odeint(linear, Y0, T, options={"max_num_steps": 3})
     accepted = []
 
     class Recorder:

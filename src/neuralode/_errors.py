@@ -13,8 +13,10 @@ class SolverError(RuntimeError):
     """A solve could not be completed."""
 
 
-class MaxStepsError(SolverError):
-    """The solver took more steps than ``max_steps`` allows."""
+class MaxStepsError(SolverError, AssertionError):
+    """The solver took more steps than ``max_steps`` allows. Also an ``AssertionError``, as
+    torchdiffeq's "max_num_steps exceeded" is, so that code written for torchdiffeq that
+    catches it catches this."""
 
 
 class StepSizeUnderflowError(SolverError):

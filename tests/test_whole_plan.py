@@ -235,3 +235,21 @@ def test_the_copies_keep_fs_guards_and_drop_the_plans():
         "G['__import_torch_dot_nn_dot_modules_dot_module']._global_forward_hooks",
     ):  # fmt: skip
         assert not ours(name), name
+
+
+def test_the_fallback_names_torchs_reason_and_the_fix_for_aliasing() -> None:
+    """torch's refusal of the while_loop graph announces its reason on a first line ending in
+    a colon: the warning carries the reason too, and for views of one tensor, the fix."""
+    from neuralode._whole_solve import _reason
+
+    error = torch._dynamo.exc.UncapturedHigherOrderOpError(
+        "This higher order operator doesn't work unless it is captured completely with "
+        "torch.compile. Got graph break/error:\n\nEncountered aliasing during higher order op "
+        "tracing\n  Higher Order Operator: torch.while_loop\n  Developer debug context: "
+        "Input-to-input aliasing detected at nodes getattr_4 and getattr_5"
+    )
+    reason = _reason(error)
+    assert "Got graph break/error: Encountered aliasing during higher order op tracing" in reason
+    assert "write F.linear(y, W, b), or .clone() the slices" in reason
+    assert "debug context" not in reason
+    assert _reason(RuntimeError("one line")) == "one line"

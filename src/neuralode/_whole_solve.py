@@ -58,6 +58,24 @@ class WholeSolveUnavailable(RuntimeError):
     cannot trace inside ``while_loop``): the caller compiles each step instead."""
 
 
+def _reason(error: Exception) -> str:
+    """torch's reason for refusing the graph, in a line: its message's first line, or, where
+    that only announces the reason ("... Got graph break/error:"), the next one; with the fix
+    for the refusal users meet most, views of one tensor that f reads."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return "(no message)"
+    reason = lines[0]
+    if reason.endswith(":") and len(lines) > 1:
+        reason = f"{reason} {lines[1]}"
+    if "aliasing" in str(error):
+        reason += (
+            " - f reads views of one tensor (such as W and W.T in y @ W.T, or slices of one "
+            "buffer): write F.linear(y, W, b), or .clone() the slices"
+        )
+    return reason
+
+
 def unsupported(config: Any, spec: Any, func: Any = None) -> str | None:
     """Why the whole solve of ``func`` (the term's f) cannot be one graph here (``None``: it
     can). The caller then compiles each step instead (``compile='step'``)."""
@@ -131,8 +149,8 @@ def integrate_whole(
     except torch._dynamo.exc.TorchDynamoException as error:
         raise WholeSolveUnavailable(
             f"torch.compile (torch {torch.__version__}) could not capture the whole solve as "
-            f"one while_loop graph ({type(error).__name__}: {str(error).splitlines()[0]}); "
-            "each step is compiled instead"
+            f"one while_loop graph ({type(error).__name__}: {_reason(error)}); each step is "
+            "compiled instead"
         ) from error
     if planned_now and plans is not None:  # (a plan whose graph runs)
         plans[sign] = entry

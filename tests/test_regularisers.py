@@ -389,3 +389,17 @@ def test_regularisers_under_inference_mode_match_no_grad() -> None:
             results.append((block(x), block.regularisation))
     for got, expected in zip(results[1], results[0]):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["leapfrog", "semi_implicit_euler", "hyper"])
+def test_methods_that_take_the_state_apart_are_refused_with_regularisers(method) -> None:
+    """The regularised state is the tuple (y, r_1, ...): a partitioned method would read it
+    as (q, p) (a wrong trajectory, silently), a hypersolver would hand it to its correction."""
+    from neuralode.solvers import HyperEuler
+
+    solver = HyperEuler(torch.nn.Linear(3, 3)) if method == "hyper" else method
+    field = MLPDynamics(3, hidden=8)
+    with pytest.raises(ValueError, match="regularisers do not work with .*use a Runge-Kutta"):
+        ODEBlock(field, method=solver, step_size=0.25, gradient="direct",
+                 regularisers=[KineticEnergy(0.1)])  # fmt: skip
+    ODEBlock(field, method=solver, step_size=0.25, gradient="direct")  # (without: accepted)

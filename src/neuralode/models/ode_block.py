@@ -15,7 +15,7 @@ from .._solution import SolveStats
 from .._solve import solve
 from ..adjoint import GRADIENTS, GradientStrategy
 from ..controllers import FixedGrid, PIController
-from ..solvers import Solver, method_class, method_names
+from ..solvers import HyperSolver, PartitionedSolver, Solver, method_class, method_names
 from .data_control import DataControlled
 from .regularisers import (
     DerivativePenalty,
@@ -71,7 +71,8 @@ class ODEBlock(nn.Module):
     Raises:
         ValueError: an unknown method or gradient, a bad tolerance or step size (as
             ``PIController``'s and ``FixedGrid``'s), ``DerivativePenalty`` with
-            ``compile_step``, regularisers with a ``DataControlled`` field, an ``end_time``
+            ``compile_step``, regularisers with a ``DataControlled`` field, a partitioned
+            method (``"leapfrog"``, ...) or a hypersolver, an ``end_time``
             whose spread is not below |t1 - t0|, or a per-sample ``end_time`` with
             regularisers, a ``DataControlled`` field or the ``"checkpointed"`` or
             ``"reversible"`` gradient.
@@ -122,6 +123,20 @@ class ODEBlock(nn.Module):
             raise ValueError(
                 "regularisers do not take a DataControlled field (its state is the pair "
                 "(y, x)): leave them out of this block"
+            )
+        kind = method if isinstance(method, Solver) else method_class(method)
+        kind = kind if isinstance(kind, type) else type(kind)
+        if self.regularisers and issubclass(kind, (PartitionedSolver, HyperSolver)):
+            reads = (
+                "reads as the pair (q, p) of a separable f"
+                if issubclass(kind, PartitionedSolver)
+                else "would hand to its correction network, which takes y"
+            )
+            raise ValueError(
+                f"regularisers do not work with {kind.__name__}: they integrate alongside the "
+                f"state as the tuple (y, r_1, ...), which {kind.__name__} {reads}; use a "
+                "Runge-Kutta method (midpoint, rk4, dopri5, ...) for a regularised block, or "
+                "leave the regularisers out"
             )
         for r in self.regularisers:
             if not isinstance(r, Regulariser):

@@ -3,7 +3,9 @@
 Each regulariser defines an integrand ``rate(t, y)`` (one value per sample) whose integral
 over the solve is added to the loss. ``ODEBlock`` integrates them by augmenting the state to
 ``(y, r_1, ..., r_k)`` with ``dr_i/dt = rate_i(t, y)``, so they work with every gradient
-strategy (including the O(1)-memory adjoint) and every solver.
+strategy (including the O(1)-memory adjoint) and every solver of ``METHODS``; not with the
+partitioned methods (which would read that tuple as a pair (q, p)) or a hypersolver (whose
+correction takes y alone), which ``ODEBlock`` refuses.
 
 - ``KineticEnergy``: ||f(t, y)||^2 (Finlay et al. 2020, "How to train your neural ODE").
 - ``JacobianFrobenius``: ||df/dy||_F^2, estimated by Hutchinson's trick as ||eps^T df/dy||^2

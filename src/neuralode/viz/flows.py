@@ -6,14 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .plots import _panels, _target, figure, numbers
+from .plots import _refuse_empty, _target, figure, numbers
 
 
 def save_flow_panels(path: Path, panels: Sequence[dict[str, Any]], title: str = "") -> Path:
     """One row of square panels. Each panel dict has ``title`` and one of: ``density``
     (2-D array over ``extent``), ``points`` ((n, 2) array), ``paths`` ((times, n, 2) array);
     arrays or tensors. The PNG's directory is made."""
-    _panels(panels)
+    _refuse_empty(panels)
     fig = figure(figsize=(3.2 * len(panels), 3.4))
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, panel in zip(axes[0], panels):
@@ -49,7 +49,7 @@ def save_density_grid(
     path: Path, rows: Sequence[Sequence[dict[str, Any]]], row_labels: Sequence[str] = ()
 ) -> Path:
     """A grid of density images: ``rows`` of panel dicts with ``density``, ``extent``, ``title``."""
-    _panels([panel for row in rows for panel in row])
+    _refuse_empty([panel for row in rows for panel in row])
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig = figure(figsize=(2.2 * n_cols, 2.2 * n_rows))
     axes = fig.subplots(n_rows, n_cols, squeeze=False)

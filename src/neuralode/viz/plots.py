@@ -65,7 +65,7 @@ def _target(path: Path | str) -> Path:
     return path
 
 
-def _panels(panels: Sequence[Any]) -> None:
+def _refuse_empty(panels: Sequence[Any]) -> None:
     if len(panels) == 0:
         raise ValueError("panels is empty: give one dict per panel to draw")
 
@@ -87,7 +87,7 @@ def save_phase_portraits(path: Path, panels: Sequence[dict[str, Any]]) -> Path:
         ImportError: matplotlib is not installed (the message names the install command).
         ValueError: ``panels`` is empty.
     """
-    _panels(panels)
+    _refuse_empty(panels)
     fig = figure(figsize=(4.5 * len(panels), 4.2))
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, panel in zip(axes[0], panels):

@@ -656,8 +656,9 @@ def test_ode_block_carries_a_pair_state_for_a_symplectic_method(gradient: str) -
     # (each energy's output bias is a constant of H: no gradient)
     assert sum(p.grad is not None and bool(p.grad.any()) for p in field.parameters()) >= 6
     assert block((q, p), torch.linspace(0, 1, 5))[0].shape == (5, 3, 2)
-    regularised = ODEBlock(field, method=no.Leapfrog(), step_size=0.1,
-                           regularisers=[KineticEnergy(0.1)])  # fmt: skip
+    with pytest.raises(ValueError, match="regularisers do not work with Leapfrog"):
+        ODEBlock(field, method=no.Leapfrog(), step_size=0.1, regularisers=[KineticEnergy(0.1)])
+    regularised = ODEBlock(field, method="rk4", step_size=0.1, regularisers=[KineticEnergy(0.1)])
     with pytest.raises(ValueError, match="nested state"):
         regularised((q, p))
     with pytest.raises(TypeError, match="x must be a tensor or"):

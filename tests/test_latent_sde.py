@@ -140,9 +140,9 @@ def test_elbo_refuses_series_that_do_not_fit_the_model(xs, ts, message):
 @pytest.mark.parametrize(
     ("noise_std", "dt", "message"),
     [
-        (0.0, 0.1, "noise_std must be a finite positive number, got 0.0"),
-        (math.inf, 0.1, "noise_std must be a finite positive number, got inf"),
-        (math.nan, 0.1, "noise_std must be a finite positive number, got nan"),
+        (0.0, 0.1, "noise_std must be positive and finite, got 0.0"),
+        (math.inf, 0.1, "noise_std must be positive and finite, got inf"),
+        (math.nan, 0.1, "noise_std must be positive and finite, got nan"),
         (0.1, -0.1, "dt must be positive, got -0.1"),
         (0.1, math.nan, "dt must be positive, got nan"),
     ],
@@ -167,9 +167,9 @@ def test_elbo_refuses_observations_that_are_not_finite():
         ({"obs_dim": 0}, "obs_dim must be an integer >= 1, got 0"),
         ({"hidden": 2.5}, "hidden must be an integer >= 1, got 2.5"),
         # at 0 the path KL divides by g = 0 (NaN); a negative scale makes g negative
-        ({"diffusion_scale": 0.0}, "diffusion_scale must be a finite positive number, got 0.0"),
-        ({"diffusion_scale": -1.0}, "diffusion_scale must be a finite positive number"),
-        ({"diffusion_scale": math.inf}, "diffusion_scale must be a finite positive number"),
+        ({"diffusion_scale": 0.0}, "diffusion_scale must be positive and finite, got 0.0"),
+        ({"diffusion_scale": -1.0}, "diffusion_scale must be positive and finite"),
+        ({"diffusion_scale": math.inf}, "diffusion_scale must be positive and finite"),
     ],
 )
 def test_the_model_refuses_sizes_and_scales_it_cannot_use(options, message):

@@ -63,6 +63,12 @@ def real(name: str, value: Any, rule: str, valid: Any) -> float:
     return number
 
 
+def positive_finite(name: str, value: Any) -> float:
+    """``value`` as a float, or a ``ValueError`` naming ``name`` unless it is a positive,
+    finite number."""
+    return real(name, value, "positive and finite", lambda x: 0 < x < math.inf)
+
+
 def probability(name: str, value: Any) -> float:
     """A dropout probability as a float, or a ``ValueError`` naming ``name`` unless it is a
     number in [0, 1)."""

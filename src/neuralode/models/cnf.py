@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._args import count, real
+from .._args import count, positive_finite, real
 from .._norms import Norm, seminorm
 from .._solution import SolveStats
 from .._solve import solve
@@ -528,7 +528,7 @@ class CNF(FlowDensity):
             raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
         if isinstance(gradient, str) and gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {sorted(GRADIENTS)}, got {gradient!r}")
-        T = real("T", T, "positive and finite", lambda x: 0 < x < math.inf)
+        T = positive_finite("T", T)
         for name, weight in (("kinetic", kinetic), ("jacobian", jacobian)):
             real(name, weight, "a finite number >= 0", lambda x: 0 <= x < math.inf)
         self.net = net

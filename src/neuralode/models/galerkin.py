@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._args import count, flag, real
+from .._args import count, flag, positive_finite
 from .._host import plain
 from .dynamics import mlp
 
@@ -87,7 +87,7 @@ class FourierBasis(Basis):
 
     def __init__(self, n_terms: int, period: float = 1.0):
         self.n_terms = _check_terms(n_terms)
-        self.period = real("period", period, "positive and finite", lambda x: 0 < x < math.inf)
+        self.period = positive_finite("period", period)
 
     def __repr__(self) -> str:
         return f"FourierBasis(n_terms={self.n_terms}, period={self.period})"

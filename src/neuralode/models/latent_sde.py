@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import bisect
 import functools
-import math
 
 import torch
 from torch import nn
 
-from .._args import count, real
+from .._args import count, positive_finite
 from ..sde import sdeint, sdeint_adjoint
 from .dynamics import batch_time
 
@@ -33,10 +32,6 @@ class DiagonalNet(nn.Module):
         return torch.sigmoid((hidden * self.w2).sum(-1) + self.b2)
 
 
-def _finite_positive(x: float) -> bool:
-    return 0 < x < math.inf
-
-
 class LatentSDE(nn.Module):
     """A latent SDE model of time series ``xs`` of shape (T, batch, obs_dim).
 
@@ -57,13 +52,13 @@ class LatentSDE(nn.Module):
         latent_dim: latent state size.
         context_dim: the encoder's context size.
         hidden: hidden width of the drifts and the encoder.
-        diffusion_scale: the largest diffusion (the sigmoid's output is scaled by it), a
-            finite positive number (at 0 the path KL, the integral of ``|(f - h) / g|^2 / 2``,
+        diffusion_scale: the largest diffusion (the sigmoid's output is scaled by it),
+            positive and finite (at 0 the path KL, the integral of ``|(f - h) / g|^2 / 2``,
             is undefined).
 
     Raises:
         ValueError: a size that is not an integer >= 1, or a ``diffusion_scale`` that is not
-            a finite positive number.
+            positive and finite.
     """
 
     noise_type = "diagonal"
@@ -80,8 +75,7 @@ class LatentSDE(nn.Module):
         super().__init__()
         sizes = dict(obs_dim=obs_dim, latent_dim=latent_dim, context_dim=context_dim, hidden=hidden)
         obs_dim, latent_dim, context_dim, hidden = (count(k, v) for k, v in sizes.items())
-        rule = "a finite positive number"
-        diffusion_scale = real("diffusion_scale", diffusion_scale, rule, _finite_positive)
+        diffusion_scale = positive_finite("diffusion_scale", diffusion_scale)
         self.encoder = nn.GRU(obs_dim + 1, hidden)
         self.to_context = nn.Linear(hidden, context_dim)
         self.qz0 = nn.Linear(context_dim, 2 * latent_dim)
@@ -221,11 +215,11 @@ class LatentSDE(nn.Module):
 
         Raises:
             ValueError: for ``xs`` that is not (T, batch, obs_dim) or holds NaN or infinite
-                values, ``ts`` that are not T times, a ``noise_std`` that is not a finite
-                positive number or a ``dt`` that is not positive.
+                values, ``ts`` that are not T times, a ``noise_std`` that is not positive
+                and finite or a ``dt`` that is not positive.
         """
         self._check_series(xs, ts)
-        noise_std = real("noise_std", noise_std, "a finite positive number", _finite_positive)
+        noise_std = positive_finite("noise_std", noise_std)
         if not dt > 0:
             raise ValueError(f"dt must be positive, got {dt}")
         context = self.encode(xs, ts)

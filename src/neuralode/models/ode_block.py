@@ -124,8 +124,7 @@ class ODEBlock(nn.Module):
                 "regularisers do not take a DataControlled field (its state is the pair "
                 "(y, x)): leave them out of this block"
             )
-        kind = method if isinstance(method, Solver) else method_class(method)
-        kind = kind if isinstance(kind, type) else type(kind)
+        kind = type(method) if isinstance(method, Solver) else method_class(method)
         if self.regularisers and issubclass(kind, (PartitionedSolver, HyperSolver)):
             reads = (
                 "reads as the pair (q, p) of a separable f"

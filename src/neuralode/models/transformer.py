@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .._args import count, is_int, probability, real
+from .._args import count, is_int, positive_finite, probability
 from .dynamics import activation_layer
 
 
@@ -31,9 +31,7 @@ class TimeEmbedding(nn.Module):
         if not (is_int(features) and features >= 2 and features % 2 == 0):
             raise ValueError(f"features must be an even integer >= 2, got {features!r}")
         features = int(features)
-        max_frequency = real(
-            "max_frequency", max_frequency, "positive and finite", lambda x: 0 < x < math.inf
-        )
+        max_frequency = positive_finite("max_frequency", max_frequency)
         frequencies = torch.exp(torch.linspace(0.0, math.log(max_frequency), features // 2))
         self.register_buffer("frequencies", frequencies)
         self.linear = nn.Linear(features, dim)

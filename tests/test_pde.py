@@ -465,6 +465,51 @@ def test_models_name_the_state_shape_they_take(call, match: str) -> None:
         call()
 
 
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        # a string's characters were read as the components: "12" gave velocity (1.0, 2.0)
+        (lambda: pde.Advection(Grid((8, 8)), "12"), r"one component per axis \(2\)"),
+        # a negative spacing flipped a Neumann slope's sign; a negative width gave garbage
+        (lambda: pde.pad(torch.ones(8), Neumann(1.0, 1.0), -0.1, 1), "dx must be positive"),
+        (lambda: pde.pad(torch.ones(8), Neumann(1.0, 1.0), 0.0, 1), "dx must be positive"),
+        (lambda: pde.pad(torch.ones(8), Periodic(), 0.1, -1), "width must be an integer >= 1"),
+        (lambda: pde.pad(torch.ones(8), Dirichlet(), 0.1, 0), "width must be an integer >= 1"),
+        (lambda: pde.derivative(torch.ones(8), Grid((8,)), 0, True), "n must be 1 or 2"),
+        (lambda: pde.derivative(torch.ones(8), Grid((8,)), 0, 2.0), "n must be 1 or 2"),
+        (lambda: pde.laplacian(torch.ones(8), Grid((8,)), 4.0), "order must be 2 or 4"),
+        # tau = 0 gave NaN in dv/dt
+        (lambda: pde.FitzHughNagumo(Grid((4, 4)), tau=0.0), "tau must be positive and finite"),
+        (lambda: pde.FitzHughNagumo(Grid((4, 4)), tau=math.nan), "tau must be positive"),
+        (lambda: pde.FitzHughNagumo(Grid((4, 4)), k=math.inf), "k must be finite"),
+        (lambda: pde.ConvNet(Grid((8,)), 1, kernel_size=-1), "kernel_size must be an integer"),
+        (lambda: pde.ConvNet(Grid((8,)), 0), "channels must be an integer >= 1"),
+        (lambda: pde.ConvNet(Grid((8,)), 1, layers=-1), "layers must be an integer >= 0"),
+        (lambda: pde.PointwiseMLP(Grid((8,)), 1, layers=-1), "layers must be an integer >= 0"),
+        (lambda: pde.PointwiseMLP(Grid((8,)), 0), "channels must be an integer >= 1"),
+        (lambda: pde.PointwiseMLP(Grid((8,)), 1, hidden=0), "hidden must be an integer >= 1"),
+        (lambda: pde.random_fourier_field(Grid((8,)), 2, modes=-1), "modes must be an integer"),
+        (lambda: pde.random_fourier_field(Grid((8,)), 0), "batch must be an integer >= 1"),
+        # a NaN amplitude gave all-NaN fields
+        (
+            lambda: pde.random_fourier_field(Grid((8,)), 1, amplitude=math.nan),
+            "amplitude must be positive and finite",
+        ),
+        (lambda: pde.random_fourier_field(Grid((8,)), 1, offset=math.inf), "offset must be"),
+    ],
+)
+def test_model_and_stencil_arguments_are_validated(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_models_take_zero_hidden_layers() -> None:
+    grid = Grid((8,))
+    u = torch.randn(2, 1, 8, dtype=F64)
+    for model in (pde.PointwiseMLP(grid, 1, layers=0), pde.ConvNet(grid, 1, layers=0)):
+        assert model.double()(None, u).shape == u.shape
+
+
 def test_grid_accepts_lists_arrays_and_numpy_numbers() -> None:
     grid = Grid([8, 4], lengths=torch.tensor([2.0, 1.0]), boundary=[Periodic(), Neumann(0, 1)])
     assert grid.shape == (8, 4) and grid.lengths == (2.0, 1.0)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .._args import count, positive_finite, real
 from .._solve import solve
 from ..controllers.pi import PIController
 from ..solvers.imex_rk import LinearPart
@@ -154,8 +155,8 @@ class FitzHughNagumo(nn.Module):
         spectral: FFT Laplacians (periodic grid) instead of stencils.
 
     Raises:
-        ValueError: see ``Diffusion``; when called, a state that is not
-            ``(batch, 2, *grid.shape)``.
+        ValueError: a ``tau`` that is not positive and finite, a ``k`` that is not finite,
+            or see ``Diffusion``; when called, a state that is not ``(batch, 2, *grid.shape)``.
     """
 
     def __init__(
@@ -169,7 +170,8 @@ class FitzHughNagumo(nn.Module):
         spectral: bool = False,
     ):
         super().__init__()
-        self.tau, self.k = tau, k
+        self.tau = positive_finite("tau", tau)
+        self.k = real("k", k, "finite", math.isfinite)
         self.diffusion = Diffusion(grid, (a, b), order, spectral)
 
     def reaction(self, state: torch.Tensor) -> torch.Tensor:
@@ -260,10 +262,16 @@ def random_fourier_field(
         domain (e.g. a finer one for the reference solve).
 
     Raises:
-        ValueError: a non-periodic grid.
+        ValueError: a non-periodic grid, batch or channels not an integer >= 1, modes not an
+            integer >= 0, an amplitude that is not positive and finite, or an offset that is
+            not finite.
     """
     if not all(isinstance(b, Periodic) for b in grid.boundaries):
         raise ValueError("random_fourier_field needs a periodic grid")
+    batch, channels = count("batch", batch), count("channels", channels)
+    modes = count("modes", modes, minimum=0)
+    amplitude = positive_finite("amplitude", amplitude)
+    offset = real("offset", offset, "finite", math.isfinite)
     ks = torch.arange(-modes, modes + 1, dtype=torch.float64)
     wave = torch.stack(torch.meshgrid(*([ks] * grid.ndim), indexing="ij"), -1).reshape(
         -1, grid.ndim

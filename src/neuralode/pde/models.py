@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._args import count
 from ..solvers.imex_rk import LinearPart
 from .grid import Grid, Periodic
-from .preconditioner import DiffusionPreconditioner, check_order, diffusion_arguments
+from .preconditioner import DiffusionPreconditioner, diffusion_arguments
 from .spectral import spectral_laplacian
-from .stencils import gradient, laplacian
+from .stencils import check_order, gradient, laplacian
 
 FEATURES = ("u", "gradient", "laplacian")
 
@@ -141,8 +142,8 @@ class Advection(nn.Module):
 
     def __init__(self, grid: Grid, velocity: Sequence[float], order: int = 2):
         super().__init__()
-        try:
-            components = tuple(float(v) for v in velocity)
+        try:  # (a string is a sequence of characters, not of components)
+            components = () if isinstance(velocity, (str, bytes)) else tuple(map(float, velocity))
         except (TypeError, ValueError):
             components = ()
         if len(components) != grid.ndim:
@@ -188,8 +189,9 @@ class PointwiseMLP(nn.Module):
         order: the stencils' order of accuracy (2 or 4).
 
     Raises:
-        ValueError: an unknown feature or an order not 2 or 4; when called, a state that is
-            not ``(batch, channels, *grid.shape)``.
+        ValueError: an unknown feature, an order not 2 or 4, channels or hidden not an
+            integer >= 1, or layers not an integer >= 0; when called, a state that is not
+            ``(batch, channels, *grid.shape)``.
     """
 
     def __init__(
@@ -206,6 +208,8 @@ class PointwiseMLP(nn.Module):
         if unknown or not features:
             raise ValueError(f"features must be a non-empty subset of {FEATURES}, got {features!r}")
         check_order(order)
+        channels, hidden = count("channels", channels), count("hidden", hidden)
+        layers = count("layers", layers, minimum=0)
         self.grid, self.features, self.order = grid, tuple(features), order
         self.channels = channels
         sizes = {"u": channels, "gradient": channels * grid.ndim, "laplacian": channels}
@@ -271,15 +275,18 @@ class ConvNet(nn.Module):
         kernel_size: an odd kernel size.
 
     Raises:
-        ValueError: an even kernel size; when called, a state without ``channels`` channels
-            before the grid dimensions.
+        ValueError: a kernel size that is not a positive odd integer, channels or hidden not
+            an integer >= 1, or layers not an integer >= 0; when called, a state without
+            ``channels`` channels before the grid dimensions.
     """
 
     def __init__(
         self, grid: Grid, channels: int, hidden: int = 16, layers: int = 2, kernel_size: int = 5
     ):
         super().__init__()
-        if kernel_size % 2 != 1:
+        channels, hidden = count("channels", channels), count("hidden", hidden)
+        layers = count("layers", layers, minimum=0)
+        if count("kernel_size", kernel_size) % 2 != 1:
             raise ValueError(f"kernel_size must be odd (shape-preserving), got {kernel_size}")
         self.grid, self.channels = grid, channels
         conv = nn.Conv1d if grid.ndim == 1 else nn.Conv2d

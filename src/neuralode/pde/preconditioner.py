@@ -28,19 +28,13 @@ import torch
 from ..solvers.imex_rk import LinearPart
 from .grid import Boundary, Dirichlet, Grid, Neumann, Periodic
 from .spectral import spectral_derivative
-from .stencils import ORDERS, derivative
+from .stencils import check_order, derivative
 
 _COMPLEX = {
     torch.float16: torch.complex32,
     torch.float32: torch.complex64,
     torch.float64: torch.complex128,
 }
-
-
-def check_order(order: int) -> None:
-    """A ``ValueError`` unless ``order`` is a stencil's order of accuracy (2 or 4)."""
-    if order not in ORDERS:
-        raise ValueError(f"order must be 2 or 4 (the stencils' order of accuracy), got {order!r}")
 
 
 def diffusion_arguments(

@@ -27,9 +27,18 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .._args import count, is_int, positive_finite
 from .grid import Dirichlet, Grid, Neumann, Periodic
 
 ORDERS = (2, 4)
+
+
+def check_order(order: int) -> None:
+    """A ``ValueError`` unless ``order`` is a stencil's order of accuracy: the integer 2 or 4
+    (not a bool or a float)."""
+    if not (is_int(order) and order in ORDERS):
+        raise ValueError(f"order must be 2 or 4 (the stencils' order of accuracy), got {order!r}")
+
 
 # Central-difference weights (times dx^-n) for the n-th derivative, by order of accuracy.
 _WEIGHTS: dict[tuple[int, int], tuple[float, ...]] = {
@@ -72,9 +81,8 @@ def derivative(
         ValueError: a field that does not fit the grid, or an axis, n or order not supported.
     """
     grid.check_field(u)
-    if order not in ORDERS:
-        raise ValueError(f"order must be 2 or 4, got {order!r}")
-    if n not in (1, 2):
+    check_order(order)
+    if not (is_int(n) and n in (1, 2)):
         raise ValueError(f"n must be 1 or 2 (the derivative's order), got {n!r}")
     axis = grid.axis_index(axis)
     dim = u.ndim - grid.ndim + axis
@@ -168,9 +176,12 @@ def pad(
         A tensor with ``2 width`` more entries along the last dimension.
 
     Raises:
-        ValueError: an axis too short for the ghost points: fewer than ``width + 1`` nodes
-            with Neumann data, ``width - 1`` with Dirichlet data, or no node at all.
+        ValueError: a ``dx`` that is not positive and finite, a ``width`` that is not an
+            integer >= 1, or an axis too short for the ghost points: fewer than ``width + 1``
+            nodes with Neumann data, ``width - 1`` with Dirichlet data, or no node at all.
     """
+    positive_finite("dx", dx)
+    count("width", width)
     size = u.shape[-1]
     least = width + 1 if isinstance(boundary, Neumann) else 1
     if isinstance(boundary, Dirichlet):  # ghost point k mirrors node k - 2

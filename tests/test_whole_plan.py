@@ -6,6 +6,7 @@ graph (each solve equals the eager one)."""
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -253,3 +254,61 @@ def test_the_fallback_names_torchs_reason_and_the_fix_for_aliasing() -> None:
     assert "write F.linear(y, W, b), or .clone() the slices" in reason
     assert "debug context" not in reason
     assert _reason(RuntimeError("one line")) == "one line"
+
+
+def test_an_f_reading_a_float_compiles_each_step_and_equals_eager(monkeypatch, steps_traced_only):
+    """``.item()`` or ``float()`` of a tensor inside f: inside ``while_loop`` dynamo captures
+    the number and inductor (torch 2.13) computes with it in single precision (a float64
+    solve 3e-9 off), so the backend refuses the graph: the solve warns, naming the read, and
+    compiles each step, where the read is a graph break (the eager results)."""
+    from neuralode import _whole_backend
+
+    def refusing_eager(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        _whole_backend.refuse_float_reads(gm)
+        return gm.forward
+
+    monkeypatch.setattr(_whole_plan, "whole_solve_backend", refusing_eager)
+    y0 = torch.tensor([0.7, 0.3], dtype=torch.float64)
+    for f in (lambda t, y: -y * y.sum().item(), lambda t, y: -y * float(y.sum())):
+        with torch.no_grad(), pytest.warns(UserWarning, match=r"as a Python float \(\.item\(\)"):
+            compiled = no.solve(f, y0, TS, compile=True)
+        eager = no.solve(f, y0, TS)
+        assert compiled.stats.n_steps == eager.stats.n_steps
+        torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-14, atol=1e-15)
+    # an integer read is exact: the graph keeps it (and a float f compiles whole)
+    with torch.no_grad():
+        g = lambda t, y: -y * y.shape[0]  # noqa: E731
+        same(no.solve(g, y0, TS, compile=True), no.solve(g, y0, TS))
+
+
+@pytest.mark.parametrize(
+    "f, error, match",
+    [
+        (lambda t, y: (-y).float(), TypeError, "returned dtype torch.float32"),
+        # the right number of entries in the wrong shape passed the graph's reshape
+        (lambda t, y: -y.T, ValueError, r"output has shape \(3, 2\); expected \(2, 3\)"),
+        (lambda t, y: -y[:1], ValueError, r"output has shape \(1, 3\)"),
+    ],
+)
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_fs_output_is_checked_before_the_graph_is_traced(
+    steps_traced_only, f, error, match, per_sample
+):
+    """f's output is checked once eagerly before tracing: the host solve's error at once,
+    with nothing compiled and no warning about torch.compile."""
+    y0 = torch.randn(2, 3, dtype=torch.float64)
+    with torch.no_grad(), pytest.raises(error, match=match), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        no.solve(f, y0, TS, compile=True, per_sample=per_sample)
+    assert steps_traced_only == [] and _whole_plan._PLANS == {}
+
+
+def test_one_output_time_gives_each_samples_counts():
+    y0 = torch.randn(2, 3, dtype=torch.float64)
+    ts = TS[:1]
+    with torch.no_grad():
+        for compile in (False, True):
+            sol = no.solve(lambda t, y: -y, y0, ts, per_sample=True, compile=compile)
+            torch.testing.assert_close(sol.ys, y0[None])
+            assert sol.stats.sample_steps.tolist() == [0, 0]
+            assert sol.stats.sample_nfe.tolist() == [0, 0]

@@ -145,9 +145,10 @@ def _integrate(
     record_states: bool = True,
 ) -> torch.Tensor:
     """``integrate``; the host loop appends its outputs to ``outputs`` as it goes."""
-    # one shared span, raising, and no step records (Checkpointed() recomputes the steps
-    # it records; the whole solve as one graph keeps none): else each step is compiled
-    whole = config.throw and not isinstance(ts, torch.Tensor) and record is None
+    # one shared span, raising, no step records (Checkpointed() recomputes the steps it
+    # records; the whole solve as one graph keeps none) and a step to take: else each step
+    # is compiled (with one output time, the per-sample loop fills the samples' counts)
+    whole = config.throw and not isinstance(ts, torch.Tensor) and record is None and len(ts) > 1
     if config.execution.compile == "solve" and whole:
         func = getattr(term, "func", None)
         if _whole_solve.unsupported(config, term.spec, func) is None:  # else: each step compiled

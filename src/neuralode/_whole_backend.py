@@ -204,6 +204,26 @@ def _default(op: Any) -> Any:
     return select_decomp_table()[op]
 
 
+def refuse_float_reads(gm: torch.fx.GraphModule) -> None:
+    """A ``ValueError`` if f reads a tensor's value as a Python float (``.item()``,
+    ``float(x)``) anywhere in the graph: inside ``while_loop``, dynamo captures the number,
+    and inductor (torch 2.13) computes with it in single precision, so a float64 solve
+    would be wrong by about 1e-8 relatively. The solve then compiles each step instead,
+    where the read is a graph break and runs eagerly."""
+    for name, module in gm.named_modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            continue
+        for node in module.graph.nodes:
+            read = node.op == "call_method" and node.target == "item"
+            if read and isinstance(node.meta.get("example_value"), torch.SymFloat):
+                where = f" (in {name})" if name else ""
+                raise ValueError(
+                    f"f reads a tensor's value as a Python float (.item() or float()){where}, "
+                    "which inductor computes in single precision inside while_loop; keep it a "
+                    "tensor to compile the whole solve"
+                )
+
+
 def whole_solve_backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
     """torch.compile's inductor backend with its C++ wrapper, fused multiply-adds and the
     lowerings of the module (the backend of the compiled whole solve)."""
@@ -211,6 +231,7 @@ def whole_solve_backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> 
     from torch._inductor.compile_fx import compile_fx
     from torch._inductor.decomposition import select_decomp_table
 
+    refuse_float_reads(gm)
     define_operators()
     aten = torch.ops.aten
     table = {**select_decomp_table(), aten.mm.default: small_mm, aten.addmm.default: small_addmm}

@@ -67,6 +67,7 @@ def planned(
             key = entry = None
         if entry is not None:
             return entry
+    check_output(term, y, ts[0], config.per_sample)
     if key is not None:
         # the plan keeps copies: a later change to the caller's solver or controller cannot
         # reach a plan that another solve with equal settings finds
@@ -102,6 +103,18 @@ def planned(
             _PLANS.pop(next(iter(_PLANS)))
         _PLANS[key] = plan, co, run
     return plan, co, run
+
+
+def check_output(term: ODETerm, y: torch.Tensor, t0: float, per_sample: bool) -> None:
+    """f evaluated once eagerly on the (batch, n) rows at ``t0``, not counted, its output
+    checked as a host solve checks it (its type, shape, dtype and device), before a graph is
+    traced: inside the graph a wrong dtype fails in torch's tracing, after the compile time,
+    and a wrong shape of the right size passes the graph's reshape unnoticed."""
+    if term._checked:
+        return
+    time = term.time(t0)
+    with torch.no_grad():
+        term.call_uncounted(term.at, time.expand(y.shape[0]) if per_sample else time, y.reshape(-1))
 
 
 def _copy_for(graph: Any, key: tuple) -> Any:

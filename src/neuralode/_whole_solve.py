@@ -123,8 +123,6 @@ def integrate_whole(
     (``_warm``): looked up there first, and filled once the graph has run."""
     per_sample = config.per_sample
     batch = term.spec.shapes[0][0] if per_sample else 1
-    if len(ts) == 1:
-        return y0_flat[None]
     y = y0_flat if y0_flat.dim() == 2 else y0_flat.reshape(batch, -1)
     sign = 1.0 if ts[-1] > ts[0] else -1.0
     entry = None if plans is None else plans.get(sign)

@@ -748,3 +748,31 @@ def test_ctrl_c_during_the_end_of_training_plots_leaves_them_to_resume(
     before = _snapshot(out)
     assert main([*argv, "--resume"]) == 0
     assert _snapshot(out) == before and "its files are left as they are" in capsys.readouterr().err
+
+
+@row("T29")
+def test_table1_resume_refuses_no_run_another_recipe_and_a_rerun_names_the_out(
+    tmp_path, capsys
+) -> None:
+    """``table1 --resume`` into a directory without a run used to train from scratch; with
+    another ``--lr`` it trained on, the table naming only the new rate; a plain rerun named
+    the model's directory as the ``--out`` to change. Each is refused before any training."""
+    out = tmp_path / "t"
+    argv = ["experiment", "table1", "--data", "digits", "--train-subset", "32", "--test-subset"]
+    argv += ["16", "--epochs", "1", "--channels", "8", "--batch-size", "16", "--threads", "1"]
+    argv += ["--no-plots", "--memory-batch", "4", "--memory-step-sizes", "0.5", "--models"]
+    argv += ["resnet"]
+    assert main([*argv, "--out", str(tmp_path / "none"), "--resume"]) == 2
+    _one_line_error(capsys, f"--resume: no run in {tmp_path / 'none'} (no model's directory")
+    assert not (tmp_path / "none").exists()
+    assert main([*argv, "--out", str(out)]) == 0
+    (out / "table1.json").unlink()  # as if stopped before the table: only the runs compare
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main([*argv, "--out", str(out), "--resume", "--lr", "0.01"]) == 2
+    _one_line_error(
+        capsys, f"--resume: ResNet in {out} was trained with other options (--lr was 0.006, "
+    )
+    assert main([*argv, "--out", str(out)]) == 2
+    _one_line_error(capsys, f"--out {out} holds an earlier run of ResNet (resnet); continue")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -26,8 +26,9 @@ from .._cli_types import open_unit, positive_float, positive_int
 from ..data import ImageDataset, load_dataset
 from ..training import TrainConfig, add_train_arguments, autograd_memory_mb, train
 from ..training.loop import solver_block
-from ..training.rundir import RunDirectoryError, RunLock, ensure_directory
+from ..training.rundir import RunDirectoryError, RunLock, ensure_directory, run_outputs
 from ..training.runtime import machine
+from ..training.state import CheckpointError
 
 # Chen et al. (2018), Table 1 (full MNIST): test error, parameters, memory, time.
 PAPER = {
@@ -260,12 +261,40 @@ def train_side_by_side(
 ) -> Trained | int:
     """Train each model of ``names`` with ``base``'s recipe (plus its ``overrides``) into
     ``out/NAME``, then measure one training step's memory on ``memory_batch`` test images.
-    With ``base.resume`` a model with a checkpoint continues from it, and one without (not
-    begun when the run stopped, or stopped before its first checkpoint) starts afresh.
+    With ``base.resume`` a model with a checkpoint continues from it, with the options it
+    was trained with (the rows share one recipe), and one without (not begun when the run
+    stopped, or stopped before its first checkpoint) starts afresh.
 
     Returns:
         The trained models and their rows, or the first failing training's exit status.
+
+    Raises:
+        CheckpointError: ``base.resume`` where ``out`` holds no model's run, or where a
+            model's run was trained with other options.
+        RunDirectoryError: neither ``base.resume`` nor ``base.overwrite`` where ``out``
+            holds a run of one of ``names``.
     """
+    if base.resume and not any((out / name).is_dir() for name in labels):
+        raise CheckpointError(
+            f"--resume: no run in {out} (no model's directory: {', '.join(labels)}); start "
+            "without --resume or point --out at the run to continue"
+        )
+    earlier = [name for name in names if (out / name).is_dir() and run_outputs(out / name)]
+    if earlier and not (base.resume or base.overwrite):
+        raise RunDirectoryError(
+            f"--out {out} holds an earlier run of {', '.join(labels[n] for n in earlier)} "
+            f"({', '.join(earlier)}); continue it with --resume, replace it with --overwrite, "
+            "or choose another --out"
+        )
+    configs = {}
+    for name in names:
+        options = {**regularisation_overrides(name), **(overrides or {}).get(name, {})}
+        if base.resume and not (out / name / "checkpoint.pt").is_file():
+            # nothing of it to continue: its directory, if any, holds no more than a start
+            options.update(resume=False, overwrite=(out / name).exists())
+        configs[name] = replace(base, model=name, out=str(out / name), **options)
+        if configs[name].resume:
+            refuse_other_recipe(out / name, configs[name], labels[name])
     if base.threads > 0:
         torch.set_num_threads(base.threads)  # also for the studies after training
     # (first: data that cannot load fails before any heading or training)
@@ -273,11 +302,7 @@ def train_side_by_side(
     rows, trained, complete = [], {}, True
     for name in names:
         print(f"\n== {labels[name]} ==", file=sys.stderr)
-        options = {**regularisation_overrides(name), **(overrides or {}).get(name, {})}
-        if base.resume and not (out / name / "checkpoint.pt").is_file():
-            # nothing of it to continue: its directory, if any, holds no more than a start
-            options.update(resume=False, overwrite=(out / name).exists())
-        result = train(replace(base, model=name, out=str(out / name), **options))
+        result = train(configs[name])
         if result.status != 0:
             return result.status
         trained[name] = result.model
@@ -288,6 +313,42 @@ def train_side_by_side(
     for row in rows:
         row["memory_mb"] = step_memory(trained[row["model"]], x, y)["memory_mb"]
     return Trained(rows, trained, data, x, y, complete)
+
+
+def refuse_other_recipe(run: Path, config: TrainConfig, label: str) -> None:
+    """A ``CheckpointError`` unless the options that every row shares (all but
+    ``UNSHARED``) are those ``run``'s config.json records: a row trained partly with one
+    learning rate and partly with another would carry one of them in the table.
+
+    Arguments:
+        run: a model's run directory, resumed.
+        config: the options it is resumed with.
+        label: the model's name in the table.
+
+    Raises:
+        CheckpointError: an option differs (or the config.json cannot be read).
+    """
+    path = run / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise TypeError(f"a JSON {type(saved).__name__}, not an object")
+    except (OSError, ValueError, TypeError) as error:
+        raise CheckpointError(
+            f"--resume: {path} cannot be read ({error}); replace the run with --overwrite"
+        ) from error
+    now = json.loads(json.dumps(config.as_dict()))
+    different = [
+        f"--{key.replace('_', '-')} was {saved.get(key)!r}, now {value!r}"
+        for key, value in now.items()
+        if key not in UNSHARED and key in saved and saved[key] != value
+    ]
+    if different:
+        raise CheckpointError(
+            f"--resume: {label} in {run.parent} was trained with other options "
+            f"({'; '.join(different)}); resume with the same options (the table's rows share "
+            "one recipe), or start a new table with --overwrite or another --out"
+        )
 
 
 def already_complete(runs: Trained, earlier: set[str], names: Sequence[str], table: Path) -> bool:

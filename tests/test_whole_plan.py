@@ -303,6 +303,16 @@ def test_fs_output_is_checked_before_the_graph_is_traced(
     assert steps_traced_only == [] and _whole_plan._PLANS == {}
 
 
+def test_per_sample_f_that_cannot_broadcast_t_gets_the_fix_before_tracing(steps_traced_only):
+    """Per sample, t is (batch,): an f written for one time fails inside torch, and the
+    error names the fix, as the host solve's does."""
+    y0 = torch.randn(5, 4, dtype=torch.float64)
+    fix = r"broadcast it against y as t\[:, None\]"
+    with torch.no_grad(), pytest.raises(RuntimeError, match=fix):
+        no.solve(lambda t, y: -y * t, y0, TS, compile=True, per_sample=True)
+    assert _whole_plan._PLANS == {}
+
+
 def test_one_output_time_gives_each_samples_counts():
     y0 = torch.randn(2, 3, dtype=torch.float64)
     ts = TS[:1]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ._attempt import Constants
+from ._batch_term import BatchTerm
 from ._compile import compiled
 from ._norms import cached_tolerance, row_norm
 from ._term import ODETerm
@@ -114,7 +115,10 @@ def check_output(term: ODETerm, y: torch.Tensor, t0: float, per_sample: bool) ->
         return
     time = term.time(t0)
     with torch.no_grad():
-        term.call_uncounted(term.at, time.expand(y.shape[0]) if per_sample else time, y.reshape(-1))
+        if per_sample:  # (one time per sample: a failure to broadcast it gets its fix)
+            BatchTerm(term, y.shape[0])._first(time.expand(y.shape[0]), y)
+        else:
+            term.call_uncounted(term.at, time, y.reshape(-1))
 
 
 def _copy_for(graph: Any, key: tuple) -> Any:

@@ -543,6 +543,64 @@ def test_an_empty_batch_and_integer_memories() -> None:
             method(memory=2.5)
 
 
+@pytest.mark.parametrize("backward_method", ["anderson", "broyden", "picard", "gmres"])
+def test_an_empty_batch_through_the_layer_gives_empty_gradients(backward_method: str) -> None:
+    layer = DEQ(Cell(), backward_method=backward_method, regularisers=[JacobianFrobenius(0.1)])
+    x = torch.zeros(0, 4, dtype=DTYPE, requires_grad=True)
+    out = layer(x)  # (training mode: the regulariser is estimated too)
+    (out.sum() + sum(layer.regularisation_terms.values())).backward()
+    assert out.shape == (0, 4) and x.grad.shape == (0, 4)
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in layer.parameters())
+
+
+def test_anderson_takes_as_many_iterations_at_every_scale_of_the_fixed_point() -> None:
+    """The same problem rescaled (z -> s z): plain iteration and Anderson take the same
+    iterations at every scale (a floor of 1e-12 on the squared residuals' regularisation
+    scale made Anderson slower than plain iteration below s = 1e-3)."""
+    generator = torch.Generator().manual_seed(1)
+    w = torch.randn(16, 16, generator=generator, dtype=DTYPE)
+    w = 0.9 * w / torch.linalg.matrix_norm(w, 2)
+    x = torch.randn(4, 16, generator=generator, dtype=DTYPE)
+    counts = {}
+    for scale in (1.0, 1e-3, 1e-6, 1e-9):
+        for method in ("picard", "anderson"):
+            result = fixed_point(
+                lambda z, s=scale: s * torch.tanh(z / s @ w.T + x),
+                torch.zeros_like(x), method, tol=1e-10, max_iter=500, norm_floor=1e-30,
+            )  # fmt: skip
+            assert result.converged
+            counts.setdefault(method, set()).add(result.iterations)
+    assert len(counts["picard"]) == 1 and len(counts["anderson"]) == 1
+    assert max(counts["anderson"]) < min(counts["picard"])
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        # a bool tolerance ran GMRES's backward at tolerance 1: a gradient 0.27 off
+        (lambda: DEQ(Cell(), tol=True), "tol must be a finite non-negative number"),
+        (lambda: DEQ(Cell(), backward_tol=True), "backward_tol must be a finite non-negative"),
+        (lambda: Picard(damping=True), r"damping must be in \(0, 1\], got True"),
+        (lambda: Anderson(damping="a"), r"damping must be in \(0, 1\], got 'a'"),
+        # an infinite regularisation gave NaN iterates, blamed on f
+        (lambda: Anderson(regularisation=math.inf), "regularisation must be finite and non-neg"),
+        (lambda: Anderson(regularisation="a"), "regularisation must be finite and non-negative"),
+        (
+            lambda: fixed_point(lambda z: z / 2, torch.ones(2, 2), norm_floor=True),
+            "norm_floor must be a positive finite number",
+        ),
+    ],
+)
+def test_bools_strings_and_infinities_are_refused_where_numbers_are_meant(make, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_a_module_in_another_dtype_than_x_is_named_not_z0() -> None:
+    with pytest.raises(RuntimeError, match=r"layer.to\(torch.float32\), or x to the param"):
+        DEQ(Cell())(torch.randn(3, 4))  # a float64 module, a float32 x
+
+
 def test_numpy_integers_are_integers_and_bools_and_floats_are_not() -> None:
     """``memory``, ``max_iter`` and ``backward_max_iter`` take any integer (NumPy's too, as a
     count read from a config array would be) and store it as an int; a bool or a float is a

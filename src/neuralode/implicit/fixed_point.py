@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import abc
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from .._args import count
+from .._args import count, is_real, real
 from .._graph_break import outside_dynamo
 
-_TINY = 1e-12  # keeps Anderson's and Broyden's denominators away from 0
+_TINY = 1e-12  # keeps Broyden's denominators away from 0
 # the smallest ||f(z)|| a residual is relative to: near a fixed point at 0 the relative test
 # ||f(z) - z|| / ||f(z)|| stays near 1 however close z gets, so below it the test is absolute
 NORM_FLOOR = 1e-6
@@ -98,9 +97,7 @@ class Picard(FixedPointMethod):
     name = "picard"
 
     def __init__(self, damping: float = 1.0):
-        if not 0 < damping <= 1:
-            raise ValueError(f"damping must be in (0, 1], got {damping!r}")
-        self.damping = damping
+        self.damping = real("damping", damping, "in (0, 1]", lambda x: 0 < x <= 1)
 
     def reset(self) -> None:
         """Plain iteration keeps no history."""
@@ -132,18 +129,19 @@ class Anderson(FixedPointMethod):
         damping: beta; 1 mixes the values of f only, less mixes in the iterates too.
 
     Raises:
-        ValueError: ``memory`` not an integer >= 1, a negative ``regularisation`` or
-            ``damping`` outside (0, 1].
+        ValueError: ``memory`` not an integer >= 1, a ``regularisation`` that is not a
+            finite non-negative number, or ``damping`` outside (0, 1].
     """
 
     name = "anderson"
 
     def __init__(self, memory: int = 5, regularisation: float | None = None, damping: float = 1.0):
         memory = count("memory", memory)  # any integer (NumPy's too), not a bool or a float
-        if regularisation is not None and not regularisation >= 0:
-            raise ValueError(f"regularisation must be non-negative, got {regularisation!r}")
-        if not 0 < damping <= 1:
-            raise ValueError(f"damping must be in (0, 1], got {damping!r}")
+        if regularisation is not None:
+            regularisation = real(
+                "regularisation", regularisation, "finite and non-negative", _non_negative
+            )
+        damping = real("damping", damping, "in (0, 1]", lambda x: 0 < x <= 1)
         self.memory, self.regularisation, self.damping = memory, regularisation, damping
         self.reset()
 
@@ -176,8 +174,12 @@ class Anderson(FixedPointMethod):
         k = residuals.shape[1]
         # G_ij = <r_i, r_j> (Hermitian for complex states: conjugated on the left)
         gram = residuals.conj() @ residuals.transpose(1, 2)
-        # Scale the regularisation with the residuals, so it does not dominate near convergence.
-        scale = gram.diagonal(dim1=1, dim2=2).real.amax(1).clamp_min(_TINY)[:, None, None]
+        # Scale the regularisation with the residuals, so it does not dominate near convergence
+        # (floored only at the dtype's smallest normal number: a larger floor on these squared
+        # norms would take over for residuals below its square root, slowing the method
+        # below plain iteration on fixed points of small size)
+        tiny = torch.finfo(gram.real.dtype).tiny
+        scale = gram.diagonal(dim1=1, dim2=2).real.amax(1).clamp_min(tiny)[:, None, None]
         eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
         regularisation = self.regularisation
         if regularisation is None:
@@ -191,6 +193,10 @@ class Anderson(FixedPointMethod):
         if self.damping == 1:
             return mixed
         return torch.lerp((alpha[:, None, :] @ iterates)[:, 0], mixed, self.damping)
+
+
+def _non_negative(x: float) -> bool:
+    return 0 <= x < math.inf
 
 
 class Broyden(FixedPointMethod):
@@ -367,12 +373,10 @@ def fixed_point(
         raise ValueError(
             f"z0 must be floating point or complex, got {z0.dtype} (convert it, e.g. z0.double())"
         )
-    if not (isinstance(tol, numbers.Real) and not isinstance(tol, bool)) or not (
-        tol >= 0 and math.isfinite(tol)
-    ):
+    if not (is_real(tol) and tol >= 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
     max_iter = count("max_iter", max_iter)  # an integer, not a bool
-    if not (isinstance(norm_floor, numbers.Real) and math.isfinite(norm_floor) and norm_floor > 0):
+    if not (is_real(norm_floor) and math.isfinite(norm_floor) and norm_floor > 0):
         raise ValueError(
             f"norm_floor must be a positive finite number (the smallest ||f(z)|| a residual "
             f"is relative to, e.g. 1e-6), got {norm_floor!r}"

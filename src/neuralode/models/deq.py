@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ import torch
 from torch import nn
 from torch.nn.functional import relu
 
-from .._args import count, probability, real
+from .._args import count, is_real, probability, real
 from .._autograd import FirstDerivativeOnly
+from .._term import _DTYPE_MISMATCH
 from ..implicit.fixed_point import FIXED_POINT_METHODS, FixedPointResult, fixed_point
 from ..solvers._newton import gmres
 from .classifiers import downsampling, head
@@ -179,9 +179,7 @@ class DEQ(nn.Module):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         for name, value in (("tol", tol), ("backward_tol", backward_tol)):
-            if value is not None and not (
-                isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0
-            ):
+            if value is not None and not (is_real(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(
                     f"{name} must be a finite non-negative number (a relative residual, e.g. "
                     f"1e-4; 0 runs every iteration), got {value!r}"
@@ -261,7 +259,8 @@ class DEQ(nn.Module):
 
     def _solve_forward(self, x: torch.Tensor, z0: torch.Tensor, guessed: bool) -> FixedPointResult:
         """The forward solve from z0; where z0 is the default guess (zeros shaped like x) and
-        f fails on it or returns another shape, the error says to pass z0."""
+        f fails on it or returns another shape, the error says to pass z0 (or, for a dtype
+        mismatch, to convert the module or x)."""
         first = [guessed]
 
         def field(z: torch.Tensor) -> torch.Tensor:
@@ -275,6 +274,13 @@ class DEQ(nn.Module):
             try:
                 out = self.f(z, x)
             except RuntimeError as error:
+                if _DTYPE_MISMATCH.search(str(error)):  # the shapes are not the cause
+                    hint = (
+                        f"f(z, x) failed on its first call with x and z in {x.dtype}: its "
+                        "tensors (the module's parameters) are probably in another dtype; "
+                        f"convert one to the other (layer.to({x.dtype}), or x to the "
+                        "parameters' dtype)"
+                    )
                 raise RuntimeError(f"{error}. {hint}") from error
             if out.shape != z.shape:
                 raise ValueError(f"f(z, x) returned shape {tuple(out.shape)}. {hint}")
@@ -425,7 +431,8 @@ class DEQ(nn.Module):
             # points at 0, would make it absolute for per-sample gradients below 1e-6 and stop
             # short of the tolerance). A sample whose gradient is 0 keeps the solution 0.
             batch = grad.shape[0] if grad.ndim else 1
-            norms = torch.linalg.vector_norm(grad.reshape(batch, -1), dim=1)
+            rows = grad.reshape(batch, math.prod(grad.shape[1:]))  # (an empty batch too)
+            norms = torch.linalg.vector_norm(rows, dim=1)
             scale = norms.clamp_min(torch.finfo(norms.dtype).tiny)
             scale = scale.reshape(-1, *(1,) * (grad.ndim - 1)) if grad.ndim else scale[0]
             unit = grad / scale

@@ -167,7 +167,7 @@ def detached_state(module: torch.nn.Module, names: tuple[str, ...]) -> dict:
 
 
 def _per_sample_sum_of_squares(x: torch.Tensor) -> torch.Tensor:
-    return x.pow(2).reshape(x.shape[0], -1).sum(1)
+    return x.pow(2).reshape(x.shape[0], math.prod(x.shape[1:])).sum(1)  # (an empty batch too)
 
 
 class KineticEnergy(Regulariser):

@@ -127,8 +127,8 @@ def solve(
             ``sample_accepted`` and ``sample_rejected``. Needs an explicit Runge-Kutta
             solver: adaptive with a ``PIController``, or on fixed steps with a
             ``FixedGrid`` (each sample on its own grid from its own t0, as alone; its
-            ``step_size`` may be a (batch,) tensor); gradients by ``Direct()`` or
-            ``Backsolve()``. ``"skip_finished"``: per sample, and ``func`` is called with only
+            ``step_size`` may be a (batch,) tensor); gradients by ``Direct()``,
+            ``Backsolve()`` or ``Checkpointed()``. ``"skip_finished"``: per sample, and ``func`` is called with only
             the samples still running (only for a ``func`` that treats rows independently).
         compile: ``False`` (default) eager; ``True`` runs the whole adaptive solve (first
             step, steps, decisions, outputs, per-sample statistics) as one

@@ -57,8 +57,10 @@ def odeint(
             ``(t0, y0, dt)`` of the step and ``dt`` positive in either direction of time (one
             the method never calls, e.g. ``callback_accept_step`` of a fixed-grid method, is
             named in a warning).
-        y0: the initial state, a tensor or a tuple of tensors (the result has the same
-            structure).
+        y0: the initial state, a tensor or a tuple of tensors of one dtype (the result has
+            the same structure; torchdiffeq promotes a tuple of mixed dtypes, such as complex
+            and real, to one, and so would its f's inputs: here such a tuple is refused,
+            naming the dtypes).
         t: the output times, 1-D and strictly monotonic; ``t[0]`` is the initial time (on
             another device than ``y0``, moved to y0's with a warning, as in torchdiffeq). With
             ``options=dict(per_sample=True)`` also (batch, n): each sample's own output times
@@ -135,7 +137,7 @@ def odeint_adjoint(
             adj_y, *adj_params)`` (``t`` a zero; y and adj_y flat for a tuple y0), the
             step's start time (for a decreasing ``t`` torchdiffeq gives minus it) and a
             positive ``dt``.
-        y0: the initial state, a tensor or a tuple of tensors.
+        y0: the initial state, a tensor or a tuple of tensors of one dtype.
         t: the output times, 1-D and strictly monotonic.
         rtol: the relative tolerance of the forward solve (as for ``odeint``).
         atol: the absolute tolerance of the forward solve (as for ``odeint``).
@@ -271,7 +273,7 @@ def odeint_dense(
 
     Arguments:
         func: the vector field ``func(t, y)``.
-        y0: the initial state, a tensor or a tuple of tensors.
+        y0: the initial state, a tensor or a tuple of tensors of one dtype.
         t0: the initial time.
         t1: the final time (before ``t0`` for a solve backward in time).
         rtol: the relative tolerance (as for ``odeint``).
@@ -319,7 +321,7 @@ def odeint_event(
 
     Arguments:
         func: the vector field ``func(t, y)``.
-        y0: the initial state, a tensor or a tuple of tensors.
+        y0: the initial state, a tensor or a tuple of tensors of one dtype.
         t0: the initial time (a scalar tensor).
         event_fn: the event function ``event_fn(t, y)``; the solve ends where an element
             crosses zero. As in torchdiffeq, an adaptive method ends at ``t0`` (both states

@@ -771,7 +771,10 @@ def test_table1_resume_refuses_no_run_another_recipe_and_a_rerun_names_the_out(
     capsys.readouterr()
     assert main([*argv, "--out", str(out), "--resume", "--lr", "0.01"]) == 2
     _one_line_error(
-        capsys, f"--resume: ResNet in {out} was trained with other options (--lr was 0.006, "
+        capsys,
+        f"--resume: ResNet in {out}: the checkpoint comes from an incompatible run: --lr was "
+        "0.006, now 0.01. Resume with the same options or use another --out (the table's rows "
+        "share one recipe)",
     )
     assert main([*argv, "--out", str(out)]) == 2
     _one_line_error(capsys, f"--out {out} holds an earlier run of ResNet (resnet); continue")

@@ -128,8 +128,9 @@ def solve(
             solver: adaptive with a ``PIController``, or on fixed steps with a
             ``FixedGrid`` (each sample on its own grid from its own t0, as alone; its
             ``step_size`` may be a (batch,) tensor); gradients by ``Direct()``,
-            ``Backsolve()`` or ``Checkpointed()``. ``"skip_finished"``: per sample, and ``func`` is called with only
-            the samples still running (only for a ``func`` that treats rows independently).
+            ``Backsolve()`` or ``Checkpointed()``. ``"skip_finished"``: per sample, and
+            ``func`` is called with only the samples still running (only for a ``func`` that
+            treats rows independently).
         compile: ``False`` (default) eager; ``True`` runs the whole adaptive solve (first
             step, steps, decisions, outputs, per-sample statistics) as one
             ``torch.compile``'d ``while_loop`` graph without host synchronisation (adaptive

@@ -28,7 +28,8 @@ from ..training import TrainConfig, add_train_arguments, autograd_memory_mb, tra
 from ..training.loop import solver_block
 from ..training.rundir import RunDirectoryError, RunLock, ensure_directory, run_outputs
 from ..training.runtime import machine
-from ..training.state import CheckpointError
+from ..training.state import CheckpointError, check_compatible
+from ..training.trainer import saved_config
 
 # Chen et al. (2018), Table 1 (full MNIST): test error, parameters, memory, time.
 PAPER = {
@@ -328,27 +329,14 @@ def refuse_other_recipe(run: Path, config: TrainConfig, label: str) -> None:
     Raises:
         CheckpointError: an option differs (or the config.json cannot be read).
     """
-    path = run / "config.json"
-    try:
-        saved = json.loads(path.read_text())
-        if not isinstance(saved, dict):
-            raise TypeError(f"a JSON {type(saved).__name__}, not an object")
-    except (OSError, ValueError, TypeError) as error:
-        raise CheckpointError(
-            f"--resume: {path} cannot be read ({error}); replace the run with --overwrite"
-        ) from error
+    saved = saved_config(run / "config.json")
     now = json.loads(json.dumps(config.as_dict()))
-    different = [
-        f"--{key.replace('_', '-')} was {saved.get(key)!r}, now {value!r}"
-        for key, value in now.items()
-        if key not in UNSHARED and key in saved and saved[key] != value
-    ]
-    if different:
+    try:
+        check_compatible(saved, now, tuple(k for k in now if k not in UNSHARED and k in saved))
+    except CheckpointError as error:
         raise CheckpointError(
-            f"--resume: {label} in {run.parent} was trained with other options "
-            f"({'; '.join(different)}); resume with the same options (the table's rows share "
-            "one recipe), or start a new table with --overwrite or another --out"
-        )
+            f"--resume: {label} in {run.parent}: {error} (the table's rows share one recipe)"
+        ) from None
 
 
 def already_complete(runs: Trained, earlier: set[str], names: Sequence[str], table: Path) -> bool:

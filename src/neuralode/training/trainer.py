@@ -216,7 +216,7 @@ def open_experiment(
                     f"--resume: no experiment run in {out} (no config.json); start without "
                     "--resume or point --out at the run to continue"
                 )
-            saved = _saved_config(path)
+            saved = saved_config(path)
             kind, saved_kind = _run_kind(config), _run_kind(saved)
             if None not in (kind, saved_kind) and saved_kind != kind:
                 raise CheckpointError(
@@ -252,8 +252,18 @@ def open_experiment(
         lock.release()
 
 
-def _saved_config(path: Path) -> dict[str, Any]:
-    """The options of the run in ``path`` (its config.json), or a ``CheckpointError``."""
+def saved_config(path: Path) -> dict[str, Any]:
+    """The options of the run in ``path`` (its config.json), or a ``CheckpointError``.
+
+    Arguments:
+        path: a run's config.json.
+
+    Returns:
+        The options, as the JSON object holds them.
+
+    Raises:
+        CheckpointError: the file is not valid JSON or holds no JSON object.
+    """
     try:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError as error:

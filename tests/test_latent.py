@@ -481,3 +481,45 @@ def test_nothing_to_predict_gives_no_likelihood_and_n_samples_is_an_integer():
     assert model(ts, values, mask, ts[:0]).shape == (3, 0, 2)
     with pytest.raises(ValueError, match="n_samples must be an integer >= 1, got 2.0"):
         model.elbo(ts, values, mask, n_samples=2.0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, -1.0, 0.5])
+def test_masks_hold_zeros_and_ones(bad: float) -> None:
+    """The models read a mask as observed where positive, weigh the likelihood by it and
+    count it: a NaN gave the solver's "y0 contains NaN" and NaN encoder states, a -1 was
+    observed with likelihood weight -1. Such masks are refused, naming the entry."""
+    ts = torch.tensor([0.1, 0.5, 0.9], dtype=F64)
+    values = torch.randn(2, 3, 2, dtype=F64)
+    mask = torch.ones(2, 3, 2, dtype=F64)
+    mask[0, 1, 0] = bad
+    match = r"mask must hold 0 \(not observed\) and 1 \(observed\), or be a bool tensor"
+    for encoder in ("rnn", "odernn"):
+        with pytest.raises(ValueError, match=match):
+            LatentODE(2, encoder=encoder).to(F64).elbo(ts, values, mask)
+    with pytest.raises(ValueError, match=match):
+        ODERNN(2, 4).to(F64)(ts, values, mask)
+    with pytest.raises(ValueError, match="series 0: the mask must hold 0"):
+        collate_irregular([(ts, values[0], mask[0])])
+
+
+def test_extrapolation_masks_take_bool_masks() -> None:
+    ts = torch.tensor([0.1, 0.5, 0.9, 1.3])
+    mask = torch.ones(2, 4, 1, dtype=torch.bool)
+    encoder, target = extrapolation_masks(ts, mask, 0.7)
+    assert encoder.dtype == target.dtype == torch.bool
+    assert encoder[0, :, 0].tolist() == [True, True, False, False]
+    assert torch.equal(target, ~encoder)
+    floats = extrapolation_masks(ts, mask.double(), 0.7)
+    assert torch.equal(floats[0], encoder.double()) and torch.equal(floats[1], target.double())
+
+
+def test_a_fixed_obs_std_is_exact_in_the_model_dtype() -> None:
+    """A fixed obs_std's buffer made in float32 is set again to log(obs_std) in the new
+    dtype on conversion (it was float32's rounding, 1e-8 off, in a float64 model)."""
+    model = LatentODE(2, obs_std=0.4).double()
+    assert model.obs_std.dtype == F64
+    assert model.log_obs_std.tolist() == [math.log(0.4)] * 2
+    learned = LatentODE(2, obs_std=None).double()  # a learned one is left to its parameter
+    assert learned.log_obs_std.dtype == F64 and learned.log_obs_std.requires_grad
+    with pytest.raises(ValueError, match="obs_std must be positive and finite, got nan"):
+        LatentODE(2, obs_std=math.nan)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from .._args import count
+from .._args import count, positive_finite
 from .._solution import SolveStats
 from ..adjoint import GradientStrategy
 from .dynamics import MLPDynamics, mlp
@@ -55,7 +56,7 @@ def _check_batch(
 ) -> None:
     """A ValueError naming the problem unless ``ts`` are valid times, ``values`` is
     (batch, len(ts), features) (``features``: the model's, when given) and ``mask`` is shaped
-    like ``values``."""
+    like ``values`` with entries 0 and 1 (``check_mask``)."""
     check_times(ts)
     if values.ndim != 3 or values.shape[1] != ts.shape[0]:
         raise ValueError(
@@ -69,6 +70,19 @@ def _check_batch(
         )
     if mask.shape != values.shape:
         raise ValueError(f"mask has shape {tuple(mask.shape)}; values {tuple(values.shape)}")
+    check_mask(mask)
+
+
+def check_mask(mask: torch.Tensor, what: str = "mask") -> None:
+    """A ValueError unless ``mask`` is bool or holds only 0 and 1: the models read it as
+    observed where it is positive, weigh the likelihood by it and count it, which disagree
+    on other entries (a NaN or a -1)."""
+    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+        bad = mask[(mask != 0) & (mask != 1)][0].item()
+        raise ValueError(
+            f"{what} must hold 0 (not observed) and 1 (observed), or be a bool tensor; "
+            f"it holds {bad!r}"
+        )
 
 
 def collate_irregular(
@@ -108,6 +122,8 @@ def collate_irregular(
                 f"series {i}: the mask must have the shape of its values "
                 f"{tuple(item[1].shape)}, got {tuple(item[2].shape)}"
             )
+        if len(item) > 2:
+            check_mask(item[2], f"series {i}: the mask")
     ts = torch.unique(torch.cat([item[0] for item in series]))  # sorted
     values = ts.new_zeros(len(series), ts.shape[0], dim, dtype=series[0][1].dtype)
     mask = torch.zeros_like(values)
@@ -521,8 +537,8 @@ class _LatentVAE(nn.Module):
             count(name, size)
         if encoder not in ("rnn", "odernn"):
             raise ValueError(f"encoder must be 'rnn' or 'odernn', got {encoder!r}")
-        if obs_std is not None and obs_std <= 0:
-            raise ValueError(f"obs_std must be positive or None (learned), got {obs_std!r}")
+        if obs_std is not None:
+            obs_std = positive_finite("obs_std", obs_std)  # (None: learned)
         self.obs_dim, self.latent_dim, self.t0 = obs_dim, latent_dim, float(t0)
         self.encoder_kind = encoder
         if encoder == "rnn":
@@ -549,10 +565,27 @@ class _LatentVAE(nn.Module):
                 linear_init="default",
                 mlp_init_scale=0.1,
             )
+        self._log_obs_std_value = None if obs_std is None else math.log(obs_std)
         if obs_std is None:
             self.log_obs_std = nn.Parameter(torch.zeros(obs_dim))
         else:
             self.register_buffer("log_obs_std", torch.full((obs_dim,), math.log(obs_std)))
+
+    def _apply(self, fn: Any, recurse: bool = True) -> _LatentVAE:
+        """``nn.Module``'s conversion (``.double()``, ``.to(dtype)``, ...), with a fixed
+        ``obs_std``'s buffer still at the constructor's value set to log(obs_std) rounded to
+        its new dtype, not to the rounding of the old dtype's value (1e-8 off in float32)."""
+        exact = getattr(self, "_log_obs_std_value", None)  # (None: learned, or unpickled)
+        old = self.log_obs_std
+        untouched = (
+            exact is not None and not old.is_meta and torch.equal(old, torch.full_like(old, exact))
+        )
+        module = super()._apply(fn, recurse)
+        new = self.log_obs_std
+        if untouched and new.dtype != old.dtype and new.dtype.is_floating_point:
+            with torch.no_grad():
+                new.fill_(exact)
+        return module
 
     @property
     def obs_std(self) -> torch.Tensor:
@@ -720,7 +753,8 @@ class LatentODE(_LatentVAE):
             scaled by 0.1).
 
     Raises:
-        ValueError: an unknown encoder, dynamics or decoder, or a non-positive ``obs_std``.
+        ValueError: an unknown encoder, dynamics or decoder, or an ``obs_std`` that is not
+            positive and finite.
     """
 
     def __init__(
@@ -865,5 +899,7 @@ def extrapolation_masks(
     Returns:
         ``(encoder_mask, target_mask)``, each shaped like ``mask``.
     """
-    before = (ts < t_split).to(mask.dtype)[None, :, None]
-    return mask * before, mask * (1 - before)
+    before = (ts < t_split)[None, :, None]
+    if mask.dtype == torch.bool:
+        return mask & before, mask & ~before
+    return mask * before.to(mask.dtype), mask * (~before).to(mask.dtype)

@@ -30,6 +30,7 @@ from .._solve import solve
 from ..adjoint import GRADIENTS, GradientStrategy
 from ..controllers import FixedGrid, PIController
 from ..solvers import METHODS
+from ._exact import apply_keeping_exact
 from .dynamics import activation_layer, batch_time
 from .regularisers import derivatives_enabled, detached_state, outside_inference
 
@@ -599,19 +600,9 @@ class CNF(FlowDensity):
         to its new dtype, not to the rounding of the old dtype's value (float32's sqrt(2) is
         2e-8 off)."""
         exact = getattr(self, "_sqrt_T_value", None)  # (None: unpickled from before it)
-        old = self.sqrt_T
-        dtype = old.dtype
-        untouched = (
-            exact is not None
-            and not old.is_meta
-            and float(old.detach()) == float(torch.tensor(exact, dtype=dtype))
+        return apply_keeping_exact(
+            self, "sqrt_T", exact, lambda: super(CNF, self)._apply(fn, recurse)
         )
-        module = super()._apply(fn, recurse)
-        new = self.sqrt_T
-        if untouched and new.dtype != dtype and new.dtype.is_floating_point and not new.is_meta:
-            with torch.no_grad():
-                new.fill_(exact)
-        return module
 
     def _strategy(self) -> GradientStrategy:
         if isinstance(self.gradient, str):

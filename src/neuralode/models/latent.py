@@ -24,6 +24,7 @@ from torch import nn
 from .._args import count, positive_finite
 from .._solution import SolveStats
 from ..adjoint import GradientStrategy
+from ._exact import apply_keeping_exact
 from .dynamics import MLPDynamics, mlp
 from .ode_block import ODEBlock
 
@@ -77,8 +78,11 @@ def check_mask(mask: torch.Tensor, what: str = "mask") -> None:
     """A ValueError unless ``mask`` is bool or holds only 0 and 1: the models read it as
     observed where it is positive, weigh the likelihood by it and count it, which disagree
     on other entries (a NaN or a -1)."""
-    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
-        bad = mask[(mask != 0) & (mask != 1)][0].item()
+    if mask.dtype == torch.bool:
+        return
+    other = (mask != 0) & (mask != 1)
+    if bool(other.any()):
+        bad = mask[other][0].item()
         raise ValueError(
             f"{what} must hold 0 (not observed) and 1 (observed), or be a bool tensor; "
             f"it holds {bad!r}"
@@ -569,23 +573,16 @@ class _LatentVAE(nn.Module):
         if obs_std is None:
             self.log_obs_std = nn.Parameter(torch.zeros(obs_dim))
         else:
-            self.register_buffer("log_obs_std", torch.full((obs_dim,), math.log(obs_std)))
+            self.register_buffer("log_obs_std", torch.full((obs_dim,), self._log_obs_std_value))
 
     def _apply(self, fn: Any, recurse: bool = True) -> _LatentVAE:
         """``nn.Module``'s conversion (``.double()``, ``.to(dtype)``, ...), with a fixed
         ``obs_std``'s buffer still at the constructor's value set to log(obs_std) rounded to
         its new dtype, not to the rounding of the old dtype's value (1e-8 off in float32)."""
         exact = getattr(self, "_log_obs_std_value", None)  # (None: learned, or unpickled)
-        old = self.log_obs_std
-        untouched = (
-            exact is not None and not old.is_meta and torch.equal(old, torch.full_like(old, exact))
+        return apply_keeping_exact(
+            self, "log_obs_std", exact, lambda: super(_LatentVAE, self)._apply(fn, recurse)
         )
-        module = super()._apply(fn, recurse)
-        new = self.log_obs_std
-        if untouched and new.dtype != old.dtype and new.dtype.is_floating_point:
-            with torch.no_grad():
-                new.fill_(exact)
-        return module
 
     @property
     def obs_std(self) -> torch.Tensor:

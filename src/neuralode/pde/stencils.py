@@ -182,6 +182,14 @@ def pad(
     """
     positive_finite("dx", dx)
     count("width", width)
+    return _pad(u, boundary, dx, width)
+
+
+def _pad(
+    u: torch.Tensor, boundary: Periodic | Dirichlet | Neumann, dx: float, width: int
+) -> torch.Tensor:
+    """``pad`` without the checks of ``dx`` and ``width``, for the stencils, whose spacing
+    the ``Grid`` checked and whose widths are their own."""
     size = u.shape[-1]
     least = width + 1 if isinstance(boundary, Neumann) else 1
     if isinstance(boundary, Dirichlet):  # ghost point k mirrors node k - 2
@@ -222,7 +230,7 @@ def _apply(
 ) -> torch.Tensor:
     weights = _WEIGHTS[(n, order)]
     width = len(weights) // 2
-    padded = pad(u, boundary, dx, width)
+    padded = _pad(u, boundary, dx, width)
     if flux is not None:  # the flux of the ghost points too: the boundary data are u's
         padded = flux(padded)
     lead = padded.shape[:-1]

@@ -556,7 +556,7 @@ def test_an_empty_batch_through_the_layer_gives_empty_gradients(backward_method:
 def test_anderson_takes_as_many_iterations_at_every_scale_of_the_fixed_point() -> None:
     """The same problem rescaled (z -> s z): plain iteration and Anderson take the same
     iterations at every scale (a floor of 1e-12 on the squared residuals' regularisation
-    scale made Anderson slower than plain iteration below s = 1e-3)."""
+    scale would make Anderson slower than plain iteration below s = 1e-3)."""
     generator = torch.Generator().manual_seed(1)
     w = torch.randn(16, 16, generator=generator, dtype=DTYPE)
     w = 0.9 * w / torch.linalg.matrix_norm(w, 2)
@@ -577,12 +577,12 @@ def test_anderson_takes_as_many_iterations_at_every_scale_of_the_fixed_point() -
 @pytest.mark.parametrize(
     "make, match",
     [
-        # a bool tolerance ran GMRES's backward at tolerance 1: a gradient 0.27 off
+        # a bool tolerance would run GMRES's backward at tolerance 1: a gradient 0.27 off
         (lambda: DEQ(Cell(), tol=True), "tol must be a finite non-negative number"),
         (lambda: DEQ(Cell(), backward_tol=True), "backward_tol must be a finite non-negative"),
         (lambda: Picard(damping=True), r"damping must be in \(0, 1\], got True"),
         (lambda: Anderson(damping="a"), r"damping must be in \(0, 1\], got 'a'"),
-        # an infinite regularisation gave NaN iterates, blamed on f
+        # an infinite regularisation would give NaN iterates, blamed on f
         (lambda: Anderson(regularisation=math.inf), "regularisation must be finite and non-neg"),
         (lambda: Anderson(regularisation="a"), "regularisation must be finite and non-negative"),
         (

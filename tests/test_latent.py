@@ -486,8 +486,9 @@ def test_nothing_to_predict_gives_no_likelihood_and_n_samples_is_an_integer():
 @pytest.mark.parametrize("bad", [math.nan, -1.0, 0.5])
 def test_masks_hold_zeros_and_ones(bad: float) -> None:
     """The models read a mask as observed where positive, weigh the likelihood by it and
-    count it: a NaN gave the solver's "y0 contains NaN" and NaN encoder states, a -1 was
-    observed with likelihood weight -1. Such masks are refused, naming the entry."""
+    count it, which disagree elsewhere: a NaN would give the solver's "y0 contains NaN" and
+    NaN encoder states, a -1 would be observed with likelihood weight -1. Such masks are
+    refused, naming the entry."""
     ts = torch.tensor([0.1, 0.5, 0.9], dtype=F64)
     values = torch.randn(2, 3, 2, dtype=F64)
     mask = torch.ones(2, 3, 2, dtype=F64)
@@ -515,7 +516,7 @@ def test_extrapolation_masks_take_bool_masks() -> None:
 
 def test_a_fixed_obs_std_is_exact_in_the_model_dtype() -> None:
     """A fixed obs_std's buffer made in float32 is set again to log(obs_std) in the new
-    dtype on conversion (it was float32's rounding, 1e-8 off, in a float64 model)."""
+    dtype on conversion (not float32's rounding, 1e-8 off, in a float64 model)."""
     model = LatentODE(2, obs_std=0.4).double()
     assert model.obs_std.dtype == F64
     assert model.log_obs_std.tolist() == [math.log(0.4)] * 2

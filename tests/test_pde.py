@@ -468,9 +468,9 @@ def test_models_name_the_state_shape_they_take(call, match: str) -> None:
 @pytest.mark.parametrize(
     "call, match",
     [
-        # a string's characters were read as the components: "12" gave velocity (1.0, 2.0)
+        # a string's characters would be the components: "12" as velocity (1.0, 2.0)
         (lambda: pde.Advection(Grid((8, 8)), "12"), r"one component per axis \(2\)"),
-        # a negative spacing flipped a Neumann slope's sign; a negative width gave garbage
+        # a negative spacing would flip a Neumann slope's sign; a negative width, garbage
         (lambda: pde.pad(torch.ones(8), Neumann(1.0, 1.0), -0.1, 1), "dx must be positive"),
         (lambda: pde.pad(torch.ones(8), Neumann(1.0, 1.0), 0.0, 1), "dx must be positive"),
         (lambda: pde.pad(torch.ones(8), Periodic(), 0.1, -1), "width must be an integer >= 1"),
@@ -478,7 +478,7 @@ def test_models_name_the_state_shape_they_take(call, match: str) -> None:
         (lambda: pde.derivative(torch.ones(8), Grid((8,)), 0, True), "n must be 1 or 2"),
         (lambda: pde.derivative(torch.ones(8), Grid((8,)), 0, 2.0), "n must be 1 or 2"),
         (lambda: pde.laplacian(torch.ones(8), Grid((8,)), 4.0), "order must be 2 or 4"),
-        # tau = 0 gave NaN in dv/dt
+        # tau = 0 would give NaN in dv/dt
         (lambda: pde.FitzHughNagumo(Grid((4, 4)), tau=0.0), "tau must be positive and finite"),
         (lambda: pde.FitzHughNagumo(Grid((4, 4)), tau=math.nan), "tau must be positive"),
         (lambda: pde.FitzHughNagumo(Grid((4, 4)), k=math.inf), "k must be finite"),
@@ -490,7 +490,7 @@ def test_models_name_the_state_shape_they_take(call, match: str) -> None:
         (lambda: pde.PointwiseMLP(Grid((8,)), 1, hidden=0), "hidden must be an integer >= 1"),
         (lambda: pde.random_fourier_field(Grid((8,)), 2, modes=-1), "modes must be an integer"),
         (lambda: pde.random_fourier_field(Grid((8,)), 0), "batch must be an integer >= 1"),
-        # a NaN amplitude gave all-NaN fields
+        # a NaN amplitude would give all-NaN fields
         (
             lambda: pde.random_fourier_field(Grid((8,)), 1, amplitude=math.nan),
             "amplitude must be positive and finite",

@@ -754,9 +754,10 @@ def test_ctrl_c_during_the_end_of_training_plots_leaves_them_to_resume(
 def test_table1_resume_refuses_no_run_another_recipe_and_a_rerun_names_the_out(
     tmp_path, capsys
 ) -> None:
-    """``table1 --resume`` into a directory without a run used to train from scratch; with
-    another ``--lr`` it trained on, the table naming only the new rate; a plain rerun named
-    the model's directory as the ``--out`` to change. Each is refused before any training."""
+    """``table1 --resume`` into a directory without a run (it would train from scratch),
+    ``--resume`` with another ``--lr`` (the table would name only the new rate), and a plain
+    rerun (refused, naming the ``--out`` given, not the model's directory): each is refused
+    before any training."""
     out = tmp_path / "t"
     argv = ["experiment", "table1", "--data", "digits", "--train-subset", "32", "--test-subset"]
     argv += ["16", "--epochs", "1", "--channels", "8", "--batch-size", "16", "--threads", "1"]

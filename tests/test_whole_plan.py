@@ -286,7 +286,7 @@ def test_an_f_reading_a_float_compiles_each_step_and_equals_eager(monkeypatch, s
     "f, error, match",
     [
         (lambda t, y: (-y).float(), TypeError, "returned dtype torch.float32"),
-        # the right number of entries in the wrong shape passed the graph's reshape
+        # the right number of entries in the wrong shape would pass the graph's reshape
         (lambda t, y: -y.T, ValueError, r"output has shape \(3, 2\); expected \(2, 3\)"),
         (lambda t, y: -y[:1], ValueError, r"output has shape \(1, 3\)"),
     ],
